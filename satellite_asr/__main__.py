@@ -1,0 +1,3 @@
+from satellite_asr.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,115 @@
+"""Wire PCM to the 16 kHz mono float32 that VAD and engines take, and the session's audio buffer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import soxr
+
+from satellite_asr.engines.base import SAMPLE_RATE, Audio
+
+ENCODINGS = {"f32le": 4, "s16le": 2}
+"""Accepted PCM encodings and their sample widths in bytes."""
+MIN_RATE, MAX_RATE = 8000, 48000
+
+
+class AudioFormatError(ValueError):
+    """Bytes that cannot be PCM of the declared format (the frame is dropped, the stream goes on)."""
+
+
+@dataclass
+class DecodedAudio:
+    samples: Audio
+    non_finite: int
+    """NaN/Inf samples that were replaced by silence."""
+
+
+class PcmDecoder:
+    """Decodes one stream's PCM frames: any width/rate/channels in, 16 kHz mono float32 out.
+
+    Resampling is stateful across frames (soxr's streaming resampler), so frame boundaries leave
+    no clicks and no drift.
+    """
+
+    def __init__(self, encoding: str = "f32le", sample_rate: int = SAMPLE_RATE, channels: int = 1) -> None:
+        if encoding not in ENCODINGS:
+            raise AudioFormatError(f"unknown encoding {encoding!r}; use one of {', '.join(ENCODINGS)}")
+        if not MIN_RATE <= sample_rate <= MAX_RATE:
+            raise AudioFormatError(f"sample rate {sample_rate} is outside {MIN_RATE}-{MAX_RATE} Hz")
+        if channels < 1:
+            raise AudioFormatError(f"channel count must be at least 1, got {channels}")
+        self.encoding = encoding
+        self.sample_rate = sample_rate
+        self.channels = channels
+        self.frame_bytes = ENCODINGS[encoding] * channels
+        self._resampler = (
+            None if sample_rate == SAMPLE_RATE else soxr.ResampleStream(sample_rate, SAMPLE_RATE, 1, dtype="float32")
+        )
+
+    def decode(self, data: bytes) -> DecodedAudio:
+        if len(data) % self.frame_bytes:
+            raise AudioFormatError(
+                f"{len(data)} bytes is not a whole number of {self.encoding} frames "
+                f"({self.frame_bytes} bytes per frame with {self.channels} channel(s))"
+            )
+        if self.encoding == "s16le":
+            samples = np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0
+            non_finite = 0
+        else:
+            samples = np.frombuffer(data, dtype="<f4").astype(np.float32)
+            finite = np.isfinite(samples)
+            non_finite = int(samples.size - np.count_nonzero(finite))
+            if non_finite:
+                samples = np.where(finite, samples, np.float32(0.0))
+            np.clip(samples, -1.0, 1.0, out=samples)
+        if self.channels > 1:
+            samples = samples.reshape(-1, self.channels).mean(axis=1, dtype=np.float32)
+        if self._resampler is not None:
+            samples = self._resampler.resample_chunk(samples)
+        return DecodedAudio(samples.astype(np.float32, copy=False), non_finite)
+
+    def drain(self) -> Audio:
+        """Samples the resampler still holds at the end of the stream."""
+        if self._resampler is None:
+            return np.zeros(0, dtype=np.float32)
+        tail = self._resampler.resample_chunk(np.zeros(0, dtype=np.float32), last=True)
+        return np.asarray(tail, dtype=np.float32)
+
+
+class AudioBuffer:
+    """Samples addressed by their absolute index in the session; old samples can be dropped."""
+
+    def __init__(self) -> None:
+        self._data = np.zeros(SAMPLE_RATE, dtype=np.float32)
+        self._size = 0
+        self.base = 0
+        """Absolute index of the first sample still held."""
+
+    @property
+    def end(self) -> int:
+        """Absolute index one past the newest sample."""
+        return self.base + self._size
+
+    def append(self, samples: Audio) -> None:
+        needed = self._size + samples.size
+        if needed > self._data.size:
+            grown = np.zeros(max(needed, 2 * self._data.size), dtype=np.float32)
+            grown[: self._size] = self._data[: self._size]
+            self._data = grown
+        self._data[self._size : needed] = samples
+        self._size = needed
+
+    def slice(self, start: int, end: int) -> Audio:
+        """A copy of samples [start, end), clamped to what is held."""
+        lo = min(max(start - self.base, 0), self._size)
+        hi = min(max(end - self.base, lo), self._size)
+        return self._data[lo:hi].copy()
+
+    def drop_before(self, index: int) -> None:
+        """Forget samples before absolute `index` (bounded memory between utterances)."""
+        cut = min(max(index - self.base, 0), self._size)
+        if cut:
+            self._data[: self._size - cut] = self._data[cut : self._size]
+            self._size -= cut
+            self.base += cut

@@ -1,0 +1,144 @@
+"""`satellite-asr`: serve the daemon, transcribe files offline, stream a file to a daemon, benchmark."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from satellite_asr import __version__
+from satellite_asr.config import ConfigError, Settings, load_settings, setting_default, setting_fields
+
+log = logging.getLogger("satellite_asr")
+
+
+def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per setting, derived from `Settings` (defaults shown are the built-in ones)."""
+    parser.add_argument("--config", metavar="FILE", help="YAML config file (see config.example.yaml).")
+    for f in setting_fields():
+        flag = "--" + f.name.replace("_", "-")
+        default = setting_default(f)
+        help_text = f"{f.metadata['help']} (default: {default!r})"
+        if isinstance(default, bool):
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        elif isinstance(default, tuple):
+            parser.add_argument(flag, dest=f.name, action="append", default=None, metavar="VALUE", help=help_text)
+        else:
+            choices = f.metadata.get("choices")
+            parser.add_argument(
+                flag, dest=f.name, default=None, metavar="|".join(choices) if choices else "VALUE", help=help_text
+            )
+
+
+def _settings_from(args: argparse.Namespace) -> Settings:
+    overrides = {f.name: getattr(args, f.name) for f in setting_fields()}
+    return load_settings(args.config, overrides=overrides)
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="satellite-asr", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"satellite-asr {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="Run the daemon (WebSocket, HTTP, Wyoming, zeroconf).")
+    _add_setting_flags(serve)
+
+    transcribe = commands.add_parser("transcribe", help="Transcribe WAV files offline, one line per utterance.")
+    transcribe.add_argument("files", nargs="+", metavar="FILE.wav")
+    _add_setting_flags(transcribe)
+
+    stream = commands.add_parser("stream", help="Stream a WAV file to a running daemon and print transcripts.")
+    stream.add_argument("file", metavar="FILE.wav")
+    stream.add_argument("--url", default="ws://127.0.0.1:10301/v1/stream", help="Daemon WebSocket URL.")
+    stream.add_argument("--fast", action="store_true", help="Send as fast as possible instead of real-time pace.")
+    stream.add_argument("--json", action="store_true", help="Print every server message as a JSON line.")
+    stream.add_argument("--language", help="Language code to ask for.")
+    stream.add_argument("--context", help="Biasing context (names, terms).")
+    stream.add_argument("--silence-ms", type=int, help="End-of-speech silence for this session.")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "serve":
+            return _serve(_settings_from(args))
+        if args.command == "transcribe":
+            return _transcribe(_settings_from(args), args.files)
+        if args.command == "stream":
+            return _stream(args)
+    except ConfigError as exc:
+        print(f"satellite-asr: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
+        print(f"satellite-asr: {exc}", file=sys.stderr)
+        return 2
+    raise AssertionError(args.command)
+
+
+def _serve(settings: Settings) -> int:
+    _setup_logging(settings.log_level)
+    from satellite_asr.server import Daemon
+
+    async def run() -> int:
+        daemon = Daemon(settings)
+        await daemon.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        stopping = asyncio.create_task(stop.wait())
+        failing = asyncio.create_task(daemon.wait_failed())
+        await asyncio.wait([stopping, failing], return_when=asyncio.FIRST_COMPLETED)
+        code = 1 if failing.done() else 0
+        stopping.cancel()
+        failing.cancel()
+        log.info("shutting down")
+        await daemon.stop()
+        return code
+
+    return asyncio.run(run())
+
+
+def _transcribe(settings: Settings, files: list[str]) -> int:
+    _setup_logging("WARNING" if settings.log_level == "INFO" else settings.log_level)
+    from satellite_asr.clients.transcribe import OfflineTranscriber
+
+    async def run() -> None:
+        async with OfflineTranscriber(settings) as transcriber:
+            for path in files:
+                for final in await transcriber.transcribe(path):
+                    print(f"{path}\t{final.start:.2f}\t{final.end:.2f}\t{final.text}", flush=True)
+
+    asyncio.run(run())
+    return 0
+
+
+def _stream(args: argparse.Namespace) -> int:
+    from satellite_asr.clients.stream_client import TranscriptPrinter, stream_file
+
+    config: dict[str, Any] = {}
+    if args.language:
+        config["language"] = args.language
+    if args.context:
+        config["context"] = args.context
+    if args.silence_ms:
+        config["vad"] = {"silence_ms": args.silence_ms}
+    try:
+        asyncio.run(
+            stream_file(
+                args.file, args.url, fast=args.fast, config=config, on_message=TranscriptPrinter(sys.stdout, args.json)
+            )
+        )
+    except OSError as exc:
+        print(f"satellite-asr: cannot reach {args.url}: {exc}", file=sys.stderr)
+        return 1
+    return 0

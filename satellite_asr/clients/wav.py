@@ -1,0 +1,43 @@
+"""Reading WAV files for the command-line tools (16-bit PCM, any rate and channel count)."""
+
+from __future__ import annotations
+
+import wave
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from satellite_asr.audio import PcmDecoder
+from satellite_asr.engines.base import Audio
+
+
+@dataclass(frozen=True)
+class WavFile:
+    pcm: bytes
+    """Little-endian signed 16-bit frames, interleaved channels."""
+    sample_rate: int
+    channels: int
+
+    @property
+    def seconds(self) -> float:
+        return len(self.pcm) / (2 * self.channels * self.sample_rate)
+
+    def to_16k_mono(self) -> Audio:
+        decoder = PcmDecoder("s16le", self.sample_rate, self.channels)
+        samples = decoder.decode(self.pcm).samples
+        tail = decoder.drain()
+        return np.concatenate([samples, tail]) if tail.size else samples
+
+
+def read_wav(path: str | Path) -> WavFile:
+    """The file's PCM; raises ValueError with a readable message for anything but 16-bit PCM WAV."""
+    try:
+        with wave.open(str(path), "rb") as wav:
+            if wav.getsampwidth() != 2:
+                raise ValueError(
+                    f"{path}: only 16-bit PCM WAV is supported, this one has {8 * wav.getsampwidth()}-bit samples"
+                )
+            return WavFile(wav.readframes(wav.getnframes()), wav.getframerate(), wav.getnchannels())
+    except (wave.Error, EOFError) as exc:
+        raise ValueError(f"{path}: not a PCM WAV file ({exc})") from None

@@ -1,0 +1,227 @@
+"""Daemon settings: one flat table of keys, read from defaults < YAML file < environment < CLI.
+
+Every key is declared once in `Settings` with its default, its allowed values and its help text;
+the `serve` flags (`--silence-ms`), the environment variables (`SATELLITE_ASR_SILENCE_MS`) and the
+YAML keys (`silence_ms`) are all derived from that one declaration, so they cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ENV_PREFIX = "SATELLITE_ASR_"
+
+
+class ConfigError(ValueError):
+    """A setting has a value that is not allowed; the message names the key and what is allowed."""
+
+
+def _opt(
+    default: Any,
+    help: str,
+    *,
+    choices: Sequence[str] | None = None,
+    minimum: float | None = None,
+    maximum: float | None = None,
+) -> Any:
+    meta = {"help": help, "choices": choices, "minimum": minimum, "maximum": maximum}
+    return field(default=default, metadata=meta)
+
+
+ENGINES = ("auto", "whisper", "qwen3-vllm", "qwen3-remote")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the daemon can be told. Times are milliseconds (`_ms`) or seconds (`_s`)."""
+
+    # Network
+    host: str = _opt("0.0.0.0", "Address the HTTP/WebSocket server binds to.")
+    http_port: int = _opt(
+        10301, "Port of the HTTP server (WebSocket /v1/stream, /health, /metrics).", minimum=0, maximum=65535
+    )
+    wyoming_uri: str = _opt(
+        "tcp://0.0.0.0:10300", "Wyoming server address: tcp://HOST:PORT or unix://PATH; 'none' disables it."
+    )
+    zeroconf: bool = _opt(True, "Advertise the Wyoming and WebSocket services with zeroconf (mDNS).")
+    zeroconf_interface: tuple[str, ...] = _opt(
+        (), "Interface address to advertise on (repeatable); empty: all interfaces."
+    )
+    zeroconf_name: str = _opt("", "Zeroconf instance name; empty: derived from the host name.")
+    tls_cert: str = _opt("", "PEM certificate for HTTPS/WSS (browsers need a secure context for the microphone).")
+    tls_key: str = _opt("", "PEM private key matching tls_cert.")
+
+    # Engine
+    engine: str = _opt(
+        "auto", "Speech engine; auto picks qwen3-vllm on a CUDA GPU with vLLM installed, else whisper.", choices=ENGINES
+    )
+    model: str = _opt("", "Model name or local path; empty: the engine's default.")
+    language: str = _opt("", "Default language code (e.g. en); empty: detect (or the model's only language).")
+    context: str = _opt("", "Default biasing context (names, terms) added to every session's own context.")
+    whisper_compute_type: str = _opt(
+        "int8",
+        "CTranslate2 compute type for the whisper engine.",
+        choices=("int8", "int8_float32", "float32", "float16", "int8_float16"),
+    )
+    whisper_device: str = _opt("cpu", "Device for the whisper engine.", choices=("cpu", "cuda", "auto"))
+    whisper_threads: int = _opt(0, "CPU threads per whisper decode; 0: all cores.", minimum=0, maximum=256)
+    whisper_beam_size: int = _opt(
+        1, "Beam size of whisper final decodes (partials always use greedy).", minimum=1, maximum=10
+    )
+    decode_concurrency: int = _opt(1, "Decodes the CPU engine runs at once.", minimum=1, maximum=64)
+
+    # Endpointing (per-session overridable where the protocol allows)
+    vad_threshold: float = _opt(
+        0.5, "Silero speech probability at or above which a window is speech.", minimum=0.05, maximum=0.95
+    )
+    min_speech_ms: int = _opt(300, "Speech needed before an utterance starts.", minimum=32, maximum=5000)
+    silence_ms: int = _opt(800, "Silence that ends an utterance (the endpoint).", minimum=100, maximum=10000)
+    speech_pad_ms: int = _opt(
+        300, "Audio kept before the detected speech start so the first syllable is not cut.", minimum=0, maximum=2000
+    )
+    partial_interval_ms: int = _opt(500, "Speech between two partial transcripts.", minimum=100, maximum=10000)
+    max_utterance_s: float = _opt(
+        30.0, "Longest utterance; a final is forced at this length.", minimum=1.0, maximum=300.0
+    )
+    partials: bool = _opt(True, "Send partial transcripts by default.")
+
+    # Sessions
+    max_sessions: int = _opt(
+        32, "Most sessions open at once; more are refused with server_busy.", minimum=1, maximum=10000
+    )
+    idle_timeout_s: float = _opt(
+        60.0, "A session that sends no audio for this long is finalized and closed.", minimum=1.0, maximum=86400.0
+    )
+
+    log_level: str = _opt("INFO", "Log level.", choices=LOG_LEVELS)
+
+    def endpointing_defaults(self) -> dict[str, Any]:
+        """The settings a session may override (see docs/protocol.md `vad`)."""
+        return {
+            "threshold": self.vad_threshold,
+            "min_speech_ms": self.min_speech_ms,
+            "silence_ms": self.silence_ms,
+        }
+
+
+def setting_fields() -> list[dataclasses.Field[Any]]:
+    """The declared settings, in declaration order."""
+    return list(dataclasses.fields(Settings))
+
+
+def setting_default(f: dataclasses.Field[Any]) -> Any:
+    return f.default
+
+
+def _kind(f: dataclasses.Field[Any]) -> type:
+    return type(setting_default(f))
+
+
+def coerce(name: str, raw: Any) -> Any:
+    """Turn a raw value (YAML value, environment string or CLI string) into the key's type, checked."""
+    fields = {f.name: f for f in setting_fields()}
+    if name not in fields:
+        raise ConfigError(f"unknown setting '{name}'; known settings: {', '.join(sorted(fields))}")
+    f = fields[name]
+    kind = _kind(f)
+    meta = f.metadata
+    try:
+        value = _convert(kind, raw)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name}: expected {_describe(kind)}, got {raw!r}") from None
+    choices = meta.get("choices")
+    if choices is not None:
+        if name == "log_level" and isinstance(value, str):
+            value = value.upper()
+        if value not in choices:
+            raise ConfigError(f"{name}: must be one of {', '.join(choices)}, got {raw!r}")
+    lo, hi = meta.get("minimum"), meta.get("maximum")
+    numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if numeric and ((lo is not None and value < lo) or (hi is not None and value > hi)):
+        raise ConfigError(f"{name}: must be between {lo:g} and {hi:g}, got {raw!r}")
+    return value
+
+
+def _describe(kind: type) -> str:
+    return {bool: "true or false", int: "a whole number", float: "a number", tuple: "a list", str: "text"}[kind]
+
+
+def _convert(kind: type, raw: Any) -> Any:
+    if kind is bool:
+        if isinstance(raw, bool):
+            return raw
+        if isinstance(raw, str) and raw.strip().lower() in ("1", "true", "yes", "on"):
+            return True
+        if isinstance(raw, str) and raw.strip().lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(raw)
+    if kind is int:
+        if isinstance(raw, (bool, float)):
+            raise ValueError(raw)
+        return int(raw)
+    if kind is float:
+        if isinstance(raw, bool):
+            raise ValueError(raw)
+        value = float(raw)
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ValueError(raw)
+        return value
+    if kind is tuple:
+        if isinstance(raw, str):
+            return tuple(part.strip() for part in raw.split(",") if part.strip())
+        if isinstance(raw, (list, tuple)) and all(isinstance(x, (str, int, float)) for x in raw):
+            return tuple(str(x) for x in raw)
+        raise ValueError(raw)
+    if raw is None:
+        return ""
+    if not isinstance(raw, (str, int, float)) or isinstance(raw, bool):
+        raise ValueError(raw)
+    return str(raw)
+
+
+def load_settings(
+    config_file: str | Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Settings from defaults < `config_file` < `SATELLITE_ASR_*` environment < `overrides` (CLI)."""
+    values: dict[str, Any] = {}
+    if config_file:
+        values.update(_read_yaml(Path(config_file)))
+    env = os.environ if environ is None else environ
+    known = {f.name for f in setting_fields()}
+    for key, raw in env.items():
+        if key.startswith(ENV_PREFIX):
+            name = key[len(ENV_PREFIX) :].lower()
+            if name not in known:
+                raise ConfigError(f"environment variable {key}: unknown setting '{name}'")
+            values[name] = coerce(name, raw)
+    for name, raw in (overrides or {}).items():
+        if raw is not None:
+            values[name] = coerce(name, raw)
+    settings = Settings(**values)
+    if bool(settings.tls_cert) != bool(settings.tls_key):
+        raise ConfigError("tls_cert and tls_key: give both or neither")
+    return settings
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: cannot be read ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path}: not valid YAML ({exc})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: must be a mapping of setting names to values")
+    return {str(name): coerce(str(name), raw) for name, raw in data.items()}

@@ -1,0 +1,107 @@
+"""The engine contract: one shared model, many per-utterance streams.
+
+Sessions never call a model directly: they go through the `DecodeScheduler`, which calls
+`EngineStream.partial` / `EngineStream.final`. Every engine re-decodes the whole utterance so far on
+each call (audio is passed in, the session owns it), so a stream only keeps what an engine needs
+between calls of one utterance (for Qwen3-ASR, the previous text for token rollback).
+
+Aborting is asyncio cancellation: when the scheduler cancels a `partial` or `final` call (its
+utterance ended, or speech resumed after a speculative final), the engine must stop that work
+(vLLM: abort the request) rather than finish it for nobody.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+SAMPLE_RATE = 16000
+"""Every engine takes 16 kHz mono float32 in [-1, 1]; protocol adapters resample to it."""
+
+Audio = npt.NDArray[np.float32]
+
+
+class EngineError(Exception):
+    """A decode failed; the session reports `engine_error` and carries on with the next utterance."""
+
+
+@dataclass(frozen=True)
+class StreamOptions:
+    """What a session asks of the engine for its utterances."""
+
+    language: str | None = None
+    """Language code (e.g. `en`); None lets the engine detect it."""
+    context: str = ""
+    """Biasing text (names, terms, previous conversation); engines use it as a prompt."""
+
+
+@dataclass(frozen=True)
+class Transcript:
+    """One decode's result."""
+
+    text: str
+    language: str | None = None
+    tokens: int = 0
+    """Generated token count (for metrics and for engine tests that cannot check words)."""
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    """What `/health`, Wyoming `info` and `session_created` report about the engine."""
+
+    name: str
+    model: str
+    languages: list[str] = field(default_factory=list)
+    max_concurrency: int = 1
+    """How many decodes the engine runs at once; the scheduler keeps at most this many in flight."""
+
+
+class EngineStream(abc.ABC):
+    """Decoding state of one utterance."""
+
+    @abc.abstractmethod
+    async def partial(self, audio: Audio) -> Transcript:
+        """Decode the utterance so far; may be less accurate than `final` (streaming tricks)."""
+
+    @abc.abstractmethod
+    async def final(self, audio: Audio, prefix: str = "") -> Transcript:
+        """Decode the whole utterance for the final text.
+
+        `prefix` is text already promised to the client (Wyoming transcript chunks); the result
+        must start with it so that what was sent never has to be taken back.
+        """
+
+    async def close(self) -> None:
+        """Release per-utterance resources; the stream is not used again."""
+        return None
+
+
+class Engine(abc.ABC):
+    """A loaded model shared by every session."""
+
+    @property
+    @abc.abstractmethod
+    def info(self) -> EngineInfo:
+        """Name, model and languages, valid before `start` finishes."""
+
+    @property
+    def ready(self) -> bool:
+        """True once `start` has finished; `/health` answers 503 before."""
+        return self._ready
+
+    _ready: bool = False
+
+    @abc.abstractmethod
+    async def start(self) -> None:
+        """Load the model (may take long; never blocks the event loop)."""
+
+    @abc.abstractmethod
+    def open_stream(self, options: StreamOptions) -> EngineStream:
+        """A stream for one utterance."""
+
+    async def close(self) -> None:
+        """Free the model; called once at shutdown."""
+        return None

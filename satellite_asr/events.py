@@ -1,0 +1,57 @@
+"""What a `Session` tells its protocol adapter. Times are seconds of session audio."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class SpeechStarted:
+    """Speech began (the start includes the pre-roll kept before the detected onset)."""
+
+    utterance_id: int
+    start: float
+
+
+@dataclass(frozen=True)
+class SpeechStopped:
+    """The utterance's audio ended: endpoint, flush, end of stream or the length cap."""
+
+    utterance_id: int
+    end: float
+
+
+@dataclass(frozen=True)
+class PartialTranscript:
+    """The utterance so far. `stable_text` is a prefix of `text` that later text will keep.
+
+    `stable_text` only grows within an utterance and the final text starts with it, so clients that
+    append text (Wyoming transcript chunks) can send it without ever taking anything back.
+    """
+
+    utterance_id: int
+    text: str
+    stable_text: str
+
+
+@dataclass(frozen=True)
+class FinalTranscript:
+    """The one final of an utterance; `is_speech_final` is True when VAD endpointing ended it."""
+
+    utterance_id: int
+    text: str
+    is_speech_final: bool
+    start: float
+    end: float
+    language: str | None
+
+
+@dataclass(frozen=True)
+class SessionError:
+    """Something went wrong that the client should hear about; the session stays usable."""
+
+    code: str
+    message: str
+
+
+SessionEvent = SpeechStarted | SpeechStopped | PartialTranscript | FinalTranscript | SessionError

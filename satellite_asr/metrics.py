@@ -1,0 +1,47 @@
+"""Prometheus metrics of one daemon (own registry, so several daemons can live in one test process)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.sessions_active = Gauge("satellite_asr_sessions_active", "Open sessions.", ["protocol"], registry=r)
+        self.sessions = Counter("satellite_asr_sessions", "Sessions opened.", ["protocol"], registry=r)
+        self.utterances = Counter(
+            "satellite_asr_utterances", "Utterances finalized, by what ended them.", ["reason"], registry=r
+        )
+        self.partial_latency = Histogram(
+            "satellite_asr_partial_latency_seconds",
+            "From a partial becoming due to its event being sent.",
+            registry=r,
+            buckets=LATENCY_BUCKETS,
+        )
+        self.final_latency = Histogram(
+            "satellite_asr_final_latency_seconds",
+            "From the end of the utterance being detected (endpoint, flush, cap) to the final being sent.",
+            registry=r,
+            buckets=LATENCY_BUCKETS,
+        )
+        self.decode_seconds = Histogram(
+            "satellite_asr_decode_seconds", "Engine time per decode.", ["kind"], registry=r, buckets=LATENCY_BUCKETS
+        )
+        self.partials_skipped = Counter(
+            "satellite_asr_partials_skipped", "Partials not decoded because newer audio superseded them.", registry=r
+        )
+        self.vad_seconds = Counter("satellite_asr_vad_seconds", "Wall seconds spent in Silero VAD.", registry=r)
+        self.audio_seconds = Counter(
+            "satellite_asr_audio_seconds", "Seconds of audio received.", ["protocol"], registry=r
+        )
+        self.invalid_samples = Counter(
+            "satellite_asr_invalid_samples", "NaN/Inf samples replaced by silence.", registry=r
+        )
+        self.errors = Counter("satellite_asr_errors", "Error events sent to clients.", ["code"], registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,258 @@
+"""The WebSocket protocol (docs/protocol.md) at `/v1/stream`: wire messages <-> `Session` calls.
+
+Thin by design: it validates and decodes what the client sends, and encodes what the session
+emits. Endpointing, decoding and timers live in the session and its manager.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from satellite_asr.audio import ENCODINGS, MAX_RATE, MIN_RATE, AudioFormatError, PcmDecoder
+from satellite_asr.config import ConfigError, Settings, coerce
+from satellite_asr.engines.base import EngineInfo
+from satellite_asr.events import FinalTranscript, PartialTranscript, SessionError, SessionEvent, SpeechStarted
+from satellite_asr.metrics import Metrics
+from satellite_asr.session import Session, SessionOptions
+from satellite_asr.session_manager import ServerBusy, SessionManager
+
+log = logging.getLogger(__name__)
+
+PATH = "/v1/stream"
+PROTOCOL_VERSION = "1"
+MAX_FRAME_BYTES = 1 << 20
+"""Largest client message; a larger one closes the connection with 1009 (checked before buffering)."""
+
+CONFIG_FIELDS = {"type", "sample_rate", "encoding", "language", "context", "vad", "partials"}
+VAD_FIELDS = {"threshold": "vad_threshold", "min_speech_ms": "min_speech_ms", "silence_ms": "silence_ms"}
+"""Per-session VAD keys and the daemon setting each overrides (and is validated as)."""
+
+
+class ProtocolError(Exception):
+    """A client message the protocol does not allow; `close_code` set when the connection must end."""
+
+    def __init__(self, code: str, message: str, close_code: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.close_code = close_code
+
+
+def parse_config(message: dict[str, Any], settings: Settings) -> tuple[SessionOptions, PcmDecoder]:
+    """Session options and audio decoder from a `config` message, or `ProtocolError(invalid_config)`."""
+    unknown = set(message) - CONFIG_FIELDS
+    if unknown:
+        raise _invalid_config(f"unknown field(s): {', '.join(sorted(unknown))}")
+    encoding = message.get("encoding", "f32le")
+    rate = message.get("sample_rate", 16000)
+    if encoding not in ENCODINGS:
+        raise _invalid_config(f"encoding must be one of {', '.join(ENCODINGS)}, got {encoding!r}")
+    if not isinstance(rate, int) or isinstance(rate, bool) or not MIN_RATE <= rate <= MAX_RATE:
+        raise _invalid_config(f"sample_rate must be a whole number from {MIN_RATE} to {MAX_RATE}, got {rate!r}")
+    language = message.get("language")
+    context = message.get("context") or ""
+    partials = message.get("partials")
+    if language is not None and not isinstance(language, str):
+        raise _invalid_config(f"language must be a language code or null, got {language!r}")
+    if not isinstance(context, str):
+        raise _invalid_config(f"context must be text, got {context!r}")
+    if partials is not None and not isinstance(partials, bool):
+        raise _invalid_config(f"partials must be true or false, got {partials!r}")
+    vad = message.get("vad") or {}
+    if not isinstance(vad, dict):
+        raise _invalid_config("vad must be an object")
+    unknown = set(vad) - set(VAD_FIELDS)
+    if unknown:
+        raise _invalid_config(f"unknown vad field(s): {', '.join(sorted(unknown))}")
+    overrides: dict[str, Any] = {}
+    for key, setting in VAD_FIELDS.items():
+        if key in vad:
+            if isinstance(vad[key], str):
+                raise _invalid_config(f"vad.{key} must be a number, got {vad[key]!r}")
+            try:
+                overrides[key] = coerce(setting, vad[key])
+            except ConfigError as exc:
+                raise _invalid_config(f"vad.{key}: {str(exc).split(': ', 1)[1]}") from None
+    options = SessionOptions.from_settings(
+        settings, vad=overrides, partials=partials, language=language, context=context
+    )
+    return options, PcmDecoder(encoding, rate)
+
+
+def _invalid_config(message: str) -> ProtocolError:
+    return ProtocolError("invalid_config", message, WSCloseCode.POLICY_VIOLATION)
+
+
+def effective_config(options: SessionOptions, decoder: PcmDecoder, engine: EngineInfo) -> dict[str, Any]:
+    e = options.endpointing
+    return {
+        "sample_rate": decoder.sample_rate,
+        "encoding": decoder.encoding,
+        "language": options.language,
+        "context": options.context,
+        "partials": options.partials,
+        "vad": {
+            "threshold": e.threshold,
+            "min_speech_ms": e.min_speech_ms,
+            "silence_ms": e.silence_ms,
+            "speech_pad_ms": e.speech_pad_ms,
+            "partial_interval_ms": e.partial_interval_ms,
+            "max_utterance_s": e.max_utterance_s,
+        },
+        "engine": engine.name,
+        "model": engine.model,
+        "languages": engine.languages,
+    }
+
+
+def encode_event(event: SessionEvent) -> dict[str, Any] | None:
+    """The JSON message for a session event (None: the event has no WebSocket message)."""
+    if isinstance(event, SpeechStarted):
+        return {"type": "speech_start", "utterance_id": event.utterance_id, "start": round(event.start, 3)}
+    if isinstance(event, PartialTranscript):
+        return {"type": "partial", "utterance_id": event.utterance_id, "text": event.text, "is_speech_final": False}
+    if isinstance(event, FinalTranscript):
+        return {
+            "type": "final",
+            "utterance_id": event.utterance_id,
+            "text": event.text,
+            "is_speech_final": event.is_speech_final,
+            "start": round(event.start, 3),
+            "end": round(event.end, 3),
+            "language": event.language,
+        }
+    if isinstance(event, SessionError):
+        return {"type": "error", "code": event.code, "message": event.message}
+    return None
+
+
+class _Connection:
+    """State of one WebSocket connection: at most one session, created by config or first audio."""
+
+    def __init__(self, ws: web.WebSocketResponse, handler: WebSocketHandler) -> None:
+        self.ws = ws
+        self.handler = handler
+        self.session: Session | None = None
+        self.decoder: PcmDecoder | None = None
+        self.audio_seen = False
+        self.finished = False
+
+    async def send(self, message: dict[str, Any]) -> None:
+        if not self.ws.closed:
+            await self.ws.send_json(message)
+
+    async def emit(self, event: SessionEvent) -> None:
+        message = encode_event(event)
+        if message is not None:
+            await self.send(message)
+
+    async def error(self, code: str, message: str) -> None:
+        self.handler.metrics.errors.labels(code).inc()
+        await self.send({"type": "error", "code": code, "message": message})
+
+    async def close_by_server(self, reason: str) -> None:
+        self.finished = True
+        await self.ws.close(code=WSCloseCode.GOING_AWAY, message=reason.encode())
+
+    async def on_text(self, data: str) -> None:
+        try:
+            message = json.loads(data)
+        except ValueError:
+            raise ProtocolError("invalid_message", "text frames must be JSON objects") from None
+        if not isinstance(message, dict):
+            raise ProtocolError("invalid_message", "text frames must be JSON objects")
+        kind = message.get("type")
+        if kind == "config":
+            await self.configure(message)
+        elif kind == "flush":
+            if self.session is not None:
+                await self.session.flush()
+        elif kind == "end":
+            await self.end()
+        else:
+            raise ProtocolError("invalid_message", f"unknown message type {kind!r}; expected config, flush or end")
+
+    async def configure(self, message: dict[str, Any]) -> None:
+        if self.audio_seen:
+            raise ProtocolError("config_locked", "config must come before the first audio frame")
+        options, decoder = parse_config(message, self.handler.settings)
+        if self.session is not None:
+            await self.handler.manager.release(self.session, "reconfigured", finalize=False)
+            self.session = None
+        await self.open_session(options, decoder)
+
+    async def open_session(self, options: SessionOptions, decoder: PcmDecoder) -> None:
+        try:
+            self.session = self.handler.manager.create("websocket", options, self.emit, self.close_by_server)
+        except ServerBusy as exc:
+            raise ProtocolError("server_busy", str(exc), WSCloseCode.TRY_AGAIN_LATER) from None
+        self.decoder = decoder
+        config = effective_config(options, decoder, self.handler.engine_info())
+        await self.send({"type": "session_created", "session_id": self.session.id, "config": config})
+
+    async def on_binary(self, data: bytes) -> None:
+        if self.session is None:
+            options, decoder = parse_config({}, self.handler.settings)
+            await self.open_session(options, decoder)
+        assert self.session is not None and self.decoder is not None
+        self.audio_seen = True
+        try:
+            decoded = self.decoder.decode(data)
+        except AudioFormatError as exc:
+            raise ProtocolError("invalid_audio", f"frame dropped: {exc}") from None
+        if decoded.non_finite:
+            self.handler.metrics.invalid_samples.inc(decoded.non_finite)
+        await self.session.feed(decoded.samples)
+
+    async def end(self) -> None:
+        self.finished = True
+        if self.session is not None:
+            if self.decoder is not None:
+                await self.session.feed(self.decoder.drain())
+            await self.handler.manager.release(self.session, "end", finalize=True)
+            self.session = None
+        await self.ws.close(code=WSCloseCode.OK)
+
+
+class WebSocketHandler:
+    """aiohttp handler for `/v1/stream`."""
+
+    def __init__(
+        self, manager: SessionManager, settings: Settings, metrics: Metrics, engine_info: Callable[[], EngineInfo]
+    ) -> None:
+        self.manager = manager
+        self.settings = settings
+        self.metrics = metrics
+        self.engine_info = engine_info
+
+    async def __call__(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(max_msg_size=MAX_FRAME_BYTES, heartbeat=30.0)
+        await ws.prepare(request)
+        connection = _Connection(ws, self)
+        reason = "disconnect"
+        try:
+            async for message in ws:
+                try:
+                    if message.type == WSMsgType.TEXT:
+                        await connection.on_text(message.data)
+                    elif message.type == WSMsgType.BINARY:
+                        await connection.on_binary(message.data)
+                except ProtocolError as exc:
+                    await connection.error(exc.code, exc.message)
+                    if exc.close_code is not None:
+                        reason = exc.code
+                        await ws.close(code=exc.close_code, message=exc.code.encode())
+                if connection.finished:
+                    reason = "end"
+                    break
+            if ws.exception() is not None:
+                log.info("websocket closed with error: %s", ws.exception())
+        finally:
+            if connection.session is not None:
+                await self.manager.release(connection.session, reason, finalize=False)
+        return ws

@@ -1,0 +1,111 @@
+"""Who decodes when: the engine's decode slots shared by every session.
+
+Rules: finals go before partials; a session has at most one partial in flight; a partial asked for
+while another is waiting replaces it (the newest audio wins); so when the engine is slower than
+real time, partials simply come less often while finals keep their place at the head of the queue.
+Finals are never dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager, suppress
+
+from satellite_asr.engines.base import Audio, EngineStream, Transcript
+from satellite_asr.metrics import Metrics
+
+FINAL, PARTIAL = 0, 1
+"""Slot priorities: lower goes first."""
+
+
+class DecodeScheduler:
+    """Priority slots in front of the engine; `slots` = decodes the engine runs at once."""
+
+    def __init__(self, slots: int, metrics: Metrics) -> None:
+        self._free = slots
+        self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._order = itertools.count()
+        self._metrics = metrics
+        self.engine_ready = asyncio.Event()
+        """Set by the daemon once the engine has loaded; decodes wait for it."""
+
+    @asynccontextmanager
+    async def slot(self, priority: int) -> AsyncIterator[None]:
+        await self.engine_ready.wait()
+        if self._free > 0 and not self._waiters:
+            self._free -= 1
+        else:
+            granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            heapq.heappush(self._waiters, (priority, next(self._order), granted))
+            try:
+                await granted
+            except asyncio.CancelledError:
+                if granted.done() and not granted.cancelled():
+                    self._release()
+                raise
+        try:
+            yield
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        while self._waiters:
+            _, _, granted = heapq.heappop(self._waiters)
+            if not granted.done():
+                granted.set_result(None)
+                return
+        self._free += 1
+
+    async def final(self, stream: EngineStream, audio: Audio, prefix: str) -> Transcript:
+        async with self.slot(FINAL):
+            started = time.perf_counter()
+            result = await stream.final(audio, prefix)
+            self._metrics.decode_seconds.labels("final").observe(time.perf_counter() - started)
+            return result
+
+    async def partial(self, stream: EngineStream, audio: Callable[[], Audio]) -> Transcript:
+        """Decode a partial; `audio` is read once the slot is granted, so it is the newest audio."""
+        async with self.slot(PARTIAL):
+            started = time.perf_counter()
+            result = await stream.partial(audio())
+            self._metrics.decode_seconds.labels("partial").observe(time.perf_counter() - started)
+            return result
+
+
+class PartialRequests:
+    """One session's partials: at most one in flight, requests coalesce while one is pending."""
+
+    def __init__(self, run: Callable[[], Awaitable[None]], metrics: Metrics) -> None:
+        self._run_once = run
+        self._metrics = metrics
+        self._task: asyncio.Task[None] | None = None
+        self._again = False
+
+    def request(self) -> None:
+        if self._task is None or self._task.done():
+            self._again = False
+            self._task = asyncio.create_task(self._loop(), name="partial")
+        elif self._again:
+            self._metrics.partials_skipped.inc()
+        else:
+            self._again = True
+
+    async def _loop(self) -> None:
+        while True:
+            await self._run_once()
+            if not self._again:
+                return
+            self._again = False
+
+    async def cancel(self) -> None:
+        """Stop what is queued or in flight (the utterance ended; its final supersedes any partial)."""
+        task, self._task = self._task, None
+        self._again = False
+        if task is not None and not task.done():
+            task.cancel()
+            with suppress(asyncio.CancelledError):
+                await task

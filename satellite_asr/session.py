@@ -1,0 +1,374 @@
+"""One audio stream: VAD, endpointing, the utterance's audio and its decodes.
+
+Both protocol adapters (WebSocket, Wyoming) drive this same class: they feed 16 kHz float32
+samples, ask for flush/close, and turn the events it emits into wire messages.
+
+Promises kept here: exactly one `FinalTranscript` per utterance that had speech (also on flush,
+close and engine errors); finals in utterance order; `PartialTranscript.stable_text` only grows and
+the final text starts with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from satellite_asr.audio import AudioBuffer
+from satellite_asr.config import Settings
+from satellite_asr.engines.base import SAMPLE_RATE, Audio, Engine, EngineError, EngineStream, StreamOptions, Transcript
+from satellite_asr.events import (
+    FinalTranscript,
+    PartialTranscript,
+    SessionError,
+    SessionEvent,
+    SpeechStarted,
+    SpeechStopped,
+)
+from satellite_asr.metrics import Metrics
+from satellite_asr.scheduler import DecodeScheduler, PartialRequests
+from satellite_asr.vad.endpointer import (
+    Endpoint,
+    Endpointer,
+    EndpointerConfig,
+    EndpointEvent,
+    PartialDue,
+    SpeechPaused,
+    SpeechStart,
+    ms_to_samples,
+)
+from satellite_asr.vad.silero import SileroVad
+
+log = logging.getLogger(__name__)
+
+Emit = Callable[[SessionEvent], Awaitable[None]]
+
+IDLE_KEEP_SECONDS = 2.0
+"""Audio kept between utterances: enough for the pre-roll and the onset that confirms speech."""
+
+
+@dataclass(frozen=True)
+class SessionOptions:
+    """A session's settings, fixed when it is created."""
+
+    endpointing: EndpointerConfig = field(default_factory=EndpointerConfig)
+    partials: bool = True
+    language: str | None = None
+    context: str = ""
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        *,
+        vad: Mapping[str, Any] | None = None,
+        partials: bool | None = None,
+        language: str | None = None,
+        context: str = "",
+    ) -> SessionOptions:
+        """The daemon's defaults with a client's overrides; the client's context follows the daemon's."""
+        vad = vad or {}
+        endpointing = EndpointerConfig(
+            threshold=vad.get("threshold", settings.vad_threshold),
+            min_speech_ms=vad.get("min_speech_ms", settings.min_speech_ms),
+            silence_ms=vad.get("silence_ms", settings.silence_ms),
+            speech_pad_ms=settings.speech_pad_ms,
+            partial_interval_ms=settings.partial_interval_ms,
+            max_utterance_s=settings.max_utterance_s,
+        )
+        return cls(
+            endpointing,
+            settings.partials if partials is None else partials,
+            language or settings.language or None,
+            "\n".join(part for part in (settings.context, context) if part),
+        )
+
+
+@dataclass
+class _Speculation:
+    """A final decoded ahead of the endpoint, valid only if the utterance ends at `end`."""
+
+    end: int
+    prefix: str
+    task: asyncio.Task[Transcript]
+
+
+@dataclass
+class _Utterance:
+    id: int
+    start: int
+    stream: EngineStream
+    partials: PartialRequests | None = None
+    stable: str = ""
+    previous_partial: str = ""
+    partial_due_at: float | None = None
+    speculation: _Speculation | None = None
+
+
+def stable_prefix(previous: str, current: str) -> str:
+    """Words two successive partials agree on, without the newest text's last word (it may be cut).
+
+    Returned as a prefix of `current`, so it can be sent as text that will not change.
+    """
+    old_words, new_words = previous.split(), current.split()
+    agreed = 0
+    for old, new in zip(old_words, new_words[:-1], strict=False):
+        if old != new:
+            break
+        agreed += 1
+    if agreed == 0:
+        return ""
+    position = 0
+    for word in new_words[:agreed]:
+        position = current.index(word, position) + len(word)
+    return current[:position]
+
+
+def keep_prefix(text: str, prefix: str) -> str:
+    """`text` made to start with `prefix` (what was promised stays, the rest follows it)."""
+    if text.startswith(prefix):
+        return text
+    common = next(
+        (i for i, (a, b) in enumerate(zip(prefix, text, strict=False)) if a != b), min(len(prefix), len(text))
+    )
+    rest = text[common:]
+    return prefix + rest if not rest or rest[0].isspace() or not prefix else f"{prefix} {rest.lstrip()}"
+
+
+class Session:
+    """Per-stream state; create through `SessionManager`."""
+
+    def __init__(
+        self,
+        session_id: str,
+        protocol: str,
+        options: SessionOptions,
+        *,
+        vad: SileroVad,
+        engine: Engine,
+        scheduler: DecodeScheduler,
+        metrics: Metrics,
+        emit: Emit,
+    ) -> None:
+        self.id = session_id
+        self.protocol = protocol
+        self.options = options
+        self._engine = engine
+        self._scheduler = scheduler
+        self._metrics = metrics
+        self._emit_to_client = emit
+        self._endpointer = Endpointer(options.endpointing)
+        self._vad_stream = vad.open_stream()
+        self._audio = AudioBuffer()
+        self._utterance: _Utterance | None = None
+        self._last_final: asyncio.Task[None] | None = None
+        self._finals: set[asyncio.Task[None]] = set()
+        self._lock = asyncio.Lock()
+        self._keep_idle = int(IDLE_KEEP_SECONDS * SAMPLE_RATE) + ms_to_samples(options.endpointing.speech_pad_ms)
+        self.utterances = 0
+        self.samples_received = 0
+        self.last_audio_at = time.monotonic()
+        self.closed = False
+
+    @property
+    def seconds_received(self) -> float:
+        return self.samples_received / SAMPLE_RATE
+
+    @property
+    def in_utterance(self) -> bool:
+        return self._utterance is not None
+
+    async def feed(self, samples: Audio) -> None:
+        """Take 16 kHz mono float32 samples; emits events as VAD and decodes produce them."""
+        async with self._lock:
+            if self.closed:
+                return
+            self.last_audio_at = time.monotonic()
+            self._audio.append(samples)
+            self.samples_received += samples.size
+            self._metrics.audio_seconds.labels(self.protocol).inc(samples.size / SAMPLE_RATE)
+            for probability in await self._vad_stream.process(samples):
+                for event in self._endpointer.process(probability):
+                    await self._on_endpointer(event)
+            if self._utterance is None:
+                self._audio.drop_before(self._audio.end - self._keep_idle)
+
+    async def flush(self) -> None:
+        """Finalize the utterance in progress now; returns once every pending final was sent."""
+        async with self._lock:
+            await self._flush_locked("flush")
+        await self.wait_finals()
+
+    async def close(self, reason: str, *, finalize: bool = True) -> None:
+        """End the session. With `finalize`, the utterance in progress gets its final first;
+        without (the client is gone), everything in flight is cancelled."""
+        async with self._lock:
+            if self.closed:
+                return
+            if finalize:
+                await self._flush_locked(reason)
+            self.closed = True
+        if finalize:
+            await self.wait_finals()
+        else:
+            await self._cancel_all()
+        log.info(
+            "session %s closed (%s): %.1f s audio, %d utterances, reason %s",
+            self.id,
+            self.protocol,
+            self.seconds_received,
+            self.utterances,
+            reason,
+        )
+
+    async def wait_finals(self) -> None:
+        while self._finals:
+            await asyncio.gather(*list(self._finals), return_exceptions=True)
+
+    async def _flush_locked(self, reason: str) -> None:
+        endpoint = self._endpointer.flush(self._audio.end)
+        if endpoint is not None:
+            await self._end_utterance(endpoint.end, speech_final=False, reason=reason)
+
+    async def _cancel_all(self) -> None:
+        utterance, self._utterance = self._utterance, None
+        if utterance is not None:
+            await self._discard(utterance)
+        for task in list(self._finals):
+            task.cancel()
+        await asyncio.gather(*list(self._finals), return_exceptions=True)
+
+    async def _on_endpointer(self, event: EndpointEvent) -> None:
+        if isinstance(event, SpeechStart):
+            await self._start_utterance(event.start)
+            return
+        utterance = self._utterance
+        if utterance is None:
+            return
+        if isinstance(event, PartialDue):
+            self._cancel_speculation(utterance)
+            if utterance.partials is not None:
+                if utterance.partial_due_at is None:
+                    utterance.partial_due_at = time.monotonic()
+                utterance.partials.request()
+        elif isinstance(event, SpeechPaused):
+            self._speculate(utterance, event.end)
+        elif isinstance(event, Endpoint):
+            await self._end_utterance(
+                event.end, speech_final=not event.forced, reason="max_length" if event.forced else "endpoint"
+            )
+
+    async def _start_utterance(self, start: int) -> None:
+        self.utterances += 1
+        stream = self._engine.open_stream(StreamOptions(language=self.options.language, context=self.options.context))
+        utterance = _Utterance(id=self.utterances, start=max(start, self._audio.base), stream=stream)
+        if self.options.partials:
+            utterance.partials = PartialRequests(lambda: self._decode_partial(utterance), self._metrics)
+        self._utterance = utterance
+        await self._emit(SpeechStarted(utterance.id, utterance.start / SAMPLE_RATE))
+
+    async def _decode_partial(self, utterance: _Utterance) -> None:
+        try:
+            result = await self._scheduler.partial(
+                utterance.stream, lambda: self._audio.slice(utterance.start, self._audio.end)
+            )
+        except EngineError as exc:
+            log.warning("session %s: partial decode failed: %s", self.id, exc)
+            return
+        if self._utterance is not utterance or not result.text:
+            return
+        candidate = stable_prefix(utterance.previous_partial, result.text)
+        if candidate.startswith(utterance.stable) and len(candidate) > len(utterance.stable):
+            utterance.stable = candidate
+        utterance.previous_partial = result.text
+        text = keep_prefix(result.text, utterance.stable)
+        if utterance.partial_due_at is not None:
+            self._metrics.partial_latency.observe(time.monotonic() - utterance.partial_due_at)
+            utterance.partial_due_at = None
+        await self._emit(PartialTranscript(utterance.id, text, utterance.stable))
+
+    def _speculate(self, utterance: _Utterance, end: int) -> None:
+        self._cancel_speculation(utterance)
+        audio = self._audio.slice(utterance.start, end)
+        task = asyncio.create_task(
+            self._scheduler.final(utterance.stream, audio, utterance.stable), name="speculative-final"
+        )
+        utterance.speculation = _Speculation(end, utterance.stable, task)
+
+    @staticmethod
+    def _cancel_speculation(utterance: _Utterance) -> None:
+        if utterance.speculation is not None:
+            utterance.speculation.task.cancel()
+            utterance.speculation = None
+
+    async def _end_utterance(self, end: int, *, speech_final: bool, reason: str) -> None:
+        utterance, self._utterance = self._utterance, None
+        if utterance is None:
+            return
+        await self._emit(SpeechStopped(utterance.id, end / SAMPLE_RATE))
+        audio = self._audio.slice(utterance.start, end)
+        self._metrics.utterances.labels(reason).inc()
+        task = asyncio.create_task(
+            self._finalize(utterance, audio, end, speech_final, self._last_final, time.monotonic()),
+            name=f"final-{self.id}-{utterance.id}",
+        )
+        self._last_final = task
+        self._finals.add(task)
+        task.add_done_callback(self._finals.discard)
+
+    async def _finalize(
+        self,
+        utterance: _Utterance,
+        audio: Audio,
+        end: int,
+        speech_final: bool,
+        previous: asyncio.Task[None] | None,
+        ended_at: float,
+    ) -> None:
+        if utterance.partials is not None:
+            await utterance.partials.cancel()
+        text, language = utterance.stable, self.options.language
+        try:
+            result = await self._speculated_result(utterance, end)
+            if result is None:
+                result = await self._scheduler.final(utterance.stream, audio, utterance.stable)
+            text, language = keep_prefix(result.text, utterance.stable), result.language or language
+        except EngineError as exc:
+            log.warning("session %s: final decode of utterance %d failed: %s", self.id, utterance.id, exc)
+            await self._emit(SessionError("engine_error", f"transcription of utterance {utterance.id} failed: {exc}"))
+        finally:
+            await utterance.stream.close()
+        if previous is not None:
+            await asyncio.gather(previous, return_exceptions=True)
+        start_s, end_s = utterance.start / SAMPLE_RATE, end / SAMPLE_RATE
+        await self._emit(FinalTranscript(utterance.id, text, speech_final, start_s, end_s, language))
+        self._metrics.final_latency.observe(time.monotonic() - ended_at)
+
+    async def _speculated_result(self, utterance: _Utterance, end: int) -> Transcript | None:
+        speculation, utterance.speculation = utterance.speculation, None
+        if speculation is None:
+            return None
+        if speculation.end != end or speculation.prefix != utterance.stable:
+            speculation.task.cancel()
+            return None
+        try:
+            return await speculation.task
+        except EngineError:
+            return None
+
+    async def _discard(self, utterance: _Utterance) -> None:
+        self._cancel_speculation(utterance)
+        if utterance.partials is not None:
+            await utterance.partials.cancel()
+        await utterance.stream.close()
+
+    async def _emit(self, event: SessionEvent) -> None:
+        if isinstance(event, SessionError):
+            self._metrics.errors.labels(event.code).inc()
+        try:
+            await self._emit_to_client(event)
+        except (ConnectionError, RuntimeError) as exc:
+            log.debug("session %s: event not delivered (%s)", self.id, exc)

@@ -1,0 +1,111 @@
+"""Creates and ends sessions: the `max_sessions` limit, idle timeouts and shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+
+from satellite_asr.engines.base import Engine
+from satellite_asr.metrics import Metrics
+from satellite_asr.scheduler import DecodeScheduler
+from satellite_asr.session import Emit, Session, SessionOptions
+from satellite_asr.vad.silero import SileroVad
+
+log = logging.getLogger(__name__)
+
+CloseConnection = Callable[[str], Awaitable[None]]
+"""How the server ends a connection it decided to end (idle timeout, shutdown); gets the reason."""
+
+
+class ServerBusy(Exception):
+    """`max_sessions` sessions are open already."""
+
+
+class SessionManager:
+    def __init__(
+        self,
+        *,
+        vad: SileroVad,
+        engine: Engine,
+        scheduler: DecodeScheduler,
+        metrics: Metrics,
+        max_sessions: int,
+        idle_timeout_s: float,
+    ) -> None:
+        self._vad = vad
+        self._engine = engine
+        self._scheduler = scheduler
+        self._metrics = metrics
+        self.max_sessions = max_sessions
+        self.idle_timeout_s = idle_timeout_s
+        self._sessions: dict[str, tuple[Session, CloseConnection]] = {}
+        self._reaper: asyncio.Task[None] | None = None
+        self._expiring: dict[str, asyncio.Task[None]] = {}
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def create(self, protocol: str, options: SessionOptions, emit: Emit, close_connection: CloseConnection) -> Session:
+        """A new session, or `ServerBusy`. The caller must `release` it when the stream ends."""
+        if len(self._sessions) >= self.max_sessions:
+            raise ServerBusy(f"the server has {self.max_sessions} sessions open, its limit; try again later")
+        session = Session(
+            uuid.uuid4().hex[:12],
+            protocol,
+            options,
+            vad=self._vad,
+            engine=self._engine,
+            scheduler=self._scheduler,
+            metrics=self._metrics,
+            emit=emit,
+        )
+        self._sessions[session.id] = (session, close_connection)
+        self._metrics.sessions.labels(protocol).inc()
+        self._metrics.sessions_active.labels(protocol).inc()
+        log.info("session %s opened (%s)", session.id, protocol)
+        return session
+
+    async def release(self, session: Session, reason: str, *, finalize: bool) -> None:
+        """End `session` (finals first when `finalize`) and forget it; safe to call twice."""
+        try:
+            await session.close(reason, finalize=finalize)
+        finally:
+            if self._sessions.pop(session.id, None) is not None:
+                self._metrics.sessions_active.labels(session.protocol).dec()
+
+    async def start(self) -> None:
+        self._reaper = asyncio.create_task(self._reap_idle(), name="idle-reaper")
+
+    async def close_all(self, reason: str) -> None:
+        """Shutdown: every session's pending finals are sent, then its connection is closed."""
+        if self._reaper is not None:
+            self._reaper.cancel()
+            await asyncio.gather(self._reaper, return_exceptions=True)
+        await asyncio.gather(*self._expiring.values(), return_exceptions=True)
+        await asyncio.gather(*(self._expire(s, c, reason) for s, c in list(self._sessions.values())))
+
+    async def _expire(self, session: Session, close_connection: CloseConnection, reason: str) -> None:
+        await self.release(session, reason, finalize=True)
+        try:
+            await close_connection(reason)
+        except (ConnectionError, RuntimeError) as exc:
+            log.debug("session %s: closing the connection failed: %s", session.id, exc)
+
+    def _expired(self, session_id: str, _: asyncio.Task[None]) -> None:
+        self._expiring.pop(session_id, None)
+
+    async def _reap_idle(self) -> None:
+        period = min(1.0, self.idle_timeout_s / 4)
+        while True:
+            await asyncio.sleep(period)
+            now = time.monotonic()
+            for session, close in list(self._sessions.values()):
+                if now - session.last_audio_at > self.idle_timeout_s and session.id not in self._expiring:
+                    log.info("session %s idle for %.0f s, closing", session.id, self.idle_timeout_s)
+                    task = asyncio.create_task(self._expire(session, close, "idle_timeout"))
+                    self._expiring[session.id] = task
+                    task.add_done_callback(functools.partial(self._expired, session.id))

@@ -1,0 +1,171 @@
+"""Endpointing rules as a pure state machine: speech probabilities in, utterance events out.
+
+No I/O and no clock: time is the count of 16 kHz samples fed so far, one Silero window
+(`WINDOW` samples) per probability. Every rule can be unit-tested with synthetic probabilities.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SAMPLE_RATE = 16000
+WINDOW = 512
+"""Samples per Silero window at 16 kHz (32 ms)."""
+
+HYSTERESIS = 0.15
+"""Once speaking, a window only counts as silence below `threshold - HYSTERESIS` (as Silero does)."""
+
+
+def ms_to_samples(ms: float) -> int:
+    return round(ms * SAMPLE_RATE / 1000)
+
+
+@dataclass(frozen=True)
+class EndpointerConfig:
+    """The endpointing rules; defaults are the product's documented defaults."""
+
+    threshold: float = 0.5
+    min_speech_ms: int = 300
+    silence_ms: int = 800
+    speech_pad_ms: int = 300
+    partial_interval_ms: int = 500
+    max_utterance_s: float = 30.0
+
+    @property
+    def trailing_pad_samples(self) -> int:
+        """Audio kept after the last speech window (a trailing consonant), never more than what
+        exists when the speculative decode starts."""
+        return min(ms_to_samples(self.speech_pad_ms), self.speculate_after_samples)
+
+    @property
+    def speculate_after_samples(self) -> int:
+        """Silence after which the final is decoded ahead of the endpoint (discarded if speech resumes)."""
+        return ms_to_samples(self.silence_ms) // 3
+
+
+@dataclass(frozen=True)
+class SpeechStart:
+    """An utterance began at sample `start` (pre-roll included)."""
+
+    start: int
+
+
+@dataclass(frozen=True)
+class PartialDue:
+    """Another `partial_interval_ms` of speech arrived: decode the utterance up to `end`."""
+
+    end: int
+
+
+@dataclass(frozen=True)
+class SpeechPaused:
+    """Silence has lasted long enough to decode the final ahead of time: audio up to `end`."""
+
+    end: int
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """The utterance ended at sample `end`; `forced` when the length cap (or a flush) ended it."""
+
+    end: int
+    forced: bool
+
+
+EndpointEvent = SpeechStart | PartialDue | SpeechPaused | Endpoint
+
+
+class Endpointer:
+    """Turns one speech probability per window into utterance events."""
+
+    def __init__(self, config: EndpointerConfig) -> None:
+        self.config = config
+        self._min_speech = ms_to_samples(config.min_speech_ms)
+        self._silence = ms_to_samples(config.silence_ms)
+        self._pad = ms_to_samples(config.speech_pad_ms)
+        self._partial_interval = ms_to_samples(config.partial_interval_ms)
+        self._max_utterance = int(config.max_utterance_s * SAMPLE_RATE)
+        self._silence_threshold = max(config.threshold - HYSTERESIS, 0.01)
+        self.position = 0
+        """Samples consumed so far (end of the last window)."""
+        self._floor = 0
+        """No utterance may start before this sample (the end of the previous one)."""
+        self.in_speech = False
+        self.utterance_start = 0
+        self._onset_start = -1
+        self._onset_speech = 0
+        self._last_speech_end = 0
+        self._silence_run = 0
+        self._since_partial = 0
+        self._paused_reported = False
+
+    def process(self, probability: float) -> list[EndpointEvent]:
+        """Consume one window's speech probability."""
+        window_start = self.position
+        self.position += WINDOW
+        if not self.in_speech:
+            return self._idle(probability, window_start)
+        return self._speaking(probability)
+
+    def flush(self, end: int | None = None) -> Endpoint | None:
+        """End the utterance in progress now (client flush, end of stream, idle timeout)."""
+        self._onset_start, self._onset_speech = -1, 0
+        if not self.in_speech:
+            return None
+        last = self.position if end is None else max(end, self.position)
+        return self._finish(last, forced=True)
+
+    def _idle(self, probability: float, window_start: int) -> list[EndpointEvent]:
+        if probability >= self.config.threshold:
+            if self._onset_start < 0:
+                self._onset_start = window_start
+            self._onset_speech += WINDOW
+        elif probability < self._silence_threshold:
+            self._onset_start, self._onset_speech = -1, 0
+        if self._onset_start < 0 or self._onset_speech < self._min_speech:
+            return []
+        self.in_speech = True
+        self.utterance_start = max(self._onset_start - self._pad, self._floor, 0)
+        self._onset_start, self._onset_speech = -1, 0
+        self._last_speech_end = self.position
+        self._silence_run = 0
+        self._since_partial = self.position - self.utterance_start
+        self._paused_reported = False
+        events: list[EndpointEvent] = [SpeechStart(self.utterance_start)]
+        events.extend(self._partial_if_due())
+        return events
+
+    def _speaking(self, probability: float) -> list[EndpointEvent]:
+        events: list[EndpointEvent] = []
+        if probability >= self._silence_threshold:
+            self._last_speech_end = self.position
+            self._silence_run = 0
+            self._paused_reported = False
+            self._since_partial += WINDOW
+            events.extend(self._partial_if_due())
+        else:
+            self._silence_run += WINDOW
+            if self._silence_run >= self._silence:
+                events.append(self._finish(self._speech_end(), forced=False))
+                return events
+            if not self._paused_reported and self._silence_run >= self.config.speculate_after_samples:
+                self._paused_reported = True
+                events.append(SpeechPaused(self._speech_end()))
+        if self.position - self.utterance_start >= self._max_utterance:
+            events.append(self._finish(self.position, forced=True))
+        return events
+
+    def _partial_if_due(self) -> list[EndpointEvent]:
+        if self._since_partial < self._partial_interval:
+            return []
+        self._since_partial = 0
+        return [PartialDue(self.position)]
+
+    def _speech_end(self) -> int:
+        return min(self._last_speech_end + self.config.trailing_pad_samples, self.position)
+
+    def _finish(self, end: int, forced: bool) -> Endpoint:
+        self.in_speech = False
+        self._floor = end
+        self._silence_run = 0
+        return Endpoint(end, forced)
