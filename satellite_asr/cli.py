@@ -41,6 +41,8 @@ def _settings_from(args: argparse.Namespace) -> Settings:
 
 def _setup_logging(level: str) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if level != "DEBUG":
+        logging.getLogger("faster_whisper").setLevel(logging.WARNING)  # it logs every decode at INFO
 
 
 def build_parser() -> argparse.ArgumentParser:

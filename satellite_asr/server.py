@@ -55,7 +55,7 @@ class Daemon:
         app = web.Application()
         app.router.add_get(
             websocket.PATH,
-            websocket.WebSocketHandler(self.sessions, self.settings, self.metrics, lambda: self.engine.info),
+            websocket.WebSocketHandler(self.sessions, self.settings, self.metrics, lambda: self.engine.info).handle,
         )
         app.router.add_get("/health", self._health)
         app.router.add_get("/metrics", self._metrics)

@@ -255,7 +255,7 @@ class Session:
                     utterance.partial_due_at = time.monotonic()
                 utterance.partials.request()
         elif isinstance(event, SpeechPaused):
-            self._speculate(utterance, event.end)
+            await self._speculate(utterance, event.end)
         elif isinstance(event, Endpoint):
             await self._end_utterance(
                 event.end, speech_final=not event.forced, reason="max_length" if event.forced else "endpoint"
@@ -290,8 +290,11 @@ class Session:
             utterance.partial_due_at = None
         await self._emit(PartialTranscript(utterance.id, text, utterance.stable))
 
-    def _speculate(self, utterance: _Utterance, end: int) -> None:
+    async def _speculate(self, utterance: _Utterance, end: int) -> None:
+        """Decode the final now; a partial in flight would only change `stable` under it."""
         self._cancel_speculation(utterance)
+        if utterance.partials is not None:
+            await utterance.partials.cancel()
         audio = self._audio.slice(utterance.start, end)
         task = asyncio.create_task(
             self._scheduler.final(utterance.stream, audio, utterance.stable), name="speculative-final"

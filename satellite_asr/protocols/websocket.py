@@ -230,7 +230,7 @@ class WebSocketHandler:
         self.metrics = metrics
         self.engine_info = engine_info
 
-    async def __call__(self, request: web.Request) -> web.WebSocketResponse:
+    async def handle(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(max_msg_size=MAX_FRAME_BYTES, heartbeat=30.0)
         await ws.prepare(request)
         connection = _Connection(ws, self)

@@ -1,0 +1,42 @@
+"""Test doubles for things outside the product's own path: a crashing engine, a slow-loading one.
+
+Both wrap the real whisper engine, so everything but the injected fault is the product's code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from satellite_asr.engines.base import Audio, EngineError, EngineStream, StreamOptions, Transcript
+from satellite_asr.engines.whisper import WhisperEngine
+
+
+class _CrashingStream(EngineStream):
+    def __init__(self, inner: EngineStream) -> None:
+        self._inner = inner
+
+    async def partial(self, audio: Audio) -> Transcript:
+        return await self._inner.partial(audio)
+
+    async def final(self, audio: Audio, prefix: str = "") -> Transcript:
+        raise EngineError("injected failure (CrashingEngineDouble)")
+
+
+class CrashingEngineDouble(WhisperEngine):
+    """Real whisper, except that finals of sessions whose context contains 'crash' fail."""
+
+    def open_stream(self, options: StreamOptions) -> EngineStream:
+        stream = super().open_stream(options)
+        return _CrashingStream(stream) if "crash" in options.context else stream
+
+
+class SlowLoadingEngineDouble(WhisperEngine):
+    """Real whisper whose loading waits until the test sets `release`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+
+    async def start(self) -> None:
+        await self.release.wait()
+        await super().start()

@@ -1,0 +1,61 @@
+"""Shared test tools: the speech fixtures, word comparison, and a real daemon on ephemeral ports."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import jiwer
+
+from satellite_asr.config import Settings, load_settings
+from satellite_asr.engines.base import Engine
+from satellite_asr.server import Daemon
+
+FIXTURES = Path(__file__).parent / "fixtures"
+EXPECTED: dict[str, list[str]] = json.loads((FIXTURES / "fixtures.json").read_text())
+"""Fixture WAV name -> the commands spoken in it, in order."""
+
+_NUMBERS = {"ten": "10", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "twenty": "20"}
+
+
+def normalise(text: str) -> str:
+    """Lowercase words without punctuation, number words as digits (tiny.en writes "10")."""
+    words = re.sub(r"[^\w\s']", " ", text.lower()).split()
+    return " ".join(_NUMBERS.get(word, word) for word in words)
+
+
+def word_error_rate(reference: str, hypothesis: str) -> float:
+    return float(jiwer.wer(normalise(reference), normalise(hypothesis) or "<empty>"))
+
+
+def daemon_settings(**overrides: Any) -> Settings:
+    """Settings for a daemon on loopback with ephemeral ports, no zeroconf, no Wyoming unless asked."""
+    values: dict[str, Any] = {
+        "host": "127.0.0.1",
+        "http_port": 0,
+        "zeroconf": False,
+        "wyoming_uri": "none",
+        "log_level": "DEBUG",
+    }
+    values.update(overrides)
+    return load_settings(None, environ={}, overrides=values)
+
+
+@asynccontextmanager
+async def running_daemon(engine: Engine | None = None, **overrides: Any) -> AsyncIterator[Daemon]:
+    """A started daemon whose engine has loaded; stopped (finals flushed) on exit."""
+    daemon = Daemon(daemon_settings(**overrides), engine=engine)
+    await daemon.start()
+    try:
+        await daemon.wait_ready()
+        yield daemon
+    finally:
+        await daemon.stop()
+
+
+def ws_url(daemon: Daemon) -> str:
+    return f"ws://127.0.0.1:{daemon.http_port}/v1/stream"

@@ -1,0 +1,74 @@
+"""PCM decoding, resampling and the session audio buffer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from satellite_asr.audio import AudioBuffer, AudioFormatError, PcmDecoder
+
+
+def dominant_frequency(samples: np.ndarray, rate: int) -> float:
+    spectrum = np.abs(np.fft.rfft(samples * np.hanning(samples.size)))
+    return float(np.fft.rfftfreq(samples.size, 1 / rate)[int(np.argmax(spectrum))])
+
+
+def test_s16le_and_f32le_decode_to_the_same_samples() -> None:
+    values = np.array([0, 16384, -16384, 32767, -32768], dtype="<i2")
+    from_int = PcmDecoder("s16le").decode(values.tobytes()).samples
+    from_float = PcmDecoder("f32le").decode((values / 32768.0).astype("<f4").tobytes()).samples
+    np.testing.assert_allclose(from_int, from_float, atol=1e-6)
+    assert from_int.dtype == np.float32
+
+
+def test_partial_frames_are_rejected_with_a_reason() -> None:
+    with pytest.raises(AudioFormatError, match="not a whole number of f32le frames"):
+        PcmDecoder("f32le").decode(b"\x00" * 6)
+    with pytest.raises(AudioFormatError, match="s16le"):
+        PcmDecoder("s16le", channels=2).decode(b"\x00" * 6)
+
+
+def test_bad_formats_are_refused() -> None:
+    with pytest.raises(AudioFormatError, match="encoding"):
+        PcmDecoder("mp3")
+    with pytest.raises(AudioFormatError, match="outside 8000-48000"):
+        PcmDecoder("s16le", 96000)
+
+
+def test_non_finite_samples_become_silence_and_are_counted() -> None:
+    raw = np.array([0.5, np.nan, np.inf, -np.inf, -0.5, 3.0], dtype="<f4").tobytes()
+    decoded = PcmDecoder("f32le").decode(raw)
+    assert decoded.non_finite == 3
+    np.testing.assert_array_equal(decoded.samples, np.array([0.5, 0, 0, 0, -0.5, 1.0], dtype=np.float32))
+
+
+def test_stereo_is_mixed_down() -> None:
+    frames = np.array([[1000, 3000], [-2000, 0]], dtype="<i2")
+    decoded = PcmDecoder("s16le", channels=2).decode(frames.tobytes()).samples
+    np.testing.assert_allclose(decoded, np.array([2000, -1000]) / 32768.0, atol=1e-6)
+
+
+@pytest.mark.parametrize("rate", [8000, 22050, 44100, 48000])
+def test_resampling_keeps_frequency_and_duration_across_frames(rate: int) -> None:
+    seconds, tone = 2.0, 440.0
+    t = np.arange(int(rate * seconds)) / rate
+    pcm = (0.5 * np.sin(2 * np.pi * tone * t)).astype("<f4").tobytes()
+    decoder = PcmDecoder("f32le", rate)
+    frame = int(rate * 0.1) * 4 + 4  # frames that do not line up with the resampling ratio
+    pieces = [decoder.decode(pcm[i : i + frame]).samples for i in range(0, len(pcm), frame)]
+    out = np.concatenate([*pieces, decoder.drain()])
+    assert abs(out.size - 16000 * seconds) <= 2
+    assert abs(dominant_frequency(out, 16000) - tone) < 2.0
+
+
+def test_audio_buffer_addresses_samples_absolutely() -> None:
+    buffer = AudioBuffer()
+    for start in range(0, 40000, 1000):
+        buffer.append(np.arange(start, start + 1000, dtype=np.float32))
+    assert buffer.end == 40000
+    np.testing.assert_array_equal(buffer.slice(100, 105), np.arange(100, 105, dtype=np.float32))
+    buffer.drop_before(30000)
+    assert buffer.base == 30000
+    np.testing.assert_array_equal(buffer.slice(29990, 30003), np.arange(30000, 30003, dtype=np.float32))
+    buffer.append(np.array([7.0], dtype=np.float32))
+    assert buffer.end == 40001 and buffer.slice(40000, 50000).tolist() == [7.0]

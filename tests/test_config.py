@@ -1,0 +1,97 @@
+"""Settings: precedence, validation messages, and the documented example file."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from satellite_asr.cli import build_parser
+from satellite_asr.config import ConfigError, Settings, load_settings, setting_default, setting_fields
+
+ROOT = Path(__file__).parent.parent
+
+
+def test_defaults() -> None:
+    settings = load_settings(environ={})
+    assert settings.host == "0.0.0.0" and settings.http_port == 10301
+    assert settings.silence_ms == 800 and settings.min_speech_ms == 300 and settings.max_utterance_s == 30.0
+
+
+def test_precedence_cli_over_env_over_file_over_default(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("silence_ms: 500\nmin_speech_ms: 200\nmax_sessions: 5\n")
+    env = {"SATELLITE_ASR_SILENCE_MS": "600", "SATELLITE_ASR_MIN_SPEECH_MS": "250"}
+    settings = load_settings(config, environ=env, overrides={"silence_ms": "700"})
+    assert settings.silence_ms == 700  # CLI
+    assert settings.min_speech_ms == 250  # environment
+    assert settings.max_sessions == 5  # file
+    assert settings.http_port == 10301  # default
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"silence_ms": "abc"}, "silence_ms: expected a whole number, got 'abc'"),
+        ({"silence_ms": "20"}, "silence_ms: must be between 100 and 10000"),
+        ({"engine": "gpt"}, "engine: must be one of auto, whisper"),
+        ({"vad_threshold": "nan"}, "vad_threshold: expected a number"),
+        ({"zeroconf": "maybe"}, "zeroconf: expected true or false"),
+        ({"tls_cert": "a.pem"}, "tls_cert and tls_key: give both or neither"),
+    ],
+)
+def test_bad_values_name_the_key_and_what_is_allowed(overrides: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        load_settings(environ={}, overrides=overrides)
+
+
+def test_unknown_keys_are_errors_everywhere(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("silense_ms: 500\n")
+    with pytest.raises(ConfigError, match="unknown setting 'silense_ms'"):
+        load_settings(config, environ={})
+    with pytest.raises(ConfigError, match="SATELLITE_ASR_SILENSE_MS"):
+        load_settings(environ={"SATELLITE_ASR_SILENSE_MS": "1"})
+
+
+def test_unreadable_or_malformed_files_are_reported(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot be read"):
+        load_settings(tmp_path / "missing.yaml", environ={})
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("silence_ms: [1,\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_settings(bad, environ={})
+    listed = tmp_path / "list.yaml"
+    listed.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="must be a mapping"):
+        load_settings(listed, environ={})
+
+
+def test_example_config_documents_every_key_with_its_default() -> None:
+    example = yaml.safe_load((ROOT / "config.example.yaml").read_text())
+    fields = {f.name: setting_default(f) for f in setting_fields()}
+    assert set(example) == set(fields), "config.example.yaml must list every setting"
+    settings = load_settings(ROOT / "config.example.yaml", environ={})
+    assert settings == Settings(), "the example's values are the defaults"
+
+
+def test_every_setting_has_a_serve_flag() -> None:
+    parser = build_parser()
+    args = parser.parse_args(["serve", "--silence-ms", "900", "--no-zeroconf", "--zeroconf-interface", "127.0.0.1"])
+    assert args.silence_ms == "900" and args.zeroconf is False and args.zeroconf_interface == ["127.0.0.1"]
+    serve_help = subprocess.run(
+        [sys.executable, "-m", "satellite_asr", "serve", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    for f in setting_fields():
+        assert "--" + f.name.replace("_", "-") in serve_help
+
+
+def test_serve_stops_with_a_clear_message_on_a_bad_value() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "satellite_asr", "serve", "--http-port", "99999"], capture_output=True, text=True
+    )
+    assert result.returncode == 2
+    assert "http_port: must be between 0 and 65535" in result.stderr

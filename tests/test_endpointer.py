@@ -1,0 +1,152 @@
+"""Endpointing rules driven by synthetic speech probabilities (no audio, no model)."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+from satellite_asr.vad.endpointer import (
+    WINDOW,
+    Endpoint,
+    Endpointer,
+    EndpointerConfig,
+    EndpointEvent,
+    PartialDue,
+    SpeechPaused,
+    SpeechStart,
+    ms_to_samples,
+)
+
+CONFIG = EndpointerConfig(
+    threshold=0.5, min_speech_ms=300, silence_ms=800, speech_pad_ms=300, partial_interval_ms=500, max_utterance_s=30
+)
+
+
+def windows(ms: float) -> int:
+    return math.ceil(ms_to_samples(ms) / WINDOW)
+
+
+def run(endpointer: Endpointer, probabilities: list[float]) -> list[tuple[int, EndpointEvent]]:
+    """Events with the index of the window that produced them."""
+    out: list[tuple[int, EndpointEvent]] = []
+    for index, p in enumerate(probabilities):
+        out.extend((index, event) for event in endpointer.process(p))
+    return out
+
+
+def of_type(events: list[tuple[int, EndpointEvent]], kind: type) -> list[tuple[int, EndpointEvent]]:
+    return [(i, e) for i, e in events if isinstance(e, kind)]
+
+
+def test_silence_gives_no_events() -> None:
+    assert run(Endpointer(CONFIG), [0.01] * 500) == []
+
+
+def test_speech_starts_after_min_speech_with_preroll() -> None:
+    lead = 40
+    events = run(Endpointer(CONFIG), [0.0] * lead + [0.9] * 30)
+    starts = of_type(events, SpeechStart)
+    assert len(starts) == 1
+    index, start = starts[0]
+    assert index == lead + windows(300) - 1, "start is reported on the window that completes min_speech_ms"
+    assert isinstance(start, SpeechStart)
+    assert start.start == lead * WINDOW - ms_to_samples(300), "pre-roll of speech_pad_ms before the onset"
+
+
+def test_preroll_is_clamped_to_the_stream_start() -> None:
+    events = run(Endpointer(CONFIG), [0.9] * 20)
+    assert [e for _, e in of_type(events, SpeechStart)] == [SpeechStart(0)]
+
+
+def test_short_blip_is_not_speech() -> None:
+    blip = [0.0] * 10 + [0.9] * (windows(300) - 2) + [0.0] * 50
+    assert of_type(run(Endpointer(CONFIG), blip), SpeechStart) == []
+
+
+def test_endpoint_after_silence_ms_with_trailing_pad() -> None:
+    speech = 40
+    events = run(Endpointer(CONFIG), [0.9] * speech + [0.0] * 60)
+    ends = of_type(events, Endpoint)
+    assert len(ends) == 1
+    index, end = ends[0]
+    assert isinstance(end, Endpoint)
+    assert index == speech + windows(800) - 1
+    assert not end.forced
+    assert end.end == speech * WINDOW + CONFIG.trailing_pad_samples
+
+
+def test_speculation_point_comes_once_before_the_endpoint() -> None:
+    events = run(Endpointer(CONFIG), [0.9] * 40 + [0.0] * 60)
+    paused = of_type(events, SpeechPaused)
+    ((end_index, end),) = of_type(events, Endpoint)
+    assert len(paused) == 1
+    pause_index, pause = paused[0]
+    assert isinstance(pause, SpeechPaused) and isinstance(end, Endpoint)
+    assert pause_index < end_index
+    assert pause.end == end.end, "the speculative decode covers exactly the audio the final will use"
+
+
+def test_resumed_speech_cancels_the_endpoint_and_pauses_again() -> None:
+    gap = windows(500)  # shorter than silence_ms, longer than the speculation point
+    events = run(Endpointer(CONFIG), [0.9] * 30 + [0.0] * gap + [0.9] * 30 + [0.0] * 60)
+    assert len(of_type(events, SpeechStart)) == 1
+    assert len(of_type(events, SpeechPaused)) == 2
+    assert len(of_type(events, Endpoint)) == 1
+
+
+def test_hysteresis_keeps_speech_going_between_thresholds() -> None:
+    events = run(Endpointer(CONFIG), [0.9] * 20 + [0.4] * 60 + [0.0] * 60)
+    ((_, end),) = of_type(events, Endpoint)
+    assert isinstance(end, Endpoint)
+    assert end.end == 80 * WINDOW + CONFIG.trailing_pad_samples, "0.4 is above threshold - 0.15: still speech"
+
+
+def test_partials_are_due_every_interval_of_speech() -> None:
+    speech_windows = windows(5000)
+    events = run(Endpointer(CONFIG), [0.9] * speech_windows + [0.0] * 60)
+    partials = of_type(events, PartialDue)
+    assert len(partials) in (9, 10)
+    gaps = [b[0] - a[0] for a, b in itertools.pairwise(partials)]
+    assert all(g == windows(500) or g == windows(500) - 1 for g in gaps)
+
+
+def test_no_partials_during_silence() -> None:
+    events = run(Endpointer(CONFIG), [0.9] * 20 + [0.0] * 25 + [0.9] * 1 + [0.0] * 60)
+    speech_end = 20
+    late = [i for i, _ in of_type(events, PartialDue) if speech_end <= i < 45]
+    assert late == []
+
+
+def test_length_cap_forces_a_final_and_speech_goes_on_in_a_new_utterance() -> None:
+    config = EndpointerConfig(max_utterance_s=3.0, speech_pad_ms=0)
+    endpointer = Endpointer(config)
+    events = run(endpointer, [0.9] * windows(7000))
+    ends = [e for _, e in of_type(events, Endpoint)]
+    starts = [e for _, e in of_type(events, SpeechStart)]
+    assert all(isinstance(e, Endpoint) and e.forced for e in ends)
+    assert len(ends) == 2 and len(starts) == 3
+    for end, next_start in zip(ends, starts[1:], strict=False):
+        assert isinstance(end, Endpoint) and isinstance(next_start, SpeechStart)
+        assert next_start.start >= end.end, "utterances never overlap"
+    first = starts[0]
+    assert isinstance(first, SpeechStart)
+    assert ends[0].end - first.start >= 3 * 16000  # type: ignore[union-attr]
+
+
+def test_next_utterance_preroll_never_reaches_into_the_previous_one() -> None:
+    events = run(Endpointer(CONFIG), [0.9] * 20 + [0.0] * windows(800) + [0.9] * 20 + [0.0] * 60)
+    ends = [e for _, e in of_type(events, Endpoint)]
+    starts = [e for _, e in of_type(events, SpeechStart)]
+    assert len(starts) == 2
+    assert isinstance(starts[1], SpeechStart) and isinstance(ends[0], Endpoint)
+    assert starts[1].start >= ends[0].end
+
+
+def test_flush_ends_speech_in_progress_and_is_a_no_op_otherwise() -> None:
+    endpointer = Endpointer(CONFIG)
+    assert endpointer.flush() is None
+    run(endpointer, [0.9] * 20)
+    flushed = endpointer.flush(end=20 * WINDOW + 100)
+    assert flushed == Endpoint(20 * WINDOW + 100, forced=True)
+    assert endpointer.flush() is None
+    assert not endpointer.in_speech

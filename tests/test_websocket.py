@@ -1,0 +1,362 @@
+"""The WebSocket protocol end to end: real daemon, real Silero, real tiny.en, real clients."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+from typing import Any
+
+import aiohttp
+import numpy as np
+import pytest
+import websockets
+from websockets.exceptions import ConnectionClosed
+
+from satellite_asr.clients.stream_client import stream_file
+from satellite_asr.clients.wav import read_wav
+from satellite_asr.server import Daemon
+from tests.doubles import CrashingEngineDouble, SlowLoadingEngineDouble
+from tests.helpers import EXPECTED, FIXTURES, daemon_settings, normalise, running_daemon, word_error_rate, ws_url
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def f32(audio: np.ndarray) -> bytes:
+    return audio.astype("<f4").tobytes()
+
+
+def fixture_16k(name: str) -> np.ndarray:
+    return read_wav(FIXTURES / name).to_16k_mono()
+
+
+async def receive_until_close(ws: websockets.ClientConnection) -> list[dict[str, Any]]:
+    messages = []
+    try:
+        async for raw in ws:
+            messages.append(json.loads(raw))
+    except ConnectionClosed:
+        pass
+    return messages
+
+
+async def next_message(ws: websockets.ClientConnection, kind: str) -> dict[str, Any]:
+    while True:
+        message = json.loads(await asyncio.wait_for(ws.recv(), 30))
+        if message["type"] == kind:
+            return message
+
+
+def of_type(messages: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [m for m in messages if m["type"] == kind]
+
+
+@pytest.mark.parametrize("name", ["lights_on.wav", "weather.wav", "timer.wav", "music.wav"])
+async def test_one_command_gives_one_final_with_its_words(name: str) -> None:
+    async with running_daemon() as daemon:
+        messages = await stream_file(FIXTURES / name, ws_url(daemon), fast=True)
+    kinds = [m["type"] for m in messages]
+    assert kinds[0] == "session_created"
+    finals = of_type(messages, "final")
+    assert len(finals) == 1
+    assert word_error_rate(EXPECTED[name][0], finals[0]["text"]) <= 0.2, finals[0]["text"]
+    assert finals[0]["is_speech_final"] is True, "the trailing pause ends it, not the end of the stream"
+    assert kinds.index("speech_start") < kinds.index("final")
+    assert 0.0 <= finals[0]["start"] < finals[0]["end"] <= read_wav(FIXTURES / name).seconds
+
+
+async def test_pauses_split_commands_into_one_final_each_at_real_time_pace() -> None:
+    async with running_daemon() as daemon:
+        messages = await stream_file(FIXTURES / "three_commands.wav", ws_url(daemon))
+    finals = of_type(messages, "final")
+    assert [normalise(f["text"]) for f in finals] == [normalise(t) for t in EXPECTED["three_commands.wav"]]
+    assert [f["utterance_id"] for f in finals] == [1, 2, 3]
+    assert all(f["is_speech_final"] for f in finals)
+    assert all(a["end"] <= b["start"] for a, b in itertools.pairwise(finals))
+    partials = of_type(messages, "partial")
+    assert partials, "partials arrive while a command is spoken"
+    for partial in partials:
+        final_index = messages.index(finals[partial["utterance_id"] - 1])
+        assert messages.index(partial) < final_index, "no partial after its utterance's final"
+        assert partial["is_speech_final"] is False
+
+
+async def test_session_created_reports_effective_settings() -> None:
+    async with running_daemon() as daemon, websockets.connect(ws_url(daemon)) as ws:
+        config = {"type": "config", "sample_rate": 48000, "encoding": "s16le", "vad": {"silence_ms": 500}}
+        await ws.send(json.dumps(config))
+        created = json.loads(await ws.recv())
+    assert created["type"] == "session_created" and created["session_id"]
+    effective = created["config"]
+    assert effective["sample_rate"] == 48000 and effective["encoding"] == "s16le"
+    assert effective["vad"]["silence_ms"] == 500 and effective["vad"]["min_speech_ms"] == 300
+    assert effective["partials"] is True and effective["engine"] == "whisper" and effective["languages"] == ["en"]
+
+
+async def test_audio_without_config_uses_defaults() -> None:
+    async with running_daemon() as daemon, websockets.connect(ws_url(daemon)) as ws:
+        await ws.send(f32(fixture_16k("lights_on.wav")))
+        created = json.loads(await ws.recv())
+        await ws.send(json.dumps({"type": "end"}))
+        messages = await receive_until_close(ws)
+    assert created["type"] == "session_created"
+    assert created["config"]["encoding"] == "f32le" and created["config"]["sample_rate"] == 16000
+    assert word_error_rate(EXPECTED["lights_on.wav"][0], of_type(messages, "final")[0]["text"]) <= 0.2
+
+
+async def test_other_rates_are_resampled() -> None:
+    import soxr
+
+    audio = soxr.resample(fixture_16k("music.wav"), 16000, 44100)
+    pcm = (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
+    async with running_daemon() as daemon, websockets.connect(ws_url(daemon)) as ws:
+        await ws.send(json.dumps({"type": "config", "sample_rate": 44100, "encoding": "s16le"}))
+        for offset in range(0, len(pcm), 8820):
+            await ws.send(pcm[offset : offset + 8820])
+        await ws.send(json.dumps({"type": "end"}))
+        messages = await receive_until_close(ws)
+    (final,) = of_type(messages, "final")
+    assert word_error_rate(EXPECTED["music.wav"][0], final["text"]) <= 0.2
+
+
+async def test_flush_finalizes_now_and_is_not_speech_final() -> None:
+    audio = fixture_16k("music.wav")[: int(2.3 * 16000)]  # cut mid-command, no trailing pause
+    async with running_daemon() as daemon, websockets.connect(ws_url(daemon)) as ws:
+        await ws.send(f32(audio))
+        await ws.send(json.dumps({"type": "flush"}))
+        final = await next_message(ws, "final")
+        assert final["is_speech_final"] is False
+        assert final["end"] == pytest.approx(2.3, abs=0.05)
+        assert "music" in normalise(final["text"])
+        await ws.send(json.dumps({"type": "end"}))
+        rest = await receive_until_close(ws)
+        assert ws.close_code == 1000
+    assert of_type(rest, "final") == [], "exactly one final per utterance"
+
+
+async def test_end_sends_pending_final_then_closes_normally() -> None:
+    audio = fixture_16k("weather.wav")[: int(2.4 * 16000)]
+    async with running_daemon() as daemon, websockets.connect(ws_url(daemon)) as ws:
+        await ws.send(f32(audio))
+        await ws.send(json.dumps({"type": "end"}))
+        messages = await receive_until_close(ws)
+        assert ws.close_code == 1000
+    (final,) = of_type(messages, "final")
+    assert final["is_speech_final"] is False and "weather" in normalise(final["text"])
+
+
+async def test_silence_gives_no_final() -> None:
+    async with running_daemon() as daemon, websockets.connect(ws_url(daemon)) as ws:
+        await ws.send(f32(np.zeros(16000 * 3, dtype=np.float32)))
+        await ws.send(json.dumps({"type": "end"}))
+        messages = await receive_until_close(ws)
+    assert [m["type"] for m in messages] == ["session_created"]
+
+
+# --- bad input ---------------------------------------------------------------------------------
+
+
+async def test_non_json_and_unknown_types_are_errors_and_the_session_goes_on() -> None:
+    async with running_daemon() as daemon, websockets.connect(ws_url(daemon)) as ws:
+        await ws.send("this is not json")
+        first = json.loads(await ws.recv())
+        await ws.send(json.dumps({"type": "dance"}))
+        second = json.loads(await ws.recv())
+        await ws.send(json.dumps([1, 2]))
+        third = json.loads(await ws.recv())
+        await ws.send(f32(fixture_16k("lights_on.wav")))
+        await ws.send(json.dumps({"type": "end"}))
+        messages = await receive_until_close(ws)
+    for error in (first, second, third):
+        assert error["type"] == "error" and error["code"] == "invalid_message" and error["message"]
+    assert "dance" in second["message"]
+    assert len(of_type(messages, "final")) == 1
+
+
+@pytest.mark.parametrize(
+    ("config", "mentions"),
+    [
+        ({"encoding": "mp3"}, "encoding"),
+        ({"sample_rate": 96000}, "sample_rate"),
+        ({"sample_rate": 4000}, "sample_rate"),
+        ({"vad": {"silence_ms": 5}}, "vad.silence_ms"),
+        ({"vad": {"threshold": "high"}}, "vad.threshold"),
+        ({"languages": "en"}, "unknown field"),
+    ],
+)
+async def test_invalid_config_is_an_error_and_closes_1008(config: dict[str, Any], mentions: str) -> None:
+    async with running_daemon() as daemon, websockets.connect(ws_url(daemon)) as ws:
+        await ws.send(json.dumps({"type": "config", **config}))
+        messages = await receive_until_close(ws)
+        assert ws.close_code == 1008
+        assert messages[0]["type"] == "error" and messages[0]["code"] == "invalid_config"
+        assert mentions in messages[0]["message"]
+        assert len(daemon.sessions) == 0
+
+
+async def test_partial_frames_are_dropped_with_an_error() -> None:
+    audio = fixture_16k("timer.wav")
+    async with running_daemon() as daemon, websockets.connect(ws_url(daemon)) as ws:
+        await ws.send(b"\x00" * 7)
+        created = json.loads(await ws.recv())
+        error = json.loads(await ws.recv())
+        await ws.send(f32(audio))
+        await ws.send(json.dumps({"type": "end"}))
+        messages = await receive_until_close(ws)
+    assert created["type"] == "session_created"
+    assert error["code"] == "invalid_audio" and "7 bytes" in error["message"]
+    assert len(of_type(messages, "final")) == 1
+
+
+async def test_nan_samples_are_silence_and_counted() -> None:
+    noisy = fixture_16k("lights_on.wav").copy()
+    noisy[:4000] = np.nan
+    noisy[-4000:] = np.inf
+    async with running_daemon() as daemon:
+        async with websockets.connect(ws_url(daemon)) as ws:
+            await ws.send(f32(noisy))
+            await ws.send(json.dumps({"type": "end"}))
+            messages = await receive_until_close(ws)
+        metrics = daemon.metrics.render().decode()
+    assert "satellite_asr_invalid_samples_total 8000.0" in metrics
+    (final,) = of_type(messages, "final")
+    assert word_error_rate(EXPECTED["lights_on.wav"][0], final["text"]) <= 0.2
+
+
+async def test_oversized_frames_close_1009() -> None:
+    async with running_daemon() as daemon:
+        async with websockets.connect(ws_url(daemon), max_size=None) as ws:
+            await ws.send(f32(np.zeros(1600, dtype=np.float32)))
+            await next_message(ws, "session_created")
+            await ws.send(b"\x00" * ((1 << 20) + 4))
+            await receive_until_close(ws)
+            assert ws.close_code == 1009
+        for _ in range(50):
+            if len(daemon.sessions) == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert len(daemon.sessions) == 0
+
+
+async def test_config_after_audio_is_locked() -> None:
+    async with running_daemon() as daemon, websockets.connect(ws_url(daemon)) as ws:
+        await ws.send(f32(np.zeros(1600, dtype=np.float32)))
+        await next_message(ws, "session_created")
+        await ws.send(json.dumps({"type": "config", "sample_rate": 8000}))
+        error = json.loads(await ws.recv())
+        await ws.send(f32(fixture_16k("weather.wav")))
+        await ws.send(json.dumps({"type": "end"}))
+        messages = await receive_until_close(ws)
+    assert error["code"] == "config_locked"
+    assert len(of_type(messages, "final")) == 1, "the session kept its settings and went on"
+
+
+async def test_max_sessions_refuses_with_server_busy_1013() -> None:
+    async with running_daemon(max_sessions=1) as daemon, websockets.connect(ws_url(daemon)) as first:
+        await first.send(json.dumps({"type": "config"}))
+        await next_message(first, "session_created")
+        async with websockets.connect(ws_url(daemon)) as second:
+            await second.send(json.dumps({"type": "config"}))
+            messages = await receive_until_close(second)
+            assert second.close_code == 1013
+        assert messages[0]["code"] == "server_busy"
+        await first.send(f32(fixture_16k("lights_on.wav")))
+        await first.send(json.dumps({"type": "end"}))
+        assert len(of_type(await receive_until_close(first), "final")) == 1
+
+
+async def test_disconnect_mid_utterance_releases_everything() -> None:
+    audio = fixture_16k("music.wav")[: int(2.0 * 16000)]
+    async with running_daemon() as daemon:
+        tasks_before = len(asyncio.all_tasks())
+        for _ in range(3):
+            ws = await websockets.connect(ws_url(daemon))
+            await ws.send(f32(audio))
+            await next_message(ws, "speech_start")
+            await ws.close()
+        for _ in range(100):
+            if len(daemon.sessions) == 0 and len(asyncio.all_tasks()) <= tasks_before:
+                break
+            await asyncio.sleep(0.05)
+        assert len(daemon.sessions) == 0
+        assert len(asyncio.all_tasks()) <= tasks_before, "no task left behind by the closed sessions"
+        metrics = daemon.metrics.render().decode()
+        assert 'satellite_asr_sessions_active{protocol="websocket"} 0.0' in metrics
+
+
+async def test_engine_error_hits_only_its_session() -> None:
+    async with running_daemon(engine=CrashingEngineDouble()) as daemon:
+        crash, fine = await asyncio.gather(
+            stream_file(FIXTURES / "weather.wav", ws_url(daemon), fast=True, config={"context": "crash"}),
+            stream_file(FIXTURES / "weather.wav", ws_url(daemon), fast=True),
+        )
+    errors = of_type(crash, "error")
+    assert [e["code"] for e in errors] == ["engine_error"]
+    assert len(of_type(crash, "final")) == 1, "the utterance still gets its one final"
+    assert of_type(fine, "error") == []
+    assert word_error_rate(EXPECTED["weather.wav"][0], of_type(fine, "final")[0]["text"]) <= 0.2
+
+
+async def test_idle_session_is_finalized_and_closed() -> None:
+    audio = fixture_16k("music.wav")[: int(2.0 * 16000)]
+    async with running_daemon(idle_timeout_s=1.0) as daemon, websockets.connect(ws_url(daemon)) as ws:
+        await ws.send(f32(audio))
+        messages = await receive_until_close(ws)
+        assert ws.close_code == 1001
+        assert len(daemon.sessions) == 0
+    (final,) = of_type(messages, "final")
+    assert final["is_speech_final"] is False and "music" in normalise(final["text"])
+
+
+async def test_shutdown_delivers_pending_finals() -> None:
+    audio = fixture_16k("timer.wav")[: int(2.2 * 16000)]
+    daemon = Daemon(daemon_settings())
+    await daemon.start()
+    await daemon.wait_ready()
+    ws = await websockets.connect(ws_url(daemon))
+    await ws.send(f32(audio))
+    await next_message(ws, "speech_start")
+    receiver = asyncio.create_task(receive_until_close(ws))
+    await daemon.stop()
+    messages = await receiver
+    assert ws.close_code == 1001
+    (final,) = of_type(messages, "final")
+    assert "timer" in normalise(final["text"])
+
+
+# --- HTTP ----------------------------------------------------------------------------------------
+
+
+async def test_health_is_503_until_the_engine_is_ready_and_metrics_are_exported() -> None:
+    engine = SlowLoadingEngineDouble()
+    daemon = Daemon(daemon_settings(), engine=engine)
+    await daemon.start()
+    try:
+        url = f"http://127.0.0.1:{daemon.http_port}"
+        async with aiohttp.ClientSession() as http:
+            async with http.get(url + "/health") as response:
+                assert response.status == 503
+                body = await response.json()
+                assert body["ready"] is False and body["status"] == "loading" and body["engine"] == "whisper"
+            engine.release.set()
+            await daemon.wait_ready()
+            async with http.get(url + "/health") as response:
+                assert response.status == 200
+                body = await response.json()
+                assert body["ready"] is True and body["active_sessions"] == 0 and body["languages"] == ["en"]
+            await stream_file(FIXTURES / "lights_on.wav", ws_url(daemon).replace("http", "ws"), fast=True)
+            async with http.get(url + "/metrics") as response:
+                text = await response.text()
+    finally:
+        await daemon.stop()
+    for name in (
+        "satellite_asr_sessions_total",
+        "satellite_asr_utterances_total",
+        "satellite_asr_partial_latency_seconds_bucket",
+        "satellite_asr_final_latency_seconds_count",
+        "satellite_asr_decode_seconds_bucket",
+        "satellite_asr_vad_seconds_total",
+        "satellite_asr_audio_seconds_total",
+    ):
+        assert name in text
+    assert 'satellite_asr_utterances_total{reason="endpoint"} 1.0' in text
