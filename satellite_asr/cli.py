@@ -65,6 +65,18 @@ def build_parser() -> argparse.ArgumentParser:
     stream.add_argument("--language", help="Language code to ask for.")
     stream.add_argument("--context", help="Biasing context (names, terms).")
     stream.add_argument("--silence-ms", type=int, help="End-of-speech silence for this session.")
+
+    bench = commands.add_parser("bench", help="Load test: concurrent real-time clients; latency, CPU and WER.")
+    bench.add_argument("--clients", type=int, default=1, help="Concurrent clients (default 1).")
+    bench.add_argument("--rounds", type=int, default=4, help="Files each client streams, one after another.")
+    bench.add_argument(
+        "--manifest",
+        default="tests/fixtures/fixtures.json",
+        help="JSON mapping WAV files (beside it) to their expected utterances.",
+    )
+    bench.add_argument("--url", help="Benchmark a running daemon instead of starting one in-process.")
+    bench.add_argument("--json", action="store_true", help="Print the full report as JSON.")
+    _add_setting_flags(bench)
     return parser
 
 
@@ -77,6 +89,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _transcribe(_settings_from(args), args.files)
         if args.command == "stream":
             return _stream(args)
+        if args.command == "bench":
+            return _bench(_settings_from(args), args)
     except ConfigError as exc:
         print(f"satellite-asr: configuration error: {exc}", file=sys.stderr)
         return 2
@@ -143,4 +157,24 @@ def _stream(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"satellite-asr: cannot reach {args.url}: {exc}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _bench(settings: Settings, args: argparse.Namespace) -> int:
+    _setup_logging("WARNING" if settings.log_level == "INFO" else settings.log_level)
+    import json
+    from pathlib import Path
+
+    from satellite_asr.clients.bench import report_json, run_bench
+
+    manifest = Path(args.manifest)
+    try:
+        references: dict[str, list[str]] = json.loads(manifest.read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"cannot read the bench manifest {manifest}: {exc}") from None
+    files = [manifest.parent / name for name in references]
+    report = asyncio.run(
+        run_bench(settings, files, clients=args.clients, rounds=args.rounds, url=args.url, references=references)
+    )
+    print(report_json(report) if args.json else report.summary())
     return 0

@@ -34,6 +34,13 @@ class Metrics:
         self.partials_skipped = Counter(
             "satellite_asr_partials_skipped", "Partials not decoded because newer audio superseded them.", registry=r
         )
+        self.frame_seconds = Histogram(
+            "satellite_asr_frame_seconds",
+            "Server time to take one client audio frame (decode, resample, VAD, endpointing; not transcription).",
+            ["protocol"],
+            registry=r,
+            buckets=(0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25),
+        )
         self.vad_seconds = Counter("satellite_asr_vad_seconds", "Wall seconds spent in Silero VAD.", registry=r)
         self.audio_seconds = Counter(
             "satellite_asr_audio_seconds", "Seconds of audio received.", ["protocol"], registry=r

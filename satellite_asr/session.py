@@ -353,10 +353,18 @@ class Session:
     async def _speculated_result(self, utterance: _Utterance, end: int) -> Transcript | None:
         speculation, utterance.speculation = utterance.speculation, None
         if speculation is None:
+            log.debug("session %s: utterance %d ended without a speculative final", self.id, utterance.id)
             return None
         if speculation.end != end or speculation.prefix != utterance.stable:
+            log.debug("session %s: speculative final of utterance %d is stale", self.id, utterance.id)
             speculation.task.cancel()
             return None
+        log.debug(
+            "session %s: utterance %d uses its speculative final (done: %s)",
+            self.id,
+            utterance.id,
+            speculation.task.done(),
+        )
         try:
             return await speculation.task
         except EngineError:

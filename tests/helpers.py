@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import Any
 
 import jiwer
 
+from satellite_asr.clients.bench import normalise_words
 from satellite_asr.config import Settings, load_settings
 from satellite_asr.engines.base import Engine
 from satellite_asr.server import Daemon
@@ -19,17 +19,13 @@ FIXTURES = Path(__file__).parent / "fixtures"
 EXPECTED: dict[str, list[str]] = json.loads((FIXTURES / "fixtures.json").read_text())
 """Fixture WAV name -> the commands spoken in it, in order."""
 
-_NUMBERS = {"ten": "10", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "twenty": "20"}
-
 
 def normalise(text: str) -> str:
-    """Lowercase words without punctuation, number words as digits (tiny.en writes "10")."""
-    words = re.sub(r"[^\w\s']", " ", text.lower()).split()
-    return " ".join(_NUMBERS.get(word, word) for word in words)
+    return normalise_words(text)
 
 
 def word_error_rate(reference: str, hypothesis: str) -> float:
-    return float(jiwer.wer(normalise(reference), normalise(hypothesis) or "<empty>"))
+    return float(jiwer.wer(normalise_words(reference), normalise_words(hypothesis) or "<empty>"))
 
 
 def daemon_settings(**overrides: Any) -> Settings:

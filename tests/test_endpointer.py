@@ -94,11 +94,18 @@ def test_resumed_speech_cancels_the_endpoint_and_pauses_again() -> None:
     assert len(of_type(events, Endpoint)) == 1
 
 
-def test_hysteresis_keeps_speech_going_between_thresholds() -> None:
-    events = run(Endpointer(CONFIG), [0.9] * 20 + [0.4] * 60 + [0.0] * 60)
+def test_silence_is_below_threshold_and_short_dips_do_not_end_speech() -> None:
+    dip = windows(300)
+    events = run(Endpointer(CONFIG), [0.9] * 20 + [0.4] * dip + [0.9] * 20 + [0.49] * 60)
     ((_, end),) = of_type(events, Endpoint)
     assert isinstance(end, Endpoint)
-    assert end.end == 80 * WINDOW + CONFIG.trailing_pad_samples, "0.4 is above threshold - 0.15: still speech"
+    assert end.end == (40 + dip) * WINDOW + CONFIG.trailing_pad_samples, "0.49 is below 0.5: silence"
+    assert len(of_type(events, SpeechStart)) == 1
+
+
+def test_onset_needs_consecutive_speech() -> None:
+    choppy = [0.9, 0.9, 0.9, 0.2] * 20
+    assert of_type(run(Endpointer(CONFIG), choppy), SpeechStart) == []
 
 
 def test_partials_are_due_every_interval_of_speech() -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -196,6 +197,7 @@ class _Connection:
         await self.send({"type": "session_created", "session_id": self.session.id, "config": config})
 
     async def on_binary(self, data: bytes) -> None:
+        received = time.perf_counter()
         if self.session is None:
             options, decoder = parse_config({}, self.handler.settings)
             await self.open_session(options, decoder)
@@ -208,6 +210,7 @@ class _Connection:
         if decoded.non_finite:
             self.handler.metrics.invalid_samples.inc(decoded.non_finite)
         await self.session.feed(decoded.samples)
+        self.handler.metrics.frame_seconds.labels("websocket").observe(time.perf_counter() - received)
 
     async def end(self) -> None:
         self.finished = True

@@ -2,6 +2,11 @@
 
 No I/O and no clock: time is the count of 16 kHz samples fed so far, one Silero window
 (`WINDOW` samples) per probability. Every rule can be unit-tested with synthetic probabilities.
+
+One threshold decides speech and silence. Silero's own segmenter keeps speech going down to
+`threshold - 0.15`; here that only delays the endpoint (its tail of 0.35-0.5 windows lasts about
+100 ms after the voice stops) while the `silence_ms` run already keeps short dips from ending
+an utterance.
 """
 
 from __future__ import annotations
@@ -11,9 +16,6 @@ from dataclasses import dataclass
 SAMPLE_RATE = 16000
 WINDOW = 512
 """Samples per Silero window at 16 kHz (32 ms)."""
-
-HYSTERESIS = 0.15
-"""Once speaking, a window only counts as silence below `threshold - HYSTERESIS` (as Silero does)."""
 
 
 def ms_to_samples(ms: float) -> int:
@@ -85,7 +87,6 @@ class Endpointer:
         self._pad = ms_to_samples(config.speech_pad_ms)
         self._partial_interval = ms_to_samples(config.partial_interval_ms)
         self._max_utterance = int(config.max_utterance_s * SAMPLE_RATE)
-        self._silence_threshold = max(config.threshold - HYSTERESIS, 0.01)
         self.position = 0
         """Samples consumed so far (end of the last window)."""
         self._floor = 0
@@ -120,7 +121,7 @@ class Endpointer:
             if self._onset_start < 0:
                 self._onset_start = window_start
             self._onset_speech += WINDOW
-        elif probability < self._silence_threshold:
+        else:
             self._onset_start, self._onset_speech = -1, 0
         if self._onset_start < 0 or self._onset_speech < self._min_speech:
             return []
@@ -137,7 +138,7 @@ class Endpointer:
 
     def _speaking(self, probability: float) -> list[EndpointEvent]:
         events: list[EndpointEvent] = []
-        if probability >= self._silence_threshold:
+        if probability >= self.config.threshold:
             self._last_speech_end = self.position
             self._silence_run = 0
             self._paused_reported = False

@@ -1,0 +1,243 @@
+"""`satellite-asr bench`: N concurrent clients stream speech at real-time pace; latency, cost, accuracy.
+
+What is measured, per utterance, against the speech's true start and end in the file (found from
+the signal's energy, so no labels are needed beyond the expected words):
+- speech end -> final: when the final arrives after the person stopped speaking;
+- speech start -> first partial;
+and over the run: server time per 100 ms frame (from the daemon's own histogram), CPU seconds per
+second of audio streamed (in-process daemon only), and WER of the finals against the expected
+words and against offline `transcribe` of the same files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from satellite_asr.clients.stream_client import FRAME_SECONDS
+from satellite_asr.clients.transcribe import OfflineTranscriber
+from satellite_asr.clients.wav import read_wav
+from satellite_asr.config import Settings
+from satellite_asr.engines.base import SAMPLE_RATE, Audio
+
+STAGGER_SECONDS = 0.37
+"""Client k starts k x this late, as satellites do not all speak at the same instant."""
+
+_NUMBER_WORDS = {"one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "ten": "10", "twenty": "20"}
+
+
+def normalise_words(text: str) -> str:
+    """Lowercase words without punctuation, number words as digits: what WER should compare."""
+    words = re.sub(r"[^\w\s']", " ", text.lower()).split()
+    return " ".join(_NUMBER_WORDS.get(word, word) for word in words)
+
+
+def speech_segments(audio: Audio, level: float = 0.02, min_gap_s: float = 0.5) -> list[tuple[float, float]]:
+    """(start, end) seconds of speech: 10 ms frames whose peak exceeds `level`, gaps < `min_gap_s` joined."""
+    hop = SAMPLE_RATE // 100
+    frames = np.abs(audio[: audio.size // hop * hop]).reshape(-1, hop).max(axis=1)
+    loud = np.flatnonzero(frames > level)
+    segments: list[tuple[float, float]] = []
+    for index in loud:
+        start, end = index / 100, (index + 1) / 100
+        if segments and start - segments[-1][1] < min_gap_s:
+            segments[-1] = (segments[-1][0], end)
+        else:
+            segments.append((start, end))
+    return segments
+
+
+@dataclass
+class UtteranceTiming:
+    file: str
+    index: int
+    text: str
+    final_latency: float
+    """Seconds from the true end of speech to the final's arrival."""
+    first_partial_latency: float | None
+
+
+@dataclass
+class BenchReport:
+    clients: int
+    utterances: int
+    missing_finals: int
+    silence_ms: int
+    final_latency_p50: float
+    final_latency_p95: float
+    first_partial_p50: float | None
+    first_partial_p95: float | None
+    frame_seconds_p50: float
+    frame_seconds_p95: float
+    cpu_seconds_per_audio_second: float | None
+    wer_vs_reference: float
+    wer_vs_offline: float
+    details: list[UtteranceTiming] = field(default_factory=list)
+
+    def summary(self) -> str:
+        def ms(value: float | None) -> str:
+            return "n/a" if value is None else f"{value * 1000:.0f} ms"
+
+        cpu = self.cpu_seconds_per_audio_second
+        return "\n".join(
+            [
+                f"clients {self.clients}, utterances {self.utterances} (missing finals: {self.missing_finals})",
+                f"speech end -> final      p50 {ms(self.final_latency_p50)}  p95 {ms(self.final_latency_p95)}"
+                f"  (silence_ms {self.silence_ms})",
+                f"speech start -> partial  p50 {ms(self.first_partial_p50)}  p95 {ms(self.first_partial_p95)}",
+                f"server time per frame    p50 <= {ms(self.frame_seconds_p50)}  p95 <= {ms(self.frame_seconds_p95)}"
+                f"  ({FRAME_SECONDS * 1000:.0f} ms frames)",
+                f"CPU s per stream s       {'n/a (remote daemon)' if cpu is None else f'{cpu:.3f}'}",
+                f"WER vs reference {self.wer_vs_reference * 100:.1f}%   vs offline transcribe"
+                f" {self.wer_vs_offline * 100:.1f}%",
+            ]
+        )
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else float("nan")
+
+
+def histogram_quantile(metrics_text: str, name: str, q: float) -> float:
+    """Upper bound of the bucket holding quantile `q` of a Prometheus histogram in exposition text."""
+    buckets = [
+        (float(le), float(count))
+        for le, count in re.findall(rf'^{name}_bucket{{[^}}]*le="([^"]+)"[^}}]*}} (\S+)$', metrics_text, re.M)
+    ]
+    if not buckets or buckets[-1][1] == 0:
+        return float("nan")
+    total = buckets[-1][1]
+    return next(le for le, count in buckets if count >= q * total)
+
+
+async def _stream_one(url: str, audio: Audio, delay: float, config: dict[str, Any]) -> tuple[float, list[Any]]:
+    """Stream float32 16 kHz audio at real-time pace; (wall time of sample 0, [(arrival, message)])."""
+    import websockets
+
+    await asyncio.sleep(delay)
+    received: list[tuple[float, dict[str, Any]]] = []
+    step = int(FRAME_SECONDS * SAMPLE_RATE)
+    async with websockets.connect(url, max_size=1 << 20) as ws:
+        await ws.send(json.dumps({"type": "config", **config}))
+
+        async def receive() -> None:
+            async for raw in ws:
+                received.append((time.monotonic(), json.loads(raw)))
+
+        receiver = asyncio.create_task(receive())
+        origin = time.monotonic()
+        for index, offset in enumerate(range(0, audio.size, step)):
+            await asyncio.sleep(max(0.0, origin + (index + 1) * FRAME_SECONDS - time.monotonic()))
+            await ws.send(audio[offset : offset + step].astype("<f4").tobytes())
+        await ws.send(json.dumps({"type": "end"}))
+        await receiver
+    return origin, received
+
+
+def _timings(name: str, audio: Audio, origin: float, received: list[Any]) -> tuple[list[UtteranceTiming], int]:
+    segments = speech_segments(audio)
+    finals = [(t, m) for t, m in received if m["type"] == "final"]
+    timings = []
+    for index, ((start, end), (arrival, final)) in enumerate(zip(segments, finals, strict=False)):
+        partials = [t for t, m in received if m["type"] == "partial" and m["utterance_id"] == final["utterance_id"]]
+        first_partial = partials[0] - (origin + start) if partials else None
+        timings.append(UtteranceTiming(name, index, final["text"], arrival - (origin + end), first_partial))
+    return timings, max(0, len(segments) - len(finals))
+
+
+async def run_bench(
+    settings: Settings,
+    files: list[Path],
+    *,
+    clients: int,
+    rounds: int,
+    url: str | None,
+    references: dict[str, list[str]],
+) -> BenchReport:
+    """Run the load; starts an in-process daemon from `settings` unless `url` names a running one."""
+    import aiohttp
+    import jiwer
+
+    from satellite_asr.server import Daemon
+
+    audios = {path.name: read_wav(path).to_16k_mono() for path in files}
+    daemon = None
+    if url is None:
+        daemon = Daemon(settings)
+        await daemon.start()
+        await daemon.wait_ready()
+        url = f"ws://127.0.0.1:{daemon.http_port}/v1/stream"
+    try:
+        cpu_before, audio_seconds = time.process_time(), 0.0
+        jobs = []
+        for client in range(clients):
+            names = [files[(client + r) % len(files)].name for r in range(rounds)]
+            audio_seconds += sum(audios[n].size for n in names) / SAMPLE_RATE
+            jobs.append(_client_rounds(url, names, audios, client * STAGGER_SECONDS))
+        results = await asyncio.gather(*jobs)
+        cpu = (time.process_time() - cpu_before) / audio_seconds if daemon is not None else None
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(url.replace("ws", "http", 1).replace("/v1/stream", "/metrics")) as r,
+        ):
+            metrics_text = await r.text()
+    finally:
+        if daemon is not None:
+            await daemon.stop()
+    timings = [t for client_timings, _ in results for t in client_timings]
+    missing = sum(m for _, m in results)
+
+    async with OfflineTranscriber(settings) as offline:
+        offline_texts = {
+            name: [f.text for f in await offline.transcribe(path)] for name, path in ((p.name, p) for p in files)
+        }
+
+    def wer(expected: dict[str, list[str]]) -> float:
+        pairs = [(expected[t.file][t.index], t.text) for t in timings if t.index < len(expected.get(t.file, []))]
+        if not pairs:
+            return float("nan")
+        return float(jiwer.wer([normalise_words(a) for a, _ in pairs], [normalise_words(b) or "-" for _, b in pairs]))
+
+    final_latencies = [t.final_latency for t in timings]
+    partial_latencies = [t.first_partial_latency for t in timings if t.first_partial_latency is not None]
+    return BenchReport(
+        clients=clients,
+        utterances=len(timings),
+        missing_finals=missing,
+        silence_ms=settings.silence_ms,
+        final_latency_p50=statistics.median(final_latencies) if final_latencies else float("nan"),
+        final_latency_p95=percentile(final_latencies, 95),
+        first_partial_p50=statistics.median(partial_latencies) if partial_latencies else None,
+        first_partial_p95=percentile(partial_latencies, 95) if partial_latencies else None,
+        frame_seconds_p50=histogram_quantile(metrics_text, "satellite_asr_frame_seconds", 0.5),
+        frame_seconds_p95=histogram_quantile(metrics_text, "satellite_asr_frame_seconds", 0.95),
+        cpu_seconds_per_audio_second=cpu,
+        wer_vs_reference=wer(references),
+        wer_vs_offline=wer(offline_texts),
+        details=timings,
+    )
+
+
+async def _client_rounds(
+    url: str, names: list[str], audios: dict[str, Audio], delay: float
+) -> tuple[list[UtteranceTiming], int]:
+    timings: list[UtteranceTiming] = []
+    missing = 0
+    for round_index, name in enumerate(names):
+        origin, received = await _stream_one(url, audios[name], delay if round_index == 0 else 0.0, {})
+        file_timings, file_missing = _timings(name, audios[name], origin, received)
+        timings.extend(file_timings)
+        missing += file_missing
+    return timings, missing
+
+
+def report_json(report: BenchReport) -> str:
+    return json.dumps(asdict(report), indent=2)

@@ -1,0 +1,14 @@
+# Sourced by scripts/serve and scripts/test: make ./.venv and install the project into it.
+# Usage: . scripts/bootstrap.sh EXTRAS   (EXTRAS: "" for the daemon, "test" for the test tools)
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${SATELLITE_ASR_VENV:-$ROOT/.venv}"
+PYTHON="${PYTHON:-python3}"
+if [ ! -x "$VENV/bin/python" ]; then
+    "$PYTHON" -m venv "$VENV"
+fi
+# torch is pinned in pyproject.toml (silero-vad requires it): pip takes the CPU build from the
+# machine's local wheel directory where one exists, as configured in pip's own config.
+target="$ROOT"
+[ -n "${1:-}" ] && target="$ROOT[$1]"
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e "$target"

@@ -1,0 +1,60 @@
+"""The command line as a person runs it."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+
+import pytest
+
+from tests.helpers import EXPECTED, FIXTURES, normalise, running_daemon, ws_url
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "satellite_asr", *args], capture_output=True, text=True, timeout=170)
+
+
+def test_transcribe_prints_one_line_per_utterance() -> None:
+    result = run_cli("transcribe", str(FIXTURES / "three_commands.wav"), str(FIXTURES / "lights_on.wav"))
+    assert result.returncode == 0, result.stderr
+    lines = [line.split("\t") for line in result.stdout.splitlines()]
+    assert [normalise(line[3]) for line in lines] == [
+        normalise(t) for t in EXPECTED["three_commands.wav"] + EXPECTED["lights_on.wav"]
+    ]
+    assert all(float(line[1]) < float(line[2]) for line in lines)
+
+
+def test_transcribe_reports_unreadable_files() -> None:
+    result = run_cli("transcribe", str(FIXTURES / "fixtures.json"))
+    assert result.returncode == 2
+    assert "not a PCM WAV file" in result.stderr
+
+
+async def test_stream_prints_partials_and_finals() -> None:
+    async with running_daemon() as daemon:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "satellite_asr",
+            "stream",
+            str(FIXTURES / "weather.wav"),
+            "--url",
+            ws_url(daemon),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        stdout, stderr = await process.communicate()
+    assert process.returncode == 0, stderr.decode()
+    lines = stdout.decode().splitlines()
+    finals = [line for line in lines if line.startswith("[")]
+    assert len(finals) == 1 and normalise(finals[0].split("]", 1)[1]) == normalise(EXPECTED["weather.wav"][0])
+    assert any(line.startswith("partial: ") for line in lines[: lines.index(finals[0])])
+
+
+def test_stream_says_when_the_daemon_is_unreachable() -> None:
+    result = run_cli("stream", str(FIXTURES / "weather.wav"), "--url", "ws://127.0.0.1:9/v1/stream")
+    assert result.returncode == 1
+    assert "cannot reach ws://127.0.0.1:9/v1/stream" in result.stderr

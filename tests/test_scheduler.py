@@ -1,0 +1,117 @@
+"""Scheduling rules, with a recording engine-stream double whose decodes the test releases."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+
+from satellite_asr.engines.base import Audio, EngineStream, Transcript
+from satellite_asr.metrics import Metrics
+from satellite_asr.scheduler import DecodeScheduler, PartialRequests
+
+
+class GatedStreamDouble(EngineStream):
+    """Records each decode's kind and audio length; a decode finishes when the test opens the gate."""
+
+    def __init__(self, log: list[str], name: str) -> None:
+        self.log = log
+        self.name = name
+        self.gate = asyncio.Event()
+        self.started = 0
+
+    async def _decode(self, kind: str, audio: Audio) -> Transcript:
+        self.started += 1
+        self.log.append(f"{self.name}:{kind}:{audio.size}")
+        await self.gate.wait()
+        return Transcript(text=f"{kind} {audio.size}")
+
+    async def partial(self, audio: Audio) -> Transcript:
+        return await self._decode("partial", audio)
+
+    async def final(self, audio: Audio, prefix: str = "") -> Transcript:
+        return await self._decode("final", audio)
+
+
+def audio(n: int) -> Audio:
+    return np.zeros(n, dtype=np.float32)
+
+
+async def settle() -> None:
+    for _ in range(10):
+        await asyncio.sleep(0)
+
+
+async def test_finals_go_before_waiting_partials() -> None:
+    scheduler = DecodeScheduler(slots=1, metrics=Metrics())
+    scheduler.engine_ready.set()
+    log: list[str] = []
+    busy, a, b = GatedStreamDouble(log, "busy"), GatedStreamDouble(log, "a"), GatedStreamDouble(log, "b")
+    first = asyncio.create_task(scheduler.final(busy, audio(1), ""))
+    await settle()
+    partial = asyncio.create_task(scheduler.partial(a, lambda: audio(2)))
+    await settle()
+    final = asyncio.create_task(scheduler.final(b, audio(3), ""))
+    await settle()
+    for stream in (busy, a, b):
+        stream.gate.set()
+    await asyncio.gather(first, partial, final)
+    assert log == ["busy:final:1", "b:final:3", "a:partial:2"]
+
+
+async def test_decodes_wait_for_the_engine() -> None:
+    scheduler = DecodeScheduler(slots=2, metrics=Metrics())
+    stream = GatedStreamDouble([], "s")
+    stream.gate.set()
+    task = asyncio.create_task(scheduler.final(stream, audio(1), ""))
+    await settle()
+    assert stream.started == 0
+    scheduler.engine_ready.set()
+    assert (await task).text == "final 1"
+
+
+async def test_one_partial_in_flight_and_requests_coalesce_to_the_newest_audio() -> None:
+    metrics = Metrics()
+    scheduler = DecodeScheduler(slots=4, metrics=metrics)
+    scheduler.engine_ready.set()
+    log: list[str] = []
+    stream = GatedStreamDouble(log, "s")
+    samples = [1000]
+    results: list[str] = []
+
+    async def run_partial() -> None:
+        results.append((await scheduler.partial(stream, lambda: audio(samples[0]))).text)
+
+    requests = PartialRequests(run_partial, metrics)
+    requests.request()
+    await settle()
+    for size in (2000, 3000, 4000):  # three requests while the first decodes
+        samples[0] = size
+        requests.request()
+        await settle()
+    assert stream.started == 1, "never two partials of one session at once"
+    stream.gate.set()
+    for _ in range(50):
+        await asyncio.sleep(0)
+    assert log == ["s:partial:1000", "s:partial:4000"], "superseded requests are skipped, the newest audio wins"
+    assert results == ["partial 1000", "partial 4000"]
+    assert "satellite_asr_partials_skipped_total 2.0" in metrics.render().decode(), "2000 and 3000 were skipped"
+
+
+async def test_cancelling_partials_frees_the_slot() -> None:
+    metrics = Metrics()
+    scheduler = DecodeScheduler(slots=1, metrics=metrics)
+    scheduler.engine_ready.set()
+    stuck = GatedStreamDouble([], "stuck")
+
+    async def run_partial() -> None:
+        await scheduler.partial(stuck, lambda: audio(1))
+
+    requests = PartialRequests(run_partial, metrics)
+    requests.request()
+    await settle()
+    await requests.cancel()
+    other = GatedStreamDouble([], "other")
+    other.gate.set()
+    result = await asyncio.wait_for(scheduler.final(other, audio(5), ""), 5)
+    assert result.text == "final 5"
