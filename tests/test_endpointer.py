@@ -103,9 +103,13 @@ def test_silence_is_below_threshold_and_short_dips_do_not_end_speech() -> None:
     assert len(of_type(events, SpeechStart)) == 1
 
 
-def test_onset_needs_consecutive_speech() -> None:
-    choppy = [0.9, 0.9, 0.9, 0.2] * 20
-    assert of_type(run(Endpointer(CONFIG), choppy), SpeechStart) == []
+def test_onset_survives_flicker_but_not_gaps() -> None:
+    flicker = [0.0] * 10 + [0.9, 0.9, 0.2, 0.9, 0.1, 0.9, 0.9, 0.3] * 3
+    ((_, start),) = of_type(run(Endpointer(CONFIG), flicker), SpeechStart)
+    assert isinstance(start, SpeechStart)
+    assert start.start == 10 * WINDOW - ms_to_samples(300), "the start stays at the first speech window"
+    gappy = [0.0] * 10 + ([0.9] * 4 + [0.1] * 4) * 10
+    assert of_type(run(Endpointer(CONFIG), gappy), SpeechStart) == []
 
 
 def test_partials_are_due_every_interval_of_speech() -> None:

@@ -24,5 +24,6 @@ def create_engine(settings: Settings) -> Engine:
             threads=settings.whisper_threads,
             concurrency=settings.decode_concurrency,
             beam_size=settings.whisper_beam_size,
+            short_context=settings.whisper_short_context,
         )
     raise NotImplementedError(f"engine {name!r} is not available in this build")

