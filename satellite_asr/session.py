@@ -128,14 +128,21 @@ def stable_prefix(previous: str, current: str) -> str:
 
 
 def keep_prefix(text: str, prefix: str) -> str:
-    """`text` made to start with `prefix` (what was promised stays, the rest follows it)."""
+    """`text` made to start with `prefix`, which was promised to the client and cannot change.
+
+    The engine was asked to continue `prefix`, so it normally does; when it differs only in case or
+    punctuation its first words are replaced by the promised ones, otherwise its text follows them.
+    """
     if text.startswith(prefix):
         return text
-    common = next(
-        (i for i, (a, b) in enumerate(zip(prefix, text, strict=False)) if a != b), min(len(prefix), len(text))
-    )
-    rest = text[common:]
-    return prefix + rest if not rest or rest[0].isspace() or not prefix else f"{prefix} {rest.lstrip()}"
+    promised, words = prefix.split(), text.split()
+    if [_bare(w) for w in words[: len(promised)]] == [_bare(w) for w in promised]:
+        words = words[len(promised) :]
+    return " ".join([prefix.rstrip(), *words])
+
+
+def _bare(word: str) -> str:
+    return "".join(c for c in word.lower() if c.isalnum())
 
 
 class Session:
