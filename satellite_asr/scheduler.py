@@ -1,8 +1,9 @@
 """Who decodes when: the engine's decode slots shared by every session.
 
 Rules: finals go before partials; a session has at most one partial in flight; a partial asked for
-while another is waiting replaces it (the newest audio wins); so when the engine is slower than
-real time, partials simply come less often while finals keep their place at the head of the queue.
+while another is waiting replaces it (the newest audio wins), and runs only after a pause as long
+as the previous one took; so when the engine is slower than real time, partials come less often
+while finals keep their place at the head of the queue.
 Finals are never dropped.
 """
 
@@ -96,9 +97,13 @@ class PartialRequests:
 
     async def _loop(self) -> None:
         while True:
+            started = time.monotonic()
             await self._run_once()
             if not self._again:
                 return
+            # Back off by as long as the last partial took (queueing included): an idle engine
+            # barely delays the next one, a saturated one gets half as many partials per session.
+            await asyncio.sleep(time.monotonic() - started)
             self._again = False
 
     async def cancel(self) -> None:
