@@ -1,4 +1,4 @@
-"""`satellite-asr`: serve the daemon, transcribe files offline, stream a file to a daemon, benchmark."""
+"""`satellite-asr`: serve the daemon, transcribe files offline, stream a file or the microphone, benchmark."""
 
 from __future__ import annotations
 
@@ -57,10 +57,18 @@ def build_parser() -> argparse.ArgumentParser:
     transcribe.add_argument("files", nargs="+", metavar="FILE.wav")
     _add_setting_flags(transcribe)
 
-    stream = commands.add_parser("stream", help="Stream a WAV file to a running daemon and print transcripts.")
-    stream.add_argument("file", metavar="FILE.wav")
+    stream = commands.add_parser(
+        "stream",
+        help="Stream a WAV file or the microphone to a running daemon and print transcripts.",
+        description="Ctrl-C sends what was captured, then `end`, and waits for the last final; twice quits at once.",
+    )
+    source = stream.add_mutually_exclusive_group(required=True)
+    source.add_argument("file", nargs="?", metavar="FILE.wav", help="16-bit mono WAV file to stream.")
+    source.add_argument("--mic", action="store_true", help="Stream the microphone (needs the 'mic' extra).")
+    stream.add_argument("--device", help="Input device for --mic, by name or index (list: python -m sounddevice).")
     stream.add_argument("--url", default="ws://127.0.0.1:10301/v1/stream", help="Daemon WebSocket URL.")
-    stream.add_argument("--fast", action="store_true", help="Send as fast as possible instead of real-time pace.")
+    stream.add_argument("--cafile", metavar="PEM", help="Certificate to trust for wss:// (e.g. a self-signed one).")
+    stream.add_argument("--fast", action="store_true", help="Send a file as fast as possible, not at real-time pace.")
     stream.add_argument("--json", action="store_true", help="Print every server message as a JSON line.")
     stream.add_argument("--language", help="Language code to ask for.")
     stream.add_argument("--context", help="Biasing context (names, terms).")
@@ -139,8 +147,14 @@ def _transcribe(settings: Settings, files: list[str]) -> int:
 
 
 def _stream(args: argparse.Namespace) -> int:
-    from satellite_asr.clients.stream_client import TranscriptPrinter, stream_file
+    import ssl
 
+    from satellite_asr.clients.audio_source import AudioSource, MicrophoneSource, MicrophoneUnavailable, WavSource
+    from satellite_asr.clients.stream_client import StreamClosed, TranscriptPrinter, stream_source
+
+    if args.mic and args.fast:
+        print("satellite-asr: --fast applies to files; a microphone delivers audio as it is spoken", file=sys.stderr)
+        return 2
     config: dict[str, Any] = {}
     if args.language:
         config["language"] = args.language
@@ -148,12 +162,45 @@ def _stream(args: argparse.Namespace) -> int:
         config["context"] = args.context
     if args.silence_ms:
         config["vad"] = {"silence_ms": args.silence_ms}
+    ssl_context = ssl.create_default_context(cafile=args.cafile) if args.cafile else None
+
+    async def run() -> None:
+        source: AudioSource
+        if args.mic:
+            device = int(args.device) if args.device and args.device.isdigit() else args.device
+            source = MicrophoneSource(device)
+            print(f"Listening on {source.name!r} at {source.sample_rate} Hz; Ctrl-C to finish.", file=sys.stderr)
+        else:
+            source = WavSource(args.file, realtime=not args.fast)
+        main = asyncio.current_task()
+        assert main is not None
+        interrupts = 0
+
+        def interrupt() -> None:
+            nonlocal interrupts
+            interrupts += 1
+            if interrupts > 1:
+                main.cancel()
+                return
+            print("\nFinishing: waiting for the last transcript (Ctrl-C again to quit now).", file=sys.stderr)
+            source.stop()
+
+        asyncio.get_running_loop().add_signal_handler(signal.SIGINT, interrupt)
+        printer = TranscriptPrinter(sys.stdout, args.json)
+        await stream_source(source, args.url, config=config, on_message=printer, ssl_context=ssl_context)
+        if isinstance(source, MicrophoneSource) and source.overflows:
+            print(f"warning: the microphone dropped input {source.overflows} time(s) (system busy)", file=sys.stderr)
+
     try:
-        asyncio.run(
-            stream_file(
-                args.file, args.url, fast=args.fast, config=config, on_message=TranscriptPrinter(sys.stdout, args.json)
-            )
-        )
+        asyncio.run(run())
+    except asyncio.CancelledError:
+        return 130
+    except MicrophoneUnavailable as exc:
+        print(f"satellite-asr: {exc}", file=sys.stderr)
+        return 2
+    except StreamClosed as exc:
+        print(f"satellite-asr: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:
         print(f"satellite-asr: cannot reach {args.url}: {exc}", file=sys.stderr)
         return 1

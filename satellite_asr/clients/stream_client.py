@@ -1,25 +1,31 @@
-"""`satellite-asr stream`: a real WebSocket client that plays a WAV file to the daemon.
+"""`satellite-asr stream`: a real WebSocket client that plays a WAV file or the microphone to the daemon.
 
-It follows docs/protocol.md: a `config` message declaring the file's rate and encoding, binary
-frames of 100 ms at real-time pace (or as fast as possible with `fast`), then `end`, and it
-reads events until the server closes the connection.
+It follows docs/protocol.md: a `config` message declaring the source's rate and encoding, binary
+frames of 100 ms as the source delivers them, then `end` when the source ends or is stopped, and
+it reads events until the server closes the connection (after the last final).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 import sys
-import time
 from collections.abc import Callable
+from contextlib import aclosing, suppress
 from pathlib import Path
 from typing import Any, TextIO
 
 import websockets
+from websockets.exceptions import ConnectionClosed
 
-from satellite_asr.clients.wav import read_wav
+from satellite_asr.clients.audio_source import BLOCK_SECONDS, AudioSource, WavSource
 
-FRAME_SECONDS = 0.1
+FRAME_SECONDS = BLOCK_SECONDS
+
+
+class StreamClosed(Exception):
+    """The daemon closed the stream before it was finished (the reason is in the message)."""
 
 
 class TranscriptPrinter:
@@ -60,14 +66,25 @@ async def stream_file(
     on_message: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Stream the file, return every server message (also passed to `on_message` as it arrives)."""
-    wav = read_wav(path)
-    if wav.channels != 1:
-        raise ValueError(f"{path}: the WebSocket protocol takes mono audio, this file has {wav.channels} channels")
+    return await stream_source(WavSource(path, realtime=not fast), url, config=config, on_message=on_message)
+
+
+async def stream_source(
+    source: AudioSource,
+    url: str,
+    *,
+    config: dict[str, Any] | None = None,
+    on_message: Callable[[dict[str, Any]], None] | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+) -> list[dict[str, Any]]:
+    """Stream until the source ends (or is stopped), send `end`, return every server message.
+
+    Raises `StreamClosed` when the daemon closes the connection other than normally after `end`.
+    """
     messages: list[dict[str, Any]] = []
-    frame_bytes = int(FRAME_SECONDS * wav.sample_rate) * 2 * wav.channels
-    async with websockets.connect(url, max_size=1 << 20) as ws:
+    async with websockets.connect(url, max_size=1 << 20, ssl=ssl_context) as ws:
         await ws.send(
-            json.dumps({"type": "config", "sample_rate": wav.sample_rate, "encoding": "s16le", **(config or {})})
+            json.dumps({"type": "config", **(config or {}), "sample_rate": source.sample_rate, "encoding": "s16le"})
         )
 
         async def receive() -> None:
@@ -78,11 +95,14 @@ async def stream_file(
                     on_message(message)
 
         receiver = asyncio.create_task(receive())
-        started = time.monotonic()
-        for index, offset in enumerate(range(0, len(wav.pcm), frame_bytes)):
-            if not fast:
-                await asyncio.sleep(max(0.0, started + index * FRAME_SECONDS - time.monotonic()))
-            await ws.send(wav.pcm[offset : offset + frame_bytes])
-        await ws.send(json.dumps({"type": "end"}))
-        await receiver
+        with suppress(ConnectionClosed):  # the server ended the stream early: the close code says why
+            async with aclosing(source.blocks()) as blocks:
+                async for block in blocks:
+                    await ws.send(block)
+            await ws.send(json.dumps({"type": "end"}))
+        with suppress(ConnectionClosed):
+            await receiver
+    if ws.close_code != 1000:
+        reason = f" ({ws.close_reason})" if ws.close_reason else ""
+        raise StreamClosed(f"the daemon closed the stream with code {ws.close_code}{reason}")
     return messages

@@ -1,0 +1,354 @@
+"""The microphone page in a real headless Chromium, against a real daemon.
+
+Chromium's fake capture device plays a fixture WAV as the microphone, so the whole path runs:
+getUserMedia, the AudioWorklet, the page's resampler, the WebSocket protocol, the transcript
+display. Selenium blocks, so each scenario runs in a worker thread while the daemon serves on the
+test's event loop. Needs Debian's `chromium` and `chromium-driver` (installed by .ci/run).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import pytest
+from selenium import webdriver
+from selenium.common.exceptions import TimeoutException
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
+
+from tests.certificates import self_signed
+from tests.helpers import EXPECTED, FIXTURES, normalise, running_daemon, word_error_rate
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+pytestmark = [
+    pytest.mark.timeout(240),
+    pytest.mark.skipif(
+        not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)),
+        reason="needs Debian's chromium and chromium-driver: apt-get install -y chromium chromium-driver",
+    ),
+]
+
+T = TypeVar("T")
+Browser = Callable[..., webdriver.Chrome]
+"""Starts Chromium: `browser(microphone_wav=None, *extra_flags, grant_microphone=True)`."""
+
+
+@pytest.fixture
+def browser(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Browser]:
+    """Starts headless Chromium (optionally with a WAV as its microphone); quits it afterwards."""
+    monkeypatch.setenv("SE_OFFLINE", "true")  # selenium must never try to download a browser or driver
+    drivers: list[webdriver.Chrome] = []
+
+    def start(microphone: Path | None = None, *extra_flags: str, grant_microphone: bool = True) -> webdriver.Chrome:
+        options = webdriver.ChromeOptions()
+        options.binary_location = CHROMIUM
+        for flag in (
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--use-fake-device-for-media-stream",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--window-size=1000,900",
+            f"--user-data-dir={tmp_path / f'profile-{len(drivers)}'}",
+            *extra_flags,
+        ):
+            options.add_argument(flag)
+        if grant_microphone:
+            options.add_argument("--use-fake-ui-for-media-stream")  # answers the permission prompt with yes
+        if microphone is not None:
+            options.add_argument(f"--use-file-for-fake-audio-capture={microphone}")
+        options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+        driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
+        driver.set_script_timeout(60)
+        drivers.append(driver)
+        return driver
+
+    yield start
+    for driver in drivers:
+        driver.quit()
+
+
+def page_url(port: int) -> str:
+    return f"http://127.0.0.1:{port}/"
+
+
+def events(driver: webdriver.Chrome) -> list[dict[str, Any]]:
+    result: list[dict[str, Any]] = driver.execute_script("return window.satelliteAsr.events")
+    return result
+
+
+def of_type(history: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [event for event in history if event["type"] == kind]
+
+
+def wait_for(driver: webdriver.Chrome, condition: Callable[[webdriver.Chrome], T], seconds: float, what: str) -> T:
+    """Like WebDriverWait.until, but a time-out says what was awaited and shows the page's console."""
+    try:
+        return WebDriverWait(driver, seconds, poll_frequency=0.2).until(condition)
+    except TimeoutException:
+        console = "\n".join(entry["message"] for entry in driver.get_log("browser"))
+        state = driver.find_element(By.TAG_NAME, "body").get_attribute("data-state")
+        messages = driver.find_element(By.ID, "messages").text
+        raise AssertionError(
+            f"timed out waiting for {what}; page state {state!r}, messages {messages!r}\n"
+            f"events: {events(driver)}\nconsole:\n{console}"
+        ) from None
+
+
+def start_streaming(driver: webdriver.Chrome, url: str, **settings: str) -> None:
+    """Opens the page, fills in settings (element id -> text) and presses Start."""
+    driver.get(url)
+    toggle = driver.find_element(By.ID, "toggle")
+    wait_for(driver, lambda d: toggle.is_enabled(), 30, "the Start button")
+    for field, value in settings.items():
+        driver.find_element(By.ID, field).send_keys(value)
+    toggle.click()
+
+
+def state_is(state: str) -> Callable[[webdriver.Chrome], bool]:
+    return lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-state") == state
+
+
+def finals_at_least(count: int) -> Callable[[webdriver.Chrome], bool]:
+    return lambda d: len(of_type(events(d), "final")) >= count
+
+
+SHOWN_PARTIAL = """
+    const text = document.querySelector("#transcript li.partial .text");
+    if (!text || text.textContent === "…") return null;
+    const style = getComputedStyle(text);
+    return {text: text.textContent, fontStyle: style.fontStyle, color: style.color};
+"""
+"""The partial on screen, with how it is drawn; null while there is none with words."""
+
+
+async def test_speaking_into_the_page_shows_partials_then_finals(browser: Browser) -> None:
+    """Real capture: partials first, one final per command, config honoured, screenshot saved."""
+    expected = EXPECTED["three_commands.wav"]
+    async with running_daemon() as daemon:
+
+        def scenario(start: Browser) -> tuple[list[dict[str, Any]], dict[str, str], list[str], list[str]]:
+            driver = start(FIXTURES / "three_commands.wav")
+            start_streaming(driver, page_url(daemon.http_port), silence="600", context="bedroom garage")
+            partial = wait_for(driver, lambda d: d.execute_script(SHOWN_PARTIAL), 90, "a partial on screen")
+            ARTIFACTS.mkdir(exist_ok=True)
+            driver.save_screenshot(str(ARTIFACTS / "browser-partial.png"))
+            # The fake microphone loops the file: the first len(expected) finals are one pass.
+            wait_for(driver, finals_at_least(len(expected)), 90, f"{len(expected)} finals")
+            driver.find_element(By.ID, "toggle").click()
+            wait_for(driver, state_is("idle"), 30, "the page to stop after `end`")
+            driver.save_screenshot(str(ARTIFACTS / "browser-finals.png"))
+            items = driver.find_elements(By.CSS_SELECTOR, "#transcript li")
+            texts = [item.find_element(By.CLASS_NAME, "text").text for item in items]
+            metas = [item.find_element(By.CLASS_NAME, "meta").text for item in items]
+            final_color = driver.execute_script(
+                "return getComputedStyle(document.querySelector('#transcript li.final .text')).color"
+            )
+            return events(driver), {**partial, "finalColor": final_color}, texts, metas
+
+        history, partial, texts, metas = await asyncio.to_thread(scenario, browser)
+
+    assert history[0]["type"] == "session_created"
+    config = history[0]["config"]
+    assert (config["sample_rate"], config["encoding"]) == (16000, "f32le")
+    assert config["vad"]["silence_ms"] == 600 and config["context"] == "bedroom garage"
+    assert {event["session"] for event in history} == {1}, "no reconnect happened"
+
+    finals = of_type(history, "final")[: len(expected)]
+    for final, reference in zip(finals, expected, strict=True):
+        assert word_error_rate(reference, final["text"]) <= 0.25, (reference, final["text"])
+        assert final["is_speech_final"] is True
+        assert 0 <= final["start"] < final["end"]
+        assert final["audio_sent"] >= final["end"], "the final cannot come before its audio was sent"
+    partials = of_type(history, "partial")
+    assert partial["text"] in [p["text"] for p in partials]
+    assert partial["fontStyle"] == "italic" and partial["color"] != partial["finalColor"], "partials look provisional"
+    assert any(
+        history.index(p) < history.index(f) for f in finals for p in partials if p["utterance_id"] == f["utterance_id"]
+    ), "partials arrive while a command is spoken, before its final"
+    for p in partials:
+        final = next((f for f in of_type(history, "final") if f["utterance_id"] == p["utterance_id"]), None)
+        assert final is None or history.index(p) < history.index(final), "no partial after its final"
+
+    shown = [normalise(text) for text in texts[: len(expected)]]
+    assert shown == [normalise(final["text"]) for final in finals], "each final replaced its partial in place"
+    for meta, final in zip(metas, finals, strict=False):
+        assert f"#{final['utterance_id']} · " in meta
+        times = re.search(r"([\d.]+)\u2013([\d.]+) s · arrived ([\d.]+) s after the end of speech", meta)
+        assert times is not None, meta
+        shown_times = [float(value) for value in times.groups()]
+        actual = [final["start"], final["end"], final["audio_sent"] - final["end"]]
+        assert shown_times == pytest.approx(actual, abs=0.006), meta
+
+
+def notice(topic: str, containing: str = "") -> Callable[[webdriver.Chrome], str | None]:
+    """The page's message about `topic` (mic, connection, server), or None while it has none (with `containing`)."""
+
+    def shown(driver: webdriver.Chrome) -> str | None:
+        found = driver.find_elements(By.CSS_SELECTOR, f'#messages [data-topic="{topic}"]')
+        return found[0].text if found and containing in found[0].text else None
+
+    return shown
+
+
+def session_has_final(session: int) -> Callable[[webdriver.Chrome], bool]:
+    return lambda d: any(e["session"] >= session for e in of_type(events(d), "final"))
+
+
+async def test_lost_connection_is_retried_with_backoff_and_streaming_resumes(browser: Browser) -> None:
+    def open_page(port: int) -> webdriver.Chrome:
+        driver = browser(FIXTURES / "lights_on.wav")
+        start_streaming(driver, page_url(port))
+        wait_for(driver, lambda d: of_type(events(d), "session_created"), 30, "the first session")
+        return driver
+
+    async with running_daemon() as first:
+        port = first.http_port
+        driver = await asyncio.to_thread(open_page, port)
+    # The daemon has shut down (closing the stream with 1001) and nothing listens on the port now.
+    lost = await asyncio.to_thread(wait_for, driver, notice("connection", "(attempt 2)"), 60, "a failed retry")
+    async with running_daemon(http_port=port):
+        await asyncio.to_thread(wait_for, driver, session_has_final(2), 90, "a final after reconnecting")
+        after = await asyncio.to_thread(notice("connection"), driver)
+        await asyncio.to_thread(driver.find_element(By.ID, "toggle").click)
+        await asyncio.to_thread(wait_for, driver, state_is("idle"), 30, "the page to stop")
+        history = await asyncio.to_thread(events, driver)
+
+    assert lost.startswith("Connection lost") and "Reconnecting in" in lost
+    assert after is None, "the warning goes once a session is open again"
+    created = of_type(history, "session_created")
+    assert created[0]["session"] == 1 and created[-1]["session"] > 1
+    final = next(f for f in of_type(history, "final") if f["session"] > 1)
+    assert word_error_rate(EXPECTED["lights_on.wav"][0], final["text"]) <= 0.25, final["text"]
+
+
+async def test_denied_microphone_permission_is_explained(browser: Browser) -> None:
+    async with running_daemon() as daemon:
+
+        def scenario() -> tuple[str, str, list[dict[str, Any]]]:
+            driver = browser(FIXTURES / "lights_on.wav", grant_microphone=False)
+            url = page_url(daemon.http_port)
+            driver.get(url)
+            driver.execute_cdp_cmd(
+                "Browser.setPermission",
+                {"origin": url.rstrip("/"), "permission": {"name": "microphone"}, "setting": "denied"},
+            )
+            start_streaming(driver, url)
+            message = wait_for(driver, notice("mic"), 30, "the microphone message")
+            wait_for(driver, state_is("idle"), 10, "the page to go back to idle")
+            return message, driver.find_element(By.ID, "toggle").text, events(driver)
+
+        message, button, history = await asyncio.to_thread(scenario)
+    assert message.startswith("Microphone permission was denied. Allow the microphone for this site")
+    assert button == "Start"
+    assert history == [], "no session is opened without a microphone"
+
+
+async def test_server_error_is_shown_and_a_rejected_config_is_not_retried(browser: Browser) -> None:
+    async with running_daemon() as daemon:
+
+        def scenario() -> tuple[str, str, list[dict[str, Any]]]:
+            driver = browser(FIXTURES / "lights_on.wav")
+            start_streaming(driver, page_url(daemon.http_port), silence="50")
+            server = wait_for(driver, notice("server"), 30, "the server's error")
+            connection = wait_for(driver, notice("connection"), 30, "the connection message")
+            wait_for(driver, state_is("idle"), 10, "the page to stop")
+            time.sleep(2)  # longer than the first reconnect delay: a retry would show in the history
+            return server, connection, events(driver)
+
+        server, connection, history = await asyncio.to_thread(scenario)
+    assert server.startswith("The server rejected the settings: vad.silence_ms")
+    assert "(1008 invalid_config)" in connection
+    assert [e["type"] for e in history] == ["error"] and history[0]["code"] == "invalid_config"
+    assert {e["session"] for e in history} == {1}
+
+
+async def test_plain_http_on_a_lan_name_explains_the_secure_context(browser: Browser) -> None:
+    async with running_daemon() as daemon:
+
+        def scenario() -> tuple[str, bool]:
+            driver = browser(None, "--host-resolver-rules=MAP satellite.test 127.0.0.1")
+            driver.get(f"http://satellite.test:{daemon.http_port}/")
+            message = wait_for(driver, notice("mic"), 30, "the secure-context message")
+            return message, driver.find_element(By.ID, "toggle").is_enabled()
+
+        message, enabled = await asyncio.to_thread(scenario)
+    assert "secure context" in message and "--tls-cert" in message and "localhost" in message
+    assert not enabled
+
+
+async def test_page_over_https_streams_over_wss(browser: Browser, tmp_path: Path) -> None:
+    cert = self_signed(tmp_path, ["satellite.test"], [])
+    async with running_daemon(tls_cert=str(cert.cert), tls_key=str(cert.key)) as daemon:
+
+        def scenario() -> tuple[bool, list[dict[str, Any]]]:
+            driver = browser(
+                FIXTURES / "lights_on.wav",
+                "--host-resolver-rules=MAP satellite.test 127.0.0.1",
+                f"--ignore-certificate-errors-spki-list={cert.spki_sha256}",
+            )
+            start_streaming(driver, f"https://satellite.test:{daemon.http_port}/")
+            wait_for(driver, finals_at_least(1), 60, "a final")
+            result = driver.execute_script("return window.isSecureContext"), events(driver)
+            # Quit while the daemon runs: Chromium keeps spare TLS connections open, and a daemon
+            # stopped under them leaves their sockets to the garbage collector (a ResourceWarning).
+            driver.quit()
+            return result
+
+        secure, history = await asyncio.to_thread(scenario)
+    assert secure
+    assert word_error_rate(EXPECTED["lights_on.wav"][0], of_type(history, "final")[0]["text"]) <= 0.25
+
+
+RESAMPLE = """
+const [rate, frequency, seconds, done] = arguments;
+import("/static/resampler.js").then(({ StreamingResampler }) => {
+  const resampler = new StreamingResampler(rate, 16000);
+  const input = new Float32Array(rate * seconds);
+  for (let i = 0; i < input.length; i++) input[i] = 0.5 * Math.sin((2 * Math.PI * frequency * i) / rate);
+  const output = [];
+  for (let i = 0; i < input.length; i += 128) output.push(...resampler.process(input.subarray(i, i + 128)));
+  output.push(...resampler.flush());
+  done(output);
+}, (error) => done(String(error)));
+"""
+"""The page's resampler fed a sine in AudioWorklet-sized chunks of 128 samples."""
+
+
+@pytest.mark.parametrize("rate", [48000, 44100])
+async def test_resampler_keeps_tones_and_removes_what_16k_cannot_hold(browser: Browser, rate: int) -> None:
+    async with running_daemon() as daemon:
+
+        def scenario() -> tuple[Any, Any]:
+            driver = browser()
+            driver.get(page_url(daemon.http_port))
+            return driver.execute_async_script(RESAMPLE, rate, 1000, 2), driver.execute_async_script(
+                RESAMPLE, rate, 9000, 2
+            )
+
+        tone, alias = await asyncio.to_thread(scenario)
+    assert isinstance(tone, list), tone
+    out = np.asarray(tone)
+    assert out.size == 2 * 16000, "exactly the input's duration at 16 kHz"
+    spectrum = np.abs(np.fft.rfft(out * np.hanning(out.size)))
+    assert np.argmax(spectrum) * 16000 / out.size == pytest.approx(1000, abs=1)
+    ideal = 0.5 * np.sin(2 * np.pi * 1000 * np.arange(out.size) / 16000)
+    edge = 100  # the sine starts and stops abruptly; the filter rings there, as it should
+    assert np.max(np.abs(out - ideal)[edge:-edge]) < 1e-3, "same amplitude and phase: stream time is kept"
+    leaked = np.sqrt(np.mean(np.square(np.asarray(alias)[edge:-edge]))) / (0.5 / np.sqrt(2))
+    assert 20 * np.log10(leaked) < -60, "a 9 kHz tone would alias to 7 kHz; the low-pass removes it"
