@@ -9,21 +9,26 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from satellite_asr import __version__
-from satellite_asr.config import Settings
+from satellite_asr.config import ConfigError, Settings
+from satellite_asr.discovery import Discovery
 from satellite_asr.engines.base import Engine
 from satellite_asr.engines.factory import create_engine
 from satellite_asr.metrics import Metrics
-from satellite_asr.protocols import websocket
+from satellite_asr.protocols import websocket, wyoming
 from satellite_asr.scheduler import DecodeScheduler
 from satellite_asr.session_manager import SessionManager
 from satellite_asr.vad.silero import SileroVad
 
 log = logging.getLogger(__name__)
+
+WEB_DIR = Path(__file__).parent / "web"
+"""The browser microphone page, served at `/` with its scripts under `/static/`."""
 
 
 class Daemon:
@@ -44,6 +49,15 @@ class Daemon:
             idle_timeout_s=settings.idle_timeout_s,
         )
         self.http_port = settings.http_port
+        address = wyoming.parse_uri(settings.wyoming_uri)
+        self.wyoming = (
+            wyoming.WyomingServer(address, self.sessions, settings, self.metrics, lambda: self.engine.info)
+            if address is not None
+            else None
+        )
+        self.wyoming_port: int | None = None
+        """The bound Wyoming TCP port once started (None when off or on a unix socket)."""
+        self.discovery: Discovery | None = None
         self.engine_error: BaseException | None = None
         self._runner: web.AppRunner | None = None
         self._engine_task: asyncio.Task[None] | None = None
@@ -59,19 +73,32 @@ class Daemon:
         )
         app.router.add_get("/health", self._health)
         app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/", self._index)
+        app.router.add_static("/static/", WEB_DIR)
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.settings.host, self.settings.http_port, ssl_context=self._ssl_context())
         await site.start()
         self.http_port = self._runner.addresses[0][1]
         log.info("HTTP/WebSocket server on %s:%d (ws path %s)", self.settings.host, self.http_port, websocket.PATH)
+        if self.wyoming is not None:
+            await self.wyoming.start()
+            self.wyoming_port = self.wyoming.port
+        if self.settings.zeroconf:
+            self.discovery = Discovery.from_settings(self.settings, self.http_port, self.wyoming_port)
+            await self.discovery.start()
         self._engine_task = asyncio.create_task(self._load_engine(), name="engine-load")
 
     def _ssl_context(self) -> ssl.SSLContext | None:
         if not self.settings.tls_cert:
             return None
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.load_cert_chain(self.settings.tls_cert, self.settings.tls_key)
+        try:
+            context.load_cert_chain(self.settings.tls_cert, self.settings.tls_key)
+        except OSError as exc:  # ssl.SSLError included: a start-up problem to name, not a traceback
+            raise ConfigError(
+                f"tls_cert/tls_key: cannot load {self.settings.tls_cert} with {self.settings.tls_key}: {exc}"
+            ) from None
         return context
 
     async def _load_engine(self) -> None:
@@ -102,6 +129,10 @@ class Daemon:
 
     async def stop(self) -> None:
         """Shutdown: pending finals are sent, connections closed, then the model is freed."""
+        if self.discovery is not None:
+            await self.discovery.stop()
+        if self.wyoming is not None:
+            await self.wyoming.stop()
         await self.sessions.close_all("shutdown")
         if self._runner is not None:
             await self._runner.cleanup()
@@ -125,6 +156,9 @@ class Daemon:
 
     async def _health(self, request: web.Request) -> web.Response:
         return web.json_response(self.health(), status=200 if self.engine.ready else 503)
+
+    async def _index(self, request: web.Request) -> web.FileResponse:
+        return web.FileResponse(WEB_DIR / "index.html")
 
     async def _metrics(self, request: web.Request) -> web.Response:
         return web.Response(

@@ -1,0 +1,272 @@
+"""Wyoming load test: N concurrent Home Assistant-like clients; speech end -> transcript, and WER.
+
+Each round is what Home Assistant's `wyoming` integration does for one voice command: connect,
+`transcribe` + `audio-start`, audio chunks at real-time pace while reading events, and the first
+`transcript` ends the request. Two ways to end the audio:
+
+- `endpoint`: keep streaming until the server answers on its own (this daemon's endpointing);
+  `audio-stop` only if the audio runs out first.
+- `ha-vad`: Home Assistant's own end-of-speech detection, emulated exactly: stream until the true
+  end of speech plus `--ha-wait` seconds (0.7, Home Assistant's default), then `audio-stop`. This
+  is how servers without endpointing (wyoming-faster-whisper) are driven.
+
+Latency is measured from the true end of speech in the file (found from the signal's energy) to
+the `transcript` event's arrival. Only files with one expected utterance are used (one command
+per round, as Home Assistant sends).
+
+    python -m satellite_asr.clients.wyoming_bench --clients 4 --rounds 8            # in-process daemon
+    python -m satellite_asr.clients.wyoming_bench --uri tcp://127.0.0.1:10300 --mode ha-vad
+Daemon settings for the in-process daemon come from `--config` and `SATELLITE_ASR_*` variables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from wyoming.asr import Transcribe, Transcript
+from wyoming.audio import AudioChunk, AudioStart, AudioStop
+from wyoming.client import AsyncTcpClient
+from wyoming.event import Event
+
+from satellite_asr.clients.bench import STAGGER_SECONDS, normalise_words, percentile, speech_segments
+from satellite_asr.clients.wav import WavFile, read_wav
+from satellite_asr.config import Settings, load_settings
+from satellite_asr.protocols.wyoming import parse_uri
+
+CHUNK_SAMPLES = 1024
+"""Samples per `audio-chunk` (64 ms at 16 kHz)."""
+HA_END_OF_SPEECH_WAIT = 0.7
+"""Seconds of silence Home Assistant's voice pipeline waits for before it ends the command."""
+
+
+@dataclass
+class RoundResult:
+    """One transcribe round as the client saw it; times are `time.monotonic()`."""
+
+    events: list[tuple[float, Event]]
+    """Every event received until the first `transcript` (included), or until the connection ended."""
+    origin: float
+    """When the first audio sample was sent."""
+    audio_stop_at: float | None
+    """When `audio-stop` was sent; None if the transcript came first."""
+
+    @property
+    def transcript(self) -> Event | None:
+        return next((e for _, e in self.events if Transcript.is_type(e.type)), None)
+
+    @property
+    def text(self) -> str | None:
+        event = self.transcript
+        return None if event is None else Transcript.from_event(event).text
+
+    @property
+    def transcript_at(self) -> float | None:
+        return next((t for t, e in self.events if Transcript.is_type(e.type)), None)
+
+    def of_type(self, kind: str) -> list[Event]:
+        return [e for _, e in self.events if e.type == kind]
+
+
+async def transcribe_like_home_assistant(
+    client: AsyncTcpClient,
+    wav: WavFile,
+    *,
+    language: str | None = "en",
+    realtime: bool = True,
+    stop_after: float | None = None,
+    chunk_samples: int = CHUNK_SAMPLES,
+) -> RoundResult:
+    """One round on a connected client; audio goes out while events are read concurrently.
+
+    `stop_after`: seconds of audio after which `audio-stop` is sent (Home Assistant's VAD decided
+    the command ended); None streams until the transcript arrives or the audio runs out.
+    """
+    rate, width, channels = wav.sample_rate, 2, wav.channels
+    await client.write_event(Transcribe(language=language).event())
+    await client.write_event(AudioStart(rate=rate, width=width, channels=channels).event())
+    events: list[tuple[float, Event]] = []
+
+    async def receive() -> None:
+        while True:
+            event = await client.read_event()
+            if event is None:
+                return
+            events.append((time.monotonic(), event))
+            if Transcript.is_type(event.type):
+                return
+
+    receiver = asyncio.create_task(receive())
+    frame = width * channels
+    step = chunk_samples * frame
+    limit = len(wav.pcm) if stop_after is None else min(len(wav.pcm), int(stop_after * rate) * frame)
+    origin = time.monotonic()
+    audio_stop_at = None
+    try:
+        for offset in range(0, limit, step):
+            end = min(offset + step, limit)
+            if realtime:  # a microphone has a chunk once its last sample was spoken
+                await asyncio.sleep(max(0.0, origin + end / frame / rate - time.monotonic()))
+            if receiver.done():
+                break
+            audio = wav.pcm[offset:end]
+            await client.write_event(AudioChunk(rate=rate, width=width, channels=channels, audio=audio).event())
+        if not receiver.done():
+            audio_stop_at = time.monotonic()
+            await client.write_event(AudioStop().event())
+        await receiver
+    finally:
+        receiver.cancel()
+    return RoundResult(events, origin, audio_stop_at)
+
+
+@dataclass
+class RoundTiming:
+    file: str
+    reference: str
+    text: str | None
+    latency: float | None
+    """Seconds from the true end of speech to the transcript's arrival (None: no transcript)."""
+
+
+@dataclass
+class WyomingBenchReport:
+    mode: str
+    clients: int
+    rounds: int
+    missing_transcripts: int
+    latency_p50: float
+    latency_p95: float
+    wer: float
+    details: list[RoundTiming] = field(default_factory=list)
+
+    def summary(self) -> str:
+        return "\n".join(
+            [
+                f"mode {self.mode}, clients {self.clients}, rounds {self.rounds}"
+                f" (missing transcripts: {self.missing_transcripts})",
+                f"speech end -> transcript  p50 {self.latency_p50 * 1000:.0f} ms  p95 {self.latency_p95 * 1000:.0f} ms",
+                f"WER vs reference {self.wer * 100:.1f}%",
+            ]
+        )
+
+
+async def _client(
+    host: str, port: int, jobs: list[tuple[str, WavFile, str]], delay: float, mode: str, ha_wait: float
+) -> list[RoundTiming]:
+    await asyncio.sleep(delay)
+    timings = []
+    for name, wav, reference in jobs:
+        speech_end = speech_segments(wav.to_16k_mono())[-1][1]
+        stop_after = speech_end + ha_wait if mode == "ha-vad" else None
+        async with AsyncTcpClient(host, port) as client:
+            result = await transcribe_like_home_assistant(client, wav, stop_after=stop_after)
+        arrival = result.transcript_at
+        latency = None if arrival is None else arrival - (result.origin + speech_end)
+        timings.append(RoundTiming(name, reference, result.text, latency))
+    return timings
+
+
+def load_commands(manifest: Path) -> list[tuple[str, WavFile, str]]:
+    """(file name, audio, expected words) of the manifest's files that hold exactly one command."""
+    references: dict[str, list[str]] = json.loads(manifest.read_text())
+    commands = [
+        (name, read_wav(manifest.parent / name), texts[0]) for name, texts in references.items() if len(texts) == 1
+    ]
+    if not commands:
+        raise ValueError(f"{manifest} has no file with exactly one utterance")
+    return commands
+
+
+async def run_wyoming_bench(
+    settings: Settings,
+    commands: list[tuple[str, WavFile, str]],
+    *,
+    clients: int,
+    rounds: int,
+    uri: str | None,
+    mode: str = "endpoint",
+    ha_wait: float = HA_END_OF_SPEECH_WAIT,
+) -> WyomingBenchReport:
+    """Run the load; starts an in-process daemon from `settings` unless `uri` names a running server."""
+    import jiwer
+
+    from satellite_asr.server import Daemon
+
+    daemon = None
+    if uri is None:
+        daemon = Daemon(settings)
+        await daemon.start()
+        await daemon.wait_ready()
+        assert daemon.wyoming_port is not None, "the in-process daemon needs a tcp:// wyoming_uri"
+        host, port = "127.0.0.1", daemon.wyoming_port
+    else:
+        address = parse_uri(uri)
+        if address is None or address.scheme != "tcp":
+            raise ValueError(f"--uri must be tcp://HOST:PORT, got {uri!r}")
+        host, port = address.host, address.port
+    try:
+        jobs = []
+        for client in range(clients):
+            work = [commands[(client + r) % len(commands)] for r in range(rounds)]
+            jobs.append(_client(host, port, work, client * STAGGER_SECONDS, mode, ha_wait))
+        timings = [t for client_timings in await asyncio.gather(*jobs) for t in client_timings]
+    finally:
+        if daemon is not None:
+            await daemon.stop()
+    latencies = [t.latency for t in timings if t.latency is not None]
+    answered = [t for t in timings if t.text is not None]
+    expected = [normalise_words(t.reference) for t in answered]
+    heard = [normalise_words(t.text or "") or "-" for t in answered]
+    wer = float(jiwer.wer(expected, heard)) if answered else float("nan")
+    return WyomingBenchReport(
+        mode=mode,
+        clients=clients,
+        rounds=len(timings),
+        missing_transcripts=len(timings) - len(answered),
+        latency_p50=statistics.median(latencies) if latencies else float("nan"),
+        latency_p95=percentile(latencies, 95),
+        wer=wer,
+        details=timings,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m satellite_asr.clients.wyoming_bench", description=__doc__)
+    parser.add_argument("--clients", type=int, default=1, help="Concurrent clients (default 1).")
+    parser.add_argument("--rounds", type=int, default=4, help="Commands each client sends, one after another.")
+    parser.add_argument("--manifest", default="tests/fixtures/fixtures.json", help="WAV files -> expected utterances.")
+    parser.add_argument("--uri", help="A running Wyoming server (tcp://HOST:PORT) instead of an in-process daemon.")
+    parser.add_argument("--mode", choices=("endpoint", "ha-vad"), default="endpoint", help="How the audio ends.")
+    parser.add_argument("--ha-wait", type=float, default=HA_END_OF_SPEECH_WAIT, help="ha-vad: silence to wait (s).")
+    parser.add_argument("--config", help="YAML settings of the in-process daemon.")
+    parser.add_argument("--json", action="store_true", help="Print the full report as JSON.")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    overrides = {"wyoming_uri": "tcp://127.0.0.1:0", "http_port": 0, "host": "127.0.0.1", "zeroconf": False}
+    settings = load_settings(args.config, overrides=overrides)
+    report = asyncio.run(
+        run_wyoming_bench(
+            settings,
+            load_commands(Path(args.manifest)),
+            clients=args.clients,
+            rounds=args.rounds,
+            uri=args.uri,
+            mode=args.mode,
+            ha_wait=args.ha_wait,
+        )
+    )
+    print(json.dumps(asdict(report), indent=2) if args.json else report.summary())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

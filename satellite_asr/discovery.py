@@ -1,0 +1,144 @@
+"""Zeroconf (mDNS) advertisement, so Home Assistant and WebSocket clients find the daemon.
+
+Two services: `_wyoming._tcp.local.` (Home Assistant's `wyoming` integration discovers it) and
+`_satellite-asr._tcp.local.` (the WebSocket endpoint, its path and formats in TXT properties).
+Registering takes a few hundred milliseconds of probing, so it runs in the background and never
+delays serving; if multicast is unavailable the daemon logs one warning and serves on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import re
+import socket
+from dataclasses import dataclass
+
+import ifaddr
+from zeroconf import InterfaceChoice
+from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
+
+from satellite_asr import __version__
+from satellite_asr.audio import ENCODINGS, MAX_RATE, MIN_RATE
+from satellite_asr.config import Settings
+from satellite_asr.protocols import websocket
+
+log = logging.getLogger(__name__)
+
+WYOMING_TYPE = "_wyoming._tcp.local."
+WEBSOCKET_TYPE = "_satellite-asr._tcp.local."
+MAX_LABEL_BYTES = 63
+"""DNS label limit: the instance name is cut to it."""
+
+
+@dataclass(frozen=True)
+class Advertisement:
+    """What to advertise; `wyoming_port` None when the Wyoming server is off or on a unix socket."""
+
+    name: str
+    interfaces: tuple[str, ...]
+    http_port: int
+    wyoming_port: int | None
+    tls: bool = False
+
+
+def instance_name(configured: str) -> str:
+    """The configured name, else the host name's first label; at most 63 bytes of UTF-8."""
+    name = configured.strip() or socket.gethostname().split(".")[0] or "satellite-asr"
+    return name.encode()[:MAX_LABEL_BYTES].decode(errors="ignore")
+
+
+def advertised_addresses(interfaces: tuple[str, ...]) -> list[str]:
+    """The chosen interface addresses (each must belong to this host); with none chosen, every
+    non-loopback IPv4 address (or loopback if that is all there is)."""
+    ips = [ip.ip if isinstance(ip.ip, str) else ip.ip[0] for adapter in ifaddr.get_adapters() for ip in adapter.ips]
+    if interfaces:
+        chosen = [str(ipaddress.ip_address(address)) for address in interfaces]
+        missing = [address for address in chosen if address not in ips]
+        if missing:
+            raise OSError(f"no interface has the address {', '.join(missing)}")
+        return chosen
+    ipv4 = [ip for ip in ips if ipaddress.ip_address(ip).version == 4]
+    outside = [address for address in ipv4 if not ipaddress.ip_address(address).is_loopback]
+    return outside or ipv4
+
+
+def service_infos(ad: Advertisement) -> list[AsyncServiceInfo]:
+    addresses = advertised_addresses(ad.interfaces)
+    host = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname().split(".")[0]).strip("-") or "satellite-asr"
+    server = f"{host}.local."
+    infos = []
+    if ad.wyoming_port is not None:
+        infos.append(
+            AsyncServiceInfo(
+                WYOMING_TYPE,
+                f"{ad.name}.{WYOMING_TYPE}",
+                port=ad.wyoming_port,
+                parsed_addresses=addresses,
+                server=server,
+            )
+        )
+    properties = {
+        "path": websocket.PATH,
+        "protocol": websocket.PROTOCOL_VERSION,
+        "scheme": "wss" if ad.tls else "ws",
+        "encodings": ",".join(ENCODINGS),
+        "rates": f"{MIN_RATE}-{MAX_RATE}",
+        "http_port": str(ad.http_port),
+        "version": __version__,
+    }
+    infos.append(
+        AsyncServiceInfo(
+            WEBSOCKET_TYPE,
+            f"{ad.name}.{WEBSOCKET_TYPE}",
+            port=ad.http_port,
+            properties=properties,
+            parsed_addresses=addresses,
+            server=server,
+        )
+    )
+    return infos
+
+
+class Discovery:
+    """Registers the services on `start`, unregisters them (goodbye packets) on `stop`."""
+
+    def __init__(self, advertisement: Advertisement) -> None:
+        self.advertisement = advertisement
+        self._zeroconf: AsyncZeroconf | None = None
+        self._registering: asyncio.Task[None] | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings, http_port: int, wyoming_port: int | None) -> Discovery:
+        name = instance_name(settings.zeroconf_name)
+        return cls(Advertisement(name, settings.zeroconf_interface, http_port, wyoming_port, bool(settings.tls_cert)))
+
+    async def start(self) -> None:
+        try:
+            infos = service_infos(self.advertisement)
+            self._zeroconf = AsyncZeroconf(interfaces=list(self.advertisement.interfaces) or InterfaceChoice.All)
+        except Exception as exc:
+            log.warning("zeroconf is unavailable, not advertising (%s); serving on", exc)
+            return
+        self._registering = asyncio.create_task(self._register(self._zeroconf, infos), name="zeroconf-register")
+
+    async def _register(self, zeroconf: AsyncZeroconf, infos: list[AsyncServiceInfo]) -> None:
+        try:
+            for info in infos:
+                await (await zeroconf.async_register_service(info, allow_name_change=True))
+                log.info("zeroconf: advertising %s on port %d", info.name, info.port)
+        except Exception as exc:
+            log.warning("zeroconf advertisement failed (%s); serving on without it", exc)
+
+    async def stop(self) -> None:
+        if self._registering is not None:
+            self._registering.cancel()
+            await asyncio.gather(self._registering, return_exceptions=True)
+        if self._zeroconf is not None:
+            try:
+                await self._zeroconf.async_unregister_all_services()
+            except Exception as exc:
+                log.debug("zeroconf: unregistering failed: %s", exc)
+            await self._zeroconf.async_close()
+            self._zeroconf = None

@@ -1,0 +1,538 @@
+"""The Wyoming protocol (Home Assistant's speech-to-text peer protocol) on tcp:// or unix://.
+
+Thin like the WebSocket adapter: it reads events, drives a `Session` and turns what the session
+emits into Wyoming events. Endpointing, decoding and timers live in the session and its manager.
+
+The wire framing (a JSON header line, then `data_length` bytes of JSON, then `payload_length`
+bytes of payload) is read here with limits checked on the declared lengths before anything is
+buffered; the `wyoming` package's own reader has none. Its `Event` and event classes are still
+used to build and parse events, so the JSON stays exactly what its clients expect.
+
+Errors: anything that leaves the byte stream unusable (header line over 64 KiB, header not a JSON
+object, a length over 1 MiB or not a whole number, the connection cut inside an event) answers
+`error` and closes. Anything else (no `type`, a data block that is not a JSON object, an unknown
+event, bad audio) answers `error` and the connection goes on.
+
+One session per transcribe round, not per connection: a round's language and biasing context
+are fixed session options, the round ends with exactly one `transcript`, and a connection idling
+between rounds holds no session slot. The first final of the round answers it; whatever the
+session still produces after that is dropped with the session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import stat
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+from urllib.parse import urlparse
+
+from wyoming.asr import Transcribe, Transcript, TranscriptChunk, TranscriptStart, TranscriptStop
+from wyoming.audio import AudioChunk, AudioStart, AudioStop
+from wyoming.error import Error
+from wyoming.event import Event, async_write_event
+from wyoming.info import AsrModel, AsrProgram, Attribution, Describe, Info
+from wyoming.ping import Ping, Pong
+from wyoming.vad import VoiceStarted, VoiceStopped
+
+from satellite_asr import __version__
+from satellite_asr.audio import AudioFormatError, PcmDecoder
+from satellite_asr.config import ConfigError, Settings
+from satellite_asr.engines.base import EngineInfo
+from satellite_asr.events import (
+    FinalTranscript,
+    PartialTranscript,
+    SessionError,
+    SessionEvent,
+    SpeechStarted,
+    SpeechStopped,
+)
+from satellite_asr.metrics import Metrics
+from satellite_asr.session import Session, SessionOptions
+from satellite_asr.session_manager import ServerBusy, SessionManager
+
+log = logging.getLogger(__name__)
+_T = TypeVar("_T")
+
+MAX_HEADER_BYTES = 64 * 1024
+"""Longest event header line (without its newline)."""
+MAX_BLOCK_BYTES = 1 << 20
+"""Largest `data_length` and largest `payload_length`."""
+PROGRAM_NAME = "satellite-asr"
+SAMPLE_WIDTH = 2
+"""Audio must be signed 16-bit PCM; rate and channel count may be anything the decoder resamples."""
+
+
+SENSITIVITY_SCALE = {"default": 1.0, "aggressive": 0.6, "relaxed": 2.0}
+"""`wyoming_silence_ms` times this, per `vad_sensitivity` of `transcribe` (unknown values: default)."""
+
+
+def silence_for(settings: Settings, sensitivity: Any) -> int:
+    """End-of-speech silence for Home Assistant's "finished speaking detection" setting."""
+    scale = SENSITIVITY_SCALE.get(str(getattr(sensitivity, "value", sensitivity) or "default"), 1.0)
+    return max(100, round(settings.wyoming_silence_ms * scale))
+
+
+class ProtocolError(Exception):
+    """Input the protocol does not allow; `close` when the byte stream can no longer be trusted."""
+
+    def __init__(self, code: str, message: str, *, close: bool = False) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.close = close
+
+
+@dataclass(frozen=True)
+class ServerAddress:
+    scheme: str
+    """`tcp` or `unix`."""
+    host: str
+    port: int
+    path: str
+
+
+def parse_uri(uri: str) -> ServerAddress | None:
+    """`tcp://HOST:PORT` or `unix://PATH`; None for `none` (the Wyoming server is off)."""
+    if uri.strip().lower() in ("", "none"):
+        return None
+    parsed = urlparse(uri.strip())
+    if parsed.scheme == "unix" and (parsed.netloc or parsed.path):
+        return ServerAddress("unix", "", 0, parsed.netloc + parsed.path)
+    if parsed.scheme == "tcp":
+        try:
+            port = parsed.port
+        except ValueError:
+            port = None
+        if parsed.hostname is not None and port is not None:
+            return ServerAddress("tcp", parsed.hostname, port, "")
+    raise ConfigError(f"wyoming_uri: expected tcp://HOST:PORT, unix://PATH or none, got {uri!r}")
+
+
+def _block_length(header: dict[str, Any], key: str) -> int:
+    value = header.get(key)
+    if value is None:
+        return 0
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ProtocolError("invalid_header", f"{key} must be a whole number of bytes, got {value!r}", close=True)
+    if value > MAX_BLOCK_BYTES:
+        raise ProtocolError("too_large", f"{key} {value} is over the limit of {MAX_BLOCK_BYTES} bytes", close=True)
+    return value
+
+
+async def _read_block(reader: asyncio.StreamReader, length: int, what: str) -> bytes:
+    try:
+        return await reader.readexactly(length)
+    except asyncio.IncompleteReadError:
+        raise ProtocolError("truncated_event", f"the connection ended inside an event's {what}", close=True) from None
+
+
+async def read_event(reader: asyncio.StreamReader) -> Event | None:
+    """The next event, None at a clean end of stream; `ProtocolError` for malformed input.
+
+    `reader` must have been created with `limit=MAX_HEADER_BYTES` (as `WyomingServer` does).
+    """
+    try:
+        line = await reader.readuntil(b"\n")
+    except asyncio.IncompleteReadError as exc:
+        if exc.partial.strip():
+            raise ProtocolError("truncated_event", "the connection ended inside an event header", close=True) from None
+        return None
+    except asyncio.LimitOverrunError:
+        raise ProtocolError(
+            "header_too_large", f"event header line is over the limit of {MAX_HEADER_BYTES} bytes", close=True
+        ) from None
+    try:
+        header = json.loads(line)
+    except (ValueError, RecursionError):
+        raise ProtocolError("invalid_header", "event header line is not JSON", close=True) from None
+    if not isinstance(header, dict):
+        raise ProtocolError("invalid_header", "event header must be a JSON object", close=True)
+    data_length = _block_length(header, "data_length")
+    payload_length = _block_length(header, "payload_length")
+    data_bytes = await _read_block(reader, data_length, "data") if data_length else b""
+    payload = await _read_block(reader, payload_length, "payload") if payload_length else None
+
+    kind = header.get("type")
+    if not isinstance(kind, str) or not kind:
+        raise ProtocolError("invalid_event", "event header has no type")
+    data = header.get("data") or {}
+    if not isinstance(data, dict):
+        raise ProtocolError("invalid_event", f"{kind}: data must be a JSON object")
+    if data_bytes:
+        try:
+            extra = json.loads(data_bytes)
+        except (ValueError, RecursionError):
+            extra = None
+        if not isinstance(extra, dict):
+            raise ProtocolError("invalid_event", f"{kind}: the data block must be a JSON object")
+        data = {**data, **extra}
+    return Event(type=kind, data=data, payload=payload)
+
+
+def build_info(engine: EngineInfo, settings: Settings) -> Info:
+    """What `describe` answers; engine facts that exist before the model has loaded."""
+    languages = engine.languages or ([settings.language] if settings.language else [])
+    attribution = Attribution(name="Satellite ASR", url="")
+    model = AsrModel(
+        name=engine.model,
+        attribution=Attribution(name=engine.name, url=""),
+        installed=True,
+        description=f"{engine.model} ({engine.name} engine)",
+        version=None,
+        languages=languages,
+    )
+    program = AsrProgram(
+        name=PROGRAM_NAME,
+        attribution=attribution,
+        installed=True,
+        description="Streaming speech-to-text with its own end-of-speech detection",
+        version=__version__,
+        models=[model],
+        supports_transcript_streaming=True,
+        requires_external_vad=False,
+    )
+    return Info(asr=[program])
+
+
+def _text_list(value: Any, field: str) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise ProtocolError("invalid_event", f"transcribe: {field} must be a list of text")
+    return [item.strip() for item in value if item.strip()]
+
+
+def transcribe_context(transcribe: Transcribe) -> str:
+    """Biasing text for the engine: the context's text values, then names (first) and terms."""
+    if transcribe.context is not None and not isinstance(transcribe.context, dict):
+        raise ProtocolError("invalid_event", "transcribe: context must be an object")
+    parts = [v.strip() for v in (transcribe.context or {}).values() if isinstance(v, str) and v.strip()]
+    words = _text_list(transcribe.transcript_names, "transcript_names") + _text_list(
+        transcribe.transcript_terms, "transcript_terms"
+    )
+    if words:
+        parts.append(", ".join(words))
+    return "\n".join(parts)
+
+
+@dataclass
+class _Round:
+    """One transcribe round: one session, answered by exactly one `transcript`."""
+
+    session: Session
+    language: str | None
+    decoder: PcmDecoder | None = None
+    utterance_id: int | None = None
+    """The utterance that answers the round (the first one)."""
+    sent: str = ""
+    """Text of the transcript chunks sent so far."""
+    started: bool = False
+    answered: bool = False
+
+
+class _Connection:
+    """One client connection: reads events in order, writes events under one lock."""
+
+    def __init__(self, server: WyomingServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.server = server
+        self.reader = reader
+        self.writer = writer
+        self.round: _Round | None = None
+        self._write_lock = asyncio.Lock()
+        self._ending = asyncio.Lock()
+        self._releases: set[asyncio.Task[None]] = set()
+        self.closing = False
+        """Set once the server decided to end the connection; events still arriving are dropped."""
+        self._closed_by_server = asyncio.Event()
+
+    async def run(self) -> None:
+        reason = "disconnect"
+        try:
+            while True:
+                try:
+                    event = await read_event(self.reader)
+                    if event is None:
+                        break
+                    if not self.closing:
+                        await self.handle(event)
+                except ProtocolError as exc:
+                    await self.error(exc.code, exc.message)
+                    if exc.close:
+                        reason = exc.code
+                        break
+        except ConnectionError as exc:
+            log.debug("wyoming connection lost: %s", exc)
+        except Exception:
+            log.exception("wyoming connection failed")
+            reason = "internal_error"
+        finally:
+            if self.closing:
+                await self._closed_by_server.wait()
+            else:
+                await self.end_round(reason, finalize=False)
+            await asyncio.gather(*self._releases, return_exceptions=True)
+            await self._close_writer()
+
+    async def send(self, event: Event) -> None:
+        async with self._write_lock:
+            if not self.writer.is_closing():
+                await async_write_event(event, self.writer)
+
+    async def error(self, code: str, message: str) -> None:
+        self.server.metrics.errors.labels(code).inc()
+        log.debug("wyoming error %s: %s", code, message)
+        with contextlib.suppress(ConnectionError):
+            await self.send(Error(text=message, code=code).event())
+
+    async def _close_writer(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(ConnectionError, OSError):
+            await self.writer.wait_closed()
+
+    async def close_by_server(self, reason: str) -> None:
+        """Idle timeout or shutdown: the round in progress is finalized and answered, then close."""
+        self.closing = True
+        try:
+            await self.end_round(reason, finalize=True)
+        finally:
+            self._closed_by_server.set()
+            await self._close_writer()
+
+    async def handle(self, event: Event) -> None:
+        if Describe.is_type(event.type):
+            await self.send(build_info(self.server.engine_info(), self.server.settings).event())
+        elif Transcribe.is_type(event.type):
+            transcribe = _parse(Transcribe.from_event, event)
+            context = transcribe_context(transcribe)
+            language = await self.checked_language(transcribe.language)
+            await self.end_round("transcribe", finalize=True)
+            await self.open_round(language, context, transcribe.vad_sensitivity)
+        elif AudioStart.is_type(event.type):
+            start = _parse(AudioStart.from_event, event)
+            _check_format(start.rate, start.width, start.channels)
+            if self.round is None or self.round.answered:
+                await self.end_round("audio-start", finalize=True)
+                await self.open_round(None, "")
+            assert self.round is not None
+            await self.set_format(self.round, start.rate, start.channels)
+        elif AudioChunk.is_type(event.type):
+            await self.on_chunk(_parse(AudioChunk.from_event, event))
+        elif AudioStop.is_type(event.type):
+            await self.end_round("audio-stop", finalize=True)
+        elif Ping.is_type(event.type):
+            await self.send(Pong(text=_parse(Ping.from_event, event).text).event())
+        else:
+            raise ProtocolError(
+                "unknown_event", f"unknown event {event.type!r}; expected describe, transcribe or audio events"
+            )
+
+    async def checked_language(self, language: Any) -> str | None:
+        """The language if the engine knows it (a region tag like en-US falls back to en); else an
+        `error` and None (the daemon's default), so the round still gets its transcript."""
+        if language is None or language == "":
+            return None
+        known = self.server.engine_info().languages
+        if isinstance(language, str):
+            if not known or language in known:
+                return language
+            base = language.replace("_", "-").split("-")[0].lower()
+            if base in known:
+                return base
+        await self.error(
+            "unsupported_language", f"language {language!r} is not one of {', '.join(known)}; using the default"
+        )
+        return None
+
+    async def open_round(self, language: str | None, context: str, sensitivity: Any = None) -> None:
+        """A session for one transcribe round; `sensitivity` is Home Assistant's `vad_sensitivity`."""
+        silence_ms = silence_for(self.server.settings, sensitivity)
+        options = SessionOptions.from_settings(
+            self.server.settings, vad={"silence_ms": silence_ms}, language=language, context=context
+        )
+        round_: _Round
+
+        async def emit(event: SessionEvent) -> None:  # the session emits nothing before `round_` is set
+            await self.on_session_event(round_, event)
+
+        try:
+            session = self.server.manager.create("wyoming", options, emit, self.close_by_server)
+        except ServerBusy as exc:
+            raise ProtocolError("server_busy", str(exc), close=True) from None
+        round_ = _Round(session, options.language)
+        self.round = round_
+
+    async def set_format(self, round_: _Round, rate: int, channels: int) -> None:
+        old = round_.decoder
+        if old is not None and (old.sample_rate, old.channels) == (rate, channels):
+            return
+        try:
+            decoder = PcmDecoder("s16le", rate, channels)
+        except AudioFormatError as exc:
+            raise ProtocolError("invalid_audio", str(exc)) from None
+        if old is not None:
+            await round_.session.feed(old.drain())
+        round_.decoder = decoder
+
+    async def on_chunk(self, chunk: AudioChunk) -> None:
+        received = time.perf_counter()
+        _check_format(chunk.rate, chunk.width, chunk.channels)
+        if self.round is None:
+            await self.open_round(None, "")
+        round_ = self.round
+        assert round_ is not None
+        if round_.answered:
+            return
+        await self.set_format(round_, chunk.rate, chunk.channels)
+        assert round_.decoder is not None
+        try:
+            decoded = round_.decoder.decode(chunk.audio)
+        except AudioFormatError as exc:
+            raise ProtocolError("invalid_audio", f"chunk dropped: {exc}") from None
+        await round_.session.feed(decoded.samples)
+        self.server.metrics.frame_seconds.labels("wyoming").observe(time.perf_counter() - received)
+
+    async def end_round(self, reason: str, *, finalize: bool) -> None:
+        """Finish the current round: with `finalize`, what was heard is transcribed and answered.
+
+        Serialized, so a server-side close waits for an `audio-stop` being answered at that moment.
+        """
+        async with self._ending:
+            round_, self.round = self.round, None
+            if round_ is None:
+                return
+            if finalize and not round_.answered:
+                if round_.decoder is not None:
+                    await round_.session.feed(round_.decoder.drain())
+                await round_.session.flush()
+                if not round_.answered:
+                    await self.answer(round_, "", round_.language)
+            await self.server.manager.release(round_.session, reason, finalize=False)
+
+    async def answer(self, round_: _Round, text: str, language: str | None) -> None:
+        """The round's one transcript (with transcript-start before it if not sent yet)."""
+        if round_.answered:
+            return
+        round_.answered = True
+        with contextlib.suppress(ConnectionError):
+            if not round_.started:
+                round_.started = True
+                await self.send(TranscriptStart(language=language).event())
+            await self.send(Transcript(text=text, language=language).event())
+            await self.send(TranscriptStop().event())
+
+    async def on_session_event(self, round_: _Round, event: SessionEvent) -> None:
+        if round_.answered:
+            return
+        if isinstance(event, SessionError):
+            await self.send(Error(text=event.message, code=event.code).event())
+            return
+        if isinstance(event, SpeechStarted) and round_.utterance_id is None:
+            round_.utterance_id = event.utterance_id
+            await self.send(VoiceStarted(timestamp=round(event.start * 1000)).event())
+            round_.started = True
+            await self.send(TranscriptStart(language=round_.language).event())
+            return
+        if getattr(event, "utterance_id", None) != round_.utterance_id:
+            return
+        if isinstance(event, PartialTranscript):
+            stable = event.stable_text
+            if len(stable) > len(round_.sent) and stable.startswith(round_.sent):
+                chunk, round_.sent = stable[len(round_.sent) :], stable
+                await self.send(TranscriptChunk(text=chunk).event())
+        elif isinstance(event, SpeechStopped):
+            await self.send(VoiceStopped(timestamp=round(event.end * 1000)).event())
+        elif isinstance(event, FinalTranscript):
+            await self.answer(round_, event.text, event.language or round_.language)
+            # Not awaited here: this runs inside the session's own final task, which release would wait for.
+            release = asyncio.create_task(self.server.manager.release(round_.session, "answered", finalize=False))
+            self._releases.add(release)
+            release.add_done_callback(self._releases.discard)
+
+
+def _parse(parser: Callable[[Event], _T], event: Event) -> _T:
+    """An event class from a generic event; a missing or mistyped field is `invalid_event`."""
+    try:
+        return parser(event)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ProtocolError("invalid_event", f"{event.type}: missing or invalid field ({exc})") from None
+
+
+def _check_format(rate: Any, width: Any, channels: Any) -> None:
+    for name, value in (("rate", rate), ("width", width), ("channels", channels)):
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ProtocolError("invalid_audio", f"audio {name} must be a whole number, got {value!r}")
+    if width != SAMPLE_WIDTH:
+        raise ProtocolError("invalid_audio", f"audio width must be {SAMPLE_WIDTH} (16-bit PCM), got {width}")
+
+
+class WyomingServer:
+    """Listens on the `wyoming_uri` address; one `_Connection` per client."""
+
+    def __init__(
+        self,
+        address: ServerAddress,
+        manager: SessionManager,
+        settings: Settings,
+        metrics: Metrics,
+        engine_info: Callable[[], EngineInfo],
+    ) -> None:
+        self.address = address
+        self.manager = manager
+        self.settings = settings
+        self.metrics = metrics
+        self.engine_info = engine_info
+        self._server: asyncio.Server | None = None
+        self._connections: dict[asyncio.Task[Any], _Connection] = {}
+
+    @property
+    def port(self) -> int | None:
+        """The bound TCP port (the real one when the URI asked for port 0); None on a unix socket."""
+        if self._server is None or self.address.scheme != "tcp":
+            return None
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def start(self) -> None:
+        if self.address.scheme == "tcp":
+            self._server = await asyncio.start_server(
+                self._accept, self.address.host, self.address.port, limit=MAX_HEADER_BYTES
+            )
+            log.info("Wyoming server on tcp://%s:%d", self.address.host, self.port)
+        else:
+            _remove_stale_socket(self.address.path)
+            self._server = await asyncio.start_unix_server(self._accept, self.address.path, limit=MAX_HEADER_BYTES)
+            log.info("Wyoming server on unix://%s", self.address.path)
+
+    async def stop(self) -> None:
+        """Stop listening; rounds in progress are answered, then every connection is closed."""
+        if self._server is None:
+            return
+        self._server.close()
+        connections = dict(self._connections)
+        await asyncio.gather(*(c.close_by_server("shutdown") for c in connections.values()), return_exceptions=True)
+        await asyncio.gather(*connections, return_exceptions=True)
+        await self._server.wait_closed()
+        if self.address.scheme == "unix":
+            _remove_stale_socket(self.address.path)
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        connection = _Connection(self, reader, writer)
+        self._connections[task] = connection
+        try:
+            await connection.run()
+        finally:
+            del self._connections[task]
+
+
+def _remove_stale_socket(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        if stat.S_ISSOCK(os.stat(path).st_mode):
+            os.unlink(path)

@@ -1,0 +1,259 @@
+"""The Home Assistant add-on: what can be checked without Docker or a Supervisor.
+
+The YAML against the add-on format and against the daemon's own settings, the run script's
+command line, and the run script for real: it starts the daemon, answers the health check, and
+registers discovery with a stand-in Supervisor on loopback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import os
+import re
+import shlex
+import signal
+import socket
+import sys
+import tomllib
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import yaml
+from aiohttp import web
+
+from satellite_asr.cli import build_parser
+from satellite_asr.config import ENGINES, LOG_LEVELS, Settings, load_settings, setting_fields
+from tests.helpers import running_daemon
+
+pytestmark = pytest.mark.timeout(120)
+
+ROOT = Path(__file__).parent.parent
+ADDON = ROOT / "addon"
+ARCHES = {"aarch64", "amd64", "armhf", "armv7", "i386"}
+
+
+def load_yaml(name: str) -> Any:
+    return yaml.safe_load((ADDON / name).read_text())
+
+
+def run_script() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("addon_run", ADDON / "run.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def settings_from_command(command: list[str]) -> Settings:
+    """The settings `satellite-asr serve` ends up with for this command line (CLI parsing included)."""
+    assert command[:2] == ["satellite-asr", "serve"]
+    args = build_parser().parse_args(command[1:])
+    return load_settings(args.config, environ={}, overrides={f.name: getattr(args, f.name) for f in setting_fields()})
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# --- the YAML ------------------------------------------------------------------------------------
+
+
+def test_config_yaml_has_what_the_add_on_format_requires() -> None:
+    config = load_yaml("config.yaml")
+    for key in ("name", "version", "slug", "description", "arch"):
+        assert config[key], key
+    assert re.fullmatch(r"[a-z0-9_]+", config["slug"])
+    assert set(config["arch"]) <= ARCHES and "amd64" in config["arch"]
+    assert config["discovery"] == ["wyoming"]
+    assert config["ports"] == {"10300/tcp": 10300, "10301/tcp": 10301}
+    assert set(config["ports_description"]) == set(config["ports"])
+    assert set(config["options"]) == set(config["schema"])
+    assert config["startup"] in {"initialize", "system", "services", "application", "once"}
+
+
+def test_versions_are_in_step_with_the_package() -> None:
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert load_yaml("config.yaml")["version"] == version
+    assert load_yaml("build.yaml")["args"]["SATELLITE_ASR_VERSION"] == version
+
+
+def test_build_yaml_names_a_base_image_for_every_arch() -> None:
+    build = load_yaml("build.yaml")
+    assert set(build["build_from"]) == set(load_yaml("config.yaml")["arch"])
+
+
+def test_schema_allows_what_the_daemon_allows_and_defaults_agree() -> None:
+    config = load_yaml("config.yaml")
+    fields = {f.name: f for f in setting_fields()}
+    for name, rule in config["schema"].items():
+        field = fields[name]
+        default = list(field.default) if isinstance(field.default, tuple) else field.default
+        assert config["options"][name] == default, f"{name}: the add-on's default differs from the daemon's"
+        if isinstance(rule, list):
+            assert rule == ["url"] and isinstance(field.default, tuple), name
+        elif match := re.fullmatch(r"list\((.*)\)", rule):
+            assert tuple(match.group(1).split("|")) == field.metadata["choices"], name
+        elif match := re.fullmatch(r"(int|float)\(([^,]*),([^)]*)\)", rule):
+            assert type(field.default).__name__ == match.group(1), name
+            assert float(match.group(2)) == field.metadata["minimum"], name
+            assert float(match.group(3)) == field.metadata["maximum"], name
+        else:
+            assert rule in ("str?", "password?") and isinstance(field.default, str), name
+    assert config["schema"]["engine"] == f"list({'|'.join(ENGINES)})"
+    assert config["schema"]["log_level"] == f"list({'|'.join(LOG_LEVELS)})"
+
+
+def test_translations_name_every_option_and_port() -> None:
+    config, english = load_yaml("config.yaml"), load_yaml("translations/en.yaml")
+    assert set(english["configuration"]) == set(config["options"])
+    assert all(entry["name"] and entry["description"] for entry in english["configuration"].values())
+    assert set(english["network"]) == set(config["ports"])
+
+
+def test_dockerfile_runs_the_script_and_checks_health_with_describe() -> None:
+    dockerfile = (ADDON / "Dockerfile").read_text()
+    assert "COPY run.py /usr/local/bin/satellite-asr-addon" in dockerfile
+    assert re.search(
+        r'HEALTHCHECK .*\n?.*CMD \["python3", "/usr/local/bin/satellite-asr-addon", "--healthcheck"\]', dockerfile
+    )
+    assert 'ENTRYPOINT ["python3", "/usr/local/bin/satellite-asr-addon"]' in dockerfile
+    assert '"satellite-asr==${SATELLITE_ASR_VERSION}"' in dockerfile
+
+
+def test_docs_cover_the_gpu_deployment() -> None:
+    docs = (ADDON / "DOCS.md").read_text()
+    for words in ("CUDA", "GPU", "zeroconf", "--gpus all", "qwen3-vllm", "_wyoming._tcp"):
+        assert words in docs, words
+
+
+# --- options -> command line -----------------------------------------------------------------------
+
+
+def test_every_default_option_is_a_serve_flag_with_its_value() -> None:
+    options = load_yaml("config.yaml")["options"]
+    command = run_script().serve_command(options, host="0.0.0.0", wyoming_port=10300, http_port=10301)
+    settings = settings_from_command(command)
+    for name, value in options.items():
+        expected = tuple(value) if isinstance(value, list) else value
+        assert getattr(settings, name) == (expected if value != "" else getattr(Settings(), name)), name
+    assert settings.zeroconf is False and settings.wyoming_uri == "tcp://0.0.0.0:10300"
+    assert settings.http_port == 10301
+
+
+def test_sample_options_json_gives_the_expected_command_line(tmp_path: Path) -> None:
+    options = {
+        "engine": "whisper",
+        "model": "",
+        "remote_urls": ["http://10.1.2.3:8000", "http://10.1.2.4:8000"],
+        "remote_api_key": "not-on-the-command-line",
+        "language": "en",
+        "context": "Kitchen, Living Room",
+        "vad_threshold": 0.6,
+        "min_speech_ms": 250,
+        "silence_ms": 500,
+        "speech_pad_ms": 200,
+        "log_level": "DEBUG",
+    }
+    path = tmp_path / "options.json"
+    path.write_text(json.dumps(options))
+    result = subprocess_run(sys.executable, str(ADDON / "run.py"), "--options", str(path), "--print-command")
+    assert result == (
+        "satellite-asr serve --host 0.0.0.0 --http-port 10301 --wyoming-uri tcp://0.0.0.0:10300 --no-zeroconf"
+        " --engine whisper --remote-urls http://10.1.2.3:8000 --remote-urls http://10.1.2.4:8000"
+        " --language en --context 'Kitchen, Living Room' --vad-threshold 0.6"
+        " --min-speech-ms 250 --silence-ms 500 --speech-pad-ms 200 --log-level DEBUG\n"
+    )
+    settings = settings_from_command(shlex.split(result))
+    assert (settings.engine, settings.language, settings.context) == ("whisper", "en", "Kitchen, Living Room")
+    assert (settings.vad_threshold, settings.min_speech_ms, settings.silence_ms) == (0.6, 250, 500)
+    assert (settings.speech_pad_ms, settings.log_level, settings.model) == (200, "DEBUG", "")
+    assert settings.remote_urls == ("http://10.1.2.3:8000", "http://10.1.2.4:8000")
+    secrets = run_script().secret_environment(options)
+    assert secrets == {"SATELLITE_ASR_REMOTE_API_KEY": "not-on-the-command-line"}
+    assert load_settings(None, environ=secrets).remote_api_key == "not-on-the-command-line"
+
+
+def subprocess_run(*argv: str) -> str:
+    import subprocess
+
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=True)
+    return result.stdout
+
+
+# --- the run script for real -------------------------------------------------------------------------
+
+
+async def healthcheck(port: int) -> int:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, str(ADDON / "run.py"), "--healthcheck", "--wyoming-port", str(port)
+    )
+    return await process.wait()
+
+
+async def test_healthcheck_passes_when_describe_is_answered_and_fails_otherwise() -> None:
+    async with running_daemon(wyoming_uri="tcp://127.0.0.1:0") as daemon:
+        assert daemon.wyoming_port is not None
+        assert await healthcheck(daemon.wyoming_port) == 0
+    assert await healthcheck(free_port()) == 1
+
+
+async def test_run_script_starts_the_daemon_and_registers_discovery(tmp_path: Path) -> None:
+    received: list[tuple[str, Any]] = []
+    arrived = asyncio.Event()
+
+    async def discovery(request: web.Request) -> web.Response:
+        received.append((request.headers["Authorization"], await request.json()))
+        arrived.set()
+        return web.json_response({"result": "ok", "data": {"uuid": "abc"}})
+
+    app = web.Application()
+    app.router.add_post("/discovery", discovery)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    supervisor = web.TCPSite(runner, "127.0.0.1", 0)
+    await supervisor.start()
+    supervisor_port = runner.addresses[0][1]
+
+    options = tmp_path / "options.json"
+    options.write_text(json.dumps({"engine": "whisper", "silence_ms": 600, "log_level": "INFO"}))
+    wyoming_port, http_port = free_port(), free_port()
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "SUPERVISOR_TOKEN": "secret-token",
+        "SUPERVISOR_URL": f"http://127.0.0.1:{supervisor_port}",
+    }
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(ADDON / "run.py"),
+        "--options",
+        str(options),
+        "--host",
+        "127.0.0.1",
+        "--wyoming-port",
+        str(wyoming_port),
+        "--http-port",
+        str(http_port),
+        env=env,
+    )
+    try:
+        await asyncio.wait_for(arrived.wait(), 90)
+        assert received == [
+            (
+                "Bearer secret-token",
+                {"service": "wyoming", "config": {"uri": f"tcp://{socket.gethostname()}:{wyoming_port}"}},
+            )
+        ]
+        assert await healthcheck(wyoming_port) == 0
+    finally:
+        process.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(process.wait(), 60)
+        await runner.cleanup()
+    assert code == 0, "SIGTERM reaches the daemon, which shuts down cleanly"
+    assert await healthcheck(wyoming_port) == 1, "the daemon is gone with the script"
