@@ -82,7 +82,25 @@ def build_parser() -> argparse.ArgumentParser:
         default="tests/fixtures/fixtures.json",
         help="JSON mapping WAV files (beside it) to their expected utterances.",
     )
-    bench.add_argument("--url", help="Benchmark a running daemon instead of starting one in-process.")
+    bench.add_argument(
+        "--protocol",
+        choices=("websocket", "wyoming"),
+        default="websocket",
+        help="websocket: /v1/stream clients; wyoming: Home Assistant's flow, one command per round.",
+    )
+    bench.add_argument(
+        "--url",
+        help="Benchmark a running server (ws://HOST:PORT/v1/stream, or tcp://HOST:PORT for wyoming; any Wyoming "
+        "STT server works) instead of starting one in-process.",
+    )
+    bench.add_argument(
+        "--wyoming-end",
+        choices=("endpoint", "ha-vad"),
+        default="endpoint",
+        help="wyoming: wait for the server's own endpoint, or send audio-stop after --ha-wait of silence as "
+        "Home Assistant's VAD does (for servers without endpointing).",
+    )
+    bench.add_argument("--ha-wait", type=float, default=0.7, help="Silence before audio-stop in ha-vad mode (s).")
     bench.add_argument("--json", action="store_true", help="Print the full report as JSON.")
     _add_setting_flags(bench)
     return parser
@@ -210,11 +228,31 @@ def _stream(args: argparse.Namespace) -> int:
 def _bench(settings: Settings, args: argparse.Namespace) -> int:
     _setup_logging("WARNING" if settings.log_level == "INFO" else settings.log_level)
     import json
+    from dataclasses import asdict
     from pathlib import Path
 
-    from satellite_asr.clients.bench import report_json, run_bench
-
     manifest = Path(args.manifest)
+    if args.protocol == "wyoming":
+        from satellite_asr.clients.wyoming_bench import load_commands, run_wyoming_bench
+
+        if args.url is None and settings.wyoming_uri == "none":
+            raise ConfigError("wyoming_uri: the wyoming bench needs the in-process daemon's Wyoming server")
+        wyoming_report = asyncio.run(
+            run_wyoming_bench(
+                settings,
+                load_commands(manifest),
+                clients=args.clients,
+                rounds=args.rounds,
+                uri=args.url,
+                mode=args.wyoming_end,
+                ha_wait=args.ha_wait,
+            )
+        )
+        print(json.dumps(asdict(wyoming_report), indent=2) if args.json else wyoming_report.summary())
+        return 0
+
+    from satellite_asr.clients.bench import run_bench
+
     try:
         references: dict[str, list[str]] = json.loads(manifest.read_text())
     except (OSError, ValueError) as exc:
@@ -223,5 +261,5 @@ def _bench(settings: Settings, args: argparse.Namespace) -> int:
     report = asyncio.run(
         run_bench(settings, files, clients=args.clients, rounds=args.rounds, url=args.url, references=references)
     )
-    print(report_json(report) if args.json else report.summary())
+    print(json.dumps(asdict(report), indent=2) if args.json else report.summary())
     return 0

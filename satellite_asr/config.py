@@ -83,6 +83,48 @@ class Settings:
     )
     decode_concurrency: int = _opt(1, "Decodes the CPU engine runs at once.", minimum=1, maximum=64)
 
+    # Qwen3 / vLLM
+    vllm_dtype: str = _opt(
+        "auto", "Weight dtype of the qwen3-vllm engine.", choices=("auto", "bfloat16", "float16", "float32")
+    )
+    vllm_gpu_memory_utilization: float = _opt(
+        0.9, "Share of GPU memory vLLM may take (weights + KV cache).", minimum=0.05, maximum=0.99
+    )
+    vllm_max_model_len: int = _opt(
+        4096, "Longest prompt + transcript in tokens (30 s of audio is about 400).", minimum=256, maximum=65536
+    )
+    vllm_max_num_seqs: int = _opt(
+        64, "Decodes vLLM batches at once (the daemon keeps this many in flight).", minimum=1, maximum=4096
+    )
+    vllm_enforce_eager: bool = _opt(False, "Skip CUDA graph capture: faster start, slower decoding.")
+    vllm_kv_cache_bytes: int = _opt(
+        0,
+        "KV cache size in bytes; 0: what vllm_gpu_memory_utilization leaves after the weights.",
+        minimum=0,
+        maximum=2**40,
+    )
+    qwen_max_new_tokens: int = _opt(512, "Most tokens one Qwen3-ASR decode may write.", minimum=1, maximum=8192)
+    qwen_rollback_tokens: int = _opt(
+        5, "Tokens at the end of the previous partial that the next partial may rewrite.", minimum=0, maximum=100
+    )
+    qwen_fresh_partials: int = _opt(
+        2, "Partials at the start of an utterance decoded from scratch, before rollback starts.", minimum=0, maximum=100
+    )
+    remote_urls: tuple[str, ...] = _opt(
+        (), "Base URLs of vLLM OpenAI servers for the qwen3-remote engine (repeatable or comma-separated)."
+    )
+    remote_api_key: str = _opt("", "API key the vLLM servers expect (vllm serve --api-key); empty: none.")
+    remote_timeout_s: float = _opt(30.0, "Longest wait for one remote decode.", minimum=1.0, maximum=600.0)
+    remote_health_interval_s: float = _opt(
+        5.0, "How often a server marked unhealthy is probed again.", minimum=0.1, maximum=3600.0
+    )
+    remote_max_concurrency: int = _opt(
+        64,
+        "Decodes kept in flight across all remote servers (about the sum of their max-num-seqs).",
+        minimum=1,
+        maximum=4096,
+    )
+
     # Endpointing (per-session overridable where the protocol allows)
     vad_threshold: float = _opt(
         0.5, "Silero speech probability at or above which a window is speech.", minimum=0.05, maximum=0.95
@@ -97,6 +139,13 @@ class Settings:
         30.0, "Longest utterance; a final is forced at this length.", minimum=1.0, maximum=300.0
     )
     partials: bool = _opt(True, "Send partial transcripts by default.")
+    wyoming_silence_ms: int = _opt(
+        450,
+        "Silence that ends a Wyoming (Home Assistant) command at the default 'finished speaking detection'; "
+        "aggressive takes 0.6x, relaxed 2x. Home Assistant stops listening when this daemon answers.",
+        minimum=100,
+        maximum=10000,
+    )
 
     # Sessions
     max_sessions: int = _opt(

@@ -626,7 +626,7 @@ def test_finished_speaking_detection_sets_the_silence() -> None:
     from satellite_asr.protocols.wyoming import silence_for
     from tests.helpers import daemon_settings
 
-    settings = daemon_settings(wyoming_silence_ms=500)
+    settings = daemon_settings(wyoming_silence_ms=500)  # not the default, to see the scaling
     assert silence_for(settings, None) == 500
     assert silence_for(settings, "default") == 500
     assert silence_for(settings, "aggressive") == 300

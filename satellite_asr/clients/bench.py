@@ -16,7 +16,7 @@ import json
 import re
 import statistics
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -237,7 +237,3 @@ async def _client_rounds(
         timings.extend(file_timings)
         missing += file_missing
     return timings, missing
-
-
-def report_json(report: BenchReport) -> str:
-    return json.dumps(asdict(report), indent=2)

@@ -6,30 +6,25 @@ Each round is what Home Assistant's `wyoming` integration does for one voice com
 
 - `endpoint`: keep streaming until the server answers on its own (this daemon's endpointing);
   `audio-stop` only if the audio runs out first.
-- `ha-vad`: Home Assistant's own end-of-speech detection, emulated exactly: stream until the true
-  end of speech plus `--ha-wait` seconds (0.7, Home Assistant's default), then `audio-stop`. This
+- `ha-vad`: Home Assistant's own end-of-speech detection, emulated: stream until the true end of
+  speech plus `ha_wait` seconds (0.7, Home Assistant's default), then `audio-stop`. This
   is how servers without endpointing (wyoming-faster-whisper) are driven.
 
 Latency is measured from the true end of speech in the file (found from the signal's energy) to
 the `transcript` event's arrival. Only files with one expected utterance are used (one command
 per round, as Home Assistant sends).
 
-    python -m satellite_asr.clients.wyoming_bench --clients 4 --rounds 8            # in-process daemon
-    python -m satellite_asr.clients.wyoming_bench --uri tcp://127.0.0.1:10300 --mode ha-vad
-Daemon settings for the in-process daemon come from `--config` and `SATELLITE_ASR_*` variables.
+    satellite-asr bench --protocol wyoming --clients 4 --rounds 8           # in-process daemon
+    satellite-asr bench --protocol wyoming --url tcp://127.0.0.1:10400 --wyoming-end ha-vad
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
-import logging
 import statistics
-import sys
 import time
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from wyoming.asr import Transcribe, Transcript
@@ -39,7 +34,7 @@ from wyoming.event import Event
 
 from satellite_asr.clients.bench import STAGGER_SECONDS, normalise_words, percentile, speech_segments
 from satellite_asr.clients.wav import WavFile, read_wav
-from satellite_asr.config import Settings, load_settings
+from satellite_asr.config import Settings
 from satellite_asr.protocols.wyoming import parse_uri
 
 CHUNK_SAMPLES = 1024
@@ -237,36 +232,3 @@ async def run_wyoming_bench(
         wer=wer,
         details=timings,
     )
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m satellite_asr.clients.wyoming_bench", description=__doc__)
-    parser.add_argument("--clients", type=int, default=1, help="Concurrent clients (default 1).")
-    parser.add_argument("--rounds", type=int, default=4, help="Commands each client sends, one after another.")
-    parser.add_argument("--manifest", default="tests/fixtures/fixtures.json", help="WAV files -> expected utterances.")
-    parser.add_argument("--uri", help="A running Wyoming server (tcp://HOST:PORT) instead of an in-process daemon.")
-    parser.add_argument("--mode", choices=("endpoint", "ha-vad"), default="endpoint", help="How the audio ends.")
-    parser.add_argument("--ha-wait", type=float, default=HA_END_OF_SPEECH_WAIT, help="ha-vad: silence to wait (s).")
-    parser.add_argument("--config", help="YAML settings of the in-process daemon.")
-    parser.add_argument("--json", action="store_true", help="Print the full report as JSON.")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    overrides = {"wyoming_uri": "tcp://127.0.0.1:0", "http_port": 0, "host": "127.0.0.1", "zeroconf": False}
-    settings = load_settings(args.config, overrides=overrides)
-    report = asyncio.run(
-        run_wyoming_bench(
-            settings,
-            load_commands(Path(args.manifest)),
-            clients=args.clients,
-            rounds=args.rounds,
-            uri=args.uri,
-            mode=args.mode,
-            ha_wait=args.ha_wait,
-        )
-    )
-    print(json.dumps(asdict(report), indent=2) if args.json else report.summary())
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
