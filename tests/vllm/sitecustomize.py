@@ -26,8 +26,10 @@ from collections.abc import Sequence
 from types import ModuleType
 from typing import Any
 
-for _absent in ("torchaudio", "torchcodec"):
-    sys.modules.setdefault(_absent, None)  # type: ignore[assignment]
+_ABSENT: dict[str, Any] = {"torchaudio": None, "torchcodec": None}
+"""None in `sys.modules` is how Python spells "this module cannot be imported"."""
+for _name, _module in _ABSENT.items():
+    sys.modules.setdefault(_name, _module)
 
 _PATCHED_MODULE = "torchvision._meta_registrations"
 _OPS = ("nms", "qnms")
@@ -39,9 +41,10 @@ def _define_torchvision_op_schemas() -> None:
 
     missing = [op for op in _OPS if not hasattr(torch.ops.torchvision, op)]
     if missing:
-        library = torch.library.Library("torchvision", "FRAGMENT")
+        library = torch.library.Library("torchvision", "FRAGMENT")  # type: ignore[no-untyped-call]
         for op in missing:
-            library.define(f"{op}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+            schema = f"{op}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor"
+            library.define(schema)  # type: ignore[no-untyped-call]
         _keep_alive.append(library)  # the schemas live as long as the Library object
 
 

@@ -1,0 +1,221 @@
+"""Qwen3-ASR prompts, streaming rollback and output parsing, shared by the vLLM and remote engines.
+
+Pure functions and one small state class, no vLLM import, so both engines build the same prompt:
+
+    <|im_start|>system\\n{context}<|im_end|>\\n
+    <|im_start|>user\\n<|audio_start|><|audio_pad|><|audio_end|><|im_end|>\\n
+    <|im_start|>assistant\\n{continuation}
+
+The system turn is always present (empty without context), as in the official chat template, and
+depends only on the context, so vLLM's prefix cache reuses it across utterances. The
+continuation is what the assistant is made to have "already said": the forced-language header
+`language English<asr_text>` and, while streaming, the previous decode with its last tokens rolled
+back. The model answers `language English<asr_text>text` (or just the text after a forced header).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
+
+ASR_TEXT_TAG = "<asr_text>"
+AUDIO_PLACEHOLDER = "<|audio_start|><|audio_pad|><|audio_end|>"
+_LANGUAGE_HEADER = "language "
+
+LANGUAGES: dict[str, str] = {
+    "zh": "Chinese",
+    "en": "English",
+    "yue": "Cantonese",
+    "ar": "Arabic",
+    "de": "German",
+    "fr": "French",
+    "es": "Spanish",
+    "pt": "Portuguese",
+    "id": "Indonesian",
+    "it": "Italian",
+    "ko": "Korean",
+    "ru": "Russian",
+    "th": "Thai",
+    "vi": "Vietnamese",
+    "ja": "Japanese",
+    "tr": "Turkish",
+    "hi": "Hindi",
+    "ms": "Malay",
+    "nl": "Dutch",
+    "sv": "Swedish",
+    "da": "Danish",
+    "fi": "Finnish",
+    "pl": "Polish",
+    "cs": "Czech",
+    "fil": "Filipino",
+    "fa": "Persian",
+    "el": "Greek",
+    "hu": "Hungarian",
+    "mk": "Macedonian",
+    "ro": "Romanian",
+}
+"""The 30 languages Qwen3-ASR recognises: the code reported to clients -> the name in its prompts."""
+
+CHINESE_DIALECTS = (
+    "Anhui",
+    "Dongbei",
+    "Fujian",
+    "Gansu",
+    "Guizhou",
+    "Hebei",
+    "Henan",
+    "Hubei",
+    "Hunan",
+    "Jiangxi",
+    "Ningxia",
+    "Shandong",
+    "Shaanxi",
+    "Shanxi",
+    "Sichuan",
+    "Tianjin",
+    "Yunnan",
+    "Zhejiang",
+    "Cantonese (Hong Kong accent)",
+    "Cantonese (Guangdong accent)",
+    "Wu",
+    "Minnan",
+)
+"""The 22 Chinese dialects it also recognises. They have no language name of their own in the
+model's prompt or output (it answers `Chinese` or `Cantonese`), so they add no language code: a
+client asks for `zh` (or `yue`) or lets the model detect."""
+
+Encode = Callable[[str], Awaitable[Sequence[int]]]
+Decode = Callable[[Sequence[int]], Awaitable[str]]
+"""The model's tokenizer, async: the remote engine asks a vLLM server (`/tokenize`, `/detokenize`)."""
+
+_NAME_TO_CODE = {name.lower(): code for code, name in LANGUAGES.items()}
+
+
+def language_name(language: str) -> str | None:
+    """The Qwen name for a language code (`en`, `en-US`, `zh_TW`) or name (`English`); None if unsupported."""
+    key = language.strip().lower().replace("_", "-")
+    if key in LANGUAGES:
+        return LANGUAGES[key]
+    if key in _NAME_TO_CODE:
+        return LANGUAGES[_NAME_TO_CODE[key]]
+    primary = key.split("-", 1)[0]
+    return LANGUAGES.get(primary)
+
+
+def language_code(name: str) -> str | None:
+    """The code for a language name the model wrote (`English` -> `en`); None if it is not one of the 30."""
+    return _NAME_TO_CODE.get(name.strip().lower())
+
+
+def chat_prompt(context: str = "") -> str:
+    """The chat template's rendering up to the assistant's turn (system turn = context)."""
+    return (
+        f"<|im_start|>system\n{context}<|im_end|>\n"
+        f"<|im_start|>user\n{AUDIO_PLACEHOLDER}<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
+
+
+def language_header(name: str) -> str:
+    """The assistant prefix that forces a language: the model then writes only the text."""
+    return f"{_LANGUAGE_HEADER}{name}{ASR_TEXT_TAG}"
+
+
+def parse_output(raw: str, forced_language: str | None = None) -> tuple[str | None, str]:
+    """Split the assistant's raw text into (language code, transcript).
+
+    With a forced language the whole raw text is the transcript. Otherwise the model writes
+    `language X<asr_text>text`; `language None` means it heard no speech, and a header cut off
+    before `<asr_text>` (max tokens reached) has no transcript yet.
+    """
+    raw = raw.strip()
+    if forced_language is not None:
+        return language_code(forced_language), raw
+    if ASR_TEXT_TAG not in raw:
+        return None, "" if raw.startswith(_LANGUAGE_HEADER.strip()) else raw
+    header, text = raw.split(ASR_TEXT_TAG, 1)
+    name = header.strip().removeprefix(_LANGUAGE_HEADER.strip()).strip()
+    if name.lower() == "none":
+        return None, ""
+    return language_code(name), text.strip()
+
+
+async def roll_back(text: str, tokens: int, encode: Encode, decode: Decode) -> str:
+    """`text` without its last `tokens` tokens, never ending in half a multi-byte character.
+
+    The last few tokens of a streaming decode are the least reliable (the audio after them is not
+    heard yet), so the next decode is made to continue from a point a little before them.
+    """
+    ids = list(await encode(text))
+    end = len(ids) - tokens
+    while end > 0:
+        kept = await decode(ids[:end])
+        if "\ufffd" not in kept:
+            return kept
+        end -= 1
+    return ""
+
+
+@dataclass
+class Qwen3Utterance:
+    """What one utterance's decodes share: the previous partial's raw output, for rollback."""
+
+    forced_language: str | None = None
+    """Qwen language name, or None to let the model detect it."""
+    rollback_tokens: int = 5
+    """K: tokens of the previous decode that the next one may change."""
+    fresh_partials: int = 2
+    """N: the first N partials start from scratch (too little audio for a useful prefix)."""
+    partials: int = 0
+    raw: str = ""
+    """Assistant output of the last partial, from after the forced header."""
+    detected_language: str | None = None
+    """Qwen name the model wrote in its last partial (detect mode)."""
+
+    @classmethod
+    def for_language(cls, language: str | None, rollback_tokens: int, fresh_partials: int) -> Qwen3Utterance:
+        """An utterance forced to `language` (a code or name) if Qwen3-ASR knows it, else detecting."""
+        forced = language_name(language) if language else None
+        if language and forced is None:
+            log.warning("language %r is not supported by Qwen3-ASR; detecting the language instead", language)
+        return cls(forced, rollback_tokens, fresh_partials)
+
+    async def partial_continuation(self, encode: Encode, decode: Decode) -> str:
+        """Assistant prefix of the next partial: forced header + rolled-back previous output."""
+        previous = ""
+        if self.partials >= self.fresh_partials and self.raw:
+            previous = await roll_back(self.raw, self.rollback_tokens, encode, decode)
+        return self._header() + previous
+
+    def accept_partial(self, continuation: str, generated: str) -> tuple[str | None, str]:
+        """Record a finished partial (prompted with `continuation`) and return (language, text)."""
+        self.partials += 1
+        self.raw = continuation.removeprefix(self._header()) + generated
+        language, text = parse_output(self.raw, self.forced_language)
+        if self.forced_language is None and language is not None:
+            self.detected_language = LANGUAGES[language]
+        return language, text
+
+    def final_continuation(self, prefix: str) -> str:
+        """Assistant prefix of the final: a fresh decode that must continue `prefix`.
+
+        In detect mode the prefix needs the header the model would have written before it; the
+        language detected by the partials is used (without one, the prefix stands alone).
+        """
+        if not prefix:
+            return self._header()
+        name = self.forced_language or self.detected_language
+        return (language_header(name) if name else "") + prefix
+
+    def final_result(self, prefix: str, generated: str) -> tuple[str | None, str]:
+        """(language, text) of a final; the text starts with `prefix` by construction."""
+        if not prefix:
+            return parse_output(generated, self.forced_language)
+        name = self.forced_language or self.detected_language
+        return (language_code(name) if name else None), (prefix + generated).rstrip()
+
+    def _header(self) -> str:
+        return language_header(self.forced_language) if self.forced_language else ""

@@ -1,0 +1,262 @@
+"""Qwen3-ASR on remote vLLM servers (`vllm serve Qwen/Qwen3-ASR-1.7B`): scale-out past one GPU.
+
+Sends the same streaming decodes as the in-process engine, as OpenAI chat completions: the audio
+as a base64 WAV `input_audio` part, context as the system message, and the forced-language header
+plus rolled-back previous text as a final assistant message that the server continues
+(`continue_final_message`). Rollback needs the model's tokenizer, so it is asked of the servers too
+(`/tokenize`, `/detokenize`). Each request goes to the healthy endpoint with the fewest requests
+in flight; an endpoint that fails (connection error, timeout, HTTP 5xx) is marked unhealthy and
+the request is retried on the next one. A background probe (`/v1/models`, every
+`health_interval_s`) marks servers unhealthy while they do not answer and healthy again once they
+do. Cancelling a decode (a superseded partial) cancels its HTTP request, and vLLM aborts a request
+whose client went away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import io
+import logging
+import wave
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import numpy as np
+
+from satellite_asr.engines.base import (
+    SAMPLE_RATE,
+    Audio,
+    Engine,
+    EngineError,
+    EngineInfo,
+    EngineStream,
+    StreamOptions,
+    Transcript,
+)
+from satellite_asr.engines.qwen3_prompt import LANGUAGES, Qwen3Utterance
+
+log = logging.getLogger(__name__)
+
+
+class _EndpointFailed(Exception):
+    """The endpoint, not the request, is at fault: try another one."""
+
+
+@dataclass
+class Endpoint:
+    """One vLLM OpenAI-compatible server."""
+
+    url: str
+    healthy: bool = False
+    in_flight: int = 0
+    served_model: str = ""
+
+
+def wav_base64(audio: Audio) -> str:
+    """16-bit mono WAV at 16 kHz, base64: what OpenAI `input_audio` carries."""
+    pcm = (np.clip(audio, -1.0, 1.0) * 32767.0).astype("<i2")
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(SAMPLE_RATE)
+        wav.writeframes(pcm.tobytes())
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+class Qwen3RemoteEngine(Engine):
+    """A pool of vLLM servers serving Qwen3-ASR."""
+
+    def __init__(
+        self,
+        urls: Sequence[str],
+        *,
+        model: str = "",
+        api_key: str = "",
+        timeout_s: float = 30.0,
+        health_interval_s: float = 5.0,
+        max_concurrency: int = 64,
+        max_new_tokens: int = 512,
+        rollback_tokens: int = 5,
+        fresh_partials: int = 2,
+        ignore_eos: bool = False,
+    ) -> None:
+        """`model` empty: whatever model each server serves; `ignore_eos` is for tests with random weights."""
+        if not urls:
+            raise EngineError("the qwen3-remote engine needs at least one server URL (remote_urls)")
+        self.endpoints = [Endpoint(url.rstrip("/").removesuffix("/v1")) for url in urls]
+        self._model = model
+        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._health_interval_s = health_interval_s
+        self._max_concurrency = max_concurrency
+        self._max_new_tokens = max_new_tokens
+        self._rollback_tokens = rollback_tokens
+        self._fresh_partials = fresh_partials
+        self._ignore_eos = ignore_eos
+        self._session: aiohttp.ClientSession | None = None
+        self._prober: asyncio.Task[None] | None = None
+
+    @property
+    def info(self) -> EngineInfo:
+        model = self._model or next((e.served_model for e in self.endpoints if e.served_model), "")
+        return EngineInfo("qwen3-remote", model, list(LANGUAGES), self._max_concurrency)
+
+    @property
+    def ready(self) -> bool:
+        """Started and at least one server answering."""
+        return self._ready and any(endpoint.healthy for endpoint in self.endpoints)
+
+    async def start(self) -> None:
+        self._session = aiohttp.ClientSession(headers=self._headers)
+        await asyncio.gather(*(self._probe(endpoint) for endpoint in self.endpoints))
+        self._prober = asyncio.create_task(self._probe_forever())
+        self._ready = True
+        healthy = [e.url for e in self.endpoints if e.healthy]
+        log.info(
+            "qwen3-remote: %d of %d servers answering: %s",
+            len(healthy),
+            len(self.endpoints),
+            ", ".join(healthy) or "none yet",
+        )
+
+    async def _probe(self, endpoint: Endpoint) -> None:
+        try:
+            async with self._loaded().get(
+                f"{endpoint.url}/v1/models", timeout=aiohttp.ClientTimeout(total=min(5.0, self._timeout.total or 5.0))
+            ) as response:
+                response.raise_for_status()
+                models = (await response.json())["data"]
+        except (TimeoutError, aiohttp.ClientError, ValueError, KeyError, TypeError) as exc:
+            if endpoint.healthy:
+                log.warning("vLLM server %s is not answering: %s", endpoint.url, exc)
+            endpoint.healthy = False
+            return
+        endpoint.served_model = str(models[0]["id"]) if models else ""
+        if not endpoint.healthy:
+            log.info("vLLM server %s is answering (model %s)", endpoint.url, endpoint.served_model)
+        endpoint.healthy = True
+
+    async def _probe_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._health_interval_s)
+            await asyncio.gather(*(self._probe(endpoint) for endpoint in self.endpoints))
+
+    def _loaded(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise EngineError("the qwen3-remote engine is not started")
+        return self._session
+
+    def open_stream(self, options: StreamOptions) -> EngineStream:
+        utterance = Qwen3Utterance.for_language(options.language, self._rollback_tokens, self._fresh_partials)
+        return Qwen3RemoteStream(self, utterance, options.context)
+
+    async def call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """POST to the least busy endpoint; on an endpoint failure, the next one (each at most once).
+
+        Unhealthy endpoints come last rather than never: when all are marked down, one may be
+        back before the probe notices.
+        """
+        order = sorted(self.endpoints, key=lambda e: (not e.healthy, e.in_flight))
+        failures = []
+        for endpoint in order:
+            try:
+                result = await self._post(endpoint, path, body)
+            except _EndpointFailed as exc:
+                if endpoint.healthy:
+                    log.warning("vLLM server %s failed (%s); marked unhealthy", endpoint.url, exc)
+                endpoint.healthy = False
+                failures.append(f"{endpoint.url}: {exc}")
+                continue
+            endpoint.healthy = True
+            return result
+        raise EngineError("no vLLM server answered: " + "; ".join(failures))
+
+    async def _post(self, endpoint: Endpoint, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        endpoint.in_flight += 1
+        try:
+            async with self._loaded().post(f"{endpoint.url}{path}", json=body, timeout=self._timeout) as response:
+                if response.status >= 500:
+                    raise _EndpointFailed(f"HTTP {response.status}")
+                payload = await response.json(content_type=None)
+        except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
+            raise _EndpointFailed(str(exc) or type(exc).__name__) from exc
+        finally:
+            endpoint.in_flight -= 1
+        if response.status != 200 or not isinstance(payload, dict):
+            raise EngineError(f"vLLM server {endpoint.url} refused the request: HTTP {response.status}: {payload}")
+        return payload
+
+    def _model_field(self) -> dict[str, str]:
+        return {"model": self._model} if self._model else {}
+
+    async def encode(self, text: str) -> list[int]:
+        payload = await self.call("/tokenize", {**self._model_field(), "prompt": text, "add_special_tokens": False})
+        return [int(token) for token in payload["tokens"]]
+
+    async def decode_tokens(self, ids: Sequence[int]) -> str:
+        payload = await self.call("/detokenize", {**self._model_field(), "tokens": list(ids)})
+        return str(payload["prompt"])
+
+    async def complete(self, context: str, continuation: str, audio: Audio) -> tuple[str, int]:
+        """The assistant's text after `continuation`, and its token count."""
+        messages: list[dict[str, Any]] = [
+            {"role": "system", "content": context},
+            {
+                "role": "user",
+                "content": [{"type": "input_audio", "input_audio": {"data": wav_base64(audio), "format": "wav"}}],
+            },
+        ]
+        if continuation:
+            messages.append({"role": "assistant", "content": continuation})
+        body = {
+            **self._model_field(),
+            "messages": messages,
+            "temperature": 0.0,
+            "max_completion_tokens": self._max_new_tokens,
+            "ignore_eos": self._ignore_eos,
+            "add_generation_prompt": not continuation,
+            "continue_final_message": bool(continuation),
+        }
+        payload = await self.call("/v1/chat/completions", body)
+        try:
+            text = payload["choices"][0]["message"]["content"] or ""
+            tokens = int(payload.get("usage", {}).get("completion_tokens", 0))
+        except (KeyError, IndexError, TypeError, ValueError) as exc:
+            raise EngineError(f"unexpected answer from vLLM server: {payload}") from exc
+        return str(text), tokens
+
+    async def close(self) -> None:
+        self._ready = False
+        if self._prober is not None:
+            self._prober.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._prober
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+class Qwen3RemoteStream(EngineStream):
+    """One utterance. Cancelling a decode cancels its HTTP request; vLLM then aborts it."""
+
+    def __init__(self, engine: Qwen3RemoteEngine, utterance: Qwen3Utterance, context: str) -> None:
+        self._engine = engine
+        self._utterance = utterance
+        self._context = context
+
+    async def partial(self, audio: Audio) -> Transcript:
+        continuation = await self._utterance.partial_continuation(self._engine.encode, self._engine.decode_tokens)
+        generated, tokens = await self._engine.complete(self._context, continuation, audio)
+        language, text = self._utterance.accept_partial(continuation, generated)
+        return Transcript(text, language, tokens)
+
+    async def final(self, audio: Audio, prefix: str = "") -> Transcript:
+        continuation = self._utterance.final_continuation(prefix)
+        generated, tokens = await self._engine.complete(self._context, continuation, audio)
+        language, text = self._utterance.final_result(prefix, generated)
+        return Transcript(text, language, tokens)

@@ -1,0 +1,257 @@
+"""Qwen3-ASR on one in-process vLLM `AsyncLLM`: every session's decodes batched on one GPU.
+
+Each partial re-decodes all audio of the utterance so far, continuing the previous partial's text
+with its last tokens rolled back (`qwen3_prompt`); the final is a fresh decode of the whole
+utterance. Requests from all sessions go to the one engine concurrently, so vLLM batches them
+continuously; finals are scheduled before partials (vLLM priority scheduling), and cancelling a
+decode (a superseded partial) aborts it inside vLLM so it costs no more GPU time. vLLM is imported
+only in `start`, so this module imports on machines without it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import gc
+import importlib.util
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from satellite_asr.engines.base import (
+    SAMPLE_RATE,
+    Audio,
+    Engine,
+    EngineError,
+    EngineInfo,
+    EngineStream,
+    StreamOptions,
+    Transcript,
+)
+from satellite_asr.engines.qwen3_prompt import LANGUAGES, Qwen3Utterance, chat_prompt
+
+if TYPE_CHECKING:
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "Qwen/Qwen3-ASR-0.6B"
+FINAL_PRIORITY = 0
+PARTIAL_PRIORITY = 1
+"""vLLM serves lower priority values first: finals never wait behind partials."""
+_LOAD_HEARTBEAT_S = 15.0
+
+
+def vllm_importable() -> bool:
+    """Whether the `vllm` package is installed (found without importing it: that takes seconds)."""
+    return importlib.util.find_spec("vllm") is not None
+
+
+def cuda_available() -> bool:
+    """Whether the NVIDIA driver reports at least one GPU.
+
+    Asks NVML (the driver's management library) through ctypes: no torch import, and unlike
+    `cuInit` it creates no CUDA context, so vLLM can still fork its workers afterwards.
+    """
+    try:
+        nvml = ctypes.CDLL("libnvidia-ml.so.1")
+    except OSError:
+        return False
+    if nvml.nvmlInit_v2() != 0:
+        return False
+    try:
+        count = ctypes.c_uint(0)
+        return nvml.nvmlDeviceGetCount_v2(ctypes.byref(count)) == 0 and count.value > 0
+    finally:
+        nvml.nvmlShutdown()
+
+
+class Qwen3VllmEngine(Engine):
+    """One vLLM `AsyncLLM` shared by all sessions."""
+
+    def __init__(
+        self,
+        model: str = "",
+        *,
+        dtype: str = "auto",
+        gpu_memory_utilization: float = 0.9,
+        max_model_len: int = 4096,
+        max_num_seqs: int = 64,
+        enforce_eager: bool = False,
+        kv_cache_bytes: int = 0,
+        max_new_tokens: int = 512,
+        rollback_tokens: int = 5,
+        fresh_partials: int = 2,
+        ignore_eos: bool = False,
+    ) -> None:
+        """`kv_cache_bytes` 0 lets vLLM size the KV cache from `gpu_memory_utilization`;
+        `ignore_eos` makes every decode produce exactly `max_new_tokens` (tests with random weights)."""
+        self._model = model or DEFAULT_MODEL
+        self._engine_kwargs: dict[str, Any] = {
+            "dtype": dtype,
+            "gpu_memory_utilization": gpu_memory_utilization,
+            "max_model_len": max_model_len,
+            "max_num_seqs": max_num_seqs,
+            "enforce_eager": enforce_eager,
+            "enable_prefix_caching": True,
+            "scheduling_policy": "priority",
+            "limit_mm_per_prompt": {"audio": 1},
+            "disable_log_stats": True,
+        }
+        if kv_cache_bytes:
+            self._engine_kwargs["kv_cache_memory_bytes"] = kv_cache_bytes
+        self._max_num_seqs = max_num_seqs
+        self._max_new_tokens = max_new_tokens
+        self._rollback_tokens = rollback_tokens
+        self._fresh_partials = fresh_partials
+        self._ignore_eos = ignore_eos
+        self._llm: AsyncLLM | None = None
+        self._lock = threading.Lock()
+        self._closed = False
+        self._ids = itertools.count()
+        self.aborted = 0
+        """Requests aborted inside vLLM because their decode was cancelled (superseded partials)."""
+
+    @property
+    def info(self) -> EngineInfo:
+        return EngineInfo("qwen3-vllm", self._model, list(LANGUAGES), self._max_num_seqs)
+
+    @property
+    def pending(self) -> int:
+        """Requests vLLM has not finished yet (queued or running)."""
+        return self._llm.get_num_unfinished_requests() if self._llm else 0
+
+    async def start(self) -> None:
+        log.info(
+            "loading %s with vLLM (%s)", self._model, ", ".join(f"{k}={v}" for k, v in self._engine_kwargs.items())
+        )
+        started = time.monotonic()
+        heartbeat = asyncio.create_task(self._log_while_loading(started))
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, self._create)
+        except Exception as exc:
+            raise EngineError(f"cannot start vLLM with model {self._model!r}: {exc}") from exc
+        finally:
+            heartbeat.cancel()
+        self._ready = True
+        log.info(
+            "vLLM engine ready in %.1f s: %s, up to %d decodes at once",
+            time.monotonic() - started,
+            self._model,
+            self._max_num_seqs,
+        )
+
+    def _create(self) -> None:
+        """Build the engine (in a worker thread, which a cancelled `start` cannot stop).
+
+        Stored here rather than returned: a returned value stays referenced from the worker's
+        frame, which vLLM keeps alive, so `close` could not free the engine. If `close` came while
+        loading, the new engine is shut down at once instead of outliving the daemon.
+        """
+        from vllm import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        llm = AsyncLLM.from_engine_args(AsyncEngineArgs(model=self._model, **self._engine_kwargs))
+        with self._lock:
+            if not self._closed:
+                self._llm = llm
+                return
+        llm.shutdown()
+
+    @staticmethod
+    async def _log_while_loading(started: float) -> None:
+        while True:
+            await asyncio.sleep(_LOAD_HEARTBEAT_S)
+            log.info("vLLM engine still loading (%.0f s)", time.monotonic() - started)
+
+    def open_stream(self, options: StreamOptions) -> EngineStream:
+        utterance = Qwen3Utterance.for_language(options.language, self._rollback_tokens, self._fresh_partials)
+        return Qwen3VllmStream(self, utterance, chat_prompt(options.context))
+
+    async def encode(self, text: str) -> list[int]:
+        return list(self._loaded().get_tokenizer().encode(text, add_special_tokens=False))
+
+    async def decode_tokens(self, ids: Sequence[int]) -> str:
+        return str(self._loaded().get_tokenizer().decode(list(ids)))
+
+    async def generate(self, prompt: str, audio: Audio, *, final: bool) -> tuple[str, int]:
+        """Decode `audio` after `prompt`: (generated text, token count).
+
+        Cancelling the caller aborts the request inside vLLM (its `generate` does so as the
+        cancellation passes through): a superseded partial costs no more GPU time.
+        """
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        llm = self._loaded()
+        params = SamplingParams(
+            temperature=0.0,
+            max_tokens=self._max_new_tokens,
+            ignore_eos=self._ignore_eos,
+            output_kind=RequestOutputKind.FINAL_ONLY,
+        )
+        request_id = f"qwen3-{'final' if final else 'partial'}-{next(self._ids)}"
+        output = None
+        submitted = False
+        try:
+            (rendered,) = await llm.renderer.render_cmpl_async(
+                [{"prompt": prompt, "multi_modal_data": {"audio": (audio, SAMPLE_RATE)}}]
+            )
+            submitted = True
+            priority = FINAL_PRIORITY if final else PARTIAL_PRIORITY
+            async for finished in llm.generate(rendered, params, request_id, priority=priority):
+                output = finished
+        except asyncio.CancelledError:
+            if submitted:
+                self.aborted += 1
+            raise
+        except Exception as exc:
+            raise EngineError(f"vLLM decode failed: {exc}") from exc
+        if output is None or not output.outputs:
+            raise EngineError("vLLM returned no output")
+        completion = output.outputs[0]
+        if completion.finish_reason == "abort":
+            raise EngineError("vLLM aborted the decode (engine shutting down)")
+        return completion.text, len(completion.token_ids)
+
+    def _loaded(self) -> AsyncLLM:
+        if self._llm is None:
+            raise EngineError("the vLLM engine is not started")
+        return self._llm
+
+    async def close(self) -> None:
+        """Stop vLLM's engine process. Blocks the loop for the few seconds that takes, on purpose:
+        run on the loop, vLLM stops its output task before it can see the engine gone (and log an
+        error); sessions are all closed by now."""
+        self._ready = False
+        with self._lock:
+            self._closed = True
+            llm, self._llm = self._llm, None
+        if llm is not None:
+            llm.shutdown()
+            del llm
+            gc.collect()  # AsyncLLM sits in reference cycles; collected now, its __del__ runs before exit
+
+
+class Qwen3VllmStream(EngineStream):
+    """One utterance: the chat prompt of its context and its rollback state."""
+
+    def __init__(self, engine: Qwen3VllmEngine, utterance: Qwen3Utterance, prompt: str) -> None:
+        self._engine = engine
+        self._utterance = utterance
+        self._prompt = prompt
+
+    async def partial(self, audio: Audio) -> Transcript:
+        continuation = await self._utterance.partial_continuation(self._engine.encode, self._engine.decode_tokens)
+        generated, tokens = await self._engine.generate(self._prompt + continuation, audio, final=False)
+        language, text = self._utterance.accept_partial(continuation, generated)
+        return Transcript(text, language, tokens)
+
+    async def final(self, audio: Audio, prefix: str = "") -> Transcript:
+        continuation = self._utterance.final_continuation(prefix)
+        generated, tokens = await self._engine.generate(self._prompt + continuation, audio, final=True)
+        language, text = self._utterance.final_result(prefix, generated)
+        return Transcript(text, language, tokens)

