@@ -31,6 +31,12 @@ class Metrics:
         self.decode_seconds = Histogram(
             "satellite_asr_decode_seconds", "Engine time per decode.", ["kind"], registry=r, buckets=LATENCY_BUCKETS
         )
+        self.engine_batch_size = Histogram(
+            "satellite_asr_engine_batch_size",
+            "Decodes the engine ran together in one model step (qwen3-vllm: vLLM's running requests).",
+            registry=r,
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+        )
         self.partials_skipped = Counter(
             "satellite_asr_partials_skipped", "Partials not decoded because newer audio superseded them.", registry=r
         )

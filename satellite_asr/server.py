@@ -38,6 +38,7 @@ class Daemon:
         self.settings = settings
         self.engine = engine or create_engine(settings)
         self.metrics = Metrics()
+        self.engine.report_batch_sizes(self.metrics.engine_batch_size.observe)
         self.vad = SileroVad(on_busy=self.metrics.vad_seconds.inc)
         self.scheduler = DecodeScheduler(self.engine.info.max_concurrency, self.metrics)
         self.sessions = SessionManager(

@@ -13,6 +13,7 @@ utterance ended, or speech resumed after a speculative final), the engine must s
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -101,6 +102,14 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def open_stream(self, options: StreamOptions) -> EngineStream:
         """A stream for one utterance."""
+
+    def report_batch_sizes(self, observe: Callable[[int], None]) -> None:
+        """Have `observe(n)` called for every model step that ran `n` decodes together; set before `start`.
+
+        This is how an operator sees that sessions share the model (`satellite_asr_engine_batch_size`).
+        Engines that decode one utterance at a time have nothing to report and ignore it.
+        """
+        return None
 
     async def close(self) -> None:
         """Free the model; called once at shutdown."""

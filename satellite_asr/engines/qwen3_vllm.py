@@ -18,7 +18,7 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from satellite_asr.engines.base import (
@@ -69,6 +69,29 @@ def cuda_available() -> bool:
         nvml.nvmlShutdown()
 
 
+def _batch_size_logger(observe: Callable[[int], None]) -> Any:
+    """A vLLM stat logger class that passes each engine step's running request count to `observe`.
+
+    vLLM runs every running request of a step in one forward pass, so that count is the batch size.
+    Built on demand because vLLM is imported only when the engine starts.
+    """
+    from vllm.v1.metrics.loggers import StatLoggerBase
+
+    class BatchSizeLogger(StatLoggerBase):
+        def __init__(self, vllm_config: Any, engine_index: int = 0) -> None:
+            pass
+
+        def record(self, scheduler_stats: Any, iteration_stats: Any, *args: Any, **kwargs: Any) -> None:
+            running = scheduler_stats.num_running_reqs if scheduler_stats is not None else 0
+            if running:
+                observe(running)
+
+        def log_engine_initialized(self) -> None:
+            pass
+
+    return BatchSizeLogger
+
+
 class Qwen3VllmEngine(Engine):
     """One vLLM `AsyncLLM` shared by all sessions."""
 
@@ -108,6 +131,7 @@ class Qwen3VllmEngine(Engine):
         self._rollback_tokens = rollback_tokens
         self._fresh_partials = fresh_partials
         self._ignore_eos = ignore_eos
+        self._observe_batch: Callable[[int], None] | None = None
         self._llm: AsyncLLM | None = None
         self._lock = threading.Lock()
         self._closed = False
@@ -123,6 +147,9 @@ class Qwen3VllmEngine(Engine):
     def pending(self) -> int:
         """Requests vLLM has not finished yet (queued or running)."""
         return self._llm.get_num_unfinished_requests() if self._llm else 0
+
+    def report_batch_sizes(self, observe: Callable[[int], None]) -> None:
+        self._observe_batch = observe
 
     async def start(self) -> None:
         log.info(
@@ -154,7 +181,8 @@ class Qwen3VllmEngine(Engine):
         from vllm import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        llm = AsyncLLM.from_engine_args(AsyncEngineArgs(model=self._model, **self._engine_kwargs))
+        loggers = [_batch_size_logger(self._observe_batch)] if self._observe_batch else None
+        llm = AsyncLLM.from_engine_args(AsyncEngineArgs(model=self._model, **self._engine_kwargs), stat_loggers=loggers)
         with self._lock:
             if not self._closed:
                 self._llm = llm
