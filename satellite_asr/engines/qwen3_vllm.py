@@ -174,9 +174,10 @@ class Qwen3VllmEngine(Engine):
     def _create(self) -> None:
         """Build the engine (in a worker thread, which a cancelled `start` cannot stop).
 
-        Stored here rather than returned: a returned value stays referenced from the worker's
-        frame, which vLLM keeps alive, so `close` could not free the engine. If `close` came while
-        loading, the new engine is shut down at once instead of outliving the daemon.
+        This frame outlives the call (vLLM's lazy first import, made here, keeps a frame above it
+        alive), so it must end holding no reference to the engine, or `close` could not free it:
+        the engine is stored, not returned, and the local dropped. If `close` came while loading,
+        the new engine is shut down at once instead of outliving the daemon.
         """
         from vllm import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
@@ -184,10 +185,12 @@ class Qwen3VllmEngine(Engine):
         loggers = [_batch_size_logger(self._observe_batch)] if self._observe_batch else None
         llm = AsyncLLM.from_engine_args(AsyncEngineArgs(model=self._model, **self._engine_kwargs), stat_loggers=loggers)
         with self._lock:
-            if not self._closed:
+            keep = not self._closed
+            if keep:
                 self._llm = llm
-                return
-        llm.shutdown()
+        if not keep:
+            llm.shutdown()
+        del llm
 
     @staticmethod
     async def _log_while_loading(started: float) -> None:
