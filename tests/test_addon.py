@@ -1,8 +1,9 @@
 """The Home Assistant add-on: what can be checked without Docker or a Supervisor.
 
-The YAML against the add-on format and against the daemon's own settings, the run script's
-command line, and the run script for real: it starts the daemon, answers the health check, and
-registers discovery with a stand-in Supervisor on loopback.
+The YAML against the add-on format and against the daemon's own settings, the wheel the image
+installs (built by scripts/addon-wheel, installed by the Dockerfile's own shell command), the run
+script's command line, and the run script for real: it starts the daemon, answers the health
+check, and registers discovery with a stand-in Supervisor on loopback.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ import re
 import shlex
 import signal
 import socket
+import subprocess
 import sys
 import tomllib
+import zipfile
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -123,13 +126,88 @@ def test_dockerfile_runs_the_script_and_checks_health_with_describe() -> None:
         r'HEALTHCHECK .*\n?.*CMD \["python3", "/usr/local/bin/satellite-asr-addon", "--healthcheck"\]', dockerfile
     )
     assert 'ENTRYPOINT ["python3", "/usr/local/bin/satellite-asr-addon"]' in dockerfile
-    assert '"satellite-asr==${SATELLITE_ASR_VERSION}"' in dockerfile
 
 
 def test_docs_cover_the_gpu_deployment() -> None:
     docs = (ADDON / "DOCS.md").read_text()
     for words in ("CUDA", "GPU", "zeroconf", "--gpus all", "qwen3-vllm", "_wyoming._tcp"):
         assert words in docs, words
+
+
+# --- the wheel the image installs ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def addon_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The wheel scripts/addon-wheel builds, into a folder that holds an older one beforehand."""
+    wheels = tmp_path_factory.mktemp("wheels")
+    (wheels / "satellite_asr-0.0.1-py3-none-any.whl").write_bytes(b"stale")
+    # PIP_NO_BUILD_ISOLATION=0 means --no-build-isolation: the venv's setuptools builds it, which
+    # spares the test pip's fresh build environment (most of the script's run time).
+    env = {**os.environ, "PIP_NO_BUILD_ISOLATION": "0"}
+    subprocess.run([ROOT / "scripts" / "addon-wheel", wheels], env=env, check=True, timeout=120)
+    (wheel,) = wheels.glob("*.whl")
+    return wheel
+
+
+def test_addon_wheel_script_builds_this_version_with_the_web_page(addon_wheel: Path) -> None:
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert addon_wheel.name == f"satellite_asr-{version}-py3-none-any.whl", "the stale wheel is gone"
+    with zipfile.ZipFile(addon_wheel) as wheel:
+        names = set(wheel.namelist())
+        metadata = wheel.read(f"satellite_asr-{version}.dist-info/METADATA").decode()
+        entry_points = wheel.read(f"satellite_asr-{version}.dist-info/entry_points.txt").decode()
+    package = {path.relative_to(ROOT).as_posix() for path in (ROOT / "satellite_asr").rglob("*.py")}
+    assert package <= names and "satellite_asr/web/index.html" in names
+    assert not [name for name in names if "__pycache__" in name]
+    assert f"Version: {version}\n" in metadata and "Provides-Extra: vllm\n" in metadata
+    assert "satellite-asr = satellite_asr.cli:main" in entry_points
+
+
+def dockerfile_install_command() -> str:
+    """The shell command of the RUN instruction after `COPY wheels/ /wheels/`, as /bin/sh gets it."""
+    match = re.search(r"^COPY wheels/ /wheels/\nRUN ((?:.*\\\n)*.*)$", (ADDON / "Dockerfile").read_text(), re.MULTILINE)
+    assert match, "the Dockerfile copies wheels/ and installs from it"
+    return match.group(1)
+
+
+def run_install_command(wheels: Path, extras: str) -> subprocess.CompletedProcess[str]:
+    """The Dockerfile's install command on `wheels` with build.yaml's arguments; pip only reports."""
+    pip = f'pip() {{ {shlex.quote(sys.executable)} -m pip "$@" --dry-run --no-deps --no-index --quiet --report -; }}'
+    args = {name: str(value) for name, value in load_yaml("build.yaml")["args"].items()}
+    command = dockerfile_install_command().replace("/wheels", str(wheels))
+    return subprocess.run(
+        ["/bin/sh", "-c", f"{pip}\n{command}"],
+        env={**os.environ, **args, "SATELLITE_ASR_EXTRAS": extras},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize("extras", ["", "vllm"])
+def test_dockerfile_installs_the_wheel_by_path(addon_wheel: Path, extras: str) -> None:
+    result = run_install_command(addon_wheel.parent, extras)
+    assert result.returncode == 0, result.stderr
+    (install,) = json.loads(result.stdout)["install"]
+    assert install["download_info"]["url"] == addon_wheel.as_uri()
+    assert install["metadata"]["version"] == load_yaml("build.yaml")["args"]["SATELLITE_ASR_VERSION"]
+    assert install.get("requested_extras", []) == ([extras] if extras else [])
+
+
+def test_dockerfile_says_how_to_build_a_missing_wheel(tmp_path: Path) -> None:
+    result = run_install_command(tmp_path, "")
+    assert result.returncode == 1 and result.stdout == ""
+    version = load_yaml("build.yaml")["args"]["SATELLITE_ASR_VERSION"]
+    assert f"no satellite_asr-{version} wheel" in result.stderr and "Run scripts/addon-wheel" in result.stderr
+
+
+def test_the_wheels_folder_is_committed_but_its_wheels_are_not() -> None:
+    def ignored(path: str) -> bool:
+        return subprocess.run(["git", "-C", ROOT, "check-ignore", "-q", path], timeout=30).returncode == 0
+
+    assert (ADDON / "wheels").is_dir() and not ignored("addon/wheels/README.md"), "COPY wheels/ needs the folder"
+    assert ignored("addon/wheels/satellite_asr-0.1.0-py3-none-any.whl")
 
 
 # --- options -> command line -----------------------------------------------------------------------
@@ -163,7 +241,13 @@ def test_sample_options_json_gives_the_expected_command_line(tmp_path: Path) -> 
     }
     path = tmp_path / "options.json"
     path.write_text(json.dumps(options))
-    result = subprocess_run(sys.executable, str(ADDON / "run.py"), "--options", str(path), "--print-command")
+    result = subprocess.run(
+        [sys.executable, str(ADDON / "run.py"), "--options", str(path), "--print-command"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
     assert result == (
         "satellite-asr serve --host 0.0.0.0 --http-port 10301 --wyoming-uri tcp://0.0.0.0:10300 --no-zeroconf"
         " --engine whisper --remote-urls http://10.1.2.3:8000 --remote-urls http://10.1.2.4:8000"
@@ -179,13 +263,6 @@ def test_sample_options_json_gives_the_expected_command_line(tmp_path: Path) -> 
     secrets = run_script().secret_environment(options)
     assert secrets == {"SATELLITE_ASR_REMOTE_API_KEY": "not-on-the-command-line"}
     assert load_settings(None, environ=secrets).remote_api_key == "not-on-the-command-line"
-
-
-def subprocess_run(*argv: str) -> str:
-    import subprocess
-
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=True)
-    return result.stdout
 
 
 # --- the run script for real -------------------------------------------------------------------------
