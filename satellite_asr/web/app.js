@@ -11,6 +11,7 @@ const RATE = 16000;
 const QUEUE_LIMIT = 20; // frames (2 s) kept while connecting, so the first words are not lost
 const END_TIMEOUT_MS = 15000;
 const HISTORY_LIMIT = 5000; // events kept in window.satelliteAsr.events, so a page left open stays small
+const SENT_WINDOW_MS = 60000; // send times kept for the latency shown with each final (~600 frames)
 const BACKOFF_FIRST_MS = 500;
 const BACKOFF_MAX_MS = 10000;
 const NO_RETRY = new Map([
@@ -36,7 +37,10 @@ const ui = {
   transcript: document.getElementById("transcript"),
 };
 
-/** Every server message with the session number and the audio seconds sent when it arrived. */
+/**
+ * Every server message with the session number and the audio seconds sent when it arrived; finals
+ * also carry `arrived_after`, the latency shown with them (seconds, null beyond SENT_WINDOW_MS).
+ */
 const history = [];
 window.satelliteAsr = { events: history };
 
@@ -45,7 +49,11 @@ function streamUrl() {
   return `${scheme}//${location.host}/v1/stream`;
 }
 
-/** The `config` message: only the fields the person set, so the server's defaults apply otherwise. */
+/**
+ * The `config` message. Context and silence go only when set, so the daemon's defaults apply.
+ * Language always goes: the code typed, or null for an empty field, which asks the daemon to detect
+ * it (leaving `language` out would mean the daemon's default language instead).
+ */
 function configMessage() {
   const config = { type: "config", sample_rate: RATE, encoding: "f32le", partials: true };
   const language = ui.language.value.trim();
@@ -142,42 +150,41 @@ class Microphone {
 class Transcript {
   constructor(list) {
     this.list = list;
-    this.live = null; // {utteranceId, item}: the utterance being spoken, shown lighter
+    // Utterance id -> its item, shown lighter until its final. More than one can be open: the next
+    // command may start while the previous one's final is still being decoded.
+    this.open = new Map();
   }
 
-  liveItem(utteranceId) {
-    if (this.live?.utteranceId !== utteranceId) {
-      const item = this.item("partial", "…", "speaking");
-      this.live = { utteranceId, item };
-    }
-    return this.live.item;
+  openItem(utteranceId) {
+    if (!this.open.has(utteranceId)) this.open.set(utteranceId, this.item("partial", "…", "speaking"));
+    return this.open.get(utteranceId);
   }
 
   partial(message) {
-    this.liveItem(message.utterance_id).querySelector(".text").textContent = message.text || "…";
+    this.openItem(message.utterance_id).querySelector(".text").textContent = message.text || "…";
   }
 
-  final(message, audioSent) {
-    const after = audioSent - message.end;
+  /** `arrivedAfter`: seconds from sending the end of speech to this final, null if not known. */
+  final(message, arrivedAfter) {
+    const after = arrivedAfter === null ? `over ${SENT_WINDOW_MS / 1000}` : arrivedAfter.toFixed(2);
     const meta = [
       `#${message.utterance_id}`,
       `${message.start.toFixed(2)}–${message.end.toFixed(2)} s`,
-      `arrived ${after.toFixed(2)} s after the end of speech`,
+      `arrived ${after} s after the end of speech`,
     ];
     if (!message.is_speech_final) meta.push("ended by stop, flush or the length cap");
     if (message.language) meta.push(message.language);
-    const item = this.live?.utteranceId === message.utterance_id ? this.live.item : this.item("final", "", "");
+    const item = this.openItem(message.utterance_id);
+    this.open.delete(message.utterance_id);
     item.className = message.text ? "final" : "final empty";
     item.querySelector(".text").textContent = message.text || "(no words recognised)";
     item.querySelector(".meta").textContent = meta.join(" · ");
-    this.live = null;
   }
 
-  /** The session ended with an utterance still open: it will get no final. */
+  /** The session ended with utterances still open: they will get no final. */
   abandon(reason) {
-    if (!this.live) return;
-    this.live.item.querySelector(".meta").textContent = reason;
-    this.live = null;
+    for (const item of this.open.values()) item.querySelector(".meta").textContent = reason;
+    this.open.clear();
   }
 
   item(kind, text, meta) {
@@ -245,6 +252,7 @@ class StreamClient {
   connect() {
     this.session += 1;
     this.sent = 0;
+    this.sentFrames = []; // {from: first sample, at: performance.now()} of the frames sent lately
     this.setState(this.attempt ? "reconnecting" : "streaming", "Connecting…");
     const ws = new WebSocket(streamUrl());
     ws.binaryType = "arraybuffer";
@@ -261,7 +269,20 @@ class StreamClient {
 
   send(samples) {
     this.ws.send(samples.buffer); // Float32Array is little-endian on every platform browsers run on
+    const now = performance.now();
+    this.sentFrames.push({ from: this.sent, at: now });
+    while (now - this.sentFrames[0].at > SENT_WINDOW_MS) this.sentFrames.shift();
     this.sent += samples.length;
+  }
+
+  /**
+   * Wall-clock seconds since the frame holding session second `t` was sent, or null when that was
+   * longer ago than SENT_WINDOW_MS. Measured in time rather than in audio sent since, because after
+   * Stop no audio follows: a final forced by `end` would otherwise show about 0 s.
+   */
+  secondsSinceSent(t) {
+    const frame = this.sentFrames.findLast((sent) => sent.from <= t * RATE);
+    return frame ? (performance.now() - frame.at) / 1000 : null;
   }
 
   onFrame(samples, peak) {
@@ -275,8 +296,9 @@ class StreamClient {
   }
 
   onMessage(message) {
-    const audioSent = this.sent / RATE;
-    history.push({ ...message, session: this.session, audio_sent: audioSent });
+    const entry = { ...message, session: this.session, audio_sent: this.sent / RATE };
+    if (message.type === "final") entry.arrived_after = this.secondsSinceSent(message.end);
+    history.push(entry);
     if (history.length > HISTORY_LIMIT) history.splice(0, history.length - HISTORY_LIMIT);
     switch (message.type) {
       case "session_created":
@@ -287,13 +309,13 @@ class StreamClient {
         }
         break;
       case "speech_start":
-        this.transcript.liveItem(message.utterance_id);
+        this.transcript.openItem(message.utterance_id);
         break;
       case "partial":
         this.transcript.partial(message);
         break;
       case "final":
-        this.transcript.final(message, audioSent);
+        this.transcript.final(message, entry.arrived_after);
         break;
       case "error":
         notify(
