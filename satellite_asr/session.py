@@ -66,10 +66,14 @@ class SessionOptions:
         *,
         vad: Mapping[str, Any] | None = None,
         partials: bool | None = None,
-        language: str | None = None,
+        language: str | None,
         context: str = "",
     ) -> SessionOptions:
-        """The daemon's defaults with a client's overrides; the client's context follows the daemon's."""
+        """The daemon's defaults with a client's overrides; the client's context follows the daemon's.
+
+        `language` is the one the utterances are decoded in (None: the engine detects it); protocols
+        differ in how a client asks for the daemon's default, so they resolve it.
+        """
         vad = vad or {}
         endpointing = EndpointerConfig(
             threshold=vad.get("threshold", settings.vad_threshold),
@@ -82,7 +86,7 @@ class SessionOptions:
         return cls(
             endpointing,
             settings.partials if partials is None else partials,
-            language or settings.language or None,
+            language,
             "\n".join(part for part in (settings.context, context) if part),
         )
 

@@ -59,6 +59,17 @@ class EngineInfo:
     max_concurrency: int = 1
     """How many decodes the engine runs at once; the scheduler keeps at most this many in flight."""
 
+    def supported_language(self, language: str) -> str | None:
+        """`language` as the engine names it, or None if it cannot transcribe it.
+
+        A region tag (`en-US`, `en_GB`) falls back to its language. An engine that has not listed its
+        languages yet (a model still loading) is taken at its word: the decode reports a bad one.
+        """
+        if not self.languages or language in self.languages:
+            return language
+        base = language.replace("_", "-").split("-")[0].lower()
+        return base if base in self.languages else None
+
 
 class EngineStream(abc.ABC):
     """Decoding state of one utterance."""

@@ -44,8 +44,11 @@ class ProtocolError(Exception):
         self.close_code = close_code
 
 
-def parse_config(message: dict[str, Any], settings: Settings) -> tuple[SessionOptions, PcmDecoder]:
-    """Session options and audio decoder from a `config` message, or `ProtocolError(invalid_config)`."""
+def parse_config(message: dict[str, Any], settings: Settings, engine: EngineInfo) -> tuple[SessionOptions, PcmDecoder]:
+    """Session options and audio decoder from a `config` message, or `ProtocolError(invalid_config)`.
+
+    `language` absent means the daemon's default language, `null` asks the engine to detect it.
+    """
     unknown = set(message) - CONFIG_FIELDS
     if unknown:
         raise _invalid_config(f"unknown field(s): {', '.join(sorted(unknown))}")
@@ -55,11 +58,16 @@ def parse_config(message: dict[str, Any], settings: Settings) -> tuple[SessionOp
         raise _invalid_config(f"encoding must be one of {', '.join(ENCODINGS)}, got {encoding!r}")
     if not isinstance(rate, int) or isinstance(rate, bool) or not MIN_RATE <= rate <= MAX_RATE:
         raise _invalid_config(f"sample_rate must be a whole number from {MIN_RATE} to {MAX_RATE}, got {rate!r}")
-    language = message.get("language")
+    language = message.get("language", settings.language or None)
     context = message.get("context") or ""
     partials = message.get("partials")
     if language is not None and not isinstance(language, str):
         raise _invalid_config(f"language must be a language code or null, got {language!r}")
+    if "language" in message and language is not None:
+        supported = engine.supported_language(language)
+        if supported is None:
+            raise _invalid_config(f"language {language!r} is not one of {', '.join(engine.languages)}")
+        language = supported
     if not isinstance(context, str):
         raise _invalid_config(f"context must be text, got {context!r}")
     if partials is not None and not isinstance(partials, bool):
@@ -181,7 +189,7 @@ class _Connection:
     async def configure(self, message: dict[str, Any]) -> None:
         if self.audio_seen:
             raise ProtocolError("config_locked", "config must come before the first audio frame")
-        options, decoder = parse_config(message, self.handler.settings)
+        options, decoder = parse_config(message, self.handler.settings, self.handler.engine_info())
         if self.session is not None:
             await self.handler.manager.release(self.session, "reconfigured", finalize=False)
             self.session = None
@@ -199,14 +207,14 @@ class _Connection:
     async def on_binary(self, data: bytes) -> None:
         received = time.perf_counter()
         if self.session is None:
-            options, decoder = parse_config({}, self.handler.settings)
+            options, decoder = parse_config({}, self.handler.settings, self.handler.engine_info())
             await self.open_session(options, decoder)
         assert self.session is not None and self.decoder is not None
-        self.audio_seen = True
         try:
             decoded = self.decoder.decode(data)
         except AudioFormatError as exc:
             raise ProtocolError("invalid_audio", f"frame dropped: {exc}") from None
+        self.audio_seen = True
         if decoded.non_finite:
             self.handler.metrics.invalid_samples.inc(decoded.non_finite)
         await self.session.feed(decoded.samples)

@@ -338,23 +338,23 @@ class _Connection:
         `error` and None (the daemon's default), so the round still gets its transcript."""
         if language is None or language == "":
             return None
-        known = self.server.engine_info().languages
-        if isinstance(language, str):
-            if not known or language in known:
-                return language
-            base = language.replace("_", "-").split("-")[0].lower()
-            if base in known:
-                return base
-        await self.error(
-            "unsupported_language", f"language {language!r} is not one of {', '.join(known)}; using the default"
-        )
-        return None
+        engine = self.server.engine_info()
+        supported = engine.supported_language(language) if isinstance(language, str) else None
+        if supported is None:
+            await self.error(
+                "unsupported_language",
+                f"language {language!r} is not one of {', '.join(engine.languages)}; using the default",
+            )
+        return supported
 
     async def open_round(self, language: str | None, context: str, sensitivity: Any = None) -> None:
         """A session for one transcribe round; `sensitivity` is Home Assistant's `vad_sensitivity`."""
         silence_ms = silence_for(self.server.settings, sensitivity)
         options = SessionOptions.from_settings(
-            self.server.settings, vad={"silence_ms": silence_ms}, language=language, context=context
+            self.server.settings,
+            vad={"silence_ms": silence_ms},
+            language=language or self.server.settings.language or None,
+            context=context,
         )
         round_: _Round
 
