@@ -28,6 +28,19 @@ def word_error_rate(reference: str, hypothesis: str) -> float:
     return float(jiwer.wer(normalise_words(reference), normalise_words(hypothesis) or "<empty>"))
 
 
+WER_TOLERANCE = 0.2
+"""How far a transcript of a fixture may stray from its words: another espeak-ng, CTranslate2 or
+CPU may turn one word of a short command differently."""
+
+
+def same_words(references: list[str], hypotheses: list[str]) -> bool:
+    """One transcript per reference, each within `WER_TOLERANCE` of it."""
+    return len(references) == len(hypotheses) and all(
+        word_error_rate(reference, hypothesis) <= WER_TOLERANCE
+        for reference, hypothesis in zip(references, hypotheses, strict=True)
+    )
+
+
 def daemon_settings(**overrides: Any) -> Settings:
     """Settings for a daemon on loopback with ephemeral ports, no zeroconf, no Wyoming unless asked."""
     values: dict[str, Any] = {

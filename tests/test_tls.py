@@ -13,7 +13,7 @@ import pytest
 from satellite_asr.clients.audio_source import WavSource
 from satellite_asr.clients.stream_client import stream_source
 from tests.certificates import self_signed
-from tests.helpers import EXPECTED, FIXTURES, running_daemon, word_error_rate
+from tests.helpers import EXPECTED, FIXTURES, WER_TOLERANCE, running_daemon, word_error_rate
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -34,7 +34,7 @@ async def test_page_and_stream_over_tls(tmp_path: Path) -> None:
         messages = await stream_source(WavSource(FIXTURES / "weather.wav", realtime=False), wss, ssl_context=trusting)
         finals = [m for m in messages if m["type"] == "final"]
         assert len(finals) == 1
-        assert word_error_rate(EXPECTED["weather.wav"][0], finals[0]["text"]) <= 0.2
+        assert word_error_rate(EXPECTED["weather.wav"][0], finals[0]["text"]) <= WER_TOLERANCE
 
         with pytest.raises(ssl.SSLCertVerificationError):
             await stream_source(

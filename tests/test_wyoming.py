@@ -31,7 +31,15 @@ from satellite_asr.config import ConfigError
 from satellite_asr.protocols.wyoming import MAX_BLOCK_BYTES, MAX_HEADER_BYTES, transcribe_context
 from satellite_asr.server import Daemon
 from tests.doubles import CrashingEngineDouble, SlowLoadingEngineDouble
-from tests.helpers import EXPECTED, FIXTURES, daemon_settings, normalise, running_daemon, word_error_rate
+from tests.helpers import (
+    EXPECTED,
+    FIXTURES,
+    WER_TOLERANCE,
+    daemon_settings,
+    normalise,
+    running_daemon,
+    word_error_rate,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -183,7 +191,7 @@ async def test_transcript_comes_at_the_endpoint_before_audio_stop(name: str) -> 
     assert result.audio_stop_at is None, "the transcript came before the audio ran out, without audio-stop"
     assert_streamed_order(result)
     assert stop.type == "transcript-stop"
-    assert word_error_rate(EXPECTED[name][0], result.text or "") <= 0.2, result.text
+    assert word_error_rate(EXPECTED[name][0], result.text or "") <= WER_TOLERANCE, result.text
     transcript = Transcript.from_event(result.transcript or Event("none"))
     assert transcript.language == "en"
 
@@ -240,7 +248,7 @@ async def test_several_rounds_on_one_connection() -> None:
             "transcript",
             "transcript-stop",
         ]
-        assert word_error_rate(EXPECTED[name][0], text_of(events)) <= 0.2, text_of(events)
+        assert word_error_rate(EXPECTED[name][0], text_of(events)) <= WER_TOLERANCE, text_of(events)
 
 
 async def test_new_transcribe_mid_stream_finalizes_the_old_round_first() -> None:
@@ -263,7 +271,7 @@ async def test_new_transcribe_mid_stream_finalizes_the_old_round_first() -> None
         "transcript-stop",
     ]
     assert "music" in normalise(Transcript.from_event(old[-2]).text)
-    assert word_error_rate(EXPECTED["weather.wav"][0], text_of(second)) <= 0.2
+    assert word_error_rate(EXPECTED["weather.wav"][0], text_of(second)) <= WER_TOLERANCE
 
 
 async def test_audio_before_transcribe_is_transcribed_in_the_default_language() -> None:
@@ -275,7 +283,7 @@ async def test_audio_before_transcribe_is_transcribed_in_the_default_language() 
         events = await read_until(client, "transcript-stop")
     assert "error" not in [e.type for e in events]
     transcript = Transcript.from_event(next(e for e in events if e.type == "transcript"))
-    assert word_error_rate(EXPECTED["lights_on.wav"][0], transcript.text) <= 0.2
+    assert word_error_rate(EXPECTED["lights_on.wav"][0], transcript.text) <= WER_TOLERANCE
     assert transcript.language == "en"
 
 
@@ -288,7 +296,7 @@ async def test_any_rate_and_channel_count_is_converted() -> None:
     wav = WavFile(stereo.tobytes(), 44100, 2)
     async with running_daemon(wyoming_uri=WYOMING) as daemon, connect(daemon) as client:
         result = await transcribe_like_home_assistant(client, wav, realtime=False)
-    assert word_error_rate(EXPECTED["music.wav"][0], result.text or "") <= 0.2, result.text
+    assert word_error_rate(EXPECTED["music.wav"][0], result.text or "") <= WER_TOLERANCE, result.text
 
 
 async def test_names_and_terms_reach_the_engine_as_context() -> None:
@@ -327,7 +335,7 @@ async def test_region_tags_fall_back_and_unknown_languages_are_an_error() -> Non
     assert [e.code for e in errors] == ["unsupported_language"] and "de" in errors[0].text
     for events in (regional, unknown):
         transcript = Transcript.from_event(next(e for e in events if e.type == "transcript"))
-        assert word_error_rate(EXPECTED["timer.wav"][0], transcript.text) <= 0.2
+        assert word_error_rate(EXPECTED["timer.wav"][0], transcript.text) <= WER_TOLERANCE
         assert transcript.language == "en"
 
 
@@ -348,7 +356,7 @@ async def test_unix_socket(tmp_path: Path) -> None:
             assert info.type == "info"
             await client.write_event(Transcribe(language="en").event())
             events = await send_and_collect(client, fixture("lights_on.wav"))  # type: ignore[arg-type]
-    assert word_error_rate(EXPECTED["lights_on.wav"][0], text_of(events)) <= 0.2
+    assert word_error_rate(EXPECTED["lights_on.wav"][0], text_of(events)) <= WER_TOLERANCE
     assert not path.exists(), "the socket file is removed on shutdown"
 
 
@@ -409,7 +417,7 @@ async def test_server_busy_is_an_error_and_closes(raw: RawOpener) -> None:
         refused = await read_all(reader)
         events = await send_and_collect(first, fixture("lights_on.wav"))  # the first round goes on
     assert [(e.type, e.data.get("code")) for e in refused] == [("error", "server_busy")]
-    assert word_error_rate(EXPECTED["lights_on.wav"][0], text_of(events)) <= 0.2
+    assert word_error_rate(EXPECTED["lights_on.wav"][0], text_of(events)) <= WER_TOLERANCE
 
 
 # --- bad input -----------------------------------------------------------------------------------
@@ -532,7 +540,7 @@ async def test_bad_events_mid_stream_are_errors_and_the_round_goes_on(
         assert len(daemon.sessions) == 0
     errors = [Error.from_event(e) for e in events if e.type == "error"]
     assert [e.code for e in errors] == [code] and errors[0].text
-    assert word_error_rate(EXPECTED["weather.wav"][0], text_of(events)) <= 0.2
+    assert word_error_rate(EXPECTED["weather.wav"][0], text_of(events)) <= WER_TOLERANCE
     assert [e.type for e in events].count("transcript") == 1
     assert_no_error_logs(caplog)
 
@@ -559,7 +567,7 @@ async def test_misbehaving_clients_do_not_disturb_a_good_one(raw: RawOpener) -> 
         ]
         result, *_ = await asyncio.gather(good(), *(misbehave(p) for p in bad))
     assert_streamed_order(result)
-    assert word_error_rate(EXPECTED["lights_on.wav"][0], result.text or "") <= 0.2
+    assert word_error_rate(EXPECTED["lights_on.wav"][0], result.text or "") <= WER_TOLERANCE
 
 
 # --- helpers --------------------------------------------------------------------------------------

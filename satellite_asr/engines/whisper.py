@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import os
 from importlib import resources
@@ -93,7 +94,9 @@ class WhisperEngine(Engine):
         """Short-context decodes that had to be redone (see `_decode_short`)."""
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="whisper")
         self._model: WhisperModel | None = None
-        self._languages: list[str] = ["en"] if self._model_name.endswith(".en") else []
+        # Known before the model loads (Wyoming `info` is asked at once): English-only models are
+        # named `.en`; anything else is taken as multilingual until the loaded model says otherwise.
+        self._languages = ["en"] if self._model_name.endswith(".en") else list(_LANGUAGE_CODES)
 
     @property
     def info(self) -> EngineInfo:
@@ -127,9 +130,15 @@ class WhisperEngine(Engine):
     async def decode(self, audio: Audio, options: StreamOptions, *, final: bool, prefix: str = "") -> Transcript:
         if self._model is None:
             raise EngineError("whisper model is not loaded yet")
-        loop = asyncio.get_running_loop()
+        work = asyncio.get_running_loop().run_in_executor(self._executor, self._decode, audio, options, final, prefix)
         try:
-            return await loop.run_in_executor(self._executor, self._decode, audio, options, final, prefix)
+            return await asyncio.shield(work)
+        except asyncio.CancelledError:
+            # A decode thread cannot be stopped: the caller keeps its decode slot until the thread is
+            # free, so the scheduler never starts more decodes than the engine really runs.
+            with contextlib.suppress(Exception):
+                await work
+            raise
         except EngineError:
             raise
         except Exception as exc:
