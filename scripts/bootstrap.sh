@@ -2,7 +2,7 @@
 # Usage: . scripts/bootstrap.sh EXTRAS   (EXTRAS: "" for the daemon, "test" for the test tools)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-VENV="${SATELLITE_ASR_VENV:-$ROOT/.venv}"
+VENV="${VENV:-$ROOT/.venv}"  # not SATELLITE_ASR_*: those are daemon settings, and unknown ones stop it
 PYTHON="${PYTHON:-python3}"
 if [ ! -x "$VENV/bin/python" ]; then
     "$PYTHON" -m venv "$VENV"
