@@ -26,6 +26,8 @@ log = logging.getLogger("satellite-asr-addon")
 
 OPTIONS_FILE = "/data/options.json"
 SUPERVISOR_URL = os.environ.get("SUPERVISOR_URL", "http://supervisor")
+DISCOVERY_RETRY_S = (1.0, 2.0, 5.0, 10.0, 30.0)
+"""Waits between discovery attempts: the Supervisor can be busy (restarting, updating) when we start."""
 """Where the Supervisor API is (tests point it at a stand-in)."""
 SECRET_OPTIONS = {"remote_api_key"}
 """Passed in the daemon's environment (SATELLITE_ASR_<NAME>), never on its logged command line."""
@@ -110,12 +112,18 @@ async def announce_when_ready(port: int) -> None:
         if await describe_answers(port):
             break
         await asyncio.sleep(0.5)
-    try:
-        await asyncio.to_thread(register_discovery, token, port)
-    except OSError as exc:
-        log.error("Supervisor discovery failed: %s", exc)
+    for retry_in in (*DISCOVERY_RETRY_S, None):
+        try:
+            await asyncio.to_thread(register_discovery, token, port)
+        except OSError as exc:  # urllib's HTTP and connection errors included
+            if retry_in is None:
+                log.error("Supervisor discovery failed: %s; add the Wyoming integration by hand", exc)
+                return
+            log.warning("Supervisor discovery failed: %s; trying again in %g s", exc, retry_in)
+            await asyncio.sleep(retry_in)
+            continue
+        log.info("Supervisor discovery sent: Home Assistant will offer to add the Wyoming service")
         return
-    log.info("Supervisor discovery sent: Home Assistant will offer to add the Wyoming service")
 
 
 async def run(command: list[str], secrets: dict[str, str], wyoming_port: int) -> int:

@@ -283,11 +283,16 @@ async def test_healthcheck_passes_when_describe_is_answered_and_fails_otherwise(
 
 
 async def test_run_script_starts_the_daemon_and_registers_discovery(tmp_path: Path) -> None:
+    """Registered once `describe` answers, and again when the Supervisor was busy the first time."""
     received: list[tuple[str, Any]] = []
+    describe_answered: list[bool] = []
     arrived = asyncio.Event()
 
     async def discovery(request: web.Request) -> web.Response:
         received.append((request.headers["Authorization"], await request.json()))
+        describe_answered.append(await healthcheck(wyoming_port) == 0)
+        if len(received) == 1:
+            return web.json_response({"result": "error", "message": "busy"}, status=503)
         arrived.set()
         return web.json_response({"result": "ok", "data": {"uuid": "abc"}})
 
@@ -323,12 +328,12 @@ async def test_run_script_starts_the_daemon_and_registers_discovery(tmp_path: Pa
     )
     try:
         await asyncio.wait_for(arrived.wait(), 90)
-        assert received == [
-            (
-                "Bearer secret-token",
-                {"service": "wyoming", "config": {"uri": f"tcp://{socket.gethostname()}:{wyoming_port}"}},
-            )
-        ]
+        expected = (
+            "Bearer secret-token",
+            {"service": "wyoming", "config": {"uri": f"tcp://{socket.gethostname()}:{wyoming_port}"}},
+        )
+        assert received == [expected, expected]
+        assert describe_answered == [True, True]
         assert await healthcheck(wyoming_port) == 0
     finally:
         process.send_signal(signal.SIGTERM)
