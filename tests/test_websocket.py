@@ -244,6 +244,22 @@ async def test_a_rejected_first_frame_does_not_lock_the_config() -> None:
     assert (created["config"]["encoding"], created["config"]["sample_rate"]) == ("s16le", 8000)
 
 
+async def test_length_cap_forces_a_final_and_the_speech_goes_on_in_the_next_utterance() -> None:
+    async with running_daemon(max_utterance_s=1.0) as daemon:
+        messages = await stream_file(FIXTURES / "music.wav", ws_url(daemon), fast=True)
+        capped = daemon.metrics.registry.get_sample_value("satellite_asr_utterances_total", {"reason": "max_length"})
+    finals = of_type(messages, "final")
+    assert len(finals) >= 2 and len(of_type(messages, "speech_start")) == len(finals)
+    first = finals[0]
+    assert (
+        first["is_speech_final"] is False and first["end"] - first["start"] <= 1.0 + 0.032
+    )  # checked per 32 ms VAD window
+    assert finals[1]["start"] >= first["end"], "the next utterance takes the speech from where the cap cut it"
+    assert capped is not None and capped >= 1
+    words = " ".join(f["text"] for f in finals)
+    assert word_error_rate(EXPECTED["music.wav"][0], words) <= 0.5, words  # words cut at the seams may change
+
+
 async def test_nan_samples_are_silence_and_counted() -> None:
     noisy = fixture_16k("lights_on.wav").copy()
     noisy[:4000] = np.nan
