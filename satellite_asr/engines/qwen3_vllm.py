@@ -77,7 +77,7 @@ def _batch_size_logger(observe: Callable[[int], None]) -> Any:
     """
     from vllm.v1.metrics.loggers import StatLoggerBase
 
-    class BatchSizeLogger(StatLoggerBase):
+    class BatchSizeLogger(StatLoggerBase):  # type: ignore[misc,unused-ignore]  # Any where vllm is not installed
         def __init__(self, vllm_config: Any, engine_index: int = 0) -> None:
             pass
 
