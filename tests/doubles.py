@@ -1,4 +1,5 @@
-"""Test doubles for things outside the product's own path: a crashing engine, a slow-loading one.
+"""Test doubles for things outside the product's own path: a crashing engine, a slow-loading one,
+one that hears no words in the first utterance (what a model makes of a cough).
 
 Both wrap the real whisper engine, so everything but the injected fault is the product's code.
 """
@@ -40,3 +41,23 @@ class SlowLoadingEngineDouble(WhisperEngine):
     async def start(self) -> None:
         await self.release.wait()
         await super().start()
+
+
+class _HearsNothingStream(EngineStream):
+    async def partial(self, audio: Audio) -> Transcript:
+        return Transcript("")
+
+    async def final(self, audio: Audio, prefix: str = "") -> Transcript:
+        return Transcript(prefix)
+
+
+class FirstUtteranceIsNoiseEngineDouble(WhisperEngine):
+    """Real whisper, except that the first utterance decodes to no words (as a cough or a door would)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.streams = 0
+
+    def open_stream(self, options: StreamOptions) -> EngineStream:
+        self.streams += 1
+        return _HearsNothingStream() if self.streams == 1 else super().open_stream(options)

@@ -30,7 +30,7 @@ from satellite_asr.clients.wyoming_bench import RoundResult, transcribe_like_hom
 from satellite_asr.config import ConfigError
 from satellite_asr.protocols.wyoming import MAX_BLOCK_BYTES, MAX_HEADER_BYTES, transcribe_context
 from satellite_asr.server import Daemon
-from tests.doubles import CrashingEngineDouble, SlowLoadingEngineDouble
+from tests.doubles import CrashingEngineDouble, FirstUtteranceIsNoiseEngineDouble, SlowLoadingEngineDouble
 from tests.helpers import (
     EXPECTED,
     FIXTURES,
@@ -194,6 +194,17 @@ async def test_transcript_comes_at_the_endpoint_before_audio_stop(name: str) -> 
     assert word_error_rate(EXPECTED[name][0], result.text or "") <= WER_TOLERANCE, result.text
     transcript = Transcript.from_event(result.transcript or Event("none"))
     assert transcript.language == "en"
+
+
+async def test_an_utterance_without_words_does_not_answer_the_round() -> None:
+    """A cough before the command: Home Assistant gets the command's words, not an empty transcript."""
+    engine = FirstUtteranceIsNoiseEngineDouble()
+    async with running_daemon(engine, wyoming_uri=WYOMING) as daemon, connect(daemon) as client:
+        result = await transcribe_like_home_assistant(client, fixture("three_commands.wav"), realtime=False)
+    order = [k for k in kinds(result) if k != "transcript-chunk"]
+    cough, command = ["voice-started", "voice-stopped"], ["voice-started", "voice-stopped"]
+    assert order == [cough[0], "transcript-start", cough[1], *command, "transcript"], order
+    assert word_error_rate(EXPECTED["three_commands.wav"][1], result.text or "") <= WER_TOLERANCE, result.text
 
 
 async def test_stable_text_streams_as_chunks_while_speaking() -> None:

@@ -230,7 +230,7 @@ class _Round:
     language: str | None
     decoder: PcmDecoder | None = None
     utterance_id: int | None = None
-    """The utterance that answers the round (the first one)."""
+    """The utterance that answers the round: the first one in which words were heard."""
     sent: str = ""
     """Text of the transcript chunks sent so far."""
     started: bool = False
@@ -436,8 +436,9 @@ class _Connection:
         if isinstance(event, SpeechStarted) and round_.utterance_id is None:
             round_.utterance_id = event.utterance_id
             await self.send(VoiceStarted(timestamp=round(event.start * 1000)).event())
-            round_.started = True
-            await self.send(TranscriptStart(language=round_.language).event())
+            if not round_.started:
+                round_.started = True
+                await self.send(TranscriptStart(language=round_.language).event())
             return
         if getattr(event, "utterance_id", None) != round_.utterance_id:
             return
@@ -449,6 +450,11 @@ class _Connection:
         elif isinstance(event, SpeechStopped):
             await self.send(VoiceStopped(timestamp=round(event.end * 1000)).event())
         elif isinstance(event, FinalTranscript):
+            if event.is_speech_final and not event.text.strip():
+                # A cough or a door, not words: the round listens on for the command (if none comes,
+                # audio-stop or the idle timeout still answers it, with empty text).
+                round_.utterance_id = None
+                return
             await self.answer(round_, event.text, event.language or round_.language)
             # Not awaited here: this runs inside the session's own final task, which release would wait for.
             release = asyncio.create_task(self.server.manager.release(round_.session, "answered", finalize=False))
