@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import psutil  # type: ignore[import-untyped]
 import pytest
 import pytest_asyncio
 from wyoming.asr import Transcript, TranscriptChunk
@@ -143,6 +142,8 @@ async def test_eight_sessions_share_the_engine_and_are_batched(daemon: Daemon) -
 
 def engine_processes() -> set[int]:
     """Ids of the vLLM engine processes started by this test process and still running."""
+    import psutil  # type: ignore[import-untyped]  # comes with vllm; this module is skipped without it
+
     found = set()
     for process in psutil.Process().children(recursive=True):
         with contextlib.suppress(psutil.Error):  # gone, or a zombie: not running
