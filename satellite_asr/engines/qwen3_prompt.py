@@ -1,6 +1,7 @@
-"""Qwen3-ASR prompts, streaming rollback and output parsing, shared by the vLLM and remote engines.
+"""Qwen3-ASR prompts, streaming rollback, output parsing and the utterance stream, shared by the
+vLLM and remote engines.
 
-Pure functions and one small state class, no vLLM import, so both engines build the same prompt:
+No vLLM import, so both engines build the same prompt:
 
     <|im_start|>system\\n{context}<|im_end|>\\n
     <|im_start|>user\\n<|audio_start|><|audio_pad|><|audio_end|><|im_end|>\\n
@@ -18,6 +19,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
+
+from satellite_asr.engines.base import Audio, EngineStream, Transcript
 
 log = logging.getLogger(__name__)
 
@@ -219,3 +223,37 @@ class Qwen3Utterance:
 
     def _header(self) -> str:
         return language_header(self.forced_language) if self.forced_language else ""
+
+
+class Qwen3Decoder(Protocol):
+    """What an engine does for its Qwen3-ASR streams: tokenize (for rollback) and decode audio."""
+
+    async def encode(self, text: str) -> Sequence[int]: ...
+
+    async def decode_tokens(self, ids: Sequence[int]) -> str: ...
+
+    async def continue_decode(self, context: str, continuation: str, audio: Audio, *, final: bool) -> tuple[str, int]:
+        """The assistant's text after `continuation` for `audio` with `context` as the system turn,
+        and its token count. Cancelling it aborts the decode where it runs."""
+        ...
+
+
+class Qwen3Stream(EngineStream):
+    """One utterance: partials continue the previous one minus its last tokens, the final starts afresh."""
+
+    def __init__(self, decoder: Qwen3Decoder, utterance: Qwen3Utterance, context: str) -> None:
+        self._decoder = decoder
+        self._utterance = utterance
+        self._context = context
+
+    async def partial(self, audio: Audio) -> Transcript:
+        continuation = await self._utterance.partial_continuation(self._decoder.encode, self._decoder.decode_tokens)
+        generated, tokens = await self._decoder.continue_decode(self._context, continuation, audio, final=False)
+        language, text = self._utterance.accept_partial(continuation, generated)
+        return Transcript(text, language, tokens)
+
+    async def final(self, audio: Audio, prefix: str = "") -> Transcript:
+        continuation = self._utterance.final_continuation(prefix)
+        generated, tokens = await self._decoder.continue_decode(self._context, continuation, audio, final=True)
+        language, text = self._utterance.final_result(prefix, generated)
+        return Transcript(text, language, tokens)

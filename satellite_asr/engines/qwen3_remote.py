@@ -35,9 +35,8 @@ from satellite_asr.engines.base import (
     EngineInfo,
     EngineStream,
     StreamOptions,
-    Transcript,
 )
-from satellite_asr.engines.qwen3_prompt import LANGUAGES, Qwen3Utterance
+from satellite_asr.engines.qwen3_prompt import LANGUAGES, Qwen3Stream, Qwen3Utterance
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +152,7 @@ class Qwen3RemoteEngine(Engine):
 
     def open_stream(self, options: StreamOptions) -> EngineStream:
         utterance = Qwen3Utterance.for_language(options.language, self._rollback_tokens, self._fresh_partials)
-        return Qwen3RemoteStream(self, utterance, options.context)
+        return Qwen3Stream(self, utterance, options.context)
 
     async def call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         """POST to the least busy endpoint; on an endpoint failure, the next one (each at most once).
@@ -202,8 +201,12 @@ class Qwen3RemoteEngine(Engine):
         payload = await self.call("/detokenize", {**self._model_field(), "tokens": list(ids)})
         return str(payload["prompt"])
 
-    async def complete(self, context: str, continuation: str, audio: Audio) -> tuple[str, int]:
-        """The assistant's text after `continuation`, and its token count."""
+    async def continue_decode(self, context: str, continuation: str, audio: Audio, *, final: bool) -> tuple[str, int]:
+        """The assistant's text after `continuation`, and its token count.
+
+        `final` changes nothing here: a vLLM server refuses request priorities unless it was started
+        with priority scheduling, so remote decodes are served in the order they arrive.
+        """
         messages: list[dict[str, Any]] = [
             {"role": "system", "content": context},
             {
@@ -239,24 +242,3 @@ class Qwen3RemoteEngine(Engine):
         if self._session is not None:
             await self._session.close()
             self._session = None
-
-
-class Qwen3RemoteStream(EngineStream):
-    """One utterance. Cancelling a decode cancels its HTTP request; vLLM then aborts it."""
-
-    def __init__(self, engine: Qwen3RemoteEngine, utterance: Qwen3Utterance, context: str) -> None:
-        self._engine = engine
-        self._utterance = utterance
-        self._context = context
-
-    async def partial(self, audio: Audio) -> Transcript:
-        continuation = await self._utterance.partial_continuation(self._engine.encode, self._engine.decode_tokens)
-        generated, tokens = await self._engine.complete(self._context, continuation, audio)
-        language, text = self._utterance.accept_partial(continuation, generated)
-        return Transcript(text, language, tokens)
-
-    async def final(self, audio: Audio, prefix: str = "") -> Transcript:
-        continuation = self._utterance.final_continuation(prefix)
-        generated, tokens = await self._engine.complete(self._context, continuation, audio)
-        language, text = self._utterance.final_result(prefix, generated)
-        return Transcript(text, language, tokens)

@@ -29,9 +29,8 @@ from satellite_asr.engines.base import (
     EngineInfo,
     EngineStream,
     StreamOptions,
-    Transcript,
 )
-from satellite_asr.engines.qwen3_prompt import LANGUAGES, Qwen3Utterance, chat_prompt
+from satellite_asr.engines.qwen3_prompt import LANGUAGES, Qwen3Stream, Qwen3Utterance, chat_prompt
 
 if TYPE_CHECKING:
     from vllm.v1.engine.async_llm import AsyncLLM
@@ -200,7 +199,7 @@ class Qwen3VllmEngine(Engine):
 
     def open_stream(self, options: StreamOptions) -> EngineStream:
         utterance = Qwen3Utterance.for_language(options.language, self._rollback_tokens, self._fresh_partials)
-        return Qwen3VllmStream(self, utterance, chat_prompt(options.context))
+        return Qwen3Stream(self, utterance, options.context)
 
     async def encode(self, text: str) -> list[int]:
         return list(self._loaded().get_tokenizer().encode(text, add_special_tokens=False))
@@ -208,12 +207,13 @@ class Qwen3VllmEngine(Engine):
     async def decode_tokens(self, ids: Sequence[int]) -> str:
         return str(self._loaded().get_tokenizer().decode(list(ids)))
 
-    async def generate(self, prompt: str, audio: Audio, *, final: bool) -> tuple[str, int]:
-        """Decode `audio` after `prompt`: (generated text, token count).
+    async def continue_decode(self, context: str, continuation: str, audio: Audio, *, final: bool) -> tuple[str, int]:
+        """Decode `audio` after the chat prompt and `continuation`: (generated text, token count).
 
         Cancelling the caller aborts the request inside vLLM (its `generate` does so as the
         cancellation passes through): a superseded partial costs no more GPU time.
         """
+        prompt = chat_prompt(context) + continuation
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
@@ -265,24 +265,3 @@ class Qwen3VllmEngine(Engine):
             llm.shutdown()
             del llm
             gc.collect()  # AsyncLLM sits in reference cycles; collected now, its __del__ runs before exit
-
-
-class Qwen3VllmStream(EngineStream):
-    """One utterance: the chat prompt of its context and its rollback state."""
-
-    def __init__(self, engine: Qwen3VllmEngine, utterance: Qwen3Utterance, prompt: str) -> None:
-        self._engine = engine
-        self._utterance = utterance
-        self._prompt = prompt
-
-    async def partial(self, audio: Audio) -> Transcript:
-        continuation = await self._utterance.partial_continuation(self._engine.encode, self._engine.decode_tokens)
-        generated, tokens = await self._engine.generate(self._prompt + continuation, audio, final=False)
-        language, text = self._utterance.accept_partial(continuation, generated)
-        return Transcript(text, language, tokens)
-
-    async def final(self, audio: Audio, prefix: str = "") -> Transcript:
-        continuation = self._utterance.final_continuation(prefix)
-        generated, tokens = await self._engine.generate(self._prompt + continuation, audio, final=True)
-        language, text = self._utterance.final_result(prefix, generated)
-        return Transcript(text, language, tokens)
