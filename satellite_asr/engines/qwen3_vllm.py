@@ -213,10 +213,10 @@ class Qwen3VllmEngine(Engine):
         Cancelling the caller aborts the request inside vLLM (its `generate` does so as the
         cancellation passes through): a superseded partial costs no more GPU time.
         """
-        prompt = chat_prompt(context) + continuation
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
+        prompt = chat_prompt(context) + continuation
         llm = self._loaded()
         params = SamplingParams(
             temperature=0.0,
