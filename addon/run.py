@@ -26,9 +26,9 @@ log = logging.getLogger("satellite-asr-addon")
 
 OPTIONS_FILE = "/data/options.json"
 SUPERVISOR_URL = os.environ.get("SUPERVISOR_URL", "http://supervisor")
+"""Where the Supervisor API is (tests point it at a stand-in)."""
 DISCOVERY_RETRY_S = (1.0, 2.0, 5.0, 10.0, 30.0)
 """Waits between discovery attempts: the Supervisor can be busy (restarting, updating) when we start."""
-"""Where the Supervisor API is (tests point it at a stand-in)."""
 SECRET_OPTIONS = {"remote_api_key"}
 """Passed in the daemon's environment (SATELLITE_ASR_<NAME>), never on its logged command line."""
 

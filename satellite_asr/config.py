@@ -157,6 +157,11 @@ class Settings:
 
     log_level: str = _opt("INFO", "Log level.", choices=LOG_LEVELS)
 
+    @property
+    def default_language(self) -> str | None:
+        """The language a session gets when its client names none; None: the engine detects it."""
+        return self.language or None
+
     def endpointing_defaults(self) -> dict[str, Any]:
         """The settings a session may override (see docs/protocol.md `vad`)."""
         return {

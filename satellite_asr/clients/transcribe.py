@@ -58,7 +58,7 @@ class OfflineTranscriber:
         async def no_connection(reason: str) -> None:
             return None
 
-        options = SessionOptions.from_settings(self.settings, partials=False, language=self.settings.language or None)
+        options = SessionOptions.from_settings(self.settings, partials=False, language=self.settings.default_language)
         session = self.sessions.create("offline", options, collect, no_connection)
         step = int(CHUNK_SECONDS * 16000)
         for offset in range(0, audio.size, step):

@@ -58,7 +58,7 @@ def parse_config(message: dict[str, Any], settings: Settings, engine: EngineInfo
         raise _invalid_config(f"encoding must be one of {', '.join(ENCODINGS)}, got {encoding!r}")
     if not isinstance(rate, int) or isinstance(rate, bool) or not MIN_RATE <= rate <= MAX_RATE:
         raise _invalid_config(f"sample_rate must be a whole number from {MIN_RATE} to {MAX_RATE}, got {rate!r}")
-    language = message.get("language", settings.language or None)
+    language = message.get("language", settings.default_language)
     context = message.get("context") or ""
     partials = message.get("partials")
     if language is not None and not isinstance(language, str):

@@ -353,7 +353,7 @@ class _Connection:
         options = SessionOptions.from_settings(
             self.server.settings,
             vad={"silence_ms": silence_ms},
-            language=language or self.server.settings.language or None,
+            language=language or self.server.settings.default_language,
             context=context,
         )
         round_: _Round
@@ -421,11 +421,15 @@ class _Connection:
             return
         round_.answered = True
         with contextlib.suppress(ConnectionError):
-            if not round_.started:
-                round_.started = True
-                await self.send(TranscriptStart(language=language).event())
+            await self.start_transcript(round_, language)
             await self.send(Transcript(text=text, language=language).event())
             await self.send(TranscriptStop().event())
+
+    async def start_transcript(self, round_: _Round, language: str | None) -> None:
+        """`transcript-start`, once per round: at the first speech, or just before the transcript."""
+        if not round_.started:
+            round_.started = True
+            await self.send(TranscriptStart(language=language).event())
 
     async def on_session_event(self, round_: _Round, event: SessionEvent) -> None:
         if round_.answered:
@@ -436,9 +440,7 @@ class _Connection:
         if isinstance(event, SpeechStarted) and round_.utterance_id is None:
             round_.utterance_id = event.utterance_id
             await self.send(VoiceStarted(timestamp=round(event.start * 1000)).event())
-            if not round_.started:
-                round_.started = True
-                await self.send(TranscriptStart(language=round_.language).event())
+            await self.start_transcript(round_, round_.language)
             return
         if getattr(event, "utterance_id", None) != round_.utterance_id:
             return
