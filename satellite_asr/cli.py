@@ -180,7 +180,11 @@ def _stream(args: argparse.Namespace) -> int:
         config["context"] = args.context
     if args.silence_ms:
         config["vad"] = {"silence_ms": args.silence_ms}
-    ssl_context = ssl.create_default_context(cafile=args.cafile) if args.cafile else None
+    try:
+        ssl_context = ssl.create_default_context(cafile=args.cafile) if args.cafile else None
+    except (OSError, ssl.SSLError) as exc:
+        print(f"satellite-asr: cannot use --cafile {args.cafile}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
 
     async def run() -> None:
         source: AudioSource
@@ -218,6 +222,10 @@ def _stream(args: argparse.Namespace) -> int:
         return 2
     except StreamClosed as exc:
         print(f"satellite-asr: {exc}", file=sys.stderr)
+        return 1
+    except ssl.SSLCertVerificationError as exc:
+        hint = "" if args.cafile else "; for a self-signed certificate, pass it with --cafile"
+        print(f"satellite-asr: {args.url} is not trusted: {exc.verify_message}{hint}", file=sys.stderr)
         return 1
     except OSError as exc:
         print(f"satellite-asr: cannot reach {args.url}: {exc}", file=sys.stderr)

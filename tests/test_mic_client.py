@@ -26,6 +26,7 @@ import soxr
 from satellite_asr.clients.audio_source import MicrophoneSource, MicrophoneUnavailable
 from satellite_asr.clients.stream_client import TranscriptPrinter
 from satellite_asr.clients.wav import read_wav
+from tests.certificates import self_signed
 from tests.helpers import EXPECTED, FIXTURES, WER_TOLERANCE, running_daemon, word_error_rate, ws_url
 
 pytestmark = pytest.mark.timeout(120)
@@ -51,15 +52,22 @@ def speech_without_trailing_silence(name: str, rate: int, directory: Path) -> Pa
     return write_wav(directory / f"cut-{rate}.wav", soxr.resample(cut, 16000, rate), rate)
 
 
-async def test_ctrl_c_sends_end_and_waits_for_the_last_final(tmp_path: Path) -> None:
+@pytest.mark.parametrize("tls", [False, True], ids=["ws", "wss with --cafile"])
+async def test_ctrl_c_sends_end_and_waits_for_the_last_final(tmp_path: Path, tls: bool) -> None:
     wav = speech_without_trailing_silence("lights_on.wav", 44100, tmp_path)
+    daemon_tls: dict[str, str] = {}
+    trust: list[str] = []
+    if tls:  # the daemon's self-signed certificate, trusted by the client through --cafile only
+        cert = self_signed(tmp_path, ["localhost"], ["127.0.0.1"])
+        daemon_tls, trust = {"tls_cert": str(cert.cert), "tls_key": str(cert.key)}, ["--cafile", str(cert.cert)]
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(FAKE_SOUNDDEVICE), os.environ.get("PYTHONPATH", "")]),
         "SATELLITE_ASR_FAKE_MIC_WAV": str(wav),
         "SATELLITE_ASR_FAKE_MIC_RATES": "44100",  # the device cannot record at 16 kHz
     }
-    async with running_daemon() as daemon:
+    async with running_daemon(**daemon_tls) as daemon:
+        url = f"wss://127.0.0.1:{daemon.http_port}/v1/stream" if tls else ws_url(daemon)
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -68,7 +76,8 @@ async def test_ctrl_c_sends_end_and_waits_for_the_last_final(tmp_path: Path) -> 
             "--mic",
             "--json",
             "--url",
-            ws_url(daemon),
+            url,
+            *trust,
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 import subprocess
 import sys
@@ -69,3 +70,31 @@ def test_unreadable_certificate_stops_start_up_with_a_message(tmp_path: Path) ->
     assert result.returncode == 2, result.stderr
     assert f"tls_cert/tls_key: cannot load {missing}" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+async def test_stream_command_explains_an_untrusted_or_unreadable_certificate(tmp_path: Path) -> None:
+    """`stream` says why a wss:// daemon is refused, and what to do; never a traceback."""
+    cert = self_signed(tmp_path, ["localhost"], ["127.0.0.1"])
+    (tmp_path / "not-a-cert.pem").write_text("not a certificate\n")
+    wav = str(FIXTURES / "weather.wav")
+
+    async def stream(*flags: str) -> tuple[int, str]:
+        process = await asyncio.create_subprocess_exec(
+            *(sys.executable, "-m", "satellite_asr", "stream", "--fast", "--url", wss, *flags, wav),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        _, stderr = await asyncio.wait_for(process.communicate(), 60)
+        assert b"Traceback" not in stderr, stderr.decode()
+        assert process.returncode is not None
+        return process.returncode, stderr.decode()
+
+    async with running_daemon(tls_cert=str(cert.cert), tls_key=str(cert.key)) as daemon:
+        wss = f"wss://127.0.0.1:{daemon.http_port}/v1/stream"
+        untrusted = await stream()
+        missing = await stream("--cafile", str(tmp_path / "missing.pem"))
+        unreadable = await stream("--cafile", str(tmp_path / "not-a-cert.pem"))
+    assert untrusted[0] == 1 and "is not trusted: self-signed certificate" in untrusted[1], untrusted
+    assert "pass it with --cafile" in untrusted[1]
+    assert missing == (2, f"satellite-asr: cannot use --cafile {tmp_path / 'missing.pem'}: No such file or directory\n")
+    assert unreadable[0] == 2 and "cannot use --cafile" in unreadable[1] and "no certificate" in unreadable[1]

@@ -80,9 +80,12 @@ async def stream_source(
     """Stream until the source ends (or is stopped), send `end`, return every server message.
 
     Raises `StreamClosed` when the daemon closes the connection other than normally after `end`.
+    `ssl_context` replaces the system's trust for wss:// (e.g. a self-signed certificate).
     """
     messages: list[dict[str, Any]] = []
-    async with websockets.connect(url, max_size=1 << 20, ssl=ssl_context) as ws:
+    # websockets refuses an explicit ssl=None for wss://: leave it out to get the system's trust
+    tls: dict[str, Any] = {} if ssl_context is None else {"ssl": ssl_context}
+    async with websockets.connect(url, max_size=1 << 20, **tls) as ws:
         await ws.send(
             json.dumps({"type": "config", **(config or {}), "sample_rate": source.sample_rate, "encoding": "s16le"})
         )
