@@ -16,6 +16,18 @@ from satellite_asr.config import ConfigError, Settings, load_settings, setting_d
 log = logging.getLogger("satellite_asr")
 
 
+def _websocket_url(text: str) -> str:
+    """Checked while parsing, so a mistyped URL is a usage error rather than a failed connection."""
+    from websockets.exceptions import InvalidURI
+    from websockets.uri import parse_uri
+
+    try:
+        parse_uri(text)
+    except InvalidURI as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per setting, derived from `Settings` (defaults shown are the built-in ones)."""
     parser.add_argument("--config", metavar="FILE", help="YAML config file (see config.example.yaml).")
@@ -66,7 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("file", nargs="?", metavar="FILE.wav", help="16-bit mono WAV file to stream.")
     source.add_argument("--mic", action="store_true", help="Stream the microphone (needs the 'mic' extra).")
     stream.add_argument("--device", help="Input device for --mic, by name or index (list: python -m sounddevice).")
-    stream.add_argument("--url", default="ws://127.0.0.1:10301/v1/stream", help="Daemon WebSocket URL.")
+    stream.add_argument(
+        "--url", type=_websocket_url, default="ws://127.0.0.1:10301/v1/stream", help="Daemon WebSocket URL."
+    )
     stream.add_argument("--cafile", metavar="PEM", help="Certificate to trust for wss:// (e.g. a self-signed one).")
     stream.add_argument("--fast", action="store_true", help="Send a file as fast as possible, not at real-time pace.")
     stream.add_argument("--json", action="store_true", help="Print every server message as a JSON line.")

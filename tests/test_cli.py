@@ -25,10 +25,17 @@ def test_transcribe_prints_one_line_per_utterance() -> None:
     assert all(float(line[1]) < float(line[2]) for line in lines)
 
 
-def test_transcribe_reports_unreadable_files() -> None:
-    result = run_cli("transcribe", str(FIXTURES / "fixtures.json"))
+@pytest.mark.parametrize("command", ["transcribe", "stream"])
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [("fixtures.json", "not a PCM WAV file"), ("missing.wav", "cannot read it (No such file or directory)")],
+)
+def test_unreadable_files_are_named(command: str, name: str, message: str) -> None:
+    """A usage error naming the file; `stream` reads it before connecting, so it does not blame the daemon."""
+    result = run_cli(command, str(FIXTURES / name), *(["--url", "ws://127.0.0.1:9/v1/stream"] * (command == "stream")))
     assert result.returncode == 2
-    assert "not a PCM WAV file" in result.stderr
+    assert f"satellite-asr: {FIXTURES / name}: {message}" in result.stderr
+    assert "Traceback" not in result.stderr and "cannot reach" not in result.stderr
 
 
 async def test_stream_prints_partials_and_finals() -> None:
@@ -56,3 +63,11 @@ def test_stream_says_when_the_daemon_is_unreachable() -> None:
     result = run_cli("stream", str(FIXTURES / "weather.wav"), "--url", "ws://127.0.0.1:9/v1/stream")
     assert result.returncode == 1
     assert "cannot reach ws://127.0.0.1:9/v1/stream" in result.stderr
+
+
+@pytest.mark.parametrize("url", ["notaurl", "http://127.0.0.1:10301/v1/stream"])
+def test_stream_refuses_a_url_that_is_not_websocket(url: str) -> None:
+    result = run_cli("stream", str(FIXTURES / "weather.wav"), "--url", url)
+    assert result.returncode == 2
+    assert f"argument --url: {url} isn't a valid URI: scheme isn't ws or wss" in result.stderr
+    assert "Traceback" not in result.stderr

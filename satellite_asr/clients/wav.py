@@ -31,7 +31,7 @@ class WavFile:
 
 
 def read_wav(path: str | Path) -> WavFile:
-    """The file's PCM; raises ValueError with a readable message for anything but 16-bit PCM WAV."""
+    """The file's PCM; ValueError with a readable message when it cannot be read or is not 16-bit PCM WAV."""
     try:
         with wave.open(str(path), "rb") as wav:
             if wav.getsampwidth() != 2:
@@ -41,3 +41,5 @@ def read_wav(path: str | Path) -> WavFile:
             return WavFile(wav.readframes(wav.getnframes()), wav.getframerate(), wav.getnchannels())
     except (wave.Error, EOFError) as exc:
         raise ValueError(f"{path}: not a PCM WAV file ({exc})") from None
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read it ({exc.strerror or exc})") from None
