@@ -82,7 +82,7 @@ def test_repetition_detector() -> None:
 
 async def test_unknown_model_is_a_clear_error() -> None:
     engine = WhisperEngine("/nonexistent/model-dir")
-    with pytest.raises(EngineError, match="cannot load whisper model '/nonexistent/model-dir'"):
+    with pytest.raises(EngineError, match="cannot load whisper model '/nonexistent/model-dir': no model directory at"):
         await engine.start()
     await engine.close()
 

@@ -131,6 +131,10 @@ class WhisperEngine(Engine):
         log.info("whisper model ready: %s, languages: %s", self._model_name, ",".join(self._languages[:8]))
 
     def _load(self, path: str) -> WhisperModel:
+        if path.startswith(("/", ".", "~")):  # a path, not a name: say so rather than "bad repo id"
+            path = os.path.expanduser(path)
+            if not os.path.isdir(path):
+                raise OSError(f"no model directory at {path}")
         return WhisperModel(
             path,
             device=self._device,
