@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 import socket
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from zeroconf import ServiceStateChange, Zeroconf
@@ -93,7 +97,9 @@ async def test_without_a_wyoming_server_only_the_websocket_service_is_advertised
     assert f"{name}.{WYOMING_TYPE}" not in {n for n, _ in browser.changes}
 
 
-async def test_unavailable_multicast_is_one_warning_and_the_daemon_serves_on(caplog: pytest.LogCaptureFixture) -> None:
+async def test_an_interface_this_host_lacks_is_one_warning_and_the_daemon_serves_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     caplog.set_level(logging.WARNING)
     # TEST-NET-3: no interface has this address, so nothing is sent anywhere.
     async with running_daemon(zeroconf=True, zeroconf_interface=("203.0.113.9",), wyoming_uri="tcp://127.0.0.1:0") as d:
@@ -105,6 +111,43 @@ async def test_unavailable_multicast_is_one_warning_and_the_daemon_serves_on(cap
         await writer.wait_closed()
     ours = [r for r in caplog.records if r.name == "satellite_asr.discovery" and r.levelno >= logging.WARNING]
     assert len(ours) == 1 and "zeroconf" in ours[0].getMessage()
+
+
+def network_namespaces_allowed() -> bool:
+    return subprocess.run(["unshare", "--net", "true"], capture_output=True, check=False).returncode == 0
+
+
+@pytest.mark.skipif(
+    shutil.which("unshare") is None or not network_namespaces_allowed(),
+    reason="needs `unshare --net` (util-linux, and the right to make a network namespace)",
+)
+async def test_a_host_without_any_network_is_one_warning_and_the_daemon_serves_on(tmp_path: Path) -> None:
+    """The daemon as users run it (all interfaces), in a network namespace whose only interface is
+    down: no multicast anywhere. Its Wyoming server listens on a unix socket, which the test
+    reaches from outside the namespace."""
+    socket_path = tmp_path / "wyoming.sock"
+    process = await asyncio.create_subprocess_exec(
+        *("unshare", "--net", sys.executable, "-m", "satellite_asr", "serve", "--http-port", "0"),
+        *("--wyoming-uri", f"unix://{socket_path}", "--log-level", "INFO"),
+        stderr=subprocess.PIPE,
+    )
+    assert process.stderr is not None
+    log_lines: list[str] = []
+    while "whisper model ready" not in (line := (await asyncio.wait_for(process.stderr.readline(), 50)).decode()):
+        assert line, "".join(log_lines)
+        log_lines.append(line)
+    reader, writer = await asyncio.open_unix_connection(str(socket_path))
+    writer.write(b'{"type": "describe"}\n')
+    answer = await asyncio.wait_for(reader.readline(), 10)
+    writer.close()
+    await writer.wait_closed()
+    process.terminate()
+    _, rest = await asyncio.wait_for(process.communicate(), 30)
+    log_lines += rest.decode().splitlines(keepends=True)
+    assert b'"type": "info"' in answer
+    assert process.returncode == 0, "".join(log_lines)
+    warnings = [line for line in log_lines if "satellite_asr.discovery" in line]
+    assert len(warnings) == 1 and "WARNING" in warnings[0] and "zeroconf is unavailable" in warnings[0], warnings
 
 
 def test_instance_name_defaults_to_the_host_name_and_fits_a_dns_label() -> None:
