@@ -7,12 +7,13 @@ import os
 import subprocess
 import sys
 import threading
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from satellite_asr.clients.wav import read_wav
-from satellite_asr.engines.base import EngineError, StreamOptions, Transcript
+from satellite_asr.engines.base import EngineError, StreamOptions, Transcript, model_location
 from satellite_asr.engines.whisper import WhisperEngine, bundled_tiny_en_path, loop_length, repeats_itself
 from tests.helpers import EXPECTED, FIXTURES, same_words
 
@@ -85,6 +86,17 @@ async def test_unknown_model_is_a_clear_error() -> None:
     with pytest.raises(EngineError, match="cannot load whisper model '/nonexistent/model-dir': no model directory at"):
         await engine.start()
     await engine.close()
+
+
+def test_model_names_pass_and_paths_must_be_directories(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "models").mkdir()
+    assert model_location("small.en") == "small.en"
+    assert model_location("Systran/faster-whisper-small") == "Systran/faster-whisper-small"
+    assert model_location("~/models") == str(tmp_path / "models")
+    for missing in ("~/elsewhere", "./elsewhere", str(tmp_path / "elsewhere")):
+        with pytest.raises(OSError, match="no model directory at"):
+            model_location(missing)
 
 
 def test_model_by_name_needs_a_download_and_serve_exits_when_it_cannot() -> None:

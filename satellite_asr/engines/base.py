@@ -13,6 +13,7 @@ utterance ended, or speech resumed after a speculative final), the engine must s
 from __future__ import annotations
 
 import abc
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -27,6 +28,20 @@ Audio = npt.NDArray[np.float32]
 
 class EngineError(Exception):
     """A decode failed; the session reports `engine_error` and carries on with the next utterance."""
+
+
+def model_location(model: str) -> str:
+    """`model` as the model libraries take it: a name (downloaded when online), or a local path.
+
+    A path (it starts with `/`, `.` or `~`; hub names cannot) must be a directory. Checked here
+    because the libraries take a missing one for a name and report a bad repository id.
+    """
+    if not model.startswith(("/", ".", "~")):
+        return model
+    path = os.path.expanduser(model)
+    if not os.path.isdir(path):
+        raise OSError(f"no model directory at {path}")
+    return path
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from satellite_asr.engines.base import (
     EngineInfo,
     EngineStream,
     StreamOptions,
+    model_location,
 )
 from satellite_asr.engines.qwen3_prompt import LANGUAGES, Qwen3Stream, Qwen3Utterance, chat_prompt
 
@@ -182,7 +183,8 @@ class Qwen3VllmEngine(Engine):
         from vllm.v1.engine.async_llm import AsyncLLM
 
         loggers = [_batch_size_logger(self._observe_batch)] if self._observe_batch else None
-        llm = AsyncLLM.from_engine_args(AsyncEngineArgs(model=self._model, **self._engine_kwargs), stat_loggers=loggers)
+        args = AsyncEngineArgs(model=model_location(self._model), **self._engine_kwargs)
+        llm = AsyncLLM.from_engine_args(args, stat_loggers=loggers)
         with self._lock:
             keep = not self._closed
             if keep:

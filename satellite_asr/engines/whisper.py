@@ -29,6 +29,7 @@ from satellite_asr.engines.base import (
     EngineStream,
     StreamOptions,
     Transcript,
+    model_location,
 )
 
 log = logging.getLogger(__name__)
@@ -131,12 +132,8 @@ class WhisperEngine(Engine):
         log.info("whisper model ready: %s, languages: %s", self._model_name, ",".join(self._languages[:8]))
 
     def _load(self, path: str) -> WhisperModel:
-        if path.startswith(("/", ".", "~")):  # a path, not a name: say so rather than "bad repo id"
-            path = os.path.expanduser(path)
-            if not os.path.isdir(path):
-                raise OSError(f"no model directory at {path}")
         return WhisperModel(
-            path,
+            model_location(path),
             device=self._device,
             compute_type=self._compute_type,
             cpu_threads=self._threads,
