@@ -14,7 +14,7 @@ import pytest
 import pytest_asyncio
 
 from satellite_asr.clients.wav import read_wav
-from satellite_asr.engines.base import Audio, StreamOptions, Transcript
+from satellite_asr.engines.base import Audio, EngineError, StreamOptions, Transcript
 from satellite_asr.engines.qwen3_prompt import roll_back
 from satellite_asr.engines.qwen3_vllm import Qwen3VllmEngine
 from tests.helpers import FIXTURES
@@ -63,6 +63,14 @@ async def test_engine_reports_itself(engine: Qwen3VllmEngine, tiny_qwen3_asr: Pa
     info = engine.info
     assert (info.name, info.model, info.max_concurrency) == ("qwen3-vllm", str(tiny_qwen3_asr), MAX_NUM_SEQS)
     assert len(info.languages) == 30 and "en" in info.languages
+
+
+async def test_a_missing_model_directory_is_named(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-model"
+    engine = Qwen3VllmEngine(str(missing), dtype="float32", enforce_eager=True)
+    with pytest.raises(EngineError, match=f"cannot start vLLM with model '{missing}': no model directory at {missing}"):
+        await engine.start()
+    await engine.close()
 
 
 async def decode_utterance(engine: Qwen3VllmEngine, audio: Audio) -> tuple[list[Transcript], Transcript, str]:
