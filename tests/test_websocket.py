@@ -289,6 +289,16 @@ async def test_oversized_frames_close_1009() -> None:
         assert len(daemon.sessions) == 0
 
 
+async def test_plain_http_to_the_stream_endpoint_says_to_use_a_websocket() -> None:
+    async with running_daemon() as daemon, aiohttp.ClientSession() as http:
+        async with http.get(f"http://127.0.0.1:{daemon.http_port}/v1/stream") as response:
+            assert response.status == 426 and response.headers["Upgrade"] == "websocket"
+            body = await response.json()
+        assert body["type"] == "error" and body["code"] == "websocket_required"
+        assert "WebSocket client" in body["message"]
+        assert len(daemon.sessions) == 0
+
+
 async def test_config_after_audio_is_locked() -> None:
     async with running_daemon() as daemon, websockets.connect(ws_url(daemon)) as ws:
         await ws.send(f32(np.zeros(1600, dtype=np.float32)))

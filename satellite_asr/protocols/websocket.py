@@ -241,8 +241,15 @@ class WebSocketHandler:
         self.metrics = metrics
         self.engine_info = engine_info
 
-    async def handle(self, request: web.Request) -> web.WebSocketResponse:
+    async def handle(self, request: web.Request) -> web.StreamResponse:
         ws = web.WebSocketResponse(max_msg_size=MAX_FRAME_BYTES, heartbeat=30.0)
+        if not ws.can_prepare(request).ok:  # a browser or curl opening the URL: say what it is
+            explanation = "this endpoint speaks the WebSocket protocol of docs/protocol.md; connect a WebSocket client"
+            return web.json_response(
+                {"type": "error", "code": "websocket_required", "message": explanation},
+                status=426,
+                headers={"Upgrade": "websocket", "Connection": "Upgrade"},
+            )
         await ws.prepare(request)
         connection = _Connection(ws, self)
         reason = "disconnect"
