@@ -6,6 +6,7 @@ import logging
 
 from satellite_asr.config import Settings
 from satellite_asr.engines.base import Engine
+from satellite_asr.engines.qwen3_prompt import Qwen3Decoding
 from satellite_asr.engines.qwen3_remote import Qwen3RemoteEngine
 from satellite_asr.engines.qwen3_vllm import Qwen3VllmEngine, cuda_available, vllm_importable
 from satellite_asr.engines.whisper import WhisperEngine
@@ -39,6 +40,7 @@ def create_engine(settings: Settings) -> Engine:
             beam_size=settings.whisper_beam_size,
             short_context=settings.whisper_short_context,
         )
+    decoding = Qwen3Decoding(settings.qwen_max_new_tokens, settings.qwen_rollback_tokens, settings.qwen_fresh_partials)
     if name == "qwen3-vllm":
         return Qwen3VllmEngine(
             settings.model,
@@ -48,9 +50,7 @@ def create_engine(settings: Settings) -> Engine:
             max_num_seqs=settings.vllm_max_num_seqs,
             enforce_eager=settings.vllm_enforce_eager,
             kv_cache_bytes=settings.vllm_kv_cache_bytes,
-            max_new_tokens=settings.qwen_max_new_tokens,
-            rollback_tokens=settings.qwen_rollback_tokens,
-            fresh_partials=settings.qwen_fresh_partials,
+            decoding=decoding,
         )
     if name == "qwen3-remote":
         return Qwen3RemoteEngine(
@@ -60,8 +60,6 @@ def create_engine(settings: Settings) -> Engine:
             timeout_s=settings.remote_timeout_s,
             health_interval_s=settings.remote_health_interval_s,
             max_concurrency=settings.remote_max_concurrency,
-            max_new_tokens=settings.qwen_max_new_tokens,
-            rollback_tokens=settings.qwen_rollback_tokens,
-            fresh_partials=settings.qwen_fresh_partials,
+            decoding=decoding,
         )
     raise ValueError(f"unknown engine {name!r}")

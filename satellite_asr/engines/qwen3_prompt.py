@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from satellite_asr.engines.base import Audio, EngineStream, Transcript
+from satellite_asr.engines.base import Audio, EngineStream, StreamOptions, Transcript
 
 log = logging.getLogger(__name__)
 
@@ -257,3 +257,20 @@ class Qwen3Stream(EngineStream):
         generated, tokens = await self._decoder.continue_decode(self._context, continuation, audio, final=True)
         language, text = self._utterance.final_result(prefix, generated)
         return Transcript(text, language, tokens)
+
+
+@dataclass(frozen=True)
+class Qwen3Decoding:
+    """How an utterance is streamed, the same wherever the model runs (in process or on servers)."""
+
+    max_new_tokens: int = 512
+    """Most tokens one decode may write."""
+    rollback_tokens: int = 5
+    fresh_partials: int = 2
+    """See `Qwen3Utterance`."""
+    ignore_eos: bool = False
+    """Every decode writes exactly `max_new_tokens` (tests with random weights)."""
+
+    def open_stream(self, decoder: Qwen3Decoder, options: StreamOptions) -> Qwen3Stream:
+        utterance = Qwen3Utterance.for_language(options.language, self.rollback_tokens, self.fresh_partials)
+        return Qwen3Stream(decoder, utterance, options.context)

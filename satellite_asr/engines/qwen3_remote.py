@@ -36,7 +36,7 @@ from satellite_asr.engines.base import (
     EngineStream,
     StreamOptions,
 )
-from satellite_asr.engines.qwen3_prompt import LANGUAGES, Qwen3Stream, Qwen3Utterance
+from satellite_asr.engines.qwen3_prompt import LANGUAGES, Qwen3Decoding
 
 log = logging.getLogger(__name__)
 
@@ -79,12 +79,9 @@ class Qwen3RemoteEngine(Engine):
         timeout_s: float = 30.0,
         health_interval_s: float = 5.0,
         max_concurrency: int = 64,
-        max_new_tokens: int = 512,
-        rollback_tokens: int = 5,
-        fresh_partials: int = 2,
-        ignore_eos: bool = False,
+        decoding: Qwen3Decoding | None = None,
     ) -> None:
-        """`model` empty: whatever model each server serves; `ignore_eos` is for tests with random weights."""
+        """`model` empty: whatever model each server serves."""
         if not urls:
             raise EngineError("the qwen3-remote engine needs at least one server URL (remote_urls)")
         self.endpoints = [Endpoint(url.rstrip("/").removesuffix("/v1")) for url in urls]
@@ -93,10 +90,7 @@ class Qwen3RemoteEngine(Engine):
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._health_interval_s = health_interval_s
         self._max_concurrency = max_concurrency
-        self._max_new_tokens = max_new_tokens
-        self._rollback_tokens = rollback_tokens
-        self._fresh_partials = fresh_partials
-        self._ignore_eos = ignore_eos
+        self._decoding = decoding or Qwen3Decoding()
         self._session: aiohttp.ClientSession | None = None
         self._prober: asyncio.Task[None] | None = None
 
@@ -151,8 +145,7 @@ class Qwen3RemoteEngine(Engine):
         return self._session
 
     def open_stream(self, options: StreamOptions) -> EngineStream:
-        utterance = Qwen3Utterance.for_language(options.language, self._rollback_tokens, self._fresh_partials)
-        return Qwen3Stream(self, utterance, options.context)
+        return self._decoding.open_stream(self, options)
 
     async def call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         """POST to the least busy endpoint; on an endpoint failure, the next one (each at most once).
@@ -220,8 +213,8 @@ class Qwen3RemoteEngine(Engine):
             **self._model_field(),
             "messages": messages,
             "temperature": 0.0,
-            "max_completion_tokens": self._max_new_tokens,
-            "ignore_eos": self._ignore_eos,
+            "max_completion_tokens": self._decoding.max_new_tokens,
+            "ignore_eos": self._decoding.ignore_eos,
             "add_generation_prompt": not continuation,
             "continue_final_message": bool(continuation),
         }

@@ -31,7 +31,7 @@ from satellite_asr.engines.base import (
     StreamOptions,
     model_location,
 )
-from satellite_asr.engines.qwen3_prompt import LANGUAGES, Qwen3Stream, Qwen3Utterance, chat_prompt
+from satellite_asr.engines.qwen3_prompt import LANGUAGES, Qwen3Decoding, chat_prompt
 
 if TYPE_CHECKING:
     from vllm.v1.engine.async_llm import AsyncLLM
@@ -105,13 +105,9 @@ class Qwen3VllmEngine(Engine):
         max_num_seqs: int = 64,
         enforce_eager: bool = False,
         kv_cache_bytes: int = 0,
-        max_new_tokens: int = 512,
-        rollback_tokens: int = 5,
-        fresh_partials: int = 2,
-        ignore_eos: bool = False,
+        decoding: Qwen3Decoding | None = None,
     ) -> None:
-        """`kv_cache_bytes` 0 lets vLLM size the KV cache from `gpu_memory_utilization`;
-        `ignore_eos` makes every decode produce exactly `max_new_tokens` (tests with random weights)."""
+        """`kv_cache_bytes` 0 lets vLLM size the KV cache from `gpu_memory_utilization`."""
         self._model = model or DEFAULT_MODEL
         self._engine_kwargs: dict[str, Any] = {
             "dtype": dtype,
@@ -127,10 +123,7 @@ class Qwen3VllmEngine(Engine):
         if kv_cache_bytes:
             self._engine_kwargs["kv_cache_memory_bytes"] = kv_cache_bytes
         self._max_num_seqs = max_num_seqs
-        self._max_new_tokens = max_new_tokens
-        self._rollback_tokens = rollback_tokens
-        self._fresh_partials = fresh_partials
-        self._ignore_eos = ignore_eos
+        self._decoding = decoding or Qwen3Decoding()
         self._observe_batch: Callable[[int], None] | None = None
         self._llm: AsyncLLM | None = None
         self._lock = threading.Lock()
@@ -200,8 +193,7 @@ class Qwen3VllmEngine(Engine):
             log.info("vLLM engine still loading (%.0f s)", time.monotonic() - started)
 
     def open_stream(self, options: StreamOptions) -> EngineStream:
-        utterance = Qwen3Utterance.for_language(options.language, self._rollback_tokens, self._fresh_partials)
-        return Qwen3Stream(self, utterance, options.context)
+        return self._decoding.open_stream(self, options)
 
     async def encode(self, text: str) -> list[int]:
         return list(self._loaded().get_tokenizer().encode(text, add_special_tokens=False))
@@ -222,8 +214,8 @@ class Qwen3VllmEngine(Engine):
         llm = self._loaded()
         params = SamplingParams(
             temperature=0.0,
-            max_tokens=self._max_new_tokens,
-            ignore_eos=self._ignore_eos,
+            max_tokens=self._decoding.max_new_tokens,
+            ignore_eos=self._decoding.ignore_eos,
             output_kind=RequestOutputKind.FINAL_ONLY,
         )
         request_id = f"qwen3-{'final' if final else 'partial'}-{next(self._ids)}"

@@ -21,7 +21,7 @@ import numpy as np
 
 from satellite_asr.clients.wav import read_wav
 from satellite_asr.engines.base import SAMPLE_RATE, Audio, StreamOptions
-from satellite_asr.engines.qwen3_prompt import chat_prompt, language_header
+from satellite_asr.engines.qwen3_prompt import Qwen3Decoding, chat_prompt, language_header
 from satellite_asr.engines.qwen3_vllm import Qwen3VllmEngine
 
 FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "music.wav"
@@ -89,13 +89,13 @@ async def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         model = args.model
-        options: dict[str, object] = {"max_num_seqs": max(args.requests, 8), "max_new_tokens": args.tokens}
+        decoding = Qwen3Decoding(max_new_tokens=args.tokens, ignore_eos=args.tiny)
+        options: dict[str, object] = {"max_num_seqs": max(args.requests, 8), "decoding": decoding}
         if args.tiny:
             from tests.vllm.tiny_qwen3_asr import build_tiny_qwen3_asr
 
             model = str(build_tiny_qwen3_asr(Path(scratch)))
             options.update(dtype="float32", max_model_len=1024, enforce_eager=True, kv_cache_bytes=256 * 2**20)
-            options.update(ignore_eos=True)
         engine = Qwen3VllmEngine(model, **options)  # type: ignore[arg-type]
         await engine.start()
         try:

@@ -24,7 +24,7 @@ import pytest_asyncio
 
 from satellite_asr.clients.wav import read_wav
 from satellite_asr.engines.base import Audio, EngineError, StreamOptions
-from satellite_asr.engines.qwen3_prompt import roll_back
+from satellite_asr.engines.qwen3_prompt import Qwen3Decoding, roll_back
 from satellite_asr.engines.qwen3_remote import Qwen3RemoteEngine
 from tests.helpers import FIXTURES
 from tests.vllm.waiting import until
@@ -127,8 +127,7 @@ async def ready_servers(servers: list[Server]) -> list[Server]:
 def remote_engine(servers: list[Server], **options: object) -> Qwen3RemoteEngine:
     settings: dict[str, object] = {
         "api_key": API_KEY,
-        "max_new_tokens": MAX_NEW_TOKENS,
-        "ignore_eos": True,
+        "decoding": Qwen3Decoding(max_new_tokens=MAX_NEW_TOKENS, ignore_eos=True),
         "health_interval_s": 0.5,
     }
     settings.update(options)
@@ -174,7 +173,8 @@ async def test_requests_go_to_the_least_busy_server(
 
 async def test_cancelled_partial_is_aborted_on_the_server(ready_servers: list[Server], speech: Audio) -> None:
     server = ready_servers[0]
-    engine = remote_engine([server], max_new_tokens=900)  # seconds of decoding: plenty of time to cancel
+    # 900 tokens are seconds of decoding: plenty of time to cancel
+    engine = remote_engine([server], decoding=Qwen3Decoding(max_new_tokens=900, ignore_eos=True))
     await engine.start()
     try:
         finished_before = await server.finished()

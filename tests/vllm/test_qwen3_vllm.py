@@ -15,7 +15,7 @@ import pytest_asyncio
 
 from satellite_asr.clients.wav import read_wav
 from satellite_asr.engines.base import Audio, EngineError, StreamOptions, Transcript
-from satellite_asr.engines.qwen3_prompt import roll_back
+from satellite_asr.engines.qwen3_prompt import Qwen3Decoding, roll_back
 from satellite_asr.engines.qwen3_vllm import Qwen3VllmEngine
 from tests.helpers import FIXTURES
 from tests.vllm.waiting import until
@@ -47,8 +47,7 @@ async def engine(tiny_qwen3_asr: Path, batch_sizes: list[int]) -> AsyncIterator[
         max_num_seqs=MAX_NUM_SEQS,
         enforce_eager=True,
         kv_cache_bytes=64 * 2**20,
-        max_new_tokens=MAX_NEW_TOKENS,
-        ignore_eos=True,
+        decoding=Qwen3Decoding(max_new_tokens=MAX_NEW_TOKENS, ignore_eos=True),
     )
     assert not engine.ready
     engine.report_batch_sizes(batch_sizes.append)
