@@ -55,8 +55,12 @@ def daemon_settings(**overrides: Any) -> Settings:
 
 
 @asynccontextmanager
-async def running_daemon(engine: Engine | None = None, **overrides: Any) -> AsyncIterator[Daemon]:
-    """A started daemon whose engine has loaded; stopped (finals flushed) on exit."""
+async def running_daemon(engine: Engine | None = None, /, **overrides: Any) -> AsyncIterator[Daemon]:
+    """A started daemon whose engine has loaded; stopped (finals flushed) on exit.
+
+    `engine`, an engine object (a test double), replaces the one the settings would build; the
+    `engine` setting, by name, goes in `overrides` like any other.
+    """
     daemon = Daemon(daemon_settings(**overrides), engine=engine)
     await daemon.start()
     try:
@@ -64,6 +68,11 @@ async def running_daemon(engine: Engine | None = None, **overrides: Any) -> Asyn
         yield daemon
     finally:
         await daemon.stop()
+
+
+def of_type(messages: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    """The WebSocket protocol messages of one `type`, in order."""
+    return [m for m in messages if m["type"] == kind]
 
 
 def ws_url(daemon: Daemon) -> str:

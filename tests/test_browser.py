@@ -27,7 +27,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
 from tests.certificates import self_signed
-from tests.helpers import EXPECTED, FIXTURES, normalise, running_daemon, word_error_rate
+from tests.helpers import EXPECTED, FIXTURES, normalise, of_type, running_daemon, word_error_rate
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
@@ -112,10 +112,6 @@ def page_url(port: int) -> str:
 def events(driver: webdriver.Chrome) -> list[dict[str, Any]]:
     result: list[dict[str, Any]] = driver.execute_script("return window.satelliteAsr.events")
     return result
-
-
-def of_type(history: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
-    return [event for event in history if event["type"] == kind]
 
 
 def wait_for(driver: webdriver.Chrome, condition: Callable[[webdriver.Chrome], T], seconds: float, what: str) -> T:

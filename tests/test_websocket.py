@@ -23,6 +23,7 @@ from tests.helpers import (
     WER_TOLERANCE,
     daemon_settings,
     normalise,
+    of_type,
     running_daemon,
     same_words,
     word_error_rate,
@@ -55,10 +56,6 @@ async def next_message(ws: websockets.ClientConnection, kind: str) -> dict[str, 
         message = json.loads(await asyncio.wait_for(ws.recv(), 30))
         if message["type"] == kind:
             return message
-
-
-def of_type(messages: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
-    return [m for m in messages if m["type"] == kind]
 
 
 @pytest.mark.parametrize("name", ["lights_on.wav", "weather.wav", "timer.wav", "music.wav"])
@@ -346,7 +343,7 @@ async def test_disconnect_mid_utterance_releases_everything() -> None:
 
 
 async def test_engine_error_hits_only_its_session() -> None:
-    async with running_daemon(engine=CrashingEngineDouble()) as daemon:
+    async with running_daemon(CrashingEngineDouble()) as daemon:
         crash, fine = await asyncio.gather(
             stream_file(FIXTURES / "weather.wav", ws_url(daemon), fast=True, config={"context": "crash"}),
             stream_file(FIXTURES / "weather.wav", ws_url(daemon), fast=True),

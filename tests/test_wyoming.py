@@ -311,7 +311,7 @@ async def test_any_rate_and_channel_count_is_converted() -> None:
 
 
 async def test_names_and_terms_reach_the_engine_as_context() -> None:
-    async with running_daemon(engine=CrashingEngineDouble(), wyoming_uri=WYOMING) as daemon:
+    async with running_daemon(CrashingEngineDouble(), wyoming_uri=WYOMING) as daemon:
         async with connect(daemon) as client:
             await client.write_event(Transcribe(language="en", transcript_names=["crash"]).event())
             crashed = await send_and_collect(client, fixture("weather.wav"))

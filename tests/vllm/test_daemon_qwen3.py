@@ -26,7 +26,7 @@ from satellite_asr.clients.wyoming_bench import transcribe_like_home_assistant
 from satellite_asr.engines.factory import auto_engine, create_engine
 from satellite_asr.engines.qwen3_vllm import Qwen3VllmEngine, cuda_available, vllm_importable
 from satellite_asr.server import Daemon
-from tests.helpers import EXPECTED, FIXTURES, daemon_settings, ws_url
+from tests.helpers import EXPECTED, FIXTURES, daemon_settings, of_type, running_daemon, ws_url
 from tests.vllm.waiting import until
 
 pytestmark = pytest.mark.timeout(300)
@@ -49,18 +49,9 @@ def qwen3_settings(model: Path) -> dict[str, Any]:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def daemon(tiny_qwen3_asr: Path) -> AsyncIterator[Daemon]:
-    """Like `running_daemon`, but the engine comes from the settings (the factory's path)."""
-    daemon = Daemon(daemon_settings(**qwen3_settings(tiny_qwen3_asr)))
-    await daemon.start()
-    try:
-        await daemon.wait_ready()
+    """One for the module; the engine comes from the settings (the factory's path)."""
+    async with running_daemon(**qwen3_settings(tiny_qwen3_asr)) as daemon:
         yield daemon
-    finally:
-        await daemon.stop()
-
-
-def of_type(messages: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
-    return [m for m in messages if m["type"] == kind]
 
 
 def test_gpu_and_vllm_detection() -> None:
