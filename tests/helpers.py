@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -73,6 +74,13 @@ async def running_daemon(engine: Engine | None = None, /, **overrides: Any) -> A
 def of_type(messages: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
     """The WebSocket protocol messages of one `type`, in order."""
     return [m for m in messages if m["type"] == kind]
+
+
+def free_port() -> int:
+    """A loopback TCP port nothing listens on now, for a program that must be told its port."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def ws_url(daemon: Daemon) -> str:

@@ -30,7 +30,7 @@ from aiohttp import web
 
 from satellite_asr.cli import build_parser
 from satellite_asr.config import ENGINES, LOG_LEVELS, Settings, load_settings, setting_fields
-from tests.helpers import running_daemon
+from tests.helpers import free_port, running_daemon
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -56,12 +56,6 @@ def settings_from_command(command: list[str]) -> Settings:
     assert command[:2] == ["satellite-asr", "serve"]
     args = build_parser().parse_args(command[1:])
     return load_settings(args.config, environ={}, overrides={f.name: getattr(args, f.name) for f in setting_fields()})
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # --- the YAML ------------------------------------------------------------------------------------

@@ -11,7 +11,6 @@ import asyncio
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -26,7 +25,7 @@ from satellite_asr.clients.wav import read_wav
 from satellite_asr.engines.base import Audio, EngineError, StreamOptions
 from satellite_asr.engines.qwen3_prompt import Qwen3Decoding, roll_back
 from satellite_asr.engines.qwen3_remote import Qwen3RemoteEngine
-from tests.helpers import FIXTURES
+from tests.helpers import FIXTURES, free_port
 from tests.vllm.waiting import until
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(300)]
@@ -35,12 +34,6 @@ API_KEY = "test-key"
 MAX_NEW_TOKENS = 16
 SECOND = 16000
 SERVER_START_TIMEOUT_S = 240.0
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @dataclass
