@@ -1,13 +1,20 @@
-"""Wire PCM to the 16 kHz mono float32 that VAD and engines take, and the session's audio buffer."""
+"""The daemon's one audio format (16 kHz mono float32), wire PCM decoded to it, and the session's buffer.
+
+`SAMPLE_RATE` and `Audio` live here, apart from engines, VAD and protocols, because all of them use it.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 import soxr
 
-from satellite_asr.engines.base import SAMPLE_RATE, Audio
+SAMPLE_RATE = 16000
+"""Every engine and the VAD take 16 kHz mono float32 in [-1, 1]; protocol adapters resample to it."""
+
+Audio = npt.NDArray[np.float32]
 
 ENCODINGS = {"f32le": 4, "s16le": 2}
 """Accepted PCM encodings and their sample widths in bytes."""

@@ -152,7 +152,7 @@ def _serve(settings: Settings) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         stopping = asyncio.create_task(stop.wait())
-        failing = asyncio.create_task(daemon.wait_failed())
+        failing = asyncio.create_task(daemon.core.wait_failed())
         await asyncio.wait([stopping, failing], return_when=asyncio.FIRST_COMPLETED)
         code = 1 if failing.done() else 0
         stopping.cancel()

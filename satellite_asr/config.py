@@ -162,14 +162,6 @@ class Settings:
         """The language a session gets when its client names none; None: the engine detects it."""
         return self.language or None
 
-    def endpointing_defaults(self) -> dict[str, Any]:
-        """The settings a session may override (see docs/protocol.md `vad`)."""
-        return {
-            "threshold": self.vad_threshold,
-            "min_speech_ms": self.min_speech_ms,
-            "silence_ms": self.silence_ms,
-        }
-
 
 def setting_fields() -> list[dataclasses.Field[Any]]:
     """The declared settings, in declaration order."""

@@ -16,7 +16,8 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 
-from satellite_asr.engines.base import Audio, EngineStream, Transcript
+from satellite_asr.audio import Audio
+from satellite_asr.engines.base import EngineStream, Transcript
 from satellite_asr.metrics import Metrics
 
 FINAL, PARTIAL = 0, 1
@@ -26,17 +27,17 @@ FINAL, PARTIAL = 0, 1
 class DecodeScheduler:
     """Priority slots in front of the engine; `slots` = decodes the engine runs at once."""
 
-    def __init__(self, slots: int, metrics: Metrics) -> None:
+    def __init__(self, slots: int, metrics: Metrics, engine_ready: asyncio.Event) -> None:
         self._free = slots
         self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
         self._order = itertools.count()
         self._metrics = metrics
-        self.engine_ready = asyncio.Event()
-        """Set by the daemon once the engine has loaded; decodes wait for it."""
+        self._engine_ready = engine_ready
+        """Set by the core once the engine has loaded; decodes wait for it."""
 
     @asynccontextmanager
     async def slot(self, priority: int) -> AsyncIterator[None]:
-        await self.engine_ready.wait()
+        await self._engine_ready.wait()
         if self._free > 0 and not self._waiters:
             self._free -= 1
         else:

@@ -1,4 +1,4 @@
-"""The daemon: shared VAD, engine, scheduler and sessions behind the HTTP/WebSocket server.
+"""The daemon: the shared core behind the HTTP/WebSocket and Wyoming servers.
 
 The servers bind before the engine has loaded, so clients and health checks get answers at once;
 `/health` says 503 until the engine is ready and decodes wait for it.
@@ -6,29 +6,25 @@ The servers bind before the engine has loaded, so clients and health checks get 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import ssl
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 from aiohttp import web
 
-from satellite_asr import __version__
 from satellite_asr.config import ConfigError, Settings
+from satellite_asr.core import Core
 from satellite_asr.discovery import Discovery
 from satellite_asr.engines.base import Engine
-from satellite_asr.engines.factory import create_engine
-from satellite_asr.metrics import Metrics
 from satellite_asr.protocols import websocket, wyoming
-from satellite_asr.scheduler import DecodeScheduler
-from satellite_asr.session_manager import SessionManager
-from satellite_asr.vad.silero import SileroVad
 
 log = logging.getLogger(__name__)
 
 WEB_DIR = Path(__file__).parent / "web"
 """The browser microphone page, served at `/` with its scripts under `/static/`."""
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class Daemon:
@@ -36,45 +32,29 @@ class Daemon:
 
     def __init__(self, settings: Settings, engine: Engine | None = None) -> None:
         self.settings = settings
-        self.engine = engine or create_engine(settings)
-        self.metrics = Metrics()
-        self.engine.report_batch_sizes(self.metrics.engine_batch_size.observe)
-        self.vad = SileroVad(on_busy=self.metrics.vad_seconds.inc)
-        self.scheduler = DecodeScheduler(self.engine.info.max_concurrency, self.metrics)
-        self.sessions = SessionManager(
-            vad=self.vad,
-            engine=self.engine,
-            scheduler=self.scheduler,
-            metrics=self.metrics,
-            max_sessions=settings.max_sessions,
-            idle_timeout_s=settings.idle_timeout_s,
-        )
+        self.core = Core(settings, engine)
         self.http_port = settings.http_port
         address = wyoming.parse_uri(settings.wyoming_uri)
-        self.wyoming = (
-            wyoming.WyomingServer(address, self.sessions, settings, self.metrics, lambda: self.engine.info)
-            if address is not None
-            else None
-        )
+        self.wyoming = wyoming.WyomingServer(address, self.core) if address is not None else None
         self.wyoming_port: int | None = None
         """The bound Wyoming TCP port once started (None when off or on a unix socket)."""
         self.discovery: Discovery | None = None
-        self.engine_error: BaseException | None = None
         self._runner: web.AppRunner | None = None
-        self._engine_task: asyncio.Task[None] | None = None
-        self._failed = asyncio.Event()
+
+    def routes(self) -> list[tuple[str, str, Handler]]:
+        """Every HTTP route: method, path, handler (the page's scripts are served under `/static/`)."""
+        return [
+            ("GET", websocket.PATH, websocket.WebSocketHandler(self.core).handle),
+            ("GET", "/health", self._health),
+            ("GET", "/metrics", self._metrics),
+            ("GET", "/", self._index),
+        ]
 
     async def start(self) -> None:
-        await self.vad.start()
-        await self.sessions.start()
+        await self.core.start()
         app = web.Application()
-        app.router.add_get(
-            websocket.PATH,
-            websocket.WebSocketHandler(self.sessions, self.settings, self.metrics, lambda: self.engine.info).handle,
-        )
-        app.router.add_get("/health", self._health)
-        app.router.add_get("/metrics", self._metrics)
-        app.router.add_get("/", self._index)
+        for method, path, handler in self.routes():
+            app.router.add_route(method, path, handler)
         app.router.add_static("/static/", WEB_DIR)
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
         await self._runner.setup()
@@ -88,7 +68,6 @@ class Daemon:
         if self.settings.zeroconf:
             self.discovery = Discovery.from_settings(self.settings, self.http_port, self.wyoming_port)
             await self.discovery.start()
-        self._engine_task = asyncio.create_task(self._load_engine(), name="engine-load")
 
     def _ssl_context(self) -> ssl.SSLContext | None:
         if not self.settings.tls_cert:
@@ -102,66 +81,24 @@ class Daemon:
             ) from None
         return context
 
-    async def _load_engine(self) -> None:
-        try:
-            await self.engine.start()
-        except Exception as exc:
-            log.error("engine %s failed to load: %s", self.engine.info.name, exc)
-            self.engine_error = exc
-            self._failed.set()
-            return
-        self.scheduler.engine_ready.set()
-
-    async def wait_ready(self) -> None:
-        """Until the engine has loaded; raises the load error if it failed."""
-        ready = asyncio.create_task(self.scheduler.engine_ready.wait())
-        failed = asyncio.create_task(self._failed.wait())
-        await asyncio.wait([ready, failed], return_when=asyncio.FIRST_COMPLETED)
-        ready.cancel()
-        failed.cancel()
-        if self.engine_error is not None:
-            raise self.engine_error
-
-    async def wait_failed(self) -> BaseException:
-        """Until the engine fails to load (serve exits then)."""
-        await self._failed.wait()
-        assert self.engine_error is not None
-        return self.engine_error
-
     async def stop(self) -> None:
         """Shutdown: pending finals are sent, connections closed, then the model is freed."""
         if self.discovery is not None:
             await self.discovery.stop()
         if self.wyoming is not None:
             await self.wyoming.stop()
-        await self.sessions.close_all("shutdown")
+        await self.core.sessions.close_all("shutdown")
         if self._runner is not None:
             await self._runner.cleanup()
-        if self._engine_task is not None:
-            self._engine_task.cancel()
-            await asyncio.gather(self._engine_task, return_exceptions=True)
-        await self.engine.close()
-        await self.vad.close()
-
-    def health(self) -> dict[str, Any]:
-        info = self.engine.info
-        return {
-            "status": "ready" if self.engine.ready else ("failed" if self.engine_error else "loading"),
-            "ready": self.engine.ready,
-            "engine": info.name,
-            "model": info.model,
-            "languages": info.languages,
-            "active_sessions": len(self.sessions),
-            "version": __version__,
-        }
+        await self.core.close()
 
     async def _health(self, request: web.Request) -> web.Response:
-        return web.json_response(self.health(), status=200 if self.engine.ready else 503)
+        return web.json_response(self.core.health(), status=200 if self.core.ready else 503)
 
     async def _index(self, request: web.Request) -> web.FileResponse:
         return web.FileResponse(WEB_DIR / "index.html")
 
     async def _metrics(self, request: web.Request) -> web.Response:
         return web.Response(
-            body=self.metrics.render(), headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"}
+            body=self.core.metrics.render(), headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"}
         )

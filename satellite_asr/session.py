@@ -14,12 +14,12 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from satellite_asr.audio import AudioBuffer
+from satellite_asr.audio import SAMPLE_RATE, Audio, AudioBuffer
 from satellite_asr.config import Settings
-from satellite_asr.engines.base import SAMPLE_RATE, Audio, Engine, EngineError, EngineStream, StreamOptions, Transcript
+from satellite_asr.engines.base import Engine, EngineError, EngineStream, StreamOptions, Transcript
 from satellite_asr.events import (
     FinalTranscript,
     PartialTranscript,
@@ -54,10 +54,10 @@ IDLE_KEEP_SECONDS = 2.0
 class SessionOptions:
     """A session's settings, fixed when it is created."""
 
-    endpointing: EndpointerConfig = field(default_factory=EndpointerConfig)
-    partials: bool = True
-    language: str | None = None
-    context: str = ""
+    endpointing: EndpointerConfig
+    partials: bool
+    language: str | None
+    context: str
 
     @classmethod
     def from_settings(
@@ -71,20 +71,12 @@ class SessionOptions:
     ) -> SessionOptions:
         """The daemon's defaults with a client's overrides; the client's context follows the daemon's.
 
-        `language` is the one the utterances are decoded in (None: the engine detects it); protocols
-        differ in how a client asks for the daemon's default, so they resolve it.
+        `vad` overrides `EndpointerConfig` fields by name. `language` is the one the utterances are
+        decoded in (None: the engine detects it); protocols differ in how a client asks for the
+        daemon's default, so they resolve it.
         """
-        vad = vad or {}
-        endpointing = EndpointerConfig(
-            threshold=vad.get("threshold", settings.vad_threshold),
-            min_speech_ms=vad.get("min_speech_ms", settings.min_speech_ms),
-            silence_ms=vad.get("silence_ms", settings.silence_ms),
-            speech_pad_ms=settings.speech_pad_ms,
-            partial_interval_ms=settings.partial_interval_ms,
-            max_utterance_s=settings.max_utterance_s,
-        )
         return cls(
-            endpointing,
+            EndpointerConfig.from_settings(settings, vad),
             settings.partials if partials is None else partials,
             language,
             "\n".join(part for part in (settings.context, context) if part),

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 
-from satellite_asr.engines.base import Audio, EngineError, EngineStream, StreamOptions, Transcript
+from satellite_asr.audio import Audio
+from satellite_asr.engines.base import EngineError, EngineStream, StreamOptions, Transcript
 from satellite_asr.engines.whisper import WhisperEngine
 
 

@@ -65,7 +65,7 @@ async def running_daemon(engine: Engine | None = None, /, **overrides: Any) -> A
     daemon = Daemon(daemon_settings(**overrides), engine=engine)
     await daemon.start()
     try:
-        await daemon.wait_ready()
+        await daemon.core.wait_ready()
         yield daemon
     finally:
         await daemon.stop()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 
@@ -20,6 +21,7 @@ from satellite_asr.vad.endpointer import (
 CONFIG = EndpointerConfig(
     threshold=0.5, min_speech_ms=300, silence_ms=800, speech_pad_ms=300, partial_interval_ms=500, max_utterance_s=30
 )
+"""The documented defaults, written out so that a changed default is a deliberate change here too."""
 
 
 def windows(ms: float) -> int:
@@ -129,7 +131,7 @@ def test_no_partials_during_silence() -> None:
 
 
 def test_length_cap_forces_a_final_and_speech_goes_on_in_a_new_utterance() -> None:
-    config = EndpointerConfig(max_utterance_s=3.0, speech_pad_ms=0)
+    config = dataclasses.replace(CONFIG, max_utterance_s=3.0, speech_pad_ms=0)
     endpointer = Endpointer(config)
     events = run(endpointer, [0.9] * windows(7000))
     ends = [e for _, e in of_type(events, Endpoint)]

@@ -6,7 +6,8 @@ import asyncio
 
 import numpy as np
 
-from satellite_asr.engines.base import Audio, EngineStream, Transcript
+from satellite_asr.audio import Audio
+from satellite_asr.engines.base import EngineStream, Transcript
 from satellite_asr.metrics import Metrics
 from satellite_asr.scheduler import DecodeScheduler, PartialRequests
 
@@ -37,14 +38,20 @@ def audio(n: int) -> Audio:
     return np.zeros(n, dtype=np.float32)
 
 
+def ready_engine() -> asyncio.Event:
+    """The readiness signal of an engine that has loaded."""
+    loaded = asyncio.Event()
+    loaded.set()
+    return loaded
+
+
 async def settle() -> None:
     for _ in range(10):
         await asyncio.sleep(0)
 
 
 async def test_finals_go_before_waiting_partials() -> None:
-    scheduler = DecodeScheduler(slots=1, metrics=Metrics())
-    scheduler.engine_ready.set()
+    scheduler = DecodeScheduler(slots=1, metrics=Metrics(), engine_ready=ready_engine())
     log: list[str] = []
     busy, a, b = GatedStreamDouble(log, "busy"), GatedStreamDouble(log, "a"), GatedStreamDouble(log, "b")
     first = asyncio.create_task(scheduler.final(busy, audio(1), ""))
@@ -60,20 +67,20 @@ async def test_finals_go_before_waiting_partials() -> None:
 
 
 async def test_decodes_wait_for_the_engine() -> None:
-    scheduler = DecodeScheduler(slots=2, metrics=Metrics())
+    engine_ready = asyncio.Event()
+    scheduler = DecodeScheduler(slots=2, metrics=Metrics(), engine_ready=engine_ready)
     stream = GatedStreamDouble([], "s")
     stream.gate.set()
     task = asyncio.create_task(scheduler.final(stream, audio(1), ""))
     await settle()
     assert stream.started == 0
-    scheduler.engine_ready.set()
+    engine_ready.set()
     assert (await task).text == "final 1"
 
 
 async def test_one_partial_in_flight_and_requests_coalesce_to_the_newest_audio() -> None:
     metrics = Metrics()
-    scheduler = DecodeScheduler(slots=4, metrics=metrics)
-    scheduler.engine_ready.set()
+    scheduler = DecodeScheduler(slots=4, metrics=metrics, engine_ready=ready_engine())
     log: list[str] = []
     stream = GatedStreamDouble(log, "s")
     samples = [1000]
@@ -102,8 +109,7 @@ async def test_one_partial_in_flight_and_requests_coalesce_to_the_newest_audio()
 
 async def test_cancelling_partials_frees_the_slot() -> None:
     metrics = Metrics()
-    scheduler = DecodeScheduler(slots=1, metrics=metrics)
-    scheduler.engine_ready.set()
+    scheduler = DecodeScheduler(slots=1, metrics=metrics, engine_ready=ready_engine())
     stuck = GatedStreamDouble([], "stuck")
 
     async def run_partial() -> None:

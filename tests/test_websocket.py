@@ -200,7 +200,7 @@ async def test_invalid_config_is_an_error_and_closes_1008(config: dict[str, Any]
         assert ws.close_code == 1008
         assert messages[0]["type"] == "error" and messages[0]["code"] == "invalid_config"
         assert mentions in messages[0]["message"]
-        assert len(daemon.sessions) == 0
+        assert len(daemon.core.sessions) == 0
 
 
 async def test_partial_frames_are_dropped_with_an_error() -> None:
@@ -244,7 +244,9 @@ async def test_a_rejected_first_frame_does_not_lock_the_config() -> None:
 async def test_length_cap_forces_a_final_and_the_speech_goes_on_in_the_next_utterance() -> None:
     async with running_daemon(max_utterance_s=1.0) as daemon:
         messages = await stream_file(FIXTURES / "music.wav", ws_url(daemon), fast=True)
-        capped = daemon.metrics.registry.get_sample_value("satellite_asr_utterances_total", {"reason": "max_length"})
+        capped = daemon.core.metrics.registry.get_sample_value(
+            "satellite_asr_utterances_total", {"reason": "max_length"}
+        )
     finals = of_type(messages, "final")
     assert len(finals) >= 2 and len(of_type(messages, "speech_start")) == len(finals)
     first = finals[0]
@@ -265,7 +267,7 @@ async def test_nan_samples_are_silence_and_counted() -> None:
             await ws.send(f32(noisy))
             await ws.send(json.dumps({"type": "end"}))
             messages = await receive_until_close(ws)
-        metrics = daemon.metrics.render().decode()
+        metrics = daemon.core.metrics.render().decode()
     assert "satellite_asr_invalid_samples_total 8000.0" in metrics
     (final,) = of_type(messages, "final")
     assert word_error_rate(EXPECTED["lights_on.wav"][0], final["text"]) <= WER_TOLERANCE
@@ -280,10 +282,10 @@ async def test_oversized_frames_close_1009() -> None:
             await receive_until_close(ws)
             assert ws.close_code == 1009
         for _ in range(50):
-            if len(daemon.sessions) == 0:
+            if len(daemon.core.sessions) == 0:
                 break
             await asyncio.sleep(0.05)
-        assert len(daemon.sessions) == 0
+        assert len(daemon.core.sessions) == 0
 
 
 async def test_plain_http_to_the_stream_endpoint_says_to_use_a_websocket() -> None:
@@ -293,7 +295,7 @@ async def test_plain_http_to_the_stream_endpoint_says_to_use_a_websocket() -> No
             body = await response.json()
         assert body["type"] == "error" and body["code"] == "websocket_required"
         assert "WebSocket client" in body["message"]
-        assert len(daemon.sessions) == 0
+        assert len(daemon.core.sessions) == 0
 
 
 async def test_config_after_audio_is_locked() -> None:
@@ -333,12 +335,12 @@ async def test_disconnect_mid_utterance_releases_everything() -> None:
             await next_message(ws, "speech_start")
             await ws.close()
         for _ in range(100):
-            if len(daemon.sessions) == 0 and len(asyncio.all_tasks()) <= tasks_before:
+            if len(daemon.core.sessions) == 0 and len(asyncio.all_tasks()) <= tasks_before:
                 break
             await asyncio.sleep(0.05)
-        assert len(daemon.sessions) == 0
+        assert len(daemon.core.sessions) == 0
         assert len(asyncio.all_tasks()) <= tasks_before, "no task left behind by the closed sessions"
-        metrics = daemon.metrics.render().decode()
+        metrics = daemon.core.metrics.render().decode()
         assert 'satellite_asr_sessions_active{protocol="websocket"} 0.0' in metrics
 
 
@@ -361,7 +363,7 @@ async def test_idle_session_is_finalized_and_closed() -> None:
         await ws.send(f32(audio))
         messages = await receive_until_close(ws)
         assert ws.close_code == 1001
-        assert len(daemon.sessions) == 0
+        assert len(daemon.core.sessions) == 0
     (final,) = of_type(messages, "final")
     assert final["is_speech_final"] is False and "music" in normalise(final["text"])
 
@@ -370,7 +372,7 @@ async def test_shutdown_delivers_pending_finals() -> None:
     audio = fixture_16k("timer.wav")[: int(2.2 * 16000)]
     daemon = Daemon(daemon_settings())
     await daemon.start()
-    await daemon.wait_ready()
+    await daemon.core.wait_ready()
     ws = await websockets.connect(ws_url(daemon))
     await ws.send(f32(audio))
     await next_message(ws, "speech_start")
@@ -397,7 +399,7 @@ async def test_health_is_503_until_the_engine_is_ready_and_metrics_are_exported(
                 body = await response.json()
                 assert body["ready"] is False and body["status"] == "loading" and body["engine"] == "whisper"
             engine.release.set()
-            await daemon.wait_ready()
+            await daemon.core.wait_ready()
             async with http.get(url + "/health") as response:
                 assert response.status == 200
                 body = await response.json()

@@ -28,7 +28,8 @@ from wyoming.info import Describe, Info
 from satellite_asr.clients.wav import WavFile, read_wav
 from satellite_asr.clients.wyoming_bench import RoundResult, transcribe_like_home_assistant
 from satellite_asr.config import ConfigError
-from satellite_asr.protocols.wyoming import MAX_BLOCK_BYTES, MAX_HEADER_BYTES, transcribe_context
+from satellite_asr.protocols.wyoming import transcribe_context
+from satellite_asr.protocols.wyoming_framing import MAX_BLOCK_BYTES, MAX_HEADER_BYTES
 from satellite_asr.server import Daemon
 from tests.doubles import CrashingEngineDouble, FirstUtteranceIsNoiseEngineDouble, SlowLoadingEngineDouble
 from tests.helpers import (
@@ -250,7 +251,7 @@ async def test_several_rounds_on_one_connection() -> None:
                 await client.write_event(Transcribe(language="en").event())
                 rounds.append(await send_and_collect(client, fixture(name)))
         await settle(daemon)
-        assert len(daemon.sessions) == 0, "each round's session is released"
+        assert len(daemon.core.sessions) == 0, "each round's session is released"
     for name, events in zip(names, rounds, strict=True):
         assert [e.type for e in events if e.type != "transcript-chunk"] == [
             "voice-started",
@@ -382,7 +383,7 @@ def test_invalid_wyoming_uri_is_a_configuration_error() -> None:
 async def test_shutdown_answers_the_round_in_progress_and_closes(raw: RawOpener) -> None:
     daemon = Daemon(daemon_settings(wyoming_uri=WYOMING))
     await daemon.start()
-    await daemon.wait_ready()
+    await daemon.core.wait_ready()
     speaking, quiet = await raw(daemon), await raw(daemon)
     wav = fixture("timer.wav", cut_s=2.2)
     for reader_writer, audio in ((speaking, wav), (quiet, silence(1.0))):
@@ -412,7 +413,7 @@ async def test_idle_round_is_answered_and_closed(raw: RawOpener) -> None:
             writer.write(wire(chunk.event()))
         await writer.drain()
         events = await read_all(reader)
-        assert len(daemon.sessions) == 0
+        assert len(daemon.core.sessions) == 0
     assert "music" in normalise(text_of(events))
     assert [e.type for e in events][-2:] == ["transcript", "transcript-stop"]
 
@@ -467,7 +468,7 @@ async def test_framing_errors_answer_error_and_close(
         await writer.drain()
         events = await read_all(reader)
         await settle(daemon)
-        assert len(daemon.sessions) == 0 and not daemon.wyoming._connections  # type: ignore[union-attr]
+        assert len(daemon.core.sessions) == 0 and not daemon.wyoming._connections  # type: ignore[union-attr]
     assert [(e.type, e.data.get("code")) for e in events] == [("error", code)]
     assert Error.from_event(events[0]).text
     assert_no_error_logs(caplog)
@@ -500,7 +501,7 @@ async def test_a_stream_cut_inside_an_event_is_closed_and_released(
         writer.write_eof()
         events = await read_all(reader)
         await settle(daemon)
-        assert len(daemon.sessions) == 0
+        assert len(daemon.core.sessions) == 0
     assert [(e.type, e.data.get("code")) for e in events] == [("error", "truncated_event")]
     assert_no_error_logs(caplog)
 
@@ -548,7 +549,7 @@ async def test_bad_events_mid_stream_are_errors_and_the_round_goes_on(
         await writer.drain()
         events = await read_until_raw(reader, "transcript-stop")
         await settle(daemon)
-        assert len(daemon.sessions) == 0
+        assert len(daemon.core.sessions) == 0
     errors = [Error.from_event(e) for e in events if e.type == "error"]
     assert [e.code for e in errors] == [code] and errors[0].text
     assert word_error_rate(EXPECTED["weather.wav"][0], text_of(events)) <= WER_TOLERANCE
@@ -630,7 +631,7 @@ def text_of(events: list[Event]) -> str:
 async def settle(daemon: Daemon) -> None:
     """Until the server has finished with every connection."""
     for _ in range(100):
-        if not daemon.wyoming._connections and len(daemon.sessions) == 0:  # type: ignore[union-attr]
+        if not daemon.wyoming._connections and len(daemon.core.sessions) == 0:  # type: ignore[union-attr]
             return
         await asyncio.sleep(0.05)
 

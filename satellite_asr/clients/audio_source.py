@@ -15,9 +15,8 @@ from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Any, Protocol
 
-from satellite_asr.audio import MAX_RATE, MIN_RATE
+from satellite_asr.audio import MAX_RATE, MIN_RATE, SAMPLE_RATE
 from satellite_asr.clients.wav import read_wav
-from satellite_asr.engines.base import SAMPLE_RATE
 
 BLOCK_SECONDS = 0.1
 

@@ -22,11 +22,11 @@ from typing import Any
 
 import numpy as np
 
+from satellite_asr.audio import SAMPLE_RATE, Audio
 from satellite_asr.clients.stream_client import FRAME_SECONDS
 from satellite_asr.clients.transcribe import OfflineTranscriber
 from satellite_asr.clients.wav import read_wav
 from satellite_asr.config import Settings
-from satellite_asr.engines.base import SAMPLE_RATE, Audio
 
 STAGGER_SECONDS = 0.37
 """Client k starts k x this late, as satellites do not all speak at the same instant."""
@@ -173,7 +173,7 @@ async def run_bench(
     if url is None:
         daemon = Daemon(settings)
         await daemon.start()
-        await daemon.wait_ready()
+        await daemon.core.wait_ready()
         url = f"ws://127.0.0.1:{daemon.http_port}/v1/stream"
     try:
         cpu_before, audio_seconds = time.process_time(), 0.0

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from satellite_asr.audio import PcmDecoder
-from satellite_asr.engines.base import Audio
+from satellite_asr.audio import Audio, PcmDecoder
 
 
 @dataclass(frozen=True)

@@ -200,7 +200,7 @@ async def run_wyoming_bench(
     if uri is None:
         daemon = Daemon(settings)
         await daemon.start()
-        await daemon.wait_ready()
+        await daemon.core.wait_ready()
         assert daemon.wyoming_port is not None, "the in-process daemon needs a tcp:// wyoming_uri"
         host, port = "127.0.0.1", daemon.wyoming_port
     else:

@@ -17,13 +17,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import numpy as np
-import numpy.typing as npt
-
-SAMPLE_RATE = 16000
-"""Every engine takes 16 kHz mono float32 in [-1, 1]; protocol adapters resample to it."""
-
-Audio = npt.NDArray[np.float32]
+from satellite_asr.audio import Audio
 
 
 class EngineError(Exception):

@@ -21,7 +21,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from satellite_asr.engines.base import Audio, EngineStream, StreamOptions, Transcript
+from satellite_asr.audio import Audio
+from satellite_asr.engines.base import EngineStream, StreamOptions, Transcript
 
 log = logging.getLogger(__name__)
 

@@ -27,15 +27,8 @@ from typing import Any
 import aiohttp
 import numpy as np
 
-from satellite_asr.engines.base import (
-    SAMPLE_RATE,
-    Audio,
-    Engine,
-    EngineError,
-    EngineInfo,
-    EngineStream,
-    StreamOptions,
-)
+from satellite_asr.audio import SAMPLE_RATE, Audio
+from satellite_asr.engines.base import Engine, EngineError, EngineInfo, EngineStream, StreamOptions
 from satellite_asr.engines.qwen3_prompt import LANGUAGES, Qwen3Decoding
 
 log = logging.getLogger(__name__)

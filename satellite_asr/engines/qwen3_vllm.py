@@ -21,16 +21,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from satellite_asr.engines.base import (
-    SAMPLE_RATE,
-    Audio,
-    Engine,
-    EngineError,
-    EngineInfo,
-    EngineStream,
-    StreamOptions,
-    model_location,
-)
+from satellite_asr.audio import SAMPLE_RATE, Audio
+from satellite_asr.engines.base import Engine, EngineError, EngineInfo, EngineStream, StreamOptions, model_location
 from satellite_asr.engines.qwen3_prompt import LANGUAGES, Qwen3Decoding, chat_prompt
 
 if TYPE_CHECKING:

@@ -20,9 +20,8 @@ import numpy as np
 from faster_whisper import WhisperModel
 from faster_whisper.tokenizer import _LANGUAGE_CODES, Tokenizer
 
+from satellite_asr.audio import SAMPLE_RATE, Audio
 from satellite_asr.engines.base import (
-    SAMPLE_RATE,
-    Audio,
     Engine,
     EngineError,
     EngineInfo,

@@ -8,19 +8,17 @@ from __future__ import annotations
 
 import json
 import logging
-import time
-from collections.abc import Callable
 from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from satellite_asr.audio import ENCODINGS, MAX_RATE, MIN_RATE, AudioFormatError, PcmDecoder
+from satellite_asr.audio import ENCODINGS, MAX_RATE, MIN_RATE, SAMPLE_RATE, PcmDecoder
 from satellite_asr.config import ConfigError, Settings, coerce
+from satellite_asr.core import Core
 from satellite_asr.engines.base import EngineInfo
 from satellite_asr.events import FinalTranscript, PartialTranscript, SessionError, SessionEvent, SpeechStarted
-from satellite_asr.metrics import Metrics
-from satellite_asr.session import Session, SessionOptions
-from satellite_asr.session_manager import ServerBusy, SessionManager
+from satellite_asr.protocols import PcmInput, ProtocolError, open_session
+from satellite_asr.session import SessionOptions
 
 log = logging.getLogger(__name__)
 
@@ -32,16 +30,8 @@ MAX_FRAME_BYTES = 1 << 20
 CONFIG_FIELDS = {"type", "sample_rate", "encoding", "language", "context", "vad", "partials"}
 VAD_FIELDS = {"threshold": "vad_threshold", "min_speech_ms": "min_speech_ms", "silence_ms": "silence_ms"}
 """Per-session VAD keys and the daemon setting each overrides (and is validated as)."""
-
-
-class ProtocolError(Exception):
-    """A client message the protocol does not allow; `close_code` set when the connection must end."""
-
-    def __init__(self, code: str, message: str, close_code: int | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.close_code = close_code
+CLOSE_CODES = {"server_busy": WSCloseCode.TRY_AGAIN_LATER}
+"""The close code of a fatal error; any other fatal error is a policy violation (1008)."""
 
 
 def parse_config(message: dict[str, Any], settings: Settings, engine: EngineInfo) -> tuple[SessionOptions, PcmDecoder]:
@@ -53,7 +43,7 @@ def parse_config(message: dict[str, Any], settings: Settings, engine: EngineInfo
     if unknown:
         raise _invalid_config(f"unknown field(s): {', '.join(sorted(unknown))}")
     encoding = message.get("encoding", "f32le")
-    rate = message.get("sample_rate", 16000)
+    rate = message.get("sample_rate", SAMPLE_RATE)
     if encoding not in ENCODINGS:
         raise _invalid_config(f"encoding must be one of {', '.join(ENCODINGS)}, got {encoding!r}")
     if not isinstance(rate, int) or isinstance(rate, bool) or not MIN_RATE <= rate <= MAX_RATE:
@@ -94,7 +84,7 @@ def parse_config(message: dict[str, Any], settings: Settings, engine: EngineInfo
 
 
 def _invalid_config(message: str) -> ProtocolError:
-    return ProtocolError("invalid_config", message, WSCloseCode.POLICY_VIOLATION)
+    return ProtocolError("invalid_config", message, fatal=True)
 
 
 def effective_config(options: SessionOptions, decoder: PcmDecoder, engine: EngineInfo) -> dict[str, Any]:
@@ -143,11 +133,10 @@ def encode_event(event: SessionEvent) -> dict[str, Any] | None:
 class _Connection:
     """State of one WebSocket connection: at most one session, created by config or first audio."""
 
-    def __init__(self, ws: web.WebSocketResponse, handler: WebSocketHandler) -> None:
+    def __init__(self, ws: web.WebSocketResponse, core: Core) -> None:
         self.ws = ws
-        self.handler = handler
-        self.session: Session | None = None
-        self.decoder: PcmDecoder | None = None
+        self.core = core
+        self.input: PcmInput | None = None
         self.audio_seen = False
         self.finished = False
 
@@ -161,7 +150,7 @@ class _Connection:
             await self.send(message)
 
     async def error(self, code: str, message: str) -> None:
-        self.handler.metrics.errors.labels(code).inc()
+        self.core.metrics.errors.labels(code).inc()
         await self.send({"type": "error", "code": code, "message": message})
 
     async def close_by_server(self, reason: str) -> None:
@@ -179,8 +168,8 @@ class _Connection:
         if kind == "config":
             await self.configure(message)
         elif kind == "flush":
-            if self.session is not None:
-                await self.session.flush()
+            if self.input is not None:
+                await self.input.session.flush()
         elif kind == "end":
             await self.end()
         else:
@@ -189,57 +178,43 @@ class _Connection:
     async def configure(self, message: dict[str, Any]) -> None:
         if self.audio_seen:
             raise ProtocolError("config_locked", "config must come before the first audio frame")
-        options, decoder = parse_config(message, self.handler.settings, self.handler.engine_info())
-        if self.session is not None:
-            await self.handler.manager.release(self.session, "reconfigured", finalize=False)
-            self.session = None
+        options, decoder = parse_config(message, self.core.settings, self.core.engine_info)
+        await self.release("reconfigured")
         await self.open_session(options, decoder)
 
     async def open_session(self, options: SessionOptions, decoder: PcmDecoder) -> None:
-        try:
-            self.session = self.handler.manager.create("websocket", options, self.emit, self.close_by_server)
-        except ServerBusy as exc:
-            raise ProtocolError("server_busy", str(exc), WSCloseCode.TRY_AGAIN_LATER) from None
-        self.decoder = decoder
-        config = effective_config(options, decoder, self.handler.engine_info())
-        await self.send({"type": "session_created", "session_id": self.session.id, "config": config})
+        session = open_session(self.core, "websocket", options, self.emit, self.close_by_server)
+        self.input = PcmInput(self.core, session, decoder)
+        config = effective_config(options, decoder, self.core.engine_info)
+        await self.send({"type": "session_created", "session_id": session.id, "config": config})
 
     async def on_binary(self, data: bytes) -> None:
-        received = time.perf_counter()
-        if self.session is None:
-            options, decoder = parse_config({}, self.handler.settings, self.handler.engine_info())
-            await self.open_session(options, decoder)
-        assert self.session is not None and self.decoder is not None
-        try:
-            decoded = self.decoder.decode(data)
-        except AudioFormatError as exc:
-            raise ProtocolError("invalid_audio", f"frame dropped: {exc}") from None
+        if self.input is None:
+            await self.open_session(*parse_config({}, self.core.settings, self.core.engine_info))
+        assert self.input is not None
+        await self.input.feed(data)
         self.audio_seen = True
-        if decoded.non_finite:
-            self.handler.metrics.invalid_samples.inc(decoded.non_finite)
-        await self.session.feed(decoded.samples)
-        self.handler.metrics.frame_seconds.labels("websocket").observe(time.perf_counter() - received)
 
     async def end(self) -> None:
         self.finished = True
-        if self.session is not None:
-            if self.decoder is not None:
-                await self.session.feed(self.decoder.drain())
-            await self.handler.manager.release(self.session, "end", finalize=True)
-            self.session = None
+        if self.input is not None:
+            await self.input.drain()
+            await self.core.sessions.release(self.input.session, "end", finalize=True)
+            self.input = None
         await self.ws.close(code=WSCloseCode.OK)
+
+    async def release(self, reason: str) -> None:
+        """The client left (or reconfigured): what is in flight is cancelled."""
+        if self.input is not None:
+            await self.core.sessions.release(self.input.session, reason, finalize=False)
+            self.input = None
 
 
 class WebSocketHandler:
     """aiohttp handler for `/v1/stream`."""
 
-    def __init__(
-        self, manager: SessionManager, settings: Settings, metrics: Metrics, engine_info: Callable[[], EngineInfo]
-    ) -> None:
-        self.manager = manager
-        self.settings = settings
-        self.metrics = metrics
-        self.engine_info = engine_info
+    def __init__(self, core: Core) -> None:
+        self.core = core
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         ws = web.WebSocketResponse(max_msg_size=MAX_FRAME_BYTES, heartbeat=30.0)
@@ -251,7 +226,7 @@ class WebSocketHandler:
                 headers={"Upgrade": "websocket", "Connection": "Upgrade"},
             )
         await ws.prepare(request)
-        connection = _Connection(ws, self)
+        connection = _Connection(ws, self.core)
         reason = "disconnect"
         try:
             async for message in ws:
@@ -262,15 +237,15 @@ class WebSocketHandler:
                         await connection.on_binary(message.data)
                 except ProtocolError as exc:
                     await connection.error(exc.code, exc.message)
-                    if exc.close_code is not None:
+                    if exc.fatal:
                         reason = exc.code
-                        await ws.close(code=exc.close_code, message=exc.code.encode())
+                        close_code = CLOSE_CODES.get(exc.code, WSCloseCode.POLICY_VIOLATION)
+                        await ws.close(code=close_code, message=exc.code.encode())
                 if connection.finished:
                     reason = "end"
                     break
             if ws.exception() is not None:
                 log.info("websocket closed with error: %s", ws.exception())
         finally:
-            if connection.session is not None:
-                await self.manager.release(connection.session, reason, finalize=False)
+            await connection.release(reason)
         return ws

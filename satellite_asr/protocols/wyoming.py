@@ -3,15 +3,9 @@
 Thin like the WebSocket adapter: it reads events, drives a `Session` and turns what the session
 emits into Wyoming events. Endpointing, decoding and timers live in the session and its manager.
 
-The wire framing (a JSON header line, then `data_length` bytes of JSON, then `payload_length`
-bytes of payload) is read here with limits checked on the declared lengths before anything is
-buffered; the `wyoming` package's own reader has none. Its `Event` and event classes are still
-used to build and parse events, so the JSON stays exactly what its clients expect.
-
-Errors: anything that leaves the byte stream unusable (header line over 64 KiB, header not a JSON
-object, a length over 1 MiB or not a whole number, the connection cut inside an event) answers
-`error` and closes. Anything else (no `type`, a data block that is not a JSON object, an unknown
-event, bad audio) answers `error` and the connection goes on.
+The wire framing and its limits are in `wyoming_framing.py`; this module is the Home Assistant
+round logic and the server. A fatal `ProtocolError` (the byte stream can no longer be trusted, or
+the server is busy) answers `error` and closes; any other answers `error` and the connection goes on.
 
 One session per transcribe round, not per connection: a round's language and biasing context
 are fixed session options, the round ends with exactly one `transcript`, and a connection idling
@@ -23,11 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import stat
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -44,6 +36,7 @@ from wyoming.vad import VoiceStarted, VoiceStopped
 from satellite_asr import __version__
 from satellite_asr.audio import AudioFormatError, PcmDecoder
 from satellite_asr.config import ConfigError, Settings
+from satellite_asr.core import Core
 from satellite_asr.engines.base import EngineInfo
 from satellite_asr.events import (
     FinalTranscript,
@@ -53,17 +46,13 @@ from satellite_asr.events import (
     SpeechStarted,
     SpeechStopped,
 )
-from satellite_asr.metrics import Metrics
+from satellite_asr.protocols import PcmInput, ProtocolError, open_session
+from satellite_asr.protocols.wyoming_framing import MAX_HEADER_BYTES, read_event
 from satellite_asr.session import Session, SessionOptions
-from satellite_asr.session_manager import ServerBusy, SessionManager
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
-MAX_HEADER_BYTES = 64 * 1024
-"""Longest event header line (without its newline)."""
-MAX_BLOCK_BYTES = 1 << 20
-"""Largest `data_length` and largest `payload_length`."""
 PROGRAM_NAME = "satellite-asr"
 SAMPLE_WIDTH = 2
 """Audio must be signed 16-bit PCM; rate and channel count may be anything the decoder resamples."""
@@ -77,16 +66,6 @@ def silence_for(settings: Settings, sensitivity: Any) -> int:
     """End-of-speech silence for Home Assistant's "finished speaking detection" setting."""
     scale = SENSITIVITY_SCALE.get(str(getattr(sensitivity, "value", sensitivity) or "default"), 1.0)
     return max(100, round(settings.wyoming_silence_ms * scale))
-
-
-class ProtocolError(Exception):
-    """Input the protocol does not allow; `close` when the byte stream can no longer be trusted."""
-
-    def __init__(self, code: str, message: str, *, close: bool = False) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.close = close
 
 
 @dataclass(frozen=True)
@@ -113,67 +92,6 @@ def parse_uri(uri: str) -> ServerAddress | None:
         if parsed.hostname is not None and port is not None:
             return ServerAddress("tcp", parsed.hostname, port, "")
     raise ConfigError(f"wyoming_uri: expected tcp://HOST:PORT, unix://PATH or none, got {uri!r}")
-
-
-def _block_length(header: dict[str, Any], key: str) -> int:
-    value = header.get(key)
-    if value is None:
-        return 0
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ProtocolError("invalid_header", f"{key} must be a whole number of bytes, got {value!r}", close=True)
-    if value > MAX_BLOCK_BYTES:
-        raise ProtocolError("too_large", f"{key} {value} is over the limit of {MAX_BLOCK_BYTES} bytes", close=True)
-    return value
-
-
-async def _read_block(reader: asyncio.StreamReader, length: int, what: str) -> bytes:
-    try:
-        return await reader.readexactly(length)
-    except asyncio.IncompleteReadError:
-        raise ProtocolError("truncated_event", f"the connection ended inside an event's {what}", close=True) from None
-
-
-async def read_event(reader: asyncio.StreamReader) -> Event | None:
-    """The next event, None at a clean end of stream; `ProtocolError` for malformed input.
-
-    `reader` must have been created with `limit=MAX_HEADER_BYTES` (as `WyomingServer` does).
-    """
-    try:
-        line = await reader.readuntil(b"\n")
-    except asyncio.IncompleteReadError as exc:
-        if exc.partial.strip():
-            raise ProtocolError("truncated_event", "the connection ended inside an event header", close=True) from None
-        return None
-    except asyncio.LimitOverrunError:
-        raise ProtocolError(
-            "header_too_large", f"event header line is over the limit of {MAX_HEADER_BYTES} bytes", close=True
-        ) from None
-    try:
-        header = json.loads(line)
-    except (ValueError, RecursionError):
-        raise ProtocolError("invalid_header", "event header line is not JSON", close=True) from None
-    if not isinstance(header, dict):
-        raise ProtocolError("invalid_header", "event header must be a JSON object", close=True)
-    data_length = _block_length(header, "data_length")
-    payload_length = _block_length(header, "payload_length")
-    data_bytes = await _read_block(reader, data_length, "data") if data_length else b""
-    payload = await _read_block(reader, payload_length, "payload") if payload_length else None
-
-    kind = header.get("type")
-    if not isinstance(kind, str) or not kind:
-        raise ProtocolError("invalid_event", "event header has no type")
-    data = header.get("data") or {}
-    if not isinstance(data, dict):
-        raise ProtocolError("invalid_event", f"{kind}: data must be a JSON object")
-    if data_bytes:
-        try:
-            extra = json.loads(data_bytes)
-        except (ValueError, RecursionError):
-            extra = None
-        if not isinstance(extra, dict):
-            raise ProtocolError("invalid_event", f"{kind}: the data block must be a JSON object")
-        data = {**data, **extra}
-    return Event(type=kind, data=data, payload=payload)
 
 
 def build_info(engine: EngineInfo, settings: Settings) -> Info:
@@ -228,7 +146,8 @@ class _Round:
 
     session: Session
     language: str | None
-    decoder: PcmDecoder | None = None
+    audio: PcmInput | None = None
+    """Set by the first audio-start or audio-chunk (their format names the decoder)."""
     utterance_id: int | None = None
     """The utterance that answers the round: the first one in which words were heard."""
     sent: str = ""
@@ -264,7 +183,7 @@ class _Connection:
                         await self.handle(event)
                 except ProtocolError as exc:
                     await self.error(exc.code, exc.message)
-                    if exc.close:
+                    if exc.fatal:
                         reason = exc.code
                         break
         except ConnectionError as exc:
@@ -286,7 +205,7 @@ class _Connection:
                 await async_write_event(event, self.writer)
 
     async def error(self, code: str, message: str) -> None:
-        self.server.metrics.errors.labels(code).inc()
+        self.server.core.metrics.errors.labels(code).inc()
         log.debug("wyoming error %s: %s", code, message)
         with contextlib.suppress(ConnectionError):
             await self.send(Error(text=message, code=code).event())
@@ -307,7 +226,7 @@ class _Connection:
 
     async def handle(self, event: Event) -> None:
         if Describe.is_type(event.type):
-            await self.send(build_info(self.server.engine_info(), self.server.settings).event())
+            await self.send(build_info(self.server.core.engine_info, self.server.core.settings).event())
         elif Transcribe.is_type(event.type):
             transcribe = _parse(Transcribe.from_event, event)
             context = transcribe_context(transcribe)
@@ -338,7 +257,7 @@ class _Connection:
         `error` and None (the daemon's default), so the round still gets its transcript."""
         if language is None or language == "":
             return None
-        engine = self.server.engine_info()
+        engine = self.server.core.engine_info
         supported = engine.supported_language(language) if isinstance(language, str) else None
         if supported is None:
             await self.error(
@@ -349,11 +268,11 @@ class _Connection:
 
     async def open_round(self, language: str | None, context: str, sensitivity: Any = None) -> None:
         """A session for one transcribe round; `sensitivity` is Home Assistant's `vad_sensitivity`."""
-        silence_ms = silence_for(self.server.settings, sensitivity)
+        settings = self.server.core.settings
         options = SessionOptions.from_settings(
-            self.server.settings,
-            vad={"silence_ms": silence_ms},
-            language=language or self.server.settings.default_language,
+            settings,
+            vad={"silence_ms": silence_for(settings, sensitivity)},
+            language=language or settings.default_language,
             context=context,
         )
         round_: _Round
@@ -361,27 +280,24 @@ class _Connection:
         async def emit(event: SessionEvent) -> None:  # the session emits nothing before `round_` is set
             await self.on_session_event(round_, event)
 
-        try:
-            session = self.server.manager.create("wyoming", options, emit, self.close_by_server)
-        except ServerBusy as exc:
-            raise ProtocolError("server_busy", str(exc), close=True) from None
-        round_ = _Round(session, options.language)
+        round_ = _Round(
+            open_session(self.server.core, "wyoming", options, emit, self.close_by_server), options.language
+        )
         self.round = round_
 
     async def set_format(self, round_: _Round, rate: int, channels: int) -> None:
-        old = round_.decoder
-        if old is not None and (old.sample_rate, old.channels) == (rate, channels):
+        old = round_.audio
+        if old is not None and (old.decoder.sample_rate, old.decoder.channels) == (rate, channels):
             return
         try:
             decoder = PcmDecoder("s16le", rate, channels)
         except AudioFormatError as exc:
             raise ProtocolError("invalid_audio", str(exc)) from None
         if old is not None:
-            await round_.session.feed(old.drain())
-        round_.decoder = decoder
+            await old.drain()
+        round_.audio = PcmInput(self.server.core, round_.session, decoder)
 
     async def on_chunk(self, chunk: AudioChunk) -> None:
-        received = time.perf_counter()
         _check_format(chunk.rate, chunk.width, chunk.channels)
         if self.round is None:
             await self.open_round(None, "")
@@ -390,13 +306,8 @@ class _Connection:
         if round_.answered:
             return
         await self.set_format(round_, chunk.rate, chunk.channels)
-        assert round_.decoder is not None
-        try:
-            decoded = round_.decoder.decode(chunk.audio)
-        except AudioFormatError as exc:
-            raise ProtocolError("invalid_audio", f"chunk dropped: {exc}") from None
-        await round_.session.feed(decoded.samples)
-        self.server.metrics.frame_seconds.labels("wyoming").observe(time.perf_counter() - received)
+        assert round_.audio is not None
+        await round_.audio.feed(chunk.audio)
 
     async def end_round(self, reason: str, *, finalize: bool) -> None:
         """Finish the current round: with `finalize`, what was heard is transcribed and answered.
@@ -408,12 +319,12 @@ class _Connection:
             if round_ is None:
                 return
             if finalize and not round_.answered:
-                if round_.decoder is not None:
-                    await round_.session.feed(round_.decoder.drain())
+                if round_.audio is not None:
+                    await round_.audio.drain()
                 await round_.session.flush()
                 if not round_.answered:
                     await self.answer(round_, "", round_.language)
-            await self.server.manager.release(round_.session, reason, finalize=False)
+            await self.server.core.sessions.release(round_.session, reason, finalize=False)
 
     async def answer(self, round_: _Round, text: str, language: str | None) -> None:
         """The round's one transcript (with transcript-start before it if not sent yet)."""
@@ -459,7 +370,7 @@ class _Connection:
                 return
             await self.answer(round_, event.text, event.language or round_.language)
             # Not awaited here: this runs inside the session's own final task, which release would wait for.
-            release = asyncio.create_task(self.server.manager.release(round_.session, "answered", finalize=False))
+            release = asyncio.create_task(self.server.core.sessions.release(round_.session, "answered", finalize=False))
             self._releases.add(release)
             release.add_done_callback(self._releases.discard)
 
@@ -483,19 +394,9 @@ def _check_format(rate: Any, width: Any, channels: Any) -> None:
 class WyomingServer:
     """Listens on the `wyoming_uri` address; one `_Connection` per client."""
 
-    def __init__(
-        self,
-        address: ServerAddress,
-        manager: SessionManager,
-        settings: Settings,
-        metrics: Metrics,
-        engine_info: Callable[[], EngineInfo],
-    ) -> None:
+    def __init__(self, address: ServerAddress, core: Core) -> None:
         self.address = address
-        self.manager = manager
-        self.settings = settings
-        self.metrics = metrics
-        self.engine_info = engine_info
+        self.core = core
         self._server: asyncio.Server | None = None
         self._connections: dict[asyncio.Task[Any], _Connection] = {}
 

@@ -11,9 +11,14 @@ an utterance.
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
-SAMPLE_RATE = 16000
+from satellite_asr.audio import SAMPLE_RATE
+from satellite_asr.config import Settings
+
 WINDOW = 512
 """Samples per Silero window at 16 kHz (32 ms)."""
 
@@ -27,16 +32,27 @@ ONSET_GAP = ms_to_samples(100)
 flickers inside words (a "wh" or "t"), and restarting would move the start into the word."""
 
 
+SETTING_OF = {"threshold": "vad_threshold"}
+"""The setting behind an `EndpointerConfig` field, where its name differs."""
+
+
 @dataclass(frozen=True)
 class EndpointerConfig:
-    """The endpointing rules; defaults are the product's documented defaults."""
+    """The endpointing rules; their defaults are the settings' (`from_settings`), written once there."""
 
-    threshold: float = 0.5
-    min_speech_ms: int = 300
-    silence_ms: int = 800
-    speech_pad_ms: int = 300
-    partial_interval_ms: int = 500
-    max_utterance_s: float = 30.0
+    threshold: float
+    min_speech_ms: int
+    silence_ms: int
+    speech_pad_ms: int
+    partial_interval_ms: int
+    max_utterance_s: float
+
+    @classmethod
+    def from_settings(cls, settings: Settings, overrides: Mapping[str, Any] | None = None) -> EndpointerConfig:
+        """The daemon's endpointing settings, with a session's `overrides` (already checked) by field name."""
+        values = {f.name: getattr(settings, SETTING_OF.get(f.name, f.name)) for f in dataclasses.fields(cls)}
+        values.update(overrides or {})
+        return cls(**values)
 
     @property
     def trailing_pad_samples(self) -> int:

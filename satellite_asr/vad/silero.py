@@ -21,7 +21,8 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
-from satellite_asr.vad.endpointer import SAMPLE_RATE, WINDOW
+from satellite_asr.audio import SAMPLE_RATE
+from satellite_asr.vad.endpointer import WINDOW
 
 CONTEXT = 64
 """Samples of the previous window prepended to each window (Silero v5+ at 16 kHz)."""

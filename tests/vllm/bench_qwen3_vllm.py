@@ -19,8 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
+from satellite_asr.audio import SAMPLE_RATE, Audio
 from satellite_asr.clients.wav import read_wav
-from satellite_asr.engines.base import SAMPLE_RATE, Audio, StreamOptions
+from satellite_asr.engines.base import StreamOptions
 from satellite_asr.engines.qwen3_prompt import Qwen3Decoding, chat_prompt, language_header
 from satellite_asr.engines.qwen3_vllm import Qwen3VllmEngine
 

@@ -110,14 +110,14 @@ async def test_wyoming_round_streams_and_ends_with_one_transcript(daemon: Daemon
 
 def steps_batching_more_than(daemon: Daemon, size: int) -> float:
     """vLLM steps that ran more than `size` decodes together, from the daemon's own metrics."""
-    value = daemon.metrics.registry.get_sample_value
+    value = daemon.core.metrics.registry.get_sample_value
     name = "satellite_asr_engine_batch_size"
     return (value(f"{name}_count") or 0.0) - (value(f"{name}_bucket", {"le": f"{size:.1f}"}) or 0.0)
 
 
 @on_the_daemons_loop
 async def test_eight_sessions_share_the_engine_and_are_batched(daemon: Daemon) -> None:
-    assert isinstance(daemon.engine, Qwen3VllmEngine)
+    assert isinstance(daemon.core.engine, Qwen3VllmEngine)
     url, wav = ws_url(daemon), FIXTURES / "lights_on.wav"
     one = await stream_file(wav, url, fast=True)
     before = steps_batching_more_than(daemon, 4)
@@ -149,6 +149,6 @@ async def test_stopping_while_vllm_loads_leaves_no_engine_process(tiny_qwen3_asr
     daemon = Daemon(daemon_settings(**qwen3_settings(tiny_qwen3_asr)))
     await daemon.start()
     await daemon.stop()  # the load goes on in a worker thread that cannot be interrupted
-    assert not daemon.engine.ready
+    assert not daemon.core.engine.ready
     await until(lambda: bool(engine_processes() - others), interval_s=0.2)  # the load got as far as the engine...
     await until(lambda: not engine_processes() - others, interval_s=0.2)  # ...which is shut down once it exists

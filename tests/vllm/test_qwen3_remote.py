@@ -21,8 +21,9 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
+from satellite_asr.audio import Audio
 from satellite_asr.clients.wav import read_wav
-from satellite_asr.engines.base import Audio, EngineError, StreamOptions
+from satellite_asr.engines.base import EngineError, StreamOptions
 from satellite_asr.engines.qwen3_prompt import Qwen3Decoding, roll_back
 from satellite_asr.engines.qwen3_remote import Qwen3RemoteEngine
 from tests.helpers import FIXTURES, free_port

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
+from satellite_asr.audio import Audio
 from satellite_asr.clients.wav import read_wav
-from satellite_asr.engines.base import Audio, EngineError, StreamOptions, Transcript
+from satellite_asr.engines.base import EngineError, StreamOptions, Transcript
 from satellite_asr.engines.qwen3_prompt import Qwen3Decoding, roll_back
 from satellite_asr.engines.qwen3_vllm import Qwen3VllmEngine
 from tests.helpers import FIXTURES

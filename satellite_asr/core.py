@@ -1,0 +1,112 @@
+"""What every protocol shares: engine, VAD, scheduler, metrics, sessions and readiness, built once.
+
+The daemon (`server.py`) and the offline transcriber both build one `Core`; protocol adapters are
+handed it and reach everything through it (see `protocols/__init__.py` for their contract).
+Readiness has one source: `engine_ready`, set once the engine has loaded; decodes wait for it,
+`/health` reports it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from satellite_asr import __version__
+from satellite_asr.config import Settings
+from satellite_asr.engines.base import Engine, EngineInfo
+from satellite_asr.engines.factory import create_engine
+from satellite_asr.metrics import Metrics
+from satellite_asr.scheduler import DecodeScheduler
+from satellite_asr.session_manager import SessionManager
+from satellite_asr.vad.silero import SileroVad
+
+log = logging.getLogger(__name__)
+
+
+class Core:
+    """Start with `start()` (the engine loads in the background), end with `close()`.
+
+    `engine` may be given instead of the one the settings name (tests inject doubles).
+    """
+
+    def __init__(self, settings: Settings, engine: Engine | None = None) -> None:
+        self.settings = settings
+        self.engine = engine or create_engine(settings)
+        self.metrics = Metrics()
+        self.engine.report_batch_sizes(self.metrics.engine_batch_size.observe)
+        self.vad = SileroVad(on_busy=self.metrics.vad_seconds.inc)
+        self.engine_ready = asyncio.Event()
+        self.scheduler = DecodeScheduler(self.engine.info.max_concurrency, self.metrics, self.engine_ready)
+        self.sessions = SessionManager(
+            vad=self.vad,
+            engine=self.engine,
+            scheduler=self.scheduler,
+            metrics=self.metrics,
+            max_sessions=settings.max_sessions,
+            idle_timeout_s=settings.idle_timeout_s,
+        )
+        self.engine_error: BaseException | None = None
+        self._failed = asyncio.Event()
+        self._engine_task: asyncio.Task[None] | None = None
+
+    @property
+    def engine_info(self) -> EngineInfo:
+        return self.engine.info
+
+    @property
+    def ready(self) -> bool:
+        return self.engine_ready.is_set()
+
+    async def start(self) -> None:
+        """VAD and session housekeeping now; the engine loads in the background (`wait_ready`)."""
+        await self.vad.start()
+        await self.sessions.start()
+        self._engine_task = asyncio.create_task(self._load_engine(), name="engine-load")
+
+    async def _load_engine(self) -> None:
+        try:
+            await self.engine.start()
+        except Exception as exc:
+            log.error("engine %s failed to load: %s", self.engine.info.name, exc)
+            self.engine_error = exc
+            self._failed.set()
+            return
+        self.engine_ready.set()
+
+    async def wait_ready(self) -> None:
+        """Until the engine has loaded; raises the load error if it failed."""
+        ready = asyncio.create_task(self.engine_ready.wait())
+        failed = asyncio.create_task(self._failed.wait())
+        await asyncio.wait([ready, failed], return_when=asyncio.FIRST_COMPLETED)
+        ready.cancel()
+        failed.cancel()
+        if self.engine_error is not None:
+            raise self.engine_error
+
+    async def wait_failed(self) -> BaseException:
+        """Until the engine fails to load (serve exits then)."""
+        await self._failed.wait()
+        assert self.engine_error is not None
+        return self.engine_error
+
+    async def close(self) -> None:
+        """Sessions finalized and closed, then the model and VAD freed."""
+        await self.sessions.close_all("shutdown")
+        if self._engine_task is not None:
+            self._engine_task.cancel()
+            await asyncio.gather(self._engine_task, return_exceptions=True)
+        await self.engine.close()
+        await self.vad.close()
+
+    def health(self) -> dict[str, Any]:
+        info = self.engine.info
+        return {
+            "status": "ready" if self.ready else ("failed" if self.engine_error else "loading"),
+            "ready": self.ready,
+            "engine": info.name,
+            "model": info.model,
+            "languages": info.languages,
+            "active_sessions": len(self.sessions),
+            "version": __version__,
+        }
