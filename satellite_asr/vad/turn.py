@@ -1,0 +1,116 @@
+"""Turn detection: does the text heard so far read as a finished command?
+
+At a pause the daemon already has a speculative final. Its words say whether to end the utterance
+after a short silence (the command is complete) or to wait the long one (the speaker is thinking of
+a name or a number). `TurnDetector` is the small contract the endpointing uses, so a learned model
+can replace `RuleTurnDetector` without touching sessions or protocols.
+
+The rules read the engine's own text (Whisper's punctuation and casing), in this order:
+1. No words at all (empty, a cough written as "(coughs)" or "[BLANK_AUDIO]", bare punctuation):
+   incomplete. Noise never ends a command.
+2. A trailing ellipsis, dash or comma: incomplete. Whisper writes these where speech trails off.
+3. English only: a last word that cannot end a command (an article, a possessive, a preposition,
+   a conjunction, a verb that needs its object, "turn"/"switch" without their object...):
+   incomplete, whatever the punctuation. Whisper often closes a cut half with a period
+   ("Set a timer for."), so this rule comes before punctuation.
+4. Sentence-final punctuation (. ! ? and their full-width forms): complete.
+5. Otherwise: unsure (the caller decides, usually the long wait).
+
+Other languages, and an unknown language (None), get rules 1, 2, 4 and 5 only: English word lists
+would misread them (German "an" in "Mach das Licht an" ends a command). Pass the transcript's
+language: Whisper always reports one.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from typing import Protocol
+
+
+class TurnVerdict(enum.Enum):
+    COMPLETE = "complete"
+    """The text reads as a finished command: end after the short silence."""
+    INCOMPLETE = "incomplete"
+    """More must follow (or nothing was said): wait the long silence."""
+    UNSURE = "unsure"
+    """The text cannot tell; the caller picks its default."""
+
+
+class TurnDetector(Protocol):
+    """Text heard so far and its language in, a verdict on the turn out. Pure: no state, no I/O."""
+
+    def verdict(self, text: str, language: str | None) -> TurnVerdict: ...
+
+
+TRAILING_OFF = ("\u2026", "...", "-", "\u2013", "\u2014", ",", "\uff0c", "\u3001", ";", ":")
+"""Endings with which a transcript says the speaker was not done: ellipsis, dashes, commas (also
+full-width and ideographic), semicolon, colon."""
+SENTENCE_END = (".", "!", "?", "\u3002", "\uff01", "\uff1f", "\u061f", "\u0964")
+"""Full stop, exclamation and question marks, also ideographic, full-width, Arabic and Devanagari."""
+CLOSERS = "\"'\u201d\u2019\u00bb)]} "
+"""Quotes and brackets after the final punctuation, looked through."""
+SOUND_TAG = re.compile(r"\[[^\]]*\]|\([^)]*\)|\*[^*]*\*")
+"""Whisper's notes for non-speech ("[BLANK_AUDIO]", "(coughs)", "*sigh*")."""
+APOSTROPHES = "'\u2019"
+WORD = re.compile(rf"[^\W_]+(?:[{APOSTROPHES}][^\W_]+)*")
+
+
+def _words(text: str) -> frozenset[str]:
+    return frozenset(text.split())
+
+
+ENGLISH_CANNOT_END = (
+    # articles and determiners that need a noun
+    _words("a an the some any every each another either neither no few several both")
+    # possessives
+    | _words("my your our their its his")
+    # prepositions that need an object (not the particles a command may end on: see below)
+    | _words("to for of in at from with without into onto upon by about via per than between among")
+    | _words("against during towards toward until till")
+    # conjunctions
+    | _words("and or but nor if because unless while whereas although though whether")
+    # question words, and contractions of "is"/"am"/"let us" that open a clause
+    | _words("what which whose whom where when how")
+    | _words("what's where's who's how's when's it's that's there's here's let's i'm i'd i'll")
+    # verbs that need their object in a command
+    | _words("set turn switch put make tell remind add show give send call change adjust")
+    | _words("increase decrease lower raise")
+    # words that only qualify what comes next
+    | _words("very")
+    # how Whisper writes a "to" or an "and" cut off by a pause ("Remind me too.", "the fan end.")
+    | _words("too end")
+)
+"""Last words after which an English command cannot be over."""
+ENGLISH_PARTICLES = _words("on off up down out back over away")
+"""Words a phrasal command ends on ("turn it off") but not straight after its verb ("turn off")."""
+ENGLISH_PHRASAL_VERBS = _words("turn switch shut put set bring pull look")
+
+
+def _is_english(language: str | None) -> bool:
+    return language is not None and language.lower().replace("_", "-").split("-")[0] == "en"
+
+
+class RuleTurnDetector:
+    """Punctuation for every language, plus English last-word rules (see the module docstring)."""
+
+    def verdict(self, text: str, language: str | None) -> TurnVerdict:
+        spoken = SOUND_TAG.sub(" ", text).strip()
+        words = [word.lower().replace("\u2019", "'") for word in WORD.findall(spoken)]
+        if not words:
+            return TurnVerdict.INCOMPLETE
+        ending = spoken.rstrip(CLOSERS)
+        if ending.endswith(TRAILING_OFF):
+            return TurnVerdict.INCOMPLETE
+        if _is_english(language) and _english_cannot_end(words):
+            return TurnVerdict.INCOMPLETE
+        if ending.endswith(SENTENCE_END):
+            return TurnVerdict.COMPLETE
+        return TurnVerdict.UNSURE
+
+
+def _english_cannot_end(words: list[str]) -> bool:
+    last = words[-1]
+    if last in ENGLISH_CANNOT_END:
+        return True
+    return last in ENGLISH_PARTICLES and len(words) >= 2 and words[-2] in ENGLISH_PHRASAL_VERBS
