@@ -6,6 +6,10 @@ hard commands) or at its end (complete commands). A paused command must not be j
 complete one should be. Hard commands (a valid first half) are reported, not scored.
 
     PYTHONPATH=. /work/main/.venv/bin/python -m tests.eval_turns [--pad 0.2] [--split dev] [-v]
+
+Where the daemon decodes today: Silero with the default endpointing cuts 0.2-0.4 s (median 0.32 s)
+after the voice stops at `silence_ms` 800, 0.08-0.28 s (median 0.2 s) at 450; `--pad` 0.1-0.3
+covers a short-silence endpointer deciding earlier.
 """
 
 from __future__ import annotations
@@ -59,11 +63,16 @@ class Judged:
         return None
 
 
-async def judge(engine: Engine, detector: TurnDetector, names: list[str], pad_s: float) -> list[Judged]:
+async def judge(
+    engine: Engine, detector: TurnDetector, names: list[str], pad_s: float, *, word_rules: bool = True
+) -> list[Judged]:
+    """Decode each file as heard at the decision; `word_rules` False withholds the language, which
+    leaves the rules to punctuation only (the baseline the word rules are measured against)."""
     results = []
     for name in names:
         transcript = await engine.open_stream(StreamOptions()).final(heard_at_decision(name, pad_s))
-        results.append(Judged(name, transcript.text, detector.verdict(transcript.text, transcript.language)))
+        language = transcript.language if word_rules else None
+        results.append(Judged(name, transcript.text, detector.verdict(transcript.text, language)))
     return results
 
 
@@ -89,20 +98,22 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pad", type=float, default=DEFAULT_PAD_S, help="seconds kept after the voice stops")
     parser.add_argument("--split", choices=("dev", "heldout"), help="only this split (default: both)")
+    parser.add_argument("--punctuation-only", action="store_true", help="baseline: no English word rules")
     parser.add_argument("-v", "--verbose", action="store_true", help="print every file's text and verdict")
     args = parser.parse_args()
     names = [n for n, e in MANIFEST.items() if args.split in (None, e["split"])]
     engine = WhisperEngine()
     await engine.start()
     try:
-        results = await judge(engine, RuleTurnDetector(), names, args.pad)
+        results = await judge(engine, RuleTurnDetector(), names, args.pad, word_rules=not args.punctuation_only)
     finally:
         await engine.close()
     for r in results:
         if args.verbose or r.correct is False:
             mark = {True: "ok", False: "WRONG", None: "hard"}[r.correct]
             print(f"{mark:5} {r.name:24} {r.verdict.value:10} {r.text!r}")
-    print(f"pad {args.pad:.2f} s, bundled tiny.en, {len(results)} files")
+    rules = "punctuation only" if args.punctuation_only else "all rules"
+    print(f"pad {args.pad:.2f} s, bundled tiny.en, {len(results)} files, {rules}")
     for split in ("dev", "heldout"):
         print("\n".join(summary(results, split)))
 
