@@ -37,6 +37,7 @@ def _opt(
 
 ENGINES = ("auto", "whisper", "qwen3-vllm", "qwen3-remote")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+TURN_DETECTION = ("adaptive", "fixed")
 
 
 @dataclass(frozen=True)
@@ -130,7 +131,18 @@ class Settings:
         0.5, "Silero speech probability at or above which a window is speech.", minimum=0.05, maximum=0.95
     )
     min_speech_ms: int = _opt(300, "Speech needed before an utterance starts.", minimum=32, maximum=5000)
-    silence_ms: int = _opt(800, "Silence that ends an utterance (the endpoint).", minimum=100, maximum=10000)
+    turn_detection: str = _opt(
+        "adaptive",
+        "adaptive: a pause after what reads as a complete command ends it after min_silence_ms, any other pause "
+        "waits silence_ms; fixed: every utterance ends after silence_ms.",
+        choices=TURN_DETECTION,
+    )
+    min_silence_ms: int = _opt(
+        200, "Silence that ends a complete command (turn_detection adaptive).", minimum=64, maximum=10000
+    )
+    silence_ms: int = _opt(
+        800, "Silence that ends an utterance (adaptive: the longest wait).", minimum=100, maximum=10000
+    )
     speech_pad_ms: int = _opt(
         300, "Audio kept before the detected speech start so the first syllable is not cut.", minimum=0, maximum=2000
     )
@@ -139,13 +151,6 @@ class Settings:
         30.0, "Longest utterance; a final is forced at this length.", minimum=1.0, maximum=300.0
     )
     partials: bool = _opt(True, "Send partial transcripts by default.")
-    wyoming_silence_ms: int = _opt(
-        450,
-        "Silence that ends a Wyoming (Home Assistant) command at the default 'finished speaking detection'; "
-        "aggressive takes 0.6x, relaxed 2x. Home Assistant stops listening when this daemon answers.",
-        minimum=100,
-        maximum=10000,
-    )
 
     # Sessions
     max_sessions: int = _opt(
@@ -261,7 +266,14 @@ def load_settings(
     settings = Settings(**values)
     if bool(settings.tls_cert) != bool(settings.tls_key):
         raise ConfigError("tls_cert and tls_key: give both or neither")
+    check_silences(settings.min_silence_ms, settings.silence_ms)
     return settings
+
+
+def check_silences(min_silence_ms: int, silence_ms: int) -> None:
+    """The short silence (a complete command) cannot be longer than the long one."""
+    if min_silence_ms > silence_ms:
+        raise ConfigError(f"min_silence_ms ({min_silence_ms}) must not be longer than silence_ms ({silence_ms})")
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

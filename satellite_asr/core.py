@@ -20,6 +20,7 @@ from satellite_asr.metrics import Metrics
 from satellite_asr.scheduler import DecodeScheduler
 from satellite_asr.session_manager import SessionManager
 from satellite_asr.vad.silero import SileroVad
+from satellite_asr.vad.turn import RuleTurnDetector
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ class Core:
             engine=self.engine,
             scheduler=self.scheduler,
             metrics=self.metrics,
+            turn_detector=RuleTurnDetector(),
             max_sessions=settings.max_sessions,
             idle_timeout_s=settings.idle_timeout_s,
         )

@@ -44,6 +44,9 @@ class FinalTranscript:
     start: float
     end: float
     language: str | None
+    endpoint: str
+    """Why it ended: `complete` (a complete command, the short silence), `silence` (the full silence)
+    or `forced` (flush, end of stream, idle timeout, shutdown, the length cap)."""
 
 
 @dataclass(frozen=True)

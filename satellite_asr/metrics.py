@@ -16,6 +16,23 @@ class Metrics:
         self.utterances = Counter(
             "satellite_asr_utterances", "Utterances finalized, by what ended them.", ["reason"], registry=r
         )
+        self.endpoints = Counter(
+            "satellite_asr_endpoints",
+            "Utterance ends by reason: complete (short silence after a complete command), silence, forced.",
+            ["reason"],
+            registry=r,
+        )
+        self.endpoint_silence = Histogram(
+            "satellite_asr_endpoint_silence_seconds",
+            "Silence waited after the speech before an utterance ended (complete and silence endpoints).",
+            registry=r,
+            buckets=(0.064, 0.128, 0.192, 0.256, 0.32, 0.4, 0.5, 0.64, 0.8, 1.0, 1.6, 3.2),
+        )
+        self.final_rewrites = Counter(
+            "satellite_asr_final_rewrites",
+            "Finals whose words do not start with the stable text streamed before them (the final wins).",
+            registry=r,
+        )
         self.partial_latency = Histogram(
             "satellite_asr_partial_latency_seconds",
             "From a partial becoming due to its event being sent.",

@@ -62,10 +62,10 @@ class DecodeScheduler:
                 return
         self._free += 1
 
-    async def final(self, stream: EngineStream, audio: Audio, prefix: str) -> Transcript:
+    async def final(self, stream: EngineStream, audio: Audio) -> Transcript:
         async with self.slot(FINAL):
             started = time.perf_counter()
-            result = await stream.final(audio, prefix)
+            result = await stream.final(audio)
             self._metrics.decode_seconds.labels("final").observe(time.perf_counter() - started)
             return result
 

@@ -4,8 +4,10 @@ Both protocol adapters (WebSocket, Wyoming) drive this same class: they feed 16 
 samples, ask for flush/close, and turn the events it emits into wire messages.
 
 Promises kept here: exactly one `FinalTranscript` per utterance that had speech (also on flush,
-close and engine errors); finals in utterance order; `PartialTranscript.stable_text` only grows and
-the final text starts with it.
+close and engine errors); finals in utterance order; `PartialTranscript.stable_text` only grows.
+The final is a fresh decode of the whole utterance, the same however the audio was framed; in the
+rare case it does not start with the stable text streamed before it, the final wins (and
+`satellite_asr_final_rewrites_total` counts it).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from satellite_asr.vad.endpointer import (
     ms_to_samples,
 )
 from satellite_asr.vad.silero import SileroVad
+from satellite_asr.vad.turn import TurnDetector
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +91,6 @@ class _Speculation:
     """A final decoded ahead of the endpoint, valid only if the utterance ends at `end`."""
 
     end: int
-    prefix: str
     task: asyncio.Task[Transcript]
 
 
@@ -102,6 +104,8 @@ class _Utterance:
     previous_partial: str = ""
     partial_due_at: float | None = None
     speculation: _Speculation | None = None
+    turn_reader: asyncio.Task[None] | None = None
+    """Reads the speculative final's text for the turn detector (adaptive endpointing)."""
 
 
 def stable_prefix(previous: str, current: str) -> str:
@@ -141,6 +145,12 @@ def _bare(word: str) -> str:
     return "".join(c for c in word.lower() if c.isalnum())
 
 
+def _words_start_with(text: str, prefix: str) -> bool:
+    """Whether `text`'s words begin with `prefix`'s, case and punctuation aside."""
+    promised, words = [_bare(w) for w in prefix.split()], [_bare(w) for w in text.split()]
+    return words[: len(promised)] == promised
+
+
 class Session:
     """Per-stream state; create through `SessionManager`."""
 
@@ -154,6 +164,7 @@ class Session:
         engine: Engine,
         scheduler: DecodeScheduler,
         metrics: Metrics,
+        turn_detector: TurnDetector,
         emit: Emit,
     ) -> None:
         self.id = session_id
@@ -162,6 +173,7 @@ class Session:
         self._engine = engine
         self._scheduler = scheduler
         self._metrics = metrics
+        self._turn_detector = turn_detector
         self._emit_to_client = emit
         self._endpointer = Endpointer(options.endpointing)
         self._vad_stream = vad.open_stream()
@@ -234,7 +246,7 @@ class Session:
     async def _flush_locked(self, reason: str) -> None:
         endpoint = self._endpointer.flush(self._audio.end)
         if endpoint is not None:
-            await self._end_utterance(endpoint.end, speech_final=False, reason=reason)
+            await self._end_utterance(endpoint, reason)
 
     async def _cancel_all(self) -> None:
         utterance, self._utterance = self._utterance, None
@@ -260,9 +272,7 @@ class Session:
         elif isinstance(event, SpeechPaused):
             await self._speculate(utterance, event.end)
         elif isinstance(event, Endpoint):
-            await self._end_utterance(
-                event.end, speech_final=not event.forced, reason="max_length" if event.forced else "endpoint"
-            )
+            await self._end_utterance(event, "max_length" if event.forced else "endpoint")
 
     async def _start_utterance(self, start: int) -> None:
         self.utterances += 1
@@ -294,31 +304,56 @@ class Session:
         await self._emit(PartialTranscript(utterance.id, text, utterance.stable))
 
     async def _speculate(self, utterance: _Utterance, end: int) -> None:
-        """Decode the final now; a partial in flight would only change `stable` under it."""
+        """Decode the final now, the engine's whole attention on it (a partial in flight is dropped).
+
+        Adaptive endpointing reads its text: a complete command ends at the short silence.
+        """
         self._cancel_speculation(utterance)
         if utterance.partials is not None:
             await utterance.partials.cancel()
         audio = self._audio.slice(utterance.start, end)
-        task = asyncio.create_task(
-            self._scheduler.final(utterance.stream, audio, utterance.stable), name="speculative-final"
-        )
-        utterance.speculation = _Speculation(end, utterance.stable, task)
+        task = asyncio.create_task(self._scheduler.final(utterance.stream, audio), name="speculative-final")
+        speculation = _Speculation(end, task)
+        utterance.speculation = speculation
+        if self.options.endpointing.adaptive:
+            utterance.turn_reader = asyncio.create_task(self._read_turn(utterance, speculation), name="turn-reader")
+
+    async def _read_turn(self, utterance: _Utterance, speculation: _Speculation) -> None:
+        """Hand the turn detector's verdict on the speculative text to the endpointer."""
+        try:
+            result = await asyncio.shield(speculation.task)
+        except (asyncio.CancelledError, EngineError):
+            return
+        verdict = self._turn_detector.verdict(result.text, result.language or self.options.language)
+        log.debug("session %s: utterance %d paused at %r: %s", self.id, utterance.id, result.text, verdict.value)
+        async with self._lock:
+            if self._utterance is not utterance or utterance.speculation is not speculation:
+                return
+            for event in self._endpointer.verdict(speculation.end, verdict):
+                await self._on_endpointer(event)
 
     @staticmethod
     def _cancel_speculation(utterance: _Utterance) -> None:
         if utterance.speculation is not None:
             utterance.speculation.task.cancel()
             utterance.speculation = None
+        if utterance.turn_reader is not None:
+            if utterance.turn_reader is not asyncio.current_task():
+                utterance.turn_reader.cancel()
+            utterance.turn_reader = None
 
-    async def _end_utterance(self, end: int, *, speech_final: bool, reason: str) -> None:
+    async def _end_utterance(self, endpoint: Endpoint, reason: str) -> None:
         utterance, self._utterance = self._utterance, None
         if utterance is None:
             return
-        await self._emit(SpeechStopped(utterance.id, end / SAMPLE_RATE))
-        audio = self._audio.slice(utterance.start, end)
+        await self._emit(SpeechStopped(utterance.id, endpoint.end / SAMPLE_RATE))
+        audio = self._audio.slice(utterance.start, endpoint.end)
         self._metrics.utterances.labels(reason).inc()
+        self._metrics.endpoints.labels(endpoint.reason).inc()
+        if not endpoint.forced:
+            self._metrics.endpoint_silence.observe(endpoint.silence / SAMPLE_RATE)
         task = asyncio.create_task(
-            self._finalize(utterance, audio, end, speech_final, self._last_final, time.monotonic()),
+            self._finalize(utterance, audio, endpoint, self._last_final, time.monotonic()),
             name=f"final-{self.id}-{utterance.id}",
         )
         self._last_final = task
@@ -329,8 +364,7 @@ class Session:
         self,
         utterance: _Utterance,
         audio: Audio,
-        end: int,
-        speech_final: bool,
+        endpoint: Endpoint,
         previous: asyncio.Task[None] | None,
         ended_at: float,
     ) -> None:
@@ -338,10 +372,12 @@ class Session:
             await utterance.partials.cancel()
         text, language = utterance.stable, self.options.language
         try:
-            result = await self._speculated_result(utterance, end)
+            result = await self._speculated_result(utterance, endpoint.end)
             if result is None:
-                result = await self._scheduler.final(utterance.stream, audio, utterance.stable)
-            text, language = keep_prefix(result.text, utterance.stable), result.language or language
+                result = await self._scheduler.final(utterance.stream, audio)
+            text, language = result.text, result.language or language
+            if not _words_start_with(text, utterance.stable):
+                self._metrics.final_rewrites.inc()
         except EngineError as exc:
             log.warning("session %s: final decode of utterance %d failed: %s", self.id, utterance.id, exc)
             await self._emit(SessionError("engine_error", f"transcription of utterance {utterance.id} failed: {exc}"))
@@ -349,8 +385,10 @@ class Session:
             await utterance.stream.close()
         if previous is not None:
             await asyncio.gather(previous, return_exceptions=True)
-        start_s, end_s = utterance.start / SAMPLE_RATE, end / SAMPLE_RATE
-        await self._emit(FinalTranscript(utterance.id, text, speech_final, start_s, end_s, language))
+        start_s, end_s = utterance.start / SAMPLE_RATE, endpoint.end / SAMPLE_RATE
+        await self._emit(
+            FinalTranscript(utterance.id, text, not endpoint.forced, start_s, end_s, language, endpoint.reason)
+        )
         self._metrics.final_latency.observe(time.monotonic() - ended_at)
 
     async def _speculated_result(self, utterance: _Utterance, end: int) -> Transcript | None:
@@ -358,7 +396,7 @@ class Session:
         if speculation is None:
             log.debug("session %s: utterance %d ended without a speculative final", self.id, utterance.id)
             return None
-        if speculation.end != end or speculation.prefix != utterance.stable:
+        if speculation.end != end:
             log.debug("session %s: speculative final of utterance %d is stale", self.id, utterance.id)
             speculation.task.cancel()
             return None

@@ -14,6 +14,7 @@ from satellite_asr.metrics import Metrics
 from satellite_asr.scheduler import DecodeScheduler
 from satellite_asr.session import Emit, Session, SessionOptions
 from satellite_asr.vad.silero import SileroVad
+from satellite_asr.vad.turn import TurnDetector
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,7 @@ class SessionManager:
         engine: Engine,
         scheduler: DecodeScheduler,
         metrics: Metrics,
+        turn_detector: TurnDetector,
         max_sessions: int,
         idle_timeout_s: float,
     ) -> None:
@@ -40,6 +42,7 @@ class SessionManager:
         self._engine = engine
         self._scheduler = scheduler
         self._metrics = metrics
+        self._turn_detector = turn_detector
         self.max_sessions = max_sessions
         self.idle_timeout_s = idle_timeout_s
         self._sessions: dict[str, tuple[Session, CloseConnection]] = {}
@@ -61,6 +64,7 @@ class SessionManager:
             engine=self._engine,
             scheduler=self._scheduler,
             metrics=self._metrics,
+            turn_detector=self._turn_detector,
             emit=emit,
         )
         self._sessions[session.id] = (session, close_connection)

@@ -20,7 +20,7 @@ class _CrashingStream(EngineStream):
     async def partial(self, audio: Audio) -> Transcript:
         return await self._inner.partial(audio)
 
-    async def final(self, audio: Audio, prefix: str = "") -> Transcript:
+    async def final(self, audio: Audio) -> Transcript:
         raise EngineError("injected failure (CrashingEngineDouble)")
 
 
@@ -48,8 +48,8 @@ class _HearsNothingStream(EngineStream):
     async def partial(self, audio: Audio) -> Transcript:
         return Transcript("")
 
-    async def final(self, audio: Audio, prefix: str = "") -> Transcript:
-        return Transcript(prefix)
+    async def final(self, audio: Audio) -> Transcript:
+        return Transcript("")
 
 
 class FirstUtteranceIsNoiseEngineDouble(WhisperEngine):

@@ -228,7 +228,8 @@ def test_sample_options_json_gives_the_expected_command_line(tmp_path: Path) -> 
         "context": "Kitchen, Living Room",
         "vad_threshold": 0.6,
         "min_speech_ms": 250,
-        "wyoming_silence_ms": 400,
+        "turn_detection": "fixed",
+        "min_silence_ms": 150,
         "silence_ms": 500,
         "speech_pad_ms": 200,
         "log_level": "DEBUG",
@@ -246,12 +247,13 @@ def test_sample_options_json_gives_the_expected_command_line(tmp_path: Path) -> 
         "satellite-asr serve --host 0.0.0.0 --http-port 10301 --wyoming-uri tcp://0.0.0.0:10300 --no-zeroconf"
         " --engine whisper --remote-urls http://10.1.2.3:8000 --remote-urls http://10.1.2.4:8000"
         " --language en --context 'Kitchen, Living Room' --vad-threshold 0.6"
-        " --min-speech-ms 250 --wyoming-silence-ms 400 --silence-ms 500 --speech-pad-ms 200 --log-level DEBUG\n"
+        " --min-speech-ms 250 --turn-detection fixed --min-silence-ms 150 --silence-ms 500 --speech-pad-ms 200"
+        " --log-level DEBUG\n"
     )
     settings = settings_from_command(shlex.split(result))
     assert (settings.engine, settings.language, settings.context) == ("whisper", "en", "Kitchen, Living Room")
     assert (settings.vad_threshold, settings.min_speech_ms, settings.silence_ms) == (0.6, 250, 500)
-    assert settings.wyoming_silence_ms == 400
+    assert (settings.turn_detection, settings.min_silence_ms) == ("fixed", 150)
     assert (settings.speech_pad_ms, settings.log_level, settings.model) == (200, "DEBUG", "")
     assert settings.remote_urls == ("http://10.1.2.3:8000", "http://10.1.2.4:8000")
     secrets = run_script().secret_environment(options)

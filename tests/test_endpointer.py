@@ -6,6 +6,9 @@ import dataclasses
 import itertools
 import math
 
+import pytest
+
+from satellite_asr.config import Settings
 from satellite_asr.vad.endpointer import (
     WINDOW,
     Endpoint,
@@ -17,11 +20,21 @@ from satellite_asr.vad.endpointer import (
     SpeechStart,
     ms_to_samples,
 )
+from satellite_asr.vad.turn import TurnVerdict
 
-CONFIG = EndpointerConfig(
-    threshold=0.5, min_speech_ms=300, silence_ms=800, speech_pad_ms=300, partial_interval_ms=500, max_utterance_s=30
+ADAPTIVE = EndpointerConfig(
+    threshold=0.5,
+    min_speech_ms=300,
+    turn_detection="adaptive",
+    min_silence_ms=200,
+    silence_ms=800,
+    speech_pad_ms=300,
+    partial_interval_ms=500,
+    max_utterance_s=30,
 )
 """The documented defaults, written out so that a changed default is a deliberate change here too."""
+CONFIG = dataclasses.replace(ADAPTIVE, turn_detection="fixed")
+"""Fixed endpointing: every utterance waits `silence_ms` (most rules are the same in both modes)."""
 
 
 def windows(ms: float) -> int:
@@ -160,6 +173,76 @@ def test_flush_ends_speech_in_progress_and_is_a_no_op_otherwise() -> None:
     assert endpointer.flush() is None
     run(endpointer, [0.9] * 20)
     flushed = endpointer.flush(end=20 * WINDOW + 100)
-    assert flushed == Endpoint(20 * WINDOW + 100, forced=True)
+    assert flushed == Endpoint(20 * WINDOW + 100, "forced")
     assert endpointer.flush() is None
     assert not endpointer.in_speech
+
+
+def test_defaults_are_the_settings() -> None:
+    assert EndpointerConfig.from_settings(Settings()) == ADAPTIVE
+
+
+def paused(config: EndpointerConfig, speech: int = 40) -> tuple[Endpointer, int]:
+    """An endpointer that heard `speech` windows and then silence up to its speculation point."""
+    endpointer = Endpointer(config)
+    events = run(endpointer, [0.9] * speech)
+    while not any(isinstance(e, SpeechPaused) for _, e in events):
+        events = run(endpointer, [0.0])
+    ((_, pause),) = of_type(events, SpeechPaused)
+    assert isinstance(pause, SpeechPaused)
+    return endpointer, pause.end
+
+
+def test_adaptive_speculates_at_half_the_short_silence() -> None:
+    endpointer, end = paused(ADAPTIVE)
+    assert endpointer.position - 40 * WINDOW == windows(100) * WINDOW
+    assert end == 40 * WINDOW + ADAPTIVE.trailing_pad_samples
+
+
+def test_complete_verdict_ends_the_utterance_at_the_short_silence() -> None:
+    endpointer, end = paused(ADAPTIVE)
+    assert endpointer.verdict(end, TurnVerdict.COMPLETE) == [], "not yet: 200 ms have not passed"
+    events = run(endpointer, [0.0] * windows(800))
+    ((index, endpoint),) = of_type(events, Endpoint)
+    assert endpoint == Endpoint(end, "complete", windows(200) * WINDOW)
+    assert index == windows(200) - windows(100) - 1, "on the window that completes min_silence_ms"
+
+
+def test_a_verdict_after_the_short_silence_ends_the_utterance_at_once() -> None:
+    endpointer, end = paused(ADAPTIVE)
+    assert of_type(run(endpointer, [0.0] * windows(300)), Endpoint) == []
+    (endpoint,) = endpointer.verdict(end, TurnVerdict.COMPLETE)
+    assert endpoint == Endpoint(end, "complete", windows(100) * WINDOW + windows(300) * WINDOW)
+    assert not endpointer.in_speech
+
+
+@pytest.mark.parametrize("verdict", [TurnVerdict.INCOMPLETE, TurnVerdict.UNSURE])
+def test_other_verdicts_wait_the_long_silence(verdict: TurnVerdict) -> None:
+    endpointer, end = paused(ADAPTIVE)
+    assert endpointer.verdict(end, verdict) == []
+    events = run(endpointer, [0.0] * windows(800))
+    ((_, endpoint),) = of_type(events, Endpoint)
+    assert endpoint == Endpoint(end, "silence", windows(800) * WINDOW)
+
+
+def test_speech_resuming_inside_the_short_wait_goes_on_and_forgets_the_verdict() -> None:
+    endpointer, end = paused(ADAPTIVE)
+    endpointer.verdict(end, TurnVerdict.COMPLETE)
+    events = run(endpointer, [0.0] + [0.9] * 20 + [0.0] * windows(500))
+    assert of_type(events, SpeechStart) == []
+    assert of_type(events, Endpoint) == [], "the second pause has no verdict yet: it waits the long silence"
+    assert endpointer.in_speech
+
+
+def test_a_verdict_on_an_earlier_pause_is_ignored() -> None:
+    endpointer, end = paused(ADAPTIVE)
+    run(endpointer, [0.9] * 10 + [0.0] * windows(300))
+    assert endpointer.verdict(end, TurnVerdict.COMPLETE) == []
+    assert endpointer.in_speech
+
+
+def test_fixed_endpointing_ignores_verdicts() -> None:
+    endpointer, end = paused(CONFIG)
+    assert endpointer.verdict(end, TurnVerdict.COMPLETE) == []
+    ((_, endpoint),) = of_type(run(endpointer, [0.0] * windows(800)), Endpoint)
+    assert endpoint == Endpoint(end, "silence", windows(800) * WINDOW)

@@ -88,12 +88,9 @@ class EngineStream(abc.ABC):
         """Decode the utterance so far; may be less accurate than `final` (streaming tricks)."""
 
     @abc.abstractmethod
-    async def final(self, audio: Audio, prefix: str = "") -> Transcript:
-        """Decode the whole utterance for the final text.
-
-        `prefix` is text already promised to the client (Wyoming transcript chunks); the result
-        must start with it so that what was sent never has to be taken back.
-        """
+    async def final(self, audio: Audio) -> Transcript:
+        """Decode the whole utterance afresh for the final text: the best decode of its audio,
+        whatever partials came before (so the final does not depend on how the audio was framed)."""
 
     async def close(self) -> None:
         """Release per-utterance resources; the stream is not used again."""

@@ -177,8 +177,6 @@ class Qwen3Utterance:
     partials: int = 0
     raw: str = ""
     """Assistant output of the last partial, from after the forced header."""
-    detected_language: str | None = None
-    """Qwen name the model wrote in its last partial (detect mode)."""
 
     @classmethod
     def for_language(cls, language: str | None, rollback_tokens: int, fresh_partials: int) -> Qwen3Utterance:
@@ -199,28 +197,15 @@ class Qwen3Utterance:
         """Record a finished partial (prompted with `continuation`) and return (language, text)."""
         self.partials += 1
         self.raw = continuation.removeprefix(self._header()) + generated
-        language, text = parse_output(self.raw, self.forced_language)
-        if self.forced_language is None and language is not None:
-            self.detected_language = LANGUAGES[language]
-        return language, text
+        return parse_output(self.raw, self.forced_language)
 
-    def final_continuation(self, prefix: str) -> str:
-        """Assistant prefix of the final: a fresh decode that must continue `prefix`.
+    def final_continuation(self) -> str:
+        """Assistant prefix of the final: a fresh decode, only the forced language's header."""
+        return self._header()
 
-        In detect mode the prefix needs the header the model would have written before it; the
-        language detected by the partials is used (without one, the prefix stands alone).
-        """
-        if not prefix:
-            return self._header()
-        name = self.forced_language or self.detected_language
-        return (language_header(name) if name else "") + prefix
-
-    def final_result(self, prefix: str, generated: str) -> tuple[str | None, str]:
-        """(language, text) of a final; the text starts with `prefix` by construction."""
-        if not prefix:
-            return parse_output(generated, self.forced_language)
-        name = self.forced_language or self.detected_language
-        return (language_code(name) if name else None), (prefix + generated).rstrip()
+    def final_result(self, generated: str) -> tuple[str | None, str]:
+        """(language, text) of a final."""
+        return parse_output(generated, self.forced_language)
 
     def _header(self) -> str:
         return language_header(self.forced_language) if self.forced_language else ""
@@ -253,10 +238,10 @@ class Qwen3Stream(EngineStream):
         language, text = self._utterance.accept_partial(continuation, generated)
         return Transcript(text, language, tokens)
 
-    async def final(self, audio: Audio, prefix: str = "") -> Transcript:
-        continuation = self._utterance.final_continuation(prefix)
+    async def final(self, audio: Audio) -> Transcript:
+        continuation = self._utterance.final_continuation()
         generated, tokens = await self._decoder.continue_decode(self._context, continuation, audio, final=True)
-        language, text = self._utterance.final_result(prefix, generated)
+        language, text = self._utterance.final_result(generated)
         return Transcript(text, language, tokens)
 
 

@@ -142,10 +142,10 @@ class WhisperEngine(Engine):
     def open_stream(self, options: StreamOptions) -> EngineStream:
         return WhisperStream(self, options)
 
-    async def decode(self, audio: Audio, options: StreamOptions, *, final: bool, prefix: str = "") -> Transcript:
+    async def decode(self, audio: Audio, options: StreamOptions, *, final: bool) -> Transcript:
         if self._model is None:
             raise EngineError("whisper model is not loaded yet")
-        work = asyncio.get_running_loop().run_in_executor(self._executor, self._decode, audio, options, final, prefix)
+        work = asyncio.get_running_loop().run_in_executor(self._executor, self._decode, audio, options, final)
         try:
             return await asyncio.shield(work)
         except asyncio.CancelledError:
@@ -159,15 +159,15 @@ class WhisperEngine(Engine):
         except Exception as exc:
             raise EngineError(f"whisper decode failed: {exc}") from exc
 
-    def _decode(self, audio: Audio, options: StreamOptions, final: bool, prefix: str) -> Transcript:
+    def _decode(self, audio: Audio, options: StreamOptions, final: bool) -> Transcript:
         language = options.language or (None if len(self._languages) > 1 else "en")
         if self._short_context and language is not None and audio.size / SAMPLE_RATE + SHORT_CONTEXT_PAD_S < 30:
-            short = self._decode_short(audio, language, options.context, final, prefix)
+            short = self._decode_short(audio, language, options.context, final)
             if short is not None:
                 return short
-        return self._decode_window(audio, language, options.context, final, prefix)
+        return self._decode_window(audio, language, options.context, final)
 
-    def _decode_short(self, audio: Audio, language: str, context: str, final: bool, prefix: str) -> Transcript | None:
+    def _decode_short(self, audio: Audio, language: str, context: str, final: bool) -> Transcript | None:
         """Encode a window the utterance's size (see `SHORT_CONTEXT_MIN_S`) instead of Whisper's fixed 30 s.
 
         The encoder is most of a decode and its cost follows its input length, so a 3 s command
@@ -178,7 +178,7 @@ class WhisperEngine(Engine):
         assert self._model is not None
         tokenizer = Tokenizer(self._model.hf_tokenizer, self._model.model.is_multilingual, "transcribe", language)
         previous = tokenizer.encode(" " + context.strip()) if context.strip() else []
-        prompt = self._model.get_prompt(tokenizer, previous, without_timestamps=True, prefix=prefix or None)
+        prompt = self._model.get_prompt(tokenizer, previous, without_timestamps=True)
         window = max(audio.size + int(SHORT_CONTEXT_PAD_S * SAMPLE_RATE), int(SHORT_CONTEXT_MIN_S * SAMPLE_RATE))
         features = self._model.feature_extractor(audio, padding=window - audio.size)
         budget = int(audio.size / SAMPLE_RATE * MAX_TOKENS_PER_SECOND) + 8
@@ -200,7 +200,7 @@ class WhisperEngine(Engine):
             return None
         return Transcript(text=tokenizer.decode(tokens).strip(), language=language, tokens=len(tokens))
 
-    def _decode_window(self, audio: Audio, language: str | None, context: str, final: bool, prefix: str) -> Transcript:
+    def _decode_window(self, audio: Audio, language: str | None, context: str, final: bool) -> Transcript:
         """faster-whisper's own transcription: 30 s windows, language detection, long audio."""
         assert self._model is not None
         kwargs: dict[str, Any] = {
@@ -210,7 +210,6 @@ class WhisperEngine(Engine):
             "without_timestamps": True,
             "condition_on_previous_text": False,
             "initial_prompt": context or None,
-            "prefix": prefix or None,
         }
         segments, info = self._model.transcribe(audio, **kwargs)
         pieces = list(segments)
@@ -234,5 +233,5 @@ class WhisperStream(EngineStream):
     async def partial(self, audio: Audio) -> Transcript:
         return await self._engine.decode(audio, self._options, final=False)
 
-    async def final(self, audio: Audio, prefix: str = "") -> Transcript:
-        return await self._engine.decode(audio, self._options, final=True, prefix=prefix)
+    async def final(self, audio: Audio) -> Transcript:
+        return await self._engine.decode(audio, self._options, final=True)

@@ -28,7 +28,13 @@ MAX_FRAME_BYTES = 1 << 20
 """Largest client message; a larger one closes the connection with 1009 (checked before buffering)."""
 
 CONFIG_FIELDS = {"type", "sample_rate", "encoding", "language", "context", "vad", "partials"}
-VAD_FIELDS = {"threshold": "vad_threshold", "min_speech_ms": "min_speech_ms", "silence_ms": "silence_ms"}
+VAD_FIELDS = {
+    "threshold": "vad_threshold",
+    "min_speech_ms": "min_speech_ms",
+    "turn_detection": "turn_detection",
+    "min_silence_ms": "min_silence_ms",
+    "silence_ms": "silence_ms",
+}
 """Per-session VAD keys and the daemon setting each overrides (and is validated as)."""
 CLOSE_CODES = {"server_busy": WSCloseCode.TRY_AGAIN_LATER}
 """The close code of a fatal error; any other fatal error is a policy violation (1008)."""
@@ -71,15 +77,19 @@ def parse_config(message: dict[str, Any], settings: Settings, engine: EngineInfo
     overrides: dict[str, Any] = {}
     for key, setting in VAD_FIELDS.items():
         if key in vad:
-            if isinstance(vad[key], str):
-                raise _invalid_config(f"vad.{key} must be a number, got {vad[key]!r}")
+            if isinstance(vad[key], str) != (setting == "turn_detection"):
+                kind = "text" if setting == "turn_detection" else "a number"
+                raise _invalid_config(f"vad.{key} must be {kind}, got {vad[key]!r}")
             try:
                 overrides[key] = coerce(setting, vad[key])
             except ConfigError as exc:
                 raise _invalid_config(f"vad.{key}: {str(exc).split(': ', 1)[1]}") from None
-    options = SessionOptions.from_settings(
-        settings, vad=overrides, partials=partials, language=language, context=context
-    )
+    try:
+        options = SessionOptions.from_settings(
+            settings, vad=overrides, partials=partials, language=language, context=context
+        )
+    except ConfigError as exc:
+        raise _invalid_config(f"vad: {exc}") from None
     return options, PcmDecoder(encoding, rate)
 
 
@@ -98,6 +108,8 @@ def effective_config(options: SessionOptions, decoder: PcmDecoder, engine: Engin
         "vad": {
             "threshold": e.threshold,
             "min_speech_ms": e.min_speech_ms,
+            "turn_detection": e.turn_detection,
+            "min_silence_ms": e.min_silence_ms,
             "silence_ms": e.silence_ms,
             "speech_pad_ms": e.speech_pad_ms,
             "partial_interval_ms": e.partial_interval_ms,
@@ -121,6 +133,7 @@ def encode_event(event: SessionEvent) -> dict[str, Any] | None:
             "utterance_id": event.utterance_id,
             "text": event.text,
             "is_speech_final": event.is_speech_final,
+            "endpoint": event.endpoint,
             "start": round(event.start, 3),
             "end": round(event.end, 3),
             "language": event.language,

@@ -59,13 +59,16 @@ SAMPLE_WIDTH = 2
 
 
 SENSITIVITY_SCALE = {"default": 1.0, "aggressive": 0.6, "relaxed": 2.0}
-"""`wyoming_silence_ms` times this, per `vad_sensitivity` of `transcribe` (unknown values: default)."""
+"""`min_silence_ms` and `silence_ms` times this, per `vad_sensitivity` of `transcribe` (unknown: default)."""
 
 
-def silence_for(settings: Settings, sensitivity: Any) -> int:
-    """End-of-speech silence for Home Assistant's "finished speaking detection" setting."""
+def silences_for(settings: Settings, sensitivity: Any) -> dict[str, int]:
+    """Both end-of-speech silences for Home Assistant's "finished speaking detection" setting."""
     scale = SENSITIVITY_SCALE.get(str(getattr(sensitivity, "value", sensitivity) or "default"), 1.0)
-    return max(100, round(settings.wyoming_silence_ms * scale))
+    return {
+        "min_silence_ms": max(64, round(settings.min_silence_ms * scale)),
+        "silence_ms": max(100, round(settings.silence_ms * scale)),
+    }
 
 
 @dataclass(frozen=True)
@@ -271,7 +274,7 @@ class _Connection:
         settings = self.server.core.settings
         options = SessionOptions.from_settings(
             settings,
-            vad={"silence_ms": silence_for(settings, sensitivity)},
+            vad=silences_for(settings, sensitivity),
             language=language or settings.default_language,
             context=context,
         )

@@ -3,6 +3,12 @@
 No I/O and no clock: time is the count of 16 kHz samples fed so far, one Silero window
 (`WINDOW` samples) per probability. Every rule can be unit-tested with synthetic probabilities.
 
+Where a command ends is a question of meaning as much as of silence. With `turn_detection`
+`adaptive`, the final is decoded early in a pause (`SpeechPaused`) and a `TurnDetector` reads its
+text; the session hands the verdict back (`verdict`): a complete command ends after
+`min_silence_ms`, anything else waits the full `silence_ms`. With `fixed`, every utterance waits
+`silence_ms`.
+
 One threshold decides speech and silence. Silero's own segmenter keeps speech going down to
 `threshold - 0.15`; here that only delays the endpoint (its tail of 0.35-0.5 windows lasts about
 100 ms after the voice stops) while the `silence_ms` run already keeps short dips from ending
@@ -17,7 +23,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from satellite_asr.audio import SAMPLE_RATE
-from satellite_asr.config import Settings
+from satellite_asr.config import Settings, check_silences
+from satellite_asr.vad.turn import TurnVerdict
 
 WINDOW = 512
 """Samples per Silero window at 16 kHz (32 ms)."""
@@ -42,6 +49,9 @@ class EndpointerConfig:
 
     threshold: float
     min_speech_ms: int
+    turn_detection: str
+    """`adaptive`: a pause after a complete command ends it at `min_silence_ms`; `fixed`: never."""
+    min_silence_ms: int
     silence_ms: int
     speech_pad_ms: int
     partial_interval_ms: int
@@ -49,10 +59,16 @@ class EndpointerConfig:
 
     @classmethod
     def from_settings(cls, settings: Settings, overrides: Mapping[str, Any] | None = None) -> EndpointerConfig:
-        """The daemon's endpointing settings, with a session's `overrides` (already checked) by field name."""
+        """The daemon's endpointing settings, with a session's `overrides` (each already checked) by
+        field name; `ConfigError` if together they make a short silence longer than the long one."""
         values = {f.name: getattr(settings, SETTING_OF.get(f.name, f.name)) for f in dataclasses.fields(cls)}
         values.update(overrides or {})
+        check_silences(values["min_silence_ms"], values["silence_ms"])
         return cls(**values)
+
+    @property
+    def adaptive(self) -> bool:
+        return self.turn_detection == "adaptive"
 
     @property
     def trailing_pad_samples(self) -> int:
@@ -62,8 +78,12 @@ class EndpointerConfig:
 
     @property
     def speculate_after_samples(self) -> int:
-        """Silence after which the final is decoded ahead of the endpoint (discarded if speech resumes)."""
-        return ms_to_samples(self.silence_ms) // 3
+        """Silence after which the final is decoded ahead of the endpoint (discarded if speech resumes).
+
+        Adaptive: half the short silence, so the verdict is there about when the short silence is.
+        """
+        longest = ms_to_samples(self.silence_ms) // 3
+        return min(longest, ms_to_samples(self.min_silence_ms) // 2) if self.adaptive else longest
 
 
 @dataclass(frozen=True)
@@ -87,12 +107,22 @@ class SpeechPaused:
     end: int
 
 
+ENDPOINT_REASONS = ("complete", "silence", "forced")
+
+
 @dataclass(frozen=True)
 class Endpoint:
-    """The utterance ended at sample `end`; `forced` when the length cap (or a flush) ended it."""
+    """The utterance ended at sample `end`, for `reason`: `complete` (the short silence after a
+    complete command), `silence` (the full silence) or `forced` (the length cap, or a flush)."""
 
     end: int
-    forced: bool
+    reason: str
+    silence: int = 0
+    """Samples of silence waited after the speech (0 when forced)."""
+
+    @property
+    def forced(self) -> bool:
+        return self.reason == "forced"
 
 
 EndpointEvent = SpeechStart | PartialDue | SpeechPaused | Endpoint
@@ -105,6 +135,7 @@ class Endpointer:
         self.config = config
         self._min_speech = ms_to_samples(config.min_speech_ms)
         self._silence = ms_to_samples(config.silence_ms)
+        self._min_silence = ms_to_samples(config.min_silence_ms)
         self._pad = ms_to_samples(config.speech_pad_ms)
         self._partial_interval = ms_to_samples(config.partial_interval_ms)
         self._max_utterance = int(config.max_utterance_s * SAMPLE_RATE)
@@ -119,6 +150,8 @@ class Endpointer:
         self._onset_gap = 0
         self._last_speech_end = 0
         self._silence_run = 0
+        self._needed_silence = self._silence
+        """Silence that ends the pause in progress: `silence_ms`, or less after a complete verdict."""
         self._since_partial = 0
         self._paused_reported = False
 
@@ -136,7 +169,18 @@ class Endpointer:
         if not self.in_speech:
             return None
         last = self.position if end is None else max(end, self.position)
-        return self._finish(last, forced=True)
+        return self._finish(last, "forced")
+
+    def verdict(self, end: int, verdict: TurnVerdict) -> list[EndpointEvent]:
+        """The turn detector read the final speculated at `end`: a complete command ends the pause at
+        the short silence (now, if that much has passed). Ignored unless adaptive and that pause
+        is still going on."""
+        if not (self.config.adaptive and self.in_speech and self._paused_reported and end == self._speech_end()):
+            return []
+        self._needed_silence = self._min_silence if verdict is TurnVerdict.COMPLETE else self._silence
+        if self._silence_run >= self._needed_silence:
+            return [self._finish(self._speech_end(), self._pause_reason())]
+        return []
 
     def _idle(self, probability: float, window_start: int) -> list[EndpointEvent]:
         if probability >= self.config.threshold:
@@ -155,6 +199,7 @@ class Endpointer:
         self._onset_start, self._onset_speech = -1, 0
         self._last_speech_end = self.position
         self._silence_run = 0
+        self._needed_silence = self._silence
         self._since_partial = self.position - self.utterance_start
         self._paused_reported = False
         events: list[EndpointEvent] = [SpeechStart(self.utterance_start)]
@@ -166,19 +211,20 @@ class Endpointer:
         if probability >= self.config.threshold:
             self._last_speech_end = self.position
             self._silence_run = 0
+            self._needed_silence = self._silence
             self._paused_reported = False
             self._since_partial += WINDOW
             events.extend(self._partial_if_due())
         else:
             self._silence_run += WINDOW
-            if self._silence_run >= self._silence:
-                events.append(self._finish(self._speech_end(), forced=False))
+            if self._silence_run >= self._needed_silence:
+                events.append(self._finish(self._speech_end(), self._pause_reason()))
                 return events
             if not self._paused_reported and self._silence_run >= self.config.speculate_after_samples:
                 self._paused_reported = True
                 events.append(SpeechPaused(self._speech_end()))
         if self.position - self.utterance_start >= self._max_utterance:
-            events.append(self._finish(self.position, forced=True))
+            events.append(self._finish(self.position, "forced"))
         return events
 
     def _partial_if_due(self) -> list[EndpointEvent]:
@@ -190,8 +236,12 @@ class Endpointer:
     def _speech_end(self) -> int:
         return min(self._last_speech_end + self.config.trailing_pad_samples, self.position)
 
-    def _finish(self, end: int, forced: bool) -> Endpoint:
+    def _pause_reason(self) -> str:
+        return "complete" if self._needed_silence < self._silence else "silence"
+
+    def _finish(self, end: int, reason: str) -> Endpoint:
+        silence = 0 if reason == "forced" else self._silence_run
         self.in_speech = False
         self._floor = end
         self._silence_run = 0
-        return Endpoint(end, forced)
+        return Endpoint(end, reason, silence)

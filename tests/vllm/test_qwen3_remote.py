@@ -147,10 +147,10 @@ async def test_streaming_decodes_over_http(engine: Qwen3RemoteEngine, speech: Au
     partials = [await stream.partial(speech[: seconds * SECOND]) for seconds in (1, 2)]
     rolled = await roll_back(partials[1].text, 5, engine.encode, engine.decode_tokens)
     partials.append(await stream.partial(speech[: 3 * SECOND]))
-    final = await stream.final(speech, prefix="set a")
+    final = await stream.final(speech)
     assert [p.tokens for p in partials] == [MAX_NEW_TOKENS] * 3 and final.tokens == MAX_NEW_TOKENS
     assert rolled.strip() and partials[2].text.startswith(rolled.strip())  # the server continued our prefix
-    assert final.text.startswith("set a") and final.language == "en"
+    assert final.language == "en"
     again = engine.open_stream(StreamOptions(language="en", context="Kitchen timer"))
     assert await again.partial(speech[:SECOND]) == partials[0]  # greedy, same prompt: same answer
 

@@ -1,0 +1,82 @@
+"""Adaptive endpointing end to end: real daemon, real Silero and tiny.en, both protocols' real clients.
+
+Audio goes at microphone pace (the turn detector's verdict races the silence, as in use). The long
+silence is set far above a decode's time, so what the tests see is the verdict, not the machine's
+speed: a complete command ends at the short silence (`endpoint: complete`); a command with a pause
+inside is never cut there (one final, every word, ending where the voice does).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import aiohttp
+import pytest
+from wyoming.client import AsyncTcpClient
+
+from satellite_asr.clients.stream_client import stream_file
+from satellite_asr.clients.wav import read_wav
+from satellite_asr.clients.wyoming_bench import transcribe_like_home_assistant
+from satellite_asr.server import Daemon
+from tests.helpers import FIXTURES, of_type, running_daemon, same_words, ws_url
+
+pytestmark = pytest.mark.timeout(180)
+
+TURNS = FIXTURES / "turns"
+MANIFEST: dict[str, dict[str, str]] = json.loads((TURNS / "manifest.json").read_text())
+COMPLETE = ["dev_complete_01.wav", "dev_complete_02.wav", "dev_complete_13.wav", "heldout_complete_13.wav"]
+"""Complete commands whose text tiny.en punctuates as finished."""
+PAUSED = ["dev_paused_02.wav", "dev_paused_06.wav", "dev_paused_09.wav", "heldout_paused_04.wav"]
+"""Commands with a 0.45-0.6 s pause inside, after a word that cannot end one."""
+LONG_SILENCE_MS = 3000
+"""Far longer than the pauses, and than any decode on a busy machine: only the verdict ends early."""
+
+
+async def websocket_finals(daemon: Daemon, name: str) -> list[dict[str, object]]:
+    config = {"language": "en", "vad": {"silence_ms": LONG_SILENCE_MS}}
+    return of_type(await stream_file(TURNS / name, ws_url(daemon), config=config), "final")
+
+
+async def test_websocket_ends_complete_commands_early_and_never_cuts_a_pause() -> None:
+    async with running_daemon() as daemon:
+        results = await asyncio.gather(*(websocket_finals(daemon, name) for name in COMPLETE + PAUSED))
+        async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{daemon.http_port}/metrics") as r:
+            metrics = await r.text()
+    for name, finals in zip(COMPLETE + PAUSED, results, strict=True):
+        assert same_words([MANIFEST[name]["text"]], [str(f["text"]) for f in finals]), (name, finals)
+        (final,) = finals
+        assert float(str(final["end"])) > float(MANIFEST[name]["voice_end_s"]) - 0.1, (name, final)
+        if name in COMPLETE:
+            assert final["endpoint"] == "complete", (name, final)
+    complete = sum(f[0]["endpoint"] == "complete" for f in results)
+    assert f'satellite_asr_endpoints_total{{reason="complete"}} {float(complete)}' in metrics
+    assert f"satellite_asr_endpoint_silence_seconds_count {float(complete)}" in metrics
+
+
+async def wyoming_round(daemon: Daemon, name: str, *, realtime: bool = True, chunk_samples: int = 1024) -> str:
+    assert daemon.wyoming_port is not None
+    async with AsyncTcpClient("127.0.0.1", daemon.wyoming_port) as client:
+        result = await transcribe_like_home_assistant(
+            client, read_wav(TURNS / name), realtime=realtime, chunk_samples=chunk_samples
+        )
+    assert result.text is not None, name
+    if realtime and name in COMPLETE:
+        assert result.audio_stop_at is None, f"{name}: answered at the short silence, before the audio ran out"
+    return result.text
+
+
+async def test_home_assistant_gets_whole_commands() -> None:
+    async with running_daemon(wyoming_uri="tcp://127.0.0.1:0", silence_ms=LONG_SILENCE_MS) as daemon:
+        texts = await asyncio.gather(*(wyoming_round(daemon, name) for name in COMPLETE + PAUSED))
+    for name, text in zip(COMPLETE + PAUSED, texts, strict=True):
+        assert same_words([MANIFEST[name]["text"]], [text]), (name, text)
+
+
+@pytest.mark.parametrize("name", ["dev_paused_06.wav", "dev_complete_01.wav", "heldout_complete_13.wav"])
+async def test_the_transcript_does_not_depend_on_how_audio_is_framed(name: str) -> None:
+    """Home Assistant sends 10 ms chunks whatever its satellite sends; 100 ms and 1 s must read the same."""
+    async with running_daemon(wyoming_uri="tcp://127.0.0.1:0") as daemon:
+        texts = [await wyoming_round(daemon, name, realtime=False, chunk_samples=n) for n in (160, 1600, 16000)]
+    assert texts[0] == texts[1] == texts[2], texts
+    assert same_words([MANIFEST[name]["text"]], texts[:1]), texts
