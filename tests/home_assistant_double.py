@@ -9,7 +9,6 @@ same port (a Home Assistant restart).
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Any
 
@@ -110,10 +109,3 @@ class HomeAssistantDouble:
             error = {"code": "unknown_command", "message": "Unknown command."}
             return {"id": command["id"], "type": "result", "success": False, "error": error}
         return {"id": command["id"], "type": "result", "success": True, "result": result}
-
-
-async def eventually(condition: Any, timeout_s: float = 10.0) -> None:
-    """Wait until `condition()` is true (a state another task reaches), failing after `timeout_s`."""
-    async with asyncio.timeout(timeout_s):
-        while not condition():
-            await asyncio.sleep(0.02)

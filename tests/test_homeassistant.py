@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 import logging
@@ -12,7 +13,7 @@ import pytest
 from satellite_asr.homeassistant.client import HomeAssistantNames, State, websocket_url
 from satellite_asr.homeassistant.names import HomeNames, rank_names
 from tests.helpers import FIXTURES, free_port
-from tests.home_assistant_double import HomeAssistantDouble, eventually
+from tests.home_assistant_double import HomeAssistantDouble
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -72,7 +73,7 @@ async def test_survives_a_restart_keeping_the_last_names(home_assistant: HomeAss
     try:
         first = await client.wait_loaded()
         await home_assistant.stop()
-        await eventually(lambda: client.status.state == State.UNREACHABLE)
+        await asyncio.wait_for(client.wait_for(State.UNREACHABLE), 10)
         assert client.status.names == 88 and "Calloway blinds" in client.names(1000), "last good names kept"
         assert client.status.last_error
         home_assistant.home["floors"].append({"id": "cellar", "name": "Undercroft", "aliases": []})
@@ -91,7 +92,7 @@ async def test_a_wrong_token_is_a_status_and_a_log_line_never_the_token(
     client = client_for(home_assistant.url, wrong)
     await client.start()
     try:
-        await eventually(lambda: client.status.state == State.AUTH_FAILED)
+        await asyncio.wait_for(client.wait_for(State.AUTH_FAILED), 10)
     finally:
         await client.stop()
     status = client.status.as_dict()
@@ -106,7 +107,7 @@ async def test_nothing_listening_is_unreachable() -> None:
     client = client_for(f"http://127.0.0.1:{free_port()}")
     await client.start()
     try:
-        await eventually(lambda: client.status.state == State.UNREACHABLE)
+        await asyncio.wait_for(client.wait_for(State.UNREACHABLE), 10)
     finally:
         await client.stop()
     assert client.status.last_error and TOKEN not in client.status.last_error

@@ -119,6 +119,7 @@ class HomeAssistantNames:
         self._backoff_min_s, self._backoff_max_s = backoff_s
         self._home = HomeNames()
         self._status = Status(State.CONNECTING)
+        self._status_changed = asyncio.Event()
         self._loads = 0
         self._loaded = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
@@ -147,6 +148,18 @@ class HomeAssistantNames:
             await self._loaded.wait_for(lambda: self._loads > after)
             return self._loads
 
+    async def wait_for(self, state: State) -> Status:
+        """Wait until the status is in `state` (for callers that must know, and for tests)."""
+        while self._status.state != state:
+            changed = self._status_changed
+            await changed.wait()
+        return self._status
+
+    def _publish(self, status: Status) -> None:
+        self._status = status
+        self._status_changed.set()
+        self._status_changed = asyncio.Event()
+
     async def start(self) -> None:
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="home-assistant-names")
@@ -164,7 +177,7 @@ class HomeAssistantNames:
                 log.error("Home Assistant at %s refused the access token: %s", self._url, error)
             elif error:
                 log.warning("Home Assistant at %s: %s (keeping %d names)", self._url, error, self._status.names)
-        self._status = Status(state, self._status.names, self._status.loaded_at, error)
+        self._publish(Status(state, self._status.names, self._status.loaded_at, error))
 
     def _safe(self, text: str) -> str:
         """An error text with the token removed, should anything ever echo it."""
@@ -278,7 +291,7 @@ class HomeAssistantNames:
             return
         self._home = home
         count = len(rank_names(home, sys.maxsize))
-        self._status = Status(State.LOADED, count, datetime.datetime.now(datetime.UTC), None)
+        self._publish(Status(State.LOADED, count, datetime.datetime.now(datetime.UTC), None))
         log.info("read %d names from Home Assistant", count)
         async with self._loaded:
             self._loads += 1
