@@ -132,6 +132,7 @@ def faster_whisper_runs(engine: WhisperEngine, context: str) -> dict[str, tuple[
             kwargs: dict[str, Any] = {"language": "en", "beam_size": 1, "without_timestamps": True}
             if text:
                 kwargs[option] = text
+
             def run() -> str:
                 segments, _ = model.transcribe(audio, **kwargs)
                 return "".join(segment.text for segment in segments)
