@@ -102,7 +102,8 @@ class HomeAssistantNames:
     `start()` returns at once; the connection lives in a background task until `stop()`. Read
     `home` (the last good `HomeNames`, empty until the first load), `names(limit)` (ranked) and
     `status` at any time. Losing Home Assistant keeps the last good names and retries with
-    exponential backoff; a refused token is logged once per change of state and retried slowly.
+    exponential backoff; a refused token is logged once and retried slowly. (A daemon with no Home
+    Assistant configured reports `Status(State.DISABLED)` and makes no client.)
     """
 
     def __init__(
@@ -172,7 +173,8 @@ class HomeAssistantNames:
             self._task = None
 
     def _set_status(self, state: State, error: str | None = None) -> None:
-        if state != self._status.state or error != self._status.last_error:
+        """Change the state; a new error is logged once, not at every retry."""
+        if error and error != self._status.last_error:
             if state == State.AUTH_FAILED:
                 log.error("Home Assistant at %s refused the access token: %s", self._url, error)
             elif error:
@@ -195,7 +197,7 @@ class HomeAssistantNames:
                 except AuthFailed as exc:
                     self._set_status(State.AUTH_FAILED, self._safe(str(exc)))
                     delay = self._backoff_max_s  # the same token will not work sooner
-                except (aiohttp.ClientError, OSError, TimeoutError, HomeAssistantError) as exc:
+                except (aiohttp.ClientError, OSError, TimeoutError, ValueError, HomeAssistantError) as exc:
                     self._set_status(State.UNREACHABLE, self._safe(str(exc) or type(exc).__name__))
                 if self._loads > loads_before:  # it worked until now: a restart, try again soon
                     delay = self._backoff_min_s
@@ -258,6 +260,8 @@ class HomeAssistantNames:
             data = message.json()
             items = data if isinstance(data, list) else [data]  # Home Assistant may coalesce messages
             for item in items:
+                if not isinstance(item, dict):
+                    raise HomeAssistantError("Home Assistant sent a message that is not a JSON object")
                 if item.get("type") == "result" and (future := self._pending.pop(item.get("id"), None)):
                     if not future.done():
                         future.set_result(item)
