@@ -262,7 +262,7 @@ class HomeAssistantNames:
             for item in items:
                 if not isinstance(item, dict):
                     raise HomeAssistantError("Home Assistant sent a message that is not a JSON object")
-                if item.get("type") == "result" and (future := self._pending.pop(item.get("id"), None)):
+                if item.get("type") == "result" and (future := self._pending.pop(int(item.get("id") or 0), None)):
                     if not future.done():
                         future.set_result(item)
                 elif item.get("type") == "event":
