@@ -43,6 +43,11 @@ REPEATED_RUN = 4
 """Tokens in a row that, seen twice in one command, mean the decoder is looping."""
 MAX_TOKENS_PER_SECOND = 8
 """More tokens than this per second of audio is not speech but a decoder stuck in a loop."""
+MAX_CONTEXT_TOKENS = 223
+"""Whisper's prompt holds at most half its 448 positions less one (as in training); longer context
+is cut. With more (all 96 names of the evaluation home, 392 tokens) tiny.en looped and lost words."""
+CONTEXT_BREAKS = frozenset({",", ".", ";"})
+"""Where context may be cut, so that a name is kept whole or not at all."""
 
 
 def loop_length(tokens: list[int], shortest: int = REPEATED_RUN) -> int | None:
@@ -72,6 +77,23 @@ def repeats_itself(tokens: list[int], run: int = REPEATED_RUN) -> bool:
             return True
         seen.add(window)
     return False
+
+
+def context_tokens(tokenizer: Tokenizer, context: str, limit: int = MAX_CONTEXT_TOKENS) -> list[int]:
+    """`context` as prompt tokens, cut to `limit` after its last name that fits.
+
+    The start is kept (faster-whisper would keep the end): callers put what matters most first, a
+    client's own terms, then the home's names by rank (`satellite_asr.homeassistant.names`).
+    """
+    if not context.strip():
+        return []
+    tokens: list[int] = tokenizer.encode(" " + context.strip())
+    if len(tokens) <= limit:
+        return tokens
+    for end in range(limit, 0, -1):
+        if tokenizer.decode([tokens[end - 1]]).strip() in CONTEXT_BREAKS:
+            return tokens[: end - 1]
+    return tokens[:limit]
 
 
 def bundled_tiny_en_path() -> str:
@@ -176,9 +198,8 @@ class WhisperEngine(Engine):
         for its duration, is treated as that and the caller decodes again with the full window.
         """
         assert self._model is not None
-        tokenizer = Tokenizer(self._model.hf_tokenizer, self._model.model.is_multilingual, "transcribe", language)
-        previous = tokenizer.encode(" " + context.strip()) if context.strip() else []
-        prompt = self._model.get_prompt(tokenizer, previous, without_timestamps=True)
+        tokenizer = self._tokenizer(language)
+        prompt = self._model.get_prompt(tokenizer, context_tokens(tokenizer, context), without_timestamps=True)
         window = max(audio.size + int(SHORT_CONTEXT_PAD_S * SAMPLE_RATE), int(SHORT_CONTEXT_MIN_S * SAMPLE_RATE))
         features = self._model.feature_extractor(audio, padding=window - audio.size)
         budget = int(audio.size / SAMPLE_RATE * MAX_TOKENS_PER_SECOND) + 8
@@ -186,7 +207,7 @@ class WhisperEngine(Engine):
             ctranslate2.StorageView.from_array(np.ascontiguousarray(features[None])),
             [prompt],
             beam_size=self._beam_size if final else 1,
-            max_length=budget,
+            max_length=len(prompt) + budget,  # CTranslate2 counts the prompt in max_length
             suppress_blank=True,
             suppress_tokens=[-1],
         )
@@ -200,6 +221,10 @@ class WhisperEngine(Engine):
             return None
         return Transcript(text=tokenizer.decode(tokens).strip(), language=language, tokens=len(tokens))
 
+    def _tokenizer(self, language: str) -> Tokenizer:
+        assert self._model is not None
+        return Tokenizer(self._model.hf_tokenizer, self._model.model.is_multilingual, "transcribe", language)
+
     def _decode_window(self, audio: Audio, language: str | None, context: str, final: bool) -> Transcript:
         """faster-whisper's own transcription: 30 s windows, language detection, long audio."""
         assert self._model is not None
@@ -209,7 +234,8 @@ class WhisperEngine(Engine):
             "vad_filter": False,
             "without_timestamps": True,
             "condition_on_previous_text": False,
-            "initial_prompt": context or None,
+            # Text tokens do not depend on the language: "en" stands in while it is to be detected.
+            "initial_prompt": context_tokens(self._tokenizer(language or "en"), context) or None,
         }
         segments, info = self._model.transcribe(audio, **kwargs)
         pieces = list(segments)

@@ -1,0 +1,1 @@
+"""The household's names from Home Assistant, for biasing speech recognition."""

@@ -1,0 +1,153 @@
+"""Household-names benchmark: does biasing with the home's names get them right, at what cost?
+
+Decodes every command of the evaluation set (tests/fixtures/names/, made by make_names.py) with
+the real bundled tiny.en, as the daemon decodes a final, once without context and once with the
+home's names ranked and capped as the daemon would give them (`rank_names` + `biasing_context`).
+
+    PYTHONPATH=. .venv/bin/python scripts/bench_names.py [--half dev|heldout|all] [--cap 100]
+    PYTHONPATH=. .venv/bin/python scripts/bench_names.py --faster-whisper   # hotwords vs prompt
+
+Reports names right (a name counts when its letters appear in the transcript, ignoring case,
+spaces and punctuation), WER of the name-free commands, and the median over commands of the
+ratio of decode times with / without names. Tune on `dev` only; `heldout` is for reporting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import statistics
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import jiwer
+
+from satellite_asr.clients.bench import normalise_words
+from satellite_asr.clients.wav import read_wav
+from satellite_asr.audio import Audio
+from satellite_asr.engines.base import StreamOptions
+from satellite_asr.engines.whisper import WhisperEngine
+from satellite_asr.homeassistant.names import HomeNames, biasing_context, rank_names
+
+NAMES = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "names"
+
+Decode = Callable[[Audio, str], Awaitable[str]]
+
+
+def letters(text: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", text.lower())
+
+
+def name_heard(name: str, transcript: str) -> bool:
+    return letters(name) in letters(transcript)
+
+
+async def evaluate(decode: Decode, commands: dict[str, dict[str, Any]], context: str) -> dict[str, Any]:
+    """Names right, WER of name-free commands and decode seconds per file for one context."""
+    right, named, refs, hyps, seconds, misses = 0, 0, [], [], {}, []
+    for file, command in commands.items():
+        audio = read_wav(NAMES / file).to_16k_mono()
+        start = time.perf_counter()
+        text = await decode(audio, context)
+        seconds[file] = time.perf_counter() - start
+        if command["name"]:
+            named += 1
+            if name_heard(command["name"], text):
+                right += 1
+            else:
+                misses.append(f"{command['name']!r} -> {text!r}")
+        else:
+            refs.append(normalise_words(command["text"]))
+            hyps.append(normalise_words(text) or "-")
+    wer = 100 * float(jiwer.wer(refs, hyps)) if refs else 0.0
+    return {"right": right, "named": named, "wer": wer, "seconds": seconds, "misses": misses}
+
+
+def report(label: str, result: dict[str, Any]) -> None:
+    print(
+        f"  {label:<14} names {result['right']}/{result['named']}"
+        f" ({100 * result['right'] / max(1, result['named']):.0f}%)   name-free WER {result['wer']:.1f}%"
+    )
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--half", choices=["dev", "heldout", "all"], default="heldout")
+    parser.add_argument("--cap", type=int, default=100, help="names given to the engine at most")
+    parser.add_argument("--faster-whisper", action="store_true", help="faster-whisper's own hotwords vs prompt")
+    parser.add_argument("--misses", action="store_true", help="print the names that came out wrong")
+    args = parser.parse_args()
+
+    commands = {
+        file: command
+        for file, command in json.loads((NAMES / "commands.json").read_text()).items()
+        if args.half in ("all", command["half"])
+    }
+    home = HomeNames.from_json(json.loads((NAMES / "home.json").read_text()))
+    names = rank_names(home, args.cap)
+    context = biasing_context(names)
+    engine = WhisperEngine()
+    await engine.start()
+    print(f"{len(commands)} commands ({args.half}), {len(names)} names in the context")
+    try:
+        runs: dict[str, tuple[Decode, str]]
+        if args.faster_whisper:
+            runs = faster_whisper_runs(engine, context)
+        else:
+
+            async def final(audio: Audio, text: str) -> str:
+                return (await engine.open_stream(StreamOptions(language="en", context=text)).final(audio)).text
+
+            runs = {"no names": (final, ""), "names": (final, context)}
+        results = {label: await evaluate(decode, commands, text) for label, (decode, text) in runs.items()}
+    finally:
+        await engine.close()
+    baseline = results[next(iter(results))]["seconds"]
+    for label, result in results.items():
+        report(label, result)
+        ratios = [result["seconds"][file] / baseline[file] for file in baseline]
+        print(
+            f"  {'':<14} decode time vs first row: median ratio {statistics.median(ratios):.2f}x,"
+            f" median {1000 * statistics.median(result['seconds'].values()):.0f} ms"
+        )
+        if args.misses:
+            for miss in result["misses"]:
+                print(f"      missed {miss}")
+
+
+def faster_whisper_runs(engine: WhisperEngine, context: str) -> dict[str, tuple[Decode, str]]:
+    """faster-whisper's `transcribe` (30 s window) with the names as hotwords or as prompt.
+
+    Not both: faster-whisper puts both after the same start-of-previous token, and a 100-name list
+    twice does not fit Whisper's 448 positions (CTranslate2 refuses the decode).
+    """
+    model = engine._model  # the library under the engine, measured directly
+    assert model is not None
+
+    def way(option: str) -> Decode:
+        async def decode(audio: Audio, text: str) -> str:
+            kwargs: dict[str, Any] = {"language": "en", "beam_size": 1, "without_timestamps": True}
+            if text:
+                kwargs[option] = text
+
+            def run() -> str:
+                segments, _ = model.transcribe(audio, **kwargs)
+                return "".join(segment.text for segment in segments)
+
+            return await asyncio.to_thread(run)
+
+        return decode
+
+    return {
+        "no names": (way("none"), ""),
+        "hotwords": (way("hotwords"), context),
+        "prompt": (way("initial_prompt"), context),
+    }
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

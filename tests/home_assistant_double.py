@@ -1,0 +1,111 @@
+"""HomeAssistantDouble: a stand-in Home Assistant WebSocket API on 127.0.0.1 (a test double).
+
+It speaks the parts of Home Assistant's protocol the names client uses, with the message shapes
+of Home Assistant core: the auth handshake, `get_states`, `homeassistant/expose_entity/list`,
+`config/entity_registry/get_entries`, the area and floor registry lists and `subscribe_events`.
+Tests change its home, push registry events, refuse tokens, and stop and start it again on the
+same port (a Home Assistant restart).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from tests.helpers import free_port
+
+
+class HomeAssistantDouble:
+    def __init__(self, home: dict[str, Any], token: str) -> None:
+        self.home = home
+        """The home in `tests/fixtures/names/home.json`'s shape; tests may change it."""
+        self.token = token
+        self.port = free_port()
+        self.commands: list[str] = []
+        """Command types received, in order (over every connection)."""
+        self.auth_attempts = 0
+        self._subscriptions: list[tuple[web.WebSocketResponse, int, str]] = []
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_get("/api/websocket", self._websocket)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+
+    async def stop(self) -> None:
+        """Go away as a restarting Home Assistant does: every connection closed, the port refused."""
+        for ws, *_ in self._subscriptions:
+            await ws.close()
+        self._subscriptions.clear()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def push_event(self, event_type: str, data: dict[str, Any]) -> int:
+        """Send a registry event to every subscriber; returns how many got it."""
+        sent = 0
+        for ws, subscription, wanted in list(self._subscriptions):
+            if wanted == event_type and not ws.closed:
+                event = {"event_type": event_type, "data": data, "origin": "LOCAL", "time_fired": "2026-12-01T00:00:00"}
+                await ws.send_json({"id": subscription, "type": "event", "event": event})
+                sent += 1
+        return sent
+
+    async def _websocket(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        await ws.send_json({"type": "auth_required", "ha_version": "2026.11.0"})
+        auth = await ws.receive_json()
+        self.auth_attempts += 1
+        if auth.get("type") != "auth" or auth.get("access_token") != self.token:
+            await ws.send_json({"type": "auth_invalid", "message": "Invalid access token or password"})
+            await ws.close()
+            return ws
+        await ws.send_json({"type": "auth_ok", "ha_version": "2026.11.0"})
+        async for message in ws:
+            if message.type != WSMsgType.TEXT:
+                break
+            command = json.loads(message.data)
+            self.commands.append(command["type"])
+            if command["type"] == "subscribe_events":
+                self._subscriptions.append((ws, command["id"], command["event_type"]))
+                await ws.send_json({"id": command["id"], "type": "result", "success": True, "result": None})
+            else:
+                await ws.send_json(self._answer(command))
+        return ws
+
+    def _answer(self, command: dict[str, Any]) -> dict[str, Any]:
+        entities = self.home["entities"]
+        result: Any
+        kind = command["type"]
+        if kind == "get_states":
+            result = [
+                {"entity_id": e["entity_id"], "state": "on", "attributes": {"friendly_name": e["name"]}}
+                for e in entities
+            ]
+        elif kind == "homeassistant/expose_entity/list":
+            result = {"exposed_entities": {e["entity_id"]: {"conversation": e.get("exposed", True)} for e in entities}}
+        elif kind == "config/entity_registry/get_entries":
+            by_id = {e["entity_id"]: e for e in entities}
+            result = {
+                entity_id: {"entity_id": entity_id, "name": None, "aliases": [*by_id[entity_id]["aliases"], None]}
+                if entity_id in by_id
+                else None
+                for entity_id in command["entity_ids"]
+            }
+        elif kind == "config/area_registry/list":
+            result = [{"area_id": a["id"], "name": a["name"], "aliases": a["aliases"]} for a in self.home["areas"]]
+        elif kind == "config/floor_registry/list":
+            result = [{"floor_id": f["id"], "name": f["name"], "aliases": f["aliases"]} for f in self.home["floors"]]
+        else:
+            error = {"code": "unknown_command", "message": "Unknown command."}
+            return {"id": command["id"], "type": "result", "success": False, "error": error}
+        return {"id": command["id"], "type": "result", "success": True, "result": result}

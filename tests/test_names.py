@@ -1,0 +1,62 @@
+"""Ranking the household's names and building the context an engine decodes with."""
+
+from __future__ import annotations
+
+from satellite_asr.homeassistant.names import EntityNames, HomeNames, Place, biasing_context, rank_names
+
+HOME = HomeNames(
+    entities=(
+        EntityNames("light.ravensworth", "Ravensworth chandelier"),
+        EntityNames("vacuum.robot", "Robot vacuum", ("Zebedee",)),
+        EntityNames("light.kitchen", "Kitchen lights"),
+        EntityNames("light.kitchen_2", "kitchen  LIGHTS"),
+    ),
+    areas=(Place("Marigold room"), Place("Small lounge", ("The Snug",))),
+    floors=(Place("Belvedere floor", ("Upstairs",)),),
+)
+
+
+def test_areas_floors_and_aliases_first_then_entities_shortest_first() -> None:
+    assert rank_names(HOME, 100) == [
+        "Zebedee",
+        "Upstairs",
+        "The Snug",
+        "Small lounge",
+        "Marigold room",
+        "Belvedere floor",
+        "Robot vacuum",
+        "Kitchen lights",
+        "Ravensworth chandelier",
+    ]
+
+
+def test_duplicates_differing_in_case_or_spaces_count_once() -> None:
+    assert [name for name in rank_names(HOME, 100) if name.casefold() == "kitchen lights"] == ["Kitchen lights"]
+
+
+def test_the_cap_keeps_the_best_ranked() -> None:
+    assert rank_names(HOME, 3) == ["Zebedee", "Upstairs", "The Snug"]
+    assert rank_names(HOME, 0) == []
+
+
+def test_entities_not_exposed_are_left_out_of_the_json_home() -> None:
+    home = HomeNames.from_json(
+        {
+            "entities": [
+                {"entity_id": "light.a", "name": "Aoife's nightlight", "aliases": ["Night night"]},
+                {"entity_id": "sensor.b", "name": "Router uptime", "aliases": [], "exposed": False},
+            ],
+            "areas": [{"id": "m", "name": "Marigold room", "aliases": []}],
+        }
+    )
+    assert rank_names(home, 10) == ["Night night", "Marigold room", "Aoife's nightlight"]
+
+
+def test_context_puts_the_clients_own_words_first_without_repeating_names() -> None:
+    names = ["Zebedee", "Marigold room", "Calloway blinds"]
+    assert biasing_context(names) == "Zebedee, Marigold room, Calloway blinds"
+    context = biasing_context(names, ["calloway  blinds", "Okonkwo"], "Kitchen assistant.")
+    assert context == "Kitchen assistant. calloway blinds, Okonkwo, Zebedee, Marigold room"
+    assert biasing_context(["Zebedee"], [], "Shopping list") == "Shopping list. Zebedee"
+    assert biasing_context([], [], "Shopping list") == "Shopping list"
+    assert biasing_context([]) == "" and biasing_context([], [" "], "  ") == ""
