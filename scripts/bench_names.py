@@ -26,9 +26,9 @@ from typing import Any
 
 import jiwer
 
+from satellite_asr.audio import Audio
 from satellite_asr.clients.bench import normalise_words
 from satellite_asr.clients.wav import read_wav
-from satellite_asr.audio import Audio
 from satellite_asr.engines.base import StreamOptions
 from satellite_asr.engines.whisper import WhisperEngine
 from satellite_asr.homeassistant.names import HomeNames, biasing_context, rank_names
