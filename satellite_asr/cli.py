@@ -94,8 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--manifest",
         default="tests/fixtures/fixtures.json",
-        help="JSON mapping WAV files (beside it) to their expected utterances.",
+        help="JSON mapping WAV files (beside it) to their expected utterances, or to one command with its "
+        "measured voice (tests/fixtures/turns/manifest.json).",
     )
+    bench.add_argument("--split", help="Only the manifest's files of this split (turns: dev, heldout).")
+    bench.add_argument("--category", help="Only the manifest's files of this category (turns: complete, paused, hard).")
     bench.add_argument(
         "--protocol",
         choices=("websocket", "wyoming"),
@@ -253,16 +256,18 @@ def _bench(settings: Settings, args: argparse.Namespace) -> int:
     from dataclasses import asdict
     from pathlib import Path
 
-    manifest = Path(args.manifest)
+    from satellite_asr.clients.bench import load_manifest
+
+    files = load_manifest(Path(args.manifest), args.split, args.category)
     if args.protocol == "wyoming":
-        from satellite_asr.clients.wyoming_bench import load_commands, run_wyoming_bench
+        from satellite_asr.clients.wyoming_bench import one_command_files, run_wyoming_bench
 
         if args.url is None and settings.wyoming_uri == "none":
             raise ConfigError("wyoming_uri: the wyoming bench needs the in-process daemon's Wyoming server")
         wyoming_report = asyncio.run(
             run_wyoming_bench(
                 settings,
-                load_commands(manifest),
+                one_command_files(files),
                 clients=args.clients,
                 rounds=args.rounds,
                 uri=args.url,
@@ -275,13 +280,6 @@ def _bench(settings: Settings, args: argparse.Namespace) -> int:
 
     from satellite_asr.clients.bench import run_bench
 
-    try:
-        references: dict[str, list[str]] = json.loads(manifest.read_text())
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"cannot read the bench manifest {manifest}: {exc}") from None
-    files = [manifest.parent / name for name in references]
-    report = asyncio.run(
-        run_bench(settings, files, clients=args.clients, rounds=args.rounds, url=args.url, references=references)
-    )
+    report = asyncio.run(run_bench(settings, files, clients=args.clients, rounds=args.rounds, url=args.url))
     print(json.dumps(asdict(report), indent=2) if args.json else report.summary())
     return 0

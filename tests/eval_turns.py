@@ -22,8 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from satellite_asr.audio import SAMPLE_RATE, Audio
 from satellite_asr.clients.wav import read_wav
-from satellite_asr.engines.base import SAMPLE_RATE, Audio, Engine, StreamOptions
+from satellite_asr.engines.base import Engine, StreamOptions
 from satellite_asr.engines.whisper import WhisperEngine
 from satellite_asr.vad.turn import RuleTurnDetector, TurnDetector, TurnVerdict
 

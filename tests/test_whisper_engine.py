@@ -51,16 +51,20 @@ async def test_model_by_local_path_and_short_context_matches_full_window() -> No
         await full.close()
 
 
-async def test_final_keeps_the_promised_prefix() -> None:
+async def test_final_does_not_depend_on_the_partials_before_it() -> None:
     engine = WhisperEngine()
     await engine.start()
     try:
         audio = read_wav(FIXTURES / "lights_on.wav").to_16k_mono()
-        result = await engine.open_stream(StreamOptions()).final(audio, prefix="turn on the")
+        streamed = engine.open_stream(StreamOptions())
+        for seconds in (0.5, 1.0, 1.5):
+            await streamed.partial(audio[: int(seconds * 16000)])
+        after_partials = await streamed.final(audio)
+        alone = await engine.open_stream(StreamOptions()).final(audio)
     finally:
         await engine.close()
-    assert result.text.startswith("turn on the")
-    assert same_words(EXPECTED["lights_on.wav"], [result.text]), result.text
+    assert after_partials == alone
+    assert same_words(EXPECTED["lights_on.wav"], [alone.text]), alone.text
 
 
 def test_a_command_written_again_is_cut_to_its_first_pass() -> None:

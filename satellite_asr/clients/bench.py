@@ -1,7 +1,8 @@
 """`satellite-asr bench`: N concurrent clients stream speech at real-time pace; latency, cost, accuracy.
 
-What is measured, per utterance, against the speech's true start and end in the file (found from
-the signal's energy, so no labels are needed beyond the expected words):
+What is measured, per utterance, against the speech's true start and end in the file (from the
+manifest where it knows them, as the turn-detection set's does; otherwise from the signal's
+energy, so no labels are needed beyond the expected words):
 - speech end -> final: when the final arrives after the person stopped speaking;
 - speech start -> first partial;
 and over the run: server time per 100 ms frame (from the daemon's own histogram), CPU seconds per
@@ -55,6 +56,48 @@ def speech_segments(audio: Audio, level: float = 0.02, min_gap_s: float = 0.5) -
     return segments
 
 
+@dataclass(frozen=True)
+class BenchFile:
+    """A WAV, the utterances spoken in it, and where the voice really is when the manifest knows."""
+
+    path: Path
+    references: list[str]
+    voice: list[tuple[float, float]] | None = None
+    """(start, end) seconds of each utterance's voice; None: found from the signal's energy."""
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def voice_spans(self, audio: Audio) -> list[tuple[float, float]]:
+        return self.voice if self.voice is not None else speech_segments(audio)
+
+
+def load_manifest(manifest: Path, split: str | None = None, category: str | None = None) -> list[BenchFile]:
+    """The files of a manifest (their WAVs lie beside it), in one of two shapes.
+
+    `{"file.wav": ["first command", "second"]}` (tests/fixtures/fixtures.json), or one command per
+    file with its measured voice: `{"file.wav": {"text", "voice_start_s", "voice_end_s", "split",
+    "category"}}` (tests/fixtures/turns/manifest.json), which `split` and `category` select from.
+    """
+    try:
+        entries: dict[str, Any] = json.loads(manifest.read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"cannot read the bench manifest {manifest}: {exc}") from None
+    files = []
+    for name, entry in entries.items():
+        if isinstance(entry, list):
+            if split is not None or category is not None:
+                raise ValueError(f"{manifest} has no splits or categories to select from")
+            files.append(BenchFile(manifest.parent / name, entry))
+        elif (split is None or entry["split"] == split) and (category is None or entry["category"] == category):
+            voice = [(float(entry["voice_start_s"]), float(entry["voice_end_s"]))]
+            files.append(BenchFile(manifest.parent / name, [entry["text"]], voice))
+    if not files:
+        raise ValueError(f"{manifest}: no file matches split {split!r} and category {category!r}")
+    return files
+
+
 @dataclass
 class UtteranceTiming:
     file: str
@@ -63,6 +106,8 @@ class UtteranceTiming:
     final_latency: float
     """Seconds from the true end of speech to the final's arrival."""
     first_partial_latency: float | None
+    endpoint: str
+    """Why the utterance ended (the final's `endpoint`)."""
 
 
 @dataclass
@@ -70,6 +115,8 @@ class BenchReport:
     clients: int
     utterances: int
     missing_finals: int
+    cut_utterances: int
+    """Utterances answered before their voice ended, or split into more finals than were spoken."""
     silence_ms: int
     final_latency_p50: float
     final_latency_p95: float
@@ -89,7 +136,8 @@ class BenchReport:
         cpu = self.cpu_seconds_per_audio_second
         return "\n".join(
             [
-                f"clients {self.clients}, utterances {self.utterances} (missing finals: {self.missing_finals})",
+                f"clients {self.clients}, utterances {self.utterances} (missing finals: {self.missing_finals},"
+                f" cut or split: {self.cut_utterances})",
                 f"speech end -> final      p50 {ms(self.final_latency_p50)}  p95 {ms(self.final_latency_p95)}"
                 f"  (silence_ms {self.silence_ms})",
                 f"speech start -> partial  p50 {ms(self.first_partial_p50)}  p95 {ms(self.first_partial_p95)}",
@@ -142,25 +190,29 @@ async def _stream_one(url: str, audio: Audio, delay: float, config: dict[str, An
     return origin, received
 
 
-def _timings(name: str, audio: Audio, origin: float, received: list[Any]) -> tuple[list[UtteranceTiming], int]:
-    segments = speech_segments(audio)
+def _timings(
+    file: BenchFile, audio: Audio, origin: float, received: list[Any]
+) -> tuple[list[UtteranceTiming], int, int]:
+    """The utterances' timings, how many finals are missing, and how many utterances were cut."""
+    spans = file.voice_spans(audio)
     finals = [(t, m) for t, m in received if m["type"] == "final"]
     timings = []
-    for index, ((start, end), (arrival, final)) in enumerate(zip(segments, finals, strict=False)):
+    for index, ((start, end), (arrival, final)) in enumerate(zip(spans, finals, strict=False)):
         partials = [t for t, m in received if m["type"] == "partial" and m["utterance_id"] == final["utterance_id"]]
         first_partial = partials[0] - (origin + start) if partials else None
-        timings.append(UtteranceTiming(name, index, final["text"], arrival - (origin + end), first_partial))
-    return timings, max(0, len(segments) - len(finals))
+        latency = arrival - (origin + end)
+        timings.append(UtteranceTiming(file.name, index, final["text"], latency, first_partial, final["endpoint"]))
+    early = sum(t.final_latency < 0 for t in timings)
+    return timings, max(0, len(spans) - len(finals)), early + max(0, len(finals) - len(spans))
 
 
 async def run_bench(
     settings: Settings,
-    files: list[Path],
+    files: list[BenchFile],
     *,
     clients: int,
     rounds: int,
     url: str | None,
-    references: dict[str, list[str]],
 ) -> BenchReport:
     """Run the load; starts an in-process daemon from `settings` unless `url` names a running one."""
     import aiohttp
@@ -168,7 +220,7 @@ async def run_bench(
 
     from satellite_asr.server import Daemon
 
-    audios = {path.name: read_wav(path).to_16k_mono() for path in files}
+    audios = {file.name: read_wav(file.path).to_16k_mono() for file in files}
     daemon = None
     if url is None:
         daemon = Daemon(settings)
@@ -179,9 +231,9 @@ async def run_bench(
         cpu_before, audio_seconds = time.process_time(), 0.0
         jobs = []
         for client in range(clients):
-            names = [files[(client + r) % len(files)].name for r in range(rounds)]
-            audio_seconds += sum(audios[n].size for n in names) / SAMPLE_RATE
-            jobs.append(_client_rounds(url, names, audios, client * STAGGER_SECONDS))
+            work = [files[(client + r) % len(files)] for r in range(rounds)]
+            audio_seconds += sum(audios[f.name].size for f in work) / SAMPLE_RATE
+            jobs.append(_client_rounds(url, work, audios, client * STAGGER_SECONDS))
         results = await asyncio.gather(*jobs)
         cpu = (time.process_time() - cpu_before) / audio_seconds if daemon is not None else None
         async with (
@@ -192,13 +244,12 @@ async def run_bench(
     finally:
         if daemon is not None:
             await daemon.stop()
-    timings = [t for client_timings, _ in results for t in client_timings]
-    missing = sum(m for _, m in results)
+    timings = [t for client_timings, _, _ in results for t in client_timings]
+    missing = sum(m for _, m, _ in results)
+    cut = sum(c for _, _, c in results)
 
     async with OfflineTranscriber(settings) as offline:
-        offline_texts = {
-            name: [f.text for f in await offline.transcribe(path)] for name, path in ((p.name, p) for p in files)
-        }
+        offline_texts = {file.name: [f.text for f in await offline.transcribe(file.path)] for file in files}
 
     def wer(expected: dict[str, list[str]]) -> float:
         pairs = [(expected[t.file][t.index], t.text) for t in timings if t.index < len(expected.get(t.file, []))]
@@ -212,6 +263,7 @@ async def run_bench(
         clients=clients,
         utterances=len(timings),
         missing_finals=missing,
+        cut_utterances=cut,
         silence_ms=settings.silence_ms,
         final_latency_p50=statistics.median(final_latencies) if final_latencies else float("nan"),
         final_latency_p95=percentile(final_latencies, 95),
@@ -220,20 +272,22 @@ async def run_bench(
         frame_seconds_p50=histogram_quantile(metrics_text, "satellite_asr_frame_seconds", 0.5),
         frame_seconds_p95=histogram_quantile(metrics_text, "satellite_asr_frame_seconds", 0.95),
         cpu_seconds_per_audio_second=cpu,
-        wer_vs_reference=wer(references),
+        wer_vs_reference=wer({file.name: file.references for file in files}),
         wer_vs_offline=wer(offline_texts),
         details=timings,
     )
 
 
 async def _client_rounds(
-    url: str, names: list[str], audios: dict[str, Audio], delay: float
-) -> tuple[list[UtteranceTiming], int]:
+    url: str, files: list[BenchFile], audios: dict[str, Audio], delay: float
+) -> tuple[list[UtteranceTiming], int, int]:
     timings: list[UtteranceTiming] = []
-    missing = 0
-    for round_index, name in enumerate(names):
-        origin, received = await _stream_one(url, audios[name], delay if round_index == 0 else 0.0, {})
-        file_timings, file_missing = _timings(name, audios[name], origin, received)
+    missing = cut = 0
+    for round_index, file in enumerate(files):
+        audio = audios[file.name]
+        origin, received = await _stream_one(url, audio, delay if round_index == 0 else 0.0, {})
+        file_timings, file_missing, file_cut = _timings(file, audio, origin, received)
         timings.extend(file_timings)
         missing += file_missing
-    return timings, missing
+        cut += file_cut
+    return timings, missing, cut

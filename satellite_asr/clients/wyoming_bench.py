@@ -10,9 +10,10 @@ Each round is what Home Assistant's `wyoming` integration does for one voice com
   speech plus `ha_wait` seconds (0.7, Home Assistant's default), then `audio-stop`. This
   is how servers without endpointing (wyoming-faster-whisper) are driven.
 
-Latency is measured from the true end of speech in the file (found from the signal's energy) to
-the `transcript` event's arrival. Only files with one expected utterance are used (one command
-per round, as Home Assistant sends).
+Latency is measured from the true end of speech in the file (from the manifest where it knows it,
+else found from the signal's energy) to the `transcript` event's arrival; a transcript before the
+voice ended is a cut command. Only files with one expected utterance are used (one command per
+round, as Home Assistant sends).
 
     satellite-asr bench --protocol wyoming --clients 4 --rounds 8           # in-process daemon
     satellite-asr bench --protocol wyoming --url tcp://127.0.0.1:10400 --wyoming-end ha-vad
@@ -21,18 +22,16 @@ per round, as Home Assistant sends).
 from __future__ import annotations
 
 import asyncio
-import json
 import statistics
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from wyoming.asr import Transcribe, Transcript
 from wyoming.audio import AudioChunk, AudioStart, AudioStop
 from wyoming.client import AsyncTcpClient
 from wyoming.event import Event
 
-from satellite_asr.clients.bench import STAGGER_SECONDS, normalise_words, percentile, speech_segments
+from satellite_asr.clients.bench import STAGGER_SECONDS, BenchFile, normalise_words, percentile
 from satellite_asr.clients.wav import WavFile, read_wav
 from satellite_asr.config import Settings
 from satellite_asr.protocols.wyoming import parse_uri
@@ -138,6 +137,8 @@ class WyomingBenchReport:
     clients: int
     rounds: int
     missing_transcripts: int
+    cut_commands: int
+    """Transcripts that came before the voice really stopped: the command was cut."""
     latency_p50: float
     latency_p95: float
     wer: float
@@ -147,7 +148,7 @@ class WyomingBenchReport:
         return "\n".join(
             [
                 f"mode {self.mode}, clients {self.clients}, rounds {self.rounds}"
-                f" (missing transcripts: {self.missing_transcripts})",
+                f" (missing transcripts: {self.missing_transcripts}, cut: {self.cut_commands})",
                 f"speech end -> transcript  p50 {self.latency_p50 * 1000:.0f} ms  p95 {self.latency_p95 * 1000:.0f} ms",
                 f"WER vs reference {self.wer * 100:.1f}%",
             ]
@@ -155,35 +156,32 @@ class WyomingBenchReport:
 
 
 async def _client(
-    host: str, port: int, jobs: list[tuple[str, WavFile, str]], delay: float, mode: str, ha_wait: float
+    host: str, port: int, jobs: list[tuple[BenchFile, WavFile]], delay: float, mode: str, ha_wait: float
 ) -> list[RoundTiming]:
     await asyncio.sleep(delay)
     timings = []
-    for name, wav, reference in jobs:
-        speech_end = speech_segments(wav.to_16k_mono())[-1][1]
+    for file, wav in jobs:
+        speech_end = file.voice_spans(wav.to_16k_mono())[-1][1]
         stop_after = speech_end + ha_wait if mode == "ha-vad" else None
         async with AsyncTcpClient(host, port) as client:
             result = await transcribe_like_home_assistant(client, wav, stop_after=stop_after)
         arrival = result.transcript_at
         latency = None if arrival is None else arrival - (result.origin + speech_end)
-        timings.append(RoundTiming(name, reference, result.text, latency))
+        timings.append(RoundTiming(file.name, file.references[0], result.text, latency))
     return timings
 
 
-def load_commands(manifest: Path) -> list[tuple[str, WavFile, str]]:
-    """(file name, audio, expected words) of the manifest's files that hold exactly one command."""
-    references: dict[str, list[str]] = json.loads(manifest.read_text())
-    commands = [
-        (name, read_wav(manifest.parent / name), texts[0]) for name, texts in references.items() if len(texts) == 1
-    ]
+def one_command_files(files: list[BenchFile]) -> list[tuple[BenchFile, WavFile]]:
+    """The files that hold exactly one command, with their audio."""
+    commands = [(file, read_wav(file.path)) for file in files if len(file.references) == 1]
     if not commands:
-        raise ValueError(f"{manifest} has no file with exactly one utterance")
+        raise ValueError("the manifest has no file with exactly one utterance")
     return commands
 
 
 async def run_wyoming_bench(
     settings: Settings,
-    commands: list[tuple[str, WavFile, str]],
+    commands: list[tuple[BenchFile, WavFile]],
     *,
     clients: int,
     rounds: int,
@@ -227,6 +225,7 @@ async def run_wyoming_bench(
         clients=clients,
         rounds=len(timings),
         missing_transcripts=len(timings) - len(answered),
+        cut_commands=sum(latency < 0 for latency in latencies),
         latency_p50=statistics.median(latencies) if latencies else float("nan"),
         latency_p95=percentile(latencies, 95),
         wer=wer,
