@@ -62,3 +62,23 @@ class FirstUtteranceIsNoiseEngineDouble(WhisperEngine):
     def open_stream(self, options: StreamOptions) -> EngineStream:
         self.streams += 1
         return _HearsNothingStream() if self.streams == 1 else super().open_stream(options)
+
+
+class _ChangesItsMindStream(EngineStream):
+    def __init__(self, inner: EngineStream) -> None:
+        self._inner = inner
+
+    async def partial(self, audio: Audio) -> Transcript:
+        await self._inner.partial(audio)  # the real decode's time, so partials come at their real pace
+        return Transcript("lights on in the hall")
+
+    async def final(self, audio: Audio) -> Transcript:
+        return await self._inner.final(audio)
+
+
+class ChangesItsMindEngineDouble(WhisperEngine):
+    """Real whisper finals, but partials that always read "lights on in the hall": the streamed
+    stable text and the final disagree, as they rarely do when a fresh decode hears it better."""
+
+    def open_stream(self, options: StreamOptions) -> EngineStream:
+        return _ChangesItsMindStream(super().open_stream(options))

@@ -31,7 +31,12 @@ from satellite_asr.config import ConfigError
 from satellite_asr.protocols.wyoming import transcribe_context
 from satellite_asr.protocols.wyoming_framing import MAX_BLOCK_BYTES, MAX_HEADER_BYTES
 from satellite_asr.server import Daemon
-from tests.doubles import CrashingEngineDouble, FirstUtteranceIsNoiseEngineDouble, SlowLoadingEngineDouble
+from tests.doubles import (
+    ChangesItsMindEngineDouble,
+    CrashingEngineDouble,
+    FirstUtteranceIsNoiseEngineDouble,
+    SlowLoadingEngineDouble,
+)
 from tests.helpers import (
     EXPECTED,
     FIXTURES,
@@ -209,6 +214,16 @@ async def test_an_utterance_without_words_does_not_answer_the_round() -> None:
     cough, command = ["voice-started", "voice-stopped"], ["voice-started", "voice-stopped"]
     assert order == [cough[0], "transcript-start", cough[1], *command, "transcript"], order
     assert word_error_rate(EXPECTED["three_commands.wav"][1], result.text or "") <= WER_TOLERANCE, result.text
+
+
+async def test_when_the_final_disagrees_with_the_chunks_the_final_wins_and_is_counted() -> None:
+    async with running_daemon(ChangesItsMindEngineDouble(), wyoming_uri=WYOMING) as daemon:
+        async with connect(daemon) as client:
+            result = await transcribe_like_home_assistant(client, fixture("music.wav", pause_s=1.0))
+        rewrites = daemon.core.metrics.registry.get_sample_value("satellite_asr_final_rewrites_total")
+    assert normalise(chunk_text(result)).startswith("lights on"), "the partials' stable words were streamed"
+    assert word_error_rate(EXPECTED["music.wav"][0], result.text or "") <= WER_TOLERANCE, result.text
+    assert rewrites == 1
 
 
 async def test_stable_text_streams_as_chunks_while_speaking() -> None:
