@@ -29,7 +29,7 @@ from satellite_asr.events import (
     SpeechStopped,
 )
 from satellite_asr.metrics import Metrics
-from satellite_asr.scheduler import DecodeScheduler, PartialRequests
+from satellite_asr.scheduler import BATCH, FINAL, DecodeScheduler, PartialRequests
 from satellite_asr.vad.endpointer import (
     Endpoint,
     Endpointer,
@@ -58,6 +58,8 @@ class SessionOptions:
     partials: bool
     language: str | None
     context: str
+    batch: bool = False
+    """Finals decoded at `BATCH` priority, after live partials: a file, not a person waiting."""
 
     @classmethod
     def from_settings(
@@ -68,6 +70,7 @@ class SessionOptions:
         partials: bool | None = None,
         language: str | None,
         context: str = "",
+        batch: bool = False,
     ) -> SessionOptions:
         """The daemon's defaults with a client's overrides; the client's context follows the daemon's.
 
@@ -80,6 +83,7 @@ class SessionOptions:
             settings.partials if partials is None else partials,
             language,
             "\n".join(part for part in (settings.context, context) if part),
+            batch,
         )
 
 
@@ -170,6 +174,7 @@ class Session:
         self._last_final: asyncio.Task[None] | None = None
         self._finals: set[asyncio.Task[None]] = set()
         self._lock = asyncio.Lock()
+        self._final_priority = BATCH if options.batch else FINAL
         self._keep_idle = int(IDLE_KEEP_SECONDS * SAMPLE_RATE) + ms_to_samples(options.endpointing.speech_pad_ms)
         self.utterances = 0
         self.samples_received = 0
@@ -300,7 +305,8 @@ class Session:
             await utterance.partials.cancel()
         audio = self._audio.slice(utterance.start, end)
         task = asyncio.create_task(
-            self._scheduler.final(utterance.stream, audio, utterance.stable), name="speculative-final"
+            self._scheduler.final(utterance.stream, audio, utterance.stable, self._final_priority),
+            name="speculative-final",
         )
         utterance.speculation = _Speculation(end, utterance.stable, task)
 
@@ -340,7 +346,7 @@ class Session:
         try:
             result = await self._speculated_result(utterance, end)
             if result is None:
-                result = await self._scheduler.final(utterance.stream, audio, utterance.stable)
+                result = await self._scheduler.final(utterance.stream, audio, utterance.stable, self._final_priority)
             text, language = keep_prefix(result.text, utterance.stable), result.language or language
         except EngineError as exc:
             log.warning("session %s: final decode of utterance %d failed: %s", self.id, utterance.id, exc)

@@ -9,7 +9,7 @@ import numpy as np
 from satellite_asr.audio import Audio
 from satellite_asr.engines.base import EngineStream, Transcript
 from satellite_asr.metrics import Metrics
-from satellite_asr.scheduler import DecodeScheduler, PartialRequests
+from satellite_asr.scheduler import BATCH, DecodeScheduler, PartialRequests
 
 
 class GatedStreamDouble(EngineStream):
@@ -123,3 +123,25 @@ async def test_cancelling_partials_frees_the_slot() -> None:
     other.gate.set()
     result = await asyncio.wait_for(scheduler.final(other, audio(5), ""), 5)
     assert result.text == "final 5"
+
+
+async def test_batch_finals_wait_behind_live_partials_and_finals() -> None:
+    scheduler = DecodeScheduler(slots=1, metrics=Metrics(), engine_ready=ready_engine())
+    log: list[str] = []
+    busy, upload, live = (
+        GatedStreamDouble(log, "busy"),
+        GatedStreamDouble(log, "upload"),
+        GatedStreamDouble(log, "live"),
+    )
+    first = asyncio.create_task(scheduler.final(busy, audio(1), ""))
+    await settle()
+    batch = asyncio.create_task(scheduler.final(upload, audio(2), "", BATCH))
+    await settle()
+    partial = asyncio.create_task(scheduler.partial(live, lambda: audio(3)))
+    await settle()
+    final = asyncio.create_task(scheduler.final(live, audio(4), ""))
+    await settle()
+    for stream in (busy, upload, live):
+        stream.gate.set()
+    await asyncio.gather(first, batch, partial, final)
+    assert log == ["busy:final:1", "live:final:4", "live:partial:3", "upload:final:2"]
