@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import io
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Generator
 
 import av
 import av.container
@@ -60,7 +60,7 @@ class AudioFile:
             raise
         return audio_file
 
-    def chunks(self) -> Iterator[Audio]:
+    def chunks(self) -> Generator[Audio, None, None]:
         """16 kHz mono float32 chunks of `CHUNK_SECONDS` (the last may be shorter), then closes."""
         try:
             while True:
@@ -72,6 +72,7 @@ class AudioFile:
             self.close()
 
     def close(self) -> None:
+        """Free FFmpeg's buffers; safe to call again. Not while a thread is in `chunks()`."""
         self._container.close()
 
     def _take(self) -> Audio | None:
@@ -107,10 +108,22 @@ def _reason(exc: Exception) -> str:
 
 
 async def decoded_chunks(audio_file: AudioFile) -> AsyncIterator[Audio]:
-    """`audio_file.chunks()` decoded in a worker thread, one chunk at a time."""
+    """`audio_file.chunks()` decoded in a worker thread, one chunk at a time.
+
+    Cancelled, it waits for the chunk being decoded (milliseconds) before closing the file, so
+    FFmpeg is never closed under a thread that is still using it.
+    """
     chunks = audio_file.chunks()
     try:
-        while (chunk := await asyncio.to_thread(next, chunks, None)) is not None:
+        while True:
+            decoding = asyncio.ensure_future(asyncio.to_thread(next, chunks, None))
+            try:
+                chunk = await asyncio.shield(decoding)
+            except asyncio.CancelledError:
+                await asyncio.gather(decoding, return_exceptions=True)
+                raise
+            if chunk is None:
+                return
             yield chunk
     finally:
-        await asyncio.to_thread(chunks.close)
+        chunks.close()

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from satellite_asr.audio import Audio
 from satellite_asr.core import Core
 from satellite_asr.events import FinalTranscript, SessionError, SessionEvent, SpeechStopped
-from satellite_asr.session import SessionOptions
+from satellite_asr.session import Session, SessionOptions
 
 MAX_PENDING_FINALS = 2
 """Utterances ended but not yet transcribed before feeding waits: one decoding, one queued."""
@@ -57,34 +57,57 @@ class _Progress:
             await self.final_arrived.wait()
 
 
-async def transcribe_recording(
-    core: Core, protocol: str, options: SessionOptions, chunks: AsyncIterator[Audio]
-) -> AsyncIterator[FinalTranscript]:
-    """The finals of every utterance in `chunks` (16 kHz mono float32), in order, as they are decoded.
+class Recording:
+    """One recording's session: `async with Recording(...) as recording`, then `recording.finals(chunks)`.
 
-    Raises `TranscriptionFailed` on an engine error or when the server ends the session, and passes
-    on whatever `chunks` raises; the session is released in every case. `protocol` labels metrics.
+    Entering creates the session (`ServerBusy` at `max_sessions`, before anything is read or sent);
+    leaving releases it, cancelling what is still in flight if the finals were not read to the end.
+    `protocol` labels the session in logs and metrics.
     """
-    progress = _Progress()
-    session = core.sessions.create(protocol, options, progress.on_event, progress.on_server_close)
 
-    async def feed() -> None:
-        try:
-            async for chunk in chunks:
-                await progress.room_to_feed()
-                await session.feed(chunk)
-            await core.sessions.release(session, "end", finalize=True)
-            progress.queue.put_nowait(None)
-        except Exception as exc:
-            progress.queue.put_nowait(exc)
+    def __init__(self, core: Core, protocol: str, options: SessionOptions) -> None:
+        self._core = core
+        self._protocol = protocol
+        self._options = options
+        self._progress = _Progress()
+        self._session: Session | None = None
+        self._feeder: asyncio.Task[None] | None = None
 
-    feeder = asyncio.create_task(feed(), name=f"feed-{session.id}")
-    try:
+    async def __aenter__(self) -> Recording:
+        progress = self._progress
+        self._session = self._core.sessions.create(
+            self._protocol, self._options, progress.on_event, progress.on_server_close
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._feeder is not None:
+            self._feeder.cancel()
+            await asyncio.gather(self._feeder, return_exceptions=True)
+        if self._session is not None:
+            await self._core.sessions.release(self._session, "stopped", finalize=False)
+
+    async def finals(self, chunks: AsyncIterator[Audio]) -> AsyncIterator[FinalTranscript]:
+        """The finals of every utterance in `chunks` (16 kHz mono float32), in order, as they are decoded.
+
+        Raises `TranscriptionFailed` on an engine error or when the server ends the session, and
+        passes on whatever `chunks` raises.
+        """
+        session, progress = self._session, self._progress
+        assert session is not None and self._feeder is None, "use once, inside `async with`"
+
+        async def feed() -> None:
+            try:
+                async for chunk in chunks:
+                    await progress.room_to_feed()
+                    await session.feed(chunk)
+                await self._core.sessions.release(session, "end", finalize=True)
+                progress.queue.put_nowait(None)
+            except Exception as exc:
+                progress.queue.put_nowait(exc)
+
+        self._feeder = asyncio.create_task(feed(), name=f"feed-{session.id}")
         while (item := await progress.queue.get()) is not None:
             if isinstance(item, BaseException):
                 raise item
             yield item
-    finally:
-        feeder.cancel()
-        await asyncio.gather(feeder, return_exceptions=True)
-        await core.sessions.release(session, "stopped", finalize=False)

@@ -1,9 +1,10 @@
 """Who decodes when: the engine's decode slots shared by every session.
 
-Rules: finals go before partials, and both before batch finals (uploaded files); a session has at most one partial in flight; a partial asked for
-while another is waiting replaces it (the newest audio wins), and runs only after a pause as long
-as the previous one took; so when the engine is slower than real time, partials come less often
-while finals keep their place at the head of the queue.
+Rules: finals go before partials, and both before batch finals (uploaded files); a session has at
+most one partial in flight; a partial asked for while another is waiting replaces it (the newest
+audio wins), and runs only after a pause as long as the previous one took; so when the engine is
+slower than real time, partials come less often while finals keep their place at the head of the
+queue.
 Finals are never dropped; batch finals wait while live work is queued, so an upload uses only the
 engine time live sessions leave (a batch decode already running is not interrupted).
 """

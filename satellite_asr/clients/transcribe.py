@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import aclosing
 from pathlib import Path
 
 from satellite_asr.audio import SAMPLE_RATE, Audio
@@ -12,7 +11,7 @@ from satellite_asr.config import Settings
 from satellite_asr.core import Core
 from satellite_asr.engines.base import Engine
 from satellite_asr.events import FinalTranscript
-from satellite_asr.recording import transcribe_recording
+from satellite_asr.recording import Recording
 from satellite_asr.session import SessionOptions
 
 CHUNK_SECONDS = 0.1
@@ -47,5 +46,5 @@ class OfflineTranscriber:
                 yield audio[offset : offset + step]
 
         options = SessionOptions.from_settings(self.settings, partials=False, language=self.settings.default_language)
-        async with aclosing(transcribe_recording(self.core, "offline", options, chunks())) as finals:
-            return [final async for final in finals]
+        async with Recording(self.core, "offline", options) as recording:
+            return [final async for final in recording.finals(chunks())]
