@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import itertools
 import re
 import wave
 from collections.abc import AsyncIterator
@@ -100,6 +101,7 @@ async def test_every_response_format_has_the_words_of_each_command() -> None:
         verbose = await create(file=("three.wav", THREE), model="gpt-4o-transcribe", response_format="verbose_json")
         srt = await create(file=("three.wav", THREE), model="whisper-1", response_format="srt")
         vtt = await create(file=("three.wav", THREE), model="whisper-1", response_format="vtt")
+        assert len(daemon.core.sessions) == 0, "each request's session is released"
     assert word_error_rate(" ".join(expected), as_json.text) <= WER_TOLERANCE, as_json.text
     assert as_json.usage is not None and as_json.usage.type == "duration"
     assert as_json.usage.seconds == pytest.approx(seconds, abs=0.05)
@@ -110,7 +112,7 @@ async def test_every_response_format_has_the_words_of_each_command() -> None:
     assert same_words(expected, [s.text for s in segments]), segments
     assert [s.id for s in segments] == [0, 1, 2]
     assert all(0 <= s.start < s.end <= seconds for s in segments)
-    assert all(a.end <= b.start for a, b in zip(segments, segments[1:], strict=False))
+    assert all(a.end <= b.start for a, b in itertools.pairwise(segments))
     assert vtt.startswith("WEBVTT\n\n")
     for subtitles in (srt, vtt):
         found = cues(subtitles)
@@ -141,7 +143,7 @@ async def test_stream_sends_one_delta_per_segment_then_done_with_their_text() ->
         ("mp3", "libmp3lame", 44100),
         ("webm", "libopus", 48000),
         ("ipod", "aac", 44100),
-    ],  # fmt: skip
+    ],
     ids=["flac", "ogg-opus", "mp3", "webm-opus", "m4a-aac"],
 )
 async def test_other_containers_are_decoded(container: str, codec: str, rate: int) -> None:
@@ -292,11 +294,15 @@ async def test_503_while_the_engine_loads_then_served() -> None:
 
 
 async def test_server_busy_is_503() -> None:
-    async with running_daemon(max_sessions=1) as daemon, client(daemon) as api, aiohttp.ClientSession() as http:
-        async with http.ws_connect(ws_url(daemon)) as ws:
-            await ws.send_json({"type": "config"})
-            assert (await ws.receive_json())["type"] == "session_created"
-            busy = await refusal(api.audio.transcriptions.create(file=("a.wav", THREE), model="whisper-1"))
+    async with (
+        running_daemon(max_sessions=1) as daemon,
+        client(daemon) as api,
+        aiohttp.ClientSession() as http,
+        http.ws_connect(ws_url(daemon)) as ws,
+    ):
+        await ws.send_json({"type": "config"})
+        assert (await ws.receive_json())["type"] == "session_created"
+        busy = await refusal(api.audio.transcriptions.create(file=("a.wav", THREE), model="whisper-1"))
     assert busy.status_code == 503 and busy.code == "server_busy"
 
 
@@ -352,6 +358,26 @@ async def test_a_long_upload_does_not_stop_a_live_stream() -> None:
     upload_at = [i for i, (source, _) in enumerate(log) if source == "upload"]
     live_partials_at = [i for i, (source, m) in enumerate(log) if source == "live" and m["type"] == "partial"]
     assert any(upload_at[0] < i < upload_at[-1] for i in live_partials_at), "live partials came during the upload"
+
+
+async def test_a_client_that_leaves_mid_stream_releases_its_session() -> None:
+    upload, _ = long_recording(rounds=3, gap_s=1.0)
+    async with running_daemon() as daemon, client(daemon) as api:
+        tasks_before = len(asyncio.all_tasks())
+        events = await api.audio.transcriptions.create(file=("long.wav", upload), model="whisper-1", stream=True)
+        async for event in events:
+            assert event.type == "transcript.text.delta"
+            break
+        assert len(daemon.core.sessions) == 1
+        await events.close()
+        for _ in range(200):
+            if len(daemon.core.sessions) == 0 and len(asyncio.all_tasks()) <= tasks_before:
+                break
+            await asyncio.sleep(0.05)
+        assert len(daemon.core.sessions) == 0, "the session of the client that left is released"
+        assert len(asyncio.all_tasks()) <= tasks_before, "no task left behind"
+        after = await api.audio.transcriptions.create(file=("three.wav", THREE), model="whisper-1")
+    assert word_error_rate(" ".join(EXPECTED["three_commands.wav"]), after.text) <= WER_TOLERANCE
 
 
 def read_wav_seconds(data: bytes) -> float:
