@@ -17,6 +17,7 @@ import numpy as np
 import openai
 import pytest
 
+from satellite_asr.clients.rest_bench import long_recording, wav_bytes
 from satellite_asr.clients.stream_client import stream_file
 from satellite_asr.clients.wav import read_wav
 from satellite_asr.server import Daemon
@@ -46,16 +47,6 @@ def client(daemon: Daemon) -> openai.AsyncOpenAI:
 
 def url(daemon: Daemon) -> str:
     return f"http://127.0.0.1:{daemon.http_port}/v1/audio/transcriptions"
-
-
-def wav_bytes(audio: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(16000)
-        out.writeframes((np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes())
-    return buffer.getvalue()
 
 
 def encoded(name: str, container: str, codec: str, rate: int) -> bytes:
@@ -309,16 +300,10 @@ async def test_server_busy_is_503() -> None:
 # --- an upload beside a live stream --------------------------------------------------------------
 
 
-def long_recording(rounds: int, gap_s: float) -> tuple[bytes, list[str]]:
-    """Every fixture `rounds` times with `gap_s` of silence between: a few minutes, and its commands."""
-    pieces: list[np.ndarray] = []
-    words: list[str] = []
-    gap = np.zeros(int(gap_s * 16000), dtype=np.float32)
-    for _ in range(rounds):
-        for name, commands in EXPECTED.items():
-            pieces += [read_wav(FIXTURES / name).to_16k_mono(), gap]
-            words += commands
-    return wav_bytes(np.concatenate(pieces)), words
+def long_upload(rounds: int, gap_s: float) -> tuple[bytes, list[str]]:
+    """Every fixture `rounds` times with silence between (a few minutes) as a WAV, and its commands."""
+    audio, words = long_recording({FIXTURES / name: commands for name, commands in EXPECTED.items()}, rounds, gap_s)
+    return wav_bytes(audio), words
 
 
 async def test_a_long_upload_does_not_stop_a_live_stream() -> None:
@@ -326,7 +311,7 @@ async def test_a_long_upload_does_not_stop_a_live_stream() -> None:
 
     The upload streams its segments, so one log of arrivals shows the two ran at the same time.
     """
-    upload, upload_words = long_recording(rounds=6, gap_s=3.0)
+    upload, upload_words = long_upload(rounds=6, gap_s=3.0)
     assert read_wav_seconds(upload) > 180
     log: list[tuple[str, Any]] = []
     async with running_daemon() as daemon, client(daemon) as api:
@@ -361,7 +346,7 @@ async def test_a_long_upload_does_not_stop_a_live_stream() -> None:
 
 
 async def test_a_client_that_leaves_mid_stream_releases_its_session() -> None:
-    upload, _ = long_recording(rounds=3, gap_s=1.0)
+    upload, _ = long_upload(rounds=3, gap_s=1.0)
     async with running_daemon() as daemon, client(daemon) as api:
         tasks_before = len(asyncio.all_tasks())
         events = await api.audio.transcriptions.create(file=("long.wav", upload), model="whisper-1", stream=True)
