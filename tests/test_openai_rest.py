@@ -162,8 +162,12 @@ async def test_prompt_becomes_the_engines_context() -> None:
     async with running_daemon(CrashingEngineDouble()) as daemon, client(daemon) as api:
         wav = ("lights.wav", (FIXTURES / "lights_on.wav").read_bytes())
         failed = await refusal(api.audio.transcriptions.create(file=wav, model="whisper-1", prompt="crash test"))
+        events = await api.audio.transcriptions.create(file=wav, model="whisper-1", prompt="crash", stream=True)
+        with pytest.raises(openai.APIError) as streamed:
+            _ = [event async for event in events]
         fine = await api.audio.transcriptions.create(file=wav, model="whisper-1", prompt="kitchen, bedroom")
     assert failed.status_code == 500 and failed.code == "engine_error"
+    assert isinstance(streamed.value.body, dict) and streamed.value.body["code"] == "engine_error"
     assert "failed" in failed.message
     assert "kitchen" in normalise(fine.text), "a session without the word is transcribed"
 
