@@ -17,7 +17,7 @@ import numpy as np
 import openai
 import pytest
 
-from satellite_asr.clients.rest_bench import long_recording, wav_bytes
+from satellite_asr.clients.rest_bench import long_recording, run_rest_bench, wav_bytes
 from satellite_asr.clients.stream_client import stream_file
 from satellite_asr.clients.wav import read_wav
 from satellite_asr.server import Daemon
@@ -367,6 +367,15 @@ async def test_a_client_that_leaves_mid_stream_releases_its_session() -> None:
         assert len(asyncio.all_tasks()) <= tasks_before, "no task left behind"
         after = await api.audio.transcriptions.create(file=("three.wav", THREE), model="whisper-1")
     assert word_error_rate(" ".join(EXPECTED["three_commands.wav"]), after.text) <= WER_TOLERANCE
+
+
+async def test_rest_bench_reports_the_recording_it_uploaded() -> None:
+    commands = {FIXTURES / name: spoken for name, spoken in EXPECTED.items()}
+    report = await run_rest_bench(daemon_settings(), commands, clients=2, rounds=1, url=None)
+    assert report.clients == 2 and report.expected_segments == 7 and report.segments == 14
+    assert report.audio_seconds == pytest.approx(sum(read_wav(path).seconds + 3.0 for path in commands), abs=0.1)
+    assert report.wer <= WER_TOLERANCE / 4
+    assert report.audio_seconds_per_second > 0 and report.cpu_seconds_per_audio_second is not None
 
 
 def read_wav_seconds(data: bytes) -> float:

@@ -99,7 +99,7 @@ async def run_rest_bench(
 
             async def transcribe() -> dict[str, Any]:
                 form = aiohttp.FormData({"model": "whisper-1", "response_format": "verbose_json"})
-                form.add_field("file", upload, filename="recording.wav", content_type="audio/wav")
+                form.add_field("file", io.BytesIO(upload), filename="recording.wav", content_type="audio/wav")
                 async with http.post(f"{url}/v1/audio/transcriptions", data=form) as response:
                     body: dict[str, Any] = await response.json()
                     if response.status != 200:

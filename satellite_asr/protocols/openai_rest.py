@@ -89,7 +89,9 @@ async def read_form(request: web.Request, max_file_bytes: int) -> tuple[bytes | 
                 raise RequestError("invalid_request", "every form part must be a named field")
             name = part.name
             if name not in FIELDS and name not in LIST_FIELDS:
-                raise _bad_field(name, f"unknown field {name!r}; this server reads {', '.join(sorted(FIELDS))}")
+                raise _bad_field(
+                    name, f"unknown field {name!r}; this server reads {', '.join(sorted(FIELDS | LIST_FIELDS))}"
+                )
             if name not in LIST_FIELDS and (name in fields or (name == "file" and file is not None)):
                 raise _bad_field(name, f"field {name!r} is given more than once")
             if name == "file":
@@ -130,7 +132,7 @@ def parse_request(file: bytes | None, fields: dict[str, list[str]], core: Core) 
 
     def single(name: str) -> str | None:
         values = fields.get(name)
-        return values[-1] if values else None
+        return values[0] if values else None
 
     settings = core.settings
     response_format = single("response_format") or "json"
