@@ -1,7 +1,7 @@
 """One audio stream: VAD, endpointing, the utterance's audio and its decodes.
 
-Both protocol adapters (WebSocket, Wyoming) drive this same class: they feed 16 kHz float32
-samples, ask for flush/close, and turn the events it emits into wire messages.
+Every protocol adapter drives this same class (and `recording.py`, for whole files): they feed
+16 kHz float32 samples, ask for flush/close, and turn the events it emits into wire messages.
 
 Promises kept here: exactly one `FinalTranscript` per utterance that had speech (also on flush,
 close and engine errors); finals in utterance order; `PartialTranscript.stable_text` only grows and

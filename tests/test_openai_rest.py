@@ -201,6 +201,7 @@ async def test_bad_uploads_and_fields_get_openai_errors_and_the_next_request_is_
             ),
             "stream srt": await refusal(create(file=wav, model="whisper-1", response_format="srt", stream=True)),
             "unknown field": await refusal(create(file=wav, model="whisper-1", extra_body={"diarize": "yes"})),
+            "long prompt": await refusal(create(file=wav, model="whisper-1", prompt="kitchen " * 10_000)),
         }
         after = await create(file=wav, model="whisper-1")
     params = {
@@ -214,6 +215,7 @@ async def test_bad_uploads_and_fields_get_openai_errors_and_the_next_request_is_
         "words": "timestamp_granularities",
         "stream srt": "stream",
         "unknown field": "diarize",
+        "long prompt": "prompt",
     }
     for case, error in errors.items():
         assert error.status_code == 400, case

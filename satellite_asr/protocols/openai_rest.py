@@ -37,7 +37,8 @@ MB = 1 << 20
 FIELD_BYTES = 64 * 1024
 """Largest text field (a prompt of this size is far beyond what any engine reads)."""
 FORM_OVERHEAD_BYTES = MB
-"""What the text fields and multipart framing may add to the file's size in a request's Content-Length."""
+"""Most the text fields together may hold, and what they and the multipart framing may add to the
+file's size in a request's Content-Length."""
 READ_BYTES = 64 * 1024
 
 RESPONSE_FORMATS = ("json", "text", "verbose_json", "srt", "vtt")
@@ -84,6 +85,7 @@ async def read_form(request: web.Request, max_file_bytes: int) -> tuple[bytes | 
         reader = await request.multipart()
         file: bytes | None = None
         fields: dict[str, list[str]] = {}
+        text_bytes = 0
         while (part := await reader.next()) is not None:
             if not isinstance(part, BodyPartReader) or not part.name:
                 raise RequestError("invalid_request", "every form part must be a named field")
@@ -97,7 +99,9 @@ async def read_form(request: web.Request, max_file_bytes: int) -> tuple[bytes | 
             if name == "file":
                 file = await _read_part(part, max_file_bytes, functools.partial(_too_large, max_file_bytes))
             else:
-                raw = await _read_part(part, FIELD_BYTES, functools.partial(_bad_field, name, f"{name} is over 64 KB"))
+                limit = min(FIELD_BYTES, FORM_OVERHEAD_BYTES - text_bytes)
+                raw = await _read_part(part, limit, functools.partial(_bad_field, name, f"{name} is too long"))
+                text_bytes += len(raw)
                 try:
                     fields.setdefault(name, []).append(raw.decode("utf-8"))
                 except UnicodeDecodeError:
