@@ -160,6 +160,14 @@ class Settings:
         60.0, "A session that sends no audio for this long is finalized and closed.", minimum=1.0, maximum=86400.0
     )
 
+    # OpenAI-compatible API
+    max_upload_mb: int = _opt(
+        25,
+        "Largest audio file POST /v1/audio/transcriptions accepts, in MB (2^20 bytes); larger ones get 413.",
+        minimum=1,
+        maximum=1024,
+    )
+
     log_level: str = _opt("INFO", "Log level.", choices=LOG_LEVELS)
 
     @property

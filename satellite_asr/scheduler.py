@@ -1,10 +1,12 @@
 """Who decodes when: the engine's decode slots shared by every session.
 
-Rules: finals go before partials; a session has at most one partial in flight; a partial asked for
-while another is waiting replaces it (the newest audio wins), and runs only after a pause as long
-as the previous one took; so when the engine is slower than real time, partials come less often
-while finals keep their place at the head of the queue.
-Finals are never dropped.
+Rules: finals go before partials, and both before batch finals (uploaded files); a session has at
+most one partial in flight; a partial asked for while another is waiting replaces it (the newest
+audio wins), and runs only after a pause as long as the previous one took; so when the engine is
+slower than real time, partials come less often while finals keep their place at the head of the
+queue.
+Finals are never dropped; batch finals wait while live work is queued, so an upload uses only the
+engine time live sessions leave (a batch decode already running is not interrupted).
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ from satellite_asr.audio import Audio
 from satellite_asr.engines.base import EngineStream, Transcript
 from satellite_asr.metrics import Metrics
 
-FINAL, PARTIAL = 0, 1
-"""Slot priorities: lower goes first."""
+FINAL, PARTIAL, BATCH = 0, 1, 2
+"""Slot priorities, lower goes first: live finals, live partials, then finals of batch sessions."""
 
 
 class DecodeScheduler:
@@ -62,8 +64,9 @@ class DecodeScheduler:
                 return
         self._free += 1
 
-    async def final(self, stream: EngineStream, audio: Audio) -> Transcript:
-        async with self.slot(FINAL):
+    async def final(self, stream: EngineStream, audio: Audio, priority: int = FINAL) -> Transcript:
+        """Decode a final; `priority` is `BATCH` for sessions that must not delay live ones."""
+        async with self.slot(priority):
             started = time.perf_counter()
             result = await stream.final(audio)
             self._metrics.decode_seconds.labels("final").observe(time.perf_counter() - started)

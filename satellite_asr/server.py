@@ -17,7 +17,7 @@ from satellite_asr.config import ConfigError, Settings
 from satellite_asr.core import Core
 from satellite_asr.discovery import Discovery
 from satellite_asr.engines.base import Engine
-from satellite_asr.protocols import websocket, wyoming
+from satellite_asr.protocols import openai_rest, websocket, wyoming
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +43,12 @@ class Daemon:
 
     def routes(self) -> list[tuple[str, str, Handler]]:
         """Every HTTP route: method, path, handler (the page's scripts are served under `/static/`)."""
+        rest = openai_rest.OpenAIRestHandler(self.core)
         return [
             ("GET", websocket.PATH, websocket.WebSocketHandler(self.core).handle),
+            ("POST", openai_rest.TRANSCRIPTIONS_PATH, rest.transcriptions),
+            ("GET", openai_rest.MODELS_PATH, rest.models),
+            ("GET", openai_rest.MODEL_PATH, rest.model),
             ("GET", "/health", self._health),
             ("GET", "/metrics", self._metrics),
             ("GET", "/", self._index),

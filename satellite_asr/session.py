@@ -1,7 +1,7 @@
 """One audio stream: VAD, endpointing, the utterance's audio and its decodes.
 
-Both protocol adapters (WebSocket, Wyoming) drive this same class: they feed 16 kHz float32
-samples, ask for flush/close, and turn the events it emits into wire messages.
+Every protocol adapter drives this same class (and `recording.py`, for whole files): they feed
+16 kHz float32 samples, ask for flush/close, and turn the events it emits into wire messages.
 
 Promises kept here: exactly one `FinalTranscript` per utterance that had speech (also on flush,
 close and engine errors); finals in utterance order; `PartialTranscript.stable_text` only grows.
@@ -31,7 +31,7 @@ from satellite_asr.events import (
     SpeechStopped,
 )
 from satellite_asr.metrics import Metrics
-from satellite_asr.scheduler import DecodeScheduler, PartialRequests
+from satellite_asr.scheduler import BATCH, FINAL, DecodeScheduler, PartialRequests
 from satellite_asr.vad.endpointer import (
     Endpoint,
     Endpointer,
@@ -61,6 +61,8 @@ class SessionOptions:
     partials: bool
     language: str | None
     context: str
+    batch: bool = False
+    """Finals decoded at `BATCH` priority, after live partials: a file, not a person waiting."""
 
     @classmethod
     def from_settings(
@@ -71,6 +73,7 @@ class SessionOptions:
         partials: bool | None = None,
         language: str | None,
         context: str = "",
+        batch: bool = False,
     ) -> SessionOptions:
         """The daemon's defaults with a client's overrides; the client's context follows the daemon's.
 
@@ -83,6 +86,7 @@ class SessionOptions:
             settings.partials if partials is None else partials,
             language,
             "\n".join(part for part in (settings.context, context) if part),
+            batch,
         )
 
 
@@ -128,10 +132,10 @@ def stable_prefix(previous: str, current: str) -> str:
 
 
 def keep_prefix(text: str, prefix: str) -> str:
-    """`text` made to start with `prefix`, which was promised to the client and cannot change.
+    """A partial's `text` made to start with `prefix`, the stable text promised to the client.
 
-    The engine was asked to continue `prefix`, so it normally does; when it differs only in case or
-    punctuation its first words are replaced by the promised ones, otherwise its text follows them.
+    A partial normally continues it; when it differs only in case or punctuation its first words
+    are replaced by the promised ones, otherwise its text follows them.
     """
     if text.startswith(prefix):
         return text
@@ -182,6 +186,7 @@ class Session:
         self._last_final: asyncio.Task[None] | None = None
         self._finals: set[asyncio.Task[None]] = set()
         self._lock = asyncio.Lock()
+        self._final_priority = BATCH if options.batch else FINAL
         self._keep_idle = int(IDLE_KEEP_SECONDS * SAMPLE_RATE) + ms_to_samples(options.endpointing.speech_pad_ms)
         self.utterances = 0
         self.samples_received = 0
@@ -312,7 +317,9 @@ class Session:
         if utterance.partials is not None:
             await utterance.partials.cancel()
         audio = self._audio.slice(utterance.start, end)
-        task = asyncio.create_task(self._scheduler.final(utterance.stream, audio), name="speculative-final")
+        task = asyncio.create_task(
+            self._scheduler.final(utterance.stream, audio, self._final_priority), name="speculative-final"
+        )
         speculation = _Speculation(end, task)
         utterance.speculation = speculation
         if self.options.endpointing.adaptive:
@@ -374,7 +381,7 @@ class Session:
         try:
             result = await self._speculated_result(utterance, endpoint.end)
             if result is None:
-                result = await self._scheduler.final(utterance.stream, audio)
+                result = await self._scheduler.final(utterance.stream, audio, self._final_priority)
             text, language = result.text, result.language or language
             if not _words_start_with(text, utterance.stable):
                 self._metrics.final_rewrites.inc()

@@ -9,7 +9,7 @@ import numpy as np
 from satellite_asr.audio import Audio
 from satellite_asr.engines.base import EngineStream, Transcript
 from satellite_asr.metrics import Metrics
-from satellite_asr.scheduler import DecodeScheduler, PartialRequests
+from satellite_asr.scheduler import BATCH, DecodeScheduler, PartialRequests
 
 
 class GatedStreamDouble(EngineStream):
@@ -30,7 +30,7 @@ class GatedStreamDouble(EngineStream):
     async def partial(self, audio: Audio) -> Transcript:
         return await self._decode("partial", audio)
 
-    async def final(self, audio: Audio, prefix: str = "") -> Transcript:
+    async def final(self, audio: Audio) -> Transcript:
         return await self._decode("final", audio)
 
 
@@ -54,11 +54,11 @@ async def test_finals_go_before_waiting_partials() -> None:
     scheduler = DecodeScheduler(slots=1, metrics=Metrics(), engine_ready=ready_engine())
     log: list[str] = []
     busy, a, b = GatedStreamDouble(log, "busy"), GatedStreamDouble(log, "a"), GatedStreamDouble(log, "b")
-    first = asyncio.create_task(scheduler.final(busy, audio(1), ""))
+    first = asyncio.create_task(scheduler.final(busy, audio(1)))
     await settle()
     partial = asyncio.create_task(scheduler.partial(a, lambda: audio(2)))
     await settle()
-    final = asyncio.create_task(scheduler.final(b, audio(3), ""))
+    final = asyncio.create_task(scheduler.final(b, audio(3)))
     await settle()
     for stream in (busy, a, b):
         stream.gate.set()
@@ -71,7 +71,7 @@ async def test_decodes_wait_for_the_engine() -> None:
     scheduler = DecodeScheduler(slots=2, metrics=Metrics(), engine_ready=engine_ready)
     stream = GatedStreamDouble([], "s")
     stream.gate.set()
-    task = asyncio.create_task(scheduler.final(stream, audio(1), ""))
+    task = asyncio.create_task(scheduler.final(stream, audio(1)))
     await settle()
     assert stream.started == 0
     engine_ready.set()
@@ -121,5 +121,27 @@ async def test_cancelling_partials_frees_the_slot() -> None:
     await requests.cancel()
     other = GatedStreamDouble([], "other")
     other.gate.set()
-    result = await asyncio.wait_for(scheduler.final(other, audio(5), ""), 5)
+    result = await asyncio.wait_for(scheduler.final(other, audio(5)), 5)
     assert result.text == "final 5"
+
+
+async def test_batch_finals_wait_behind_live_partials_and_finals() -> None:
+    scheduler = DecodeScheduler(slots=1, metrics=Metrics(), engine_ready=ready_engine())
+    log: list[str] = []
+    busy, upload, live = (
+        GatedStreamDouble(log, "busy"),
+        GatedStreamDouble(log, "upload"),
+        GatedStreamDouble(log, "live"),
+    )
+    first = asyncio.create_task(scheduler.final(busy, audio(1)))
+    await settle()
+    batch = asyncio.create_task(scheduler.final(upload, audio(2), BATCH))
+    await settle()
+    partial = asyncio.create_task(scheduler.partial(live, lambda: audio(3)))
+    await settle()
+    final = asyncio.create_task(scheduler.final(live, audio(4)))
+    await settle()
+    for stream in (busy, upload, live):
+        stream.gate.set()
+    await asyncio.gather(first, batch, partial, final)
+    assert log == ["busy:final:1", "live:final:4", "live:partial:3", "upload:final:2"]

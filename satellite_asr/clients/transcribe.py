@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from pathlib import Path
 
-from satellite_asr.audio import SAMPLE_RATE
+from satellite_asr.audio import SAMPLE_RATE, Audio
 from satellite_asr.clients.wav import read_wav
 from satellite_asr.config import Settings
 from satellite_asr.core import Core
 from satellite_asr.engines.base import Engine
-from satellite_asr.events import FinalTranscript, SessionEvent
+from satellite_asr.events import FinalTranscript
+from satellite_asr.recording import Recording
 from satellite_asr.session import SessionOptions
 
 CHUNK_SECONDS = 0.1
@@ -37,19 +39,12 @@ class OfflineTranscriber:
     async def transcribe(self, path: str | Path) -> list[FinalTranscript]:
         """The finals of every utterance in the file, in order."""
         audio = read_wav(path).to_16k_mono()
-        finals: list[FinalTranscript] = []
+        step = int(CHUNK_SECONDS * SAMPLE_RATE)
 
-        async def collect(event: SessionEvent) -> None:
-            if isinstance(event, FinalTranscript):
-                finals.append(event)
-
-        async def no_connection(reason: str) -> None:
-            return None
+        async def chunks() -> AsyncIterator[Audio]:
+            for offset in range(0, audio.size, step):
+                yield audio[offset : offset + step]
 
         options = SessionOptions.from_settings(self.settings, partials=False, language=self.settings.default_language)
-        session = self.core.sessions.create("offline", options, collect, no_connection)
-        step = int(CHUNK_SECONDS * SAMPLE_RATE)
-        for offset in range(0, audio.size, step):
-            await session.feed(audio[offset : offset + step])
-        await self.core.sessions.release(session, "end", finalize=True)
-        return finals
+        async with Recording(self.core, "offline", options) as recording:
+            return [final async for final in recording.finals(chunks())]

@@ -1,0 +1,129 @@
+"""Audio files people upload (wav, flac, mp3, ogg/opus, webm, m4a, ...) decoded to the daemon's format.
+
+PyAV (FFmpeg, a faster-whisper dependency) reads the container from memory and resamples the first
+audio stream to 16 kHz mono float32. Decoding yields chunks as it goes, so a long file never exists
+twice in memory, and runs in a worker thread, so the event loop keeps serving live streams.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from collections.abc import AsyncIterator, Generator
+
+import av
+import av.container
+import numpy as np
+
+from satellite_asr.audio import SAMPLE_RATE, Audio
+
+CHUNK_SECONDS = 0.5
+"""Audio handed on per chunk: small enough that the shared VAD interleaves it with live frames."""
+
+
+class NotAudioError(ValueError):
+    """The bytes are not an audio file FFmpeg can decode (the message says what was wrong)."""
+
+
+class AudioFile:
+    """An uploaded file opened for decoding; `open` checks that it is audio before anything is streamed.
+
+    The first chunk is decoded when opening, so a file whose header parses but whose audio does not
+    is refused at once; close with `close()` (or `chunks()` to the end, which closes it).
+    """
+
+    def __init__(self, container: av.container.InputContainer, stream: av.AudioStream) -> None:
+        self._container = container
+        self._stream = stream
+        self._resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
+        self._frames = container.decode(stream)
+        self._pending: list[Audio] = []
+        self._pending_size = 0
+        self._done = False
+
+    @classmethod
+    def open(cls, data: bytes) -> AudioFile:
+        if not data:
+            raise NotAudioError("the file is empty")
+        try:
+            container = av.open(io.BytesIO(data), mode="r")
+        except (av.FFmpegError, UnicodeDecodeError) as exc:
+            raise NotAudioError(f"not an audio file FFmpeg can read ({_reason(exc)})") from None
+        if not container.streams.audio:
+            container.close()
+            raise NotAudioError("the file has no audio stream")
+        audio_file = cls(container, container.streams.audio[0])
+        try:
+            audio_file._fill()
+        except NotAudioError:
+            audio_file.close()
+            raise
+        return audio_file
+
+    def chunks(self) -> Generator[Audio, None, None]:
+        """16 kHz mono float32 chunks of `CHUNK_SECONDS` (the last may be shorter), then closes."""
+        try:
+            while True:
+                chunk = self._take()
+                if chunk is None:
+                    return
+                yield chunk
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Free FFmpeg's buffers; safe to call again. Not while a thread is in `chunks()`."""
+        self._container.close()
+
+    def _take(self) -> Audio | None:
+        wanted = int(CHUNK_SECONDS * SAMPLE_RATE)
+        while self._pending_size < wanted and not self._done:
+            self._fill()
+        if not self._pending_size:
+            return None
+        joined = np.concatenate(self._pending)
+        chunk, rest = joined[:wanted], joined[wanted:]
+        self._pending = [rest] if rest.size else []
+        self._pending_size = rest.size
+        return chunk
+
+    def _fill(self) -> None:
+        """Decode one more frame (or flush the resampler at the end) into `_pending`."""
+        try:
+            frame = next(self._frames, None)
+            if frame is None:
+                self._done = True
+            out = self._resampler.resample(frame)
+        except av.FFmpegError as exc:
+            raise NotAudioError(f"the audio cannot be decoded ({_reason(exc)})") from None
+        for resampled in out:
+            samples = resampled.to_ndarray().reshape(-1).astype(np.float32, copy=False)
+            np.nan_to_num(samples, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+            self._pending.append(np.clip(samples, -1.0, 1.0))
+            self._pending_size += samples.size
+
+
+def _reason(exc: Exception) -> str:
+    return getattr(exc, "strerror", None) or str(exc)
+
+
+async def decoded_chunks(audio_file: AudioFile) -> AsyncIterator[Audio]:
+    """`audio_file.chunks()` decoded in a worker thread, one chunk at a time.
+
+    Cancelled, it waits for the chunk being decoded (milliseconds) before closing the file, so
+    FFmpeg is never closed under a thread that is still using it.
+    """
+    chunks = audio_file.chunks()
+    try:
+        while True:
+            decoding = asyncio.ensure_future(asyncio.to_thread(next, chunks, None))
+            try:
+                chunk = await asyncio.shield(decoding)
+            except asyncio.CancelledError:
+                await asyncio.gather(decoding, return_exceptions=True)
+                raise
+            if chunk is None:
+                return
+            yield chunk
+    finally:
+        chunks.close()

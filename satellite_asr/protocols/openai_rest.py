@@ -1,0 +1,373 @@
+"""OpenAI's REST transcription API (docs/openai.md): `POST /v1/audio/transcriptions`, `GET /v1/models`.
+
+Thin by design: it reads and checks the multipart form, decodes the file (`audio_files`), runs it
+through a `Recording` (the daemon's VAD cuts it into utterances, decoded at batch priority so live
+streams go first) and writes the finals in the response format asked for. Whatever model name the
+client sends, the engine's model answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import time
+import zlib
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import suppress
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import BodyPartReader, web
+
+from satellite_asr.audio import SAMPLE_RATE, Audio
+from satellite_asr.audio_files import AudioFile, NotAudioError, decoded_chunks
+from satellite_asr.core import Core
+from satellite_asr.events import FinalTranscript
+from satellite_asr.protocols import ProtocolError
+from satellite_asr.recording import Recording, TranscriptionFailed
+from satellite_asr.session import SessionOptions
+from satellite_asr.session_manager import ServerBusy
+
+TRANSCRIPTIONS_PATH = "/v1/audio/transcriptions"
+MODELS_PATH = "/v1/models"
+MODEL_PATH = "/v1/models/{model}"
+
+MB = 1 << 20
+FIELD_BYTES = 64 * 1024
+"""Largest text field (a prompt of this size is far beyond what any engine reads)."""
+FORM_OVERHEAD_BYTES = MB
+"""Most the text fields together may hold, and what they and the multipart framing may add to the
+file's size in a request's Content-Length."""
+READ_BYTES = 64 * 1024
+
+RESPONSE_FORMATS = ("json", "text", "verbose_json", "srt", "vtt")
+STREAM_FORMATS = ("json", "text")
+FIELDS = {"file", "model", "language", "prompt", "response_format", "temperature", "stream", "chunking_strategy"}
+LIST_FIELDS = {"timestamp_granularities[]"}
+"""Fields a client may repeat (the openai SDK sends lists as `name[]`)."""
+
+
+class RequestError(ProtocolError):
+    """A `ProtocolError` with what REST adds: the HTTP status and the field at fault (`param`)."""
+
+    def __init__(self, code: str, message: str, *, status: int = 400, param: str | None = None) -> None:
+        super().__init__(code, message, fatal=True)
+        self.status = status
+        self.param = param
+
+    def body(self) -> dict[str, Any]:
+        kind = "invalid_request_error" if self.status < 500 else "server_error"
+        return {"error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}}
+
+
+def _bad_field(param: str, message: str) -> RequestError:
+    return RequestError("invalid_value", message, param=param)
+
+
+@dataclass(frozen=True)
+class TranscriptionRequest:
+    """A checked `POST /v1/audio/transcriptions`."""
+
+    file: bytes
+    options: SessionOptions
+    response_format: str
+    stream: bool
+
+
+async def read_form(request: web.Request, max_file_bytes: int) -> tuple[bytes | None, dict[str, list[str]]]:
+    """The uploaded file and the text fields; sizes are checked on Content-Length and while reading."""
+    if request.content_length is not None and request.content_length > max_file_bytes + FORM_OVERHEAD_BYTES:
+        raise _too_large(max_file_bytes)
+    if request.content_type != "multipart/form-data":
+        raise RequestError("invalid_request", "send the audio as multipart/form-data with a `file` field")
+    try:
+        reader = await request.multipart()
+        file: bytes | None = None
+        fields: dict[str, list[str]] = {}
+        text_bytes = 0
+        while (part := await reader.next()) is not None:
+            if not isinstance(part, BodyPartReader) or not part.name:
+                raise RequestError("invalid_request", "every form part must be a named field")
+            name = part.name
+            if name not in FIELDS and name not in LIST_FIELDS:
+                raise _bad_field(
+                    name, f"unknown field {name!r}; this server reads {', '.join(sorted(FIELDS | LIST_FIELDS))}"
+                )
+            if name not in LIST_FIELDS and (name in fields or (name == "file" and file is not None)):
+                raise _bad_field(name, f"field {name!r} is given more than once")
+            if name == "file":
+                file = await _read_part(part, max_file_bytes, functools.partial(_too_large, max_file_bytes))
+            else:
+                limit = min(FIELD_BYTES, FORM_OVERHEAD_BYTES - text_bytes)
+                raw = await _read_part(part, limit, functools.partial(_bad_field, name, f"{name} is too long"))
+                text_bytes += len(raw)
+                try:
+                    fields.setdefault(name, []).append(raw.decode("utf-8"))
+                except UnicodeDecodeError:
+                    raise _bad_field(name, f"{name} must be UTF-8 text") from None
+    except ValueError as exc:  # aiohttp's multipart parser: malformed framing
+        raise RequestError("invalid_request", f"the multipart form cannot be read: {exc}") from None
+    return file, fields
+
+
+async def _read_part(part: BodyPartReader, limit: int, too_large: Callable[[], RequestError]) -> bytes:
+    data = bytearray()
+    while chunk := await part.read_chunk(READ_BYTES):
+        data += chunk
+        if len(data) > limit:
+            raise too_large()
+    return bytes(data)
+
+
+def _too_large(max_file_bytes: int) -> RequestError:
+    return RequestError(
+        "file_too_large",
+        f"the file is over this server's limit of {max_file_bytes // MB} MB (setting max_upload_mb)",
+        status=413,
+        param="file",
+    )
+
+
+def parse_request(file: bytes | None, fields: dict[str, list[str]], core: Core) -> TranscriptionRequest:
+    """The form's fields checked against the engine, as session options; `model` is not checked."""
+    if file is None:
+        raise _bad_field("file", "the form has no `file` field with the audio")
+
+    def single(name: str) -> str | None:
+        values = fields.get(name)
+        return values[0] if values else None
+
+    settings = core.settings
+    response_format = single("response_format") or "json"
+    if response_format not in RESPONSE_FORMATS:
+        raise _bad_field(
+            "response_format", f"response_format must be one of {', '.join(RESPONSE_FORMATS)}, got {response_format!r}"
+        )
+    stream = _boolean("stream", single("stream") or "false")
+    if stream and response_format not in STREAM_FORMATS:
+        raise _bad_field("stream", "stream=true sends transcript.text events; use response_format json or text")
+    temperature = single("temperature")
+    if temperature is not None:
+        try:
+            value = float(temperature)
+        except ValueError:
+            value = float("nan")
+        if not 0.0 <= value <= 1.0:
+            raise _bad_field("temperature", f"temperature must be a number from 0 to 1, got {temperature!r}")
+    for granularity in fields.get("timestamp_granularities[]", []):
+        if granularity != "segment":
+            raise _bad_field("timestamp_granularities", f"only segment timestamps are available, not {granularity!r}")
+    chunking = single("chunking_strategy")
+    if chunking not in (None, "auto"):
+        raise _bad_field("chunking_strategy", "only chunking_strategy auto: the daemon's VAD cuts the audio")
+    language = single("language") or settings.default_language
+    if language is not None:
+        supported = core.engine_info.supported_language(language)
+        if supported is None:
+            languages = ", ".join(core.engine_info.languages)
+            raise _bad_field("language", f"language {language!r} is not one of {languages}")
+        language = supported
+    options = SessionOptions.from_settings(
+        settings, partials=False, language=language, context=single("prompt") or "", batch=True
+    )
+    return TranscriptionRequest(file, options, response_format, stream)
+
+
+def _boolean(name: str, value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered not in ("true", "false"):
+        raise _bad_field(name, f"{name} must be true or false, got {value!r}")
+    return lowered == "true"
+
+
+# --- response formats ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Transcription:
+    segments: list[FinalTranscript]
+    """Finals that have words, in order."""
+    duration: float
+    language: str
+
+
+def joined_text(segments: list[FinalTranscript]) -> str:
+    return " ".join(segment.text.strip() for segment in segments)
+
+
+def encode_transcription(result: Transcription, response_format: str) -> web.Response:
+    if response_format == "text":
+        return web.Response(text=joined_text(result.segments) + "\n")
+    if response_format == "srt":
+        return web.Response(text=_subtitles(result.segments, ","), content_type="application/x-subrip")
+    if response_format == "vtt":
+        return web.Response(text="WEBVTT\n\n" + _subtitles(result.segments, "."), content_type="text/vtt")
+    usage = {"type": "duration", "seconds": round(result.duration, 3)}
+    if response_format == "json":
+        return web.json_response({"text": joined_text(result.segments), "usage": usage})
+    return web.json_response(
+        {
+            "task": "transcribe",
+            "language": result.language,
+            "duration": round(result.duration, 3),
+            "text": joined_text(result.segments),
+            "segments": [_segment(index, segment) for index, segment in enumerate(result.segments)],
+            "usage": usage,
+        }
+    )
+
+
+def _segment(index: int, segment: FinalTranscript) -> dict[str, Any]:
+    """OpenAI's segment with what this daemon measures: no token ids or probabilities (see docs)."""
+    text = segment.text.strip()
+    encoded = text.encode()
+    return {
+        "id": index,
+        "seek": round(segment.start * 100),
+        "start": round(segment.start, 3),
+        "end": round(segment.end, 3),
+        "text": text,
+        "tokens": [],
+        "temperature": 0.0,
+        "compression_ratio": round(len(encoded) / len(zlib.compress(encoded)), 3),
+    }
+
+
+def _subtitles(segments: list[FinalTranscript], decimal: str) -> str:
+    """SRT cues (numbered, `,` before milliseconds) or WebVTT cues (`.`, numbers are optional)."""
+    cues: Iterator[str] = (
+        f"{index}\n{_timestamp(s.start, decimal)} --> {_timestamp(s.end, decimal)}\n{s.text.strip()}\n"
+        for index, s in enumerate(segments, start=1)
+    )
+    return "\n".join(cues)
+
+
+def _timestamp(seconds: float, decimal: str) -> str:
+    millis = round(seconds * 1000)
+    hours, millis = divmod(millis, 3_600_000)
+    minutes, millis = divmod(millis, 60_000)
+    secs, millis = divmod(millis, 1000)
+    return f"{hours:02d}:{minutes:02d}:{secs:02d}{decimal}{millis:03d}"
+
+
+def _sse(event: dict[str, Any]) -> bytes:
+    return f"data: {json.dumps(event)}\n\n".encode()
+
+
+# --- the handler ---------------------------------------------------------------------------------
+
+
+class _ClientGone(Exception):
+    """The client closed the connection; the rest of the file is not worth decoding."""
+
+
+class _Feed:
+    """The decoded file as the recording reads it: counts the audio, stops when the client leaves."""
+
+    def __init__(self, audio_file: AudioFile, request: web.Request) -> None:
+        self.audio_file = audio_file
+        self.request = request
+        self.samples = 0
+
+    async def chunks(self) -> AsyncIterator[Audio]:
+        async for chunk in decoded_chunks(self.audio_file):
+            transport = self.request.transport
+            if transport is None or transport.is_closing():
+                raise _ClientGone
+            self.samples += chunk.size
+            yield chunk
+
+    @property
+    def seconds(self) -> float:
+        return self.samples / SAMPLE_RATE
+
+
+class OpenAIRestHandler:
+    """aiohttp handlers for the REST routes; `created` of the model is when the daemon started."""
+
+    def __init__(self, core: Core) -> None:
+        self.core = core
+        self.started = int(time.time())
+
+    def _model(self, model_id: str) -> dict[str, Any]:
+        return {"id": model_id, "object": "model", "created": self.started, "owned_by": "satellite-asr"}
+
+    async def models(self, request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [self._model(self.core.engine_info.model)]})
+
+    async def model(self, request: web.Request) -> web.Response:
+        """Any id: every model name a client sends is answered by the engine's model."""
+        return web.json_response(self._model(request.match_info["model"]))
+
+    async def transcriptions(self, request: web.Request) -> web.StreamResponse:
+        try:
+            return await self._transcribe(request)
+        except RequestError as exc:
+            self.core.metrics.errors.labels(exc.code).inc()
+            return web.json_response(exc.body(), status=exc.status)
+        except _ClientGone:
+            return web.Response(status=499, reason="Client Closed Request")
+
+    async def _transcribe(self, request: web.Request) -> web.StreamResponse:
+        self._check_ready()
+        file, fields = await read_form(request, self.core.settings.max_upload_mb * MB)
+        parsed = parse_request(file, fields, self.core)
+        try:
+            audio_file = await asyncio.to_thread(AudioFile.open, parsed.file)
+        except NotAudioError as exc:
+            raise _failure(exc) from None
+        feed = _Feed(audio_file, request)
+        try:
+            async with Recording(self.core, "openai-rest", parsed.options) as recording:
+                if parsed.stream:
+                    return await self._stream(request, recording, feed)
+                try:
+                    segments = [f async for f in recording.finals(feed.chunks()) if f.text.strip()]
+                except (NotAudioError, TranscriptionFailed) as exc:
+                    raise _failure(exc) from None
+        except ServerBusy as exc:
+            raise RequestError("server_busy", str(exc), status=503) from None
+        finally:
+            audio_file.close()
+        language = next((s.language for s in segments if s.language), parsed.options.language) or ""
+        return encode_transcription(Transcription(segments, feed.seconds, language), parsed.response_format)
+
+    def _check_ready(self) -> None:
+        if self.core.engine_error is not None:
+            message = f"the speech engine failed to load: {self.core.engine_error}"
+            raise RequestError("engine_failed", message, status=503)
+        if not self.core.ready:
+            raise RequestError("model_not_ready", "the speech engine is still loading; try again shortly", status=503)
+
+    async def _stream(self, request: web.Request, recording: Recording, feed: _Feed) -> web.StreamResponse:
+        """`transcript.text.delta` per segment as it is decoded, then `transcript.text.done`."""
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await response.prepare(request)
+        texts: list[str] = []
+        try:
+            async for final in recording.finals(feed.chunks()):
+                text = final.text.strip()
+                if text:
+                    await response.write(
+                        _sse({"type": "transcript.text.delta", "delta": (" " if texts else "") + text})
+                    )
+                    texts.append(text)
+            await response.write(_sse({"type": "transcript.text.done", "text": " ".join(texts)}))
+        except (NotAudioError, TranscriptionFailed) as exc:
+            error = _failure(exc)
+            self.core.metrics.errors.labels(error.code).inc()
+            with suppress(ConnectionError):
+                await response.write(_sse(error.body()))
+        except (_ClientGone, ConnectionError):
+            return response
+        await response.write_eof()
+        return response
+
+
+def _failure(exc: NotAudioError | TranscriptionFailed) -> RequestError:
+    """A file that stops decoding midway is the client's (400); a failed decode or shutdown is ours."""
+    if isinstance(exc, NotAudioError):
+        return RequestError("invalid_file", f"the file is not audio this server can decode: {exc}", param="file")
+    status = 500 if exc.code == "engine_error" else 503
+    return RequestError(exc.code, exc.message, status=status)

@@ -1,0 +1,386 @@
+"""OpenAI's REST transcription API with the official `openai` SDK as the client: real daemon, real
+Silero, real tiny.en, loopback. Other containers are encoded from the fixtures at test time with PyAV."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import itertools
+import re
+import wave
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import av
+import numpy as np
+import openai
+import pytest
+
+from satellite_asr.clients.bench import load_manifest
+from satellite_asr.clients.rest_bench import long_recording, run_rest_bench, wav_bytes
+from satellite_asr.clients.stream_client import stream_file
+from satellite_asr.clients.wav import read_wav
+from satellite_asr.server import Daemon
+from tests.doubles import CrashingEngineDouble, SlowLoadingEngineDouble
+from tests.helpers import (
+    EXPECTED,
+    FIXTURES,
+    WER_TOLERANCE,
+    daemon_settings,
+    normalise,
+    of_type,
+    running_daemon,
+    same_words,
+    word_error_rate,
+    ws_url,
+)
+
+pytestmark = pytest.mark.timeout(180)
+
+THREE = (FIXTURES / "three_commands.wav").read_bytes()
+
+
+def client(daemon: Daemon) -> openai.AsyncOpenAI:
+    """The SDK pointed at the daemon; no retries, so a refusal is seen as it is."""
+    return openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{daemon.http_port}/v1", api_key="unused", max_retries=0)
+
+
+def url(daemon: Daemon) -> str:
+    return f"http://127.0.0.1:{daemon.http_port}/v1/audio/transcriptions"
+
+
+def encoded(name: str, container: str, codec: str, rate: int) -> bytes:
+    """A fixture encoded with FFmpeg's own encoders (PyAV), as a phone or browser would upload it."""
+    pcm = (read_wav(FIXTURES / name).to_16k_mono() * 32767).astype(np.int16).reshape(1, -1)
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format=container) as output:
+        stream = output.add_stream(codec, rate=rate)
+        stream.layout = "mono"
+        frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout="mono")
+        frame.sample_rate = 16000
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            output.mux(packet)
+    return buffer.getvalue()
+
+
+def cues(subtitles: str) -> list[tuple[float, float, str]]:
+    """(start, end, text) of each SRT or WebVTT cue."""
+    pattern = r"(\d\d):(\d\d):(\d\d)[,.](\d{3}) --> (\d\d):(\d\d):(\d\d)[,.](\d{3})\n(.+)"
+    found = []
+    for match in re.finditer(pattern, subtitles):
+        h1, m1, s1, ms1, h2, m2, s2, ms2 = (int(g) for g in match.groups()[:8])
+        found.append((h1 * 3600 + m1 * 60 + s1 + ms1 / 1000, h2 * 3600 + m2 * 60 + s2 + ms2 / 1000, match.group(9)))
+    return found
+
+
+async def refusal(call: Any) -> openai.APIStatusError:
+    with pytest.raises(openai.APIStatusError) as caught:
+        await call
+    return caught.value
+
+
+# --- formats -------------------------------------------------------------------------------------
+
+
+async def test_every_response_format_has_the_words_of_each_command() -> None:
+    expected = EXPECTED["three_commands.wav"]
+    seconds = read_wav(FIXTURES / "three_commands.wav").seconds
+    async with running_daemon() as daemon, client(daemon) as api:
+        create = api.audio.transcriptions.create
+        as_json = await create(file=("three.wav", THREE), model="whisper-1")
+        as_text = await create(file=("three.wav", THREE), model="whisper-1", response_format="text")
+        verbose = await create(file=("three.wav", THREE), model="gpt-4o-transcribe", response_format="verbose_json")
+        srt = await create(file=("three.wav", THREE), model="whisper-1", response_format="srt")
+        vtt = await create(file=("three.wav", THREE), model="whisper-1", response_format="vtt")
+        assert len(daemon.core.sessions) == 0, "each request's session is released"
+    assert word_error_rate(" ".join(expected), as_json.text) <= WER_TOLERANCE, as_json.text
+    assert as_json.usage is not None and as_json.usage.type == "duration"
+    assert as_json.usage.seconds == pytest.approx(seconds, abs=0.05)
+    assert as_text == as_json.text + "\n", "text is the same transcript, as plain text"
+    assert verbose.text == as_json.text and verbose.language == "en"
+    assert verbose.duration == pytest.approx(seconds, abs=0.05)
+    segments = verbose.segments or []
+    assert same_words(expected, [s.text for s in segments]), segments
+    assert [s.id for s in segments] == [0, 1, 2]
+    assert all(0 <= s.start < s.end <= seconds for s in segments)
+    assert all(a.end <= b.start for a, b in itertools.pairwise(segments))
+    assert vtt.startswith("WEBVTT\n\n")
+    for subtitles in (srt, vtt):
+        found = cues(subtitles)
+        assert [text for *_, text in found] == [s.text for s in segments]
+        assert [(start, end) for start, end, _ in found] == [
+            (pytest.approx(s.start, abs=0.001), pytest.approx(s.end, abs=0.001)) for s in segments
+        ]
+    assert [line for line in srt.splitlines() if line.isdigit()] == ["1", "2", "3"], "SRT cues are numbered"
+
+
+async def test_stream_sends_one_delta_per_segment_then_done_with_their_text() -> None:
+    async with running_daemon() as daemon, client(daemon) as api:
+        events = await api.audio.transcriptions.create(
+            file=("three.wav", THREE), model="gpt-4o-transcribe", stream=True
+        )
+        received = [event async for event in events]
+    *deltas, done = received
+    assert [e.type for e in deltas] == ["transcript.text.delta"] * 3 and done.type == "transcript.text.done"
+    assert "".join(e.delta for e in deltas) == done.text, "the deltas concatenate to the final text"
+    assert same_words(EXPECTED["three_commands.wav"], [e.delta for e in deltas]), deltas
+
+
+@pytest.mark.parametrize(
+    ("container", "codec", "rate"),
+    [
+        ("flac", "flac", 16000),
+        ("ogg", "libopus", 48000),
+        ("mp3", "libmp3lame", 44100),
+        ("webm", "libopus", 48000),
+        ("ipod", "aac", 44100),
+    ],
+    ids=["flac", "ogg-opus", "mp3", "webm-opus", "m4a-aac"],
+)
+async def test_other_containers_are_decoded(container: str, codec: str, rate: int) -> None:
+    data = encoded("music.wav", container, codec, rate)
+    async with running_daemon() as daemon, client(daemon) as api:
+        result = await api.audio.transcriptions.create(file=("music", data), model="whisper-1")
+    assert word_error_rate(EXPECTED["music.wav"][0], result.text) <= WER_TOLERANCE, result.text
+
+
+@pytest.mark.parametrize("language", ["en", "en-US"])
+async def test_language_the_engine_has_is_accepted(language: str) -> None:
+    async with running_daemon() as daemon, client(daemon) as api:
+        result = await api.audio.transcriptions.create(
+            file=("timer.wav", (FIXTURES / "timer.wav").read_bytes()),
+            model="whisper-1",
+            language=language,
+            response_format="verbose_json",
+        )
+    assert result.language == "en"
+    assert word_error_rate(EXPECTED["timer.wav"][0], result.text) <= WER_TOLERANCE, result.text
+
+
+async def test_prompt_becomes_the_engines_context() -> None:
+    """The crashing double fails finals whose context says 'crash': only the prompt can put it there."""
+    async with running_daemon(CrashingEngineDouble()) as daemon, client(daemon) as api:
+        wav = ("lights.wav", (FIXTURES / "lights_on.wav").read_bytes())
+        failed = await refusal(api.audio.transcriptions.create(file=wav, model="whisper-1", prompt="crash test"))
+        events = await api.audio.transcriptions.create(file=wav, model="whisper-1", prompt="crash", stream=True)
+        with pytest.raises(openai.APIError) as streamed:
+            _ = [event async for event in events]
+        fine = await api.audio.transcriptions.create(file=wav, model="whisper-1", prompt="kitchen, bedroom")
+    assert failed.status_code == 500 and failed.code == "engine_error"
+    assert isinstance(streamed.value.body, dict) and streamed.value.body["code"] == "engine_error"
+    assert "failed" in failed.message
+    assert "kitchen" in normalise(fine.text), "a session without the word is transcribed"
+
+
+async def test_models_lists_the_engine_model_and_answers_any_name() -> None:
+    async with running_daemon() as daemon, client(daemon) as api:
+        listed = await api.models.list()
+        asked = await api.models.retrieve("whisper-1")
+    assert [m.id for m in listed.data] == ["bundled:tiny.en"]
+    assert listed.data[0].object == "model" and listed.data[0].owned_by == "satellite-asr"
+    assert asked.id == "whisper-1" and asked.object == "model"
+
+
+# --- bad input -----------------------------------------------------------------------------------
+
+
+async def test_bad_uploads_and_fields_get_openai_errors_and_the_next_request_is_served() -> None:
+    wav = ("lights.wav", (FIXTURES / "lights_on.wav").read_bytes())
+    async with running_daemon() as daemon, client(daemon) as api:
+        create = api.audio.transcriptions.create
+        errors = {
+            "garbage": await refusal(create(file=("a.mp3", bytes(range(256)) * 64), model="whisper-1")),
+            "text file": await refusal(create(file=("a.wav", b"RIFF but not really\n" * 50), model="whisper-1")),
+            "empty": await refusal(create(file=("a.wav", b""), model="whisper-1")),
+            "format": await refusal(create(file=wav, model="whisper-1", response_format="xml")),  # type: ignore[arg-type]
+            "temperature text": await refusal(create(file=wav, model="whisper-1", temperature="hot")),  # type: ignore[arg-type]
+            "temperature high": await refusal(create(file=wav, model="whisper-1", temperature=1.5)),
+            "language": await refusal(create(file=wav, model="whisper-1", language="fr")),
+            "words": await refusal(
+                create(file=wav, model="whisper-1", response_format="verbose_json", timestamp_granularities=["word"])
+            ),
+            "stream srt": await refusal(create(file=wav, model="whisper-1", response_format="srt", stream=True)),
+            "unknown field": await refusal(create(file=wav, model="whisper-1", extra_body={"diarize": "yes"})),
+            "long prompt": await refusal(create(file=wav, model="whisper-1", prompt="kitchen " * 10_000)),
+        }
+        after = await create(file=wav, model="whisper-1")
+    params = {
+        "garbage": "file",
+        "text file": "file",
+        "empty": "file",
+        "format": "response_format",
+        "temperature text": "temperature",
+        "temperature high": "temperature",
+        "language": "language",
+        "words": "timestamp_granularities",
+        "stream srt": "stream",
+        "unknown field": "diarize",
+        "long prompt": "prompt",
+    }
+    for case, error in errors.items():
+        assert error.status_code == 400, case
+        body = error.body
+        assert isinstance(body, dict) and set(body) == {"message", "type", "param", "code"}, (case, body)
+        assert body["type"] == "invalid_request_error" and body["param"] == params[case], (case, body)
+        assert len(body["message"]) > 15, (case, body)
+    assert "empty" in errors["empty"].message
+    assert "'fr'" in errors["language"].message and "en" in errors["language"].message
+    assert word_error_rate(EXPECTED["lights_on.wav"][0], after.text) <= WER_TOLERANCE, "nothing else was lost"
+
+
+async def test_form_problems_the_sdk_would_not_send() -> None:
+    async with running_daemon() as daemon, aiohttp.ClientSession() as http:
+        no_file = aiohttp.FormData({"model": "whisper-1"}, default_to_multipart=True)
+        async with http.post(url(daemon), data=no_file) as response:
+            missing = response.status, await response.json()
+        bad_stream = aiohttp.FormData({"model": "whisper-1", "stream": "maybe"})
+        bad_stream.add_field("file", (FIXTURES / "timer.wav").read_bytes(), filename="timer.wav")
+        async with http.post(url(daemon), data=bad_stream) as response:
+            stream = response.status, await response.json()
+        async with http.post(url(daemon), json={"file": "timer.wav"}) as response:
+            not_multipart = response.status, await response.json()
+    assert missing[0] == 400 and missing[1]["error"]["param"] == "file"
+    assert stream[0] == 400 and stream[1]["error"]["param"] == "stream" and "'maybe'" in stream[1]["error"]["message"]
+    assert not_multipart[0] == 400 and "multipart/form-data" in not_multipart[1]["error"]["message"]
+
+
+def noise_wav(megabytes: float) -> bytes:
+    samples = int(megabytes * (1 << 20) / 2)
+    return wav_bytes(np.random.default_rng(0).normal(0, 0.01, samples).astype(np.float32))
+
+
+async def test_over_the_size_limit_is_413_by_content_length_and_while_reading() -> None:
+    async with running_daemon(max_upload_mb=1) as daemon, client(daemon) as api, aiohttp.ClientSession() as http:
+        declared = await refusal(api.audio.transcriptions.create(file=("big.wav", noise_wav(2.5)), model="whisper-1"))
+        chunked_file = noise_wav(1.5)
+
+        async def chunks() -> AsyncIterator[bytes]:
+            for offset in range(0, len(chunked_file), 1 << 16):
+                yield chunked_file[offset : offset + (1 << 16)]
+
+        form = aiohttp.FormData({"model": "whisper-1"})
+        form.add_field("file", chunks(), filename="big.wav", content_type="audio/wav")
+        async with http.post(url(daemon), data=form) as response:
+            assert response.request_info.headers.get("Transfer-Encoding") == "chunked", "no Content-Length to trust"
+            read = response.status, await response.json()
+        small = await api.audio.transcriptions.create(
+            file=("timer.wav", (FIXTURES / "timer.wav").read_bytes()), model="whisper-1"
+        )
+    assert declared.status_code == 413 and declared.code == "file_too_large" and "1 MB" in declared.message
+    assert read[0] == 413 and read[1]["error"]["code"] == "file_too_large" and read[1]["error"]["param"] == "file"
+    assert word_error_rate(EXPECTED["timer.wav"][0], small.text) <= WER_TOLERANCE, "a file under the limit is served"
+
+
+async def test_503_while_the_engine_loads_then_served() -> None:
+    engine = SlowLoadingEngineDouble()
+    daemon = Daemon(daemon_settings(), engine=engine)
+    await daemon.start()
+    try:
+        async with client(daemon) as api:
+            wav = ("timer.wav", (FIXTURES / "timer.wav").read_bytes())
+            loading = await refusal(api.audio.transcriptions.create(file=wav, model="whisper-1"))
+            listed = await api.models.list()
+            engine.release.set()
+            await daemon.core.wait_ready()
+            served = await api.audio.transcriptions.create(file=wav, model="whisper-1")
+    finally:
+        await daemon.stop()
+    assert loading.status_code == 503 and loading.code == "model_not_ready" and "loading" in loading.message
+    assert [m.id for m in listed.data] == ["bundled:tiny.en"], "the model is listed while it loads"
+    assert word_error_rate(EXPECTED["timer.wav"][0], served.text) <= WER_TOLERANCE
+
+
+async def test_server_busy_is_503() -> None:
+    async with (
+        running_daemon(max_sessions=1) as daemon,
+        client(daemon) as api,
+        aiohttp.ClientSession() as http,
+        http.ws_connect(ws_url(daemon)) as ws,
+    ):
+        await ws.send_json({"type": "config"})
+        assert (await ws.receive_json())["type"] == "session_created"
+        busy = await refusal(api.audio.transcriptions.create(file=("a.wav", THREE), model="whisper-1"))
+    assert busy.status_code == 503 and busy.code == "server_busy"
+
+
+# --- an upload beside a live stream --------------------------------------------------------------
+
+
+def long_upload(rounds: int, gap_s: float) -> tuple[bytes, list[str]]:
+    """Every fixture `rounds` times with silence between (a few minutes) as a WAV, and its commands."""
+    audio, words = long_recording(load_manifest(FIXTURES / "fixtures.json"), rounds, gap_s)
+    return wav_bytes(audio), words
+
+
+async def test_a_long_upload_does_not_stop_a_live_stream() -> None:
+    """A live stream at microphone pace keeps its partials and finals while a long file is transcribed.
+
+    The upload streams its segments, so one log of arrivals shows the two ran at the same time.
+    """
+    upload, upload_words = long_upload(rounds=6, gap_s=3.0)
+    assert read_wav_seconds(upload) > 180
+    log: list[tuple[str, Any]] = []
+    async with running_daemon() as daemon, client(daemon) as api:
+
+        async def transcribe_upload() -> str:
+            events = await api.audio.transcriptions.create(file=("long.wav", upload), model="whisper-1", stream=True)
+            async for event in events:
+                log.append(("upload", event))
+                if event.type == "transcript.text.done":
+                    return event.text
+            raise AssertionError("no transcript.text.done")
+
+        async def live() -> list[dict[str, Any]]:
+            await asyncio.sleep(0)
+            return await stream_file(
+                FIXTURES / "three_commands.wav", ws_url(daemon), on_message=lambda m: log.append(("live", m))
+            )
+
+        upload_task = asyncio.create_task(transcribe_upload())
+        messages = await live()
+        await upload_task
+    finals = of_type(messages, "final")
+    assert same_words(EXPECTED["three_commands.wav"], [f["text"] for f in finals]), finals
+    for utterance in (1, 2, 3):
+        partials = [m for m in of_type(messages, "partial") if m["utterance_id"] == utterance]
+        assert partials, f"live utterance {utterance} got partials while the upload ran"
+    deltas = [event.delta for source, event in log if source == "upload" and event.type == "transcript.text.delta"]
+    assert same_words(upload_words, deltas), deltas
+    upload_at = [i for i, (source, _) in enumerate(log) if source == "upload"]
+    live_partials_at = [i for i, (source, m) in enumerate(log) if source == "live" and m["type"] == "partial"]
+    assert any(upload_at[0] < i < upload_at[-1] for i in live_partials_at), "live partials came during the upload"
+
+
+async def test_a_client_that_leaves_mid_stream_releases_its_session() -> None:
+    upload, _ = long_upload(rounds=3, gap_s=1.0)
+    async with running_daemon() as daemon, client(daemon) as api:
+        tasks_before = len(asyncio.all_tasks())
+        events = await api.audio.transcriptions.create(file=("long.wav", upload), model="whisper-1", stream=True)
+        async for event in events:
+            assert event.type == "transcript.text.delta"
+            break
+        assert len(daemon.core.sessions) == 1
+        await events.close()
+        for _ in range(200):
+            if len(daemon.core.sessions) == 0 and len(asyncio.all_tasks()) <= tasks_before:
+                break
+            await asyncio.sleep(0.05)
+        assert len(daemon.core.sessions) == 0, "the session of the client that left is released"
+        assert len(asyncio.all_tasks()) <= tasks_before, "no task left behind"
+        after = await api.audio.transcriptions.create(file=("three.wav", THREE), model="whisper-1")
+    assert word_error_rate(" ".join(EXPECTED["three_commands.wav"]), after.text) <= WER_TOLERANCE
+
+
+async def test_rest_bench_reports_the_recording_it_uploaded() -> None:
+    files = load_manifest(FIXTURES / "fixtures.json")
+    report = await run_rest_bench(daemon_settings(), files, clients=2, rounds=1, url=None)
+    assert report.clients == 2 and report.expected_segments == 7 and report.segments == 14
+    assert report.audio_seconds == pytest.approx(sum(read_wav(f.path).seconds + 3.0 for f in files), abs=0.1)
+    assert report.wer <= WER_TOLERANCE / 4
+    assert report.audio_seconds_per_second > 0 and report.cpu_seconds_per_audio_second is not None
+
+
+def read_wav_seconds(data: bytes) -> float:
+    with wave.open(io.BytesIO(data)) as wav:
+        return wav.getnframes() / wav.getframerate()
