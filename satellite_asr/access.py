@@ -1,12 +1,14 @@
 """Who may use the HTTP server: the Host it is addressed by, the page a request comes from, the API key.
 
 One aiohttp middleware checks every request, so a route added later is protected by default; only
-the paths in `PUBLIC_PATHS` / `PUBLIC_PREFIXES` (the browser page and `/health`) skip the Origin
-and key checks. In order:
+the paths in `PUBLIC_PATHS` / `PUBLIC_PREFIXES` (the browser page and `/health`) skip the checks.
+In order:
 
-1. `Host` must be an IP address, one of the daemon's own names, or in `allowed_hosts` (a page on
-   a DNS-rebinding name such as `evil.example` -> 192.168.1.10 is same-origin with itself, so the
-   Origin check alone would let it in). 403 `host_not_allowed`.
+1. Without an API key, `Host` must be an IP address, one of the daemon's own names, or in
+   `allowed_hosts`: a page on a DNS-rebinding name (`evil.example` pointed at 192.168.1.10) is
+   same-origin with itself, so the Origin check alone would let it in. With a key the check is
+   moot (such a page cannot present the key: browsers send none by themselves) and is skipped,
+   which spares deployments behind a proxy a list of names. 403 `host_not_allowed`.
 2. `Origin`, when a browser sends one, must be the daemon's own page (same host and port as `Host`)
    or in `allowed_origins`; clients without an Origin (CLI, SDKs, Home Assistant) pass. 403
    `origin_not_allowed`.
@@ -33,7 +35,7 @@ from yarl import URL
 from satellite_asr.config import ConfigError, Settings
 
 PUBLIC_PATHS = frozenset({"/", "/health"})
-"""Served to anyone who can reach the daemon (by an allowed Host): the page and the health check."""
+"""Served to anyone who can reach the daemon: the page and the health check."""
 PUBLIC_PREFIXES = ("/static/",)
 """The page's scripts and styles."""
 OPENAI_PREFIXES = ("/v1/audio/", "/v1/models", "/v1/realtime")
@@ -131,15 +133,12 @@ class Access:
 
     def refusal(self, request: web.Request) -> tuple[int, str, str] | None:
         """(HTTP status, error code, message) when the request may not go on, else None."""
-        host = request.headers.get("Host")
-        if host is not None and not self.host_allowed(host):
-            return (
-                403,
-                "host_not_allowed",
-                (f"this daemon is not served as {host!r}; use its address or add the name to allowed_hosts"),
-            )
         if request.path in PUBLIC_PATHS or request.path.startswith(PUBLIC_PREFIXES):
             return None
+        host = request.headers.get("Host")
+        if self.api_key is None and host is not None and not self.host_allowed(host):
+            explanation = f"this daemon is not served as {host!r}; use its address, list the name in allowed_hosts"
+            return 403, "host_not_allowed", explanation + " or set an api_key"
         origin = request.headers.get("Origin")
         if origin is not None and not self.origin_allowed(origin, host):
             return 403, "origin_not_allowed", f"pages from {origin} may not use this daemon; see allowed_origins"
