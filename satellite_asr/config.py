@@ -185,7 +185,7 @@ class Settings:
     allowed_hosts: tuple[str, ...] = _opt(
         (),
         "Host names clients may reach the daemon by, besides localhost, its host name and IP addresses "
-        "(DNS rebinding defence); '*': any.",
+        "(DNS rebinding defence; checked only without an api_key); '*': any.",
     )
 
     # Connection limits
