@@ -156,8 +156,69 @@ class Settings:
     max_sessions: int = _opt(
         32, "Most sessions open at once; more are refused with server_busy.", minimum=1, maximum=10000
     )
+    wyoming_reserved_sessions: int = _opt(
+        4,
+        "Session slots only Wyoming (Home Assistant) may take: other protocols get server_busy once max_sessions "
+        "minus this many sessions are open. Must be less than max_sessions.",
+        minimum=0,
+        maximum=10000,
+    )
     idle_timeout_s: float = _opt(
-        60.0, "A session that sends no audio for this long is finalized and closed.", minimum=1.0, maximum=86400.0
+        60.0,
+        "A session in which no speech is heard for this long (from its start or its last speech) is finalized "
+        "and closed; audio without speech does not keep it open.",
+        minimum=1.0,
+        maximum=86400.0,
+    )
+    max_context_chars: int = _opt(
+        4000, "Longest biasing context a client may send with a session.", minimum=0, maximum=1000000
+    )
+
+    # Access (docs/security.md)
+    api_key: str = _opt(
+        "",
+        "Key clients must send on every HTTP route but /, /static/ and /health, WebSocket upgrades included "
+        "(Authorization: Bearer, X-API-Key, a WebSocket subprotocol or ?api_key=); empty: no key. "
+        "Wyoming is never authenticated.",
+    )
+    api_key_file: str = _opt("", "File whose first line is the api_key (keeps the secret out of configs and ps).")
+    allowed_origins: tuple[str, ...] = _opt(
+        (),
+        "Web page origins (scheme://host[:port]) allowed besides the daemon's own page to open WebSockets and "
+        "call the HTTP API; '*': any.",
+    )
+    allowed_hosts: tuple[str, ...] = _opt(
+        (),
+        "Host names clients may reach the daemon by, besides localhost, its host name and IP addresses "
+        "(DNS rebinding defence; checked only without an api_key); '*': any.",
+    )
+
+    # Connection limits
+    max_websocket_connections: int = _opt(
+        64, "Most WebSocket connections open at once; more are refused with HTTP 503.", minimum=1, maximum=100000
+    )
+    max_wyoming_connections: int = _opt(
+        64, "Most Wyoming connections open at once; more get a server_busy error.", minimum=1, maximum=100000
+    )
+    max_connections_per_address: int = _opt(
+        32, "Most connections one client address may hold open, per protocol.", minimum=1, maximum=100000
+    )
+    header_timeout_s: float = _opt(
+        10.0,
+        "An HTTP request (a WebSocket upgrade too) must have arrived whole this long after connecting or after the "
+        "previous response; an idle keep-alive connection is closed then.",
+        minimum=1.0,
+        maximum=3600.0,
+    )
+    first_message_timeout_s: float = _opt(
+        10.0,
+        "A connection holding no session (a WebSocket before its config or audio, a Wyoming connection before its "
+        "first event or between rounds) that sends nothing for this long is closed.",
+        minimum=1.0,
+        maximum=3600.0,
+    )
+    write_timeout_s: float = _opt(
+        10.0, "A client that reads nothing the daemon sends for this long is disconnected.", minimum=0.1, maximum=3600.0
     )
 
     # OpenAI-compatible API
@@ -275,6 +336,13 @@ def load_settings(
     if bool(settings.tls_cert) != bool(settings.tls_key):
         raise ConfigError("tls_cert and tls_key: give both or neither")
     check_silences(settings.min_silence_ms, settings.silence_ms)
+    if settings.api_key and settings.api_key_file:
+        raise ConfigError("api_key and api_key_file: give one or neither")
+    if settings.wyoming_reserved_sessions >= settings.max_sessions:
+        raise ConfigError(
+            f"wyoming_reserved_sessions ({settings.wyoming_reserved_sessions}) must be less than max_sessions "
+            f"({settings.max_sessions}), or no WebSocket session could open"
+        )
     return settings
 
 

@@ -47,6 +47,7 @@ class Core:
             turn_detector=RuleTurnDetector(),
             max_sessions=settings.max_sessions,
             idle_timeout_s=settings.idle_timeout_s,
+            wyoming_reserved=settings.wyoming_reserved_sessions,
         )
         self.engine_error: BaseException | None = None
         self._failed = asyncio.Event()

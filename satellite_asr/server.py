@@ -6,6 +6,7 @@ The servers bind before the engine has loaded, so clients and health checks get 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
 from collections.abc import Awaitable, Callable
@@ -13,16 +14,21 @@ from pathlib import Path
 
 from aiohttp import web
 
+from satellite_asr.access import Access
 from satellite_asr.config import ConfigError, Settings
 from satellite_asr.core import Core
 from satellite_asr.discovery import Discovery
 from satellite_asr.engines.base import Engine
+from satellite_asr.limits import AcceptErrorLog, open_file_limit
 from satellite_asr.protocols import openai_rest, websocket, wyoming
 
 log = logging.getLogger(__name__)
 
 WEB_DIR = Path(__file__).parent / "web"
 """The browser microphone page, served at `/` with its scripts under `/static/`."""
+
+FILE_DESCRIPTOR_MARGIN = 128
+"""File descriptors kept for what is not a capped connection: models, logs, HTTP requests, zeroconf."""
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -32,6 +38,7 @@ class Daemon:
 
     def __init__(self, settings: Settings, engine: Engine | None = None) -> None:
         self.settings = settings
+        self.access = Access(settings)
         self.core = Core(settings, engine)
         self.http_port = settings.http_port
         address = wyoming.parse_uri(settings.wyoming_uri)
@@ -40,9 +47,13 @@ class Daemon:
         """The bound Wyoming TCP port once started (None when off or on a unix socket)."""
         self.discovery: Discovery | None = None
         self._runner: web.AppRunner | None = None
+        self._accept_errors = AcceptErrorLog()
 
     def routes(self) -> list[tuple[str, str, Handler]]:
-        """Every HTTP route: method, path, handler (the page's scripts are served under `/static/`)."""
+        """Every HTTP route: method, path, handler (the page's scripts are served under `/static/`).
+
+        Each is behind `Access` (Host, Origin, API key) unless `access.PUBLIC_PATHS` lists it.
+        """
         rest = openai_rest.OpenAIRestHandler(self.core)
         return [
             ("GET", websocket.PATH, websocket.WebSocketHandler(self.core).handle),
@@ -55,12 +66,18 @@ class Daemon:
         ]
 
     async def start(self) -> None:
+        self._accept_errors.install(asyncio.get_running_loop())
+        self._check_open_file_limit()
         await self.core.start()
-        app = web.Application()
+        app = web.Application(middlewares=[self.access.middleware])
         for method, path, handler in self.routes():
             app.router.add_route(method, path, handler)
         app.router.add_static("/static/", WEB_DIR)
-        self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
+        # aiohttp's keep-alive timer also runs from the connection's start and is not pushed back by
+        # a request still arriving: it is the header timeout too (a client trickling bytes is closed).
+        self._runner = web.AppRunner(
+            app, handle_signals=False, access_log=None, keepalive_timeout=self.settings.header_timeout_s
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.settings.host, self.settings.http_port, ssl_context=self._ssl_context())
         await site.start()
@@ -95,9 +112,22 @@ class Daemon:
         if self._runner is not None:
             await self._runner.cleanup()
         await self.core.close()
+        self._accept_errors.uninstall()
+
+    def _check_open_file_limit(self) -> None:
+        s = self.settings
+        needed = s.max_websocket_connections + s.max_wyoming_connections + FILE_DESCRIPTOR_MARGIN
+        if open_file_limit() < needed:
+            log.warning(
+                "the open-file limit (%d) is below the connection caps (max_websocket_connections + "
+                "max_wyoming_connections + %d for the rest): raise ulimit -n or lower the caps",
+                open_file_limit(),
+                FILE_DESCRIPTOR_MARGIN,
+            )
 
     async def _health(self, request: web.Request) -> web.Response:
-        return web.json_response(self.core.health(), status=200 if self.core.ready else 503)
+        health = {**self.core.health(), "auth_required": self.access.key_required}
+        return web.json_response(health, status=200 if self.core.ready else 503)
 
     async def _index(self, request: web.Request) -> web.FileResponse:
         return web.FileResponse(WEB_DIR / "index.html")

@@ -191,6 +191,8 @@ class Session:
         self.utterances = 0
         self.samples_received = 0
         self.last_audio_at = time.monotonic()
+        self.last_speech_at = self.last_audio_at
+        """When the endpointer last reported speech (start, pause, end), or the session's start: idle counts from it."""
         self.closed = False
 
     @property
@@ -262,6 +264,7 @@ class Session:
         await asyncio.gather(*list(self._finals), return_exceptions=True)
 
     async def _on_endpointer(self, event: EndpointEvent) -> None:
+        self.last_speech_at = time.monotonic()
         if isinstance(event, SpeechStart):
             await self._start_utterance(event.start)
             return

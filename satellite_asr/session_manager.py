@@ -1,4 +1,9 @@
-"""Creates and ends sessions: the `max_sessions` limit, idle timeouts and shutdown."""
+"""Creates and ends sessions: the `max_sessions` limit and Wyoming's reserve, idle timeouts and shutdown.
+
+Idle means no speech, not no frames: a client that sends a little silence now and then must not
+hold a slot forever. A session is idle when `idle_timeout_s` have passed since its last speech (or
+its start); inside an utterance, arriving audio counts too (its end comes by endpoint or length cap).
+"""
 
 from __future__ import annotations
 
@@ -37,6 +42,7 @@ class SessionManager:
         turn_detector: TurnDetector,
         max_sessions: int,
         idle_timeout_s: float,
+        wyoming_reserved: int,
     ) -> None:
         self._vad = vad
         self._engine = engine
@@ -45,6 +51,8 @@ class SessionManager:
         self._turn_detector = turn_detector
         self.max_sessions = max_sessions
         self.idle_timeout_s = idle_timeout_s
+        self.wyoming_reserved = wyoming_reserved
+        """Slots only Wyoming sessions may take, so Home Assistant is served while WebSocket clients fill the rest."""
         self._sessions: dict[str, tuple[Session, CloseConnection]] = {}
         self._reaper: asyncio.Task[None] | None = None
         self._expiring: dict[str, asyncio.Task[None]] = {}
@@ -56,6 +64,11 @@ class SessionManager:
         """A new session, or `ServerBusy`. The caller must `release` it when the stream ends."""
         if len(self._sessions) >= self.max_sessions:
             raise ServerBusy(f"the server has {self.max_sessions} sessions open, its limit; try again later")
+        if protocol != "wyoming" and len(self._sessions) >= self.max_sessions - self.wyoming_reserved:
+            raise ServerBusy(
+                f"the server has {len(self._sessions)} sessions open; the other {self.wyoming_reserved} of its "
+                f"{self.max_sessions} are kept for Home Assistant (wyoming_reserved_sessions); try again later"
+            )
         session = Session(
             uuid.uuid4().hex[:12],
             protocol,
@@ -108,8 +121,11 @@ class SessionManager:
             await asyncio.sleep(period)
             now = time.monotonic()
             for session, close in list(self._sessions.values()):
-                if now - session.last_audio_at > self.idle_timeout_s and session.id not in self._expiring:
-                    log.info("session %s idle for %.0f s, closing", session.id, self.idle_timeout_s)
+                active_at = session.last_speech_at
+                if session.in_utterance:
+                    active_at = max(active_at, session.last_audio_at)
+                if now - active_at > self.idle_timeout_s and session.id not in self._expiring:
+                    log.info("session %s heard no speech for %.0f s, closing", session.id, self.idle_timeout_s)
                     task = asyncio.create_task(self._expire(session, close, "idle_timeout"))
                     self._expiring[session.id] = task
                     task.add_done_callback(functools.partial(self._expired, session.id))

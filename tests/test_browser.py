@@ -317,6 +317,43 @@ async def test_server_error_is_shown_and_a_rejected_config_is_not_retried(browse
     assert {e["session"] for e in history} == {1}
 
 
+async def test_page_asks_for_the_api_key_and_sends_it_as_a_subprotocol(browser: Browser) -> None:
+    """A daemon with a key: the page shows the key field, refuses to start without a key, reports a
+    wrong one without retrying, and streams with the right one."""
+    key = "page-test-key_0123456789"
+    async with running_daemon(api_key=key) as daemon:
+
+        def scenario() -> tuple[bool, str, str, list[dict[str, Any]], list[dict[str, Any]]]:
+            driver = browser(FIXTURES / "lights_on.wav")
+            driver.get(page_url(daemon.http_port))
+            field = driver.find_element(By.ID, "api-key")
+            wait_for(driver, lambda d: field.is_displayed(), 30, "the key field (auth_required)")
+            toggle = driver.find_element(By.ID, "toggle")
+            wait_for(driver, lambda d: toggle.is_enabled(), 30, "the Start button")
+            toggle.click()
+            missing = wait_for(driver, notice("connection", "requires an API key"), 10, "the request for a key")
+            no_key_events = events(driver)
+            field.send_keys("not-the-key")
+            toggle.click()
+            refused = wait_for(driver, notice("connection", "invalid_api_key"), 30, "the refused key")
+            wait_for(driver, state_is("idle"), 10, "the page to stop after the refusal")
+            time.sleep(2)  # longer than the first reconnect delay: a retry would show in the history
+            refused_events = events(driver)
+            field.clear()
+            field.send_keys(key)
+            toggle.click()
+            wait_for(driver, finals_at_least(1), 90, "a final with the right key")
+            return field.is_displayed(), missing, refused, no_key_events + refused_events, events(driver)
+
+        shown, missing, refused, before, history = await asyncio.to_thread(scenario)
+    assert shown
+    assert "enter it in the settings" in missing
+    assert refused.startswith("The daemon refused the connection (invalid_api_key)")
+    assert before == [], "no session and no retry without the right key"
+    assert of_type(history, "session_created")
+    assert word_error_rate(EXPECTED["lights_on.wav"][0], of_type(history, "final")[0]["text"]) <= 0.25
+
+
 async def test_plain_http_on_a_lan_name_explains_the_secure_context(browser: Browser) -> None:
     async with running_daemon() as daemon:
 
@@ -333,7 +370,8 @@ async def test_plain_http_on_a_lan_name_explains_the_secure_context(browser: Bro
 
 async def test_page_over_https_streams_over_wss(browser: Browser, tmp_path: Path) -> None:
     cert = self_signed(tmp_path, ["satellite.test"], [])
-    async with running_daemon(tls_cert=str(cert.cert), tls_key=str(cert.key)) as daemon:
+    tls = {"tls_cert": str(cert.cert), "tls_key": str(cert.key)}
+    async with running_daemon(**tls, allowed_hosts=("satellite.test",)) as daemon:
 
         def scenario() -> tuple[bool, list[dict[str, Any]]]:
             driver = browser(

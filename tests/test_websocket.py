@@ -312,7 +312,10 @@ async def test_config_after_audio_is_locked() -> None:
 
 
 async def test_max_sessions_refuses_with_server_busy_1013() -> None:
-    async with running_daemon(max_sessions=1) as daemon, websockets.connect(ws_url(daemon)) as first:
+    async with (
+        running_daemon(max_sessions=1, wyoming_reserved_sessions=0) as daemon,
+        websockets.connect(ws_url(daemon)) as first,
+    ):
         await first.send(json.dumps({"type": "config"}))
         await next_message(first, "session_created")
         async with websockets.connect(ws_url(daemon)) as second:

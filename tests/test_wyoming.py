@@ -437,7 +437,10 @@ async def test_idle_round_is_answered_and_closed(raw: RawOpener) -> None:
 
 
 async def test_server_busy_is_an_error_and_closes(raw: RawOpener) -> None:
-    async with running_daemon(wyoming_uri=WYOMING, max_sessions=1) as daemon, connect(daemon) as first:
+    async with (
+        running_daemon(wyoming_uri=WYOMING, max_sessions=1, wyoming_reserved_sessions=0) as daemon,
+        connect(daemon) as first,
+    ):
         await first.write_event(Transcribe(language="en").event())
         await first.write_event(Describe().event())
         await next_event(first)  # the first round is open once info comes back

@@ -12,11 +12,13 @@ from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from satellite_asr.access import KEY_SUBPROTOCOL_PREFIX, SUBPROTOCOL
 from satellite_asr.audio import ENCODINGS, MAX_RATE, MIN_RATE, SAMPLE_RATE, PcmDecoder
 from satellite_asr.config import ConfigError, Settings, coerce
 from satellite_asr.core import Core
 from satellite_asr.engines.base import EngineInfo
 from satellite_asr.events import FinalTranscript, PartialTranscript, SessionError, SessionEvent, SpeechStarted
+from satellite_asr.limits import ConnectionLimit, TooManyConnections, write_within
 from satellite_asr.protocols import PcmInput, ProtocolError, open_session
 from satellite_asr.session import SessionOptions
 
@@ -66,6 +68,10 @@ def parse_config(message: dict[str, Any], settings: Settings, engine: EngineInfo
         language = supported
     if not isinstance(context, str):
         raise _invalid_config(f"context must be text, got {context!r}")
+    if len(context) > settings.max_context_chars:
+        raise _invalid_config(
+            f"context is {len(context)} characters, over the limit of {settings.max_context_chars} (max_context_chars)"
+        )
     if partials is not None and not isinstance(partials, bool):
         raise _invalid_config(f"partials must be true or false, got {partials!r}")
     vad = message.get("vad") or {}
@@ -146,16 +152,18 @@ def encode_event(event: SessionEvent) -> dict[str, Any] | None:
 class _Connection:
     """State of one WebSocket connection: at most one session, created by config or first audio."""
 
-    def __init__(self, ws: web.WebSocketResponse, core: Core) -> None:
+    def __init__(self, ws: web.WebSocketResponse, core: Core, request: web.Request) -> None:
         self.ws = ws
         self.core = core
+        self.transport = request.transport
         self.input: PcmInput | None = None
         self.audio_seen = False
         self.finished = False
 
     async def send(self, message: dict[str, Any]) -> None:
+        """Raises `SlowClient` (a `ConnectionError`) and drops the client when it does not read."""
         if not self.ws.closed:
-            await self.ws.send_json(message)
+            await write_within(self.ws.send_json(message), self.core.settings.write_timeout_s, self.transport)
 
     async def emit(self, event: SessionEvent) -> None:
         message = encode_event(event)
@@ -224,25 +232,47 @@ class _Connection:
 
 
 class WebSocketHandler:
-    """aiohttp handler for `/v1/stream`."""
+    """aiohttp handler for `/v1/stream`; `Access` has checked Host, Origin and key before it runs."""
 
     def __init__(self, core: Core) -> None:
         self.core = core
+        settings = core.settings
+        self.connections = ConnectionLimit(
+            "websocket", settings.max_websocket_connections, settings.max_connections_per_address
+        )
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        ws = web.WebSocketResponse(max_msg_size=MAX_FRAME_BYTES, heartbeat=30.0)
+        ws = web.WebSocketResponse(max_msg_size=MAX_FRAME_BYTES, heartbeat=30.0, protocols=(SUBPROTOCOL,))
         if not ws.can_prepare(request).ok:  # a browser or curl opening the URL: say what it is
             explanation = "this endpoint speaks the WebSocket protocol of docs/protocol.md; connect a WebSocket client"
-            return web.json_response(
-                {"type": "error", "code": "websocket_required", "message": explanation},
-                status=426,
-                headers={"Upgrade": "websocket", "Connection": "Upgrade"},
-            )
-        await ws.prepare(request)
-        connection = _Connection(ws, self.core)
-        reason = "disconnect"
+            return _refusal(426, "websocket_required", explanation, {"Upgrade": "websocket", "Connection": "Upgrade"})
+        offered = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")]
+        if any(p.startswith(KEY_SUBPROTOCOL_PREFIX) for p in offered) and SUBPROTOCOL not in offered:
+            # Without it there is no subprotocol to answer with, and a browser would fail the connection.
+            explanation = f"a client sending its key as a subprotocol must also offer the subprotocol {SUBPROTOCOL!r}"
+            return _refusal(400, "invalid_subprotocol", explanation)
         try:
-            async for message in ws:
+            with self.connections.opened(request.remote or ""):
+                return await self._serve(request, ws)
+        except TooManyConnections as exc:
+            self.core.metrics.errors.labels("too_many_connections").inc()
+            return _refusal(503, "too_many_connections", str(exc), {"Retry-After": "5"})
+
+    async def _serve(self, request: web.Request, ws: web.WebSocketResponse) -> web.WebSocketResponse:
+        await ws.prepare(request)
+        connection = _Connection(ws, self.core, request)
+        reason = "disconnect"
+        first_message_timeout = self.core.settings.first_message_timeout_s
+        try:
+            while True:
+                try:
+                    message = await ws.receive(timeout=None if connection.input is not None else first_message_timeout)
+                except TimeoutError:
+                    reason = "timeout"
+                    await self._close_idle(connection, first_message_timeout)
+                    break
+                if message.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
+                    break
                 try:
                     if message.type == WSMsgType.TEXT:
                         await connection.on_text(message.data)
@@ -259,6 +289,23 @@ class WebSocketHandler:
                     break
             if ws.exception() is not None:
                 log.info("websocket closed with error: %s", ws.exception())
+        except ConnectionError as exc:  # SlowClient included: the connection is gone already
+            log.info("websocket connection dropped: %s", exc)
+            reason = "disconnect"
         finally:
             await connection.release(reason)
         return ws
+
+    @staticmethod
+    async def _close_idle(connection: _Connection, seconds: float) -> None:
+        message = f"no config or audio within {seconds:g} s of connecting (first_message_timeout_s)"
+        try:
+            await connection.error("timeout", message)
+            await connection.ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"timeout")
+        except ConnectionError:
+            pass
+
+
+def _refusal(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    """An upgrade refused before it happens: plain HTTP with the protocol's error object as JSON."""
+    return web.json_response({"type": "error", "code": code, "message": message}, status=status, headers=headers)

@@ -46,6 +46,7 @@ from satellite_asr.events import (
     SpeechStarted,
     SpeechStopped,
 )
+from satellite_asr.limits import ConnectionLimit, TooManyConnections, write_within
 from satellite_asr.protocols import PcmInput, ProtocolError, open_session
 from satellite_asr.protocols.wyoming_framing import MAX_HEADER_BYTES, read_event
 from satellite_asr.session import Session, SessionOptions
@@ -176,10 +177,20 @@ class _Connection:
 
     async def run(self) -> None:
         reason = "disconnect"
+        first_message_timeout = self.server.core.settings.first_message_timeout_s
         try:
             while True:
                 try:
-                    event = await read_event(self.reader)
+                    timeout = None if self.round is not None else first_message_timeout
+                    try:
+                        event = await asyncio.wait_for(read_event(self.reader), timeout)
+                    except TimeoutError:
+                        raise ProtocolError(
+                            "timeout",
+                            f"no event within {first_message_timeout:g} s while no round was open "
+                            "(first_message_timeout_s)",
+                            fatal=True,
+                        ) from None
                     if event is None:
                         break
                     if not self.closing:
@@ -200,12 +211,14 @@ class _Connection:
             else:
                 await self.end_round(reason, finalize=False)
             await asyncio.gather(*self._releases, return_exceptions=True)
-            await self._close_writer()
+            await self.close_writer()
 
     async def send(self, event: Event) -> None:
+        """Raises `SlowClient` (a `ConnectionError`) and drops the client when it does not read."""
         async with self._write_lock:
             if not self.writer.is_closing():
-                await async_write_event(event, self.writer)
+                timeout = self.server.core.settings.write_timeout_s
+                await write_within(async_write_event(event, self.writer), timeout, self.writer.transport)
 
     async def error(self, code: str, message: str) -> None:
         self.server.core.metrics.errors.labels(code).inc()
@@ -213,7 +226,7 @@ class _Connection:
         with contextlib.suppress(ConnectionError):
             await self.send(Error(text=message, code=code).event())
 
-    async def _close_writer(self) -> None:
+    async def close_writer(self) -> None:
         self.writer.close()
         with contextlib.suppress(ConnectionError, OSError):
             await self.writer.wait_closed()
@@ -225,14 +238,14 @@ class _Connection:
             await self.end_round(reason, finalize=True)
         finally:
             self._closed_by_server.set()
-            await self._close_writer()
+            await self.close_writer()
 
     async def handle(self, event: Event) -> None:
         if Describe.is_type(event.type):
             await self.send(build_info(self.server.core.engine_info, self.server.core.settings).event())
         elif Transcribe.is_type(event.type):
             transcribe = _parse(Transcribe.from_event, event)
-            context = transcribe_context(transcribe)
+            context = await self.capped_context(transcribe_context(transcribe))
             language = await self.checked_language(transcribe.language)
             await self.end_round("transcribe", finalize=True)
             await self.open_round(language, context, transcribe.vad_sensitivity)
@@ -254,6 +267,18 @@ class _Connection:
             raise ProtocolError(
                 "unknown_event", f"unknown event {event.type!r}; expected describe, transcribe or audio events"
             )
+
+    async def capped_context(self, context: str) -> str:
+        """The context, or its first `max_context_chars` after an `error`: the round still gets its transcript."""
+        limit = self.server.core.settings.max_context_chars
+        if len(context) <= limit:
+            return context
+        await self.error(
+            "context_too_long",
+            f"transcribe: context is {len(context)} characters, over the limit of {limit} (max_context_chars); "
+            f"using its first {limit}",
+        )
+        return context[:limit]
 
     async def checked_language(self, language: Any) -> str | None:
         """The language if the engine knows it (a region tag like en-US falls back to en); else an
@@ -402,6 +427,8 @@ class WyomingServer:
         self.core = core
         self._server: asyncio.Server | None = None
         self._connections: dict[asyncio.Task[Any], _Connection] = {}
+        settings = core.settings
+        self.limit = ConnectionLimit("wyoming", settings.max_wyoming_connections, settings.max_connections_per_address)
 
     @property
     def port(self) -> int | None:
@@ -437,11 +464,17 @@ class WyomingServer:
         task = asyncio.current_task()
         assert task is not None
         connection = _Connection(self, reader, writer)
-        self._connections[task] = connection
+        peer = writer.get_extra_info("peername")
         try:
-            await connection.run()
-        finally:
-            del self._connections[task]
+            with self.limit.opened(str(peer[0]) if isinstance(peer, tuple) else ""):
+                self._connections[task] = connection
+                try:
+                    await connection.run()
+                finally:
+                    del self._connections[task]
+        except TooManyConnections as exc:
+            await connection.error("server_busy", str(exc))
+            await connection.close_writer()
 
 
 def _remove_stale_socket(path: str) -> None:

@@ -5,7 +5,8 @@
 //   4. on Stop send the last audio, then `{"type":"end"}`, and wait for the server to close (1000)
 //      after the last final.
 // A lost connection is retried with backoff; each new connection is a new session, so its times
-// start again at 0.
+// start again at 0. A daemon with an API key (/health says `auth_required`) gets it as the WebSocket
+// subprotocol `satellite-asr.key.KEY` beside `satellite-asr`, the one way a browser can send it.
 
 const RATE = 16000;
 const QUEUE_LIMIT = 20; // frames (2 s) kept while connecting, so the first words are not lost
@@ -23,8 +24,13 @@ const INSECURE_CONTEXT =
   "on the machine running the daemon, or over https:// (start the daemon with --tls-cert and --tls-key). " +
   "See docs/browser.md.";
 
+const SUBPROTOCOL = "satellite-asr";
+const KEY_SUBPROTOCOL_PREFIX = "satellite-asr.key.";
+const KEY_STORAGE = "satellite-asr.api-key"; // sessionStorage: kept across reloads of this tab only
+
 const ui = {
   toggle: document.getElementById("toggle"),
+  apiKey: document.getElementById("api-key"),
   status: document.getElementById("status"),
   level: document.getElementById("level"),
   server: document.getElementById("server"),
@@ -43,6 +49,35 @@ const ui = {
  */
 const history = [];
 window.satelliteAsr = { events: history };
+
+/** Shows the key field (the daemon requires a key), filled with the key this tab used last. */
+function askForKey() {
+  for (const element of document.querySelectorAll(".key-setting")) element.hidden = false;
+  if (!ui.apiKey.value) ui.apiKey.value = sessionStorage.getItem(KEY_STORAGE) ?? "";
+}
+
+/** Subprotocols that carry the key, or none without one. */
+function subprotocols() {
+  const key = ui.apiKey.value.trim();
+  return key ? [SUBPROTOCOL, KEY_SUBPROTOCOL_PREFIX + key] : [];
+}
+
+/**
+ * Why the daemon refuses this page's WebSocket upgrade (a wrong key, another origin), or null.
+ * A browser only sees such a refusal as close code 1006, so it is asked again over plain HTTP,
+ * where the refusal comes before the answer the same URL gives any non-WebSocket request (426).
+ */
+async function upgradeRefusal() {
+  const key = ui.apiKey.value.trim();
+  try {
+    const response = await fetch("v1/stream", { headers: key ? { "X-API-Key": key } : {} });
+    if (response.status !== 401 && response.status !== 403) return null;
+    const error = await response.json();
+    return { status: response.status, code: error.code, message: error.message };
+  } catch {
+    return null; // the daemon does not answer: an ordinary lost connection
+  }
+}
 
 function streamUrl() {
   const scheme = location.protocol === "https:" ? "wss:" : "ws:";
@@ -220,12 +255,18 @@ class StreamClient {
     ui.status.textContent = status;
     ui.toggle.textContent = state === "idle" || state === "starting" ? "Start" : "Stop";
     ui.toggle.disabled = state === "starting" || state === "stopping";
-    for (const input of [ui.language, ui.context, ui.silence, ui.processing]) input.disabled = state !== "idle";
+    for (const input of [ui.apiKey, ui.language, ui.context, ui.silence, ui.processing]) input.disabled = state !== "idle";
   }
 
   async start() {
     notify("mic", null);
     notify("server", null);
+    notify("connection", null);
+    if (!ui.apiKey.hidden && !ui.apiKey.value.trim()) {
+      notify("connection", "error", "This daemon requires an API key: enter it in the settings, then press Start.");
+      ui.apiKey.focus();
+      return;
+    }
     this.setState("starting", "Opening the microphone…");
     this.mic = new Microphone(
       (samples, peak) => this.onFrame(samples, peak),
@@ -254,9 +295,10 @@ class StreamClient {
     this.sent = 0;
     this.sentFrames = []; // {from: first sample, at: performance.now()} of the frames sent lately
     this.setState(this.attempt ? "reconnecting" : "streaming", "Connecting…");
-    const ws = new WebSocket(streamUrl());
+    const ws = new WebSocket(streamUrl(), subprotocols());
     ws.binaryType = "arraybuffer";
     ws.onopen = () => {
+      ws.opened = true;
       ws.send(JSON.stringify(configMessage()));
       for (const samples of this.queue.splice(0)) this.send(samples);
     };
@@ -303,6 +345,7 @@ class StreamClient {
     switch (message.type) {
       case "session_created":
         this.attempt = 0;
+        if (ui.apiKey.value.trim()) sessionStorage.setItem(KEY_STORAGE, ui.apiKey.value.trim());
         notify("connection", null);
         if (this.state !== "stopping") {
           this.setState("streaming", `Listening (${this.inputRate} Hz → ${RATE} Hz) · session ${message.session_id}`);
@@ -331,12 +374,22 @@ class StreamClient {
     }
   }
 
-  onClose(ws, event) {
+  async onClose(ws, event) {
     if (ws !== this.ws) return;
     this.ws = null;
     clearTimeout(this.endTimer);
     this.transcript.abandon("connection closed before this utterance's final");
-    if (this.state === "stopping" || this.state === "idle") {
+    const refusal = ws.opened ? null : await upgradeRefusal();
+    if (refusal) {
+      if (refusal.status === 401) {
+        askForKey();
+        sessionStorage.removeItem(KEY_STORAGE);
+      }
+      const what = refusal.code === "missing_api_key" ? "requires an API key" : `refused the connection (${refusal.code})`;
+      notify("connection", "error", `The daemon ${what}: ${refusal.message}`);
+      this.stopMicrophone();
+      this.finish("Stopped");
+    } else if (this.state === "stopping" || this.state === "idle") {
       this.finish(event.code === 1000 ? "Stopped" : `Stopped (connection closed: ${event.code})`);
     } else if (NO_RETRY.has(event.code)) {
       notify("connection", "error", `The server closed the connection: ${NO_RETRY.get(event.code)} (${event.code} ${event.reason}).`);
@@ -387,6 +440,7 @@ async function describeServer() {
     const health = await response.json();
     ui.server.textContent = `${health.engine} · ${health.model} · ${health.ready ? "ready" : health.status}`;
     ui.languages.replaceChildren(...(health.languages ?? []).map((code) => new Option(code)));
+    if (health.auth_required) askForKey();
     if (!health.ready && health.status !== "failed") setTimeout(describeServer, 2000);
   } catch {
     ui.server.textContent = "The daemon does not answer.";

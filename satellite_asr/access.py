@@ -1,0 +1,205 @@
+"""Who may use the HTTP server: the Host it is addressed by, the page a request comes from, the API key.
+
+One aiohttp middleware checks every request, so a route added later is protected by default; only
+the paths in `PUBLIC_PATHS` / `PUBLIC_PREFIXES` (the browser page and `/health`) skip the checks.
+In order:
+
+1. Without an API key, `Host` must be an IP address, one of the daemon's own names, or in
+   `allowed_hosts`: a page on a DNS-rebinding name (`evil.example` pointed at 192.168.1.10) is
+   same-origin with itself, so the Origin check alone would let it in. With a key the check is
+   moot (such a page cannot present the key: browsers send none by themselves) and is skipped,
+   which spares deployments behind a proxy a list of names. 403 `host_not_allowed`.
+2. `Origin`, when a browser sends one, must be the daemon's own page (same host and port as `Host`)
+   or in `allowed_origins`; clients without an Origin (CLI, SDKs, Home Assistant) pass. 403
+   `origin_not_allowed`.
+3. With an API key set, the request must carry it: `Authorization: Bearer KEY`, `X-API-Key: KEY`,
+   a WebSocket subprotocol `satellite-asr.key.KEY` (what a browser can send) or `?api_key=KEY`.
+   Compared in constant time and never logged. 401 `missing_api_key` / `invalid_api_key`.
+
+Refusals are JSON: the project's `{"type":"error","code","message"}`, or OpenAI's
+`{"error":{...}}` on the OpenAI-compatible paths (`OPENAI_PREFIXES`).
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import re
+import socket
+from pathlib import Path
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+from yarl import URL
+
+from satellite_asr.config import ConfigError, Settings
+
+PUBLIC_PATHS = frozenset({"/", "/health"})
+"""Served to anyone who can reach the daemon: the page and the health check."""
+PUBLIC_PREFIXES = ("/static/",)
+"""The page's scripts and styles."""
+OPENAI_PREFIXES = ("/v1/audio/", "/v1/models", "/v1/realtime")
+"""Paths whose errors take OpenAI's `{"error": {...}}` shape, as OpenAI SDKs expect."""
+
+SUBPROTOCOL = "satellite-asr"
+"""The WebSocket subprotocol the daemon accepts (and echoes) beside a key entry."""
+KEY_SUBPROTOCOL_PREFIX = "satellite-asr.key."
+"""A browser sends the key as the subprotocol `satellite-asr.key.KEY`, next to `satellite-asr`."""
+KEY_QUERY_PARAMETER = "api_key"
+ANY = "*"
+
+_TOKEN = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
+"""HTTP token characters: what fits a header value and a WebSocket subprotocol unchanged."""
+
+
+def load_api_key(settings: Settings) -> str | None:
+    """The key from `api_key` or the first line of `api_key_file`; None when neither is set."""
+    key, origin = settings.api_key, "api_key"
+    if settings.api_key_file:
+        origin = f"api_key_file {settings.api_key_file}"
+        try:
+            lines = Path(settings.api_key_file).read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{origin}: cannot be read ({getattr(exc, 'strerror', None) or exc})") from None
+        key = lines[0].strip() if lines else ""
+        if not key:
+            raise ConfigError(f"{origin}: the file is empty; its first line must be the key")
+    if not key:
+        return None
+    if not _TOKEN.match(key):
+        raise ConfigError(
+            f"{origin}: the key may only hold letters, digits and !#$%&'*+.^_`|~- (so that a browser can send it "
+            "as a WebSocket subprotocol); e.g. python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
+        )
+    return key
+
+
+def own_host_names(settings: Settings) -> frozenset[str]:
+    """Names the daemon answers to without `allowed_hosts`: localhost, its host name, its mDNS names."""
+    host = socket.gethostname().lower().rstrip(".")
+    label = host.split(".")[0]
+    names = {"localhost", host, label, f"{label}.local", f"{re.sub(r'[^a-z0-9-]', '-', label).strip('-')}.local"}
+    if settings.zeroconf_name:
+        names.add(f"{settings.zeroconf_name.lower()}.local")
+    if settings.host not in ("", "0.0.0.0", "::"):
+        names.add(settings.host.lower())
+    return frozenset(names)
+
+
+def split_host(value: str) -> tuple[str, int | None] | None:
+    """`Host` header -> (lowercase name or address, port); None when it is not a host[:port]."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        name, bracket, rest = value[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            return None
+        port = rest[1:]
+    else:
+        name, _, port = value.partition(":")
+    if not name or (port and not port.isdigit()):
+        return None
+    return name.rstrip("."), int(port) if port else None
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+class Access:
+    """The checks of the module docstring, configured once from the settings."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.api_key = load_api_key(settings)
+        self.any_host = ANY in settings.allowed_hosts
+        self.hosts = own_host_names(settings) | {h.lower().rstrip(".") for h in settings.allowed_hosts}
+        self.any_origin = ANY in settings.allowed_origins
+        self.origins = frozenset(o.lower().rstrip("/") for o in settings.allowed_origins)
+
+    @property
+    def key_required(self) -> bool:
+        return self.api_key is not None
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        refusal = self.refusal(request)
+        if refusal is not None:
+            status, code, message = refusal
+            return error_response(request.path, status, code, message)
+        return await handler(request)
+
+    def refusal(self, request: web.Request) -> tuple[int, str, str] | None:
+        """(HTTP status, error code, message) when the request may not go on, else None."""
+        if request.path in PUBLIC_PATHS or request.path.startswith(PUBLIC_PREFIXES):
+            return None
+        host = request.headers.get("Host")
+        if self.api_key is None and host is not None and not self.host_allowed(host):
+            explanation = f"this daemon is not served as {host!r}; use its address, list the name in allowed_hosts"
+            return 403, "host_not_allowed", explanation + " or set an api_key"
+        origin = request.headers.get("Origin")
+        if origin is not None and not self.origin_allowed(origin, host):
+            return 403, "origin_not_allowed", f"pages from {origin} may not use this daemon; see allowed_origins"
+        if self.api_key is not None:
+            presented = presented_key(request)
+            if presented is None:
+                return (
+                    401,
+                    "missing_api_key",
+                    (
+                        "this daemon requires an API key: send Authorization: Bearer KEY or X-API-Key: KEY "
+                        f"(browsers: the WebSocket subprotocol {KEY_SUBPROTOCOL_PREFIX}KEY)"
+                    ),
+                )
+            if not hmac.compare_digest(presented.encode("utf-8", "surrogateescape"), self.api_key.encode()):
+                return 401, "invalid_api_key", "the API key is not valid"
+        return None
+
+    def host_allowed(self, header: str) -> bool:
+        if self.any_host:
+            return True
+        parsed = split_host(header)
+        if parsed is None:
+            return False
+        name = parsed[0]
+        # A rebinding attack needs a DNS name: an address typed as such is not one.
+        return _is_ip(name) or name in self.hosts or name.endswith(".localhost")
+
+    def origin_allowed(self, origin: str, host: str | None) -> bool:
+        if self.any_origin or origin.lower().rstrip("/") in self.origins:
+            return True
+        try:
+            url = URL(origin)
+        except ValueError:
+            return False
+        own = split_host(host) if host is not None else None
+        if own is None or url.scheme not in ("http", "https") or url.host is None:
+            return False
+        name, port = own
+        return url.host.lower().rstrip(".") == name and url.port == (port or url.port)
+
+
+def presented_key(request: web.Request) -> str | None:
+    """The key the request carries, by the first of the four ways that it uses."""
+    scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and credentials.strip():
+        return credentials.strip()
+    if "X-API-Key" in request.headers:
+        return request.headers["X-API-Key"].strip()
+    for protocol in request.headers.get("Sec-WebSocket-Protocol", "").split(","):
+        if protocol.strip().startswith(KEY_SUBPROTOCOL_PREFIX):
+            return protocol.strip()[len(KEY_SUBPROTOCOL_PREFIX) :]
+    return request.query.get(KEY_QUERY_PARAMETER)
+
+
+def error_response(path: str, status: int, code: str, message: str) -> web.Response:
+    """A refusal in the shape the path's clients read: OpenAI's on its paths, the project's elsewhere."""
+    headers = {"WWW-Authenticate": 'Bearer realm="satellite-asr"'} if status == 401 else {}
+    if path.startswith(OPENAI_PREFIXES):
+        kind = "authentication_error" if status == 401 else "permission_error"
+        body: dict[str, object] = {"error": {"message": message, "type": kind, "param": None, "code": code}}
+    else:
+        body = {"type": "error", "code": code, "message": message}
+    return web.json_response(body, status=status, headers=headers)

@@ -1,0 +1,437 @@
+"""Limits that keep Home Assistant served while other clients misbehave: connection caps, timeouts
+(header, first message, no speech, writes), the Wyoming reserve, the context cap, running out of
+file descriptors.
+
+Real daemon on loopback; well-behaved clients are the real libraries (websockets, wyoming), the
+misbehaving ones raw sockets. Loopback is 127.0.0.0/8, so clients of "other addresses" bind
+127.0.0.2 and up as their source.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import websockets
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from wyoming.asr import Transcribe
+from wyoming.audio import AudioChunk, AudioStart
+from wyoming.client import AsyncTcpClient
+from wyoming.event import Event, async_read_event
+
+from satellite_asr.clients.stream_client import stream_file
+from satellite_asr.clients.wav import read_wav
+from satellite_asr.clients.wyoming_bench import transcribe_like_home_assistant
+from satellite_asr.server import Daemon
+from tests.helpers import EXPECTED, FIXTURES, free_port, of_type, running_daemon, same_words, word_error_rate, ws_url
+
+pytestmark = pytest.mark.timeout(180)
+
+WYOMING = "tcp://127.0.0.1:0"
+SILENCE_10MS = bytes(160 * 4)
+"""10 ms of f32le silence at 16 kHz: a frame that keeps a connection busy without speech."""
+
+
+async def receive_until_close(ws: websockets.ClientConnection) -> list[dict[str, Any]]:
+    messages = []
+    with contextlib.suppress(ConnectionClosed):
+        async for raw in ws:
+            messages.append(json.loads(raw))
+    return messages
+
+
+async def read_events_until_eof(reader: asyncio.StreamReader) -> list[Event]:
+    """Wyoming events until the daemon closes the connection (a time-out fails the test)."""
+    events = []
+    while (event := await asyncio.wait_for(async_read_event(reader), 30)) is not None:
+        events.append(event)
+    return events
+
+
+def wire(event: Event) -> bytes:
+    """An event in Wyoming framing, its data in a data block (so it may exceed a header line)."""
+    data = json.dumps(event.data).encode() if event.data else b""
+    head: dict[str, Any] = {"type": event.type, "data_length": len(data)}
+    if event.payload:
+        head["payload_length"] = len(event.payload)
+    return json.dumps(head).encode() + b"\n" + data + (event.payload or b"")
+
+
+@asynccontextmanager
+async def raw_connection(
+    port: int, *, source: str = "127.0.0.1", receive_buffer: int | None = None
+) -> AsyncIterator[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+    """A plain TCP connection to the daemon (a misbehaving client), closed afterwards."""
+    sock = socket.socket()
+    if receive_buffer is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    sock.bind((source, 0))
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    try:
+        yield reader, writer
+    finally:
+        writer.transport.abort()
+
+
+def masked_text_frame(text: str) -> bytes:
+    """A client-to-server WebSocket text frame (clients must mask) of 126 to 65535 bytes."""
+    payload = text.encode()
+    assert 126 <= len(payload) < 1 << 16, "the 16-bit length form"
+    mask = os.urandom(4)
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return struct.pack("!BBH", 0x81, 0x80 | 126, len(payload)) + mask + masked
+
+
+async def upgrade(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, port: int) -> bytes:
+    key = base64.b64encode(os.urandom(16)).decode()
+    writer.write(
+        f"GET /v1/stream HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    return await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
+
+
+async def write_until_dropped(writer: asyncio.StreamWriter, message: bytes, *, limit_s: float = 60) -> int:
+    """Writes `message` again and again without reading, until the daemon drops the connection.
+
+    Returns how many were written; fails if the connection is still open after `limit_s` (the
+    daemon is then blocked on this client, which is what a write timeout must prevent).
+    """
+    written = 0
+    async with asyncio.timeout(limit_s):
+        try:
+            while True:
+                writer.write(message)
+                await writer.drain()
+                written += 1
+        except ConnectionError:
+            return written
+
+
+async def health_status(daemon: Daemon) -> int:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"http://127.0.0.1:{daemon.http_port}/health", timeout=aiohttp.ClientTimeout(total=10)) as response,
+    ):
+        return response.status
+
+
+# --- connection caps ---------------------------------------------------------------------------------
+
+
+async def test_websocket_connections_are_capped_per_address_and_in_total() -> None:
+    async with (
+        running_daemon(max_websocket_connections=3, max_connections_per_address=2) as daemon,
+        contextlib.AsyncExitStack() as held,
+    ):
+        url = ws_url(daemon)
+        first = await held.enter_async_context(websockets.connect(url, local_addr=("127.0.0.1", 0)))
+        await held.enter_async_context(websockets.connect(url, local_addr=("127.0.0.1", 0)))
+        with pytest.raises(InvalidStatus) as per_address:
+            await websockets.connect(url, local_addr=("127.0.0.1", 0))
+        await held.enter_async_context(websockets.connect(url, local_addr=("127.0.0.2", 0)))
+        with pytest.raises(InvalidStatus) as in_total:
+            await websockets.connect(url, local_addr=("127.0.0.3", 0))
+        await first.close()
+        async with websockets.connect(url, local_addr=("127.0.0.1", 0)) as again:
+            await again.send(json.dumps({"type": "config"}))
+            created = json.loads(await again.recv())
+        health = await health_status(daemon)
+    for refused, setting in ((per_address, "max_connections_per_address"), (in_total, "max_websocket_connections")):
+        assert refused.value.response.status_code == 503
+        body = json.loads(refused.value.response.body or b"{}")
+        assert body["code"] == "too_many_connections" and setting in body["message"], body
+    assert created["type"] == "session_created", "a closed connection gives its place back"
+    assert health == 200, "plain HTTP is not counted against the WebSocket cap"
+
+
+async def test_wyoming_connections_are_capped_per_address_and_in_total() -> None:
+    async with (
+        running_daemon(wyoming_uri=WYOMING, max_wyoming_connections=3, max_connections_per_address=2) as daemon,
+        contextlib.AsyncExitStack() as held,
+    ):
+        port = daemon.wyoming_port
+        assert port is not None
+        kept = [await held.enter_async_context(raw_connection(port, source=a)) for a in ("127.0.0.1",) * 2]
+        async with raw_connection(port, source="127.0.0.1") as (reader, _):
+            per_address = await read_events_until_eof(reader)
+        kept.append(await held.enter_async_context(raw_connection(port, source="127.0.0.2")))
+        async with raw_connection(port, source="127.0.0.3") as (reader, _):
+            in_total = await read_events_until_eof(reader)
+        reader, writer = kept[0]
+        writer.write(wire(Event("describe")))
+        info = await asyncio.wait_for(async_read_event(reader), 30)
+    for refused, setting in ((per_address, "max_connections_per_address"), (in_total, "max_wyoming_connections")):
+        assert [(e.type, e.data["code"]) for e in refused] == [("error", "server_busy")]
+        assert setting in refused[0].data["text"]
+    assert info is not None and info.type == "info", "the connections within the caps are served"
+
+
+# --- timeouts ----------------------------------------------------------------------------------------
+
+
+async def test_a_slow_http_request_is_closed_after_the_header_timeout() -> None:
+    """One byte every 0.3 s of a request that never ends: a slot held forever without a header timeout."""
+    async with running_daemon(header_timeout_s=1.0) as daemon:
+        async with raw_connection(daemon.http_port) as (reader, writer):
+            writer.write(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+
+            async def trickle() -> None:
+                with contextlib.suppress(ConnectionError):
+                    while True:
+                        writer.write(b"X")
+                        await writer.drain()
+                        await asyncio.sleep(0.3)
+
+            trickling = asyncio.create_task(trickle())
+            try:
+                closed = await asyncio.wait_for(reader.read(), 30)
+            finally:
+                trickling.cancel()
+        async with raw_connection(daemon.http_port) as (silent_reader, _):
+            silent = await asyncio.wait_for(silent_reader.read(), 30)
+        health = await health_status(daemon)
+    assert closed == b"" and silent == b"", "both connections were closed without an answer"
+    assert health == 200
+
+
+async def test_a_websocket_without_config_or_audio_is_closed_after_the_first_message_timeout() -> None:
+    async with running_daemon(first_message_timeout_s=1.0) as daemon, websockets.connect(ws_url(daemon)) as ws:
+        messages = await asyncio.wait_for(receive_until_close(ws), 30)
+        close_code = ws.close_code
+    assert [(m["type"], m["code"]) for m in messages] == [("error", "timeout")]
+    assert "first_message_timeout_s" in messages[0]["message"]
+    assert close_code == 1008
+
+
+async def test_a_wyoming_connection_that_sends_nothing_or_trickles_is_closed() -> None:
+    async with running_daemon(wyoming_uri=WYOMING, first_message_timeout_s=1.0) as daemon:
+        port = daemon.wyoming_port
+        assert port is not None
+        async with raw_connection(port) as (reader, _):
+            silent = await read_events_until_eof(reader)
+        async with raw_connection(port) as (reader, writer):
+
+            async def trickle() -> None:
+                with contextlib.suppress(ConnectionError):
+                    for byte in b'{"type": "describe"}':
+                        writer.write(bytes([byte]))
+                        await writer.drain()
+                        await asyncio.sleep(0.3)
+
+            trickling = asyncio.create_task(trickle())
+            trickled = await read_events_until_eof(reader)
+            trickling.cancel()
+    for events in (silent, trickled):
+        assert [(e.type, e.data["code"]) for e in events] == [("error", "timeout")]
+
+
+async def test_a_websocket_client_that_does_not_read_is_dropped() -> None:
+    """Each unknown message type is answered with an error; the client never reads them."""
+    message = masked_text_frame(json.dumps({"type": "x" * 2000}))
+    async with running_daemon(write_timeout_s=1.0) as daemon:
+        async with raw_connection(daemon.http_port, receive_buffer=4096) as (reader, writer):
+            response = await upgrade(reader, writer, daemon.http_port)
+            assert response.startswith(b"HTTP/1.1 101")
+            written = await write_until_dropped(writer, message)
+        during = await health_status(daemon)
+        async with websockets.connect(ws_url(daemon)) as ws:
+            await ws.send(json.dumps({"type": "config"}))
+            created = json.loads(await ws.recv())
+    assert written > 100, "the daemon answered until the client's buffers were full"
+    assert during == 200 and created["type"] == "session_created", "the daemon went on serving others"
+
+
+async def test_a_wyoming_client_that_does_not_read_is_dropped() -> None:
+    """Each ping carries 60 kB that its pong echoes; the client never reads the pongs."""
+    ping = wire(Event("ping", {"text": "p" * 60_000}))
+    async with running_daemon(wyoming_uri=WYOMING, write_timeout_s=1.0) as daemon:
+        assert daemon.wyoming_port is not None
+        async with raw_connection(daemon.wyoming_port, receive_buffer=4096) as (_, writer):
+            written = await write_until_dropped(writer, ping)
+        async with AsyncTcpClient("127.0.0.1", daemon.wyoming_port) as client:
+            result = await transcribe_like_home_assistant(client, read_wav(FIXTURES / "lights_on.wav"), realtime=False)
+    assert written > 10
+    assert result.text is not None and word_error_rate(EXPECTED["lights_on.wav"][0], result.text) <= 0.25
+
+
+# --- idle means no speech --------------------------------------------------------------------------
+
+
+async def test_a_websocket_session_sending_only_silence_is_closed_as_idle() -> None:
+    """10 ms of silence every 0.2 s: frames keep coming, speech never does."""
+    async with running_daemon(idle_timeout_s=1.0) as daemon, websockets.connect(ws_url(daemon)) as ws:
+        await ws.send(json.dumps({"type": "config"}))
+
+        async def trickle() -> None:
+            with contextlib.suppress(ConnectionClosed):
+                while True:
+                    await ws.send(SILENCE_10MS)
+                    await asyncio.sleep(0.2)
+
+        trickling = asyncio.create_task(trickle())
+        messages = await asyncio.wait_for(receive_until_close(ws), 30)
+        trickling.cancel()
+        close = ws.close_code, ws.close_reason
+        assert len(daemon.core.sessions) == 0
+    assert [m["type"] for m in messages] == ["session_created"]
+    assert close == (1001, "idle_timeout")
+
+
+async def test_speech_keeps_a_session_open_across_pauses() -> None:
+    """Real-time speech with pauses between commands outlasts an idle timeout shorter than the file."""
+    async with running_daemon(idle_timeout_s=3.0) as daemon:
+        messages = await stream_file(FIXTURES / "three_commands.wav", ws_url(daemon))
+    finals = of_type(messages, "final")
+    assert same_words(EXPECTED["three_commands.wav"], [f["text"] for f in finals]), finals
+    assert all(f["is_speech_final"] for f in finals), "each ended at its pause, none by an idle close"
+
+
+async def test_a_wyoming_round_of_only_silence_is_answered_and_closed_as_idle() -> None:
+    chunk = AudioChunk(rate=16000, width=2, channels=1, audio=bytes(320)).event()
+    async with running_daemon(wyoming_uri=WYOMING, idle_timeout_s=1.0) as daemon:
+        assert daemon.wyoming_port is not None
+        async with raw_connection(daemon.wyoming_port) as (reader, writer):
+            writer.write(wire(Transcribe(language="en").event()) + wire(AudioStart(16000, 2, 1).event()))
+
+            async def trickle() -> None:
+                with contextlib.suppress(ConnectionError):
+                    while True:
+                        writer.write(wire(chunk))
+                        await writer.drain()
+                        await asyncio.sleep(0.2)
+
+            trickling = asyncio.create_task(trickle())
+            events = await read_events_until_eof(reader)
+            trickling.cancel()
+    assert [e.type for e in events] == ["transcript-start", "transcript", "transcript-stop"]
+    assert events[1].data["text"] == ""
+
+
+# --- Home Assistant keeps its share -----------------------------------------------------------------
+
+
+async def test_websocket_clients_cannot_take_the_slots_kept_for_home_assistant() -> None:
+    """The issue's attack at small scale: WebSocket clients try to take every session slot."""
+    max_sessions = 6
+    async with (
+        running_daemon(wyoming_uri=WYOMING, max_sessions=max_sessions) as daemon,
+        contextlib.AsyncExitStack() as held,
+    ):
+        answers = []
+        for _ in range(max_sessions):
+            ws = await held.enter_async_context(websockets.connect(ws_url(daemon)))
+            await ws.send(json.dumps({"type": "config"}))
+            answers.append(json.loads(await ws.recv()))
+        assert daemon.wyoming_port is not None
+        async with AsyncTcpClient("127.0.0.1", daemon.wyoming_port) as client:
+            wav = read_wav(FIXTURES / "lights_on.wav")
+            result = await transcribe_like_home_assistant(client, wav, realtime=False)
+    reserved = daemon.settings.wyoming_reserved_sessions
+    assert [a["type"] for a in answers].count("session_created") == max_sessions - reserved
+    busy = [a for a in answers if a["type"] == "error"]
+    assert {a["code"] for a in busy} == {"server_busy"} and "wyoming_reserved_sessions" in busy[0]["message"]
+    assert result.text is not None and word_error_rate(EXPECTED["lights_on.wav"][0], result.text) <= 0.25
+
+
+# --- context length ----------------------------------------------------------------------------------
+
+
+async def test_a_websocket_context_over_the_cap_is_invalid_config() -> None:
+    async with running_daemon(max_context_chars=100) as daemon:
+        async with websockets.connect(ws_url(daemon)) as ws:
+            await ws.send(json.dumps({"type": "config", "context": "x" * 101}))
+            refused = await receive_until_close(ws)
+            code = ws.close_code
+        async with websockets.connect(ws_url(daemon)) as ws:
+            await ws.send(json.dumps({"type": "config", "context": "x" * 100}))
+            accepted = json.loads(await ws.recv())
+    assert [(m["type"], m["code"]) for m in refused] == [("error", "invalid_config")]
+    assert "max_context_chars" in refused[0]["message"] and code == 1008
+    assert accepted["type"] == "session_created" and accepted["config"]["context"] == "x" * 100
+
+
+async def test_a_wyoming_context_over_the_cap_is_an_error_and_the_round_still_answers() -> None:
+    wav = read_wav(FIXTURES / "lights_on.wav")
+    async with running_daemon(wyoming_uri=WYOMING, max_context_chars=100) as daemon:
+        assert daemon.wyoming_port is not None
+        async with raw_connection(daemon.wyoming_port) as (reader, writer):
+            context = {"names": "bedroom " * 50}
+            writer.write(wire(Transcribe(language="en", context=context).event()))
+            writer.write(wire(AudioStart(wav.sample_rate, 2, wav.channels).event()))
+            writer.write(wire(AudioChunk(wav.sample_rate, 2, wav.channels, wav.pcm).event()))
+            writer.write(wire(Event("audio-stop")))
+            events = []
+            while not events or events[-1].type != "transcript-stop":
+                event = await asyncio.wait_for(async_read_event(reader), 30)
+                assert event is not None
+                events.append(event)
+    errors = [e.data for e in events if e.type == "error"]
+    assert [e["code"] for e in errors] == ["context_too_long"] and "max_context_chars" in errors[0]["text"]
+    (transcript,) = [e.data["text"] for e in events if e.type == "transcript"]
+    assert word_error_rate(EXPECTED["lights_on.wav"][0], transcript) <= 0.25
+
+
+# --- out of file descriptors --------------------------------------------------------------------------
+
+DAEMON_WITH_FEW_FILES = """
+import resource, runpy, sys
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+sys.argv = ["satellite-asr", *sys.argv[1:]]
+runpy.run_module("satellite_asr", run_name="__main__")
+"""
+"""`satellite-asr` in a process that may open 64 files (its own few plus ~50 connections)."""
+
+
+async def test_running_out_of_file_descriptors_logs_a_few_lines_and_the_daemon_recovers(tmp_path: Path) -> None:
+    port = free_port()
+    command = [sys.executable, "-c", DAEMON_WITH_FEW_FILES, "serve", "--host", "127.0.0.1"]
+    command += ["--http-port", str(port), "--wyoming-uri", "none", "--no-zeroconf", "--log-level", "INFO"]
+    log_file = tmp_path / "daemon.log"
+    with log_file.open("wb") as stderr:  # a file, not a pipe: a log storm must not block the daemon on a full pipe
+        process = await asyncio.create_subprocess_exec(*command, stdout=subprocess.DEVNULL, stderr=stderr)
+    try:
+        async with aiohttp.ClientSession() as http:
+            for _ in range(300):
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with http.get(f"http://127.0.0.1:{port}/health") as response:
+                        if response.status == 200:
+                            break
+                await asyncio.sleep(0.2)
+            async with contextlib.AsyncExitStack() as held:
+                for _ in range(110):  # more than the daemon can accept, fewer than its listen backlog
+                    await held.enter_async_context(raw_connection(port))
+                await asyncio.sleep(3)  # asyncio retries the failed accept every second
+            statuses = []
+            for _ in range(100):  # the connections are closed; the daemon accepts again
+                with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                    timeout = aiohttp.ClientTimeout(total=5)
+                    async with http.get(f"http://127.0.0.1:{port}/health", timeout=timeout) as response:
+                        statuses.append(response.status)
+                        break
+                await asyncio.sleep(0.2)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(process.wait(), 60)
+    log = log_file.read_text(errors="replace")
+    about_accept = [line for line in log.splitlines() if "accept" in line.lower()]
+    assert statuses == [200], log[-3000:]
+    assert 1 <= len(about_accept) <= 3, about_accept[:10]
+    assert "Too many open files" in about_accept[0], "the warning says what went wrong"
+    assert process.returncode == 0
