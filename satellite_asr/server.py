@@ -17,7 +17,7 @@ from satellite_asr.config import ConfigError, Settings
 from satellite_asr.core import Core
 from satellite_asr.discovery import Discovery
 from satellite_asr.engines.base import Engine
-from satellite_asr.protocols import websocket, wyoming
+from satellite_asr.protocols import openai_realtime, websocket, wyoming
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,7 @@ class Daemon:
         """Every HTTP route: method, path, handler (the page's scripts are served under `/static/`)."""
         return [
             ("GET", websocket.PATH, websocket.WebSocketHandler(self.core).handle),
+            ("GET", openai_realtime.PATH, openai_realtime.RealtimeHandler(self.core).handle),
             ("GET", "/health", self._health),
             ("GET", "/metrics", self._metrics),
             ("GET", "/", self._index),
