@@ -98,14 +98,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument(
         "--protocol",
-        choices=("websocket", "wyoming"),
+        choices=("websocket", "openai-realtime", "wyoming"),
         default="websocket",
-        help="websocket: /v1/stream clients; wyoming: Home Assistant's flow, one command per round.",
+        help="websocket: /v1/stream clients; openai-realtime: /v1/realtime clients (OpenAI's Realtime API); "
+        "wyoming: Home Assistant's flow, one command per round.",
     )
     bench.add_argument(
         "--url",
-        help="Benchmark a running server (ws://HOST:PORT/v1/stream, or tcp://HOST:PORT for wyoming; any Wyoming "
-        "STT server works) instead of starting one in-process.",
+        help="Benchmark a running server (ws://HOST:PORT/v1/stream or /v1/realtime, or tcp://HOST:PORT for "
+        "wyoming; any Wyoming STT server works) instead of starting one in-process.",
     )
     bench.add_argument(
         "--wyoming-end",
@@ -281,7 +282,15 @@ def _bench(settings: Settings, args: argparse.Namespace) -> int:
         raise ValueError(f"cannot read the bench manifest {manifest}: {exc}") from None
     files = [manifest.parent / name for name in references]
     report = asyncio.run(
-        run_bench(settings, files, clients=args.clients, rounds=args.rounds, url=args.url, references=references)
+        run_bench(
+            settings,
+            files,
+            clients=args.clients,
+            rounds=args.rounds,
+            url=args.url,
+            references=references,
+            protocol=args.protocol,
+        )
     )
     print(json.dumps(asdict(report), indent=2) if args.json else report.summary())
     return 0
