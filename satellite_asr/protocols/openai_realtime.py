@@ -262,7 +262,8 @@ class _Connection:
                     }
                 )
         elif isinstance(event, PartialTranscript):
-            await self.delta(self.items[key], event.stable_text)
+            if key in self.items:  # not an utterance the client cleared an instant ago
+                await self.delta(self.items[key], event.stable_text)
         elif isinstance(event, SpeechStopped):
             item = self.items[key]
             self.speaking = None
