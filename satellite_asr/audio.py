@@ -16,9 +16,31 @@ SAMPLE_RATE = 16000
 
 Audio = npt.NDArray[np.float32]
 
-ENCODINGS = {"f32le": 4, "s16le": 2}
-"""Accepted PCM encodings and their sample widths in bytes."""
+ENCODINGS = {"f32le": 4, "s16le": 2, "pcmu": 1, "pcma": 1}
+"""Accepted encodings and their sample widths in bytes: float32 and 16-bit PCM, G.711 mu-law and A-law."""
 MIN_RATE, MAX_RATE = 8000, 48000
+
+
+def _g711_tables() -> dict[str, Audio]:
+    """The 256 sample values of each G.711 code (ITU-T G.711), scaled to [-1, 1].
+
+    Decoded here with lookup tables because the standard library's `audioop` is deprecated (removed
+    in Python 3.13) and no dependency of the daemon decodes G.711.
+    """
+    codes = np.arange(256, dtype=np.int32)
+    ulaw = ~codes & 0xFF
+    exponent, mantissa = (ulaw >> 4) & 0x07, ulaw & 0x0F
+    magnitude = (((mantissa << 3) + 0x84) << exponent) - 0x84
+    mu = np.where(ulaw & 0x80, -magnitude, magnitude)
+    alaw = codes ^ 0x55
+    exponent, mantissa = (alaw >> 4) & 0x07, alaw & 0x0F
+    magnitude = np.where(exponent == 0, (mantissa << 4) + 8, ((mantissa << 4) + 0x108) << np.maximum(exponent - 1, 0))
+    a = np.where(alaw & 0x80, magnitude, -magnitude)
+    return {name: (values / 32768.0).astype(np.float32) for name, values in (("pcmu", mu), ("pcma", a))}
+
+
+G711 = _g711_tables()
+"""Encoding name -> float32 value of each byte."""
 
 
 class AudioFormatError(ValueError):
@@ -34,6 +56,8 @@ class DecodedAudio:
 
 class PcmDecoder:
     """Decodes one stream's PCM frames: any width/rate/channels in, 16 kHz mono float32 out.
+
+    G.711 (`pcmu`, `pcma`) is 8 kHz by definition, but any rate is taken as declared.
 
     Resampling is stateful across frames (soxr's streaming resampler), so frame boundaries leave
     no clicks and no drift.
@@ -60,9 +84,11 @@ class PcmDecoder:
                 f"{len(data)} bytes is not a whole number of {self.encoding} frames "
                 f"({self.frame_bytes} bytes per frame with {self.channels} channel(s))"
             )
+        non_finite = 0
         if self.encoding == "s16le":
             samples = np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0
-            non_finite = 0
+        elif self.encoding in G711:
+            samples = G711[self.encoding][np.frombuffer(data, dtype=np.uint8)]
         else:
             samples = np.frombuffer(data, dtype="<f4").astype(np.float32)
             finite = np.isfinite(samples)

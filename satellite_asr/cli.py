@@ -101,16 +101,16 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--category", help="Only the manifest's files of this category (turns: complete, paused, hard).")
     bench.add_argument(
         "--protocol",
-        choices=("websocket", "wyoming", "rest"),
+        choices=("websocket", "openai-realtime", "wyoming", "rest"),
         default="websocket",
-        help="websocket: /v1/stream clients; wyoming: Home Assistant's flow, one command per round; rest: each "
-        "client uploads one recording (the manifest's files --rounds times, with silence) to "
-        "/v1/audio/transcriptions at once.",
+        help="websocket: /v1/stream clients; openai-realtime: /v1/realtime clients (OpenAI's Realtime API); "
+        "wyoming: Home Assistant's flow, one command per round; rest: each client uploads one recording (the "
+        "manifest's files --rounds times, with silence) to /v1/audio/transcriptions at once.",
     )
     bench.add_argument(
         "--url",
-        help="Benchmark a running server (ws://HOST:PORT/v1/stream, tcp://HOST:PORT for wyoming (any Wyoming "
-        "STT server works), http://HOST:PORT for rest) instead of starting one in-process.",
+        help="Benchmark a running server (ws://HOST:PORT/v1/stream or /v1/realtime, tcp://HOST:PORT for wyoming "
+        "(any Wyoming STT server works), http://HOST:PORT for rest) instead of starting one in-process.",
     )
     bench.add_argument(
         "--wyoming-end",
@@ -290,6 +290,8 @@ def _bench(settings: Settings, args: argparse.Namespace) -> int:
         )
         print(json.dumps(asdict(rest_report), indent=2) if args.json else rest_report.summary())
         return 0
-    report = asyncio.run(run_bench(settings, files, clients=args.clients, rounds=args.rounds, url=args.url))
+    report = asyncio.run(
+        run_bench(settings, files, clients=args.clients, rounds=args.rounds, url=args.url, protocol=args.protocol)
+    )
     print(json.dumps(asdict(report), indent=2) if args.json else report.summary())
     return 0

@@ -37,7 +37,7 @@ def _opt(
 
 ENGINES = ("auto", "whisper", "qwen3-vllm", "qwen3-remote")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
-TURN_DETECTION = ("adaptive", "fixed")
+TURN_DETECTION = ("adaptive", "fixed", "manual")
 
 
 @dataclass(frozen=True)
@@ -134,7 +134,8 @@ class Settings:
     turn_detection: str = _opt(
         "adaptive",
         "adaptive: a pause after what reads as a complete command ends it after min_silence_ms, any other pause "
-        "waits silence_ms; fixed: every utterance ends after silence_ms.",
+        "waits silence_ms; fixed: every utterance ends after silence_ms; manual: silence ends nothing, the client "
+        "ends utterances (flush, end of stream, commit) or max_utterance_s does.",
         choices=TURN_DETECTION,
     )
     min_silence_ms: int = _opt(

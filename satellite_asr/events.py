@@ -55,6 +55,8 @@ class SessionError:
 
     code: str
     message: str
+    utterance_id: int | None = None
+    """The utterance it concerns (an `engine_error` precedes that utterance's final), if any."""
 
 
 SessionEvent = SpeechStarted | SpeechStopped | PartialTranscript | FinalTranscript | SessionError

@@ -33,6 +33,12 @@ class Metrics:
             "Finals whose words do not start with the stable text streamed before them (the final wins).",
             registry=r,
         )
+        self.realtime_delta_mismatches = Counter(
+            "satellite_asr_realtime_delta_mismatches",
+            "OpenAI Realtime items whose completed transcript does not start with the deltas sent before it "
+            "(the transcript wins; the deltas do not add up to it).",
+            registry=r,
+        )
         self.partial_latency = Histogram(
             "satellite_asr_partial_latency_seconds",
             "From a partial becoming due to its event being sent.",

@@ -20,7 +20,7 @@ from satellite_asr.core import Core
 from satellite_asr.discovery import Discovery
 from satellite_asr.engines.base import Engine
 from satellite_asr.limits import AcceptErrorLog, open_file_limit
-from satellite_asr.protocols import openai_rest, websocket, wyoming
+from satellite_asr.protocols import openai_realtime, openai_rest, websocket, wyoming
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,7 @@ class Daemon:
             ("POST", openai_rest.TRANSCRIPTIONS_PATH, rest.transcriptions),
             ("GET", openai_rest.MODELS_PATH, rest.models),
             ("GET", openai_rest.MODEL_PATH, rest.model),
+            ("GET", openai_realtime.PATH, openai_realtime.RealtimeHandler(self.core).handle),
             ("GET", "/health", self._health),
             ("GET", "/metrics", self._metrics),
             ("GET", "/", self._index),

@@ -224,6 +224,15 @@ class Session:
             await self._flush_locked("flush")
         await self.wait_finals()
 
+    async def clear(self) -> None:
+        """Drop the utterance in progress without a final (the client discarded its audio); the
+        finals of utterances that already ended still come."""
+        async with self._lock:
+            utterance, self._utterance = self._utterance, None
+            self._endpointer.flush(self._audio.end)
+            if utterance is not None:
+                await self._discard(utterance)
+
     async def close(self, reason: str, *, finalize: bool = True) -> None:
         """End the session. With `finalize`, the utterance in progress gets its final first;
         without (the client is gone), everything in flight is cancelled."""
@@ -390,7 +399,8 @@ class Session:
                 self._metrics.final_rewrites.inc()
         except EngineError as exc:
             log.warning("session %s: final decode of utterance %d failed: %s", self.id, utterance.id, exc)
-            await self._emit(SessionError("engine_error", f"transcription of utterance {utterance.id} failed: {exc}"))
+            message = f"transcription of utterance {utterance.id} failed: {exc}"
+            await self._emit(SessionError("engine_error", message, utterance.id))
         finally:
             await utterance.stream.close()
         if previous is not None:

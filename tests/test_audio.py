@@ -21,6 +21,27 @@ def test_s16le_and_f32le_decode_to_the_same_samples() -> None:
     assert from_int.dtype == np.float32
 
 
+@pytest.mark.parametrize("encoding", ["pcmu", "pcma"])
+def test_g711_decodes_like_the_standard_library_reference(encoding: str) -> None:
+    """Every one of the 256 codes against Python's own G.711 tables (audioop, in Python <= 3.12)."""
+    audioop = pytest.importorskip("audioop")
+    reference = {"pcmu": audioop.ulaw2lin, "pcma": audioop.alaw2lin}[encoding]
+    codes = bytes(range(256))
+    expected = np.frombuffer(reference(codes, 2), dtype="<i2") / 32768.0
+    np.testing.assert_array_equal(PcmDecoder(encoding, 16000).decode(codes).samples, expected.astype(np.float32))
+
+
+def test_g711_keeps_a_tone_through_the_8_khz_resampling() -> None:
+    audioop = pytest.importorskip("audioop")
+    t = np.arange(8000) / 8000
+    linear = (0.5 * 32767 * np.sin(2 * np.pi * 440.0 * t)).astype("<i2").tobytes()
+    for encoding, encode in (("pcmu", audioop.lin2ulaw), ("pcma", audioop.lin2alaw)):
+        decoder = PcmDecoder(encoding, 8000)
+        out = np.concatenate([decoder.decode(encode(linear, 2)).samples, decoder.drain()])
+        assert abs(out.size - 16000) <= 2
+        assert abs(dominant_frequency(out, 16000) - 440.0) < 2.0
+
+
 def test_partial_frames_are_rejected_with_a_reason() -> None:
     with pytest.raises(AudioFormatError, match="not a whole number of f32le frames"):
         PcmDecoder("f32le").decode(b"\x00" * 6)

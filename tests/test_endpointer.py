@@ -246,3 +246,15 @@ def test_fixed_endpointing_ignores_verdicts() -> None:
     assert endpointer.verdict(end, TurnVerdict.COMPLETE) == []
     ((_, endpoint),) = of_type(run(endpointer, [0.0] * windows(800)), Endpoint)
     assert endpoint == Endpoint(end, "silence", windows(800) * WINDOW)
+
+
+def test_manual_endpointing_ends_only_at_flush_or_the_length_cap() -> None:
+    manual = dataclasses.replace(CONFIG, turn_detection="manual", max_utterance_s=10.0)
+    endpointer = Endpointer(manual)
+    events = run(endpointer, [0.9] * 20 + [0.0] * windows(5000) + [0.9] * 20)
+    assert len(of_type(events, SpeechStart)) == 1
+    assert of_type(events, Endpoint) == [] and of_type(events, SpeechPaused) == []
+    assert endpointer.in_speech
+    assert endpointer.flush() == Endpoint(endpointer.position, "forced")
+    capped = run(Endpointer(manual), [0.9] * 20 + [0.0] * windows(11000))
+    assert [e.reason for _, e in of_type(capped, Endpoint)] == ["forced"]  # type: ignore[union-attr]

@@ -13,13 +13,17 @@ words and against offline `transcribe` of the same files.
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
 import json
 import re
 import statistics
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 
@@ -106,8 +110,8 @@ class UtteranceTiming:
     final_latency: float
     """Seconds from the true end of speech to the final's arrival."""
     first_partial_latency: float | None
-    endpoint: str
-    """Why the utterance ended (the final's `endpoint`)."""
+    endpoint: str | None
+    """Why the utterance ended (the final's `endpoint`; None over OpenAI Realtime, which does not say)."""
 
 
 @dataclass
@@ -190,6 +194,56 @@ async def _stream_one(url: str, audio: Audio, delay: float, config: dict[str, An
     return origin, received
 
 
+async def _stream_one_realtime(url: str, audio: Audio, delay: float, config: dict[str, Any]) -> tuple[float, list[Any]]:
+    """The same over OpenAI Realtime: 24 kHz pcm16 appends at real-time pace, the session's default
+    turn detection (the daemon's own), the connection closed once every speech segment has its
+    `completed` (or 10 s after the audio). Events come back in the WebSocket shapes `_timings`
+    reads: a transcription delta as a `partial`, `completed` as a `final`."""
+    import soxr
+    import websockets
+
+    await asyncio.sleep(delay)
+    received: list[tuple[float, dict[str, Any]]] = []
+    pcm = (np.clip(soxr.resample(audio, SAMPLE_RATE, 24000), -1, 1) * 32767).astype("<i2").tobytes()
+    step = int(FRAME_SECONDS * 24000) * 2
+    expected = len(speech_segments(audio))
+    all_final = asyncio.Event()
+    async with websockets.connect(url, max_size=None) as ws:
+        if config:
+            await ws.send(json.dumps({"type": "session.update", "session": config}))
+
+        async def receive() -> None:
+            async for raw in ws:
+                event = json.loads(raw)
+                arrival, kind = time.monotonic(), event["type"]
+                if kind == "conversation.item.input_audio_transcription.delta":
+                    received.append((arrival, {"type": "partial", "utterance_id": event["item_id"]}))
+                elif kind == "conversation.item.input_audio_transcription.completed":
+                    final = {"type": "final", "utterance_id": event["item_id"], "text": event["transcript"]}
+                    received.append((arrival, final))
+                    if sum(m["type"] == "final" for _, m in received) >= expected:
+                        all_final.set()
+
+        receiver = asyncio.create_task(receive())
+        origin = time.monotonic()
+        for index, offset in enumerate(range(0, len(pcm), step)):
+            await asyncio.sleep(max(0.0, origin + (index + 1) * FRAME_SECONDS - time.monotonic()))
+            chunk = base64.b64encode(pcm[offset : offset + step]).decode()
+            await ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": chunk}))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(all_final.wait(), 10.0)
+        receiver.cancel()
+    return origin, received
+
+
+Streamer = Callable[[str, Audio, float, dict[str, Any]], Awaitable[tuple[float, list[Any]]]]
+PROTOCOLS: dict[str, tuple[str, Streamer]] = {
+    "websocket": ("/v1/stream", _stream_one),
+    "openai-realtime": ("/v1/realtime", _stream_one_realtime),
+}
+"""Protocol name -> (path on the daemon, client that streams one file)."""
+
+
 def _timings(
     file: BenchFile, audio: Audio, origin: float, received: list[Any]
 ) -> tuple[list[UtteranceTiming], int, int]:
@@ -201,7 +255,8 @@ def _timings(
         partials = [t for t, m in received if m["type"] == "partial" and m["utterance_id"] == final["utterance_id"]]
         first_partial = partials[0] - (origin + start) if partials else None
         latency = arrival - (origin + end)
-        timings.append(UtteranceTiming(file.name, index, final["text"], latency, first_partial, final["endpoint"]))
+        endpoint = final.get("endpoint")
+        timings.append(UtteranceTiming(file.name, index, final["text"], latency, first_partial, endpoint))
     early = sum(t.final_latency < 0 for t in timings)
     return timings, max(0, len(spans) - len(finals)), early + max(0, len(finals) - len(spans))
 
@@ -213,8 +268,10 @@ async def run_bench(
     clients: int,
     rounds: int,
     url: str | None,
+    protocol: str = "websocket",
 ) -> BenchReport:
-    """Run the load; starts an in-process daemon from `settings` unless `url` names a running one."""
+    """Run the load over `protocol` (see `PROTOCOLS`); starts an in-process daemon from `settings`
+    unless `url` names a running one."""
     import aiohttp
     import jiwer
 
@@ -226,20 +283,19 @@ async def run_bench(
         daemon = Daemon(settings)
         await daemon.start()
         await daemon.core.wait_ready()
-        url = f"ws://127.0.0.1:{daemon.http_port}/v1/stream"
+        url = f"ws://127.0.0.1:{daemon.http_port}{PROTOCOLS[protocol][0]}"
     try:
         cpu_before, audio_seconds = time.process_time(), 0.0
         jobs = []
         for client in range(clients):
             work = [files[(client + r) % len(files)] for r in range(rounds)]
             audio_seconds += sum(audios[f.name].size for f in work) / SAMPLE_RATE
-            jobs.append(_client_rounds(url, work, audios, client * STAGGER_SECONDS))
+            jobs.append(_client_rounds(PROTOCOLS[protocol][1], url, work, audios, client * STAGGER_SECONDS))
         results = await asyncio.gather(*jobs)
         cpu = (time.process_time() - cpu_before) / audio_seconds if daemon is not None else None
-        async with (
-            aiohttp.ClientSession() as http,
-            http.get(url.replace("ws", "http", 1).replace("/v1/stream", "/metrics")) as r,
-        ):
+        address = urlsplit(url)
+        metrics_url = f"{'https' if address.scheme == 'wss' else 'http'}://{address.netloc}/metrics"
+        async with aiohttp.ClientSession() as http, http.get(metrics_url) as r:
             metrics_text = await r.text()
     finally:
         if daemon is not None:
@@ -279,13 +335,13 @@ async def run_bench(
 
 
 async def _client_rounds(
-    url: str, files: list[BenchFile], audios: dict[str, Audio], delay: float
+    stream_one: Streamer, url: str, files: list[BenchFile], audios: dict[str, Audio], delay: float
 ) -> tuple[list[UtteranceTiming], int, int]:
     timings: list[UtteranceTiming] = []
     missing = cut = 0
     for round_index, file in enumerate(files):
         audio = audios[file.name]
-        origin, received = await _stream_one(url, audio, delay if round_index == 0 else 0.0, {})
+        origin, received = await stream_one(url, audio, delay if round_index == 0 else 0.0, {})
         file_timings, file_missing, file_cut = _timings(file, audio, origin, received)
         timings.extend(file_timings)
         missing += file_missing

@@ -10,8 +10,9 @@ The contract every adapter follows (so that a new protocol is one thin file and 
 4. It turns the session's events (`events.py`) into wire messages; nothing else produces them.
 5. When the stream ends it drains the decoder and releases the session in a `finally`:
    `finalize=True` when the client asked for an end (its finals are sent), `False` when it left.
-6. Every input it refuses raises the one `ProtocolError` (a code and a human sentence); the adapter
-   answers it in the protocol's own error shape and ends the connection only when `fatal`.
+6. Every input it refuses raises the one `ProtocolError` (a code and a human sentence, and the
+   offending field as `param` where the protocol names it); the adapter answers it in the
+   protocol's own error shape and ends the connection only when `fatal`.
 """
 
 from __future__ import annotations
@@ -25,13 +26,15 @@ from satellite_asr.session_manager import CloseConnection, ServerBusy
 
 
 class ProtocolError(Exception):
-    """Input a protocol refuses: `code` and `message` go to the client; `fatal` ends the connection."""
+    """Input a protocol refuses: `code`, `message` (and `param`, the field at fault) go to the client;
+    `fatal` ends the connection."""
 
-    def __init__(self, code: str, message: str, *, fatal: bool = False) -> None:
+    def __init__(self, code: str, message: str, *, fatal: bool = False, param: str | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.fatal = fatal
+        self.param = param
 
 
 def open_session(

@@ -7,7 +7,7 @@ Where a command ends is a question of meaning as much as of silence. With `turn_
 `adaptive`, the final is decoded early in a pause (`SpeechPaused`) and a `TurnDetector` reads its
 text; the session hands the verdict back (`verdict`): a complete command ends after
 `min_silence_ms`, anything else waits the full `silence_ms`. With `fixed`, every utterance waits
-`silence_ms`.
+`silence_ms`. With `manual`, silence ends nothing: the client does (`flush`), or the length cap.
 
 One threshold decides speech and silence. Silero's own segmenter keeps speech going down to
 `threshold - 0.15`; here that only delays the endpoint (its tail of 0.35-0.5 windows lasts about
@@ -50,7 +50,8 @@ class EndpointerConfig:
     threshold: float
     min_speech_ms: int
     turn_detection: str
-    """`adaptive`: a pause after a complete command ends it at `min_silence_ms`; `fixed`: never."""
+    """`adaptive`: a pause after a complete command ends it at `min_silence_ms`; `fixed`: never;
+    `manual`: no pause ends an utterance."""
     min_silence_ms: int
     silence_ms: int
     speech_pad_ms: int
@@ -69,6 +70,10 @@ class EndpointerConfig:
     @property
     def adaptive(self) -> bool:
         return self.turn_detection == "adaptive"
+
+    @property
+    def manual(self) -> bool:
+        return self.turn_detection == "manual"
 
     @property
     def trailing_pad_samples(self) -> int:
@@ -215,7 +220,7 @@ class Endpointer:
             self._paused_reported = False
             self._since_partial += WINDOW
             events.extend(self._partial_if_due())
-        else:
+        elif not self.config.manual:
             self._silence_run += WINDOW
             if self._silence_run >= self._needed_silence:
                 events.append(self._finish(self._speech_end(), self._pause_reason()))

@@ -1,0 +1,378 @@
+"""OpenAI's Realtime transcription API at `/v1/realtime` (docs/openai.md): wire events <-> `Session` calls.
+
+A session is created at connect with the defaults and announced first (`session.created`, or beta
+`transcription_session.created` when the client sent `OpenAI-Beta: realtime=v1`). Each utterance is
+a conversation item: `speech_started` when VAD hears it, deltas of the text the engine is sure of
+(`PartialTranscript.stable_text` as it grows), then `speech_stopped`, `committed`, the item, and
+`completed` with the final, a fresh decode of the whole item; `failed` instead when the engine fails.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import functools
+import json
+import logging
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from satellite_asr.audio import SAMPLE_RATE
+from satellite_asr.core import Core
+from satellite_asr.events import (
+    FinalTranscript,
+    PartialTranscript,
+    SessionError,
+    SessionEvent,
+    SpeechStarted,
+    SpeechStopped,
+)
+from satellite_asr.protocols import PcmInput, ProtocolError, open_session
+from satellite_asr.protocols.openai_realtime_config import RealtimeConfig, apply_update, beta_session, ga_session
+from satellite_asr.session import Session
+
+log = logging.getLogger(__name__)
+
+PATH = "/v1/realtime"
+PROTOCOL = "openai_realtime"
+MAX_MESSAGE_BYTES = 24 << 20
+"""Largest client event: an append of OpenAI's limit of 15 MiB of audio, base64-encoded, fits."""
+MIN_COMMIT_MS = 100
+"""Less uncommitted audio than this makes a commit an error, as OpenAI's does."""
+CLIENT_EVENTS = (
+    "session.update",
+    "transcription_session.update",
+    "input_audio_buffer.append",
+    "input_audio_buffer.commit",
+    "input_audio_buffer.clear",
+)
+SERVER_ERROR_CODES = {"server_busy", "engine_error"}
+"""Error codes that are the server's fault (`server_error`); all others are `invalid_request_error`."""
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:20]}"
+
+
+@dataclass
+class _Item:
+    """The conversation item of one utterance, and the transcript deltas sent for it."""
+
+    id: str
+    sent: str = ""
+    failure: str | None = None
+    """Why its transcription failed (an `engine_error`), if it did."""
+
+
+def user_audio_item(item_id: str) -> dict[str, Any]:
+    return {
+        "id": item_id,
+        "object": "realtime.item",
+        "type": "message",
+        "status": "completed",
+        "role": "user",
+        "content": [{"type": "input_audio", "transcript": None}],
+    }
+
+
+class _Connection:
+    """One client: its settings, its current session (one at a time) and the items of its utterances.
+
+    A `session.update` that changes how speech is endpointed or decoded finalizes the session (the
+    utterance in progress gets its item and transcript) and opens a new one; a change of audio
+    format alone swaps the decoder. Item times count all audio of the connection.
+    """
+
+    def __init__(self, ws: web.WebSocketResponse, core: Core, beta: bool) -> None:
+        self.ws = ws
+        self.core = core
+        self.beta = beta
+        self.config = RealtimeConfig.defaults(core.settings)
+        self.input: PcmInput | None = None
+        self.generation = 0
+        """Counts sessions, so events of a finalized one are told apart from the current one's."""
+        self.items: dict[tuple[int, int], _Item] = {}
+        self.previous_item_id: str | None = None
+        self.offset_s = 0.0
+        """Audio received by the connection's earlier sessions."""
+        self.commit_mark = 0
+        """The current session's samples received when its audio was last committed or cleared."""
+        self.committing = False
+        self.speaking: tuple[int, int] | None = None
+        """The key of the item whose speech started and has not ended."""
+
+    @property
+    def session(self) -> Session:
+        assert self.input is not None
+        return self.input.session
+
+    async def send(self, event: dict[str, Any]) -> None:
+        if not self.ws.closed:
+            await self.ws.send_json({"event_id": new_id("event"), **event})
+
+    async def error(self, exc: ProtocolError, event_id: str | None) -> None:
+        self.core.metrics.errors.labels(exc.code).inc()
+        kind = "server_error" if exc.code in SERVER_ERROR_CODES else "invalid_request_error"
+        error = {"type": kind, "code": exc.code, "message": exc.message, "param": exc.param, "event_id": event_id}
+        await self.send({"type": "error", "error": error})
+
+    async def close_by_server(self, reason: str) -> None:
+        await self.ws.close(code=WSCloseCode.GOING_AWAY, message=reason.encode())
+
+    async def open_session(self, created: bool) -> None:
+        options = self.config.session_options(self.core.settings)
+        self.generation += 1
+        emit = functools.partial(self.on_event, self.generation)
+        session = open_session(self.core, PROTOCOL, options, emit, self.close_by_server)
+        self.input = PcmInput(self.core, session, self.config.decoder())
+        self.commit_mark = 0
+        await self.announce("created" if created else "updated")
+
+    async def announce(self, what: str) -> None:
+        session_id = f"sess_{self.session.id}"
+        options, engine = self.session.options, self.core.engine_info
+        if self.beta:
+            body = beta_session(session_id, self.config, options, engine)
+            await self.send({"type": f"transcription_session.{what}", "session": body})
+        else:
+            await self.send(
+                {"type": f"session.{what}", "session": ga_session(session_id, self.config, options, engine)}
+            )
+
+    async def release(self, *, finalize: bool) -> None:
+        if self.input is not None:
+            if finalize:
+                await self.input.drain()
+            session, self.input = self.input.session, None
+            await self.core.sessions.release(session, "reconfigured" if finalize else "disconnect", finalize=finalize)
+            self.offset_s += session.seconds_received
+
+    async def on_text(self, message: dict[str, Any]) -> None:
+        kind = message.get("type")
+        if kind in ("session.update", "transcription_session.update"):
+            await self.update(message, beta=kind == "transcription_session.update")
+        elif kind == "input_audio_buffer.append":
+            await self.append(message)
+        elif kind == "input_audio_buffer.commit":
+            await self.commit()
+        elif kind == "input_audio_buffer.clear":
+            await self.clear()
+        else:
+            supported = ", ".join(CLIENT_EVENTS)
+            message_text = f"unknown or unsupported event type {kind!r}; this server transcribes and takes {supported}"
+            raise ProtocolError("invalid_value", message_text, param="type")
+
+    async def update(self, message: dict[str, Any], *, beta: bool) -> None:
+        config = apply_update(self.config, message, beta, self.core.engine_info)
+        self.beta = beta
+        if config.session_options(self.core.settings) != self.session.options:
+            await self.release(finalize=True)
+            self.config = config
+            await self.open_session(created=False)
+            return
+        if (config.encoding, config.sample_rate) != (self.config.encoding, self.config.sample_rate):
+            assert self.input is not None
+            await self.input.drain()
+            self.input.decoder = config.decoder()
+        self.config = config
+        await self.announce("updated")
+
+    async def append(self, message: dict[str, Any]) -> None:
+        audio = message.get("audio")
+        if not isinstance(audio, str):
+            raise ProtocolError("invalid_type", f"audio must be base64 text, got {audio!r:.40}", param="audio")
+        try:
+            data = base64.b64decode(audio, validate=True)
+        except binascii.Error as exc:
+            raise ProtocolError("invalid_value", f"audio is not valid base64 ({exc}); dropped", param="audio") from None
+        assert self.input is not None
+        await self.input.feed(data)
+
+    async def commit(self) -> None:
+        """End the item now: the utterance in progress, or audio in which VAD heard no speech."""
+        session = self.session
+        uncommitted_ms = (session.samples_received - self.commit_mark) * 1000 / SAMPLE_RATE
+        if session.in_utterance:
+            self.committing = True
+            try:
+                await session.flush()
+            finally:
+                self.committing = False
+        elif uncommitted_ms >= MIN_COMMIT_MS:
+            item = _Item(new_id("item"))
+            await self.committed(item)
+            usage = {"type": "duration", "seconds": round(uncommitted_ms / 1000, 3)}
+            await self.send(self.completed(item, "", usage))
+        else:
+            message = (
+                f"buffer too small: {uncommitted_ms:.0f} ms of audio since the last commit, "
+                f"at least {MIN_COMMIT_MS} ms is needed"
+            )
+            raise ProtocolError("input_audio_buffer_commit_empty", message)
+        self.commit_mark = session.samples_received
+
+    async def clear(self) -> None:
+        """Drop the uncommitted audio: the utterance in progress ends without an item."""
+        await self.session.clear()
+        if self.speaking is not None:
+            self.items.pop(self.speaking, None)
+            self.speaking = None
+        self.commit_mark = self.session.samples_received
+        await self.send({"type": "input_audio_buffer.cleared"})
+
+    async def committed(self, item: _Item) -> None:
+        await self.send(
+            {"type": "input_audio_buffer.committed", "item_id": item.id, "previous_item_id": self.previous_item_id}
+        )
+        added = "conversation.item.created" if self.beta else "conversation.item.added"
+        await self.send({"type": added, "item": user_audio_item(item.id), "previous_item_id": self.previous_item_id})
+        self.previous_item_id = item.id
+
+    def completed(self, item: _Item, transcript: str, usage: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "type": "conversation.item.input_audio_transcription.completed",
+            "item_id": item.id,
+            "content_index": 0,
+            "transcript": transcript,
+            "usage": usage,
+        }
+
+    def ms(self, seconds: float) -> int:
+        return round((self.offset_s + seconds) * 1000)
+
+    async def on_event(self, generation: int, event: SessionEvent) -> None:
+        """A session event as Realtime server events (events of a finalized session included)."""
+        if isinstance(event, SessionError):
+            await self.session_error(generation, event)
+            return
+        key = (generation, event.utterance_id)
+        vad = self.config.turn_detection is not None
+        if isinstance(event, SpeechStarted):
+            item = self.items[key] = _Item(new_id("item"))
+            self.speaking = key
+            if vad:
+                await self.send(
+                    {
+                        "type": "input_audio_buffer.speech_started",
+                        "audio_start_ms": self.ms(event.start),
+                        "item_id": item.id,
+                    }
+                )
+        elif isinstance(event, PartialTranscript):
+            if key in self.items:  # not an utterance the client cleared an instant ago
+                await self.delta(self.items[key], event.stable_text)
+        elif isinstance(event, SpeechStopped):
+            item = self.items[key]
+            self.speaking = None
+            if vad and not self.committing:
+                await self.send(
+                    {
+                        "type": "input_audio_buffer.speech_stopped",
+                        "audio_end_ms": self.ms(event.end),
+                        "item_id": item.id,
+                    }
+                )
+            await self.committed(item)
+            if generation == self.generation and self.input is not None:
+                self.commit_mark = self.session.samples_received
+        elif isinstance(event, FinalTranscript):
+            await self.final(self.items.pop(key), event)
+
+    async def session_error(self, generation: int, event: SessionError) -> None:
+        """An engine error of an utterance fails its item (at its final); any other is an `error`."""
+        item = self.items.get((generation, event.utterance_id or 0))
+        if item is not None:
+            item.failure = event.message
+        else:
+            await self.error(ProtocolError(event.code, event.message), None)
+
+    async def delta(self, item: _Item, text: str) -> None:
+        """Send what `text` adds to what was sent; text that does not continue it waits for the final."""
+        if len(text) > len(item.sent) and text.startswith(item.sent):
+            delta, item.sent = text[len(item.sent) :], text
+            await self.send(
+                {
+                    "type": "conversation.item.input_audio_transcription.delta",
+                    "item_id": item.id,
+                    "content_index": 0,
+                    "delta": delta,
+                }
+            )
+
+    async def final(self, item: _Item, event: FinalTranscript) -> None:
+        if item.failure is not None:
+            error = {"type": "server_error", "code": "engine_error", "message": item.failure, "param": None}
+            failed = {"item_id": item.id, "content_index": 0, "error": error}
+            await self.send({"type": "conversation.item.input_audio_transcription.failed", **failed})
+            return
+        if event.text.startswith(item.sent):
+            await self.delta(item, event.text)
+        else:
+            self.core.metrics.realtime_delta_mismatches.inc()
+            log.debug("item %s: final %r does not continue the deltas %r", item.id, event.text, item.sent)
+        usage = {"type": "duration", "seconds": round(event.end - event.start, 3)}
+        await self.send(self.completed(item, event.text, usage))
+
+
+def _error_body(code: str, message: str, param: str | None = None) -> dict[str, Any]:
+    return {"error": {"type": "invalid_request_error", "code": code, "message": message, "param": param}}
+
+
+class RealtimeHandler:
+    """aiohttp handler for `/v1/realtime`."""
+
+    def __init__(self, core: Core) -> None:
+        self.core = core
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        intent = request.query.get("intent", "transcription")
+        if intent != "transcription":
+            message = f"intent must be transcription (this server only transcribes), got {intent!r}"
+            return web.json_response(_error_body("invalid_value", message, "intent"), status=400)
+        ws = web.WebSocketResponse(max_msg_size=MAX_MESSAGE_BYTES, heartbeat=30.0)
+        if not ws.can_prepare(request).ok:
+            message = "this endpoint speaks OpenAI's Realtime API over WebSocket; connect a WebSocket client"
+            return web.json_response(
+                _error_body("websocket_required", message),
+                status=426,
+                headers={"Upgrade": "websocket", "Connection": "Upgrade"},
+            )
+        await ws.prepare(request)
+        beta = "realtime=v1" in request.headers.get("OpenAI-Beta", "")
+        connection = _Connection(ws, self.core, beta)
+        try:
+            await connection.open_session(created=True)
+            async for frame in ws:
+                if frame.type == WSMsgType.TEXT:
+                    await self._receive(connection, frame.data)
+                elif frame.type == WSMsgType.BINARY:
+                    refusal = ProtocolError("invalid_value", "binary frames are not events; send JSON text events")
+                    await connection.error(refusal, None)
+            if ws.exception() is not None:
+                log.info("realtime websocket closed with error: %s", ws.exception())
+        except ProtocolError as exc:  # fatal: no session could be opened
+            await connection.error(exc, None)
+            await ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=exc.code.encode())
+        finally:
+            await connection.release(finalize=False)
+        return ws
+
+    async def _receive(self, connection: _Connection, data: str) -> None:
+        """One client event; a refused one gets an error event and the session goes on."""
+        event_id = None
+        try:
+            try:
+                message = json.loads(data)
+            except ValueError:
+                raise ProtocolError("invalid_json", "events must be JSON objects") from None
+            if not isinstance(message, dict):
+                raise ProtocolError("invalid_json", "events must be JSON objects")
+            event_id = message.get("event_id") if isinstance(message.get("event_id"), str) else None
+            await connection.on_text(message)
+        except ProtocolError as exc:
+            if exc.fatal:
+                raise
+            await connection.error(exc, event_id)

@@ -1,0 +1,334 @@
+"""OpenAI Realtime transcription settings: `session.update` (GA) and `transcription_session.update`
+(beta) checked into a `RealtimeConfig`, and the effective session objects the server reports.
+
+An update changes only the fields it carries, as OpenAI's does. Each value is checked as the
+daemon setting it becomes (`config.coerce`), so the limits and messages are the daemon's own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from satellite_asr.audio import MAX_RATE, MIN_RATE, PcmDecoder
+from satellite_asr.config import ConfigError, Settings, coerce
+from satellite_asr.engines.base import EngineInfo
+from satellite_asr.protocols import ProtocolError
+from satellite_asr.session import SessionOptions
+
+PCM_RATE = 24000
+"""OpenAI's PCM rate, the default; any rate from 8000 to 48000 is accepted."""
+G711_RATE = 8000
+GA_FORMATS = {"audio/pcm": "s16le", "audio/pcmu": "pcmu", "audio/pcma": "pcma"}
+"""GA `audio.input.format.type` -> the decoder's encoding."""
+BETA_FORMATS = {"pcm16": ("s16le", PCM_RATE), "g711_ulaw": ("pcmu", G711_RATE), "g711_alaw": ("pcma", G711_RATE)}
+"""Beta `input_audio_format` -> (encoding, rate)."""
+
+EAGERNESS = {"low": (400, 1600), "medium": (200, 800), "high": (120, 500)}
+"""`semantic_vad` eagerness -> (min_silence_ms, silence_ms) of adaptive turn detection: the wait after a
+command that reads as complete, and after anything else. `auto` keeps the daemon's own settings."""
+MANUAL_MIN_SPEECH_MS = 32
+"""With turn detection off the client commits, so one window of speech starts the item: a short
+word committed at once is not lost for want of `min_speech_ms`."""
+
+TRANSCRIPTION_FIELDS = {"model", "language", "languages", "prompt", "keywords", "delay"}
+TURN_DETECTION_FIELDS = {
+    "type",
+    "threshold",
+    "prefix_padding_ms",
+    "silence_duration_ms",
+    "eagerness",
+    "create_response",
+    "interrupt_response",
+    "idle_timeout_ms",
+}
+SERVER_VAD_SETTINGS = {
+    "threshold": "vad_threshold",
+    "prefix_padding_ms": "speech_pad_ms",
+    "silence_duration_ms": "silence_ms",
+}
+"""`server_vad` fields and the daemon setting each becomes (and is checked as)."""
+GA_SESSION_FIELDS = {"type", "audio", "include", "id", "object", "expires_at"}
+GA_INPUT_FIELDS = {"format", "transcription", "turn_detection", "noise_reduction"}
+BETA_SESSION_FIELDS = {
+    "input_audio_format",
+    "input_audio_transcription",
+    "turn_detection",
+    "input_audio_noise_reduction",
+    "include",
+    "modalities",
+    "client_secret",
+    "id",
+    "object",
+}
+"""Every field of OpenAI's schemas is accepted; those the daemon has no use for (noise reduction,
+`include`, response creation, `delay`, ...) are ignored. Any other field is refused."""
+
+
+@dataclass(frozen=True)
+class TurnDetection:
+    """`server_vad` (fixed endpointing) or `semantic_vad` (adaptive); None fields: the daemon's settings."""
+
+    type: str
+    threshold: float | None = None
+    prefix_padding_ms: int | None = None
+    silence_duration_ms: int | None = None
+    eagerness: str = "auto"
+
+    def vad_overrides(self, settings: Settings) -> dict[str, Any]:
+        """`EndpointerConfig` fields by name."""
+        if self.type == "semantic_vad":
+            overrides: dict[str, Any] = {"turn_detection": "adaptive"}
+            if self.eagerness in EAGERNESS:
+                overrides["min_silence_ms"], overrides["silence_ms"] = EAGERNESS[self.eagerness]
+            return overrides
+        overrides = {"turn_detection": "fixed"}
+        if self.threshold is not None:
+            overrides["threshold"] = self.threshold
+        if self.prefix_padding_ms is not None:
+            overrides["speech_pad_ms"] = self.prefix_padding_ms
+        if self.silence_duration_ms is not None:
+            overrides["silence_ms"] = self.silence_duration_ms
+            overrides["min_silence_ms"] = min(settings.min_silence_ms, self.silence_duration_ms)
+        return overrides
+
+
+@dataclass(frozen=True)
+class RealtimeConfig:
+    """One connection's transcription settings, as the client set them."""
+
+    encoding: str
+    sample_rate: int
+    language: str | None
+    prompt: str
+    keywords: tuple[str, ...]
+    turn_detection: TurnDetection | None
+    """None: turn detection off, the client commits."""
+
+    @classmethod
+    def defaults(cls, settings: Settings) -> RealtimeConfig:
+        """24 kHz PCM, the daemon's language, and its turn detection in OpenAI's terms."""
+        turn = {"adaptive": TurnDetection("semantic_vad"), "fixed": TurnDetection("server_vad"), "manual": None}
+        return cls("s16le", PCM_RATE, settings.default_language, "", (), turn[settings.turn_detection])
+
+    def session_options(self, settings: Settings) -> SessionOptions:
+        if self.turn_detection is None:
+            vad: dict[str, Any] = {"turn_detection": "manual", "min_speech_ms": MANUAL_MIN_SPEECH_MS}
+        else:
+            vad = self.turn_detection.vad_overrides(settings)
+        context = "\n".join(part for part in (self.prompt, ", ".join(self.keywords)) if part)
+        return SessionOptions.from_settings(settings, vad=vad, language=self.language, context=context)
+
+    def decoder(self) -> PcmDecoder:
+        return PcmDecoder(self.encoding, self.sample_rate)
+
+
+def apply_update(config: RealtimeConfig, message: dict[str, Any], beta: bool, engine: EngineInfo) -> RealtimeConfig:
+    """`config` changed by a `session.update` (or, `beta`, a `transcription_session.update`)."""
+    session = message.get("session")
+    if not isinstance(session, dict):
+        raise _invalid("missing_required_parameter", "session must be an object", "session")
+    if beta:
+        _refuse_unknown(session, BETA_SESSION_FIELDS, "session")
+        fields = [
+            ("input_audio_format", _beta_format),
+            ("input_audio_transcription", _transcription),
+            ("turn_detection", _turn_detection),
+        ]
+        values, prefix = session, "session."
+    else:
+        kind = session.get("type")
+        if kind is None:
+            raise _invalid("missing_required_parameter", "session.type is required: 'transcription'", "session.type")
+        if kind != "transcription":
+            message_text = f"session.type must be 'transcription' (this server only transcribes), got {kind!r}"
+            raise _invalid("invalid_value", message_text, "session.type")
+        _refuse_unknown(session, GA_SESSION_FIELDS, "session")
+        audio = _object(session.get("audio"), "session.audio")
+        _refuse_unknown(audio, {"input"}, "session.audio")
+        values = _object(audio.get("input"), "session.audio.input")
+        _refuse_unknown(values, GA_INPUT_FIELDS, "session.audio.input")
+        fields = [("format", _ga_format), ("transcription", _transcription), ("turn_detection", _turn_detection)]
+        prefix = "session.audio.input."
+    for key, parse in fields:
+        if key in values:
+            config = parse(config, values[key], prefix + key, engine)
+    return config
+
+
+def _ga_format(config: RealtimeConfig, value: Any, param: str, engine: EngineInfo) -> RealtimeConfig:
+    value = _object(value, param)
+    _refuse_unknown(value, {"type", "rate"}, param)
+    kind = value.get("type", "audio/pcm")
+    if kind not in GA_FORMATS:
+        raise _invalid("invalid_value", f"{param}.type must be one of {', '.join(GA_FORMATS)}, got {kind!r}", param)
+    rate = value.get("rate", PCM_RATE if kind == "audio/pcm" else G711_RATE)
+    if not isinstance(rate, int) or isinstance(rate, bool) or not MIN_RATE <= rate <= MAX_RATE:
+        message = f"{param}.rate must be a whole number from {MIN_RATE} to {MAX_RATE}, got {rate!r}"
+        raise _invalid("invalid_value", message, f"{param}.rate")
+    return dataclasses.replace(config, encoding=GA_FORMATS[kind], sample_rate=rate)
+
+
+def _beta_format(config: RealtimeConfig, value: Any, param: str, engine: EngineInfo) -> RealtimeConfig:
+    if value not in BETA_FORMATS:
+        raise _invalid("invalid_value", f"{param} must be one of {', '.join(BETA_FORMATS)}, got {value!r}", param)
+    encoding, rate = BETA_FORMATS[value]
+    return dataclasses.replace(config, encoding=encoding, sample_rate=rate)
+
+
+def _transcription(config: RealtimeConfig, value: Any, param: str, engine: EngineInfo) -> RealtimeConfig:
+    """`model` is accepted whatever it names (the daemon's engine answers); `language` is checked."""
+    if value is None:  # transcription cannot be turned off: it is what this server does
+        return config
+    value = _object(value, param)
+    _refuse_unknown(value, TRANSCRIPTION_FIELDS, param)
+    for key in ("model", "prompt", "delay"):
+        if value.get(key) is not None and not isinstance(value[key], str):
+            raise _invalid("invalid_type", f"{param}.{key} must be text, got {value[key]!r}", f"{param}.{key}")
+    changes: dict[str, Any] = {}
+    if "prompt" in value:
+        changes["prompt"] = value["prompt"] or ""
+    if "keywords" in value:
+        changes["keywords"] = tuple(_texts(value["keywords"], f"{param}.keywords"))
+    if "languages" in value:
+        languages = [
+            _language(code, f"{param}.languages", engine) for code in _texts(value["languages"], f"{param}.languages")
+        ]
+        changes["language"] = languages[0] if len(languages) == 1 else None
+    if "language" in value:
+        code = value["language"]
+        if code is not None and not isinstance(code, str):
+            message = f"{param}.language must be a language code, got {code!r}"
+            raise _invalid("invalid_type", message, f"{param}.language")
+        changes["language"] = _language(code, f"{param}.language", engine) if code else None
+    return dataclasses.replace(config, **changes)
+
+
+def _language(code: str, param: str, engine: EngineInfo) -> str:
+    supported = engine.supported_language(code)
+    if supported is None:
+        raise _invalid("invalid_value", f"{param}: {code!r} is not one of {', '.join(engine.languages)}", param)
+    return supported
+
+
+def _texts(value: Any, param: str) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise _invalid("invalid_type", f"{param} must be a list of text, got {value!r}", param)
+    return value
+
+
+def _turn_detection(config: RealtimeConfig, value: Any, param: str, engine: EngineInfo) -> RealtimeConfig:
+    if value is None:
+        return dataclasses.replace(config, turn_detection=None)
+    value = _object(value, param)
+    _refuse_unknown(value, TURN_DETECTION_FIELDS, param)
+    kind = value.get("type", "server_vad")
+    if kind not in ("server_vad", "semantic_vad"):
+        message = f"{param}.type must be server_vad or semantic_vad (or turn_detection null), got {kind!r}"
+        raise _invalid("invalid_value", message, f"{param}.type")
+    if kind == "semantic_vad":
+        eagerness = value.get("eagerness") or "auto"
+        if eagerness not in (*EAGERNESS, "auto"):
+            message = f"{param}.eagerness must be low, medium, high or auto, got {eagerness!r}"
+            raise _invalid("invalid_value", message, f"{param}.eagerness")
+        return dataclasses.replace(config, turn_detection=TurnDetection(kind, eagerness=eagerness))
+    values: dict[str, Any] = {}
+    for key, setting in SERVER_VAD_SETTINGS.items():
+        raw = value.get(key)
+        if raw is None:
+            continue
+        whole = key != "threshold"
+        if isinstance(raw, bool) or not isinstance(raw, int if whole else (int, float)):
+            kind_text = "a whole number of milliseconds" if whole else "a number"
+            raise _invalid("invalid_type", f"{param}.{key} must be {kind_text}, got {raw!r}", f"{param}.{key}")
+        try:
+            values[key] = coerce(setting, raw)
+        except ConfigError as exc:
+            reason = str(exc).split(": ", 1)[1]
+            raise _invalid("invalid_value", f"{param}.{key} {reason}", f"{param}.{key}") from None
+    return dataclasses.replace(config, turn_detection=TurnDetection(kind, **values))
+
+
+def _object(value: Any, param: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise _invalid("invalid_type", f"{param} must be an object, got {value!r}", param)
+    return value
+
+
+def _refuse_unknown(value: dict[str, Any], known: set[str], param: str) -> None:
+    unknown = sorted(set(value) - known)
+    if unknown:
+        raise _invalid("unknown_parameter", f"unknown parameter {param}.{unknown[0]}", f"{param}.{unknown[0]}")
+
+
+def _invalid(code: str, message: str, param: str) -> ProtocolError:
+    return ProtocolError(code, message, param=param)
+
+
+def _turn_object(config: RealtimeConfig, options: SessionOptions) -> dict[str, Any] | None:
+    turn, e = config.turn_detection, options.endpointing
+    if turn is None:
+        return None
+    if turn.type == "semantic_vad":
+        return {"type": "semantic_vad", "eagerness": turn.eagerness}
+    return {
+        "type": "server_vad",
+        "threshold": e.threshold,
+        "prefix_padding_ms": e.speech_pad_ms,
+        "silence_duration_ms": e.silence_ms,
+    }
+
+
+def _transcription_object(config: RealtimeConfig, options: SessionOptions, engine: EngineInfo) -> dict[str, Any]:
+    """`model` is the model that really answers, whatever name the client gave."""
+    return {
+        "model": engine.model,
+        "language": options.language,
+        "prompt": config.prompt,
+        "keywords": list(config.keywords),
+    }
+
+
+def ga_session(session_id: str, config: RealtimeConfig, options: SessionOptions, engine: EngineInfo) -> dict[str, Any]:
+    """The effective session as GA `session.created` / `session.updated` carry it."""
+    audio_format: dict[str, Any] = {"type": next(k for k, v in GA_FORMATS.items() if v == config.encoding)}
+    if config.encoding == "s16le" or config.sample_rate != G711_RATE:
+        audio_format["rate"] = config.sample_rate
+    return {
+        "type": "transcription",
+        "object": "realtime.transcription_session",
+        "id": session_id,
+        "audio": {
+            "input": {
+                "format": audio_format,
+                "noise_reduction": None,
+                "transcription": _transcription_object(config, options, engine),
+                "turn_detection": _turn_object(config, options),
+            }
+        },
+        "include": None,
+    }
+
+
+def beta_session(
+    session_id: str, config: RealtimeConfig, options: SessionOptions, engine: EngineInfo
+) -> dict[str, Any]:
+    """The effective session as beta `transcription_session.created` / `.updated` carry it (a format
+    the beta cannot name, such as 16 kHz PCM set through GA, is given as the GA format object)."""
+    names = {value: name for name, value in BETA_FORMATS.items()}
+    ga_format = ga_session(session_id, config, options, engine)["audio"]["input"]["format"]
+    return {
+        "id": session_id,
+        "object": "realtime.transcription_session",
+        "input_audio_format": names.get((config.encoding, config.sample_rate), ga_format),
+        "input_audio_transcription": _transcription_object(config, options, engine),
+        "turn_detection": _turn_object(config, options),
+        "input_audio_noise_reduction": None,
+        "modalities": ["text"],
+        "include": None,
+    }

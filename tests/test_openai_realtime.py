@@ -1,0 +1,407 @@
+"""OpenAI Realtime transcription end to end: real daemon, real Silero, real tiny.en, and real clients
+(the official `openai` SDK, LiveKit's `openai.STT`, a raw WebSocket client for the beta shape and
+for input no SDK would send)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+import soxr
+import websockets
+from openai import AsyncOpenAI
+from websockets.exceptions import ConnectionClosed
+
+from satellite_asr.audio import SAMPLE_RATE
+from satellite_asr.clients.wav import read_wav
+from satellite_asr.server import Daemon
+from tests.doubles import CrashingEngineDouble
+from tests.helpers import EXPECTED, FIXTURES, of_type, running_daemon, same_words
+
+pytestmark = pytest.mark.timeout(180)
+
+Events = list[dict[str, Any]]
+CHUNK_S = 0.1
+
+
+def fixture_16k(name: str) -> np.ndarray:
+    return read_wav(FIXTURES / name).to_16k_mono()
+
+
+def pcm16(audio: np.ndarray, rate: int = 24000) -> bytes:
+    """16 kHz float samples as 16-bit PCM at `rate` (OpenAI's pcm16 is 24 kHz)."""
+    resampled = soxr.resample(audio, SAMPLE_RATE, rate) if rate != SAMPLE_RATE else audio
+    return (np.clip(resampled, -1, 1) * 32767).astype("<i2").tobytes()
+
+
+def chunks(data: bytes, bytes_per_second: int) -> list[str]:
+    """Base64 appends of `CHUNK_S` of audio each."""
+    step = int(bytes_per_second * CHUNK_S) // 2 * 2
+    return [base64.b64encode(data[i : i + step]).decode() for i in range(0, len(data), step)]
+
+
+def ga_update(**input_fields: Any) -> dict[str, Any]:
+    return {"type": "transcription", "audio": {"input": input_fields}}
+
+
+def sdk_client(daemon: Daemon) -> AsyncOpenAI:
+    return AsyncOpenAI(base_url=f"http://127.0.0.1:{daemon.http_port}/v1", api_key="not-checked")
+
+
+def realtime_url(daemon: Daemon, query: str = "?intent=transcription") -> str:
+    return f"ws://127.0.0.1:{daemon.http_port}/v1/realtime{query}"
+
+
+async def sdk_events(connection: Any, done: Callable[[Events], bool]) -> Events:
+    """Server events (as dicts) from an SDK connection until `done` says so."""
+    events: Events = []
+    async for event in connection:
+        events.append(event.to_dict())
+        if done(events):
+            return events
+    raise AssertionError(f"connection ended early: {events}")
+
+
+async def raw_events(ws: websockets.ClientConnection, done: Callable[[Events], bool]) -> Events:
+    events: Events = []
+    while not done(events):
+        events.append(json.loads(await asyncio.wait_for(ws.recv(), 60)))
+    return events
+
+
+def completed(events: Events) -> Events:
+    return of_type(events, "conversation.item.input_audio_transcription.completed")
+
+
+def count(kind: str, n: int) -> Callable[[Events], bool]:
+    return lambda events: len(of_type(events, kind)) >= n
+
+
+def finals(n: int) -> Callable[[Events], bool]:
+    return lambda events: len(completed(events)) + len(of_type(events, "error")) >= n
+
+
+def transcripts(events: Events) -> list[str]:
+    return [event["transcript"] for event in completed(events)]
+
+
+def deltas_by_item(events: Events) -> dict[str, str]:
+    joined: dict[str, str] = {}
+    for event in of_type(events, "conversation.item.input_audio_transcription.delta"):
+        joined[event["item_id"]] = joined.get(event["item_id"], "") + event["delta"]
+    return joined
+
+
+def delta_mismatches(daemon: Daemon) -> float:
+    return float(daemon.core.metrics.realtime_delta_mismatches._value.get())
+
+
+def assert_item_lifecycle(events: Events, *, vad: bool) -> None:
+    """Each item: (speech_started, speech_stopped with VAD), committed, added, then completed once,
+    in that order; items chained by previous_item_id."""
+    committed = of_type(events, "input_audio_buffer.committed")
+    assert [c["previous_item_id"] for c in committed] == [None, *[c["item_id"] for c in committed[:-1]]]
+    for commit in committed:
+        item_id = commit["item_id"]
+        order = [e["type"] for e in events if e.get("item_id") == item_id or e.get("item", {}).get("id") == item_id]
+        lifecycle = [t for t in order if not t.endswith(".delta")]
+        expected = ["input_audio_buffer.committed", "conversation.item.added"]
+        if vad:
+            expected = ["input_audio_buffer.speech_started", "input_audio_buffer.speech_stopped", *expected]
+        assert lifecycle == [*expected, "conversation.item.input_audio_transcription.completed"], lifecycle
+        assert order.index("conversation.item.input_audio_transcription.completed") == len(order) - 1
+
+
+async def test_official_sdk_server_vad_streams_deltas_that_add_up_to_each_final() -> None:
+    audio = pcm16(fixture_16k("three_commands.wav"))
+    async with (
+        running_daemon() as daemon,
+        sdk_client(daemon).realtime.connect(extra_query={"intent": "transcription"}) as connection,
+    ):
+        created = await connection.recv()
+        assert created.type == "session.created"
+        turn = {"type": "server_vad", "threshold": 0.5, "prefix_padding_ms": 300, "silence_duration_ms": 500}
+        await connection.session.update(
+            session=ga_update(
+                format={"type": "audio/pcm", "rate": 24000},
+                transcription={"model": "gpt-4o-transcribe", "language": "en"},
+                turn_detection=turn,
+            )
+        )
+        updated = await connection.recv()
+        assert updated.type == "session.updated"
+        assert updated.to_dict()["session"]["audio"]["input"]["turn_detection"] == turn
+        for piece in chunks(audio, 48000):  # at microphone pace, so partials (deltas) come during speech
+            await connection.input_audio_buffer.append(audio=piece)
+            await asyncio.sleep(CHUNK_S)
+        events = await sdk_events(connection, finals(3))
+    assert of_type(events, "error") == []
+    assert same_words(EXPECTED["three_commands.wav"], transcripts(events))
+    assert_item_lifecycle(events, vad=True)
+    joined = deltas_by_item(events)
+    rewritten = [e for e in completed(events) if joined.get(e["item_id"]) != e["transcript"]]
+    assert len(rewritten) == delta_mismatches(daemon), "an item whose deltas do not add up is counted"
+    starts = [e["audio_start_ms"] for e in of_type(events, "input_audio_buffer.speech_started")]
+    stops = [e["audio_end_ms"] for e in of_type(events, "input_audio_buffer.speech_stopped")]
+    assert all(a < b for a, b in zip(starts, stops, strict=True)) and stops[0] < starts[1] and stops[1] < starts[2]
+
+
+async def test_semantic_vad_low_eagerness_keeps_a_paused_command_in_one_item() -> None:
+    audio = pcm16(fixture_16k("turns/dev_paused_01.wav"))  # "set a timer for ... ten minutes"
+    async with (
+        running_daemon() as daemon,
+        sdk_client(daemon).realtime.connect(extra_query={"intent": "transcription"}) as connection,
+    ):
+        await connection.session.update(session=ga_update(turn_detection={"type": "semantic_vad", "eagerness": "low"}))
+        for piece in chunks(audio, 48000):
+            await connection.input_audio_buffer.append(audio=piece)
+        events = await sdk_events(connection, finals(1))
+        session = of_type(events, "session.updated")[0]["session"]
+        assert session["audio"]["input"]["turn_detection"] == {"type": "semantic_vad", "eagerness": "low"}
+        assert daemon.core.sessions  # the session lives on after its item
+    assert same_words(["set a timer for ten minutes"], transcripts(events))
+    assert_item_lifecycle(events, vad=True)
+
+
+async def test_manual_commit_without_turn_detection() -> None:
+    """turn_detection null: nothing ends an item but the client's commit; a commit of silence is an
+    item with an empty transcript, a commit of nothing an error."""
+    async with running_daemon() as daemon, sdk_client(daemon).realtime.connect() as connection:
+        await connection.session.update(session=ga_update(turn_detection=None))
+        for name in ("weather.wav", "timer.wav"):
+            for piece in chunks(pcm16(fixture_16k(name)), 48000):
+                await connection.input_audio_buffer.append(audio=piece)
+            await connection.input_audio_buffer.commit()
+        await connection.input_audio_buffer.commit(event_id="empty-commit")
+        for piece in chunks(bytes(48000), 48000):  # half a second of digital silence
+            await connection.input_audio_buffer.append(audio=piece)
+        await connection.input_audio_buffer.commit()
+        events = await sdk_events(connection, finals(4))
+    session = of_type(events, "session.updated")[0]["session"]
+    assert session["audio"]["input"]["turn_detection"] is None
+    assert of_type(events, "input_audio_buffer.speech_started") == []
+    assert of_type(events, "input_audio_buffer.speech_stopped") == []
+    assert same_words(["what is the weather tomorrow", "set a timer for ten minutes"], transcripts(events)[:2])
+    assert transcripts(events)[2] == ""
+    [error] = of_type(events, "error")
+    assert error["error"]["code"] == "input_audio_buffer_commit_empty" and error["error"]["event_id"] == "empty-commit"
+    assert_item_lifecycle(events, vad=False)
+
+
+async def test_beta_transcription_session_with_g711_ulaw() -> None:
+    audioop = pytest.importorskip("audioop")  # the reference G.711 encoder (Python <= 3.12)
+    ulaw = audioop.lin2ulaw(pcm16(fixture_16k("lights_on.wav"), 8000), 2)
+    async with (
+        running_daemon() as daemon,
+        websockets.connect(realtime_url(daemon), additional_headers={"OpenAI-Beta": "realtime=v1"}) as ws,
+    ):
+        update = {
+            "input_audio_format": "g711_ulaw",
+            "input_audio_transcription": {"model": "whisper-1", "language": "en", "prompt": "kitchen"},
+            "turn_detection": {"type": "server_vad", "silence_duration_ms": 600},
+        }
+        await ws.send(json.dumps({"type": "transcription_session.update", "session": update}))
+        for piece in chunks(ulaw, 8000):
+            await ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": piece}))
+        events = await raw_events(ws, finals(1))
+    assert [e["type"] for e in events[:2]] == ["transcription_session.created", "transcription_session.updated"]
+    session = events[1]["session"]
+    assert session["input_audio_format"] == "g711_ulaw"
+    assert session["input_audio_transcription"]["prompt"] == "kitchen"
+    assert session["turn_detection"]["silence_duration_ms"] == 600
+    assert len(of_type(events, "conversation.item.created")) == 1
+    assert of_type(events, "conversation.item.added") == []
+    assert same_words(["turn on the kitchen lights"], transcripts(events))
+
+
+async def test_ga_g711_alaw_input() -> None:
+    audioop = pytest.importorskip("audioop")
+    alaw = audioop.lin2alaw(pcm16(fixture_16k("weather.wav"), 8000), 2)
+    async with running_daemon() as daemon, sdk_client(daemon).realtime.connect() as connection:
+        await connection.session.update(session=ga_update(format={"type": "audio/pcma"}))
+        for piece in chunks(alaw, 8000):
+            await connection.input_audio_buffer.append(audio=piece)
+        events = await sdk_events(connection, finals(1))
+    assert of_type(events, "session.updated")[0]["session"]["audio"]["input"]["format"] == {"type": "audio/pcma"}
+    assert same_words(["what is the weather tomorrow"], transcripts(events))
+
+
+async def test_bad_input_gets_openai_errors_and_the_session_goes_on() -> None:
+    """Audio before any session.update uses the defaults (24 kHz PCM); every refused event gets an
+    error naming its field and echoing its event_id, and nothing else is lost."""
+    bad_events: list[tuple[str, dict[str, Any], str, str | None]] = [
+        ("e1", {"type": "input_audio_buffer.append", "audio": "not base64 at all!"}, "invalid_value", "audio"),
+        ("e2", {"type": "input_audio_buffer.append", "audio": 12}, "invalid_type", "audio"),
+        ("e3", {"type": "response.create"}, "invalid_value", "type"),
+        ("e4", {"type": "session.update", "session": {"type": "realtime"}}, "invalid_value", "session.type"),
+        (
+            "e5",
+            {"type": "session.update", "session": ga_update(format={"type": "audio/pcm", "rate": 96000})},
+            "invalid_value",
+            "session.audio.input.format.rate",
+        ),
+        (
+            "e6",
+            {"type": "session.update", "session": ga_update(transcription={"language": "xx"})},
+            "invalid_value",
+            "session.audio.input.transcription.language",
+        ),
+        (
+            "e7",
+            {"type": "session.update", "session": ga_update(turn_detection={"type": "server_vad", "threshold": "hi"})},
+            "invalid_type",
+            "session.audio.input.turn_detection.threshold",
+        ),
+        (
+            "e8",
+            {"type": "session.update", "session": ga_update(turn_detection={"silence_duration_ms": 20})},
+            "invalid_value",
+            "session.audio.input.turn_detection.silence_duration_ms",
+        ),
+        ("e9", {"type": "session.update", "session": ga_update(volume=3)}, "unknown_parameter", None),
+        (
+            "e10",
+            {"type": "input_audio_buffer.append", "audio": base64.b64encode(b"abc").decode()},
+            "invalid_audio",
+            None,
+        ),
+    ]
+    audio = pcm16(fixture_16k("lights_on.wav"))
+    async with running_daemon() as daemon, websockets.connect(realtime_url(daemon, "")) as ws:
+        await ws.send("this is not JSON")
+        for event_id, event, _, _ in bad_events:
+            await ws.send(json.dumps({**event, "event_id": event_id}))
+        for piece in chunks(audio, 48000):
+            await ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": piece}))
+        events = await raw_events(ws, lambda events: len(completed(events)) == 1)
+        assert len(daemon.core.sessions) == 1
+    errors = [e["error"] for e in of_type(events, "error")]
+    assert errors[0]["code"] == "invalid_json" and errors[0]["event_id"] is None
+    assert [(e["event_id"], e["code"]) for e in errors[1:]] == [(i, code) for i, _, code, _ in bad_events]
+    for error, (_, _, _, param) in zip(errors[1:], bad_events, strict=True):
+        assert error["type"] == "invalid_request_error" and error["message"]
+        if param is not None:
+            assert error["param"] == param
+    assert of_type(events, "session.updated") == [], "a refused update changes nothing"
+    assert same_words(["turn on the kitchen lights"], transcripts(events))
+
+
+async def test_update_after_audio_finalizes_the_item_in_progress_and_goes_on() -> None:
+    first, second = fixture_16k("lights_on.wav"), fixture_16k("weather.wav")
+    cut = int(1.5 * SAMPLE_RATE)  # mid-command: the update arrives during speech
+    async with running_daemon() as daemon, sdk_client(daemon).realtime.connect() as connection:
+        for piece in chunks(pcm16(first[:cut]), 48000):
+            await connection.input_audio_buffer.append(audio=piece)
+        await connection.session.update(session=ga_update(transcription={"prompt": "weather"}))
+        events = await sdk_events(connection, count("session.updated", 1))
+        for piece in chunks(pcm16(np.concatenate([first[cut:], second])), 48000):
+            await connection.input_audio_buffer.append(audio=piece)
+        events += await sdk_events(connection, finals(2))
+    kinds = [e["type"] for e in events]
+    assert kinds.index("conversation.item.input_audio_transcription.completed") < kinds.index("session.updated")
+    words = " ".join(transcripts(events)).lower()
+    assert "turn" in words and "weather" in words
+    committed = of_type(events, "input_audio_buffer.committed")
+    assert committed[-1]["previous_item_id"] == committed[-2]["item_id"]
+    stops = [e["audio_end_ms"] for e in of_type(events, "input_audio_buffer.speech_stopped")]
+    starts = [e["audio_start_ms"] for e in of_type(events, "input_audio_buffer.speech_started")]
+    assert starts[-1] > 1500, "times count the connection's audio across sessions"
+    assert stops == sorted(stops)
+
+
+async def test_an_engine_failure_fails_the_item() -> None:
+    audio = pcm16(fixture_16k("lights_on.wav"))
+    async with running_daemon(CrashingEngineDouble()) as daemon, sdk_client(daemon).realtime.connect() as connection:
+        await connection.session.update(session=ga_update(transcription={"prompt": "crash"}))
+        for piece in chunks(audio, 48000):
+            await connection.input_audio_buffer.append(audio=piece)
+        events = await sdk_events(connection, count("conversation.item.input_audio_transcription.failed", 1))
+    [failed] = of_type(events, "conversation.item.input_audio_transcription.failed")
+    [committed] = of_type(events, "input_audio_buffer.committed")
+    assert failed["item_id"] == committed["item_id"]
+    assert failed["error"]["code"] == "engine_error" and "injected failure" in failed["error"]["message"]
+    assert completed(events) == [] and of_type(events, "error") == []
+
+
+async def test_clear_drops_the_utterance_in_progress() -> None:
+    audio = fixture_16k("three_commands.wav")
+    async with running_daemon() as daemon, sdk_client(daemon).realtime.connect() as connection:
+        await connection.session.update(session=ga_update(turn_detection=None))
+        for piece in chunks(pcm16(audio[: int(2.5 * SAMPLE_RATE)]), 48000):  # the first command
+            await connection.input_audio_buffer.append(audio=piece)
+        await connection.input_audio_buffer.clear()
+        for piece in chunks(pcm16(audio[int(2.5 * SAMPLE_RATE) : int(5.5 * SAMPLE_RATE)]), 48000):  # the second
+            await connection.input_audio_buffer.append(audio=piece)
+        await connection.input_audio_buffer.commit()
+        events = await sdk_events(connection, finals(1))
+    assert len(of_type(events, "input_audio_buffer.cleared")) == 1
+    assert same_words(["what time is it"], transcripts(events))
+
+
+async def test_the_server_closing_an_idle_session_ends_the_connection() -> None:
+    async with running_daemon(idle_timeout_s=1.0) as daemon, websockets.connect(realtime_url(daemon)) as ws:
+        created = json.loads(await ws.recv())
+        assert created["type"] == "session.created"
+        with pytest.raises(ConnectionClosed) as closed:
+            await asyncio.wait_for(ws.recv(), 30)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
+        with pytest.raises(ConnectionClosed):
+            await ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": ""}))
+        assert len(daemon.core.sessions) == 0
+
+
+async def test_plain_http_and_other_intents_are_refused_with_a_reason() -> None:
+    import aiohttp
+
+    async with running_daemon() as daemon, aiohttp.ClientSession() as http:
+        base = f"http://127.0.0.1:{daemon.http_port}/v1/realtime"
+        async with http.get(base) as response:
+            assert response.status == 426
+            assert (await response.json())["error"]["code"] == "websocket_required"
+        async with http.get(base + "?intent=conversation") as response:
+            assert response.status == 400
+            assert (await response.json())["error"]["param"] == "intent"
+
+
+async def test_livekit_openai_stt_realtime_transcribes_through_the_daemon() -> None:
+    from livekit import rtc
+    from livekit.agents import stt as lk_stt
+    from livekit.agents.utils import http_context
+    from livekit.plugins import openai as lk_openai
+
+    audio = pcm16(fixture_16k("three_commands.wav"))
+    async with running_daemon() as daemon, http_context.open():
+        stt = lk_openai.STT(
+            base_url=f"http://127.0.0.1:{daemon.http_port}/v1",
+            api_key="x",
+            model="gpt-4o-transcribe",
+            use_realtime=True,
+        )
+        stream = stt.stream()
+        finals_seen: list[str] = []
+        interim: list[str] = []
+
+        async def read() -> None:
+            async for event in stream:
+                if event.type == lk_stt.SpeechEventType.FINAL_TRANSCRIPT:
+                    finals_seen.append(event.alternatives[0].text)
+                    if len(finals_seen) == 3:
+                        return
+                elif event.type == lk_stt.SpeechEventType.INTERIM_TRANSCRIPT:
+                    interim.append(event.alternatives[0].text)
+
+        reader = asyncio.create_task(read())
+        samples = 2400
+        for offset in range(0, len(audio), samples * 2):
+            data = audio[offset : offset + samples * 2]
+            stream.push_frame(rtc.AudioFrame(data, 24000, 1, len(data) // 2))
+            await asyncio.sleep(0.1)
+        await asyncio.wait_for(reader, 60)
+        await stream.aclose()
+        await stt.aclose()
+    assert same_words(EXPECTED["three_commands.wav"], finals_seen)
