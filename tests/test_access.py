@@ -126,25 +126,24 @@ async def test_the_key_is_never_logged(caplog: pytest.LogCaptureFixture) -> None
 
 
 class DaemonWithMoreRoutes(Daemon):
-    """The daemon with routes another change could add: they must be guarded without touching `access`."""
+    """The daemon with a route another change could add: it must be guarded without touching `access`."""
 
-    async def _models(self, request: web.Request) -> web.Response:
-        return web.json_response({"object": "list", "data": []})
+    async def _extra(self, request: web.Request) -> web.Response:
+        return web.json_response({"extra": True})
 
     def routes(self) -> list[tuple[str, str, Handler]]:
-        return [
-            *super().routes(),
-            ("GET", "/v1/models", self._models),
-            ("POST", "/v1/audio/transcriptions", self._models),
-        ]
+        return [*super().routes(), ("GET", "/v1/extra", self._extra)]
 
 
 async def test_routes_added_later_are_guarded_and_openai_paths_answer_in_openai_shape() -> None:
     daemon = DaemonWithMoreRoutes(daemon_settings(api_key=KEY))
     await daemon.start()
     try:
+        await daemon.core.wait_ready()
         models = await get(daemon, "/v1/models")
         allowed = await get(daemon, "/v1/models", {"Authorization": f"Bearer {KEY}"})
+        extra = await get(daemon, "/v1/extra")
+        extra_allowed = await get(daemon, "/v1/extra", {"X-API-Key": KEY})
         async with aiohttp.ClientSession() as http:
             post = await http.post(base_url(daemon) + "/v1/audio/transcriptions", data=b"x")
             posted = post.status, await post.json()
@@ -153,7 +152,9 @@ async def test_routes_added_later_are_guarded_and_openai_paths_answer_in_openai_
         await daemon.stop()
     assert models[0] == 401
     assert models[1]["error"]["code"] == "missing_api_key" and models[1]["error"]["type"] == "authentication_error"
-    assert allowed == (200, {"object": "list", "data": []})
+    assert allowed[0] == 200 and [m["id"] for m in allowed[1]["data"]] == [daemon.core.engine_info.model]
+    assert extra[0] == 401 and extra[1]["code"] == "missing_api_key", "the project's own error shape elsewhere"
+    assert extra_allowed == (200, {"extra": True})
     assert posted[0] == 401 and posted[1]["error"]["code"] == "missing_api_key"
     assert authenticate == 'Bearer realm="satellite-asr"'
 
