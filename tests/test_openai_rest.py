@@ -293,7 +293,7 @@ async def test_503_while_the_engine_loads_then_served() -> None:
 
 async def test_server_busy_is_503() -> None:
     async with (
-        running_daemon(max_sessions=1) as daemon,
+        running_daemon(max_sessions=1, wyoming_reserved_sessions=0) as daemon,
         client(daemon) as api,
         aiohttp.ClientSession() as http,
         http.ws_connect(ws_url(daemon)) as ws,

@@ -82,7 +82,7 @@ async def test_both_services_are_found_with_their_ports_and_gone_after_shutdown(
         assert properties["path"] == "/v1/stream"
         assert properties["protocol"] == "1"
         assert properties["scheme"] == "ws"
-        assert properties["encodings"] == "f32le,s16le"
+        assert properties["encodings"] == "f32le,s16le,pcmu,pcma"
         assert properties["rates"] == "8000-48000"
         assert properties["http_port"] == str(daemon.http_port)
         assert properties["version"]
