@@ -1,18 +1,19 @@
 """Who decodes when: the engine's decode slots shared by every session.
 
-Rules: finals go before partials; a session has at most one partial in flight; a partial asked for
-while another is waiting replaces it (the newest audio wins), and runs only after a pause as long
-as the previous one took; so when the engine is slower than real time, partials come less often
-while finals keep their place at the head of the queue.
+Rules: finals go before partials; sessions take turns (round-robin) within each of the two, so a
+session with many finals queued (a client sending a file faster than real time) gets one decode
+per turn while every other session waiting for a final gets one too; a session has at most one
+partial in flight; a partial asked for while another is waiting replaces it (the newest audio
+wins), and runs only after a pause as long as the previous one took; so when the engine is slower
+than real time, partials come less often while finals keep their place ahead of them.
 Finals are never dropped.
 """
 
 from __future__ import annotations
 
 import asyncio
-import heapq
-import itertools
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 
@@ -23,59 +24,89 @@ from satellite_asr.metrics import Metrics
 FINAL, PARTIAL = 0, 1
 """Slot priorities: lower goes first."""
 
+EngineFailed = Callable[[Exception], None]
+"""Told of every decode that raised (the core probes the engine then)."""
+
 
 class DecodeScheduler:
-    """Priority slots in front of the engine; `slots` = decodes the engine runs at once."""
+    """Priority slots in front of the engine; `slots` = decodes the engine runs at once.
 
-    def __init__(self, slots: int, metrics: Metrics, engine_ready: asyncio.Event) -> None:
+    Each decode names its `owner` (the session): waiters queue per owner, and the owners waiting
+    at one priority are served in turn, one decode each.
+    """
+
+    def __init__(
+        self, slots: int, metrics: Metrics, engine_ready: asyncio.Event, on_failure: EngineFailed | None = None
+    ) -> None:
         self._free = slots
-        self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
-        self._order = itertools.count()
+        self._turns: tuple[dict[str, deque[asyncio.Future[None]]], ...] = ({}, {})
+        """Per priority: each waiting owner's queue, in the order owners get their next turn."""
         self._metrics = metrics
         self._engine_ready = engine_ready
         """Set by the core once the engine has loaded; decodes wait for it."""
+        self._on_failure = on_failure
 
     @asynccontextmanager
-    async def slot(self, priority: int) -> AsyncIterator[None]:
+    async def slot(self, owner: str, priority: int) -> AsyncIterator[None]:
         await self._engine_ready.wait()
-        if self._free > 0 and not self._waiters:
+        if self._free > 0 and not any(self._turns):
             self._free -= 1
         else:
             granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            heapq.heappush(self._waiters, (priority, next(self._order), granted))
+            self._turns[priority].setdefault(owner, deque()).append(granted)
             try:
                 await granted
             except asyncio.CancelledError:
                 if granted.done() and not granted.cancelled():
                     self._release()
+                else:
+                    self._forget(owner, priority, granted)
                 raise
         try:
             yield
         finally:
             self._release()
 
+    def _forget(self, owner: str, priority: int, waiter: asyncio.Future[None]) -> None:
+        queue = self._turns[priority].get(owner)
+        if queue is not None and waiter in queue:
+            queue.remove(waiter)
+            if not queue:
+                del self._turns[priority][owner]
+
     def _release(self) -> None:
-        while self._waiters:
-            _, _, granted = heapq.heappop(self._waiters)
-            if not granted.done():
-                granted.set_result(None)
-                return
+        """Hand the freed slot to the next owner in turn (finals first), or keep it free."""
+        for turns in self._turns:
+            while turns:
+                owner = next(iter(turns))
+                queue = turns.pop(owner)
+                granted = queue.popleft()
+                if queue:
+                    turns[owner] = queue  # back of the line for its next decode
+                if not granted.done():
+                    granted.set_result(None)
+                    return
         self._free += 1
 
-    async def final(self, stream: EngineStream, audio: Audio, prefix: str) -> Transcript:
-        async with self.slot(FINAL):
-            started = time.perf_counter()
-            result = await stream.final(audio, prefix)
-            self._metrics.decode_seconds.labels("final").observe(time.perf_counter() - started)
-            return result
+    async def final(self, owner: str, stream: EngineStream, audio: Audio, prefix: str) -> Transcript:
+        async with self.slot(owner, FINAL):
+            return await self._decode("final", stream.final(audio, prefix))
 
-    async def partial(self, stream: EngineStream, audio: Callable[[], Audio]) -> Transcript:
+    async def partial(self, owner: str, stream: EngineStream, audio: Callable[[], Audio]) -> Transcript:
         """Decode a partial; `audio` is read once the slot is granted, so it is the newest audio."""
-        async with self.slot(PARTIAL):
-            started = time.perf_counter()
-            result = await stream.partial(audio())
-            self._metrics.decode_seconds.labels("partial").observe(time.perf_counter() - started)
-            return result
+        async with self.slot(owner, PARTIAL):
+            return await self._decode("partial", stream.partial(audio()))
+
+    async def _decode(self, kind: str, decode: Awaitable[Transcript]) -> Transcript:
+        started = time.perf_counter()
+        try:
+            result = await decode
+        except Exception as exc:
+            if self._on_failure is not None:
+                self._on_failure(exc)
+            raise
+        self._metrics.decode_seconds.labels(kind).observe(time.perf_counter() - started)
+        return result
 
 
 class PartialRequests:

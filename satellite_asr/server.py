@@ -6,6 +6,7 @@ The servers bind before the engine has loaded, so clients and health checks get 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
 from collections.abc import Awaitable, Callable
@@ -26,6 +27,9 @@ WEB_DIR = Path(__file__).parent / "web"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
+HANDLER_GRACE_S = 1.0
+"""At shutdown, how long HTTP handlers may still run once their connections were closed or cut."""
+
 
 class Daemon:
     """Start with `start()`, stop with `stop()`; `engine` may be given (tests inject doubles)."""
@@ -39,12 +43,13 @@ class Daemon:
         self.wyoming_port: int | None = None
         """The bound Wyoming TCP port once started (None when off or on a unix socket)."""
         self.discovery: Discovery | None = None
+        self.websocket = websocket.WebSocketHandler(self.core)
         self._runner: web.AppRunner | None = None
 
     def routes(self) -> list[tuple[str, str, Handler]]:
         """Every HTTP route: method, path, handler (the page's scripts are served under `/static/`)."""
         return [
-            ("GET", websocket.PATH, websocket.WebSocketHandler(self.core).handle),
+            ("GET", websocket.PATH, self.websocket.handle),
             ("GET", "/health", self._health),
             ("GET", "/metrics", self._metrics),
             ("GET", "/", self._index),
@@ -56,7 +61,7 @@ class Daemon:
         for method, path, handler in self.routes():
             app.router.add_route(method, path, handler)
         app.router.add_static("/static/", WEB_DIR)
-        self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
+        self._runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=HANDLER_GRACE_S)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.settings.host, self.settings.http_port, ssl_context=self._ssl_context())
         await site.start()
@@ -82,15 +87,32 @@ class Daemon:
         return context
 
     async def stop(self) -> None:
-        """Shutdown: pending finals are sent, connections closed, then the model is freed."""
+        """Shutdown within `shutdown_timeout_s`, whatever clients do: stop accepting, send pending
+        finals, close every connection (WebSocket 1001, Wyoming end of stream); when time runs out,
+        cut the connections left and cancel what they had in flight. Then the model is freed."""
+        try:
+            async with asyncio.timeout(self.settings.shutdown_timeout_s):
+                await self._close_gracefully()
+        except TimeoutError:
+            log.warning("shutdown: connections still open after %.1f s; cutting them", self.settings.shutdown_timeout_s)
+        if self.wyoming is not None:
+            await self.wyoming.abort()
+        self.websocket.abort_all()
+        await self.core.sessions.cancel_all("shutdown")
+        if self._runner is not None:
+            await self._runner.cleanup()
+        await self.core.close()
+
+    async def _close_gracefully(self) -> None:
+        if self._runner is not None:
+            for site in list(self._runner.sites):
+                await site.stop()
         if self.discovery is not None:
             await self.discovery.stop()
         if self.wyoming is not None:
             await self.wyoming.stop()
         await self.core.sessions.close_all("shutdown")
-        if self._runner is not None:
-            await self._runner.cleanup()
-        await self.core.close()
+        await self.websocket.close_all()  # the connections without a session
 
     async def _health(self, request: web.Request) -> web.Response:
         return web.json_response(self.core.health(), status=200 if self.core.ready else 503)

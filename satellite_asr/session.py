@@ -19,7 +19,7 @@ from typing import Any
 
 from satellite_asr.audio import SAMPLE_RATE, Audio, AudioBuffer
 from satellite_asr.config import Settings
-from satellite_asr.engines.base import Engine, EngineError, EngineStream, StreamOptions, Transcript
+from satellite_asr.engines.base import Engine, EngineStream, StreamOptions, Transcript
 from satellite_asr.events import (
     FinalTranscript,
     PartialTranscript,
@@ -48,6 +48,8 @@ Emit = Callable[[SessionEvent], Awaitable[None]]
 
 IDLE_KEEP_SECONDS = 2.0
 """Audio kept between utterances: enough for the pre-roll and the onset that confirms speech."""
+FEED_PIECE = SAMPLE_RATE // 2
+"""Most samples taken in one step: audio is trimmed between steps, so a huge frame cannot grow it."""
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,9 @@ class SessionOptions:
     partials: bool
     language: str | None
     context: str
+    max_pending_finals: int
+    max_feed_ahead_s: float | None
+    """None: no pacing (the offline transcriber reads files as fast as the engine goes)."""
 
     @classmethod
     def from_settings(
@@ -80,6 +85,8 @@ class SessionOptions:
             settings.partials if partials is None else partials,
             language,
             "\n".join(part for part in (settings.context, context) if part),
+            settings.max_pending_finals,
+            settings.max_feed_ahead_s,
         )
 
 
@@ -174,6 +181,7 @@ class Session:
         self.utterances = 0
         self.samples_received = 0
         self.last_audio_at = time.monotonic()
+        self._opened_at = self.last_audio_at
         self.closed = False
 
     @property
@@ -184,8 +192,33 @@ class Session:
     def in_utterance(self) -> bool:
         return self._utterance is not None
 
+    @property
+    def buffered_seconds(self) -> float:
+        """Audio held now: at most `max_utterance_s` plus the pre-roll and one `FEED_PIECE`."""
+        return (self._audio.end - self._audio.base) / SAMPLE_RATE
+
     async def feed(self, samples: Audio) -> None:
-        """Take 16 kHz mono float32 samples; emits events as VAD and decodes produce them."""
+        """Take 16 kHz mono float32 samples; emits events as VAD and decodes produce them.
+
+        Back-pressure: this waits while the session has `max_pending_finals` finals pending or its
+        audio is more than `max_feed_ahead_s` ahead of real time, so its adapter stops reading the
+        client instead of queueing without end.
+        """
+        pieces = [samples[offset : offset + FEED_PIECE] for offset in range(0, samples.size, FEED_PIECE)]
+        for piece in pieces or [samples]:
+            await self._wait_for_room(piece.size)
+            await self._feed_piece(piece)
+
+    async def _wait_for_room(self, samples: int) -> None:
+        while len(self._finals) >= self.options.max_pending_finals and not self.closed:
+            await asyncio.wait(list(self._finals), return_when=asyncio.FIRST_COMPLETED)
+        if self.options.max_feed_ahead_s is not None:
+            audio_s = (self.samples_received + samples) / SAMPLE_RATE
+            ahead = audio_s - (time.monotonic() - self._opened_at) - self.options.max_feed_ahead_s
+            if ahead > 0:
+                await asyncio.sleep(ahead)
+
+    async def _feed_piece(self, samples: Audio) -> None:
         async with self._lock:
             if self.closed:
                 return
@@ -196,8 +229,10 @@ class Session:
             for probability in await self._vad_stream.process(samples):
                 for event in self._endpointer.process(probability):
                     await self._on_endpointer(event)
-            if self._utterance is None:
-                self._audio.drop_before(self._audio.end - self._keep_idle)
+            keep_from = self._audio.end - self._keep_idle
+            if self._utterance is not None:  # the utterance's audio, which the length cap bounds
+                keep_from = min(keep_from, self._utterance.start)
+            self._audio.drop_before(keep_from)
 
     async def flush(self) -> None:
         """Finalize the utterance in progress now; returns once every pending final was sent."""
@@ -210,6 +245,8 @@ class Session:
         without (the client is gone), everything in flight is cancelled."""
         async with self._lock:
             if self.closed:
+                if not finalize:  # a close that was finalizing was cut short (shutdown out of time)
+                    await self._cancel_all()
                 return
             if finalize:
                 await self._flush_locked(reason)
@@ -276,10 +313,10 @@ class Session:
     async def _decode_partial(self, utterance: _Utterance) -> None:
         try:
             result = await self._scheduler.partial(
-                utterance.stream, lambda: self._audio.slice(utterance.start, self._audio.end)
+                self.id, utterance.stream, lambda: self._audio.slice(utterance.start, self._audio.end)
             )
-        except EngineError as exc:
-            log.warning("session %s: partial decode failed: %s", self.id, exc)
+        except Exception as exc:  # any engine failure: the final still comes (see `_finalize`)
+            log.warning("session %s: partial decode failed: %r", self.id, exc)
             return
         if self._utterance is not utterance or not result.text:
             return
@@ -300,7 +337,7 @@ class Session:
             await utterance.partials.cancel()
         audio = self._audio.slice(utterance.start, end)
         task = asyncio.create_task(
-            self._scheduler.final(utterance.stream, audio, utterance.stable), name="speculative-final"
+            self._scheduler.final(self.id, utterance.stream, audio, utterance.stable), name="speculative-final"
         )
         utterance.speculation = _Speculation(end, utterance.stable, task)
 
@@ -340,10 +377,10 @@ class Session:
         try:
             result = await self._speculated_result(utterance, end)
             if result is None:
-                result = await self._scheduler.final(utterance.stream, audio, utterance.stable)
+                result = await self._scheduler.final(self.id, utterance.stream, audio, utterance.stable)
             text, language = keep_prefix(result.text, utterance.stable), result.language or language
-        except EngineError as exc:
-            log.warning("session %s: final decode of utterance %d failed: %s", self.id, utterance.id, exc)
+        except Exception as exc:  # whatever the engine raised, the utterance keeps its final (the promised text)
+            log.warning("session %s: final decode of utterance %d failed: %r", self.id, utterance.id, exc)
             await self._emit(SessionError("engine_error", f"transcription of utterance {utterance.id} failed: {exc}"))
         finally:
             await utterance.stream.close()
@@ -370,7 +407,7 @@ class Session:
         )
         try:
             return await speculation.task
-        except EngineError:
+        except Exception:  # decoded again by the caller, which reports a failure that persists
             return None
 
     async def _discard(self, utterance: _Utterance) -> None:

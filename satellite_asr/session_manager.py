@@ -88,6 +88,13 @@ class SessionManager:
         await asyncio.gather(*self._expiring.values(), return_exceptions=True)
         await asyncio.gather(*(self._expire(s, c, reason) for s, c in list(self._sessions.values())))
 
+    async def cancel_all(self, reason: str) -> None:
+        """Shutdown ran out of time: the sessions left end now, what they have in flight is cancelled."""
+        for task in self._expiring.values():
+            task.cancel()
+        releases = [self.release(session, reason, finalize=False) for session, _ in list(self._sessions.values())]
+        await asyncio.gather(*releases, *self._expiring.values(), return_exceptions=True)
+
     async def _expire(self, session: Session, close_connection: CloseConnection, reason: str) -> None:
         await self.release(session, reason, finalize=True)
         try:

@@ -54,11 +54,11 @@ async def test_finals_go_before_waiting_partials() -> None:
     scheduler = DecodeScheduler(slots=1, metrics=Metrics(), engine_ready=ready_engine())
     log: list[str] = []
     busy, a, b = GatedStreamDouble(log, "busy"), GatedStreamDouble(log, "a"), GatedStreamDouble(log, "b")
-    first = asyncio.create_task(scheduler.final(busy, audio(1), ""))
+    first = asyncio.create_task(scheduler.final("busy", busy, audio(1), ""))
     await settle()
-    partial = asyncio.create_task(scheduler.partial(a, lambda: audio(2)))
+    partial = asyncio.create_task(scheduler.partial("a", a, lambda: audio(2)))
     await settle()
-    final = asyncio.create_task(scheduler.final(b, audio(3), ""))
+    final = asyncio.create_task(scheduler.final("b", b, audio(3), ""))
     await settle()
     for stream in (busy, a, b):
         stream.gate.set()
@@ -71,7 +71,7 @@ async def test_decodes_wait_for_the_engine() -> None:
     scheduler = DecodeScheduler(slots=2, metrics=Metrics(), engine_ready=engine_ready)
     stream = GatedStreamDouble([], "s")
     stream.gate.set()
-    task = asyncio.create_task(scheduler.final(stream, audio(1), ""))
+    task = asyncio.create_task(scheduler.final("s", stream, audio(1), ""))
     await settle()
     assert stream.started == 0
     engine_ready.set()
@@ -87,7 +87,7 @@ async def test_one_partial_in_flight_and_requests_coalesce_to_the_newest_audio()
     results: list[str] = []
 
     async def run_partial() -> None:
-        results.append((await scheduler.partial(stream, lambda: audio(samples[0]))).text)
+        results.append((await scheduler.partial("s", stream, lambda: audio(samples[0]))).text)
 
     requests = PartialRequests(run_partial, metrics)
     requests.request()
@@ -113,7 +113,7 @@ async def test_cancelling_partials_frees_the_slot() -> None:
     stuck = GatedStreamDouble([], "stuck")
 
     async def run_partial() -> None:
-        await scheduler.partial(stuck, lambda: audio(1))
+        await scheduler.partial("stuck", stuck, lambda: audio(1))
 
     requests = PartialRequests(run_partial, metrics)
     requests.request()
@@ -121,5 +121,5 @@ async def test_cancelling_partials_frees_the_slot() -> None:
     await requests.cancel()
     other = GatedStreamDouble([], "other")
     other.gate.set()
-    result = await asyncio.wait_for(scheduler.final(other, audio(5), ""), 5)
+    result = await asyncio.wait_for(scheduler.final("other", other, audio(5), ""), 5)
     assert result.text == "final 5"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from satellite_asr.audio import SAMPLE_RATE
@@ -47,6 +48,7 @@ class OfflineTranscriber:
             return None
 
         options = SessionOptions.from_settings(self.settings, partials=False, language=self.settings.default_language)
+        options = dataclasses.replace(options, max_feed_ahead_s=None)  # a file, not a live stream: no pacing
         session = self.core.sessions.create("offline", options, collect, no_connection)
         step = int(CHUNK_SECONDS * SAMPLE_RATE)
         for offset in range(0, audio.size, step):

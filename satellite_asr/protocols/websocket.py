@@ -6,6 +6,7 @@ emits. Endpointing, decoding and timers live in the session and its manager.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from typing import Any
@@ -44,7 +45,7 @@ def parse_config(message: dict[str, Any], settings: Settings, engine: EngineInfo
         raise _invalid_config(f"unknown field(s): {', '.join(sorted(unknown))}")
     encoding = message.get("encoding", "f32le")
     rate = message.get("sample_rate", SAMPLE_RATE)
-    if encoding not in ENCODINGS:
+    if not isinstance(encoding, str) or encoding not in ENCODINGS:
         raise _invalid_config(f"encoding must be one of {', '.join(ENCODINGS)}, got {encoding!r}")
     if not isinstance(rate, int) or isinstance(rate, bool) or not MIN_RATE <= rate <= MAX_RATE:
         raise _invalid_config(f"sample_rate must be a whole number from {MIN_RATE} to {MAX_RATE}, got {rate!r}")
@@ -133,9 +134,10 @@ def encode_event(event: SessionEvent) -> dict[str, Any] | None:
 class _Connection:
     """State of one WebSocket connection: at most one session, created by config or first audio."""
 
-    def __init__(self, ws: web.WebSocketResponse, core: Core) -> None:
+    def __init__(self, ws: web.WebSocketResponse, core: Core, request: web.Request) -> None:
         self.ws = ws
         self.core = core
+        self.request = request
         self.input: PcmInput | None = None
         self.audio_seen = False
         self.finished = False
@@ -157,10 +159,15 @@ class _Connection:
         self.finished = True
         await self.ws.close(code=WSCloseCode.GOING_AWAY, message=reason.encode())
 
+    def abort(self) -> None:
+        """Cut the TCP connection (shutdown ran out of time: the client does not answer)."""
+        if self.request.transport is not None:
+            self.request.transport.abort()
+
     async def on_text(self, data: str) -> None:
         try:
             message = json.loads(data)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser goes
             raise ProtocolError("invalid_message", "text frames must be JSON objects") from None
         if not isinstance(message, dict):
             raise ProtocolError("invalid_message", "text frames must be JSON objects")
@@ -215,6 +222,16 @@ class WebSocketHandler:
 
     def __init__(self, core: Core) -> None:
         self.core = core
+        self.connections: set[_Connection] = set()
+
+    async def close_all(self) -> None:
+        """Shutdown: every connection still open is closed with 1001 (going away)."""
+        closing = [c.close_by_server("shutdown") for c in list(self.connections)]
+        await asyncio.gather(*closing, return_exceptions=True)
+
+    def abort_all(self) -> None:
+        for connection in self.connections:
+            connection.abort()
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         ws = web.WebSocketResponse(max_msg_size=MAX_FRAME_BYTES, heartbeat=30.0)
@@ -226,7 +243,8 @@ class WebSocketHandler:
                 headers={"Upgrade": "websocket", "Connection": "Upgrade"},
             )
         await ws.prepare(request)
-        connection = _Connection(ws, self.core)
+        connection = _Connection(ws, self.core, request)
+        self.connections.add(connection)
         reason = "disconnect"
         try:
             async for message in ws:
@@ -247,5 +265,6 @@ class WebSocketHandler:
             if ws.exception() is not None:
                 log.info("websocket closed with error: %s", ws.exception())
         finally:
+            self.connections.discard(connection)
             await connection.release(reason)
         return ws

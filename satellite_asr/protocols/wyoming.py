@@ -430,6 +430,15 @@ class WyomingServer:
         if self.address.scheme == "unix":
             _remove_stale_socket(self.address.path)
 
+    async def abort(self) -> None:
+        """Shutdown ran out of time: cut every connection still open and end its task."""
+        for task, connection in list(self._connections.items()):
+            connection.writer.transport.abort()
+            task.cancel()
+        await asyncio.gather(*self._connections, return_exceptions=True)
+        if self.address.scheme == "unix":
+            _remove_stale_socket(self.address.path)
+
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
