@@ -67,6 +67,10 @@ class DecodeScheduler:
         finally:
             self._release()
 
+    def waiting(self, owner: str) -> int:
+        """Decodes of `owner` waiting for a slot."""
+        return sum(len(turns.get(owner, ())) for turns in self._turns)
+
     def _forget(self, owner: str, priority: int, waiter: asyncio.Future[None]) -> None:
         queue = self._turns[priority].get(owner)
         if queue is not None and waiter in queue:

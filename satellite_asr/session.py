@@ -193,6 +193,11 @@ class Session:
         return self._utterance is not None
 
     @property
+    def pending_finals(self) -> int:
+        """Ended utterances whose final has not been sent yet."""
+        return len(self._finals)
+
+    @property
     def buffered_seconds(self) -> float:
         """Audio held now: at most `max_utterance_s` plus the pre-roll and one `FEED_PIECE`."""
         return (self._audio.end - self._audio.base) / SAMPLE_RATE
@@ -210,7 +215,7 @@ class Session:
             await self._feed_piece(piece)
 
     async def _wait_for_room(self, samples: int) -> None:
-        while len(self._finals) >= self.options.max_pending_finals and not self.closed:
+        while self.pending_finals >= self.options.max_pending_finals and not self.closed:
             await asyncio.wait(list(self._finals), return_when=asyncio.FIRST_COMPLETED)
         if self.options.max_feed_ahead_s is not None:
             audio_s = (self.samples_received + samples) / SAMPLE_RATE

@@ -49,6 +49,9 @@ class SessionManager:
     def __len__(self) -> int:
         return len(self._sessions)
 
+    def open_sessions(self) -> list[Session]:
+        return [session for session, _ in self._sessions.values()]
+
     def create(self, protocol: str, options: SessionOptions, emit: Emit, close_connection: CloseConnection) -> Session:
         """A new session, or `ServerBusy`. The caller must `release` it when the stream ends."""
         if len(self._sessions) >= self.max_sessions:

@@ -66,6 +66,30 @@ async def test_finals_go_before_waiting_partials() -> None:
     assert log == ["busy:final:1", "b:final:3", "a:partial:2"]
 
 
+async def test_sessions_take_turns_and_finals_still_go_first() -> None:
+    """One slot; `flood` queues three finals before `live` queues one: `live` is next after one of
+    `flood`'s, and `flood`'s partial waits for every final."""
+    scheduler = DecodeScheduler(slots=1, metrics=Metrics(), engine_ready=ready_engine())
+    log: list[str] = []
+    busy = GatedStreamDouble(log, "busy")
+    flood = [GatedStreamDouble(log, f"flood{i}") for i in range(3)]
+    live = GatedStreamDouble(log, "live")
+    partial = GatedStreamDouble(log, "partial")
+    tasks = [asyncio.create_task(scheduler.final("flood", busy, audio(1), ""))]
+    await settle()
+    tasks.append(asyncio.create_task(scheduler.partial("flood", partial, lambda: audio(9))))
+    for stream in flood:
+        tasks.append(asyncio.create_task(scheduler.final("flood", stream, audio(2), "")))
+    await settle()
+    tasks.append(asyncio.create_task(scheduler.final("live", live, audio(3), "")))
+    await settle()
+    assert scheduler.waiting("flood") == 4 and scheduler.waiting("live") == 1
+    for stream in [busy, partial, live, *flood]:
+        stream.gate.set()
+    await asyncio.gather(*tasks)
+    assert [entry.split(":")[0] for entry in log] == ["busy", "flood0", "live", "flood1", "flood2", "partial"]
+
+
 async def test_decodes_wait_for_the_engine() -> None:
     engine_ready = asyncio.Event()
     scheduler = DecodeScheduler(slots=2, metrics=Metrics(), engine_ready=engine_ready)
