@@ -109,9 +109,16 @@ class Daemon:
                 await site.stop()
         if self.discovery is not None:
             await self.discovery.stop()
+        # Side by side, so that a client that does not read holds up only its own connection.
+        await asyncio.gather(self._close_wyoming(), self._close_websockets())
+        await self.core.sessions.close_all("shutdown")
+
+    async def _close_wyoming(self) -> None:
         if self.wyoming is not None:
             await self.wyoming.stop()
-        await self.core.sessions.close_all("shutdown")
+
+    async def _close_websockets(self) -> None:
+        await self.core.sessions.close_all("shutdown", protocol="websocket")
         await self.websocket.close_all()  # the connections without a session
 
     async def _health(self, request: web.Request) -> web.Response:

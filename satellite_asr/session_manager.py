@@ -83,13 +83,14 @@ class SessionManager:
     async def start(self) -> None:
         self._reaper = asyncio.create_task(self._reap_idle(), name="idle-reaper")
 
-    async def close_all(self, reason: str) -> None:
-        """Shutdown: every session's pending finals are sent, then its connection is closed."""
+    async def close_all(self, reason: str, *, protocol: str | None = None) -> None:
+        """Shutdown: every session's (or one protocol's) pending finals are sent, then its connection is closed."""
         if self._reaper is not None:
             self._reaper.cancel()
             await asyncio.gather(self._reaper, return_exceptions=True)
         await asyncio.gather(*self._expiring.values(), return_exceptions=True)
-        await asyncio.gather(*(self._expire(s, c, reason) for s, c in list(self._sessions.values())))
+        sessions = [(s, c) for s, c in self._sessions.values() if protocol in (None, s.protocol)]
+        await asyncio.gather(*(self._expire(s, c, reason) for s, c in sessions))
 
     async def cancel_all(self, reason: str) -> None:
         """Shutdown ran out of time: the sessions left end now, what they have in flight is cancelled."""
