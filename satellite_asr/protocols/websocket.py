@@ -84,6 +84,17 @@ def parse_config(message: dict[str, Any], settings: Settings, engine: EngineInfo
     return options, PcmDecoder(encoding, rate)
 
 
+def parse_message(data: str) -> dict[str, Any]:
+    """A text frame as a JSON object, or `ProtocolError(invalid_message)`."""
+    try:
+        message = json.loads(data)
+    except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser goes
+        raise ProtocolError("invalid_message", "text frames must be JSON objects") from None
+    if not isinstance(message, dict):
+        raise ProtocolError("invalid_message", "text frames must be JSON objects")
+    return message
+
+
 def _invalid_config(message: str) -> ProtocolError:
     return ProtocolError("invalid_config", message, fatal=True)
 
@@ -165,12 +176,7 @@ class _Connection:
             self.request.transport.abort()
 
     async def on_text(self, data: str) -> None:
-        try:
-            message = json.loads(data)
-        except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser goes
-            raise ProtocolError("invalid_message", "text frames must be JSON objects") from None
-        if not isinstance(message, dict):
-            raise ProtocolError("invalid_message", "text frames must be JSON objects")
+        message = parse_message(data)
         kind = message.get("type")
         if kind == "config":
             await self.configure(message)
