@@ -115,6 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
         "Home Assistant's VAD does (for servers without endpointing).",
     )
     bench.add_argument("--ha-wait", type=float, default=0.7, help="Silence before audio-stop in ha-vad mode (s).")
+    bench.add_argument(
+        "--flooders",
+        type=int,
+        default=0,
+        help="websocket: extra clients sending the files as fast as the daemon takes them, beside the measured ones.",
+    )
     bench.add_argument("--json", action="store_true", help="Print the full report as JSON.")
     _add_setting_flags(bench)
     return parser
@@ -281,7 +287,15 @@ def _bench(settings: Settings, args: argparse.Namespace) -> int:
         raise ValueError(f"cannot read the bench manifest {manifest}: {exc}") from None
     files = [manifest.parent / name for name in references]
     report = asyncio.run(
-        run_bench(settings, files, clients=args.clients, rounds=args.rounds, url=args.url, references=references)
+        run_bench(
+            settings,
+            files,
+            clients=args.clients,
+            rounds=args.rounds,
+            url=args.url,
+            references=references,
+            flooders=args.flooders,
+        )
     )
     print(json.dumps(asdict(report), indent=2) if args.json else report.summary())
     return 0

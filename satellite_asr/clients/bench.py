@@ -7,6 +7,9 @@ the signal's energy, so no labels are needed beyond the expected words):
 and over the run: server time per 100 ms frame (from the daemon's own histogram), CPU seconds per
 second of audio streamed (in-process daemon only), and WER of the finals against the expected
 words and against offline `transcribe` of the same files.
+
+`flooders` adds clients that send the files as fast as the daemon takes them, again and again,
+beside the measured real-time clients: what one client pushing files does to everyone else.
 """
 
 from __future__ import annotations
@@ -161,6 +164,7 @@ async def run_bench(
     rounds: int,
     url: str | None,
     references: dict[str, list[str]],
+    flooders: int = 0,
 ) -> BenchReport:
     """Run the load; starts an in-process daemon from `settings` unless `url` names a running one."""
     import aiohttp
@@ -175,6 +179,7 @@ async def run_bench(
         await daemon.start()
         await daemon.core.wait_ready()
         url = f"ws://127.0.0.1:{daemon.http_port}/v1/stream"
+    flooding = [asyncio.create_task(_flood(url, list(audios.values()))) for _ in range(flooders)]
     try:
         cpu_before, audio_seconds = time.process_time(), 0.0
         jobs = []
@@ -190,6 +195,9 @@ async def run_bench(
         ):
             metrics_text = await r.text()
     finally:
+        for flooder in flooding:
+            flooder.cancel()
+        await asyncio.gather(*flooding, return_exceptions=True)
         if daemon is not None:
             await daemon.stop()
     timings = [t for client_timings, _ in results for t in client_timings]
@@ -224,6 +232,21 @@ async def run_bench(
         wer_vs_offline=wer(offline_texts),
         details=timings,
     )
+
+
+async def _flood(url: str, audios: list[Audio]) -> None:
+    """Send every file at once in 1 s frames, then `end`, read everything; again until cancelled."""
+    import websockets
+
+    everything = np.concatenate(audios)
+    while True:
+        async with websockets.connect(url, max_size=1 << 20) as ws:
+            await ws.send(json.dumps({"type": "config", "partials": False}))
+            for offset in range(0, everything.size, SAMPLE_RATE):
+                await ws.send(everything[offset : offset + SAMPLE_RATE].astype("<f4").tobytes())
+            await ws.send(json.dumps({"type": "end"}))
+            async for _ in ws:
+                pass
 
 
 async def _client_rounds(
