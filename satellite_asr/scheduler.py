@@ -1,9 +1,11 @@
 """Who decodes when: the engine's decode slots shared by every session.
 
-Rules: finals go before partials; sessions take turns (round-robin) within each of the two, so a
-session with many finals queued (a client sending a file faster than real time) gets one decode
-per turn while every other session waiting for a final gets one too; a session has at most one
-partial in flight; a partial asked for while another is waiting replaces it (the newest audio
+Rules: finals go before partials; among the sessions waiting at one of the two, the one that has
+used the engine least lately goes first (deficit-based fair sharing: decode seconds, halving every
+`USAGE_HALF_LIFE_S`; equal ones take turns), so a client sending a file faster than real time
+waits behind sessions that speak at real-time pace, yet is never starved (its usage decays while
+it waits, theirs grows as they are served); a session's own decodes keep their order; a session has
+at most one partial in flight; a partial asked for while another is waiting replaces it (the newest audio
 wins), and runs only after a pause as long as the previous one took; so when the engine is slower
 than real time, partials come less often while finals keep their place ahead of them.
 Finals are never dropped.
@@ -23,6 +25,8 @@ from satellite_asr.metrics import Metrics
 
 FINAL, PARTIAL = 0, 1
 """Slot priorities: lower goes first."""
+USAGE_HALF_LIFE_S = 10.0
+"""How fast a session's past decode time stops counting against it in the turn order."""
 
 EngineFailed = Callable[[Exception], None]
 """Told of every decode that raised (the core probes the engine then)."""
@@ -31,8 +35,8 @@ EngineFailed = Callable[[Exception], None]
 class DecodeScheduler:
     """Priority slots in front of the engine; `slots` = decodes the engine runs at once.
 
-    Each decode names its `owner` (the session): waiters queue per owner, and the owners waiting
-    at one priority are served in turn, one decode each.
+    Each decode names its `owner` (the session): waiters queue per owner, and a freed slot goes to
+    the waiting owner with the least recent engine usage, one decode at a time.
     """
 
     def __init__(
@@ -40,7 +44,9 @@ class DecodeScheduler:
     ) -> None:
         self._free = slots
         self._turns: tuple[dict[str, deque[asyncio.Future[None]]], ...] = ({}, {})
-        """Per priority: each waiting owner's queue, in the order owners get their next turn."""
+        """Per priority: each waiting owner's queue; among equal usage, owners go in this order."""
+        self._usage: dict[str, tuple[float, float]] = {}
+        """Owner -> (decode seconds, when counted): decays by half every `USAGE_HALF_LIFE_S`."""
         self._metrics = metrics
         self._engine_ready = engine_ready
         """Set by the core once the engine has loaded; decodes wait for it."""
@@ -78,15 +84,26 @@ class DecodeScheduler:
             if not queue:
                 del self._turns[priority][owner]
 
+    def usage(self, owner: str) -> float:
+        """`owner`'s recent engine time in seconds, decayed."""
+        seconds, counted = self._usage.get(owner, (0.0, 0.0))
+        return float(seconds * 0.5 ** ((time.monotonic() - counted) / USAGE_HALF_LIFE_S))
+
+    def _charge(self, owner: str, seconds: float) -> None:
+        self._usage[owner] = (self.usage(owner) + seconds, time.monotonic())
+        for other in list(self._usage):  # forget owners whose usage has faded (sessions that ended)
+            if self.usage(other) < 1e-3 and not any(other in turns for turns in self._turns):
+                del self._usage[other]
+
     def _release(self) -> None:
-        """Hand the freed slot to the next owner in turn (finals first), or keep it free."""
+        """Hand the freed slot to the waiting owner with the least usage (finals first), or keep it free."""
         for turns in self._turns:
             while turns:
-                owner = next(iter(turns))
+                owner = min(turns, key=self.usage)  # the first of equals: they take turns
                 queue = turns.pop(owner)
                 granted = queue.popleft()
                 if queue:
-                    turns[owner] = queue  # back of the line for its next decode
+                    turns[owner] = queue  # behind its equals for its next decode
                 if not granted.done():
                     granted.set_result(None)
                     return
@@ -94,14 +111,14 @@ class DecodeScheduler:
 
     async def final(self, owner: str, stream: EngineStream, audio: Audio, prefix: str) -> Transcript:
         async with self.slot(owner, FINAL):
-            return await self._decode("final", stream.final(audio, prefix))
+            return await self._decode(owner, "final", stream.final(audio, prefix))
 
     async def partial(self, owner: str, stream: EngineStream, audio: Callable[[], Audio]) -> Transcript:
         """Decode a partial; `audio` is read once the slot is granted, so it is the newest audio."""
         async with self.slot(owner, PARTIAL):
-            return await self._decode("partial", stream.partial(audio()))
+            return await self._decode(owner, "partial", stream.partial(audio()))
 
-    async def _decode(self, kind: str, decode: Awaitable[Transcript]) -> Transcript:
+    async def _decode(self, owner: str, kind: str, decode: Awaitable[Transcript]) -> Transcript:
         started = time.perf_counter()
         try:
             result = await decode
@@ -109,6 +126,8 @@ class DecodeScheduler:
             if self._on_failure is not None:
                 self._on_failure(exc)
             raise
+        finally:
+            self._charge(owner, time.perf_counter() - started)
         self._metrics.decode_seconds.labels(kind).observe(time.perf_counter() - started)
         return result
 

@@ -66,9 +66,9 @@ async def test_finals_go_before_waiting_partials() -> None:
     assert log == ["busy:final:1", "b:final:3", "a:partial:2"]
 
 
-async def test_sessions_take_turns_and_finals_still_go_first() -> None:
-    """One slot; `flood` queues three finals before `live` queues one: `live` is next after one of
-    `flood`'s, and `flood`'s partial waits for every final."""
+async def test_the_session_that_used_the_engine_least_goes_first_and_finals_still_go_first() -> None:
+    """One slot; `flood` has decoded and queues three finals before `live` queues one: `live`
+    goes next, `flood`'s own finals keep their order, and its partial waits for every final."""
     scheduler = DecodeScheduler(slots=1, metrics=Metrics(), engine_ready=ready_engine())
     log: list[str] = []
     busy = GatedStreamDouble(log, "busy")
@@ -87,7 +87,27 @@ async def test_sessions_take_turns_and_finals_still_go_first() -> None:
     for stream in [busy, partial, live, *flood]:
         stream.gate.set()
     await asyncio.gather(*tasks)
-    assert [entry.split(":")[0] for entry in log] == ["busy", "flood0", "live", "flood1", "flood2", "partial"]
+    assert [entry.split(":")[0] for entry in log] == ["busy", "live", "flood0", "flood1", "flood2", "partial"]
+
+
+async def test_equal_sessions_take_turns() -> None:
+    """Sessions that have not used the engine lately are served in turn, one decode each."""
+    scheduler = DecodeScheduler(slots=1, metrics=Metrics(), engine_ready=ready_engine())
+    log: list[str] = []
+    busy = GatedStreamDouble(log, "busy")
+    streams = {name: [GatedStreamDouble(log, f"{name}{i}") for i in range(2)] for name in ("a", "b")}
+    tasks = [asyncio.create_task(scheduler.final("other", busy, audio(1), ""))]
+    await settle()
+    for name in ("a", "b"):
+        for stream in streams[name]:
+            tasks.append(asyncio.create_task(scheduler.final(name, stream, audio(1), "")))
+    await settle()
+    busy.gate.set()
+    for stream in [s for pair in streams.values() for s in pair]:
+        stream.gate.set()
+    await asyncio.gather(*tasks)
+    order = [entry.split(":")[0] for entry in log]
+    assert order[:2] == ["busy", "a0"] and order[2] == "b0", "b gets its turn before a's second decode"
 
 
 async def test_decodes_wait_for_the_engine() -> None:
