@@ -1,8 +1,9 @@
 """Who decodes when: the engine's decode slots shared by every session.
 
 Rules: finals go before partials; among the sessions waiting at one of the two, the one that has
-used the engine least lately goes first (deficit-based fair sharing: decode seconds, halving every
-`USAGE_HALF_LIFE_S`; equal ones take turns), so a client sending a file faster than real time
+used the engine least lately goes first (deficit-based fair sharing: seconds of final decodes,
+halving every `USAGE_HALF_LIFE_S`; equal ones take turns; partials do not count, so that a
+session's partials never put its final behind another's), so a client sending a file faster than real time
 waits behind sessions that speak at real-time pace, yet is never starved (its usage decays while
 it waits, theirs grows as they are served); a session's own decodes keep their order; a session has
 at most one partial in flight; a partial asked for while another is waiting replaces it (the newest audio
@@ -85,7 +86,7 @@ class DecodeScheduler:
                 del self._turns[priority][owner]
 
     def usage(self, owner: str) -> float:
-        """`owner`'s recent engine time in seconds, decayed."""
+        """`owner`'s recent final decode time in seconds, decayed."""
         seconds, counted = self._usage.get(owner, (0.0, 0.0))
         return float(seconds * 0.5 ** ((time.monotonic() - counted) / USAGE_HALF_LIFE_S))
 
@@ -127,7 +128,8 @@ class DecodeScheduler:
                 self._on_failure(exc)
             raise
         finally:
-            self._charge(owner, time.perf_counter() - started)
+            if kind == "final":
+                self._charge(owner, time.perf_counter() - started)
         self._metrics.decode_seconds.labels(kind).observe(time.perf_counter() - started)
         return result
 

@@ -202,17 +202,21 @@ class Session:
         """Audio held now: at most `max_utterance_s` plus the pre-roll and one `FEED_PIECE`."""
         return (self._audio.end - self._audio.base) / SAMPLE_RATE
 
-    async def feed(self, samples: Audio) -> None:
+    async def feed(self, samples: Audio) -> float:
         """Take 16 kHz mono float32 samples; emits events as VAD and decodes produce them.
 
         Back-pressure: this waits while the session has `max_pending_finals` finals pending or its
         audio is more than `max_feed_ahead_s` ahead of real time, so its adapter stops reading the
-        client instead of queueing without end.
+        client instead of queueing without end. Returns the seconds it waited so (not work done).
         """
+        waited = 0.0
         pieces = [samples[offset : offset + FEED_PIECE] for offset in range(0, samples.size, FEED_PIECE)]
         for piece in pieces or [samples]:
+            started = time.perf_counter()
             await self._wait_for_room(piece.size)
+            waited += time.perf_counter() - started
             await self._feed_piece(piece)
+        return waited
 
     async def _wait_for_room(self, samples: int) -> None:
         while self.pending_finals >= self.options.max_pending_finals and not self.closed:
