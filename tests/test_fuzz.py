@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 import websockets
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from websockets.exceptions import ConnectionClosed
 from wyoming.asr import Transcribe
@@ -73,8 +73,14 @@ config_messages = st.fixed_dictionaries(
 )
 
 
+DEEP = "[" * 100_000 + "]" * 100_000
+"""Nested deeper than the JSON parser recurses: a RecursionError, which once closed with 1006."""
+
+
 @settings(max_examples=400, deadline=None)
 @given(config_messages | st.dictionaries(st.text(max_size=10), json_values, max_size=4))
+@example({"type": "config", "encoding": []})  # found on the daemon: a TypeError, closed with 1006
+@example({"type": "config", "encoding": {}})
 def test_websocket_config_is_accepted_or_refused_as_invalid_config(message: dict[str, Any]) -> None:
     try:
         options, decoder = parse_config(message, SETTINGS, ENGINE)
@@ -86,6 +92,7 @@ def test_websocket_config_is_accepted_or_refused_as_invalid_config(message: dict
 
 @settings(max_examples=200, deadline=None)
 @given(st.text(max_size=200) | nested_json | json_values.map(json.dumps))
+@example(DEEP)
 def test_websocket_text_frames_are_objects_or_invalid_message(data: str) -> None:
     try:
         message = parse_message(data)
@@ -253,12 +260,14 @@ async def test_random_sessions_on_both_protocols_leave_the_daemon_and_other_sess
         rounds: list[list[dict[str, Any]]] = []
         beside = asyncio.create_task(canary(url, rounds, stop))
 
-        @settings(max_examples=60, deadline=None)
+        @settings(max_examples=150, deadline=None)
         @given(websocket_sessions)
+        @example([DEEP, '{"type": "flush"}'])
+        @example(['{"type": "config", "encoding": []}'])
         def websocket_fuzz(frames: list[str | bytes]) -> None:
             asyncio.run_coroutine_threadsafe(websocket_session(url, frames), loop).result(60)
 
-        @settings(max_examples=60, deadline=None)
+        @settings(max_examples=150, deadline=None)
         @given(wyoming_sessions)
         def wyoming_fuzz(events: list[Event]) -> None:
             asyncio.run_coroutine_threadsafe(wyoming_session(port, events), loop).result(60)

@@ -21,7 +21,8 @@ from websockets.exceptions import ConnectionClosed
 from satellite_asr.clients.wav import read_wav
 from tests.helpers import FIXTURES, free_port
 
-SHUTDOWN_TIMEOUT_S = 3.0
+SHUTDOWN_TIMEOUT_S = 10.0
+"""The default `shutdown_timeout_s`: the daemon is started without the setting."""
 pytestmark = pytest.mark.timeout(180)
 
 
@@ -35,7 +36,6 @@ async def start_daemon(http_port: int, wyoming_port: int) -> asyncio.subprocess.
         f"--http-port={http_port}",
         f"--wyoming-uri=tcp://127.0.0.1:{wyoming_port}",
         "--no-zeroconf",
-        f"--shutdown-timeout-s={SHUTDOWN_TIMEOUT_S}",
         "--log-level=INFO",
         stderr=asyncio.subprocess.PIPE,
     )
