@@ -120,6 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
         "Home Assistant's VAD does (for servers without endpointing).",
     )
     bench.add_argument("--ha-wait", type=float, default=0.7, help="Silence before audio-stop in ha-vad mode (s).")
+    bench.add_argument(
+        "--flooders",
+        type=int,
+        default=0,
+        help="websocket: extra clients sending the files as fast as the daemon takes them, beside the measured ones.",
+    )
     bench.add_argument("--json", action="store_true", help="Print the full report as JSON.")
     _add_setting_flags(bench)
     return parser
@@ -291,7 +297,15 @@ def _bench(settings: Settings, args: argparse.Namespace) -> int:
         print(json.dumps(asdict(rest_report), indent=2) if args.json else rest_report.summary())
         return 0
     report = asyncio.run(
-        run_bench(settings, files, clients=args.clients, rounds=args.rounds, url=args.url, protocol=args.protocol)
+        run_bench(
+            settings,
+            files,
+            clients=args.clients,
+            rounds=args.rounds,
+            url=args.url,
+            protocol=args.protocol,
+            flooders=args.flooders,
+        )
     )
     print(json.dumps(asdict(report), indent=2) if args.json else report.summary())
     return 0

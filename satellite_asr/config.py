@@ -229,6 +229,25 @@ class Settings:
         minimum=1,
         maximum=1024,
     )
+    max_pending_finals: int = _opt(
+        4,
+        "Finals one session may have waiting for the engine; its client's audio is not read meanwhile (back-pressure).",
+        minimum=1,
+        maximum=100,
+    )
+    max_feed_ahead_s: float = _opt(
+        20.0,
+        "How far ahead of real time a session's audio may arrive (a file sent at full speed); "
+        "beyond it the client's audio is read at real-time pace.",
+        minimum=1.0,
+        maximum=3600.0,
+    )
+    shutdown_timeout_s: float = _opt(
+        10.0,
+        "On SIGTERM/SIGINT: time to send pending finals and close connections; what remains is then cancelled.",
+        minimum=0.5,
+        maximum=600.0,
+    )
 
     log_level: str = _opt("INFO", "Log level.", choices=LOG_LEVELS)
 

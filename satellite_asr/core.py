@@ -3,7 +3,9 @@
 The daemon (`server.py`) and the offline transcriber both build one `Core`; protocol adapters are
 handed it and reach everything through it (see `protocols/__init__.py` for their contract).
 Readiness has one source: `engine_ready`, set once the engine has loaded; decodes wait for it,
-`/health` reports it.
+`/health` reports it. After a decode fails the core probes the engine (a short decode of
+silence): `/health` says `degraded` meanwhile and `broken` while probes fail; a broken in-process
+engine is restarted (closed and started again) with backoff until a probe succeeds.
 """
 
 from __future__ import annotations
@@ -12,17 +14,25 @@ import asyncio
 import logging
 from typing import Any
 
+import numpy as np
+
 from satellite_asr import __version__
+from satellite_asr.audio import SAMPLE_RATE
 from satellite_asr.config import Settings
-from satellite_asr.engines.base import Engine, EngineInfo
+from satellite_asr.engines.base import Engine, EngineInfo, StreamOptions
 from satellite_asr.engines.factory import create_engine
 from satellite_asr.metrics import Metrics
-from satellite_asr.scheduler import DecodeScheduler
+from satellite_asr.scheduler import FINAL, DecodeScheduler
 from satellite_asr.session_manager import SessionManager
 from satellite_asr.vad.silero import SileroVad
 from satellite_asr.vad.turn import RuleTurnDetector
 
 log = logging.getLogger(__name__)
+
+PROBE_TIMEOUT_S = 60.0
+"""Longest a probe decode (half a second of silence) may take before the engine counts as broken."""
+RESTART_BACKOFF_S = (1.0, 60.0)
+"""First and longest wait between recovery attempts; the wait doubles after each failed one."""
 
 
 class Core:
@@ -38,7 +48,9 @@ class Core:
         self.engine.report_batch_sizes(self.metrics.engine_batch_size.observe)
         self.vad = SileroVad(on_busy=self.metrics.vad_seconds.inc)
         self.engine_ready = asyncio.Event()
-        self.scheduler = DecodeScheduler(self.engine.info.max_concurrency, self.metrics, self.engine_ready)
+        self.scheduler = DecodeScheduler(
+            self.engine.info.max_concurrency, self.metrics, self.engine_ready, on_failure=self._decode_failed
+        )
         self.sessions = SessionManager(
             vad=self.vad,
             engine=self.engine,
@@ -52,6 +64,9 @@ class Core:
         self.engine_error: BaseException | None = None
         self._failed = asyncio.Event()
         self._engine_task: asyncio.Task[None] | None = None
+        self.engine_status = "ready"
+        """Once loaded: `ready`, `degraded` (a decode failed, the probe runs) or `broken` (probes fail)."""
+        self._recovery: asyncio.Task[None] | None = None
 
     @property
     def engine_info(self) -> EngineInfo:
@@ -59,7 +74,51 @@ class Core:
 
     @property
     def ready(self) -> bool:
-        return self.engine_ready.is_set()
+        """Loaded and not known to be failing: `/health` answers 200."""
+        return self.engine_ready.is_set() and self.engine_status == "ready"
+
+    def _decode_failed(self, error: Exception) -> None:
+        if self._recovery is None or self._recovery.done():
+            log.warning("engine %s: a decode failed (%r); probing it", self.engine.info.name, error)
+            self.engine_status = "degraded"
+            self._recovery = asyncio.create_task(self._recover(), name="engine-recovery")
+
+    async def _recover(self) -> None:
+        """Probe until the engine decodes again, restarting an in-process one between probes."""
+        wait, longest = RESTART_BACKOFF_S
+        while not await self._probe():
+            self.engine_status = "broken"
+            log.error("engine %s is broken; next attempt in %.0f s", self.engine.info.name, wait)
+            await asyncio.sleep(wait)
+            wait = min(wait * 2, longest)
+            if self.engine.restartable:
+                await self._restart()
+        if self.engine_status != "ready":
+            log.info("engine %s works again", self.engine.info.name)
+        self.engine_status = "ready"
+
+    async def _probe(self) -> bool:
+        languages = self.engine.info.languages
+        options = StreamOptions(language=self.settings.default_language or (languages[0] if languages else None))
+        stream = self.engine.open_stream(options)
+        try:
+            async with self.scheduler.slot("engine-probe", FINAL):
+                await asyncio.wait_for(stream.final(np.zeros(SAMPLE_RATE // 2, dtype=np.float32)), PROBE_TIMEOUT_S)
+        except Exception as exc:
+            log.warning("engine %s: probe failed: %r", self.engine.info.name, exc)
+            return False
+        finally:
+            await stream.close()
+        return True
+
+    async def _restart(self) -> None:
+        log.warning("restarting engine %s", self.engine.info.name)
+        self.metrics.engine_restarts.inc()
+        try:
+            await self.engine.close()
+            await self.engine.start()
+        except Exception as exc:
+            log.error("engine %s: restart failed: %r", self.engine.info.name, exc)
 
     async def start(self) -> None:
         """VAD and session housekeeping now; the engine loads in the background (`wait_ready`)."""
@@ -96,16 +155,24 @@ class Core:
     async def close(self) -> None:
         """Sessions finalized and closed, then the model and VAD freed."""
         await self.sessions.close_all("shutdown")
-        if self._engine_task is not None:
-            self._engine_task.cancel()
-            await asyncio.gather(self._engine_task, return_exceptions=True)
+        for task in (self._engine_task, self._recovery):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         await self.engine.close()
         await self.vad.close()
+
+    def _status(self) -> str:
+        if self.engine_ready.is_set():
+            return self.engine_status
+        return "failed" if self.engine_error else "loading"
 
     def health(self) -> dict[str, Any]:
         info = self.engine.info
         return {
-            "status": "ready" if self.ready else ("failed" if self.engine_error else "loading"),
+            "status": self.engine_status
+            if self.engine_ready.is_set()
+            else ("failed" if self.engine_error else "loading"),
             "ready": self.ready,
             "engine": info.name,
             "model": info.model,

@@ -78,6 +78,11 @@ class Metrics:
             "satellite_asr_invalid_samples", "NaN/Inf samples replaced by silence.", registry=r
         )
         self.errors = Counter("satellite_asr_errors", "Error events sent to clients.", ["code"], registry=r)
+        self.engine_restarts = Counter(
+            "satellite_asr_engine_restarts",
+            "Times a broken engine was closed and started again.",
+            registry=r,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -9,6 +9,7 @@ memory for a few utterances, not for all of them.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator
 
 from satellite_asr.audio import Audio
@@ -68,7 +69,7 @@ class Recording:
     def __init__(self, core: Core, protocol: str, options: SessionOptions) -> None:
         self._core = core
         self._protocol = protocol
-        self._options = options
+        self._options = dataclasses.replace(options, max_feed_ahead_s=None)  # a file, not a live stream: no pacing
         self._progress = _Progress()
         self._session: Session | None = None
         self._feeder: asyncio.Task[None] | None = None

@@ -32,6 +32,9 @@ FILE_DESCRIPTOR_MARGIN = 128
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
+HANDLER_GRACE_S = 1.0
+"""At shutdown, how long HTTP handlers may still run once their connections were closed or cut."""
+
 
 class Daemon:
     """Start with `start()`, stop with `stop()`; `engine` may be given (tests inject doubles)."""
@@ -46,6 +49,7 @@ class Daemon:
         self.wyoming_port: int | None = None
         """The bound Wyoming TCP port once started (None when off or on a unix socket)."""
         self.discovery: Discovery | None = None
+        self.websocket = websocket.WebSocketHandler(self.core)
         self._runner: web.AppRunner | None = None
         self._accept_errors = AcceptErrorLog()
 
@@ -56,7 +60,7 @@ class Daemon:
         """
         rest = openai_rest.OpenAIRestHandler(self.core)
         return [
-            ("GET", websocket.PATH, websocket.WebSocketHandler(self.core).handle),
+            ("GET", websocket.PATH, self.websocket.handle),
             ("POST", openai_rest.TRANSCRIPTIONS_PATH, rest.transcriptions),
             ("GET", openai_rest.MODELS_PATH, rest.models),
             ("GET", openai_rest.MODEL_PATH, rest.model),
@@ -77,7 +81,11 @@ class Daemon:
         # aiohttp's keep-alive timer also runs from the connection's start and is not pushed back by
         # a request still arriving: it is the header timeout too (a client trickling bytes is closed).
         self._runner = web.AppRunner(
-            app, handle_signals=False, access_log=None, keepalive_timeout=self.settings.header_timeout_s
+            app,
+            handle_signals=False,
+            access_log=None,
+            keepalive_timeout=self.settings.header_timeout_s,
+            shutdown_timeout=HANDLER_GRACE_S,
         )
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.settings.host, self.settings.http_port, ssl_context=self._ssl_context())
@@ -104,12 +112,18 @@ class Daemon:
         return context
 
     async def stop(self) -> None:
-        """Shutdown: pending finals are sent, connections closed, then the model is freed."""
-        if self.discovery is not None:
-            await self.discovery.stop()
+        """Shutdown within `shutdown_timeout_s`, whatever clients do: stop accepting, send pending
+        finals, close every connection (WebSocket 1001, Wyoming end of stream); when time runs out,
+        cut the connections left and cancel what they had in flight. Then the model is freed."""
+        try:
+            async with asyncio.timeout(self.settings.shutdown_timeout_s):
+                await self._close_gracefully()
+        except TimeoutError:
+            log.warning("shutdown: connections still open after %.1f s; cutting them", self.settings.shutdown_timeout_s)
         if self.wyoming is not None:
-            await self.wyoming.stop()
-        await self.core.sessions.close_all("shutdown")
+            await self.wyoming.abort()
+        self.websocket.abort_all()
+        await self.core.sessions.cancel_all("shutdown")
         if self._runner is not None:
             await self._runner.cleanup()
         await self.core.close()
@@ -125,6 +139,24 @@ class Daemon:
                 open_file_limit(),
                 FILE_DESCRIPTOR_MARGIN,
             )
+
+    async def _close_gracefully(self) -> None:
+        if self._runner is not None:
+            for site in list(self._runner.sites):
+                await site.stop()
+        if self.discovery is not None:
+            await self.discovery.stop()
+        # Side by side, so that a client that does not read holds up only its own connection.
+        await asyncio.gather(self._close_wyoming(), self._close_websockets())
+        await self.core.sessions.close_all("shutdown")
+
+    async def _close_wyoming(self) -> None:
+        if self.wyoming is not None:
+            await self.wyoming.stop()
+
+    async def _close_websockets(self) -> None:
+        await self.core.sessions.close_all("shutdown", protocol="websocket")
+        await self.websocket.close_all()  # the connections without a session
 
     async def _health(self, request: web.Request) -> web.Response:
         health = {**self.core.health(), "auth_required": self.access.key_required}

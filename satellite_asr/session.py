@@ -21,7 +21,7 @@ from typing import Any
 
 from satellite_asr.audio import SAMPLE_RATE, Audio, AudioBuffer
 from satellite_asr.config import Settings
-from satellite_asr.engines.base import Engine, EngineError, EngineStream, StreamOptions, Transcript
+from satellite_asr.engines.base import Engine, EngineStream, StreamOptions, Transcript
 from satellite_asr.events import (
     FinalTranscript,
     PartialTranscript,
@@ -51,6 +51,8 @@ Emit = Callable[[SessionEvent], Awaitable[None]]
 
 IDLE_KEEP_SECONDS = 2.0
 """Audio kept between utterances: enough for the pre-roll and the onset that confirms speech."""
+FEED_PIECE = SAMPLE_RATE // 2
+"""Most samples taken in one step: audio is trimmed between steps, so a huge frame cannot grow it."""
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,9 @@ class SessionOptions:
     partials: bool
     language: str | None
     context: str
+    max_pending_finals: int
+    max_feed_ahead_s: float | None
+    """None: no pacing (a recording read as fast as the engine goes)."""
     batch: bool = False
     """Finals decoded at `BATCH` priority, after live partials: a file, not a person waiting."""
 
@@ -86,6 +91,8 @@ class SessionOptions:
             settings.partials if partials is None else partials,
             language,
             "\n".join(part for part in (settings.context, context) if part),
+            settings.max_pending_finals,
+            settings.max_feed_ahead_s,
             batch,
         )
 
@@ -193,6 +200,7 @@ class Session:
         self.last_audio_at = time.monotonic()
         self.last_speech_at = self.last_audio_at
         """When the endpointer last reported speech (start, pause, end), or the session's start: idle counts from it."""
+        self._opened_at = self.last_audio_at
         self.closed = False
 
     @property
@@ -203,8 +211,42 @@ class Session:
     def in_utterance(self) -> bool:
         return self._utterance is not None
 
-    async def feed(self, samples: Audio) -> None:
-        """Take 16 kHz mono float32 samples; emits events as VAD and decodes produce them."""
+    @property
+    def pending_finals(self) -> int:
+        """Ended utterances whose final has not been sent yet."""
+        return len(self._finals)
+
+    @property
+    def buffered_seconds(self) -> float:
+        """Audio held now: at most `max_utterance_s` plus the pre-roll and one `FEED_PIECE`."""
+        return (self._audio.end - self._audio.base) / SAMPLE_RATE
+
+    async def feed(self, samples: Audio) -> float:
+        """Take 16 kHz mono float32 samples; emits events as VAD and decodes produce them.
+
+        Back-pressure: this waits while the session has `max_pending_finals` finals pending or its
+        audio is more than `max_feed_ahead_s` ahead of real time, so its adapter stops reading the
+        client instead of queueing without end. Returns the seconds it waited so (not work done).
+        """
+        waited = 0.0
+        pieces = [samples[offset : offset + FEED_PIECE] for offset in range(0, samples.size, FEED_PIECE)]
+        for piece in pieces or [samples]:
+            started = time.perf_counter()
+            await self._wait_for_room(piece.size)
+            waited += time.perf_counter() - started
+            await self._feed_piece(piece)
+        return waited
+
+    async def _wait_for_room(self, samples: int) -> None:
+        while self.pending_finals >= self.options.max_pending_finals and not self.closed:
+            await asyncio.wait(list(self._finals), return_when=asyncio.FIRST_COMPLETED)
+        if self.options.max_feed_ahead_s is not None:
+            audio_s = (self.samples_received + samples) / SAMPLE_RATE
+            ahead = audio_s - (time.monotonic() - self._opened_at) - self.options.max_feed_ahead_s
+            if ahead > 0:
+                await asyncio.sleep(ahead)
+
+    async def _feed_piece(self, samples: Audio) -> None:
         async with self._lock:
             if self.closed:
                 return
@@ -215,8 +257,10 @@ class Session:
             for probability in await self._vad_stream.process(samples):
                 for event in self._endpointer.process(probability):
                     await self._on_endpointer(event)
-            if self._utterance is None:
-                self._audio.drop_before(self._audio.end - self._keep_idle)
+            keep_from = self._audio.end - self._keep_idle
+            if self._utterance is not None:  # the utterance's audio, which the length cap bounds
+                keep_from = min(keep_from, self._utterance.start)
+            self._audio.drop_before(keep_from)
 
     async def flush(self) -> None:
         """Finalize the utterance in progress now; returns once every pending final was sent."""
@@ -238,6 +282,8 @@ class Session:
         without (the client is gone), everything in flight is cancelled."""
         async with self._lock:
             if self.closed:
+                if not finalize:  # a close that was finalizing was cut short (shutdown out of time)
+                    await self._cancel_all()
                 return
             if finalize:
                 await self._flush_locked(reason)
@@ -303,10 +349,10 @@ class Session:
     async def _decode_partial(self, utterance: _Utterance) -> None:
         try:
             result = await self._scheduler.partial(
-                utterance.stream, lambda: self._audio.slice(utterance.start, self._audio.end)
+                self.id, utterance.stream, lambda: self._audio.slice(utterance.start, self._audio.end)
             )
-        except EngineError as exc:
-            log.warning("session %s: partial decode failed: %s", self.id, exc)
+        except Exception as exc:  # any engine failure: the final still comes (see `_finalize`)
+            log.warning("session %s: partial decode failed: %r", self.id, exc)
             return
         if self._utterance is not utterance or not result.text:
             return
@@ -330,7 +376,7 @@ class Session:
             await utterance.partials.cancel()
         audio = self._audio.slice(utterance.start, end)
         task = asyncio.create_task(
-            self._scheduler.final(utterance.stream, audio, self._final_priority), name="speculative-final"
+            self._scheduler.final(self.id, utterance.stream, audio, self._final_priority), name="speculative-final"
         )
         speculation = _Speculation(end, task)
         utterance.speculation = speculation
@@ -341,7 +387,7 @@ class Session:
         """Hand the turn detector's verdict on the speculative text to the endpointer."""
         try:
             result = await asyncio.shield(speculation.task)
-        except (asyncio.CancelledError, EngineError):
+        except (asyncio.CancelledError, Exception):  # a failed decode is the final's to report
             return
         verdict = self._turn_detector.verdict(result.text, result.language or self.options.language)
         log.debug("session %s: utterance %d paused at %r: %s", self.id, utterance.id, result.text, verdict.value)
@@ -393,12 +439,12 @@ class Session:
         try:
             result = await self._speculated_result(utterance, endpoint.end)
             if result is None:
-                result = await self._scheduler.final(utterance.stream, audio, self._final_priority)
+                result = await self._scheduler.final(self.id, utterance.stream, audio, self._final_priority)
             text, language = result.text, result.language or language
             if not _words_start_with(text, utterance.stable):
                 self._metrics.final_rewrites.inc()
-        except EngineError as exc:
-            log.warning("session %s: final decode of utterance %d failed: %s", self.id, utterance.id, exc)
+        except Exception as exc:  # whatever the engine raised, the utterance keeps its final (the promised text)
+            log.warning("session %s: final decode of utterance %d failed: %r", self.id, utterance.id, exc)
             message = f"transcription of utterance {utterance.id} failed: {exc}"
             await self._emit(SessionError("engine_error", message, utterance.id))
         finally:
@@ -428,7 +474,7 @@ class Session:
         )
         try:
             return await speculation.task
-        except EngineError:
+        except Exception:  # decoded again by the caller, which reports a failure that persists
             return None
 
     async def _discard(self, utterance: _Utterance) -> None:

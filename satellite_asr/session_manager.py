@@ -60,6 +60,9 @@ class SessionManager:
     def __len__(self) -> int:
         return len(self._sessions)
 
+    def open_sessions(self) -> list[Session]:
+        return [session for session, _ in self._sessions.values()]
+
     def create(self, protocol: str, options: SessionOptions, emit: Emit, close_connection: CloseConnection) -> Session:
         """A new session, or `ServerBusy`. The caller must `release` it when the stream ends."""
         if len(self._sessions) >= self.max_sessions:
@@ -97,13 +100,21 @@ class SessionManager:
     async def start(self) -> None:
         self._reaper = asyncio.create_task(self._reap_idle(), name="idle-reaper")
 
-    async def close_all(self, reason: str) -> None:
-        """Shutdown: every session's pending finals are sent, then its connection is closed."""
+    async def close_all(self, reason: str, *, protocol: str | None = None) -> None:
+        """Shutdown: every session's (or one protocol's) pending finals are sent, then its connection is closed."""
         if self._reaper is not None:
             self._reaper.cancel()
             await asyncio.gather(self._reaper, return_exceptions=True)
         await asyncio.gather(*self._expiring.values(), return_exceptions=True)
-        await asyncio.gather(*(self._expire(s, c, reason) for s, c in list(self._sessions.values())))
+        sessions = [(s, c) for s, c in self._sessions.values() if protocol in (None, s.protocol)]
+        await asyncio.gather(*(self._expire(s, c, reason) for s, c in sessions))
+
+    async def cancel_all(self, reason: str) -> None:
+        """Shutdown ran out of time: the sessions left end now, what they have in flight is cancelled."""
+        for task in self._expiring.values():
+            task.cancel()
+        releases = [self.release(session, reason, finalize=False) for session, _ in list(self._sessions.values())]
+        await asyncio.gather(*releases, *self._expiring.values(), return_exceptions=True)
 
     async def _expire(self, session: Session, close_connection: CloseConnection, reason: str) -> None:
         await self.release(session, reason, finalize=True)
@@ -119,13 +130,23 @@ class SessionManager:
         period = min(1.0, self.idle_timeout_s / 4)
         while True:
             await asyncio.sleep(period)
-            now = time.monotonic()
-            for session, close in list(self._sessions.values()):
-                active_at = session.last_speech_at
-                if session.in_utterance:
-                    active_at = max(active_at, session.last_audio_at)
-                if now - active_at > self.idle_timeout_s and session.id not in self._expiring:
-                    log.info("session %s heard no speech for %.0f s, closing", session.id, self.idle_timeout_s)
-                    task = asyncio.create_task(self._expire(session, close, "idle_timeout"))
-                    self._expiring[session.id] = task
-                    task.add_done_callback(functools.partial(self._expired, session.id))
+            self._expire_idle()
+
+    def _expire_idle(self) -> None:
+        """A function of its own, so that no session stays referenced while the reaper sleeps.
+
+        Idle means no speech (silence sent as a keep-alive does not count); a batch session (an
+        upload) is never idle: its request owns its lifetime, and it may wait behind live work.
+        """
+        now = time.monotonic()
+        for session, close in list(self._sessions.values()):
+            if session.options.batch or session.id in self._expiring:
+                continue
+            active_at = session.last_speech_at
+            if session.in_utterance:
+                active_at = max(active_at, session.last_audio_at)
+            if now - active_at > self.idle_timeout_s:
+                log.info("session %s heard no speech for %.0f s, closing", session.id, self.idle_timeout_s)
+                task = asyncio.create_task(self._expire(session, close, "idle_timeout"))
+                self._expiring[session.id] = task
+                task.add_done_callback(functools.partial(self._expired, session.id))

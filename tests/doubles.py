@@ -1,7 +1,8 @@
-"""Test doubles for things outside the product's own path: a crashing engine, a slow-loading one,
-one that hears no words in the first utterance (what a model makes of a cough).
+"""Test doubles for things outside the product's own path: a crashing engine, one that breaks
+until restarted, one whose finals wait for the test, a slow-loading one, one that hears no words in
+the first utterance (what a model makes of a cough).
 
-Both wrap the real whisper engine, so everything but the injected fault is the product's code.
+All wrap the real whisper engine, so everything but the injected fault is the product's code.
 """
 
 from __future__ import annotations
@@ -14,22 +15,68 @@ from satellite_asr.engines.whisper import WhisperEngine
 
 
 class _CrashingStream(EngineStream):
-    def __init__(self, inner: EngineStream) -> None:
+    def __init__(self, inner: EngineStream, error: type[Exception]) -> None:
         self._inner = inner
+        self._error = error
 
     async def partial(self, audio: Audio) -> Transcript:
         return await self._inner.partial(audio)
 
     async def final(self, audio: Audio) -> Transcript:
-        raise EngineError("injected failure (CrashingEngineDouble)")
+        raise self._error("injected failure (CrashingEngineDouble)")
 
 
 class CrashingEngineDouble(WhisperEngine):
-    """Real whisper, except that finals of sessions whose context contains 'crash' fail."""
+    """Real whisper, except that finals of sessions whose context contains 'crash' raise `error`
+    (an `EngineError`, or anything else: a bug, a CUDA error)."""
+
+    def __init__(self, error: type[Exception] = EngineError) -> None:
+        super().__init__()
+        self._error = error
 
     def open_stream(self, options: StreamOptions) -> EngineStream:
         stream = super().open_stream(options)
-        return _CrashingStream(stream) if "crash" in options.context else stream
+        return _CrashingStream(stream, self._error) if "crash" in options.context else stream
+
+
+class BreakableEngineDouble(WhisperEngine):
+    """Real whisper that the test breaks: while `broken`, every decode raises what a CUDA fault
+    raises (a RuntimeError). A restart (`start` again after `close`) waits for `restart_allowed`,
+    then comes back mended."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.broken = False
+        self.starts = 0
+        self.restart_allowed = asyncio.Event()
+
+    async def start(self) -> None:
+        self.starts += 1
+        if self.starts > 1:
+            await self.restart_allowed.wait()
+            self.broken = False
+        await super().start()
+
+    async def decode(self, audio: Audio, options: StreamOptions, *, final: bool) -> Transcript:
+        if self.broken:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered (BreakableEngineDouble)")
+        return await super().decode(audio, options, final=final)
+
+
+class GatedEngineDouble(WhisperEngine):
+    """Real whisper whose final decodes are logged by their session's context, in the order the
+    scheduler starts them, and wait for `gate` (so that the test can let a queue build up)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.finals: list[str] = []
+
+    async def decode(self, audio: Audio, options: StreamOptions, *, final: bool) -> Transcript:
+        if final:
+            self.finals.append(options.context)
+            await self.gate.wait()
+        return await super().decode(audio, options, final=final)
 
 
 class SlowLoadingEngineDouble(WhisperEngine):

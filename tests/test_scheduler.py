@@ -54,11 +54,11 @@ async def test_finals_go_before_waiting_partials() -> None:
     scheduler = DecodeScheduler(slots=1, metrics=Metrics(), engine_ready=ready_engine())
     log: list[str] = []
     busy, a, b = GatedStreamDouble(log, "busy"), GatedStreamDouble(log, "a"), GatedStreamDouble(log, "b")
-    first = asyncio.create_task(scheduler.final(busy, audio(1)))
+    first = asyncio.create_task(scheduler.final("busy", busy, audio(1)))
     await settle()
-    partial = asyncio.create_task(scheduler.partial(a, lambda: audio(2)))
+    partial = asyncio.create_task(scheduler.partial("a", a, lambda: audio(2)))
     await settle()
-    final = asyncio.create_task(scheduler.final(b, audio(3)))
+    final = asyncio.create_task(scheduler.final("b", b, audio(3)))
     await settle()
     for stream in (busy, a, b):
         stream.gate.set()
@@ -66,12 +66,56 @@ async def test_finals_go_before_waiting_partials() -> None:
     assert log == ["busy:final:1", "b:final:3", "a:partial:2"]
 
 
+async def test_the_session_that_used_the_engine_least_goes_first_and_finals_still_go_first() -> None:
+    """One slot; `flood` has decoded and queues three finals before `live` queues one: `live`
+    goes next, `flood`'s own finals keep their order, and its partial waits for every final."""
+    scheduler = DecodeScheduler(slots=1, metrics=Metrics(), engine_ready=ready_engine())
+    log: list[str] = []
+    busy = GatedStreamDouble(log, "busy")
+    flood = [GatedStreamDouble(log, f"flood{i}") for i in range(3)]
+    live = GatedStreamDouble(log, "live")
+    partial = GatedStreamDouble(log, "partial")
+    tasks = [asyncio.create_task(scheduler.final("flood", busy, audio(1)))]
+    await settle()
+    tasks.append(asyncio.create_task(scheduler.partial("flood", partial, lambda: audio(9))))
+    for stream in flood:
+        tasks.append(asyncio.create_task(scheduler.final("flood", stream, audio(2))))
+    await settle()
+    tasks.append(asyncio.create_task(scheduler.final("live", live, audio(3))))
+    await settle()
+    assert scheduler.waiting("flood") == 4 and scheduler.waiting("live") == 1
+    for stream in [busy, partial, live, *flood]:
+        stream.gate.set()
+    await asyncio.gather(*tasks)
+    assert [entry.split(":")[0] for entry in log] == ["busy", "live", "flood0", "flood1", "flood2", "partial"]
+
+
+async def test_equal_sessions_take_turns() -> None:
+    """Sessions that have not used the engine lately are served in turn, one decode each."""
+    scheduler = DecodeScheduler(slots=1, metrics=Metrics(), engine_ready=ready_engine())
+    log: list[str] = []
+    busy = GatedStreamDouble(log, "busy")
+    streams = {name: [GatedStreamDouble(log, f"{name}{i}") for i in range(2)] for name in ("a", "b")}
+    tasks = [asyncio.create_task(scheduler.final("other", busy, audio(1)))]
+    await settle()
+    for name in ("a", "b"):
+        for stream in streams[name]:
+            tasks.append(asyncio.create_task(scheduler.final(name, stream, audio(1))))
+    await settle()
+    busy.gate.set()
+    for stream in [s for pair in streams.values() for s in pair]:
+        stream.gate.set()
+    await asyncio.gather(*tasks)
+    order = [entry.split(":")[0] for entry in log]
+    assert order[:2] == ["busy", "a0"] and order[2] == "b0", "b gets its turn before a's second decode"
+
+
 async def test_decodes_wait_for_the_engine() -> None:
     engine_ready = asyncio.Event()
     scheduler = DecodeScheduler(slots=2, metrics=Metrics(), engine_ready=engine_ready)
     stream = GatedStreamDouble([], "s")
     stream.gate.set()
-    task = asyncio.create_task(scheduler.final(stream, audio(1)))
+    task = asyncio.create_task(scheduler.final("s", stream, audio(1)))
     await settle()
     assert stream.started == 0
     engine_ready.set()
@@ -87,7 +131,7 @@ async def test_one_partial_in_flight_and_requests_coalesce_to_the_newest_audio()
     results: list[str] = []
 
     async def run_partial() -> None:
-        results.append((await scheduler.partial(stream, lambda: audio(samples[0]))).text)
+        results.append((await scheduler.partial("s", stream, lambda: audio(samples[0]))).text)
 
     requests = PartialRequests(run_partial, metrics)
     requests.request()
@@ -113,7 +157,7 @@ async def test_cancelling_partials_frees_the_slot() -> None:
     stuck = GatedStreamDouble([], "stuck")
 
     async def run_partial() -> None:
-        await scheduler.partial(stuck, lambda: audio(1))
+        await scheduler.partial("stuck", stuck, lambda: audio(1))
 
     requests = PartialRequests(run_partial, metrics)
     requests.request()
@@ -121,7 +165,7 @@ async def test_cancelling_partials_frees_the_slot() -> None:
     await requests.cancel()
     other = GatedStreamDouble([], "other")
     other.gate.set()
-    result = await asyncio.wait_for(scheduler.final(other, audio(5)), 5)
+    result = await asyncio.wait_for(scheduler.final("other", other, audio(5)), 5)
     assert result.text == "final 5"
 
 
@@ -133,13 +177,13 @@ async def test_batch_finals_wait_behind_live_partials_and_finals() -> None:
         GatedStreamDouble(log, "upload"),
         GatedStreamDouble(log, "live"),
     )
-    first = asyncio.create_task(scheduler.final(busy, audio(1)))
+    first = asyncio.create_task(scheduler.final("busy", busy, audio(1)))
     await settle()
-    batch = asyncio.create_task(scheduler.final(upload, audio(2), BATCH))
+    batch = asyncio.create_task(scheduler.final("upload", upload, audio(2), BATCH))
     await settle()
-    partial = asyncio.create_task(scheduler.partial(live, lambda: audio(3)))
+    partial = asyncio.create_task(scheduler.partial("live", live, lambda: audio(3)))
     await settle()
-    final = asyncio.create_task(scheduler.final(live, audio(4)))
+    final = asyncio.create_task(scheduler.final("live", live, audio(4)))
     await settle()
     for stream in (busy, upload, live):
         stream.gate.set()

@@ -15,6 +15,7 @@ from websockets.exceptions import ConnectionClosed
 
 from satellite_asr.clients.stream_client import stream_file
 from satellite_asr.clients.wav import read_wav
+from satellite_asr.engines.base import EngineError
 from satellite_asr.server import Daemon
 from tests.doubles import CrashingEngineDouble, SlowLoadingEngineDouble
 from tests.helpers import (
@@ -347,8 +348,9 @@ async def test_disconnect_mid_utterance_releases_everything() -> None:
         assert 'satellite_asr_sessions_active{protocol="websocket"} 0.0' in metrics
 
 
-async def test_engine_error_hits_only_its_session() -> None:
-    async with running_daemon(CrashingEngineDouble()) as daemon:
+@pytest.mark.parametrize("error", [EngineError, RuntimeError], ids=["EngineError", "any-exception"])
+async def test_engine_error_hits_only_its_session(error: type[Exception]) -> None:
+    async with running_daemon(CrashingEngineDouble(error)) as daemon:
         crash, fine = await asyncio.gather(
             stream_file(FIXTURES / "weather.wav", ws_url(daemon), fast=True, config={"context": "crash"}),
             stream_file(FIXTURES / "weather.wav", ws_url(daemon), fast=True),

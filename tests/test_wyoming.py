@@ -28,6 +28,7 @@ from wyoming.info import Describe, Info
 from satellite_asr.clients.wav import WavFile, read_wav
 from satellite_asr.clients.wyoming_bench import RoundResult, transcribe_like_home_assistant
 from satellite_asr.config import ConfigError
+from satellite_asr.engines.base import EngineError
 from satellite_asr.protocols.wyoming import transcribe_context
 from satellite_asr.protocols.wyoming_framing import MAX_BLOCK_BYTES, MAX_HEADER_BYTES
 from satellite_asr.server import Daemon
@@ -329,8 +330,10 @@ async def test_any_rate_and_channel_count_is_converted() -> None:
     assert word_error_rate(EXPECTED["music.wav"][0], result.text or "") <= WER_TOLERANCE, result.text
 
 
-async def test_names_and_terms_reach_the_engine_as_context() -> None:
-    async with running_daemon(CrashingEngineDouble(), wyoming_uri=WYOMING) as daemon:
+@pytest.mark.parametrize("error", [EngineError, RuntimeError], ids=["EngineError", "any-exception"])
+async def test_names_and_terms_reach_the_engine_as_context(error: type[Exception]) -> None:
+    """A failing decode (whatever it raises) still answers the round, and only that round."""
+    async with running_daemon(CrashingEngineDouble(error), wyoming_uri=WYOMING) as daemon:
         async with connect(daemon) as client:
             await client.write_event(Transcribe(language="en", transcript_names=["crash"]).event())
             crashed = await send_and_collect(client, fixture("weather.wav"))

@@ -8,6 +8,9 @@ energy, so no labels are needed beyond the expected words):
 and over the run: server time per 100 ms frame (from the daemon's own histogram), CPU seconds per
 second of audio streamed (in-process daemon only), and WER of the finals against the expected
 words and against offline `transcribe` of the same files.
+
+`flooders` adds clients that send the files as fast as the daemon takes them, again and again,
+beside the measured real-time clients: what one client pushing files does to everyone else.
 """
 
 from __future__ import annotations
@@ -269,6 +272,7 @@ async def run_bench(
     rounds: int,
     url: str | None,
     protocol: str = "websocket",
+    flooders: int = 0,
 ) -> BenchReport:
     """Run the load over `protocol` (see `PROTOCOLS`); starts an in-process daemon from `settings`
     unless `url` names a running one."""
@@ -284,6 +288,9 @@ async def run_bench(
         await daemon.start()
         await daemon.core.wait_ready()
         url = f"ws://127.0.0.1:{daemon.http_port}{PROTOCOLS[protocol][0]}"
+    if flooders and protocol != "websocket":
+        raise ValueError("--flooders floods over the WebSocket protocol: use it with --protocol websocket")
+    flooding = [asyncio.create_task(_flood(url, list(audios.values()))) for _ in range(flooders)]
     try:
         cpu_before, audio_seconds = time.process_time(), 0.0
         jobs = []
@@ -298,6 +305,9 @@ async def run_bench(
         async with aiohttp.ClientSession() as http, http.get(metrics_url) as r:
             metrics_text = await r.text()
     finally:
+        for flooder in flooding:
+            flooder.cancel()
+        await asyncio.gather(*flooding, return_exceptions=True)
         if daemon is not None:
             await daemon.stop()
     timings = [t for client_timings, _, _ in results for t in client_timings]
@@ -332,6 +342,21 @@ async def run_bench(
         wer_vs_offline=wer(offline_texts),
         details=timings,
     )
+
+
+async def _flood(url: str, audios: list[Audio]) -> None:
+    """Send every file at once in 1 s frames, then `end`, read everything; again until cancelled."""
+    import websockets
+
+    everything = np.concatenate(audios)
+    while True:
+        async with websockets.connect(url, max_size=1 << 20) as ws:
+            await ws.send(json.dumps({"type": "config", "partials": False}))
+            for offset in range(0, everything.size, SAMPLE_RATE):
+                await ws.send(everything[offset : offset + SAMPLE_RATE].astype("<f4").tobytes())
+            await ws.send(json.dumps({"type": "end"}))
+            async for _ in ws:
+                pass
 
 
 async def _client_rounds(

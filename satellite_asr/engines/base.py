@@ -112,6 +112,10 @@ class Engine(abc.ABC):
 
     _ready: bool = False
 
+    restartable: bool = True
+    """`close` then `start` reloads it: what the core does when it stops decoding (see `core.py`).
+    False for an engine whose model lives elsewhere (a remote server): it is only probed."""
+
     @abc.abstractmethod
     async def start(self) -> None:
         """Load the model (may take long; never blocks the event loop)."""

@@ -87,6 +87,9 @@ class Qwen3RemoteEngine(Engine):
         self._session: aiohttp.ClientSession | None = None
         self._prober: asyncio.Task[None] | None = None
 
+    restartable = False
+    """The models live in the vLLM servers; this engine already probes them (`_probe_forever`)."""
+
     @property
     def info(self) -> EngineInfo:
         model = self._model or next((e.served_model for e in self.endpoints if e.served_model), "")

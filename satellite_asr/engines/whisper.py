@@ -129,7 +129,7 @@ class WhisperEngine(Engine):
         self._short_context = short_context
         self.full_window_retries = 0
         """Short-context decodes that had to be redone (see `_decode_short`)."""
-        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="whisper")
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = self._new_executor()
         self._model: WhisperModel | None = None
         # Known before the model loads (Wyoming `info` is asked at once): English-only models are
         # named `.en`; anything else is taken as multilingual until the loaded model says otherwise.
@@ -139,7 +139,12 @@ class WhisperEngine(Engine):
     def info(self) -> EngineInfo:
         return EngineInfo("whisper", self._model_name, self._languages, self._concurrency)
 
+    def _new_executor(self) -> concurrent.futures.ThreadPoolExecutor:
+        return concurrent.futures.ThreadPoolExecutor(max_workers=self._concurrency, thread_name_prefix="whisper")
+
     async def start(self) -> None:
+        if self._executor is None:  # started again after `close` (the core restarts a broken engine)
+            self._executor = self._new_executor()
         path = bundled_tiny_en_path() if self._model_name == BUNDLED_MODEL else self._model_name
         log.info("loading whisper model %s (%s, %s)", self._model_name, self._device, self._compute_type)
         loop = asyncio.get_running_loop()
@@ -165,8 +170,8 @@ class WhisperEngine(Engine):
         return WhisperStream(self, options)
 
     async def decode(self, audio: Audio, options: StreamOptions, *, final: bool) -> Transcript:
-        if self._model is None:
-            raise EngineError("whisper model is not loaded yet")
+        if self._model is None or self._executor is None:
+            raise EngineError("whisper model is not loaded")
         work = asyncio.get_running_loop().run_in_executor(self._executor, self._decode, audio, options, final)
         try:
             return await asyncio.shield(work)
@@ -244,7 +249,9 @@ class WhisperEngine(Engine):
         return Transcript(text=text, language=info.language, tokens=tokens)
 
     async def close(self) -> None:
-        self._executor.shutdown(wait=True)
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            await asyncio.get_running_loop().run_in_executor(None, executor.shutdown)  # waits for a decode in flight
         self._model = None
         self._ready = False
 

@@ -64,8 +64,9 @@ class PcmInput:
             raise ProtocolError("invalid_audio", f"frame dropped: {exc}") from None
         if decoded.non_finite:
             self.core.metrics.invalid_samples.inc(decoded.non_finite)
-        await self.session.feed(decoded.samples)
-        self.core.metrics.frame_seconds.labels(self.session.protocol).observe(time.perf_counter() - received)
+        waited = await self.session.feed(decoded.samples)
+        server_time = time.perf_counter() - received - waited  # back-pressure waits are not work
+        self.core.metrics.frame_seconds.labels(self.session.protocol).observe(server_time)
 
     async def drain(self) -> None:
         """Feed what the resampler still holds (end of stream, or before the format changes)."""

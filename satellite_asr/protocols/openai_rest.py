@@ -337,8 +337,11 @@ class OpenAIRestHandler:
         if self.core.engine_error is not None:
             message = f"the speech engine failed to load: {self.core.engine_error}"
             raise RequestError("engine_failed", message, status=503)
-        if not self.core.ready:
+        if not self.core.engine_ready.is_set():
             raise RequestError("model_not_ready", "the speech engine is still loading; try again shortly", status=503)
+        if self.core.engine_status == "broken":  # degraded (a decode failed, a probe runs) is still served
+            message = "the speech engine is failing and being restarted; try again shortly"
+            raise RequestError("engine_unavailable", message, status=503)
 
     async def _stream(self, request: web.Request, recording: Recording, feed: _Feed) -> web.StreamResponse:
         """`transcript.text.delta` per segment as it is decoded, then `transcript.text.done`."""

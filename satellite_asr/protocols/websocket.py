@@ -6,6 +6,7 @@ emits. Endpointing, decoding and timers live in the session and its manager.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from typing import Any
@@ -52,7 +53,7 @@ def parse_config(message: dict[str, Any], settings: Settings, engine: EngineInfo
         raise _invalid_config(f"unknown field(s): {', '.join(sorted(unknown))}")
     encoding = message.get("encoding", "f32le")
     rate = message.get("sample_rate", SAMPLE_RATE)
-    if encoding not in ENCODINGS:
+    if not isinstance(encoding, str) or encoding not in ENCODINGS:
         raise _invalid_config(f"encoding must be one of {', '.join(ENCODINGS)}, got {encoding!r}")
     if not isinstance(rate, int) or isinstance(rate, bool) or not MIN_RATE <= rate <= MAX_RATE:
         raise _invalid_config(f"sample_rate must be a whole number from {MIN_RATE} to {MAX_RATE}, got {rate!r}")
@@ -97,6 +98,17 @@ def parse_config(message: dict[str, Any], settings: Settings, engine: EngineInfo
     except ConfigError as exc:
         raise _invalid_config(f"vad: {exc}") from None
     return options, PcmDecoder(encoding, rate)
+
+
+def parse_message(data: str) -> dict[str, Any]:
+    """A text frame as a JSON object, or `ProtocolError(invalid_message)`."""
+    try:
+        message = json.loads(data)
+    except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser goes
+        raise ProtocolError("invalid_message", "text frames must be JSON objects") from None
+    if not isinstance(message, dict):
+        raise ProtocolError("invalid_message", "text frames must be JSON objects")
+    return message
 
 
 def _invalid_config(message: str) -> ProtocolError:
@@ -155,7 +167,7 @@ class _Connection:
     def __init__(self, ws: web.WebSocketResponse, core: Core, request: web.Request) -> None:
         self.ws = ws
         self.core = core
-        self.transport = request.transport
+        self.request = request
         self.input: PcmInput | None = None
         self.audio_seen = False
         self.finished = False
@@ -163,7 +175,7 @@ class _Connection:
     async def send(self, message: dict[str, Any]) -> None:
         """Raises `SlowClient` (a `ConnectionError`) and drops the client when it does not read."""
         if not self.ws.closed:
-            await write_within(self.ws.send_json(message), self.core.settings.write_timeout_s, self.transport)
+            await write_within(self.ws.send_json(message), self.core.settings.write_timeout_s, self.request.transport)
 
     async def emit(self, event: SessionEvent) -> None:
         message = encode_event(event)
@@ -178,13 +190,13 @@ class _Connection:
         self.finished = True
         await self.ws.close(code=WSCloseCode.GOING_AWAY, message=reason.encode())
 
+    def abort(self) -> None:
+        """Cut the TCP connection (shutdown ran out of time: the client does not answer)."""
+        if self.request.transport is not None:
+            self.request.transport.abort()
+
     async def on_text(self, data: str) -> None:
-        try:
-            message = json.loads(data)
-        except ValueError:
-            raise ProtocolError("invalid_message", "text frames must be JSON objects") from None
-        if not isinstance(message, dict):
-            raise ProtocolError("invalid_message", "text frames must be JSON objects")
+        message = parse_message(data)
         kind = message.get("type")
         if kind == "config":
             await self.configure(message)
@@ -240,6 +252,17 @@ class WebSocketHandler:
         self.connections = ConnectionLimit(
             "websocket", settings.max_websocket_connections, settings.max_connections_per_address
         )
+        self.open: set[_Connection] = set()
+        """Connections being served, for shutdown."""
+
+    async def close_all(self) -> None:
+        """Shutdown: every connection still open is closed with 1001 (going away)."""
+        closing = [c.close_by_server("shutdown") for c in list(self.open)]
+        await asyncio.gather(*closing, return_exceptions=True)
+
+    def abort_all(self) -> None:
+        for connection in self.open:
+            connection.abort()
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         ws = web.WebSocketResponse(max_msg_size=MAX_FRAME_BYTES, heartbeat=30.0, protocols=(SUBPROTOCOL,))
@@ -261,6 +284,7 @@ class WebSocketHandler:
     async def _serve(self, request: web.Request, ws: web.WebSocketResponse) -> web.WebSocketResponse:
         await ws.prepare(request)
         connection = _Connection(ws, self.core, request)
+        self.open.add(connection)
         reason = "disconnect"
         first_message_timeout = self.core.settings.first_message_timeout_s
         try:
@@ -293,6 +317,7 @@ class WebSocketHandler:
             log.info("websocket connection dropped: %s", exc)
             reason = "disconnect"
         finally:
+            self.open.discard(connection)
             await connection.release(reason)
         return ws
 

@@ -59,6 +59,9 @@ SAMPLE_WIDTH = 2
 """Audio must be signed 16-bit PCM; rate and channel count may be anything the decoder resamples."""
 
 
+ABORT_GRACE_S = 1.0
+"""At shutdown, how long a connection's task may take to end once its connection was cut."""
+
 SENSITIVITY_SCALE = {"default": 1.0, "aggressive": 0.6, "relaxed": 2.0}
 """`min_silence_ms` and `silence_ms` times this, per `vad_sensitivity` of `transcribe` (unknown: default)."""
 
@@ -229,7 +232,9 @@ class _Connection:
     async def close_writer(self) -> None:
         self.writer.close()
         with contextlib.suppress(ConnectionError, OSError):
-            await self.writer.wait_closed()
+            # Shielded: Python 3.11 hands every caller the same future, which a cancelled caller (a
+            # shutdown out of time) would cancel for the connection's own task too.
+            await asyncio.shield(self.writer.wait_closed())
 
     async def close_by_server(self, reason: str) -> None:
         """Idle timeout or shutdown: the round in progress is finalized and answered, then close."""
@@ -455,8 +460,22 @@ class WyomingServer:
         self._server.close()
         connections = dict(self._connections)
         await asyncio.gather(*(c.close_by_server("shutdown") for c in connections.values()), return_exceptions=True)
-        await asyncio.gather(*connections, return_exceptions=True)
+        if connections:  # wait, not gather: a shutdown out of time must not cancel these tasks (see `abort`)
+            await asyncio.wait(connections)
         await self._server.wait_closed()
+        if self.address.scheme == "unix":
+            _remove_stale_socket(self.address.path)
+
+    async def abort(self) -> None:
+        """Shutdown ran out of time: cut every connection still open; its task then ends on its own
+        (reads and writes fail), or is cancelled after `ABORT_GRACE_S`."""
+        for connection in self._connections.values():
+            connection.writer.transport.abort()
+        if self._connections:
+            _, stuck = await asyncio.wait(list(self._connections), timeout=ABORT_GRACE_S)
+            for task in stuck:
+                task.cancel()
+            await asyncio.gather(*stuck, return_exceptions=True)
         if self.address.scheme == "unix":
             _remove_stale_socket(self.address.path)
 

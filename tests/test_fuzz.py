@@ -1,0 +1,289 @@
+"""Property-based fuzzing (Hypothesis) of both protocols: their parsers on their own, then whole
+sessions of random frames, JSON, sizes and orders through a real daemon on loopback, while a
+real-time session beside them must keep transcribing its commands. CI-sized: a minute or two."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+import numpy as np
+import pytest
+import websockets
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+from websockets.exceptions import ConnectionClosed
+from wyoming.asr import Transcribe
+from wyoming.event import Event, async_read_event, async_write_event
+
+from satellite_asr.audio import ENCODINGS
+from satellite_asr.clients.stream_client import stream_file
+from satellite_asr.engines.base import EngineInfo
+from satellite_asr.protocols import ProtocolError
+from satellite_asr.protocols.websocket import parse_config, parse_message
+from satellite_asr.protocols.wyoming import transcribe_context
+from satellite_asr.protocols.wyoming_framing import MAX_HEADER_BYTES, read_event
+from tests.helpers import EXPECTED, FIXTURES, daemon_settings, of_type, running_daemon, same_words, ws_url
+
+pytestmark = pytest.mark.timeout(300)
+
+SETTINGS = daemon_settings()
+ENGINE = EngineInfo("whisper", "tiny.en", ["en"])
+WEBSOCKET_CODES = {"invalid_message", "invalid_config", "config_locked", "invalid_audio", "server_busy", "engine_error"}
+"""The error codes docs/protocol.md lists for the WebSocket protocol."""
+WEBSOCKET_CLOSES = {1000, 1008, 1009, 1013}
+"""Close codes the daemon may choose for a client (1006, an abnormal close, is never one)."""
+WYOMING_CODES = {
+    "invalid_header",
+    "too_large",
+    "header_too_large",
+    "truncated_event",
+    "invalid_event",
+    "unknown_event",
+    "invalid_audio",
+    "unsupported_language",
+    "server_busy",
+    "engine_error",
+}
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=12,
+)
+nested_json = st.integers(1, 200_000).map(lambda depth: "[" * depth + "]" * depth)
+vad_objects = st.dictionaries(
+    st.sampled_from(["threshold", "min_speech_ms", "silence_ms", "speech_pad_ms"]),
+    json_values | st.floats(0, 1) | st.integers(0, 20_000),
+    max_size=3,
+)
+config_messages = st.fixed_dictionaries(
+    {"type": st.just("config")},
+    optional={
+        "sample_rate": st.sampled_from([8000, 16000, 44100, 48000]) | json_values,
+        "encoding": st.sampled_from(list(ENCODINGS)) | json_values,
+        "language": st.sampled_from(["en", "en-US", "de", None]) | json_values,
+        "context": st.text(max_size=30) | json_values,
+        "vad": vad_objects | json_values,
+        "partials": st.booleans() | json_values,
+        "unknown": json_values,
+    },
+)
+
+
+DEEP = "[" * 100_000 + "]" * 100_000
+"""Nested deeper than the JSON parser recurses: a RecursionError, which once closed with 1006."""
+
+
+@settings(max_examples=400, deadline=None)
+@given(config_messages | st.dictionaries(st.text(max_size=10), json_values, max_size=4))
+@example({"type": "config", "encoding": []})  # found on the daemon: a TypeError, closed with 1006
+@example({"type": "config", "encoding": {}})
+def test_websocket_config_is_accepted_or_refused_as_invalid_config(message: dict[str, Any]) -> None:
+    try:
+        options, decoder = parse_config(message, SETTINGS, ENGINE)
+    except ProtocolError as error:
+        assert (error.code, error.fatal) == ("invalid_config", True) and error.message
+    else:
+        assert decoder.encoding in ENCODINGS and options.language in ("en", None)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=200) | nested_json | json_values.map(json.dumps))
+@example(DEEP)
+def test_websocket_text_frames_are_objects_or_invalid_message(data: str) -> None:
+    try:
+        message = parse_message(data)
+    except ProtocolError as error:
+        assert (error.code, error.fatal) == ("invalid_message", False)
+    else:
+        assert isinstance(message, dict)
+
+
+def header_line(header: dict[str, Any]) -> bytes:
+    return json.dumps(header).encode() + b"\n"
+
+
+wyoming_headers = st.fixed_dictionaries(
+    {},
+    optional={
+        "type": st.sampled_from(["describe", "transcribe", "audio-chunk", "ping"]) | json_values,
+        "data": json_values,
+        "data_length": st.integers(-5, 2 << 20) | json_values,
+        "payload_length": st.integers(-5, 2 << 20) | json_values,
+    },
+)
+wyoming_bytes = st.lists(
+    wyoming_headers.map(header_line) | st.binary(max_size=120) | nested_json.map(lambda s: s.encode() + b"\n"),
+    max_size=6,
+).map(b"".join)
+
+
+@settings(max_examples=400, deadline=None)
+@given(wyoming_bytes)
+def test_wyoming_byte_streams_give_events_or_documented_errors(stream: bytes) -> None:
+    async def read_all() -> None:
+        reader = asyncio.StreamReader(limit=MAX_HEADER_BYTES)
+        reader.feed_data(stream)
+        reader.feed_eof()
+        while True:
+            try:
+                event = await read_event(reader)
+            except ProtocolError as error:
+                assert error.code in WYOMING_CODES and error.message
+                if error.fatal:
+                    return
+                continue
+            if event is None:
+                return
+            assert isinstance(event.type, str) and isinstance(event.data, dict)
+
+    asyncio.run(read_all())
+
+
+@settings(max_examples=300, deadline=None)
+@given(json_values, json_values, json_values)
+def test_wyoming_transcribe_context_is_text_or_invalid_event(context: Any, names: Any, terms: Any) -> None:
+    transcribe = Transcribe(context=context, transcript_names=names, transcript_terms=terms)
+    try:
+        text = transcribe_context(transcribe)
+    except ProtocolError as error:
+        assert error.code == "invalid_event"
+    else:
+        assert isinstance(text, str)
+
+
+# Whole sessions through a real daemon.
+
+text_frames = (
+    config_messages.map(json.dumps)
+    | st.sampled_from(['{"type": "flush"}', '{"type": "end"}', '{"type": "config"}', "[]", "null"])
+    | st.dictionaries(st.text(max_size=8), json_values, max_size=3).map(json.dumps)
+    | st.text(max_size=40)
+    | nested_json
+)
+binary_frames = (
+    st.binary(max_size=3000)
+    | st.integers(0, 40_000).map(lambda n: np.zeros(n, dtype="<f4").tobytes())
+    | st.integers(1, 16_000).map(lambda n: np.random.default_rng(n).uniform(-1, 1, n).astype("<f4").tobytes())
+    | st.just(b"\x00" * ((1 << 20) + 4))  # over the frame limit: close 1009
+)
+websocket_sessions = st.lists(text_frames | binary_frames, min_size=1, max_size=8)
+
+
+async def websocket_session(url: str, frames: list[str | bytes]) -> None:
+    """Sends the frames, then `end`; every answer must be documented and the close a chosen one."""
+    messages: list[dict[str, Any]] = []
+    async with websockets.connect(url, max_size=None) as ws:
+        try:
+            for frame in frames:
+                await ws.send(frame)
+            await ws.send('{"type": "end"}')
+        except ConnectionClosed:
+            pass
+        try:
+            async for raw in ws:
+                messages.append(json.loads(raw))
+        except ConnectionClosed:
+            pass
+    assert ws.close_code in WEBSOCKET_CLOSES, (ws.close_code, ws.close_reason, messages)
+    assert {m["code"] for m in of_type(messages, "error")} <= WEBSOCKET_CODES, messages
+
+
+wyoming_events = st.one_of(
+    st.builds(
+        Event,
+        st.sampled_from(["describe", "ping", "audio-stop", "transcribe", "nonsense"]),
+        json_values.filter(lambda v: isinstance(v, dict)),
+    ),
+    st.builds(
+        lambda rate, width, channels, audio: Event(
+            "audio-chunk", {"rate": rate, "width": width, "channels": channels}, payload=audio
+        ),
+        st.sampled_from([16000, 22050, 0, -1, 10**9]) | json_values,
+        st.sampled_from([2, 4]) | json_values,
+        st.sampled_from([1, 2]) | json_values,
+        st.binary(max_size=3200),
+    ),
+    st.builds(
+        lambda rate, width, channels: Event("audio-start", {"rate": rate, "width": width, "channels": channels}),
+        st.sampled_from([16000, 44100]) | json_values,
+        st.just(2) | json_values,
+        st.just(1) | json_values,
+    ),
+)
+wyoming_sessions = st.lists(wyoming_events, min_size=1, max_size=8)
+
+
+async def wyoming_session(port: int, events: list[Event]) -> None:
+    """Sends the events, then a ping: the answers are documented, and the connection either
+    answers the ping or ends after a fatal error."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    answers: list[Event] = []
+    try:
+        for event in [*events, Event("ping", {"text": "last"})]:
+            await async_write_event(event, writer)
+        while True:
+            answer = await async_read_event(reader)
+            if answer is None:
+                break
+            answers.append(answer)
+            if answer.type == "pong" and answer.data.get("text") == "last":
+                break
+    except ConnectionError:
+        pass
+    finally:
+        writer.close()
+    codes = {a.data.get("code") for a in answers if a.type == "error"}
+    assert codes <= WYOMING_CODES, answers
+    ended = bool(answers) and answers[-1].type == "pong"
+    assert ended or codes & {"invalid_header", "too_large", "header_too_large", "truncated_event"}, answers
+
+
+async def canary(url: str, rounds: list[list[dict[str, Any]]], stop: asyncio.Event) -> None:
+    """A real-time client beside the fuzzing: three commands, again and again."""
+    while not stop.is_set():
+        rounds.append(await stream_file(FIXTURES / "three_commands.wav", url))
+
+
+async def test_random_sessions_on_both_protocols_leave_the_daemon_and_other_sessions_whole(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING)
+    loop = asyncio.get_running_loop()
+    async with running_daemon(wyoming_uri="tcp://127.0.0.1:0") as daemon:
+        assert daemon.wyoming_port is not None
+        url, port = ws_url(daemon), daemon.wyoming_port
+        stop = asyncio.Event()
+        rounds: list[list[dict[str, Any]]] = []
+        beside = asyncio.create_task(canary(url, rounds, stop))
+
+        @settings(max_examples=150, deadline=None)
+        @given(websocket_sessions)
+        @example([DEEP, '{"type": "flush"}'])
+        @example(['{"type": "config", "encoding": []}'])
+        def websocket_fuzz(frames: list[str | bytes]) -> None:
+            asyncio.run_coroutine_threadsafe(websocket_session(url, frames), loop).result(60)
+
+        @settings(max_examples=150, deadline=None)
+        @given(wyoming_sessions)
+        def wyoming_fuzz(events: list[Event]) -> None:
+            asyncio.run_coroutine_threadsafe(wyoming_session(port, events), loop).result(60)
+
+        await loop.run_in_executor(None, websocket_fuzz)
+        await loop.run_in_executor(None, wyoming_fuzz)
+        stop.set()
+        await beside
+        for _ in range(200):
+            if len(daemon.core.sessions) == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert len(daemon.core.sessions) == 0, "every fuzzed session was released"
+    assert rounds, "the real-time client ran beside the fuzzing"
+    for messages in rounds:
+        assert of_type(messages, "error") == []
+        assert same_words(EXPECTED["three_commands.wav"], [f["text"] for f in of_type(messages, "final")]), messages
+    failures = [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    assert not failures, [r.getMessage() for r in failures]

@@ -1,0 +1,153 @@
+"""Shutdown within `shutdown_timeout_s`, whatever clients do: a real `satellite-asr serve` process,
+SIGTERM, and clients that idle, that are mid-utterance, and that never read what they are sent."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import signal
+import socket
+import sys
+from typing import Any
+
+import aiohttp
+import numpy as np
+import pytest
+import websockets
+from websockets.exceptions import ConnectionClosed
+
+from satellite_asr.clients.wav import read_wav
+from tests.helpers import FIXTURES, free_port
+
+SHUTDOWN_TIMEOUT_S = 10.0
+"""The default `shutdown_timeout_s`: the daemon is started without the setting."""
+pytestmark = pytest.mark.timeout(180)
+
+
+async def start_daemon(http_port: int, wyoming_port: int) -> asyncio.subprocess.Process:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "satellite_asr",
+        "serve",
+        "--host=127.0.0.1",
+        f"--http-port={http_port}",
+        f"--wyoming-uri=tcp://127.0.0.1:{wyoming_port}",
+        "--no-zeroconf",
+        "--log-level=INFO",
+        stderr=asyncio.subprocess.PIPE,
+    )
+    async with aiohttp.ClientSession() as http:
+        for _ in range(600):  # the bound only turns a daemon that never starts into a failure
+            try:
+                async with http.get(f"http://127.0.0.1:{http_port}/health") as response:
+                    if response.status == 200:
+                        return process
+            except aiohttp.ClientConnectionError:
+                pass
+            await asyncio.sleep(0.1)
+    process.kill()
+    raise AssertionError("the daemon did not become ready")
+
+
+def never_reading_socket(port: int) -> socket.socket:
+    """A client socket with a tiny receive buffer that the test never reads from."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    return sock
+
+
+def upgrade_to_websocket(sock: socket.socket, port: int) -> None:
+    key = base64.b64encode(os.urandom(16)).decode()
+    request = (
+        f"GET /v1/stream HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    sock.sendall(request.encode())
+    response = b""
+    while b"\r\n\r\n" not in response:
+        response += sock.recv(1)  # byte by byte: nothing after the handshake is read
+    assert b" 101 " in response.split(b"\r\n")[0], response
+
+
+def masked_text_frame(text: str) -> bytes:
+    payload = text.encode()
+    assert len(payload) < 126
+    mask = os.urandom(4)
+    return bytes([0x81, 0x80 | len(payload)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+async def send_until_server_stops_reading(sock: socket.socket, data: bytes) -> None:
+    """Send requests whose answers the test never reads, until the server stops taking more
+    (it is then stuck writing to this client); gives up after a bound, the test goes on anyway."""
+    sock.setblocking(False)
+    blocked = 0
+    for _ in range(2000):
+        try:
+            sock.send(data)
+            blocked = 0
+        except BlockingIOError:
+            blocked += 1
+            if blocked == 10:
+                return
+            await asyncio.sleep(0.1)
+
+
+async def read_until_closed(ws: websockets.ClientConnection, messages: list[dict[str, Any]]) -> None:
+    try:
+        async for raw in ws:
+            messages.append(json.loads(raw))
+    except ConnectionClosed:
+        pass
+
+
+async def test_sigterm_ends_every_connection_sends_pending_finals_and_exits_0() -> None:
+    http_port, wyoming_port = free_port(), free_port()
+    process = await start_daemon(http_port, wyoming_port)
+    assert process.stderr is not None
+    stderr = asyncio.create_task(process.stderr.read())
+    url = f"ws://127.0.0.1:{http_port}/v1/stream"
+    try:
+        idle = await websockets.connect(url)  # no session: aiohttp alone would hold shutdown ~47 s
+        idle_messages: list[dict[str, Any]] = []
+        idle_reader = asyncio.create_task(read_until_closed(idle, idle_messages))
+
+        speaking = await websockets.connect(url)
+        speaking_messages: list[dict[str, Any]] = []
+        speaking_reader = asyncio.create_task(read_until_closed(speaking, speaking_messages))
+        command = read_wav(FIXTURES / "lights_on.wav").to_16k_mono()[: int(2.5 * 16000)]  # still speaking
+        await speaking.send(command.astype(np.float32).astype("<f4").tobytes())
+        for _ in range(600):
+            if any(m["type"] == "speech_start" for m in speaking_messages):
+                break
+            await asyncio.sleep(0.05)
+
+        deaf_websocket = never_reading_socket(http_port)
+        upgrade_to_websocket(deaf_websocket, http_port)
+        await send_until_server_stops_reading(deaf_websocket, masked_text_frame('{"type": "nonsense"}') * 200)
+        deaf_wyoming = never_reading_socket(wyoming_port)
+        await send_until_server_stops_reading(deaf_wyoming, b'{"type": "describe"}\n' * 2000)
+        wyoming_reader, wyoming_writer = await asyncio.open_connection("127.0.0.1", wyoming_port)
+
+        process.send_signal(signal.SIGTERM)
+        # Not a speed check: the bound plus a generous margin, so that a hang fails instead of waiting.
+        code = await asyncio.wait_for(process.wait(), SHUTDOWN_TIMEOUT_S + 60)
+        await asyncio.wait_for(asyncio.gather(idle_reader, speaking_reader), 10)
+        wyoming_eof = await asyncio.wait_for(wyoming_reader.read(), 10)
+        wyoming_writer.close()
+        deaf_websocket.close()
+        deaf_wyoming.close()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    log = (await stderr).decode()
+    assert code == 0, log[-3000:]
+    assert idle.close_code == 1001, "going away"
+    assert [m["type"] for m in speaking_messages].count("final") == 1, "the utterance in progress got its final"
+    assert speaking.close_code == 1001
+    assert wyoming_eof == b"", "end of stream"
+    assert "Traceback" not in log, log[-3000:]
