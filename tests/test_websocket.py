@@ -244,16 +244,14 @@ async def test_a_rejected_first_frame_does_not_lock_the_config() -> None:
 async def test_length_cap_forces_a_final_and_the_speech_goes_on_in_the_next_utterance() -> None:
     async with running_daemon(max_utterance_s=1.0) as daemon:
         messages = await stream_file(FIXTURES / "music.wav", ws_url(daemon), fast=True)
-        capped = daemon.core.metrics.registry.get_sample_value(
-            "satellite_asr_utterances_total", {"reason": "max_length"}
-        )
+        capped = daemon.core.metrics.registry.get_sample_value("satellite_asr_endpoints_total", {"reason": "forced"})
     finals = of_type(messages, "final")
     assert len(finals) >= 2 and len(of_type(messages, "speech_start")) == len(finals)
     first = finals[0]
     assert first["is_speech_final"] is False
     assert first["end"] - first["start"] <= 1.0 + 0.032  # the cap is checked once per 32 ms VAD window
     assert finals[1]["start"] >= first["end"], "the next utterance takes the speech from where the cap cut it"
-    assert capped is not None and capped >= 1
+    assert capped == sum(f["endpoint"] == "forced" for f in finals) >= 1, "each forced end is counted once"
     words = " ".join(f["text"] for f in finals)
     assert word_error_rate(EXPECTED["music.wav"][0], words) <= 0.5, words  # words cut at the seams may change
 
@@ -414,7 +412,7 @@ async def test_health_is_503_until_the_engine_is_ready_and_metrics_are_exported(
         await daemon.stop()
     for name in (
         "satellite_asr_sessions_total",
-        "satellite_asr_utterances_total",
+        "satellite_asr_endpoints_total",
         "satellite_asr_partial_latency_seconds_bucket",
         "satellite_asr_final_latency_seconds_count",
         "satellite_asr_decode_seconds_bucket",
@@ -422,4 +420,7 @@ async def test_health_is_503_until_the_engine_is_ready_and_metrics_are_exported(
         "satellite_asr_audio_seconds_total",
     ):
         assert name in text
-    assert 'satellite_asr_utterances_total{reason="endpoint"} 1.0' in text
+    assert (
+        sum(f'satellite_asr_endpoints_total{{reason="{reason}"}} 1.0' in text for reason in ("complete", "silence"))
+        == 1
+    )
