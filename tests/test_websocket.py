@@ -10,6 +10,7 @@ from typing import Any
 import aiohttp
 import numpy as np
 import pytest
+import soxr
 import websockets
 from websockets.exceptions import ConnectionClosed
 
@@ -139,6 +140,36 @@ async def test_flush_finalizes_now_and_is_not_speech_final() -> None:
         rest = await receive_until_close(ws)
         assert ws.close_code == 1000
     assert of_type(rest, "final") == [], "exactly one final per utterance"
+
+
+async def test_flush_includes_the_resamplers_tail_and_the_stream_goes_on() -> None:
+    """24 kHz audio is resampled as it streams; soxr holds its last milliseconds until told the input
+    ended. A flush feeds them, so the utterance ends where the client's audio ends, and the next goes on."""
+    rate = 24000
+    audio = fixture_16k("music.wav")[: int(2.3 * 16000)]  # cut mid-command, no trailing pause
+    pcm = (np.clip(soxr.resample(audio, 16000, rate), -1, 1) * 32767).astype("<i2").tobytes()
+    config = {"type": "config", "sample_rate": rate, "encoding": "s16le", "vad": {"turn_detection": "manual"}}
+    async with running_daemon() as daemon, websockets.connect(ws_url(daemon)) as ws:
+        await ws.send(json.dumps(config))
+        finals = []
+        for _ in range(2):
+            for offset in range(0, len(pcm), 4800):
+                await ws.send(pcm[offset : offset + 4800])
+            await ws.send(json.dumps({"type": "flush"}))
+            finals.append(await next_message(ws, "final"))
+    seconds = len(pcm) // 2 / rate
+    assert [f["end"] for f in finals] == pytest.approx([seconds, 2 * seconds], abs=0.0011)
+    assert all("music" in normalise(f["text"]) for f in finals)
+
+
+async def test_an_empty_language_is_the_daemons_default_and_null_detects() -> None:
+    async with running_daemon(language="en") as daemon:
+        languages = []
+        for config in ({"language": ""}, {}, {"language": None}, {"language": "en-US"}):
+            async with websockets.connect(ws_url(daemon)) as ws:
+                await ws.send(json.dumps({"type": "config", **config}))
+                languages.append((await next_message(ws, "session_created"))["config"]["language"])
+    assert languages == ["en", "en", None, "en"]
 
 
 async def test_end_sends_pending_final_then_closes_normally() -> None:
