@@ -9,12 +9,15 @@ In order:
    same-origin with itself, so the Origin check alone would let it in. With a key the check is
    moot (such a page cannot present the key: browsers send none by themselves) and is skipped,
    which spares deployments behind a proxy a list of names. 403 `host_not_allowed`.
-2. `Origin`, when a browser sends one, must be the daemon's own page (same host and port as `Host`)
-   or in `allowed_origins`; clients without an Origin (CLI, SDKs, Home Assistant) pass. 403
-   `origin_not_allowed`.
+2. `Origin`, when a browser sends one, must be the daemon's own page (the scheme the request came
+   in by, the host and port of `Host`; no port in `Host` means the scheme's default) or in
+   `allowed_origins`; clients without an Origin (CLI, SDKs, Home Assistant) pass. 403
+   `origin_not_allowed`. `X-Forwarded-Proto` is not trusted: behind a TLS proxy, list the page.
 3. With an API key set, the request must carry it: `Authorization: Bearer KEY`, `X-API-Key: KEY`,
    a WebSocket subprotocol `satellite-asr.key.KEY` (what a browser can send) or `?api_key=KEY`.
    Compared in constant time and never logged. 401 `missing_api_key` / `invalid_api_key`.
+4. A key offered as a subprotocol comes with `satellite-asr` beside it, the subprotocol every
+   WebSocket route answers with: without it a browser fails the connection. 400 `invalid_subprotocol`.
 
 Refusals are JSON: the project's `{"type":"error","code","message"}`, or OpenAI's
 `{"error":{...}}` on the OpenAI-compatible paths (`OPENAI_PREFIXES`).
@@ -27,12 +30,13 @@ import ipaddress
 import re
 import socket
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
-from yarl import URL
 
 from satellite_asr.config import ConfigError, Settings
+from satellite_asr.protocols import openai_error
 
 PUBLIC_PATHS = frozenset({"/", "/health"})
 """Served to anyone who can reach the daemon: the page and the health check."""
@@ -47,6 +51,7 @@ KEY_SUBPROTOCOL_PREFIX = "satellite-asr.key."
 """A browser sends the key as the subprotocol `satellite-asr.key.KEY`, next to `satellite-asr`."""
 KEY_QUERY_PARAMETER = "api_key"
 ANY = "*"
+DEFAULT_PORTS = {"http": 80, "https": 443}
 
 _TOKEN = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
 """HTTP token characters: what fits a header value and a WebSocket subprotocol unchanged."""
@@ -140,7 +145,7 @@ class Access:
             explanation = f"this daemon is not served as {host!r}; use its address, list the name in allowed_hosts"
             return 403, "host_not_allowed", explanation + " or set an api_key"
         origin = request.headers.get("Origin")
-        if origin is not None and not self.origin_allowed(origin, host):
+        if origin is not None and not self.origin_allowed(origin, host, request.scheme):
             return 403, "origin_not_allowed", f"pages from {origin} may not use this daemon; see allowed_origins"
         if self.api_key is not None:
             presented = presented_key(request)
@@ -155,6 +160,10 @@ class Access:
                 )
             if not hmac.compare_digest(presented.encode("utf-8", "surrogateescape"), self.api_key.encode()):
                 return 401, "invalid_api_key", "the API key is not valid"
+        offered = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")]
+        if any(p.startswith(KEY_SUBPROTOCOL_PREFIX) for p in offered) and SUBPROTOCOL not in offered:
+            explanation = f"a client sending its key as a subprotocol must also offer the subprotocol {SUBPROTOCOL!r}"
+            return 400, "invalid_subprotocol", explanation
         return None
 
     def host_allowed(self, header: str) -> bool:
@@ -167,18 +176,22 @@ class Access:
         # A rebinding attack needs a DNS name: an address typed as such is not one.
         return _is_ip(name) or name in self.hosts or name.endswith(".localhost")
 
-    def origin_allowed(self, origin: str, host: str | None) -> bool:
+    def origin_allowed(self, origin: str, host: str | None, scheme: str) -> bool:
+        """Listed, or the daemon's own page: `scheme` (the request's: http or https) and `Host`'s name
+        and port, the scheme's default port when `Host` has none."""
         if self.any_origin or origin.lower().rstrip("/") in self.origins:
             return True
+        own = split_host(host) if host is not None else None
         try:
-            url = URL(origin)
+            url = urlsplit(origin)
+            origin_port = url.port
         except ValueError:
             return False
-        own = split_host(host) if host is not None else None
-        if own is None or url.scheme not in ("http", "https") or url.host is None:
+        if own is None or url.scheme != scheme or scheme not in DEFAULT_PORTS or url.hostname is None:
             return False
         name, port = own
-        return url.host.lower().rstrip(".") == name and url.port == (port or url.port)
+        default = DEFAULT_PORTS[scheme]
+        return url.hostname.rstrip(".") == name and (origin_port or default) == (port or default)
 
 
 def presented_key(request: web.Request) -> str | None:
@@ -198,8 +211,8 @@ def error_response(path: str, status: int, code: str, message: str) -> web.Respo
     """A refusal in the shape the path's clients read: OpenAI's on its paths, the project's elsewhere."""
     headers = {"WWW-Authenticate": 'Bearer realm="satellite-asr"'} if status == 401 else {}
     if path.startswith(OPENAI_PREFIXES):
-        kind = "authentication_error" if status == 401 else "permission_error"
-        body: dict[str, object] = {"error": {"message": message, "type": kind, "param": None, "code": code}}
+        kind = {401: "authentication_error", 403: "permission_error"}.get(status, "invalid_request_error")
+        body: dict[str, object] = {"error": openai_error(code, message, kind=kind)}
     else:
         body = {"type": "error", "code": code, "message": message}
     return web.json_response(body, status=status, headers=headers)

@@ -74,9 +74,12 @@ class PcmDecoder:
         self.sample_rate = sample_rate
         self.channels = channels
         self.frame_bytes = ENCODINGS[encoding] * channels
-        self._resampler = (
-            None if sample_rate == SAMPLE_RATE else soxr.ResampleStream(sample_rate, SAMPLE_RATE, 1, dtype="float32")
-        )
+        self._resampler = self._new_resampler()
+
+    def _new_resampler(self) -> soxr.ResampleStream | None:
+        if self.sample_rate == SAMPLE_RATE:
+            return None
+        return soxr.ResampleStream(self.sample_rate, SAMPLE_RATE, 1, dtype="float32")
 
     def decode(self, data: bytes) -> DecodedAudio:
         if len(data) % self.frame_bytes:
@@ -102,11 +105,14 @@ class PcmDecoder:
             samples = self._resampler.resample_chunk(samples)
         return DecodedAudio(samples.astype(np.float32, copy=False), non_finite)
 
-    def drain(self) -> Audio:
-        """Samples the resampler still holds at the end of the stream."""
+    def flush(self) -> Audio:
+        """Samples the resampler still holds (its filter's delay): at the end of the stream, or when the
+        client ends an utterance, so that its last milliseconds are in it. The stream goes on after
+        it with a fresh resampler (soxr takes nothing after `last=True`)."""
         if self._resampler is None:
             return np.zeros(0, dtype=np.float32)
         tail = self._resampler.resample_chunk(np.zeros(0, dtype=np.float32), last=True)
+        self._resampler = self._new_resampler()
         return np.asarray(tail, dtype=np.float32)
 
 

@@ -196,18 +196,26 @@ class Settings:
 
     # Connection limits
     max_websocket_connections: int = _opt(
-        64, "Most WebSocket connections open at once; more are refused with HTTP 503.", minimum=1, maximum=100000
+        64,
+        "Most WebSocket connections open at once on each WebSocket route (/v1/stream, /v1/realtime); more are "
+        "refused with HTTP 503.",
+        minimum=1,
+        maximum=100000,
     )
     max_wyoming_connections: int = _opt(
         64, "Most Wyoming connections open at once; more get a server_busy error.", minimum=1, maximum=100000
     )
     max_connections_per_address: int = _opt(
-        32, "Most connections one client address may hold open, per protocol.", minimum=1, maximum=100000
+        32,
+        "Most connections (uploads: requests) one client address may hold open, per protocol.",
+        minimum=1,
+        maximum=100000,
     )
     header_timeout_s: float = _opt(
         10.0,
         "An HTTP request (a WebSocket upgrade too) must have arrived whole this long after connecting or after the "
-        "previous response; an idle keep-alive connection is closed then.",
+        "previous response; an idle keep-alive connection is closed then. Also the longest an upload's body may "
+        "stall (HTTP 408).",
         minimum=1.0,
         maximum=3600.0,
     )
@@ -247,6 +255,13 @@ class Settings:
         "On SIGTERM/SIGINT: time to send pending finals and close connections; what remains is then cancelled.",
         minimum=0.5,
         maximum=600.0,
+    )
+    max_uploads: int = _opt(
+        8,
+        "Most POST /v1/audio/transcriptions requests served at once (each holds its file in memory); more get "
+        "HTTP 503.",
+        minimum=1,
+        maximum=10000,
     )
 
     log_level: str = _opt("INFO", "Log level.", choices=LOG_LEVELS)

@@ -25,11 +25,16 @@ class TooManyConnections(Exception):
 
 
 class ConnectionLimit:
-    """Open connections of one protocol: at most `total`, at most `per_address` from one address."""
+    """Open connections of one protocol: at most `total`, at most `per_address` from one address.
 
-    def __init__(self, protocol: str, total: int, per_address: int) -> None:
+    `total_setting` names the setting `total` comes from, for the refusal's message; `per_address`
+    is always `max_connections_per_address`.
+    """
+
+    def __init__(self, protocol: str, total: int, per_address: int, *, total_setting: str) -> None:
         self.protocol = protocol
         self.total = total
+        self.total_setting = total_setting
         self.per_address = per_address
         self._open: Counter[str] = Counter()
 
@@ -42,7 +47,7 @@ class ConnectionLimit:
         if len(self) >= self.total:
             raise TooManyConnections(
                 f"the daemon has {self.total} {self.protocol} connections open, its limit "
-                f"(max_{self.protocol}_connections); try again later"
+                f"({self.total_setting}); try again later"
             )
         if self._open[address] >= self.per_address:
             raise TooManyConnections(

@@ -13,9 +13,6 @@ class Metrics:
         r = self.registry
         self.sessions_active = Gauge("satellite_asr_sessions_active", "Open sessions.", ["protocol"], registry=r)
         self.sessions = Counter("satellite_asr_sessions", "Sessions opened.", ["protocol"], registry=r)
-        self.utterances = Counter(
-            "satellite_asr_utterances", "Utterances finalized, by what ended them.", ["reason"], registry=r
-        )
         self.endpoints = Counter(
             "satellite_asr_endpoints",
             "Utterance ends by reason: complete (short silence after a complete command), silence, forced.",

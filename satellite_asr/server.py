@@ -46,6 +46,7 @@ class Daemon:
         self.http_port = settings.http_port
         address = wyoming.parse_uri(settings.wyoming_uri)
         self.wyoming = wyoming.WyomingServer(address, self.core) if address is not None else None
+        self.rest = openai_rest.OpenAIRestHandler(self.core)
         self.wyoming_port: int | None = None
         """The bound Wyoming TCP port once started (None when off or on a unix socket)."""
         self.discovery: Discovery | None = None
@@ -58,12 +59,11 @@ class Daemon:
 
         Each is behind `Access` (Host, Origin, API key) unless `access.PUBLIC_PATHS` lists it.
         """
-        rest = openai_rest.OpenAIRestHandler(self.core)
         return [
             ("GET", websocket.PATH, self.websocket.handle),
-            ("POST", openai_rest.TRANSCRIPTIONS_PATH, rest.transcriptions),
-            ("GET", openai_rest.MODELS_PATH, rest.models),
-            ("GET", openai_rest.MODEL_PATH, rest.model),
+            ("POST", openai_rest.TRANSCRIPTIONS_PATH, self.rest.transcriptions),
+            ("GET", openai_rest.MODELS_PATH, self.rest.models),
+            ("GET", openai_rest.MODEL_PATH, self.rest.model),
             ("GET", openai_realtime.PATH, openai_realtime.RealtimeHandler(self.core).handle),
             ("GET", "/health", self._health),
             ("GET", "/metrics", self._metrics),
@@ -130,12 +130,14 @@ class Daemon:
         self._accept_errors.uninstall()
 
     def _check_open_file_limit(self) -> None:
+        """Warn when the capped connections (two WebSocket routes, Wyoming, uploads) could exhaust file descriptors."""
         s = self.settings
-        needed = s.max_websocket_connections + s.max_wyoming_connections + FILE_DESCRIPTOR_MARGIN
+        needed = 2 * s.max_websocket_connections + s.max_wyoming_connections + s.max_uploads + FILE_DESCRIPTOR_MARGIN
         if open_file_limit() < needed:
             log.warning(
-                "the open-file limit (%d) is below the connection caps (max_websocket_connections + "
-                "max_wyoming_connections + %d for the rest): raise ulimit -n or lower the caps",
+                "the open-file limit (%d) is below the connection caps (2 x max_websocket_connections for "
+                "/v1/stream and /v1/realtime + max_wyoming_connections + max_uploads + %d for the rest): "
+                "raise ulimit -n or lower the caps",
                 open_file_limit(),
                 FILE_DESCRIPTOR_MARGIN,
             )

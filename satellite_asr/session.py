@@ -67,7 +67,8 @@ class SessionOptions:
     max_feed_ahead_s: float | None
     """None: no pacing (a recording read as fast as the engine goes)."""
     batch: bool = False
-    """Finals decoded at `BATCH` priority, after live partials: a file, not a person waiting."""
+    """A file, not a person waiting: finals decoded at `BATCH` priority, after live partials, and none
+    decoded ahead at a pause (a speculation that speech going on would waste)."""
 
     @classmethod
     def from_settings(
@@ -265,7 +266,7 @@ class Session:
     async def flush(self) -> None:
         """Finalize the utterance in progress now; returns once every pending final was sent."""
         async with self._lock:
-            await self._flush_locked("flush")
+            await self._flush_locked()
         await self.wait_finals()
 
     async def clear(self) -> None:
@@ -286,7 +287,7 @@ class Session:
                     await self._cancel_all()
                 return
             if finalize:
-                await self._flush_locked(reason)
+                await self._flush_locked()
             self.closed = True
         if finalize:
             await self.wait_finals()
@@ -305,10 +306,10 @@ class Session:
         while self._finals:
             await asyncio.gather(*list(self._finals), return_exceptions=True)
 
-    async def _flush_locked(self, reason: str) -> None:
+    async def _flush_locked(self) -> None:
         endpoint = self._endpointer.flush(self._audio.end)
         if endpoint is not None:
-            await self._end_utterance(endpoint, reason)
+            await self._end_utterance(endpoint)
 
     async def _cancel_all(self) -> None:
         utterance, self._utterance = self._utterance, None
@@ -332,10 +333,10 @@ class Session:
                 if utterance.partial_due_at is None:
                     utterance.partial_due_at = time.monotonic()
                 utterance.partials.request()
-        elif isinstance(event, SpeechPaused):
+        elif isinstance(event, SpeechPaused) and not self.options.batch:
             await self._speculate(utterance, event.end)
         elif isinstance(event, Endpoint):
-            await self._end_utterance(event, "max_length" if event.forced else "endpoint")
+            await self._end_utterance(event)
 
     async def _start_utterance(self, start: int) -> None:
         self.utterances += 1
@@ -407,13 +408,12 @@ class Session:
                 utterance.turn_reader.cancel()
             utterance.turn_reader = None
 
-    async def _end_utterance(self, endpoint: Endpoint, reason: str) -> None:
+    async def _end_utterance(self, endpoint: Endpoint) -> None:
         utterance, self._utterance = self._utterance, None
         if utterance is None:
             return
         await self._emit(SpeechStopped(utterance.id, endpoint.end / SAMPLE_RATE))
         audio = self._audio.slice(utterance.start, endpoint.end)
-        self._metrics.utterances.labels(reason).inc()
         self._metrics.endpoints.labels(endpoint.reason).inc()
         if not endpoint.forced:
             self._metrics.endpoint_silence.observe(endpoint.silence / SAMPLE_RATE)

@@ -65,13 +65,7 @@ class SessionManager:
 
     def create(self, protocol: str, options: SessionOptions, emit: Emit, close_connection: CloseConnection) -> Session:
         """A new session, or `ServerBusy`. The caller must `release` it when the stream ends."""
-        if len(self._sessions) >= self.max_sessions:
-            raise ServerBusy(f"the server has {self.max_sessions} sessions open, its limit; try again later")
-        if protocol != "wyoming" and len(self._sessions) >= self.max_sessions - self.wyoming_reserved:
-            raise ServerBusy(
-                f"the server has {len(self._sessions)} sessions open; the other {self.wyoming_reserved} of its "
-                f"{self.max_sessions} are kept for Home Assistant (wyoming_reserved_sessions); try again later"
-            )
+        self.check_room(protocol)
         session = Session(
             uuid.uuid4().hex[:12],
             protocol,
@@ -88,6 +82,17 @@ class SessionManager:
         self._metrics.sessions_active.labels(protocol).inc()
         log.info("session %s opened (%s)", session.id, protocol)
         return session
+
+    def check_room(self, protocol: str) -> None:
+        """`ServerBusy` when a session of `protocol` could not open now (so a client can be refused
+        before it sends what the session would need, e.g. an upload's body)."""
+        if len(self._sessions) >= self.max_sessions:
+            raise ServerBusy(f"the server has {self.max_sessions} sessions open, its limit; try again later")
+        if protocol != "wyoming" and len(self._sessions) >= self.max_sessions - self.wyoming_reserved:
+            raise ServerBusy(
+                f"the server has {len(self._sessions)} sessions open; the other {self.wyoming_reserved} of its "
+                f"{self.max_sessions} are kept for Home Assistant (wyoming_reserved_sessions); try again later"
+            )
 
     async def release(self, session: Session, reason: str, *, finalize: bool) -> None:
         """End `session` (finals first when `finalize`) and forget it; safe to call twice."""

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -85,3 +86,12 @@ def free_port() -> int:
 
 def ws_url(daemon: Daemon) -> str:
     return f"ws://127.0.0.1:{daemon.http_port}/v1/stream"
+
+
+async def eventually(condition: Callable[[], bool], seconds: float = 60) -> None:
+    """Until `condition` holds (the daemon has got to a state); fails the test if it never does."""
+    async with asyncio.timeout(seconds):
+        while True:
+            if condition():
+                return
+            await asyncio.sleep(0.05)

@@ -188,6 +188,19 @@ async def test_daemon_with_an_api_key_file_requires_that_key(tmp_path: Path) -> 
 # --- Origin ------------------------------------------------------------------------------------------
 
 
+async def test_realtime_takes_the_key_as_a_subprotocol_like_the_stream() -> None:
+    """What a browser can send: the key beside `satellite-asr`, which is echoed; the key alone is refused."""
+    async with running_daemon(api_key=KEY) as daemon:
+        url = f"ws://127.0.0.1:{daemon.http_port}/v1/realtime"
+        async with websockets.connect(url, subprotocols=["satellite-asr", f"satellite-asr.key.{KEY}"]) as ws:
+            created = json.loads(await ws.recv())
+            subprotocol = ws.subprotocol
+        only_key_entry = await refused_upgrade(url, subprotocols=[f"satellite-asr.key.{KEY}"])
+    assert created["type"] == "session.created" and subprotocol == "satellite-asr"
+    assert only_key_entry[0] == 400 and only_key_entry[1]["error"]["code"] == "invalid_subprotocol"
+    assert only_key_entry[1]["error"]["type"] == "invalid_request_error"
+
+
 async def test_a_page_from_another_origin_cannot_open_a_stream() -> None:
     async with running_daemon() as daemon:
         status, body = await refused_upgrade(ws_url(daemon), origin="https://evil.example")
@@ -204,6 +217,24 @@ async def test_the_daemons_own_page_clients_without_origin_and_allowed_origins_m
         other_port = await refused_upgrade(url, origin="http://127.0.0.1:1")
     assert [own["type"], none["type"], listed["type"]] == ["session_created"] * 3
     assert other_port[0] == 403, "same host, other port: another origin"
+
+
+async def test_the_own_page_is_the_requests_scheme_and_port_the_default_when_host_has_none() -> None:
+    """A Host without a port is the scheme's default port (80 over http): a page on another port, or on
+    https when the request came over http, is another origin (X-Forwarded-Proto is not believed)."""
+    async with running_daemon() as daemon:
+        port = daemon.http_port
+
+        async def status(host: str, origin: str, **extra: str) -> int:
+            return (await get(daemon, "/metrics", {"Host": host, "Origin": origin, **extra}))[0]
+
+        default_port = [await status("127.0.0.1", o) for o in ("http://127.0.0.1", "http://127.0.0.1:80")]
+        other_port = await status("127.0.0.1", "http://127.0.0.1:8080")
+        https_page = await status("127.0.0.1", "https://127.0.0.1")
+        https_same_port = await status(f"127.0.0.1:{port}", f"https://127.0.0.1:{port}")
+        forwarded = await status("127.0.0.1", "https://127.0.0.1", **{"X-Forwarded-Proto": "https"})
+    assert default_port == [200, 200]
+    assert other_port == https_page == https_same_port == forwarded == 403
 
 
 async def test_allowed_origins_star_allows_every_page() -> None:

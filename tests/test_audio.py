@@ -37,7 +37,7 @@ def test_g711_keeps_a_tone_through_the_8_khz_resampling() -> None:
     linear = (0.5 * 32767 * np.sin(2 * np.pi * 440.0 * t)).astype("<i2").tobytes()
     for encoding, encode in (("pcmu", audioop.lin2ulaw), ("pcma", audioop.lin2alaw)):
         decoder = PcmDecoder(encoding, 8000)
-        out = np.concatenate([decoder.decode(encode(linear, 2)).samples, decoder.drain()])
+        out = np.concatenate([decoder.decode(encode(linear, 2)).samples, decoder.flush()])
         assert abs(out.size - 16000) <= 2
         assert abs(dominant_frequency(out, 16000) - 440.0) < 2.0
 
@@ -77,7 +77,7 @@ def test_resampling_keeps_frequency_and_duration_across_frames(rate: int) -> Non
     decoder = PcmDecoder("f32le", rate)
     frame = int(rate * 0.1) * 4 + 4  # frames that do not line up with the resampling ratio
     pieces = [decoder.decode(pcm[i : i + frame]).samples for i in range(0, len(pcm), frame)]
-    out = np.concatenate([*pieces, decoder.drain()])
+    out = np.concatenate([*pieces, decoder.flush()])
     assert abs(out.size - 16000 * seconds) <= 2
     assert abs(dominant_frequency(out, 16000) - tone) < 2.0
 

@@ -37,7 +37,18 @@ from satellite_asr.clients.stream_client import stream_file
 from satellite_asr.clients.wav import read_wav
 from satellite_asr.clients.wyoming_bench import transcribe_like_home_assistant
 from satellite_asr.server import Daemon
-from tests.helpers import EXPECTED, FIXTURES, free_port, of_type, running_daemon, same_words, word_error_rate, ws_url
+from tests.helpers import (
+    EXPECTED,
+    FIXTURES,
+    daemon_settings,
+    eventually,
+    free_port,
+    of_type,
+    running_daemon,
+    same_words,
+    word_error_rate,
+    ws_url,
+)
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -98,10 +109,12 @@ def masked_text_frame(text: str) -> bytes:
     return struct.pack("!BBH", 0x81, 0x80 | 126, len(payload)) + mask + masked
 
 
-async def upgrade(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, port: int) -> bytes:
+async def upgrade(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, port: int, path: str = "/v1/stream"
+) -> bytes:
     key = base64.b64encode(os.urandom(16)).decode()
     writer.write(
-        f"GET /v1/stream HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
         f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
     )
     return await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
@@ -122,6 +135,46 @@ async def write_until_dropped(writer: asyncio.StreamWriter, message: bytes, *, l
                 written += 1
         except ConnectionError:
             return written
+
+
+def realtime_url(daemon: Daemon) -> str:
+    return f"ws://127.0.0.1:{daemon.http_port}/v1/realtime"
+
+
+BOUNDARY = "upload-boundary"
+
+
+async def start_stalled_upload(writer: asyncio.StreamWriter, port: int) -> None:
+    """A transcription request whose body stops a few bytes into the file, as a stalled upload does."""
+    head = (
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n'
+        "Content-Type: audio/wav\r\n\r\nRIFF"
+    ).encode()
+    writer.write(
+        f"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\nContent-Length: 100000\r\n\r\n".encode()
+        + head
+    )
+    await writer.drain()
+
+
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, Any]]:
+    """Status and JSON body of an HTTP response the daemon sends and then closes (a time-out fails the test)."""
+    raw = await asyncio.wait_for(reader.read(), 60)
+    head, _, body = raw.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(body)
+
+
+async def upload_status(daemon: Daemon, source: str) -> tuple[int, dict[str, Any]]:
+    """A whole (tiny) upload from `source`: the status and the error object."""
+    form = aiohttp.FormData()
+    form.add_field("file", b"not audio", filename="a.wav")
+    connector = aiohttp.TCPConnector(local_addr=(source, 0))
+    async with (
+        aiohttp.ClientSession(connector=connector) as http,
+        http.post(f"http://127.0.0.1:{daemon.http_port}/v1/audio/transcriptions", data=form) as response,
+    ):
+        return response.status, (await response.json())["error"]
 
 
 async def health_status(daemon: Daemon) -> int:
@@ -183,7 +236,66 @@ async def test_wyoming_connections_are_capped_per_address_and_in_total() -> None
     assert info is not None and info.type == "info", "the connections within the caps are served"
 
 
+async def test_realtime_connections_are_capped_per_address_and_in_total() -> None:
+    async with (
+        running_daemon(max_websocket_connections=3, max_connections_per_address=2) as daemon,
+        contextlib.AsyncExitStack() as held,
+    ):
+        url = realtime_url(daemon)
+        first = await held.enter_async_context(websockets.connect(url, local_addr=("127.0.0.1", 0)))
+        await held.enter_async_context(websockets.connect(url, local_addr=("127.0.0.1", 0)))
+        with pytest.raises(InvalidStatus) as per_address:
+            await websockets.connect(url, local_addr=("127.0.0.1", 0))
+        await held.enter_async_context(websockets.connect(url, local_addr=("127.0.0.2", 0)))
+        with pytest.raises(InvalidStatus) as in_total:
+            await websockets.connect(url, local_addr=("127.0.0.3", 0))
+        await first.close()
+        async with websockets.connect(url, local_addr=("127.0.0.1", 0)) as again:
+            created = json.loads(await again.recv())
+        async with websockets.connect(ws_url(daemon), local_addr=("127.0.0.3", 0)) as stream:
+            await stream.send(json.dumps({"type": "config"}))
+            stream_created = json.loads(await stream.recv())
+    for refused, setting in ((per_address, "max_connections_per_address"), (in_total, "max_websocket_connections")):
+        assert refused.value.response.status_code == 503
+        error = json.loads(refused.value.response.body or b"{}")["error"]
+        assert error["code"] == "too_many_connections" and setting in error["message"], error
+    assert created["type"] == "session.created", "a closed connection gives its place back"
+    assert stream_created["type"] == "session_created", "/v1/stream has its own count"
+
+
+async def test_uploads_are_capped_per_address_and_in_total() -> None:
+    """Stalled uploads hold their places; others from the same address, or past the total, get 503."""
+    async with (
+        running_daemon(max_uploads=2, max_connections_per_address=1, header_timeout_s=120) as daemon,
+        contextlib.AsyncExitStack() as held,
+    ):
+        refusals = []
+        for stalled, (source, other) in enumerate((("127.0.0.1", "127.0.0.1"), ("127.0.0.2", "127.0.0.3")), 1):
+            _, writer = await held.enter_async_context(raw_connection(daemon.http_port, source=source))
+            await start_stalled_upload(writer, daemon.http_port)
+            await eventually(lambda n=stalled: len(daemon.rest.uploads) == n)  # its handler is reading the body
+            refusals.append(await upload_status(daemon, other))
+        per_address, in_total = refusals
+        await held.aclose()
+        await eventually(lambda: len(daemon.rest.uploads) == 0)
+        served = await upload_status(daemon, "127.0.0.1")
+    for (status, error), setting in ((per_address, "max_connections_per_address"), (in_total, "max_uploads")):
+        assert status == 503 and error["code"] == "too_many_connections" and setting in error["message"], error
+    assert served[0] == 400 and served[1]["code"] == "invalid_file", "a finished upload gives its place back"
+
+
 # --- timeouts ----------------------------------------------------------------------------------------
+
+
+async def test_a_stalled_upload_is_refused_with_408() -> None:
+    async with running_daemon(header_timeout_s=1.0) as daemon:
+        async with raw_connection(daemon.http_port) as (reader, writer):
+            await start_stalled_upload(writer, daemon.http_port)
+            status, body = await read_response(reader)
+        health = await health_status(daemon)
+    assert status == 408 and body["error"]["code"] == "body_timeout", body
+    assert "header_timeout_s" in body["error"]["message"]
+    assert health == 200
 
 
 async def test_a_slow_http_request_is_closed_after_the_header_timeout() -> None:
@@ -256,6 +368,43 @@ async def test_a_websocket_client_that_does_not_read_is_dropped() -> None:
             created = json.loads(await ws.recv())
     assert written > 100, "the daemon answered until the client's buffers were full"
     assert during == 200 and created["type"] == "session_created", "the daemon went on serving others"
+
+
+async def test_a_realtime_client_that_does_not_read_is_dropped() -> None:
+    """Each unknown event type is answered with an error event; the client never reads them."""
+    message = masked_text_frame(json.dumps({"type": "x" * 2000}))
+    async with running_daemon(write_timeout_s=1.0) as daemon:
+        async with raw_connection(daemon.http_port, receive_buffer=4096) as (reader, writer):
+            response = await upgrade(reader, writer, daemon.http_port, "/v1/realtime")
+            assert response.startswith(b"HTTP/1.1 101")
+            written = await write_until_dropped(writer, message)
+        await eventually(lambda: len(daemon.core.sessions) == 0)  # the dropped client's session is released
+        async with websockets.connect(realtime_url(daemon)) as ws:
+            created = json.loads(await ws.recv())
+    assert written > 100, "the daemon answered until the client's buffers were full"
+    assert created["type"] == "session.created", "the daemon went on serving others"
+
+
+async def test_a_realtime_client_that_does_not_read_does_not_hold_up_shutdown() -> None:
+    """Its error events fill the buffers until the daemon stops reading; shutdown still ends."""
+    message = masked_text_frame(json.dumps({"type": "x" * 2000}))
+    daemon = Daemon(daemon_settings(write_timeout_s=1.0))
+    await daemon.start()
+    stopped = False
+    try:
+        await daemon.core.wait_ready()
+        async with raw_connection(daemon.http_port, receive_buffer=4096) as (reader, writer):
+            await upgrade(reader, writer, daemon.http_port, "/v1/realtime")
+            with contextlib.suppress(TimeoutError, ConnectionError):
+                while True:
+                    writer.write(message)
+                    await asyncio.wait_for(writer.drain(), 2)
+            await asyncio.wait_for(daemon.stop(), 60)
+            stopped = True
+    finally:
+        if not stopped:
+            await daemon.stop()
+    assert len(daemon.core.sessions) == 0
 
 
 async def test_a_wyoming_client_that_does_not_read_is_dropped() -> None:

@@ -248,7 +248,7 @@ async def test_bad_input_gets_openai_errors_and_the_session_goes_on() -> None:
         (
             "e6",
             {"type": "session.update", "session": ga_update(transcription={"language": "xx"})},
-            "invalid_value",
+            "unsupported_language",
             "session.audio.input.transcription.language",
         ),
         (
@@ -289,6 +289,44 @@ async def test_bad_input_gets_openai_errors_and_the_session_goes_on() -> None:
             assert error["param"] == param
     assert of_type(events, "session.updated") == [], "a refused update changes nothing"
     assert same_words(["turn on the kitchen lights"], transcripts(events))
+
+
+async def test_a_context_over_the_cap_refuses_the_update_and_the_session_goes_on() -> None:
+    """The prompt and keywords together count against max_context_chars."""
+    too_long = ga_update(transcription={"prompt": "p" * 60, "keywords": ["k" * 50]})
+    async with running_daemon(max_context_chars=100) as daemon, sdk_client(daemon).realtime.connect() as connection:
+        await connection.session.update(session=too_long, event_id="long")
+        await connection.session.update(session=ga_update(transcription={"prompt": "kitchen"}))
+        for piece in chunks(pcm16(fixture_16k("lights_on.wav")), 48000):
+            await connection.input_audio_buffer.append(audio=piece)
+        events = await sdk_events(connection, finals(2))
+    [error] = [e["error"] for e in of_type(events, "error")]
+    assert error["code"] == "context_too_long" and error["event_id"] == "long"
+    assert error["param"] == "session.audio.input.transcription.prompt" and "max_context_chars" in error["message"]
+    [updated] = of_type(events, "session.updated")
+    assert updated["session"]["audio"]["input"]["transcription"]["prompt"] == "kitchen"
+    assert same_words(["turn on the kitchen lights"], transcripts(events))
+
+
+async def test_commit_includes_the_resamplers_tail() -> None:
+    """24 kHz audio is resampled as it streams; soxr holds its last milliseconds until told the
+    input ended. A commit feeds them, so the item ends where the client's audio ends."""
+    audio = pcm16(fixture_16k("lights_on.wav"))
+    async with running_daemon() as daemon, sdk_client(daemon).realtime.connect() as connection:
+        await connection.session.update(session=ga_update(turn_detection=None))
+        for piece in chunks(audio, 48000):
+            await connection.input_audio_buffer.append(audio=piece)
+        await connection.input_audio_buffer.commit()
+        events = await sdk_events(connection, finals(1))
+        received = daemon.core.metrics.registry.get_sample_value(
+            "satellite_asr_audio_seconds_total", {"protocol": "openai-realtime"}
+        )
+        for piece in chunks(audio, 48000):  # the stream goes on after the commit, with a fresh resampler
+            await connection.input_audio_buffer.append(audio=piece)
+        await connection.input_audio_buffer.commit()
+        events += await sdk_events(connection, finals(1))
+    assert received is not None and abs(received * SAMPLE_RATE - len(audio) // 2 * SAMPLE_RATE / 24000) <= 1
+    assert same_words(["turn on the kitchen lights"] * 2, transcripts(events))
 
 
 async def test_update_after_audio_finalizes_the_item_in_progress_and_goes_on() -> None:

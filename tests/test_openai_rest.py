@@ -173,6 +173,31 @@ async def test_prompt_becomes_the_engines_context() -> None:
     assert "kitchen" in normalise(fine.text), "a session without the word is transcribed"
 
 
+async def test_a_prompt_over_the_context_cap_is_a_400_naming_it() -> None:
+    prompt = ("Bedroom lights, garage door. " * 4)[:100]
+    async with running_daemon(max_context_chars=100) as daemon, client(daemon) as api:
+        refused = await refusal(
+            api.audio.transcriptions.create(file=("a.wav", THREE), model="whisper-1", prompt=prompt + ".")
+        )
+        served = await api.audio.transcriptions.create(file=("a.wav", THREE), model="whisper-1", prompt=prompt)
+    assert refused.status_code == 400 and refused.code == "context_too_long"
+    assert refused.param == "prompt" and "max_context_chars" in refused.message
+    assert word_error_rate(" ".join(EXPECTED["three_commands.wav"]), served.text) <= WER_TOLERANCE
+
+
+async def test_an_upload_is_cut_at_silence_ms_without_speculative_decodes() -> None:
+    """A pause shorter than silence_ms does not end a segment, even after words that read as a complete
+    command (adaptive turn detection would end it there); the segment is decoded once."""
+    paused = (FIXTURES / "turns/dev_hard_01.wav").read_bytes()  # "turn on the lights ... in the kitchen"
+    async with running_daemon() as daemon, client(daemon) as api:
+        result = await api.audio.transcriptions.create(
+            file=("paused.wav", paused), model="whisper-1", response_format="verbose_json"
+        )
+        decodes = daemon.core.metrics.registry.get_sample_value("satellite_asr_decode_seconds_count", {"kind": "final"})
+    assert [normalise(s.text) for s in result.segments or []] == [normalise("turn on the lights in the kitchen")]
+    assert decodes == 1
+
+
 async def test_models_lists_the_engine_model_and_answers_any_name() -> None:
     async with running_daemon() as daemon, client(daemon) as api:
         listed = await api.models.list()

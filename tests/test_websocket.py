@@ -10,6 +10,7 @@ from typing import Any
 import aiohttp
 import numpy as np
 import pytest
+import soxr
 import websockets
 from websockets.exceptions import ConnectionClosed
 
@@ -142,6 +143,36 @@ async def test_flush_finalizes_now_and_is_not_speech_final() -> None:
     assert of_type(rest, "final") == [], "exactly one final per utterance"
 
 
+async def test_flush_includes_the_resamplers_tail_and_the_stream_goes_on() -> None:
+    """24 kHz audio is resampled as it streams; soxr holds its last milliseconds until told the input
+    ended. A flush feeds them, so the utterance ends where the client's audio ends, and the next goes on."""
+    rate = 24000
+    audio = fixture_16k("music.wav")[: int(2.3 * 16000)]  # cut mid-command, no trailing pause
+    pcm = (np.clip(soxr.resample(audio, 16000, rate), -1, 1) * 32767).astype("<i2").tobytes()
+    config = {"type": "config", "sample_rate": rate, "encoding": "s16le", "vad": {"turn_detection": "manual"}}
+    async with running_daemon() as daemon, websockets.connect(ws_url(daemon)) as ws:
+        await ws.send(json.dumps(config))
+        finals = []
+        for _ in range(2):
+            for offset in range(0, len(pcm), 4800):
+                await ws.send(pcm[offset : offset + 4800])
+            await ws.send(json.dumps({"type": "flush"}))
+            finals.append(await next_message(ws, "final"))
+    seconds = len(pcm) // 2 / rate
+    assert [f["end"] for f in finals] == pytest.approx([seconds, 2 * seconds], abs=0.0011)
+    assert all("music" in normalise(f["text"]) for f in finals)
+
+
+async def test_an_empty_language_is_the_daemons_default_and_null_detects() -> None:
+    async with running_daemon(language="en") as daemon:
+        languages = []
+        for config in ({"language": ""}, {}, {"language": None}, {"language": "en-US"}):
+            async with websockets.connect(ws_url(daemon)) as ws:
+                await ws.send(json.dumps({"type": "config", **config}))
+                languages.append((await next_message(ws, "session_created"))["config"]["language"])
+    assert languages == ["en", "en", None, "en"]
+
+
 async def test_end_sends_pending_final_then_closes_normally() -> None:
     audio = fixture_16k("weather.wav")[: int(2.4 * 16000)]
     async with running_daemon() as daemon, websockets.connect(ws_url(daemon)) as ws:
@@ -245,16 +276,14 @@ async def test_a_rejected_first_frame_does_not_lock_the_config() -> None:
 async def test_length_cap_forces_a_final_and_the_speech_goes_on_in_the_next_utterance() -> None:
     async with running_daemon(max_utterance_s=1.0) as daemon:
         messages = await stream_file(FIXTURES / "music.wav", ws_url(daemon), fast=True)
-        capped = daemon.core.metrics.registry.get_sample_value(
-            "satellite_asr_utterances_total", {"reason": "max_length"}
-        )
+        capped = daemon.core.metrics.registry.get_sample_value("satellite_asr_endpoints_total", {"reason": "forced"})
     finals = of_type(messages, "final")
     assert len(finals) >= 2 and len(of_type(messages, "speech_start")) == len(finals)
     first = finals[0]
     assert first["is_speech_final"] is False
     assert first["end"] - first["start"] <= 1.0 + 0.032  # the cap is checked once per 32 ms VAD window
     assert finals[1]["start"] >= first["end"], "the next utterance takes the speech from where the cap cut it"
-    assert capped is not None and capped >= 1
+    assert capped == sum(f["endpoint"] == "forced" for f in finals) >= 1, "each forced end is counted once"
     words = " ".join(f["text"] for f in finals)
     assert word_error_rate(EXPECTED["music.wav"][0], words) <= 0.5, words  # words cut at the seams may change
 
@@ -416,7 +445,7 @@ async def test_health_is_503_until_the_engine_is_ready_and_metrics_are_exported(
         await daemon.stop()
     for name in (
         "satellite_asr_sessions_total",
-        "satellite_asr_utterances_total",
+        "satellite_asr_endpoints_total",
         "satellite_asr_partial_latency_seconds_bucket",
         "satellite_asr_final_latency_seconds_count",
         "satellite_asr_decode_seconds_bucket",
@@ -424,4 +453,7 @@ async def test_health_is_503_until_the_engine_is_ready_and_metrics_are_exported(
         "satellite_asr_audio_seconds_total",
     ):
         assert name in text
-    assert 'satellite_asr_utterances_total{reason="endpoint"} 1.0' in text
+    assert (
+        sum(f'satellite_asr_endpoints_total{{reason="{reason}"}} 1.0' in text for reason in ("complete", "silence"))
+        == 1
+    )

@@ -25,7 +25,7 @@ class WavFile:
     def to_16k_mono(self) -> Audio:
         decoder = PcmDecoder("s16le", self.sample_rate, self.channels)
         samples = decoder.decode(self.pcm).samples
-        tail = decoder.drain()
+        tail = decoder.flush()
         return np.concatenate([samples, tail]) if tail.size else samples
 
 

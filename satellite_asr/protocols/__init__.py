@@ -13,11 +13,14 @@ The contract every adapter follows (so that a new protocol is one thin file and 
 6. Every input it refuses raises the one `ProtocolError` (a code and a human sentence, and the
    offending field as `param` where the protocol names it); the adapter answers it in the
    protocol's own error shape and ends the connection only when `fatal`.
+7. A client's language and biasing context go through `checked_language` and `checked_context`,
+   so every protocol accepts and refuses the same values (what it does with a refusal is its own).
 """
 
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from satellite_asr.audio import AudioFormatError, PcmDecoder
 from satellite_asr.core import Core
@@ -35,6 +38,39 @@ class ProtocolError(Exception):
         self.message = message
         self.fatal = fatal
         self.param = param
+
+
+def checked_language(core: Core, code: object, param: str) -> str | None:
+    """The engine's code for the language a client named (`en-US` counts as `en`); None when it named
+    none (null or empty text: whether that means the daemon's default or detection is the protocol's)."""
+    if code is None or code == "":
+        return None
+    if not isinstance(code, str):
+        raise ProtocolError("invalid_type", f"{param} must be a language code, got {code!r}", param=param)
+    engine = core.engine_info
+    supported = engine.supported_language(code)
+    if supported is None:
+        message = f"{param}: {code!r} is not one of the languages of this engine ({', '.join(engine.languages)})"
+        raise ProtocolError("unsupported_language", message, param=param)
+    return supported
+
+
+def checked_context(core: Core, text: str, param: str) -> str:
+    """`text` if it fits `max_context_chars`: a huge biasing context would slow every decode."""
+    limit = core.settings.max_context_chars
+    if len(text) > limit:
+        message = (
+            f"the biasing context ({param}) is {len(text)} characters, over the limit of {limit} (max_context_chars)"
+        )
+        raise ProtocolError("context_too_long", message, param=param)
+    return text
+
+
+def openai_error(
+    code: str, message: str, *, kind: str = "invalid_request_error", param: str | None = None
+) -> dict[str, Any]:
+    """OpenAI's error object, as its SDKs read it (REST bodies, Realtime `error` events, refusals)."""
+    return {"message": message, "type": kind, "param": param, "code": code}
 
 
 def open_session(
@@ -69,5 +105,10 @@ class PcmInput:
         self.core.metrics.frame_seconds.labels(self.session.protocol).observe(server_time)
 
     async def drain(self) -> None:
-        """Feed what the resampler still holds (end of stream, or before the format changes)."""
-        await self.session.feed(self.decoder.drain())
+        """Feed what the resampler still holds (end of stream, a commit, or before the format changes)."""
+        await self.session.feed(self.decoder.flush())
+
+    async def flush(self) -> None:
+        """The client ends the utterance now: the resampler's tail is fed first, so it is part of it."""
+        await self.drain()
+        await self.session.flush()

@@ -20,6 +20,7 @@ from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from satellite_asr.access import SUBPROTOCOL
 from satellite_asr.audio import SAMPLE_RATE
 from satellite_asr.core import Core
 from satellite_asr.events import (
@@ -30,14 +31,15 @@ from satellite_asr.events import (
     SpeechStarted,
     SpeechStopped,
 )
-from satellite_asr.protocols import PcmInput, ProtocolError, open_session
+from satellite_asr.limits import ConnectionLimit, TooManyConnections, write_within
+from satellite_asr.protocols import PcmInput, ProtocolError, open_session, openai_error
 from satellite_asr.protocols.openai_realtime_config import RealtimeConfig, apply_update, beta_session, ga_session
 from satellite_asr.session import Session
 
 log = logging.getLogger(__name__)
 
 PATH = "/v1/realtime"
-PROTOCOL = "openai_realtime"
+PROTOCOL = "openai-realtime"
 MAX_MESSAGE_BYTES = 24 << 20
 """Largest client event: an append of OpenAI's limit of 15 MiB of audio, base64-encoded, fits."""
 MIN_COMMIT_MS = 100
@@ -86,9 +88,10 @@ class _Connection:
     format alone swaps the decoder. Item times count all audio of the connection.
     """
 
-    def __init__(self, ws: web.WebSocketResponse, core: Core, beta: bool) -> None:
+    def __init__(self, ws: web.WebSocketResponse, core: Core, request: web.Request, beta: bool) -> None:
         self.ws = ws
         self.core = core
+        self.transport = request.transport
         self.beta = beta
         self.config = RealtimeConfig.defaults(core.settings)
         self.input: PcmInput | None = None
@@ -110,17 +113,25 @@ class _Connection:
         return self.input.session
 
     async def send(self, event: dict[str, Any]) -> None:
+        """Raises `SlowClient` (a `ConnectionError`) and drops the client when it does not read."""
         if not self.ws.closed:
-            await self.ws.send_json({"event_id": new_id("event"), **event})
+            message = self.ws.send_json({"event_id": new_id("event"), **event})
+            await write_within(message, self.core.settings.write_timeout_s, self.transport)
 
     async def error(self, exc: ProtocolError, event_id: str | None) -> None:
         self.core.metrics.errors.labels(exc.code).inc()
         kind = "server_error" if exc.code in SERVER_ERROR_CODES else "invalid_request_error"
-        error = {"type": kind, "code": exc.code, "message": exc.message, "param": exc.param, "event_id": event_id}
+        error = {**openai_error(exc.code, exc.message, kind=kind, param=exc.param), "event_id": event_id}
         await self.send({"type": "error", "error": error})
 
+    async def close(self, code: int, reason: str) -> None:
+        """Close the WebSocket; a client that does not read the close frame is dropped."""
+        await write_within(
+            self.ws.close(code=code, message=reason.encode()), self.core.settings.write_timeout_s, self.transport
+        )
+
     async def close_by_server(self, reason: str) -> None:
-        await self.ws.close(code=WSCloseCode.GOING_AWAY, message=reason.encode())
+        await self.close(WSCloseCode.GOING_AWAY, reason)
 
     async def open_session(self, created: bool) -> None:
         options = self.config.session_options(self.core.settings)
@@ -166,7 +177,7 @@ class _Connection:
             raise ProtocolError("invalid_value", message_text, param="type")
 
     async def update(self, message: dict[str, Any], *, beta: bool) -> None:
-        config = apply_update(self.config, message, beta, self.core.engine_info)
+        config = apply_update(self.config, message, beta, self.core)
         self.beta = beta
         if config.session_options(self.core.settings) != self.session.options:
             await self.release(finalize=True)
@@ -193,6 +204,8 @@ class _Connection:
 
     async def commit(self) -> None:
         """End the item now: the utterance in progress, or audio in which VAD heard no speech."""
+        assert self.input is not None
+        await self.input.drain()  # the resampler's tail is the item's last milliseconds
         session = self.session
         uncommitted_ms = (session.samples_received - self.commit_mark) * 1000 / SAMPLE_RATE
         if session.in_utterance:
@@ -304,7 +317,7 @@ class _Connection:
 
     async def final(self, item: _Item, event: FinalTranscript) -> None:
         if item.failure is not None:
-            error = {"type": "server_error", "code": "engine_error", "message": item.failure, "param": None}
+            error = openai_error("engine_error", item.failure, kind="server_error")
             failed = {"item_id": item.id, "content_index": 0, "error": error}
             await self.send({"type": "conversation.item.input_audio_transcription.failed", **failed})
             return
@@ -317,45 +330,60 @@ class _Connection:
         await self.send(self.completed(item, event.text, usage))
 
 
-def _error_body(code: str, message: str, param: str | None = None) -> dict[str, Any]:
-    return {"error": {"type": "invalid_request_error", "code": code, "message": message, "param": param}}
+def _refusal(status: int, code: str, message: str, param: str | None = None, **headers: str) -> web.Response:
+    """An upgrade refused before it happens: plain HTTP with OpenAI's error object."""
+    return web.json_response({"error": openai_error(code, message, param=param)}, status=status, headers=headers)
 
 
 class RealtimeHandler:
-    """aiohttp handler for `/v1/realtime`."""
+    """aiohttp handler for `/v1/realtime`; `Access` has checked Host, Origin, key and subprotocols before it runs."""
 
     def __init__(self, core: Core) -> None:
         self.core = core
+        settings = core.settings
+        self.connections = ConnectionLimit(
+            PROTOCOL,
+            settings.max_websocket_connections,
+            settings.max_connections_per_address,
+            total_setting="max_websocket_connections",
+        )
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         intent = request.query.get("intent", "transcription")
         if intent != "transcription":
             message = f"intent must be transcription (this server only transcribes), got {intent!r}"
-            return web.json_response(_error_body("invalid_value", message, "intent"), status=400)
-        ws = web.WebSocketResponse(max_msg_size=MAX_MESSAGE_BYTES, heartbeat=30.0)
+            return _refusal(400, "invalid_value", message, "intent")
+        ws = web.WebSocketResponse(max_msg_size=MAX_MESSAGE_BYTES, heartbeat=30.0, protocols=(SUBPROTOCOL,))
         if not ws.can_prepare(request).ok:
             message = "this endpoint speaks OpenAI's Realtime API over WebSocket; connect a WebSocket client"
-            return web.json_response(
-                _error_body("websocket_required", message),
-                status=426,
-                headers={"Upgrade": "websocket", "Connection": "Upgrade"},
-            )
+            return _refusal(426, "websocket_required", message, Upgrade="websocket", Connection="Upgrade")
+        try:
+            with self.connections.opened(request.remote or ""):
+                return await self._serve(request, ws)
+        except TooManyConnections as exc:
+            self.core.metrics.errors.labels("too_many_connections").inc()
+            return _refusal(503, "too_many_connections", str(exc), **{"Retry-After": "5"})
+
+    async def _serve(self, request: web.Request, ws: web.WebSocketResponse) -> web.WebSocketResponse:
         await ws.prepare(request)
         beta = "realtime=v1" in request.headers.get("OpenAI-Beta", "")
-        connection = _Connection(ws, self.core, beta)
+        connection = _Connection(ws, self.core, request, beta)
         try:
-            await connection.open_session(created=True)
-            async for frame in ws:
-                if frame.type == WSMsgType.TEXT:
-                    await self._receive(connection, frame.data)
-                elif frame.type == WSMsgType.BINARY:
-                    refusal = ProtocolError("invalid_value", "binary frames are not events; send JSON text events")
-                    await connection.error(refusal, None)
-            if ws.exception() is not None:
-                log.info("realtime websocket closed with error: %s", ws.exception())
-        except ProtocolError as exc:  # fatal: no session could be opened
-            await connection.error(exc, None)
-            await ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=exc.code.encode())
+            try:
+                await connection.open_session(created=True)
+                async for frame in ws:
+                    if frame.type == WSMsgType.TEXT:
+                        await self._receive(connection, frame.data)
+                    elif frame.type == WSMsgType.BINARY:
+                        refusal = ProtocolError("invalid_value", "binary frames are not events; send JSON text events")
+                        await connection.error(refusal, None)
+                if ws.exception() is not None:
+                    log.info("realtime websocket closed with error: %s", ws.exception())
+            except ProtocolError as exc:  # fatal: no session could be opened
+                await connection.error(exc, None)
+                await connection.close(WSCloseCode.TRY_AGAIN_LATER, exc.code)
+        except ConnectionError as exc:  # SlowClient included: the connection is gone already
+            log.info("realtime websocket dropped: %s", exc)
         finally:
             await connection.release(finalize=False)
         return ws

@@ -13,8 +13,9 @@ from typing import Any
 
 from satellite_asr.audio import MAX_RATE, MIN_RATE, PcmDecoder
 from satellite_asr.config import ConfigError, Settings, coerce
+from satellite_asr.core import Core
 from satellite_asr.engines.base import EngineInfo
-from satellite_asr.protocols import ProtocolError
+from satellite_asr.protocols import ProtocolError, checked_context, checked_language
 from satellite_asr.session import SessionOptions
 
 PCM_RATE = 24000
@@ -117,15 +118,20 @@ class RealtimeConfig:
             vad: dict[str, Any] = {"turn_detection": "manual", "min_speech_ms": MANUAL_MIN_SPEECH_MS}
         else:
             vad = self.turn_detection.vad_overrides(settings)
-        context = "\n".join(part for part in (self.prompt, ", ".join(self.keywords)) if part)
-        return SessionOptions.from_settings(settings, vad=vad, language=self.language, context=context)
+        return SessionOptions.from_settings(settings, vad=vad, language=self.language, context=self.context)
+
+    @property
+    def context(self) -> str:
+        """The client's biasing context: the prompt, then the keywords."""
+        return "\n".join(part for part in (self.prompt, ", ".join(self.keywords)) if part)
 
     def decoder(self) -> PcmDecoder:
         return PcmDecoder(self.encoding, self.sample_rate)
 
 
-def apply_update(config: RealtimeConfig, message: dict[str, Any], beta: bool, engine: EngineInfo) -> RealtimeConfig:
-    """`config` changed by a `session.update` (or, `beta`, a `transcription_session.update`)."""
+def apply_update(config: RealtimeConfig, message: dict[str, Any], beta: bool, core: Core) -> RealtimeConfig:
+    """`config` changed by a `session.update` (or, `beta`, a `transcription_session.update`); the
+    prompt and keywords together may hold at most `max_context_chars`."""
     session = message.get("session")
     if not isinstance(session, dict):
         raise _invalid("missing_required_parameter", "session must be an object", "session")
@@ -153,11 +159,13 @@ def apply_update(config: RealtimeConfig, message: dict[str, Any], beta: bool, en
         prefix = "session.audio.input."
     for key, parse in fields:
         if key in values:
-            config = parse(config, values[key], prefix + key, engine)
+            config = parse(config, values[key], prefix + key, core)
+    transcription = "input_audio_transcription" if beta else "transcription"
+    checked_context(core, config.context, f"{prefix}{transcription}.prompt")
     return config
 
 
-def _ga_format(config: RealtimeConfig, value: Any, param: str, engine: EngineInfo) -> RealtimeConfig:
+def _ga_format(config: RealtimeConfig, value: Any, param: str, core: Core) -> RealtimeConfig:
     value = _object(value, param)
     _refuse_unknown(value, {"type", "rate"}, param)
     kind = value.get("type", "audio/pcm")
@@ -170,14 +178,14 @@ def _ga_format(config: RealtimeConfig, value: Any, param: str, engine: EngineInf
     return dataclasses.replace(config, encoding=GA_FORMATS[kind], sample_rate=rate)
 
 
-def _beta_format(config: RealtimeConfig, value: Any, param: str, engine: EngineInfo) -> RealtimeConfig:
+def _beta_format(config: RealtimeConfig, value: Any, param: str, core: Core) -> RealtimeConfig:
     if value not in BETA_FORMATS:
         raise _invalid("invalid_value", f"{param} must be one of {', '.join(BETA_FORMATS)}, got {value!r}", param)
     encoding, rate = BETA_FORMATS[value]
     return dataclasses.replace(config, encoding=encoding, sample_rate=rate)
 
 
-def _transcription(config: RealtimeConfig, value: Any, param: str, engine: EngineInfo) -> RealtimeConfig:
+def _transcription(config: RealtimeConfig, value: Any, param: str, core: Core) -> RealtimeConfig:
     """`model` is accepted whatever it names (the daemon's engine answers); `language` is checked."""
     if value is None:  # transcription cannot be turned off: it is what this server does
         return config
@@ -193,23 +201,13 @@ def _transcription(config: RealtimeConfig, value: Any, param: str, engine: Engin
         changes["keywords"] = tuple(_texts(value["keywords"], f"{param}.keywords"))
     if "languages" in value:
         languages = [
-            _language(code, f"{param}.languages", engine) for code in _texts(value["languages"], f"{param}.languages")
+            checked_language(core, code, f"{param}.languages")
+            for code in _texts(value["languages"], f"{param}.languages")
         ]
         changes["language"] = languages[0] if len(languages) == 1 else None
-    if "language" in value:
-        code = value["language"]
-        if code is not None and not isinstance(code, str):
-            message = f"{param}.language must be a language code, got {code!r}"
-            raise _invalid("invalid_type", message, f"{param}.language")
-        changes["language"] = _language(code, f"{param}.language", engine) if code else None
+    if "language" in value:  # null or empty: detect, as OpenAI does without a language
+        changes["language"] = checked_language(core, value["language"], f"{param}.language")
     return dataclasses.replace(config, **changes)
-
-
-def _language(code: str, param: str, engine: EngineInfo) -> str:
-    supported = engine.supported_language(code)
-    if supported is None:
-        raise _invalid("invalid_value", f"{param}: {code!r} is not one of {', '.join(engine.languages)}", param)
-    return supported
 
 
 def _texts(value: Any, param: str) -> list[str]:
@@ -220,7 +218,7 @@ def _texts(value: Any, param: str) -> list[str]:
     return value
 
 
-def _turn_detection(config: RealtimeConfig, value: Any, param: str, engine: EngineInfo) -> RealtimeConfig:
+def _turn_detection(config: RealtimeConfig, value: Any, param: str, core: Core) -> RealtimeConfig:
     if value is None:
         return dataclasses.replace(config, turn_detection=None)
     value = _object(value, param)

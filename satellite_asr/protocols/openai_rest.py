@@ -13,10 +13,10 @@ import functools
 import json
 import time
 import zlib
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import suppress
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import BodyPartReader, web
 
@@ -24,14 +24,18 @@ from satellite_asr.audio import SAMPLE_RATE, Audio
 from satellite_asr.audio_files import AudioFile, NotAudioError, decoded_chunks
 from satellite_asr.core import Core
 from satellite_asr.events import FinalTranscript
-from satellite_asr.protocols import ProtocolError
+from satellite_asr.limits import ConnectionLimit, TooManyConnections, write_within
+from satellite_asr.protocols import ProtocolError, checked_context, checked_language, openai_error
 from satellite_asr.recording import Recording, TranscriptionFailed
 from satellite_asr.session import SessionOptions
 from satellite_asr.session_manager import ServerBusy
 
+PROTOCOL = "openai-rest"
 TRANSCRIPTIONS_PATH = "/v1/audio/transcriptions"
 MODELS_PATH = "/v1/models"
 MODEL_PATH = "/v1/models/{model}"
+
+_T = TypeVar("_T")
 
 MB = 1 << 20
 FIELD_BYTES = 64 * 1024
@@ -49,16 +53,16 @@ LIST_FIELDS = {"timestamp_granularities[]"}
 
 
 class RequestError(ProtocolError):
-    """A `ProtocolError` with what REST adds: the HTTP status and the field at fault (`param`)."""
+    """A `ProtocolError` with what REST adds: the HTTP status."""
 
     def __init__(self, code: str, message: str, *, status: int = 400, param: str | None = None) -> None:
-        super().__init__(code, message, fatal=True)
+        super().__init__(code, message, fatal=True, param=param)
         self.status = status
-        self.param = param
 
-    def body(self) -> dict[str, Any]:
-        kind = "invalid_request_error" if self.status < 500 else "server_error"
-        return {"error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}}
+
+def error_body(exc: ProtocolError, status: int) -> dict[str, Any]:
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    return {"error": openai_error(exc.code, exc.message, kind=kind, param=exc.param)}
 
 
 def _bad_field(param: str, message: str) -> RequestError:
@@ -75,8 +79,11 @@ class TranscriptionRequest:
     stream: bool
 
 
-async def read_form(request: web.Request, max_file_bytes: int) -> tuple[bytes | None, dict[str, list[str]]]:
-    """The uploaded file and the text fields; sizes are checked on Content-Length and while reading."""
+async def read_form(
+    request: web.Request, max_file_bytes: int, stall_s: float
+) -> tuple[bytes | None, dict[str, list[str]]]:
+    """The uploaded file and the text fields; sizes are checked on Content-Length and while reading,
+    and a body that sends nothing for `stall_s` is refused (408)."""
     if request.content_length is not None and request.content_length > max_file_bytes + FORM_OVERHEAD_BYTES:
         raise _too_large(max_file_bytes)
     if request.content_type != "multipart/form-data":
@@ -86,7 +93,7 @@ async def read_form(request: web.Request, max_file_bytes: int) -> tuple[bytes | 
         file: bytes | None = None
         fields: dict[str, list[str]] = {}
         text_bytes = 0
-        while (part := await reader.next()) is not None:
+        while (part := await _within(reader.next(), stall_s)) is not None:
             if not isinstance(part, BodyPartReader) or not part.name:
                 raise RequestError("invalid_request", "every form part must be a named field")
             name = part.name
@@ -97,10 +104,12 @@ async def read_form(request: web.Request, max_file_bytes: int) -> tuple[bytes | 
             if name not in LIST_FIELDS and (name in fields or (name == "file" and file is not None)):
                 raise _bad_field(name, f"field {name!r} is given more than once")
             if name == "file":
-                file = await _read_part(part, max_file_bytes, functools.partial(_too_large, max_file_bytes))
+                too_large = functools.partial(_too_large, max_file_bytes)
+                file = await _read_part(part, max_file_bytes, stall_s, too_large)
             else:
                 limit = min(FIELD_BYTES, FORM_OVERHEAD_BYTES - text_bytes)
-                raw = await _read_part(part, limit, functools.partial(_bad_field, name, f"{name} is too long"))
+                too_long = functools.partial(_bad_field, name, f"{name} is too long")
+                raw = await _read_part(part, limit, stall_s, too_long)
                 text_bytes += len(raw)
                 try:
                     fields.setdefault(name, []).append(raw.decode("utf-8"))
@@ -111,13 +120,22 @@ async def read_form(request: web.Request, max_file_bytes: int) -> tuple[bytes | 
     return file, fields
 
 
-async def _read_part(part: BodyPartReader, limit: int, too_large: Callable[[], RequestError]) -> bytes:
+async def _read_part(part: BodyPartReader, limit: int, stall_s: float, too_large: Callable[[], RequestError]) -> bytes:
     data = bytearray()
-    while chunk := await part.read_chunk(READ_BYTES):
+    while chunk := await _within(part.read_chunk(READ_BYTES), stall_s):
         data += chunk
         if len(data) > limit:
             raise too_large()
     return bytes(data)
+
+
+async def _within(read: Awaitable[_T], stall_s: float) -> _T:
+    """One read of the body, or 408 when the client sends nothing for `stall_s` (header_timeout_s)."""
+    try:
+        return await asyncio.wait_for(read, stall_s)
+    except TimeoutError:
+        message = f"the upload sent nothing for {stall_s:g} s (header_timeout_s); send the whole request at once"
+        raise RequestError("body_timeout", message, status=408) from None
 
 
 def _too_large(max_file_bytes: int) -> RequestError:
@@ -161,15 +179,12 @@ def parse_request(file: bytes | None, fields: dict[str, list[str]], core: Core) 
     chunking = single("chunking_strategy")
     if chunking not in (None, "auto"):
         raise _bad_field("chunking_strategy", "only chunking_strategy auto: the daemon's VAD cuts the audio")
-    language = single("language") or settings.default_language
-    if language is not None:
-        supported = core.engine_info.supported_language(language)
-        if supported is None:
-            languages = ", ".join(core.engine_info.languages)
-            raise _bad_field("language", f"language {language!r} is not one of {languages}")
-        language = supported
+    language = checked_language(core, single("language"), "language") or settings.default_language
+    context = checked_context(core, single("prompt") or "", "prompt")
+    # A file: every pause waits `silence_ms` (no turn detector, whose speculative decodes at each
+    # pause serve a person waiting for an answer, not an upload).
     options = SessionOptions.from_settings(
-        settings, partials=False, language=language, context=single("prompt") or "", batch=True
+        settings, vad={"turn_detection": "fixed"}, partials=False, language=language, context=context, batch=True
     )
     return TranscriptionRequest(file, options, response_format, stream)
 
@@ -289,6 +304,10 @@ class OpenAIRestHandler:
     def __init__(self, core: Core) -> None:
         self.core = core
         self.started = int(time.time())
+        settings = core.settings
+        self.uploads = ConnectionLimit(
+            PROTOCOL, settings.max_uploads, settings.max_connections_per_address, total_setting="max_uploads"
+        )
 
     def _model(self, model_id: str) -> dict[str, Any]:
         return {"id": model_id, "object": "model", "created": self.started, "owned_by": "satellite-asr"}
@@ -302,16 +321,32 @@ class OpenAIRestHandler:
 
     async def transcriptions(self, request: web.Request) -> web.StreamResponse:
         try:
-            return await self._transcribe(request)
-        except RequestError as exc:
-            self.core.metrics.errors.labels(exc.code).inc()
-            return web.json_response(exc.body(), status=exc.status)
-        except _ClientGone:
+            with self.uploads.opened(request.remote or ""):
+                return await self._transcribe(request)
+        except TooManyConnections as exc:
+            return self._refuse(RequestError("too_many_connections", str(exc), status=503), {"Retry-After": "5"})
+        except ProtocolError as exc:
+            return self._refuse(exc)
+        except (_ClientGone, ConnectionError):  # the client left, mid-body or mid-transcription
             return web.Response(status=499, reason="Client Closed Request")
+
+    def _refuse(self, exc: ProtocolError, headers: dict[str, str] | None = None) -> web.Response:
+        """The error as OpenAI's error object; a body left unread (too large, stalled) closes the connection."""
+        self.core.metrics.errors.labels(exc.code).inc()
+        status = exc.status if isinstance(exc, RequestError) else 400
+        response = web.json_response(error_body(exc, status), status=status, headers=headers)
+        if status in (408, 413):
+            response.force_close()
+        return response
 
     async def _transcribe(self, request: web.Request) -> web.StreamResponse:
         self._check_ready()
-        file, fields = await read_form(request, self.core.settings.max_upload_mb * MB)
+        try:  # before the body is read: a busy server does not make the client upload its file first
+            self.core.sessions.check_room(PROTOCOL)
+        except ServerBusy as exc:
+            raise RequestError("server_busy", str(exc), status=503) from None
+        settings = self.core.settings
+        file, fields = await read_form(request, settings.max_upload_mb * MB, settings.header_timeout_s)
         parsed = parse_request(file, fields, self.core)
         try:
             audio_file = await asyncio.to_thread(AudioFile.open, parsed.file)
@@ -319,7 +354,7 @@ class OpenAIRestHandler:
             raise _failure(exc) from None
         feed = _Feed(audio_file, request)
         try:
-            async with Recording(self.core, "openai-rest", parsed.options) as recording:
+            async with Recording(self.core, PROTOCOL, parsed.options) as recording:
                 if parsed.stream:
                     return await self._stream(request, recording, feed)
                 try:
@@ -348,23 +383,27 @@ class OpenAIRestHandler:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await response.prepare(request)
         texts: list[str] = []
+
+        async def send(event: dict[str, Any]) -> None:
+            """Raises `SlowClient` (a `ConnectionError`) and drops the client when it does not read."""
+            await write_within(response.write(_sse(event)), self.core.settings.write_timeout_s, request.transport)
+
         try:
             async for final in recording.finals(feed.chunks()):
                 text = final.text.strip()
                 if text:
-                    await response.write(
-                        _sse({"type": "transcript.text.delta", "delta": (" " if texts else "") + text})
-                    )
+                    await send({"type": "transcript.text.delta", "delta": (" " if texts else "") + text})
                     texts.append(text)
-            await response.write(_sse({"type": "transcript.text.done", "text": " ".join(texts)}))
+            await send({"type": "transcript.text.done", "text": " ".join(texts)})
         except (NotAudioError, TranscriptionFailed) as exc:
             error = _failure(exc)
             self.core.metrics.errors.labels(error.code).inc()
             with suppress(ConnectionError):
-                await response.write(_sse(error.body()))
+                await send(error_body(error, error.status))
         except (_ClientGone, ConnectionError):
             return response
-        await response.write_eof()
+        with suppress(ConnectionError):
+            await write_within(response.write_eof(), self.core.settings.write_timeout_s, request.transport)
         return response
 
 

@@ -13,14 +13,14 @@ from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from satellite_asr.access import KEY_SUBPROTOCOL_PREFIX, SUBPROTOCOL
+from satellite_asr.access import SUBPROTOCOL
 from satellite_asr.audio import ENCODINGS, MAX_RATE, MIN_RATE, SAMPLE_RATE, PcmDecoder
-from satellite_asr.config import ConfigError, Settings, coerce
+from satellite_asr.config import ConfigError, coerce
 from satellite_asr.core import Core
 from satellite_asr.engines.base import EngineInfo
 from satellite_asr.events import FinalTranscript, PartialTranscript, SessionError, SessionEvent, SpeechStarted
 from satellite_asr.limits import ConnectionLimit, TooManyConnections, write_within
-from satellite_asr.protocols import PcmInput, ProtocolError, open_session
+from satellite_asr.protocols import PcmInput, ProtocolError, checked_context, checked_language, open_session
 from satellite_asr.session import SessionOptions
 
 log = logging.getLogger(__name__)
@@ -43,11 +43,12 @@ CLOSE_CODES = {"server_busy": WSCloseCode.TRY_AGAIN_LATER}
 """The close code of a fatal error; any other fatal error is a policy violation (1008)."""
 
 
-def parse_config(message: dict[str, Any], settings: Settings, engine: EngineInfo) -> tuple[SessionOptions, PcmDecoder]:
+def parse_config(message: dict[str, Any], core: Core) -> tuple[SessionOptions, PcmDecoder]:
     """Session options and audio decoder from a `config` message, or `ProtocolError(invalid_config)`.
 
-    `language` absent means the daemon's default language, `null` asks the engine to detect it.
+    `language` absent (or empty) means the daemon's default language, `null` asks the engine to detect it.
     """
+    settings = core.settings
     unknown = set(message) - CONFIG_FIELDS
     if unknown:
         raise _invalid_config(f"unknown field(s): {', '.join(sorted(unknown))}")
@@ -57,22 +58,17 @@ def parse_config(message: dict[str, Any], settings: Settings, engine: EngineInfo
         raise _invalid_config(f"encoding must be one of {', '.join(ENCODINGS)}, got {encoding!r}")
     if not isinstance(rate, int) or isinstance(rate, bool) or not MIN_RATE <= rate <= MAX_RATE:
         raise _invalid_config(f"sample_rate must be a whole number from {MIN_RATE} to {MAX_RATE}, got {rate!r}")
-    language = message.get("language", settings.default_language)
     context = message.get("context") or ""
     partials = message.get("partials")
-    if language is not None and not isinstance(language, str):
-        raise _invalid_config(f"language must be a language code or null, got {language!r}")
-    if "language" in message and language is not None:
-        supported = engine.supported_language(language)
-        if supported is None:
-            raise _invalid_config(f"language {language!r} is not one of {', '.join(engine.languages)}")
-        language = supported
     if not isinstance(context, str):
         raise _invalid_config(f"context must be text, got {context!r}")
-    if len(context) > settings.max_context_chars:
-        raise _invalid_config(
-            f"context is {len(context)} characters, over the limit of {settings.max_context_chars} (max_context_chars)"
-        )
+    try:
+        named = checked_language(core, message.get("language"), "language")
+        checked_context(core, context, "context")
+    except ProtocolError as exc:
+        raise _invalid_config(exc.message) from None
+    # null asks for detection; absent or empty, the daemon's default.
+    language = None if "language" in message and message["language"] is None else named or settings.default_language
     if partials is not None and not isinstance(partials, bool):
         raise _invalid_config(f"partials must be true or false, got {partials!r}")
     vad = message.get("vad") or {}
@@ -202,7 +198,7 @@ class _Connection:
             await self.configure(message)
         elif kind == "flush":
             if self.input is not None:
-                await self.input.session.flush()
+                await self.input.flush()
         elif kind == "end":
             await self.end()
         else:
@@ -211,7 +207,7 @@ class _Connection:
     async def configure(self, message: dict[str, Any]) -> None:
         if self.audio_seen:
             raise ProtocolError("config_locked", "config must come before the first audio frame")
-        options, decoder = parse_config(message, self.core.settings, self.core.engine_info)
+        options, decoder = parse_config(message, self.core)
         await self.release("reconfigured")
         await self.open_session(options, decoder)
 
@@ -223,7 +219,7 @@ class _Connection:
 
     async def on_binary(self, data: bytes) -> None:
         if self.input is None:
-            await self.open_session(*parse_config({}, self.core.settings, self.core.engine_info))
+            await self.open_session(*parse_config({}, self.core))
         assert self.input is not None
         await self.input.feed(data)
         self.audio_seen = True
@@ -244,13 +240,16 @@ class _Connection:
 
 
 class WebSocketHandler:
-    """aiohttp handler for `/v1/stream`; `Access` has checked Host, Origin and key before it runs."""
+    """aiohttp handler for `/v1/stream`; `Access` has checked Host, Origin, key and subprotocols before it runs."""
 
     def __init__(self, core: Core) -> None:
         self.core = core
         settings = core.settings
         self.connections = ConnectionLimit(
-            "websocket", settings.max_websocket_connections, settings.max_connections_per_address
+            "websocket",
+            settings.max_websocket_connections,
+            settings.max_connections_per_address,
+            total_setting="max_websocket_connections",
         )
         self.open: set[_Connection] = set()
         """Connections being served, for shutdown."""
@@ -269,11 +268,6 @@ class WebSocketHandler:
         if not ws.can_prepare(request).ok:  # a browser or curl opening the URL: say what it is
             explanation = "this endpoint speaks the WebSocket protocol of docs/protocol.md; connect a WebSocket client"
             return _refusal(426, "websocket_required", explanation, {"Upgrade": "websocket", "Connection": "Upgrade"})
-        offered = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")]
-        if any(p.startswith(KEY_SUBPROTOCOL_PREFIX) for p in offered) and SUBPROTOCOL not in offered:
-            # Without it there is no subprotocol to answer with, and a browser would fail the connection.
-            explanation = f"a client sending its key as a subprotocol must also offer the subprotocol {SUBPROTOCOL!r}"
-            return _refusal(400, "invalid_subprotocol", explanation)
         try:
             with self.connections.opened(request.remote or ""):
                 return await self._serve(request, ws)

@@ -35,7 +35,7 @@ from wyoming.vad import VoiceStarted, VoiceStopped
 
 from satellite_asr import __version__
 from satellite_asr.audio import AudioFormatError, PcmDecoder
-from satellite_asr.config import ConfigError, Settings
+from satellite_asr.config import ConfigError, Settings, setting_fields
 from satellite_asr.core import Core
 from satellite_asr.engines.base import EngineInfo
 from satellite_asr.events import (
@@ -47,7 +47,7 @@ from satellite_asr.events import (
     SpeechStopped,
 )
 from satellite_asr.limits import ConnectionLimit, TooManyConnections, write_within
-from satellite_asr.protocols import PcmInput, ProtocolError, open_session
+from satellite_asr.protocols import PcmInput, ProtocolError, checked_context, checked_language, open_session
 from satellite_asr.protocols.wyoming_framing import MAX_HEADER_BYTES, read_event
 from satellite_asr.session import Session, SessionOptions
 
@@ -67,11 +67,13 @@ SENSITIVITY_SCALE = {"default": 1.0, "aggressive": 0.6, "relaxed": 2.0}
 
 
 def silences_for(settings: Settings, sensitivity: Any) -> dict[str, int]:
-    """Both end-of-speech silences for Home Assistant's "finished speaking detection" setting."""
+    """Both end-of-speech silences for Home Assistant's "finished speaking detection" setting, scaled
+    but never below the least each setting allows."""
     scale = SENSITIVITY_SCALE.get(str(getattr(sensitivity, "value", sensitivity) or "default"), 1.0)
+    minimums = {f.name: f.metadata["minimum"] for f in setting_fields()}
     return {
-        "min_silence_ms": max(64, round(settings.min_silence_ms * scale)),
-        "silence_ms": max(100, round(settings.silence_ms * scale)),
+        name: max(int(minimums[name]), round(getattr(settings, name) * scale))
+        for name in ("min_silence_ms", "silence_ms")
     }
 
 
@@ -275,29 +277,21 @@ class _Connection:
 
     async def capped_context(self, context: str) -> str:
         """The context, or its first `max_context_chars` after an `error`: the round still gets its transcript."""
-        limit = self.server.core.settings.max_context_chars
-        if len(context) <= limit:
-            return context
-        await self.error(
-            "context_too_long",
-            f"transcribe: context is {len(context)} characters, over the limit of {limit} (max_context_chars); "
-            f"using its first {limit}",
-        )
-        return context[:limit]
+        try:
+            return checked_context(self.server.core, context, "transcribe.context")
+        except ProtocolError as exc:
+            limit = self.server.core.settings.max_context_chars
+            await self.error(exc.code, f"{exc.message}; using its first {limit}")
+            return context[:limit]
 
     async def checked_language(self, language: Any) -> str | None:
         """The language if the engine knows it (a region tag like en-US falls back to en); else an
         `error` and None (the daemon's default), so the round still gets its transcript."""
-        if language is None or language == "":
+        try:
+            return checked_language(self.server.core, language, "transcribe.language")
+        except ProtocolError as exc:
+            await self.error(exc.code, f"{exc.message}; using the default")
             return None
-        engine = self.server.core.engine_info
-        supported = engine.supported_language(language) if isinstance(language, str) else None
-        if supported is None:
-            await self.error(
-                "unsupported_language",
-                f"language {language!r} is not one of {', '.join(engine.languages)}; using the default",
-            )
-        return supported
 
     async def open_round(self, language: str | None, context: str, sensitivity: Any = None) -> None:
         """A session for one transcribe round; `sensitivity` is Home Assistant's `vad_sensitivity`."""
@@ -433,7 +427,12 @@ class WyomingServer:
         self._server: asyncio.Server | None = None
         self._connections: dict[asyncio.Task[Any], _Connection] = {}
         settings = core.settings
-        self.limit = ConnectionLimit("wyoming", settings.max_wyoming_connections, settings.max_connections_per_address)
+        self.limit = ConnectionLimit(
+            "wyoming",
+            settings.max_wyoming_connections,
+            settings.max_connections_per_address,
+            total_setting="max_wyoming_connections",
+        )
 
     @property
     def port(self) -> int | None:
