@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +30,7 @@ from satellite_asr.events import (
     SpeechStarted,
     SpeechStopped,
 )
+from satellite_asr.homeassistant.names import biasing_context
 from satellite_asr.metrics import Metrics
 from satellite_asr.scheduler import DecodeScheduler, PartialRequests
 from satellite_asr.vad.endpointer import (
@@ -61,6 +62,15 @@ class SessionOptions:
     partials: bool
     language: str | None
     context: str
+    """The client's biasing text after the daemon's `context` (what `session_created` echoes)."""
+    terms: tuple[str, ...] = ()
+    """Names and terms the client gave as a list (Wyoming `transcript_names`, `transcript_terms`)."""
+    household_names: bool = True
+    """Whether the home's names join the client's (a WebSocket client may opt out)."""
+    home_names: tuple[str, ...] = ()
+    """The home's names, ranked; the session manager fills them in when it creates the session."""
+    home_names_in_context: int = 0
+    """How many of `home_names` the engine gets as context (`ha_names_limit`: what its prompt fits)."""
 
     @classmethod
     def from_settings(
@@ -71,6 +81,8 @@ class SessionOptions:
         partials: bool | None = None,
         language: str | None,
         context: str = "",
+        terms: Sequence[str] = (),
+        household_names: bool = True,
     ) -> SessionOptions:
         """The daemon's defaults with a client's overrides; the client's context follows the daemon's.
 
@@ -83,7 +95,20 @@ class SessionOptions:
             settings.partials if partials is None else partials,
             language,
             "\n".join(part for part in (settings.context, context) if part),
+            tuple(terms),
+            household_names,
+            home_names_in_context=settings.ha_names_limit,
         )
+
+    @property
+    def engine_context(self) -> str:
+        """What the engine decodes with: the client's words first, then the home's best-ranked names."""
+        return biasing_context(self.home_names[: self.home_names_in_context], self.terms, self.context)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Every name the transcript is corrected towards: the client's, then all of the home's."""
+        return (*self.terms, *self.home_names)
 
 
 @dataclass
@@ -176,6 +201,7 @@ class Session:
         self._turn_detector = turn_detector
         self._emit_to_client = emit
         self._endpointer = Endpointer(options.endpointing)
+        self._engine_context = options.engine_context
         self._vad_stream = vad.open_stream()
         self._audio = AudioBuffer()
         self._utterance: _Utterance | None = None
@@ -276,7 +302,7 @@ class Session:
 
     async def _start_utterance(self, start: int) -> None:
         self.utterances += 1
-        stream = self._engine.open_stream(StreamOptions(language=self.options.language, context=self.options.context))
+        stream = self._engine.open_stream(StreamOptions(language=self.options.language, context=self._engine_context))
         utterance = _Utterance(id=self.utterances, start=max(start, self._audio.base), stream=stream)
         if self.options.partials:
             utterance.partials = PartialRequests(lambda: self._decode_partial(utterance), self._metrics)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from satellite_asr.engines.base import Engine
 from satellite_asr.metrics import Metrics
@@ -37,6 +38,7 @@ class SessionManager:
         turn_detector: TurnDetector,
         max_sessions: int,
         idle_timeout_s: float,
+        home_names: Callable[[], Sequence[str]] = tuple,
     ) -> None:
         self._vad = vad
         self._engine = engine
@@ -45,6 +47,7 @@ class SessionManager:
         self._turn_detector = turn_detector
         self.max_sessions = max_sessions
         self.idle_timeout_s = idle_timeout_s
+        self._home_names = home_names
         self._sessions: dict[str, tuple[Session, CloseConnection]] = {}
         self._reaper: asyncio.Task[None] | None = None
         self._expiring: dict[str, asyncio.Task[None]] = {}
@@ -53,9 +56,15 @@ class SessionManager:
         return len(self._sessions)
 
     def create(self, protocol: str, options: SessionOptions, emit: Emit, close_connection: CloseConnection) -> Session:
-        """A new session, or `ServerBusy`. The caller must `release` it when the stream ends."""
+        """A new session, or `ServerBusy`. The caller must `release` it when the stream ends.
+
+        The home's names are read here, for every protocol, unless the client opted out: a
+        session's options are fixed, so a change in Home Assistant reaches the next session.
+        """
         if len(self._sessions) >= self.max_sessions:
             raise ServerBusy(f"the server has {self.max_sessions} sessions open, its limit; try again later")
+        if options.household_names:
+            options = dataclasses.replace(options, home_names=tuple(self._home_names()))
         session = Session(
             uuid.uuid4().hex[:12],
             protocol,
