@@ -179,9 +179,10 @@ class Settings:
     )
     ha_token_file: str = _opt("", "File holding the Home Assistant access token (e.g. a Docker or systemd secret).")
     ha_names_limit: int = _opt(
-        55,
-        "Household names given to the engine as context, the most useful first (Whisper's prompt fits about 55).",
-        minimum=0,
+        -1,
+        "Household names given to the engine as context, the most useful first; -1: the engine's choice (whisper "
+        "none: the transcript is corrected towards the names instead; Qwen3-ASR 100).",
+        minimum=-1,
         maximum=1000,
     )
 

@@ -51,6 +51,9 @@ class Core:
             max_sessions=settings.max_sessions,
             idle_timeout_s=settings.idle_timeout_s,
             home_names=self.household_names,
+            home_names_in_context=(
+                settings.ha_names_limit if settings.ha_names_limit >= 0 else self.engine.info.context_names
+            ),
         )
         self.engine_error: BaseException | None = None
         self._failed = asyncio.Event()

@@ -30,6 +30,7 @@ from satellite_asr.events import (
     SpeechStarted,
     SpeechStopped,
 )
+from satellite_asr.homeassistant.correction import NameCorrector
 from satellite_asr.homeassistant.names import biasing_context
 from satellite_asr.metrics import Metrics
 from satellite_asr.scheduler import DecodeScheduler, PartialRequests
@@ -70,7 +71,7 @@ class SessionOptions:
     home_names: tuple[str, ...] = ()
     """The home's names, ranked; the session manager fills them in when it creates the session."""
     home_names_in_context: int = 0
-    """How many of `home_names` the engine gets as context (`ha_names_limit`: what its prompt fits)."""
+    """How many of `home_names` the engine gets as context (`ha_names_limit` or the engine's choice)."""
 
     @classmethod
     def from_settings(
@@ -97,7 +98,6 @@ class SessionOptions:
             "\n".join(part for part in (settings.context, context) if part),
             tuple(terms),
             household_names,
-            home_names_in_context=settings.ha_names_limit,
         )
 
     @property
@@ -202,6 +202,7 @@ class Session:
         self._emit_to_client = emit
         self._endpointer = Endpointer(options.endpointing)
         self._engine_context = options.engine_context
+        self._names = NameCorrector(options.names) if options.names else None
         self._vad_stream = vad.open_stream()
         self._audio = AudioBuffer()
         self._utterance: _Utterance | None = None
@@ -319,15 +320,20 @@ class Session:
             return
         if self._utterance is not utterance or not result.text:
             return
-        candidate = stable_prefix(utterance.previous_partial, result.text)
+        heard = self._corrected(result.text)
+        candidate = stable_prefix(utterance.previous_partial, heard)
         if candidate.startswith(utterance.stable) and len(candidate) > len(utterance.stable):
             utterance.stable = candidate
-        utterance.previous_partial = result.text
-        text = keep_prefix(result.text, utterance.stable)
+        utterance.previous_partial = heard
+        text = keep_prefix(heard, utterance.stable)
         if utterance.partial_due_at is not None:
             self._metrics.partial_latency.observe(time.monotonic() - utterance.partial_due_at)
             utterance.partial_due_at = None
         await self._emit(PartialTranscript(utterance.id, text, utterance.stable))
+
+    def _corrected(self, text: str) -> str:
+        """The engine's text with what sounds like one of the session's names written as that name."""
+        return self._names.correct(text) if self._names is not None else text
 
     async def _speculate(self, utterance: _Utterance, end: int) -> None:
         """Decode the final now, the engine's whole attention on it (a partial in flight is dropped).
@@ -401,7 +407,7 @@ class Session:
             result = await self._speculated_result(utterance, endpoint.end)
             if result is None:
                 result = await self._scheduler.final(utterance.stream, audio)
-            text, language = result.text, result.language or language
+            text, language = self._corrected(result.text), result.language or language
             if not _words_start_with(text, utterance.stable):
                 self._metrics.final_rewrites.inc()
         except EngineError as exc:

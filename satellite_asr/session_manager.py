@@ -39,6 +39,7 @@ class SessionManager:
         max_sessions: int,
         idle_timeout_s: float,
         home_names: Callable[[], Sequence[str]] = tuple,
+        home_names_in_context: int = 0,
     ) -> None:
         self._vad = vad
         self._engine = engine
@@ -48,6 +49,7 @@ class SessionManager:
         self.max_sessions = max_sessions
         self.idle_timeout_s = idle_timeout_s
         self._home_names = home_names
+        self._home_names_in_context = home_names_in_context
         self._sessions: dict[str, tuple[Session, CloseConnection]] = {}
         self._reaper: asyncio.Task[None] | None = None
         self._expiring: dict[str, asyncio.Task[None]] = {}
@@ -64,7 +66,9 @@ class SessionManager:
         if len(self._sessions) >= self.max_sessions:
             raise ServerBusy(f"the server has {self.max_sessions} sessions open, its limit; try again later")
         if options.household_names:
-            options = dataclasses.replace(options, home_names=tuple(self._home_names()))
+            options = dataclasses.replace(
+                options, home_names=tuple(self._home_names()), home_names_in_context=self._home_names_in_context
+            )
         session = Session(
             uuid.uuid4().hex[:12],
             protocol,

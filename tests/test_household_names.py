@@ -76,9 +76,10 @@ async def websocket_session(daemon: Daemon, wav_name: str, **config: Any) -> tup
 
 
 async def test_every_protocol_decodes_with_the_homes_names(home_assistant: HomeAssistantDouble) -> None:
+    """The names reach the engine (here 20 of them, as `ha_names_limit` says) and correct its text."""
     engine = ContextRecordingEngineDouble()
     async with running_daemon(
-        engine, wyoming_uri="tcp://127.0.0.1:0", ha_url=home_assistant.url, ha_token=TOKEN
+        engine, wyoming_uri="tcp://127.0.0.1:0", ha_url=home_assistant.url, ha_token=TOKEN, ha_names_limit=20
     ) as daemon:
         assert daemon.core.home_assistant is not None
         await daemon.core.home_assistant.wait_loaded()
@@ -86,26 +87,39 @@ async def test_every_protocol_decodes_with_the_homes_names(home_assistant: HomeA
         assert status["home_assistant"]["state"] == "loaded" and status["home_assistant"]["names"] == 88
         assert status["home_assistant"]["loaded_at"] and TOKEN not in text
 
-        heard = await wyoming_round(daemon, "named_04.wav", transcript_names=["Okonkwo"])
+        heard = await wyoming_round(daemon, "named_24.wav", transcript_names=["Okonkwo"])
         wyoming_context = engine.contexts[-1]
-        config, websocket_heard = await websocket_session(daemon, "named_04.wav")
+        config, websocket_heard = await websocket_session(daemon, "named_24.wav")
         websocket_context = engine.contexts[-1]
-        config_off, heard_off = await websocket_session(daemon, "named_04.wav", household_names=False)
+        config_off, heard_off = await websocket_session(daemon, "named_24.wav", household_names=False)
         context_off = engine.contexts[-1]
 
-    assert wyoming_context.startswith("Okonkwo, "), "the client's own names first"
-    assert "Marigold room" in wyoming_context and "Zebedee" in wyoming_context
-    assert "Phone battery" not in wyoming_context, "not exposed to Assist"
-    assert "Pemberley fan" in heard, heard
-    assert "Marigold room" in websocket_context and config["household_names"] is True
-    assert "Pemberley fan" in websocket_heard, websocket_heard
+    assert wyoming_context.startswith("Okonkwo, Lounge, Office, "), "the client's own names first, then the best"
+    assert wyoming_context.count(", ") == 20 and "Phone battery" not in wyoming_context
+    assert websocket_context == wyoming_context.removeprefix("Okonkwo, ") and config["household_names"] is True
+    assert "Marigold room" in heard, heard
+    assert "Marigold room" in websocket_heard, websocket_heard
     assert TOKEN not in json.dumps(config)
     assert context_off == "" and config_off["household_names"] is False, "the client opted out"
+    assert "Marigold room" not in heard_off, f"tiny.en alone does not hear it: {heard_off!r}"
+
+
+async def test_whisper_gets_no_names_in_its_prompt_but_its_text_is_corrected(
+    home_assistant: HomeAssistantDouble,
+) -> None:
+    """Whisper's own choice (`ha_names_limit` -1): the client's terms only in the prompt."""
+    engine = ContextRecordingEngineDouble()
+    async with running_daemon(engine, ha_url=home_assistant.url, ha_token=TOKEN) as daemon:
+        assert daemon.core.home_assistant is not None
+        await daemon.core.home_assistant.wait_loaded()
+        _, heard = await websocket_session(daemon, "named_26.wav", context="Weather.")
+    assert engine.contexts == ["Weather."]
+    assert "Thistle suite" in heard, heard
 
 
 async def test_a_change_in_home_assistant_reaches_the_next_session(home_assistant: HomeAssistantDouble) -> None:
     engine = ContextRecordingEngineDouble()
-    async with running_daemon(engine, ha_url=home_assistant.url, ha_token=TOKEN) as daemon:
+    async with running_daemon(engine, ha_url=home_assistant.url, ha_token=TOKEN, ha_names_limit=100) as daemon:
         client = daemon.core.home_assistant
         assert client is not None
         loaded = await client.wait_loaded()

@@ -137,7 +137,9 @@ class WhisperEngine(Engine):
 
     @property
     def info(self) -> EngineInfo:
-        return EngineInfo("whisper", self._model_name, self._languages, self._concurrency)
+        # No household names in the prompt: with tiny.en they slowed decoding and got fewer names
+        # right than the correction after decoding does alone (docs/benchmarks.md, Household names).
+        return EngineInfo("whisper", self._model_name, self._languages, self._concurrency, context_names=0)
 
     async def start(self) -> None:
         path = bundled_tiny_en_path() if self._model_name == BUNDLED_MODEL else self._model_name
