@@ -1,10 +1,12 @@
 """Household-names benchmark: does biasing with the home's names get them right, at what cost?
 
 Decodes every command of the evaluation set (tests/fixtures/names/, made by make_names.py) with
-the real bundled tiny.en, as the daemon decodes a final, once without context and once with the
-home's names ranked and capped as the daemon would give them (`rank_names` + `biasing_context`).
+the real bundled tiny.en, as the daemon decodes a final: without names; with the `--cap` best
+ranked names as its prompt (`rank_names` + `biasing_context`; the daemon's default for whisper is
+none); and as the daemon does with names, that prompt and then the transcript corrected towards
+all the home's names (`NameCorrector`, timed with the decode).
 
-    PYTHONPATH=. .venv/bin/python scripts/bench_names.py [--half dev|heldout|all] [--cap 100]
+    PYTHONPATH=. .venv/bin/python scripts/bench_names.py [--half dev|heldout|all] [--cap 0]
     PYTHONPATH=. .venv/bin/python scripts/bench_names.py --faster-whisper   # hotwords vs prompt
 
 Reports names right (a name counts when its letters appear in the transcript, ignoring case,
@@ -19,6 +21,7 @@ import asyncio
 import json
 import re
 import statistics
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -31,6 +34,7 @@ from satellite_asr.clients.bench import normalise_words
 from satellite_asr.clients.wav import read_wav
 from satellite_asr.engines.base import StreamOptions
 from satellite_asr.engines.whisper import WhisperEngine
+from satellite_asr.homeassistant.correction import NameCorrector
 from satellite_asr.homeassistant.names import HomeNames, biasing_context, rank_names
 
 NAMES = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "names"
@@ -77,7 +81,7 @@ def report(label: str, result: dict[str, Any]) -> None:
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--half", choices=["dev", "heldout", "all"], default="heldout")
-    parser.add_argument("--cap", type=int, default=100, help="names given to the engine at most")
+    parser.add_argument("--cap", type=int, default=0, help="names in the prompt (the daemon gives whisper none)")
     parser.add_argument("--faster-whisper", action="store_true", help="faster-whisper's own hotwords vs prompt")
     parser.add_argument("--misses", action="store_true", help="print the names that came out wrong")
     args = parser.parse_args()
@@ -90,6 +94,7 @@ async def main() -> None:
     home = HomeNames.from_json(json.loads((NAMES / "home.json").read_text()))
     names = rank_names(home, args.cap)
     context = biasing_context(names)
+    corrector = NameCorrector(rank_names(home, sys.maxsize))
     engine = WhisperEngine()
     await engine.start()
     print(f"{len(commands)} commands ({args.half}), {len(names)} names in the context")
@@ -102,7 +107,13 @@ async def main() -> None:
             async def final(audio: Audio, text: str) -> str:
                 return (await engine.open_stream(StreamOptions(language="en", context=text)).final(audio)).text
 
-            runs = {"no names": (final, ""), "names": (final, context)}
+            async def corrected(audio: Audio, text: str) -> str:
+                return corrector.correct(await final(audio, text))
+
+            runs = {"no names": (final, "")}
+            if args.cap:
+                runs["prompt only"] = (final, context)
+            runs["names"] = (corrected, context)
         results = {label: await evaluate(decode, commands, text) for label, (decode, text) in runs.items()}
     finally:
         await engine.close()
