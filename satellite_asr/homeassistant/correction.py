@@ -204,6 +204,23 @@ class _Match:
     name: _Name
 
 
+@dataclass(frozen=True)
+class Replacement:
+    """Characters `start:end` of a transcript to be written as `name`."""
+
+    start: int
+    end: int
+    name: str
+    score: float
+
+
+def apply(text: str, replacements: Sequence[Replacement]) -> str:
+    """`text` with non-overlapping `replacements` made."""
+    for replacement in sorted(replacements, key=lambda r: -r.start):
+        text = text[: replacement.start] + replacement.name + text[replacement.end :]
+    return text
+
+
 class NameCorrector:
     """Replaces runs of words that sound and look like one of `names` by that name.
 
@@ -234,20 +251,22 @@ class NameCorrector:
         self._names = [_Name(name, _Phrase.of(WORD.findall(name))) for name in unique]
 
     def correct(self, text: str) -> str:
+        return apply(text, self.replacements(text))
+
+    def replacements(self, text: str) -> list[Replacement]:
+        """The confident matches in `text` that change it, best first, none overlapping."""
         words = list(WORD.finditer(text))
         matches = sorted(self._matches([word.group() for word in words]), key=lambda m: (-m.score, m.first - m.last))
         taken: set[int] = set()
-        chosen: list[_Match] = []
+        chosen = []
         for match in matches:
             span = set(range(match.first, match.last + 1))
             if not span & taken:
                 taken |= span
-                chosen.append(match)
-        for match in sorted(chosen, key=lambda m: -m.first):
-            start, end = words[match.first].start(), words[match.last].end()
-            if letters(text[start:end]) != match.name.phrase.letters:
-                text = text[:start] + match.name.text + text[end:]
-        return text
+                start, end = words[match.first].start(), words[match.last].end()
+                if letters(text[start:end]) != match.name.phrase.letters:
+                    chosen.append(Replacement(start, end, match.name.text, match.score))
+        return chosen
 
     def _matches(self, words: list[str]) -> list[_Match]:
         runs: dict[tuple[int, int], _Phrase] = {}
