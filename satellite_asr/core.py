@@ -133,8 +133,7 @@ class Core:
             "languages": info.languages,
             "active_sessions": len(self.sessions),
             "version": __version__,
-            "home_assistant": self.home_assistant_status().as_dict(),
+            "home_assistant": (
+                self.home_assistant.status if self.home_assistant is not None else Status(State.DISABLED)
+            ).as_dict(),
         }
-
-    def home_assistant_status(self) -> Status:
-        return self.home_assistant.status if self.home_assistant is not None else Status(State.DISABLED)
