@@ -33,8 +33,17 @@ SECRET_OPTIONS = {"remote_api_key"}
 """Passed in the daemon's environment (SATELLITE_ASR_<NAME>), never on its logged command line."""
 
 
-def secret_environment(options: dict[str, Any]) -> dict[str, str]:
-    return {f"SATELLITE_ASR_{name.upper()}": str(options[name]) for name in SECRET_OPTIONS if options.get(name)}
+def secret_environment(options: dict[str, Any], supervisor_token: str | None) -> dict[str, str]:
+    """The secret options, and Home Assistant's API through the Supervisor for the household names.
+
+    The add-on's `homeassistant_api: true` gives it the `SUPERVISOR_TOKEN`, which the Supervisor's
+    `/core` proxy accepts as a Home Assistant token: nothing for the user to paste.
+    """
+    secrets = {f"SATELLITE_ASR_{name.upper()}": str(options[name]) for name in SECRET_OPTIONS if options.get(name)}
+    if supervisor_token:
+        secrets["SATELLITE_ASR_HA_URL"] = f"{SUPERVISOR_URL}/core"
+        secrets["SATELLITE_ASR_HA_TOKEN"] = supervisor_token
+    return secrets
 
 
 def serve_command(options: dict[str, Any], *, host: str, wyoming_port: int, http_port: int) -> list[str]:
@@ -158,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
         print(shlex.join(command))
         return 0
     log.info("starting: %s", shlex.join(command))
-    return asyncio.run(run(command, secret_environment(options), args.wyoming_port))
+    secrets = secret_environment(options, os.environ.get("SUPERVISOR_TOKEN"))
+    return asyncio.run(run(command, secrets, args.wyoming_port))
 
 
 if __name__ == "__main__":

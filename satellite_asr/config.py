@@ -16,6 +16,8 @@ from typing import Any
 
 import yaml
 
+from satellite_asr.homeassistant.client import websocket_url
+
 ENV_PREFIX = "SATELLITE_ASR_"
 
 
@@ -30,9 +32,11 @@ def _opt(
     choices: Sequence[str] | None = None,
     minimum: float | None = None,
     maximum: float | None = None,
+    secret: bool = False,
 ) -> Any:
+    """A setting's declaration; a `secret` one is left out of the settings' repr (and so of any log)."""
     meta = {"help": help, "choices": choices, "minimum": minimum, "maximum": maximum}
-    return field(default=default, metadata=meta)
+    return field(default=default, metadata=meta, repr=not secret)
 
 
 ENGINES = ("auto", "whisper", "qwen3-vllm", "qwen3-remote")
@@ -264,12 +268,43 @@ class Settings:
         maximum=10000,
     )
 
+    # Household names from Home Assistant (the add-on sets ha_url and ha_token itself)
+    household_names: bool = _opt(
+        True, "Bias recognition with the household's names read from Home Assistant (when ha_url is set)."
+    )
+    ha_url: str = _opt(
+        "", "Home Assistant to read the household's names from, e.g. http://homeassistant.local:8123; empty: none."
+    )
+    ha_token: str = _opt(
+        "",
+        "Home Assistant long-lived access token of an administrator; better in SATELLITE_ASR_HA_TOKEN or "
+        "ha_token_file than on the command line.",
+        secret=True,
+    )
+    ha_token_file: str = _opt("", "File holding the Home Assistant access token (e.g. a Docker or systemd secret).")
+    ha_names_limit: int = _opt(
+        -1,
+        "Household names given to the engine as context, the most useful first; -1: the engine's choice (whisper "
+        "55, about what fits its prompt; Qwen3-ASR 100). Transcripts are also corrected towards the names.",
+        minimum=-1,
+        maximum=1000,
+    )
+
     log_level: str = _opt("INFO", "Log level.", choices=LOG_LEVELS)
 
     @property
     def default_language(self) -> str | None:
         """The language a session gets when its client names none; None: the engine detects it."""
         return self.language or None
+
+    def home_assistant_token(self) -> str:
+        """`ha_token`, or the content of `ha_token_file` (read when asked, so a rotated secret is seen)."""
+        if not self.ha_token_file:
+            return self.ha_token.strip()
+        try:
+            return Path(self.ha_token_file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"ha_token_file {self.ha_token_file}: cannot be read ({exc.strerror})") from None
 
 
 def setting_fields() -> list[dataclasses.Field[Any]]:
@@ -378,7 +413,26 @@ def load_settings(
             f"wyoming_reserved_sessions ({settings.wyoming_reserved_sessions}) must be less than max_sessions "
             f"({settings.max_sessions}), or no WebSocket session could open"
         )
+    check_home_assistant(settings)
     return settings
+
+
+def check_home_assistant(settings: Settings) -> None:
+    """A URL needs exactly one token (and a token a URL); the URL must be one a client can open."""
+    if settings.ha_token and settings.ha_token_file:
+        raise ConfigError("ha_token and ha_token_file: give one or the other")
+    has_token = bool(settings.ha_token or settings.ha_token_file)
+    if settings.ha_url and not has_token:
+        raise ConfigError("ha_url needs an access token: set ha_token_file or SATELLITE_ASR_HA_TOKEN")
+    if has_token and not settings.ha_url:
+        raise ConfigError("an access token was given without ha_url (the Home Assistant to read names from)")
+    if settings.ha_url:
+        try:
+            websocket_url(settings.ha_url)
+        except ValueError as exc:
+            raise ConfigError(f"ha_url: {exc}") from None
+        if not settings.home_assistant_token():
+            raise ConfigError("the Home Assistant access token is empty")
 
 
 def check_silences(min_silence_ms: int, silence_ms: int) -> None:

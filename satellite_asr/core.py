@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,7 @@ from satellite_asr.audio import SAMPLE_RATE
 from satellite_asr.config import Settings
 from satellite_asr.engines.base import Engine, EngineInfo, StreamOptions
 from satellite_asr.engines.factory import create_engine
+from satellite_asr.homeassistant.client import HomeAssistantNames, State, Status
 from satellite_asr.metrics import Metrics
 from satellite_asr.scheduler import FINAL, DecodeScheduler
 from satellite_asr.session_manager import SessionManager
@@ -48,6 +50,7 @@ class Core:
         self.engine.report_batch_sizes(self.metrics.engine_batch_size.observe)
         self.vad = SileroVad(on_busy=self.metrics.vad_seconds.inc)
         self.engine_ready = asyncio.Event()
+        self.home_assistant = self._home_assistant(settings)
         self.scheduler = DecodeScheduler(
             self.engine.info.max_concurrency, self.metrics, self.engine_ready, on_failure=self._decode_failed
         )
@@ -60,6 +63,10 @@ class Core:
             max_sessions=settings.max_sessions,
             idle_timeout_s=settings.idle_timeout_s,
             wyoming_reserved=settings.wyoming_reserved_sessions,
+            home_names=self.household_names,
+            home_names_in_context=(
+                settings.ha_names_limit if settings.ha_names_limit >= 0 else self.engine.info.context_names
+            ),
         )
         self.engine_error: BaseException | None = None
         self._failed = asyncio.Event()
@@ -67,6 +74,17 @@ class Core:
         self.engine_status = "ready"
         """Once loaded: `ready`, `degraded` (a decode failed, the probe runs) or `broken` (probes fail)."""
         self._recovery: asyncio.Task[None] | None = None
+
+    @staticmethod
+    def _home_assistant(settings: Settings) -> HomeAssistantNames | None:
+        """The names client when Home Assistant is configured and the names are wanted."""
+        if not (settings.household_names and settings.ha_url):
+            return None
+        return HomeAssistantNames(settings.ha_url, settings.home_assistant_token())
+
+    def household_names(self) -> list[str]:
+        """The home's names, ranked (the last good list; empty before the first load or when off)."""
+        return self.home_assistant.names(sys.maxsize) if self.home_assistant is not None else []
 
     @property
     def engine_info(self) -> EngineInfo:
@@ -124,6 +142,8 @@ class Core:
         """VAD and session housekeeping now; the engine loads in the background (`wait_ready`)."""
         await self.vad.start()
         await self.sessions.start()
+        if self.home_assistant is not None:
+            await self.home_assistant.start()
         self._engine_task = asyncio.create_task(self._load_engine(), name="engine-load")
 
     async def _load_engine(self) -> None:
@@ -155,6 +175,8 @@ class Core:
     async def close(self) -> None:
         """Sessions finalized and closed, then the model and VAD freed."""
         await self.sessions.close_all("shutdown")
+        if self.home_assistant is not None:
+            await self.home_assistant.stop()
         for task in (self._engine_task, self._recovery):
             if task is not None:
                 task.cancel()
@@ -179,4 +201,7 @@ class Core:
             "languages": info.languages,
             "active_sessions": len(self.sessions),
             "version": __version__,
+            "home_assistant": (
+                self.home_assistant.status if self.home_assistant is not None else Status(State.DISABLED)
+            ).as_dict(),
         }

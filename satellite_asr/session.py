@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +30,8 @@ from satellite_asr.events import (
     SpeechStarted,
     SpeechStopped,
 )
+from satellite_asr.homeassistant.correction import NameCorrector
+from satellite_asr.homeassistant.names import biasing_context
 from satellite_asr.metrics import Metrics
 from satellite_asr.scheduler import BATCH, FINAL, DecodeScheduler, PartialRequests
 from satellite_asr.vad.endpointer import (
@@ -63,12 +65,21 @@ class SessionOptions:
     partials: bool
     language: str | None
     context: str
+    """The client's biasing text after the daemon's `context` (what `session_created` echoes)."""
     max_pending_finals: int
     max_feed_ahead_s: float | None
     """None: no pacing (a recording read as fast as the engine goes)."""
     batch: bool = False
     """A file, not a person waiting: finals decoded at `BATCH` priority, after live partials, and none
     decoded ahead at a pause (a speculation that speech going on would waste)."""
+    terms: tuple[str, ...] = ()
+    """Names and terms the client gave as a list (Wyoming `transcript_names`, `transcript_terms`)."""
+    household_names: bool = True
+    """Whether the home's names join the client's (a WebSocket client may opt out)."""
+    home_names: tuple[str, ...] = ()
+    """The home's names, ranked; the session manager fills them in when it creates the session."""
+    home_names_in_context: int = 0
+    """How many of `home_names` the engine gets as context (`ha_names_limit` or the engine's choice)."""
 
     @classmethod
     def from_settings(
@@ -80,6 +91,8 @@ class SessionOptions:
         language: str | None,
         context: str = "",
         batch: bool = False,
+        terms: Sequence[str] = (),
+        household_names: bool = True,
     ) -> SessionOptions:
         """The daemon's defaults with a client's overrides; the client's context follows the daemon's.
 
@@ -94,8 +107,20 @@ class SessionOptions:
             "\n".join(part for part in (settings.context, context) if part),
             settings.max_pending_finals,
             settings.max_feed_ahead_s,
-            batch,
+            batch=batch,
+            terms=tuple(terms),
+            household_names=household_names,
         )
+
+    @property
+    def engine_context(self) -> str:
+        """What the engine decodes with: the client's words first, then the home's best-ranked names."""
+        return biasing_context(self.home_names[: self.home_names_in_context], self.terms, self.context)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Every name the transcript is corrected towards: the client's, then all of the home's."""
+        return (*self.terms, *self.home_names)
 
 
 @dataclass
@@ -188,6 +213,8 @@ class Session:
         self._turn_detector = turn_detector
         self._emit_to_client = emit
         self._endpointer = Endpointer(options.endpointing)
+        self._engine_context = options.engine_context
+        self._names = NameCorrector(options.names) if options.names else None
         self._vad_stream = vad.open_stream()
         self._audio = AudioBuffer()
         self._utterance: _Utterance | None = None
@@ -340,7 +367,7 @@ class Session:
 
     async def _start_utterance(self, start: int) -> None:
         self.utterances += 1
-        stream = self._engine.open_stream(StreamOptions(language=self.options.language, context=self.options.context))
+        stream = self._engine.open_stream(StreamOptions(language=self.options.language, context=self._engine_context))
         utterance = _Utterance(id=self.utterances, start=max(start, self._audio.base), stream=stream)
         if self.options.partials:
             utterance.partials = PartialRequests(lambda: self._decode_partial(utterance), self._metrics)
@@ -357,15 +384,20 @@ class Session:
             return
         if self._utterance is not utterance or not result.text:
             return
-        candidate = stable_prefix(utterance.previous_partial, result.text)
+        heard = self._corrected(result.text)
+        candidate = stable_prefix(utterance.previous_partial, heard)
         if candidate.startswith(utterance.stable) and len(candidate) > len(utterance.stable):
             utterance.stable = candidate
-        utterance.previous_partial = result.text
-        text = keep_prefix(result.text, utterance.stable)
+        utterance.previous_partial = heard
+        text = keep_prefix(heard, utterance.stable)
         if utterance.partial_due_at is not None:
             self._metrics.partial_latency.observe(time.monotonic() - utterance.partial_due_at)
             utterance.partial_due_at = None
         await self._emit(PartialTranscript(utterance.id, text, utterance.stable))
+
+    def _corrected(self, text: str) -> str:
+        """The engine's text with what sounds like one of the session's names written as that name."""
+        return self._names.correct(text) if self._names is not None else text
 
     async def _speculate(self, utterance: _Utterance, end: int) -> None:
         """Decode the final now, the engine's whole attention on it (a partial in flight is dropped).
@@ -440,7 +472,7 @@ class Session:
             result = await self._speculated_result(utterance, endpoint.end)
             if result is None:
                 result = await self._scheduler.final(self.id, utterance.stream, audio, self._final_priority)
-            text, language = result.text, result.language or language
+            text, language = self._corrected(result.text), result.language or language
             if not _words_start_with(text, utterance.stable):
                 self._metrics.final_rewrites.inc()
         except Exception as exc:  # whatever the engine raised, the utterance keeps its final (the promised text)

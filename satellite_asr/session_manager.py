@@ -8,11 +8,12 @@ its start); inside an utterance, arriving audio counts too (its end comes by end
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from satellite_asr.engines.base import Engine
 from satellite_asr.metrics import Metrics
@@ -43,6 +44,8 @@ class SessionManager:
         max_sessions: int,
         idle_timeout_s: float,
         wyoming_reserved: int,
+        home_names: Callable[[], Sequence[str]] = tuple,
+        home_names_in_context: int = 0,
     ) -> None:
         self._vad = vad
         self._engine = engine
@@ -53,6 +56,8 @@ class SessionManager:
         self.idle_timeout_s = idle_timeout_s
         self.wyoming_reserved = wyoming_reserved
         """Slots only Wyoming sessions may take, so Home Assistant is served while WebSocket clients fill the rest."""
+        self._home_names = home_names
+        self._home_names_in_context = home_names_in_context
         self._sessions: dict[str, tuple[Session, CloseConnection]] = {}
         self._reaper: asyncio.Task[None] | None = None
         self._expiring: dict[str, asyncio.Task[None]] = {}
@@ -64,8 +69,16 @@ class SessionManager:
         return [session for session, _ in self._sessions.values()]
 
     def create(self, protocol: str, options: SessionOptions, emit: Emit, close_connection: CloseConnection) -> Session:
-        """A new session, or `ServerBusy`. The caller must `release` it when the stream ends."""
+        """A new session, or `ServerBusy`. The caller must `release` it when the stream ends.
+
+        The home's names are read here, for every protocol, unless the client opted out: a
+        session's options are fixed, so a change in Home Assistant reaches the next session.
+        """
         self.check_room(protocol)
+        if options.household_names:
+            options = dataclasses.replace(
+                options, home_names=tuple(self._home_names()), home_names_in_context=self._home_names_in_context
+            )
         session = Session(
             uuid.uuid4().hex[:12],
             protocol,

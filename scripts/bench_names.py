@@ -1,10 +1,12 @@
 """Household-names benchmark: does biasing with the home's names get them right, at what cost?
 
 Decodes every command of the evaluation set (tests/fixtures/names/, made by make_names.py) with
-the real bundled tiny.en, as the daemon decodes a final, once without context and once with the
-home's names ranked and capped as the daemon would give them (`rank_names` + `biasing_context`).
+the real bundled tiny.en, as the daemon decodes a final: without names; with the `--cap` best
+ranked names as its prompt (`rank_names` + `biasing_context`; the daemon's default for whisper is
+none); and as the daemon does with names, that prompt and then the transcript corrected towards
+all the home's names (`NameCorrector`, timed with the decode).
 
-    PYTHONPATH=. .venv/bin/python scripts/bench_names.py [--half dev|heldout|all] [--cap 100]
+    PYTHONPATH=. .venv/bin/python scripts/bench_names.py [--half dev|heldout|all] [--cap 0]
     PYTHONPATH=. .venv/bin/python scripts/bench_names.py --faster-whisper   # hotwords vs prompt
 
 Reports names right (a name counts when its letters appear in the transcript, ignoring case,
@@ -17,20 +19,25 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import re
 import statistics
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import ctranslate2
 import jiwer
+import numpy as np
 
-from satellite_asr.audio import Audio
+from satellite_asr.audio import SAMPLE_RATE, Audio
 from satellite_asr.clients.bench import normalise_words
 from satellite_asr.clients.wav import read_wav
 from satellite_asr.engines.base import StreamOptions
-from satellite_asr.engines.whisper import WhisperEngine
+from satellite_asr.engines.whisper import SHORT_CONTEXT_MIN_S, SHORT_CONTEXT_PAD_S, WhisperEngine
+from satellite_asr.homeassistant.correction import NameCorrector, Replacement, apply
 from satellite_asr.homeassistant.names import HomeNames, biasing_context, rank_names
 
 NAMES = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "names"
@@ -77,9 +84,17 @@ def report(label: str, result: dict[str, Any]) -> None:
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--half", choices=["dev", "heldout", "all"], default="heldout")
-    parser.add_argument("--cap", type=int, default=100, help="names given to the engine at most")
+    parser.add_argument("--cap", type=int, default=0, help="names in the prompt (the daemon gives whisper none)")
     parser.add_argument("--faster-whisper", action="store_true", help="faster-whisper's own hotwords vs prompt")
     parser.add_argument("--misses", action="store_true", help="print the names that came out wrong")
+    parser.add_argument("--threshold", type=float, default=0.6, help="the correction's threshold")
+    parser.add_argument(
+        "--verify",
+        type=float,
+        metavar="NATS",
+        help="experiment, not in the daemon: keep a correction only if Whisper finds the transcript with it"
+        " at most NATS less likely (log-probability) than without, given the audio",
+    )
     args = parser.parse_args()
 
     commands = {
@@ -90,6 +105,7 @@ async def main() -> None:
     home = HomeNames.from_json(json.loads((NAMES / "home.json").read_text()))
     names = rank_names(home, args.cap)
     context = biasing_context(names)
+    corrector = NameCorrector(rank_names(home, sys.maxsize), threshold=args.threshold)
     engine = WhisperEngine()
     await engine.start()
     print(f"{len(commands)} commands ({args.half}), {len(names)} names in the context")
@@ -102,7 +118,18 @@ async def main() -> None:
             async def final(audio: Audio, text: str) -> str:
                 return (await engine.open_stream(StreamOptions(language="en", context=text)).final(audio)).text
 
-            runs = {"no names": (final, ""), "names": (final, context)}
+            async def corrected(audio: Audio, text: str) -> str:
+                heard = await final(audio, text)
+                if args.verify is None:
+                    return corrector.correct(heard)
+                return await asyncio.to_thread(
+                    verified, engine, audio, heard, corrector.replacements(heard), args.verify
+                )
+
+            runs = {"no names": (final, "")}
+            if args.cap:
+                runs["prompt only"] = (final, context)
+            runs["names"] = (corrected, context)
         results = {label: await evaluate(decode, commands, text) for label, (decode, text) in runs.items()}
     finally:
         await engine.close()
@@ -117,6 +144,31 @@ async def main() -> None:
         if args.misses:
             for miss in result["misses"]:
                 print(f"      missed {miss}")
+
+
+def verified(engine: WhisperEngine, audio: Audio, heard: str, replacements: list[Replacement], nats: float) -> str:
+    """`heard` with the replacements Whisper does not find much less likely given the audio, each
+    scored on its own: the log-probability of the text's tokens, teacher-forced (CTranslate2 `align`)."""
+    if not replacements:
+        return heard
+    model = engine._model  # the library under the engine, measured directly
+    assert model is not None
+    tokenizer = engine._tokenizer("en")
+    prompt = model.get_prompt(tokenizer, [], without_timestamps=True)
+    window = max(audio.size + int(SHORT_CONTEXT_PAD_S * SAMPLE_RATE), int(SHORT_CONTEXT_MIN_S * SAMPLE_RATE))
+    features = model.feature_extractor(audio, padding=window - audio.size)
+    encoded = model.model.encode(ctranslate2.StorageView.from_array(np.ascontiguousarray(features[None])))
+    texts = [heard, *(apply(heard, [replacement]) for replacement in replacements)]
+    tokens = [[*tokenizer.encode(" " + text.strip()), tokenizer.eot] for text in texts]
+    scores = [
+        sum(
+            math.log(max(p, 1e-12))
+            for p in model.model.align(encoded, prompt, [ids], features.shape[-1])[0].text_token_probs
+        )
+        for ids in tokens
+    ]
+    kept = [r for r, score in zip(replacements, scores[1:], strict=True) if score >= scores[0] - nats]
+    return apply(heard, kept)
 
 
 def faster_whisper_runs(engine: WhisperEngine, context: str) -> dict[str, tuple[Decode, str]]:

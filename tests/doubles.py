@@ -129,3 +129,15 @@ class ChangesItsMindEngineDouble(WhisperEngine):
 
     def open_stream(self, options: StreamOptions) -> EngineStream:
         return _ChangesItsMindStream(super().open_stream(options))
+
+
+class ContextRecordingEngineDouble(WhisperEngine):
+    """Real whisper that records the biasing context of every stream opened: what reached the engine."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.contexts: list[str] = []
+
+    def open_stream(self, options: StreamOptions) -> EngineStream:
+        self.contexts.append(options.context)
+        return super().open_stream(options)

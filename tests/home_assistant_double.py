@@ -35,7 +35,7 @@ class HomeAssistantDouble:
 
     async def start(self) -> None:
         app = web.Application()
-        app.router.add_get("/api/websocket", self._websocket)
+        app.router.add_get("/api/websocket", self.websocket)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
@@ -59,7 +59,8 @@ class HomeAssistantDouble:
                 sent += 1
         return sent
 
-    async def _websocket(self, request: web.Request) -> web.WebSocketResponse:
+    async def websocket(self, request: web.Request) -> web.WebSocketResponse:
+        """The WebSocket API handler (also mountable elsewhere: the Supervisor proxies it at `/core/websocket`)."""
         ws = web.WebSocketResponse()
         await ws.prepare(request)
         await ws.send_json({"type": "auth_required", "ha_version": "2026.11.0"})

@@ -9,6 +9,7 @@ check, and registers discovery with a stand-in Supervisor on loopback.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import json
 import os
@@ -24,13 +25,15 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import aiohttp
 import pytest
 import yaml
 from aiohttp import web
 
 from satellite_asr.cli import build_parser
 from satellite_asr.config import ENGINES, LOG_LEVELS, Settings, load_settings, setting_fields
-from tests.helpers import free_port, running_daemon
+from tests.helpers import FIXTURES, free_port, running_daemon
+from tests.home_assistant_double import HomeAssistantDouble
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -94,6 +97,8 @@ def test_schema_allows_what_the_daemon_allows_and_defaults_agree() -> None:
         assert config["options"][name] == default, f"{name}: the add-on's default differs from the daemon's"
         if isinstance(rule, list):
             assert rule == ["url"] and isinstance(field.default, tuple), name
+        elif rule == "bool":
+            assert isinstance(field.default, bool), name
         elif match := re.fullmatch(r"list\((.*)\)", rule):
             offered = tuple(match.group(1).split("|"))
             assert set(offered) <= set(field.metadata["choices"]) and len(set(offered)) == len(offered), name
@@ -235,6 +240,8 @@ def test_sample_options_json_gives_the_expected_command_line(tmp_path: Path) -> 
         "min_silence_ms": 150,
         "silence_ms": 500,
         "speech_pad_ms": 200,
+        "household_names": False,
+        "ha_names_limit": 40,
         "log_level": "DEBUG",
     }
     path = tmp_path / "options.json"
@@ -251,17 +258,35 @@ def test_sample_options_json_gives_the_expected_command_line(tmp_path: Path) -> 
         " --engine whisper --remote-urls http://10.1.2.3:8000 --remote-urls http://10.1.2.4:8000"
         " --language en --context 'Kitchen, Living Room' --vad-threshold 0.6"
         " --min-speech-ms 250 --turn-detection fixed --min-silence-ms 150 --silence-ms 500 --speech-pad-ms 200"
-        " --log-level DEBUG\n"
+        " --no-household-names --ha-names-limit 40 --log-level DEBUG\n"
     )
     settings = settings_from_command(shlex.split(result))
     assert (settings.engine, settings.language, settings.context) == ("whisper", "en", "Kitchen, Living Room")
     assert (settings.vad_threshold, settings.min_speech_ms, settings.silence_ms) == (0.6, 250, 500)
     assert (settings.turn_detection, settings.min_silence_ms) == ("fixed", 150)
     assert (settings.speech_pad_ms, settings.log_level, settings.model) == (200, "DEBUG", "")
+    assert (settings.household_names, settings.ha_names_limit) == (False, 40)
     assert settings.remote_urls == ("http://10.1.2.3:8000", "http://10.1.2.4:8000")
-    secrets = run_script().secret_environment(options)
+    secrets = run_script().secret_environment(options, None)
     assert secrets == {"SATELLITE_ASR_REMOTE_API_KEY": "not-on-the-command-line"}
     assert load_settings(None, environ=secrets).remote_api_key == "not-on-the-command-line"
+
+
+def test_the_supervisor_token_reaches_the_daemon_as_its_home_assistant_token_in_the_environment() -> None:
+    """`homeassistant_api: true` gives the add-on the token; the daemon reads names through the proxy."""
+    assert load_yaml("config.yaml")["homeassistant_api"] is True
+    script = run_script()
+    options = load_yaml("config.yaml")["options"]
+    secrets = script.secret_environment(options, "supervisor-token-7d1e")
+    assert secrets == {
+        "SATELLITE_ASR_HA_URL": "http://supervisor/core",
+        "SATELLITE_ASR_HA_TOKEN": "supervisor-token-7d1e",
+    }
+    command = script.serve_command(options, host="0.0.0.0", wyoming_port=10300, http_port=10301)
+    assert not [arg for arg in command if "token" in arg or "supervisor" in arg], "nothing of it on the command line"
+    settings = load_settings(None, environ=secrets)
+    assert (settings.ha_url, settings.home_assistant_token()) == ("http://supervisor/core", "supervisor-token-7d1e")
+    assert settings.household_names and "supervisor-token-7d1e" not in repr(settings)
 
 
 # --- the run script for real -------------------------------------------------------------------------
@@ -281,8 +306,21 @@ async def test_healthcheck_passes_when_describe_is_answered_and_fails_otherwise(
     assert await healthcheck(free_port()) == 1
 
 
+async def home_assistant_health(http_port: int, state: str) -> dict[str, Any]:
+    """The daemon's `/health` `home_assistant` object, once it is in `state` (polled: another process)."""
+    async with aiohttp.ClientSession() as http:
+        while True:
+            with contextlib.suppress(aiohttp.ClientError):
+                async with http.get(f"http://127.0.0.1:{http_port}/health") as response:
+                    health: dict[str, Any] = (await response.json())["home_assistant"]
+                    if health["state"] == state:
+                        return health
+            await asyncio.sleep(0.2)
+
+
 async def test_run_script_starts_the_daemon_and_registers_discovery(tmp_path: Path) -> None:
-    """Registered once `describe` answers, and again when the Supervisor was busy the first time."""
+    """Registered once `describe` answers, and again when the Supervisor was busy the first time;
+    the household names are read through the Supervisor's Home Assistant proxy with its token."""
     received: list[tuple[str, Any]] = []
     describe_answered: list[bool] = []
     arrived = asyncio.Event()
@@ -295,8 +333,10 @@ async def test_run_script_starts_the_daemon_and_registers_discovery(tmp_path: Pa
         arrived.set()
         return web.json_response({"result": "ok", "data": {"uuid": "abc"}})
 
+    home_assistant = HomeAssistantDouble(json.loads((FIXTURES / "names" / "home.json").read_text()), "secret-token")
     app = web.Application()
     app.router.add_post("/discovery", discovery)
+    app.router.add_get("/core/websocket", home_assistant.websocket)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     supervisor = web.TCPSite(runner, "127.0.0.1", 0)
@@ -334,6 +374,9 @@ async def test_run_script_starts_the_daemon_and_registers_discovery(tmp_path: Pa
         assert received == [expected, expected]
         assert describe_answered == [True, True]
         assert await healthcheck(wyoming_port) == 0
+        names = await asyncio.wait_for(home_assistant_health(http_port, "loaded"), 60)
+        assert names["names"] == 88 and names["last_error"] is None
+        assert "secret-token" not in json.dumps(names)
     finally:
         process.send_signal(signal.SIGTERM)
         code = await asyncio.wait_for(process.wait(), 60)

@@ -95,3 +95,26 @@ def test_serve_stops_with_a_clear_message_on_a_bad_value() -> None:
     )
     assert result.returncode == 2
     assert "http_port: must be between 0 and 65535" in result.stderr
+
+
+def test_home_assistant_needs_a_url_and_exactly_one_token(tmp_path: Path) -> None:
+    token_file = tmp_path / "ha_token"
+    token_file.write_text("file-token-51c2\n")
+    url = "http://homeassistant.local:8123"
+    assert load_settings(environ={"SATELLITE_ASR_HA_URL": url, "SATELLITE_ASR_HA_TOKEN": "env-token"}).ha_token
+    from_file = load_settings(environ={}, overrides={"ha_url": url, "ha_token_file": str(token_file)})
+    assert from_file.home_assistant_token() == "file-token-51c2", "read from the file, without its newline"
+    for overrides, message in [
+        ({"ha_url": url}, "ha_url needs an access token"),
+        ({"ha_token": "t"}, "an access token was given without ha_url"),
+        ({"ha_url": url, "ha_token": "t", "ha_token_file": str(token_file)}, "give one or the other"),
+        ({"ha_url": "homeassistant.local", "ha_token": "t"}, "ha_url: not a Home Assistant URL"),
+        ({"ha_url": url, "ha_token_file": str(tmp_path / "missing")}, "ha_token_file .*missing: cannot be read"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            load_settings(environ={}, overrides=overrides)
+
+
+def test_the_token_is_not_in_the_settings_repr() -> None:
+    settings = load_settings(environ={"SATELLITE_ASR_HA_URL": "http://ha:8123", "SATELLITE_ASR_HA_TOKEN": "tok-9e3b"})
+    assert "tok-9e3b" not in repr(settings) and "ha_url='http://ha:8123'" in repr(settings)

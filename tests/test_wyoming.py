@@ -345,14 +345,14 @@ async def test_names_and_terms_reach_the_engine_as_context(error: type[Exception
     assert "error" not in [e.type for e in fine]
 
 
-def test_transcribe_context_joins_context_names_and_terms() -> None:
+def test_transcribe_context_splits_the_context_text_from_names_and_terms() -> None:
     transcribe = Transcribe(
         context={"previous": "It is 20 degrees.", "turn": 3},
         transcript_names=["Kitchen", " Alice "],
         transcript_terms=["thermostat"],
     )
-    assert transcribe_context(transcribe) == "It is 20 degrees.\nKitchen, Alice, thermostat"
-    assert transcribe_context(Transcribe()) == ""
+    assert transcribe_context(transcribe) == ("It is 20 degrees.", ["Kitchen", "Alice", "thermostat"])
+    assert transcribe_context(Transcribe()) == ("", [])
 
 
 async def test_region_tags_fall_back_and_unknown_languages_are_an_error() -> None:

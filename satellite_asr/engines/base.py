@@ -67,6 +67,8 @@ class EngineInfo:
     languages: list[str] = field(default_factory=list)
     max_concurrency: int = 1
     """How many decodes the engine runs at once; the scheduler keeps at most this many in flight."""
+    context_names: int = 100
+    """How many of the household's names the engine gets as context unless `ha_names_limit` says."""
 
     def supported_language(self, language: str) -> str | None:
         """`language` as the engine names it, or None if it cannot transcribe it.

@@ -30,7 +30,7 @@ PROTOCOL_VERSION = "1"
 MAX_FRAME_BYTES = 1 << 20
 """Largest client message; a larger one closes the connection with 1009 (checked before buffering)."""
 
-CONFIG_FIELDS = {"type", "sample_rate", "encoding", "language", "context", "vad", "partials"}
+CONFIG_FIELDS = {"type", "sample_rate", "encoding", "language", "context", "vad", "partials", "household_names"}
 VAD_FIELDS = {
     "threshold": "vad_threshold",
     "min_speech_ms": "min_speech_ms",
@@ -71,6 +71,9 @@ def parse_config(message: dict[str, Any], core: Core) -> tuple[SessionOptions, P
     language = None if "language" in message and message["language"] is None else named or settings.default_language
     if partials is not None and not isinstance(partials, bool):
         raise _invalid_config(f"partials must be true or false, got {partials!r}")
+    household_names = message.get("household_names", True)
+    if not isinstance(household_names, bool):
+        raise _invalid_config(f"household_names must be true or false, got {household_names!r}")
     vad = message.get("vad") or {}
     if not isinstance(vad, dict):
         raise _invalid_config("vad must be an object")
@@ -89,7 +92,12 @@ def parse_config(message: dict[str, Any], core: Core) -> tuple[SessionOptions, P
                 raise _invalid_config(f"vad.{key}: {str(exc).split(': ', 1)[1]}") from None
     try:
         options = SessionOptions.from_settings(
-            settings, vad=overrides, partials=partials, language=language, context=context
+            settings,
+            vad=overrides,
+            partials=partials,
+            language=language,
+            context=context,
+            household_names=household_names,
         )
     except ConfigError as exc:
         raise _invalid_config(f"vad: {exc}") from None
@@ -119,6 +127,7 @@ def effective_config(options: SessionOptions, decoder: PcmDecoder, engine: Engin
         "language": options.language,
         "context": options.context,
         "partials": options.partials,
+        "household_names": options.household_names,
         "vad": {
             "threshold": e.threshold,
             "min_speech_ms": e.min_speech_ms,

@@ -20,7 +20,7 @@ import contextlib
 import logging
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import urlparse
@@ -136,17 +136,18 @@ def _text_list(value: Any, field: str) -> list[str]:
     return [item.strip() for item in value if item.strip()]
 
 
-def transcribe_context(transcribe: Transcribe) -> str:
-    """Biasing text for the engine: the context's text values, then names (first) and terms."""
+def transcribe_context(transcribe: Transcribe) -> tuple[str, list[str]]:
+    """Biasing from a `transcribe`: the context's text values, and its names (first) and terms.
+
+    The home's names join them when the round's session is created (see `SessionOptions`).
+    """
     if transcribe.context is not None and not isinstance(transcribe.context, dict):
         raise ProtocolError("invalid_event", "transcribe: context must be an object")
     parts = [v.strip() for v in (transcribe.context or {}).values() if isinstance(v, str) and v.strip()]
-    words = _text_list(transcribe.transcript_names, "transcript_names") + _text_list(
+    terms = _text_list(transcribe.transcript_names, "transcript_names") + _text_list(
         transcribe.transcript_terms, "transcript_terms"
     )
-    if words:
-        parts.append(", ".join(words))
-    return "\n".join(parts)
+    return "\n".join(parts), terms
 
 
 @dataclass
@@ -252,10 +253,11 @@ class _Connection:
             await self.send(build_info(self.server.core.engine_info, self.server.core.settings).event())
         elif Transcribe.is_type(event.type):
             transcribe = _parse(Transcribe.from_event, event)
-            context = await self.capped_context(transcribe_context(transcribe))
+            text, terms = transcribe_context(transcribe)
+            context = await self.capped_context(text)
             language = await self.checked_language(transcribe.language)
             await self.end_round("transcribe", finalize=True)
-            await self.open_round(language, context, transcribe.vad_sensitivity)
+            await self.open_round(language, context, transcribe.vad_sensitivity, terms)
         elif AudioStart.is_type(event.type):
             start = _parse(AudioStart.from_event, event)
             _check_format(start.rate, start.width, start.channels)
@@ -293,14 +295,18 @@ class _Connection:
             await self.error(exc.code, f"{exc.message}; using the default")
             return None
 
-    async def open_round(self, language: str | None, context: str, sensitivity: Any = None) -> None:
-        """A session for one transcribe round; `sensitivity` is Home Assistant's `vad_sensitivity`."""
+    async def open_round(
+        self, language: str | None, context: str, sensitivity: Any = None, terms: Sequence[str] = ()
+    ) -> None:
+        """A session for one transcribe round; `sensitivity` is Home Assistant's `vad_sensitivity`,
+        `terms` its `transcript_names` and `transcript_terms` (the home's names join them)."""
         settings = self.server.core.settings
         options = SessionOptions.from_settings(
             settings,
             vad=silences_for(settings, sensitivity),
             language=language or settings.default_language,
             context=context,
+            terms=terms,
         )
         round_: _Round
 

@@ -1,0 +1,330 @@
+"""Correcting a transcript towards the household's names, by sound and spelling.
+
+Why after decoding: a small Whisper hears "merry-go room" for "Marigold room" whatever its prompt
+says, but the words it writes still sound like the name. So runs of the transcript's words are
+compared with every name, by a rough English sound key and by spelling, and a run close enough
+to a name is replaced by it. Only confident matches change anything: an ordinary command that
+sounds like none of the names ("what time is it") comes out as the engine wrote it, and the
+home's ordinary names ("Kitchen lights", "Garage door") compete with the unusual ones, so "the
+bedroom heater" stays the Bedroom heater rather than becoming the Barnaby heater.
+
+Why written here rather than taken from a library: the project has no phonetic matching library,
+the usual ones (Soundex, Metaphone) key single words and drop what matters for names split into
+other words ("Fenwig's green" for "Fenwick sprinkler"), and what is needed is a few dozen lines: a
+sound key of a run of words and an edit distance.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+WORD = re.compile(r"[A-Za-z0-9']+")
+VOWELS = frozenset("aeiouy")
+SOUNDS = (
+    ("tch", "ch"),
+    ("sch", "sk"),
+    ("ph", "f"),
+    ("ck", "k"),
+    ("th", "0"),
+    ("sh", "x"),
+    ("ch", "x"),
+    ("tio", "xo"),
+    ("tia", "xa"),
+    ("qu", "kw"),
+    ("wh", "w"),
+    ("x", "ks"),
+    ("q", "k"),
+    ("z", "s"),
+    ("v", "f"),
+    ("d", "t"),
+    ("b", "p"),
+)
+"""Spellings of a sound rewritten to one letter, voiced and voiceless consonants merged ("Brandy
+clamp" and "Brannock lamp" differ in a d): what a small model confuses, not what a linguist would."""
+SILENT_START = ("kn", "gn", "pn", "wr", "ps")
+COMMAND_WORDS = frozenset(
+    [
+        "a",
+        "add",
+        "all",
+        "an",
+        "and",
+        "are",
+        "at",
+        "cancel",
+        "close",
+        "dim",
+        "down",
+        "for",
+        "how",
+        "in",
+        "is",
+        "it",
+        "lock",
+        "my",
+        "of",
+        "off",
+        "on",
+        "open",
+        "or",
+        "pause",
+        "play",
+        "remind",
+        "set",
+        "so",
+        "start",
+        "stop",
+        "switch",
+        "that",
+        "the",
+        "then",
+        "this",
+        "to",
+        "turn",
+        "unlock",
+        "up",
+        "what",
+    ]
+)
+"""Words of the commands around a name: a run starting or ending with one is not taken for a name
+unless the name has it too ("switch on" is not "Kitchen")."""
+
+
+def sound_key(text: str) -> str:
+    """A rough key of how English text sounds: consonants kept (merged by sound), every vowel run
+    one `a`, silent letters dropped. "Marigold room" and "merry-go room" give close keys."""
+    return "".join(_word_key(word) for word in WORD.findall(text.lower()))
+
+
+@functools.lru_cache(maxsize=8192)
+def _word_key(word: str) -> str:
+    word = word.replace("'", "")
+    if word[:2] in SILENT_START:
+        word = word[1:]
+    word = re.sub(r"gh(?![aeiouy])", "", word)  # night, though
+    word = re.sub(r"c(?=[eiy])", "s", word)
+    word = re.sub(r"dg(?=[eiy])", "j", word)
+    word = re.sub(r"g(?=[eiy])", "j", word)
+    for spelling, sound in SOUNDS:
+        word = word.replace(spelling, sound)
+    word = word.replace("c", "k").replace("g", "k")
+    word = re.sub(r"(?<=[^aeiouy])h|h(?![aeiouy])", "", word)
+    word = re.sub(r"w(?![aeiouy])", "", word)
+    word = re.sub(r"[aeiouy]+", "a", word)
+    return re.sub(r"(.)\1+", r"\1", word)
+
+
+NEAR_SOUNDS = ("mn", "lr", "pf", "f0", "s0", "t0", "sx", "jx", "kt", "wf", "tn", "pm")
+"""Pairs of key letters a small model swaps for each other ("fissile" for "thistle"): half a mistake."""
+_NEAR = {(pair[0], pair[1]) for pair in NEAR_SOUNDS} | {(pair[1], pair[0]) for pair in NEAR_SOUNDS}
+
+
+def key_distance(a: str, b: str, limit: float = float("inf")) -> float:
+    """Edit distance of two sound keys: a vowel (`a`) added or lost, or a near sound, costs half.
+
+    Stops as soon as the distance must exceed `limit` (and returns more than it).
+    """
+    previous = [0.0]
+    for y in b:
+        previous.append(previous[-1] + (0.5 if y == "a" else 1.0))
+    for x in a:
+        lose_x = 0.5 if x == "a" else 1.0
+        current = [previous[0] + lose_x]
+        for j, y in enumerate(b, 1):
+            swap = previous[j - 1] + (0.0 if x == y else (0.5 if (x, y) in _NEAR else 1.0))
+            current.append(min(previous[j] + lose_x, current[j - 1] + (0.5 if y == "a" else 1.0), swap))
+        if min(current) > limit:
+            return min(current)
+        previous = current
+    return previous[-1]
+
+
+def key_similarity(a: str, b: str, least: float = 0.0) -> float:
+    """1 - distance over the longer key; a value under `least` may be returned early, as 0."""
+    longest = max(len(a), len(b))
+    if not longest:
+        return 1.0
+    distance = key_distance(a, b, (1.0 - least) * longest)
+    return max(0.0, 1.0 - distance / longest)
+
+
+def letters(text: str) -> str:
+    return "".join(c for c in text.lower() if c.isalnum())
+
+
+def edit_distance(a: str, b: str) -> int:
+    """Levenshtein distance: insertions, deletions and substitutions each cost one."""
+    if len(a) < len(b):
+        a, b = b, a
+    previous = list(range(len(b) + 1))
+    for i, x in enumerate(a, 1):
+        current = [i]
+        for j, y in enumerate(b, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (x != y)))
+        previous = current
+    return previous[-1]
+
+
+def similarity(a: str, b: str) -> float:
+    """1 for the same string, 0 for nothing in common (edit distance over the longer length)."""
+    if not a and not b:
+        return 1.0
+    return 1.0 - edit_distance(a, b) / max(len(a), len(b))
+
+
+@dataclass(frozen=True)
+class _Phrase:
+    """Words with their sound key and letters, computed once."""
+
+    words: tuple[str, ...]
+    key: str
+    letters: str
+
+    @classmethod
+    def of(cls, words: Sequence[str]) -> _Phrase:
+        lowered = tuple(word.lower() for word in words)
+        return cls(lowered, "".join(_word_key(w) for w in lowered), "".join(letters(w) for w in lowered))
+
+
+@dataclass(frozen=True)
+class _Name:
+    text: str
+    phrase: _Phrase
+
+
+@dataclass(frozen=True)
+class _Match:
+    score: float
+    first: int
+    last: int
+    """Word indexes, inclusive."""
+    name: _Name
+
+
+@dataclass(frozen=True)
+class Replacement:
+    """Characters `start:end` of a transcript to be written as `name`."""
+
+    start: int
+    end: int
+    name: str
+    score: float
+
+
+def apply(text: str, replacements: Sequence[Replacement]) -> str:
+    """`text` with non-overlapping `replacements` made."""
+    for replacement in sorted(replacements, key=lambda r: -r.start):
+        text = text[: replacement.start] + replacement.name + text[replacement.end :]
+    return text
+
+
+class NameCorrector:
+    """Replaces runs of words that sound and look like one of `names` by that name.
+
+    A run's score is `key_weight` times the similarity of the sound keys plus the rest times the
+    similarity of the letters (0..1). A run is replaced when it scores at least `threshold`
+    (`threshold + one_word` for a single word: few letters match by chance more easily), and what
+    differs between run and name, their shared end words left out, at least `threshold - margin`.
+    Names with a sound key shorter than `min_key` ("TV", "Lounge") are only taken as spelled.
+    The defaults were tuned on the dev half of tests/fixtures/names (docs/benchmarks.md).
+    """
+
+    def __init__(
+        self,
+        names: Sequence[str],
+        *,
+        threshold: float = 0.6,
+        key_weight: float = 0.8,
+        one_word: float = 0.1,
+        margin: float = 0.1,
+        min_key: int = 5,
+    ) -> None:
+        self.threshold = threshold
+        self.key_weight = key_weight
+        self.one_word = one_word
+        self.margin = margin
+        self.min_key = min_key
+        unique = dict.fromkeys(" ".join(name.split()) for name in names if WORD.search(name))
+        self._names = [_Name(name, _Phrase.of(WORD.findall(name))) for name in unique]
+
+    def correct(self, text: str) -> str:
+        return apply(text, self.replacements(text))
+
+    def replacements(self, text: str) -> list[Replacement]:
+        """The confident matches in `text` that change it, best first, none overlapping."""
+        words = list(WORD.finditer(text))
+        matches = sorted(self._matches([word.group() for word in words]), key=lambda m: (-m.score, m.first - m.last))
+        taken: set[int] = set()
+        chosen = []
+        for match in matches:
+            span = set(range(match.first, match.last + 1))
+            if not span & taken:
+                taken |= span
+                start, end = words[match.first].start(), words[match.last].end()
+                if letters(text[start:end]) != match.name.phrase.letters:
+                    chosen.append(Replacement(start, end, match.name.text, match.score))
+        return chosen
+
+    def _matches(self, words: list[str]) -> list[_Match]:
+        runs: dict[tuple[int, int], _Phrase] = {}
+        found = []
+        for name in self._names:
+            size = len(name.phrase.words)
+            loose = len(name.phrase.key) >= self.min_key
+            for first in range(len(words)):
+                for last in range(first + max(0, size - 2), min(len(words), first + size + 2)):
+                    run = runs.get((first, last))
+                    if run is None:
+                        run = runs[first, last] = _Phrase.of(words[first : last + 1])
+                    if run.letters == name.phrase.letters:
+                        found.append(_Match(1.0, first, last, name))
+                    elif loose and not self._bounded_by_command_words(run, name):
+                        needed = self.threshold + (self.one_word if len(run.words) == 1 else 0.0)
+                        score = self._score(run, name.phrase, needed)
+                        if (
+                            score >= needed
+                            and self._score(*_unshared(run, name.phrase), 0.0) >= self.threshold - self.margin
+                        ):
+                            found.append(_Match(score, first, last, name))
+        return found
+
+    @staticmethod
+    def _bounded_by_command_words(run: _Phrase, name: _Name) -> bool:
+        return any(word in COMMAND_WORDS and word not in name.phrase.words for word in (run.words[0], run.words[-1]))
+
+    def _score(self, run: _Phrase, name: _Phrase, needed: float) -> float:
+        """The run's score against the name; 0 as soon as it cannot reach `needed` (most runs).
+
+        A run must start with the name's first sound or a near one: the onset of a word is what
+        a model gets right most ("merry-go" for "Marigold", "fissile" for "thistle"), and the test
+        costs nothing, where the edit distance costs most of the time.
+        """
+        if not run.key or not name.key:
+            return 0.0
+        if run.key[0] != name.key[0] and (run.key[0], name.key[0]) not in _NEAR:
+            return 0.0
+        longest_key = max(len(run.key), len(name.key), 1)
+        longest = max(len(run.letters), len(name.letters), 1)
+        best_key = 1 - 0.5 * abs(len(run.key) - len(name.key)) / longest_key
+        best_letters = 1 - abs(len(run.letters) - len(name.letters)) / longest
+        if self.key_weight * best_key + (1 - self.key_weight) * best_letters < needed:
+            return 0.0
+        key = key_similarity(run.key, name.key, (needed - (1 - self.key_weight) * best_letters) / self.key_weight)
+        if self.key_weight * key + (1 - self.key_weight) * best_letters < needed:
+            return 0.0
+        return self.key_weight * key + (1 - self.key_weight) * similarity(run.letters, name.letters)
+
+
+def _unshared(run: _Phrase, name: _Phrase) -> tuple[_Phrase, _Phrase]:
+    """Both without the words they share at either end ("fissile suite", "Thistle suite": the
+    suites), so that a shared ordinary word cannot carry a match on its own ("temperature" is not
+    the Outside temperature: nothing is left of it)."""
+    a, b = list(run.words), list(name.words)
+    while a and b and letters(a[-1]) == letters(b[-1]):
+        a, b = a[:-1], b[:-1]
+    while a and b and letters(a[0]) == letters(b[0]):
+        a, b = a[1:], b[1:]
+    return _Phrase.of(a), _Phrase.of(b)

@@ -1,0 +1,158 @@
+"""The household's names end to end: a real daemon reads them from HomeAssistantDouble and every
+Wyoming round and WebSocket session decodes with them (real Silero, real tiny.en, real clients)."""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+import websockets
+from wyoming.asr import Transcribe, Transcript
+from wyoming.audio import AudioChunk, AudioStart, AudioStop
+from wyoming.client import AsyncTcpClient
+
+from satellite_asr.clients.wav import read_wav
+from satellite_asr.engines.whisper import WHISPER_CONTEXT_NAMES
+from satellite_asr.homeassistant.client import State
+from satellite_asr.server import Daemon
+from tests.doubles import ContextRecordingEngineDouble
+from tests.helpers import EXPECTED, FIXTURES, running_daemon, word_error_rate, ws_url
+from tests.home_assistant_double import HomeAssistantDouble
+
+pytestmark = pytest.mark.timeout(120)
+
+TOKEN = "long-lived-token-e2e-8b41"  # must never show up in what the daemon says
+HOME = json.loads((FIXTURES / "names" / "home.json").read_text())
+NAMES = FIXTURES / "names"
+
+
+@pytest.fixture
+async def home_assistant() -> AsyncIterator[HomeAssistantDouble]:
+    double = HomeAssistantDouble(copy.deepcopy(HOME), TOKEN)
+    await double.start()
+    yield double
+    await double.stop()
+
+
+async def health(daemon: Daemon) -> tuple[dict[str, Any], str]:
+    async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{daemon.http_port}/health") as response:
+        text = await response.text()
+    return json.loads(text), text
+
+
+async def wyoming_round(daemon: Daemon, wav_name: str, **transcribe: Any) -> str:
+    """One round as Home Assistant runs it (transcribe, audio, audio-stop); the transcript's text."""
+    wav = read_wav(NAMES / wav_name if wav_name.startswith(("named", "plain")) else FIXTURES / wav_name)
+    assert daemon.wyoming_port is not None
+    async with AsyncTcpClient("127.0.0.1", daemon.wyoming_port) as client:
+        await client.write_event(Transcribe(language="en", **transcribe).event())
+        await client.write_event(AudioStart(rate=wav.sample_rate, width=2, channels=wav.channels).event())
+        step = 2048 * wav.channels
+        for offset in range(0, len(wav.pcm), step):
+            chunk = wav.pcm[offset : offset + step]
+            await client.write_event(
+                AudioChunk(rate=wav.sample_rate, width=2, channels=wav.channels, audio=chunk).event()
+            )
+        await client.write_event(AudioStop().event())
+        while (event := await client.read_event()) is not None:
+            if Transcript.is_type(event.type):
+                return Transcript.from_event(event).text
+    raise AssertionError("the connection closed without a transcript")
+
+
+async def websocket_session(daemon: Daemon, wav_name: str, **config: Any) -> tuple[dict[str, Any], str]:
+    """One WebSocket session over a names fixture: its `session_created` config and its final's text."""
+    audio = read_wav(NAMES / wav_name).to_16k_mono()
+    async with websockets.connect(ws_url(daemon)) as ws:
+        await ws.send(json.dumps({"type": "config", "language": "en", **config}))
+        created = json.loads(await ws.recv())
+        await ws.send(audio.astype("<f4").tobytes())
+        await ws.send(json.dumps({"type": "end"}))
+        finals = [message async for raw in ws if (message := json.loads(raw))["type"] == "final"]
+    return created["config"], " ".join(final["text"] for final in finals)
+
+
+async def test_every_protocol_decodes_with_the_homes_names(home_assistant: HomeAssistantDouble) -> None:
+    """The names reach the engine (here 20 of them, as `ha_names_limit` says) and correct its text."""
+    engine = ContextRecordingEngineDouble()
+    async with running_daemon(
+        engine, wyoming_uri="tcp://127.0.0.1:0", ha_url=home_assistant.url, ha_token=TOKEN, ha_names_limit=20
+    ) as daemon:
+        assert daemon.core.home_assistant is not None
+        await daemon.core.home_assistant.wait_loaded()
+        status, text = await health(daemon)
+        assert status["home_assistant"]["state"] == "loaded" and status["home_assistant"]["names"] == 88
+        assert status["home_assistant"]["loaded_at"] and TOKEN not in text
+
+        heard = await wyoming_round(daemon, "named_24.wav", transcript_names=["Okonkwo"])
+        wyoming_context = engine.contexts[-1]
+        config, websocket_heard = await websocket_session(daemon, "named_24.wav")
+        websocket_context = engine.contexts[-1]
+        config_off, heard_off = await websocket_session(daemon, "named_24.wav", household_names=False)
+        context_off = engine.contexts[-1]
+
+    assert wyoming_context.startswith("Okonkwo, Lounge, Office, "), "the client's own names first, then the best"
+    assert wyoming_context.count(", ") == 20 and "Phone battery" not in wyoming_context
+    assert websocket_context == wyoming_context.removeprefix("Okonkwo, ") and config["household_names"] is True
+    assert "Marigold room" in heard, heard
+    assert "Marigold room" in websocket_heard, websocket_heard
+    assert TOKEN not in json.dumps(config)
+    assert context_off == "" and config_off["household_names"] is False, "the client opted out"
+    assert "Marigold room" not in heard_off, f"tiny.en alone does not hear it: {heard_off!r}"
+
+
+async def test_whisper_gets_its_share_of_names_after_the_clients_terms_and_its_text_is_corrected(
+    home_assistant: HomeAssistantDouble,
+) -> None:
+    """Whisper's own choice (`ha_names_limit` -1): the client's terms first, then 55 of the home's names."""
+    engine = ContextRecordingEngineDouble()
+    async with running_daemon(engine, ha_url=home_assistant.url, ha_token=TOKEN) as daemon:
+        assert daemon.core.home_assistant is not None
+        await daemon.core.home_assistant.wait_loaded()
+        _, heard = await websocket_session(daemon, "named_26.wav", context="Weather.")
+    (context,) = engine.contexts
+    assert context.startswith("Weather. ")
+    assert len(context.removeprefix("Weather. ").split(", ")) == WHISPER_CONTEXT_NAMES, context
+    assert "Thistle suite" in heard, heard
+
+
+async def test_a_change_in_home_assistant_reaches_the_next_session(home_assistant: HomeAssistantDouble) -> None:
+    engine = ContextRecordingEngineDouble()
+    async with running_daemon(engine, ha_url=home_assistant.url, ha_token=TOKEN, ha_names_limit=100) as daemon:
+        client = daemon.core.home_assistant
+        assert client is not None
+        loaded = await client.wait_loaded()
+        await websocket_session(daemon, "plain_00.wav")
+        home_assistant.home["areas"].append({"id": "attic", "name": "Larkspur attic", "aliases": ["Crow's nest"]})
+        assert await home_assistant.push_event("area_registry_updated", {"action": "create", "area_id": "attic"})
+        await client.wait_loaded(loaded)
+        await websocket_session(daemon, "plain_00.wav")
+        status, _ = await health(daemon)
+    before, after = engine.contexts
+    assert "Crow's nest" not in before and "Crow's nest" in after
+    assert status["home_assistant"]["names"] == 90
+
+
+async def test_a_wrong_token_shows_in_health_and_the_daemon_serves_on(home_assistant: HomeAssistantDouble) -> None:
+    async with running_daemon(
+        wyoming_uri="tcp://127.0.0.1:0", ha_url=home_assistant.url, ha_token="not-the-token-4c7d"
+    ) as daemon:
+        assert daemon.core.home_assistant is not None
+        await daemon.core.home_assistant.wait_for(State.AUTH_FAILED)
+        status, text = await health(daemon)
+        heard = await wyoming_round(daemon, "lights_on.wav")
+    assert status["status"] == "ready"
+    assert status["home_assistant"]["state"] == "auth_failed" and status["home_assistant"]["names"] == 0
+    assert status["home_assistant"]["last_error"] and "not-the-token-4c7d" not in text
+    assert word_error_rate(EXPECTED["lights_on.wav"][0], heard) <= 0.2, heard
+
+
+async def test_without_home_assistant_health_says_disabled() -> None:
+    async with running_daemon() as daemon:
+        status, _ = await health(daemon)
+    assert daemon.core.home_assistant is None
+    assert status["home_assistant"] == {"state": "disabled", "names": 0, "loaded_at": None, "last_error": None}

@@ -1,0 +1,59 @@
+"""Correcting transcripts towards the household's names: what sounds like a name becomes it, and
+what does not is left alone. Transcripts are tiny.en's, from the dev half of tests/fixtures/names."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from satellite_asr.homeassistant.correction import NameCorrector, key_similarity, sound_key
+from satellite_asr.homeassistant.names import HomeNames, rank_names
+from tests.helpers import FIXTURES
+
+HOME_NAMES = rank_names(HomeNames.from_json(json.loads((FIXTURES / "names" / "home.json").read_text())), 1000)
+
+
+def test_sound_keys_of_a_name_and_what_a_model_hears_for_it_are_close() -> None:
+    assert sound_key("Pemberly fan") == sound_key("Pemberley fan")
+    assert key_similarity(sound_key("merry-go room"), sound_key("Marigold room")) >= 0.75
+    assert key_similarity(sound_key("fissile suite"), sound_key("Thistle suite")) >= 0.75
+    unrelated = key_similarity(sound_key("what time is it"), sound_key("Thistle suite"))
+    assert key_similarity(sound_key("fissile suite"), sound_key("Thistle suite")) > unrelated + 0.15
+
+
+@pytest.mark.parametrize(
+    ("heard", "corrected"),
+    [
+        ("turn off the light since the merry-go-room.", "turn off the light since the Marigold room."),
+        ("How warm is it in the fissile suite?", "How warm is it in the Thistle suite?"),
+        ("Switch off from the brand of clamp.", "Switch off from the Brannock lamp."),
+        ("Turn on the Pemberly fan.", "Turn on the Pemberley fan."),
+        ("Turn off everything on the mail with your floor", "Turn off everything on the Belvedere floor"),
+        ("Turn on Mox's feeder.", "Turn on Moxie's feeder."),
+    ],
+)
+def test_what_sounds_like_a_name_becomes_the_name(heard: str, corrected: str) -> None:
+    assert NameCorrector(HOME_NAMES).correct(heard) == corrected
+
+
+@pytest.mark.parametrize(
+    "heard",
+    [
+        "What time is it?",
+        "What is the temperature outside?",  # not "the Outside temperature": only the shared word is alike
+        "How long until sunset?",  # not the Lounge: one short word needs a closer match
+        "Start the dishwasher.",  # not the Stair lights: "start" is a command word
+        "Turn off the bedroom heater.",  # the Bedroom heater, spelled as heard, not the Barnaby heater
+        "Turn on the kitchen lights and the TV.",
+        "Remind me to call the dentist.",
+    ],
+)
+def test_commands_without_a_misheard_name_are_left_alone(heard: str) -> None:
+    assert NameCorrector(HOME_NAMES).correct(heard) == heard
+
+
+def test_only_the_given_names_and_no_names_changes_nothing() -> None:
+    assert NameCorrector([]).correct("turn off the merry-go room") == "turn off the merry-go room"
+    assert NameCorrector(["Zebedee"]).correct("turn off the merry-go room") == "turn off the merry-go room"
+    assert NameCorrector(["Marigold room", "Marigold  room"]).correct("the merry-go room!") == "the Marigold room!"
