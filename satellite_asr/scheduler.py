@@ -20,7 +20,7 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 
 from satellite_asr.audio import Audio
 from satellite_asr.engines.base import EngineStream, Transcript
@@ -172,5 +172,4 @@ class PartialRequests:
         self._again = False
         if task is not None and not task.done():
             task.cancel()
-            with suppress(asyncio.CancelledError):
-                await task
+            await asyncio.wait([task])  # not `await task`: the caller's own cancellation must not be swallowed

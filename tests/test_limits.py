@@ -354,6 +354,19 @@ async def test_a_wyoming_connection_that_sends_nothing_or_trickles_is_closed() -
         assert [(e.type, e.data["code"]) for e in events] == [("error", "timeout")]
 
 
+async def test_a_wyoming_connection_idling_after_its_answer_is_closed() -> None:
+    """The round is answered and its session released: the connection holds nothing the reaper sees."""
+    async with running_daemon(wyoming_uri=WYOMING, first_message_timeout_s=1.0) as daemon:
+        assert daemon.wyoming_port is not None
+        async with AsyncTcpClient("127.0.0.1", daemon.wyoming_port) as client:
+            result = await transcribe_like_home_assistant(client, read_wav(FIXTURES / "lights_on.wav"), realtime=False)
+            after: list[Event] = []
+            while (event := await asyncio.wait_for(client.read_event(), 30)) is not None:
+                after.append(event)
+    assert result.text, "the round was answered"
+    assert [(e.type, e.data.get("code")) for e in after if e.type == "error"] == [("error", "timeout")]
+
+
 async def test_a_websocket_client_that_does_not_read_is_dropped() -> None:
     """Each unknown message type is answered with an error; the client never reads them."""
     message = masked_text_frame(json.dumps({"type": "x" * 2000}))

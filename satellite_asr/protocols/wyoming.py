@@ -187,7 +187,9 @@ class _Connection:
         try:
             while True:
                 try:
-                    timeout = None if self.round is not None else first_message_timeout
+                    # A round being heard is the idle reaper's; one answered holds no session, like none
+                    open_round = self.round is not None and not self.round.answered
+                    timeout = None if open_round else first_message_timeout
                     try:
                         event = await asyncio.wait_for(read_event(self.reader), timeout)
                     except TimeoutError:
