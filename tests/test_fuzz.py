@@ -20,7 +20,7 @@ from wyoming.event import Event, async_read_event, async_write_event
 
 from satellite_asr.audio import ENCODINGS
 from satellite_asr.clients.stream_client import stream_file
-from satellite_asr.engines.base import EngineInfo
+from satellite_asr.core import Core
 from satellite_asr.protocols import ProtocolError
 from satellite_asr.protocols.websocket import parse_config, parse_message
 from satellite_asr.protocols.wyoming import transcribe_context
@@ -29,8 +29,8 @@ from tests.helpers import EXPECTED, FIXTURES, daemon_settings, of_type, running_
 
 pytestmark = pytest.mark.timeout(300)
 
-SETTINGS = daemon_settings()
-ENGINE = EngineInfo("whisper", "tiny.en", ["en"])
+CORE = Core(daemon_settings())
+"""The daemon's core, never started: parsing needs its settings and its engine's facts (tiny.en)."""
 WEBSOCKET_CODES = {"invalid_message", "invalid_config", "config_locked", "invalid_audio", "server_busy", "engine_error"}
 """The error codes docs/protocol.md lists for the WebSocket protocol."""
 WEBSOCKET_CLOSES = {1000, 1008, 1009, 1013}
@@ -83,7 +83,7 @@ DEEP = "[" * 100_000 + "]" * 100_000
 @example({"type": "config", "encoding": {}})
 def test_websocket_config_is_accepted_or_refused_as_invalid_config(message: dict[str, Any]) -> None:
     try:
-        options, decoder = parse_config(message, SETTINGS, ENGINE)
+        options, decoder = parse_config(message, CORE)
     except ProtocolError as error:
         assert (error.code, error.fatal) == ("invalid_config", True) and error.message
     else:
@@ -148,11 +148,11 @@ def test_wyoming_byte_streams_give_events_or_documented_errors(stream: bytes) ->
 def test_wyoming_transcribe_context_is_text_or_invalid_event(context: Any, names: Any, terms: Any) -> None:
     transcribe = Transcribe(context=context, transcript_names=names, transcript_terms=terms)
     try:
-        text = transcribe_context(transcribe)
+        text, terms = transcribe_context(transcribe)
     except ProtocolError as error:
         assert error.code == "invalid_event"
     else:
-        assert isinstance(text, str)
+        assert isinstance(text, str) and all(isinstance(term, str) and term for term in terms)
 
 
 # Whole sessions through a real daemon.
