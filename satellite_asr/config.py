@@ -241,6 +241,8 @@ class Settings:
         minimum=1,
         maximum=1024,
     )
+
+    # Back-pressure and shutdown
     max_pending_finals: int = _opt(
         4,
         "Finals one session may have waiting for the engine; its client's audio is not read meanwhile (back-pressure).",
@@ -260,6 +262,8 @@ class Settings:
         minimum=0.5,
         maximum=600.0,
     )
+
+    # OpenAI-compatible API: uploads
     max_uploads: int = _opt(
         8,
         "Most POST /v1/audio/transcriptions requests served at once (each holds its file in memory); more get "
