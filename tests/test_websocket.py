@@ -221,7 +221,7 @@ async def test_non_json_and_unknown_types_are_errors_and_the_session_goes_on() -
         ({"vad": {"silence_ms": 5}}, "vad.silence_ms"),
         ({"vad": {"threshold": "high"}}, "vad.threshold"),
         ({"languages": "en"}, "unknown field"),
-        ({"language": "de"}, "language 'de' is not one of en"),  # tiny.en knows English only
+        ({"language": "de"}, "'de' is not one of the languages of this engine (en)"),  # tiny.en: English only
         ({"language": 7}, "language must be"),
     ],
 )
