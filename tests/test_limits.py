@@ -332,6 +332,25 @@ async def test_a_websocket_without_config_or_audio_is_closed_after_the_first_mes
     assert close_code == 1008
 
 
+async def test_messages_that_open_no_session_do_not_keep_a_websocket_open() -> None:
+    async with running_daemon(first_message_timeout_s=1.0) as daemon, websockets.connect(ws_url(daemon)) as ws:
+
+        async def flush_forever() -> None:
+            with contextlib.suppress(ConnectionClosed):
+                while True:
+                    await ws.send(json.dumps({"type": "flush"}))
+                    await asyncio.sleep(0.3)
+
+        flushing = asyncio.create_task(flush_forever())
+        try:
+            messages = await asyncio.wait_for(receive_until_close(ws), 30)
+        finally:
+            flushing.cancel()
+        close_code = ws.close_code
+    assert [(m["type"], m["code"]) for m in messages] == [("error", "timeout")]
+    assert close_code == 1008
+
+
 async def test_a_wyoming_connection_that_sends_nothing_or_trickles_is_closed() -> None:
     async with running_daemon(wyoming_uri=WYOMING, first_message_timeout_s=1.0) as daemon:
         port = daemon.wyoming_port

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
@@ -290,10 +291,13 @@ class WebSocketHandler:
         self.open.add(connection)
         reason = "disconnect"
         first_message_timeout = self.core.settings.first_message_timeout_s
+        # Until a session opens; messages that open none (flush, bad JSON) do not push it back.
+        deadline = time.monotonic() + first_message_timeout
         try:
             while True:
                 try:
-                    message = await ws.receive(timeout=None if connection.input is not None else first_message_timeout)
+                    left = None if connection.input is not None else max(0.0, deadline - time.monotonic())
+                    message = await ws.receive(timeout=left)
                 except TimeoutError:
                     reason = "timeout"
                     await self._close_idle(connection, first_message_timeout)
