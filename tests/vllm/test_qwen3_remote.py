@@ -54,7 +54,7 @@ class Server:
         command = [
             sys.executable, "-m", "vllm.entrypoints.openai.api_server",
             "--model", str(self.model), "--host", "127.0.0.1", "--port", str(self.port),
-            "--api-key", API_KEY, "--dtype", "float32", "--enforce-eager", "--max-model-len", "1024",
+            "--api-key", API_KEY, "--dtype", "float32", "--enforce-eager", "--max-model-len", "4096",
             "--max-num-seqs", "8", "--kv-cache-memory-bytes", str(64 * 2**20),
         ]  # fmt: skip
         with self.log.open("ab") as log:
@@ -165,10 +165,14 @@ async def test_requests_go_to_the_least_busy_server(
     assert [now - then for then, now in zip(before, after, strict=True)] == [2, 2]
 
 
+LONG_DECODE_TOKENS = 3500
+"""A partial that decodes for long (the server's --max-model-len leaves room for it and the prompt)."""
+
+
 async def test_cancelled_partial_is_aborted_on_the_server(ready_servers: list[Server], speech: Audio) -> None:
     server = ready_servers[0]
-    # 900 tokens are seconds of decoding: plenty of time to cancel
-    engine = remote_engine([server], decoding=Qwen3Decoding(max_new_tokens=900, ignore_eos=True))
+    # 3500 tokens are seconds of decoding even on a fast machine: time to see it run, then cancel
+    engine = remote_engine([server], decoding=Qwen3Decoding(max_new_tokens=LONG_DECODE_TOKENS, ignore_eos=True))
     await engine.start()
     try:
         finished_before = await server.finished()
@@ -181,8 +185,8 @@ async def test_cancelled_partial_is_aborted_on_the_server(ready_servers: list[Se
         with pytest.raises(asyncio.CancelledError):
             await partial
         await until(lambda: running(server, 0))
-        assert await server.finished() == finished_before  # it did not run to its 900 tokens
-        assert await server.metric("vllm:generation_tokens_total") - tokens_before < 900
+        assert await server.finished() == finished_before  # it did not run to its end
+        assert await server.metric("vllm:generation_tokens_total") - tokens_before < LONG_DECODE_TOKENS
     finally:
         await engine.close()
 
