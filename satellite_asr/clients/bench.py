@@ -22,10 +22,10 @@ import json
 import re
 import statistics
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -35,6 +35,9 @@ from satellite_asr.clients.stream_client import FRAME_SECONDS
 from satellite_asr.clients.transcribe import OfflineTranscriber
 from satellite_asr.clients.wav import read_wav
 from satellite_asr.config import Settings
+
+if TYPE_CHECKING:
+    from satellite_asr.server import Daemon
 
 STAGGER_SECONDS = 0.37
 """Client k starts k x this late, as satellites do not all speak at the same instant."""
@@ -264,6 +267,24 @@ def _timings(
     return timings, max(0, len(spans) - len(finals)), early + max(0, len(finals) - len(spans))
 
 
+@contextlib.asynccontextmanager
+async def in_process_daemon(settings: Settings, wanted: bool) -> AsyncIterator[Daemon | None]:
+    """A started daemon from `settings` whose engine has loaded, stopped on exit; None when not
+    `wanted` (the bench targets a running server)."""
+    if not wanted:
+        yield None
+        return
+    from satellite_asr.server import Daemon
+
+    daemon = Daemon(settings)
+    await daemon.start()
+    try:
+        await daemon.core.wait_ready()
+        yield daemon
+    finally:
+        await daemon.stop()
+
+
 async def run_bench(
     settings: Settings,
     files: list[BenchFile],
@@ -279,37 +300,31 @@ async def run_bench(
     import aiohttp
     import jiwer
 
-    from satellite_asr.server import Daemon
-
-    audios = {file.name: read_wav(file.path).to_16k_mono() for file in files}
-    daemon = None
-    if url is None:
-        daemon = Daemon(settings)
-        await daemon.start()
-        await daemon.core.wait_ready()
-        url = f"ws://127.0.0.1:{daemon.http_port}{PROTOCOLS[protocol][0]}"
     if flooders and protocol != "websocket":
         raise ValueError("--flooders floods over the WebSocket protocol: use it with --protocol websocket")
-    flooding = [asyncio.create_task(_flood(url, list(audios.values()))) for _ in range(flooders)]
-    try:
-        cpu_before, audio_seconds = time.process_time(), 0.0
-        jobs = []
-        for client in range(clients):
-            work = [files[(client + r) % len(files)] for r in range(rounds)]
-            audio_seconds += sum(audios[f.name].size for f in work) / SAMPLE_RATE
-            jobs.append(_client_rounds(PROTOCOLS[protocol][1], url, work, audios, client * STAGGER_SECONDS))
-        results = await asyncio.gather(*jobs)
-        cpu = (time.process_time() - cpu_before) / audio_seconds if daemon is not None else None
-        address = urlsplit(url)
-        metrics_url = f"{'https' if address.scheme == 'wss' else 'http'}://{address.netloc}/metrics"
-        async with aiohttp.ClientSession() as http, http.get(metrics_url) as r:
-            metrics_text = await r.text()
-    finally:
-        for flooder in flooding:
-            flooder.cancel()
-        await asyncio.gather(*flooding, return_exceptions=True)
+    audios = {file.name: read_wav(file.path).to_16k_mono() for file in files}
+    async with in_process_daemon(settings, url is None) as daemon:
         if daemon is not None:
-            await daemon.stop()
+            url = f"ws://127.0.0.1:{daemon.http_port}{PROTOCOLS[protocol][0]}"
+        assert url is not None
+        flooding = [asyncio.create_task(_flood(url, list(audios.values()))) for _ in range(flooders)]
+        try:
+            cpu_before, audio_seconds = time.process_time(), 0.0
+            jobs = []
+            for client in range(clients):
+                work = [files[(client + r) % len(files)] for r in range(rounds)]
+                audio_seconds += sum(audios[f.name].size for f in work) / SAMPLE_RATE
+                jobs.append(_client_rounds(PROTOCOLS[protocol][1], url, work, audios, client * STAGGER_SECONDS))
+            results = await asyncio.gather(*jobs)
+            cpu = (time.process_time() - cpu_before) / audio_seconds if daemon is not None else None
+            address = urlsplit(url)
+            metrics_url = f"{'https' if address.scheme == 'wss' else 'http'}://{address.netloc}/metrics"
+            async with aiohttp.ClientSession() as http, http.get(metrics_url) as r:
+                metrics_text = await r.text()
+        finally:
+            for flooder in flooding:
+                flooder.cancel()
+            await asyncio.gather(*flooding, return_exceptions=True)
     timings = [t for client_timings, _, _ in results for t in client_timings]
     missing = sum(m for _, m, _ in results)
     cut = sum(c for _, _, c in results)

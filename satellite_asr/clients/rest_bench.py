@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from satellite_asr.audio import SAMPLE_RATE, Audio
-from satellite_asr.clients.bench import BenchFile, normalise_words
+from satellite_asr.clients.bench import BenchFile, in_process_daemon, normalise_words
 from satellite_asr.clients.wav import read_wav
 from satellite_asr.config import Settings
 
@@ -83,17 +83,11 @@ async def run_rest_bench(
     import aiohttp
     import jiwer
 
-    from satellite_asr.server import Daemon
-
     audio, words = long_recording(files, rounds)
     upload = wav_bytes(audio)
-    daemon = None
-    if url is None:
-        daemon = Daemon(settings)
-        await daemon.start()
-        await daemon.core.wait_ready()
-        url = f"http://127.0.0.1:{daemon.http_port}"
-    try:
+    async with in_process_daemon(settings, url is None) as daemon:
+        if daemon is not None:
+            url = f"http://127.0.0.1:{daemon.http_port}"
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None)) as http:
 
             async def transcribe() -> dict[str, Any]:
@@ -109,9 +103,6 @@ async def run_rest_bench(
             results = await asyncio.gather(*(transcribe() for _ in range(clients)))
             wall = time.perf_counter() - started
             cpu = time.process_time() - cpu_before
-    finally:
-        if daemon is not None:
-            await daemon.stop()
     seconds = audio.size / SAMPLE_RATE
     reference = normalise_words(" ".join(words))
     errors = [jiwer.wer(reference, normalise_words(result["text"]) or "<empty>") for result in results]

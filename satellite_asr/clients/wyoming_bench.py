@@ -31,7 +31,7 @@ from wyoming.audio import AudioChunk, AudioStart, AudioStop
 from wyoming.client import AsyncTcpClient
 from wyoming.event import Event
 
-from satellite_asr.clients.bench import STAGGER_SECONDS, BenchFile, normalise_words, percentile
+from satellite_asr.clients.bench import STAGGER_SECONDS, BenchFile, in_process_daemon, normalise_words, percentile
 from satellite_asr.clients.wav import WavFile, read_wav
 from satellite_asr.config import Settings
 from satellite_asr.protocols.wyoming import parse_uri
@@ -192,29 +192,20 @@ async def run_wyoming_bench(
     """Run the load; starts an in-process daemon from `settings` unless `uri` names a running server."""
     import jiwer
 
-    from satellite_asr.server import Daemon
-
-    daemon = None
-    if uri is None:
-        daemon = Daemon(settings)
-        await daemon.start()
-        await daemon.core.wait_ready()
-        assert daemon.wyoming_port is not None, "the in-process daemon needs a tcp:// wyoming_uri"
-        host, port = "127.0.0.1", daemon.wyoming_port
-    else:
-        address = parse_uri(uri)
-        if address is None or address.scheme != "tcp":
-            raise ValueError(f"--uri must be tcp://HOST:PORT, got {uri!r}")
-        host, port = address.host, address.port
-    try:
+    async with in_process_daemon(settings, uri is None) as daemon:
+        if daemon is not None:
+            assert daemon.wyoming_port is not None, "the in-process daemon needs a tcp:// wyoming_uri"
+            host, port = "127.0.0.1", daemon.wyoming_port
+        else:
+            address = parse_uri(uri or "")
+            if address is None or address.scheme != "tcp":
+                raise ValueError(f"--uri must be tcp://HOST:PORT, got {uri!r}")
+            host, port = address.host, address.port
         jobs = []
         for client in range(clients):
             work = [commands[(client + r) % len(commands)] for r in range(rounds)]
             jobs.append(_client(host, port, work, client * STAGGER_SECONDS, mode, ha_wait))
         timings = [t for client_timings in await asyncio.gather(*jobs) for t in client_timings]
-    finally:
-        if daemon is not None:
-            await daemon.stop()
     latencies = [t.latency for t in timings if t.latency is not None]
     answered = [t for t in timings if t.text is not None]
     expected = [normalise_words(t.reference) for t in answered]
