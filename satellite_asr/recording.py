@@ -1,9 +1,10 @@
 """A whole recording through one session: the same VAD endpointing as a live stream cuts it into
 utterances, and their finals are its segments.
 
-Used by the offline transcriber and the REST API. The audio is fed as fast as the engine keeps up:
-feeding pauses while `MAX_PENDING_FINALS` utterances wait for their finals, so a long file costs
-memory for a few utterances, not for all of them.
+Used by the offline transcriber and the REST API. The audio is fed as fast as the engine keeps up,
+without real-time pacing; the session's own back-pressure pauses feeding while
+`MAX_PENDING_FINALS` utterances wait for their finals, so a long file costs memory for a few
+utterances, not for all of them.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import AsyncIterator
 
 from satellite_asr.audio import Audio
 from satellite_asr.core import Core
-from satellite_asr.events import FinalTranscript, SessionError, SessionEvent, SpeechStopped
+from satellite_asr.events import FinalTranscript, SessionError, SessionEvent
 from satellite_asr.session import Session, SessionOptions
 
 MAX_PENDING_FINALS = 2
@@ -31,19 +32,13 @@ class TranscriptionFailed(Exception):
 
 
 class _Progress:
-    """Events of the session, queued for the reader, and how many finals are still owed."""
+    """Events of the session, queued for the reader."""
 
     def __init__(self) -> None:
         self.queue: asyncio.Queue[FinalTranscript | BaseException | None] = asyncio.Queue()
-        self.owed = 0
-        self.final_arrived = asyncio.Event()
 
     async def on_event(self, event: SessionEvent) -> None:
-        if isinstance(event, SpeechStopped):
-            self.owed += 1
-        elif isinstance(event, FinalTranscript):
-            self.owed -= 1
-            self.final_arrived.set()
+        if isinstance(event, FinalTranscript):
             self.queue.put_nowait(event)
         elif isinstance(event, SessionError):
             self.queue.put_nowait(TranscriptionFailed(event.code, event.message))
@@ -51,11 +46,6 @@ class _Progress:
     async def on_server_close(self, reason: str) -> None:
         """The daemon ended the session (shutdown, idle timeout): the recording is not finished."""
         self.queue.put_nowait(TranscriptionFailed(reason, f"the server ended the transcription ({reason})"))
-
-    async def room_to_feed(self) -> None:
-        while self.owed >= MAX_PENDING_FINALS:
-            self.final_arrived.clear()
-            await self.final_arrived.wait()
 
 
 class Recording:
@@ -69,7 +59,8 @@ class Recording:
     def __init__(self, core: Core, protocol: str, options: SessionOptions) -> None:
         self._core = core
         self._protocol = protocol
-        self._options = dataclasses.replace(options, max_feed_ahead_s=None)  # a file, not a live stream: no pacing
+        # a file, not a live stream: no pacing, and a bound of its own on the finals it waits for
+        self._options = dataclasses.replace(options, max_feed_ahead_s=None, max_pending_finals=MAX_PENDING_FINALS)
         self._progress = _Progress()
         self._session: Session | None = None
         self._feeder: asyncio.Task[None] | None = None
@@ -100,7 +91,6 @@ class Recording:
         async def feed() -> None:
             try:
                 async for chunk in chunks:
-                    await progress.room_to_feed()
                     await session.feed(chunk)
                 await self._core.sessions.release(session, "end", finalize=True)
                 progress.queue.put_nowait(None)
