@@ -99,6 +99,11 @@ async def running(server: Server, requests: int) -> bool:
     return await server.metric("vllm:num_requests_running") == requests
 
 
+async def decoding_started(server: Server, tokens_before: float) -> bool:
+    """The server has written tokens since `tokens_before`: the request is running there."""
+    return await server.metric("vllm:generation_tokens_total") > tokens_before
+
+
 @pytest.fixture(scope="module")
 def servers(tiny_qwen3_asr: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Server]]:
     logs = tmp_path_factory.mktemp("vllm-servers")
@@ -175,11 +180,12 @@ async def test_cancelled_partial_is_aborted_on_the_server(ready_servers: list[Se
     engine = remote_engine([server], decoding=Qwen3Decoding(max_new_tokens=LONG_DECODE_TOKENS, ignore_eos=True))
     await engine.start()
     try:
+        await until(lambda: running(server, 0))  # the earlier tests' decodes are done: counts start clean
         finished_before = await server.finished()
         tokens_before = await server.metric("vllm:generation_tokens_total")
         stream = engine.open_stream(StreamOptions(language="en"))
         partial = asyncio.create_task(stream.partial(speech))
-        await until(lambda: partial.done() or running(server, 1))
+        await until(lambda: partial.done() or decoding_started(server, tokens_before))
         assert not partial.done(), partial
         partial.cancel()
         with pytest.raises(asyncio.CancelledError):
