@@ -422,7 +422,8 @@ class Session:
             result = await asyncio.shield(speculation.task)
         except (asyncio.CancelledError, Exception):  # a failed decode is the final's to report
             return
-        verdict = self._turn_detector.verdict(result.text, result.language or self.options.language)
+        language = result.language or self.options.language
+        verdict = self._turn_detector.verdict(result.text, language, result.mean_logprob)
         log.debug("session %s: utterance %d paused at %r: %s", self.id, utterance.id, result.text, verdict.value)
         async with self._lock:
             if self._utterance is not utterance or utterance.speculation is not speculation:

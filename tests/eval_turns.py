@@ -65,15 +65,23 @@ class Judged:
 
 
 async def judge(
-    engine: Engine, detector: TurnDetector, names: list[str], pad_s: float, *, word_rules: bool = True
+    engine: Engine,
+    detector: TurnDetector,
+    names: list[str],
+    pad_s: float,
+    *,
+    word_rules: bool = True,
+    confidence: bool = True,
 ) -> list[Judged]:
     """Decode each file as heard at the decision; `word_rules` False withholds the language, which
-    leaves the rules to punctuation only (the baseline the word rules are measured against)."""
+    leaves the rules to punctuation only, and `confidence` False withholds how sure the engine was
+    (the baselines the rules are measured against)."""
     results = []
     for name in names:
         transcript = await engine.open_stream(StreamOptions()).final(heard_at_decision(name, pad_s))
         language = transcript.language if word_rules else None
-        results.append(Judged(name, transcript.text, detector.verdict(transcript.text, language)))
+        mean_logprob = transcript.mean_logprob if confidence else None
+        results.append(Judged(name, transcript.text, detector.verdict(transcript.text, language, mean_logprob)))
     return results
 
 
@@ -100,20 +108,28 @@ async def main() -> None:
     parser.add_argument("--pad", type=float, default=DEFAULT_PAD_S, help="seconds kept after the voice stops")
     parser.add_argument("--split", choices=("dev", "heldout"), help="only this split (default: both)")
     parser.add_argument("--punctuation-only", action="store_true", help="baseline: no English word rules")
+    parser.add_argument("--text-only", action="store_true", help="baseline: without the engine's confidence")
     parser.add_argument("-v", "--verbose", action="store_true", help="print every file's text and verdict")
     args = parser.parse_args()
     names = [n for n, e in MANIFEST.items() if args.split in (None, e["split"])]
     engine = WhisperEngine()
     await engine.start()
     try:
-        results = await judge(engine, RuleTurnDetector(), names, args.pad, word_rules=not args.punctuation_only)
+        results = await judge(
+            engine,
+            RuleTurnDetector(),
+            names,
+            args.pad,
+            word_rules=not args.punctuation_only,
+            confidence=not args.text_only,
+        )
     finally:
         await engine.close()
     for r in results:
         if args.verbose or r.correct is False:
             mark = {True: "ok", False: "WRONG", None: "hard"}[r.correct]
             print(f"{mark:5} {r.name:24} {r.verdict.value:10} {r.text!r}")
-    rules = "punctuation only" if args.punctuation_only else "all rules"
+    rules = "punctuation only" if args.punctuation_only else "text rules only" if args.text_only else "all rules"
     print(f"pad {args.pad:.2f} s, bundled tiny.en, {len(results)} files, {rules}")
     for split in ("dev", "heldout"):
         print("\n".join(summary(results, split)))

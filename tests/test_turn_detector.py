@@ -121,6 +121,55 @@ def test_sentence_end_is_complete_and_no_punctuation_is_unsure(text: str, verdic
     assert detector.verdict(text, "en") is verdict
 
 
+SURE, DOUBTFUL = -0.3, -1.5
+"""Log-probabilities per token (`Transcript.mean_logprob`) of a decode the engine is sure of, and of
+a guess."""
+
+
+@pytest.mark.parametrize(
+    ("text", "verdict"),
+    [
+        ("Play the news", COMPLETE),
+        ("Pause the music", COMPLETE),
+        ("Turn it off", COMPLETE),
+        ("Play the news.", COMPLETE),
+        ("Set a timer for", INCOMPLETE),
+        ("Turn on the", INCOMPLETE),
+        ("Play some music in the...", INCOMPLETE),
+        ("Turn on", INCOMPLETE),
+    ],
+)
+def test_english_words_the_engine_is_sure_of_need_no_punctuation(text: str, verdict: TurnVerdict) -> None:
+    assert detector.verdict(text, "en", SURE) is verdict
+
+
+@pytest.mark.parametrize("text", ["At milk hunt.", "Set the volume tube.", "Play the news", "Playmate"])
+def test_words_the_engine_doubts_never_end_a_turn_fast(text: str) -> None:
+    assert detector.verdict(text, "en", DOUBTFUL) is UNSURE
+
+
+@pytest.mark.parametrize("text", ["Set a timer for.", "Turn on the", "(coughs)", "Play some music..."])
+def test_doubt_does_not_soften_an_incomplete_text(text: str) -> None:
+    assert detector.verdict(text, "en", DOUBTFUL) is INCOMPLETE
+
+
+@pytest.mark.parametrize(("mean_logprob", "verdict"), [(-0.99, COMPLETE), (-1.0, COMPLETE), (-1.01, UNSURE)])
+def test_doubt_starts_below_whispers_own_failure_bar(mean_logprob: float, verdict: TurnVerdict) -> None:
+    assert detector.verdict("Play the news", "en", mean_logprob) is verdict
+
+
+@pytest.mark.parametrize(
+    ("text", "language", "verdict"),
+    [
+        ("Mach das Licht an", "de", UNSURE),
+        ("Mach das Licht an.", "de", COMPLETE),
+        ("Play the news", None, UNSURE),
+    ],
+)
+def test_sure_words_without_punctuation_end_only_english(text: str, language: str | None, verdict: TurnVerdict) -> None:
+    assert detector.verdict(text, language, SURE) is verdict
+
+
 @pytest.mark.parametrize("language", ["en", "EN", "en-US", "en_GB"])
 def test_english_rules_apply_to_every_english_tag(language: str) -> None:
     assert detector.verdict("Set a timer for.", language) is INCOMPLETE

@@ -46,9 +46,28 @@ async def test_model_by_local_path_and_short_context_matches_full_window() -> No
             assert same_words(EXPECTED[name], [fast.text]), fast.text
             assert same_words([slow.text], [fast.text]), (slow.text, fast.text)
             assert fast.language == "en" and fast.tokens > 0
+            # both paths say how sure they are, on the same scale: clear speech is above doubt
+            assert fast.mean_logprob is not None and slow.mean_logprob is not None
+            assert -1.0 < fast.mean_logprob < 0 and -1.0 < slow.mean_logprob < 0, (fast, slow)
+            assert abs(fast.mean_logprob - slow.mean_logprob) < 0.3, (fast, slow)
     finally:
         await short.close()
         await full.close()
+
+
+async def test_a_command_cut_inside_its_words_is_decoded_with_less_confidence() -> None:
+    """What turn detection leans on: the engine's confidence drops when it can only guess."""
+    engine = WhisperEngine()
+    await engine.start()
+    try:
+        audio = read_wav(FIXTURES / "lights_on.wav").to_16k_mono()
+        cut = audio[: int(audio.size * 0.35)]  # the command cut inside its words
+        clear = await engine.open_stream(StreamOptions()).final(audio)
+        guessed = await engine.open_stream(StreamOptions()).final(cut)
+        assert clear.mean_logprob is not None
+        assert guessed.mean_logprob is None or guessed.mean_logprob < clear.mean_logprob, (clear, guessed)
+    finally:
+        await engine.close()
 
 
 async def test_final_does_not_depend_on_the_partials_before_it() -> None:

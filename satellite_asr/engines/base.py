@@ -56,6 +56,9 @@ class Transcript:
     language: str | None = None
     tokens: int = 0
     """Generated token count (for metrics and for engine tests that cannot check words)."""
+    mean_logprob: float | None = None
+    """How sure the engine is of these words: the decode's log-probability (its end token
+    included) per text token; None when the engine does not say. Turn detection distrusts a low one."""
 
 
 @dataclass(frozen=True)

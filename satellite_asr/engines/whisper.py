@@ -222,6 +222,7 @@ class WhisperEngine(Engine):
             max_length=len(prompt) + budget,  # CTranslate2 counts the prompt in max_length
             suppress_blank=True,
             suppress_tokens=[-1],
+            return_scores=True,  # with length_penalty 1: the log-probability per text token
         )
         tokens = [t for t in result[0].sequences_ids[0] if t < tokenizer.eot]
         first_pass = loop_length(tokens)
@@ -231,7 +232,8 @@ class WhisperEngine(Engine):
             log.debug("short-context decode repeated itself (%d tokens); decoding the full window", len(tokens))
             self.full_window_retries += 1
             return None
-        return Transcript(text=tokenizer.decode(tokens).strip(), language=language, tokens=len(tokens))
+        mean_logprob = result[0].scores[0] if tokens else None
+        return Transcript(tokenizer.decode(tokens).strip(), language, len(tokens), mean_logprob)
 
     def _tokenizer(self, language: str) -> Tokenizer:
         assert self._model is not None
@@ -253,7 +255,9 @@ class WhisperEngine(Engine):
         pieces = list(segments)
         text = "".join(segment.text for segment in pieces).strip()
         tokens = sum(len(segment.tokens) for segment in pieces)
-        return Transcript(text=text, language=info.language, tokens=tokens)
+        # faster-whisper averages each segment over its tokens plus the end token
+        logprob = sum(segment.avg_logprob * (len(segment.tokens) + 1) for segment in pieces)
+        return Transcript(text, info.language, tokens, logprob / tokens if tokens else None)
 
     async def close(self) -> None:
         executor, self._executor = self._executor, None

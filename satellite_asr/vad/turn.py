@@ -13,12 +13,18 @@ The rules read the engine's own text (Whisper's punctuation and casing), in this
    a conjunction, a verb that needs its object, "turn"/"switch" without their object...):
    incomplete, whatever the punctuation. Whisper often closes a cut half with a period
    ("Set a timer for."), so this rule comes before punctuation.
-4. Sentence-final punctuation (. ! ? and their full-width forms): complete.
-5. Otherwise: unsure (the caller decides, usually the long wait).
+4. The engine doubts its own words (`mean_logprob` below `DOUBTFUL_LOGPROB`): unsure. Half a
+   command misheard reads like anything, a finished sentence included ("At milk hunt." for "add
+   milk to ..."); such a text says nothing about the turn.
+5. Sentence-final punctuation (. ! ? and their full-width forms): complete.
+6. English words the engine is sure of, with no punctuation: complete. Small models often leave
+   a finished command unpunctuated ("Play the news"); rule 3 has already caught the cut halves.
+7. Otherwise (another language, or no `mean_logprob` from the engine): unsure (the caller
+   decides, usually the long wait).
 
-Other languages, and an unknown language (None), get rules 1, 2, 4 and 5 only: English word lists
-would misread them (German "an" in "Mach das Licht an" ends a command). Pass the transcript's
-language: Whisper always reports one.
+Other languages, and an unknown language (None), get rules 1, 2, 4, 5 and 7 only: English word
+lists would misread them (German "an" in "Mach das Licht an" ends a command). Pass the
+transcript's language: Whisper always reports one.
 """
 
 from __future__ import annotations
@@ -38,9 +44,16 @@ class TurnVerdict(enum.Enum):
 
 
 class TurnDetector(Protocol):
-    """Text heard so far and its language in, a verdict on the turn out. Pure: no state, no I/O."""
+    """Text heard so far, its language and how sure the engine was of it (`Transcript.mean_logprob`,
+    None if unknown) in, a verdict on the turn out. Pure: no state, no I/O."""
 
-    def verdict(self, text: str, language: str | None) -> TurnVerdict: ...
+    def verdict(self, text: str, language: str | None, mean_logprob: float | None = None) -> TurnVerdict: ...
+
+
+DOUBTFUL_LOGPROB = -1.0
+"""Below this log-probability per token the engine's words are a guess. -1.0 is Whisper's own
+bar for a failed decode (its `logprob_threshold`); on the evaluation set's `dev` half, the cut
+halves that tiny.en misheard scored -1.2 to -2.3 and the finished commands it heard -0.08 to -0.95."""
 
 
 TRAILING_OFF = ("\u2026", "...", "-", "\u2013", "\u2014", ",", "\uff0c", "\u3001", ";", ":")
@@ -94,7 +107,7 @@ def _is_english(language: str | None) -> bool:
 class RuleTurnDetector:
     """Punctuation for every language, plus English last-word rules (see the module docstring)."""
 
-    def verdict(self, text: str, language: str | None) -> TurnVerdict:
+    def verdict(self, text: str, language: str | None, mean_logprob: float | None = None) -> TurnVerdict:
         spoken = SOUND_TAG.sub(" ", text).strip()
         words = [word.lower().replace("\u2019", "'") for word in WORD.findall(spoken)]
         if not words:
@@ -102,9 +115,14 @@ class RuleTurnDetector:
         ending = spoken.rstrip(CLOSERS)
         if ending.endswith(TRAILING_OFF):
             return TurnVerdict.INCOMPLETE
-        if _is_english(language) and _english_cannot_end(words):
+        english = _is_english(language)
+        if english and _english_cannot_end(words):
             return TurnVerdict.INCOMPLETE
+        if mean_logprob is not None and mean_logprob < DOUBTFUL_LOGPROB:
+            return TurnVerdict.UNSURE
         if ending.endswith(SENTENCE_END):
+            return TurnVerdict.COMPLETE
+        if english and mean_logprob is not None:
             return TurnVerdict.COMPLETE
         return TurnVerdict.UNSURE
 
