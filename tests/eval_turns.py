@@ -30,8 +30,10 @@ from satellite_asr.vad.turn import RuleTurnDetector, TurnDetector, TurnVerdict
 
 TURNS = Path(__file__).parent / "fixtures" / "turns"
 MANIFEST: dict[str, dict[str, Any]] = json.loads((TURNS / "manifest.json").read_text())
-"""File name -> text, category (paused / complete / hard), split (dev / heldout), voice, speed,
+"""File name -> text, category (paused / complete / hard), split (dev / heldout / fresh), voice, speed,
 voice_start_s, voice_end_s, and for paused and hard files pause_start_s / pause_end_s."""
+SPLITS = tuple(dict.fromkeys(entry["split"] for entry in MANIFEST.values()))
+"""The manifest's splits, in its order (make_turns.py says what each is for)."""
 PRE_ROLL_S = 0.3
 """Audio before the voice an utterance starts with (the endpointer's default `speech_pad_ms`)."""
 DEFAULT_PAD_S = 0.2
@@ -106,7 +108,7 @@ def summary(results: list[Judged], split: str) -> list[str]:
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pad", type=float, default=DEFAULT_PAD_S, help="seconds kept after the voice stops")
-    parser.add_argument("--split", choices=("dev", "heldout"), help="only this split (default: both)")
+    parser.add_argument("--split", choices=SPLITS, help="only this split (default: all of them)")
     parser.add_argument("--punctuation-only", action="store_true", help="baseline: no English word rules")
     parser.add_argument("--text-only", action="store_true", help="baseline: without the engine's confidence")
     parser.add_argument("-v", "--verbose", action="store_true", help="print every file's text and verdict")
@@ -131,7 +133,7 @@ async def main() -> None:
             print(f"{mark:5} {r.name:24} {r.verdict.value:10} {r.text!r}")
     rules = "punctuation only" if args.punctuation_only else "text rules only" if args.text_only else "all rules"
     print(f"pad {args.pad:.2f} s, bundled tiny.en, {len(results)} files, {rules}")
-    for split in ("dev", "heldout"):
+    for split in SPLITS:
         print("\n".join(summary(results, split)))
 
 
