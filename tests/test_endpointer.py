@@ -19,6 +19,7 @@ from satellite_asr.vad.endpointer import (
     SpeechPaused,
     SpeechStart,
     ms_to_samples,
+    silence_samples,
 )
 from satellite_asr.vad.turn import TurnVerdict
 
@@ -38,7 +39,8 @@ CONFIG = dataclasses.replace(ADAPTIVE, turn_detection="fixed")
 
 
 def windows(ms: float) -> int:
-    return math.ceil(ms_to_samples(ms) / WINDOW)
+    """Silences are counted in whole windows, the nearest number to the milliseconds asked."""
+    return max(1, round(ms_to_samples(ms) / WINDOW))
 
 
 def run(endpointer: Endpointer, probabilities: list[float]) -> list[tuple[int, EndpointEvent]]:
@@ -63,7 +65,8 @@ def test_speech_starts_after_min_speech_with_preroll() -> None:
     starts = of_type(events, SpeechStart)
     assert len(starts) == 1
     index, start = starts[0]
-    assert index == lead + windows(300) - 1, "start is reported on the window that completes min_speech_ms"
+    speech_windows = math.ceil(ms_to_samples(300) / WINDOW)  # speech is counted up to min_speech_ms
+    assert index == lead + speech_windows - 1, "start is reported on the window that completes min_speech_ms"
     assert isinstance(start, SpeechStart)
     assert start.start == lead * WINDOW - ms_to_samples(300), "pre-roll of speech_pad_ms before the onset"
 
@@ -191,6 +194,11 @@ def paused(config: EndpointerConfig, speech: int = 40) -> tuple[Endpointer, int]
     ((_, pause),) = of_type(events, SpeechPaused)
     assert isinstance(pause, SpeechPaused)
     return endpointer, pause.end
+
+
+@pytest.mark.parametrize(("ms", "waited"), [(200, 6), (100, 3), (800, 25), (250, 8), (64, 2), (10, 1)])
+def test_a_silence_is_the_nearest_whole_number_of_windows(ms: int, waited: int) -> None:
+    assert silence_samples(ms) == waited * WINDOW, "200 ms is 6 windows (192 ms), not 7 (224 ms)"
 
 
 def test_adaptive_speculates_at_half_the_short_silence() -> None:

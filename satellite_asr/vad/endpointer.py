@@ -34,6 +34,12 @@ def ms_to_samples(ms: float) -> int:
     return round(ms * SAMPLE_RATE / 1000)
 
 
+def silence_samples(ms: float) -> int:
+    """A silence as the whole number of windows nearest to `ms` (at least one). Silence is counted
+    window by window: rounding up instead would add up to a window (32 ms) to every wait."""
+    return max(1, round(ms_to_samples(ms) / WINDOW)) * WINDOW
+
+
 ONSET_GAP = ms_to_samples(100)
 """Dips shorter than this do not restart the count of `min_speech_ms`: Silero's probability
 flickers inside words (a "wh" or "t"), and restarting would move the start into the word."""
@@ -87,8 +93,8 @@ class EndpointerConfig:
 
         Adaptive: half the short silence, so the verdict is there about when the short silence is.
         """
-        longest = ms_to_samples(self.silence_ms) // 3
-        return min(longest, ms_to_samples(self.min_silence_ms) // 2) if self.adaptive else longest
+        longest = silence_samples(self.silence_ms / 3)
+        return min(longest, silence_samples(self.min_silence_ms / 2)) if self.adaptive else longest
 
 
 @dataclass(frozen=True)
@@ -139,8 +145,8 @@ class Endpointer:
     def __init__(self, config: EndpointerConfig) -> None:
         self.config = config
         self._min_speech = ms_to_samples(config.min_speech_ms)
-        self._silence = ms_to_samples(config.silence_ms)
-        self._min_silence = ms_to_samples(config.min_silence_ms)
+        self._silence = silence_samples(config.silence_ms)
+        self._min_silence = silence_samples(config.min_silence_ms)
         self._pad = ms_to_samples(config.speech_pad_ms)
         self._partial_interval = ms_to_samples(config.partial_interval_ms)
         self._max_utterance = int(config.max_utterance_s * SAMPLE_RATE)
