@@ -147,8 +147,28 @@ def key_similarity(a: str, b: str, least: float = 0.0) -> float:
     longest = max(len(a), len(b))
     if not longest:
         return 1.0
-    distance = key_distance(a, b, (1.0 - least) * longest)
+    distance = _key_distance_within(a, b, (1.0 - least) * longest)
     return max(0.0, 1.0 - distance / longest)
+
+
+_DISTANCES: dict[tuple[str, str], tuple[float, float]] = {}
+"""(key, key) -> (limit, distance) of the last computation; most of the cost of correcting text is
+these distances, and the same runs and names meet again (the partials of an utterance, its final,
+the engine's second look and the session's correction of the same text)."""
+_DISTANCES_KEPT = 1 << 16
+
+
+def _key_distance_within(a: str, b: str, limit: float) -> float:
+    """`key_distance(a, b, limit)`, remembered: a distance found within a limit is exact, one over
+    it answers any smaller limit."""
+    known = _DISTANCES.get((a, b))
+    if known is not None and (known[1] <= known[0] or limit <= known[0]):
+        return known[1]
+    distance = key_distance(a, b, limit)
+    if len(_DISTANCES) >= _DISTANCES_KEPT:
+        _DISTANCES.clear()
+    _DISTANCES[a, b] = (limit, distance)
+    return distance
 
 
 def letters(text: str) -> str:
