@@ -95,14 +95,16 @@ def report(label: str, result: dict[str, Any]) -> None:
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--half", choices=["dev", "heldout", "all"], default="dev")
+    parser.add_argument("--half", choices=["dev", "heldout", "heldout2", "all"], default="dev")
     parser.add_argument("--cap", type=int, default=0, help="names in the prompt (the daemon gives whisper none)")
     parser.add_argument("--faster-whisper", action="store_true", help="faster-whisper's own hotwords vs prompt")
     parser.add_argument("--misses", action="store_true", help="print the names that came out wrong")
     parser.add_argument(
         "--no-second-look", action="store_true", help="the engine does not decode again with the names it nearly heard"
     )
-    parser.add_argument("--threshold", type=float, default=0.6, help="the correction's threshold")
+    parser.add_argument(
+        "--threshold", type=float, default=NameCorrector(()).threshold, help="the session's correction's threshold"
+    )
     parser.add_argument(
         "--verify",
         type=float,

@@ -258,7 +258,7 @@ class NameCorrector:
         self,
         names: Sequence[str],
         *,
-        threshold: float = 0.6,
+        threshold: float = 0.65,
         key_weight: float = 0.8,
         one_word: float = 0.1,
         margin: float = 0.1,
