@@ -251,7 +251,7 @@ class NameCorrector:
     (`threshold + one_word` for a single word: few letters match by chance more easily), and what
     differs between run and name, their shared end words left out, at least `threshold - margin`.
     Names with a sound key shorter than `min_key` ("TV", "Lounge") are only taken as spelled.
-    The defaults were tuned on the dev half of tests/fixtures/names (docs/benchmarks.md).
+    The defaults were tuned on the dev part of tests/fixtures/names (docs/benchmarks.md).
     """
 
     def __init__(
