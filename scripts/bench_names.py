@@ -7,7 +7,7 @@ none); and as the daemon does with names: that prompt, the engine's second look 
 names near what it heard (`StreamOptions.names`), then the transcript corrected towards all the
 home's names (`NameCorrector`, timed with the decode). The runs take turns on each command.
 
-    PYTHONPATH=. .venv/bin/python scripts/bench_names.py [--half dev|heldout|all] [--cap 0]
+    PYTHONPATH=. .venv/bin/python scripts/bench_names.py [--half dev|heldout|heldout2|all] [--cap 0]
     PYTHONPATH=. .venv/bin/python scripts/bench_names.py --faster-whisper   # hotwords vs prompt
 
 Reports names right (a name counts when its letters appear in the transcript, ignoring case,
