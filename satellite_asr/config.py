@@ -289,7 +289,8 @@ class Settings:
     ha_names_limit: int = _opt(
         -1,
         "Household names given to the engine as context, the most useful first; -1: the engine's choice (whisper "
-        "55, about what fits its prompt; Qwen3-ASR 100). Transcripts are also corrected towards the names.",
+        "none: it decodes a final again with the few names near what it heard; Qwen3-ASR 100). Transcripts are "
+        "also corrected towards the names.",
         minimum=-1,
         maximum=1000,
     )

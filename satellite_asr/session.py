@@ -367,7 +367,9 @@ class Session:
 
     async def _start_utterance(self, start: int) -> None:
         self.utterances += 1
-        stream = self._engine.open_stream(StreamOptions(language=self.options.language, context=self._engine_context))
+        stream = self._engine.open_stream(
+            StreamOptions(language=self.options.language, context=self._engine_context, names=self.options.names)
+        )
         utterance = _Utterance(id=self.utterances, start=max(start, self._audio.base), stream=stream)
         if self.options.partials:
             utterance.partials = PartialRequests(lambda: self._decode_partial(utterance), self._metrics)

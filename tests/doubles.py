@@ -132,12 +132,14 @@ class ChangesItsMindEngineDouble(WhisperEngine):
 
 
 class ContextRecordingEngineDouble(WhisperEngine):
-    """Real whisper that records the biasing context of every stream opened: what reached the engine."""
+    """Real whisper that records the biasing context and names of every stream opened: what reached the engine."""
 
     def __init__(self) -> None:
         super().__init__()
         self.contexts: list[str] = []
+        self.names: list[tuple[str, ...]] = []
 
     def open_stream(self, options: StreamOptions) -> EngineStream:
         self.contexts.append(options.context)
+        self.names.append(options.names)
         return super().open_stream(options)

@@ -57,3 +57,14 @@ def test_only_the_given_names_and_no_names_changes_nothing() -> None:
     assert NameCorrector([]).correct("turn off the merry-go room") == "turn off the merry-go room"
     assert NameCorrector(["Zebedee"]).correct("turn off the merry-go room") == "turn off the merry-go room"
     assert NameCorrector(["Marigold room", "Marigold  room"]).correct("the merry-go room!") == "the Marigold room!"
+
+
+def test_near_names_are_what_loosely_sounds_like_a_name_the_text_does_not_have() -> None:
+    """What an engine takes a second look with: nothing when the text has its name already."""
+    corrector = NameCorrector(HOME_NAMES)
+    near = corrector.near_names("close the blinds in Maybles 10.", 5, 0.5)
+    assert "Mabel's den" in near and len(near) <= 5, near
+    assert corrector.near_names("close the blinds in Maybles 10.", 1, 0.5) == near[:1]
+    assert corrector.near_names("turn on the kitchen lights", 5, 0.5) == [], "a name as spelled"
+    assert corrector.near_names("turn off the light since the merry-go-room.", 5, 0.5) == [], "corrected by text"
+    assert corrector.near_names("Turn off all the lights.", 5, 0.5) == [], "like no name at all"

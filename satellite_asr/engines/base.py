@@ -46,6 +46,9 @@ class StreamOptions:
     """Language code (e.g. `en`); None lets the engine detect it."""
     context: str = ""
     """Biasing text (names, terms, previous conversation); engines use it as a prompt."""
+    names: tuple[str, ...] = ()
+    """Names the utterances may contain (the client's terms, then the household's names, ranked):
+    an engine may check what it heard against them (whisper decodes again with the near ones)."""
 
 
 @dataclass(frozen=True)

