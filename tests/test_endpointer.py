@@ -225,10 +225,33 @@ def test_a_verdict_after_the_short_silence_ends_the_utterance_at_once() -> None:
 
 
 @pytest.mark.parametrize("verdict", [TurnVerdict.INCOMPLETE, TurnVerdict.UNSURE])
-def test_other_verdicts_wait_the_long_silence(verdict: TurnVerdict) -> None:
+def test_other_verdicts_wait_the_long_silence_with_a_second_look_at_fixeds_audio(verdict: TurnVerdict) -> None:
     endpointer, end = paused(ADAPTIVE)
     assert endpointer.verdict(end, verdict) == []
     events = run(endpointer, [0.0] * windows(800))
+    ((look_index, second_look),) = of_type(events, SpeechPaused)
+    ((_, endpoint),) = of_type(events, Endpoint)
+    # the second look ends where fixed endpointing's only look does: more trailing audio than the first
+    _, fixed_end = paused(CONFIG)
+    assert second_look == SpeechPaused(fixed_end) and fixed_end > end
+    assert look_index == windows(800 / 3) - windows(100) - 1, "at a third of the long silence"
+    assert endpoint == Endpoint(fixed_end, "silence", windows(800) * WINDOW)
+    assert endpointer.verdict(fixed_end, TurnVerdict.COMPLETE) == [], "only the first look is judged"
+
+
+def test_a_late_verdict_asks_for_the_second_look_at_once() -> None:
+    endpointer, end = paused(ADAPTIVE)
+    assert of_type(run(endpointer, [0.0] * windows(400)), SpeechPaused) == [], "no second look before a verdict"
+    (second_look,) = endpointer.verdict(end, TurnVerdict.UNSURE)
+    assert isinstance(second_look, SpeechPaused) and second_look.end > end
+    ((_, endpoint),) = of_type(run(endpointer, [0.0] * windows(800)), Endpoint)
+    assert endpoint.end == second_look.end and endpoint.reason == "silence"
+
+
+def test_without_a_verdict_the_long_silence_ends_at_the_first_look() -> None:
+    endpointer, end = paused(ADAPTIVE)
+    events = run(endpointer, [0.0] * windows(800))
+    assert of_type(events, SpeechPaused) == []
     ((_, endpoint),) = of_type(events, Endpoint)
     assert endpoint == Endpoint(end, "silence", windows(800) * WINDOW)
 

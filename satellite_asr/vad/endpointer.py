@@ -83,8 +83,8 @@ class EndpointerConfig:
 
     @property
     def trailing_pad_samples(self) -> int:
-        """Audio kept after the last speech window (a trailing consonant), never more than what
-        exists when the speculative decode starts."""
+        """Audio kept after the last speech window (a trailing consonant) by the first speculative
+        decode: never more than what exists when it starts."""
         return min(ms_to_samples(self.speech_pad_ms), self.speculate_after_samples)
 
     @property
@@ -93,8 +93,22 @@ class EndpointerConfig:
 
         Adaptive: half the short silence, so the verdict is there about when the short silence is.
         """
-        longest = silence_samples(self.silence_ms / 3)
-        return min(longest, silence_samples(self.min_silence_ms / 2)) if self.adaptive else longest
+        return (
+            min(self.second_look_samples, silence_samples(self.min_silence_ms / 2))
+            if self.adaptive
+            else (self.second_look_samples)
+        )
+
+    @property
+    def second_look_samples(self) -> int:
+        """Silence after which a pause that will wait the long silence has its final decoded: a third
+        of `silence_ms`, with that much trailing audio. Adaptive pauses not judged complete decode
+        again here, so their final is the one `fixed` gives (the first decode kept less audio)."""
+        return silence_samples(self.silence_ms / 3)
+
+    @property
+    def second_look_pad_samples(self) -> int:
+        return min(ms_to_samples(self.speech_pad_ms), self.second_look_samples)
 
 
 @dataclass(frozen=True)
@@ -164,7 +178,9 @@ class Endpointer:
         self._needed_silence = self._silence
         """Silence that ends the pause in progress: `silence_ms`, or less after a complete verdict."""
         self._since_partial = 0
-        self._paused_reported = False
+        self._looks = 0
+        """Speculative decodes asked for in the pause in progress: none, the first, or the second look."""
+        self._verdict_in = False
 
     def process(self, probability: float) -> list[EndpointEvent]:
         """Consume one window's speech probability."""
@@ -184,14 +200,18 @@ class Endpointer:
 
     def verdict(self, end: int, verdict: TurnVerdict) -> list[EndpointEvent]:
         """The turn detector read the final speculated at `end`: a complete command ends the pause at
-        the short silence (now, if that much has passed). Ignored unless adaptive and that pause
-        is still going on."""
-        if not (self.config.adaptive and self.in_speech and self._paused_reported and end == self._speech_end()):
+        the short silence (now, if that much has passed); anything else waits the long one, with a
+        second look at the audio (`SpeechPaused` again, now if it is due). Ignored unless adaptive
+        and `end` is the first look of the pause in progress."""
+        if not (self.config.adaptive and self.in_speech and self._looks == 1 and end == self._speech_end()):
             return []
-        self._needed_silence = self._min_silence if verdict is TurnVerdict.COMPLETE else self._silence
-        if self._silence_run >= self._needed_silence:
-            return [self._finish(self._speech_end(), self._pause_reason())]
-        return []
+        self._verdict_in = True
+        if verdict is TurnVerdict.COMPLETE:
+            self._needed_silence = self._min_silence
+            if self._silence_run >= self._needed_silence:
+                return [self._finish(self._speech_end(), "complete")]
+            return []
+        return self._look_if_due()
 
     def _idle(self, probability: float, window_start: int) -> list[EndpointEvent]:
         if probability >= self.config.threshold:
@@ -212,7 +232,7 @@ class Endpointer:
         self._silence_run = 0
         self._needed_silence = self._silence
         self._since_partial = self.position - self.utterance_start
-        self._paused_reported = False
+        self._looks, self._verdict_in = 0, False
         events: list[EndpointEvent] = [SpeechStart(self.utterance_start)]
         events.extend(self._partial_if_due())
         return events
@@ -223,7 +243,7 @@ class Endpointer:
             self._last_speech_end = self.position
             self._silence_run = 0
             self._needed_silence = self._silence
-            self._paused_reported = False
+            self._looks, self._verdict_in = 0, False
             self._since_partial += WINDOW
             events.extend(self._partial_if_due())
         elif not self.config.manual:
@@ -231,9 +251,7 @@ class Endpointer:
             if self._silence_run >= self._needed_silence:
                 events.append(self._finish(self._speech_end(), self._pause_reason()))
                 return events
-            if not self._paused_reported and self._silence_run >= self.config.speculate_after_samples:
-                self._paused_reported = True
-                events.append(SpeechPaused(self._speech_end()))
+            events.extend(self._look_if_due())
         if self.position - self.utterance_start >= self._max_utterance:
             events.append(self._finish(self.position, "forced"))
         return events
@@ -244,8 +262,22 @@ class Endpointer:
         self._since_partial = 0
         return [PartialDue(self.position)]
 
+    def _look_if_due(self) -> list[EndpointEvent]:
+        """The first look at a pause once `speculate_after_samples` of silence; in adaptive mode a
+        second one at `second_look_samples`, once the first was judged not complete."""
+        if self._looks == 0 and self._silence_run >= self.config.speculate_after_samples:
+            self._looks = 1
+            return [SpeechPaused(self._speech_end())]
+        second_due = self._silence_run >= self.config.second_look_samples > self.config.speculate_after_samples
+        if self._looks == 1 and self._verdict_in and second_due:
+            self._looks = 2
+            return [SpeechPaused(self._speech_end())]
+        return []
+
     def _speech_end(self) -> int:
-        return min(self._last_speech_end + self.config.trailing_pad_samples, self.position)
+        """Where the utterance's audio ends for the look in progress (the endpoint uses the latest)."""
+        pad = self.config.second_look_pad_samples if self._looks == 2 else self.config.trailing_pad_samples
+        return min(self._last_speech_end + pad, self.position)
 
     def _pause_reason(self) -> str:
         return "complete" if self._needed_silence < self._silence else "silence"
