@@ -6,7 +6,8 @@ No I/O and no clock: time is the count of 16 kHz samples fed so far, one Silero 
 Where a command ends is a question of meaning as much as of silence. With `turn_detection`
 `adaptive`, the final is decoded early in a pause (`SpeechPaused`) and a `TurnDetector` reads its
 text; the session hands the verdict back (`verdict`): a complete command ends after
-`min_silence_ms`, anything else waits the full `silence_ms`. With `fixed`, every utterance waits
+`min_silence_ms`, anything else waits the full `silence_ms` and is decoded again on the way (a
+second look, with the trailing audio `fixed` keeps). With `fixed`, every utterance waits
 `silence_ms`. With `manual`, silence ends nothing: the client does (`flush`), or the length cap.
 
 One threshold decides speech and silence. Silero's own segmenter keeps speech going down to
@@ -93,21 +94,21 @@ class EndpointerConfig:
 
         Adaptive: half the short silence, so the verdict is there about when the short silence is.
         """
-        return (
-            min(self.second_look_samples, silence_samples(self.min_silence_ms / 2))
-            if self.adaptive
-            else (self.second_look_samples)
-        )
+        if not self.adaptive:
+            return self.second_look_samples
+        return min(self.second_look_samples, silence_samples(self.min_silence_ms / 2))
 
     @property
     def second_look_samples(self) -> int:
         """Silence after which a pause that will wait the long silence has its final decoded: a third
-        of `silence_ms`, with that much trailing audio. Adaptive pauses not judged complete decode
-        again here, so their final is the one `fixed` gives (the first decode kept less audio)."""
+        of `silence_ms`. `fixed` looks only here; `adaptive` looks again here at a pause not judged
+        complete, so its final keeps as much trailing audio as `fixed`'s (the first look, earlier,
+        could keep less)."""
         return silence_samples(self.silence_ms / 3)
 
     @property
     def second_look_pad_samples(self) -> int:
+        """Audio kept after the last speech window by a look at `second_look_samples`."""
         return min(ms_to_samples(self.speech_pad_ms), self.second_look_samples)
 
 
