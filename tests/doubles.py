@@ -8,6 +8,7 @@ All wrap the real whisper engine, so everything but the injected fault is the pr
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 from satellite_asr.audio import Audio
 from satellite_asr.engines.base import EngineError, EngineStream, StreamOptions, Transcript
@@ -143,3 +144,23 @@ class ContextRecordingEngineDouble(WhisperEngine):
         self.contexts.append(options.context)
         self.names.append(options.names)
         return super().open_stream(options)
+
+
+class _DoubtsItsWordsStream(EngineStream):
+    def __init__(self, inner: EngineStream) -> None:
+        self._inner = inner
+
+    async def partial(self, audio: Audio) -> Transcript:
+        return await self._inner.partial(audio)
+
+    async def final(self, audio: Audio) -> Transcript:
+        heard = await self._inner.final(audio)
+        return dataclasses.replace(heard, mean_logprob=-2.0)
+
+
+class DoubtsItsWordsEngineDouble(WhisperEngine):
+    """Real whisper text, reported with the confidence of a guess (as when a half command is misheard
+    as a finished sentence)."""
+
+    def open_stream(self, options: StreamOptions) -> EngineStream:
+        return _DoubtsItsWordsStream(super().open_stream(options))

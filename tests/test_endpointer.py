@@ -39,8 +39,8 @@ CONFIG = dataclasses.replace(ADAPTIVE, turn_detection="fixed")
 
 
 def windows(ms: float) -> int:
-    """Silences are counted in whole windows, the nearest number to the milliseconds asked."""
-    return max(1, round(ms_to_samples(ms) / WINDOW))
+    """Silences are counted in whole windows, the nearest number to the milliseconds asked (32 ms each)."""
+    return max(1, math.floor(ms / 32 + 0.5))
 
 
 def run(endpointer: Endpointer, probabilities: list[float]) -> list[tuple[int, EndpointEvent]]:
@@ -196,7 +196,9 @@ def paused(config: EndpointerConfig, speech: int = 40) -> tuple[Endpointer, int]
     return endpointer, pause.end
 
 
-@pytest.mark.parametrize(("ms", "waited"), [(200, 6), (100, 3), (800, 25), (250, 8), (64, 2), (10, 1)])
+@pytest.mark.parametrize(
+    ("ms", "waited"), [(200, 6), (100, 3), (800, 25), (250, 8), (64, 2), (10, 1), (208, 7), (240, 8)]
+)
 def test_a_silence_is_the_nearest_whole_number_of_windows(ms: int, waited: int) -> None:
     assert silence_samples(ms) == waited * WINDOW, "200 ms is 6 windows (192 ms), not 7 (224 ms)"
 
@@ -225,35 +227,40 @@ def test_a_verdict_after_the_short_silence_ends_the_utterance_at_once() -> None:
 
 
 @pytest.mark.parametrize("verdict", [TurnVerdict.INCOMPLETE, TurnVerdict.UNSURE])
-def test_other_verdicts_wait_the_long_silence_with_a_second_look_at_fixeds_audio(verdict: TurnVerdict) -> None:
+def test_other_verdicts_wait_the_long_silence_and_speculate_again_on_fixeds_audio(verdict: TurnVerdict) -> None:
     endpointer, end = paused(ADAPTIVE)
     assert endpointer.verdict(end, verdict) == []
     events = run(endpointer, [0.0] * windows(800))
-    ((look_index, second_look),) = of_type(events, SpeechPaused)
+    ((index, second),) = of_type(events, SpeechPaused)
     ((_, endpoint),) = of_type(events, Endpoint)
-    # the second look ends where fixed endpointing's only look does: more trailing audio than the first
+    # the second speculation ends where fixed endpointing's only one does: more trailing audio
     _, fixed_end = paused(CONFIG)
-    assert second_look == SpeechPaused(fixed_end) and fixed_end > end
-    assert look_index == windows(800 / 3) - windows(100) - 1, "at a third of the long silence"
+    assert second == SpeechPaused(fixed_end) and fixed_end > end
+    assert index == windows(800 / 3) - windows(100) - 1, "at a third of the long silence"
     assert endpoint == Endpoint(fixed_end, "silence", windows(800) * WINDOW)
-    assert endpointer.verdict(fixed_end, TurnVerdict.COMPLETE) == [], "only the first look is judged"
+    assert endpointer.verdict(fixed_end, TurnVerdict.COMPLETE) == [], "only the first speculation is judged"
 
 
-def test_a_late_verdict_asks_for_the_second_look_at_once() -> None:
+def test_a_late_verdict_asks_for_the_second_speculation_at_once() -> None:
     endpointer, end = paused(ADAPTIVE)
-    assert of_type(run(endpointer, [0.0] * windows(400)), SpeechPaused) == [], "no second look before a verdict"
-    (second_look,) = endpointer.verdict(end, TurnVerdict.UNSURE)
-    assert isinstance(second_look, SpeechPaused) and second_look.end > end
+    assert of_type(run(endpointer, [0.0] * windows(400)), SpeechPaused) == [], "none before a verdict"
+    (second,) = endpointer.verdict(end, TurnVerdict.UNSURE)
+    assert isinstance(second, SpeechPaused) and second.end > end
     ((_, endpoint),) = of_type(run(endpointer, [0.0] * windows(800)), Endpoint)
-    assert endpoint.end == second_look.end and endpoint.reason == "silence"
+    assert endpoint.end == second.end and endpoint.reason == "silence"
 
 
-def test_without_a_verdict_the_long_silence_ends_at_the_first_look() -> None:
+@pytest.mark.parametrize("verdict", [None, TurnVerdict.UNSURE])
+def test_a_long_wait_ends_where_it_would_have_however_late_the_verdict(verdict: TurnVerdict | None) -> None:
+    """The final's audio does not depend on how fast the speculative decode was (or on framing)."""
+    _, fixed_end = paused(CONFIG)
     endpointer, end = paused(ADAPTIVE)
-    events = run(endpointer, [0.0] * windows(800))
-    assert of_type(events, SpeechPaused) == []
-    ((_, endpoint),) = of_type(events, Endpoint)
-    assert endpoint == Endpoint(end, "silence", windows(800) * WINDOW)
+    events = run(endpointer, [0.0] * (windows(800) - windows(100) - 1))
+    assert of_type(events, Endpoint) == [] and of_type(events, SpeechPaused) == []
+    if verdict is not None:  # the verdict comes on the last window of silence
+        endpointer.verdict(end, verdict)
+    ((_, endpoint),) = of_type(run(endpointer, [0.0]), Endpoint)
+    assert endpoint == Endpoint(fixed_end, "silence", windows(800) * WINDOW)
 
 
 def test_speech_resuming_inside_the_short_wait_goes_on_and_forgets_the_verdict() -> None:

@@ -19,6 +19,7 @@ from satellite_asr.clients.stream_client import stream_file
 from satellite_asr.clients.wav import read_wav
 from satellite_asr.clients.wyoming_bench import transcribe_like_home_assistant
 from satellite_asr.server import Daemon
+from tests.doubles import DoubtsItsWordsEngineDouble
 from tests.helpers import FIXTURES, of_type, running_daemon, same_words, ws_url
 
 pytestmark = pytest.mark.timeout(180)
@@ -52,6 +53,16 @@ async def test_websocket_ends_complete_commands_early_and_never_cuts_a_pause() -
     complete = sum(f[0]["endpoint"] == "complete" for f in results)
     assert f'satellite_asr_endpoints_total{{reason="complete"}} {float(complete)}' in metrics
     assert f"satellite_asr_endpoint_silence_seconds_count {float(complete)}" in metrics
+
+
+async def test_a_text_the_engine_doubts_waits_the_long_silence() -> None:
+    """The session hands the engine's confidence to the turn detector: the same punctuated, complete
+    text ends at the short silence when the engine is sure of it, at the long one when it doubts it."""
+    config = {"language": "en", "vad": {"silence_ms": 800}}
+    async with running_daemon(DoubtsItsWordsEngineDouble()) as daemon:
+        (final,) = of_type(await stream_file(TURNS / COMPLETE[0], ws_url(daemon), config=config), "final")
+    assert final["endpoint"] == "silence", final
+    assert same_words([MANIFEST[COMPLETE[0]]["text"]], [str(final["text"])]), final
 
 
 async def wyoming_round(daemon: Daemon, name: str, *, realtime: bool = True, chunk_samples: int = 1024) -> str:

@@ -227,8 +227,9 @@ class WhisperEngine(Engine):
         for its duration, is treated as that and the caller decodes again with the full window.
 
         A final whose text loosely resembles some of `options.names` without naming any of them
-        is decoded a second time from the same encoding, with only those few names as its prompt
-        (see `SECOND_LOOK_NAMES`); that text is kept unless it repeats itself.
+        is decoded a second time from the same encoding, with those few names (then the session's
+        context) as its prompt (see `SECOND_LOOK_NAMES`); that text is kept unless it repeats itself
+        or is empty.
         """
         assert self._model is not None
         tokenizer = self._tokenizer(language)
@@ -248,7 +249,11 @@ class WhisperEngine(Engine):
             )
             if near:
                 self.second_looks += 1
-                decoded = self._generate(encoded, tokenizer, NAME_SEPARATOR.join(near), budget, beam_size) or decoded
+                # the near names first (the prompt keeps its start), then the session's own context
+                prompt = NAME_SEPARATOR.join([*near, options.context] if options.context else near)
+                second = self._generate(encoded, tokenizer, prompt, budget, beam_size)
+                if second is not None and second[0]:  # neither a loop nor nothing replaces the first text
+                    decoded = second
         tokens, mean_logprob = decoded
         return Transcript(tokenizer.decode(tokens).strip(), language, len(tokens), mean_logprob)
 
@@ -271,8 +276,8 @@ class WhisperEngine(Engine):
         tokens = [t for t in result[0].sequences_ids[0] if t < tokenizer.eot]
         mean_logprob = result[0].scores[0] if tokens else None
         first_pass = loop_length(tokens)
-        if first_pass:
-            return tokens[:first_pass], mean_logprob
+        if first_pass:  # a text written twice: its score is the loop's, not the command's
+            return tokens[:first_pass], None
         if len(tokens) >= budget - 1 or repeats_itself(tokens):
             return None
         return tokens, mean_logprob

@@ -7,7 +7,7 @@ Where a command ends is a question of meaning as much as of silence. With `turn_
 `adaptive`, the final is decoded early in a pause (`SpeechPaused`) and a `TurnDetector` reads its
 text; the session hands the verdict back (`verdict`): a complete command ends after
 `min_silence_ms`, anything else waits the full `silence_ms` and is decoded again on the way (a
-second look, with the trailing audio `fixed` keeps). With `fixed`, every utterance waits
+second speculation, with the trailing audio `fixed` keeps). With `fixed`, every utterance waits
 `silence_ms`. With `manual`, silence ends nothing: the client does (`flush`), or the length cap.
 
 One threshold decides speech and silence. Silero's own segmenter keeps speech going down to
@@ -19,6 +19,7 @@ an utterance.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -36,9 +37,10 @@ def ms_to_samples(ms: float) -> int:
 
 
 def silence_samples(ms: float) -> int:
-    """A silence as the whole number of windows nearest to `ms` (at least one). Silence is counted
-    window by window: rounding up instead would add up to a window (32 ms) to every wait."""
-    return max(1, round(ms_to_samples(ms) / WINDOW)) * WINDOW
+    """A silence as the whole number of windows nearest to `ms` (at least one; halves round up).
+    Silence is counted window by window: rounding up always would add up to a window (32 ms) to
+    every wait."""
+    return max(1, math.floor(ms_to_samples(ms) / WINDOW + 0.5)) * WINDOW
 
 
 ONSET_GAP = ms_to_samples(100)
@@ -95,21 +97,22 @@ class EndpointerConfig:
         Adaptive: half the short silence, so the verdict is there about when the short silence is.
         """
         if not self.adaptive:
-            return self.second_look_samples
-        return min(self.second_look_samples, silence_samples(self.min_silence_ms / 2))
+            return self.second_speculation_samples
+        return min(self.second_speculation_samples, silence_samples(self.min_silence_ms / 2))
 
     @property
-    def second_look_samples(self) -> int:
-        """Silence after which a pause that will wait the long silence has its final decoded: a third
-        of `silence_ms`. `fixed` looks only here; `adaptive` looks again here at a pause not judged
-        complete, so its final keeps as much trailing audio as `fixed`'s (the first look, earlier,
-        could keep less)."""
+    def second_speculation_samples(self) -> int:
+        """Silence after which a pause that waits the long silence has its final decoded: a third of
+        `silence_ms`. `fixed` speculates only here; `adaptive` speculates again here at a pause not
+        judged complete, so its final keeps as much trailing audio as `fixed`'s (the first
+        speculation, earlier, could keep less)."""
         return silence_samples(self.silence_ms / 3)
 
     @property
-    def second_look_pad_samples(self) -> int:
-        """Audio kept after the last speech window by a look at `second_look_samples`."""
-        return min(ms_to_samples(self.speech_pad_ms), self.second_look_samples)
+    def long_wait_pad_samples(self) -> int:
+        """Audio kept after the last speech window by an utterance that waited the long silence:
+        what exists at `second_speculation_samples`, whether or not that speculation happened."""
+        return min(ms_to_samples(self.speech_pad_ms), self.second_speculation_samples)
 
 
 @dataclass(frozen=True)
@@ -179,8 +182,8 @@ class Endpointer:
         self._needed_silence = self._silence
         """Silence that ends the pause in progress: `silence_ms`, or less after a complete verdict."""
         self._since_partial = 0
-        self._looks = 0
-        """Speculative decodes asked for in the pause in progress: none, the first, or the second look."""
+        self._speculations = 0
+        """Speculative decodes asked for in the pause in progress: none, the first, or the second."""
         self._verdict_in = False
 
     def process(self, probability: float) -> list[EndpointEvent]:
@@ -202,17 +205,17 @@ class Endpointer:
     def verdict(self, end: int, verdict: TurnVerdict) -> list[EndpointEvent]:
         """The turn detector read the final speculated at `end`: a complete command ends the pause at
         the short silence (now, if that much has passed); anything else waits the long one, with a
-        second look at the audio (`SpeechPaused` again, now if it is due). Ignored unless adaptive
-        and `end` is the first look of the pause in progress."""
-        if not (self.config.adaptive and self.in_speech and self._looks == 1 and end == self._speech_end()):
+        second speculation (`SpeechPaused` again, now if it is due). Ignored unless adaptive and `end`
+        is the first speculation of the pause in progress."""
+        if not (self.config.adaptive and self.in_speech and self._speculations == 1 and end == self._short_end()):
             return []
         self._verdict_in = True
         if verdict is TurnVerdict.COMPLETE:
             self._needed_silence = self._min_silence
             if self._silence_run >= self._needed_silence:
-                return [self._finish(self._speech_end(), "complete")]
+                return [self._finish(self._short_end(), "complete")]
             return []
-        return self._look_if_due()
+        return self._speculation_if_due()
 
     def _idle(self, probability: float, window_start: int) -> list[EndpointEvent]:
         if probability >= self.config.threshold:
@@ -233,7 +236,7 @@ class Endpointer:
         self._silence_run = 0
         self._needed_silence = self._silence
         self._since_partial = self.position - self.utterance_start
-        self._looks, self._verdict_in = 0, False
+        self._speculations, self._verdict_in = 0, False
         events: list[EndpointEvent] = [SpeechStart(self.utterance_start)]
         events.extend(self._partial_if_due())
         return events
@@ -244,15 +247,16 @@ class Endpointer:
             self._last_speech_end = self.position
             self._silence_run = 0
             self._needed_silence = self._silence
-            self._looks, self._verdict_in = 0, False
+            self._speculations, self._verdict_in = 0, False
             self._since_partial += WINDOW
             events.extend(self._partial_if_due())
         elif not self.config.manual:
             self._silence_run += WINDOW
             if self._silence_run >= self._needed_silence:
-                events.append(self._finish(self._speech_end(), self._pause_reason()))
+                reason = self._pause_reason()
+                events.append(self._finish(self._short_end() if reason == "complete" else self._long_end(), reason))
                 return events
-            events.extend(self._look_if_due())
+            events.extend(self._speculation_if_due())
         if self.position - self.utterance_start >= self._max_utterance:
             events.append(self._finish(self.position, "forced"))
         return events
@@ -263,22 +267,28 @@ class Endpointer:
         self._since_partial = 0
         return [PartialDue(self.position)]
 
-    def _look_if_due(self) -> list[EndpointEvent]:
-        """The first look at a pause once `speculate_after_samples` of silence; in adaptive mode a
-        second one at `second_look_samples`, once the first was judged not complete."""
-        if self._looks == 0 and self._silence_run >= self.config.speculate_after_samples:
-            self._looks = 1
-            return [SpeechPaused(self._speech_end())]
-        second_due = self._silence_run >= self.config.second_look_samples > self.config.speculate_after_samples
-        if self._looks == 1 and self._verdict_in and second_due:
-            self._looks = 2
-            return [SpeechPaused(self._speech_end())]
+    def _speculation_if_due(self) -> list[EndpointEvent]:
+        """The first speculative decode of a pause once `speculate_after_samples` of silence; in
+        adaptive mode a second one at `second_speculation_samples`, once the first was judged not
+        complete (a verdict that comes later asks for it at once)."""
+        if self._speculations == 0 and self._silence_run >= self.config.speculate_after_samples:
+            self._speculations = 1
+            return [SpeechPaused(self._short_end())]
+        second_due = self._silence_run >= self.config.second_speculation_samples > self.config.speculate_after_samples
+        if self._speculations == 1 and self._verdict_in and second_due:
+            self._speculations = 2
+            return [SpeechPaused(self._long_end())]
         return []
 
-    def _speech_end(self) -> int:
-        """Where the utterance's audio ends for the look in progress (the endpoint uses the latest)."""
-        pad = self.config.second_look_pad_samples if self._looks == 2 else self.config.trailing_pad_samples
-        return min(self._last_speech_end + pad, self.position)
+    def _short_end(self) -> int:
+        """Where the audio of an utterance ended by a complete verdict ends: what the first
+        speculative decode had."""
+        return min(self._last_speech_end + self.config.trailing_pad_samples, self.position)
+
+    def _long_end(self) -> int:
+        """Where the audio of an utterance that waited the long silence ends, however fast its
+        verdict came: the final does not depend on decode speed or on framing."""
+        return min(self._last_speech_end + self.config.long_wait_pad_samples, self.position)
 
     def _pause_reason(self) -> str:
         return "complete" if self._needed_silence < self._silence else "silence"
