@@ -296,3 +296,11 @@ def test_manual_endpointing_ends_only_at_flush_or_the_length_cap() -> None:
     assert endpointer.flush() == Endpoint(endpointer.position, "forced")
     capped = run(Endpointer(manual), [0.9] * 20 + [0.0] * windows(11000))
     assert [e.reason for _, e in of_type(capped, Endpoint)] == ["forced"]  # type: ignore[union-attr]
+
+
+def test_a_complete_verdict_is_reported_as_such_when_both_silences_round_alike() -> None:
+    alike = dataclasses.replace(ADAPTIVE, min_silence_ms=790, silence_ms=800)
+    endpointer, end = paused(alike)
+    endpointer.verdict(end, TurnVerdict.COMPLETE)
+    ((_, endpoint),) = of_type(run(endpointer, [0.0] * windows(800)), Endpoint)
+    assert endpoint.reason == "complete"

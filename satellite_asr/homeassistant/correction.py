@@ -306,7 +306,7 @@ class NameCorrector:
         """At most `limit` names, best first, that some run of `text` loosely resembles (scoring at
         least `threshold`, below the correction's own), worth a second look at the audio.
 
-        None when the text already has one of the names as spelled, or a run close enough to be
+        Empty when the text already has one of the names as spelled, or a run close enough to be
         corrected: the text has found its name, and a second look would only risk another.
         """
         words = [word.group() for word in WORD.finditer(text)]

@@ -179,8 +179,8 @@ class Endpointer:
         self._onset_gap = 0
         self._last_speech_end = 0
         self._silence_run = 0
-        self._needed_silence = self._silence
-        """Silence that ends the pause in progress: `silence_ms`, or less after a complete verdict."""
+        self._judged_complete = False
+        """The pause in progress was judged complete: it ends at `min_silence_ms`, not `silence_ms`."""
         self._since_partial = 0
         self._speculations = 0
         """Speculative decodes asked for in the pause in progress: none, the first, or the second."""
@@ -211,8 +211,8 @@ class Endpointer:
             return []
         self._verdict_in = True
         if verdict is TurnVerdict.COMPLETE:
-            self._needed_silence = self._min_silence
-            if self._silence_run >= self._needed_silence:
+            self._judged_complete = True
+            if self._silence_run >= self._min_silence:
                 return [self._finish(self._short_end(), "complete")]
             return []
         return self._speculation_if_due()
@@ -234,7 +234,7 @@ class Endpointer:
         self._onset_start, self._onset_speech = -1, 0
         self._last_speech_end = self.position
         self._silence_run = 0
-        self._needed_silence = self._silence
+        self._judged_complete = False
         self._since_partial = self.position - self.utterance_start
         self._speculations, self._verdict_in = 0, False
         events: list[EndpointEvent] = [SpeechStart(self.utterance_start)]
@@ -246,13 +246,13 @@ class Endpointer:
         if probability >= self.config.threshold:
             self._last_speech_end = self.position
             self._silence_run = 0
-            self._needed_silence = self._silence
+            self._judged_complete = False
             self._speculations, self._verdict_in = 0, False
             self._since_partial += WINDOW
             events.extend(self._partial_if_due())
         elif not self.config.manual:
             self._silence_run += WINDOW
-            if self._silence_run >= self._needed_silence:
+            if self._silence_run >= (self._min_silence if self._judged_complete else self._silence):
                 reason = self._pause_reason()
                 events.append(self._finish(self._short_end() if reason == "complete" else self._long_end(), reason))
                 return events
@@ -291,7 +291,7 @@ class Endpointer:
         return min(self._last_speech_end + self.config.long_wait_pad_samples, self.position)
 
     def _pause_reason(self) -> str:
-        return "complete" if self._needed_silence < self._silence else "silence"
+        return "complete" if self._judged_complete else "silence"
 
     def _finish(self, end: int, reason: str) -> Endpoint:
         silence = 0 if reason == "forced" else self._silence_run
