@@ -57,7 +57,7 @@ def speech_segments(audio: Audio, level: float = 0.02, min_gap_s: float = 0.5) -
     frames = np.abs(audio[: audio.size // hop * hop]).reshape(-1, hop).max(axis=1)
     loud = np.flatnonzero(frames > level)
     segments: list[tuple[float, float]] = []
-    for index in loud:
+    for index in loud.tolist():  # Python ints: the spans end up in `--json` output
         start, end = index / 100, (index + 1) / 100
         if segments and start - segments[-1][1] < min_gap_s:
             segments[-1] = (segments[-1][0], end)
