@@ -9,12 +9,18 @@ same port (a Home Assistant restart).
 
 from __future__ import annotations
 
+import copy
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from tests.helpers import free_port
+from tests.helpers import FIXTURES, free_port
+
+HOME: dict[str, Any] = json.loads((FIXTURES / "names" / "home.json").read_text())
+"""The evaluation home (tests/fixtures/names/home.json) in Home Assistant's terms."""
 
 
 class HomeAssistantDouble:
@@ -110,3 +116,14 @@ class HomeAssistantDouble:
             error = {"code": "unknown_command", "message": "Unknown command."}
             return {"id": command["id"], "type": "result", "success": False, "error": error}
         return {"id": command["id"], "type": "result", "success": True, "result": result}
+
+
+@asynccontextmanager
+async def running_home_assistant(token: str) -> AsyncIterator[HomeAssistantDouble]:
+    """A started stand-in serving its own copy of `HOME` (tests change it), stopped on exit."""
+    double = HomeAssistantDouble(copy.deepcopy(HOME), token)
+    await double.start()
+    try:
+        yield double
+    finally:
+        await double.stop()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import copy
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -12,21 +11,18 @@ import pytest
 
 from satellite_asr.homeassistant.client import HomeAssistantNames, State, websocket_url
 from satellite_asr.homeassistant.names import HomeNames, rank_names
-from tests.helpers import FIXTURES, free_port
-from tests.home_assistant_double import HomeAssistantDouble
+from tests.helpers import free_port
+from tests.home_assistant_double import HOME, HomeAssistantDouble, running_home_assistant
 
 pytestmark = pytest.mark.timeout(60)
 
 TOKEN = "long-lived-token-3f9a7c"  # a test value, and what must never be logged
-HOME = json.loads((FIXTURES / "names" / "home.json").read_text())
 
 
 @pytest.fixture
 async def home_assistant() -> AsyncIterator[HomeAssistantDouble]:
-    double = HomeAssistantDouble(copy.deepcopy(HOME), TOKEN)
-    await double.start()
-    yield double
-    await double.stop()
+    async with running_home_assistant(TOKEN) as double:
+        yield double
 
 
 def client_for(url: str, token: str = TOKEN) -> HomeAssistantNames:

@@ -3,7 +3,6 @@ Wyoming round and WebSocket session decodes with them (real Silero, real tiny.en
 
 from __future__ import annotations
 
-import copy
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -21,12 +20,11 @@ from satellite_asr.homeassistant.client import State
 from satellite_asr.server import Daemon
 from tests.doubles import ContextRecordingEngineDouble
 from tests.helpers import EXPECTED, FIXTURES, running_daemon, word_error_rate, ws_url
-from tests.home_assistant_double import HomeAssistantDouble
+from tests.home_assistant_double import HomeAssistantDouble, running_home_assistant
 
 pytestmark = pytest.mark.timeout(120)
 
 TOKEN = "long-lived-token-e2e-8b41"  # must never show up in what the daemon says
-HOME = json.loads((FIXTURES / "names" / "home.json").read_text())
 NAMES = FIXTURES / "names"
 HOME_NAMES = 160
 """The names of home.json that Home Assistant exposes to Assist (8 of its 168 are not)."""
@@ -34,10 +32,8 @@ HOME_NAMES = 160
 
 @pytest.fixture
 async def home_assistant() -> AsyncIterator[HomeAssistantDouble]:
-    double = HomeAssistantDouble(copy.deepcopy(HOME), TOKEN)
-    await double.start()
-    yield double
-    await double.stop()
+    async with running_home_assistant(TOKEN) as double:
+        yield double
 
 
 async def health(daemon: Daemon) -> tuple[dict[str, Any], str]:

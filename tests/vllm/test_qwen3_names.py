@@ -7,7 +7,6 @@ The random weights cannot recognise anything, so the test checks what reached th
 
 from __future__ import annotations
 
-import copy
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -22,12 +21,11 @@ from satellite_asr.engines.qwen3_vllm import Qwen3VllmEngine
 from satellite_asr.homeassistant.names import HomeNames, biasing_context, rank_names
 from satellite_asr.server import Daemon
 from tests.helpers import FIXTURES, running_daemon, ws_url
-from tests.home_assistant_double import HomeAssistantDouble
+from tests.home_assistant_double import HOME, HomeAssistantDouble, running_home_assistant
 
 pytestmark = pytest.mark.timeout(300)
 
 TOKEN = "qwen3-names-token-5e1a"
-HOME = json.loads((FIXTURES / "names" / "home.json").read_text())
 
 
 class ContextRecordingQwen3Double(Qwen3VllmEngine):
@@ -52,10 +50,8 @@ class ContextRecordingQwen3Double(Qwen3VllmEngine):
 
 @pytest.fixture
 async def home_assistant() -> AsyncIterator[HomeAssistantDouble]:
-    double = HomeAssistantDouble(copy.deepcopy(HOME), TOKEN)
-    await double.start()
-    yield double
-    await double.stop()
+    async with running_home_assistant(TOKEN) as double:
+        yield double
 
 
 async def final_over_websocket(daemon: Daemon, wav: Path, **config: object) -> list[str]:
