@@ -188,20 +188,30 @@ async def health_status(daemon: Daemon) -> int:
 # --- connection caps ---------------------------------------------------------------------------------
 
 
+async def refused_beyond_two_per_address_and_three_in_all(
+    held: contextlib.AsyncExitStack, url: str
+) -> tuple[pytest.ExceptionInfo[InvalidStatus], pytest.ExceptionInfo[InvalidStatus]]:
+    """With caps of 2 per address and 3 in all: a third connection from 127.0.0.1 and a fourth from
+    127.0.0.3 are refused (what each refusal said). Two connections stay held; the first is closed,
+    so one place is free again."""
+    first = await held.enter_async_context(websockets.connect(url, local_addr=("127.0.0.1", 0)))
+    await held.enter_async_context(websockets.connect(url, local_addr=("127.0.0.1", 0)))
+    with pytest.raises(InvalidStatus) as per_address:
+        await websockets.connect(url, local_addr=("127.0.0.1", 0))
+    await held.enter_async_context(websockets.connect(url, local_addr=("127.0.0.2", 0)))
+    with pytest.raises(InvalidStatus) as in_total:
+        await websockets.connect(url, local_addr=("127.0.0.3", 0))
+    await first.close()
+    return per_address, in_total
+
+
 async def test_websocket_connections_are_capped_per_address_and_in_total() -> None:
     async with (
         running_daemon(max_websocket_connections=3, max_connections_per_address=2) as daemon,
         contextlib.AsyncExitStack() as held,
     ):
         url = ws_url(daemon)
-        first = await held.enter_async_context(websockets.connect(url, local_addr=("127.0.0.1", 0)))
-        await held.enter_async_context(websockets.connect(url, local_addr=("127.0.0.1", 0)))
-        with pytest.raises(InvalidStatus) as per_address:
-            await websockets.connect(url, local_addr=("127.0.0.1", 0))
-        await held.enter_async_context(websockets.connect(url, local_addr=("127.0.0.2", 0)))
-        with pytest.raises(InvalidStatus) as in_total:
-            await websockets.connect(url, local_addr=("127.0.0.3", 0))
-        await first.close()
+        per_address, in_total = await refused_beyond_two_per_address_and_three_in_all(held, url)
         async with websockets.connect(url, local_addr=("127.0.0.1", 0)) as again:
             await again.send(json.dumps({"type": "config"}))
             created = json.loads(await again.recv())
@@ -242,14 +252,7 @@ async def test_realtime_connections_are_capped_per_address_and_in_total() -> Non
         contextlib.AsyncExitStack() as held,
     ):
         url = realtime_url(daemon)
-        first = await held.enter_async_context(websockets.connect(url, local_addr=("127.0.0.1", 0)))
-        await held.enter_async_context(websockets.connect(url, local_addr=("127.0.0.1", 0)))
-        with pytest.raises(InvalidStatus) as per_address:
-            await websockets.connect(url, local_addr=("127.0.0.1", 0))
-        await held.enter_async_context(websockets.connect(url, local_addr=("127.0.0.2", 0)))
-        with pytest.raises(InvalidStatus) as in_total:
-            await websockets.connect(url, local_addr=("127.0.0.3", 0))
-        await first.close()
+        per_address, in_total = await refused_beyond_two_per_address_and_three_in_all(held, url)
         async with websockets.connect(url, local_addr=("127.0.0.1", 0)) as again:
             created = json.loads(await again.recv())
         async with websockets.connect(ws_url(daemon), local_addr=("127.0.0.3", 0)) as stream:
