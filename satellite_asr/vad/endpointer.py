@@ -212,9 +212,7 @@ class Endpointer:
         self._verdict_in = True
         if verdict is TurnVerdict.COMPLETE:
             self._judged_complete = True
-            if self._silence_run >= self._min_silence:
-                return [self._finish(self._short_end(), "complete")]
-            return []
+            return [self._finish_pause()] if self._silence_run >= self._min_silence else []
         return self._speculation_if_due()
 
     def _idle(self, probability: float, window_start: int) -> list[EndpointEvent]:
@@ -253,8 +251,7 @@ class Endpointer:
         elif not self.config.manual:
             self._silence_run += WINDOW
             if self._silence_run >= (self._min_silence if self._judged_complete else self._silence):
-                reason = self._pause_reason()
-                events.append(self._finish(self._short_end() if reason == "complete" else self._long_end(), reason))
+                events.append(self._finish_pause())
                 return events
             events.extend(self._speculation_if_due())
         if self.position - self.utterance_start >= self._max_utterance:
@@ -290,8 +287,12 @@ class Endpointer:
         verdict came: the final does not depend on decode speed or on framing."""
         return min(self._last_speech_end + self.config.long_wait_pad_samples, self.position)
 
-    def _pause_reason(self) -> str:
-        return "complete" if self._judged_complete else "silence"
+    def _finish_pause(self) -> Endpoint:
+        """End the utterance at the pause: a complete one on its first speculation's audio, any
+        other on the long wait's."""
+        if self._judged_complete:
+            return self._finish(self._short_end(), "complete")
+        return self._finish(self._long_end(), "silence")
 
     def _finish(self, end: int, reason: str) -> Endpoint:
         silence = 0 if reason == "forced" else self._silence_run
