@@ -75,7 +75,7 @@ SECOND_LOOK_NAMES = 5
 """At most this many names, the nearest to the first text, prompt the second decode of a final."""
 SECOND_LOOK_SCORE = 0.5
 """How close (`NameCorrector` score) a run of the first text must be to a name for a second look:
-looser than the correction's own 0.65, since the audio, not the spelling, then decides."""
+looser than the correction's own threshold, since the audio, not the spelling, then decides."""
 
 
 @functools.lru_cache(maxsize=8)
