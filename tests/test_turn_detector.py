@@ -155,6 +155,15 @@ def test_doubt_starts_below_whispers_own_failure_bar(mean_logprob: float, verdic
     assert detector.verdict("Play the news.", "en", mean_logprob) is verdict
 
 
+@pytest.mark.parametrize("text", ["and do the best time.", "And lock the back door.", "but the lights."])
+def test_a_text_that_begins_with_a_conjunction_never_ends_a_turn_fast(text: str) -> None:
+    assert detector.verdict(text, "en", SURE) is UNSURE
+
+
+def test_a_conjunction_inside_a_command_does_not_matter() -> None:
+    assert detector.verdict("Add milk and eggs to the shopping list.", "en", SURE) is COMPLETE
+
+
 @pytest.mark.parametrize("language", ["en", "EN", "en-US", "en_GB"])
 def test_english_rules_apply_to_every_english_tag(language: str) -> None:
     assert detector.verdict("Set a timer for.", language) is INCOMPLETE

@@ -16,13 +16,17 @@ The rules read the engine's own text (Whisper's punctuation and casing), in this
 4. The engine doubts its own words (`mean_logprob` below `DOUBTFUL_LOGPROB`): unsure. Half a
    command misheard reads like anything, a finished sentence included ("At milk hunt." for "add
    milk to ..."); such a text says nothing about the turn.
-5. Sentence-final punctuation (. ! ? and their full-width forms): complete.
-6. Otherwise: unsure (the caller decides, usually the long wait). Confident words without
+5. English only: a first word no command begins with (a conjunction): unsure. The text goes on
+   something else, or its start was misheard ("add" and "unlock" are heard as "and"), and a text
+   misheard at its start is no more trustworthy at its end ("and do the best time." for "add
+   toothpaste and | ...").
+6. Sentence-final punctuation (. ! ? and their full-width forms): complete.
+7. Otherwise: unsure (the caller decides, usually the long wait). Confident words without
    punctuation are unsure too: tiny.en hears a pause after "to" or "by" as a word ("Turn the heat
    down to it", "Play something, bye"), so taking them as complete cut 4 of 16 paused commands of
    the evaluation set's `fresh` split.
 
-Other languages, and an unknown language (None), get rules 1, 2, 4, 5 and 6 only: English word
+Other languages, and an unknown language (None), get rules 1, 2, 4, 6 and 7 only: English word
 lists would misread them (German "an" in "Mach das Licht an" ends a command). Pass the
 transcript's language: Whisper always reports one.
 """
@@ -96,6 +100,8 @@ ENGLISH_CANNOT_END = (
     | _words("too end")
 )
 """Last words after which an English command cannot be over."""
+ENGLISH_CANNOT_BEGIN = _words("and or but nor")
+"""First words of a text that continues something rather than giving a command."""
 ENGLISH_PARTICLES = _words("on off up down out back over away")
 """Words a phrasal command ends on ("turn it off") but not straight after its verb ("turn off")."""
 ENGLISH_PHRASAL_VERBS = _words("turn switch shut put set bring pull look")
@@ -119,6 +125,8 @@ class RuleTurnDetector:
         if _is_english(language) and _english_cannot_end(words):
             return TurnVerdict.INCOMPLETE
         if mean_logprob is not None and mean_logprob < DOUBTFUL_LOGPROB:
+            return TurnVerdict.UNSURE
+        if _is_english(language) and words[0] in ENGLISH_CANNOT_BEGIN:
             return TurnVerdict.UNSURE
         if ending.endswith(SENTENCE_END):
             return TurnVerdict.COMPLETE
