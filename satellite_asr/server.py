@@ -7,9 +7,10 @@ The servers bind before the engine has loaded, so clients and health checks get 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 from aiohttp import web
@@ -171,3 +172,17 @@ class Daemon:
         return web.Response(
             body=self.core.metrics.render(), headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"}
         )
+
+
+@contextlib.asynccontextmanager
+async def in_process_daemon(settings: Settings, engine: Engine | None = None) -> AsyncIterator[Daemon]:
+    """A started daemon whose engine has loaded, stopped on exit (finals flushed): what the benches,
+    the soak and the tests run their clients against. `engine` replaces the one the settings would
+    build (tests inject doubles)."""
+    daemon = Daemon(settings, engine)
+    await daemon.start()
+    try:
+        await daemon.core.wait_ready()
+        yield daemon
+    finally:
+        await daemon.stop()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,7 @@ import jiwer
 from satellite_asr.clients.bench import normalise_words
 from satellite_asr.config import Settings, load_settings
 from satellite_asr.engines.base import Engine
-from satellite_asr.server import Daemon
+from satellite_asr.server import Daemon, in_process_daemon
 
 FIXTURES = Path(__file__).parent / "fixtures"
 EXPECTED: dict[str, list[str]] = json.loads((FIXTURES / "fixtures.json").read_text())
@@ -56,20 +56,14 @@ def daemon_settings(**overrides: Any) -> Settings:
     return load_settings(None, environ={}, overrides=values)
 
 
-@asynccontextmanager
-async def running_daemon(engine: Engine | None = None, /, **overrides: Any) -> AsyncIterator[Daemon]:
-    """A started daemon whose engine has loaded; stopped (finals flushed) on exit.
+def running_daemon(engine: Engine | None = None, /, **overrides: Any) -> AbstractAsyncContextManager[Daemon]:
+    """`in_process_daemon` with `daemon_settings(**overrides)`: started, its engine loaded, stopped
+    (finals flushed) on exit.
 
     `engine`, an engine object (a test double), replaces the one the settings would build; the
     `engine` setting, by name, goes in `overrides` like any other.
     """
-    daemon = Daemon(daemon_settings(**overrides), engine=engine)
-    await daemon.start()
-    try:
-        await daemon.core.wait_ready()
-        yield daemon
-    finally:
-        await daemon.stop()
+    return in_process_daemon(daemon_settings(**overrides), engine)
 
 
 def of_type(messages: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:

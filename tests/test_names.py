@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
-from satellite_asr.homeassistant.names import EntityNames, HomeNames, Place, biasing_context, rank_names
+from hypothesis import given
+from hypothesis import strategies as st
+
+from satellite_asr.homeassistant.names import (
+    EntityNames,
+    HomeNames,
+    Place,
+    biasing_context,
+    fitted_biasing,
+    rank_names,
+)
 
 HOME = HomeNames(
     entities=(
@@ -60,3 +70,27 @@ def test_context_puts_the_clients_own_words_first_without_repeating_names() -> N
     assert biasing_context(["Zebedee"], [], "Shopping list") == "Shopping list. Zebedee"
     assert biasing_context([], [], "Shopping list") == "Shopping list"
     assert biasing_context([]) == "" and biasing_context([], [" "], "  ") == ""
+
+
+def test_a_clients_biasing_over_the_limit_keeps_the_text_first_then_whole_names() -> None:
+    names = ["Okonkwo", "Marigold room", "Calloway blinds"]
+    assert fitted_biasing("Lights.", names, 31) == ("Lights.", ["Okonkwo", "Marigold room"])
+    assert biasing_context((), ["Okonkwo", "Marigold room"], "Lights.") == "Lights. Okonkwo, Marigold room"
+    assert fitted_biasing("Lights.", names, 30) == ("Lights.", ["Okonkwo"]), "no name cut in half"
+    assert fitted_biasing("Shopping list", names, 8) == ("Shopping", [])
+    assert fitted_biasing("", names, 7) == ("", ["Okonkwo"])
+
+
+terms = st.lists(st.text(min_size=1).map(str.strip).filter(bool), max_size=30)
+
+
+@given(st.text(), terms, st.integers(0, 200))
+def test_fitted_biasing_is_the_longest_start_that_fits(text: str, client_terms: list[str], limit: int) -> None:
+    kept_text, kept = fitted_biasing(text, client_terms, limit)
+    assert len(biasing_context((), kept, kept_text)) <= limit
+    assert text.strip().startswith(kept_text) and kept == client_terms[: len(kept)]
+    if kept_text != text.strip():
+        assert len(text.strip()) > limit and kept == [], "the text is cut only when it alone is too long"
+    elif len(kept) < len(client_terms):
+        one_more = biasing_context((), [*kept, client_terms[len(kept)]], kept_text)
+        assert len(one_more) >= limit, "the next term did not fit (the text's separator may be one shorter)"

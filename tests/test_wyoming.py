@@ -29,11 +29,12 @@ from satellite_asr.clients.wav import WavFile, read_wav
 from satellite_asr.clients.wyoming_bench import RoundResult, transcribe_like_home_assistant
 from satellite_asr.config import ConfigError
 from satellite_asr.engines.base import EngineError
-from satellite_asr.protocols.wyoming import transcribe_context
+from satellite_asr.protocols.wyoming import MAX_CLIENT_TERMS, transcribe_context
 from satellite_asr.protocols.wyoming_framing import MAX_BLOCK_BYTES, MAX_HEADER_BYTES
 from satellite_asr.server import Daemon
 from tests.doubles import (
     ChangesItsMindEngineDouble,
+    ContextRecordingEngineDouble,
     CrashingEngineDouble,
     FirstUtteranceIsNoiseEngineDouble,
     SlowLoadingEngineDouble,
@@ -51,6 +52,7 @@ from tests.helpers import (
 pytestmark = pytest.mark.timeout(120)
 
 WYOMING = "tcp://127.0.0.1:0"
+ALPHANUMERIC = [*"abcdefghijklmnopqrstuvwxyz0123456789"]
 
 
 def audio_start(wav: WavFile) -> AudioStart:
@@ -343,6 +345,35 @@ async def test_names_and_terms_reach_the_engine_as_context(error: type[Exception
     assert [Error.from_event(e).code for e in crashed if e.type == "error"] == ["engine_error"]
     assert [e.type for e in crashed].count("transcript") == 1, "the round is still answered"
     assert "error" not in [e.type for e in fine]
+
+
+async def test_names_and_terms_count_against_the_context_cap_and_the_round_still_answers() -> None:
+    """50 000 names (690 KB of JSON), then 1 332 tiny ones that fit the characters: each round gets one
+    `context_too_long` error, keeps the start of its biasing, and still gets its transcript."""
+    engine = ContextRecordingEngineDouble()
+    many = [f"name {i}" for i in range(50_000)]
+    tiny = [a + b for a in ["", *ALPHANUMERIC] for b in ALPHANUMERIC]
+    assert len(tiny) > MAX_CLIENT_TERMS and len(", ".join(tiny)) < 6000
+    names = Transcribe(language="en", context={"previous": "Lights."}, transcript_names=["Okonkwo", *many])
+    async with (
+        running_daemon(engine, wyoming_uri=WYOMING, max_context_chars=6000) as daemon,
+        connect(daemon) as client,
+    ):
+        await client.write_event(names.event())
+        over_chars = await send_and_collect(client, fixture("lights_on.wav"))
+        await client.write_event(Transcribe(language="en", transcript_terms=tiny).event())
+        over_count = await send_and_collect(client, fixture("lights_on.wav"))
+    for events in (over_chars, over_count):
+        assert [Error.from_event(e).code for e in events if e.type == "error"] == ["context_too_long"]
+        assert word_error_rate(EXPECTED["lights_on.wav"][0], text_of(events)) <= WER_TOLERANCE
+    over_chars_context, over_count_context = engine.contexts[0], engine.contexts[-1]
+    assert over_chars_context.startswith("Lights. Okonkwo, name 0, name 1, ") and len(over_chars_context) <= 6000
+    assert len(over_chars_context) > 5990, "as many whole names as fit"
+    assert engine.names[0] == ("Okonkwo", *many[: len(engine.names[0]) - 1])
+    assert engine.names[-1] == tuple(tiny[:MAX_CLIENT_TERMS])
+    assert over_count_context == ", ".join(tiny[:MAX_CLIENT_TERMS])
+    (chars_error,) = [Error.from_event(e).text for e in over_chars if e.type == "error"]
+    assert "max_context_chars" in chars_error and "of the 50001 names and terms" in chars_error
 
 
 def test_transcribe_context_splits_the_context_text_from_names_and_terms() -> None:

@@ -268,21 +268,16 @@ def _timings(
 
 
 @contextlib.asynccontextmanager
-async def in_process_daemon(settings: Settings, wanted: bool) -> AsyncIterator[Daemon | None]:
-    """A started daemon from `settings` whose engine has loaded, stopped on exit; None when not
-    `wanted` (the bench targets a running server)."""
-    if not wanted:
+async def bench_daemon(settings: Settings, target: str | None) -> AsyncIterator[Daemon | None]:
+    """An `in_process_daemon` from `settings`, or None when `target` (a URL, a Wyoming URI) names a
+    running server to load."""
+    if target is not None:
         yield None
         return
-    from satellite_asr.server import Daemon
+    from satellite_asr.server import in_process_daemon
 
-    daemon = Daemon(settings)
-    await daemon.start()
-    try:
-        await daemon.core.wait_ready()
+    async with in_process_daemon(settings) as daemon:
         yield daemon
-    finally:
-        await daemon.stop()
 
 
 async def run_bench(
@@ -303,7 +298,7 @@ async def run_bench(
     if flooders and protocol != "websocket":
         raise ValueError("--flooders floods over the WebSocket protocol: use it with --protocol websocket")
     audios = {file.name: read_wav(file.path).to_16k_mono() for file in files}
-    async with in_process_daemon(settings, url is None) as daemon:
+    async with bench_daemon(settings, url) as daemon:
         if daemon is not None:
             url = f"ws://127.0.0.1:{daemon.http_port}{PROTOCOLS[protocol][0]}"
         assert url is not None

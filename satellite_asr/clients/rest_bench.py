@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from satellite_asr.audio import SAMPLE_RATE, Audio
-from satellite_asr.clients.bench import BenchFile, in_process_daemon, normalise_words
+from satellite_asr.clients.bench import BenchFile, bench_daemon, normalise_words
 from satellite_asr.clients.wav import read_wav
 from satellite_asr.config import Settings
 
@@ -85,7 +85,7 @@ async def run_rest_bench(
 
     audio, words = long_recording(files, rounds)
     upload = wav_bytes(audio)
-    async with in_process_daemon(settings, url is None) as daemon:
+    async with bench_daemon(settings, url) as daemon:
         if daemon is not None:
             url = f"http://127.0.0.1:{daemon.http_port}"
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None)) as http:

@@ -129,7 +129,7 @@ async def run_soak(fixtures: list[str], minutes: float, clients: int) -> list[st
 
     from satellite_asr.clients.wav import read_wav
     from satellite_asr.config import load_settings
-    from satellite_asr.server import Daemon
+    from satellite_asr.server import in_process_daemon
 
     settings = load_settings(
         None,
@@ -137,11 +137,8 @@ async def run_soak(fixtures: list[str], minutes: float, clients: int) -> list[st
         overrides={"host": "127.0.0.1", "http_port": 0, "wyoming_uri": "tcp://127.0.0.1:0", "zeroconf": False},
     )
     audios = [read_wav(path).to_16k_mono() for path in fixtures]
-    daemon = Daemon(settings)
-    await daemon.start()
     lines = []
-    try:
-        await daemon.core.wait_ready()
+    async with in_process_daemon(settings) as daemon:
         assert daemon.wyoming_port is not None
         url = f"ws://127.0.0.1:{daemon.http_port}/v1/stream"
         started = next_report = time.monotonic()
@@ -159,8 +156,6 @@ async def run_soak(fixtures: list[str], minutes: float, clients: int) -> list[st
                 )
                 print(line, flush=True)
                 lines.append(line)
-    finally:
-        await daemon.stop()
     return lines
 
 

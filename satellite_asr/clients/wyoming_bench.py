@@ -31,7 +31,7 @@ from wyoming.audio import AudioChunk, AudioStart, AudioStop
 from wyoming.client import AsyncTcpClient
 from wyoming.event import Event
 
-from satellite_asr.clients.bench import STAGGER_SECONDS, BenchFile, in_process_daemon, normalise_words, percentile
+from satellite_asr.clients.bench import STAGGER_SECONDS, BenchFile, bench_daemon, normalise_words, percentile
 from satellite_asr.clients.wav import WavFile, read_wav
 from satellite_asr.config import Settings
 from satellite_asr.protocols.wyoming import parse_uri
@@ -192,7 +192,7 @@ async def run_wyoming_bench(
     """Run the load; starts an in-process daemon from `settings` unless `uri` names a running server."""
     import jiwer
 
-    async with in_process_daemon(settings, uri is None) as daemon:
+    async with bench_daemon(settings, uri) as daemon:
         if daemon is not None:
             assert daemon.wyoming_port is not None, "the in-process daemon needs a tcp:// wyoming_uri"
             host, port = "127.0.0.1", daemon.wyoming_port

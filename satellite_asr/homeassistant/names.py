@@ -108,3 +108,24 @@ def biasing_context(home_names: Sequence[str], client_terms: Sequence[str] = (),
     if not text or not listed:
         return text or listed
     return text + (" " if text[-1] in ".!?,;:" else ". ") + listed
+
+
+def fitted_biasing(client_context: str, client_terms: Sequence[str], limit: int) -> tuple[str, list[str]]:
+    """The longest start of a client's biasing whose `biasing_context` holds at most `limit` characters.
+
+    The text comes first, cut if it alone is too long; then whole terms are kept in order (a name cut
+    in half biases towards a wrong one): the engine's order, so what a client put first it keeps.
+    """
+    text = client_context.strip()
+    if len(text) > limit:
+        return text[:limit].rstrip(), []
+    used = len(text)
+    kept: list[str] = []
+    for term in client_terms:
+        separator = len(NAME_SEPARATOR) if text or kept else 0  # ", " between terms, at most ". " after the text
+        cost = separator + len(" ".join(term.split()))
+        if used + cost > limit:
+            break
+        used += cost
+        kept.append(term)
+    return text, kept

@@ -46,6 +46,7 @@ from satellite_asr.events import (
     SpeechStarted,
     SpeechStopped,
 )
+from satellite_asr.homeassistant.names import biasing_context, fitted_biasing
 from satellite_asr.limits import ConnectionLimit, TooManyConnections, write_within
 from satellite_asr.protocols import PcmInput, ProtocolError, checked_context, checked_language, open_session
 from satellite_asr.protocols.wyoming_framing import MAX_HEADER_BYTES, read_event
@@ -61,6 +62,14 @@ SAMPLE_WIDTH = 2
 
 ABORT_GRACE_S = 1.0
 """At shutdown, how long a connection's task may take to end once its connection was cut."""
+
+BIASING_FIELDS = "transcribe.context, transcript_names and transcript_terms"
+"""What a round's biasing is made of, as the `error` that caps it names them."""
+MAX_CLIENT_TERMS = 1000
+"""Most `transcript_names` and `transcript_terms` a round keeps. Their characters count in
+`max_context_chars`, but each is also compared with every final's words (the correction towards
+names): where that setting is raised, twenty thousand short names would cost each final about a
+quarter of a second; a thousand cost about what a large home's names do."""
 
 SENSITIVITY_SCALE = {"default": 1.0, "aggressive": 0.6, "relaxed": 2.0}
 """`min_silence_ms` and `silence_ms` times this, per `vad_sensitivity` of `transcribe` (unknown: default)."""
@@ -255,8 +264,7 @@ class _Connection:
             await self.send(build_info(self.server.core.engine_info, self.server.core.settings).event())
         elif Transcribe.is_type(event.type):
             transcribe = _parse(Transcribe.from_event, event)
-            text, terms = transcribe_context(transcribe)
-            context = await self.capped_context(text)
+            context, terms = await self.capped_biasing(*transcribe_context(transcribe))
             language = await self.checked_language(transcribe.language)
             await self.end_round("transcribe", finalize=True)
             await self.open_round(language, context, transcribe.vad_sensitivity, terms)
@@ -279,14 +287,28 @@ class _Connection:
                 "unknown_event", f"unknown event {event.type!r}; expected describe, transcribe or audio events"
             )
 
-    async def capped_context(self, context: str) -> str:
-        """The context, or its first `max_context_chars` after an `error`: the round still gets its transcript."""
+    async def capped_biasing(self, text: str, terms: list[str]) -> tuple[str, list[str]]:
+        """The client's biasing, or the start of it that fits after one `error`: the round still gets
+        its transcript. The context text, names and terms count together against `max_context_chars`,
+        as the engine reads them (`biasing_context`), and at most `MAX_CLIENT_TERMS` names and terms."""
+        core = self.server.core
+        problems: list[str] = []
         try:
-            return checked_context(self.server.core, context, "transcribe.context")
+            checked_context(core, biasing_context((), terms, text), BIASING_FIELDS)
         except ProtocolError as exc:
-            limit = self.server.core.settings.max_context_chars
-            await self.error(exc.code, f"{exc.message}; using its first {limit}")
-            return context[:limit]
+            problems.append(exc.message)
+        if len(terms) > MAX_CLIENT_TERMS:
+            problems.append(f"{len(terms)} names and terms, over the limit of {MAX_CLIENT_TERMS}")
+        if not problems:
+            return text, terms
+        kept_text, kept_terms = fitted_biasing(text, terms[:MAX_CLIENT_TERMS], core.settings.max_context_chars)
+        using = []
+        if text:
+            using.append("the context" if kept_text == text else f"the context's first {len(kept_text)} characters")
+        if terms:
+            using.append(f"the first {len(kept_terms)} of the {len(terms)} names and terms")
+        await self.error("context_too_long", f"{'; '.join(problems)}; using {' and '.join(using)}")
+        return kept_text, kept_terms
 
     async def checked_language(self, language: Any) -> str | None:
         """The language if the engine knows it (a region tag like en-US falls back to en); else an
