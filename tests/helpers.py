@@ -11,8 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import jiwer
+import numpy as np
+import soxr
 
+from satellite_asr.audio import SAMPLE_RATE, Audio
 from satellite_asr.clients.bench import normalise_words
+from satellite_asr.clients.wav import read_wav
 from satellite_asr.config import Settings, load_settings
 from satellite_asr.engines.base import Engine
 from satellite_asr.server import Daemon, in_process_daemon
@@ -20,6 +24,17 @@ from satellite_asr.server import Daemon, in_process_daemon
 FIXTURES = Path(__file__).parent / "fixtures"
 EXPECTED: dict[str, list[str]] = json.loads((FIXTURES / "fixtures.json").read_text())
 """Fixture WAV name -> the commands spoken in it, in order."""
+
+
+def fixture_16k(name: str) -> Audio:
+    """A fixture WAV as 16 kHz mono float samples."""
+    return read_wav(FIXTURES / name).to_16k_mono()
+
+
+def pcm16(audio: Audio, rate: int = 24000) -> bytes:
+    """16 kHz float samples as 16-bit PCM at `rate` (OpenAI's pcm16 is 24 kHz)."""
+    resampled = soxr.resample(audio, SAMPLE_RATE, rate) if rate != SAMPLE_RATE else audio
+    return (np.clip(resampled, -1, 1) * 32767).astype("<i2").tobytes()
 
 
 def normalise(text: str) -> str:

@@ -20,19 +20,14 @@ import pytest
 import websockets
 
 from satellite_asr.audio import SAMPLE_RATE, Audio
-from satellite_asr.clients.wav import read_wav
 from satellite_asr.core import Core
 from satellite_asr.events import FinalTranscript, SessionEvent
 from satellite_asr.server import Daemon
 from satellite_asr.session import FEED_PIECE, Session, SessionOptions
 from tests.doubles import GatedEngineDouble
-from tests.helpers import FIXTURES, daemon_settings, running_daemon, ws_url
+from tests.helpers import daemon_settings, fixture_16k, running_daemon, ws_url
 
 pytestmark = pytest.mark.timeout(180)
-
-
-def fixture_16k(name: str) -> Audio:
-    return read_wav(FIXTURES / name).to_16k_mono()
 
 
 def f32(audio: Audio) -> bytes:

@@ -12,31 +12,19 @@ from typing import Any
 
 import numpy as np
 import pytest
-import soxr
 import websockets
 from openai import AsyncOpenAI
 from websockets.exceptions import ConnectionClosed
 
 from satellite_asr.audio import SAMPLE_RATE
-from satellite_asr.clients.wav import read_wav
 from satellite_asr.server import Daemon
 from tests.doubles import CrashingEngineDouble
-from tests.helpers import EXPECTED, FIXTURES, of_type, running_daemon, same_words
+from tests.helpers import EXPECTED, fixture_16k, of_type, pcm16, running_daemon, same_words
 
 pytestmark = pytest.mark.timeout(180)
 
 Events = list[dict[str, Any]]
 CHUNK_S = 0.1
-
-
-def fixture_16k(name: str) -> np.ndarray:
-    return read_wav(FIXTURES / name).to_16k_mono()
-
-
-def pcm16(audio: np.ndarray, rate: int = 24000) -> bytes:
-    """16 kHz float samples as 16-bit PCM at `rate` (OpenAI's pcm16 is 24 kHz)."""
-    resampled = soxr.resample(audio, SAMPLE_RATE, rate) if rate != SAMPLE_RATE else audio
-    return (np.clip(resampled, -1, 1) * 32767).astype("<i2").tobytes()
 
 
 def chunks(data: bytes, bytes_per_second: int) -> list[str]:

@@ -22,7 +22,7 @@ from satellite_asr.clients.rest_bench import long_recording, run_rest_bench, wav
 from satellite_asr.clients.stream_client import stream_file
 from satellite_asr.clients.wav import read_wav
 from satellite_asr.server import Daemon
-from tests.doubles import CrashingEngineDouble, SlowLoadingEngineDouble
+from tests.doubles import ContextRecordingEngineDouble, CrashingEngineDouble, SlowLoadingEngineDouble
 from tests.helpers import (
     EXPECTED,
     FIXTURES,
@@ -173,6 +173,18 @@ async def test_prompt_becomes_the_engines_context() -> None:
     assert "kitchen" in normalise(fine.text), "a session without the word is transcribed"
 
 
+async def test_keywords_follow_the_prompt_in_the_engines_context_as_in_realtime() -> None:
+    engine = ContextRecordingEngineDouble()
+    async with running_daemon(engine) as daemon, client(daemon) as api:
+        wav = ("lights.wav", (FIXTURES / "lights_on.wav").read_bytes())
+        both = await api.audio.transcriptions.create(
+            file=wav, model="gpt-4o-transcribe", prompt="Kowalski", keywords=["Zigbee", "kitchen lights"]
+        )
+        await api.audio.transcriptions.create(file=wav, model="gpt-4o-transcribe", keywords=["Zigbee"])
+    assert engine.contexts == ["Kowalski\nZigbee, kitchen lights", "Zigbee"]
+    assert word_error_rate(EXPECTED["lights_on.wav"][0], both.text) <= WER_TOLERANCE, both.text
+
+
 async def test_a_prompt_over_the_context_cap_is_a_400_naming_it() -> None:
     prompt = ("Bedroom lights, garage door. " * 4)[:100]
     async with running_daemon(max_context_chars=100) as daemon, client(daemon) as api:
@@ -180,6 +192,12 @@ async def test_a_prompt_over_the_context_cap_is_a_400_naming_it() -> None:
             api.audio.transcriptions.create(file=("a.wav", THREE), model="whisper-1", prompt=prompt + ".")
         )
         served = await api.audio.transcriptions.create(file=("a.wav", THREE), model="whisper-1", prompt=prompt)
+        with_keywords = await refusal(
+            api.audio.transcriptions.create(
+                file=("a.wav", THREE), model="whisper-1", prompt="p" * 60, keywords=["k" * 50]
+            )
+        )
+    assert with_keywords.status_code == 400 and with_keywords.code == "context_too_long"
     assert refused.status_code == 400 and refused.code == "context_too_long"
     assert refused.param == "prompt" and "max_context_chars" in refused.message
     assert word_error_rate(" ".join(EXPECTED["three_commands.wav"]), served.text) <= WER_TOLERANCE

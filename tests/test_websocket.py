@@ -24,6 +24,7 @@ from tests.helpers import (
     FIXTURES,
     WER_TOLERANCE,
     daemon_settings,
+    fixture_16k,
     normalise,
     of_type,
     running_daemon,
@@ -37,10 +38,6 @@ pytestmark = pytest.mark.timeout(120)
 
 def f32(audio: np.ndarray) -> bytes:
     return audio.astype("<f4").tobytes()
-
-
-def fixture_16k(name: str) -> np.ndarray:
-    return read_wav(FIXTURES / name).to_16k_mono()
 
 
 async def receive_until_close(ws: websockets.ClientConnection) -> list[dict[str, Any]]:

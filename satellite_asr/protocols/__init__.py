@@ -55,6 +55,12 @@ def checked_language(core: Core, code: object, param: str) -> str | None:
     return supported
 
 
+def openai_context(prompt: str, keywords: list[str] | tuple[str, ...]) -> str:
+    """The biasing context of OpenAI's transcription fields (REST and Realtime): the prompt, then the
+    keywords, comma-separated."""
+    return "\n".join(part for part in (prompt, ", ".join(keywords)) if part)
+
+
 def checked_context(core: Core, text: str, param: str) -> str:
     """`text` if it fits `max_context_chars`: a huge biasing context would slow every decode."""
     limit = core.settings.max_context_chars

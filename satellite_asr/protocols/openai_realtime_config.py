@@ -15,7 +15,7 @@ from satellite_asr.audio import MAX_RATE, MIN_RATE, PcmDecoder
 from satellite_asr.config import ConfigError, Settings, coerce
 from satellite_asr.core import Core
 from satellite_asr.engines.base import EngineInfo
-from satellite_asr.protocols import ProtocolError, checked_context, checked_language
+from satellite_asr.protocols import ProtocolError, checked_context, checked_language, openai_context
 from satellite_asr.session import SessionOptions
 
 PCM_RATE = 24000
@@ -123,7 +123,7 @@ class RealtimeConfig:
     @property
     def context(self) -> str:
         """The client's biasing context: the prompt, then the keywords."""
-        return "\n".join(part for part in (self.prompt, ", ".join(self.keywords)) if part)
+        return openai_context(self.prompt, self.keywords)
 
     def decoder(self) -> PcmDecoder:
         return PcmDecoder(self.encoding, self.sample_rate)

@@ -1,0 +1,271 @@
+"""Pipecat's OpenAI speech-to-text services against the real daemon (real Silero, real tiny.en).
+
+Each test runs a Pipecat pipeline as a bot would: microphone-paced 16 kHz audio frames into Pipecat's
+own Silero VAD processor, then the service pointed at the daemon on 127.0.0.1. `OpenAISTTService`
+uploads each segment its VAD cut to `/v1/audio/transcriptions`; `OpenAIRealtimeSTTService` streams
+to `/v1/realtime` and commits at each of its VAD's stops (turn detection off, Pipecat's default) or
+lets the daemon's VAD end the items (`turn_detection` server_vad).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, Literal
+
+import pytest
+from openai import DefaultAsyncHttpxClient
+from pipecat.audio.vad.silero import SileroVADAnalyzer
+from pipecat.frames.frames import (
+    EndFrame,
+    ErrorFrame,
+    Frame,
+    InputAudioRawFrame,
+    InterimTranscriptionFrame,
+    TranscriptionFrame,
+)
+from pipecat.observers.base_observer import BaseObserver, FramePushed
+from pipecat.pipeline.pipeline import Pipeline
+from pipecat.pipeline.worker import PipelineParams, PipelineWorker
+from pipecat.processors.audio.vad_processor import VADProcessor
+from pipecat.processors.frame_processor import FrameProcessor
+from pipecat.services.openai.stt import OpenAIRealtimeSTTService, OpenAISTTService
+from pipecat.services.stt_service import STTService
+from pipecat.transcriptions.language import Language
+from pipecat.workers.runner import WorkerRunner
+
+from satellite_asr.audio import SAMPLE_RATE
+from satellite_asr.server import Daemon
+from tests.doubles import ContextRecordingEngineDouble
+from tests.helpers import EXPECTED, fixture_16k, pcm16, running_daemon, same_words
+
+pytestmark = pytest.mark.timeout(180)
+
+FRAME_S = 0.02
+"""What a Pipecat input transport delivers at a time: 20 ms of audio."""
+TRAILING_SILENCE_S = 1.0
+"""Silence after the fixture, so Pipecat's VAD hears the last command end."""
+KEY = "pipecat-test-key"
+
+
+class ServiceFrames(BaseObserver):
+    """What one processor pushed (either direction): its transcripts and errors, in order."""
+
+    def __init__(self, service: FrameProcessor) -> None:
+        super().__init__()
+        self.service = service
+        self.frames: list[Frame] = []
+        self.changed = asyncio.Event()
+
+    async def on_push_frame(self, data: FramePushed) -> None:
+        if data.source is self.service and isinstance(
+            data.frame, (TranscriptionFrame, InterimTranscriptionFrame, ErrorFrame)
+        ):
+            self.frames.append(data.frame)
+            self.changed.set()
+
+    @property
+    def finals(self) -> list[str]:
+        return [frame.text for frame in self.frames if isinstance(frame, TranscriptionFrame)]
+
+    @property
+    def interims(self) -> list[str]:
+        return [frame.text for frame in self.frames if isinstance(frame, InterimTranscriptionFrame)]
+
+    @property
+    def errors(self) -> list[str]:
+        return [frame.error for frame in self.frames if isinstance(frame, ErrorFrame)]
+
+    async def wait_for(self, finals: int = 0, errors: int = 0) -> None:
+        """Until `finals` transcripts or `errors` errors have come (60 s at most: a hang fails)."""
+        async with asyncio.timeout(60):
+            while not ((finals and len(self.finals) >= finals) or (errors and len(self.errors) >= errors)):
+                self.changed.clear()
+                await self.changed.wait()
+
+
+@asynccontextmanager
+async def running_pipeline(stt: STTService) -> AsyncIterator[tuple[PipelineWorker, ServiceFrames]]:
+    """Pipecat's Silero VAD then `stt`, running; ended with an EndFrame (queued segments finish)."""
+    frames = ServiceFrames(stt)
+    worker = PipelineWorker(
+        Pipeline([VADProcessor(vad_analyzer=SileroVADAnalyzer()), stt]),
+        params=PipelineParams(audio_in_sample_rate=SAMPLE_RATE),
+        observers=[frames],
+        cancel_on_idle_timeout=False,
+        enable_rtvi=False,
+    )
+    started = asyncio.Event()
+
+    @worker.event_handler("on_pipeline_started")  # type: ignore[untyped-decorator]
+    async def on_started(_worker: PipelineWorker, _frame: Frame) -> None:
+        started.set()
+
+    runner = WorkerRunner(handle_sigint=False)
+    await runner.add_workers(worker)
+    running = asyncio.create_task(runner.run())
+    try:
+        async with asyncio.timeout(60):
+            await started.wait()
+        yield worker, frames
+        await worker.queue_frame(EndFrame())
+        async with asyncio.timeout(60):
+            await running
+    finally:
+        if not running.done():
+            await worker.cancel()
+            await running
+
+
+async def speak(worker: PipelineWorker, fixture: str) -> None:
+    """The fixture, then silence, as 20 ms input frames at microphone pace."""
+    audio = pcm16(fixture_16k(fixture), SAMPLE_RATE) + bytes(int(TRAILING_SILENCE_S * SAMPLE_RATE) * 2)
+    step = int(FRAME_S * SAMPLE_RATE) * 2
+    for offset in range(0, len(audio), step):
+        await worker.queue_frame(InputAudioRawFrame(audio[offset : offset + step], SAMPLE_RATE, 1))
+        await asyncio.sleep(FRAME_S)
+
+
+@asynccontextmanager
+async def rest_service(daemon: Daemon, api_key: str = "unused", **settings: Any) -> AsyncIterator[OpenAISTTService]:
+    """The REST service, its `settings` over English and gpt-4o-transcribe, on an HTTP client the
+    test closes (Pipecat never closes the one it would make itself)."""
+    async with DefaultAsyncHttpxClient() as http:
+        yield OpenAISTTService(
+            api_key=api_key,
+            base_url=f"http://127.0.0.1:{daemon.http_port}/v1",
+            http_client=http,
+            settings=OpenAISTTService.Settings(**{"model": "gpt-4o-transcribe", "language": Language.EN, **settings}),
+        )
+
+
+def realtime_service(
+    daemon: Daemon, api_key: str = "unused", turn_detection: dict[str, Any] | Literal[False] = False, **settings: Any
+) -> OpenAIRealtimeSTTService:
+    """The Realtime service, its `settings` over English and gpt-4o-transcribe; `turn_detection`
+    False (Pipecat's default) commits at each stop of Pipecat's VAD."""
+    return OpenAIRealtimeSTTService(
+        api_key=api_key,
+        base_url=f"ws://127.0.0.1:{daemon.http_port}/v1/realtime",
+        turn_detection=turn_detection,
+        settings=OpenAIRealtimeSTTService.Settings(
+            **{"model": "gpt-4o-transcribe", "language": Language.EN, **settings}
+        ),
+    )
+
+
+async def test_openai_stt_service_transcribes_each_segment_its_vad_cut() -> None:
+    async with (
+        running_daemon() as daemon,
+        rest_service(daemon) as stt,
+        running_pipeline(stt) as (worker, frames),
+    ):
+        await speak(worker, "three_commands.wav")
+        await frames.wait_for(finals=3)
+    assert frames.errors == []
+    assert same_words(EXPECTED["three_commands.wav"], frames.finals)
+
+
+async def test_realtime_stt_service_commits_at_its_vads_stops() -> None:
+    async with running_daemon() as daemon, running_pipeline(realtime_service(daemon)) as (worker, frames):
+        await speak(worker, "three_commands.wav")
+        await frames.wait_for(finals=3)
+    assert frames.errors == []
+    assert same_words(EXPECTED["three_commands.wav"], frames.finals)
+
+
+async def test_realtime_stt_service_with_the_daemons_turn_detection() -> None:
+    turn = {"type": "server_vad", "silence_duration_ms": 500}
+    async with (
+        running_daemon() as daemon,
+        running_pipeline(realtime_service(daemon, turn_detection=turn)) as (worker, frames),
+    ):
+        await speak(worker, "three_commands.wav")
+        await frames.wait_for(finals=3)
+    assert frames.errors == []
+    assert same_words(EXPECTED["three_commands.wav"], frames.finals)
+    assert frames.interims, "the daemon's deltas reach Pipecat as interim transcripts"
+
+
+async def test_openai_stt_service_keywords_and_prompt_reach_the_engine() -> None:
+    engine = ContextRecordingEngineDouble()
+    async with (
+        running_daemon(engine) as daemon,
+        rest_service(daemon, prompt="Kowalski", keywords=["Zigbee", "kitchen lights"]) as stt,
+        running_pipeline(stt) as (worker, frames),
+    ):
+        await speak(worker, "lights_on.wav")
+        await frames.wait_for(finals=1)
+    assert frames.errors == []
+    assert same_words(EXPECTED["lights_on.wav"], frames.finals)
+    assert engine.contexts == ["Kowalski\nZigbee, kitchen lights"]
+
+
+async def test_realtime_stt_service_prompt_reaches_the_engine() -> None:
+    engine = ContextRecordingEngineDouble()
+    async with (
+        running_daemon(engine) as daemon,
+        running_pipeline(realtime_service(daemon, prompt="Kowalski, Zigbee")) as (worker, frames),
+    ):
+        await speak(worker, "lights_on.wav")
+        await frames.wait_for(finals=1)
+    assert frames.errors == []
+    assert same_words(EXPECTED["lights_on.wav"], frames.finals)
+    assert engine.contexts == ["Kowalski, Zigbee"]
+
+
+async def test_openai_stt_service_with_a_wrong_key_gets_an_error_frame_with_the_daemons_reason() -> None:
+    async with (
+        running_daemon(api_key=KEY) as daemon,
+        rest_service(daemon, api_key="wrong") as stt,
+        running_pipeline(stt) as (worker, frames),
+    ):
+        await speak(worker, "lights_on.wav")
+        await frames.wait_for(errors=1)
+    assert frames.finals == []
+    assert "401 - the API key is not valid" in frames.errors[0]
+
+
+async def test_openai_stt_service_with_the_right_key_transcribes() -> None:
+    async with (
+        running_daemon(api_key=KEY) as daemon,
+        rest_service(daemon, api_key=KEY) as stt,
+        running_pipeline(stt) as (worker, frames),
+    ):
+        await speak(worker, "lights_on.wav")
+        await frames.wait_for(finals=1)
+    assert frames.errors == []
+    assert same_words(EXPECTED["lights_on.wav"], frames.finals)
+
+
+async def test_openai_stt_service_in_a_language_the_engine_lacks_gets_an_error_frame_naming_it() -> None:
+    async with (
+        running_daemon() as daemon,
+        rest_service(daemon, language=Language.DE) as stt,
+        running_pipeline(stt) as (worker, frames),
+    ):
+        await speak(worker, "lights_on.wav")
+        await frames.wait_for(errors=1)
+    assert frames.finals == []
+    assert "'de' is not one of the languages of this engine (en)" in frames.errors[0]
+
+
+async def test_realtime_stt_service_with_a_wrong_key_gets_an_error_frame() -> None:
+    async with (
+        running_daemon(api_key=KEY) as daemon,
+        running_pipeline(realtime_service(daemon, api_key="wrong")) as (_worker, frames),
+    ):
+        await frames.wait_for(errors=1)
+    assert frames.finals == []
+    assert "401" in frames.errors[0]
+
+
+async def test_realtime_stt_service_in_a_language_the_engine_lacks_gets_an_error_frame_naming_it() -> None:
+    async with (
+        running_daemon() as daemon,
+        running_pipeline(realtime_service(daemon, language=Language.DE)) as (_worker, frames),
+    ):
+        await frames.wait_for(errors=1)
+    assert "[unsupported_language]" in frames.errors[0]
+    assert "'de' is not one of the languages of this engine (en)" in frames.errors[0]
