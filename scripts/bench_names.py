@@ -95,7 +95,7 @@ def report(label: str, result: dict[str, Any]) -> None:
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--half", choices=["dev", "heldout", "heldout2", "all"], default="dev")
+    parser.add_argument("--half", choices=["dev", "heldout", "heldout2", "heldout3", "all"], default="dev")
     parser.add_argument("--cap", type=int, default=0, help="names in the prompt (the daemon gives whisper none)")
     parser.add_argument("--faster-whisper", action="store_true", help="faster-whisper's own hotwords vs prompt")
     parser.add_argument("--misses", action="store_true", help="print the names that came out wrong")
