@@ -154,7 +154,7 @@ def key_similarity(a: str, b: str, least: float = 0.0) -> float:
 _DISTANCES: dict[tuple[str, str], tuple[float, float]] = {}
 """(key, key) -> (limit, distance) of the last computation; most of the cost of correcting text is
 these distances, and the same runs and names meet again (the partials of an utterance, its final,
-the engine's second look and the session's correction of the same text)."""
+the engine's check of names and the session's correction of the same text)."""
 _DISTANCES_KEPT = 1 << 16
 
 
@@ -302,21 +302,28 @@ class NameCorrector:
                     chosen.append(Replacement(start, end, match.name.text, match.score))
         return chosen
 
-    def near_names(self, text: str, limit: int, threshold: float) -> list[str]:
+    def near_matches(self, text: str, limit: int, threshold: float) -> list[Replacement]:
         """At most `limit` names, best first, that some run of `text` loosely resembles (scoring at
-        least `threshold`, below the correction's own), worth a second look at the audio.
+        least `threshold`, below the correction's own), each with the run it best resembles: the
+        texts worth checking against the audio.
 
         Empty when the text already has one of the names as spelled, or a run close enough to be
-        corrected: the text has found its name, and a second look would only risk another.
+        corrected: the text has found its name, and checking others would only risk another.
         """
-        words = [word.group() for word in WORD.finditer(text)]
-        matches = self._matches(words, threshold)
-        if any(self._confident(match, words) for match in matches):
+        words = list(WORD.finditer(text))
+        matches = self._matches([word.group() for word in words], threshold)
+        if any(self._confident(match, [word.group() for word in words]) for match in matches):
             return []
-        best: dict[_Name, float] = {}
+        best: dict[_Name, _Match] = {}
         for match in matches:
-            best[match.name] = max(match.score, best.get(match.name, 0.0))
-        return [name.text for name in sorted(best, key=lambda name: (-best[name], name.rank))][:limit]
+            known = best.get(match.name)
+            if known is None or (match.score, match.first - match.last) > (known.score, known.first - known.last):
+                best[match.name] = match
+        nearest = sorted(best.values(), key=lambda match: (-match.score, match.name.rank))[:limit]
+        return [
+            Replacement(words[match.first].start(), words[match.last].end(), match.name.text, match.score)
+            for match in nearest
+        ]
 
     def _confident(self, match: _Match, words: list[str]) -> bool:
         """Whether a match found with a lower threshold would pass the corrector's own."""
