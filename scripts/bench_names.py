@@ -3,11 +3,13 @@
 Decodes every command of the evaluation set (tests/fixtures/names/, made by make_names.py) with
 the real bundled tiny.en, as the daemon decodes a final: without names; with the `--cap` best
 ranked names as its prompt (`rank_names` + `biasing_context`; the daemon's default for whisper is
-none); and as the daemon does with names: that prompt, the engine's second look with the few
-names near what it heard (`StreamOptions.names`), then the transcript corrected towards all the
-home's names (`NameCorrector`, timed with the decode). The runs take turns on each command.
+none); as the daemon does with names: that prompt, the engine's check of the few names near what
+it heard against the audio (`StreamOptions.names`), then the transcript corrected towards all the
+home's names (`NameCorrector`, timed with the decode); and, for comparison, the method before
+that check (`--second-look`: a second decode prompted with the few names near what was heard,
+then the same correction). The runs take turns on each command.
 
-    PYTHONPATH=. .venv/bin/python scripts/bench_names.py [--half dev|heldout|heldout2|all] [--cap 0]
+    PYTHONPATH=. .venv/bin/python scripts/bench_names.py [--half dev|heldout|heldout2|heldout3|all] [--cap 0]
     PYTHONPATH=. .venv/bin/python scripts/bench_names.py --faster-whisper   # hotwords vs prompt
 
 Reports names right (a name counts when its letters appear in the transcript, ignoring case,
@@ -37,9 +39,14 @@ from satellite_asr.audio import SAMPLE_RATE, Audio
 from satellite_asr.clients.bench import normalise_words
 from satellite_asr.clients.wav import read_wav
 from satellite_asr.engines.base import StreamOptions
-from satellite_asr.engines.whisper import SHORT_CONTEXT_MIN_S, SHORT_CONTEXT_PAD_S, WhisperEngine
+from satellite_asr.engines.whisper import (
+    MAX_TOKENS_PER_SECOND,
+    SHORT_CONTEXT_MIN_S,
+    SHORT_CONTEXT_PAD_S,
+    WhisperEngine,
+)
 from satellite_asr.homeassistant.correction import NameCorrector, Replacement, apply
-from satellite_asr.homeassistant.names import HomeNames, biasing_context, rank_names
+from satellite_asr.homeassistant.names import NAME_SEPARATOR, HomeNames, biasing_context, rank_names
 
 NAMES = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "names"
 
@@ -100,7 +107,12 @@ async def main() -> None:
     parser.add_argument("--faster-whisper", action="store_true", help="faster-whisper's own hotwords vs prompt")
     parser.add_argument("--misses", action="store_true", help="print the names that came out wrong")
     parser.add_argument(
-        "--no-second-look", action="store_true", help="the engine does not decode again with the names it nearly heard"
+        "--no-check", action="store_true", help="the engine does not check the names it nearly heard against the audio"
+    )
+    parser.add_argument(
+        "--second-look",
+        action="store_true",
+        help="also run the earlier method: a second decode prompted with the names nearly heard, then the correction",
     )
     parser.add_argument(
         "--threshold", type=float, default=NameCorrector(()).threshold, help="the session's correction's threshold"
@@ -124,6 +136,7 @@ async def main() -> None:
     context = biasing_context(names)
     every_name = tuple(rank_names(home, sys.maxsize))
     corrector = NameCorrector(every_name, threshold=args.threshold)
+    near_names = NameCorrector(every_name)  # the engine's matcher (the default threshold, whatever --threshold says)
     engine = WhisperEngine()
     await engine.start()
     print(f"{len(commands)} commands ({args.half}), {len(names)} names in the prompt, {len(every_name)} in the home")
@@ -137,7 +150,7 @@ async def main() -> None:
                 return (await engine.open_stream(StreamOptions(language="en", context=text)).final(audio)).text
 
             async def daemon(audio: Audio, text: str) -> str:
-                names = () if args.no_second_look else every_name
+                names = () if args.no_check else every_name
                 stream = engine.open_stream(StreamOptions(language="en", context=text, names=names))
                 heard = (await stream.final(audio)).text
                 if args.verify is None:
@@ -146,9 +159,15 @@ async def main() -> None:
                     verified, engine, audio, heard, corrector.replacements(heard), args.verify
                 )
 
+            async def looked_again(audio: Audio, text: str) -> str:
+                heard = await asyncio.to_thread(second_look, engine, audio, text, near_names)
+                return corrector.correct(heard)
+
             runs = {"no names": (final, "")}
             if args.cap:
                 runs["prompt only"] = (final, context)
+            if args.second_look:
+                runs["second look"] = (looked_again, context)
             runs["names"] = (daemon, context)
         results = await evaluate(runs, commands)
     finally:
@@ -170,7 +189,41 @@ async def main() -> None:
         if args.misses:
             for miss in result["misses"]:
                 print(f"      missed {miss}")
-    print(f"  second looks: {engine.second_looks} of {len(commands)} finals")
+    print(f"  names checked against the audio: {engine.name_checks} of {len(commands)} finals")
+    print(f"  names taken: {engine.names_taken}; second looks (--second-look): {second_looks} finals")
+
+
+SECOND_LOOK_NAMES = 5
+SECOND_LOOK_SCORE = 0.5
+second_looks = 0
+
+
+def second_look(engine: WhisperEngine, audio: Audio, context: str, names: NameCorrector) -> str:
+    """The engine's method before the audio check (until 2026-12-01), for comparison: a final's text
+    that loosely resembles some names (at most `SECOND_LOOK_NAMES`, scoring `SECOND_LOOK_SCORE`)
+    is decoded again from the same encoding with those names, then `context`, as the prompt; that
+    text is kept unless it loops or is empty. Short window, greedy, as the engine decodes a final."""
+    global second_looks
+    model = engine._model  # the library under the engine, measured directly
+    assert model is not None
+    tokenizer = engine._tokenizer("en")
+    window = max(audio.size + int(SHORT_CONTEXT_PAD_S * SAMPLE_RATE), int(SHORT_CONTEXT_MIN_S * SAMPLE_RATE))
+    features = model.feature_extractor(audio, padding=window - audio.size)
+    encoded = model.model.encode(ctranslate2.StorageView.from_array(np.ascontiguousarray(features[None])))
+    budget = int(audio.size / SAMPLE_RATE * MAX_TOKENS_PER_SECOND) + 8
+    decoded = engine._generate(encoded, tokenizer, context, budget, 1)
+    if decoded is None:  # the engine decodes the full window then, without names
+        return engine._decode_window(audio, "en", context, True).text
+    heard = tokenizer.decode(decoded[0])
+    near = [match.name for match in names.near_matches(heard, SECOND_LOOK_NAMES, SECOND_LOOK_SCORE)]
+    if near:
+        second_looks += 1
+        second = engine._generate(
+            encoded, tokenizer, NAME_SEPARATOR.join([*near, context] if context else near), budget, 1
+        )
+        if second is not None and second[0]:
+            heard = tokenizer.decode(second[0])
+    return heard.strip()
 
 
 def verified(engine: WhisperEngine, audio: Audio, heard: str, replacements: list[Replacement], nats: float) -> str:
