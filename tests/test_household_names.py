@@ -103,13 +103,13 @@ async def test_every_protocol_decodes_with_the_homes_names(home_assistant: HomeA
     assert "Marigold room" not in heard_off, f"tiny.en alone does not hear it: {heard_off!r}"
 
 
-async def test_whisper_checks_the_names_near_what_it_heard_against_the_audio(
+async def test_whisper_takes_a_second_look_with_the_names_near_what_it_heard(
     home_assistant: HomeAssistantDouble,
 ) -> None:
     """Whisper's own choice (`ha_names_limit` -1): no names in its prompt, all of them (the client's
     terms first) to check what it heard against. How the session cuts the utterance decides whether
-    the check gets Mabel's den or "Maybles then" (the words of the whole file are checked in
-    test_whisper_engine); here, that the names reach the engine and it checks them."""
+    the second look gets Mabel's den or "Maybles then" (the words of the whole file are checked in
+    test_whisper_engine); here, that the names reach the engine and it looks again."""
     engine = ContextRecordingEngineDouble()
     async with running_daemon(
         engine, wyoming_uri="tcp://127.0.0.1:0", ha_url=home_assistant.url, ha_token=TOKEN
@@ -122,7 +122,7 @@ async def test_whisper_checks_the_names_near_what_it_heard_against_the_audio(
     websocket_names, wyoming_names = engine.names
     assert len(websocket_names) == HOME_NAMES and "Mabel's den" in websocket_names
     assert wyoming_names == ("Okonkwo", *websocket_names)
-    assert engine.name_checks >= 2, "at least each session's final (a final decoded ahead at a pause counts too)"
+    assert engine.second_looks >= 2, "at least each session's final (a final decoded ahead at a pause counts too)"
     assert word_error_rate("close the blinds in Mabel's den", heard) <= 0.4, heard
 
 

@@ -60,7 +60,7 @@ def test_only_the_given_names_and_no_names_changes_nothing() -> None:
 
 
 def test_near_matches_are_names_the_text_loosely_sounds_like_with_the_words_they_would_replace() -> None:
-    """What an engine checks against the audio: nothing when the text has its name already."""
+    """What an engine takes a second look with: nothing when the text has its name already."""
     corrector = NameCorrector(HOME_NAMES)
     heard = "close the blinds in Maybles 10."
     near = corrector.near_matches(heard, 5, 0.5)

@@ -31,7 +31,8 @@ from satellite_asr.engines.base import (
     Transcript,
     model_location,
 )
-from satellite_asr.homeassistant.correction import NameCorrector, apply
+from satellite_asr.homeassistant.correction import NameCorrector
+from satellite_asr.homeassistant.names import NAME_SEPARATOR
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +44,6 @@ fixtures cut at every 0.4 s, a 1 s pad alone repeated in 19 of 38 decodes, a 10 
 still at under a third of the 30 s window's time (docs/benchmarks.md)."""
 REPEATED_RUN = 4
 """Tokens in a row that, seen twice in one command, mean the decoder is looping."""
-ENCODER_FRAMES_PER_S = 50
-"""Whisper's encoder writes one frame per 20 ms of audio."""
 MAX_TOKENS_PER_SECOND = 8
 """More tokens than this per second of audio is not speech but a decoder stuck in a loop."""
 MAX_CONTEXT_TOKENS = 223
@@ -70,22 +69,13 @@ def loop_length(tokens: list[int], shortest: int = REPEATED_RUN) -> int | None:
 
 WHISPER_CONTEXT_NAMES = 0
 """Household names in the prompt by default: none. A long list of names costs every decode about a
-third more (223 prompt tokens) and helped tiny.en less than checking the few names near what it
-heard against the audio (`NAME_CHECK_NAMES`) on the dev part of tests/fixtures/names
-(docs/benchmarks.md)."""
-NAME_CHECK_NAMES = 3
-"""At most this many names, the nearest to a final's text, are tried in its place (see `_check_names`)."""
-NAME_CHECK_SCORE = 0.5
-"""How close (`NameCorrector` score) a run of a final's text must be to a name to be tried: looser
-than the correction's own threshold, since the audio, not the spelling, then decides."""
-NAME_CHECK_WEIGHT = 4.0
-NAME_CHECK_GAIN = 0.4
-"""A text with a name in place of the words it resembles replaces the final's text when its mean
-log-probability per token given the audio (teacher-forced), less the final's, plus `NAME_CHECK_WEIGHT`
-times its `NameCorrector` score, reaches `NAME_CHECK_GAIN`. The audio alone prefers the model's own
-words to a rare name (a name costs several unlikely tokens), the spelling alone invents names in
-ordinary commands; together they told the right names from the rest on the dev part of
-tests/fixtures/names (docs/benchmarks.md)."""
+third more (223 prompt tokens) and helped tiny.en less than a second look with the few names near
+what it heard (`SECOND_LOOK_NAMES`) on the dev half of tests/fixtures/names (docs/benchmarks.md)."""
+SECOND_LOOK_NAMES = 5
+"""At most this many names, the nearest to the first text, prompt the second decode of a final."""
+SECOND_LOOK_SCORE = 0.5
+"""How close (`NameCorrector` score) a run of the first text must be to a name for a second look:
+looser than the correction's own threshold, since the audio, not the spelling, then decides."""
 
 
 @functools.lru_cache(maxsize=8)
@@ -159,10 +149,8 @@ class WhisperEngine(Engine):
         self._short_context = short_context
         self.full_window_retries = 0
         """Short-context decodes that had to be redone (see `_decode_short`)."""
-        self.name_checks = 0
-        """Finals checked against the audio with the names near what was heard (see `_check_names`)."""
-        self.names_taken = 0
-        """Of those, finals whose text took one of the names."""
+        self.second_looks = 0
+        """Finals decoded a second time with the names near what was heard (see `_decode_short`)."""
         self._executor: concurrent.futures.ThreadPoolExecutor | None = self._new_executor()
         self._model: WhisperModel | None = None
         # Known before the model loads (Wyoming `info` is asked at once): English-only models are
@@ -238,8 +226,10 @@ class WhisperEngine(Engine):
         then repeats itself: a result that repeats a run of tokens, or uses up the token budget
         for its duration, is treated as that and the caller decodes again with the full window.
 
-        A final whose text loosely resembles some of `options.names` without naming any of them is
-        checked against the same encoding with those names in place (see `_check_names`).
+        A final whose text loosely resembles some of `options.names` without naming any of them
+        is decoded a second time from the same encoding, with those few names (then the session's
+        context) as its prompt (see `SECOND_LOOK_NAMES`); that text is kept unless it repeats itself
+        or is empty.
         """
         assert self._model is not None
         tokenizer = self._tokenizer(language)
@@ -253,48 +243,19 @@ class WhisperEngine(Engine):
             log.debug("short-context decode repeated itself; decoding the full window")
             self.full_window_retries += 1
             return None
-        tokens, mean_logprob = decoded
         if final and options.names:
-            tokens = self._check_names(encoded, audio, tokenizer, options, tokens)
+            heard = tokenizer.decode(decoded[0])
+            matches = _corrector(options.names).near_matches(heard, SECOND_LOOK_NAMES, SECOND_LOOK_SCORE)
+            near = [match.name for match in matches]
+            if near:
+                self.second_looks += 1
+                # the near names first (the prompt keeps its start), then the session's own context
+                prompt = NAME_SEPARATOR.join([*near, options.context] if options.context else near)
+                second = self._generate(encoded, tokenizer, prompt, budget, beam_size)
+                if second is not None and second[0]:  # neither a loop nor nothing replaces the first text
+                    decoded = second
+        tokens, mean_logprob = decoded
         return Transcript(tokenizer.decode(tokens).strip(), language, len(tokens), mean_logprob)
-
-    def _check_names(
-        self,
-        encoded: ctranslate2.StorageView,
-        audio: Audio,
-        tokenizer: Tokenizer,
-        options: StreamOptions,
-        tokens: list[int],
-    ) -> list[int]:
-        """`tokens`, or the text with one of the few names near it in place of the words it resembles
-        if the audio bears that out (see `NAME_CHECK_GAIN`).
-
-        Every text is scored in one batched teacher-forced pass (CTranslate2 `align`) over the
-        encoding cut to the utterance and its pad: far cheaper than decoding again, and the audio,
-        not a prompt, decides. The transcript keeps the first decode's confidence.
-        """
-        assert self._model is not None
-        heard = tokenizer.decode(tokens)
-        near = _corrector(options.names).near_matches(heard, NAME_CHECK_NAMES, NAME_CHECK_SCORE)
-        if not near:
-            return tokens
-        self.name_checks += 1
-        texts: list[list[int]] = [tokens, *(tokenizer.encode(apply(heard, [replacement])) for replacement in near)]
-        frames = min(encoded.shape[1], int((audio.size / SAMPLE_RATE + SHORT_CONTEXT_PAD_S) * ENCODER_FRAMES_PER_S))
-        speech = np.asarray(encoded.to_device(ctranslate2.Device.cpu))[:, :frames]
-        batch = ctranslate2.StorageView.from_array(np.ascontiguousarray(np.repeat(speech, len(texts), axis=0)))
-        prompt = self._model.get_prompt(tokenizer, context_tokens(tokenizer, options.context), without_timestamps=True)
-        aligned = self._model.model.align(batch, prompt, texts, 2 * frames)
-        means = [float(np.mean(np.log(np.maximum(result.text_token_probs, 1e-12)))) for result in aligned]
-        gains = [
-            mean - means[0] + NAME_CHECK_WEIGHT * replacement.score
-            for mean, replacement in zip(means[1:], near, strict=True)
-        ]
-        best = max(range(len(near)), key=gains.__getitem__)
-        if gains[best] < NAME_CHECK_GAIN:
-            return tokens
-        self.names_taken += 1
-        return texts[best + 1]
 
     def _generate(
         self, encoded: ctranslate2.StorageView, tokenizer: Tokenizer, context: str, budget: int, beam_size: int

@@ -154,7 +154,7 @@ def key_similarity(a: str, b: str, least: float = 0.0) -> float:
 _DISTANCES: dict[tuple[str, str], tuple[float, float]] = {}
 """(key, key) -> (limit, distance) of the last computation; most of the cost of correcting text is
 these distances, and the same runs and names meet again (the partials of an utterance, its final,
-the engine's check of names and the session's correction of the same text)."""
+the engine's second look and the session's correction of the same text)."""
 _DISTANCES_KEPT = 1 << 16
 
 
