@@ -15,7 +15,7 @@ words they resemble and kept when the audio bears them out (teacher-forced score
 
 Reports names right (a name counts when its letters appear in the transcript, ignoring case,
 spaces and punctuation), WER of the name-free commands, and the median over commands of the
-ratio of decode times with / without names. Tune on `dev` only; `heldout` is for reporting.
+ratio of decode times with / without names. Tune on `dev` only; the held-out parts are for reporting.
 """
 
 from __future__ import annotations

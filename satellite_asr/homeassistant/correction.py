@@ -304,15 +304,17 @@ class NameCorrector:
 
     def near_matches(self, text: str, limit: int, threshold: float) -> list[Replacement]:
         """At most `limit` names, best first, that some run of `text` loosely resembles (scoring at
-        least `threshold`, below the correction's own), each with the run it best resembles: the
-        texts worth checking against the audio.
+        least `threshold`, below the correction's own), each with the run it best resembles: worth
+        a second look at the audio (the Whisper engine's; bench_names' `--audio-check` puts each
+        name in place of its run).
 
         Empty when the text already has one of the names as spelled, or a run close enough to be
-        corrected: the text has found its name, and checking others would only risk another.
+        corrected: the text has found its name, and a second look would only risk another.
         """
-        words = list(WORD.finditer(text))
-        matches = self._matches([word.group() for word in words], threshold)
-        if any(self._confident(match, [word.group() for word in words]) for match in matches):
+        found = list(WORD.finditer(text))
+        words = [word.group() for word in found]
+        matches = self._matches(words, threshold)
+        if any(self._confident(match, words) for match in matches):
             return []
         best: dict[_Name, _Match] = {}
         for match in matches:
@@ -321,7 +323,7 @@ class NameCorrector:
                 best[match.name] = match
         nearest = sorted(best.values(), key=lambda match: (-match.score, match.name.rank))[:limit]
         return [
-            Replacement(words[match.first].start(), words[match.last].end(), match.name.text, match.score)
+            Replacement(found[match.first].start(), found[match.last].end(), match.name.text, match.score)
             for match in nearest
         ]
 
