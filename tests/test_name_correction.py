@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from satellite_asr.homeassistant.correction import NameCorrector, key_similarity, sound_key
+from satellite_asr.homeassistant.correction import NameCorrector, apply, key_similarity, sound_key
 from satellite_asr.homeassistant.names import HomeNames, rank_names
 from tests.helpers import FIXTURES
 
@@ -59,12 +59,15 @@ def test_only_the_given_names_and_no_names_changes_nothing() -> None:
     assert NameCorrector(["Marigold room", "Marigold  room"]).correct("the merry-go room!") == "the Marigold room!"
 
 
-def test_near_names_are_what_loosely_sounds_like_a_name_the_text_does_not_have() -> None:
+def test_near_matches_are_names_the_text_loosely_sounds_like_with_the_words_they_would_replace() -> None:
     """What an engine takes a second look with: nothing when the text has its name already."""
     corrector = NameCorrector(HOME_NAMES)
-    near = corrector.near_names("close the blinds in Maybles 10.", 5, 0.5)
-    assert "Mabel's den" in near and len(near) <= 5, near
-    assert corrector.near_names("close the blinds in Maybles 10.", 1, 0.5) == near[:1]
-    assert corrector.near_names("turn on the kitchen lights", 5, 0.5) == [], "a name as spelled"
-    assert corrector.near_names("turn off the light since the merry-go-room.", 5, 0.5) == [], "corrected by text"
-    assert corrector.near_names("Turn off all the lights.", 5, 0.5) == [], "like no name at all"
+    heard = "close the blinds in Maybles 10."
+    near = corrector.near_matches(heard, 5, 0.5)
+    assert "close the blinds in Mabel's den." in [apply(heard, [match]) for match in near], near
+    assert len(near) <= 5 and [match.score for match in near] == sorted((m.score for m in near), reverse=True)
+    assert all(match.score < corrector.threshold for match in near), "looser than the correction"
+    assert corrector.near_matches(heard, 1, 0.5) == near[:1]
+    assert corrector.near_matches("turn on the kitchen lights", 5, 0.5) == [], "a name as spelled"
+    assert corrector.near_matches("turn off the light since the merry-go-room.", 5, 0.5) == [], "corrected by text"
+    assert corrector.near_matches("Turn off all the lights.", 5, 0.5) == [], "like no name at all"

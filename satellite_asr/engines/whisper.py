@@ -244,9 +244,9 @@ class WhisperEngine(Engine):
             self.full_window_retries += 1
             return None
         if final and options.names:
-            near = _corrector(options.names).near_names(
-                tokenizer.decode(decoded[0]), SECOND_LOOK_NAMES, SECOND_LOOK_SCORE
-            )
+            heard = tokenizer.decode(decoded[0])
+            matches = _corrector(options.names).near_matches(heard, SECOND_LOOK_NAMES, SECOND_LOOK_SCORE)
+            near = [match.name for match in matches]
             if near:
                 self.second_looks += 1
                 # the near names first (the prompt keeps its start), then the session's own context

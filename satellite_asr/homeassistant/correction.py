@@ -302,21 +302,30 @@ class NameCorrector:
                     chosen.append(Replacement(start, end, match.name.text, match.score))
         return chosen
 
-    def near_names(self, text: str, limit: int, threshold: float) -> list[str]:
+    def near_matches(self, text: str, limit: int, threshold: float) -> list[Replacement]:
         """At most `limit` names, best first, that some run of `text` loosely resembles (scoring at
-        least `threshold`, below the correction's own), worth a second look at the audio.
+        least `threshold`, below the correction's own), each with the run it best resembles: worth
+        a second look at the audio (the Whisper engine's; bench_names' `--audio-check` puts each
+        name in place of its run).
 
         Empty when the text already has one of the names as spelled, or a run close enough to be
         corrected: the text has found its name, and a second look would only risk another.
         """
-        words = [word.group() for word in WORD.finditer(text)]
+        found = list(WORD.finditer(text))
+        words = [word.group() for word in found]
         matches = self._matches(words, threshold)
         if any(self._confident(match, words) for match in matches):
             return []
-        best: dict[_Name, float] = {}
+        best: dict[_Name, _Match] = {}
         for match in matches:
-            best[match.name] = max(match.score, best.get(match.name, 0.0))
-        return [name.text for name in sorted(best, key=lambda name: (-best[name], name.rank))][:limit]
+            known = best.get(match.name)
+            if known is None or (match.score, match.first - match.last) > (known.score, known.first - known.last):
+                best[match.name] = match
+        nearest = sorted(best.values(), key=lambda match: (-match.score, match.name.rank))[:limit]
+        return [
+            Replacement(found[match.first].start(), found[match.last].end(), match.name.text, match.score)
+            for match in nearest
+        ]
 
     def _confident(self, match: _Match, words: list[str]) -> bool:
         """Whether a match found with a lower threshold would pass the corrector's own."""
