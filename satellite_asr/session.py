@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from satellite_asr.audio import SAMPLE_RATE, Audio, AudioBuffer
+from satellite_asr.biasing.context import biasing_context
+from satellite_asr.biasing.correction import NameCorrector
 from satellite_asr.config import Settings
 from satellite_asr.engines.base import Engine, EngineStream, StreamOptions, Transcript
 from satellite_asr.events import (
@@ -30,8 +32,6 @@ from satellite_asr.events import (
     SpeechStarted,
     SpeechStopped,
 )
-from satellite_asr.homeassistant.correction import NameCorrector
-from satellite_asr.homeassistant.names import biasing_context
 from satellite_asr.metrics import Metrics
 from satellite_asr.scheduler import BATCH, FINAL, DecodeScheduler, PartialRequests
 from satellite_asr.vad.endpointer import (

@@ -37,6 +37,8 @@ import jiwer
 import numpy as np
 
 from satellite_asr.audio import SAMPLE_RATE, Audio
+from satellite_asr.biasing.context import biasing_context
+from satellite_asr.biasing.correction import NameCorrector, Replacement, apply
 from satellite_asr.clients.bench import normalise_words
 from satellite_asr.clients.wav import read_wav
 from satellite_asr.engines.base import StreamOptions
@@ -47,8 +49,7 @@ from satellite_asr.engines.whisper import (
     WhisperEngine,
     context_tokens,
 )
-from satellite_asr.homeassistant.correction import NameCorrector, Replacement, apply
-from satellite_asr.homeassistant.names import HomeNames, biasing_context, rank_names
+from satellite_asr.homeassistant.names import HomeNames, rank_names
 
 NAMES = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "names"
 

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from satellite_asr.homeassistant.correction import NameCorrector, apply, key_similarity, sound_key
+from satellite_asr.biasing.correction import NameCorrector, apply, key_similarity, sound_key
 from satellite_asr.homeassistant.names import HomeNames, rank_names
 from tests.helpers import FIXTURES
 

@@ -5,14 +5,8 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from satellite_asr.homeassistant.names import (
-    EntityNames,
-    HomeNames,
-    Place,
-    biasing_context,
-    fitted_biasing,
-    rank_names,
-)
+from satellite_asr.biasing.context import biasing_context, fitted_biasing
+from satellite_asr.homeassistant.names import EntityNames, HomeNames, Place, rank_names
 
 HOME = HomeNames(
     entities=(

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from satellite_asr.biasing.context import biasing_context
 from satellite_asr.clients.wav import read_wav
 from satellite_asr.engines.base import EngineError, StreamOptions, Transcript, model_location
 from satellite_asr.engines.whisper import (
@@ -23,7 +24,7 @@ from satellite_asr.engines.whisper import (
     loop_length,
     repeats_itself,
 )
-from satellite_asr.homeassistant.names import HomeNames, biasing_context, rank_names
+from satellite_asr.homeassistant.names import HomeNames, rank_names
 from tests.helpers import EXPECTED, FIXTURES, WER_TOLERANCE, same_words, word_error_rate
 
 pytestmark = pytest.mark.timeout(120)

@@ -22,6 +22,8 @@ from faster_whisper import WhisperModel
 from faster_whisper.tokenizer import _LANGUAGE_CODES, Tokenizer
 
 from satellite_asr.audio import SAMPLE_RATE, Audio
+from satellite_asr.biasing.context import NAME_SEPARATOR
+from satellite_asr.biasing.correction import NameCorrector
 from satellite_asr.engines.base import (
     Engine,
     EngineError,
@@ -31,8 +33,6 @@ from satellite_asr.engines.base import (
     Transcript,
     model_location,
 )
-from satellite_asr.homeassistant.correction import NameCorrector
-from satellite_asr.homeassistant.names import NAME_SEPARATOR
 
 log = logging.getLogger(__name__)
 

@@ -35,6 +35,7 @@ from wyoming.vad import VoiceStarted, VoiceStopped
 
 from satellite_asr import __version__
 from satellite_asr.audio import AudioFormatError, PcmDecoder
+from satellite_asr.biasing.context import biasing_context, fitted_biasing
 from satellite_asr.config import ConfigError, Settings, setting_fields
 from satellite_asr.core import Core
 from satellite_asr.engines.base import EngineInfo
@@ -46,7 +47,6 @@ from satellite_asr.events import (
     SpeechStarted,
     SpeechStopped,
 )
-from satellite_asr.homeassistant.names import biasing_context, fitted_biasing
 from satellite_asr.limits import ConnectionLimit, TooManyConnections, write_within
 from satellite_asr.protocols import PcmInput, ProtocolError, checked_context, checked_language, open_session
 from satellite_asr.protocols.wyoming_framing import MAX_HEADER_BYTES, read_event

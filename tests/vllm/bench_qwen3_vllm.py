@@ -25,11 +25,12 @@ from pathlib import Path
 import numpy as np
 
 from satellite_asr.audio import SAMPLE_RATE, Audio
+from satellite_asr.biasing.context import biasing_context
 from satellite_asr.clients.wav import read_wav
 from satellite_asr.engines.base import StreamOptions
 from satellite_asr.engines.qwen3_prompt import Qwen3Decoding, chat_prompt, language_header
 from satellite_asr.engines.qwen3_vllm import Qwen3VllmEngine
-from satellite_asr.homeassistant.names import HomeNames, biasing_context, rank_names
+from satellite_asr.homeassistant.names import HomeNames, rank_names
 
 FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "music.wav"
 

@@ -15,10 +15,11 @@ import pytest
 import websockets
 
 from satellite_asr.audio import Audio
+from satellite_asr.biasing.context import biasing_context
 from satellite_asr.clients.wav import read_wav
 from satellite_asr.engines.qwen3_prompt import Qwen3Decoding
 from satellite_asr.engines.qwen3_vllm import Qwen3VllmEngine
-from satellite_asr.homeassistant.names import HomeNames, biasing_context, rank_names
+from satellite_asr.homeassistant.names import HomeNames, rank_names
 from satellite_asr.server import Daemon
 from tests.helpers import FIXTURES, running_daemon, ws_url
 from tests.home_assistant_double import HOME, HomeAssistantDouble, running_home_assistant

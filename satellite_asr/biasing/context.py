@@ -1,0 +1,50 @@
+"""What an engine is biased with: a client's own words and the household's names, as one context text.
+
+Every protocol's biasing fields (a WebSocket `context`, Wyoming `transcript_names` and
+`transcript_terms`, OpenAI's `prompt` and `keywords`) and the names read from Home Assistant end up
+here, in the order an engine that must cut its context keeps best.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+NAME_SEPARATOR = ", "
+"""Between names in context text: Whisper reads a comma list as a list of proper names."""
+
+
+def biasing_context(home_names: Sequence[str], client_terms: Sequence[str] = (), client_context: str = "") -> str:
+    """The context text an engine decodes with: the client's own words first, then the home's names.
+
+    A client's free text (a WebSocket `context`) and terms (Wyoming `transcript_names` /
+    `transcript_terms`) are about this very request, so they come first: an engine that must cut
+    context keeps the start. Names the client already gave are not repeated.
+    """
+    terms = [" ".join(term.split()) for term in client_terms if term.strip()]
+    given = {term.casefold() for term in terms}
+    listed = NAME_SEPARATOR.join([*terms, *(name for name in home_names if name.casefold() not in given)])
+    text = client_context.strip()
+    if not text or not listed:
+        return text or listed
+    return text + (" " if text[-1] in ".!?,;:" else ". ") + listed
+
+
+def fitted_biasing(client_context: str, client_terms: Sequence[str], limit: int) -> tuple[str, list[str]]:
+    """The longest start of a client's biasing whose `biasing_context` holds at most `limit` characters.
+
+    The text comes first, cut if it alone is too long; then whole terms are kept in order (a name cut
+    in half biases towards a wrong one): the engine's order, so what a client put first it keeps.
+    """
+    text = client_context.strip()
+    if len(text) > limit:
+        return text[:limit].rstrip(), []
+    used = len(text)
+    kept: list[str] = []
+    for term in client_terms:
+        separator = len(NAME_SEPARATOR) if text or kept else 0  # ", " between terms, at most ". " after the text
+        cost = separator + len(" ".join(term.split()))
+        if used + cost > limit:
+            break
+        used += cost
+        kept.append(term)
+    return text, kept
