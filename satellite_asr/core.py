@@ -48,6 +48,7 @@ class Core:
         self.engine = engine or create_engine(settings)
         self.metrics = Metrics()
         self.engine.report_batch_sizes(self.metrics.engine_batch_size.observe)
+        self.engine.report_redecodes(lambda reason: self.metrics.engine_redecodes.labels(reason).inc())
         self.vad = SileroVad(on_busy=self.metrics.vad_seconds.inc)
         self.engine_ready = asyncio.Event()
         self.home_assistant = self._home_assistant(settings)

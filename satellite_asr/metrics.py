@@ -57,6 +57,14 @@ class Metrics:
             registry=r,
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
         )
+        self.engine_redecodes = Counter(
+            "satellite_asr_engine_redecodes",
+            "Decodes run again on audio already decoded, by reason: second_look (whisper, a final near "
+            "a few household names, decoded with them), full_window (whisper, a short-window decode "
+            "that looped, redone on 30 s).",
+            ["reason"],
+            registry=r,
+        )
         self.partials_skipped = Counter(
             "satellite_asr_partials_skipped", "Partials not decoded because newer audio superseded them.", registry=r
         )

@@ -21,7 +21,7 @@ from typing import Any
 
 from satellite_asr.audio import SAMPLE_RATE, Audio, AudioBuffer
 from satellite_asr.biasing.context import biasing_context
-from satellite_asr.biasing.correction import NameCorrector
+from satellite_asr.biasing.correction import corrector_for
 from satellite_asr.config import Settings
 from satellite_asr.engines.base import Engine, EngineStream, StreamOptions, Transcript
 from satellite_asr.events import (
@@ -214,7 +214,7 @@ class Session:
         self._emit_to_client = emit
         self._endpointer = Endpointer(options.endpointing)
         self._engine_context = options.engine_context
-        self._names = NameCorrector(options.names) if options.names else None
+        self._names = corrector_for(options.names) if options.names else None
         self._vad_stream = vad.open_stream()
         self._audio = AudioBuffer()
         self._utterance: _Utterance | None = None

@@ -44,6 +44,7 @@ from satellite_asr.clients.wav import read_wav
 from satellite_asr.engines.base import StreamOptions
 from satellite_asr.engines.whisper import (
     MAX_TOKENS_PER_SECOND,
+    REDECODE_SECOND_LOOK,
     SHORT_CONTEXT_MIN_S,
     SHORT_CONTEXT_PAD_S,
     WhisperEngine,
@@ -141,6 +142,8 @@ async def main() -> None:
     corrector = NameCorrector(every_name, threshold=args.threshold)
     near_names = NameCorrector(every_name)  # as the engine's (its own threshold, whatever --threshold says)
     engine = WhisperEngine()
+    redecodes: list[str] = []
+    engine.report_redecodes(redecodes.append)
     await engine.start()
     print(f"{len(commands)} commands ({args.half}), {len(names)} names in the prompt, {len(every_name)} in the home")
     try:
@@ -192,7 +195,7 @@ async def main() -> None:
         if args.misses:
             for miss in result["misses"]:
                 print(f"      missed {miss}")
-    print(f"  second looks: {engine.second_looks} of {len(commands)} finals")
+    print(f"  second looks: {redecodes.count(REDECODE_SECOND_LOOK)} of {len(commands)} finals")
     if args.audio_check:
         print(f"  audio check: {audio_checks} finals checked, {names_taken} took a name")
 

@@ -394,6 +394,14 @@ class NameCorrector:
         return self.key_weight * key + (1 - self.key_weight) * similarity(run.letters, name.letters)
 
 
+@functools.lru_cache(maxsize=16)
+def corrector_for(names: tuple[str, ...]) -> NameCorrector:
+    """The one matcher for a list of names, with the default thresholds. Building one keys every
+    name, and the same list serves many: every session fed by the same Home Assistant, every
+    utterance of a session, the session's correction and Whisper's second look alike."""
+    return NameCorrector(names)
+
+
 def _unshared(run: _Phrase, name: _Phrase) -> tuple[_Phrase, _Phrase]:
     """Both without the words they share at either end ("fissile suite", "Thistle suite": the
     suites), so that a shared ordinary word cannot carry a match on its own ("temperature" is not

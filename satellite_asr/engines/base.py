@@ -140,6 +140,15 @@ class Engine(abc.ABC):
         """
         return None
 
+    def report_redecodes(self, count: Callable[[str], None]) -> None:
+        """Have `count(reason)` called for every decode the engine runs again on audio it already
+        decoded, by `reason`; set before `start`.
+
+        This is what biasing and recovery cost in decodes (`satellite_asr_engine_redecodes`). Engines
+        that decode each audio once have nothing to report and ignore it.
+        """
+        return None
+
     async def close(self) -> None:
         """Free the model; called once at shutdown."""
         return None

@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import functools
 import logging
 import os
+from collections.abc import Callable
 from importlib import resources
 from typing import Any
 
@@ -23,7 +23,7 @@ from faster_whisper.tokenizer import _LANGUAGE_CODES, Tokenizer
 
 from satellite_asr.audio import SAMPLE_RATE, Audio
 from satellite_asr.biasing.context import NAME_SEPARATOR
-from satellite_asr.biasing.correction import NameCorrector
+from satellite_asr.biasing.correction import corrector_for
 from satellite_asr.engines.base import (
     Engine,
     EngineError,
@@ -78,10 +78,10 @@ SECOND_LOOK_SCORE = 0.5
 looser than the correction's own threshold, since the audio, not the spelling, then decides."""
 
 
-@functools.lru_cache(maxsize=8)
-def _corrector(names: tuple[str, ...]) -> NameCorrector:
-    """One matcher per list of names (a session's names are the same for all its utterances)."""
-    return NameCorrector(names)
+REDECODE_SECOND_LOOK = "second_look"
+REDECODE_FULL_WINDOW = "full_window"
+"""The reasons `report_redecodes` counts: a final decoded again with the names near what it heard,
+and a short-window decode that looped, done again on the full 30 s window."""
 
 
 BUNDLED_MODEL = "bundled:tiny.en"
@@ -147,10 +147,7 @@ class WhisperEngine(Engine):
         self._threads = threads or max(1, (os.cpu_count() or 1) // concurrency)
         self._beam_size = beam_size
         self._short_context = short_context
-        self.full_window_retries = 0
-        """Short-context decodes that had to be redone (see `_decode_short`)."""
-        self.second_looks = 0
-        """Finals decoded a second time with the names near what was heard (see `_decode_short`)."""
+        self._count_redecode: Callable[[str], None] = lambda reason: None
         self._executor: concurrent.futures.ThreadPoolExecutor | None = self._new_executor()
         self._model: WhisperModel | None = None
         # Known before the model loads (Wyoming `info` is asked at once): English-only models are
@@ -189,6 +186,9 @@ class WhisperEngine(Engine):
             cpu_threads=self._threads,
             num_workers=self._concurrency,
         )
+
+    def report_redecodes(self, count: Callable[[str], None]) -> None:
+        self._count_redecode = count
 
     def open_stream(self, options: StreamOptions) -> EngineStream:
         return WhisperStream(self, options)
@@ -241,14 +241,14 @@ class WhisperEngine(Engine):
         decoded = self._generate(encoded, tokenizer, options.context, budget, beam_size)
         if decoded is None:
             log.debug("short-context decode repeated itself; decoding the full window")
-            self.full_window_retries += 1
+            self._count_redecode(REDECODE_FULL_WINDOW)
             return None
         if final and options.names:
             heard = tokenizer.decode(decoded[0])
-            matches = _corrector(options.names).near_matches(heard, SECOND_LOOK_NAMES, SECOND_LOOK_SCORE)
+            matches = corrector_for(options.names).near_matches(heard, SECOND_LOOK_NAMES, SECOND_LOOK_SCORE)
             near = [match.name for match in matches]
             if near:
-                self.second_looks += 1
+                self._count_redecode(REDECODE_SECOND_LOOK)
                 # the near names first (the prompt keeps its start), then the session's own context
                 prompt = NAME_SEPARATOR.join([*near, options.context] if options.context else near)
                 second = self._generate(encoded, tokenizer, prompt, budget, beam_size)
