@@ -97,7 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="JSON mapping WAV files (beside it) to their expected utterances, or to one command with its "
         "measured voice (tests/fixtures/turns/manifest.json).",
     )
-    bench.add_argument("--split", help="Only the manifest's files of this split (turns: dev, heldout, fresh, fresh2).")
+    bench.add_argument(
+        "--split", help="Only the manifest's files of this split (turns: dev, heldout, fresh, fresh2, fresh3)."
+    )
     bench.add_argument("--category", help="Only the manifest's files of this category (turns: complete, paused, hard).")
     bench.add_argument(
         "--protocol",
