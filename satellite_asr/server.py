@@ -178,10 +178,10 @@ class Daemon:
 async def in_process_daemon(settings: Settings, engine: Engine | None = None) -> AsyncIterator[Daemon]:
     """A started daemon whose engine has loaded, stopped on exit (finals flushed): what the benches,
     the soak and the tests run their clients against. `engine` replaces the one the settings would
-    build (tests inject doubles)."""
+    build (tests inject doubles). A start that fails halfway (a port taken) stops what it started."""
     daemon = Daemon(settings, engine)
-    await daemon.start()
     try:
+        await daemon.start()
         await daemon.core.wait_ready()
         yield daemon
     finally:

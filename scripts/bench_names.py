@@ -5,10 +5,7 @@ the real bundled tiny.en, as the daemon decodes a final: without names; with the
 ranked names as its prompt (`rank_names` + `biasing_context`; the daemon's default for whisper is
 none); as the daemon does with names: that prompt, the engine's second look with the few names
 near what it heard (`StreamOptions.names`), then the transcript corrected towards all the home's
-names (`NameCorrector`, timed with the decode); and, with `--audio-check`, an experiment tried
-instead of the second look and not kept: the few names near what was heard put in place of the
-words they resemble and kept when the audio bears them out (teacher-forced scores, CTranslate2
-`align`), then the same correction. The runs take turns on each command.
+names (`NameCorrector`, timed with the decode). The runs take turns on each command.
 
     PYTHONPATH=. .venv/bin/python scripts/bench_names.py [--half dev|heldout|heldout2|heldout3|all] [--cap 0]
     PYTHONPATH=. .venv/bin/python scripts/bench_names.py --faster-whisper   # hotwords vs prompt
@@ -43,12 +40,10 @@ from satellite_asr.clients.bench import normalise_words
 from satellite_asr.clients.wav import read_wav
 from satellite_asr.engines.base import StreamOptions
 from satellite_asr.engines.whisper import (
-    MAX_TOKENS_PER_SECOND,
     REDECODE_SECOND_LOOK,
     SHORT_CONTEXT_MIN_S,
     SHORT_CONTEXT_PAD_S,
     WhisperEngine,
-    context_tokens,
 )
 from satellite_asr.homeassistant.names import HomeNames, rank_names
 
@@ -114,11 +109,6 @@ async def main() -> None:
         "--no-second-look", action="store_true", help="the engine does not decode again with the names it nearly heard"
     )
     parser.add_argument(
-        "--audio-check",
-        action="store_true",
-        help="experiment, not in the daemon: the names nearly heard checked against the audio instead of a second look",
-    )
-    parser.add_argument(
         "--threshold", type=float, default=NameCorrector(()).threshold, help="the session's correction's threshold"
     )
     parser.add_argument(
@@ -140,7 +130,6 @@ async def main() -> None:
     context = biasing_context(names)
     every_name = tuple(rank_names(home, sys.maxsize))
     corrector = NameCorrector(every_name, threshold=args.threshold)
-    near_names = NameCorrector(every_name)  # as the engine's (its own threshold, whatever --threshold says)
     engine = WhisperEngine()
     redecodes: list[str] = []
     engine.report_redecodes(redecodes.append)
@@ -165,15 +154,9 @@ async def main() -> None:
                     verified, engine, audio, heard, corrector.replacements(heard), args.verify
                 )
 
-            async def audio_checked(audio: Audio, text: str) -> str:
-                heard = await asyncio.to_thread(check_names, engine, audio, text, near_names)
-                return corrector.correct(heard)
-
             runs = {"no names": (final, "")}
             if args.cap:
                 runs["prompt only"] = (final, context)
-            if args.audio_check:
-                runs["audio check"] = (audio_checked, context)
             runs["names"] = (daemon, context)
         results = await evaluate(runs, commands)
     finally:
@@ -196,61 +179,6 @@ async def main() -> None:
             for miss in result["misses"]:
                 print(f"      missed {miss}")
     print(f"  second looks: {redecodes.count(REDECODE_SECOND_LOOK)} of {len(commands)} finals")
-    if args.audio_check:
-        print(f"  audio check: {audio_checks} finals checked, {names_taken} took a name")
-
-
-CHECK_NAMES = 3
-"""At most this many names, the nearest to the first text, are tried in its place."""
-CHECK_SCORE = 0.5
-"""How close (`NameCorrector` score) a run of the first text must be to a name to be tried."""
-CHECK_WEIGHT = 4.0
-CHECK_GAIN = 0.4
-"""A text with a name in place of the words it resembles replaces the first text when its mean
-log-probability per token given the audio, less the first text's, plus `CHECK_WEIGHT` times its
-`NameCorrector` score, reaches `CHECK_GAIN` (the best of K 2-4, weights 3-8 and gains on dev)."""
-ENCODER_FRAMES_PER_S = 50
-audio_checks = 0
-names_taken = 0
-
-
-def check_names(engine: WhisperEngine, audio: Audio, context: str, names: NameCorrector) -> str:
-    """Experiment tried instead of the engine's second look (2026-12-01) and not kept: decode a final
-    as the engine does (short window, greedy); if its text loosely resembles a few names, score the
-    text and each name put in place of the words it resembles, all in one batched teacher-forced
-    pass (CTranslate2 `align`) over the encoding cut to the utterance and its pad, and keep the
-    best name if the audio bears it out (`CHECK_GAIN`)."""
-    global audio_checks, names_taken
-    model = engine._model  # the library under the engine, measured directly
-    assert model is not None
-    tokenizer = engine._tokenizer("en")
-    window = max(audio.size + int(SHORT_CONTEXT_PAD_S * SAMPLE_RATE), int(SHORT_CONTEXT_MIN_S * SAMPLE_RATE))
-    features = model.feature_extractor(audio, padding=window - audio.size)
-    encoded = model.model.encode(ctranslate2.StorageView.from_array(np.ascontiguousarray(features[None])))
-    budget = int(audio.size / SAMPLE_RATE * MAX_TOKENS_PER_SECOND) + 8
-    decoded = engine._generate(encoded, tokenizer, context, budget, 1)
-    if decoded is None:  # the engine decodes the full window then, without names
-        return engine._decode_window(audio, "en", context, True).text
-    tokens = decoded[0]
-    heard: str = tokenizer.decode(tokens)
-    near = names.near_matches(heard, CHECK_NAMES, CHECK_SCORE)
-    if not near:
-        return heard.strip()
-    audio_checks += 1
-    texts: list[list[int]] = [tokens, *(tokenizer.encode(apply(heard, [match])) for match in near)]
-    frames = min(encoded.shape[1], int((audio.size / SAMPLE_RATE + SHORT_CONTEXT_PAD_S) * ENCODER_FRAMES_PER_S))
-    speech = np.asarray(encoded)[:, :frames]
-    batch = ctranslate2.StorageView.from_array(np.ascontiguousarray(np.repeat(speech, len(texts), axis=0)))
-    prompt = model.get_prompt(tokenizer, context_tokens(tokenizer, context), without_timestamps=True)
-    aligned = model.model.align(batch, prompt, texts, 2 * frames)
-    means = [float(np.mean(np.log(np.maximum(result.text_token_probs, 1e-12)))) for result in aligned]
-    gains = [mean - means[0] + CHECK_WEIGHT * match.score for mean, match in zip(means[1:], near, strict=True)]
-    best = max(range(len(near)), key=gains.__getitem__)
-    if gains[best] < CHECK_GAIN:
-        return heard.strip()
-    names_taken += 1
-    taken: str = tokenizer.decode(texts[best + 1])
-    return taken.strip()
 
 
 def verified(engine: WhisperEngine, audio: Audio, heard: str, replacements: list[Replacement], nats: float) -> str:

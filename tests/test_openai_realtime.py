@@ -18,7 +18,7 @@ from websockets.exceptions import ConnectionClosed
 
 from satellite_asr.audio import SAMPLE_RATE
 from satellite_asr.server import Daemon
-from tests.doubles import CrashingEngineDouble
+from tests.doubles import ContextRecordingEngineDouble, CrashingEngineDouble
 from tests.helpers import EXPECTED, fixture_16k, of_type, pcm16, running_daemon, same_words
 
 pytestmark = pytest.mark.timeout(180)
@@ -280,19 +280,29 @@ async def test_bad_input_gets_openai_errors_and_the_session_goes_on() -> None:
 
 
 async def test_a_context_over_the_cap_refuses_the_update_and_the_session_goes_on() -> None:
-    """The prompt and keywords together count against max_context_chars."""
+    """The prompt and keywords together count against max_context_chars; the keywords are the
+    client's terms (names), as Wyoming's `transcript_names` are: context after the prompt, and
+    names to correct towards."""
     too_long = ga_update(transcription={"prompt": "p" * 60, "keywords": ["k" * 50]})
-    async with running_daemon(max_context_chars=100) as daemon, sdk_client(daemon).realtime.connect() as connection:
+    engine = ContextRecordingEngineDouble()
+    async with (
+        running_daemon(engine, max_context_chars=100) as daemon,
+        sdk_client(daemon).realtime.connect() as connection,
+    ):
         await connection.session.update(session=too_long, event_id="long")
-        await connection.session.update(session=ga_update(transcription={"prompt": "kitchen"}))
+        fits = ga_update(transcription={"prompt": "kitchen", "keywords": ["Zigbee", " "]})
+        await connection.session.update(session=fits)
         for piece in chunks(pcm16(fixture_16k("lights_on.wav")), 48000):
             await connection.input_audio_buffer.append(audio=piece)
         events = await sdk_events(connection, finals(2))
     [error] = [e["error"] for e in of_type(events, "error")]
     assert error["code"] == "context_too_long" and error["event_id"] == "long"
     assert error["param"] == "session.audio.input.transcription.prompt" and "max_context_chars" in error["message"]
+    assert "keywords" in error["message"]
     [updated] = of_type(events, "session.updated")
     assert updated["session"]["audio"]["input"]["transcription"]["prompt"] == "kitchen"
+    assert updated["session"]["audio"]["input"]["transcription"]["keywords"] == ["Zigbee"], "blank keywords dropped"
+    assert engine.contexts[-1] == "kitchen. Zigbee" and engine.names[-1] == ("Zigbee",)
     assert same_words(["turn on the kitchen lights"], transcripts(events))
 
 

@@ -173,15 +173,22 @@ async def test_prompt_becomes_the_engines_context() -> None:
     assert "kitchen" in normalise(fine.text), "a session without the word is transcribed"
 
 
-async def test_keywords_follow_the_prompt_in_the_engines_context_as_in_realtime() -> None:
+async def test_keywords_are_the_clients_terms_as_in_realtime_and_wyoming() -> None:
+    """Keywords follow the prompt in the engine's context and are names to correct towards; blank
+    ones are dropped."""
     engine = ContextRecordingEngineDouble()
     async with running_daemon(engine) as daemon, client(daemon) as api:
         wav = ("lights.wav", (FIXTURES / "lights_on.wav").read_bytes())
         both = await api.audio.transcriptions.create(
             file=wav, model="gpt-4o-transcribe", prompt="Kowalski", keywords=["Zigbee", "kitchen lights"]
         )
-        await api.audio.transcriptions.create(file=wav, model="gpt-4o-transcribe", keywords=["Zigbee"])
-    assert engine.contexts == ["Kowalski\nZigbee, kitchen lights", "Zigbee"]
+        await api.audio.transcriptions.create(file=wav, model="gpt-4o-transcribe", keywords=["Zigbee", " "])
+        too_many = await refusal(
+            api.audio.transcriptions.create(file=wav, model="gpt-4o-transcribe", keywords=["k"] * 301)
+        )
+    assert engine.contexts == ["Kowalski. Zigbee, kitchen lights", "Zigbee"]
+    assert engine.names == [("Zigbee", "kitchen lights"), ("Zigbee",)]
+    assert too_many.status_code == 400 and too_many.code == "context_too_long" and "301 names" in too_many.message
     assert word_error_rate(EXPECTED["lights_on.wav"][0], both.text) <= WER_TOLERANCE, both.text
 
 
@@ -198,6 +205,7 @@ async def test_a_prompt_over_the_context_cap_is_a_400_naming_it() -> None:
             )
         )
     assert with_keywords.status_code == 400 and with_keywords.code == "context_too_long"
+    assert with_keywords.param == "prompt" and "prompt and keywords[]" in with_keywords.message
     assert refused.status_code == 400 and refused.code == "context_too_long"
     assert refused.param == "prompt" and "max_context_chars" in refused.message
     assert word_error_rate(" ".join(EXPECTED["three_commands.wav"]), served.text) <= WER_TOLERANCE

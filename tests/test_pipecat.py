@@ -78,9 +78,10 @@ class ServiceFrames(BaseObserver):
         return [frame.error for frame in self.frames if isinstance(frame, ErrorFrame)]
 
     async def wait_for(self, finals: int = 0, errors: int = 0) -> None:
-        """Until `finals` transcripts or `errors` errors have come (60 s at most: a hang fails)."""
+        """Until `finals` transcripts or `errors` errors have come (60 s at most: a hang fails); an
+        error while waiting for transcripts ends the wait, so the test fails on its text."""
         async with asyncio.timeout(60):
-            while not ((finals and len(self.finals) >= finals) or (errors and len(self.errors) >= errors)):
+            while not ((finals and len(self.finals) >= finals) or len(self.errors) >= max(errors, 1)):
                 self.changed.clear()
                 await self.changed.wait()
 
@@ -156,9 +157,10 @@ def realtime_service(
 
 
 async def test_openai_stt_service_transcribes_each_segment_its_vad_cut() -> None:
+    """With the daemon's API key, as a deployment that requires one is used."""
     async with (
-        running_daemon() as daemon,
-        rest_service(daemon) as stt,
+        running_daemon(api_key=KEY) as daemon,
+        rest_service(daemon, api_key=KEY) as stt,
         running_pipeline(stt) as (worker, frames),
     ):
         await speak(worker, "three_commands.wav")
@@ -199,7 +201,7 @@ async def test_openai_stt_service_keywords_and_prompt_reach_the_engine() -> None
         await frames.wait_for(finals=1)
     assert frames.errors == []
     assert same_words(EXPECTED["lights_on.wav"], frames.finals)
-    assert engine.contexts == ["Kowalski\nZigbee, kitchen lights"]
+    assert engine.contexts == ["Kowalski. Zigbee, kitchen lights"] and engine.names == [("Zigbee", "kitchen lights")]
 
 
 async def test_realtime_stt_service_prompt_reaches_the_engine() -> None:
@@ -225,18 +227,6 @@ async def test_openai_stt_service_with_a_wrong_key_gets_an_error_frame_with_the_
         await frames.wait_for(errors=1)
     assert frames.finals == []
     assert "401 - the API key is not valid" in frames.errors[0]
-
-
-async def test_openai_stt_service_with_the_right_key_transcribes() -> None:
-    async with (
-        running_daemon(api_key=KEY) as daemon,
-        rest_service(daemon, api_key=KEY) as stt,
-        running_pipeline(stt) as (worker, frames),
-    ):
-        await speak(worker, "lights_on.wav")
-        await frames.wait_for(finals=1)
-    assert frames.errors == []
-    assert same_words(EXPECTED["lights_on.wav"], frames.finals)
 
 
 async def test_openai_stt_service_in_a_language_the_engine_lacks_gets_an_error_frame_naming_it() -> None:

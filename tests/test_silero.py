@@ -6,14 +6,9 @@ import asyncio
 
 import numpy as np
 
-from satellite_asr.clients.wav import read_wav
 from satellite_asr.vad.endpointer import WINDOW
 from satellite_asr.vad.silero import SileroVad
-from tests.helpers import FIXTURES
-
-
-def fixture_audio(name: str) -> np.ndarray:
-    return read_wav(FIXTURES / name).to_16k_mono()
+from tests.helpers import fixture_16k
 
 
 async def probabilities(vad: SileroVad, audio: np.ndarray, chunk: int) -> list[float]:
@@ -28,7 +23,7 @@ async def test_speech_is_detected_where_it_is() -> None:
     vad = SileroVad()
     await vad.start()
     try:
-        audio = fixture_audio("lights_on.wav")  # 0.5 s lead, speech, 1.5 s trailing silence
+        audio = fixture_16k("lights_on.wav")  # 0.5 s lead, speech, 1.5 s trailing silence
         probs = np.array(await probabilities(vad, audio, 1600))
     finally:
         await vad.close()
@@ -43,7 +38,7 @@ async def test_odd_chunk_sizes_give_the_same_probabilities() -> None:
     vad = SileroVad()
     await vad.start()
     try:
-        audio = fixture_audio("weather.wav")
+        audio = fixture_16k("weather.wav")
         aligned = await probabilities(vad, audio, WINDOW * 4)
         odd = await probabilities(vad, audio, 777)
     finally:
@@ -56,7 +51,7 @@ async def test_batched_streams_match_streams_run_alone() -> None:
     await vad.start()
     try:
         names = ["lights_on.wav", "weather.wav", "timer.wav", "music.wav"]
-        audios = [fixture_audio(n) for n in names]
+        audios = [fixture_16k(n) for n in names]
         alone = [await probabilities(vad, a, 1600) for a in audios]
         batches_before = vad.batches
         together = await asyncio.gather(*(probabilities(vad, a, 1600) for a in audios))

@@ -15,9 +15,11 @@ import pytest
 
 from satellite_asr.biasing.context import biasing_context
 from satellite_asr.clients.wav import read_wav
+from satellite_asr.engines import whisper
 from satellite_asr.engines.base import EngineError, StreamOptions, Transcript, model_location
 from satellite_asr.engines.whisper import (
     MAX_CONTEXT_TOKENS,
+    REDECODE_FULL_WINDOW,
     REDECODE_SECOND_LOOK,
     WhisperEngine,
     bundled_tiny_en_path,
@@ -26,7 +28,7 @@ from satellite_asr.engines.whisper import (
     repeats_itself,
 )
 from satellite_asr.homeassistant.names import HomeNames, rank_names
-from tests.helpers import EXPECTED, FIXTURES, WER_TOLERANCE, same_words, word_error_rate
+from tests.helpers import EXPECTED, FIXTURES, WER_TOLERANCE, fixture_16k, same_words, word_error_rate
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -110,6 +112,25 @@ async def test_the_last_command_decodes_in_the_short_window() -> None:
         await engine.close()
     assert same_words(EXPECTED["three_commands.wav"][2:], [result.text]), result.text
     assert redecodes == []
+
+
+async def test_a_short_window_decode_that_loops_is_done_again_on_30_s_and_counted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every short-window text taken for a loop (the detector replaced: real loops are rare and
+    timing-free fixtures of them are not at hand): decoded again on Whisper's own 30 s window, and
+    counted as a `full_window` re-decode."""
+    monkeypatch.setattr(whisper, "repeats_itself", lambda tokens: True)
+    engine = WhisperEngine()
+    redecodes: list[str] = []
+    engine.report_redecodes(redecodes.append)
+    await engine.start()
+    try:
+        result = await engine.open_stream(StreamOptions()).final(fixture_16k("three_commands.wav"))
+    finally:
+        await engine.close()
+    assert redecodes == [REDECODE_FULL_WINDOW]
+    assert word_error_rate(" ".join(EXPECTED["three_commands.wav"]), result.text) <= WER_TOLERANCE, result.text
 
 
 def test_repetition_detector() -> None:

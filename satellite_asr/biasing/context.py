@@ -12,6 +12,13 @@ from collections.abc import Sequence
 NAME_SEPARATOR = ", "
 """Between names in context text: Whisper reads a comma list as a list of proper names."""
 
+MAX_CLIENT_TERMS = 300
+"""Most names and terms a client may give one session (Wyoming `transcript_names` and
+`transcript_terms`, OpenAI `keywords`). Their characters count in `max_context_chars`, but each is
+also compared with the words of every partial and final (the correction towards names), and that
+cost follows their number: 300 made-up two-word names on top of the 196-name evaluation home took
+the correction of its commands from a median 8 to 14 ms, 1000 to 31 ms (one core, a busy machine)."""
+
 
 def biasing_context(home_names: Sequence[str], client_terms: Sequence[str] = (), client_context: str = "") -> str:
     """The context text an engine decodes with: the client's own words first, then the home's names.
@@ -26,7 +33,12 @@ def biasing_context(home_names: Sequence[str], client_terms: Sequence[str] = (),
     text = client_context.strip()
     if not text or not listed:
         return text or listed
-    return text + (" " if text[-1] in ".!?,;:" else ". ") + listed
+    return text + _after_text(text) + listed
+
+
+def _after_text(text: str) -> str:
+    """What joins a client's text to the names after it: a sentence break unless it has one."""
+    return " " if text[-1] in ".!?,;:" else ". "
 
 
 def fitted_biasing(client_context: str, client_terms: Sequence[str], limit: int) -> tuple[str, list[str]]:
@@ -41,8 +53,10 @@ def fitted_biasing(client_context: str, client_terms: Sequence[str], limit: int)
     used = len(text)
     kept: list[str] = []
     for term in client_terms:
-        separator = len(NAME_SEPARATOR) if text or kept else 0  # ", " between terms, at most ". " after the text
-        cost = separator + len(" ".join(term.split()))
+        if not term.strip():
+            continue  # `biasing_context` leaves it out: it costs nothing and is not kept
+        joint = NAME_SEPARATOR if kept else _after_text(text) if text else ""
+        cost = len(joint) + len(" ".join(term.split()))
         if used + cost > limit:
             break
         used += cost

@@ -1,4 +1,4 @@
-"""Correcting a transcript towards the household's names, by sound and spelling.
+"""Correcting a transcript towards names (the household's, or a client's own), by sound and spelling.
 
 Why after decoding: a small Whisper hears "merry-go room" for "Marigold room" whatever its prompt
 says, but the words it writes still sound like the name. So runs of the transcript's words are

@@ -142,7 +142,7 @@ class Engine(abc.ABC):
 
     def report_redecodes(self, count: Callable[[str], None]) -> None:
         """Have `count(reason)` called for every decode the engine runs again on audio it already
-        decoded, by `reason`; set before `start`.
+        decoded, by `reason`; set before `start`. It may be called from the engine's worker threads.
 
         This is what biasing and recovery cost in decodes (`satellite_asr_engine_redecodes`). Engines
         that decode each audio once have nothing to report and ignore it.

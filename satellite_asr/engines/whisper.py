@@ -103,7 +103,7 @@ def context_tokens(tokenizer: Tokenizer, context: str, limit: int = MAX_CONTEXT_
     """`context` as prompt tokens, cut to `limit` after its last name that fits.
 
     The start is kept (faster-whisper would keep the end): callers put what matters most first, a
-    client's own terms, then the home's names by rank (`satellite_asr.homeassistant.names`).
+    client's own text and terms, then the home's names by rank (`satellite_asr.biasing.context`).
     """
     if not context.strip():
         return []

@@ -20,9 +20,11 @@ The contract every adapter follows (so that a new protocol is one thin file and 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from satellite_asr.audio import AudioFormatError, PcmDecoder
+from satellite_asr.biasing.context import MAX_CLIENT_TERMS, biasing_context
 from satellite_asr.core import Core
 from satellite_asr.session import Emit, Session, SessionOptions
 from satellite_asr.session_manager import CloseConnection, ServerBusy
@@ -55,21 +57,26 @@ def checked_language(core: Core, code: object, param: str) -> str | None:
     return supported
 
 
-def openai_context(prompt: str, keywords: list[str] | tuple[str, ...]) -> str:
-    """The biasing context of OpenAI's transcription fields (REST and Realtime): the prompt, then the
-    keywords, comma-separated."""
-    return "\n".join(part for part in (prompt, ", ".join(keywords)) if part)
-
-
-def checked_context(core: Core, text: str, param: str) -> str:
-    """`text` if it fits `max_context_chars`: a huge biasing context would slow every decode."""
+def checked_context(core: Core, text: str, param: str, fields: str | None = None) -> str:
+    """`text` if it fits `max_context_chars`: a huge biasing context would slow every decode.
+    `fields` names what the text is made of, if more than `param`."""
     limit = core.settings.max_context_chars
     if len(text) > limit:
         message = (
-            f"the biasing context ({param}) is {len(text)} characters, over the limit of {limit} (max_context_chars)"
+            f"the biasing context ({fields or param}) is {len(text)} characters, over the limit of {limit}"
+            " (max_context_chars)"
         )
         raise ProtocolError("context_too_long", message, param=param)
     return text
+
+
+def checked_biasing(core: Core, text: str, terms: Sequence[str], param: str, fields: str) -> None:
+    """A client's biasing text and terms (names, keywords; `fields` names them) if, as the engine
+    gets them (`biasing_context`), they fit `max_context_chars`, and the terms `MAX_CLIENT_TERMS`."""
+    checked_context(core, biasing_context((), terms, text), param, fields)
+    if len(terms) > MAX_CLIENT_TERMS:
+        message = f"{fields}: {len(terms)} names and terms, over the limit of {MAX_CLIENT_TERMS}"
+        raise ProtocolError("context_too_long", message, param=param)
 
 
 def openai_error(

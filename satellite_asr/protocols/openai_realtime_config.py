@@ -15,7 +15,7 @@ from satellite_asr.audio import MAX_RATE, MIN_RATE, PcmDecoder
 from satellite_asr.config import ConfigError, Settings, coerce
 from satellite_asr.core import Core
 from satellite_asr.engines.base import EngineInfo
-from satellite_asr.protocols import ProtocolError, checked_context, checked_language, openai_context
+from satellite_asr.protocols import ProtocolError, checked_biasing, checked_language
 from satellite_asr.session import SessionOptions
 
 PCM_RATE = 24000
@@ -118,12 +118,9 @@ class RealtimeConfig:
             vad: dict[str, Any] = {"turn_detection": "manual", "min_speech_ms": MANUAL_MIN_SPEECH_MS}
         else:
             vad = self.turn_detection.vad_overrides(settings)
-        return SessionOptions.from_settings(settings, vad=vad, language=self.language, context=self.context)
-
-    @property
-    def context(self) -> str:
-        """The client's biasing context: the prompt, then the keywords."""
-        return openai_context(self.prompt, self.keywords)
+        return SessionOptions.from_settings(
+            settings, vad=vad, language=self.language, context=self.prompt, terms=self.keywords
+        )
 
     def decoder(self) -> PcmDecoder:
         return PcmDecoder(self.encoding, self.sample_rate)
@@ -161,7 +158,8 @@ def apply_update(config: RealtimeConfig, message: dict[str, Any], beta: bool, co
         if key in values:
             config = parse(config, values[key], prefix + key, core)
     transcription = "input_audio_transcription" if beta else "transcription"
-    checked_context(core, config.context, f"{prefix}{transcription}.prompt")
+    param = f"{prefix}{transcription}"
+    checked_biasing(core, config.prompt, config.keywords, f"{param}.prompt", f"{param}.prompt and .keywords")
     return config
 
 
@@ -198,7 +196,9 @@ def _transcription(config: RealtimeConfig, value: Any, param: str, core: Core) -
     if "prompt" in value:
         changes["prompt"] = value["prompt"] or ""
     if "keywords" in value:
-        changes["keywords"] = tuple(_texts(value["keywords"], f"{param}.keywords"))
+        changes["keywords"] = tuple(
+            keyword.strip() for keyword in _texts(value["keywords"], f"{param}.keywords") if keyword.strip()
+        )
     if "languages" in value:
         languages = [
             checked_language(core, code, f"{param}.languages")

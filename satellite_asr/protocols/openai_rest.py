@@ -25,7 +25,7 @@ from satellite_asr.audio_files import AudioFile, NotAudioError, decoded_chunks
 from satellite_asr.core import Core
 from satellite_asr.events import FinalTranscript
 from satellite_asr.limits import ConnectionLimit, TooManyConnections, write_within
-from satellite_asr.protocols import ProtocolError, checked_context, checked_language, openai_context, openai_error
+from satellite_asr.protocols import ProtocolError, checked_biasing, checked_language, openai_error
 from satellite_asr.recording import Recording, TranscriptionFailed
 from satellite_asr.session import SessionOptions
 from satellite_asr.session_manager import ServerBusy
@@ -180,11 +180,19 @@ def parse_request(file: bytes | None, fields: dict[str, list[str]], core: Core) 
     if chunking not in (None, "auto"):
         raise _bad_field("chunking_strategy", "only chunking_strategy auto: the daemon's VAD cuts the audio")
     language = checked_language(core, single("language"), "language") or settings.default_language
-    context = checked_context(core, openai_context(single("prompt") or "", fields.get("keywords[]", [])), "prompt")
+    prompt = (single("prompt") or "").strip()
+    keywords = [keyword.strip() for keyword in fields.get("keywords[]", []) if keyword.strip()]
+    checked_biasing(core, prompt, keywords, "prompt", "prompt and keywords[]")
     # A file: every pause waits `silence_ms` (no turn detector, whose speculative decodes at each
     # pause serve a person waiting for an answer, not an upload).
     options = SessionOptions.from_settings(
-        settings, vad={"turn_detection": "fixed"}, partials=False, language=language, context=context, batch=True
+        settings,
+        vad={"turn_detection": "fixed"},
+        partials=False,
+        language=language,
+        context=prompt,
+        terms=keywords,
+        batch=True,
     )
     return TranscriptionRequest(file, options, response_format, stream)
 

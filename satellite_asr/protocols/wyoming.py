@@ -35,7 +35,7 @@ from wyoming.vad import VoiceStarted, VoiceStopped
 
 from satellite_asr import __version__
 from satellite_asr.audio import AudioFormatError, PcmDecoder
-from satellite_asr.biasing.context import biasing_context, fitted_biasing
+from satellite_asr.biasing.context import MAX_CLIENT_TERMS, biasing_context, fitted_biasing
 from satellite_asr.config import ConfigError, Settings, setting_fields
 from satellite_asr.core import Core
 from satellite_asr.engines.base import EngineInfo
@@ -65,12 +65,6 @@ ABORT_GRACE_S = 1.0
 
 BIASING_FIELDS = "transcribe.context, transcript_names and transcript_terms"
 """What a round's biasing is made of, as the `error` that caps it names them."""
-MAX_CLIENT_TERMS = 1000
-"""Most `transcript_names` and `transcript_terms` a round keeps. Their characters count in
-`max_context_chars`, but each is also compared with every final's words (the correction towards
-names): where that setting is raised, twenty thousand short names would cost each final about a
-quarter of a second; a thousand cost about what a large home's names do."""
-
 SENSITIVITY_SCALE = {"default": 1.0, "aggressive": 0.6, "relaxed": 2.0}
 """`min_silence_ms` and `silence_ms` times this, per `vad_sensitivity` of `transcribe` (unknown: default)."""
 
