@@ -181,7 +181,6 @@ async def test_cancelled_partial_is_aborted_on_the_server(ready_servers: list[Se
     await engine.start()
     try:
         await until(lambda: running(server, 0))  # the earlier tests' decodes are done: counts start clean
-        finished_before = await server.finished()
         tokens_before = await server.metric("vllm:generation_tokens_total")
         stream = engine.open_stream(StreamOptions(language="en"))
         partial = asyncio.create_task(stream.partial(speech))
@@ -191,7 +190,9 @@ async def test_cancelled_partial_is_aborted_on_the_server(ready_servers: list[Se
         with pytest.raises(asyncio.CancelledError):
             await partial
         await until(lambda: running(server, 0))
-        assert await server.finished() == finished_before  # it did not run to its end
+        # it did not run to its end: fewer tokens were written than it asked for. The count of requests
+        # finished at full length is not used: once, under load, it moved by one during this test
+        # (another request's, or this one's; the token count tells).
         assert await server.metric("vllm:generation_tokens_total") - tokens_before < LONG_DECODE_TOKENS
     finally:
         await engine.close()
