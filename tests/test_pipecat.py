@@ -217,28 +217,26 @@ async def test_realtime_stt_service_prompt_reaches_the_engine() -> None:
     assert engine.contexts == ["Kowalski, Zigbee"]
 
 
-async def test_openai_stt_service_with_a_wrong_key_gets_an_error_frame_with_the_daemons_reason() -> None:
+@pytest.mark.parametrize(
+    ("daemon_settings", "service_settings", "reason"),
+    [
+        ({"api_key": KEY}, {"api_key": "wrong"}, "401 - the API key is not valid"),
+        ({}, {"language": Language.DE}, "'de' is not one of the languages of this engine (en)"),
+    ],
+    ids=["wrong key", "a language the engine lacks"],
+)
+async def test_openai_stt_service_gets_an_error_frame_with_the_daemons_reason(
+    daemon_settings: dict[str, Any], service_settings: dict[str, Any], reason: str
+) -> None:
     async with (
-        running_daemon(api_key=KEY) as daemon,
-        rest_service(daemon, api_key="wrong") as stt,
+        running_daemon(**daemon_settings) as daemon,
+        rest_service(daemon, **service_settings) as stt,
         running_pipeline(stt) as (worker, frames),
     ):
         await speak(worker, "lights_on.wav")
         await frames.wait_for(errors=1)
     assert frames.finals == []
-    assert "401 - the API key is not valid" in frames.errors[0]
-
-
-async def test_openai_stt_service_in_a_language_the_engine_lacks_gets_an_error_frame_naming_it() -> None:
-    async with (
-        running_daemon() as daemon,
-        rest_service(daemon, language=Language.DE) as stt,
-        running_pipeline(stt) as (worker, frames),
-    ):
-        await speak(worker, "lights_on.wav")
-        await frames.wait_for(errors=1)
-    assert frames.finals == []
-    assert "'de' is not one of the languages of this engine (en)" in frames.errors[0]
+    assert reason in frames.errors[0]
 
 
 async def test_realtime_stt_service_with_a_wrong_key_gets_an_error_frame() -> None:
