@@ -305,8 +305,7 @@ class NameCorrector:
     def near_matches(self, text: str, limit: int, threshold: float) -> list[Replacement]:
         """At most `limit` names, best first, that some run of `text` loosely resembles (scoring at
         least `threshold`, below the correction's own), each with the run it best resembles: worth
-        a second look at the audio (the Whisper engine's; bench_names' `--audio-check` puts each
-        name in place of its run).
+        a second look at the audio (the Whisper engine's).
 
         Empty when the text already has one of the names as spelled, or a run close enough to be
         corrected: the text has found its name, and a second look would only risk another.

@@ -57,26 +57,36 @@ def checked_language(core: Core, code: object, param: str) -> str | None:
     return supported
 
 
-def checked_context(core: Core, text: str, param: str, fields: str | None = None) -> str:
-    """`text` if it fits `max_context_chars`: a huge biasing context would slow every decode.
-    `fields` names what the text is made of, if more than `param`."""
+def checked_context(core: Core, text: str, param: str) -> str:
+    """`text` if it fits `max_context_chars`: a huge biasing context would slow every decode."""
     limit = core.settings.max_context_chars
     if len(text) > limit:
         message = (
-            f"the biasing context ({fields or param}) is {len(text)} characters, over the limit of {limit}"
-            " (max_context_chars)"
+            f"the biasing context ({param}) is {len(text)} characters, over the limit of {limit} (max_context_chars)"
         )
         raise ProtocolError("context_too_long", message, param=param)
     return text
 
 
-def checked_biasing(core: Core, text: str, terms: Sequence[str], param: str, fields: str) -> None:
-    """A client's biasing text and terms (names, keywords; `fields` names them) if, as the engine
-    gets them (`biasing_context`), they fit `max_context_chars`, and the terms `MAX_CLIENT_TERMS`."""
-    checked_context(core, biasing_context((), terms, text), param, fields)
+def biasing_problems(core: Core, text: str, terms: Sequence[str], fields: str) -> list[str]:
+    """What is over the limits in a client's biasing text and terms (names, keywords; `fields` names
+    them): as the engine gets them (`biasing_context`), `max_context_chars`; and `MAX_CLIENT_TERMS`."""
+    problems = []
+    try:
+        checked_context(core, biasing_context((), terms, text), fields)
+    except ProtocolError as exc:
+        problems.append(exc.message)
     if len(terms) > MAX_CLIENT_TERMS:
-        message = f"{fields}: {len(terms)} names and terms, over the limit of {MAX_CLIENT_TERMS}"
-        raise ProtocolError("context_too_long", message, param=param)
+        problems.append(f"{len(terms)} names and terms ({fields}), over the limit of {MAX_CLIENT_TERMS}")
+    return problems
+
+
+def checked_biasing(core: Core, text: str, terms: Sequence[str], param: str, fields: str) -> None:
+    """`ProtocolError` `context_too_long` naming `param` if a client's biasing is over a limit
+    (`biasing_problems`): for protocols that refuse it whole."""
+    problems = biasing_problems(core, text, terms, fields)
+    if problems:
+        raise ProtocolError("context_too_long", "; ".join(problems), param=param)
 
 
 def openai_error(

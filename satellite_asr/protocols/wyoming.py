@@ -35,7 +35,7 @@ from wyoming.vad import VoiceStarted, VoiceStopped
 
 from satellite_asr import __version__
 from satellite_asr.audio import AudioFormatError, PcmDecoder
-from satellite_asr.biasing.context import MAX_CLIENT_TERMS, biasing_context, fitted_biasing
+from satellite_asr.biasing.context import MAX_CLIENT_TERMS, fitted_biasing
 from satellite_asr.config import ConfigError, Settings, setting_fields
 from satellite_asr.core import Core
 from satellite_asr.engines.base import EngineInfo
@@ -48,7 +48,7 @@ from satellite_asr.events import (
     SpeechStopped,
 )
 from satellite_asr.limits import ConnectionLimit, TooManyConnections, write_within
-from satellite_asr.protocols import PcmInput, ProtocolError, checked_context, checked_language, open_session
+from satellite_asr.protocols import PcmInput, ProtocolError, biasing_problems, checked_language, open_session
 from satellite_asr.protocols.wyoming_framing import MAX_HEADER_BYTES, read_event
 from satellite_asr.session import Session, SessionOptions
 
@@ -282,17 +282,10 @@ class _Connection:
             )
 
     async def capped_biasing(self, text: str, terms: list[str]) -> tuple[str, list[str]]:
-        """The client's biasing, or the start of it that fits after one `error`: the round still gets
-        its transcript. The context text, names and terms count together against `max_context_chars`,
-        as the engine reads them (`biasing_context`), and at most `MAX_CLIENT_TERMS` names and terms."""
+        """The client's biasing, or, over a limit (`biasing_problems`), the start of it that fits after
+        one `error`: the round still gets its transcript."""
         core = self.server.core
-        problems: list[str] = []
-        try:
-            checked_context(core, biasing_context((), terms, text), BIASING_FIELDS)
-        except ProtocolError as exc:
-            problems.append(exc.message)
-        if len(terms) > MAX_CLIENT_TERMS:
-            problems.append(f"{len(terms)} names and terms, over the limit of {MAX_CLIENT_TERMS}")
+        problems = biasing_problems(core, text, terms, BIASING_FIELDS)
         if not problems:
             return text, terms
         kept_text, kept_terms = fitted_biasing(text, terms[:MAX_CLIENT_TERMS], core.settings.max_context_chars)
