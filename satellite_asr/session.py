@@ -44,6 +44,7 @@ from satellite_asr.vad.endpointer import (
     SpeechStart,
     ms_to_samples,
 )
+from satellite_asr.vad.prosody import final_pitch
 from satellite_asr.vad.silero import SileroVad
 from satellite_asr.vad.turn import TurnDetector
 
@@ -416,17 +417,30 @@ class Session:
         speculation = _Speculation(end, task)
         utterance.speculation = speculation
         if self.options.endpointing.adaptive:
-            utterance.turn_reader = asyncio.create_task(self._read_turn(utterance, speculation), name="turn-reader")
+            utterance.turn_reader = asyncio.create_task(
+                self._read_turn(utterance, speculation, audio), name="turn-reader"
+            )
 
-    async def _read_turn(self, utterance: _Utterance, speculation: _Speculation) -> None:
-        """Hand the turn detector's verdict on the speculative text to the endpointer."""
+    async def _read_turn(self, utterance: _Utterance, speculation: _Speculation, audio: Audio) -> None:
+        """Hand the turn detector's verdict on the speculative text, and on where the voice's pitch
+        ended (measured while the engine decodes), to the endpointer."""
+        pitch = asyncio.ensure_future(asyncio.to_thread(final_pitch, audio))
         try:
             result = await asyncio.shield(speculation.task)
+            ending = await pitch
         except (asyncio.CancelledError, Exception):  # a failed decode is the final's to report
+            pitch.cancel()
             return
         language = result.language or self.options.language
-        verdict = self._turn_detector.verdict(result.text, language, result.mean_logprob)
-        log.debug("session %s: utterance %d paused at %r: %s", self.id, utterance.id, result.text, verdict.value)
+        verdict = self._turn_detector.verdict(result.text, language, result.mean_logprob, ending)
+        log.debug(
+            "session %s: utterance %d paused at %r (pitch %s): %s",
+            self.id,
+            utterance.id,
+            result.text,
+            "unmeasured" if ending is None else f"{ending:+.1f} st",
+            verdict.value,
+        )
         async with self._lock:
             if self._utterance is not utterance or utterance.speculation is not speculation:
                 return

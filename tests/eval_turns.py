@@ -26,6 +26,7 @@ from satellite_asr.audio import SAMPLE_RATE, Audio
 from satellite_asr.clients.wav import read_wav
 from satellite_asr.engines.base import Engine, StreamOptions
 from satellite_asr.engines.whisper import WhisperEngine
+from satellite_asr.vad.prosody import final_pitch
 from satellite_asr.vad.turn import RuleTurnDetector, TurnDetector, TurnVerdict
 
 TURNS = Path(__file__).parent / "fixtures" / "turns"
@@ -74,16 +75,19 @@ async def judge(
     *,
     word_rules: bool = True,
     confidence: bool = True,
+    pitch: bool = True,
 ) -> list[Judged]:
     """Decode each file as heard at the decision; `word_rules` False withholds the language, which
-    leaves the rules to punctuation only, and `confidence` False withholds how sure the engine was
-    (the baselines the rules are measured against)."""
+    leaves the rules to punctuation only, `confidence` False how sure the engine was and `pitch`
+    False where the voice's pitch ended (the baselines the rules are measured against)."""
     results = []
     for name in names:
-        transcript = await engine.open_stream(StreamOptions()).final(heard_at_decision(name, pad_s))
+        audio = heard_at_decision(name, pad_s)
+        transcript = await engine.open_stream(StreamOptions()).final(audio)
         language = transcript.language if word_rules else None
         mean_logprob = transcript.mean_logprob if confidence else None
-        results.append(Judged(name, transcript.text, detector.verdict(transcript.text, language, mean_logprob)))
+        ending = final_pitch(audio) if pitch else None
+        results.append(Judged(name, transcript.text, detector.verdict(transcript.text, language, mean_logprob, ending)))
     return results
 
 
@@ -110,7 +114,8 @@ async def main() -> None:
     parser.add_argument("--pad", type=float, default=DEFAULT_PAD_S, help="seconds kept after the voice stops")
     parser.add_argument("--split", choices=SPLITS, help="only this split (default: all of them)")
     parser.add_argument("--punctuation-only", action="store_true", help="baseline: no English word rules")
-    parser.add_argument("--text-only", action="store_true", help="baseline: without the engine's confidence")
+    parser.add_argument("--text-only", action="store_true", help="baseline: no confidence, no pitch")
+    parser.add_argument("--no-pitch", action="store_true", help="baseline: without where the voice's pitch ended")
     parser.add_argument("-v", "--verbose", action="store_true", help="print every file's text and verdict")
     args = parser.parse_args()
     names = [n for n, e in MANIFEST.items() if args.split in (None, e["split"])]
@@ -124,6 +129,7 @@ async def main() -> None:
             args.pad,
             word_rules=not args.punctuation_only,
             confidence=not args.text_only,
+            pitch=not (args.no_pitch or args.text_only or args.punctuation_only),
         )
     finally:
         await engine.close()
@@ -131,7 +137,15 @@ async def main() -> None:
         if args.verbose or r.correct is False:
             mark = {True: "ok", False: "WRONG", None: "hard"}[r.correct]
             print(f"{mark:5} {r.name:24} {r.verdict.value:10} {r.text!r}")
-    rules = "punctuation only" if args.punctuation_only else "text rules only" if args.text_only else "all rules"
+    rules = (
+        "punctuation only"
+        if args.punctuation_only
+        else "text rules only"
+        if args.text_only
+        else "without the pitch"
+        if args.no_pitch
+        else "all rules"
+    )
     print(f"pad {args.pad:.2f} s, bundled tiny.en, {len(results)} files, {rules}")
     for split in SPLITS:
         print("\n".join(summary(results, split)))

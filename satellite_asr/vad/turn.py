@@ -20,14 +20,21 @@ The rules read the engine's own text (Whisper's punctuation and casing), in this
    something else, or its start was misheard ("add" and "unlock" are heard as "and"), and a text
    misheard at its start is no more trustworthy at its end ("and do the best time." for "add
    toothpaste and | ...").
-6. Sentence-final punctuation (. ! ? and their full-width forms): complete.
-7. Otherwise: unsure (the caller decides, usually the long wait). Confident words without
+6. English only, when the voice's pitch was measured (`vad.prosody.final_pitch`): a voice that
+   ended low (`FALLEN_SEMITONES` or more under its median) is complete, one that ended level is
+   unsure, whatever the punctuation. A statement ends by falling to the bottom of the speaker's
+   range; a speaker who stops to think holds the pitch. The text cannot tell a misheard half that
+   reads as finished ("Play the next chapter on." for "play the next chapter of | ...") from a
+   command; the voice can.
+7. Sentence-final punctuation (. ! ? and their full-width forms): complete.
+8. Otherwise: unsure (the caller decides, usually the long wait). Confident words without
    punctuation are unsure too: tiny.en hears a pause after "to" or "by" as a word ("Turn the heat
    down to it", "Play something, bye"), so taking them as complete cut 4 of 16 paused commands of
    the evaluation set's `fresh` split.
 
-Other languages, and an unknown language (None), get rules 1, 2, 4, 6 and 7 only: English word
-lists would misread them (German "an" in "Mach das Licht an" ends a command). Pass the
+Other languages, and an unknown language (None), get rules 1, 2, 4, 7 and 8 only: English word
+lists would misread them (German "an" in "Mach das Licht an" ends a command), and the pitch rule
+was measured on English only (in a tone language pitch carries words, not the turn). Pass the
 transcript's language: Whisper always reports one.
 """
 
@@ -48,10 +55,13 @@ class TurnVerdict(enum.Enum):
 
 
 class TurnDetector(Protocol):
-    """Text heard so far, its language and how sure the engine was of it (`Transcript.mean_logprob`,
-    None if unknown) in, a verdict on the turn out. Pure: no state, no I/O."""
+    """Text heard so far, its language, how sure the engine was of it (`Transcript.mean_logprob`)
+    and where the voice's pitch ended (`vad.prosody.final_pitch`), the last two None if unknown,
+    in; a verdict on the turn out. Pure: no state, no I/O."""
 
-    def verdict(self, text: str, language: str | None, mean_logprob: float | None = None) -> TurnVerdict: ...
+    def verdict(
+        self, text: str, language: str | None, mean_logprob: float | None = None, final_pitch: float | None = None
+    ) -> TurnVerdict: ...
 
 
 DOUBTFUL_LOGPROB = -1.0
@@ -60,6 +70,10 @@ bar for a failed decode (its `logprob_threshold`). On the evaluation set's `dev`
 halves tiny.en misheard as finished sentences ("At Milken.", "Santa of Verma's tattoo.") scored
 -1.2 to -1.7, the complete commands it heard right -0.08 to -0.9."""
 
+FALLEN_SEMITONES = -3.0
+"""A voice that ended this far under its median pitch (or further) ended a statement. Chosen on the
+evaluation set's `dev` split: its paused commands' voices stopped at -2.3 to +2.8 semitones at the
+pause, 11 of its 16 complete commands' at -3.5 or lower; -3.0 is between."""
 
 TRAILING_OFF = ("\u2026", "...", "-", "\u2013", "\u2014", ",", "\uff0c", "\u3001", ";", ":")
 """Endings with which a transcript says the speaker was not done: ellipsis, dashes, commas (also
@@ -112,9 +126,11 @@ def _is_english(language: str | None) -> bool:
 
 
 class RuleTurnDetector:
-    """Punctuation for every language, plus English last-word rules (see the module docstring)."""
+    """Punctuation for every language, plus English word and pitch rules (see the module docstring)."""
 
-    def verdict(self, text: str, language: str | None, mean_logprob: float | None = None) -> TurnVerdict:
+    def verdict(
+        self, text: str, language: str | None, mean_logprob: float | None = None, final_pitch: float | None = None
+    ) -> TurnVerdict:
         spoken = SOUND_TAG.sub(" ", text).strip()
         words = [word.lower().replace("\u2019", "'") for word in WORD.findall(spoken)]
         if not words:
@@ -128,6 +144,8 @@ class RuleTurnDetector:
             return TurnVerdict.UNSURE
         if _is_english(language) and words[0] in ENGLISH_CANNOT_BEGIN:
             return TurnVerdict.UNSURE
+        if _is_english(language) and final_pitch is not None:
+            return TurnVerdict.COMPLETE if final_pitch <= FALLEN_SEMITONES else TurnVerdict.UNSURE
         if ending.endswith(SENTENCE_END):
             return TurnVerdict.COMPLETE
         return TurnVerdict.UNSURE

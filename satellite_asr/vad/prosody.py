@@ -1,0 +1,82 @@
+"""Where the voice's pitch ends: a statement ends low, a speaker who stops to think holds it.
+
+At a pause the text may read as finished while the speaker is not ("Play the next chapter on." for
+"play the next chapter of | my audiobook"). How the voice ended says more: a finished statement
+ends with its pitch falling to the bottom of the speaker's range ("final lowering"), a speaker
+holding the turn stops at a level pitch. `final_pitch` measures that: the pitch of the voice's
+last voiced frames against the median of the whole utterance so far, in semitones.
+
+Pitch by YIN (de Cheveigné and Kawahara, 2002) on 40 ms frames every 10 ms, written here with numpy:
+none of the project's libraries tracks pitch, and this needs only its difference function.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from satellite_asr.audio import SAMPLE_RATE, Audio
+
+FRAME = SAMPLE_RATE * 40 // 1000
+"""Samples per analysis frame (40 ms: two periods of the lowest pitch tracked)."""
+HOP = SAMPLE_RATE * 10 // 1000
+LOWEST_HZ, HIGHEST_HZ = 70.0, 400.0
+"""The pitch range of speaking voices, men's lows to children's highs."""
+LONGEST_LAG = int(SAMPLE_RATE / LOWEST_HZ)
+SHORTEST_LAG = int(SAMPLE_RATE / HIGHEST_HZ)
+WINDOW = FRAME - LONGEST_LAG
+"""Samples compared at every lag, the same for all lags."""
+PERIODIC = 0.2
+"""YIN's threshold: a frame whose normalised difference dips below this at some lag is voiced."""
+LOUD_ENOUGH = 0.15
+"""A voiced frame must carry at least this share of the utterance's loud frames' energy (its 90th
+percentile): quieter frames are breath, noise or the decay of the last sound."""
+LAST_FRAMES = 5
+"""The voice's end: its last five voiced frames (50 ms)."""
+FEWEST_FRAMES = 8
+"""Fewer voiced frames than this (a cough, a single syllable in noise): no measure."""
+ANALYSED_SECONDS = 4.0
+"""Only the utterance's last seconds are analysed: enough for the speaker's median, and the cost
+of a long utterance stays that of a short one."""
+
+
+def final_pitch(samples: Audio) -> float | None:
+    """Semitones from the utterance's median pitch to where its voice ended (negative: it fell).
+
+    None when too little of it is voiced to say.
+    """
+    samples = np.asarray(samples[-int(ANALYSED_SECONDS * SAMPLE_RATE) :], dtype=np.float64)
+    if samples.size < FRAME + HOP:
+        return None
+    frames = np.lib.stride_tricks.sliding_window_view(samples, FRAME)[::HOP]
+    pitches = _yin(frames)
+    energy = np.sqrt(np.mean(frames * frames, axis=1))
+    voiced = (pitches > 0) & (energy > LOUD_ENOUGH * np.percentile(energy, 90))
+    if np.count_nonzero(voiced) < FEWEST_FRAMES:
+        return None
+    semitones = 12 * np.log2(pitches[voiced])
+    return float(np.median(semitones[-LAST_FRAMES:]) - np.median(semitones))
+
+
+def _yin(frames: np.ndarray) -> np.ndarray:
+    """The pitch of each frame in Hz, 0 where it is not periodic."""
+    size = 1 << (FRAME - 1).bit_length()  # lag + WINDOW never passes FRAME: no wrap-around
+    head = np.fft.rfft(frames[:, :WINDOW], size)
+    whole = np.fft.rfft(frames, size)
+    cross = np.fft.irfft(np.conj(head) * whole, size)[:, : LONGEST_LAG + 1]
+    squares = np.concatenate([np.zeros((len(frames), 1)), np.cumsum(frames * frames, axis=1)], axis=1)
+    lags = np.arange(LONGEST_LAG + 1)
+    shifted_energy = squares[:, lags + WINDOW] - squares[:, lags]
+    difference = squares[:, [WINDOW]] + shifted_energy - 2 * cross
+    difference[:, 0] = 0
+    running = np.cumsum(difference[:, 1:], axis=1)
+    normalised = np.ones_like(difference)
+    normalised[:, 1:] = difference[:, 1:] * lags[1:] / np.maximum(running, 1e-12)
+    searched = normalised[:, SHORTEST_LAG:LONGEST_LAG]
+    periodic = searched < PERIODIC
+    first = np.argmax(periodic, axis=1)
+    # from the first lag under the threshold, on down to the bottom of that dip
+    rising = np.diff(searched, axis=1) >= 0
+    rising[np.arange(searched.shape[1] - 1) < first[:, None]] = False
+    rising[:, -1] = True
+    bottom = np.argmax(rising, axis=1)
+    return np.where(periodic.any(axis=1), SAMPLE_RATE / (SHORTEST_LAG + bottom), 0.0)

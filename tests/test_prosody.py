@@ -1,0 +1,84 @@
+"""Where the voice's pitch ended: synthetic voices of known pitch, and the evaluation set's voices."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from satellite_asr.audio import SAMPLE_RATE, Audio
+from satellite_asr.clients.wav import read_wav
+from satellite_asr.vad.prosody import final_pitch
+from satellite_asr.vad.turn import FALLEN_SEMITONES
+from tests.eval_turns import MANIFEST, PRE_ROLL_S, TURNS
+
+
+def voice(pitch_hz: np.ndarray, seed: int = 0) -> Audio:
+    """A buzz with the harmonics of a voice whose pitch follows `pitch_hz` (one value per sample),
+    in a little white noise."""
+    phase = 2 * np.pi * np.cumsum(pitch_hz) / SAMPLE_RATE
+    buzz = sum(np.sin(k * phase) / k for k in range(1, 8))
+    noise = np.random.default_rng(seed).normal(0, 0.01, pitch_hz.size)
+    return (0.2 * buzz / np.max(np.abs(buzz)) + noise).astype(np.float32)
+
+
+def seconds(s: float) -> int:
+    return int(s * SAMPLE_RATE)
+
+
+def test_a_voice_that_drops_an_octave_at_its_end_ends_twelve_semitones_down() -> None:
+    pitch = np.concatenate([np.full(seconds(1.2), 200.0), np.full(seconds(0.3), 100.0)])
+    assert final_pitch(voice(pitch)) == pytest.approx(-12.0, abs=0.3)
+
+
+@pytest.mark.parametrize("hz", [90.0, 150.0, 320.0])
+def test_a_level_voice_ends_at_its_median(hz: float) -> None:
+    assert final_pitch(voice(np.full(seconds(1.5), hz))) == pytest.approx(0.0, abs=0.3)
+
+
+def test_a_statement_falling_at_its_end_is_under_the_line_a_rising_one_above() -> None:
+    level = np.full(seconds(1.2), 160.0)
+    fall = 160.0 * 2 ** (np.linspace(0, -5, seconds(0.25)) / 12)
+    rise = 160.0 * 2 ** (np.linspace(0, 4, seconds(0.25)) / 12)
+    fell = final_pitch(voice(np.concatenate([level, fall])))
+    rose = final_pitch(voice(np.concatenate([level, rise])))
+    assert fell is not None and fell <= FALLEN_SEMITONES
+    assert rose is not None and rose > 2.0
+
+
+def test_the_silence_after_the_voice_does_not_count() -> None:
+    pitch = np.concatenate([np.full(seconds(1.2), 200.0), np.full(seconds(0.3), 150.0)])
+    spoken = voice(pitch)
+    quiet = np.random.default_rng(1).normal(0, 0.002, seconds(0.3)).astype(np.float32)
+    assert final_pitch(np.concatenate([spoken, quiet])) == pytest.approx(final_pitch(spoken), abs=0.1)
+
+
+@pytest.mark.parametrize(
+    "samples",
+    [
+        np.zeros(seconds(1.0), dtype=np.float32),
+        np.random.default_rng(2).normal(0, 0.1, seconds(1.0)).astype(np.float32),
+        np.zeros(100, dtype=np.float32),
+        np.zeros(0, dtype=np.float32),
+    ],
+    ids=["silence", "noise", "a few samples", "nothing"],
+)
+def test_no_voice_no_measure(samples: Audio) -> None:
+    assert final_pitch(samples) is None
+
+
+def test_only_the_last_seconds_are_analysed() -> None:
+    """A long utterance costs what a short one does: what came seconds before does not count."""
+    early = voice(np.full(seconds(6.0), 300.0))
+    late = voice(np.concatenate([np.full(seconds(3.8), 150.0), np.full(seconds(0.3), 120.0)]))
+    assert final_pitch(np.concatenate([early, late])) == pytest.approx(final_pitch(late), abs=0.1)
+
+
+@pytest.mark.parametrize("name", ["dev_paused_01.wav", "dev_paused_11.wav", "dev_hard_01.wav", "dev_hard_04.wav"])
+def test_espeak_voices_hold_their_pitch_at_a_pause_and_drop_it_at_the_end(name: str) -> None:
+    entry = MANIFEST[name]
+    audio = read_wav(TURNS / name).to_16k_mono()
+    start = seconds(entry["voice_start_s"] - PRE_ROLL_S)
+    at_pause = final_pitch(audio[start : seconds(entry["pause_start_s"] + 0.1)])
+    at_end = final_pitch(audio[start : seconds(entry["voice_end_s"] + 0.1)])
+    assert at_pause is not None and at_pause > FALLEN_SEMITONES
+    assert at_end is not None and at_end <= FALLEN_SEMITONES
