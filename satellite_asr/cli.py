@@ -98,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
         "measured voice (tests/fixtures/turns/manifest.json).",
     )
     bench.add_argument(
-        "--split", help="Only the manifest's files of this split (turns: dev, heldout, fresh, fresh2, fresh3)."
+        "--split",
+        help="Only the manifest's files of this split (turns: dev, heldout, fresh, fresh2, fresh3, fresh4).",
     )
     bench.add_argument("--category", help="Only the manifest's files of this category (turns: complete, paused, hard).")
     bench.add_argument(
