@@ -146,21 +146,26 @@ class ContextRecordingEngineDouble(WhisperEngine):
         return super().open_stream(options)
 
 
-class _DoubtsItsWordsStream(EngineStream):
-    def __init__(self, inner: EngineStream) -> None:
+class _HeardAsGermanStream(EngineStream):
+    def __init__(self, inner: EngineStream, mean_logprob: float) -> None:
         self._inner = inner
+        self._mean_logprob = mean_logprob
 
     async def partial(self, audio: Audio) -> Transcript:
         return await self._inner.partial(audio)
 
     async def final(self, audio: Audio) -> Transcript:
         heard = await self._inner.final(audio)
-        return dataclasses.replace(heard, mean_logprob=-2.0)
+        return dataclasses.replace(heard, language="de", mean_logprob=self._mean_logprob)
 
 
-class DoubtsItsWordsEngineDouble(WhisperEngine):
-    """Real whisper text, reported with the confidence of a guess (as when a half command is misheard
-    as a finished sentence)."""
+class HeardAsGermanEngineDouble(WhisperEngine):
+    """Real whisper text, reported as German with the given confidence: for a language other than
+    English the turn detector has only the text's punctuation and the engine's confidence."""
+
+    def __init__(self, mean_logprob: float) -> None:
+        super().__init__()
+        self._mean_logprob = mean_logprob
 
     def open_stream(self, options: StreamOptions) -> EngineStream:
-        return _DoubtsItsWordsStream(super().open_stream(options))
+        return _HeardAsGermanStream(super().open_stream(options), self._mean_logprob)

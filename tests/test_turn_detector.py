@@ -216,9 +216,12 @@ def test_a_falling_voice_does_not_end_an_incomplete_text(text: str) -> None:
     assert detector.verdict(text, "en", SURE, FELL) is INCOMPLETE
 
 
-@pytest.mark.parametrize("text", ["At milk hunt.", "and do the best time."])
-def test_a_falling_voice_does_not_end_a_doubted_or_continuing_text(text: str) -> None:
-    assert detector.verdict(text, "en", DOUBTFUL if text.startswith("At") else SURE, FELL) is UNSURE
+@pytest.mark.parametrize(("text", "mean_logprob"), [("At milk hunt.", DOUBTFUL), ("and do the best time.", SURE)])
+@pytest.mark.parametrize(("pitch", "verdict"), [(FELL, COMPLETE), (HELD, UNSURE), (None, UNSURE)])
+def test_once_the_pitch_is_known_doubt_and_a_leading_conjunction_do_not_matter(
+    text: str, mean_logprob: float, pitch: float | None, verdict: TurnVerdict
+) -> None:
+    assert detector.verdict(text, "en", mean_logprob, pitch) is verdict
 
 
 @pytest.mark.parametrize(

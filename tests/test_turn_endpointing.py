@@ -19,7 +19,7 @@ from satellite_asr.clients.stream_client import stream_file
 from satellite_asr.clients.wav import read_wav
 from satellite_asr.clients.wyoming_bench import transcribe_like_home_assistant
 from satellite_asr.server import Daemon
-from tests.doubles import DoubtsItsWordsEngineDouble
+from tests.doubles import HeardAsGermanEngineDouble
 from tests.helpers import FIXTURES, of_type, running_daemon, same_words, ws_url
 
 pytestmark = pytest.mark.timeout(180)
@@ -56,14 +56,18 @@ async def test_websocket_ends_complete_commands_early_and_never_cuts_a_pause() -
     assert f"satellite_asr_endpoint_silence_seconds_count {float(complete)}" in metrics
 
 
-async def test_a_text_the_engine_doubts_waits_the_long_silence() -> None:
-    """The session hands the engine's confidence to the turn detector: the same punctuated, complete
-    text ends at the short silence when the engine is sure of it, at the long one when it doubts it."""
+@pytest.mark.parametrize(("mean_logprob", "endpoint"), [(-0.3, "complete"), (-2.0, "silence")])
+async def test_outside_english_a_text_the_engine_doubts_waits_the_long_silence(
+    mean_logprob: float, endpoint: str
+) -> None:
+    """The session hands the engine's language and confidence to the turn detector: the same
+    punctuated text ("Stop the music.") heard as German ends at the short silence when the engine is
+    sure of it, at the long one when it doubts it (in English the voice's pitch decides instead)."""
     config = {"language": "en", "vad": {"silence_ms": 800}}
-    async with running_daemon(DoubtsItsWordsEngineDouble()) as daemon:
-        (final,) = of_type(await stream_file(TURNS / COMPLETE[0], ws_url(daemon), config=config), "final")
-    assert final["endpoint"] == "silence", final
-    assert same_words([MANIFEST[COMPLETE[0]]["text"]], [str(final["text"])]), final
+    async with running_daemon(HeardAsGermanEngineDouble(mean_logprob)) as daemon:
+        (final,) = of_type(await stream_file(TURNS / "dev_complete_13.wav", ws_url(daemon), config=config), "final")
+    assert final["endpoint"] == endpoint, final
+    assert same_words([MANIFEST["dev_complete_13.wav"]["text"]], [str(final["text"])]), final
 
 
 async def wyoming_round(daemon: Daemon, name: str, *, realtime: bool = True, chunk_samples: int = 1024) -> str:
