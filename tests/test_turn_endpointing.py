@@ -26,7 +26,7 @@ pytestmark = pytest.mark.timeout(180)
 
 TURNS = FIXTURES / "turns"
 MANIFEST: dict[str, dict[str, str]] = json.loads((TURNS / "manifest.json").read_text())
-COMPLETE = ["dev_complete_03.wav", "dev_complete_06.wav", "dev_complete_13.wav", "heldout_complete_13.wav"]
+COMPLETE = ["dev_complete_03.wav", "dev_complete_06.wav", "dev_complete_12.wav", "dev_complete_15.wav"]
 """Complete commands tiny.en hears right, whose voice falls at the end."""
 PAUSED = ["dev_paused_02.wav", "dev_paused_06.wav", "dev_paused_09.wav", "heldout_paused_04.wav", "dev_hard_02.wav"]
 """Commands with a 0.45-0.6 s pause inside: after a word that cannot end one, or (dev_hard_02) after a

@@ -1,10 +1,12 @@
-"""Where the voice's pitch ends: a statement ends low, a speaker who stops to think holds it.
+"""Where the voice's pitch ended: a statement ends low, a speaker who stops to think holds it.
 
 At a pause the text may read as finished while the speaker is not ("Play the next chapter on." for
 "play the next chapter of | my audiobook"). How the voice ended says more: a finished statement
 ends with its pitch falling to the bottom of the speaker's range ("final lowering"), a speaker
-holding the turn stops at a level pitch. `final_pitch` measures that: the pitch of the voice's
-last voiced frames against the median of the whole utterance so far, in semitones.
+holding the turn stops within it. `final_pitch` measures that: the pitch of the voice's last
+voiced frames against the lower quartile of the utterance so far, in semitones. The quartile, not
+the median, because voices differ in how wide they range: ending under its own usual lows is what
+a finished statement does in a narrow voice and in a wide one.
 
 Pitch by YIN (de Cheveigné and Kawahara, 2002) on 40 ms frames every 10 ms, written here with numpy:
 none of the project's libraries tracks pitch, and this needs only its difference function.
@@ -35,12 +37,12 @@ LAST_FRAMES = 5
 FEWEST_FRAMES = 8
 """Fewer voiced frames than this (a cough, a single syllable in noise): no measure."""
 ANALYSED_SECONDS = 4.0
-"""Only the utterance's last seconds are analysed: enough for the speaker's median, and the cost
+"""Only the utterance's last seconds are analysed: enough for the speaker's range, and the cost
 of a long utterance stays that of a short one."""
 
 
 def final_pitch(samples: Audio) -> float | None:
-    """Semitones from the utterance's median pitch to where its voice ended (negative: it fell).
+    """Semitones from the utterance's lower-quartile pitch to where its voice ended (negative: under it).
 
     None when too little of it is voiced to say.
     """
@@ -54,7 +56,7 @@ def final_pitch(samples: Audio) -> float | None:
     if np.count_nonzero(voiced) < FEWEST_FRAMES:
         return None
     semitones = 12 * np.log2(pitches[voiced])
-    return float(np.median(semitones[-LAST_FRAMES:]) - np.median(semitones))
+    return float(np.median(semitones[-LAST_FRAMES:]) - np.percentile(semitones, 25))
 
 
 def _yin(frames: np.ndarray) -> np.ndarray:
