@@ -138,9 +138,8 @@ class Settings:
     turn_detection: str = _opt(
         "adaptive",
         "adaptive: a pause after what reads (and in English sounds) like a complete command ends it after "
-        "min_silence_ms, any other pause "
-        "waits silence_ms; fixed: every utterance ends after silence_ms; manual: silence ends nothing, the client "
-        "ends utterances (flush, end of stream, commit) or max_utterance_s does.",
+        "min_silence_ms, any other pause waits silence_ms; fixed: every utterance ends after silence_ms; manual: "
+        "silence ends nothing, the client ends utterances (flush, end of stream, commit) or max_utterance_s does.",
         choices=TURN_DETECTION,
     )
     min_silence_ms: int = _opt(

@@ -405,7 +405,8 @@ class Session:
     async def _speculate(self, utterance: _Utterance, end: int) -> None:
         """Decode the final now, the engine's whole attention on it (a partial in flight is dropped).
 
-        Adaptive endpointing reads its text: a complete command ends at the short silence.
+        Adaptive endpointing reads its text (and hears the voice's pitch): a complete command ends at
+        the short silence.
         """
         self._cancel_speculation(utterance)
         if utterance.partials is not None:
@@ -424,7 +425,7 @@ class Session:
     async def _read_turn(self, utterance: _Utterance, speculation: _Speculation, audio: Audio) -> None:
         """Hand the turn detector's verdict on the speculative text, and on where the voice's pitch
         ended (measured while the engine decodes), to the endpointer."""
-        pitch = asyncio.ensure_future(asyncio.to_thread(final_pitch, audio))
+        pitch = asyncio.ensure_future(asyncio.to_thread(self._pitch_or_none, audio))
         try:
             result = await asyncio.shield(speculation.task)
             ending = await pitch
@@ -446,6 +447,14 @@ class Session:
                 return
             for event in self._endpointer.verdict(speculation.end, verdict):
                 await self._on_endpointer(event)
+
+    def _pitch_or_none(self, audio: Audio) -> float | None:
+        """Where the voice's pitch ended; a measure that fails leaves the verdict to the text rules."""
+        try:
+            return final_pitch(audio)
+        except Exception:
+            log.warning("session %s: the pitch could not be measured", self.id, exc_info=True)
+            return None
 
     @staticmethod
     def _cancel_speculation(utterance: _Utterance) -> None:

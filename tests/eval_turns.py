@@ -138,15 +138,14 @@ async def main() -> None:
         if args.verbose or r.correct is False:
             mark = {True: "ok", False: "WRONG", None: "hard"}[r.correct]
             print(f"{mark:5} {r.name:24} {r.verdict.value:10} {r.text!r}")
-    rules = (
-        "punctuation only"
-        if args.punctuation_only
-        else "text rules only"
-        if args.text_only
-        else "without the pitch"
-        if args.no_pitch
-        else "all rules"
-    )
+    if args.punctuation_only:
+        rules = "punctuation only"
+    elif args.text_only:
+        rules = "text rules only"
+    elif args.no_pitch:
+        rules = "without the pitch"
+    else:
+        rules = "all rules"
     print(f"pad {args.pad:.2f} s, bundled tiny.en, {len(results)} files, {rules}")
     for split in SPLITS:
         print("\n".join(summary(results, split)))

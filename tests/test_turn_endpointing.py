@@ -56,17 +56,17 @@ async def test_websocket_ends_complete_commands_early_and_never_cuts_a_pause() -
     assert f"satellite_asr_endpoint_silence_seconds_count {float(complete)}" in metrics
 
 
-@pytest.mark.parametrize(("mean_logprob", "endpoint"), [(-0.3, "complete"), (-2.0, "silence")])
+@pytest.mark.parametrize(("mean_logprob", "ends_early"), [(-0.3, True), (-2.0, False)])
 async def test_outside_english_a_text_the_engine_doubts_waits_the_long_silence(
-    mean_logprob: float, endpoint: str
+    mean_logprob: float, ends_early: bool
 ) -> None:
     """The session hands the engine's language and confidence to the turn detector: the same
     punctuated text ("Stop the music.") heard as German ends at the short silence when the engine is
     sure of it, at the long one when it doubts it (in English the voice's pitch decides instead)."""
-    config = {"language": "en", "vad": {"silence_ms": 800}}
+    config = {"language": "en", "vad": {"silence_ms": LONG_SILENCE_MS}}
     async with running_daemon(HeardAsGermanEngineDouble(mean_logprob)) as daemon:
         (final,) = of_type(await stream_file(TURNS / "dev_complete_13.wav", ws_url(daemon), config=config), "final")
-    assert final["endpoint"] == endpoint, final
+    assert (final["endpoint"] == "complete") is ends_early, final
     assert same_words([MANIFEST["dev_complete_13.wav"]["text"]], [str(final["text"])]), final
 
 
@@ -96,3 +96,21 @@ async def test_the_transcript_does_not_depend_on_how_audio_is_framed(name: str) 
         texts = [await wyoming_round(daemon, name, realtime=False, chunk_samples=n) for n in (160, 1600, 16000)]
     assert texts[0] == texts[1] == texts[2], texts
     assert same_words([MANIFEST[name]["text"]], texts[:1]), texts
+
+
+async def test_a_pitch_measure_that_fails_leaves_the_verdict_to_the_text(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A fault injected into the pitch tracker: the punctuated, confident text still ends the
+    command at the short silence, and the failure is logged."""
+
+    def broken_pitch_tracker(audio: object) -> float:
+        raise FloatingPointError("injected fault")
+
+    monkeypatch.setattr("satellite_asr.session.final_pitch", broken_pitch_tracker)
+    name = "dev_complete_12.wav"
+    async with running_daemon() as daemon:
+        (final,) = await websocket_finals(daemon, name)
+    assert final["endpoint"] == "complete", final
+    assert same_words([MANIFEST[name]["text"]], [str(final["text"])]), final
+    assert "the pitch could not be measured" in caplog.text

@@ -28,7 +28,7 @@ BETA_FORMATS = {"pcm16": ("s16le", PCM_RATE), "g711_ulaw": ("pcmu", G711_RATE), 
 
 EAGERNESS = {"low": (400, 1600), "medium": (200, 800), "high": (120, 500)}
 """`semantic_vad` eagerness -> (min_silence_ms, silence_ms) of adaptive turn detection: the wait after a
-command that reads as complete, and after anything else. `auto` keeps the daemon's own settings."""
+command judged complete (`vad.turn`), and after anything else. `auto` keeps the daemon's own settings."""
 MANUAL_MIN_SPEECH_MS = 32
 """With turn detection off the client commits, so one window of speech starts the item: a short
 word committed at once is not lost for want of `min_speech_ms`."""

@@ -5,7 +5,7 @@ No I/O and no clock: time is the count of 16 kHz samples fed so far, one Silero 
 
 Where a command ends is a question of meaning as much as of silence. With `turn_detection`
 `adaptive`, the final is decoded early in a pause (`SpeechPaused`) and a `TurnDetector` reads its
-text; the session hands the verdict back (`verdict`): a complete command ends after
+text and the voice's final pitch; the session hands the verdict back (`verdict`): a complete command ends after
 `min_silence_ms`, anything else waits the full `silence_ms` and is decoded again on the way (a
 second speculation, with the trailing audio `fixed` keeps). With `fixed`, every utterance waits
 `silence_ms`. With `manual`, silence ends nothing: the client does (`flush`), or the length cap.

@@ -9,7 +9,7 @@ the median, because voices differ in how wide they range: ending under its own u
 a finished statement does in a narrow voice and in a wide one.
 
 Pitch by YIN (de Cheveigné and Kawahara, 2002) on 40 ms frames every 10 ms, written here with numpy:
-none of the project's libraries tracks pitch, and this needs only its difference function.
+none of the project's libraries tracks pitch, and this needs only its normalised difference function.
 """
 
 from __future__ import annotations
@@ -19,10 +19,12 @@ import numpy as np
 from satellite_asr.audio import SAMPLE_RATE, Audio
 
 FRAME = SAMPLE_RATE * 40 // 1000
-"""Samples per analysis frame (40 ms: two periods of the lowest pitch tracked)."""
+"""Samples per analysis frame (40 ms: the longest lag plus the compared window)."""
 HOP = SAMPLE_RATE * 10 // 1000
+"""Samples between frames (10 ms)."""
 LOWEST_HZ, HIGHEST_HZ = 70.0, 400.0
-"""The pitch range of speaking voices, men's lows to children's highs."""
+"""The pitch range tracked: most speaking voices, children's highs included. A voice that drops
+into creak under 70 Hz at its end is not seen falling there: it waits the long silence."""
 LONGEST_LAG = int(SAMPLE_RATE / LOWEST_HZ)
 SHORTEST_LAG = int(SAMPLE_RATE / HIGHEST_HZ)
 WINDOW = FRAME - LONGEST_LAG
@@ -30,10 +32,10 @@ WINDOW = FRAME - LONGEST_LAG
 PERIODIC = 0.2
 """YIN's threshold: a frame whose normalised difference dips below this at some lag is voiced."""
 LOUD_ENOUGH = 0.15
-"""A voiced frame must carry at least this share of the utterance's loud frames' energy (its 90th
-percentile): quieter frames are breath, noise or the decay of the last sound."""
+"""A voiced frame's RMS must be at least this share of the utterance's loud frames' (its 90th
+percentile; about -16 dB): quieter frames are breath, noise, hum or the decay of the last sound."""
 LAST_FRAMES = 5
-"""The voice's end: its last five voiced frames (50 ms)."""
+"""The voice's end: its last five voiced frames (their centres 40 ms apart, over 80 ms of audio)."""
 FEWEST_FRAMES = 8
 """Fewer voiced frames than this (a cough, a single syllable in noise): no measure."""
 ANALYSED_SECONDS = 4.0

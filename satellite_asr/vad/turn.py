@@ -14,7 +14,7 @@ The rules read the engine's own text (Whisper's punctuation and casing), in this
    incomplete, whatever the punctuation. Whisper often closes a cut half with a period
    ("Set a timer for."), so this rule comes before punctuation.
 4. English only, when the voice's pitch was measured (`vad.prosody.final_pitch`): a voice that
-   ended low (`FALLEN_SEMITONES` or more under its usual lows) is complete, one that ended level is
+   ended at `FALLEN_SEMITONES` or lower against its lower-quartile pitch is complete, one that ended level is
    unsure, whatever the punctuation. A statement ends by falling to the bottom of the speaker's
    range; a speaker who stops to think holds the pitch. The text cannot tell a misheard half that
    reads as finished ("Play the next chapter on." for "play the next chapter of | ...") from a
@@ -30,9 +30,9 @@ The rules read the engine's own text (Whisper's punctuation and casing), in this
    toothpaste and | ...").
 7. Sentence-final punctuation (. ! ? and their full-width forms): complete.
 8. Otherwise: unsure (the caller decides, usually the long wait). Confident words without
-   punctuation are unsure too: tiny.en hears a pause after "to" or "by" as a word ("Turn the heat
-   down to it", "Play something, bye"), so taking them as complete cut 4 of 16 paused commands of
-   the evaluation set's `fresh` split.
+   punctuation are unsure too (in English, reached only when the pitch is unknown): tiny.en hears
+   a pause after "to" or "by" as a word ("Turn the heat down to it", "Play something, bye"), so
+   taking them as complete cut 4 of 16 paused commands of the evaluation set's `fresh` split.
 
 Other languages, and an unknown language (None), get rules 1, 2, 5, 7 and 8 only: English word
 lists would misread them (German "an" in "Mach das Licht an" ends a command), and the pitch rule
@@ -49,11 +49,11 @@ from typing import Protocol
 
 class TurnVerdict(enum.Enum):
     COMPLETE = "complete"
-    """The text reads as a finished command: end after the short silence."""
+    """What was heard reads (and sounds) like a finished command: end after the short silence."""
     INCOMPLETE = "incomplete"
     """More must follow (or nothing was said): wait the long silence."""
     UNSURE = "unsure"
-    """The text cannot tell; the caller picks its default."""
+    """Neither the text nor the voice can tell; the caller picks its default."""
 
 
 class TurnDetector(Protocol):
@@ -75,8 +75,9 @@ halves tiny.en misheard as finished sentences ("At Milken.", "Santa of Verma's t
 FALLEN_SEMITONES = -2.0
 """A voice that ended this far under its lower-quartile pitch (or further) ended a statement. Chosen
 on the six splits of the evaluation set that had been decoded (dev to fresh4): no paused command's
-voice stopped lower than -1.5 at its pause, four in five of all commands' at their end were at -2.0
-or lower; -2.0 leaves half a semitone of margin."""
+voice stopped lower than -1.5 at its pause, 25 to 30 of each split's 37 commands' at their end were
+at -2.0 or lower; -2.0 leaves half a semitone of margin (a lag step of the pitch tracker is about a
+third of a semitone at 300 Hz)."""
 
 TRAILING_OFF = ("\u2026", "...", "-", "\u2013", "\u2014", ",", "\uff0c", "\u3001", ";", ":")
 """Endings with which a transcript says the speaker was not done: ellipsis, dashes, commas (also
