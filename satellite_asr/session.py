@@ -362,7 +362,7 @@ class Session:
                     utterance.partial_due_at = time.monotonic()
                 utterance.partials.request()
         elif isinstance(event, SpeechPaused) and not self.options.batch:
-            await self._speculate(utterance, event.end)
+            await self._speculate(utterance, event.end, read_turn=event.read_turn)
         elif isinstance(event, Endpoint):
             await self._end_utterance(event)
 
@@ -402,7 +402,7 @@ class Session:
         """The engine's text with what sounds like one of the session's names written as that name."""
         return self._names.correct(text) if self._names is not None else text
 
-    async def _speculate(self, utterance: _Utterance, end: int) -> None:
+    async def _speculate(self, utterance: _Utterance, end: int, *, read_turn: bool) -> None:
         """Decode the final now, the engine's whole attention on it (a partial in flight is dropped).
 
         Adaptive endpointing reads its text (and hears the voice's pitch): a complete command ends at
@@ -417,7 +417,7 @@ class Session:
         )
         speculation = _Speculation(end, task)
         utterance.speculation = speculation
-        if self.options.endpointing.adaptive:
+        if self.options.endpointing.adaptive and read_turn:
             utterance.turn_reader = asyncio.create_task(
                 self._read_turn(utterance, speculation, audio), name="turn-reader"
             )

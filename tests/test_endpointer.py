@@ -235,7 +235,7 @@ def test_other_verdicts_wait_the_long_silence_and_speculate_again_on_fixeds_audi
     ((_, endpoint),) = of_type(events, Endpoint)
     # the second speculation ends where fixed endpointing's only one does: more trailing audio
     _, fixed_end = paused(CONFIG)
-    assert second == SpeechPaused(fixed_end) and fixed_end > end
+    assert second == SpeechPaused(fixed_end, read_turn=False) and fixed_end > end
     assert index == windows(800 / 3) - windows(100) - 1, "at a third of the long silence"
     assert endpoint == Endpoint(fixed_end, "silence", windows(800) * WINDOW)
     assert endpointer.verdict(fixed_end, TurnVerdict.COMPLETE) == [], "only the first speculation is judged"

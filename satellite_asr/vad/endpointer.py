@@ -134,6 +134,9 @@ class SpeechPaused:
     """Silence has lasted long enough to decode the final ahead of time: audio up to `end`."""
 
     end: int
+    read_turn: bool = True
+    """The turn detector reads this decode (the pause's first); the second look is for the final
+    only, as the endpointer takes one verdict per pause."""
 
 
 ENDPOINT_REASONS = ("complete", "silence", "forced")
@@ -274,7 +277,7 @@ class Endpointer:
         second_due = self._silence_run >= self.config.second_speculation_samples > self.config.speculate_after_samples
         if self._speculations == 1 and self._verdict_in and second_due:
             self._speculations = 2
-            return [SpeechPaused(self._long_end())]
+            return [SpeechPaused(self._long_end(), read_turn=False)]
         return []
 
     def _short_end(self) -> int:
