@@ -22,6 +22,7 @@ import json
 import re
 import statistics
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,7 @@ from satellite_asr.clients.stream_client import FRAME_SECONDS
 from satellite_asr.clients.transcribe import OfflineTranscriber
 from satellite_asr.clients.wav import read_wav
 from satellite_asr.config import Settings
+from satellite_asr.vad.endpointer import ENDPOINT_REASONS
 
 if TYPE_CHECKING:
     from satellite_asr.server import Daemon
@@ -150,6 +152,7 @@ class BenchReport:
                 f" cut or split: {self.cut_utterances})",
                 f"speech end -> final      p50 {ms(self.final_latency_p50)}  p95 {ms(self.final_latency_p95)}"
                 f"  (silence_ms {self.silence_ms})",
+                f"finals ended by          {self.endpoint_counts()}",
                 f"speech start -> partial  p50 {ms(self.first_partial_p50)}  p95 {ms(self.first_partial_p95)}",
                 f"server time per frame    p50 <= {ms(self.frame_seconds_p50)}  p95 <= {ms(self.frame_seconds_p95)}"
                 f"  ({FRAME_SECONDS * 1000:.0f} ms frames)",
@@ -158,6 +161,13 @@ class BenchReport:
                 f" {self.wer_vs_offline * 100:.1f}%",
             ]
         )
+
+    def endpoint_counts(self) -> str:
+        """How many finals each endpoint reason ended (`complete`: at the short silence)."""
+        counts = Counter(detail.endpoint for detail in self.details if detail.endpoint is not None)
+        if not counts:
+            return "n/a (the protocol does not say)"
+        return ", ".join(f"{reason} {counts[reason]}" for reason in ENDPOINT_REASONS)
 
 
 def percentile(values: list[float], q: float) -> float:
