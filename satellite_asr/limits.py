@@ -82,6 +82,11 @@ async def write_within(write: Awaitable[_T], seconds: float, transport: asyncio.
 
 ACCEPT_FAILED = "socket.accept() out of system resource"
 """What asyncio's loop reports on each failed accept (EMFILE, ENFILE, ENOBUFS, ENOMEM)."""
+ACCEPT_RETRY = "._start_serving("
+"""In what asyncio's loop reports when its scheduled retry of `accept()` fails: a failed accept
+schedules one retry a second later, and one tick may fail up to 100 times (CPython 3.11-3.13 do not
+stop at the first), so a listening socket closed meanwhile (the daemon shutting down) gets up to a
+hundred "Invalid file descriptor" tracebacks."""
 
 
 class AcceptErrorLog:
@@ -90,8 +95,9 @@ class AcceptErrorLog:
     Out of file descriptors, asyncio reports every failed `accept()` through the loop's exception
     handler, with a traceback, and retries each second; with many clients waiting that is a log
     storm. asyncio itself pauses accepting on that socket for a second and resumes, so nothing
-    else is needed: this keeps the log readable, counting what it did not print. Other reports go
-    to the handler that was installed before (or the loop's default).
+    else is needed: this keeps the log readable, counting what it did not print. A retry that finds
+    its socket closed (the daemon stopped in that second) has nothing left to do and is dropped.
+    Other reports go to the handler that was installed before (or the loop's default).
     """
 
     def __init__(self, interval: float = 30.0) -> None:
@@ -112,7 +118,11 @@ class AcceptErrorLog:
             self._loop.set_exception_handler(self._previous)
 
     def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-        if context.get("message") != ACCEPT_FAILED:
+        message = str(context.get("message", ""))
+        if ACCEPT_RETRY in message and isinstance(context.get("exception"), (ValueError, OSError)):
+            log.debug("a retry of accept() found its listening socket closed: %s", context.get("exception"))
+            return
+        if message != ACCEPT_FAILED:
             if self._previous is not None:
                 self._previous(loop, context)
             else:

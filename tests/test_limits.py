@@ -619,3 +619,45 @@ async def test_running_out_of_file_descriptors_logs_a_few_lines_and_the_daemon_r
     assert 1 <= len(about_accept) <= 3, about_accept[:10]
     assert "Too many open files" in about_accept[0], "the warning says what went wrong"
     assert process.returncode == 0
+
+
+ACCEPT_RETRIES_AFTER_CLOSE = """
+import asyncio, logging, resource, socket
+from satellite_asr.limits import AcceptErrorLog
+logging.basicConfig(level=logging.INFO)
+
+async def main():
+    AcceptErrorLog().install(asyncio.get_running_loop())
+    server = await asyncio.start_server(lambda reader, writer: None, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    clients = []
+    for _ in range(30):
+        client = socket.socket()
+        client.setblocking(False)
+        try:
+            client.connect(("127.0.0.1", port))
+        except BlockingIOError:
+            pass
+        clients.append(client)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (20, hard))  # fewer than are open: every accept fails
+    await asyncio.sleep(0.3)
+    server.close()  # the daemon stopping: asyncio's accept retries are still pending
+    await asyncio.sleep(1.5)
+    print("done")
+
+asyncio.run(main())
+"""
+"""A listening socket that runs out of file descriptors and is closed while asyncio's retries of
+`accept()` are pending (a loop of 30 connections over a limit of 20), with the daemon's handler."""
+
+
+async def test_accept_retries_after_the_socket_closed_log_no_traceback() -> None:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", ACCEPT_RETRIES_AFTER_CLOSE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
+    log = stderr.decode(errors="replace")
+    assert stdout.decode().strip() == "done", log[-3000:]
+    assert "Too many open files" in log, log[-3000:]
+    assert "Traceback" not in log and "Invalid file descriptor" not in log, log[-3000:]
