@@ -9,7 +9,6 @@ inside is never cut there (one final, every word, ending where the voice does).
 from __future__ import annotations
 
 import asyncio
-import json
 
 import aiohttp
 import pytest
@@ -20,12 +19,11 @@ from satellite_asr.clients.wav import read_wav
 from satellite_asr.clients.wyoming_bench import transcribe_like_home_assistant
 from satellite_asr.server import Daemon
 from tests.doubles import HeardAsGermanEngineDouble
-from tests.helpers import FIXTURES, of_type, running_daemon, same_words, ws_url
+from tests.eval_turns import MANIFEST, TURNS
+from tests.helpers import of_type, running_daemon, same_words, ws_url
 
 pytestmark = pytest.mark.timeout(180)
 
-TURNS = FIXTURES / "turns"
-MANIFEST: dict[str, dict[str, str]] = json.loads((TURNS / "manifest.json").read_text())
 COMPLETE = ["dev_complete_03.wav", "dev_complete_06.wav", "dev_complete_12.wav", "dev_complete_15.wav"]
 """Complete commands tiny.en hears right, whose voice falls at the end."""
 PAUSED = ["dev_paused_02.wav", "dev_paused_06.wav", "dev_paused_09.wav", "heldout_paused_04.wav", "dev_hard_02.wav"]

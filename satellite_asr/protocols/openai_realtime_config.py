@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from satellite_asr.audio import MAX_RATE, MIN_RATE, PcmDecoder
+from satellite_asr.biasing.context import client_terms
 from satellite_asr.config import ConfigError, Settings, coerce
 from satellite_asr.core import Core
 from satellite_asr.engines.base import EngineInfo
@@ -196,9 +197,7 @@ def _transcription(config: RealtimeConfig, value: Any, param: str, core: Core) -
     if "prompt" in value:
         changes["prompt"] = value["prompt"] or ""
     if "keywords" in value:
-        changes["keywords"] = tuple(
-            keyword.strip() for keyword in _texts(value["keywords"], f"{param}.keywords") if keyword.strip()
-        )
+        changes["keywords"] = tuple(client_terms(_texts(value["keywords"], f"{param}.keywords")))
     if "languages" in value:
         languages = [
             checked_language(core, code, f"{param}.languages")

@@ -22,6 +22,7 @@ from aiohttp import BodyPartReader, web
 
 from satellite_asr.audio import SAMPLE_RATE, Audio
 from satellite_asr.audio_files import AudioFile, NotAudioError, decoded_chunks
+from satellite_asr.biasing.context import client_terms
 from satellite_asr.core import Core
 from satellite_asr.events import FinalTranscript
 from satellite_asr.limits import ConnectionLimit, TooManyConnections, write_within
@@ -181,7 +182,7 @@ def parse_request(file: bytes | None, fields: dict[str, list[str]], core: Core) 
         raise _bad_field("chunking_strategy", "only chunking_strategy auto: the daemon's VAD cuts the audio")
     language = checked_language(core, single("language"), "language") or settings.default_language
     prompt = (single("prompt") or "").strip()
-    keywords = [keyword.strip() for keyword in fields.get("keywords[]", []) if keyword.strip()]
+    keywords = client_terms(fields.get("keywords[]", []))
     checked_biasing(core, prompt, keywords, "prompt", "prompt and keywords[]")
     # A file: every pause waits `silence_ms` (no turn detector, whose speculative decodes at each
     # pause serve a person waiting for an answer, not an upload).

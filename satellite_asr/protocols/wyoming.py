@@ -35,7 +35,7 @@ from wyoming.vad import VoiceStarted, VoiceStopped
 
 from satellite_asr import __version__
 from satellite_asr.audio import AudioFormatError, PcmDecoder
-from satellite_asr.biasing.context import MAX_CLIENT_TERMS, fitted_biasing
+from satellite_asr.biasing.context import MAX_CLIENT_TERMS, client_terms, fitted_biasing
 from satellite_asr.config import ConfigError, Settings, setting_fields
 from satellite_asr.core import Core
 from satellite_asr.engines.base import EngineInfo
@@ -136,7 +136,7 @@ def _text_list(value: Any, field: str) -> list[str]:
         return []
     if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
         raise ProtocolError("invalid_event", f"transcribe: {field} must be a list of text")
-    return [item.strip() for item in value if item.strip()]
+    return client_terms(value)
 
 
 def transcribe_context(transcribe: Transcribe) -> tuple[str, list[str]]:

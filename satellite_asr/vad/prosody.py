@@ -58,8 +58,8 @@ def final_pitch(samples: Audio) -> float | None:
         return None
     frames = np.lib.stride_tricks.sliding_window_view(samples, FRAME)[::HOP]
     pitches = _yin(frames)
-    energy = np.sqrt(np.mean(frames * frames, axis=1))
-    voiced = (pitches > 0) & (energy > LOUD_ENOUGH * np.percentile(energy, 90))
+    loudness = np.sqrt(np.mean(frames * frames, axis=1))  # RMS per frame
+    voiced = (pitches > 0) & (loudness > LOUD_ENOUGH * np.percentile(loudness, 90))
     if np.count_nonzero(voiced) < FEWEST_FRAMES:
         return None
     semitones = 12 * np.log2(pitches[voiced])
