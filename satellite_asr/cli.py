@@ -99,10 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument(
         "--split",
-        help=(
-            "Only the manifest's files of this split "
-            "(turns: dev, heldout, fresh, fresh2, fresh3, fresh4, fresh5, fresh6)."
-        ),
+        help="Only the manifest's files of this split: any split the manifest names "
+        "(tests/fixtures/turns/make_turns.py says what each of its splits is for).",
     )
     bench.add_argument("--category", help="Only the manifest's files of this category (turns: complete, paused, hard).")
     bench.add_argument(

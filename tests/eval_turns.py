@@ -31,9 +31,8 @@ from satellite_asr.vad.turn import RuleTurnDetector, TurnDetector, TurnVerdict
 
 TURNS = Path(__file__).parent / "fixtures" / "turns"
 MANIFEST: dict[str, dict[str, Any]] = json.loads((TURNS / "manifest.json").read_text())
-"""File name -> text, category (paused / complete / hard), split (dev / heldout / fresh / fresh2 / fresh3 /
-fresh4 / fresh5 / fresh6), voice, speed, voice_start_s, voice_end_s, and for paused and hard files
-pause_start_s / pause_end_s."""
+"""File name -> text, category (paused / complete / hard), split (one of `SPLITS`), voice, speed,
+voice_start_s, voice_end_s, and for paused and hard files pause_start_s / pause_end_s."""
 SPLITS = tuple(dict.fromkeys(entry["split"] for entry in MANIFEST.values()))
 """The manifest's splits, in its order (make_turns.py says what each is for)."""
 PRE_ROLL_S = 0.3

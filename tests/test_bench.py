@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
-from satellite_asr.clients.bench import BenchReport, UtteranceTiming, speech_segments
+import pytest
+
+from satellite_asr.clients.bench import BenchReport, UtteranceTiming, load_manifest, speech_segments
 from satellite_asr.clients.wav import read_wav
+from tests.eval_turns import MANIFEST, SPLITS, TURNS
 from tests.helpers import FIXTURES
 
 
@@ -29,3 +35,51 @@ def test_the_summary_counts_the_finals_by_why_they_ended() -> None:
 
 def test_a_protocol_that_does_not_say_why_is_not_counted() -> None:
     assert "finals ended by          n/a (the protocol does not say)" in report([None, None]).summary()
+
+
+def turns_manifest(path: Path) -> Path:
+    """A manifest in the turn set's shape with two splits, "dev" and "later" (no WAVs needed to select)."""
+    entry = {"text": "set a timer", "voice_start_s": 0.5, "voice_end_s": 1.5}
+    entries = {
+        "dev_paused_01.wav": entry | {"split": "dev", "category": "paused"},
+        "later_complete_01.wav": entry | {"split": "later", "category": "complete"},
+        "later_hard_01.wav": entry | {"split": "later", "category": "hard"},
+    }
+    (path / "manifest.json").write_text(json.dumps(entries))
+    return path / "manifest.json"
+
+
+def test_a_split_added_to_the_manifest_is_selected_by_its_name(tmp_path: Path) -> None:
+    manifest = turns_manifest(tmp_path)
+    assert [f.name for f in load_manifest(manifest, "later")] == ["later_complete_01.wav", "later_hard_01.wav"]
+    assert [f.name for f in load_manifest(manifest, "later", "hard")] == ["later_hard_01.wav"]
+
+
+def test_every_split_of_the_turn_set_selects_its_own_files() -> None:
+    for split in SPLITS:
+        files = load_manifest(TURNS / "manifest.json", split)
+        assert [f.name for f in files] == [name for name, e in MANIFEST.items() if e["split"] == split], split
+        assert all(f.path.is_file() for f in files), split
+
+
+@pytest.mark.parametrize(
+    ("split", "category", "message"),
+    [
+        ("fresh99", None, "has no split 'fresh99'; it has dev, later"),
+        ("later", "loud", "has no category 'loud'; it has paused, complete, hard"),
+        ("dev", "hard", "has no file of split 'dev' in category 'hard'"),
+    ],
+)
+def test_a_selection_that_matches_nothing_says_what_the_manifest_has(
+    tmp_path: Path, split: str, category: str | None, message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        load_manifest(turns_manifest(tmp_path), split, category)
+
+
+def test_the_bench_command_refuses_an_unknown_split_with_a_code_and_a_sentence(tmp_path: Path) -> None:
+    manifest = turns_manifest(tmp_path)
+    command = [sys.executable, "-m", "satellite_asr", "bench", "--manifest", str(manifest), "--split", "fresh99"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result
+    assert result.stderr == f"satellite-asr: {manifest} has no split 'fresh99'; it has dev, later\n"

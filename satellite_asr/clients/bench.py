@@ -106,8 +106,19 @@ def load_manifest(manifest: Path, split: str | None = None, category: str | None
             voice = [(float(entry["voice_start_s"]), float(entry["voice_end_s"]))]
             files.append(BenchFile(manifest.parent / name, [entry["text"]], voice))
     if not files:
-        raise ValueError(f"{manifest}: no file matches split {split!r} and category {category!r}")
+        raise ValueError(_nothing_selected(manifest, entries, split, category))
     return files
+
+
+def _nothing_selected(manifest: Path, entries: dict[str, Any], split: str | None, category: str | None) -> str:
+    """Why no file was selected, naming what the manifest has (splits are added over time)."""
+    if not entries:
+        return f"{manifest} lists no files"
+    for key, wanted in (("split", split), ("category", category)):
+        known = list(dict.fromkeys(str(entry[key]) for entry in entries.values()))
+        if wanted is not None and wanted not in known:
+            return f"{manifest} has no {key} {wanted!r}; it has {', '.join(known)}"
+    return f"{manifest} has no file of split {split!r} in category {category!r}"
 
 
 @dataclass

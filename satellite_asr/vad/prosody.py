@@ -41,8 +41,8 @@ FEWEST_FRAMES = 10
 OCTAVE_SLIP = 9.0
 """A voice's last frames this many semitones or more under the five before them: the tracker took
 two periods for one (a creaky or breathy end), not a fall; no measure. Real falls are gradual: on
-the evaluation set's eight splits the last five frames sat at most 5.6 semitones under the five
-before."""
+the evaluation set's splits dev to fresh6 the last five frames sat at most 5.6 semitones under the
+five before."""
 ANALYSED_SECONDS = 4.0
 """Only the utterance's last seconds are analysed: enough for the speaker's range, and the cost
 of a long utterance stays that of a short one."""
