@@ -58,6 +58,18 @@ def test_a_statement_falling_at_its_end_is_under_the_line_a_rising_one_above() -
     assert rose is not None and rose > 2.0
 
 
+def test_a_voice_that_stops_mid_fall_is_heading_lower_than_one_that_reached_the_same_pitch() -> None:
+    """Both stop two semitones down; the one still falling (a semitone per 100 ms) was heading on
+    down and ended its statement, the one that got there and held was not."""
+    level = np.full(seconds(1.2), 160.0)
+    fall = 160.0 * 2 ** (np.linspace(0, -2, seconds(0.2)) / 12)
+    held = np.full(seconds(0.2), fall[-1])
+    falling = final_pitch(voice(np.concatenate([level, fall])))
+    holding = final_pitch(voice(np.concatenate([level, fall, held])))
+    assert falling is not None and holding is not None
+    assert falling <= FALLEN_SEMITONES < holding
+
+
 def test_the_silence_after_the_voice_does_not_count() -> None:
     pitch = np.concatenate([np.full(seconds(1.2), 200.0), np.full(seconds(0.3), 150.0)])
     spoken = voice(pitch)

@@ -1,12 +1,14 @@
-"""Where the voice's pitch ended: a statement ends low, a speaker who stops to think holds it.
+"""Where the voice's pitch was heading as it stopped: a statement ends low, a speaker who stops to think holds it.
 
 At a pause the text may read as finished while the speaker is not ("Play the next chapter on." for
 "play the next chapter of | my audiobook"). How the voice ended says more: a finished statement
 ends with its pitch falling to the bottom of the speaker's range ("final lowering"), a speaker
-holding the turn stops within it. `final_pitch` measures that: the pitch of the voice's last
-voiced frames against the lower quartile of the utterance so far, in semitones. The quartile, not
-the median, because voices differ in how wide they range: ending under its own usual lows is what
-a finished statement does in a narrow voice and in a wide one.
+holding the turn stops within it. `final_pitch` measures that: where the voice's last voiced
+frames were heading (their pitch, carried on 100 ms at the rate they were falling or rising)
+against the lower quartile of the utterance so far, in semitones. The quartile, not the median,
+because voices differ in how wide they range: ending under its own usual lows is what a finished
+statement does in a narrow voice and in a wide one. The heading, not only the last pitch, because
+a statement may stop in the middle of its fall: one still falling fast has not reached its low yet.
 
 Pitch by YIN (de Cheveigné and Kawahara, 2002) on 40 ms frames every 10 ms, written here with numpy:
 none of the project's libraries tracks pitch, and this needs only its normalised difference function.
@@ -36,6 +38,11 @@ LOUD_ENOUGH = 0.15
 percentile; about -16 dB): quieter frames are breath, noise, hum or the decay of the last sound."""
 LAST_FRAMES = 5
 """The voice's end: its last five voiced frames (their centres 40 ms apart, over 80 ms of audio)."""
+TREND_FRAMES = 10
+"""The voice's direction at its end: the median slope between pairs of its last ten voiced frames
+(Theil-Sen: a frame or three the tracker got wrong do not turn it)."""
+HEADING_FRAMES = 10
+"""How far on the direction is carried: 10 frames, 100 ms."""
 FEWEST_FRAMES = 10
 """Fewer voiced frames than this (a cough, a single syllable in noise): no measure."""
 OCTAVE_SLIP = 9.0
@@ -49,7 +56,8 @@ of a long utterance stays that of a short one."""
 
 
 def final_pitch(samples: Audio) -> float | None:
-    """Semitones from the utterance's lower-quartile pitch to where its voice ended (negative: under it).
+    """Semitones from the utterance's lower-quartile pitch to where its voice was heading as it
+    stopped (negative: under it).
 
     None when too little of it is voiced to say.
     """
@@ -66,7 +74,14 @@ def final_pitch(samples: Audio) -> float | None:
     ending = float(np.median(semitones[-LAST_FRAMES:]))
     if float(np.median(semitones[-2 * LAST_FRAMES : -LAST_FRAMES])) - ending >= OCTAVE_SLIP:
         return None
-    return ending - float(np.percentile(semitones, 25))
+    heading = ending + HEADING_FRAMES * _trend(np.flatnonzero(voiced)[-TREND_FRAMES:], semitones[-TREND_FRAMES:])
+    return heading - float(np.percentile(semitones, 25))
+
+
+def _trend(positions: np.ndarray, semitones: np.ndarray) -> float:
+    """Semitones per frame: the median of the slopes between every pair of frames (Theil-Sen)."""
+    later, earlier = np.triu_indices(len(positions), k=1)[::-1]
+    return float(np.median((semitones[later] - semitones[earlier]) / (positions[later] - positions[earlier])))
 
 
 def _yin(frames: np.ndarray) -> np.ndarray:
