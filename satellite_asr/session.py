@@ -49,6 +49,10 @@ from satellite_asr.vad.silero import SileroVad
 from satellite_asr.vad.turn import TurnDetector
 
 log = logging.getLogger(__name__)
+TURN_DECISION = "session %s: utterance %d paused at %.2f s: %r, pitch heading %s semitones: %s"
+"""The debug line of each turn verdict handed to the endpointer (`tests.replay_turns` reads it): the
+session, the utterance, where the pause is in the stream, the speculative text, the voice's pitch
+(None: unmeasured) and the verdict."""
 
 Emit = Callable[[SessionEvent], Awaitable[None]]
 
@@ -424,7 +428,7 @@ class Session:
 
     async def _read_turn(self, utterance: _Utterance, speculation: _Speculation, audio: Audio) -> None:
         """Hand the turn detector's verdict on the speculative text, and on where the voice's pitch
-        ended (measured while the engine decodes), to the endpointer."""
+        was heading as it stopped (measured while the engine decodes), to the endpointer."""
         pitch = asyncio.ensure_future(asyncio.to_thread(self._pitch_or_none, audio))
         try:
             result = await asyncio.shield(speculation.task)
@@ -434,22 +438,17 @@ class Session:
             return
         language = result.language or self.options.language
         verdict = self._turn_detector.verdict(result.text, language, result.mean_logprob, ending)
-        log.debug(
-            "session %s: utterance %d paused at %r (pitch %s): %s",
-            self.id,
-            utterance.id,
-            result.text,
-            "unmeasured" if ending is None else f"{ending:+.1f} st",
-            verdict.value,
-        )
         async with self._lock:
             if self._utterance is not utterance or utterance.speculation is not speculation:
                 return
+            heading = None if ending is None else round(ending, 2)
+            at_s = speculation.end / SAMPLE_RATE
+            log.debug(TURN_DECISION, self.id, utterance.id, at_s, result.text, heading, verdict.value)
             for event in self._endpointer.verdict(speculation.end, verdict):
                 await self._on_endpointer(event)
 
     def _pitch_or_none(self, audio: Audio) -> float | None:
-        """Where the voice's pitch ended; a measure that fails leaves the verdict to the text rules."""
+        """Where the voice's pitch was heading; a measure that fails leaves the verdict to the text rules."""
         try:
             return final_pitch(audio)
         except Exception:

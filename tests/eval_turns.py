@@ -79,7 +79,7 @@ async def judge(
 ) -> list[Judged]:
     """Decode each file as heard at the decision; `word_rules` False withholds the language, which
     leaves the rules to punctuation only, `confidence` False how sure the engine was and `pitch`
-    False where the voice's pitch ended (the baselines the rules are measured against)."""
+    False where the voice's pitch was heading (the baselines the rules are measured against)."""
     results = []
     for name in names:
         audio = heard_at_decision(name, pad_s)
@@ -115,7 +115,7 @@ async def main() -> None:
     parser.add_argument("--split", choices=SPLITS, help="only this split (default: all of them)")
     parser.add_argument("--punctuation-only", action="store_true", help="baseline: no English word rules")
     parser.add_argument("--text-only", action="store_true", help="baseline: no confidence, no pitch")
-    parser.add_argument("--no-pitch", action="store_true", help="baseline: without where the voice's pitch ended")
+    parser.add_argument("--no-pitch", action="store_true", help="baseline: without where the voice's pitch was heading")
     parser.add_argument("-v", "--verbose", action="store_true", help="print every file's text and verdict")
     args = parser.parse_args()
     names = [n for n, e in MANIFEST.items() if args.split in (None, e["split"])]

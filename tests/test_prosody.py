@@ -1,4 +1,5 @@
-"""Where the voice's pitch ended: synthetic voices of known pitch, and the evaluation set's voices."""
+"""Where the voice's pitch was heading as it stopped: synthetic voices of known pitch, and the
+evaluation set's voices."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import pytest
 
 from satellite_asr.audio import SAMPLE_RATE, Audio
 from satellite_asr.clients.wav import read_wav
-from satellite_asr.vad.prosody import final_pitch
+from satellite_asr.vad.prosody import _trend, final_pitch
 from satellite_asr.vad.turn import FALLEN_SEMITONES
 from tests.eval_turns import MANIFEST, PRE_ROLL_S, TURNS
 
@@ -59,10 +60,10 @@ def test_a_statement_falling_at_its_end_is_under_the_line_a_rising_one_above() -
 
 
 def test_a_voice_that_stops_mid_fall_is_heading_lower_than_one_that_reached_the_same_pitch() -> None:
-    """Both stop two semitones down; the one still falling (a semitone per 100 ms) was heading on
-    down and ended its statement, the one that got there and held was not."""
+    """Both stop two semitones down; the one still falling (about 1.7 semitones per 100 ms) was
+    heading on down and ended its statement, the one that got there and held was not."""
     level = np.full(seconds(1.2), 160.0)
-    fall = 160.0 * 2 ** (np.linspace(0, -2, seconds(0.2)) / 12)
+    fall = 160.0 * 2 ** (np.linspace(0, -2, seconds(0.12)) / 12)
     held = np.full(seconds(0.2), fall[-1])
     falling = final_pitch(voice(np.concatenate([level, fall])))
     holding = final_pitch(voice(np.concatenate([level, fall, held])))
@@ -130,3 +131,18 @@ def test_espeak_voices_hold_their_pitch_at_a_pause_and_drop_it_at_the_end(name: 
     at_end = final_pitch(audio[start : seconds(entry["voice_end_s"] + 0.1)])
     assert at_pause is not None and at_pause > FALLEN_SEMITONES
     assert at_end is not None and at_end <= FALLEN_SEMITONES
+
+
+def test_a_stray_frame_does_not_turn_the_voices_direction() -> None:
+    """One frame the tracker got an octave wrong at the very end (the slip guard looks at five):
+    the median of the pairwise slopes stays level, where a least-squares line would fall."""
+    positions = np.arange(10)
+    semitones = np.zeros(10)
+    semitones[-1] = -12.0
+    assert _trend(positions, semitones) == pytest.approx(0.0)
+
+
+def test_the_voices_direction_is_per_frame_of_time_not_per_voiced_frame() -> None:
+    """A gap (an unvoiced consonant) between voiced frames is time the pitch took to change."""
+    positions = np.array([0, 1, 2, 3, 4, 15, 16, 17, 18, 19])
+    assert _trend(positions, -0.1 * positions) == pytest.approx(-0.1)

@@ -70,6 +70,19 @@ def test_how_whisper_writes_a_cut_to_or_and_is_incomplete(text: str) -> None:
 
 
 @pytest.mark.parametrize(
+    "text",
+    ["Turn the heat down to it.", "Give me a timer for it.", "Open the gate for it.", "Switch the porch light of it."],
+)
+def test_how_whisper_writes_a_preposition_cut_off_by_a_pause_is_incomplete_however_the_voice_fell(text: str) -> None:
+    assert detector.verdict(text, "en", SURE, FELL) is INCOMPLETE
+
+
+@pytest.mark.parametrize("text", ["What time is it?", "Turn it off.", "Turn it up to 70.", "Stop it."])
+def test_it_ends_a_command_after_anything_but_a_preposition(text: str) -> None:
+    assert detector.verdict(text, "en", SURE, FELL) is COMPLETE
+
+
+@pytest.mark.parametrize(
     ("text", "verdict"),
     [
         ("Turn it off.", COMPLETE),
@@ -131,7 +144,7 @@ a guess."""
     [
         ("Play the news.", COMPLETE),
         ("Play the news", UNSURE),
-        ("Turn the heat down to it", UNSURE),
+        ("Turn the heat down to it", INCOMPLETE),
         ("Set a timer for", INCOMPLETE),
         ("Play some music in the...", INCOMPLETE),
     ],

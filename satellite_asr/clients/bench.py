@@ -197,7 +197,7 @@ def histogram_quantile(metrics_text: str, name: str, q: float) -> float:
     return next(le for le, count in buckets if count >= q * total)
 
 
-async def _stream_one(url: str, audio: Audio, delay: float, config: dict[str, Any]) -> tuple[float, list[Any]]:
+async def stream_at_pace(url: str, audio: Audio, delay: float, config: dict[str, Any]) -> tuple[float, list[Any]]:
     """Stream float32 16 kHz audio at real-time pace; (wall time of sample 0, [(arrival, message)])."""
     import websockets
 
@@ -265,7 +265,7 @@ async def _stream_one_realtime(url: str, audio: Audio, delay: float, config: dic
 
 Streamer = Callable[[str, Audio, float, dict[str, Any]], Awaitable[tuple[float, list[Any]]]]
 PROTOCOLS: dict[str, tuple[str, Streamer]] = {
-    "websocket": ("/v1/stream", _stream_one),
+    "websocket": ("/v1/stream", stream_at_pace),
     "openai-realtime": ("/v1/realtime", _stream_one_realtime),
 }
 """Protocol name -> (path on the daemon, client that streams one file)."""
