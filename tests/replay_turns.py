@@ -1,8 +1,8 @@
 """Replay turn-set files through the daemon as a microphone would; list the turn decisions it made.
 
 Each file streams over the WebSocket protocol at real-time pace to an in-process daemon with its
-default settings, and the session's debug line for each verdict the endpointer took is kept: where
-in the audio the pause was, the speculative text, where the voice's pitch was heading
+default settings, and the session's debug line for each verdict handed to the endpointer is kept:
+where in the audio the pause was, the speculative text, where the voice's pitch was heading
 (`vad.prosody.final_pitch`) and the verdict. A paused or hard command is judged on its decisions
 inside its pause (hard ones are reported, not scored), a complete one on its decision at its end.
 Unlike `tests.eval_turns`, which decodes the audio cut at a fixed pad, these are the decisions the
@@ -30,6 +30,7 @@ from satellite_asr.vad.turn import FALLEN_SEMITONES, RuleTurnDetector, TurnVerdi
 from tests.eval_turns import MANIFEST, SPLITS, TURNS
 from tests.helpers import daemon_settings
 
+DETECTOR = RuleTurnDetector()
 PAUSE_GRACE_S = 0.35
 """A decision on audio that ends this long after a pause ends still belongs to it (the pause's
 first speculation, with its trailing pad)."""
@@ -60,7 +61,7 @@ class Decision:
         if line is None or self.pitch is None:
             return self.verdict is TurnVerdict.COMPLETE
         shifted = self.pitch - line + FALLEN_SEMITONES  # under `line` exactly when under the detector's own
-        return RuleTurnDetector().verdict(self.text, "en", None, shifted) is TurnVerdict.COMPLETE
+        return DETECTOR.verdict(self.text, "en", None, shifted) is TurnVerdict.COMPLETE
 
 
 @dataclass(frozen=True)
@@ -122,8 +123,7 @@ def main() -> None:
     names = [n for n, e in MANIFEST.items() if e["split"] in args.split]
     replayed = asyncio.run(replay(names))
     for file in replayed:
-        scored = [d for d in file.decisions if d.scored()]
-        if not scored:
+        if not any(d.scored() for d in file.decisions):
             print(f"{file.name}: no decision where it is judged ({len(file.decisions)} elsewhere)")
         if args.verbose:
             for d in file.decisions:
