@@ -125,8 +125,8 @@ async def test_whisper_takes_a_second_look_with_the_names_near_what_it_heard(
     websocket_names, wyoming_names = engine.names
     assert len(websocket_names) == HOME_NAMES and "Mabel's den" in websocket_names
     assert wyoming_names == ("Okonkwo", *websocket_names)
-    assert second_looks is not None and second_looks >= 2, (
-        "each session's final (or more: a final decoded ahead at a pause counts)"
+    assert second_looks is not None and second_looks >= 1, (
+        "a final whose first text missed the name (tiny.en writes it itself at some cuts of this file)"
     )
     assert word_error_rate("close the blinds in Mabel's den", heard) <= 0.4, heard
 
