@@ -49,10 +49,10 @@ from satellite_asr.vad.silero import SileroVad
 from satellite_asr.vad.turn import TurnDetector
 
 log = logging.getLogger(__name__)
-TURN_DECISION = "session %s: utterance %d paused at %.2f s: %r, pitch heading %s semitones: %s"
+TURN_DECISION = "session %s: utterance %d paused at %.2f s: %r (%s per token), pitch heading %s semitones: %s"
 """The debug line of each turn verdict handed to the endpointer (`tests.replay_turns` reads it): the
-session, the utterance, where the pause is in the stream, the speculative text, the voice's pitch
-(None: unmeasured) and the verdict."""
+session, the utterance, where the pause is in the stream, the speculative text, the engine's mean
+log-probability per token for it, the voice's pitch heading (each None when unknown) and the verdict."""
 
 Emit = Callable[[SessionEvent], Awaitable[None]]
 
@@ -442,8 +442,9 @@ class Session:
             if self._utterance is not utterance or utterance.speculation is not speculation:
                 return
             heading = None if ending is None else round(ending, 2)
+            sureness = None if result.mean_logprob is None else round(result.mean_logprob, 2)
             at_s = speculation.end / SAMPLE_RATE
-            log.debug(TURN_DECISION, self.id, utterance.id, at_s, result.text, heading, verdict.value)
+            log.debug(TURN_DECISION, self.id, utterance.id, at_s, result.text, sureness, heading, verdict.value)
             for event in self._endpointer.verdict(speculation.end, verdict):
                 await self._on_endpointer(event)
 

@@ -42,6 +42,7 @@ class Decision:
     at_s: float
     """Where in the file the audio the decision read ends."""
     text: str
+    mean_logprob: float | None
     pitch: float | None
     verdict: TurnVerdict
 
@@ -57,11 +58,12 @@ class Decision:
         return entry["pause_start_s"] <= self.at_s <= entry["pause_end_s"] + PAUSE_GRACE_S
 
     def judged_complete(self, line: float | None = None) -> bool:
-        """The daemon's verdict; with a pitch `line`, the verdict had the line been there instead."""
+        """The daemon's verdict; with a pitch `line`, the verdict had the line been there instead (the
+        line for words the engine doubts moves with it)."""
         if line is None or self.pitch is None:
             return self.verdict is TurnVerdict.COMPLETE
         shifted = self.pitch - line + FALLEN_SEMITONES  # under `line` exactly when under the detector's own
-        return DETECTOR.verdict(self.text, "en", None, shifted) is TurnVerdict.COMPLETE
+        return DETECTOR.verdict(self.text, "en", self.mean_logprob, shifted) is TurnVerdict.COMPLETE
 
 
 @dataclass(frozen=True)
@@ -76,12 +78,12 @@ class _Decisions(logging.Handler):
 
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
-        self.by_session: dict[str, list[tuple[float, str, float | None, TurnVerdict]]] = {}
+        self.by_session: dict[str, list[tuple[float, str, float | None, float | None, TurnVerdict]]] = {}
 
     def emit(self, record: logging.LogRecord) -> None:
         if record.msg is TURN_DECISION:
-            session, _, at_s, text, pitch, verdict = record.args  # type: ignore[misc]
-            self.by_session.setdefault(session, []).append((at_s, text, pitch, TurnVerdict(verdict)))
+            session, _, at_s, text, logprob, pitch, verdict = record.args  # type: ignore[misc]
+            self.by_session.setdefault(session, []).append((at_s, text, logprob, pitch, TurnVerdict(verdict)))
 
 
 @contextmanager
@@ -128,8 +130,9 @@ def main() -> None:
         if args.verbose:
             for d in file.decisions:
                 pitch = "-" if d.pitch is None else f"{d.pitch:+.2f}"
+                sureness = "-" if d.mean_logprob is None else f"{d.mean_logprob:+.2f}"
                 mark = "*" if d.scored() else " "
-                print(f"{mark} {d.name:26} {d.at_s:5.2f} s {pitch:>6} {d.verdict.value:10} {d.text!r}")
+                print(f"{mark} {d.name:26} {d.at_s:5.2f} s {pitch:>6} {sureness:>6} {d.verdict.value:10} {d.text!r}")
     print(f"{len(names)} files; commands judged complete, by split ({' / '.join(args.split)}):")
     for category in ("complete", "paused", "hard"):
         for line in (None, *args.line):

@@ -20,9 +20,11 @@ The rules read the engine's own text (Whisper's punctuation and casing), in this
    complete, one that ended level is unsure, whatever the punctuation. A statement ends by falling
    to the bottom of the speaker's range; a speaker who stops to think holds the pitch. The text
    cannot tell a misheard half that reads as finished ("Play the next chapter on." for "play the
-   next chapter of | ...") from a command; the voice can. The next two rules are not needed once
-   the pitch is known: without them no paused command of the evaluation set was judged complete,
-   and they kept complete ones waiting the long silence.
+   next chapter of | ...") from a command; the voice can. When the engine doubts its words
+   (`mean_logprob` below `DOUBTFUL_LOGPROB`) they say nothing of the turn, so the voice must fall
+   further, to `DOUBTED_FALLEN_SEMITONES`. The next two rules are not needed once the pitch is
+   known: without them no paused command of the evaluation set was judged complete, and they kept
+   complete ones waiting the long silence.
 5. The engine doubts its own words (`mean_logprob` below `DOUBTFUL_LOGPROB`): unsure. Half a
    command misheard reads like anything, a finished sentence included ("At milk hunt." for "add
    milk to ..."); such a text says nothing about the turn.
@@ -81,6 +83,13 @@ on the turn decisions of a daemon replaying them (`tests.replay_turns`) and on t
 the audio cut 0.1-0.2 s after the pause: no paused command whose text passes the word rules was
 heading lower than -2.24 at its pause; 118 of the 160 complete commands were at -2.75 or lower at
 their end (119 at -2.5), so -2.75 leaves half a semitone of margin at the cost of one."""
+
+DOUBTED_FALLEN_SEMITONES = -3.5
+"""The line for a text the engine doubts. Chosen on the paused command the daemon's rule cut on
+`fresh11` ("did somebody leave the | garage light on", heard as "Get some ovulene", heading -2.90,
+about -1.7 per token) and on the decisions of dev to fresh8: there it keeps 3 of the 115 complete
+commands judged complete waiting the long silence, and no doubted paused decision was heading
+lower than -1.98."""
 
 TRAILING_OFF = ("\u2026", "...", "-", "\u2013", "\u2014", ",", "\uff0c", "\u3001", ";", ":")
 """Endings with which a transcript says the speaker was not done: ellipsis, dashes, commas (also
@@ -149,9 +158,11 @@ class RuleTurnDetector:
             return TurnVerdict.INCOMPLETE
         if _is_english(language) and _english_cannot_end(words):
             return TurnVerdict.INCOMPLETE
+        doubted = mean_logprob is not None and mean_logprob < DOUBTFUL_LOGPROB
         if _is_english(language) and final_pitch is not None:
-            return TurnVerdict.COMPLETE if final_pitch <= FALLEN_SEMITONES else TurnVerdict.UNSURE
-        if mean_logprob is not None and mean_logprob < DOUBTFUL_LOGPROB:
+            line = DOUBTED_FALLEN_SEMITONES if doubted else FALLEN_SEMITONES
+            return TurnVerdict.COMPLETE if final_pitch <= line else TurnVerdict.UNSURE
+        if doubted:
             return TurnVerdict.UNSURE
         if _is_english(language) and words[0] in ENGLISH_CANNOT_BEGIN:
             return TurnVerdict.UNSURE
