@@ -441,10 +441,8 @@ class Session:
         async with self._lock:
             if self._utterance is not utterance or utterance.speculation is not speculation:
                 return
-            heading = None if ending is None else round(ending, 2)
-            sureness = None if result.mean_logprob is None else round(result.mean_logprob, 2)
-            at_s = speculation.end / SAMPLE_RATE
-            log.debug(TURN_DECISION, self.id, utterance.id, at_s, result.text, sureness, heading, verdict.value)
+            at_s, logprob = speculation.end / SAMPLE_RATE, result.mean_logprob
+            log.debug(TURN_DECISION, self.id, utterance.id, at_s, result.text, logprob, ending, verdict.value)
             for event in self._endpointer.verdict(speculation.end, verdict):
                 await self._on_endpointer(event)
 

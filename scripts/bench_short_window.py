@@ -49,7 +49,12 @@ def main() -> None:
     engine = whisper.WhisperEngine()
     asyncio.run(engine.start())
     redecodes: list[str] = []
-    engine.report_redecodes(redecodes.append)
+
+    def count_full_window(reason: str) -> None:
+        if reason == whisper.REDECODE_FULL_WINDOW:
+            redecodes.append(reason)
+
+    engine.report_redecodes(count_full_window)
 
     def decode(audio: Audio, minimum: float, *, final: bool) -> tuple[str, float, int]:
         whisper.SHORT_CONTEXT_MIN_S = minimum  # the engine reads it at each decode

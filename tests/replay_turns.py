@@ -2,12 +2,14 @@
 
 Each file streams over the WebSocket protocol at real-time pace to an in-process daemon with its
 default settings, and the session's debug line for each verdict handed to the endpointer is kept:
-where in the audio the pause was, the speculative text, where the voice's pitch was heading
-(`vad.prosody.final_pitch`) and the verdict. A paused or hard command is judged on its decisions
-inside its pause (hard ones are reported, not scored), a complete one on its decision at its end.
+where in the audio the pause was, the speculative text and the engine's log-probability per token
+for it, where the voice's pitch was heading (`vad.prosody.final_pitch`) and the verdict. A paused
+or hard command is judged on its decisions inside its pause (hard ones are reported, not scored),
+a complete one on its decision at its end.
 Unlike `tests.eval_turns`, which decodes the audio cut at a fixed pad, these are the decisions the
 running daemon makes, on the audio it had when it made them. `--line` judges the same decisions
-again with another pitch line (the word rules still apply), to see what it would win or cut.
+again with another pitch line (the word rules still apply), to see what it would win or cut; the
+line for words the engine doubts moves with it (`DOUBTED_FALLEN_SEMITONES` stays as far under).
 
     PYTHONPATH=. .venv/bin/python -m tests.replay_turns --split fresh6 [--line -2.0] [-v]
 """
@@ -119,7 +121,13 @@ async def replay(names: list[str]) -> list[Replayed]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--split", choices=SPLITS, action="append", required=True, help="a split (repeatable)")
-    parser.add_argument("--line", type=float, action="append", default=[], help="also judge with this pitch line")
+    parser.add_argument(
+        "--line",
+        type=float,
+        action="append",
+        default=[],
+        help="also judge with this pitch line (doubted words: as far under)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="print every decision")
     args = parser.parse_args()
     names = [n for n, e in MANIFEST.items() if e["split"] in args.split]
@@ -147,6 +155,8 @@ def main() -> None:
                 counts.append(f"{judged}/{len(mine)}")
             label = "the daemon" if line is None else f"line {line:+.2f}"
             print(f"  {category:9} {label:12} {' / '.join(counts)}")
+    disagree = [d for f in replayed for d in f.decisions if d.judged_complete(FALLEN_SEMITONES) != d.judged_complete()]
+    print(f"decisions judged otherwise at the daemon's own line than the daemon did (should be 0): {len(disagree)}")
     split_finals = [f.name for f in replayed if f.finals != 1]
     print(f"files whose command came as other than one final: {len(split_finals)} {split_finals}")
 

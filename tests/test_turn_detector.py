@@ -7,6 +7,7 @@ import pytest
 from satellite_asr.engines.whisper import WhisperEngine
 from satellite_asr.vad.turn import (
     DOUBTED_FALLEN_SEMITONES,
+    DOUBTFUL_LOGPROB,
     FALLEN_SEMITONES,
     RuleTurnDetector,
     TurnDetector,
@@ -255,12 +256,27 @@ def test_once_the_pitch_is_known_a_leading_conjunction_does_not_matter(
 def test_words_the_engine_doubts_end_a_command_only_when_the_voice_falls_further(
     pitch: float | None, verdict: TurnVerdict
 ) -> None:
-    """fresh11's cut: "did somebody leave the | garage light on" heard as "Get some ovulene" (-1.7 per
+    """fresh11's cut: "did somebody leave the | garage light on" heard as "Get some ovulene" (-2.0 per
     token) at its pause, the voice heading to -2.90."""
     assert DOUBTED_FALLEN_SEMITONES < FELL
     assert detector.verdict("Get some ovulene", "en", DOUBTFUL, pitch) is verdict
-    assert detector.verdict("Get some ovulene", "en", SURE, -2.90) is COMPLETE
-    assert detector.verdict("Get some ovulene", "en", DOUBTFUL, -2.90) is UNSURE
+
+
+@pytest.mark.parametrize(
+    ("mean_logprob", "verdict"),
+    [
+        (-2.0, UNSURE),
+        (DOUBTFUL_LOGPROB - 0.01, UNSURE),
+        (DOUBTFUL_LOGPROB, COMPLETE),
+        (SURE, COMPLETE),
+        (None, COMPLETE),
+    ],
+)
+def test_the_doubted_line_applies_below_the_doubtful_log_probability_only(
+    mean_logprob: float | None, verdict: TurnVerdict
+) -> None:
+    """At -2.90, between the two lines: a text with no log-probability is judged as sure."""
+    assert detector.verdict("Get some ovulene", "en", mean_logprob, -2.90) is verdict
 
 
 @pytest.mark.parametrize(
@@ -310,16 +326,18 @@ async def test_real_whisper_text_at_a_pause_is_judged_right() -> None:
             assert result.verdict is not COMPLETE, (result.name, result.text)
 
 
-DECODED_SPLITS = ("dev", "heldout", "fresh", *(f"fresh{n}" for n in range(2, 13)))
-"""The evaluation set's splits the word rules and the pitch lines were chosen on or measured with
-(fresh13 and later are kept for clean measures, and no test reads them)."""
+DECODED_SPLITS = ("dev", "heldout", "fresh", *(f"fresh{n}" for n in range(2, 15)))
+"""The evaluation set's splits the word rules and the pitch lines were chosen on or measured with:
+all sixteen (a later clean measure needs a new split, which no test may read before it)."""
 
 
 @pytest.mark.timeout(600)
 async def test_no_paused_command_of_the_decoded_splits_is_judged_complete_at_its_pause() -> None:
-    """With tiny.en's text and the voice's heading 0.15 s into the pause, none of these 224 commands
-    may end the turn: a change to the rules, the lines or the pitch measure that would cut one fails
-    here (the heading at -2.5 without the preposition-"it" rule cut fresh5_paused_10)."""
+    """With tiny.en's text and the voice's heading 0.15 s into the pause, none of these 256 commands
+    may end the turn: a change to the rules, the line or the pitch measure that would cut one at
+    that pad fails here (the heading at -2.5 without the preposition-"it" rule cut fresh5_paused_10).
+    The cut that set the doubted line was the live daemon's (at 0.15 s tiny.en heard that pause
+    otherwise): the unit tests above hold it."""
     names = [n for n, e in MANIFEST.items() if e["split"] in DECODED_SPLITS and e["category"] == "paused"]
     engine = WhisperEngine()
     await engine.start()
@@ -327,5 +345,5 @@ async def test_no_paused_command_of_the_decoded_splits_is_judged_complete_at_its
         results = await judge(engine, RuleTurnDetector(), names, pad_s=0.15)
     finally:
         await engine.close()
-    assert len(results) == 224
+    assert len(results) == 256
     assert [(r.name, r.text) for r in results if r.verdict is COMPLETE] == []

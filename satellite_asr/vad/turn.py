@@ -22,10 +22,11 @@ The rules read the engine's own text (Whisper's punctuation and casing), in this
    cannot tell a misheard half that reads as finished ("Play the next chapter on." for "play the
    next chapter of | ...") from a command; the voice can. When the engine doubts its words
    (`mean_logprob` below `DOUBTFUL_LOGPROB`) they say nothing of the turn, so the voice must fall
-   further, to `DOUBTED_FALLEN_SEMITONES`. The next two rules are not needed once the pitch is
-   known: without them no paused command of the evaluation set was judged complete, and they kept
-   complete ones waiting the long silence.
-5. The engine doubts its own words (`mean_logprob` below `DOUBTFUL_LOGPROB`): unsure. Half a
+   further, to `DOUBTED_FALLEN_SEMITONES`. Once the pitch is known, doubt moves the line instead
+   of deciding (rule 5), and rule 6 is not needed: it kept complete commands waiting the long
+   silence and no paused command of the evaluation set needed it.
+5. The pitch unknown, or not English: the engine doubts its own words (`mean_logprob` below
+   `DOUBTFUL_LOGPROB`): unsure. Half a
    command misheard reads like anything, a finished sentence included ("At milk hunt." for "add
    milk to ..."); such a text says nothing about the turn.
 6. English only: a first word no command begins with (a conjunction): unsure. The text goes on
@@ -86,10 +87,12 @@ their end (119 at -2.5), so -2.75 leaves half a semitone of margin at the cost o
 
 DOUBTED_FALLEN_SEMITONES = -3.5
 """The line for a text the engine doubts. Chosen on the paused command the daemon's rule cut on
-`fresh11` ("did somebody leave the | garage light on", heard as "Get some ovulene", heading -2.90,
-about -1.7 per token) and on the decisions of dev to fresh8: there it keeps 3 of the 115 complete
-commands judged complete waiting the long silence, and no doubted paused decision was heading
-lower than -1.98."""
+`fresh11` ("did somebody leave the | garage light on", heard as "Get some ovulene", -2.0 per token
+and heading -2.90 in the daemon's replay) and on the recorded decisions of dev to fresh8 (a one-off
+analysis, docs/benchmarks.md): there it keeps 3 of the 115 complete commands judged complete
+waiting the long silence, and no doubted paused decision was heading lower than -1.98. A text with
+no log-probability (an engine that reports none, or Whisper's loop cut to its first pass) is
+judged as sure."""
 
 TRAILING_OFF = ("\u2026", "...", "-", "\u2013", "\u2014", ",", "\uff0c", "\u3001", ";", ":")
 """Endings with which a transcript says the speaker was not done: ellipsis, dashes, commas (also
