@@ -1,9 +1,10 @@
 """How short may Whisper's short-context window be? Time, words and repetitions per minimum length.
 
-Decodes the `--splits` of the turn set (tests/fixtures/turns) with the real bundled tiny.en the way the daemon decodes
-a final, once per `--min-s` (the engine's `SHORT_CONTEXT_MIN_S`), the minimums taking turns on each
-command so that the load of a shared machine falls on all alike: complete commands cut 0.1 s after
-the voice (what a command ended by the short silence has), paused and hard ones 0.3 s after it.
+Decodes the `--splits` of the turn set (tests/fixtures/turns) with the real bundled tiny.en the
+way the daemon decodes a final, once per `--min-s` (the engine's `SHORT_CONTEXT_MIN_S`), the
+minimums taking turns on each command so that the load of a shared machine falls on all alike:
+complete commands cut 0.1 s after the voice (what a command ended by the short silence has),
+paused and hard ones 0.3 s after it.
 Reports the word error rate per minimum, the median over commands of its decode time against the
 first minimum's, and the decodes that repeated themselves and were redone with the full window,
 also over `--cuts` splits cut every 0.4 s as partials decode them.

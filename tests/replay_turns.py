@@ -5,9 +5,9 @@ default settings, and the session's debug line for each verdict handed to the en
 where in the audio the pause was, the speculative text and the engine's log-probability per token
 for it, where the voice's pitch was heading (`vad.prosody.final_pitch`) and the verdict. A paused
 or hard command is judged on its decisions inside its pause (hard ones are reported, not scored),
-a complete one on its decision at its end.
-Unlike `tests.eval_turns`, which decodes the audio cut at a fixed pad, these are the decisions the
-running daemon makes, on the audio it had when it made them. `--line` judges the same decisions
+a complete one on its decision at its end. Unlike `tests.eval_turns`, which decodes the audio cut
+at a fixed pad, these are the decisions the running daemon makes, on the audio it had when it made
+them. `--line` judges the same decisions
 again with another pitch line (the word rules still apply), to see what it would win or cut; the
 line for words the engine doubts moves with it (`DOUBTED_FALLEN_SEMITONES` stays as far under).
 

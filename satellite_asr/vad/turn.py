@@ -26,9 +26,8 @@ The rules read the engine's own text (Whisper's punctuation and casing), in this
    of deciding (rule 5), and rule 6 is not needed: it kept complete commands waiting the long
    silence and no paused command of the evaluation set needed it.
 5. The pitch unknown, or not English: the engine doubts its own words (`mean_logprob` below
-   `DOUBTFUL_LOGPROB`): unsure. Half a
-   command misheard reads like anything, a finished sentence included ("At milk hunt." for "add
-   milk to ..."); such a text says nothing about the turn.
+   `DOUBTFUL_LOGPROB`): unsure. Half a command misheard reads like anything, a finished sentence
+   included ("At milk hunt." for "add milk to ..."); such a text says nothing about the turn.
 6. English only: a first word no command begins with (a conjunction): unsure. The text goes on
    something else, or its start was misheard ("add" and "unlock" are heard as "and"), and a text
    misheard at its start is no more trustworthy at its end ("and do the best time." for "add
