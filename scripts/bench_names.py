@@ -33,7 +33,7 @@ import ctranslate2
 import jiwer
 import numpy as np
 
-from satellite_asr.audio import SAMPLE_RATE, Audio
+from satellite_asr.audio import Audio
 from satellite_asr.biasing.context import biasing_context
 from satellite_asr.biasing.correction import NameCorrector, Replacement, apply
 from satellite_asr.clients.bench import normalise_words
@@ -41,9 +41,8 @@ from satellite_asr.clients.wav import read_wav
 from satellite_asr.engines.base import StreamOptions
 from satellite_asr.engines.whisper import (
     REDECODE_SECOND_LOOK,
-    SHORT_CONTEXT_MIN_S,
-    SHORT_CONTEXT_PAD_S,
     WhisperEngine,
+    short_windows,
 )
 from satellite_asr.homeassistant.names import HomeNames, rank_names
 
@@ -190,7 +189,7 @@ def verified(engine: WhisperEngine, audio: Audio, heard: str, replacements: list
     assert model is not None
     tokenizer = engine._tokenizer("en")
     prompt = model.get_prompt(tokenizer, [], without_timestamps=True)
-    window = max(audio.size + int(SHORT_CONTEXT_PAD_S * SAMPLE_RATE), int(SHORT_CONTEXT_MIN_S * SAMPLE_RATE))
+    window = short_windows(audio.size)[0]
     features = model.feature_extractor(audio, padding=window - audio.size)
     encoded = model.model.encode(ctranslate2.StorageView.from_array(np.ascontiguousarray(features[None])))
     texts = [heard, *(apply(heard, [replacement]) for replacement in replacements)]

@@ -59,13 +59,13 @@ async def test_outside_english_a_text_the_engine_doubts_waits_the_long_silence(
     mean_logprob: float, ends_early: bool
 ) -> None:
     """The session hands the engine's language and confidence to the turn detector: the same
-    punctuated text ("Stop the music.") heard as German ends at the short silence when the engine is
+    punctuated text ("Open the blinds in the living room.") heard as German ends at the short silence when the engine is
     sure of it, at the long one when it doubts it (in English the voice's pitch decides instead)."""
     config = {"language": "en", "vad": {"silence_ms": LONG_SILENCE_MS}}
     async with running_daemon(HeardAsGermanEngineDouble(mean_logprob)) as daemon:
-        (final,) = of_type(await stream_file(TURNS / "dev_complete_13.wav", ws_url(daemon), config=config), "final")
+        (final,) = of_type(await stream_file(TURNS / "dev_complete_06.wav", ws_url(daemon), config=config), "final")
     assert (final["endpoint"] == "complete") is ends_early, final
-    assert same_words([MANIFEST["dev_complete_13.wav"]["text"]], [str(final["text"])]), final
+    assert same_words([MANIFEST["dev_complete_06.wav"]["text"]], [str(final["text"])]), final
 
 
 async def wyoming_round(daemon: Daemon, name: str, *, realtime: bool = True, chunk_samples: int = 1024) -> str:

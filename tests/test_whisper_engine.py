@@ -20,14 +20,17 @@ from satellite_asr.engines.base import EngineError, StreamOptions, Transcript, m
 from satellite_asr.engines.whisper import (
     MAX_CONTEXT_TOKENS,
     REDECODE_FULL_WINDOW,
+    REDECODE_LONGER_WINDOW,
     REDECODE_SECOND_LOOK,
     WhisperEngine,
     bundled_tiny_en_path,
     context_tokens,
     loop_length,
     repeats_itself,
+    short_windows,
 )
 from satellite_asr.homeassistant.names import HomeNames, rank_names
+from tests.eval_turns import MANIFEST, heard_at_decision
 from tests.helpers import EXPECTED, FIXTURES, WER_TOLERANCE, fixture_16k, same_words, word_error_rate
 
 pytestmark = pytest.mark.timeout(120)
@@ -99,38 +102,67 @@ def test_a_command_written_again_is_cut_to_its_first_pass() -> None:
     assert loop_length([7, 8, 7, 8, 7, 8]) is None, "too short to tell from speech"
 
 
-async def test_the_last_command_decodes_in_the_short_window() -> None:
-    """tiny.en writes this cut twice into the padding; it is read as one pass, not decoded again."""
+WRITTEN_TWICE = "fresh7_complete_16.wav"
+"""A command ("Lock the shed") tiny.en writes twice into a 6 s window, and once into 10 s."""
+
+
+async def decode_written_twice(engine: WhisperEngine) -> Transcript:
+    await engine.start()
+    try:
+        return await engine.open_stream(StreamOptions()).final(heard_at_decision(WRITTEN_TWICE, 0.1))
+    finally:
+        await engine.close()
+
+
+async def test_a_command_written_twice_is_decoded_again_on_the_next_short_window() -> None:
+    """So that the final keeps a log-probability for the turn detector, without a 30 s decode."""
     engine = WhisperEngine()
     redecodes: list[str] = []
     engine.report_redecodes(redecodes.append)
-    await engine.start()
-    try:
-        audio = read_wav(FIXTURES / "three_commands.wav").to_16k_mono()
-        result = await engine.open_stream(StreamOptions()).final(audio[int(6.74 * 16000) : int(8.683 * 16000)])
-    finally:
-        await engine.close()
-    assert same_words(EXPECTED["three_commands.wav"][2:], [result.text]), result.text
+    result = await decode_written_twice(engine)
+    assert same_words([MANIFEST[WRITTEN_TWICE]["text"]], [result.text]), result.text
+    assert redecodes == [REDECODE_LONGER_WINDOW]
+    assert result.mean_logprob is not None
+
+
+async def test_a_command_written_twice_on_the_last_short_window_is_read_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No longer short window left: the first pass is the text (no log-probability), not decoded again."""
+    monkeypatch.setattr(whisper, "SHORT_CONTEXT_MINIMUMS_S", (6.0,))
+    engine = WhisperEngine()
+    redecodes: list[str] = []
+    engine.report_redecodes(redecodes.append)
+    result = await decode_written_twice(engine)
+    assert same_words([MANIFEST[WRITTEN_TWICE]["text"]], [result.text]), result.text
     assert redecodes == []
+    assert result.mean_logprob is None
 
 
-async def test_a_short_window_decode_that_loops_is_done_again_on_30_s_and_counted(
+async def test_a_short_window_decode_that_loops_is_done_again_on_a_longer_window_then_30_s_and_counted(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Every short-window text taken for a loop (the detector replaced: real loops are rare and
-    timing-free fixtures of them are not at hand): decoded again on Whisper's own 30 s window, and
-    counted as a `full_window` re-decode."""
+    timing-free fixtures of them are not at hand): decoded again on the next short window, then on
+    Whisper's own 30 s window, each counted."""
     monkeypatch.setattr(whisper, "repeats_itself", lambda tokens: True)
     engine = WhisperEngine()
     redecodes: list[str] = []
     engine.report_redecodes(redecodes.append)
     await engine.start()
     try:
-        result = await engine.open_stream(StreamOptions()).final(fixture_16k("three_commands.wav"))
+        result = await engine.open_stream(StreamOptions()).final(fixture_16k("lights_on.wav"))
     finally:
         await engine.close()
-    assert redecodes == [REDECODE_FULL_WINDOW]
-    assert word_error_rate(" ".join(EXPECTED["three_commands.wav"]), result.text) <= WER_TOLERANCE, result.text
+    assert redecodes == [REDECODE_LONGER_WINDOW, REDECODE_FULL_WINDOW]
+    assert same_words(EXPECTED["lights_on.wav"], [result.text]), result.text
+
+
+def test_short_windows_grow_with_the_audio_and_never_repeat_a_length() -> None:
+    """A 2 s command is tried at the minimums; a 7.5 s one at its padded length, then 10 s; a
+    12 s one only at its padded length (the next try is the full window)."""
+    seconds = 16000
+    assert short_windows(2 * seconds) == [6 * seconds, 10 * seconds]
+    assert short_windows(int(7.5 * seconds)) == [int(8.5 * seconds), 10 * seconds]
+    assert short_windows(12 * seconds) == [13 * seconds]
 
 
 def test_repetition_detector() -> None:

@@ -37,13 +37,14 @@ from satellite_asr.engines.base import (
 log = logging.getLogger(__name__)
 
 SHORT_CONTEXT_PAD_S = 1.0
-SHORT_CONTEXT_MIN_S = 8.0
+SHORT_CONTEXT_MINIMUMS_S = (6.0, 10.0)
 """A short-context window is the utterance plus at least `SHORT_CONTEXT_PAD_S` of silence, and at
-least `SHORT_CONTEXT_MIN_S` long. Shorter windows make Whisper repeat itself: on the speech
-fixtures cut at every 0.4 s, a 1 s pad alone repeated in 19 of 38 decodes; on 1334 cuts of the turn
-set an 8 s minimum repeated in 7 (each redone with the full window), 10 s in 2; 5 s in 10 of 192
-complete commands. 8 s decodes a command in 0.81x the time of 10 s, with the same word error rate
-on the turn set's 444 commands (scripts/bench_short_window.py); a command's answer waits for it."""
+least the first of these long; a decode that repeats itself is done again at the next, then on the
+full 30 s window. The encoder is most of a decode and its cost follows the window, but shorter
+windows make Whisper repeat itself more: a 1 s pad alone repeated in 19 of 38 cuts of the speech
+fixtures; on the turn set's 592 commands (scripts/bench_short_window.py) a 6 s minimum repeated in
+10, 8 s in 2, and 6 s decoded in 0.82x the time of 8 s with no worse word error rate. A command's
+answer waits for its decode; the rare repeat costs a 10 s decode instead of a 30 s one."""
 REPEATED_RUN = 4
 """Tokens in a row that, seen twice in one command, mean the decoder is looping."""
 MAX_TOKENS_PER_SECOND = 8
@@ -53,6 +54,12 @@ MAX_CONTEXT_TOKENS = 223
 is cut. With more (all 96 names of the evaluation home, 392 tokens) tiny.en looped and lost words."""
 CONTEXT_BREAKS = frozenset({",", ".", ";"})
 """Where context may be cut, so that a name is kept whole or not at all."""
+
+
+def short_windows(samples: int) -> list[int]:
+    """The short-context windows (in samples) to try in turn for `samples` of audio, shortest first."""
+    padded = samples + int(SHORT_CONTEXT_PAD_S * SAMPLE_RATE)
+    return sorted({max(padded, int(minimum * SAMPLE_RATE)) for minimum in SHORT_CONTEXT_MINIMUMS_S})
 
 
 def loop_length(tokens: list[int], shortest: int = REPEATED_RUN) -> int | None:
@@ -81,9 +88,10 @@ looser than the correction's own threshold, since the audio, not the spelling, t
 
 
 REDECODE_SECOND_LOOK = "second_look"
+REDECODE_LONGER_WINDOW = "longer_window"
 REDECODE_FULL_WINDOW = "full_window"
 """The reasons `report_redecodes` counts: a final decoded again with the names near what it heard,
-and a short-window decode that looped, done again on the full 30 s window."""
+and a short-window decode that looped, done again on the next short window or on the full 30 s."""
 
 
 BUNDLED_MODEL = "bundled:tiny.en"
@@ -215,18 +223,27 @@ class WhisperEngine(Engine):
     def _decode(self, audio: Audio, options: StreamOptions, final: bool) -> Transcript:
         language = options.language or (None if len(self._languages) > 1 else "en")
         if self._short_context and language is not None and audio.size / SAMPLE_RATE + SHORT_CONTEXT_PAD_S < 30:
-            short = self._decode_short(audio, language, options, final)
-            if short is not None:
-                return short
+            windows = short_windows(audio.size)
+            for index, window in enumerate(windows):
+                longer = index + 1 < len(windows)
+                short = self._decode_short(audio, window, language, options, final, keep_first_pass=not longer)
+                if short is not None:
+                    return short
+                log.debug("short-context decode repeated itself; decoding a %s window", "longer" if longer else "30 s")
+                self._count_redecode(REDECODE_LONGER_WINDOW if longer else REDECODE_FULL_WINDOW)
         return self._decode_window(audio, language, options.context, final)
 
-    def _decode_short(self, audio: Audio, language: str, options: StreamOptions, final: bool) -> Transcript | None:
-        """Encode a window the utterance's size (see `SHORT_CONTEXT_MIN_S`) instead of Whisper's fixed 30 s.
+    def _decode_short(
+        self, audio: Audio, window: int, language: str, options: StreamOptions, final: bool, *, keep_first_pass: bool
+    ) -> Transcript | None:
+        """Encode `window` samples (`short_windows`) instead of Whisper's fixed 30 s.
 
         The encoder is most of a decode and its cost follows its input length, so a 3 s command
         costs about a fifth. Whisper was trained on 30 s windows and, given a short one, now and
         then repeats itself: a result that repeats a run of tokens, or uses up the token budget
-        for its duration, is treated as that and the caller decodes again with the full window.
+        for its duration, is treated as that (None) and the caller decodes again on a longer window.
+        So is a command written twice over, unless `keep_first_pass` (the last short window): then
+        its first pass is the text, though without a log-probability for the turn detector to read.
 
         A final whose text loosely resembles some of `options.names` without naming any of them
         is decoded a second time from the same encoding, with those few names (then the session's
@@ -235,15 +252,12 @@ class WhisperEngine(Engine):
         """
         assert self._model is not None
         tokenizer = self._tokenizer(language)
-        window = max(audio.size + int(SHORT_CONTEXT_PAD_S * SAMPLE_RATE), int(SHORT_CONTEXT_MIN_S * SAMPLE_RATE))
         features = self._model.feature_extractor(audio, padding=window - audio.size)
         encoded = self._model.model.encode(ctranslate2.StorageView.from_array(np.ascontiguousarray(features[None])))
         budget = int(audio.size / SAMPLE_RATE * MAX_TOKENS_PER_SECOND) + 8
         beam_size = self._beam_size if final else 1
-        decoded = self._generate(encoded, tokenizer, options.context, budget, beam_size)
+        decoded = self._generate(encoded, tokenizer, options.context, budget, beam_size, keep_first_pass)
         if decoded is None:
-            log.debug("short-context decode repeated itself; decoding the full window")
-            self._count_redecode(REDECODE_FULL_WINDOW)
             return None
         if final and options.names:
             heard = tokenizer.decode(decoded[0])
@@ -253,17 +267,23 @@ class WhisperEngine(Engine):
                 self._count_redecode(REDECODE_SECOND_LOOK)
                 # the near names first (the prompt keeps its start), then the session's own context
                 prompt = NAME_SEPARATOR.join([*near, options.context] if options.context else near)
-                second = self._generate(encoded, tokenizer, prompt, budget, beam_size)
+                second = self._generate(encoded, tokenizer, prompt, budget, beam_size, keep_first_pass=True)
                 if second is not None and second[0]:  # neither a loop nor nothing replaces the first text
                     decoded = second
         tokens, mean_logprob = decoded
         return Transcript(tokenizer.decode(tokens).strip(), language, len(tokens), mean_logprob)
 
     def _generate(
-        self, encoded: ctranslate2.StorageView, tokenizer: Tokenizer, context: str, budget: int, beam_size: int
+        self,
+        encoded: ctranslate2.StorageView,
+        tokenizer: Tokenizer,
+        context: str,
+        budget: int,
+        beam_size: int,
+        keep_first_pass: bool,
     ) -> tuple[list[int], float | None] | None:
         """The text tokens Whisper writes for `encoded` after `context` and their mean log-probability
-        (`Transcript.mean_logprob`); None if it looped."""
+        (`Transcript.mean_logprob`); None if it looped, or wrote the text twice and not `keep_first_pass`."""
         assert self._model is not None
         prompt = self._model.get_prompt(tokenizer, context_tokens(tokenizer, context), without_timestamps=True)
         result = self._model.model.generate(
@@ -279,7 +299,7 @@ class WhisperEngine(Engine):
         mean_logprob = result[0].scores[0] if tokens else None
         first_pass = loop_length(tokens)
         if first_pass:  # a text written twice: its score is the loop's, not the command's
-            return tokens[:first_pass], None
+            return (tokens[:first_pass], None) if keep_first_pass else None
         if len(tokens) >= budget - 1 or repeats_itself(tokens):
             return None
         return tokens, mean_logprob
