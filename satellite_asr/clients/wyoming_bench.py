@@ -1,7 +1,7 @@
 """Wyoming load test: N concurrent Home Assistant-like clients; speech end -> transcript, and WER.
 
 Each round is what Home Assistant's `wyoming` integration does for one voice command: connect,
-`transcribe` + `audio-start`, audio chunks at real-time pace while reading events, and the first
+`transcribe` + `audio-start`, 10 ms audio chunks at real-time pace while reading events, and the first
 `transcript` ends the request. Two ways to end the audio:
 
 - `endpoint`: keep streaming until the server answers on its own (this daemon's endpointing);
@@ -36,8 +36,12 @@ from satellite_asr.clients.wav import WavFile, read_wav
 from satellite_asr.config import Settings
 from satellite_asr.protocols.wyoming import parse_uri
 
-CHUNK_SAMPLES = 1024
-"""Samples per `audio-chunk` (64 ms at 16 kHz)."""
+CHUNK_SAMPLES = 160
+"""Samples per `audio-chunk`: 10 ms at 16 kHz, as Home Assistant sends them whatever its satellite
+sends (its voice pipeline cuts audio into 10 ms chunks, `assist_pipeline.const.MS_PER_CHUNK`, and
+its Wyoming speech-to-text forwards each one). A server that endpoints by itself can answer no
+sooner than the chunk that completes the silence it waits for, so the chunk size is part of the
+latency measured."""
 HA_END_OF_SPEECH_WAIT = 0.7
 """Seconds of silence Home Assistant's voice pipeline waits for before it ends the command."""
 
