@@ -4,10 +4,19 @@ what does not is left alone. Transcripts are tiny.en's, from the dev half of tes
 from __future__ import annotations
 
 import json
+import random
 
 import pytest
 
-from satellite_asr.biasing.correction import NameCorrector, apply, key_similarity, sound_key
+from satellite_asr.biasing.correction import (
+    NEAR_SOUNDS,
+    NameCorrector,
+    apply,
+    edit_distance,
+    key_distance,
+    key_similarity,
+    sound_key,
+)
 from satellite_asr.homeassistant.names import HomeNames, rank_names
 from tests.helpers import FIXTURES
 
@@ -20,6 +29,40 @@ def test_sound_keys_of_a_name_and_what_a_model_hears_for_it_are_close() -> None:
     assert key_similarity(sound_key("fissile suite"), sound_key("Thistle suite")) >= 0.75
     unrelated = key_similarity(sound_key("what time is it"), sound_key("Thistle suite"))
     assert key_similarity(sound_key("fissile suite"), sound_key("Thistle suite")) > unrelated + 0.15
+
+
+def table_distance(a: str, b: str, lose: dict[str, float], swap: dict[tuple[str, str], float]) -> float:
+    """Edit distance by filling the whole table, the textbook way: the oracle for the fast forms."""
+    table = [[0.0] * (len(b) + 1) for _ in range(len(a) + 1)]
+    for i in range(1, len(a) + 1):
+        table[i][0] = table[i - 1][0] + lose.get(a[i - 1], 1.0)
+    for j in range(1, len(b) + 1):
+        table[0][j] = table[0][j - 1] + lose.get(b[j - 1], 1.0)
+    for i in range(1, len(a) + 1):
+        for j in range(1, len(b) + 1):
+            x, y = a[i - 1], b[j - 1]
+            table[i][j] = min(
+                table[i - 1][j] + lose.get(x, 1.0),
+                table[i][j - 1] + lose.get(y, 1.0),
+                table[i - 1][j - 1] + (0.0 if x == y else swap.get((x, y), 1.0)),
+            )
+    return table[-1][-1]
+
+
+def test_the_fast_distances_agree_with_the_whole_table() -> None:
+    """Levenshtein (bit-parallel) on letters, and the sound keys' weighted distance (a vowel mark or a
+    near sound costs half), on random strings of the letters that matter, long ones included."""
+    draw = random.Random(11)
+    half = {(pair[0], pair[1]): 0.5 for pair in NEAR_SOUNDS} | {(pair[1], pair[0]): 0.5 for pair in NEAR_SOUNDS}
+    for _ in range(3000):
+        a, b = ("".join(draw.choices("aaeimnlrpf0stxkwd", k=draw.randint(0, 14))) for _ in range(2))
+        assert edit_distance(a, b) == table_distance(a, b, {}, {}), (a, b)
+        assert key_distance(a, b) == table_distance(a, b, {"a": 0.5}, half), (a, b)
+        limit = draw.randint(0, 10) / 2
+        stopped = key_distance(a, b, limit)
+        assert stopped == key_distance(a, b) if stopped <= limit else key_distance(a, b) > limit, (a, b, limit)
+    long_a, long_b = "".join(draw.choices("abcdefgh", k=130)), "".join(draw.choices("abcdefgh", k=90))
+    assert edit_distance(long_a, long_b) == table_distance(long_a, long_b, {}, {})
 
 
 @pytest.mark.parametrize(

@@ -122,22 +122,40 @@ NEAR_SOUNDS = ("mn", "lr", "pf", "f0", "s0", "t0", "sx", "jx", "kt", "wf", "tn",
 _NEAR = {(pair[0], pair[1]) for pair in NEAR_SOUNDS} | {(pair[1], pair[0]) for pair in NEAR_SOUNDS}
 
 
+_NEAR_TO: dict[str, frozenset[str]] = {
+    sound: frozenset(b for a, b in _NEAR if a == sound) for sound in {a for a, _ in _NEAR}
+}
+
+
 def key_distance(a: str, b: str, limit: float = float("inf")) -> float:
     """Edit distance of two sound keys: a vowel (`a`) added or lost, or a near sound, costs half.
 
-    Stops as soon as the distance must exceed `limit` (and returns more than it).
+    Stops as soon as the distance must exceed `limit` (and returns more than it). The table is
+    filled with plain comparisons, not `min()`: this loop is most of the cost of correcting a
+    transcript the first time its words are seen.
     """
+    add = [0.5 if y == "a" else 1.0 for y in b]
     previous = [0.0]
-    for y in b:
-        previous.append(previous[-1] + (0.5 if y == "a" else 1.0))
+    for cost in add:
+        previous.append(previous[-1] + cost)
     for x in a:
-        lose_x = 0.5 if x == "a" else 1.0
-        current = [previous[0] + lose_x]
-        for j, y in enumerate(b, 1):
-            swap = previous[j - 1] + (0.0 if x == y else (0.5 if (x, y) in _NEAR else 1.0))
-            current.append(min(previous[j] + lose_x, current[j - 1] + (0.5 if y == "a" else 1.0), swap))
-        if min(current) > limit:
-            return min(current)
+        lose = 0.5 if x == "a" else 1.0
+        near = _NEAR_TO.get(x, frozenset())
+        cell = previous[0] + lose
+        current = [cell]
+        lowest = cell
+        for j, y in enumerate(b):
+            cell += add[j]
+            if previous[j + 1] + lose < cell:
+                cell = previous[j + 1] + lose
+            swap = previous[j] if x == y else previous[j] + (0.5 if y in near else 1.0)
+            if swap < cell:
+                cell = swap
+            current.append(cell)
+            if cell < lowest:
+                lowest = cell
+        if lowest > limit:
+            return lowest
         previous = current
     return previous[-1]
 
@@ -176,16 +194,38 @@ def letters(text: str) -> str:
 
 
 def edit_distance(a: str, b: str) -> int:
-    """Levenshtein distance: insertions, deletions and substitutions each cost one."""
+    """Levenshtein distance: insertions, deletions and substitutions each cost one.
+
+    Bit-parallel (Myers 1999, in Hyyro's form for the whole of both strings): one column of the
+    table is a pair of bit vectors, so a character of `a` costs a few integer operations instead
+    of a loop over `b`. Correcting a transcript compares its runs with every name that sounds
+    alike, and this distance was most of that time in pure Python's table-filling form.
+    """
     if len(a) < len(b):
         a, b = b, a
-    previous = list(range(len(b) + 1))
-    for i, x in enumerate(a, 1):
-        current = [i]
-        for j, y in enumerate(b, 1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (x != y)))
-        previous = current
-    return previous[-1]
+    if not b:
+        return len(a)
+    mask = (1 << len(b)) - 1
+    last = 1 << (len(b) - 1)
+    where: dict[str, int] = {}
+    for index, char in enumerate(b):
+        where[char] = where.get(char, 0) | (1 << index)
+    plus, minus, distance = mask, 0, len(b)  # vertical deltas of the first column: all +1
+    for char in a:
+        equal = where.get(char, 0)
+        vertical = equal | minus
+        horizontal = ((((equal & plus) + plus) & mask) ^ plus) | equal
+        up = (minus | ~(horizontal | plus)) & mask
+        down = plus & horizontal
+        if up & last:
+            distance += 1
+        elif down & last:
+            distance -= 1
+        up = ((up << 1) | 1) & mask
+        down = (down << 1) & mask
+        plus = (down | ~(vertical | up)) & mask
+        minus = up & vertical
+    return distance
 
 
 def similarity(a: str, b: str) -> float:
