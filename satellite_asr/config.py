@@ -84,7 +84,7 @@ class Settings:
     whisper_short_context: bool = _opt(
         True,
         "Encode a window of the utterance's length (at least 6 s) instead of Whisper's fixed 30 s: about 7x less CPU "
-        "for a command; a decode that runs away is redone on a 10 s window, then on the full one.",
+        "for a command; a decode that repeats itself is redone on a longer window, then on the full one.",
     )
     decode_concurrency: int = _opt(1, "Decodes the CPU engine runs at once.", minimum=1, maximum=64)
 

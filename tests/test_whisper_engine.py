@@ -125,6 +125,20 @@ async def test_a_command_written_twice_is_decoded_again_on_the_next_short_window
     assert result.mean_logprob is not None
 
 
+async def test_a_partial_written_twice_is_read_once() -> None:
+    """Only a final's log-probability is read: a partial is not decoded again for one."""
+    engine = WhisperEngine()
+    redecodes: list[str] = []
+    engine.report_redecodes(redecodes.append)
+    await engine.start()
+    try:
+        result = await engine.open_stream(StreamOptions()).partial(heard_at_decision(WRITTEN_TWICE, 0.1))
+    finally:
+        await engine.close()
+    assert same_words([MANIFEST[WRITTEN_TWICE]["text"]], [result.text]), result.text
+    assert redecodes == []
+
+
 async def test_a_command_written_twice_on_the_last_short_window_is_read_once(monkeypatch: pytest.MonkeyPatch) -> None:
     """No longer short window left: the first pass is the text (no log-probability), not decoded again."""
     monkeypatch.setattr(whisper, "SHORT_CONTEXT_MINIMUMS_S", (6.0,))
@@ -137,31 +151,41 @@ async def test_a_command_written_twice_on_the_last_short_window_is_read_once(mon
     assert result.mean_logprob is None
 
 
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("lights_on.wav", [REDECODE_LONGER_WINDOW, REDECODE_FULL_WINDOW]),
+        ("three_commands.wav", [REDECODE_FULL_WINDOW]),  # 9.9 s: one short window
+    ],
+)
 async def test_a_short_window_decode_that_loops_is_done_again_on_a_longer_window_then_30_s_and_counted(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, name: str, expected: list[str]
 ) -> None:
     """Every short-window text taken for a loop (the detector replaced: real loops are rare and
-    timing-free fixtures of them are not at hand): decoded again on the next short window, then on
-    Whisper's own 30 s window, each counted."""
+    timing-free fixtures of them are not at hand): decoded again on the next short window if there
+    is one, then on Whisper's own 30 s window, each counted."""
     monkeypatch.setattr(whisper, "repeats_itself", lambda tokens: True)
     engine = WhisperEngine()
     redecodes: list[str] = []
     engine.report_redecodes(redecodes.append)
     await engine.start()
     try:
-        result = await engine.open_stream(StreamOptions()).final(fixture_16k("lights_on.wav"))
+        result = await engine.open_stream(StreamOptions()).final(fixture_16k(name))
     finally:
         await engine.close()
-    assert redecodes == [REDECODE_LONGER_WINDOW, REDECODE_FULL_WINDOW]
-    assert same_words(EXPECTED["lights_on.wav"], [result.text]), result.text
+    assert redecodes == expected
+    assert word_error_rate(" ".join(EXPECTED[name]), result.text) <= WER_TOLERANCE, result.text
 
 
 def test_short_windows_grow_with_the_audio_and_never_repeat_a_length() -> None:
-    """A 2 s command is tried at the minimums; a 7.5 s one at its padded length, then 10 s; a
-    12 s one only at its padded length (the next try is the full window)."""
+    """A 2 s command is tried at the minimums; a longer one at its padded length, then at 10 s only
+    if that adds 2 s of silence; otherwise the next try is the full window."""
     seconds = 16000
     assert short_windows(2 * seconds) == [6 * seconds, 10 * seconds]
-    assert short_windows(int(7.5 * seconds)) == [int(8.5 * seconds), 10 * seconds]
+    assert short_windows(5 * seconds) == [6 * seconds, 10 * seconds]
+    assert short_windows(7 * seconds) == [8 * seconds, 10 * seconds]
+    assert short_windows(int(7.5 * seconds)) == [int(8.5 * seconds)], "10 s would add too little"
+    assert short_windows(9 * seconds) == [10 * seconds]
     assert short_windows(12 * seconds) == [13 * seconds]
 
 

@@ -37,14 +37,18 @@ from satellite_asr.engines.base import (
 log = logging.getLogger(__name__)
 
 SHORT_CONTEXT_PAD_S = 1.0
-SHORT_CONTEXT_MINIMUMS_S = (6.0, 10.0)
+SHORT_CONTEXT_MINIMUMS_S: tuple[float, ...] = (6.0, 10.0)
 """A short-context window is the utterance plus at least `SHORT_CONTEXT_PAD_S` of silence, and at
 least the first of these long; a decode that repeats itself is done again at the next, then on the
 full 30 s window. The encoder is most of a decode and its cost follows the window, but shorter
 windows make Whisper repeat itself more: a 1 s pad alone repeated in 19 of 38 cuts of the speech
-fixtures; on the turn set's 592 commands (scripts/bench_short_window.py) a 6 s minimum repeated in
-10, 8 s in 2, and 6 s decoded in 0.82x the time of 8 s with no worse word error rate. A command's
-answer waits for its decode; the rare repeat costs a 10 s decode instead of a 30 s one."""
+fixtures; on the turn set's 592 commands (scripts/bench_short_window.py) a 6 s minimum ran away in
+10 and wrote the command twice in 15, 8 s in 2 and 4, and 6 s decoded in 0.82x the time of 8 s
+(pooled word error rate: complete and paused commands lower, hard ones 1.3 points higher). A
+command's answer waits for its decode; the rare repeat costs a 10 s decode instead of a 30 s one."""
+RETRY_LONGER_BY_S = 2.0
+"""A longer short window is tried only if it adds this much silence: one nearly as long as the
+first repeats nearly the same text."""
 REPEATED_RUN = 4
 """Tokens in a row that, seen twice in one command, mean the decoder is looping."""
 MAX_TOKENS_PER_SECOND = 8
@@ -59,7 +63,12 @@ CONTEXT_BREAKS = frozenset({",", ".", ";"})
 def short_windows(samples: int) -> list[int]:
     """The short-context windows (in samples) to try in turn for `samples` of audio, shortest first."""
     padded = samples + int(SHORT_CONTEXT_PAD_S * SAMPLE_RATE)
-    return sorted({max(padded, int(minimum * SAMPLE_RATE)) for minimum in SHORT_CONTEXT_MINIMUMS_S})
+    windows: list[int] = []
+    for minimum in sorted(SHORT_CONTEXT_MINIMUMS_S):
+        window = max(padded, int(minimum * SAMPLE_RATE))
+        if not windows or window >= windows[-1] + int(RETRY_LONGER_BY_S * SAMPLE_RATE):
+            windows.append(window)
+    return windows
 
 
 def loop_length(tokens: list[int], shortest: int = REPEATED_RUN) -> int | None:
@@ -67,7 +76,8 @@ def loop_length(tokens: list[int], shortest: int = REPEATED_RUN) -> int | None:
 
     Given the silence a short window is padded with, Whisper sometimes starts the command over
     (`Open the garage door. Open the garage door. Open`): the tokens repeat with one period from
-    the start. The first pass is the transcript, with no need to decode the full window again.
+    the start. The first pass is the transcript (on a final's last short window; before it, a
+    longer one is tried for a text with a log-probability), with no need to decode the full window.
     A command really spoken twice in one breath is heard once, a cost commands can bear.
     """
     for period in range(shortest, len(tokens) // 2 + 1):
@@ -226,7 +236,9 @@ class WhisperEngine(Engine):
             windows = short_windows(audio.size)
             for index, window in enumerate(windows):
                 longer = index + 1 < len(windows)
-                short = self._decode_short(audio, window, language, options, final, keep_first_pass=not longer)
+                # only a final's log-probability is read (turn detection): a partial keeps a first pass
+                keep_first_pass = not (longer and final)
+                short = self._decode_short(audio, window, language, options, final, keep_first_pass=keep_first_pass)
                 if short is not None:
                     return short
                 log.debug("short-context decode repeated itself; decoding a %s window", "longer" if longer else "30 s")
@@ -242,8 +254,8 @@ class WhisperEngine(Engine):
         costs about a fifth. Whisper was trained on 30 s windows and, given a short one, now and
         then repeats itself: a result that repeats a run of tokens, or uses up the token budget
         for its duration, is treated as that (None) and the caller decodes again on a longer window.
-        So is a command written twice over, unless `keep_first_pass` (the last short window): then
-        its first pass is the text, though without a log-probability for the turn detector to read.
+        So is a command written twice over, unless `keep_first_pass` (a partial, or a final's last
+        short window): then its first pass is the text, without a log-probability to read.
 
         A final whose text loosely resembles some of `options.names` without naming any of them
         is decoded a second time from the same encoding, with those few names (then the session's
@@ -267,6 +279,8 @@ class WhisperEngine(Engine):
                 self._count_redecode(REDECODE_SECOND_LOOK)
                 # the near names first (the prompt keeps its start), then the session's own context
                 prompt = NAME_SEPARATOR.join([*near, options.context] if options.context else near)
+                # a second look written twice still gives its first pass: the names it may hold
+                # matter more here than the log-probability it then lacks
                 second = self._generate(encoded, tokenizer, prompt, budget, beam_size, keep_first_pass=True)
                 if second is not None and second[0]:  # neither a loop nor nothing replaces the first text
                     decoded = second
