@@ -318,7 +318,7 @@ class NameCorrector:
             self._by_letters.setdefault(name.phrase.letters, []).append(name)
             if len(name.phrase.key) >= self.min_key:
                 onset = name.phrase.key[0]
-                for sound in {onset, *(b for a, b in _NEAR if a == onset)}:
+                for sound in {onset, *_NEAR_TO.get(onset, ())}:
                     self._by_onset.setdefault(sound, []).append(name)
 
     def correct(self, text: str) -> str:
