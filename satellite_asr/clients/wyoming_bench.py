@@ -36,10 +36,10 @@ from satellite_asr.clients.wav import WavFile, read_wav
 from satellite_asr.config import Settings
 from satellite_asr.protocols.wyoming import parse_uri
 
-CHUNK_SAMPLES = 160
-"""Samples per `audio-chunk`: 10 ms at 16 kHz, as Home Assistant sends them whatever its satellite
-sends (its voice pipeline cuts audio into 10 ms chunks, `assist_pipeline.const.MS_PER_CHUNK`, and
-its Wyoming speech-to-text forwards each one). A server that endpoints by itself can answer no
+CHUNK_SECONDS = 0.01
+"""Audio per `audio-chunk`: 10 ms, as Home Assistant sends them whatever its satellite sends (its
+voice pipeline cuts audio into 10 ms chunks, `assist_pipeline.const.MS_PER_CHUNK`, and its Wyoming
+speech-to-text forwards each one). A server that endpoints by itself can answer no
 sooner than the chunk that completes the silence it waits for, so the chunk size is part of the
 latency measured."""
 HA_END_OF_SPEECH_WAIT = 0.7
@@ -81,12 +81,13 @@ async def transcribe_like_home_assistant(
     language: str | None = "en",
     realtime: bool = True,
     stop_after: float | None = None,
-    chunk_samples: int = CHUNK_SAMPLES,
+    chunk_samples: int | None = None,
 ) -> RoundResult:
     """One round on a connected client; audio goes out while events are read concurrently.
 
     `stop_after`: seconds of audio after which `audio-stop` is sent (Home Assistant's VAD decided
     the command ended); None streams until the transcript arrives or the audio runs out.
+    `chunk_samples`: per `audio-chunk`, `CHUNK_SECONDS` of the file's rate unless given.
     """
     rate, width, channels = wav.sample_rate, 2, wav.channels
     await client.write_event(Transcribe(language=language).event())
@@ -104,7 +105,7 @@ async def transcribe_like_home_assistant(
 
     receiver = asyncio.create_task(receive())
     frame = width * channels
-    step = chunk_samples * frame
+    step = (round(rate * CHUNK_SECONDS) if chunk_samples is None else chunk_samples) * frame
     limit = len(wav.pcm) if stop_after is None else min(len(wav.pcm), int(stop_after * rate) * frame)
     origin = time.monotonic()
     audio_stop_at = None
