@@ -27,7 +27,7 @@ from satellite_asr.audio import SAMPLE_RATE, Audio
 from satellite_asr.clients.bench import normalise_words
 from satellite_asr.clients.wav import read_wav
 from satellite_asr.engines.base import StreamOptions
-from tests.eval_turns import MANIFEST, PRE_ROLL_S, TURNS
+from tests.eval_turns import MANIFEST, TURNS, utterance_start
 
 OPTIONS = StreamOptions(language="en", context="", names=())
 AFTER_VOICE_S = {"complete": 0.1, "paused": 0.3, "hard": 0.3}
@@ -37,9 +37,8 @@ CUT_STEP_S = 0.4
 def command_audio(name: str) -> Audio:
     entry = MANIFEST[name]
     audio = read_wav(TURNS / name).to_16k_mono()
-    start = max(0.0, entry["voice_start_s"] - PRE_ROLL_S)
     stop = entry["voice_end_s"] + AFTER_VOICE_S[entry["category"]]
-    return audio[int(start * SAMPLE_RATE) : int(stop * SAMPLE_RATE)]
+    return audio[utterance_start(name) : int(stop * SAMPLE_RATE)]
 
 
 def main() -> None:

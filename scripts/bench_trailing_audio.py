@@ -28,7 +28,7 @@ from satellite_asr.engines.base import StreamOptions
 from satellite_asr.engines.whisper import WhisperEngine
 from satellite_asr.vad.endpointer import WINDOW, EndpointerConfig
 from satellite_asr.vad.silero import SileroVad
-from tests.eval_turns import MANIFEST, PRE_ROLL_S, TURNS
+from tests.eval_turns import MANIFEST, TURNS, utterance_start
 
 OPTIONS = StreamOptions(language="en", context="", names=())
 SPEECH_AFTER_VOICE_S = 0.3
@@ -64,9 +64,8 @@ async def run(splits: list[str], extra_ms: list[int]) -> None:
             entry = MANIFEST[name]
             audio = read_wav(TURNS / name).to_16k_mono()
             end = await last_speech_end(vad, audio, entry["voice_end_s"], settings.vad_threshold)
-            start = int(max(0.0, entry["voice_start_s"] - PRE_ROLL_S) * SAMPLE_RATE)
             for cut, after in cuts.items():
-                text = (await engine.decode(audio[start : end + after], OPTIONS, final=True)).text
+                text = (await engine.decode(audio[utterance_start(name) : end + after], OPTIONS, final=True)).text
                 references, heard = words.setdefault((cut, entry["split"]), ([], []))
                 references.append(normalise_words(entry["text"]))
                 heard.append(normalise_words(text) or "-")

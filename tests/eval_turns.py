@@ -41,13 +41,17 @@ DEFAULT_PAD_S = 0.2
 """Audio after the voice stops that the decode gets (the endpointer keeps a trailing pad)."""
 
 
+def utterance_start(name: str) -> int:
+    """The sample the utterance of a file starts at: `PRE_ROLL_S` before its voice (or the file's start)."""
+    return int(max(0.0, MANIFEST[name]["voice_start_s"] - PRE_ROLL_S) * SAMPLE_RATE)
+
+
 def heard_at_decision(name: str, pad_s: float = DEFAULT_PAD_S) -> Audio:
     """The audio the engine decodes when the turn is decided: up to the pause, or to the end."""
     entry = MANIFEST[name]
     audio = read_wav(TURNS / name).to_16k_mono()
     stop = entry["voice_end_s"] if entry["category"] == "complete" else entry["pause_start_s"]
-    start = max(0.0, entry["voice_start_s"] - PRE_ROLL_S)
-    return audio[int(start * SAMPLE_RATE) : int((stop + pad_s) * SAMPLE_RATE)]
+    return audio[utterance_start(name) : int((stop + pad_s) * SAMPLE_RATE)]
 
 
 @dataclass(frozen=True)

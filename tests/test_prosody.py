@@ -10,7 +10,7 @@ from satellite_asr.audio import SAMPLE_RATE, Audio
 from satellite_asr.clients.wav import read_wav
 from satellite_asr.vad.prosody import _trend, final_pitch
 from satellite_asr.vad.turn import FALLEN_SEMITONES
-from tests.eval_turns import MANIFEST, PRE_ROLL_S, TURNS
+from tests.eval_turns import MANIFEST, TURNS, utterance_start
 
 
 def voice(pitch_hz: np.ndarray, seed: int = 0) -> Audio:
@@ -126,7 +126,7 @@ def test_only_the_last_seconds_are_analysed() -> None:
 def test_espeak_voices_hold_their_pitch_at_a_pause_and_drop_it_at_the_end(name: str) -> None:
     entry = MANIFEST[name]
     audio = read_wav(TURNS / name).to_16k_mono()
-    start = seconds(entry["voice_start_s"] - PRE_ROLL_S)
+    start = utterance_start(name)
     at_pause = final_pitch(audio[start : seconds(entry["pause_start_s"] + 0.1)])
     at_end = final_pitch(audio[start : seconds(entry["voice_end_s"] + 0.1)])
     assert at_pause is not None and at_pause > FALLEN_SEMITONES
