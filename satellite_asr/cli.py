@@ -118,12 +118,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument(
         "--wyoming-end",
-        choices=("endpoint", "ha-vad"),
+        choices=("endpoint", "ha-vad", "speech-end-wait"),
         default="endpoint",
-        help="wyoming: wait for the server's own endpoint, or send audio-stop after --ha-wait of silence as "
-        "Home Assistant's VAD does (for servers without endpointing).",
+        help="wyoming: wait for the server's own endpoint; ha-vad: send audio-stop where Home Assistant's "
+        "pipeline would (its microVAD and segmenter; for servers that need external VAD; needs the bench "
+        "extra); speech-end-wait: send it --ha-wait after the true end of speech (a VAD with no lag).",
     )
-    bench.add_argument("--ha-wait", type=float, default=0.7, help="Silence before audio-stop in ha-vad mode (s).")
+    bench.add_argument(
+        "--ha-wait",
+        type=float,
+        default=0.7,
+        help="Home Assistant's silence before audio-stop (s): 0.7 default, 0.25 aggressive, 1.25 relaxed.",
+    )
     bench.add_argument(
         "--flooders",
         type=int,

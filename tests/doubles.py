@@ -1,14 +1,22 @@
 """Test doubles for things outside the product's own path: a crashing engine, one that breaks
 until restarted, one whose finals wait for the test, a slow-loading one, one that hears no words in
-the first utterance (what a model makes of a cough).
+the first utterance (what a model makes of a cough); and a peer Wyoming server that needs Home
+Assistant's VAD to end its audio.
 
-All wrap the real whisper engine, so everything but the injected fault is the product's code.
+The engines wrap the real whisper engine, so everything but the injected fault is the product's code.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+from collections.abc import AsyncIterator
+
+from wyoming import asr as wyoming_asr
+from wyoming.audio import AudioChunk, AudioStop
+from wyoming.event import Event
+from wyoming.server import AsyncEventHandler, AsyncTcpServer
 
 from satellite_asr.audio import Audio
 from satellite_asr.engines.base import EngineError, EngineStream, StreamOptions, Transcript
@@ -169,3 +177,29 @@ class HeardAsGermanEngineDouble(WhisperEngine):
 
     def open_stream(self, options: StreamOptions) -> EngineStream:
         return _HeardAsGermanStream(super().open_stream(options), self._mean_logprob)
+
+
+class _CountsAudioUntilStop(AsyncEventHandler):
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        super().__init__(reader, writer)
+        self._bytes = 0
+
+    async def handle_event(self, event: Event) -> bool:
+        if AudioChunk.is_type(event.type):
+            self._bytes += len(AudioChunk.from_event(event).audio)
+        elif AudioStop.is_type(event.type):
+            await self.write_event(wyoming_asr.Transcript(text=f"{self._bytes / 2 / 16000:.2f}").event())
+            return False
+        return True
+
+
+@contextlib.asynccontextmanager
+async def wyoming_server_without_endpointing_double(port: int) -> AsyncIterator[None]:
+    """A Wyoming speech-to-text server that, like wyoming-faster-whisper by default, answers only at
+    `audio-stop`; its transcript is the seconds of 16 kHz audio it was sent."""
+    server = AsyncTcpServer("127.0.0.1", port)
+    await server.start(_CountsAudioUntilStop)
+    try:
+        yield
+    finally:
+        await server.stop()

@@ -6,9 +6,13 @@ Each round is what Home Assistant's `wyoming` integration does for one voice com
 
 - `endpoint`: keep streaming until the server answers on its own (this daemon's endpointing);
   `audio-stop` only if the audio runs out first.
-- `ha-vad`: Home Assistant's own end-of-speech detection, emulated: stream until the true end of
-  speech plus `ha_wait` seconds (0.7, Home Assistant's default), then `audio-stop`. This
-  is how servers without endpointing (wyoming-faster-whisper) are driven.
+- `ha-vad`: Home Assistant's own end of speech, as its pipeline decides it for a server that needs
+  external VAD (wyoming-faster-whisper unless started with `--vad-endpointing`): its microVAD and
+  segmenter (`home_assistant_vad.command_end`, `ha_wait` its silence: 0.7 s by default), then
+  `audio-stop`.
+- `speech-end-wait`: `audio-stop` exactly `ha_wait` after the true end of speech: an end-of-speech
+  detector with no lag, which no real one has (the earlier emulation of Home Assistant, kept as the
+  best case for such a server).
 
 Latency is measured from the true end of speech in the file (from the manifest where it knows it,
 else found from the signal's energy) to the `transcript` event's arrival; a transcript before the
@@ -32,6 +36,7 @@ from wyoming.client import AsyncTcpClient
 from wyoming.event import Event
 
 from satellite_asr.clients.bench import STAGGER_SECONDS, BenchFile, bench_daemon, normalise_words, percentile
+from satellite_asr.clients.home_assistant_vad import SILENCE_SECONDS, command_end
 from satellite_asr.clients.wav import WavFile, read_wav
 from satellite_asr.config import Settings
 from satellite_asr.protocols.wyoming import parse_uri
@@ -42,8 +47,6 @@ voice pipeline cuts audio into 10 ms chunks, `assist_pipeline.const.MS_PER_CHUNK
 speech-to-text forwards each one). A server that endpoints by itself can answer no
 sooner than the chunk that completes the silence it waits for, so the chunk size is part of the
 latency measured."""
-HA_END_OF_SPEECH_WAIT = 0.7
-"""Seconds of silence Home Assistant's voice pipeline waits for before it ends the command."""
 
 
 @dataclass
@@ -86,7 +89,8 @@ async def transcribe_like_home_assistant(
     """One round on a connected client; audio goes out while events are read concurrently.
 
     `stop_after`: seconds of audio after which `audio-stop` is sent (Home Assistant's VAD decided
-    the command ended); None streams until the transcript arrives or the audio runs out.
+    the command ended), silence sent after the file's end until then, as a microphone goes on
+    recording; None streams until the transcript arrives or the audio runs out.
     `chunk_samples`: per `audio-chunk`, `CHUNK_SECONDS` of the file's rate unless given.
     """
     rate, width, channels = wav.sample_rate, 2, wav.channels
@@ -106,7 +110,8 @@ async def transcribe_like_home_assistant(
     receiver = asyncio.create_task(receive())
     frame = width * channels
     step = (round(rate * CHUNK_SECONDS) if chunk_samples is None else chunk_samples) * frame
-    limit = len(wav.pcm) if stop_after is None else min(len(wav.pcm), int(stop_after * rate) * frame)
+    pcm = wav.pcm if stop_after is None else wav.pcm.ljust(int(stop_after * rate) * frame, b"\0")
+    limit = len(pcm) if stop_after is None else int(stop_after * rate) * frame
     origin = time.monotonic()
     audio_stop_at = None
     try:
@@ -116,7 +121,7 @@ async def transcribe_like_home_assistant(
                 await asyncio.sleep(max(0.0, origin + end / frame / rate - time.monotonic()))
             if receiver.done():
                 break
-            audio = wav.pcm[offset:end]
+            audio = pcm[offset:end]
             await client.write_event(AudioChunk(rate=rate, width=width, channels=channels, audio=audio).event())
         if not receiver.done():
             audio_stop_at = time.monotonic()
@@ -167,7 +172,11 @@ async def _client(
     timings = []
     for file, wav in jobs:
         speech_end = file.voice_spans(wav.to_16k_mono())[-1][1]
-        stop_after = speech_end + ha_wait if mode == "ha-vad" else None
+        stop_after = None
+        if mode == "ha-vad":
+            stop_after = command_end(wav.to_16k_mono(), ha_wait)
+        elif mode == "speech-end-wait":
+            stop_after = speech_end + ha_wait
         async with AsyncTcpClient(host, port) as client:
             result = await transcribe_like_home_assistant(client, wav, stop_after=stop_after)
         arrival = result.transcript_at
@@ -192,7 +201,7 @@ async def run_wyoming_bench(
     rounds: int,
     uri: str | None,
     mode: str = "endpoint",
-    ha_wait: float = HA_END_OF_SPEECH_WAIT,
+    ha_wait: float = SILENCE_SECONDS,
 ) -> WyomingBenchReport:
     """Run the load; starts an in-process daemon from `settings` unless `uri` names a running server."""
     import jiwer

@@ -1,0 +1,97 @@
+"""Home Assistant's end of speech as the Wyoming bench emulates it for servers that need external VAD:
+its segmenter's rules on synthetic probabilities, its real microVAD on espeak-ng commands, and the
+bench driving a peer-like server with it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from wyoming.client import AsyncTcpClient
+
+from satellite_asr.clients.bench import load_manifest
+from satellite_asr.clients.home_assistant_vad import CHUNK_SECONDS, CommandSegmenter, command_end
+from satellite_asr.clients.wav import read_wav
+from satellite_asr.clients.wyoming_bench import one_command_files, run_wyoming_bench, transcribe_like_home_assistant
+from tests.doubles import wyoming_server_without_endpointing_double
+from tests.eval_turns import MANIFEST, TURNS
+from tests.helpers import daemon_settings, free_port
+
+SPEECH, SILENCE = 0.9, 0.0
+
+
+def chunks_until_finished(segmenter: CommandSegmenter, probabilities: list[float]) -> int | None:
+    """The 1-based chunk on which the segmenter finished, None if it never did."""
+    for index, probability in enumerate(probabilities, start=1):
+        if segmenter.finished(CHUNK_SECONDS, probability):
+            return index
+    return None
+
+
+def seconds(probability: float, duration: float) -> list[float]:
+    return [probability] * round(duration / CHUNK_SECONDS)
+
+
+def test_a_command_ends_after_the_silence() -> None:
+    finished = chunks_until_finished(CommandSegmenter(), seconds(SPEECH, 1.2) + seconds(SILENCE, 2.0))
+    assert finished is not None and 120 + 70 <= finished <= 120 + 71  # 0.7 s, to a chunk of rounding
+
+
+def test_a_short_command_lasts_at_least_command_seconds() -> None:
+    """0.4 s of speech and the aggressive 0.25 s silence: the command's 1 s minimum decides."""
+    finished = chunks_until_finished(CommandSegmenter(0.25), seconds(SPEECH, 0.4) + seconds(SILENCE, 2.0))
+    assert finished is not None and 100 <= finished <= 101
+
+
+def test_silence_inside_a_command_counts_towards_its_end() -> None:
+    """What cuts a paused command in Home Assistant: less than reset_seconds of speech after a
+    0.5 s pause does not refill the count, so 0.2 s more silence ends it."""
+    probabilities = seconds(SPEECH, 1.2) + seconds(SILENCE, 0.5) + seconds(SPEECH, 0.5) + seconds(SILENCE, 2.0)
+    finished = chunks_until_finished(CommandSegmenter(), probabilities)
+    assert finished is not None and 220 + 20 <= finished <= 220 + 21
+
+
+def test_a_second_of_speech_after_a_pause_refills_the_count() -> None:
+    probabilities = seconds(SPEECH, 1.2) + seconds(SILENCE, 0.5) + seconds(SPEECH, 1.0) + seconds(SILENCE, 2.0)
+    finished = chunks_until_finished(CommandSegmenter(), probabilities)
+    assert finished is not None and 270 + 70 <= finished <= 270 + 71
+
+
+def test_quiet_noise_starts_no_command_and_the_timeout_ends_the_stream() -> None:
+    segmenter = CommandSegmenter()
+    assert chunks_until_finished(segmenter, seconds(0.15, 14.0)) is None
+    assert not segmenter.in_command
+    assert chunks_until_finished(segmenter, seconds(0.15, 2.0)) in (100, 101)  # 15 s in all
+
+
+@pytest.mark.parametrize("name", ["dev_complete_01.wav", "fresh_complete_05.wav", "dev_paused_03.wav"])
+def test_microvad_ends_the_command_after_the_voice_and_its_silence(name: str) -> None:
+    """Home Assistant's real VAD on espeak-ng commands: audio-stop comes no sooner than the silence
+    after the voice really stops (microVAD holds on to speech for about half a second more), and a
+    relaxed wait moves it by exactly the 0.55 s it adds."""
+    audio = read_wav(TURNS / name).to_16k_mono()
+    voice_end = MANIFEST[name]["voice_end_s"]
+    default, relaxed = command_end(audio), command_end(audio, 1.25)
+    assert voice_end + 0.7 <= default <= voice_end + 2.0, (default, voice_end)
+    assert relaxed - default == pytest.approx(0.55, abs=CHUNK_SECONDS)
+
+
+async def test_audio_stop_goes_where_home_assistant_sends_it_with_silence_past_the_file() -> None:
+    port = free_port()
+    wav = read_wav(TURNS / "dev_complete_01.wav")
+    past_the_file = wav.seconds + 0.5
+    async with wyoming_server_without_endpointing_double(port), AsyncTcpClient("127.0.0.1", port) as client:
+        result = await transcribe_like_home_assistant(client, wav, realtime=False, stop_after=past_the_file)
+    assert result.text == f"{past_the_file:.2f}"
+
+
+async def test_the_bench_drives_a_server_without_endpointing_as_home_assistant_does(tmp_path: Path) -> None:
+    port = free_port()
+    files = one_command_files(load_manifest(TURNS / "manifest.json", "dev", "complete"))[:2]
+    async with wyoming_server_without_endpointing_double(port):
+        report = await run_wyoming_bench(
+            daemon_settings(), files, clients=1, rounds=2, uri=f"tcp://127.0.0.1:{port}", mode="ha-vad"
+        )
+    for (_, wav), timing in zip(files, report.details, strict=True):
+        assert timing.text == f"{command_end(wav.to_16k_mono()):.2f}"
+        assert timing.latency is not None and timing.latency > 0.7
