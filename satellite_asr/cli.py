@@ -121,14 +121,15 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("endpoint", "ha-vad", "speech-end-wait"),
         default="endpoint",
         help="wyoming: wait for the server's own endpoint; ha-vad: send audio-stop where Home Assistant's "
-        "pipeline would (its microVAD and segmenter; for servers that need external VAD; needs the bench "
+        "pipeline would for a server that needs external VAD (its microVAD and segmenter; needs the ha-vad "
         "extra); speech-end-wait: send it --ha-wait after the true end of speech (a VAD with no lag).",
     )
     bench.add_argument(
         "--ha-wait",
         type=float,
         default=0.7,
-        help="Home Assistant's silence before audio-stop (s): 0.7 default, 0.25 aggressive, 1.25 relaxed.",
+        help="Home Assistant's silence_seconds (s): 0.7 default, 0.25 aggressive, 1.25 relaxed. ha-vad counts "
+        "it on microVAD's verdicts, which lag the voice; speech-end-wait from the true end of speech.",
     )
     bench.add_argument(
         "--flooders",

@@ -196,7 +196,8 @@ class _CountsAudioUntilStop(AsyncEventHandler):
 @contextlib.asynccontextmanager
 async def wyoming_server_without_endpointing_double(port: int) -> AsyncIterator[None]:
     """A Wyoming speech-to-text server that, like wyoming-faster-whisper by default, answers only at
-    `audio-stop`; its transcript is the seconds of 16 kHz audio it was sent."""
+    `audio-stop`; its transcript is the seconds of audio it was sent, counted as 16 kHz 16-bit mono
+    (what the tests send; `audio-start` is not read)."""
     server = AsyncTcpServer("127.0.0.1", port)
     await server.start(_CountsAudioUntilStop)
     try:

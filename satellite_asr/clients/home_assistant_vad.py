@@ -92,22 +92,24 @@ class CommandSegmenter:
 
 
 def command_end(audio: Audio, silence_seconds: float = SILENCE_SECONDS) -> float:
-    """Seconds of `audio` (16 kHz mono) after which Home Assistant ends the command: the end of the
-    chunk its segmenter finished on. Past the audio a microphone goes on sending silence, up to the
-    segmenter's timeout."""
+    """Seconds into `audio` (16 kHz mono) at which Home Assistant sends `audio-stop`: when the chunk
+    its segmenter finished on has been recorded (Home Assistant does not forward that chunk, silence
+    by then; the bench sends it, which moves no timing). Past the audio a microphone goes on
+    recording silence; the segmenter's timeout bounds the wait."""
     try:
         from pymicro_vad import MicroVad
     except ImportError as exc:
-        raise RuntimeError(
-            "Home Assistant's end of speech is scored with its microVAD: pip install 'satellite-asr[bench]'"
+        raise ValueError(
+            "--wyoming-end ha-vad scores audio with Home Assistant's microVAD: pip install 'satellite-asr[ha-vad]'"
         ) from exc
     segmenter = CommandSegmenter(silence_seconds)
-    longest = int(segmenter.timeout_seconds * SAMPLE_RATE)
-    pcm = np.zeros(max(longest, len(audio)), dtype="<i2")
-    pcm[: len(audio)] = np.clip(np.asarray(audio) * 32768.0, -32768, 32767).astype("<i2")
+    pcm = np.clip(np.asarray(audio) * 32768.0, -32768, 32767).astype("<i2")
+    silence = np.zeros(CHUNK_SAMPLES, dtype="<i2")
     vad = MicroVad()
-    for index, start in enumerate(range(0, len(pcm) - CHUNK_SAMPLES + 1, CHUNK_SAMPLES)):
-        probability = max(0.0, float(vad.Process10ms(pcm[start : start + CHUNK_SAMPLES].tobytes())))
-        if segmenter.finished(CHUNK_SECONDS, probability):
-            return (index + 1) * CHUNK_SECONDS
-    return len(pcm) / SAMPLE_RATE
+    start = 0
+    while True:
+        chunk = pcm[start : start + CHUNK_SAMPLES]
+        chunk = np.concatenate([chunk, silence[: CHUNK_SAMPLES - len(chunk)]])
+        start += CHUNK_SAMPLES
+        if segmenter.finished(CHUNK_SECONDS, vad.Process10ms(chunk.tobytes())):
+            return start / SAMPLE_RATE

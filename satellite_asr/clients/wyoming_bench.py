@@ -110,8 +110,8 @@ async def transcribe_like_home_assistant(
     receiver = asyncio.create_task(receive())
     frame = width * channels
     step = (round(rate * CHUNK_SECONDS) if chunk_samples is None else chunk_samples) * frame
-    pcm = wav.pcm if stop_after is None else wav.pcm.ljust(int(stop_after * rate) * frame, b"\0")
-    limit = len(pcm) if stop_after is None else int(stop_after * rate) * frame
+    pcm = wav.pcm if stop_after is None else wav.pcm.ljust(round(stop_after * rate) * frame, b"\0")
+    limit = len(pcm) if stop_after is None else round(stop_after * rate) * frame
     origin = time.monotonic()
     audio_stop_at = None
     try:
@@ -165,23 +165,45 @@ class WyomingBenchReport:
         )
 
 
-async def _client(
-    host: str, port: int, jobs: list[tuple[BenchFile, WavFile]], delay: float, mode: str, ha_wait: float
-) -> list[RoundTiming]:
-    await asyncio.sleep(delay)
-    timings = []
-    for file, wav in jobs:
-        speech_end = file.voice_spans(wav.to_16k_mono())[-1][1]
+@dataclass(frozen=True)
+class PlannedRound:
+    """A one-command file as a round sends it."""
+
+    file: BenchFile
+    wav: WavFile
+    speech_end: float
+    """Seconds into the file where the voice really stops."""
+    stop_after: float | None
+    """Seconds of audio after which `audio-stop` goes (None: the server ends the command)."""
+
+
+def plan_rounds(commands: list[tuple[BenchFile, WavFile]], mode: str, ha_wait: float) -> list[PlannedRound]:
+    """Where each file's voice stops and where its audio ends in `mode`, worked out once before the
+    clients start, so that no client's real-time pacing waits for it."""
+    if ha_wait <= 0:
+        raise ValueError(f"--ha-wait must be more than 0 seconds, got {ha_wait}")
+    planned = []
+    for file, wav in commands:
+        audio = wav.to_16k_mono()
+        speech_end = file.voice_spans(audio)[-1][1]
         stop_after = None
         if mode == "ha-vad":
-            stop_after = command_end(wav.to_16k_mono(), ha_wait)
+            stop_after = command_end(audio, ha_wait)
         elif mode == "speech-end-wait":
             stop_after = speech_end + ha_wait
+        planned.append(PlannedRound(file, wav, speech_end, stop_after))
+    return planned
+
+
+async def _client(host: str, port: int, jobs: list[PlannedRound], delay: float) -> list[RoundTiming]:
+    await asyncio.sleep(delay)
+    timings = []
+    for command in jobs:
         async with AsyncTcpClient(host, port) as client:
-            result = await transcribe_like_home_assistant(client, wav, stop_after=stop_after)
+            result = await transcribe_like_home_assistant(client, command.wav, stop_after=command.stop_after)
         arrival = result.transcript_at
-        latency = None if arrival is None else arrival - (result.origin + speech_end)
-        timings.append(RoundTiming(file.name, file.references[0], result.text, latency))
+        latency = None if arrival is None else arrival - (result.origin + command.speech_end)
+        timings.append(RoundTiming(command.file.name, command.file.references[0], result.text, latency))
     return timings
 
 
@@ -206,6 +228,7 @@ async def run_wyoming_bench(
     """Run the load; starts an in-process daemon from `settings` unless `uri` names a running server."""
     import jiwer
 
+    planned = plan_rounds(commands, mode, ha_wait)
     async with bench_daemon(settings, uri) as daemon:
         if daemon is not None:
             assert daemon.wyoming_port is not None, "the in-process daemon needs a tcp:// wyoming_uri"
@@ -217,8 +240,8 @@ async def run_wyoming_bench(
             host, port = address.host, address.port
         jobs = []
         for client in range(clients):
-            work = [commands[(client + r) % len(commands)] for r in range(rounds)]
-            jobs.append(_client(host, port, work, client * STAGGER_SECONDS, mode, ha_wait))
+            work = [planned[(client + r) % len(planned)] for r in range(rounds)]
+            jobs.append(_client(host, port, work, client * STAGGER_SECONDS))
         timings = [t for client_timings in await asyncio.gather(*jobs) for t in client_timings]
     latencies = [t.latency for t in timings if t.latency is not None]
     answered = [t for t in timings if t.text is not None]
