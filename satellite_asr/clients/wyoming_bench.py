@@ -198,12 +198,12 @@ def plan_rounds(commands: list[tuple[BenchFile, WavFile]], mode: str, ha_wait: f
 async def _client(host: str, port: int, jobs: list[PlannedRound], delay: float) -> list[RoundTiming]:
     await asyncio.sleep(delay)
     timings = []
-    for command in jobs:
+    for job in jobs:
         async with AsyncTcpClient(host, port) as client:
-            result = await transcribe_like_home_assistant(client, command.wav, stop_after=command.stop_after)
+            result = await transcribe_like_home_assistant(client, job.wav, stop_after=job.stop_after)
         arrival = result.transcript_at
-        latency = None if arrival is None else arrival - (result.origin + command.speech_end)
-        timings.append(RoundTiming(command.file.name, command.file.references[0], result.text, latency))
+        latency = None if arrival is None else arrival - (result.origin + job.speech_end)
+        timings.append(RoundTiming(job.file.name, job.file.references[0], result.text, latency))
     return timings
 
 
