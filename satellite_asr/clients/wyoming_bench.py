@@ -110,8 +110,8 @@ async def transcribe_like_home_assistant(
     receiver = asyncio.create_task(receive())
     frame = width * channels
     step = (round(rate * CHUNK_SECONDS) if chunk_samples is None else chunk_samples) * frame
-    pcm = wav.pcm if stop_after is None else wav.pcm.ljust(round(stop_after * rate) * frame, b"\0")
-    limit = len(pcm) if stop_after is None else round(stop_after * rate) * frame
+    limit = len(wav.pcm) if stop_after is None else round(stop_after * rate) * frame
+    pcm = wav.pcm.ljust(limit, b"\0")  # silence past the file's end, up to stop_after
     origin = time.monotonic()
     audio_stop_at = None
     try:
