@@ -7,8 +7,11 @@ none); as the daemon does with names: that prompt, the engine's second look with
 near what it heard (`StreamOptions.names`), then the transcript corrected towards all the home's
 names (`NameCorrector`, timed with the decode). The runs take turns on each command.
 
-    PYTHONPATH=. .venv/bin/python scripts/bench_names.py [--half dev|heldout|heldout2|heldout3|all] [--cap 0]
+    PYTHONPATH=. .venv/bin/python scripts/bench_names.py [--half PART] [--cap 0]
     PYTHONPATH=. .venv/bin/python scripts/bench_names.py --faster-whisper   # hotwords vs prompt
+
+PART is one of dev (the default), heldout, heldout2, heldout3, heldout4, heldout5 or all (every
+part, heldout4 and heldout5 included).
 
 Reports names right (a name counts when its letters appear in the transcript, ignoring case,
 spaces and punctuation), WER of the name-free commands, and the median over commands of the
@@ -100,7 +103,9 @@ def report(label: str, result: dict[str, Any]) -> None:
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--half", choices=["dev", "heldout", "heldout2", "heldout3", "all"], default="dev")
+    parser.add_argument(
+        "--half", choices=["dev", "heldout", "heldout2", "heldout3", "heldout4", "heldout5", "all"], default="dev"
+    )
     parser.add_argument("--cap", type=int, default=0, help="names in the prompt (the daemon gives whisper none)")
     parser.add_argument("--faster-whisper", action="store_true", help="faster-whisper's own hotwords vs prompt")
     parser.add_argument("--misses", action="store_true", help="print the names that came out wrong")
