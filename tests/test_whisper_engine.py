@@ -288,11 +288,10 @@ async def test_the_homes_names_reach_the_decode_and_fix_names() -> None:
 
 
 async def test_a_final_near_a_few_names_is_decoded_again_with_only_those() -> None:
-    """tiny.en writes "Maybles 10" for Mabel's den (named_29, dev half); a second look at the audio
-    with the few names near what it wrote gets the name, at the cost of a word elsewhere with the
-    196-name home ("Closer blinds": the second look rewrites the whole command, docs/benchmarks.md).
-    A command that already has one of the names as spelled (plain_07, "turn on the kitchen
-    lights"), and partials, are not decoded again."""
+    """tiny.en writes "turn on that lens fan" for Lachlan's fan (named_22, dev half), too far
+    from the name for the correction; a second look at the audio with the few names near what it
+    wrote gets the name. A command that already has one of the names as spelled (plain_07, "turn on
+    the kitchen lights"), and partials, are not decoded again."""
     names_dir = FIXTURES / "names"
     names = tuple(rank_names(HomeNames.from_json(json.loads((names_dir / "home.json").read_text())), 1000))
     engine = WhisperEngine()
@@ -300,22 +299,22 @@ async def test_a_final_near_a_few_names_is_decoded_again_with_only_those() -> No
     engine.report_redecodes(redecodes.append)
     await engine.start()
     try:
-        den = read_wav(names_dir / "named_29.wav").to_16k_mono()
-        alone = await engine.open_stream(StreamOptions(language="en")).final(den)
+        fan = read_wav(names_dir / "named_22.wav").to_16k_mono()
+        alone = await engine.open_stream(StreamOptions(language="en")).final(fan)
         assert redecodes == []
         stream = engine.open_stream(StreamOptions(language="en", names=names))
-        partial = await stream.partial(den)
-        assert redecodes == [] and "mabel's den" not in partial.text.lower(), partial.text
-        looked = await stream.final(den)
+        partial = await stream.partial(fan)
+        assert redecodes == [] and "lachlan's fan" not in partial.text.lower(), partial.text
+        looked = await stream.final(fan)
         assert redecodes == [REDECODE_SECOND_LOOK]
         kitchen = read_wav(names_dir / "plain_07.wav").to_16k_mono()
         plain = await engine.open_stream(StreamOptions(language="en", names=names)).final(kitchen)
         assert redecodes == [REDECODE_SECOND_LOOK]
     finally:
         await engine.close()
-    assert "mabel's den" not in alone.text.lower(), alone.text
-    assert "mabel's den" in looked.text.lower(), looked.text
-    assert word_error_rate("close the blinds in Mabel's den", looked.text) <= 2 / 6, looked.text
+    assert "lachlan's fan" not in alone.text.lower(), alone.text
+    assert "lachlan's fan" in looked.text.lower(), looked.text
+    assert word_error_rate("turn on Lachlan's fan", looked.text) <= 1 / 4, looked.text
     assert word_error_rate("turn on the kitchen lights", plain.text) == 0, plain.text
 
 
