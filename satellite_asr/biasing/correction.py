@@ -434,6 +434,7 @@ class NameCorrector:
             for last in range(first, min(len(words), first + self._most_words + 2)):
                 run = _Phrase.of(words[first : last + 1])
                 size = last - first + 1
+                bounded = run.words[0] in COMMAND_WORDS or run.words[-1] in COMMAND_WORDS
                 for name in self._by_letters.get(run.letters, ()):
                     if len(name.phrase.words) - 1 <= size <= len(name.phrase.words) + 2:
                         found.append(_Match(1.0, first, last, name))
@@ -441,7 +442,7 @@ class NameCorrector:
                     if (
                         len(name.phrase.words) - 1 <= size <= len(name.phrase.words) + 2
                         and run.letters != name.phrase.letters
-                        and not self._bounded_by_command_words(run, name)
+                        and not (bounded and self._bounded_by_command_words(run, name))
                     ):
                         needed = threshold + (self.one_word if size == 1 else 0.0)
                         score = self._score(run, name.phrase, needed)
