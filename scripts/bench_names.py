@@ -12,8 +12,8 @@ names (`NameCorrector`, timed with the decode). The runs take turns on each comm
     PYTHONPATH=. .venv/bin/python scripts/bench_names.py --half all --ceiling  # what prompting can reach
     PYTHONPATH=. .venv/bin/python scripts/bench_names.py --half heldout4 --home-names 100  # the home size
 
-PART is one of dev (the default), heldout, heldout2, heldout3, heldout4, heldout5 or all (every
-part, heldout4 and heldout5 included).
+PART is one of dev (the default), heldout, heldout2, heldout3, heldout4, heldout5, heldout6,
+heldout7 or all (every part, heldout6 and heldout7 included).
 
 Reports names right (a name counts when its letters appear in the transcript, ignoring case,
 spaces and punctuation), WER of the name-free commands, and the median over commands of the
@@ -117,7 +117,9 @@ def report(label: str, result: dict[str, Any]) -> None:
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
-        "--half", choices=["dev", "heldout", "heldout2", "heldout3", "heldout4", "heldout5", "all"], default="dev"
+        "--half",
+        choices=["dev", "heldout", "heldout2", "heldout3", "heldout4", "heldout5", "heldout6", "heldout7", "all"],
+        default="dev",
     )
     parser.add_argument("--cap", type=int, default=0, help="names in the prompt (the daemon gives whisper none)")
     parser.add_argument("--faster-whisper", action="store_true", help="faster-whisper's own hotwords vs prompt")
