@@ -211,27 +211,27 @@ async def main() -> None:
 
 
 def part_home(home: dict[str, Any], commands: dict[str, dict[str, Any]], part: str, size: int) -> dict[str, Any]:
-    """`home` cut to about `size` names: the part's floors, areas and entities, those no part names,
-    then other parts' in order until the names (as the daemon ranks them) reach `size`."""
-    spoken = {c["name"].casefold(): c["half"] for c in commands.values() if c["name"]}
-
-    def owner(item: dict[str, Any]) -> str | None:
-        return next(
-            (spoken[n.casefold()] for n in [item["name"], *item.get("aliases", ())] if n.casefold() in spoken), None
-        )
-
+    """`home` cut to about `size` names: the part's floors, areas and entities, every one whose own
+    name no part says (without an alias another part says: "Kitchen speaker" without "Fizzgig"),
+    then other parts' whole, in order, until the names (as the daemon ranks them) reach `size`."""
+    spoken = {c["name"].casefold() for c in commands.values() if c["name"]}
+    own = {c["name"].casefold() for c in commands.values() if c["name"] and c["half"] == part}
     cut: dict[str, list[dict[str, Any]]] = {group: [] for group in home}
     others = []
     for group, items in home.items():
         for item in items:
-            if owner(item) in (None, part):
+            said = {n.casefold() for n in [item["name"], *item.get("aliases", ())]} & spoken
+            if said <= own:
                 cut[group].append(item)
-            else:
-                others.append((group, item))
+                continue
+            others.append((group, item))
+            if item["name"].casefold() not in spoken and not said & own:
+                aliases = [alias for alias in item.get("aliases", ()) if alias.casefold() not in spoken]
+                cut[group].append({**item, "aliases": aliases})
     for group, item in others:
         if len(rank_names(HomeNames.from_json(cut), sys.maxsize)) >= size:
             break
-        cut[group].append(item)
+        cut[group] = [kept for kept in cut[group] if kept["name"] != item["name"]] + [item]
     return cut
 
 

@@ -73,7 +73,7 @@ def test_the_fast_distances_agree_with_the_whole_table() -> None:
         ("How warm is it in the fissile suite?", "How warm is it in the Thistle suite?"),
         ("Switch off from the brand of clamp.", "Switch off from the Brannock lamp."),
         ("Turn on the Pemberly fan.", "Turn on the Pemberley fan."),
-        ("Turn off everything on the mail with your floor", "Turn off everything on the Belvedere floor"),
+        ("Turn off the light in the terror gun room.", "Turn off the light in the Tarragon room."),
         ("Turn on Mox's feeder.", "Turn on Moxie's feeder."),
         ("close the blinds in Maybles 10.", "close the blinds in Mabel's den."),  # a number sounds as its word
         ("Turn off the told me aquarium light.", "Turn off the Ptolemy aquarium light."),  # the p of pt is silent
@@ -107,8 +107,8 @@ def test_commands_without_a_misheard_name_are_left_alone(heard: str) -> None:
     ("heard", "ordinary", "corrected"),
     [
         ("Open the knock after gate.", "gate", "Open the Okafor gate."),
-        ("Turn off the Wendell in lamp.", "lamp", "Turn off the Gwendolyn lamp."),
-        ("Switch off the NMAO fan", "fan", "Switch off the Adebayo fan"),
+        ("Close the mask as gate.", "gate", "Close the Vasquez gate."),
+        ("Power Mario's record player.", "record player", "Power Aurelio's record player."),
         ("Pause Malantine as turntable", "turntable", "Pause Valentina's turntable"),
     ],
 )
@@ -119,7 +119,7 @@ def test_a_name_is_found_by_its_ordinary_words_when_its_first_sound_is_lost(
     words as heard ("gate", "turntable") say what was named, and its first word is matched loosely."""
     corrector = NameCorrector(HOME_NAMES)
     assert corrector.correct(heard) == corrected
-    name = corrected.split()[-2]  # "Okafor", "Valentina's"
+    name = corrected.split()[-1 - len(ordinary.split())]  # "Okafor", "Aurelio's"
     assert name not in corrector.correct(heard.replace(ordinary, "now")), "not found without the ordinary words"
 
 
@@ -129,6 +129,19 @@ def test_ordinary_words_alone_find_only_names_that_end_in_them() -> None:
     assert corrector.correct("Open the knock after door.") == "Open the knock after door."
     assert corrector.correct("Turn on the garden gate.") == "Turn on the garden gate.", "a name as spelled stays"
     assert corrector.correct("Open the gate.") == "Open the gate.", "nothing before the ordinary word"
+
+
+@pytest.mark.parametrize(
+    ("heard", "kept"),
+    [
+        ("Turn off the lights in my room.", "my room"),  # "lights in my" holds command words
+        ("Turn off the family wall light.", "family wall light"),  # "wall" is of the Hatherleigh wall light
+        ("Turn off the Hatherleigh wall lights.", "Hatherleigh wall light"),  # a name as spelled, lights or light
+        ("Turn off Siobhan's fairy light.", "Siobhan's fairy light"),  # its own words beat the Pantry light's
+    ],
+)
+def test_ordinary_words_do_not_take_words_that_belong_elsewhere(heard: str, kept: str) -> None:
+    assert kept in NameCorrector(HOME_NAMES).correct(heard)
 
 
 def test_only_the_given_names_and_no_names_changes_nothing() -> None:

@@ -286,8 +286,8 @@ class _Match:
     """Word indexes, inclusive."""
     name: _Name
     anchored: bool = False
-    """Found by its ordinary last words (`NameCorrector._anchored`): preferred to a match that is not,
-    since the words it was heard with say what kind of thing was named."""
+    """The run ends in the name's ordinary last words as spelled (as every match `_anchored` finds
+    does): preferred to a match that does not, since those words say what kind of thing was named."""
 
 
 @dataclass(frozen=True)
@@ -355,11 +355,14 @@ class NameCorrector:
         self._by_onset: dict[str, list[_Name]] = {}
         self._by_tail: dict[str, list[_Head]] = {}
         """Names of several words by the letters of their words after the first (less a final s)."""
+        self._tails: dict[_Name, tuple[int, str]] = {}
+        """The same the other way: a name's number of words after the first, and their letters."""
         for name in self._names:
             words = name.phrase.words
             if len(words) > 1 and words[0] not in COMMAND_WORDS:
                 tail = "".join(letters(word) for word in words[1:]).removesuffix("s")
                 self._by_tail.setdefault(tail, []).append(_Head(name, _Phrase.of(words[:1])))
+                self._tails[name] = (len(words) - 1, tail)
             self._by_letters.setdefault(name.phrase.letters, []).append(name)
             if len(name.phrase.key) >= self.min_key:
                 onset = name.phrase.key[0]
@@ -429,6 +432,7 @@ class NameCorrector:
         with those it could start like (see `_score`), looked up by its first sound.
         """
         threshold = self.threshold if threshold is None else threshold
+        spelled = [letters(word) for word in words]
         found = []
         for first in range(len(words)):
             for last in range(first, min(len(words), first + self._most_words + 2)):
@@ -450,9 +454,21 @@ class NameCorrector:
                             score >= needed
                             and self._score(*_unshared(run, name.phrase), 0.0) >= threshold - self.margin
                         ):
-                            found.append(_Match(score, first, last, name))
+                            found.append(
+                                _Match(score, first, last, name, self._ends_in_tail(spelled, first, last, name))
+                            )
         found.extend(self._anchored(words, min(threshold, self.anchor)))
         return found
+
+    def _ends_in_tail(self, spelled: list[str], first: int, last: int, name: _Name) -> bool:
+        """Whether words `first..last` end in the name's words after its first, as spelled, with a
+        word before them ("mail with your floor" for the Belvedere floor)."""
+        tail = self._tails.get(name)
+        return (
+            tail is not None
+            and first < last - tail[0] + 1
+            and ("".join(spelled[last - tail[0] + 1 : last + 1]).removesuffix("s") == tail[1])
+        )
 
     def _anchored(self, words: list[str], threshold: float) -> list[_Match]:
         """Names found by their last words: where the transcript has a name's words after the first
@@ -473,16 +489,21 @@ class NameCorrector:
                 heads = self._by_tail.get(tail.removesuffix("s"))
                 if not heads:
                     continue
+                tail_letters = tail.removesuffix("s")
                 for first in range(start - 1, max(-1, start - 4), -1):
+                    longer = "".join(spelled[first : end + 1]).removesuffix("s")
+                    if _command_word(words[first]) or longer in self._by_tail:
+                        break  # a command word, or one of longer ordinary words: so will any longer slot
                     slot = _Phrase.of(words[first:start])
-                    if slot.words[0] in COMMAND_WORDS or slot.letters in self._by_letters:
+                    if slot.letters in self._by_letters or any(
+                        slot.letters + spelling in self._by_letters for spelling in (tail, tail_letters)
+                    ):
                         continue
-                    if slot.letters + tail in self._by_letters:
-                        continue
+                    needed = threshold + (self.one_word if first + 1 == start else 0.0)
                     for head in heads:
                         if slot.letters != head.head.letters:
-                            score = self._score(slot, head.head, threshold, any_onset=True)
-                            if score >= threshold:
+                            score = self._score(slot, head.head, needed, any_onset=True)
+                            if score >= needed:
                                 found.append(_Match(score, first, end, head.name, anchored=True))
         return found
 
@@ -519,6 +540,11 @@ def corrector_for(names: tuple[str, ...]) -> NameCorrector:
     name, and the same list serves many: every session fed by the same Home Assistant, every
     utterance of a session, the session's correction and Whisper's second look alike."""
     return NameCorrector(names)
+
+
+def _command_word(word: str) -> bool:
+    """`word`, or its part before an apostrophe ("what's"), is one of `COMMAND_WORDS`."""
+    return word.lower().split("'")[0] in COMMAND_WORDS
 
 
 def _unshared(run: _Phrase, name: _Phrase) -> tuple[_Phrase, _Phrase]:
