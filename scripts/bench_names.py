@@ -21,12 +21,13 @@ ratio of decode times with / without names. Tune on `dev` only; the held-out par
 
 `--home-names N` gives the engine a home of about N names instead of all of `home.json`: every
 floor, area and entity the part names, every one no part names (the ordinary "Kitchen lights"),
-then other parts' in the file's order up to N; issue 11 sets its targets for a home of about 100.
+then other parts' in the file's order up to N (more than N when those two already are); issue 11
+sets its targets for a home of about 100.
 
 `--ceiling` also decodes each named command with its own name, and nothing else, as the prompt,
-then corrects it as the daemon does: no way of choosing names for Whisper's prompt can give it a
-better one. Counting a name right when either that text or the daemon's has it is a ceiling, given
-an oracle that knows the name, for methods that prompt tiny.en with names and correct its text.
+then corrects it as the daemon does: the prompt an oracle that knows the name would choose.
+Counting a name right when either that text or the daemon's has it shows what choosing the name
+could add to the daemon's way (one oracle's reach, not a bound on every method).
 """
 
 from __future__ import annotations
@@ -151,6 +152,8 @@ async def main() -> None:
     if args.home_names is not None:
         if args.half == "all":
             parser.error("--home-names takes one part: each part's home holds that part's names")
+    if args.ceiling and args.faster_whisper:
+        parser.error("--ceiling measures the daemon's way of decoding, not faster-whisper's own")
         home_json = part_home(home_json, every_command, args.half, args.home_names)
     home = HomeNames.from_json(home_json)
     names = rank_names(home, args.cap)
@@ -186,7 +189,7 @@ async def main() -> None:
                 runs["prompt only"] = (final, context)
             runs["names"] = (daemon, context)
         results = await evaluate(runs, commands)
-        if args.ceiling and not args.faster_whisper:
+        if args.ceiling:
             await report_ceiling(engine, corrector, commands, results["names"]["texts"])
     finally:
         await engine.close()
