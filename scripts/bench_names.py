@@ -149,11 +149,11 @@ async def main() -> None:
     every_command = json.loads((NAMES / "commands.json").read_text())
     commands = {file: command for file, command in every_command.items() if args.half in ("all", command["half"])}
     home_json = json.loads((NAMES / "home.json").read_text())
+    if args.ceiling and args.faster_whisper:
+        parser.error("--ceiling measures the daemon's way of decoding, not faster-whisper's own")
     if args.home_names is not None:
         if args.half == "all":
             parser.error("--home-names takes one part: each part's home holds that part's names")
-    if args.ceiling and args.faster_whisper:
-        parser.error("--ceiling measures the daemon's way of decoding, not faster-whisper's own")
         home_json = part_home(home_json, every_command, args.half, args.home_names)
     home = HomeNames.from_json(home_json)
     names = rank_names(home, args.cap)
