@@ -9,7 +9,7 @@ names (`NameCorrector`, timed with the decode). The runs take turns on each comm
 
     PYTHONPATH=. .venv/bin/python scripts/bench_names.py [--half PART] [--cap 0]
     PYTHONPATH=. .venv/bin/python scripts/bench_names.py --faster-whisper   # hotwords vs prompt
-    PYTHONPATH=. .venv/bin/python scripts/bench_names.py --half all --ceiling  # what prompting can reach
+    PYTHONPATH=. .venv/bin/python scripts/bench_names.py --half all --ceiling  # an oracle choosing the prompt
     PYTHONPATH=. .venv/bin/python scripts/bench_names.py --half heldout4 --home-names 100  # the home size
 
 PART is one of dev (the default), heldout, heldout2, heldout3, heldout4, heldout5, heldout6,
