@@ -442,7 +442,8 @@ class NameCorrector:
             for last in range(first, min(len(words), first + self._most_words + 2)):
                 run = _Phrase.of(words[first : last + 1])
                 size = last - first + 1
-                bounded = run.words[0] in COMMAND_WORDS or run.words[-1] in COMMAND_WORDS
+                # a run starting or ending with a command word is no name, unless the name has it
+                edges = [word for word in (run.words[0], run.words[-1]) if word in COMMAND_WORDS]
                 for name in self._by_letters.get(run.letters, ()):
                     if len(name.phrase.words) - 1 <= size <= len(name.phrase.words) + 2:
                         found.append(_Match(1.0, first, last, name))
@@ -450,7 +451,7 @@ class NameCorrector:
                     if (
                         len(name.phrase.words) - 1 <= size <= len(name.phrase.words) + 2
                         and run.letters != name.phrase.letters
-                        and not (bounded and self._bounded_by_command_words(run, name))
+                        and all(word in name.phrase.words for word in edges)
                     ):
                         needed = threshold + (self.one_word if size == 1 else 0.0)
                         score = self._score(run, name.phrase, needed)
@@ -461,7 +462,7 @@ class NameCorrector:
                             found.append(
                                 _Match(score, first, last, name, self._ends_in_tail(spelled, first, last, name))
                             )
-        found.extend(self._anchored(words, min(threshold, self.anchor)))
+        found.extend(self._anchored(words, spelled, min(threshold, self.anchor)))
         return found
 
     def _ends_in_tail(self, spelled: list[str], first: int, last: int, name: _Name) -> bool:
@@ -474,10 +475,11 @@ class NameCorrector:
             and ("".join(spelled[last - tail[0] + 1 : last + 1]).removesuffix("s") == tail[1])
         )
 
-    def _anchored(self, words: list[str], threshold: float) -> list[_Match]:
+    def _anchored(self, words: list[str], spelled: list[str], threshold: float) -> list[_Match]:
         """Names found by their last words: where the transcript has a name's words after the first
         as spelled ("gate", "aquarium light"; "lights" for "light" too), the one to three words before
-        them that score `threshold` against the name's first word, in any sound.
+        them that score `threshold` against the name's first word, in any sound. `spelled` is each
+        word's letters (`_matches` has them already).
 
         A small model keeps the ordinary words of a name and mangles its unusual one, often from its
         first sound ("knock after gate" for the Okafor gate), where the onset rule of `_score` would
@@ -489,7 +491,6 @@ class NameCorrector:
         needs the single-word bar.
         """
         found = []
-        spelled = [letters(word) for word in words]
         for end in range(1, len(words)):
             for start in range(end, max(0, end - self._longest_tail), -1):
                 tail = "".join(spelled[start : end + 1])
@@ -513,10 +514,6 @@ class NameCorrector:
                             if score >= needed:
                                 found.append(_Match(score, first, end, head.name, anchored=True))
         return found
-
-    @staticmethod
-    def _bounded_by_command_words(run: _Phrase, name: _Name) -> bool:
-        return any(word in COMMAND_WORDS and word not in name.phrase.words for word in (run.words[0], run.words[-1]))
 
     def _score(self, run: _Phrase, name: _Phrase, needed: float, *, any_onset: bool = False) -> float:
         """The run's score against the name; 0 as soon as it cannot reach `needed` (most runs).
