@@ -252,8 +252,9 @@ async def report_ceiling(
         text = (await engine.open_stream(StreamOptions(language="en", context=name)).final(audio)).text
         named += 1
         alone += name_heard(name, text)
-        corrected += name_heard(name, corrector.correct(text))
-        either += name_heard(name, corrector.correct(text)) or name_heard(name, daemon[file])
+        heard = name_heard(name, corrector.correct(text))
+        corrected += heard
+        either += heard or name_heard(name, daemon[file])
     print(
         f"  ceiling: its own name as the prompt {alone}/{named}, corrected {corrected}/{named};"
         f" that or the daemon's text {either}/{named} ({100 * either / max(1, named):.0f}%)"
