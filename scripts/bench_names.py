@@ -12,8 +12,9 @@ names (`NameCorrector`, timed with the decode). The runs take turns on each comm
     PYTHONPATH=. .venv/bin/python scripts/bench_names.py --half all --ceiling  # an oracle choosing the prompt
     PYTHONPATH=. .venv/bin/python scripts/bench_names.py --half heldout4 --home-names 100  # the issue's home size
 
-PART is one of dev (the default), heldout, heldout2, heldout3, heldout4, heldout5, heldout6,
-heldout7 or all (every part, heldout6 and heldout7 included).
+PART is one of the parts of commands.json, in its order (today dev, the default, then heldout and
+heldout2 to heldout9; a part make_names.py adds is a choice without an edit here), or all (every
+part, the clean heldout8 and heldout9 included).
 
 Reports names right (a name counts when its letters appear in the transcript, ignoring case,
 spaces and punctuation), WER of the name-free commands, and the median over commands of the
@@ -115,13 +116,15 @@ def report(label: str, result: dict[str, Any]) -> None:
     )
 
 
+def parts(commands: dict[str, dict[str, Any]]) -> list[str]:
+    """The parts of the evaluation set, in the order commands.json first names them."""
+    return list(dict.fromkeys(command["half"] for command in commands.values()))
+
+
 async def main() -> None:
+    every_command = json.loads((NAMES / "commands.json").read_text())
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument(
-        "--half",
-        choices=["dev", "heldout", "heldout2", "heldout3", "heldout4", "heldout5", "heldout6", "heldout7", "all"],
-        default="dev",
-    )
+    parser.add_argument("--half", choices=[*parts(every_command), "all"], default="dev")
     parser.add_argument("--cap", type=int, default=0, help="names in the prompt (the daemon gives whisper none)")
     parser.add_argument("--faster-whisper", action="store_true", help="faster-whisper's own hotwords vs prompt")
     parser.add_argument("--misses", action="store_true", help="print the names that came out wrong")
@@ -146,7 +149,6 @@ async def main() -> None:
     )
     args = parser.parse_args()
 
-    every_command = json.loads((NAMES / "commands.json").read_text())
     commands = {file: command for file, command in every_command.items() if args.half in ("all", command["half"])}
     home_json = json.loads((NAMES / "home.json").read_text())
     if args.ceiling and args.faster_whisper:
