@@ -425,9 +425,18 @@ class NameCorrector:
             return True
         run = _Phrase.of(words[match.first : match.last + 1])
         needed = self.threshold + (self.one_word if len(run.words) == 1 else 0.0)
-        return match.score >= needed and self._score(*_unshared(run, match.name.phrase), 0.0) >= (
-            self.threshold - self.margin
-        )
+        return match.score >= needed and self._differences_pass(run, match.name.phrase, self.threshold)
+
+    def _differences_pass(self, run: _Phrase, name: _Phrase, threshold: float) -> bool:
+        """Whether what differs between run and name, their shared end words left out, scores
+        `threshold - margin`. When all they share is a leading command word ("the dentist", The
+        Tardis), that word says nothing of the name: the rest needs `threshold` itself ("the doors"
+        is not The Tardis, "the Kirby" still the Cubby; tuned on the six seen parts)."""
+        rest, rest_of_name = _unshared(run, name)
+        needed = threshold - self.margin
+        if run.words[0] in COMMAND_WORDS and run.words[0] == name.words[0] and len(rest.words) == len(run.words) - 1:
+            needed = threshold
+        return self._score(rest, rest_of_name, 0.0) >= needed
 
     def _matches(self, words: list[str], threshold: float | None = None) -> list[_Match]:
         """Every (run, name) pair that scores at least `threshold` (the corrector's by default).
@@ -455,10 +464,7 @@ class NameCorrector:
                     ):
                         needed = threshold + (self.one_word if size == 1 else 0.0)
                         score = self._score(run, name.phrase, needed)
-                        if (
-                            score >= needed
-                            and self._score(*_unshared(run, name.phrase), 0.0) >= threshold - self.margin
-                        ):
+                        if score >= needed and self._differences_pass(run, name.phrase, threshold):
                             found.append(
                                 _Match(score, first, last, name, self._ends_in_tail(spelled, first, last, name))
                             )
