@@ -43,6 +43,19 @@ G711 = _g711_tables()
 """Encoding name -> float32 value of each byte."""
 
 
+def to_pcm16(samples: npt.ArrayLike) -> npt.NDArray[np.int16]:
+    """Float samples in [-1, 1] as little-endian 16-bit PCM (`.tobytes()` for the wire or a WAV).
+
+    The exact inverse of how `PcmDecoder` reads `s16le` (`int16 / 32768`): scaled by 32768, clipped
+    to -32768..32767, truncated toward zero, so 16-bit audio read as float comes back byte for byte
+    (Home Assistant's microVAD gets its own samples). Returns the array so that callers may slice it
+    by sample; the one copy to bytes is theirs.
+    """
+    scaled = np.multiply(samples, 32768.0)
+    np.clip(scaled, -32768.0, 32767.0, out=scaled)
+    return scaled.astype("<i2")
+
+
 class AudioFormatError(ValueError):
     """Bytes that cannot be PCM of the declared format (the frame is dropped, the stream goes on)."""
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from satellite_asr.audio import AudioBuffer, AudioFormatError, PcmDecoder
+from satellite_asr.audio import AudioBuffer, AudioFormatError, PcmDecoder, to_pcm16
 
 
 def dominant_frequency(samples: np.ndarray, rate: int) -> float:
@@ -19,6 +19,22 @@ def test_s16le_and_f32le_decode_to_the_same_samples() -> None:
     from_float = PcmDecoder("f32le").decode((values / 32768.0).astype("<f4").tobytes()).samples
     np.testing.assert_allclose(from_int, from_float, atol=1e-6)
     assert from_int.dtype == np.float32
+
+
+def test_pcm16_gives_back_every_16_bit_sample_read_as_float() -> None:
+    """Every int16 value through the s16le decoder and back: the same bytes, in float32 and float64."""
+    values = np.arange(-32768, 32768, dtype="<i2")
+    decoded = PcmDecoder("s16le").decode(values.tobytes()).samples
+    assert to_pcm16(decoded).tobytes() == values.tobytes()
+    assert to_pcm16(values / 32768.0).tobytes() == values.tobytes()
+
+
+def test_pcm16_clips_beyond_full_scale_and_writes_little_endian_int16() -> None:
+    pcm = to_pcm16(np.array([-3.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.5], dtype=np.float32))
+    assert pcm.dtype == np.dtype("<i2")
+    assert pcm.tolist() == [-32768, -32768, -16384, 0, 16384, 32767, 32767]
+    assert pcm.tobytes() == b"\x00\x80\x00\x80\x00\xc0\x00\x00\x00\x40\xff\x7f\xff\x7f"
+    assert len(to_pcm16(np.zeros(321, dtype=np.float32)).tobytes()) == 642
 
 
 @pytest.mark.parametrize("encoding", ["pcmu", "pcma"])

@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from satellite_asr.audio import SAMPLE_RATE, Audio
+from satellite_asr.audio import SAMPLE_RATE, Audio, to_pcm16
 from satellite_asr.clients.stream_client import FRAME_SECONDS
 from satellite_asr.clients.transcribe import OfflineTranscriber
 from satellite_asr.clients.wav import read_wav
@@ -231,7 +231,7 @@ async def _stream_one_realtime(url: str, audio: Audio, delay: float, config: dic
 
     await asyncio.sleep(delay)
     received: list[tuple[float, dict[str, Any]]] = []
-    pcm = (np.clip(soxr.resample(audio, SAMPLE_RATE, 24000), -1, 1) * 32767).astype("<i2").tobytes()
+    pcm = to_pcm16(soxr.resample(audio, SAMPLE_RATE, 24000)).tobytes()
     step = int(FRAME_SECONDS * 24000) * 2
     expected = len(speech_segments(audio))
     all_final = asyncio.Event()

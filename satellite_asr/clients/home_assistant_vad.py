@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from satellite_asr.audio import SAMPLE_RATE, Audio
+from satellite_asr.audio import SAMPLE_RATE, Audio, to_pcm16
 
 CHUNK_SAMPLES = SAMPLE_RATE // 100
 """MicroVAD scores 10 ms of 16 kHz audio at a time, as Home Assistant's pipeline chunks it."""
@@ -103,7 +103,7 @@ def command_end(audio: Audio, silence_seconds: float = SILENCE_SECONDS) -> float
             "--wyoming-end ha-vad scores audio with Home Assistant's microVAD: pip install 'satellite-asr[ha-vad]'"
         ) from exc
     segmenter = CommandSegmenter(silence_seconds)
-    pcm = np.clip(np.asarray(audio) * 32768.0, -32768, 32767).astype("<i2")
+    pcm = to_pcm16(audio)
     silence = np.zeros(CHUNK_SAMPLES, dtype="<i2")
     vad = MicroVad()
     start = 0

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from satellite_asr.audio import SAMPLE_RATE, Audio
+from satellite_asr.audio import SAMPLE_RATE, Audio, to_pcm16
 from satellite_asr.clients.bench import BenchFile, bench_daemon, normalise_words
 from satellite_asr.clients.wav import read_wav
 from satellite_asr.config import Settings
@@ -45,7 +45,7 @@ def wav_bytes(audio: Audio) -> bytes:
         out.setnchannels(1)
         out.setsampwidth(2)
         out.setframerate(SAMPLE_RATE)
-        out.writeframes((np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes())
+        out.writeframes(to_pcm16(audio).tobytes())
     return buffer.getvalue()
 
 

@@ -18,7 +18,7 @@ from wyoming.asr import Transcribe
 from wyoming.audio import AudioChunk, AudioStart, AudioStop
 from wyoming.event import async_read_event, async_write_event
 
-from satellite_asr.audio import SAMPLE_RATE, Audio
+from satellite_asr.audio import SAMPLE_RATE, Audio, to_pcm16
 
 FRAME = SAMPLE_RATE // 10
 """100 ms frames, sent without waiting (faster than real time, within `max_feed_ahead_s`)."""
@@ -74,7 +74,7 @@ async def _wyoming(port: int, audio: Audio, behaviour: str, result: RoundResult)
     try:
         await async_write_event(Transcribe(language="en").event(), writer)
         await async_write_event(AudioStart(rate=SAMPLE_RATE, width=2, channels=1).event(), writer)
-        pcm = (audio.clip(-1, 1) * 32767).astype("<i2")
+        pcm = to_pcm16(audio)
         chunks = range(0, pcm.size, FRAME)
         cut = len(chunks) // 2 if behaviour == "wyoming_disconnect" else len(chunks)
         for offset in list(chunks)[:cut]:

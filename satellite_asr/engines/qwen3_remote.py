@@ -25,9 +25,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
-import numpy as np
 
-from satellite_asr.audio import SAMPLE_RATE, Audio
+from satellite_asr.audio import SAMPLE_RATE, Audio, to_pcm16
 from satellite_asr.engines.base import Engine, EngineError, EngineInfo, EngineStream, StreamOptions
 from satellite_asr.engines.qwen3_prompt import LANGUAGES, Qwen3Decoding
 
@@ -50,7 +49,7 @@ class Endpoint:
 
 def wav_base64(audio: Audio) -> str:
     """16-bit mono WAV at 16 kHz, base64: what OpenAI `input_audio` carries."""
-    pcm = (np.clip(audio, -1.0, 1.0) * 32767.0).astype("<i2")
+    pcm = to_pcm16(audio)
     buffer = io.BytesIO()
     with wave.open(buffer, "wb") as wav:
         wav.setnchannels(1)
