@@ -14,7 +14,7 @@ names (`NameCorrector`, timed with the decode). The runs take turns on each comm
 
 PART is one of the parts of commands.json, in its order (today dev, the default, then heldout and
 heldout2 to heldout9; a part make_names.py adds is a choice without an edit here), or all (every
-part, the clean heldout8 and heldout9 included).
+part).
 
 Reports names right (a name counts when its letters appear in the transcript, ignoring case,
 spaces and punctuation), WER of the name-free commands, and the median over commands of the
