@@ -51,7 +51,7 @@ def to_pcm16(samples: npt.ArrayLike) -> npt.NDArray[np.int16]:
     (Home Assistant's microVAD gets its own samples). Returns the array so that callers may slice it
     by sample; the one copy to bytes is theirs.
     """
-    scaled = np.multiply(samples, 32768.0)
+    scaled = np.multiply(samples, 32768.0, dtype=np.float64)  # float16 would round 32767 up to 32768 and wrap
     np.clip(scaled, -32768.0, 32767.0, out=scaled)
     return scaled.astype("<i2")
 
