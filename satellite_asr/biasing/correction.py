@@ -323,7 +323,8 @@ class NameCorrector:
     A run's score is `key_weight` times the similarity of the sound keys plus the rest times the
     similarity of the letters (0..1). A run is replaced when it scores at least `threshold`
     (`threshold + one_word` for a single word: few letters match by chance more easily), and what
-    differs between run and name, their shared end words left out, at least `threshold - margin`.
+    differs between run and name, their shared end words left out, at least `threshold - margin`
+    (`threshold` when all they share is a leading command word: "the dentist" and The Tardis).
     Names with a sound key shorter than `min_key` ("TV", "Lounge") are only taken as spelled.
 
     A name of several words is also found by its last words (`_anchored`): where the transcript has
