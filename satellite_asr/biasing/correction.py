@@ -350,8 +350,8 @@ class NameCorrector:
     A name of several words is also found by its last words (`_anchored`): where the transcript has
     them ("gate"), the words before them need only score `anchor` (one word: `anchor + one_word`)
     against the name's first word, in any sound ("knock after gate" is the Okafor gate). The
-    defaults were tuned on the dev part and the first five held-out parts of tests/fixtures/names
-    (docs/benchmarks.md).
+    defaults were tuned on the dev part and the first five held-out parts of tests/fixtures/names,
+    `ordinary` on the first twelve parts (docs/benchmarks.md).
     """
 
     def __init__(
