@@ -132,7 +132,7 @@ async def test_whisper_takes_a_second_look_with_the_names_near_what_it_heard(
 
 
 async def test_a_change_in_home_assistant_reaches_the_next_session(home_assistant: HomeAssistantDouble) -> None:
-    """A limit above the home's size: the new area's alias ranks 104th among 558 names, past a limit of 100."""
+    """A limit above the home's size: the new area's alias ranks 105th among 558 names, past a limit of 100."""
     engine = ContextRecordingEngineDouble()
     async with running_daemon(engine, ha_url=home_assistant.url, ha_token=TOKEN, ha_names_limit=1000) as daemon:
         client = daemon.core.home_assistant
