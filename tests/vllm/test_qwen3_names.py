@@ -77,5 +77,5 @@ async def test_the_homes_names_reach_qwen3s_context(tiny_qwen3_asr: Path, home_a
     assert finals == ["final"] and finals_off == ["final"]
     assert engine.info.context_names == 100
     assert engine.contexts[0] == biasing_context(home_names[:100], (), "Weather."), engine.contexts[0][:200]
-    assert "Marigold room" in engine.contexts[0] and "Phone battery" not in engine.contexts[0]
+    assert "Phone battery" not in engine.contexts[0], "not exposed to Assist"
     assert engine.contexts[opted_out:] and set(engine.contexts[opted_out:]) == {""}, "the client opted out"
