@@ -391,7 +391,7 @@ class Session:
             return
         if self._utterance is not utterance or not result.text:
             return
-        heard = self._corrected(result.text)
+        heard = self._corrected(result)
         candidate = stable_prefix(utterance.previous_partial, heard)
         if candidate.startswith(utterance.stable) and len(candidate) > len(utterance.stable):
             utterance.stable = candidate
@@ -402,9 +402,9 @@ class Session:
             utterance.partial_due_at = None
         await self._emit(PartialTranscript(utterance.id, text, utterance.stable))
 
-    def _corrected(self, text: str) -> str:
+    def _corrected(self, result: Transcript) -> str:
         """The engine's text with what sounds like one of the session's names written as that name."""
-        return self._names.correct(text) if self._names is not None else text
+        return self._names.correct(result.text, result.token_spans) if self._names is not None else result.text
 
     async def _speculate(self, utterance: _Utterance, end: int, *, read_turn: bool) -> None:
         """Decode the final now, the engine's whole attention on it (a partial in flight is dropped).
@@ -496,7 +496,7 @@ class Session:
             result = await self._speculated_result(utterance, endpoint.end)
             if result is None:
                 result = await self._scheduler.final(self.id, utterance.stream, audio, self._final_priority)
-            text, language = self._corrected(result.text), result.language or language
+            text, language = self._corrected(result), result.language or language
             if not _words_start_with(text, utterance.stable):
                 self._metrics.final_rewrites.inc()
         except Exception as exc:  # whatever the engine raised, the utterance keeps its final (the promised text)

@@ -17,8 +17,10 @@ heldout2 to heldout15; a part make_names.py adds is a choice without an edit her
 part).
 
 Reports names right (a name counts when its letters appear in the transcript, ignoring case,
-spaces and punctuation), WER of the name-free commands, and the median over commands of the
-ratio of decode times with / without names. Tune on `dev` only; the held-out parts are for reporting.
+spaces and punctuation), WER of the name-free commands, how many commands came out with one of the
+home's names that they did not say (a wrong name, or a name where none was said), and the median
+over commands of the ratio of decode times with / without names. Tune on `dev` only; the held-out
+parts are for reporting.
 
 `--home-names N` gives the engine a home of about N names instead of all of `home.json`: every
 floor, area and entity the part names, every one no part names (the ordinary "Kitchen lights"),
@@ -41,7 +43,7 @@ import re
 import statistics
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -75,14 +77,24 @@ def name_heard(name: str, transcript: str) -> bool:
     return letters(name) in letters(transcript)
 
 
-async def evaluate(runs: dict[str, tuple[Decode, str]], commands: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Per run: names right, WER of name-free commands, decode seconds per file.
+def names_not_said(names: Sequence[str], said: str, transcript: str) -> list[str]:
+    """The home's names (of five letters or more: "Den" is in "garden") that `transcript` holds and
+    the command, `said`, does not: a name written where none was said, or the wrong one."""
+    long_enough = [name for name in names if len(letters(name)) >= 5]
+    return [name for name in long_enough if name_heard(name, transcript) and not name_heard(name, said)]
+
+
+async def evaluate(
+    runs: dict[str, tuple[Decode, str]], commands: dict[str, dict[str, Any]], names: Sequence[str]
+) -> dict[str, Any]:
+    """Per run: names right, WER of name-free commands, commands given a name not said (`names_not_said`),
+    decode seconds per file.
 
     The runs take turns on each file (the order rotating from file to file), so that the load of a
     shared machine falls on all of them alike.
     """
     results: dict[str, dict[str, Any]] = {
-        label: {"right": 0, "named": 0, "refs": [], "hyps": [], "seconds": {}, "misses": [], "texts": {}}
+        label: {"right": 0, "named": 0, "refs": [], "hyps": [], "seconds": {}, "misses": [], "texts": {}, "wrong": []}
         for label in runs
     }
     labels = list(runs)
@@ -95,6 +107,8 @@ async def evaluate(runs: dict[str, tuple[Decode, str]], commands: dict[str, dict
             text = await decode(audio, context)
             result["seconds"][file] = time.perf_counter() - start
             result["texts"][file] = text
+            if wrong := names_not_said(names, command["text"], text):
+                result["wrong"].append(f"{command['text']!r} -> {text!r} ({', '.join(wrong)})")
             if command["name"]:
                 result["named"] += 1
                 if name_heard(command["name"], text):
@@ -113,6 +127,7 @@ def report(label: str, result: dict[str, Any]) -> None:
     print(
         f"  {label:<14} names {result['right']}/{result['named']}"
         f" ({100 * result['right'] / max(1, result['named']):.0f}%)   name-free WER {result['wer']:.1f}%"
+        f"   a name not said in {len(result['wrong'])} commands"
     )
 
 
@@ -179,18 +194,17 @@ async def main() -> None:
             async def daemon(audio: Audio, text: str) -> str:
                 names = () if args.no_second_look else every_name
                 stream = engine.open_stream(StreamOptions(language="en", context=text, names=names))
-                heard = (await stream.final(audio)).text
+                result = await stream.final(audio)
                 if args.verify is None:
-                    return corrector.correct(heard)
-                return await asyncio.to_thread(
-                    verified, engine, audio, heard, corrector.replacements(heard), args.verify
-                )
+                    return corrector.correct(result.text, result.token_spans)
+                replacements = corrector.replacements(result.text, result.token_spans)
+                return await asyncio.to_thread(verified, engine, audio, result.text, replacements, args.verify)
 
             runs = {"no names": (final, "")}
             if args.cap:
                 runs["prompt only"] = (final, context)
             runs["names"] = (daemon, context)
-        results = await evaluate(runs, commands)
+        results = await evaluate(runs, commands, every_name)
         if args.ceiling:
             await report_ceiling(engine, corrector, commands, results["names"]["texts"])
     finally:
@@ -212,6 +226,8 @@ async def main() -> None:
         if args.misses:
             for miss in result["misses"]:
                 print(f"      missed {miss}")
+            for wrong in result["wrong"]:
+                print(f"      a name not said: {wrong}")
     print(f"  second looks: {redecodes.count(REDECODE_SECOND_LOOK)} of {len(commands)} finals")
 
 
@@ -251,10 +267,10 @@ async def report_ceiling(
         if not name:
             continue
         audio = read_wav(NAMES / file).to_16k_mono()
-        text = (await engine.open_stream(StreamOptions(language="en", context=name)).final(audio)).text
+        result = await engine.open_stream(StreamOptions(language="en", context=name)).final(audio)
         named += 1
-        alone += name_heard(name, text)
-        heard = name_heard(name, corrector.correct(text))
+        alone += name_heard(name, result.text)
+        heard = name_heard(name, corrector.correct(result.text, result.token_spans))
         corrected += heard
         either += heard or name_heard(name, daemon[file])
     print(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 
 import pytest
 
@@ -18,6 +19,7 @@ from satellite_asr.biasing.correction import (
     key_similarity,
     sound_key,
 )
+from satellite_asr.engines.base import TokenSpan
 from satellite_asr.homeassistant.names import HomeNames, rank_names
 from tests.helpers import FIXTURES
 
@@ -206,3 +208,52 @@ def test_a_name_of_common_words_loosely_heard_does_not_stop_a_second_look_for_an
     corrector = NameCorrector(["Kitchen lights", "Keziah's nightlight"])
     near = [match.name for match in corrector.near_matches("Turn off Ken's eyes, light.", 5, 0.5)]
     assert near == ["Keziah's nightlight"]
+
+
+def spans(text: str, logprob: float) -> tuple[TokenSpan, ...]:
+    """As if the engine wrote each word of `text` as one token of this log-probability."""
+    return tuple(TokenSpan(word.start(), word.end(), logprob) for word in re.finditer(r"\S+", text))
+
+
+@pytest.mark.parametrize(
+    ("heard", "name"),
+    [  # tiny.en's texts of name-free commands of the evaluation set, each corrected before (0.65-0.69)
+        ("Start a 3 minute timer.", "Mortimer"),
+        ("What is the weather this weekend?", "Wetherby sconce"),
+        ("Add next to the shopping list.", "Xiomara's closet"),
+        ("How long has the washing machine been running?", "Patio awning"),
+        ("and butter and cheese to my shopping list.", "Potting shed"),
+    ],
+)
+def test_words_the_engine_was_sure_of_are_not_taken_for_a_name_they_loosely_sound_like(heard: str, name: str) -> None:
+    corrector = NameCorrector([name])
+    assert name in corrector.correct(heard), "without the engine's word, the text alone"
+    assert name in corrector.correct(heard, spans(heard, -1.0)), "words the engine was unsure of"
+    assert corrector.correct(heard, spans(heard, -0.1)) == heard
+    assert corrector.near_matches(heard, 5, 0.5, spans(heard, -0.1)) == [], "nor worth a second look"
+
+
+@pytest.mark.parametrize(
+    ("heard", "corrected"),
+    [
+        ("Switch on the tower rail.", "Switch on the Towel rail."),
+        ("Is the Mac door locked?", "Is the Back door locked?"),
+        ("Lower the Vermuelen blinds.", "Lower the Vermeulen blinds."),
+    ],
+)
+def test_a_name_heard_closely_is_mended_however_sure_the_engine_was(heard: str, corrected: str) -> None:
+    assert NameCorrector(HOME_NAMES).correct(heard, spans(heard, -0.05)) == corrected
+
+
+def test_how_sure_a_run_is_is_the_mean_of_the_tokens_it_overlaps() -> None:
+    """One unsure token among sure ones: its run is unsure as a whole when the mean says so."""
+    heard = "Start a 3 minute timer."
+    minute = heard.index("minute")
+    split = (
+        *spans(heard[:minute], -0.01),
+        TokenSpan(minute, minute + 3, -0.01),  # "min"
+        TokenSpan(minute + 3, minute + 6, -2.0),  # "ute": the run "minute timer" means -0.67
+        TokenSpan(minute + 6, len(heard), -0.01),
+    )
+    assert NameCorrector(["Mortimer"]).correct(heard, split) == "Start a 3 Mortimer."
+    assert NameCorrector(["Mortimer"], sure_logprob=-1.0).correct(heard, split) == heard

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import subprocess
@@ -76,6 +77,38 @@ async def test_a_command_cut_inside_its_words_is_decoded_with_less_confidence() 
         assert guessed.mean_logprob < clear.mean_logprob, (clear, guessed)
     finally:
         await engine.close()
+
+
+async def test_each_token_says_where_it_lies_in_the_text_and_how_sure_the_engine_was() -> None:
+    """What the name correction reads (`Transcript.token_spans`): the tokens cover the text in order,
+    clear speech is written with surer tokens than a command cut inside its words, and beam search
+    (whose logits CTranslate2 does not return) says nothing."""
+    greedy = WhisperEngine()
+    beam = WhisperEngine(beam_size=3)
+    await greedy.start()
+    await beam.start()
+    try:
+        audio = read_wav(FIXTURES / "lights_on.wav").to_16k_mono()
+        clear = await greedy.open_stream(StreamOptions()).final(audio)
+        guessed = await greedy.open_stream(StreamOptions()).final(audio[: int(audio.size * 0.35)])
+        searched = await beam.open_stream(StreamOptions()).final(audio)
+    finally:
+        await greedy.close()
+        await beam.close()
+    for transcript in (clear, guessed):
+        spans = transcript.token_spans
+        assert len(spans) == transcript.tokens and spans[0].start == 0 and spans[-1].end == len(transcript.text)
+        assert all(a.end == b.start for a, b in itertools.pairwise(spans)), spans
+        assert all(span.logprob <= 0 for span in spans), spans
+        # the decode's own score is theirs and the end token's, per token (the end's is <= 0)
+        assert transcript.mean_logprob is not None
+        assert transcript.mean_logprob * (len(spans) + 1) <= sum(span.logprob for span in spans) + 1e-3
+
+    def mean(transcript: Transcript) -> float:
+        return sum(span.logprob for span in transcript.token_spans) / len(transcript.token_spans)
+
+    assert mean(guessed) < mean(clear), (clear, guessed)
+    assert same_words([clear.text], [searched.text]) and searched.token_spans == ()
 
 
 async def test_final_does_not_depend_on_the_partials_before_it() -> None:

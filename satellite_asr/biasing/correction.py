@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
+
+from satellite_asr.engines.base import TokenSpan
 
 WORD = re.compile(r"[A-Za-z0-9']+")
 VOWELS = frozenset("aeiouy")
@@ -350,11 +352,17 @@ class NameCorrector:
     the Hallway light) or an unusual name's remains ("Ken's eyes light" for Keziah's nightlight)
     than that name.
 
+    Where the engine says how sure it was of its words (`TokenSpan`), a run it wrote with a mean
+    log-probability per token above `sure_logprob` needs `sure_bar`, whatever the kind of match: a
+    model that clearly heard "minute timer", "shopping list" or "weather this weekend" wrote what
+    was said, where a mangled name comes out as words it was unsure of ("in-dual speaker").
+
     A name of several words is also found by its last words (`_anchored`): where the transcript has
     them ("gate"), the words before them need only score `anchor` (one word: `anchor + one_word`)
     against the name's first word, in any sound ("knock after gate" is the Okafor gate). The
     defaults were tuned on the dev part and the first five held-out parts of tests/fixtures/names,
-    `common_bar` on the first twelve parts (docs/benchmarks.md).
+    `common_bar` on the first twelve parts, `sure_logprob` and `sure_bar` on the first fourteen
+    (docs/benchmarks.md).
     """
 
     def __init__(
@@ -368,9 +376,13 @@ class NameCorrector:
         min_key: int = 5,
         anchor: float = 0.5,
         common_bar: float = 0.75,
+        sure_logprob: float = -0.3,
+        sure_bar: float = 0.8,
     ) -> None:
         self.threshold = threshold
         self.common_bar = common_bar
+        self.sure_logprob = sure_logprob
+        self.sure_bar = sure_bar
         self.anchor = anchor
         self.key_weight = key_weight
         self.one_word = one_word
@@ -402,16 +414,17 @@ class NameCorrector:
                     self._by_onset.setdefault(sound, []).append(name)
         self._longest_tail = self._most_words - 1
 
-    def correct(self, text: str) -> str:
-        return apply(text, self.replacements(text))
+    def correct(self, text: str, spans: Sequence[TokenSpan] = ()) -> str:
+        return apply(text, self.replacements(text, spans))
 
-    def replacements(self, text: str) -> list[Replacement]:
-        """The confident matches in `text` that change it, none overlapping: names as spelled first,
-        then matches that end in their name's ordinary words as heard (what kind of thing was named
-        outweighs a better score elsewhere), each kind best first."""
+    def replacements(self, text: str, spans: Sequence[TokenSpan] = ()) -> list[Replacement]:
+        """The confident matches in `text` (whose tokens are `spans`, if the engine says) that change
+        it, none overlapping: names as spelled first, then matches that end in their name's ordinary
+        words as heard (what kind of thing was named outweighs a better score elsewhere), each kind
+        best first."""
         words = list(WORD.finditer(text))
         matches = sorted(
-            self._matches([word.group() for word in words]),
+            self._matches([word.group() for word in words], sure=self._sure_of(words, spans)),
             key=lambda m: (m.score < 1.0, not m.anchored, -m.score, m.first - m.last, m.name.rank, m.first),
         )
         taken: set[int] = set()
@@ -425,7 +438,9 @@ class NameCorrector:
                     chosen.append(Replacement(start, end, match.name.text, match.score))
         return chosen
 
-    def near_matches(self, text: str, limit: int, threshold: float) -> list[Replacement]:
+    def near_matches(
+        self, text: str, limit: int, threshold: float, spans: Sequence[TokenSpan] = ()
+    ) -> list[Replacement]:
         """At most `limit` names, best first, that some run of `text` loosely resembles (scoring at
         least `threshold`, below the correction's own; a name of common words, `common_bar`), each
         with the run it best resembles: worth a second look at the audio (the Whisper engine's).
@@ -435,7 +450,7 @@ class NameCorrector:
         """
         found = list(WORD.finditer(text))
         words = [word.group() for word in found]
-        matches = self._matches(words, threshold)
+        matches = self._matches(words, threshold, sure=self._sure_of(found, spans))
         if any(self._confident(match, words) for match in matches):
             return []
         best: dict[_Name, _Match] = {}
@@ -468,8 +483,22 @@ class NameCorrector:
             needed = threshold
         return self._score(rest, rest_of_name, 0.0) >= needed
 
-    def _matches(self, words: list[str], threshold: float | None = None) -> list[_Match]:
-        """Every (run, name) pair that scores at least `threshold` (the corrector's by default).
+    def _sure_of(self, words: Sequence[re.Match[str]], spans: Sequence[TokenSpan]) -> Callable[[int, int], bool]:
+        """Whether the engine wrote `words[first..last]` with a mean log-probability per token (of
+        the `spans` that overlap them) above `sure_logprob`; never, when the engine does not say."""
+        tokens = [{i for i, span in enumerate(spans) if span.end > w.start() and span.start < w.end()} for w in words]
+
+        def sure(first: int, last: int) -> bool:
+            run = set().union(*tokens[first : last + 1])
+            return bool(run) and sum(spans[i].logprob for i in run) / len(run) > self.sure_logprob
+
+        return sure
+
+    def _matches(
+        self, words: list[str], threshold: float | None = None, *, sure: Callable[[int, int], bool]
+    ) -> list[_Match]:
+        """Every (run, name) pair that scores at least `threshold` (the corrector's by default), and
+        `sure_bar` where the engine was `sure` of the run.
 
         A run is compared with the names of one to two words fewer or more only, and loosely only
         with those it could start like (see `_score`), looked up by its first sound.
@@ -499,7 +528,7 @@ class NameCorrector:
                                 _Match(score, first, last, name, self._ends_in_tail(spelled, first, last, name))
                             )
         found.extend(self._anchored(words, spelled, min(threshold, self.anchor)))
-        return found
+        return [match for match in found if match.score >= self.sure_bar or not sure(match.first, match.last)]
 
     def _needed(self, name: _Name, threshold: float, *, one_word: bool) -> float:
         """The score a loose match of a run with `name` needs: `threshold`, never less than

@@ -52,6 +52,15 @@ class StreamOptions:
 
 
 @dataclass(frozen=True)
+class TokenSpan:
+    """Characters `start:end` of a transcript's text, written by one token of this log-probability."""
+
+    start: int
+    end: int
+    logprob: float
+
+
+@dataclass(frozen=True)
 class Transcript:
     """One decode's result."""
 
@@ -62,6 +71,10 @@ class Transcript:
     mean_logprob: float | None = None
     """How sure the engine is of these words: the decode's log-probability (its end token
     included) per text token; None when the engine does not say. Turn detection distrusts a low one."""
+    token_spans: tuple[TokenSpan, ...] = ()
+    """How sure the engine was of each part of `text`, token by token; empty when it does not say
+    (Whisper's beam search and long audio, Qwen3-ASR). The name correction distrusts a loose match
+    with words the engine was sure of (`NameCorrector.sure_logprob`)."""
 
 
 @dataclass(frozen=True)

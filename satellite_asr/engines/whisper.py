@@ -14,7 +14,7 @@ import logging
 import os
 from collections.abc import Callable
 from importlib import resources
-from typing import Any
+from typing import Any, NamedTuple
 
 import ctranslate2
 import numpy as np
@@ -30,6 +30,7 @@ from satellite_asr.engines.base import (
     EngineInfo,
     EngineStream,
     StreamOptions,
+    TokenSpan,
     Transcript,
     model_location,
 )
@@ -134,6 +135,39 @@ def context_tokens(tokenizer: Tokenizer, context: str, limit: int = MAX_CONTEXT_
         if tokenizer.decode([tokens[end - 1]]).strip() in CONTEXT_BREAKS:
             return tokens[: end - 1]
     return tokens[:limit]
+
+
+class Decoded(NamedTuple):
+    """One `generate` call's text tokens, their mean log-probability (`Transcript.mean_logprob`) and
+    each one's log-probability (greedy decoding only: CTranslate2's beam search returns no logits)."""
+
+    tokens: list[int]
+    mean_logprob: float | None
+    logprobs: list[float]
+
+
+def token_logprobs(logits: list[ctranslate2.StorageView], tokens: list[int]) -> list[float]:
+    """Each token's log-probability, from the decoder's logits at its step."""
+    logprobs = []
+    for step, token in zip(logits, tokens, strict=False):
+        row = np.asarray(step, dtype=np.float64)
+        top = row.max()
+        logprobs.append(float(row[token] - top - np.log(np.exp(row - top).sum())))
+    return logprobs
+
+
+def token_spans(tokenizer: Tokenizer, tokens: list[int], logprobs: list[float]) -> tuple[TokenSpan, ...]:
+    """Where each token's characters lie in the transcript, `tokenizer.decode(tokens).strip()`."""
+    if not logprobs:
+        return ()
+    whole = tokenizer.decode(tokens)
+    lead, length = len(whole) - len(whole.lstrip()), len(whole.strip())
+    spans, start = [], 0
+    for count, logprob in enumerate(logprobs, 1):
+        end = min(max(len(tokenizer.decode(tokens[:count])) - lead, start), length)
+        spans.append(TokenSpan(start, end, logprob))
+        start = end
+    return tuple(spans)
 
 
 def bundled_tiny_en_path() -> str:
@@ -272,8 +306,9 @@ class WhisperEngine(Engine):
         if decoded is None:
             return None
         if final and options.names:
-            heard = tokenizer.decode(decoded[0])
-            matches = corrector_for(options.names).near_matches(heard, SECOND_LOOK_NAMES, SECOND_LOOK_SCORE)
+            heard = tokenizer.decode(decoded.tokens).strip()
+            spans = token_spans(tokenizer, decoded.tokens, decoded.logprobs)
+            matches = corrector_for(options.names).near_matches(heard, SECOND_LOOK_NAMES, SECOND_LOOK_SCORE, spans)
             near = [match.name for match in matches]
             if near:
                 self._count_redecode(REDECODE_SECOND_LOOK)
@@ -282,10 +317,16 @@ class WhisperEngine(Engine):
                 # a second look written twice still gives its first pass: the names it may hold
                 # matter more here than the log-probability it then lacks
                 second = self._generate(encoded, tokenizer, prompt, budget, beam_size, keep_first_pass=True)
-                if second is not None and second[0]:  # neither a loop nor nothing replaces the first text
+                if second is not None and second.tokens:  # neither a loop nor nothing replaces the first text
                     decoded = second
-        tokens, mean_logprob = decoded
-        return Transcript(tokenizer.decode(tokens).strip(), language, len(tokens), mean_logprob)
+        tokens = decoded.tokens
+        return Transcript(
+            tokenizer.decode(tokens).strip(),
+            language,
+            len(tokens),
+            decoded.mean_logprob,
+            token_spans(tokenizer, tokens, decoded.logprobs),
+        )
 
     def _generate(
         self,
@@ -295,9 +336,9 @@ class WhisperEngine(Engine):
         budget: int,
         beam_size: int,
         keep_first_pass: bool,
-    ) -> tuple[list[int], float | None] | None:
-        """The text tokens Whisper writes for `encoded` after `context` and their mean log-probability
-        (`Transcript.mean_logprob`); None if it looped, or wrote the text twice and not `keep_first_pass`."""
+    ) -> Decoded | None:
+        """What Whisper writes for `encoded` after `context`; None if it looped, or wrote the text
+        twice and not `keep_first_pass` (then its first pass, without a mean log-probability)."""
         assert self._model is not None
         prompt = self._model.get_prompt(tokenizer, context_tokens(tokenizer, context), without_timestamps=True)
         result = self._model.model.generate(
@@ -308,15 +349,17 @@ class WhisperEngine(Engine):
             suppress_blank=True,
             suppress_tokens=[-1],
             return_scores=True,  # with length_penalty 1: the log-probability per text token
+            return_logits_vocab=beam_size == 1,
         )
         tokens = [t for t in result[0].sequences_ids[0] if t < tokenizer.eot]
         mean_logprob = result[0].scores[0] if tokens else None
+        logprobs = token_logprobs(result[0].logits[0], tokens) if beam_size == 1 else []
         first_pass = loop_length(tokens)
         if first_pass:  # a text written twice: its score is the loop's, not the command's
-            return (tokens[:first_pass], None) if keep_first_pass else None
+            return Decoded(tokens[:first_pass], None, logprobs[:first_pass]) if keep_first_pass else None
         if len(tokens) >= budget - 1 or repeats_itself(tokens):
             return None
-        return tokens, mean_logprob
+        return Decoded(tokens, mean_logprob, logprobs)
 
     def _tokenizer(self, language: str) -> Tokenizer:
         assert self._model is not None
