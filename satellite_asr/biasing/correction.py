@@ -442,8 +442,9 @@ class NameCorrector:
         self, text: str, limit: int, threshold: float, spans: Sequence[TokenSpan] = ()
     ) -> list[Replacement]:
         """At most `limit` names, best first, that some run of `text` loosely resembles (scoring at
-        least `threshold`, below the correction's own; a name of common words, `common_bar`), each
-        with the run it best resembles: worth a second look at the audio (the Whisper engine's).
+        least `threshold`, below the correction's own; a name of common words, `common_bar`; words
+        the engine was sure of, per `spans`, `sure_bar`), each with the run it best resembles: worth
+        a second look at the audio (the Whisper engine's).
 
         Empty when the text already has one of the names as spelled, or a run close enough to be
         corrected: the text has found its name, and a second look would only risk another.

@@ -72,9 +72,10 @@ class Transcript:
     """How sure the engine is of these words: the decode's log-probability (its end token
     included) per text token; None when the engine does not say. Turn detection distrusts a low one."""
     token_spans: tuple[TokenSpan, ...] = ()
-    """How sure the engine was of each part of `text`, token by token; empty when it does not say
-    (Whisper's beam search and long audio, Qwen3-ASR). The name correction distrusts a loose match
-    with words the engine was sure of (`NameCorrector.sure_logprob`)."""
+    """How sure the engine was of each part of `text`, token by token, when the stream has names;
+    empty when it does not say (no names; Whisper's beam search, and its faster-whisper path for
+    long audio or a 30 s retry; Qwen3-ASR). The name correction distrusts a loose match with words
+    the engine was sure of (`NameCorrector.sure_logprob`); without spans it judges the text alone."""
 
 
 @dataclass(frozen=True)

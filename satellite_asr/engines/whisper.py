@@ -147,12 +147,13 @@ class Decoded(NamedTuple):
 
 
 def token_logprobs(logits: list[ctranslate2.StorageView], tokens: list[int]) -> list[float]:
-    """Each token's log-probability, from the decoder's logits at its step."""
+    """Each token's log-probability, from the decoder's logits at its step (on the CPU: a GPU's
+    logits are copied first, numpy cannot read them where they are)."""
     logprobs = []
-    for step, token in zip(logits, tokens, strict=False):
-        row = np.asarray(step, dtype=np.float64)
+    for step, token in zip(logits, tokens, strict=True):
+        row = np.asarray(step if step.device == "cpu" else step.to_device(ctranslate2.Device.cpu))
         top = row.max()
-        logprobs.append(float(row[token] - top - np.log(np.exp(row - top).sum())))
+        logprobs.append(float(row[token] - top) - float(np.log(np.exp(row - top).sum(dtype=np.float64))))
     return logprobs
 
 
@@ -302,7 +303,9 @@ class WhisperEngine(Engine):
         encoded = self._model.model.encode(ctranslate2.StorageView.from_array(np.ascontiguousarray(features[None])))
         budget = int(audio.size / SAMPLE_RATE * MAX_TOKENS_PER_SECOND) + 8
         beam_size = self._beam_size if final else 1
-        decoded = self._generate(encoded, tokenizer, options.context, budget, beam_size, keep_first_pass)
+        # how sure it was of each token only matters to the names' correction (`Transcript.token_spans`)
+        sureness = bool(options.names)
+        decoded = self._generate(encoded, tokenizer, options.context, budget, beam_size, keep_first_pass, sureness)
         if decoded is None:
             return None
         if final and options.names:
@@ -316,7 +319,7 @@ class WhisperEngine(Engine):
                 prompt = NAME_SEPARATOR.join([*near, options.context] if options.context else near)
                 # a second look written twice still gives its first pass: the names it may hold
                 # matter more here than the log-probability it then lacks
-                second = self._generate(encoded, tokenizer, prompt, budget, beam_size, keep_first_pass=True)
+                second = self._generate(encoded, tokenizer, prompt, budget, beam_size, True, sureness)
                 if second is not None and second.tokens:  # neither a loop nor nothing replaces the first text
                     decoded = second
         tokens = decoded.tokens
@@ -336,9 +339,11 @@ class WhisperEngine(Engine):
         budget: int,
         beam_size: int,
         keep_first_pass: bool,
+        sureness: bool,
     ) -> Decoded | None:
         """What Whisper writes for `encoded` after `context`; None if it looped, or wrote the text
-        twice and not `keep_first_pass` (then its first pass, without a mean log-probability)."""
+        twice and not `keep_first_pass` (then its first pass, without a mean log-probability). Each
+        token's log-probability too if `sureness` and greedy: the logits cost a little per token."""
         assert self._model is not None
         prompt = self._model.get_prompt(tokenizer, context_tokens(tokenizer, context), without_timestamps=True)
         result = self._model.model.generate(
@@ -349,17 +354,21 @@ class WhisperEngine(Engine):
             suppress_blank=True,
             suppress_tokens=[-1],
             return_scores=True,  # with length_penalty 1: the log-probability per text token
-            return_logits_vocab=beam_size == 1,
+            return_logits_vocab=sureness and beam_size == 1,
         )
-        tokens = [t for t in result[0].sequences_ids[0] if t < tokenizer.eot]
+        sequence = result[0].sequences_ids[0]
+        steps = [step for step, token in enumerate(sequence) if token < tokenizer.eot]
+        tokens = [sequence[step] for step in steps]
         mean_logprob = result[0].scores[0] if tokens else None
-        logprobs = token_logprobs(result[0].logits[0], tokens) if beam_size == 1 else []
         first_pass = loop_length(tokens)
         if first_pass:  # a text written twice: its score is the loop's, not the command's
-            return Decoded(tokens[:first_pass], None, logprobs[:first_pass]) if keep_first_pass else None
-        if len(tokens) >= budget - 1 or repeats_itself(tokens):
+            if not keep_first_pass:
+                return None
+            steps, tokens, mean_logprob = steps[:first_pass], tokens[:first_pass], None
+        elif len(tokens) >= budget - 1 or repeats_itself(tokens):
             return None
-        return Decoded(tokens, mean_logprob, logprobs)
+        logits = result[0].logits[0] if sureness and beam_size == 1 else []
+        return Decoded(tokens, mean_logprob, token_logprobs([logits[step] for step in steps], tokens) if logits else [])
 
     def _tokenizer(self, language: str) -> Tokenizer:
         assert self._model is not None
