@@ -257,3 +257,24 @@ def test_how_sure_a_run_is_is_the_mean_of_the_tokens_it_overlaps() -> None:
     )
     assert NameCorrector(["Mortimer"]).correct(heard, split) == "Start a 3 Mortimer."
     assert NameCorrector(["Mortimer"], sure_logprob=-1.0).correct(heard, split) == heard
+
+
+@pytest.mark.parametrize(
+    ("heard", "names", "corrected"),
+    [  # tiny.en's texts of the evaluation set: an ordinary name as spelled inside the longer name's remains
+        ("What is the humidity in the Lynn Wood Garden Room?", ["Garden"], "the Linwood garden room?"),
+        ("Start the Halor and dehumidifier.", ["Dehumidifier"], "Start the Halloran dehumidifier."),
+        ("is the light on in the park ridge laundry room.", ["Laundry room"], "in the Hawkridge laundry room."),
+    ],
+)
+def test_a_name_as_spelled_gives_way_to_a_longer_unusual_name_heard_around_it(
+    heard: str, names: list[str], corrected: str
+) -> None:
+    assert NameCorrector(names).correct(heard) == heard, "the ordinary name alone, as spelled"
+    assert NameCorrector(HOME_NAMES).correct(heard).endswith(corrected)
+
+
+def test_a_name_as_spelled_keeps_its_words_from_a_longer_name_of_common_words_or_itself() -> None:
+    heard = "Set the dining room light to 80%."
+    assert NameCorrector(["Dining room", "Dining room lights"]).correct(heard) == heard
+    assert NameCorrector(["Dishwasher"]).correct("is the dish washer done") == "is the dish washer done"

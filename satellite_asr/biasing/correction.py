@@ -419,12 +419,13 @@ class NameCorrector:
 
     def replacements(self, text: str, spans: Sequence[TokenSpan] = ()) -> list[Replacement]:
         """The confident matches in `text` (whose tokens are `spans`, if the engine says) that change
-        it, none overlapping: names as spelled first, then matches that end in their name's ordinary
-        words as heard (what kind of thing was named outweighs a better score elsewhere), each kind
-        best first."""
+        it, none overlapping: names as spelled first (unless `_inside_a_longer_name`), then matches
+        that end in their name's ordinary words as heard (what kind of thing was named outweighs a
+        better score elsewhere), each kind best first."""
         words = list(WORD.finditer(text))
+        found = self._matches([word.group() for word in words], sure=self._sure_of(words, spans))
         matches = sorted(
-            self._matches([word.group() for word in words], sure=self._sure_of(words, spans)),
+            (match for match in found if not _inside_a_longer_name(match, found)),
             key=lambda m: (m.score < 1.0, not m.anchored, -m.score, m.first - m.last, m.name.rank, m.first),
         )
         taken: set[int] = set()
@@ -616,6 +617,25 @@ def corrector_for(names: tuple[str, ...]) -> NameCorrector:
     name, and the same list serves many: every session fed by the same Home Assistant, every
     utterance of a session, the session's correction and Whisper's second look alike."""
     return NameCorrector(names)
+
+
+def _inside_a_longer_name(match: _Match, matches: Sequence[_Match]) -> bool:
+    """Whether `match`, a name as spelled, lies inside a loose match of a longer, unusual name that
+    has all its words: "Lynn Wood Garden Room" holds the Garden, but the words around it say it is
+    the Linwood garden room. A longer name of common words does not count ("dining room light" is
+    the Dining room's light as much as the Dining room lights)."""
+    if match.score < 1.0:
+        return False
+    words = set(match.name.phrase.words)
+    return any(
+        other.score < 1.0
+        and not other.name.common
+        and words < set(other.name.phrase.words)
+        and other.first <= match.first
+        and match.last <= other.last
+        and (other.first, other.last) != (match.first, match.last)
+        for other in matches
+    )
 
 
 def _command_word(word: str) -> bool:
