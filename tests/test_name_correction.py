@@ -260,17 +260,14 @@ def test_how_sure_a_run_is_is_the_mean_of_the_tokens_it_overlaps() -> None:
 
 
 @pytest.mark.parametrize(
-    ("heard", "names", "corrected"),
-    [  # tiny.en's texts of the evaluation set: an ordinary name as spelled inside the longer name's remains
-        ("What is the humidity in the Lynn Wood Garden Room?", ["Garden"], "the Linwood garden room?"),
-        ("Start the Halor and dehumidifier.", ["Dehumidifier"], "Start the Halloran dehumidifier."),
-        ("is the light on in the park ridge laundry room.", ["Laundry room"], "in the Hawkridge laundry room."),
+    ("heard", "corrected"),
+    [  # tiny.en's texts of the evaluation set: a name as spelled inside a longer unusual name's remains
+        ("What is the humidity in the Lynn Wood Garden Room?", "in the Linwood garden room?"),  # the Garden
+        ("Start the Halor and dehumidifier.", "Start the Halloran dehumidifier."),  # the Dehumidifier
+        ("is the light on in the park ridge laundry room.", "in the Hawkridge laundry room."),  # the Laundry room
     ],
 )
-def test_a_name_as_spelled_gives_way_to_a_longer_unusual_name_heard_around_it(
-    heard: str, names: list[str], corrected: str
-) -> None:
-    assert NameCorrector(names).correct(heard) == heard, "the ordinary name alone, as spelled"
+def test_a_name_as_spelled_gives_way_to_a_longer_unusual_name_heard_around_it(heard: str, corrected: str) -> None:
     assert NameCorrector(HOME_NAMES).correct(heard).endswith(corrected)
 
 
@@ -278,3 +275,13 @@ def test_a_name_as_spelled_keeps_its_words_from_a_longer_name_of_common_words_or
     heard = "Set the dining room light to 80%."
     assert NameCorrector(["Dining room", "Dining room lights"]).correct(heard) == heard
     assert NameCorrector(["Dishwasher"]).correct("is the dish washer done") == "is the dish washer done"
+    heard = "Turn off the bedroom heater."  # the Bedroom humidifier holds the Bedroom, not the Bedroom heater
+    assert NameCorrector(["Bedroom", "Bedroom heater", "Bedroom humidifier"]).correct(heard) == heard
+
+
+def test_a_name_as_spelled_gives_way_only_to_a_longer_name_that_scores_the_threshold() -> None:
+    """The cost, by design: said "back porch light" in a home with a Bakker porch light, the words
+    are as near one name as the other (0.87), and the longer, unusual name is taken."""
+    heard = "turn on the back porch light"
+    assert NameCorrector(["Porch light", "Bakker porch light"]).correct(heard) == "turn on the Bakker porch light"
+    assert NameCorrector(["Porch light", "Bakker porch light"], threshold=0.9).correct(heard) == heard

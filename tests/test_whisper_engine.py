@@ -102,7 +102,10 @@ async def test_each_token_says_where_it_lies_in_the_text_and_how_sure_the_engine
     for transcript in (clear, guessed):
         spans = transcript.token_spans
         assert len(spans) == transcript.tokens and spans[-1].end == len(transcript.text), spans
-        assert all(span.logprob <= 0 for span in spans), spans
+    # CTranslate2's own score is the text tokens' log-probabilities and the end token's, per text
+    # token: each log-probability read off the logits at the step of its own token adds up to it
+    assert clear.mean_logprob is not None
+    assert 0 <= sum(span.logprob for span in clear.token_spans) - clear.mean_logprob * clear.tokens < 1.0, clear
 
     def mean(transcript: Transcript) -> float:
         return sum(span.logprob for span in transcript.token_spans) / len(transcript.token_spans)
@@ -111,14 +114,12 @@ async def test_each_token_says_where_it_lies_in_the_text_and_how_sure_the_engine
     assert same_words([clear.text], [nameless.text]) and nameless.token_spans == ()
     assert same_words([clear.text], [searched.text]) and searched.token_spans == ()
 
-    tokens = tokenizer.encode(" Turn on Siobhan's lamp, then the Café.")
+    tokens = tokenizer.encode(" Turn on the Dvořák speaker.")
     spans = whisper.token_spans(tokenizer, tokens, [-0.5] * len(tokens))
     text = tokenizer.decode(tokens).strip()
-    assert [text[span.start : span.end] for span in spans[:6]] == [
-        tokenizer.decode([token]).lstrip() if index == 0 else tokenizer.decode([token])
-        for index, token in enumerate(tokens[:6])
-    ], "each ASCII token's own characters, the text's leading space left out"
-    assert "".join(text[span.start : span.end] for span in spans) == text, "a split character goes to one token"
+    # the text's leading space left out; "ř" is two tokens of one byte each: the first holds it
+    pieces = ["Turn", " on", " the", " D", "vo", "ř", "", "á", "k", " speaker", "."]
+    assert [text[span.start : span.end] for span in spans] == pieces
 
 
 def test_a_tokens_log_probability_is_read_off_its_steps_logits() -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import re
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -419,14 +420,22 @@ class NameCorrector:
 
     def replacements(self, text: str, spans: Sequence[TokenSpan] = ()) -> list[Replacement]:
         """The confident matches in `text` (whose tokens are `spans`, if the engine says) that change
-        it, none overlapping: names as spelled first (unless `_inside_a_longer_name`), then matches
-        that end in their name's ordinary words as heard (what kind of thing was named outweighs a
-        better score elsewhere), each kind best first."""
+        it, none overlapping: a longer, unusual name around a name as spelled first (`_holders`),
+        then names as spelled, then matches that end in their name's ordinary words as heard (what
+        kind of thing was named outweighs a better score elsewhere), each kind best first."""
         words = list(WORD.finditer(text))
-        found = self._matches([word.group() for word in words], sure=self._sure_of(words, spans))
-        matches = sorted(
-            (match for match in found if not _inside_a_longer_name(match, found)),
-            key=lambda m: (m.score < 1.0, not m.anchored, -m.score, m.first - m.last, m.name.rank, m.first),
+        matches = self._matches([word.group() for word in words], sure=self._sure_of(words, spans))
+        holders = self._holders(matches)
+        matches.sort(
+            key=lambda m: (
+                m not in holders,
+                m.score < 1.0,
+                not m.anchored,
+                -m.score,
+                m.first - m.last,
+                m.name.rank,
+                m.first,
+            )
         )
         taken: set[int] = set()
         chosen = []
@@ -447,8 +456,10 @@ class NameCorrector:
         the engine was sure of, per `spans`, `sure_bar`), each with the run it best resembles: worth
         a second look at the audio (the Whisper engine's).
 
-        Empty when the text already has one of the names as spelled, or a run close enough to be
-        corrected: the text has found its name, and a second look would only risk another.
+        Empty when the text already has one of the names as spelled (even inside a longer name's
+        run, unlike `replacements`: no name more came of looking again there), or a run close
+        enough to be corrected: the text has found its name, and a second look would only risk
+        another.
         """
         found = list(WORD.finditer(text))
         words = [word.group() for word in found]
@@ -473,6 +484,32 @@ class NameCorrector:
         run = _Phrase.of(words[match.first : match.last + 1])
         needed = self._needed(match.name, self.threshold, one_word=len(run.words) == 1)
         return match.score >= needed and self._differences_pass(run, match.name.phrase, self.threshold)
+
+    def _holders(self, matches: Sequence[_Match]) -> list[_Match]:
+        """The loose matches, scoring the threshold, of a longer, unusual name that covers the names
+        as spelled it overlaps and has all their words: "Lynn Wood Garden Room" holds the Garden,
+        but the words around it say it is the Linwood garden room. A longer name of common words
+        does not count ("dining room light" is the Dining room's light as much as the Dining room
+        lights), nor one overlapping a name as spelled that it does not hold ("bedroom heater" is the
+        Bedroom heater, not the Bedroom humidifier that holds the Bedroom)."""
+        spelled = [match for match in matches if match.score == 1.0]
+
+        def holds(other: _Match, match: _Match) -> bool:
+            return (
+                Counter(match.name.phrase.words) < Counter(other.name.phrase.words)
+                and other.first <= match.first
+                and match.last <= other.last
+                and (other.first, other.last) != (match.first, match.last)
+            )
+
+        holders = []
+        for other in matches:
+            if not self.threshold <= other.score < 1.0 or other.name.common:
+                continue
+            overlapped = [match for match in spelled if match.first <= other.last and other.first <= match.last]
+            if overlapped and all(holds(other, match) for match in overlapped):
+                holders.append(other)
+        return holders
 
     def _differences_pass(self, run: _Phrase, name: _Phrase, threshold: float) -> bool:
         """Whether what differs between run and name, their shared end words left out, scores
@@ -617,25 +654,6 @@ def corrector_for(names: tuple[str, ...]) -> NameCorrector:
     name, and the same list serves many: every session fed by the same Home Assistant, every
     utterance of a session, the session's correction and Whisper's second look alike."""
     return NameCorrector(names)
-
-
-def _inside_a_longer_name(match: _Match, matches: Sequence[_Match]) -> bool:
-    """Whether `match`, a name as spelled, lies inside a loose match of a longer, unusual name that
-    has all its words: "Lynn Wood Garden Room" holds the Garden, but the words around it say it is
-    the Linwood garden room. A longer name of common words does not count ("dining room light" is
-    the Dining room's light as much as the Dining room lights)."""
-    if match.score < 1.0:
-        return False
-    words = set(match.name.phrase.words)
-    return any(
-        other.score < 1.0
-        and not other.name.common
-        and words < set(other.name.phrase.words)
-        and other.first <= match.first
-        and match.last <= other.last
-        and (other.first, other.last) != (match.first, match.last)
-        for other in matches
-    )
 
 
 def _command_word(word: str) -> bool:

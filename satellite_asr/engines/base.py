@@ -73,8 +73,8 @@ class Transcript:
     included) per text token; None when the engine does not say. Turn detection distrusts a low one."""
     token_spans: tuple[TokenSpan, ...] = ()
     """How sure the engine was of each part of `text`, token by token, when the stream has names;
-    empty when it does not say (no names; Whisper's beam search, and its faster-whisper path for
-    long audio or a 30 s retry; Qwen3-ASR). The name correction distrusts a loose match with words
+    empty when it does not say (no names; Whisper's beam search, or whenever its decode takes
+    faster-whisper's own path; Qwen3-ASR). The name correction distrusts a loose match with words
     the engine was sure of (`NameCorrector.sure_logprob`); without spans it judges the text alone."""
 
 

@@ -305,31 +305,36 @@ class WhisperEngine(Engine):
         beam_size = self._beam_size if final else 1
         # how sure it was of each token only matters to the names' correction (`Transcript.token_spans`)
         sureness = bool(options.names)
-        decoded = self._generate(encoded, tokenizer, options.context, budget, beam_size, keep_first_pass, sureness)
+        decoded = self._generate(
+            encoded, tokenizer, options.context, budget, beam_size, keep_first_pass=keep_first_pass, sureness=sureness
+        )
         if decoded is None:
             return None
-        if final and options.names:
-            heard = tokenizer.decode(decoded.tokens).strip()
-            spans = token_spans(tokenizer, decoded.tokens, decoded.logprobs)
-            matches = corrector_for(options.names).near_matches(heard, SECOND_LOOK_NAMES, SECOND_LOOK_SCORE, spans)
-            near = [match.name for match in matches]
-            if near:
-                self._count_redecode(REDECODE_SECOND_LOOK)
-                # the near names first (the prompt keeps its start), then the session's own context
-                prompt = NAME_SEPARATOR.join([*near, options.context] if options.context else near)
-                # a second look written twice still gives its first pass: the names it may hold
-                # matter more here than the log-probability it then lacks
-                second = self._generate(encoded, tokenizer, prompt, budget, beam_size, True, sureness)
-                if second is not None and second.tokens:  # neither a loop nor nothing replaces the first text
-                    decoded = second
-        tokens = decoded.tokens
-        return Transcript(
-            tokenizer.decode(tokens).strip(),
-            language,
-            len(tokens),
-            decoded.mean_logprob,
-            token_spans(tokenizer, tokens, decoded.logprobs),
+        first = self._transcript(tokenizer, decoded, language)
+        if not (final and options.names):
+            return first
+        matches = corrector_for(options.names).near_matches(
+            first.text, SECOND_LOOK_NAMES, SECOND_LOOK_SCORE, first.token_spans
         )
+        if not matches:
+            return first
+        self._count_redecode(REDECODE_SECOND_LOOK)
+        # the near names first (the prompt keeps its start), then the session's own context
+        near = [match.name for match in matches]
+        prompt = NAME_SEPARATOR.join([*near, options.context] if options.context else near)
+        # a second look written twice still gives its first pass: the names it may hold
+        # matter more here than the log-probability it then lacks
+        second = self._generate(encoded, tokenizer, prompt, budget, beam_size, keep_first_pass=True, sureness=sureness)
+        if second is None or not second.tokens:  # a loop or nothing leaves the first text
+            return first
+        return self._transcript(tokenizer, second, language)
+
+    @staticmethod
+    def _transcript(tokenizer: Tokenizer, decoded: Decoded, language: str) -> Transcript:
+        """The text of `decoded` with its tokens' spans in it, worked out once per decode."""
+        spans = token_spans(tokenizer, decoded.tokens, decoded.logprobs)
+        text = tokenizer.decode(decoded.tokens).strip()
+        return Transcript(text, language, len(decoded.tokens), decoded.mean_logprob, spans)
 
     def _generate(
         self,
@@ -338,6 +343,7 @@ class WhisperEngine(Engine):
         context: str,
         budget: int,
         beam_size: int,
+        *,
         keep_first_pass: bool,
         sureness: bool,
     ) -> Decoded | None:
