@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from satellite_asr.biasing.context import biasing_context
+from satellite_asr.biasing.correction import corrector_for
 from satellite_asr.clients.wav import read_wav
 from satellite_asr.engines import whisper
 from satellite_asr.engines.base import EngineError, StreamOptions, Transcript, model_location
@@ -25,6 +26,8 @@ from satellite_asr.engines.whisper import (
     REDECODE_FULL_WINDOW,
     REDECODE_LONGER_WINDOW,
     REDECODE_SECOND_LOOK,
+    SECOND_LOOK_NAMES,
+    SECOND_LOOK_SCORE,
     WhisperEngine,
     context_tokens,
     loop_length,
@@ -122,12 +125,15 @@ async def test_each_token_says_where_it_lies_in_the_text_and_how_sure_the_engine
     assert [text[span.start : span.end] for span in spans] == pieces
 
 
-def test_a_tokens_log_probability_is_read_off_its_steps_logits() -> None:
-    logits = np.array([[2.0, 1.0, 0.0], [0.0, 0.0, 0.0]], dtype=np.float32)
+def test_logits_give_each_tokens_log_probability_and_the_best_a_watched_token_had_where_not_written() -> None:
+    logits = np.array([[2.0, 1.0, 0.0], [0.0, -2.0, 0.0]], dtype=np.float32)
     steps = [ctranslate2.StorageView.from_array(row) for row in logits]
-    assert whisper.token_logprobs(steps, [0, 2]) == pytest.approx(
-        [2.0 - np.log(np.exp(logits[0]).sum()), -np.log(3.0)], abs=1e-6
-    )
+    norm = np.log(np.exp(logits).sum(axis=1))
+    logprobs, unchosen = whisper.read_logits(steps, [0, 2], watched=[0, 1])
+    assert logprobs == pytest.approx([2.0 - norm[0], 0.0 - norm[1]], abs=1e-6)
+    # token 0 was written at the first step, so only the second counts; token 1 is likelier at the first
+    assert unchosen == pytest.approx({0: 0.0 - norm[1], 1: 1.0 - norm[0]}, abs=1e-6)
+    assert whisper.read_logits(steps, [0, 2])[1] == {}, "nothing watched"
 
 
 async def test_final_does_not_depend_on_the_partials_before_it() -> None:
@@ -350,10 +356,7 @@ async def test_a_final_near_a_few_names_is_decoded_again_with_only_those() -> No
     since held-out 17); in the whole evaluation home (556 names when this was written) names of later
     parts ("Cabana", "Cupola") took the five places."""
     names_dir = FIXTURES / "names"
-    commands = json.loads((names_dir / "commands.json").read_text())
-    other_parts = {c["name"] for c in commands.values() if c["name"] and c["half"] != "dev"}
-    home = rank_names(HomeNames.from_json(json.loads((names_dir / "home.json").read_text())), 1000)
-    names = tuple(name for name in home if name not in other_parts)
+    names = dev_home()
     engine = WhisperEngine()
     redecodes: list[str] = []
     engine.report_redecodes(redecodes.append)
@@ -381,6 +384,42 @@ async def test_a_final_near_a_few_names_is_decoded_again_with_only_those() -> No
     assert "quimby kettle" in looked.text.lower(), looked.text
     assert word_error_rate("switch on the Quimby kettle", looked.text) <= 1 / 4, looked.text
     assert word_error_rate("turn on the kitchen lights", plain.text) == 0, plain.text
+
+
+def dev_home() -> tuple[str, ...]:
+    """The dev part's home of the evaluation set: its own names and every ordinary one."""
+    names_dir = FIXTURES / "names"
+    commands = json.loads((names_dir / "commands.json").read_text())
+    other_parts = {c["name"] for c in commands.values() if c["name"] and c["half"] != "dev"}
+    home = rank_names(HomeNames.from_json(json.loads((names_dir / "home.json").read_text())), 1000)
+    return tuple(name for name in home if name not in other_parts)
+
+
+async def test_a_final_is_looked_at_again_with_the_names_the_decoder_nearly_wrote() -> None:
+    """tiny.en hears Moxie's feeder (named_12, dev) as "Turn on my computer": no run of that text
+    resembles a name, but " Mo" was likely where it wrote " my", so the second look's prompt has the
+    name. "cancel the timer" (plain_09) also gets a look on such a hunch; with oneDNN that look
+    writes "Can sell the timer" and no name, so the first text stays."""
+    names = dev_home()
+    engine = WhisperEngine()
+    redecodes: list[str] = []
+    engine.report_redecodes(redecodes.append)
+    await engine.start()
+    try:
+        feeder = read_wav(FIXTURES / "names" / "named_12.wav").to_16k_mono()
+        alone = await engine.open_stream(StreamOptions(language="en")).final(feeder)
+        looked = await engine.open_stream(StreamOptions(language="en", names=names)).final(feeder)
+        looks_for_the_feeder = redecodes.count(REDECODE_SECOND_LOOK)
+        timer = read_wav(FIXTURES / "names" / "plain_09.wav").to_16k_mono()
+        plain = await engine.open_stream(StreamOptions(language="en")).final(timer)
+        hunch = await engine.open_stream(StreamOptions(language="en", names=names)).final(timer)
+    finally:
+        await engine.close()
+    assert "moxie" not in alone.text.lower(), alone.text
+    assert corrector_for(names).near_matches(alone.text, SECOND_LOOK_NAMES, SECOND_LOOK_SCORE) == [], alone.text
+    assert "moxie's feeder" in looked.text.lower() and looks_for_the_feeder == 1, looked.text
+    assert redecodes.count(REDECODE_SECOND_LOOK) == 2, "the timer is looked at again too"
+    assert hunch.text == plain.text and word_error_rate("cancel the timer", hunch.text) == 0, hunch.text
 
 
 async def test_context_longer_than_the_prompt_keeps_its_start_and_whole_names() -> None:

@@ -451,22 +451,22 @@ class NameCorrector:
 
     def near_matches(
         self, text: str, limit: int, threshold: float, spans: Sequence[TokenSpan] = ()
-    ) -> list[Replacement]:
+    ) -> list[Replacement] | None:
         """At most `limit` names, best first, that some run of `text` loosely resembles (scoring at
         least `threshold`, below the correction's own; a name of common words, `common_bar`; words
         the engine was sure of, per `spans`, `sure_bar`), each with the run it best resembles: worth
         a second look at the audio (the Whisper engine's).
 
-        Empty when the text already has one of the names as spelled (even inside a longer name's
+        None when the text already has one of the names as spelled (even inside a longer name's
         run, unlike `replacements`: no name more came of looking again there), or a run close
         enough to be corrected: the text has found its name, and a second look would only risk
-        another.
+        another. Empty when no run resembles a name.
         """
         found = list(WORD.finditer(text))
         words = [word.group() for word in found]
         matches = self._matches(words, threshold, sure=self._sure_of(found, spans))
         if any(self._confident(match, words) for match in matches):
-            return []
+            return None
         best: dict[_Name, _Match] = {}
         for match in matches:
             known = best.get(match.name)

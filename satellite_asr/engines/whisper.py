@@ -10,9 +10,10 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any, NamedTuple
 
 import ctranslate2
@@ -22,7 +23,7 @@ from faster_whisper.tokenizer import _LANGUAGE_CODES, Tokenizer
 
 from satellite_asr.audio import SAMPLE_RATE, Audio
 from satellite_asr.biasing.context import NAME_SEPARATOR
-from satellite_asr.biasing.correction import corrector_for
+from satellite_asr.biasing.correction import corrector_for, letters
 from satellite_asr.engines.base import (
     Engine,
     EngineError,
@@ -96,6 +97,11 @@ SECOND_LOOK_NAMES = 5
 SECOND_LOOK_SCORE = 0.5
 """How close (`NameCorrector` score) a run of the first text must be to a name for a second look:
 looser than the correction's own threshold, since the audio, not the spelling, then decides."""
+HEARD_NAMES = 3
+"""At most this many names more prompt a final's second look: those whose first token the decoder
+found likeliest at a step where it wrote another (`Decoded.unchosen`). They find names that tiny.en
+turned into words resembling them in nothing ("Turn on my computer" for Moxie's feeder); alone, with
+no name near the text, their look is kept only if it writes one of them (docs/benchmarks.md)."""
 
 
 REDECODE_SECOND_LOOK = "second_look"
@@ -134,23 +140,34 @@ def context_tokens(tokenizer: Tokenizer, context: str, limit: int = MAX_CONTEXT_
 
 
 class Decoded(NamedTuple):
-    """One `generate` call's text tokens, their mean log-probability (`Transcript.mean_logprob`) and
-    each one's log-probability (greedy decoding only: CTranslate2's beam search returns no logits)."""
+    """One `generate` call's text tokens, their mean log-probability (`Transcript.mean_logprob`) and,
+    with greedy decoding only (CTranslate2's beam search returns no logits), each one's
+    log-probability and the best each watched token had at a step that wrote another (`read_logits`)."""
 
     tokens: list[int]
     mean_logprob: float | None
     logprobs: list[float]
+    unchosen: dict[int, float]
 
 
-def token_logprobs(logits: list[ctranslate2.StorageView], tokens: list[int]) -> list[float]:
-    """Each token's log-probability, from the decoder's logits at its step (on the CPU: a GPU's
-    logits are copied first, numpy cannot read them where they are)."""
-    logprobs = []
+def read_logits(
+    logits: list[ctranslate2.StorageView], tokens: list[int], watched: Collection[int] = ()
+) -> tuple[list[float], dict[int, float]]:
+    """Each token's log-probability, from the decoder's logits at its step, and the best
+    log-probability each `watched` token had at a step where another token was written (on the CPU:
+    a GPU's logits are copied first, numpy cannot read them where they are)."""
+    watch = np.fromiter(watched, dtype=np.int64)
+    logprobs, others = [], []
     for step, token in zip(logits, tokens, strict=True):
         row = np.asarray(step if step.device == "cpu" else step.to_device(ctranslate2.Device.cpu))
         top = row.max()
-        logprobs.append(float(row[token] - top) - float(np.log(np.exp(row - top).sum(dtype=np.float64))))
-    return logprobs
+        norm = float(np.log(np.exp(row - top).sum(dtype=np.float64)))
+        logprobs.append(float(row[token] - top) - norm)
+        others.append(np.where(watch == token, -np.inf, (row[watch] - top).astype(np.float64) - norm))
+    if not (others and watch.size):
+        return logprobs, {}
+    best = np.max(others, axis=0)
+    return logprobs, {int(token): float(value) for token, value in zip(watch, best, strict=True) if value > -np.inf}
 
 
 def token_spans(tokenizer: Tokenizer, tokens: list[int], logprobs: list[float]) -> tuple[TokenSpan, ...]:
@@ -189,6 +206,7 @@ class WhisperEngine(Engine):
         self._beam_size = beam_size
         self._short_context = short_context
         self._count_redecode: Callable[[str], None] = lambda reason: None
+        self._first_tokens = functools.lru_cache(maxsize=16)(self._encode_first_tokens)
         self._executor: concurrent.futures.ThreadPoolExecutor | None = self._new_executor()
         self._model: WhisperModel | None = None
         # Known before the model loads (Wyoming `info` is asked at once): English-only models are
@@ -278,10 +296,11 @@ class WhisperEngine(Engine):
         So is a command written twice over, unless `keep_first_pass` (a partial, or a final's last
         short window): then its first pass is the text, without a log-probability to read.
 
-        A final whose text loosely resembles some of `options.names` without naming any of them
-        is decoded a second time from the same encoding, with those few names (then the session's
-        context) as its prompt (see `SECOND_LOOK_NAMES`); that text is kept unless it repeats itself
-        or is empty.
+        A final that has none of `options.names` is decoded a second time from the same encoding,
+        with a few names as its prompt (then the session's context): those some run of its text
+        loosely resembles (`SECOND_LOOK_NAMES`) and those the decoder nearly wrote (`HEARD_NAMES`).
+        That text is kept unless it repeats itself or is empty, or, when no run resembled a name,
+        unless it writes one of the names it was given.
         """
         assert self._model is not None
         tokenizer = self._tokenizer(language)
@@ -291,29 +310,58 @@ class WhisperEngine(Engine):
         beam_size = self._beam_size if final else 1
         # how sure it was of each token only matters to the names' correction (`Transcript.token_spans`)
         sureness = bool(options.names)
+        first_tokens = self._first_tokens(options.names) if final and options.names else {}
         decoded = self._generate(
-            encoded, tokenizer, options.context, budget, beam_size, keep_first_pass=keep_first_pass, sureness=sureness
+            encoded,
+            tokenizer,
+            options.context,
+            budget,
+            beam_size,
+            keep_first_pass=keep_first_pass,
+            sureness=sureness,
+            watched=set(first_tokens.values()),
         )
         if decoded is None:
             return None
         first = self._transcript(tokenizer, decoded, language)
         if not (final and options.names):
             return first
-        matches = corrector_for(options.names).near_matches(
-            first.text, SECOND_LOOK_NAMES, SECOND_LOOK_SCORE, first.token_spans
-        )
-        if not matches:
+        corrector = corrector_for(options.names)
+        matches = corrector.near_matches(first.text, SECOND_LOOK_NAMES, SECOND_LOOK_SCORE, first.token_spans)
+        if matches is None:  # the text has its name
+            return first
+        near = [match.name for match in matches]
+        # stable: among names equally likely, the session's order (a client's terms, then the home's by rank)
+        heard = sorted(
+            (name for name, token in first_tokens.items() if token in decoded.unchosen and name not in near),
+            key=lambda name: -decoded.unchosen[first_tokens[name]],
+        )[:HEARD_NAMES]
+        if not (near or heard):
             return first
         self._count_redecode(REDECODE_SECOND_LOOK)
-        # the near names first (the prompt keeps its start), then the session's own context
-        near = [match.name for match in matches]
-        prompt = NAME_SEPARATOR.join([*near, options.context] if options.context else near)
+        # the near names first (the prompt keeps its start), then the heard ones, then the session's context
+        looked_for = [*near, *heard]
+        prompt = NAME_SEPARATOR.join([*looked_for, options.context] if options.context else looked_for)
         # a second look written twice still gives its first pass: the names it may hold
         # matter more here than the log-probability it then lacks
         second = self._generate(encoded, tokenizer, prompt, budget, beam_size, keep_first_pass=True, sureness=sureness)
         if second is None or not second.tokens:  # a loop or nothing leaves the first text
             return first
-        return self._transcript(tokenizer, second, language)
+        looked = self._transcript(tokenizer, second, language)
+        if not near and not self._writes_any(corrector.correct(looked.text, looked.token_spans), looked_for):
+            return first  # a look on the decoder's hunch alone, and no name came of it
+        return looked
+
+    @staticmethod
+    def _writes_any(text: str, names: list[str]) -> bool:
+        return any(letters(name) in letters(text) for name in names)
+
+    def _encode_first_tokens(self, names: tuple[str, ...]) -> dict[str, int]:
+        """Each name's first token as Whisper writes it within a sentence (after a space): what a
+        final's decode watches for (`HEARD_NAMES`); `_first_tokens` remembers the last few lists."""
+        assert self._model is not None
+        encode = self._model.hf_tokenizer.encode
+        return {name: encode(" " + name.strip(), add_special_tokens=False).ids[0] for name in names if name.strip()}
 
     @staticmethod
     def _transcript(tokenizer: Tokenizer, decoded: Decoded, language: str) -> Transcript:
@@ -332,10 +380,12 @@ class WhisperEngine(Engine):
         *,
         keep_first_pass: bool,
         sureness: bool,
+        watched: Collection[int] = (),
     ) -> Decoded | None:
         """What Whisper writes for `encoded` after `context`; None if it looped, or wrote the text
         twice and not `keep_first_pass` (then its first pass, without a mean log-probability). Each
-        token's log-probability too if `sureness` and greedy: the logits cost a little per token."""
+        token's log-probability too, and the `watched` tokens' best where not written, if `sureness`
+        and greedy: the logits cost a little per token."""
         assert self._model is not None
         prompt = self._model.get_prompt(tokenizer, context_tokens(tokenizer, context), without_timestamps=True)
         result = self._model.model.generate(
@@ -360,7 +410,10 @@ class WhisperEngine(Engine):
         elif len(tokens) >= budget - 1 or repeats_itself(tokens):
             return None
         logits = result[0].logits[0] if sureness and beam_size == 1 else []
-        return Decoded(tokens, mean_logprob, token_logprobs([logits[step] for step in steps], tokens) if logits else [])
+        if not logits:
+            return Decoded(tokens, mean_logprob, [], {})
+        logprobs, unchosen = read_logits([logits[step] for step in steps], tokens, watched)
+        return Decoded(tokens, mean_logprob, logprobs, unchosen)
 
     def _tokenizer(self, language: str) -> Tokenizer:
         assert self._model is not None
