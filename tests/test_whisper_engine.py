@@ -125,15 +125,23 @@ async def test_each_token_says_where_it_lies_in_the_text_and_how_sure_the_engine
     assert [text[span.start : span.end] for span in spans] == pieces
 
 
-def test_logits_give_each_tokens_log_probability_and_the_best_a_watched_token_had_where_not_written() -> None:
-    logits = np.array([[2.0, 1.0, 0.0], [0.0, -2.0, 0.0]], dtype=np.float32)
+def test_logits_give_each_tokens_log_probability_and_the_hunches_for_watched_tokens_not_written() -> None:
+    logits = np.array([[2.0, 1.0, 0.0], [0.0, -2.0, 0.0], [0.0, -3.0, 3.0]], dtype=np.float32)
     steps = [ctranslate2.StorageView.from_array(row) for row in logits]
-    norm = np.log(np.exp(logits).sum(axis=1))
-    logprobs, unchosen = whisper.read_logits(steps, [0, 2], watched=[0, 1])
-    assert logprobs == pytest.approx([2.0 - norm[0], 0.0 - norm[1]], abs=1e-6)
-    # token 0 was written at the first step, so only the second counts; token 1 is likelier at the first
-    assert unchosen == pytest.approx({0: 0.0 - norm[1], 1: 1.0 - norm[0]}, abs=1e-6)
-    assert whisper.read_logits(steps, [0, 2])[1] == {}, "nothing watched"
+    logprob = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    logprobs, hunches = whisper.read_logits(steps, [0, 2, 2], watched=[0, 1])
+    assert logprobs == pytest.approx([logprob[0, 0], logprob[1, 2], logprob[2, 2]], abs=1e-6)
+    # token 0 was written at the first step: only the other two count; token 1 peaks at the first
+    weight = whisper.HUNCH_MEDIAN_WEIGHT
+    assert hunches == pytest.approx(
+        {
+            0: logprob[1, 0] - weight * (logprob[1, 0] + logprob[2, 0]) / 2,
+            1: logprob[0, 1] - weight * logprob[1, 1],
+        },
+        abs=1e-6,
+    )
+    assert whisper.read_logits(steps, [0, 2, 2])[1] == {}, "nothing watched"
+    assert whisper.read_logits(steps[:1], [0], watched=[0]) == (logprobs[:1], {}), "written wherever it could be"
 
 
 async def test_final_does_not_depend_on_the_partials_before_it() -> None:

@@ -97,9 +97,9 @@ SECOND_LOOK_NAMES = 5
 SECOND_LOOK_SCORE = 0.5
 """How close (`NameCorrector` score) a run of the first text must be to a name for a second look:
 looser than the correction's own threshold, since the audio, not the spelling, then decides."""
-HEARD_NAMES = 3
+HEARD_NAMES = 5
 """At most this many names more prompt a final's second look: those whose first token the decoder
-found likeliest at a step where it wrote another (`Decoded.unchosen`). They find names that tiny.en
+leaned to most at a step where it wrote another (`Decoded.hunches`). They find names that tiny.en
 turned into words resembling them in nothing ("Turn on my computer" for Moxie's feeder); alone, with
 no name near the text, their look is kept only if it writes one of them (docs/benchmarks.md)."""
 
@@ -142,20 +142,26 @@ def context_tokens(tokenizer: Tokenizer, context: str, limit: int = MAX_CONTEXT_
 class Decoded(NamedTuple):
     """One `generate` call's text tokens, their mean log-probability (`Transcript.mean_logprob`) and,
     with greedy decoding only (CTranslate2's beam search returns no logits), each one's
-    log-probability and the best each watched token had at a step that wrote another (`read_logits`)."""
+    log-probability and how strongly it leaned to each watched token it did not write (`read_logits`)."""
 
     tokens: list[int]
     mean_logprob: float | None
     logprobs: list[float]
-    unchosen: dict[int, float]
+    hunches: dict[int, float]
+
+
+HUNCH_MEDIAN_WEIGHT = 0.5
+"""A hunch is a watched token's best log-probability at a step that wrote another, less this much of
+its median over those steps: a token likely everywhere (" The") says less than one likely at one
+step. Chosen on the seen parts of tests/fixtures/names: 0 or 1 found fewer names (docs/benchmarks.md)."""
 
 
 def read_logits(
     logits: list[ctranslate2.StorageView], tokens: list[int], watched: Collection[int] = ()
 ) -> tuple[list[float], dict[int, float]]:
-    """Each token's log-probability, from the decoder's logits at its step, and the best
-    log-probability each `watched` token had at a step where another token was written (on the CPU:
-    a GPU's logits are copied first, numpy cannot read them where they are)."""
+    """Each token's log-probability, from the decoder's logits at its step, and each `watched`
+    token's hunch (`HUNCH_MEDIAN_WEIGHT`) over the steps where it was not written (on the CPU: a
+    GPU's logits are copied first, numpy cannot read them where they are)."""
     watch = np.fromiter(watched, dtype=np.int64)
     logprobs, others = [], []
     for step, token in zip(logits, tokens, strict=True):
@@ -163,11 +169,14 @@ def read_logits(
         top = row.max()
         norm = float(np.log(np.exp(row - top).sum(dtype=np.float64)))
         logprobs.append(float(row[token] - top) - norm)
-        others.append(np.where(watch == token, -np.inf, (row[watch] - top).astype(np.float64) - norm))
+        others.append(np.where(watch == token, np.nan, (row[watch] - top).astype(np.float64) - norm))
     if not (others and watch.size):
         return logprobs, {}
-    best = np.max(others, axis=0)
-    return logprobs, {int(token): float(value) for token, value in zip(watch, best, strict=True) if value > -np.inf}
+    steps = np.stack(others)
+    kept = ~np.isnan(steps).all(axis=0)  # not written at every step
+    steps = steps[:, kept]
+    hunches = np.nanmax(steps, axis=0) - HUNCH_MEDIAN_WEIGHT * np.nanmedian(steps, axis=0)
+    return logprobs, dict(zip(watch[kept].tolist(), hunches.tolist(), strict=True))
 
 
 def token_spans(tokenizer: Tokenizer, tokens: list[int], logprobs: list[float]) -> tuple[TokenSpan, ...]:
@@ -333,8 +342,8 @@ class WhisperEngine(Engine):
         near = [match.name for match in matches]
         # stable: among names equally likely, the session's order (a client's terms, then the home's by rank)
         heard = sorted(
-            (name for name, token in first_tokens.items() if token in decoded.unchosen and name not in near),
-            key=lambda name: -decoded.unchosen[first_tokens[name]],
+            (name for name, token in first_tokens.items() if token in decoded.hunches and name not in near),
+            key=lambda name: -decoded.hunches[first_tokens[name]],
         )[:HEARD_NAMES]
         if not (near or heard):
             return first
@@ -384,8 +393,8 @@ class WhisperEngine(Engine):
     ) -> Decoded | None:
         """What Whisper writes for `encoded` after `context`; None if it looped, or wrote the text
         twice and not `keep_first_pass` (then its first pass, without a mean log-probability). Each
-        token's log-probability too, and the `watched` tokens' best where not written, if `sureness`
-        and greedy: the logits cost a little per token."""
+        token's log-probability too, and the `watched` tokens' hunches, if `sureness` and greedy:
+        the logits cost a little per token."""
         assert self._model is not None
         prompt = self._model.get_prompt(tokenizer, context_tokens(tokenizer, context), without_timestamps=True)
         result = self._model.model.generate(
@@ -412,8 +421,8 @@ class WhisperEngine(Engine):
         logits = result[0].logits[0] if sureness and beam_size == 1 else []
         if not logits:
             return Decoded(tokens, mean_logprob, [], {})
-        logprobs, unchosen = read_logits([logits[step] for step in steps], tokens, watched)
-        return Decoded(tokens, mean_logprob, logprobs, unchosen)
+        logprobs, hunches = read_logits([logits[step] for step in steps], tokens, watched)
+        return Decoded(tokens, mean_logprob, logprobs, hunches)
 
     def _tokenizer(self, language: str) -> Tokenizer:
         assert self._model is not None
