@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from satellite_asr.biasing.context import biasing_context
-from satellite_asr.biasing.correction import corrector_for
+from satellite_asr.biasing.correction import SURE_LOGPROB, corrector_for
 from satellite_asr.clients.wav import read_wav
 from satellite_asr.engines import whisper
 from satellite_asr.engines.base import EngineError, StreamOptions, Transcript, model_location
@@ -131,13 +131,11 @@ def test_logits_give_each_tokens_log_probability_and_the_hunches_for_watched_tok
     logprob = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
     logprobs, hunches = whisper.read_logits(steps, [0, 2, 2], watched=[0, 1])
     assert logprobs == pytest.approx([logprob[0, 0], logprob[1, 2], logprob[2, 2]], abs=1e-6)
-    # token 0 was written at the first step: only the other two count; token 1 peaks at the first
+    # the third step wrote its token surely: no name hid there; token 0 was written at the first
+    assert logprob[2, 2] > SURE_LOGPROB > max(logprob[0, 0], logprob[1, 2])
     weight = whisper.HUNCH_MEDIAN_WEIGHT
     assert hunches == pytest.approx(
-        {
-            0: logprob[1, 0] - weight * (logprob[1, 0] + logprob[2, 0]) / 2,
-            1: logprob[0, 1] - weight * logprob[1, 1],
-        },
+        {0: logprob[1, 0] - weight * logprob[1, 0], 1: logprob[0, 1] - weight * (logprob[0, 1] + logprob[1, 1]) / 2},
         abs=1e-6,
     )
     assert whisper.read_logits(steps, [0, 2, 2])[1] == {}, "nothing watched"

@@ -338,6 +338,11 @@ def apply(text: str, replacements: Sequence[Replacement]) -> str:
     return text
 
 
+SURE_LOGPROB = -0.3
+"""A word the engine wrote with a mean log-probability per token above this, it heard clearly
+(`NameCorrector.sure_logprob`, and where the Whisper engine looks for names it nearly wrote)."""
+
+
 class NameCorrector:
     """Replaces runs of words that sound and look like one of `names` by that name.
 
@@ -378,7 +383,7 @@ class NameCorrector:
         min_key: int = 5,
         anchor: float = 0.5,
         common_bar: float = 0.75,
-        sure_logprob: float = -0.3,
+        sure_logprob: float = SURE_LOGPROB,
         sure_bar: float = 0.8,
     ) -> None:
         self.threshold = threshold

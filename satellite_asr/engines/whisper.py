@@ -23,7 +23,7 @@ from faster_whisper.tokenizer import _LANGUAGE_CODES, Tokenizer
 
 from satellite_asr.audio import SAMPLE_RATE, Audio
 from satellite_asr.biasing.context import NAME_SEPARATOR
-from satellite_asr.biasing.correction import corrector_for, letters
+from satellite_asr.biasing.correction import SURE_LOGPROB, corrector_for, letters
 from satellite_asr.engines.base import (
     Engine,
     EngineError,
@@ -100,8 +100,8 @@ looser than the correction's own threshold, since the audio, not the spelling, t
 HEARD_NAMES = 5
 """At most this many names more prompt a final's second look: those whose first token the decoder
 leaned to most at a step where it wrote another (`Decoded.hunches`). They find names that tiny.en
-turned into words resembling them in nothing ("Turn on my computer" for Moxie's feeder); alone, with
-no name near the text, their look is kept only if it writes one of them (docs/benchmarks.md)."""
+turned into words resembling them in nothing ("Turn on my computer" for Moxie's feeder)
+(docs/benchmarks.md)."""
 
 
 REDECODE_SECOND_LOOK = "second_look"
@@ -160,20 +160,23 @@ def read_logits(
     logits: list[ctranslate2.StorageView], tokens: list[int], watched: Collection[int] = ()
 ) -> tuple[list[float], dict[int, float]]:
     """Each token's log-probability, from the decoder's logits at its step, and each `watched`
-    token's hunch (`HUNCH_MEDIAN_WEIGHT`) over the steps where it was not written (on the CPU: a
-    GPU's logits are copied first, numpy cannot read them where they are)."""
+    token's hunch (`HUNCH_MEDIAN_WEIGHT`) over the steps that wrote another token, unsurely
+    (`SURE_LOGPROB`: a word heard clearly is not where a name hid; "What is the weather" is not the
+    Watanabe speaker). On the CPU: a GPU's logits are copied first, numpy cannot read them there."""
     watch = np.fromiter(watched, dtype=np.int64)
     logprobs, others = [], []
     for step, token in zip(logits, tokens, strict=True):
         row = np.asarray(step if step.device == "cpu" else step.to_device(ctranslate2.Device.cpu))
         top = row.max()
         norm = float(np.log(np.exp(row - top).sum(dtype=np.float64)))
-        logprobs.append(float(row[token] - top) - norm)
-        others.append(np.where(watch == token, np.nan, (row[watch] - top).astype(np.float64) - norm))
+        logprob = float(row[token] - top) - norm
+        logprobs.append(logprob)
+        written = (watch == token) | (logprob > SURE_LOGPROB)
+        others.append(np.where(written, np.nan, (row[watch] - top).astype(np.float64) - norm))
     if not (others and watch.size):
         return logprobs, {}
     steps = np.stack(others)
-    kept = ~np.isnan(steps).all(axis=0)  # not written at every step
+    kept = ~np.isnan(steps).all(axis=0)  # some step could have written it
     steps = steps[:, kept]
     hunches = np.nanmax(steps, axis=0) - HUNCH_MEDIAN_WEIGHT * np.nanmedian(steps, axis=0)
     return logprobs, dict(zip(watch[kept].tolist(), hunches.tolist(), strict=True))
@@ -308,8 +311,8 @@ class WhisperEngine(Engine):
         A final that has none of `options.names` is decoded a second time from the same encoding,
         with a few names as its prompt (then the session's context): those some run of its text
         loosely resembles (`SECOND_LOOK_NAMES`) and those the decoder nearly wrote (`HEARD_NAMES`).
-        That text is kept unless it repeats itself or is empty, or, when no run resembled a name,
-        unless it writes one of the names it was given.
+        That text is kept if it writes one of the names it was given (once corrected) and does not
+        repeat itself.
         """
         assert self._model is not None
         tokenizer = self._tokenizer(language)
@@ -354,11 +357,11 @@ class WhisperEngine(Engine):
         # a second look written twice still gives its first pass: the names it may hold
         # matter more here than the log-probability it then lacks
         second = self._generate(encoded, tokenizer, prompt, budget, beam_size, keep_first_pass=True, sureness=sureness)
-        if second is None or not second.tokens:  # a loop or nothing leaves the first text
+        if second is None:  # a loop leaves the first text
             return first
         looked = self._transcript(tokenizer, second, language)
-        if not near and not self._writes_any(corrector.correct(looked.text, looked.token_spans), looked_for):
-            return first  # a look on the decoder's hunch alone, and no name came of it
+        if not self._writes_any(corrector.correct(looked.text, looked.token_spans), looked_for):
+            return first  # a look that found none of its names only risks the words
         return looked
 
     @staticmethod
