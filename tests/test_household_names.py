@@ -93,7 +93,7 @@ async def test_every_protocol_decodes_with_the_homes_names(home_assistant: HomeA
         config_off, heard_off = await websocket_session(daemon, "named_24.wav", household_names=False)
         context_off = engine.contexts[-1]
 
-    assert wyoming_context.startswith("Okonkwo, Lanai, Lounge, Office, "), "the client's own names first, then the best"
+    assert wyoming_context.startswith("Okonkwo, Dojo, Lanai, Lounge, "), "the client's own names first, then the best"
     assert wyoming_context.count(", ") == 20 and "Phone battery" not in wyoming_context
     assert websocket_context == wyoming_context.removeprefix("Okonkwo, ") and config["household_names"] is True
     assert "Marigold room" in heard, heard

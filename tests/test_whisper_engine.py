@@ -34,9 +34,8 @@ from satellite_asr.engines.whisper import (
     repeats_itself,
     short_windows,
 )
-from satellite_asr.homeassistant.names import HomeNames, rank_names
 from tests.eval_turns import MANIFEST, heard_at_decision
-from tests.helpers import EXPECTED, FIXTURES, WER_TOLERANCE, fixture_16k, same_words, word_error_rate
+from tests.helpers import EXPECTED, FIXTURES, WER_TOLERANCE, fixture_16k, part_home, same_words, word_error_rate
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -362,7 +361,7 @@ async def test_a_final_near_a_few_names_is_decoded_again_with_only_those() -> No
     since held-out 21); in the whole evaluation home (556 names when this was written) names of later
     parts ("Cabana", "Cupola") took the five places."""
     names_dir = FIXTURES / "names"
-    names = dev_home()
+    names = part_home("dev")
     engine = WhisperEngine()
     redecodes: list[str] = []
     engine.report_redecodes(redecodes.append)
@@ -392,21 +391,12 @@ async def test_a_final_near_a_few_names_is_decoded_again_with_only_those() -> No
     assert word_error_rate("turn on the kitchen lights", plain.text) == 0, plain.text
 
 
-def dev_home() -> tuple[str, ...]:
-    """The dev part's home of the evaluation set: its own names and every ordinary one."""
-    names_dir = FIXTURES / "names"
-    commands = json.loads((names_dir / "commands.json").read_text())
-    other_parts = {c["name"] for c in commands.values() if c["name"] and c["half"] != "dev"}
-    home = rank_names(HomeNames.from_json(json.loads((names_dir / "home.json").read_text())), 1000)
-    return tuple(name for name in home if name not in other_parts)
-
-
 async def test_a_final_is_looked_at_again_with_the_names_the_decoder_nearly_wrote() -> None:
     """tiny.en hears Moxie's feeder (named_12, dev) as "Turn on my computer": no run of that text
     resembles a name, but " Mo" was likely where it wrote " my", so the second look's prompt has the
     name. "cancel the timer" (plain_09) also gets a look on such a hunch; with oneDNN that look
     writes "Can sell the timer" and no name, so the first text stays."""
-    names = dev_home()
+    names = part_home("dev")
     engine = WhisperEngine()
     redecodes: list[str] = []
     engine.report_redecodes(redecodes.append)
