@@ -18,6 +18,7 @@ from satellite_asr.biasing.correction import (
     key_distance,
     key_similarity,
     sound_key,
+    spells,
 )
 from satellite_asr.engines.base import TokenSpan
 from satellite_asr.homeassistant.names import HomeNames, rank_names
@@ -170,6 +171,14 @@ def test_near_matches_are_names_the_text_loosely_sounds_like_with_the_words_they
     assert corrector.near_matches("turn on the kitchen lights", 5, 0.5) is None, "a name as spelled"
     assert corrector.near_matches("turn off the light since the merry-go-room.", 5, 0.5) is None, "corrected by text"
     assert corrector.near_matches("Turn off all the lights.", 5, 0.5) == [], "like no name at all"
+
+
+def test_a_name_is_spelled_in_whole_words() -> None:
+    assert spells("Turn on the TV, please", "TV") and spells("turn on Lachlans fan", "Lachlan\u2019s fan")
+    assert spells("Dim the Dvořák lamp", "dvořák lamp") and spells("Open the twin-vehicle", "Twin Vehicle")
+    assert spells("Switch on Wire Mu's lamp", "Wiremu's lamp"), "spaces aside"
+    assert not spells("stop the robot vacuum", "TV") and not spells("Swaychafgertrude", "Gertrude"), "inside words"
+    assert not spells("turn on the fan", "Lachlan's fan") and not spells("anything", "💡")
 
 
 def test_common_words_are_whole_lower_case_words_of_whispers_vocabulary() -> None:

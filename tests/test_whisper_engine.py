@@ -22,6 +22,7 @@ from satellite_asr.engines import whisper
 from satellite_asr.engines.base import EngineError, StreamOptions, Transcript, model_location
 from satellite_asr.engines.bundled import bundled_tiny_en_path
 from satellite_asr.engines.whisper import (
+    HEARD_NAMES,
     MAX_CONTEXT_TOKENS,
     REDECODE_FULL_WINDOW,
     REDECODE_LONGER_WINDOW,
@@ -139,6 +140,46 @@ def test_logits_give_each_tokens_log_probability_and_the_hunches_for_watched_tok
     )
     assert whisper.read_logits(steps, [0, 2, 2])[1] == {}, "nothing watched"
     assert whisper.read_logits(steps[:1], [0], watched=[0]) == (logprobs[:1], {}), "written wherever it could be"
+
+
+def test_a_token_suppressed_at_a_step_has_no_hunch_there() -> None:
+    """CTranslate2 gives a suppressed token (a blank at the start, symbols) the lowest float, not
+    -inf: taken as a log-probability, its median would make the hunch huge."""
+    lowest = np.finfo(np.float32).min
+    logits = np.array([[2.0, lowest, 0.0], [0.0, -1.0, 0.0], [0.0, -2.0, 0.0]], dtype=np.float32)
+    steps = [ctranslate2.StorageView.from_array(row) for row in logits]
+    logprob = logits[1:] - np.log(np.exp(logits[1:]).sum(axis=1, keepdims=True))
+    _, hunches = whisper.read_logits(steps, [0, 2, 2], watched=[1])
+    weight = whisper.HUNCH_MEDIAN_WEIGHT
+    assert hunches == pytest.approx({1: logprob[0, 1] - weight * (logprob[0, 1] + logprob[1, 1]) / 2}, abs=1e-6)
+    assert whisper.read_logits(steps[:1], [0], watched=[1])[1] == {}, "suppressed wherever it was watched"
+
+
+def test_heard_names_are_those_of_the_strongest_hunches() -> None:
+    first_tokens = {"Kitchen": 7, "Kitchen lights": 7, "Moxie's feeder": 3, "Quimby kettle": 5, "Zebedee": 9}
+    hunches = {7: -1.0, 3: -2.0, 5: -0.5}
+    heard = WhisperEngine._heard_names(first_tokens, hunches, near=[])
+    assert heard == ["Quimby kettle", "Kitchen", "Kitchen lights", "Moxie's feeder"], "a shared token: session order"
+    assert WhisperEngine._heard_names(first_tokens, hunches, near=["Kitchen"]) == [
+        "Quimby kettle",
+        "Kitchen lights",
+        "Moxie's feeder",
+    ], "a near name is in the prompt already"
+    many = {f"Name{index}": index for index in range(HEARD_NAMES + 3)}
+    assert len(WhisperEngine._heard_names(many, {index: -1.0 for index in many.values()}, near=[])) == HEARD_NAMES
+
+
+async def test_a_names_first_token_is_watched_only_if_it_begins_a_word() -> None:
+    engine = WhisperEngine()
+    await engine.start()
+    try:
+        first = engine._first_tokens(("Kitchen", "Kitchen lights", "Moxie's feeder", "   ", "Дмитро"))
+        tokenizer = engine._tokenizer("en")
+    finally:
+        await engine.close()
+    assert set(first) == {"Kitchen", "Kitchen lights", "Moxie's feeder"}, "blank, and a bare space or a byte"
+    assert first["Kitchen"] == first["Kitchen lights"] == tokenizer.encode(" Kitchen")[0]
+    assert tokenizer.decode([first["Moxie's feeder"]]) == " M"
 
 
 async def test_final_does_not_depend_on_the_partials_before_it() -> None:
@@ -352,14 +393,14 @@ async def test_the_homes_names_reach_the_decode_and_fix_names() -> None:
         await engine.close()
 
 
-async def test_a_final_near_a_few_names_is_decoded_again_with_only_those() -> None:
+async def test_a_final_near_a_few_names_is_decoded_again_with_them() -> None:
     """tiny.en writes "Switch on the Twin Vehicle" (MKL) or "Switch on the QMB capital" (oneDNN) for
     the Quimby kettle (named_08, dev half), too far from the name for the correction; a second look
-    at the audio with the few names near what it wrote gets the name. A command that already has one
-    of the names as spelled (plain_07, "turn on the kitchen lights"), and partials, are not decoded
-    again. The home is the dev part's, of the issue's size: its own names and the ordinary ones (172
-    since held-out 21); in the whole evaluation home (556 names when this was written) names of later
-    parts ("Cabana", "Cupola") took the five places."""
+    at the audio with the few names near what it wrote (and those it nearly wrote) gets the name. A
+    command that already has one of the names as spelled (plain_07, "turn on the kitchen lights"),
+    and partials, are not decoded again. The home is the dev part's, of the issue's size: its own
+    names and the ordinary ones (172 since held-out 21); in the whole evaluation home (556 names
+    when this was written) names of later parts ("Cabana", "Cupola") took the five places."""
     names_dir = FIXTURES / "names"
     names = part_home("dev")
     engine = WhisperEngine()
@@ -393,9 +434,10 @@ async def test_a_final_near_a_few_names_is_decoded_again_with_only_those() -> No
 
 async def test_a_final_is_looked_at_again_with_the_names_the_decoder_nearly_wrote() -> None:
     """tiny.en hears Moxie's feeder (named_12, dev) as "Turn on my computer": no run of that text
-    resembles a name, but " Mo" was likely where it wrote " my", so the second look's prompt has the
-    name. "cancel the timer" (plain_09) also gets a look on such a hunch; with oneDNN that look
-    writes "Can sell the timer" and no name, so the first text stays."""
+    resembles a name, but " M" (of " Moxie") was likely where it wrote " my", so the second look's
+    prompt has the name. "cancel the timer" (plain_09) also gets a look on such a hunch; that look
+    writes "Can sell the timer" and no name, so the first text stays. (Texts of oneDNN, CTranslate2's backend on AMD
+    processors, where this was written; MKL, on Intel, can hear otherwise.)"""
     names = part_home("dev")
     engine = WhisperEngine()
     redecodes: list[str] = []

@@ -27,6 +27,8 @@ from satellite_asr.engines.base import TokenSpan
 from satellite_asr.engines.bundled import bundled_tiny_en_path
 
 WORD = re.compile(r"[A-Za-z0-9']+")
+ALNUM_RUN = re.compile(r"[^\W_]+")
+"""Letters and digits in a row, any script: the words `spells` compares."""
 VOWELS = frozenset("aeiouy")
 SOUNDS = (
     ("tch", "ch"),
@@ -230,6 +232,31 @@ def _key_distance_within(a: str, b: str, limit: float) -> float:
 
 def letters(text: str) -> str:
     return "".join(c for c in text.lower() if c.isalnum())
+
+
+def spells(text: str, name: str) -> bool:
+    """Whether `text` has `name` as spelled, from the start of a word to the end of one (case,
+    spaces and punctuation aside): the TV is in "turn on the TV", not in "stop the robot vacuum";
+    Wiremu's lamp is in "Wire Mu's lamp"."""
+
+    def words(phrase: str) -> list[str]:
+        return ALNUM_RUN.findall(phrase.lower().replace("'", "").replace("\u2019", ""))
+
+    wanted, heard = "".join(words(name)), words(text)
+    if not wanted:
+        return False
+    starts, ends, offset = set(), set(), 0
+    for word in heard:
+        starts.add(offset)
+        offset += len(word)
+        ends.add(offset)
+    joined = "".join(heard)
+    found = joined.find(wanted)
+    while found >= 0:
+        if found in starts and found + len(wanted) in ends:
+            return True
+        found = joined.find(wanted, found + 1)
+    return False
 
 
 def edit_distance(a: str, b: str) -> int:

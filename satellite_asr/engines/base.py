@@ -48,7 +48,8 @@ class StreamOptions:
     """Biasing text (names, terms, previous conversation); engines use it as a prompt."""
     names: tuple[str, ...] = ()
     """Names the utterances may contain (the client's terms, then the household's names, ranked):
-    an engine may check what it heard against them (whisper decodes again with the near ones)."""
+    an engine may check what it heard against them (whisper decodes again with the near ones and
+    those it nearly wrote)."""
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from faster_whisper.tokenizer import _LANGUAGE_CODES, Tokenizer
 
 from satellite_asr.audio import SAMPLE_RATE, Audio
 from satellite_asr.biasing.context import NAME_SEPARATOR
-from satellite_asr.biasing.correction import SURE_LOGPROB, corrector_for, letters
+from satellite_asr.biasing.correction import SURE_LOGPROB, corrector_for, spells
 from satellite_asr.engines.base import (
     Engine,
     EngineError,
@@ -101,14 +101,16 @@ HEARD_NAMES = 5
 """At most this many names more prompt a final's second look: those whose first token the decoder
 leaned to most at a step where it wrote another (`Decoded.hunches`). They find names that tiny.en
 turned into words resembling them in nothing ("Turn on my computer" for Moxie's feeder)
-(docs/benchmarks.md)."""
+(docs/benchmarks.md). Only greedy finals have hunches: with `beam_size` above 1 CTranslate2 returns
+no logits, and only the near names prompt a look. Measured on English commands only."""
 
 
 REDECODE_SECOND_LOOK = "second_look"
 REDECODE_LONGER_WINDOW = "longer_window"
 REDECODE_FULL_WINDOW = "full_window"
-"""The reasons `report_redecodes` counts: a final decoded again with the names near what it heard,
-and a short-window decode that looped, done again on the next short window or on the full 30 s."""
+"""The reasons `report_redecodes` counts: a final decoded again with the names near what it heard
+or nearly wrote, and a short-window decode that looped, done again on the next short window or on
+the full 30 s."""
 
 
 def repeats_itself(tokens: list[int], run: int = REPEATED_RUN) -> bool:
@@ -162,7 +164,8 @@ def read_logits(
     """Each token's log-probability, from the decoder's logits at its step, and each `watched`
     token's hunch (`HUNCH_MEDIAN_WEIGHT`) over the steps that wrote another token, unsurely
     (`SURE_LOGPROB`: a word heard clearly is not where a name hid; "What is the weather" is not the
-    Watanabe speaker). On the CPU: a GPU's logits are copied first, numpy cannot read them there."""
+    Watanabe speaker), and could have written it (not suppressed). On the CPU: a GPU's logits are
+    copied first, numpy cannot read them there."""
     watch = np.fromiter(watched, dtype=np.int64)
     logprobs, others = [], []
     for step, token in zip(logits, tokens, strict=True):
@@ -171,8 +174,11 @@ def read_logits(
         norm = float(np.log(np.exp(row - top).sum(dtype=np.float64)))
         logprob = float(row[token] - top) - norm
         logprobs.append(logprob)
-        written = (watch == token) | (logprob > SURE_LOGPROB)
-        others.append(np.where(written, np.nan, (row[watch] - top).astype(np.float64) - norm))
+        values = row[watch]
+        # suppressed tokens (blank at the start, symbols) read as the lowest number, not -inf
+        barred = (values <= np.finfo(row.dtype).min) | ~np.isfinite(values)
+        skipped = (watch == token) | barred | (logprob > SURE_LOGPROB)
+        others.append(np.where(skipped, np.nan, values.astype(np.float64) - float(top) - norm))
     if not (others and watch.size):
         return logprobs, {}
     steps = np.stack(others)
@@ -343,11 +349,7 @@ class WhisperEngine(Engine):
         if matches is None:  # the text has its name
             return first
         near = [match.name for match in matches]
-        # stable: among names equally likely, the session's order (a client's terms, then the home's by rank)
-        heard = sorted(
-            (name for name, token in first_tokens.items() if token in decoded.hunches and name not in near),
-            key=lambda name: -decoded.hunches[first_tokens[name]],
-        )[:HEARD_NAMES]
+        heard = self._heard_names(first_tokens, decoded.hunches, near)
         if not (near or heard):
             return first
         self._count_redecode(REDECODE_SECOND_LOOK)
@@ -360,20 +362,36 @@ class WhisperEngine(Engine):
         if second is None:  # a loop leaves the first text
             return first
         looked = self._transcript(tokenizer, second, language)
-        if not self._writes_any(corrector.correct(looked.text, looked.token_spans), looked_for):
+        corrected = corrector.correct(looked.text, looked.token_spans)
+        if not any(spells(corrected, name) for name in looked_for):
             return first  # a look that found none of its names only risks the words
         return looked
 
     @staticmethod
-    def _writes_any(text: str, names: list[str]) -> bool:
-        return any(letters(name) in letters(text) for name in names)
+    def _heard_names(first_tokens: dict[str, int], hunches: dict[int, float], near: list[str]) -> list[str]:
+        """At most `HEARD_NAMES` names, not in `near`, by their first token's hunch, strongest first;
+        names that share a token in the session's order (a client's terms, then the home's by rank).
+        One name per token found 6 names more of 704 on the seen parts but lost Moxie's feeder, whose
+        " M" many names share (docs/benchmarks.md)."""
+        watched = [name for name, token in first_tokens.items() if token in hunches and name not in near]
+        return sorted(watched, key=lambda name: -hunches[first_tokens[name]])[:HEARD_NAMES]
 
     def _encode_first_tokens(self, names: tuple[str, ...]) -> dict[str, int]:
         """Each name's first token as Whisper writes it within a sentence (after a space): what a
-        final's decode watches for (`HEARD_NAMES`); `_first_tokens` remembers the last few lists."""
+        final's decode watches for (`HEARD_NAMES`); `_first_tokens` remembers the last few lists.
+        Left out: a first token that is a bare space or part of a character (a name in another
+        script, "Дмитро"), which begins many words and so says nothing of this one."""
         assert self._model is not None
-        encode = self._model.hf_tokenizer.encode
-        return {name: encode(" " + name.strip(), add_special_tokens=False).ids[0] for name in names if name.strip()}
+        tokenizer = self._model.hf_tokenizer
+        first_tokens = {}
+        for name in names:
+            if not name.strip():
+                continue
+            token = tokenizer.encode(" " + name.strip(), add_special_tokens=False).ids[0]
+            piece = tokenizer.decode([token])
+            if piece.strip() and "\ufffd" not in piece:
+                first_tokens[name] = token
+        return first_tokens
 
     @staticmethod
     def _transcript(tokenizer: Tokenizer, decoded: Decoded, language: str) -> Transcript:
