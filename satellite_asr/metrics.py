@@ -60,9 +60,9 @@ class Metrics:
         self.engine_redecodes = Counter(
             "satellite_asr_engine_redecodes",
             "Decodes run again on audio already decoded, by reason: second_look (whisper, a final with "
-            "none of the session's names, decoded with the few near its text or nearly written), "
-            "longer_window and full_window (whisper, a "
-            "short-window decode that ran away or wrote its text twice, redone on a longer window or on 30 s).",
+            "none of the session's names, decoded with the few near its text or nearly written), longer_window "
+            "and full_window (whisper, a short-window decode that ran away or wrote its text twice, redone on a "
+            "longer window or on 30 s).",
             ["reason"],
             registry=r,
         )
