@@ -61,7 +61,9 @@ def same_words(references: list[str], hypotheses: list[str]) -> bool:
 
 def part_home(part: str) -> tuple[str, ...]:
     """The home one part of the names evaluation set (tests/fixtures/names) is heard in, of the
-    issue's size: every name of the evaluation home but the other parts' own, by rank."""
+    issue's size: every name of the evaluation home but the other parts' own, by rank. (The
+    benchmark's `part_home` in scripts/bench_names.py cuts the home's JSON instead, aliases and
+    all, to a given size; these tests' texts were chosen in this simpler home.)"""
     names_dir = FIXTURES / "names"
     commands = json.loads((names_dir / "commands.json").read_text())
     other_parts = {c["name"] for c in commands.values() if c["name"] and c["half"] != part}
