@@ -404,7 +404,9 @@ class Session:
 
     def _corrected(self, result: Transcript) -> str:
         """The engine's text with what sounds like one of the session's names written as that name."""
-        return self._names.correct(result.text, result.token_spans) if self._names is not None else result.text
+        if self._names is None:
+            return result.text
+        return self._names.correct(result.text, result.token_spans, result.nearly_written)
 
     async def _speculate(self, utterance: _Utterance, end: int, *, read_turn: bool) -> None:
         """Decode the final now, the engine's whole attention on it (a partial in flight is dropped).

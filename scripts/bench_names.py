@@ -199,8 +199,8 @@ async def main() -> None:
                 stream = engine.open_stream(StreamOptions(language="en", context=text, names=names))
                 result = await stream.final(audio)
                 if args.verify is None:
-                    return corrector.correct(result.text, result.token_spans)
-                replacements = corrector.replacements(result.text, result.token_spans)
+                    return corrector.correct(result.text, result.token_spans, result.nearly_written)
+                replacements = corrector.replacements(result.text, result.token_spans, result.nearly_written)
                 return await asyncio.to_thread(verified, engine, audio, result.text, replacements, args.verify)
 
             runs = {"no names": (final, "")}

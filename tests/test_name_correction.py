@@ -258,6 +258,21 @@ def test_a_name_heard_closely_is_mended_however_sure_the_engine_was(heard: str, 
     assert NameCorrector(HOME_NAMES).correct(heard, spans(heard, -0.05)) == corrected
 
 
+def test_a_name_the_engine_nearly_wrote_needs_less_likeness_than_the_others() -> None:
+    """tiny.en writes "Turn off the pass away lamp." for the Hathaway lamp (held-out 13), with the
+    name's " H" among its likeliest tokens where it wrote others (`Transcript.nearly_written`)."""
+    corrector = NameCorrector(part_home("heldout13"))
+    heard = "Turn off the pass away lamp."
+    assert corrector.correct(heard) == "Turn off the Bedside lamp.", "the text alone: an ordinary name nearer"
+    assert corrector.correct(heard, (), ["Hathaway lamp"]) == "Turn off the Hathaway lamp."
+    assert corrector.correct(heard, (), ["Hayloft", "Haverford cinema room"]) == "Turn off the Bedside lamp."
+    assert corrector.correct("Set a timer for ten minutes.", (), ["Hathaway lamp"]) == "Set a timer for ten minutes."
+    assert corrector.correct(heard, spans(heard, -0.1), ["Hathaway lamp"]) == heard, "words it was sure of stay"
+    assert corrector.correct("Switch on the tower rail and the pass away lamp.", (), ["Hathaway lamp"]) == (
+        "Switch on the Towel rail and the Hathaway lamp."
+    ), "the other names still mend the words the nearly written ones leave"
+
+
 def test_how_sure_a_run_is_is_the_mean_of_the_tokens_it_overlaps() -> None:
     """One unsure token among sure ones: its run is unsure as a whole when the mean says so."""
     heard = "Start a 3 minute timer."

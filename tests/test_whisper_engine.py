@@ -24,6 +24,7 @@ from satellite_asr.engines.bundled import bundled_tiny_en_path
 from satellite_asr.engines.whisper import (
     HEARD_NAMES,
     MAX_CONTEXT_TOKENS,
+    NEARLY_WRITTEN_NAMES,
     REDECODE_FULL_WINDOW,
     REDECODE_LONGER_WINDOW,
     REDECODE_SECOND_LOOK,
@@ -158,15 +159,19 @@ def test_a_token_suppressed_at_a_step_has_no_hunch_there() -> None:
 def test_heard_names_are_those_of_the_strongest_hunches() -> None:
     first_tokens = {"Kitchen": 7, "Kitchen lights": 7, "Moxie's feeder": 3, "Quimby kettle": 5, "Zebedee": 9}
     hunches = {7: -1.0, 3: -2.0, 5: -0.5}
-    heard = WhisperEngine._heard_names(first_tokens, hunches, near=[])
-    assert heard == ["Quimby kettle", "Kitchen", "Kitchen lights", "Moxie's feeder"], "a shared token: session order"
-    assert WhisperEngine._heard_names(first_tokens, hunches, near=["Kitchen"]) == [
+    heard = WhisperEngine._heard_names(first_tokens, hunches, near=[], limit=HEARD_NAMES)
+    assert heard == ("Quimby kettle", "Kitchen", "Kitchen lights", "Moxie's feeder"), "a shared token: session order"
+    assert WhisperEngine._heard_names(first_tokens, hunches, near=["Kitchen"], limit=HEARD_NAMES) == (
         "Quimby kettle",
         "Kitchen lights",
         "Moxie's feeder",
-    ], "a near name is in the prompt already"
+    ), "a near name is in the prompt already"
+    assert WhisperEngine._heard_names(first_tokens, hunches, near=[], limit=2) == ("Quimby kettle", "Kitchen")
     many = {f"Name{index}": index for index in range(HEARD_NAMES + 3)}
-    assert len(WhisperEngine._heard_names(many, {index: -1.0 for index in many.values()}, near=[])) == HEARD_NAMES
+    assert (
+        len(WhisperEngine._heard_names(many, dict.fromkeys(many.values(), -1.0), near=[], limit=HEARD_NAMES))
+        == HEARD_NAMES
+    )
 
 
 async def test_a_names_first_token_is_watched_only_if_it_begins_a_word() -> None:
@@ -458,6 +463,28 @@ async def test_a_final_is_looked_at_again_with_the_names_the_decoder_nearly_wrot
     assert "moxie's feeder" in looked.text.lower() and looks_for_the_feeder == 1, looked.text
     assert redecodes.count(REDECODE_SECOND_LOOK) == 2, "the timer is looked at again too"
     assert hunch.text == plain.text and word_error_rate("cancel the timer", hunch.text) == 0, hunch.text
+
+
+async def test_a_final_says_which_names_the_decoder_nearly_wrote_and_the_correction_takes_them() -> None:
+    """tiny.en hears the Hathaway lamp (held-out 13) as "the pass away lamp": the text alone is nearer
+    the Bedside lamp, but " H" was among the likeliest first tokens where the decoder wrote others, so
+    the name is among those it nearly wrote (`Transcript.nearly_written`) and the correction takes it
+    (oneDNN's texts, as above). A partial does not watch names."""
+    names = part_home("heldout13")
+    engine = WhisperEngine()
+    await engine.start()
+    try:
+        audio = read_wav(FIXTURES / "names" / "heldout13_named_00.wav").to_16k_mono()
+        final = await engine.open_stream(StreamOptions(language="en", names=names)).final(audio)
+        partial = await engine.open_stream(StreamOptions(language="en", names=names)).partial(audio)
+    finally:
+        await engine.close()
+    assert "hathaway" not in final.text.lower(), final.text
+    assert "Hathaway lamp" in final.nearly_written and len(final.nearly_written) == NEARLY_WRITTEN_NAMES
+    corrector = corrector_for(names)
+    assert "Hathaway lamp" not in corrector.correct(final.text, final.token_spans), final.text
+    assert "Hathaway lamp" in corrector.correct(final.text, final.token_spans, final.nearly_written), final.text
+    assert partial.nearly_written == ()
 
 
 async def test_context_longer_than_the_prompt_keeps_its_start_and_whole_names() -> None:

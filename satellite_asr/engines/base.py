@@ -77,6 +77,9 @@ class Transcript:
     empty when it does not say (no names; Whisper's beam search, or whenever its decode takes
     faster-whisper's own path; Qwen3-ASR). The name correction distrusts a loose match with words
     the engine was sure of (`NameCorrector.sure_logprob`); without spans it judges the text alone."""
+    nearly_written: tuple[str, ...] = ()
+    """The stream's names the engine leaned to most where it wrote other words, strongest first
+    (Whisper's greedy finals, `Decoded.hunches`); the name correction takes them at a lower bar."""
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import dataclasses
 import functools
 import logging
 import os
@@ -103,6 +104,10 @@ leaned to most at a step where it wrote another (`Decoded.hunches`). They find n
 turned into words resembling them in nothing ("Turn on my computer" for Moxie's feeder)
 (docs/benchmarks.md). Only greedy finals have hunches: with `beam_size` above 1 CTranslate2 returns
 no logits, and only the near names prompt a look. Measured on English commands only."""
+NEARLY_WRITTEN_NAMES = 3
+"""A final's names with the strongest hunches, whatever its text: the correction takes them at a
+lower bar (`Transcript.nearly_written`, `NEARLY_WRITTEN_EASING`). 2 or 4 found fewer names on the
+seen parts of tests/fixtures/names (docs/benchmarks.md)."""
 
 
 REDECODE_SECOND_LOOK = "second_look"
@@ -344,12 +349,14 @@ class WhisperEngine(Engine):
         first = self._transcript(tokenizer, decoded, language)
         if not (final and options.names):
             return first
+        nearly_written = self._heard_names(first_tokens, decoded.hunches, (), NEARLY_WRITTEN_NAMES)
+        first = dataclasses.replace(first, nearly_written=nearly_written)
         corrector = corrector_for(options.names)
         matches = corrector.near_matches(first.text, SECOND_LOOK_NAMES, SECOND_LOOK_SCORE, first.token_spans)
         if matches is None:  # the text has its name
             return first
         near = [match.name for match in matches]
-        heard = self._heard_names(first_tokens, decoded.hunches, near)
+        heard = self._heard_names(first_tokens, decoded.hunches, near, HEARD_NAMES)
         if not (near or heard):
             return first
         self._count_redecode(REDECODE_SECOND_LOOK)
@@ -365,16 +372,18 @@ class WhisperEngine(Engine):
         corrected = corrector.correct(looked.text, looked.token_spans)
         if not any(spells(corrected, name) for name in looked_for):
             return first  # a look that found none of its names only risks the words
-        return looked
+        return dataclasses.replace(looked, nearly_written=nearly_written)  # the first decode's lean
 
     @staticmethod
-    def _heard_names(first_tokens: dict[str, int], hunches: dict[int, float], near: list[str]) -> list[str]:
-        """At most `HEARD_NAMES` names, not in `near`, by their first token's hunch, strongest first;
+    def _heard_names(
+        first_tokens: dict[str, int], hunches: dict[int, float], near: Collection[str], limit: int
+    ) -> tuple[str, ...]:
+        """At most `limit` names, not in `near`, by their first token's hunch, strongest first;
         names that share a token in the session's order (a client's terms, then the home's by rank).
         One name per token found 6 names more of 704 on the seen parts but lost Moxie's feeder, whose
         " M" many names share (docs/benchmarks.md)."""
         watched = [name for name, token in first_tokens.items() if token in hunches and name not in near]
-        return sorted(watched, key=lambda name: -hunches[first_tokens[name]])[:HEARD_NAMES]
+        return tuple(sorted(watched, key=lambda name: -hunches[first_tokens[name]])[:limit])
 
     def _encode_first_tokens(self, names: tuple[str, ...]) -> dict[str, int]:
         """Each name's first token as Whisper writes it within a sentence (after a space): what a
