@@ -370,7 +370,7 @@ NEARLY_WRITTEN_EASING = 0.03
 other words (`Transcript.nearly_written`): the decoder's own lean is evidence the spelling need not
 give alone ("Turn off the pass away lamp" is the Hathaway lamp when its " H" was the decoder's
 second thought). Chosen with `NEARLY_WRITTEN_NAMES` on the seen parts of tests/fixtures/names
-(0.05 and more wrote names into name-free commands; docs/benchmarks.md)."""
+(0.05 or more wrote names into more commands that did not say them; docs/benchmarks.md)."""
 
 SURE_LOGPROB = -0.3
 """A word the engine wrote with a mean log-probability per token above this, it heard clearly
