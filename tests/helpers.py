@@ -59,14 +59,14 @@ def same_words(references: list[str], hypotheses: list[str]) -> bool:
     )
 
 
-def part_home(part: str) -> tuple[str, ...]:
-    """The home one part of the names evaluation set (tests/fixtures/names) is heard in, of the
-    issue's size: every name of the evaluation home but the other parts' own, by rank. (The
+def part_home(*parts: str) -> tuple[str, ...]:
+    """The home one part (or a few) of the names evaluation set (tests/fixtures/names) is heard in,
+    of the issue's size: every name of the evaluation home but the other parts' own, by rank. (The
     benchmark's `part_home` in scripts/bench_names.py cuts the home's JSON instead, aliases and
     all, to a given size; these tests' texts were chosen in this simpler home.)"""
     names_dir = FIXTURES / "names"
     commands = json.loads((names_dir / "commands.json").read_text())
-    other_parts = {c["name"] for c in commands.values() if c["name"] and c["half"] != part}
+    other_parts = {c["name"] for c in commands.values() if c["name"] and c["half"] not in parts}
     home = rank_names(HomeNames.from_json(json.loads((names_dir / "home.json").read_text())), 10**6)
     return tuple(name for name in home if name not in other_parts)
 

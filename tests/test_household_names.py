@@ -135,6 +135,21 @@ async def test_whisper_takes_a_second_look_with_the_names_near_what_it_heard(
     assert word_error_rate("turn off Siobhan's fairy lights", heard) <= 0.5, heard
 
 
+async def test_a_name_the_decoder_nearly_wrote_reaches_the_transcript_through_every_protocol(
+    home_assistant: HomeAssistantDouble,
+) -> None:
+    """tiny.en hears Beatriz's fan (held-out 7) as words the text alone takes for the Pedestal fan,
+    but " Be" was among its likeliest tokens where it wrote others (`Transcript.nearly_written`), and
+    the session's correction matches that name first: without it, "Turn on Pedestal fan."."""
+    async with running_daemon(wyoming_uri="tcp://127.0.0.1:0", ha_url=home_assistant.url, ha_token=TOKEN) as daemon:
+        assert daemon.core.home_assistant is not None
+        await daemon.core.home_assistant.wait_loaded()
+        _, websocket_heard = await websocket_session(daemon, "heldout7_named_05.wav")
+        wyoming_heard = await wyoming_round(daemon, "heldout7_named_05.wav")
+    assert "Beatriz's fan" in websocket_heard, websocket_heard
+    assert "Beatriz's fan" in wyoming_heard, wyoming_heard
+
+
 async def test_a_command_heard_clearly_keeps_its_words_when_a_name_loosely_sounds_like_them(
     home_assistant: HomeAssistantDouble,
 ) -> None:

@@ -461,6 +461,7 @@ async def test_a_final_is_looked_at_again_with_the_names_the_decoder_nearly_wrot
     assert "moxie" not in alone.text.lower(), alone.text
     assert corrector_for(names).near_matches(alone.text, SECOND_LOOK_NAMES, SECOND_LOOK_SCORE) == [], alone.text
     assert "moxie's feeder" in looked.text.lower() and looks_for_the_feeder == 1, looked.text
+    assert len(looked.nearly_written) == NEARLY_WRITTEN_NAMES, "a look's text keeps the first decode's lean"
     assert redecodes.count(REDECODE_SECOND_LOOK) == 2, "the timer is looked at again too"
     assert hunch.text == plain.text and word_error_rate("cancel the timer", hunch.text) == 0, hunch.text
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import functools
 import re
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -365,13 +365,6 @@ def apply(text: str, replacements: Sequence[Replacement]) -> str:
     return text
 
 
-NEARLY_WRITTEN_EASING = 0.03
-"""How much lower the correction's bar is for the names the engine nearly wrote where it wrote
-other words (`Transcript.nearly_written`): the decoder's own lean is evidence the spelling need not
-give alone ("Turn off the pass away lamp" is the Hathaway lamp when its " H" was the decoder's
-second thought). Chosen with `NEARLY_WRITTEN_NAMES` on the seen parts of tests/fixtures/names
-(0.05 or more wrote names into more commands that did not say them; docs/benchmarks.md)."""
-
 SURE_LOGPROB = -0.3
 """A word the engine wrote with a mean log-probability per token above this, it heard clearly
 (`NameCorrector.sure_logprob`, and where the Whisper engine looks for names it nearly wrote)."""
@@ -455,27 +448,19 @@ class NameCorrector:
                     self._by_onset.setdefault(sound, []).append(name)
         self._longest_tail = self._most_words - 1
 
-    def correct(self, text: str, spans: Sequence[TokenSpan] = (), nearly_written: Sequence[str] = ()) -> str:
+    def correct(self, text: str, spans: Sequence[TokenSpan] = (), nearly_written: Collection[str] = ()) -> str:
         return apply(text, self.replacements(text, spans, nearly_written))
 
     def replacements(
-        self, text: str, spans: Sequence[TokenSpan] = (), nearly_written: Sequence[str] = ()
+        self, text: str, spans: Sequence[TokenSpan] = (), nearly_written: Collection[str] = ()
     ) -> list[Replacement]:
         """The confident matches in `text` (whose tokens are `spans`, if the engine says) that change
-        it, none overlapping: first those of the names the engine nearly wrote (`nearly_written`,
-        `Transcript.nearly_written`), among themselves and `NEARLY_WRITTEN_EASING` below the
-        threshold; then, where they left the words, every name's (`_own_replacements`)."""
-        own = self._own_replacements(text, spans)
-        if not nearly_written:
-            return own
-        eased = _eased(tuple(nearly_written), self.threshold - NEARLY_WRITTEN_EASING)._own_replacements(text, spans)
-        kept = [r for r in own if all(r.end <= e.start or r.start >= e.end for e in eased)]
-        return sorted([*eased, *kept], key=lambda replacement: replacement.start)
-
-    def _own_replacements(self, text: str, spans: Sequence[TokenSpan]) -> list[Replacement]:
-        """`replacements` among all the names: a longer, unusual name around a name as spelled first
-        (`_holders`), then names as spelled, then matches that end in their name's ordinary words as
-        heard (what kind of thing was named outweighs a better score elsewhere), each kind best first."""
+        it, none overlapping: a longer, unusual name around a name as spelled first (`_holders`),
+        then names as spelled, then the names the engine nearly wrote (`nearly_written`,
+        `Transcript.nearly_written`: the decoder's own lean outweighs a better score elsewhere, "the
+        pass away lamp" is the Hathaway lamp rather than the Bedside lamp), then matches that end in
+        their name's ordinary words as heard (what kind of thing was named outweighs a better score
+        elsewhere), each kind best first."""
         words = list(WORD.finditer(text))
         matches = self._matches([word.group() for word in words], sure=self._sure_of(words, spans))
         holders = self._holders(matches)
@@ -483,6 +468,7 @@ class NameCorrector:
             key=lambda m: (
                 m not in holders,
                 m.score < 1.0,
+                m.name.text not in nearly_written,
                 not m.anchored,
                 -m.score,
                 m.first - m.last,
@@ -699,13 +685,6 @@ class NameCorrector:
         if self.key_weight * key + (1 - self.key_weight) * best_letters < needed:
             return 0.0
         return self.key_weight * key + (1 - self.key_weight) * similarity(run.letters, name.letters)
-
-
-@functools.lru_cache(maxsize=64)
-def _eased(names: tuple[str, ...], threshold: float) -> NameCorrector:
-    """A matcher for the few names an engine nearly wrote in one final, at a lower threshold: the
-    same few ("Kitchen lights", a home's most likely first token) come back final after final."""
-    return NameCorrector(names, threshold=threshold)
 
 
 @functools.lru_cache(maxsize=16)

@@ -78,8 +78,9 @@ class Transcript:
     faster-whisper's own path; Qwen3-ASR). The name correction distrusts a loose match with words
     the engine was sure of (`NameCorrector.sure_logprob`); without spans it judges the text alone."""
     nearly_written: tuple[str, ...] = ()
-    """The stream's names the engine leaned to most where it wrote other words, strongest first
-    (Whisper's greedy finals, `Decoded.hunches`); the name correction takes them at a lower bar."""
+    """The stream's names the engine leaned to most where it wrote other words unsurely, strongest
+    first; empty when it does not say (partials; Whisper's beam search or its own 30 s path;
+    Qwen3-ASR). The name correction matches them before other loose matches (`NameCorrector.replacements`)."""
 
 
 @dataclass(frozen=True)

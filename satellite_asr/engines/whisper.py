@@ -105,9 +105,9 @@ turned into words resembling them in nothing ("Turn on my computer" for Moxie's 
 (docs/benchmarks.md). Only greedy finals have hunches: with `beam_size` above 1 CTranslate2 returns
 no logits, and only the near names prompt a look. Measured on English commands only."""
 NEARLY_WRITTEN_NAMES = 3
-"""A final's names with the strongest hunches, whatever its text: the correction takes them at a
-lower bar (`Transcript.nearly_written`, `NEARLY_WRITTEN_EASING`). 2 or 4 found fewer names on the
-seen parts of tests/fixtures/names (docs/benchmarks.md)."""
+"""A final's names with the strongest hunches, whatever its text (`Transcript.nearly_written`): the
+correction matches them before other loose matches. 2, 4 or 5 found fewer names on the seen parts
+of tests/fixtures/names (docs/benchmarks.md)."""
 
 
 REDECODE_SECOND_LOOK = "second_look"
