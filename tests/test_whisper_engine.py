@@ -440,9 +440,10 @@ async def test_a_final_near_a_few_names_is_decoded_again_with_them() -> None:
 async def test_a_final_is_looked_at_again_with_the_names_the_decoder_nearly_wrote() -> None:
     """tiny.en hears Moxie's feeder (named_12, dev) as "Turn on my computer": no run of that text
     resembles a name, but " M" (of " Moxie") was likely where it wrote " my", so the second look's
-    prompt has the name. "cancel the timer" (plain_09) also gets a look on such a hunch; that look
-    writes "Can sell the timer" and no name, so the first text stays. (Texts of oneDNN, CTranslate2's backend on AMD
-    processors, where this was written; MKL, on Intel, can hear otherwise.)"""
+    prompt has the name. "cancel the timer" (plain_09) leans to names too, but too weakly
+    (`LOOK_HUNCH`) for a look on hunches alone: its text stays, at no decode more. (Texts of
+    oneDNN, CTranslate2's backend on AMD processors, where this was written; MKL, on Intel, can
+    hear otherwise.)"""
     names = part_home("dev")
     engine = WhisperEngine()
     redecodes: list[str] = []
@@ -462,7 +463,7 @@ async def test_a_final_is_looked_at_again_with_the_names_the_decoder_nearly_wrot
     assert corrector_for(names).near_matches(alone.text, SECOND_LOOK_NAMES, SECOND_LOOK_SCORE) == [], alone.text
     assert "moxie's feeder" in looked.text.lower() and looks_for_the_feeder == 1, looked.text
     assert len(looked.nearly_written) == NEARLY_WRITTEN_NAMES, "a look's text keeps the first decode's lean"
-    assert redecodes.count(REDECODE_SECOND_LOOK) == 2, "the timer is looked at again too"
+    assert redecodes.count(REDECODE_SECOND_LOOK) == 1, "the timer is not looked at again"
     assert hunch.text == plain.text and word_error_rate("cancel the timer", hunch.text) == 0, hunch.text
 
 

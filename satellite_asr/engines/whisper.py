@@ -104,6 +104,10 @@ leaned to most at a step where it wrote another (`Decoded.hunches`). They find n
 turned into words resembling them in nothing ("Turn on my computer" for Moxie's feeder)
 (docs/benchmarks.md). Only greedy finals have hunches: with `beam_size` above 1 CTranslate2 returns
 no logits, and only the near names prompt a look. Measured on English commands only."""
+LOOK_HUNCH = -0.5
+"""A look that only the heard names prompt (no run of the text resembles a name) needs the strongest
+hunch at least this. On the seen parts of tests/fixtures/names it cut the looks by a fifth (488 to
+387 of 1188 finals) and lost no name; from 0 up, names were lost (docs/benchmarks.md)."""
 NEARLY_WRITTEN_NAMES = 3
 """A final's names with the strongest hunches, whatever its text (`Transcript.nearly_written`): the
 correction matches them before other loose matches. 2, 4 or 5 found fewer names on the seen parts
@@ -321,7 +325,8 @@ class WhisperEngine(Engine):
 
         A final that has none of `options.names` is decoded a second time from the same encoding,
         with a few names as its prompt (then the session's context): those some run of its text
-        loosely resembles (`SECOND_LOOK_NAMES`) and those the decoder nearly wrote (`HEARD_NAMES`).
+        loosely resembles (`SECOND_LOOK_NAMES`) and those the decoder nearly wrote (`HEARD_NAMES`; these
+        alone start a look only with a hunch of `LOOK_HUNCH`).
         That text is kept if it writes one of the names it was given (once corrected) and does not
         repeat itself.
         """
@@ -357,7 +362,7 @@ class WhisperEngine(Engine):
             return first
         near = [match.name for match in matches]
         heard = self._heard_names(first_tokens, decoded.hunches, near, HEARD_NAMES)
-        if not (near or heard):
+        if not near and not (heard and decoded.hunches[first_tokens[heard[0]]] >= LOOK_HUNCH):
             return first
         self._count_redecode(REDECODE_SECOND_LOOK)
         # the near names first (the prompt keeps its start), then the heard ones, then the session's context
