@@ -135,7 +135,7 @@ async def test_whisper_takes_a_second_look_with_the_names_near_what_it_heard(
     assert word_error_rate("turn off Siobhan's fairy lights", heard) <= 0.5, heard
 
 
-async def test_a_name_the_decoder_nearly_wrote_reaches_the_transcript_through_every_protocol(
+async def test_a_name_the_decoder_nearly_wrote_reaches_the_transcript_through_websocket_and_wyoming(
     home_assistant: HomeAssistantDouble,
 ) -> None:
     """tiny.en hears Beatriz's fan (held-out 7) as words the text alone takes for the Pedestal fan,

@@ -270,6 +270,7 @@ def test_a_name_the_engine_nearly_wrote_is_matched_before_other_loose_matches() 
     heard = "Turn off the pass away lamp."
     assert corrector.correct(heard) == "Turn off the Bedside lamp.", "the text alone: an ordinary name scores better"
     assert corrector.correct(heard, (), ["Hathaway lamp"]) == "Turn off the Hathaway lamp."
+    assert corrector.correct(heard, (), [" Hathaway  lamp"]) == "Turn off the Hathaway lamp.", "as a client spaced it"
     assert corrector.correct(heard, (), ["Hayloft", "Haverford cinema room"]) == "Turn off the Bedside lamp."
     assert corrector.correct(heard, spans(heard, -0.1), ["Hathaway lamp"]) == heard, "words it was sure of stay"
     assert corrector.correct("Switch on the tower rail and the pass away lamp.", (), ["Hathaway lamp"]) == (
@@ -287,6 +288,12 @@ def test_a_name_the_engine_nearly_wrote_is_matched_before_other_loose_matches() 
 def test_a_name_as_spelled_keeps_its_words_from_a_name_the_engine_nearly_wrote(heard: str, nearly_written: str) -> None:
     corrector = NameCorrector(part_home("heldout13"))
     assert corrector.correct(heard, (), [nearly_written]) == heard
+
+
+def test_a_name_the_engine_nearly_wrote_comes_before_a_match_that_ends_in_another_names_words() -> None:
+    corrector = NameCorrector(["Okafor gate", "Nakafta"])
+    assert corrector.correct("Open the knock after gate.") == "Open the Okafor gate."
+    assert corrector.correct("Open the knock after gate.", (), ["Nakafta"]) == "Open the Nakafta gate."
 
 
 def test_a_name_the_engine_nearly_wrote_is_written_only_if_it_is_one_of_the_names() -> None:

@@ -156,20 +156,20 @@ def test_a_token_suppressed_at_a_step_has_no_hunch_there() -> None:
     assert whisper.read_logits(steps[:1], [0], watched=[1])[1] == {}, "suppressed wherever it was watched"
 
 
-def test_heard_names_are_those_of_the_strongest_hunches() -> None:
+def test_names_by_hunch_are_those_of_the_strongest_hunches() -> None:
     first_tokens = {"Kitchen": 7, "Kitchen lights": 7, "Moxie's feeder": 3, "Quimby kettle": 5, "Zebedee": 9}
     hunches = {7: -1.0, 3: -2.0, 5: -0.5}
-    heard = WhisperEngine._heard_names(first_tokens, hunches, near=[], limit=HEARD_NAMES)
+    heard = WhisperEngine._names_by_hunch(first_tokens, hunches, near=[], limit=HEARD_NAMES)
     assert heard == ("Quimby kettle", "Kitchen", "Kitchen lights", "Moxie's feeder"), "a shared token: session order"
-    assert WhisperEngine._heard_names(first_tokens, hunches, near=["Kitchen"], limit=HEARD_NAMES) == (
+    assert WhisperEngine._names_by_hunch(first_tokens, hunches, near=["Kitchen"], limit=HEARD_NAMES) == (
         "Quimby kettle",
         "Kitchen lights",
         "Moxie's feeder",
     ), "a near name is in the prompt already"
-    assert WhisperEngine._heard_names(first_tokens, hunches, near=[], limit=2) == ("Quimby kettle", "Kitchen")
+    assert WhisperEngine._names_by_hunch(first_tokens, hunches, near=[], limit=2) == ("Quimby kettle", "Kitchen")
     many = {f"Name{index}": index for index in range(HEARD_NAMES + 3)}
     assert (
-        len(WhisperEngine._heard_names(many, dict.fromkeys(many.values(), -1.0), near=[], limit=HEARD_NAMES))
+        len(WhisperEngine._names_by_hunch(many, dict.fromkeys(many.values(), -1.0), near=[], limit=HEARD_NAMES))
         == HEARD_NAMES
     )
 
@@ -464,6 +464,7 @@ async def test_a_final_is_looked_at_again_with_the_names_the_decoder_nearly_wrot
     assert "moxie's feeder" in looked.text.lower() and looks_for_the_feeder == 1, looked.text
     assert len(looked.nearly_written) == NEARLY_WRITTEN_NAMES, "a look's text keeps the first decode's lean"
     assert redecodes.count(REDECODE_SECOND_LOOK) == 1, "the timer is not looked at again"
+    assert hunch.nearly_written, "though the decoder leaned to some names"
     assert hunch.text == plain.text and word_error_rate("cancel the timer", hunch.text) == 0, hunch.text
 
 

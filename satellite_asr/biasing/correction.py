@@ -464,11 +464,12 @@ class NameCorrector:
         words = list(WORD.finditer(text))
         matches = self._matches([word.group() for word in words], sure=self._sure_of(words, spans))
         holders = self._holders(matches)
+        leaned_to = {" ".join(name.split()) for name in nearly_written}  # spaced as the names are kept
         matches.sort(
             key=lambda m: (
                 m not in holders,
                 m.score < 1.0,
-                m.name.text not in nearly_written,
+                m.name.text not in leaned_to,
                 not m.anchored,
                 -m.score,
                 m.first - m.last,

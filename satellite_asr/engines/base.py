@@ -80,7 +80,7 @@ class Transcript:
     nearly_written: tuple[str, ...] = ()
     """The stream's names the engine leaned to most where it wrote other words unsurely, strongest
     first; empty when it does not say (partials; Whisper's beam search or its own 30 s path;
-    Qwen3-ASR). The name correction matches them before other loose matches (`NameCorrector.replacements`)."""
+    Qwen3-ASR). The name correction matches them right after names as spelled (`NameCorrector.replacements`)."""
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import functools
 import logging
+import math
 import os
 from collections.abc import Callable, Collection
 from typing import Any, NamedTuple
@@ -110,7 +111,8 @@ hunch at least this. On the seen parts of tests/fixtures/names it cut the looks 
 387 of 1188 finals) and lost no name; from 0 up, names were lost (docs/benchmarks.md)."""
 NEARLY_WRITTEN_NAMES = 3
 """A final's names with the strongest hunches, whatever its text (`Transcript.nearly_written`): the
-correction matches them before other loose matches. 2, 4 or 5 found fewer names on the seen parts
+correction matches them after longer names around names as spelled and names as spelled, before
+any other loose match. 2, 4 or 5 found fewer names on the seen parts
 of tests/fixtures/names (docs/benchmarks.md)."""
 
 
@@ -326,7 +328,7 @@ class WhisperEngine(Engine):
         A final that has none of `options.names` is decoded a second time from the same encoding,
         with a few names as its prompt (then the session's context): those some run of its text
         loosely resembles (`SECOND_LOOK_NAMES`) and those the decoder nearly wrote (`HEARD_NAMES`; these
-        alone start a look only with a hunch of `LOOK_HUNCH`).
+        alone start a look only with a hunch of at least `LOOK_HUNCH`).
         That text is kept if it writes one of the names it was given (once corrected) and does not
         repeat itself.
         """
@@ -354,15 +356,15 @@ class WhisperEngine(Engine):
         first = self._transcript(tokenizer, decoded, language)
         if not (final and options.names):
             return first
-        nearly_written = self._heard_names(first_tokens, decoded.hunches, (), NEARLY_WRITTEN_NAMES)
+        nearly_written = self._names_by_hunch(first_tokens, decoded.hunches, (), NEARLY_WRITTEN_NAMES)
         first = dataclasses.replace(first, nearly_written=nearly_written)
         corrector = corrector_for(options.names)
         matches = corrector.near_matches(first.text, SECOND_LOOK_NAMES, SECOND_LOOK_SCORE, first.token_spans)
         if matches is None:  # the text has its name
             return first
         near = [match.name for match in matches]
-        heard = self._heard_names(first_tokens, decoded.hunches, near, HEARD_NAMES)
-        if not near and not (heard and decoded.hunches[first_tokens[heard[0]]] >= LOOK_HUNCH):
+        heard = self._names_by_hunch(first_tokens, decoded.hunches, near, HEARD_NAMES)
+        if not near and max(decoded.hunches.values(), default=-math.inf) < LOOK_HUNCH:
             return first
         self._count_redecode(REDECODE_SECOND_LOOK)
         # the near names first (the prompt keeps its start), then the heard ones, then the session's context
@@ -380,7 +382,7 @@ class WhisperEngine(Engine):
         return dataclasses.replace(looked, nearly_written=nearly_written)  # the first decode's lean
 
     @staticmethod
-    def _heard_names(
+    def _names_by_hunch(
         first_tokens: dict[str, int], hunches: dict[int, float], near: Collection[str], limit: int
     ) -> tuple[str, ...]:
         """At most `limit` names, not in `near`, by their first token's hunch, strongest first;
