@@ -111,9 +111,9 @@ hunch at least this. On the seen parts of tests/fixtures/names it cut the looks 
 387 of 1188 finals) and lost no name; from 0 up, names were lost (docs/benchmarks.md)."""
 NEARLY_WRITTEN_NAMES = 3
 """A final's names with the strongest hunches, whatever its text (`Transcript.nearly_written`): the
-correction matches them after longer names around names as spelled and names as spelled, before
-any other loose match. 2, 4 or 5 found fewer names on the seen parts
-of tests/fixtures/names (docs/benchmarks.md)."""
+correction matches them right after names as spelled (and longer names around those), before any
+other loose match. 2, 4 or 5 found fewer names on the seen parts of tests/fixtures/names
+(docs/benchmarks.md)."""
 
 
 REDECODE_SECOND_LOOK = "second_look"
