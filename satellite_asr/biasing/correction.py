@@ -422,7 +422,7 @@ class NameCorrector:
         self.one_word = one_word
         self.margin = margin
         self.min_key = min_key
-        unique = dict.fromkeys(" ".join(name.split()) for name in names if WORD.search(name))
+        unique = dict.fromkeys(_single_spaced(name) for name in names if WORD.search(name))
         common = common_words()
         self._names: list[_Name] = []
         for rank, text in enumerate(unique):
@@ -464,7 +464,7 @@ class NameCorrector:
         words = list(WORD.finditer(text))
         matches = self._matches([word.group() for word in words], sure=self._sure_of(words, spans))
         holders = self._holders(matches)
-        leaned_to = {" ".join(name.split()) for name in nearly_written}  # spaced as the names are kept
+        leaned_to = {_single_spaced(name) for name in nearly_written}
         matches.sort(
             key=lambda m: (
                 m not in holders,
@@ -694,6 +694,11 @@ def corrector_for(names: tuple[str, ...]) -> NameCorrector:
     name, and the same list serves many: every session fed by the same Home Assistant, every
     utterance of a session, the session's correction and Whisper's second look alike."""
     return NameCorrector(names)
+
+
+def _single_spaced(name: str) -> str:
+    """`name` as the corrector keeps and writes it: one space between words, none at the ends."""
+    return " ".join(name.split())
 
 
 def _command_word(word: str) -> bool:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import dataclasses
 import functools
 import logging
 import math
@@ -353,19 +352,18 @@ class WhisperEngine(Engine):
         )
         if decoded is None:
             return None
-        first = self._transcript(tokenizer, decoded, language)
+        nearly_written = self._names_by_hunch(first_tokens, decoded.hunches, (), NEARLY_WRITTEN_NAMES)
+        first = self._transcript(tokenizer, decoded, language, nearly_written)
         if not (final and options.names):
             return first
-        nearly_written = self._names_by_hunch(first_tokens, decoded.hunches, (), NEARLY_WRITTEN_NAMES)
-        first = dataclasses.replace(first, nearly_written=nearly_written)
         corrector = corrector_for(options.names)
         matches = corrector.near_matches(first.text, SECOND_LOOK_NAMES, SECOND_LOOK_SCORE, first.token_spans)
         if matches is None:  # the text has its name
             return first
         near = [match.name for match in matches]
-        heard = self._names_by_hunch(first_tokens, decoded.hunches, near, HEARD_NAMES)
         if not near and max(decoded.hunches.values(), default=-math.inf) < LOOK_HUNCH:
             return first
+        heard = self._names_by_hunch(first_tokens, decoded.hunches, near, HEARD_NAMES)
         self._count_redecode(REDECODE_SECOND_LOOK)
         # the near names first (the prompt keeps its start), then the heard ones, then the session's context
         looked_for = [*near, *heard]
@@ -375,11 +373,11 @@ class WhisperEngine(Engine):
         second = self._generate(encoded, tokenizer, prompt, budget, beam_size, keep_first_pass=True, sureness=sureness)
         if second is None:  # a loop leaves the first text
             return first
-        looked = self._transcript(tokenizer, second, language)
+        looked = self._transcript(tokenizer, second, language, nearly_written)  # the first decode's lean
         corrected = corrector.correct(looked.text, looked.token_spans)
         if not any(spells(corrected, name) for name in looked_for):
             return first  # a look that found none of its names only risks the words
-        return dataclasses.replace(looked, nearly_written=nearly_written)  # the first decode's lean
+        return looked
 
     @staticmethod
     def _names_by_hunch(
@@ -410,11 +408,13 @@ class WhisperEngine(Engine):
         return first_tokens
 
     @staticmethod
-    def _transcript(tokenizer: Tokenizer, decoded: Decoded, language: str) -> Transcript:
+    def _transcript(
+        tokenizer: Tokenizer, decoded: Decoded, language: str, nearly_written: tuple[str, ...]
+    ) -> Transcript:
         """The text of `decoded` with its tokens' spans in it, worked out once per decode."""
         spans = token_spans(tokenizer, decoded.tokens, decoded.logprobs)
         text = tokenizer.decode(decoded.tokens).strip()
-        return Transcript(text, language, len(decoded.tokens), decoded.mean_logprob, spans)
+        return Transcript(text, language, len(decoded.tokens), decoded.mean_logprob, spans, nearly_written)
 
     def _generate(
         self,
