@@ -302,6 +302,44 @@ def test_a_name_the_engine_nearly_wrote_is_written_only_if_it_is_one_of_the_name
     )
 
 
+@pytest.mark.parametrize(
+    ("part", "heard", "corrected"),
+    [  # tiny.en's first texts of named commands of the evaluation set, names in no other way found
+        ("heldout16", "Boil and this is current kettle.", "Boil and this is Agnieszka's kettle."),
+        ("heldout6", "Start and drop these sound machine.", "Start and Anjali's sound machine."),
+        ("heldout16", "Switch on the random popcorn maker.", "Switch on the Brennan popcorn maker."),
+    ],
+)
+def test_the_only_name_of_a_kind_takes_the_unsure_words_before_the_kind(part: str, heard: str, corrected: str) -> None:
+    corrector = NameCorrector(part_home(part))
+    assert corrector.correct(heard, spans(heard, -1.0)) == corrected
+    assert corrector.correct(heard, spans(heard, -0.1)) == heard, "words the engine was sure of stay"
+    assert corrector.correct(heard) == heard, "and all words, when the engine does not say"
+
+
+@pytest.mark.parametrize(
+    ("names", "heard"),
+    [
+        (["Agnieszka's kettle", "Eszter's kettle"], "Boil and this is current kettle."),  # two kettles
+        (["Agnieszka's kettle", "Kettle"], "Boil and this is current kettle."),  # the kind is a name
+        (["Kitchen kettle"], "Boil and this is current kettle."),  # a name of a plain word and its kind
+        (["The kettle"], "Boil and this is current kettle."),
+        (["Agnieszka's kettle"], "Turn on the kettle."),  # a command word before the kind
+        (["Agnieszka's kettle", "Porch light"], "Turn on the porch light and this is current kettle."),
+    ],
+)
+def test_a_kind_is_no_name_when_others_share_it_or_the_text_has_its_name(names: list[str], heard: str) -> None:
+    assert NameCorrector(names).correct(heard, spans(heard, -1.0)) == heard
+
+
+def test_the_words_a_sole_kind_takes_stop_at_a_command_word_and_after_three() -> None:
+    corrector = NameCorrector(["Wendell kettle"])
+    heard = "Boil and this is current kettle."
+    assert corrector.correct(heard, spans(heard, -1.0)) == "Boil and this is Wendell kettle."
+    heard = "Boil ah these four current kettles."
+    assert corrector.correct(heard, spans(heard, -1.0)) == "Boil ah Wendell kettle."
+
+
 def test_how_sure_a_run_is_is_the_mean_of_the_tokens_it_overlaps() -> None:
     """One unsure token among sure ones: its run is unsure as a whole when the mean says so."""
     heard = "Start a 3 minute timer."

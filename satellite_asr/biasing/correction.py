@@ -365,6 +365,9 @@ def apply(text: str, replacements: Sequence[Replacement]) -> str:
     return text
 
 
+SOLE_KIND_WORDS = 3
+"""At most this many words before a kind of thing only one name has are read as that name's
+unusual words (`NameCorrector._sole_kind`)."""
 SURE_LOGPROB = -0.3
 """A word the engine wrote with a mean log-probability per token above this, it heard clearly
 (`NameCorrector.sure_logprob`, and where the Whisper engine looks for names it nearly wrote)."""
@@ -447,6 +450,8 @@ class NameCorrector:
                 for sound in {onset, *_NEAR_TO.get(onset, ())}:
                     self._by_onset.setdefault(sound, []).append(name)
         self._longest_tail = self._most_words - 1
+        self._sole_kinds = _kinds_with_one_name(self._names)
+        self._longest_kind = max(map(len, self._sole_kinds), default=0)
 
     def correct(self, text: str, spans: Sequence[TokenSpan] = (), nearly_written: Collection[str] = ()) -> str:
         return apply(text, self.replacements(text, spans, nearly_written))
@@ -486,6 +491,9 @@ class NameCorrector:
                 start, end = words[match.first].start(), words[match.last].end()
                 if letters(text[start:end]) != match.name.phrase.letters:
                     chosen.append(Replacement(start, end, match.name.text, match.score))
+        if not chosen and not any(match.score == 1.0 for match in matches):
+            sole = self._sole_kind(words, spans)
+            return [sole] if sole else []
         return chosen
 
     def near_matches(
@@ -565,13 +573,36 @@ class NameCorrector:
     def _sure_of(self, words: Sequence[re.Match[str]], spans: Sequence[TokenSpan]) -> Callable[[int, int], bool]:
         """Whether the engine wrote `words[first..last]` with a mean log-probability per token (of
         the `spans` that overlap them) above `sure_logprob`; never, when the engine does not say."""
-        tokens = [{i for i, span in enumerate(spans) if span.end > w.start() and span.start < w.end()} for w in words]
+        logprob = _mean_logprob(words, spans)
 
         def sure(first: int, last: int) -> bool:
-            run = set().union(*tokens[first : last + 1])
-            return bool(run) and sum(spans[i].logprob for i in run) / len(run) > self.sure_logprob
+            mean = logprob(first, last)
+            return mean is not None and mean > self.sure_logprob
 
         return sure
+
+    def _sole_kind(self, words: Sequence[re.Match[str]], spans: Sequence[TokenSpan]) -> Replacement | None:
+        """The one name whose kind the text names, with the words before the kind as its unusual
+        words: the longest kind as spelled (`_sole_kinds`), after one to `SOLE_KIND_WORDS` words back
+        to a command word that the engine says it wrote unsurely ("Boil and this is current kettle"
+        for Agnieszka's kettle). A command word before the kind ("turn on the kettle") or words
+        written surely ("the garden kettle") are left as heard, as is all text when the engine does
+        not say how sure it was."""
+        spelled = [letters(word.group()) for word in words]
+        logprob = _mean_logprob(words, spans)
+        for size in range(self._longest_kind, 0, -1):
+            for start in range(len(words) - size + 1):
+                end = start + size
+                name = self._sole_kinds.get((*spelled[start : end - 1], spelled[end - 1].removesuffix("s")))
+                if name is None:
+                    continue
+                first = start
+                while first > 0 and start - first < SOLE_KIND_WORDS and not _command_word(words[first - 1].group()):
+                    first -= 1
+                mean = logprob(first, start - 1) if first < start else None
+                if mean is not None and mean <= self.sure_logprob:
+                    return Replacement(words[first].start(), words[end - 1].end(), name.text, 0.0)
+        return None
 
     def _matches(
         self, words: list[str], threshold: float | None = None, *, sure: Callable[[int, int], bool]
@@ -699,6 +730,40 @@ def corrector_for(names: tuple[str, ...]) -> NameCorrector:
 def _single_spaced(name: str) -> str:
     """`name` as the corrector keeps and writes it: one space between words, none at the ends."""
     return " ".join(name.split())
+
+
+def _mean_logprob(words: Sequence[re.Match[str]], spans: Sequence[TokenSpan]) -> Callable[[int, int], float | None]:
+    """The engine's mean log-probability per token of `words[first..last]`, over the `spans` that
+    overlap them; None when it does not say."""
+    tokens = [{i for i, span in enumerate(spans) if span.end > w.start() and span.start < w.end()} for w in words]
+
+    def mean(first: int, last: int) -> float | None:
+        run = set().union(*tokens[first : last + 1])
+        return sum(spans[i].logprob for i in run) / len(run) if run else None
+
+    return mean
+
+
+def _kinds_with_one_name(names: Sequence[_Name]) -> dict[tuple[str, ...], _Name]:
+    """The kinds of thing only one name in the list ends in, by their words' letters (less a final s
+    of the last), each with that name: "kettle" or "salt lamp" when Agnieszka's kettle and Astrid's
+    salt lamp are the home's only ones. Only names that start with an unusual word count (not "The",
+    not one of `common_words`), and no kind that is itself a name or that another name ends in."""
+    owners: dict[tuple[str, ...], list[tuple[_Name, int]]] = {}
+    for name in names:
+        spelled = [letters(word) for word in name.phrase.words]
+        for start in range(len(spelled)):
+            kind = (*spelled[start:-1], spelled[-1].removesuffix("s"))
+            owners.setdefault(kind, []).append((name, start))
+    common = common_words()
+    sole = {}
+    for kind, named in owners.items():
+        if len(named) == 1 and named[0][1] > 0:
+            name = named[0][0]
+            first = letters(name.phrase.words[0].removesuffix("'s"))
+            if first not in common and first not in COMMAND_WORDS:
+                sole[kind] = name
+    return sole
 
 
 def _command_word(word: str) -> bool:
