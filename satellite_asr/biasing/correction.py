@@ -450,6 +450,14 @@ class NameCorrector:
                 for sound in {onset, *_NEAR_TO.get(onset, ())}:
                     self._by_onset.setdefault(sound, []).append(name)
         self._longest_tail = self._most_words - 1
+        self._by_first_word: dict[str, list[tuple[_Name, _Phrase]]] = {}
+        """Names of several words that start with an unusual word, by its letters, each with its
+        other words."""
+        for name in self._names:
+            first_word = name.phrase.words[0]
+            if len(name.phrase.words) > 1 and _unusual(first_word, common):
+                rest = _Phrase.of(name.phrase.words[1:])
+                self._by_first_word.setdefault(letters(first_word), []).append((name, rest))
         self._sole_kinds = _kinds_with_one_name(self._names)
         self._longest_kind = max(map(len, self._sole_kinds), default=0)
 
@@ -638,6 +646,7 @@ class NameCorrector:
                                 _Match(score, first, last, name, self._ends_in_tail(spelled, first, last, name))
                             )
         found.extend(self._anchored(words, spelled, min(threshold, self.anchor)))
+        found.extend(self._headed(words, spelled, min(threshold, self.anchor)))
         return [match for match in found if match.score >= self.sure_bar or not sure(match.first, match.last)]
 
     def _needed(self, name: _Name, threshold: float, *, one_word: bool) -> float:
@@ -694,6 +703,27 @@ class NameCorrector:
                             score = self._score(slot, head.word, needed, any_onset=True)
                             if score >= needed:
                                 found.append(_Match(score, first, end, head.name, anchored=True))
+        return found
+
+    def _headed(self, words: list[str], spelled: list[str], threshold: float) -> list[_Match]:
+        """Names found by their unusual first word as spelled (`_by_first_word`): as many words as
+        the name's others after it, or fewer, need only score `threshold` against those (one word:
+        `threshold + one_word`), in any sound, command words and all ("Kenji's then" is Kenji's den,
+        "Kofi's turn" Kofi's den). The mirror of `_anchored`: there the ordinary words survive and
+        say what kind of thing was named, here the rare word does and says which. Not where the
+        name is spelled whole; no more words, or "Tell Kenji's to open" would be Kenji's den."""
+        found = []
+        for start, word in enumerate(spelled):
+            for name, rest in self._by_first_word.get(word, ()):
+                size = len(rest.words)
+                if "".join(spelled[start + 1 : start + 1 + size]) == rest.letters:
+                    continue
+                for last in range(start + 1, min(len(words), start + size + 1)):
+                    slot = _Phrase.of(words[start + 1 : last + 1])
+                    needed = self._needed(name, threshold, one_word=last == start + 1)
+                    score = self._score(slot, rest, needed, any_onset=True)
+                    if score >= needed:
+                        found.append(_Match(score, start, last, name, anchored=True))
         return found
 
     def _score(self, run: _Phrase, name: _Phrase, needed: float, *, any_onset: bool = False) -> float:
@@ -758,12 +788,16 @@ def _kinds_with_one_name(names: Sequence[_Name]) -> dict[tuple[str, ...], _Name]
     common = common_words()
     sole = {}
     for kind, named in owners.items():
-        if len(named) == 1 and named[0][1] > 0:
-            name = named[0][0]
-            first = letters(name.phrase.words[0].removesuffix("'s"))
-            if first not in common and first not in COMMAND_WORDS:
-                sole[kind] = name
+        if len(named) == 1 and named[0][1] > 0 and _unusual(named[0][0].phrase.words[0], common):
+            sole[kind] = named[0][0]
     return sole
+
+
+def _unusual(word: str, common: Collection[str]) -> bool:
+    """Whether a name's `word` (lower case), less a possessive, is neither one of the `common`
+    words nor a command word: "Agnieszka's", not "Kitchen" or "The"."""
+    plain = letters(word.removesuffix("'s"))
+    return plain not in common and plain not in COMMAND_WORDS
 
 
 def _command_word(word: str) -> bool:
