@@ -396,9 +396,14 @@ class NameCorrector:
 
     A name of several words is also found by its last words (`_anchored`): where the transcript has
     them ("gate"), the words before them need only score `anchor` (one word: `anchor + one_word`)
-    against the name's first word, in any sound ("knock after gate" is the Okafor gate). The
-    defaults were tuned on the dev part and the first five held-out parts of tests/fixtures/names,
-    `common_bar` on the first twelve parts, `sure_logprob` and `sure_bar` on the first fourteen
+    against the name's first word, in any sound ("knock after gate" is the Okafor gate). The mirror
+    (`_headed`): where it has a name's unusual first word as spelled, the words after it that the
+    engine wrote unsurely need only score `anchor` against the name's others ("Kenji's then" is
+    Kenji's den). And a text with no name that names a kind of thing only one name has takes the
+    unsure words before the kind as that name (`_sole_kind`: "this is current kettle" is Agnieszka's
+    kettle when hers is the only kettle). The defaults were tuned on the dev part and the first five
+    held-out parts of tests/fixtures/names, `common_bar` on the first twelve parts, `sure_logprob`
+    and `sure_bar` on the first fourteen, the last two rules on the first twenty-two
     (docs/benchmarks.md).
     """
 
@@ -475,7 +480,8 @@ class NameCorrector:
         their name's ordinary words as heard (what kind of thing was named outweighs a better score
         elsewhere), each kind best first."""
         words = list(WORD.finditer(text))
-        matches = self._matches([word.group() for word in words], sure=self._sure_of(words, spans))
+        logprob = _mean_logprob(words, spans)
+        matches = self._matches([word.group() for word in words], logprob=logprob)
         holders = self._holders(matches)
         leaned_to = {_single_spaced(name) for name in nearly_written}
         matches.sort(
@@ -499,8 +505,8 @@ class NameCorrector:
                 start, end = words[match.first].start(), words[match.last].end()
                 if letters(text[start:end]) != match.name.phrase.letters:
                     chosen.append(Replacement(start, end, match.name.text, match.score))
-        if not chosen and not any(match.score == 1.0 for match in matches):
-            sole = self._sole_kind(words, spans)
+        if not matches:
+            sole = self._sole_kind(words, logprob)
             return [sole] if sole else []
         return chosen
 
@@ -519,7 +525,7 @@ class NameCorrector:
         """
         found = list(WORD.finditer(text))
         words = [word.group() for word in found]
-        matches = self._matches(words, threshold, sure=self._sure_of(found, spans))
+        matches = self._matches(words, threshold, logprob=_mean_logprob(found, spans))
         if any(self._confident(match, words) for match in matches):
             return None
         best: dict[_Name, _Match] = {}
@@ -578,26 +584,17 @@ class NameCorrector:
             needed = threshold
         return self._score(rest, rest_of_name, 0.0) >= needed
 
-    def _sure_of(self, words: Sequence[re.Match[str]], spans: Sequence[TokenSpan]) -> Callable[[int, int], bool]:
-        """Whether the engine wrote `words[first..last]` with a mean log-probability per token (of
-        the `spans` that overlap them) above `sure_logprob`; never, when the engine does not say."""
-        logprob = _mean_logprob(words, spans)
-
-        def sure(first: int, last: int) -> bool:
-            mean = logprob(first, last)
-            return mean is not None and mean > self.sure_logprob
-
-        return sure
-
-    def _sole_kind(self, words: Sequence[re.Match[str]], spans: Sequence[TokenSpan]) -> Replacement | None:
+    def _sole_kind(
+        self, words: Sequence[re.Match[str]], logprob: Callable[[int, int], float | None]
+    ) -> Replacement | None:
         """The one name whose kind the text names, with the words before the kind as its unusual
         words: the longest kind as spelled (`_sole_kinds`), after one to `SOLE_KIND_WORDS` words back
-        to a command word that the engine says it wrote unsurely ("Boil and this is current kettle"
-        for Agnieszka's kettle). A command word before the kind ("turn on the kettle") or words
-        written surely ("the garden kettle") are left as heard, as is all text when the engine does
-        not say how sure it was."""
+        to a command word, never the text's first word (its verb: "check baby monitor"), that the
+        engine says it wrote unsurely (`logprob`; "Boil and this is current kettle" for Agnieszka's
+        kettle). A command word before the kind ("turn on the kettle") or words written surely ("the
+        garden kettle") are left as heard, as is all text when the engine does not say how sure it
+        was."""
         spelled = [letters(word.group()) for word in words]
-        logprob = _mean_logprob(words, spans)
         for size in range(self._longest_kind, 0, -1):
             for start in range(len(words) - size + 1):
                 end = start + size
@@ -605,7 +602,7 @@ class NameCorrector:
                 if name is None:
                     continue
                 first = start
-                while first > 0 and start - first < SOLE_KIND_WORDS and not _command_word(words[first - 1].group()):
+                while first > 1 and start - first < SOLE_KIND_WORDS and not _command_word(words[first - 1].group()):
                     first -= 1
                 mean = logprob(first, start - 1) if first < start else None
                 if mean is not None and mean <= self.sure_logprob:
@@ -613,7 +610,7 @@ class NameCorrector:
         return None
 
     def _matches(
-        self, words: list[str], threshold: float | None = None, *, sure: Callable[[int, int], bool]
+        self, words: list[str], threshold: float | None = None, *, logprob: Callable[[int, int], float | None]
     ) -> list[_Match]:
         """Every (run, name) pair that scores at least `threshold` (the corrector's by default), and
         `sure_bar` where the engine was `sure` of the run.
@@ -646,8 +643,13 @@ class NameCorrector:
                                 _Match(score, first, last, name, self._ends_in_tail(spelled, first, last, name))
                             )
         found.extend(self._anchored(words, spelled, min(threshold, self.anchor)))
-        found.extend(self._headed(words, spelled, min(threshold, self.anchor)))
-        return [match for match in found if match.score >= self.sure_bar or not sure(match.first, match.last)]
+        found.extend(self._headed(words, spelled, min(threshold, self.anchor), logprob))
+
+        def sure(match: _Match) -> bool:
+            mean = logprob(match.first, match.last)
+            return mean is not None and mean > self.sure_logprob
+
+        return [match for match in found if match.score >= self.sure_bar or not sure(match)]
 
     def _needed(self, name: _Name, threshold: float, *, one_word: bool) -> float:
         """The score a loose match of a run with `name` needs: `threshold`, never less than
@@ -705,13 +707,18 @@ class NameCorrector:
                                 found.append(_Match(score, first, end, head.name, anchored=True))
         return found
 
-    def _headed(self, words: list[str], spelled: list[str], threshold: float) -> list[_Match]:
+    def _headed(
+        self, words: list[str], spelled: list[str], threshold: float, logprob: Callable[[int, int], float | None]
+    ) -> list[_Match]:
         """Names found by their unusual first word as spelled (`_by_first_word`): as many words as
-        the name's others after it, or fewer, need only score `threshold` against those (one word:
-        `threshold + one_word`), in any sound, command words and all ("Kenji's then" is Kenji's den,
-        "Kofi's turn" Kofi's den). The mirror of `_anchored`: there the ordinary words survive and
-        say what kind of thing was named, here the rare word does and says which. Not where the
-        name is spelled whole; no more words, or "Tell Kenji's to open" would be Kenji's den."""
+        the name's others after it, or fewer, that the engine wrote unsurely (`logprob`, at most
+        `sure_logprob`) need only score `threshold` against those (one word: `threshold +
+        one_word`), in any sound, command words and all, and so must the words they do not share
+        ("Kenji's then" is Kenji's den; "Sigrun's towel is" is not Sigrun's towel warmer). The
+        mirror of `_anchored`: there the ordinary words survive and say what kind of thing was
+        named, here the rare word does and says which. Not where the name is spelled whole, nor
+        where the engine does not say how sure it was; no more words, or "Tell Kenji's to open"
+        would be Kenji's den."""
         found = []
         for start, word in enumerate(spelled):
             for name, rest in self._by_first_word.get(word, ()):
@@ -722,8 +729,14 @@ class NameCorrector:
                     slot = _Phrase.of(words[start + 1 : last + 1])
                     needed = self._needed(name, threshold, one_word=last == start + 1)
                     score = self._score(slot, rest, needed, any_onset=True)
-                    if score >= needed:
-                        found.append(_Match(score, start, last, name, anchored=True))
+                    mean = logprob(start + 1, last)
+                    if (
+                        score >= needed
+                        and self._score(*_unshared(slot, rest), 0.0) >= needed
+                        and mean is not None
+                        and mean <= self.sure_logprob
+                    ):
+                        found.append(_Match(score, start, last, name))
         return found
 
     def _score(self, run: _Phrase, name: _Phrase, needed: float, *, any_onset: bool = False) -> float:
@@ -777,19 +790,24 @@ def _mean_logprob(words: Sequence[re.Match[str]], spans: Sequence[TokenSpan]) ->
 def _kinds_with_one_name(names: Sequence[_Name]) -> dict[tuple[str, ...], _Name]:
     """The kinds of thing only one name in the list ends in, by their words' letters (less a final s
     of the last), each with that name: "kettle" or "salt lamp" when Agnieszka's kettle and Astrid's
-    salt lamp are the home's only ones. Only names that start with an unusual word count (not "The",
-    not one of `common_words`), and no kind that is itself a name or that another name ends in."""
-    owners: dict[tuple[str, ...], list[tuple[_Name, int]]] = {}
+    salt lamp are the home's only ones. A kind is all of a name's words after its first, which is an
+    unusual word (not "The", not one of `common_words`): "oven" is not the Nyberg steam oven's. No
+    kind that is itself a name or that ends another name (the same name in other case or spacing is
+    the same name), and none with a word of one letter or a number ("Tesla Model S", "Sonoff 4")."""
+    owners: dict[tuple[str, ...], dict[str, tuple[_Name, int]]] = {}
     for name in names:
         spelled = [letters(word) for word in name.phrase.words]
         for start in range(len(spelled)):
             kind = (*spelled[start:-1], spelled[-1].removesuffix("s"))
-            owners.setdefault(kind, []).append((name, start))
+            owners.setdefault(kind, {}).setdefault(name.phrase.letters, (name, start))
     common = common_words()
     sole = {}
     for kind, named in owners.items():
-        if len(named) == 1 and named[0][1] > 0 and _unusual(named[0][0].phrase.words[0], common):
-            sole[kind] = named[0][0]
+        if len(named) > 1 or not all(len(word) > 1 and not word.isdigit() for word in kind):
+            continue
+        [(name, start)] = named.values()
+        if start == 1 and _unusual(name.phrase.words[0], common):
+            sole[kind] = name
     return sole
 
 
