@@ -304,13 +304,19 @@ def test_a_name_the_engine_nearly_wrote_is_written_only_if_it_is_one_of_the_name
 
 @pytest.mark.parametrize(
     ("part", "heard", "corrected"),
-    [  # tiny.en's first texts of named commands of the evaluation set, names in no other way found
+    [  # tiny.en's texts of named commands of the evaluation set, names in no other way found
+        # the only name of a kind takes the words before the kind
         ("heldout16", "Boil and this is current kettle.", "Boil and this is Agnieszka's kettle."),
         ("heldout6", "Start and drop these sound machine.", "Start and Anjali's sound machine."),
         ("heldout16", "Switch on the random popcorn maker.", "Switch on the Brennan popcorn maker."),
+        # a name's unusual first word as spelled takes the words after it
+        ("heldout4", "Kenji's then lights off.", "Kenji's den lights off."),
+        ("heldout14", "Switch off the ramp, since Kofi's turn.", "Switch off the ramp, since Kofi's den."),
     ],
 )
-def test_the_only_name_of_a_kind_takes_the_unsure_words_before_the_kind(part: str, heard: str, corrected: str) -> None:
+def test_a_name_is_found_in_the_words_the_engine_was_unsure_of_by_its_kind_or_its_first_word(
+    part: str, heard: str, corrected: str
+) -> None:
     corrector = NameCorrector(part_home(part))
     assert corrector.correct(heard, spans(heard, -1.0)) == corrected
     assert corrector.correct(heard, spans(heard, -0.1)) == heard, "words the engine was sure of stay"
@@ -350,22 +356,6 @@ def test_the_words_a_sole_kind_takes_stop_at_a_command_word_after_three_and_befo
     assert corrector.correct(heard, spans(heard, -1.0)) == "Boil ah Wendell kettle."
     heard = "Check baby kettle."
     assert corrector.correct(heard, spans(heard, -1.0)) == "Check Wendell kettle.", "never the first word, a verb"
-
-
-@pytest.mark.parametrize(
-    ("part", "heard", "corrected"),
-    [  # tiny.en's texts of named commands of the evaluation set
-        ("heldout4", "Kenji's then lights off.", "Kenji's den lights off."),
-        ("heldout14", "Switch off the ramp, since Kofi's turn.", "Switch off the ramp, since Kofi's den."),
-    ],
-)
-def test_a_name_is_found_by_its_unusual_first_word_when_its_ordinary_words_are_lost(
-    part: str, heard: str, corrected: str
-) -> None:
-    corrector = NameCorrector(part_home(part))
-    assert corrector.correct(heard, spans(heard, -1.0)) == corrected
-    assert corrector.correct(heard, spans(heard, -0.1)) == heard, "words the engine was sure of stay"
-    assert corrector.correct(heard) == heard, "and all words, when the engine does not say"
 
 
 @pytest.mark.parametrize(
