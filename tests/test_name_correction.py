@@ -334,8 +334,8 @@ def test_a_name_is_found_in_the_words_the_engine_was_unsure_of_by_its_kind_or_it
         (["Agnieszka's kettle", "Porch light"], "Turn on the porch light and this is current kettle."),
         (["Nyberg steam oven"], "Turn on the microwave oven."),  # a kind is all the words after the first
         (["Balogun tumble dryer"], "Run the tumble dryer."),  # not "dryer", with "tumble" taken for Balogun
-        (["Tesla Model S"], "Charles s car"),  # no kind of one letter
-        (["Sonoff 4"], "Snooze 4 minutes."),  # nor of a number
+        (["Tesla S"], "Charge my blue s now."),  # no kind of one letter
+        (["Sonoff 4"], "Boil water 4 minutes."),  # nor of a number
     ],
 )
 def test_a_kind_is_no_name_when_others_share_it_or_the_text_has_its_name(names: list[str], heard: str) -> None:
@@ -346,6 +346,32 @@ def test_a_name_in_other_case_is_the_same_owner_of_its_kind() -> None:
     heard = "Boil and this is current kettle."
     corrector = NameCorrector(["Agnieszka's kettle", "Agnieszka's Kettle"])
     assert corrector.correct(heard, spans(heard, -1.0)) == "Boil and this is Agnieszka's kettle."
+
+
+def test_a_curly_apostrophe_is_an_apostrophe_in_names_and_text() -> None:
+    heard = "Boil and this is current kettle."
+    assert NameCorrector(["Agnieszka\u2019s kettle"]).correct(heard, spans(heard, -1.0)) == (
+        "Boil and this is Agnieszka\u2019s kettle."
+    )
+    heard = "Kenji\u2019s then lights off."
+    assert NameCorrector(["Kenji's den"]).correct(heard, spans(heard, -1.0)) == "Kenji's den lights off."
+
+
+def test_the_words_a_sole_kind_takes_stop_at_a_word_the_engine_was_sure_of() -> None:
+    heard = "Please boil current kettle."
+    sure_but_current = tuple(
+        TokenSpan(word.start(), word.end(), -1.0 if word.group() == "current" else -0.1)
+        for word in re.finditer(r"\S+", heard)
+    )
+    corrector = NameCorrector(["Agnieszka's kettle"])
+    assert corrector.correct(heard, sure_but_current) == "Please boil Agnieszka's kettle."
+
+
+def test_a_first_word_as_spelled_with_the_start_of_the_names_other_words_is_the_name() -> None:
+    heard = "Turn off Soraya's mirror."
+    assert NameCorrector(["Soraya's mirror light"]).correct(heard, spans(heard, -1.0)) == (
+        "Turn off Soraya's mirror light."
+    )
 
 
 def test_the_words_a_sole_kind_takes_stop_at_a_command_word_after_three_and_before_the_first() -> None:
@@ -362,7 +388,7 @@ def test_the_words_a_sole_kind_takes_stop_at_a_command_word_after_three_and_befo
     ("names", "heard"),
     [
         (["Kenji's den"], "Tell Kenji's to open the window."),  # more words than the name has after it
-        (["Kitchen den"], "Turn the kitchen then lights off."),  # a common first word
+        (["Kofi's den"], "Kofi's pen is here."),  # from the name's other first sound or a near one
         (["Sigrun's towel warmer"], "Sigrun's towel is wet."),  # the words that differ score too
         (["Saanvi's dance studio"], "Saanvi's dance lesson is at five."),
     ],

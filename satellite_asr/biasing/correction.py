@@ -398,13 +398,13 @@ class NameCorrector:
     them ("gate"), the words before them need only score `anchor` (one word: `anchor + one_word`)
     against the name's first word, in any sound ("knock after gate" is the Okafor gate). The mirror
     (`_headed`): where it has a name's unusual first word as spelled, the words after it that the
-    engine wrote unsurely need only score `anchor` against the name's others ("Kenji's then" is
-    Kenji's den). And a text with no name that names a kind of thing only one name has takes the
-    unsure words before the kind as that name (`_sole_kind`: "this is current kettle" is Agnieszka's
-    kettle when hers is the only kettle). The defaults were tuned on the dev part and the first five
-    held-out parts of tests/fixtures/names, `common_bar` on the first twelve parts, `sure_logprob`
-    and `sure_bar` on the first fourteen, the last two rules on the first twenty-two
-    (docs/benchmarks.md).
+    engine wrote unsurely need only score `anchor` against the name's others, as must the words
+    they do not share ("Kenji's then" is Kenji's den). And a text with no name that names a kind
+    of thing only one name has takes the unsure words before the kind as that name (`_sole_kind`:
+    "this is current kettle" is Agnieszka's kettle when hers is the only kettle). The defaults were
+    tuned on the dev part and the first five held-out parts of tests/fixtures/names, `common_bar`
+    on the first twelve parts, `sure_logprob` and `sure_bar` on the first fourteen, the last two
+    rules on the first twenty-two (docs/benchmarks.md).
     """
 
     def __init__(
@@ -434,7 +434,7 @@ class NameCorrector:
         common = common_words()
         self._names: list[_Name] = []
         for rank, text in enumerate(unique):
-            phrase = _Phrase.of(WORD.findall(text))
+            phrase = _Phrase.of(WORD.findall(_straight(text)))
             self._names.append(_Name(text, phrase, rank, all(word in common for word in phrase.words)))
         self._most_words = max((len(name.phrase.words) for name in self._names), default=0)
         self._by_letters: dict[str, list[_Name]] = {}
@@ -479,7 +479,7 @@ class NameCorrector:
         pass away lamp" is the Hathaway lamp rather than the Bedside lamp), then matches that end in
         their name's ordinary words as heard (what kind of thing was named outweighs a better score
         elsewhere), each kind best first."""
-        words = list(WORD.finditer(text))
+        words = list(WORD.finditer(_straight(text)))
         logprob = _mean_logprob(words, spans)
         matches = self._matches([word.group() for word in words], logprob=logprob)
         holders = self._holders(matches)
@@ -523,7 +523,7 @@ class NameCorrector:
         enough to be corrected: the text has found its name, and a second look would only risk
         another. Empty when no run resembles a name.
         """
-        found = list(WORD.finditer(text))
+        found = list(WORD.finditer(_straight(text)))
         words = [word.group() for word in found]
         matches = self._matches(words, threshold, logprob=_mean_logprob(found, spans))
         if any(self._confident(match, words) for match in matches):
@@ -602,7 +602,12 @@ class NameCorrector:
                 if name is None:
                     continue
                 first = start
-                while first > 1 and start - first < SOLE_KIND_WORDS and not _command_word(words[first - 1].group()):
+                while (
+                    first > 1
+                    and start - first < SOLE_KIND_WORDS
+                    and not _command_word(words[first - 1].group())
+                    and not _sure(logprob(first - 1, first - 1), self.sure_logprob)
+                ):
                     first -= 1
                 mean = logprob(first, start - 1) if first < start else None
                 if mean is not None and mean <= self.sure_logprob:
@@ -644,12 +649,11 @@ class NameCorrector:
                             )
         found.extend(self._anchored(words, spelled, min(threshold, self.anchor)))
         found.extend(self._headed(words, spelled, min(threshold, self.anchor), logprob))
-
-        def sure(match: _Match) -> bool:
-            mean = logprob(match.first, match.last)
-            return mean is not None and mean > self.sure_logprob
-
-        return [match for match in found if match.score >= self.sure_bar or not sure(match)]
+        return [
+            match
+            for match in found
+            if match.score >= self.sure_bar or not _sure(logprob(match.first, match.last), self.sure_logprob)
+        ]
 
     def _needed(self, name: _Name, threshold: float, *, one_word: bool) -> float:
         """The score a loose match of a run with `name` needs: `threshold`, never less than
@@ -713,8 +717,10 @@ class NameCorrector:
         """Names found by their unusual first word as spelled (`_by_first_word`): as many words as
         the name's others after it, or fewer, that the engine wrote unsurely (`logprob`, at most
         `sure_logprob`) need only score `threshold` against those (one word: `threshold +
-        one_word`), in any sound, command words and all, and so must the words they do not share
-        ("Kenji's then" is Kenji's den; "Sigrun's towel is" is not Sigrun's towel warmer). The
+        one_word`), command words and all, and so must the words they do not share, if any (each
+        from the other's first sound or a near one): "Kenji's then" is Kenji's den, "Soraya's
+        mirror" Soraya's mirror light; "Sigrun's towel is" is not Sigrun's towel warmer, nor
+        "Kofi's pen" Kofi's den. The
         mirror of `_anchored`: there the ordinary words survive and say what kind of thing was
         named, here the rare word does and says which. Not where the name is spelled whole, nor
         where the engine does not say how sure it was; no more words, or "Tell Kenji's to open"
@@ -728,13 +734,14 @@ class NameCorrector:
                 for last in range(start + 1, min(len(words), start + size + 1)):
                     slot = _Phrase.of(words[start + 1 : last + 1])
                     needed = self._needed(name, threshold, one_word=last == start + 1)
-                    score = self._score(slot, rest, needed, any_onset=True)
+                    score = self._score(slot, rest, needed)
+                    heard, unheard = _unshared(slot, rest)
                     mean = logprob(start + 1, last)
                     if (
                         score >= needed
-                        and self._score(*_unshared(slot, rest), 0.0) >= needed
+                        and (not heard.words or self._score(heard, unheard, 0.0) >= needed)
                         and mean is not None
-                        and mean <= self.sure_logprob
+                        and not _sure(mean, self.sure_logprob)
                     ):
                         found.append(_Match(score, start, last, name))
         return found
@@ -816,6 +823,17 @@ def _unusual(word: str, common: Collection[str]) -> bool:
     words nor a command word: "Agnieszka's", not "Kitchen" or "The"."""
     plain = letters(word.removesuffix("'s"))
     return plain not in common and plain not in COMMAND_WORDS
+
+
+def _straight(text: str) -> str:
+    """`text` with its curly apostrophes (U+2019) straight, as `WORD` reads them: "Agnieszka's" is
+    one word however it is written. The same length, so that places in it are places in `text`."""
+    return text.replace("\u2019", "'")
+
+
+def _sure(mean: float | None, sure_logprob: float) -> bool:
+    """Whether a mean log-probability per token (None: the engine does not say) is above `sure_logprob`."""
+    return mean is not None and mean > sure_logprob
 
 
 def _command_word(word: str) -> bool:
