@@ -478,7 +478,8 @@ class NameCorrector:
         `Transcript.nearly_written`: the decoder's own lean outweighs a better score elsewhere, "the
         pass away lamp" is the Hathaway lamp rather than the Bedside lamp), then matches that end in
         their name's ordinary words as heard (what kind of thing was named outweighs a better score
-        elsewhere), each kind best first."""
+        elsewhere), each kind best first. With no match at all, the only name of a kind the text
+        names (`_sole_kind`)."""
         words = list(WORD.finditer(_straight(text)))
         logprob = _mean_logprob(words, spans)
         matches = self._matches([word.group() for word in words], logprob=logprob)
@@ -589,11 +590,11 @@ class NameCorrector:
     ) -> Replacement | None:
         """The one name whose kind the text names, with the words before the kind as its unusual
         words: the longest kind as spelled (`_sole_kinds`), after one to `SOLE_KIND_WORDS` words back
-        to a command word, never the text's first word (its verb: "check baby monitor"), that the
-        engine says it wrote unsurely (`logprob`; "Boil and this is current kettle" for Agnieszka's
-        kettle). A command word before the kind ("turn on the kettle") or words written surely ("the
-        garden kettle") are left as heard, as is all text when the engine does not say how sure it
-        was."""
+        to a command word or a word written surely, never the text's first word (its verb: "check
+        baby monitor"), that the engine says it wrote unsurely (`logprob`; "Boil and this is current
+        kettle" for Agnieszka's kettle). A command word before the kind ("turn on the kettle") or
+        words written surely ("the garden kettle") are left as heard, as is all text when the engine
+        does not say how sure it was."""
         spelled = [letters(word.group()) for word in words]
         for size in range(self._longest_kind, 0, -1):
             for start in range(len(words) - size + 1):
@@ -618,7 +619,7 @@ class NameCorrector:
         self, words: list[str], threshold: float | None = None, *, logprob: Callable[[int, int], float | None]
     ) -> list[_Match]:
         """Every (run, name) pair that scores at least `threshold` (the corrector's by default), and
-        `sure_bar` where the engine was `sure` of the run.
+        `sure_bar` where the engine was sure of the run (its `logprob` above `sure_logprob`).
 
         A run is compared with the names of one to two words fewer or more only, and loosely only
         with those it could start like (see `_score`), looked up by its first sound.
@@ -720,11 +721,10 @@ class NameCorrector:
         one_word`), command words and all, and so must the words they do not share, if any (each
         from the other's first sound or a near one): "Kenji's then" is Kenji's den, "Soraya's
         mirror" Soraya's mirror light; "Sigrun's towel is" is not Sigrun's towel warmer, nor
-        "Kofi's pen" Kofi's den. The
-        mirror of `_anchored`: there the ordinary words survive and say what kind of thing was
-        named, here the rare word does and says which. Not where the name is spelled whole, nor
-        where the engine does not say how sure it was; no more words, or "Tell Kenji's to open"
-        would be Kenji's den."""
+        "Kofi's pen" Kofi's den. The mirror of `_anchored`: there the ordinary words survive and
+        say what kind of thing was named, here the rare word does and says which. Not where the
+        name is spelled whole, nor where the engine does not say how sure it was; no more words,
+        or "Tell Kenji's to open" would be Kenji's den."""
         found = []
         for start, word in enumerate(spelled):
             for name, rest in self._by_first_word.get(word, ()):
