@@ -443,27 +443,24 @@ class NameCorrector:
         """Names of several words by the letters of their words after the first (less a final s)."""
         self._tails: dict[_Name, tuple[int, str]] = {}
         """The same the other way: a name's number of words after the first, and their letters."""
+        self._by_first_word: dict[str, list[tuple[_Name, _Phrase]]] = {}
+        """Names of several words that start with an unusual word, by its letters, each with its
+        other words."""
         for name in self._names:
             words = name.phrase.words
             if len(words) > 1 and words[0] not in COMMAND_WORDS:
                 tail = "".join(letters(word) for word in words[1:]).removesuffix("s")
                 self._by_tail.setdefault(tail, []).append(_Head(name, _Phrase.of(words[:1])))
                 self._tails[name] = (len(words) - 1, tail)
+            if len(words) > 1 and _unusual(words[0], common):
+                self._by_first_word.setdefault(letters(words[0]), []).append((name, _Phrase.of(words[1:])))
             self._by_letters.setdefault(name.phrase.letters, []).append(name)
             if len(name.phrase.key) >= self.min_key:
                 onset = name.phrase.key[0]
                 for sound in {onset, *_NEAR_TO.get(onset, ())}:
                     self._by_onset.setdefault(sound, []).append(name)
         self._longest_tail = self._most_words - 1
-        self._by_first_word: dict[str, list[tuple[_Name, _Phrase]]] = {}
-        """Names of several words that start with an unusual word, by its letters, each with its
-        other words."""
-        for name in self._names:
-            first_word = name.phrase.words[0]
-            if len(name.phrase.words) > 1 and _unusual(first_word, common):
-                rest = _Phrase.of(name.phrase.words[1:])
-                self._by_first_word.setdefault(letters(first_word), []).append((name, rest))
-        self._sole_kinds = _kinds_with_one_name(self._names)
+        self._sole_kinds = _kinds_with_one_name(self._names, common)
         self._longest_kind = max(map(len, self._sole_kinds), default=0)
 
     def correct(self, text: str, spans: Sequence[TokenSpan] = (), nearly_written: Collection[str] = ()) -> str:
@@ -610,8 +607,7 @@ class NameCorrector:
                     and not _sure(logprob(first - 1, first - 1), self.sure_logprob)
                 ):
                     first -= 1
-                mean = logprob(first, start - 1) if first < start else None
-                if mean is not None and mean <= self.sure_logprob:
+                if first < start and _unsure(logprob(first, start - 1), self.sure_logprob):
                     return Replacement(words[first].start(), words[end - 1].end(), name.text, 0.0)
         return None
 
@@ -736,12 +732,10 @@ class NameCorrector:
                     needed = self._needed(name, threshold, one_word=last == start + 1)
                     score = self._score(slot, rest, needed)
                     heard, unheard = _unshared(slot, rest)
-                    mean = logprob(start + 1, last)
                     if (
                         score >= needed
                         and (not heard.words or self._score(heard, unheard, 0.0) >= needed)
-                        and mean is not None
-                        and not _sure(mean, self.sure_logprob)
+                        and _unsure(logprob(start + 1, last), self.sure_logprob)
                     ):
                         found.append(_Match(score, start, last, name))
         return found
@@ -794,20 +788,20 @@ def _mean_logprob(words: Sequence[re.Match[str]], spans: Sequence[TokenSpan]) ->
     return mean
 
 
-def _kinds_with_one_name(names: Sequence[_Name]) -> dict[tuple[str, ...], _Name]:
+def _kinds_with_one_name(names: Sequence[_Name], common: Collection[str]) -> dict[tuple[str, ...], _Name]:
     """The kinds of thing only one name in the list ends in, by their words' letters (less a final s
     of the last), each with that name: "kettle" or "salt lamp" when Agnieszka's kettle and Astrid's
     salt lamp are the home's only ones. A kind is all of a name's words after its first, which is an
     unusual word (not "The", not one of `common_words`): "oven" is not the Nyberg steam oven's. No
     kind that is itself a name or that ends another name (the same name in other case or spacing is
-    the same name), and none with a word of one letter or a number ("Tesla Model S", "Sonoff 4")."""
+    the same name), and none with a word of one letter or a number ("Tesla Model S", "Sonoff 4").
+    `common` is `common_words()`."""
     owners: dict[tuple[str, ...], dict[str, tuple[_Name, int]]] = {}
     for name in names:
         spelled = [letters(word) for word in name.phrase.words]
         for start in range(len(spelled)):
             kind = (*spelled[start:-1], spelled[-1].removesuffix("s"))
             owners.setdefault(kind, {}).setdefault(name.phrase.letters, (name, start))
-    common = common_words()
     sole = {}
     for kind, named in owners.items():
         if len(named) > 1 or not all(len(word) > 1 and not word.isdigit() for word in kind):
@@ -834,6 +828,11 @@ def _straight(text: str) -> str:
 def _sure(mean: float | None, sure_logprob: float) -> bool:
     """Whether a mean log-probability per token (None: the engine does not say) is above `sure_logprob`."""
     return mean is not None and mean > sure_logprob
+
+
+def _unsure(mean: float | None, sure_logprob: float) -> bool:
+    """Whether the engine says (`mean` is not None) that it wrote the words unsurely: at most `sure_logprob`."""
+    return mean is not None and mean <= sure_logprob
 
 
 def _command_word(word: str) -> bool:
