@@ -440,7 +440,7 @@ class NameCorrector:
         self._by_letters: dict[str, list[_Name]] = {}
         self._by_onset: dict[str, list[_Name]] = {}
         self._by_tail: dict[str, list[_Head]] = {}
-        """Names of several words by the letters of their words after the first (less a final s)."""
+        """Names of several words by the letters of their words after the first (`_kind_letters`)."""
         self._tails: dict[_Name, tuple[int, str]] = {}
         """The same the other way: a name's number of words after the first, and their letters."""
         self._by_first_word: dict[str, list[tuple[_Name, _Phrase]]] = {}
@@ -449,7 +449,7 @@ class NameCorrector:
         for name in self._names:
             words = name.phrase.words
             if len(words) > 1 and words[0] not in COMMAND_WORDS:
-                tail = "".join(letters(word) for word in words[1:]).removesuffix("s")
+                tail = _kind_letters(words[1:])
                 self._by_tail.setdefault(tail, []).append(_Head(name, _Phrase.of(words[:1])))
                 self._tails[name] = (len(words) - 1, tail)
             if len(words) > 1 and _unusual(words[0], common):
@@ -461,7 +461,7 @@ class NameCorrector:
                     self._by_onset.setdefault(sound, []).append(name)
         self._longest_tail = self._most_words - 1
         self._sole_kinds = _kinds_with_one_name(self._names, common)
-        self._longest_kind = max(map(len, self._sole_kinds), default=0)
+        self._longest_kind = max((len(name.phrase.words) - 1 for name in self._sole_kinds.values()), default=0)
 
     def correct(self, text: str, spans: Sequence[TokenSpan] = (), nearly_written: Collection[str] = ()) -> str:
         return apply(text, self.replacements(text, spans, nearly_written))
@@ -596,7 +596,7 @@ class NameCorrector:
         for size in range(self._longest_kind, 0, -1):
             for start in range(len(words) - size + 1):
                 end = start + size
-                name = self._sole_kinds.get((*spelled[start : end - 1], spelled[end - 1].removesuffix("s")))
+                name = self._sole_kinds.get(_kind_letters(spelled[start:end]))
                 if name is None:
                     continue
                 first = start
@@ -665,7 +665,7 @@ class NameCorrector:
         return (
             tail is not None
             and first < last - tail[0] + 1
-            and ("".join(spelled[last - tail[0] + 1 : last + 1]).removesuffix("s") == tail[1])
+            and _kind_letters(spelled[last - tail[0] + 1 : last + 1]) == tail[1]
         )
 
     def _anchored(self, words: list[str], spelled: list[str], threshold: float) -> list[_Match]:
@@ -687,12 +687,12 @@ class NameCorrector:
         for end in range(1, len(words)):
             for start in range(end, max(0, end - self._longest_tail), -1):
                 tail = "".join(spelled[start : end + 1])
-                tail_letters = tail.removesuffix("s")
+                tail_letters = _kind_letters(spelled[start : end + 1])
                 heads = self._by_tail.get(tail_letters)
                 if not heads:
                     continue
                 for first in range(start - 1, max(-1, start - 4), -1):
-                    longer = "".join(spelled[first : end + 1]).removesuffix("s")
+                    longer = _kind_letters(spelled[first : end + 1])
                     if _command_word(words[first]) or longer in self._by_tail:
                         break  # a command word, or one of longer ordinary words: so will any longer slot
                     slot = _Phrase.of(words[first:start])
@@ -788,28 +788,34 @@ def _mean_logprob(words: Sequence[re.Match[str]], spans: Sequence[TokenSpan]) ->
     return mean
 
 
-def _kinds_with_one_name(names: Sequence[_Name], common: Collection[str]) -> dict[tuple[str, ...], _Name]:
-    """The kinds of thing only one name in the list ends in, by their words' letters (less a final s
-    of the last), each with that name: "kettle" or "salt lamp" when Agnieszka's kettle and Astrid's
-    salt lamp are the home's only ones. A kind is all of a name's words after its first, which is an
-    unusual word (not "The", not one of `common_words`): "oven" is not the Nyberg steam oven's. No
-    kind that is itself a name or that ends another name (the same name in other case or spacing is
-    the same name), and none with a word of one letter or a number ("Tesla Model S", "Sonoff 4").
-    `common` is `common_words()`."""
-    owners: dict[tuple[str, ...], dict[str, tuple[_Name, int]]] = {}
+def _kinds_with_one_name(names: Sequence[_Name], common: Collection[str]) -> dict[str, _Name]:
+    """The kinds of thing only one name in the list ends in, by their letters (`_kind_letters`),
+    each with that name: "kettle" or "salt lamp" when Agnieszka's kettle and Astrid's salt lamp are
+    the home's only ones. A kind is all of a name's words after its first, which is an unusual word
+    (not "The", not one of `common_words`): "oven" is not the Nyberg steam oven's. No kind that is
+    itself a name or that ends another name (names and kinds of the same letters are the same), and
+    none with a word of one letter or a number ("Tesla Model S", "Sonoff 4"). `common` is
+    `common_words()`."""
+    owners: dict[str, dict[str, tuple[_Name, int]]] = {}
     for name in names:
-        spelled = [letters(word) for word in name.phrase.words]
-        for start in range(len(spelled)):
-            kind = (*spelled[start:-1], spelled[-1].removesuffix("s"))
-            owners.setdefault(kind, {}).setdefault(name.phrase.letters, (name, start))
+        words = name.phrase.words
+        for start in range(len(words)):
+            owners.setdefault(_kind_letters(words[start:]), {}).setdefault(name.phrase.letters, (name, start))
     sole = {}
-    for kind, named in owners.items():
-        if len(named) > 1 or not all(len(word) > 1 and not word.isdigit() for word in kind):
+    for named in owners.values():
+        if len(named) > 1:
             continue
         [(name, start)] = named.values()
-        if start == 1 and _unusual(name.phrase.words[0], common):
-            sole[kind] = name
+        kind = [letters(word) for word in name.phrase.words[start:]]
+        if start == 1 and _unusual(name.phrase.words[0], common) and all(len(w) > 1 and not w.isdigit() for w in kind):
+            sole[_kind_letters(kind)] = name
     return sole
+
+
+def _kind_letters(words: Sequence[str]) -> str:
+    """The letters of the words that say what kind of thing a name is, less a final s ("lamp posts":
+    "lamppost"): how a name's words after its first are looked up in a text."""
+    return "".join(letters(word) for word in words).removesuffix("s")
 
 
 def _unusual(word: str, common: Collection[str]) -> bool:
