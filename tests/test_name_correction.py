@@ -296,6 +296,23 @@ def test_a_name_the_engine_nearly_wrote_comes_before_a_match_that_ends_in_anothe
     assert corrector.correct("Open the knock after gate.", (), ["Nakafta"]) == "Open the Nakafta gate."
 
 
+@pytest.mark.parametrize(
+    ("names", "heard", "corrected"),
+    [
+        (["Dlamini patio heater", "Mbatha heater"], "Switch on the Dlamini pati heater.", "Dlamini patio heater"),
+        (["Sondergaard crepe maker", "Coffee maker"], "Start the Sander Guard crepe maker.", "Sondergaard crepe maker"),
+        # a shorter name found by its last words stays where the longer run is no better
+        (["Dlamini patio heater", "Mbatha heater"], "Switch on the Blamini pati heater.", "Blamini Mbatha heater"),
+        # or is of another kind
+        (["Okafor gate", "Nakafta door"], "Open the knock after gate.", "Okafor gate"),
+    ],
+)
+def test_a_longer_run_of_the_same_kind_that_scores_better_outweighs_a_match_by_the_last_words(
+    names: list[str], heard: str, corrected: str
+) -> None:
+    assert corrected in NameCorrector(names).correct(heard)
+
+
 def test_a_name_the_engine_nearly_wrote_is_written_only_if_it_is_one_of_the_names() -> None:
     assert NameCorrector(["Bedside lamp"]).correct("Turn off the pass away lamp.", (), ["Hathaway lamp"]) == (
         "Turn off the Bedside lamp."
