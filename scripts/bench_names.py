@@ -11,6 +11,7 @@ names (`NameCorrector`, timed with the decode). The runs take turns on each comm
     PYTHONPATH=. .venv/bin/python scripts/bench_names.py --faster-whisper   # hotwords vs prompt
     PYTHONPATH=. .venv/bin/python scripts/bench_names.py --half all --ceiling  # an oracle choosing the prompt
     PYTHONPATH=. .venv/bin/python scripts/bench_names.py --half heldout4 --home-names 100  # the issue's home size
+    PYTHONPATH=. .venv/bin/python scripts/bench_names.py --half all --home-names 100 --names-only  # every part, pooled
 
 PART is one of the parts of commands.json, in its order (today dev, the default, then heldout and
 heldout2 to heldout29; a part make_names.py adds is a choice without an edit here), or all (every
@@ -25,7 +26,11 @@ parts are for reporting.
 `--home-names N` gives the engine a home of about N names instead of all of `home.json`: every
 floor, area and entity the part names, every one no part names (the ordinary "Kitchen lights"),
 then other parts' in the file's order up to N (more than N when those two already are); issue 11
-sets its targets for a home of about 100.
+sets its targets for a home of about 100. With `--half all`, each part is decoded with its own such
+home, and the counts are pooled over the parts (names right also printed part by part).
+
+`--names-only` runs the daemon's way alone, in half the time: names right, WER and names not said,
+without the time ratio (what changes to the correction are chosen by, on the parts already seen).
 
 `--ceiling` also decodes each named command with its own name, and nothing else, as the prompt,
 then corrects it as the daemon does: the prompt an oracle that knows the name would choose.
@@ -87,8 +92,8 @@ def names_not_said(names: Sequence[str], said: str, transcript: str) -> list[str
 async def evaluate(
     runs: dict[str, tuple[Decode, str]], commands: dict[str, dict[str, Any]], names: Sequence[str]
 ) -> dict[str, Any]:
-    """Per run: names right, WER of name-free commands, commands given a name not said (`names_not_said`),
-    decode seconds per file.
+    """Per run: names right, the name-free commands' words and what was heard (for their WER),
+    commands given a name not said (`names_not_said`), decode seconds per file.
 
     The runs take turns on each file (the order rotating from file to file), so that the load of a
     shared machine falls on all of them alike.
@@ -118,8 +123,6 @@ async def evaluate(
             else:
                 result["refs"].append(normalise_words(command["text"]))
                 result["hyps"].append(normalise_words(text) or "-")
-    for result in results.values():
-        result["wer"] = 100 * float(jiwer.wer(result["refs"], result["hyps"])) if result["refs"] else 0.0
     return results
 
 
@@ -144,7 +147,12 @@ async def main() -> None:
     parser.add_argument("--faster-whisper", action="store_true", help="faster-whisper's own hotwords vs prompt")
     parser.add_argument("--misses", action="store_true", help="print the names that came out wrong")
     parser.add_argument(
-        "--home-names", type=int, metavar="N", help="a home of about N names that holds the part's (one part only)"
+        "--home-names", type=int, metavar="N", help="a home of about N names that holds the part's (each part its own)"
+    )
+    parser.add_argument(
+        "--names-only",
+        action="store_true",
+        help="only the daemon's way, no run without names to compare with (names and WER, not the time ratio)",
     )
     parser.add_argument(
         "--ceiling", action="store_true", help="also decode each named command with only its own name as the prompt"
@@ -167,58 +175,63 @@ async def main() -> None:
     )
     args = parser.parse_args()
 
-    commands = {file: command for file, command in every_command.items() if args.half in ("all", command["half"])}
-    home_json = json.loads((NAMES / "home.json").read_text())
     if args.ceiling and args.faster_whisper:
         parser.error("--ceiling measures the daemon's way of decoding, not faster-whisper's own")
-    if args.home_names is not None:
-        if args.half == "all":
-            parser.error("--home-names takes one part: each part's home holds that part's names")
-        home_json = part_home(home_json, every_command, args.half, args.home_names)
-    home = HomeNames.from_json(home_json)
-    names = rank_names(home, args.cap)
-    context = biasing_context(names)
-    every_name = tuple(rank_names(home, sys.maxsize))
-    corrector = NameCorrector(every_name, threshold=args.threshold)
+    if args.names_only and (args.faster_whisper or args.cap):
+        parser.error("--names-only runs the daemon's way alone, without the runs --faster-whisper or --cap compare")
+    chosen = parts(every_command) if args.half == "all" else [args.half]
+    home_json = json.loads((NAMES / "home.json").read_text())
     engine = WhisperEngine()
     redecodes: list[str] = []
     engine.report_redecodes(redecodes.append)
     await engine.start()
-    print(f"{len(commands)} commands ({args.half}), {len(names)} names in the prompt, {len(every_name)} in the home")
+    results: dict[str, dict[str, Any]] = {}
+    commands: dict[str, dict[str, Any]] = {}
+    ceiling = [0, 0, 0, 0]
     try:
-        runs: dict[str, tuple[Decode, str]]
-        if args.faster_whisper:
-            runs = faster_whisper_runs(engine, context)
-        else:
-
-            async def final(audio: Audio, text: str) -> str:
-                return (await engine.open_stream(StreamOptions(language="en", context=text)).final(audio)).text
-
-            async def daemon(audio: Audio, text: str) -> str:
-                names = () if args.no_second_look else every_name
-                stream = engine.open_stream(StreamOptions(language="en", context=text, names=names))
-                result = await stream.final(audio)
-                if args.verify is None:
-                    return corrector.correct(result.text, result.token_spans, result.nearly_written)
-                replacements = corrector.replacements(result.text, result.token_spans, result.nearly_written)
-                return await asyncio.to_thread(verified, engine, audio, result.text, replacements, args.verify)
-
-            runs = {"no names": (final, "")}
-            if args.cap:
-                runs["prompt only"] = (final, context)
-            runs["names"] = (daemon, context)
-        results = await evaluate(runs, commands, every_name)
-        if args.ceiling:
-            await report_ceiling(engine, corrector, commands, results["names"]["texts"])
+        for part in chosen:
+            # with --home-names each part has its own home, which holds that part's names
+            home = HomeNames.from_json(
+                part_home(home_json, every_command, part, args.home_names) if args.home_names else home_json
+            )
+            names = rank_names(home, args.cap)
+            context = biasing_context(names)
+            every_name = tuple(rank_names(home, sys.maxsize))
+            corrector = NameCorrector(every_name, threshold=args.threshold)
+            mine = {file: command for file, command in every_command.items() if command["half"] == part}
+            print(f"{part}: {len(mine)} commands, {len(names)} names in the prompt, {len(every_name)} in the home")
+            runs = daemon_runs(engine, corrector, every_name, context, args)
+            part_results = await evaluate(runs, mine, every_name)
+            if args.ceiling:
+                counts = await report_ceiling(engine, corrector, mine, part_results["names"]["texts"])
+                ceiling = [total + count for total, count in zip(ceiling, counts, strict=True)]
+            if len(chosen) > 1:
+                for label, result in part_results.items():
+                    print(f"  {label:<14} names {result['right']}/{result['named']}")
+            merge(results, part_results)
+            commands |= mine
     finally:
         await engine.close()
+    if len(chosen) > 1:
+        print(f"all {len(chosen)} parts:")
+    if args.ceiling:
+        alone, corrected, either, named = ceiling
+        print(
+            f"  ceiling: its own name as the prompt {alone}/{named}, corrected {corrected}/{named};"
+            f" that or the daemon's text {either}/{named} ({100 * either / max(1, named):.0f}%)"
+        )
     baseline = results[next(iter(results))]["seconds"]
     for label, result in results.items():
+        result["wer"] = 100 * float(jiwer.wer(result["refs"], result["hyps"])) if result["refs"] else 0.0
         report(label, result)
         for group, files in (
-            ("all", list(baseline)),
-            ("named", [file for file in baseline if commands[file]["name"]]),
-            ("name-free", [file for file in baseline if not commands[file]["name"]]),
+            ()
+            if len(results) == 1
+            else (
+                ("all", list(baseline)),
+                ("named", [file for file in baseline if commands[file]["name"]]),
+                ("name-free", [file for file in baseline if not commands[file]["name"]]),
+            )
         ):
             ratios = [result["seconds"][file] / baseline[file] for file in files]
             milliseconds = 1000 * statistics.median(result["seconds"][file] for file in files)
@@ -232,6 +245,45 @@ async def main() -> None:
             for wrong in result["wrong"]:
                 print(f"      a name not said: {wrong}")
     print(f"  second looks: {redecodes.count(REDECODE_SECOND_LOOK)} of {len(commands)} finals")
+
+
+def daemon_runs(
+    engine: WhisperEngine, corrector: NameCorrector, every_name: tuple[str, ...], context: str, args: argparse.Namespace
+) -> dict[str, tuple[Decode, str]]:
+    """The runs to compare, by label: faster-whisper's own ways (`--faster-whisper`), or a final
+    without names, with the names in the prompt (`--cap`) and the daemon's way; `--names-only`, the
+    daemon's way alone."""
+    if args.faster_whisper:
+        return faster_whisper_runs(engine, context)
+
+    async def final(audio: Audio, text: str) -> str:
+        return (await engine.open_stream(StreamOptions(language="en", context=text)).final(audio)).text
+
+    async def daemon(audio: Audio, text: str) -> str:
+        names = () if args.no_second_look else every_name
+        stream = engine.open_stream(StreamOptions(language="en", context=text, names=names))
+        result = await stream.final(audio)
+        if args.verify is None:
+            return corrector.correct(result.text, result.token_spans, result.nearly_written)
+        replacements = corrector.replacements(result.text, result.token_spans, result.nearly_written)
+        return await asyncio.to_thread(verified, engine, audio, result.text, replacements, args.verify)
+
+    runs: dict[str, tuple[Decode, str]] = {} if args.names_only else {"no names": (final, "")}
+    if args.cap:
+        runs["prompt only"] = (final, context)
+    runs["names"] = (daemon, context)
+    return runs
+
+
+def merge(results: dict[str, dict[str, Any]], part: dict[str, dict[str, Any]]) -> None:
+    """Adds one part's results (`evaluate`) to those of the parts before it, run by run."""
+    for label, result in part.items():
+        total = results.setdefault(label, {key: type(value)() for key, value in result.items()})
+        for key, value in result.items():
+            if isinstance(value, dict):
+                total[key] |= value
+            else:
+                total[key] += value
 
 
 def part_home(home: dict[str, Any], commands: dict[str, dict[str, Any]], part: str, size: int) -> dict[str, Any]:
@@ -261,9 +313,10 @@ def part_home(home: dict[str, Any], commands: dict[str, dict[str, Any]], part: s
 
 async def report_ceiling(
     engine: WhisperEngine, corrector: NameCorrector, commands: dict[str, dict[str, Any]], daemon: dict[str, str]
-) -> None:
-    """Names right with each command's own name as the whole prompt (then corrected), and with the
-    better of that and the daemon's text: what an oracle choosing names for the prompt could reach."""
+) -> tuple[int, int, int, int]:
+    """Names right with each command's own name as the whole prompt, then corrected, and with the
+    better of that and the daemon's text, and the named commands: what an oracle choosing names for
+    the prompt could reach."""
     alone = corrected = either = named = 0
     for file, command in commands.items():
         name = command["name"]
@@ -276,10 +329,7 @@ async def report_ceiling(
         heard = name_heard(name, corrector.correct(text))  # a stream without names: no token spans
         corrected += heard
         either += heard or name_heard(name, daemon[file])
-    print(
-        f"  ceiling: its own name as the prompt {alone}/{named}, corrected {corrected}/{named};"
-        f" that or the daemon's text {either}/{named} ({100 * either / max(1, named):.0f}%)"
-    )
+    return alone, corrected, either, named
 
 
 def verified(engine: WhisperEngine, audio: Audio, heard: str, replacements: list[Replacement], nats: float) -> str:
