@@ -209,14 +209,15 @@ async def test_beta_transcription_session_with_g711_ulaw() -> None:
 
 async def test_ga_g711_alaw_input() -> None:
     audioop = pytest.importorskip("audioop")
-    alaw = audioop.lin2alaw(pcm16(fixture_16k("weather.wav"), 8000), 2)
+    # "the weather" at 8 kHz comes out "my winner" with some of CTranslate2's CPU kernels and not others
+    alaw = audioop.lin2alaw(pcm16(fixture_16k("lights_on.wav"), 8000), 2)
     async with running_daemon() as daemon, sdk_client(daemon).realtime.connect() as connection:
         await connection.session.update(session=ga_update(format={"type": "audio/pcma"}))
         for piece in chunks(alaw, 8000):
             await connection.input_audio_buffer.append(audio=piece)
         events = await sdk_events(connection, finals(1))
     assert of_type(events, "session.updated")[0]["session"]["audio"]["input"]["format"] == {"type": "audio/pcma"}
-    assert same_words(["what is the weather tomorrow"], transcripts(events))
+    assert same_words(["turn on the kitchen lights"], transcripts(events))
 
 
 async def test_bad_input_gets_openai_errors_and_the_session_goes_on() -> None:
