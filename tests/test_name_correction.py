@@ -299,18 +299,23 @@ def test_a_name_the_engine_nearly_wrote_comes_before_a_match_that_ends_in_anothe
 @pytest.mark.parametrize(
     ("names", "heard", "corrected"),
     [
-        (["Dlamini patio heater", "Mbatha heater"], "Switch on the Dlamini pati heater.", "Dlamini patio heater"),
-        (["Sondergaard crepe maker", "Coffee maker"], "Start the Sander Guard crepe maker.", "Sondergaard crepe maker"),
-        # a shorter name found by its last words stays where the longer run is no better
-        (["Dlamini patio heater", "Mbatha heater"], "Switch on the Blamini pati heater.", "Blamini Mbatha heater"),
-        # or is of another kind
-        (["Okafor gate", "Nakafta door"], "Open the knock after gate.", "Okafor gate"),
+        (["Dlamini patio heater", "Mbatha heater"], "Switch on the Dlamini pati heater.", "the Dlamini patio heater"),
+        # held-out 30's text: the longer run also outranks a weaker match by the last words (the Sowerbutts lamp)
+        (
+            ["Zsofia's peacock lamp", "Desk lamp", "Sowerbutts lamp"],
+            "Switch on Zofir's decock lamp.",
+            "Zsofia's peacock lamp",
+        ),
+        # not a longer run that scores less than the match by the last words
+        (["Dlamini patio heater", "Mbatha heater"], "Switch on the Dramani batha heater.", "the Dramani Mbatha heater"),
+        # nor one of another kind, whatever its score
+        (["Dlamini patio heated", "Mbatha heater"], "Switch on the Dlamini pati heater.", "the Dlamini Mbatha heater"),
     ],
 )
 def test_a_longer_run_of_the_same_kind_that_scores_better_outweighs_a_match_by_the_last_words(
     names: list[str], heard: str, corrected: str
 ) -> None:
-    assert corrected in NameCorrector(names).correct(heard)
+    assert NameCorrector(names).correct(heard) == f"Switch on {corrected}."
 
 
 def test_a_name_the_engine_nearly_wrote_is_written_only_if_it_is_one_of_the_names() -> None:

@@ -475,20 +475,24 @@ class NameCorrector:
         `Transcript.nearly_written`: the decoder's own lean outweighs a better score elsewhere, "the
         pass away lamp" is the Hathaway lamp rather than the Bedside lamp), then matches that end in
         their name's ordinary words as heard (what kind of thing was named outweighs a better score
-        elsewhere, but not a longer run of the same kind: `_outscored`), each kind best first. With
+        elsewhere, but a longer run of the same kind that scores better takes their place and rank:
+        `_outscoring`), each kind best first. With
         no match at all, the only name of a kind the text names (`_sole_kind`)."""
         words = list(WORD.finditer(_straight(text)))
         logprob = _mean_logprob(words, spans)
         matches = self._matches([word.group() for word in words], logprob=logprob)
         holders = self._holders(matches)
-        matches = [match for match in matches if not self._outscored(match, matches)]
+        outscoring = [self._outscoring(match, matches) for match in matches]
+        # a run that outscores a match by the last words says the kind as well, and ranks as one
+        kind_told = {better for found in outscoring for better in found}
+        matches = [match for match, found in zip(matches, outscoring, strict=True) if not found]
         leaned_to = {_single_spaced(name) for name in nearly_written}
         matches.sort(
             key=lambda m: (
                 m not in holders,
                 m.score < 1.0,
                 m.name.text not in leaned_to,
-                not m.anchored,
+                not (m.anchored or m in kind_told),
                 -m.score,
                 m.first - m.last,
                 m.name.rank,
@@ -573,22 +577,23 @@ class NameCorrector:
         return holders
 
     @staticmethod
-    def _outscored(match: _Match, matches: Sequence[_Match]) -> bool:
-        """Whether `match`, found by its name's ordinary last words (`_Match.anchored`), lies at the
-        end of a longer run that scores better as another name of the same kind (ending in the same
-        words): "Dlamini pati heater" is the Dlamini patio heater, not the Dlamini Mbatha heater.
-        What the anchor says, the kind of thing, the longer run says too."""
+    def _outscoring(match: _Match, matches: Sequence[_Match]) -> list[_Match]:
+        """If `match` was found by its name's ordinary last words (`_Match.anchored`), the longer runs
+        around it that end in the same words and score better as another name of the same kind
+        (ending in those words): "Dlamini pati heater" is the Dlamini patio heater, not the Dlamini
+        Mbatha heater. What the anchor says, the kind of thing, they say too."""
         if not match.anchored:
-            return False
+            return []
         kind = match.name.phrase.words[1:]
-        return any(
-            other.name != match.name
+        return [
+            other
+            for other in matches
+            if other.name != match.name
             and other.score > match.score
             and other.first < match.first
             and other.last == match.last
             and other.name.phrase.words[-len(kind) :] == kind
-            for other in matches
-        )
+        ]
 
     def _differences_pass(self, run: _Phrase, name: _Phrase, threshold: float) -> bool:
         """Whether what differs between run and name, their shared end words left out, scores
