@@ -192,7 +192,7 @@ async def main() -> None:
         for part in chosen:
             # with --home-names each part has its own home, which holds that part's names
             home = HomeNames.from_json(
-                part_home(home_json, every_command, part, args.home_names) if args.home_names else home_json
+                part_home(home_json, every_command, part, args.home_names) if args.home_names is not None else home_json
             )
             names = rank_names(home, args.cap)
             context = biasing_context(names)
