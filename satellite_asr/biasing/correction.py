@@ -476,8 +476,8 @@ class NameCorrector:
         pass away lamp" is the Hathaway lamp rather than the Bedside lamp), then matches that end in
         their name's ordinary words as heard (what kind of thing was named outweighs a better score
         elsewhere, but a longer run of the same kind that scores better takes their place and rank:
-        `_outscoring`), each kind best first. With
-        no match at all, the only name of a kind the text names (`_sole_kind`)."""
+        `_outscoring`), each kind best first. With no match at all, the only name of a kind the text
+        names (`_sole_kind`)."""
         words = list(WORD.finditer(_straight(text)))
         logprob = _mean_logprob(words, spans)
         matches = self._matches([word.group() for word in words], logprob=logprob)
