@@ -375,7 +375,7 @@ async def test_run_script_starts_the_daemon_and_registers_discovery(tmp_path: Pa
         assert describe_answered == [True, True]
         assert await healthcheck(wyoming_port) == 0
         names = await asyncio.wait_for(home_assistant_health(http_port, "loaded"), 60)
-        assert names["names"] == 1204 and names["last_error"] is None
+        assert names["names"] == 1276 and names["last_error"] is None
         assert "secret-token" not in json.dumps(names)
     finally:
         process.send_signal(signal.SIGTERM)

@@ -41,7 +41,7 @@ async def test_reads_exposed_entities_aliases_areas_and_floors(home_assistant: H
     assert {"Calloway blinds", "Zebedee", "Robot vacuum", "Marigold room", "The Snug", "Belvedere floor"} <= set(names)
     assert "Phone battery" not in names, "not exposed to Assist"
     status = client.status
-    assert status.state == State.LOADED and status.names == len(names) == 1204
+    assert status.state == State.LOADED and status.names == len(names) == 1276
     assert status.loaded_at is not None and status.last_error is None
     assert home_assistant.commands[:3] == ["subscribe_events"] * 3
 
@@ -70,7 +70,7 @@ async def test_survives_a_restart_keeping_the_last_names(home_assistant: HomeAss
         first = await client.wait_loaded()
         await home_assistant.stop()
         await asyncio.wait_for(client.wait_for(State.UNREACHABLE), 10)
-        assert client.status.names == 1204 and "Calloway blinds" in client.names(1000), "last good names kept"
+        assert client.status.names == 1276 and "Calloway blinds" in client.names(1000), "last good names kept"
         assert client.status.last_error
         home_assistant.home["floors"].append({"id": "cellar", "name": "Undercroft", "aliases": []})
         await home_assistant.start()
@@ -119,4 +119,4 @@ def test_websocket_url() -> None:
 
 
 def test_fixture_home_ranks_all_exposed_names() -> None:
-    assert len(rank_names(HomeNames.from_json(HOME), 2000)) == 1204
+    assert len(rank_names(HomeNames.from_json(HOME), 2000)) == 1276
