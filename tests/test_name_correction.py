@@ -318,6 +318,15 @@ def test_a_longer_run_of_the_same_kind_that_scores_better_outweighs_a_match_by_t
     assert NameCorrector(names).correct(heard) == f"Switch on {corrected}."
 
 
+def test_a_run_of_the_same_kind_that_ends_elsewhere_leaves_a_match_by_the_last_words_alone() -> None:
+    """Two heaters in one command: the Dlamini patio heater's run ends before the Mbatha heater's
+    match starts, so it does not outweigh it (the longer run must end in the same words)."""
+    corrector = NameCorrector(["Dlamini patio heater", "Mbatha heater"])
+    assert corrector.correct("Switch off the Dlamini pati heater and turn on the batha heater.") == (
+        "Switch off the Dlamini patio heater and turn on the Mbatha heater."
+    )
+
+
 def test_a_name_the_engine_nearly_wrote_is_written_only_if_it_is_one_of_the_names() -> None:
     assert NameCorrector(["Bedside lamp"]).correct("Turn off the pass away lamp.", (), ["Hathaway lamp"]) == (
         "Turn off the Bedside lamp."
