@@ -148,6 +148,11 @@ async def main() -> None:
     parser.add_argument("--faster-whisper", action="store_true", help="faster-whisper's own hotwords vs prompt")
     parser.add_argument("--misses", action="store_true", help="print the names that came out wrong")
     parser.add_argument(
+        "--model",
+        default="",
+        help="a Whisper model other than the bundled tiny.en: a CTranslate2 folder, or a name faster-whisper downloads",
+    )
+    parser.add_argument(
         "--home-names", type=int, metavar="N", help="a home of about N names that holds the part's (each part its own)"
     )
     parser.add_argument(
@@ -182,7 +187,7 @@ async def main() -> None:
         parser.error("--names-only runs the daemon's way alone, without the runs --faster-whisper or --cap compare")
     chosen = parts(every_command) if args.half == "all" else [args.half]
     home_json = json.loads((NAMES / "home.json").read_text())
-    engine = WhisperEngine()
+    engine = WhisperEngine(args.model)
     redecodes: list[str] = []
     engine.report_redecodes(redecodes.append)
     await engine.start()
