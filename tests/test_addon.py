@@ -33,7 +33,7 @@ from aiohttp import web
 from satellite_asr.cli import build_parser
 from satellite_asr.config import ENGINES, LOG_LEVELS, Settings, load_settings, setting_fields
 from tests.helpers import FIXTURES, free_port, running_daemon
-from tests.home_assistant_double import HomeAssistantDouble
+from tests.home_assistant_double import EXPOSED_NAMES, HomeAssistantDouble
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -375,7 +375,7 @@ async def test_run_script_starts_the_daemon_and_registers_discovery(tmp_path: Pa
         assert describe_answered == [True, True]
         assert await healthcheck(wyoming_port) == 0
         names = await asyncio.wait_for(home_assistant_health(http_port, "loaded"), 60)
-        assert names["names"] == 1276 and names["last_error"] is None
+        assert names["names"] == EXPOSED_NAMES and names["last_error"] is None
         assert "secret-token" not in json.dumps(names)
     finally:
         process.send_signal(signal.SIGTERM)

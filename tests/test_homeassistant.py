@@ -12,7 +12,7 @@ import pytest
 from satellite_asr.homeassistant.client import HomeAssistantNames, State, websocket_url
 from satellite_asr.homeassistant.names import HomeNames, rank_names
 from tests.helpers import free_port
-from tests.home_assistant_double import HOME, HomeAssistantDouble, running_home_assistant
+from tests.home_assistant_double import EXPOSED_NAMES, HOME, HomeAssistantDouble, running_home_assistant
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -41,7 +41,7 @@ async def test_reads_exposed_entities_aliases_areas_and_floors(home_assistant: H
     assert {"Calloway blinds", "Zebedee", "Robot vacuum", "Marigold room", "The Snug", "Belvedere floor"} <= set(names)
     assert "Phone battery" not in names, "not exposed to Assist"
     status = client.status
-    assert status.state == State.LOADED and status.names == len(names) == 1276
+    assert status.state == State.LOADED and status.names == len(names) == EXPOSED_NAMES
     assert status.loaded_at is not None and status.last_error is None
     assert home_assistant.commands[:3] == ["subscribe_events"] * 3
 
@@ -70,7 +70,7 @@ async def test_survives_a_restart_keeping_the_last_names(home_assistant: HomeAss
         first = await client.wait_loaded()
         await home_assistant.stop()
         await asyncio.wait_for(client.wait_for(State.UNREACHABLE), 10)
-        assert client.status.names == 1276 and "Calloway blinds" in client.names(1000), "last good names kept"
+        assert client.status.names == EXPOSED_NAMES and "Calloway blinds" in client.names(1000), "last good names kept"
         assert client.status.last_error
         home_assistant.home["floors"].append({"id": "cellar", "name": "Undercroft", "aliases": []})
         await home_assistant.start()
@@ -119,4 +119,4 @@ def test_websocket_url() -> None:
 
 
 def test_fixture_home_ranks_all_exposed_names() -> None:
-    assert len(rank_names(HomeNames.from_json(HOME), 2000)) == 1276
+    assert len(rank_names(HomeNames.from_json(HOME), 2000)) == EXPOSED_NAMES

@@ -20,14 +20,12 @@ from satellite_asr.homeassistant.client import State
 from satellite_asr.server import Daemon
 from tests.doubles import ContextRecordingEngineDouble
 from tests.helpers import EXPECTED, FIXTURES, running_daemon, word_error_rate, ws_url
-from tests.home_assistant_double import HomeAssistantDouble, running_home_assistant
+from tests.home_assistant_double import EXPOSED_NAMES, HomeAssistantDouble, running_home_assistant
 
 pytestmark = pytest.mark.timeout(120)
 
 TOKEN = "long-lived-token-e2e-8b41"  # must never show up in what the daemon says
 NAMES = FIXTURES / "names"
-HOME_NAMES = 1276
-"""The names of home.json that Home Assistant exposes to Assist (8 of its 1284 are not)."""
 
 
 @pytest.fixture
@@ -83,7 +81,7 @@ async def test_every_protocol_decodes_with_the_homes_names(home_assistant: HomeA
         assert daemon.core.home_assistant is not None
         await daemon.core.home_assistant.wait_loaded()
         status, text = await health(daemon)
-        assert status["home_assistant"]["state"] == "loaded" and status["home_assistant"]["names"] == HOME_NAMES
+        assert status["home_assistant"]["state"] == "loaded" and status["home_assistant"]["names"] == EXPOSED_NAMES
         assert status["home_assistant"]["loaded_at"] and TOKEN not in text
 
         heard = await wyoming_round(daemon, "named_24.wav", transcript_names=["Okonkwo"])
@@ -127,7 +125,7 @@ async def test_whisper_takes_a_second_look_with_the_names_near_what_it_heard(
         )
     assert WHISPER_CONTEXT_NAMES == 0 and engine.contexts == ["Weather.", "Okonkwo"]
     websocket_names, wyoming_names = engine.names
-    assert len(websocket_names) == HOME_NAMES and "Siobhan's fairy lights" in websocket_names
+    assert len(websocket_names) == EXPOSED_NAMES and "Siobhan's fairy lights" in websocket_names
     assert wyoming_names == ("Okonkwo", *websocket_names)
     assert second_looks is not None and second_looks >= 1, (
         "a final whose first text missed the name (tiny.en writes it itself at some cuts of this file)"
@@ -181,7 +179,7 @@ async def test_a_change_in_home_assistant_reaches_the_next_session(home_assistan
         status, _ = await health(daemon)
     before, after = engine.contexts
     assert "Crow's nest" not in before and "Crow's nest" in after
-    assert status["home_assistant"]["names"] == HOME_NAMES + 2
+    assert status["home_assistant"]["names"] == EXPOSED_NAMES + 2
 
 
 async def test_a_wrong_token_shows_in_health_and_the_daemon_serves_on(home_assistant: HomeAssistantDouble) -> None:
