@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import subprocess
@@ -14,6 +15,8 @@ from typing import Any
 import ctranslate2
 import numpy as np
 import pytest
+from faster_whisper import WhisperModel
+from faster_whisper.tokenizer import Tokenizer
 
 from satellite_asr.biasing.context import biasing_context
 from satellite_asr.biasing.correction import SURE_LOGPROB, corrector_for
@@ -32,6 +35,7 @@ from satellite_asr.engines.whisper import (
     SECOND_LOOK_SCORE,
     WhisperEngine,
     context_tokens,
+    generation_limits,
     loop_length,
     repeats_itself,
     short_windows,
@@ -298,6 +302,47 @@ def test_short_windows_grow_with_the_audio_and_never_repeat_a_length() -> None:
     assert short_windows(int(7.5 * seconds)) == [int(8.5 * seconds)], "10 s would add too little"
     assert short_windows(9 * seconds) == [10 * seconds]
     assert short_windows(12 * seconds) == [13 * seconds]
+
+
+@pytest.mark.parametrize(("prompt_words", "budget"), [(0, 10), (0, 60), (40, 30), (150, 100), (0, 240)])
+def test_generation_limits_match_what_ctranslate2_lets_a_decode_write(prompt_words: int, budget: int) -> None:
+    """With the end token suppressed a decode writes until it is stopped: exactly as many tokens as
+    `generation_limits` says, which is the whole budget unless Whisper's 448 positions run out."""
+    model = WhisperModel(bundled_tiny_en_path(), device="cpu", compute_type="int8")
+    tokenizer = Tokenizer(model.hf_tokenizer, False, "transcribe", "en")
+    audio = fixture_16k("lights_on.wav")
+    features = model.feature_extractor(audio, padding=6 * 16000 - audio.size)
+    encoded = model.model.encode(ctranslate2.StorageView.from_array(np.ascontiguousarray(features[None])))
+    context = tokenizer.encode(" word" * prompt_words) if prompt_words else []
+    prompt = model.get_prompt(tokenizer, context, without_timestamps=True)
+    max_length, most_tokens = generation_limits(len(prompt), budget)
+    result = model.model.generate(encoded, [prompt], max_length=max_length, suppress_tokens=[-1, tokenizer.eot])
+    assert len(result[0].sequences_ids[0]) == most_tokens
+    assert most_tokens in (budget, budget + 1) or max_length == 448
+
+
+@pytest.mark.parametrize("context", ["", "Calloway blinds, Aoife's nightlight, Marigold room"])
+async def test_a_decode_stopped_by_its_budget_is_taken_for_a_runaway_whatever_its_prompt(context: str) -> None:
+    """Before `generation_limits`, a decode with a short prompt was stopped at half its budget and
+    so never counted as using it up: a runaway first decode was kept."""
+    engine = WhisperEngine()
+    await engine.start()
+    try:
+        assert engine._model is not None
+        tokenizer = engine._tokenizer("en")
+        audio = fixture_16k("three_commands.wav")  # 30 s window: a 10.9 s one writes the last command twice
+        features = engine._model.feature_extractor(audio, padding=30 * 16000 - audio.size)
+        encoded = engine._model.model.encode(ctranslate2.StorageView.from_array(np.ascontiguousarray(features[None])))
+        generate = functools.partial(
+            engine._generate, encoded, tokenizer, context, beam_size=1, keep_first_pass=False, sureness=False
+        )
+        whole = generate(budget=80)
+        assert whole is not None
+        assert word_error_rate(" ".join(EXPECTED["three_commands.wav"]), tokenizer.decode(whole.tokens)) == 0
+        assert len(whole.tokens) > 12
+        assert generate(budget=10) is None, "three commands do not fit in 10 tokens"
+    finally:
+        await engine.close()
 
 
 def test_repetition_detector() -> None:

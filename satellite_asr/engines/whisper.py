@@ -56,11 +56,24 @@ REPEATED_RUN = 4
 """Tokens in a row that, seen twice in one command, mean the decoder is looping."""
 MAX_TOKENS_PER_SECOND = 8
 """More tokens than this per second of audio is not speech but a decoder stuck in a loop."""
+WHISPER_POSITIONS = 448
+"""Whisper's decoder positions, prompt and text together."""
 MAX_CONTEXT_TOKENS = 223
-"""Whisper's prompt holds at most half its 448 positions less one (as in training); longer context
+"""Whisper's prompt holds at most half its positions less one (as in training); longer context
 is cut. With more (all 96 names of the evaluation home, 392 tokens) tiny.en looped and lost words."""
 CONTEXT_BREAKS = frozenset({",", ".", ";"})
 """Where context may be cut, so that a name is kept whole or not at all."""
+
+
+def generation_limits(prompt_length: int, budget: int) -> tuple[int, int]:
+    """The `max_length` that lets CTranslate2's Whisper `generate` write `budget` tokens after a
+    prompt of `prompt_length`, and how many it can then write at most (the budget or one more,
+    fewer only where Whisper's positions run out). CTranslate2 counts the prompt in max_length and
+    writes no more than half of it (measured: min(max_length // 2, max_length - prompt_length + 1)
+    tokens), so the plain sum let a first decode write only half its budget, and whether a decode
+    was cut depended on its prompt's length."""
+    max_length = min(WHISPER_POSITIONS, max(2 * budget, prompt_length + budget))
+    return max_length, min(max_length // 2, max_length - prompt_length + 1)
 
 
 def short_windows(samples: int) -> list[int]:
@@ -434,11 +447,12 @@ class WhisperEngine(Engine):
         the logits cost a little per token."""
         assert self._model is not None
         prompt = self._model.get_prompt(tokenizer, context_tokens(tokenizer, context), without_timestamps=True)
+        max_length, most_tokens = generation_limits(len(prompt), budget)
         result = self._model.model.generate(
             encoded,
             [prompt],
             beam_size=beam_size,
-            max_length=len(prompt) + budget,  # CTranslate2 counts the prompt in max_length
+            max_length=max_length,
             suppress_blank=True,
             suppress_tokens=[-1],
             return_scores=True,  # with length_penalty 1: the log-probability per text token
@@ -448,12 +462,13 @@ class WhisperEngine(Engine):
         steps = [step for step, token in enumerate(sequence) if token < tokenizer.eot]
         tokens = [sequence[step] for step in steps]
         mean_logprob = result[0].scores[0] if tokens else None
+        stopped = len(sequence) >= most_tokens  # by its budget, before it ended
         first_pass = loop_length(tokens)
         if first_pass:  # a text written twice: its score is the loop's, not the command's
             if not keep_first_pass:
                 return None
             steps, tokens, mean_logprob = steps[:first_pass], tokens[:first_pass], None
-        elif len(tokens) >= budget - 1 or repeats_itself(tokens):
+        elif stopped or repeats_itself(tokens):
             return None
         logits = result[0].logits[0] if sureness and beam_size == 1 else []
         if not logits:
