@@ -26,6 +26,7 @@ from satellite_asr.engines.base import EngineError, StreamOptions, Transcript, m
 from satellite_asr.engines.bundled import bundled_tiny_en_path
 from satellite_asr.engines.whisper import (
     HEARD_NAMES,
+    LOOK_EXTRA_TOKENS,
     MAX_CONTEXT_TOKENS,
     NEARLY_WRITTEN_NAMES,
     REDECODE_FULL_WINDOW,
@@ -213,6 +214,14 @@ def test_a_command_written_again_is_cut_to_its_first_pass() -> None:
     assert loop_length(door) is None, "once is not a loop"
     assert loop_length([*door, 4946, 262, 99]) is None, "a second pass that goes elsewhere is not a loop"
     assert loop_length([7, 8, 7, 8, 7, 8]) is None, "too short to tell from speech"
+
+
+def test_a_decode_cut_at_its_budget_needs_only_the_start_of_a_second_pass() -> None:
+    door = [4946, 262, 15591, 3420, 13]  # " Open the garage door."
+    assert loop_length([*door, *door[:4]]) is None, "uncut, the whole second pass is needed"
+    assert loop_length([*door, *door[:4]], cut=True) == 5
+    assert loop_length([*door, *door[:3]], cut=True) is None, "too little of a second pass to tell"
+    assert loop_length([*door, 4946, 262, 99, 15591], cut=True) is None, "a second pass that goes elsewhere"
 
 
 WRITTEN_TWICE = "fresh10_complete_10.wav"
@@ -513,6 +522,45 @@ async def test_a_final_is_looked_at_again_with_the_names_the_decoder_nearly_wrot
     assert redecodes.count(REDECODE_SECOND_LOOK) == 1, "the timer is not looked at again"
     assert hunch.nearly_written, "though the decoder leaned to some names"
     assert hunch.text == plain.text, hunch.text
+
+
+class GenerateSpy:
+    """Test double around CTranslate2's Whisper model: passes every call on, and records how many
+    tokens each `generate` call wrote."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.wrote: list[int] = []
+
+    def generate(self, features: Any, prompts: list[list[int]], **options: Any) -> Any:
+        results = self.model.generate(features, prompts, **options)
+        self.wrote.append(len(results[0].sequences_ids[0]))
+        return results
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.model, name)
+
+
+async def test_a_look_that_writes_its_text_over_and_over_is_cut_short_and_keeps_its_first_pass() -> None:
+    """Prompted with the names, tiny.en writes "turn off the light-scene Finnegan's playroom," and
+    then the same again (held-out's named_26, as in the test above). A look may write only
+    `LOOK_EXTRA_TOKENS` more than the first text, so it stops early in its second pass; the start of
+    that pass is enough to know the first one."""
+    engine = WhisperEngine()
+    await engine.start()
+    try:
+        assert engine._model is not None
+        spy = GenerateSpy(engine._model.model)
+        engine._model.model = spy
+        playroom = read_wav(FIXTURES / "names" / "heldout_named_26.wav").to_16k_mono()
+        looked = await engine.open_stream(StreamOptions(language="en", names=part_home("heldout"))).final(playroom)
+    finally:
+        await engine.close()
+    first_wrote, look_wrote = spy.wrote
+    assert "finnegan's playroom" in looked.text.lower(), looked.text
+    assert looked.tokens < first_wrote + LOOK_EXTRA_TOKENS, "the text is the look's first pass"
+    # stopped at its budget (generation_limits may allow one token more), writing its text again
+    assert look_wrote in (first_wrote + LOOK_EXTRA_TOKENS, first_wrote + LOOK_EXTRA_TOKENS + 1), spy.wrote
 
 
 async def test_a_final_says_which_names_the_decoder_nearly_wrote_and_the_correction_takes_them() -> None:

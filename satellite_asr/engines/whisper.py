@@ -87,16 +87,19 @@ def short_windows(samples: int) -> list[int]:
     return windows
 
 
-def loop_length(tokens: list[int], shortest: int = REPEATED_RUN) -> int | None:
+def loop_length(tokens: list[int], shortest: int = REPEATED_RUN, *, cut: bool = False) -> int | None:
     """Length of the first pass when the decoder wrote the whole command, then wrote it again.
 
     Given the silence a short window is padded with, Whisper sometimes starts the command over
     (`Open the garage door. Open the garage door. Open`): the tokens repeat with one period from
     the start. The first pass is the transcript (on a final's last short window; before it, a
     longer one is tried for a text with a log-probability), with no need to decode the full window.
-    A command really spoken twice in one breath is heard once, a cost commands can bear.
+    A command really spoken twice in one breath is heard once, a cost commands can bear. A decode
+    `cut` at its token budget may have been stopped early in its second pass: `REPEATED_RUN` tokens
+    of it are enough.
     """
-    for period in range(shortest, len(tokens) // 2 + 1):
+    longest = len(tokens) - REPEATED_RUN if cut else len(tokens) // 2
+    for period in range(shortest, longest + 1):
         if all(tokens[i] == tokens[i + period] for i in range(len(tokens) - period)):
             return period
     return None
@@ -121,6 +124,11 @@ LOOK_HUNCH = -0.5
 """A look that only the heard names prompt (no run of the text resembles a name) needs the strongest
 hunch at least this. On the seen parts of tests/fixtures/names it cut the looks by a fifth (488 to
 387 of 1188 finals) and lost no name; from 0 up, names were lost (docs/benchmarks.md)."""
+LOOK_EXTRA_TOKENS = 10
+"""A second look writes at most this many tokens more than the first text. On the seen parts of
+tests/fixtures/names no look wrote a text more than 7 longer, and a quarter of the looks wrote
+their text again and again, on to the token budget (15 names came from those). Cut short, their
+first pass is found all the same (`loop_length`), sooner (docs/benchmarks.md)."""
 NEARLY_WRITTEN_NAMES = 3
 """A final's names with the strongest hunches, whatever its text (`Transcript.nearly_written`): the
 correction matches them right after names as spelled (and longer names around those), before any
@@ -342,7 +350,7 @@ class WhisperEngine(Engine):
         loosely resembles (`SECOND_LOOK_NAMES`) and those the decoder nearly wrote (`HEARD_NAMES`; these
         alone start a look only with a hunch of at least `LOOK_HUNCH`).
         That text is kept if it writes one of the names it was given (once corrected) and does not
-        repeat itself.
+        repeat itself; it may be at most `LOOK_EXTRA_TOKENS` longer than the first.
         """
         assert self._model is not None
         tokenizer = self._tokenizer(language)
@@ -383,7 +391,10 @@ class WhisperEngine(Engine):
         prompt = NAME_SEPARATOR.join([*looked_for, options.context] if options.context else looked_for)
         # a second look written twice still gives its first pass: the names it may hold
         # matter more here than the log-probability it then lacks
-        second = self._generate(encoded, tokenizer, prompt, budget, beam_size, keep_first_pass=True, sureness=sureness)
+        look_budget = min(budget, len(decoded.tokens) + LOOK_EXTRA_TOKENS)
+        second = self._generate(
+            encoded, tokenizer, prompt, look_budget, beam_size, keep_first_pass=True, sureness=sureness
+        )
         if second is None:  # a loop leaves the first text
             return first
         looked = self._transcript(tokenizer, second, language, nearly_written)  # the first decode's lean
@@ -463,7 +474,7 @@ class WhisperEngine(Engine):
         tokens = [sequence[step] for step in steps]
         mean_logprob = result[0].scores[0] if tokens else None
         stopped = len(sequence) >= most_tokens  # by its budget, before it ended
-        first_pass = loop_length(tokens)
+        first_pass = loop_length(tokens, cut=stopped)
         if first_pass:  # a text written twice: its score is the loop's, not the command's
             if not keep_first_pass:
                 return None
