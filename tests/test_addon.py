@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import importlib.util
 import json
 import os
@@ -32,8 +33,8 @@ from aiohttp import web
 
 from satellite_asr.cli import build_parser
 from satellite_asr.config import ENGINES, LOG_LEVELS, Settings, load_settings, setting_fields
-from tests.helpers import FIXTURES, free_port, running_daemon
-from tests.home_assistant_double import EXPOSED_NAMES, HomeAssistantDouble
+from tests.helpers import free_port, running_daemon
+from tests.home_assistant_double import EXPOSED_NAMES, HOME, HomeAssistantDouble
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -333,7 +334,7 @@ async def test_run_script_starts_the_daemon_and_registers_discovery(tmp_path: Pa
         arrived.set()
         return web.json_response({"result": "ok", "data": {"uuid": "abc"}})
 
-    home_assistant = HomeAssistantDouble(json.loads((FIXTURES / "names" / "home.json").read_text()), "secret-token")
+    home_assistant = HomeAssistantDouble(copy.deepcopy(HOME), "secret-token")
     app = web.Application()
     app.router.add_post("/discovery", discovery)
     app.router.add_get("/core/websocket", home_assistant.websocket)
