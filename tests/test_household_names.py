@@ -165,7 +165,7 @@ async def test_a_command_heard_clearly_keeps_its_words_when_a_name_loosely_sound
 
 
 async def test_a_change_in_home_assistant_reaches_the_next_session(home_assistant: HomeAssistantDouble) -> None:
-    """The most allowed, 1000: the new area's alias ranks 226th among 1278 names, past a limit of 100."""
+    """The most allowed, 1000: the new area's alias ranks 239th among 1350 names, past a limit of 100."""
     engine = ContextRecordingEngineDouble()
     async with running_daemon(engine, ha_url=home_assistant.url, ha_token=TOKEN, ha_names_limit=1000) as daemon:
         client = daemon.core.home_assistant
