@@ -15,7 +15,7 @@ names (`NameCorrector`, timed with the decode). The runs take turns on each comm
     PYTHONPATH=. .venv/bin/python scripts/bench_names.py --half all --home-names 100 --model base  # another model
 
 PART is one of the parts of commands.json, in its order (today dev, the default, then heldout and
-heldout2 to heldout35; a part make_names.py adds is a choice without an edit here), or all (every
+heldout2 to heldout37; a part make_names.py adds is a choice without an edit here), or all (every
 part).
 
 Reports names right (a name counts when its letters appear in the transcript, ignoring case,

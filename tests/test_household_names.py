@@ -91,7 +91,7 @@ async def test_every_protocol_decodes_with_the_homes_names(home_assistant: HomeA
         config_off, heard_off = await websocket_session(daemon, "named_24.wav", household_names=False)
         context_off = engine.contexts[-1]
 
-    assert wyoming_context.startswith("Okonkwo, Dojo, Lanai, Zendo, Lounge, "), (
+    assert wyoming_context.startswith("Okonkwo, Dojo, Lanai, Zendo, Liwan, Chowk, Lounge, "), (
         "the client's own names first, then the best"
     )
     assert wyoming_context.count(", ") == 20 and "Phone battery" not in wyoming_context
@@ -107,31 +107,32 @@ async def test_whisper_takes_a_second_look_with_the_names_near_what_it_heard(
     home_assistant: HomeAssistantDouble,
 ) -> None:
     """Whisper's own choice (`ha_names_limit` -1): no names in its prompt, all of them (the client's
-    terms first) to check what it heard against. tiny.en hears Siobhan's fairy lights (named_07) as
-    words that only loosely resemble the name at the session's cuts, so its finals are looked at again
-    (test_whisper_engine checks a look's words on a whole file); here, that the names reach the engine
-    and it looks again. (named_21, the Whitlock door lock, served until its first text came out corrected by the
-    text alone at the session's cut, with no look.)"""
+    terms first) to check what it heard against. tiny.en hears the Snug (named_31) as "the side",
+    words that only loosely resemble a name, so its finals are looked at again (test_whisper_engine
+    checks a look's words on a whole file); here, that the names reach the engine and it looks again.
+    (named_21, the Whitlock door lock, served until its first text came out corrected by the text
+    alone at the session's cut, with no look; so did named_07, Siobhan's fairy lights, heard as "she
+    mourns every light", once held-out 37 brought Muireann's nightlight into the home.)"""
     engine = ContextRecordingEngineDouble()
     async with running_daemon(
         engine, wyoming_uri="tcp://127.0.0.1:0", ha_url=home_assistant.url, ha_token=TOKEN
     ) as daemon:
         assert daemon.core.home_assistant is not None
         await daemon.core.home_assistant.wait_loaded()
-        _, heard = await websocket_session(daemon, "named_07.wav", context="Weather.")
-        await wyoming_round(daemon, "named_07.wav", transcript_names=["Okonkwo"])
+        _, heard = await websocket_session(daemon, "named_31.wav", context="Weather.")
+        await wyoming_round(daemon, "named_31.wav", transcript_names=["Okonkwo"])
         second_looks = daemon.core.metrics.registry.get_sample_value(
             "satellite_asr_engine_redecodes_total", {"reason": REDECODE_SECOND_LOOK}
         )
     assert WHISPER_CONTEXT_NAMES == 0 and engine.contexts == ["Weather.", "Okonkwo"]
     websocket_names, wyoming_names = engine.names
-    assert len(websocket_names) == EXPOSED_NAMES and "Siobhan's fairy lights" in websocket_names
+    assert len(websocket_names) == EXPOSED_NAMES and "The Snug" in websocket_names
     assert wyoming_names == ("Okonkwo", *websocket_names)
     assert second_looks is not None and second_looks >= 1, (
         "a final whose first text missed the name (tiny.en writes it itself at some cuts of this file)"
     )
     # what the look writes differs with CTranslate2's CPU kernels (test_whisper_engine checks a look's words)
-    assert heard.lower().startswith("turn off"), heard
+    assert heard.lower().startswith("turn on"), heard
 
 
 async def test_a_name_the_decoder_nearly_wrote_reaches_the_transcript_through_websocket_and_wyoming(
@@ -165,7 +166,7 @@ async def test_a_command_heard_clearly_keeps_its_words_when_a_name_loosely_sound
 
 
 async def test_a_change_in_home_assistant_reaches_the_next_session(home_assistant: HomeAssistantDouble) -> None:
-    """The most allowed, 1000: the new area's alias ranks 239th among 1350 names, past a limit of 100."""
+    """The most allowed, 1000: the new area's alias ranks 252nd among 1422 names, past a limit of 100."""
     engine = ContextRecordingEngineDouble()
     async with running_daemon(engine, ha_url=home_assistant.url, ha_token=TOKEN, ha_names_limit=1000) as daemon:
         client = daemon.core.home_assistant

@@ -124,7 +124,7 @@ def test_a_name_is_found_by_its_ordinary_words_when_its_first_sound_is_lost(
 ) -> None:
     """Each of these fails the rule that a run starts with the name's first sound; the name's last
     words as heard ("gate", "turntable") say what was named, and its first word is matched loosely.
-    Each in the home of its part: in the whole evaluation home (1348 names) other parts' gates
+    Each in the home of its part: in the whole evaluation home (1420 names) other parts' gates
     compete, the Ofori gate for "after gate" (0.78) and the Mutasa gate for "mask as gate" (0.76)."""
     corrector = NameCorrector(part_home(part))
     assert corrector.correct(heard) == corrected
