@@ -316,7 +316,8 @@ def test_short_windows_grow_with_the_audio_and_never_repeat_a_length() -> None:
 @pytest.mark.parametrize(("prompt_words", "budget"), [(0, 10), (0, 60), (40, 30), (150, 100), (0, 240)])
 def test_generation_limits_match_what_ctranslate2_lets_a_decode_write(prompt_words: int, budget: int) -> None:
     """With the end token suppressed a decode writes until it is stopped: exactly as many tokens as
-    `generation_limits` says, which is the whole budget unless Whisper's 448 positions run out."""
+    `generation_limits` says: the whole budget and one more, whatever the prompt, unless Whisper's
+    448 positions run out."""
     model = WhisperModel(bundled_tiny_en_path(), device="cpu", compute_type="int8")
     tokenizer = Tokenizer(model.hf_tokenizer, False, "transcribe", "en")
     audio = fixture_16k("lights_on.wav")
@@ -327,7 +328,31 @@ def test_generation_limits_match_what_ctranslate2_lets_a_decode_write(prompt_wor
     max_length, most_tokens = generation_limits(len(prompt), budget)
     result = model.model.generate(encoded, [prompt], max_length=max_length, suppress_tokens=[-1, tokenizer.eot])
     assert len(result[0].sequences_ids[0]) == most_tokens
-    assert most_tokens in (budget, budget + 1) or max_length == 448
+    assert most_tokens == budget + 1 or max_length == 448
+
+
+@pytest.mark.parametrize("context", ["", "Kitchen lights, Garage door, Hallway light, Porch light, Dining room"])
+async def test_a_text_of_exactly_its_budget_is_kept_whatever_its_prompt(context: str) -> None:
+    """A decode whose text takes its whole budget, then ends, did not run away: kept after a short
+    prompt as after a long one (the review of 5390fe3 found it dropped after a short one)."""
+    engine = WhisperEngine()
+    await engine.start()
+    try:
+        assert engine._model is not None
+        tokenizer = engine._tokenizer("en")
+        audio = fixture_16k("lights_on.wav")
+        features = engine._model.feature_extractor(audio, padding=30 * 16000 - audio.size)
+        encoded = engine._model.model.encode(ctranslate2.StorageView.from_array(np.ascontiguousarray(features[None])))
+        generate = functools.partial(
+            engine._generate, encoded, tokenizer, context, beam_size=1, keep_first_pass=False, sureness=False
+        )
+        free = generate(budget=80)
+        assert free is not None
+        exact = generate(budget=len(free.tokens))
+        assert exact is not None and exact.tokens == free.tokens
+        assert generate(budget=len(free.tokens) - 1) is None, "a token short of its text: stopped"
+    finally:
+        await engine.close()
 
 
 @pytest.mark.parametrize("context", ["", "Calloway blinds, Aoife's nightlight, Marigold room"])
@@ -562,8 +587,8 @@ async def test_a_look_that_writes_its_text_over_and_over_is_cut_short_and_keeps_
     first_wrote, look_wrote = spy.wrote
     assert "finnegan's playroom" in looked.text.lower(), looked.text
     assert looked.tokens < first_wrote + LOOK_EXTRA_TOKENS, "the text is the look's first pass"
-    # stopped at its budget (generation_limits may allow one token more), writing its text again
-    assert look_wrote in (first_wrote + LOOK_EXTRA_TOKENS, first_wrote + LOOK_EXTRA_TOKENS + 1), spy.wrote
+    # stopped one token past its budget (`generation_limits`), writing its text again
+    assert look_wrote == first_wrote + LOOK_EXTRA_TOKENS + 1, spy.wrote
 
 
 async def test_a_final_says_which_names_the_decoder_nearly_wrote_and_the_correction_takes_them() -> None:

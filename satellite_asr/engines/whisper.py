@@ -67,12 +67,15 @@ CONTEXT_BREAKS = frozenset({",", ".", ";"})
 
 def generation_limits(prompt_length: int, budget: int) -> tuple[int, int]:
     """The `max_length` that lets CTranslate2's Whisper `generate` write `budget` tokens after a
-    prompt of `prompt_length`, and how many it can then write at most (the budget or one more,
-    fewer only where Whisper's positions run out). CTranslate2 counts the prompt in max_length and
-    writes no more than half of it (measured: min(max_length // 2, max_length - prompt_length + 1)
-    tokens), so the plain sum let a first decode write only half its budget, and whether a decode
-    was cut depended on its prompt's length."""
-    max_length = min(WHISPER_POSITIONS, max(2 * budget, prompt_length + budget))
+    prompt of `prompt_length` and one more, and how many it can then write at most: `budget` + 1
+    whatever the prompt, fewer only where Whisper's positions run out. A decode that wrote that
+    many would have gone on (it is stopped); a text of `budget` tokens and its end is not.
+    CTranslate2 counts the prompt in max_length and writes no more than half of it (measured:
+    min(max_length // 2, max_length - prompt_length + 1) tokens), so the plain sum let a first
+    decode write only half its budget; and with `2 * budget` a short prompt allowed `budget`
+    tokens where a long one allowed one more, so a text of exactly its budget was a runaway or not
+    by its prompt's length (found in review)."""
+    max_length = min(WHISPER_POSITIONS, max(2 * budget + 2, prompt_length + budget))
     return max_length, min(max_length // 2, max_length - prompt_length + 1)
 
 
