@@ -333,17 +333,16 @@ def test_generation_limits_match_what_ctranslate2_lets_a_decode_write(prompt_wor
     assert most_tokens == budget + 1 or max_length == 448
 
 
-def budgeted_decode(engine: WhisperEngine, fixture: str, context: str) -> Callable[[int], Decoded | None]:
-    """A final's first decode of `fixture` on the 30 s window after `context`, given a token budget
-    (`WhisperEngine._generate`): None when it used the budget up."""
+def budgeted_decode(engine: WhisperEngine, fixture: str, context: str) -> Callable[..., Decoded | None]:
+    """A final's first decode of `fixture` on the 30 s window after `context`, given its `budget` of
+    tokens (`WhisperEngine._generate`): None when it used the budget up."""
     assert engine._model is not None
     audio = fixture_16k(fixture)
     features = engine._model.feature_extractor(audio, padding=30 * 16000 - audio.size)
     encoded = engine._model.model.encode(ctranslate2.StorageView.from_array(np.ascontiguousarray(features[None])))
-    generate = functools.partial(
+    return functools.partial(
         engine._generate, encoded, engine._tokenizer("en"), context, beam_size=1, keep_first_pass=False, sureness=False
     )
-    return lambda budget: generate(budget=budget)
 
 
 @pytest.mark.parametrize("context", ["", "Kitchen lights, Garage door, Hallway light, Porch light, Dining room"])
@@ -354,11 +353,11 @@ async def test_a_text_of_exactly_its_budget_is_kept_whatever_its_prompt(context:
     await engine.start()
     try:
         generate = budgeted_decode(engine, "lights_on.wav", context)
-        free = generate(80)
+        free = generate(budget=80)
         assert free is not None
-        exact = generate(len(free.tokens))
+        exact = generate(budget=len(free.tokens))
         assert exact is not None and exact.tokens == free.tokens
-        assert generate(len(free.tokens) - 1) is None, "a token short of its text: stopped"
+        assert generate(budget=len(free.tokens) - 1) is None, "a token short of its text: stopped"
     finally:
         await engine.close()
 
@@ -372,12 +371,12 @@ async def test_a_decode_stopped_by_its_budget_is_taken_for_a_runaway_whatever_it
     try:
         # 30 s window: a 10.9 s one writes the last command twice
         generate = budgeted_decode(engine, "three_commands.wav", context)
-        whole = generate(80)
+        whole = generate(budget=80)
         assert whole is not None
         heard = engine._tokenizer("en").decode(whole.tokens)
         assert word_error_rate(" ".join(EXPECTED["three_commands.wav"]), heard) == 0
         assert len(whole.tokens) > 12
-        assert generate(10) is None, "three commands do not fit in 10 tokens"
+        assert generate(budget=10) is None, "three commands do not fit in 10 tokens"
     finally:
         await engine.close()
 

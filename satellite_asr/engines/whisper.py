@@ -71,10 +71,8 @@ def generation_limits(prompt_length: int, budget: int) -> tuple[int, int]:
     whatever the prompt, fewer only where Whisper's positions run out. A decode that wrote that
     many would have gone on (it is stopped); a text of `budget` tokens and its end is not.
     CTranslate2 counts the prompt in max_length and writes no more than half of it (measured:
-    min(max_length // 2, max_length - prompt_length + 1) tokens), so the plain sum let a first
-    decode write only half its budget; and with `2 * budget` a short prompt allowed `budget`
-    tokens where a long one allowed one more, so a text of exactly its budget was a runaway or not
-    by its prompt's length (found in review)."""
+    min(max_length // 2, max_length - prompt_length + 1) tokens): the plain sum let a first decode
+    write only half its budget, and whether a decode was stopped must not hang on its prompt."""
     max_length = min(WHISPER_POSITIONS, max(2 * budget + 2, prompt_length + budget))
     return max_length, min(max_length // 2, max_length - prompt_length + 1)
 
