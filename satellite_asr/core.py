@@ -81,7 +81,7 @@ class Core:
         """The names client when Home Assistant is configured and the names are wanted."""
         if not (settings.household_names and settings.ha_url):
             return None
-        return HomeAssistantNames(settings.ha_url, settings.home_assistant_token())
+        return HomeAssistantNames(settings.ha_url, settings.home_assistant_token)
 
     def household_names(self) -> list[str]:
         """The home's names, ranked (the last good list; empty before the first load or when off)."""

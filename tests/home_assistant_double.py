@@ -1,17 +1,19 @@
 """HomeAssistantDouble: a stand-in Home Assistant WebSocket API on 127.0.0.1 (a test double).
 
 It speaks the parts of Home Assistant's protocol the names client uses, with the message shapes
-of Home Assistant core: the auth handshake, `get_states`, `homeassistant/expose_entity/list`,
-`config/entity_registry/get_entries`, the area and floor registry lists and `subscribe_events`.
-Tests change its home, push registry events, refuse tokens, and stop and start it again on the
-same port (a Home Assistant restart).
+of Home Assistant core: the auth handshake, `get_config` (with its core state), `get_states`,
+`homeassistant/expose_entity/list`, `config/entity_registry/get_entries`, the area and floor
+registry lists and `subscribe_events`. Tests change its home, push registry events, refuse tokens,
+stop and start it again on the same port (a Home Assistant restart), and let it start slowly: while
+`state` is "STARTING" it has the states of only some entities, as a starting Home Assistant has.
 """
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -35,6 +37,17 @@ class HomeAssistantDouble:
         self.commands: list[str] = []
         """Command types received, in order (over every connection)."""
         self.auth_attempts = 0
+        self.auth_times: list[float] = []
+        """When each auth attempt came (the loop's clock)."""
+        self.state = "RUNNING"
+        """The core state `get_config` reports; while not "RUNNING", `get_states` lists no entity."""
+        self.replies: dict[str, dict[str, Any] | None] = {}
+        """A misbehaving Home Assistant: a command's result message in place of the real one (without
+        its id), or None to close the connection when it comes."""
+        self.states_gate = asyncio.Event()
+        """`get_states` is answered only while this is set (a slow read, for an event to come during it)."""
+        self.states_gate.set()
+        self._activity = asyncio.Event()
         self._subscriptions: list[tuple[web.WebSocketResponse, int, str]] = []
         self._runner: web.AppRunner | None = None
 
@@ -58,6 +71,12 @@ class HomeAssistantDouble:
             await self._runner.cleanup()
             self._runner = None
 
+    async def until(self, condition: Callable[[], bool]) -> None:
+        """Wait until `condition` holds, checked at each auth attempt and command received."""
+        while not condition():
+            self._activity.clear()
+            await self._activity.wait()
+
     async def push_event(self, event_type: str, data: dict[str, Any]) -> int:
         """Send a registry event to every subscriber; returns how many got it."""
         sent = 0
@@ -75,6 +94,8 @@ class HomeAssistantDouble:
         await ws.send_json({"type": "auth_required", "ha_version": "2026.11.0"})
         auth = await ws.receive_json()
         self.auth_attempts += 1
+        self.auth_times.append(asyncio.get_running_loop().time())
+        self._activity.set()
         if auth.get("type") != "auth" or auth.get("access_token") != self.token:
             await ws.send_json({"type": "auth_invalid", "message": "Invalid access token or password"})
             await ws.close()
@@ -85,10 +106,19 @@ class HomeAssistantDouble:
                 break
             command = json.loads(message.data)
             self.commands.append(command["type"])
-            if command["type"] == "subscribe_events":
+            self._activity.set()
+            if command["type"] in self.replies:
+                reply = self.replies[command["type"]]
+                if reply is None:
+                    await ws.close()
+                    break
+                await ws.send_json({"id": command["id"], "type": "result", **reply})
+            elif command["type"] == "subscribe_events":
                 self._subscriptions.append((ws, command["id"], command["event_type"]))
                 await ws.send_json({"id": command["id"], "type": "result", "success": True, "result": None})
             else:
+                if command["type"] == "get_states":
+                    await self.states_gate.wait()
                 await ws.send_json(self._answer(command))
         return ws
 
@@ -96,17 +126,25 @@ class HomeAssistantDouble:
         entities = self.home["entities"]
         result: Any
         kind = command["type"]
-        if kind == "get_states":
+        if kind == "get_config":
+            result = {"location_name": "Home", "version": "2026.11.0", "state": self.state}
+        elif kind == "get_states":
             result = [
                 {"entity_id": e["entity_id"], "state": "on", "attributes": {"friendly_name": e["name"]}}
                 for e in entities
+                if self.state == "RUNNING"
             ]
         elif kind == "homeassistant/expose_entity/list":
             result = {"exposed_entities": {e["entity_id"]: {"conversation": e.get("exposed", True)} for e in entities}}
         elif kind == "config/entity_registry/get_entries":
             by_id = {e["entity_id"]: e for e in entities}
             result = {
-                entity_id: {"entity_id": entity_id, "name": None, "aliases": [*by_id[entity_id]["aliases"], None]}
+                entity_id: {
+                    "entity_id": entity_id,
+                    "name": None,
+                    "aliases": [*by_id[entity_id]["aliases"], None],
+                    "disabled_by": by_id[entity_id].get("disabled_by"),
+                }
                 if entity_id in by_id
                 else None
                 for entity_id in command["entity_ids"]

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
-from satellite_asr.homeassistant.client import HomeAssistantNames, State, websocket_url
+from satellite_asr.config import Settings
+from satellite_asr.homeassistant.client import STARTED_EVENT, HomeAssistantNames, State, shown_url, websocket_url
 from satellite_asr.homeassistant.names import HomeNames, rank_names
 from tests.helpers import free_port
 from tests.home_assistant_double import EXPOSED_NAMES, HOME, HomeAssistantDouble, running_home_assistant
@@ -25,8 +29,8 @@ async def home_assistant() -> AsyncIterator[HomeAssistantDouble]:
         yield double
 
 
-def client_for(url: str, token: str = TOKEN) -> HomeAssistantNames:
-    return HomeAssistantNames(url, token, refresh_delay_s=0.2, backoff_s=(0.05, 0.2))
+def client_for(url: str, token: str = TOKEN, **options: Any) -> HomeAssistantNames:
+    return HomeAssistantNames(url, lambda: token, **({"refresh_delay_s": 0.2, "backoff_s": (0.05, 0.2)} | options))
 
 
 async def test_reads_exposed_entities_aliases_areas_and_floors(home_assistant: HomeAssistantDouble) -> None:
@@ -43,7 +47,7 @@ async def test_reads_exposed_entities_aliases_areas_and_floors(home_assistant: H
     status = client.status
     assert status.state == State.LOADED and status.names == len(names) == EXPOSED_NAMES
     assert status.loaded_at is not None and status.last_error is None
-    assert home_assistant.commands[:3] == ["subscribe_events"] * 3
+    assert home_assistant.commands[:5] == ["subscribe_events"] * 4 + ["get_config"]
 
 
 async def test_a_registry_change_is_read_again_once_per_burst(home_assistant: HomeAssistantDouble) -> None:
@@ -114,8 +118,141 @@ def test_websocket_url() -> None:
     assert websocket_url("https://ha.example.org/") == "wss://ha.example.org/api/websocket"
     assert websocket_url("http://supervisor/core") == "ws://supervisor/core/websocket"
     assert websocket_url("ws://10.0.0.2:8123/api/websocket") == "ws://10.0.0.2:8123/api/websocket"
+    assert websocket_url("http://10.0.0.2:8123/api/") == "ws://10.0.0.2:8123/api/websocket", "the API's own URL"
     with pytest.raises(ValueError, match="not a Home Assistant URL"):
         websocket_url("homeassistant.local:8123")
+    for port in ("abc", "99999"):
+        with pytest.raises(ValueError, match="port is not a number"):
+            websocket_url(f"http://homeassistant.local:{port}")
+    assert shown_url("ws://admin:hunter2@10.0.0.2:8123/api/websocket") == "ws://10.0.0.2:8123/api/websocket"
+
+
+async def test_a_starting_home_assistant_is_read_once_it_has_started(home_assistant: HomeAssistantDouble) -> None:
+    """A restarted Home Assistant answers before its integrations have their entities: the names are
+    read once it says it has started, and the last good ones are kept until then."""
+    client = client_for(home_assistant.url)
+    await client.start()
+    try:
+        first = await client.wait_loaded()
+        await home_assistant.stop()
+        home_assistant.state = "STARTING"
+        home_assistant.home["floors"].append({"id": "cellar", "name": "Undercroft", "aliases": []})
+        await home_assistant.start()
+        await asyncio.wait_for(client.wait_for(State.STARTING), 10)
+        assert await home_assistant.push_event("area_registry_updated", {"action": "create", "area_id": "x"}) == 1
+        await asyncio.sleep(0.5)  # past the refresh delay: a read now would see no entity
+        assert client.loads == first and client.status.names == EXPOSED_NAMES, "the last good names, untouched"
+        assert "get_states" not in home_assistant.commands[home_assistant.commands.index("get_config", 6) :]
+        home_assistant.state = "RUNNING"
+        assert await home_assistant.push_event(STARTED_EVENT, {}) == 1
+        await client.wait_loaded(first)
+    finally:
+        await client.stop()
+    assert client.status.state == State.LOADED and client.status.names == EXPOSED_NAMES + 1
+    assert {"Calloway blinds", "Undercroft"} <= set(client.names(2000))
+
+
+async def test_a_change_during_a_read_is_read_again(home_assistant: HomeAssistantDouble) -> None:
+    client = client_for(home_assistant.url)
+    await client.start()
+    try:
+        first = await client.wait_loaded()
+        home_assistant.states_gate.clear()
+        reads = home_assistant.commands.count("get_states")
+        assert await home_assistant.push_event("entity_registry_updated", {"action": "update"}) == 1
+        await home_assistant.until(lambda: home_assistant.commands.count("get_states") > reads)  # reading
+        home_assistant.home["areas"].append({"id": "larkspur", "name": "Larkspur attic", "aliases": []})
+        assert await home_assistant.push_event("area_registry_updated", {"action": "create", "area_id": "x"}) == 1
+        home_assistant.states_gate.set()
+        await client.wait_loaded(first + 1)
+    finally:
+        await client.stop()
+    assert "Larkspur attic" in client.names(2000)
+
+
+@pytest.mark.parametrize(
+    ("command", "reply", "error"),
+    [
+        ("get_states", {"success": False, "error": "boom"}, "get_states failed: unknown_error: boom"),
+        ("config/area_registry/list", {"success": True, "result": "Kitchen"}, "areas that are not a JSON list"),
+        ("homeassistant/expose_entity/list", {"success": True, "result": []}, "exposed entities that is not"),
+        ("get_states", None, "closed the connection"),
+    ],
+)
+async def test_an_answer_not_understood_is_an_error_and_a_retry(
+    home_assistant: HomeAssistantDouble, command: str, reply: dict[str, Any] | None, error: str
+) -> None:
+    """Never the end of the names: the error is in the status, and the next connection reads them.
+    A connection closed during a read fails its commands at once, not at their timeout (30 s)."""
+    home_assistant.replies[command] = reply
+    client = client_for(home_assistant.url)
+    await client.start()
+    try:
+        await asyncio.wait_for(client.wait_for(State.UNREACHABLE), 10)
+        assert client.status.last_error is not None and error in client.status.last_error
+        del home_assistant.replies[command]
+        await asyncio.wait_for(client.wait_loaded(), 10)
+    finally:
+        await client.stop()
+    assert client.status.state == State.LOADED and client.status.names == EXPOSED_NAMES
+
+
+async def test_a_user_who_is_not_an_administrator_is_told_so(home_assistant: HomeAssistantDouble) -> None:
+    error = {"code": "unauthorized", "message": "Unauthorized"}
+    home_assistant.replies["homeassistant/expose_entity/list"] = {"success": False, "error": error}
+    client = client_for(home_assistant.url)
+    await client.start()
+    try:
+        status = await asyncio.wait_for(client.wait_for(State.AUTH_FAILED), 10)
+    finally:
+        await client.stop()
+    assert status.last_error is not None and "administrator" in status.last_error
+
+
+async def test_disabled_entities_are_left_out(home_assistant: HomeAssistantDouble) -> None:
+    """Assist cannot act on a disabled entity (Home Assistant keeps its exposure), so it names nothing."""
+    disabled = home_assistant.home["entities"][0]
+    disabled["disabled_by"] = "user"
+    client = client_for(home_assistant.url)
+    await client.start()
+    try:
+        await client.wait_loaded()
+    finally:
+        await client.stop()
+    names = client.names(2000)
+    assert disabled["name"] not in names and not set(disabled["aliases"]) & set(names)
+    assert client.status.names == EXPOSED_NAMES - 1 - len(disabled["aliases"])
+
+
+async def test_a_connection_that_closes_after_each_read_is_retried_ever_more_slowly(
+    home_assistant: HomeAssistantDouble,
+) -> None:
+    """Only a connection that lasted is a restart worth retrying at once; a flapping one backs off."""
+    home_assistant.replies["config/floor_registry/list"] = None  # closes at the end of every read
+    home_assistant.replies["config/area_registry/list"] = {"success": True, "result": []}
+    client = client_for(home_assistant.url, backoff_s=(0.2, 60.0))
+    await client.start()
+    try:
+        await home_assistant.until(lambda: home_assistant.auth_attempts >= 4)
+    finally:
+        await client.stop()
+    gaps = [later - earlier for earlier, later in itertools.pairwise(home_assistant.auth_times)]
+    assert all(gap >= 0.2 * 2**i for i, gap in enumerate(gaps[:3])), gaps
+
+
+async def test_a_rotated_token_file_is_read_again(home_assistant: HomeAssistantDouble, tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("an-old-token\n")
+    settings = Settings(ha_url=home_assistant.url, ha_token_file=str(token_file))
+    client = HomeAssistantNames(settings.ha_url, settings.home_assistant_token, backoff_s=(0.05, 0.2))
+    await client.start()
+    try:
+        await asyncio.wait_for(client.wait_for(State.AUTH_FAILED), 10)
+        token_file.write_text(TOKEN + "\n")
+        await asyncio.wait_for(client.wait_loaded(), 10)
+    finally:
+        await client.stop()
+    assert client.status.names == EXPOSED_NAMES
 
 
 def test_fixture_home_ranks_all_exposed_names() -> None:

@@ -8,11 +8,14 @@ homeassistant components.
 
 What is read: the entities exposed to Assist (`homeassistant/expose_entity/list`), their friendly
 names (`get_states`) and registry aliases (`config/entity_registry/get_entries`), areas
-(`config/area_registry/list`) and floors (`config/floor_registry/list`), names and aliases. It
-re-reads them (debounced) on `entity_registry_updated` (renames, aliases, exposure changes),
-`area_registry_updated` and `floor_registry_updated`. A friendly name set in YAML, with no registry
-entry, is seen on the next reconnection: following every `state_changed` would cost more than it
-is worth.
+(`config/area_registry/list`) and floors (`config/floor_registry/list`), names and aliases; not
+disabled entities, which Assist cannot act on. It reads them once Home Assistant has started
+(`get_config`'s state, or `homeassistant_started`): a Home Assistant still starting has the
+states of only some entities, and the last good list is kept until then. It re-reads them
+(debounced) on `entity_registry_updated` (renames, aliases, exposure changes),
+`area_registry_updated` and `floor_registry_updated`, and again if one arrives during a read. A
+friendly name set in YAML, with no registry entry, is seen on the next reconnection: following
+every `state_changed` would cost more than it is worth.
 
 The token is sent in the auth message and nowhere else: never logged, never in the status.
 """
@@ -38,15 +41,26 @@ log = logging.getLogger(__name__)
 
 SUPERVISOR_URL = "http://supervisor/core"
 """Home Assistant's API as the Supervisor proxies it to add-ons (with the `SUPERVISOR_TOKEN`)."""
-WATCHED_EVENTS = ("entity_registry_updated", "area_registry_updated", "floor_registry_updated")
+STARTED_EVENT = "homeassistant_started"
+WATCHED_EVENTS = ("entity_registry_updated", "area_registry_updated", "floor_registry_updated", STARTED_EVENT)
+RUNNING = "RUNNING"
+"""Home Assistant's core state once every integration has set up (`get_config`'s `state`)."""
 ASSISTANT = "conversation"
 """The assistant whose exposed entities are read: Home Assistant's own Assist."""
 REQUEST_TIMEOUT_S = 30.0
+"""The longest wait for the connection, the handshake or one command's answer."""
+STEADY_CONNECTION_S = 60.0
+"""A connection that read the names and lasted this long was a working one, so its loss (a restart)
+is retried at once; one that closes sooner is retried with growing delays, as any failure."""
+MAX_MESSAGE_BYTES = 128 * 1024 * 1024
+"""The largest message read (`get_states` of a large home is a few MB): a bound on memory."""
 
 
 class State(enum.StrEnum):
     DISABLED = "disabled"
     CONNECTING = "connecting"
+    STARTING = "starting"
+    """Connected to a Home Assistant that is still starting: its names are read once it has."""
     LOADED = "loaded"
     AUTH_FAILED = "auth_failed"
     UNREACHABLE = "unreachable"
@@ -76,7 +90,7 @@ class HomeAssistantError(Exception):
 
 
 class AuthFailed(HomeAssistantError):
-    """Home Assistant refused the token."""
+    """Home Assistant refused the token, or its user may not read what is needed."""
 
 
 def websocket_url(base_url: str) -> str:
@@ -88,12 +102,25 @@ def websocket_url(base_url: str) -> str:
     """
     parts = urlsplit(base_url.strip())
     scheme = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}.get(parts.scheme)
-    if scheme is None or not parts.netloc:
+    if scheme is None or not parts.hostname:
         raise ValueError(f"not a Home Assistant URL (http://host:8123 or https://...): {base_url!r}")
+    try:
+        _ = parts.port  # urlsplit checks the port only when it is read
+    except ValueError:
+        raise ValueError(f"not a Home Assistant URL, its port is not a number from 0 to 65535: {base_url!r}") from None
     path = parts.path.rstrip("/")
-    if not path.endswith("/websocket"):
+    if path.endswith("/api"):
+        path += "/websocket"
+    elif not path.endswith("/websocket"):
         path += "/websocket" if path.endswith("/core") else "/api/websocket"
     return urlunsplit((scheme, parts.netloc, path, "", ""))
+
+
+def shown_url(url: str) -> str:
+    """`url` as logs and errors show it: without a user or password it may carry."""
+    parts = urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
 
 
 class HomeAssistantNames:
@@ -102,22 +129,27 @@ class HomeAssistantNames:
     `start()` returns at once; the connection lives in a background task until `stop()`. Read
     `home` (the last good `HomeNames`, empty until the first load), `names(limit)` (ranked) and
     `status` at any time. Losing Home Assistant keeps the last good names and retries with
-    exponential backoff; a refused token is logged once and retried slowly. (A daemon with no Home
-    Assistant configured reports `Status(State.DISABLED)` and makes no client.)
+    exponential backoff; a refused token is logged once and retried slowly. `token` is asked at
+    every connection, so a rotated token file is seen. (A daemon with no Home Assistant configured
+    reports `Status(State.DISABLED)` and makes no client.)
     """
 
     def __init__(
         self,
         url: str,
-        token: str,
+        token: Callable[[], str],
         *,
         refresh_delay_s: float = 2.0,
         backoff_s: tuple[float, float] = (1.0, 300.0),
+        steady_connection_s: float = STEADY_CONNECTION_S,
     ) -> None:
         self._url = websocket_url(url)
-        self._token = token
+        self._shown_url = shown_url(self._url)
+        self._read_token = token
+        self._token = ""
         self._refresh_delay_s = refresh_delay_s
         self._backoff_min_s, self._backoff_max_s = backoff_s
+        self._steady_connection_s = steady_connection_s
         self._home = HomeNames()
         self._status = Status(State.CONNECTING)
         self._status_changed = asyncio.Event()
@@ -176,22 +208,25 @@ class HomeAssistantNames:
         """Change the state; a new error is logged once, not at every retry."""
         if error and error != self._status.last_error:
             if state == State.AUTH_FAILED:
-                log.error("Home Assistant at %s refused the access token: %s", self._url, error)
-            elif error:
-                log.warning("Home Assistant at %s: %s (keeping %d names)", self._url, error, self._status.names)
+                log.error("Home Assistant at %s refused the access token: %s", self._shown_url, error)
+            else:
+                log.warning("Home Assistant at %s: %s (keeping %d names)", self._shown_url, error, self._status.names)
         self._publish(Status(state, self._status.names, self._status.loaded_at, error))
 
     def _safe(self, text: str) -> str:
-        """An error text with the token removed, should anything ever echo it."""
+        """An error text with the token and the URL's credentials removed, should anything echo them."""
+        text = text.replace(self._url, self._shown_url)
         return text.replace(self._token, "<token>") if self._token else text
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
         delay = self._backoff_min_s
         async with aiohttp.ClientSession() as http:
             while True:
                 self._set_status(State.CONNECTING, self._status.last_error)
-                loads_before = self._loads
+                loads_before, began = self._loads, loop.time()
                 try:
+                    self._token = self._read_token()
                     await self._connection(http)
                     self._set_status(State.UNREACHABLE, "Home Assistant closed the connection")
                 except AuthFailed as exc:
@@ -199,38 +234,67 @@ class HomeAssistantNames:
                     delay = self._backoff_max_s  # the same token will not work sooner
                 except (aiohttp.ClientError, OSError, TimeoutError, ValueError, HomeAssistantError) as exc:
                     self._set_status(State.UNREACHABLE, self._safe(str(exc) or type(exc).__name__))
-                if self._loads > loads_before:  # it worked until now: a restart, try again soon
-                    delay = self._backoff_min_s
+                except Exception as exc:  # an answer of a shape not foreseen: reported and retried, never the end
+                    log.debug("unexpected answer from Home Assistant", exc_info=True)
+                    error = f"unexpected answer from Home Assistant: {type(exc).__name__}: {exc}"
+                    self._set_status(State.UNREACHABLE, self._safe(error))
+                if self._loads > loads_before and loop.time() - began >= self._steady_connection_s:
+                    delay = self._backoff_min_s  # it worked until now: a restart, try again soon
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self._backoff_max_s)
 
     async def _connection(self, http: aiohttp.ClientSession) -> None:
-        """One connection: authenticate, subscribe, read the names, then follow events until it closes."""
+        """One connection: authenticate, subscribe, read the names once Home Assistant has started,
+        then follow its events until the connection closes."""
         timeout = aiohttp.ClientWSTimeout(ws_close=10)
-        async with http.ws_connect(self._url, heartbeat=30, max_msg_size=0, timeout=timeout) as ws:
+        connecting = http.ws_connect(self._url, heartbeat=30, max_msg_size=MAX_MESSAGE_BYTES, timeout=timeout)
+        async with await asyncio.wait_for(connecting, REQUEST_TIMEOUT_S) as ws:
             await self._authenticate(ws)
-            refresh: asyncio.Task[None] | None = None
+            started, changed = asyncio.Event(), asyncio.Event()
 
-            def on_registry_event() -> None:
-                nonlocal refresh
-                if refresh is None or refresh.done():
-                    refresh = asyncio.create_task(self._refresh(ws, self._refresh_delay_s))
+            def on_event(event_type: object) -> None:
+                if event_type == STARTED_EVENT:
+                    started.set()
+                changed.set()
 
-            reader = asyncio.create_task(self._read(ws, on_registry_event))
+            reader = asyncio.create_task(self._read(ws, on_event))
+            follower: asyncio.Task[None] | None = None
             try:
                 for event_type in WATCHED_EVENTS:
                     await self._command(ws, {"type": "subscribe_events", "event_type": event_type})
-                await self._refresh(ws, 0)
-                await reader
+                config = _mapping(await self._command(ws, {"type": "get_config"}), "get_config")
+                if config.get("state", RUNNING) == RUNNING:  # older versions do not say: taken as running
+                    started.set()
+                else:
+                    self._set_status(State.STARTING)
+                follower = asyncio.create_task(self._follow(ws, started, changed))
+                done, _ = await asyncio.wait((reader, follower), return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    task.result()  # the follower's first read failed, or the reader's error
             finally:
-                for task in (reader, refresh):
-                    if task is not None:
-                        task.cancel()
-                        with contextlib.suppress(asyncio.CancelledError, Exception):
-                            await task
-                for future in self._pending.values():
-                    future.cancel()
-                self._pending.clear()
+                for task in [reader] if follower is None else [reader, follower]:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await task
+
+    async def _follow(
+        self, ws: aiohttp.ClientWebSocketResponse, started: asyncio.Event, changed: asyncio.Event
+    ) -> None:
+        """Read the names once Home Assistant has started, then again after each burst of events
+        (`refresh_delay_s`, so that a burst costs one read). An event during a read sets `changed`
+        again, so nothing it changed is missed. Only the first read's failure ends the connection;
+        a later one keeps the last good names until the next event or reconnection."""
+        await started.wait()
+        changed.clear()
+        await self._load(ws)
+        while True:
+            await changed.wait()
+            await asyncio.sleep(self._refresh_delay_s)
+            changed.clear()
+            try:
+                await self._load(ws)
+            except (HomeAssistantError, TimeoutError) as exc:
+                self._set_status(self._status.state, self._safe(str(exc) or type(exc).__name__))
 
     async def _authenticate(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         hello = await self._receive(ws)
@@ -247,52 +311,56 @@ class HomeAssistantNames:
         message = await ws.receive(timeout=REQUEST_TIMEOUT_S)
         if message.type != aiohttp.WSMsgType.TEXT:
             raise HomeAssistantError("Home Assistant closed the connection")
-        data = message.json()
-        if not isinstance(data, dict):
-            raise HomeAssistantError("Home Assistant sent a message that is not a JSON object")
-        return data
+        return _mapping(message.json(), "a message")
 
-    async def _read(self, ws: aiohttp.ClientWebSocketResponse, on_registry_event: Callable[[], None]) -> None:
-        """Dispatch results to their commands and registry events to a refresh, until closed."""
-        async for message in ws:
-            if message.type != aiohttp.WSMsgType.TEXT:
-                break
-            data = message.json()
-            items = data if isinstance(data, list) else [data]  # Home Assistant may coalesce messages
-            for item in items:
-                if not isinstance(item, dict):
-                    raise HomeAssistantError("Home Assistant sent a message that is not a JSON object")
-                if item.get("type") == "result" and (future := self._pending.pop(int(item.get("id") or 0), None)):
-                    if not future.done():
-                        future.set_result(item)
-                elif item.get("type") == "event":
-                    on_registry_event()
+    async def _read(self, ws: aiohttp.ClientWebSocketResponse, on_event: Callable[[object], None]) -> None:
+        """Dispatch results to their commands and events to `on_event`, until the connection closes;
+        then every command still waiting fails at once rather than at its timeout."""
+        try:
+            async for message in ws:
+                if message.type == aiohttp.WSMsgType.ERROR:
+                    raise HomeAssistantError(f"the connection failed: {ws.exception()}")
+                if message.type != aiohttp.WSMsgType.TEXT:
+                    break
+                data = message.json()
+                for item in data if isinstance(data, list) else [data]:  # Home Assistant may coalesce messages
+                    item = _mapping(item, "a message")
+                    command_id = item.get("id")
+                    future = self._pending.get(command_id) if isinstance(command_id, int) else None
+                    if item.get("type") == "result" and future is not None:
+                        if not future.done():
+                            future.set_result(item)
+                    elif item.get("type") == "event":
+                        event = item.get("event")
+                        on_event(event.get("event_type") if isinstance(event, dict) else None)
+        finally:
+            for future in self._pending.values():
+                if not future.done():
+                    future.set_exception(HomeAssistantError("Home Assistant closed the connection"))
 
     async def _command(self, ws: aiohttp.ClientWebSocketResponse, message: dict[str, Any]) -> Any:
         self._next_id += 1
+        command_id = self._next_id
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending[self._next_id] = future
-        await ws.send_json({"id": self._next_id, **message})
-        answer = await asyncio.wait_for(future, REQUEST_TIMEOUT_S)
-        if not answer.get("success"):
-            error = answer.get("error") or {}
-            raise HomeAssistantError(
-                f"{message['type']} failed: {error.get('code', 'unknown_error')}: {error.get('message', '')}".rstrip(
-                    ": "
-                )
-            )
-        return answer.get("result")
-
-    async def _refresh(self, ws: aiohttp.ClientWebSocketResponse, delay_s: float) -> None:
-        """Read every name again (after `delay_s`, so that a burst of registry events costs one read)."""
-        await asyncio.sleep(delay_s)
+        self._pending[command_id] = future
         try:
-            home = await self._read_home(ws)
-        except HomeAssistantError as exc:
-            self._set_status(self._status.state, self._safe(str(exc)))
-            if delay_s == 0:
-                raise
-            return
+            await ws.send_json({"id": command_id, **message})
+            answer = await asyncio.wait_for(future, REQUEST_TIMEOUT_S)
+        except TimeoutError:
+            raise HomeAssistantError(f"{message['type']}: no answer in {REQUEST_TIMEOUT_S:g} s") from None
+        finally:
+            self._pending.pop(command_id, None)
+        if answer.get("success") is True:
+            return answer.get("result")
+        error = answer.get("error")
+        code, text = (error.get("code"), error.get("message")) if isinstance(error, dict) else (None, error)
+        if code == "unauthorized":
+            raise AuthFailed(f"{message['type']} is for administrators: the token must be an administrator's")
+        raise HomeAssistantError(f"{message['type']} failed: {code or 'unknown_error'}: {text or ''}".rstrip(": "))
+
+    async def _load(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        """Read every name and make them the current list."""
+        home = await self._read_home(ws)
         self._home = home
         count = len(rank_names(home, sys.maxsize))
         self._publish(Status(State.LOADED, count, datetime.datetime.now(datetime.UTC), None))
@@ -302,24 +370,27 @@ class HomeAssistantNames:
             self._loaded.notify_all()
 
     async def _read_home(self, ws: aiohttp.ClientWebSocketResponse) -> HomeNames:
-        exposure = await self._command(ws, {"type": "homeassistant/expose_entity/list"})
+        exposure = _mapping(await self._command(ws, {"type": "homeassistant/expose_entity/list"}), "exposed entities")
         exposed = [
             entity_id
-            for entity_id, assistants in (exposure or {}).get("exposed_entities", {}).items()
+            for entity_id, assistants in _mapping(exposure.get("exposed_entities"), "exposed entities").items()
             if isinstance(assistants, dict) and assistants.get(ASSISTANT) is True
         ]
-        states = await self._command(ws, {"type": "get_states"})
-        friendly = {
-            state["entity_id"]: state.get("attributes", {}).get("friendly_name")
-            for state in states or []
-            if isinstance(state, dict) and "entity_id" in state
-        }
+        friendly = {}
+        for state in _list(await self._command(ws, {"type": "get_states"}), "states"):
+            attributes = state.get("attributes") if isinstance(state, dict) else None
+            if isinstance(attributes, dict) and isinstance(name := attributes.get("friendly_name"), str):
+                friendly[state.get("entity_id")] = name
         registry: dict[str, Any] = {}
         if exposed:
-            registry = await self._command(ws, {"type": "config/entity_registry/get_entries", "entity_ids": exposed})
+            command = {"type": "config/entity_registry/get_entries", "entity_ids": exposed}
+            registry = _mapping(await self._command(ws, command), "entity registry")
         entities = []
         for entity_id in exposed:
-            entry = (registry or {}).get(entity_id) or {}
+            entry = registry.get(entity_id)
+            entry = entry if isinstance(entry, dict) else {}
+            if entry.get("disabled_by"):
+                continue
             name = friendly.get(entity_id) or entry.get("name") or entry.get("original_name")
             if isinstance(name, str) and name.strip():
                 entities.append(EntityNames(entity_id, name, _strings(entry.get("aliases"))))
@@ -330,17 +401,37 @@ class HomeAssistantNames:
             if "unknown_command" not in str(exc):
                 raise
             floors = []
-        return HomeNames(tuple(entities), _places(areas), _places(floors))
+        return HomeNames(tuple(entities), _places(_list(areas, "areas")), _places(_list(floors, "floors")))
+
+
+def _mapping(value: Any, what: str) -> dict[str, Any]:
+    """`value` if it is a JSON object (None: an empty one); otherwise the answer is not understood."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise HomeAssistantError(f"Home Assistant sent {what} that is not a JSON object")
+    return value
+
+
+def _list(value: Any, what: str) -> list[Any]:
+    """`value` if it is a JSON list (None: an empty one); otherwise the answer is not understood."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise HomeAssistantError(f"Home Assistant sent {what} that are not a JSON list")
+    return value
 
 
 def _strings(values: Any) -> tuple[str, ...]:
     """The text items of a registry list (newer Home Assistant puts null for "the entity's name")."""
-    return tuple(value for value in values or () if isinstance(value, str) and value.strip())
+    if not isinstance(values, list):
+        return ()
+    return tuple(value for value in values if isinstance(value, str) and value.strip())
 
 
-def _places(entries: Any) -> tuple[Place, ...]:
+def _places(entries: list[Any]) -> tuple[Place, ...]:
     return tuple(
         Place(entry["name"], _strings(entry.get("aliases")))
-        for entry in entries or ()
+        for entry in entries
         if isinstance(entry, dict) and isinstance(entry.get("name"), str)
     )
