@@ -118,7 +118,7 @@ class Settings:
     remote_urls: tuple[str, ...] = _opt(
         (), "Base URLs of vLLM OpenAI servers for the qwen3-remote engine (repeatable or comma-separated)."
     )
-    remote_api_key: str = _opt("", "API key the vLLM servers expect (vllm serve --api-key); empty: none.")
+    remote_api_key: str = _opt("", "API key the vLLM servers expect (vllm serve --api-key); empty: none.", secret=True)
     remote_timeout_s: float = _opt(30.0, "Longest wait for one remote decode.", minimum=1.0, maximum=600.0)
     remote_health_interval_s: float = _opt(
         5.0, "How often a server marked unhealthy is probed again.", minimum=0.1, maximum=3600.0
@@ -185,6 +185,7 @@ class Settings:
         "Key clients must send on every HTTP route but /, /static/ and /health, WebSocket upgrades included "
         "(Authorization: Bearer, X-API-Key, a WebSocket subprotocol or ?api_key=); empty: no key. "
         "Wyoming is never authenticated.",
+        secret=True,
     )
     api_key_file: str = _opt("", "File whose first line is the api_key (keeps the secret out of configs and ps).")
     allowed_origins: tuple[str, ...] = _opt(
@@ -333,10 +334,11 @@ def coerce(name: str, raw: Any) -> Any:
     f = fields[name]
     kind = _kind(f)
     meta = f.metadata
+    shown = repr(raw) if f.repr else "a value not shown (a secret)"
     try:
         value = _convert(kind, raw)
     except (TypeError, ValueError):
-        raise ConfigError(f"{name}: expected {_describe(kind)}, got {raw!r}") from None
+        raise ConfigError(f"{name}: expected {_describe(kind)}, got {shown}") from None
     choices = meta.get("choices")
     if choices is not None:
         if name == "log_level" and isinstance(value, str):

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from satellite_asr.cli import build_parser
-from satellite_asr.config import ConfigError, Settings, load_settings, setting_default, setting_fields
+from satellite_asr.config import ConfigError, Settings, coerce, load_settings, setting_default, setting_fields
 
 ROOT = Path(__file__).parent.parent
 
@@ -118,3 +118,13 @@ def test_home_assistant_needs_a_url_and_exactly_one_token(tmp_path: Path) -> Non
 def test_the_token_is_not_in_the_settings_repr() -> None:
     settings = load_settings(environ={"SATELLITE_ASR_HA_URL": "http://ha:8123", "SATELLITE_ASR_HA_TOKEN": "tok-9e3b"})
     assert "tok-9e3b" not in repr(settings) and "ha_url='http://ha:8123'" in repr(settings)
+
+
+@pytest.mark.parametrize("key", ["ha_token", "api_key", "remote_api_key"])
+def test_a_secret_is_never_echoed_not_even_when_it_is_of_the_wrong_type(key: str) -> None:
+    """A YAML list where text was meant ("ha_token: [eyJ...]") is refused without repeating it."""
+    with pytest.raises(ConfigError, match=f"{key}: expected text") as refused:
+        coerce(key, ["eyJ-secret-part"])
+    assert "eyJ-secret-part" not in str(refused.value)
+    overrides = {key: "key-4d1a"} | ({"ha_url": "http://ha"} if key == "ha_token" else {})
+    assert "key-4d1a" not in repr(load_settings(environ={}, overrides=overrides))
