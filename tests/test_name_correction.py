@@ -10,6 +10,7 @@ import re
 import pytest
 
 from satellite_asr.biasing.correction import (
+    MAX_NAME_CHARS,
     NEAR_SOUNDS,
     NameCorrector,
     apply,
@@ -51,6 +52,15 @@ def table_distance(a: str, b: str, lose: dict[str, float], swap: dict[tuple[str,
                 table[i - 1][j - 1] + (0.0 if x == y else swap.get((x, y), 1.0)),
             )
     return table[-1][-1]
+
+
+def test_a_name_longer_than_anyone_says_is_not_matched() -> None:
+    sayable = "Calloway blinds in the " + "very " * 13 + "long hall"
+    too_long = sayable + " and the " + "very " * 5 + "tall stairs"
+    assert len(sayable) <= MAX_NAME_CHARS < len(too_long)
+    for name in (sayable, too_long):
+        heard = name.replace("Calloway", "Caloway")
+        assert NameCorrector([name]).correct(heard) == (name if name == sayable else heard)
 
 
 def test_the_fast_distances_agree_with_the_whole_table() -> None:

@@ -27,6 +27,9 @@ from satellite_asr.engines.base import TokenSpan
 from satellite_asr.engines.bundled import bundled_tiny_en_path
 
 WORD = re.compile(r"[A-Za-z0-9']+")
+MAX_NAME_CHARS = 100
+"""A longer "name" is not one a person says: it is not matched (a client's or a home's odd entry),
+which also bounds what keying it costs (it grows with the square of its length)."""
 ALNUM_RUN = re.compile(r"[^\W_]+")
 """Letters and digits in a row, any script: the words `spells` compares."""
 VOWELS = frozenset("aeiouy")
@@ -430,7 +433,9 @@ class NameCorrector:
         self.one_word = one_word
         self.margin = margin
         self.min_key = min_key
-        unique = dict.fromkeys(_single_spaced(name) for name in names if WORD.search(name))
+        unique = dict.fromkeys(
+            _single_spaced(name) for name in names if WORD.search(name) and len(name) <= MAX_NAME_CHARS
+        )
         common = common_words()
         self._names: list[_Name] = []
         for rank, text in enumerate(unique):
