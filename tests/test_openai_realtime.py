@@ -20,6 +20,7 @@ from satellite_asr.audio import SAMPLE_RATE
 from satellite_asr.server import Daemon
 from tests.doubles import ContextRecordingEngineDouble, CrashingEngineDouble
 from tests.helpers import EXPECTED, fixture_16k, of_type, pcm16, running_daemon, same_words
+from tests.home_assistant_double import running_home_assistant
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -349,6 +350,34 @@ async def test_update_after_audio_finalizes_the_item_in_progress_and_goes_on() -
     starts = [e["audio_start_ms"] for e in of_type(events, "input_audio_buffer.speech_started")]
     assert starts[-1] > 1500, "times count the connection's audio across sessions"
     assert stops == sorted(stops)
+
+
+async def test_a_format_change_mid_utterance_keeps_one_item_with_the_homes_names() -> None:
+    """With Home Assistant's names in the session, an update that changes only the audio format
+    swaps the decoder: the same session goes on and the command is one item, whole."""
+    audio = fixture_16k("lights_on.wav")
+    cut = int(1.0 * SAMPLE_RATE)  # after "turn on": the update arrives during speech
+    async with (
+        running_home_assistant("token") as home_assistant,
+        running_daemon(ha_url=home_assistant.url, ha_token="token") as daemon,
+    ):
+        assert daemon.core.home_assistant is not None
+        await daemon.core.home_assistant.wait_loaded()
+        async with websockets.connect(realtime_url(daemon)) as ws:  # the SDK knows only 24 kHz PCM
+            for piece in chunks(pcm16(audio[:cut]), 48000):
+                await ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": piece}))
+            update = ga_update(format={"type": "audio/pcm", "rate": SAMPLE_RATE})
+            await ws.send(json.dumps({"type": "session.update", "session": update}))
+            rest = np.concatenate([audio[cut:], np.zeros(SAMPLE_RATE, dtype=np.float32)])
+            for piece in chunks(pcm16(rest, SAMPLE_RATE), 2 * SAMPLE_RATE):
+                await ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": piece}))
+            events = await raw_events(ws, lambda events: finals(1)(events) and count("session.updated", 1)(events))
+    assert same_words(["turn on the kitchen lights"], transcripts(events)), transcripts(events)
+    assert of_type(events, "error") == []
+    [created] = of_type(events, "session.created")
+    [updated] = of_type(events, "session.updated")
+    assert updated["session"]["id"] == created["session"]["id"], "the session goes on"
+    assert updated["session"]["audio"]["input"]["format"] == {"type": "audio/pcm", "rate": SAMPLE_RATE}
 
 
 async def test_an_engine_failure_fails_the_item() -> None:

@@ -179,7 +179,9 @@ class _Connection:
     async def update(self, message: dict[str, Any], *, beta: bool) -> None:
         config = apply_update(self.config, message, beta, self.core)
         self.beta = beta
-        if config.session_options(self.core.settings) != self.session.options:
+        settings = self.core.settings
+        # Like with like: the session's own options also hold the home's names, added when it opened.
+        if config.session_options(settings) != self.config.session_options(settings):
             await self.release(finalize=True)
             self.config = config
             await self.open_session(created=False)
