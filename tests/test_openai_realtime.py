@@ -260,6 +260,18 @@ async def test_bad_input_gets_openai_errors_and_the_session_goes_on() -> None:
             "invalid_audio",
             None,
         ),
+        (
+            "e11",
+            {"type": "session.update", "session": ga_update(format={"type": []})},
+            "invalid_type",
+            "session.audio.input.format.type",
+        ),
+        (
+            "e12",
+            {"type": "transcription_session.update", "session": {"input_audio_format": ["pcm16"]}},
+            "invalid_type",
+            "session.input_audio_format",
+        ),
     ]
     audio = pcm16(fixture_16k("lights_on.wav"))
     async with running_daemon() as daemon, websockets.connect(realtime_url(daemon, "")) as ws:

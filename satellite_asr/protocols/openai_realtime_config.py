@@ -168,8 +168,11 @@ def _ga_format(config: RealtimeConfig, value: Any, param: str, core: Core) -> Re
     value = _object(value, param)
     _refuse_unknown(value, {"type", "rate"}, param)
     kind = value.get("type", "audio/pcm")
+    if not isinstance(kind, str):  # a list or object is not even looked up: it cannot be hashed
+        raise _invalid("invalid_type", f"{param}.type must be text, got {kind!r:.40}", f"{param}.type")
     if kind not in GA_FORMATS:
-        raise _invalid("invalid_value", f"{param}.type must be one of {', '.join(GA_FORMATS)}, got {kind!r}", param)
+        message = f"{param}.type must be one of {', '.join(GA_FORMATS)}, got {kind!r}"
+        raise _invalid("invalid_value", message, f"{param}.type")
     rate = value.get("rate", PCM_RATE if kind == "audio/pcm" else G711_RATE)
     if not isinstance(rate, int) or isinstance(rate, bool) or not MIN_RATE <= rate <= MAX_RATE:
         message = f"{param}.rate must be a whole number from {MIN_RATE} to {MAX_RATE}, got {rate!r}"
@@ -178,6 +181,8 @@ def _ga_format(config: RealtimeConfig, value: Any, param: str, core: Core) -> Re
 
 
 def _beta_format(config: RealtimeConfig, value: Any, param: str, core: Core) -> RealtimeConfig:
+    if not isinstance(value, str):
+        raise _invalid("invalid_type", f"{param} must be text, got {value!r:.40}", param)
     if value not in BETA_FORMATS:
         raise _invalid("invalid_value", f"{param} must be one of {', '.join(BETA_FORMATS)}, got {value!r}", param)
     encoding, rate = BETA_FORMATS[value]
