@@ -276,6 +276,7 @@ async def test_bad_input_gets_openai_errors_and_the_session_goes_on() -> None:
     audio = pcm16(fixture_16k("lights_on.wav"))
     async with running_daemon() as daemon, websockets.connect(realtime_url(daemon, "")) as ws:
         await ws.send("this is not JSON")
+        await ws.send("[" * 200_000 + "]" * 200_000)  # deeper than the JSON parser recurses
         for event_id, event, _, _ in bad_events:
             await ws.send(json.dumps({**event, "event_id": event_id}))
         for piece in chunks(audio, 48000):
@@ -283,9 +284,9 @@ async def test_bad_input_gets_openai_errors_and_the_session_goes_on() -> None:
         events = await raw_events(ws, lambda events: len(completed(events)) == 1)
         assert len(daemon.core.sessions) == 1
     errors = [e["error"] for e in of_type(events, "error")]
-    assert errors[0]["code"] == "invalid_json" and errors[0]["event_id"] is None
-    assert [(e["event_id"], e["code"]) for e in errors[1:]] == [(i, code) for i, _, code, _ in bad_events]
-    for error, (_, _, _, param) in zip(errors[1:], bad_events, strict=True):
+    assert [(e["code"], e["event_id"]) for e in errors[:2]] == [("invalid_json", None)] * 2
+    assert [(e["event_id"], e["code"]) for e in errors[2:]] == [(i, code) for i, _, code, _ in bad_events]
+    for error, (_, _, _, param) in zip(errors[2:], bad_events, strict=True):
         assert error["type"] == "invalid_request_error" and error["message"]
         if param is not None:
             assert error["param"] == param

@@ -396,7 +396,7 @@ class RealtimeHandler:
         try:
             try:
                 message = json.loads(data)
-            except ValueError:
+            except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser goes
                 raise ProtocolError("invalid_json", "events must be JSON objects") from None
             if not isinstance(message, dict):
                 raise ProtocolError("invalid_json", "events must be JSON objects")
