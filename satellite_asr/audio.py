@@ -19,6 +19,8 @@ Audio = npt.NDArray[np.float32]
 ENCODINGS = {"f32le": 4, "s16le": 2, "pcmu": 1, "pcma": 1}
 """Accepted encodings and their sample widths in bytes: float32 and 16-bit PCM, G.711 mu-law and A-law."""
 MIN_RATE, MAX_RATE = 8000, 48000
+MAX_CHANNELS = 64
+"""More than any microphone array sends; a frame of 2**62 channels is a malformed header, not audio."""
 
 
 def _g711_tables() -> dict[str, Audio]:
@@ -81,8 +83,8 @@ class PcmDecoder:
             raise AudioFormatError(f"unknown encoding {encoding!r}; use one of {', '.join(ENCODINGS)}")
         if not MIN_RATE <= sample_rate <= MAX_RATE:
             raise AudioFormatError(f"sample rate {sample_rate} is outside {MIN_RATE}-{MAX_RATE} Hz")
-        if channels < 1:
-            raise AudioFormatError(f"channel count must be at least 1, got {channels}")
+        if not 1 <= channels <= MAX_CHANNELS:
+            raise AudioFormatError(f"channel count {channels} is outside 1-{MAX_CHANNELS}")
         self.encoding = encoding
         self.sample_rate = sample_rate
         self.channels = channels
