@@ -35,7 +35,9 @@ class AudioFile:
     def __init__(self, container: av.container.InputContainer, stream: av.AudioStream) -> None:
         self._container = container
         self._stream = stream
-        self._resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
+        self._resampler = _to_16k_mono()
+        self._source: tuple[str, str, int] | None = None
+        """The sample format, layout and rate of the frames `_resampler` was set up for."""
         self._frames = container.decode(stream)
         self._pending: list[Audio] = []
         self._pending_size = 0
@@ -93,14 +95,32 @@ class AudioFile:
             frame = next(self._frames, None)
             if frame is None:
                 self._done = True
-            out = self._resampler.resample(frame)
-        except av.FFmpegError as exc:
+                out = self._resampler.resample(None)
+            else:
+                out = self._resample(frame)
+        except (av.FFmpegError, ValueError) as exc:  # PyAV raises ValueError for frames it cannot convert
             raise NotAudioError(f"the audio cannot be decoded ({_reason(exc)})") from None
         for resampled in out:
             samples = resampled.to_ndarray().reshape(-1).astype(np.float32, copy=False)
             np.nan_to_num(samples, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
             self._pending.append(np.clip(samples, -1.0, 1.0))
             self._pending_size += samples.size
+
+    def _resample(self, frame: av.AudioFrame) -> list[av.AudioFrame]:
+        """`frame` resampled. A resampler takes only frames like its first, and a stream may change
+        midway (ADTS AAC joined from a mono and a stereo recording): a frame unlike the ones before
+        gets a new resampler, after the old one's tail."""
+        source = (frame.format.name, frame.layout.name, frame.rate)
+        if source == self._source:
+            return self._resampler.resample(frame)
+        tail = self._resampler.resample(None)  # nothing before the first frame
+        self._resampler = _to_16k_mono()
+        self._source = source
+        return [*tail, *self._resampler.resample(frame)]
+
+
+def _to_16k_mono() -> av.AudioResampler:
+    return av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
 
 
 def _reason(exc: Exception) -> str:

@@ -50,14 +50,17 @@ def url(daemon: Daemon) -> str:
     return f"http://127.0.0.1:{daemon.http_port}/v1/audio/transcriptions"
 
 
-def encoded(name: str, container: str, codec: str, rate: int) -> bytes:
-    """A fixture encoded with FFmpeg's own encoders (PyAV), as a phone or browser would upload it."""
+def encoded(name: str, container: str, codec: str, rate: int, layout: str = "mono") -> bytes:
+    """A fixture encoded with FFmpeg's own encoders (PyAV), as a phone or browser would upload it
+    (`stereo`: the same samples in both channels)."""
     pcm = (read_wav(FIXTURES / name).to_16k_mono() * 32767).astype(np.int16).reshape(1, -1)
+    if layout == "stereo":
+        pcm = np.repeat(pcm, 2, axis=1)  # packed s16: the channels interleaved
     buffer = io.BytesIO()
     with av.open(buffer, "w", format=container) as output:
         stream = output.add_stream(codec, rate=rate)
-        stream.layout = "mono"
-        frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout="mono")
+        stream.layout = layout
+        frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout=layout)
         frame.sample_rate = 16000
         for packet in [*stream.encode(frame), *stream.encode(None)]:
             output.mux(packet)
@@ -143,6 +146,21 @@ async def test_other_containers_are_decoded(container: str, codec: str, rate: in
     async with running_daemon() as daemon, client(daemon) as api:
         result = await api.audio.transcriptions.create(file=("music", data), model="whisper-1")
     assert word_error_rate(EXPECTED["music.wav"][0], result.text) <= WER_TOLERANCE, result.text
+
+
+async def test_a_file_whose_channels_change_midway_is_transcribed_whole() -> None:
+    """ADTS AAC joined from a mono and a stereo recording: the stereo part gets a resampler of its
+    own, with and without streaming."""
+    mono, stereo = ("lights_on.wav", "mono"), ("weather.wav", "stereo")
+    data = b"".join(encoded(name, "adts", "aac", 16000, layout) for name, layout in (mono, stereo))
+    expected = " ".join([*EXPECTED["lights_on.wav"], *EXPECTED["weather.wav"]])
+    async with running_daemon() as daemon, client(daemon) as api:
+        result = await api.audio.transcriptions.create(file=("joined.aac", data), model="whisper-1")
+        events = await api.audio.transcriptions.create(file=("joined.aac", data), model="whisper-1", stream=True)
+        received = [event async for event in events]
+    assert word_error_rate(expected, result.text) <= WER_TOLERANCE, result.text
+    assert received[-1].type == "transcript.text.done", received
+    assert word_error_rate(expected, received[-1].text) <= WER_TOLERANCE, received
 
 
 @pytest.mark.parametrize("language", ["en", "en-US"])
