@@ -242,6 +242,13 @@ class Settings:
         minimum=1,
         maximum=1024,
     )
+    min_upload_kb_per_s: int = _opt(
+        16,
+        "Slowest an upload's body may arrive, in KB (2^10 bytes) per second: after header_timeout_s it must have "
+        "sent this much for every further second (a 25 MB file may take 27 minutes); a slower one gets HTTP 408.",
+        minimum=1,
+        maximum=1_000_000,
+    )
 
     # Back-pressure and shutdown
     max_pending_finals: int = _opt(

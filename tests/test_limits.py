@@ -301,6 +301,31 @@ async def test_a_stalled_upload_is_refused_with_408() -> None:
     assert health == 200
 
 
+async def test_an_upload_slower_than_the_minimum_rate_is_refused_with_408() -> None:
+    """100 bytes every 0.5 s never stalls for header_timeout_s, yet would hold the only upload slot
+    for as long as it trickles: below min_upload_kb_per_s it is cut, and the slot is free again."""
+    async with running_daemon(max_uploads=1, header_timeout_s=2.0, min_upload_kb_per_s=1) as daemon:
+        async with raw_connection(daemon.http_port) as (reader, writer):
+            await start_stalled_upload(writer, daemon.http_port)
+
+            async def trickle() -> None:
+                with contextlib.suppress(ConnectionError):
+                    while True:
+                        writer.write(bytes(100))
+                        await writer.drain()
+                        await asyncio.sleep(0.5)
+
+            trickling = asyncio.create_task(trickle())
+            try:
+                status, body = await read_response(reader)
+            finally:
+                trickling.cancel()
+        served = await upload_status(daemon, "127.0.0.1")
+    assert status == 408 and body["error"]["code"] == "body_timeout", body
+    assert "min_upload_kb_per_s" in body["error"]["message"], body
+    assert served[0] == 400 and served[1]["code"] == "invalid_file", "the slot is free again"
+
+
 async def test_a_slow_http_request_is_closed_after_the_header_timeout() -> None:
     """One byte every 0.3 s of a request that never ends: a slot held forever without a header timeout."""
     async with running_daemon(header_timeout_s=1.0) as daemon:

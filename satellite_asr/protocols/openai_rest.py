@@ -38,6 +38,7 @@ MODEL_PATH = "/v1/models/{model}"
 
 _T = TypeVar("_T")
 
+KB = 1 << 10
 MB = 1 << 20
 FIELD_BYTES = 64 * 1024
 """Largest text field (a prompt of this size is far beyond what any engine reads)."""
@@ -80,11 +81,49 @@ class TranscriptionRequest:
     stream: bool
 
 
+class UploadPace:
+    """How long an upload's body may take: no read may wait more than `stall_s`, and the body may
+    take `stall_s` plus a second for each `min_bytes_per_s` bytes received.
+
+    A minimum rate, not one deadline for the whole body: a deadline long enough for the largest
+    file on a slow link would let a trickle of bytes hold an upload slot that long, and one short
+    enough to free the slot would cut large files. At a minimum rate a trickle loses its slot after
+    about `stall_s`, and a file of any size gets the time its size needs.
+    """
+
+    def __init__(self, stall_s: float, min_bytes_per_s: int) -> None:
+        self.stall_s = stall_s
+        self.min_bytes_per_s = min_bytes_per_s
+        self.started = time.monotonic()
+        self.received = 0
+        """Bytes of the form's parts read so far (what earns the body more time)."""
+
+    async def read_chunk(self, part: BodyPartReader) -> bytes:
+        chunk = await self.within(part.read_chunk(READ_BYTES))
+        self.received += len(chunk)
+        return chunk
+
+    async def within(self, read: Awaitable[_T]) -> _T:
+        """One read of the body, or 408 `body_timeout` when it stalls or the body falls behind the rate."""
+        elapsed = time.monotonic() - self.started
+        left = self.stall_s + self.received / self.min_bytes_per_s - elapsed
+        try:
+            return await asyncio.wait_for(read, min(self.stall_s, left))
+        except TimeoutError:
+            # One message for both: a body that has sent nothing is stalled and behind the rate at once.
+            message = (
+                f"the upload sent nothing for {self.stall_s:g} s (header_timeout_s) or came slower than "
+                f"{self.min_bytes_per_s // KB} KB/s (min_upload_kb_per_s): {self.received} bytes in "
+                f"{time.monotonic() - self.started:.0f} s; send the whole request at once"
+            )
+            raise RequestError("body_timeout", message, status=408) from None
+
+
 async def read_form(
-    request: web.Request, max_file_bytes: int, stall_s: float
+    request: web.Request, max_file_bytes: int, pace: UploadPace
 ) -> tuple[bytes | None, dict[str, list[str]]]:
     """The uploaded file and the text fields; sizes are checked on Content-Length and while reading,
-    and a body that sends nothing for `stall_s` is refused (408)."""
+    and a body slower than `pace` allows is refused (408)."""
     if request.content_length is not None and request.content_length > max_file_bytes + FORM_OVERHEAD_BYTES:
         raise _too_large(max_file_bytes)
     if request.content_type != "multipart/form-data":
@@ -94,7 +133,7 @@ async def read_form(
         file: bytes | None = None
         fields: dict[str, list[str]] = {}
         text_bytes = 0
-        while (part := await _within(reader.next(), stall_s)) is not None:
+        while (part := await pace.within(reader.next())) is not None:
             if not isinstance(part, BodyPartReader) or not part.name:
                 raise RequestError("invalid_request", "every form part must be a named field")
             name = part.name
@@ -106,11 +145,11 @@ async def read_form(
                 raise _bad_field(name, f"field {name!r} is given more than once")
             if name == "file":
                 too_large = functools.partial(_too_large, max_file_bytes)
-                file = await _read_part(part, max_file_bytes, stall_s, too_large)
+                file = await _read_part(part, max_file_bytes, pace, too_large)
             else:
                 limit = min(FIELD_BYTES, FORM_OVERHEAD_BYTES - text_bytes)
                 too_long = functools.partial(_bad_field, name, f"{name} is too long")
-                raw = await _read_part(part, limit, stall_s, too_long)
+                raw = await _read_part(part, limit, pace, too_long)
                 text_bytes += len(raw)
                 try:
                     fields.setdefault(name, []).append(raw.decode("utf-8"))
@@ -121,22 +160,15 @@ async def read_form(
     return file, fields
 
 
-async def _read_part(part: BodyPartReader, limit: int, stall_s: float, too_large: Callable[[], RequestError]) -> bytes:
+async def _read_part(
+    part: BodyPartReader, limit: int, pace: UploadPace, too_large: Callable[[], RequestError]
+) -> bytes:
     data = bytearray()
-    while chunk := await _within(part.read_chunk(READ_BYTES), stall_s):
+    while chunk := await pace.read_chunk(part):
         data += chunk
         if len(data) > limit:
             raise too_large()
     return bytes(data)
-
-
-async def _within(read: Awaitable[_T], stall_s: float) -> _T:
-    """One read of the body, or 408 when the client sends nothing for `stall_s` (header_timeout_s)."""
-    try:
-        return await asyncio.wait_for(read, stall_s)
-    except TimeoutError:
-        message = f"the upload sent nothing for {stall_s:g} s (header_timeout_s); send the whole request at once"
-        raise RequestError("body_timeout", message, status=408) from None
 
 
 def _too_large(max_file_bytes: int) -> RequestError:
@@ -355,7 +387,8 @@ class OpenAIRestHandler:
         except ServerBusy as exc:
             raise RequestError("server_busy", str(exc), status=503) from None
         settings = self.core.settings
-        file, fields = await read_form(request, settings.max_upload_mb * MB, settings.header_timeout_s)
+        pace = UploadPace(settings.header_timeout_s, settings.min_upload_kb_per_s * KB)
+        file, fields = await read_form(request, settings.max_upload_mb * MB, pace)
         parsed = parse_request(file, fields, self.core)
         try:
             audio_file = await asyncio.to_thread(AudioFile.open, parsed.file)
