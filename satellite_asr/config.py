@@ -212,7 +212,7 @@ class Settings:
     )
     max_connections_per_address: int = _opt(
         32,
-        "Most connections (uploads: requests) one client address may hold open, per protocol.",
+        "Most connections one client address may hold open, per protocol (uploads: max_uploads_per_address).",
         minimum=1,
         maximum=100000,
     )
@@ -276,6 +276,13 @@ class Settings:
         8,
         "Most POST /v1/audio/transcriptions requests served at once (each holds its file in memory); more get "
         "HTTP 503.",
+        minimum=1,
+        maximum=10000,
+    )
+    max_uploads_per_address: int = _opt(
+        4,
+        "Most of those one client address may have at once, so that one client cannot take every upload slot "
+        "(behind a reverse proxy every client has the proxy's address: raise it there).",
         minimum=1,
         maximum=10000,
     )

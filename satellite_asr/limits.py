@@ -27,15 +27,23 @@ class TooManyConnections(Exception):
 class ConnectionLimit:
     """Open connections of one protocol: at most `total`, at most `per_address` from one address.
 
-    `total_setting` names the setting `total` comes from, for the refusal's message; `per_address`
-    is always `max_connections_per_address`.
+    `total_setting` and `per_address_setting` name the settings the caps come from, for the refusal's message.
     """
 
-    def __init__(self, protocol: str, total: int, per_address: int, *, total_setting: str) -> None:
+    def __init__(
+        self,
+        protocol: str,
+        total: int,
+        per_address: int,
+        *,
+        total_setting: str,
+        per_address_setting: str = "max_connections_per_address",
+    ) -> None:
         self.protocol = protocol
         self.total = total
         self.total_setting = total_setting
         self.per_address = per_address
+        self.per_address_setting = per_address_setting
         self._open: Counter[str] = Counter()
 
     def __len__(self) -> int:
@@ -52,7 +60,7 @@ class ConnectionLimit:
         if self._open[address] >= self.per_address:
             raise TooManyConnections(
                 f"{address or 'this client'} has {self.per_address} {self.protocol} connections open, "
-                "the limit per address (max_connections_per_address)"
+                f"the limit per address ({self.per_address_setting})"
             )
         self._open[address] += 1
         try:

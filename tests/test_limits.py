@@ -269,7 +269,7 @@ async def test_realtime_connections_are_capped_per_address_and_in_total() -> Non
 async def test_uploads_are_capped_per_address_and_in_total() -> None:
     """Stalled uploads hold their places; others from the same address, or past the total, get 503."""
     async with (
-        running_daemon(max_uploads=2, max_connections_per_address=1, header_timeout_s=120) as daemon,
+        running_daemon(max_uploads=2, max_uploads_per_address=1, header_timeout_s=120) as daemon,
         contextlib.AsyncExitStack() as held,
     ):
         refusals = []
@@ -282,7 +282,7 @@ async def test_uploads_are_capped_per_address_and_in_total() -> None:
         await held.aclose()
         await eventually(lambda: len(daemon.rest.uploads) == 0)
         served = await upload_status(daemon, "127.0.0.1")
-    for (status, error), setting in ((per_address, "max_connections_per_address"), (in_total, "max_uploads")):
+    for (status, error), setting in ((per_address, "max_uploads_per_address"), (in_total, "max_uploads")):
         assert status == 503 and error["code"] == "too_many_connections" and setting in error["message"], error
     assert served[0] == 400 and served[1]["code"] == "invalid_file", "a finished upload gives its place back"
 

@@ -347,7 +347,11 @@ class OpenAIRestHandler:
         self.started = int(time.time())
         settings = core.settings
         self.uploads = ConnectionLimit(
-            PROTOCOL, settings.max_uploads, settings.max_connections_per_address, total_setting="max_uploads"
+            PROTOCOL,
+            settings.max_uploads,
+            settings.max_uploads_per_address,
+            total_setting="max_uploads",
+            per_address_setting="max_uploads_per_address",
         )
 
     def _model(self, model_id: str) -> dict[str, Any]:
