@@ -15,7 +15,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from satellite_asr.access import Access
+from satellite_asr.access import Access, error_response
 from satellite_asr.config import ConfigError, Settings
 from satellite_asr.core import Core
 from satellite_asr.discovery import Discovery
@@ -75,7 +75,7 @@ class Daemon:
         self._accept_errors.install(asyncio.get_running_loop())
         self._check_open_file_limit()
         await self.core.start()
-        app = web.Application(middlewares=[self.access.middleware])
+        app = web.Application(middlewares=[self.access.middleware, _json_errors])
         for method, path, handler in self.routes():
             app.router.add_route(method, path, handler)
         app.router.add_static("/static/", WEB_DIR)
@@ -186,3 +186,23 @@ async def in_process_daemon(settings: Settings, engine: Engine | None = None) ->
         yield daemon
     finally:
         await daemon.stop()
+
+
+@web.middleware
+async def _json_errors(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """An unknown address or method is answered in JSON, in the shape its path's clients read
+    (OpenAI's error object on OpenAI's paths), not aiohttp's plain text that an SDK cannot parse."""
+    try:
+        return await handler(request)
+    except web.HTTPMethodNotAllowed as exc:
+        allowed = ", ".join(sorted(exc.allowed_methods))
+        message = f"{request.path} takes {allowed}, not {request.method}"
+        response = error_response(request.path, 405, "method_not_allowed", message)
+        response.headers["Allow"] = allowed
+        return response
+    except web.HTTPNotFound:
+        return error_response(
+            request.path, 404, "not_found", f"this daemon has nothing at {request.method} {request.path}"
+        )

@@ -314,6 +314,30 @@ async def test_form_problems_the_sdk_would_not_send() -> None:
     assert not_multipart[0] == 400 and "multipart/form-data" in not_multipart[1]["error"]["message"]
 
 
+async def test_an_unknown_address_or_method_gets_a_json_error_the_client_can_read() -> None:
+    """OpenAI's own paths answer OpenAI's error object (what its SDKs parse), others the project's."""
+    form = aiohttp.FormData({"model": "whisper-1"})
+    form.add_field("file", (FIXTURES / "lights_on.wav").read_bytes(), filename="lights.wav")
+    async with running_daemon() as daemon, aiohttp.ClientSession() as http:
+        base = f"http://127.0.0.1:{daemon.http_port}"
+        async with http.post(f"{base}/v1/audio/translations", data=form) as response:
+            translation = response.status, await response.json()
+        async with http.get(url(daemon)) as response:
+            wrong_method = response.status, response.headers.get("Allow"), await response.json()
+        async with http.get(f"{base}/nowhere") as response:
+            elsewhere = response.status, await response.json()
+    assert translation[0] == 404 and set(translation[1]["error"]) == {"message", "type", "param", "code"}
+    assert (
+        translation[1]["error"]["code"] == "not_found"
+        and "/v1/audio/translations" in translation[1]["error"]["message"]
+    )
+    assert wrong_method[:2] == (405, "POST") and wrong_method[2]["error"]["code"] == "method_not_allowed"
+    assert elsewhere == (
+        404,
+        {"type": "error", "code": "not_found", "message": "this daemon has nothing at GET /nowhere"},
+    )
+
+
 def noise_wav(megabytes: float) -> bytes:
     samples = int(megabytes * (1 << 20) / 2)
     return wav_bytes(np.random.default_rng(0).normal(0, 0.01, samples).astype(np.float32))
