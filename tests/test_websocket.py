@@ -338,6 +338,21 @@ async def test_config_after_audio_is_locked() -> None:
     assert len(of_type(messages, "final")) == 1, "the session kept its settings and went on"
 
 
+async def test_an_empty_frame_is_no_audio_and_leaves_the_config_open() -> None:
+    import soxr
+
+    pcm = (np.clip(soxr.resample(fixture_16k("weather.wav"), 16000, 8000), -1, 1) * 32767).astype("<i2").tobytes()
+    async with running_daemon() as daemon, websockets.connect(ws_url(daemon)) as ws:
+        await ws.send(b"")
+        await ws.send(json.dumps({"type": "config", "sample_rate": 8000, "encoding": "s16le"}))
+        created = await next_message(ws, "session_created")
+        await ws.send(pcm)
+        await ws.send(json.dumps({"type": "end"}))
+        messages = await receive_until_close(ws)
+    assert created["config"]["sample_rate"] == 8000
+    assert not of_type(messages, "error") and len(of_type(messages, "final")) == 1
+
+
 async def test_max_sessions_refuses_with_server_busy_1013() -> None:
     async with (
         running_daemon(max_sessions=1, wyoming_reserved_sessions=0) as daemon,

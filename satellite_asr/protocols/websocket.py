@@ -228,6 +228,8 @@ class _Connection:
         await self.send({"type": "session_created", "session_id": session.id, "config": config})
 
     async def on_binary(self, data: bytes) -> None:
+        if not data:  # no audio (a keep-alive): it neither opens a session nor locks the config
+            return
         if self.input is None:
             await self.open_session(*parse_config({}, self.core))
         assert self.input is not None
