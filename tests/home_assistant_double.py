@@ -41,9 +41,11 @@ class HomeAssistantDouble:
         """When each auth attempt came (the loop's clock)."""
         self.state = "RUNNING"
         """The core state `get_config` reports; while not "RUNNING", `get_states` lists no entity."""
-        self.replies: dict[str, dict[str, Any] | None] = {}
+        self.replies: dict[str, dict[str, Any] | str | None] = {}
         """A misbehaving Home Assistant: a command's result message in place of the real one (without
-        its id), or None to close the connection when it comes."""
+        its id), a text frame sent as it is, or None to close the connection when it comes."""
+        self.close_after: str | None = None
+        """A command after whose (real) answer the connection is closed."""
         self.states_gate = asyncio.Event()
         """`get_states` is answered only while this is set (a slow read, for an event to come during it)."""
         self.states_gate.set()
@@ -112,7 +114,10 @@ class HomeAssistantDouble:
                 if reply is None:
                     await ws.close()
                     break
-                await ws.send_json({"id": command["id"], "type": "result", **reply})
+                if isinstance(reply, str):
+                    await ws.send_str(reply)
+                else:
+                    await ws.send_json({"id": command["id"], "type": "result", **reply})
             elif command["type"] == "subscribe_events":
                 self._subscriptions.append((ws, command["id"], command["event_type"]))
                 await ws.send_json({"id": command["id"], "type": "result", "success": True, "result": None})
@@ -120,6 +125,9 @@ class HomeAssistantDouble:
                 if command["type"] == "get_states":
                     await self.states_gate.wait()
                 await ws.send_json(self._answer(command))
+                if command["type"] == self.close_after:
+                    await ws.close()
+                    break
         return ws
 
     def _answer(self, command: dict[str, Any]) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from satellite_asr.config import Settings
-from satellite_asr.homeassistant.client import STARTED_EVENT, HomeAssistantNames, State, shown_url, websocket_url
+from satellite_asr.homeassistant.client import STARTED_EVENT, HomeAssistantNames, State, websocket_url
 from satellite_asr.homeassistant.names import HomeNames, rank_names
 from tests.helpers import free_port
 from tests.home_assistant_double import EXPOSED_NAMES, HOME, HomeAssistantDouble, running_home_assistant
@@ -124,7 +124,9 @@ def test_websocket_url() -> None:
     for port in ("abc", "99999"):
         with pytest.raises(ValueError, match="port is not a number"):
             websocket_url(f"http://homeassistant.local:{port}")
-    assert shown_url("ws://admin:hunter2@10.0.0.2:8123/api/websocket") == "ws://10.0.0.2:8123/api/websocket"
+    with pytest.raises(ValueError, match="without a user or password") as refused:
+        websocket_url("http://admin:hunter2@10.0.0.2:8123")
+    assert "hunter2" not in str(refused.value)
 
 
 async def test_a_starting_home_assistant_is_read_once_it_has_started(home_assistant: HomeAssistantDouble) -> None:
@@ -176,11 +178,13 @@ async def test_a_change_during_a_read_is_read_again(home_assistant: HomeAssistan
         ("get_states", {"success": False, "error": "boom"}, "get_states failed: unknown_error: boom"),
         ("config/area_registry/list", {"success": True, "result": "Kitchen"}, "areas that are not a JSON list"),
         ("homeassistant/expose_entity/list", {"success": True, "result": []}, "exposed entities that is not"),
+        ("get_states", "42", "a message that is not a JSON object"),
         ("get_states", None, "closed the connection"),
+        ("get_config", None, "closed the connection"),
     ],
 )
 async def test_an_answer_not_understood_is_an_error_and_a_retry(
-    home_assistant: HomeAssistantDouble, command: str, reply: dict[str, Any] | None, error: str
+    home_assistant: HomeAssistantDouble, command: str, reply: dict[str, Any] | str | None, error: str
 ) -> None:
     """Never the end of the names: the error is in the status, and the next connection reads them.
     A connection closed during a read fails its commands at once, not at their timeout (30 s)."""
@@ -228,14 +232,14 @@ async def test_a_connection_that_closes_after_each_read_is_retried_ever_more_slo
     home_assistant: HomeAssistantDouble,
 ) -> None:
     """Only a connection that lasted is a restart worth retrying at once; a flapping one backs off."""
-    home_assistant.replies["config/floor_registry/list"] = None  # closes at the end of every read
-    home_assistant.replies["config/area_registry/list"] = {"success": True, "result": []}
+    home_assistant.close_after = "config/floor_registry/list"  # the last command of a read
     client = client_for(home_assistant.url, backoff_s=(0.2, 60.0))
     await client.start()
     try:
         await home_assistant.until(lambda: home_assistant.auth_attempts >= 4)
     finally:
         await client.stop()
+    assert client.loads >= 3, "every connection read the names before it closed"
     gaps = [later - earlier for earlier, later in itertools.pairwise(home_assistant.auth_times)]
     assert all(gap >= 0.2 * 2**i for i, gap in enumerate(gaps[:3])), gaps
 

@@ -101,6 +101,8 @@ def websocket_url(base_url: str) -> str:
     ends in `/websocket` is kept (with its scheme made ws/wss).
     """
     parts = urlsplit(base_url.strip())
+    if "@" in parts.netloc:  # refused, so that no log, error or repr ever holds a password
+        raise ValueError("a Home Assistant URL without a user or password: Home Assistant takes the access token")
     scheme = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}.get(parts.scheme)
     if scheme is None or not parts.hostname:
         raise ValueError(f"not a Home Assistant URL (http://host:8123 or https://...): {base_url!r}")
@@ -114,13 +116,6 @@ def websocket_url(base_url: str) -> str:
     elif not path.endswith("/websocket"):
         path += "/websocket" if path.endswith("/core") else "/api/websocket"
     return urlunsplit((scheme, parts.netloc, path, "", ""))
-
-
-def shown_url(url: str) -> str:
-    """`url` as logs and errors show it: without a user or password it may carry."""
-    parts = urlsplit(url)
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
 
 
 class HomeAssistantNames:
@@ -144,7 +139,6 @@ class HomeAssistantNames:
         steady_connection_s: float = STEADY_CONNECTION_S,
     ) -> None:
         self._url = websocket_url(url)
-        self._shown_url = shown_url(self._url)
         self._read_token = token
         self._token = ""
         self._refresh_delay_s = refresh_delay_s
@@ -208,14 +202,13 @@ class HomeAssistantNames:
         """Change the state; a new error is logged once, not at every retry."""
         if error and error != self._status.last_error:
             if state == State.AUTH_FAILED:
-                log.error("Home Assistant at %s refused the access token: %s", self._shown_url, error)
+                log.error("Home Assistant at %s refused the access token: %s", self._url, error)
             else:
-                log.warning("Home Assistant at %s: %s (keeping %d names)", self._shown_url, error, self._status.names)
+                log.warning("Home Assistant at %s: %s (keeping %d names)", self._url, error, self._status.names)
         self._publish(Status(state, self._status.names, self._status.loaded_at, error))
 
     def _safe(self, text: str) -> str:
-        """An error text with the token and the URL's credentials removed, should anything echo them."""
-        text = text.replace(self._url, self._shown_url)
+        """An error text with the token removed, should anything ever echo it."""
         return text.replace(self._token, "<token>") if self._token else text
 
     async def _run(self) -> None:
@@ -247,8 +240,11 @@ class HomeAssistantNames:
         """One connection: authenticate, subscribe, read the names once Home Assistant has started,
         then follow its events until the connection closes."""
         timeout = aiohttp.ClientWSTimeout(ws_close=10)
-        connecting = http.ws_connect(self._url, heartbeat=30, max_msg_size=MAX_MESSAGE_BYTES, timeout=timeout)
-        async with await asyncio.wait_for(connecting, REQUEST_TIMEOUT_S) as ws:
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancel (stop()) that
+        # comes with the awaited result, and the client would run on
+        async with asyncio.timeout(REQUEST_TIMEOUT_S):
+            ws = await http.ws_connect(self._url, heartbeat=30, max_msg_size=MAX_MESSAGE_BYTES, timeout=timeout)
+        async with ws:
             await self._authenticate(ws)
             started, changed = asyncio.Event(), asyncio.Event()
 
@@ -269,13 +265,17 @@ class HomeAssistantNames:
                     self._set_status(State.STARTING)
                 follower = asyncio.create_task(self._follow(ws, started, changed))
                 done, _ = await asyncio.wait((reader, follower), return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
-                    task.result()  # the follower's first read failed, or the reader's error
+                for task in (reader, follower):  # the reader's error first: it is why a read failed
+                    if task in done:
+                        task.result()
             finally:
-                for task in [reader] if follower is None else [reader, follower]:
+                tasks = [reader] if follower is None else [reader, follower]
+                for task in tasks:
                     task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, Exception):
-                        await task
+                await asyncio.wait(tasks)  # not `await task`, whose CancelledError would hide a stop()
+                for task in tasks:
+                    if not task.cancelled():
+                        task.exception()  # retrieved: the error that matters was raised above
 
     async def _follow(
         self, ws: aiohttp.ClientWebSocketResponse, started: asyncio.Event, changed: asyncio.Event
@@ -283,7 +283,8 @@ class HomeAssistantNames:
         """Read the names once Home Assistant has started, then again after each burst of events
         (`refresh_delay_s`, so that a burst costs one read). An event during a read sets `changed`
         again, so nothing it changed is missed. Only the first read's failure ends the connection;
-        a later one keeps the last good names until the next event or reconnection."""
+        a later one that Home Assistant answers with an error, or not at all, keeps the last good
+        names until the next event or reconnection."""
         await started.wait()
         changed.clear()
         await self._load(ws)
@@ -315,7 +316,8 @@ class HomeAssistantNames:
 
     async def _read(self, ws: aiohttp.ClientWebSocketResponse, on_event: Callable[[object], None]) -> None:
         """Dispatch results to their commands and events to `on_event`, until the connection closes;
-        then every command still waiting fails at once rather than at its timeout."""
+        then every command still waiting fails at once, with the reader's error, not at its timeout."""
+        error: Exception = HomeAssistantError("Home Assistant closed the connection")
         try:
             async for message in ws:
                 if message.type == aiohttp.WSMsgType.ERROR:
@@ -333,10 +335,13 @@ class HomeAssistantNames:
                     elif item.get("type") == "event":
                         event = item.get("event")
                         on_event(event.get("event_type") if isinstance(event, dict) else None)
+        except Exception as exc:
+            error = exc
+            raise
         finally:
             for future in self._pending.values():
                 if not future.done():
-                    future.set_exception(HomeAssistantError("Home Assistant closed the connection"))
+                    future.set_exception(error)
 
     async def _command(self, ws: aiohttp.ClientWebSocketResponse, message: dict[str, Any]) -> Any:
         self._next_id += 1
@@ -345,7 +350,8 @@ class HomeAssistantNames:
         self._pending[command_id] = future
         try:
             await ws.send_json({"id": command_id, **message})
-            answer = await asyncio.wait_for(future, REQUEST_TIMEOUT_S)
+            async with asyncio.timeout(REQUEST_TIMEOUT_S):  # not wait_for: see _connection
+                answer = await future
         except TimeoutError:
             raise HomeAssistantError(f"{message['type']}: no answer in {REQUEST_TIMEOUT_S:g} s") from None
         finally:
