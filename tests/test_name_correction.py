@@ -61,6 +61,7 @@ def test_a_name_longer_than_anyone_says_is_not_matched() -> None:
     for name in (sayable, too_long):
         heard = name.replace("Calloway", "Caloway")
         assert NameCorrector([name]).correct(heard) == (name if name == sayable else heard)
+    assert NameCorrector(["Kitchen" + " " * 100 + "light"]).correct("kitchen lite") == "Kitchen light", "spaces"
 
 
 def test_the_fast_distances_agree_with_the_whole_table() -> None:

@@ -433,9 +433,8 @@ class NameCorrector:
         self.one_word = one_word
         self.margin = margin
         self.min_key = min_key
-        unique = dict.fromkeys(
-            _single_spaced(name) for name in names if WORD.search(name) and len(name) <= MAX_NAME_CHARS
-        )
+        spaced = (_single_spaced(name) for name in names)
+        unique = dict.fromkeys(name for name in spaced if WORD.search(name) and len(name) <= MAX_NAME_CHARS)
         common = common_words()
         self._names: list[_Name] = []
         for rank, text in enumerate(unique):
