@@ -33,13 +33,19 @@ def client_for(url: str, token: str = TOKEN, **options: Any) -> HomeAssistantNam
     return HomeAssistantNames(url, lambda: token, **({"refresh_delay_s": 0.2, "backoff_s": (0.05, 0.2)} | options))
 
 
-async def test_reads_exposed_entities_aliases_areas_and_floors(home_assistant: HomeAssistantDouble) -> None:
+async def read_once(home_assistant: HomeAssistantDouble) -> HomeAssistantNames:
+    """A client that has read the names once, stopped."""
     client = client_for(home_assistant.url)
     await client.start()
     try:
         await client.wait_loaded()
     finally:
         await client.stop()
+    return client
+
+
+async def test_reads_exposed_entities_aliases_areas_and_floors(home_assistant: HomeAssistantDouble) -> None:
+    client = await read_once(home_assistant)
     assert client.home == HomeNames.from_json(HOME), "exposed entities only, with their aliases; areas, floors"
     names = client.names(2000)
     assert {"Calloway blinds", "Zebedee", "Robot vacuum", "Marigold room", "The Snug", "Belvedere floor"} <= set(names)
@@ -217,12 +223,7 @@ async def test_disabled_entities_are_left_out(home_assistant: HomeAssistantDoubl
     """Assist cannot act on a disabled entity (Home Assistant keeps its exposure), so it names nothing."""
     disabled = home_assistant.home["entities"][0]
     disabled["disabled_by"] = "user"
-    client = client_for(home_assistant.url)
-    await client.start()
-    try:
-        await client.wait_loaded()
-    finally:
-        await client.stop()
+    client = await read_once(home_assistant)
     names = client.names(2000)
     assert disabled["name"] not in names and not set(disabled["aliases"]) & set(names)
     assert client.status.names == EXPOSED_NAMES - 1 - len(disabled["aliases"])
