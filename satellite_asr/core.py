@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 PROBE_TIMEOUT_S = 60.0
 """Longest a probe decode (half a second of silence) may take before the engine counts as broken."""
 RESTART_BACKOFF_S = (1.0, 60.0)
+READY_POLL_S = 0.5
+"""How often a broken engine that is not restarted (remote servers) is asked whether it is back."""
 """First and longest wait between recovery attempts; the wait doubles after each failed one."""
 
 
@@ -94,7 +96,16 @@ class Core:
     @property
     def ready(self) -> bool:
         """Loaded and not known to be failing: `/health` answers 200."""
-        return self.engine_ready.is_set() and self.engine_status == "ready"
+        return self.status == "ready"
+
+    @property
+    def status(self) -> str:
+        """`loading`, `failed`, or once loaded `ready`, `degraded` (a decode failed, the probe runs) or
+        `broken` (probes fail, or the engine says it cannot decode: no remote server answers, even
+        while no session has tried one)."""
+        if not self.engine_ready.is_set():
+            return "failed" if self.engine_error else "loading"
+        return self.engine_status if self.engine.ready else "broken"
 
     def _decode_failed(self, error: Exception) -> None:
         if self._recovery is None or self._recovery.done():
@@ -108,13 +119,25 @@ class Core:
         while not await self._probe():
             self.engine_status = "broken"
             log.error("engine %s is broken; next attempt in %.0f s", self.engine.info.name, wait)
-            await asyncio.sleep(wait)
+            await self._back_off(wait)
             wait = min(wait * 2, longest)
             if self.engine.restartable:
                 await self._restart()
         if self.engine_status != "ready":
             log.info("engine %s works again", self.engine.info.name)
         self.engine_status = "ready"
+
+    async def _back_off(self, wait: float) -> None:
+        """Wait `wait` seconds, or less: until an engine that was not ready says it is again (a remote
+        server is back), so that the daemon serves again as soon as it can, not after the backoff."""
+        loop = asyncio.get_running_loop()
+        until = loop.time() + wait
+        was_down = False
+        while (left := until - loop.time()) > 0:
+            was_down = was_down or not self.engine.ready
+            await asyncio.sleep(min(left, READY_POLL_S))
+            if was_down and self.engine.ready:
+                return
 
     async def _probe(self) -> bool:
         languages = self.engine.info.languages
@@ -185,17 +208,10 @@ class Core:
         await self.engine.close()
         await self.vad.close()
 
-    def _status(self) -> str:
-        if self.engine_ready.is_set():
-            return self.engine_status
-        return "failed" if self.engine_error else "loading"
-
     def health(self) -> dict[str, Any]:
         info = self.engine.info
         return {
-            "status": self.engine_status
-            if self.engine_ready.is_set()
-            else ("failed" if self.engine_error else "loading"),
+            "status": self.status,
             "ready": self.ready,
             "engine": info.name,
             "model": info.model,

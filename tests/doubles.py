@@ -72,6 +72,27 @@ class BreakableEngineDouble(WhisperEngine):
         return await super().decode(audio, options, final=final)
 
 
+class UnreachableEngineDouble(WhisperEngine):
+    """Real whisper standing in for an engine whose model lives elsewhere (remote vLLM servers): it
+    is never restarted, and while `reachable` is False it says it is not ready and every decode
+    fails, as when no server answers."""
+
+    restartable = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reachable = True
+
+    @property
+    def ready(self) -> bool:
+        return self._ready and self.reachable
+
+    async def decode(self, audio: Audio, options: StreamOptions, *, final: bool) -> Transcript:
+        if not self.reachable:
+            raise EngineError("no vLLM server answered (UnreachableEngineDouble)")
+        return await super().decode(audio, options, final=final)
+
+
 class GatedEngineDouble(WhisperEngine):
     """Real whisper whose final decodes are logged by their session's context, in the order the
     scheduler starts them, and wait for `gate` (so that the test can let a queue build up)."""

@@ -10,8 +10,9 @@ from typing import Any
 import aiohttp
 import pytest
 
+from satellite_asr import core
 from satellite_asr.clients.stream_client import stream_file
-from tests.doubles import BreakableEngineDouble
+from tests.doubles import BreakableEngineDouble, UnreachableEngineDouble
 from tests.helpers import EXPECTED, FIXTURES, WER_TOLERANCE, of_type, running_daemon, word_error_rate, ws_url
 
 pytestmark = pytest.mark.timeout(180)
@@ -55,3 +56,30 @@ async def test_a_broken_engine_turns_health_503_loses_no_final_and_is_restarted(
         mended = await stream_file(FIXTURES / "weather.wav", ws_url(daemon), fast=True)
     assert of_type(mended, "error") == []
     assert word_error_rate(EXPECTED["weather.wav"][0], of_type(mended, "final")[0]["text"]) <= WER_TOLERANCE
+
+
+async def test_an_engine_elsewhere_is_broken_while_unreachable_and_ready_as_soon_as_it_is_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Remote servers: `/health` tells the truth before any session tries them, and the backoff after
+    a failed probe (here a minute) does not keep the daemon refusing work once they answer again."""
+    monkeypatch.setattr(core, "RESTART_BACKOFF_S", (60.0, 60.0))
+    engine = UnreachableEngineDouble()
+    async with running_daemon(engine) as daemon, aiohttp.ClientSession() as http:
+        url = f"http://127.0.0.1:{daemon.http_port}/health"
+        assert (await health_once(http, url))[0] == 200
+        engine.reachable = False
+        status, body = await health_once(http, url)
+        assert (status, body["status"], body["ready"]) == (503, "broken", False), "no decode needed to know"
+        failed = await stream_file(FIXTURES / "weather.wav", ws_url(daemon), fast=True)
+        assert {e["code"] for e in of_type(failed, "error")} == {"engine_error"}
+        # the probe failed: a minute's backoff has begun
+        await health_when(http, url, lambda _: daemon.core.engine_status == "broken")
+        engine.reachable = True
+        loop = asyncio.get_running_loop()
+        back = loop.time()
+        status, body = await health_when(http, url, lambda body: body["status"] == "ready")
+        waited = loop.time() - back
+        mended = await stream_file(FIXTURES / "weather.wav", ws_url(daemon), fast=True)
+    assert status == 200 and waited < 30, f"served again {waited:.1f} s after the engine was back, not after 60 s"
+    assert of_type(mended, "error") == []

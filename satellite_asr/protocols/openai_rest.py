@@ -420,8 +420,9 @@ class OpenAIRestHandler:
             raise RequestError("engine_failed", message, status=503)
         if not self.core.engine_ready.is_set():
             raise RequestError("model_not_ready", "the speech engine is still loading; try again shortly", status=503)
-        if self.core.engine_status == "broken":  # degraded (a decode failed, a probe runs) is still served
-            message = "the speech engine is failing and being restarted; try again shortly"
+        if self.core.status == "broken":  # degraded (a decode failed, a probe runs) is still served
+            repair = "being restarted" if self.core.engine.restartable else "probed until its servers answer"
+            message = f"the speech engine is failing and {repair}; try again shortly"
             raise RequestError("engine_unavailable", message, status=503)
 
     async def _stream(self, request: web.Request, recording: Recording, feed: _Feed) -> web.StreamResponse:
