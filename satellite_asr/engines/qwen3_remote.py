@@ -47,6 +47,14 @@ class Endpoint:
     served_model: str = ""
 
 
+def _model_ids(answer: object) -> list[str]:
+    """The model ids of a `/v1/models` answer; ValueError if it is not an OpenAI model list."""
+    models = answer.get("data") if isinstance(answer, dict) else None
+    if not isinstance(models, list) or not all(isinstance(m, dict) and isinstance(m.get("id"), str) for m in models):
+        raise ValueError(f"its /v1/models answer is not a list of models with ids: {answer!r:.200}")
+    return [m["id"] for m in models]
+
+
 def wav_base64(audio: Audio) -> str:
     """16-bit mono WAV at 16 kHz, base64: what OpenAI `input_audio` carries."""
     pcm = to_pcm16(audio)
@@ -118,21 +126,25 @@ class Qwen3RemoteEngine(Engine):
                 f"{endpoint.url}/v1/models", timeout=aiohttp.ClientTimeout(total=min(5.0, self._timeout.total or 5.0))
             ) as response:
                 response.raise_for_status()
-                models = (await response.json())["data"]
-        except (TimeoutError, aiohttp.ClientError, ValueError, KeyError, TypeError) as exc:
+                models = _model_ids(await response.json())
+        except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
             if endpoint.healthy:
                 log.warning("vLLM server %s is not answering: %s", endpoint.url, exc)
             endpoint.healthy = False
             return
-        endpoint.served_model = str(models[0]["id"]) if models else ""
+        endpoint.served_model = models[0] if models else ""
         if not endpoint.healthy:
             log.info("vLLM server %s is answering (model %s)", endpoint.url, endpoint.served_model)
         endpoint.healthy = True
 
     async def _probe_forever(self) -> None:
+        """Probe every server each interval; an unforeseen error is logged, and probing goes on."""
         while True:
             await asyncio.sleep(self._health_interval_s)
-            await asyncio.gather(*(self._probe(endpoint) for endpoint in self.endpoints))
+            try:
+                await asyncio.gather(*(self._probe(endpoint) for endpoint in self.endpoints))
+            except Exception:
+                log.exception("probing the vLLM servers failed; probing again in %g s", self._health_interval_s)
 
     def _loaded(self) -> aiohttp.ClientSession:
         if self._session is None:

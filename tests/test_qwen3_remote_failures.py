@@ -1,0 +1,70 @@
+"""The qwen3-remote engine against misbehaving vLLM servers (a stand-in server, no vllm needed).
+
+How it decodes, balances and fails over against real vLLM servers is tested in
+tests/vllm/test_qwen3_remote.py (CI only); here the servers answer what real ones rarely do.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import numpy as np
+import pytest
+
+from satellite_asr.engines.base import StreamOptions, Transcript
+from satellite_asr.engines.qwen3_remote import Qwen3RemoteEngine
+from tests.helpers import eventually
+from tests.vllm_server_double import VllmServerDouble
+
+pytestmark = pytest.mark.timeout(60)
+
+SECOND = np.zeros(16000, dtype=np.float32)
+
+
+@pytest.fixture
+async def servers() -> AsyncIterator[list[VllmServerDouble]]:
+    """Two stand-in servers, started."""
+    pair = [VllmServerDouble(), VllmServerDouble()]
+    for server in pair:
+        await server.start()
+    yield pair
+    for server in pair:
+        await server.stop()
+
+
+@asynccontextmanager
+async def started(servers: list[VllmServerDouble], **options: object) -> AsyncIterator[Qwen3RemoteEngine]:
+    engine = Qwen3RemoteEngine([server.url for server in servers], **options)  # type: ignore[arg-type]
+    await engine.start()
+    try:
+        yield engine
+    finally:
+        await engine.close()
+
+
+async def final(engine: Qwen3RemoteEngine) -> Transcript:
+    return await engine.open_stream(StreamOptions(language="en")).final(SECOND)
+
+
+def healthy(engine: Qwen3RemoteEngine) -> list[bool]:
+    return [endpoint.healthy for endpoint in engine.endpoints]
+
+
+async def test_a_server_listing_a_model_without_id_is_unhealthy_and_the_engine_starts(
+    servers: list[VllmServerDouble],
+) -> None:
+    servers[1].replies["/v1/models"] = (200, json.dumps({"object": "list", "data": [{"object": "model"}]}))
+    async with started(servers) as engine:
+        assert engine.ready and healthy(engine) == [True, False]
+        assert (await final(engine)).text == "turn on the lights"
+
+
+async def test_the_prober_lives_through_a_malformed_model_list(servers: list[VllmServerDouble]) -> None:
+    async with started(servers, health_interval_s=0.1) as engine:
+        assert healthy(engine) == [True, True]
+        servers[1].replies["/v1/models"] = (200, json.dumps({"object": "list", "data": [1]}))
+        await eventually(lambda: healthy(engine) == [True, False], seconds=10)
+        del servers[1].replies["/v1/models"]
+        await eventually(lambda: healthy(engine) == [True, True], seconds=10)
