@@ -7,15 +7,16 @@ tests/vllm/test_qwen3_remote.py (CI only); here the servers answer what real one
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import numpy as np
 import pytest
 
-from satellite_asr.engines.base import StreamOptions, Transcript
+from satellite_asr.engines.base import EngineError, StreamOptions, Transcript
 from satellite_asr.engines.qwen3_remote import Qwen3RemoteEngine
-from tests.helpers import eventually
+from tests.helpers import eventually, free_port
 from tests.vllm_server_double import VllmServerDouble
 
 pytestmark = pytest.mark.timeout(60)
@@ -68,3 +69,20 @@ async def test_the_prober_lives_through_a_malformed_model_list(servers: list[Vll
         await eventually(lambda: healthy(engine) == [True, False], seconds=10)
         del servers[1].replies["/v1/models"]
         await eventually(lambda: healthy(engine) == [True, True], seconds=10)
+
+
+async def test_a_server_down_at_start_and_a_timeout_say_why(
+    servers: list[VllmServerDouble], caplog: pytest.LogCaptureFixture
+) -> None:
+    down = f"http://127.0.0.1:{free_port()}"
+    engine = Qwen3RemoteEngine([servers[0].url, down], timeout_s=0.5, health_interval_s=3600)
+    with caplog.at_level(logging.WARNING, logger="satellite_asr.engines.qwen3_remote"):
+        await engine.start()
+    try:
+        assert healthy(engine) == [True, False]
+        assert any(down in record.getMessage() and "Cannot connect" in record.getMessage() for record in caplog.records)
+        servers[0].decodes_gate.clear()
+        with pytest.raises(EngineError, match=r"no answer in 0\.5 s"):
+            await final(engine)
+    finally:
+        await engine.close()

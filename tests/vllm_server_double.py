@@ -54,6 +54,7 @@ class VllmServerDouble:
         await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
 
     async def stop(self) -> None:
+        self.decodes_gate.set()  # held decodes end, or the server's shutdown would wait for them
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

@@ -45,6 +45,15 @@ class Endpoint:
     healthy: bool = False
     in_flight: int = 0
     served_model: str = ""
+    reason: str = ""
+    """Why it was last marked unhealthy."""
+
+
+def _reason(exc: Exception, timeout_s: float) -> str:
+    """What went wrong, as a sentence: a timeout's own text is empty."""
+    if isinstance(exc, TimeoutError):
+        return f"no answer in {timeout_s:g} s"
+    return str(exc) or type(exc).__name__
 
 
 def _model_ids(answer: object) -> list[str]:
@@ -87,7 +96,8 @@ class Qwen3RemoteEngine(Engine):
         self.endpoints = [Endpoint(url.rstrip("/").removesuffix("/v1")) for url in urls]
         self._model = model
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._timeout_s = timeout_s
+        self._probe_timeout_s = min(5.0, timeout_s)
         self._health_interval_s = health_interval_s
         self._max_concurrency = max_concurrency
         self._decoding = decoding or Qwen3Decoding()
@@ -123,19 +133,25 @@ class Qwen3RemoteEngine(Engine):
     async def _probe(self, endpoint: Endpoint) -> None:
         try:
             async with self._loaded().get(
-                f"{endpoint.url}/v1/models", timeout=aiohttp.ClientTimeout(total=min(5.0, self._timeout.total or 5.0))
+                f"{endpoint.url}/v1/models", timeout=aiohttp.ClientTimeout(total=self._probe_timeout_s)
             ) as response:
                 response.raise_for_status()
                 models = _model_ids(await response.json())
         except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
-            if endpoint.healthy:
-                log.warning("vLLM server %s is not answering: %s", endpoint.url, exc)
-            endpoint.healthy = False
+            self._mark_unhealthy(endpoint, _reason(exc, self._probe_timeout_s))
             return
         endpoint.served_model = models[0] if models else ""
         if not endpoint.healthy:
             log.info("vLLM server %s is answering (model %s)", endpoint.url, endpoint.served_model)
         endpoint.healthy = True
+
+    def _mark_unhealthy(self, endpoint: Endpoint, reason: str) -> None:
+        """Skip `endpoint` until it answers again; logged when it was healthy or fails otherwise than
+        before (so a server already down at start is logged once, not at every probe)."""
+        if endpoint.healthy or reason != endpoint.reason:
+            log.warning("vLLM server %s marked unhealthy: %s", endpoint.url, reason)
+        endpoint.healthy = False
+        endpoint.reason = reason
 
     async def _probe_forever(self) -> None:
         """Probe every server each interval; an unforeseen error is logged, and probing goes on."""
@@ -166,9 +182,7 @@ class Qwen3RemoteEngine(Engine):
             try:
                 result = await self._post(endpoint, path, body)
             except _EndpointFailed as exc:
-                if endpoint.healthy:
-                    log.warning("vLLM server %s failed (%s); marked unhealthy", endpoint.url, exc)
-                endpoint.healthy = False
+                self._mark_unhealthy(endpoint, str(exc))
                 failures.append(f"{endpoint.url}: {exc}")
                 continue
             endpoint.healthy = True
@@ -178,12 +192,14 @@ class Qwen3RemoteEngine(Engine):
     async def _post(self, endpoint: Endpoint, path: str, body: dict[str, Any]) -> dict[str, Any]:
         endpoint.in_flight += 1
         try:
-            async with self._loaded().post(f"{endpoint.url}{path}", json=body, timeout=self._timeout) as response:
+            async with self._loaded().post(
+                f"{endpoint.url}{path}", json=body, timeout=aiohttp.ClientTimeout(total=self._timeout_s)
+            ) as response:
                 if response.status >= 500:
                     raise _EndpointFailed(f"HTTP {response.status}")
                 payload = await response.json(content_type=None)
         except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
-            raise _EndpointFailed(str(exc) or type(exc).__name__) from exc
+            raise _EndpointFailed(_reason(exc, self._timeout_s)) from exc
         finally:
             endpoint.in_flight -= 1
         if response.status != 200 or not isinstance(payload, dict):
