@@ -17,7 +17,7 @@ import pytest
 from satellite_asr.engines.base import EngineError, StreamOptions, Transcript
 from satellite_asr.engines.qwen3_remote import Qwen3RemoteEngine
 from tests.helpers import eventually, free_port
-from tests.vllm_server_double import VllmServerDouble
+from tests.vllm_server_double import MODEL, VllmServerDouble
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -84,5 +84,22 @@ async def test_a_server_down_at_start_and_a_timeout_say_why(
         servers[0].decodes_gate.clear()
         with pytest.raises(EngineError, match=r"no answer in 0\.5 s"):
             await final(engine)
+    finally:
+        await engine.close()
+
+
+async def test_a_server_serving_another_model_is_unhealthy(
+    servers: list[VllmServerDouble], caplog: pytest.LogCaptureFixture
+) -> None:
+    servers[0].model = "Qwen/Qwen3-ASR-0.6B"
+    with caplog.at_level(logging.WARNING, logger="satellite_asr.engines.qwen3_remote"):
+        engine = Qwen3RemoteEngine([server.url for server in servers], model=MODEL, health_interval_s=3600)
+        await engine.start()
+    try:
+        assert healthy(engine) == [False, True]
+        assert f"it serves Qwen/Qwen3-ASR-0.6B, not the configured {MODEL}" in caplog.text
+        for _ in range(3):  # one at a time: each would go to the first server while it is healthy
+            assert (await final(engine)).text == "turn on the lights"
+        assert servers[1].requests["/v1/chat/completions"] == 3
     finally:
         await engine.close()

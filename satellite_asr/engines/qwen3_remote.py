@@ -7,9 +7,9 @@ plus rolled-back previous text as a final assistant message that the server cont
 (`/tokenize`, `/detokenize`). Each request goes to the healthy endpoint with the fewest requests
 in flight; an endpoint that fails (connection error, timeout, HTTP 5xx) is marked unhealthy and
 the request is retried on the next one. A background probe (`/v1/models`, every
-`health_interval_s`) marks servers unhealthy while they do not answer and healthy again once they
-do. Cancelling a decode (a superseded partial) cancels its HTTP request, and vLLM aborts a request
-whose client went away.
+`health_interval_s`) marks servers unhealthy while they do not answer (or, with `model` set, serve
+another model) and healthy again once they do. Cancelling a decode (a superseded partial) cancels
+its HTTP request, and vLLM aborts a request whose client went away.
 """
 
 from __future__ import annotations
@@ -139,6 +139,11 @@ class Qwen3RemoteEngine(Engine):
                 models = _model_ids(await response.json())
         except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
             self._mark_unhealthy(endpoint, _reason(exc, self._probe_timeout_s))
+            return
+        if self._model and self._model not in models:  # it would answer every request 404
+            self._mark_unhealthy(
+                endpoint, f"it serves {', '.join(models) or 'no model'}, not the configured {self._model}"
+            )
             return
         endpoint.served_model = models[0] if models else ""
         if not endpoint.healthy:
