@@ -103,3 +103,27 @@ async def test_a_server_serving_another_model_is_unhealthy(
         assert servers[1].requests["/v1/chat/completions"] == 3
     finally:
         await engine.close()
+
+
+CHAT = "/v1/chat/completions"
+
+
+async def test_an_overloaded_server_is_skipped(servers: list[VllmServerDouble]) -> None:
+    servers[0].replies[CHAT] = (429, json.dumps({"object": "error", "message": "Too many requests", "code": 429}))
+    async with started(servers, health_interval_s=3600) as engine:
+        assert (await final(engine)).text == "turn on the lights"
+        assert [server.requests[CHAT] for server in servers] == [1, 1]
+    async with started(servers[:1], health_interval_s=3600) as engine:
+        servers[0].replies[CHAT] = (429, "Too Many Requests")  # a proxy's, in plain text
+        with pytest.raises(EngineError, match="HTTP 429: Too Many Requests"):
+            await final(engine)
+
+
+async def test_a_refusal_in_plain_text_says_its_status_and_the_server_stays_healthy(
+    servers: list[VllmServerDouble],
+) -> None:
+    servers[0].replies[CHAT] = (400, "Bad Request")
+    async with started(servers, health_interval_s=3600) as engine:
+        with pytest.raises(EngineError, match="refused the request: HTTP 400: Bad Request"):
+            await final(engine)
+        assert healthy(engine) == [True, True] and servers[1].requests[CHAT] == 0

@@ -5,8 +5,8 @@ as a base64 WAV `input_audio` part, context as the system message, and the force
 plus rolled-back previous text as a final assistant message that the server continues
 (`continue_final_message`). Rollback needs the model's tokenizer, so it is asked of the servers too
 (`/tokenize`, `/detokenize`). Each request goes to the healthy endpoint with the fewest requests
-in flight; an endpoint that fails (connection error, timeout, HTTP 5xx) is marked unhealthy and
-the request is retried on the next one. A background probe (`/v1/models`, every
+in flight; an endpoint that fails (connection error, timeout, HTTP 5xx, or 429: too busy) is marked
+unhealthy and the request is retried on the next one. A background probe (`/v1/models`, every
 `health_interval_s`) marks servers unhealthy while they do not answer (or, with `model` set, serve
 another model) and healthy again once they do. Cancelling a decode (a superseded partial) cancels
 its HTTP request, and vLLM aborts a request whose client went away.
@@ -18,6 +18,7 @@ import asyncio
 import base64
 import contextlib
 import io
+import json
 import logging
 import wave
 from collections.abc import Sequence
@@ -200,15 +201,23 @@ class Qwen3RemoteEngine(Engine):
             async with self._loaded().post(
                 f"{endpoint.url}{path}", json=body, timeout=aiohttp.ClientTimeout(total=self._timeout_s)
             ) as response:
-                if response.status >= 500:
-                    raise _EndpointFailed(f"HTTP {response.status}")
-                payload = await response.json(content_type=None)
-        except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
+                status = response.status
+                answer = await response.read()
+        except (TimeoutError, aiohttp.ClientError) as exc:
             raise _EndpointFailed(_reason(exc, self._timeout_s)) from exc
         finally:
             endpoint.in_flight -= 1
-        if response.status != 200 or not isinstance(payload, dict):
-            raise EngineError(f"vLLM server {endpoint.url} refused the request: HTTP {response.status}: {payload}")
+        text = answer.decode(errors="replace")
+        if status >= 500 or status == 429:  # broken, or too busy (429): another server may answer
+            raise _EndpointFailed(f"HTTP {status}: {text}")
+        if status != 200:
+            raise EngineError(f"vLLM server {endpoint.url} refused the request: HTTP {status}: {text}")
+        try:
+            payload = json.loads(answer)
+        except ValueError as exc:
+            raise _EndpointFailed(f"HTTP 200 with an answer that is not JSON: {text}") from exc
+        if not isinstance(payload, dict):
+            raise EngineError(f"vLLM server {endpoint.url} answered HTTP 200 with no JSON object: {text}")
         return payload
 
     def _model_field(self) -> dict[str, str]:
