@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -127,3 +128,21 @@ async def test_a_refusal_in_plain_text_says_its_status_and_the_server_stays_heal
         with pytest.raises(EngineError, match="refused the request: HTTP 400: Bad Request"):
             await final(engine)
         assert healthy(engine) == [True, True] and servers[1].requests[CHAT] == 0
+
+
+@pytest.mark.parametrize(
+    ("status", "answer", "said"),
+    [
+        (400, {"object": "error", "message": "B" * (5 << 20)}, 'HTTP 400: {"object": "error", "message": "BBB'),
+        (200, {"error_detail": "A" * (5 << 20)}, "HTTP 200 with an answer over 1048576 bytes"),  # left unread
+        (200, {"error_detail": "A" * (500 << 10)}, "unexpected answer from vLLM server: {'error_detail': 'AAA"),
+    ],
+)
+async def test_a_huge_answer_makes_a_short_error(
+    servers: list[VllmServerDouble], status: int, answer: dict[str, str], said: str
+) -> None:
+    servers[0].replies[CHAT] = (status, json.dumps(answer))
+    async with started(servers[:1], health_interval_s=3600) as engine:
+        with pytest.raises(EngineError, match=re.escape(said)) as error:
+            await final(engine)
+    assert len(str(error.value)) < 1000

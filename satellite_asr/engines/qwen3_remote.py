@@ -34,6 +34,13 @@ from satellite_asr.engines.qwen3_prompt import LANGUAGES, Qwen3Decoding
 log = logging.getLogger(__name__)
 
 
+MAX_ANSWER_BYTES = 1 << 20
+"""Most of an answer that is read: a decode's is a few kB, so more is no vLLM answer (and would
+cost the daemon its memory)."""
+EXCERPT_CHARS = 300
+"""Most of an answer quoted in an error (errors go to clients and logs)."""
+
+
 class _EndpointFailed(Exception):
     """The endpoint, not the request, is at fault: try another one."""
 
@@ -57,11 +64,25 @@ def _reason(exc: Exception, timeout_s: float) -> str:
     return str(exc) or type(exc).__name__
 
 
+async def _read_body(response: aiohttp.ClientResponse) -> tuple[bytes, bool]:
+    """The answer's first `MAX_ANSWER_BYTES`, and whether that is all of it (the rest is not read)."""
+    try:
+        return (await response.content.readexactly(MAX_ANSWER_BYTES + 1))[:MAX_ANSWER_BYTES], False
+    except asyncio.IncompleteReadError as whole:
+        return whole.partial, True
+
+
+def _excerpt(answer: object) -> str:
+    """An answer (its bytes, or what they parsed to) as an error quotes it: its start."""
+    text = answer.decode(errors="replace") if isinstance(answer, bytes) else repr(answer)
+    return text if len(text) <= EXCERPT_CHARS else text[:EXCERPT_CHARS] + "…"
+
+
 def _model_ids(answer: object) -> list[str]:
     """The model ids of a `/v1/models` answer; ValueError if it is not an OpenAI model list."""
     models = answer.get("data") if isinstance(answer, dict) else None
     if not isinstance(models, list) or not all(isinstance(m, dict) and isinstance(m.get("id"), str) for m in models):
-        raise ValueError(f"its /v1/models answer is not a list of models with ids: {answer!r:.200}")
+        raise ValueError(f"its /v1/models answer is not a list of models with ids: {_excerpt(answer)}")
     return [m["id"] for m in models]
 
 
@@ -137,7 +158,10 @@ class Qwen3RemoteEngine(Engine):
                 f"{endpoint.url}/v1/models", timeout=aiohttp.ClientTimeout(total=self._probe_timeout_s)
             ) as response:
                 response.raise_for_status()
-                models = _model_ids(await response.json())
+                answer, whole = await _read_body(response)
+            if not whole:
+                raise ValueError(f"its /v1/models answer is over {MAX_ANSWER_BYTES} bytes")
+            models = _model_ids(json.loads(answer))
         except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
             self._mark_unhealthy(endpoint, _reason(exc, self._probe_timeout_s))
             return
@@ -202,22 +226,23 @@ class Qwen3RemoteEngine(Engine):
                 f"{endpoint.url}{path}", json=body, timeout=aiohttp.ClientTimeout(total=self._timeout_s)
             ) as response:
                 status = response.status
-                answer = await response.read()
+                answer, whole = await _read_body(response)
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise _EndpointFailed(_reason(exc, self._timeout_s)) from exc
         finally:
             endpoint.in_flight -= 1
-        text = answer.decode(errors="replace")
         if status >= 500 or status == 429:  # broken, or too busy (429): another server may answer
-            raise _EndpointFailed(f"HTTP {status}: {text}")
+            raise _EndpointFailed(f"HTTP {status}: {_excerpt(answer)}")
         if status != 200:
-            raise EngineError(f"vLLM server {endpoint.url} refused the request: HTTP {status}: {text}")
+            raise EngineError(f"vLLM server {endpoint.url} refused the request: HTTP {status}: {_excerpt(answer)}")
+        if not whole:
+            raise _EndpointFailed(f"HTTP 200 with an answer over {MAX_ANSWER_BYTES} bytes")
         try:
             payload = json.loads(answer)
         except ValueError as exc:
-            raise _EndpointFailed(f"HTTP 200 with an answer that is not JSON: {text}") from exc
+            raise _EndpointFailed(f"HTTP 200 with an answer that is not JSON: {_excerpt(answer)}") from exc
         if not isinstance(payload, dict):
-            raise EngineError(f"vLLM server {endpoint.url} answered HTTP 200 with no JSON object: {text}")
+            raise EngineError(f"vLLM server {endpoint.url} answered HTTP 200 with no JSON object: {_excerpt(answer)}")
         return payload
 
     def _model_field(self) -> dict[str, str]:
@@ -260,7 +285,7 @@ class Qwen3RemoteEngine(Engine):
             text = payload["choices"][0]["message"]["content"] or ""
             tokens = int(payload.get("usage", {}).get("completion_tokens", 0))
         except (KeyError, IndexError, TypeError, ValueError) as exc:
-            raise EngineError(f"unexpected answer from vLLM server: {payload}") from exc
+            raise EngineError(f"unexpected answer from vLLM server: {_excerpt(payload)}") from exc
         return str(text), tokens
 
     async def close(self) -> None:
