@@ -6,6 +6,7 @@ tests/vllm/test_qwen3_remote.py (CI only); here the servers answer what real one
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -146,3 +147,19 @@ async def test_a_huge_answer_makes_a_short_error(
         with pytest.raises(EngineError, match=re.escape(said)) as error:
             await final(engine)
     assert len(str(error.value)) < 1000
+
+
+async def test_more_decodes_than_a_connection_pool_holds_reach_the_server_and_probes_still_pass(
+    servers: list[VllmServerDouble],
+) -> None:
+    """aiohttp's default pool holds 100 connections; remote_max_concurrency allows 4096."""
+    decodes = 150
+    async with started(servers[:1], max_concurrency=decodes, health_interval_s=0.1) as engine:
+        servers[0].decodes_gate.clear()
+        finals = [asyncio.create_task(final(engine)) for _ in range(decodes)]
+        await eventually(lambda: servers[0].decoding == decodes, seconds=20)
+        probed = servers[0].requests["/v1/models"]
+        await eventually(lambda: servers[0].requests["/v1/models"] >= probed + 2, seconds=20)
+        assert engine.ready
+        servers[0].decodes_gate.set()
+        assert [transcript.text for transcript in await asyncio.gather(*finals)] == ["turn on the lights"] * decodes

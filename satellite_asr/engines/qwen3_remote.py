@@ -140,7 +140,10 @@ class Qwen3RemoteEngine(Engine):
         return self._ready and any(endpoint.healthy for endpoint in self.endpoints)
 
     async def start(self) -> None:
-        self._session = aiohttp.ClientSession(headers=self._headers)
+        # No cap on connections (aiohttp's default is 100): the scheduler already bounds the decodes
+        # (remote_max_concurrency, up to 4096), a wait for a pooled connection would count against
+        # the request's timeout, and the probes must not wait behind decodes.
+        self._session = aiohttp.ClientSession(headers=self._headers, connector=aiohttp.TCPConnector(limit=0))
         await asyncio.gather(*(self._probe(endpoint) for endpoint in self.endpoints))
         self._prober = asyncio.create_task(self._probe_forever())
         self._ready = True
