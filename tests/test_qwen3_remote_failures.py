@@ -17,9 +17,10 @@ import numpy as np
 import pytest
 
 from satellite_asr.engines.base import EngineError, StreamOptions, Transcript
+from satellite_asr.engines.qwen3_prompt import Qwen3Decoding
 from satellite_asr.engines.qwen3_remote import Qwen3RemoteEngine
 from tests.helpers import eventually, free_port
-from tests.vllm_server_double import MODEL, VllmServerDouble
+from tests.vllm_server_double import MODEL, TRANSCRIPT, VllmServerDouble, completion
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -136,7 +137,11 @@ async def test_a_refusal_in_plain_text_says_its_status_and_the_server_stays_heal
     [
         (400, {"object": "error", "message": "B" * (5 << 20)}, 'HTTP 400: {"object": "error", "message": "BBB'),
         (200, {"error_detail": "A" * (5 << 20)}, "HTTP 200 with an answer over 1048576 bytes"),  # left unread
-        (200, {"error_detail": "A" * (500 << 10)}, "unexpected answer from vLLM server: {'error_detail': 'AAA"),
+        (
+            200,
+            {"error_detail": "A" * (500 << 10)},
+            "unexpected answer from vLLM server to /v1/chat/completions: {'error_detail': 'AAA",
+        ),
     ],
 )
 async def test_a_huge_answer_makes_a_short_error(
@@ -163,3 +168,24 @@ async def test_more_decodes_than_a_connection_pool_holds_reach_the_server_and_pr
         assert engine.ready
         servers[0].decodes_gate.set()
         assert [transcript.text for transcript in await asyncio.gather(*finals)] == ["turn on the lights"] * decodes
+
+
+async def test_answers_of_the_wrong_shape_are_engine_errors(servers: list[VllmServerDouble]) -> None:
+    no_usage, content_not_text = completion(TRANSCRIPT), completion(TRANSCRIPT)
+    no_usage["usage"] = None
+    content_not_text["choices"][0]["message"]["content"] = {"text": TRANSCRIPT}
+    async with started(servers[:1], decoding=Qwen3Decoding(fresh_partials=0), health_interval_s=3600) as engine:
+        for answer in (no_usage, content_not_text):
+            servers[0].replies[CHAT] = (200, json.dumps(answer))
+            with pytest.raises(EngineError, match="unexpected answer from vLLM server to /v1/chat/completions"):
+                await final(engine)
+        del servers[0].replies[CHAT]
+        stream = engine.open_stream(StreamOptions(language="en"))
+        await stream.partial(SECOND)  # the next partial continues it, rolled back with the tokenizer
+        servers[0].replies["/tokenize"] = (200, json.dumps({"count": 3}))
+        with pytest.raises(EngineError, match="unexpected answer from vLLM server to /tokenize"):
+            await stream.partial(SECOND)
+        del servers[0].replies["/tokenize"]
+        servers[0].replies["/detokenize"] = (200, json.dumps({"text": "turn on"}))
+        with pytest.raises(EngineError, match="unexpected answer from vLLM server to /detokenize"):
+            await stream.partial(SECOND)

@@ -252,12 +252,20 @@ class Qwen3RemoteEngine(Engine):
         return {"model": self._model} if self._model else {}
 
     async def encode(self, text: str) -> list[int]:
-        payload = await self.call("/tokenize", {**self._model_field(), "prompt": text, "add_special_tokens": False})
-        return [int(token) for token in payload["tokens"]]
+        path = "/tokenize"
+        payload = await self.call(path, {**self._model_field(), "prompt": text, "add_special_tokens": False})
+        tokens = payload.get("tokens")
+        if not isinstance(tokens, list) or not all(isinstance(token, int) for token in tokens):
+            raise EngineError(f"unexpected answer from vLLM server to {path} (no token list): {_excerpt(payload)}")
+        return tokens
 
     async def decode_tokens(self, ids: Sequence[int]) -> str:
-        payload = await self.call("/detokenize", {**self._model_field(), "tokens": list(ids)})
-        return str(payload["prompt"])
+        path = "/detokenize"
+        payload = await self.call(path, {**self._model_field(), "tokens": list(ids)})
+        text = payload.get("prompt")
+        if not isinstance(text, str):
+            raise EngineError(f"unexpected answer from vLLM server to {path} (no text): {_excerpt(payload)}")
+        return text
 
     async def continue_decode(self, context: str, continuation: str, audio: Audio, *, final: bool) -> tuple[str, int]:
         """The assistant's text after `continuation`, and its token count.
@@ -283,13 +291,16 @@ class Qwen3RemoteEngine(Engine):
             "add_generation_prompt": not continuation,
             "continue_final_message": bool(continuation),
         }
-        payload = await self.call("/v1/chat/completions", body)
+        path = "/v1/chat/completions"
+        payload = await self.call(path, body)
         try:
             text = payload["choices"][0]["message"]["content"] or ""
             tokens = int(payload.get("usage", {}).get("completion_tokens", 0))
-        except (KeyError, IndexError, TypeError, ValueError) as exc:
-            raise EngineError(f"unexpected answer from vLLM server: {_excerpt(payload)}") from exc
-        return str(text), tokens
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError):
+            text = None
+        if not isinstance(text, str):
+            raise EngineError(f"unexpected answer from vLLM server to {path}: {_excerpt(payload)}")
+        return text, tokens
 
     async def close(self) -> None:
         self._ready = False
