@@ -10,14 +10,14 @@ import asyncio
 import json
 import logging
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 import numpy as np
 import pytest
 
 from satellite_asr.engines.base import EngineError, StreamOptions, Transcript
-from satellite_asr.engines.qwen3_prompt import Qwen3Decoding
+from satellite_asr.engines.qwen3_prompt import Qwen3Decoding, roll_back
 from satellite_asr.engines.qwen3_remote import Qwen3RemoteEngine
 from tests.helpers import eventually, free_port
 from tests.vllm_server_double import MODEL, TRANSCRIPT, VllmServerDouble, completion
@@ -189,3 +189,31 @@ async def test_answers_of_the_wrong_shape_are_engine_errors(servers: list[VllmSe
         servers[0].replies["/detokenize"] = (200, json.dumps({"text": "turn on"}))
         with pytest.raises(EngineError, match="unexpected answer from vLLM server to /detokenize"):
             await stream.partial(SECOND)
+
+
+class ByteTokenizer:
+    """UTF-8 bytes as tokens, as a byte-level tokenizer may cut them; counts the decodes asked for."""
+
+    def __init__(self) -> None:
+        self.decodes = 0
+
+    async def encode(self, text: str) -> list[int]:
+        return list(text.encode())
+
+    async def decode(self, ids: Sequence[int]) -> str:
+        self.decodes += 1
+        return bytes(ids).decode(errors="replace")
+
+
+async def test_roll_back_cuts_after_a_whole_character_and_asks_once_past_a_replacement_character() -> None:
+    tokenizer = ByteTokenizer()
+    assert await roll_back("lights ☃☃", 5, tokenizer.encode, tokenizer.decode) == "lights "  # not half a ☃
+    assert tokenizer.decodes == 2
+    # a U+FFFD the model wrote (vLLM's for invalid bytes) is text, not a cut: one decode, not one per token
+    text = "turn on \ufffd" + " the kitchen lights please" * 12
+    tokenizer.decodes = 0
+    assert await roll_back(text, 5, tokenizer.encode, tokenizer.decode) == text[:-5]
+    assert tokenizer.decodes == 1
+    tokenizer.decodes = 0  # text that ends in U+FFFD wherever it is cut: a few tries, then a fresh decode
+    assert await roll_back("\ufffd" * 100, 5, tokenizer.encode, tokenizer.decode) == ""
+    assert tokenizer.decodes == 8

@@ -148,6 +148,12 @@ def parse_output(raw: str, forced_language: str | None = None) -> tuple[str | No
     return language_code(name), text.strip()
 
 
+_MOST_CUTS = 8
+"""Cuts `roll_back` tries: a character is at most 4 bytes, and a token may hold the end of one and
+the start of the next, so a whole character ends a few tokens back; further back than this the
+text itself ends in U+FFFD, and the decode starts afresh rather than ask a server for each token."""
+
+
 async def roll_back(text: str, tokens: int, encode: Encode, decode: Decode) -> str:
     """`text` without its last `tokens` tokens, never ending in half a multi-byte character.
 
@@ -156,11 +162,10 @@ async def roll_back(text: str, tokens: int, encode: Encode, decode: Decode) -> s
     """
     ids = list(await encode(text))
     end = len(ids) - tokens
-    while end > 0:
-        kept = await decode(ids[:end])
-        if "\ufffd" not in kept:
+    for cut in range(end, max(end - _MOST_CUTS, 0), -1):
+        kept = await decode(ids[:cut])
+        if not kept.endswith("\ufffd"):  # one inside is the model's own (vLLM's for invalid bytes)
             return kept
-        end -= 1
     return ""
 
 
