@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -116,7 +117,9 @@ class Settings:
         2, "Partials at the start of an utterance decoded from scratch, before rollback starts.", minimum=0, maximum=100
     )
     remote_urls: tuple[str, ...] = _opt(
-        (), "Base URLs of vLLM OpenAI servers for the qwen3-remote engine (repeatable or comma-separated)."
+        (),
+        "Base URLs of vLLM OpenAI servers for the qwen3-remote engine (repeatable or comma-separated); "
+        "without a user or password (see remote_api_key).",
     )
     remote_api_key: str = _opt("", "API key the vLLM servers expect (vllm serve --api-key); empty: none.", secret=True)
     remote_timeout_s: float = _opt(30.0, "Longest wait for one remote decode.", minimum=1.0, maximum=600.0)
@@ -435,6 +438,7 @@ def load_settings(
             f"({settings.max_sessions}), or no WebSocket session could open"
         )
     check_home_assistant(settings)
+    check_remote_urls(settings.remote_urls)
     return settings
 
 
@@ -454,6 +458,12 @@ def check_home_assistant(settings: Settings) -> None:
             raise ConfigError(f"ha_url: {exc}") from None
         if not settings.home_assistant_token():
             raise ConfigError("the Home Assistant access token is empty")
+
+
+def check_remote_urls(urls: Sequence[str]) -> None:
+    """No user or password in a vLLM server's URL: errors quote the URL, to clients and in logs."""
+    if any("@" in urlsplit(url.strip()).netloc for url in urls):
+        raise ConfigError("remote_urls: a vLLM server URL must not hold a user or password (set remote_api_key)")
 
 
 def check_silences(min_silence_ms: int, silence_ms: int) -> None:

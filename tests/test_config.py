@@ -115,6 +115,15 @@ def test_home_assistant_needs_a_url_and_exactly_one_token(tmp_path: Path) -> Non
             load_settings(environ={}, overrides=overrides)
 
 
+def test_a_remote_url_with_a_user_or_password_is_refused_without_repeating_it() -> None:
+    """Errors quote a server's URL, and they go to clients and logs; remote_api_key authenticates."""
+    good = "http://10.1.2.3:8000"
+    assert load_settings(environ={}, overrides={"remote_urls": good}).remote_urls == (good,)
+    with pytest.raises(ConfigError, match="remote_urls: a vLLM server URL must not hold a user or password") as refused:
+        load_settings(environ={}, overrides={"remote_urls": f"{good},http://admin:hunter2@10.1.2.4:8000"})
+    assert "hunter2" not in str(refused.value)
+
+
 def test_the_token_is_not_in_the_settings_repr() -> None:
     settings = load_settings(environ={"SATELLITE_ASR_HA_URL": "http://ha:8123", "SATELLITE_ASR_HA_TOKEN": "tok-9e3b"})
     assert "tok-9e3b" not in repr(settings) and "ha_url='http://ha:8123'" in repr(settings)
