@@ -122,9 +122,17 @@ class Settings:
         "without a user or password (see remote_api_key).",
     )
     remote_api_key: str = _opt("", "API key the vLLM servers expect (vllm serve --api-key); empty: none.", secret=True)
-    remote_timeout_s: float = _opt(30.0, "Longest wait for one remote decode.", minimum=1.0, maximum=600.0)
+    remote_timeout_s: float = _opt(
+        30.0,
+        "Longest wait for one remote server's answer; a decode that fails over waits this long per server tried.",
+        minimum=1.0,
+        maximum=600.0,
+    )
     remote_health_interval_s: float = _opt(
-        5.0, "How often a server marked unhealthy is probed again.", minimum=0.1, maximum=3600.0
+        5.0,
+        "How often every remote server is probed (/v1/models); one that fails is skipped until it answers again.",
+        minimum=0.1,
+        maximum=3600.0,
     )
     remote_max_concurrency: int = _opt(
         64,
