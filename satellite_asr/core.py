@@ -34,9 +34,9 @@ log = logging.getLogger(__name__)
 PROBE_TIMEOUT_S = 60.0
 """Longest a probe decode (half a second of silence) may take before the engine counts as broken."""
 RESTART_BACKOFF_S = (1.0, 60.0)
+"""First and longest wait between recovery attempts; the wait doubles after each failed one."""
 READY_POLL_S = 0.5
 """How often a broken engine that is not restarted (remote servers) is asked whether it is back."""
-"""First and longest wait between recovery attempts; the wait doubles after each failed one."""
 
 
 class Core:
