@@ -415,12 +415,13 @@ class OpenAIRestHandler:
         return encode_transcription(Transcription(segments, feed.seconds, language), parsed.response_format)
 
     def _check_ready(self) -> None:
-        if self.core.engine_error is not None:
+        status = self.core.status
+        if status == "failed":
             message = f"the speech engine failed to load: {self.core.engine_error}"
             raise RequestError("engine_failed", message, status=503)
-        if not self.core.engine_ready.is_set():
+        if status == "loading":
             raise RequestError("model_not_ready", "the speech engine is still loading; try again shortly", status=503)
-        if self.core.status == "broken":  # degraded (a decode failed, a probe runs) is still served
+        if status == "broken":  # degraded (a decode failed, a probe runs) is still served
             repair = "being restarted" if self.core.engine.restartable else "probed until its servers answer"
             message = f"the speech engine is failing and {repair}; try again shortly"
             raise RequestError("engine_unavailable", message, status=503)
