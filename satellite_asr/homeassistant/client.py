@@ -294,8 +294,8 @@ class HomeAssistantNames:
             changed.clear()
             try:
                 await self._load(ws)
-            except (HomeAssistantError, TimeoutError) as exc:
-                self._set_status(self._status.state, self._safe(str(exc) or type(exc).__name__))
+            except HomeAssistantError as exc:  # _command turns a timeout into one
+                self._set_status(self._status.state, self._safe(str(exc)))
 
     async def _authenticate(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         hello = await self._receive(ws)
