@@ -53,6 +53,8 @@ KEY_QUERY_PARAMETER = "api_key"
 ANY = "*"
 DEFAULT_PORTS = {"http": 80, "https": 443}
 
+_HOST_NAME = re.compile(r"[a-z0-9_]([a-z0-9_.-]*[a-z0-9_])?")
+"""A DNS name as `allowed_hosts` lists it: no scheme, port or spaces."""
 _TOKEN = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
 """HTTP token characters: what fits a header value and a WebSocket subprotocol unchanged."""
 
@@ -106,6 +108,37 @@ def split_host(value: str) -> tuple[str, int | None] | None:
     return name.rstrip("."), int(port) if port else None
 
 
+def listed_host(entry: str) -> str:
+    """An `allowed_hosts` entry as `Host` names are compared: a bare name, lowercase. A port or a
+    scheme would never match (the port is not part of the check), so it is refused, not ignored."""
+    name = entry.strip().lower().rstrip(".")
+    if _is_ip(name.removeprefix("[").removesuffix("]")) or _HOST_NAME.fullmatch(name):
+        return name
+    bare = (split_host(urlsplit(name).netloc or name) or ("", None))[0]
+    hint = f" (e.g. {bare!r})" if _HOST_NAME.fullmatch(bare) else ""
+    raise ConfigError(f"allowed_hosts: {entry!r} is not a host name; list the name alone, without scheme or port{hint}")
+
+
+def listed_origin(entry: str) -> str:
+    """An `allowed_origins` entry as a browser sends `Origin`: scheme://host[:port], lowercase, without
+    the scheme's default port. Anything else could never match, so it is refused."""
+    value = entry.strip().lower().rstrip("/")
+    example = "e.g. https://ha.example.org or http://192.168.1.10:8123"
+    try:
+        url = urlsplit(value)
+        port = url.port
+    except ValueError:
+        raise ConfigError(f"allowed_origins: {entry!r} has a port that is not a number ({example})") from None
+    if url.scheme not in DEFAULT_PORTS or not url.hostname or url.path or url.query or url.fragment:
+        raise ConfigError(
+            f"allowed_origins: {entry!r} is not an origin: scheme://host[:port], nothing after ({example})"
+        )
+    if url.username is not None or url.password is not None:
+        raise ConfigError("allowed_origins: an entry holds a user or password; an origin is scheme://host[:port]")
+    host = f"[{url.hostname}]" if ":" in url.hostname else url.hostname
+    return f"{url.scheme}://{host}" + (f":{port}" if port not in (None, DEFAULT_PORTS[url.scheme]) else "")
+
+
 def _is_ip(name: str) -> bool:
     try:
         ipaddress.ip_address(name)
@@ -120,9 +153,9 @@ class Access:
     def __init__(self, settings: Settings) -> None:
         self.api_key = load_api_key(settings)
         self.any_host = ANY in settings.allowed_hosts
-        self.hosts = own_host_names(settings) | {h.lower().rstrip(".") for h in settings.allowed_hosts}
+        self.hosts = own_host_names(settings) | {listed_host(h) for h in settings.allowed_hosts if h != ANY}
         self.any_origin = ANY in settings.allowed_origins
-        self.origins = frozenset(o.lower().rstrip("/") for o in settings.allowed_origins)
+        self.origins = frozenset(listed_origin(o) for o in settings.allowed_origins if o != ANY)
 
     @property
     def key_required(self) -> bool:
@@ -142,7 +175,8 @@ class Access:
             return None
         host = request.headers.get("Host")
         if self.api_key is None and host is not None and not self.host_allowed(host):
-            explanation = f"this daemon is not served as {host!r}; use its address, list the name in allowed_hosts"
+            name = (split_host(host) or (host, None))[0]
+            explanation = f"this daemon is not served as {name!r}; use its address, list the name in allowed_hosts"
             return 403, "host_not_allowed", explanation + " or set an api_key"
         origin = request.headers.get("Origin")
         if origin is not None and not self.origin_allowed(origin, host, request.scheme):

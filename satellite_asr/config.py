@@ -201,13 +201,13 @@ class Settings:
     api_key_file: str = _opt("", "File whose first line is the api_key (keeps the secret out of configs and ps).")
     allowed_origins: tuple[str, ...] = _opt(
         (),
-        "Web page origins (scheme://host[:port]) allowed besides the daemon's own page to open WebSockets and "
-        "call the HTTP API; '*': any.",
+        "Web page origins (scheme://host[:port], as the browser's address bar shows them) allowed besides the "
+        "daemon's own page to open WebSockets and call the HTTP API; '*': any.",
     )
     allowed_hosts: tuple[str, ...] = _opt(
         (),
-        "Host names clients may reach the daemon by, besides localhost, its host name and IP addresses "
-        "(DNS rebinding defence; checked only without an api_key); '*': any.",
+        "Host names (without port) clients may reach the daemon by, besides localhost, its host name and IP "
+        "addresses (DNS rebinding defence; checked only without an api_key); '*': any.",
     )
 
     # Connection limits

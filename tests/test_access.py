@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import websockets
 from aiohttp import web
 from websockets.exceptions import InvalidStatus
 
-from satellite_asr.access import load_api_key
+from satellite_asr.access import Access, load_api_key
 from satellite_asr.config import ConfigError
 from satellite_asr.server import Daemon, Handler
 from tests.helpers import daemon_settings, running_daemon, ws_url
@@ -272,6 +273,35 @@ async def test_a_rebinding_name_is_refused_and_allowed_hosts_admits_a_name() -> 
     assert listed == 101 and localhost == 101
     assert metrics[0] == 403 and metrics[1]["code"] == "host_not_allowed"
     assert by_address[0] == 200, "an IP address cannot be rebound"
+
+
+def test_allowed_hosts_and_origins_that_could_never_match_stop_start_up() -> None:
+    """A port in a host entry or an origin without its scheme was kept and silently never matched."""
+    refusals = {
+        "asr.lan:8787": "list the name alone, without scheme or port (e.g. 'asr.lan')",
+        "https://asr.lan": "(e.g. 'asr.lan')",
+        "asr lan": "is not a host name",
+    }
+    for entry, message in refusals.items():
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            Access(daemon_settings(allowed_hosts=(entry,)))
+    for entry in ("ha.example.org", "https://ha.example.org/lovelace", "https://ha.example.org:http"):
+        with pytest.raises(ConfigError, match=re.escape(f"allowed_origins: {entry!r}")):
+            Access(daemon_settings(allowed_origins=(entry,)))
+    with pytest.raises(ConfigError, match="holds a user or password") as refused:
+        Access(daemon_settings(allowed_origins=("https://me:pa55word@ha.example.org",)))
+    assert "pa55word" not in str(refused.value)
+    listed = Access(
+        daemon_settings(allowed_hosts=("ASR.lan.", "[::1]"), allowed_origins=("HTTPS://HA.example.org:443/",))
+    )
+    assert listed.host_allowed("asr.lan:8787") and listed.origin_allowed("https://ha.example.org", None, "http")
+
+
+async def test_a_refused_host_is_named_without_its_port() -> None:
+    """The refusal invites listing the name in allowed_hosts: it quotes what to list."""
+    async with running_daemon() as daemon:
+        status, body = await get(daemon, "/metrics", {"Host": f"asr.lan:{daemon.http_port}"})
+    assert status == 403 and "not served as 'asr.lan';" in body["message"]
 
 
 async def test_with_a_key_any_host_name_may_be_used() -> None:
