@@ -103,14 +103,7 @@ class Daemon:
     def _ssl_context(self) -> ssl.SSLContext | None:
         if not self.settings.tls_cert:
             return None
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        try:
-            context.load_cert_chain(self.settings.tls_cert, self.settings.tls_key)
-        except OSError as exc:  # ssl.SSLError included: a start-up problem to name, not a traceback
-            raise ConfigError(
-                f"tls_cert/tls_key: cannot load {self.settings.tls_cert} with {self.settings.tls_key}: {exc}"
-            ) from None
-        return context
+        return tls_context(self.settings.tls_cert, self.settings.tls_key)
 
     async def stop(self) -> None:
         """Shutdown within `shutdown_timeout_s`, whatever clients do: stop accepting, send pending
@@ -186,6 +179,35 @@ async def in_process_daemon(settings: Settings, engine: Engine | None = None) ->
         yield daemon
     finally:
         await daemon.stop()
+
+
+def tls_context(cert: str, key: str) -> ssl.SSLContext:
+    """The server's TLS context, or a `ConfigError` that names the file at fault: OpenSSL's own errors
+    do not ("PEM lib"), and for an encrypted key it would ask for a pass phrase on the terminal."""
+    texts = {}
+    for setting, path, marker, kind in (
+        ("tls_cert", cert, "-----BEGIN CERTIFICATE-----", "PEM certificate"),
+        ("tls_key", key, "PRIVATE KEY-----", "PEM private key"),
+    ):
+        try:
+            texts[setting] = Path(path).read_text(encoding="ascii", errors="replace")
+        except OSError as exc:
+            raise ConfigError(f"{setting}: cannot read {path} ({exc.strerror or exc})") from None
+        if marker not in texts[setting]:
+            raise ConfigError(f"{setting}: {path} holds no {kind}")
+
+    def no_pass_phrase() -> str:
+        raise ConfigError(
+            f"tls_key: {key} is encrypted; give the daemon an unencrypted one (openssl pkey -in KEY -out NEW_KEY)"
+        )
+
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(cert, key, password=no_pass_phrase)
+    except ssl.SSLError as exc:
+        reason = "the key does not match the certificate" if exc.reason == "KEY_VALUES_MISMATCH" else str(exc)
+        raise ConfigError(f"tls_cert/tls_key: cannot load {cert} with {key}: {reason}") from None
+    return context
 
 
 @web.middleware

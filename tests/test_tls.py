@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import ssl
 import subprocess
 import sys
@@ -10,9 +11,12 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from cryptography.hazmat.primitives import serialization
 
 from satellite_asr.clients.audio_source import WavSource
 from satellite_asr.clients.stream_client import stream_source
+from satellite_asr.config import ConfigError
+from satellite_asr.server import tls_context
 from tests.certificates import self_signed
 from tests.helpers import EXPECTED, FIXTURES, WER_TOLERANCE, running_daemon, word_error_rate
 
@@ -68,8 +72,33 @@ def test_unreadable_certificate_stops_start_up_with_a_message(tmp_path: Path) ->
         timeout=100,
     )
     assert result.returncode == 2, result.stderr
-    assert f"tls_cert/tls_key: cannot load {missing}" in result.stderr
+    assert f"tls_cert: cannot read {missing} (No such file or directory)" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_each_tls_file_at_fault_is_named(tmp_path: Path) -> None:
+    """OpenSSL's own errors name no file ("PEM lib"), and for an encrypted key it asks for a pass
+    phrase on the terminal, which stops an unattended daemon's start for good."""
+    cert = self_signed(tmp_path, ["localhost"], ["127.0.0.1"])
+    key = serialization.load_pem_private_key(cert.key.read_bytes(), password=None)
+    encrypted = tmp_path / "encrypted.pem"
+    encryption = serialization.BestAvailableEncryption(b"pass phrase")
+    encrypted.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption))
+    (tmp_path / "other").mkdir()
+    other = self_signed(tmp_path / "other", ["localhost"], [])
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate\n")
+    faults = {
+        (cert.cert, encrypted): f"tls_key: {encrypted} is encrypted; give the daemon an unencrypted one",
+        (garbage, cert.key): f"tls_cert: {garbage} holds no PEM certificate",
+        (cert.cert, cert.cert): f"tls_key: {cert.cert} holds no PEM private key",
+        (cert.cert, other.key): "the key does not match the certificate",
+        (cert.cert, tmp_path): f"tls_key: cannot read {tmp_path}",
+    }
+    for (cert_file, key_file), message in faults.items():
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            tls_context(str(cert_file), str(key_file))
+    assert tls_context(str(cert.cert), str(cert.key)) is not None
 
 
 async def test_stream_command_explains_an_untrusted_or_unreadable_certificate(tmp_path: Path) -> None:
