@@ -77,8 +77,12 @@ class Daemon:
         await self.core.start()
         app = web.Application(middlewares=[self.access.middleware, _json_errors])
         for method, path, handler in self.routes():
-            app.router.add_route(method, path, handler)
+            if method == "GET":
+                app.router.add_get(path, handler)  # and HEAD, which uptime checks use
+            else:
+                app.router.add_route(method, path, handler)
         app.router.add_static("/static/", WEB_DIR)
+        app.on_response_prepare.append(_revalidate_page)
         # aiohttp's keep-alive timer also runs from the connection's start and is not pushed back by
         # a request still arriving: it is the header timeout too (a client trickling bytes is closed).
         self._runner = web.AppRunner(
@@ -179,6 +183,13 @@ async def in_process_daemon(settings: Settings, engine: Engine | None = None) ->
         yield daemon
     finally:
         await daemon.stop()
+
+
+async def _revalidate_page(request: web.Request, response: web.StreamResponse) -> None:
+    """The page and its scripts are checked with the daemon on every load (their ETag), so that
+    after an upgrade a browser does not go on running the old scripts against the new daemon."""
+    if request.path == "/" or request.path.startswith("/static/"):
+        response.headers["Cache-Control"] = "no-cache"
 
 
 def tls_context(cert: str, key: str) -> ssl.SSLContext:

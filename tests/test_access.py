@@ -80,6 +80,22 @@ async def test_with_a_key_only_the_page_and_health_are_open() -> None:
     assert b"satellite_asr_sessions" in bearer[1]
 
 
+async def test_the_page_is_revalidated_and_head_is_answered_like_get() -> None:
+    """After an upgrade a browser must not run old cached scripts against the new daemon; uptime
+    checks ask with HEAD."""
+    async with running_daemon() as daemon, aiohttp.ClientSession() as http:
+        page = {}
+        for path in ("/", "/static/app.js", "/static/audio-worklet.js"):
+            async with http.get(base_url(daemon) + path) as response:
+                page[path] = response.status, response.headers.get("Cache-Control")
+        head = {}
+        for path in ("/", "/health", "/metrics", "/static/app.js", "/v1/models"):
+            async with http.head(base_url(daemon) + path) as response:
+                head[path] = response.status
+    assert set(page.values()) == {(200, "no-cache")}
+    assert set(head.values()) == {200}, head
+
+
 async def test_without_a_key_setting_nothing_asks_for_one() -> None:
     async with running_daemon() as daemon:
         health = await get(daemon, "/health")
