@@ -42,7 +42,6 @@ from satellite_asr.vad.endpointer import (
     PartialDue,
     SpeechPaused,
     SpeechStart,
-    ms_to_samples,
 )
 from satellite_asr.vad.prosody import final_pitch
 from satellite_asr.vad.silero import SileroVad
@@ -56,8 +55,6 @@ log-probability per token for it, the voice's pitch heading (each None when unkn
 
 Emit = Callable[[SessionEvent], Awaitable[None]]
 
-IDLE_KEEP_SECONDS = 2.0
-"""Audio kept between utterances: enough for the pre-roll and the onset that confirms speech."""
 FEED_PIECE = SAMPLE_RATE // 2
 """Most samples taken in one step: audio is trimmed between steps, so a huge frame cannot grow it."""
 
@@ -227,7 +224,6 @@ class Session:
         self._finals: set[asyncio.Task[None]] = set()
         self._lock = asyncio.Lock()
         self._final_priority = BATCH if options.batch else FINAL
-        self._keep_idle = int(IDLE_KEEP_SECONDS * SAMPLE_RATE) + ms_to_samples(options.endpointing.speech_pad_ms)
         self.utterances = 0
         self.samples_received = 0
         self.last_audio_at = time.monotonic()
@@ -290,7 +286,7 @@ class Session:
             for probability in await self._vad_stream.process(samples):
                 for event in self._endpointer.process(probability):
                     await self._on_endpointer(event)
-            keep_from = self._audio.end - self._keep_idle
+            keep_from = self._endpointer.earliest_start  # the pre-roll of an onset not yet confirmed
             if self._utterance is not None:  # the utterance's audio, which the length cap bounds
                 keep_from = min(keep_from, self._utterance.start)
             self._audio.drop_before(keep_from)
@@ -339,9 +335,8 @@ class Session:
             await asyncio.gather(*list(self._finals), return_exceptions=True)
 
     async def _flush_locked(self) -> None:
-        endpoint = self._endpointer.flush(self._audio.end)
-        if endpoint is not None:
-            await self._end_utterance(endpoint)
+        for event in self._endpointer.flush(self._audio.end):
+            await self._on_endpointer(event)
 
     async def _cancel_all(self) -> None:
         utterance, self._utterance = self._utterance, None

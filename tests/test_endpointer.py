@@ -173,12 +173,59 @@ def test_next_utterance_preroll_never_reaches_into_the_previous_one() -> None:
 
 def test_flush_ends_speech_in_progress_and_is_a_no_op_otherwise() -> None:
     endpointer = Endpointer(CONFIG)
-    assert endpointer.flush() is None
+    assert endpointer.flush() == []
     run(endpointer, [0.9] * 20)
     flushed = endpointer.flush(end=20 * WINDOW + 100)
-    assert flushed == Endpoint(20 * WINDOW + 100, "forced")
-    assert endpointer.flush() is None
+    assert flushed == [Endpoint(20 * WINDOW + 100, "forced")]
+    assert endpointer.flush() == []
     assert not endpointer.in_speech
+
+
+def test_flush_turns_a_word_the_stream_ended_on_into_an_utterance_but_not_a_click() -> None:
+    """The client said the command is over: a short last word ("no") is one, though it never
+    lasted `min_speech_ms`."""
+    word = Endpointer(CONFIG)
+    run(word, [0.0] * 20 + [0.9] * 3)
+    assert word.flush() == [SpeechStart(20 * WINDOW - ms_to_samples(300)), Endpoint(23 * WINDOW, "forced")]
+    click = Endpointer(CONFIG)
+    run(click, [0.0] * 20 + [0.9] * 2)
+    assert click.flush() == []
+    assert not click.in_speech and click.flush() == []
+
+
+def test_an_onset_that_died_on_a_dip_gives_its_start_to_the_next_one() -> None:
+    """ "Stop playing music": "stop" is shorter than `min_speech_ms` and a dip of more than 100 ms
+    follows it; the onset that then confirms speech starts back at "stop", or the pre-roll of 300 ms
+    from the later onset would leave the word out."""
+    first_word = [0.0] * 40 + [0.9] * 5 + [0.0] * 4
+    starts = of_type(run(Endpointer(CONFIG), first_word + [0.9] * 20), SpeechStart)
+    assert [e for _, e in starts] == [SpeechStart(40 * WINDOW - ms_to_samples(300))]
+    too_far = of_type(run(Endpointer(CONFIG), first_word + [0.0] * windows(500) + [0.9] * 20), SpeechStart)
+    assert [e for _, e in too_far] == [SpeechStart((49 + windows(500)) * WINDOW - ms_to_samples(300))]
+
+
+def test_a_chain_of_blips_reaches_back_at_most_the_lookback() -> None:
+    blips = [0.0] * 10 + ([0.9] * 2 + [0.0] * 4) * 40
+    endpointer = Endpointer(CONFIG)
+    events = run(endpointer, blips + [0.9] * 20)
+    ((_, start),) = of_type(events, SpeechStart)
+    onset = len(blips) * WINDOW
+    assert isinstance(start, SpeechStart)
+    assert start.start == onset - ms_to_samples(1500) - ms_to_samples(300)
+
+
+def test_earliest_start_keeps_the_audio_a_slow_onset_will_start_from() -> None:
+    """A session drops audio before `earliest_start`: an onset that takes `min_speech_ms` of 3 s to
+    confirm still starts at its first speech less the pre-roll."""
+    slow = Endpointer(dataclasses.replace(CONFIG, min_speech_ms=3000))
+    assert slow.earliest_start == 0
+    run(slow, [0.0] * 100)
+    assert slow.earliest_start == 100 * WINDOW - ms_to_samples(300)
+    for _ in range(80):
+        run(slow, [0.9])
+        assert slow.earliest_start == 100 * WINDOW - ms_to_samples(300)
+    ((_, start),) = of_type(run(slow, [0.9] * 20), SpeechStart)
+    assert start == SpeechStart(100 * WINDOW - ms_to_samples(300))
 
 
 def test_defaults_are_the_settings() -> None:
@@ -293,7 +340,7 @@ def test_manual_endpointing_ends_only_at_flush_or_the_length_cap() -> None:
     assert len(of_type(events, SpeechStart)) == 1
     assert of_type(events, Endpoint) == [] and of_type(events, SpeechPaused) == []
     assert endpointer.in_speech
-    assert endpointer.flush() == Endpoint(endpointer.position, "forced")
+    assert endpointer.flush() == [Endpoint(endpointer.position, "forced")]
     capped = run(Endpointer(manual), [0.9] * 20 + [0.0] * windows(11000))
     assert [e.reason for _, e in of_type(capped, Endpoint)] == ["forced"]  # type: ignore[union-attr]
 

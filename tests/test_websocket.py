@@ -285,6 +285,30 @@ async def test_length_cap_forces_a_final_and_the_speech_goes_on_in_the_next_utte
     assert word_error_rate(EXPECTED["music.wav"][0], words) <= 0.5, words  # words cut at the seams may change
 
 
+async def test_a_first_word_before_a_dip_is_in_the_final() -> None:
+    """ "Stop" is shorter than `min_speech_ms` and a dip of more than 100 ms follows it: the onset
+    that then confirms speech starts back at "stop", not 300 ms before the dip's end."""
+    async with running_daemon() as daemon:
+        messages = await stream_file(FIXTURES / "turns" / "fresh14_complete_10.wav", ws_url(daemon), fast=True)
+    (final,) = of_type(messages, "final")
+    assert normalise(final["text"]).startswith("stop playing music"), final["text"]
+
+
+async def test_an_onset_longer_than_the_idle_audio_keeps_its_start() -> None:
+    """With `min_speech_ms` of 3 s the onset takes longer to confirm than the audio once kept between
+    utterances (2 s): the final still starts at the first word."""
+    commands = [fixture_16k(name)[7600:31600] for name in ("music.wav", "lights_on.wav", "weather.wav")]
+    gap = np.zeros(960, np.float32)  # 60 ms: too short a dip to end the onset
+    audio = np.concatenate([gap * 10, commands[0], gap, commands[1], gap, commands[2], np.zeros(24000, np.float32)])
+    async with running_daemon() as daemon, websockets.connect(ws_url(daemon)) as ws:
+        await ws.send(json.dumps({"type": "config", "vad": {"min_speech_ms": 3000}}))
+        await ws.send(f32(audio))
+        await ws.send(json.dumps({"type": "end"}))
+        finals = of_type(await receive_until_close(ws), "final")
+    assert finals and finals[0]["start"] <= 0.6 - 0.3 + 0.05, finals
+    assert normalise(finals[0]["text"]).startswith("play some music"), finals
+
+
 async def test_nan_samples_are_silence_and_counted() -> None:
     noisy = fixture_16k("lights_on.wav").copy()
     noisy[:4000] = np.nan

@@ -253,6 +253,15 @@ async def test_audio_stop_first_finalizes_what_was_heard() -> None:
     assert "music" in normalise(result.text or "")
 
 
+async def test_audio_stop_right_after_a_first_short_word_transcribes_it() -> None:
+    """A satellite that ends the stream on its own detector may stop a word before `min_speech_ms`
+    of it was heard: the word is still transcribed, not answered with nothing."""
+    wav = fixture("lights_on.wav", cut_s=0.85)  # the voice starts at 0.5 s: about 300 ms of "turn on"
+    async with running_daemon(wyoming_uri=WYOMING) as daemon, connect(daemon) as client:
+        result = await transcribe_like_home_assistant(client, wav, realtime=False)
+    assert "turn" in normalise(result.text or ""), result.text
+
+
 @pytest.mark.parametrize("audio", [silence(2.0), silence(0)], ids=["silence", "no-audio"])
 async def test_no_speech_is_answered_with_an_empty_transcript(audio: WavFile) -> None:
     async with running_daemon(wyoming_uri=WYOMING) as daemon, connect(daemon) as client:

@@ -46,6 +46,15 @@ def silence_samples(ms: float) -> int:
 ONSET_GAP = ms_to_samples(100)
 """Dips shorter than this do not restart the count of `min_speech_ms`: Silero's probability
 flickers inside words (a "wh" or "t"), and restarting would move the start into the word."""
+ONSET_REACH = ms_to_samples(500)
+"""An onset that begins this soon after one that died (a short first word, "stop", then a dip
+longer than `ONSET_GAP`) starts where that one did, so the pre-roll keeps the first word."""
+ONSET_LOOKBACK = ms_to_samples(1500)
+"""How far before its own first speech an onset may start by `ONSET_REACH`: a chain of blips
+cannot drag the start back without end."""
+FLUSH_MIN_SPEECH = 3 * WINDOW
+"""Speech of an onset not yet confirmed (shorter than `min_speech_ms`) that a flush still turns into
+an utterance: a word cut off by the end of the stream, not a click (one or two windows)."""
 
 
 SETTING_OF = {"threshold": "vad_threshold"}
@@ -180,6 +189,10 @@ class Endpointer:
         self._onset_start = -1
         self._onset_speech = 0
         self._onset_gap = 0
+        self._lost_onset_start = -1
+        """Where the last onset that died began (-1: none), and where its speech ended: the next
+        onset within `ONSET_REACH` of that end starts there."""
+        self._lost_onset_end = 0
         self._last_speech_end = 0
         self._silence_run = 0
         self._judged_complete = False
@@ -197,13 +210,25 @@ class Endpointer:
             return self._idle(probability, window_start)
         return self._speaking(probability)
 
-    def flush(self, end: int | None = None) -> Endpoint | None:
-        """End the utterance in progress now (client flush, end of stream, idle timeout)."""
-        self._onset_start, self._onset_speech = -1, 0
-        if not self.in_speech:
-            return None
+    def flush(self, end: int | None = None) -> list[EndpointEvent]:
+        """End the utterance in progress now (client flush, end of stream, idle timeout). Speech the
+        stream ended on that had not yet lasted `min_speech_ms` (at least `FLUSH_MIN_SPEECH` of it)
+        is an utterance too: the client has said the command is over, and it may be one short word."""
         last = self.position if end is None else max(end, self.position)
-        return self._finish(last, "forced")
+        events: list[EndpointEvent] = []
+        if not self.in_speech and self._onset_start >= 0 and self._onset_speech >= FLUSH_MIN_SPEECH:
+            events.append(self._begin_utterance())
+        self._onset_start, self._onset_speech, self._lost_onset_start = -1, 0, -1
+        if self.in_speech:
+            events.append(self._finish(last, "forced"))
+        return events
+
+    @property
+    def earliest_start(self) -> int:
+        """The earliest sample an utterance not yet begun could start at: audio before it is never needed."""
+        onset = self._onset_start if self._onset_start >= 0 else self.position
+        lost = self._reachable_lost_onset(onset)
+        return max((lost if lost >= 0 else onset) - self._pad, self._floor, 0)
 
     def verdict(self, end: int, verdict: TurnVerdict) -> list[EndpointEvent]:
         """The turn detector read the final speculated at `end`: a complete command ends the pause at
@@ -227,20 +252,37 @@ class Endpointer:
         elif self._onset_start >= 0:
             self._onset_gap += WINDOW
             if self._onset_gap > ONSET_GAP:
+                carried = self._reachable_lost_onset(self._onset_start)
+                self._lost_onset_start = carried if carried >= 0 else self._onset_start
+                self._lost_onset_end = self.position - self._onset_gap
                 self._onset_start, self._onset_speech = -1, 0
         if self._onset_start < 0 or self._onset_speech < self._min_speech:
             return []
+        events: list[EndpointEvent] = [self._begin_utterance()]
+        events.extend(self._partial_if_due())
+        return events
+
+    def _reachable_lost_onset(self, onset: int) -> int:
+        """The start of the onset that died just before `onset` (within `ONSET_REACH`), at most
+        `ONSET_LOOKBACK` before it; -1 when there is none."""
+        if self._lost_onset_start < 0 or onset - self._lost_onset_end > ONSET_REACH:
+            return -1
+        return max(self._lost_onset_start, onset - ONSET_LOOKBACK)
+
+    def _begin_utterance(self) -> SpeechStart:
+        """The onset in progress becomes an utterance, from where its speech began (or the onset that
+        died just before it) less the pre-roll."""
+        onset = self._onset_start
+        lost = self._reachable_lost_onset(onset)
         self.in_speech = True
-        self.utterance_start = max(self._onset_start - self._pad, self._floor, 0)
-        self._onset_start, self._onset_speech = -1, 0
+        self.utterance_start = max((lost if lost >= 0 else onset) - self._pad, self._floor, 0)
+        self._onset_start, self._onset_speech, self._lost_onset_start = -1, 0, -1
         self._last_speech_end = self.position
         self._silence_run = 0
         self._judged_complete = False
         self._since_partial = self.position - self.utterance_start
         self._speculations, self._verdict_in = 0, False
-        events: list[EndpointEvent] = [SpeechStart(self.utterance_start)]
-        events.extend(self._partial_if_due())
-        return events
+        return SpeechStart(self.utterance_start)
 
     def _speaking(self, probability: float) -> list[EndpointEvent]:
         events: list[EndpointEvent] = []
