@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import wave
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
@@ -30,6 +31,16 @@ EXPECTED: dict[str, list[str]] = json.loads((FIXTURES / "fixtures.json").read_te
 def fixture_16k(name: str) -> Audio:
     """A fixture WAV as 16 kHz mono float samples."""
     return read_wav(FIXTURES / name).to_16k_mono()
+
+
+def write_wav(path: Path, samples: np.ndarray, rate: int = SAMPLE_RATE) -> Path:
+    """Float samples as a mono 16-bit WAV file at `rate`."""
+    with wave.open(str(path), "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(rate)
+        wav.writeframes((np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes())
+    return path
 
 
 def pcm16(audio: Audio, rate: int = 24000) -> bytes:

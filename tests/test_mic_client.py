@@ -15,7 +15,6 @@ import os
 import signal
 import subprocess
 import sys
-import wave
 from pathlib import Path
 from types import ModuleType
 
@@ -27,20 +26,11 @@ from satellite_asr.clients.audio_source import MicrophoneSource, MicrophoneUnava
 from satellite_asr.clients.stream_client import TranscriptPrinter
 from satellite_asr.clients.wav import read_wav
 from tests.certificates import self_signed
-from tests.helpers import EXPECTED, FIXTURES, WER_TOLERANCE, running_daemon, word_error_rate, ws_url
+from tests.helpers import EXPECTED, FIXTURES, WER_TOLERANCE, running_daemon, word_error_rate, write_wav, ws_url
 
 pytestmark = pytest.mark.timeout(120)
 
 FAKE_SOUNDDEVICE = Path(__file__).parent / "fake_sounddevice"
-
-
-def write_wav(path: Path, samples: np.ndarray, rate: int) -> Path:
-    with wave.open(str(path), "wb") as wav:
-        wav.setnchannels(1)
-        wav.setsampwidth(2)
-        wav.setframerate(rate)
-        wav.writeframes((np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes())
-    return path
 
 
 def speech_without_trailing_silence(name: str, rate: int, directory: Path) -> Path:

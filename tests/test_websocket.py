@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -14,6 +15,7 @@ import soxr
 import websockets
 from websockets.exceptions import ConnectionClosed
 
+from satellite_asr.clients import audio_source, stream_client
 from satellite_asr.clients.stream_client import stream_file
 from satellite_asr.clients.wav import read_wav
 from satellite_asr.engines.base import EngineError
@@ -30,6 +32,7 @@ from tests.helpers import (
     running_daemon,
     same_words,
     word_error_rate,
+    write_wav,
     ws_url,
 )
 
@@ -307,6 +310,22 @@ async def test_an_onset_longer_than_the_idle_audio_keeps_its_start() -> None:
         finals = of_type(await receive_until_close(ws), "final")
     assert finals and finals[0]["start"] <= 0.6 - 0.3 + 0.05, finals
     assert normalise(finals[0]["text"]).startswith("play some music"), finals
+
+
+async def test_a_file_sent_fast_outlasts_the_keepalive_while_the_daemon_paces_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The daemon reads a fast client's audio at real-time pace after `max_feed_ahead_s`; a client
+    that sent everything at once had its keepalive ping wait behind the audio past its timeout and
+    dropped the stream (1006). Here with a 2 s ping (20 s in use) and a 12 s file (40 s in use)."""
+    monkeypatch.setattr(stream_client, "PING_S", 2.0)
+    monkeypatch.setattr(audio_source, "FAST_LEAD_S", 1.0)
+    three = fixture_16k("three_commands.wav")
+    path = write_wav(tmp_path / "long.wav", np.concatenate([three, three])[: 12 * 16000])
+    async with running_daemon(max_feed_ahead_s=1.0) as daemon:
+        messages = await stream_file(path, ws_url(daemon), fast=True)
+    commands = EXPECTED["three_commands.wav"]
+    assert same_words([*commands, commands[0]], [f["text"] for f in of_type(messages, "final")])
 
 
 async def test_nan_samples_are_silence_and_counted() -> None:

@@ -19,6 +19,11 @@ from satellite_asr.audio import MAX_RATE, MIN_RATE, SAMPLE_RATE
 from satellite_asr.clients.wav import read_wav
 
 BLOCK_SECONDS = 0.1
+FAST_LEAD_S = 10.0
+"""How far ahead of real time a file sent "as fast as possible" runs. The daemon reads a session's
+audio no further ahead than its `max_feed_ahead_s` (20 s by default); what is sent beyond that
+waits in buffers, and so does the keepalive ping behind it, whose answer must come within
+`stream_client.PING_S`."""
 
 
 class AudioSource(Protocol):
@@ -35,7 +40,8 @@ class AudioSource(Protocol):
 
 
 class WavSource:
-    """A mono 16-bit WAV file, played at real-time pace like a microphone (or as fast as possible)."""
+    """A mono 16-bit WAV file, played at real-time pace like a microphone, or (`realtime=False`) as
+    fast as the daemon takes it, at most `FAST_LEAD_S` ahead of real time."""
 
     def __init__(self, path: str | Path, *, realtime: bool = True) -> None:
         wav = read_wav(path)
@@ -49,10 +55,10 @@ class WavSource:
     async def blocks(self) -> AsyncGenerator[bytes, None]:
         block_bytes = int(BLOCK_SECONDS * self.sample_rate) * 2
         started = time.monotonic()
+        lead = 0.0 if self.realtime else FAST_LEAD_S
         for index, offset in enumerate(range(0, len(self.pcm), block_bytes)):
-            if self.realtime:
-                # A microphone hands over a block once it has been captured: at the block's end.
-                await asyncio.sleep(max(0.0, started + (index + 1) * BLOCK_SECONDS - time.monotonic()))
+            # A microphone hands over a block once it has been captured: at the block's end.
+            await asyncio.sleep(max(0.0, started + (index + 1) * BLOCK_SECONDS - lead - time.monotonic()))
             if self.stopped:
                 return
             yield self.pcm[offset : offset + block_bytes]

@@ -22,6 +22,10 @@ from websockets.exceptions import ConnectionClosed
 from satellite_asr.clients.audio_source import BLOCK_SECONDS, AudioSource, WavSource
 
 FRAME_SECONDS = BLOCK_SECONDS
+PING_S = 20.0
+"""Keepalive: a ping this often, and the connection is dropped if its answer takes longer. The
+daemon answers when it reads the ping, after the audio sent before it: a file is therefore sent no
+more than `audio_source.FAST_LEAD_S` (less than this) ahead of what the daemon reads."""
 
 
 class StreamClosed(Exception):
@@ -85,7 +89,7 @@ async def stream_source(
     messages: list[dict[str, Any]] = []
     # websockets refuses an explicit ssl=None for wss://: leave it out to get the system's trust
     tls: dict[str, Any] = {} if ssl_context is None else {"ssl": ssl_context}
-    async with websockets.connect(url, max_size=1 << 20, **tls) as ws:
+    async with websockets.connect(url, max_size=1 << 20, ping_interval=PING_S, ping_timeout=PING_S, **tls) as ws:
         await ws.send(
             json.dumps({"type": "config", **(config or {}), "sample_rate": source.sample_rate, "encoding": "s16le"})
         )
