@@ -13,6 +13,7 @@ import asyncio
 import os
 import re
 import shutil
+import ssl
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,7 +27,7 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from tests.certificates import self_signed
+from tests.certificates import Certificate, self_signed
 from tests.helpers import EXPECTED, FIXTURES, normalise, of_type, running_daemon, word_error_rate
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -389,6 +390,101 @@ async def test_page_over_https_streams_over_wss(browser: Browser, tmp_path: Path
 
         secure, history = await asyncio.to_thread(scenario)
     assert secure
+    assert word_error_rate(EXPECTED["lights_on.wav"][0], of_type(history, "final")[0]["text"]) <= 0.25
+
+
+class TlsProxyDouble:
+    """Test double of a reverse proxy that terminates TLS and serves the daemon under `/asr/`, as nginx's
+    `location /asr/ { proxy_pass http://daemon/; }` does: the prefix stripped, `Host` passed through,
+    WebSocket upgrades piped as they are. One request per connection, so each is routed by its own head."""
+
+    PREFIX = b"/asr/"
+
+    def __init__(self, certificate: Certificate) -> None:
+        self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self.context.load_cert_chain(certificate.cert, certificate.key)
+        self.backend_port = 0
+        self.port = 0
+        self.targets: list[str] = []
+        """Every request's path as the browser sent it."""
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def __aenter__(self) -> TlsProxyDouble:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=self.context)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        self.server.close()
+        for writer in self._writers:
+            writer.transport.abort()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.server.wait_closed()
+
+    async def _serve(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        self._writers.add(client_writer)
+        try:
+            head = await client_reader.readuntil(b"\r\n\r\n")
+            request_line, _, header_block = head.partition(b"\r\n")
+            method, target, version = request_line.split(b" ")
+            self.targets.append(target.decode())
+            if not target.startswith(self.PREFIX):
+                client_writer.write(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                return
+            headers = [line for line in header_block.split(b"\r\n") if line]
+            if not any(line.lower().startswith(b"upgrade:") for line in headers):
+                headers = [line for line in headers if not line.lower().startswith(b"connection:")]
+                headers.append(b"Connection: close")
+            backend_reader, backend_writer = await asyncio.open_connection("127.0.0.1", self.backend_port)
+            self._writers.add(backend_writer)
+            target = b"/" + target[len(self.PREFIX) :]
+            backend_writer.write(b" ".join([method, target, version]) + b"\r\n" + b"\r\n".join(headers) + b"\r\n\r\n")
+            await asyncio.gather(_pipe(client_reader, backend_writer), _pipe(backend_reader, client_writer))
+        except (asyncio.IncompleteReadError, OSError):
+            pass  # the browser dropped a spare connection, or the test is over
+        finally:
+            client_writer.close()
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    except OSError:
+        pass
+    finally:
+        writer.close()
+
+
+async def test_page_behind_a_tls_proxy_under_a_path_prefix_streams(browser: Browser, tmp_path: Path) -> None:
+    """Served as https://NAME/asr/ by a proxy, the page opens its WebSocket under /asr/ too."""
+    cert = self_signed(tmp_path, ["satellite.test"], [])
+    async with TlsProxyDouble(cert) as proxy:
+        page = f"https://satellite.test:{proxy.port}/asr/"
+        # The daemon hears plain http from the proxy: the page's https origin must be listed.
+        origin = page.removesuffix("/asr/")
+        async with running_daemon(allowed_hosts=("satellite.test",), allowed_origins=(origin,)) as daemon:
+            proxy.backend_port = daemon.http_port
+
+            def scenario() -> list[dict[str, Any]]:
+                driver = browser(
+                    FIXTURES / "lights_on.wav",
+                    "--host-resolver-rules=MAP satellite.test 127.0.0.1",
+                    f"--ignore-certificate-errors-spki-list={cert.spki_sha256}",
+                )
+                start_streaming(driver, page)
+                wait_for(driver, finals_at_least(1), 60, "a final through the proxy")
+                history = events(driver)
+                driver.quit()  # before the proxy and daemon stop, as in the HTTPS test
+                return history
+
+            history = await asyncio.to_thread(scenario)
+    assert "/asr/v1/stream" in proxy.targets
     assert word_error_rate(EXPECTED["lights_on.wav"][0], of_type(history, "final")[0]["text"]) <= 0.25
 
 

@@ -1,5 +1,5 @@
 // Browser microphone client for /v1/stream, and the live example of docs/protocol.md:
-//   1. open ws(s)://<this host>/v1/stream and send one `config` text message;
+//   1. open v1/stream beside this page (ws: or wss: as the page) and send one `config` text message;
 //   2. send binary frames: 100 ms of mono float32 little-endian PCM at 16 kHz (resampled here);
 //   3. show `speech_start` / `partial` / `final` / `error` events as they arrive;
 //   4. on Stop send the last audio, then `{"type":"end"}`, and wait for the server to close (1000)
@@ -79,9 +79,11 @@ async function upgradeRefusal() {
   }
 }
 
+/** Relative to the page, as every other URL here, so a proxy serving the daemon under a path prefix works. */
 function streamUrl() {
-  const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-  return `${scheme}//${location.host}/v1/stream`;
+  const url = new URL("v1/stream", location.href);
+  url.protocol = location.protocol === "https:" ? "wss:" : "ws:";
+  return url.href;
 }
 
 /**
