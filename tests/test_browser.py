@@ -10,6 +10,7 @@ them the tests skip, except in CI (`CI=true`), where a skip would hide a broken 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import shutil
@@ -21,6 +22,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 import pytest
+import websockets
 from selenium import webdriver
 from selenium.common.exceptions import TimeoutException
 from selenium.webdriver.chrome.service import Service
@@ -28,7 +30,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
 from tests.certificates import Certificate, self_signed
-from tests.helpers import EXPECTED, FIXTURES, normalise, of_type, running_daemon, word_error_rate
+from tests.helpers import EXPECTED, FIXTURES, normalise, of_type, running_daemon, word_error_rate, ws_url
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
@@ -461,31 +463,67 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
         writer.close()
 
 
-async def test_page_behind_a_tls_proxy_under_a_path_prefix_streams(browser: Browser, tmp_path: Path) -> None:
-    """Served as https://NAME/asr/ by a proxy, the page opens its WebSocket under /asr/ too."""
+async def test_page_behind_a_tls_proxy_under_a_path_prefix(browser: Browser, tmp_path: Path) -> None:
+    """Served as https://NAME/asr/ by a TLS proxy: until allowed_origins lists the page, the page says
+    that its origin is refused and stops; then it streams, its WebSocket under /asr/ too."""
     cert = self_signed(tmp_path, ["satellite.test"], [])
+    flags = (
+        "--host-resolver-rules=MAP satellite.test 127.0.0.1",
+        f"--ignore-certificate-errors-spki-list={cert.spki_sha256}",
+    )
     async with TlsProxyDouble(cert) as proxy:
         page = f"https://satellite.test:{proxy.port}/asr/"
-        # The daemon hears plain http from the proxy: the page's https origin must be listed.
         origin = page.removesuffix("/asr/")
+        # The daemon hears plain http from the proxy: the page's https origin is not its own.
+        async with running_daemon(allowed_hosts=("satellite.test",)) as daemon:
+            proxy.backend_port = daemon.http_port
+
+            def refused_scenario() -> tuple[webdriver.Chrome, str, list[dict[str, Any]]]:
+                driver = browser(FIXTURES / "lights_on.wav", *flags)
+                start_streaming(driver, page)
+                refused = wait_for(driver, notice("connection", "origin_not_allowed"), 30, "the refused origin")
+                wait_for(driver, state_is("idle"), 10, "the page to stop after the refusal")
+                return driver, refused, events(driver)
+
+            driver, refused, refused_events = await asyncio.to_thread(refused_scenario)
         async with running_daemon(allowed_hosts=("satellite.test",), allowed_origins=(origin,)) as daemon:
             proxy.backend_port = daemon.http_port
 
             def scenario() -> list[dict[str, Any]]:
-                driver = browser(
-                    FIXTURES / "lights_on.wav",
-                    "--host-resolver-rules=MAP satellite.test 127.0.0.1",
-                    f"--ignore-certificate-errors-spki-list={cert.spki_sha256}",
-                )
-                start_streaming(driver, page)
+                driver.find_element(By.ID, "toggle").click()
                 wait_for(driver, finals_at_least(1), 60, "a final through the proxy")
                 history = events(driver)
                 driver.quit()  # before the proxy and daemon stop, as in the HTTPS test
                 return history
 
             history = await asyncio.to_thread(scenario)
+    assert refused.startswith(f"The daemon refused the connection (origin_not_allowed): pages from {origin} may not")
+    assert refused_events == []
     assert "/asr/v1/stream" in proxy.targets
     assert word_error_rate(EXPECTED["lights_on.wav"][0], of_type(history, "final")[0]["text"]) <= 0.25
+
+
+async def test_too_many_connections_is_shown_while_the_page_retries(browser: Browser) -> None:
+    async with running_daemon(max_websocket_connections=1) as daemon:
+        held = await websockets.connect(ws_url(daemon))
+        try:
+            await held.send(json.dumps({"type": "config"}))  # a session: the connection stays open
+            await held.recv()
+
+            def refused_scenario() -> tuple[webdriver.Chrome, str, str | None]:
+                driver = browser(FIXTURES / "lights_on.wav")
+                start_streaming(driver, page_url(daemon.http_port))
+                refused = wait_for(driver, notice("connection", "(attempt 2)"), 30, "a second refused attempt")
+                return driver, refused, driver.find_element(By.TAG_NAME, "body").get_attribute("data-state")
+
+            driver, refused, state = await asyncio.to_thread(refused_scenario)
+        finally:
+            await held.close()
+        await asyncio.to_thread(wait_for, driver, lambda d: of_type(events(d), "session_created"), 30, "a session")
+        after = await asyncio.to_thread(notice("connection"), driver)
+    assert refused.startswith("The daemon refused the connection (too_many_connections): the daemon has 1 websocket")
+    assert "Reconnecting in" in refused and state == "reconnecting"
+    assert after is None, "the message goes once a session is open"
 
 
 RESAMPLE = """

@@ -277,15 +277,18 @@ class WebSocketHandler:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         ws = web.WebSocketResponse(max_msg_size=MAX_FRAME_BYTES, heartbeat=30.0, protocols=(SUBPROTOCOL,))
-        if not ws.can_prepare(request).ok:  # a browser or curl opening the URL: say what it is
-            explanation = "this endpoint speaks the WebSocket protocol of docs/protocol.md; connect a WebSocket client"
-            return _refusal(426, "websocket_required", explanation, {"Upgrade": "websocket", "Connection": "Upgrade"})
         try:
             with self.connections.opened(request.remote or ""):
-                return await self._serve(request, ws)
+                if ws.can_prepare(request).ok:
+                    return await self._serve(request, ws)
         except TooManyConnections as exc:
             self.core.metrics.errors.labels("too_many_connections").inc()
             return _refusal(503, "too_many_connections", str(exc), {"Retry-After": "5"})
+        # A browser or curl opening the URL: say what it is. Past the caps, so that a plain GET is
+        # refused as an upgrade would be: a browser sees a refused upgrade only as 1006 and the page
+        # asks again this way.
+        explanation = "this endpoint speaks the WebSocket protocol of docs/protocol.md; connect a WebSocket client"
+        return _refusal(426, "websocket_required", explanation, {"Upgrade": "websocket", "Connection": "Upgrade"})
 
     async def _serve(self, request: web.Request, ws: web.WebSocketResponse) -> web.WebSocketResponse:
         await ws.prepare(request)

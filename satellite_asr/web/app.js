@@ -63,20 +63,29 @@ function subprotocols() {
 }
 
 /**
- * Why the daemon refuses this page's WebSocket upgrade (a wrong key, another origin), or null.
- * A browser only sees such a refusal as close code 1006, so it is asked again over plain HTTP,
- * where the refusal comes before the answer the same URL gives any non-WebSocket request (426).
+ * Why the daemon refuses this page's WebSocket upgrade (a wrong key, another origin, too many
+ * connections), or null. A browser only sees a refused upgrade as close code 1006, so the same URL
+ * is asked again over plain HTTP. First a POST: a same-origin GET carries no Origin header, and the
+ * daemon checks Host, Origin and key before its 405. Then a GET, which the connection caps answer
+ * (503 when full, else 426).
  */
 async function upgradeRefusal() {
   const key = ui.apiKey.value.trim();
+  const headers = key ? { "X-API-Key": key } : {};
   try {
-    const response = await fetch("v1/stream", { headers: key ? { "X-API-Key": key } : {} });
-    if (response.status !== 401 && response.status !== 403) return null;
+    let response = await fetch("v1/stream", { method: "POST", headers });
+    if (response.status === 405) response = await fetch("v1/stream", { headers });
+    if (response.ok || response.status === 426) return null;
     const error = await response.json();
-    return { status: response.status, code: error.code, message: error.message };
+    return error?.type === "error" ? { status: response.status, code: error.code, message: error.message } : null;
   } catch {
-    return null; // the daemon does not answer: an ordinary lost connection
+    return null; // no answer, or not the daemon's: an ordinary lost connection
   }
+}
+
+function describeRefusal(refusal) {
+  const what = refusal.code === "missing_api_key" ? "requires an API key" : `refused the connection (${refusal.code})`;
+  return `The daemon ${what}: ${refusal.message}`;
 }
 
 /** Relative to the page, as every other URL here, so a proxy serving the daemon under a path prefix works. */
@@ -382,13 +391,13 @@ class StreamClient {
     clearTimeout(this.endTimer);
     this.transcript.abandon("connection closed before this utterance's final");
     const refusal = ws.opened ? null : await upgradeRefusal();
-    if (refusal) {
-      if (refusal.status === 401) {
-        askForKey();
-        sessionStorage.removeItem(KEY_STORAGE);
-      }
-      const what = refusal.code === "missing_api_key" ? "requires an API key" : `refused the connection (${refusal.code})`;
-      notify("connection", "error", `The daemon ${what}: ${refusal.message}`);
+    if (refusal?.status === 401) {
+      askForKey();
+      sessionStorage.removeItem(KEY_STORAGE);
+    }
+    if (refusal && refusal.status < 500) {
+      // A wrong key, another origin or host: retrying would not change it (a 503 is retried below).
+      notify("connection", "error", describeRefusal(refusal));
       this.stopMicrophone();
       this.finish("Stopped");
     } else if (this.state === "stopping" || this.state === "idle") {
@@ -401,7 +410,8 @@ class StreamClient {
       const delay = Math.min(BACKOFF_MAX_MS, BACKOFF_FIRST_MS * 2 ** this.attempt) * (0.8 + 0.4 * Math.random());
       this.attempt += 1;
       const why = event.code === 1006 ? "no answer from the daemon" : `code ${event.code} ${event.reason}`.trim();
-      notify("connection", "warning", `Connection lost (${why}). Reconnecting in ${(delay / 1000).toFixed(1)} s (attempt ${this.attempt})…`);
+      const lost = refusal ? describeRefusal(refusal) : `Connection lost (${why})`;
+      notify("connection", "warning", `${lost}. Reconnecting in ${(delay / 1000).toFixed(1)} s (attempt ${this.attempt})…`);
       this.setState("reconnecting", "Reconnecting…");
       this.reconnectTimer = setTimeout(() => this.connect(), delay);
     }
