@@ -357,6 +357,48 @@ async def test_page_asks_for_the_api_key_and_sends_it_as_a_subprotocol(browser: 
     assert word_error_rate(EXPECTED["lights_on.wav"][0], of_type(history, "final")[0]["text"]) <= 0.25
 
 
+def upgrade_failed(driver: webdriver.Chrome) -> bool:
+    """Chromium has logged a failed WebSocket upgrade (the page's `close` event comes in the same task)."""
+    return any("v1/stream' failed" in entry["message"] for entry in driver.get_log("browser"))
+
+
+async def test_a_late_refusal_leaves_the_session_of_a_later_start_alone(browser: Browser) -> None:
+    """Start with a wrong key, then Stop and Start with the right one while the page still asks why
+    its first upgrade failed (the question held in Chromium's network stack): the late answer, 401,
+    is about the first run and must not stop the second."""
+    key = "page-test-key_0123456789"
+    async with running_daemon(api_key=key) as daemon:
+
+        def scenario() -> tuple[str | None, str, str | None, list[dict[str, Any]]]:
+            driver = browser(FIXTURES / "lights_on.wav")
+            driver.get(page_url(daemon.http_port))
+            field, toggle = driver.find_element(By.ID, "api-key"), driver.find_element(By.ID, "toggle")
+            wait_for(driver, lambda d: field.is_displayed() and toggle.is_enabled(), 30, "the key field")
+            driver.execute_cdp_cmd("Fetch.enable", {"patterns": [{"urlPattern": "*/v1/stream"}]})
+            field.send_keys("not-the-key")
+            toggle.click()
+            wait_for(driver, upgrade_failed, 30, "the refused upgrade")
+            toggle.click()  # Stop
+            wait_for(driver, state_is("idle"), 10, "the page to stop")
+            field.clear()
+            field.send_keys(key)
+            toggle.click()
+            wait_for(driver, lambda d: of_type(events(d), "session_created"), 30, "the second run's session")
+            driver.execute_cdp_cmd("Fetch.disable", {})  # the held question goes on, and is answered
+            wait_for(driver, finals_at_least(len(of_type(events(driver), "final")) + 1), 60, "a final after that")
+            body = driver.find_element(By.TAG_NAME, "body")
+            state, status = body.get_attribute("data-state"), driver.find_element(By.ID, "status").text
+            message = notice("connection")(driver)
+            toggle.click()
+            wait_for(driver, state_is("idle"), 30, "the page to stop")
+            return state, status, message, events(driver)
+
+        state, status, message, history = await asyncio.to_thread(scenario)
+    assert state == "streaming" and status.startswith("Listening"), status
+    assert message is None, "no refusal shown for the first run"
+    assert {e["session"] for e in history} == {2}, "one connection after the first run's failed one"
+
+
 async def test_plain_http_on_a_lan_name_explains_the_secure_context(browser: Browser) -> None:
     async with running_daemon() as daemon:
 

@@ -254,6 +254,7 @@ class StreamClient {
     this.state = "idle";
     this.transcript = new Transcript(ui.transcript);
     this.session = 0; // connections made, so history entries can be told apart
+    this.run = 0; // Starts pressed: an answer that arrives after Stop and Start is about an earlier run
     this.attempt = 0;
     this.queue = [];
     this.ws = null;
@@ -278,6 +279,7 @@ class StreamClient {
       ui.apiKey.focus();
       return;
     }
+    this.run += 1;
     this.setState("starting", "Opening the microphone…");
     this.mic = new Microphone(
       (samples, peak) => this.onFrame(samples, peak),
@@ -390,7 +392,9 @@ class StreamClient {
     this.ws = null;
     clearTimeout(this.endTimer);
     this.transcript.abandon("connection closed before this utterance's final");
+    const run = this.run;
     const refusal = ws.opened ? null : await upgradeRefusal();
+    if (run !== this.run) return; // Stop and Start while asking: this socket's run is over
     if (refusal?.status === 401) {
       askForKey();
       sessionStorage.removeItem(KEY_STORAGE);
