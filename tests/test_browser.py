@@ -16,6 +16,7 @@ import re
 import shutil
 import ssl
 import time
+import wave
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -355,6 +356,31 @@ async def test_page_asks_for_the_api_key_and_sends_it_as_a_subprotocol(browser: 
     assert before == [], "no session and no retry without the right key"
     assert of_type(history, "session_created")
     assert word_error_rate(EXPECTED["lights_on.wav"][0], of_type(history, "final")[0]["text"]) <= 0.25
+
+
+async def test_a_session_closed_for_hearing_no_speech_ends_without_reconnecting(
+    browser: Browser, tmp_path: Path
+) -> None:
+    silence = tmp_path / "silence.wav"
+    with wave.open(str(silence), "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(16000)
+        wav.writeframes(bytes(2 * 16000))
+    async with running_daemon(idle_timeout_s=1) as daemon:
+
+        def scenario() -> tuple[str, str | None, list[dict[str, Any]]]:
+            driver = browser(silence)
+            start_streaming(driver, page_url(daemon.http_port))
+            wait_for(driver, lambda d: of_type(events(d), "session_created"), 30, "the session")
+            wait_for(driver, state_is("idle"), 30, "the page to stop after idle_timeout_s")
+            time.sleep(2)  # longer than the first reconnect delay: a retry would show in the history
+            return driver.find_element(By.ID, "status").text, notice("connection")(driver), events(driver)
+
+        status, message, history = await asyncio.to_thread(scenario)
+    assert status == "Stopped: no speech for a while"
+    assert message is None, "no alarm: the daemon ended an idle session, as it is meant to"
+    assert {e["session"] for e in history} == {1}, "no reconnect"
 
 
 def upgrade_failed(driver: webdriver.Chrome) -> bool:

@@ -406,6 +406,10 @@ class StreamClient {
       this.finish("Stopped");
     } else if (this.state === "stopping" || this.state === "idle") {
       this.finish(event.code === 1000 ? "Stopped" : `Stopped (connection closed: ${event.code})`);
+    } else if (event.code === 1001 && event.reason === "idle_timeout") {
+      // The daemon ends a session that hears no speech for its idle_timeout_s: reconnecting would undo that.
+      this.stopMicrophone();
+      this.finish("Stopped: no speech for a while");
     } else if (NO_RETRY.has(event.code)) {
       notify("connection", "error", `The server closed the connection: ${NO_RETRY.get(event.code)} (${event.code} ${event.reason}).`);
       this.stopMicrophone();
