@@ -322,12 +322,12 @@ async def test_server_error_is_shown_and_a_rejected_config_is_not_retried(browse
 
 
 async def test_page_asks_for_the_api_key_and_sends_it_as_a_subprotocol(browser: Browser) -> None:
-    """A daemon with a key: the page shows the key field, refuses to start without a key, reports a
-    wrong one without retrying, and streams with the right one."""
+    """A daemon with a key: the page shows the key field, refuses to start without a key or with one
+    a browser cannot send, reports a wrong one without retrying, and streams with the right one."""
     key = "page-test-key_0123456789"
     async with running_daemon(api_key=key) as daemon:
 
-        def scenario() -> tuple[bool, str, str, list[dict[str, Any]], list[dict[str, Any]]]:
+        def scenario() -> tuple[bool, str, str, str, list[dict[str, Any]], list[dict[str, Any]]]:
             driver = browser(FIXTURES / "lights_on.wav")
             driver.get(page_url(daemon.http_port))
             field = driver.find_element(By.ID, "api-key")
@@ -336,7 +336,12 @@ async def test_page_asks_for_the_api_key_and_sends_it_as_a_subprotocol(browser: 
             wait_for(driver, lambda d: toggle.is_enabled(), 30, "the Start button")
             toggle.click()
             missing = wait_for(driver, notice("connection", "requires an API key"), 10, "the request for a key")
+            field.send_keys(f"Bearer {key}")  # a space: a browser cannot send this as a subprotocol
+            toggle.click()
+            unsendable = wait_for(driver, notice("connection", "holds only"), 10, "the key refused by the page")
+            wait_for(driver, state_is("idle"), 10, "the page to stay idle")
             no_key_events = events(driver)
+            field.clear()
             field.send_keys("not-the-key")
             toggle.click()
             refused = wait_for(driver, notice("connection", "invalid_api_key"), 30, "the refused key")
@@ -347,11 +352,12 @@ async def test_page_asks_for_the_api_key_and_sends_it_as_a_subprotocol(browser: 
             field.send_keys(key)
             toggle.click()
             wait_for(driver, finals_at_least(1), 90, "a final with the right key")
-            return field.is_displayed(), missing, refused, no_key_events + refused_events, events(driver)
+            return field.is_displayed(), missing, unsendable, refused, no_key_events + refused_events, events(driver)
 
-        shown, missing, refused, before, history = await asyncio.to_thread(scenario)
+        shown, missing, unsendable, refused, before, history = await asyncio.to_thread(scenario)
     assert shown
     assert "enter it in the settings" in missing
+    assert unsendable.startswith("An API key holds only letters, digits and"), unsendable
     assert refused.startswith("The daemon refused the connection (invalid_api_key)")
     assert before == [], "no session and no retry without the right key"
     assert of_type(history, "session_created")

@@ -27,6 +27,7 @@ const INSECURE_CONTEXT =
 const SUBPROTOCOL = "satellite-asr";
 const KEY_SUBPROTOCOL_PREFIX = "satellite-asr.key.";
 const KEY_STORAGE = "satellite-asr.api-key"; // sessionStorage: kept across reloads of this tab only
+const TOKEN = /^[A-Za-z0-9!#$%&'*+.^_`|~-]+$/; // what a subprotocol may hold (RFC 7230 token), as daemon keys do
 
 const ui = {
   toggle: document.getElementById("toggle"),
@@ -274,8 +275,14 @@ class StreamClient {
     notify("mic", null);
     notify("server", null);
     notify("connection", null);
-    if (!ui.apiKey.hidden && !ui.apiKey.value.trim()) {
+    const key = ui.apiKey.value.trim();
+    if (!ui.apiKey.hidden && !key) {
       notify("connection", "error", "This daemon requires an API key: enter it in the settings, then press Start.");
+      ui.apiKey.focus();
+      return;
+    }
+    if (key && !TOKEN.test(key)) {
+      notify("connection", "error", "An API key holds only letters, digits and !#$%&'*+-.^_`|~ (no spaces): enter the key alone.");
       ui.apiKey.focus();
       return;
     }
@@ -308,7 +315,16 @@ class StreamClient {
     this.sent = 0;
     this.sentFrames = []; // {from: first sample, at: performance.now()} of the frames sent lately
     this.setState(this.attempt ? "reconnecting" : "streaming", "Connecting…");
-    const ws = new WebSocket(streamUrl(), subprotocols());
+    let ws;
+    try {
+      ws = new WebSocket(streamUrl(), subprotocols());
+    } catch (error) {
+      // A throw (a key Start did not check) would leave the page "Connecting…" with the microphone open.
+      notify("connection", "error", `The connection could not be opened: ${error.message}`);
+      this.stopMicrophone();
+      this.finish("Stopped");
+      return;
+    }
     ws.binaryType = "arraybuffer";
     ws.onopen = () => {
       ws.opened = true;
