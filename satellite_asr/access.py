@@ -109,9 +109,10 @@ def split_host(value: str) -> tuple[str, int | None] | None:
 
 
 def listed_host(entry: str) -> str:
-    """An `allowed_hosts` entry as `Host` names are compared: a bare name, lowercase. A port or a
-    scheme would never match (the port is not part of the check), so it is refused, not ignored."""
-    name = entry.strip().lower().rstrip(".")
+    """An `allowed_hosts` entry as `Host` names are compared: a bare name, lowercase, an international
+    name in the xn-- form a client sends. A port or a scheme would never match (the port is not part
+    of the check), so it is refused, not ignored."""
+    name = _ascii_name(entry.strip().lower().rstrip("."), "allowed_hosts", entry)
     if _is_ip(name.removeprefix("[").removesuffix("]")) or _HOST_NAME.fullmatch(name):
         return name
     bare = (split_host(urlsplit(name).netloc or name) or ("", None))[0]
@@ -120,9 +121,14 @@ def listed_host(entry: str) -> str:
 
 
 def listed_origin(entry: str) -> str:
-    """An `allowed_origins` entry as a browser sends `Origin`: scheme://host[:port], lowercase, without
-    the scheme's default port. Anything else could never match, so it is refused."""
+    """An `allowed_origins` entry as a browser sends `Origin`. A web page's (http, https) is
+    scheme://host[:port], lowercase, the host in its xn-- form, without the scheme's default port:
+    anything else could never match, so it is refused. An app's or an extension's origin
+    (`capacitor://localhost`, `chrome-extension://ID`) and `null` are kept as written."""
     value = entry.strip().lower().rstrip("/")
+    scheme, separator, rest = value.partition("://")
+    if value == "null" or (separator and scheme not in DEFAULT_PORTS and rest and "/" not in rest):
+        return value
     example = "e.g. https://ha.example.org or http://192.168.1.10:8123"
     try:
         url = urlsplit(value)
@@ -135,8 +141,19 @@ def listed_origin(entry: str) -> str:
         )
     if url.username is not None or url.password is not None:
         raise ConfigError("allowed_origins: an entry holds a user or password; an origin is scheme://host[:port]")
-    host = f"[{url.hostname}]" if ":" in url.hostname else url.hostname
+    hostname = _ascii_name(url.hostname, "allowed_origins", entry)
+    host = f"[{hostname}]" if ":" in hostname else hostname
     return f"{url.scheme}://{host}" + (f":{port}" if port not in (None, DEFAULT_PORTS[url.scheme]) else "")
+
+
+def _ascii_name(name: str, setting: str, entry: str) -> str:
+    """An international domain name in the xn-- form that clients send in `Host` and `Origin`."""
+    if name.isascii():
+        return name
+    try:
+        return name.encode("idna").decode("ascii")
+    except UnicodeError:
+        raise ConfigError(f"{setting}: {entry!r} is not a valid international domain name") from None
 
 
 def _is_ip(name: str) -> bool:

@@ -307,10 +307,12 @@ def test_allowed_hosts_and_origins_that_could_never_match_stop_start_up() -> Non
     with pytest.raises(ConfigError, match="holds a user or password") as refused:
         Access(daemon_settings(allowed_origins=("https://me:pa55word@ha.example.org",)))
     assert "pa55word" not in str(refused.value)
-    listed = Access(
-        daemon_settings(allowed_hosts=("ASR.lan.", "[::1]"), allowed_origins=("HTTPS://HA.example.org:443/",))
-    )
-    assert listed.host_allowed("asr.lan:8787") and listed.origin_allowed("https://ha.example.org", None, "http")
+    hosts = ("ASR.lan.", "[::1]", "bücher.lan")
+    origins = ("HTTPS://HA.example.org:443/", "https://bücher.example", "capacitor://localhost", "null")
+    listed = Access(daemon_settings(allowed_hosts=hosts, allowed_origins=origins))
+    assert listed.host_allowed("asr.lan:8787") and listed.host_allowed("xn--bcher-kva.lan")
+    sent = ("https://ha.example.org", "https://xn--bcher-kva.example", "capacitor://localhost", "null")
+    assert all(listed.origin_allowed(origin, None, "http") for origin in sent)
 
 
 async def test_a_refused_host_is_named_without_its_port() -> None:
