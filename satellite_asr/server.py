@@ -216,7 +216,8 @@ def tls_context(cert: str, key: str) -> ssl.SSLContext:
     try:
         context.load_cert_chain(cert, key, password=no_pass_phrase)
     except ssl.SSLError as exc:
-        reason = "the key does not match the certificate" if exc.reason == "KEY_VALUES_MISMATCH" else str(exc)
+        mismatch = exc.reason in ("KEY_VALUES_MISMATCH", "KEY_TYPE_MISMATCH", "NO_CERTIFICATE_ASSIGNED")
+        reason = "the key does not match the certificate" if mismatch else str(exc)
         raise ConfigError(f"tls_cert/tls_key: cannot load {cert} with {key}: {reason}") from None
     return context
 

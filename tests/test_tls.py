@@ -12,6 +12,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from satellite_asr.clients.audio_source import WavSource
 from satellite_asr.clients.stream_client import stream_source
@@ -86,6 +87,12 @@ def test_each_tls_file_at_fault_is_named(tmp_path: Path) -> None:
     encrypted.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption))
     (tmp_path / "other").mkdir()
     other = self_signed(tmp_path / "other", ["localhost"], [])
+    rsa_key = tmp_path / "rsa.pem"
+    rsa_key.write_bytes(
+        rsa.generate_private_key(65537, 2048).private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
     garbage = tmp_path / "garbage.pem"
     garbage.write_text("not a certificate\n")
     faults = {
@@ -93,6 +100,7 @@ def test_each_tls_file_at_fault_is_named(tmp_path: Path) -> None:
         (garbage, cert.key): f"tls_cert: {garbage} holds no PEM certificate",
         (cert.cert, cert.cert): f"tls_key: {cert.cert} holds no PEM private key",
         (cert.cert, other.key): "the key does not match the certificate",
+        (cert.cert, rsa_key): "the key does not match the certificate",
         (cert.cert, tmp_path): f"tls_key: cannot read {tmp_path}",
     }
     for (cert_file, key_file), message in faults.items():
