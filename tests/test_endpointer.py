@@ -185,10 +185,10 @@ def test_flush_turns_a_word_the_stream_ended_on_into_an_utterance_but_not_a_clic
     """The client said the command is over: a short last word ("no") is one, though it never
     lasted `min_speech_ms`."""
     word = Endpointer(CONFIG)
-    run(word, [0.0] * 20 + [0.9] * 3)
-    assert word.flush() == [SpeechStart(20 * WINDOW - ms_to_samples(300)), Endpoint(23 * WINDOW, "forced")]
+    run(word, [0.0] * 20 + [0.9] * 5)
+    assert word.flush() == [SpeechStart(20 * WINDOW - ms_to_samples(300)), Endpoint(25 * WINDOW, "forced")]
     click = Endpointer(CONFIG)
-    run(click, [0.0] * 20 + [0.9] * 2)
+    run(click, [0.0] * 20 + [0.9] * 4)
     assert click.flush() == []
     assert not click.in_speech and click.flush() == []
 

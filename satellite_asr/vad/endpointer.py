@@ -52,9 +52,11 @@ longer than `ONSET_GAP`) starts where that one did, so the pre-roll keeps the fi
 ONSET_LOOKBACK = ms_to_samples(1500)
 """How far before its own first speech an onset may start by `ONSET_REACH`: a chain of blips
 cannot drag the start back without end."""
-FLUSH_MIN_SPEECH = 3 * WINDOW
+FLUSH_MIN_SPEECH = 5 * WINDOW
 """Speech of an onset not yet confirmed (shorter than `min_speech_ms`) that a flush still turns into
-an utterance: a word cut off by the end of the stream, not a click (one or two windows)."""
+an utterance: a word cut off by the end of the stream (160 ms or more), not a click or the tail of
+a sound from a television (as any server that transcribes the whole stream would, Whisper may write
+words for such a tail)."""
 
 
 SETTING_OF = {"threshold": "vad_threshold"}
