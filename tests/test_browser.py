@@ -258,14 +258,14 @@ async def test_lost_connection_is_retried_with_backoff_and_streaming_resumes(bro
         driver = browser(FIXTURES / "lights_on.wav")
         start_streaming(driver, page_url(port))
         wait_for(driver, lambda d: of_type(events(d), "session_created"), 30, "the first session")
-        driver.execute_script("Math.random = () => 0.9999")  # the retry delays' largest jitter, +20%
+        driver.execute_script("Math.random = () => 0.9999")  # the retry delays' largest jitter
         return driver
 
     async with running_daemon() as first:
         port = first.http_port
         driver = await asyncio.to_thread(open_page, port)
     # The daemon has shut down (closing the stream with 1001) and nothing listens on the port now.
-    # Delays 0.6, 1.2, 2.4, 4.8, 9.6 s, then the cap.
+    # Delays 0.5, 1, 2, 4, 8 s, then the cap.
     lost = await asyncio.to_thread(wait_for, driver, notice("connection", "(attempt 6)"), 60, "failed retries")
     async with running_daemon(http_port=port):
         await asyncio.to_thread(wait_for, driver, session_has_final(2), 90, "a final after reconnecting")

@@ -431,8 +431,8 @@ class StreamClient {
       this.stopMicrophone();
       this.finish("Stopped");
     } else {
-      // ±20% so that pages do not retry in step; capped after that, so never over BACKOFF_MAX_MS.
-      const delay = Math.min(BACKOFF_MAX_MS, BACKOFF_FIRST_MS * 2 ** this.attempt * (0.8 + 0.4 * Math.random()));
+      // Up to 25% less, so that pages do not retry in step, and never over BACKOFF_MAX_MS.
+      const delay = Math.min(BACKOFF_MAX_MS, BACKOFF_FIRST_MS * 2 ** this.attempt) * (0.75 + 0.25 * Math.random());
       this.attempt += 1;
       const why = event.code === 1006 ? "no answer from the daemon" : `code ${event.code} ${event.reason}`.trim();
       const lost = refusal ? describeRefusal(refusal) : `Connection lost (${why})`;
