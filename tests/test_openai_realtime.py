@@ -19,7 +19,7 @@ from websockets.exceptions import ConnectionClosed
 from satellite_asr.audio import SAMPLE_RATE
 from satellite_asr.server import Daemon
 from tests.doubles import ContextRecordingEngineDouble, CrashingEngineDouble
-from tests.helpers import EXPECTED, fixture_16k, of_type, pcm16, running_daemon, same_words
+from tests.helpers import EXPECTED, fixture_16k, normalise, of_type, pcm16, running_daemon, same_words
 from tests.home_assistant_double import running_home_assistant
 
 pytestmark = pytest.mark.timeout(180)
@@ -180,6 +180,20 @@ async def test_manual_commit_without_turn_detection() -> None:
     [error] = of_type(events, "error")
     assert error["error"]["code"] == "input_audio_buffer_commit_empty" and error["error"]["event_id"] == "empty-commit"
     assert_item_lifecycle(events, vad=False)
+
+
+async def test_a_commit_with_server_vad_ends_a_word_it_cut_short() -> None:
+    """With server VAD on, a commit right after a word that had not yet lasted `min_speech_ms` makes
+    an item of it (it had been an empty item, and the word reached into the next one)."""
+    cut = pcm16(fixture_16k("lights_on.wav")[: int(0.85 * SAMPLE_RATE)])  # the voice starts at 0.5 s
+    async with running_daemon() as daemon, sdk_client(daemon).realtime.connect() as connection:
+        await connection.session.update(session=ga_update(turn_detection={"type": "server_vad"}))
+        for piece in chunks(cut, 48000):
+            await connection.input_audio_buffer.append(audio=piece)
+        await connection.input_audio_buffer.commit()
+        events = await sdk_events(connection, finals(1))
+    assert "turn" in normalise(transcripts(events)[0]), transcripts(events)
+    assert len(of_type(events, "input_audio_buffer.committed")) == 1
 
 
 async def test_beta_transcription_session_with_g711_ulaw() -> None:

@@ -205,28 +205,30 @@ class _Connection:
         await self.input.feed(data)
 
     async def commit(self) -> None:
-        """End the item now: the utterance in progress, or audio in which VAD heard no speech."""
+        """End the item now: the utterance in progress (or a word the commit cut short, which the
+        flush makes one), or audio in which VAD heard no speech. Either way nothing heard before
+        the commit reaches into the next item."""
         assert self.input is not None
         await self.input.drain()  # the resampler's tail is the item's last milliseconds
         session = self.session
         uncommitted_ms = (session.samples_received - self.commit_mark) * 1000 / SAMPLE_RATE
-        if session.in_utterance:
-            self.committing = True
-            try:
-                await session.flush()
-            finally:
-                self.committing = False
-        elif uncommitted_ms >= MIN_COMMIT_MS:
+        spoken, utterances = session.in_utterance, session.utterances
+        self.committing = True
+        try:
+            await session.flush()
+        finally:
+            self.committing = False
+        if not spoken and session.utterances == utterances:
+            if uncommitted_ms < MIN_COMMIT_MS:
+                message = (
+                    f"buffer too small: {uncommitted_ms:.0f} ms of audio since the last commit, "
+                    f"at least {MIN_COMMIT_MS} ms is needed"
+                )
+                raise ProtocolError("input_audio_buffer_commit_empty", message)
             item = _Item(new_id("item"))
             await self.committed(item)
             usage = {"type": "duration", "seconds": round(uncommitted_ms / 1000, 3)}
             await self.send(self.completed(item, "", usage))
-        else:
-            message = (
-                f"buffer too small: {uncommitted_ms:.0f} ms of audio since the last commit, "
-                f"at least {MIN_COMMIT_MS} ms is needed"
-            )
-            raise ProtocolError("input_audio_buffer_commit_empty", message)
         self.commit_mark = session.samples_received
 
     async def clear(self) -> None:
