@@ -70,6 +70,18 @@ def test_unreadable_or_malformed_files_are_reported(tmp_path: Path) -> None:
         load_settings(listed, environ={})
 
 
+def test_a_malformed_file_is_reported_by_line_without_quoting_it(tmp_path: Path) -> None:
+    """PyYAML's message quotes the offending line, which may be an unterminated secret."""
+    config = tmp_path / "c.yaml"
+    config.write_text('silence_ms: 800\nha_token: "eyJhbGciOi-secret-part\nlog_level: INFO\n')
+    result = subprocess.run(
+        [sys.executable, "-m", "satellite_asr", "serve", "--config", str(config)], capture_output=True, text=True
+    )
+    assert result.returncode == 2
+    assert f"config file {config}: not valid YAML: while scanning a quoted scalar at line 2, column 11" in result.stderr
+    assert "secret-part" not in result.stderr and "Traceback" not in result.stderr
+
+
 def test_example_config_documents_every_key_with_its_default() -> None:
     example = yaml.safe_load((ROOT / "config.example.yaml").read_text())
     fields = {f.name: setting_default(f) for f in setting_fields()}
