@@ -66,8 +66,10 @@ def load_api_key(settings: Settings) -> str | None:
         origin = f"api_key_file {settings.api_key_file}"
         try:
             lines = Path(settings.api_key_file).read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{origin}: cannot be read ({getattr(exc, 'strerror', None) or exc})") from None
+        except OSError as exc:
+            raise ConfigError(f"{origin}: cannot be read ({exc.strerror or exc})") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{origin}: not UTF-8 text; its first line must be the key") from None
         key = lines[0].strip() if lines else ""
         if not key:
             raise ConfigError(f"{origin}: the file is empty; its first line must be the key")

@@ -336,6 +336,10 @@ class Settings:
             return Path(self.ha_token_file).read_text(encoding="utf-8").strip()
         except OSError as exc:
             raise ConfigError(f"ha_token_file {self.ha_token_file}: cannot be read ({exc.strerror})") from None
+        except UnicodeDecodeError:
+            raise ConfigError(
+                f"ha_token_file {self.ha_token_file}: not UTF-8 text; it must hold the token alone"
+            ) from None
 
 
 def setting_fields() -> list[dataclasses.Field[Any]]:
@@ -482,9 +486,13 @@ def check_silences(min_silence_ms: int, silence_ms: int) -> None:
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = path.read_bytes()
+        data = yaml.safe_load(raw.decode("utf-8"))
     except OSError as exc:
         raise ConfigError(f"config file {path}: cannot be read ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ConfigError(f"config file {path}: line {line} is not UTF-8 text; save the file as UTF-8") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {path}: not valid YAML: {_yaml_problem(exc)}") from None
     if data is None:

@@ -82,6 +82,29 @@ def test_a_malformed_file_is_reported_by_line_without_quoting_it(tmp_path: Path)
     assert "secret-part" not in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("setting", ["config", "ha_token_file", "api_key_file"])
+def test_a_file_that_is_not_utf8_is_named_with_its_setting(tmp_path: Path, setting: str) -> None:
+    """Not a bare UnicodeDecodeError that names neither the file nor the setting."""
+    latin1 = tmp_path / "latin1"
+    latin1.write_bytes("silence_ms: 700\nzeroconf_name: K\u00fcche\n".encode("latin-1"))
+    flags = {
+        "config": ["--config", str(latin1)],
+        "ha_token_file": ["--ha-url", "http://127.0.0.1:9", "--ha-token-file", str(latin1)],
+        "api_key_file": ["--api-key-file", str(latin1), "--no-zeroconf", "--http-port", "0", "--wyoming-uri", "none"],
+    }[setting]
+    result = subprocess.run(
+        [sys.executable, "-m", "satellite_asr", "serve", *flags], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 2, result.stderr
+    expected = {
+        "config": f"config file {latin1}: line 2 is not UTF-8 text",
+        "ha_token_file": f"ha_token_file {latin1}: not UTF-8 text",
+        "api_key_file": f"api_key_file {latin1}: not UTF-8 text",
+    }[setting]
+    assert f"satellite-asr: configuration error: {expected}" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_example_config_documents_every_key_with_its_default() -> None:
     example = yaml.safe_load((ROOT / "config.example.yaml").read_text())
     fields = {f.name: setting_default(f) for f in setting_fields()}
