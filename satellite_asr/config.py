@@ -406,11 +406,11 @@ def _convert(kind: type, raw: Any) -> Any:
             raise ValueError(raw)
         return value
     if kind is tuple:
-        if isinstance(raw, str):
-            return tuple(part.strip() for part in raw.split(",") if part.strip())
-        if isinstance(raw, (list, tuple)) and all(isinstance(x, (str, int, float)) for x in raw):
-            return tuple(str(x) for x in raw)
-        raise ValueError(raw)
+        # A repeated flag gives a list whose items may each be comma-separated too.
+        items = [raw] if isinstance(raw, str) else raw
+        if not isinstance(items, (list, tuple)) or not all(isinstance(x, (str, int, float)) for x in items):
+            raise ValueError(raw)
+        return tuple(part.strip() for item in items for part in str(item).split(",") if part.strip())
     if raw is None:
         return ""
     if not isinstance(raw, (str, int, float)) or isinstance(raw, bool):

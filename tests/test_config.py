@@ -124,6 +124,14 @@ def test_every_setting_has_a_serve_flag() -> None:
         assert "--" + f.name.replace("_", "-") in serve_help
 
 
+def test_list_flags_are_repeatable_and_comma_separated() -> None:
+    args = build_parser().parse_args(
+        ["serve", "--remote-urls", "http://10.1.2.3:8000, http://10.1.2.4:8000", "--remote-urls=http://10.1.2.5:8000"]
+    )
+    settings = load_settings(None, environ={}, overrides={f.name: getattr(args, f.name) for f in setting_fields()})
+    assert settings.remote_urls == ("http://10.1.2.3:8000", "http://10.1.2.4:8000", "http://10.1.2.5:8000")
+
+
 def test_serve_stops_with_a_clear_message_on_a_bad_value() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "satellite_asr", "serve", "--http-port", "99999"], capture_output=True, text=True
