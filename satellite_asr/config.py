@@ -8,6 +8,7 @@ YAML keys (`silence_ms`) are all derived from that one declaration, so they cann
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -367,7 +368,7 @@ def coerce(name: str, raw: Any) -> Any:
     try:
         value = _convert(kind, raw)
     except (TypeError, ValueError):
-        raise ConfigError(f"{name}: expected {_describe(kind)}, got {shown}") from None
+        raise ConfigError(f"{name}: expected {_describe(kind)}, got {shown}{_yaml_hint(f, raw)}") from None
     choices = meta.get("choices")
     if choices is not None:
         if name == "log_level" and isinstance(value, str):
@@ -381,8 +382,25 @@ def coerce(name: str, raw: Any) -> Any:
     return value
 
 
+def _yaml_hint(f: dataclasses.Field[Any], raw: Any) -> str:
+    """How to write text that YAML 1.1 reads as something else (`language: no` is false,
+    `context: 2024-01-01` a date). No conversion back: `no` and `false` give the same value."""
+    items = raw if isinstance(raw, list) else [raw]
+    misread = next((x for x in items if isinstance(x, (bool, datetime.date))), None)
+    if _kind(f) not in (str, tuple) or misread is None:
+        return ""
+    if isinstance(misread, bool):
+        read_as, example = "an unquoted yes, no, on, off, true or false as true or false", "yes" if misread else "no"
+    else:
+        read_as, example = "an unquoted date as a date", str(misread)
+    example = f'"{example if f.repr else "..."}"'
+    if isinstance(raw, list):
+        return f"; YAML reads {read_as}: quote each item, e.g. {f.name}: [{example}]"
+    return f"; YAML reads {read_as}: quote the text, e.g. {f.name}: {example}"
+
+
 def _describe(kind: type) -> str:
-    return {bool: "true or false", int: "a whole number", float: "a number", tuple: "a list", str: "text"}[kind]
+    return {bool: "true or false", int: "a whole number", float: "a number", tuple: "a list of text", str: "text"}[kind]
 
 
 def _convert(kind: type, raw: Any) -> Any:
@@ -408,14 +426,19 @@ def _convert(kind: type, raw: Any) -> Any:
     if kind is tuple:
         # A repeated flag gives a list whose items may each be comma-separated too.
         items = [raw] if isinstance(raw, str) else raw
-        if not isinstance(items, (list, tuple)) or not all(isinstance(x, (str, int, float)) for x in items):
+        if not isinstance(items, (list, tuple)) or not all(_scalar_text(x) for x in items):
             raise ValueError(raw)
         return tuple(part.strip() for item in items for part in str(item).split(",") if part.strip())
     if raw is None:
         return ""
-    if not isinstance(raw, (str, int, float)) or isinstance(raw, bool):
+    if not _scalar_text(raw):
         raise ValueError(raw)
     return str(raw)
+
+
+def _scalar_text(raw: Any) -> bool:
+    """A value text settings take as it is written: YAML's booleans and dates are not (see `_yaml_hint`)."""
+    return isinstance(raw, (str, int, float)) and not isinstance(raw, bool)
 
 
 def load_settings(

@@ -105,6 +105,46 @@ def test_a_file_that_is_not_utf8_is_named_with_its_setting(tmp_path: Path, setti
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("line", "message", "quoted", "value"),
+    [
+        (
+            "language: no",
+            "language: expected text, got False; YAML reads an unquoted yes, no, on, off, true or false as true or "
+            'false: quote the text, e.g. language: "no"',
+            'language: "no"',
+            "no",
+        ),
+        (
+            "context: 2024-01-01",
+            "context: expected text, got datetime.date(2024, 1, 1); YAML reads an unquoted date as a date: quote the "
+            'text, e.g. context: "2024-01-01"',
+            'context: "2024-01-01"',
+            "2024-01-01",
+        ),
+        (
+            "allowed_hosts: [asr.lan, on]",
+            "allowed_hosts: expected a list of text, got ['asr.lan', True]; YAML reads an unquoted yes, no, on, off, "
+            'true or false as true or false: quote each item, e.g. allowed_hosts: ["yes"]',
+            'allowed_hosts: [asr.lan, "on"]',
+            ("asr.lan", "on"),
+        ),
+    ],
+)
+def test_text_that_yaml_reads_as_another_type_is_refused_with_how_to_quote_it(
+    tmp_path: Path, line: str, message: str, quoted: str, value: object
+) -> None:
+    """YAML 1.1 reads `no` as false and `2024-01-01` as a date; `no` cannot be told from `false`
+    afterwards, so nothing is converted back: the message says how to quote it."""
+    config = tmp_path / "c.yaml"
+    config.write_text(line + "\n")
+    with pytest.raises(ConfigError) as refused:
+        load_settings(config, environ={})
+    assert str(refused.value) == message
+    config.write_text(quoted + "\n")
+    assert getattr(load_settings(config, environ={}), line.split(":")[0]) == value
+
+
 def test_example_config_documents_every_key_with_its_default() -> None:
     example = yaml.safe_load((ROOT / "config.example.yaml").read_text())
     fields = {f.name: setting_default(f) for f in setting_fields()}
