@@ -449,18 +449,18 @@ def load_settings(
     """Settings from defaults < `config_file` < `SATELLITE_ASR_*` environment < `overrides` (CLI)."""
     values: dict[str, Any] = {}
     if config_file:
-        values.update(_read_yaml(Path(config_file)))
+        _over(values, _read_yaml(Path(config_file)))
     env = os.environ if environ is None else environ
     known = {f.name for f in setting_fields()}
+    from_env = {}
     for key, raw in env.items():
         if key.startswith(ENV_PREFIX):
             name = key[len(ENV_PREFIX) :].lower()
             if name not in known:
                 raise ConfigError(f"environment variable {key}: unknown setting '{name}'")
-            values[name] = coerce(name, raw)
-    for name, raw in (overrides or {}).items():
-        if raw is not None:
-            values[name] = coerce(name, raw)
+            from_env[name] = coerce(name, raw)
+    _over(values, from_env)
+    _over(values, {name: coerce(name, raw) for name, raw in (overrides or {}).items() if raw is not None})
     settings = Settings(**values)
     if bool(settings.tls_cert) != bool(settings.tls_key):
         raise ConfigError("tls_cert and tls_key: give both or neither")
@@ -475,6 +475,20 @@ def load_settings(
     check_home_assistant(settings)
     check_remote_urls(settings.remote_urls)
     return settings
+
+
+ALTERNATIVES = (("api_key", "api_key_file"), ("ha_token", "ha_token_file"))
+"""Two ways to give one secret: a layer that gives one of them drops the other from the layers below."""
+
+
+def _over(values: dict[str, Any], layer: Mapping[str, Any]) -> None:
+    """`layer` over `values`, so that `--api-key` on the command line replaces an `api_key_file`
+    from the config file instead of clashing with it (given together in one layer they still do)."""
+    for pair in ALTERNATIVES:
+        for name, other in (pair, pair[::-1]):
+            if layer.get(name) and other not in layer:
+                values.pop(other, None)
+    values.update(layer)
 
 
 def check_home_assistant(settings: Settings) -> None:

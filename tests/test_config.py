@@ -198,6 +198,26 @@ def test_home_assistant_needs_a_url_and_exactly_one_token(tmp_path: Path) -> Non
             load_settings(environ={}, overrides=overrides)
 
 
+def test_a_higher_layer_giving_one_of_a_secret_pair_replaces_the_other(tmp_path: Path) -> None:
+    """`--api-key` over a config file's `api_key_file` is a replacement, not a clash; in one layer
+    both are still refused."""
+    token_file = tmp_path / "ha_token"
+    token_file.write_text("file-token\n")
+    config = tmp_path / "c.yaml"
+    config.write_text(f"api_key_file: {token_file}\nha_url: http://ha:8123\nha_token_file: {token_file}\n")
+    settings = load_settings(config, environ={"SATELLITE_ASR_HA_TOKEN": "env-token"}, overrides={"api_key": "cli-key"})
+    assert (settings.api_key, settings.api_key_file) == ("cli-key", "")
+    assert (settings.ha_token, settings.ha_token_file) == ("env-token", "")
+    assert settings.home_assistant_token() == "env-token"
+    config.write_text("api_key: file-key\nha_url: http://ha:8123\nha_token: file-token\n")
+    environ = {"SATELLITE_ASR_HA_TOKEN_FILE": str(token_file), "SATELLITE_ASR_API_KEY_FILE": str(token_file)}
+    settings = load_settings(config, environ=environ)
+    assert (settings.api_key, settings.api_key_file) == ("", str(token_file))
+    assert settings.home_assistant_token() == "file-token"
+    with pytest.raises(ConfigError, match="api_key and api_key_file: give one or neither"):
+        load_settings(config, environ={}, overrides={"api_key": "cli-key", "api_key_file": str(token_file)})
+
+
 def test_a_remote_url_with_a_user_or_password_is_refused_without_repeating_it() -> None:
     """Errors quote a server's URL, and they go to clients and logs; remote_api_key authenticates."""
     good = "http://10.1.2.3:8000"
