@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import ipaddress
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -474,6 +475,7 @@ def load_settings(
         )
     check_home_assistant(settings)
     check_remote_urls(settings.remote_urls)
+    check_zeroconf(settings)
     return settings
 
 
@@ -513,6 +515,18 @@ def check_remote_urls(urls: Sequence[str]) -> None:
     """No user or password in a vLLM server's URL: errors quote the URL, to clients and in logs."""
     if any("@" in urlsplit(url.strip()).netloc for url in urls):
         raise ConfigError("remote_urls: a vLLM server URL must not hold a user or password (set remote_api_key)")
+
+
+def check_zeroconf(settings: Settings) -> None:
+    """Interfaces are chosen by address: a name (eth0) would only fail later, at run time."""
+    for entry in settings.zeroconf_interface:
+        try:
+            ipaddress.ip_address(entry)
+        except ValueError:
+            raise ConfigError(
+                f"zeroconf_interface: {entry!r} is not an IP address; it takes addresses of this machine's "
+                "interfaces (e.g. 192.168.1.20), not interface names"
+            ) from None
 
 
 def check_silences(min_silence_ms: int, silence_ms: int) -> None:

@@ -15,6 +15,13 @@ from satellite_asr.config import ConfigError, Settings, coerce, load_settings, s
 ROOT = Path(__file__).parent.parent
 
 
+def serve_on_loopback(*flags: str) -> subprocess.CompletedProcess[str]:
+    """`satellite-asr serve` with `flags`, on loopback should it start: the tests expect it to stop."""
+    loopback = ["--host", "127.0.0.1", "--http-port", "0", "--wyoming-uri", "none", "--no-zeroconf"]
+    command = [sys.executable, "-m", "satellite_asr", "serve", *loopback, *flags]
+    return subprocess.run(command, capture_output=True, text=True, timeout=60)
+
+
 def test_defaults() -> None:
     settings = load_settings(environ={})
     assert settings.host == "0.0.0.0" and settings.http_port == 10301
@@ -74,9 +81,7 @@ def test_a_malformed_file_is_reported_by_line_without_quoting_it(tmp_path: Path)
     """PyYAML's message quotes the offending line, which may be an unterminated secret."""
     config = tmp_path / "c.yaml"
     config.write_text('silence_ms: 800\nha_token: "eyJhbGciOi-secret-part\nlog_level: INFO\n')
-    result = subprocess.run(
-        [sys.executable, "-m", "satellite_asr", "serve", "--config", str(config)], capture_output=True, text=True
-    )
+    result = serve_on_loopback("--config", str(config))
     assert result.returncode == 2
     assert f"config file {config}: not valid YAML: while scanning a quoted scalar at line 2, column 11" in result.stderr
     assert "secret-part" not in result.stderr and "Traceback" not in result.stderr
@@ -90,11 +95,9 @@ def test_a_file_that_is_not_utf8_is_named_with_its_setting(tmp_path: Path, setti
     flags = {
         "config": ["--config", str(latin1)],
         "ha_token_file": ["--ha-url", "http://127.0.0.1:9", "--ha-token-file", str(latin1)],
-        "api_key_file": ["--api-key-file", str(latin1), "--no-zeroconf", "--http-port", "0", "--wyoming-uri", "none"],
+        "api_key_file": ["--api-key-file", str(latin1)],
     }[setting]
-    result = subprocess.run(
-        [sys.executable, "-m", "satellite_asr", "serve", *flags], capture_output=True, text=True, timeout=120
-    )
+    result = serve_on_loopback(*flags)
     assert result.returncode == 2, result.stderr
     expected = {
         "config": f"config file {latin1}: line 2 is not UTF-8 text",
@@ -178,6 +181,17 @@ def test_serve_stops_with_a_clear_message_on_a_bad_value() -> None:
     )
     assert result.returncode == 2
     assert "http_port: must be between 0 and 65535" in result.stderr
+
+
+def test_a_zeroconf_interface_that_is_not_an_address_stops_start_up() -> None:
+    """An interface name was only a warning once the daemon ran, and it then advertised nothing."""
+    result = serve_on_loopback("--zeroconf-interface", "127.0.0.1,eth0")
+    assert result.returncode == 2, result.stderr
+    assert "configuration error: zeroconf_interface: 'eth0' is not an IP address" in result.stderr
+    assert load_settings(environ={}, overrides={"zeroconf_interface": "127.0.0.1,::1"}).zeroconf_interface == (
+        "127.0.0.1",
+        "::1",
+    )
 
 
 def test_home_assistant_needs_a_url_and_exactly_one_token(tmp_path: Path) -> None:
