@@ -63,7 +63,9 @@ class Settings:
     zeroconf_interface: tuple[str, ...] = _opt(
         (), "Interface address to advertise on (repeatable); empty: all interfaces."
     )
-    zeroconf_name: str = _opt("", "Zeroconf instance name; empty: derived from the host name.")
+    zeroconf_name: str = _opt(
+        "", "Zeroconf instance name (cut to 60 bytes; no dot at either end); empty: derived from the host name."
+    )
     tls_cert: str = _opt("", "PEM certificate for HTTPS/WSS (browsers need a secure context for the microphone).")
     tls_key: str = _opt("", "PEM private key matching tls_cert.")
 
@@ -518,7 +520,14 @@ def check_remote_urls(urls: Sequence[str]) -> None:
 
 
 def check_zeroconf(settings: Settings) -> None:
-    """Interfaces are chosen by address: a name (eth0) would only fail later, at run time."""
+    """Interfaces are chosen by address: a name (eth0) would only fail later, at run time. An
+    instance name with a dot at an end, or two in a row, is advertised but cannot be resolved."""
+    name = settings.zeroconf_name.strip()
+    if name.startswith(".") or name.endswith(".") or ".." in name:
+        raise ConfigError(
+            f"zeroconf_name: {settings.zeroconf_name!r} has a dot at its start or end, or two in a row; clients "
+            "could not resolve the service it names: drop those dots"
+        )
     for entry in settings.zeroconf_interface:
         try:
             ipaddress.ip_address(entry)

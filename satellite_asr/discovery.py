@@ -29,7 +29,10 @@ log = logging.getLogger(__name__)
 WYOMING_TYPE = "_wyoming._tcp.local."
 WEBSOCKET_TYPE = "_satellite-asr._tcp.local."
 MAX_LABEL_BYTES = 63
-"""DNS label limit: the instance name is cut to it."""
+"""DNS label limit: the instance name is cut to fit it."""
+RENAME_ROOM_BYTES = 3
+"""Left free for the "-2" (up to "-99") python-zeroconf appends when another service has the name:
+a renamed name over the limit fails to register."""
 
 
 @dataclass(frozen=True)
@@ -44,9 +47,10 @@ class Advertisement:
 
 
 def instance_name(configured: str) -> str:
-    """The configured name, else the host name's first label; at most 63 bytes of UTF-8."""
+    """The configured name, else the host name's first label; at most 60 bytes of UTF-8, so that
+    a rename still fits a DNS label, and never ending in a dot (clients could not resolve it)."""
     name = configured.strip() or socket.gethostname().split(".")[0] or "satellite-asr"
-    return name.encode()[:MAX_LABEL_BYTES].decode(errors="ignore")
+    return name.encode()[: MAX_LABEL_BYTES - RENAME_ROOM_BYTES].decode(errors="ignore").rstrip(". ")
 
 
 def advertised_addresses(interfaces: tuple[str, ...]) -> list[str]:

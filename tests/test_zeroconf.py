@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import shutil
 import socket
 import subprocess
@@ -20,6 +21,7 @@ import pytest
 from zeroconf import ServiceStateChange, Zeroconf
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
+from satellite_asr.config import ConfigError, load_settings
 from satellite_asr.discovery import WEBSOCKET_TYPE, WYOMING_TYPE, instance_name
 from tests.helpers import running_daemon
 
@@ -150,8 +152,35 @@ async def test_a_host_without_any_network_is_one_warning_and_the_daemon_serves_o
     assert len(warnings) == 1 and "WARNING" in warnings[0] and "zeroconf is unavailable" in warnings[0], warnings
 
 
-def test_instance_name_defaults_to_the_host_name_and_fits_a_dns_label() -> None:
+def test_instance_name_defaults_to_the_host_name_and_fits_a_dns_label_with_room_for_a_rename() -> None:
     assert instance_name("") == socket.gethostname().split(".")[0]
     assert instance_name("  Kitchen ASR ") == "Kitchen ASR"
     long = instance_name("ä" * 40)
-    assert len(long.encode()) <= 63 and long == "ä" * 31
+    assert len(long.encode()) <= 60 and long == "ä" * 30
+    assert instance_name("x" * 59 + ".speech") == "x" * 59, "cut before a dot, which is dropped"
+
+
+async def test_a_long_name_that_another_service_has_is_renamed_and_advertised(browser: Browser) -> None:
+    """python-zeroconf appends "-2" to a name that is taken; a name cut at 63 bytes then failed ("Too long")."""
+    name = f"satellite-test-{uuid.uuid4().hex[:8]}-" + "x" * 50
+    advertised = instance_name(name)
+    first, second = f"{advertised}.{WYOMING_TYPE}", f"{advertised}-2.{WYOMING_TYPE}"
+    settings = {
+        "zeroconf": True,
+        "zeroconf_interface": LOOPBACK,
+        "zeroconf_name": name,
+        "wyoming_uri": "tcp://127.0.0.1:0",
+    }
+    async with running_daemon(**settings):
+        await browser.wait_for({first}, ServiceStateChange.Added)
+        async with running_daemon(**settings) as renamed:
+            await browser.wait_for({second}, ServiceStateChange.Added)
+            assert (await browser.info(WYOMING_TYPE, second)).port == renamed.wyoming_port
+
+
+@pytest.mark.parametrize("name", ["GPU.", ".GPU", "GPU..speech"])
+def test_a_name_with_a_dot_at_an_end_or_two_in_a_row_stops_start_up(name: str) -> None:
+    """Advertised, but no client could resolve it; a dot inside is fine."""
+    with pytest.raises(ConfigError, match=f"zeroconf_name: '{re.escape(name)}' has a dot at its start or end"):
+        load_settings(environ={}, overrides={"zeroconf_name": name})
+    assert load_settings(environ={}, overrides={"zeroconf_name": "GPU.speech"}).zeroconf_name == "GPU.speech"
