@@ -168,20 +168,22 @@ def _serve(settings: Settings) -> int:
 
     async def run() -> int:
         daemon = Daemon(settings)
-        await daemon.start()
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        stopping = asyncio.create_task(stop.wait())
-        failing = asyncio.create_task(daemon.core.wait_failed())
-        await asyncio.wait([stopping, failing], return_when=asyncio.FIRST_COMPLETED)
-        code = 1 if failing.done() else 0
-        stopping.cancel()
-        failing.cancel()
-        log.info("shutting down")
-        await daemon.stop()
-        return code
+        try:  # a start that fails halfway (the Wyoming port taken) stops what it started
+            await daemon.start()
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+            stopping = asyncio.create_task(stop.wait())
+            failing = asyncio.create_task(daemon.core.wait_failed())
+            await asyncio.wait([stopping, failing], return_when=asyncio.FIRST_COMPLETED)
+            code = 1 if failing.done() else 0
+            stopping.cancel()
+            failing.cancel()
+            log.info("shutting down")
+            return code
+        finally:
+            await daemon.stop()
 
     return asyncio.run(run())
 

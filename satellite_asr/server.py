@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
+import os
+import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -93,12 +96,20 @@ class Daemon:
             shutdown_timeout=HANDLER_GRACE_S,
         )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.settings.host, self.settings.http_port, ssl_context=self._ssl_context())
-        await site.start()
+        host, port = self.settings.host, self.settings.http_port
+        site = web.TCPSite(self._runner, host, port, ssl_context=self._ssl_context())
+        try:
+            await site.start()
+        except OSError as exc:
+            setting = "http_port" if exc.errno in (errno.EADDRINUSE, errno.EACCES) else "host"
+            raise bind_error(exc, setting, f"[{host}]:{port}" if ":" in host else f"{host}:{port}") from None
         self.http_port = self._runner.addresses[0][1]
-        log.info("HTTP/WebSocket server on %s:%d (ws path %s)", self.settings.host, self.http_port, websocket.PATH)
+        log.info("HTTP/WebSocket server on %s:%d (ws path %s)", host, self.http_port, websocket.PATH)
         if self.wyoming is not None:
-            await self.wyoming.start()
+            try:
+                await self.wyoming.start()
+            except OSError as exc:
+                raise bind_error(exc, "wyoming_uri", self.settings.wyoming_uri) from None
             self.wyoming_port = self.wyoming.port
         if self.settings.zeroconf:
             self.discovery = Discovery.from_settings(self.settings, self.http_port, self.wyoming_port)
@@ -190,6 +201,22 @@ async def _revalidate_page(request: web.Request, response: web.StreamResponse) -
     after an upgrade a browser does not go on running the old scripts against the new daemon."""
     if request.path == "/" or request.path.startswith("/static/"):
         response.headers["Cache-Control"] = "no-cache"
+
+
+def bind_error(exc: OSError, setting: str, address: str) -> ConfigError:
+    """A server that cannot listen, as the setting to change and why, not a traceback: the port is
+    taken, the host name does not resolve, no interface has the address, a socket's folder is missing."""
+    if isinstance(exc, socket.gaierror):
+        reason = f"the name does not resolve ({exc.strerror})"
+    elif exc.errno == errno.EADDRINUSE:
+        reason = "another program listens there already"
+    elif exc.errno == errno.EADDRNOTAVAIL:
+        reason = "no interface of this machine has that address"
+    elif exc.errno == errno.ENOENT:
+        reason = "its folder does not exist"
+    else:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+    return ConfigError(f"{setting}: cannot listen on {address}: {reason}")
 
 
 def tls_context(cert: str, key: str) -> ssl.SSLContext:

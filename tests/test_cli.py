@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import subprocess
 import sys
 
@@ -71,3 +72,39 @@ def test_stream_refuses_a_url_that_is_not_websocket(url: str) -> None:
     assert result.returncode == 2
     assert f"argument --url: {url} isn't a valid URI: scheme isn't ws or wss" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--http-port", "{taken}"], "http_port: cannot listen on 127.0.0.1:{taken}: another program listens there"),
+        (["--host", "10.255.255.1"], "host: cannot listen on 10.255.255.1:0: no interface of this machine has that"),
+        (["--host", "nonexistent.invalid"], "host: cannot listen on nonexistent.invalid:0: the name does not resolve"),
+        (
+            ["--wyoming-uri", "tcp://127.0.0.1:{taken}"],
+            "wyoming_uri: cannot listen on tcp://127.0.0.1:{taken}: another",
+        ),
+        (
+            ["--wyoming-uri", "unix:///nonexistent/dir/sock"],
+            "wyoming_uri: cannot listen on unix:///nonexistent/dir/sock",
+        ),
+    ],
+)
+def test_serve_names_the_setting_when_it_cannot_listen(flags: list[str], message: str) -> None:
+    """A message and exit 2, not a traceback; what had started (the HTTP server before a Wyoming
+    failure) is stopped, so no socket is left for the interpreter to warn about."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        loopback = ["--host", "127.0.0.1", "--http-port", "0", "--wyoming-uri", "none", "--no-zeroconf"]
+        result = subprocess.run(
+            [sys.executable, "-W", "always::ResourceWarning", "-m", "satellite_asr", "serve", *loopback]
+            + [flag.format(taken=port) for flag in flags],
+            capture_output=True,
+            text=True,
+            timeout=170,
+        )
+    assert result.returncode == 2, result.stderr
+    assert f"satellite-asr: configuration error: {message.format(taken=port)}" in result.stderr
+    assert "Traceback" not in result.stderr and "ResourceWarning" not in result.stderr
