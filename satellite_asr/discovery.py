@@ -35,14 +35,21 @@ RENAME_ROOM_BYTES = 3
 a renamed name over the limit fails to register."""
 
 
+WILDCARDS = frozenset({"0.0.0.0", "::"})
+"""Listening on one of these is listening on every interface."""
+
+
 @dataclass(frozen=True)
 class Advertisement:
-    """What to advertise; `wyoming_port` None when the Wyoming server is off or on a unix socket."""
+    """What to advertise: each server's port and the addresses its sockets listen on;
+    `wyoming_port` None when the Wyoming server is off or on a unix socket."""
 
     name: str
     interfaces: tuple[str, ...]
     http_port: int
+    http_hosts: tuple[str, ...]
     wyoming_port: int | None
+    wyoming_hosts: tuple[str, ...]
     tls: bool = False
 
 
@@ -55,7 +62,7 @@ def instance_name(configured: str) -> str:
 
 def advertised_addresses(interfaces: tuple[str, ...]) -> list[str]:
     """The chosen interface addresses (each must belong to this host); with none chosen, every
-    non-loopback IPv4 address (or loopback if that is all there is)."""
+    non-loopback IPv4 address (or loopback if that is all there is). OSError when there is none."""
     ips = [ip.ip if isinstance(ip.ip, str) else ip.ip[0] for adapter in ifaddr.get_adapters() for ip in adapter.ips]
     if interfaces:
         chosen = [str(ipaddress.ip_address(address)) for address in interfaces]
@@ -65,24 +72,37 @@ def advertised_addresses(interfaces: tuple[str, ...]) -> list[str]:
         return chosen
     ipv4 = [ip for ip in ips if ipaddress.ip_address(ip).version == 4]
     outside = [address for address in ipv4 if not ipaddress.ip_address(address).is_loopback]
+    if not ipv4:
+        raise OSError("no interface has an IPv4 address")
     return outside or ipv4
 
 
+def reachable_addresses(listening: tuple[str, ...], interfaces: tuple[str, ...]) -> list[str]:
+    """The addresses to advertise for a server whose sockets listen on `listening`: all the
+    advertised ones for a wildcard, else only those it listens on. A loopback address counts only
+    when chosen as an interface: other machines would be sent to themselves."""
+    advertised = advertised_addresses(interfaces)
+    bound = [str(ipaddress.ip_address(address)) for address in listening]
+    if WILDCARDS.intersection(bound):
+        return advertised
+    if interfaces:
+        return [address for address in bound if address in advertised]
+    return [address for address in bound if not ipaddress.ip_address(address).is_loopback]
+
+
+def _unreachable(server: str, listening: tuple[str, ...], interfaces: tuple[str, ...]) -> None:
+    where = ", ".join(listening)
+    if interfaces:
+        reason = f"not among zeroconf_interface ({', '.join(interfaces)})"
+    else:
+        reason = "which other machines cannot reach (set zeroconf_interface to it to advertise it on this machine)"
+    log.warning("zeroconf: not advertising the %s server: it listens on %s only, %s", server, where, reason)
+
+
 def service_infos(ad: Advertisement) -> list[AsyncServiceInfo]:
-    addresses = advertised_addresses(ad.interfaces)
+    """One service per server, on the addresses it can be reached by: the Wyoming server and the
+    HTTP one may listen on different addresses. None for a server reached by none (a warning says why)."""
     host = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname().split(".")[0]).strip("-") or "satellite-asr"
-    server = f"{host}.local."
-    infos = []
-    if ad.wyoming_port is not None:
-        infos.append(
-            AsyncServiceInfo(
-                WYOMING_TYPE,
-                f"{ad.name}.{WYOMING_TYPE}",
-                port=ad.wyoming_port,
-                parsed_addresses=addresses,
-                server=server,
-            )
-        )
     properties = {
         "path": websocket.PATH,
         "protocol": websocket.PROTOCOL_VERSION,
@@ -92,16 +112,27 @@ def service_infos(ad: Advertisement) -> list[AsyncServiceInfo]:
         "http_port": str(ad.http_port),
         "version": __version__,
     }
-    infos.append(
-        AsyncServiceInfo(
-            WEBSOCKET_TYPE,
-            f"{ad.name}.{WEBSOCKET_TYPE}",
-            port=ad.http_port,
-            properties=properties,
-            parsed_addresses=addresses,
-            server=server,
+    services: list[tuple[str, str, int, tuple[str, ...], dict[str, str] | bytes]] = [
+        ("HTTP/WebSocket", WEBSOCKET_TYPE, ad.http_port, ad.http_hosts, properties)
+    ]
+    if ad.wyoming_port is not None:
+        services.insert(0, ("Wyoming", WYOMING_TYPE, ad.wyoming_port, ad.wyoming_hosts, b""))
+    infos = []
+    for server, service_type, port, listening, txt in services:
+        addresses = reachable_addresses(listening, ad.interfaces)
+        if not addresses:
+            _unreachable(server, listening, ad.interfaces)
+            continue
+        infos.append(
+            AsyncServiceInfo(
+                service_type,
+                f"{ad.name}.{service_type}",
+                port=port,
+                properties=txt,
+                parsed_addresses=addresses,
+                server=f"{host}.local.",
+            )
         )
-    )
     return infos
 
 
@@ -114,13 +145,22 @@ class Discovery:
         self._registering: asyncio.Task[None] | None = None
 
     @classmethod
-    def from_settings(cls, settings: Settings, http_port: int, wyoming_port: int | None) -> Discovery:
+    def from_settings(
+        cls,
+        settings: Settings,
+        http: tuple[int, tuple[str, ...]],
+        wyoming: tuple[int | None, tuple[str, ...]],
+    ) -> Discovery:
+        """`http` and `wyoming`: each server's port and the addresses it listens on."""
         name = instance_name(settings.zeroconf_name)
-        return cls(Advertisement(name, settings.zeroconf_interface, http_port, wyoming_port, bool(settings.tls_cert)))
+        tls = bool(settings.tls_cert)
+        return cls(Advertisement(name, settings.zeroconf_interface, *http, *wyoming, tls))
 
     async def start(self) -> None:
         try:
             infos = service_infos(self.advertisement)
+            if not infos:
+                return
             self._zeroconf = AsyncZeroconf(interfaces=list(self.advertisement.interfaces) or InterfaceChoice.All)
         except Exception as exc:
             log.warning("zeroconf is unavailable, not advertising (%s); serving on", exc)
@@ -131,7 +171,8 @@ class Discovery:
         try:
             for info in infos:
                 await (await zeroconf.async_register_service(info, allow_name_change=True))
-                log.info("zeroconf: advertising %s on port %d", info.name, info.port)
+                addresses = ", ".join(info.parsed_addresses())
+                log.info("zeroconf: advertising %s on %s port %d", info.name, addresses, info.port)
         except Exception as exc:
             log.warning("zeroconf advertisement failed (%s); serving on without it", exc)
 

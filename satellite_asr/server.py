@@ -112,7 +112,11 @@ class Daemon:
                 raise bind_error(exc, "wyoming_uri", self.settings.wyoming_uri) from None
             self.wyoming_port = self.wyoming.port
         if self.settings.zeroconf:
-            self.discovery = Discovery.from_settings(self.settings, self.http_port, self.wyoming_port)
+            http_hosts = tuple(str(address[0]) for address in self._runner.addresses)
+            wyoming_hosts = self.wyoming.hosts if self.wyoming is not None else ()
+            self.discovery = Discovery.from_settings(
+                self.settings, (self.http_port, http_hosts), (self.wyoming_port, wyoming_hosts)
+            )
             await self.discovery.start()
 
     def _ssl_context(self) -> ssl.SSLContext | None:

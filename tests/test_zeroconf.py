@@ -14,15 +14,18 @@ import socket
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
+from typing import ClassVar
 
+import ifaddr
 import pytest
 from zeroconf import ServiceStateChange, Zeroconf
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
+from satellite_asr import discovery
 from satellite_asr.config import ConfigError, load_settings
-from satellite_asr.discovery import WEBSOCKET_TYPE, WYOMING_TYPE, instance_name
+from satellite_asr.discovery import WEBSOCKET_TYPE, WYOMING_TYPE, Advertisement, instance_name, service_infos
 from tests.helpers import running_daemon
 
 pytestmark = pytest.mark.timeout(60)
@@ -113,6 +116,76 @@ async def test_an_interface_this_host_lacks_is_one_warning_and_the_daemon_serves
         await writer.wait_closed()
     ours = [r for r in caplog.records if r.name == "satellite_asr.discovery" and r.levelno >= logging.WARNING]
     assert len(ours) == 1 and "zeroconf" in ours[0].getMessage()
+
+
+LAN = ("192.0.2.10", "198.51.100.7")
+"""TEST-NET addresses of a LAN interface the tests pretend this host has."""
+
+
+class RecordingZeroconf:
+    """Stands in for AsyncZeroconf where advertising for real would reach the LAN: records what
+    would be registered, sends nothing."""
+
+    started: ClassVar[list[RecordingZeroconf]] = []
+
+    def __init__(self, interfaces: object) -> None:
+        self.registered: list[AsyncServiceInfo] = []
+        self.started.append(self)
+
+    async def async_register_service(self, info: AsyncServiceInfo, allow_name_change: bool = False) -> Awaitable[None]:
+        self.registered.append(info)
+        return asyncio.sleep(0)
+
+    async def async_unregister_all_services(self) -> None:
+        pass
+
+    async def async_close(self) -> None:
+        pass
+
+
+@pytest.fixture
+def lan_host(monkeypatch: pytest.MonkeyPatch) -> list[RecordingZeroconf]:
+    """This host as having LAN addresses besides loopback, with advertisements recorded, not sent."""
+    adapters = [
+        ifaddr.Adapter("lo", "lo", [ifaddr.IP("127.0.0.1", 8, "lo")]),
+        ifaddr.Adapter("eth0", "eth0", [ifaddr.IP(address, 24, "eth0") for address in LAN]),
+    ]
+    monkeypatch.setattr(ifaddr, "get_adapters", lambda: adapters)
+    monkeypatch.setattr(discovery, "AsyncZeroconf", RecordingZeroconf)
+    monkeypatch.setattr(RecordingZeroconf, "started", [])
+    return RecordingZeroconf.started
+
+
+async def test_a_daemon_listening_on_loopback_is_not_advertised_on_the_lan(
+    lan_host: list[RecordingZeroconf], caplog: pytest.LogCaptureFixture
+) -> None:
+    """It listened on 127.0.0.1 and was advertised on the LAN addresses, where no client could connect."""
+    caplog.set_level(logging.WARNING)
+    async with running_daemon(zeroconf=True, wyoming_uri="tcp://127.0.0.1:0"):
+        assert lan_host == [], "nothing to advertise: zeroconf is not even started"
+    warnings = [r.getMessage() for r in caplog.records if r.name == "satellite_asr.discovery"]
+    assert warnings == [
+        f"zeroconf: not advertising the {server} server: it listens on 127.0.0.1 only, which other machines cannot "
+        "reach (set zeroconf_interface to it to advertise it on this machine)"
+        for server in ("Wyoming", "HTTP/WebSocket")
+    ]
+
+
+def test_each_service_is_advertised_on_the_addresses_its_own_server_listens_on(
+    lan_host: list[RecordingZeroconf], caplog: pytest.LogCaptureFixture
+) -> None:
+    def advertised(http: tuple[str, ...], wyoming: tuple[str, ...], interfaces: tuple[str, ...] = ()) -> list[object]:
+        ad = Advertisement("test", interfaces, 10301, http, 10300, wyoming)
+        return [(info.type, info.parsed_addresses()) for info in service_infos(ad)]
+
+    everywhere = list(LAN)
+    assert advertised(("0.0.0.0",), ("0.0.0.0",)) == [(WYOMING_TYPE, everywhere), (WEBSOCKET_TYPE, everywhere)]
+    assert advertised(("127.0.0.1",), ("0.0.0.0",)) == [(WYOMING_TYPE, everywhere)]
+    assert advertised((LAN[0],), ("::",)) == [(WYOMING_TYPE, everywhere), (WEBSOCKET_TYPE, [LAN[0]])]
+    loopback_chosen = advertised(("127.0.0.1", LAN[0]), ("127.0.0.1",), LOOPBACK)
+    assert loopback_chosen == [(WYOMING_TYPE, ["127.0.0.1"]), (WEBSOCKET_TYPE, ["127.0.0.1"])]
+    assert advertised((LAN[0],), ("127.0.0.1",), (LAN[1],)) == []
+    assert f"it listens on {LAN[0]} only, not among zeroconf_interface ({LAN[1]})" in caplog.text
 
 
 def network_namespaces_allowed() -> bool:

@@ -458,6 +458,13 @@ class WyomingServer:
             return None
         return int(self._server.sockets[0].getsockname()[1])
 
+    @property
+    def hosts(self) -> tuple[str, ...]:
+        """The addresses the TCP server listens on (two for localhost: 127.0.0.1 and ::1); none on a unix socket."""
+        if self._server is None or self.address.scheme != "tcp":
+            return ()
+        return tuple(str(sock.getsockname()[0]) for sock in self._server.sockets)
+
     async def start(self) -> None:
         if self.address.scheme == "tcp":
             self._server = await asyncio.start_server(
