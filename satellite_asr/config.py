@@ -312,7 +312,7 @@ class Settings:
     ha_token: str = _opt(
         "",
         "Home Assistant long-lived access token of an administrator; better in SATELLITE_ASR_HA_TOKEN or "
-        "ha_token_file than on the command line.",
+        "ha_token_file than on the command line or in a config file.",
         secret=True,
     )
     ha_token_file: str = _opt("", "File holding the Home Assistant access token (e.g. a Docker or systemd secret).")

@@ -148,12 +148,26 @@ def test_text_that_yaml_reads_as_another_type_is_refused_with_how_to_quote_it(
     assert getattr(load_settings(config, environ={}), line.split(":")[0]) == value
 
 
-def test_example_config_documents_every_key_with_its_default() -> None:
-    example = yaml.safe_load((ROOT / "config.example.yaml").read_text())
+def test_example_config_documents_every_key_with_its_default_and_help() -> None:
+    text = (ROOT / "config.example.yaml").read_text()
+    example = yaml.safe_load(text)
     fields = {f.name: setting_default(f) for f in setting_fields()}
     assert set(example) == set(fields), "config.example.yaml must list every setting"
     settings = load_settings(ROOT / "config.example.yaml", environ={})
     assert settings == Settings(), "the example's values are the defaults"
+    comments = {}  # each setting's comment: the lines of `# ...` right above its key, joined
+    for block in text.split("\n\n"):
+        *lines, key = block.strip().splitlines()
+        if all(line.startswith("# ") for line in lines) and not key.startswith("#"):
+            comments[key.split(":")[0]] = " ".join(line.removeprefix("# ") for line in lines)
+    for f in setting_fields():
+        meta = f.metadata
+        documented = meta["help"]
+        if meta["choices"]:
+            documented += f" (one of: {', '.join(meta['choices'])})"
+        elif meta["minimum"] is not None:
+            documented += f" (range {meta['minimum']:g}..{meta['maximum']:g})"
+        assert comments[f.name] == documented, f"config.example.yaml: {f.name}'s comment differs from its help"
 
 
 def test_every_setting_has_a_serve_flag() -> None:
