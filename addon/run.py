@@ -47,7 +47,8 @@ def secret_environment(options: dict[str, Any], supervisor_token: str | None) ->
 
 
 def serve_command(options: dict[str, Any], *, host: str, wyoming_port: int, http_port: int) -> list[str]:
-    """Every option is a daemon setting of the same name: `silence_ms: 500` -> `--silence-ms 500`.
+    """Every option is a daemon setting of the same name: `silence_ms: 500` -> `--silence-ms=500`
+    (one argument, so that a value starting with `-`, a context of "-Marigold", is not taken for a flag).
 
     Empty options are left out (the daemon's default applies), secrets too (`secret_environment`).
     Zeroconf stays off: the add-on's container network does not reach the LAN's multicast, and
@@ -71,10 +72,9 @@ def serve_command(options: dict[str, Any], *, host: str, wyoming_port: int, http
         if isinstance(value, bool):
             command.append(flag if value else f"--no-{flag[2:]}")
         elif isinstance(value, list):
-            for item in value:
-                command += [flag, str(item)]
+            command += [f"{flag}={item}" for item in value]
         else:
-            command += [flag, str(value)]
+            command.append(f"{flag}={value}")
     return command
 
 

@@ -256,10 +256,10 @@ def test_sample_options_json_gives_the_expected_command_line(tmp_path: Path) -> 
     ).stdout
     assert result == (
         "satellite-asr serve --host 0.0.0.0 --http-port 10301 --wyoming-uri tcp://0.0.0.0:10300 --no-zeroconf"
-        " --engine whisper --remote-urls http://10.1.2.3:8000 --remote-urls http://10.1.2.4:8000"
-        " --language en --context 'Kitchen, Living Room' --vad-threshold 0.6"
-        " --min-speech-ms 250 --turn-detection fixed --min-silence-ms 150 --silence-ms 500 --speech-pad-ms 200"
-        " --no-household-names --ha-names-limit 40 --log-level DEBUG\n"
+        " --engine=whisper --remote-urls=http://10.1.2.3:8000 --remote-urls=http://10.1.2.4:8000"
+        " --language=en '--context=Kitchen, Living Room' --vad-threshold=0.6"
+        " --min-speech-ms=250 --turn-detection=fixed --min-silence-ms=150 --silence-ms=500 --speech-pad-ms=200"
+        " --no-household-names --ha-names-limit=40 --log-level=DEBUG\n"
     )
     settings = settings_from_command(shlex.split(result))
     assert (settings.engine, settings.language, settings.context) == ("whisper", "en", "Kitchen, Living Room")
@@ -271,6 +271,21 @@ def test_sample_options_json_gives_the_expected_command_line(tmp_path: Path) -> 
     secrets = run_script().secret_environment(options, None)
     assert secrets == {"SATELLITE_ASR_REMOTE_API_KEY": "not-on-the-command-line"}
     assert load_settings(None, environ=secrets).remote_api_key == "not-on-the-command-line"
+
+
+def test_option_values_that_start_with_a_dash_reach_the_daemon(tmp_path: Path) -> None:
+    """`--context -Marigold` was two arguments, and the daemon took -Marigold for a flag and refused to start."""
+    path = tmp_path / "options.json"
+    path.write_text(json.dumps({"context": "-Marigold, -ish", "remote_urls": ["-x"], "language": "-"}))
+    result = subprocess.run(
+        [sys.executable, str(ADDON / "run.py"), "--options", str(path), "--print-command"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    settings = settings_from_command(shlex.split(result))
+    assert (settings.context, settings.remote_urls, settings.language) == ("-Marigold, -ish", ("-x",), "-")
 
 
 def test_the_supervisor_token_reaches_the_daemon_as_its_home_assistant_token_in_the_environment() -> None:
