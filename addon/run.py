@@ -29,8 +29,11 @@ SUPERVISOR_URL = os.environ.get("SUPERVISOR_URL", "http://supervisor")
 """Where the Supervisor API is (tests point it at a stand-in)."""
 DISCOVERY_RETRY_S = (1.0, 2.0, 5.0, 10.0, 30.0)
 """Waits between discovery attempts: the Supervisor can be busy (restarting, updating) when we start."""
-SECRET_OPTIONS = {"remote_api_key"}
+SECRET_OPTIONS = {"remote_api_key", "api_key"}
 """Passed in the daemon's environment (SATELLITE_ASR_<NAME>), never on its logged command line."""
+HOME_ASSISTANT_NAMES = ("homeassistant.local", "homeassistant")
+"""The names of Home Assistant's host, by which browsers and satellites reach the add-on's ports:
+always allowed, besides the add-on's own container names, which are all the daemon knows of."""
 
 
 def secret_environment(options: dict[str, Any], supervisor_token: str | None) -> dict[str, str]:
@@ -52,7 +55,7 @@ def serve_command(options: dict[str, Any], *, host: str, wyoming_port: int, http
 
     Empty options are left out (the daemon's default applies), secrets too (`secret_environment`).
     Zeroconf stays off: the add-on's container network does not reach the LAN's multicast, and
-    Supervisor discovery replaces it.
+    Supervisor discovery replaces it. `allowed_hosts` always holds `HOME_ASSISTANT_NAMES`.
     """
     command = [
         "satellite-asr",
@@ -65,6 +68,8 @@ def serve_command(options: dict[str, Any], *, host: str, wyoming_port: int, http
         f"tcp://{host}:{wyoming_port}",
         "--no-zeroconf",
     ]
+    listed = options.get("allowed_hosts") or []
+    options = {**options, "allowed_hosts": [*listed, *(name for name in HOME_ASSISTANT_NAMES if name not in listed)]}
     for name, value in options.items():
         flag = "--" + name.replace("_", "-")
         if value is None or value == "" or name in SECRET_OPTIONS:

@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tomllib
 import zipfile
+from collections.abc import AsyncIterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -97,7 +98,7 @@ def test_schema_allows_what_the_daemon_allows_and_defaults_agree() -> None:
         default = list(field.default) if isinstance(field.default, tuple) else field.default
         assert config["options"][name] == default, f"{name}: the add-on's default differs from the daemon's"
         if isinstance(rule, list):
-            assert rule == ["url"] and isinstance(field.default, tuple), name
+            assert rule in (["url"], ["str"]) and isinstance(field.default, tuple), name
         elif rule == "bool":
             assert isinstance(field.default, bool), name
         elif match := re.fullmatch(r"list\((.*)\)", rule):
@@ -222,6 +223,8 @@ def test_every_default_option_is_a_serve_flag_with_its_value() -> None:
     settings = settings_from_command(command)
     for name, value in options.items():
         expected = tuple(value) if isinstance(value, list) else value
+        if name == "allowed_hosts":
+            expected = ("homeassistant.local", "homeassistant")
         assert getattr(settings, name) == (expected if value != "" else getattr(Settings(), name)), name
     assert settings.zeroconf is False and settings.wyoming_uri == "tcp://0.0.0.0:10300"
     assert settings.http_port == 10301
@@ -259,7 +262,8 @@ def test_sample_options_json_gives_the_expected_command_line(tmp_path: Path) -> 
         " --engine=whisper --remote-urls=http://10.1.2.3:8000 --remote-urls=http://10.1.2.4:8000"
         " --language=en '--context=Kitchen, Living Room' --vad-threshold=0.6"
         " --min-speech-ms=250 --turn-detection=fixed --min-silence-ms=150 --silence-ms=500 --speech-pad-ms=200"
-        " --no-household-names --ha-names-limit=40 --log-level=DEBUG\n"
+        " --no-household-names --ha-names-limit=40 --log-level=DEBUG"
+        " --allowed-hosts=homeassistant.local --allowed-hosts=homeassistant\n"
     )
     settings = settings_from_command(shlex.split(result))
     assert (settings.engine, settings.language, settings.context) == ("whisper", "en", "Kitchen, Living Room")
@@ -332,6 +336,66 @@ async def home_assistant_health(http_port: int, state: str) -> dict[str, Any]:
                     if health["state"] == state:
                         return health
             await asyncio.sleep(0.2)
+
+
+def start_run_script(
+    options: dict[str, Any], tmp_path: Path, **env: str
+) -> contextlib.AbstractAsyncContextManager[tuple[int, int]]:
+    """run.py with these options on loopback, as the Supervisor starts it: (http_port, wyoming_port)
+    once the daemon's HTTP server answers; SIGTERM on exit."""
+
+    @contextlib.asynccontextmanager
+    async def running() -> AsyncIterator[tuple[int, int]]:
+        path = tmp_path / "options.json"
+        path.write_text(json.dumps(options))
+        http_port, wyoming_port = free_port(), free_port()
+        process = await asyncio.create_subprocess_exec(
+            *(sys.executable, str(ADDON / "run.py"), "--options", str(path), "--host", "127.0.0.1"),
+            *("--wyoming-port", str(wyoming_port), "--http-port", str(http_port)),
+            env={**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}", **env},
+        )
+        try:
+            async with aiohttp.ClientSession() as http:
+                while True:
+                    with contextlib.suppress(aiohttp.ClientConnectionError):
+                        async with http.get(f"http://127.0.0.1:{http_port}/health"):
+                            break
+                    assert process.returncode is None, "the daemon stopped"
+                    await asyncio.sleep(0.2)
+            yield http_port, wyoming_port
+        finally:
+            process.send_signal(signal.SIGTERM)
+            await asyncio.wait_for(process.wait(), 60)
+
+    return running()
+
+
+async def status_by_host(http_port: int, host: str, headers: dict[str, str] | None = None) -> int:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"http://127.0.0.1:{http_port}/metrics", headers={"Host": host, **(headers or {})}) as response,
+    ):
+        return response.status
+
+
+async def test_clients_may_reach_the_add_on_by_home_assistants_names_and_the_listed_ones(tmp_path: Path) -> None:
+    """The daemon inside the add-on knows only its container's names: Home Assistant's host names,
+    by which browsers and satellites reach port 10301, were refused (403 host_not_allowed)."""
+    async with start_run_script({"allowed_hosts": ["asr.lan"]}, tmp_path) as (http_port, _):
+        for host in ("homeassistant.local", "homeassistant", "asr.lan", "127.0.0.1"):
+            assert await status_by_host(http_port, f"{host}:{http_port}") == 200, host
+        assert await status_by_host(http_port, f"evil.example:{http_port}") == 403
+
+
+async def test_an_api_key_option_is_required_of_clients_and_kept_off_the_command_line(tmp_path: Path) -> None:
+    key = "add-on-key-5e0f"
+    options = {"api_key": key, "log_level": "INFO"}
+    command = run_script().serve_command(options, host="0.0.0.0", wyoming_port=10300, http_port=10301)
+    assert not [arg for arg in command if key in arg]
+    async with start_run_script(options, tmp_path) as (http_port, _):
+        assert await status_by_host(http_port, f"asr.example:{http_port}") == 401
+        bearer = {"Authorization": f"Bearer {key}"}
+        assert await status_by_host(http_port, f"asr.example:{http_port}", bearer) == 200
 
 
 async def test_run_script_starts_the_daemon_and_registers_discovery(tmp_path: Path) -> None:
