@@ -34,6 +34,8 @@ from aiohttp import web
 
 from satellite_asr.cli import build_parser
 from satellite_asr.config import ENGINES, LOG_LEVELS, Settings, load_settings, setting_fields
+from satellite_asr.protocols.wyoming import ABORT_GRACE_S
+from satellite_asr.server import HANDLER_GRACE_S
 from tests.helpers import free_port, running_daemon
 from tests.home_assistant_double import EXPOSED_NAMES, HOME, HomeAssistantDouble
 
@@ -77,6 +79,16 @@ def test_config_yaml_has_what_the_add_on_format_requires() -> None:
     assert set(config["ports_description"]) == set(config["ports"])
     assert set(config["options"]) == set(config["schema"])
     assert config["startup"] in {"initialize", "system", "services", "application", "once"}
+
+
+def test_the_supervisor_waits_for_the_daemon_to_shut_down() -> None:
+    """The Supervisor kills an add-on still running `timeout` seconds after SIGTERM (default 10).
+    The daemon takes up to shutdown_timeout_s to send pending finals and close connections, then
+    the grace periods of cut connections and handlers, then frees the model: room is left for that."""
+    timeout = load_yaml("config.yaml")["timeout"]
+    assert 10 <= timeout <= 300, "the Supervisor's bounds"
+    graceful = Settings().shutdown_timeout_s + HANDLER_GRACE_S + ABORT_GRACE_S
+    assert timeout >= graceful + 10
 
 
 def test_versions_are_in_step_with_the_package() -> None:
