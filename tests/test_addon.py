@@ -122,7 +122,10 @@ def test_schema_allows_what_the_daemon_allows_and_defaults_agree() -> None:
             assert float(match.group(3)) == field.metadata["maximum"], name
         else:
             assert rule in ("str?", "password?") and isinstance(field.default, str), name
-    assert config["schema"]["engine"] == f"list({'|'.join(ENGINES)})"
+    # the add-on's image has no vLLM (nor a GPU): qwen3-vllm could never start there
+    assert config["schema"]["engine"] == f"list({'|'.join(e for e in ENGINES if e != 'qwen3-vllm')})"
+    assert "SATELLITE_ASR_EXTRAS" not in load_yaml("build.yaml")["args"]
+    assert re.search(r'^ARG SATELLITE_ASR_EXTRAS=""$', (ADDON / "Dockerfile").read_text(), re.MULTILINE)
     assert config["schema"]["log_level"] == f"list({'|'.join(LOG_LEVELS)})"
     # manual turn detection would leave Home Assistant's rounds unended: the add-on does not offer it
     assert config["schema"]["turn_detection"] == "list(adaptive|fixed)"
