@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -431,6 +432,42 @@ async def test_unix_socket(tmp_path: Path) -> None:
             events = await send_and_collect(client, fixture("lights_on.wav"))  # type: ignore[arg-type]
     assert word_error_rate(EXPECTED["lights_on.wav"][0], text_of(events)) <= WER_TOLERANCE
     assert not path.exists(), "the socket file is removed on shutdown"
+
+
+async def serve_and_fail(*flags: str) -> str:
+    """Runs `satellite-asr serve` with `flags`, which must stop start-up (exit 2): its last line."""
+    daemon = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "satellite_asr", "serve", "--host", "127.0.0.1", "--no-zeroconf", *flags,
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        _, stderr = await asyncio.wait_for(daemon.communicate(), 90)
+    finally:
+        if daemon.returncode is None:  # it started serving: stop it, then fail
+            daemon.kill()
+            await daemon.wait()
+    assert daemon.returncode == 2, stderr.decode()
+    return stderr.decode().strip().splitlines()[-1]
+
+
+async def test_a_second_daemon_leaves_a_live_unix_socket_alone(tmp_path: Path) -> None:
+    """A second daemon given the same socket neither takes it over nor, failing to start, deletes
+    it; a path that is not a socket is not deleted either."""
+    path = tmp_path / "wyoming.sock"
+    uri = f"unix://{path}"
+    async with running_daemon(wyoming_uri=uri) as first:
+        same_socket = await serve_and_fail("--http-port", "0", "--wyoming-uri", uri)
+        http_taken = await serve_and_fail("--http-port", str(first.http_port), "--wyoming-uri", uri)
+        async with AsyncUnixClient(str(path)) as client:
+            await client.write_event(Describe().event())
+            answer = await next_event(client)  # type: ignore[arg-type]
+    assert same_socket.endswith(f"wyoming_uri: cannot listen on {uri}: another program listens there already")
+    assert "http_port: cannot listen" in http_taken
+    assert answer.type == "info", "the first daemon still serves its socket"
+    path.write_text("not a socket")
+    not_a_socket = await serve_and_fail("--http-port", "0", "--wyoming-uri", uri)
+    assert not_a_socket.endswith(f"wyoming_uri: {path} exists and is not a socket; remove it or choose another path")
+    assert path.read_text() == "not a socket"
 
 
 def test_invalid_wyoming_uri_is_a_configuration_error() -> None:

@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
+import socket
 import stat
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -442,6 +444,8 @@ class WyomingServer:
         self.address = address
         self.core = core
         self._server: asyncio.Server | None = None
+        self._socket_inode: int | None = None
+        """The inode of the unix socket this server bound (None on TCP, or not bound)."""
         self._connections: dict[asyncio.Task[Any], _Connection] = {}
         settings = core.settings
         self.limit = ConnectionLimit(
@@ -474,6 +478,7 @@ class WyomingServer:
         else:
             _remove_stale_socket(self.address.path)
             self._server = await asyncio.start_unix_server(self._accept, self.address.path, limit=MAX_HEADER_BYTES)
+            self._socket_inode = os.stat(self.address.path).st_ino
             log.info("Wyoming server on unix://%s", self.address.path)
 
     async def stop(self) -> None:
@@ -486,8 +491,7 @@ class WyomingServer:
         if connections:  # wait, not gather: a shutdown out of time must not cancel these tasks (see `abort`)
             await asyncio.wait(connections)
         await self._server.wait_closed()
-        if self.address.scheme == "unix":
-            _remove_stale_socket(self.address.path)
+        self._remove_own_socket()
 
     async def abort(self) -> None:
         """Shutdown ran out of time: cut every connection still open; its task then ends on its own
@@ -499,8 +503,17 @@ class WyomingServer:
             for task in stuck:
                 task.cancel()
             await asyncio.gather(*stuck, return_exceptions=True)
-        if self.address.scheme == "unix":
-            _remove_stale_socket(self.address.path)
+        self._remove_own_socket()
+
+    def _remove_own_socket(self) -> None:
+        """The unix socket this server bound, if it is still ours: never another daemon's, which a
+        second daemon that failed to start would otherwise take from it."""
+        if self._socket_inode is None:
+            return
+        with contextlib.suppress(FileNotFoundError):
+            if os.stat(self.address.path).st_ino == self._socket_inode:
+                os.unlink(self.address.path)
+        self._socket_inode = None
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -520,6 +533,18 @@ class WyomingServer:
 
 
 def _remove_stale_socket(path: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        if stat.S_ISSOCK(os.stat(path).st_mode):
+    """A socket file left by a daemon that is gone is removed; one a live server listens on is not
+    taken over (`EADDRINUSE`), and a file that is not a socket is not deleted."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise ConfigError(f"wyoming_uri: {path} exists and is not a socket; remove it or choose another path")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(path)
+        except (ConnectionRefusedError, FileNotFoundError):
             os.unlink(path)
+            return
+    raise OSError(errno.EADDRINUSE, os.strerror(errno.EADDRINUSE), path)
