@@ -477,7 +477,8 @@ def load_settings(
         )
     check_home_assistant(settings)
     check_remote_urls(settings.remote_urls)
-    check_zeroconf(settings)
+    if settings.zeroconf:  # a leftover interface or name does not stop a daemon that does not advertise
+        check_zeroconf(settings)
     return settings
 
 
@@ -555,6 +556,8 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path}: line {line} is not UTF-8 text; save the file as UTF-8") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {path}: not valid YAML: {_yaml_problem(exc)}") from None
+    except (ValueError, TypeError):  # a value that is not of the type its tag says (`!!int abc`)
+        raise ConfigError(f"config file {path}: a value is not of the type its !! tag names; quote it") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -567,6 +570,11 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
     (an unterminated `ha_token: "eyJ...`)."""
     if not isinstance(exc, yaml.MarkedYAMLError):
         return str(exc)  # a ReaderError names a character and its position only
+    if isinstance(exc, (yaml.composer.ComposerError, yaml.constructor.ConstructorError)):
+        # Their problem quotes the alias or tag, which is the value itself (`api_key: !Pass`).
+        mark = exc.problem_mark or exc.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        return f"a value starting with !, * or & is read as a YAML tag or alias{where}; quote it"
     parts = [
         f"{text} at line {mark.line + 1}, column {mark.column + 1}" if mark else text
         for text, mark in ((exc.context, exc.context_mark), (exc.problem, exc.problem_mark))

@@ -87,6 +87,18 @@ def test_a_malformed_file_is_reported_by_line_without_quoting_it(tmp_path: Path)
     assert "secret-part" not in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("value", ["!Kitchen-Pass1", "*Kitchen-Pass1", "!!int Kitchen-Pass1"])
+def test_a_secret_read_as_a_yaml_tag_or_alias_is_not_quoted(tmp_path: Path, value: str) -> None:
+    """A key may start with !, * or &, which YAML reads as a tag or an alias: PyYAML's own message
+    quotes it (and `!!int` raised a bare ValueError that named neither the file nor the key)."""
+    config = tmp_path / "c.yaml"
+    config.write_text(f"silence_ms: 800\napi_key: {value}\n")
+    result = serve_on_loopback("--config", str(config))
+    assert result.returncode == 2, result.stderr
+    assert f"configuration error: config file {config}: " in result.stderr and "quote it" in result.stderr
+    assert "Kitchen-Pass1" not in result.stderr and "Traceback" not in result.stderr
+
+
 @pytest.mark.parametrize("setting", ["config", "ha_token_file", "api_key_file"])
 def test_a_file_that_is_not_utf8_is_named_with_its_setting(tmp_path: Path, setting: str) -> None:
     """Not a bare UnicodeDecodeError that names neither the file nor the setting."""
@@ -198,10 +210,13 @@ def test_serve_stops_with_a_clear_message_on_a_bad_value() -> None:
 
 
 def test_a_zeroconf_interface_that_is_not_an_address_stops_start_up() -> None:
-    """An interface name was only a warning once the daemon ran, and it then advertised nothing."""
-    result = serve_on_loopback("--zeroconf-interface", "127.0.0.1,eth0")
+    """An interface name was only a warning once the daemon ran, and it then advertised nothing.
+    With zeroconf off, a leftover value is not checked: it was ignored before, and still is."""
+    result = serve_on_loopback("--zeroconf", "--zeroconf-interface", "127.0.0.1,eth0")
     assert result.returncode == 2, result.stderr
     assert "configuration error: zeroconf_interface: 'eth0' is not an IP address" in result.stderr
+    leftover = load_settings(environ={}, overrides={"zeroconf": False, "zeroconf_interface": "eth0"})
+    assert leftover.zeroconf_interface == ("eth0",)
     assert load_settings(environ={}, overrides={"zeroconf_interface": "127.0.0.1,::1"}).zeroconf_interface == (
         "127.0.0.1",
         "::1",
