@@ -35,8 +35,10 @@ RENAME_ROOM_BYTES = 3
 a renamed name over the limit fails to register."""
 
 
-WILDCARDS = frozenset({"0.0.0.0", "::"})
-"""Listening on one of these is listening on every interface."""
+IPV4_WILDCARD = "0.0.0.0"
+"""Listening on it is listening on every interface's IPv4 address."""
+IPV6_WILDCARD = "::"
+"""Listening on it is listening on every address (IPv4 too, on a dual-stack socket: Linux's default)."""
 
 
 @dataclass(frozen=True)
@@ -77,15 +79,18 @@ def advertised_addresses(interfaces: tuple[str, ...]) -> list[str]:
     return outside or ipv4
 
 
-def reachable_addresses(listening: tuple[str, ...], interfaces: tuple[str, ...]) -> list[str]:
-    """The addresses to advertise for a server whose sockets listen on `listening`: all the
-    advertised ones for a wildcard, else only those it listens on. A loopback address counts only
-    when chosen as an interface: other machines would be sent to themselves."""
-    advertised = advertised_addresses(interfaces)
-    bound = [str(ipaddress.ip_address(address)) for address in listening]
-    if WILDCARDS.intersection(bound):
+def reachable_addresses(listening: tuple[str, ...], advertised: list[str], chosen: bool) -> list[str]:
+    """The addresses to advertise for a server whose sockets listen on `listening`, of the host's
+    `advertised` ones: all of them (or all IPv4 ones) for a wildcard, else only those it listens on.
+    A loopback address counts only when `chosen` as an interface: other machines would be sent to
+    themselves."""
+    # A link-local address comes with its interface (fe80::1%eth0), which an mDNS record cannot hold.
+    bound = [str(ipaddress.ip_address(address.split("%")[0])) for address in listening]
+    if IPV6_WILDCARD in bound:
         return advertised
-    if interfaces:
+    if IPV4_WILDCARD in bound:
+        return [address for address in advertised if ipaddress.ip_address(address).version == 4]
+    if chosen:
         return [address for address in bound if address in advertised]
     return [address for address in bound if not ipaddress.ip_address(address).is_loopback]
 
@@ -101,7 +106,9 @@ def _unreachable(server: str, listening: tuple[str, ...], interfaces: tuple[str,
 
 def service_infos(ad: Advertisement) -> list[AsyncServiceInfo]:
     """One service per server, on the addresses it can be reached by: the Wyoming server and the
-    HTTP one may listen on different addresses. None for a server reached by none (a warning says why)."""
+    HTTP one may listen on different addresses. None for a server reached by none (a warning says why).
+    OSError when the host has no address to advertise (`advertised_addresses`)."""
+    advertised = advertised_addresses(ad.interfaces)
     host = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname().split(".")[0]).strip("-") or "satellite-asr"
     properties = {
         "path": websocket.PATH,
@@ -119,12 +126,12 @@ def service_infos(ad: Advertisement) -> list[AsyncServiceInfo]:
         services.insert(0, ("Wyoming", WYOMING_TYPE, ad.wyoming_port, ad.wyoming_hosts, b""))
     infos = []
     for server, service_type, port, listening, txt in services:
-        addresses = reachable_addresses(listening, ad.interfaces)
-        if not addresses:
-            _unreachable(server, listening, ad.interfaces)
-            continue
-        infos.append(
-            AsyncServiceInfo(
+        try:  # one server's trouble does not keep the other from being advertised
+            addresses = reachable_addresses(listening, advertised, bool(ad.interfaces))
+            if not addresses:
+                _unreachable(server, listening, ad.interfaces)
+                continue
+            info = AsyncServiceInfo(
                 service_type,
                 f"{ad.name}.{service_type}",
                 port=port,
@@ -132,7 +139,10 @@ def service_infos(ad: Advertisement) -> list[AsyncServiceInfo]:
                 parsed_addresses=addresses,
                 server=f"{host}.local.",
             )
-        )
+        except Exception as exc:
+            log.warning("zeroconf: not advertising the %s server (%s)", server, exc)
+            continue
+        infos.append(info)
     return infos
 
 

@@ -120,6 +120,8 @@ async def test_an_interface_this_host_lacks_is_one_warning_and_the_daemon_serves
 
 LAN = ("192.0.2.10", "198.51.100.7")
 """TEST-NET addresses of a LAN interface the tests pretend this host has."""
+LAN_IPV6 = ifaddr.IP(("2001:db8::5", 0, 0), 64, "eth0")
+"""And an IPv6 address of the documentation range on it."""
 
 
 class RecordingZeroconf:
@@ -148,7 +150,7 @@ def lan_host(monkeypatch: pytest.MonkeyPatch) -> list[RecordingZeroconf]:
     """This host as having LAN addresses besides loopback, with advertisements recorded, not sent."""
     adapters = [
         ifaddr.Adapter("lo", "lo", [ifaddr.IP("127.0.0.1", 8, "lo")]),
-        ifaddr.Adapter("eth0", "eth0", [ifaddr.IP(address, 24, "eth0") for address in LAN]),
+        ifaddr.Adapter("eth0", "eth0", [*(ifaddr.IP(address, 24, "eth0") for address in LAN), LAN_IPV6]),
     ]
     monkeypatch.setattr(ifaddr, "get_adapters", lambda: adapters)
     monkeypatch.setattr(discovery, "AsyncZeroconf", RecordingZeroconf)
@@ -186,6 +188,12 @@ def test_each_service_is_advertised_on_the_addresses_its_own_server_listens_on(
     assert loopback_chosen == [(WYOMING_TYPE, ["127.0.0.1"]), (WEBSOCKET_TYPE, ["127.0.0.1"])]
     assert advertised((LAN[0],), ("127.0.0.1",), (LAN[1],)) == []
     assert f"it listens on {LAN[0]} only, not among zeroconf_interface ({LAN[1]})" in caplog.text
+    # An IPv4 socket is not reached over IPv6; `::` (dual-stack) is reached over both.
+    assert advertised(("0.0.0.0",), ("::",), ("2001:db8::5",)) == [(WYOMING_TYPE, ["2001:db8::5"])]
+    # A link-local address comes with its interface, which an mDNS record cannot hold: it once
+    # stopped both services from being advertised.
+    link_local = advertised(("fe80::1%eth0",), ("0.0.0.0",))
+    assert link_local == [(WYOMING_TYPE, everywhere), (WEBSOCKET_TYPE, ["fe80::1"])]
 
 
 def network_namespaces_allowed() -> bool:
