@@ -109,6 +109,9 @@ class Daemon:
             try:
                 await self.wyoming.start()
             except OSError as exc:
+                if exc.errno == errno.EADDRINUSE and self.wyoming.address.port == self.http_port:
+                    message = f"wyoming_uri and http_port: both ask for port {self.http_port}; give each its own"
+                    raise ConfigError(message) from None
                 raise bind_error(exc, "wyoming_uri", self.settings.wyoming_uri) from None
             self.wyoming_port = self.wyoming.port
         if self.settings.zeroconf:

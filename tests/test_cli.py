@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tests.helpers import EXPECTED, FIXTURES, running_daemon, same_words, ws_url
+from tests.helpers import EXPECTED, FIXTURES, free_port, running_daemon, same_words, ws_url
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -85,6 +85,10 @@ def test_stream_refuses_a_url_that_is_not_websocket(url: str) -> None:
             "wyoming_uri: cannot listen on tcp://127.0.0.1:{taken}: another",
         ),
         (
+            ["--http-port", "{free}", "--wyoming-uri", "tcp://127.0.0.1:{free}"],
+            "wyoming_uri and http_port: both ask for port {free}; give each its own",
+        ),
+        (
             ["--wyoming-uri", "unix:///nonexistent/dir/sock"],
             "wyoming_uri: cannot listen on unix:///nonexistent/dir/sock",
         ),
@@ -97,14 +101,15 @@ def test_serve_names_the_setting_when_it_cannot_listen(flags: list[str], message
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = str(taken.getsockname()[1])
+        free = str(free_port())
         loopback = ["--host", "127.0.0.1", "--http-port", "0", "--wyoming-uri", "none", "--no-zeroconf"]
         result = subprocess.run(
             [sys.executable, "-W", "always::ResourceWarning", "-m", "satellite_asr", "serve", *loopback]
-            + [flag.format(taken=port) for flag in flags],
+            + [flag.format(taken=port, free=free) for flag in flags],
             capture_output=True,
             text=True,
             timeout=170,
         )
     assert result.returncode == 2, result.stderr
-    assert f"satellite-asr: configuration error: {message.format(taken=port)}" in result.stderr
+    assert f"satellite-asr: configuration error: {message.format(taken=port, free=free)}" in result.stderr
     assert "Traceback" not in result.stderr and "ResourceWarning" not in result.stderr
