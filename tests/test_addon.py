@@ -245,6 +245,14 @@ def test_every_default_option_is_a_serve_flag_with_its_value() -> None:
     assert settings.http_port == 10301
 
 
+def printed_command(options: dict[str, Any], directory: Path) -> str:
+    """The daemon's command line run.py builds from `options` (written as the Supervisor's options.json)."""
+    path = directory / "options.json"
+    path.write_text(json.dumps(options))
+    command = [sys.executable, str(ADDON / "run.py"), "--options", str(path), "--print-command"]
+    return subprocess.run(command, capture_output=True, text=True, timeout=60, check=True).stdout
+
+
 def test_sample_options_json_gives_the_expected_command_line(tmp_path: Path) -> None:
     options = {
         "engine": "whisper",
@@ -263,15 +271,7 @@ def test_sample_options_json_gives_the_expected_command_line(tmp_path: Path) -> 
         "ha_names_limit": 40,
         "log_level": "DEBUG",
     }
-    path = tmp_path / "options.json"
-    path.write_text(json.dumps(options))
-    result = subprocess.run(
-        [sys.executable, str(ADDON / "run.py"), "--options", str(path), "--print-command"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    ).stdout
+    result = printed_command(options, tmp_path)
     assert result == (
         "satellite-asr serve --host 0.0.0.0 --http-port 10301 --wyoming-uri tcp://0.0.0.0:10300 --no-zeroconf"
         " --engine=whisper --remote-urls=http://10.1.2.3:8000 --remote-urls=http://10.1.2.4:8000"
@@ -294,16 +294,8 @@ def test_sample_options_json_gives_the_expected_command_line(tmp_path: Path) -> 
 
 def test_option_values_that_start_with_a_dash_reach_the_daemon(tmp_path: Path) -> None:
     """`--context -Marigold` was two arguments, and the daemon took -Marigold for a flag and refused to start."""
-    path = tmp_path / "options.json"
-    path.write_text(json.dumps({"context": "-Marigold, -ish", "remote_urls": ["-x"], "language": "-"}))
-    result = subprocess.run(
-        [sys.executable, str(ADDON / "run.py"), "--options", str(path), "--print-command"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    ).stdout
-    settings = settings_from_command(shlex.split(result))
+    options = {"context": "-Marigold, -ish", "remote_urls": ["-x"], "language": "-"}
+    settings = settings_from_command(shlex.split(printed_command(options, tmp_path)))
     assert (settings.context, settings.remote_urls, settings.language) == ("-Marigold, -ish", ("-x",), "-")
 
 
