@@ -558,11 +558,25 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path}: not valid YAML: {_yaml_problem(exc)}") from None
     except (ValueError, TypeError):  # a value that is not of the type its tag says (`!!int abc`)
         raise ConfigError(f"config file {path}: a value is not of the type its !! tag names; quote it") from None
+    _refuse_anchors(path, raw.decode("utf-8"))
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path}: must be a mapping of setting names to values")
     return {str(name): coerce(str(name), raw) for name, raw in data.items()}
+
+
+def _refuse_anchors(path: Path, text: str) -> None:
+    """A settings file has no use for YAML's anchors and aliases, and a value that starts with & is
+    silently read as one: `api_key: &Kitchen-Pass1` is no key at all, and the daemon would run
+    open. The value itself is not quoted in the message: it may be the secret."""
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if getattr(event, "anchor", None) is not None:
+            line = event.start_mark.line + 1 if event.start_mark else "?"
+            raise ConfigError(
+                f"config file {path}: line {line}: a value starting with & or * is read as a YAML anchor or "
+                "alias; quote it"
+            )
 
 
 def _yaml_problem(exc: yaml.YAMLError) -> str:

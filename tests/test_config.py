@@ -87,10 +87,13 @@ def test_a_malformed_file_is_reported_by_line_without_quoting_it(tmp_path: Path)
     assert "secret-part" not in result.stderr and "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("value", ["!Kitchen-Pass1", "*Kitchen-Pass1", "!!int Kitchen-Pass1"])
+@pytest.mark.parametrize(
+    "value", ["!Kitchen-Pass1", "*Kitchen-Pass1", "!!int Kitchen-Pass1", "&Kitchen-Pass1", "&Kitchen-Pass1 x"]
+)
 def test_a_secret_read_as_a_yaml_tag_or_alias_is_not_quoted(tmp_path: Path, value: str) -> None:
-    """A key may start with !, * or &, which YAML reads as a tag or an alias: PyYAML's own message
-    quotes it (and `!!int` raised a bare ValueError that named neither the file nor the key)."""
+    """A key may start with !, * or &, which YAML reads as a tag, an alias or an anchor: PyYAML's own
+    message quotes it, `!!int` raised a bare ValueError that named neither the file nor the key, and
+    an anchor was silently no key (`&Kitchen-Pass1`: the daemon ran without one) or another one."""
     config = tmp_path / "c.yaml"
     config.write_text(f"silence_ms: 800\napi_key: {value}\n")
     result = serve_on_loopback("--config", str(config))
