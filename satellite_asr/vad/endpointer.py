@@ -228,9 +228,7 @@ class Endpointer:
     @property
     def earliest_start(self) -> int:
         """The earliest sample an utterance not yet begun could start at: audio before it is never needed."""
-        onset = self._onset_start if self._onset_start >= 0 else self.position
-        lost = self._reachable_lost_onset(onset)
-        return max((lost if lost >= 0 else onset) - self._pad, self._floor, 0)
+        return self._start_of(self._onset_start if self._onset_start >= 0 else self.position)
 
     def verdict(self, end: int, verdict: TurnVerdict) -> list[EndpointEvent]:
         """The turn detector read the final speculated at `end`: a complete command ends the pause at
@@ -271,13 +269,17 @@ class Endpointer:
             return -1
         return max(self._lost_onset_start, onset - ONSET_LOOKBACK)
 
+    def _start_of(self, onset: int) -> int:
+        """Where an utterance whose onset began at `onset` starts: there, or at the onset that died
+        just before it, less the pre-roll, never before the previous utterance's end."""
+        lost = self._reachable_lost_onset(onset)
+        return max((lost if lost >= 0 else onset) - self._pad, self._floor, 0)
+
     def _begin_utterance(self) -> SpeechStart:
         """The onset in progress becomes an utterance, from where its speech began (or the onset that
         died just before it) less the pre-roll."""
-        onset = self._onset_start
-        lost = self._reachable_lost_onset(onset)
         self.in_speech = True
-        self.utterance_start = max((lost if lost >= 0 else onset) - self._pad, self._floor, 0)
+        self.utterance_start = self._start_of(self._onset_start)
         self._onset_start, self._onset_speech, self._lost_onset_start = -1, 0, -1
         self._last_speech_end = self.position
         self._silence_run = 0
