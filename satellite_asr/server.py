@@ -229,16 +229,15 @@ def bind_error(exc: OSError, setting: str, address: str) -> ConfigError:
 def tls_context(cert: str, key: str) -> ssl.SSLContext:
     """The server's TLS context, or a `ConfigError` that names the file at fault: OpenSSL's own errors
     do not ("PEM lib"), and for an encrypted key it would ask for a pass phrase on the terminal."""
-    texts = {}
     for setting, path, marker, kind in (
         ("tls_cert", cert, "-----BEGIN CERTIFICATE-----", "PEM certificate"),
         ("tls_key", key, "PRIVATE KEY-----", "PEM private key"),
     ):
         try:
-            texts[setting] = Path(path).read_text(encoding="ascii", errors="replace")
+            text = Path(path).read_text(encoding="ascii", errors="replace")
         except OSError as exc:
             raise ConfigError(f"{setting}: cannot read {path} ({exc.strerror or exc})") from None
-        if marker not in texts[setting]:
+        if marker not in text:
             raise ConfigError(f"{setting}: {path} holds no {kind}")
 
     def no_pass_phrase() -> str:
