@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import subprocess
+import sys
 import wave
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
@@ -104,6 +106,14 @@ def running_daemon(engine: Engine | None = None, /, **overrides: Any) -> Abstrac
     `engine` setting, by name, goes in `overrides` like any other.
     """
     return in_process_daemon(daemon_settings(**overrides), engine)
+
+
+def serve_on_loopback(*flags: str) -> subprocess.CompletedProcess[str]:
+    """`satellite-asr serve` with `flags`, on loopback should it start: the tests expect it to stop
+    (killed after 60 s if it does not)."""
+    loopback = ["--host", "127.0.0.1", "--http-port", "0", "--wyoming-uri", "none", "--no-zeroconf"]
+    command = [sys.executable, "-m", "satellite_asr", "serve", *loopback, *flags]
+    return subprocess.run(command, capture_output=True, text=True, timeout=60)
 
 
 def of_type(messages: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:

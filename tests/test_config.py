@@ -11,15 +11,9 @@ import yaml
 
 from satellite_asr.cli import build_parser
 from satellite_asr.config import ConfigError, Settings, coerce, load_settings, setting_default, setting_fields
+from tests.helpers import serve_on_loopback
 
 ROOT = Path(__file__).parent.parent
-
-
-def serve_on_loopback(*flags: str) -> subprocess.CompletedProcess[str]:
-    """`satellite-asr serve` with `flags`, on loopback should it start: the tests expect it to stop."""
-    loopback = ["--host", "127.0.0.1", "--http-port", "0", "--wyoming-uri", "none", "--no-zeroconf"]
-    command = [sys.executable, "-m", "satellite_asr", "serve", *loopback, *flags]
-    return subprocess.run(command, capture_output=True, text=True, timeout=60)
 
 
 def test_defaults() -> None:

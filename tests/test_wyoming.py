@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -47,6 +46,7 @@ from tests.helpers import (
     daemon_settings,
     normalise,
     running_daemon,
+    serve_on_loopback,
     word_error_rate,
 )
 
@@ -435,19 +435,10 @@ async def test_unix_socket(tmp_path: Path) -> None:
 
 
 async def serve_and_fail(*flags: str) -> str:
-    """Runs `satellite-asr serve` with `flags`, which must stop start-up (exit 2): its last line."""
-    daemon = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "satellite_asr", "serve", "--host", "127.0.0.1", "--no-zeroconf", *flags,
-        stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    try:
-        _, stderr = await asyncio.wait_for(daemon.communicate(), 90)
-    finally:
-        if daemon.returncode is None:  # it started serving: stop it, then fail
-            daemon.kill()
-            await daemon.wait()
-    assert daemon.returncode == 2, stderr.decode()
-    return stderr.decode().strip().splitlines()[-1]
+    """The last line of `satellite-asr serve` with `flags`, which must stop start-up (exit 2)."""
+    result = await asyncio.to_thread(serve_on_loopback, *flags)
+    assert result.returncode == 2, result.stderr
+    return result.stderr.strip().splitlines()[-1]
 
 
 async def test_a_second_daemon_leaves_a_live_unix_socket_alone(tmp_path: Path) -> None:
