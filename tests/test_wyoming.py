@@ -37,6 +37,7 @@ from tests.doubles import (
     ContextRecordingEngineDouble,
     CrashingEngineDouble,
     FirstUtteranceIsNoiseEngineDouble,
+    GatedEngineDouble,
     SlowLoadingEngineDouble,
 )
 from tests.helpers import (
@@ -44,6 +45,7 @@ from tests.helpers import (
     FIXTURES,
     WER_TOLERANCE,
     daemon_settings,
+    eventually,
     normalise,
     running_daemon,
     serve_on_loopback,
@@ -491,6 +493,32 @@ async def test_shutdown_answers_the_round_in_progress_and_closes(raw: RawOpener)
     assert "timer" in normalise(text_of(spoken))
     assert [e.type for e in silent] == ["transcript-start", "transcript", "transcript-stop"]
     assert text_of(silent) == ""
+
+
+async def test_a_round_whose_final_outlasts_the_shutdown_timeout_is_cut_without_a_traceback(
+    raw: RawOpener, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The engine never finishes the final: shutdown runs out of time, cuts the connection and
+    cancels what it still waits for. That is how such a connection is meant to end, not an error."""
+    engine = GatedEngineDouble()  # its gate stays shut
+    daemon = Daemon(daemon_settings(wyoming_uri=WYOMING, shutdown_timeout_s=0.5), engine)
+    await daemon.start()
+    await daemon.core.wait_ready()
+    reader, writer = await raw(daemon)
+    wav = fixture("lights_on.wav")
+    writer.write(wire(Transcribe(language="en").event()) + wire(audio_start(wav).event()))
+    for chunk in chunks_of(wav):
+        writer.write(wire(chunk.event()))
+    writer.write(wire(audio_stop()))
+    await writer.drain()
+    connections = daemon.wyoming._connections  # type: ignore[union-attr]
+    # the round was taken off its connection by audio-stop, whose handling waits for the final
+    await eventually(lambda: len(daemon.core.sessions) == 1 and [c.round for c in connections.values()] == [None])
+    await daemon.stop()
+    events = await read_all(reader)
+    assert "transcript" not in [e.type for e in events], "no final could be decoded"
+    assert len(daemon.core.sessions) == 0 and not connections
+    assert_no_error_logs(caplog)
 
 
 async def test_idle_round_is_answered_and_closed(raw: RawOpener) -> None:

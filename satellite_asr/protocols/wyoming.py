@@ -530,6 +530,10 @@ class WyomingServer:
         except TooManyConnections as exc:
             await connection.error("server_busy", str(exc))
             await connection.close_writer()
+        except asyncio.CancelledError:
+            # Only `abort` cancels a connection: the end shutdown chose for it, so the task ends
+            # normally (asyncio before 3.13 logs a connection task that ends cancelled as an error).
+            log.debug("wyoming connection cancelled at shutdown")
 
 
 def _remove_stale_socket(path: str) -> None:
