@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 from aiohttp import web
+from aiohttp.http import HttpProcessingError
 
 from satellite_asr.access import Access, error_response
 from satellite_asr.config import ConfigError, Settings
@@ -38,6 +39,26 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 HANDLER_GRACE_S = 1.0
 """At shutdown, how long HTTP handlers may still run once their connections were closed or cut."""
+
+
+class _MalformedRequests(logging.Filter):
+    """aiohttp logs a request it could not parse (bad framing, control characters in a header, a
+    body encoding it cannot decode) as an ERROR with a traceback. It has already answered 400: the
+    fault is the client's, and any client on the LAN could repeat it to flood the log. Such a
+    record becomes one DEBUG line; everything else passes as aiohttp logs it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        fault = record.exc_info[1] if record.exc_info else None
+        if isinstance(fault, HttpProcessingError) and fault.code < 500:
+            first_line = (fault.message or "").strip().splitlines()[:1]
+            log.debug("%s: %s", record.getMessage(), first_line[0] if first_line else fault.code)
+            return False
+        return True
+
+
+http_log = logging.getLogger(f"{__name__}.http")
+"""aiohttp's server log for this daemon's HTTP server (aiohttp's own `aiohttp.server` by default)."""
+http_log.addFilter(_MalformedRequests())
 
 
 class Daemon:
@@ -92,6 +113,7 @@ class Daemon:
             app,
             handle_signals=False,
             access_log=None,
+            logger=http_log,
             keepalive_timeout=self.settings.header_timeout_s,
             shutdown_timeout=HANDLER_GRACE_S,
         )

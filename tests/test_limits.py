@@ -13,6 +13,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import logging
 import os
 import signal
 import socket
@@ -478,6 +479,40 @@ async def test_a_wyoming_client_that_does_not_read_is_dropped() -> None:
             result = await transcribe_like_home_assistant(client, read_wav(FIXTURES / "lights_on.wav"), realtime=False)
     assert written > 10
     assert result.text is not None and word_error_rate(EXPECTED["lights_on.wav"][0], result.text) <= 0.25
+
+
+# --- malformed HTTP ----------------------------------------------------------------------------------
+
+MALFORMED_REQUESTS = (
+    b"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\nZZZ\r\n",
+    b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Encoding: br\r\nContent-Length: 3\r\n\r\nabc",
+    b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Control: \x00\x01\r\n\r\n",
+)
+"""Requests aiohttp cannot parse: a chunk size that is not hex, a body encoding it cannot decode,
+control characters in a header."""
+
+
+async def test_a_malformed_http_request_is_refused_with_one_debug_line_not_an_error_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Any client on the LAN can send these as often as it likes: each is answered 400 by aiohttp,
+    and an ERROR with a traceback for each would flood the log with the client's faults."""
+    caplog.set_level(logging.DEBUG)
+    async with running_daemon() as daemon:
+        statuses = []
+        for request in MALFORMED_REQUESTS:
+            async with raw_connection(daemon.http_port) as (reader, writer):
+                writer.write(request)
+                head = await asyncio.wait_for(reader.read(), 60)
+                statuses.append(int(head.split()[1]))
+        health = await health_status(daemon)
+    assert statuses == [400] * len(MALFORMED_REQUESTS)
+    assert health == 200
+    http_records = [r for r in caplog.records if r.name.startswith(("aiohttp", "satellite_asr.server"))]
+    assert not [r.getMessage() for r in http_records if r.levelno >= logging.WARNING or r.exc_info]
+    refused = [r.getMessage() for r in http_records if "Error handling request from 127.0.0.1" in r.getMessage()]
+    assert len(refused) == len(MALFORMED_REQUESTS), refused
+    assert "chunk size" in refused[0] and "brotli" in refused[1], refused
 
 
 # --- idle means no speech --------------------------------------------------------------------------
