@@ -17,6 +17,7 @@ back. The model answers `language English<asr_text>text` (or just the text after
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -113,6 +114,22 @@ def language_name(language: str) -> str | None:
 def language_code(name: str) -> str | None:
     """The code for a language name the model wrote (`English` -> `en`); None if it is not one of the 30."""
     return _NAME_TO_CODE.get(name.strip().lower())
+
+
+_CONTROL_TOKEN = re.compile(r"<\|[^|]+\|>|" + re.escape(ASR_TEXT_TAG))
+"""The model's chat and audio markers (`<|im_end|>`, `<|audio_pad|>`, ...) and its transcript tag."""
+
+
+def plain_context(text: str) -> str:
+    """`text` without the model's control tokens, which the tokenizer would read as such in a prompt.
+
+    Context comes from clients and Home Assistant names: as text it must not end the system turn,
+    start an assistant answer or add an audio slot (vLLM would put the audio there). Removed until
+    none is left, as removing one can join the halves of another (`<|im<|x|>_end|>`).
+    """
+    while (plain := _CONTROL_TOKEN.sub("", text)) != text:
+        text = plain
+    return text
 
 
 def chat_prompt(context: str = "") -> str:
@@ -264,4 +281,4 @@ class Qwen3Decoding:
 
     def open_stream(self, decoder: Qwen3Decoder, options: StreamOptions) -> Qwen3Stream:
         utterance = Qwen3Utterance.for_language(options.language, self.rollback_tokens, self.fresh_partials)
-        return Qwen3Stream(decoder, utterance, options.context)
+        return Qwen3Stream(decoder, utterance, plain_context(options.context))
