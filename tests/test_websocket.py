@@ -446,6 +446,17 @@ async def test_engine_error_hits_only_its_session(error: type[Exception]) -> Non
     assert word_error_rate(EXPECTED["weather.wav"][0], of_type(fine, "final")[0]["text"]) <= WER_TOLERANCE
 
 
+async def test_a_lone_surrogate_in_the_context_fails_no_decode() -> None:
+    """JSON can escape half a UTF-16 pair; no tokenizer takes one, so it reaches the engine as U+FFFD."""
+    async with running_daemon() as daemon:
+        messages = await stream_file(
+            FIXTURES / "weather.wav", ws_url(daemon), fast=True, config={"context": "Kitchen \udcff lamp"}
+        )
+        assert daemon.core.status == "ready"
+    assert of_type(messages, "error") == []
+    assert word_error_rate(EXPECTED["weather.wav"][0], of_type(messages, "final")[0]["text"]) <= WER_TOLERANCE
+
+
 async def test_idle_session_is_finalized_and_closed() -> None:
     audio = fixture_16k("music.wav")[: int(2.0 * 16000)]
     async with running_daemon(idle_timeout_s=1.0) as daemon, websockets.connect(ws_url(daemon)) as ws:
