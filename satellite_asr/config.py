@@ -101,7 +101,10 @@ class Settings:
         0.9, "Share of GPU memory vLLM may take (weights + KV cache).", minimum=0.05, maximum=0.99
     )
     vllm_max_model_len: int = _opt(
-        4096, "Longest prompt + transcript in tokens (30 s of audio is about 400).", minimum=256, maximum=65536
+        4096,
+        "Longest prompt + transcript in tokens: context (at most 1024), audio (30 s: 390), 2 x qwen_max_new_tokens.",
+        minimum=256,
+        maximum=65536,
     )
     vllm_max_num_seqs: int = _opt(
         64, "Decodes vLLM batches at once (the daemon keeps this many in flight).", minimum=1, maximum=4096

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from satellite_asr.audio import Audio
+from satellite_asr.biasing.context import NAME_SEPARATOR
 from satellite_asr.engines.base import EngineStream, StreamOptions, Transcript
 
 log = logging.getLogger(__name__)
@@ -166,7 +167,7 @@ def parse_output(raw: str, forced_language: str | None = None) -> tuple[str | No
 
 
 _MOST_CUTS = 8
-"""Cuts `roll_back` tries: a character is at most 4 bytes, and a token may hold the end of one and
+"""Cuts `roll_back` and `first_tokens` try: a character is at most 4 bytes, and a token may hold the end of one and
 the start of the next, so a whole character ends a few tokens back; further back than this the
 text itself ends in U+FFFD, and the decode starts afresh rather than ask a server for each token."""
 
@@ -178,7 +179,27 @@ async def roll_back(text: str, tokens: int, encode: Encode, decode: Decode) -> s
     heard yet), so the next decode is made to continue from a point a little before them.
     """
     ids = list(await encode(text))
-    end = len(ids) - tokens
+    return await _whole_characters(ids, len(ids) - tokens, decode)
+
+
+async def first_tokens(text: str, limit: int, encode: Encode, decode: Decode) -> str:
+    """`text` cut to at most `limit` tokens, after the last whole name that fits (half a name biases
+    towards another one); `text` itself when it fits.
+
+    A context's tokens count against the model's length, and a client can send a few thousand
+    characters that take several tokens each: uncut, every decode of its session would fail.
+    """
+    if len(text.encode()) <= limit:  # no token is shorter than a byte: no need to ask the tokenizer
+        return text
+    ids = list(await encode(text))
+    if len(ids) <= limit:
+        return text
+    kept = await _whole_characters(ids, limit, decode)
+    return kept.rpartition(NAME_SEPARATOR)[0] or kept
+
+
+async def _whole_characters(ids: list[int], end: int, decode: Decode) -> str:
+    """The text of `ids[:end]`, or of a few tokens fewer, that ends on a whole character; "" if none does."""
     for cut in range(end, max(end - _MOST_CUTS, 0), -1):
         kept = await decode(ids[:cut])
         if not kept.endswith("\ufffd"):  # one inside is the model's own (vLLM's for invalid bytes)
@@ -249,22 +270,34 @@ class Qwen3Decoder(Protocol):
 class Qwen3Stream(EngineStream):
     """One utterance: partials continue the previous one minus its last tokens, the final starts afresh."""
 
-    def __init__(self, decoder: Qwen3Decoder, utterance: Qwen3Utterance, context: str) -> None:
+    def __init__(self, decoder: Qwen3Decoder, utterance: Qwen3Utterance, context: str, context_tokens: int) -> None:
         self._decoder = decoder
         self._utterance = utterance
         self._context = context
+        self._context_tokens = context_tokens
+        self._fitted_context: str | None = None
 
     async def partial(self, audio: Audio) -> Transcript:
+        context = await self._context_that_fits()
         continuation = await self._utterance.partial_continuation(self._decoder.encode, self._decoder.decode_tokens)
-        generated, tokens = await self._decoder.continue_decode(self._context, continuation, audio, final=False)
+        generated, tokens = await self._decoder.continue_decode(context, continuation, audio, final=False)
         language, text = self._utterance.accept_partial(continuation, generated)
         return Transcript(text, language, tokens)
 
     async def final(self, audio: Audio) -> Transcript:
+        context = await self._context_that_fits()
         continuation = self._utterance.final_continuation()
-        generated, tokens = await self._decoder.continue_decode(self._context, continuation, audio, final=True)
+        generated, tokens = await self._decoder.continue_decode(context, continuation, audio, final=True)
         language, text = self._utterance.final_result(generated)
         return Transcript(text, language, tokens)
+
+    async def _context_that_fits(self) -> str:
+        """The context cut to `context_tokens` (`first_tokens`), worked out once for the utterance."""
+        if self._fitted_context is None:
+            self._fitted_context = await first_tokens(
+                self._context, self._context_tokens, self._decoder.encode, self._decoder.decode_tokens
+            )
+        return self._fitted_context
 
 
 @dataclass(frozen=True)
@@ -278,7 +311,11 @@ class Qwen3Decoding:
     """See `Qwen3Utterance`."""
     ignore_eos: bool = False
     """Every decode writes exactly `max_new_tokens` (tests with random weights)."""
+    max_context_tokens: int = 1024
+    """Most tokens of context a decode is prompted with; the end of a longer one (the household's
+    last names) is left out. The model's length must hold this, the longest utterance's audio (13
+    tokens a second) and twice `max_new_tokens` (a partial's continuation and what it writes)."""
 
     def open_stream(self, decoder: Qwen3Decoder, options: StreamOptions) -> Qwen3Stream:
         utterance = Qwen3Utterance.for_language(options.language, self.rollback_tokens, self.fresh_partials)
-        return Qwen3Stream(decoder, utterance, plain_context(options.context))
+        return Qwen3Stream(decoder, utterance, plain_context(options.context), self.max_context_tokens)

@@ -18,6 +18,7 @@ from satellite_asr.engines.qwen3_prompt import (
     Qwen3Decoding,
     Qwen3Utterance,
     chat_prompt,
+    first_tokens,
     language_code,
     language_header,
     language_name,
@@ -131,6 +132,16 @@ async def test_roll_back_drops_the_last_k_tokens(tokenizer: Tokenizer) -> None:
     assert text.startswith(kept) and len(kept) < len(text)
     assert await roll_back(text, len(ids), tokenizer.encode, tokenizer.decode) == ""
     assert await roll_back("", 5, tokenizer.encode, tokenizer.decode) == ""
+
+
+async def test_a_long_context_is_cut_after_its_last_whole_name(tokenizer: Tokenizer) -> None:
+    names = ", ".join(f"Room {number}" for number in range(200))
+    kept = await first_tokens(names, 100, tokenizer.encode, tokenizer.decode)
+    assert len(await tokenizer.encode(kept)) <= 100
+    assert names.startswith(kept + ", Room ")  # ends on a whole name
+    with_the_next_name = names[: names.index(", ", len(kept) + 2)]
+    assert len(await tokenizer.encode(with_the_next_name)) > 100  # the longest run of whole names that fits
+    assert await first_tokens("Kitchen, Hall", 100, tokenizer.encode, tokenizer.decode) == "Kitchen, Hall"
 
 
 async def test_roll_back_never_cuts_a_character_in_half(tokenizer: Tokenizer) -> None:

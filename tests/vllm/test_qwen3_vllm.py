@@ -25,6 +25,7 @@ pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(300)
 
 MAX_NEW_TOKENS = 32
 MAX_NUM_SEQS = 8
+MAX_CONTEXT_TOKENS = 256
 SECOND = 16000
 
 
@@ -48,7 +49,7 @@ async def engine(tiny_qwen3_asr: Path, batch_sizes: list[int]) -> AsyncIterator[
         max_num_seqs=MAX_NUM_SEQS,
         enforce_eager=True,
         kv_cache_bytes=64 * 2**20,
-        decoding=Qwen3Decoding(max_new_tokens=MAX_NEW_TOKENS, ignore_eos=True),
+        decoding=Qwen3Decoding(max_new_tokens=MAX_NEW_TOKENS, ignore_eos=True, max_context_tokens=MAX_CONTEXT_TOKENS),
     )
     assert not engine.ready
     engine.report_batch_sizes(batch_sizes.append)
@@ -71,6 +72,14 @@ async def test_a_missing_model_directory_is_named(tmp_path: Path) -> None:
     with pytest.raises(EngineError, match=f"cannot start vLLM with model '{missing}': no model directory at {missing}"):
         await engine.start()
     await engine.close()
+
+
+async def test_a_context_of_more_tokens_than_the_model_holds_is_cut(engine: Qwen3VllmEngine, speech: Audio) -> None:
+    """Within max_context_chars (4000) but over max_model_len (1024) in tokens: four bytes a character."""
+    context = "\U00013000" * 4000
+    assert len(await engine.encode(context)) > 1024
+    final = await engine.open_stream(StreamOptions(language="en", context=context)).final(speech[: 3 * SECOND])
+    assert final.tokens == MAX_NEW_TOKENS
 
 
 async def decode_utterance(engine: Qwen3VllmEngine, audio: Audio) -> tuple[list[Transcript], Transcript, str]:
