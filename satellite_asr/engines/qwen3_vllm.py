@@ -137,6 +137,8 @@ class Qwen3VllmEngine(Engine):
         self._observe_batch = observe
 
     async def start(self) -> None:
+        with self._lock:
+            self._closed = False  # a restart (close, then start) loads it again
         log.info(
             "loading %s with vLLM (%s)", self._model, ", ".join(f"{k}={v}" for k, v in self._engine_kwargs.items())
         )

@@ -185,3 +185,12 @@ async def test_superseded_partial_is_aborted_in_vllm(engine: Qwen3VllmEngine, sp
     assert engine.pending == MAX_NUM_SEQS  # gone from vLLM while the finals still run
     assert [t.tokens for t in await asyncio.gather(*finals)] == [MAX_NEW_TOKENS] * MAX_NUM_SEQS
     assert engine.pending == 0
+
+
+async def test_a_closed_engine_starts_again_and_decodes(engine: Qwen3VllmEngine, speech: Audio) -> None:
+    """What the core does to an engine that stopped decoding (its vLLM process died): close, then start."""
+    await engine.close()
+    await engine.start()
+    assert engine.ready
+    final = await engine.open_stream(StreamOptions(language="en")).final(speech[:SECOND])
+    assert final.tokens == MAX_NEW_TOKENS
