@@ -154,6 +154,20 @@ async def test_a_huge_answer_makes_a_short_error(
     assert len(str(error.value)) < 1000
 
 
+async def test_an_answer_nested_too_deep_to_parse_is_a_failing_server(servers: list[VllmServerDouble]) -> None:
+    nested = "[" * 100_000 + "]" * 100_000
+    servers[0].replies["/v1/models"] = (200, nested)
+    async with started(servers, health_interval_s=3600) as engine:
+        assert healthy(engine) == [False, True]
+        assert engine.endpoints[0].reason == "its answer nests too deeply to be parsed as JSON"
+    del servers[0].replies["/v1/models"]
+    servers[0].replies[CHAT] = (200, nested)
+    async with started(servers, health_interval_s=3600) as engine:
+        assert (await final(engine)).text == TRANSCRIPT  # from the other server
+        assert [server.requests[CHAT] for server in servers] == [1, 1] and healthy(engine) == [False, True]
+        assert engine.endpoints[0].reason.startswith("HTTP 200 with an answer that is not JSON: [[[")
+
+
 async def test_more_decodes_than_a_connection_pool_holds_reach_the_server_and_probes_still_pass(
     servers: list[VllmServerDouble],
 ) -> None:

@@ -72,6 +72,15 @@ async def _read_body(response: aiohttp.ClientResponse) -> tuple[bytes, bool]:
         return whole.partial, True
 
 
+def _parsed(answer: bytes) -> object:
+    """An answer's JSON; ValueError also for one nested deeper than Python's parser goes (no vLLM
+    answer is), which would otherwise escape as RecursionError: no failover, a failed start."""
+    try:
+        return json.loads(answer)
+    except RecursionError:
+        raise ValueError("its answer nests too deeply to be parsed as JSON") from None
+
+
 def _excerpt(answer: object) -> str:
     """An answer (its bytes, or what they parsed to) as an error quotes it: its start."""
     text = answer.decode(errors="replace") if isinstance(answer, bytes) else repr(answer)
@@ -164,7 +173,7 @@ class Qwen3RemoteEngine(Engine):
                 answer, whole = await _read_body(response)
             if not whole:
                 raise ValueError(f"its /v1/models answer is over {MAX_ANSWER_BYTES} bytes")
-            models = _model_ids(json.loads(answer))
+            models = _model_ids(_parsed(answer))
         except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
             self._mark_unhealthy(endpoint, _reason(exc, self._probe_timeout_s))
             return
@@ -241,7 +250,7 @@ class Qwen3RemoteEngine(Engine):
         if not whole:
             raise _EndpointFailed(f"HTTP 200 with an answer over {MAX_ANSWER_BYTES} bytes")
         try:
-            payload = json.loads(answer)
+            payload = _parsed(answer)
         except ValueError as exc:
             raise _EndpointFailed(f"HTTP 200 with an answer that is not JSON: {_excerpt(answer)}") from exc
         if not isinstance(payload, dict):
