@@ -203,6 +203,7 @@ class Qwen3VllmEngine(Engine):
         """
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
+        from vllm.v1.engine.exceptions import EngineDeadError
 
         prompt = chat_prompt(context) + continuation
         llm = self._loaded()
@@ -227,6 +228,8 @@ class Qwen3VllmEngine(Engine):
             if submitted:
                 self.aborted += 1
             raise
+        except EngineDeadError as exc:  # its own text points at a stack trace in the log, not for clients
+            raise EngineError("the vLLM engine process has stopped; the daemon restarts it") from exc
         except Exception as exc:
             raise EngineError(f"vLLM decode failed: {exc}") from exc
         if output is None or not output.outputs:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -152,3 +154,23 @@ async def test_stopping_while_vllm_loads_leaves_no_engine_process(tiny_qwen3_asr
     assert not daemon.core.engine.ready
     await until(lambda: bool(engine_processes() - others), interval_s=0.2)  # the load got as far as the engine...
     await until(lambda: not engine_processes() - others, interval_s=0.2)  # ...which is shut down once it exists
+
+
+@pytest.mark.asyncio
+async def test_a_dead_vllm_process_is_reported_to_sessions_and_health_and_restarted(
+    tiny_qwen3_asr: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    others = engine_processes()  # e.g. the module's daemon
+    async with running_daemon(**qwen3_settings(tiny_qwen3_asr)) as daemon:
+        (mine,) = engine_processes() - others
+        os.kill(mine, signal.SIGKILL)
+        messages = await stream_file(FIXTURES / "weather.wav", ws_url(daemon), fast=True)
+        assert [error["message"] for error in of_type(messages, "error")] == [
+            "transcription of utterance 1 failed: the vLLM engine process has stopped; the daemon restarts it"
+        ]
+        assert len(of_type(messages, "final")) == 1
+        await until(lambda: daemon.core.status == "ready", interval_s=0.5)
+        assert "engine qwen3-vllm is broken" in caplog.text  # what /health said until then
+        assert engine_processes() - others - {mine}
+        messages = await stream_file(FIXTURES / "weather.wav", ws_url(daemon), fast=True)
+        assert of_type(messages, "error") == [] and len(of_type(messages, "final")) == 1
