@@ -185,11 +185,12 @@ async def test_more_decodes_than_a_connection_pool_holds_reach_the_server_and_pr
 
 
 async def test_answers_of_the_wrong_shape_are_engine_errors(servers: list[VllmServerDouble]) -> None:
-    no_usage, content_not_text = completion(TRANSCRIPT), completion(TRANSCRIPT)
+    no_usage, content_not_text, infinite_tokens = completion(TRANSCRIPT), completion(TRANSCRIPT), completion(TRANSCRIPT)
     no_usage["usage"] = None
     content_not_text["choices"][0]["message"]["content"] = {"text": TRANSCRIPT}
+    infinite_tokens["usage"]["completion_tokens"] = float("inf")  # Infinity: JSON to Python's parser
     async with started(servers[:1], decoding=Qwen3Decoding(fresh_partials=0), health_interval_s=3600) as engine:
-        for answer in (no_usage, content_not_text):
+        for answer in (no_usage, content_not_text, infinite_tokens):
             servers[0].replies[CHAT] = (200, json.dumps(answer))
             with pytest.raises(EngineError, match="unexpected answer from vLLM server to /v1/chat/completions"):
                 await final(engine)

@@ -305,7 +305,7 @@ class Qwen3RemoteEngine(Engine):
         try:
             text = payload["choices"][0]["message"]["content"] or ""
             tokens = int(payload.get("usage", {}).get("completion_tokens", 0))
-        except (KeyError, IndexError, TypeError, ValueError, AttributeError):
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError, OverflowError):  # int(Infinity)
             text = None
         if not isinstance(text, str):
             raise EngineError(f"unexpected answer from vLLM server to {path}: {_excerpt(payload)}")
