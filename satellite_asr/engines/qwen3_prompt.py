@@ -8,7 +8,8 @@ No vLLM import, so both engines build the same prompt:
     <|im_start|>assistant\\n{continuation}
 
 The system turn is always present (empty without context), as in the official chat template, and
-depends only on the context, so vLLM's prefix cache reuses it across utterances. The
+depends only on the context (without control tokens, cut to `max_context_tokens`: `plain_context`,
+`first_tokens`), so vLLM's prefix cache reuses it across utterances. The
 continuation is what the assistant is made to have "already said": the forced-language header
 `language English<asr_text>` and, while streaming, the previous decode with its last tokens rolled
 back. The model answers `language English<asr_text>text` (or just the text after a forced header).
