@@ -245,14 +245,14 @@ class Qwen3VllmEngine(Engine):
         return self._llm
 
     async def close(self) -> None:
-        """Stop vLLM's engine process. Blocks the loop for the few seconds that takes, on purpose:
-        run on the loop, vLLM stops its output task before it can see the engine gone (and log an
-        error); sessions are all closed by now."""
+        """Stop vLLM's engine process, in a worker thread: that takes seconds (more when the process
+        died: vLLM waits, then kills what is left), and a restart (`core.py`) happens while every
+        other session is being served on this loop."""
         self._ready = False
         with self._lock:
             self._closed = True
             llm, self._llm = self._llm, None
         if llm is not None:
-            llm.shutdown()
+            await asyncio.get_running_loop().run_in_executor(None, llm.shutdown)
             del llm
             gc.collect()  # AsyncLLM sits in reference cycles; collected now, its __del__ runs before exit

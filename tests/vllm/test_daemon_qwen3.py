@@ -8,10 +8,7 @@ batched on the one engine.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
-import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -29,7 +26,7 @@ from satellite_asr.engines.factory import auto_engine, create_engine
 from satellite_asr.engines.qwen3_vllm import Qwen3VllmEngine, cuda_available, vllm_importable
 from satellite_asr.server import Daemon
 from tests.helpers import EXPECTED, FIXTURES, daemon_settings, of_type, running_daemon, ws_url
-from tests.vllm.waiting import until
+from tests.vllm.waiting import engine_processes, until
 
 pytestmark = pytest.mark.timeout(300)
 on_the_daemons_loop = pytest.mark.asyncio(loop_scope="module")
@@ -133,18 +130,6 @@ async def test_eight_sessions_share_the_engine_and_are_batched(daemon: Daemon) -
         assert "satellite_asr_engine_batch_size_bucket" in await response.text()
 
 
-def engine_processes() -> set[int]:
-    """Ids of the vLLM engine processes started by this test process and still running."""
-    import psutil  # type: ignore[import-untyped]  # comes with vllm; this module is skipped without it
-
-    found = set()
-    for process in psutil.Process().children(recursive=True):
-        with contextlib.suppress(psutil.Error):  # gone, or a zombie: not running
-            if "EngineCore" in " ".join(process.cmdline()):
-                found.add(process.pid)
-    return found
-
-
 @pytest.mark.asyncio
 async def test_stopping_while_vllm_loads_leaves_no_engine_process(tiny_qwen3_asr: Path) -> None:
     others = engine_processes()  # e.g. the module's daemon
@@ -154,23 +139,3 @@ async def test_stopping_while_vllm_loads_leaves_no_engine_process(tiny_qwen3_asr
     assert not daemon.core.engine.ready
     await until(lambda: bool(engine_processes() - others), interval_s=0.2)  # the load got as far as the engine...
     await until(lambda: not engine_processes() - others, interval_s=0.2)  # ...which is shut down once it exists
-
-
-@pytest.mark.asyncio
-async def test_a_dead_vllm_process_is_reported_to_sessions_and_health_and_restarted(
-    tiny_qwen3_asr: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    others = engine_processes()  # e.g. the module's daemon
-    async with running_daemon(**qwen3_settings(tiny_qwen3_asr)) as daemon:
-        (mine,) = engine_processes() - others
-        os.kill(mine, signal.SIGKILL)
-        messages = await stream_file(FIXTURES / "weather.wav", ws_url(daemon), fast=True)
-        assert [error["message"] for error in of_type(messages, "error")] == [
-            "transcription of utterance 1 failed: the vLLM engine process has stopped; the daemon restarts it"
-        ]
-        assert len(of_type(messages, "final")) == 1
-        await until(lambda: daemon.core.status == "ready", interval_s=0.5)
-        assert "engine qwen3-vllm is broken" in caplog.text  # what /health said until then
-        assert engine_processes() - others - {mine}
-        messages = await stream_file(FIXTURES / "weather.wav", ws_url(daemon), fast=True)
-        assert of_type(messages, "error") == [] and len(of_type(messages, "final")) == 1

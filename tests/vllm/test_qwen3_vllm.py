@@ -7,6 +7,8 @@ Random weights write junk, so every decode is made to produce exactly MAX_NEW_TO
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -19,7 +21,7 @@ from satellite_asr.engines.base import EngineError, StreamOptions, Transcript
 from satellite_asr.engines.qwen3_prompt import Qwen3Decoding, roll_back
 from satellite_asr.engines.qwen3_vllm import Qwen3VllmEngine
 from tests.helpers import FIXTURES
-from tests.vllm.waiting import until
+from tests.vllm.waiting import engine_processes, until
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(300)]
 
@@ -187,9 +189,34 @@ async def test_superseded_partial_is_aborted_in_vllm(engine: Qwen3VllmEngine, sp
     assert engine.pending == 0
 
 
-async def test_a_closed_engine_starts_again_and_decodes(engine: Qwen3VllmEngine, speech: Audio) -> None:
-    """What the core does to an engine that stopped decoding (its vLLM process died): close, then start."""
+async def test_a_dead_engine_process_fails_its_decodes_clearly_and_a_restart_leaves_the_loop_running(
+    engine: Qwen3VllmEngine, speech: Audio
+) -> None:
+    """What the core does when vLLM's engine process dies: the decodes fail with a sentence a client
+    can read, then close and start; every session's event loop goes on while vLLM shuts down."""
+    finals = [
+        asyncio.create_task(engine.open_stream(StreamOptions()).final(speech[: 3 * SECOND]))
+        for _ in range(MAX_NUM_SEQS)
+    ]
+    await until(lambda: engine.pending == MAX_NUM_SEQS or any(f.done() for f in finals))
+    (engine_process,) = engine_processes()
+    os.kill(engine_process, signal.SIGKILL)
+    said = [str(failure) for failure in await asyncio.gather(*finals, return_exceptions=True)]
+    assert said == ["the vLLM engine process has stopped; the daemon restarts it"] * MAX_NUM_SEQS
+
+    turns = 0
+
+    async def count_turns() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await asyncio.sleep(0)
+
+    counter = asyncio.create_task(count_turns())
     await engine.close()
+    turns_while_closing = turns
+    counter.cancel()
+    assert turns_while_closing > 0
     await engine.start()
     assert engine.ready
     final = await engine.open_stream(StreamOptions(language="en")).final(speech[:SECOND])

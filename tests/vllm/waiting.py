@@ -1,8 +1,9 @@
-"""Waiting on bookkeeping that offers no event to wait for (vLLM's counters, a server's metrics)."""
+"""Waiting on bookkeeping that offers no event to wait for (vLLM's counters and processes, a server's metrics)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 from collections.abc import Awaitable, Callable
 
@@ -16,3 +17,15 @@ async def until(check: Callable[[], bool | Awaitable[bool]], interval_s: float =
         if done:
             return
         await asyncio.sleep(interval_s)
+
+
+def engine_processes() -> set[int]:
+    """Ids of the vLLM engine processes started by this test process and still running."""
+    import psutil  # type: ignore[import-untyped]  # comes with vllm; the vLLM tests are skipped without it
+
+    found = set()
+    for process in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):  # gone, or a zombie: not running
+            if "EngineCore" in " ".join(process.cmdline()):
+                found.add(process.pid)
+    return found
