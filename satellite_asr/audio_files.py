@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import io
-from collections.abc import AsyncIterator, Generator
+from collections import deque
+from collections.abc import AsyncIterator, Generator, Iterator
 
 import av
 import av.container
@@ -19,6 +20,16 @@ from satellite_asr.audio import SAMPLE_RATE, Audio
 
 CHUNK_SECONDS = 0.5
 """Audio handed on per chunk: small enough that the shared VAD interleaves it with live frames."""
+
+MIN_SAMPLE_RATE = 4000
+"""Lowest sample rate accepted: half the telephone's 8 kHz, the lowest rate speech is recorded at
+(a few old formats go down to 5.5 kHz). Below it no speech is left to transcribe, and resampling
+to 16 kHz would make each decoded sample into many (a 4 Hz WAV header: 4000 per sample)."""
+
+RESAMPLE_STEP_SAMPLES = 1 << 14
+"""Most of a frame's samples resampled in one step: FFmpeg hands over frames as large as the file
+says (a WAV's block_align can make one 60,000 samples), and a frame is resampled in pieces of this
+many, so one step makes at most 16 kHz / `MIN_SAMPLE_RATE` times as many samples (4 s of audio)."""
 
 
 class NotAudioError(ValueError):
@@ -38,8 +49,8 @@ class AudioFile:
         self._resampler = _to_16k_mono()
         self._source: tuple[str, str, int] | None = None
         """The sample format, layout and rate of the frames `_resampler` was set up for."""
-        self._frames = container.decode(stream)
-        self._pending: list[Audio] = []
+        self._frames = (piece for frame in container.decode(stream) for piece in _pieces(frame))
+        self._pending: deque[Audio] = deque()
         self._pending_size = 0
         self._done = False
 
@@ -74,23 +85,33 @@ class AudioFile:
             self.close()
 
     def close(self) -> None:
-        """Free FFmpeg's buffers; safe to call again. Not while a thread is in `chunks()`."""
+        """Free FFmpeg's buffers and the decoded audio not handed on; safe to call again. Not while
+        a thread is in `chunks()`."""
         self._container.close()
+        self._pending.clear()
+        self._pending_size = 0
 
     def _take(self) -> Audio | None:
+        """The next chunk, cut from the front of `_pending` (the audio behind it is not copied)."""
         wanted = int(CHUNK_SECONDS * SAMPLE_RATE)
         while self._pending_size < wanted and not self._done:
             self._fill()
         if not self._pending_size:
             return None
-        joined = np.concatenate(self._pending)
-        chunk, rest = joined[:wanted], joined[wanted:]
-        self._pending = [rest] if rest.size else []
-        self._pending_size = rest.size
-        return chunk
+        parts: list[Audio] = []
+        size = 0
+        while self._pending and size < wanted:
+            head = self._pending.popleft()
+            if head.size > wanted - size:
+                head, rest = head[: wanted - size], head[wanted - size :]
+                self._pending.appendleft(rest)
+            parts.append(head)
+            size += head.size
+        self._pending_size -= size
+        return np.concatenate(parts)
 
     def _fill(self) -> None:
-        """Decode one more frame (or flush the resampler at the end) into `_pending`."""
+        """Decode one more frame, or piece of one (or flush the resampler at the end), into `_pending`."""
         try:
             frame = next(self._frames, None)
             if frame is None:
@@ -113,10 +134,31 @@ class AudioFile:
         source = (frame.format.name, frame.layout.name, frame.rate)
         if source == self._source:
             return self._resampler.resample(frame)
+        if frame.rate < MIN_SAMPLE_RATE:
+            raise NotAudioError(
+                f"its sample rate is {frame.rate} Hz, below the {MIN_SAMPLE_RATE} Hz this server takes "
+                "(speech is recorded at 8 kHz and above)"
+            )
         tail = self._resampler.resample(None)  # nothing before the first frame
         self._resampler = _to_16k_mono()
         self._source = source
         return [*tail, *self._resampler.resample(frame)]
+
+
+def _pieces(frame: av.AudioFrame) -> Iterator[av.AudioFrame]:
+    """`frame` as frames of at most `RESAMPLE_STEP_SAMPLES` samples (the resampler makes the same
+    audio of them as of the whole)."""
+    if frame.samples <= RESAMPLE_STEP_SAMPLES:
+        yield frame
+        return
+    sample_bytes = frame.format.bytes * (1 if frame.format.is_planar else frame.layout.nb_channels)
+    for start in range(0, frame.samples, RESAMPLE_STEP_SAMPLES):
+        count = min(RESAMPLE_STEP_SAMPLES, frame.samples - start)
+        piece = av.AudioFrame(format=frame.format.name, layout=frame.layout, samples=count)
+        for source, target in zip(frame.planes, piece.planes, strict=True):
+            target.update(bytes(memoryview(source)[start * sample_bytes : (start + count) * sample_bytes]))
+        piece.sample_rate = frame.sample_rate
+        yield piece
 
 
 def _to_16k_mono() -> av.AudioResampler:

@@ -100,5 +100,8 @@ class Recording:
         self._feeder = asyncio.create_task(feed(), name=f"feed-{session.id}")
         while (item := await progress.queue.get()) is not None:
             if isinstance(item, BaseException):
-                raise item
+                try:
+                    raise item
+                finally:  # the error's traceback holds this frame: a cycle that would keep the file's audio
+                    del item
             yield item

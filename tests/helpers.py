@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import struct
 import subprocess
 import sys
 import wave
@@ -43,6 +44,15 @@ def write_wav(path: Path, samples: np.ndarray, rate: int = SAMPLE_RATE) -> Path:
         wav.setframerate(rate)
         wav.writeframes((np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes())
     return path
+
+
+def u8_wav(samples: np.ndarray, rate: int, block_align: int = 1) -> bytes:
+    """Mono 8-bit WAV of float `samples`; FFmpeg reads it in frames of `block_align` samples (at
+    least 4096), whatever the header says."""
+    data = (np.clip(samples, -1, 1) * 127 + 128).astype(np.uint8).tobytes()
+    fmt = struct.pack("<HHIIHH", 1, 1, rate, rate, block_align, 8)
+    chunks = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"data" + struct.pack("<I", len(data)) + data
+    return b"RIFF" + struct.pack("<I", len(chunks)) + chunks
 
 
 def pcm16(audio: Audio, rate: int = 24000) -> bytes:

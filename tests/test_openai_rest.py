@@ -4,10 +4,12 @@ Silero, real tiny.en, loopback. Other containers are encoded from the fixtures a
 from __future__ import annotations
 
 import asyncio
+import gc
 import io
 import itertools
 import re
 import wave
+import weakref
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,6 +19,7 @@ import numpy as np
 import openai
 import pytest
 
+from satellite_asr.audio_files import AudioFile
 from satellite_asr.clients.bench import load_manifest
 from satellite_asr.clients.rest_bench import long_recording, run_rest_bench, wav_bytes
 from satellite_asr.clients.stream_client import stream_file
@@ -32,6 +35,7 @@ from tests.helpers import (
     of_type,
     running_daemon,
     same_words,
+    u8_wav,
     word_error_rate,
     ws_url,
 )
@@ -272,6 +276,7 @@ async def test_bad_uploads_and_fields_get_openai_errors_and_the_next_request_is_
             "stream srt": await refusal(create(file=wav, model="whisper-1", response_format="srt", stream=True)),
             "unknown field": await refusal(create(file=wav, model="whisper-1", extra_body={"diarize": "yes"})),
             "long prompt": await refusal(create(file=wav, model="whisper-1", prompt="kitchen " * 10_000)),
+            "8 Hz": await refusal(create(file=("a.wav", u8_wav(np.zeros(2000), 8)), model="whisper-1")),
         }
         after = await create(file=wav, model="whisper-1")
     params = {
@@ -286,6 +291,7 @@ async def test_bad_uploads_and_fields_get_openai_errors_and_the_next_request_is_
         "stream srt": "stream",
         "unknown field": "diarize",
         "long prompt": "prompt",
+        "8 Hz": "file",
     }
     for case, error in errors.items():
         assert error.status_code == 400, case
@@ -294,6 +300,7 @@ async def test_bad_uploads_and_fields_get_openai_errors_and_the_next_request_is_
         assert body["type"] == "invalid_request_error" and body["param"] == params[case], (case, body)
         assert len(body["message"]) > 15, (case, body)
     assert "empty" in errors["empty"].message
+    assert errors["8 Hz"].code == "invalid_file" and "sample rate is 8 Hz" in errors["8 Hz"].message
     assert "'fr'" in errors["language"].message and "en" in errors["language"].message
     assert word_error_rate(EXPECTED["lights_on.wav"][0], after.text) <= WER_TOLERANCE, "nothing else was lost"
 
@@ -447,22 +454,38 @@ async def test_a_ten_minute_upload_does_not_stop_a_live_stream() -> None:
     assert any(upload_at[0] < i < upload_at[-1] for i in live_partials_at), "live partials came during the upload"
 
 
-async def test_a_client_that_leaves_mid_stream_releases_its_session() -> None:
+async def test_a_client_that_leaves_mid_stream_releases_its_session_and_audio(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The session, the tasks and the decoded file are freed when the client leaves; the file at once,
+    not when the garbage collector next runs (it is off here), so no reference cycle holds it."""
+    opened: list[weakref.ref[AudioFile]] = []
+    real_open = AudioFile.open
+
+    def open_and_watch(data: bytes) -> AudioFile:
+        audio_file = real_open(data)
+        opened.append(weakref.ref(audio_file))
+        return audio_file
+
+    monkeypatch.setattr(AudioFile, "open", open_and_watch)
     upload, _ = long_upload(rounds=3, gap_s=1.0)
     async with running_daemon() as daemon, client(daemon) as api:
         tasks_before = len(asyncio.all_tasks())
-        events = await api.audio.transcriptions.create(file=("long.wav", upload), model="whisper-1", stream=True)
-        async for event in events:
-            assert event.type == "transcript.text.delta"
-            break
-        assert len(daemon.core.sessions) == 1
-        await events.close()
-        for _ in range(200):
-            if len(daemon.core.sessions) == 0 and len(asyncio.all_tasks()) <= tasks_before:
+        gc.disable()
+        try:
+            events = await api.audio.transcriptions.create(file=("long.wav", upload), model="whisper-1", stream=True)
+            async for event in events:
+                assert event.type == "transcript.text.delta"
                 break
-            await asyncio.sleep(0.05)
-        assert len(daemon.core.sessions) == 0, "the session of the client that left is released"
-        assert len(asyncio.all_tasks()) <= tasks_before, "no task left behind"
+            assert len(daemon.core.sessions) == 1
+            await events.close()
+            for _ in range(200):
+                if len(daemon.core.sessions) == 0 and len(asyncio.all_tasks()) <= tasks_before:
+                    break
+                await asyncio.sleep(0.05)
+            assert len(daemon.core.sessions) == 0, "the session of the client that left is released"
+            assert len(asyncio.all_tasks()) <= tasks_before, "no task left behind"
+            assert len(opened) == 1 and opened[0]() is None, "the file and its audio are freed"
+        finally:
+            gc.enable()
         after = await api.audio.transcriptions.create(file=("three.wav", THREE), model="whisper-1")
     assert word_error_rate(" ".join(EXPECTED["three_commands.wav"]), after.text) <= WER_TOLERANCE
 
