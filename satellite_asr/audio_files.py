@@ -32,19 +32,32 @@ says (a WAV's block_align can make one 60,000 samples), and a frame is resampled
 many, so one step makes at most 16 kHz / `MIN_SAMPLE_RATE` times as many samples (4 s of audio)."""
 
 
-class NotAudioError(ValueError):
-    """The bytes are not an audio file FFmpeg can decode (the message says what was wrong)."""
+class FileRefused(ValueError):
+    """The upload cannot be transcribed; the message says why."""
+
+
+class NotAudioError(FileRefused):
+    """The bytes are not an audio file FFmpeg can decode."""
+
+
+class AudioTooLongError(FileRefused):
+    """The file's audio is longer than the caller takes: its container says so, or decoding found it."""
 
 
 class AudioFile:
     """An uploaded file opened for decoding; `open` checks that it is audio before anything is streamed.
 
     The first chunk is decoded when opening, so a file whose header parses but whose audio does not
-    is refused at once; close with `close()` (or `chunks()` to the end, which closes it).
+    is refused at once; close with `close()` (or `chunks()` to the end, which closes it). Audio
+    longer than `max_seconds` is refused: when opening if the container says so, else when decoding
+    gets past it (a container's duration is what the file says, not what it holds).
     """
 
-    def __init__(self, container: av.container.InputContainer, stream: av.AudioStream) -> None:
+    def __init__(self, container: av.container.InputContainer, stream: av.AudioStream, max_seconds: float) -> None:
         self._container = container
+        self._max_seconds = max_seconds
+        self._decoded = 0
+        """16 kHz samples decoded so far."""
         self._stream = stream
         self._resampler = _to_16k_mono()
         self._source: tuple[str, str, int] | None = None
@@ -55,7 +68,7 @@ class AudioFile:
         self._done = False
 
     @classmethod
-    def open(cls, data: bytes) -> AudioFile:
+    def open(cls, data: bytes, max_seconds: float) -> AudioFile:
         if not data:
             raise NotAudioError("the file is empty")
         try:
@@ -65,10 +78,14 @@ class AudioFile:
         if not container.streams.audio:
             container.close()
             raise NotAudioError("the file has no audio stream")
-        audio_file = cls(container, container.streams.audio[0])
+        declared = (container.duration or 0) / av.time_base
+        if declared > max_seconds:
+            container.close()
+            raise AudioTooLongError(f"the file says its audio lasts {declared:.0f} s, over the {max_seconds:g} s limit")
+        audio_file = cls(container, container.streams.audio[0], max_seconds)
         try:
             audio_file._fill()
-        except NotAudioError:
+        except FileRefused:
             audio_file.close()
             raise
         return audio_file
@@ -126,6 +143,9 @@ class AudioFile:
             np.nan_to_num(samples, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
             self._pending.append(np.clip(samples, -1.0, 1.0))
             self._pending_size += samples.size
+            self._decoded += samples.size
+        if self._decoded > self._max_seconds * SAMPLE_RATE:
+            raise AudioTooLongError(f"the audio goes on past the {self._max_seconds:g} s limit")
 
     def _resample(self, frame: av.AudioFrame) -> list[av.AudioFrame]:
         """`frame` resampled. A resampler takes only frames like its first, and a stream may change

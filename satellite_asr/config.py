@@ -260,6 +260,14 @@ class Settings:
         minimum=1,
         maximum=1024,
     )
+    max_upload_audio_s: float = _opt(
+        14400.0,
+        "Longest audio POST /v1/audio/transcriptions transcribes, in seconds, checked on the duration the file "
+        "declares and on what it decodes to (a small file can hold days of FLAC silence); longer gets HTTP 400 "
+        "audio_too_long.",
+        minimum=1.0,
+        maximum=1_000_000.0,
+    )
     min_upload_kb_per_s: int = _opt(
         16,
         "Slowest an upload's body may arrive, in KB (2^10 bytes) per second: after header_timeout_s it must have "

@@ -11,6 +11,8 @@ from satellite_asr.audio import SAMPLE_RATE
 from satellite_asr.audio_files import MIN_SAMPLE_RATE, RESAMPLE_STEP_SAMPLES, AudioFile, NotAudioError
 from tests.helpers import u8_wav
 
+HOUR = 3600.0
+
 
 def tone(rate: int, seconds: float) -> np.ndarray:
     return 0.5 * np.sin(2 * np.pi * 440 * np.arange(int(rate * seconds)) / rate)
@@ -22,14 +24,14 @@ def decoded(audio_file: AudioFile) -> np.ndarray:
 
 def test_a_sample_rate_below_the_minimum_is_refused_on_opening() -> None:
     with pytest.raises(NotAudioError, match=f"100 Hz, below the {MIN_SAMPLE_RATE} Hz"):
-        AudioFile.open(u8_wav(np.zeros(2000), 100))
+        AudioFile.open(u8_wav(np.zeros(2000), 100), HOUR)
 
 
 def test_a_huge_frame_is_resampled_in_bounded_steps_to_the_same_audio() -> None:
     """A header asking for 60,000-sample frames: no step holds more than a piece of one resampled,
     and the audio is what ordinary 4096-sample frames give."""
     samples = tone(8000, 30)
-    huge_frames = AudioFile.open(u8_wav(samples, 8000, block_align=60000))
+    huge_frames = AudioFile.open(u8_wav(samples, 8000, block_align=60000), HOUR)
     largest = 0
     fill = huge_frames._fill
 
@@ -41,11 +43,11 @@ def test_a_huge_frame_is_resampled_in_bounded_steps_to_the_same_audio() -> None:
     huge_frames._fill = measured_fill  # type: ignore[method-assign]
     audio = decoded(huge_frames)
     assert largest <= RESAMPLE_STEP_SAMPLES * SAMPLE_RATE // 8000 + 64, largest
-    np.testing.assert_array_equal(audio, decoded(AudioFile.open(u8_wav(samples, 8000))))
+    np.testing.assert_array_equal(audio, decoded(AudioFile.open(u8_wav(samples, 8000), HOUR)))
 
 
 def test_close_drops_the_decoded_audio_not_handed_on() -> None:
-    audio_file = AudioFile.open(u8_wav(tone(8000, 10), 8000))
+    audio_file = AudioFile.open(u8_wav(tone(8000, 10), 8000), HOUR)
     chunks = audio_file.chunks()
     next(chunks)
     pending = [weakref.ref(array) for array in audio_file._pending]

@@ -19,6 +19,7 @@ import numpy as np
 import openai
 import pytest
 
+from satellite_asr.audio import SAMPLE_RATE
 from satellite_asr.audio_files import AudioFile
 from satellite_asr.clients.bench import load_manifest
 from satellite_asr.clients.rest_bench import long_recording, run_rest_bench, wav_bytes
@@ -372,6 +373,37 @@ async def test_over_the_size_limit_is_413_by_content_length_and_while_reading() 
     assert word_error_rate(EXPECTED["timer.wav"][0], small.text) <= WER_TOLERANCE, "a file under the limit is served"
 
 
+def understated_flac(name: str, declared_samples: int) -> bytes:
+    """A fixture as FLAC whose STREAMINFO says it holds `declared_samples` samples."""
+    data = bytearray(encoded(name, "flac", "flac", 16000))
+    # STREAMINFO follows "fLaC" and its 4-byte block header; its bytes 10-17 end in the 36-bit sample count
+    fields = int.from_bytes(data[18:26], "big")
+    data[18:26] = (fields >> 36 << 36 | declared_samples).to_bytes(8, "big")
+    return bytes(data)
+
+
+async def test_audio_over_max_upload_audio_s_is_refused_by_its_header_and_while_decoding() -> None:
+    """A file whose container says it is too long is refused before decoding; one that says less
+    than it holds is refused when decoding gets past the limit (stream=true: an error event)."""
+    understated = ("three.flac", understated_flac("three_commands.wav", SAMPLE_RATE))  # says 1 s, holds 9.9 s
+    async with running_daemon(max_upload_audio_s=5) as daemon, client(daemon) as api:
+        create = api.audio.transcriptions.create
+        declared = await refusal(create(file=("three.wav", THREE), model="whisper-1"))
+        decoded = await refusal(create(file=understated, model="whisper-1"))
+        events = await create(file=understated, model="whisper-1", stream=True)
+        with pytest.raises(openai.APIError) as streamed:
+            _ = [event async for event in events]
+        served = await create(file=("timer.wav", (FIXTURES / "timer.wav").read_bytes()), model="whisper-1")
+    assert declared.status_code == 400 and declared.code == "audio_too_long" and declared.param == "file"
+    assert "says its audio lasts 10 s, over the 5 s limit" in declared.message
+    assert decoded.status_code == 400 and decoded.code == "audio_too_long"
+    assert "goes on past the 5 s limit" in decoded.message
+    for message in (declared.message, decoded.message):
+        assert "max_upload_audio_s" in message
+    assert isinstance(streamed.value.body, dict) and streamed.value.body["code"] == "audio_too_long"
+    assert word_error_rate(EXPECTED["timer.wav"][0], served.text) <= WER_TOLERANCE, "a shorter file is served"
+
+
 async def test_503_while_the_engine_loads_then_served() -> None:
     engine = SlowLoadingEngineDouble()
     daemon = Daemon(daemon_settings(), engine=engine)
@@ -460,8 +492,8 @@ async def test_a_client_that_leaves_mid_stream_releases_its_session_and_audio(mo
     opened: list[weakref.ref[AudioFile]] = []
     real_open = AudioFile.open
 
-    def open_and_watch(data: bytes) -> AudioFile:
-        audio_file = real_open(data)
+    def open_and_watch(data: bytes, max_seconds: float) -> AudioFile:
+        audio_file = real_open(data, max_seconds)
         opened.append(weakref.ref(audio_file))
         return audio_file
 

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 from aiohttp import BodyPartReader, web
 
 from satellite_asr.audio import SAMPLE_RATE, Audio
-from satellite_asr.audio_files import AudioFile, NotAudioError, decoded_chunks
+from satellite_asr.audio_files import AudioFile, AudioTooLongError, FileRefused, decoded_chunks
 from satellite_asr.biasing.context import client_terms
 from satellite_asr.core import Core
 from satellite_asr.events import FinalTranscript
@@ -395,8 +395,8 @@ class OpenAIRestHandler:
         file, fields = await read_form(request, settings.max_upload_mb * MB, pace)
         parsed = parse_request(file, fields, self.core)
         try:
-            audio_file = await asyncio.to_thread(AudioFile.open, parsed.file)
-        except NotAudioError as exc:
+            audio_file = await asyncio.to_thread(AudioFile.open, parsed.file, settings.max_upload_audio_s)
+        except FileRefused as exc:
             raise _failure(exc) from None
         feed = _Feed(audio_file, request)
         try:
@@ -405,7 +405,7 @@ class OpenAIRestHandler:
                     return await self._stream(request, recording, feed)
                 try:
                     segments = [f async for f in recording.finals(feed.chunks()) if f.text.strip()]
-                except (NotAudioError, TranscriptionFailed) as exc:
+                except (FileRefused, TranscriptionFailed) as exc:
                     raise _failure(exc) from None
         except ServerBusy as exc:
             raise RequestError("server_busy", str(exc), status=503) from None
@@ -443,7 +443,7 @@ class OpenAIRestHandler:
                     await send({"type": "transcript.text.delta", "delta": (" " if texts else "") + text})
                     texts.append(text)
             await send({"type": "transcript.text.done", "text": " ".join(texts)})
-        except (NotAudioError, TranscriptionFailed) as exc:
+        except (FileRefused, TranscriptionFailed) as exc:
             error = _failure(exc)
             self.core.metrics.errors.labels(error.code).inc()
             with suppress(ConnectionError):
@@ -455,9 +455,12 @@ class OpenAIRestHandler:
         return response
 
 
-def _failure(exc: NotAudioError | TranscriptionFailed) -> RequestError:
-    """A file that stops decoding midway is the client's (400); a failed decode or shutdown is ours."""
-    if isinstance(exc, NotAudioError):
+def _failure(exc: FileRefused | TranscriptionFailed) -> RequestError:
+    """A file that stops decoding midway or is too long is the client's (400); a failed decode or
+    shutdown is ours."""
+    if isinstance(exc, AudioTooLongError):
+        return RequestError("audio_too_long", f"{exc} (setting max_upload_audio_s); send it in parts", param="file")
+    if isinstance(exc, FileRefused):
         return RequestError("invalid_file", f"the file is not audio this server can decode: {exc}", param="file")
     status = 500 if exc.code == "engine_error" else 503
     return RequestError(exc.code, exc.message, status=status)
