@@ -7,6 +7,7 @@ import asyncio
 import gc
 import io
 import itertools
+import json
 import re
 import wave
 import weakref
@@ -317,6 +318,13 @@ async def test_form_problems_the_sdk_would_not_send() -> None:
             stream = response.status, await response.json()
         async with http.post(url(daemon), json={"file": "timer.wav"}) as response:
             not_multipart = response.status, await response.json()
+        form = b'--b0undary\r\nContent-Disposition: form-data; name="model"\r\n\r\nwhisper-1\r\n--b0undary--\r\n'
+        gzip_label = {"Content-Type": "multipart/form-data; boundary=b0undary", "Content-Encoding": "gzip"}
+        async with http.post(url(daemon), data=form, headers=gzip_label) as response:
+            not_gzip = response.status, await response.text()
+    assert not_gzip[0] == 400, not_gzip
+    not_gzip_error = json.loads(not_gzip[1])["error"]
+    assert not_gzip_error["code"] == "invalid_request" and "gzip" in not_gzip_error["message"], not_gzip_error
     assert missing[0] == 400 and missing[1]["error"]["param"] == "file"
     assert stream[0] == 400 and stream[1]["error"]["param"] == "stream" and "'maybe'" in stream[1]["error"]["message"]
     assert not_multipart[0] == 400 and "multipart/form-data" in not_multipart[1]["error"]["message"]

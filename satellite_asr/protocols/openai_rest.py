@@ -157,6 +157,8 @@ async def read_form(
                     raise _bad_field(name, f"{name} must be UTF-8 text") from None
     except ValueError as exc:  # aiohttp's multipart parser: malformed framing
         raise RequestError("invalid_request", f"the multipart form cannot be read: {exc}") from None
+    except web.RequestPayloadError as exc:  # a body its Content-Encoding cannot decode
+        raise RequestError("invalid_request", f"the request body cannot be read: {exc}") from None
     return file, fields
 
 
