@@ -278,6 +278,9 @@ async def test_bad_uploads_and_fields_get_openai_errors_and_the_next_request_is_
             "stream srt": await refusal(create(file=wav, model="whisper-1", response_format="srt", stream=True)),
             "unknown field": await refusal(create(file=wav, model="whisper-1", extra_body={"diarize": "yes"})),
             "long prompt": await refusal(create(file=wav, model="whisper-1", prompt="kitchen " * 10_000)),
+            "chunking object": await refusal(
+                create(file=wav, model="whisper-1", chunking_strategy={"type": "server_vad"})
+            ),
             "8 Hz": await refusal(create(file=("a.wav", u8_wav(np.zeros(2000), 8)), model="whisper-1")),
         }
         after = await create(file=wav, model="whisper-1")
@@ -293,6 +296,7 @@ async def test_bad_uploads_and_fields_get_openai_errors_and_the_next_request_is_
         "stream srt": "stream",
         "unknown field": "diarize",
         "long prompt": "prompt",
+        "chunking object": "chunking_strategy",
         "8 Hz": "file",
     }
     for case, error in errors.items():
@@ -302,6 +306,8 @@ async def test_bad_uploads_and_fields_get_openai_errors_and_the_next_request_is_
         assert body["type"] == "invalid_request_error" and body["param"] == params[case], (case, body)
         assert len(body["message"]) > 15, (case, body)
     assert "empty" in errors["empty"].message
+    assert errors["long prompt"].code == "context_too_long" and "max_context_chars" in errors["long prompt"].message
+    assert '"auto"' in errors["chunking object"].message
     assert errors["8 Hz"].code == "invalid_file" and "sample rate is 8 Hz" in errors["8 Hz"].message
     assert "'fr'" in errors["language"].message and "en" in errors["language"].message
     assert word_error_rate(EXPECTED["lights_on.wav"][0], after.text) <= WER_TOLERANCE, "nothing else was lost"

@@ -120,7 +120,7 @@ class UploadPace:
 
 
 async def read_form(
-    request: web.Request, max_file_bytes: int, pace: UploadPace
+    request: web.Request, max_file_bytes: int, max_context_chars: int, pace: UploadPace
 ) -> tuple[bytes | None, dict[str, list[str]]]:
     """The uploaded file and the text fields; sizes are checked on Content-Length and while reading,
     and a body slower than `pace` allows is refused (408)."""
@@ -137,6 +137,8 @@ async def read_form(
             if not isinstance(part, BodyPartReader) or not part.name:
                 raise RequestError("invalid_request", "every form part must be a named field")
             name = part.name
+            if name.startswith("chunking_strategy["):  # the SDK's form of an object, {"type": "server_vad"}
+                raise _only_auto_chunking()
             if name not in FIELDS and name not in LIST_FIELDS:
                 raise _bad_field(
                     name, f"unknown field {name!r}; this server reads {', '.join(sorted(FIELDS | LIST_FIELDS))}"
@@ -148,7 +150,7 @@ async def read_form(
                 file = await _read_part(part, max_file_bytes, pace, too_large)
             else:
                 limit = min(FIELD_BYTES, FORM_OVERHEAD_BYTES - text_bytes)
-                too_long = functools.partial(_bad_field, name, f"{name} is too long")
+                too_long = functools.partial(_field_too_long, name, limit, max_context_chars)
                 raw = await _read_part(part, limit, pace, too_long)
                 text_bytes += len(raw)
                 try:
@@ -171,6 +173,21 @@ async def _read_part(
         if len(data) > limit:
             raise too_large()
     return bytes(data)
+
+
+def _field_too_long(name: str, limit: int, max_context_chars: int) -> RequestError:
+    """A prompt too long to read is refused as one over `max_context_chars` is (`checked_biasing`)."""
+    if name == "prompt":
+        message = (
+            f"the prompt is over the {limit} bytes this server reads of it; "
+            f"its limit is {max_context_chars} characters (max_context_chars)"
+        )
+        return RequestError("context_too_long", message, param=name)
+    return _bad_field(name, f"{name} is too long")
+
+
+def _only_auto_chunking() -> RequestError:
+    return _bad_field("chunking_strategy", 'chunking_strategy can only be "auto": the daemon\'s VAD cuts the audio')
 
 
 def _too_large(max_file_bytes: int) -> RequestError:
@@ -213,7 +230,7 @@ def parse_request(file: bytes | None, fields: dict[str, list[str]], core: Core) 
             raise _bad_field("timestamp_granularities", f"only segment timestamps are available, not {granularity!r}")
     chunking = single("chunking_strategy")
     if chunking not in (None, "auto"):
-        raise _bad_field("chunking_strategy", "only chunking_strategy auto: the daemon's VAD cuts the audio")
+        raise _only_auto_chunking()
     language = checked_language(core, single("language"), "language") or settings.default_language
     prompt = (single("prompt") or "").strip()
     keywords = client_terms(fields.get("keywords[]", []))
@@ -394,7 +411,7 @@ class OpenAIRestHandler:
             raise RequestError("server_busy", str(exc), status=503) from None
         settings = self.core.settings
         pace = UploadPace(settings.header_timeout_s, settings.min_upload_kb_per_s * KB)
-        file, fields = await read_form(request, settings.max_upload_mb * MB, pace)
+        file, fields = await read_form(request, settings.max_upload_mb * MB, settings.max_context_chars, pace)
         parsed = parse_request(file, fields, self.core)
         try:
             audio_file = await asyncio.to_thread(AudioFile.open, parsed.file, settings.max_upload_audio_s)
