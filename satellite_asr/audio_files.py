@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 from collections import deque
 from collections.abc import AsyncIterator, Generator, Iterator
 
@@ -17,6 +18,8 @@ import av.container
 import numpy as np
 
 from satellite_asr.audio import SAMPLE_RATE, Audio
+
+log = logging.getLogger(__name__)
 
 CHUNK_SECONDS = 0.5
 """Audio handed on per chunk: small enough that the shared VAD interleaves it with live frames."""
@@ -62,7 +65,9 @@ class AudioFile:
         self._resampler = _to_16k_mono()
         self._source: tuple[str, str, int] | None = None
         """The sample format, layout and rate of the frames `_resampler` was set up for."""
-        self._frames = (piece for frame in container.decode(stream) for piece in _pieces(frame))
+        self._skipped_packets = 0
+        """Packets `_decoded_frames` skipped because they do not decode."""
+        self._frames = (piece for frame in self._decoded_frames() for piece in _pieces(frame))
         self._pending: deque[Audio] = deque()
         self._pending_size = 0
         self._done = False
@@ -104,6 +109,7 @@ class AudioFile:
     def close(self) -> None:
         """Free FFmpeg's buffers and the decoded audio not handed on; safe to call again. Not while
         a thread is in `chunks()`."""
+        self._frames.close()  # its generator refers back to this object: a cycle until closed
         self._container.close()
         self._pending.clear()
         self._pending_size = 0
@@ -133,9 +139,13 @@ class AudioFile:
             frame = next(self._frames, None)
             if frame is None:
                 self._done = True
+                if self._skipped_packets and self._source is None:  # no frame reached the resampler
+                    raise NotAudioError(f"none of its {self._skipped_packets} audio packets decode")
                 out = self._resampler.resample(None)
             else:
                 out = self._resample(frame)
+        except FileRefused:
+            raise
         except (av.FFmpegError, ValueError) as exc:  # PyAV raises ValueError for frames it cannot convert
             raise NotAudioError(f"the audio cannot be decoded ({_reason(exc)})") from None
         for resampled in out:
@@ -146,6 +156,18 @@ class AudioFile:
             self._decoded += samples.size
         if self._decoded > self._max_seconds * SAMPLE_RATE:
             raise AudioTooLongError(f"the audio goes on past the {self._max_seconds:g} s limit")
+
+    def _decoded_frames(self) -> Iterator[av.AudioFrame]:
+        """The stream's frames. A packet that does not decode (a damaged one, a last frame cut short)
+        is skipped, as the ffmpeg command does, so that the rest of the file is still transcribed."""
+        for packet in self._container.demux(self._stream):
+            try:
+                frames = packet.decode()
+            except (av.FFmpegError, ValueError) as exc:
+                self._skipped_packets += 1
+                log.debug("skipped a packet that does not decode (%s), %d so far", _reason(exc), self._skipped_packets)
+                continue
+            yield from frames
 
     def _resample(self, frame: av.AudioFrame) -> list[av.AudioFrame]:
         """`frame` resampled. A resampler takes only frames like its first, and a stream may change

@@ -154,6 +154,35 @@ async def test_other_containers_are_decoded(container: str, codec: str, rate: in
     assert word_error_rate(EXPECTED["music.wav"][0], result.text) <= WER_TOLERANCE, result.text
 
 
+@pytest.mark.parametrize(
+    ("container", "codec", "rate", "damage"),
+    [
+        ("mp3", "libmp3lame", 44100, "overwritten"),
+        ("ipod", "aac", 44100, "overwritten"),
+        ("flac", "flac", 16000, "cut"),
+    ],
+    ids=["mp3-damaged-packet", "m4a-damaged-packets", "flac-cut-mid-frame"],
+)
+async def test_a_packet_that_does_not_decode_is_skipped_and_the_rest_transcribed(
+    container: str, codec: str, rate: int, damage: str
+) -> None:
+    """2 KB of noise written over the middle of the file, or the file cut in the middle of a frame:
+    what decodes is transcribed (as from a WAV cut short), and the first command is whole."""
+    data = encoded("three_commands.wav", container, codec, rate)
+    middle = len(data) // 2
+    if damage == "overwritten":
+        noise = np.random.default_rng(1).integers(0, 256, 2000, dtype=np.uint8).tobytes()
+        data = data[:middle] + noise + data[middle + len(noise) :]
+    else:
+        data = data[:middle]
+    async with running_daemon() as daemon, client(daemon) as api:
+        result = await api.audio.transcriptions.create(
+            file=("damaged", data), model="whisper-1", response_format="verbose_json"
+        )
+    first, *_ = result.segments or [None]
+    assert first is not None and word_error_rate(EXPECTED["three_commands.wav"][0], first.text) <= WER_TOLERANCE
+
+
 async def test_a_file_whose_channels_change_midway_is_transcribed_whole() -> None:
     """ADTS AAC joined from a mono and a stereo recording: the stereo part gets a resampler of its
     own, with and without streaming."""
@@ -281,6 +310,7 @@ async def test_bad_uploads_and_fields_get_openai_errors_and_the_next_request_is_
             "chunking object": await refusal(
                 create(file=wav, model="whisper-1", chunking_strategy={"type": "server_vad"})
             ),
+            "no packet decodes": await refusal(create(file=("a.m4a", undecodable_m4a()), model="whisper-1")),
             "8 Hz": await refusal(create(file=("a.wav", u8_wav(np.zeros(2000), 8)), model="whisper-1")),
         }
         after = await create(file=wav, model="whisper-1")
@@ -297,6 +327,7 @@ async def test_bad_uploads_and_fields_get_openai_errors_and_the_next_request_is_
         "unknown field": "diarize",
         "long prompt": "prompt",
         "chunking object": "chunking_strategy",
+        "no packet decodes": "file",
         "8 Hz": "file",
     }
     for case, error in errors.items():
@@ -308,9 +339,18 @@ async def test_bad_uploads_and_fields_get_openai_errors_and_the_next_request_is_
     assert "empty" in errors["empty"].message
     assert errors["long prompt"].code == "context_too_long" and "max_context_chars" in errors["long prompt"].message
     assert '"auto"' in errors["chunking object"].message
+    assert errors["no packet decodes"].code == "invalid_file" and "none of its" in errors["no packet decodes"].message
     assert errors["8 Hz"].code == "invalid_file" and "sample rate is 8 Hz" in errors["8 Hz"].message
     assert "'fr'" in errors["language"].message and "en" in errors["language"].message
     assert word_error_rate(EXPECTED["lights_on.wav"][0], after.text) <= WER_TOLERANCE, "nothing else was lost"
+
+
+def undecodable_m4a() -> bytes:
+    """An M4A whose AAC packets are all overwritten with 0xff: the container reads, no packet decodes."""
+    data = encoded("lights_on.wav", "ipod", "aac", 44100)
+    start = data.index(b"mdat") + 4
+    end = start - 8 + int.from_bytes(data[start - 8 : start - 4], "big")
+    return data[:start] + b"\xff" * (end - start) + data[end:]
 
 
 async def test_form_problems_the_sdk_would_not_send() -> None:
