@@ -161,10 +161,12 @@ def context_tokens(tokenizer: Tokenizer, context: str, limit: int = MAX_CONTEXT_
 
     The start is kept (faster-whisper would keep the end): callers put what matters most first, a
     client's own text and terms, then the home's names by rank (`satellite_asr.biasing.context`).
+    Text spelling a special token ("<|startoftranscript|>", "<|endoftext|>") is left out: the
+    tokenizer reads it as that token, and in a prompt it makes the context a transcript to go on.
     """
     if not context.strip():
         return []
-    tokens: list[int] = tokenizer.encode(" " + context.strip())
+    tokens = [token for token in tokenizer.encode(" " + context.strip()) if token < tokenizer.eot]
     if len(tokens) <= limit:
         return tokens
     for end in range(limit, 0, -1):
