@@ -207,6 +207,28 @@ async def test_an_answer_not_understood_is_an_error_and_a_retry(
     assert client.status.state == State.LOADED and client.status.names == EXPOSED_NAMES
 
 
+@pytest.mark.parametrize(
+    "odd_state",
+    [{"entity_id": ["light.hall"], "attributes": {"friendly_name": "Hall"}}, {"attributes": []}, 42, None],
+)
+async def test_a_state_not_understood_leaves_out_only_that_state(
+    home_assistant: HomeAssistantDouble, odd_state: Any
+) -> None:
+    """An entity id that is not text (unhashable, as a list) once failed every read of the names."""
+    states = [
+        {"entity_id": e["entity_id"], "state": "on", "attributes": {"friendly_name": e["name"]}}
+        for e in home_assistant.home["entities"]
+    ]
+    home_assistant.replies["get_states"] = {"success": True, "result": [odd_state, *states]}
+    client = client_for(home_assistant.url)
+    await client.start()
+    try:
+        await asyncio.wait_for(client.wait_loaded(), 10)
+    finally:
+        await client.stop()
+    assert client.status.names == EXPOSED_NAMES and client.status.last_error is None
+
+
 async def test_a_user_who_is_not_an_administrator_is_told_so(home_assistant: HomeAssistantDouble) -> None:
     error = {"code": "unauthorized", "message": "Unauthorized"}
     home_assistant.replies["homeassistant/expose_entity/list"] = {"success": False, "error": error}

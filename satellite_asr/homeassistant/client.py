@@ -384,9 +384,11 @@ class HomeAssistantNames:
         ]
         friendly = {}
         for state in _list(await self._command(ws, {"type": "get_states"}), "states"):
-            attributes = state.get("attributes") if isinstance(state, dict) else None
+            if not isinstance(state, dict) or not isinstance(entity_id := state.get("entity_id"), str):
+                continue  # one entity's state not understood leaves out its friendly name, not every name
+            attributes = state.get("attributes")
             if isinstance(attributes, dict) and isinstance(name := attributes.get("friendly_name"), str):
-                friendly[state.get("entity_id")] = name
+                friendly[entity_id] = name
         registry: dict[str, Any] = {}
         if exposed:
             command = {"type": "config/entity_registry/get_entries", "entity_ids": exposed}
