@@ -229,6 +229,17 @@ async def test_a_state_not_understood_leaves_out_only_that_state(
     assert client.status.names == EXPOSED_NAMES and client.status.last_error is None
 
 
+async def test_a_name_longer_than_anyone_says_is_left_out(home_assistant: HomeAssistantDouble) -> None:
+    """A megabyte friendly name (one word) once ranked among the first entities and went into the
+    context of every decode that takes the home's names (Qwen3-ASR: 100)."""
+    huge = "Lamp" * 250_000
+    home_assistant.home["entities"].append({"entity_id": "light.huge", "name": huge, "aliases": []})
+    home_assistant.home["areas"][0]["aliases"].append(huge[:101])
+    client = await read_once(home_assistant)
+    assert client.names(2000) == rank_names(HomeNames.from_json(HOME), 2000)
+    assert client.status.names == EXPOSED_NAMES
+
+
 async def test_a_user_who_is_not_an_administrator_is_told_so(home_assistant: HomeAssistantDouble) -> None:
     error = {"code": "unauthorized", "message": "Unauthorized"}
     home_assistant.replies["homeassistant/expose_entity/list"] = {"success": False, "error": error}

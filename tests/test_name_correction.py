@@ -9,8 +9,8 @@ import re
 
 import pytest
 
+from satellite_asr.biasing.context import MAX_NAME_CHARS
 from satellite_asr.biasing.correction import (
-    MAX_NAME_CHARS,
     NEAR_SOUNDS,
     NameCorrector,
     apply,

@@ -13,6 +13,11 @@ from collections.abc import Iterable, Sequence
 NAME_SEPARATOR = ", "
 """Between names in context text: Whisper reads a comma list as a list of proper names."""
 
+MAX_NAME_CHARS = 100
+"""A longer "name" is not one a person says: a client's is not matched, a home's is left out (a
+friendly name of megabytes would be tokenized at every decode that takes the home's names as
+context). It also bounds what keying a name costs (that grows with the square of its length)."""
+
 MAX_CLIENT_TERMS = 300
 """Most names and terms a client may give one session (Wyoming `transcript_names` and
 `transcript_terms`, OpenAI `keywords`). Their characters count in `max_context_chars`, but each is

@@ -23,13 +23,11 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from satellite_asr.biasing.context import MAX_NAME_CHARS
 from satellite_asr.engines.base import TokenSpan
 from satellite_asr.engines.bundled import bundled_tiny_en_path
 
 WORD = re.compile(r"[A-Za-z0-9']+")
-MAX_NAME_CHARS = 100
-"""A longer "name" is not one a person says: it is not matched (a client's or a home's odd entry),
-which also bounds what keying it costs (it grows with the square of its length)."""
 ALNUM_RUN = re.compile(r"[^\W_]+")
 """Letters and digits in a row, any script: the words `spells` compares."""
 VOWELS = frozenset("aeiouy")

@@ -11,6 +11,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from satellite_asr.biasing.context import MAX_NAME_CHARS
+
 
 @dataclass(frozen=True)
 class Place:
@@ -65,13 +67,13 @@ def rank_names(home: HomeNames, limit: int) -> list[str]:
 
     Order: areas, floors and every alias (a name someone chose to say), then the friendly names of
     the entities exposed to Assist; within each group shorter names first, then in Home
-    Assistant's order.
+    Assistant's order. A name longer than `MAX_NAME_CHARS` is no name a person says: left out.
     """
     chosen: list[tuple[int, tuple[int, int], int, str]] = []
 
     def add(group: int, name: str) -> None:
         name = " ".join(name.split())
-        if name:
+        if name and len(name) <= MAX_NAME_CHARS:
             chosen.append((group, _shortness(name), len(chosen), name))
 
     for place in (*home.areas, *home.floors):
