@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -36,6 +38,16 @@ def test_areas_floors_and_aliases_first_then_entities_shortest_first() -> None:
 
 def test_duplicates_differing_in_case_or_spaces_count_once() -> None:
     assert [name for name in rank_names(HOME, 100) if name.casefold() == "kitchen lights"] == ["Kitchen lights"]
+
+
+def test_names_with_no_letter_or_digit_are_left_out() -> None:
+    """A Home Assistant name of punctuation or an emoji names nothing, and in a prompt can take the
+    transcript (tests/test_wyoming.py); one in another script is a name."""
+    odd = dataclasses.replace(
+        HOME, entities=(EntityNames("light.a", "..."), EntityNames("light.b", "\U0001f4a1"), *HOME.entities)
+    )
+    assert rank_names(odd, 100) == rank_names(HOME, 100)
+    assert rank_names(HomeNames(areas=(Place("Кухня"), Place("!!!"))), 100) == ["Кухня"]
 
 
 def test_the_cap_keeps_the_best_ranked() -> None:

@@ -388,6 +388,17 @@ async def test_names_and_terms_count_against_the_context_cap_and_the_round_still
     assert "max_context_chars" in chars_error and "of the 50001 names and terms" in chars_error
 
 
+async def test_names_with_no_letter_or_digit_are_dropped_and_cannot_take_the_transcript() -> None:
+    """Whisper given "..." as its whole prompt wrote "... ... ... ..." for the timer command."""
+    engine = ContextRecordingEngineDouble()
+    async with running_daemon(engine, wyoming_uri=WYOMING) as daemon, connect(daemon) as client:
+        names = ["...", "!!!", "\U0001f600", " \u0301 "]
+        await client.write_event(Transcribe(language="en", transcript_names=names, transcript_terms=["-"]).event())
+        events = await send_and_collect(client, fixture("timer.wav"))
+    assert word_error_rate(EXPECTED["timer.wav"][0], text_of(events)) <= WER_TOLERANCE, text_of(events)
+    assert engine.contexts == [""] and engine.names == [()]
+
+
 def test_transcribe_context_splits_the_context_text_from_names_and_terms() -> None:
     transcribe = Transcribe(
         context={"previous": "It is 20 degrees.", "turn": 3},

@@ -30,9 +30,15 @@ _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 """Half of a UTF-16 pair: JSON can escape one (`"\\udcff"`), Unicode text cannot hold it."""
 
 
+def sayable(name: str) -> bool:
+    """Whether `name` has a letter or digit (any script): "...", "!!!" or an emoji names nothing, and
+    as Whisper's whole prompt, punctuation can make it write only that ("... ... ..." for a command)."""
+    return any(character.isalnum() for character in name)
+
+
 def client_terms(values: Iterable[str]) -> list[str]:
-    """A client's names or terms as the engine takes them: each stripped, the blank ones dropped."""
-    return [value.strip() for value in values if value.strip()]
+    """A client's names or terms as the engine takes them: each stripped, those not `sayable` dropped."""
+    return [value.strip() for value in values if sayable(value)]
 
 
 def biasing_context(home_names: Sequence[str], client_terms: Sequence[str] = (), client_context: str = "") -> str:
