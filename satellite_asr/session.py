@@ -386,7 +386,9 @@ class Session:
             return
         if self._utterance is not utterance or not result.text:
             return
-        heard = self._corrected(result)
+        heard = await self._corrected(result)
+        if self._utterance is not utterance:
+            return
         candidate = stable_prefix(utterance.previous_partial, heard)
         if candidate.startswith(utterance.stable) and len(candidate) > len(utterance.stable):
             utterance.stable = candidate
@@ -397,11 +399,16 @@ class Session:
             utterance.partial_due_at = None
         await self._emit(PartialTranscript(utterance.id, text, utterance.stable))
 
-    def _corrected(self, result: Transcript) -> str:
-        """The engine's text with what sounds like one of the session's names written as that name."""
+    async def _corrected(self, result: Transcript) -> str:
+        """The engine's text with what sounds like one of the session's names written as that name.
+
+        In a worker thread: the cost grows with the text's words times the names (a 100-word
+        dictation against a home of 1420 names took half a second), and on the event loop that
+        would stall every other session's audio.
+        """
         if self._names is None:
             return result.text
-        return self._names.correct(result.text, result.token_spans, result.nearly_written)
+        return await asyncio.to_thread(self._names.correct, result.text, result.token_spans, result.nearly_written)
 
     async def _speculate(self, utterance: _Utterance, end: int, *, read_turn: bool) -> None:
         """Decode the final now, the engine's whole attention on it (a partial in flight is dropped).
@@ -493,7 +500,7 @@ class Session:
             result = await self._speculated_result(utterance, endpoint.end)
             if result is None:
                 result = await self._scheduler.final(self.id, utterance.stream, audio, self._final_priority)
-            text, language = self._corrected(result), result.language or language
+            text, language = await self._corrected(result), result.language or language
             if not _words_start_with(text, utterance.stable):
                 self._metrics.final_rewrites.inc()
         except Exception as exc:  # whatever the engine raised, the utterance keeps its final (the promised text)
