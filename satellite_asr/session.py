@@ -216,7 +216,6 @@ class Session:
         self._emit_to_client = emit
         self._endpointer = Endpointer(options.endpointing)
         self._engine_context = options.engine_context
-        self._names = corrector_for(options.names) if options.names else None
         self._vad_stream = vad.open_stream()
         self._audio = AudioBuffer()
         self._utterance: _Utterance | None = None
@@ -402,13 +401,17 @@ class Session:
     async def _corrected(self, result: Transcript) -> str:
         """The engine's text with what sounds like one of the session's names written as that name.
 
-        In a worker thread: the cost grows with the text's words times the names (a 100-word
-        dictation against a home of 1420 names took half a second), and on the event loop that
-        would stall every other session's audio.
+        In a worker thread, as is making the matcher for a new list of names (a tenth of a second
+        for a home of 1420): the cost grows with the text's words times the names (a 100-word
+        dictation against that home took half a second), and on the event loop that would stall
+        every other session's audio.
         """
-        if self._names is None:
+        names = self.options.names
+        if not names:
             return result.text
-        return await asyncio.to_thread(self._names.correct, result.text, result.token_spans, result.nearly_written)
+        return await asyncio.to_thread(
+            lambda: corrector_for(names).correct(result.text, result.token_spans, result.nearly_written)
+        )
 
     async def _speculate(self, utterance: _Utterance, end: int, *, read_turn: bool) -> None:
         """Decode the final now, the engine's whole attention on it (a partial in flight is dropped).

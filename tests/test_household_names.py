@@ -15,7 +15,7 @@ from wyoming.asr import Transcribe, Transcript
 from wyoming.audio import AudioChunk, AudioStart, AudioStop
 from wyoming.client import AsyncTcpClient
 
-from satellite_asr.biasing.correction import NameCorrector
+from satellite_asr.biasing.correction import NameCorrector, corrector_for
 from satellite_asr.clients.wav import read_wav
 from satellite_asr.engines.whisper import REDECODE_SECOND_LOOK, WHISPER_CONTEXT_NAMES
 from satellite_asr.homeassistant.client import State
@@ -156,24 +156,33 @@ async def test_the_sessions_correction_runs_off_the_event_loop(
     home_assistant: HomeAssistantDouble, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Correcting a text costs its words times the home's names (half a second for a 100-word
-    dictation against 1420 names): on the event loop it would stall every other session. A spy on
-    `NameCorrector.correct` records the thread of every call and calls it through."""
+    dictation against 1420 names), making its matcher a tenth of a second: on the event loop they
+    would stall every other session. Spies on `NameCorrector`'s making and `correct` record the
+    thread of every call and call them through."""
     loop_thread = threading.get_ident()
-    threads: list[int] = []
-    correct = NameCorrector.correct
+    made: list[int] = []
+    corrected: list[int] = []
+    make, correct = NameCorrector.__init__, NameCorrector.correct
 
-    def spy(self: NameCorrector, *args: Any, **kwargs: Any) -> str:
-        threads.append(threading.get_ident())
+    def make_spy(self: NameCorrector, *args: Any, **kwargs: Any) -> None:
+        made.append(threading.get_ident())
+        make(self, *args, **kwargs)
+
+    def correct_spy(self: NameCorrector, *args: Any, **kwargs: Any) -> str:
+        corrected.append(threading.get_ident())
         return correct(self, *args, **kwargs)
 
-    monkeypatch.setattr(NameCorrector, "correct", spy)
+    monkeypatch.setattr(NameCorrector, "__init__", make_spy)
+    monkeypatch.setattr(NameCorrector, "correct", correct_spy)
+    corrector_for.cache_clear()  # this home's matcher made afresh
     async with running_daemon(wyoming_uri="tcp://127.0.0.1:0", ha_url=home_assistant.url, ha_token=TOKEN) as daemon:
         assert daemon.core.home_assistant is not None
         await daemon.core.home_assistant.wait_loaded()
         _, websocket_heard = await websocket_session(daemon, "heldout7_named_05.wav")
         wyoming_heard = await wyoming_round(daemon, "heldout7_named_05.wav")
     assert "Beatriz's fan" in websocket_heard and "Beatriz's fan" in wyoming_heard, "corrected all the same"
-    assert threads and loop_thread not in threads
+    assert made and loop_thread not in made
+    assert corrected and loop_thread not in corrected
 
 
 async def test_a_command_heard_clearly_keeps_its_words_when_a_name_loosely_sounds_like_them(
