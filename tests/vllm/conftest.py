@@ -39,10 +39,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     mine = [item for item in items if HERE in item.path.parents]
     if mine and VLLM_MISSING and IN_CI:
         raise pytest.UsageError(MISSING)
-    if mine:
-        # vLLM leaves its ZMQ context for the garbage collector to destroy (with a ResourceWarning),
-        # which may run after the test: a dead engine's is held by its logged errors until then.
-        config.addinivalue_line("filterwarnings", "ignore:Unclosed context:ResourceWarning")
     for item in mine:
         item.add_marker(pytest.mark.vllm)
         if VLLM_MISSING:
