@@ -50,6 +50,11 @@ def test_names_with_no_letter_or_digit_are_left_out() -> None:
     assert rank_names(HomeNames(areas=(Place("Кухня"), Place("!!!"))), 100) == ["Кухня"]
 
 
+def test_a_lone_surrogate_in_a_name_becomes_the_replacement_character() -> None:
+    """Home Assistant's JSON can escape half a UTF-16 pair, which no engine's tokenizer takes."""
+    assert rank_names(HomeNames(areas=(Place("Kitchen \udcff lamp"),)), 100) == ["Kitchen \ufffd lamp"]
+
+
 def test_the_cap_keeps_the_best_ranked() -> None:
     assert rank_names(HOME, 3) == ["Zebedee", "Upstairs", "The Snug"]
     assert rank_names(HOME, 0) == []

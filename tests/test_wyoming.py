@@ -399,6 +399,24 @@ async def test_names_with_no_letter_or_digit_are_dropped_and_cannot_take_the_tra
     assert engine.contexts == [""] and engine.names == [()]
 
 
+async def test_a_lone_surrogate_in_a_name_or_term_fails_no_decode(raw: RawOpener) -> None:
+    """JSON can escape half a UTF-16 pair (the wyoming package cannot write one, a client of its
+    own can); no tokenizer takes one (whisper failed every decode of the round, and /health went
+    degraded), so a name or term holds U+FFFD in its place."""
+    engine = ContextRecordingEngineDouble()
+    wav = fixture("timer.wav")
+    async with running_daemon(engine, wyoming_uri=WYOMING) as daemon:
+        reader, writer = await raw(daemon)
+        transcribe = Transcribe(language="en", transcript_names=["Kitchen \udcff lamp"], transcript_terms=["\ud83dx"])
+        for event in (transcribe.event(), audio_start(wav).event(), *(c.event() for c in chunks_of(wav)), audio_stop()):
+            writer.write(wire(event))
+        events = await read_until_raw(reader, "transcript-stop")
+        status = daemon.core.status
+    assert [e.type for e in events if e.type == "error"] == [] and status == "ready"
+    assert word_error_rate(EXPECTED["timer.wav"][0], text_of(events)) <= WER_TOLERANCE, text_of(events)
+    assert engine.names == [("Kitchen \ufffd lamp", "\ufffdx")]
+
+
 def test_transcribe_context_splits_the_context_text_from_names_and_terms() -> None:
     transcribe = Transcribe(
         context={"previous": "It is 20 degrees.", "turn": 3},

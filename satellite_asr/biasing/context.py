@@ -36,9 +36,16 @@ def sayable(name: str) -> bool:
     return any(character.isalnum() for character in name)
 
 
+def whole_characters(text: str) -> str:
+    """`text` with each lone surrogate as U+FFFD: no engine's tokenizer takes one, and a name or
+    context holding one would fail every decode of its session."""
+    return _LONE_SURROGATE.sub("\ufffd", text)
+
+
 def client_terms(values: Iterable[str]) -> list[str]:
-    """A client's names or terms as the engine takes them: each stripped, those not `sayable` dropped."""
-    return [value.strip() for value in values if sayable(value)]
+    """A client's names or terms as the engine takes them: each stripped and of `whole_characters`,
+    those not `sayable` dropped."""
+    return [whole_characters(value.strip()) for value in values if sayable(value)]
 
 
 def biasing_context(home_names: Sequence[str], client_terms: Sequence[str] = (), client_context: str = "") -> str:
@@ -46,15 +53,15 @@ def biasing_context(home_names: Sequence[str], client_terms: Sequence[str] = (),
 
     A client's free text (a WebSocket `context`) and terms (Wyoming `transcript_names` /
     `transcript_terms`) are about this very request, so they come first: an engine that must cut
-    context keeps the start. Names the client already gave are not repeated. A lone surrogate, which
-    no engine's tokenizer takes (every decode of the session would fail), becomes U+FFFD.
+    context keeps the start. Names the client already gave are not repeated. The text is made of
+    `whole_characters`.
     """
     terms = [" ".join(term.split()) for term in client_terms if term.strip()]
     given = {term.casefold() for term in terms}
     listed = NAME_SEPARATOR.join([*terms, *(name for name in home_names if name.casefold() not in given)])
     text = client_context.strip()
     joined = text + _after_text(text) + listed if text and listed else text or listed
-    return _LONE_SURROGATE.sub("\ufffd", joined)
+    return whole_characters(joined)
 
 
 def _after_text(text: str) -> str:

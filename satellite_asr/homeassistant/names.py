@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from satellite_asr.biasing.context import MAX_NAME_CHARS, sayable
+from satellite_asr.biasing.context import MAX_NAME_CHARS, sayable, whole_characters
 
 
 @dataclass(frozen=True)
@@ -67,12 +67,13 @@ def rank_names(home: HomeNames, limit: int) -> list[str]:
 
     Order: areas, floors and every alias (a name someone chose to say), then the friendly names of
     the entities exposed to Assist; within each group shorter names first, then in Home
-    Assistant's order. A name longer than `MAX_NAME_CHARS`, or not `sayable`, is left out.
+    Assistant's order. A name longer than `MAX_NAME_CHARS`, or not `sayable`, is left out; names
+    are of `whole_characters`.
     """
     chosen: list[tuple[int, tuple[int, int], int, str]] = []
 
     def add(group: int, name: str) -> None:
-        name = " ".join(name.split())
+        name = whole_characters(" ".join(name.split()))
         if len(name) <= MAX_NAME_CHARS and sayable(name):
             chosen.append((group, _shortness(name), len(chosen), name))
 
