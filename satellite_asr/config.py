@@ -102,7 +102,8 @@ class Settings:
     )
     vllm_max_model_len: int = _opt(
         4096,
-        "Longest prompt + transcript in tokens: context (at most 1024), audio (30 s: 390), 2 x qwen_max_new_tokens.",
+        "Longest prompt + transcript in tokens: audio (30 s: 390), 2 x qwen_max_new_tokens, then context (what is "
+        "left, at most 1024); too short for the first two stops start-up.",
         minimum=256,
         maximum=65536,
     )

@@ -9,7 +9,18 @@ import sys
 
 import pytest
 
-from tests.helpers import EXPECTED, FIXTURES, free_port, running_daemon, same_words, ws_url
+from satellite_asr.engines.factory import qwen_context_tokens
+from satellite_asr.engines.qwen3_prompt import Qwen3Decoding
+from tests.helpers import (
+    EXPECTED,
+    FIXTURES,
+    daemon_settings,
+    free_port,
+    running_daemon,
+    same_words,
+    serve_on_loopback,
+    ws_url,
+)
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -113,3 +124,17 @@ def test_serve_names_the_setting_when_it_cannot_listen(flags: list[str], message
     assert result.returncode == 2, result.stderr
     assert f"satellite-asr: configuration error: {message.format(taken=port, free=free)}" in result.stderr
     assert "Traceback" not in result.stderr and "ResourceWarning" not in result.stderr
+
+
+def test_serve_refuses_a_vllm_model_length_too_short_for_the_longest_utterance() -> None:
+    """Every decode of a long utterance would fail in vLLM: said at start-up, before any model loads.
+    Within the length, the context gets what is left, at most its 1024 tokens."""
+    result = serve_on_loopback("--engine", "qwen3-vllm", "--vllm-max-model-len", "1024", "--max-utterance-s", "60")
+    assert result.returncode == 2, result.stderr
+    assert "vllm_max_model_len (1024) is too short: the longest utterance (max_utterance_s 60) takes 780" in (
+        result.stderr
+    )
+    short = daemon_settings(engine="qwen3-vllm", vllm_max_model_len=1024, qwen_max_new_tokens=16)
+    long = daemon_settings(engine="qwen3-vllm", vllm_max_model_len=4096)
+    assert qwen_context_tokens(short, Qwen3Decoding()) == 1024 - 390 - 32 - 32
+    assert qwen_context_tokens(long, Qwen3Decoding()) == 1024

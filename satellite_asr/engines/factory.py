@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 
-from satellite_asr.config import Settings
+from satellite_asr.config import ConfigError, Settings
 from satellite_asr.engines.base import Engine
 from satellite_asr.engines.qwen3_prompt import Qwen3Decoding
 from satellite_asr.engines.qwen3_remote import Qwen3RemoteEngine
@@ -12,6 +14,11 @@ from satellite_asr.engines.qwen3_vllm import Qwen3VllmEngine, cuda_available, vl
 from satellite_asr.engines.whisper import WhisperEngine
 
 log = logging.getLogger(__name__)
+
+QWEN_AUDIO_TOKENS_PER_SECOND = 13
+"""Tokens Qwen3-ASR's audio encoder gives a second of audio (12.5: 390 for 30 s)."""
+QWEN_PROMPT_FRAME_TOKENS = 32
+"""The chat template's own tokens around the context, the audio and the language header (about 20)."""
 
 
 def auto_engine() -> tuple[str, str]:
@@ -42,6 +49,7 @@ def create_engine(settings: Settings) -> Engine:
         )
     decoding = Qwen3Decoding(settings.qwen_max_new_tokens, settings.qwen_rollback_tokens, settings.qwen_fresh_partials)
     if name == "qwen3-vllm":
+        decoding = dataclasses.replace(decoding, max_context_tokens=qwen_context_tokens(settings, decoding))
         return Qwen3VllmEngine(
             settings.model,
             dtype=settings.vllm_dtype,
@@ -63,3 +71,20 @@ def create_engine(settings: Settings) -> Engine:
             decoding=decoding,
         )
     raise ValueError(f"unknown engine {name!r}")
+
+
+def qwen_context_tokens(settings: Settings, decoding: Qwen3Decoding) -> int:
+    """Most tokens of context an in-process decode may take: what `vllm_max_model_len` leaves after
+    the longest utterance's audio and twice `qwen_max_new_tokens` (a partial's continuation and
+    what it writes), at most `decoding.max_context_tokens`. A longer prompt fails its decode, so a
+    model length that leaves no room is a configuration error, said at start-up."""
+    audio = math.ceil(settings.max_utterance_s * QWEN_AUDIO_TOKENS_PER_SECOND)
+    room = settings.vllm_max_model_len - audio - 2 * settings.qwen_max_new_tokens - QWEN_PROMPT_FRAME_TOKENS
+    if room <= 0:
+        raise ConfigError(
+            f"vllm_max_model_len ({settings.vllm_max_model_len}) is too short: the longest utterance "
+            f"(max_utterance_s {settings.max_utterance_s:g}) takes {audio} tokens of audio and twice "
+            f"qwen_max_new_tokens {2 * settings.qwen_max_new_tokens}, with {QWEN_PROMPT_FRAME_TOKENS} for "
+            "the prompt's frame: raise it or lower those"
+        )
+    return min(decoding.max_context_tokens, room)
