@@ -189,15 +189,18 @@ class AudioFile:
 
 def _pieces(frame: av.AudioFrame) -> Iterator[av.AudioFrame]:
     """`frame` as frames of at most `RESAMPLE_STEP_SAMPLES` samples (the resampler makes the same
-    audio of them as of the whole)."""
+    audio of them as of the whole). Only a frame's real planes are copied: PyAV lists more for
+    many channels (9 for 8 planar ones, the last pointing at no buffer; reading it crashes)."""
     if frame.samples <= RESAMPLE_STEP_SAMPLES:
         yield frame
         return
-    sample_bytes = frame.format.bytes * (1 if frame.format.is_planar else frame.layout.nb_channels)
+    channels = frame.layout.nb_channels
+    planes = channels if frame.format.is_planar else 1
+    sample_bytes = frame.format.bytes * (1 if frame.format.is_planar else channels)
     for start in range(0, frame.samples, RESAMPLE_STEP_SAMPLES):
         count = min(RESAMPLE_STEP_SAMPLES, frame.samples - start)
         piece = av.AudioFrame(format=frame.format.name, layout=frame.layout, samples=count)
-        for source, target in zip(frame.planes, piece.planes, strict=True):
+        for source, target in zip(frame.planes[:planes], piece.planes[:planes], strict=True):
             target.update(bytes(memoryview(source)[start * sample_bytes : (start + count) * sample_bytes]))
         piece.sample_rate = frame.sample_rate
         yield piece

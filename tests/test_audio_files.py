@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import weakref
 
+import av
 import numpy as np
 import pytest
 
 from satellite_asr.audio import SAMPLE_RATE
-from satellite_asr.audio_files import MIN_SAMPLE_RATE, RESAMPLE_STEP_SAMPLES, AudioFile, NotAudioError
+from satellite_asr.audio_files import MIN_SAMPLE_RATE, RESAMPLE_STEP_SAMPLES, AudioFile, NotAudioError, _pieces
 from tests.helpers import u8_wav
 
 HOUR = 3600.0
@@ -44,6 +45,40 @@ def test_a_huge_frame_is_resampled_in_bounded_steps_to_the_same_audio() -> None:
     audio = decoded(huge_frames)
     assert largest <= RESAMPLE_STEP_SAMPLES * SAMPLE_RATE // 8000 + 64, largest
     np.testing.assert_array_equal(audio, decoded(AudioFile.open(u8_wav(samples, 8000), HOUR)))
+
+
+def planar_frame(format: str, dtype: type, layout: str, samples: int) -> tuple[av.AudioFrame, np.ndarray]:
+    """A planar frame of known samples (one row per channel). Only the real planes are written:
+    PyAV lists more than there are channels for 8 and 16 of them."""
+    channels = av.AudioLayout(layout).nb_channels
+    values = (np.arange(channels * samples).reshape(channels, samples) % 30000 - 15000).astype(dtype)
+    frame = av.AudioFrame(format=format, layout=layout, samples=samples)
+    frame.sample_rate = 16000
+    planes = frame.planes
+    for channel in range(channels):
+        planes[channel].update(values[channel].tobytes())
+    return frame, values
+
+
+@pytest.mark.parametrize("layout", ["7.1", "hexadecagonal"])
+@pytest.mark.parametrize(("format", "dtype"), [("s16p", np.int16), ("fltp", np.float32)])
+def test_a_huge_planar_frame_of_many_channels_is_cut_into_pieces_of_the_same_samples(
+    format: str, dtype: type, layout: str
+) -> None:
+    """Without only the real planes copied, 8 channels crashed the process (a 9th plane, no buffer)."""
+    frame, values = planar_frame(format, dtype, layout, RESAMPLE_STEP_SAMPLES * 2 + 5000)
+    pieces = list(_pieces(frame))
+    assert len(pieces) == 3
+    channels = values.shape[0]
+    joined = np.concatenate(
+        [
+            np.stack([np.frombuffer(bytes(piece.planes[c]), dtype=dtype)[: piece.samples] for c in range(channels)])
+            for piece in pieces
+        ],
+        axis=1,
+    )
+    np.testing.assert_array_equal(joined, values)
+    assert {(piece.format.name, piece.layout.name, piece.sample_rate) for piece in pieces} == {(format, layout, 16000)}
 
 
 def test_close_drops_the_decoded_audio_not_handed_on() -> None:
