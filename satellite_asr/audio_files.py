@@ -34,6 +34,15 @@ RESAMPLE_STEP_SAMPLES = 1 << 14
 says (a WAV's block_align can make one 60,000 samples), and a frame is resampled in pieces of this
 many, so one step makes at most 16 kHz / `MIN_SAMPLE_RATE` times as many samples (4 s of audio)."""
 
+MAX_BAD_PACKETS_IN_A_ROW = 100
+"""Packets in a row that do not decode before the file is refused. A damaged stretch (2 KB of noise
+over an MP3) costs a few; skipping on without limit made a 24 MB ADTS file of 9-byte bad packets
+hold a worker thread for 50 s to no end (in the spirit of ffmpeg's -max_error_rate)."""
+
+MAX_BAD_PACKET_SHARE = 2 / 3
+"""Share of the packets read that may fail to decode once `MAX_BAD_PACKETS_IN_A_ROW` have been
+read: above it the file is mostly not audio, even if good packets are sprinkled between bad ones."""
+
 
 class FileRefused(ValueError):
     """The upload cannot be transcribed; the message says why."""
@@ -140,7 +149,7 @@ class AudioFile:
             if frame is None:
                 self._done = True
                 if self._skipped_packets and self._source is None:  # no frame reached the resampler
-                    raise NotAudioError(f"none of its {self._skipped_packets} audio packets decode")
+                    raise NotAudioError(_undecodable(self._skipped_packets, self._skipped_packets))
                 out = self._resampler.resample(None)
             else:
                 out = self._resample(frame)
@@ -159,15 +168,27 @@ class AudioFile:
 
     def _decoded_frames(self) -> Iterator[av.AudioFrame]:
         """The stream's frames. A packet that does not decode (a damaged one, a last frame cut short)
-        is skipped, as the ffmpeg command does, so that the rest of the file is still transcribed."""
-        for packet in self._container.demux(self._stream):
-            try:
-                frames = packet.decode()
-            except (av.FFmpegError, ValueError) as exc:
-                self._skipped_packets += 1
-                log.debug("skipped a packet that does not decode (%s), %d so far", _reason(exc), self._skipped_packets)
-                continue
-            yield from frames
+        is skipped, as the ffmpeg command does, so that the rest of the file is still transcribed;
+        the file is refused once such packets dominate (`MAX_BAD_PACKETS_IN_A_ROW`, `MAX_BAD_PACKET_SHARE`)."""
+        read = in_a_row = 0
+        try:
+            for packet in self._container.demux(self._stream):
+                read += 1
+                try:
+                    frames = packet.decode()
+                except (av.FFmpegError, ValueError):
+                    self._skipped_packets += 1
+                    in_a_row += 1
+                    if in_a_row > MAX_BAD_PACKETS_IN_A_ROW or (
+                        read > MAX_BAD_PACKETS_IN_A_ROW and self._skipped_packets > MAX_BAD_PACKET_SHARE * read
+                    ):
+                        raise NotAudioError(_undecodable(self._skipped_packets, read)) from None
+                    continue
+                in_a_row = 0
+                yield from frames
+        finally:
+            if self._skipped_packets:
+                log.debug("skipped %d audio packets that do not decode", self._skipped_packets)
 
     def _resample(self, frame: av.AudioFrame) -> list[av.AudioFrame]:
         """`frame` resampled. A resampler takes only frames like its first, and a stream may change
@@ -204,6 +225,12 @@ def _pieces(frame: av.AudioFrame) -> Iterator[av.AudioFrame]:
             target.update(bytes(memoryview(source)[start * sample_bytes : (start + count) * sample_bytes]))
         piece.sample_rate = frame.sample_rate
         yield piece
+
+
+def _undecodable(bad: int, read: int) -> str:
+    if bad == read:
+        return f"none of its first {read} audio packets decode"
+    return f"{bad} of its first {read} audio packets do not decode"
 
 
 def _to_16k_mono() -> av.AudioResampler:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import re
 import weakref
 
 import av
@@ -9,7 +11,14 @@ import numpy as np
 import pytest
 
 from satellite_asr.audio import SAMPLE_RATE
-from satellite_asr.audio_files import MIN_SAMPLE_RATE, RESAMPLE_STEP_SAMPLES, AudioFile, NotAudioError, _pieces
+from satellite_asr.audio_files import (
+    MAX_BAD_PACKETS_IN_A_ROW,
+    MIN_SAMPLE_RATE,
+    RESAMPLE_STEP_SAMPLES,
+    AudioFile,
+    NotAudioError,
+    _pieces,
+)
 from tests.helpers import u8_wav
 
 HOUR = 3600.0
@@ -79,6 +88,45 @@ def test_a_huge_planar_frame_of_many_channels_is_cut_into_pieces_of_the_same_sam
     )
     np.testing.assert_array_equal(joined, values)
     assert {(piece.format.name, piece.layout.name, piece.sample_rate) for piece in pieces} == {(format, layout, 16000)}
+
+
+def adts_then_bad_packets(seconds: float, bad_packets: int) -> tuple[bytes, int]:
+    """ADTS AAC of a tone, then 9-byte packets (a valid ADTS header, 2 bytes of noise) that do not
+    decode; and the count of the good packets."""
+    pcm = (tone(16000, seconds) * 32767).astype(np.int16).reshape(1, -1)
+    buffer = io.BytesIO()
+    good = 0
+    with av.open(buffer, "w", format="adts") as output:
+        stream = output.add_stream("aac", rate=16000)
+        stream.layout = "mono"
+        frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout="mono")
+        frame.sample_rate = 16000
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            output.mux(packet)
+            good += 1
+    data = buffer.getvalue()
+    header = bytearray(data[:7])
+    header[4], header[5] = 9 >> 3, (header[5] & 0x1F) | (9 & 7) << 5  # frame_length 9 (header[3]'s bits are 0)
+    assert header[3] & 3 == 0
+    return data + (bytes(header) + b"\xde\xad") * bad_packets, good
+
+
+@pytest.mark.parametrize("seconds", [2, 10], ids=["share-of-packets", "in-a-row"])
+def test_a_file_mostly_of_packets_that_do_not_decode_is_refused_soon(seconds: float) -> None:
+    """Without a limit, all 20,000 bad packets were skipped and the tone decoded; a 24 MB file of
+    them held a worker thread for 50 s."""
+    data, good = adts_then_bad_packets(seconds, 20000)
+    with pytest.raises(NotAudioError, match="audio packets do not decode") as refused:
+        decoded(AudioFile.open(data, HOUR))
+    match = re.search(r"(\d+) of its first (\d+)", str(refused.value))
+    assert match, refused.value
+    bad, read = int(match[1]), int(match[2])
+    assert bad <= MAX_BAD_PACKETS_IN_A_ROW + 1 and read <= good + MAX_BAD_PACKETS_IN_A_ROW + 1, (bad, read, good)
+
+
+def test_a_few_packets_that_do_not_decode_are_skipped() -> None:
+    data, _ = adts_then_bad_packets(2, MAX_BAD_PACKETS_IN_A_ROW // 2)
+    assert decoded(AudioFile.open(data, HOUR)).size >= 2 * SAMPLE_RATE
 
 
 def test_close_drops_the_decoded_audio_not_handed_on() -> None:
