@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import threading
 from collections import deque
 from collections.abc import AsyncIterator, Generator, Iterator
 
@@ -80,6 +81,10 @@ class AudioFile:
         self._pending: deque[Audio] = deque()
         self._pending_size = 0
         self._done = False
+        self._lock = threading.Lock()
+        self._decoding = False
+        """A thread is in `_take()`: `close()` must leave FFmpeg and the frames to it."""
+        self._closing = False
 
     @classmethod
     def open(cls, data: bytes, max_seconds: float) -> AudioFile:
@@ -107,21 +112,37 @@ class AudioFile:
     def chunks(self) -> Generator[Audio, None, None]:
         """16 kHz mono float32 chunks of `CHUNK_SECONDS` (the last may be shorter), then closes."""
         try:
-            while True:
-                chunk = self._take()
-                if chunk is None:
-                    return
+            while (chunk := self._decode_chunk()) is not None:
                 yield chunk
         finally:
             self.close()
 
     def close(self) -> None:
-        """Free FFmpeg's buffers and the decoded audio not handed on; safe to call again. Not while
-        a thread is in `chunks()`."""
+        """Free FFmpeg's buffers and the decoded audio not handed on; safe to call again. Called
+        while another thread decodes a chunk (a handler ending at shutdown), it leaves the closing
+        to that thread, which does it when the chunk is done: FFmpeg is not closed under it."""
+        with self._lock:
+            self._closing = True
+            if self._decoding:
+                return
         self._frames.close()  # its generator refers back to this object: a cycle until closed
         self._container.close()
         self._pending.clear()
         self._pending_size = 0
+
+    def _decode_chunk(self) -> Audio | None:
+        """`_take()`, or None once `close()` has been called (before or while it decodes)."""
+        with self._lock:
+            if self._closing:
+                return None
+            self._decoding = True
+        try:
+            chunk = self._take()
+        finally:
+            with self._lock:
+                self._decoding = False
+                closing = self._closing
+        return None if closing else chunk
 
     def _take(self) -> Audio | None:
         """The next chunk, cut from the front of `_pending` (the audio behind it is not copied)."""

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import io
 import re
+import threading
 import weakref
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import av
 import numpy as np
@@ -137,3 +140,30 @@ def test_close_drops_the_decoded_audio_not_handed_on() -> None:
     assert pending, "decoded audio waits for the next chunk"
     audio_file.close()
     assert all(ref() is None for ref in pending), "close() frees it while the AudioFile is still referenced"
+
+
+def test_close_while_another_thread_decodes_leaves_the_closing_to_that_thread() -> None:
+    """A handler ending at shutdown closes the file while a worker thread decodes a chunk: without
+    the closing left to the thread, close() raised "generator already executing" (or closed FFmpeg
+    under the thread)."""
+    audio_file = AudioFile.open(u8_wav(tone(8000, 10), 8000), HOUR)
+    frames = audio_file._frames
+    decoding, release = threading.Event(), threading.Event()
+
+    def gated_frames() -> Iterator[av.AudioFrame]:
+        decoding.set()
+        release.wait(10)
+        yield from frames
+
+    audio_file._frames = gated_frames()
+    chunks = audio_file.chunks()
+    with ThreadPoolExecutor(1) as pool:
+        first = pool.submit(next, chunks, None)
+        assert decoding.wait(10)
+        audio_file.close()
+        assert not first.done(), "the chunk being decoded is not interrupted"
+        release.set()
+        assert first.result(10) is None, "the thread stops after its chunk"
+    assert not audio_file._pending, "and closes the file"
+    with pytest.raises(StopIteration):
+        next(chunks)
