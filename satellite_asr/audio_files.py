@@ -13,6 +13,7 @@ import logging
 import threading
 from collections import deque
 from collections.abc import AsyncIterator, Generator, Iterator
+from concurrent.futures import Executor
 
 import av
 import av.container
@@ -262,8 +263,8 @@ def _reason(exc: Exception) -> str:
     return getattr(exc, "strerror", None) or str(exc)
 
 
-async def decoded_chunks(audio_file: AudioFile) -> AsyncIterator[Audio]:
-    """`audio_file.chunks()` decoded in a worker thread, one chunk at a time.
+async def decoded_chunks(audio_file: AudioFile, executor: Executor) -> AsyncIterator[Audio]:
+    """`audio_file.chunks()` decoded in a thread of `executor`, one chunk at a time.
 
     Cancelled, it waits for the chunk being decoded (milliseconds) before closing the file, so
     FFmpeg is never closed under a thread that is still using it.
@@ -271,7 +272,7 @@ async def decoded_chunks(audio_file: AudioFile) -> AsyncIterator[Audio]:
     chunks = audio_file.chunks()
     try:
         while True:
-            decoding = asyncio.ensure_future(asyncio.to_thread(next, chunks, None))
+            decoding = asyncio.get_running_loop().run_in_executor(executor, next, chunks, None)
             try:
                 chunk = await asyncio.shield(decoding)
             except asyncio.CancelledError:

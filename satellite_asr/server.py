@@ -164,6 +164,7 @@ class Daemon:
         await self.core.sessions.cancel_all("shutdown")
         if self._runner is not None:
             await self._runner.cleanup()
+        await self.rest.close()
         await self.core.close()
         self._accept_errors.uninstall()
 

@@ -9,6 +9,7 @@ import io
 import itertools
 import json
 import re
+import threading
 import wave
 import weakref
 from collections.abc import AsyncIterator
@@ -588,3 +589,20 @@ async def test_rest_bench_reports_the_recording_it_uploaded() -> None:
 def read_wav_seconds(data: bytes) -> float:
     with wave.open(io.BytesIO(data)) as wav:
         return wav.getnframes() / wav.getframerate()
+
+
+async def test_uploads_decode_in_threads_of_their_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not on asyncio's default executor, whose threads live sessions' name correction and pitch
+    need: `max_uploads` (8) uploads there could take every one of them (cpu + 4)."""
+    threads: set[str] = set()
+    take = AudioFile._take
+
+    def recorded_take(self: AudioFile) -> Any:
+        threads.add(threading.current_thread().name)
+        return take(self)
+
+    monkeypatch.setattr(AudioFile, "_take", recorded_take)
+    async with running_daemon() as daemon, client(daemon) as api:
+        result = await api.audio.transcriptions.create(file=("three.wav", THREE), model="whisper-1")
+    assert result.text
+    assert threads and all(name.startswith("upload-decode") for name in threads), threads

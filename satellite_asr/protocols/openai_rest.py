@@ -14,6 +14,7 @@ import json
 import time
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -340,13 +341,14 @@ class _ClientGone(Exception):
 class _Feed:
     """The decoded file as the recording reads it: counts the audio, stops when the client leaves."""
 
-    def __init__(self, audio_file: AudioFile, request: web.Request) -> None:
+    def __init__(self, audio_file: AudioFile, request: web.Request, executor: Executor) -> None:
         self.audio_file = audio_file
+        self.executor = executor
         self.request = request
         self.samples = 0
 
     async def chunks(self) -> AsyncIterator[Audio]:
-        async for chunk in decoded_chunks(self.audio_file):
+        async for chunk in decoded_chunks(self.audio_file, self.executor):
             transport = self.request.transport
             if transport is None or transport.is_closing():
                 raise _ClientGone
@@ -372,6 +374,14 @@ class OpenAIRestHandler:
             total_setting="max_uploads",
             per_address_setting="max_uploads_per_address",
         )
+        self.decoding = ThreadPoolExecutor(settings.max_uploads, thread_name_prefix="upload-decode")
+        """Uploads decode in threads of their own, one per upload allowed: on asyncio's default
+        executor they could take every thread that live sessions' short tasks (name correction,
+        pitch) need."""
+
+    async def close(self) -> None:
+        """Wait for the decode threads (a chunk each at most) and end them; after the handlers ended."""
+        await asyncio.to_thread(self.decoding.shutdown)
 
     def _model(self, model_id: str) -> dict[str, Any]:
         return {"id": model_id, "object": "model", "created": self.started, "owned_by": "satellite-asr"}
@@ -414,10 +424,12 @@ class OpenAIRestHandler:
         file, fields = await read_form(request, settings.max_upload_mb * MB, settings.max_context_chars, pace)
         parsed = parse_request(file, fields, self.core)
         try:
-            audio_file = await asyncio.to_thread(AudioFile.open, parsed.file, settings.max_upload_audio_s)
+            audio_file = await asyncio.get_running_loop().run_in_executor(
+                self.decoding, AudioFile.open, parsed.file, settings.max_upload_audio_s
+            )
         except FileRefused as exc:
             raise _failure(exc) from None
-        feed = _Feed(audio_file, request)
+        feed = _Feed(audio_file, request, self.decoding)
         try:
             async with Recording(self.core, PROTOCOL, parsed.options) as recording:
                 if parsed.stream:
