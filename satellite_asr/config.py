@@ -560,7 +560,8 @@ def check_silences(min_silence_ms: int, silence_ms: int) -> None:
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         raw = path.read_bytes()
-        data = yaml.safe_load(raw.decode("utf-8"))
+        text = raw.decode("utf-8")
+        data = yaml.safe_load(text)
     except OSError as exc:
         raise ConfigError(f"config file {path}: cannot be read ({exc.strerror})") from None
     except UnicodeDecodeError as exc:
@@ -570,7 +571,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path}: not valid YAML: {_yaml_problem(exc)}") from None
     except (ValueError, TypeError):  # a value that is not of the type its tag says (`!!int abc`)
         raise ConfigError(f"config file {path}: a value is not of the type its !! tag names; quote it") from None
-    _refuse_anchors(path, raw.decode("utf-8"))
+    _refuse_anchors(path, text)
     if data is None:
         return {}
     if not isinstance(data, dict):
