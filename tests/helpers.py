@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import socket
 import struct
@@ -14,6 +15,7 @@ from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
+import av
 import jiwer
 import numpy as np
 import soxr
@@ -53,6 +55,23 @@ def u8_wav(samples: np.ndarray, rate: int, block_align: int = 1) -> bytes:
     fmt = struct.pack("<HHIIHH", 1, 1, rate, rate, block_align, 8)
     chunks = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"data" + struct.pack("<I", len(data)) + data
     return b"RIFF" + struct.pack("<I", len(chunks)) + chunks
+
+
+def encoded_audio(samples: np.ndarray, container: str, codec: str, rate: int, layout: str = "mono") -> bytes:
+    """16 kHz float `samples` encoded with FFmpeg's own encoders (PyAV), as a phone or browser would
+    upload them (`stereo`: the same samples in both channels)."""
+    pcm = (samples * 32767).astype(np.int16).reshape(1, -1)
+    if layout == "stereo":
+        pcm = np.repeat(pcm, 2, axis=1)  # packed s16: the channels interleaved
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format=container) as output:
+        stream = output.add_stream(codec, rate=rate)
+        stream.layout = layout
+        frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout=layout)
+        frame.sample_rate = SAMPLE_RATE
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            output.mux(packet)
+    return buffer.getvalue()
 
 
 def pcm16(audio: Audio, rate: int = 24000) -> bytes:

@@ -22,7 +22,7 @@ from satellite_asr.audio_files import (
     NotAudioError,
     _pieces,
 )
-from tests.helpers import u8_wav
+from tests.helpers import encoded_audio, u8_wav
 
 HOUR = 3600.0
 
@@ -96,18 +96,9 @@ def test_a_huge_planar_frame_of_many_channels_is_cut_into_pieces_of_the_same_sam
 def adts_then_bad_packets(seconds: float, bad_packets: int) -> tuple[bytes, int]:
     """ADTS AAC of a tone, then 9-byte packets (a valid ADTS header, 2 bytes of noise) that do not
     decode; and the count of the good packets."""
-    pcm = (tone(16000, seconds) * 32767).astype(np.int16).reshape(1, -1)
-    buffer = io.BytesIO()
-    good = 0
-    with av.open(buffer, "w", format="adts") as output:
-        stream = output.add_stream("aac", rate=16000)
-        stream.layout = "mono"
-        frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout="mono")
-        frame.sample_rate = 16000
-        for packet in [*stream.encode(frame), *stream.encode(None)]:
-            output.mux(packet)
-            good += 1
-    data = buffer.getvalue()
+    data = encoded_audio(tone(16000, seconds), "adts", "aac", 16000)
+    with av.open(io.BytesIO(data)) as written:
+        good = sum(1 for packet in written.demux() if packet.size)
     header = bytearray(data[:7])
     header[4], header[5] = 9 >> 3, (header[5] & 0x1F) | (9 & 7) << 5  # frame_length 9 (header[3]'s bits are 0)
     assert header[3] & 3 == 0

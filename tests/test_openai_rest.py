@@ -16,7 +16,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
-import av
 import numpy as np
 import openai
 import pytest
@@ -34,6 +33,7 @@ from tests.helpers import (
     FIXTURES,
     WER_TOLERANCE,
     daemon_settings,
+    encoded_audio,
     normalise,
     of_type,
     running_daemon,
@@ -58,20 +58,8 @@ def url(daemon: Daemon) -> str:
 
 
 def encoded(name: str, container: str, codec: str, rate: int, layout: str = "mono") -> bytes:
-    """A fixture encoded with FFmpeg's own encoders (PyAV), as a phone or browser would upload it
-    (`stereo`: the same samples in both channels)."""
-    pcm = (read_wav(FIXTURES / name).to_16k_mono() * 32767).astype(np.int16).reshape(1, -1)
-    if layout == "stereo":
-        pcm = np.repeat(pcm, 2, axis=1)  # packed s16: the channels interleaved
-    buffer = io.BytesIO()
-    with av.open(buffer, "w", format=container) as output:
-        stream = output.add_stream(codec, rate=rate)
-        stream.layout = layout
-        frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout=layout)
-        frame.sample_rate = 16000
-        for packet in [*stream.encode(frame), *stream.encode(None)]:
-            output.mux(packet)
-    return buffer.getvalue()
+    """A fixture as `encoded_audio`."""
+    return encoded_audio(read_wav(FIXTURES / name).to_16k_mono(), container, codec, rate, layout)
 
 
 def cues(subtitles: str) -> list[tuple[float, float, str]]:
