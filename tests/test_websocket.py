@@ -102,6 +102,16 @@ async def test_session_created_reports_effective_settings() -> None:
     assert effective["partials"] is True and effective["engine"] == "whisper" and effective["languages"] == ["en"]
 
 
+async def test_a_silence_shorter_than_the_daemons_short_one_lowers_that_too() -> None:
+    """`vad.silence_ms` takes 100-10000 (docs/protocol.md, the page's field): 150 alone was refused
+    because the daemon's own min_silence_ms (200) was longer."""
+    async with running_daemon() as daemon, websockets.connect(ws_url(daemon)) as ws:
+        await ws.send(json.dumps({"type": "config", "vad": {"silence_ms": 150}}))
+        created = json.loads(await ws.recv())
+    assert created["type"] == "session_created", created
+    assert created["config"]["vad"]["silence_ms"] == 150 and created["config"]["vad"]["min_silence_ms"] == 150
+
+
 async def test_audio_without_config_uses_defaults() -> None:
     async with running_daemon() as daemon, websockets.connect(ws_url(daemon)) as ws:
         await ws.send(f32(fixture_16k("lights_on.wav")))
