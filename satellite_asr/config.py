@@ -54,7 +54,11 @@ class Settings:
     # Network
     host: str = _opt("0.0.0.0", "Address the HTTP/WebSocket server binds to.")
     http_port: int = _opt(
-        10301, "Port of the HTTP server (WebSocket /v1/stream, /health, /metrics).", minimum=0, maximum=65535
+        10301,
+        "Port of the HTTP server: the browser page, WebSocket /v1/stream and /v1/realtime, the OpenAI REST API, "
+        "/health, /metrics.",
+        minimum=0,
+        maximum=65535,
     )
     wyoming_uri: str = _opt(
         "tcp://0.0.0.0:10300", "Wyoming server address: tcp://HOST:PORT or unix://PATH; 'none' disables it."
@@ -82,7 +86,12 @@ class Settings:
         choices=("int8", "int8_float32", "float32", "float16", "int8_float16"),
     )
     whisper_device: str = _opt("cpu", "Device for the whisper engine.", choices=("cpu", "cuda", "auto"))
-    whisper_threads: int = _opt(0, "CPU threads per whisper decode; 0: all cores.", minimum=0, maximum=256)
+    whisper_threads: int = _opt(
+        0,
+        "CPU threads per whisper decode; 0: the cores shared out among decode_concurrency decodes.",
+        minimum=0,
+        maximum=256,
+    )
     whisper_beam_size: int = _opt(
         1, "Beam size of whisper final decodes (partials always use greedy).", minimum=1, maximum=10
     )
