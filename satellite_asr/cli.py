@@ -66,7 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_setting_flags(serve)
 
     transcribe = commands.add_parser("transcribe", help="Transcribe WAV files offline, one line per utterance.")
-    transcribe.add_argument("files", nargs="+", metavar="FILE.wav")
+    transcribe.add_argument(
+        "files", nargs="+", metavar="FILE.wav", help="16-bit PCM WAV files (8000 to 48000 Hz, any channel count)."
+    )
     _add_setting_flags(transcribe)
 
     stream = commands.add_parser(
@@ -90,12 +92,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser("bench", help="Load test: concurrent real-time clients; latency, CPU and WER.")
     bench.add_argument("--clients", type=int, default=1, help="Concurrent clients (default 1).")
-    bench.add_argument("--rounds", type=int, default=4, help="Files each client streams, one after another.")
+    bench.add_argument(
+        "--rounds", type=int, default=4, help="Files each client streams, one after another (default 4)."
+    )
     bench.add_argument(
         "--manifest",
         default="tests/fixtures/fixtures.json",
-        help="JSON mapping WAV files (beside it) to their expected utterances, or to one command with its "
-        "measured voice (tests/fixtures/turns/manifest.json).",
+        help="JSON mapping WAV files (beside it) to their expected utterances (default: tests/fixtures/fixtures.json), "
+        "or to one command with its measured voice (tests/fixtures/turns/manifest.json).",
     )
     bench.add_argument(
         "--split",
