@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -177,6 +178,25 @@ def test_example_config_documents_every_key_with_its_default_and_help() -> None:
         elif meta["minimum"] is not None:
             documented += f" (range {meta['minimum']:g}..{meta['maximum']:g})"
         assert comments[f.name] == documented, f"config.example.yaml: {f.name}'s comment differs from its help"
+
+
+USER_DOCS = ("README.md", "docs/protocol.md", "docs/openai.md", "docs/security.md", "docs/browser.md", "addon/DOCS.md")
+DOCUMENTED_DEFAULT = re.compile(r"`([a-z0-9_]+)`[A-Za-z ]{0,25}\((?:default )?(-?[0-9.]+)(?: ?(?:s|ms|MB|KB/s))?[,)]")
+"""A setting quoted with its default beside it: `max_sessions` (32), `idle_timeout_s` (default 60 s)."""
+
+
+def test_defaults_quoted_in_the_user_docs_are_the_settings_defaults() -> None:
+    """The docs quote defaults in many places; a default changed in config.py alone would leave them wrong."""
+    defaults = {f.name: setting_default(f) for f in setting_fields()}
+    quoted = [
+        (doc, name, value)
+        for doc in USER_DOCS
+        for name, value in DOCUMENTED_DEFAULT.findall((ROOT / doc).read_text())
+        if name in defaults
+    ]
+    assert len(quoted) > 25, "the pattern still finds the docs' quoted defaults"
+    wrong = [(doc, name, value, defaults[name]) for doc, name, value in quoted if float(value) != defaults[name]]
+    assert not wrong, "docs quote defaults the settings do not have: (doc, setting, quoted, default)"
 
 
 def test_every_setting_has_a_serve_flag() -> None:
