@@ -209,6 +209,26 @@ class RealHomeAssistant:
             self.token = await admin.command("auth/long_lived_access_token", client_name="satellite-asr", lifespan=1)
             await admin.wait_running()
 
+    async def user_token(self) -> str:
+        """An access token of a user who is not an administrator: made with the users API, logged
+        in with the login flow (as the login page does)."""
+        client_id, login = f"{self.url}/", {"username": "resident", "password": "another-test-password"}
+        async with admin_connection(self.url, self.token) as admin:
+            user = (await admin.command("config/auth/create", name="Resident", group_ids=["system-users"]))["user"]
+            await admin.command("config/auth_provider/homeassistant/create", user_id=user["id"], **login)
+        flow = {"client_id": client_id, "handler": ["homeassistant", None], "redirect_uri": client_id}
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"{self.url}/auth/login_flow", json=flow) as response:
+                flow_id = (await response.json())["flow_id"]
+            async with http.post(
+                f"{self.url}/auth/login_flow/{flow_id}", json={"client_id": client_id} | login
+            ) as response:
+                step = await response.json()
+                assert step["type"] == "create_entry", step
+            grant = {"grant_type": "authorization_code", "code": step["result"], "client_id": client_id}
+            async with http.post(f"{self.url}/auth/token", data=grant) as response:
+                return str((await response.json())["access_token"])
+
     async def furnish(self) -> None:
         """Give the home the floors, areas, entities and exposure `EXPECTED` describes."""
         async with admin_connection(self.url, self.token) as admin:
@@ -276,8 +296,9 @@ async def test_reads_what_home_assistant_exposes_to_assist(home_assistant: RealH
 
 
 async def test_each_change_in_home_assistant_reaches_the_names(home_assistant: RealHomeAssistant) -> None:
-    """An area renamed, a floor's alias, an entity's alias, an entity exposed: one at a time, so
-    that each must come by its own registry event; then each undone, which must come as well."""
+    """An area renamed, a floor's alias, an entity's alias, an entity exposed, an entity renamed (its
+    friendly name is in its state, which Home Assistant writes after the registry event): one at a
+    time, so that each must come by its own registry event; then each undone, which must come too."""
     client = client_for(home_assistant)
     await client.start()
     try:
@@ -285,7 +306,7 @@ async def test_each_change_in_home_assistant_reaches_the_names(home_assistant: R
         async with admin_connection(home_assistant.url, home_assistant.token) as admin:
             snug = next(a for a in await admin.command("config/area_registry/list") if a["name"] == "Snug")
             attic = next(f for f in await admin.command("config/floor_registry/list") if f["name"] == "Attic storey")
-            lantern = "light.porch_lantern"
+            lantern, kettle = "light.porch_lantern", "input_boolean.kettle"
             changes: list[tuple[str, str, dict[str, Any]]] = [
                 ("Den", "config/area_registry/update", {"area_id": snug["area_id"], "name": "Den"}),
                 (
@@ -299,18 +320,20 @@ async def test_each_change_in_home_assistant_reaches_the_names(home_assistant: R
                     {"entity_id": lantern, "aliases": ["Lantern", "Lamp by the door"]},
                 ),
                 ("Guest mode", "homeassistant/expose_entity", exposure("input_boolean.guest_mode", True)),
+                ("Tea kettle", "config/entity_registry/update", {"entity_id": kettle, "name": "Tea kettle"}),
             ]
             undo: list[tuple[str, dict[str, Any]]] = [
                 ("config/area_registry/update", {"area_id": snug["area_id"], "name": "Snug"}),
                 ("config/floor_registry/update", {"floor_id": attic["floor_id"], "aliases": []}),
                 ("config/entity_registry/update", {"entity_id": lantern, "aliases": ["Lantern"]}),
                 ("homeassistant/expose_entity", exposure("input_boolean.guest_mode", False)),
+                ("config/entity_registry/update", {"entity_id": kettle, "name": None}),
             ]
             try:
                 for name, kind, fields in changes:
                     await admin.command(kind, **fields)
                     await eventually(lambda name=name: name in client.names(100), 30)
-                assert "Snug" not in client.names(100)
+                assert not {"Snug", "Kettle"} & set(client.names(100)), "the old names are gone"
             finally:
                 for kind, fields in undo:
                     await admin.command(kind, **fields)
@@ -334,6 +357,18 @@ async def test_a_wrong_token_is_an_auth_failure(
     assert status.names == 0 and client.names(100) == []
     assert any(r.levelno == logging.ERROR and "refused the access token" in r.getMessage() for r in caplog.records)
     assert wrong not in caplog.text
+
+
+async def test_a_user_who_is_not_an_administrator_is_told_so(home_assistant: RealHomeAssistant) -> None:
+    """Home Assistant lets such a user in, then refuses what only an administrator may read."""
+    client = client_for(home_assistant, await home_assistant.user_token())
+    await client.start()
+    try:
+        status = await asyncio.wait_for(client.wait_for(State.AUTH_FAILED), 30)
+    finally:
+        await client.stop()
+    assert status.last_error is not None and "the token must be an administrator's" in status.last_error
+    assert status.names == 0 and client.names(100) == []
 
 
 async def test_the_daemon_shows_the_names_in_its_health(home_assistant: RealHomeAssistant) -> None:
