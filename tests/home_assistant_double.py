@@ -5,7 +5,8 @@ of Home Assistant core: the auth handshake, `get_config` (with its core state), 
 `homeassistant/expose_entity/list`, `config/entity_registry/get_entries`, the area and floor
 registry lists and `subscribe_events`. Tests change its home, push registry events, refuse tokens,
 stop and start it again on the same port (a Home Assistant restart), and let it start slowly: while
-`state` is "STARTING" it has the states of only some entities, as a starting Home Assistant has.
+`state` is not "RUNNING" it has the states of only some entities, as a starting Home Assistant has.
+tests/test_home_assistant_real.py checks the same client against a real Home Assistant core.
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ class HomeAssistantDouble:
         self.auth_times: list[float] = []
         """When each auth attempt came (the loop's clock)."""
         self.state = "RUNNING"
-        """The core state `get_config` reports; while not "RUNNING", `get_states` lists no entity."""
+        """The core state `get_config` reports; while not "RUNNING", `get_states` lists no entity. (A
+        real Home Assistant says "NOT_RUNNING" while its integrations set up, then briefly "STARTING".)"""
         self.replies: dict[str, dict[str, Any] | str | None] = {}
         """A misbehaving Home Assistant: a command's result message in place of the real one (without
         its id), a text frame sent as it is, or None to close the connection when it comes."""
@@ -143,7 +145,10 @@ class HomeAssistantDouble:
                 if self.state == "RUNNING"
             ]
         elif kind == "homeassistant/expose_entity/list":
-            result = {"exposed_entities": {e["entity_id"]: {"conversation": e.get("exposed", True)} for e in entities}}
+            # as Home Assistant: only the entities exposed to some assistant, and only those assistants
+            result = {
+                "exposed_entities": {e["entity_id"]: {"conversation": True} for e in entities if e.get("exposed", True)}
+            }
         elif kind == "config/entity_registry/get_entries":
             by_id = {e["entity_id"]: e for e in entities}
             result = {

@@ -15,7 +15,8 @@ states of only some entities, and the last good list is kept until then. It re-r
 (debounced) on `entity_registry_updated` (renames, aliases, exposure changes),
 `area_registry_updated` and `floor_registry_updated`, and again if one arrives during a read. A
 friendly name set in YAML, with no registry entry, is seen on the next reconnection: following
-every `state_changed` would cost more than it is worth.
+every `state_changed` would cost more than it is worth. So is a change to the exposure of such an
+entity (no `unique_id`): Home Assistant keeps it outside the registry and sends no event for it.
 
 The token is sent in the auth message and nowhere else: never logged, never in the status.
 """
