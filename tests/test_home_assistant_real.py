@@ -344,6 +344,25 @@ async def test_each_change_in_home_assistant_reaches_the_names(home_assistant: R
         await client.stop()
 
 
+async def test_an_exposure_no_event_announces_is_read_at_the_next_reread(home_assistant: RealHomeAssistant) -> None:
+    """Garden spots has no `unique_id`: Home Assistant keeps its exposure outside the registry and
+    sends no event when it changes; the periodic read (`reread_s`) finds it."""
+    client = HomeAssistantNames(home_assistant.url, lambda: home_assistant.token, refresh_delay_s=0.2, reread_s=1.0)
+    await client.start()
+    try:
+        await asyncio.wait_for(client.wait_loaded(), 30)
+        assert "Garden spots" in client.names(100)
+        async with admin_connection(home_assistant.url, home_assistant.token) as admin:
+            await admin.command("homeassistant/expose_entity", **exposure("light.garden_spots", False))
+            try:
+                await eventually(lambda: "Garden spots" not in client.names(100), 30)
+            finally:
+                await admin.command("homeassistant/expose_entity", **exposure("light.garden_spots", True))
+        await eventually(lambda: sorted_home(client.home) == EXPECTED, 30)
+    finally:
+        await client.stop()
+
+
 async def test_a_wrong_token_is_an_auth_failure(
     home_assistant: RealHomeAssistant, caplog: pytest.LogCaptureFixture
 ) -> None:

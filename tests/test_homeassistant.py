@@ -73,6 +73,20 @@ async def test_a_registry_change_is_read_again_once_per_burst(home_assistant: Ho
     assert home_assistant.commands.count("config/area_registry/list") == 2, "four events, one refresh"
 
 
+async def test_what_no_event_announces_is_read_at_the_next_reread(home_assistant: HomeAssistantDouble) -> None:
+    """A friendly name set in YAML changes with no registry event: the periodic read finds it."""
+    client = client_for(home_assistant.url, reread_s=0.3)
+    await client.start()
+    try:
+        first = await client.wait_loaded()
+        home_assistant.home["entities"][0]["name"] = "Sun shades"
+        await client.wait_loaded(first)
+    finally:
+        await client.stop()
+    assert "Sun shades" in client.names(1000)
+    assert home_assistant.commands.count("get_states") == client.loads >= 2
+
+
 async def test_survives_a_restart_keeping_the_last_names(home_assistant: HomeAssistantDouble) -> None:
     client = client_for(home_assistant.url)
     await client.start()

@@ -13,10 +13,10 @@ disabled entities, which Assist cannot act on. It reads them once Home Assistant
 (`get_config`'s state, or `homeassistant_started`): a Home Assistant still starting has the
 states of only some entities, and the last good list is kept until then. It re-reads them
 (debounced) on `entity_registry_updated` (renames, aliases, exposure changes),
-`area_registry_updated` and `floor_registry_updated`, and again if one arrives during a read. A
-friendly name set in YAML, with no registry entry, is seen on the next reconnection: following
-every `state_changed` would cost more than it is worth. So is a change to the exposure of such an
-entity (no `unique_id`): Home Assistant keeps it outside the registry and sends no event for it.
+`area_registry_updated` and `floor_registry_updated`, and again if one arrives during a read. What
+no event announces is seen at the next read, at the latest `REREAD_S` after the last: a friendly
+name set in YAML (following every `state_changed` would cost more than it is worth), and the
+exposure of an entity without a `unique_id`, which Home Assistant keeps outside the registry.
 
 The token is sent in the auth message and nowhere else: never logged, never in the status.
 """
@@ -53,6 +53,9 @@ REQUEST_TIMEOUT_S = 30.0
 STEADY_CONNECTION_S = 60.0
 """A connection that read the names and lasted this long was a working one, so its loss (a restart)
 is retried at once; one that closes sooner is retried with growing delays, as any failure."""
+REREAD_S = 600.0
+"""The longest the names go unread while connected: what no event announces waits at most this
+long (a read is a few commands; `get_states` of a large home is a few MB)."""
 MAX_MESSAGE_BYTES = 128 * 1024 * 1024
 """The largest message read (`get_states` of a large home is a few MB): a bound on memory."""
 
@@ -138,6 +141,7 @@ class HomeAssistantNames:
         refresh_delay_s: float = 2.0,
         backoff_s: tuple[float, float] = (1.0, 300.0),
         steady_connection_s: float = STEADY_CONNECTION_S,
+        reread_s: float = REREAD_S,
     ) -> None:
         self._url = websocket_url(url)
         self._read_token = token
@@ -145,6 +149,7 @@ class HomeAssistantNames:
         self._refresh_delay_s = refresh_delay_s
         self._backoff_min_s, self._backoff_max_s = backoff_s
         self._steady_connection_s = steady_connection_s
+        self._reread_s = reread_s
         self._home = HomeNames()
         self._status = Status(State.CONNECTING)
         self._status_changed = asyncio.Event()
@@ -282,15 +287,17 @@ class HomeAssistantNames:
         self, ws: aiohttp.ClientWebSocketResponse, started: asyncio.Event, changed: asyncio.Event
     ) -> None:
         """Read the names once Home Assistant has started, then again after each burst of events
-        (`refresh_delay_s`, so that a burst costs one read). An event during a read sets `changed`
-        again, so nothing it changed is missed. Only the first read's failure ends the connection;
-        a later one that Home Assistant answers with an error, or not at all, keeps the last good
-        names until the next event or reconnection."""
+        (`refresh_delay_s`, so that a burst costs one read), or `reread_s` after the last read. An
+        event during a read sets `changed` again, so nothing it changed is missed. Only the first
+        read's failure ends the connection; a later one that Home Assistant answers with an error,
+        or not at all, keeps the last good names until the next read."""
         await started.wait()
         changed.clear()
         await self._load(ws)
         while True:
-            await changed.wait()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._reread_s):
+                    await changed.wait()
             await asyncio.sleep(self._refresh_delay_s)
             changed.clear()
             try:
