@@ -1,0 +1,267 @@
+"""A real Home Assistant core on 127.0.0.1 for tests, as a subprocess: Home Assistant's own code
+answers where tests/home_assistant_double.py holds what we believe it says.
+
+It runs from its own venv (`.venv-ha`, made by scripts/home-assistant-venv; `HA_VENV` for another
+place) with a minimal configuration, is onboarded over its HTTP API, and is given its floors, areas,
+entities and exposure over its WebSocket API, as a person would in its settings. Without that venv
+its tests skip, except in CI (`CI=true`), where a skip would hide a broken install, so they fail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from satellite_asr.homeassistant.names import EntityNames, HomeNames, Place, rank_names
+from tests.helpers import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+HA_VENV = Path(os.environ.get("HA_VENV") or ROOT / ".venv-ha")
+HASS = HA_VENV / "bin" / "hass"
+MISSING = f"needs a Home Assistant core at {HASS}: make it with scripts/home-assistant-venv"
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+CUSTOM_COMPONENTS = Path(__file__).resolve().parent / "fixtures" / "home_assistant" / "custom_components"
+"""Ours: start_gate, with which a test holds a restarted Home Assistant in its start."""
+START_TIMEOUT_S = 120.0
+"""Home Assistant answers in about 5 s here; a loaded CI machine may take many times that."""
+
+
+CONFIGURATION = """\
+homeassistant:
+  name: Satellite test home
+  latitude: 52.1
+  longitude: 4.3
+  elevation: 0
+  unit_system: metric
+  time_zone: UTC
+  country: NL
+  currency: EUR
+http:
+  server_host: 127.0.0.1
+  server_port: {port}
+config:
+conversation:
+input_boolean:
+start_gate:
+light:
+  - platform: template
+    lights:
+      porch_lantern:
+        unique_id: porch-lantern
+        friendly_name: Porch lantern
+        turn_on: []
+        turn_off: []
+      spare_bulb:
+        unique_id: spare-bulb
+        friendly_name: Spare bulb
+        turn_on: []
+        turn_off: []
+      garden_spots:
+        friendly_name: Garden spots
+        turn_on: []
+        turn_off: []
+"""
+"""Only what the names need: `config` has the registry commands, `conversation` is Assist (it sets
+the default exposure: lights are exposed to it, input booleans not), template lights are entities
+with a registry entry (`unique_id`) or, Garden spots, without one; `start_gate` is ours
+(`CUSTOM_COMPONENTS`). Home Assistant adds its default integrations (frontend, person,
+onboarding...), all in .venv-ha."""
+
+
+EXPECTED = HomeNames(
+    entities=(
+        EntityNames("input_boolean.kettle", "Kettle", ("Brew station",)),
+        EntityNames("light.garden_spots", "Garden spots"),
+        EntityNames("light.porch_lantern", "Porch lantern", ("Lantern",)),
+    ),
+    areas=(Place("Belfry"), Place("Scullery", ("Back kitchen",)), Place("Snug")),
+    floors=(Place("Attic storey"), Place("Ground floor", ("Downstairs",))),
+)
+"""What the client must read from the home `home_assistant` sets up: not Guest mode (not exposed),
+not Spare bulb (exposed, then disabled), not onboarding's own areas (deleted)."""
+EXPECTED_NAMES = len(rank_names(EXPECTED, 100))
+
+
+class Admin:
+    """An administrator's WebSocket API connection, to change the home as the settings pages do."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self._ws = ws
+        self._next_id = 0
+        self.events: list[str] = []
+        """The types of the events that came on this connection, were any subscribed."""
+
+    async def command(self, kind: str, **fields: Any) -> Any:
+        """The result of the command of type `kind`; fails the test on an error answer."""
+        self._next_id += 1
+        await self._ws.send_json({"id": self._next_id, "type": kind, **fields})
+        while (answer := await self._ws.receive_json(timeout=30))["type"] == "event":
+            self.events.append(answer["event"]["event_type"])
+        assert answer["id"] == self._next_id and answer["success"], answer
+        return answer["result"]
+
+    async def wait_running(self) -> None:
+        """Until Home Assistant has set up every integration, so that their entities exist."""
+        await self.command("subscribe_events", event_type="homeassistant_started")
+        if (await self.command("get_config"))["state"] == "RUNNING":
+            return
+        while "homeassistant_started" not in self.events:
+            self.events.append((await self._ws.receive_json(timeout=START_TIMEOUT_S))["event"]["event_type"])
+
+
+@asynccontextmanager
+async def admin_connection(url: str, token: str) -> AsyncIterator[Admin]:
+    async with aiohttp.ClientSession() as http, http.ws_connect(f"{url}/api/websocket") as ws:
+        assert (await ws.receive_json(timeout=30))["type"] == "auth_required"
+        await ws.send_json({"type": "auth", "access_token": token})
+        assert (await ws.receive_json(timeout=30))["type"] == "auth_ok"
+        yield Admin(ws)
+
+
+class RealHomeAssistant:
+    """Home Assistant core as a subprocess on a config dir of its own; stop() and start() again on
+    the same dir and port are a restart."""
+
+    def __init__(self, config_dir: Path) -> None:
+        self.config_dir = config_dir
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.token = ""
+        """A long-lived access token of the owner (an administrator), once `onboard` has run."""
+        self._process: subprocess.Popen[bytes] | None = None
+        self.gate = config_dir / "start_gate.open"
+        """While this file is missing, Home Assistant's start waits (`CUSTOM_COMPONENTS`)."""
+        self.gate.touch()
+        (config_dir / "configuration.yaml").write_text(CONFIGURATION.format(port=self.port))
+        shutil.copytree(CUSTOM_COMPONENTS, config_dir / "custom_components")
+
+    def start(self) -> None:
+        """Start Home Assistant and wait until its HTTP API answers (`--skip-pip`: .venv-ha has all)."""
+        with (self.config_dir / "hass.out").open("ab") as out:
+            command = [str(HASS), "--config", str(self.config_dir), "--skip-pip"]
+            self._process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                pytest.fail(f"Home Assistant exited ({self._process.returncode}):\n{self.log_tail()}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/manifest.json", timeout=5):
+                    return
+            except (urllib.error.URLError, OSError):
+                time.sleep(0.2)
+        self.stop()
+        pytest.fail(f"Home Assistant did not answer in {START_TIMEOUT_S:g} s:\n{self.log_tail()}")
+
+    def stop(self) -> None:
+        """Stop it as its service manager would (SIGTERM, its own clean stop), killed if it hangs."""
+        if self._process is None:
+            return
+        self._process.terminate()
+        try:
+            self._process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+        self._process = None
+
+    def log_tail(self) -> str:
+        return "\n".join((self.config_dir / "hass.out").read_text(errors="replace").splitlines()[-40:])
+
+    async def onboard(self) -> None:
+        """Make the owner with the onboarding API (no browser) and get a long-lived token for them."""
+        client_id = f"{self.url}/"
+        user = {"client_id": client_id, "name": "Owner", "username": "owner", "password": "a-test-password"}
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"{self.url}/api/onboarding/users", json=user | {"language": "en"}) as response:
+                assert response.status == 200, await response.text()
+                code = (await response.json())["auth_code"]
+            grant = {"grant_type": "authorization_code", "code": code, "client_id": client_id}
+            async with http.post(f"{self.url}/auth/token", data=grant) as response:
+                assert response.status == 200, await response.text()
+                access_token = (await response.json())["access_token"]
+        async with admin_connection(self.url, access_token) as admin:
+            self.token = await admin.command("auth/long_lived_access_token", client_name="satellite-asr", lifespan=1)
+            await admin.wait_running()
+
+    async def user_token(self) -> str:
+        """An access token of a user who is not an administrator: made with the users API, logged
+        in with the login flow (as the login page does)."""
+        client_id, login = f"{self.url}/", {"username": "resident", "password": "another-test-password"}
+        async with admin_connection(self.url, self.token) as admin:
+            user = (await admin.command("config/auth/create", name="Resident", group_ids=["system-users"]))["user"]
+            await admin.command("config/auth_provider/homeassistant/create", user_id=user["id"], **login)
+        flow = {"client_id": client_id, "handler": ["homeassistant", None], "redirect_uri": client_id}
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"{self.url}/auth/login_flow", json=flow) as response:
+                flow_id = (await response.json())["flow_id"]
+            async with http.post(
+                f"{self.url}/auth/login_flow/{flow_id}", json={"client_id": client_id} | login
+            ) as response:
+                step = await response.json()
+                assert step["type"] == "create_entry", step
+            grant = {"grant_type": "authorization_code", "code": step["result"], "client_id": client_id}
+            async with http.post(f"{self.url}/auth/token", data=grant) as response:
+                return str((await response.json())["access_token"])
+
+    async def furnish(self) -> None:
+        """Give the home the floors, areas, entities and exposure `EXPECTED` describes."""
+        async with admin_connection(self.url, self.token) as admin:
+            for area in await admin.command("config/area_registry/list"):  # onboarding's Living Room, Kitchen...
+                await admin.command("config/area_registry/delete", area_id=area["area_id"])
+            ground = await admin.command("config/floor_registry/create", name="Ground floor", aliases=["Downstairs"])
+            attic = await admin.command("config/floor_registry/create", name="Attic storey", level=2)
+            create_area = "config/area_registry/create"
+            await admin.command(create_area, name="Scullery", aliases=["Back kitchen"], floor_id=ground["floor_id"])
+            await admin.command(create_area, name="Snug", floor_id=ground["floor_id"])
+            await admin.command(create_area, name="Belfry", floor_id=attic["floor_id"])
+            await admin.command("input_boolean/create", name="Kettle")
+            await admin.command("input_boolean/create", name="Guest mode")
+            await admin.command("config/entity_registry/update", entity_id="light.porch_lantern", aliases=["Lantern"])
+            await admin.command(
+                "config/entity_registry/update", entity_id="input_boolean.kettle", aliases=["Brew station"]
+            )
+            await admin.command("homeassistant/expose_entity", **exposure("input_boolean.kettle", True))
+            # Assist's own default for an input boolean; said here so that the test does not depend on it
+            await admin.command("homeassistant/expose_entity", **exposure("input_boolean.guest_mode", False))
+            await admin.command("config/entity_registry/update", entity_id="light.spare_bulb", disabled_by="user")
+            exposed = (await admin.command("homeassistant/expose_entity/list"))["exposed_entities"]
+        assert {"light.porch_lantern", "light.garden_spots", "light.spare_bulb"} <= exposed.keys(), (
+            "lights are exposed to Assist by default, a disabled one stays so"
+        )
+
+
+def exposure(entity_id: str, should_expose: bool) -> dict[str, Any]:
+    """The fields of `homeassistant/expose_entity` for Assist (Home Assistant's `conversation`)."""
+    return {"assistants": ["conversation"], "entity_ids": [entity_id], "should_expose": should_expose}
+
+
+@contextmanager
+def furnished_home_assistant(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealHomeAssistant]:
+    """A started, onboarded and furnished Home Assistant, stopped on exit; a skip (or, in CI, a
+    failure) where this machine has none."""
+    if os.environ.get("HA_UNAVAILABLE"):  # .ci/run found no Python for it: said in the skip, not hidden
+        pytest.skip(f"no real Home Assistant: {os.environ['HA_UNAVAILABLE']}")
+    if not os.access(HASS, os.X_OK):
+        if IN_CI:
+            pytest.fail(f"CI={os.environ['CI']}: {MISSING}", pytrace=False)
+        pytest.skip(MISSING)
+    home_assistant = RealHomeAssistant(tmp_path_factory.mktemp("home-assistant"))
+    home_assistant.start()
+    try:
+        asyncio.run(home_assistant.onboard())
+        asyncio.run(home_assistant.furnish())
+        yield home_assistant
+    finally:
+        home_assistant.stop()
