@@ -77,7 +77,8 @@ light:
 the default exposure: lights are exposed to it, input booleans not), template lights are entities
 with a registry entry (`unique_id`) or, Garden spots, without one; `start_gate` is ours
 (`CUSTOM_COMPONENTS`). Home Assistant adds its default integrations (frontend, person,
-onboarding...), all in .venv-ha."""
+onboarding...), all in .venv-ha. The wyoming integration needs none: it is added by its config flow
+(and brings assist_pipeline)."""
 
 
 EXPECTED = HomeNames(
@@ -111,6 +112,16 @@ class Admin:
             self.events.append(answer["event"]["event_type"])
         assert answer["id"] == self._next_id and answer["success"], answer
         return answer["result"]
+
+    async def event(self) -> dict[str, Any]:
+        """The next event on this connection (of a subscription, or of a pipeline run)."""
+        message = await self._ws.receive_json(timeout=30)
+        assert message["type"] == "event", message
+        return dict(message["event"])
+
+    async def send_bytes(self, data: bytes) -> None:
+        """A binary message, such as a pipeline run's audio."""
+        await self._ws.send_bytes(data)
 
     async def wait_running(self) -> None:
         """Until Home Assistant has set up every integration, so that their entities exist."""
