@@ -9,7 +9,10 @@ and a pipeline run is fed as Home Assistant's frontend feeds it from a microphon
 What Home Assistant 2025.4.4 does as a client: `transcribe` with the pipeline's language only (no
 context, names or vad_sensitivity), `audio-start`, the audio until its own VAD has heard 0.7 s of
 silence after speech, `audio-stop`, and only then does it read, up to the first `transcript`. So
-our transcript, sent when the daemon heard the command end, waits unread until then.
+our transcript, sent when the daemon heard the command end, waits unread until then. Newer
+releases (wyoming 1.10 in the integration) read while they upload to a service whose info says it
+needs no external VAD, as this daemon's does: docs/benchmarks.md, "Home Assistant's own detector";
+they need a newer Python 3.13 than this machine has.
 """
 
 from __future__ import annotations
