@@ -1,8 +1,10 @@
 """The Wyoming service end to end: real daemon, real Silero, real tiny.en, the real `wyoming` client.
 
 Good clients follow Home Assistant's `wyoming` integration (describe with a 1 s timeout; transcribe
-+ audio-start; chunks sent while events are read; the first transcript ends the request).
-Misbehaving clients are raw sockets.
++ audio-start; chunks sent while events are read; the first transcript ends the request), as its
+releases with wyoming 1.10 talk to a service that needs no external VAD. Older releases read only
+after their own VAD sent audio-stop: tests/test_home_assistant_assist.py runs Home Assistant 2025.4.4
+itself against the daemon. Misbehaving clients are raw sockets.
 """
 
 from __future__ import annotations
