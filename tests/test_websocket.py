@@ -112,6 +112,16 @@ async def test_a_silence_shorter_than_the_daemons_short_one_lowers_that_too() ->
     assert created["config"]["vad"]["silence_ms"] == 150 and created["config"]["vad"]["min_silence_ms"] == 150
 
 
+async def test_a_short_silence_longer_than_the_daemons_long_one_raises_that_too() -> None:
+    """The other way round: `vad.min_silence_ms` 1000 alone was refused because the daemon's own
+    silence_ms (800) was shorter, though it takes 64-10000."""
+    async with running_daemon() as daemon, websockets.connect(ws_url(daemon)) as ws:
+        await ws.send(json.dumps({"type": "config", "vad": {"min_silence_ms": 1000}}))
+        created = json.loads(await ws.recv())
+    assert created["type"] == "session_created", created
+    assert created["config"]["vad"]["min_silence_ms"] == 1000 and created["config"]["vad"]["silence_ms"] == 1000
+
+
 async def test_audio_without_config_uses_defaults() -> None:
     async with running_daemon() as daemon, websockets.connect(ws_url(daemon)) as ws:
         await ws.send(f32(fixture_16k("lights_on.wav")))
@@ -229,6 +239,7 @@ async def test_non_json_and_unknown_types_are_errors_and_the_session_goes_on() -
         ({"sample_rate": 96000}, "sample_rate"),
         ({"sample_rate": 4000}, "sample_rate"),
         ({"vad": {"silence_ms": 5}}, "vad.silence_ms"),
+        ({"vad": {"min_silence_ms": 500, "silence_ms": 300}}, "min_silence_ms (500) must not be longer"),
         ({"vad": {"threshold": "high"}}, "vad.threshold"),
         ({"languages": "en"}, "unknown field"),
         ({"language": "de"}, "'de' is not one of the languages of this engine (en)"),  # tiny.en: English only

@@ -91,10 +91,12 @@ def parse_config(message: dict[str, Any], core: Core) -> tuple[SessionOptions, P
                 overrides[key] = coerce(setting, vad[key])
             except ConfigError as exc:
                 raise _invalid_config(f"vad.{key}: {str(exc).split(': ', 1)[1]}") from None
+    # A client that sets one silence gets it, moving the daemon's other one where it must (the page
+    # allows 100 ms): the short silence is never longer than the long one. Both set must agree.
     if "silence_ms" in overrides and "min_silence_ms" not in overrides:
-        # A client that sets only the long silence gets it, shorter than the daemon's short one too
-        # (the page allows 100 ms): the short silence is never longer than the long one.
         overrides["min_silence_ms"] = min(settings.min_silence_ms, overrides["silence_ms"])
+    elif "min_silence_ms" in overrides and "silence_ms" not in overrides:
+        overrides["silence_ms"] = max(settings.silence_ms, overrides["min_silence_ms"])
     try:
         options = SessionOptions.from_settings(
             settings,
