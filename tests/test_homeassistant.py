@@ -87,6 +87,24 @@ async def test_what_no_event_announces_is_read_at_the_next_reread(home_assistant
     assert home_assistant.commands.count("get_states") == client.loads >= 2
 
 
+async def test_a_reread_that_finds_the_same_names_is_no_log_line_at_info(
+    home_assistant: HomeAssistantDouble, caplog: pytest.LogCaptureFixture
+) -> None:
+    """144 re-reads a day of an unchanged home must not fill the log; a change is still told."""
+    caplog.set_level(logging.INFO, logger="satellite_asr.homeassistant.client")
+    client = client_for(home_assistant.url, reread_s=0.1)
+    await client.start()
+    try:
+        await client.wait_loaded(2)
+        home_assistant.home["entities"][0]["name"] = "Sun shades"
+        while "Sun shades" not in client.names(1000):  # a read under way may have missed it
+            await client.wait_loaded(client.loads)
+    finally:
+        await client.stop()
+    told = [r.getMessage() for r in caplog.records if r.getMessage().startswith("read ")]
+    assert told == [f"read {EXPOSED_NAMES} names from Home Assistant"] * 2, told
+
+
 async def test_survives_a_restart_keeping_the_last_names(home_assistant: HomeAssistantDouble) -> None:
     client = client_for(home_assistant.url)
     await client.start()

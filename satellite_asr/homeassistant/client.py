@@ -373,12 +373,14 @@ class HomeAssistantNames:
         raise HomeAssistantError(f"{message['type']} failed: {code or 'unknown_error'}: {text or ''}".rstrip(": "))
 
     async def _load(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        """Read every name and make them the current list."""
+        """Read every name and make them the current list. Logged at INFO only when that is news (other
+        names, a connection's first read, a recovery): a re-read every `reread_s` would fill the log."""
         home = await self._read_home(ws)
+        news = home != self._home or self._status.state != State.LOADED or self._status.last_error is not None
         self._home = home
         count = len(rank_names(home, sys.maxsize))
         self._publish(Status(State.LOADED, count, datetime.datetime.now(datetime.UTC), None))
-        log.info("read %d names from Home Assistant", count)
+        log.log(logging.INFO if news else logging.DEBUG, "read %d names from Home Assistant", count)
         async with self._loaded:
             self._loads += 1
             self._loaded.notify_all()
