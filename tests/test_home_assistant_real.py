@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -17,6 +20,9 @@ from tests.helpers import eventually, running_daemon
 from tests.home_assistant_core import (
     EXPECTED,
     EXPECTED_NAMES,
+    HA_VENV,
+    MISSING,
+    ROOT,
     RealHomeAssistant,
     admin_connection,
     exposure,
@@ -190,3 +196,19 @@ async def test_a_restarted_home_assistant_is_read_again_once_it_has_started(
     finally:
         await client.stop()
     assert sorted_home(client.home) == EXPECTED and client.status.state == State.LOADED
+
+
+def test_the_venv_script_completes_a_venv_cut_short_before_its_pip(tmp_path: Path) -> None:
+    """`python -m venv` stopped before it made the pip leaves a python without pip, on which the
+    script failed at every run ("No module named pip"): it must make the pip. (Its install then fails
+    here, without an index: only the repair is tested.)"""
+    python = HA_VENV / "bin" / "python"
+    if not os.access(python, os.X_OK):
+        pytest.skip(MISSING)
+    venv = tmp_path / "venv"
+    subprocess.run([python, "-m", "venv", "--without-pip", venv], check=True, timeout=120)
+    env = os.environ | {"HA_VENV": str(venv), "HA_PYTHON": str(python), "PIP_NO_INDEX": "1"}
+    script = ROOT / "scripts" / "home-assistant-venv"
+    result = subprocess.run([script], env=env, capture_output=True, text=True, timeout=300)
+    assert "No matching distribution found for homeassistant" in result.stderr, result.stderr
+    assert subprocess.run([venv / "bin" / "python", "-m", "pip", "--version"], timeout=60).returncode == 0
