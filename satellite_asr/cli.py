@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     transcribe = commands.add_parser("transcribe", help="Transcribe WAV files offline, one line per utterance.")
     transcribe.add_argument(
-        "files", nargs="+", metavar="FILE.wav", help="16-bit PCM WAV files (8000 to 48000 Hz, any channel count)."
+        "files", nargs="+", metavar="FILE.wav", help="16-bit PCM WAV files (8000 to 48000 Hz, 1 to 64 channels)."
     )
     _add_setting_flags(transcribe)
 

@@ -9,6 +9,8 @@ import sys
 
 import pytest
 
+from satellite_asr.audio import MAX_CHANNELS, MAX_RATE, MIN_RATE
+from satellite_asr.cli import build_parser
 from satellite_asr.engines.factory import qwen_context_tokens
 from satellite_asr.engines.qwen3_prompt import Qwen3Decoding
 from tests.helpers import (
@@ -27,6 +29,13 @@ pytestmark = pytest.mark.timeout(180)
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "satellite_asr", *args], capture_output=True, text=True, timeout=170)
+
+
+def test_transcribe_help_says_which_wav_files_it_reads(capsys: pytest.CaptureFixture[str]) -> None:
+    """The decoder's limits, not "any channel count": a 65-channel WAV is refused."""
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["transcribe", "--help"])
+    assert f"({MIN_RATE} to {MAX_RATE} Hz, 1 to {MAX_CHANNELS} channels)" in " ".join(capsys.readouterr().out.split())
 
 
 def test_transcribe_prints_one_line_per_utterance() -> None:
