@@ -14,7 +14,7 @@ disabled entities, which Assist cannot act on. It reads them once Home Assistant
 states of only some entities, and the last good list is kept until then. It re-reads them
 (debounced) on `entity_registry_updated` (renames, aliases, exposure changes),
 `area_registry_updated` and `floor_registry_updated`, and again if one arrives during a read. What
-no event announces is seen at the next read, at the latest `REREAD_S` after the last: a friendly
+no event announces is seen at the next read, about `REREAD_S` after the last at the latest: a friendly
 name set in YAML (following every `state_changed` would cost more than it is worth), and the
 exposure of an entity without a `unique_id`, which Home Assistant keeps outside the registry.
 
@@ -54,8 +54,9 @@ STEADY_CONNECTION_S = 60.0
 """A connection that read the names and lasted this long was a working one, so its loss (a restart)
 is retried at once; one that closes sooner is retried with growing delays, as any failure."""
 REREAD_S = 600.0
-"""The longest the names go unread while connected: what no event announces waits at most this
-long (a read is a few commands; `get_states` of a large home is a few MB)."""
+"""How long the names go unread while connected with no event: what no event announces waits this
+long, plus `refresh_delay_s` and the read (a read is a few commands; `get_states` of a large home
+is a few MB)."""
 MAX_MESSAGE_BYTES = 128 * 1024 * 1024
 """The largest message read (`get_states` of a large home is a few MB): a bound on memory."""
 
