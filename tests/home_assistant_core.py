@@ -16,14 +16,15 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
+from satellite_asr.audio import SAMPLE_RATE
 from satellite_asr.homeassistant.names import EntityNames, HomeNames, Place, rank_names
 from tests.helpers import free_port
 
@@ -256,6 +257,123 @@ class RealHomeAssistant:
 def exposure(entity_id: str, should_expose: bool) -> dict[str, Any]:
     """The fields of `homeassistant/expose_entity` for Assist (Home Assistant's `conversation`)."""
     return {"assistants": ["conversation"], "entity_ids": [entity_id], "should_expose": should_expose}
+
+
+CHUNK_S = 0.04
+"""The microphone's chunk: the frontend sends each as it is recorded."""
+SILENCE_AFTER_S = 5.0
+"""How long the microphone goes on after the command (silence) if Home Assistant has not heard the
+command end; its own VAD needs 0.7 s of it."""
+PIPELINE = {
+    "name": "Satellite ASR",
+    "language": "en",
+    "conversation_engine": "conversation.home_assistant",
+    "conversation_language": "en",
+    "stt_language": "en",
+    "tts_engine": None,
+    "tts_language": None,
+    "tts_voice": None,
+    "wake_word_entity": None,
+    "wake_word_id": None,
+}
+"""An Assist pipeline as the voice assistants settings page makes it, but for its stt_engine."""
+
+
+def bearer(home_assistant: RealHomeAssistant) -> dict[str, str]:
+    """The header of an HTTP API request with the owner's token."""
+    return {"Authorization": f"Bearer {home_assistant.token}"}
+
+
+async def add_wyoming_service(home_assistant: RealHomeAssistant, port: int) -> dict[str, Any]:
+    """What the "Add integration" dialog does for Wyoming Protocol: start its config flow, fill in
+    its one form (host and port); the flow's last answer."""
+    flows = f"{home_assistant.url}/api/config/config_entries/flow"
+    async with aiohttp.ClientSession(headers=bearer(home_assistant)) as http:
+        async with http.post(flows, json={"handler": "wyoming", "show_advanced_options": False}) as response:
+            assert response.status == 200, await response.text()
+            form = await response.json()
+        assert form["type"] == "form" and form["step_id"] == "user", form
+        async with http.post(f"{flows}/{form['flow_id']}", json={"host": "127.0.0.1", "port": port}) as response:
+            assert response.status == 200, await response.text()
+            return dict(await response.json())
+
+
+@asynccontextmanager
+async def wyoming_speech_to_text(home_assistant: RealHomeAssistant, port: int) -> AsyncIterator[str]:
+    """Our daemon's Wyoming server on `port` added to Home Assistant; the id of the speech-to-text
+    entity it made, once its config entry has loaded. The entry is removed on exit."""
+    result = await add_wyoming_service(home_assistant, port)
+    assert result["type"] == "create_entry", result
+    entry_id = result["result"]["entry_id"]
+    try:
+        assert result["result"]["state"] == "loaded", "Home Assistant sets an entry up before the flow ends"
+        async with admin_connection(home_assistant.url, home_assistant.token) as admin:
+            entities = await admin.command("config/entity_registry/list")
+            made = [e["entity_id"] for e in entities if e["config_entry_id"] == entry_id]
+            assert len(made) == 1 and made[0].startswith("stt."), made
+        yield made[0]
+    finally:
+        entry = f"{home_assistant.url}/api/config/config_entries/entry/{entry_id}"
+        async with aiohttp.ClientSession(headers=bearer(home_assistant)) as http, http.delete(entry) as response:
+            assert response.status == 200, await response.text()
+
+
+@asynccontextmanager
+async def assist_pipeline(home_assistant: RealHomeAssistant, stt_engine: str) -> AsyncIterator[str]:
+    """An Assist pipeline with `stt_engine` as its speech-to-text; its id. Deleted on exit."""
+    async with admin_connection(home_assistant.url, home_assistant.token) as admin:
+        pipeline = await admin.command("assist_pipeline/pipeline/create", stt_engine=stt_engine, **PIPELINE)
+        try:
+            yield str(pipeline["id"])
+        finally:
+            await admin.command("assist_pipeline/pipeline/delete", pipeline_id=pipeline["id"])
+
+
+async def microphone(
+    send: Callable[[bytes], Awaitable[None]], handler_id: int, pcm: bytes, heard: asyncio.Event, origin: float
+) -> None:
+    """The frontend's microphone, recording from `origin` (`time.monotonic()`): `pcm` then silence,
+    each chunk sent once it would have been recorded, prefixed with the run's binary handler id,
+    until Home Assistant has heard the command (`heard`); if it never does, the empty message that
+    ends the stream."""
+    chunk_bytes = round(CHUNK_S * SAMPLE_RATE) * 2
+    audio = pcm + bytes(round(SILENCE_AFTER_S * SAMPLE_RATE) * 2)
+    for offset in range(0, len(audio), chunk_bytes):
+        recorded = origin + (offset + chunk_bytes) / 2 / SAMPLE_RATE
+        with suppress(TimeoutError):
+            await asyncio.wait_for(heard.wait(), max(0.0, recorded - time.monotonic()))
+        if heard.is_set():
+            return
+        await send(bytes([handler_id]) + audio[offset : offset + chunk_bytes])
+    await send(bytes([handler_id]))
+
+
+async def run_speech_to_text(
+    home_assistant: RealHomeAssistant, pipeline_id: str, pcm: bytes
+) -> list[tuple[float, dict[str, Any]]]:
+    """The events of an Assist pipeline run from speech to text (only), `pcm` its microphone; each
+    with when it came, in seconds on the audio's clock (0: the first sample was recorded), which is
+    what scripts/bench_home_assistant.py times against the voice's end."""
+    async with admin_connection(home_assistant.url, home_assistant.token) as admin:
+        run = {"start_stage": "stt", "end_stage": "stt", "input": {"sample_rate": SAMPLE_RATE}}
+        await admin.command("assist_pipeline/run", pipeline=pipeline_id, **run)
+        first = await admin.event()
+        assert first["type"] == "run-start", first
+        heard = asyncio.Event()
+        handler_id = first["data"]["runner_data"]["stt_binary_handler_id"]
+        origin = time.monotonic()
+        events = [(0.0, first)]
+        speaking = asyncio.create_task(microphone(admin.send_bytes, handler_id, pcm, heard, origin))
+        try:
+            while events[-1][1]["type"] not in ("run-end", "error"):
+                event = await admin.event()
+                events.append((time.monotonic() - origin, event))
+                if event["type"] in ("stt-end", "error"):
+                    heard.set()
+        finally:
+            heard.set()
+            await speaking
+    return events
 
 
 @contextmanager
