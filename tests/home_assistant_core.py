@@ -320,12 +320,15 @@ async def wyoming_speech_to_text(home_assistant: RealHomeAssistant, port: int) -
 
 @asynccontextmanager
 async def assist_pipeline(home_assistant: RealHomeAssistant, stt_engine: str) -> AsyncIterator[str]:
-    """An Assist pipeline with `stt_engine` as its speech-to-text; its id. Deleted on exit."""
+    """An Assist pipeline with `stt_engine` as its speech-to-text; its id. Deleted on exit, on a
+    connection of its own: Home Assistant closes one left unread for a minute (its heartbeat's
+    pings go unanswered), as a benchmark's long use of the pipeline would."""
     async with admin_connection(home_assistant.url, home_assistant.token) as admin:
         pipeline = await admin.command("assist_pipeline/pipeline/create", stt_engine=stt_engine, **PIPELINE)
-        try:
-            yield str(pipeline["id"])
-        finally:
+    try:
+        yield str(pipeline["id"])
+    finally:
+        async with admin_connection(home_assistant.url, home_assistant.token) as admin:
             await admin.command("assist_pipeline/pipeline/delete", pipeline_id=pipeline["id"])
 
 
