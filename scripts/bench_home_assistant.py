@@ -63,7 +63,8 @@ READY_TIMEOUT_S = 120.0
 def ensure_peer(venv: Path) -> None:
     """Make the peer's venv unless it already has `PEER` (idempotent; pip from PyPI)."""
     python = venv / "bin" / "python"
-    check = "import importlib.metadata as m, sys; sys.exit(m.version('wyoming-faster-whisper') != '3.8.1')"
+    package, version = PEER.split("==")
+    check = f"import importlib.metadata as m, sys; sys.exit(m.version({package!r}) != {version!r})"
     if python.exists() and subprocess.run([python, "-c", check], capture_output=True).returncode == 0:
         return
     if not python.exists():
