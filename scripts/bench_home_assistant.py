@@ -36,11 +36,9 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-import jiwer
-
 from addon.run import describe_answers
 from satellite_asr.audio import SAMPLE_RATE
-from satellite_asr.clients.bench import BenchFile, load_manifest, normalise_words, percentile
+from satellite_asr.clients.bench import BenchFile, load_manifest, percentile, word_error_rate
 from satellite_asr.clients.wav import read_wav
 from tests.helpers import free_port, pcm16
 from tests.home_assistant_core import (
@@ -158,9 +156,7 @@ def summary(runs: list[Run]) -> str:
         stt = [r.stt_end for r in mine if r.stt_end is not None]
         after = [r.stt_end - r.vad_end for r in mine if r.stt_end is not None and r.vad_end is not None]
         answered = [r for r in mine if r.text is not None]
-        wer = jiwer.wer(
-            [normalise_words(r.reference) for r in answered], [normalise_words(r.text or "") or "-" for r in answered]
-        )
+        wer = word_error_rate([(r.reference, r.text or "") for r in answered])
         medians[name] = statistics.median(vad), statistics.median(stt)
         lines.append(
             f"{name:24} {len(mine):4}  {ms(medians[name][0]):>7} / {ms(percentile(vad, 90)):>5}"

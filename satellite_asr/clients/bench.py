@@ -23,7 +23,7 @@ import re
 import statistics
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -51,6 +51,16 @@ def normalise_words(text: str) -> str:
     """Lowercase words without punctuation, number words as digits: what WER should compare."""
     words = re.sub(r"[^\w\s']", " ", text.lower()).split()
     return " ".join(_NUMBER_WORDS.get(word, word) for word in words)
+
+
+def word_error_rate(pairs: Sequence[tuple[str, str]]) -> float:
+    """Pooled WER of (expected, heard) texts, both `normalise_words`d; an empty text heard counts its
+    words as deleted; NaN when there is nothing to compare."""
+    import jiwer  # imported when a benchmark reports, not when the CLI starts
+
+    if not pairs:
+        return float("nan")
+    return float(jiwer.wer([normalise_words(a) for a, _ in pairs], [normalise_words(b) or "-" for _, b in pairs]))
 
 
 def speech_segments(audio: Audio, level: float = 0.02, min_gap_s: float = 0.5) -> list[tuple[float, float]]:
@@ -314,7 +324,6 @@ async def run_bench(
     """Run the load over `protocol` (see `PROTOCOLS`); starts an in-process daemon from `settings`
     unless `url` names a running one."""
     import aiohttp
-    import jiwer
 
     if flooders and protocol != "websocket":
         raise ValueError("--flooders floods over the WebSocket protocol: use it with --protocol websocket")
@@ -350,9 +359,7 @@ async def run_bench(
 
     def wer(expected: dict[str, list[str]]) -> float:
         pairs = [(expected[t.file][t.index], t.text) for t in timings if t.index < len(expected.get(t.file, []))]
-        if not pairs:
-            return float("nan")
-        return float(jiwer.wer([normalise_words(a) for a, _ in pairs], [normalise_words(b) or "-" for _, b in pairs]))
+        return word_error_rate(pairs)
 
     final_latencies = [t.final_latency for t in timings]
     partial_latencies = [t.first_partial_latency for t in timings if t.first_partial_latency is not None]

@@ -35,7 +35,7 @@ from wyoming.audio import AudioChunk, AudioStart, AudioStop
 from wyoming.client import AsyncTcpClient
 from wyoming.event import Event
 
-from satellite_asr.clients.bench import STAGGER_SECONDS, BenchFile, bench_daemon, normalise_words, percentile
+from satellite_asr.clients.bench import STAGGER_SECONDS, BenchFile, bench_daemon, percentile, word_error_rate
 from satellite_asr.clients.home_assistant_vad import SILENCE_SECONDS, command_end
 from satellite_asr.clients.wav import WavFile, read_wav
 from satellite_asr.config import Settings
@@ -226,8 +226,6 @@ async def run_wyoming_bench(
     ha_wait: float = SILENCE_SECONDS,
 ) -> WyomingBenchReport:
     """Run the load; starts an in-process daemon from `settings` unless `uri` names a running server."""
-    import jiwer
-
     planned = plan_rounds(commands, mode, ha_wait)
     async with bench_daemon(settings, uri) as daemon:
         if daemon is not None:
@@ -244,15 +242,12 @@ async def run_wyoming_bench(
             jobs.append(_client(host, port, work, client * STAGGER_SECONDS))
         timings = [t for client_timings in await asyncio.gather(*jobs) for t in client_timings]
     latencies = [t.latency for t in timings if t.latency is not None]
-    answered = [t for t in timings if t.text is not None]
-    expected = [normalise_words(t.reference) for t in answered]
-    heard = [normalise_words(t.text or "") or "-" for t in answered]
-    wer = float(jiwer.wer(expected, heard)) if answered else float("nan")
+    wer = word_error_rate([(t.reference, t.text) for t in timings if t.text is not None])
     return WyomingBenchReport(
         mode=mode,
         clients=clients,
         rounds=len(timings),
-        missing_transcripts=len(timings) - len(answered),
+        missing_transcripts=sum(t.text is None for t in timings),
         cut_commands=sum(latency < 0 for latency in latencies),
         latency_p50=statistics.median(latencies) if latencies else float("nan"),
         latency_p95=percentile(latencies, 95),
