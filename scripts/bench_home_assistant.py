@@ -48,6 +48,7 @@ from tests.home_assistant_core import (
     RealHomeAssistant,
     assist_pipeline,
     run_speech_to_text,
+    stop_process,
     wyoming_speech_to_text,
 )
 
@@ -72,18 +73,13 @@ def ensure_peer(venv: Path) -> None:
 
 @contextmanager
 def server(command: list[str], log: Path) -> Iterator[None]:
-    """A server subprocess, its output in `log`; stopped with SIGTERM (killed if it hangs) on exit."""
+    """A server subprocess, its output in `log`; stopped on exit (`stop_process`)."""
     with log.open("ab") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=ROOT)
     try:
         yield
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, 30)
 
 
 async def wait_ready(port: int, log: Path) -> None:
