@@ -29,6 +29,7 @@ from satellite_asr.engines.whisper import (
     HEARD_NAMES,
     LOOK_EXTRA_TOKENS,
     MAX_CONTEXT_TOKENS,
+    MAX_TOKENS_PER_SECOND,
     NEARLY_WRITTEN_NAMES,
     REDECODE_FULL_WINDOW,
     REDECODE_LONGER_WINDOW,
@@ -301,6 +302,79 @@ async def test_a_short_window_decode_that_loops_is_done_again_on_a_longer_window
         await engine.close()
     assert redecodes == expected
     assert word_error_rate(" ".join(EXPECTED[name]), result.text) <= WER_TOLERANCE, result.text
+
+
+class GenerateLimits:
+    """Stands in front of the engine's CTranslate2 model, noting how many tokens each `generate` call
+    may write (`generation_limits`: CTranslate2 writes at most half its max_length)."""
+
+    def __init__(self, model: Any) -> None:
+        self._model = model
+        self.most_tokens: list[int] = []
+
+    def generate(self, encoded: Any, prompts: list[list[int]], **kwargs: Any) -> Any:
+        max_length = kwargs["max_length"]
+        self.most_tokens.append(min(max_length // 2, max_length - len(prompts[0]) + 1))
+        return self._model.generate(encoded, prompts, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._model, name)
+
+
+async def test_the_30_s_window_writes_no_more_than_the_speech_could_hold(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A short command decoded on Whisper's own window (every short window taken for a loop) may write
+    its speech's token budget, no more, in every one of faster-whisper's temperature retries: uncapped,
+    each could fill the decoder's 448 positions (seen: 6 s for a 2.8 s command)."""
+    monkeypatch.setattr(whisper, "repeats_itself", lambda tokens: True)
+    engine = WhisperEngine()
+    await engine.start()
+    assert engine._model is not None
+    limits = GenerateLimits(engine._model.model)
+    monkeypatch.setattr(engine._model, "model", limits)
+    audio = fixture_16k("lights_on.wav")
+    try:
+        result = await engine.open_stream(StreamOptions()).final(audio)
+    finally:
+        await engine.close()
+    assert limits.most_tokens  # the 30 s window's calls went through the stand-in
+    budget = int(audio.size / whisper.SAMPLE_RATE * MAX_TOKENS_PER_SECOND) + 8
+    assert max(limits.most_tokens) == budget + 1
+    assert word_error_rate(" ".join(EXPECTED["lights_on.wav"]), result.text) <= WER_TOLERANCE, result.text
+
+
+@pytest.mark.parametrize("names", [(), ("Kitchin lamps",)])
+async def test_a_decode_cancelled_while_a_window_decodes_goes_no_further(
+    monkeypatch: pytest.MonkeyPatch, names: tuple[str, ...]
+) -> None:
+    """A stale speculative final is cancelled while a window decodes: the thread cannot stop that
+    call, but it must not go on to a longer window, the 30 s window or a second look. The decode is
+    held at its first loop check until the test has cancelled it; then, without names, its text is
+    taken for a loop (as in the test above), and with a name near "kitchen lights" it is kept, and
+    would be looked at again."""
+    checked, cancelled = threading.Event(), threading.Event()
+
+    def loops_once_cancelled(tokens: list[int]) -> bool:
+        checked.set()
+        cancelled.wait(30)
+        return not names
+
+    monkeypatch.setattr(whisper, "repeats_itself", loops_once_cancelled)
+    engine = WhisperEngine()
+    redecodes: list[str] = []
+    engine.report_redecodes(redecodes.append)
+    await engine.start()
+    try:
+        decode = asyncio.create_task(engine.open_stream(StreamOptions(names=names)).final(fixture_16k("lights_on.wav")))
+        assert await asyncio.to_thread(checked.wait, 30)
+        decode.cancel()
+        await asyncio.sleep(0.05)  # the cancel reaches the engine before the window's decode ends
+        redecodes_before = list(redecodes)
+        cancelled.set()
+        with pytest.raises(asyncio.CancelledError):
+            await decode
+    finally:
+        await engine.close()
+    assert redecodes == redecodes_before
 
 
 def test_short_windows_grow_with_the_audio_and_never_repeat_a_length() -> None:

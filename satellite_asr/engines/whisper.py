@@ -14,6 +14,7 @@ import functools
 import logging
 import math
 import os
+import threading
 from collections.abc import Callable, Collection
 from typing import Any, NamedTuple
 
@@ -63,6 +64,17 @@ MAX_CONTEXT_TOKENS = 223
 is cut. With more (all 96 names of the evaluation home, 392 tokens) tiny.en looped and lost words."""
 CONTEXT_BREAKS = frozenset({",", ".", ";"})
 """Where context may be cut, so that a name is kept whole or not at all."""
+
+
+class DecodeStopped(Exception):
+    """The caller cancelled the decode: its thread stopped before its next window or look."""
+
+
+def stop_if_cancelled(cancelled: threading.Event) -> None:
+    """Between the steps of a decode: a CTranslate2 call cannot be interrupted, but the steps after
+    it (a longer window, the 30 s window with its temperature retries, a second look) need not run."""
+    if cancelled.is_set():
+        raise DecodeStopped
 
 
 def generation_limits(prompt_length: int, budget: int) -> tuple[int, int]:
@@ -307,12 +319,16 @@ class WhisperEngine(Engine):
     async def decode(self, audio: Audio, options: StreamOptions, *, final: bool) -> Transcript:
         if self._model is None or self._executor is None:
             raise EngineError("whisper model is not loaded")
-        work = asyncio.get_running_loop().run_in_executor(self._executor, self._decode, audio, options, final)
+        cancelled = threading.Event()
+        loop = asyncio.get_running_loop()
+        work = loop.run_in_executor(self._executor, self._decode, audio, options, final, cancelled)
         try:
             return await asyncio.shield(work)
         except asyncio.CancelledError:
-            # A decode thread cannot be stopped: the caller keeps its decode slot until the thread is
-            # free, so the scheduler never starts more decodes than the engine really runs.
+            # A decode thread cannot be stopped at once: it stops at its next step (a stale speculative
+            # final must not go on to longer windows), and the caller keeps its decode slot until the
+            # thread is free, so the scheduler never starts more decodes than the engine really runs.
+            cancelled.set()
             with contextlib.suppress(Exception):
                 await work
             raise
@@ -321,7 +337,7 @@ class WhisperEngine(Engine):
         except Exception as exc:
             raise EngineError(f"whisper decode failed: {exc}") from exc
 
-    def _decode(self, audio: Audio, options: StreamOptions, final: bool) -> Transcript:
+    def _decode(self, audio: Audio, options: StreamOptions, final: bool, cancelled: threading.Event) -> Transcript:
         language = options.language or (None if len(self._languages) > 1 else "en")
         if self._short_context and language is not None and audio.size / SAMPLE_RATE + SHORT_CONTEXT_PAD_S < 30:
             windows = short_windows(audio.size)
@@ -329,15 +345,26 @@ class WhisperEngine(Engine):
                 longer = index + 1 < len(windows)
                 # only a final's log-probability is read (turn detection): a partial keeps a first pass
                 keep_first_pass = not (longer and final)
-                short = self._decode_short(audio, window, language, options, final, keep_first_pass=keep_first_pass)
+                short = self._decode_short(
+                    audio, window, language, options, final, cancelled, keep_first_pass=keep_first_pass
+                )
                 if short is not None:
                     return short
+                stop_if_cancelled(cancelled)
                 log.debug("short-context decode repeated itself; decoding a %s window", "longer" if longer else "30 s")
                 self._count_redecode(REDECODE_LONGER_WINDOW if longer else REDECODE_FULL_WINDOW)
         return self._decode_window(audio, language, options.context, final)
 
     def _decode_short(
-        self, audio: Audio, window: int, language: str, options: StreamOptions, final: bool, *, keep_first_pass: bool
+        self,
+        audio: Audio,
+        window: int,
+        language: str,
+        options: StreamOptions,
+        final: bool,
+        cancelled: threading.Event,
+        *,
+        keep_first_pass: bool,
     ) -> Transcript | None:
         """Encode `window` samples (`short_windows`) instead of Whisper's fixed 30 s.
 
@@ -387,6 +414,7 @@ class WhisperEngine(Engine):
         near = [match.name for match in matches]
         if not near and max(decoded.hunches.values(), default=-math.inf) < LOOK_HUNCH:
             return first
+        stop_if_cancelled(cancelled)
         heard = self._names_by_hunch(first_tokens, decoded.hunches, near, HEARD_NAMES)
         self._count_redecode(REDECODE_SECOND_LOOK)
         # the near names first (the prompt keeps its start), then the heard ones, then the session's context
@@ -495,16 +523,28 @@ class WhisperEngine(Engine):
         return Tokenizer(self._model.hf_tokenizer, self._model.model.is_multilingual, "transcribe", language)
 
     def _decode_window(self, audio: Audio, language: str | None, context: str, final: bool) -> Transcript:
-        """faster-whisper's own transcription: 30 s windows, language detection, long audio."""
+        """faster-whisper's own transcription: 30 s windows, language detection, long audio.
+
+        A window may write what its speech could hold (`MAX_TOKENS_PER_SECOND`), no more: a window
+        that loops is decoded again by sampling at five rising temperatures, five texts each, and
+        uncapped each of them may fill the decoder's positions (seen: a stale speculative final of a
+        2.8 s command decoding for 6 s, while the command's real final waited behind it).
+        """
         assert self._model is not None
+        # Text tokens do not depend on the language: "en" stands in while it is to be detected.
+        tokenizer = self._tokenizer(language or "en")
+        prompt_tokens = context_tokens(tokenizer, context)
+        prompt = self._model.get_prompt(tokenizer, prompt_tokens, without_timestamps=True)
+        budget = int(min(audio.size / SAMPLE_RATE, 30.0) * MAX_TOKENS_PER_SECOND) + 8
+        max_length, _ = generation_limits(len(prompt), budget)
         kwargs: dict[str, Any] = {
             "language": language,
             "beam_size": self._beam_size if final else 1,
             "vad_filter": False,
             "without_timestamps": True,
             "condition_on_previous_text": False,
-            # Text tokens do not depend on the language: "en" stands in while it is to be detected.
-            "initial_prompt": context_tokens(self._tokenizer(language or "en"), context) or None,
+            "initial_prompt": prompt_tokens or None,
+            "max_new_tokens": max_length - len(prompt),  # faster-whisper adds the prompt back
         }
         segments, info = self._model.transcribe(audio, **kwargs)
         pieces = list(segments)
