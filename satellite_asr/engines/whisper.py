@@ -57,6 +57,10 @@ REPEATED_RUN = 4
 """Tokens in a row that, seen twice in one command, mean the decoder is looping."""
 MAX_TOKENS_PER_SECOND = 8
 """More tokens than this per second of audio is not speech but a decoder stuck in a loop."""
+FULL_WINDOW_BUDGET_FACTOR = 2
+"""The 30 s window is the fallback for a short window that used up its budget, so it may write this
+many times the budget: speech really that dense (digits, a fast talker) is kept whole, and a loop
+still costs a fraction of the decoder's 224 tokens."""
 WHISPER_POSITIONS = 448
 """Whisper's decoder positions, prompt and text together."""
 MAX_CONTEXT_TOKENS = 223
@@ -525,18 +529,23 @@ class WhisperEngine(Engine):
     def _decode_window(self, audio: Audio, language: str | None, context: str, final: bool) -> Transcript:
         """faster-whisper's own transcription: 30 s windows, language detection, long audio.
 
-        A window may write what its speech could hold (`MAX_TOKENS_PER_SECOND`), no more: a window
-        that loops is decoded again by sampling at five rising temperatures, five texts each, and
-        uncapped each of them may fill the decoder's positions (seen: a stale speculative final of a
-        2.8 s command decoding for 6 s, while the command's real final waited behind it).
+        Audio of one window may write `FULL_WINDOW_BUDGET_FACTOR` times its speech's budget
+        (`MAX_TOKENS_PER_SECOND`), no more: a window that loops is decoded again by sampling at five
+        rising temperatures, five texts each, and uncapped each of them may fill the decoder's
+        positions (seen: a stale speculative final of a 2.8 s command decoding for 6 s, while the
+        command's real final waited behind it). Longer audio is left as it was: faster-whisper adds
+        the cap to each window's own prompt, and the later windows' prompts lack the context.
         """
         assert self._model is not None
         # Text tokens do not depend on the language: "en" stands in while it is to be detected.
         tokenizer = self._tokenizer(language or "en")
         prompt_tokens = context_tokens(tokenizer, context)
         prompt = self._model.get_prompt(tokenizer, prompt_tokens, without_timestamps=True)
-        budget = int(min(audio.size / SAMPLE_RATE, 30.0) * MAX_TOKENS_PER_SECOND) + 8
-        max_length, _ = generation_limits(len(prompt), budget)
+        max_new_tokens = None
+        if audio.size / SAMPLE_RATE <= 30.0:
+            budget = int(audio.size / SAMPLE_RATE * MAX_TOKENS_PER_SECOND) + 8
+            max_length, _ = generation_limits(len(prompt), FULL_WINDOW_BUDGET_FACTOR * budget)
+            max_new_tokens = max_length - len(prompt)  # faster-whisper adds the prompt back
         kwargs: dict[str, Any] = {
             "language": language,
             "beam_size": self._beam_size if final else 1,
@@ -544,7 +553,7 @@ class WhisperEngine(Engine):
             "without_timestamps": True,
             "condition_on_previous_text": False,
             "initial_prompt": prompt_tokens or None,
-            "max_new_tokens": max_length - len(prompt),  # faster-whisper adds the prompt back
+            "max_new_tokens": max_new_tokens,
         }
         segments, info = self._model.transcribe(audio, **kwargs)
         pieces = list(segments)
