@@ -380,14 +380,18 @@ async def run_speech_to_text(
     return events
 
 
-@contextmanager
-def furnished_home_assistant(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealHomeAssistant]:
-    """A started, onboarded and furnished Home Assistant, stopped on exit; a skip (or, in CI, a
-    failure) where this machine has none."""
+def require_home_assistant() -> None:
+    """A skip (or, in CI, a failure) where this machine has no Home Assistant core in `HA_VENV`."""
     if os.environ.get("HA_UNAVAILABLE"):  # .ci/run found no Python for it: said in the skip, not hidden
         pytest.skip(f"no real Home Assistant: {os.environ['HA_UNAVAILABLE']}")
     if not os.access(HASS, os.X_OK):
         tool_missing(MISSING)
+
+
+@contextmanager
+def furnished_home_assistant(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealHomeAssistant]:
+    """A started, onboarded and furnished Home Assistant, stopped on exit (`require_home_assistant`)."""
+    require_home_assistant()
     home_assistant = RealHomeAssistant(tmp_path_factory.mktemp("home-assistant"))
     home_assistant.start()
     try:

@@ -21,12 +21,12 @@ from tests.home_assistant_core import (
     EXPECTED,
     EXPECTED_NAMES,
     HA_VENV,
-    MISSING,
     ROOT,
     RealHomeAssistant,
     admin_connection,
     exposure,
     furnished_home_assistant,
+    require_home_assistant,
 )
 
 pytestmark = pytest.mark.timeout(300)
@@ -202,9 +202,8 @@ def test_the_venv_script_completes_a_venv_cut_short_before_its_pip(tmp_path: Pat
     """`python -m venv` stopped before it made the pip leaves a python without pip, on which the
     script failed at every run ("No module named pip"): it must make the pip. (Its install then fails
     here, without an index: only the repair is tested.)"""
+    require_home_assistant()
     python = HA_VENV / "bin" / "python"
-    if not os.access(python, os.X_OK):
-        pytest.skip(MISSING)
     venv = tmp_path / "venv"
     subprocess.run([python, "-m", "venv", "--without-pip", venv], check=True, timeout=120)
     env = os.environ | {"HA_VENV": str(venv), "HA_PYTHON": str(python), "PIP_NO_INDEX": "1"}

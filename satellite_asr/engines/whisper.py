@@ -540,9 +540,9 @@ class WhisperEngine(Engine):
         # Text tokens do not depend on the language: "en" stands in while it is to be detected.
         tokenizer = self._tokenizer(language or "en")
         prompt_tokens = context_tokens(tokenizer, context)
-        prompt = self._model.get_prompt(tokenizer, prompt_tokens, without_timestamps=True)
         max_new_tokens = None
         if audio.size / SAMPLE_RATE <= 30.0:
+            prompt = self._model.get_prompt(tokenizer, prompt_tokens, without_timestamps=True)
             budget = int(audio.size / SAMPLE_RATE * MAX_TOKENS_PER_SECOND) + 8
             max_length, _ = generation_limits(len(prompt), FULL_WINDOW_BUDGET_FACTOR * budget)
             max_new_tokens = max_length - len(prompt)  # faster-whisper adds the prompt back
