@@ -54,21 +54,17 @@ config:
 conversation:
 input_boolean:
 start_gate:
-light:
-  - platform: template
-    lights:
-      porch_lantern:
+template:
+  - light:
+      - name: Porch lantern
         unique_id: porch-lantern
-        friendly_name: Porch lantern
         turn_on: []
         turn_off: []
-      spare_bulb:
+      - name: Spare bulb
         unique_id: spare-bulb
-        friendly_name: Spare bulb
         turn_on: []
         turn_off: []
-      garden_spots:
-        friendly_name: Garden spots
+      - name: Garden spots
         turn_on: []
         turn_off: []
 """

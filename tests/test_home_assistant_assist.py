@@ -6,13 +6,12 @@ Assistant's code is the client, at the `wyoming` version its manifest pins. The 
 as a user adds a service discovery did not find (the integration's config flow, host and port),
 and a pipeline run is fed as Home Assistant's frontend feeds it from a microphone.
 
-What Home Assistant 2025.4.4 does as a client: `transcribe` with the pipeline's language only (no
-context, names or vad_sensitivity), `audio-start`, the audio until its own VAD has heard 0.7 s of
-silence after speech, `audio-stop`, and only then does it read, up to the first `transcript`. So
-our transcript, sent when the daemon heard the command end, waits unread until then. Newer
-releases (wyoming 1.10 in the integration) read while they upload to a service whose info says it
-needs no external VAD, as this daemon's does: docs/benchmarks.md, "Home Assistant's own detector";
-they need a newer Python 3.13 than this machine has.
+What Home Assistant 2026.11 does as a client: `transcribe` with the pipeline's language only (no
+context, names or vad_sensitivity), `audio-start`, then it uploads the audio and reads at once,
+ending the round at the first `transcript`. Since this daemon's info says it needs no external VAD,
+the pipeline runs no VAD of its own: our endpointing ends the command (releases before 2025.5 read
+only after their own VAD had sent `audio-stop`; docs/benchmarks.md, "Through a real Home
+Assistant").
 """
 
 from __future__ import annotations
@@ -72,11 +71,21 @@ def wyoming_sessions(daemon: Daemon) -> float | None:
     return daemon.core.metrics.registry.get_sample_value("satellite_asr_sessions_total", {"protocol": "wyoming"})
 
 
+def endpoints(daemon: Daemon, reason: str) -> float | None:
+    """Utterances the daemon ended for `reason` (forced: the client's audio-stop ended one in speech)."""
+    return daemon.core.metrics.registry.get_sample_value("satellite_asr_endpoints_total", {"reason": reason})
+
+
 async def test_home_assistant_hears_a_command_through_our_wyoming_service(home_assistant: RealHomeAssistant) -> None:
+    """Our endpointing ends the command, not Home Assistant's VAD: it runs none for this service."""
     async with running_daemon(wyoming_uri=WYOMING) as daemon:
         events = await assist_transcript(home_assistant, daemon)
         assert wyoming_sessions(daemon) == 1, "one Wyoming round: the pipeline's"
+        heard_end = [endpoints(daemon, reason) for reason in ("complete", "silence", "forced")]
+    assert heard_end in ([1, None, None], [None, 1, None]), f"the daemon heard the command end: {heard_end}"
     assert same_words(EXPECTED[FIXTURE], transcripts(events)), events
+    # no VAD of Home Assistant's (it emits none of its events then either: home-assistant/core issue 178614)
+    assert "stt-vad-end" not in [event["type"] for event in events], events
 
 
 async def test_with_the_homes_names_the_command_is_still_heard(home_assistant: RealHomeAssistant) -> None:

@@ -2,9 +2,9 @@
 
 Good clients follow Home Assistant's `wyoming` integration (describe with a 1 s timeout; transcribe
 + audio-start; chunks sent while events are read; the first transcript ends the request), as its
-releases with wyoming 1.10 talk to a service that needs no external VAD. Older releases read only
-after their own VAD sent audio-stop: tests/test_home_assistant_assist.py runs Home Assistant 2025.4.4
-itself against the daemon. Misbehaving clients are raw sockets.
+releases with wyoming 1.10 talk to a service that needs no external VAD (older releases read only
+after their own VAD sent audio-stop); tests/test_home_assistant_assist.py runs Home Assistant
+2026.11 itself against the daemon. Misbehaving clients are raw sockets.
 """
 
 from __future__ import annotations
