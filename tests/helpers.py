@@ -6,6 +6,7 @@ import asyncio
 import io
 import json
 import os
+import random
 import socket
 import struct
 import subprocess
@@ -163,11 +164,32 @@ def of_type(messages: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
     return [m for m in messages if m["type"] == kind]
 
 
+EPHEMERAL_PORTS = Path("/proc/sys/net/ipv4/ip_local_port_range")
+FREE_PORTS_BELOW = 12000
+"""How far under the kernel's ephemeral range `free_port` looks."""
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    """A loopback TCP port nothing listens on now, for a program that must be told its port."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    """A loopback TCP port nothing listens on now, for a program that must be told its port.
+
+    Not one the kernel hands out for port 0: those are its ephemeral ports, which every outgoing
+    connection also takes (a test polling the program's /health until it has started among them),
+    so one could hold it by the time the program binds it (seen in CI: the daemon exited, its port
+    in use). A port just under that range, and never the same one twice in a run.
+    """
+    low = int(EPHEMERAL_PORTS.read_text().split()[0]) if EPHEMERAL_PORTS.exists() else 32768
+    candidates = [port for port in range(max(1024, low - FREE_PORTS_BELOW), low) if port not in _handed_out]
+    random.shuffle(candidates)
+    for port in candidates:
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free loopback port under {low}")
 
 
 def ws_url(daemon: Daemon) -> str:
