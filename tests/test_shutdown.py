@@ -41,6 +41,10 @@ async def start_daemon(http_port: int, wyoming_port: int) -> asyncio.subprocess.
     )
     async with aiohttp.ClientSession() as http:
         for _ in range(600):  # the bound only turns a daemon that never starts into a failure
+            if process.returncode is not None:
+                assert process.stderr is not None
+                error = (await process.stderr.read()).decode(errors="replace")
+                raise AssertionError(f"the daemon exited ({process.returncode}) as it started:\n{error}")
             try:
                 async with http.get(f"http://127.0.0.1:{http_port}/health") as response:
                     if response.status == 200:
