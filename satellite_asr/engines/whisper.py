@@ -81,6 +81,12 @@ def stop_if_cancelled(cancelled: threading.Event) -> None:
         raise DecodeStopped
 
 
+def token_budget(samples: int) -> int:
+    """The most tokens `samples` of speech may take (`MAX_TOKENS_PER_SECOND`, and a few for a very
+    short command): more is a decoder that loops."""
+    return int(samples / SAMPLE_RATE * MAX_TOKENS_PER_SECOND) + 8
+
+
 def generation_limits(prompt_length: int, budget: int) -> tuple[int, int]:
     """The `max_length` that lets CTranslate2's Whisper `generate` write `budget` tokens after a
     prompt of `prompt_length` and one more, and how many it can then write at most: `budget` + 1
@@ -390,7 +396,7 @@ class WhisperEngine(Engine):
         tokenizer = self._tokenizer(language)
         features = self._model.feature_extractor(audio, padding=window - audio.size)
         encoded = self._model.model.encode(ctranslate2.StorageView.from_array(np.ascontiguousarray(features[None])))
-        budget = int(audio.size / SAMPLE_RATE * MAX_TOKENS_PER_SECOND) + 8
+        budget = token_budget(audio.size)
         beam_size = self._beam_size if final else 1
         # how sure it was of each token only matters to the names' correction (`Transcript.token_spans`)
         sureness = bool(options.names)
@@ -543,7 +549,7 @@ class WhisperEngine(Engine):
         max_new_tokens = None
         if audio.size / SAMPLE_RATE <= 30.0:
             prompt = self._model.get_prompt(tokenizer, prompt_tokens, without_timestamps=True)
-            budget = int(audio.size / SAMPLE_RATE * MAX_TOKENS_PER_SECOND) + 8
+            budget = token_budget(audio.size)
             max_length, _ = generation_limits(len(prompt), FULL_WINDOW_BUDGET_FACTOR * budget)
             max_new_tokens = max_length - len(prompt)  # faster-whisper adds the prompt back
         kwargs: dict[str, Any] = {
