@@ -106,7 +106,6 @@ def test_what_sounds_like_a_name_becomes_the_name(heard: str, corrected: str) ->
     [
         "What time is it?",
         "What is the temperature outside?",  # not "the Outside temperature": only the shared word is alike
-        "How long until sunset?",  # not the Lounge: one short word needs a closer match
         "Start the dishwasher.",  # not the Stair lights: "start" is a command word
         "Turn off the bedroom heater.",  # the Bedroom heater, spelled as heard, not the Barnaby heater
         "Turn on the kitchen lights and the TV.",
@@ -135,7 +134,7 @@ def test_a_name_is_found_by_its_ordinary_words_when_its_first_sound_is_lost(
 ) -> None:
     """Each of these fails the rule that a run starts with the name's first sound; the name's last
     words as heard ("gate", "turntable") say what was named, and its first word is matched loosely.
-    Each in the home of its part: in the whole evaluation home (1420 names) other parts' gates
+    Each in the home of its part: in the whole evaluation home other parts' gates
     compete, the Ofori gate for "after gate" (0.78) and the Mutasa gate for "mask as gate" (0.76)."""
     corrector = NameCorrector(part_home(part))
     assert corrector.correct(heard) == corrected
@@ -252,6 +251,7 @@ def spans(text: str, logprob: float) -> tuple[TokenSpan, ...]:
         ("How long has the washing machine been running?", "Patio awning"),
         ("and butter and cheese to my shopping list.", "Potting shed"),
         ("Set a timer for 10 minutes.", "Gunawardena monitor"),  # 0.66; a name of held-out 21
+        ("How long until sunset?", "Hlongwane heater"),  # 0.66; a name of held-out 39
     ],
 )
 def test_words_the_engine_was_sure_of_are_not_taken_for_a_name_they_loosely_sound_like(heard: str, name: str) -> None:
