@@ -11,11 +11,13 @@ names (`NameCorrector`, timed with the decode). The runs take turns on each comm
     PYTHONPATH=. .venv/bin/python scripts/bench_names.py --faster-whisper   # hotwords vs prompt
     PYTHONPATH=. .venv/bin/python scripts/bench_names.py --half all --ceiling  # an oracle choosing the prompt
     PYTHONPATH=. .venv/bin/python scripts/bench_names.py --half heldout4 --home-names 100  # the issue's home size
+    PYTHONPATH=. .venv/bin/python scripts/bench_names.py --half piper_heldout38 piper_heldout39 --home-names 100
     PYTHONPATH=. .venv/bin/python scripts/bench_names.py --half all --home-names 100 --names-only  # every part, pooled
     PYTHONPATH=. .venv/bin/python scripts/bench_names.py --half all --home-names 100 --model base  # another model
 
 PART is one of the parts of commands.json, in its order (today dev, the default, then heldout and
-heldout2 to heldout37; a part make_names.py adds is a choice without an edit here), or all (every
+heldout2 to heldout39, then piper_heldout34 to piper_heldout39, the same commands in Piper's neural
+voice; a part make_names.py adds is a choice without an edit here), several of them, or all (every
 part).
 
 Reports names right (a name counts when its letters appear in the transcript, ignoring case,
@@ -28,8 +30,9 @@ Tune on `dev` only; the held-out parts are for reporting.
 `--home-names N` gives the engine a home of about N names instead of all of `home.json`: every
 floor, area and entity the part names, every one no part names (the ordinary "Kitchen lights"),
 then other parts' in the file's order up to N (more than N when those two already are); issue 11
-sets its targets for a home of about 100. With `--half all`, each part is decoded with its own such
-home, and the counts are pooled over the parts (names right also printed part by part).
+sets its targets for a home of about 100. With several parts (or all), each part is decoded with its
+own such home, and the counts and times are pooled over the parts (names right also printed part by
+part).
 
 `--names-only` runs the daemon's way alone, in half the time: names right, WER and names not said,
 without the time ratio (what changes to the correction are chosen by, on the parts already seen).
@@ -144,7 +147,9 @@ def parts(commands: dict[str, dict[str, Any]]) -> list[str]:
 async def main() -> None:
     every_command = json.loads((NAMES / "commands.json").read_text())
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--half", choices=[*parts(every_command), "all"], default="dev")
+    parser.add_argument(
+        "--half", nargs="+", choices=[*parts(every_command), "all"], default=["dev"], help="one part, several, or all"
+    )
     parser.add_argument("--cap", type=int, default=0, help="names in the prompt (the daemon gives whisper none)")
     parser.add_argument("--faster-whisper", action="store_true", help="faster-whisper's own hotwords vs prompt")
     parser.add_argument("--misses", action="store_true", help="print the names that came out wrong")
@@ -186,7 +191,9 @@ async def main() -> None:
         parser.error("--ceiling measures the daemon's way of decoding, not faster-whisper's own")
     if args.names_only and (args.faster_whisper or args.cap):
         parser.error("--names-only runs the daemon's way alone, without the runs --faster-whisper or --cap compare")
-    chosen = parts(every_command) if args.half == "all" else [args.half]
+    if "all" in args.half and len(args.half) > 1:
+        parser.error("--half all is every part: name no other with it")
+    chosen = parts(every_command) if args.half == ["all"] else list(dict.fromkeys(args.half))
     home_json = json.loads((NAMES / "home.json").read_text())
     engine = WhisperEngine(args.model)
     redecodes: list[str] = []
