@@ -152,6 +152,22 @@ async def test_a_name_the_decoder_nearly_wrote_reaches_the_transcript_through_we
     assert "Beatriz's fan" in wyoming_heard, wyoming_heard
 
 
+async def test_a_name_in_a_neural_voice_comes_out_with_the_homes_names_and_not_without(
+    home_assistant: HomeAssistantDouble,
+) -> None:
+    """Piper's person-like voice (held-out 39, `piper_heldout39`): tiny.en writes the Caerhays
+    library as other words ("the Care Hayes Library") unless the session has the home's names."""
+    async with running_daemon(wyoming_uri="tcp://127.0.0.1:0", ha_url=home_assistant.url, ha_token=TOKEN) as daemon:
+        assert daemon.core.home_assistant is not None
+        await daemon.core.home_assistant.wait_loaded()
+        _, without = await websocket_session(daemon, "piper_heldout39_named_26.wav", household_names=False)
+        _, websocket_heard = await websocket_session(daemon, "piper_heldout39_named_26.wav")
+        wyoming_heard = await wyoming_round(daemon, "piper_heldout39_named_26.wav")
+    assert "caerhays" not in without.lower(), without
+    assert "Caerhays library" in websocket_heard, websocket_heard
+    assert "Caerhays library" in wyoming_heard, wyoming_heard
+
+
 async def test_the_sessions_correction_runs_off_the_event_loop(
     home_assistant: HomeAssistantDouble, monkeypatch: pytest.MonkeyPatch
 ) -> None:
