@@ -119,9 +119,9 @@ def part_home(*parts: str) -> tuple[str, ...]:
     """The home one part (or a few) of the names evaluation set (tests/fixtures/names) is heard in:
     every name of the evaluation home but the other parts' own, by rank (244 names for one part,
     about the issue's size; more for several). A name a part shares with its Piper twin
-    (`piper_heldout34` says `heldout34`'s) is the part's own. (The benchmark's `part_home` in scripts/bench_names.py
-    cuts the home's JSON instead, aliases and all, to a given size; these tests' texts were chosen
-    in this simpler home.)"""
+    (`piper_heldout34` says `heldout34`'s) is the part's own. (The benchmark's `part_home` in
+    scripts/bench_names.py cuts the home's JSON instead, aliases and all, to a given size; these
+    tests' texts were chosen in this simpler home.)"""
     names_dir = FIXTURES / "names"
     commands = json.loads((names_dir / "commands.json").read_text())
     own = {c["name"] for c in commands.values() if c["name"] and c["half"] in parts}
