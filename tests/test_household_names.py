@@ -160,10 +160,11 @@ async def test_a_name_in_a_neural_voice_comes_out_with_the_homes_names_and_not_w
     async with running_daemon(wyoming_uri="tcp://127.0.0.1:0", ha_url=home_assistant.url, ha_token=TOKEN) as daemon:
         assert daemon.core.home_assistant is not None
         await daemon.core.home_assistant.wait_loaded()
-        _, without = await websocket_session(daemon, "piper_heldout39_named_26.wav", household_names=False)
+        opted_out, without = await websocket_session(daemon, "piper_heldout39_named_26.wav", household_names=False)
         _, websocket_heard = await websocket_session(daemon, "piper_heldout39_named_26.wav")
         wyoming_heard = await wyoming_round(daemon, "piper_heldout39_named_26.wav")
-    assert "caerhays" not in without.lower(), without
+    assert opted_out["household_names"] is False
+    assert "library" in without.lower() and "caerhays" not in without.lower(), without
     assert "Caerhays library" in websocket_heard, websocket_heard
     assert "Caerhays library" in wyoming_heard, wyoming_heard
 
