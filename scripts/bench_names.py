@@ -18,7 +18,7 @@ names (`NameCorrector`, timed with the decode). The runs take turns on each comm
 PART is one of the parts of commands.json, in its order (today dev, the default, then heldout and
 heldout2 to heldout39, then piper_heldout34 to piper_heldout39, the same commands in Piper's neural
 voice; a part make_names.py adds is a choice without an edit here), several of them, or all (every
-part).
+part of both voices; before the Piper parts were added on 2026-12-04, the espeak-ng parts alone).
 
 Reports names right (a name counts when its letters appear in the transcript, ignoring case,
 spaces and punctuation), WER of the name-free commands, how many commands came out with one of the
