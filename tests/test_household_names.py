@@ -23,6 +23,7 @@ from satellite_asr.server import Daemon
 from tests.doubles import ContextRecordingEngineDouble
 from tests.helpers import EXPECTED, FIXTURES, running_daemon, word_error_rate, ws_url
 from tests.home_assistant_double import EXPOSED_NAMES, HomeAssistantDouble, running_home_assistant
+from tests.vllm_server_double import VllmServerDouble
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -215,6 +216,35 @@ async def test_a_command_heard_clearly_keeps_its_words_when_a_name_loosely_sound
         await daemon.core.home_assistant.wait_loaded()
         heard = await wyoming_round(daemon, "heldout3_plain_15.wav")
     assert word_error_rate("what is the weather this weekend", heard) == 0, heard
+
+
+@pytest.mark.parametrize(
+    ("logprob", "expected"), [(-0.01, "How long until sunset?"), (-1.0, "How Hlongwane heater sunset?")]
+)
+async def test_qwen3_keeps_words_it_was_sure_of_when_a_name_loosely_sounds_like_them(
+    home_assistant: HomeAssistantDouble, logprob: float, expected: str
+) -> None:
+    """Qwen3-ASR over HTTP (VllmServerDouble, as if it heard "How long until sunset?"), and the
+    home's Hlongwane heater sounds loosely like those words (0.66): the name takes their place
+    unless the model says it was sure of them, as tiny.en does."""
+    server = VllmServerDouble(transcript="How long until sunset?", logprob=logprob)
+    await server.start()
+    try:
+        async with running_daemon(
+            engine="qwen3-remote",
+            remote_urls=(server.url,),
+            wyoming_uri="tcp://127.0.0.1:0",
+            ha_url=home_assistant.url,
+            ha_token=TOKEN,
+        ) as daemon:
+            assert daemon.core.home_assistant is not None
+            await daemon.core.home_assistant.wait_loaded()
+            wyoming_heard = await wyoming_round(daemon, "heldout3_plain_15.wav")
+            _, websocket_heard = await websocket_session(daemon, "heldout3_plain_15.wav", partials=False)
+    finally:
+        await server.stop()
+    assert wyoming_heard == websocket_heard == expected
+    assert server.chat_bodies and all(body["logprobs"] for body in server.chat_bodies)
 
 
 async def test_a_change_in_home_assistant_reaches_the_next_session(home_assistant: HomeAssistantDouble) -> None:

@@ -10,8 +10,9 @@ import asyncio
 import json
 import logging
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from typing import Any
 
 import numpy as np
 import pytest
@@ -232,3 +233,65 @@ async def test_roll_back_cuts_after_a_whole_character_and_asks_once_past_a_repla
     tokenizer.decodes = 0  # text that ends in U+FFFD wherever it is cut: a few tries, then a fresh decode
     assert await roll_back("\ufffd" * 100, 5, tokenizer.encode, tokenizer.decode) == ""
     assert tokenizer.decodes == 8
+
+
+async def test_a_stream_with_names_reads_how_sure_the_model_was_of_each_character(
+    servers: list[VllmServerDouble],
+) -> None:
+    """The names' correction leaves alone words the model was sure of (`Transcript.token_spans`); a
+    stream without names asks for nothing more. Cyrillic letters are two bytes, so two of the
+    double's tokens: the first writes nothing, the second the letter."""
+    text = "Turn on Дмитро's lamp"
+    servers[0].transcript = text
+    async with started(servers[:1]) as engine:
+        named = await engine.open_stream(StreamOptions(language="en", names=("Дмитро's lamp",))).final(SECOND)
+        plain = await final(engine)
+    assert named.text == plain.text == text
+    assert [text[span.start : span.end] for span in named.token_spans] == list(text)
+    assert {span.logprob for span in named.token_spans} == {-0.01}
+    assert plain.token_spans == ()
+    assert [body.get("logprobs") for body in servers[0].chat_bodies] == [True, None]
+
+
+async def test_a_partials_rolled_back_words_keep_how_sure_the_model_was_of_them(
+    servers: list[VllmServerDouble],
+) -> None:
+    decoding = Qwen3Decoding(fresh_partials=1, rollback_tokens=5)
+    async with started(servers[:1], decoding=decoding) as engine:
+        stream = engine.open_stream(StreamOptions(language="en", names=("Kitchen lights",)))
+        servers[0].logprob = -2.0
+        await stream.partial(SECOND)
+        servers[0].logprob = -0.5
+        partial = await stream.partial(SECOND)  # continues "turn on the l" (5 byte-tokens rolled back)
+    kept = TRANSCRIPT[:-5]
+    assert partial.text == kept + TRANSCRIPT
+    assert [partial.text[span.start : span.end] for span in partial.token_spans] == list(partial.text)
+    assert [span.logprob for span in partial.token_spans] == [-2.0] * len(kept) + [-0.5] * len(TRANSCRIPT)
+
+
+def with_logprobs(change: Callable[[dict[str, Any]], object]) -> dict[str, Any]:
+    answer = completion(TRANSCRIPT, -0.01)
+    change(answer["choices"][0]["logprobs"])
+    return answer
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        completion(TRANSCRIPT),  # a server that does not give them
+        with_logprobs(lambda logprobs: logprobs.update(content=None)),
+        with_logprobs(lambda logprobs: logprobs["content"][3].update(bytes=None)),
+        with_logprobs(lambda logprobs: logprobs["content"][3].update(bytes=[300])),
+        with_logprobs(lambda logprobs: logprobs["content"][3].update(logprob="sure")),
+        with_logprobs(lambda logprobs: logprobs["content"][3].update(logprob=float("nan"))),
+        with_logprobs(lambda logprobs: logprobs["content"].pop()),  # short of the text
+        with_logprobs(lambda logprobs: logprobs["content"][0].update(bytes=list(b"T"))),  # another text
+    ],
+)
+async def test_log_probabilities_missing_or_garbled_leave_the_text_to_be_judged_alone(
+    servers: list[VllmServerDouble], answer: dict[str, Any]
+) -> None:
+    servers[0].replies[CHAT] = (200, json.dumps(answer))
+    async with started(servers[:1], health_interval_s=3600) as engine:
+        transcript = await engine.open_stream(StreamOptions(language="en", names=("Kitchen lights",))).final(SECOND)
+    assert transcript.text == TRANSCRIPT and transcript.token_spans == ()

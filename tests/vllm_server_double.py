@@ -2,9 +2,10 @@
 
 It answers what the qwen3-remote engine asks, in vLLM's shapes: `/v1/models`, `/tokenize` and
 `/detokenize` (the tokens are the text's UTF-8 bytes, so a cut can fall inside a character as with
-a byte-level tokenizer) and `/v1/chat/completions` (a fixed transcript; 404 for another model, as
-vLLM answers). Tests make it misbehave: any path's answer replaced by a status and a body, and
-decodes held until the test lets them go. The real servers are tested in tests/vllm/ (CI only).
+a byte-level tokenizer) and `/v1/chat/completions` (a fixed transcript, with each token's
+log-probability when asked; 404 for another model, as vLLM answers). Tests make it misbehave: any
+path's answer replaced by a status and a body, and decodes held until the test lets them go. The
+real servers are tested in tests/vllm/ (CI only).
 """
 
 from __future__ import annotations
@@ -25,8 +26,14 @@ COMPLETION_TOKENS = 7
 
 
 class VllmServerDouble:
-    def __init__(self, model: str = MODEL) -> None:
+    def __init__(self, model: str = MODEL, transcript: str = TRANSCRIPT, logprob: float = -0.01) -> None:
         self.model = model
+        self.transcript = transcript
+        """What every decode answers."""
+        self.logprob = logprob
+        """Every token's log-probability, when a decode asks for them (-0.01: sure of every word)."""
+        self.chat_bodies: list[dict[str, Any]] = []
+        """What each chat completion asked, in order."""
         self.port = free_port()
         self.replies: dict[str, tuple[int, str]] = {}
         """A misbehaving server: a path's answer (status, body text) in place of the real one."""
@@ -87,6 +94,7 @@ class VllmServerDouble:
 
     async def _chat(self, request: web.Request) -> web.Response:
         body: dict[str, Any] = await request.json()
+        self.chat_bodies.append(body)
         self.decoding += 1
         try:
             await self.decodes_gate.wait()
@@ -95,15 +103,26 @@ class VllmServerDouble:
         if body.get("model", self.model) != self.model:
             error = {"message": f"The model `{body['model']}` does not exist.", "type": "NotFoundError", "code": 404}
             return web.json_response({"object": "error", **error}, status=404)
-        return self._reply(request) or web.json_response(completion(TRANSCRIPT))
+        logprob = self.logprob if body.get("logprobs") else None
+        return self._reply(request) or web.json_response(completion(self.transcript, logprob))
 
 
-def completion(text: str) -> dict[str, Any]:
-    """A chat completion's answer, as vLLM writes it."""
+def completion(text: str, logprob: float | None = None) -> dict[str, Any]:
+    """A chat completion's answer, as vLLM writes it; with `logprob`, each token's (a token per
+    UTF-8 byte, as `/tokenize` has them)."""
+    choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+    if logprob is not None:
+        tokens = [bytes([byte]) for byte in text.encode()]
+        choice["logprobs"] = {
+            "content": [
+                {"token": token.decode(errors="replace"), "logprob": logprob, "bytes": list(token), "top_logprobs": []}
+                for token in tokens
+            ]
+        }
     return {
         "id": "chatcmpl-1",
         "object": "chat.completion",
         "model": MODEL,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+        "choices": [choice],
         "usage": {"prompt_tokens": 40, "completion_tokens": COMPLETION_TOKENS, "total_tokens": 47},
     }

@@ -75,8 +75,9 @@ class Transcript:
     token_spans: tuple[TokenSpan, ...] = ()
     """How sure the engine was of each part of `text`, token by token, when the stream has names;
     empty when it does not say (no names; Whisper's beam search, or whenever its decode takes
-    faster-whisper's own path; Qwen3-ASR). The name correction distrusts a loose match with words
-    the engine was sure of (`NameCorrector.sure_logprob`); without spans it judges the text alone."""
+    faster-whisper's own path; a vLLM server that leaves out the log-probabilities asked for). The
+    name correction distrusts a loose match with words the engine was sure of
+    (`NameCorrector.sure_logprob`); without spans it judges the text alone."""
     nearly_written: tuple[str, ...] = ()
     """The stream's names the engine leaned to most where it wrote other words unsurely, strongest
     first; empty when it does not say (partials; Whisper's beam search or its own 30 s path;

@@ -18,6 +18,7 @@ back. The model answers `language English<asr_text>text` (or just the text after
 from __future__ import annotations
 
 import logging
+import math
 import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from typing import Protocol
 
 from satellite_asr.audio import Audio
 from satellite_asr.biasing.context import NAME_SEPARATOR
-from satellite_asr.engines.base import EngineStream, StreamOptions, Transcript
+from satellite_asr.engines.base import EngineStream, StreamOptions, TokenSpan, Transcript
 
 log = logging.getLogger(__name__)
 
@@ -208,6 +209,64 @@ async def _whole_characters(ids: list[int], end: int, decode: Decode) -> str:
     return ""
 
 
+@dataclass(frozen=True)
+class Generated:
+    """What one decode wrote after its continuation."""
+
+    text: str
+    tokens: int
+    """Token count (for metrics, and tests that cannot check words)."""
+    token_ends: tuple[int, ...] = ()
+    logprobs: tuple[float, ...] = ()
+    """When the decode was asked how sure it was (`sureness`): where each token's text ends in
+    `text` (characters) and that token's log-probability; empty otherwise, or when the pieces the
+    model reported do not spell `text`."""
+
+    @classmethod
+    def with_sureness(cls, text: str, tokens: int, pieces: Sequence[str], logprobs: Sequence[float]) -> Generated:
+        """`text` with the piece each token wrote and its log-probability, kept only where the pieces
+        spell `text` and each has a finite log-probability (else the text alone)."""
+        ends = piece_ends(pieces, text)
+        if not ends or len(logprobs) != len(ends) or not all(math.isfinite(logprob) for logprob in logprobs):
+            return cls(text, tokens)
+        return cls(text, tokens, ends, tuple(logprobs))
+
+    def spans(self, offset: int = 0) -> list[TokenSpan]:
+        """The tokens that wrote characters, as spans of a text where this one starts at `offset`."""
+        spans, start = [], 0
+        for end, logprob in zip(self.token_ends, self.logprobs, strict=True):
+            if end > start:
+                spans.append(TokenSpan(offset + start, offset + end, logprob))
+            start = max(start, end)
+        return spans
+
+
+def piece_ends(pieces: Sequence[str], text: str) -> tuple[int, ...]:
+    """Where each token's piece of `text` ends, from the pieces the tokens wrote in order; () when
+    they do not spell `text` (a stop token's own text after it is allowed, and left out)."""
+    if not "".join(pieces).startswith(text):
+        return ()
+    ends, end = [], 0
+    for piece in pieces:
+        end += len(piece)
+        ends.append(min(end, len(text)))
+    return tuple(ends)
+
+
+def transcript_spans(raw: str, text: str, spans: Sequence[TokenSpan]) -> tuple[TokenSpan, ...]:
+    """`spans` of a raw output moved onto its transcript (`parse_output`), which ends where the raw
+    output's words end."""
+    if not text:
+        return ()
+    start = len(raw.rstrip()) - len(text)
+    moved = []
+    for span in spans:
+        first, last = max(span.start - start, 0), min(span.end - start, len(text))
+        if last > first:
+            moved.append(TokenSpan(first, last, span.logprob))
+    return tuple(moved)
+
+
 @dataclass
 class Qwen3Utterance:
     """What one utterance's decodes share: the previous partial's raw output, for rollback."""
@@ -221,6 +280,8 @@ class Qwen3Utterance:
     partials: int = 0
     raw: str = ""
     """Assistant output of the last partial, from after the forced header."""
+    raw_spans: tuple[TokenSpan, ...] = ()
+    """How sure the model was of `raw`'s tokens, when asked: a partial's rolled-back prefix keeps them."""
 
     @classmethod
     def for_language(cls, language: str | None, rollback_tokens: int, fresh_partials: int) -> Qwen3Utterance:
@@ -237,19 +298,29 @@ class Qwen3Utterance:
             previous = await roll_back(self.raw, self.rollback_tokens, encode, decode)
         return self._header() + previous
 
-    def accept_partial(self, continuation: str, generated: str) -> tuple[str | None, str]:
-        """Record a finished partial (prompted with `continuation`) and return (language, text)."""
+    def accept_partial(self, continuation: str, generated: Generated) -> tuple[str | None, str, tuple[TokenSpan, ...]]:
+        """Record a finished partial (prompted with `continuation`): its language, text and spans."""
         self.partials += 1
-        self.raw = continuation.removeprefix(self._header()) + generated
-        return parse_output(self.raw, self.forced_language)
+        kept = continuation.removeprefix(self._header())
+        # the rolled-back prefix is the start of the last raw output: its tokens' sureness stays known
+        carried = [
+            TokenSpan(span.start, min(span.end, len(kept)), span.logprob)
+            for span in self.raw_spans
+            if span.start < len(kept) and self.raw.startswith(kept)
+        ]
+        self.raw = kept + generated.text
+        self.raw_spans = (*carried, *generated.spans(len(kept)))
+        language, text = parse_output(self.raw, self.forced_language)
+        return language, text, transcript_spans(self.raw, text, self.raw_spans)
 
     def final_continuation(self) -> str:
         """Assistant prefix of the final: a fresh decode, only the forced language's header."""
         return self._header()
 
-    def final_result(self, generated: str) -> tuple[str | None, str]:
-        """(language, text) of a final."""
-        return parse_output(generated, self.forced_language)
+    def final_result(self, generated: Generated) -> tuple[str | None, str, tuple[TokenSpan, ...]]:
+        """A final's language, text and spans."""
+        language, text = parse_output(generated.text, self.forced_language)
+        return language, text, transcript_spans(generated.text, text, generated.spans())
 
     def _header(self) -> str:
         return language_header(self.forced_language) if self.forced_language else ""
@@ -262,35 +333,49 @@ class Qwen3Decoder(Protocol):
 
     async def decode_tokens(self, ids: Sequence[int]) -> str: ...
 
-    async def continue_decode(self, context: str, continuation: str, audio: Audio, *, final: bool) -> tuple[str, int]:
-        """The assistant's text after `continuation` for `audio` with `context` as the system turn,
-        and its token count. Cancelling it aborts the decode where it runs."""
+    async def continue_decode(
+        self, context: str, continuation: str, audio: Audio, *, final: bool, sureness: bool
+    ) -> Generated:
+        """What the assistant writes after `continuation` for `audio` with `context` as the system
+        turn; with `sureness`, each token's log-probability too. Cancelling it aborts the decode
+        where it runs."""
         ...
 
 
 class Qwen3Stream(EngineStream):
-    """One utterance: partials continue the previous one minus its last tokens, the final starts afresh."""
+    """One utterance: partials continue the previous one minus its last tokens, the final starts afresh.
 
-    def __init__(self, decoder: Qwen3Decoder, utterance: Qwen3Utterance, context: str, context_tokens: int) -> None:
+    A stream with names asks the model how sure it was of each token (`Transcript.token_spans`), so
+    the names' correction leaves alone words the model was sure of, as it does Whisper's.
+    """
+
+    def __init__(
+        self, decoder: Qwen3Decoder, utterance: Qwen3Utterance, context: str, context_tokens: int, *, sureness: bool
+    ) -> None:
         self._decoder = decoder
         self._utterance = utterance
         self._context = context
         self._context_tokens = context_tokens
+        self._sureness = sureness
         self._fitted_context: str | None = None
 
     async def partial(self, audio: Audio) -> Transcript:
         context = await self._context_that_fits()
         continuation = await self._utterance.partial_continuation(self._decoder.encode, self._decoder.decode_tokens)
-        generated, tokens = await self._decoder.continue_decode(context, continuation, audio, final=False)
-        language, text = self._utterance.accept_partial(continuation, generated)
-        return Transcript(text, language, tokens)
+        generated = await self._decoder.continue_decode(
+            context, continuation, audio, final=False, sureness=self._sureness
+        )
+        language, text, spans = self._utterance.accept_partial(continuation, generated)
+        return Transcript(text, language, generated.tokens, token_spans=spans)
 
     async def final(self, audio: Audio) -> Transcript:
         context = await self._context_that_fits()
         continuation = self._utterance.final_continuation()
-        generated, tokens = await self._decoder.continue_decode(context, continuation, audio, final=True)
-        language, text = self._utterance.final_result(generated)
-        return Transcript(text, language, tokens)
+        generated = await self._decoder.continue_decode(
+            context, continuation, audio, final=True, sureness=self._sureness
+        )
+        language, text, spans = self._utterance.final_result(generated)
+        return Transcript(text, language, generated.tokens, token_spans=spans)
 
     async def _context_that_fits(self) -> str:
         """The context cut to `context_tokens` (`first_tokens`), worked out once for the utterance."""
@@ -319,4 +404,6 @@ class Qwen3Decoding:
 
     def open_stream(self, decoder: Qwen3Decoder, options: StreamOptions) -> Qwen3Stream:
         utterance = Qwen3Utterance.for_language(options.language, self.rollback_tokens, self.fresh_partials)
-        return Qwen3Stream(decoder, utterance, plain_context(options.context), self.max_context_tokens)
+        return Qwen3Stream(
+            decoder, utterance, plain_context(options.context), self.max_context_tokens, sureness=bool(options.names)
+        )

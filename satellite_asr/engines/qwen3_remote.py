@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import codecs
 import contextlib
 import io
 import json
@@ -29,7 +30,7 @@ import aiohttp
 
 from satellite_asr.audio import SAMPLE_RATE, Audio, to_pcm16
 from satellite_asr.engines.base import Engine, EngineError, EngineInfo, EngineStream, StreamOptions
-from satellite_asr.engines.qwen3_prompt import LANGUAGES, Qwen3Decoding
+from satellite_asr.engines.qwen3_prompt import LANGUAGES, Generated, Qwen3Decoding
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,20 @@ def _model_ids(answer: object) -> list[str]:
     if not isinstance(models, list) or not all(isinstance(m, dict) and isinstance(m.get("id"), str) for m in models):
         raise ValueError(f"its /v1/models answer is not a list of models with ids: {_excerpt(answer)}")
     return [m["id"] for m in models]
+
+
+def _token_logprobs(payload: dict[str, Any]) -> tuple[list[str], list[float]]:
+    """Each written token's text and log-probability from a chat completion's `logprobs`; none
+    when the answer has no such list. The text comes from the token's bytes (a character split
+    between tokens belongs to the token that completes it); an entry without them counts as none."""
+    try:
+        content = payload["choices"][0]["logprobs"]["content"]
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        pieces = [decoder.decode(bytes(entry["bytes"])) for entry in content]
+        logprobs = [float(entry["logprob"]) for entry in content]
+    except (KeyError, IndexError, TypeError, ValueError, OverflowError):  # bytes(None), a number out of a byte
+        return [], []
+    return pieces, logprobs
 
 
 def wav_base64(audio: Audio) -> str:
@@ -276,11 +291,15 @@ class Qwen3RemoteEngine(Engine):
             raise EngineError(f"unexpected answer from vLLM server to {path} (no text): {_excerpt(payload)}")
         return text
 
-    async def continue_decode(self, context: str, continuation: str, audio: Audio, *, final: bool) -> tuple[str, int]:
-        """The assistant's text after `continuation`, and its token count.
+    async def continue_decode(
+        self, context: str, continuation: str, audio: Audio, *, final: bool, sureness: bool
+    ) -> Generated:
+        """What the assistant writes after `continuation`.
 
         `final` changes nothing here: a vLLM server refuses request priorities unless it was started
-        with priority scheduling, so remote decodes are served in the order they arrive.
+        with priority scheduling, so remote decodes are served in the order they arrive. A server
+        that leaves out the log-probabilities asked for (`sureness`) is still answered: the names'
+        correction then judges the text alone.
         """
         messages: list[dict[str, Any]] = [
             {"role": "system", "content": context},
@@ -300,6 +319,8 @@ class Qwen3RemoteEngine(Engine):
             "add_generation_prompt": not continuation,
             "continue_final_message": bool(continuation),
         }
+        if sureness:
+            body["logprobs"] = True  # each written token's own (no alternatives), with its UTF-8 bytes
         path = "/v1/chat/completions"
         payload = await self.call(path, body)
         try:
@@ -309,7 +330,9 @@ class Qwen3RemoteEngine(Engine):
             text = None
         if not isinstance(text, str):
             raise EngineError(f"unexpected answer from vLLM server to {path}: {_excerpt(payload)}")
-        return text, tokens
+        if not sureness:
+            return Generated(text, tokens)
+        return Generated.with_sureness(text, tokens, *_token_logprobs(payload))
 
     async def close(self) -> None:
         self._ready = False

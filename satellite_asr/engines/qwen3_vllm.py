@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from satellite_asr.audio import SAMPLE_RATE, Audio
 from satellite_asr.engines.base import Engine, EngineError, EngineInfo, EngineStream, StreamOptions, model_location
-from satellite_asr.engines.qwen3_prompt import LANGUAGES, Qwen3Decoding, chat_prompt
+from satellite_asr.engines.qwen3_prompt import LANGUAGES, Generated, Qwen3Decoding, chat_prompt
 
 if TYPE_CHECKING:
     from vllm.v1.engine.async_llm import AsyncLLM
@@ -195,8 +195,10 @@ class Qwen3VllmEngine(Engine):
     async def decode_tokens(self, ids: Sequence[int]) -> str:
         return str(self._loaded().get_tokenizer().decode(list(ids)))
 
-    async def continue_decode(self, context: str, continuation: str, audio: Audio, *, final: bool) -> tuple[str, int]:
-        """Decode `audio` after the chat prompt and `continuation`: (generated text, token count).
+    async def continue_decode(
+        self, context: str, continuation: str, audio: Audio, *, final: bool, sureness: bool
+    ) -> Generated:
+        """Decode `audio` after the chat prompt and `continuation`.
 
         Cancelling the caller aborts the request inside vLLM (its `generate` does so as the
         cancellation passes through): a superseded partial costs no more GPU time.
@@ -212,6 +214,7 @@ class Qwen3VllmEngine(Engine):
             max_tokens=self._decoding.max_new_tokens,
             ignore_eos=self._decoding.ignore_eos,
             output_kind=RequestOutputKind.FINAL_ONLY,
+            logprobs=0 if sureness else None,  # 0: the written token's own, no alternatives
         )
         request_id = f"qwen3-{'final' if final else 'partial'}-{next(self._ids)}"
         output = None
@@ -237,7 +240,21 @@ class Qwen3VllmEngine(Engine):
         completion = output.outputs[0]
         if completion.finish_reason == "abort":
             raise EngineError("vLLM aborted the decode (engine shutting down)")
-        return completion.text, len(completion.token_ids)
+        ids = list(completion.token_ids)
+        if not sureness or completion.logprobs is None:
+            return Generated(completion.text, len(ids))
+        logprobs = [position[token].logprob for token, position in zip(ids, completion.logprobs, strict=True)]
+        return Generated.with_sureness(completion.text, len(ids), self._pieces(ids), logprobs)
+
+    def _pieces(self, ids: list[int]) -> list[str]:
+        """The text each token adds, as vLLM writes the output (without special tokens); a character
+        split between tokens belongs to the token that completes it."""
+        tokenizer = self._loaded().get_tokenizer()
+        texts = [
+            tokenizer.decode(ids[:count], skip_special_tokens=True).removesuffix("\ufffd")
+            for count in range(1, len(ids) + 1)
+        ]
+        return [text[len(before) :] for before, text in zip(["", *texts[:-1]], texts, strict=True)]
 
     def _loaded(self) -> AsyncLLM:
         if self._llm is None:

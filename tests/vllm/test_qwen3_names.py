@@ -17,7 +17,7 @@ import websockets
 from satellite_asr.audio import Audio
 from satellite_asr.biasing.context import biasing_context
 from satellite_asr.clients.wav import read_wav
-from satellite_asr.engines.qwen3_prompt import Qwen3Decoding
+from satellite_asr.engines.qwen3_prompt import Generated, Qwen3Decoding
 from satellite_asr.engines.qwen3_vllm import Qwen3VllmEngine
 from satellite_asr.homeassistant.names import HomeNames, rank_names
 from satellite_asr.server import Daemon
@@ -44,9 +44,11 @@ class ContextRecordingQwen3Double(Qwen3VllmEngine):
         )
         self.contexts: list[str] = []
 
-    async def continue_decode(self, context: str, continuation: str, audio: Audio, *, final: bool) -> tuple[str, int]:
+    async def continue_decode(
+        self, context: str, continuation: str, audio: Audio, *, final: bool, sureness: bool
+    ) -> Generated:
         self.contexts.append(context)
-        return await super().continue_decode(context, continuation, audio, final=final)
+        return await super().continue_decode(context, continuation, audio, final=final, sureness=sureness)
 
 
 @pytest.fixture

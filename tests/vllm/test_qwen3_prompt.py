@@ -15,6 +15,7 @@ from satellite_asr.engines.qwen3_prompt import (
     ASR_TEXT_TAG,
     CHINESE_DIALECTS,
     LANGUAGES,
+    Generated,
     Qwen3Decoding,
     Qwen3Utterance,
     chat_prompt,
@@ -95,9 +96,11 @@ class PromptRecorder:
     async def decode_tokens(self, ids: Sequence[int]) -> str:
         return await self.tokenizer.decode(ids)
 
-    async def continue_decode(self, context: str, continuation: str, audio: Audio, *, final: bool) -> tuple[str, int]:
+    async def continue_decode(
+        self, context: str, continuation: str, audio: Audio, *, final: bool, sureness: bool
+    ) -> Generated:
         self.prompts.append(chat_prompt(context) + continuation)
-        return "", 0
+        return Generated("", 0)
 
 
 @pytest.mark.parametrize(
@@ -190,7 +193,7 @@ async def test_partials_roll_back_after_the_first_n(tokenizer: Tokenizer) -> Non
     for generated in outputs:
         continuation = await utterance.partial_continuation(tokenizer.encode, tokenizer.decode)
         continuations.append(continuation)
-        utterance.accept_partial(continuation, generated)
+        utterance.accept_partial(continuation, Generated(generated, 1))
     assert continuations[:2] == [header, header]  # the first N partials start from scratch
     rolled = await roll_back("turn on the lights", 2, tokenizer.encode, tokenizer.decode)
     assert rolled and continuations[2] == header + rolled
@@ -202,12 +205,12 @@ async def test_partials_roll_back_after_the_first_n(tokenizer: Tokenizer) -> Non
 async def test_detect_mode_rolls_back_through_the_models_own_header(tokenizer: Tokenizer) -> None:
     utterance = Qwen3Utterance.for_language("", rollback_tokens=1, fresh_partials=0)
     assert await utterance.partial_continuation(tokenizer.encode, tokenizer.decode) == ""
-    assert utterance.accept_partial("", "language German<asr_text>Licht an") == ("de", "Licht an")
+    assert utterance.accept_partial("", Generated("language German<asr_text>Licht an", 5)) == ("de", "Licht an", ())
     continuation = await utterance.partial_continuation(tokenizer.encode, tokenizer.decode)
     assert continuation.startswith(language_header("German")) and len(continuation) < len(utterance.raw)
     # the final starts afresh: the model writes its own header again
     assert utterance.final_continuation() == ""
-    assert utterance.final_result("language German<asr_text>Licht aus") == ("de", "Licht aus")
+    assert utterance.final_result(Generated("language German<asr_text>Licht aus", 5)) == ("de", "Licht aus", ())
 
 
 def test_unknown_language_falls_back_to_detection(caplog: pytest.LogCaptureFixture) -> None:

@@ -155,6 +155,19 @@ async def test_streaming_decodes_over_http(engine: Qwen3RemoteEngine, speech: Au
     assert await again.partial(speech[:SECOND]) == partials[0]  # greedy, same prompt: same answer
 
 
+async def test_a_stream_with_names_reads_how_sure_the_model_was_of_each_token(
+    engine: Qwen3RemoteEngine, speech: Audio
+) -> None:
+    """Asked for log-probabilities, a real server gives each token's with its bytes: the spans
+    spell the transcript, as the in-process engine's do."""
+    final = await engine.open_stream(StreamOptions(language="en", names=("Kitchen timer",))).final(speech)
+    plain = await engine.open_stream(StreamOptions(language="en")).final(speech)
+    assert final.text == plain.text and plain.token_spans == ()
+    assert final.token_spans and len(final.token_spans) <= final.tokens
+    assert "".join(final.text[span.start : span.end] for span in final.token_spans) == final.text
+    assert all(span.logprob <= 0 for span in final.token_spans)
+
+
 async def test_requests_go_to_the_least_busy_server(
     engine: Qwen3RemoteEngine, ready_servers: list[Server], speech: Audio
 ) -> None:

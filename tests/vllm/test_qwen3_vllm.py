@@ -84,6 +84,25 @@ async def test_a_context_of_more_tokens_than_the_model_holds_is_cut(engine: Qwen
     assert final.tokens == MAX_NEW_TOKENS
 
 
+async def test_a_stream_with_names_knows_how_sure_the_model_was_of_each_token(
+    engine: Qwen3VllmEngine, speech: Audio
+) -> None:
+    """With names a decode asks vLLM for each token's log-probability, and where its characters lie
+    in the transcript (`Transcript.token_spans`, for the names' correction); the third partial
+    continues the second, whose rolled-back tokens keep theirs."""
+    stream = engine.open_stream(StreamOptions(language="en", names=("Kitchen lights",)))
+    partials = [await stream.partial(speech[: seconds * SECOND]) for seconds in (1, 2, 3)]
+    final = await stream.final(speech)
+    plain = await engine.open_stream(StreamOptions(language="en")).final(speech)
+    assert final.text == plain.text and plain.token_spans == ()
+    for transcript in [*partials, final]:
+        spans = transcript.token_spans
+        assert spans and "".join(transcript.text[span.start : span.end] for span in spans) == transcript.text
+        assert all(span.logprob <= 0 for span in spans)
+    assert len(final.token_spans) <= final.tokens
+    assert partials[2].token_spans[0] == partials[1].token_spans[0]
+
+
 async def decode_utterance(engine: Qwen3VllmEngine, audio: Audio) -> tuple[list[Transcript], Transcript, str]:
     """Three growing partials and a final; also what partial 3 must have been prompted with."""
     stream = engine.open_stream(StreamOptions(language="en"))
