@@ -371,7 +371,8 @@ SOLE_KIND_WORDS = 3
 unusual words (`NameCorrector._sole_kind`)."""
 SURE_LOGPROB = -0.3
 """A word the engine wrote with a mean log-probability per token above this, it heard clearly
-(`NameCorrector.sure_logprob`, and where the Whisper engine looks for names it nearly wrote)."""
+(`NameCorrector.sure_logprob`, and where the Whisper engine looks for names it nearly wrote).
+Chosen on tiny.en's decodes; Qwen3-ASR's are read against it too, unmeasured (docs/benchmarks.md)."""
 
 
 class NameCorrector:
