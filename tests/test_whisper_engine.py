@@ -539,6 +539,39 @@ async def test_a_cancelled_decode_returns_only_once_its_thread_is_free() -> None
         await engine.close()
 
 
+async def test_a_decode_cancelled_before_a_thread_is_free_decodes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A decode waiting behind another in the engine's one thread, then cancelled, runs no window
+    once the thread is free."""
+    release, first_running = threading.Event(), threading.Event()
+    contexts: list[str] = []
+    generate = WhisperEngine._generate
+
+    def recorded(engine: WhisperEngine, encoded: Any, tokenizer: Any, context: str, *args: Any, **kwargs: Any) -> Any:
+        contexts.append(context)
+        if context == "first":
+            first_running.set()
+            release.wait(30)
+        return generate(engine, encoded, tokenizer, context, *args, **kwargs)
+
+    monkeypatch.setattr(WhisperEngine, "_generate", recorded)
+    engine = WhisperEngine()
+    await engine.start()
+    audio = fixture_16k("lights_on.wav")
+    try:
+        first = asyncio.create_task(engine.open_stream(StreamOptions(language="en", context="first")).final(audio))
+        assert await asyncio.to_thread(first_running.wait, 30)
+        queued = asyncio.create_task(engine.open_stream(StreamOptions(language="en", context="queued")).final(audio))
+        await asyncio.sleep(0.05)  # submitted to the busy thread
+        queued.cancel()
+        release.set()
+        with pytest.raises(asyncio.CancelledError):
+            await queued
+        assert (await first).text
+    finally:
+        await engine.close()
+    assert "queued" not in contexts and "first" in contexts
+
+
 def test_languages_are_known_before_the_model_loads() -> None:
     """Wyoming `info` is answered while the model loads: an English-only model by its name, else multilingual."""
     assert WhisperEngine().info.languages == ["en"]

@@ -348,6 +348,7 @@ class WhisperEngine(Engine):
             raise EngineError(f"whisper decode failed: {exc}") from exc
 
     def _decode(self, audio: Audio, options: StreamOptions, final: bool, cancelled: threading.Event) -> Transcript:
+        stop_if_cancelled(cancelled)  # cancelled while it waited for a decode thread: not one window
         language = options.language or (None if len(self._languages) > 1 else "en")
         if self._short_context and language is not None and audio.size / SAMPLE_RATE + SHORT_CONTEXT_PAD_S < 30:
             windows = short_windows(audio.size)
