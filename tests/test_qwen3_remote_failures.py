@@ -239,8 +239,7 @@ async def test_a_stream_with_names_reads_how_sure_the_model_was_of_each_characte
     servers: list[VllmServerDouble],
 ) -> None:
     """The names' correction leaves alone words the model was sure of (`Transcript.token_spans`); a
-    stream without names asks for nothing more. Cyrillic letters are two bytes, so two of the
-    double's tokens: the first writes nothing, the second the letter."""
+    stream without names asks for nothing more. A Cyrillic letter is two bytes and one token."""
     text = "Turn on Дмитро's lamp"
     servers[0].transcript = text
     async with started(servers[:1]) as engine:
@@ -275,6 +274,13 @@ def with_logprobs(change: Callable[[dict[str, Any]], object]) -> dict[str, Any]:
     return answer
 
 
+def split_character(logprobs: dict[str, Any]) -> None:
+    """The last character as two tokens, each reported as vLLM reports part of a character (a
+    byte-level vocabulary splits a rare one): its own text U+FFFD, and that character's bytes."""
+    replacement = {"token": "\ufffd", "logprob": -0.01, "bytes": list("\ufffd".encode()), "top_logprobs": []}
+    logprobs["content"][-1:] = [replacement, replacement]
+
+
 @pytest.mark.parametrize(
     "answer",
     [
@@ -286,6 +292,7 @@ def with_logprobs(change: Callable[[dict[str, Any]], object]) -> dict[str, Any]:
         with_logprobs(lambda logprobs: logprobs["content"][3].update(logprob=float("nan"))),
         with_logprobs(lambda logprobs: logprobs["content"].pop()),  # short of the text
         with_logprobs(lambda logprobs: logprobs["content"][0].update(bytes=list(b"T"))),  # another text
+        with_logprobs(split_character),
     ],
 )
 async def test_log_probabilities_missing_or_garbled_leave_the_text_to_be_judged_alone(

@@ -108,15 +108,14 @@ class VllmServerDouble:
 
 
 def completion(text: str, logprob: float | None = None) -> dict[str, Any]:
-    """A chat completion's answer, as vLLM writes it; with `logprob`, each token's (a token per
-    UTF-8 byte, as `/tokenize` has them)."""
+    """A chat completion's answer, as vLLM writes it; with `logprob`, each token's, a token per
+    character (a vocabulary that holds each whole), with the bytes of its text as vLLM gives them."""
     choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
     if logprob is not None:
-        tokens = [bytes([byte]) for byte in text.encode()]
         choice["logprobs"] = {
             "content": [
-                {"token": token.decode(errors="replace"), "logprob": logprob, "bytes": list(token), "top_logprobs": []}
-                for token in tokens
+                {"token": token, "logprob": logprob, "bytes": list(token.encode()), "top_logprobs": []}
+                for token in text
             ]
         }
     return {

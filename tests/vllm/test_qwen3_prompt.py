@@ -26,6 +26,7 @@ from satellite_asr.engines.qwen3_prompt import (
     parse_output,
     roll_back,
 )
+from satellite_asr.engines.qwen3_vllm import token_pieces
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -217,3 +218,15 @@ def test_unknown_language_falls_back_to_detection(caplog: pytest.LogCaptureFixtu
     utterance = Qwen3Utterance.for_language("tlh", rollback_tokens=5, fresh_partials=2)
     assert utterance.forced_language is None
     assert "not supported" in caplog.text
+
+
+def test_each_tokens_text_is_found_with_the_few_before_it_and_split_characters_go_to_the_last_part(
+    tokenizer: Tokenizer,
+) -> None:
+    text = "Turn on Дмитро's lamp, the 灯 by the ☃ and 🎉, twice: " * 3
+    ids = tokenizer.hf.encode(text, add_special_tokens=False)
+    pieces = token_pieces(ids, lambda part: str(tokenizer.hf.decode(part, skip_special_tokens=True)))
+    assert "".join(pieces) == text
+    assert "" in pieces, "some characters take several tokens: their first tokens write nothing"
+    spans = Generated.with_sureness(text, len(ids), pieces, [-0.1] * len(ids)).spans()
+    assert "".join(text[span.start : span.end] for span in spans) == text
