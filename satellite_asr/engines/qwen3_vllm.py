@@ -16,6 +16,7 @@ import gc
 import importlib.util
 import itertools
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -268,7 +269,10 @@ class Qwen3VllmEngine(Engine):
         ids = list(completion.token_ids)
         if not sureness or completion.logprobs is None:
             return Generated(completion.text, len(ids))
-        logprobs = [position[token].logprob for token, position in zip(ids, completion.logprobs, strict=True)]
+        logprobs = [  # a position vLLM left without the written token's: not a number, so the text is judged alone
+            position[token].logprob if position and token in position else math.nan
+            for token, position in zip(ids, completion.logprobs, strict=True)
+        ]
         tokenizer = self._loaded().get_tokenizer()
         pieces = token_pieces(ids, lambda part: str(tokenizer.decode(part, skip_special_tokens=True)))
         return Generated.with_sureness(completion.text, len(ids), pieces, logprobs)
