@@ -275,8 +275,8 @@ def with_logprobs(change: Callable[[dict[str, Any]], object]) -> dict[str, Any]:
 
 
 def split_character(logprobs: dict[str, Any]) -> None:
-    """The last character as two tokens, each reported as vLLM reports part of a character (a
-    byte-level vocabulary splits a rare one): its own text U+FFFD, and that character's bytes."""
+    """The last character as two tokens, each reported as U+FFFD with that character's bytes (how a
+    server may report part of a character; vLLM 0.32 gives "" and then the whole character)."""
     replacement = {"token": "\ufffd", "logprob": -0.01, "bytes": list("\ufffd".encode()), "top_logprobs": []}
     logprobs["content"][-1:] = [replacement, replacement]
 

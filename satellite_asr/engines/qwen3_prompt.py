@@ -232,11 +232,17 @@ class Generated:
         return cls(text, tokens, ends, tuple(logprobs))
 
     def spans(self, offset: int = 0) -> list[TokenSpan]:
-        """The tokens that wrote characters, as spans of a text where this one starts at `offset`."""
-        spans, start = [], 0
+        """Each token as a span of a text where this one starts at `offset`. A token that wrote only
+        the first bytes of a character shares the span of the token that completes it: its choice
+        of character counts (as in Whisper's spans); a stop token after the text has none."""
+        spans: list[TokenSpan] = []
+        held: list[float] = []
+        start = 0
         for end, logprob in zip(self.token_ends, self.logprobs, strict=True):
+            held.append(logprob)
             if end > start:
-                spans.append(TokenSpan(offset + start, offset + end, logprob))
+                spans.extend(TokenSpan(offset + start, offset + end, each) for each in held)
+                held = []
             start = max(start, end)
         return spans
 

@@ -100,8 +100,9 @@ def _token_logprobs(payload: dict[str, Any]) -> tuple[list[str], list[float]]:
     """Each written token's text and log-probability from a chat completion's `logprobs`; none
     when the answer has no such list, or an entry has no bytes. The texts come from the tokens'
     bytes decoded in order, so a character split between tokens would belong to the token that
-    completes it; vLLM gives each token its own text's bytes, U+FFFD for part of a character, and
-    such an output does not spell its text (`Generated.with_sureness`: judged alone)."""
+    completes it (vLLM 0.32 itself gives "" for a character's first part and the whole character
+    on the last); pieces that do not spell the text (U+FFFD for part of a character) leave it
+    judged alone (`Generated.with_sureness`)."""
     try:
         content = payload["choices"][0]["logprobs"]["content"]
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
