@@ -309,11 +309,15 @@ class Qwen3Utterance:
         self.partials += 1
         kept = continuation.removeprefix(self._header())
         # the rolled-back prefix is the start of the last raw output: its tokens' sureness stays known
-        carried = [
-            TokenSpan(span.start, min(span.end, len(kept)), span.logprob)
-            for span in self.raw_spans
-            if span.start < len(kept) and self.raw.startswith(kept)
-        ]
+        carried = (
+            [
+                TokenSpan(span.start, min(span.end, len(kept)), span.logprob)
+                for span in self.raw_spans
+                if span.start < len(kept)
+            ]
+            if self.raw.startswith(kept)
+            else []
+        )
         self.raw = kept + generated.text
         self.raw_spans = (*carried, *generated.spans(len(kept)))
         language, text = parse_output(self.raw, self.forced_language)
