@@ -19,7 +19,7 @@ import pytest
 
 from satellite_asr.engines.base import EngineError, StreamOptions, Transcript
 from satellite_asr.engines.qwen3_prompt import Qwen3Decoding, roll_back
-from satellite_asr.engines.qwen3_remote import Qwen3RemoteEngine
+from satellite_asr.engines.qwen3_remote import UNKNOWN_LOGPROB, Qwen3RemoteEngine
 from tests.helpers import eventually, free_port
 from tests.vllm_server_double import MODEL, TRANSCRIPT, VllmServerDouble, completion
 
@@ -274,11 +274,16 @@ def with_logprobs(change: Callable[[dict[str, Any]], object]) -> dict[str, Any]:
     return answer
 
 
+def short_of_the_text(logprobs: dict[str, Any]) -> None:
+    """Without the text's last character (and the stop token after it)."""
+    del logprobs["content"][-2:]
+
+
 def split_character(logprobs: dict[str, Any]) -> None:
-    """The last character as two tokens, each reported as U+FFFD with that character's bytes (how a
-    server may report part of a character; vLLM 0.32 gives "" and then the whole character)."""
+    """The text's last character as two tokens, each reported as U+FFFD with that character's bytes
+    (how a server may report part of a character; vLLM 0.32 gives "" and then the whole character)."""
     replacement = {"token": "\ufffd", "logprob": -0.01, "bytes": list("\ufffd".encode()), "top_logprobs": []}
-    logprobs["content"][-1:] = [replacement, replacement]
+    logprobs["content"][-2:-1] = [replacement, replacement]
 
 
 @pytest.mark.parametrize(
@@ -288,9 +293,11 @@ def split_character(logprobs: dict[str, Any]) -> None:
         with_logprobs(lambda logprobs: logprobs.update(content=None)),
         with_logprobs(lambda logprobs: logprobs["content"][3].update(bytes=None)),
         with_logprobs(lambda logprobs: logprobs["content"][3].update(bytes=[300])),
+        with_logprobs(lambda logprobs: logprobs["content"][3].update(bytes=10**12)),  # not a terabyte of zeros
         with_logprobs(lambda logprobs: logprobs["content"][3].update(logprob="sure")),
         with_logprobs(lambda logprobs: logprobs["content"][3].update(logprob=float("nan"))),
-        with_logprobs(lambda logprobs: logprobs["content"].pop()),  # short of the text
+        with_logprobs(lambda logprobs: logprobs["content"][3].update(logprob=UNKNOWN_LOGPROB)),  # vLLM's "none"
+        with_logprobs(short_of_the_text),
         with_logprobs(lambda logprobs: logprobs["content"][0].update(bytes=list(b"T"))),  # another text
         with_logprobs(split_character),
     ],

@@ -23,6 +23,8 @@ MODEL = "Qwen/Qwen3-ASR-1.7B"
 TRANSCRIPT = "turn on the lights"
 """What every decode answers (after a forced language header, so without one of its own)."""
 COMPLETION_TOKENS = 7
+STOP_TOKEN = "<|im_end|>"
+"""The token that ends Qwen3-ASR's answer."""
 
 
 class VllmServerDouble:
@@ -109,13 +111,14 @@ class VllmServerDouble:
 
 def completion(text: str, logprob: float | None = None) -> dict[str, Any]:
     """A chat completion's answer, as vLLM writes it; with `logprob`, each token's, a token per
-    character (a vocabulary that holds each whole), with the bytes of its text as vLLM gives them."""
+    character (a vocabulary that holds each whole), with the bytes of its text as vLLM gives them,
+    and last the stop token that ended the decode (in the list, not in the text)."""
     choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
     if logprob is not None:
         choice["logprobs"] = {
             "content": [
                 {"token": token, "logprob": logprob, "bytes": list(token.encode()), "top_logprobs": []}
-                for token in text
+                for token in [*text, STOP_TOKEN]
             ]
         }
     return {

@@ -40,6 +40,9 @@ MAX_ANSWER_BYTES = 1 << 20
 cost the daemon its memory)."""
 EXCERPT_CHARS = 300
 """Most of an answer quoted in an error (errors go to clients and logs)."""
+UNKNOWN_LOGPROB = -9999.0
+"""What a vLLM server writes for a token whose log-probability it does not have (its default),
+and its floor for one it does: either way no measure of sureness."""
 
 
 class _EndpointFailed(Exception):
@@ -102,15 +105,25 @@ def _token_logprobs(payload: dict[str, Any]) -> tuple[list[str], list[float]]:
     bytes decoded in order, so a character split between tokens would belong to the token that
     completes it (vLLM 0.32 itself gives "" for a character's first part and the whole character
     on the last); pieces that do not spell the text (U+FFFD for part of a character) leave it
-    judged alone (`Generated.with_sureness`)."""
+    judged alone (`Generated.with_sureness`), as does a token at `UNKNOWN_LOGPROB`."""
     try:
         content = payload["choices"][0]["logprobs"]["content"]
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        pieces = [decoder.decode(bytes(entry["bytes"])) for entry in content]
+        pieces = [decoder.decode(_token_bytes(entry["bytes"])) for entry in content]
         logprobs = [float(entry["logprob"]) for entry in content]
     except (KeyError, IndexError, TypeError, ValueError, OverflowError):  # bytes(None), a number out of a byte
         return [], []
+    if any(logprob <= UNKNOWN_LOGPROB for logprob in logprobs):
+        return [], []
     return pieces, logprobs
+
+
+def _token_bytes(listed: object) -> bytes:
+    """A token's bytes as the answer lists them; only a list is taken (`bytes(10**12)` would
+    allocate a terabyte of zeros)."""
+    if not isinstance(listed, list):
+        raise TypeError(f"a token's bytes are not a list: {type(listed).__name__}")
+    return bytes(listed)
 
 
 def wav_base64(audio: Audio) -> str:
