@@ -273,7 +273,7 @@ class Qwen3VllmEngine(Engine):
             position[token].logprob if position and token in position else math.nan
             for token, position in zip(ids, completion.logprobs, strict=True)
         ]
-        tokenizer = self._loaded().get_tokenizer()
+        tokenizer = llm.get_tokenizer()  # the engine this decode ran on, even if a restart replaced it since
         pieces = token_pieces(ids, lambda part: str(tokenizer.decode(part, skip_special_tokens=True)))
         return Generated.with_sureness(completion.text, len(ids), pieces, logprobs)
 
