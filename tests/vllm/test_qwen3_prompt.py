@@ -231,3 +231,27 @@ def test_each_tokens_text_is_found_with_the_few_before_it_and_split_characters_g
     spans = Generated.with_sureness(text, len(ids), pieces, [-0.1] * len(ids)).spans()
     assert len(spans) == len(ids), "a token that began a character shares the span of the one completing it"
     assert "".join(text[a:b] for a, b in dict.fromkeys((span.start, span.end) for span in spans)) == text
+
+
+def test_a_detected_languages_spans_start_after_the_models_own_header() -> None:
+    utterance = Qwen3Utterance.for_language("", rollback_tokens=1, fresh_partials=0)
+    pieces = ["language", " German", ASR_TEXT_TAG, "Licht", " an"]
+    generated = Generated.with_sureness("".join(pieces), 5, pieces, [-0.5, -0.4, -0.3, -0.2, -0.1])
+    for language, text, spans in (utterance.accept_partial("", generated), utterance.final_result(generated)):
+        assert (language, text) == ("de", "Licht an")
+        assert [(text[span.start : span.end], span.logprob) for span in spans] == [("Licht", -0.2), (" an", -0.1)]
+
+
+def test_a_rolled_back_prefix_that_is_not_the_last_outputs_start_carries_no_sureness() -> None:
+    """A rollback whose decoded tokens differ from the text they came from (a cut inside a
+    character): which of the last output's tokens wrote it is unknown, so only the new ones count."""
+    utterance = Qwen3Utterance.for_language("en", rollback_tokens=1, fresh_partials=0)
+    header = language_header("English")
+    first = "turn on the lamp"
+    utterance.accept_partial(header, Generated.with_sureness(first, len(first), list(first), [-2.0] * len(first)))
+    kept = "turn on thé"  # not how the last output starts
+    _, text, spans = utterance.accept_partial(
+        header + kept, Generated.with_sureness(" light", 2, [" li", "ght"], [-0.1, -0.2])
+    )
+    assert text == "turn on thé light"
+    assert [(text[span.start : span.end], span.logprob) for span in spans] == [(" li", -0.1), ("ght", -0.2)]
