@@ -354,15 +354,22 @@ async def report_ceiling(
     return alone, corrected, either, any_best, named
 
 
-def n_best(engine: WhisperEngine, audio: Audio, context: str) -> list[str]:
-    """The `NBEST` best texts of a beam search as wide, after `context`, on the first short window."""
+def first_window_encoded(engine: WhisperEngine, audio: Audio) -> tuple[Any, Any, np.ndarray, Any]:
+    """The library's model and English tokenizer, and `audio` in the first short window the daemon
+    decodes it in: its features and what Whisper's encoder makes of them."""
     model = engine._model  # the library under the engine, measured directly
     assert model is not None
     tokenizer = engine._tokenizer("en")
-    prompt = model.get_prompt(tokenizer, tokenizer.encode(" " + context), without_timestamps=True)
     window = short_windows(audio.size)[0]
     features = model.feature_extractor(audio, padding=window - audio.size)
     encoded = model.model.encode(ctranslate2.StorageView.from_array(np.ascontiguousarray(features[None])))
+    return model, tokenizer, features, encoded
+
+
+def n_best(engine: WhisperEngine, audio: Audio, context: str) -> list[str]:
+    """The `NBEST` best texts of a beam search as wide, after `context`, on the first short window."""
+    model, tokenizer, _, encoded = first_window_encoded(engine, audio)
+    prompt = model.get_prompt(tokenizer, tokenizer.encode(" " + context), without_timestamps=True)
     result = model.model.generate(
         encoded, [prompt], beam_size=NBEST, num_hypotheses=NBEST, max_length=len(prompt) + 128, suppress_blank=True
     )
@@ -374,13 +381,8 @@ def verified(engine: WhisperEngine, audio: Audio, heard: str, replacements: list
     scored on its own: the log-probability of the text's tokens, teacher-forced (CTranslate2 `align`)."""
     if not replacements:
         return heard
-    model = engine._model  # the library under the engine, measured directly
-    assert model is not None
-    tokenizer = engine._tokenizer("en")
+    model, tokenizer, features, encoded = first_window_encoded(engine, audio)
     prompt = model.get_prompt(tokenizer, [], without_timestamps=True)
-    window = short_windows(audio.size)[0]
-    features = model.feature_extractor(audio, padding=window - audio.size)
-    encoded = model.model.encode(ctranslate2.StorageView.from_array(np.ascontiguousarray(features[None])))
     texts = [heard, *(apply(heard, [replacement]) for replacement in replacements)]
     tokens = [[*tokenizer.encode(" " + text.strip()), tokenizer.eot] for text in texts]
     scores = [
