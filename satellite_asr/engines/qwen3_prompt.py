@@ -18,7 +18,6 @@ back. The model answers `language English<asr_text>text` (or just the text after
 from __future__ import annotations
 
 import logging
-import math
 import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from typing import Protocol
 from satellite_asr.audio import Audio
 from satellite_asr.biasing.context import NAME_SEPARATOR
 from satellite_asr.engines.base import EngineStream, StreamOptions, TokenSpan, Transcript
+from satellite_asr.engines.sureness import measured, spans_of, transcript_spans
 
 log = logging.getLogger(__name__)
 
@@ -225,52 +225,12 @@ class Generated:
     @classmethod
     def with_sureness(cls, text: str, tokens: int, pieces: Sequence[str], logprobs: Sequence[float]) -> Generated:
         """`text` with the piece each token wrote and its log-probability, kept only where the pieces
-        spell `text` and each has a finite log-probability (else the text alone)."""
-        ends = piece_ends(pieces, text)
-        if not ends or len(logprobs) != len(ends) or not all(math.isfinite(logprob) for logprob in logprobs):
-            return cls(text, tokens)
-        return cls(text, tokens, ends, tuple(logprobs))
+        spell `text` and each has a finite log-probability (else the text alone: `measured`)."""
+        return cls(text, tokens, *measured(text, pieces, logprobs))
 
     def spans(self, offset: int = 0) -> list[TokenSpan]:
-        """Each token as a span of a text where this one starts at `offset`. A token that wrote only
-        the first bytes of a character shares the span of the token that completes it: its choice
-        of character counts (as in Whisper's spans); a stop token after the text has none."""
-        spans: list[TokenSpan] = []
-        held: list[float] = []
-        start = 0
-        for end, logprob in zip(self.token_ends, self.logprobs, strict=True):
-            held.append(logprob)
-            if end > start:
-                spans.extend(TokenSpan(offset + start, offset + end, each) for each in held)
-                held = []
-            start = max(start, end)
-        return spans
-
-
-def piece_ends(pieces: Sequence[str], text: str) -> tuple[int, ...]:
-    """Where each token's piece of `text` ends, from the pieces the tokens wrote in order; () when
-    they do not spell `text` (a stop token's own text after it is allowed, and left out)."""
-    if not "".join(pieces).startswith(text):
-        return ()
-    ends, end = [], 0
-    for piece in pieces:
-        end += len(piece)
-        ends.append(min(end, len(text)))
-    return tuple(ends)
-
-
-def transcript_spans(raw: str, text: str, spans: Sequence[TokenSpan]) -> tuple[TokenSpan, ...]:
-    """`spans` of a raw output moved onto its transcript (`parse_output`), which ends where the raw
-    output's words end."""
-    if not text:
-        return ()
-    start = len(raw.rstrip()) - len(text)
-    moved = []
-    for span in spans:
-        first, last = max(span.start - start, 0), min(span.end - start, len(text))
-        if last > first:
-            moved.append(TokenSpan(first, last, span.logprob))
-    return tuple(moved)
+        """Each token as a span of a text where this one starts at `offset` (`spans_of`)."""
+        return spans_of(self.token_ends, self.logprobs, offset)
 
 
 @dataclass

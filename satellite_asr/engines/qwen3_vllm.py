@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from satellite_asr.audio import SAMPLE_RATE, Audio
 from satellite_asr.engines.base import Engine, EngineError, EngineInfo, EngineStream, StreamOptions, model_location
 from satellite_asr.engines.qwen3_prompt import LANGUAGES, Generated, Qwen3Decoding, chat_prompt
+from satellite_asr.engines.sureness import token_pieces
 
 if TYPE_CHECKING:
     from vllm.v1.engine.async_llm import AsyncLLM
@@ -36,31 +37,7 @@ FINAL_PRIORITY = 0
 PARTIAL_PRIORITY = 1
 """vLLM serves lower priority values first: finals never wait behind partials."""
 
-PIECE_LOOKBACK_TOKENS = 4
-"""Tokens decoded before each one to find its text: a character is at most 4 bytes, so the tokens
-that began it are among them."""
-
 _LOAD_HEARTBEAT_S = 15.0
-
-
-def token_pieces(ids: list[int], decode: Callable[[list[int]], str]) -> list[str]:
-    """The text each token adds to `decode(ids)` (vLLM's output text); a character split between
-    tokens belongs to the token that completes it.
-
-    Each token is decoded with only the few before it (`PIECE_LOOKBACK_TOKENS`), not with the
-    whole output so far: on the event loop, a 512-token output costs milliseconds, not tens.
-    """
-
-    def text(first: int, end: int) -> str:
-        return decode(ids[first:end]).removesuffix("\ufffd")  # the start of a character not yet whole
-
-    pieces = []
-    for end in range(1, len(ids) + 1):
-        first = max(0, end - 1 - PIECE_LOOKBACK_TOKENS)
-        before, after = text(first, end - 1), text(first, end)
-        # a piece that does not extend the text before it cannot spell the output: `with_sureness` drops them all
-        pieces.append(after[len(before) :] if after.startswith(before) else "\ufffd")
-    return pieces
 
 
 def vllm_importable() -> bool:

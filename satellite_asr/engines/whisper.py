@@ -37,6 +37,7 @@ from satellite_asr.engines.base import (
     model_location,
 )
 from satellite_asr.engines.bundled import BUNDLED_MODEL, bundled_tiny_en_path
+from satellite_asr.engines.sureness import measured, spans_of, token_pieces, transcript_spans
 
 log = logging.getLogger(__name__)
 
@@ -249,13 +250,8 @@ def token_spans(tokenizer: Tokenizer, tokens: list[int], logprobs: list[float]) 
     if not logprobs:
         return ()
     whole = tokenizer.decode(tokens)
-    lead, length = len(whole) - len(whole.lstrip()), len(whole.strip())
-    spans, start = [], 0
-    for count, logprob in enumerate(logprobs, 1):
-        end = min(max(len(tokenizer.decode(tokens[:count])) - lead, start), length)
-        spans.append(TokenSpan(start, end, logprob))
-        start = end
-    return tuple(spans)
+    token_ends, measured_logprobs = measured(whole, token_pieces(tokens, tokenizer.decode), logprobs)
+    return transcript_spans(whole, whole.strip(), spans_of(token_ends, measured_logprobs))
 
 
 class WhisperEngine(Engine):

@@ -26,7 +26,7 @@ from satellite_asr.engines.qwen3_prompt import (
     parse_output,
     roll_back,
 )
-from satellite_asr.engines.qwen3_vllm import token_pieces
+from satellite_asr.engines.sureness import token_pieces
 
 pytestmark = pytest.mark.timeout(60)
 
