@@ -133,6 +133,15 @@ async def test_each_token_says_where_it_lies_in_the_text_and_how_sure_the_engine
     # the text's leading space left out; "ř" is two tokens of one byte each: both hold it
     pieces = ["Turn", " on", " the", " D", "vo", "ř", "ř", "á", "k", " speaker", "."]
     assert [text[span.start : span.end] for span in spans] == pieces
+    # a token of a space and a character's first byte shares the word with the one completing it
+    for said, expected in [
+        (" Turn on Škoda lamp", ["Turn", " on", " Š", " Š", "k", "oda", " lamp"]),
+        (" Łukasz's room", ["Ł", "Ł", "uk", "as", "z", "'s", " room"]),
+    ]:
+        tokens = tokenizer.encode(said)
+        spans = whisper.token_spans(tokenizer, tokens, [-0.5] * len(tokens))
+        text = tokenizer.decode(tokens).strip()
+        assert [text[span.start : span.end] for span in spans] == expected, [tokenizer.decode([t]) for t in tokens]
 
 
 def test_logits_give_each_tokens_log_probability_and_the_hunches_for_watched_tokens_not_written() -> None:

@@ -15,20 +15,23 @@ that began it are among them."""
 
 
 def token_pieces(ids: Sequence[int], decode: Callable[[list[int]], str]) -> list[str]:
-    """The text each token adds to `decode(ids)`; a character split between tokens belongs to the
-    token that completes it (the ones before write "").
+    """The text each token adds to `decode(ids)`. A token that ends inside a character writes ""
+    and its text (a space before the character too) goes to the token that completes it, so both
+    share that character's span (`spans_of`).
 
     Each token is decoded with only the few before it (`PIECE_LOOKBACK_TOKENS`), not with the
     whole output so far: a 512-token output costs milliseconds, not tens.
     """
-
-    def text(first: int, end: int) -> str:
-        return decode(list(ids[first:end])).removesuffix("\ufffd")  # the start of a character not yet whole
-
     pieces = []
+    whole_until = 0  # the end of the last token that did not end inside a character
     for end in range(1, len(ids) + 1):
-        first = max(0, end - 1 - PIECE_LOOKBACK_TOKENS)
-        before, after = text(first, end - 1), text(first, end)
+        first = max(0, whole_until - PIECE_LOOKBACK_TOKENS)
+        after = decode(list(ids[first:end]))
+        if after.endswith("\ufffd"):  # the start of a character not yet whole
+            pieces.append("")
+            continue
+        before = decode(list(ids[first:whole_until]))
+        whole_until = end
         # a piece that does not extend the text before it cannot spell the output: `measured` drops them all
         pieces.append(after[len(before) :] if after.startswith(before) else "\ufffd")
     return pieces
