@@ -73,8 +73,9 @@ class Transcript:
     """How sure the engine is of these words: the decode's log-probability (its end token
     included) per text token; None when the engine does not say. Turn detection distrusts a low one."""
     token_spans: tuple[TokenSpan, ...] = ()
-    """How sure the engine was of each part of `text`, token by token, when the stream has names;
-    empty when it does not say (no names; Whisper's beam search, or whenever its decode takes
+    """How sure the engine was of each part of `text`, token by token, when the stream has names (a
+    token that wrote only spaces at the text's edges, or nothing after it, has none); empty when
+    it does not say (no names; Whisper's beam search, or whenever its decode takes
     faster-whisper's own path; a vLLM server that leaves out the log-probabilities asked for). The
     name correction distrusts a loose match with words the engine was sure of
     (`NameCorrector.sure_logprob`); without spans it judges the text alone."""

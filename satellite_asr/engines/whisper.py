@@ -246,7 +246,8 @@ def read_logits(
 
 
 def token_spans(tokenizer: Tokenizer, tokens: list[int], logprobs: list[float]) -> tuple[TokenSpan, ...]:
-    """Where each token's characters lie in the transcript, `tokenizer.decode(tokens).strip()`."""
+    """Where each token's characters lie in the transcript, `tokenizer.decode(tokens).strip()`
+    (`sureness`); none if the decode ends inside a character (the text is then judged alone)."""
     if not logprobs:
         return ()
     whole = tokenizer.decode(tokens)
