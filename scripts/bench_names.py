@@ -62,6 +62,8 @@ from typing import Any
 import ctranslate2
 import jiwer
 import numpy as np
+from faster_whisper import WhisperModel
+from faster_whisper.tokenizer import Tokenizer
 
 from satellite_asr.audio import Audio
 from satellite_asr.biasing.context import biasing_context
@@ -354,7 +356,9 @@ async def report_ceiling(
     return alone, corrected, either, any_best, named
 
 
-def first_window_encoded(engine: WhisperEngine, audio: Audio) -> tuple[Any, Any, np.ndarray, Any]:
+def first_window_encoded(
+    engine: WhisperEngine, audio: Audio
+) -> tuple[WhisperModel, Tokenizer, np.ndarray, ctranslate2.StorageView]:
     """The library's model and English tokenizer, and `audio` in the first short window the daemon
     decodes it in: its features and what Whisper's encoder makes of them."""
     model = engine._model  # the library under the engine, measured directly
