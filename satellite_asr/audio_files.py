@@ -23,6 +23,11 @@ from satellite_asr.audio import SAMPLE_RATE, Audio
 
 log = logging.getLogger(__name__)
 
+NOTHING_BEYOND_THE_UPLOAD = {"protocol_whitelist": "none"}
+"""FFmpeg options under which an upload opens nothing but itself. Playlist formats (ffconcat, HLS,
+DASH) name other files and URLs, which FFmpeg would otherwise read from the daemon's own disk or
+network; no protocol is called "none", so each such open is refused and the upload is not audio."""
+
 CHUNK_SECONDS = 0.5
 """Audio handed on per chunk: small enough that the shared VAD interleaves it with live frames."""
 
@@ -92,7 +97,7 @@ class AudioFile:
         if not data:
             raise NotAudioError("the file is empty")
         try:
-            container = av.open(io.BytesIO(data), mode="r")
+            container = av.open(io.BytesIO(data), mode="r", options=NOTHING_BEYOND_THE_UPLOAD)
         except (av.FFmpegError, UnicodeDecodeError) as exc:
             raise NotAudioError(f"not an audio file FFmpeg can read ({_reason(exc)})") from None
         if not container.streams.audio:

@@ -8,6 +8,7 @@ import threading
 import weakref
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import av
 import numpy as np
@@ -158,3 +159,18 @@ def test_close_while_another_thread_decodes_leaves_the_closing_to_that_thread() 
     assert not audio_file._pending, "and closes the file"
     with pytest.raises(StopIteration):
         next(chunks)
+
+
+def test_a_playlist_naming_a_file_on_the_daemons_disk_is_refused_unopened(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An ffconcat playlist naming a path relative to the daemon's working directory: FFmpeg read and
+    transcribed that file, the daemon's own, as if uploaded (an abuse probe found it)."""
+    monkeypatch.chdir(tmp_path)
+    with open("on_the_daemons_disk.wav", "wb") as own:
+        own.write(u8_wav(tone(16000, 1), 16000))
+    playlist = b"ffconcat version 1.0\nfile on_the_daemons_disk.wav\n"
+    with av.open(io.BytesIO(playlist), mode="r") as unguarded:  # what FFmpeg does with it by default
+        assert unguarded.format.name == "concat" and unguarded.streams.audio, "the playlist opens the file"
+    with pytest.raises(NotAudioError, match="not an audio file FFmpeg can read"):
+        AudioFile.open(playlist, HOUR)
