@@ -19,6 +19,7 @@ from satellite_asr.clients import audio_source, stream_client
 from satellite_asr.clients.stream_client import stream_file
 from satellite_asr.clients.wav import read_wav
 from satellite_asr.engines.base import EngineError
+from satellite_asr.protocols.websocket import MAX_FRAME_BYTES
 from satellite_asr.server import Daemon
 from tests.doubles import CrashingEngineDouble, SlowLoadingEngineDouble
 from tests.helpers import (
@@ -244,6 +245,10 @@ async def test_non_json_and_unknown_types_are_errors_and_the_session_goes_on() -
         ({"languages": "en"}, "unknown field"),
         ({"language": "de"}, "'de' is not one of the languages of this engine (en)"),  # tiny.en: English only
         ({"language": 7}, "language must be"),
+        ({"context": 0}, "context must be text"),  # falsy wrong types were once taken as none (abuse probe)
+        ({"context": []}, "context must be text"),
+        ({"vad": False}, "vad must be an object"),
+        ({"vad": ""}, "vad must be an object"),
     ],
 )
 async def test_invalid_config_is_an_error_and_closes_1008(config: dict[str, Any], mentions: str) -> None:
@@ -362,6 +367,17 @@ async def test_nan_samples_are_silence_and_counted() -> None:
     assert "satellite_asr_invalid_samples_total 8000.0" in metrics
     (final,) = of_type(messages, "final")
     assert word_error_rate(EXPECTED["lights_on.wav"][0], final["text"]) <= WER_TOLERANCE
+
+
+async def test_a_frame_of_exactly_the_limit_is_audio() -> None:
+    """The protocol allows at most 1 MiB a frame: a frame of exactly that is taken (aiohttp's own
+    limit refuses an uncompressed message as long as itself)."""
+    async with running_daemon() as daemon, websockets.connect(ws_url(daemon), max_size=None, compression=None) as ws:
+        await ws.send(f32(np.zeros(MAX_FRAME_BYTES // 4, dtype=np.float32)))
+        await next_message(ws, "session_created")
+        await ws.send(json.dumps({"type": "end"}))
+        await receive_until_close(ws)
+        assert ws.close_code == 1000
 
 
 async def test_oversized_frames_close_1009() -> None:

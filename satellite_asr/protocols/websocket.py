@@ -59,7 +59,8 @@ def parse_config(message: dict[str, Any], core: Core) -> tuple[SessionOptions, P
         raise _invalid_config(f"encoding must be one of {', '.join(ENCODINGS)}, got {encoding!r}")
     if not isinstance(rate, int) or isinstance(rate, bool) or not MIN_RATE <= rate <= MAX_RATE:
         raise _invalid_config(f"sample_rate must be a whole number from {MIN_RATE} to {MAX_RATE}, got {rate!r}")
-    context = message.get("context") or ""
+    context = message.get("context")
+    context = "" if context is None else context  # null: no context, as when left out; 0 or [] is an error
     partials = message.get("partials")
     if not isinstance(context, str):
         raise _invalid_config(f"context must be text, got {context!r}")
@@ -75,7 +76,8 @@ def parse_config(message: dict[str, Any], core: Core) -> tuple[SessionOptions, P
     household_names = message.get("household_names", True)
     if not isinstance(household_names, bool):
         raise _invalid_config(f"household_names must be true or false, got {household_names!r}")
-    vad = message.get("vad") or {}
+    vad = message.get("vad")
+    vad = {} if vad is None else vad
     if not isinstance(vad, dict):
         raise _invalid_config("vad must be an object")
     unknown = set(vad) - set(VAD_FIELDS)
@@ -282,7 +284,9 @@ class WebSocketHandler:
             connection.abort()
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        ws = web.WebSocketResponse(max_msg_size=MAX_FRAME_BYTES, heartbeat=30.0, protocols=(SUBPROTOCOL,))
+        # aiohttp refuses an uncompressed message as long as its limit: one more lets exactly 1 MiB through
+        # (a compressed one it checks after inflating, with >, so that one may be a byte over)
+        ws = web.WebSocketResponse(max_msg_size=MAX_FRAME_BYTES + 1, heartbeat=30.0, protocols=(SUBPROTOCOL,))
         try:
             with self.connections.opened(request.remote or ""):
                 if ws.can_prepare(request).ok:
