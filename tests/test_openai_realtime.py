@@ -286,6 +286,12 @@ async def test_bad_input_gets_openai_errors_and_the_session_goes_on() -> None:
             "invalid_type",
             "session.input_audio_format",
         ),
+        (
+            "e13",
+            {"type": "session.update", "session": ga_update(turn_detection={"type": "semantic_vad", "eagerness": ""})},
+            "invalid_value",
+            "session.audio.input.turn_detection.eagerness",
+        ),
     ]
     audio = pcm16(fixture_16k("lights_on.wav"))
     async with running_daemon() as daemon, websockets.connect(realtime_url(daemon, "")) as ws:

@@ -670,6 +670,7 @@ async def test_a_stream_cut_inside_an_event_is_closed_and_released(
         (wire(Event("audio-chunk", {"rate": 16000, "width": 2, "channels": 2**62})), "invalid_audio"),
         (wire(Event("audio-start", {"rate": "16k", "width": 2, "channels": 1})), "invalid_audio"),
         (wire(Event("transcribe", {"transcript_names": "Alice"})), "invalid_event"),
+        (header("describe", data=[]), "invalid_event"),  # once taken as no data, as falsy
     ],
     ids=[
         "missing-type",
@@ -682,6 +683,7 @@ async def test_a_stream_cut_inside_an_event_is_closed_and_released(
         "channels-out-of-range",
         "rate-not-a-number",
         "names-not-a-list",
+        "data-an-empty-list",
     ],
 )
 async def test_bad_events_mid_stream_are_errors_and_the_round_goes_on(

@@ -232,7 +232,8 @@ def _turn_detection(config: RealtimeConfig, value: Any, param: str, core: Core) 
         message = f"{param}.type must be server_vad or semantic_vad (or turn_detection null), got {kind!r}"
         raise _invalid("invalid_value", message, f"{param}.type")
     if kind == "semantic_vad":
-        eagerness = value.get("eagerness") or "auto"
+        eagerness = value.get("eagerness")
+        eagerness = "auto" if eagerness is None else eagerness
         if eagerness not in (*EAGERNESS, "auto"):
             message = f"{param}.eagerness must be low, medium, high or auto, got {eagerness!r}"
             raise _invalid("invalid_value", message, f"{param}.eagerness")

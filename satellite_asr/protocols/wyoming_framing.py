@@ -72,7 +72,8 @@ async def read_event(reader: asyncio.StreamReader) -> Event | None:
     kind = header.get("type")
     if not isinstance(kind, str) or not kind:
         raise ProtocolError("invalid_event", "event header has no type")
-    data = header.get("data") or {}
+    data = header.get("data")
+    data = {} if data is None else data  # null: no data; 0 or [] is an error, not none
     if not isinstance(data, dict):
         raise ProtocolError("invalid_event", f"{kind}: data must be a JSON object")
     if data_bytes:
