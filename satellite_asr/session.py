@@ -301,7 +301,7 @@ class Session:
         finals of utterances that already ended still come."""
         async with self._lock:
             utterance, self._utterance = self._utterance, None
-            self._endpointer.flush(self._audio.end)
+            self._endpointer.clear(self._audio.end)
             if utterance is not None:
                 await self._discard(utterance)
 

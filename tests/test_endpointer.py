@@ -193,6 +193,28 @@ def test_flush_turns_a_word_the_stream_ended_on_into_an_utterance_but_not_a_clic
     assert not click.in_speech and click.flush() == []
 
 
+def test_a_flush_leaves_speech_too_short_to_be_a_word_going_on() -> None:
+    """A client that flushes every 100 ms (3 windows): each flush comes before the speech has
+    lasted 160 ms; were it thrown away, no word would ever become an utterance."""
+    endpointer = Endpointer(CONFIG)
+    run(endpointer, [0.0] * 20)
+    events: list[EndpointEvent] = []
+    for _ in range(4):
+        run(endpointer, [0.9] * 3)
+        events.extend(endpointer.flush())
+    assert events[0] == SpeechStart(20 * WINDOW - ms_to_samples(300))
+    assert events[1] == Endpoint(26 * WINDOW, "forced")
+
+
+def test_a_clear_forgets_speech_not_yet_confirmed() -> None:
+    """The client discarded its audio: an utterance that follows starts at its own speech."""
+    endpointer = Endpointer(CONFIG)
+    run(endpointer, [0.0] * 20 + [0.9] * 3)
+    endpointer.clear()
+    starts = of_type(run(endpointer, [0.9] * 10), SpeechStart)
+    assert [event for _, event in starts] == [SpeechStart(23 * WINDOW - ms_to_samples(300))]
+
+
 def test_an_onset_that_died_on_a_dip_gives_its_start_to_the_next_one() -> None:
     """ "Stop playing music": "stop" is shorter than `min_speech_ms` and a dip of more than 100 ms
     follows it; the onset that then confirms speech starts back at "stop", or the pre-roll of 300 ms

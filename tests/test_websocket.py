@@ -184,6 +184,22 @@ async def test_flush_includes_the_resamplers_tail_and_the_stream_goes_on() -> No
     assert all("music" in normalise(f["text"]) for f in finals)
 
 
+async def test_a_client_that_flushes_every_100_ms_still_has_its_speech_transcribed() -> None:
+    """Each flush comes before a word has lasted 160 ms; the daemon must not throw the word away
+    (abuse probe: every word was lost), so the command comes back, cut where the client cut it."""
+    audio = fixture_16k("music.wav")
+    frame = 1600  # 100 ms
+    async with running_daemon() as daemon, websockets.connect(ws_url(daemon)) as ws:
+        for offset in range(0, len(audio), frame):
+            await ws.send(f32(audio[offset : offset + frame]))
+            await ws.send(json.dumps({"type": "flush"}))
+        await ws.send(json.dumps({"type": "end"}))
+        finals = of_type(await receive_until_close(ws), "final")
+    assert finals and all(f["is_speech_final"] is False for f in finals)
+    heard = sum(f["end"] - f["start"] for f in finals)
+    assert heard >= 0.5 * len(audio) / 16000, finals
+
+
 async def test_an_empty_language_is_the_daemons_default_and_null_detects() -> None:
     async with running_daemon(language="en") as daemon:
         languages = []

@@ -215,15 +215,22 @@ class Endpointer:
     def flush(self, end: int | None = None) -> list[EndpointEvent]:
         """End the utterance in progress now (client flush, end of stream, idle timeout). Speech the
         stream ended on that had not yet lasted `min_speech_ms` (at least `FLUSH_MIN_SPEECH` of it)
-        is an utterance too: the client has said the command is over, and it may be one short word."""
+        is an utterance too: the client has said the command is over, and it may be one short word.
+        Shorter speech still going on is left to go on counting: a client that flushes every 100 ms
+        would otherwise have every word thrown away before it had lasted 160 ms."""
         last = self.position if end is None else max(end, self.position)
         events: list[EndpointEvent] = []
         if not self.in_speech and self._onset_start >= 0 and self._onset_speech >= FLUSH_MIN_SPEECH:
             events.append(self._begin_utterance())
-        self._onset_start, self._onset_speech, self._lost_onset_start = -1, 0, -1
+        self._lost_onset_start = -1  # speech that died before the flush belongs to what the flush ended
         if self.in_speech:
             events.append(self._finish(last, "forced"))
         return events
+
+    def clear(self, end: int | None = None) -> None:
+        """Forget the utterance and any speech not yet confirmed (the client discarded its audio)."""
+        self.flush(end)
+        self._onset_start, self._onset_speech, self._lost_onset_start = -1, 0, -1
 
     @property
     def earliest_start(self) -> int:
