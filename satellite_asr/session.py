@@ -205,6 +205,7 @@ class Session:
         metrics: Metrics,
         turn_detector: TurnDetector,
         emit: Emit,
+        quiet_s: float = 0.0,
     ) -> None:
         self.id = session_id
         self.protocol = protocol
@@ -226,9 +227,10 @@ class Session:
         self.utterances = 0
         self.samples_received = 0
         self.last_audio_at = time.monotonic()
-        self.last_speech_at = self.last_audio_at
-        """When the endpointer last reported speech (start, pause, end), or the session's start: idle counts from it."""
         self._opened_at = self.last_audio_at
+        self.last_speech_at = self._opened_at - quiet_s
+        """When the endpointer last reported speech (start, pause, end), or the session's start less
+        `quiet_s`, the quiet it takes over from the session it follows on the same connection."""
         self.closed = False
 
     @property
@@ -238,6 +240,12 @@ class Session:
     @property
     def in_utterance(self) -> bool:
         return self._utterance is not None
+
+    def quiet_seconds(self, now: float) -> float:
+        """How long no speech has been heard at `now`: what the idle timeout measures. Inside an
+        utterance arriving audio counts (its end comes by endpoint or length cap)."""
+        heard_at = max(self.last_speech_at, self.last_audio_at) if self.in_utterance else self.last_speech_at
+        return now - heard_at
 
     @property
     def pending_finals(self) -> int:

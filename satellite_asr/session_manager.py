@@ -68,11 +68,21 @@ class SessionManager:
     def open_sessions(self) -> list[Session]:
         return [session for session, _ in self._sessions.values()]
 
-    def create(self, protocol: str, options: SessionOptions, emit: Emit, close_connection: CloseConnection) -> Session:
+    def create(
+        self,
+        protocol: str,
+        options: SessionOptions,
+        emit: Emit,
+        close_connection: CloseConnection,
+        *,
+        quiet_s: float = 0.0,
+    ) -> Session:
         """A new session, or `ServerBusy`. The caller must `release` it when the stream ends.
 
         The home's names are read here, for every protocol, unless the client opted out: a
         session's options are fixed, so a change in Home Assistant reaches the next session.
+        `quiet_s` is the quiet of the session this one follows on the same connection: reconfiguring
+        every few seconds without speaking must not keep a session open past `idle_timeout_s`.
         """
         self.check_room(protocol)
         if options.household_names:
@@ -89,6 +99,7 @@ class SessionManager:
             metrics=self._metrics,
             turn_detector=self._turn_detector,
             emit=emit,
+            quiet_s=quiet_s,
         )
         self._sessions[session.id] = (session, close_connection)
         self._metrics.sessions.labels(protocol).inc()
@@ -160,10 +171,7 @@ class SessionManager:
         for session, close in list(self._sessions.values()):
             if session.options.batch or session.id in self._expiring:
                 continue
-            active_at = session.last_speech_at
-            if session.in_utterance:
-                active_at = max(active_at, session.last_audio_at)
-            if now - active_at > self.idle_timeout_s:
+            if session.quiet_seconds(now) > self.idle_timeout_s:
                 log.info("session %s heard no speech for %.0f s, closing", session.id, self.idle_timeout_s)
                 task = asyncio.create_task(self._expire(session, close, "idle_timeout"))
                 self._expiring[session.id] = task

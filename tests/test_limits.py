@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -30,9 +31,10 @@ import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from wyoming.asr import Transcribe
-from wyoming.audio import AudioChunk, AudioStart
+from wyoming.audio import AudioChunk, AudioStart, AudioStop
 from wyoming.client import AsyncTcpClient
 from wyoming.event import Event, async_read_event
+from wyoming.ping import Ping
 
 from satellite_asr.clients.stream_client import stream_file
 from satellite_asr.clients.wav import read_wav
@@ -566,6 +568,91 @@ async def test_a_wyoming_round_of_only_silence_is_answered_and_closed_as_idle() 
             trickling.cancel()
     assert [e.type for e in events] == ["transcript-start", "transcript", "transcript-stop"]
     assert events[1].data["text"] == ""
+
+
+async def test_reconfiguring_a_websocket_session_without_speaking_does_not_reset_its_idle_clock() -> None:
+    """Abuse probe: a `config` every few seconds opened a new session whose idle clock began anew,
+    so a client that never spoke held its slot for ever."""
+    async with running_daemon(idle_timeout_s=1.0) as daemon, websockets.connect(ws_url(daemon)) as ws:
+
+        async def reconfigure() -> None:
+            with contextlib.suppress(ConnectionClosed):
+                while True:
+                    await ws.send(json.dumps({"type": "config"}))
+                    await asyncio.sleep(0.3)
+
+        reconfiguring = asyncio.create_task(reconfigure())
+        messages = await asyncio.wait_for(receive_until_close(ws), 30)
+        reconfiguring.cancel()
+        close = ws.close_code, ws.close_reason
+        assert len(daemon.core.sessions) == 0
+    assert len(of_type(messages, "session_created")) > 1
+    assert close == (1001, "idle_timeout")
+
+
+async def test_realtime_session_updates_without_speech_do_not_reset_its_idle_clock() -> None:
+    """The same dodge by `session.update`s that each open a new session (the prompt changes)."""
+    url = "ws://127.0.0.1:{}/v1/realtime?intent=transcription"
+    async with running_daemon(idle_timeout_s=1.0) as daemon, websockets.connect(url.format(daemon.http_port)) as ws:
+
+        async def update() -> None:
+            with contextlib.suppress(ConnectionClosed):
+                for prompt in itertools.cycle(("Kitchen", "Garden")):
+                    transcription = {"model": "whisper-1", "prompt": prompt}
+                    session = {"type": "transcription", "audio": {"input": {"transcription": transcription}}}
+                    await ws.send(json.dumps({"type": "session.update", "session": session}))
+                    await asyncio.sleep(0.3)
+
+        updating = asyncio.create_task(update())
+        with contextlib.suppress(ConnectionClosed):
+            async with asyncio.timeout(30):
+                events = [json.loads(raw) async for raw in ws]
+        updating.cancel()
+        close = ws.close_code, ws.close_reason
+        assert len(daemon.core.sessions) == 0
+    updates = [e["session"]["id"] for e in events if e["type"] == "session.updated"]
+    assert len(set(updates)) > 1, events
+    assert close == (1001, "idle_timeout")
+
+
+async def test_wyoming_rounds_of_silence_one_after_another_end_at_the_idle_timeout() -> None:
+    """A `transcribe` every 0.3 s ends the round before it (answered, empty) and opens another:
+    rounds of silence take over the quiet of the one before, so the connection is closed."""
+    async with running_daemon(wyoming_uri=WYOMING, idle_timeout_s=1.0) as daemon:
+        assert daemon.wyoming_port is not None
+        async with raw_connection(daemon.wyoming_port) as (reader, writer):
+
+            async def transcribe() -> None:
+                with contextlib.suppress(ConnectionError):
+                    while True:
+                        writer.write(wire(Transcribe(language="en").event()))
+                        await writer.drain()
+                        await asyncio.sleep(0.3)
+
+            transcribing = asyncio.create_task(transcribe())
+            events = await read_events_until_eof(reader)
+            transcribing.cancel()
+        assert len(daemon.core.sessions) == 0
+    assert [e.type for e in events].count("transcript") > 1
+
+
+async def test_time_between_wyoming_rounds_is_not_quiet_a_round_holds() -> None:
+    """Only a round's own quiet carries over: a connection that waits between rounds (pinging) is
+    not idle, and its next round is heard whole."""
+    async with running_daemon(wyoming_uri=WYOMING, idle_timeout_s=2.0) as daemon:
+        assert daemon.wyoming_port is not None
+        async with AsyncTcpClient("127.0.0.1", daemon.wyoming_port) as client:
+            silence = AudioChunk(rate=16000, width=2, channels=1, audio=bytes(16000))  # 0.5 s
+            for event in (Transcribe(language="en"), AudioStart(16000, 2, 1), silence, AudioStop()):
+                await client.write_event(event.event())
+            while (event := await asyncio.wait_for(client.read_event(), 30)) is not None:
+                if event.type == "transcript-stop":
+                    break
+            for _ in range(3):  # 3 s between the rounds, more than the idle timeout
+                await asyncio.sleep(1.0)
+                await client.write_event(Ping().event())
+            result = await transcribe_like_home_assistant(client, read_wav(FIXTURES / "lights_on.wav"), realtime=False)
+    assert result.text is not None and word_error_rate(EXPECTED["lights_on.wav"][0], result.text) <= 0.25
 
 
 # --- Home Assistant keeps its share -----------------------------------------------------------------

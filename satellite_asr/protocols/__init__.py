@@ -97,11 +97,19 @@ def openai_error(
 
 
 def open_session(
-    core: Core, protocol: str, options: SessionOptions, emit: Emit, close_connection: CloseConnection
+    core: Core,
+    protocol: str,
+    options: SessionOptions,
+    emit: Emit,
+    close_connection: CloseConnection,
+    *,
+    quiet_s: float = 0.0,
 ) -> Session:
-    """A new session, or a fatal `server_busy` error when the daemon is at `max_sessions`."""
+    """A new session, or a fatal `server_busy` error when the daemon is at `max_sessions`.
+
+    `quiet_s`: the quiet the session takes over from the one it follows on the same connection."""
     try:
-        return core.sessions.create(protocol, options, emit, close_connection)
+        return core.sessions.create(protocol, options, emit, close_connection, quiet_s=quiet_s)
     except ServerBusy as exc:
         raise ProtocolError("server_busy", str(exc), fatal=True) from None
 

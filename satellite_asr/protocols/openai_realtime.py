@@ -14,6 +14,7 @@ import binascii
 import functools
 import json
 import logging
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -133,11 +134,11 @@ class _Connection:
     async def close_by_server(self, reason: str) -> None:
         await self.close(WSCloseCode.GOING_AWAY, reason)
 
-    async def open_session(self, created: bool) -> None:
+    async def open_session(self, created: bool, quiet_s: float = 0.0) -> None:
         options = self.config.session_options(self.core.settings)
         self.generation += 1
         emit = functools.partial(self.on_event, self.generation)
-        session = open_session(self.core, PROTOCOL, options, emit, self.close_by_server)
+        session = open_session(self.core, PROTOCOL, options, emit, self.close_by_server, quiet_s=quiet_s)
         self.input = PcmInput(self.core, session, self.config.decoder())
         self.commit_mark = 0
         await self.announce("created" if created else "updated")
@@ -182,9 +183,10 @@ class _Connection:
         settings = self.core.settings
         # Like with like: the session's own options also hold the home's names, added when it opened.
         if config.session_options(settings) != self.config.session_options(settings):
+            quiet_s = self.session.quiet_seconds(time.monotonic())
             await self.release(finalize=True)
             self.config = config
-            await self.open_session(created=False)
+            await self.open_session(created=False, quiet_s=quiet_s)
             return
         if (config.encoding, config.sample_rate) != (self.config.encoding, self.config.sample_rate):
             assert self.input is not None

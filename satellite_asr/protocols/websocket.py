@@ -226,11 +226,12 @@ class _Connection:
         if self.audio_seen:
             raise ProtocolError("config_locked", "config must come before the first audio frame")
         options, decoder = parse_config(message, self.core)
+        quiet_s = self.input.session.quiet_seconds(time.monotonic()) if self.input is not None else 0.0
         await self.release("reconfigured")
-        await self.open_session(options, decoder)
+        await self.open_session(options, decoder, quiet_s)
 
-    async def open_session(self, options: SessionOptions, decoder: PcmDecoder) -> None:
-        session = open_session(self.core, "websocket", options, self.emit, self.close_by_server)
+    async def open_session(self, options: SessionOptions, decoder: PcmDecoder, quiet_s: float = 0.0) -> None:
+        session = open_session(self.core, "websocket", options, self.emit, self.close_by_server, quiet_s=quiet_s)
         self.input = PcmInput(self.core, session, decoder)
         config = effective_config(options, decoder, self.core.engine_info)
         await self.send({"type": "session_created", "session_id": session.id, "config": config})

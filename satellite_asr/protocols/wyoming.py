@@ -22,6 +22,7 @@ import logging
 import os
 import socket
 import stat
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -184,6 +185,9 @@ class _Connection:
         self._releases: set[asyncio.Task[None]] = set()
         self.closing = False
         """Set once the server decided to end the connection; events still arriving are dropped."""
+        self.quiet_s = 0.0
+        """How long the last round had heard no speech when it ended: the next round takes it over,
+        so rounds of silence one after another do not hold a session past `idle_timeout_s`."""
         self._closed_by_server = asyncio.Event()
 
     async def run(self) -> None:
@@ -326,9 +330,8 @@ class _Connection:
         async def emit(event: SessionEvent) -> None:  # the session emits nothing before `round_` is set
             await self.on_session_event(round_, event)
 
-        round_ = _Round(
-            open_session(self.server.core, "wyoming", options, emit, self.close_by_server), options.language
-        )
+        session = open_session(self.server.core, "wyoming", options, emit, self.close_by_server, quiet_s=self.quiet_s)
+        round_ = _Round(session, options.language)
         self.round = round_
 
     async def set_format(self, round_: _Round, rate: int, channels: int) -> None:
@@ -364,6 +367,7 @@ class _Connection:
             round_, self.round = self.round, None
             if round_ is None:
                 return
+            self.quiet_s = round_.session.quiet_seconds(time.monotonic())
             if finalize and not round_.answered:
                 if round_.audio is not None:
                     await round_.audio.drain()
