@@ -228,6 +228,21 @@ class Settings:
     )
 
     # Connection limits
+    max_http_connections: int = _opt(
+        256,
+        "Most TCP connections open at once on the HTTP port, whatever they are doing (idle, sending a request, a "
+        "WebSocket, an upload); more are answered 503 and closed at once, so silent connections cannot use up the "
+        "process's file descriptors and leave Wyoming unable to accept.",
+        minimum=1,
+        maximum=100000,
+    )
+    max_http_connections_per_address: int = _opt(
+        64,
+        "Most of those one client address may hold (behind a reverse proxy every client has the proxy's address: "
+        "raise it there).",
+        minimum=1,
+        maximum=100000,
+    )
     max_websocket_connections: int = _opt(
         64,
         "Most WebSocket connections open at once on each WebSocket route (/v1/stream, /v1/realtime); more are "

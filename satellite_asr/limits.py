@@ -1,19 +1,21 @@
 """What keeps one client, or many, from taking the daemon away from Home Assistant.
 
-Connection caps per protocol and per client address (`ConnectionLimit`), writes that give up on a
-client that does not read (`write_within`), and one rate-limited warning instead of a log line per
-failed accept when the process runs out of file descriptors (`AcceptErrorLog`).
+Connection caps per protocol and per client address (`ConnectionLimit`), every TCP connection to
+the HTTP port counted from accept to close (`CountedConnection`), writes that give up on a client
+that does not read (`write_within`), and one rate-limited warning instead of a log line per refused
+connection or per failed accept when the process runs out of file descriptors (`AcceptErrorLog`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import resource
 import time
 from collections import Counter
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 log = logging.getLogger(__name__)
@@ -52,6 +54,14 @@ class ConnectionLimit:
     @contextlib.contextmanager
     def opened(self, address: str) -> Iterator[None]:
         """Counts one connection from `address` while the block runs; `TooManyConnections` when over a cap."""
+        self.take(address)
+        try:
+            yield
+        finally:
+            self.give_back(address)
+
+    def take(self, address: str) -> None:
+        """Counts one connection from `address`, or `TooManyConnections` when over a cap; `give_back` ends it."""
         if len(self) >= self.total:
             raise TooManyConnections(
                 f"the daemon has {self.total} {self.protocol} connections open, its limit "
@@ -63,12 +73,92 @@ class ConnectionLimit:
                 f"the limit per address ({self.per_address_setting})"
             )
         self._open[address] += 1
+
+    def give_back(self, address: str) -> None:
+        self._open[address] -= 1
+        if self._open[address] <= 0:
+            del self._open[address]
+
+
+class RateLimitedWarning:
+    """A warning that repeats at most once per `interval` seconds and says how often it was held back:
+    what any client can cause at will must not become a log line each time."""
+
+    def __init__(self, interval: float = 30.0) -> None:
+        self.interval = interval
+        self._count = 0
+        """Occurrences since the last warning."""
+        self._last_warning: float | None = None
+
+    def occurred(self) -> int | None:
+        """Counts one occurrence; when a warning is due, returns how many there were since the last one."""
+        self._count += 1
+        now = time.monotonic()
+        if self._last_warning is not None and now - self._last_warning < self.interval:
+            return None
+        count, self._count, self._last_warning = self._count, 0, now
+        return count
+
+
+class CountedConnection(asyncio.Protocol):
+    """One TCP connection to an HTTP server, counted against `limit` from accept to close.
+
+    aiohttp counts nothing below a request, so connections that stay silent were limited by nothing
+    but file descriptors, which Wyoming shares. Over the limit the connection is answered 503 and
+    closed before anything is read; otherwise `make_handler`'s protocol (aiohttp's) gets everything.
+    """
+
+    def __init__(
+        self, make_handler: Callable[[], asyncio.Protocol], limit: ConnectionLimit, refused: Callable[[str], None]
+    ) -> None:
+        self._make_handler = make_handler
+        self._limit = limit
+        self._refused = refused
+        """Told why, for each connection refused."""
+        self._handler: asyncio.Protocol | None = None
+        self._address = ""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        peer = transport.get_extra_info("peername")
+        self._address = str(peer[0]) if isinstance(peer, tuple) and peer else ""
         try:
-            yield
-        finally:
-            self._open[address] -= 1
-            if self._open[address] <= 0:
-                del self._open[address]
+            self._limit.take(self._address)
+        except TooManyConnections as exc:
+            self._refuse(transport, str(exc))
+            return
+        self._handler = self._make_handler()
+        self._handler.connection_made(transport)
+
+    def _refuse(self, transport: asyncio.BaseTransport, reason: str) -> None:
+        body = json.dumps({"type": "error", "code": "too_many_connections", "message": reason}).encode()
+        head = (
+            "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 5\r\n"
+            f"Connection: close\r\nContent-Length: {len(body)}\r\n\r\n"
+        )
+        if isinstance(transport, asyncio.WriteTransport):
+            transport.write(head.encode() + body)
+        transport.close()
+        self._refused(reason)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._handler is not None:
+            self._limit.give_back(self._address)
+            self._handler.connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._handler is not None:
+            self._handler.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self._handler.eof_received() if self._handler is not None else None
+
+    def pause_writing(self) -> None:
+        if self._handler is not None:
+            self._handler.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self._handler is not None:
+            self._handler.resume_writing()
 
 
 class SlowClient(ConnectionResetError):
@@ -109,10 +199,7 @@ class AcceptErrorLog:
     """
 
     def __init__(self, interval: float = 30.0) -> None:
-        self.interval = interval
-        self.failed = 0
-        """Failed accepts since the last warning."""
-        self._last_warning: float | None = None
+        self._failed = RateLimitedWarning(interval)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._previous: Any = None
 
@@ -136,19 +223,16 @@ class AcceptErrorLog:
             else:
                 loop.default_exception_handler(context)
             return
-        self.failed += 1
-        now = time.monotonic()
-        if self._last_warning is None or now - self._last_warning >= self.interval:
+        failed = self._failed.occurred()
+        if failed is not None:
             log.warning(
                 "cannot accept connections: %s (%d failed accepts since the last warning; accepting pauses "
                 "and resumes each second). Raise the open-file limit (ulimit -n, now %d) or lower the "
                 "max_*_connections settings.",
                 context.get("exception"),
-                self.failed,
+                failed,
                 open_file_limit(),
             )
-            self.failed = 0
-            self._last_warning = now
 
 
 def open_file_limit() -> int:

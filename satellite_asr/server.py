@@ -9,12 +9,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import logging
 import os
 import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 from aiohttp.http import HttpProcessingError
@@ -24,7 +26,13 @@ from satellite_asr.config import ConfigError, Settings
 from satellite_asr.core import Core
 from satellite_asr.discovery import Discovery
 from satellite_asr.engines.base import Engine
-from satellite_asr.limits import AcceptErrorLog, open_file_limit
+from satellite_asr.limits import (
+    AcceptErrorLog,
+    ConnectionLimit,
+    CountedConnection,
+    RateLimitedWarning,
+    open_file_limit,
+)
 from satellite_asr.protocols import openai_realtime, openai_rest, websocket, wyoming
 
 log = logging.getLogger(__name__)
@@ -33,7 +41,8 @@ WEB_DIR = Path(__file__).parent / "web"
 """The browser microphone page, served at `/` with its scripts under `/static/`."""
 
 FILE_DESCRIPTOR_MARGIN = 128
-"""File descriptors kept for what is not a capped connection: models, logs, HTTP requests, zeroconf."""
+"""File descriptors kept for what is not a capped connection: models, logs, zeroconf, the daemon's own
+connections (Home Assistant, remote vLLM servers)."""
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -61,6 +70,26 @@ http_log = logging.getLogger(f"{__name__}.http")
 http_log.addFilter(_MalformedRequests())
 
 
+class _CountingRunner(web.AppRunner):
+    """aiohttp's runner whose sites listen through `CountedConnection`, so that every TCP connection
+    to the HTTP port is counted against `connections` (the sites ask the runner for their protocol
+    factory; its own shutdown goes on using aiohttp's server, which sees only counted connections)."""
+
+    def __init__(
+        self, app: web.Application, connections: ConnectionLimit, refused: Callable[[str], None], **kwargs: Any
+    ) -> None:
+        super().__init__(app, **kwargs)
+        self.connections = connections
+        self._refused = refused
+
+    @property
+    def server(self) -> Callable[[], asyncio.Protocol] | None:  # type: ignore[override]  # a factory, not a Server
+        server = super().server
+        if server is None:
+            return None
+        return functools.partial(CountedConnection, server, self.connections, self._refused)
+
+
 class Daemon:
     """Start with `start()`, stop with `stop()`; `engine` may be given (tests inject doubles)."""
 
@@ -76,6 +105,15 @@ class Daemon:
         """The bound Wyoming TCP port once started (None when off or on a unix socket)."""
         self.discovery: Discovery | None = None
         self.websocket = websocket.WebSocketHandler(self.core)
+        self.http_connections = ConnectionLimit(
+            "HTTP",
+            settings.max_http_connections,
+            settings.max_http_connections_per_address,
+            total_setting="max_http_connections",
+            per_address_setting="max_http_connections_per_address",
+        )
+        """Every TCP connection to the HTTP port, whatever it is doing (`CountedConnection`)."""
+        self._http_refusals = RateLimitedWarning()
         self._runner: web.AppRunner | None = None
         self._accept_errors = AcceptErrorLog()
 
@@ -109,8 +147,10 @@ class Daemon:
         app.on_response_prepare.append(_revalidate_page)
         # aiohttp's keep-alive timer also runs from the connection's start and is not pushed back by
         # a request still arriving: it is the header timeout too (a client trickling bytes is closed).
-        self._runner = web.AppRunner(
+        self._runner = _CountingRunner(
             app,
+            self.http_connections,
+            self._refused_http_connection,
             handle_signals=False,
             access_log=None,
             logger=http_log,
@@ -168,15 +208,20 @@ class Daemon:
         await self.core.close()
         self._accept_errors.uninstall()
 
+    def _refused_http_connection(self, reason: str) -> None:
+        self.core.metrics.errors.labels("too_many_connections").inc()
+        refused = self._http_refusals.occurred()
+        if refused is not None:
+            log.warning("refused %d HTTP connection(s) since the last such warning: %s", refused, reason)
+
     def _check_open_file_limit(self) -> None:
-        """Warn when the capped connections (two WebSocket routes, Wyoming, uploads) could exhaust file descriptors."""
+        """Warn when the capped connections (HTTP, Wyoming) could exhaust file descriptors."""
         s = self.settings
-        needed = 2 * s.max_websocket_connections + s.max_wyoming_connections + s.max_uploads + FILE_DESCRIPTOR_MARGIN
+        needed = s.max_http_connections + s.max_wyoming_connections + FILE_DESCRIPTOR_MARGIN
         if open_file_limit() < needed:
             log.warning(
-                "the open-file limit (%d) is below the connection caps (2 x max_websocket_connections for "
-                "/v1/stream and /v1/realtime + max_wyoming_connections + max_uploads + %d for the rest): "
-                "raise ulimit -n or lower the caps",
+                "the open-file limit (%d) is below the connection caps (max_http_connections + "
+                "max_wyoming_connections + %d for the rest): raise ulimit -n or lower the caps",
                 open_file_limit(),
                 FILE_DESCRIPTOR_MARGIN,
             )

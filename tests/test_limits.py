@@ -227,6 +227,54 @@ async def test_websocket_connections_are_capped_per_address_and_in_total() -> No
     assert health == 200, "plain HTTP is not counted against the WebSocket cap"
 
 
+async def refused_at_once(port: int, source: str) -> tuple[int, dict[str, Any]]:
+    """A silent connection the daemon must answer (503) and close without waiting for a request."""
+    async with raw_connection(port, source=source) as (reader, _):
+        return await read_response(reader)
+
+
+async def http_describe(port: int) -> str:
+    """Home Assistant's Wyoming describe, with the wyoming library's client: the event type answered."""
+    async with AsyncTcpClient("127.0.0.1", port) as client:
+        await client.write_event(Event("describe"))
+        event = await asyncio.wait_for(client.read_event(), 10)
+    return event.type if event is not None else "eof"
+
+
+async def test_silent_http_connections_are_capped_per_address_and_in_total(caplog: pytest.LogCaptureFixture) -> None:
+    """Abuse probe: silent TCP connections to the HTTP port were counted by no cap; enough of them
+    used up the file descriptors and Wyoming could no longer accept. Each is now counted from accept."""
+    async with (
+        running_daemon(
+            wyoming_uri=WYOMING, max_http_connections=5, max_http_connections_per_address=3, header_timeout_s=120
+        ) as daemon,
+        contextlib.AsyncExitStack() as held,
+    ):
+        port = daemon.http_port
+        for _ in range(3):
+            await held.enter_async_context(raw_connection(port, source="127.0.0.1"))
+        per_address = await refused_at_once(port, "127.0.0.1")
+        for _ in range(2):
+            await held.enter_async_context(raw_connection(port, source="127.0.0.2"))
+        in_total = await refused_at_once(port, "127.0.0.3")
+        assert daemon.wyoming_port is not None
+        described = await http_describe(daemon.wyoming_port)
+        await held.aclose()  # the silent connections go: their places come back
+        await eventually(lambda: len(daemon.http_connections) == 0, 30)
+        health = await health_status(daemon)
+        refused = daemon.core.metrics.errors.labels("too_many_connections")._value.get()
+    for (status, body), setting in (
+        (per_address, "max_http_connections_per_address"),
+        (in_total, "max_http_connections"),
+    ):
+        assert status == 503 and body["code"] == "too_many_connections" and setting in body["message"], body
+    assert described == "info"
+    assert health == 200
+    assert refused == 2
+    warnings = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert len(warnings) == 1 and "1 HTTP connection(s)" in warnings[0], "one warning per 30 s, not one per refusal"
+
+
 async def test_wyoming_connections_are_capped_per_address_and_in_total() -> None:
     async with (
         running_daemon(wyoming_uri=WYOMING, max_wyoming_connections=3, max_connections_per_address=2) as daemon,
@@ -766,6 +814,42 @@ async def test_running_out_of_file_descriptors_logs_a_few_lines_and_the_daemon_r
     assert 1 <= len(about_accept) <= 3, about_accept[:10]
     assert "Too many open files" in about_accept[0], "the warning says what went wrong"
     assert process.returncode == 0
+
+
+DAEMON_WITH_100_FILES = DAEMON_WITH_FEW_FILES.replace("(64, 64)", "(100, 100)")
+
+
+async def test_a_flood_of_silent_http_connections_leaves_wyoming_answering() -> None:
+    """The probe's attack at small scale: a daemon that may open 100 files gets 150 silent HTTP
+    connections; with the HTTP cap below its file limit Home Assistant's describe is still answered."""
+    http_port, wyoming_port = free_port(), free_port()
+    command = [sys.executable, "-c", DAEMON_WITH_100_FILES, "serve", "--host", "127.0.0.1", "--no-zeroconf"]
+    command += ["--http-port", str(http_port), "--wyoming-uri", f"tcp://127.0.0.1:{wyoming_port}"]
+    command += [
+        "--max-http-connections",
+        "40",
+        "--max-http-connections-per-address",
+        "200",
+        "--header-timeout-s",
+        "120",
+    ]
+    process = await asyncio.create_subprocess_exec(*command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        async with aiohttp.ClientSession() as http:
+            for _ in range(300):
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with http.get(f"http://127.0.0.1:{http_port}/health") as response:
+                        if response.status == 200:
+                            break
+                await asyncio.sleep(0.2)
+        async with contextlib.AsyncExitStack() as held:
+            for _ in range(150):
+                await held.enter_async_context(raw_connection(http_port))
+            described = await http_describe(wyoming_port)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(process.wait(), 60)
+    assert described == "info"
 
 
 ACCEPT_RETRIES_AFTER_CLOSE = """
