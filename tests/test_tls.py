@@ -19,7 +19,7 @@ from satellite_asr.clients.stream_client import stream_source
 from satellite_asr.config import ConfigError
 from satellite_asr.server import tls_context
 from tests.certificates import self_signed
-from tests.helpers import EXPECTED, FIXTURES, WER_TOLERANCE, running_daemon, word_error_rate
+from tests.helpers import EXPECTED, FIXTURES, WER_TOLERANCE, eventually, running_daemon, word_error_rate
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -135,3 +135,23 @@ async def test_stream_command_explains_an_untrusted_or_unreadable_certificate(tm
     assert "pass it with --cafile" in untrusted[1]
     assert missing == (2, f"satellite-asr: cannot use --cafile {tmp_path / 'missing.pem'}: No such file or directory\n")
     assert unreadable[0] == 2 and "cannot use --cafile" in unreadable[1] and "no certificate" in unreadable[1]
+
+
+async def test_a_failed_tls_handshake_holds_no_place_under_the_http_cap(tmp_path: Path) -> None:
+    """A connection counts from its completed handshake: one that fails it must not leave its count."""
+    cert = self_signed(tmp_path, ["localhost"], ["127.0.0.1"])
+    async with running_daemon(tls_cert=str(cert.cert), tls_key=str(cert.key), max_http_connections=1) as daemon:
+        reader, writer = await asyncio.open_connection("127.0.0.1", daemon.http_port)
+        writer.write(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")  # plain HTTP: not a TLS handshake
+        failed = await asyncio.wait_for(reader.read(), 30)
+        writer.close()
+        statuses = []
+        for _ in range(2):
+            async with (
+                aiohttp.ClientSession() as http,
+                http.get(f"https://127.0.0.1:{daemon.http_port}/health", ssl=cert.client_context()) as response,
+            ):
+                statuses.append(response.status)
+            await eventually(lambda: len(daemon.http_connections) == 0)
+    assert failed == b""
+    assert statuses == [200, 200], "each connection gave its one place back"
