@@ -54,10 +54,13 @@ class _MalformedRequests(logging.Filter):
     """aiohttp logs a request it could not parse (bad framing, control characters in a header, a
     body encoding it cannot decode) as an ERROR with a traceback. It has already answered 400: the
     fault is the client's, and any client on the LAN could repeat it to flood the log. Such a
-    record becomes one DEBUG line; everything else passes as aiohttp logs it."""
+    record becomes one DEBUG line; everything else passes as aiohttp logs it. A body that cannot be
+    decoded comes wrapped (`RequestPayloadError`) when aiohttp reads what the handler left unread."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         fault = record.exc_info[1] if record.exc_info else None
+        if isinstance(fault, web.RequestPayloadError):
+            fault = fault.__cause__
         if isinstance(fault, HttpProcessingError) and fault.code < 500:
             first_line = (fault.message or "").strip().splitlines()[:1]
             log.debug("%s: %s", record.getMessage(), first_line[0] if first_line else fault.code)

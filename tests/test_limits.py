@@ -565,6 +565,52 @@ async def test_a_malformed_http_request_is_refused_with_one_debug_line_not_an_er
     assert "chunk size" in refused[0] and "brotli" in refused[1], refused
 
 
+def upload_request(body: bytes, *headers: str) -> bytes:
+    head = [
+        "POST /v1/audio/transcriptions HTTP/1.1",
+        "Host: 127.0.0.1",
+        "Connection: close",
+        f"Content-Type: multipart/form-data; boundary={BOUNDARY}",
+        f"Content-Length: {len(body)}",
+        *headers,
+    ]
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+MALFORMED_UPLOADS = {
+    "a part header without a colon": (
+        upload_request(f"--{BOUNDARY}\r\nno colon here\r\n\r\nxx\r\n--{BOUNDARY}--\r\n".encode()),
+        "Invalid HTTP header",
+    ),
+    "a part header line over 8190 bytes": (
+        upload_request(f"--{BOUNDARY}\r\nX-Long: {'a' * 9000}\r\n\r\nxx\r\n--{BOUNDARY}--\r\n".encode()),
+        "8190 bytes",
+    ),
+    "a gzip body that is not gzip": (upload_request(b"x" * 2000, "Content-Encoding: gzip"), "gzip"),
+}
+"""Uploads whose headers parse but whose form or body does not (abuse probe: the first two got a
+plain-text 500, the third an ERROR with three tracebacks when aiohttp read what was left of it)."""
+
+
+async def test_a_malformed_upload_body_is_a_json_400_and_logs_no_error(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    answers = {}
+    async with running_daemon() as daemon:
+        for case, (request, _) in MALFORMED_UPLOADS.items():
+            async with raw_connection(daemon.http_port) as (reader, writer):
+                writer.write(request)
+                answers[case] = await read_response(reader)
+        await eventually(lambda: len(daemon.rest.uploads) == 0, 30)
+        health = await health_status(daemon)
+    for case, (status, body) in answers.items():
+        error = body["error"]
+        assert status == 400 and error["code"] == "invalid_request", (case, body)
+        assert MALFORMED_UPLOADS[case][1] in error["message"] and len(error["message"]) < 400, (case, error)
+    assert health == 200
+    records = [r for r in caplog.records if r.name.startswith(("aiohttp", "satellite_asr"))]
+    assert not [r.getMessage() for r in records if r.levelno >= logging.WARNING or r.exc_info]
+
+
 # --- idle means no speech --------------------------------------------------------------------------
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from satellite_asr.audio import SAMPLE_RATE, Audio
 from satellite_asr.audio_files import AudioFile, AudioTooLongError, FileRefused, decoded_chunks
@@ -158,11 +159,20 @@ async def read_form(
                     fields.setdefault(name, []).append(raw.decode("utf-8"))
                 except UnicodeDecodeError:
                     raise _bad_field(name, f"{name} must be UTF-8 text") from None
-    except ValueError as exc:  # aiohttp's multipart parser: malformed framing
-        raise RequestError("invalid_request", f"the multipart form cannot be read: {exc}") from None
+    except (ValueError, HttpProcessingError) as exc:  # aiohttp's multipart parser: malformed framing or part headers
+        raise RequestError("invalid_request", f"the multipart form cannot be read: {_client_fault(exc)}") from None
     except web.RequestPayloadError as exc:  # a body its Content-Encoding cannot decode
-        raise RequestError("invalid_request", f"the request body cannot be read: {exc}") from None
+        raise RequestError("invalid_request", f"the request body cannot be read: {_client_fault(exc)}") from None
     return file, fields
+
+
+def _client_fault(exc: Exception) -> str:
+    """What aiohttp found wrong, in one short line: its HTTP errors print as "400, message:" and
+    then the text, and a body error carries the decoding error as its cause."""
+    fault = exc.__cause__ if isinstance(exc, web.RequestPayloadError) and exc.__cause__ else exc
+    text = fault.message if isinstance(fault, HttpProcessingError) else str(fault)
+    first_line = text.strip().splitlines()[0] if text.strip() else type(fault).__name__
+    return first_line[:200]
 
 
 async def _read_part(
