@@ -57,6 +57,12 @@ Emit = Callable[[SessionEvent], Awaitable[None]]
 
 FEED_PIECE = SAMPLE_RATE // 2
 """Most samples taken in one step: audio is trimmed between steps, so a huge frame cannot grow it."""
+GONE_CHECK_S = 0.5
+"""How often a feed held back asks whether its client left (see `Session.feed`)."""
+
+
+class ClientGone(ConnectionError):
+    """The client left while its feed was held back: its adapter releases the session as on any disconnect."""
 
 
 @dataclass(frozen=True)
@@ -257,30 +263,35 @@ class Session:
         """Audio held now: at most `max_utterance_s` plus the pre-roll and one `FEED_PIECE`."""
         return (self._audio.end - self._audio.base) / SAMPLE_RATE
 
-    async def feed(self, samples: Audio) -> float:
+    async def feed(self, samples: Audio, gone: Callable[[], bool] = lambda: False) -> float:
         """Take 16 kHz mono float32 samples; emits events as VAD and decodes produce them.
 
         Back-pressure: this waits while the session has `max_pending_finals` finals pending or its
         audio is more than `max_feed_ahead_s` ahead of real time, so its adapter stops reading the
         client instead of queueing without end. Returns the seconds it waited so (not work done).
+        While it waits it asks `gone` every `GONE_CHECK_S` and raises `ClientGone` when the client
+        left: its adapter reads nothing meanwhile, so would not see the close until the wait ends.
         """
         waited = 0.0
         pieces = [samples[offset : offset + FEED_PIECE] for offset in range(0, samples.size, FEED_PIECE)]
         for piece in pieces or [samples]:
             started = time.perf_counter()
-            await self._wait_for_room(piece.size)
+            await self._wait_for_room(piece.size, gone)
             waited += time.perf_counter() - started
             await self._feed_piece(piece)
         return waited
 
-    async def _wait_for_room(self, samples: int) -> None:
+    async def _wait_for_room(self, samples: int, gone: Callable[[], bool]) -> None:
         while self.pending_finals >= self.options.max_pending_finals and not self.closed:
-            await asyncio.wait(list(self._finals), return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(list(self._finals), timeout=GONE_CHECK_S, return_when=asyncio.FIRST_COMPLETED)
+            if gone():
+                raise ClientGone("the client left while its audio waited for room")
         if self.options.max_feed_ahead_s is not None:
             audio_s = (self.samples_received + samples) / SAMPLE_RATE
-            ahead = audio_s - (time.monotonic() - self._opened_at) - self.options.max_feed_ahead_s
-            if ahead > 0:
-                await asyncio.sleep(ahead)
+            while (ahead := audio_s - (time.monotonic() - self._opened_at) - self.options.max_feed_ahead_s) > 0:
+                await asyncio.sleep(min(ahead, GONE_CHECK_S))
+                if gone():
+                    raise ClientGone("the client left while its audio waited for room")
 
     async def _feed_piece(self, samples: Audio) -> None:
         async with self._lock:

@@ -12,7 +12,7 @@ import struct
 import subprocess
 import sys
 import wave
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any, NoReturn
@@ -205,3 +205,28 @@ async def eventually(condition: Callable[[], bool], seconds: float = 60) -> None
             if condition():
                 return
             await asyncio.sleep(0.05)
+
+
+async def leave_while_throttled(
+    daemon: Daemon, transport: asyncio.BaseTransport, send: Callable[[], Awaitable[None]]
+) -> None:
+    """`send` 1 s of audio over and over, far faster than real time, until the daemon holds the
+    client back, then reset the connection as a crashed client does; the session must end within
+    10 s and be fed nothing more, though the socket still holds a minute of its audio."""
+    flood = asyncio.create_task(_for_ever(send))
+    await eventually(lambda: len(daemon.core.sessions) == 1, 10)
+    (session,) = daemon.core.sessions.open_sessions()
+    await eventually(lambda: session.seconds_received >= 3, 20)  # 1 s ahead is all it may be: held back
+    sock = transport.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close with a reset
+    transport.abort()
+    await asyncio.gather(flood, return_exceptions=True)
+    await eventually(lambda: len(daemon.core.sessions) == 0, 10)
+    fed = session.samples_received
+    await asyncio.sleep(1.0)
+    assert session.samples_received == fed, "the session of a client gone is fed no more"
+
+
+async def _for_ever(send: Callable[[], Awaitable[None]]) -> None:
+    while True:
+        await send()

@@ -19,7 +19,16 @@ from websockets.exceptions import ConnectionClosed
 from satellite_asr.audio import SAMPLE_RATE
 from satellite_asr.server import Daemon
 from tests.doubles import ContextRecordingEngineDouble, CrashingEngineDouble
-from tests.helpers import EXPECTED, fixture_16k, normalise, of_type, pcm16, running_daemon, same_words
+from tests.helpers import (
+    EXPECTED,
+    fixture_16k,
+    leave_while_throttled,
+    normalise,
+    of_type,
+    pcm16,
+    running_daemon,
+    same_words,
+)
 from tests.home_assistant_double import running_home_assistant
 
 pytestmark = pytest.mark.timeout(180)
@@ -504,3 +513,13 @@ async def test_livekit_openai_stt_realtime_transcribes_through_the_daemon() -> N
         await stream.aclose()
         await stt.aclose()
     assert same_words(EXPECTED["three_commands.wav"], finals_seen)
+
+
+async def test_a_client_that_leaves_while_held_back_ends_its_session() -> None:
+    """A client held back by back-pressure is not read, so its close waited behind its queued
+    appends: their audio was decoded for nobody (131 s of it for 70 s in the abuse probe)."""
+    second = base64.b64encode(pcm16(fixture_16k("three_commands.wav")[:16000])).decode()
+    append = json.dumps({"type": "input_audio_buffer.append", "audio": second})
+    async with running_daemon(max_feed_ahead_s=1.0) as daemon:
+        ws = await websockets.connect(realtime_url(daemon), max_size=None, compression=None)
+        await leave_while_throttled(daemon, ws.transport, lambda: ws.send(append))

@@ -28,6 +28,7 @@ from tests.helpers import (
     WER_TOLERANCE,
     daemon_settings,
     fixture_16k,
+    leave_while_throttled,
     normalise,
     of_type,
     running_daemon,
@@ -576,3 +577,12 @@ async def test_health_is_503_until_the_engine_is_ready_and_metrics_are_exported(
         sum(f'satellite_asr_endpoints_total{{reason="{reason}"}} 1.0' in text for reason in ("complete", "silence"))
         == 1
     )
+
+
+async def test_a_client_that_leaves_while_held_back_ends_its_session() -> None:
+    """A client held back by back-pressure is not read, so its close waited behind its queued
+    audio: that audio was decoded for nobody (131 s of it for 70 s in the abuse probe)."""
+    second = f32(fixture_16k("three_commands.wav")[:16000])
+    async with running_daemon(max_feed_ahead_s=1.0) as daemon:
+        ws = await websockets.connect(ws_url(daemon), max_size=None, compression=None)
+        await leave_while_throttled(daemon, ws.transport, lambda: ws.send(second))

@@ -24,7 +24,7 @@ from wyoming.asr import Transcribe, Transcript, TranscriptChunk
 from wyoming.audio import AudioChunk, AudioStart
 from wyoming.client import AsyncTcpClient, AsyncUnixClient
 from wyoming.error import Error
-from wyoming.event import Event, async_read_event
+from wyoming.event import Event, async_read_event, async_write_event
 from wyoming.info import Describe, Info
 
 from satellite_asr.clients.wav import WavFile, read_wav
@@ -48,6 +48,8 @@ from tests.helpers import (
     WER_TOLERANCE,
     daemon_settings,
     eventually,
+    fixture_16k,
+    leave_while_throttled,
     normalise,
     running_daemon,
     serve_on_loopback,
@@ -808,3 +810,18 @@ def test_finished_speaking_detection_scales_both_silences() -> None:
     assert silences_for(settings, "aggressive") == {"min_silence_ms": 150, "silence_ms": 300}
     assert silences_for(settings, "relaxed") == {"min_silence_ms": 500, "silence_ms": 1000}
     assert silences_for(settings, "something-new") == default
+
+
+async def test_a_client_that_leaves_while_held_back_ends_its_round(raw: RawOpener) -> None:
+    """A client held back by back-pressure is not read, so its close waited behind its queued
+    chunks: their audio was decoded for nobody."""
+    pcm = (fixture_16k("three_commands.wav")[:16000] * 32767).astype("<i2").tobytes()
+    chunk = AudioChunk(rate=16000, width=2, channels=1, audio=pcm).event()
+    async with running_daemon(wyoming_uri=WYOMING, max_feed_ahead_s=1.0) as daemon:
+        _, writer = await raw(daemon)
+
+        async def send() -> None:
+            await async_write_event(chunk, writer)
+            await writer.drain()
+
+        await leave_while_throttled(daemon, writer.transport, send)

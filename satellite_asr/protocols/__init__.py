@@ -19,6 +19,8 @@ The contract every adapter follows (so that a new protocol is one thin file and 
 
 from __future__ import annotations
 
+import asyncio
+import select
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -114,13 +116,40 @@ def open_session(
         raise ProtocolError("server_busy", str(exc), fatal=True) from None
 
 
-class PcmInput:
-    """A session and the decoder of its wire PCM: what a streaming adapter feeds audio through."""
+def peer_gone(transport: asyncio.BaseTransport | None) -> bool:
+    """Whether the client closed or reset its connection, seen even while reading it is paused.
 
-    def __init__(self, core: Core, session: Session, decoder: PcmDecoder) -> None:
+    A throttled client is not read, so its data fills the socket buffers and asyncio stops watching
+    the socket: no `connection_lost` comes until what is queued is read. The kernel knows sooner:
+    a FIN (POLLRDHUP) or reset (POLLHUP, POLLERR) shows in a zero-timeout poll behind unread data.
+    A client that only half-closes while throttled is taken as gone, as an EOF read is anyway.
+    """
+    if transport is None or transport.is_closing():
+        return True
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return False
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLRDHUP | select.POLLHUP | select.POLLERR)
+    return bool(poller.poll(0))
+
+
+class PcmInput:
+    """A session and the decoder of its wire PCM: what a streaming adapter feeds audio through.
+
+    `transport` is the client's connection: a feed held back by back-pressure raises `ClientGone`
+    when the client leaves meanwhile (`peer_gone`)."""
+
+    def __init__(
+        self, core: Core, session: Session, decoder: PcmDecoder, transport: asyncio.BaseTransport | None
+    ) -> None:
         self.core = core
         self.session = session
         self.decoder = decoder
+        self.transport = transport
+
+    def gone(self) -> bool:
+        return peer_gone(self.transport)
 
     async def feed(self, data: bytes) -> None:
         """Decode one frame and feed it; a frame that is not PCM of the format is `invalid_audio`."""
@@ -131,13 +160,13 @@ class PcmInput:
             raise ProtocolError("invalid_audio", f"frame dropped: {exc}") from None
         if decoded.non_finite:
             self.core.metrics.invalid_samples.inc(decoded.non_finite)
-        waited = await self.session.feed(decoded.samples)
+        waited = await self.session.feed(decoded.samples, self.gone)
         server_time = time.perf_counter() - received - waited  # back-pressure waits are not work
         self.core.metrics.frame_seconds.labels(self.session.protocol).observe(server_time)
 
     async def drain(self) -> None:
         """Feed what the resampler still holds (end of stream, a commit, or before the format changes)."""
-        await self.session.feed(self.decoder.flush())
+        await self.session.feed(self.decoder.flush(), self.gone)
 
     async def flush(self) -> None:
         """The client ends the utterance now: the resampler's tail is fed first, so it is part of it."""

@@ -139,7 +139,7 @@ class _Connection:
         self.generation += 1
         emit = functools.partial(self.on_event, self.generation)
         session = open_session(self.core, PROTOCOL, options, emit, self.close_by_server, quiet_s=quiet_s)
-        self.input = PcmInput(self.core, session, self.config.decoder())
+        self.input = PcmInput(self.core, session, self.config.decoder(), self.transport)
         self.commit_mark = 0
         await self.announce("created" if created else "updated")
 

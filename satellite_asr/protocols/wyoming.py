@@ -344,7 +344,7 @@ class _Connection:
             raise ProtocolError("invalid_audio", str(exc)) from None
         if old is not None:
             await old.drain()
-        round_.audio = PcmInput(self.server.core, round_.session, decoder)
+        round_.audio = PcmInput(self.server.core, round_.session, decoder, self.writer.transport)
 
     async def on_chunk(self, chunk: AudioChunk) -> None:
         _check_format(chunk.rate, chunk.width, chunk.channels)
