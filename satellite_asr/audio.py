@@ -96,7 +96,7 @@ class PcmDecoder:
             return None
         return soxr.ResampleStream(self.sample_rate, SAMPLE_RATE, 1, dtype="float32")
 
-    def decode(self, data: bytes) -> DecodedAudio:
+    def decode(self, data: bytes | bytearray) -> DecodedAudio:
         if len(data) % self.frame_bytes:
             raise AudioFormatError(
                 f"{len(data)} bytes is not a whole number of {self.encoding} frames "

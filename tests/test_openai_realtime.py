@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import sys
+import tracemalloc
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +23,7 @@ from satellite_asr.server import Daemon
 from tests.doubles import ContextRecordingEngineDouble, CrashingEngineDouble
 from tests.helpers import (
     EXPECTED,
+    eventually,
     fixture_16k,
     leave_while_throttled,
     normalise,
@@ -523,3 +526,37 @@ async def test_a_client_that_leaves_while_held_back_ends_its_session() -> None:
     async with running_daemon(max_feed_ahead_s=1.0) as daemon:
         ws = await websockets.connect(realtime_url(daemon), max_size=None, compression=None)
         await leave_while_throttled(daemon, ws.transport, lambda: ws.send(append))
+
+
+APPEND_ONCE = """
+import asyncio, base64, json, sys, websockets
+async def main():
+    audio = base64.b64encode(bytes(int(sys.argv[2]))).decode()
+    async with websockets.connect(sys.argv[1], max_size=None, compression=None) as ws:
+        await ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": audio}))
+        await asyncio.sleep(60)
+asyncio.run(main())
+"""
+
+
+async def test_a_big_append_held_back_holds_its_audio_once() -> None:
+    """While a big append waits for room the daemon holds its audio as bytes and no more: its event
+    text, its base64 and its decoded samples held 5 times that (76 MB for 15 MiB of audio) per
+    connection. The client runs in a process of its own, so only the daemon's memory is traced."""
+    audio_bytes = 4 << 20  # 87 s of pcm16 at 24 kHz, far past the 1 s ahead it may be
+    async with running_daemon(max_feed_ahead_s=1.0) as daemon:
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            client = await asyncio.create_subprocess_exec(
+                sys.executable, "-c", APPEND_ONCE, realtime_url(daemon), str(audio_bytes)
+            )
+            try:
+                await eventually(lambda: any(s.seconds_received >= 3 for s in daemon.core.sessions.open_sessions()))
+                held = tracemalloc.get_traced_memory()[0] - before
+            finally:
+                client.kill()
+                await client.wait()
+        finally:
+            tracemalloc.stop()
+    assert held < 1.1 * audio_bytes, f"{held / audio_bytes:.2f} times the append's audio held"

@@ -151,7 +151,7 @@ class PcmInput:
     def gone(self) -> bool:
         return peer_gone(self.transport)
 
-    async def feed(self, data: bytes) -> None:
+    async def feed(self, data: bytes | bytearray) -> None:
         """Decode one frame and feed it; a frame that is not PCM of the format is `invalid_audio`."""
         received = time.perf_counter()
         try:

@@ -9,6 +9,7 @@ a conversation item: `speech_started` when VAD hears it, deltas of the text the 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import functools
@@ -43,6 +44,14 @@ PATH = "/v1/realtime"
 PROTOCOL = "openai-realtime"
 MAX_MESSAGE_BYTES = 24 << 20
 """Largest client event: an append of OpenAI's limit of 15 MiB of audio, base64-encoded, fits."""
+OFF_LOOP_CHARS = 1 << 16
+"""Base64 audio of an append this long or longer (over a second of pcm16) is decoded in a worker thread."""
+B64_SLICE = 1 << 20
+"""Characters decoded at a time there (a multiple of 4): binascii holds the GIL while it works, so
+the event loop gets it back between slices (a few ms each), not after the whole append."""
+FEED_BYTES = 48000
+"""Audio of a big append fed at a time (1 s of pcm16 at 24 kHz; whole frames of every encoding): only
+that much is resampled at once, and decoded samples of the rest are not held while the session waits."""
 MIN_COMMIT_MS = 100
 """Less uncommitted audio than this makes a commit an error, as OpenAI's does."""
 CLIENT_EVENTS = (
@@ -196,15 +205,25 @@ class _Connection:
         await self.announce("updated")
 
     async def append(self, message: dict[str, Any]) -> None:
-        audio = message.get("audio")
+        """A big append is decoded from base64 in a worker thread and fed a second at a time: one of
+        24 MiB held the event loop for 0.3 s and about 76 MB while it waited for room (abuse probe)."""
+        audio = message.pop("audio", None)  # the event's text then dies with `audio`, once decoded
         if not isinstance(audio, str):
             raise ProtocolError("invalid_type", f"audio must be base64 text, got {audio!r:.40}", param="audio")
         try:
-            data = base64.b64decode(audio, validate=True)
+            data: bytes | bytearray
+            if len(audio) < OFF_LOOP_CHARS:
+                data = base64.b64decode(audio, validate=True)
+            else:
+                data = await asyncio.to_thread(_b64decode_in_slices, audio)
         except binascii.Error as exc:
             raise ProtocolError("invalid_value", f"audio is not valid base64 ({exc}); dropped", param="audio") from None
+        del audio
         assert self.input is not None
-        await self.input.feed(data)
+        if len(data) % self.input.decoder.frame_bytes:
+            await self.input.feed(data)  # `invalid_audio`, before any of it is fed
+        for offset in range(0, len(data), FEED_BYTES):
+            await self.input.feed(data[offset : offset + FEED_BYTES])
 
     async def commit(self) -> None:
         """End the item now: the utterance in progress (or a word the commit cut short, which the
@@ -336,6 +355,29 @@ class _Connection:
         await self.send(self.completed(item, event.text, usage))
 
 
+def parse_event(data: str) -> dict[str, Any] | ProtocolError:
+    """A client event, or the `invalid_json` error it is."""
+    try:
+        message = json.loads(data)
+    except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser goes
+        return ProtocolError("invalid_json", "events must be JSON objects")
+    if not isinstance(message, dict):
+        return ProtocolError("invalid_json", "events must be JSON objects")
+    return message
+
+
+def _b64decode_in_slices(audio: str) -> bytearray:
+    """`base64.b64decode(audio, validate=True)`, a slice at a time (see `B64_SLICE`)."""
+    if audio.find("=", 0, max(0, len(audio) - 2)) >= 0:
+        raise binascii.Error("padding before the end")
+    # Allocated once at its size, never copied: it is the audio the connection holds while it waits.
+    data = bytearray(len(audio) // 4 * 3 - audio.count("=", -2))
+    for offset in range(0, len(audio), B64_SLICE):
+        part = base64.b64decode(audio[offset : offset + B64_SLICE], validate=True)
+        data[offset // 4 * 3 : offset // 4 * 3 + len(part)] = part
+    return data
+
+
 def _refusal(status: int, code: str, message: str, param: str | None = None, **headers: str) -> web.Response:
     """An upgrade refused before it happens: plain HTTP with OpenAI's error object."""
     return web.json_response({"error": openai_error(code, message, param=param)}, status=status, headers=headers)
@@ -379,7 +421,9 @@ class RealtimeHandler:
                 await connection.open_session(created=True)
                 async for frame in ws:
                     if frame.type == WSMsgType.TEXT:
-                        await self._receive(connection, frame.data)
+                        event = parse_event(frame.data)
+                        del frame  # the text of a big append is not held while its audio waits for room
+                        await self._receive(connection, event)
                     elif frame.type == WSMsgType.BINARY:
                         refusal = ProtocolError("invalid_value", "binary frames are not events; send JSON text events")
                         await connection.error(refusal, None)
@@ -394,16 +438,12 @@ class RealtimeHandler:
             await connection.release(finalize=False)
         return ws
 
-    async def _receive(self, connection: _Connection, data: str) -> None:
+    async def _receive(self, connection: _Connection, message: dict[str, Any] | ProtocolError) -> None:
         """One client event; a refused one gets an error event and the session goes on."""
         event_id = None
         try:
-            try:
-                message = json.loads(data)
-            except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser goes
-                raise ProtocolError("invalid_json", "events must be JSON objects") from None
-            if not isinstance(message, dict):
-                raise ProtocolError("invalid_json", "events must be JSON objects")
+            if isinstance(message, ProtocolError):
+                raise message
             event_id = message.get("event_id") if isinstance(message.get("event_id"), str) else None
             await connection.on_text(message)
         except ProtocolError as exc:
