@@ -304,6 +304,16 @@ async def test_bad_input_gets_openai_errors_and_the_session_goes_on() -> None:
             "invalid_value",
             "session.audio.input.turn_detection.eagerness",
         ),
+        # Big appends, decoded in a worker thread a slice at a time, are refused alike, and whole
+        ("e14", {"type": "input_audio_buffer.append", "audio": "A" * 200_000 + "!!!!"}, "invalid_value", "audio"),
+        ("e15", {"type": "input_audio_buffer.append", "audio": "AA==" + "A" * 200_000}, "invalid_value", "audio"),
+        ("e16", {"type": "input_audio_buffer.append", "audio": "A" * 200_001}, "invalid_value", "audio"),
+        (
+            "e17",
+            {"type": "input_audio_buffer.append", "audio": base64.b64encode(bytes(150_001)).decode()},
+            "invalid_audio",
+            None,
+        ),
     ]
     audio = pcm16(fixture_16k("lights_on.wav"))
     async with running_daemon() as daemon, websockets.connect(realtime_url(daemon, "")) as ws:
