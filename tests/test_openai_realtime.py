@@ -19,6 +19,7 @@ from openai import AsyncOpenAI
 from websockets.exceptions import ConnectionClosed
 
 from satellite_asr.audio import SAMPLE_RATE
+from satellite_asr.protocols import openai_realtime
 from satellite_asr.server import Daemon
 from tests.doubles import ContextRecordingEngineDouble, CrashingEngineDouble
 from tests.helpers import (
@@ -570,3 +571,32 @@ async def test_a_big_append_held_back_holds_its_audio_once() -> None:
         finally:
             tracemalloc.stop()
     assert held < 1.1 * audio_bytes, f"{held / audio_bytes:.2f} times the append's audio held"
+
+
+def append_of_exactly(size: int) -> str:
+    """An append event of exactly `size` bytes: 0.1 s of silence, an `event_id` filling the rest (a
+    whole event of audio would take minutes to go through VAD)."""
+    head, middle, tail = '{"type":"input_audio_buffer.append","event_id":"', '","audio":"', '"}'
+    audio = base64.b64encode(bytes(4800)).decode()
+    event = head + "e" * (size - len(head) - len(middle) - len(tail) - len(audio)) + middle + audio + tail
+    assert len(event.encode()) == size
+    return event
+
+
+async def test_an_event_of_exactly_the_limit_is_taken_and_one_byte_more_closes_with_1009() -> None:
+    """The docs allow events up to 24 MiB; aiohttp refuses a message as long as its limit unless told one more
+    (uncompressed: a compressed one it measures inflated, where one byte over still passes)."""
+    limit = openai_realtime.MAX_MESSAGE_BYTES
+    async with running_daemon() as daemon:
+        async with websockets.connect(realtime_url(daemon), max_size=None, compression=None) as ws:
+            await raw_events(ws, count("session.created", 1))
+            await ws.send(append_of_exactly(limit))
+            await ws.send(json.dumps({"type": "input_audio_buffer.clear"}))
+            events = await raw_events(ws, count("input_audio_buffer.cleared", 1))
+        async with websockets.connect(realtime_url(daemon), max_size=None, compression=None) as ws:
+            await raw_events(ws, count("session.created", 1))
+            with pytest.raises(ConnectionClosed) as closed:  # the daemon may close while the event is going out
+                await ws.send(append_of_exactly(limit + 1))
+                await asyncio.wait_for(ws.recv(), 60)
+    assert not of_type(events, "error"), events
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009

@@ -130,7 +130,8 @@ def peer_gone(transport: asyncio.BaseTransport | None) -> bool:
     if sock is None:
         return False
     poller = select.poll()
-    poller.register(sock.fileno(), select.POLLRDHUP | select.POLLHUP | select.POLLERR)
+    # POLLRDHUP is Linux's; elsewhere only a reset is seen before the queued audio is read
+    poller.register(sock.fileno(), getattr(select, "POLLRDHUP", 0) | select.POLLHUP | select.POLLERR)
     return bool(poller.poll(0))
 
 
