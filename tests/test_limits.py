@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import itertools
 import json
 import logging
@@ -21,7 +22,7 @@ import socket
 import struct
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -101,6 +102,24 @@ async def raw_connection(
         yield reader, writer
     finally:
         writer.transport.abort()
+
+
+async def write_raw(writer: asyncio.StreamWriter, data: bytes) -> None:
+    writer.write(data)
+    await writer.drain()
+
+
+def keep_sending(send: Callable[[Any], Awaitable[object]], messages: Iterable[Any], every: float) -> asyncio.Task[None]:
+    """A task that sends `messages`, one each `every` seconds, until they run out or the daemon closes
+    the connection (a misbehaving client; the test cancels the task)."""
+
+    async def run() -> None:
+        with contextlib.suppress(ConnectionClosed, ConnectionError):
+            for message in messages:
+                await send(message)
+                await asyncio.sleep(every)
+
+    return asyncio.create_task(run())
 
 
 def masked_text_frame(text: str) -> bytes:
@@ -359,14 +378,7 @@ async def test_an_upload_slower_than_the_minimum_rate_is_refused_with_408() -> N
         async with raw_connection(daemon.http_port) as (reader, writer):
             await start_stalled_upload(writer, daemon.http_port)
 
-            async def trickle() -> None:
-                with contextlib.suppress(ConnectionError):
-                    while True:
-                        writer.write(bytes(100))
-                        await writer.drain()
-                        await asyncio.sleep(0.5)
-
-            trickling = asyncio.create_task(trickle())
+            trickling = keep_sending(functools.partial(write_raw, writer), itertools.repeat(bytes(100)), 0.5)
             try:
                 status, body = await read_response(reader)
             finally:
@@ -383,14 +395,7 @@ async def test_a_slow_http_request_is_closed_after_the_header_timeout() -> None:
         async with raw_connection(daemon.http_port) as (reader, writer):
             writer.write(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n")
 
-            async def trickle() -> None:
-                with contextlib.suppress(ConnectionError):
-                    while True:
-                        writer.write(b"X")
-                        await writer.drain()
-                        await asyncio.sleep(0.3)
-
-            trickling = asyncio.create_task(trickle())
+            trickling = keep_sending(functools.partial(write_raw, writer), itertools.repeat(b"X"), 0.3)
             try:
                 closed = await asyncio.wait_for(reader.read(), 30)
             finally:
@@ -413,14 +418,7 @@ async def test_a_websocket_without_config_or_audio_is_closed_after_the_first_mes
 
 async def test_messages_that_open_no_session_do_not_keep_a_websocket_open() -> None:
     async with running_daemon(first_message_timeout_s=1.0) as daemon, websockets.connect(ws_url(daemon)) as ws:
-
-        async def flush_forever() -> None:
-            with contextlib.suppress(ConnectionClosed):
-                while True:
-                    await ws.send(json.dumps({"type": "flush"}))
-                    await asyncio.sleep(0.3)
-
-        flushing = asyncio.create_task(flush_forever())
+        flushing = keep_sending(ws.send, itertools.repeat(json.dumps({"type": "flush"})), 0.3)
         try:
             messages = await asyncio.wait_for(receive_until_close(ws), 30)
         finally:
@@ -437,15 +435,8 @@ async def test_a_wyoming_connection_that_sends_nothing_or_trickles_is_closed() -
         async with raw_connection(port) as (reader, _):
             silent = await read_events_until_eof(reader)
         async with raw_connection(port) as (reader, writer):
-
-            async def trickle() -> None:
-                with contextlib.suppress(ConnectionError):
-                    for byte in b'{"type": "describe"}':
-                        writer.write(bytes([byte]))
-                        await writer.drain()
-                        await asyncio.sleep(0.3)
-
-            trickling = asyncio.create_task(trickle())
+            one_byte_at_a_time = (bytes([byte]) for byte in b'{"type": "describe"}')
+            trickling = keep_sending(functools.partial(write_raw, writer), one_byte_at_a_time, 0.3)
             trickled = await read_events_until_eof(reader)
             trickling.cancel()
     for events in (silent, trickled):
@@ -619,13 +610,7 @@ async def test_a_websocket_session_sending_only_silence_is_closed_as_idle() -> N
     async with running_daemon(idle_timeout_s=1.0) as daemon, websockets.connect(ws_url(daemon)) as ws:
         await ws.send(json.dumps({"type": "config"}))
 
-        async def trickle() -> None:
-            with contextlib.suppress(ConnectionClosed):
-                while True:
-                    await ws.send(SILENCE_10MS)
-                    await asyncio.sleep(0.2)
-
-        trickling = asyncio.create_task(trickle())
+        trickling = keep_sending(ws.send, itertools.repeat(SILENCE_10MS), 0.2)
         messages = await asyncio.wait_for(receive_until_close(ws), 30)
         trickling.cancel()
         close = ws.close_code, ws.close_reason
@@ -650,14 +635,7 @@ async def test_a_wyoming_round_of_only_silence_is_answered_and_closed_as_idle() 
         async with raw_connection(daemon.wyoming_port) as (reader, writer):
             writer.write(wire(Transcribe(language="en").event()) + wire(AudioStart(16000, 2, 1).event()))
 
-            async def trickle() -> None:
-                with contextlib.suppress(ConnectionError):
-                    while True:
-                        writer.write(wire(chunk))
-                        await writer.drain()
-                        await asyncio.sleep(0.2)
-
-            trickling = asyncio.create_task(trickle())
+            trickling = keep_sending(functools.partial(write_raw, writer), itertools.repeat(wire(chunk)), 0.2)
             events = await read_events_until_eof(reader)
             trickling.cancel()
     assert [e.type for e in events] == ["transcript-start", "transcript", "transcript-stop"]
@@ -668,14 +646,7 @@ async def test_reconfiguring_a_websocket_session_without_speaking_does_not_reset
     """Abuse probe: a `config` every few seconds opened a new session whose idle clock began anew,
     so a client that never spoke held its slot for ever."""
     async with running_daemon(idle_timeout_s=1.0) as daemon, websockets.connect(ws_url(daemon)) as ws:
-
-        async def reconfigure() -> None:
-            with contextlib.suppress(ConnectionClosed):
-                while True:
-                    await ws.send(json.dumps({"type": "config"}))
-                    await asyncio.sleep(0.3)
-
-        reconfiguring = asyncio.create_task(reconfigure())
+        reconfiguring = keep_sending(ws.send, itertools.repeat(json.dumps({"type": "config"})), 0.3)
         messages = await asyncio.wait_for(receive_until_close(ws), 30)
         reconfiguring.cancel()
         close = ws.close_code, ws.close_reason
@@ -689,15 +660,17 @@ async def test_realtime_session_updates_without_speech_do_not_reset_its_idle_clo
     url = "ws://127.0.0.1:{}/v1/realtime?intent=transcription"
     async with running_daemon(idle_timeout_s=1.0) as daemon, websockets.connect(url.format(daemon.http_port)) as ws:
 
-        async def update() -> None:
-            with contextlib.suppress(ConnectionClosed):
-                for prompt in itertools.cycle(("Kitchen", "Garden")):
-                    transcription = {"model": "whisper-1", "prompt": prompt}
-                    session = {"type": "transcription", "audio": {"input": {"transcription": transcription}}}
-                    await ws.send(json.dumps({"type": "session.update", "session": session}))
-                    await asyncio.sleep(0.3)
+        def update(prompt: str) -> str:
+            transcription = {"model": "whisper-1", "prompt": prompt}
+            return json.dumps(
+                {
+                    "type": "session.update",
+                    "session": {"type": "transcription", "audio": {"input": {"transcription": transcription}}},
+                }
+            )
 
-        updating = asyncio.create_task(update())
+        updates = map(update, itertools.cycle(("Kitchen", "Garden")))
+        updating = keep_sending(ws.send, updates, 0.3)
         with contextlib.suppress(ConnectionClosed):
             async with asyncio.timeout(30):
                 events = [json.loads(raw) async for raw in ws]
@@ -715,15 +688,8 @@ async def test_wyoming_rounds_of_silence_one_after_another_end_at_the_idle_timeo
     async with running_daemon(wyoming_uri=WYOMING, idle_timeout_s=1.0) as daemon:
         assert daemon.wyoming_port is not None
         async with raw_connection(daemon.wyoming_port) as (reader, writer):
-
-            async def transcribe() -> None:
-                with contextlib.suppress(ConnectionError):
-                    while True:
-                        writer.write(wire(Transcribe(language="en").event()))
-                        await writer.drain()
-                        await asyncio.sleep(0.3)
-
-            transcribing = asyncio.create_task(transcribe())
+            transcribes = itertools.repeat(wire(Transcribe(language="en").event()))
+            transcribing = keep_sending(functools.partial(write_raw, writer), transcribes, 0.3)
             events = await read_events_until_eof(reader)
             transcribing.cancel()
         assert len(daemon.core.sessions) == 0
