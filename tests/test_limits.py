@@ -781,6 +781,18 @@ async def test_a_wyoming_context_over_the_cap_is_an_error_and_the_round_still_an
 
 # --- out of file descriptors --------------------------------------------------------------------------
 
+
+async def until_healthy(port: int) -> None:
+    """Waits (up to a minute) for a daemon started in a subprocess to answer /health with 200."""
+    async with aiohttp.ClientSession() as http:
+        for _ in range(300):
+            with contextlib.suppress(aiohttp.ClientError):
+                async with http.get(f"http://127.0.0.1:{port}/health") as response:
+                    if response.status == 200:
+                        return
+            await asyncio.sleep(0.2)
+
+
 DAEMON_WITH_FEW_FILES = """
 import resource, runpy, sys
 resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
@@ -798,13 +810,8 @@ async def test_running_out_of_file_descriptors_logs_a_few_lines_and_the_daemon_r
     with log_file.open("wb") as stderr:  # a file, not a pipe: a log storm must not block the daemon on a full pipe
         process = await asyncio.create_subprocess_exec(*command, stdout=subprocess.DEVNULL, stderr=stderr)
     try:
+        await until_healthy(port)
         async with aiohttp.ClientSession() as http:
-            for _ in range(300):
-                with contextlib.suppress(aiohttp.ClientError):
-                    async with http.get(f"http://127.0.0.1:{port}/health") as response:
-                        if response.status == 200:
-                            break
-                await asyncio.sleep(0.2)
             async with contextlib.AsyncExitStack() as held:
                 for _ in range(110):  # more than the daemon can accept, fewer than its listen backlog
                     await held.enter_async_context(raw_connection(port))
@@ -847,13 +854,7 @@ async def test_a_flood_of_silent_http_connections_leaves_wyoming_answering() -> 
     ]
     process = await asyncio.create_subprocess_exec(*command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        async with aiohttp.ClientSession() as http:
-            for _ in range(300):
-                with contextlib.suppress(aiohttp.ClientError):
-                    async with http.get(f"http://127.0.0.1:{http_port}/health") as response:
-                        if response.status == 200:
-                            break
-                await asyncio.sleep(0.2)
+        await until_healthy(http_port)
         async with contextlib.AsyncExitStack() as held:
             for _ in range(150):
                 await held.enter_async_context(raw_connection(http_port))
