@@ -237,9 +237,10 @@ class Settings:
         maximum=100000,
     )
     max_http_connections_per_address: int = _opt(
-        64,
-        "Most of those one client address may hold (behind a reverse proxy every client has the proxy's address: "
-        "raise it there).",
+        80,
+        "Most of those one client address may hold; keep it above 2 x max_connections_per_address, or one address "
+        "filling both WebSocket routes has every other request refused (behind a reverse proxy every client has the "
+        "proxy's address: raise it there).",
         minimum=1,
         maximum=100000,
     )

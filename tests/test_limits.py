@@ -715,6 +715,49 @@ async def test_time_between_wyoming_rounds_is_not_quiet_a_round_holds() -> None:
     assert result.text is not None and word_error_rate(EXPECTED["lights_on.wav"][0], result.text) <= 0.25
 
 
+async def test_time_after_a_wyoming_round_answered_by_its_final_is_not_quiet_either() -> None:
+    """A round its final answered (no `audio-stop`) ends only when the next begins: its quiet is
+    taken when it is answered, not then, or the next round would start already idle."""
+    pcm = read_wav(FIXTURES / "lights_on.wav").pcm
+    silence = AudioChunk(rate=16000, width=2, channels=1, audio=bytes(32000))  # 1 s
+    async with running_daemon(wyoming_uri=WYOMING, idle_timeout_s=4.0) as daemon:
+        assert daemon.wyoming_port is not None
+        async with AsyncTcpClient("127.0.0.1", daemon.wyoming_port) as client:
+            texts = []
+            for _ in range(2):
+                for event in (Transcribe(language="en"), AudioStart(16000, 2, 1), silence):
+                    await client.write_event(event.event())
+                await asyncio.sleep(1.0)  # a second of silence as a microphone sends it
+                await client.write_event(AudioChunk(rate=16000, width=2, channels=1, audio=pcm).event())
+                await client.write_event(silence.event())
+                while (event := await asyncio.wait_for(client.read_event(), 30)) is not None:
+                    if event.type == "transcript":
+                        texts.append(event.data["text"])
+                    if event.type == "transcript-stop":
+                        break
+                for _ in range(5):  # 5 s between the rounds, more than the idle timeout
+                    await asyncio.sleep(1.0)
+                    await client.write_event(Ping().event())
+    assert len(texts) == 2 and all(word_error_rate(EXPECTED["lights_on.wav"][0], t) <= 0.25 for t in texts), texts
+
+
+async def test_a_wyoming_client_that_half_closes_after_audio_stop_while_held_back_gets_its_transcript() -> None:
+    """Sending a file, `audio-stop` and then a shutdown of the sending side (`nc -N`) is a whole
+    request: the FIN seen while the round is held back must not end it as a disconnect."""
+    wav = read_wav(FIXTURES / "lights_on.wav")
+    async with running_daemon(wyoming_uri=WYOMING, max_feed_ahead_s=1.0) as daemon:
+        assert daemon.wyoming_port is not None
+        async with raw_connection(daemon.wyoming_port) as (reader, writer):
+            writer.write(wire(AudioStart(wav.sample_rate, 2, wav.channels).event()))
+            writer.write(wire(AudioChunk(wav.sample_rate, 2, wav.channels, wav.pcm).event()))
+            writer.write(wire(AudioStop().event()))
+            await writer.drain()
+            writer.write_eof()
+            events = await read_events_until_eof(reader)
+    (transcript,) = [e.data["text"] for e in events if e.type == "transcript"]
+    assert word_error_rate(EXPECTED["lights_on.wav"][0], transcript) <= 0.25
+
+
 # --- Home Assistant keeps its share -----------------------------------------------------------------
 
 

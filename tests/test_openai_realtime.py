@@ -254,6 +254,8 @@ async def test_bad_input_gets_openai_errors_and_the_session_goes_on() -> None:
     bad_events: list[tuple[str, dict[str, Any], str, str | None]] = [
         ("e1", {"type": "input_audio_buffer.append", "audio": "not base64 at all!"}, "invalid_value", "audio"),
         ("e2", {"type": "input_audio_buffer.append", "audio": 12}, "invalid_type", "audio"),
+        ("e2b", {"type": "input_audio_buffer.append", "audio": "AAAé"}, "invalid_value", "audio"),
+        ("e2c", {"type": "input_audio_buffer.append", "audio": "é" * (1 << 16)}, "invalid_value", "audio"),
         ("e3", {"type": "response.create"}, "invalid_value", "type"),
         ("e4", {"type": "session.update", "session": {"type": "realtime"}}, "invalid_value", "session.type"),
         (

@@ -116,13 +116,15 @@ def open_session(
         raise ProtocolError("server_busy", str(exc), fatal=True) from None
 
 
-def peer_gone(transport: asyncio.BaseTransport | None) -> bool:
+def peer_gone(transport: asyncio.BaseTransport | None, *, half_close_ends: bool) -> bool:
     """Whether the client closed or reset its connection, seen even while reading it is paused.
 
     A throttled client is not read, so its data fills the socket buffers and asyncio stops watching
     the socket: no `connection_lost` comes until what is queued is read. The kernel knows sooner:
     a FIN (POLLRDHUP) or reset (POLLHUP, POLLERR) shows in a zero-timeout poll behind unread data.
-    A client that only half-closes while throttled is taken as gone, as an EOF read is anyway.
+    With `half_close_ends` a client that only half-closes is taken as gone, as the WebSocket server
+    takes an EOF anyway; without (Wyoming), only a reset or a full close is: the events before the
+    FIN (an `audio-stop`) are still read and answered.
     """
     if transport is None or transport.is_closing():
         return True
@@ -131,7 +133,8 @@ def peer_gone(transport: asyncio.BaseTransport | None) -> bool:
         return False
     poller = select.poll()
     # POLLRDHUP is Linux's; elsewhere only a reset is seen before the queued audio is read
-    poller.register(sock.fileno(), getattr(select, "POLLRDHUP", 0) | select.POLLHUP | select.POLLERR)
+    half_closed = getattr(select, "POLLRDHUP", 0) if half_close_ends else 0
+    poller.register(sock.fileno(), half_closed | select.POLLHUP | select.POLLERR)
     return bool(poller.poll(0))
 
 
@@ -139,18 +142,25 @@ class PcmInput:
     """A session and the decoder of its wire PCM: what a streaming adapter feeds audio through.
 
     `transport` is the client's connection: a feed held back by back-pressure raises `ClientGone`
-    when the client leaves meanwhile (`peer_gone`)."""
+    when the client leaves meanwhile (`peer_gone`, which says what `half_close_ends` means)."""
 
     def __init__(
-        self, core: Core, session: Session, decoder: PcmDecoder, transport: asyncio.BaseTransport | None
+        self,
+        core: Core,
+        session: Session,
+        decoder: PcmDecoder,
+        transport: asyncio.BaseTransport | None,
+        *,
+        half_close_ends: bool = True,
     ) -> None:
         self.core = core
         self.session = session
         self.decoder = decoder
         self.transport = transport
+        self.half_close_ends = half_close_ends
 
     def gone(self) -> bool:
-        return peer_gone(self.transport)
+        return peer_gone(self.transport, half_close_ends=self.half_close_ends)
 
     async def feed(self, data: bytes | bytearray) -> None:
         """Decode one frame and feed it; a frame that is not PCM of the format is `invalid_audio`."""

@@ -216,7 +216,7 @@ class _Connection:
                 data = base64.b64decode(audio, validate=True)
             else:
                 data = await asyncio.to_thread(_b64decode_in_slices, audio)
-        except binascii.Error as exc:
+        except (binascii.Error, ValueError) as exc:  # ValueError: characters outside ASCII
             raise ProtocolError("invalid_value", f"audio is not valid base64 ({exc}); dropped", param="audio") from None
         del audio
         assert self.input is not None

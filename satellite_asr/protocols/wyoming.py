@@ -344,7 +344,8 @@ class _Connection:
             raise ProtocolError("invalid_audio", str(exc)) from None
         if old is not None:
             await old.drain()
-        round_.audio = PcmInput(self.server.core, round_.session, decoder, self.writer.transport)
+        # a client may half-close after its audio-stop and still read the transcript
+        round_.audio = PcmInput(self.server.core, round_.session, decoder, self.writer.transport, half_close_ends=False)
 
     async def on_chunk(self, chunk: AudioChunk) -> None:
         _check_format(chunk.rate, chunk.width, chunk.channels)
@@ -367,14 +368,17 @@ class _Connection:
             round_, self.round = self.round, None
             if round_ is None:
                 return
-            self.quiet_s = round_.session.quiet_seconds(time.monotonic())
-            if finalize and not round_.answered:
-                if round_.audio is not None:
-                    await round_.audio.drain()
-                await round_.session.flush()
-                if not round_.answered:
-                    await self.answer(round_, "", round_.language)
-            await self.server.core.sessions.release(round_.session, reason, finalize=False)
+            if not round_.answered:  # an answered round's quiet was taken when it was answered
+                self.quiet_s = round_.session.quiet_seconds(time.monotonic())
+            try:
+                if finalize and not round_.answered:
+                    if round_.audio is not None:
+                        await round_.audio.drain()
+                    await round_.session.flush()
+                    if not round_.answered:
+                        await self.answer(round_, "", round_.language)
+            finally:  # also when the client left while the drain was held back (`ClientGone`)
+                await self.server.core.sessions.release(round_.session, reason, finalize=False)
 
     async def answer(self, round_: _Round, text: str, language: str | None) -> None:
         """The round's one transcript (with transcript-start before it if not sent yet)."""
@@ -418,6 +422,7 @@ class _Connection:
                 # audio-stop or the idle timeout still answers it, with empty text).
                 round_.utterance_id = None
                 return
+            self.quiet_s = round_.session.quiet_seconds(time.monotonic())  # the time until the next round is not quiet
             await self.answer(round_, event.text, event.language or round_.language)
             # Not awaited here: this runs inside the session's own final task, which release would wait for.
             release = asyncio.create_task(self.server.core.sessions.release(round_.session, "answered", finalize=False))
