@@ -96,12 +96,16 @@ class PcmDecoder:
             return None
         return soxr.ResampleStream(self.sample_rate, SAMPLE_RATE, 1, dtype="float32")
 
-    def decode(self, data: bytes | bytearray) -> DecodedAudio:
+    def check_whole_frames(self, data: bytes | bytearray | memoryview) -> None:
+        """Raise `AudioFormatError` unless `data` is whole frames (every sample of every channel)."""
         if len(data) % self.frame_bytes:
             raise AudioFormatError(
                 f"{len(data)} bytes is not a whole number of {self.encoding} frames "
                 f"({self.frame_bytes} bytes per frame with {self.channels} channel(s))"
             )
+
+    def decode(self, data: bytes | bytearray | memoryview) -> DecodedAudio:
+        self.check_whole_frames(data)
         non_finite = 0
         if self.encoding == "s16le":
             samples = np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0

@@ -282,16 +282,22 @@ class Session:
         return waited
 
     async def _wait_for_room(self, samples: int, gone: Callable[[], bool]) -> None:
-        while self.pending_finals >= self.options.max_pending_finals and not self.closed:
-            await asyncio.wait(list(self._finals), timeout=GONE_CHECK_S, return_when=asyncio.FIRST_COMPLETED)
+        while True:
+            if self.pending_finals >= self.options.max_pending_finals and not self.closed:
+                await asyncio.wait(list(self._finals), timeout=GONE_CHECK_S, return_when=asyncio.FIRST_COMPLETED)
+            elif (ahead := self._seconds_ahead(samples)) > 0:
+                await asyncio.sleep(min(ahead, GONE_CHECK_S))
+            else:
+                return
             if gone():
                 raise ClientGone("the client left while its audio waited for room")
-        if self.options.max_feed_ahead_s is not None:
-            audio_s = (self.samples_received + samples) / SAMPLE_RATE
-            while (ahead := audio_s - (time.monotonic() - self._opened_at) - self.options.max_feed_ahead_s) > 0:
-                await asyncio.sleep(min(ahead, GONE_CHECK_S))
-                if gone():
-                    raise ClientGone("the client left while its audio waited for room")
+
+    def _seconds_ahead(self, samples: int) -> float:
+        """How far past `max_feed_ahead_s` ahead of real time the session would be with `samples` more."""
+        if self.options.max_feed_ahead_s is None:
+            return 0.0
+        audio_s = (self.samples_received + samples) / SAMPLE_RATE
+        return audio_s - (time.monotonic() - self._opened_at) - self.options.max_feed_ahead_s
 
     async def _feed_piece(self, samples: Audio) -> None:
         async with self._lock:

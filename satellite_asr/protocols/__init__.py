@@ -163,15 +163,22 @@ class PcmInput:
         return peer_gone(self.transport, half_close_ends=self.half_close_ends)
 
     async def feed(self, data: bytes | bytearray) -> None:
-        """Decode one frame and feed it; a frame that is not PCM of the format is `invalid_audio`."""
+        """Decode a frame and feed it; a frame that is not PCM of the format is `invalid_audio`, and
+        none of it is fed. A big frame is decoded and fed a second of audio at a time, so only that
+        much is resampled at once, and the decoded rest is not held while the session waits for room."""
         received = time.perf_counter()
         try:
-            decoded = self.decoder.decode(data)
+            self.decoder.check_whole_frames(data)
         except AudioFormatError as exc:
             raise ProtocolError("invalid_audio", f"frame dropped: {exc}") from None
-        if decoded.non_finite:
-            self.core.metrics.invalid_samples.inc(decoded.non_finite)
-        waited = await self.session.feed(decoded.samples, self.gone)
+        step = self.decoder.frame_bytes * self.decoder.sample_rate
+        waited = 0.0
+        view = memoryview(data)  # slices of it are not copies
+        for offset in range(0, len(data) or 1, step):  # an empty frame too: it is audio to the idle clock
+            decoded = self.decoder.decode(view[offset : offset + step])
+            if decoded.non_finite:
+                self.core.metrics.invalid_samples.inc(decoded.non_finite)
+            waited += await self.session.feed(decoded.samples, self.gone)
         server_time = time.perf_counter() - received - waited  # back-pressure waits are not work
         self.core.metrics.frame_seconds.labels(self.session.protocol).observe(server_time)
 

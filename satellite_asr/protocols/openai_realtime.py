@@ -49,9 +49,6 @@ OFF_LOOP_CHARS = 1 << 16
 B64_SLICE = 1 << 20
 """Characters decoded at a time there (a multiple of 4): binascii holds the GIL while it works, so
 the event loop gets it back between slices (a few ms each), not after the whole append."""
-FEED_BYTES = 48000
-"""Audio of a big append fed at a time (1 s of pcm16 at 24 kHz; whole frames of every encoding): only
-that much is resampled at once, and decoded samples of the rest are not held while the session waits."""
 MIN_COMMIT_MS = 100
 """Less uncommitted audio than this makes a commit an error, as OpenAI's does."""
 CLIENT_EVENTS = (
@@ -205,8 +202,8 @@ class _Connection:
         await self.announce("updated")
 
     async def append(self, message: dict[str, Any]) -> None:
-        """A big append is decoded from base64 in a worker thread and fed a second at a time: one of
-        24 MiB held the event loop for 0.3 s and about 76 MB while it waited for room (abuse probe)."""
+        """A big append is decoded from base64 in a worker thread (`PcmInput` feeds it a second at a
+        time): one of 24 MiB held the event loop for 0.3 s and about 76 MB while it waited for room."""
         audio = message.pop("audio", None)  # the event's text then dies with `audio`, once decoded
         if not isinstance(audio, str):
             raise ProtocolError("invalid_type", f"audio must be base64 text, got {audio!r:.40}", param="audio")
@@ -220,10 +217,7 @@ class _Connection:
             raise ProtocolError("invalid_value", f"audio is not valid base64 ({exc}); dropped", param="audio") from None
         del audio
         assert self.input is not None
-        if len(data) % self.input.decoder.frame_bytes:
-            await self.input.feed(data)  # `invalid_audio`, before any of it is fed
-        for offset in range(0, len(data), FEED_BYTES):
-            await self.input.feed(data[offset : offset + FEED_BYTES])
+        await self.input.feed(data)
 
     async def commit(self) -> None:
         """End the item now: the utterance in progress (or a word the commit cut short, which the
