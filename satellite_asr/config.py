@@ -316,6 +316,14 @@ class Settings:
         minimum=1.0,
         maximum=3600.0,
     )
+    websocket_read_ahead_mb: int = _opt(
+        16,
+        "WebSocket messages read ahead of a session held back by back-pressure, per connection: the client's "
+        "keep-alive pings queue behind its audio and are answered only as it is read, so a client sending a file "
+        "faster than real time keeps its connection until its audio outruns this.",
+        minimum=1,
+        maximum=1024,
+    )
     shutdown_timeout_s: float = _opt(
         10.0,
         "On SIGTERM/SIGINT: time to send pending finals and close connections; what remains is then cancelled.",

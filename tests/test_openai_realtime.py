@@ -541,6 +541,22 @@ async def test_a_client_that_leaves_while_held_back_ends_its_session() -> None:
         await leave_while_throttled(daemon, ws.transport, lambda: ws.send(append))
 
 
+async def test_a_client_that_sends_a_file_at_once_has_its_pings_answered_while_held_back() -> None:
+    """The OpenAI SDK's client (the websockets library) pings every 20 s and drops a connection whose
+    pong takes 20 s more; the daemon, holding back a fast client, read nothing, so the pong waited
+    behind its appends. Here with a 0.5 s ping, a 2 s timeout and 9 s held back."""
+    audio = chunks(pcm16(fixture_16k("three_commands.wav")), 48000)
+    events = [json.dumps({"type": "input_audio_buffer.append", "audio": chunk}) for chunk in audio]
+    async with running_daemon(max_feed_ahead_s=1.0) as daemon:
+        url = realtime_url(daemon)
+        async with websockets.connect(url, compression=None, ping_interval=0.5, ping_timeout=2) as ws:
+            for event in events:
+                await ws.send(event)
+            await ws.send(json.dumps({"type": "input_audio_buffer.commit"}))
+            received = await raw_events(ws, finals(3))
+    assert same_words(EXPECTED["three_commands.wav"], transcripts(received))
+
+
 APPEND_ONCE = """
 import asyncio, base64, json, sys, websockets
 async def main():

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import sys
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,7 @@ from tests.helpers import (
     FIXTURES,
     WER_TOLERANCE,
     daemon_settings,
+    eventually,
     fixture_16k,
     leave_while_throttled,
     normalise,
@@ -369,6 +372,56 @@ async def test_a_file_sent_fast_outlasts_the_keepalive_while_the_daemon_paces_it
         messages = await stream_file(path, ws_url(daemon), fast=True)
     commands = EXPECTED["three_commands.wav"]
     assert same_words([*commands, commands[0]], [f["text"] for f in of_type(messages, "final")])
+
+
+async def test_a_client_that_sends_a_file_at_once_has_its_pings_answered_while_held_back() -> None:
+    """The websockets library pings every 20 s and drops a connection whose pong takes 20 s more.
+    Holding back a fast client, the daemon read nothing, so its pings waited behind its audio: a
+    4-minute file sent at once was cut with 1011 after 53 s. It now reads ahead of the held-back
+    session (`websocket_read_ahead_mb`). Here with a 0.5 s ping, a 2 s timeout and 9 s held back."""
+    audio = f32(fixture_16k("three_commands.wav"))
+    async with running_daemon(max_feed_ahead_s=1.0) as daemon:
+        url = ws_url(daemon)
+        async with websockets.connect(url, compression=None, ping_interval=0.5, ping_timeout=2) as ws:
+            for offset in range(0, len(audio), 6400):
+                await ws.send(audio[offset : offset + 6400])
+            await ws.send(json.dumps({"type": "end"}))
+            messages = await receive_until_close(ws)
+            assert ws.close_code == 1000, ws.close_reason
+    assert same_words(EXPECTED["three_commands.wav"], [f["text"] for f in of_type(messages, "final")])
+
+
+SEND_AT_ONCE = """
+import asyncio, sys, websockets
+async def main():
+    async with websockets.connect(sys.argv[1], compression=None, ping_interval=None) as ws:
+        for _ in range(int(sys.argv[2])):
+            await ws.send(bytes(1 << 16))
+        await asyncio.sleep(60)
+asyncio.run(main())
+"""
+
+
+async def test_reading_ahead_of_a_held_back_session_stops_at_its_limit() -> None:
+    """Past `websocket_read_ahead_mb` a held-back client's audio stays in the sockets (TCP back-pressure),
+    here 2 MiB of a 16 MiB file sent at once. The client runs in a process of its own, so only the
+    daemon's memory is traced."""
+    limit = 2 << 20
+    async with running_daemon(max_feed_ahead_s=1.0, websocket_read_ahead_mb=limit >> 20) as daemon:
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            client = await asyncio.create_subprocess_exec(sys.executable, "-c", SEND_AT_ONCE, ws_url(daemon), "256")
+            try:
+                await eventually(lambda: tracemalloc.get_traced_memory()[0] - before >= limit)
+                await asyncio.sleep(1.0)  # time to read on, were there no limit
+                held = tracemalloc.get_traced_memory()[0] - before
+            finally:
+                client.kill()
+                await client.wait()
+        finally:
+            tracemalloc.stop()
+    assert held < 2 * limit, f"{held / (1 << 20):.1f} MiB held"
 
 
 async def test_nan_samples_are_silence_and_counted() -> None:

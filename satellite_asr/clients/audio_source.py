@@ -20,10 +20,10 @@ from satellite_asr.clients.wav import read_wav
 
 BLOCK_SECONDS = 0.1
 FAST_LEAD_S = 10.0
-"""How far ahead of real time a file sent "as fast as possible" runs. The daemon reads a session's
-audio no further ahead than its `max_feed_ahead_s` (20 s by default); what is sent beyond that
-waits in buffers, and so does the keepalive ping behind it, whose answer must come within
-`stream_client.PING_S`."""
+"""How far ahead of real time a file sent "as fast as possible" runs. The daemon takes a session's
+audio no further ahead than its `max_feed_ahead_s` (20 s by default) and reads on ahead of that
+only `websocket_read_ahead_mb` (16 MiB); what is sent beyond that waits in buffers, and so does
+the keepalive ping behind it, whose answer must come within `stream_client.PING_S`."""
 
 
 class AudioSource(Protocol):

@@ -22,8 +22,12 @@ from __future__ import annotations
 import asyncio
 import select
 import time
+from collections import deque
 from collections.abc import Sequence
+from types import TracebackType
 from typing import Any
+
+from aiohttp import WSMessage, WSMsgType, web
 
 from satellite_asr.audio import AudioFormatError, PcmDecoder
 from satellite_asr.biasing.context import MAX_CLIENT_TERMS, biasing_context
@@ -136,6 +140,91 @@ def peer_gone(transport: asyncio.BaseTransport | None, *, half_close_ends: bool)
     half_closed = getattr(select, "POLLRDHUP", 0) if half_close_ends else 0
     poller.register(sock.fileno(), half_closed | select.POLLHUP | select.POLLERR)
     return bool(poller.poll(0))
+
+
+WEBSOCKET_ENDS = (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR)
+
+
+class ReadAhead:
+    """A WebSocket's messages, read by a task of their own up to `limit_bytes` ahead of the handler.
+
+    A client's keep-alive ping reaches aiohttp behind the audio sent before it, and aiohttp answers
+    it only as it reads. A handler held back by back-pressure (a file sent faster than real time)
+    would read nothing, and the websockets library (the OpenAI SDK's client) drops a connection
+    whose ping goes 20 s unanswered: a file sent at full speed was cut after about 50 s. Read ahead,
+    the pings are answered while the audio waits; past the limit reading stops (TCP back-pressure),
+    counting the message the handler has in hand. Use it as `async with`; it ends with the
+    connection's first closing or error message.
+    """
+
+    def __init__(self, ws: web.WebSocketResponse, limit_bytes: int) -> None:
+        self._ws = ws
+        self._limit = limit_bytes
+        self._read: deque[WSMessage] = deque()
+        self._held = 0  # bytes of the messages read and not handled yet, and of the one in hand
+        self._in_hand = 0
+        self._arrived = asyncio.Event()
+        self._room = asyncio.Event()
+        self._last: WSMessage | None = None  # the end, once handed out
+        self._reader: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> ReadAhead:
+        self._reader = asyncio.create_task(self._read_ahead())
+        self._reader.add_done_callback(lambda _: self._arrived.set())
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        assert self._reader is not None
+        self._reader.cancel()
+        await asyncio.gather(self._reader, return_exceptions=True)
+
+    async def _read_ahead(self) -> None:
+        while True:
+            while self._held >= self._limit:
+                self._room.clear()
+                await self._room.wait()
+            message = await self._ws.receive()
+            self._read.append(message)
+            self._held += _size(message)
+            self._arrived.set()
+            if message.type in WEBSOCKET_ENDS:
+                return
+            del message  # not held while the handler has it: it may drop a big message's text early
+
+    async def receive(self) -> WSMessage:
+        """The next message, as `WebSocketResponse.receive` gives it; the one before is done with."""
+        assert self._reader is not None, "use ReadAhead as `async with`"
+        self._held -= self._in_hand
+        self._in_hand = 0
+        self._room.set()
+        while not self._read:
+            if self._reader.done():
+                self._reader.result()  # what broke the reading, if it broke
+                assert self._last is not None
+                return self._last  # after the end, the end again (aiohttp gives CLOSED)
+            self._arrived.clear()
+            await self._arrived.wait()
+        message = self._read.popleft()
+        self._in_hand = _size(message)
+        if message.type in WEBSOCKET_ENDS:
+            self._last = message  # only an end: a handler may drop a big message's text before it is done
+        return message
+
+    def __aiter__(self) -> ReadAhead:
+        return self
+
+    async def __anext__(self) -> WSMessage:
+        """Messages until the connection closes, as iterating a `WebSocketResponse` gives them."""
+        message = await self.receive()
+        if message.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
+            raise StopAsyncIteration
+        return message
+
+
+def _size(message: WSMessage) -> int:
+    return len(message.data) if isinstance(message.data, str | bytes) else 0
 
 
 class PcmInput:

@@ -34,7 +34,7 @@ from satellite_asr.events import (
     SpeechStopped,
 )
 from satellite_asr.limits import ConnectionLimit, TooManyConnections, write_within
-from satellite_asr.protocols import PcmInput, ProtocolError, open_session, openai_error
+from satellite_asr.protocols import PcmInput, ProtocolError, ReadAhead, open_session, openai_error
 from satellite_asr.protocols.openai_realtime_config import RealtimeConfig, apply_update, beta_session, ga_session
 from satellite_asr.session import Session
 
@@ -414,14 +414,15 @@ class RealtimeHandler:
         try:
             try:
                 await connection.open_session(created=True)
-                async for frame in ws:
-                    if frame.type == WSMsgType.TEXT:
-                        event = parse_event(frame.data)
-                        del frame  # the text of a big append is not held while its audio waits for room
-                        await self._receive(connection, event)
-                    elif frame.type == WSMsgType.BINARY:
-                        refusal = ProtocolError("invalid_value", "binary frames are not events; send JSON text events")
-                        await connection.error(refusal, None)
+                async with ReadAhead(ws, self.core.settings.websocket_read_ahead_mb << 20) as frames:
+                    async for frame in frames:
+                        if frame.type == WSMsgType.TEXT:
+                            event = parse_event(frame.data)
+                            del frame  # the text of a big append is not held while its audio waits for room
+                            await self._receive(connection, event)
+                        elif frame.type == WSMsgType.BINARY:
+                            message = "binary frames are not events; send JSON text events"
+                            await connection.error(ProtocolError("invalid_value", message), None)
                 if ws.exception() is not None:
                     log.info("realtime websocket closed with error: %s", ws.exception())
             except ProtocolError as exc:  # fatal: no session could be opened

@@ -21,7 +21,15 @@ from satellite_asr.core import Core
 from satellite_asr.engines.base import EngineInfo
 from satellite_asr.events import FinalTranscript, PartialTranscript, SessionError, SessionEvent, SpeechStarted
 from satellite_asr.limits import ConnectionLimit, TooManyConnections, write_within
-from satellite_asr.protocols import PcmInput, ProtocolError, checked_context, checked_language, open_session
+from satellite_asr.protocols import (
+    WEBSOCKET_ENDS,
+    PcmInput,
+    ProtocolError,
+    ReadAhead,
+    checked_context,
+    checked_language,
+    open_session,
+)
 from satellite_asr.session import SessionOptions
 
 log = logging.getLogger(__name__)
@@ -310,30 +318,32 @@ class WebSocketHandler:
         # Until a session opens; messages that open none (flush, bad JSON) do not push it back.
         deadline = time.monotonic() + first_message_timeout
         try:
-            while True:
-                try:
-                    left = None if connection.input is not None else max(0.0, deadline - time.monotonic())
-                    message = await ws.receive(timeout=left)
-                except TimeoutError:
-                    reason = "timeout"
-                    await self._close_idle(connection, first_message_timeout)
-                    break
-                if message.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
-                    break
-                try:
-                    if message.type == WSMsgType.TEXT:
-                        await connection.on_text(message.data)
-                    elif message.type == WSMsgType.BINARY:
-                        await connection.on_binary(message.data)
-                except ProtocolError as exc:
-                    await connection.error(exc.code, exc.message)
-                    if exc.fatal:
-                        reason = exc.code
-                        close_code = CLOSE_CODES.get(exc.code, WSCloseCode.POLICY_VIOLATION)
-                        await ws.close(code=close_code, message=exc.code.encode())
-                if connection.finished:
-                    reason = "end"
-                    break
+            async with ReadAhead(ws, self.core.settings.websocket_read_ahead_mb << 20) as messages:
+                while True:
+                    try:
+                        left = None if connection.input is not None else max(0.0, deadline - time.monotonic())
+                        async with asyncio.timeout(left):
+                            message = await messages.receive()
+                    except TimeoutError:
+                        reason = "timeout"
+                        await self._close_idle(connection, first_message_timeout)
+                        break
+                    if message.type in WEBSOCKET_ENDS:
+                        break
+                    try:
+                        if message.type == WSMsgType.TEXT:
+                            await connection.on_text(message.data)
+                        elif message.type == WSMsgType.BINARY:
+                            await connection.on_binary(message.data)
+                    except ProtocolError as exc:
+                        await connection.error(exc.code, exc.message)
+                        if exc.fatal:
+                            reason = exc.code
+                            close_code = CLOSE_CODES.get(exc.code, WSCloseCode.POLICY_VIOLATION)
+                            await ws.close(code=close_code, message=exc.code.encode())
+                    if connection.finished:
+                        reason = "end"
+                        break
             if ws.exception() is not None:
                 log.info("websocket closed with error: %s", ws.exception())
         except ConnectionError as exc:  # SlowClient included: the connection is gone already
