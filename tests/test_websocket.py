@@ -23,7 +23,7 @@ from satellite_asr.clients.wav import read_wav
 from satellite_asr.engines.base import EngineError
 from satellite_asr.protocols.websocket import MAX_FRAME_BYTES
 from satellite_asr.server import Daemon
-from tests.doubles import CrashingEngineDouble, SlowLoadingEngineDouble
+from tests.doubles import CrashingEngineDouble, GatedEngineDouble, SlowLoadingEngineDouble
 from tests.helpers import (
     EXPECTED,
     FIXTURES,
@@ -422,6 +422,24 @@ async def test_reading_ahead_of_a_held_back_session_stops_at_its_limit() -> None
         finally:
             tracemalloc.stop()
     assert held < 2 * limit, f"{held / (1 << 20):.1f} MiB held"
+
+
+async def test_audio_read_ahead_of_a_close_is_not_fed() -> None:
+    """What the daemon read ahead while the handler waited (here for a flush's final, which the gated
+    engine holds) is for no one once the client has closed: it is dropped, not fed to VAD."""
+    engine = GatedEngineDouble()
+    async with running_daemon(engine) as daemon:
+        ws = await websockets.connect(ws_url(daemon), compression=None)
+        await ws.send(f32(fixture_16k("weather.wav")[: int(2.4 * 16000)]))
+        await ws.send(json.dumps({"type": "flush"}))
+        await eventually(lambda: len(engine.finals) >= 1, 30)  # the handler waits for that final
+        (session,) = daemon.core.sessions.open_sessions()
+        flushed = session.samples_received
+        await ws.send(f32(np.zeros(5 * 16000, dtype=np.float32)))
+        await ws.close()
+        engine.gate.set()
+        await eventually(lambda: len(daemon.core.sessions) == 0, 30)
+    assert session.samples_received == flushed
 
 
 async def test_nan_samples_are_silence_and_counted() -> None:

@@ -28,6 +28,7 @@ from types import TracebackType
 from typing import Any
 
 from aiohttp import WSMessage, WSMsgType, web
+from aiohttp.http import WS_CLOSED_MESSAGE
 
 from satellite_asr.audio import AudioFormatError, PcmDecoder
 from satellite_asr.biasing.context import MAX_CLIENT_TERMS, biasing_context
@@ -165,7 +166,6 @@ class ReadAhead:
         self._in_hand = 0
         self._arrived = asyncio.Event()
         self._room = asyncio.Event()
-        self._last: WSMessage | None = None  # the end, once handed out
         self._reader: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> ReadAhead:
@@ -196,20 +196,20 @@ class ReadAhead:
     async def receive(self) -> WSMessage:
         """The next message, as `WebSocketResponse.receive` gives it; the one before is done with."""
         assert self._reader is not None, "use ReadAhead as `async with`"
+        if self._ws.closed:  # by the server, or answering the client's close: what was read is for no one
+            self._read.clear()
+            return WS_CLOSED_MESSAGE
         self._held -= self._in_hand
         self._in_hand = 0
         self._room.set()
         while not self._read:
             if self._reader.done():
                 self._reader.result()  # what broke the reading, if it broke
-                assert self._last is not None
-                return self._last  # after the end, the end again (aiohttp gives CLOSED)
+                return WS_CLOSED_MESSAGE  # after the end, as aiohttp gives it
             self._arrived.clear()
             await self._arrived.wait()
         message = self._read.popleft()
         self._in_hand = _size(message)
-        if message.type in WEBSOCKET_ENDS:
-            self._last = message  # only an end: a handler may drop a big message's text before it is done
         return message
 
     def __aiter__(self) -> ReadAhead:
