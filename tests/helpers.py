@@ -11,9 +11,10 @@ import socket
 import struct
 import subprocess
 import sys
+import tracemalloc
 import wave
-from collections.abc import Awaitable, Callable
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -205,6 +206,23 @@ async def eventually(condition: Callable[[], bool], seconds: float = 60) -> None
             if condition():
                 return
             await asyncio.sleep(0.05)
+
+
+@asynccontextmanager
+async def traced_client(script: str, *args: str) -> AsyncIterator[Callable[[], int]]:
+    """Runs the Python `script` as a client in a process of its own, so that tracing this process's
+    memory measures the daemon's alone; yields how many bytes that has grown since the client began."""
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        client = await asyncio.create_subprocess_exec(sys.executable, "-c", script, *args)
+        try:
+            yield lambda: tracemalloc.get_traced_memory()[0] - before
+        finally:
+            client.kill()
+            await client.wait()
+    finally:
+        tracemalloc.stop()
 
 
 async def leave_while_throttled(

@@ -7,8 +7,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import sys
-import tracemalloc
 from collections.abc import Callable
 from typing import Any
 
@@ -32,6 +30,7 @@ from tests.helpers import (
     pcm16,
     running_daemon,
     same_words,
+    traced_client,
 )
 from tests.home_assistant_double import running_home_assistant
 
@@ -571,23 +570,14 @@ asyncio.run(main())
 async def test_a_big_append_held_back_holds_its_audio_once() -> None:
     """While a big append waits for room the daemon holds its audio as bytes and no more: its event
     text, its base64 and its decoded samples held 5 times that (76 MB for 15 MiB of audio) per
-    connection. The client runs in a process of its own, so only the daemon's memory is traced."""
+    connection."""
     audio_bytes = 4 << 20  # 87 s of pcm16 at 24 kHz, far past the 1 s ahead it may be
-    async with running_daemon(max_feed_ahead_s=1.0) as daemon:
-        tracemalloc.start()
-        try:
-            before = tracemalloc.get_traced_memory()[0]
-            client = await asyncio.create_subprocess_exec(
-                sys.executable, "-c", APPEND_ONCE, realtime_url(daemon), str(audio_bytes)
-            )
-            try:
-                await eventually(lambda: any(s.seconds_received >= 3 for s in daemon.core.sessions.open_sessions()))
-                held = tracemalloc.get_traced_memory()[0] - before
-            finally:
-                client.kill()
-                await client.wait()
-        finally:
-            tracemalloc.stop()
+    async with (
+        running_daemon(max_feed_ahead_s=1.0) as daemon,
+        traced_client(APPEND_ONCE, realtime_url(daemon), str(audio_bytes)) as grown,
+    ):
+        await eventually(lambda: any(s.seconds_received >= 3 for s in daemon.core.sessions.open_sessions()))
+        held = grown()
     assert held < 1.1 * audio_bytes, f"{held / audio_bytes:.2f} times the append's audio held"
 
 

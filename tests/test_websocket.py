@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import sys
-import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +34,7 @@ from tests.helpers import (
     of_type,
     running_daemon,
     same_words,
+    traced_client,
     word_error_rate,
     write_wav,
     ws_url,
@@ -404,23 +403,15 @@ asyncio.run(main())
 
 async def test_reading_ahead_of_a_held_back_session_stops_at_its_limit() -> None:
     """Past `websocket_read_ahead_mb` a held-back client's audio stays in the sockets (TCP back-pressure),
-    here 2 MiB of a 16 MiB file sent at once. The client runs in a process of its own, so only the
-    daemon's memory is traced."""
+    here 2 MiB of a 16 MiB file sent at once."""
     limit = 2 << 20
-    async with running_daemon(max_feed_ahead_s=1.0, websocket_read_ahead_mb=limit >> 20) as daemon:
-        tracemalloc.start()
-        try:
-            before = tracemalloc.get_traced_memory()[0]
-            client = await asyncio.create_subprocess_exec(sys.executable, "-c", SEND_AT_ONCE, ws_url(daemon), "256")
-            try:
-                await eventually(lambda: tracemalloc.get_traced_memory()[0] - before >= limit)
-                await asyncio.sleep(1.0)  # time to read on, were there no limit
-                held = tracemalloc.get_traced_memory()[0] - before
-            finally:
-                client.kill()
-                await client.wait()
-        finally:
-            tracemalloc.stop()
+    async with (
+        running_daemon(max_feed_ahead_s=1.0, websocket_read_ahead_mb=limit >> 20) as daemon,
+        traced_client(SEND_AT_ONCE, ws_url(daemon), "256") as grown,
+    ):
+        await eventually(lambda: grown() >= limit)
+        await asyncio.sleep(1.0)  # time to read on, were there no limit
+        held = grown()
     assert held < 2 * limit, f"{held / (1 << 20):.1f} MiB held"
 
 
