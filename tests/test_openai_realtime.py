@@ -544,16 +544,18 @@ async def test_a_client_that_sends_a_file_at_once_has_its_pings_answered_while_h
     """The OpenAI SDK's client (the websockets library) pings every 20 s and drops a connection whose
     pong takes 20 s more; the daemon, holding back a fast client, read nothing, so the pong waited
     behind its appends. Here with a 0.5 s ping, a 2 s timeout and 9 s held back."""
-    audio = chunks(pcm16(fixture_16k("three_commands.wav")), 48000)
-    events = [json.dumps({"type": "input_audio_buffer.append", "audio": chunk}) for chunk in audio]
-    async with running_daemon(max_feed_ahead_s=1.0) as daemon:
-        url = realtime_url(daemon)
-        async with websockets.connect(url, compression=None, ping_interval=0.5, ping_timeout=2) as ws:
-            for event in events:
-                await ws.send(event)
-            await ws.send(json.dumps({"type": "input_audio_buffer.commit"}))
-            received = await raw_events(ws, finals(3))
-    assert same_words(EXPECTED["three_commands.wav"], transcripts(received))
+    keepalive = {"ping_interval": 0.5, "ping_timeout": 2.0}
+    async with (
+        running_daemon(max_feed_ahead_s=1.0) as daemon,
+        sdk_client(daemon).realtime.connect(
+            extra_query={"intent": "transcription"}, websocket_connection_options=keepalive
+        ) as connection,
+    ):
+        for piece in chunks(pcm16(fixture_16k("three_commands.wav")), 48000):
+            await connection.input_audio_buffer.append(audio=piece)
+        await connection.input_audio_buffer.commit()
+        events = await sdk_events(connection, finals(3))
+    assert same_words(EXPECTED["three_commands.wav"], transcripts(events))
 
 
 APPEND_ONCE = """
