@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import resource
+import ssl
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
@@ -106,16 +107,30 @@ class CountedConnection(asyncio.Protocol):
     aiohttp counts nothing below a request, so connections that stay silent were limited by nothing
     but file descriptors, which Wyoming shares. Over the limit the connection is answered 503 and
     closed before anything is read; otherwise `make_handler`'s protocol (aiohttp's) gets everything.
+    With `tls` the handshake is made here, after the count (within `handshake_timeout_s`): asyncio's
+    own TLS server tells a protocol nothing before a handshake completes, so connections that never
+    finished one were not counted.
     """
 
     def __init__(
-        self, make_handler: Callable[[], asyncio.Protocol], limit: ConnectionLimit, refused: Callable[[str], None]
+        self,
+        make_handler: Callable[[], asyncio.Protocol],
+        limit: ConnectionLimit,
+        refused: Callable[[str], None],
+        tls: ssl.SSLContext | None = None,
+        handshake_timeout_s: float = 10.0,
     ) -> None:
         self._make_handler = make_handler
         self._limit = limit
         self._refused = refused
         """Told why, for each connection refused."""
+        self._tls = tls
+        self._handshake_timeout_s = handshake_timeout_s
+        self._handshake: asyncio.Task[None] | None = None
+        self._early: list[bytes] = []
+        """What came after the handshake and before the handler was made (asyncio reads on at once)."""
         self._handler: asyncio.Protocol | None = None
+        self._counted = False
         self._address = ""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -126,28 +141,67 @@ class CountedConnection(asyncio.Protocol):
         except TooManyConnections as exc:
             self._refuse(transport, str(exc))
             return
-        self._handler = self._make_handler()
-        self._handler.connection_made(transport)
+        self._counted = True
+        if self._tls is None:
+            self._begin(transport)
+        else:
+            assert isinstance(transport, asyncio.WriteTransport), "a TCP server's connection"
+            self._handshake = asyncio.create_task(self._start_tls(transport, self._tls))
+
+    async def _start_tls(self, transport: asyncio.WriteTransport, tls: ssl.SSLContext) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            secure = await loop.start_tls(
+                transport,
+                self,
+                tls,
+                server_side=True,
+                ssl_handshake_timeout=self._handshake_timeout_s,
+            )
+        except OSError as exc:  # asyncio has closed the connection
+            log.debug("TLS handshake from %s failed: %s", self._address, exc)
+            self._give_back()  # connection_lost may not come: asyncio passes on no loss mid-handshake
+            return
+        if secure is None:  # the connection was lost as the handshake ended
+            return
+        handler = self._begin(secure)
+        for data in self._early:
+            handler.data_received(data)
+        self._early.clear()
+
+    def _begin(self, transport: asyncio.BaseTransport) -> asyncio.Protocol:
+        self._handler = handler = self._make_handler()
+        handler.connection_made(transport)
+        return handler
 
     def _refuse(self, transport: asyncio.BaseTransport, reason: str) -> None:
+        """A plain-HTTP 503 saying why; a TLS client, which could not read it, is only closed."""
         body = json.dumps({"type": "error", "code": "too_many_connections", "message": reason}).encode()
         head = (
             "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 5\r\n"
             f"Connection: close\r\nContent-Length: {len(body)}\r\n\r\n"
         )
-        if isinstance(transport, asyncio.WriteTransport):
+        if self._tls is None and isinstance(transport, asyncio.WriteTransport):
             transport.write(head.encode() + body)
         transport.close()
         self._refused(reason)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._give_back()
         if self._handler is not None:
-            self._limit.give_back(self._address)
             self._handler.connection_lost(exc)
+
+    def _give_back(self) -> None:
+        """Once per connection: a failed TLS handshake may end in both `_start_tls` and here."""
+        if self._counted:
+            self._counted = False
+            self._limit.give_back(self._address)
 
     def data_received(self, data: bytes) -> None:
         if self._handler is not None:
             self._handler.data_received(data)
+        elif self._handshake is not None:
+            self._early.append(data)
 
     def eof_received(self) -> bool | None:
         return self._handler.eof_received() if self._handler is not None else None

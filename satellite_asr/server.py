@@ -79,18 +79,28 @@ class _CountingRunner(web.AppRunner):
     factory; its own shutdown goes on using aiohttp's server, which sees only counted connections)."""
 
     def __init__(
-        self, app: web.Application, connections: ConnectionLimit, refused: Callable[[str], None], **kwargs: Any
+        self,
+        app: web.Application,
+        connections: ConnectionLimit,
+        refused: Callable[[str], None],
+        tls: ssl.SSLContext | None,
+        handshake_timeout_s: float,
+        **kwargs: Any,
     ) -> None:
         super().__init__(app, **kwargs)
         self.connections = connections
         self._refused = refused
+        self._tls = tls
+        self._handshake_timeout_s = handshake_timeout_s
 
     @property
     def server(self) -> Callable[[], asyncio.Protocol] | None:  # type: ignore[override]  # a factory, not a Server
         server = super().server
         if server is None:
             return None
-        return functools.partial(CountedConnection, server, self.connections, self._refused)
+        return functools.partial(
+            CountedConnection, server, self.connections, self._refused, self._tls, self._handshake_timeout_s
+        )
 
 
 class Daemon:
@@ -154,6 +164,8 @@ class Daemon:
             app,
             self.http_connections,
             self._refused_http_connection,
+            self._ssl_context(),
+            self.settings.header_timeout_s,
             handle_signals=False,
             access_log=None,
             logger=http_log,
@@ -162,7 +174,7 @@ class Daemon:
         )
         await self._runner.setup()
         host, port = self.settings.host, self.settings.http_port
-        site = web.TCPSite(self._runner, host, port, ssl_context=self._ssl_context())
+        site = web.TCPSite(self._runner, host, port)  # TLS, if any, is the runner's: see CountedConnection
         try:
             await site.start()
         except OSError as exc:

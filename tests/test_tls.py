@@ -138,7 +138,7 @@ async def test_stream_command_explains_an_untrusted_or_unreadable_certificate(tm
 
 
 async def test_a_failed_tls_handshake_holds_no_place_under_the_http_cap(tmp_path: Path) -> None:
-    """A connection counts from its completed handshake: one that fails it must not leave its count."""
+    """A connection counts from accept: one whose handshake fails must not leave its count."""
     cert = self_signed(tmp_path, ["localhost"], ["127.0.0.1"])
     async with running_daemon(tls_cert=str(cert.cert), tls_key=str(cert.key), max_http_connections=1) as daemon:
         reader, writer = await asyncio.open_connection("127.0.0.1", daemon.http_port)
@@ -155,3 +155,28 @@ async def test_a_failed_tls_handshake_holds_no_place_under_the_http_cap(tmp_path
             await eventually(lambda: len(daemon.http_connections) == 0)
     assert failed == b""
     assert statuses == [200, 200], "each connection gave its one place back"
+
+
+async def test_connections_that_never_begin_their_handshake_count_under_the_http_cap(tmp_path: Path) -> None:
+    """Counted only once its handshake was done, a connection that never sent a TLS hello held a file
+    descriptor beside the cap for asyncio's 60 s; now it counts from accept and is closed after
+    `header_timeout_s`, as an HTTP request that does not come is."""
+    cert = self_signed(tmp_path, ["localhost"], ["127.0.0.1"])
+    settings = {"tls_cert": str(cert.cert), "tls_key": str(cert.key), "max_http_connections": 2, "header_timeout_s": 2}
+    async with running_daemon(**settings) as daemon:
+        silent = [await asyncio.open_connection("127.0.0.1", daemon.http_port) for _ in range(2)]
+        await eventually(lambda: len(daemon.http_connections) == 2)
+        with pytest.raises(aiohttp.ClientConnectionError):  # over the cap: closed, no 503 a TLS client could read
+            async with aiohttp.ClientSession() as http:
+                await http.get(f"https://127.0.0.1:{daemon.http_port}/health", ssl=cert.client_context())
+        closed = [await asyncio.wait_for(reader.read(), 30) for reader, _ in silent]
+        await eventually(lambda: len(daemon.http_connections) == 0)
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"https://127.0.0.1:{daemon.http_port}/health", ssl=cert.client_context()) as response,
+        ):
+            status = response.status
+        for _, writer in silent:
+            writer.close()
+    assert closed == [b"", b""], "closed after header_timeout_s"
+    assert status == 200
