@@ -37,6 +37,7 @@ async def start_daemon(http_port: int, wyoming_port: int) -> asyncio.subprocess.
         f"--wyoming-uri=tcp://127.0.0.1:{wyoming_port}",
         "--no-zeroconf",
         "--log-level=INFO",
+        "--websocket-read-ahead-mb=1",  # a deaf client's frames fill it at once: the daemon is stuck writing to it
         stderr=asyncio.subprocess.PIPE,
     )
     async with aiohttp.ClientSession() as http:

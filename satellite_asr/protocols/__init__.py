@@ -223,8 +223,13 @@ class ReadAhead:
         return message
 
 
+MESSAGE_OVERHEAD_BYTES = 256
+"""What `ReadAhead` counts for a message besides its data: Python holds about 150 bytes for each, so
+a flood of tiny messages (errors for a client that does not read them) stays within the limit too."""
+
+
 def _size(message: WSMessage) -> int:
-    return len(message.data) if isinstance(message.data, str | bytes) else 0
+    return MESSAGE_OVERHEAD_BYTES + (len(message.data) if isinstance(message.data, str | bytes) else 0)
 
 
 class PcmInput:
