@@ -154,8 +154,8 @@ class ReadAhead:
     would read nothing, and the websockets library (the OpenAI SDK's client) drops a connection
     whose ping goes 20 s unanswered: a file sent at full speed was cut after about 50 s. Read ahead,
     the pings are answered while the audio waits; past the limit reading stops (TCP back-pressure),
-    counting the message the handler has in hand. Use it as `async with`; it ends with the
-    connection's first closing or error message.
+    counting the message the handler has in hand. Use it as `async with`. Once the connection is
+    closed, by either side, it gives only `WS_CLOSED_MESSAGE`: what was read ahead is for no one.
     """
 
     def __init__(self, ws: web.WebSocketResponse, limit_bytes: int) -> None:
