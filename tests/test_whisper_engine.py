@@ -356,7 +356,7 @@ async def test_the_30_s_window_writes_no_more_than_the_speech_could_hold(monkeyp
     assert word_error_rate(" ".join(EXPECTED["lights_on.wav"]), result.text) <= WER_TOLERANCE, result.text
 
 
-@pytest.mark.parametrize("names", [(), ("Turnon kitchen",)])
+@pytest.mark.parametrize("names", [(), ("Tindall speaker",)])
 async def test_a_decode_cancelled_while_a_window_decodes_goes_no_further(
     monkeypatch: pytest.MonkeyPatch, names: tuple[str, ...]
 ) -> None:
@@ -365,7 +365,8 @@ async def test_a_decode_cancelled_while_a_window_decodes_goes_no_further(
     window's text is its first pass (should it be written twice), and its decode is held until the
     test has cancelled it. Then, without names, it is taken for a loop (as in the test above), so a
     longer window would come next; with a name loosely like its words, a second look would, as an
-    uncancelled final shows first."""
+    uncancelled final shows first. (Its words are far from sure, so that look does not hang on the
+    last digits of a CPU's arithmetic: "Turnon kitchen" against "Turn on the kitchen lights" did.)"""
     hold, held, cancelled = threading.Event(), threading.Event(), threading.Event()
     generate = WhisperEngine._generate
 
@@ -382,7 +383,7 @@ async def test_a_decode_cancelled_while_a_window_decodes_goes_no_further(
     redecodes: list[str] = []
     engine.report_redecodes(redecodes.append)
     await engine.start()
-    audio = fixture_16k("lights_on.wav")
+    audio = fixture_16k("names/named_05.wav")  # "pause the Tindall speaker": tiny.en hears "... dual speaker"
     try:
         if names:
             await engine.open_stream(StreamOptions(names=names)).final(audio)
