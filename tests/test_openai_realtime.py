@@ -558,6 +558,24 @@ async def test_a_client_that_sends_a_file_at_once_has_its_pings_answered_while_h
     assert same_words(EXPECTED["three_commands.wav"], transcripts(events))
 
 
+async def test_empty_appends_do_not_keep_an_utterance_from_its_idle_timeout() -> None:
+    """An append of no audio is no audio: fed as an empty piece, one every 0.25 s inside an utterance
+    kept its session open past `idle_timeout_s` for as long as the client went on."""
+    speech = pcm16(fixture_16k("three_commands.wav")[: int(1.6 * 16000)])  # the first command, cut short
+    empty = json.dumps({"type": "input_audio_buffer.append", "audio": ""})
+    async with running_daemon(idle_timeout_s=2.0) as daemon, websockets.connect(realtime_url(daemon)) as ws:
+        for piece in chunks(speech, 48000):
+            await ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": piece}))
+        (session,) = daemon.core.sessions.open_sessions()
+        await eventually(lambda: session.in_utterance)
+        with pytest.raises(ConnectionClosed):
+            async with asyncio.timeout(30):  # the bound only turns a session kept open into a failure
+                while True:
+                    await ws.send(empty)
+                    await asyncio.sleep(0.25)
+    assert session.closed
+
+
 APPEND_ONCE = """
 import asyncio, base64, json, sys, websockets
 async def main():

@@ -417,9 +417,37 @@ async def test_reading_ahead_of_a_held_back_session_stops_at_its_limit(frames: i
     assert held < 2 * limit, f"{held / (1 << 20):.1f} MiB held"
 
 
-async def test_audio_read_ahead_of_a_close_is_not_fed() -> None:
+HELD_BACK_THEN_TEXT = """
+import asyncio, sys, websockets
+async def main():
+    async with websockets.connect(sys.argv[1], compression=None, ping_interval=None) as ws:
+        for _ in range(40):  # 40 s of f32le: held back
+            await ws.send(bytes(64000))
+        for _ in range(64):
+            await ws.send("a" * ((256 << 10) - 1) + sys.argv[2])
+        await asyncio.sleep(60)
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("last", ["a", "\N{GRINNING FACE}"])
+async def test_text_read_ahead_counts_as_python_holds_it(last: str) -> None:
+    """One character beyond the BMP makes Python hold a text at 4 bytes a character: counted by its
+    length, 64 frames of 256 KiB each ending in an emoji held 28 MiB under an 8 MiB read-ahead."""
+    limit = 8 << 20
+    async with (
+        running_daemon(max_feed_ahead_s=1.0, websocket_read_ahead_mb=limit >> 20) as daemon,
+        traced_client(HELD_BACK_THEN_TEXT, ws_url(daemon), last) as grown,
+    ):
+        await eventually(lambda: grown() >= limit / 2)
+        await asyncio.sleep(2.0)  # time to read on, were the limit not met
+        held = grown()
+    assert held < 1.5 * limit, f"{held / (1 << 20):.1f} MiB held"
+
+
+async def test_audio_read_ahead_of_a_client_gone_is_not_fed() -> None:
     """What the daemon read ahead while the handler waited (here for a flush's final, which the gated
-    engine holds) is for no one once the client has closed: it is dropped, not fed to VAD."""
+    engine holds) is for no one once the client's connection is gone: it is dropped, not fed to VAD."""
     engine = GatedEngineDouble()
     async with running_daemon(engine) as daemon:
         ws = await websockets.connect(ws_url(daemon), compression=None)
@@ -429,10 +457,27 @@ async def test_audio_read_ahead_of_a_close_is_not_fed() -> None:
         (session,) = daemon.core.sessions.open_sessions()
         flushed = session.samples_received
         await ws.send(f32(np.zeros(5 * 16000, dtype=np.float32)))
-        await ws.close()
+        ws.transport.close()  # no Close frame: the connection ends behind the audio
+        await eventually(lambda: len(daemon.http_connections) == 0, 30)
         engine.gate.set()
         await eventually(lambda: len(daemon.core.sessions) == 0, 30)
     assert session.samples_received == flushed
+
+
+async def test_a_client_that_sends_end_and_close_at_once_reads_its_finals() -> None:
+    """RFC 6455 lets a client read after sending its Close frame: one that sends its audio, `end` and
+    Close at once (websocat at the end of its input) reads until the server's Close. Its Close is
+    handled in its turn; read ahead with aiohttp's autoclose, it closed the connection first."""
+    audio = f32(fixture_16k("three_commands.wav"))
+    async with running_daemon() as daemon:
+        ws = await websockets.connect(ws_url(daemon), compression=None)
+        for offset in range(0, len(audio), 64000):
+            await ws.send(audio[offset : offset + 64000])
+        await ws.send(json.dumps({"type": "end"}))
+        async with ws.send_context():
+            ws.protocol.send_close(1000)
+        messages = await receive_until_close(ws)
+    assert same_words(EXPECTED["three_commands.wav"], [f["text"] for f in of_type(messages, "final")])
 
 
 async def test_nan_samples_are_silence_and_counted() -> None:

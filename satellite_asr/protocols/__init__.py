@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import select
+import sys
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -154,8 +155,11 @@ class ReadAhead:
     would read nothing, and the websockets library (the OpenAI SDK's client) drops a connection
     whose ping goes 20 s unanswered: a file sent at full speed was cut after about 50 s. Read ahead,
     the pings are answered while the audio waits; past the limit reading stops (TCP back-pressure),
-    counting the message the handler has in hand. Use it as `async with`. Once the connection is
-    closed, by either side, it gives only `WS_CLOSED_MESSAGE`: what was read ahead is for no one.
+    counting the message the handler has in hand. Use it as `async with`, on a `WebSocketResponse`
+    made with `autoclose=False`: a client's Close frame then comes in its turn, after what it sent
+    before (a client may send its audio, `end` and Close at once, and read its finals until the
+    server's Close). Once the server has closed, or the connection is gone, it gives only
+    `WS_CLOSED_MESSAGE`: what was read ahead is for no one.
     """
 
     def __init__(self, ws: web.WebSocketResponse, limit_bytes: int) -> None:
@@ -196,7 +200,7 @@ class ReadAhead:
     async def receive(self) -> WSMessage:
         """The next message, as `WebSocketResponse.receive` gives it; the one before is done with."""
         assert self._reader is not None, "use ReadAhead as `async with`"
-        if self._ws.closed:  # by the server, or answering the client's close: what was read is for no one
+        if self._ws.closed:  # by the server, or the connection is gone: what was read is for no one
             self._read.clear()
             return WS_CLOSED_MESSAGE
         self._held -= self._in_hand
@@ -229,7 +233,8 @@ a flood of tiny messages (errors for a client that does not read them) stays wit
 
 
 def _size(message: WSMessage) -> int:
-    return MESSAGE_OVERHEAD_BYTES + (len(message.data) if isinstance(message.data, str | bytes) else 0)
+    """As Python holds it: a text with one character beyond the BMP takes 4 bytes a character."""
+    return MESSAGE_OVERHEAD_BYTES + sys.getsizeof(message.data)
 
 
 class PcmInput:
@@ -265,10 +270,12 @@ class PcmInput:
             self.decoder.check_whole_frames(data)
         except AudioFormatError as exc:
             raise ProtocolError("invalid_audio", f"frame dropped: {exc}") from None
+        if not data:  # no audio: nor may it count as audio to the idle clock (an utterance's end never came)
+            return
         step = self.decoder.frame_bytes * self.decoder.sample_rate
         waited = 0.0
         view = memoryview(data)  # slices of it are not copies
-        for offset in range(0, len(data) or 1, step):  # an empty frame too: it is audio to the idle clock
+        for offset in range(0, len(data), step):
             decoded = self.decoder.decode(view[offset : offset + step])
             if decoded.non_finite:
                 self.core.metrics.invalid_samples.inc(decoded.non_finite)

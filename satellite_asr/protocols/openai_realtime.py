@@ -396,7 +396,10 @@ class RealtimeHandler:
             message = f"intent must be transcription (this server only transcribes), got {intent!r}"
             return _refusal(400, "invalid_value", message, "intent")
         # aiohttp refuses an uncompressed message as long as its limit: one more lets exactly 24 MiB through
-        ws = web.WebSocketResponse(max_msg_size=MAX_MESSAGE_BYTES + 1, heartbeat=30.0, protocols=(SUBPROTOCOL,))
+        # autoclose off: a client's Close frame waits behind what it sent before it (`ReadAhead`)
+        ws = web.WebSocketResponse(
+            max_msg_size=MAX_MESSAGE_BYTES + 1, heartbeat=30.0, protocols=(SUBPROTOCOL,), autoclose=False
+        )
         if not ws.can_prepare(request).ok:
             message = "this endpoint speaks OpenAI's Realtime API over WebSocket; connect a WebSocket client"
             return _refusal(426, "websocket_required", message, Upgrade="websocket", Connection="Upgrade")
