@@ -119,6 +119,7 @@ class CountedConnection(asyncio.Protocol):
         refused: Callable[[str], None],
         tls: ssl.SSLContext | None = None,
         handshake_timeout_s: float = 10.0,
+        handshakes: set[asyncio.Task[None]] | None = None,
     ) -> None:
         self._make_handler = make_handler
         self._limit = limit
@@ -126,6 +127,8 @@ class CountedConnection(asyncio.Protocol):
         """Told why, for each connection refused."""
         self._tls = tls
         self._handshake_timeout_s = handshake_timeout_s
+        self._handshakes = set() if handshakes is None else handshakes
+        """The handshakes in progress on the server, for its shutdown to cancel."""
         self._handshake: asyncio.Task[None] | None = None
         self._early: list[bytes] = []
         """What came after the handshake and before the handler was made (asyncio reads on at once)."""
@@ -147,22 +150,22 @@ class CountedConnection(asyncio.Protocol):
         else:
             assert isinstance(transport, asyncio.WriteTransport), "a TCP server's connection"
             self._handshake = asyncio.create_task(self._start_tls(transport, self._tls))
+            self._handshakes.add(self._handshake)
+            self._handshake.add_done_callback(self._handshakes.discard)
 
     async def _start_tls(self, transport: asyncio.WriteTransport, tls: ssl.SSLContext) -> None:
         loop = asyncio.get_running_loop()
+        secure: asyncio.Transport | None = None
         try:
             secure = await loop.start_tls(
-                transport,
-                self,
-                tls,
-                server_side=True,
-                ssl_handshake_timeout=self._handshake_timeout_s,
+                transport, self, tls, server_side=True, ssl_handshake_timeout=self._handshake_timeout_s
             )
         except OSError as exc:  # asyncio has closed the connection
             log.debug("TLS handshake from %s failed: %s", self._address, exc)
-            self._give_back()  # connection_lost may not come: asyncio passes on no loss mid-handshake
-            return
-        if secure is None:  # the connection was lost as the handshake ended
+        finally:
+            if secure is None:  # failed, cancelled (shutdown) or lost as it ended; asyncio has closed the
+                self._give_back()  # connection, and passes on no loss before the handshake is done
+        if secure is None:
             return
         handler = self._begin(secure)
         for data in self._early:

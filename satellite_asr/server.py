@@ -92,6 +92,13 @@ class _CountingRunner(web.AppRunner):
         self._refused = refused
         self._tls = tls
         self._handshake_timeout_s = handshake_timeout_s
+        self._handshakes: set[asyncio.Task[None]] = set()
+
+    async def stop_handshakes(self) -> None:
+        """Shutdown: a TLS handshake still going on once the sites stopped would get a handler after."""
+        for handshake in self._handshakes:
+            handshake.cancel()
+        await asyncio.gather(*self._handshakes, return_exceptions=True)
 
     @property
     def server(self) -> Callable[[], asyncio.Protocol] | None:  # type: ignore[override]  # a factory, not a Server
@@ -99,7 +106,13 @@ class _CountingRunner(web.AppRunner):
         if server is None:
             return None
         return functools.partial(
-            CountedConnection, server, self.connections, self._refused, self._tls, self._handshake_timeout_s
+            CountedConnection,
+            server,
+            self.connections,
+            self._refused,
+            self._tls,
+            self._handshake_timeout_s,
+            self._handshakes,
         )
 
 
@@ -127,7 +140,7 @@ class Daemon:
         )
         """Every TCP connection to the HTTP port, whatever it is doing (`CountedConnection`)."""
         self._http_refusals = RateLimitedWarning()
-        self._runner: web.AppRunner | None = None
+        self._runner: _CountingRunner | None = None
         self._accept_errors = AcceptErrorLog()
 
     def routes(self) -> list[tuple[str, str, Handler]]:
@@ -245,6 +258,7 @@ class Daemon:
         if self._runner is not None:
             for site in list(self._runner.sites):
                 await site.stop()
+            await self._runner.stop_handshakes()
         if self.discovery is not None:
             await self.discovery.stop()
         # Side by side, so that a client that does not read holds up only its own connection.

@@ -558,6 +558,25 @@ async def test_a_client_that_sends_a_file_at_once_has_its_pings_answered_while_h
     assert same_words(EXPECTED["three_commands.wav"], transcripts(events))
 
 
+async def test_a_close_behind_held_back_appends_is_answered_at_once() -> None:
+    """A client's Close wants nothing more here (its session ends without finals): it is answered at
+    once. Taken in its turn, it waited behind the appends before it, fed at real-time pace: the SDK's
+    `close()` gave up after its 10 s close timeout."""
+    audio = base64.b64encode(pcm16(fixture_16k("three_commands.wav")[:16000])).decode()
+    second = json.dumps({"type": "input_audio_buffer.append", "audio": audio})
+    async with running_daemon(max_feed_ahead_s=1.0) as daemon:
+        ws = await websockets.connect(realtime_url(daemon), compression=None)
+        for _ in range(20):
+            await ws.send(second)
+        (session,) = daemon.core.sessions.open_sessions()
+        await eventually(lambda: session.seconds_received >= 2, 20)  # held back: 1 s ahead at most
+        async with ws.send_context():
+            ws.protocol.send_close(1000)
+        await asyncio.wait_for(ws.wait_closed(), 30)
+        assert ws.protocol.close_rcvd is not None and ws.protocol.close_rcvd.code == 1000
+    assert session.seconds_received < 15, "not fed on at real-time pace after the client's Close"
+
+
 async def test_empty_appends_do_not_keep_an_utterance_from_its_idle_timeout() -> None:
     """An append of no audio is no audio: fed as an empty piece, one every 0.25 s inside an utterance
     kept its session open past `idle_timeout_s` for as long as the client went on."""

@@ -180,3 +180,17 @@ async def test_connections_that_never_begin_their_handshake_count_under_the_http
             writer.close()
     assert closed == [b"", b""], "closed after header_timeout_s"
     assert status == 200
+
+
+async def test_a_handshake_under_way_at_shutdown_is_cut_not_served(tmp_path: Path) -> None:
+    """A TLS handshake still going on when the daemon stops is cancelled and its place given back:
+    finished after the stop, it got a handler of the stopped server, which even took an upgrade."""
+    cert = self_signed(tmp_path, ["localhost"], ["127.0.0.1"])
+    settings = {"tls_cert": str(cert.cert), "tls_key": str(cert.key), "header_timeout_s": 30}
+    async with running_daemon(**settings) as daemon:
+        reader, writer = await asyncio.open_connection("127.0.0.1", daemon.http_port)  # no hello yet
+        await eventually(lambda: len(daemon.http_connections) == 1)
+    closed = await asyncio.wait_for(reader.read(), 10)  # the daemon has stopped
+    writer.close()
+    assert closed == b""
+    assert len(daemon.http_connections) == 0

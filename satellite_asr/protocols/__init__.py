@@ -20,11 +20,12 @@ The contract every adapter follows (so that a new protocol is one thin file and 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import select
 import sys
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -155,16 +156,28 @@ class ReadAhead:
     would read nothing, and the websockets library (the OpenAI SDK's client) drops a connection
     whose ping goes 20 s unanswered: a file sent at full speed was cut after about 50 s. Read ahead,
     the pings are answered while the audio waits; past the limit reading stops (TCP back-pressure),
-    counting the message the handler has in hand. Use it as `async with`, on a `WebSocketResponse`
-    made with `autoclose=False`: a client's Close frame then comes in its turn, after what it sent
-    before (a client may send its audio, `end` and Close at once, and read its finals until the
-    server's Close). Once the server has closed, or the connection is gone, it gives only
+    counting the message the handler has in hand. Use it as `async with`.
+
+    The `WebSocketResponse` is made with `autoclose=False`, and a client's Close is answered here
+    (`answer_close`, which must give up on a client that does not read): at once, dropping what was
+    read ahead, unless something before it is `wanted_after_close` (an `end`, whose finals the client
+    reads until the server's Close: websocat sends its input, `end` and Close at once); then the
+    Close comes in its turn. Once the server has closed, or the connection is gone, it gives only
     `WS_CLOSED_MESSAGE`: what was read ahead is for no one.
     """
 
-    def __init__(self, ws: web.WebSocketResponse, limit_bytes: int) -> None:
+    def __init__(
+        self,
+        ws: web.WebSocketResponse,
+        limit_bytes: int,
+        answer_close: Callable[[], Awaitable[None]],
+        wanted_after_close: Callable[[WSMessage], bool] = lambda _: False,
+    ) -> None:
         self._ws = ws
         self._limit = limit_bytes
+        self._answer_close = answer_close
+        self._wanted_after_close = wanted_after_close
+        self._in_hand_wanted = False
         self._read: deque[WSMessage] = deque()
         self._held = 0  # bytes of the messages read and not handled yet, and of the one in hand
         self._in_hand = 0
@@ -190,12 +203,20 @@ class ReadAhead:
                 self._room.clear()
                 await self._room.wait()
             message = await self._ws.receive()
+            if message.type == WSMsgType.CLOSE and not self._still_wanted():
+                self._read.clear()
+                self._held = self._in_hand
+                with contextlib.suppress(ConnectionError):  # the answer gave up: the connection is aborted
+                    await self._answer_close()
             self._read.append(message)
             self._held += _size(message)
             self._arrived.set()
             if message.type in WEBSOCKET_ENDS:
                 return
             del message  # not held while the handler has it: it may drop a big message's text early
+
+    def _still_wanted(self) -> bool:
+        return self._in_hand_wanted or any(self._wanted_after_close(message) for message in self._read)
 
     async def receive(self) -> WSMessage:
         """The next message, as `WebSocketResponse.receive` gives it; the one before is done with."""
@@ -205,6 +226,7 @@ class ReadAhead:
             return WS_CLOSED_MESSAGE
         self._held -= self._in_hand
         self._in_hand = 0
+        self._in_hand_wanted = False
         self._room.set()
         while not self._read:
             if self._reader.done():
@@ -214,6 +236,7 @@ class ReadAhead:
             await self._arrived.wait()
         message = self._read.popleft()
         self._in_hand = _size(message)
+        self._in_hand_wanted = self._wanted_after_close(message)
         return message
 
     def __aiter__(self) -> ReadAhead:

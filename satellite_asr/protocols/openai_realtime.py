@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import functools
 import json
 import logging
@@ -417,7 +418,9 @@ class RealtimeHandler:
         try:
             try:
                 await connection.open_session(created=True)
-                async with ReadAhead(ws, self.core.settings.websocket_read_ahead_mb << 20) as frames:
+                read_ahead = self.core.settings.websocket_read_ahead_mb << 20
+                answer_close = functools.partial(connection.close, WSCloseCode.OK, "")
+                async with ReadAhead(ws, read_ahead, answer_close) as frames:
                     async for frame in frames:
                         if frame.type == WSMsgType.TEXT:
                             event = parse_event(frame.data)
@@ -435,6 +438,9 @@ class RealtimeHandler:
             log.info("realtime websocket dropped: %s", exc)
         finally:
             await connection.release(finalize=False)
+            if not ws.closed:  # the connection is gone, or the handler failed
+                with contextlib.suppress(ConnectionError):
+                    await connection.close(WSCloseCode.OK, "")
         return ws
 
     async def _receive(self, connection: _Connection, message: dict[str, Any] | ProtocolError) -> None:

@@ -7,12 +7,14 @@ emits. Endpointing, decoding and timers live in the session and its manager.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import json
 import logging
 import time
 from typing import Any
 
-from aiohttp import WSCloseCode, WSMsgType, web
+from aiohttp import WSCloseCode, WSMessage, WSMsgType, web
 
 from satellite_asr.access import SUBPROTOCOL
 from satellite_asr.audio import ENCODINGS, MAX_RATE, MIN_RATE, SAMPLE_RATE, PcmDecoder
@@ -132,6 +134,16 @@ def parse_message(data: str) -> dict[str, Any]:
     return message
 
 
+def is_end(message: WSMessage) -> bool:
+    """Whether a message is `end`: what the client sent before its Close is still wanted then."""
+    if message.type != WSMsgType.TEXT:
+        return False
+    try:
+        return parse_message(message.data).get("type") == "end"
+    except ProtocolError:
+        return False
+
+
 def _invalid_config(message: str) -> ProtocolError:
     return ProtocolError("invalid_config", message, fatal=True)
 
@@ -208,9 +220,14 @@ class _Connection:
         self.core.metrics.errors.labels(code).inc()
         await self.send({"type": "error", "code": code, "message": message})
 
+    async def close(self, code: int, reason: str = "") -> None:
+        """Close the WebSocket; a client that does not read the close frame is dropped."""
+        closing = self.ws.close(code=code, message=reason.encode())
+        await write_within(closing, self.core.settings.write_timeout_s, self.request.transport)
+
     async def close_by_server(self, reason: str) -> None:
         self.finished = True
-        await self.ws.close(code=WSCloseCode.GOING_AWAY, message=reason.encode())
+        await self.close(WSCloseCode.GOING_AWAY, reason)
 
     def abort(self) -> None:
         """Cut the TCP connection (shutdown ran out of time: the client does not answer)."""
@@ -259,7 +276,7 @@ class _Connection:
             await self.input.drain()
             await self.core.sessions.release(self.input.session, "end", finalize=True)
             self.input = None
-        await self.ws.close(code=WSCloseCode.OK)
+        await self.close(WSCloseCode.OK)
 
     async def release(self, reason: str) -> None:
         """The client left (or reconfigured): what is in flight is cancelled."""
@@ -321,7 +338,9 @@ class WebSocketHandler:
         # Until a session opens; messages that open none (flush, bad JSON) do not push it back.
         deadline = time.monotonic() + first_message_timeout
         try:
-            async with ReadAhead(ws, self.core.settings.websocket_read_ahead_mb << 20) as messages:
+            read_ahead = self.core.settings.websocket_read_ahead_mb << 20
+            answer_close = functools.partial(connection.close, WSCloseCode.OK)
+            async with ReadAhead(ws, read_ahead, answer_close, wanted_after_close=is_end) as messages:
                 while True:
                     try:
                         left = None if connection.input is not None else max(0.0, deadline - time.monotonic())
@@ -343,7 +362,7 @@ class WebSocketHandler:
                         if exc.fatal:
                             reason = exc.code
                             close_code = CLOSE_CODES.get(exc.code, WSCloseCode.POLICY_VIOLATION)
-                            await ws.close(code=close_code, message=exc.code.encode())
+                            await connection.close(close_code, exc.code)
                     if connection.finished:
                         reason = "end"
                         break
@@ -355,6 +374,9 @@ class WebSocketHandler:
         finally:
             self.open.discard(connection)
             await connection.release(reason)
+            if not ws.closed:  # a client's Close is answered here (autoclose is off), or the connection is gone
+                with contextlib.suppress(ConnectionError):
+                    await connection.close(WSCloseCode.OK)
         return ws
 
     @staticmethod
@@ -362,7 +384,7 @@ class WebSocketHandler:
         message = f"no config or audio within {seconds:g} s of connecting (first_message_timeout_s)"
         try:
             await connection.error("timeout", message)
-            await connection.ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"timeout")
+            await connection.close(WSCloseCode.POLICY_VIOLATION, "timeout")
         except ConnectionError:
             pass
 
