@@ -397,7 +397,7 @@ class RealtimeHandler:
             message = f"intent must be transcription (this server only transcribes), got {intent!r}"
             return _refusal(400, "invalid_value", message, "intent")
         # aiohttp refuses an uncompressed message as long as its limit: one more lets exactly 24 MiB through
-        # autoclose off: a client's Close frame waits behind what it sent before it (`ReadAhead`)
+        # autoclose off: `ReadAhead` answers a client's Close, at once (what it sent before is for no one)
         ws = web.WebSocketResponse(
             max_msg_size=MAX_MESSAGE_BYTES + 1, heartbeat=30.0, protocols=(SUBPROTOCOL,), autoclose=False
         )

@@ -312,7 +312,7 @@ class WebSocketHandler:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         # aiohttp refuses an uncompressed message as long as its limit: one more lets exactly 1 MiB through
         # (a compressed one it checks after inflating, with >, so that one may be a byte over)
-        # autoclose off: a client's Close frame waits behind what it sent before it (`ReadAhead`)
+        # autoclose off: `ReadAhead` answers a client's Close (at once, or after an `end` sent before it)
         ws = web.WebSocketResponse(
             max_msg_size=MAX_FRAME_BYTES + 1, heartbeat=30.0, protocols=(SUBPROTOCOL,), autoclose=False
         )
