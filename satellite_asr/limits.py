@@ -117,9 +117,9 @@ class CountedConnection(asyncio.Protocol):
         make_handler: Callable[[], asyncio.Protocol],
         limit: ConnectionLimit,
         refused: Callable[[str], None],
-        tls: ssl.SSLContext | None = None,
-        handshake_timeout_s: float = 10.0,
-        handshakes: set[asyncio.Task[None]] | None = None,
+        tls: ssl.SSLContext | None,
+        handshake_timeout_s: float,
+        handshakes: set[asyncio.Task[None]],
     ) -> None:
         self._make_handler = make_handler
         self._limit = limit
@@ -127,7 +127,7 @@ class CountedConnection(asyncio.Protocol):
         """Told why, for each connection refused."""
         self._tls = tls
         self._handshake_timeout_s = handshake_timeout_s
-        self._handshakes = set() if handshakes is None else handshakes
+        self._handshakes = handshakes
         """The handshakes in progress on the server, for its shutdown to cancel."""
         self._handshake: asyncio.Task[None] | None = None
         self._early: list[bytes] = []
