@@ -22,6 +22,7 @@ import av
 import numpy as np
 import pytest
 import soxr
+import websockets
 
 from satellite_asr.audio import SAMPLE_RATE, Audio
 from satellite_asr.clients.bench import normalise_words
@@ -243,6 +244,23 @@ async def leave_while_throttled(
     fed = session.samples_received
     await asyncio.sleep(1.0)
     assert session.samples_received == fed, "the session of a client gone is fed no more"
+
+
+async def close_while_throttled(daemon: Daemon, ws: websockets.ClientConnection, second: str | bytes) -> None:
+    """Send `second` (a message of 1 s of audio) 20 times, far faster than real time; once the daemon
+    holds the client back, send a Close frame and keep the connection: the daemon must answer it at
+    once and end the session, not feed what it had read ahead at real-time pace first."""
+    for _ in range(20):
+        await ws.send(second)
+    await eventually(lambda: len(daemon.core.sessions) == 1, 10)
+    (session,) = daemon.core.sessions.open_sessions()
+    await eventually(lambda: session.seconds_received >= 2, 20)  # held back: 1 s ahead at most
+    async with ws.send_context():
+        ws.protocol.send_close(1000)
+    await asyncio.wait_for(ws.wait_closed(), 30)
+    assert ws.protocol.close_rcvd is not None and ws.protocol.close_rcvd.code == 1000
+    await eventually(lambda: len(daemon.core.sessions) == 0, 10)
+    assert session.seconds_received < 15, "not fed on at real-time pace after the client's Close"
 
 
 async def _for_ever(send: Callable[[], Awaitable[None]]) -> None:

@@ -22,6 +22,7 @@ from satellite_asr.server import Daemon
 from tests.doubles import ContextRecordingEngineDouble, CrashingEngineDouble
 from tests.helpers import (
     EXPECTED,
+    close_while_throttled,
     eventually,
     fixture_16k,
     leave_while_throttled,
@@ -566,15 +567,7 @@ async def test_a_close_behind_held_back_appends_is_answered_at_once() -> None:
     second = json.dumps({"type": "input_audio_buffer.append", "audio": audio})
     async with running_daemon(max_feed_ahead_s=1.0) as daemon:
         ws = await websockets.connect(realtime_url(daemon), compression=None)
-        for _ in range(20):
-            await ws.send(second)
-        (session,) = daemon.core.sessions.open_sessions()
-        await eventually(lambda: session.seconds_received >= 2, 20)  # held back: 1 s ahead at most
-        async with ws.send_context():
-            ws.protocol.send_close(1000)
-        await asyncio.wait_for(ws.wait_closed(), 30)
-        assert ws.protocol.close_rcvd is not None and ws.protocol.close_rcvd.code == 1000
-    assert session.seconds_received < 15, "not fed on at real-time pace after the client's Close"
+        await close_while_throttled(daemon, ws, second)
 
 
 async def test_empty_appends_do_not_keep_an_utterance_from_its_idle_timeout() -> None:

@@ -26,6 +26,7 @@ from tests.helpers import (
     EXPECTED,
     FIXTURES,
     WER_TOLERANCE,
+    close_while_throttled,
     daemon_settings,
     eventually,
     fixture_16k,
@@ -471,17 +472,7 @@ async def test_a_close_behind_held_back_audio_is_answered_at_once() -> None:
     second = f32(fixture_16k("three_commands.wav")[:16000])
     async with running_daemon(max_feed_ahead_s=1.0) as daemon:
         ws = await websockets.connect(ws_url(daemon), compression=None)
-        for _ in range(20):
-            await ws.send(second)
-        await eventually(lambda: len(daemon.core.sessions) == 1, 10)
-        (session,) = daemon.core.sessions.open_sessions()
-        await eventually(lambda: session.seconds_received >= 2, 20)  # held back: 1 s ahead at most
-        async with ws.send_context():
-            ws.protocol.send_close(1000)
-        await asyncio.wait_for(ws.wait_closed(), 30)
-        assert ws.close_code == 1000
-        await eventually(lambda: len(daemon.core.sessions) == 0, 10)
-    assert session.seconds_received < 15, "not fed on at real-time pace after the client's Close"
+        await close_while_throttled(daemon, ws, second)
 
 
 async def test_a_client_that_sends_end_and_close_at_once_reads_its_finals() -> None:
