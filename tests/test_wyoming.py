@@ -568,6 +568,33 @@ async def test_idle_round_is_answered_and_closed(raw: RawOpener) -> None:
     assert [e.type for e in events][-2:] == ["transcript", "transcript-stop"]
 
 
+async def test_empty_chunks_do_not_keep_a_round_from_its_idle_timeout(raw: RawOpener) -> None:
+    """A chunk of no audio is no audio: fed as an empty piece, one every 0.25 s inside an utterance
+    kept the round open past `idle_timeout_s` for as long as the client went on."""
+    async with running_daemon(wyoming_uri=WYOMING, idle_timeout_s=2.0) as daemon:
+        reader, writer = await raw(daemon)
+        wav = fixture("three_commands.wav", cut_s=1.6)  # the first command, cut short
+        writer.write(wire(Transcribe(language="en").event()) + wire(audio_start(wav).event()))
+        for chunk in chunks_of(wav):
+            writer.write(wire(chunk.event()))
+        await eventually(lambda: any(s.in_utterance for s in daemon.core.sessions.open_sessions()))
+        empty = wire(AudioChunk(rate=wav.sample_rate, width=2, channels=1, audio=b"").event())
+
+        async def keep_sending_empty_chunks() -> None:
+            with contextlib.suppress(ConnectionError):
+                while True:
+                    writer.write(empty)
+                    await writer.drain()
+                    await asyncio.sleep(0.25)
+
+        sender = asyncio.create_task(keep_sending_empty_chunks())
+        try:
+            events = await read_all(reader)  # fails if the round stays open 30 s without an event
+        finally:
+            sender.cancel()
+    assert [e.type for e in events][-2:] == ["transcript", "transcript-stop"]
+
+
 async def test_server_busy_is_an_error_and_closes(raw: RawOpener) -> None:
     async with (
         running_daemon(wyoming_uri=WYOMING, max_sessions=1, wyoming_reserved_sessions=0) as daemon,

@@ -293,7 +293,7 @@ class PcmInput:
             self.decoder.check_whole_frames(data)
         except AudioFormatError as exc:
             raise ProtocolError("invalid_audio", f"frame dropped: {exc}") from None
-        if not data:  # no audio: nor may it count as audio to the idle clock (an utterance's end never came)
+        if not data:  # nothing to feed (an empty piece would count as audio to the idle clock) or time
             return
         step = self.decoder.frame_bytes * self.decoder.sample_rate
         waited = 0.0
