@@ -30,7 +30,6 @@ from satellite_asr.engines.bundled import bundled_tiny_en_path
 WORD = re.compile(r"[A-Za-z0-9']+")
 ALNUM_RUN = re.compile(r"[^\W_]+")
 """Letters and digits in a row, any script: the words `spells` compares."""
-VOWELS = frozenset("aeiouy")
 SOUNDS = (
     ("tch", "ch"),
     ("sch", "sk"),
