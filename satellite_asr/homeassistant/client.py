@@ -40,8 +40,6 @@ from satellite_asr.homeassistant.names import EntityNames, HomeNames, Place, ran
 
 log = logging.getLogger(__name__)
 
-SUPERVISOR_URL = "http://supervisor/core"
-"""Home Assistant's API as the Supervisor proxies it to add-ons (with the `SUPERVISOR_TOKEN`)."""
 STARTED_EVENT = "homeassistant_started"
 WATCHED_EVENTS = ("entity_registry_updated", "area_registry_updated", "floor_registry_updated", STARTED_EVENT)
 RUNNING = "RUNNING"
