@@ -171,5 +171,5 @@ class Engine(abc.ABC):
         return None
 
     async def close(self) -> None:
-        """Free the model; called once at shutdown."""
+        """Free the model: at shutdown, and before `start` again when the core restarts a broken engine."""
         return None
