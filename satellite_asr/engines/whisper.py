@@ -111,7 +111,7 @@ def short_windows(samples: int) -> list[int]:
     return windows
 
 
-def loop_length(tokens: list[int], shortest: int = REPEATED_RUN, *, cut: bool = False) -> int | None:
+def loop_length(tokens: list[int], *, cut: bool = False) -> int | None:
     """Length of the first pass when the decoder wrote the whole command, then wrote it again.
 
     Given the silence a short window is padded with, Whisper sometimes starts the command over
@@ -123,7 +123,7 @@ def loop_length(tokens: list[int], shortest: int = REPEATED_RUN, *, cut: bool = 
     of it are enough.
     """
     longest = len(tokens) - REPEATED_RUN if cut else len(tokens) // 2
-    for period in range(shortest, longest + 1):
+    for period in range(REPEATED_RUN, longest + 1):
         if all(tokens[i] == tokens[i + period] for i in range(len(tokens) - period)):
             return period
     return None
@@ -168,19 +168,19 @@ or nearly wrote, and a short-window decode that looped, done again on the next s
 the full 30 s."""
 
 
-def repeats_itself(tokens: list[int], run: int = REPEATED_RUN) -> bool:
-    """True when some `run` consecutive tokens occur twice: Whisper's loop, not a spoken command."""
+def repeats_itself(tokens: list[int]) -> bool:
+    """True when some `REPEATED_RUN` consecutive tokens occur twice: Whisper's loop, not a spoken command."""
     seen: set[tuple[int, ...]] = set()
-    for start in range(len(tokens) - run + 1):
-        window = tuple(tokens[start : start + run])
+    for start in range(len(tokens) - REPEATED_RUN + 1):
+        window = tuple(tokens[start : start + REPEATED_RUN])
         if window in seen:
             return True
         seen.add(window)
     return False
 
 
-def context_tokens(tokenizer: Tokenizer, context: str, limit: int = MAX_CONTEXT_TOKENS) -> list[int]:
-    """`context` as prompt tokens, cut to `limit` after its last name that fits.
+def context_tokens(tokenizer: Tokenizer, context: str) -> list[int]:
+    """`context` as prompt tokens, cut to `MAX_CONTEXT_TOKENS` after its last name that fits.
 
     The start is kept (faster-whisper would keep the end): callers put what matters most first, a
     client's own text and terms, then the home's names by rank (`satellite_asr.biasing.context`).
@@ -190,12 +190,12 @@ def context_tokens(tokenizer: Tokenizer, context: str, limit: int = MAX_CONTEXT_
     if not context.strip():
         return []
     tokens = [token for token in tokenizer.encode(" " + context.strip()) if token < tokenizer.eot]
-    if len(tokens) <= limit:
+    if len(tokens) <= MAX_CONTEXT_TOKENS:
         return tokens
-    for end in range(limit, 0, -1):
+    for end in range(MAX_CONTEXT_TOKENS, 0, -1):
         if tokenizer.decode([tokens[end - 1]]).strip() in CONTEXT_BREAKS:
             return tokens[: end - 1]
-    return tokens[:limit]
+    return tokens[:MAX_CONTEXT_TOKENS]
 
 
 class Decoded(NamedTuple):
