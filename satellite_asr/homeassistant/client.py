@@ -139,7 +139,6 @@ class HomeAssistantNames:
         *,
         refresh_delay_s: float = 2.0,
         backoff_s: tuple[float, float] = (1.0, 300.0),
-        steady_connection_s: float = STEADY_CONNECTION_S,
         reread_s: float = REREAD_S,
     ) -> None:
         self._url = websocket_url(url)
@@ -147,7 +146,6 @@ class HomeAssistantNames:
         self._token = ""
         self._refresh_delay_s = refresh_delay_s
         self._backoff_min_s, self._backoff_max_s = backoff_s
-        self._steady_connection_s = steady_connection_s
         self._reread_s = reread_s
         self._home = HomeNames()
         self._status = Status(State.CONNECTING)
@@ -236,7 +234,7 @@ class HomeAssistantNames:
                     log.debug("unexpected answer from Home Assistant", exc_info=True)
                     error = f"unexpected answer from Home Assistant: {type(exc).__name__}: {exc}"
                     self._set_status(State.UNREACHABLE, self._safe(error))
-                if self._loads > loads_before and loop.time() - began >= self._steady_connection_s:
+                if self._loads > loads_before and loop.time() - began >= STEADY_CONNECTION_S:
                     delay = self._backoff_min_s  # it worked until now: a restart, try again soon
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self._backoff_max_s)
