@@ -66,13 +66,13 @@ class _Request:
 class SileroVad:
     """The shared model. Call `start()` inside the running loop before streams use it."""
 
-    def __init__(self, model_path: Path | None = None, on_busy: Callable[[float], None] | None = None) -> None:
+    def __init__(self, on_busy: Callable[[float], None] | None = None) -> None:
         """`on_busy` is told the wall seconds of every batch (the daemon exports them as a metric)."""
         options = ort.SessionOptions()
         options.intra_op_num_threads = 1
         options.inter_op_num_threads = 1
         self._session = ort.InferenceSession(
-            str(model_path or bundled_model_path()), sess_options=options, providers=["CPUExecutionProvider"]
+            str(bundled_model_path()), sess_options=options, providers=["CPUExecutionProvider"]
         )
         self._sr = np.array(SAMPLE_RATE, dtype=np.int64)
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="silero")
