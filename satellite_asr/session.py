@@ -21,7 +21,7 @@ from typing import Any
 
 from satellite_asr.audio import SAMPLE_RATE, Audio, AudioBuffer
 from satellite_asr.biasing.context import biasing_context
-from satellite_asr.biasing.correction import corrector_for
+from satellite_asr.biasing.correction import corrector_for, letters
 from satellite_asr.config import Settings
 from satellite_asr.engines.base import Engine, EngineStream, StreamOptions, Transcript
 from satellite_asr.events import (
@@ -181,18 +181,14 @@ def keep_prefix(text: str, prefix: str) -> str:
     if text.startswith(prefix):
         return text
     promised, words = prefix.split(), text.split()
-    if [_bare(w) for w in words[: len(promised)]] == [_bare(w) for w in promised]:
+    if [letters(w) for w in words[: len(promised)]] == [letters(w) for w in promised]:
         words = words[len(promised) :]
     return " ".join([prefix.rstrip(), *words])
 
 
-def _bare(word: str) -> str:
-    return "".join(c for c in word.lower() if c.isalnum())
-
-
 def _words_start_with(text: str, prefix: str) -> bool:
     """Whether `text`'s words begin with `prefix`'s, case and punctuation aside."""
-    promised, words = [_bare(w) for w in prefix.split()], [_bare(w) for w in text.split()]
+    promised, words = [letters(w) for w in prefix.split()], [letters(w) for w in text.split()]
     return words[: len(promised)] == promised
 
 
