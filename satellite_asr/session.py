@@ -267,10 +267,11 @@ class Session:
         client instead of queueing without end. Returns the seconds it waited so (not work done).
         While it waits it asks `gone` every `GONE_CHECK_S` and raises `ClientGone` when the client
         left: its adapter reads nothing meanwhile, so would not see the close until the wait ends.
+        No samples are no audio: nor do they count as audio to the idle clock (`quiet_seconds`).
         """
         waited = 0.0
-        pieces = [samples[offset : offset + FEED_PIECE] for offset in range(0, samples.size, FEED_PIECE)]
-        for piece in pieces or [samples]:
+        for offset in range(0, samples.size, FEED_PIECE):
+            piece = samples[offset : offset + FEED_PIECE]
             started = time.perf_counter()
             await self._wait_for_room(piece.size, gone)
             waited += time.perf_counter() - started

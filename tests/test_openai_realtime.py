@@ -588,6 +588,27 @@ async def test_empty_appends_do_not_keep_an_utterance_from_its_idle_timeout() ->
     assert session.closed
 
 
+async def test_format_changes_inside_an_utterance_do_not_keep_it_from_its_idle_timeout() -> None:
+    """A change of audio format feeds what the old decoder still holds: at 16 kHz nothing, which is
+    no audio either. Fed as an empty piece, every format change inside an utterance pushed back its
+    idle timeout, as empty appends once did."""
+    speech = pcm16(fixture_16k("three_commands.wav")[: int(1.6 * 16000)])  # the first command, cut short
+    formats = [{"type": kind, "rate": 16000} for kind in ("audio/pcm", "audio/pcmu")]
+    updates = [json.dumps({"type": "session.update", "session": ga_update(format=f)}) for f in formats]
+    async with running_daemon(idle_timeout_s=2.0) as daemon, websockets.connect(realtime_url(daemon)) as ws:
+        await ws.send(updates[0])
+        for piece in chunks(speech, 2 * 16000):
+            await ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": piece}))
+        (session,) = daemon.core.sessions.open_sessions()
+        await eventually(lambda: session.in_utterance)
+        with pytest.raises(ConnectionClosed):
+            async with asyncio.timeout(30):  # the bound only turns a session kept open into a failure
+                for turn in range(1000):
+                    await ws.send(updates[(turn + 1) % 2])
+                    await asyncio.sleep(0.25)
+    assert session.closed
+
+
 APPEND_ONCE = """
 import asyncio, base64, json, sys, websockets
 async def main():

@@ -293,7 +293,7 @@ class PcmInput:
             self.decoder.check_whole_frames(data)
         except AudioFormatError as exc:
             raise ProtocolError("invalid_audio", f"frame dropped: {exc}") from None
-        if not data:  # nothing to feed (an empty piece would count as audio to the idle clock) or time
+        if not data:  # no audio (a keep-alive): nothing to feed (see `Session.feed`), no frame to time
             return
         step = self.decoder.frame_bytes * self.decoder.sample_rate
         waited = 0.0
