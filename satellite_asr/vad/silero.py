@@ -80,8 +80,7 @@ class SileroVad:
         self._worker: asyncio.Task[None] | None = None
         self._on_busy = on_busy
         self.batches = 0
-        """Model calls made; with `windows`, shows how well streams were batched."""
-        self.windows = 0
+        """Model calls made: fewer than the windows they scored when streams were batched."""
 
     def open_stream(self) -> VadStream:
         return VadStream(self)
@@ -138,6 +137,5 @@ class SileroVad:
                 request.stream.state = new_state[:, index : index + 1, :]
                 request.stream.context = request.windows[step][-CONTEXT:]
             self.batches += 1
-            self.windows += len(active)
         if self._on_busy is not None:
             self._on_busy(time.perf_counter() - started)
