@@ -4,17 +4,21 @@ The contract every adapter follows (so that a new protocol is one thin file and 
 
 1. It is handed the `Core` and reaches the engine, settings, metrics and sessions through it; it
    owns no VAD, model or timers of its own.
-2. It creates a session (`open_session`) when the client configures one or sends its first audio,
-   with `SessionOptions.from_settings` and the client's overrides, checked against the engine.
+2. It creates a session (`open_session`) when the client needs one (at connect on `/v1/realtime`, at
+   a config or the first audio on `/v1/stream`, per round on Wyoming), with
+   `SessionOptions.from_settings` and the client's overrides, checked against the engine.
 3. It decodes the client's audio to 16 kHz mono float32 with a `PcmInput` (wire PCM) and feeds it.
+   (An upload is a whole file, not a stream: the REST adapter hands it to a `Recording`, which
+   creates, feeds and releases its session.)
 4. It turns the session's events (`events.py`) into wire messages; nothing else produces them.
 5. When the stream ends it drains the decoder and releases the session in a `finally`:
    `finalize=True` when the client asked for an end (its finals are sent), `False` when it left.
 6. Every input it refuses raises the one `ProtocolError` (a code and a human sentence, and the
    offending field as `param` where the protocol names it); the adapter answers it in the
    protocol's own error shape and ends the connection only when `fatal`.
-7. A client's language and biasing context go through `checked_language` and `checked_context`,
-   so every protocol accepts and refuses the same values (what it does with a refusal is its own).
+7. A client's language and biasing go through `checked_language` and `checked_context` (with names
+   or terms, `checked_biasing` or `biasing_problems`), so every protocol accepts and refuses the
+   same values (what it does with a refusal is its own).
 """
 
 from __future__ import annotations
