@@ -81,12 +81,15 @@ class ConnectionLimit:
             del self._open[address]
 
 
-class RateLimitedWarning:
-    """A warning that repeats at most once per `interval` seconds and says how often it was held back:
-    what any client can cause at will must not become a log line each time."""
+WARNING_INTERVAL_S = 30.0
+"""How often a `RateLimitedWarning` may repeat."""
 
-    def __init__(self, interval: float = 30.0) -> None:
-        self.interval = interval
+
+class RateLimitedWarning:
+    """A warning that repeats at most once per `WARNING_INTERVAL_S` and says how often it was held
+    back: what any client can cause at will must not become a log line each time."""
+
+    def __init__(self) -> None:
         self._count = 0
         """Occurrences since the last warning."""
         self._last_warning: float | None = None
@@ -95,7 +98,7 @@ class RateLimitedWarning:
         """Counts one occurrence; when a warning is due, returns how many there were since the last one."""
         self._count += 1
         now = time.monotonic()
-        if self._last_warning is not None and now - self._last_warning < self.interval:
+        if self._last_warning is not None and now - self._last_warning < WARNING_INTERVAL_S:
             return None
         count, self._count, self._last_warning = self._count, 0, now
         return count
@@ -245,7 +248,7 @@ hundred "Invalid file descriptor" tracebacks."""
 
 
 class AcceptErrorLog:
-    """Loop exception handler: failed accepts become one warning per `interval` seconds.
+    """Loop exception handler: failed accepts become one warning per `WARNING_INTERVAL_S`.
 
     Out of file descriptors, asyncio reports every failed `accept()` through the loop's exception
     handler, with a traceback, and retries each second; with many clients waiting that is a log
@@ -255,8 +258,8 @@ class AcceptErrorLog:
     Other reports go to the handler that was installed before (or the loop's default).
     """
 
-    def __init__(self, interval: float = 30.0) -> None:
-        self._failed = RateLimitedWarning(interval)
+    def __init__(self) -> None:
+        self._failed = RateLimitedWarning()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._previous: Any = None
 
