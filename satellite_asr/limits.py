@@ -15,6 +15,7 @@ import logging
 import resource
 import ssl
 import time
+from asyncio.constants import ACCEPT_RETRY_DELAY
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
@@ -269,6 +270,13 @@ class AcceptErrorLog:
         loop.set_exception_handler(self)
 
     def uninstall(self) -> None:
+        """Give the loop its handler back once asyncio's pending retries of `accept()` have come (at
+        most `ACCEPT_RETRY_DELAY` after the last failed accept): the daemon's stop ends here, but
+        the loop runs on (asyncio.run's teardown), and those retries find their socket closed."""
+        if self._loop is not None:
+            self._loop.call_later(ACCEPT_RETRY_DELAY, self._restore)
+
+    def _restore(self) -> None:
         if self._loop is not None and self._loop.get_exception_handler() is self:
             self._loop.set_exception_handler(self._previous)
 

@@ -909,12 +909,13 @@ async def test_a_flood_of_silent_http_connections_leaves_wyoming_answering() -> 
 
 
 ACCEPT_RETRIES_AFTER_CLOSE = """
-import asyncio, logging, resource, socket
+import asyncio, logging, resource, socket, sys
 from satellite_asr.limits import AcceptErrorLog
 logging.basicConfig(level=logging.INFO)
 
 async def main():
-    AcceptErrorLog().install(asyncio.get_running_loop())
+    handler = AcceptErrorLog()
+    handler.install(asyncio.get_running_loop())
     server = await asyncio.start_server(lambda reader, writer: None, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     clients = []
@@ -930,18 +931,25 @@ async def main():
     resource.setrlimit(resource.RLIMIT_NOFILE, (20, hard))  # fewer than are open: every accept fails
     await asyncio.sleep(0.3)
     server.close()  # the daemon stopping: asyncio's accept retries are still pending
+    if "uninstall" in sys.argv:  # as `Daemon.stop` does last; the loop runs on (asyncio.run's teardown)
+        handler.uninstall()
     await asyncio.sleep(1.5)
     print("done")
 
 asyncio.run(main())
 """
 """A listening socket that runs out of file descriptors and is closed while asyncio's retries of
-`accept()` are pending (a loop of 30 connections over a limit of 20), with the daemon's handler."""
+`accept()` are pending (a loop of 30 connections over a limit of 20), with the daemon's handler;
+with `uninstall`, the handler is uninstalled at once, as the daemon's stop ends."""
 
 
-async def test_accept_retries_after_the_socket_closed_log_no_traceback() -> None:
+@pytest.mark.parametrize("uninstall", [False, True], ids=["installed", "uninstalled"])
+async def test_accept_retries_after_the_socket_closed_log_no_traceback(uninstall: bool) -> None:
+    """Also when the daemon's stop has uninstalled the handler before the retries come (the loop
+    runs on in asyncio.run's teardown): a quick stop logged up to a hundred tracebacks then."""
+    flags = ["uninstall"] if uninstall else []
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", ACCEPT_RETRIES_AFTER_CLOSE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        sys.executable, "-c", ACCEPT_RETRIES_AFTER_CLOSE, *flags, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
     stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
     log = stderr.decode(errors="replace")
