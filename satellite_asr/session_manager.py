@@ -152,7 +152,8 @@ class SessionManager:
         except (ConnectionError, RuntimeError) as exc:
             log.debug("session %s: closing the connection failed: %s", session.id, exc)
 
-    def _expired(self, session_id: str, _: asyncio.Task[None]) -> None:
+    def _forget_expiring(self, session_id: str, _: asyncio.Task[None]) -> None:
+        """Done callback of an `_expire` task: the session no longer counts as expiring."""
         self._expiring.pop(session_id, None)
 
     async def _reap_idle(self) -> None:
@@ -175,4 +176,4 @@ class SessionManager:
                 log.info("session %s heard no speech for %.0f s, closing", session.id, self.idle_timeout_s)
                 task = asyncio.create_task(self._expire(session, close, "idle_timeout"))
                 self._expiring[session.id] = task
-                task.add_done_callback(functools.partial(self._expired, session.id))
+                task.add_done_callback(functools.partial(self._forget_expiring, session.id))
