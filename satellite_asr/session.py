@@ -4,7 +4,8 @@ Every protocol adapter drives this same class (and `recording.py`, for whole fil
 16 kHz float32 samples, ask for flush/close, and turn the events it emits into wire messages.
 
 Promises kept here: exactly one `FinalTranscript` per utterance that had speech (also on flush,
-close and engine errors); finals in utterance order; `PartialTranscript.stable_text` only grows.
+close and engine errors), unless its client discards it (`clear`) or leaves; finals in utterance
+order; `PartialTranscript.stable_text` only grows.
 The final is a fresh decode of the whole utterance, the same however the audio was framed; in the
 rare case it does not start with the stable text streamed before it, the final wins (and
 `satellite_asr_final_rewrites_total` counts it).
