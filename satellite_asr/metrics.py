@@ -83,7 +83,12 @@ class Metrics:
         self.invalid_samples = Counter(
             "satellite_asr_invalid_samples", "NaN/Inf samples replaced by silence.", registry=r
         )
-        self.errors = Counter("satellite_asr_errors", "Error events sent to clients.", ["code"], registry=r)
+        self.errors = Counter(
+            "satellite_asr_errors",
+            "Errors sent to clients, and connections refused before any request.",
+            ["code"],
+            registry=r,
+        )
         self.engine_restarts = Counter(
             "satellite_asr_engine_restarts",
             "Times a broken engine was closed and started again.",
