@@ -837,6 +837,10 @@ def test_finished_speaking_detection_scales_both_silences() -> None:
     assert silences_for(settings, "aggressive") == {"min_silence_ms": 150, "silence_ms": 300}
     assert silences_for(settings, "relaxed") == {"min_silence_ms": 500, "silence_ms": 1000}
     assert silences_for(settings, "something-new") == default
+    longest = daemon_settings(min_silence_ms=8000, silence_ms=8000)
+    assert silences_for(longest, "relaxed") == {"min_silence_ms": 10000, "silence_ms": 10000}, (
+        "within the settings' range"
+    )
 
 
 async def test_a_client_that_leaves_while_held_back_ends_its_round(raw: RawOpener) -> None:

@@ -74,13 +74,14 @@ SENSITIVITY_SCALE = {"default": 1.0, "aggressive": 0.6, "relaxed": 2.0}
 
 def silences_for(settings: Settings, sensitivity: Any) -> dict[str, int]:
     """Both end-of-speech silences for Home Assistant's "finished speaking detection" setting, scaled
-    but never below the least each setting allows."""
+    but kept within what each setting allows."""
     scale = SENSITIVITY_SCALE.get(str(getattr(sensitivity, "value", sensitivity) or "default"), 1.0)
-    minimums = {f.name: f.metadata["minimum"] for f in setting_fields()}
-    return {
-        name: max(int(minimums[name]), round(getattr(settings, name) * scale))
-        for name in ("min_silence_ms", "silence_ms")
+    bounds = {
+        f.name: (int(f.metadata["minimum"]), int(f.metadata["maximum"]))
+        for f in setting_fields()
+        if f.name in ("min_silence_ms", "silence_ms")
     }
+    return {name: min(high, max(low, round(getattr(settings, name) * scale))) for name, (low, high) in bounds.items()}
 
 
 @dataclass(frozen=True)
