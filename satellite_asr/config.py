@@ -521,6 +521,8 @@ def load_settings(
             f"({settings.max_sessions}), or no WebSocket session could open"
         )
     check_home_assistant(settings)
+    if settings.engine == "qwen3-remote" and not settings.remote_urls:
+        raise ConfigError("engine qwen3-remote needs remote_urls: the base URL of at least one vLLM server")
     check_remote_urls(settings.remote_urls)
     if settings.zeroconf:  # a leftover interface or name does not stop a daemon that does not advertise
         check_zeroconf(settings)

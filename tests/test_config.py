@@ -287,6 +287,14 @@ def test_a_remote_url_with_a_user_or_password_is_refused_without_repeating_it() 
     assert "hunter2" not in str(refused.value)
 
 
+def test_the_remote_engine_without_a_server_url_is_a_configuration_error() -> None:
+    """Said at load time, as one message, rather than as the engine's traceback at start-up."""
+    with pytest.raises(ConfigError, match="engine qwen3-remote needs remote_urls"):
+        load_settings(environ={}, overrides={"engine": "qwen3-remote"})
+    settings = load_settings(environ={}, overrides={"engine": "qwen3-remote", "remote_urls": "http://10.1.2.3:8000"})
+    assert settings.remote_urls == ("http://10.1.2.3:8000",)
+
+
 def test_the_token_is_not_in_the_settings_repr() -> None:
     settings = load_settings(environ={"SATELLITE_ASR_HA_URL": "http://ha:8123", "SATELLITE_ASR_HA_TOKEN": "tok-9e3b"})
     assert "tok-9e3b" not in repr(settings) and "ha_url='http://ha:8123'" in repr(settings)
