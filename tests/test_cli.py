@@ -6,6 +6,8 @@ import asyncio
 import socket
 import subprocess
 import sys
+import wave
+from pathlib import Path
 
 import pytest
 
@@ -57,6 +59,33 @@ def test_unreadable_files_are_named(command: str, name: str, message: str) -> No
     assert result.returncode == 2
     assert f"satellite-asr: {FIXTURES / name}: {message}" in result.stderr
     assert "Traceback" not in result.stderr and "cannot reach" not in result.stderr
+
+
+@pytest.mark.parametrize("command", ["transcribe", "stream"])
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"hello\n", "not a PCM WAV file (too short for a WAV header)"),
+        (None, f"its sample rate is 96000 Hz; the daemon takes {MIN_RATE} to {MAX_RATE} Hz"),
+    ],
+)
+def test_a_wav_file_the_daemon_cannot_take_is_named_with_what_is_wrong(
+    tmp_path: Path, command: str, content: bytes | None, message: str
+) -> None:
+    """A file shorter than a WAV header, and a rate outside the decoder's range: one sentence that
+    names the file, said before `stream` connects (not "not a PCM WAV file ()", not a close 1008)."""
+    path = tmp_path / "audio.wav"
+    if content is None:
+        with wave.open(str(path), "wb") as wav:
+            wav.setnchannels(1)
+            wav.setsampwidth(2)
+            wav.setframerate(96000)
+            wav.writeframes(bytes(9600 * 2))
+    else:
+        path.write_bytes(content)
+    result = run_cli(command, str(path), *(["--url", "ws://127.0.0.1:9/v1/stream"] * (command == "stream")))
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"satellite-asr: {path}: {message}"
 
 
 async def test_stream_prints_partials_and_finals() -> None:

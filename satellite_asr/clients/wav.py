@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from satellite_asr.audio import Audio, PcmDecoder
+from satellite_asr.audio import MAX_CHANNELS, MAX_RATE, MIN_RATE, Audio, PcmDecoder
 
 
 @dataclass(frozen=True)
@@ -37,8 +37,16 @@ def read_wav(path: str | Path) -> WavFile:
                 raise ValueError(
                     f"{path}: only 16-bit PCM WAV is supported, this one has {8 * wav.getsampwidth()}-bit samples"
                 )
+            if not MIN_RATE <= wav.getframerate() <= MAX_RATE:
+                raise ValueError(
+                    f"{path}: its sample rate is {wav.getframerate()} Hz; the daemon takes {MIN_RATE} to {MAX_RATE} Hz"
+                )
+            if wav.getnchannels() > MAX_CHANNELS:
+                raise ValueError(f"{path}: it has {wav.getnchannels()} channels; at most {MAX_CHANNELS} are taken")
             return WavFile(wav.readframes(wav.getnframes()), wav.getframerate(), wav.getnchannels())
-    except (wave.Error, EOFError) as exc:
+    except EOFError:  # wave's own has no message
+        raise ValueError(f"{path}: not a PCM WAV file (too short for a WAV header)") from None
+    except wave.Error as exc:
         raise ValueError(f"{path}: not a PCM WAV file ({exc})") from None
     except OSError as exc:
         raise ValueError(f"{path}: cannot read it ({exc.strerror or exc})") from None
