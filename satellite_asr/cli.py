@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -82,6 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
     stream.add_argument("--device", help="Input device for --mic, by name or index (list: python -m sounddevice).")
     stream.add_argument(
         "--url", type=_websocket_url, default="ws://127.0.0.1:10301/v1/stream", help="Daemon WebSocket URL."
+    )
+    stream.add_argument(
+        "--api-key",
+        metavar="KEY",
+        default=os.environ.get("SATELLITE_ASR_API_KEY", ""),
+        help="The daemon's api_key, sent as Authorization: Bearer (default: $SATELLITE_ASR_API_KEY).",
     )
     stream.add_argument("--cafile", metavar="PEM", help="Certificate to trust for wss:// (e.g. a self-signed one).")
     stream.add_argument("--fast", action="store_true", help="Send a file as fast as possible, not at real-time pace.")
@@ -210,7 +217,7 @@ def _stream(args: argparse.Namespace) -> int:
     import ssl
 
     from satellite_asr.clients.audio_source import AudioSource, MicrophoneSource, MicrophoneUnavailable, WavSource
-    from satellite_asr.clients.stream_client import StreamClosed, TranscriptPrinter, stream_source
+    from satellite_asr.clients.stream_client import StreamClosed, StreamRefused, TranscriptPrinter, stream_source
 
     if args.mic and args.fast:
         print("satellite-asr: --fast applies to files; a microphone delivers audio as it is spoken", file=sys.stderr)
@@ -251,7 +258,9 @@ def _stream(args: argparse.Namespace) -> int:
 
         asyncio.get_running_loop().add_signal_handler(signal.SIGINT, interrupt)
         printer = TranscriptPrinter(sys.stdout, args.json)
-        await stream_source(source, args.url, config=config, on_message=printer, ssl_context=ssl_context)
+        await stream_source(
+            source, args.url, config=config, on_message=printer, ssl_context=ssl_context, api_key=args.api_key
+        )
         if isinstance(source, MicrophoneSource) and source.overflows:
             print(f"warning: the microphone dropped input {source.overflows} time(s) (system busy)", file=sys.stderr)
 
@@ -264,6 +273,10 @@ def _stream(args: argparse.Namespace) -> int:
         return 2
     except StreamClosed as exc:
         print(f"satellite-asr: {exc}", file=sys.stderr)
+        return 1
+    except StreamRefused as exc:
+        hint = "; give the key with --api-key or SATELLITE_ASR_API_KEY" if exc.status == 401 else ""
+        print(f"satellite-asr: {args.url}: {exc}{hint}", file=sys.stderr)
         return 1
     except ssl.SSLCertVerificationError as exc:
         hint = "" if args.cafile else "; for a self-signed certificate, pass it with --cafile"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import subprocess
 import sys
@@ -113,6 +114,41 @@ def test_stream_says_when_the_daemon_is_unreachable() -> None:
     result = run_cli("stream", str(FIXTURES / "weather.wav"), "--url", "ws://127.0.0.1:9/v1/stream")
     assert result.returncode == 1
     assert "cannot reach ws://127.0.0.1:9/v1/stream" in result.stderr
+
+
+async def test_stream_to_a_daemon_with_an_api_key_says_what_was_refused_and_takes_the_key() -> None:
+    """A refused upgrade is the daemon's code and sentence, not websockets' traceback; the key is
+    --api-key or SATELLITE_ASR_API_KEY; a --url of the Realtime route is said to be one at once."""
+
+    async def stream(url: str, *flags: str, key: str | None = None) -> tuple[int | None, str, str]:
+        env = {name: value for name, value in os.environ.items() if name != "SATELLITE_ASR_API_KEY"}
+        if key is not None:
+            env["SATELLITE_ASR_API_KEY"] = key
+        process = await asyncio.create_subprocess_exec(
+            *(sys.executable, "-m", "satellite_asr", "stream", str(FIXTURES / "weather.wav"), "--fast"),
+            *("--url", url, *flags),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+        )
+        stdout, stderr = await asyncio.wait_for(process.communicate(), 120)
+        return process.returncode, stdout.decode(), stderr.decode()
+
+    async with running_daemon(api_key="kitchen-key") as daemon:
+        url = ws_url(daemon)
+        code, _, stderr = await stream(url)
+        assert code == 1 and "Traceback" not in stderr, stderr
+        assert f"satellite-asr: {url}: the daemon refused the connection with HTTP 401: missing_api_key: " in stderr
+        assert "give the key with --api-key or SATELLITE_ASR_API_KEY" in stderr
+        code, _, stderr = await stream(url, "--api-key", "wrong")
+        assert code == 1 and "HTTP 401: invalid_api_key: the API key is not valid" in stderr, stderr
+        code, stdout, stderr = await stream(url, key="kitchen-key")
+        assert code == 0, stderr
+        assert same_words(EXPECTED["weather.wav"], [line.split("]", 1)[1] for line in stdout.splitlines()])
+        realtime = url.replace("/v1/stream", "/v1/realtime")
+        code, _, stderr = await stream(realtime, "--api-key", "kitchen-key")
+        assert code == 1 and "Traceback" not in stderr, stderr
+        assert f"satellite-asr: {realtime}: this URL speaks OpenAI's Realtime API" in stderr
 
 
 @pytest.mark.parametrize("url", ["notaurl", "http://127.0.0.1:10301/v1/stream"])

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import websockets
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from satellite_asr.clients.audio_source import BLOCK_SECONDS, AudioSource, WavSource
 
@@ -30,6 +30,34 @@ more than `audio_source.FAST_LEAD_S` (less than this) ahead of what the daemon r
 
 class StreamClosed(Exception):
     """The daemon closed the stream before it was finished (the reason is in the message)."""
+
+
+REALTIME_CREATED = ("session.created", "transcription_session.created")
+"""The first event of /v1/realtime, which a mistyped --url reaches."""
+
+
+class StreamRefused(Exception):
+    """The daemon refused the stream: its upgrade (`status`, and why in the daemon's own words), or
+    a URL of another route."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def refusal(status: int, body: bytes | bytearray | None) -> str:
+    """What a refused upgrade says: the status, and the daemon's error code and sentence when its
+    body has them (`{"type": "error", ...}`, or OpenAI's `{"error": {...}}` on another route)."""
+    try:
+        error = json.loads(body or b"")
+    except ValueError:
+        error = None
+    if isinstance(error, dict) and isinstance(error.get("error"), dict):
+        error = error["error"]
+    said = ""
+    if isinstance(error, dict) and error.get("message"):
+        said = f": {error.get('code') or 'error'}: {error['message']}"
+    return f"the daemon refused the connection with HTTP {status}{said}"
 
 
 class TranscriptPrinter:
@@ -57,8 +85,9 @@ class TranscriptPrinter:
                 print("\r\033[K", end="", file=self.out)
                 self._partial_shown = False
             print(f"[{message['start']:7.2f} - {message['end']:7.2f}] {message['text']}", file=self.out, flush=True)
-        elif kind == "error":
-            print(f"error {message['code']}: {message['message']}", file=sys.stderr, flush=True)
+        elif kind == "error":  # OpenAI's shape nests it: a URL of another route (/v1/realtime)
+            error = message["error"] if isinstance(message.get("error"), dict) else message
+            print(f"error {error.get('code')}: {error.get('message')}", file=sys.stderr, flush=True)
 
 
 async def stream_file(
@@ -80,16 +109,24 @@ async def stream_source(
     config: dict[str, Any] | None = None,
     on_message: Callable[[dict[str, Any]], None] | None = None,
     ssl_context: ssl.SSLContext | None = None,
+    api_key: str = "",
 ) -> list[dict[str, Any]]:
     """Stream until the source ends (or is stopped), send `end`, return every server message.
 
-    Raises `StreamClosed` when the daemon closes the connection other than normally after `end`.
-    `ssl_context` replaces the system's trust for wss:// (e.g. a self-signed certificate).
+    Raises `StreamClosed` when the daemon closes the connection other than normally after `end`,
+    `StreamRefused` when it refuses the upgrade. `ssl_context` replaces the system's trust for
+    wss:// (e.g. a self-signed certificate); `api_key` goes as `Authorization: Bearer`.
     """
     messages: list[dict[str, Any]] = []
     # websockets refuses an explicit ssl=None for wss://: leave it out to get the system's trust
-    tls: dict[str, Any] = {} if ssl_context is None else {"ssl": ssl_context}
-    async with websockets.connect(url, max_size=1 << 20, ping_interval=PING_S, ping_timeout=PING_S, **tls) as ws:
+    options: dict[str, Any] = {} if ssl_context is None else {"ssl": ssl_context}
+    if api_key:
+        options["additional_headers"] = {"Authorization": f"Bearer {api_key}"}
+    try:
+        ws = await websockets.connect(url, max_size=1 << 20, ping_interval=PING_S, ping_timeout=PING_S, **options)
+    except InvalidStatus as exc:
+        raise StreamRefused(refusal(exc.response.status_code, exc.response.body), exc.response.status_code) from None
+    async with ws:
         await ws.send(
             json.dumps({"type": "config", **(config or {}), "sample_rate": source.sample_rate, "encoding": "s16le"})
         )
@@ -97,6 +134,12 @@ async def stream_source(
         async def receive() -> None:
             async for raw in ws:
                 message = json.loads(raw)
+                if not messages and message.get("type") in REALTIME_CREATED:
+                    await ws.close()  # this client's config, audio and end would each be an error there
+                    raise StreamRefused(
+                        "this URL speaks OpenAI's Realtime API; satellite-asr stream speaks the WebSocket "
+                        "protocol, at /v1/stream"
+                    )
                 messages.append(message)
                 if on_message is not None:
                     on_message(message)
