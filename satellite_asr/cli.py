@@ -191,6 +191,8 @@ def _serve(settings: Settings) -> int:
             code = 1 if failing.done() else 0
             stopping.cancel()
             failing.cancel()
+            if failing.done() and isinstance(failing.result(), ConfigError):
+                raise failing.result()  # a setting the loaded model refuses (`language`): said as one
             log.info("shutting down")
             return code
         finally:

@@ -78,7 +78,11 @@ class Settings:
         "auto", "Speech engine; auto picks qwen3-vllm on a CUDA GPU with vLLM installed, else whisper.", choices=ENGINES
     )
     model: str = _opt("", "Model name or local path; empty: the engine's default.")
-    language: str = _opt("", "Default language code (e.g. en); empty: detect (or the model's only language).")
+    language: str = _opt(
+        "",
+        "Default language code (e.g. en), one the model has (checked once it has loaded); empty: detect (or the "
+        "model's only language).",
+    )
     context: str = _opt("", "Default biasing context (names, terms) added to every session's own context.")
     whisper_compute_type: str = _opt(
         "int8",

@@ -11,6 +11,7 @@ engine is restarted (closed and started again) with backoff until a probe succee
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import sys
 from typing import Any
@@ -19,7 +20,7 @@ import numpy as np
 
 from satellite_asr import __version__
 from satellite_asr.audio import SAMPLE_RATE
-from satellite_asr.config import Settings
+from satellite_asr.config import ConfigError, Settings
 from satellite_asr.engines.base import Engine, EngineInfo, StreamOptions
 from satellite_asr.engines.factory import create_engine
 from satellite_asr.homeassistant.client import HomeAssistantNames, State, Status
@@ -173,12 +174,29 @@ class Core:
     async def _load_engine(self) -> None:
         try:
             await self.engine.start()
+            self._check_language()
         except Exception as exc:
-            log.error("engine %s failed to load: %s", self.engine.info.name, exc)
+            what = "configuration error" if isinstance(exc, ConfigError) else "failed to load"
+            log.error("engine %s %s: %s", self.engine.info.name, what, exc)
             self.engine_error = exc
             self._failed.set()
             return
         self.engine_ready.set()
+
+    def _check_language(self) -> None:
+        """The `language` setting is one the loaded model has, as the model names it (`en-US` is
+        `en`): every protocol hands it to the engine for a session whose client named none."""
+        language = self.settings.language
+        if not language:
+            return
+        info = self.engine.info
+        supported = info.supported_language(language)
+        if supported is None:
+            raise ConfigError(
+                f"language: {language!r} is not one of the languages of {info.model} ({', '.join(info.languages)})"
+            )
+        if supported != language:
+            self.settings = dataclasses.replace(self.settings, language=supported)
 
     async def wait_ready(self) -> None:
         """Until the engine has loaded; raises the load error if it failed."""

@@ -200,6 +200,20 @@ def test_serve_names_the_setting_when_it_cannot_listen(flags: list[str], message
     assert "Traceback" not in result.stderr and "ResourceWarning" not in result.stderr
 
 
+@pytest.mark.parametrize("command", ["serve", "transcribe"])
+def test_a_language_setting_the_model_lacks_is_a_configuration_error(command: str) -> None:
+    """`language` is the default every session is decoded in: one tiny.en lacks was taken silently,
+    echoed in session_created and finals as if it applied (a multilingual model failed every decode)."""
+    if command == "serve":
+        result = serve_on_loopback("--language", "xx")
+    else:
+        result = run_cli("transcribe", str(FIXTURES / "weather.wav"), "--language", "xx")
+    assert result.returncode == 2, result.stderr
+    message = "satellite-asr: configuration error: language: 'xx' is not one of the languages of bundled:tiny.en (en)"
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_serve_refuses_a_vllm_model_length_too_short_for_the_longest_utterance() -> None:
     """Every decode of a long utterance would fail in vLLM: said at start-up, before any model loads.
     Within the length, the context gets what is left, at most its 1024 tokens."""

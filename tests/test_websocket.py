@@ -301,6 +301,7 @@ async def test_partial_frames_are_dropped_with_an_error() -> None:
         ({}, "en", "en"),  # absent: the daemon's default
         ({"language": None}, "en", None),  # null: the engine detects it
         ({"language": "en-GB"}, "", "en"),  # a region tag falls back to the language the engine knows
+        ({}, "en-US", "en"),  # so does the daemon's own (it was handed to the engine as it was written)
     ],
 )
 async def test_config_language(config: dict[str, Any], daemon_language: str, effective: str | None) -> None:

@@ -45,6 +45,7 @@ class OfflineTranscriber:
             for offset in range(0, audio.size, step):
                 yield audio[offset : offset + step]
 
-        options = SessionOptions.from_settings(self.settings, partials=False, language=self.settings.default_language)
+        settings = self.core.settings  # its language as the loaded model names it
+        options = SessionOptions.from_settings(settings, partials=False, language=settings.default_language)
         async with Recording(self.core, "offline", options) as recording:
             return [final async for final in recording.finals(chunks())]
