@@ -229,7 +229,7 @@ def _stream(args: argparse.Namespace) -> int:
         config["language"] = args.language
     if args.context:
         config["context"] = args.context
-    if args.silence_ms:
+    if args.silence_ms is not None:  # 0 too: the daemon says what it takes
         config["vad"] = {"silence_ms": args.silence_ms}
     try:
         ssl_context = ssl.create_default_context(cafile=args.cafile) if args.cafile else None

@@ -110,6 +110,20 @@ async def test_stream_prints_partials_and_finals() -> None:
     assert any(line.startswith("partial: ") for line in lines[: lines.index(finals[0])])
 
 
+async def test_stream_sends_a_silence_of_zero_for_the_daemon_to_refuse() -> None:
+    """`--silence-ms 0` was dropped as if not given, and the stream ran with the daemon's 800 ms."""
+    async with running_daemon() as daemon:
+        process = await asyncio.create_subprocess_exec(
+            *(sys.executable, "-m", "satellite_asr", "stream", str(FIXTURES / "weather.wav"), "--fast"),
+            *("--silence-ms", "0", "--url", ws_url(daemon)),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        stdout, stderr = await asyncio.wait_for(process.communicate(), 120)
+    assert process.returncode == 1, (stdout, stderr)
+    assert "error invalid_config: vad.silence_ms: must be between 100 and 10000, got 0" in stderr.decode()
+
+
 def test_stream_says_when_the_daemon_is_unreachable() -> None:
     result = run_cli("stream", str(FIXTURES / "weather.wav"), "--url", "ws://127.0.0.1:9/v1/stream")
     assert result.returncode == 1
