@@ -29,6 +29,21 @@ def _websocket_url(text: str) -> str:
     return text
 
 
+def _at_least(minimum: int) -> Any:
+    """An argparse type: a whole number of at least `minimum` (a bench of 0 clients reports nothing)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
+
+
 def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per setting, derived from `Settings` (defaults shown are the built-in ones)."""
     parser.add_argument("--config", metavar="FILE", help="YAML config file (see config.example.yaml).")
@@ -98,9 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     stream.add_argument("--silence-ms", type=int, help="End-of-speech silence for this session.")
 
     bench = commands.add_parser("bench", help="Load test: concurrent real-time clients; latency, CPU and WER.")
-    bench.add_argument("--clients", type=int, default=1, help="Concurrent clients (default 1).")
+    bench.add_argument("--clients", type=_at_least(1), default=1, help="Concurrent clients (default 1).")
     bench.add_argument(
-        "--rounds", type=int, default=4, help="Files each client streams, one after another (default 4)."
+        "--rounds", type=_at_least(1), default=4, help="Files each client streams, one after another (default 4)."
     )
     bench.add_argument(
         "--manifest",
@@ -144,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument(
         "--flooders",
-        type=int,
+        type=_at_least(0),
         default=0,
         help="websocket: extra clients sending the files as fast as the daemon takes them, beside the measured ones.",
     )
@@ -291,6 +306,23 @@ def _stream(args: argparse.Namespace) -> int:
 
 
 def _bench(settings: Settings, args: argparse.Namespace) -> int:
+    from websockets.exceptions import InvalidStatus
+
+    from satellite_asr.clients.stream_client import refusal
+
+    try:
+        return _run_bench(settings, args)
+    except InvalidStatus as exc:
+        print(f"satellite-asr: {args.url}: {refusal(exc.response.status_code, exc.response.body)}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        if args.url is None:  # the in-process daemon's own trouble
+            raise
+        print(f"satellite-asr: cannot reach {args.url}: {exc}", file=sys.stderr)
+        return 1
+
+
+def _run_bench(settings: Settings, args: argparse.Namespace) -> int:
     _setup_logging("WARNING" if settings.log_level == "INFO" else settings.log_level)
     import json
     from dataclasses import asdict

@@ -83,3 +83,30 @@ def test_the_bench_command_refuses_an_unknown_split_with_a_code_and_a_sentence(t
     result = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2, result
     assert result.stderr == f"satellite-asr: {manifest} has no split 'fresh99'; it has dev, later\n"
+
+
+@pytest.mark.parametrize(
+    ("flags", "code", "message"),
+    [
+        (["--clients", "0"], 2, "satellite-asr bench: error: argument --clients: must be at least 1, got 0\n"),
+        (["--rounds", "0"], 2, "satellite-asr bench: error: argument --rounds: must be at least 1, got 0\n"),
+        (
+            ["--url", "ws://127.0.0.1:9/v1/stream", "--clients", "2"],
+            1,
+            "satellite-asr: cannot reach ws://127.0.0.1:9/v1/stream: "
+            "[Errno 111] Connect call failed ('127.0.0.1', 9)\n",
+        ),
+        (
+            ["--protocol", "wyoming", "--url", "tcp://127.0.0.1:9"],
+            1,
+            "satellite-asr: cannot reach tcp://127.0.0.1:9: [Errno 111] Connect call failed ('127.0.0.1', 9)\n",
+        ),
+    ],
+)
+def test_the_bench_command_says_what_is_wrong_in_one_line(flags: list[str], code: int, message: str) -> None:
+    """No clients ran a report of nothing (nan%); a --url with nothing there was a traceback."""
+    command = [sys.executable, "-m", "satellite_asr", "bench", *flags]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == code, result
+    assert result.stderr.endswith(message), result.stderr
+    assert "Traceback" not in result.stderr and not result.stdout
