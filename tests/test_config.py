@@ -199,6 +199,31 @@ def test_defaults_quoted_in_the_user_docs_are_the_settings_defaults() -> None:
     assert not wrong, "docs quote defaults the settings do not have: (doc, setting, quoted, default)"
 
 
+DOCUMENTED_RANGES = {
+    "docs/protocol.md": re.compile(r"^\| `vad\.([a-z_]+)` \|[^|]*\| ([0-9.]+)\u2013([0-9.]+)", re.MULTILINE),
+    "docs/openai.md": re.compile(r"→ `([a-z_]+)` \(([0-9.]+)\u2013([0-9.]+)\)"),
+}
+"""Per-session values and the range the docs say they take: the `config` table's `vad.*` rows, and
+the Realtime fields mapped onto settings (`silence_duration_ms` → `silence_ms` (100 to 10000), with an en dash)."""
+
+
+def test_ranges_quoted_in_the_protocol_docs_are_the_settings_ranges() -> None:
+    """A session's value is checked against its setting's range; the docs quote the range."""
+    fields = {f.name: f.metadata for f in setting_fields()}
+    quoted = [
+        (doc, name, float(low), float(high))
+        for doc, pattern in DOCUMENTED_RANGES.items()
+        for name, low, high in pattern.findall((ROOT / doc).read_text())
+    ]
+    assert len(quoted) >= 7, "the patterns still find the docs' ranges"
+    wrong = []
+    for doc, name, low, high in quoted:
+        setting = name if name in fields else f"vad_{name}"
+        if (fields[setting]["minimum"], fields[setting]["maximum"]) != (low, high):
+            wrong.append((doc, name, low, high, fields[setting]["minimum"], fields[setting]["maximum"]))
+    assert not wrong, "docs quote ranges the settings do not have: (doc, field, low, high, minimum, maximum)"
+
+
 def test_every_setting_has_a_serve_flag() -> None:
     parser = build_parser()
     args = parser.parse_args(["serve", "--silence-ms", "900", "--no-zeroconf", "--zeroconf-interface", "127.0.0.1"])
