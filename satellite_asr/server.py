@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 WEB_DIR = Path(__file__).parent / "web"
 """The browser microphone page, served at `/` with its scripts under `/static/`."""
+WEB_FILES = frozenset(path.name for path in WEB_DIR.iterdir() if path.is_file())
 
 FILE_DESCRIPTOR_MARGIN = 128
 """File descriptors kept for what is not a capped connection: models, logs, zeroconf, the daemon's own
@@ -169,7 +170,7 @@ class Daemon:
                 app.router.add_get(path, handler)  # and HEAD, which uptime checks use
             else:
                 app.router.add_route(method, path, handler)
-        app.router.add_static("/static/", WEB_DIR)
+        app.router.add_get("/static/{name}", self._static)
         app.on_response_prepare.append(_revalidate_page)
         # aiohttp's keep-alive timer also runs from the connection's start and is not pushed back by
         # a request still arriving: it is the header timeout too (a client trickling bytes is closed).
@@ -279,6 +280,14 @@ class Daemon:
 
     async def _index(self, request: web.Request) -> web.FileResponse:
         return web.FileResponse(WEB_DIR / "index.html")
+
+    async def _static(self, request: web.Request) -> web.FileResponse:
+        """One of the page's files by name; any other is the daemon's JSON 404, as on every path
+        (aiohttp's static route answered an empty 404, and 403 for the folder itself)."""
+        name = request.match_info["name"]
+        if name not in WEB_FILES:
+            raise web.HTTPNotFound()
+        return web.FileResponse(WEB_DIR / name)
 
     async def _metrics(self, request: web.Request) -> web.Response:
         return web.Response(

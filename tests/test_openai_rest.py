@@ -377,6 +377,10 @@ async def test_an_unknown_address_or_method_gets_a_json_error_the_client_can_rea
             wrong_method = response.status, response.headers.get("Allow"), await response.json()
         async with http.get(f"{base}/nowhere") as response:
             elsewhere = response.status, await response.json()
+        static = {}  # not the page's files: the same JSON 404 (was an empty body, and 403 for the folder)
+        for path in ("/static/nothing.js", "/static/"):
+            async with http.get(base + path) as response:
+                static[path] = response.status, await response.json()
     assert translation[0] == 404 and set(translation[1]["error"]) == {"message", "type", "param", "code"}
     assert (
         translation[1]["error"]["code"] == "not_found"
@@ -387,6 +391,10 @@ async def test_an_unknown_address_or_method_gets_a_json_error_the_client_can_rea
         404,
         {"type": "error", "code": "not_found", "message": "this daemon has nothing at GET /nowhere"},
     )
+    assert static == {
+        path: (404, {"type": "error", "code": "not_found", "message": f"this daemon has nothing at GET {path}"})
+        for path in static
+    }
 
 
 def noise_wav(megabytes: float) -> bytes:
