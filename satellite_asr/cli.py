@@ -97,7 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--mic", action="store_true", help="Stream the microphone (needs the 'mic' extra).")
     stream.add_argument("--device", help="Input device for --mic, by name or index (list: python -m sounddevice).")
     stream.add_argument(
-        "--url", type=_websocket_url, default="ws://127.0.0.1:10301/v1/stream", help="Daemon WebSocket URL."
+        "--url",
+        type=_websocket_url,
+        default="ws://127.0.0.1:10301/v1/stream",
+        help="Daemon WebSocket URL (default: ws://127.0.0.1:10301/v1/stream; wss:// with TLS).",
     )
     stream.add_argument(
         "--api-key",

@@ -41,6 +41,14 @@ def test_transcribe_help_says_which_wav_files_it_reads(capsys: pytest.CaptureFix
     assert f"({MIN_RATE} to {MAX_RATE} Hz, 1 to {MAX_CHANNELS} channels)" in " ".join(capsys.readouterr().out.split())
 
 
+def test_stream_help_says_where_it_connects_and_how_to_send_a_key(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["stream", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    assert "(default: ws://127.0.0.1:10301/v1/stream; wss:// with TLS)" in shown
+    assert "sent as Authorization: Bearer (default: $SATELLITE_ASR_API_KEY)" in shown
+
+
 def test_transcribe_prints_one_line_per_utterance() -> None:
     result = run_cli("transcribe", str(FIXTURES / "three_commands.wav"), str(FIXTURES / "lights_on.wav"))
     assert result.returncode == 0, result.stderr
