@@ -188,6 +188,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"satellite-asr: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C before serve's own handler (start-up), or in transcribe and bench
+        return 130
     raise AssertionError(args.command)
 
 

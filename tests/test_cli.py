@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -55,6 +56,24 @@ def test_transcribe_prints_one_line_per_utterance() -> None:
     lines = [line.split("\t") for line in result.stdout.splitlines()]
     assert same_words(EXPECTED["three_commands.wav"] + EXPECTED["lights_on.wav"], [line[3] for line in lines]), lines
     assert all(float(line[1]) < float(line[2]) for line in lines)
+
+
+def test_ctrl_c_in_transcribe_quits_without_a_traceback() -> None:
+    """Ctrl-C (SIGINT) stops it with 130, as a shell expects, not with asyncio's KeyboardInterrupt."""
+    files = [str(FIXTURES / "three_commands.wav")] * 20
+    process = subprocess.Popen(
+        [sys.executable, "-m", "satellite_asr", "transcribe", *files],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as in a terminal, not ignored
+    )
+    assert process.stdout is not None
+    assert process.stdout.readline().startswith(files[0])  # transcribing now
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
 
 
 @pytest.mark.parametrize("command", ["transcribe", "stream"])
