@@ -566,9 +566,16 @@ def check_home_assistant(settings: Settings) -> None:
 
 
 def check_remote_urls(urls: Sequence[str]) -> None:
-    """No user or password in a vLLM server's URL: errors quote the URL, to clients and in logs."""
+    """No user or password in a vLLM server's URL: errors quote the URL, to clients and in logs.
+    And a URL with its scheme: `192.168.1.20:8000` was taken, and every probe of it failed."""
     if any("@" in urlsplit(url.strip()).netloc for url in urls):
         raise ConfigError("remote_urls: a vLLM server URL must not hold a user or password (set remote_api_key)")
+    for url in urls:
+        parts = urlsplit(url.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(
+                f"remote_urls: {url!r} is not an http:// or https:// URL of a server (e.g. http://192.168.1.20:8000)"
+            )
 
 
 def check_zeroconf(settings: Settings) -> None:

@@ -312,6 +312,14 @@ def test_a_remote_url_with_a_user_or_password_is_refused_without_repeating_it() 
     assert "hunter2" not in str(refused.value)
 
 
+@pytest.mark.parametrize("url", ["10.1.2.3:8000", "ftp://10.1.2.3:8000", "http://"])
+def test_a_remote_url_without_its_http_scheme_or_host_is_refused(url: str) -> None:
+    """Taken before, and the engine's probes of it failed forever with no word of why."""
+    with pytest.raises(ConfigError, match=f"remote_urls: '{url}' is not an http:// or https:// URL of a server"):
+        load_settings(environ={}, overrides={"remote_urls": url})
+    assert load_settings(environ={}, overrides={"remote_urls": "https://gpu.lan"}).remote_urls == ("https://gpu.lan",)
+
+
 def test_the_remote_engine_without_a_server_url_is_a_configuration_error() -> None:
     """Said at load time, as one message, rather than as the engine's traceback at start-up."""
     with pytest.raises(ConfigError, match="engine qwen3-remote needs remote_urls"):
