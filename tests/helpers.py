@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
 import json
 import os
@@ -266,3 +267,44 @@ async def close_while_throttled(daemon: Daemon, ws: websockets.ClientConnection,
 async def _for_ever(send: Callable[[], Awaitable[None]]) -> None:
     while True:
         await send()
+
+
+TEXT_OPCODE, BINARY_OPCODE, CLOSE_OPCODE = 0x1, 0x2, 0x8
+"""WebSocket frame types (RFC 6455)."""
+
+
+def client_frame(payload: bytes, opcode: int = TEXT_OPCODE) -> bytes:
+    """A client-to-server WebSocket frame, masked as a client's must be (text by default), by hand:
+    for tests whose client misbehaves at the frame level."""
+    mask = os.urandom(4)
+    size = len(payload)
+    if size < 126:
+        head = bytes([0x80 | opcode, 0x80 | size])
+    elif size < 1 << 16:
+        head = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, size)
+    else:
+        head = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, size)
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+async def read_server_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """One server-to-client WebSocket frame (not masked): its opcode and payload."""
+    first, second = await asyncio.wait_for(reader.readexactly(2), 30)
+    size = second & 0x7F
+    if size == 126:
+        (size,) = struct.unpack("!H", await reader.readexactly(2))
+    elif size == 127:
+        (size,) = struct.unpack("!Q", await reader.readexactly(8))
+    return first & 0x0F, await reader.readexactly(size)
+
+
+async def websocket_upgrade(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, port: int, path: str = "/v1/stream"
+) -> bytes:
+    """The opening handshake, by hand; returns the server's answer (its status line and headers)."""
+    key = base64.b64encode(os.urandom(16)).decode()
+    writer.write(
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    return await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)

@@ -10,16 +10,13 @@ misbehaving ones raw sockets. Loopback is 127.0.0.0/8, so clients of "other addr
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import functools
 import itertools
 import json
 import logging
-import os
 import signal
 import socket
-import struct
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -44,12 +41,14 @@ from satellite_asr.server import Daemon
 from tests.helpers import (
     EXPECTED,
     FIXTURES,
+    client_frame,
     daemon_settings,
     eventually,
     free_port,
     of_type,
     running_daemon,
     same_words,
+    websocket_upgrade,
     word_error_rate,
     ws_url,
 )
@@ -120,26 +119,6 @@ def keep_sending(send: Callable[[Any], Awaitable[object]], messages: Iterable[An
                 await asyncio.sleep(every)
 
     return asyncio.create_task(run())
-
-
-def masked_text_frame(text: str) -> bytes:
-    """A client-to-server WebSocket text frame (clients must mask) of 126 to 65535 bytes."""
-    payload = text.encode()
-    assert 126 <= len(payload) < 1 << 16, "the 16-bit length form"
-    mask = os.urandom(4)
-    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-    return struct.pack("!BBH", 0x81, 0x80 | 126, len(payload)) + mask + masked
-
-
-async def upgrade(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, port: int, path: str = "/v1/stream"
-) -> bytes:
-    key = base64.b64encode(os.urandom(16)).decode()
-    writer.write(
-        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
-    )
-    return await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
 
 
 async def write_until_dropped(writer: asyncio.StreamWriter, message: bytes, *, limit_s: float = 60) -> int:
@@ -458,10 +437,10 @@ async def test_a_wyoming_connection_idling_after_its_answer_is_closed() -> None:
 
 async def test_a_websocket_client_that_does_not_read_is_dropped() -> None:
     """Each unknown message type is answered with an error; the client never reads them."""
-    message = masked_text_frame(json.dumps({"type": "x" * 2000}))
+    message = client_frame(json.dumps({"type": "x" * 2000}).encode())
     async with running_daemon(write_timeout_s=1.0) as daemon:
         async with raw_connection(daemon.http_port, receive_buffer=4096) as (reader, writer):
-            response = await upgrade(reader, writer, daemon.http_port)
+            response = await websocket_upgrade(reader, writer, daemon.http_port)
             assert response.startswith(b"HTTP/1.1 101")
             written = await write_until_dropped(writer, message)
         during = await health_status(daemon)
@@ -474,10 +453,10 @@ async def test_a_websocket_client_that_does_not_read_is_dropped() -> None:
 
 async def test_a_realtime_client_that_does_not_read_is_dropped() -> None:
     """Each unknown event type is answered with an error event; the client never reads them."""
-    message = masked_text_frame(json.dumps({"type": "x" * 2000}))
+    message = client_frame(json.dumps({"type": "x" * 2000}).encode())
     async with running_daemon(write_timeout_s=1.0) as daemon:
         async with raw_connection(daemon.http_port, receive_buffer=4096) as (reader, writer):
-            response = await upgrade(reader, writer, daemon.http_port, "/v1/realtime")
+            response = await websocket_upgrade(reader, writer, daemon.http_port, "/v1/realtime")
             assert response.startswith(b"HTTP/1.1 101")
             written = await write_until_dropped(writer, message)
         await eventually(lambda: len(daemon.core.sessions) == 0)  # the dropped client's session is released
@@ -489,14 +468,14 @@ async def test_a_realtime_client_that_does_not_read_is_dropped() -> None:
 
 async def test_a_realtime_client_that_does_not_read_does_not_hold_up_shutdown() -> None:
     """Its error events fill the buffers until the daemon stops reading; shutdown still ends."""
-    message = masked_text_frame(json.dumps({"type": "x" * 2000}))
+    message = client_frame(json.dumps({"type": "x" * 2000}).encode())
     daemon = Daemon(daemon_settings(write_timeout_s=1.0))
     await daemon.start()
     stopped = False
     try:
         await daemon.core.wait_ready()
         async with raw_connection(daemon.http_port, receive_buffer=4096) as (reader, writer):
-            await upgrade(reader, writer, daemon.http_port, "/v1/realtime")
+            await websocket_upgrade(reader, writer, daemon.http_port, "/v1/realtime")
             with contextlib.suppress(TimeoutError, ConnectionError):
                 while True:
                     writer.write(message)

@@ -19,7 +19,7 @@ import websockets
 from websockets.exceptions import ConnectionClosed
 
 from satellite_asr.clients.wav import read_wav
-from tests.helpers import FIXTURES, free_port
+from tests.helpers import FIXTURES, client_frame, free_port
 
 SHUTDOWN_TIMEOUT_S = 10.0
 """The default `shutdown_timeout_s`: the daemon is started without the setting."""
@@ -78,13 +78,6 @@ def upgrade_to_websocket(sock: socket.socket, port: int) -> None:
     assert b" 101 " in response.split(b"\r\n")[0], response
 
 
-def masked_text_frame(text: str) -> bytes:
-    payload = text.encode()
-    assert len(payload) < 126
-    mask = os.urandom(4)
-    return bytes([0x81, 0x80 | len(payload)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-
-
 async def send_until_server_stops_reading(sock: socket.socket, data: bytes) -> None:
     """Send requests whose answers the test never reads, until the server stops taking more
     (it is then stuck writing to this client); gives up after a bound, the test goes on anyway."""
@@ -132,7 +125,7 @@ async def test_sigterm_ends_every_connection_sends_pending_finals_and_exits_0() 
 
         deaf_websocket = never_reading_socket(http_port)
         upgrade_to_websocket(deaf_websocket, http_port)
-        await send_until_server_stops_reading(deaf_websocket, masked_text_frame('{"type": "nonsense"}') * 200)
+        await send_until_server_stops_reading(deaf_websocket, client_frame(b'{"type": "nonsense"}') * 200)
         deaf_wyoming = never_reading_socket(wyoming_port)
         await send_until_server_stops_reading(deaf_wyoming, b'{"type": "describe"}\n' * 2000)
         wyoming_reader, wyoming_writer = await asyncio.open_connection("127.0.0.1", wyoming_port)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +24,12 @@ from satellite_asr.protocols.websocket import MAX_FRAME_BYTES
 from satellite_asr.server import Daemon
 from tests.doubles import CrashingEngineDouble, GatedEngineDouble, SlowLoadingEngineDouble
 from tests.helpers import (
+    BINARY_OPCODE,
+    CLOSE_OPCODE,
     EXPECTED,
     FIXTURES,
     WER_TOLERANCE,
+    client_frame,
     close_while_throttled,
     daemon_settings,
     eventually,
@@ -33,9 +37,11 @@ from tests.helpers import (
     leave_while_throttled,
     normalise,
     of_type,
+    read_server_frame,
     running_daemon,
     same_words,
     traced_client,
+    websocket_upgrade,
     word_error_rate,
     write_wav,
     ws_url,
@@ -279,6 +285,41 @@ async def test_invalid_config_is_an_error_and_closes_1008(config: dict[str, Any]
         assert messages[0]["type"] == "error" and messages[0]["code"] == "invalid_config"
         assert mentions in messages[0]["message"]
         assert len(daemon.core.sessions) == 0
+
+
+@pytest.mark.parametrize(
+    ("path", "first_message", "close_code"),
+    [
+        ("/v1/stream", {"type": "config", "vad": {"silence_ms": 5}}, 1008),  # refused: the handler closes
+        ("/v1/realtime", None, 1001),  # idle: the session's expiry closes, in a task of its own
+    ],
+)
+async def test_the_servers_close_waits_for_the_clients_close(
+    path: str, first_message: dict[str, Any] | None, close_code: int
+) -> None:
+    """The server's Close is answered by the client's before the server closes the connection
+    (RFC 6455's closing handshake). It closed the socket right after its Close when its read-ahead
+    task was waiting for a message, as it always is between messages (aiohttp closes at once when
+    another task waits in `receive()`): audio the client had sent meanwhile then made the kernel
+    reset the connection, and a client sending without waiting for `session_created` lost the error
+    and the Close (1006) about half the time on a busy machine."""
+    async with running_daemon(idle_timeout_s=1.0) as daemon:
+        reader, writer = await asyncio.open_connection("127.0.0.1", daemon.http_port)
+        await websocket_upgrade(reader, writer, daemon.http_port, path)
+        if first_message is not None:
+            writer.write(client_frame(json.dumps(first_message).encode()))
+        frames = [await read_server_frame(reader)]
+        while frames[-1][0] != CLOSE_OPCODE:
+            frames.append(await read_server_frame(reader))
+        writer.write(client_frame(bytes(6400), opcode=BINARY_OPCODE))  # audio in flight when the server closed
+        with pytest.raises(TimeoutError):  # neither an end nor a reset: the server waits, reading
+            await asyncio.wait_for(reader.read(1), 0.5)
+        writer.write(client_frame(frames[-1][1], opcode=CLOSE_OPCODE))
+        assert await asyncio.wait_for(reader.read(), 30) == b"", "the server closes once the client has"
+        writer.close()
+    assert struct.unpack("!H", frames[-1][1][:2]) == (close_code,)
+    if first_message is not None:
+        assert json.loads(frames[0][1])["code"] == "invalid_config"
 
 
 async def test_partial_frames_are_dropped_with_an_error() -> None:

@@ -29,16 +29,17 @@ import select
 import sys
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any
 
-from aiohttp import WSMessage, WSMsgType, web
+from aiohttp import WSCloseCode, WSMessage, WSMsgType, web
 from aiohttp.http import WS_CLOSED_MESSAGE
 
 from satellite_asr.audio import AudioFormatError, PcmDecoder
 from satellite_asr.biasing.context import MAX_CLIENT_TERMS, biasing_context
 from satellite_asr.core import Core
+from satellite_asr.limits import write_within
 from satellite_asr.session import Emit, Session, SessionOptions
 from satellite_asr.session_manager import CloseConnection, ServerBusy
 
@@ -162,11 +163,11 @@ class ReadAhead:
     the pings are answered while the audio waits; past the limit reading stops (TCP back-pressure),
     counting the message the handler has in hand. Use it as `async with`.
 
-    The `WebSocketResponse` is made with `autoclose=False`, and a client's Close is answered here
-    (`answer_close`, which must give up on a client that does not read): at once, dropping what was
-    read ahead, unless something before it is `wanted_after_close` (an `end`, whose finals the client
-    reads until the server's Close: websocat sends its input, `end` and Close at once); then the
-    Close comes in its turn. Once the server has closed, or the connection is gone, it gives only
+    The server's Close goes through `close` too. The `WebSocketResponse` is made with
+    `autoclose=False`, and a client's Close is answered here: at once, dropping what was read ahead,
+    unless something before it is `wanted_after_close` (an `end`, whose finals the client reads until
+    the server's Close: websocat sends its input, `end` and Close at once); then the Close comes in
+    its turn. Once the server has closed, or the connection is gone, it gives only
     `WS_CLOSED_MESSAGE`: what was read ahead is for no one.
     """
 
@@ -174,13 +175,18 @@ class ReadAhead:
         self,
         ws: web.WebSocketResponse,
         limit_bytes: int,
-        answer_close: Callable[[], Awaitable[None]],
+        write_timeout_s: float,
+        transport: asyncio.WriteTransport | None,
         wanted_after_close: Callable[[WSMessage], bool] = lambda _: False,
     ) -> None:
         self._ws = ws
         self._limit = limit_bytes
-        self._answer_close = answer_close
+        self._write_timeout_s = write_timeout_s
+        self._transport = transport
         self._wanted_after_close = wanted_after_close
+        self._answering = False
+        """The reading task is answering the client's Close."""
+        self._closing = asyncio.Lock()
         self._in_hand_wanted = False
         self._read: deque[WSMessage] = deque()
         self._held = 0  # bytes of the messages read and not handled yet, and of the one in hand
@@ -197,9 +203,7 @@ class ReadAhead:
     async def __aexit__(
         self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
     ) -> None:
-        assert self._reader is not None
-        self._reader.cancel()
-        await asyncio.gather(self._reader, return_exceptions=True)
+        await self._stop_reading()
 
     async def _read_ahead(self) -> None:
         while True:
@@ -210,14 +214,40 @@ class ReadAhead:
             if message.type == WSMsgType.CLOSE and not self._still_wanted():
                 self._read.clear()
                 self._held = self._in_hand
+                self._answering = True
                 with contextlib.suppress(ConnectionError):  # the answer gave up: the connection is aborted
-                    await self._answer_close()
+                    await self.close(WSCloseCode.OK)
             self._read.append(message)
             self._held += _size(message)
             self._arrived.set()
             if message.type in WEBSOCKET_ENDS:
                 return
             del message  # not held while the handler has it: it may drop a big message's text early
+
+    async def close(self, code: int, reason: str = "") -> None:
+        """The server's Close; a client that does not read it is dropped (`write_within`).
+
+        aiohttp's `close()` waits for the client's Close, reading what comes before it, only when no
+        other task waits in `receive()`; else it closes the socket at once, and audio the client sent
+        meanwhile makes the kernel reset the connection: the client lost the last error and the Close
+        (1006). So the reading task stops first, unless it is the one answering the client's Close.
+        One close at a time: a handler that ends waits for a close another task has under way (an
+        idle timeout, shutdown), as aiohttp closes the socket once the handler returns.
+        """
+        await self._stop_reading()
+        async with self._closing:
+            closing = self._ws.close(code=code, message=reason.encode())
+            await write_within(closing, self._write_timeout_s, self._transport)
+
+    async def _stop_reading(self) -> None:
+        """Cancel the reading task; one answering the client's Close is waited for instead (it ends
+        then), so that its Close goes out whole."""
+        reader = self._reader
+        if reader is None or reader is asyncio.current_task():
+            return
+        if not self._answering:
+            reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)
 
     def _still_wanted(self) -> bool:
         return self._in_hand_wanted or any(self._wanted_after_close(message) for message in self._read)
@@ -234,7 +264,8 @@ class ReadAhead:
         self._room.set()
         while not self._read:
             if self._reader.done():
-                self._reader.result()  # what broke the reading, if it broke
+                if not self._reader.cancelled():  # stopped by `close`
+                    self._reader.result()  # what broke the reading, if it broke
                 return WS_CLOSED_MESSAGE  # after the end, as aiohttp gives it
             self._arrived.clear()
             await self._arrived.wait()

@@ -96,8 +96,11 @@ class _Connection:
     format alone swaps the decoder. Item times count all audio of the connection.
     """
 
-    def __init__(self, ws: web.WebSocketResponse, core: Core, request: web.Request, beta: bool) -> None:
+    def __init__(
+        self, ws: web.WebSocketResponse, core: Core, request: web.Request, beta: bool, reading: ReadAhead
+    ) -> None:
         self.ws = ws
+        self.reading = reading
         self.core = core
         self.transport = request.transport
         self.beta = beta
@@ -133,10 +136,7 @@ class _Connection:
         await self.send({"type": "error", "error": error})
 
     async def close(self, code: int, reason: str) -> None:
-        """Close the WebSocket; a client that does not read the close frame is dropped."""
-        await write_within(
-            self.ws.close(code=code, message=reason.encode()), self.core.settings.write_timeout_s, self.transport
-        )
+        await self.reading.close(code, reason)
 
     async def close_by_server(self, reason: str) -> None:
         await self.close(WSCloseCode.GOING_AWAY, reason)
@@ -414,13 +414,13 @@ class RealtimeHandler:
     async def _serve(self, request: web.Request, ws: web.WebSocketResponse) -> web.WebSocketResponse:
         await ws.prepare(request)
         beta = "realtime=v1" in request.headers.get("OpenAI-Beta", "")
-        connection = _Connection(ws, self.core, request, beta)
+        settings = self.core.settings
+        reading = ReadAhead(ws, settings.websocket_read_ahead_mb << 20, settings.write_timeout_s, request.transport)
+        connection = _Connection(ws, self.core, request, beta, reading)
         try:
             try:
                 await connection.open_session(created=True)
-                read_ahead = self.core.settings.websocket_read_ahead_mb << 20
-                answer_close = functools.partial(connection.close, WSCloseCode.OK, "")
-                async with ReadAhead(ws, read_ahead, answer_close) as frames:
+                async with reading as frames:
                     async for frame in frames:
                         if frame.type == WSMsgType.TEXT:
                             event = parse_event(frame.data)
@@ -438,9 +438,8 @@ class RealtimeHandler:
             log.info("realtime websocket dropped: %s", exc)
         finally:
             await connection.release(finalize=False)
-            if not ws.closed:  # the connection is gone, or the handler failed
-                with contextlib.suppress(ConnectionError):
-                    await connection.close(WSCloseCode.OK, "")
+            with contextlib.suppress(ConnectionError):  # when another task is closing, its close ends first
+                await connection.close(WSCloseCode.OK, "")
         return ws
 
     async def _receive(self, connection: _Connection, message: dict[str, Any] | ProtocolError) -> None:

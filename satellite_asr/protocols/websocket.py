@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import json
 import logging
 import time
@@ -198,10 +197,11 @@ def encode_event(event: SessionEvent) -> dict[str, Any] | None:
 class _Connection:
     """State of one WebSocket connection: at most one session, created by config or first audio."""
 
-    def __init__(self, ws: web.WebSocketResponse, core: Core, request: web.Request) -> None:
+    def __init__(self, ws: web.WebSocketResponse, core: Core, request: web.Request, reading: ReadAhead) -> None:
         self.ws = ws
         self.core = core
         self.request = request
+        self.reading = reading
         self.input: PcmInput | None = None
         self.audio_seen = False
         self.finished = False
@@ -221,9 +221,7 @@ class _Connection:
         await self.send({"type": "error", "code": code, "message": message})
 
     async def close(self, code: int, reason: str = "") -> None:
-        """Close the WebSocket; a client that does not read the close frame is dropped."""
-        closing = self.ws.close(code=code, message=reason.encode())
-        await write_within(closing, self.core.settings.write_timeout_s, self.request.transport)
+        await self.reading.close(code, reason)
 
     async def close_by_server(self, reason: str) -> None:
         self.finished = True
@@ -331,16 +329,18 @@ class WebSocketHandler:
 
     async def _serve(self, request: web.Request, ws: web.WebSocketResponse) -> web.WebSocketResponse:
         await ws.prepare(request)
-        connection = _Connection(ws, self.core, request)
+        settings = self.core.settings
+        reading = ReadAhead(
+            ws, settings.websocket_read_ahead_mb << 20, settings.write_timeout_s, request.transport, is_end
+        )
+        connection = _Connection(ws, self.core, request, reading)
         self.open.add(connection)
         reason = "disconnect"
         first_message_timeout = self.core.settings.first_message_timeout_s
         # Until a session opens; messages that open none (flush, bad JSON) do not push it back.
         deadline = time.monotonic() + first_message_timeout
         try:
-            read_ahead = self.core.settings.websocket_read_ahead_mb << 20
-            answer_close = functools.partial(connection.close, WSCloseCode.OK)
-            async with ReadAhead(ws, read_ahead, answer_close, wanted_after_close=is_end) as messages:
+            async with reading as messages:
                 while True:
                     try:
                         left = None if connection.input is not None else max(0.0, deadline - time.monotonic())
@@ -374,9 +374,8 @@ class WebSocketHandler:
         finally:
             self.open.discard(connection)
             await connection.release(reason)
-            if not ws.closed:  # a client's Close is answered here (autoclose is off), or the connection is gone
-                with contextlib.suppress(ConnectionError):
-                    await connection.close(WSCloseCode.OK)
+            with contextlib.suppress(ConnectionError):  # when another task is closing, its close ends first
+                await connection.close(WSCloseCode.OK)
         return ws
 
     @staticmethod
