@@ -262,8 +262,10 @@ class Daemon:
             await self._runner.stop_handshakes()
         if self.discovery is not None:
             await self.discovery.stop()
-        # Side by side, so that a client that does not read holds up only its own connection.
-        await asyncio.gather(self._close_wyoming(), self._close_websockets())
+        # Side by side, so that a client that does not read (or answer a Close) holds up only its own
+        # connection; then what is left (uploads).
+        realtime = self.core.sessions.close_all("shutdown", protocol=openai_realtime.PROTOCOL)
+        await asyncio.gather(self._close_wyoming(), self._close_websockets(), realtime)
         await self.core.sessions.close_all("shutdown")
 
     async def _close_wyoming(self) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 from collections.abc import Callable
 from typing import Any
@@ -22,6 +23,7 @@ from satellite_asr.server import Daemon
 from tests.doubles import ContextRecordingEngineDouble, CrashingEngineDouble
 from tests.helpers import (
     EXPECTED,
+    client_frame,
     close_while_throttled,
     eventually,
     fixture_16k,
@@ -29,9 +31,11 @@ from tests.helpers import (
     normalise,
     of_type,
     pcm16,
+    read_server_frame,
     running_daemon,
     same_words,
     traced_client,
+    websocket_upgrade,
 )
 from tests.home_assistant_double import running_home_assistant
 
@@ -661,3 +665,39 @@ async def test_an_event_of_exactly_the_limit_is_taken_and_one_byte_more_closes_w
                 await asyncio.wait_for(ws.recv(), 60)
     assert not of_type(events, "error"), events
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
+
+
+async def test_a_client_that_never_answers_the_close_costs_no_one_else_their_final_at_shutdown() -> None:
+    """Once the server's Close waited for the client's, one `/v1/stream` client that reads but never
+    answers held shutdown for its whole `shutdown_timeout_s` (the Realtime sessions were closed only
+    after the WebSocket ones), and a Realtime client mid-command was cut (1006) without its final.
+    The wait for the client's Close is now short, and the protocols close side by side."""
+    speech = pcm16(fixture_16k("lights_on.wav")[: int(1.5 * SAMPLE_RATE)])
+    async with running_daemon() as daemon:
+        reader, writer = await asyncio.open_connection("127.0.0.1", daemon.http_port)
+        await websocket_upgrade(reader, writer, daemon.http_port)
+        writer.write(client_frame(json.dumps({"type": "config"}).encode()))
+        await read_server_frame(reader)  # session_created; then every frame is read, the Close never answered
+        mute = asyncio.create_task(read_frames_for_ever(reader))
+        async with websockets.connect(realtime_url(daemon)) as ws:
+            for piece in chunks(speech, 48000):
+                await ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": piece}))
+            events = [json.loads(await ws.recv())]
+            while events[-1]["type"] != "input_audio_buffer.speech_started":
+                events.append(json.loads(await ws.recv()))
+            stopping = asyncio.create_task(daemon.stop())
+            with contextlib.suppress(ConnectionClosed):
+                async for raw in ws:
+                    events.append(json.loads(raw))
+            await stopping
+        mute.cancel()
+        writer.close()
+    (completed,) = of_type(events, "conversation.item.input_audio_transcription.completed")
+    assert normalise(completed["transcript"]).startswith("turn on"), "the command said so far"
+    assert (ws.close_code, ws.close_reason) == (1001, "shutdown")
+
+
+async def read_frames_for_ever(reader: asyncio.StreamReader) -> None:
+    with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+        while True:
+            await read_server_frame(reader)

@@ -151,6 +151,9 @@ def peer_gone(transport: asyncio.BaseTransport | None, *, half_close_ends: bool)
 
 
 WEBSOCKET_ENDS = (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR)
+CLOSE_HANDSHAKE_S = 2.0
+"""How long the server's Close waits for the client's (`WebSocketResponse(timeout=...)`): a client
+that reads but never answers must not hold up the daemon's shutdown or an idle expiry for long."""
 
 
 class ReadAhead:
@@ -227,12 +230,13 @@ class ReadAhead:
     async def close(self, code: int, reason: str = "") -> None:
         """The server's Close; a client that does not read it is dropped (`write_within`).
 
-        aiohttp's `close()` waits for the client's Close, reading what comes before it, only when no
-        other task waits in `receive()`; else it closes the socket at once, and audio the client sent
-        meanwhile makes the kernel reset the connection: the client lost the last error and the Close
-        (1006). So the reading task stops first, unless it is the one answering the client's Close.
-        One close at a time: a handler that ends waits for a close another task has under way (an
-        idle timeout, shutdown), as aiohttp closes the socket once the handler returns.
+        aiohttp's `close()` waits for the client's Close (`CLOSE_HANDSHAKE_S`), reading what comes
+        before it, only when no other task waits in `receive()`; else it closes the socket at once,
+        and audio the client sent meanwhile makes the kernel reset the connection: the client lost
+        the last error and the Close (1006). So the reading task stops first, unless it is the one
+        answering the client's Close. One close at a time: a handler that ends waits for a close
+        another task has under way (an idle timeout, shutdown), as aiohttp closes the socket once
+        the handler returns.
         """
         await self._stop_reading()
         async with self._closing:

@@ -35,7 +35,14 @@ from satellite_asr.events import (
     SpeechStopped,
 )
 from satellite_asr.limits import ConnectionLimit, TooManyConnections, write_within
-from satellite_asr.protocols import PcmInput, ProtocolError, ReadAhead, open_session, openai_error
+from satellite_asr.protocols import (
+    CLOSE_HANDSHAKE_S,
+    PcmInput,
+    ProtocolError,
+    ReadAhead,
+    open_session,
+    openai_error,
+)
 from satellite_asr.protocols.openai_realtime_config import RealtimeConfig, apply_update, beta_session, ga_session
 from satellite_asr.session import Session
 
@@ -399,7 +406,11 @@ class RealtimeHandler:
         # aiohttp refuses an uncompressed message as long as its limit: one more lets exactly 24 MiB through
         # autoclose off: `ReadAhead` answers a client's Close, at once (what it sent before is for no one)
         ws = web.WebSocketResponse(
-            max_msg_size=MAX_MESSAGE_BYTES + 1, heartbeat=30.0, protocols=(SUBPROTOCOL,), autoclose=False
+            max_msg_size=MAX_MESSAGE_BYTES + 1,
+            heartbeat=30.0,
+            protocols=(SUBPROTOCOL,),
+            autoclose=False,
+            timeout=CLOSE_HANDSHAKE_S,
         )
         if not ws.can_prepare(request).ok:
             message = "this endpoint speaks OpenAI's Realtime API over WebSocket; connect a WebSocket client"

@@ -23,6 +23,7 @@ from satellite_asr.engines.base import EngineInfo
 from satellite_asr.events import FinalTranscript, PartialTranscript, SessionError, SessionEvent, SpeechStarted
 from satellite_asr.limits import ConnectionLimit, TooManyConnections, write_within
 from satellite_asr.protocols import (
+    CLOSE_HANDSHAKE_S,
     WEBSOCKET_ENDS,
     PcmInput,
     ProtocolError,
@@ -312,7 +313,11 @@ class WebSocketHandler:
         # (a compressed one it checks after inflating, with >, so that one may be a byte over)
         # autoclose off: `ReadAhead` answers a client's Close (at once, or after an `end` sent before it)
         ws = web.WebSocketResponse(
-            max_msg_size=MAX_FRAME_BYTES + 1, heartbeat=30.0, protocols=(SUBPROTOCOL,), autoclose=False
+            max_msg_size=MAX_FRAME_BYTES + 1,
+            heartbeat=30.0,
+            protocols=(SUBPROTOCOL,),
+            autoclose=False,
+            timeout=CLOSE_HANDSHAKE_S,
         )
         try:
             with self.connections.opened(request.remote or ""):
