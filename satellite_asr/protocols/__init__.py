@@ -38,6 +38,7 @@ from aiohttp.http import WS_CLOSED_MESSAGE
 
 from satellite_asr.audio import AudioFormatError, PcmDecoder
 from satellite_asr.biasing.context import MAX_CLIENT_TERMS, biasing_context
+from satellite_asr.config import Settings
 from satellite_asr.core import Core
 from satellite_asr.limits import write_within
 from satellite_asr.session import Emit, Session, SessionOptions
@@ -156,8 +157,21 @@ CLOSE_HANDSHAKE_S = 2.0
 that reads but never answers must not hold up the daemon's shutdown or an idle expiry for long."""
 
 
+def read_ahead_response(max_msg_size: int, subprotocol: str) -> web.WebSocketResponse:
+    """A WebSocket response for a `ReadAhead` to read: autoclose off (`ReadAhead` answers a client's
+    Close), aiohttp's close waiting at most `CLOSE_HANDSHAKE_S` for the client's, a ping every 30 s."""
+    return web.WebSocketResponse(
+        max_msg_size=max_msg_size,
+        heartbeat=30.0,
+        protocols=(subprotocol,),
+        autoclose=False,
+        timeout=CLOSE_HANDSHAKE_S,
+    )
+
+
 class ReadAhead:
-    """A WebSocket's messages, read by a task of their own up to `limit_bytes` ahead of the handler.
+    """A WebSocket's messages, read by a task of their own up to `websocket_read_ahead_mb` ahead of
+    the handler.
 
     A client's keep-alive ping reaches aiohttp behind the audio sent before it, and aiohttp answers
     it only as it reads. A handler held back by back-pressure (a file sent faster than real time)
@@ -177,14 +191,13 @@ class ReadAhead:
     def __init__(
         self,
         ws: web.WebSocketResponse,
-        limit_bytes: int,
-        write_timeout_s: float,
+        settings: Settings,
         transport: asyncio.WriteTransport | None,
         wanted_after_close: Callable[[WSMessage], bool] = lambda _: False,
     ) -> None:
         self._ws = ws
-        self._limit = limit_bytes
-        self._write_timeout_s = write_timeout_s
+        self._limit = settings.websocket_read_ahead_mb << 20
+        self._write_timeout_s = settings.write_timeout_s
         self._transport = transport
         self._wanted_after_close = wanted_after_close
         self._answering = False

@@ -36,12 +36,12 @@ from satellite_asr.events import (
 )
 from satellite_asr.limits import ConnectionLimit, TooManyConnections, write_within
 from satellite_asr.protocols import (
-    CLOSE_HANDSHAKE_S,
     PcmInput,
     ProtocolError,
     ReadAhead,
     open_session,
     openai_error,
+    read_ahead_response,
 )
 from satellite_asr.protocols.openai_realtime_config import RealtimeConfig, apply_update, beta_session, ga_session
 from satellite_asr.session import Session
@@ -404,14 +404,8 @@ class RealtimeHandler:
             message = f"intent must be transcription (this server only transcribes), got {intent!r}"
             return _refusal(400, "invalid_value", message, "intent")
         # aiohttp refuses an uncompressed message as long as its limit: one more lets exactly 24 MiB through
-        # autoclose off: `ReadAhead` answers a client's Close, at once (what it sent before is for no one)
-        ws = web.WebSocketResponse(
-            max_msg_size=MAX_MESSAGE_BYTES + 1,
-            heartbeat=30.0,
-            protocols=(SUBPROTOCOL,),
-            autoclose=False,
-            timeout=CLOSE_HANDSHAKE_S,
-        )
+        # `ReadAhead` answers a client's Close at once: what it sent before is for no one
+        ws = read_ahead_response(MAX_MESSAGE_BYTES + 1, SUBPROTOCOL)
         if not ws.can_prepare(request).ok:
             message = "this endpoint speaks OpenAI's Realtime API over WebSocket; connect a WebSocket client"
             return _refusal(426, "websocket_required", message, Upgrade="websocket", Connection="Upgrade")
@@ -425,8 +419,7 @@ class RealtimeHandler:
     async def _serve(self, request: web.Request, ws: web.WebSocketResponse) -> web.WebSocketResponse:
         await ws.prepare(request)
         beta = "realtime=v1" in request.headers.get("OpenAI-Beta", "")
-        settings = self.core.settings
-        reading = ReadAhead(ws, settings.websocket_read_ahead_mb << 20, settings.write_timeout_s, request.transport)
+        reading = ReadAhead(ws, self.core.settings, request.transport)
         connection = _Connection(ws, self.core, request, beta, reading)
         try:
             try:

@@ -23,7 +23,6 @@ from satellite_asr.engines.base import EngineInfo
 from satellite_asr.events import FinalTranscript, PartialTranscript, SessionError, SessionEvent, SpeechStarted
 from satellite_asr.limits import ConnectionLimit, TooManyConnections, write_within
 from satellite_asr.protocols import (
-    CLOSE_HANDSHAKE_S,
     WEBSOCKET_ENDS,
     PcmInput,
     ProtocolError,
@@ -31,6 +30,7 @@ from satellite_asr.protocols import (
     checked_context,
     checked_language,
     open_session,
+    read_ahead_response,
 )
 from satellite_asr.session import SessionOptions
 
@@ -311,14 +311,8 @@ class WebSocketHandler:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         # aiohttp refuses an uncompressed message as long as its limit: one more lets exactly 1 MiB through
         # (a compressed one it checks after inflating, with >, so that one may be a byte over)
-        # autoclose off: `ReadAhead` answers a client's Close (at once, or after an `end` sent before it)
-        ws = web.WebSocketResponse(
-            max_msg_size=MAX_FRAME_BYTES + 1,
-            heartbeat=30.0,
-            protocols=(SUBPROTOCOL,),
-            autoclose=False,
-            timeout=CLOSE_HANDSHAKE_S,
-        )
+        # `ReadAhead` answers a client's Close at once, or after an `end` sent before it
+        ws = read_ahead_response(MAX_FRAME_BYTES + 1, SUBPROTOCOL)
         try:
             with self.connections.opened(request.remote or ""):
                 if ws.can_prepare(request).ok:
@@ -334,10 +328,7 @@ class WebSocketHandler:
 
     async def _serve(self, request: web.Request, ws: web.WebSocketResponse) -> web.WebSocketResponse:
         await ws.prepare(request)
-        settings = self.core.settings
-        reading = ReadAhead(
-            ws, settings.websocket_read_ahead_mb << 20, settings.write_timeout_s, request.transport, is_end
-        )
+        reading = ReadAhead(ws, self.core.settings, request.transport, is_end)
         connection = _Connection(ws, self.core, request, reading)
         self.open.add(connection)
         reason = "disconnect"
