@@ -94,7 +94,7 @@ BETA_SESSION_FIELDS = {
 }
 """Fields the SDK's beta `TranscriptionSession` lacks: the id and object OpenAI's beta servers send,
 three its `transcription_session.update` has (and the session is checked as that `Session` too), and
-`keywords`, the GA field a beta update may set too (docs/openai.md)."""
+`keywords`, the GA field a beta update may set too, said when it has (docs/openai.md)."""
 KNOWN_FIELDS = {
     "session.created": GA_SESSION_FIELDS,
     "session.updated": GA_SESSION_FIELDS,
@@ -403,7 +403,11 @@ async def test_beta_session_events_conform() -> None:
         await received.until("conversation.item.input_audio_transcription.completed")
         await ws.send(json.dumps({"type": "input_audio_buffer.commit"}))
         await received.until("conversation.item.input_audio_transcription.completed", 2)
-        semantic = {"turn_detection": {"type": "semantic_vad", "eagerness": "high"}, "input_audio_format": "g711_ulaw"}
+        semantic = {
+            "turn_detection": {"type": "semantic_vad", "eagerness": "high"},
+            "input_audio_format": "g711_ulaw",
+            "input_audio_transcription": {"keywords": ["Zigbee"]},
+        }
         await ws.send(json.dumps({"type": "transcription_session.update", "session": semantic}))
         await ws.send(json.dumps({"type": "input_audio_buffer.clear"}))
         await received.until("input_audio_buffer.cleared")
@@ -417,6 +421,9 @@ async def test_beta_session_events_conform() -> None:
     kinds = {e["type"] for e in events}
     assert {*ITEM_EVENTS, "transcription_session.created", "conversation.item.created"} <= kinds, kinds
     assert events[-1]["session"]["input_audio_format"] == {"type": "audio/pcm", "rate": 16000}
+    transcriptions = [e["session"]["input_audio_transcription"] for e in events if "transcription_session" in e["type"]]
+    assert "keywords" not in transcriptions[0], "a beta field only when the client set some"
+    assert transcriptions[2]["keywords"] == ["Zigbee"]
 
 
 async def test_the_events_before_an_idle_close_conform() -> None:

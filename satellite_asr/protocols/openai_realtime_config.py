@@ -322,14 +322,18 @@ def beta_session(
     session_id: str, config: RealtimeConfig, options: SessionOptions, engine: EngineInfo
 ) -> dict[str, Any]:
     """The effective session as beta `transcription_session.created` / `.updated` carry it (a format
-    the beta cannot name, such as 16 kHz PCM set through GA, is given as the GA format object)."""
+    the beta cannot name, such as 16 kHz PCM set through GA, is given as the GA format object).
+    `keywords` is not a beta field: it is said only to a client that set some."""
     names = {value: name for name, value in BETA_FORMATS.items()}
     ga_format = ga_session(session_id, config, options, engine)["audio"]["input"]["format"]
+    transcription = _transcription_object(config, options, engine)
+    if not config.keywords:
+        del transcription["keywords"]
     return {
         "id": session_id,
         "object": "realtime.transcription_session",
         "input_audio_format": names.get((config.encoding, config.sample_rate), ga_format),
-        "input_audio_transcription": _transcription_object(config, options, engine),
+        "input_audio_transcription": transcription,
         "turn_detection": _turn_object(config, options),
         "input_audio_noise_reduction": None,
         "modalities": ["text"],
