@@ -54,6 +54,27 @@ async def test_websocket_ends_complete_commands_early_and_never_cuts_a_pause() -
     assert f"satellite_asr_endpoint_silence_seconds_count {float(complete)}" in metrics
 
 
+QUESTION = "questions_complete_11.wav"
+"""A question asked rising ("Can you turn on the fan?", the voice heading +4.4 semitones at its end)."""
+PAUSED_QUESTION = "questions_paused_08.wav"
+"""A question whose voice rose at its pause, less than at a question's end ("What is the humidity in
+the | bathroom?", heard there as "What is the humidity in that?", heading +1.8)."""
+
+
+async def test_a_question_asked_rising_ends_early_and_one_paused_rising_is_not_cut() -> None:
+    """The paused one comes as one final with every word, ending where the voice does (at its real
+    end it is a question asked rising too, so it may end early there)."""
+    async with running_daemon(wyoming_uri="tcp://127.0.0.1:0", silence_ms=LONG_SILENCE_MS) as daemon:
+        (question,), (paused,) = await asyncio.gather(
+            websocket_finals(daemon, QUESTION), websocket_finals(daemon, PAUSED_QUESTION)
+        )
+        heard = await wyoming_round(daemon, QUESTION, expect_early=True)
+    assert question["endpoint"] == "complete", question
+    for name, text in ((QUESTION, question["text"]), (PAUSED_QUESTION, paused["text"]), (QUESTION, heard)):
+        assert same_words([MANIFEST[name]["text"]], [str(text)]), (name, text)
+    assert float(str(paused["end"])) > float(MANIFEST[PAUSED_QUESTION]["voice_end_s"]) - 0.1, paused
+
+
 @pytest.mark.parametrize(("mean_logprob", "ends_early"), [(-0.3, True), (-2.0, False)])
 async def test_outside_english_a_text_the_engine_doubts_waits_the_long_silence(
     mean_logprob: float, ends_early: bool
@@ -68,14 +89,16 @@ async def test_outside_english_a_text_the_engine_doubts_waits_the_long_silence(
     assert same_words([MANIFEST["dev_complete_06.wav"]["text"]], [str(final["text"])]), final
 
 
-async def wyoming_round(daemon: Daemon, name: str, *, realtime: bool = True, chunk_samples: int = 1024) -> str:
+async def wyoming_round(
+    daemon: Daemon, name: str, *, realtime: bool = True, chunk_samples: int = 1024, expect_early: bool = False
+) -> str:
     assert daemon.wyoming_port is not None
     async with AsyncTcpClient("127.0.0.1", daemon.wyoming_port) as client:
         result = await transcribe_like_home_assistant(
             client, read_wav(TURNS / name), realtime=realtime, chunk_samples=chunk_samples
         )
     assert result.text is not None, name
-    if realtime and name in COMPLETE:
+    if realtime and (expect_early or name in COMPLETE):
         assert result.audio_stop_at is None, f"{name}: answered at the short silence, before the audio ran out"
     return result.text
 
