@@ -280,8 +280,8 @@ class Session:
         return waited
 
     async def _wait_for_room(self, samples: int, gone: Callable[[], bool]) -> None:
-        while True:
-            if self.pending_finals >= self.options.max_pending_finals and not self.closed:
+        while not self.closed:  # a closed session takes no audio: nothing to wait for
+            if self.pending_finals >= self.options.max_pending_finals:
                 await asyncio.wait(list(self._finals), timeout=GONE_CHECK_S, return_when=asyncio.FIRST_COMPLETED)
             elif (ahead := self._seconds_ahead(samples)) > 0:
                 await asyncio.sleep(min(ahead, GONE_CHECK_S))

@@ -119,7 +119,17 @@ class SessionManager:
             )
 
     async def release(self, session: Session, reason: str, *, finalize: bool) -> None:
-        """End `session` (finals first when `finalize`) and forget it; safe to call twice."""
+        """End `session` (finals first when `finalize`) and forget it; safe to call twice.
+
+        While the server is ending the session (idle timeout, shutdown), a release that finalizes
+        waits for that to finish, finals and the server's Close included: its adapter would
+        otherwise close the connection before them (a client's `end` read meanwhile). One that does
+        not finalize (the client left) cancels what is in flight, as on any disconnect.
+        """
+        expiry = self._expiring.get(session.id)
+        if finalize and expiry is not None and expiry is not asyncio.current_task():
+            await asyncio.gather(asyncio.shield(expiry), return_exceptions=True)
+            return
         try:
             await session.close(reason, finalize=finalize)
         finally:
@@ -134,9 +144,14 @@ class SessionManager:
         if self._reaper is not None:
             self._reaper.cancel()
             await asyncio.gather(self._reaper, return_exceptions=True)
-        await asyncio.gather(*self._expiring.values(), return_exceptions=True)
-        sessions = [(s, c) for s, c in self._sessions.values() if protocol in (None, s.protocol)]
-        await asyncio.gather(*(self._expire(s, c, reason) for s, c in sessions))
+        expiries = [
+            self._expiring.get(session.id) or self._start_expiry(session, close, reason)
+            for session, close in list(self._sessions.values())
+            if protocol in (None, session.protocol)
+        ]
+        if protocol is None:  # idle expiries past their release too
+            expiries.extend(self._expiring.values())
+        await asyncio.gather(*expiries, return_exceptions=True)
 
     async def cancel_all(self, reason: str) -> None:
         """Shutdown ran out of time: the sessions left end now, what they have in flight is cancelled."""
@@ -174,6 +189,11 @@ class SessionManager:
                 continue
             if session.quiet_seconds(now) > self.idle_timeout_s:
                 log.info("session %s heard no speech for %.0f s, closing", session.id, self.idle_timeout_s)
-                task = asyncio.create_task(self._expire(session, close, "idle_timeout"))
-                self._expiring[session.id] = task
-                task.add_done_callback(functools.partial(self._forget_expiring, session.id))
+                self._start_expiry(session, close, "idle_timeout")
+
+    def _start_expiry(self, session: Session, close_connection: CloseConnection, reason: str) -> asyncio.Task[None]:
+        """The server ends `session` (`_expire`) in a task that `release` and `cancel_all` can find."""
+        task = asyncio.create_task(self._expire(session, close_connection, reason), name=f"expire-{session.id}")
+        self._expiring[session.id] = task
+        task.add_done_callback(functools.partial(self._forget_expiring, session.id))
+        return task

@@ -1,5 +1,6 @@
 """Shutdown within `shutdown_timeout_s`, whatever clients do: a real `satellite-asr serve` process,
-SIGTERM, and clients that idle, that are mid-utterance, and that never read what they are sent."""
+SIGTERM, and clients that idle, that are mid-utterance, and that never read what they are sent; and
+clients that send audio far faster than real time (`Daemon.stop`, what SIGTERM runs)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ import websockets
 from websockets.exceptions import ConnectionClosed
 
 from satellite_asr.clients.wav import read_wav
-from tests.helpers import FIXTURES, client_frame, free_port
+from satellite_asr.server import Daemon
+from tests.helpers import FIXTURES, client_frame, daemon_settings, eventually, fixture_16k, free_port, of_type
 
 SHUTDOWN_TIMEOUT_S = 10.0
 """The default `shutdown_timeout_s`: the daemon is started without the setting."""
@@ -149,3 +151,39 @@ async def test_sigterm_ends_every_connection_sends_pending_finals_and_exits_0() 
     assert speaking.close_code == 1001
     assert wyoming_eof == b"", "end of stream"
     assert "Traceback" not in log, log[-3000:]
+
+
+async def test_shutdown_beside_clients_flooding_audio_sends_every_final_then_1001() -> None:
+    """Three clients send a minute of speech each at once, then `end`; the daemon has read it all
+    ahead and holds them back. At shutdown each session takes no more of it: every utterance it
+    started gets its final, then the Close is 1001. The handler used to race through the audio read
+    ahead (a closed session took it as nothing), reach the `end` and close with 1000 while the
+    shutdown still waited for finals, which were then dropped."""
+    speech = np.concatenate(
+        [fixture_16k(name) for name in ("three_commands.wav", "lights_on.wav", "weather.wav", "timer.wav")] * 3
+    )
+    frames = [speech[at : at + 16000].astype("<f4").tobytes() for at in range(0, speech.size, 16000)]
+    daemon = Daemon(daemon_settings())
+    await daemon.start()
+    try:
+        await daemon.core.wait_ready()
+        url = f"ws://127.0.0.1:{daemon.http_port}/v1/stream"
+        clients = [await websockets.connect(url, max_size=None) for _ in range(3)]
+        messages: list[list[dict[str, Any]]] = [[] for _ in clients]
+        readers = [asyncio.create_task(read_until_closed(ws, got)) for ws, got in zip(clients, messages, strict=True)]
+        for ws in clients:
+            for frame in frames:
+                await ws.send(frame)
+            await ws.send(json.dumps({"type": "end"}))
+        await eventually(lambda: len(daemon.core.sessions) == 3, 30)
+        sessions = daemon.core.sessions.open_sessions()
+        await eventually(lambda: all(session.pending_finals for session in sessions), 60)  # all held back
+    finally:
+        await daemon.stop()
+    await asyncio.wait_for(asyncio.gather(*readers), 30)
+    for ws, got in zip(clients, messages, strict=True):
+        assert ws.close_code == 1001, [m["type"] for m in got]
+        started = [m["utterance_id"] for m in of_type(got, "speech_start")]
+        assert started, "the session was fed"
+        assert [m["utterance_id"] for m in of_type(got, "final")] == started, "one final per utterance, in order"
+        assert max(m["end"] for m in of_type(got, "final")) < speech.size / 16000 - 20, "the rest was not fed"

@@ -426,6 +426,10 @@ class RealtimeHandler:
                 await connection.open_session(created=True)
                 async with reading as frames:
                     async for frame in frames:
+                        if connection.input is not None and connection.input.session.closed:
+                            # the server ends it (idle timeout, shutdown): its finals and Close are on their way
+                            await connection.release(finalize=True)
+                            break
                         if frame.type == WSMsgType.TEXT:
                             event = parse_event(frame.data)
                             del frame  # the text of a big append is not held while its audio waits for room

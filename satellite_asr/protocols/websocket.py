@@ -277,6 +277,13 @@ class _Connection:
             self.input = None
         await self.close(WSCloseCode.OK)
 
+    async def leave_to_server(self) -> None:
+        """The server is ending the session (idle timeout, shutdown): nothing more of the client's is
+        taken (audio read ahead is dropped), and its finals and Close come from the server's close."""
+        assert self.input is not None
+        await self.core.sessions.release(self.input.session, "closed by the server", finalize=True)
+        self.input = None
+
     async def release(self, reason: str) -> None:
         """The client left (or reconfigured): what is in flight is cancelled."""
         if self.input is not None:
@@ -347,6 +354,9 @@ class WebSocketHandler:
                         await self._close_idle(connection, first_message_timeout)
                         break
                     if message.type in WEBSOCKET_ENDS:
+                        break
+                    if connection.input is not None and connection.input.session.closed:
+                        await connection.leave_to_server()
                         break
                     try:
                         if message.type == WSMsgType.TEXT:
