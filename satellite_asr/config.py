@@ -203,7 +203,8 @@ class Settings:
     idle_timeout_s: float = _opt(
         60.0,
         "A session in which no speech is heard for this long (from its start or its last speech) is finalized "
-        "and closed; audio without speech does not keep it open.",
+        "and closed; audio without speech does not keep it open. Time the client's audio waits on a busy daemon "
+        "does not count.",
         minimum=1.0,
         maximum=86400.0,
     )

@@ -234,6 +234,11 @@ class Session:
         self.last_speech_at = self._opened_at - quiet_s
         """When the endpointer last reported speech (start, pause, end), or the session's start less
         `quiet_s`, the quiet it takes over from the session it follows on the same connection."""
+        self._held_s = 0.0
+        """Seconds the client's audio has waited on the server (decodes, VAD, the lock), not counted as quiet."""
+        self._held_since: float | None = None
+        self._held_at_speech = 0.0  # `_held_s` then, for `quiet_seconds`
+        self._held_at_audio = 0.0
         self.closed = False
 
     @property
@@ -246,9 +251,26 @@ class Session:
 
     def quiet_seconds(self, now: float) -> float:
         """How long no speech has been heard at `now`: what the idle timeout measures. Inside an
-        utterance arriving audio counts (its end comes by endpoint or length cap)."""
-        heard_at = max(self.last_speech_at, self.last_audio_at) if self.in_utterance else self.last_speech_at
-        return now - heard_at
+        utterance arriving audio counts (its end comes by endpoint or length cap). Time the client's
+        audio waited on the server does not count: a busy engine must not expire a session whose
+        speech it has not listened to yet (the client's own pace, `max_feed_ahead_s`, does count)."""
+        if self.in_utterance and self.last_audio_at > self.last_speech_at:
+            heard_at, held_then = self.last_audio_at, self._held_at_audio
+        else:
+            heard_at, held_then = self.last_speech_at, self._held_at_speech
+        return now - heard_at - (self._held_total(now) - held_then)
+
+    def _held_total(self, now: float) -> float:
+        return self._held_s + (now - self._held_since if self._held_since is not None else 0.0)
+
+    def _hold(self, held: bool) -> None:
+        """Whether the client's audio waits on the server from now (see `quiet_seconds`)."""
+        now = time.monotonic()
+        if held and self._held_since is None:
+            self._held_since = now
+        elif not held and self._held_since is not None:
+            self._held_s += now - self._held_since
+            self._held_since = None
 
     @property
     def pending_finals(self) -> int:
@@ -271,12 +293,16 @@ class Session:
         No samples are no audio: nor do they count as audio to the idle clock (`quiet_seconds`).
         """
         waited = 0.0
-        for offset in range(0, samples.size, FEED_PIECE):
-            piece = samples[offset : offset + FEED_PIECE]
-            started = time.perf_counter()
-            await self._wait_for_room(piece.size, gone)
-            waited += time.perf_counter() - started
-            await self._feed_piece(piece)
+        self._hold(True)
+        try:
+            for offset in range(0, samples.size, FEED_PIECE):
+                piece = samples[offset : offset + FEED_PIECE]
+                started = time.perf_counter()
+                await self._wait_for_room(piece.size, gone)
+                waited += time.perf_counter() - started
+                await self._feed_piece(piece)
+        finally:
+            self._hold(False)
         return waited
 
     async def _wait_for_room(self, samples: int, gone: Callable[[], bool]) -> None:
@@ -284,7 +310,9 @@ class Session:
             if self.pending_finals >= self.options.max_pending_finals:
                 await asyncio.wait(list(self._finals), timeout=GONE_CHECK_S, return_when=asyncio.FIRST_COMPLETED)
             elif (ahead := self._seconds_ahead(samples)) > 0:
+                self._hold(False)  # the client's own pace: quiet it makes
                 await asyncio.sleep(min(ahead, GONE_CHECK_S))
+                self._hold(True)
             else:
                 return
             if gone():
@@ -302,6 +330,7 @@ class Session:
             if self.closed:
                 return
             self.last_audio_at = time.monotonic()
+            self._held_at_audio = self._held_total(self.last_audio_at)
             self._audio.append(samples)
             self.samples_received += samples.size
             self._metrics.audio_seconds.labels(self.protocol).inc(samples.size / SAMPLE_RATE)
@@ -370,6 +399,7 @@ class Session:
 
     async def _on_endpointer(self, event: EndpointEvent) -> None:
         self.last_speech_at = time.monotonic()
+        self._held_at_speech = self._held_total(self.last_speech_at)
         if isinstance(event, SpeechStart):
             await self._start_utterance(event.start)
             return

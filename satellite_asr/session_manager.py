@@ -3,6 +3,7 @@
 Idle means no speech, not no frames: a client that sends a little silence now and then must not
 hold a slot forever. A session is idle when `idle_timeout_s` have passed since its last speech (or
 its start); inside an utterance, arriving audio counts too (its end comes by endpoint or length cap).
+Time the client's audio waits on the daemon (a busy engine) is not quiet: its speech is not heard yet.
 """
 
 from __future__ import annotations

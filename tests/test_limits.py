@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import numpy as np
 import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed, InvalidStatus
@@ -38,12 +39,14 @@ from satellite_asr.clients.stream_client import stream_file
 from satellite_asr.clients.wav import read_wav
 from satellite_asr.clients.wyoming_bench import transcribe_like_home_assistant
 from satellite_asr.server import Daemon
+from tests.doubles import GatedEngineDouble
 from tests.helpers import (
     EXPECTED,
     FIXTURES,
     client_frame,
     daemon_settings,
     eventually,
+    fixture_16k,
     free_port,
     of_type,
     running_daemon,
@@ -595,6 +598,34 @@ async def test_a_websocket_session_sending_only_silence_is_closed_as_idle() -> N
         close = ws.close_code, ws.close_reason
         assert len(daemon.core.sessions) == 0
     assert [m["type"] for m in messages] == ["session_created"]
+    assert close == (1001, "idle_timeout")
+
+
+async def test_audio_waiting_on_a_busy_engine_is_not_quiet() -> None:
+    """Review (helper-119 brief): under load, sessions were closed as idle with speech still waiting
+    to be heard. Two commands sent at once; the first one's final waits for the engine (its gate
+    shut, as a busy engine would keep it), so the second waits unread (back-pressure,
+    `max_pending_finals` 1) for three idle timeouts: the session stays open, both finals come once
+    the engine is free, and only then does the client's silence close it."""
+    engine = GatedEngineDouble()
+    gap = np.zeros(24000, dtype=np.float32)  # 1.5 s: each command ends at its silence
+    speech = np.concatenate([fixture_16k("lights_on.wav"), gap, fixture_16k("weather.wav"), gap]).astype("<f4")
+    async with (
+        running_daemon(engine, idle_timeout_s=1.0, max_pending_finals=1) as daemon,
+        websockets.connect(ws_url(daemon)) as ws,
+    ):
+        for at in range(0, speech.size, 16000):
+            await ws.send(speech[at : at + 16000].tobytes())
+        await eventually(lambda: len(daemon.core.sessions) == 1, 30)
+        (session,) = daemon.core.sessions.open_sessions()
+        await eventually(lambda: session.pending_finals == 1, 30)
+        await asyncio.sleep(3.0)
+        assert not session.closed, "not closed as idle while its audio waited on the engine"
+        engine.gate.set()
+        messages = await asyncio.wait_for(receive_until_close(ws), 60)
+        close = ws.close_code, ws.close_reason
+    finals = [m["text"] for m in of_type(messages, "final")]
+    assert same_words(EXPECTED["lights_on.wav"] + EXPECTED["weather.wav"], finals), finals
     assert close == (1001, "idle_timeout")
 
 
