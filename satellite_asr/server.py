@@ -47,6 +47,9 @@ connections (Home Assistant, remote vLLM servers)."""
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
+FINALS_SHARE = 0.5
+"""At shutdown, the part of `shutdown_timeout_s` finals may take to decode (many clients' queued at
+once take longer on a busy machine); the rest is for the connections' Closes."""
 HANDLER_GRACE_S = 1.0
 """At shutdown, how long HTTP handlers may still run once their connections were closed or cut."""
 
@@ -221,12 +224,18 @@ class Daemon:
     async def stop(self) -> None:
         """Shutdown within `shutdown_timeout_s`, whatever clients do: stop accepting, send pending
         finals, close every connection (WebSocket 1001, Wyoming end of stream); when time runs out,
-        cut the connections left and cancel what they had in flight. Then the model is freed."""
+        cut the connections left and cancel what they had in flight. Then the model is freed.
+        Finals still undecoded after `FINALS_SHARE` of the time are sent with the text already
+        promised, so that the Closes go out in time however many clients had finals queued."""
+        timeout_s = self.settings.shutdown_timeout_s
+        hurry = asyncio.get_running_loop().call_later(timeout_s * FINALS_SHARE, self.core.sessions.hurry)
         try:
-            async with asyncio.timeout(self.settings.shutdown_timeout_s):
+            async with asyncio.timeout(timeout_s):
                 await self._close_gracefully()
         except TimeoutError:
-            log.warning("shutdown: connections still open after %.1f s; cutting them", self.settings.shutdown_timeout_s)
+            log.warning("shutdown: connections still open after %.1f s; cutting them", timeout_s)
+        finally:
+            hurry.cancel()
         if self.wyoming is not None:
             await self.wyoming.abort()
         self.websocket.abort_all()

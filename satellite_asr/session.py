@@ -66,6 +66,11 @@ class ClientGone(ConnectionError):
     """The client left while its feed was held back: its adapter releases the session as on any disconnect."""
 
 
+class OutOfTime(Exception):
+    """Shutdown has no time left for a final's decode (`Session.hurry`): it is sent with the text
+    already promised, after a `shutdown` error."""
+
+
 @dataclass(frozen=True)
 class SessionOptions:
     """A session's settings, fixed when it is created."""
@@ -227,6 +232,7 @@ class Session:
         self._finals: set[asyncio.Task[None]] = set()
         self._lock = asyncio.Lock()
         self._final_priority = BATCH if options.batch else FINAL
+        self._hurried = asyncio.Event()
         self.utterances = 0
         self.samples_received = 0
         self.last_audio_at = time.monotonic()
@@ -380,6 +386,12 @@ class Session:
             self.utterances,
             reason,
         )
+
+    def hurry(self) -> None:
+        """Shutdown is running out of time: finals not decoded yet, and any to come, are sent at once
+        with the text already promised (usually what the partials had made stable), after an error
+        `shutdown`, so that each utterance still gets its final and the connection its Close."""
+        self._hurried.set()
 
     async def wait_finals(self) -> None:
         while self._finals:
@@ -553,16 +565,16 @@ class Session:
             await utterance.partials.cancel()
         text, language = utterance.stable, self.options.language
         try:
-            result = await self._speculated_result(utterance, endpoint.end)
-            if result is None:
-                result = await self._scheduler.final(self.id, utterance.stream, audio, self._final_priority)
+            result = await self._unless_hurried(self._decode_final(utterance, audio, endpoint))
             text, language = await self._corrected(result), result.language or language
             if not _words_start_with(text, utterance.stable):
                 self._metrics.final_rewrites.inc()
         except Exception as exc:  # whatever the engine raised, the utterance keeps its final (the promised text)
-            log.warning("session %s: final decode of utterance %d failed: %r", self.id, utterance.id, exc)
+            out_of_time = isinstance(exc, OutOfTime)
+            level = logging.INFO if out_of_time else logging.WARNING
+            log.log(level, "session %s: final decode of utterance %d failed: %r", self.id, utterance.id, exc)
             message = f"transcription of utterance {utterance.id} failed: {exc}"
-            await self._emit(SessionError("engine_error", message, utterance.id))
+            await self._emit(SessionError("shutdown" if out_of_time else "engine_error", message, utterance.id))
         finally:
             await utterance.stream.close()
         if previous is not None:
@@ -572,6 +584,28 @@ class Session:
             FinalTranscript(utterance.id, text, not endpoint.forced, start_s, end_s, language, endpoint.reason)
         )
         self._metrics.final_latency.observe(time.monotonic() - ended_at)
+
+    async def _decode_final(self, utterance: _Utterance, audio: Audio, endpoint: Endpoint) -> Transcript:
+        result = await self._speculated_result(utterance, endpoint.end)
+        if result is None:
+            result = await self._scheduler.final(self.id, utterance.stream, audio, self._final_priority)
+        return result
+
+    async def _unless_hurried(self, decode: Awaitable[Transcript]) -> Transcript:
+        """`decode`'s result, or `OutOfTime` (the decode cancelled) once `hurry` was called."""
+        decoding = asyncio.ensure_future(decode)
+        hurried = asyncio.ensure_future(self._hurried.wait())
+        try:
+            await asyncio.wait((decoding, hurried), return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            decoding.cancel()
+            raise
+        finally:
+            hurried.cancel()
+        if not decoding.done():
+            decoding.cancel()
+            raise OutOfTime("the daemon is shutting down and had no time left to transcribe it")
+        return decoding.result()
 
     async def _speculated_result(self, utterance: _Utterance, end: int) -> Transcript | None:
         speculation, utterance.speculation = utterance.speculation, None

@@ -62,6 +62,7 @@ class SessionManager:
         self._sessions: dict[str, tuple[Session, CloseConnection]] = {}
         self._reaper: asyncio.Task[None] | None = None
         self._expiring: dict[str, asyncio.Task[None]] = {}
+        self._hurried = False
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -103,6 +104,8 @@ class SessionManager:
             quiet_s=quiet_s,
         )
         self._sessions[session.id] = (session, close_connection)
+        if self._hurried:
+            session.hurry()
         self._metrics.sessions.labels(protocol).inc()
         self._metrics.sessions_active.labels(protocol).inc()
         log.info("session %s opened (%s)", session.id, protocol)
@@ -153,6 +156,12 @@ class SessionManager:
         if protocol is None:  # idle expiries past their release too
             expiries.extend(self._expiring.values())
         await asyncio.gather(*expiries, return_exceptions=True)
+
+    def hurry(self) -> None:
+        """Shutdown is running out of time: every final still to decode is sent at once (`Session.hurry`)."""
+        self._hurried = True
+        for session, _ in self._sessions.values():
+            session.hurry()
 
     async def cancel_all(self, reason: str) -> None:
         """Shutdown ran out of time: the sessions left end now, what they have in flight is cancelled."""

@@ -21,6 +21,7 @@ from websockets.exceptions import ConnectionClosed
 
 from satellite_asr.clients.wav import read_wav
 from satellite_asr.server import Daemon
+from tests.doubles import GatedEngineDouble
 from tests.helpers import FIXTURES, client_frame, daemon_settings, eventually, fixture_16k, free_port, of_type
 
 SHUTDOWN_TIMEOUT_S = 10.0
@@ -187,3 +188,29 @@ async def test_shutdown_beside_clients_flooding_audio_sends_every_final_then_100
         assert started, "the session was fed"
         assert [m["utterance_id"] for m in of_type(got, "final")] == started, "one final per utterance, in order"
         assert max(m["end"] for m in of_type(got, "final")) < speech.size / 16000 - 20, "the rest was not fed"
+
+
+async def test_a_final_the_engine_has_no_time_for_at_shutdown_comes_with_its_promised_text_then_1001() -> None:
+    """The engine never gets to a final (its gate stays shut, as a machine busy with many clients'
+    queued finals would leave it): past half of `shutdown_timeout_s` the final is sent with the
+    text already promised, after an error `shutdown`, and the Close is 1001. It used to wait for
+    the decode until the time ran out and the connection was cut (1006, no final)."""
+    engine = GatedEngineDouble()
+    command = np.concatenate([fixture_16k("lights_on.wav"), np.zeros(24000, dtype=np.float32)]).astype("<f4")
+    daemon = Daemon(daemon_settings(shutdown_timeout_s=4.0), engine)
+    await daemon.start()
+    try:
+        await daemon.core.wait_ready()
+        ws = await websockets.connect(f"ws://127.0.0.1:{daemon.http_port}/v1/stream")
+        messages: list[dict[str, Any]] = []
+        reader = asyncio.create_task(read_until_closed(ws, messages))
+        await ws.send(command.tobytes())
+        await eventually(lambda: len(daemon.core.sessions) == 1, 30)
+        (session,) = daemon.core.sessions.open_sessions()
+        await eventually(lambda: session.pending_finals == 1, 30)
+    finally:
+        await daemon.stop()
+    await asyncio.wait_for(reader, 30)
+    assert [m["type"] for m in messages if m["type"] in ("error", "final")] == ["error", "final"], messages
+    assert messages[-2]["code"] == "shutdown"
+    assert ws.close_code == 1001

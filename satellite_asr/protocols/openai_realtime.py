@@ -66,7 +66,7 @@ CLIENT_EVENTS = (
     "input_audio_buffer.commit",
     "input_audio_buffer.clear",
 )
-SERVER_ERROR_CODES = {"server_busy", "engine_error"}
+SERVER_ERROR_CODES = {"server_busy", "engine_error", "shutdown"}
 """Error codes that are the server's fault (`server_error`); all others are `invalid_request_error`."""
 
 
@@ -80,8 +80,8 @@ class _Item:
 
     id: str
     sent: str = ""
-    failure: str | None = None
-    """Why its transcription failed (an `engine_error`), if it did."""
+    failure: SessionError | None = None
+    """Why its transcription failed (`engine_error`, or `shutdown` out of time), if it did."""
 
 
 def user_audio_item(item_id: str) -> dict[str, Any]:
@@ -325,7 +325,7 @@ class _Connection:
         """An engine error of an utterance fails its item (at its final); any other is an `error`."""
         item = self.items.get((generation, event.utterance_id or 0))
         if item is not None:
-            item.failure = event.message
+            item.failure = event
         else:
             await self.error(ProtocolError(event.code, event.message), None)
 
@@ -344,7 +344,7 @@ class _Connection:
 
     async def final(self, item: _Item, event: FinalTranscript) -> None:
         if item.failure is not None:
-            error = openai_error("engine_error", item.failure, kind="server_error")
+            error = openai_error(item.failure.code, item.failure.message, kind="server_error")
             failed = {"item_id": item.id, "content_index": 0, "error": error}
             await self.send({"type": "conversation.item.input_audio_transcription.failed", **failed})
             return
