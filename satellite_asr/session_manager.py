@@ -155,7 +155,9 @@ class SessionManager:
         ]
         if protocol is None:  # idle expiries past their release too
             expiries.extend(self._expiring.values())
-        await asyncio.gather(*expiries, return_exceptions=True)
+        for outcome in await asyncio.gather(*expiries, return_exceptions=True):
+            if isinstance(outcome, Exception):  # the others still close; this one is left to the cut
+                log.error("shutdown: a session could not be closed", exc_info=outcome)
 
     def hurry(self) -> None:
         """Shutdown is running out of time: every final still to decode is sent at once (`Session.hurry`)."""
