@@ -115,7 +115,13 @@ def build_parser() -> argparse.ArgumentParser:
     stream.add_argument("--context", help="Biasing context (names, terms).")
     stream.add_argument("--silence-ms", type=int, help="End-of-speech silence for this session.")
 
-    bench = commands.add_parser("bench", help="Load test: concurrent real-time clients; latency, CPU and WER.")
+    bench = commands.add_parser(
+        "bench",
+        help="Load test: concurrent real-time clients; latency, CPU and WER.",
+        description="Without --url the daemon runs in-process from the settings below, on loopback ports of its "
+        "own and not advertised (its host, http_port, wyoming_uri and zeroconf settings are not used), so it can "
+        "run beside a daemon already serving.",
+    )
     bench.add_argument("--clients", type=_at_least(1), default=1, help="Concurrent clients (default 1).")
     bench.add_argument(
         "--rounds", type=_at_least(1), default=4, help="Files each client streams, one after another (default 4)."
@@ -339,8 +345,6 @@ def _run_bench(settings: Settings, args: argparse.Namespace) -> int:
     if args.protocol == "wyoming":
         from satellite_asr.clients.wyoming_bench import one_command_files, run_wyoming_bench
 
-        if args.url is None and settings.wyoming_uri == "none":
-            raise ConfigError("wyoming_uri: the wyoming bench needs the in-process daemon's Wyoming server")
         wyoming_report = asyncio.run(
             run_wyoming_bench(
                 settings,

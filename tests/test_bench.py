@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from satellite_asr.clients.bench import BenchReport, UtteranceTiming, load_manifest, speech_segments
+from satellite_asr.clients.bench import BenchReport, UtteranceTiming, bench_daemon, load_manifest, speech_segments
 from satellite_asr.clients.wav import read_wav
+from satellite_asr.config import load_settings
 from tests.eval_turns import MANIFEST, SPLITS, TURNS
 from tests.helpers import FIXTURES
 
@@ -110,3 +112,18 @@ def test_the_bench_command_says_what_is_wrong_in_one_line(flags: list[str], code
     assert result.returncode == code, result
     assert result.stderr.endswith(message), result.stderr
     assert "Traceback" not in result.stderr and not result.stdout
+
+
+@pytest.mark.timeout(60)
+async def test_the_in_process_daemon_listens_on_loopback_ports_of_its_own_and_is_not_advertised() -> None:
+    """The README's tour runs `bench` while `serve` holds port 10301: the bench's daemon took the
+    serve settings (0.0.0.0:10301, zeroconf on) and stopped with "another program listens there"."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        settings = load_settings(None, environ={}, overrides={"http_port": port, "zeroconf_interface": ["127.0.0.1"]})
+        async with bench_daemon(settings, None) as daemon:
+            assert daemon is not None
+            assert daemon.http_port not in (port, 0) and daemon.discovery is None
+            assert daemon.wyoming is not None and daemon.wyoming.address.host == "127.0.0.1"

@@ -24,7 +24,7 @@ import statistics
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -301,13 +301,15 @@ def _timings(
 @contextlib.asynccontextmanager
 async def bench_daemon(settings: Settings, target: str | None) -> AsyncIterator[Daemon | None]:
     """An `in_process_daemon` from `settings`, or None when `target` (a URL, a Wyoming URI) names a
-    running server to load."""
+    running server to load. Only the bench's own clients use that daemon, so it listens on ports
+    the kernel picks on loopback and advertises nothing, beside a daemon already serving."""
     if target is not None:
         yield None
         return
     from satellite_asr.server import in_process_daemon
 
-    async with in_process_daemon(settings) as daemon:
+    private = replace(settings, host="127.0.0.1", http_port=0, wyoming_uri="tcp://127.0.0.1:0", zeroconf=False)
+    async with in_process_daemon(private) as daemon:
         yield daemon
 
 
