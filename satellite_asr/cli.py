@@ -120,7 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="Load test: concurrent real-time clients; latency, CPU and WER.",
         description="Without --url the daemon runs in-process from the settings below, on loopback ports of its "
         "own and not advertised (its host, http_port, wyoming_uri and zeroconf settings are not used), so it can "
-        "run beside a daemon already serving.",
+        "run beside a daemon already serving. The api_key (--api-key, --api-key-file or $SATELLITE_ASR_API_KEY) "
+        "is the key the clients send, to that daemon or to the one at --url (Wyoming asks for none).",
     )
     bench.add_argument("--clients", type=_at_least(1), default=1, help="Concurrent clients (default 1).")
     bench.add_argument(
@@ -319,12 +320,18 @@ def _stream(args: argparse.Namespace) -> int:
 def _bench(settings: Settings, args: argparse.Namespace) -> int:
     from websockets.exceptions import InvalidStatus
 
+    from satellite_asr.clients.rest_bench import UploadRefused
     from satellite_asr.clients.stream_client import refusal
 
     try:
         return _run_bench(settings, args)
-    except InvalidStatus as exc:
-        print(f"satellite-asr: {args.url}: {refusal(exc.response.status_code, exc.response.body)}", file=sys.stderr)
+    except (InvalidStatus, UploadRefused) as exc:
+        if isinstance(exc, InvalidStatus):
+            status, said = exc.response.status_code, refusal(exc.response.status_code, exc.response.body)
+        else:
+            status, said = exc.status, str(exc)
+        hint = "; give the key with --api-key, --api-key-file or SATELLITE_ASR_API_KEY" if status == 401 else ""
+        print(f"satellite-asr: {args.url or 'the in-process daemon'}: {said}{hint}", file=sys.stderr)
         return 1
     except OSError as exc:
         if args.url is None:  # the in-process daemon's own trouble

@@ -108,7 +108,7 @@ async def replay(names: list[str]) -> list[Replayed]:
         with _listening() as heard:
             sessions = []
             for name in names:
-                _, received = await stream_at_pace(url, read_wav(TURNS / name).to_16k_mono(), 0.0, {})
+                _, received = await stream_at_pace(url, read_wav(TURNS / name).to_16k_mono(), 0.0, {}, {})
                 session = next(m["session_id"] for _, m in received if m["type"] == "session_created")
                 finals = sum(m["type"] == "final" for _, m in received)
                 sessions.append((name, session, finals))

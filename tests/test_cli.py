@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -192,6 +193,49 @@ async def test_stream_to_a_daemon_with_an_api_key_says_what_was_refused_and_take
         code, _, stderr = await stream(realtime, "--api-key", "kitchen-key")
         assert code == 1 and "Traceback" not in stderr, stderr
         assert f"satellite-asr: {realtime}: this URL speaks OpenAI's Realtime API" in stderr
+
+
+@pytest.mark.parametrize("protocol", ["rest", "websocket", "openai-realtime"])
+async def test_bench_to_a_daemon_with_an_api_key_says_what_was_refused_and_takes_the_key(
+    protocol: str, tmp_path: Path
+) -> None:
+    """`bench --protocol rest` ended in a RuntimeError traceback, and no protocol could send a key:
+    now the api_key (here SATELLITE_ASR_API_KEY) is what the clients send, and a refusal is the
+    daemon's code and sentence. The in-process daemon with a key is used with it too."""
+    manifest = tmp_path / "one.json"
+    manifest.write_text(json.dumps({"weather.wav": EXPECTED["weather.wav"]}))
+    (tmp_path / "weather.wav").symlink_to(FIXTURES / "weather.wav")
+
+    async def bench(*flags: str, key: str | None = None) -> tuple[int | None, str, str]:
+        env = {name: value for name, value in os.environ.items() if not name.startswith("SATELLITE_ASR_")}
+        if key is not None:
+            env["SATELLITE_ASR_API_KEY"] = key
+        process = await asyncio.create_subprocess_exec(
+            *(sys.executable, "-m", "satellite_asr", "bench", "--protocol", protocol, "--manifest", str(manifest)),
+            *("--rounds", "1", *flags),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+        )
+        stdout, stderr = await asyncio.wait_for(process.communicate(), 150)
+        return process.returncode, stdout.decode(), stderr.decode()
+
+    path = {"rest": "", "websocket": "/v1/stream", "openai-realtime": "/v1/realtime"}[protocol]
+    what = "upload" if protocol == "rest" else "connection"
+    async with running_daemon(api_key="kitchen-key") as daemon:
+        scheme = "http" if protocol == "rest" else "ws"
+        url = f"{scheme}://127.0.0.1:{daemon.http_port}{path}"
+        code, stdout, stderr = await bench("--url", url)
+        assert (code, stdout) == (1, ""), stderr
+        refused = f"satellite-asr: {url}: the daemon refused the {what} with HTTP 401: missing_api_key: "
+        assert stderr.startswith(refused), stderr
+        assert stderr.endswith("; give the key with --api-key, --api-key-file or SATELLITE_ASR_API_KEY\n"), stderr
+        code, _, stderr = await bench("--url", url, key="wrong")
+        assert code == 1 and "HTTP 401: invalid_api_key: the API key is not valid" in stderr, stderr
+        code, stdout, stderr = await bench("--url", url, key="kitchen-key")
+        assert code == 0 and "WER" in stdout, stderr
+    code, stdout, stderr = await bench(key="in-process-key")
+    assert code == 0 and "WER" in stdout, stderr
 
 
 @pytest.mark.parametrize("url", ["notaurl", "http://127.0.0.1:10301/v1/stream"])

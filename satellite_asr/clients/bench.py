@@ -31,6 +31,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from satellite_asr.access import load_api_key
 from satellite_asr.audio import SAMPLE_RATE, Audio, to_pcm16
 from satellite_asr.clients.stream_client import FRAME_SECONDS
 from satellite_asr.clients.transcribe import OfflineTranscriber
@@ -207,14 +208,23 @@ def histogram_quantile(metrics_text: str, name: str, q: float) -> float:
     return next(le for le, count in buckets if count >= q * total)
 
 
-async def stream_at_pace(url: str, audio: Audio, delay: float, config: dict[str, Any]) -> tuple[float, list[Any]]:
+def key_headers(settings: Settings) -> dict[str, str]:
+    """What every bench client sends: the `api_key` setting, for the in-process daemon that requires
+    it or the one at `--url`."""
+    key = load_api_key(settings)
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
+async def stream_at_pace(
+    url: str, audio: Audio, delay: float, config: dict[str, Any], headers: dict[str, str]
+) -> tuple[float, list[Any]]:
     """Stream float32 16 kHz audio at real-time pace; (wall time of sample 0, [(arrival, message)])."""
     import websockets
 
     await asyncio.sleep(delay)
     received: list[tuple[float, dict[str, Any]]] = []
     step = int(FRAME_SECONDS * SAMPLE_RATE)
-    async with websockets.connect(url, max_size=1 << 20) as ws:
+    async with websockets.connect(url, max_size=1 << 20, additional_headers=headers) as ws:
         await ws.send(json.dumps({"type": "config", **config}))
 
         async def receive() -> None:
@@ -231,7 +241,9 @@ async def stream_at_pace(url: str, audio: Audio, delay: float, config: dict[str,
     return origin, received
 
 
-async def _stream_one_realtime(url: str, audio: Audio, delay: float, config: dict[str, Any]) -> tuple[float, list[Any]]:
+async def _stream_one_realtime(
+    url: str, audio: Audio, delay: float, config: dict[str, Any], headers: dict[str, str]
+) -> tuple[float, list[Any]]:
     """The same over OpenAI Realtime: 24 kHz pcm16 appends at real-time pace, the session's default
     turn detection (the daemon's own), the connection closed once every speech segment has its
     `completed` (or 10 s after the audio). Events come back in the WebSocket shapes `_timings`
@@ -245,7 +257,7 @@ async def _stream_one_realtime(url: str, audio: Audio, delay: float, config: dic
     step = int(FRAME_SECONDS * 24000) * 2
     expected = len(speech_segments(audio))
     all_final = asyncio.Event()
-    async with websockets.connect(url, max_size=None) as ws:
+    async with websockets.connect(url, max_size=None, additional_headers=headers) as ws:
         if config:
             await ws.send(json.dumps({"type": "session.update", "session": config}))
 
@@ -273,7 +285,7 @@ async def _stream_one_realtime(url: str, audio: Audio, delay: float, config: dic
     return origin, received
 
 
-Streamer = Callable[[str, Audio, float, dict[str, Any]], Awaitable[tuple[float, list[Any]]]]
+Streamer = Callable[[str, Audio, float, dict[str, Any], dict[str, str]], Awaitable[tuple[float, list[Any]]]]
 PROTOCOLS: dict[str, tuple[str, Streamer]] = {
     "websocket": ("/v1/stream", stream_at_pace),
     "openai-realtime": ("/v1/realtime", _stream_one_realtime),
@@ -334,19 +346,21 @@ async def run_bench(
         if daemon is not None:
             url = f"ws://127.0.0.1:{daemon.http_port}{PROTOCOLS[protocol][0]}"
         assert url is not None
-        flooding = [asyncio.create_task(_flood(url, list(audios.values()))) for _ in range(flooders)]
+        headers = key_headers(settings)
+        flooding = [asyncio.create_task(_flood(url, list(audios.values()), headers)) for _ in range(flooders)]
         try:
             cpu_before, audio_seconds = time.process_time(), 0.0
             jobs = []
             for client in range(clients):
                 work = [files[(client + r) % len(files)] for r in range(rounds)]
                 audio_seconds += sum(audios[f.name].size for f in work) / SAMPLE_RATE
-                jobs.append(_client_rounds(PROTOCOLS[protocol][1], url, work, audios, client * STAGGER_SECONDS))
+                streamer = PROTOCOLS[protocol][1]
+                jobs.append(_client_rounds(streamer, url, headers, work, audios, client * STAGGER_SECONDS))
             results = await asyncio.gather(*jobs)
             cpu = (time.process_time() - cpu_before) / audio_seconds if daemon is not None else None
             address = urlsplit(url)
             metrics_url = f"{'https' if address.scheme == 'wss' else 'http'}://{address.netloc}/metrics"
-            async with aiohttp.ClientSession() as http, http.get(metrics_url) as r:
+            async with aiohttp.ClientSession(headers=headers) as http, http.get(metrics_url) as r:
                 metrics_text = await r.text()
         finally:
             for flooder in flooding:
@@ -384,13 +398,13 @@ async def run_bench(
     )
 
 
-async def _flood(url: str, audios: list[Audio]) -> None:
+async def _flood(url: str, audios: list[Audio], headers: dict[str, str]) -> None:
     """Send every file at once in 1 s frames, then `end`, read everything; again until cancelled."""
     import websockets
 
     everything = np.concatenate(audios)
     while True:
-        async with websockets.connect(url, max_size=1 << 20) as ws:
+        async with websockets.connect(url, max_size=1 << 20, additional_headers=headers) as ws:
             await ws.send(json.dumps({"type": "config", "partials": False}))
             for offset in range(0, everything.size, SAMPLE_RATE):
                 await ws.send(everything[offset : offset + SAMPLE_RATE].astype("<f4").tobytes())
@@ -400,13 +414,18 @@ async def _flood(url: str, audios: list[Audio]) -> None:
 
 
 async def _client_rounds(
-    stream_one: Streamer, url: str, files: list[BenchFile], audios: dict[str, Audio], delay: float
+    stream_one: Streamer,
+    url: str,
+    headers: dict[str, str],
+    files: list[BenchFile],
+    audios: dict[str, Audio],
+    delay: float,
 ) -> tuple[list[UtteranceTiming], int, int]:
     timings: list[UtteranceTiming] = []
     missing = cut = 0
     for round_index, file in enumerate(files):
         audio = audios[file.name]
-        origin, received = await stream_one(url, audio, delay if round_index == 0 else 0.0, {})
+        origin, received = await stream_one(url, audio, delay if round_index == 0 else 0.0, {}, headers)
         file_timings, file_missing, file_cut = _timings(file, audio, origin, received)
         timings.extend(file_timings)
         missing += file_missing

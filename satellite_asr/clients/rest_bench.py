@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import time
 import wave
 from dataclasses import dataclass
@@ -18,12 +19,21 @@ from typing import Any
 import numpy as np
 
 from satellite_asr.audio import SAMPLE_RATE, Audio, to_pcm16
-from satellite_asr.clients.bench import BenchFile, bench_daemon, normalise_words
+from satellite_asr.clients.bench import BenchFile, bench_daemon, key_headers, normalise_words
+from satellite_asr.clients.stream_client import refusal
 from satellite_asr.clients.wav import read_wav
 from satellite_asr.config import Settings
 
 GAP_SECONDS = 3.0
 """Silence between two files of the recording (the files have their own lead and trail too)."""
+
+
+class UploadRefused(Exception):
+    """The daemon answered an upload with an error: its HTTP `status`, and its code and sentence."""
+
+    def __init__(self, status: int, body: bytes) -> None:
+        super().__init__(refusal(status, body, "upload"))
+        self.status = status
 
 
 def long_recording(files: list[BenchFile], rounds: int, gap_s: float = GAP_SECONDS) -> tuple[Audio, list[str]]:
@@ -88,16 +98,18 @@ async def run_rest_bench(
     async with bench_daemon(settings, url) as daemon:
         if daemon is not None:
             url = f"http://127.0.0.1:{daemon.http_port}"
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None)) as http:
+        timeout = aiohttp.ClientTimeout(total=None)
+        async with aiohttp.ClientSession(timeout=timeout, headers=key_headers(settings)) as http:
 
             async def transcribe() -> dict[str, Any]:
                 form = aiohttp.FormData({"model": "whisper-1", "response_format": "verbose_json"})
                 form.add_field("file", io.BytesIO(upload), filename="recording.wav", content_type="audio/wav")
                 async with http.post(f"{url}/v1/audio/transcriptions", data=form) as response:
-                    body: dict[str, Any] = await response.json()
+                    body = await response.read()
                     if response.status != 200:
-                        raise RuntimeError(f"upload refused ({response.status}): {body}")
-                    return body
+                        raise UploadRefused(response.status, body)
+                    result: dict[str, Any] = json.loads(body)
+                    return result
 
             cpu_before, started = time.process_time(), time.perf_counter()
             results = await asyncio.gather(*(transcribe() for _ in range(clients)))

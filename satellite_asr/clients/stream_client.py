@@ -45,9 +45,9 @@ class StreamRefused(Exception):
         self.status = status
 
 
-def refusal(status: int, body: bytes | bytearray | None) -> str:
-    """What a refused upgrade says: the status, and the daemon's error code and sentence when its
-    body has them (`{"type": "error", ...}`, or OpenAI's `{"error": {...}}` on another route)."""
+def refusal(status: int, body: bytes | bytearray | None, what: str = "connection") -> str:
+    """What a refused upgrade (or `what` else) says: the status, and the daemon's error code and
+    sentence when its body has them (`{"type": "error", ...}`, or OpenAI's `{"error": {...}}`)."""
     try:
         error = json.loads(body or b"")
     except ValueError:
@@ -57,7 +57,7 @@ def refusal(status: int, body: bytes | bytearray | None) -> str:
     said = ""
     if isinstance(error, dict) and error.get("message"):
         said = f": {error.get('code') or 'error'}: {error['message']}"
-    return f"the daemon refused the connection with HTTP {status}{said}"
+    return f"the daemon refused the {what} with HTTP {status}{said}"
 
 
 class TranscriptPrinter:
