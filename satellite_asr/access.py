@@ -83,13 +83,20 @@ def load_api_key(settings: Settings) -> str | None:
     return key
 
 
+def mdns_host_label() -> str:
+    """The label of the `LABEL.local` name zeroconf advertises the daemon's services at (the
+    ServiceInfo's server, whose address records it answers): the host name's first label, with
+    what a DNS host name may not hold made dashes."""
+    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname().split(".")[0]).strip("-") or "satellite-asr"
+
+
 def own_host_names(settings: Settings) -> frozenset[str]:
-    """Names the daemon answers to without `allowed_hosts`: localhost, its host name, its mDNS names."""
+    """Names that resolve to the daemon without `allowed_hosts`: localhost, its host name (DNS,
+    /etc/hosts), `HOST.local` (avahi or systemd-resolved) and the name zeroconf points its services
+    at. Not `zeroconf_name.local`: that names a service instance, and no address record answers it."""
     host = socket.gethostname().lower().rstrip(".")
     label = host.split(".")[0]
-    names = {"localhost", host, label, f"{label}.local", f"{re.sub(r'[^a-z0-9-]', '-', label).strip('-')}.local"}
-    if settings.zeroconf_name:
-        names.add(f"{settings.zeroconf_name.lower()}.local")
+    names = {"localhost", host, label, f"{label}.local", f"{mdns_host_label().lower()}.local"}
     if settings.host not in ("", "0.0.0.0", "::"):
         names.add(settings.host.lower())
     return frozenset(names)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-import re
 import socket
 from dataclasses import dataclass
 
@@ -20,6 +19,7 @@ from zeroconf import InterfaceChoice
 from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
 
 from satellite_asr import __version__
+from satellite_asr.access import mdns_host_label
 from satellite_asr.audio import ENCODINGS, MAX_RATE, MIN_RATE
 from satellite_asr.config import Settings
 from satellite_asr.protocols import websocket
@@ -109,7 +109,6 @@ def service_infos(ad: Advertisement) -> list[AsyncServiceInfo]:
     HTTP one may listen on different addresses. None for a server reached by none (a warning says why).
     OSError when the host has no address to advertise (`advertised_addresses`)."""
     advertised = advertised_addresses(ad.interfaces)
-    host = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname().split(".")[0]).strip("-") or "satellite-asr"
     properties = {
         "path": websocket.PATH,
         "protocol": websocket.PROTOCOL_VERSION,
@@ -137,7 +136,7 @@ def service_infos(ad: Advertisement) -> list[AsyncServiceInfo]:
                 port=port,
                 properties=txt,
                 parsed_addresses=addresses,
-                server=f"{host}.local.",
+                server=f"{mdns_host_label()}.local.",
             )
         except Exception as exc:
             log.warning("zeroconf: not advertising the %s server (%s)", server, exc)

@@ -18,9 +18,10 @@ from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 from typing import ClassVar
 
+import aiohttp
 import ifaddr
 import pytest
-from zeroconf import ServiceStateChange, Zeroconf
+from zeroconf import AddressResolver, ServiceStateChange, Zeroconf
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
 from satellite_asr import discovery
@@ -100,6 +101,32 @@ async def test_without_a_wyoming_server_only_the_websocket_service_is_advertised
         await browser.wait_for({f"{name}.{WEBSOCKET_TYPE}"}, ServiceStateChange.Added)
         assert daemon.wyoming_port is None
     assert f"{name}.{WYOMING_TYPE}" not in {n for n, _ in browser.changes}
+
+
+async def test_the_daemon_answers_to_the_name_its_services_point_at_not_to_its_instance_name(browser: Browser) -> None:
+    """A client that found the service connects to its server name, which resolves, and sends it as
+    Host; `zeroconf_name.local` resolves to nothing (the instance name names a service), so only a
+    DNS-rebinding page could send it: the daemon allowed it as one of its own names."""
+    name = f"kitchen-test-{uuid.uuid4().hex[:8]}"
+    async with running_daemon(zeroconf=True, zeroconf_interface=LOOPBACK, zeroconf_name=name) as daemon:
+        await browser.wait_for({f"{name}.{WEBSOCKET_TYPE}"}, ServiceStateChange.Added)
+        server = (await browser.info(WEBSOCKET_TYPE, f"{name}.{WEBSOCKET_TYPE}")).server
+        assert server is not None
+
+        async def resolves(host: str) -> list[str]:
+            resolver = AddressResolver(host)
+            await resolver.async_request(browser.zeroconf.zeroconf, 1500)
+            return resolver.parsed_addresses()
+
+        async def status(host: str) -> int:
+            url = f"http://127.0.0.1:{daemon.http_port}/metrics"
+            async with aiohttp.ClientSession() as http, http.get(url, headers={"Host": host}) as response:
+                return response.status
+
+        assert await resolves(server) == ["127.0.0.1"]
+        assert await status(f"{server.rstrip('.')}:{daemon.http_port}") == 200
+        assert await resolves(f"{name}.local.") == []
+        assert await status(f"{name}.local:{daemon.http_port}") == 403
 
 
 async def test_an_interface_this_host_lacks_is_one_warning_and_the_daemon_serves_on(
