@@ -81,7 +81,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="Run the daemon (WebSocket, HTTP, Wyoming, zeroconf).")
     _add_setting_flags(serve)
 
-    transcribe = commands.add_parser("transcribe", help="Transcribe WAV files offline, one line per utterance.")
+    transcribe = commands.add_parser(
+        "transcribe",
+        help="Transcribe WAV files offline, one line per utterance.",
+        description="Each file is cut into utterances as a live stream of it would be, with the\n"
+        "settings below (turn_detection adaptive by default). An upload to\n"
+        "/v1/audio/transcriptions is always cut with turn_detection fixed:\n"
+        "--turn-detection fixed gives its segments.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,  # the flag unbroken at its dash
+    )
     transcribe.add_argument(
         "files", nargs="+", metavar="FILE.wav", help="16-bit PCM WAV files (8000 to 48000 Hz, 1 to 64 channels)."
     )

@@ -12,6 +12,7 @@ import sys
 import wave
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from satellite_asr.audio import MAX_CHANNELS, MAX_RATE, MIN_RATE
@@ -57,6 +58,26 @@ def test_transcribe_prints_one_line_per_utterance() -> None:
     lines = [line.split("\t") for line in result.stdout.splitlines()]
     assert same_words(EXPECTED["three_commands.wav"] + EXPECTED["lights_on.wav"], [line[3] for line in lines]), lines
     assert all(float(line[1]) < float(line[2]) for line in lines)
+
+
+async def test_transcribe_says_and_gives_how_an_upload_is_cut(capsys: pytest.CaptureFixture[str]) -> None:
+    """transcribe follows turn_detection (a live stream's cuts: bench compares the streams' finals with
+    it); an upload to /v1/audio/transcriptions is always cut with fixed. --help says which flag makes
+    them agree, and with it they do."""
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["transcribe", "--help"])
+    assert "--turn-detection fixed gives its segments" in " ".join(capsys.readouterr().out.split())
+    wav = FIXTURES / "three_commands.wav"
+    async with running_daemon() as daemon, aiohttp.ClientSession() as http:
+        form = aiohttp.FormData({"model": "whisper-1", "response_format": "verbose_json"})
+        form.add_field("file", wav.read_bytes(), filename=wav.name, content_type="audio/wav")
+        url = f"http://127.0.0.1:{daemon.http_port}/v1/audio/transcriptions"
+        async with http.post(url, data=form) as response:
+            segments = (await response.json())["segments"]
+    uploaded = [(f"{s['start']:.2f}", f"{s['end']:.2f}", s["text"]) for s in segments]
+    result = run_cli("transcribe", "--turn-detection", "fixed", str(wav))
+    assert result.returncode == 0, result.stderr
+    assert [tuple(line.split("\t")[1:]) for line in result.stdout.splitlines()] == uploaded
 
 
 def test_ctrl_c_in_transcribe_quits_without_a_traceback() -> None:

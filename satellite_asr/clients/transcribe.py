@@ -37,7 +37,8 @@ class OfflineTranscriber:
         await self.core.close()
 
     async def transcribe(self, path: str | Path) -> list[FinalTranscript]:
-        """The finals of every utterance in the file, in order."""
+        """The finals of every utterance in the file, in order, cut as a live stream's would be (the
+        settings' turn_detection; an upload's are always `fixed`): bench compares the streams with them."""
         audio = read_wav(path).to_16k_mono()
         step = int(CHUNK_SECONDS * SAMPLE_RATE)
 
