@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from satellite_asr import __version__
+from satellite_asr.clients import OutputClosed
 from satellite_asr.config import ConfigError, Settings, load_settings, setting_default, setting_fields
 
 log = logging.getLogger("satellite_asr")
@@ -205,6 +206,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:  # Ctrl-C before serve's own handler (start-up), or in transcribe and bench
         return 130
+    except OutputClosed:  # quiet, as Unix tools are; the interpreter's last flush would fail again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     raise AssertionError(args.command)
 
 
@@ -244,7 +248,10 @@ def _transcribe(settings: Settings, files: list[str]) -> int:
         async with OfflineTranscriber(settings) as transcriber:
             for path in files:
                 for final in await transcriber.transcribe(path):
-                    print(f"{path}\t{final.start:.2f}\t{final.end:.2f}\t{final.text}", flush=True)
+                    try:
+                        print(f"{path}\t{final.start:.2f}\t{final.end:.2f}\t{final.text}", flush=True)
+                    except BrokenPipeError:
+                        raise OutputClosed from None
 
     asyncio.run(run())
     return 0

@@ -80,6 +80,20 @@ async def test_transcribe_says_and_gives_how_an_upload_is_cut(capsys: pytest.Cap
     assert [tuple(line.split("\t")[1:]) for line in result.stdout.splitlines()] == uploaded
 
 
+def test_transcribe_into_a_reader_that_closes_the_output_stops_quietly() -> None:
+    """`transcribe ... | head -n 1` ended in a BrokenPipeError traceback; now as `yes | head` does."""
+    files = [str(FIXTURES / "three_commands.wav"), str(FIXTURES / "weather.wav")] * 3  # lines to spare
+    command = ["bash", "-c", '"$@" | head -n 1; exit "${PIPESTATUS[0]}"', "bash"]
+    result = subprocess.run(
+        [*command, sys.executable, "-m", "satellite_asr", "transcribe", *files],
+        capture_output=True,
+        text=True,
+        timeout=170,
+    )
+    assert (result.returncode, result.stderr) == (128 + signal.SIGPIPE, "")
+    assert result.stdout.startswith(files[0]) and len(result.stdout.splitlines()) == 1
+
+
 def test_ctrl_c_in_transcribe_quits_without_a_traceback() -> None:
     """Ctrl-C (SIGINT) stops it with 130, as a shell expects, not with asyncio's KeyboardInterrupt."""
     files = [str(FIXTURES / "three_commands.wav")] * 20

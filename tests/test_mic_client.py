@@ -8,6 +8,7 @@ command line runs unchanged as a subprocess. Ctrl-C is a real SIGINT.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import io
 import json
@@ -90,6 +91,33 @@ async def test_ctrl_c_sends_end_and_waits_for_the_last_final(tmp_path: Path, tls
     assert len(finals) == 1
     assert finals[0]["is_speech_final"] is False, "no silence followed the words: `end` produced this final"
     assert word_error_rate(EXPECTED["lights_on.wav"][0], finals[0]["text"]) <= WER_TOLERANCE, finals[0]["text"]
+
+
+async def test_a_reader_that_closes_the_output_ends_the_stream_quietly() -> None:
+    """`stream --mic --json | head -n 1`: writing the second line failed with EPIPE, which read as
+    "cannot reach" the daemon, and not until the source ended: a microphone never does."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(FAKE_SOUNDDEVICE), os.environ.get("PYTHONPATH", "")]),
+        "SATELLITE_ASR_FAKE_MIC_WAV": str(FIXTURES / "three_commands.wav"),
+    }
+    async with running_daemon() as daemon:
+        process = await asyncio.create_subprocess_exec(
+            *("bash", "-c", '"$@" | head -n 1; exit "${PIPESTATUS[0]}"', "bash"),
+            *(sys.executable, "-m", "satellite_asr", "stream", "--mic", "--json", "--url", ws_url(daemon)),
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+        try:
+            stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
+        finally:  # a client that never ends is not left behind
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 128 + signal.SIGPIPE, stderr.decode()
+    assert [json.loads(line)["type"] for line in stdout.decode().splitlines()] == ["session_created"]
+    assert stderr.decode().splitlines() == ["Listening on 'fake microphone' at 16000 Hz; Ctrl-C to finish."]
 
 
 @pytest.mark.parametrize(

@@ -19,6 +19,7 @@ from typing import Any, TextIO
 import websockets
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from satellite_asr.clients import OutputClosed
 from satellite_asr.clients.audio_source import BLOCK_SECONDS, AudioSource, WavSource
 
 FRAME_SECONDS = BLOCK_SECONDS
@@ -70,6 +71,12 @@ class TranscriptPrinter:
         self._partial_shown = False
 
     def __call__(self, message: dict[str, Any]) -> None:
+        try:
+            self._print(message)
+        except BrokenPipeError:
+            raise OutputClosed from None
+
+    def _print(self, message: dict[str, Any]) -> None:
         if self.as_json:
             print(json.dumps(message), file=self.out, flush=True)
             return
@@ -142,7 +149,11 @@ async def stream_source(
                     )
                 messages.append(message)
                 if on_message is not None:
-                    on_message(message)
+                    try:
+                        on_message(message)
+                    except Exception:
+                        await ws.close()  # the sending ends too (a microphone would go on for ever)
+                        raise
 
         receiver = asyncio.create_task(receive())
         with suppress(ConnectionClosed):  # the server ended the stream early: the close code says why
