@@ -162,8 +162,9 @@ def addon_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     wheels = tmp_path_factory.mktemp("wheels")
     (wheels / "satellite_asr-0.0.1-py3-none-any.whl").write_bytes(b"stale")
     # PIP_NO_BUILD_ISOLATION=0 means --no-build-isolation: the venv's setuptools builds it, which
-    # spares the test pip's fresh build environment (most of the script's run time).
-    env = {**os.environ, "PIP_NO_BUILD_ISOLATION": "0"}
+    # spares the test pip's fresh build environment (most of the script's run time). VENV names
+    # the venv running the tests, as scripts/test gets it (`VENV=/some/dir scripts/test`).
+    env = {**os.environ, "PIP_NO_BUILD_ISOLATION": "0", "VENV": sys.prefix}
     subprocess.run([ROOT / "scripts" / "addon-wheel", wheels], env=env, check=True, timeout=120)
     (wheel,) = wheels.glob("*.whl")
     return wheel
