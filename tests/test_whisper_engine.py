@@ -77,6 +77,28 @@ async def test_model_by_local_path_and_short_context_matches_full_window() -> No
         await full.close()
 
 
+async def test_both_paths_say_how_likely_the_audio_held_no_speech() -> None:
+    """Whisper's no-speech probability (verbose_json's `no_speech_prob`): low for a command, on the
+    short window and on faster-whisper's own path, and high for digital silence. faster-whisper
+    drops a window it takes for silence, so its path has none to report there."""
+    short = WhisperEngine()
+    full = WhisperEngine(short_context=False)
+    await short.start()
+    await full.start()
+    silence = np.zeros(2 * 16000, np.float32)
+    try:
+        for engine in (short, full):
+            command = await engine.open_stream(StreamOptions()).final(fixture_16k("lights_on.wav"))
+            assert command.no_speech_prob is not None and 0 < command.no_speech_prob < 0.2, command
+        quiet = await short.open_stream(StreamOptions()).final(silence)
+        assert quiet.no_speech_prob is not None and quiet.no_speech_prob > 0.8, quiet
+        dropped = await full.open_stream(StreamOptions()).final(silence)
+        assert dropped.text == "" and dropped.no_speech_prob is None, dropped
+    finally:
+        await short.close()
+        await full.close()
+
+
 async def test_a_command_cut_inside_its_words_is_decoded_with_less_confidence() -> None:
     """What turn detection leans on: the engine's confidence drops when it can only guess."""
     engine = WhisperEngine()

@@ -83,6 +83,18 @@ class Transcript:
     """The stream's names the engine leaned to most where it wrote other words unsurely, strongest
     first; empty when it does not say (partials; Whisper's beam search or its own 30 s path;
     Qwen3-ASR). The name correction matches them right after names as spelled (`NameCorrector.replacements`)."""
+    no_speech_prob: float | None = None
+    """How likely the engine thought the audio held no speech before it wrote a word (Whisper's
+    no-speech token at the start of the transcript); None when it does not say (Qwen3-ASR). Sent as
+    verbose_json's `no_speech_prob`."""
+
+    @property
+    def avg_logprob(self) -> float | None:
+        """`mean_logprob` averaged as Whisper and OpenAI's verbose_json do: over the text tokens and
+        the end token; None when the engine does not say."""
+        if self.mean_logprob is None or self.tokens == 0:
+            return None
+        return self.mean_logprob * self.tokens / (self.tokens + 1)
 
 
 @dataclass(frozen=True)

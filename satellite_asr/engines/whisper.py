@@ -199,12 +199,14 @@ def context_tokens(tokenizer: Tokenizer, context: str) -> list[int]:
 
 
 class Decoded(NamedTuple):
-    """One `generate` call's text tokens, their mean log-probability (`Transcript.mean_logprob`) and,
-    with greedy decoding only (CTranslate2's beam search returns no logits), each one's
-    log-probability and how strongly it leaned to each watched token it did not write (`read_logits`)."""
+    """One `generate` call's text tokens, their mean log-probability (`Transcript.mean_logprob`), its
+    no-speech probability (`Transcript.no_speech_prob`) and, with greedy decoding only (CTranslate2's
+    beam search returns no logits), each token's log-probability and how strongly it leaned to each
+    watched token it did not write (`read_logits`)."""
 
     tokens: list[int]
     mean_logprob: float | None
+    no_speech_prob: float
     logprobs: list[float]
     hunches: dict[int, float]
 
@@ -477,7 +479,15 @@ class WhisperEngine(Engine):
         """The text of `decoded` with its tokens' spans in it, worked out once per decode."""
         spans = token_spans(tokenizer, decoded.tokens, decoded.logprobs)
         text = tokenizer.decode(decoded.tokens).strip()
-        return Transcript(text, language, len(decoded.tokens), decoded.mean_logprob, spans, nearly_written)
+        return Transcript(
+            text,
+            language,
+            len(decoded.tokens),
+            decoded.mean_logprob,
+            spans,
+            nearly_written,
+            no_speech_prob=decoded.no_speech_prob,
+        )
 
     def _generate(
         self,
@@ -507,6 +517,7 @@ class WhisperEngine(Engine):
             suppress_tokens=[-1],
             return_scores=True,  # with length_penalty 1: the log-probability per text token
             return_logits_vocab=sureness and beam_size == 1,
+            return_no_speech_prob=True,  # read at the prompt's start-of-transcript step: no extra decode
         )
         sequence = result[0].sequences_ids[0]
         steps = [step for step, token in enumerate(sequence) if token < tokenizer.eot]
@@ -521,10 +532,11 @@ class WhisperEngine(Engine):
         elif stopped or repeats_itself(tokens):
             return None
         logits = result[0].logits[0] if sureness and beam_size == 1 else []
+        no_speech_prob = result[0].no_speech_prob
         if not logits:
-            return Decoded(tokens, mean_logprob, [], {})
+            return Decoded(tokens, mean_logprob, no_speech_prob, [], {})
         logprobs, hunches = read_logits([logits[step] for step in steps], tokens, watched)
-        return Decoded(tokens, mean_logprob, logprobs, hunches)
+        return Decoded(tokens, mean_logprob, no_speech_prob, logprobs, hunches)
 
     def _tokenizer(self, language: str) -> Tokenizer:
         assert self._model is not None
@@ -565,7 +577,11 @@ class WhisperEngine(Engine):
         tokens = sum(len(segment.tokens) for segment in pieces)
         # faster-whisper averages each segment over its tokens plus the end token
         logprob = sum(segment.avg_logprob * (len(segment.tokens) + 1) for segment in pieces)
-        return Transcript(text, info.language, tokens, logprob / tokens if tokens else None)
+        # the audio holds no speech only if no window does: no likelier than for the window surest of speech
+        no_speech_prob = min((segment.no_speech_prob for segment in pieces), default=None)
+        return Transcript(
+            text, info.language, tokens, logprob / tokens if tokens else None, no_speech_prob=no_speech_prob
+        )
 
     async def close(self) -> None:
         executor, self._executor = self._executor, None
