@@ -47,6 +47,10 @@ class FinalTranscript:
     endpoint: str
     """Why it ended: `complete` (a complete command, the short silence), `silence` (the full silence)
     or `forced` (flush, end of stream, idle timeout, shutdown, the length cap)."""
+    avg_logprob: float | None = None
+    no_speech_prob: float | None = None
+    """The engine's `Transcript.avg_logprob` and `no_speech_prob` of the decode whose text this is
+    (speculative or not); None when the engine does not say or the decode failed."""
 
 
 @dataclass(frozen=True)

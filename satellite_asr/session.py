@@ -564,9 +564,11 @@ class Session:
         if utterance.partials is not None:
             await utterance.partials.cancel()
         text, language = utterance.stable, self.options.language
+        decoded: Transcript | None = None  # the decode whose text is sent
         try:
             result = await self._unless_hurried(self._decode_final(utterance, audio, endpoint))
             text, language = await self._corrected(result), result.language or language
+            decoded = result
             if not _words_start_with(text, utterance.stable):
                 self._metrics.final_rewrites.inc()
         except Exception as exc:  # whatever the engine raised, the utterance keeps its final (the promised text)
@@ -581,7 +583,17 @@ class Session:
             await asyncio.gather(previous, return_exceptions=True)
         start_s, end_s = utterance.start / SAMPLE_RATE, endpoint.end / SAMPLE_RATE
         await self._emit(
-            FinalTranscript(utterance.id, text, not endpoint.forced, start_s, end_s, language, endpoint.reason)
+            FinalTranscript(
+                utterance.id,
+                text,
+                not endpoint.forced,
+                start_s,
+                end_s,
+                language,
+                endpoint.reason,
+                avg_logprob=None if decoded is None else decoded.avg_logprob,
+                no_speech_prob=None if decoded is None else decoded.no_speech_prob,
+            )
         )
         self._metrics.final_latency.observe(time.monotonic() - ended_at)
 

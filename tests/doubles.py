@@ -1,7 +1,7 @@
 """Test doubles for things outside the product's own path: a crashing engine, one that breaks
 until restarted, one whose finals wait for the test, a slow-loading one, one that hears no words in
-the first utterance (what a model makes of a cough); and a peer Wyoming server that needs Home
-Assistant's VAD to end its audio.
+the first utterance (what a model makes of a cough), one whose finals report scores the test
+knows; and a peer Wyoming server that needs Home Assistant's VAD to end its audio.
 
 The engines wrap the real whisper engine, so everything but the injected fault is the product's code.
 """
@@ -225,3 +225,39 @@ async def wyoming_server_without_endpointing_double(port: int) -> AsyncIterator[
         yield
     finally:
         await server.stop()
+
+
+class _ScoresEachFinalStream(EngineStream):
+    def __init__(self, inner: EngineStream, engine: ScoresEachFinalEngineDouble) -> None:
+        self._inner = inner
+        self._engine = engine
+
+    async def partial(self, audio: Audio) -> Transcript:
+        return await self._inner.partial(audio)
+
+    async def final(self, audio: Audio) -> Transcript:
+        return self._engine.scored(await self._inner.final(audio))
+
+
+class ScoresEachFinalEngineDouble(WhisperEngine):
+    """Real whisper text whose final decodes each report scores of their own, so a test can tell which
+    decode's reached the client: the nth (from 1) a mean log-probability of -n/10 over 3 tokens and
+    a no-speech probability of n/100; or none at all (`reports=False`, as Qwen3-ASR). Every final
+    decode that finished is kept in `finals`, in order."""
+
+    def __init__(self, *, reports: bool = True) -> None:
+        super().__init__()
+        self._reports = reports
+        self.finals: list[Transcript] = []
+
+    def open_stream(self, options: StreamOptions) -> EngineStream:
+        return _ScoresEachFinalStream(super().open_stream(options), self)
+
+    def scored(self, heard: Transcript) -> Transcript:
+        n = len(self.finals) + 1
+        if self._reports:
+            heard = dataclasses.replace(heard, tokens=3, mean_logprob=-n / 10, no_speech_prob=n / 100)
+        else:
+            heard = dataclasses.replace(heard, mean_logprob=None, no_speech_prob=None)
+        self.finals.append(heard)
+        return heard

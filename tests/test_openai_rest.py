@@ -4,6 +4,7 @@ Silero, real tiny.en, loopback. Other containers are encoded from the fixtures a
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import io
 import itertools
@@ -26,14 +27,24 @@ from satellite_asr.clients.bench import load_manifest
 from satellite_asr.clients.rest_bench import long_recording, run_rest_bench, wav_bytes
 from satellite_asr.clients.stream_client import stream_file
 from satellite_asr.clients.wav import read_wav
+from satellite_asr.events import FinalTranscript, SessionEvent
+from satellite_asr.protocols.openai_rest import NOT_REPORTED
 from satellite_asr.server import Daemon
-from tests.doubles import ContextRecordingEngineDouble, CrashingEngineDouble, SlowLoadingEngineDouble
+from satellite_asr.session import SessionOptions
+from tests.doubles import (
+    ContextRecordingEngineDouble,
+    CrashingEngineDouble,
+    ScoresEachFinalEngineDouble,
+    SlowLoadingEngineDouble,
+)
 from tests.helpers import (
     EXPECTED,
     FIXTURES,
     WER_TOLERANCE,
     daemon_settings,
     encoded_audio,
+    eventually,
+    fixture_16k,
     normalise,
     of_type,
     running_daemon,
@@ -123,6 +134,75 @@ async def test_stream_sends_one_delta_per_segment_then_done_with_their_text() ->
     assert [e.type for e in deltas] == ["transcript.text.delta"] * 3 and done.type == "transcript.text.done"
     assert "".join(e.delta for e in deltas) == done.text, "the deltas concatenate to the final text"
     assert same_words(EXPECTED["three_commands.wav"], [e.delta for e in deltas]), deltas
+
+
+async def test_verbose_json_segments_carry_the_scores_the_engine_gave_their_text() -> None:
+    """Each segment's `avg_logprob` and `no_speech_prob` are those the engine reported for the decode
+    of its text, `avg_logprob` averaged as Whisper does (over the text tokens and the end token)."""
+    engine = ScoresEachFinalEngineDouble()
+    async with running_daemon(engine) as daemon, client(daemon) as api:
+        verbose = await api.audio.transcriptions.create(
+            file=("three.wav", THREE), model="whisper-1", response_format="verbose_json"
+        )
+    segments = verbose.segments or []
+    decoded = {final.text: final for final in engine.finals}
+    assert len(segments) == len(decoded) == 3, (segments, engine.finals)
+    for segment in segments:
+        final = decoded[segment.text]
+        assert final.mean_logprob is not None and final.tokens == 3
+        assert segment.avg_logprob == pytest.approx(final.mean_logprob * 3 / 4)
+        assert segment.no_speech_prob == final.no_speech_prob
+    assert sorted(s.no_speech_prob for s in segments) == [0.01, 0.02, 0.03], "one decode's scores each"
+
+
+async def test_an_engine_that_reports_no_scores_gets_the_documented_placeholder() -> None:
+    async with running_daemon(ScoresEachFinalEngineDouble(reports=False)) as daemon, client(daemon) as api:
+        verbose = await api.audio.transcriptions.create(
+            file=("three.wav", THREE), model="whisper-1", response_format="verbose_json"
+        )
+    segments = verbose.segments or []
+    assert len(segments) == 3
+    assert {(s.avg_logprob, s.no_speech_prob) for s in segments} == {(NOT_REPORTED, NOT_REPORTED)} == {(0.0, 0.0)}
+
+
+async def test_a_final_carries_the_scores_of_the_decode_whose_text_it_sends() -> None:
+    """A speculative final that speech made stale finished decoding, yet the final carries the
+    scores of the decode of its own text and audio (the later speculation's), not the stale one's."""
+    engine = ScoresEachFinalEngineDouble()
+    finals: list[FinalTranscript] = []
+
+    async def collect(event: SessionEvent) -> None:
+        if isinstance(event, FinalTranscript):
+            finals.append(event)
+
+    async def no_connection(reason: str) -> None:
+        return None
+
+    # fixed: a pause is decoded ahead at a third of silence_ms (2 s) and ends the utterance at 6 s
+    async with running_daemon(engine) as daemon:
+        core = daemon.core
+        options = SessionOptions.from_settings(
+            core.settings, vad={"turn_detection": "fixed", "silence_ms": 6000}, partials=False, language="en"
+        )
+        session = core.sessions.create(
+            "test", dataclasses.replace(options, max_feed_ahead_s=None), collect, no_connection
+        )
+        silence = np.zeros(SAMPLE_RATE, np.float32)
+        await session.feed(np.concatenate([fixture_16k("lights_on.wav"), silence]))  # 2.7 s after its words
+        await eventually(lambda: len(engine.finals) == 1)  # the speculation finished before speech resumed
+        await session.feed(np.concatenate([fixture_16k("weather.wav"), *[silence] * 7]))
+        await core.sessions.release(session, "end", finalize=True)
+    stale, spoken = engine.finals
+    (final,) = finals
+    assert final.text == spoken.text != stale.text and final.endpoint == "silence", (final, engine.finals)
+    assert (
+        (final.avg_logprob, final.no_speech_prob)
+        == (spoken.avg_logprob, spoken.no_speech_prob)
+        != (
+            stale.avg_logprob,
+            stale.no_speech_prob,
+        )
+    )
 
 
 @pytest.mark.parametrize(

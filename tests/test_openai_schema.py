@@ -41,6 +41,7 @@ from openai.types.shared import ErrorObject
 from websockets.exceptions import ConnectionClosed
 
 from satellite_asr.audio import MAX_RATE, MIN_RATE
+from satellite_asr.protocols.openai_rest import NOT_REPORTED
 from satellite_asr.server import Daemon
 from tests.doubles import CrashingEngineDouble
 from tests.helpers import FIXTURES, fixture_16k, of_type, pcm16, running_daemon
@@ -481,15 +482,15 @@ async def test_every_rest_response_format_and_stream_event_conforms() -> None:
         stream = await post(http, daemon, stream="true")
     assert all(r.status == 200 for r in [*responses.values(), stream])
     text = conforms(await responses["json"].read(), Transcription)["text"]
-    verbose = await responses["verbose_json"].read()
-    segments = json.loads(verbose)["segments"]
-    # Documented (docs/openai.md): the engine reports no avg_logprob or no_speech_prob per segment
-    assert all("avg_logprob" not in s and "no_speech_prob" not in s for s in segments)
-    complete = json.loads(verbose)
-    for segment in complete["segments"]:
-        segment.update(avg_logprob=0.0, no_speech_prob=0.0)
     # `task` is what OpenAI's whisper-1 sends in verbose_json; the SDK's model leaves it out
-    assert conforms(json.dumps(complete), TranscriptionVerbose, {"task"})["text"] == text
+    verbose = conforms(await responses["verbose_json"].read(), TranscriptionVerbose, {"task"})
+    assert verbose["text"] == text
+    # tiny.en's own measures of speech it heard clearly; a command it wrote twice on a short window
+    # (kept once) has no log-probability, and the placeholder docs/openai.md names
+    segments = verbose["segments"]
+    assert all(0 < s["no_speech_prob"] < 0.5 for s in segments), segments
+    assert all(-1.0 < s["avg_logprob"] < 0 or s["avg_logprob"] == NOT_REPORTED for s in segments), segments
+    assert any(s["avg_logprob"] != NOT_REPORTED for s in segments), segments
     assert (await responses["text"].text()) == text + "\n"
     assert re.fullmatch(
         r"(\d+\n[\d:,]{12} --> [\d:,]{12}\n.+\n\n)*\d+\n[\d:,]{12} --> [\d:,]{12}\n.+\n", await responses["srt"].text()

@@ -304,10 +304,18 @@ def encode_transcription(result: Transcription, response_format: str) -> web.Res
     )
 
 
+NOT_REPORTED = 0.0
+"""`avg_logprob` and `no_speech_prob` of a segment whose engine did not report them (Qwen3-ASR, a
+Whisper decode that wrote its text twice, a failed decode): OpenAI's schema requires numbers, and
+0 keeps Whisper's rule for silence (both over their thresholds) from dropping a segment that Silero
+heard as speech. Not a measurement; docs/openai.md says so."""
+
+
 def _segment(index: int, segment: FinalTranscript) -> dict[str, Any]:
-    """OpenAI's segment with what this daemon measures: no token ids or probabilities (see docs)."""
+    """OpenAI's segment with what this daemon measures: no token ids (see docs)."""
     text = segment.text.strip()
     encoded = text.encode()
+    avg_logprob, no_speech_prob = segment.avg_logprob, segment.no_speech_prob
     return {
         "id": index,
         "seek": round(segment.start * 100),
@@ -316,7 +324,9 @@ def _segment(index: int, segment: FinalTranscript) -> dict[str, Any]:
         "text": text,
         "tokens": [],
         "temperature": 0.0,
+        "avg_logprob": NOT_REPORTED if avg_logprob is None else avg_logprob,
         "compression_ratio": round(len(encoded) / len(zlib.compress(encoded)), 3),
+        "no_speech_prob": NOT_REPORTED if no_speech_prob is None else no_speech_prob,
     }
 
 
