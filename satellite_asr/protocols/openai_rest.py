@@ -307,8 +307,8 @@ def encode_transcription(result: Transcription, response_format: str) -> web.Res
 NOT_REPORTED = 0.0
 """`avg_logprob` and `no_speech_prob` of a segment whose engine did not report them (Qwen3-ASR, a
 Whisper decode that wrote its text twice, a failed decode): OpenAI's schema requires numbers, and
-0 keeps Whisper's rule for silence (both over their thresholds) from dropping a segment that Silero
-heard as speech. Not a measurement; docs/openai.md says so."""
+0 keeps Whisper's rule for silence (`no_speech_prob` over 0.6 and `avg_logprob` under -1) from
+dropping a segment that Silero heard as speech. Not a measurement; docs/openai.md says so."""
 
 
 def _segment(index: int, segment: FinalTranscript) -> dict[str, Any]:
