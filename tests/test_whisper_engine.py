@@ -80,7 +80,8 @@ async def test_model_by_local_path_and_short_context_matches_full_window() -> No
 async def test_both_paths_say_how_likely_the_audio_held_no_speech() -> None:
     """Whisper's no-speech probability (verbose_json's `no_speech_prob`): low for a command, on the
     short window and on faster-whisper's own path, and high for digital silence. faster-whisper
-    drops a window it takes for silence, so its path has none to report there."""
+    drops a window it takes for silence, so its path has none to report there. A partial, whose
+    client never reads it, does not pay for it."""
     short = WhisperEngine()
     full = WhisperEngine(short_context=False)
     await short.start()
@@ -90,6 +91,8 @@ async def test_both_paths_say_how_likely_the_audio_held_no_speech() -> None:
         for engine in (short, full):
             command = await engine.open_stream(StreamOptions()).final(fixture_16k("lights_on.wav"))
             assert command.no_speech_prob is not None and 0 < command.no_speech_prob < 0.2, command
+        partial = await short.open_stream(StreamOptions()).partial(fixture_16k("lights_on.wav"))
+        assert partial.text and partial.no_speech_prob is None, partial
         quiet = await short.open_stream(StreamOptions()).final(silence)
         assert quiet.no_speech_prob is not None and quiet.no_speech_prob > 0.8, quiet
         dropped = await full.open_stream(StreamOptions()).final(silence)
@@ -462,7 +465,14 @@ def budgeted_decode(engine: WhisperEngine, fixture: str, context: str) -> Callab
     features = engine._model.feature_extractor(audio, padding=30 * 16000 - audio.size)
     encoded = engine._model.model.encode(ctranslate2.StorageView.from_array(np.ascontiguousarray(features[None])))
     return functools.partial(
-        engine._generate, encoded, engine._tokenizer("en"), context, beam_size=1, keep_first_pass=False, sureness=False
+        engine._generate,
+        encoded,
+        engine._tokenizer("en"),
+        context,
+        beam_size=1,
+        keep_first_pass=False,
+        sureness=False,
+        no_speech=False,
     )
 
 

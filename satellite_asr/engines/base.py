@@ -85,8 +85,8 @@ class Transcript:
     Qwen3-ASR). The name correction matches them right after names as spelled (`NameCorrector.replacements`)."""
     no_speech_prob: float | None = None
     """How likely the engine thought the audio held no speech before it wrote a word (Whisper's
-    no-speech token at the start of the transcript); None when it does not say (Qwen3-ASR). Sent as
-    verbose_json's `no_speech_prob`."""
+    no-speech token at the start of the transcript); None when it does not say (Qwen3-ASR; Whisper's
+    partials, whose clients never read it). Sent as verbose_json's `no_speech_prob`."""
 
     @property
     def avg_logprob(self) -> float | None:

@@ -206,7 +206,7 @@ class Decoded(NamedTuple):
 
     tokens: list[int]
     mean_logprob: float | None
-    no_speech_prob: float
+    no_speech_prob: float | None
     logprobs: list[float]
     hunches: dict[int, float]
 
@@ -409,6 +409,7 @@ class WhisperEngine(Engine):
             beam_size,
             keep_first_pass=keep_first_pass,
             sureness=sureness,
+            no_speech=final,
             watched=set(first_tokens.values()),
         )
         if decoded is None:
@@ -434,7 +435,7 @@ class WhisperEngine(Engine):
         # matter more here than the log-probability it then lacks
         look_budget = min(budget, len(decoded.tokens) + LOOK_EXTRA_TOKENS)
         second = self._generate(
-            encoded, tokenizer, prompt, look_budget, beam_size, keep_first_pass=True, sureness=sureness
+            encoded, tokenizer, prompt, look_budget, beam_size, keep_first_pass=True, sureness=sureness, no_speech=True
         )
         if second is None:  # a loop leaves the first text
             return first
@@ -499,12 +500,14 @@ class WhisperEngine(Engine):
         *,
         keep_first_pass: bool,
         sureness: bool,
+        no_speech: bool,
         watched: Collection[int] = (),
     ) -> Decoded | None:
         """What Whisper writes for `encoded` after `context`; None if it looped, or wrote the text
         twice and not `keep_first_pass` (then its first pass, without a mean log-probability). Each
         token's log-probability too, and the `watched` tokens' hunches, if `sureness` and greedy:
-        the logits cost a little per token."""
+        the logits cost a little per token. Its no-speech probability if `no_speech`: a few ms of a
+        decode's CPU, which only a final's client reads (verbose_json)."""
         assert self._model is not None
         prompt = self._model.get_prompt(tokenizer, context_tokens(tokenizer, context), without_timestamps=True)
         max_length, most_tokens = generation_limits(len(prompt), budget)
@@ -517,7 +520,7 @@ class WhisperEngine(Engine):
             suppress_tokens=[-1],
             return_scores=True,  # with length_penalty 1: the log-probability per text token
             return_logits_vocab=sureness and beam_size == 1,
-            return_no_speech_prob=True,  # read at the prompt's start-of-transcript step: no extra decode
+            return_no_speech_prob=no_speech,  # read at the prompt's start-of-transcript step: no extra decode
         )
         sequence = result[0].sequences_ids[0]
         steps = [step for step, token in enumerate(sequence) if token < tokenizer.eot]
@@ -532,7 +535,7 @@ class WhisperEngine(Engine):
         elif stopped or repeats_itself(tokens):
             return None
         logits = result[0].logits[0] if sureness and beam_size == 1 else []
-        no_speech_prob = result[0].no_speech_prob
+        no_speech_prob = result[0].no_speech_prob if no_speech else None
         if not logits:
             return Decoded(tokens, mean_logprob, no_speech_prob, [], {})
         logprobs, hunches = read_logits([logits[step] for step in steps], tokens, watched)
