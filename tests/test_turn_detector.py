@@ -247,6 +247,14 @@ ROSE = RISEN_SEMITONES + 0.5
         ("Is the garage door open.", SURE, ROSE, UNSURE),  # a rise is no question without one written
         ("Is the keeping on?", DOUBTFUL, ROSE, UNSURE),  # a question the engine doubts
         ("What is the temperature in the?", SURE, ROSE, INCOMPLETE),  # the word rules come first
+        # only an auxiliary and its subject: a speaker paused after the subject, nothing asked yet
+        ("Is the car?", SURE, ROSE, UNSURE),  # "is the car | charging?"
+        ("Can you?", SURE, ROSE, UNSURE),  # "can you | turn on the fan?"
+        ("Is there?", SURE, ROSE, UNSURE),  # "is the | back door open?" heard at its pause
+        ("Is the heating?", SURE, ROSE, UNSURE),
+        ("Is the car locked?", SURE, ROSE, COMPLETE),
+        ("Is it on?", SURE, ROSE, COMPLETE),
+        ("Is that right?", SURE, ROSE, COMPLETE),
     ],
 )
 def test_a_question_asked_in_a_rising_voice_ends_the_turn(

@@ -28,7 +28,9 @@ The rules read the engine's own text (Whisper's punctuation and casing), in this
    turn ends: a text the engine is sure of that it writes as a question ("Is the garage door
    open?") in a voice that rose `RISEN_SEMITONES` or more as it stopped is complete. Asked
    aloud, a yes/no question ends high, so the falling line alone kept every such question waiting
-   the long silence; a speaker who stops to think holds the pitch level.
+   the long silence; a speaker who stops to think holds the pitch level. Not a question that is
+   only its auxiliary and its subject ("Can you?", "Is the car?"): a speaker who pauses after the
+   subject has asked nothing yet, and may rise there as at a question's end.
 5. The pitch unknown, or not English: the engine doubts its own words (`mean_logprob` below
    `DOUBTFUL_LOGPROB`): unsure. Half a command misheard reads like anything, a finished sentence
    included ("At milk hunt." for "add milk to ..."); such a text says nothing about the turn.
@@ -151,6 +153,12 @@ ENGLISH_CANNOT_BEGIN = _words("and or but nor")
 ENGLISH_PARTICLES = _words("on off up down out back over away")
 """Words a phrasal command ends on ("turn it off") but not straight after its verb ("turn off")."""
 ENGLISH_PHRASAL_VERBS = _words("turn switch shut put set bring pull look")
+ENGLISH_AUXILIARIES = _words("is are was were am can could will would shall should may might must do does did has have")
+"""Words a yes/no question opens with."""
+ENGLISH_SUBJECT_PRONOUNS = _words("you it there they he she we i this that these those")
+ENGLISH_SUBJECT_DETERMINERS = _words("the a an my your our their his her")
+"""A determiner and one word after an auxiliary are a subject ("Is the car?"); "this" and "that"
+are left out, as they stand alone ("Is that right?")."""
 
 
 def _is_english(language: str | None) -> bool:
@@ -174,7 +182,7 @@ class RuleTurnDetector:
             return TurnVerdict.INCOMPLETE
         doubted = mean_logprob is not None and mean_logprob < DOUBTFUL_LOGPROB
         if _is_english(language) and final_pitch is not None:
-            if not doubted and final_pitch >= RISEN_SEMITONES and ending.endswith("?"):
+            if not doubted and final_pitch >= RISEN_SEMITONES and ending.endswith("?") and not _only_a_subject(words):
                 return TurnVerdict.COMPLETE
             line = DOUBTED_FALLEN_SEMITONES if doubted else FALLEN_SEMITONES
             return TurnVerdict.COMPLETE if final_pitch <= line else TurnVerdict.UNSURE
@@ -185,6 +193,17 @@ class RuleTurnDetector:
         if ending.endswith(SENTENCE_END):
             return TurnVerdict.COMPLETE
         return TurnVerdict.UNSURE
+
+
+def _only_a_subject(words: list[str]) -> bool:
+    """A question that is only its auxiliary and its subject ("Can you?", "Is there?", "Is the car?"
+    for "is the car | charging?"): nothing asked yet, so its rising voice does not end the turn. A
+    speaker who pauses after the subject may rise there as at a question's end (the first half
+    asked on its own, in espeak-ng's and Piper's voices, rose +4 to +7 semitones), and even a level
+    pause read "Is the car?" at +2.18."""
+    if len(words) == 2:
+        return words[0] in ENGLISH_AUXILIARIES and words[1] in ENGLISH_SUBJECT_PRONOUNS
+    return len(words) == 3 and words[0] in ENGLISH_AUXILIARIES and words[1] in ENGLISH_SUBJECT_DETERMINERS
 
 
 def _english_cannot_end(words: list[str]) -> bool:
