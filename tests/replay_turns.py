@@ -9,7 +9,8 @@ a complete one on its decision at its end. Unlike `tests.eval_turns`, which deco
 at a fixed pad, these are the decisions the running daemon makes, on the audio it had when it made
 them. `--line` judges the same decisions
 again with another pitch line (the word rules still apply), to see what it would win or cut; the
-line for words the engine doubts moves with it (`DOUBTED_FALLEN_SEMITONES` stays as far under).
+line for words the engine doubts moves with it (`DOUBTED_FALLEN_SEMITONES` stays as far under), the
+line for a question asked rising (`RISEN_SEMITONES`) does not.
 
     PYTHONPATH=. .venv/bin/python -m tests.replay_turns --split fresh6 [--line -2.0] [-v]
 """
@@ -28,7 +29,7 @@ from satellite_asr.clients.wav import read_wav
 from satellite_asr.protocols.websocket import PATH
 from satellite_asr.server import in_process_daemon
 from satellite_asr.session import TURN_DECISION
-from satellite_asr.vad.turn import FALLEN_SEMITONES, RuleTurnDetector, TurnVerdict
+from satellite_asr.vad.turn import FALLEN_SEMITONES, RISEN_SEMITONES, RuleTurnDetector, TurnVerdict
 from tests.eval_turns import MANIFEST, SPLITS, TURNS
 from tests.helpers import daemon_settings
 
@@ -64,8 +65,13 @@ class Decision:
         line for words the engine doubts moves with it)."""
         if line is None or self.pitch is None:
             return self.verdict is TurnVerdict.COMPLETE
+        if self.pitch >= RISEN_SEMITONES:  # a question asked rising: its line does not move with the falling one
+            return DETECTOR.verdict(self.text, "en", self.mean_logprob, self.pitch) is TurnVerdict.COMPLETE
         shifted = self.pitch - line + FALLEN_SEMITONES  # under `line` exactly when under the detector's own
-        return DETECTOR.verdict(self.text, "en", self.mean_logprob, shifted) is TurnVerdict.COMPLETE
+        return (
+            shifted < RISEN_SEMITONES
+            and DETECTOR.verdict(self.text, "en", self.mean_logprob, shifted) is TurnVerdict.COMPLETE
+        )
 
 
 @dataclass(frozen=True)

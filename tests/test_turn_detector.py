@@ -382,3 +382,25 @@ async def test_no_paused_command_of_the_decoded_splits_is_judged_complete_at_its
         await engine.close()
     assert len(results) == 376
     assert [(r.name, r.text) for r in results if r.verdict is COMPLETE] == []
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "pitch", "line", "complete"),
+    [
+        # questions2's replay: a question asked rising stays complete with the falling line moved up...
+        ("questions2_complete_05.wav", "How much time is left on the timer?", 2.87, -2.0, True),
+        # ...and a paused question that rose less is not cut with the falling line moved down
+        ("questions2_paused_10.wav", "When is my next?", 1.48, -4.0, False),
+        ("dev_complete_01.wav", "Turn the kitchen lights off.", -2.5, -2.0, True),  # the falling line moves
+        ("dev_complete_01.wav", "Turn the kitchen lights off.", -2.5, -2.75, False),
+    ],
+)
+def test_replay_turns_moves_only_the_falling_line(
+    name: str, text: str, pitch: float, line: float, complete: bool
+) -> None:
+    """`tests.replay_turns --line` shifts the pitch to judge another falling line; the rising line
+    must not move with it (it did: -2.0 lost a question asked at +2.87, -4.0 cut one paused at +1.48)."""
+    from tests.replay_turns import Decision
+
+    decision = Decision(name, 0.0, text, SURE, pitch, detector.verdict(text, "en", SURE, pitch))
+    assert decision.judged_complete(line) is complete
