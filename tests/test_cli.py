@@ -37,6 +37,18 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "satellite_asr", *args], capture_output=True, text=True, timeout=170)
 
 
+async def cli_with_key(*args: str, key: str | None) -> tuple[int | None, str, str]:
+    """`satellite-asr ARGS` with no SATELLITE_ASR_ variable but the API key, if given: exit code, stdout, stderr."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith("SATELLITE_ASR_")}
+    if key is not None:
+        env["SATELLITE_ASR_API_KEY"] = key
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "satellite_asr", *args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), 150)
+    return process.returncode, stdout.decode(), stderr.decode()
+
+
 def test_transcribe_help_says_which_wav_files_it_reads(capsys: pytest.CaptureFixture[str]) -> None:
     """The decoder's limits, not "any channel count": a 65-channel WAV is refused."""
     with pytest.raises(SystemExit):
@@ -200,18 +212,7 @@ async def test_stream_to_a_daemon_with_an_api_key_says_what_was_refused_and_take
     --api-key or SATELLITE_ASR_API_KEY; a --url of the Realtime route is said to be one at once."""
 
     async def stream(url: str, *flags: str, key: str | None = None) -> tuple[int | None, str, str]:
-        env = {name: value for name, value in os.environ.items() if name != "SATELLITE_ASR_API_KEY"}
-        if key is not None:
-            env["SATELLITE_ASR_API_KEY"] = key
-        process = await asyncio.create_subprocess_exec(
-            *(sys.executable, "-m", "satellite_asr", "stream", str(FIXTURES / "weather.wav"), "--fast"),
-            *("--url", url, *flags),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=env,
-        )
-        stdout, stderr = await asyncio.wait_for(process.communicate(), 120)
-        return process.returncode, stdout.decode(), stderr.decode()
+        return await cli_with_key("stream", str(FIXTURES / "weather.wav"), "--fast", "--url", url, *flags, key=key)
 
     async with running_daemon(api_key="kitchen-key") as daemon:
         url = ws_url(daemon)
@@ -242,18 +243,9 @@ async def test_bench_to_a_daemon_with_an_api_key_says_what_was_refused_and_takes
     (tmp_path / "weather.wav").symlink_to(FIXTURES / "weather.wav")
 
     async def bench(*flags: str, key: str | None = None) -> tuple[int | None, str, str]:
-        env = {name: value for name, value in os.environ.items() if not name.startswith("SATELLITE_ASR_")}
-        if key is not None:
-            env["SATELLITE_ASR_API_KEY"] = key
-        process = await asyncio.create_subprocess_exec(
-            *(sys.executable, "-m", "satellite_asr", "bench", "--protocol", protocol, "--manifest", str(manifest)),
-            *("--rounds", "1", *flags),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=env,
+        return await cli_with_key(
+            "bench", "--protocol", protocol, "--manifest", str(manifest), "--rounds", "1", *flags, key=key
         )
-        stdout, stderr = await asyncio.wait_for(process.communicate(), 150)
-        return process.returncode, stdout.decode(), stderr.decode()
 
     path = {"rest": "", "websocket": "/v1/stream", "openai-realtime": "/v1/realtime"}[protocol]
     what = "upload" if protocol == "rest" else "connection"
