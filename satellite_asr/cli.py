@@ -248,10 +248,7 @@ def _transcribe(settings: Settings, files: list[str]) -> int:
         async with OfflineTranscriber(settings) as transcriber:
             for path in files:
                 for final in await transcriber.transcribe(path):
-                    try:
-                        print(f"{path}\t{final.start:.2f}\t{final.end:.2f}\t{final.text}", flush=True)
-                    except BrokenPipeError:
-                        raise OutputClosed from None
+                    _print_out(f"{path}\t{final.start:.2f}\t{final.end:.2f}\t{final.text}")
 
     asyncio.run(run())
     return 0
@@ -332,6 +329,15 @@ def _stream(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_out(text: str) -> None:
+    """`text` on stdout now; a reader gone (`| head` had its lines) is `OutputClosed`, which `main`
+    ends quietly, not a failure of the command (a bench with --url took it for an unreachable daemon)."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        raise OutputClosed from None
+
+
 def _bench(settings: Settings, args: argparse.Namespace) -> int:
     from websockets.exceptions import InvalidStatus
 
@@ -378,7 +384,7 @@ def _run_bench(settings: Settings, args: argparse.Namespace) -> int:
                 ha_wait=args.ha_wait,
             )
         )
-        print(json.dumps(asdict(wyoming_report), indent=2) if args.json else wyoming_report.summary())
+        _print_out(json.dumps(asdict(wyoming_report), indent=2) if args.json else wyoming_report.summary())
         return 0
 
     from satellite_asr.clients.bench import run_bench
@@ -389,7 +395,7 @@ def _run_bench(settings: Settings, args: argparse.Namespace) -> int:
         rest_report = asyncio.run(
             run_rest_bench(settings, files, clients=args.clients, rounds=args.rounds, url=args.url)
         )
-        print(json.dumps(asdict(rest_report), indent=2) if args.json else rest_report.summary())
+        _print_out(json.dumps(asdict(rest_report), indent=2) if args.json else rest_report.summary())
         return 0
     report = asyncio.run(
         run_bench(
@@ -402,5 +408,5 @@ def _run_bench(settings: Settings, args: argparse.Namespace) -> int:
             flooders=args.flooders,
         )
     )
-    print(json.dumps(asdict(report), indent=2) if args.json else report.summary())
+    _print_out(json.dumps(asdict(report), indent=2) if args.json else report.summary())
     return 0

@@ -106,6 +106,25 @@ def test_transcribe_into_a_reader_that_closes_the_output_stops_quietly() -> None
     assert result.stdout.startswith(files[0]) and len(result.stdout.splitlines()) == 1
 
 
+async def test_bench_whose_reader_is_gone_stops_quietly_and_does_not_blame_the_daemon(tmp_path: Path) -> None:
+    """The report written to a pipe nobody reads any more (`| true` reads nothing) was a
+    BrokenPipeError, which a bench with --url reported as 'cannot reach' the daemon."""
+    manifest = tmp_path / "one.json"
+    manifest.write_text(json.dumps({"weather.wav": EXPECTED["weather.wav"]}))
+    (tmp_path / "weather.wav").symlink_to(FIXTURES / "weather.wav")
+    async with running_daemon() as daemon:
+        bench = ["bench", "--protocol", "rest", "--manifest", str(manifest), "--rounds", "1", "--json"]
+        url = f"http://127.0.0.1:{daemon.http_port}"
+        process = await asyncio.create_subprocess_exec(
+            *("bash", "-c", '"$@" | true; exit "${PIPESTATUS[0]}"', "bash"),
+            *(sys.executable, "-m", "satellite_asr", *bench, "--url", url),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        _, stderr = await asyncio.wait_for(process.communicate(), 150)
+    assert (process.returncode, stderr.decode()) == (128 + signal.SIGPIPE, "")
+
+
 def test_ctrl_c_in_transcribe_quits_without_a_traceback() -> None:
     """Ctrl-C (SIGINT) stops it with 130, as a shell expects, not with asyncio's KeyboardInterrupt."""
     files = [str(FIXTURES / "three_commands.wav")] * 20
