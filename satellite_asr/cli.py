@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from satellite_asr import __version__
-from satellite_asr.clients import OutputClosed
+from satellite_asr.clients import OutputClosed, reader_may_leave
 from satellite_asr.config import ConfigError, Settings, load_settings, setting_default, setting_fields
 
 log = logging.getLogger("satellite_asr")
@@ -330,12 +330,9 @@ def _stream(args: argparse.Namespace) -> int:
 
 
 def _print_out(text: str) -> None:
-    """`text` on stdout now; a reader gone (`| head` had its lines) is `OutputClosed`, which `main`
-    ends quietly, not a failure of the command (a bench with --url took it for an unreachable daemon)."""
-    try:
+    """`text` on stdout now, to a reader that may have gone (`| head` had its lines)."""
+    with reader_may_leave():
         print(text, flush=True)
-    except BrokenPipeError:
-        raise OutputClosed from None
 
 
 def _bench(settings: Settings, args: argparse.Namespace) -> int:

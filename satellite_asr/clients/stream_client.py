@@ -19,7 +19,7 @@ from typing import Any, TextIO
 import websockets
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from satellite_asr.clients import OutputClosed
+from satellite_asr.clients import reader_may_leave
 from satellite_asr.clients.audio_source import BLOCK_SECONDS, AudioSource, WavSource
 
 FRAME_SECONDS = BLOCK_SECONDS
@@ -71,10 +71,8 @@ class TranscriptPrinter:
         self._partial_shown = False
 
     def __call__(self, message: dict[str, Any]) -> None:
-        try:
+        with reader_may_leave():
             self._print(message)
-        except BrokenPipeError:
-            raise OutputClosed from None
 
     def _print(self, message: dict[str, Any]) -> None:
         if self.as_json:
