@@ -252,6 +252,9 @@ ROSE = RISEN_SEMITONES + 0.5
         ("Can you?", SURE, ROSE, UNSURE),  # "can you | turn on the fan?"
         ("Is there?", SURE, ROSE, UNSURE),  # "is the | back door open?" heard at its pause
         ("Is the heating?", SURE, ROSE, UNSURE),
+        ("Isn't the door?", SURE, ROSE, UNSURE),  # "isn't the door | locked?"
+        ("Can\u2019t you?", SURE, ROSE, UNSURE),  # Whisper's curly apostrophe
+        ("Isn't the door locked?", SURE, ROSE, COMPLETE),
         ("Is the car locked?", SURE, ROSE, COMPLETE),
         ("Is it on?", SURE, ROSE, COMPLETE),
         ("Is that right?", SURE, ROSE, COMPLETE),
