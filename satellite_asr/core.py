@@ -150,8 +150,6 @@ class Core:
         except Exception as exc:
             log.warning("engine %s: probe failed: %r", self.engine.info.name, exc)
             return False
-        finally:
-            await stream.close()
         return True
 
     async def _restart(self) -> None:

@@ -577,8 +577,6 @@ class Session:
             log.log(level, "session %s: final decode of utterance %d failed: %r", self.id, utterance.id, exc)
             message = f"transcription of utterance {utterance.id} failed: {exc}"
             await self._emit(SessionError("shutdown" if out_of_time else "engine_error", message, utterance.id))
-        finally:
-            await utterance.stream.close()
         if previous is not None:
             await asyncio.gather(previous, return_exceptions=True)
         start_s, end_s = utterance.start / SAMPLE_RATE, endpoint.end / SAMPLE_RATE
@@ -643,7 +641,6 @@ class Session:
         self._cancel_speculation(utterance)
         if utterance.partials is not None:
             await utterance.partials.cancel()
-        await utterance.stream.close()
 
     async def _emit(self, event: SessionEvent) -> None:
         if isinstance(event, SessionError):

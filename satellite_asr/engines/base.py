@@ -133,10 +133,6 @@ class EngineStream(abc.ABC):
         """Decode the whole utterance afresh for the final text: the best decode of its audio,
         whatever partials came before (so the final does not depend on how the audio was framed)."""
 
-    async def close(self) -> None:
-        """Release per-utterance resources; the stream is not used again."""
-        return None
-
 
 class Engine(abc.ABC):
     """A loaded model shared by every session."""

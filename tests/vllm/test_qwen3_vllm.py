@@ -111,7 +111,6 @@ async def decode_utterance(engine: Qwen3VllmEngine, audio: Audio) -> tuple[list[
     rolled = await roll_back(partials[1].text, 5, engine.encode, engine.decode_tokens)
     partials.append(await stream.partial(audio[: 3 * SECOND]))
     final = await stream.final(audio)
-    await stream.close()
     return partials, final, rolled
 
 
