@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import select
 import sys
 import time
@@ -55,6 +56,16 @@ class ProtocolError(Exception):
         self.message = message
         self.fatal = fatal
         self.param = param
+
+
+def json_object(data: str) -> dict[str, Any] | None:
+    """A text frame as the JSON object it holds, or None: not JSON, nested deeper than the parser
+    goes (RecursionError), or JSON that is not an object."""
+    try:
+        value = json.loads(data)
+    except (ValueError, RecursionError):
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def checked_language(core: Core, code: object, param: str) -> str | None:

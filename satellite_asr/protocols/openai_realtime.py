@@ -14,7 +14,6 @@ import base64
 import binascii
 import contextlib
 import functools
-import json
 import logging
 import time
 import uuid
@@ -39,6 +38,7 @@ from satellite_asr.protocols import (
     PcmInput,
     ProtocolError,
     ReadAhead,
+    json_object,
     open_session,
     openai_error,
     read_ahead_response,
@@ -359,13 +359,8 @@ class _Connection:
 
 def parse_event(data: str) -> dict[str, Any] | ProtocolError:
     """A client event, or the `invalid_json` error it is."""
-    try:
-        message = json.loads(data)
-    except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser goes
-        return ProtocolError("invalid_json", "events must be JSON objects")
-    if not isinstance(message, dict):
-        return ProtocolError("invalid_json", "events must be JSON objects")
-    return message
+    event = json_object(data)
+    return ProtocolError("invalid_json", "events must be JSON objects") if event is None else event
 
 
 def _b64decode_in_slices(audio: str) -> bytearray:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from typing import Any
@@ -29,6 +28,7 @@ from satellite_asr.protocols import (
     ReadAhead,
     checked_context,
     checked_language,
+    json_object,
     open_session,
     read_ahead_response,
 )
@@ -125,11 +125,8 @@ def parse_config(message: dict[str, Any], core: Core) -> tuple[SessionOptions, P
 
 def parse_message(data: str) -> dict[str, Any]:
     """A text frame as a JSON object, or `ProtocolError(invalid_message)`."""
-    try:
-        message = json.loads(data)
-    except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser goes
-        raise ProtocolError("invalid_message", "text frames must be JSON objects") from None
-    if not isinstance(message, dict):
+    message = json_object(data)
+    if message is None:
         raise ProtocolError("invalid_message", "text frames must be JSON objects")
     return message
 
