@@ -180,7 +180,15 @@ def test_example_config_documents_every_key_with_its_default_and_help() -> None:
         assert comments[f.name] == documented, f"config.example.yaml: {f.name}'s comment differs from its help"
 
 
-USER_DOCS = ("README.md", "docs/protocol.md", "docs/openai.md", "docs/security.md", "docs/browser.md", "addon/DOCS.md")
+USER_DOCS = (
+    "README.md",
+    "docs/protocol.md",
+    "docs/openai.md",
+    "docs/wyoming.md",
+    "docs/security.md",
+    "docs/browser.md",
+    "addon/DOCS.md",
+)
 DOCUMENTED_DEFAULT = re.compile(r"`([a-z0-9_]+)`[A-Za-z ]{0,25}\((?:default )?(-?[0-9.]+)(?: ?(?:s|ms|MB|KB/s))?[,)]")
 """A setting quoted with its default beside it: `max_sessions` (32), `idle_timeout_s` (default 60 s)."""
 

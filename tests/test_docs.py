@@ -1,0 +1,135 @@
+"""The user docs against the code: every error code the daemon can send, every metric, every
+`/health` field and every add-on option is documented where its users look, so that a new one
+cannot ship undocumented and a renamed one cannot leave the docs naming what no longer exists."""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+from pathlib import Path
+
+import aiohttp
+import yaml
+
+from satellite_asr.homeassistant.client import State
+from satellite_asr.metrics import Metrics
+from tests.helpers import running_daemon
+from tests.test_config import USER_DOCS
+
+ROOT = Path(__file__).parent.parent
+PACKAGE = ROOT / "satellite_asr"
+PROTOCOL_DOCS = {
+    "protocols/websocket.py": "docs/protocol.md",
+    "protocols/openai_rest.py": "docs/openai.md",
+    "protocols/openai_realtime.py": "docs/openai.md",
+    "protocols/openai_realtime_config.py": "docs/openai.md",
+    "protocols/wyoming.py": "docs/wyoming.md",
+    "protocols/wyoming_framing.py": "docs/wyoming.md",
+}
+"""Where the codes a protocol's own module sends are documented; a code sent from a shared module
+(sessions, access, limits) must be in at least one of the user docs."""
+ERROR_CODE = re.compile(r"[a-z]+(?:_[a-z0-9]+)*")
+CODE_CALLS = {"ProtocolError", "RequestError", "SessionError", "_invalid", "_refusal", "error_response", "error"}
+"""Calls whose first text argument is an error code (`error` is a connection's error sender;
+`log.error`'s messages are sentences, which `ERROR_CODE` does not match)."""
+
+
+def _literals(node: ast.expr | None) -> set[str]:
+    """The text constants `node` can be: one constant, or either side of `a if c else b`."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return {node.value}
+    if isinstance(node, ast.IfExp):
+        return _literals(node.body) | _literals(node.orelse)
+    return set()
+
+
+def _called(func: ast.expr) -> str:
+    return func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else ""
+
+
+def sent_codes(source: Path) -> set[str]:
+    """The error codes a module sends: the first text argument of an error call, the code counted
+    in `metrics.errors.labels(...)`, and the code of a `(status, code, message)` refusal."""
+    codes: set[str] = set()
+    for node in ast.walk(ast.parse(source.read_text())):
+        if isinstance(node, ast.Call):
+            name = _called(node.func)
+            counted = name == "labels" and _called(getattr(node.func, "value", node.func)) == "errors"
+            if name in CODE_CALLS or counted:
+                codes |= next((found for arg in node.args if (found := _literals(arg))), set())
+        elif isinstance(node, ast.Tuple) and len(node.elts) >= 2:
+            status, code = node.elts[0], node.elts[1]
+            if isinstance(status, ast.Constant) and isinstance(status.value, int) and 400 <= status.value < 600:
+                codes |= _literals(code)
+    return {code for code in codes if ERROR_CODE.fullmatch(code)}
+
+
+def documented(doc: str) -> set[str]:
+    return set(re.findall(r"`([a-z0-9_]+)`", (ROOT / doc).read_text()))
+
+
+def test_every_error_code_the_daemon_sends_is_documented() -> None:
+    everywhere = set().union(*(documented(doc) for doc in USER_DOCS))
+    found: set[str] = set()
+    missing = []
+    for source in sorted(PACKAGE.rglob("*.py")):
+        module = source.relative_to(PACKAGE).as_posix()
+        codes = sent_codes(source)
+        found |= codes
+        doc = PROTOCOL_DOCS.get(module)
+        named = documented(doc) if doc else everywhere
+        missing += [(module, code, doc or "any user doc") for code in sorted(codes - named)]
+    assert len(found) >= 35, f"the scan still finds the codes the daemon sends: {sorted(found)}"
+    assert not missing, "error codes the daemon sends that the docs do not name: (module, code, where)"
+
+
+def _exposed_metrics() -> set[str]:
+    """The metric names a scrape shows (a counter's with its `_total`)."""
+    return {f.name + ("_total" if f.type == "counter" else "") for f in Metrics().registry.collect()}
+
+
+def test_the_readme_lists_every_metric_and_the_docs_name_only_real_ones() -> None:
+    readme = (ROOT / "README.md").read_text()
+    listed = set(re.findall(r"^\| `(satellite_asr_[a-z_]+)(?:\{[a-z]+\})?` \|", readme, re.MULTILINE))
+    assert listed == _exposed_metrics(), "README's metrics table differs from the metrics the daemon has"
+    named = {
+        (doc, name) for doc in USER_DOCS for name in re.findall(r"satellite_asr_[a-z_]+", (ROOT / doc).read_text())
+    }
+    unknown = {(doc, name) for doc, name in named if name not in _exposed_metrics()}
+    assert not unknown, "the docs name metrics the daemon does not have: (doc, name)"
+
+
+def _health_section() -> str:
+    readme = (ROOT / "README.md").read_text()
+    return readme[readme.index("`GET /health`") : readme.index("`GET /metrics`")]
+
+
+async def test_the_readme_documents_every_health_field() -> None:
+    rows = re.findall(r"^\| (`[^|]+`) \|", _health_section(), re.MULTILINE)
+    documented_fields = {name for row in rows for name in re.findall(r"`([a-z_]+)`", row)}
+    async with (
+        running_daemon() as daemon,
+        aiohttp.ClientSession() as http,
+        http.get(f"http://127.0.0.1:{daemon.http_port}/health") as response,
+    ):
+        health = await response.json()
+    assert documented_fields == set(health), "README's /health table differs from what /health answers"
+    home_assistant_row = next(row for row in _health_section().splitlines() if row.startswith("| `home_assistant`"))
+    assert set(health["home_assistant"]) | {str(state) for state in State} <= set(
+        re.findall(r"`([a-z_]+)`", home_assistant_row)
+    ), "the home_assistant row names every field and state"
+
+
+def _as_written(value: object) -> str:
+    """A YAML value as the docs write it: `true`, `0.5`, `INFO`."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def test_the_add_on_docs_list_every_option_with_its_default() -> None:
+    options = yaml.safe_load((ROOT / "addon" / "config.yaml").read_text())["options"]
+    docs = (ROOT / "addon" / "DOCS.md").read_text()
+    table = docs[docs.index("## Options") : docs.index("Every option is the daemon setting")]
+    rows = dict(re.findall(r"^\| `([a-z_]+)` \| ([^|]+) \|", table, re.MULTILINE))
+    shown = {name: "empty" if value in ("", []) else f"`{_as_written(value)}`" for name, value in options.items()}
+    assert {name: value.strip() for name, value in rows.items()} == shown, "addon/DOCS.md's options table"
