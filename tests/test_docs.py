@@ -12,6 +12,7 @@ from pathlib import Path
 import aiohttp
 import yaml
 
+from satellite_asr.discovery import Advertisement, service_infos
 from satellite_asr.homeassistant.client import State
 from satellite_asr.metrics import Metrics
 from tests.helpers import running_daemon
@@ -133,3 +134,17 @@ def test_the_add_on_docs_list_every_option_with_its_default() -> None:
     rows = dict(re.findall(r"^\| `([a-z_]+)` \| ([^|]+) \|", table, re.MULTILINE))
     shown = {name: "empty" if value in ("", []) else f"`{_as_written(value)}`" for name, value in options.items()}
     assert {name: value.strip() for name, value in rows.items()} == shown, "addon/DOCS.md's options table"
+
+
+def test_protocol_md_names_every_txt_property_of_the_websocket_service() -> None:
+    """Clients that find the daemon by zeroconf read these; `scheme` says whether to use wss."""
+    ad = Advertisement("test", ("127.0.0.1",), 10301, ("127.0.0.1",), None, ())
+    (info,) = service_infos(ad)
+    properties = {key.decode(): value.decode() for key, value in info.properties.items() if value is not None}
+    assert len(properties) >= 5, "the advertisement still has its TXT properties"
+    text = (ROOT / "docs/protocol.md").read_text()
+    unnamed = [key for key in properties if f"`{key}`" not in text]
+    assert not unnamed, "TXT properties protocol.md does not name"
+    per_daemon = {"http_port", "version"}
+    wrong = {key: value for key, value in properties.items() if key not in per_daemon and f"`{value}`" not in text}
+    assert not wrong, "TXT values protocol.md does not give as they are"
