@@ -15,6 +15,7 @@ import yaml
 from satellite_asr.discovery import Advertisement, service_infos
 from satellite_asr.homeassistant.client import State
 from satellite_asr.metrics import Metrics
+from satellite_asr.protocols.openai_realtime_config import EAGERNESS, SERVER_VAD_SETTINGS
 from tests.helpers import running_daemon
 from tests.test_config import USER_DOCS
 
@@ -148,3 +149,11 @@ def test_protocol_md_names_every_txt_property_of_the_websocket_service() -> None
     per_daemon = {"http_port", "version"}
     wrong = {key: value for key, value in properties.items() if key not in per_daemon and f"`{value}`" not in text}
     assert not wrong, "TXT values protocol.md does not give as they are"
+
+
+def test_openai_md_maps_turn_detection_as_the_daemon_does() -> None:
+    """The Realtime table: each `server_vad` field's setting, and each `semantic_vad` eagerness's two waits."""
+    text = (ROOT / "docs/openai.md").read_text()
+    mappings = [f"`{field}` → `{setting}`" for field, setting in SERVER_VAD_SETTINGS.items()]
+    waits = [f"`{eagerness}` {short} / {long} ms" for eagerness, (short, long) in EAGERNESS.items()]
+    assert not [quoted for quoted in mappings + waits if quoted not in text], "docs/openai.md's turn detection table"
