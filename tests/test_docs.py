@@ -16,6 +16,8 @@ from satellite_asr.discovery import Advertisement, service_infos
 from satellite_asr.homeassistant.client import State
 from satellite_asr.metrics import Metrics
 from satellite_asr.protocols.openai_realtime_config import EAGERNESS, SERVER_VAD_SETTINGS
+from satellite_asr.protocols.wyoming import SENSITIVITY_SCALE
+from satellite_asr.protocols.wyoming_framing import MAX_BLOCK_BYTES, MAX_HEADER_BYTES
 from tests.helpers import running_daemon
 from tests.test_config import USER_DOCS
 
@@ -157,3 +159,10 @@ def test_openai_md_maps_turn_detection_as_the_daemon_does() -> None:
     mappings = [f"`{field}` → `{setting}`" for field, setting in SERVER_VAD_SETTINGS.items()]
     waits = [f"`{eagerness}` {short} / {long} ms" for eagerness, (short, long) in EAGERNESS.items()]
     assert not [quoted for quoted in mappings + waits if quoted not in text], "docs/openai.md's turn detection table"
+
+
+def test_wyoming_md_gives_the_sensitivity_scales_and_framing_limits_the_daemon_uses() -> None:
+    text = (ROOT / "docs/wyoming.md").read_text()
+    quoted = [f"`{name}` {scale:g}x" for name, scale in SENSITIVITY_SCALE.items()]
+    quoted += [f"{MAX_HEADER_BYTES // 1024} KiB", f"{MAX_BLOCK_BYTES >> 20} MiB"]
+    assert not [words for words in quoted if words not in text], "docs/wyoming.md"
