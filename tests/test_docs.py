@@ -4,6 +4,7 @@ cannot ship undocumented and a renamed one cannot leave the docs naming what no 
 
 from __future__ import annotations
 
+import argparse
 import ast
 import json
 import re
@@ -12,6 +13,8 @@ from pathlib import Path
 import aiohttp
 import yaml
 
+from satellite_asr.cli import build_parser
+from satellite_asr.config import load_settings
 from satellite_asr.discovery import Advertisement, service_infos
 from satellite_asr.homeassistant.client import State
 from satellite_asr.metrics import Metrics
@@ -166,3 +169,39 @@ def test_wyoming_md_gives_the_sensitivity_scales_and_framing_limits_the_daemon_u
     quoted = [f"`{name}` {scale:g}x" for name, scale in SENSITIVITY_SCALE.items()]
     quoted += [f"{MAX_HEADER_BYTES // 1024} KiB", f"{MAX_BLOCK_BYTES >> 20} MiB"]
     assert not [words for words in quoted if words not in text], "docs/wyoming.md"
+
+
+OTHER_PROGRAMS_FLAGS = {"--build-arg", "--entrypoint", "--gpus", "--name", "--network", "--restart", "--ulimit"}
+"""Flags of the docker commands the docs show (addon/DOCS.md, docs/security.md), not satellite-asr's."""
+
+
+def _cli_flags(parser: argparse.ArgumentParser) -> set[str]:
+    """Every long flag of `parser` and of its subcommands."""
+    flags = set()
+    for action in parser._actions:
+        flags |= {option for option in action.option_strings if option.startswith("--")}
+        if isinstance(action, argparse._SubParsersAction):
+            flags |= set().union(*(_cli_flags(command) for command in action.choices.values()))
+    return flags
+
+
+def test_every_flag_the_docs_quote_is_a_flag_of_satellite_asr() -> None:
+    """A renamed flag (`--silence-ms`) would leave every doc that quotes it stale."""
+    flags = _cli_flags(build_parser())
+    assert "--silence-ms" in flags and "--cafile" in flags and "--wyoming-end" in flags
+    quoted = {
+        (doc, flag)
+        for doc in USER_DOCS
+        for flag in re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", (ROOT / doc).read_text())
+    }
+    unknown = sorted((doc, flag) for doc, flag in quoted if flag not in flags | OTHER_PROGRAMS_FLAGS)
+    assert not unknown, "docs quote flags satellite-asr does not have: (doc, flag)"
+
+
+def test_every_config_file_the_docs_show_loads(tmp_path: Path) -> None:
+    blocks = [block for doc in USER_DOCS for block in re.findall(r"```yaml\n(.*?)```", (ROOT / doc).read_text(), re.S)]
+    assert blocks, "the docs still show a config file"
+    for number, block in enumerate(blocks):
+        config = tmp_path / f"{number}.yaml"
+        config.write_text(block)
+        load_settings(config, environ={})
