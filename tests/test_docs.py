@@ -57,7 +57,8 @@ def _called(func: ast.expr) -> str:
 
 def sent_codes(source: Path) -> set[str]:
     """The error codes a module sends: the first text argument of an error call, the code counted
-    in `metrics.errors.labels(...)`, and the code of a `(status, code, message)` refusal."""
+    in `metrics.errors.labels(...)`, the code of a `(status, code, message)` refusal, and the
+    `"code"` of an error body written out as a dict."""
     codes: set[str] = set()
     for node in ast.walk(ast.parse(source.read_text())):
         if isinstance(node, ast.Call):
@@ -69,6 +70,13 @@ def sent_codes(source: Path) -> set[str]:
             status, code = node.elts[0], node.elts[1]
             if isinstance(status, ast.Constant) and isinstance(status.value, int) and 400 <= status.value < 600:
                 codes |= _literals(code)
+        elif isinstance(node, ast.Dict):
+            codes |= {
+                text
+                for key, value in zip(node.keys, node.values, strict=True)
+                if isinstance(key, ast.Constant) and key.value == "code"
+                for text in _literals(value)
+            }
     return {code for code in codes if ERROR_CODE.fullmatch(code)}
 
 
