@@ -1,6 +1,7 @@
-"""The user docs against the code: every error code the daemon can send, every metric, every
-`/health` field and every add-on option is documented where its users look, so that a new one
-cannot ship undocumented and a renamed one cannot leave the docs naming what no longer exists."""
+"""The user docs against the code, a class of drift at a time: every error code the daemon can
+send, every metric, `/health` field, add-on option and zeroconf TXT property is documented where
+its users look, and every flag, value or config file a doc quotes is what the code has, so that
+a new one cannot ship undocumented and a renamed one cannot leave the docs naming what is gone."""
 
 from __future__ import annotations
 
