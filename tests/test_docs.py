@@ -19,6 +19,7 @@ from satellite_asr.config import load_settings
 from satellite_asr.discovery import Advertisement, service_infos
 from satellite_asr.homeassistant.client import State
 from satellite_asr.metrics import Metrics
+from satellite_asr.protocols import openai_rest, websocket
 from satellite_asr.protocols.openai_realtime_config import EAGERNESS, SERVER_VAD_SETTINGS
 from satellite_asr.protocols.wyoming import SENSITIVITY_SCALE
 from satellite_asr.protocols.wyoming_framing import MAX_BLOCK_BYTES, MAX_HEADER_BYTES
@@ -214,3 +215,18 @@ def test_every_config_file_the_docs_show_loads(tmp_path: Path) -> None:
         config = tmp_path / f"{number}.yaml"
         config.write_text(block)
         load_settings(config, environ={})
+
+
+def _first_column(doc: str, start: str, end: str) -> set[str]:
+    """The backticked names in the first column of the table between `start` and `end` in `doc`."""
+    text = (ROOT / doc).read_text()
+    table = text[text.index(start) : text.index(end, text.index(start))]
+    return set(re.findall(r"^\| `([^`]+)` \|", table, re.MULTILINE))
+
+
+def test_the_fields_a_client_may_send_are_the_ones_the_tables_list() -> None:
+    """A field added to (or dropped from) a request would otherwise be accepted (or refused) unannounced."""
+    config = _first_column("docs/protocol.md", "### `config`", "### Audio")
+    assert config == (websocket.CONFIG_FIELDS - {"type", "vad"}) | {f"vad.{name}" for name in websocket.VAD_FIELDS}
+    form = _first_column("docs/openai.md", "## REST: /v1/audio/transcriptions", "Any other field is a 400")
+    assert form == openai_rest.FIELDS | openai_rest.LIST_FIELDS
