@@ -230,3 +230,13 @@ def test_the_fields_a_client_may_send_are_the_ones_the_tables_list() -> None:
     assert config == (websocket.CONFIG_FIELDS - {"type", "vad"}) | {f"vad.{name}" for name in websocket.VAD_FIELDS}
     form = _first_column("docs/openai.md", "## REST: /v1/audio/transcriptions", "Any other field is a 400")
     assert form == openai_rest.FIELDS | openai_rest.LIST_FIELDS
+
+
+REPOSITORY_PATH = re.compile(r"(?<![\w./-])((?:satellite_asr|tests|scripts|docs|addon)/[\w./-]*[\w/])")
+"""A path in this repository as the docs quote it: `tests/fixtures/weather.wav`, `scripts/serve`."""
+
+
+def test_every_repository_path_the_docs_quote_exists() -> None:
+    quoted = {(doc, path) for doc in USER_DOCS for path in REPOSITORY_PATH.findall((ROOT / doc).read_text())}
+    assert len(quoted) > 30, "the pattern still finds the docs' paths"
+    assert not sorted((doc, path) for doc, path in quoted if not (ROOT / path).exists()), "quoted paths that are gone"
