@@ -6,6 +6,7 @@ import asyncio
 import base64
 import io
 import json
+import logging
 import os
 import random
 import socket
@@ -14,10 +15,10 @@ import subprocess
 import sys
 import tracemalloc
 import wave
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NamedTuple, NoReturn
 
 import av
 import numpy as np
@@ -33,6 +34,8 @@ from satellite_asr.config import Settings, load_settings
 from satellite_asr.engines.base import Engine
 from satellite_asr.homeassistant.names import HomeNames, rank_names
 from satellite_asr.server import Daemon, in_process_daemon
+from satellite_asr.session import TURN_DECISION
+from satellite_asr.vad.turn import TurnVerdict
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -208,6 +211,48 @@ async def eventually(condition: Callable[[], bool], seconds: float = 60) -> None
             if condition():
                 return
             await asyncio.sleep(0.05)
+
+
+class TurnDecision(NamedTuple):
+    """One turn verdict a session handed to its endpointer, as its debug line (`TURN_DECISION`) says."""
+
+    at_s: float
+    """Where in the stream the audio the verdict read ends."""
+    text: str
+    mean_logprob: float | None
+    pitch: float | None
+    verdict: TurnVerdict
+
+
+class TurnDecisions(logging.Handler):
+    """Keeps the sessions' turn-decision lines, by session id."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self._by_session: dict[str, list[TurnDecision]] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.msg is TURN_DECISION:
+            session, _, at_s, text, logprob, pitch, verdict = record.args  # type: ignore[misc]
+            decision = TurnDecision(at_s, text, logprob, pitch, TurnVerdict(verdict))
+            self._by_session.setdefault(session, []).append(decision)
+
+    def of_session(self, session: str) -> list[TurnDecision]:
+        return list(self._by_session.get(session, []))
+
+
+@contextmanager
+def turn_decisions() -> Iterator[TurnDecisions]:
+    """The turn decisions every session of an in-process daemon makes while this lasts."""
+    logger = logging.getLogger("satellite_asr.session")
+    handler, level = TurnDecisions(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 @asynccontextmanager

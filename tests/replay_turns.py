@@ -19,19 +19,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 from satellite_asr.clients.bench import stream_at_pace
 from satellite_asr.clients.wav import read_wav
 from satellite_asr.protocols.websocket import PATH
 from satellite_asr.server import in_process_daemon
-from satellite_asr.session import TURN_DECISION
 from satellite_asr.vad.turn import FALLEN_SEMITONES, RISEN_SEMITONES, RuleTurnDetector, TurnVerdict
 from tests.eval_turns import MANIFEST, SPLITS, TURNS
-from tests.helpers import daemon_settings
+from tests.helpers import daemon_settings, turn_decisions
 
 DETECTOR = RuleTurnDetector()
 PAUSE_GRACE_S = 0.35
@@ -81,37 +77,11 @@ class Replayed:
     finals: int
 
 
-class _Decisions(logging.Handler):
-    """Keeps the session's turn-decision lines, by session id."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.by_session: dict[str, list[tuple[float, str, float | None, float | None, TurnVerdict]]] = {}
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if record.msg is TURN_DECISION:
-            session, _, at_s, text, logprob, pitch, verdict = record.args  # type: ignore[misc]
-            self.by_session.setdefault(session, []).append((at_s, text, logprob, pitch, TurnVerdict(verdict)))
-
-
-@contextmanager
-def _listening() -> Iterator[_Decisions]:
-    logger = logging.getLogger("satellite_asr.session")
-    handler, level = _Decisions(), logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
-    try:
-        yield handler
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
-
-
 async def replay(names: list[str]) -> list[Replayed]:
     results = []
     async with in_process_daemon(daemon_settings()) as daemon:
         url = f"ws://127.0.0.1:{daemon.http_port}{PATH}"
-        with _listening() as heard:
+        with turn_decisions() as heard:
             sessions = []
             for name in names:
                 _, received = await stream_at_pace(url, read_wav(TURNS / name).to_16k_mono(), 0.0, {}, {})
@@ -119,7 +89,7 @@ async def replay(names: list[str]) -> list[Replayed]:
                 finals = sum(m["type"] == "final" for _, m in received)
                 sessions.append((name, session, finals))
     for name, session, finals in sessions:
-        decisions = [Decision(name, *line) for line in heard.by_session.get(session, [])]
+        decisions = [Decision(name, *line) for line in heard.of_session(session)]
         results.append(Replayed(name, decisions, finals))
     return results
 
