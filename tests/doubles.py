@@ -1,7 +1,8 @@
 """Test doubles for things outside the product's own path: a crashing engine, one that breaks
 until restarted, one whose finals wait for the test, a slow-loading one, one that hears no words in
 the first utterance (what a model makes of a cough), one whose finals report scores the test
-knows; and a peer Wyoming server that needs Home Assistant's VAD to end its audio.
+knows; a peer Wyoming server that needs Home Assistant's VAD to end its audio; and a microphone
+whose audio stalls on the way to the daemon until the test lets it on.
 
 The engines wrap the real whisper engine, so everything but the injected fault is the product's code.
 """
@@ -11,7 +12,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-from collections.abc import AsyncIterator
+import itertools
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 from wyoming import asr as wyoming_asr
 from wyoming.audio import AudioChunk, AudioStop
@@ -19,6 +23,7 @@ from wyoming.event import Event
 from wyoming.server import AsyncEventHandler, AsyncTcpServer
 
 from satellite_asr.audio import Audio
+from satellite_asr.clients.audio_source import BLOCK_SECONDS, WavSource
 from satellite_asr.engines.base import EngineError, EngineStream, StreamOptions, Transcript
 from satellite_asr.engines.whisper import WhisperEngine
 
@@ -261,3 +266,27 @@ class ScoresEachFinalEngineDouble(WhisperEngine):
             heard = dataclasses.replace(heard, mean_logprob=None, no_speech_prob=None)
         self.finals.append(heard)
         return heard
+
+
+class StallingWavSourceDouble(WavSource):
+    """A file played at microphone pace whose audio stops reaching the daemon at `stall_s` until
+    `resume()` returns, as over a network that stalls, then goes on at microphone pace. The daemon
+    counts silence in samples, so a stall changes nothing it decides: it lets a test wait for a
+    verdict that a busy machine decodes late where a quick one has it in time."""
+
+    def __init__(self, path: str | Path, stall_s: float, resume: Callable[[], Awaitable[None]]) -> None:
+        super().__init__(path)
+        self.stall_at = round(stall_s * self.sample_rate) * 2
+        self.resume = resume
+
+    async def blocks(self) -> AsyncGenerator[bytes, None]:
+        block_bytes = int(BLOCK_SECONDS * self.sample_rate) * 2
+        cuts = sorted({*range(0, len(self.pcm), block_bytes), self.stall_at, len(self.pcm)})
+        origin = time.monotonic()
+        for start, end in itertools.pairwise(cuts):
+            await asyncio.sleep(max(0.0, origin + end / 2 / self.sample_rate - time.monotonic()))
+            yield self.pcm[start:end]
+            if end == self.stall_at:
+                stalled = time.monotonic()
+                await self.resume()
+                origin += time.monotonic() - stalled

@@ -1,26 +1,31 @@
 """Adaptive endpointing end to end: real daemon, real Silero and tiny.en, both protocols' real clients.
 
-Audio goes at microphone pace (the turn detector's verdict races the silence, as in use). The long
-silence is set far above a decode's time, so what the tests see is the verdict, not the machine's
-speed: a complete command ends at the short silence (`endpoint: complete`); a command with a pause
-inside is never cut there (one final, every word, ending where the voice does).
+Audio goes at microphone pace (the turn detector's verdict races the silence, as in use), but each
+WebSocket stream stalls in the pause it is judged at (a complete command's silence at its end, a
+paused one's pause) until the daemon has handed the verdict on that pause to its endpointer (its
+debug line says so). The daemon counts silence in samples, so on a quiet machine, where the verdict
+is in before the stall, this changes nothing; on a busy one the verdict still lands in the pause
+instead of after the stream's end: what the tests see is the verdict, not the machine's speed. A
+complete command ends at the short silence (`endpoint: complete`); a command with a pause inside is
+never cut there (one final, every word, ending where the voice does).
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 
 import aiohttp
 import pytest
 from wyoming.client import AsyncTcpClient
 
-from satellite_asr.clients.stream_client import stream_file
+from satellite_asr.clients.stream_client import stream_source
 from satellite_asr.clients.wav import read_wav
 from satellite_asr.clients.wyoming_bench import transcribe_like_home_assistant
 from satellite_asr.server import Daemon
-from tests.doubles import HeardAsGermanEngineDouble
+from tests.doubles import HeardAsGermanEngineDouble, StallingWavSourceDouble
 from tests.eval_turns import MANIFEST, TURNS
-from tests.helpers import of_type, running_daemon, same_words, ws_url
+from tests.helpers import TurnDecisions, eventually, of_type, running_daemon, same_words, turn_decisions, ws_url
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -30,17 +35,50 @@ PAUSED = ["dev_paused_02.wav", "dev_paused_06.wav", "dev_paused_09.wav", "heldou
 """Commands with a 0.45-0.6 s pause inside: after a word that cannot end one, or (dev_hard_02) after a
 first half that reads as finished ("Set a timer for 10 minutes.") where the voice held its pitch."""
 LONG_SILENCE_MS = 3000
-"""Far longer than the pauses, and than any decode on a busy machine: only the verdict ends early."""
+"""Longer than the pauses and than the silence a stream stalls in: only the verdict ends early."""
+STALL_AFTER_VOICE_S = 0.6
+"""Where a complete command's stream stalls, after its voice ends: past the first speculation (at
+half the short silence, once Silero's tail has fallen under the threshold), within the file."""
+STALL_BEFORE_VOICE_S = 0.05
+"""Where a paused command's stream stalls, before its voice resumes: a pause is 0.45 s or more."""
 
 
-async def websocket_finals(daemon: Daemon, name: str) -> list[dict[str, object]]:
+@pytest.fixture
+def decisions() -> Iterator[TurnDecisions]:
+    with turn_decisions() as heard:
+        yield heard
+
+
+def judged_pause(name: str) -> tuple[float, float]:
+    """Where the audio of the verdict a file's stream waits for ends, at least (its voice paused,
+    or ended: the tolerance on a final's `end`), and where the stream stalls for it."""
+    entry = MANIFEST[name]
+    if "pause_start_s" in entry:
+        return float(entry["pause_start_s"]), float(entry["pause_end_s"]) - STALL_BEFORE_VOICE_S
+    voice_end = float(entry["voice_end_s"])
+    return voice_end - 0.1, voice_end + STALL_AFTER_VOICE_S
+
+
+async def websocket_finals(daemon: Daemon, name: str, decisions: TurnDecisions) -> list[dict[str, object]]:
+    """The file's finals, its stream stalled in its judged pause until the verdict on it is in."""
     config = {"language": "en", "vad": {"silence_ms": LONG_SILENCE_MS}}
-    return of_type(await stream_file(TURNS / name, ws_url(daemon), config=config), "final")
+    session: list[str] = []
+    paused_at, stall_s = judged_pause(name)
+
+    def note_session(message: dict[str, object]) -> None:
+        if message["type"] == "session_created":
+            session.append(str(message["session_id"]))
+
+    def verdict_in() -> bool:
+        return bool(session) and any(paused_at <= d.at_s <= stall_s for d in decisions.of_session(session[0]))
+
+    source = StallingWavSourceDouble(TURNS / name, stall_s, lambda: eventually(verdict_in))
+    return of_type(await stream_source(source, ws_url(daemon), config=config, on_message=note_session), "final")
 
 
-async def test_websocket_ends_complete_commands_early_and_never_cuts_a_pause() -> None:
+async def test_websocket_ends_complete_commands_early_and_never_cuts_a_pause(decisions: TurnDecisions) -> None:
     async with running_daemon() as daemon:
-        results = await asyncio.gather(*(websocket_finals(daemon, name) for name in COMPLETE + PAUSED))
+        results = await asyncio.gather(*(websocket_finals(daemon, name, decisions) for name in COMPLETE + PAUSED))
         async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{daemon.http_port}/metrics") as r:
             metrics = await r.text()
     for name, finals in zip(COMPLETE + PAUSED, results, strict=True):
@@ -50,8 +88,9 @@ async def test_websocket_ends_complete_commands_early_and_never_cuts_a_pause() -
         if name in COMPLETE:
             assert final["endpoint"] == "complete", (name, final)
     complete = sum(f[0]["endpoint"] == "complete" for f in results)
+    waited = sum(f[0]["endpoint"] != "forced" for f in results)  # complete and silence endpoints
     assert f'satellite_asr_endpoints_total{{reason="complete"}} {float(complete)}' in metrics
-    assert f"satellite_asr_endpoint_silence_seconds_count {float(complete)}" in metrics
+    assert f"satellite_asr_endpoint_silence_seconds_count {float(waited)}" in metrics
 
 
 QUESTION = "questions_complete_11.wav"
@@ -61,12 +100,12 @@ PAUSED_QUESTION = "questions_paused_08.wav"
 the | bathroom?", heard there as "What is the humidity in that?", heading +1.8)."""
 
 
-async def test_a_question_asked_rising_ends_early_and_one_paused_rising_is_not_cut() -> None:
+async def test_a_question_asked_rising_ends_early_and_one_paused_rising_is_not_cut(decisions: TurnDecisions) -> None:
     """The paused one comes as one final with every word, ending where the voice does (at its real
     end it is a question asked rising too, so it may end early there)."""
     async with running_daemon(wyoming_uri="tcp://127.0.0.1:0", silence_ms=LONG_SILENCE_MS) as daemon:
         (question,), (paused,) = await asyncio.gather(
-            websocket_finals(daemon, QUESTION), websocket_finals(daemon, PAUSED_QUESTION)
+            websocket_finals(daemon, QUESTION, decisions), websocket_finals(daemon, PAUSED_QUESTION, decisions)
         )
         heard = await wyoming_round(daemon, QUESTION, expect_early=True)
     assert question["endpoint"] == "complete", question
@@ -77,14 +116,13 @@ async def test_a_question_asked_rising_ends_early_and_one_paused_rising_is_not_c
 
 @pytest.mark.parametrize(("mean_logprob", "ends_early"), [(-0.3, True), (-2.0, False)])
 async def test_outside_english_a_text_the_engine_doubts_waits_the_long_silence(
-    mean_logprob: float, ends_early: bool
+    mean_logprob: float, ends_early: bool, decisions: TurnDecisions
 ) -> None:
     """The session hands the engine's language and confidence to the turn detector: the same
     punctuated text ("Open the blinds in the living room.") heard as German ends at the short silence when the engine is
     sure of it, at the long one when it doubts it (in English the voice's pitch decides instead)."""
-    config = {"language": "en", "vad": {"silence_ms": LONG_SILENCE_MS}}
     async with running_daemon(HeardAsGermanEngineDouble(mean_logprob)) as daemon:
-        (final,) = of_type(await stream_file(TURNS / "dev_complete_06.wav", ws_url(daemon), config=config), "final")
+        (final,) = await websocket_finals(daemon, "dev_complete_06.wav", decisions)
     assert (final["endpoint"] == "complete") is ends_early, final
     assert same_words([MANIFEST["dev_complete_06.wav"]["text"]], [str(final["text"])]), final
 
@@ -120,7 +158,7 @@ async def test_the_transcript_does_not_depend_on_how_audio_is_framed(name: str) 
 
 
 async def test_a_pitch_measure_that_fails_leaves_the_verdict_to_the_text(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, decisions: TurnDecisions
 ) -> None:
     """A fault injected into the pitch tracker: the punctuated, confident text still ends the
     command at the short silence, and the failure is logged."""
@@ -131,7 +169,7 @@ async def test_a_pitch_measure_that_fails_leaves_the_verdict_to_the_text(
     monkeypatch.setattr("satellite_asr.session.final_pitch", broken_pitch_tracker)
     name = "dev_complete_12.wav"
     async with running_daemon() as daemon:
-        (final,) = await websocket_finals(daemon, name)
+        (final,) = await websocket_finals(daemon, name, decisions)
     assert final["endpoint"] == "complete", final
     assert same_words([MANIFEST[name]["text"]], [str(final["text"])]), final
     assert "the pitch could not be measured" in caplog.text
