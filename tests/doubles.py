@@ -1,8 +1,8 @@
 """Test doubles for things outside the product's own path: a crashing engine, one that breaks
 until restarted, one whose finals wait for the test, a slow-loading one, one that hears no words in
 the first utterance (what a model makes of a cough), one whose finals report scores the test
-knows; a peer Wyoming server that needs Home Assistant's VAD to end its audio; and a microphone
-whose audio stalls on the way to the daemon until the test lets it on.
+knows; a peer Wyoming server that needs Home Assistant's VAD to end its audio; and a microphone, and
+Home Assistant, whose audio stalls on the way to the daemon until the test lets it on.
 
 The engines wrap the real whisper engine, so everything but the injected fault is the product's code.
 """
@@ -19,6 +19,7 @@ from pathlib import Path
 
 from wyoming import asr as wyoming_asr
 from wyoming.audio import AudioChunk, AudioStop
+from wyoming.client import AsyncTcpClient
 from wyoming.event import Event
 from wyoming.server import AsyncEventHandler, AsyncTcpServer
 
@@ -290,3 +291,37 @@ class StallingWavSourceDouble(WavSource):
                 stalled = time.monotonic()
                 await self.resume()
                 origin += time.monotonic() - stalled
+
+
+class StallingWyomingClientDouble(AsyncTcpClient):
+    """Home Assistant's end of a Wyoming connection whose audio stalls on the way to the daemon before
+    the chunk that would take it past `stall_s`, until `resume(self)` returns (then the chunks that
+    piled up go at once); `transcript_read` says whether a transcript has come."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        stall_s: float,
+        resume: Callable[[StallingWyomingClientDouble], Awaitable[None]],
+    ) -> None:
+        super().__init__(host, port)
+        self.stall_s = stall_s
+        self.resume = resume
+        self.transcript_read = False
+        self._sent_s = 0.0
+        self._stalled = False
+
+    async def write_event(self, event: Event) -> None:
+        if AudioChunk.is_type(event.type) and not self._stalled:
+            self._sent_s += AudioChunk.from_event(event).seconds
+            if self._sent_s > self.stall_s:
+                self._stalled = True
+                await self.resume(self)
+        await super().write_event(event)
+
+    async def read_event(self) -> Event | None:
+        event = await super().read_event()
+        if event is not None and wyoming_asr.Transcript.is_type(event.type):
+            self.transcript_read = True
+        return event

@@ -1,19 +1,21 @@
 """Adaptive endpointing end to end: real daemon, real Silero and tiny.en, both protocols' real clients.
 
 Audio goes at microphone pace (the turn detector's verdict races the silence, as in use), but each
-WebSocket stream stalls in the pause it is judged at (a complete command's silence at its end, a
-paused one's pause) until the daemon has handed the verdict on that pause to its endpointer (its
-debug line says so). The daemon counts silence in samples, so on a quiet machine, where the verdict
-is in before the stall, this changes nothing; on a busy one the verdict still lands in the pause
-instead of after the stream's end: what the tests see is the verdict, not the machine's speed. A
-complete command ends at the short silence (`endpoint: complete`); a command with a pause inside is
-never cut there (one final, every word, ending where the voice does).
+stream (WebSocket, or Home Assistant's over Wyoming) stalls in the pause it is judged at (a complete
+command's silence at its end, a paused one's pause) until the daemon has handed the verdict on that
+pause to its endpointer (its debug line says so). The daemon counts silence in samples, so on a
+quiet machine, where the verdict is in before the stall, this changes nothing; on a busy one the
+verdict still lands in the pause instead of after the stream's end: what the tests see is the
+verdict, not the machine's speed. A complete command ends at the short silence (`endpoint:
+complete`); a command with a pause inside is never cut there (one final, every word, ending where
+the voice does).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+import functools
+from collections.abc import Awaitable, Callable, Iterator
 
 import aiohttp
 import pytest
@@ -21,11 +23,21 @@ from wyoming.client import AsyncTcpClient
 
 from satellite_asr.clients.stream_client import stream_source
 from satellite_asr.clients.wav import read_wav
-from satellite_asr.clients.wyoming_bench import transcribe_like_home_assistant
+from satellite_asr.clients.wyoming_bench import RoundResult, transcribe_like_home_assistant
 from satellite_asr.server import Daemon
-from tests.doubles import HeardAsGermanEngineDouble, StallingWavSourceDouble
+from satellite_asr.vad.turn import TurnVerdict
+from tests.doubles import HeardAsGermanEngineDouble, StallingWavSourceDouble, StallingWyomingClientDouble
 from tests.eval_turns import MANIFEST, TURNS
-from tests.helpers import TurnDecisions, eventually, of_type, running_daemon, same_words, turn_decisions, ws_url
+from tests.helpers import (
+    TurnDecision,
+    TurnDecisions,
+    eventually,
+    of_type,
+    running_daemon,
+    same_words,
+    turn_decisions,
+    ws_url,
+)
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -59,20 +71,25 @@ def judged_pause(name: str) -> tuple[float, float]:
     return voice_end - 0.1, voice_end + STALL_AFTER_VOICE_S
 
 
+def judged_verdict(decisions: TurnDecisions, name: str, session: str) -> TurnDecision | None:
+    """The session's verdict on the file's judged pause, once handed to its endpointer."""
+    paused_at, stall_s = judged_pause(name)
+    return next((d for d in decisions.of_session(session) if paused_at <= d.at_s <= stall_s), None)
+
+
 async def websocket_finals(daemon: Daemon, name: str, decisions: TurnDecisions) -> list[dict[str, object]]:
     """The file's finals, its stream stalled in its judged pause until the verdict on it is in."""
     config = {"language": "en", "vad": {"silence_ms": LONG_SILENCE_MS}}
     session: list[str] = []
-    paused_at, stall_s = judged_pause(name)
 
     def note_session(message: dict[str, object]) -> None:
         if message["type"] == "session_created":
             session.append(str(message["session_id"]))
 
     def verdict_in() -> bool:
-        return bool(session) and any(paused_at <= d.at_s <= stall_s for d in decisions.of_session(session[0]))
+        return bool(session) and judged_verdict(decisions, name, session[0]) is not None
 
-    source = StallingWavSourceDouble(TURNS / name, stall_s, lambda: eventually(verdict_in))
+    source = StallingWavSourceDouble(TURNS / name, judged_pause(name)[1], lambda: eventually(verdict_in))
     return of_type(await stream_source(source, ws_url(daemon), config=config, on_message=note_session), "final")
 
 
@@ -107,9 +124,10 @@ async def test_a_question_asked_rising_ends_early_and_one_paused_rising_is_not_c
         (question,), (paused,) = await asyncio.gather(
             websocket_finals(daemon, QUESTION, decisions), websocket_finals(daemon, PAUSED_QUESTION, decisions)
         )
-        heard = await wyoming_round(daemon, QUESTION, expect_early=True)
+        (heard,) = await judged_wyoming_rounds(daemon, [QUESTION], decisions)
+    answered_early(QUESTION, heard)
     assert question["endpoint"] == "complete", question
-    for name, text in ((QUESTION, question["text"]), (PAUSED_QUESTION, paused["text"]), (QUESTION, heard)):
+    for name, text in ((QUESTION, question["text"]), (PAUSED_QUESTION, paused["text"]), (QUESTION, heard.text)):
         assert same_words([MANIFEST[name]["text"]], [str(text)]), (name, text)
     assert float(str(paused["end"])) > float(MANIFEST[PAUSED_QUESTION]["voice_end_s"]) - 0.1, paused
 
@@ -128,31 +146,75 @@ async def test_outside_english_a_text_the_engine_doubts_waits_the_long_silence(
 
 
 async def wyoming_round(
-    daemon: Daemon, name: str, *, realtime: bool = True, chunk_samples: int = 1024, expect_early: bool = False
-) -> str:
+    daemon: Daemon,
+    name: str,
+    *,
+    realtime: bool = True,
+    chunk_samples: int = 1024,
+    resume: Callable[[StallingWyomingClientDouble], Awaitable[None]] | None = None,
+) -> RoundResult:
+    """Home Assistant's round for the file; with `resume`, its audio stalls in the judged pause until that returns."""
     assert daemon.wyoming_port is not None
-    async with AsyncTcpClient("127.0.0.1", daemon.wyoming_port) as client:
+    host, port = "127.0.0.1", daemon.wyoming_port
+    if resume is None:
+        client = AsyncTcpClient(host, port)
+    else:
+        client = StallingWyomingClientDouble(host, port, judged_pause(name)[1], resume)
+    async with client:
         result = await transcribe_like_home_assistant(
             client, read_wav(TURNS / name), realtime=realtime, chunk_samples=chunk_samples
         )
     assert result.text is not None, name
-    if realtime and (expect_early or name in COMPLETE):
-        assert result.audio_stop_at is None, f"{name}: answered at the short silence, before the audio ran out"
-    return result.text
+    return result
 
 
-async def test_home_assistant_gets_whole_commands() -> None:
+async def judged_wyoming_rounds(daemon: Daemon, names: list[str], decisions: TurnDecisions) -> list[RoundResult]:
+    """Home Assistant's rounds for `names`, at once, each stalled in its judged pause until the verdict
+    on it is in, and, when complete, its transcript. Each starts once the one before has its session,
+    to know whose session is whose."""
+    session_of: dict[str, str] = {}
+
+    async def when_judged(name: str, client: StallingWyomingClientDouble) -> None:
+        def verdict() -> TurnDecision | None:
+            return judged_verdict(decisions, name, session_of[name]) if name in session_of else None
+
+        await eventually(lambda: verdict() is not None)
+        judged = verdict()
+        if judged is not None and judged.verdict is TurnVerdict.COMPLETE:
+            await eventually(lambda: client.transcript_read)
+
+    rounds = []
+    for name in names:
+        known = {s.id for s in daemon.core.sessions.open_sessions()}
+        resume = functools.partial(when_judged, name)
+        rounds.append(asyncio.create_task(wyoming_round(daemon, name, resume=resume)))
+        await eventually(functools.partial(opened_since, daemon, known))
+        (session_of[name],) = opened_since(daemon, known)
+    return await asyncio.gather(*rounds)
+
+
+def opened_since(daemon: Daemon, known: set[str]) -> set[str]:
+    return {s.id for s in daemon.core.sessions.open_sessions()} - known
+
+
+def answered_early(name: str, result: RoundResult) -> None:
+    assert result.audio_stop_at is None, f"{name}: answered at the short silence, before the audio ran out"
+
+
+async def test_home_assistant_gets_whole_commands(decisions: TurnDecisions) -> None:
     async with running_daemon(wyoming_uri="tcp://127.0.0.1:0", silence_ms=LONG_SILENCE_MS) as daemon:
-        texts = await asyncio.gather(*(wyoming_round(daemon, name) for name in COMPLETE + PAUSED))
-    for name, text in zip(COMPLETE + PAUSED, texts, strict=True):
-        assert same_words([MANIFEST[name]["text"]], [text]), (name, text)
+        results = await judged_wyoming_rounds(daemon, COMPLETE + PAUSED, decisions)
+    for name, result in zip(COMPLETE + PAUSED, results, strict=True):
+        assert same_words([MANIFEST[name]["text"]], [str(result.text)]), (name, result.text)
+        if name in COMPLETE:
+            answered_early(name, result)
 
 
 @pytest.mark.parametrize("name", ["dev_paused_06.wav", "dev_complete_01.wav", "heldout_complete_13.wav"])
 async def test_the_transcript_does_not_depend_on_how_audio_is_framed(name: str) -> None:
     """Home Assistant sends 10 ms chunks whatever its satellite sends; 100 ms and 1 s must read the same."""
     async with running_daemon(wyoming_uri="tcp://127.0.0.1:0") as daemon:
-        texts = [await wyoming_round(daemon, name, realtime=False, chunk_samples=n) for n in (160, 1600, 16000)]
+        texts = [(await wyoming_round(daemon, name, realtime=False, chunk_samples=n)).text for n in (160, 1600, 16000)]
     assert texts[0] == texts[1] == texts[2], texts
     assert same_words([MANIFEST[name]["text"]], texts[:1]), texts
 
