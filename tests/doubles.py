@@ -296,7 +296,7 @@ class StallingWavSourceDouble(WavSource):
 class StallingWyomingClientDouble(AsyncTcpClient):
     """Home Assistant's end of a Wyoming connection whose audio stalls on the way to the daemon before
     the chunk that would take it past `stall_s`, until `resume(self)` returns (then the chunks that
-    piled up go at once); `transcript_read` says whether a transcript has come."""
+    piled up go at once); `kinds_read` holds the types of the events read so far."""
 
     def __init__(
         self,
@@ -308,7 +308,7 @@ class StallingWyomingClientDouble(AsyncTcpClient):
         super().__init__(host, port)
         self.stall_s = stall_s
         self.resume = resume
-        self.transcript_read = False
+        self.kinds_read: set[str] = set()
         self._sent_s = 0.0
         self._stalled = False
 
@@ -322,6 +322,6 @@ class StallingWyomingClientDouble(AsyncTcpClient):
 
     async def read_event(self) -> Event | None:
         event = await super().read_event()
-        if event is not None and wyoming_asr.Transcript.is_type(event.type):
-            self.transcript_read = True
+        if event is not None:
+            self.kinds_read.add(event.type)
         return event

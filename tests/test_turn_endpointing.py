@@ -181,7 +181,7 @@ async def judged_wyoming_rounds(daemon: Daemon, names: list[str], decisions: Tur
         await eventually(lambda: verdict() is not None)
         judged = verdict()
         if judged is not None and judged.verdict is TurnVerdict.COMPLETE:
-            await eventually(lambda: client.transcript_read)
+            await eventually(lambda: "transcript" in client.kinds_read)
 
     rounds = []
     for name in names:

@@ -41,6 +41,7 @@ from tests.doubles import (
     FirstUtteranceIsNoiseEngineDouble,
     GatedEngineDouble,
     SlowLoadingEngineDouble,
+    StallingWyomingClientDouble,
 )
 from tests.helpers import (
     EXPECTED,
@@ -236,9 +237,22 @@ async def test_when_the_final_disagrees_with_the_chunks_the_final_wins_and_is_co
     assert rewrites == 1
 
 
+MID_COMMAND_S = 2.0
+"""In music.wav, whose voice runs from 0.5 s to 2.6 s: past three partials' worth of speech."""
+
+
 async def test_stable_text_streams_as_chunks_while_speaking() -> None:
-    async with running_daemon(wyoming_uri=WYOMING) as daemon, connect(daemon) as client:
-        result = await transcribe_like_home_assistant(client, fixture("music.wav", pause_s=1.0))
+    """The audio stalls mid-command until a chunk has come: a busy machine decodes fewer partials (a
+    newer one replaces one still waiting), so without the stall the command could end before two
+    of them agreed; with it, the text still has to come while the person speaks."""
+
+    async def chunk_read(client: StallingWyomingClientDouble) -> None:
+        await eventually(lambda: "transcript-chunk" in client.kinds_read)
+
+    async with running_daemon(wyoming_uri=WYOMING) as daemon:
+        assert daemon.wyoming_port is not None
+        async with StallingWyomingClientDouble("127.0.0.1", daemon.wyoming_port, MID_COMMAND_S, chunk_read) as client:
+            result = await transcribe_like_home_assistant(client, fixture("music.wav", pause_s=1.0))
     assert_streamed_order(result)
     chunks = result.of_type("transcript-chunk")
     assert chunks, "partials that agree become transcript chunks"
