@@ -50,7 +50,7 @@ from satellite_asr.vad.turn import TurnDetector
 
 log = logging.getLogger(__name__)
 TURN_DECISION = "session %s: utterance %d paused at %.2f s: %r (%s per token), pitch heading %s semitones: %s"
-"""The debug line of each turn verdict handed to the endpointer (`tests.replay_turns` reads it): the
+"""The debug line of each turn verdict handed to the endpointer (`tests.helpers.turn_decisions` reads it): the
 session, the utterance, where the pause is in the stream, the speculative text, the engine's mean
 log-probability per token for it, the voice's pitch heading (each None when unknown) and the verdict."""
 

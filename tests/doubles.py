@@ -278,6 +278,8 @@ class StallingWavSourceDouble(WavSource):
     def __init__(self, path: str | Path, stall_s: float, resume: Callable[[], Awaitable[None]]) -> None:
         super().__init__(path)
         self.stall_at = round(stall_s * self.sample_rate) * 2
+        if not 0 < self.stall_at < len(self.pcm):
+            raise ValueError(f"{path}: a stall at {stall_s} s is outside the file")
         self.resume = resume
 
     async def blocks(self) -> AsyncGenerator[bytes, None]:
