@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 
 import numpy as np
 
 from satellite_asr.vad.endpointer import WINDOW
 from satellite_asr.vad.silero import SileroVad
-from tests.helpers import fixture_16k
+from tests.helpers import EXPECTED, FIXTURES, fixture_16k, same_words
 
 
 async def probabilities(vad: SileroVad, audio: np.ndarray, chunk: int) -> list[float]:
@@ -62,3 +64,22 @@ async def test_batched_streams_match_streams_run_alone() -> None:
         np.testing.assert_allclose(joint, solo, atol=1e-4)
     windows_total = sum(len(p) for p in together)
     assert batches_together < windows_total * 0.5, "concurrent streams share model calls"
+
+
+def test_transcribing_does_not_import_torch() -> None:
+    """The VAD loads silero-vad's ONNX file; importing the package imports torch (its `__init__`),
+    which cost seconds of CPU at start and at exit: on a busy machine the process outlived its
+    shutdown by 2-3 s while the interpreter tore torch down. A real transcription, start to end,
+    in a process of its own (the test process may have imported torch for other tests)."""
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "satellite_asr", "transcribe", str(FIXTURES / "lights_on.wav")],
+        capture_output=True,
+        text=True,
+        timeout=170,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert same_words(EXPECTED["lights_on.wav"], [line.split("\t")[3] for line in result.stdout.splitlines()])
+    import_log = [line for line in result.stderr.splitlines() if line.startswith("import time:")]
+    imported = {line.rsplit("|", 1)[-1].strip() for line in import_log}
+    assert "numpy" in imported, "the import log was read"
+    assert "torch" not in imported

@@ -11,10 +11,10 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import importlib.util
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -31,8 +31,13 @@ Floats = npt.NDArray[np.float32]
 
 
 def bundled_model_path() -> Path:
-    """The ONNX model shipped in the `silero-vad` package (no download needed)."""
-    return Path(str(resources.files("silero_vad").joinpath("data", "silero_vad.onnx")))
+    """The ONNX model shipped in the `silero-vad` package (no download needed), found without
+    importing the package: its `__init__` imports torch, which cost the daemon seconds of CPU at
+    start and at exit (a busy machine's shutdown waited 2-3 s for the interpreter to tear it down)."""
+    spec = importlib.util.find_spec("silero_vad")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError("the silero-vad package is not installed", name="silero_vad")
+    return Path(spec.submodule_search_locations[0]) / "data" / "silero_vad.onnx"
 
 
 class VadStream:
