@@ -276,7 +276,8 @@ class Settings:
     first_message_timeout_s: float = _opt(
         10.0,
         "A connection holding no session (a WebSocket before its config or audio, a Wyoming connection before its "
-        "first event or between rounds) that sends nothing for this long is closed.",
+        "first event or between rounds) that sends nothing for this long is closed; a WebSocket whose first "
+        "message is still arriving then gets as long again.",
         minimum=1.0,
         maximum=3600.0,
     )

@@ -139,6 +139,9 @@ class CountedConnection(asyncio.Protocol):
         self._handler: asyncio.Protocol | None = None
         self._counted = False
         self._address = ""
+        self.last_received = 0.0
+        """When data last arrived (`time.monotonic()`): a WebSocket whose first message is still
+        arriving has not been idle (`last_received`)."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         peer = transport.get_extra_info("peername")
@@ -205,6 +208,7 @@ class CountedConnection(asyncio.Protocol):
             self._limit.give_back(self._address)
 
     def data_received(self, data: bytes) -> None:
+        self.last_received = time.monotonic()
         if self._handler is not None:
             self._handler.data_received(data)
         elif self._handshake is not None:
@@ -220,6 +224,12 @@ class CountedConnection(asyncio.Protocol):
     def resume_writing(self) -> None:
         if self._handler is not None:
             self._handler.resume_writing()
+
+
+def last_received(transport: asyncio.BaseTransport | None) -> float:
+    """When the HTTP connection of `transport` last received data (`time.monotonic()`; 0.0 unknown)."""
+    protocol = transport.get_protocol() if transport is not None else None
+    return protocol.last_received if isinstance(protocol, CountedConnection) else 0.0
 
 
 class SlowClient(ConnectionResetError):

@@ -41,14 +41,18 @@ from satellite_asr.clients.wyoming_bench import transcribe_like_home_assistant
 from satellite_asr.server import Daemon
 from tests.doubles import GatedEngineDouble
 from tests.helpers import (
+    BINARY_OPCODE,
+    CLOSE_OPCODE,
     EXPECTED,
     FIXTURES,
+    TEXT_OPCODE,
     client_frame,
     daemon_settings,
     eventually,
     fixture_16k,
     free_port,
     of_type,
+    read_server_frame,
     running_daemon,
     same_words,
     websocket_upgrade,
@@ -396,6 +400,39 @@ async def test_a_websocket_without_config_or_audio_is_closed_after_the_first_mes
     assert [(m["type"], m["code"]) for m in messages] == [("error", "timeout")]
     assert "first_message_timeout_s" in messages[0]["message"]
     assert close_code == 1008
+
+
+async def test_a_websocket_whose_first_message_is_arriving_at_the_first_message_timeout_gets_as_long_again() -> None:
+    """A big first frame still arriving when `first_message_timeout_s` ran out (a slow link, a busy
+    machine inflating compressed frames) was closed as idle; the client, still sending, then lost the
+    error and the Close to a reset. It has not been idle: once the timeout is past (a connection
+    opened after it and sending nothing has been closed), the rest of its frame still opens a session."""
+    async with running_daemon(first_message_timeout_s=2.0) as daemon:
+        reader, writer = await asyncio.open_connection("127.0.0.1", daemon.http_port)
+        await websocket_upgrade(reader, writer, daemon.http_port)
+        frame = client_frame(bytes(64000), opcode=BINARY_OPCODE)  # a second of f32le silence
+        writer.write(frame[:1000])
+        async with websockets.connect(ws_url(daemon)) as idle:
+            idle_messages = await asyncio.wait_for(receive_until_close(idle), 30)
+        writer.write(frame[1000:])
+        opcode, answer = await read_server_frame(reader)
+        writer.close()
+    assert [(m["type"], m["code"]) for m in idle_messages] == [("error", "timeout")]
+    assert (opcode, json.loads(answer)["type"]) == (TEXT_OPCODE, "session_created"), answer
+
+
+async def test_a_websocket_whose_first_message_stops_arriving_is_closed_at_twice_the_first_message_timeout() -> None:
+    async with running_daemon(first_message_timeout_s=1.0) as daemon:
+        reader, writer = await asyncio.open_connection("127.0.0.1", daemon.http_port)
+        await websocket_upgrade(reader, writer, daemon.http_port)
+        writer.write(client_frame(bytes(64000), opcode=BINARY_OPCODE)[:1000])  # and nothing more
+        frames = [await read_server_frame(reader)]
+        while frames[-1][0] != CLOSE_OPCODE:
+            frames.append(await read_server_frame(reader))
+        writer.close()
+    error = json.loads(frames[0][1])
+    assert (error["code"], frames[-1][1][:2]) == ("timeout", (1008).to_bytes(2, "big")), frames
+    assert "within 2 s of connecting (twice first_message_timeout_s: a message was arriving)" in error["message"]
 
 
 async def test_messages_that_open_no_session_do_not_keep_a_websocket_open() -> None:

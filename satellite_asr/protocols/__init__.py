@@ -221,6 +221,9 @@ class ReadAhead:
         self._arrived = asyncio.Event()
         self._room = asyncio.Event()
         self._reader: asyncio.Task[None] | None = None
+        self.whole_at = 0.0
+        """When the last whole message was read (`time.monotonic()`): data that came later is the
+        start of the next one."""
 
     async def __aenter__(self) -> ReadAhead:
         self._reader = asyncio.create_task(self._read_ahead())
@@ -238,6 +241,7 @@ class ReadAhead:
                 self._room.clear()
                 await self._room.wait()
             message = await self._ws.receive()
+            self.whole_at = time.monotonic()
             if message.type == WSMsgType.CLOSE and not self._still_wanted():
                 self._read.clear()
                 self._held = self._in_hand

@@ -20,7 +20,7 @@ from satellite_asr.config import ConfigError, coerce
 from satellite_asr.core import Core
 from satellite_asr.engines.base import EngineInfo
 from satellite_asr.events import FinalTranscript, PartialTranscript, SessionError, SessionEvent, SpeechStarted
-from satellite_asr.limits import ConnectionLimit, TooManyConnections, write_within
+from satellite_asr.limits import ConnectionLimit, TooManyConnections, last_received, write_within
 from satellite_asr.protocols import (
     WEBSOCKET_ENDS,
     PcmInput,
@@ -337,8 +337,12 @@ class WebSocketHandler:
         self.open.add(connection)
         reason = "disconnect"
         first_message_timeout = self.core.settings.first_message_timeout_s
-        # Until a session opens; messages that open none (flush, bad JSON) do not push it back.
-        deadline = time.monotonic() + first_message_timeout
+        # Until a session opens; messages that open none (flush, bad JSON) do not push it back. A client
+        # whose first message is still arriving then (a big frame, a busy machine) gets as long again, once:
+        # it has not been idle, and closing it as it sends would reset the connection, losing the Close.
+        opened = time.monotonic()
+        deadline = opened + first_message_timeout
+        extended = False
         try:
             async with reading as messages:
                 while True:
@@ -347,8 +351,17 @@ class WebSocketHandler:
                         async with asyncio.timeout(left):
                             message = await messages.receive()
                     except TimeoutError:
+                        if not extended and last_received(request.transport) > max(opened, reading.whole_at):
+                            extended = True
+                            deadline += first_message_timeout
+                            continue
                         reason = "timeout"
-                        await self._close_idle(connection, first_message_timeout)
+                        setting = (
+                            "twice first_message_timeout_s: a message was arriving"
+                            if extended
+                            else "first_message_timeout_s"
+                        )
+                        await self._close_idle(connection, deadline - opened, setting)
                         break
                     if message.type in WEBSOCKET_ENDS:
                         break
@@ -382,8 +395,8 @@ class WebSocketHandler:
         return ws
 
     @staticmethod
-    async def _close_idle(connection: _Connection, seconds: float) -> None:
-        message = f"no config or audio within {seconds:g} s of connecting (first_message_timeout_s)"
+    async def _close_idle(connection: _Connection, seconds: float, setting: str) -> None:
+        message = f"no config or audio within {seconds:g} s of connecting ({setting})"
         try:
             await connection.error("timeout", message)
             await connection.close(WSCloseCode.POLICY_VIOLATION, "timeout")
