@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import itertools
 import json
 import struct
@@ -28,6 +29,7 @@ from tests.helpers import (
     CLOSE_OPCODE,
     EXPECTED,
     FIXTURES,
+    TEXT_OPCODE,
     WER_TOLERANCE,
     client_frame,
     close_while_throttled,
@@ -320,6 +322,51 @@ async def test_the_servers_close_waits_for_the_clients_close(
     assert struct.unpack("!H", frames[-1][1][:2]) == (close_code,)
     if first_message is not None:
         assert json.loads(frames[0][1])["code"] == "invalid_config"
+
+
+@pytest.mark.parametrize("path", ["/v1/stream", "/v1/realtime"])
+@pytest.mark.parametrize("closer", ["shutdown", "idle_timeout"])
+async def test_a_client_that_keeps_sending_while_the_server_closes_gets_the_close_and_a_clean_end(
+    path: str, closer: str
+) -> None:
+    """The server's Close to a client whose audio is still in flight (the server ends the session:
+    an idle timeout, shutdown) completes the closing handshake: the server reads what comes until
+    the client's Close, then ends the connection. Another task than the handler closes here, and
+    the handler, seeing the connection closed, ends too: its own close waits for the one under way
+    (one close at a time), as aiohttp closes the socket once the handler returns. Before, the
+    handler's close returned at once, as did a close while the read-ahead task waited in `receive()`:
+    the socket was closed under the audio still arriving, and the kernel reset the connection."""
+    silence = (
+        bytes(3200 * 4)
+        if path == "/v1/stream"
+        else json.dumps({"type": "input_audio_buffer.append", "audio": base64.b64encode(bytes(6400)).decode()}).encode()
+    )
+    opcode = BINARY_OPCODE if path == "/v1/stream" else TEXT_OPCODE
+    async with running_daemon(idle_timeout_s=1.0 if closer == "idle_timeout" else 60.0) as daemon:
+        reader, writer = await asyncio.open_connection("127.0.0.1", daemon.http_port)
+        await websocket_upgrade(reader, writer, daemon.http_port, path)
+
+        async def send_audio(frames: int | None) -> None:
+            for _ in itertools.repeat(None) if frames is None else range(frames):
+                writer.write(client_frame(silence, opcode=opcode))
+                await writer.drain()
+                await asyncio.sleep(0.01)
+
+        sending = asyncio.create_task(send_audio(None))
+        frames = [await read_server_frame(reader)]  # the session's announcement
+        stopping = asyncio.create_task(daemon.stop()) if closer == "shutdown" else None
+        while frames[-1][0] != CLOSE_OPCODE:
+            frames.append(await read_server_frame(reader))
+        sending.cancel()
+        await send_audio(20)  # what the client sent before it read the Close
+        writer.write(client_frame(frames[-1][1], opcode=CLOSE_OPCODE))
+        end = await asyncio.wait_for(reader.read(), 30)
+        writer.close()
+        if stopping is not None:
+            await stopping
+    assert struct.unpack("!H", frames[-1][1][:2]) == (1001,)
+    assert frames[-1][1][2:].decode() == closer
+    assert end == b"", "the server ends the connection once the client has closed, not under its audio"
 
 
 async def test_partial_frames_are_dropped_with_an_error() -> None:
