@@ -536,6 +536,42 @@ async def test_rest_error_bodies_and_a_stream_error_conform() -> None:
     assert error_body(event.encode(), 500)["code"] == "engine_error"
 
 
+PLAIN_FORMATS: tuple[Literal["text", "srt", "vtt"], ...] = ("text", "srt", "vtt")
+PLAIN_TEXT = "text/plain; charset=utf-8"
+"""The Content-Type OpenAI's servers send for `text`, `srt` and `vtt` (a response to a real
+`response_format=srt` request is recorded in morioka/tiny-openai-whisper-api#7, and
+openai/openai-openapi#361 asks the spec to say `text/plain` for all three)."""
+
+
+async def test_text_srt_and_vtt_are_plain_text_and_both_sdks_return_them_whole() -> None:
+    """The SDK returns these formats as `response.text`, decoded by the charset: each call, sync and
+    async, gives back the body exactly as sent."""
+    wav = (FIXTURES / "lights_on.wav").read_bytes()
+    async with running_daemon() as daemon, aiohttp.ClientSession() as http:
+        sent = {f: await post(http, daemon, wav, response_format=f) for f in PLAIN_FORMATS}
+        bodies = {f: await r.text() for f, r in sent.items()}
+        base_url = f"http://127.0.0.1:{daemon.http_port}/v1"
+        async with openai.AsyncOpenAI(base_url=base_url, api_key="unused", max_retries=0) as api:
+            by_async = {
+                f: await api.audio.transcriptions.create(file=("a.wav", wav), model="whisper-1", response_format=f)
+                for f in PLAIN_FORMATS
+            }
+
+        def by_sync_client() -> dict[str, str]:
+            with openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0) as api:
+                return {
+                    f: api.audio.transcriptions.create(file=("a.wav", wav), model="whisper-1", response_format=f)
+                    for f in PLAIN_FORMATS
+                }
+
+        by_sync = await asyncio.to_thread(by_sync_client)
+    assert {f: (r.status, r.headers["Content-Type"]) for f, r in sent.items()} == dict.fromkeys(
+        PLAIN_FORMATS, (200, PLAIN_TEXT)
+    )
+    assert bodies["text"].strip() and bodies["srt"].startswith("1\n") and bodies["vtt"].startswith("WEBVTT\n\n")
+    assert by_async == bodies and by_sync == bodies
+
+
 async def test_refusals_of_the_key_are_openai_error_bodies() -> None:
     async with running_daemon(api_key="the-key") as daemon, aiohttp.ClientSession() as http:
         base = f"http://127.0.0.1:{daemon.http_port}/v1"

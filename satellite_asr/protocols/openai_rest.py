@@ -283,12 +283,15 @@ def joined_text(segments: list[FinalTranscript]) -> str:
 
 
 def encode_transcription(result: Transcription, response_format: str) -> web.Response:
+    """`text`, `srt` and `vtt` all go out as `text/plain; charset=utf-8`, as OpenAI's servers send
+    them: a client written against OpenAI may branch on that media type, and the charset is how
+    the SDK decodes the text."""
     if response_format == "text":
-        return web.Response(text=joined_text(result.segments) + "\n")
+        return web.Response(text=joined_text(result.segments) + "\n", content_type="text/plain")
     if response_format == "srt":
-        return web.Response(text=_subtitles(result.segments, ","), content_type="application/x-subrip")
+        return web.Response(text=_subtitles(result.segments, ","), content_type="text/plain")
     if response_format == "vtt":
-        return web.Response(text="WEBVTT\n\n" + _subtitles(result.segments, "."), content_type="text/vtt")
+        return web.Response(text="WEBVTT\n\n" + _subtitles(result.segments, "."), content_type="text/plain")
     usage = {"type": "duration", "seconds": round(result.duration, 3)}
     if response_format == "json":
         return web.json_response({"text": joined_text(result.segments), "usage": usage})
