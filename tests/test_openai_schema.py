@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
 import json
 import re
 import typing
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Literal
 
 import aiohttp
@@ -43,8 +44,8 @@ from websockets.exceptions import ConnectionClosed
 from satellite_asr.audio import MAX_RATE, MIN_RATE
 from satellite_asr.protocols.openai_rest import NOT_REPORTED
 from satellite_asr.server import Daemon
-from tests.doubles import CrashingEngineDouble
-from tests.helpers import FIXTURES, fixture_16k, of_type, pcm16, running_daemon
+from tests.doubles import CrashingEngineDouble, UnreachableEngineDouble
+from tests.helpers import FIXTURES, eventually, fixture_16k, of_type, pcm16, running_daemon
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -570,6 +571,75 @@ async def test_text_srt_and_vtt_are_plain_text_and_both_sdks_return_them_whole()
     )
     assert bodies["text"].strip() and bodies["srt"].startswith("1\n") and bodies["vtt"].startswith("WEBVTT\n\n")
     assert by_async == bodies and by_sync == bodies
+
+
+async def stalled_upload_answer(daemon: Daemon) -> tuple[int, bytes]:
+    """A raw client that starts an upload and then sends nothing: the status and body it is answered
+    with when the daemon gives up (a time-out fails the test), or never if it stays open."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", daemon.http_port)
+    try:
+        writer.write(
+            b"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100000\r\n"
+            b"Content-Type: multipart/form-data; boundary=b0undary\r\n\r\n"
+            b'--b0undary\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\nRIFF'
+        )
+        raw = await asyncio.wait_for(reader.read(), 60)
+    finally:
+        writer.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+async def test_the_408_and_413_error_bodies_conform() -> None:
+    """A stalled upload (408), a file over `max_upload_mb` by its Content-Length and, sent chunked,
+    while it is read (413)."""
+    big = bytes(int(1.5 * (1 << 20)))
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for offset in range(0, len(big), 1 << 16):
+            yield big[offset : offset + (1 << 16)]
+
+    async with running_daemon(header_timeout_s=1.0, max_upload_mb=1) as daemon, aiohttp.ClientSession() as http:
+        stalled = await stalled_upload_answer(daemon)
+        bodies = []
+        for file in (io.BytesIO(big), chunks()):  # with a Content-Length, then chunked
+            form = aiohttp.FormData({"model": "whisper-1"})
+            form.add_field("file", file, filename="big.wav", content_type="audio/wav")
+            async with http.post(f"http://127.0.0.1:{daemon.http_port}/v1/audio/transcriptions", data=form) as sent:
+                bodies.append((sent.status, sent.request_info.headers.get("Transfer-Encoding"), await sent.read()))
+    assert stalled[0] == 408 and error_body(stalled[1], 408)["code"] == "body_timeout"
+    assert [(status, chunked) for status, chunked, _ in bodies] == [(413, None), (413, "chunked")]
+    for *_, body in bodies:
+        error = error_body(body, 413)
+        assert (error["code"], error["param"]) == ("file_too_large", "file"), error
+
+
+async def test_the_503_error_bodies_conform() -> None:
+    """Every upload slot taken (`too_many_connections`), every session (`server_busy`), and an
+    engine that no server answers for (`engine_unavailable`); then the same request is served."""
+    wav = (FIXTURES / "lights_on.wav").read_bytes()
+    engine = UnreachableEngineDouble()
+    settings = {"max_uploads": 1, "max_sessions": 1, "wyoming_reserved_sessions": 0, "header_timeout_s": 120}
+    async with running_daemon(engine, **settings) as daemon, aiohttp.ClientSession() as http:
+        stalled = asyncio.create_task(stalled_upload_answer(daemon))
+        await eventually(lambda: len(daemon.rest.uploads) == 1)
+        no_slot = await post(http, daemon, wav)
+        stalled.cancel()
+        await eventually(lambda: len(daemon.rest.uploads) == 0)
+        async with http.ws_connect(f"ws://127.0.0.1:{daemon.http_port}/v1/stream") as ws:
+            await ws.send_json({"type": "config"})
+            assert (await ws.receive_json())["type"] == "session_created"
+            busy = await post(http, daemon, wav)
+        await eventually(lambda: len(daemon.core.sessions) == 0)
+        engine.reachable = False
+        unavailable = await post(http, daemon, wav)
+        engine.reachable = True
+        served = await post(http, daemon, wav, response_format="text")
+    refused = {"too_many_connections": no_slot, "server_busy": busy, "engine_unavailable": unavailable}
+    assert {code: r.status for code, r in refused.items()} == dict.fromkeys(refused, 503)
+    assert [error_body(await r.read(), 503)["code"] for r in refused.values()] == list(refused)
+    assert no_slot.headers["Retry-After"] == "5"
+    assert served.status == 200 and (await served.text()).strip()
 
 
 async def test_refusals_of_the_key_are_openai_error_bodies() -> None:
