@@ -23,6 +23,7 @@ import pytest
 
 from satellite_asr.audio import SAMPLE_RATE
 from satellite_asr.audio_files import AudioFile
+from satellite_asr.biasing.context import MAX_CLIENT_TERMS
 from satellite_asr.clients.bench import load_manifest
 from satellite_asr.clients.rest_bench import long_recording, run_rest_bench, wav_bytes
 from satellite_asr.clients.stream_client import stream_file
@@ -443,6 +444,33 @@ async def test_form_problems_the_sdk_would_not_send() -> None:
     assert missing[0] == 400 and missing[1]["error"]["param"] == "file"
     assert stream[0] == 400 and stream[1]["error"]["param"] == "stream" and "'maybe'" in stream[1]["error"]["message"]
     assert not_multipart[0] == 400 and "multipart/form-data" in not_multipart[1]["error"]["message"]
+
+
+async def test_list_fields_past_their_cap_are_refused_at_the_first_part_over_it() -> None:
+    """Each form part costs the reader time whatever its size: 5000 empty `keywords[]` (which the
+    engine would all drop) are refused at the 301st, and `timestamp_granularities[]` past two; at
+    the caps the form is served."""
+    wav = (FIXTURES / "timer.wav").read_bytes()
+
+    async def answer(http: aiohttp.ClientSession, repeated: list[tuple[str, str]]) -> tuple[int, Any]:
+        form = aiohttp.FormData([*repeated, ("model", "whisper-1")])
+        form.add_field("file", wav, filename="timer.wav")
+        async with http.post(url(daemon), data=form) as response:
+            return response.status, await response.json()
+
+    async with running_daemon() as daemon, aiohttp.ClientSession() as http:
+        keywords = await answer(http, [("keywords[]", "")] * 5000)
+        granularities = await answer(http, [("timestamp_granularities[]", "segment")] * 3)
+        at_the_caps = await answer(
+            http, [("keywords[]", "")] * MAX_CLIENT_TERMS + [("timestamp_granularities[]", "segment")] * 2
+        )
+    assert keywords[0] == 400 and keywords[1]["error"]["code"] == "context_too_long", keywords
+    assert (
+        keywords[1]["error"]["param"] == "prompt" and f"more than {MAX_CLIENT_TERMS}" in keywords[1]["error"]["message"]
+    )
+    assert granularities[0] == 400 and granularities[1]["error"]["code"] == "invalid_value", granularities
+    assert granularities[1]["error"]["param"] == "timestamp_granularities"
+    assert at_the_caps[0] == 200 and word_error_rate(EXPECTED["timer.wav"][0], at_the_caps[1]["text"]) <= WER_TOLERANCE
 
 
 async def test_an_unknown_address_or_method_gets_a_json_error_the_client_can_read() -> None:
