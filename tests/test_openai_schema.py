@@ -325,6 +325,9 @@ REFUSED: list[tuple[str | bytes, str]] = [
     ),
     (json.dumps({"type": "transcription_session.update", "session": {"input_audio_format": "mp3"}}), "invalid_value"),
     (json.dumps({"type": "input_audio_buffer.commit"}), "input_audio_buffer_commit_empty"),
+    # a lone surrogate, which strict JSON parsers refuse, in what the error echoes: a key, an event_id
+    (json.dumps({"type": "session.update", "session": ga_session(**{"\ud800": 3})}), "unknown_parameter"),
+    (json.dumps({"type": "input_audio_buffer.commit", "event_id": "\udcff"}), "input_audio_buffer_commit_empty"),
 ]
 
 
@@ -519,10 +522,15 @@ async def test_rest_error_bodies_and_a_stream_error_conform() -> None:
             await http.get(f"{base}/audio/transcriptions"),
             await http.post(f"{base}/audio/translations"),
             await http.post(f"{base}/audio/transcriptions", data=b"{}"),
+            await http.post(  # a field name that is not UTF-8, which the error names
+                f"{base}/audio/transcriptions",
+                data=b'--b0undary\r\nContent-Disposition: form-data; name="\xff\xfe"\r\n\r\nx\r\n--b0undary--\r\n',
+                headers={"Content-Type": "multipart/form-data; boundary=b0undary"},
+            ),
         ]
         stream = await post(http, daemon, wav, prompt="crash", stream="true")
         bodies = [await r.read() for r in refused]
-    assert [r.status for r in refused] == [400, 400, 400, 500, 405, 404, 400]
+    assert [r.status for r in refused] == [400, 400, 400, 500, 405, 404, 400, 400]
     codes = [error_body(body, r.status)["code"] for body, r in zip(bodies, refused, strict=True)]
     assert codes == [
         "invalid_value",
@@ -532,6 +540,7 @@ async def test_rest_error_bodies_and_a_stream_error_conform() -> None:
         "method_not_allowed",
         "not_found",
         "invalid_request",
+        "invalid_value",
     ]
     [event] = [line.removeprefix("data: ") for line in (await stream.text()).split("\n\n") if line]
     assert error_body(event.encode(), 500)["code"] == "engine_error"

@@ -115,11 +115,20 @@ def checked_biasing(core: Core, text: str, terms: Sequence[str], param: str, fie
         raise ProtocolError("context_too_long", "; ".join(problems), param=param)
 
 
+def echoable(text: str) -> str:
+    """A client's text made fit to send back in JSON: a lone surrogate (a form field name that was
+    not UTF-8, or a `\\ud800` escape in a client's JSON) is written out as its escape, `\\ud800`,
+    since JSON parsers that follow the standard strictly (pydantic's, Rust's) refuse a whole body
+    that holds one."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def openai_error(
     code: str, message: str, *, kind: str = "invalid_request_error", param: str | None = None
 ) -> dict[str, Any]:
-    """OpenAI's error object, as its SDKs read it (REST bodies, Realtime `error` events, refusals)."""
-    return {"message": message, "type": kind, "param": param, "code": code}
+    """OpenAI's error object, as its SDKs read it (REST bodies, Realtime `error` events, refusals);
+    `message` and `param` may hold what a client sent (`echoable`)."""
+    return {"message": echoable(message), "type": kind, "param": param and echoable(param), "code": code}
 
 
 def open_session(

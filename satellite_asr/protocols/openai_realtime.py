@@ -38,6 +38,7 @@ from satellite_asr.protocols import (
     PcmInput,
     ProtocolError,
     ReadAhead,
+    echoable,
     json_object,
     open_session,
     openai_error,
@@ -139,7 +140,10 @@ class _Connection:
     async def error(self, exc: ProtocolError, event_id: str | None) -> None:
         self.core.metrics.errors.labels(exc.code).inc()
         kind = "server_error" if exc.code in SERVER_ERROR_CODES else "invalid_request_error"
-        error = {**openai_error(exc.code, exc.message, kind=kind, param=exc.param), "event_id": event_id}
+        error = {
+            **openai_error(exc.code, exc.message, kind=kind, param=exc.param),
+            "event_id": event_id and echoable(event_id),
+        }
         await self.send({"type": "error", "error": error})
 
     async def close(self, code: int, reason: str) -> None:
