@@ -716,6 +716,7 @@ async def test_a_stream_cut_inside_an_event_is_closed_and_released(
         (wire(Event("audio-start", {"rate": "16k", "width": 2, "channels": 1})), "invalid_audio"),
         (wire(Event("transcribe", {"transcript_names": "Alice"})), "invalid_event"),
         (header("describe", data=[]), "invalid_event"),  # once taken as no data, as falsy
+        (header("\ud800", data=5), "invalid_event"),  # the error quotes the type: its UTF-8 failed
     ],
     ids=[
         "missing-type",
@@ -729,6 +730,7 @@ async def test_a_stream_cut_inside_an_event_is_closed_and_released(
         "rate-not-a-number",
         "names-not-a-list",
         "data-an-empty-list",
+        "lone-surrogate-type",
     ],
 )
 async def test_bad_events_mid_stream_are_errors_and_the_round_goes_on(

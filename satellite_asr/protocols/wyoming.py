@@ -51,7 +51,14 @@ from satellite_asr.events import (
     SpeechStopped,
 )
 from satellite_asr.limits import ConnectionLimit, TooManyConnections, write_within
-from satellite_asr.protocols import PcmInput, ProtocolError, biasing_problems, checked_language, open_session
+from satellite_asr.protocols import (
+    PcmInput,
+    ProtocolError,
+    biasing_problems,
+    checked_language,
+    echoable,
+    open_session,
+)
 from satellite_asr.protocols.wyoming_framing import MAX_HEADER_BYTES, read_event
 from satellite_asr.session import Session, SessionOptions
 
@@ -239,10 +246,12 @@ class _Connection:
                 await write_within(async_write_event(event, self.writer), timeout, self.writer.transport)
 
     async def error(self, code: str, message: str) -> None:
+        """`message` may quote the client's event type, which may hold a lone surrogate: the
+        `wyoming` writer's UTF-8 could not encode it (`echoable`)."""
         self.server.core.metrics.errors.labels(code).inc()
         log.debug("wyoming error %s: %s", code, message)
         with contextlib.suppress(ConnectionError):
-            await self.send(Error(text=message, code=code).event())
+            await self.send(Error(text=echoable(message), code=code).event())
 
     async def close_writer(self) -> None:
         self.writer.close()
