@@ -350,6 +350,23 @@ async def test_audio_before_transcribe_is_transcribed_in_the_default_language() 
     assert transcript.language == "en"
 
 
+async def test_audio_stop_without_a_round_is_an_error_and_the_connection_goes_on() -> None:
+    """An audio-stop that ends no round (the first event, or a second one after the round ended)
+    is answered with an error, not silence that leaves the client waiting for a transcript."""
+    async with running_daemon(wyoming_uri=WYOMING) as daemon, connect(daemon) as client:
+        await client.write_event(audio_stop())
+        first = await next_event(client)
+        await client.write_event(Transcribe(language="en").event())
+        events = await send_and_collect(client, fixture("lights_on.wav"))
+        await client.write_event(audio_stop())
+        again = await next_event(client)
+    for answer in (first, again):
+        assert answer.type == "error", answer
+        error = Error.from_event(answer)
+        assert error.code == "invalid_event" and "audio-stop" in error.text and "no round" in error.text, error
+    assert word_error_rate(EXPECTED["lights_on.wav"][0], text_of(events)) <= WER_TOLERANCE
+
+
 async def test_any_rate_and_channel_count_is_converted() -> None:
     import soxr
 

@@ -289,6 +289,10 @@ class _Connection:
         elif AudioChunk.is_type(event.type):
             await self.on_chunk(_parse(AudioChunk.from_event, event))
         elif AudioStop.is_type(event.type):
+            if self.round is None:  # silence would leave a client waiting for a transcript for ever
+                raise ProtocolError(
+                    "invalid_event", "audio-stop: no round is open (send transcribe or audio first); nothing to answer"
+                )
             await self.end_round("audio-stop", finalize=True)
         elif Ping.is_type(event.type):
             await self.send(Pong(text=_parse(Ping.from_event, event).text).event())
