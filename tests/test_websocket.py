@@ -271,6 +271,7 @@ async def test_non_json_and_unknown_types_are_errors_and_the_session_goes_on() -
         ({"vad": {"min_silence_ms": 500, "silence_ms": 300}}, "min_silence_ms (500) must not be longer"),
         ({"vad": {"threshold": "high"}}, "vad.threshold"),
         ({"languages": "en"}, "unknown field"),
+        ({"\ud800": 1}, "unknown field"),  # a lone surrogate, quoted as its escape: see below
         ({"language": "de"}, "'de' is not one of the languages of this engine (en)"),  # tiny.en: English only
         ({"language": 7}, "language must be"),
         ({"context": 0}, "context must be text"),  # falsy wrong types were once taken as none (abuse probe)
@@ -286,6 +287,7 @@ async def test_invalid_config_is_an_error_and_closes_1008(config: dict[str, Any]
         assert ws.close_code == 1008
         assert messages[0]["type"] == "error" and messages[0]["code"] == "invalid_config"
         assert mentions in messages[0]["message"]
+        messages[0]["message"].encode()  # no lone surrogate, which strict JSON parsers refuse
         assert len(daemon.core.sessions) == 0
 
 

@@ -28,6 +28,7 @@ from satellite_asr.protocols import (
     ReadAhead,
     checked_context,
     checked_language,
+    echoable,
     json_object,
     open_session,
     read_ahead_response,
@@ -215,8 +216,9 @@ class _Connection:
             await self.send(message)
 
     async def error(self, code: str, message: str) -> None:
+        """`message` may quote the client's keys or values (`echoable`)."""
         self.core.metrics.errors.labels(code).inc()
-        await self.send({"type": "error", "code": code, "message": message})
+        await self.send({"type": "error", "code": code, "message": echoable(message)})
 
     async def close(self, code: int, reason: str = "") -> None:
         await self.reading.close(code, reason)
