@@ -29,6 +29,7 @@ from satellite_asr.clients.rest_bench import long_recording, run_rest_bench, wav
 from satellite_asr.clients.stream_client import stream_file
 from satellite_asr.clients.wav import read_wav
 from satellite_asr.events import FinalTranscript, SessionEvent
+from satellite_asr.protocols import MESSAGE_CHARS
 from satellite_asr.protocols.openai_rest import NOT_REPORTED
 from satellite_asr.server import Daemon
 from satellite_asr.session import SessionOptions
@@ -371,6 +372,7 @@ async def test_bad_uploads_and_fields_get_openai_errors_and_the_next_request_is_
             "temperature text": await refusal(create(file=wav, model="whisper-1", temperature="hot")),  # type: ignore[arg-type]
             "temperature high": await refusal(create(file=wav, model="whisper-1", temperature=1.5)),
             "language": await refusal(create(file=wav, model="whisper-1", language="fr")),
+            "long language": await refusal(create(file=wav, model="whisper-1", language="x" * 50_000)),
             "words": await refusal(
                 create(file=wav, model="whisper-1", response_format="verbose_json", timestamp_granularities=["word"])
             ),
@@ -392,6 +394,7 @@ async def test_bad_uploads_and_fields_get_openai_errors_and_the_next_request_is_
         "temperature text": "temperature",
         "temperature high": "temperature",
         "language": "language",
+        "long language": "language",
         "words": "timestamp_granularities",
         "stream srt": "stream",
         "unknown field": "diarize",
@@ -412,6 +415,7 @@ async def test_bad_uploads_and_fields_get_openai_errors_and_the_next_request_is_
     assert errors["no packet decodes"].code == "invalid_file" and "none of its" in errors["no packet decodes"].message
     assert errors["8 Hz"].code == "invalid_file" and "sample rate is 8 Hz" in errors["8 Hz"].message
     assert "'fr'" in errors["language"].message and "en" in errors["language"].message
+    assert len(errors["long language"].message) < MESSAGE_CHARS + 50, "the 50 KB it quotes is cut"
     assert word_error_rate(EXPECTED["lights_on.wav"][0], after.text) <= WER_TOLERANCE, "nothing else was lost"
 
 

@@ -31,6 +31,7 @@ from satellite_asr.clients.wav import WavFile, read_wav
 from satellite_asr.clients.wyoming_bench import RoundResult, transcribe_like_home_assistant
 from satellite_asr.config import ConfigError
 from satellite_asr.engines.base import EngineError
+from satellite_asr.protocols import MESSAGE_CHARS
 from satellite_asr.protocols.wyoming import MAX_CLIENT_TERMS, transcribe_context
 from satellite_asr.protocols.wyoming_framing import MAX_BLOCK_BYTES, MAX_HEADER_BYTES
 from satellite_asr.server import Daemon
@@ -734,6 +735,7 @@ async def test_a_stream_cut_inside_an_event_is_closed_and_released(
         (wire(Event("transcribe", {"transcript_names": "Alice"})), "invalid_event"),
         (header("describe", data=[]), "invalid_event"),  # once taken as no data, as falsy
         (header("\ud800", data=5), "invalid_event"),  # the error quotes the type: its UTF-8 failed
+        (wire(Event("audio-chunk", {"rate": "x" * 500_000, "width": 2, "channels": 1})), "invalid_audio"),
     ],
     ids=[
         "missing-type",
@@ -748,6 +750,7 @@ async def test_a_stream_cut_inside_an_event_is_closed_and_released(
         "names-not-a-list",
         "data-an-empty-list",
         "lone-surrogate-type",
+        "rate-of-500-KB",  # quoted in the error: cut
     ],
 )
 async def test_bad_events_mid_stream_are_errors_and_the_round_goes_on(
@@ -770,7 +773,7 @@ async def test_bad_events_mid_stream_are_errors_and_the_round_goes_on(
         await settle(daemon)
         assert len(daemon.core.sessions) == 0
     errors = [Error.from_event(e) for e in events if e.type == "error"]
-    assert [e.code for e in errors] == [code] and errors[0].text
+    assert [e.code for e in errors] == [code] and 0 < len(errors[0].text) < MESSAGE_CHARS + 50
     assert word_error_rate(EXPECTED["weather.wav"][0], text_of(events)) <= WER_TOLERANCE
     assert [e.type for e in events].count("transcript") == 1
     assert_no_error_logs(caplog)

@@ -45,17 +45,28 @@ from satellite_asr.limits import write_within
 from satellite_asr.session import Emit, Session, SessionOptions
 from satellite_asr.session_manager import CloseConnection, ServerBusy
 
+MESSAGE_CHARS = 1000
+"""Most characters of an error's message and of its `param`: every sentence of the daemon's own
+fits; what made one longer was a client's value quoted in it (a 500 KB `rate` in a Wyoming
+audio-chunk, a 60 KB REST `language`, a Realtime event type as long as the event), which nobody
+reads and which cost its size again to send and log."""
+
+
+def _clipped(text: str) -> str:
+    return text if len(text) <= MESSAGE_CHARS else f"{text[:MESSAGE_CHARS]}… (cut: {len(text)} characters)"
+
 
 class ProtocolError(Exception):
-    """Input a protocol refuses: `code`, `message` (and `param`, the field at fault) go to the client;
-    `fatal` ends the connection."""
+    """Input a protocol refuses: `code`, `message` (and `param`, the field at fault) go to the client,
+    at most `MESSAGE_CHARS` of each; `fatal` ends the connection."""
 
     def __init__(self, code: str, message: str, *, fatal: bool = False, param: str | None = None) -> None:
+        message = _clipped(message)
         super().__init__(message)
         self.code = code
         self.message = message
         self.fatal = fatal
-        self.param = param
+        self.param = param and _clipped(param)
 
 
 def json_object(data: str) -> dict[str, Any] | None:
