@@ -470,7 +470,8 @@ async def test_list_fields_past_their_cap_are_refused_at_the_first_part_over_it(
         )
     assert keywords[0] == 400 and keywords[1]["error"]["code"] == "context_too_long", keywords
     assert (
-        keywords[1]["error"]["param"] == "prompt" and f"more than {MAX_CLIENT_TERMS}" in keywords[1]["error"]["message"]
+        keywords[1]["error"]["param"] == "prompt"
+        and f"{MAX_CLIENT_TERMS + 1} names and terms or more" in keywords[1]["error"]["message"]
     )
     assert granularities[0] == 400 and granularities[1]["error"]["code"] == "invalid_value", granularities
     assert granularities[1]["error"]["param"] == "timestamp_granularities"

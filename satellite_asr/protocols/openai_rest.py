@@ -205,7 +205,7 @@ def _repeated_too_often(name: str) -> RequestError:
     """More `keywords[]` than a client may give is refused as `checked_biasing` refuses them."""
     limit = LIST_FIELDS[name]
     if name == "keywords[]":
-        message = f"more than {limit} keywords[] (names and terms), the limit"
+        message = f"{limit + 1} names and terms or more (keywords[]), over the limit of {limit}"
         return RequestError("context_too_long", message, param="prompt")
     return _bad_field(name.removesuffix("[]"), f"{name} is given more than {limit} times")
 
