@@ -608,7 +608,7 @@ async def test_the_408_and_413_error_bodies_conform() -> None:
         for offset in range(0, len(big), 1 << 16):
             yield big[offset : offset + (1 << 16)]
 
-    async with running_daemon(header_timeout_s=1.0, max_upload_mb=1) as daemon, aiohttp.ClientSession() as http:
+    async with running_daemon(header_timeout_s=3.0, max_upload_mb=1) as daemon, aiohttp.ClientSession() as http:
         stalled = await stalled_upload_answer(daemon)
         bodies = []
         for file in (io.BytesIO(big), chunks()):  # with a Content-Length, then chunked
