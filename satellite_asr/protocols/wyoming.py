@@ -248,10 +248,11 @@ class _Connection:
     async def error(self, code: str, message: str) -> None:
         """`message` may quote the client's event type, which may hold a lone surrogate: the
         `wyoming` writer's UTF-8 could not encode it (`echoable`)."""
+        message = echoable(message)
         self.server.core.metrics.errors.labels(code).inc()
         log.debug("wyoming error %s: %s", code, message)
         with contextlib.suppress(ConnectionError):
-            await self.send(Error(text=echoable(message), code=code).event())
+            await self.send(Error(text=message, code=code).event())
 
     async def close_writer(self) -> None:
         self.writer.close()
