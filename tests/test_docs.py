@@ -229,7 +229,7 @@ def test_the_fields_a_client_may_send_are_the_ones_the_tables_list() -> None:
     config = _first_column("docs/protocol.md", "### `config`", "### Audio")
     assert config == (websocket.CONFIG_FIELDS - {"type", "vad"}) | {f"vad.{name}" for name in websocket.VAD_FIELDS}
     form = _first_column("docs/openai.md", "## REST: /v1/audio/transcriptions", "Any other field is a 400")
-    assert form == openai_rest.FIELDS | openai_rest.LIST_FIELDS
+    assert form == openai_rest.FIELDS | set(openai_rest.LIST_FIELDS)
 
 
 REPOSITORY_PATH = re.compile(r"(?<![\w./-])((?:satellite_asr|tests|scripts|docs|addon)/[\w./-]*[\w/])")
