@@ -85,7 +85,11 @@ async def test_home_assistant_hears_a_command_through_our_wyoming_service(home_a
     assert heard_end in ([1, None, None], [None, 1, None]), f"the daemon heard the command end: {heard_end}"
     assert same_words(EXPECTED[FIXTURE], transcripts(events)), events
     started = next(event for event in events if event["type"] == "stt-start")
-    assert started["data"]["audio_processing"]["requires_external_vad"] is False, started
+    processing = started["data"]["audio_processing"]
+    assert processing["requires_external_vad"] is False, started
+    # both False: an ESPHome satellite with a second, unprocessed microphone channel sends that one
+    assert processing["prefers_auto_gain_enabled"] is False, started
+    assert processing["prefers_noise_reduction_enabled"] is False, started
     # Home Assistant's VAD, had it run, would have said when it heard the speech start
     assert "stt-vad-start" not in [event["type"] for event in events], events
 

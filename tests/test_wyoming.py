@@ -198,6 +198,16 @@ async def test_describe_answers_while_the_model_is_still_loading() -> None:
     assert model.installed and model.languages == ["en"] and model.name == "bundled:tiny.en"
 
 
+async def test_describe_asks_for_audio_without_gain_control_or_noise_suppression() -> None:
+    """Both preferences False is what makes Home Assistant hand over a two-channel ESPHome
+    satellite's unprocessed channel; either one True keeps the processed one."""
+    async with running_daemon(wyoming_uri=WYOMING) as daemon:
+        info = await describe(daemon)
+    (program,) = info.asr
+    assert program.prefers_auto_gain_enabled is False
+    assert program.prefers_noise_reduction_enabled is False
+
+
 # --- Home Assistant's flow --------------------------------------------------------------------
 
 
