@@ -139,7 +139,7 @@ def build_info(engine: EngineInfo, settings: Settings) -> Info:
         supports_transcript_streaming=True,
         requires_external_vad=False,
         # Audio no gain control or noise suppressor has touched: with both False Home Assistant
-        # (2026.6+) takes a two-channel ESPHome satellite's unprocessed channel (docs/wyoming.md).
+        # (2026.10+) takes a two-channel ESPHome satellite's unprocessed channel (docs/wyoming.md).
         prefers_auto_gain_enabled=False,
         prefers_noise_reduction_enabled=False,
     )
