@@ -497,6 +497,17 @@ async def test_ping_gets_pong() -> None:
     assert pong.type == "pong" and pong.data["text"] == "hello"
 
 
+async def test_a_ping_whose_text_has_a_lone_surrogate_gets_its_pong(
+    raw: RawOpener, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with running_daemon(wyoming_uri=WYOMING) as daemon:
+        reader, writer = await raw(daemon)
+        writer.write(header("ping", data={"text": "caf\u00e9 \ud800"}))
+        pong = await read_event_raw(reader)
+    assert pong.type == "pong" and pong.data["text"] == "caf\u00e9 \\ud800"
+    assert_no_error_logs(caplog)
+
+
 async def test_unix_socket(tmp_path: Path) -> None:
     path = tmp_path / "wyoming.sock"
     async with running_daemon(wyoming_uri=f"unix://{path}") as daemon:

@@ -300,7 +300,8 @@ class _Connection:
                 )
             await self.end_round("audio-stop", finalize=True)
         elif Ping.is_type(event.type):
-            await self.send(Pong(text=_parse(Ping.from_event, event).text).event())
+            text = _parse(Ping.from_event, event).text  # echoed: a lone surrogate would fail the writer's UTF-8
+            await self.send(Pong(text=text and echoable(text)).event())
         else:
             raise ProtocolError(
                 "unknown_event", f"unknown event {event.type!r}; expected describe, transcribe or audio events"
