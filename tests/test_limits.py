@@ -435,6 +435,19 @@ async def test_a_websocket_whose_first_message_stops_arriving_is_closed_at_twice
     assert "within 2 s of connecting (twice first_message_timeout_s: a message was arriving)" in error["message"]
 
 
+async def test_a_websocket_that_only_pings_gets_no_more_than_the_first_message_timeout() -> None:
+    """A ping is a whole frame, not the start of a first message: no extension, and the error
+    names the setting, not "a message was arriving"."""
+    async with (
+        running_daemon(first_message_timeout_s=2.0) as daemon,
+        websockets.connect(ws_url(daemon), ping_interval=None) as ws,
+    ):
+        await asyncio.wait_for(await ws.ping(), 30)  # the pong: the ping came and was answered
+        messages = await asyncio.wait_for(receive_until_close(ws), 30)
+    assert [(m["type"], m["code"]) for m in messages] == [("error", "timeout")]
+    assert messages[0]["message"].endswith("within 2 s of connecting (first_message_timeout_s)"), messages
+
+
 async def test_messages_that_open_no_session_do_not_keep_a_websocket_open() -> None:
     async with running_daemon(first_message_timeout_s=1.0) as daemon, websockets.connect(ws_url(daemon)) as ws:
         flushing = keep_sending(ws.send, itertools.repeat(json.dumps({"type": "flush"})), 0.3)

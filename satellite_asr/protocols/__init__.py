@@ -189,13 +189,15 @@ that reads but never answers must not hold up the daemon's shutdown or an idle e
 
 
 def read_ahead_response(max_msg_size: int, subprotocol: str) -> web.WebSocketResponse:
-    """A WebSocket response for a `ReadAhead` to read: autoclose off (`ReadAhead` answers a client's
-    Close), aiohttp's close waiting at most `CLOSE_HANDSHAKE_S` for the client's, a ping every 30 s."""
+    """A WebSocket response for a `ReadAhead` to read: autoclose and autoping off (`ReadAhead`
+    answers a client's Close and pings), aiohttp's close waiting at most `CLOSE_HANDSHAKE_S` for the
+    client's, a ping every 30 s."""
     return web.WebSocketResponse(
         max_msg_size=max_msg_size,
         heartbeat=30.0,
         protocols=(subprotocol,),
         autoclose=False,
+        autoping=False,
         timeout=CLOSE_HANDSHAKE_S,
     )
 
@@ -204,8 +206,8 @@ class ReadAhead:
     """A WebSocket's messages, read by a task of their own up to `websocket_read_ahead_mb` ahead of
     the handler.
 
-    A client's keep-alive ping reaches aiohttp behind the audio sent before it, and aiohttp answers
-    it only as it reads. A handler held back by back-pressure (a file sent faster than real time)
+    A client's keep-alive ping reaches aiohttp behind the audio sent before it, and is answered
+    only as it is read. A handler held back by back-pressure (a file sent faster than real time)
     would read nothing, and the websockets library (the OpenAI SDK's client) drops a connection
     whose ping goes 20 s unanswered: a file sent at full speed was cut after about 50 s. Read ahead,
     the pings are answered while the audio waits; past the limit reading stops (TCP back-pressure),
@@ -242,8 +244,8 @@ class ReadAhead:
         self._room = asyncio.Event()
         self._reader: asyncio.Task[None] | None = None
         self.whole_at = 0.0
-        """When the last whole message was read (`time.monotonic()`): data that came later is the
-        start of the next one."""
+        """When the last whole frame was read, pings and pongs too (`time.monotonic()`): data that
+        came later is the start of the next message."""
 
     async def __aenter__(self) -> ReadAhead:
         self._reader = asyncio.create_task(self._read_ahead())
@@ -262,6 +264,11 @@ class ReadAhead:
                 await self._room.wait()
             message = await self._ws.receive()
             self.whole_at = time.monotonic()
+            if message.type == WSMsgType.PING:  # answered here, not by aiohttp, so that it counts in `whole_at`
+                await self._ws.pong(message.data)
+                continue
+            if message.type == WSMsgType.PONG:  # the answer to the heartbeat
+                continue
             if message.type == WSMsgType.CLOSE and not self._still_wanted():
                 self._read.clear()
                 self._held = self._in_hand
