@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import ssl
 import subprocess
@@ -19,7 +20,19 @@ from satellite_asr.clients.stream_client import stream_source
 from satellite_asr.config import ConfigError
 from satellite_asr.server import tls_context
 from tests.certificates import self_signed
-from tests.helpers import EXPECTED, FIXTURES, WER_TOLERANCE, eventually, running_daemon, word_error_rate
+from tests.helpers import (
+    BINARY_OPCODE,
+    EXPECTED,
+    FIXTURES,
+    TEXT_OPCODE,
+    WER_TOLERANCE,
+    client_frame,
+    eventually,
+    read_server_frame,
+    running_daemon,
+    websocket_upgrade,
+    word_error_rate,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -194,3 +207,20 @@ async def test_a_handshake_under_way_at_shutdown_is_cut_not_served(tmp_path: Pat
     writer.close()
     assert closed == b""
     assert len(daemon.http_connections) == 0
+
+
+async def test_a_first_message_arriving_over_tls_at_the_first_message_timeout_gets_as_long_again(
+    tmp_path: Path,
+) -> None:
+    """Over TLS the HTTP handler's transport is asyncio's TLS transport, whose protocol is still
+    the `CountedConnection` that times what arrives: a frame that stops half-way is closed at
+    twice `first_message_timeout_s`, as on plain TCP."""
+    cert = self_signed(tmp_path, ["localhost"], ["127.0.0.1"])
+    async with running_daemon(tls_cert=str(cert.cert), tls_key=str(cert.key), first_message_timeout_s=1.0) as daemon:
+        reader, writer = await asyncio.open_connection("127.0.0.1", daemon.http_port, ssl=cert.client_context())
+        await websocket_upgrade(reader, writer, daemon.http_port)
+        writer.write(client_frame(bytes(64000), opcode=BINARY_OPCODE)[:1000])  # and nothing more
+        opcode, error = await read_server_frame(reader)
+        writer.close()
+    assert opcode == TEXT_OPCODE
+    assert json.loads(error)["message"].endswith("(twice first_message_timeout_s: a message was arriving)"), error
