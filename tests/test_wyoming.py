@@ -227,6 +227,26 @@ async def test_transcript_comes_at_the_endpoint_before_audio_stop(name: str) -> 
     assert transcript.language == "en"
 
 
+async def test_home_assistants_audio_stop_after_the_endpoints_transcript_gets_no_error() -> None:
+    """Home Assistant streams on past the transcript the daemon answered at its endpoint, then sends
+    audio-stop: the answered round takes that quietly. The `invalid_event` for an audio-stop is for
+    one that ends no round."""
+    wav = fixture("lights_on.wav", pause_s=3.0)
+    async with running_daemon(wyoming_uri=WYOMING) as daemon, connect(daemon) as client:
+        await client.write_event(Transcribe(language="en").event())
+        await client.write_event(audio_start(wav).event())
+        for chunk in chunks_of(wav):
+            await client.write_event(chunk.event())
+        answered = await read_until(client, "transcript-stop")
+        for chunk in chunks_of(wav)[:10]:  # what the microphone heard before Home Assistant read it
+            await client.write_event(chunk.event())
+        await client.write_event(audio_stop())
+        await client.write_event(Event("ping", {"text": "after audio-stop"}))
+        after = await next_event(client)
+    assert word_error_rate(EXPECTED["lights_on.wav"][0], text_of(answered)) <= WER_TOLERANCE
+    assert (after.type, after.data) == ("pong", {"text": "after audio-stop"}), after
+
+
 async def test_an_utterance_without_words_does_not_answer_the_round() -> None:
     """A cough before the command: Home Assistant gets the command's words, not an empty transcript."""
     engine = FirstUtteranceIsNoiseEngineDouble()
