@@ -722,6 +722,15 @@ async def test_a_lone_surrogate_in_the_context_fails_no_decode() -> None:
     assert word_error_rate(EXPECTED["weather.wav"][0], of_type(messages, "final")[0]["text"]) <= WER_TOLERANCE
 
 
+async def test_session_created_echoes_a_context_with_a_lone_surrogate_as_its_escape() -> None:
+    """Strict JSON parsers refuse a message holding a lone surrogate: the echo writes it as its escape."""
+    async with running_daemon() as daemon, websockets.connect(ws_url(daemon)) as ws:
+        await ws.send(json.dumps({"type": "config", "context": "Kitchen \udcff lamp"}))
+        created = json.loads(await asyncio.wait_for(ws.recv(), 30))
+    assert created["type"] == "session_created", created
+    assert created["config"]["context"] == "Kitchen \\udcff lamp"
+
+
 async def test_idle_session_is_finalized_and_closed() -> None:
     audio = fixture_16k("music.wav")[: int(2.0 * 16000)]
     async with running_daemon(idle_timeout_s=1.0) as daemon, websockets.connect(ws_url(daemon)) as ws:

@@ -16,7 +16,7 @@ from satellite_asr.biasing.context import client_terms
 from satellite_asr.config import ConfigError, Settings, coerce
 from satellite_asr.core import Core
 from satellite_asr.engines.base import EngineInfo
-from satellite_asr.protocols import ProtocolError, checked_biasing, checked_language
+from satellite_asr.protocols import ProtocolError, checked_biasing, checked_language, echoable
 from satellite_asr.session import SessionOptions
 
 PCM_RATE = 24000
@@ -288,11 +288,12 @@ def _turn_object(config: RealtimeConfig, options: SessionOptions) -> dict[str, A
 
 
 def _transcription_object(config: RealtimeConfig, options: SessionOptions, engine: EngineInfo) -> dict[str, Any]:
-    """`model` is the model that really answers, whatever name the client gave."""
+    """`model` is the model that really answers, whatever name the client gave; `prompt` is the
+    client's (`echoable`)."""
     return {
         "model": engine.model,
         "language": options.language,
-        "prompt": config.prompt,
+        "prompt": echoable(config.prompt),
         "keywords": list(config.keywords),
     }
 

@@ -152,7 +152,7 @@ def effective_config(options: SessionOptions, decoder: PcmDecoder, engine: Engin
         "sample_rate": decoder.sample_rate,
         "encoding": decoder.encoding,
         "language": options.language,
-        "context": options.context,
+        "context": echoable(options.context),  # the client's text, maybe with a lone surrogate
         "partials": options.partials,
         "household_names": options.household_names,
         "vad": {
