@@ -189,11 +189,13 @@ class Access:
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        refused = self.refused(request)
+        return refused if refused is not None else await handler(request)
+
+    def refused(self, request: web.Request) -> web.Response | None:
+        """The refusal's response, in the shape the path's clients read, when the request may not go on."""
         refusal = self.refusal(request)
-        if refusal is not None:
-            status, code, message = refusal
-            return error_response(request.path, status, code, message)
-        return await handler(request)
+        return None if refusal is None else error_response(request.path, *refusal)
 
     def refusal(self, request: web.Request) -> tuple[int, str, str] | None:
         """(HTTP status, error code, message) when the request may not go on, else None."""

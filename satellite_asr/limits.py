@@ -64,6 +64,11 @@ class ConnectionLimit:
 
     def take(self, address: str) -> None:
         """Counts one connection from `address`, or `TooManyConnections` when over a cap; `give_back` ends it."""
+        self.check(address)
+        self._open[address] += 1
+
+    def check(self, address: str) -> None:
+        """`TooManyConnections` when one more connection from `address` would be over a cap; counts nothing."""
         if len(self) >= self.total:
             raise TooManyConnections(
                 f"the daemon has {self.total} {self.protocol} connections open, its limit "
@@ -74,7 +79,6 @@ class ConnectionLimit:
                 f"{address or 'this client'} has {self.per_address} {self.protocol} connections open, "
                 f"the limit per address ({self.per_address_setting})"
             )
-        self._open[address] += 1
 
     def give_back(self, address: str) -> None:
         self._open[address] -= 1

@@ -20,6 +20,7 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.http import HttpProcessingError
+from aiohttp.web_urldispatcher import _default_expect_handler
 
 from satellite_asr.access import Access, error_response
 from satellite_asr.config import ConfigError, Settings
@@ -163,16 +164,31 @@ class Daemon:
             ("GET", "/", self._index),
         ]
 
+    async def _expect_continue(self, request: web.Request) -> web.StreamResponse | None:
+        """`Expect: 100-continue` (curl's on any body over 1 MB): "100 Continue" only when the headers
+        pass what the request will meet (`Access`, then an upload's own checks); otherwise the
+        refusal it would get, at once and before its body is sent. aiohttp runs this before the
+        middlewares, so the access check is made here too. The refusal closes the connection:
+        the body it announced was never sent."""
+        refused = self.access.refused(request)
+        if refused is None and request.method == "POST" and request.path == openai_rest.TRANSCRIPTIONS_PATH:
+            refused = self.rest.refused_before_body(request)
+        if refused is not None:
+            refused.force_close()
+            return refused
+        await _default_expect_handler(request)  # aiohttp's: 100 Continue, or 417 for another expectation
+        return None
+
     async def start(self) -> None:
         self._accept_errors.install(asyncio.get_running_loop())
         self._check_open_file_limit()
         await self.core.start()
         app = web.Application(middlewares=[self.access.middleware, _json_errors])
         for method, path, handler in self.routes():
-            if method == "GET":
-                app.router.add_get(path, handler)  # and HEAD, which uptime checks use
+            if method == "GET":  # and HEAD, which uptime checks use
+                app.router.add_get(path, handler, expect_handler=self._expect_continue)
             else:
-                app.router.add_route(method, path, handler)
+                app.router.add_route(method, path, handler, expect_handler=self._expect_continue)
         app.router.add_get("/static/{name}", self._static)
         app.on_response_prepare.append(_revalidate_page)
         # aiohttp's keep-alive timer also runs from the connection's start and is not pushed back by

@@ -272,6 +272,38 @@ async def traced_client(script: str, *args: str) -> AsyncIterator[Callable[[], i
         tracemalloc.stop()
 
 
+async def expect_continue_answer(
+    port: int, *headers: str, host: str = "127.0.0.1", length: int = 1024, source: str = "127.0.0.1"
+) -> tuple[int, str]:
+    """A raw client (a function, not a class) from `source` that sends only the headers of an upload
+    announcing a `length`-byte body with `Expect: 100-continue`, never the body: the status it is
+    answered with, and for a refusal the error's code (a refusal must close the connection)."""
+    sock = socket.socket()
+    sock.bind((source, 0))
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    lines = [
+        "POST /v1/audio/transcriptions HTTP/1.1",
+        f"Host: {host}",
+        "Content-Type: multipart/form-data; boundary=b",
+        f"Content-Length: {length}",
+        "Expect: 100-continue",
+        *headers,
+    ]
+    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+    try:
+        status = int((await asyncio.wait_for(reader.readline(), 30)).split()[1])
+        if status == 100:
+            return status, ""
+        head = (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)).lower()
+        assert b"\r\nconnection: close\r\n" in head, "the body it announced is not coming: the connection ends"
+        length = next(int(line[15:]) for line in head.split(b"\r\n") if line.startswith(b"content-length:"))
+        return status, json.loads(await reader.readexactly(length))["error"]["code"]
+    finally:
+        writer.transport.abort()
+
+
 async def leave_while_throttled(
     daemon: Daemon, transport: asyncio.BaseTransport, send: Callable[[], Awaitable[None]]
 ) -> None:

@@ -49,6 +49,7 @@ from tests.helpers import (
     client_frame,
     daemon_settings,
     eventually,
+    expect_continue_answer,
     fixture_16k,
     free_port,
     of_type,
@@ -328,12 +329,13 @@ async def test_uploads_are_capped_per_address_and_in_total() -> None:
         running_daemon(max_uploads=2, max_uploads_per_address=1, header_timeout_s=120) as daemon,
         contextlib.AsyncExitStack() as held,
     ):
-        refusals = []
+        refusals, expecting = [], []
         for stalled, (source, other) in enumerate((("127.0.0.1", "127.0.0.1"), ("127.0.0.2", "127.0.0.3")), 1):
             _, writer = await held.enter_async_context(raw_connection(daemon.http_port, source=source))
             await start_stalled_upload(writer, daemon.http_port)
             await eventually(lambda n=stalled: len(daemon.rest.uploads) == n)  # its handler is reading the body
             refusals.append(await upload_status(daemon, other))
+            expecting.append(await expect_continue_answer(daemon.http_port, source=other))
         per_address, in_total = refusals
         await held.aclose()
         await eventually(lambda: len(daemon.rest.uploads) == 0)
@@ -341,6 +343,7 @@ async def test_uploads_are_capped_per_address_and_in_total() -> None:
     for (status, error), setting in ((per_address, "max_uploads_per_address"), (in_total, "max_uploads")):
         assert status == 503 and error["code"] == "too_many_connections" and setting in error["message"], error
     assert served[0] == 400 and served[1]["code"] == "invalid_file", "a finished upload gives its place back"
+    assert expecting == [(503, "too_many_connections")] * 2, "refused before it sends its body"
 
 
 # --- timeouts ----------------------------------------------------------------------------------------

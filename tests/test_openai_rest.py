@@ -46,6 +46,7 @@ from tests.helpers import (
     daemon_settings,
     encoded_audio,
     eventually,
+    expect_continue_answer,
     fixture_16k,
     normalise,
     of_type,
@@ -715,3 +716,71 @@ async def test_uploads_decode_in_threads_of_their_own(monkeypatch: pytest.Monkey
         result = await api.audio.transcriptions.create(file=("three.wav", THREE), model="whisper-1")
     assert result.text
     assert threads and all(name.startswith("upload-decode") for name in threads), threads
+
+
+# --- Expect: 100-continue ------------------------------------------------------------------------
+
+KEY = "expect-test-key"
+
+
+async def curl_upload(
+    daemon: Daemon, tmp_path: Any, file: bytes, *headers: str
+) -> tuple[int, int, dict[str, Any], str]:
+    """curl posting `file` with `Expect: 100-continue` (as it does by itself over 1 MB): status,
+    bytes curl sent after the headers (`size_upload`), the JSON body, and curl's -v trace. It waits
+    30 s for the interim answer, not its default 1 s, so that a slow server is not sent the body
+    for want of one."""
+    path = tmp_path / "upload.wav"
+    path.write_bytes(file)
+    out = tmp_path / "body.json"
+    header_flags = [flag for header in ("Expect: 100-continue", *headers) for flag in ("-H", header)]
+    process = await asyncio.create_subprocess_exec(
+        "curl", "-sS", "-v", "--expect100-timeout", "30", *header_flags,
+        "-F", f"file=@{path}", "-F", "model=whisper-1",
+        "-o", str(out), "-w", "%{http_code} %{size_upload}", url(daemon),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    stdout, stderr = await process.communicate()
+    assert process.returncode == 0, stderr.decode()
+    status, sent = (int(value) for value in stdout.decode().split())
+    return status, sent, json.loads(out.read_bytes()), stderr.decode()
+
+
+async def test_expect_100_continue_refusals_come_before_the_body_and_a_good_upload_is_served(tmp_path: Any) -> None:
+    big = noise_wav(3.5)  # over max_upload_mb and what the form may add (FORM_OVERHEAD_BYTES)
+    async with running_daemon(api_key=KEY, max_upload_mb=2) as daemon:
+        wrong_key = await curl_upload(daemon, tmp_path, noise_wav(1.5), "Authorization: Bearer wrong")
+        too_large = await curl_upload(daemon, tmp_path, big, f"Authorization: Bearer {KEY}")
+        served = await curl_upload(daemon, tmp_path, THREE, f"Authorization: Bearer {KEY}")
+    assert wrong_key[:2] == (401, 0), wrong_key[3]
+    assert wrong_key[2]["error"]["code"] == "invalid_api_key"
+    assert too_large[:2] == (413, 0), too_large[3]
+    assert too_large[2]["error"]["code"] == "file_too_large"
+    assert "HTTP/1.1 100 Continue" not in wrong_key[3] + too_large[3]
+    assert served[0] == 200 and served[1] > len(THREE), "the whole form went up after the 100"
+    assert "HTTP/1.1 100 Continue" in served[3]
+    assert word_error_rate(" ".join(EXPECTED["three_commands.wav"]), served[2]["text"]) <= WER_TOLERANCE
+
+
+async def test_expect_100_continue_is_answered_from_the_headers_alone() -> None:
+    """Whatever would refuse the upload from its headers refuses it before its body: the client
+    here never sends one, so every answer below came from the headers alone."""
+    authorized = f"Authorization: Bearer {KEY}"
+    async with running_daemon(api_key=KEY, max_upload_mb=1) as daemon:
+        answers = [
+            await expect_continue_answer(daemon.http_port),
+            await expect_continue_answer(daemon.http_port, "Authorization: Bearer wrong"),
+            await expect_continue_answer(daemon.http_port, "Origin: http://evil.example", authorized),
+            await expect_continue_answer(daemon.http_port, authorized, length=50 * 1024 * 1024),
+            await expect_continue_answer(daemon.http_port, authorized),
+        ]
+    async with running_daemon(max_upload_mb=1) as daemon:
+        answers.append(await expect_continue_answer(daemon.http_port, host="evil.example"))
+    assert answers == [
+        (401, "missing_api_key"),
+        (401, "invalid_api_key"),
+        (403, "origin_not_allowed"),
+        (413, "file_too_large"),
+        (100, ""),
+        (403, "host_not_allowed"),
+    ]

@@ -126,12 +126,8 @@ class UploadPace:
 async def read_form(
     request: web.Request, max_file_bytes: int, max_context_chars: int, pace: UploadPace
 ) -> tuple[bytes | None, dict[str, list[str]]]:
-    """The uploaded file and the text fields; sizes are checked on Content-Length and while reading,
-    and a body slower than `pace` allows is refused (408)."""
-    if request.content_length is not None and request.content_length > max_file_bytes + FORM_OVERHEAD_BYTES:
-        raise _too_large(max_file_bytes)
-    if request.content_type != "multipart/form-data":
-        raise RequestError("invalid_request", "send the audio as multipart/form-data with a `file` field")
+    """The uploaded file and the text fields, sizes checked while reading (Content-Length and the
+    media type were checked by `check_form_headers`); a body slower than `pace` allows is refused (408)."""
     try:
         reader = await request.multipart()
         file: bytes | None = None
@@ -168,6 +164,14 @@ async def read_form(
     except web.RequestPayloadError as exc:  # a body its Content-Encoding cannot decode
         raise RequestError("invalid_request", f"the request body cannot be read: {_client_fault(exc)}") from None
     return file, fields
+
+
+def check_form_headers(request: web.Request, max_file_bytes: int) -> None:
+    """What the headers alone tell of the form: its declared size (413) and its media type (400)."""
+    if request.content_length is not None and request.content_length > max_file_bytes + FORM_OVERHEAD_BYTES:
+        raise _too_large(max_file_bytes)
+    if request.content_type != "multipart/form-data":
+        raise RequestError("invalid_request", "send the audio as multipart/form-data with a `file` field")
 
 
 def _client_fault(exc: Exception) -> str:
@@ -433,15 +437,26 @@ class OpenAIRestHandler:
         try:
             with self.uploads.opened(request.remote or ""):
                 return await self._transcribe(request)
-        except TooManyConnections as exc:
-            return self._refuse(RequestError("too_many_connections", str(exc), status=503), {"Retry-After": "5"})
-        except ProtocolError as exc:
+        except (TooManyConnections, ProtocolError) as exc:
             return self._refuse(exc)
         except (_ClientGone, ConnectionError):  # the client left, mid-body or mid-transcription
             return web.Response(status=499, reason="Client Closed Request")
 
-    def _refuse(self, exc: ProtocolError, headers: dict[str, str] | None = None) -> web.Response:
+    def refused_before_body(self, request: web.Request) -> web.Response | None:
+        """The refusal `transcriptions` would answer from the request's headers alone, else None: what
+        an `Expect: 100-continue` request is told before it sends its file."""
+        try:
+            self.uploads.check(request.remote or "")
+            self._check_headers(request)
+        except (TooManyConnections, ProtocolError) as exc:
+            return self._refuse(exc)
+        return None
+
+    def _refuse(self, exc: TooManyConnections | ProtocolError) -> web.Response:
         """The error as OpenAI's error object; a body left unread (too large, stalled) closes the connection."""
+        headers = None
+        if isinstance(exc, TooManyConnections):
+            exc, headers = RequestError("too_many_connections", str(exc), status=503), {"Retry-After": "5"}
         self.core.metrics.errors.labels(exc.code).inc()
         status = exc.status if isinstance(exc, RequestError) else 400
         response = web.json_response(error_body(exc, status), status=status, headers=headers)
@@ -449,12 +464,18 @@ class OpenAIRestHandler:
             response.force_close()
         return response
 
-    async def _transcribe(self, request: web.Request) -> web.StreamResponse:
+    def _check_headers(self, request: web.Request) -> None:
+        """Everything that can refuse the upload before its body is read: a client is not made to
+        send its file to be told the server is busy or the file too large."""
         self._check_ready()
-        try:  # before the body is read: a busy server does not make the client upload its file first
+        try:
             self.core.sessions.check_room(PROTOCOL)
         except ServerBusy as exc:
             raise RequestError("server_busy", str(exc), status=503) from None
+        check_form_headers(request, self.core.settings.max_upload_mb * MB)
+
+    async def _transcribe(self, request: web.Request) -> web.StreamResponse:
+        self._check_headers(request)
         settings = self.core.settings
         pace = UploadPace(settings.header_timeout_s, settings.min_upload_kb_per_s * KB)
         file, fields = await read_form(request, settings.max_upload_mb * MB, settings.max_context_chars, pace)
