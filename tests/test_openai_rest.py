@@ -11,6 +11,7 @@ import itertools
 import json
 import re
 import threading
+import tracemalloc
 import wave
 import weakref
 from collections.abc import AsyncIterator
@@ -784,3 +785,24 @@ async def test_expect_100_continue_is_answered_from_the_headers_alone() -> None:
         (100, ""),
         (403, "host_not_allowed"),
     ]
+
+
+# --- memory --------------------------------------------------------------------------------------
+
+
+async def test_an_uploaded_file_is_held_in_memory_once(tmp_path: Any) -> None:
+    """The file's bytes are read into one buffer that is handed on as they are, not copied. Measured
+    with tracemalloc over the whole request: the daemon's Python allocations alone (curl is another
+    process; FFmpeg's are C and not traced), deterministic for a given file. The file is not audio,
+    so that the request ends once it is read and opened, and what is measured is the reading."""
+    size = 25 * (1 << 20)
+    file = bytes(size)
+    async with running_daemon() as daemon:
+        tracemalloc.start()
+        try:
+            status, _, body, trace = await curl_upload(daemon, tmp_path, file)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert status == 400 and body["error"]["code"] == "invalid_file", trace
+    assert peak < 1.3 * size, f"{peak / size:.2f} times the file"

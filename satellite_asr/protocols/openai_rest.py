@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import io
 import json
 import time
 import zlib
@@ -186,12 +187,14 @@ def _client_fault(exc: Exception) -> str:
 async def _read_part(
     part: BodyPartReader, limit: int, pace: UploadPace, too_large: Callable[[], RequestError]
 ) -> bytes:
-    data = bytearray()
+    """The part's bytes, held once: `BytesIO.getvalue()` hands over the buffer it wrote them into
+    where `bytes(bytearray)` copied it (a 25 MB file peaked at 50 MB)."""
+    data = io.BytesIO()
     while chunk := await pace.read_chunk(part):
-        data += chunk
-        if len(data) > limit:
+        data.write(chunk)
+        if data.tell() > limit:
             raise too_large()
-    return bytes(data)
+    return data.getvalue()
 
 
 def _field_too_long(name: str, limit: int, max_context_chars: int) -> RequestError:
