@@ -806,3 +806,53 @@ async def test_an_uploaded_file_is_held_in_memory_once(tmp_path: Any) -> None:
             tracemalloc.stop()
     assert status == 400 and body["error"]["code"] == "invalid_file", trace
     assert peak < 1.3 * size, f"{peak / size:.2f} times the file"
+
+
+async def test_bytes_past_an_uploads_content_length_are_not_answered_as_a_request() -> None:
+    """A raw client (a function, not a class) whose Content-Length is 1 MB short of its body:
+    aiohttp reads the rest as a second request on the connection and would answer it with a
+    plain-text 400 quoting about 250 KB of it back. The upload's answer closes the connection
+    instead (every refusal does), and is the only answer."""
+    body = b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\n' + b"x" * (2 << 20)
+    async with running_daemon() as daemon:
+        reader, writer = await asyncio.open_connection("127.0.0.1", daemon.http_port)
+        try:
+            head = (
+                "POST /v1/audio/transcriptions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                f"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: {1 << 20}\r\n\r\n"
+            )
+            writer.write(head.encode() + body + b"\r\n--b--\r\n")
+            answered = await asyncio.wait_for(reader.read(), 60)
+        finally:
+            writer.transport.abort()
+    assert answered.count(b"HTTP/1.") == 1, answered[:2000]
+    head, _, json_body = answered.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 ") and b"\r\nConnection: close" in head, head
+    assert json.loads(json_body)["error"]["code"] == "invalid_request"
+
+
+async def test_an_answered_upload_keeps_its_connection_for_the_next() -> None:
+    """Only a refusal closes the connection: the openai SDK's next upload reuses the one it has."""
+    wav = (FIXTURES / "lights_on.wav").read_bytes()
+    body = (
+        b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n'
+        b"Content-Type: audio/wav\r\n\r\n" + wav + b"\r\n--b--\r\n"
+    )
+    head = (
+        "POST /v1/audio/transcriptions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    async with running_daemon() as daemon:
+        reader, writer = await asyncio.open_connection("127.0.0.1", daemon.http_port)
+        try:
+            answers = []
+            for _ in range(2):
+                writer.write(head + body)
+                status_and_headers = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 60)
+                length = int(re.search(rb"(?i)\r\ncontent-length: (\d+)", status_and_headers)[1])  # type: ignore[index]
+                answers.append((status_and_headers, json.loads(await reader.readexactly(length))))
+        finally:
+            writer.transport.abort()
+    for status_and_headers, answer in answers:
+        assert status_and_headers.startswith(b"HTTP/1.1 200 ") and b"Connection: close" not in status_and_headers
+        assert same_words(EXPECTED["lights_on.wav"], [answer["text"]]), answer

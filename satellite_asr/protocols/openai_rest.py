@@ -456,15 +456,17 @@ class OpenAIRestHandler:
         return None
 
     def _refuse(self, exc: TooManyConnections | ProtocolError) -> web.Response:
-        """The error as OpenAI's error object; a body left unread (too large, stalled) closes the connection."""
+        """The error as OpenAI's error object, and the connection closed after it: a body left unread
+        (too large, stalled) or cut short of its form (a Content-Length shorter than the body) would
+        otherwise be parsed by aiohttp as a next request, answered with a plain-text 400 that quotes
+        it back. An upload that is answered keeps its connection (an SDK's next upload reuses it)."""
         headers = None
         if isinstance(exc, TooManyConnections):
             exc, headers = RequestError("too_many_connections", str(exc), status=503), {"Retry-After": "5"}
         self.core.metrics.errors.labels(exc.code).inc()
         status = exc.status if isinstance(exc, RequestError) else 400
         response = web.json_response(error_body(exc, status), status=status, headers=headers)
-        if status in (408, 413):
-            response.force_close()
+        response.force_close()
         return response
 
     def _check_headers(self, request: web.Request) -> None:
