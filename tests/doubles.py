@@ -14,7 +14,7 @@ import contextlib
 import dataclasses
 import itertools
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 
 from wyoming import asr as wyoming_asr
@@ -270,28 +270,29 @@ class ScoresEachFinalEngineDouble(WhisperEngine):
 
 
 class StallingWavSourceDouble(WavSource):
-    """A file played at microphone pace whose audio stops reaching the daemon at `stall_s` until
-    `resume()` returns, as over a network that stalls, then goes on at microphone pace. The daemon
-    counts silence in samples, so a stall changes nothing it decides: it lets a test wait for a
-    verdict that a busy machine decodes late where a quick one has it in time."""
+    """A file played at microphone pace whose audio stops reaching the daemon at each of `stalls_s`
+    until `resume(k)` returns for the k-th stall, as over a network that stalls, then goes on at
+    microphone pace. The daemon counts silence in samples, so a stall changes nothing it decides: it
+    lets a test wait for a verdict or a partial that a busy machine decodes late where a quick one
+    has it in time."""
 
-    def __init__(self, path: str | Path, stall_s: float, resume: Callable[[], Awaitable[None]]) -> None:
+    def __init__(self, path: str | Path, stalls_s: Sequence[float], resume: Callable[[int], Awaitable[None]]) -> None:
         super().__init__(path)
-        self.stall_at = round(stall_s * self.sample_rate) * 2
-        if not 0 < self.stall_at < len(self.pcm):
-            raise ValueError(f"{path}: a stall at {stall_s} s is outside the file")
+        self.stalls_at = [round(stall_s * self.sample_rate) * 2 for stall_s in stalls_s]
+        if not all(0 < stall_at < len(self.pcm) for stall_at in self.stalls_at):
+            raise ValueError(f"{path}: a stall in {list(stalls_s)} s is outside the file")
         self.resume = resume
 
     async def blocks(self) -> AsyncGenerator[bytes, None]:
         block_bytes = int(BLOCK_SECONDS * self.sample_rate) * 2
-        cuts = sorted({*range(0, len(self.pcm), block_bytes), self.stall_at, len(self.pcm)})
+        cuts = sorted({*range(0, len(self.pcm), block_bytes), *self.stalls_at, len(self.pcm)})
         origin = time.monotonic()
         for start, end in itertools.pairwise(cuts):
             await asyncio.sleep(max(0.0, origin + end / 2 / self.sample_rate - time.monotonic()))
             yield self.pcm[start:end]
-            if end == self.stall_at:
+            if end in self.stalls_at:
                 stalled = time.monotonic()
-                await self.resume()
+                await self.resume(self.stalls_at.index(end))
                 origin += time.monotonic() - stalled
 
 

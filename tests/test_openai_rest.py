@@ -25,9 +25,9 @@ import pytest
 from satellite_asr.audio import SAMPLE_RATE
 from satellite_asr.audio_files import AudioFile
 from satellite_asr.biasing.context import MAX_CLIENT_TERMS
-from satellite_asr.clients.bench import load_manifest
+from satellite_asr.clients.bench import load_manifest, speech_segments
 from satellite_asr.clients.rest_bench import long_recording, run_rest_bench, wav_bytes
-from satellite_asr.clients.stream_client import stream_file
+from satellite_asr.clients.stream_client import stream_source
 from satellite_asr.clients.wav import read_wav
 from satellite_asr.events import FinalTranscript, SessionEvent
 from satellite_asr.protocols import MESSAGE_CHARS
@@ -39,6 +39,7 @@ from tests.doubles import (
     CrashingEngineDouble,
     ScoresEachFinalEngineDouble,
     SlowLoadingEngineDouble,
+    StallingWavSourceDouble,
 )
 from tests.helpers import (
     EXPECTED,
@@ -611,10 +612,20 @@ def long_upload(rounds: int, gap_s: float) -> tuple[bytes, list[str]]:
     return wav_bytes(audio), words
 
 
+STALL_BEFORE_VOICE_END_S = 0.1
+"""Where the live stream stalls in each command: past its first partial's due point (half a second
+of speech; the shortest command has 0.94 s), before the voice ends and the command with it."""
+
+
 async def test_a_ten_minute_upload_does_not_stop_a_live_stream() -> None:
     """A live stream at microphone pace keeps its partials and finals while a 10-minute file is transcribed.
 
-    The upload streams its segments, so one log of arrivals shows the two ran at the same time.
+    The upload streams its segments, so one log of arrivals shows the two ran at the same time. The
+    live stream stalls near the end of each command's voice, as a network may, until that command's
+    partial is in: the scheduler must give it one while the upload runs, however slowly a busy
+    machine decodes (the partial a quick machine sends sooner, a busy one dropped as the command ended).
+    How soon is not asserted (a wall-clock matter); that live partials go before an upload's decodes
+    is `test_scheduler`'s `test_batch_finals_wait_behind_live_partials_and_finals`.
     """
     upload, upload_words = long_upload(rounds=16, gap_s=3.0)
     assert read_wav_seconds(upload) > 600, "ten minutes of audio"
@@ -631,9 +642,19 @@ async def test_a_ten_minute_upload_does_not_stop_a_live_stream() -> None:
 
         async def live() -> list[dict[str, Any]]:
             await asyncio.sleep(0)
-            return await stream_file(
-                FIXTURES / "three_commands.wav", ws_url(daemon), on_message=lambda m: log.append(("live", m))
-            )
+            path = FIXTURES / "three_commands.wav"
+            voices = speech_segments(read_wav(path).to_16k_mono())
+            assert len(voices) == 3, voices
+
+            async def partial_in(stall: int) -> None:
+                utterance = stall + 1
+                await eventually(lambda: any(m.get("utterance_id") == utterance for _, m in live_partials()))
+
+            source = StallingWavSourceDouble(path, [end - STALL_BEFORE_VOICE_END_S for _, end in voices], partial_in)
+            return await stream_source(source, ws_url(daemon), on_message=lambda m: log.append(("live", m)))
+
+        def live_partials() -> list[tuple[str, dict[str, Any]]]:
+            return [(source, m) for source, m in log if source == "live" and m["type"] == "partial"]
 
         upload_task = asyncio.create_task(transcribe_upload())
         messages = await live()

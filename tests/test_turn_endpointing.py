@@ -89,7 +89,7 @@ async def websocket_finals(daemon: Daemon, name: str, decisions: TurnDecisions) 
     def verdict_in() -> bool:
         return bool(session) and judged_verdict(decisions, name, session[0]) is not None
 
-    source = StallingWavSourceDouble(TURNS / name, judged_pause(name)[1], lambda: eventually(verdict_in))
+    source = StallingWavSourceDouble(TURNS / name, [judged_pause(name)[1]], lambda _: eventually(verdict_in))
     return of_type(await stream_source(source, ws_url(daemon), config=config, on_message=note_session), "final")
 
 
