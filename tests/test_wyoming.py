@@ -234,9 +234,7 @@ async def test_home_assistants_audio_stop_after_the_endpoints_transcript_gets_no
     wav = fixture("lights_on.wav", pause_s=3.0)
     async with running_daemon(wyoming_uri=WYOMING) as daemon, connect(daemon) as client:
         await client.write_event(Transcribe(language="en").event())
-        await client.write_event(audio_start(wav).event())
-        for chunk in chunks_of(wav):
-            await client.write_event(chunk.event())
+        await send_audio(client, wav)
         answered = await read_until(client, "transcript-stop")
         for chunk in chunks_of(wav)[:10]:  # what the microphone heard before Home Assistant read it
             await client.write_event(chunk.event())
@@ -349,9 +347,7 @@ async def test_new_transcribe_mid_stream_finalizes_the_old_round_first() -> None
     first = fixture("music.wav", cut_s=2.3)
     async with running_daemon(wyoming_uri=WYOMING) as daemon, connect(daemon) as client:
         await client.write_event(Transcribe(language="en").event())
-        await client.write_event(audio_start(first).event())
-        for chunk in chunks_of(first):
-            await client.write_event(chunk.event())
+        await send_audio(client, first)
         await client.write_event(Transcribe(language="en").event())
         old: list[Event] = []
         while not old or old[-1].type != "transcript-stop":
@@ -877,11 +873,16 @@ async def read_until(client: AsyncTcpClient, kind: str) -> list[Event]:
     return events
 
 
-async def send_and_collect(client: AsyncTcpClient, wav: WavFile) -> list[Event]:
-    """audio-start, every chunk, audio-stop; the events up to transcript-stop."""
+async def send_audio(client: AsyncTcpClient, wav: WavFile) -> None:
+    """audio-start and every chunk, no audio-stop."""
     await client.write_event(audio_start(wav).event())
     for chunk in chunks_of(wav):
         await client.write_event(chunk.event())
+
+
+async def send_and_collect(client: AsyncTcpClient, wav: WavFile) -> list[Event]:
+    """audio-start, every chunk, audio-stop; the events up to transcript-stop."""
+    await send_audio(client, wav)
     await client.write_event(audio_stop())
     return await read_until(client, "transcript-stop")
 
