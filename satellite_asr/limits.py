@@ -145,7 +145,7 @@ class CountedConnection(asyncio.Protocol):
         self._address = ""
         self.last_received = 0.0
         """When data last arrived (`time.monotonic()`): a WebSocket whose first message is still
-        arriving has not been idle (`last_received`)."""
+        arriving has not been idle (read through the module's `last_received`)."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         peer = transport.get_extra_info("peername")
