@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from satellite_asr.audio import SAMPLE_RATE, Audio, AudioBuffer
-from satellite_asr.biasing.context import biasing_context
+from satellite_asr.biasing.context import biasing_context, whole_characters
 from satellite_asr.biasing.correction import corrector_for, letters
 from satellite_asr.config import Settings
 from satellite_asr.engines.base import Engine, EngineStream, StreamOptions, Transcript
@@ -87,7 +87,8 @@ class SessionOptions:
     """A file, not a person waiting: finals decoded at `BATCH` priority, after live partials, and none
     decoded ahead at a pause (a speculation that speech going on would waste)."""
     terms: tuple[str, ...] = ()
-    """Names and terms the client gave as a list (Wyoming `transcript_names`, `transcript_terms`)."""
+    """Names and terms the client gave as a list (Wyoming `transcript_names`, `transcript_terms`), of
+    `whole_characters`."""
     household_names: bool = True
     """Whether the home's names join the client's (a WebSocket client may opt out)."""
     home_names: tuple[str, ...] = ()
@@ -122,7 +123,7 @@ class SessionOptions:
             settings.max_pending_finals,
             settings.max_feed_ahead_s,
             batch=batch,
-            terms=tuple(terms),
+            terms=tuple(whole_characters(term) for term in terms),
             household_names=household_names,
         )
 

@@ -350,16 +350,19 @@ async def test_every_refused_input_gets_a_conforming_error_and_the_session_goes_
     assert all(len(e["message"]) > 10 for e in errors)
 
 
-async def test_the_session_echoes_a_prompt_with_a_lone_surrogate_as_its_escape() -> None:
-    """`session.updated` gives back the client's prompt; a lone surrogate in it (valid JSON, not
-    Unicode) comes back written as its escape, as in errors: strict parsers refuse the whole event."""
-    prompt = ga_session(transcription={"prompt": "Kitchen \ud800 lamp"})
+async def test_the_session_echoes_a_prompt_and_keywords_with_a_lone_surrogate_as_its_escape() -> None:
+    """`session.updated` gives back the client's prompt and keywords; a lone surrogate in them (valid
+    JSON, not Unicode) comes back written as its escape, as in errors: strict parsers refuse the
+    whole event. The engine gets U+FFFD in its place (test_wyoming)."""
+    biasing = ga_session(transcription={"prompt": "Kitchen \ud800 lamp", "keywords": ["Hall \udcff light"]})
     async with running_daemon() as daemon, websockets.connect(realtime_url(daemon)) as ws:
         received = Received(ws.recv, beta=False)
         await received.until("session.created")
-        await ws.send(json.dumps({"type": "session.update", "session": prompt}))
+        await ws.send(json.dumps({"type": "session.update", "session": biasing}))
         (updated,) = of_type(await received.until("session.updated"), "session.updated")
-    assert updated["session"]["audio"]["input"]["transcription"]["prompt"] == "Kitchen \\ud800 lamp"
+    transcription = updated["session"]["audio"]["input"]["transcription"]
+    assert transcription["prompt"] == "Kitchen \\ud800 lamp"
+    assert transcription["keywords"] == ["Hall \\udcff light"]
 
 
 async def test_the_server_busy_error_conforms_before_the_close() -> None:

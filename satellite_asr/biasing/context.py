@@ -43,9 +43,9 @@ def whole_characters(text: str) -> str:
 
 
 def client_terms(values: Iterable[str]) -> list[str]:
-    """A client's names or terms as the engine takes them: each stripped and of `whole_characters`,
-    those not `sayable` dropped."""
-    return [whole_characters(value.strip()) for value in values if sayable(value)]
+    """A client's names or terms as a session takes them: each stripped, those not `sayable` dropped
+    (`SessionOptions` makes them of `whole_characters`, so a protocol can echo the client's own)."""
+    return [value.strip() for value in values if sayable(value)]
 
 
 def biasing_context(home_names: Sequence[str], client_terms: Sequence[str] = (), client_context: str = "") -> str:

@@ -288,13 +288,13 @@ def _turn_object(config: RealtimeConfig, options: SessionOptions) -> dict[str, A
 
 
 def _transcription_object(config: RealtimeConfig, options: SessionOptions, engine: EngineInfo) -> dict[str, Any]:
-    """`model` is the model that really answers, whatever name the client gave; `prompt` is the
-    client's (`echoable`)."""
+    """`model` is the model that really answers, whatever name the client gave; `prompt` and
+    `keywords` are the client's (`echoable`)."""
     return {
         "model": engine.model,
         "language": options.language,
         "prompt": echoable(config.prompt),
-        "keywords": list(config.keywords),
+        "keywords": [echoable(keyword) for keyword in config.keywords],
     }
 
 
