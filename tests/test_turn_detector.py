@@ -254,6 +254,11 @@ ROSE = RISEN_SEMITONES + 0.5
         ("Is the heating?", SURE, ROSE, UNSURE),
         ("Isn't the door?", SURE, ROSE, UNSURE),  # "isn't the door | locked?"
         ("Can\u2019t you?", SURE, ROSE, UNSURE),  # Whisper's curly apostrophe
+        *(
+            (f"{auxiliary} you?", SURE, ROSE, UNSURE)
+            for auxiliary in ("Shan't", "Needn't", "Mightn't", "Ain't", "Oughtn't", "Daren't", "Hadn't", "Mustn't")
+        ),
+        ("Ain\u2019t it?", SURE, ROSE, UNSURE),
         ("Isn't the door locked?", SURE, ROSE, COMPLETE),
         ("Is the car locked?", SURE, ROSE, COMPLETE),
         ("Is it on?", SURE, ROSE, COMPLETE),

@@ -155,7 +155,8 @@ ENGLISH_PARTICLES = _words("on off up down out back over away")
 ENGLISH_PHRASAL_VERBS = _words("turn switch shut put set bring pull look")
 ENGLISH_AUXILIARIES = _words(
     "is are was were am can could will would shall should may might must do does did has have "
-    "isn't aren't wasn't weren't can't couldn't won't wouldn't shouldn't mustn't don't doesn't didn't hasn't haven't"
+    "isn't aren't wasn't weren't ain't can't couldn't won't wouldn't shan't shouldn't mightn't mustn't needn't "
+    "oughtn't daren't don't doesn't didn't hasn't haven't hadn't"
 )
 """Words a yes/no question opens with, negative ones too ("Isn't the door?")."""
 ENGLISH_SUBJECT_PRONOUNS = _words("you it there they he she we i this that these those")
