@@ -18,9 +18,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
+from aiohttp import HttpVersion11, hdrs, web
 from aiohttp.http import HttpProcessingError
-from aiohttp.web_urldispatcher import _default_expect_handler
 
 from satellite_asr.access import Access, error_response
 from satellite_asr.config import ConfigError, Settings
@@ -169,14 +168,22 @@ class Daemon:
         pass what the request will meet (`Access`, then an upload's own checks); otherwise the
         refusal it would get, at once and before its body is sent. aiohttp runs this before the
         middlewares, so the access check is made here too. The refusal closes the connection:
-        the body it announced was never sent."""
+        the body it announced was never sent. The rest is what aiohttp's own (private) handler does,
+        as its documentation asks of a custom one: 417 for another expectation, and the interim
+        answer written out by the handler."""
         refused = self.access.refused(request)
         if refused is None and request.method == "POST" and request.path == openai_rest.TRANSCRIPTIONS_PATH:
             refused = self.rest.refused_before_body(request)
         if refused is not None:
             refused.force_close()
             return refused
-        await _default_expect_handler(request)  # aiohttp's: 100 Continue, or 417 for another expectation
+        if request.version != HttpVersion11:  # an HTTP/1.0 client gets no interim answer
+            return None
+        expect = request.headers[hdrs.EXPECT]
+        if expect.lower() != "100-continue":
+            raise web.HTTPExpectationFailed(text=f"Unknown Expect: {expect}")
+        if request.transport is not None:
+            request.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         return None
 
     async def start(self) -> None:

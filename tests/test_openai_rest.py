@@ -808,6 +808,26 @@ async def test_expect_100_continue_is_answered_from_the_headers_alone() -> None:
     ]
 
 
+async def test_an_expectation_other_than_100_continue_is_refused_with_417() -> None:
+    """HTTP defines only `100-continue`: another expectation gets 417 Expectation Failed from the
+    headers alone (the client never sends the body), as aiohttp's own expect handler answers."""
+    async with running_daemon() as daemon:
+        reader, writer = await asyncio.open_connection("127.0.0.1", daemon.http_port)
+        lines = [
+            "POST /v1/audio/transcriptions HTTP/1.1",
+            "Host: 127.0.0.1",
+            "Content-Type: multipart/form-data; boundary=b",
+            "Content-Length: 1024",
+            "Expect: 200-ok",
+        ]
+        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+        try:
+            status = await asyncio.wait_for(reader.readline(), 30)
+        finally:
+            writer.transport.abort()
+    assert status.startswith(b"HTTP/1.1 417 "), status
+
+
 # --- memory --------------------------------------------------------------------------------------
 
 
