@@ -144,8 +144,8 @@ class CountedConnection(asyncio.Protocol):
         self._counted = False
         self._address = ""
         self.last_received = 0.0
-        """When data last arrived (`time.monotonic()`): a WebSocket whose first message is still
-        arriving has not been idle (read through the module's `last_received`)."""
+        """When data last arrived (`time.monotonic()`): a WebSocket message may be arriving
+        (`ReadAhead.arriving`, through the module's `last_received`)."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         peer = transport.get_extra_info("peername")

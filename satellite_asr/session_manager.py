@@ -59,7 +59,7 @@ class SessionManager:
         """Slots only Wyoming sessions may take, so Home Assistant is served while WebSocket clients fill the rest."""
         self._home_names = home_names
         self._home_names_in_context = home_names_in_context
-        self._sessions: dict[str, tuple[Session, CloseConnection]] = {}
+        self._sessions: dict[str, tuple[Session, CloseConnection, Callable[[], bool]]] = {}
         self._reaper: asyncio.Task[None] | None = None
         self._expiring: dict[str, asyncio.Task[None]] = {}
         self._hurried = False
@@ -68,7 +68,7 @@ class SessionManager:
         return len(self._sessions)
 
     def open_sessions(self) -> list[Session]:
-        return [session for session, _ in self._sessions.values()]
+        return [session for session, _, _ in self._sessions.values()]
 
     def create(
         self,
@@ -78,6 +78,7 @@ class SessionManager:
         close_connection: CloseConnection,
         *,
         quiet_s: float = 0.0,
+        arriving: Callable[[], bool] = lambda: False,
     ) -> Session:
         """A new session, or `ServerBusy`. The caller must `release` it when the stream ends.
 
@@ -85,6 +86,7 @@ class SessionManager:
         session's options are fixed, so a change in Home Assistant reaches the next session.
         `quiet_s` is the quiet of the session this one follows on the same connection: reconfiguring
         every few seconds without speaking must not keep a session open past `idle_timeout_s`.
+        `arriving` says whether a message of the client is arriving now (see `_expire_idle`).
         """
         self.check_room(protocol)
         if options.household_names:
@@ -103,7 +105,7 @@ class SessionManager:
             emit=emit,
             quiet_s=quiet_s,
         )
-        self._sessions[session.id] = (session, close_connection)
+        self._sessions[session.id] = (session, close_connection, arriving)
         if self._hurried:
             session.hurry()
         self._metrics.sessions.labels(protocol).inc()
@@ -150,7 +152,7 @@ class SessionManager:
             await asyncio.gather(self._reaper, return_exceptions=True)
         expiries = [
             self._expiring.get(session.id) or self._start_expiry(session, close, reason)
-            for session, close in list(self._sessions.values())
+            for session, close, _ in list(self._sessions.values())
             if protocol in (None, session.protocol)
         ]
         if protocol is None:  # idle expiries past their release too
@@ -162,14 +164,14 @@ class SessionManager:
     def hurry(self) -> None:
         """Shutdown is running out of time: every final still to decode is sent at once (`Session.hurry`)."""
         self._hurried = True
-        for session, _ in self._sessions.values():
+        for session, _, _ in self._sessions.values():
             session.hurry()
 
     async def cancel_all(self, reason: str) -> None:
         """Shutdown ran out of time: the sessions left end now, what they have in flight is cancelled."""
         for task in self._expiring.values():
             task.cancel()
-        releases = [self.release(session, reason, finalize=False) for session, _ in list(self._sessions.values())]
+        releases = [self.release(session, reason, finalize=False) for session, _, _ in list(self._sessions.values())]
         await asyncio.gather(*releases, *self._expiring.values(), return_exceptions=True)
 
     async def _expire(self, session: Session, close_connection: CloseConnection, reason: str) -> None:
@@ -193,14 +195,18 @@ class SessionManager:
         """A function of its own, so that no session stays referenced while the reaper sleeps.
 
         Idle means no speech (silence sent as a keep-alive does not count); a batch session (an
-        upload) is never idle: its request owns its lifetime, and it may wait behind live work.
+        upload) is never idle: its request owns its lifetime, and it may wait behind live work. A
+        session whose client has a message arriving (`create`'s `arriving`) is given until it is
+        whole, up to as long again: the client has not been idle (the message may hold speech), and
+        closing as it sends would reset the connection, losing the Close.
         """
         now = time.monotonic()
-        for session, close in list(self._sessions.values()):
+        for session, close, arriving in list(self._sessions.values()):
             if session.options.batch or session.id in self._expiring:
                 continue
-            if session.quiet_seconds(now) > self.idle_timeout_s:
-                log.info("session %s heard no speech for %.0f s, closing", session.id, self.idle_timeout_s)
+            quiet = session.quiet_seconds(now)
+            if quiet > self.idle_timeout_s and (quiet > 2 * self.idle_timeout_s or not arriving()):
+                log.info("session %s heard no speech for %.0f s, closing", session.id, quiet)
                 self._start_expiry(session, close, "idle_timeout")
 
     def _start_expiry(self, session: Session, close_connection: CloseConnection, reason: str) -> asyncio.Task[None]:

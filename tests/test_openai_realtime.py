@@ -22,7 +22,9 @@ from satellite_asr.protocols import openai_realtime
 from satellite_asr.server import Daemon
 from tests.doubles import ContextRecordingEngineDouble, CrashingEngineDouble
 from tests.helpers import (
+    CLOSE_OPCODE,
     EXPECTED,
+    TEXT_OPCODE,
     client_frame,
     close_while_throttled,
     eventually,
@@ -481,6 +483,49 @@ async def test_the_server_closing_an_idle_session_ends_the_connection() -> None:
         with pytest.raises(ConnectionClosed):
             await ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": ""}))
         assert len(daemon.core.sessions) == 0
+
+
+async def test_an_event_arriving_at_the_idle_timeout_is_taken_and_the_close_follows_it() -> None:
+    """A big event still arriving when `idle_timeout_s` ran out (a slow link) was cut: the server
+    closed as the client sent, and the client lost the Close to a reset. It has not been idle: once
+    the timeout is past (a connection opened after it and sending nothing has been closed), the rest
+    of its event is still taken, and the Close (1001) comes after its answer."""
+    update = {"type": "session.update", "session": ga_update(transcription={"prompt": "kitchen"})}
+    frame = client_frame(json.dumps(update).encode())
+    async with running_daemon(idle_timeout_s=2.0) as daemon:
+        reader, writer = await asyncio.open_connection("127.0.0.1", daemon.http_port)
+        await websocket_upgrade(reader, writer, daemon.http_port, "/v1/realtime")
+        _, created = await read_server_frame(reader)
+        writer.write(frame[:20])
+        async with websockets.connect(realtime_url(daemon)) as idle:
+            async for _ in idle:  # session.created, then the idle timeout's Close
+                pass
+        writer.write(frame[20:])
+        frames = [await read_server_frame(reader)]
+        while frames[-1][0] != CLOSE_OPCODE:
+            frames.append(await read_server_frame(reader))
+        writer.close()
+    assert json.loads(created)["type"] == "session.created" and idle.close_code == 1001
+    assert [opcode for opcode, _ in frames] == [TEXT_OPCODE, CLOSE_OPCODE], frames
+    updated = json.loads(frames[0][1])
+    assert updated["type"] == "session.updated", frames
+    assert updated["session"]["audio"]["input"]["transcription"]["prompt"] == "kitchen"
+    assert frames[-1][1] == (1001).to_bytes(2, "big") + b"idle_timeout", frames
+
+
+async def test_an_event_that_stops_arriving_does_not_keep_the_session_from_its_idle_timeout() -> None:
+    """The wait for an event still arriving is bounded (twice `idle_timeout_s`): half an event and
+    nothing more does not hold a session open."""
+    frame = client_frame(json.dumps({"type": "input_audio_buffer.append", "audio": "AAAA" * 1000}).encode())
+    async with running_daemon(idle_timeout_s=1.0) as daemon:
+        reader, writer = await asyncio.open_connection("127.0.0.1", daemon.http_port)
+        await websocket_upgrade(reader, writer, daemon.http_port, "/v1/realtime")
+        frames = [await read_server_frame(reader)]  # session.created
+        writer.write(frame[:1000])  # and nothing more
+        while frames[-1][0] != CLOSE_OPCODE:
+            frames.append(await read_server_frame(reader))
+        writer.close()
+    assert frames[-1][1] == (1001).to_bytes(2, "big") + b"idle_timeout", frames
 
 
 async def test_plain_http_and_other_intents_are_refused_with_a_reason() -> None:

@@ -41,7 +41,7 @@ from satellite_asr.audio import AudioFormatError, PcmDecoder
 from satellite_asr.biasing.context import MAX_CLIENT_TERMS, biasing_context
 from satellite_asr.config import Settings
 from satellite_asr.core import Core
-from satellite_asr.limits import write_within
+from satellite_asr.limits import last_received, write_within
 from satellite_asr.session import Emit, Session, SessionOptions
 from satellite_asr.session_manager import CloseConnection, ServerBusy
 
@@ -150,12 +150,14 @@ def open_session(
     close_connection: CloseConnection,
     *,
     quiet_s: float = 0.0,
+    arriving: Callable[[], bool] = lambda: False,
 ) -> Session:
     """A new session, or a fatal `server_busy` error when the daemon is at `max_sessions`.
 
-    `quiet_s`: the quiet the session takes over from the one it follows on the same connection."""
+    `quiet_s`: the quiet the session takes over from the one it follows on the same connection;
+    `arriving`: whether a message of the client is arriving (`SessionManager.create`)."""
     try:
-        return core.sessions.create(protocol, options, emit, close_connection, quiet_s=quiet_s)
+        return core.sessions.create(protocol, options, emit, close_connection, quiet_s=quiet_s, arriving=arriving)
     except ServerBusy as exc:
         raise ProtocolError("server_busy", str(exc), fatal=True) from None
 
@@ -243,9 +245,9 @@ class ReadAhead:
         self._arrived = asyncio.Event()
         self._room = asyncio.Event()
         self._reader: asyncio.Task[None] | None = None
-        self.whole_at = 0.0
-        """When the last whole frame was read, pings and pongs too (`time.monotonic()`): data that
-        came later is the start of the next message."""
+        self._whole_at = time.monotonic()
+        """When the last whole frame was read, pings and pongs too, or the reading began: data that
+        came later is the start of the next message (`arriving`)."""
 
     async def __aenter__(self) -> ReadAhead:
         self._reader = asyncio.create_task(self._read_ahead())
@@ -263,8 +265,8 @@ class ReadAhead:
                 self._room.clear()
                 await self._room.wait()
             message = await self._ws.receive()
-            self.whole_at = time.monotonic()
-            if message.type == WSMsgType.PING:  # answered here, not by aiohttp, so that it counts in `whole_at`
+            self._whole_at = time.monotonic()
+            if message.type == WSMsgType.PING:  # answered here, not by aiohttp, so that it counts in `_whole_at`
                 await self._ws.pong(message.data)
                 continue
             if message.type == WSMsgType.PONG:  # the answer to the heartbeat
@@ -281,6 +283,11 @@ class ReadAhead:
             if message.type in WEBSOCKET_ENDS:
                 return
             del message  # not held while the handler has it: it may drop a big message's text early
+
+    def arriving(self) -> bool:
+        """Whether a message is arriving: part of it has come, not the rest (a big frame on a slow
+        link). Closing the connection then would reset it as the client sends, losing the Close."""
+        return last_received(self._transport) > self._whole_at
 
     async def close(self, code: int, reason: str = "") -> None:
         """The server's Close; a client that does not read it is dropped (`write_within`).

@@ -156,7 +156,9 @@ class _Connection:
         options = self.config.session_options(self.core.settings)
         self.generation += 1
         emit = functools.partial(self.on_event, self.generation)
-        session = open_session(self.core, PROTOCOL, options, emit, self.close_by_server, quiet_s=quiet_s)
+        session = open_session(
+            self.core, PROTOCOL, options, emit, self.close_by_server, quiet_s=quiet_s, arriving=self.reading.arriving
+        )
         self.input = PcmInput(self.core, session, self.config.decoder(), self.transport)
         self.commit_mark = 0
         await self.announce("created" if created else "updated")

@@ -20,7 +20,7 @@ from satellite_asr.config import ConfigError, coerce
 from satellite_asr.core import Core
 from satellite_asr.engines.base import EngineInfo
 from satellite_asr.events import FinalTranscript, PartialTranscript, SessionError, SessionEvent, SpeechStarted
-from satellite_asr.limits import ConnectionLimit, TooManyConnections, last_received, write_within
+from satellite_asr.limits import ConnectionLimit, TooManyConnections, write_within
 from satellite_asr.protocols import (
     WEBSOCKET_ENDS,
     PcmInput,
@@ -353,7 +353,7 @@ class WebSocketHandler:
                         async with asyncio.timeout(left):
                             message = await messages.receive()
                     except TimeoutError:
-                        if not extended and last_received(request.transport) > max(opened, reading.whole_at):
+                        if not extended and reading.arriving():
                             extended = True
                             deadline += first_message_timeout
                             continue
