@@ -742,6 +742,33 @@ async def test_idle_session_is_finalized_and_closed() -> None:
     assert final["is_speech_final"] is False and "music" in normalise(final["text"])
 
 
+async def test_a_message_arriving_at_the_idle_timeout_is_taken_and_the_close_follows_it() -> None:
+    """A message still arriving when `idle_timeout_s` runs out (a big frame on a slow link) was cut:
+    the server closed as the client sent, and the client lost the Close to a reset. Once the timeout
+    is past (a connection opened after it and sending nothing has been closed), the rest of its
+    `config` is still taken (a new `session_created`), and the Close (1001) comes after it."""
+    frame = client_frame(json.dumps({"type": "config", "context": "Kitchen"}).encode())
+    async with running_daemon(idle_timeout_s=2.0) as daemon:
+        reader, writer = await asyncio.open_connection("127.0.0.1", daemon.http_port)
+        await websocket_upgrade(reader, writer, daemon.http_port, "/v1/stream")
+        writer.write(client_frame(json.dumps({"type": "config"}).encode()))
+        _, created = await read_server_frame(reader)
+        writer.write(frame[:12])
+        async with websockets.connect(ws_url(daemon)) as idle:
+            await idle.send(json.dumps({"type": "config"}))
+            await receive_until_close(idle)  # session_created, then the idle timeout's Close
+        writer.write(frame[12:])
+        frames = [await read_server_frame(reader)]
+        while frames[-1][0] != CLOSE_OPCODE:
+            frames.append(await read_server_frame(reader))
+        writer.close()
+    assert json.loads(created)["type"] == "session_created" and idle.close_code == 1001
+    assert [opcode for opcode, _ in frames] == [TEXT_OPCODE, CLOSE_OPCODE], frames
+    recreated = json.loads(frames[0][1])
+    assert recreated["type"] == "session_created" and recreated["config"]["context"] == "Kitchen", frames
+    assert frames[-1][1] == (1001).to_bytes(2, "big") + b"idle_timeout", frames
+
+
 async def test_shutdown_delivers_pending_finals() -> None:
     audio = fixture_16k("timer.wav")[: int(2.2 * 16000)]
     daemon = Daemon(daemon_settings())

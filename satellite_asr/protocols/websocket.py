@@ -254,7 +254,15 @@ class _Connection:
         await self.open_session(options, decoder, quiet_s)
 
     async def open_session(self, options: SessionOptions, decoder: PcmDecoder, quiet_s: float = 0.0) -> None:
-        session = open_session(self.core, "websocket", options, self.emit, self.close_by_server, quiet_s=quiet_s)
+        session = open_session(
+            self.core,
+            "websocket",
+            options,
+            self.emit,
+            self.close_by_server,
+            quiet_s=quiet_s,
+            arriving=self.reading.arriving,
+        )
         self.input = PcmInput(self.core, session, decoder, self.request.transport)
         config = effective_config(options, decoder, self.core.engine_info)
         await self.send({"type": "session_created", "session_id": session.id, "config": config})
