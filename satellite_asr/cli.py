@@ -14,6 +14,7 @@ from typing import Any
 from satellite_asr import __version__
 from satellite_asr.clients import OutputClosed, reader_may_leave
 from satellite_asr.config import ConfigError, Settings, load_settings, setting_default, setting_fields
+from satellite_asr.engines.base import EngineError
 
 log = logging.getLogger("satellite_asr")
 
@@ -201,6 +202,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"satellite-asr: configuration error: {exc}", file=sys.stderr)
         return 2
+    except EngineError as exc:  # transcribe and bench load the engine themselves: said as serve's log says it
+        print(f"satellite-asr: the engine could not load: {exc}", file=sys.stderr)
+        return 1
     except ValueError as exc:
         print(f"satellite-asr: {exc}", file=sys.stderr)
         return 2

@@ -359,3 +359,15 @@ def test_serve_refuses_a_vllm_model_length_too_short_for_the_longest_utterance()
     long = daemon_settings(engine="qwen3-vllm", vllm_max_model_len=4096)
     assert qwen_context_tokens(short, Qwen3Decoding()) == 1024 - 390 - 32 - 32
     assert qwen_context_tokens(long, Qwen3Decoding()) == 1024
+
+
+@pytest.mark.parametrize("command", ["transcribe", "bench"])
+def test_a_model_that_cannot_load_is_said_in_one_line_by_transcribe_and_bench(tmp_path: Path, command: str) -> None:
+    """`serve` logs the load error and exits 1; `transcribe` and `bench`, which load the engine
+    themselves, ended in an EngineError traceback (a mistyped model path, a model name offline)."""
+    model = tmp_path / "no-such-model"
+    args = [str(FIXTURES / "weather.wav")] if command == "transcribe" else ["--rounds", "1"]
+    result = run_cli(command, "--model", str(model), *args)
+    assert result.returncode == 1, result.stderr
+    assert f"satellite-asr: the engine could not load: cannot load whisper model '{model}'" in result.stderr
+    assert "Traceback" not in result.stderr
