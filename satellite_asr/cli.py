@@ -340,16 +340,17 @@ def _print_out(text: str) -> None:
 
 
 def _bench(settings: Settings, args: argparse.Namespace) -> int:
-    from websockets.exceptions import InvalidStatus
+    from websockets.exceptions import InvalidHandshake, InvalidStatus
 
     from satellite_asr.clients.rest_bench import UploadRefused
-    from satellite_asr.clients.stream_client import refusal
+    from satellite_asr.clients.stream_client import handshake_failure
 
     try:
         return _run_bench(settings, args)
-    except (InvalidStatus, UploadRefused) as exc:
-        if isinstance(exc, InvalidStatus):
-            status, said = exc.response.status_code, refusal(exc.response.status_code, exc.response.body)
+    except (InvalidHandshake, UploadRefused) as exc:
+        if isinstance(exc, InvalidHandshake):
+            status = exc.response.status_code if isinstance(exc, InvalidStatus) else None
+            said = handshake_failure(exc)
         else:
             status, said = exc.status, str(exc)
         hint = "; give the key with --api-key, --api-key-file or SATELLITE_ASR_API_KEY" if status == 401 else ""

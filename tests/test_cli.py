@@ -371,3 +371,24 @@ def test_a_model_that_cannot_load_is_said_in_one_line_by_transcribe_and_bench(tm
     assert result.returncode == 1, result.stderr
     assert f"satellite-asr: the engine could not load: cannot load whisper model '{model}'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+async def test_stream_and_bench_to_a_url_that_is_no_websocket_route_say_where_the_route_is() -> None:
+    """The Wyoming port (a common slip: 10300 for 10301), or ws:// to a daemon with TLS, answers no
+    HTTP: `stream` and `bench` ended in websockets' InvalidMessage traceback. A page (`/`) answers
+    200, which was said as "refused the connection with HTTP 200"."""
+    async with running_daemon(wyoming_uri="tcp://127.0.0.1:0") as daemon:
+        wyoming = f"ws://127.0.0.1:{daemon.wyoming_port}/v1/stream"
+        for command in ("stream", "bench"):
+            args = [str(FIXTURES / "weather.wav"), "--fast"] if command == "stream" else ["--rounds", "1"]
+            code, stdout, stderr = await cli_with_key(command, *args, "--url", wyoming, key=None)
+            assert (code, stdout) == (1, ""), stderr
+            assert "Traceback" not in stderr, stderr
+            assert stderr.startswith(f"satellite-asr: {wyoming}: no WebSocket server answered ("), stderr
+            assert "use the daemon's HTTP port (http_port, 10301 by default" in stderr
+        page = f"ws://127.0.0.1:{daemon.http_port}/"
+        code, _, stderr = await cli_with_key("stream", str(FIXTURES / "weather.wav"), "--url", page, key=None)
+        assert code == 1, stderr
+        assert f"satellite-asr: {page}: HTTP 200: this path is not a WebSocket route (the WebSocket protocol " in (
+            stderr
+        )

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import websockets
-from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from satellite_asr.clients import reader_may_leave
 from satellite_asr.clients.audio_source import BLOCK_SECONDS, AudioSource, WavSource
@@ -59,6 +59,24 @@ def refusal(status: int, body: bytes | bytearray | None, what: str = "connection
     if isinstance(error, dict) and error.get("message"):
         said = f": {error.get('code') or 'error'}: {error['message']}"
     return f"the daemon refused the {what} with HTTP {status}{said}"
+
+
+def handshake_failure(exc: InvalidHandshake) -> str:
+    """What a failed WebSocket upgrade says: the daemon's refusal (`refusal`), a page where a
+    WebSocket route was expected, or something that is not an HTTP server at all (the Wyoming port,
+    or ws:// to a daemon that speaks TLS)."""
+    if isinstance(exc, InvalidStatus):
+        status = exc.response.status_code
+        if 200 <= status < 300:
+            return (
+                f"HTTP {status}: this path is not a WebSocket route "
+                "(the WebSocket protocol is at /v1/stream, OpenAI's Realtime API at /v1/realtime)"
+            )
+        return refusal(status, exc.response.body)
+    return (
+        f"no WebSocket server answered ({exc}): use the daemon's HTTP port (http_port, 10301 by default; "
+        "the Wyoming port speaks no HTTP), and wss:// when the daemon has tls_cert"
+    )
 
 
 class TranscriptPrinter:
@@ -129,8 +147,9 @@ async def stream_source(
         options["additional_headers"] = {"Authorization": f"Bearer {api_key}"}
     try:
         ws = await websockets.connect(url, max_size=1 << 20, ping_interval=PING_S, ping_timeout=PING_S, **options)
-    except InvalidStatus as exc:
-        raise StreamRefused(refusal(exc.response.status_code, exc.response.body), exc.response.status_code) from None
+    except InvalidHandshake as exc:
+        status = exc.response.status_code if isinstance(exc, InvalidStatus) else None
+        raise StreamRefused(handshake_failure(exc), status) from None
     async with ws:
         await ws.send(
             json.dumps({"type": "config", **(config or {}), "sample_rate": source.sample_rate, "encoding": "s16le"})
