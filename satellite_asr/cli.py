@@ -89,7 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Each file is cut into utterances as a live stream of it would be, with the\n"
         "settings below (turn_detection adaptive by default). An upload to\n"
         "/v1/audio/transcriptions is always cut with turn_detection fixed:\n"
-        "--turn-detection fixed gives its segments.",
+        "--turn-detection fixed gives its segments. Each line: the file, the\n"
+        "utterance's start and end (seconds) and its text, tab-separated. A file\n"
+        "that cannot be read is named on stderr, the others are still transcribed,\n"
+        "and the exit status is then 2.",
         formatter_class=argparse.RawDescriptionHelpFormatter,  # the flag unbroken at its dash
     )
     transcribe.add_argument(
@@ -247,15 +250,23 @@ def _serve(settings: Settings) -> int:
 def _transcribe(settings: Settings, files: list[str]) -> int:
     _setup_logging("WARNING" if settings.log_level == "INFO" else settings.log_level)
     from satellite_asr.clients.transcribe import OfflineTranscriber
+    from satellite_asr.clients.wav import read_wav
 
-    async def run() -> None:
+    async def run() -> int:
+        unreadable = 0
         async with OfflineTranscriber(settings) as transcriber:
             for path in files:
-                for final in await transcriber.transcribe(path):
+                try:
+                    audio = read_wav(path).to_16k_mono()
+                except ValueError as exc:  # said, and the other files are still transcribed
+                    print(f"satellite-asr: {exc}", file=sys.stderr, flush=True)
+                    unreadable += 1
+                    continue
+                for final in await transcriber.transcribe_audio(audio):
                     _print_out(f"{path}\t{final.start:.2f}\t{final.end:.2f}\t{final.text}")
+        return 2 if unreadable else 0
 
-    asyncio.run(run())
-    return 0
+    return asyncio.run(run())
 
 
 def _stream(args: argparse.Namespace) -> int:

@@ -392,3 +392,15 @@ async def test_stream_and_bench_to_a_url_that_is_no_websocket_route_say_where_th
         assert f"satellite-asr: {page}: HTTP 200: this path is not a WebSocket route (the WebSocket protocol " in (
             stderr
         )
+
+
+def test_transcribe_says_which_file_it_cannot_read_and_transcribes_the_others(tmp_path: Path) -> None:
+    """One bad file among several stopped the run there: the files after it were not transcribed."""
+    bad = tmp_path / "meeting.flac"
+    bad.write_bytes(b"fLaC" + bytes(100))
+    result = run_cli("transcribe", str(FIXTURES / "weather.wav"), str(bad), str(FIXTURES / "timer.wav"))
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == f"satellite-asr: {bad}: not a PCM WAV file (file does not start with RIFF id)"
+    lines = [line.split("\t") for line in result.stdout.splitlines()]
+    assert [line[0] for line in lines] == [str(FIXTURES / "weather.wav"), str(FIXTURES / "timer.wav")]
+    assert same_words(EXPECTED["weather.wav"], [lines[0][3]]) and same_words(EXPECTED["timer.wav"], [lines[1][3]])

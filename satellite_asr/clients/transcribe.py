@@ -39,7 +39,10 @@ class OfflineTranscriber:
     async def transcribe(self, path: str | Path) -> list[FinalTranscript]:
         """The finals of every utterance in the file, in order, cut as a live stream's would be (the
         settings' turn_detection; an upload's are always `fixed`): bench compares the streams with them."""
-        audio = read_wav(path).to_16k_mono()
+        return await self.transcribe_audio(read_wav(path).to_16k_mono())
+
+    async def transcribe_audio(self, audio: Audio) -> list[FinalTranscript]:
+        """`transcribe` of audio already read (16 kHz mono)."""
         step = int(CHUNK_SECONDS * SAMPLE_RATE)
 
         async def chunks() -> AsyncIterator[Audio]:
