@@ -106,7 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Ctrl-C sends what was captured, then `end`, and waits for the last final; twice quits at once.",
     )
     source = stream.add_mutually_exclusive_group(required=True)
-    source.add_argument("file", nargs="?", metavar="FILE.wav", help="16-bit mono WAV file to stream.")
+    source.add_argument(
+        "file",
+        nargs="?",
+        metavar="FILE.wav",
+        help="16-bit PCM WAV file to stream (8000 to 48000 Hz; several channels are mixed to mono).",
+    )
     source.add_argument("--mic", action="store_true", help="Stream the microphone (needs the 'mic' extra).")
     stream.add_argument("--device", help="Input device for --mic, by name or index (list: python -m sounddevice).")
     stream.add_argument(

@@ -13,6 +13,7 @@ import wave
 from pathlib import Path
 
 import aiohttp
+import numpy as np
 import pytest
 
 from satellite_asr.audio import MAX_CHANNELS, MAX_RATE, MIN_RATE
@@ -404,3 +405,21 @@ def test_transcribe_says_which_file_it_cannot_read_and_transcribes_the_others(tm
     lines = [line.split("\t") for line in result.stdout.splitlines()]
     assert [line[0] for line in lines] == [str(FIXTURES / "weather.wav"), str(FIXTURES / "timer.wav")]
     assert same_words(EXPECTED["weather.wav"], [lines[0][3]]) and same_words(EXPECTED["timer.wav"], [lines[1][3]])
+
+
+async def test_stream_mixes_a_stereo_file_to_mono_as_transcribe_does(tmp_path: Path) -> None:
+    """A 44.1 kHz stereo WAV, what most recorders write: `transcribe` took it, `stream` refused it
+    ("the WebSocket protocol takes mono audio"); the client now mixes it down itself."""
+    with wave.open(str(FIXTURES / "weather.wav")) as wav:
+        rate, mono = wav.getframerate(), np.frombuffer(wav.readframes(wav.getnframes()), dtype="<i2")
+    resampled = np.interp(np.arange(0, mono.size, rate / 44100), np.arange(mono.size), mono).astype("<i2")
+    stereo = tmp_path / "stereo.wav"
+    with wave.open(str(stereo), "wb") as wav:
+        wav.setnchannels(2)
+        wav.setsampwidth(2)
+        wav.setframerate(44100)
+        wav.writeframes(np.stack([resampled, resampled // 2], axis=1).tobytes())
+    async with running_daemon() as daemon:
+        code, stdout, stderr = await cli_with_key("stream", str(stereo), "--fast", "--url", ws_url(daemon), key=None)
+    assert code == 0, stderr
+    assert same_words(EXPECTED["weather.wav"], [line.split("]", 1)[1] for line in stdout.splitlines()]), stdout

@@ -15,6 +15,8 @@ from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
+
 from satellite_asr.audio import MAX_RATE, MIN_RATE, SAMPLE_RATE
 from satellite_asr.clients.wav import read_wav
 
@@ -39,15 +41,23 @@ class AudioSource(Protocol):
         ...
 
 
+def mono_pcm(pcm: bytes, channels: int) -> bytes:
+    """Interleaved s16le frames of `channels` channels as one (their mean): the WebSocket protocol
+    takes mono audio, and `transcribe` mixes a file's channels the same way."""
+    if channels == 1:
+        return pcm
+    frames = np.frombuffer(pcm, dtype="<i2").reshape(-1, channels)
+    mixed: bytes = np.round(frames.mean(axis=1)).astype("<i2").tobytes()
+    return mixed
+
+
 class WavSource:
-    """A mono 16-bit WAV file, played at real-time pace like a microphone, or (`realtime=False`) as
-    fast as the daemon takes it, at most `FAST_LEAD_S` ahead of real time."""
+    """A 16-bit WAV file (its channels mixed to mono), played at real-time pace like a microphone,
+    or (`realtime=False`) as fast as the daemon takes it, at most `FAST_LEAD_S` ahead of real time."""
 
     def __init__(self, path: str | Path, *, realtime: bool = True) -> None:
         wav = read_wav(path)
-        if wav.channels != 1:
-            raise ValueError(f"{path}: the WebSocket protocol takes mono audio, this file has {wav.channels} channels")
-        self.pcm = wav.pcm
+        self.pcm = mono_pcm(wav.pcm, wav.channels)
         self.sample_rate = wav.sample_rate
         self.realtime = realtime
         self.stopped = False
