@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import difflib
 import ipaddress
 import os
 from collections.abc import Mapping, Sequence
@@ -410,10 +411,23 @@ def _kind(f: dataclasses.Field[Any]) -> type:
     return type(setting_default(f))
 
 
+def _meant(name: str, known: set[str]) -> str | None:
+    """The setting a mistyped key most likely meant: `silence-ms` (the flag's spelling) or
+    `Silence_MS` for `silence_ms`, a close misspelling (`silense_ms`); None if none is close."""
+    spelled = name.lower().replace("-", "_")
+    if spelled in known:
+        return spelled
+    close = difflib.get_close_matches(spelled, known, n=1, cutoff=0.8)
+    return close[0] if close else None
+
+
 def coerce(name: str, raw: Any) -> Any:
     """Turn a raw value (YAML value, environment string or CLI string) into the key's type, checked."""
     fields = {f.name: f for f in setting_fields()}
     if name not in fields:
+        meant = _meant(name, set(fields))
+        if meant is not None:
+            raise ConfigError(f"unknown setting '{name}'; did you mean '{meant}'?")
         raise ConfigError(f"unknown setting '{name}'; known settings: {', '.join(sorted(fields))}")
     f = fields[name]
     kind = _kind(f)
@@ -511,7 +525,9 @@ def load_settings(
         if key.startswith(ENV_PREFIX):
             name = key[len(ENV_PREFIX) :].lower()
             if name not in known:
-                raise ConfigError(f"environment variable {key}: unknown setting '{name}'")
+                meant = _meant(name, known)
+                hint = f"; did you mean {ENV_PREFIX}{meant.upper()}?" if meant is not None else ""
+                raise ConfigError(f"environment variable {key}: unknown setting '{name}'{hint}")
             from_env[name] = coerce(name, raw)
     _over(values, from_env)
     _over(values, {name: coerce(name, raw) for name, raw in (overrides or {}).items() if raw is not None})

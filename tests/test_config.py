@@ -59,6 +59,23 @@ def test_unknown_keys_are_errors_everywhere(tmp_path: Path) -> None:
         load_settings(environ={"SATELLITE_ASR_SILENSE_MS": "1"})
 
 
+@pytest.mark.parametrize(
+    ("key", "meant"), [("silence-ms", "silence_ms"), ("Silence_MS", "silence_ms"), ("silense_ms", "silence_ms")]
+)
+def test_a_mistyped_key_is_said_with_the_setting_it_most_likely_meant(tmp_path: Path, key: str, meant: str) -> None:
+    """A key spelled as its flag (`silence-ms:`, what `--silence-ms` suggests) or misspelled got
+    the list of all 70 settings to search; now the one it most likely meant. No close one: the list."""
+    config = tmp_path / "c.yaml"
+    config.write_text(f"{key}: 500\n")
+    with pytest.raises(ConfigError, match=f"^unknown setting '{key}'; did you mean '{meant}'\\?$"):
+        load_settings(config, environ={})
+    with pytest.raises(ConfigError, match=r"'silense_ms'; did you mean SATELLITE_ASR_SILENCE_MS\?$"):
+        load_settings(environ={"SATELLITE_ASR_SILENSE_MS": "1"})
+    config.write_text("port: 10301\n")
+    with pytest.raises(ConfigError, match=r"^unknown setting 'port'; known settings: allowed_hosts, "):
+        load_settings(config, environ={})
+
+
 def test_unreadable_or_malformed_files_are_reported(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot be read"):
         load_settings(tmp_path / "missing.yaml", environ={})
