@@ -423,3 +423,12 @@ async def test_stream_mixes_a_stereo_file_to_mono_as_transcribe_does(tmp_path: P
         code, stdout, stderr = await cli_with_key("stream", str(stereo), "--fast", "--url", ws_url(daemon), key=None)
     assert code == 0, stderr
     assert same_words(EXPECTED["weather.wav"], [line.split("]", 1)[1] for line in stdout.splitlines()]), stdout
+
+
+@pytest.mark.parametrize("url", ["ws://127.0.0.1:9", "127.0.0.1:9"])
+def test_bench_over_wyoming_names_its_url_flag_when_the_url_is_not_tcp(url: str) -> None:
+    """It said "configuration error: wyoming_uri: expected ..." (a setting the person had not
+    touched) or "--uri must be" (a flag bench does not have)."""
+    result = run_cli("bench", "--protocol", "wyoming", "--url", url, "--rounds", "1")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == f"satellite-asr: --url of --protocol wyoming must be tcp://HOST:PORT, got {url!r}"

@@ -38,7 +38,7 @@ from wyoming.event import Event
 from satellite_asr.clients.bench import STAGGER_SECONDS, BenchFile, bench_daemon, percentile, word_error_rate
 from satellite_asr.clients.home_assistant_vad import SILENCE_SECONDS, command_end
 from satellite_asr.clients.wav import WavFile, read_wav
-from satellite_asr.config import Settings
+from satellite_asr.config import ConfigError, Settings
 from satellite_asr.protocols.wyoming import parse_uri
 
 CHUNK_SECONDS = 0.01
@@ -232,9 +232,12 @@ async def run_wyoming_bench(
             assert daemon.wyoming_port is not None, "the in-process daemon needs a tcp:// wyoming_uri"
             host, port = "127.0.0.1", daemon.wyoming_port
         else:
-            address = parse_uri(uri or "")
+            try:
+                address = parse_uri(uri or "")
+            except ConfigError:  # it names the wyoming_uri setting, which a bench --url is not
+                address = None
             if address is None or address.scheme != "tcp":
-                raise ValueError(f"--uri must be tcp://HOST:PORT, got {uri!r}")
+                raise ValueError(f"--url of --protocol wyoming must be tcp://HOST:PORT, got {uri!r}")
             host, port = address.host, address.port
         jobs = []
         for client in range(clients):
