@@ -4,6 +4,7 @@ with backoff brings the engine back. Real daemon, real whisper inside a breakabl
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -83,3 +84,16 @@ async def test_an_engine_elsewhere_is_broken_while_unreachable_and_ready_as_soon
         mended = await stream_file(FIXTURES / "weather.wav", ws_url(daemon), fast=True)
     assert status == 200 and waited < 30, f"served again {waited:.1f} s after the engine was back, not after 60 s"
     assert of_type(mended, "error") == []
+
+
+async def test_qwen3_vllm_without_vllm_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--engine qwen3-vllm` on a machine without vLLM said only "No module named 'vllm'"."""
+    from satellite_asr.engines.base import EngineError
+    from satellite_asr.engines.qwen3_vllm import Qwen3VllmEngine
+
+    monkeypatch.setitem(sys.modules, "vllm", None)  # as if not installed, wherever the tests run
+    with pytest.raises(EngineError) as raised:
+        await Qwen3VllmEngine().start()
+    assert str(raised.value).startswith(
+        "the qwen3-vllm engine needs vLLM, which is not installed: pip install 'satellite-asr[vllm]' "
+    )

@@ -149,6 +149,13 @@ class Qwen3VllmEngine(Engine):
         heartbeat = asyncio.create_task(self._log_while_loading(started))
         try:
             await asyncio.get_running_loop().run_in_executor(None, self._create)
+        except ModuleNotFoundError as exc:
+            if exc.name is None or exc.name.split(".")[0] != "vllm":
+                raise EngineError(f"cannot start vLLM with model {self._model!r}: {exc}") from exc
+            raise EngineError(
+                "the qwen3-vllm engine needs vLLM, which is not installed: pip install 'satellite-asr[vllm]' "
+                "on a machine with an NVIDIA GPU (README: On a GPU), or engine whisper or auto"
+            ) from exc
         except Exception as exc:
             raise EngineError(f"cannot start vLLM with model {self._model!r}: {exc}") from exc
         finally:
