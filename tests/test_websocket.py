@@ -272,6 +272,10 @@ async def test_non_json_and_unknown_types_are_errors_and_the_session_goes_on() -
         ({"vad": {"threshold": "high"}}, "vad.threshold"),
         ({"languages": "en"}, "unknown field"),
         ({"\ud800": 1}, "unknown field"),  # a lone surrogate, quoted as its escape: see below
+        # the daemon's settings are flat, a session's endpointing is in `vad`: said where it goes
+        ({"silence_ms": 500}, "unknown field(s): silence_ms (endpointing values go in the vad object: vad.silence_ms)"),
+        ({"vad_threshold": 0.6}, "(endpointing values go in the vad object: vad.threshold)"),
+        ({"vad": {"vad_threshold": 0.6}}, "unknown vad field(s): vad_threshold (vad_threshold is threshold)"),
         ({"language": "de"}, "'de' is not one of the languages of this engine (en)"),  # tiny.en: English only
         ({"language": 7}, "language must be"),
         ({"context": 0}, "context must be text"),  # falsy wrong types were once taken as none (abuse probe)

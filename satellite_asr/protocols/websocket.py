@@ -51,6 +51,8 @@ VAD_FIELDS = {
     "silence_ms": "silence_ms",
 }
 """Per-session VAD keys and the daemon setting each overrides (and is validated as)."""
+VAD_NAMES = {**{setting: key for key, setting in VAD_FIELDS.items()}, **{key: key for key in VAD_FIELDS}}
+"""A `vad` key by its own name or its setting's (`vad_threshold`): what a misplaced field meant."""
 CLOSE_CODES = {"server_busy": WSCloseCode.TRY_AGAIN_LATER}
 """The close code of a fatal error; any other fatal error is a policy violation (1008)."""
 
@@ -63,7 +65,10 @@ def parse_config(message: dict[str, Any], core: Core) -> tuple[SessionOptions, P
     settings = core.settings
     unknown = set(message) - CONFIG_FIELDS
     if unknown:
-        raise _invalid_config(f"unknown field(s): {', '.join(sorted(unknown))}")
+        # the daemon's settings are flat (`silence_ms`), a session's endpointing values are in `vad`
+        misplaced = sorted(f"vad.{VAD_NAMES[name]}" for name in unknown if name in VAD_NAMES)
+        hint = f" (endpointing values go in the vad object: {', '.join(misplaced)})" if misplaced else ""
+        raise _invalid_config(f"unknown field(s): {', '.join(sorted(unknown))}{hint}")
     encoding = message.get("encoding", "f32le")
     rate = message.get("sample_rate", SAMPLE_RATE)
     if not isinstance(encoding, str) or encoding not in ENCODINGS:
@@ -93,7 +98,9 @@ def parse_config(message: dict[str, Any], core: Core) -> tuple[SessionOptions, P
         raise _invalid_config("vad must be an object")
     unknown = set(vad) - set(VAD_FIELDS)
     if unknown:
-        raise _invalid_config(f"unknown vad field(s): {', '.join(sorted(unknown))}")
+        meant = sorted(f"{name} is {VAD_NAMES[name]}" for name in unknown if name in VAD_NAMES)
+        hint = f" ({', '.join(meant)})" if meant else ""
+        raise _invalid_config(f"unknown vad field(s): {', '.join(sorted(unknown))}{hint}")
     overrides: dict[str, Any] = {}
     for key, setting in VAD_FIELDS.items():
         if key in vad:
