@@ -421,6 +421,16 @@ def _meant(name: str, known: set[str]) -> str | None:
     return close[0] if close else None
 
 
+def bound_text(value: float | None) -> str:
+    """A setting's minimum or maximum as a person types it: whole numbers in full (1099511627776,
+    not %g's rounded 1.09951e+12, which is not the limit), others as short as they go (0.05)."""
+    if value is None:
+        return "any"
+    if float(value).is_integer():
+        return str(int(value))
+    return f"{value:g}"
+
+
 def coerce(name: str, raw: Any) -> Any:
     """Turn a raw value (YAML value, environment string or CLI string) into the key's type, checked."""
     fields = {f.name: f for f in setting_fields()}
@@ -446,7 +456,7 @@ def coerce(name: str, raw: Any) -> Any:
     lo, hi = meta.get("minimum"), meta.get("maximum")
     numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
     if numeric and ((lo is not None and value < lo) or (hi is not None and value > hi)):
-        raise ConfigError(f"{name}: must be between {lo:g} and {hi:g}, got {raw!r}")
+        raise ConfigError(f"{name}: must be between {bound_text(lo)} and {bound_text(hi)}, got {raw!r}")
     return value
 
 

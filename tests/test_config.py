@@ -11,7 +11,15 @@ import pytest
 import yaml
 
 from satellite_asr.cli import build_parser
-from satellite_asr.config import ConfigError, Settings, coerce, load_settings, setting_default, setting_fields
+from satellite_asr.config import (
+    ConfigError,
+    Settings,
+    bound_text,
+    coerce,
+    load_settings,
+    setting_default,
+    setting_fields,
+)
 from tests.helpers import serve_on_loopback
 
 ROOT = Path(__file__).parent.parent
@@ -43,6 +51,10 @@ def test_precedence_cli_over_env_over_file_over_default(tmp_path: Path) -> None:
         ({"vad_threshold": "nan"}, "vad_threshold: expected a number"),
         ({"zeroconf": "maybe"}, "zeroconf: expected true or false"),
         ({"tls_cert": "a.pem"}, "tls_cert and tls_key: give both or neither"),
+        # the limit as typed, not %g's 1.09951e+12 (which is not it) or 1e+06
+        ({"vllm_kv_cache_bytes": str(2**41)}, "vllm_kv_cache_bytes: must be between 0 and 1099511627776, got"),
+        ({"max_context_chars": "2000000"}, "max_context_chars: must be between 0 and 1000000, got"),
+        ({"vad_threshold": "0.99"}, "vad_threshold: must be between 0.05 and 0.95, got"),
     ],
 )
 def test_bad_values_name_the_key_and_what_is_allowed(overrides: dict[str, str], message: str) -> None:
@@ -193,7 +205,7 @@ def test_example_config_documents_every_key_with_its_default_and_help() -> None:
         if meta["choices"]:
             documented += f" (one of: {', '.join(meta['choices'])})"
         elif meta["minimum"] is not None:
-            documented += f" (range {meta['minimum']:g}..{meta['maximum']:g})"
+            documented += f" (range {bound_text(meta['minimum'])}..{bound_text(meta['maximum'])})"
         assert comments[f.name] == documented, f"config.example.yaml: {f.name}'s comment differs from its help"
 
 
