@@ -37,6 +37,12 @@ def create_engine(settings: Settings) -> Engine:
     if name == "auto":
         name, reason = auto_engine()
         log.info("engine auto: using %s: %s", name, reason)
+    if settings.remote_urls and name != "qwen3-remote":
+        log.warning(
+            "remote_urls is set, but only engine qwen3-remote uses it: the %s engine decodes here and the vLLM "
+            "servers are not used (set engine: qwen3-remote to use them)",
+            name,
+        )
     if name == "whisper":
         return WhisperEngine(
             settings.model,
