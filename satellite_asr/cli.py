@@ -80,7 +80,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"satellite-asr {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    serve = commands.add_parser("serve", help="Run the daemon (WebSocket, HTTP, Wyoming, zeroconf).")
+    serve = commands.add_parser(
+        "serve",
+        help="Run the daemon (WebSocket, HTTP, Wyoming, zeroconf).",
+        description="Run the daemon: Wyoming on wyoming_uri (Home Assistant), the browser page, WebSocket, "
+        "OpenAI-compatible APIs, /health and /metrics on http_port. Every setting below is also a key of the "
+        "--config file (silence_ms) and an environment variable (SATELLITE_ASR_SILENCE_MS); a flag wins over "
+        "the environment, which wins over the file. Exit status: 2 for a bad setting or an address it cannot "
+        "listen on, 1 when the engine cannot load, 0 after SIGTERM or SIGINT.",
+    )
     _add_setting_flags(serve)
 
     transcribe = commands.add_parser(

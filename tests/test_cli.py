@@ -57,6 +57,17 @@ def test_transcribe_help_says_which_wav_files_it_reads(capsys: pytest.CaptureFix
     assert f"({MIN_RATE} to {MAX_RATE} Hz, 1 to {MAX_CHANNELS} channels)" in " ".join(capsys.readouterr().out.split())
 
 
+def test_serve_help_says_each_setting_is_also_a_file_key_and_a_variable(capsys: pytest.CaptureFixture[str]) -> None:
+    """`serve --help` listed 70 flags and said nothing of the config file's keys or the SATELLITE_ASR_
+    variables (how the README sets the Home Assistant token), nor which one wins, nor its exit codes."""
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    assert "a key of the --config file (silence_ms) and an environment variable (SATELLITE_ASR_SILENCE_MS)" in shown
+    assert "a flag wins over the environment, which wins over the file" in shown
+    assert "Exit status: 2 for a bad setting" in shown
+
+
 def test_stream_help_says_where_it_connects_and_how_to_send_a_key(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         build_parser().parse_args(["stream", "--help"])
