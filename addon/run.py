@@ -166,7 +166,24 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.healthcheck:
         return 0 if asyncio.run(describe_answers(args.wyoming_port)) else 1
-    options = json.loads(Path(args.options).read_text())
+    try:
+        text = Path(args.options).read_text()
+    except OSError as exc:  # run by hand, or the image started without the Supervisor
+        print(
+            f"satellite-asr-addon: cannot read the add-on's options {args.options} ({exc.strerror or exc}): this "
+            "entry point runs under the Home Assistant Supervisor; elsewhere run the daemon itself, e.g. docker "
+            "run --entrypoint satellite-asr IMAGE serve (the add-on's DOCS.md, Running on a GPU machine)",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        options = json.loads(text)
+    except ValueError as exc:
+        options = exc
+    if not isinstance(options, dict):
+        why = f" ({options})" if isinstance(options, ValueError) else ""
+        print(f"satellite-asr-addon: {args.options} is not a JSON object of add-on options{why}", file=sys.stderr)
+        return 2
     command = serve_command(options, host=args.host, wyoming_port=args.wyoming_port, http_port=args.http_port)
     if args.print_command:
         print(shlex.join(command))

@@ -471,3 +471,26 @@ async def test_run_script_starts_the_daemon_and_registers_discovery(tmp_path: Pa
         await runner.cleanup()
     assert code == 0, "SIGTERM reaches the daemon, which shuts down cleanly"
     assert await healthcheck(wyoming_port) == 1, "the daemon is gone with the script"
+
+
+@pytest.mark.parametrize(
+    ("content", "said"),
+    [
+        (None, "cannot read the add-on's options {path} (No such file or directory): this entry point runs under"),
+        ("{", "{path} is not a JSON object of add-on options (Expecting property name"),
+        ("[]", "{path} is not a JSON object of add-on options"),
+    ],
+)
+def test_the_entry_point_without_usable_options_says_so_without_a_traceback(
+    tmp_path: Path, content: str | None, said: str
+) -> None:
+    """The image started by hand without `--entrypoint satellite-asr` (DOCS.md's GPU machine) has no
+    /data/options.json: run.py ended in a FileNotFoundError traceback."""
+    path = tmp_path / "options.json"
+    if content is not None:
+        path.write_text(content)
+    command = [sys.executable, str(ADDON / "run.py"), "--options", str(path), "--print-command"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("satellite-asr-addon: " + said.format(path=path)), result.stderr
+    assert "Traceback" not in result.stderr
