@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 from satellite_asr.config import Settings
 from satellite_asr.homeassistant.client import STARTED_EVENT, HomeAssistantNames, State, websocket_url
@@ -327,3 +328,25 @@ async def test_a_rotated_token_file_is_read_again(home_assistant: HomeAssistantD
 
 def test_fixture_home_ranks_all_exposed_names() -> None:
     assert len(rank_names(HomeNames.from_json(HOME), 2000)) == EXPOSED_NAMES
+
+
+async def test_a_url_where_a_web_server_but_no_home_assistant_answers_says_what_ha_url_should_be() -> None:
+    """A page's address pasted from the browser (…:8123/lovelace/0), or another server's port: the
+    error was aiohttp's "404, message='Invalid response status', url=…"."""
+    app = web.Application()
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    site = web.TCPSite(runner, "127.0.0.1", port)
+    await site.start()
+    client = client_for(f"http://127.0.0.1:{port}/lovelace/0")
+    try:
+        await client.start()
+        await asyncio.wait_for(client.wait_for(State.UNREACHABLE), 10)
+    finally:
+        await client.stop()
+        await runner.cleanup()
+    assert client.status.last_error == (
+        f"no Home Assistant WebSocket API at ws://127.0.0.1:{port}/lovelace/0/api/websocket (HTTP 404): ha_url is "
+        "Home Assistant's own address, e.g. http://homeassistant.local:8123, without a page's path"
+    )

@@ -246,7 +246,15 @@ class HomeAssistantNames:
         # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancel (stop()) that
         # comes with the awaited result, and the client would run on
         async with asyncio.timeout(REQUEST_TIMEOUT_S):
-            ws = await http.ws_connect(self._url, heartbeat=30, max_msg_size=MAX_MESSAGE_BYTES, timeout=timeout)
+            try:
+                ws = await http.ws_connect(self._url, heartbeat=30, max_msg_size=MAX_MESSAGE_BYTES, timeout=timeout)
+            except aiohttp.WSServerHandshakeError as exc:  # a server, but not Home Assistant's API there
+                if exc.status in (401, 403):
+                    raise HomeAssistantError(f"{self._url} refused the connection (HTTP {exc.status})") from None
+                raise HomeAssistantError(
+                    f"no Home Assistant WebSocket API at {self._url} (HTTP {exc.status}): ha_url is Home "
+                    "Assistant's own address, e.g. http://homeassistant.local:8123, without a page's path"
+                ) from None
         async with ws:
             await self._authenticate(ws)
             started, changed = asyncio.Event(), asyncio.Event()
