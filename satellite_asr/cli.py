@@ -291,6 +291,9 @@ def _stream(args: argparse.Namespace) -> int:
     if args.mic and args.fast:
         print("satellite-asr: --fast applies to files; a microphone delivers audio as it is spoken", file=sys.stderr)
         return 2
+    if args.device is not None and not args.mic:
+        print("satellite-asr: --device picks the microphone of --mic; a file is streamed without one", file=sys.stderr)
+        return 2
     config: dict[str, Any] = {}
     if args.language:
         config["language"] = args.language

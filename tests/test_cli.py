@@ -443,3 +443,10 @@ def test_bench_over_wyoming_names_its_url_flag_when_the_url_is_not_tcp(url: str)
     result = run_cli("bench", "--protocol", "wyoming", "--url", url, "--rounds", "1")
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip() == f"satellite-asr: --url of --protocol wyoming must be tcp://HOST:PORT, got {url!r}"
+
+
+def test_stream_refuses_a_device_for_a_file() -> None:
+    """`--device` beside a file was dropped without a word: the file streamed, the device unused."""
+    result = run_cli("stream", str(FIXTURES / "weather.wav"), "--device", "3", "--url", "ws://127.0.0.1:9/v1/stream")
+    assert result.returncode == 2
+    assert result.stderr == "satellite-asr: --device picks the microphone of --mic; a file is streamed without one\n"
