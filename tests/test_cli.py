@@ -450,3 +450,24 @@ def test_stream_refuses_a_device_for_a_file() -> None:
     result = run_cli("stream", str(FIXTURES / "weather.wav"), "--device", "3", "--url", "ws://127.0.0.1:9/v1/stream")
     assert result.returncode == 2
     assert result.stderr == "satellite-asr: --device picks the microphone of --mic; a file is streamed without one\n"
+
+
+def test_a_model_name_that_cannot_be_downloaded_says_how_to_do_without_the_network(tmp_path: Path) -> None:
+    """`--model tiny.en` offline (the name of the model that ships, so a natural guess) printed the Hub's
+    own "check your internet connection" text under a ConnectError: now what a name means and the two
+    ways without a network. The Hub is told it is offline, with an empty cache, wherever the test runs."""
+    env = {**os.environ, "HF_HOME": str(tmp_path), "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "satellite_asr", "transcribe", "--model", "small.en", str(FIXTURES / "weather.wav")],
+        capture_output=True,
+        text=True,
+        timeout=170,
+        env=env,
+    )
+    assert result.returncode == 1, result.stderr
+    assert (
+        "satellite-asr: the engine could not load: cannot load whisper model 'small.en': a model name is downloaded "
+        "from the Hugging Face Hub on first use, and the Hub cannot be reached (offline?); give a local CTranslate2 "
+        "directory instead, or leave model empty for the bundled tiny.en, which needs no network"
+    ) in result.stderr
+    assert "Traceback" not in result.stderr

@@ -304,6 +304,14 @@ class WhisperEngine(Engine):
         try:
             self._model = await loop.run_in_executor(self._executor, self._load, path)
         except (RuntimeError, OSError, ValueError) as exc:
+            from huggingface_hub.errors import LocalEntryNotFoundError  # faster-whisper's own dependency
+
+            if isinstance(exc, LocalEntryNotFoundError):  # its message is the Hub's, about an internet connection
+                raise EngineError(
+                    f"cannot load whisper model {self._model_name!r}: a model name is downloaded from the Hugging "
+                    "Face Hub on first use, and the Hub cannot be reached (offline?); give a local CTranslate2 "
+                    "directory instead, or leave model empty for the bundled tiny.en, which needs no network"
+                ) from exc
             raise EngineError(f"cannot load whisper model {self._model_name!r}: {exc}") from exc
         multilingual = bool(self._model.model.is_multilingual)  # type: ignore[union-attr]
         self._languages = list(_LANGUAGE_CODES) if multilingual else ["en"]
