@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import signal
+import ssl
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -283,8 +284,6 @@ def _transcribe(settings: Settings, files: list[str]) -> int:
 
 
 def _stream(args: argparse.Namespace) -> int:
-    import ssl
-
     from satellite_asr.clients.audio_source import AudioSource, MicrophoneSource, MicrophoneUnavailable, WavSource
     from satellite_asr.clients.stream_client import StreamClosed, StreamRefused, TranscriptPrinter, stream_source
 
@@ -354,10 +353,19 @@ def _stream(args: argparse.Namespace) -> int:
         hint = "" if args.cafile else "; for a self-signed certificate, pass it with --cafile"
         print(f"satellite-asr: {args.url} is not trusted: {exc.verify_message}{hint}", file=sys.stderr)
         return 1
+    except ssl.SSLError as exc:  # wss:// to a daemon without TLS: "wrong version number"
+        print(f"satellite-asr: {args.url}: {tls_failure(exc)}", file=sys.stderr)
+        return 1
     except OSError as exc:
         print(f"satellite-asr: cannot reach {args.url}: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def tls_failure(exc: OSError) -> str:
+    """A TLS handshake that failed other than on the certificate: most often a daemon without TLS."""
+    reason = getattr(exc, "reason", None) or exc
+    return f"the TLS handshake failed ({reason}); a daemon without tls_cert takes ws:// and http://, not wss:// or https://"
 
 
 def _print_out(text: str) -> None:
@@ -386,6 +394,9 @@ def _bench(settings: Settings, args: argparse.Namespace) -> int:
     except OSError as exc:
         if args.url is None:  # the in-process daemon's own trouble
             raise
+        if isinstance(exc, ssl.SSLError) and not isinstance(exc, ssl.SSLCertVerificationError):
+            print(f"satellite-asr: {args.url}: {tls_failure(exc)}", file=sys.stderr)
+            return 1
         print(f"satellite-asr: cannot reach {args.url}: {exc}", file=sys.stderr)
         return 1
 

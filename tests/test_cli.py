@@ -471,3 +471,15 @@ def test_a_model_name_that_cannot_be_downloaded_says_how_to_do_without_the_netwo
         "directory instead, or leave model empty for the bundled tiny.en, which needs no network"
     ) in result.stderr
     assert "Traceback" not in result.stderr
+
+
+async def test_stream_and_bench_with_wss_to_a_daemon_without_tls_say_to_use_ws() -> None:
+    """It was "cannot reach wss://…: [SSL: WRONG_VERSION_NUMBER] wrong version number (_ssl.c:1006)"."""
+    async with running_daemon() as daemon:
+        url = ws_url(daemon).replace("ws://", "wss://")
+        for command in ("stream", "bench"):
+            args = [str(FIXTURES / "weather.wav")] if command == "stream" else ["--rounds", "1"]
+            code, stdout, stderr = await cli_with_key(command, *args, "--url", url, key=None)
+            assert (code, stdout) == (1, ""), stderr
+            assert stderr.startswith(f"satellite-asr: {url}: the TLS handshake failed ("), stderr
+            assert stderr.endswith("a daemon without tls_cert takes ws:// and http://, not wss:// or https://\n")
