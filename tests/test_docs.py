@@ -243,3 +243,13 @@ def test_every_repository_path_the_docs_quote_exists() -> None:
     quoted = {(doc, path) for doc in USER_DOCS for path in REPOSITORY_PATH.findall((ROOT / doc).read_text())}
     assert len(quoted) > 30, "the pattern still finds the docs' paths"
     assert not sorted((doc, path) for doc, path in quoted if not (ROOT / path).exists()), "quoted paths that are gone"
+
+
+def test_no_install_advice_fetches_satellite_asr_from_a_package_index() -> None:
+    """satellite-asr is not on a package index (addon/DOCS.md, the Dockerfile): docs/browser.md and the
+    microphone's, vLLM's and microVAD's error messages said `pip install 'satellite-asr[mic]'`, which asks
+    PyPI for it (no such package there, or someone else's). An extra goes into the checkout's venv."""
+    texts = {doc: (ROOT / doc).read_text() for doc in (*USER_DOCS, "docs/benchmarks.md")}
+    texts |= {str(path.relative_to(ROOT)): path.read_text() for path in (ROOT / "satellite_asr").rglob("*.py")}
+    from_index = re.compile(r"pip install ['\"]?satellite-asr\b")
+    assert not sorted(name for name, text in texts.items() if from_index.search(text))

@@ -95,5 +95,6 @@ async def test_qwen3_vllm_without_vllm_says_how_to_install_it(monkeypatch: pytes
     with pytest.raises(EngineError) as raised:
         await Qwen3VllmEngine().start()
     assert str(raised.value).startswith(
-        "the qwen3-vllm engine needs vLLM, which is not installed: pip install 'satellite-asr[vllm]' "
+        "the qwen3-vllm engine needs vLLM, which is not installed: on a machine with an NVIDIA GPU, in the "
+        "checkout, .venv/bin/pip install -e '.[vllm]' (README: On a GPU)"
     )

@@ -133,7 +133,7 @@ def test_without_pymicro_vad_the_bench_says_what_to_install(
     monkeypatch.setitem(sys.modules, "pymicro_vad", None)  # as if it were not installed
     arguments = ["bench", "--protocol", "wyoming", "--url", "tcp://127.0.0.1:9", "--wyoming-end", "ha-vad"]
     assert main([*arguments, "--manifest", str(TURNS / "manifest.json"), "--split", "dev"]) == 2
-    assert "pip install 'satellite-asr[ha-vad]'" in capsys.readouterr().err
+    assert "in the checkout, .venv/bin/pip install -e '.[ha-vad]'" in capsys.readouterr().err
 
 
 def test_a_wait_of_no_time_is_refused(capsys: pytest.CaptureFixture[str]) -> None:

@@ -123,7 +123,7 @@ async def test_a_reader_that_closes_the_output_ends_the_stream_quietly() -> None
 @pytest.mark.parametrize(
     ("module", "source", "advice"),
     [
-        ("sitecustomize.py", "import sys\nsys.modules['sounddevice'] = None\n", "pip install 'satellite-asr[mic]'"),
+        ("sitecustomize.py", "import sys\nsys.modules['sounddevice'] = None\n", ".venv/bin/pip install -e '.[mic]'"),
         ("sounddevice.py", "raise OSError('PortAudio library not found')\n", "apt-get install libportaudio2"),
     ],
     ids=["package missing", "portaudio missing"],

@@ -86,7 +86,7 @@ def _import_sounddevice() -> Any:
         import sounddevice
     except ImportError:
         raise MicrophoneUnavailable(
-            "the microphone needs the optional sounddevice package: pip install 'satellite-asr[mic]'"
+            "the microphone needs the optional sounddevice package: in the checkout, .venv/bin/pip install -e '.[mic]'"
         ) from None
     except OSError as exc:
         raise MicrophoneUnavailable(

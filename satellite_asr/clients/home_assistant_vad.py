@@ -100,7 +100,8 @@ def command_end(audio: Audio, silence_seconds: float = SILENCE_SECONDS) -> float
         from pymicro_vad import MicroVad
     except ImportError as exc:
         raise ValueError(
-            "--wyoming-end ha-vad scores audio with Home Assistant's microVAD: pip install 'satellite-asr[ha-vad]'"
+            "--wyoming-end ha-vad scores audio with Home Assistant's microVAD: in the checkout, "
+            ".venv/bin/pip install -e '.[ha-vad]'"
         ) from exc
     segmenter = CommandSegmenter(silence_seconds)
     pcm = to_pcm16(audio)

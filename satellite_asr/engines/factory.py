@@ -28,7 +28,7 @@ def auto_engine() -> tuple[str, str]:
     if gpu and vllm:
         return "qwen3-vllm", "a CUDA GPU is present and vLLM is installed"
     if gpu:
-        return "whisper", "a CUDA GPU is present but vLLM is not installed (pip install 'satellite-asr[vllm]')"
+        return "whisper", "a CUDA GPU is present but vLLM is not installed (.venv/bin/pip install -e '.[vllm]')"
     return "whisper", "no CUDA GPU found" + ("" if vllm else " and vLLM is not installed")
 
 

@@ -153,8 +153,8 @@ class Qwen3VllmEngine(Engine):
             if exc.name is None or exc.name.split(".")[0] != "vllm":
                 raise EngineError(f"cannot start vLLM with model {self._model!r}: {exc}") from exc
             raise EngineError(
-                "the qwen3-vllm engine needs vLLM, which is not installed: pip install 'satellite-asr[vllm]' "
-                "on a machine with an NVIDIA GPU (README: On a GPU), or engine whisper or auto"
+                "the qwen3-vllm engine needs vLLM, which is not installed: on a machine with an NVIDIA GPU, in the "
+                "checkout, .venv/bin/pip install -e '.[vllm]' (README: On a GPU); or engine whisper or auto"
             ) from exc
         except Exception as exc:
             raise EngineError(f"cannot start vLLM with model {self._model!r}: {exc}") from exc
