@@ -436,6 +436,11 @@ def coerce(name: str, raw: Any) -> Any:
     fields = {f.name: f for f in setting_fields()}
     if name not in fields:
         meant = _meant(name, set(fields))
+        if name == "vad":  # the WebSocket config message's object (docs/protocol.md), copied into a file
+            raise ConfigError(
+                "unknown setting 'vad': settings are flat keys (vad_threshold, min_speech_ms, turn_detection, "
+                "min_silence_ms, silence_ms); a vad object is what a WebSocket client sends in its config message"
+            )
         if meant is not None:
             raise ConfigError(f"unknown setting '{name}'; did you mean '{meant}'?")
         raise ConfigError(f"unknown setting '{name}'; known settings: {', '.join(sorted(fields))}")

@@ -83,6 +83,9 @@ def test_a_mistyped_key_is_said_with_the_setting_it_most_likely_meant(tmp_path: 
         load_settings(config, environ={})
     with pytest.raises(ConfigError, match=r"'silense_ms'; did you mean SATELLITE_ASR_SILENCE_MS\?$"):
         load_settings(environ={"SATELLITE_ASR_SILENSE_MS": "1"})
+    config.write_text("vad:\n  silence_ms: 600\n")  # the WebSocket config message's shape
+    with pytest.raises(ConfigError, match=r"^unknown setting 'vad': settings are flat keys \(vad_threshold, "):
+        load_settings(config, environ={})
     config.write_text("port: 10301\n")
     with pytest.raises(ConfigError, match=r"^unknown setting 'port'; known settings: allowed_hosts, "):
         load_settings(config, environ={})
