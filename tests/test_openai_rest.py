@@ -897,3 +897,25 @@ async def test_an_answered_upload_keeps_its_connection_for_the_next() -> None:
     for status_and_headers, answer in answers:
         assert status_and_headers.startswith(b"HTTP/1.1 200 ") and b"Connection: close" not in status_and_headers
         assert same_words(EXPECTED["lights_on.wav"], [answer["text"]]), answer
+
+
+async def test_a_path_sent_for_the_file_says_to_send_the_file_itself() -> None:
+    """curl's `-F file=meeting.m4a`, without the @, sends the name as text: it was answered "not an
+    audio file FFmpeg can read", which sends a person looking at the file instead of the command."""
+    async with running_daemon() as daemon, aiohttp.ClientSession() as http:
+        form = aiohttp.FormData({"model": "whisper-1", "file": "/home/me/meeting.m4a"}, default_to_multipart=True)
+        async with http.post(url(daemon), data=form) as response:
+            status, body = response.status, await response.json()
+        # the content without a file name (curl's -F file=<PATH) is still audio
+        with aiohttp.MultipartWriter("form-data") as whole:
+            part = whole.append((FIXTURES / "timer.wav").read_bytes())
+            part.set_content_disposition("form-data", name="file")
+        async with http.post(url(daemon), data=whole) as response:
+            served = response.status, await response.json()
+    assert status == 400
+    assert body["error"]["code"] == "invalid_file" and body["error"]["param"] == "file"
+    assert body["error"]["message"] == (
+        "the file field holds the text '/home/me/meeting.m4a', not a file's content: send the file itself "
+        "(with curl, -F file=@PATH: the @ reads the file)"
+    )
+    assert served[0] == 200 and word_error_rate(EXPECTED["timer.wav"][0], served[1]["text"]) <= WER_TOLERANCE

@@ -151,6 +151,14 @@ async def read_form(
             if name == "file":
                 too_large = functools.partial(_too_large, max_file_bytes)
                 file = await _read_part(part, max_file_bytes, pace, too_large)
+                if part.filename is None and _looks_like_a_path(file):
+                    shown = file.decode().strip()[:100]
+                    raise RequestError(
+                        "invalid_file",
+                        f"the file field holds the text {shown!r}, not a file's content: send the file itself "
+                        "(with curl, -F file=@PATH: the @ reads the file)",
+                        param="file",
+                    )
             else:
                 limit = min(FIELD_BYTES, FORM_OVERHEAD_BYTES - text_bytes)
                 too_long = functools.partial(_field_too_long, name, limit, max_context_chars)
@@ -173,6 +181,18 @@ def check_form_headers(request: web.Request, max_file_bytes: int) -> None:
         raise _too_large(max_file_bytes)
     if request.content_type != "multipart/form-data":
         raise RequestError("invalid_request", "send the audio as multipart/form-data with a `file` field")
+
+
+def _looks_like_a_path(data: bytes) -> bool:
+    """A short line of text where the audio should be, sent as a plain field (no filename): curl's
+    `-F file=PATH` without the `@`. No audio container is a few printable characters."""
+    if not 0 < len(data) <= 4096 or b"\0" in data:
+        return False
+    try:
+        text = data.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        return False
+    return bool(text) and "\n" not in text and text.isprintable()
 
 
 def _client_fault(exc: Exception) -> str:
