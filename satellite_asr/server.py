@@ -410,6 +410,9 @@ async def _json_errors(
         response.headers["Allow"] = allowed
         return response
     except web.HTTPNotFound:
+        bare = request.path.rstrip("/")
+        slash = bare != request.path and any(route.canonical == bare for route in request.app.router.resources())
+        hint = f" (the route is {bare}, without the trailing slash)" if slash else ""
         return error_response(
-            request.path, 404, "not_found", f"this daemon has nothing at {request.method} {request.path}"
+            request.path, 404, "not_found", f"this daemon has nothing at {request.method} {request.path}{hint}"
         )

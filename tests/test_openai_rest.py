@@ -493,6 +493,10 @@ async def test_an_unknown_address_or_method_gets_a_json_error_the_client_can_rea
             wrong_method = response.status, response.headers.get("Allow"), await response.json()
         async with http.get(f"{base}/nowhere") as response:
             elsewhere = response.status, await response.json()
+        async with http.get(f"{base}/health/") as response:  # a trailing slash, as a person types a URL
+            slashed = response.status, await response.json()
+        async with http.post(f"{base}/v1/audio/transcriptions/", data=form) as response:
+            slashed_upload = response.status, await response.json()
         static = {}  # not the page's files: the same JSON 404 (was an empty body, and 403 for the folder)
         for path in ("/static/nothing.js", "/static/"):
             async with http.get(base + path) as response:
@@ -506,6 +510,18 @@ async def test_an_unknown_address_or_method_gets_a_json_error_the_client_can_rea
     assert elsewhere == (
         404,
         {"type": "error", "code": "not_found", "message": "this daemon has nothing at GET /nowhere"},
+    )
+    assert slashed == (
+        404,
+        {
+            "type": "error",
+            "code": "not_found",
+            "message": "this daemon has nothing at GET /health/ (the route is /health, without the trailing slash)",
+        },
+    )
+    assert slashed_upload[0] == 404 and slashed_upload[1]["error"]["message"] == (
+        "this daemon has nothing at POST /v1/audio/transcriptions/ "
+        "(the route is /v1/audio/transcriptions, without the trailing slash)"
     )
     assert static == {
         path: (404, {"type": "error", "code": "not_found", "message": f"this daemon has nothing at GET {path}"})
