@@ -347,6 +347,8 @@ def _stream(args: argparse.Namespace) -> int:
         return 1
     except StreamRefused as exc:
         hint = "; give the key with --api-key or SATELLITE_ASR_API_KEY" if exc.status == 401 else ""
+        if exc.status == 401 and args.api_key and len(args.api_key.split()) > 1:  # "Bearer KEY"
+            hint = "; give the key alone (no key holds a space): this client sends it as Authorization: Bearer KEY"
         print(f"satellite-asr: {args.url}: {exc}{hint}", file=sys.stderr)
         return 1
     except ssl.SSLCertVerificationError as exc:

@@ -253,6 +253,11 @@ async def test_stream_to_a_daemon_with_an_api_key_says_what_was_refused_and_take
         assert "give the key with --api-key or SATELLITE_ASR_API_KEY" in stderr
         code, _, stderr = await stream(url, "--api-key", "wrong")
         assert code == 1 and "HTTP 401: invalid_api_key: the API key is not valid" in stderr, stderr
+        code, _, stderr = await stream(url, "--api-key", "Bearer kitchen-key")  # as the header is written
+        assert code == 1 and "HTTP 401: invalid_api_key: the API key is not valid" in stderr, stderr
+        assert stderr.endswith(
+            "; give the key alone (no key holds a space): this client sends it as Authorization: Bearer KEY\n"
+        ), stderr
         code, stdout, stderr = await stream(url, key="kitchen-key")
         assert code == 0, stderr
         assert same_words(EXPECTED["weather.wav"], [line.split("]", 1)[1] for line in stdout.splitlines()])
