@@ -99,9 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
         "settings below (turn_detection adaptive by default). An upload to\n"
         "/v1/audio/transcriptions is always cut with turn_detection fixed:\n"
         "--turn-detection fixed gives its segments. Each line: the file, the\n"
-        "utterance's start and end (seconds) and its text, tab-separated. A file\n"
-        "that cannot be read is named on stderr, the others are still transcribed,\n"
-        "and the exit status is then 2.",
+        "utterance's start and end (seconds) and its text, tab-separated; a file\n"
+        "with no speech has none (stderr says so). A file that cannot be read is\n"
+        "named on stderr, the others are still transcribed, and the exit status is\n"
+        "then 2.",
         formatter_class=argparse.RawDescriptionHelpFormatter,  # the flag unbroken at its dash
     )
     transcribe.add_argument(
@@ -276,8 +277,11 @@ def _transcribe(settings: Settings, files: list[str]) -> int:
                     print(f"satellite-asr: {exc}", file=sys.stderr, flush=True)
                     unreadable += 1
                     continue
-                for final in await transcriber.transcribe_audio(audio):
+                finals = await transcriber.transcribe_audio(audio)
+                for final in finals:
                     _print_out(f"{path}\t{final.start:.2f}\t{final.end:.2f}\t{final.text}")
+                if not finals:  # not a line on stdout, which holds utterances only; said, so silence is not a mystery
+                    print(f"satellite-asr: {path}: no speech heard", file=sys.stderr, flush=True)
         return 2 if unreadable else 0
 
     return asyncio.run(run())

@@ -488,3 +488,17 @@ async def test_stream_and_bench_with_wss_to_a_daemon_without_tls_say_to_use_ws()
             assert (code, stdout) == (1, ""), stderr
             assert stderr.startswith(f"satellite-asr: {url}: the TLS handshake failed ("), stderr
             assert stderr.endswith("a daemon without tls_cert takes ws:// and http://, not wss:// or https://\n")
+
+
+def test_transcribe_says_when_a_file_has_no_speech(tmp_path: Path) -> None:
+    """A silent file printed nothing at all and exited 0: no way to tell it from a run that did nothing."""
+    silent = tmp_path / "silent.wav"
+    with wave.open(str(silent), "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(16000)
+        wav.writeframes(bytes(2 * 16000 * 2))
+    result = run_cli("transcribe", str(silent), str(FIXTURES / "weather.wav"))
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == f"satellite-asr: {silent}: no speech heard\n"
+    assert [line.split("\t")[0] for line in result.stdout.splitlines()] == [str(FIXTURES / "weather.wav")]
