@@ -10,6 +10,7 @@ import signal
 import ssl
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from satellite_asr import __version__
@@ -18,6 +19,9 @@ from satellite_asr.config import ConfigError, Settings, load_settings, setting_d
 from satellite_asr.engines.base import EngineError
 
 log = logging.getLogger("satellite_asr")
+
+DEFAULT_MANIFEST = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "fixtures.json"
+"""bench's files when no --manifest is given: the checkout's, whatever the working directory."""
 
 
 def _websocket_url(text: str) -> str:
@@ -157,9 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument(
         "--manifest",
-        default="tests/fixtures/fixtures.json",
-        help="JSON mapping WAV files (beside it) to their expected utterances (default: tests/fixtures/fixtures.json), "
-        "or to one command with its measured voice (tests/fixtures/turns/manifest.json).",
+        default=None,
+        help="JSON mapping WAV files (beside it) to their expected utterances (default: the checkout's "
+        "tests/fixtures/fixtures.json), or to one command with its measured voice "
+        "(tests/fixtures/turns/manifest.json).",
     )
     bench.add_argument(
         "--split",
@@ -411,11 +416,16 @@ def _run_bench(settings: Settings, args: argparse.Namespace) -> int:
     _setup_logging("WARNING" if settings.log_level == "INFO" else settings.log_level)
     import json
     from dataclasses import asdict
-    from pathlib import Path
 
     from satellite_asr.clients.bench import load_manifest
 
-    files = load_manifest(Path(args.manifest), args.split, args.category)
+    manifest = Path(args.manifest) if args.manifest is not None else DEFAULT_MANIFEST
+    if args.manifest is None and not manifest.exists():  # an installed wheel has no tests/
+        raise ValueError(
+            "bench's default manifest, tests/fixtures/fixtures.json, is in the satellite-asr checkout and not "
+            "beside this installation: give one with --manifest"
+        )
+    files = load_manifest(manifest, args.split, args.category)
     if args.protocol == "wyoming":
         from satellite_asr.clients.wyoming_bench import one_command_files, run_wyoming_bench
 

@@ -33,6 +33,8 @@ from tests.helpers import (
 
 pytestmark = pytest.mark.timeout(180)
 
+CHECKOUT = Path(__file__).resolve().parent.parent
+
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "satellite_asr", *args], capture_output=True, text=True, timeout=170)
@@ -502,3 +504,33 @@ def test_transcribe_says_when_a_file_has_no_speech(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert result.stderr == f"satellite-asr: {silent}: no speech heard\n"
     assert [line.split("\t")[0] for line in result.stdout.splitlines()] == [str(FIXTURES / "weather.wav")]
+
+
+async def test_bench_finds_its_default_manifest_from_any_directory(tmp_path: Path) -> None:
+    """The default manifest was `tests/fixtures/fixtures.json` from the working directory: `bench` run
+    anywhere but the checkout's root could not read it."""
+    async with running_daemon() as daemon:
+        process = await asyncio.create_subprocess_exec(
+            *(sys.executable, "-m", "satellite_asr", "bench", "--url", ws_url(daemon), "--rounds", "1"),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=tmp_path,
+            env={**os.environ, "PYTHONPATH": str(CHECKOUT)},
+        )
+        stdout, stderr = await asyncio.wait_for(process.communicate(), 150)
+    assert process.returncode == 0, stderr.decode()
+    assert "WER vs reference" in stdout.decode()
+
+
+def test_bench_without_the_checkouts_manifest_says_to_give_one(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An installed wheel has no tests/: said as such, not as a file that cannot be read."""
+    from satellite_asr import cli
+
+    monkeypatch.setattr(cli, "DEFAULT_MANIFEST", tmp_path / "tests" / "fixtures" / "fixtures.json")
+    assert cli.main(["bench", "--url", "ws://127.0.0.1:9/v1/stream"]) == 2
+    assert capsys.readouterr().err == (
+        "satellite-asr: bench's default manifest, tests/fixtures/fixtures.json, is in the satellite-asr checkout "
+        "and not beside this installation: give one with --manifest\n"
+    )
