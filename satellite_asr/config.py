@@ -76,7 +76,8 @@ class Settings:
 
     # Engine
     engine: str = _opt(
-        "auto", "Speech engine; auto picks qwen3-vllm on a CUDA GPU with vLLM installed, else whisper.", choices=ENGINES
+        "auto", "Speech engine; auto picks qwen3-remote when remote_urls is set, qwen3-vllm on a CUDA GPU with vLLM "
+        "installed, else whisper.", choices=ENGINES
     )
     model: str = _opt("", "Model name or local path; empty: the engine's default.")
     language: str = _opt(
@@ -140,7 +141,8 @@ class Settings:
     )
     remote_urls: tuple[str, ...] = _opt(
         (),
-        "Base URLs of vLLM OpenAI servers for the qwen3-remote engine (repeatable or comma-separated); "
+        "Base URLs of vLLM OpenAI servers for the qwen3-remote engine, which engine auto then picks (repeatable or "
+        "comma-separated); "
         "without a user or password (see remote_api_key).",
     )
     remote_api_key: str = _opt("", "API key the vLLM servers expect (vllm serve --api-key); empty: none.", secret=True)

@@ -383,18 +383,23 @@ def test_a_secret_is_never_echoed_not_even_when_it_is_of_the_wrong_type(key: str
     assert "key-4d1a" not in repr(load_settings(environ={}, overrides=overrides))
 
 
-@pytest.mark.parametrize("engine", ["auto", "whisper"])
-def test_remote_urls_without_engine_qwen3_remote_is_warned_of(engine: str, caplog: pytest.LogCaptureFixture) -> None:
-    """`remote_urls` set and `engine` left at auto (the add-on's default) ran whisper on the CPU
-    and never asked the vLLM servers, without a word."""
+def test_remote_urls_are_used_by_engine_auto_and_warned_of_beside_another_engine(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """`remote_urls` set and `engine` left at auto (the add-on's default) ran whisper on the CPU and
+    never asked the vLLM servers: auto now takes them; an engine named otherwise is warned of."""
     from satellite_asr.engines.factory import create_engine
 
-    settings = load_settings(environ={}, overrides={"engine": engine, "remote_urls": ["http://192.168.1.20:8000"]})
+    servers = {"remote_urls": ["http://192.168.1.20:8000"]}
     with caplog.at_level("WARNING", logger="satellite_asr"):
-        create_engine(settings)
+        assert create_engine(load_settings(environ={}, overrides={"engine": "auto"} | servers)).info.name == (
+            "qwen3-remote"
+        )
+        assert create_engine(load_settings(environ={}, overrides={"engine": "qwen3-remote"} | servers))
+        assert not [r for r in caplog.records if r.levelname == "WARNING"]
+        assert create_engine(load_settings(environ={}, overrides={"engine": "whisper"} | servers)).info.name == (
+            "whisper"
+        )
     warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     said = "remote_urls is set, but only engine qwen3-remote uses it: the whisper engine decodes here"
     assert any(m.startswith(said) for m in warned), warned
-    caplog.clear()
-    create_engine(load_settings(environ={}, overrides={"engine": "qwen3-remote", "remote_urls": ["http://a:8000"]}))
-    assert not [r for r in caplog.records if r.levelname == "WARNING"]

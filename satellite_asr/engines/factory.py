@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+from collections.abc import Sequence
 
 from satellite_asr.config import ConfigError, Settings
 from satellite_asr.engines.base import Engine
@@ -21,8 +22,11 @@ QWEN_PROMPT_FRAME_TOKENS = 32
 """The chat template's own tokens around the context, the audio and the language header (about 20)."""
 
 
-def auto_engine() -> tuple[str, str]:
-    """The engine `auto` means on this machine, and why."""
+def auto_engine(remote_urls: Sequence[str] = ()) -> tuple[str, str]:
+    """The engine `auto` means on this machine, and why: vLLM servers named in `remote_urls` were
+    set up to be used (the add-on's `engine` stays at auto when a person fills them in)."""
+    if remote_urls:
+        return "qwen3-remote", "remote_urls names vLLM servers"
     gpu = cuda_available()
     vllm = vllm_importable()
     if gpu and vllm:
@@ -35,12 +39,12 @@ def auto_engine() -> tuple[str, str]:
 def create_engine(settings: Settings) -> Engine:
     name = settings.engine
     if name == "auto":
-        name, reason = auto_engine()
+        name, reason = auto_engine(settings.remote_urls)
         log.info("engine auto: using %s: %s", name, reason)
     if settings.remote_urls and name != "qwen3-remote":
         log.warning(
             "remote_urls is set, but only engine qwen3-remote uses it: the %s engine decodes here and the vLLM "
-            "servers are not used (set engine: qwen3-remote to use them)",
+            "servers are not used (set engine: qwen3-remote or auto to use them)",
             name,
         )
     if name == "whisper":
