@@ -534,3 +534,23 @@ def test_bench_without_the_checkouts_manifest_says_to_give_one(
         "satellite-asr: bench's default manifest, tests/fixtures/fixtures.json, is in the satellite-asr checkout "
         "and not beside this installation: give one with --manifest\n"
     )
+
+
+def test_a_wav_file_cut_off_inside_a_frame_is_read_to_its_last_whole_frame(tmp_path: Path) -> None:
+    """A recording cut off mid-frame (a recorder that crashed, a partial copy): `stream` failed with
+    numpy's "buffer size must be a multiple of element size" and `transcribe` with "6397 bytes is not
+    a whole number of s16le frames", a message without the file's name; both now drop the part frame."""
+    from satellite_asr.clients.audio_source import WavSource
+    from satellite_asr.clients.wav import read_wav
+
+    whole = tmp_path / "whole.wav"
+    with wave.open(str(whole), "wb") as wav:
+        wav.setnchannels(2)
+        wav.setsampwidth(2)
+        wav.setframerate(16000)
+        wav.writeframes(np.arange(-1600, 1600, dtype="<i2").tobytes())
+    cut = tmp_path / "cut.wav"
+    cut.write_bytes(whole.read_bytes()[:-3])
+    assert len(read_wav(cut).pcm) == len(read_wav(whole).pcm) - 4
+    assert read_wav(cut).to_16k_mono().size == 1599
+    assert len(WavSource(cut).pcm) == 2 * 1599

@@ -30,7 +30,8 @@ class WavFile:
 
 
 def read_wav(path: str | Path) -> WavFile:
-    """The file's PCM; ValueError with a readable message when it cannot be read or is not 16-bit PCM WAV."""
+    """The file's PCM, whole frames only (a file cut off inside a frame loses that frame); ValueError
+    with a readable message when it cannot be read or is not 16-bit PCM WAV."""
     try:
         with wave.open(str(path), "rb") as wav:
             if wav.getsampwidth() != 2:
@@ -43,7 +44,9 @@ def read_wav(path: str | Path) -> WavFile:
                 )
             if wav.getnchannels() > MAX_CHANNELS:
                 raise ValueError(f"{path}: it has {wav.getnchannels()} channels; at most {MAX_CHANNELS} are taken")
-            return WavFile(wav.readframes(wav.getnframes()), wav.getframerate(), wav.getnchannels())
+            pcm = wav.readframes(wav.getnframes())
+            whole = len(pcm) - len(pcm) % (2 * wav.getnchannels())  # a file cut off inside its last frame
+            return WavFile(pcm[:whole], wav.getframerate(), wav.getnchannels())
     except EOFError:  # wave's own has no message
         raise ValueError(f"{path}: not a PCM WAV file (too short for a WAV header)") from None
     except wave.Error as exc:
