@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.healthcheck:
         return 0 if asyncio.run(describe_answers(args.wyoming_port)) else 1
     try:
-        text = Path(args.options).read_text()
+        data = Path(args.options).read_bytes()  # json decodes it: a file not in UTF-8 is a ValueError below
     except OSError as exc:  # run by hand, or the image started without the Supervisor
         print(
             f"satellite-asr-addon: cannot read the add-on's options {args.options} ({exc.strerror or exc}): this "
@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     try:
-        options = json.loads(text)
+        options = json.loads(data)
     except ValueError as exc:
         options = exc
     if not isinstance(options, dict):

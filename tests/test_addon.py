@@ -479,15 +479,19 @@ async def test_run_script_starts_the_daemon_and_registers_discovery(tmp_path: Pa
         (None, "cannot read the add-on's options {path} (No such file or directory): this entry point runs under"),
         ("{", "{path} is not a JSON object of add-on options (Expecting property name"),
         ("[]", "{path} is not a JSON object of add-on options"),
+        (b'{"model": "\xff"}', "{path} is not a JSON object of add-on options ('utf-8' codec can't decode"),
     ],
 )
 def test_the_entry_point_without_usable_options_says_so_without_a_traceback(
-    tmp_path: Path, content: str | None, said: str
+    tmp_path: Path, content: str | bytes | None, said: str
 ) -> None:
     """The image started by hand without `--entrypoint satellite-asr` (DOCS.md's GPU machine) has no
-    /data/options.json: run.py ended in a FileNotFoundError traceback."""
+    /data/options.json: run.py ended in a FileNotFoundError traceback (a file not in UTF-8: a
+    UnicodeDecodeError one)."""
     path = tmp_path / "options.json"
-    if content is not None:
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
         path.write_text(content)
     command = [sys.executable, str(ADDON / "run.py"), "--options", str(path), "--print-command"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=60)
