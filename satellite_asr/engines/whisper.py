@@ -304,7 +304,8 @@ class WhisperEngine(Engine):
         try:
             self._model = await loop.run_in_executor(self._executor, self._load, path)
         except (RuntimeError, OSError, ValueError) as exc:
-            from huggingface_hub.errors import LocalEntryNotFoundError  # faster-whisper's own dependency
+            # faster-whisper's own dependency; from .utils, not .errors, which only huggingface_hub 0.24 on has
+            from huggingface_hub.utils import LocalEntryNotFoundError  # type: ignore[attr-defined]  # lazy there now
 
             if isinstance(exc, LocalEntryNotFoundError):  # its message is the Hub's, about an internet connection
                 raise EngineError(
