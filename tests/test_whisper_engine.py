@@ -814,14 +814,15 @@ async def test_context_spelling_special_tokens_is_only_text_and_cannot_write_the
 async def test_a_model_that_cannot_load_is_an_engine_error_with_a_hub_before_its_errors_module(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """faster-whisper takes huggingface_hub 0.21 on, whose `huggingface_hub.errors` came in 0.24: the
-    check for an offline Hub imported from it, so there every load error (a mistyped model path)
-    became that ImportError instead of an `EngineError`. `huggingface_hub.utils` has it in all."""
+    """faster-whisper takes huggingface_hub 0.21 on; `LocalEntryNotFoundError` is in
+    `huggingface_hub.errors` from 0.25 (huggingface_hub#2716: 0.23.5 cannot import it there). The
+    check for an offline Hub imported it from there alone, so on an older hub every load error (a
+    mistyped model path) became that ImportError instead of an `EngineError`."""
     import huggingface_hub.utils
 
     from satellite_asr.engines.whisper import WhisperEngine
 
-    # as a hub before 0.24: the class in huggingface_hub.utils itself, no huggingface_hub.errors
+    # as a hub before 0.25: the class in huggingface_hub.utils itself, not in huggingface_hub.errors
     monkeypatch.setattr(huggingface_hub.utils, "LocalEntryNotFoundError", huggingface_hub.utils.LocalEntryNotFoundError)
     monkeypatch.setitem(sys.modules, "huggingface_hub.errors", None)
     engine = WhisperEngine(str(tmp_path / "no-such-model"))

@@ -304,8 +304,10 @@ class WhisperEngine(Engine):
         try:
             self._model = await loop.run_in_executor(self._executor, self._load, path)
         except (RuntimeError, OSError, ValueError) as exc:
-            # faster-whisper's own dependency; from .utils, not .errors, which only huggingface_hub 0.24 on has
-            from huggingface_hub.utils import LocalEntryNotFoundError  # type: ignore[attr-defined]  # lazy there now
+            try:  # faster-whisper's own dependency, which it takes from 0.21: the class is in .errors from 0.25
+                from huggingface_hub.errors import LocalEntryNotFoundError
+            except ImportError:
+                from huggingface_hub.utils import LocalEntryNotFoundError  # type: ignore[attr-defined]
 
             if isinstance(exc, LocalEntryNotFoundError):  # its message is the Hub's, about an internet connection
                 raise EngineError(
