@@ -385,7 +385,7 @@ later clean measure stays out of every test until that measure has been run)."""
 
 @pytest.mark.timeout(600)
 async def test_no_paused_command_of_the_decoded_splits_is_judged_complete_at_its_pause() -> None:
-    """With tiny.en's text and the voice's heading 0.15 s into the pause, none of these 382 commands
+    """With tiny.en's text and the voice's heading 0.15 s into the pause, none of these 381 commands
     may end the turn: a change to the rules, the line or the pitch measure that would cut one at
     that pad fails here (the heading at -2.5 without the preposition-"it" rule cut fresh5_paused_10).
     The cut that set the doubted line was the live daemon's (at 0.15 s tiny.en heard that pause
