@@ -76,8 +76,10 @@ class Settings:
 
     # Engine
     engine: str = _opt(
-        "auto", "Speech engine; auto picks qwen3-remote when remote_urls is set, qwen3-vllm on a CUDA GPU with vLLM "
-        "installed, else whisper.", choices=ENGINES
+        "auto",
+        "Speech engine; auto picks qwen3-remote when remote_urls is set, qwen3-vllm on a CUDA GPU with vLLM "
+        "installed, else whisper.",
+        choices=ENGINES,
     )
     model: str = _opt("", "Model name or local path; empty: the engine's default.")
     language: str = _opt(
