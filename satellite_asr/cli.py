@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from satellite_asr import __version__
+from satellite_asr.audio import MAX_RATE, MIN_RATE
 from satellite_asr.clients import OutputClosed, reader_may_leave
 from satellite_asr.config import ConfigError, Settings, load_settings, setting_default, setting_fields
 from satellite_asr.engines.base import EngineError
@@ -124,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
         "file",
         nargs="?",
         metavar="FILE.wav",
-        help="16-bit PCM WAV file to stream (8000 to 48000 Hz; several channels are mixed to mono).",
+        help=f"16-bit PCM WAV file to stream ({MIN_RATE} to {MAX_RATE} Hz; several channels are mixed to mono).",
     )
     source.add_argument("--mic", action="store_true", help="Stream the microphone (needs the 'mic' extra).")
     stream.add_argument("--device", help="Input device for --mic, by name or index (list: python -m sounddevice).")
@@ -373,10 +374,18 @@ def _stream(args: argparse.Namespace) -> int:
     return 0
 
 
+PLAIN_ANSWER_REASONS = {"WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG", "HTTP_REQUEST"}
+"""OpenSSL's reasons for a handshake answered by plain HTTP: a daemon without TLS."""
+
+
 def tls_failure(exc: OSError) -> str:
-    """A TLS handshake that failed other than on the certificate: most often a daemon without TLS."""
-    reason = getattr(exc, "reason", None) or exc
-    return f"the TLS handshake failed ({reason}); a daemon without tls_cert takes ws:// and http://, not wss:// or https://"
+    """A TLS handshake that failed other than on the certificate, with the likely cause when
+    OpenSSL's reason says plain HTTP answered (not for a cut connection: a daemon over its cap)."""
+    reason = getattr(exc, "reason", None)
+    said = f"the TLS handshake failed ({reason or exc})"
+    if reason in PLAIN_ANSWER_REASONS:
+        said += "; a daemon without tls_cert takes ws:// and http://, not wss:// or https://"
+    return said
 
 
 def _print_out(text: str) -> None:

@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import wave
@@ -490,6 +491,18 @@ async def test_stream_and_bench_with_wss_to_a_daemon_without_tls_say_to_use_ws()
             assert (code, stdout) == (1, ""), stderr
             assert stderr.startswith(f"satellite-asr: {url}: the TLS handshake failed ("), stderr
             assert stderr.endswith("a daemon without tls_cert takes ws:// and http://, not wss:// or https://\n")
+
+
+def test_a_tls_failure_names_plain_http_only_when_openssl_says_plain_http_answered() -> None:
+    """A TLS daemon over its connection cap closes a new connection mid-handshake: that is no
+    daemon without TLS, and the hint to use ws:// would send the user the wrong way."""
+    from satellite_asr.cli import tls_failure
+
+    cut = ssl.SSLEOFError(8, "EOF occurred in violation of protocol")
+    assert tls_failure(cut) == f"the TLS handshake failed ({cut})"
+    plain = ssl.SSLError(1, "wrong version number")
+    plain.reason = "WRONG_VERSION_NUMBER"
+    assert tls_failure(plain).endswith("a daemon without tls_cert takes ws:// and http://, not wss:// or https://")
 
 
 def test_transcribe_says_when_a_file_has_no_speech(tmp_path: Path) -> None:
