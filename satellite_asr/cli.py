@@ -226,8 +226,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"satellite-asr: configuration error: {exc}", file=sys.stderr)
         return 2
-    except EngineError as exc:  # transcribe and bench load the engine themselves: said as serve's log says it
-        print(f"satellite-asr: the engine could not load: {exc}", file=sys.stderr)
+    except EngineError as exc:  # transcribe and bench run the engine themselves: its error says what failed
+        print(f"satellite-asr: {exc}", file=sys.stderr)
         return 1
     except ValueError as exc:
         print(f"satellite-asr: {exc}", file=sys.stderr)

@@ -389,8 +389,23 @@ def test_a_model_that_cannot_load_is_said_in_one_line_by_transcribe_and_bench(tm
     args = [str(FIXTURES / "weather.wav")] if command == "transcribe" else ["--rounds", "1"]
     result = run_cli(command, "--model", str(model), *args)
     assert result.returncode == 1, result.stderr
-    assert f"satellite-asr: the engine could not load: cannot load whisper model '{model}'" in result.stderr
+    assert f"satellite-asr: cannot load whisper model '{model}'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_an_upgrade_answered_with_wrong_headers_is_not_said_as_no_server() -> None:
+    """Only an answer that is not HTTP means the wrong port; a server that answered the upgrade
+    with a wrong header (a proxy that dropped `Upgrade`) is said as what it did."""
+    from websockets.exceptions import InvalidHeader, InvalidMessage
+
+    from satellite_asr.clients.stream_client import handshake_failure
+
+    assert handshake_failure(InvalidHeader("Upgrade", "h2c")) == (
+        "the WebSocket upgrade failed: invalid Upgrade header: h2c"
+    )
+    assert handshake_failure(InvalidMessage("did not receive a valid HTTP response")).startswith(
+        "no WebSocket server answered (did not receive a valid HTTP response): use the daemon's HTTP port"
+    )
 
 
 async def test_stream_and_bench_to_a_url_that_is_no_websocket_route_say_where_the_route_is() -> None:
@@ -474,7 +489,7 @@ def test_a_model_name_that_cannot_be_downloaded_says_how_to_do_without_the_netwo
     )
     assert result.returncode == 1, result.stderr
     assert (
-        "satellite-asr: the engine could not load: cannot load whisper model 'small.en': a model name is downloaded "
+        "satellite-asr: cannot load whisper model 'small.en': a model name is downloaded "
         "from the Hugging Face Hub on first use, and the Hub cannot be reached (offline?); give a local CTranslate2 "
         "directory instead, or leave model empty for the bundled tiny.en, which needs no network"
     ) in result.stderr

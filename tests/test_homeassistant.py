@@ -330,23 +330,39 @@ def test_fixture_home_ranks_all_exposed_names() -> None:
     assert len(rank_names(HomeNames.from_json(HOME), 2000)) == EXPOSED_NAMES
 
 
-async def test_a_url_where_a_web_server_but_no_home_assistant_answers_says_what_ha_url_should_be() -> None:
+@pytest.mark.parametrize(
+    ("path", "said"),
+    [
+        (
+            "/lovelace/0",
+            "no Home Assistant WebSocket API at {url} (HTTP 404): ha_url is Home Assistant's own address, e.g. "
+            "http://homeassistant.local:8123, without a page's path",
+        ),
+        ("/behind-a-proxy", "{url} failed (HTTP 502): Home Assistant, or a proxy before it, is down"),
+    ],
+)
+async def test_a_url_where_a_web_server_but_no_home_assistant_answers_says_what_ha_url_should_be(
+    path: str, said: str
+) -> None:
     """A page's address pasted from the browser (…:8123/lovelace/0), or another server's port: the
-    error was aiohttp's "404, message='Invalid response status', url=…"."""
+    error was aiohttp's "404, message='Invalid response status', url=…". A proxy's 502 is not a
+    page's path, and is said as what it is (aiohttp follows a redirect itself)."""
+
+    async def bad_gateway(request: web.Request) -> web.Response:
+        raise web.HTTPBadGateway()
+
     app = web.Application()
+    app.router.add_get("/behind-a-proxy/api/websocket", bad_gateway)
     runner = web.AppRunner(app)
     await runner.setup()
     port = free_port()
     site = web.TCPSite(runner, "127.0.0.1", port)
     await site.start()
-    client = client_for(f"http://127.0.0.1:{port}/lovelace/0")
+    client = client_for(f"http://127.0.0.1:{port}{path}")
     try:
         await client.start()
         await asyncio.wait_for(client.wait_for(State.UNREACHABLE), 10)
     finally:
         await client.stop()
         await runner.cleanup()
-    assert client.status.last_error == (
-        f"no Home Assistant WebSocket API at ws://127.0.0.1:{port}/lovelace/0/api/websocket (HTTP 404): ha_url is "
-        "Home Assistant's own address, e.g. http://homeassistant.local:8123, without a page's path"
-    )
+    assert client.status.last_error == said.format(url=f"ws://127.0.0.1:{port}{path}/api/websocket")

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import websockets
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidMessage, InvalidStatus
 
 from satellite_asr.clients import reader_may_leave
 from satellite_asr.clients.audio_source import BLOCK_SECONDS, AudioSource, WavSource
@@ -73,10 +73,12 @@ def handshake_failure(exc: InvalidHandshake) -> str:
                 "(the WebSocket protocol is at /v1/stream, OpenAI's Realtime API at /v1/realtime)"
             )
         return refusal(status, exc.response.body)
-    return (
-        f"no WebSocket server answered ({exc}): use the daemon's HTTP port (http_port, 10301 by default; "
-        "the Wyoming port speaks no HTTP), and wss:// when the daemon has tls_cert"
-    )
+    if isinstance(exc, InvalidMessage):  # no HTTP answer at all
+        return (
+            f"no WebSocket server answered ({exc}): use the daemon's HTTP port (http_port, 10301 by default; "
+            "the Wyoming port speaks no HTTP), and wss:// when the daemon has tls_cert"
+        )
+    return f"the WebSocket upgrade failed: {exc}"
 
 
 class TranscriptPrinter:

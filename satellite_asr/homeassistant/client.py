@@ -251,6 +251,10 @@ class HomeAssistantNames:
             except aiohttp.WSServerHandshakeError as exc:  # a server, but not Home Assistant's API there
                 if exc.status in (401, 403):
                     raise HomeAssistantError(f"{self._url} refused the connection (HTTP {exc.status})") from None
+                if exc.status >= 500:
+                    raise HomeAssistantError(
+                        f"{self._url} failed (HTTP {exc.status}): Home Assistant, or a proxy before it, is down"
+                    ) from None
                 raise HomeAssistantError(
                     f"no Home Assistant WebSocket API at {self._url} (HTTP {exc.status}): ha_url is Home "
                     "Assistant's own address, e.g. http://homeassistant.local:8123, without a page's path"
