@@ -443,7 +443,8 @@ def test_transcribe_says_which_file_it_cannot_read_and_transcribes_the_others(tm
 
 async def test_stream_mixes_a_stereo_file_to_mono_as_transcribe_does(tmp_path: Path) -> None:
     """A 44.1 kHz stereo WAV, what most recorders write: `transcribe` took it, `stream` refused it
-    ("the WebSocket protocol takes mono audio"); the client now mixes it down itself."""
+    ("the WebSocket protocol takes mono audio"); the client now mixes it down itself. The voice is on
+    one channel only, so a client that took the other one, or the first alone, would hear nothing."""
     with wave.open(str(FIXTURES / "weather.wav")) as wav:
         rate, mono = wav.getframerate(), np.frombuffer(wav.readframes(wav.getnframes()), dtype="<i2")
     resampled = np.interp(np.arange(0, mono.size, rate / 44100), np.arange(mono.size), mono).astype("<i2")
@@ -452,7 +453,7 @@ async def test_stream_mixes_a_stereo_file_to_mono_as_transcribe_does(tmp_path: P
         wav.setnchannels(2)
         wav.setsampwidth(2)
         wav.setframerate(44100)
-        wav.writeframes(np.stack([resampled, resampled // 2], axis=1).tobytes())
+        wav.writeframes(np.stack([np.zeros_like(resampled), resampled], axis=1).tobytes())  # the voice on the right
     async with running_daemon() as daemon:
         code, stdout, stderr = await cli_with_key("stream", str(stereo), "--fast", "--url", ws_url(daemon), key=None)
     assert code == 0, stderr
