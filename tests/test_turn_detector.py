@@ -256,7 +256,17 @@ ROSE = RISEN_SEMITONES + 0.5
         ("Can\u2019t you?", SURE, ROSE, UNSURE),  # Whisper's curly apostrophe
         *(
             (f"{auxiliary} you?", SURE, ROSE, UNSURE)
-            for auxiliary in ("Shan't", "Needn't", "Mightn't", "Ain't", "Oughtn't", "Daren't", "Hadn't", "Mustn't")
+            for auxiliary in (
+                "Had",
+                "Shan't",
+                "Needn't",
+                "Mightn't",
+                "Ain't",
+                "Oughtn't",
+                "Daren't",
+                "Hadn't",
+                "Mustn't",
+            )
         ),
         ("Ain\u2019t it?", SURE, ROSE, UNSURE),
         ("Isn't the door locked?", SURE, ROSE, COMPLETE),

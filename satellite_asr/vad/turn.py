@@ -154,7 +154,7 @@ ENGLISH_PARTICLES = _words("on off up down out back over away")
 """Words a phrasal command ends on ("turn it off") but not straight after its verb ("turn off")."""
 ENGLISH_PHRASAL_VERBS = _words("turn switch shut put set bring pull look")
 ENGLISH_AUXILIARIES = _words(
-    "is are was were am can could will would shall should may might must do does did has have "
+    "is are was were am can could will would shall should may might must do does did has have had "
     "isn't aren't wasn't weren't ain't can't couldn't won't wouldn't shan't shouldn't mightn't mustn't needn't "
     "oughtn't daren't don't doesn't didn't hasn't haven't hadn't"
 )
