@@ -99,19 +99,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     transcribe = commands.add_parser(
         "transcribe",
-        help="Transcribe WAV files offline, one line per utterance.",
+        help="Transcribe audio files offline (wav, flac, mp3, ogg/opus, m4a, ...), one line per utterance.",
         description="Each file is cut into utterances as a live stream of it would be, with the\n"
         "settings below (turn_detection adaptive by default). An upload to\n"
         "/v1/audio/transcriptions is always cut with turn_detection fixed:\n"
         "--turn-detection fixed gives its segments. Each line: the file, the\n"
         "utterance's start and end (seconds) and its text, tab-separated; a file\n"
-        "with no speech has none (stderr says so). A file that cannot be read is\n"
-        "named on stderr, the others are still transcribed, and the exit status is\n"
-        "then 2.",
+        "with no speech has none (stderr says so). Files are decoded as an upload\n"
+        "is (FFmpeg: any format it reads), with no limit on their length\n"
+        "(max_upload_audio_s is the server's). A file that cannot be read or is\n"
+        "not audio is named on stderr, the others are still transcribed, and the\n"
+        "exit status is then 2.",
         formatter_class=argparse.RawDescriptionHelpFormatter,  # the flag unbroken at its dash
     )
     transcribe.add_argument(
-        "files", nargs="+", metavar="FILE.wav", help="16-bit PCM WAV files (8000 to 48000 Hz, 1 to 64 channels)."
+        "files",
+        nargs="+",
+        metavar="FILE",
+        help="Audio files in any format FFmpeg reads, as /v1/audio/transcriptions takes them (docs/openai.md).",
     )
     _add_setting_flags(transcribe)
 
@@ -270,20 +275,19 @@ def _serve(settings: Settings) -> int:
 
 def _transcribe(settings: Settings, files: list[str]) -> int:
     _setup_logging("WARNING" if settings.log_level == "INFO" else settings.log_level)
+    from satellite_asr.audio_files import FileRefused
     from satellite_asr.clients.transcribe import OfflineTranscriber
-    from satellite_asr.clients.wav import read_wav
 
     async def run() -> int:
         unreadable = 0
         async with OfflineTranscriber(settings) as transcriber:
             for path in files:
                 try:
-                    audio = read_wav(path).to_16k_mono()
-                except ValueError as exc:  # said, and the other files are still transcribed
+                    finals = await transcriber.transcribe(path)
+                except FileRefused as exc:  # said, and the other files are still transcribed
                     print(f"satellite-asr: {exc}", file=sys.stderr, flush=True)
                     unreadable += 1
                     continue
-                finals = await transcriber.transcribe_audio(audio)
                 for final in finals:
                     _print_out(f"{path}\t{final.start:.2f}\t{final.end:.2f}\t{final.text}")
                 if not finals:  # not a line on stdout, which holds utterances only; said, so silence is not a mystery

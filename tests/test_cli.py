@@ -17,7 +17,7 @@ import aiohttp
 import numpy as np
 import pytest
 
-from satellite_asr.audio import MAX_CHANNELS, MAX_RATE, MIN_RATE
+from satellite_asr.audio import MAX_RATE, MIN_RATE
 from satellite_asr.cli import build_parser
 from satellite_asr.engines.factory import qwen_context_tokens
 from satellite_asr.engines.qwen3_prompt import Qwen3Decoding
@@ -25,6 +25,8 @@ from tests.helpers import (
     EXPECTED,
     FIXTURES,
     daemon_settings,
+    encoded_audio,
+    fixture_16k,
     free_port,
     running_daemon,
     same_words,
@@ -35,6 +37,9 @@ from tests.helpers import (
 pytestmark = pytest.mark.timeout(180)
 
 CHECKOUT = Path(__file__).resolve().parent.parent
+
+NOT_AUDIO = "not an audio file FFmpeg can read (Invalid data found when processing input)"
+"""What `transcribe` says of a file that is not audio (`stream` reads WAV only: "not a PCM WAV file")."""
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -53,11 +58,13 @@ async def cli_with_key(*args: str, key: str | None) -> tuple[int | None, str, st
     return process.returncode, stdout.decode(), stderr.decode()
 
 
-def test_transcribe_help_says_which_wav_files_it_reads(capsys: pytest.CaptureFixture[str]) -> None:
-    """The decoder's limits, not "any channel count": a 65-channel WAV is refused."""
+def test_transcribe_help_says_which_files_it_reads(capsys: pytest.CaptureFixture[str]) -> None:
+    """It said "16-bit PCM WAV files" while the daemon's uploads took any format FFmpeg reads."""
     with pytest.raises(SystemExit):
         build_parser().parse_args(["transcribe", "--help"])
-    assert f"({MIN_RATE} to {MAX_RATE} Hz, 1 to {MAX_CHANNELS} channels)" in " ".join(capsys.readouterr().out.split())
+    shown = " ".join(capsys.readouterr().out.split())
+    assert "Audio files in any format FFmpeg reads, as /v1/audio/transcriptions takes them" in shown
+    assert "with no limit on their length (max_upload_audio_s is the server's)" in shown
 
 
 def test_serve_help_says_each_setting_is_also_a_file_key_and_a_variable(capsys: pytest.CaptureFixture[str]) -> None:
@@ -158,10 +165,14 @@ def test_ctrl_c_in_transcribe_quits_without_a_traceback() -> None:
     assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr
 
 
-@pytest.mark.parametrize("command", ["transcribe", "stream"])
 @pytest.mark.parametrize(
-    ("name", "message"),
-    [("fixtures.json", "not a PCM WAV file"), ("missing.wav", "cannot read it (No such file or directory)")],
+    ("command", "name", "message"),
+    [
+        ("transcribe", "fixtures.json", NOT_AUDIO),
+        ("stream", "fixtures.json", "not a PCM WAV file"),
+        ("transcribe", "missing.wav", "cannot read it (No such file or directory)"),
+        ("stream", "missing.wav", "cannot read it (No such file or directory)"),
+    ],
 )
 def test_unreadable_files_are_named(command: str, name: str, message: str) -> None:
     """A usage error naming the file; `stream` reads it before connecting, so it does not blame the daemon."""
@@ -171,19 +182,20 @@ def test_unreadable_files_are_named(command: str, name: str, message: str) -> No
     assert "Traceback" not in result.stderr and "cannot reach" not in result.stderr
 
 
-@pytest.mark.parametrize("command", ["transcribe", "stream"])
 @pytest.mark.parametrize(
-    ("content", "message"),
+    ("command", "content", "message"),
     [
-        (b"hello\n", "not a PCM WAV file (too short for a WAV header)"),
-        (None, f"its sample rate is 96000 Hz; the daemon takes {MIN_RATE} to {MAX_RATE} Hz"),
+        ("transcribe", b"hello\n", NOT_AUDIO),
+        ("stream", b"hello\n", "not a PCM WAV file (too short for a WAV header)"),
+        ("stream", None, f"its sample rate is 96000 Hz; the daemon takes {MIN_RATE} to {MAX_RATE} Hz"),
     ],
 )
 def test_a_wav_file_the_daemon_cannot_take_is_named_with_what_is_wrong(
     tmp_path: Path, command: str, content: bytes | None, message: str
 ) -> None:
-    """A file shorter than a WAV header, and a rate outside the decoder's range: one sentence that
-    names the file, said before `stream` connects (not "not a PCM WAV file ()", not a close 1008)."""
+    """A file shorter than a WAV header, and a rate outside the stream decoder's range: one sentence
+    that names the file, said before `stream` connects (not "not a PCM WAV file ()", not a close
+    1008). `transcribe` decodes as uploads are: it resamples a 96 kHz file, and calls text not audio."""
     path = tmp_path / "audio.wav"
     if content is None:
         with wave.open(str(path), "wb") as wav:
@@ -435,10 +447,25 @@ def test_transcribe_says_which_file_it_cannot_read_and_transcribes_the_others(tm
     bad.write_bytes(b"fLaC" + bytes(100))
     result = run_cli("transcribe", str(FIXTURES / "weather.wav"), str(bad), str(FIXTURES / "timer.wav"))
     assert result.returncode == 2, result.stderr
-    assert result.stderr.strip() == f"satellite-asr: {bad}: not a PCM WAV file (file does not start with RIFF id)"
+    assert result.stderr.strip() == f"satellite-asr: {bad}: {NOT_AUDIO}"
     lines = [line.split("\t") for line in result.stdout.splitlines()]
     assert [line[0] for line in lines] == [str(FIXTURES / "weather.wav"), str(FIXTURES / "timer.wav")]
     assert same_words(EXPECTED["weather.wav"], [lines[0][3]]) and same_words(EXPECTED["timer.wav"], [lines[1][3]])
+
+
+def test_transcribe_reads_what_an_upload_may_be(tmp_path: Path) -> None:
+    """`transcribe meeting.m4a` (docs/openai.md's upload) said "not a PCM WAV file": files are now
+    decoded as uploads are. A phone's m4a (AAC, 44.1 kHz) and a browser's Ogg Opus (48 kHz, stereo)."""
+    samples = fixture_16k("three_commands.wav")
+    m4a, opus = tmp_path / "meeting.m4a", tmp_path / "meeting.opus"
+    m4a.write_bytes(encoded_audio(samples, "ipod", "aac", 44100))
+    opus.write_bytes(encoded_audio(samples, "ogg", "libopus", 48000, "stereo"))
+    result = run_cli("transcribe", str(m4a), str(opus))
+    assert result.returncode == 0, result.stderr
+    lines = [line.split("\t") for line in result.stdout.splitlines()]
+    for path in (m4a, opus):
+        texts = [line[3] for line in lines if line[0] == str(path)]
+        assert same_words(EXPECTED["three_commands.wav"], texts), (path, lines)
 
 
 async def test_stream_mixes_a_stereo_file_to_mono_as_transcribe_does(tmp_path: Path) -> None:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import math
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from satellite_asr.audio import SAMPLE_RATE, Audio
-from satellite_asr.clients.wav import read_wav
+from satellite_asr.audio_files import AudioFile, FileRefused, decoded_chunks
 from satellite_asr.config import Settings
 from satellite_asr.core import Core
 from satellite_asr.engines.base import Engine
@@ -14,7 +15,10 @@ from satellite_asr.events import FinalTranscript
 from satellite_asr.recording import Recording
 from satellite_asr.session import SessionOptions
 
-CHUNK_SECONDS = 0.1
+MAX_SECONDS = math.inf
+"""No cap on a local file's length, unlike an upload's `max_upload_audio_s`: that guards a shared
+server's slots against a stranger's file, while here the person who picked the file is the one
+waiting (Ctrl-C stops it), and a meeting can run past four hours."""
 
 
 class OfflineTranscriber:
@@ -23,33 +27,53 @@ class OfflineTranscriber:
     def __init__(self, settings: Settings, engine: Engine | None = None) -> None:
         self.settings = settings
         self.core = Core(settings, engine)
+        self._decoding = ThreadPoolExecutor(1, thread_name_prefix="file-decode")
+        """FFmpeg decodes beside the event loop, which meanwhile hands the VAD's utterances to the engine."""
 
     async def __aenter__(self) -> OfflineTranscriber:
         await self.core.start()
         try:
             await self.core.wait_ready()
         except BaseException:
-            await self.core.close()
+            await self.close()
             raise
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        await self.core.close()
+        await self.close()
+
+    async def close(self) -> None:
+        try:
+            await self.core.close()
+        finally:
+            self._decoding.shutdown()
 
     async def transcribe(self, path: str | Path) -> list[FinalTranscript]:
         """The finals of every utterance in the file, in order, cut as a live stream's would be (the
-        settings' turn_detection; an upload's are always `fixed`): bench compares the streams with them."""
-        return await self.transcribe_audio(read_wav(path).to_16k_mono())
+        settings' turn_detection; an upload's are always `fixed`): bench compares the streams with them.
 
-    async def transcribe_audio(self, audio: Audio) -> list[FinalTranscript]:
-        """`transcribe` of audio already read (16 kHz mono)."""
-        step = int(CHUNK_SECONDS * SAMPLE_RATE)
-
-        async def chunks() -> AsyncIterator[Audio]:
-            for offset in range(0, audio.size, step):
-                yield audio[offset : offset + step]
-
+        The file is decoded as an upload to /v1/audio/transcriptions is (`AudioFile`: any format
+        FFmpeg reads, WAV included), so the product reads audio files one way. `FileRefused` naming
+        the file when it cannot be read, is not audio, or stops decoding midway."""
+        audio_file = await asyncio.get_running_loop().run_in_executor(self._decoding, _open, path)
         settings = self.core.settings  # its language as the loaded model names it
         options = SessionOptions.from_settings(settings, partials=False, language=settings.default_language)
-        async with Recording(self.core, "offline", options) as recording:
-            return [final async for final in recording.finals(chunks())]
+        try:
+            async with Recording(self.core, "offline", options) as recording:
+                return [final async for final in recording.finals(decoded_chunks(audio_file, self._decoding))]
+        except FileRefused as exc:
+            raise FileRefused(f"{path}: {exc}") from None
+        finally:
+            audio_file.close()
+
+
+def _open(path: str | Path) -> AudioFile:
+    """`AudioFile.open` of the file's bytes, read once (FFmpeg decodes from them, not from a copy)."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise FileRefused(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    try:
+        return AudioFile.open(data, MAX_SECONDS)
+    except FileRefused as exc:
+        raise FileRefused(f"{path}: {exc}") from None
