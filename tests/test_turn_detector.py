@@ -407,7 +407,7 @@ async def test_no_paused_command_of_the_decoded_splits_is_judged_complete_at_its
         results = await judge(engine, RuleTurnDetector(), names, pad_s=0.15)
     finally:
         await engine.close()
-    assert len(results) == 382
+    assert len(results) == 381
     assert [(r.name, r.text) for r in results if r.verdict is COMPLETE] == []
 
 
