@@ -375,6 +375,14 @@ async def read_server_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
     return first & 0x0F, await reader.readexactly(size)
 
 
+async def read_server_frames_until_close(reader: asyncio.StreamReader) -> list[tuple[int, bytes]]:
+    """The server's frames up to and with its Close (`read_server_frame`'s each)."""
+    frames = [await read_server_frame(reader)]
+    while frames[-1][0] != CLOSE_OPCODE:
+        frames.append(await read_server_frame(reader))
+    return frames
+
+
 async def websocket_upgrade(
     reader: asyncio.StreamReader, writer: asyncio.StreamWriter, port: int, path: str = "/v1/stream"
 ) -> bytes:

@@ -42,7 +42,6 @@ from satellite_asr.server import Daemon
 from tests.doubles import GatedEngineDouble
 from tests.helpers import (
     BINARY_OPCODE,
-    CLOSE_OPCODE,
     EXPECTED,
     FIXTURES,
     TEXT_OPCODE,
@@ -54,6 +53,7 @@ from tests.helpers import (
     free_port,
     of_type,
     read_server_frame,
+    read_server_frames_until_close,
     running_daemon,
     same_words,
     websocket_upgrade,
@@ -429,9 +429,7 @@ async def test_a_websocket_whose_first_message_stops_arriving_is_closed_at_twice
         reader, writer = await asyncio.open_connection("127.0.0.1", daemon.http_port)
         await websocket_upgrade(reader, writer, daemon.http_port)
         writer.write(client_frame(bytes(64000), opcode=BINARY_OPCODE)[:1000])  # and nothing more
-        frames = [await read_server_frame(reader)]
-        while frames[-1][0] != CLOSE_OPCODE:
-            frames.append(await read_server_frame(reader))
+        frames = await read_server_frames_until_close(reader)
         writer.close()
     error = json.loads(frames[0][1])
     assert (error["code"], frames[-1][1][:2]) == ("timeout", (1008).to_bytes(2, "big")), frames

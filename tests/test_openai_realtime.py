@@ -34,6 +34,7 @@ from tests.helpers import (
     of_type,
     pcm16,
     read_server_frame,
+    read_server_frames_until_close,
     running_daemon,
     same_words,
     traced_client,
@@ -501,9 +502,7 @@ async def test_an_event_arriving_at_the_idle_timeout_is_taken_and_the_close_foll
             async for _ in idle:  # session.created, then the idle timeout's Close
                 pass
         writer.write(frame[20:])
-        frames = [await read_server_frame(reader)]
-        while frames[-1][0] != CLOSE_OPCODE:
-            frames.append(await read_server_frame(reader))
+        frames = await read_server_frames_until_close(reader)
         writer.close()
     assert json.loads(created)["type"] == "session.created" and idle.close_code == 1001
     assert [opcode for opcode, _ in frames] == [TEXT_OPCODE, CLOSE_OPCODE], frames

@@ -40,6 +40,7 @@ from tests.helpers import (
     normalise,
     of_type,
     read_server_frame,
+    read_server_frames_until_close,
     running_daemon,
     same_words,
     traced_client,
@@ -316,9 +317,7 @@ async def test_the_servers_close_waits_for_the_clients_close(
         await websocket_upgrade(reader, writer, daemon.http_port, path)
         if first_message is not None:
             writer.write(client_frame(json.dumps(first_message).encode()))
-        frames = [await read_server_frame(reader)]
-        while frames[-1][0] != CLOSE_OPCODE:
-            frames.append(await read_server_frame(reader))
+        frames = await read_server_frames_until_close(reader)
         writer.write(client_frame(bytes(6400), opcode=BINARY_OPCODE))  # audio in flight when the server closed
         with pytest.raises(TimeoutError):  # neither an end nor a reset: the server waits, reading
             await asyncio.wait_for(reader.read(1), 0.5)
@@ -762,9 +761,7 @@ async def test_a_message_arriving_at_the_idle_timeout_is_taken_and_the_close_fol
             await idle.send(json.dumps({"type": "config"}))
             await receive_until_close(idle)  # session_created, then the idle timeout's Close
         writer.write(frame[12:])
-        frames = [await read_server_frame(reader)]
-        while frames[-1][0] != CLOSE_OPCODE:
-            frames.append(await read_server_frame(reader))
+        frames = await read_server_frames_until_close(reader)
         writer.close()
     assert json.loads(created)["type"] == "session_created" and idle.close_code == 1001
     assert [opcode for opcode, _ in frames] == [TEXT_OPCODE, CLOSE_OPCODE], frames
