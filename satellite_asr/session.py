@@ -14,6 +14,7 @@ rare case it does not start with the stable text streamed before it, the final w
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -82,7 +83,8 @@ class SessionOptions:
     """The client's biasing text after the daemon's `context` (what `session_created` echoes)."""
     max_pending_finals: int
     max_feed_ahead_s: float | None
-    """None: no pacing (a recording read as fast as the engine goes)."""
+    """None: no pacing (a recording read as fast as the engine goes; a pause it speculates at waits
+    for its turn verdict, so that it is cut as a live stream whose engine keeps up would be)."""
     batch: bool = False
     """A file, not a person waiting: finals decoded at `BATCH` priority, after live partials, and none
     decoded ahead at a pause (a speculation that speech going on would waste)."""
@@ -494,12 +496,20 @@ class Session:
         )
         speculation = _Speculation(end, task)
         utterance.speculation = speculation
-        if self.options.endpointing.adaptive and read_turn:
+        if not (self.options.endpointing.adaptive and read_turn):
+            return
+        if self.options.max_feed_ahead_s is None:
+            # a recording is fed as fast as VAD reads it, past the long silence before any decode is
+            # done: its audio waits for the verdict, which a live stream's engine gives during the pause
+            await self._read_turn(utterance, speculation, audio, lock_held=True)
+        else:
             utterance.turn_reader = asyncio.create_task(
-                self._read_turn(utterance, speculation, audio), name="turn-reader"
+                self._read_turn(utterance, speculation, audio, lock_held=False), name="turn-reader"
             )
 
-    async def _read_turn(self, utterance: _Utterance, speculation: _Speculation, audio: Audio) -> None:
+    async def _read_turn(
+        self, utterance: _Utterance, speculation: _Speculation, audio: Audio, *, lock_held: bool
+    ) -> None:
         """Hand the turn detector's verdict on the speculative text, and on where the voice's pitch
         was heading as it stopped (measured while the engine decodes), to the endpointer."""
         pitch = asyncio.ensure_future(asyncio.to_thread(self._pitch_or_none, audio))
@@ -511,7 +521,7 @@ class Session:
             return
         language = result.language or self.options.language
         verdict = self._turn_detector.verdict(result.text, language, result.mean_logprob, ending)
-        async with self._lock:
+        async with contextlib.nullcontext() if lock_held else self._lock:
             if self._utterance is not utterance or utterance.speculation is not speculation:
                 return
             at_s, logprob = speculation.end / SAMPLE_RATE, result.mean_logprob

@@ -240,6 +240,10 @@ class TurnDecisions(logging.Handler):
     def of_session(self, session: str) -> list[TurnDecision]:
         return list(self._by_session.get(session, []))
 
+    def every(self) -> list[TurnDecision]:
+        """Every session's, in the order the sessions began (one session: its own, in order)."""
+        return [decision for decisions in self._by_session.values() for decision in decisions]
+
 
 @contextmanager
 def turn_decisions() -> Iterator[TurnDecisions]:

@@ -19,8 +19,10 @@ import pytest
 
 from satellite_asr.audio import MAX_RATE, MIN_RATE
 from satellite_asr.cli import build_parser
+from satellite_asr.clients.transcribe import OfflineTranscriber
 from satellite_asr.engines.factory import qwen_context_tokens
 from satellite_asr.engines.qwen3_prompt import Qwen3Decoding
+from satellite_asr.vad.turn import TurnVerdict
 from tests.helpers import (
     EXPECTED,
     FIXTURES,
@@ -31,6 +33,7 @@ from tests.helpers import (
     running_daemon,
     same_words,
     serve_on_loopback,
+    turn_decisions,
     ws_url,
 )
 
@@ -112,6 +115,21 @@ async def test_transcribe_says_and_gives_how_an_upload_is_cut(capsys: pytest.Cap
     result = run_cli("transcribe", "--turn-detection", "fixed", str(wav))
     assert result.returncode == 0, result.stderr
     assert [tuple(line.split("\t")[1:]) for line in result.stdout.splitlines()] == uploaded
+
+
+async def test_transcribe_ends_each_command_where_its_turn_verdict_says() -> None:
+    """A live stream's turn verdict comes while the pause goes on. transcribe fed a file as fast as VAD
+    read it, so each pause was past the long silence before its speculative decode was done, and the
+    verdict came too late: every command waited `silence_ms` (cut as with `fixed`, whatever the README
+    said of adaptive, its default), and how long an engine took decided where a file was cut."""
+    with turn_decisions() as decisions:
+        async with OfflineTranscriber(daemon_settings()) as transcriber:
+            finals = await transcriber.transcribe(FIXTURES / "three_commands.wav")
+    verdicts = [decision.verdict for decision in decisions.every()]
+    endpoints = [final.endpoint for final in finals]
+    assert len(verdicts) == len(finals) == 3, (verdicts, finals)
+    assert endpoints == ["complete" if verdict is TurnVerdict.COMPLETE else "silence" for verdict in verdicts]
+    assert "complete" in endpoints, "the fixture still has a command its verdict ends at the short silence"
 
 
 def test_transcribe_into_a_reader_that_closes_the_output_stops_quietly() -> None:
