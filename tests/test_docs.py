@@ -15,15 +15,17 @@ import aiohttp
 import yaml
 
 from satellite_asr.cli import build_parser
+from satellite_asr.clients.transcribe import OfflineTranscriber
 from satellite_asr.config import load_settings
 from satellite_asr.discovery import Advertisement, service_infos
+from satellite_asr.events import FinalTranscript
 from satellite_asr.homeassistant.client import State
 from satellite_asr.metrics import Metrics
 from satellite_asr.protocols import openai_rest, websocket
 from satellite_asr.protocols.openai_realtime_config import EAGERNESS, SERVER_VAD_SETTINGS
 from satellite_asr.protocols.wyoming import SENSITIVITY_SCALE
 from satellite_asr.protocols.wyoming_framing import MAX_BLOCK_BYTES, MAX_HEADER_BYTES
-from tests.helpers import running_daemon
+from tests.helpers import FIXTURES, daemon_settings, running_daemon
 from tests.test_config import USER_DOCS
 
 ROOT = Path(__file__).parent.parent
@@ -253,3 +255,76 @@ def test_no_install_advice_fetches_satellite_asr_from_a_package_index() -> None:
     texts |= {str(path.relative_to(ROOT)): path.read_text() for path in (ROOT / "satellite_asr").rglob("*.py")}
     from_index = re.compile(r"pip install ['\"]?satellite-asr\b")
     assert not sorted(name for name, text in texts.items() if from_index.search(text))
+
+
+def _fenced_after(doc: str, heading: str) -> str:
+    """The first fenced block after `heading` in `doc`, without its fences."""
+    text = (ROOT / doc).read_text()
+    opening = text.index("```", text.index(heading))
+    body = text.index("\n", opening) + 1
+    return text[body : text.index("```", body)]
+
+
+def _arrows(block: str, arrow: str) -> list[str]:
+    """The messages of an exchange written `→ …` / `← …`, a message's continuation lines joined to it."""
+    messages: list[str] = []
+    for line in block.splitlines():
+        if line.startswith(("→", "←")):
+            messages.append(line)
+        elif messages:
+            messages[-1] += " " + line.strip()
+    return [message[1:].strip() for message in messages if message.startswith(arrow)]
+
+
+def _timed(final: FinalTranscript) -> tuple[float, float, str]:
+    return final.start, final.end, final.text
+
+
+async def test_the_examples_transcripts_and_times_are_what_the_daemon_gives() -> None:
+    """The README's tour, protocol.md's exchange, wyoming.md's round and openai.md's uploads show
+    what the daemon sends for the fixtures they name: a live stream is cut as `transcribe` cuts the
+    file (a stream's turn verdicts come during the pause), an upload as `transcribe` with `fixed`.
+    They showed an older daemon's ends and words (a final at 2.25 s that the daemon ends at 2.05)."""
+    async with OfflineTranscriber(daemon_settings()) as transcriber:
+        commands = await transcriber.transcribe(FIXTURES / "three_commands.wav")
+        (weather,) = await transcriber.transcribe(FIXTURES / "weather.wav")
+    async with OfflineTranscriber(daemon_settings(turn_detection="fixed")) as transcriber:
+        uploaded = await transcriber.transcribe(FIXTURES / "three_commands.wav")
+
+    readme = (ROOT / "README.md").read_text()
+    tour_output = readme[readme.index("## A 30-second tour") : readme.index("Partials appear")]
+    tour = re.findall(r"^\[\s*([\d.]+) -\s*([\d.]+)\] (.+)$", tour_output, re.M)
+    assert [(float(start), float(end), text) for start, end, text in tour] == [
+        (round(start, 2), round(end, 2), text) for start, end, text in map(_timed, commands)
+    ], "README.md's stream output"
+
+    exchange = _arrows(_fenced_after("docs/protocol.md", "## Example exchange"), "←")
+    sent = [json.loads(message) for message in exchange if message.startswith("{")]
+    starts = [event["start"] for event in sent if event.get("type") == "speech_start"]
+    finals = [event for event in sent if event.get("type") == "final"]
+    assert starts == [final.start for final in commands[:2]], "protocol.md's speech_start events"
+    first = commands[0]
+    assert (finals[0]["start"], finals[0]["end"], finals[0]["text"], finals[0]["endpoint"]) == (
+        *_timed(first),
+        first.endpoint,
+    ), "protocol.md's first final"
+
+    round_ = dict(
+        message.split(" ", 1)
+        for message in _arrows(_fenced_after("docs/wyoming.md", "## A round"), "←")
+        if " {" in message
+    )
+    heard = {name: json.loads(round_[name].split("  ")[0]) for name in ("voice-started", "voice-stopped", "transcript")}
+    assert (heard["voice-started"]["timestamp"], heard["voice-stopped"]["timestamp"], heard["transcript"]["text"]) == (
+        round(weather.start * 1000),
+        round(weather.end * 1000),
+        weather.text,
+    ), "wyoming.md's round"
+
+    examples = _fenced_after("docs/openai.md", "### Examples")
+    (body,) = [line.removeprefix("# ") for line in examples.splitlines() if line.startswith('# {"text"')]
+    assert json.loads(body)["text"] == " ".join(final.text for final in uploaded), "openai.md's json"
+    cues = re.findall(r"^# (\d\d):(\d\d):(\d\d),(\d{3}) --> (\d\d):(\d\d):(\d\d),(\d{3})\n# (.+)$", examples, re.M)
+    shown = [(int(cue[2]) + int(cue[3]) / 1000, int(cue[6]) + int(cue[7]) / 1000, cue[8]) for cue in cues]
+    expected = [(round(start, 3), round(end, 3), text) for start, end, text in map(_timed, uploaded)]
+    assert len(shown) >= 2 and shown == expected[: len(shown)], "openai.md's srt"
