@@ -260,11 +260,15 @@ def _serve(settings: Settings) -> int:
             stopping = asyncio.create_task(stop.wait())
             failing = asyncio.create_task(daemon.core.wait_failed())
             await asyncio.wait([stopping, failing], return_when=asyncio.FIRST_COMPLETED)
-            code = 1 if failing.done() else 0
             stopping.cancel()
             failing.cancel()
-            if failing.done() and isinstance(failing.result(), ConfigError):
-                raise failing.result()  # a setting the loaded model refuses (`language`): said as one
+            code = 0
+            if failing.done():  # in the daemon's log, where a service's failure is read; exit 2 as for any setting
+                error = failing.result()
+                refused = isinstance(error, ConfigError)  # a setting the loaded model refuses (`language`)
+                what = "configuration error" if refused else "failed to load"
+                log.error("engine %s %s: %s", daemon.core.engine_info.name, what, error)
+                code = 2 if refused else 1
             log.info("shutting down")
             return code
         finally:

@@ -173,9 +173,7 @@ class Core:
         try:
             await self.engine.start()
             self._check_language()
-        except Exception as exc:
-            what = "configuration error" if isinstance(exc, ConfigError) else "failed to load"
-            log.error("engine %s %s: %s", self.engine.info.name, what, exc)
+        except Exception as exc:  # said by whoever waits for the engine (`wait_ready`, `wait_failed`), once
             self.engine_error = exc
             self._failed.set()
             return
@@ -207,7 +205,7 @@ class Core:
             raise self.engine_error
 
     async def wait_failed(self) -> BaseException:
-        """Until the engine fails to load (serve exits then)."""
+        """Until the engine fails to load (serve logs the error and exits then)."""
         await self._failed.wait()
         assert self.engine_error is not None
         return self.engine_error

@@ -386,14 +386,18 @@ def test_serve_names_the_setting_when_it_cannot_listen(flags: list[str], message
 @pytest.mark.parametrize("command", ["serve", "transcribe"])
 def test_a_language_setting_the_model_lacks_is_a_configuration_error(command: str) -> None:
     """`language` is the default every session is decoded in: one tiny.en lacks was taken silently,
-    echoed in session_created and finals as if it applied (a multilingual model failed every decode)."""
+    echoed in session_created and finals as if it applied (a multilingual model failed every decode).
+    Said once: both commands printed it twice, as the core's log line and as the command's own."""
+    said = "language: 'xx' is not one of the languages of bundled:tiny.en (en)"
     if command == "serve":
         result = serve_on_loopback("--language", "xx")
+        (logged,) = [line for line in result.stderr.splitlines() if said in line]  # in its log, once
+        assert " ERROR " in logged and logged.endswith(f": engine whisper configuration error: {said}")
     else:
         result = run_cli("transcribe", str(FIXTURES / "weather.wav"), "--language", "xx")
+        assert f"satellite-asr: configuration error: {said}" in result.stderr
     assert result.returncode == 2, result.stderr
-    message = "satellite-asr: configuration error: language: 'xx' is not one of the languages of bundled:tiny.en (en)"
-    assert message in result.stderr
+    assert result.stderr.count(said) == 1, result.stderr
     assert "Traceback" not in result.stderr
 
 
@@ -412,15 +416,34 @@ def test_serve_refuses_a_vllm_model_length_too_short_for_the_longest_utterance()
 
 
 @pytest.mark.parametrize("command", ["transcribe", "bench"])
-def test_a_model_that_cannot_load_is_said_in_one_line_by_transcribe_and_bench(tmp_path: Path, command: str) -> None:
-    """`serve` logs the load error and exits 1; `transcribe` and `bench`, which load the engine
-    themselves, ended in an EngineError traceback (a mistyped model path, a model name offline)."""
-    model = tmp_path / "no-such-model"
+@pytest.mark.parametrize(
+    ("model", "reason"),
+    [("no-such-model", "no model directory at {model}"), ("empty", "Unable to open file 'model.bin' in model")],
+)
+def test_a_model_that_cannot_load_is_said_in_one_line_by_transcribe_and_bench(
+    tmp_path: Path, command: str, model: str, reason: str
+) -> None:
+    """`transcribe` and `bench`, which load the engine themselves, ended in an EngineError traceback
+    (a mistyped model path, a model name offline); then said it twice, as the core's log line above
+    their own. A folder that holds no model is said as well as one that is not there."""
+    (tmp_path / "empty").mkdir()
+    path = tmp_path / model
     args = [str(FIXTURES / "weather.wav")] if command == "transcribe" else ["--rounds", "1"]
-    result = run_cli(command, "--model", str(model), *args)
+    result = run_cli(command, "--model", str(path), *args)
     assert result.returncode == 1, result.stderr
-    assert f"satellite-asr: cannot load whisper model '{model}'" in result.stderr
+    said = f"cannot load whisper model '{path}': {reason.format(model=path)}"
+    assert f"satellite-asr: {said}" in result.stderr
+    assert result.stderr.count(said) == 1, result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_serve_logs_a_model_that_cannot_load_once_and_exits_1(tmp_path: Path) -> None:
+    """The daemon's log is where a service's failure is read: the load error is in it, once."""
+    result = serve_on_loopback("--model", str(tmp_path))
+    assert result.returncode == 1, result.stderr
+    said = f"cannot load whisper model '{tmp_path}': Unable to open file 'model.bin' in model '{tmp_path}'"
+    (logged,) = [line for line in result.stderr.splitlines() if said in line]
+    assert " ERROR " in logged and logged.endswith(f": engine whisper failed to load: {said}")
 
 
 def test_an_upgrade_answered_with_wrong_headers_is_not_said_as_no_server() -> None:
