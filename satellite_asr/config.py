@@ -402,6 +402,18 @@ class Settings:
             ) from None
 
 
+VAD_FIELDS = {
+    "threshold": "vad_threshold",
+    "min_speech_ms": "min_speech_ms",
+    "turn_detection": "turn_detection",
+    "min_silence_ms": "min_silence_ms",
+    "silence_ms": "silence_ms",
+}
+"""The endpointing settings a WebSocket session may set for itself (and is checked as), by their key
+in its config message's `vad` object (docs/protocol.md). Here, beside the settings, so that the
+file's error for a `vad:` object names the very ones the protocol takes."""
+
+
 def setting_fields() -> list[dataclasses.Field[Any]]:
     """The declared settings, in declaration order."""
     return list(dataclasses.fields(Settings))
@@ -442,8 +454,8 @@ def coerce(name: str, raw: Any) -> Any:
         meant = _meant(name, set(fields))
         if name == "vad":  # the WebSocket config message's object (docs/protocol.md), copied into a file
             raise ConfigError(
-                "unknown setting 'vad': settings are flat keys (vad_threshold, min_speech_ms, turn_detection, "
-                "min_silence_ms, silence_ms); a vad object is what a WebSocket client sends in its config message"
+                f"unknown setting 'vad': settings are flat keys ({', '.join(VAD_FIELDS.values())}); "
+                "a vad object is what a WebSocket client sends in its config message"
             )
         if meant is not None:
             raise ConfigError(f"unknown setting '{name}'; did you mean '{meant}'?")

@@ -20,6 +20,7 @@ from satellite_asr.config import (
     setting_default,
     setting_fields,
 )
+from satellite_asr.protocols import websocket
 from tests.helpers import serve_on_loopback
 
 ROOT = Path(__file__).parent.parent
@@ -83,12 +84,24 @@ def test_a_mistyped_key_is_said_with_the_setting_it_most_likely_meant(tmp_path: 
         load_settings(config, environ={})
     with pytest.raises(ConfigError, match=r"'silense_ms'; did you mean SATELLITE_ASR_SILENCE_MS\?$"):
         load_settings(environ={"SATELLITE_ASR_SILENSE_MS": "1"})
-    config.write_text("vad:\n  silence_ms: 600\n")  # the WebSocket config message's shape
-    with pytest.raises(ConfigError, match=r"^unknown setting 'vad': settings are flat keys \(vad_threshold, "):
-        load_settings(config, environ={})
     config.write_text("port: 10301\n")
     with pytest.raises(ConfigError, match=r"^unknown setting 'port'; known settings: allowed_hosts, "):
         load_settings(config, environ={})
+
+
+def test_a_vad_object_in_the_file_is_told_the_flat_keys_a_websocket_vad_object_sets(tmp_path: Path) -> None:
+    """`vad: {silence_ms: 500}`, the WebSocket config message's shape copied into a file, is told
+    the settings behind the vad object's fields, exactly: the file's error once named them by hand."""
+    config = tmp_path / "c.yaml"
+    config.write_text("vad:\n  silence_ms: 500\n")
+    with pytest.raises(ConfigError) as error:
+        load_settings(config, environ={})
+    said = re.fullmatch(
+        r"unknown setting 'vad': settings are flat keys \((.*)\); "
+        "a vad object is what a WebSocket client sends in its config message",
+        str(error.value),
+    )
+    assert said is not None and said[1].split(", ") == list(websocket.VAD_FIELDS.values())
 
 
 def test_unreadable_or_malformed_files_are_reported(tmp_path: Path) -> None:

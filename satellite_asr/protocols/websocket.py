@@ -16,7 +16,7 @@ from aiohttp import WSCloseCode, WSMessage, WSMsgType, web
 
 from satellite_asr.access import SUBPROTOCOL
 from satellite_asr.audio import ENCODINGS, MAX_RATE, MIN_RATE, SAMPLE_RATE, PcmDecoder
-from satellite_asr.config import ConfigError, coerce
+from satellite_asr.config import VAD_FIELDS, ConfigError, coerce
 from satellite_asr.core import Core
 from satellite_asr.engines.base import EngineInfo
 from satellite_asr.events import FinalTranscript, PartialTranscript, SessionError, SessionEvent, SpeechStarted
@@ -43,14 +43,6 @@ MAX_FRAME_BYTES = 1 << 20
 """Largest client message; a larger one closes the connection with 1009 (checked before buffering)."""
 
 CONFIG_FIELDS = {"type", "sample_rate", "encoding", "language", "context", "vad", "partials", "household_names"}
-VAD_FIELDS = {
-    "threshold": "vad_threshold",
-    "min_speech_ms": "min_speech_ms",
-    "turn_detection": "turn_detection",
-    "min_silence_ms": "min_silence_ms",
-    "silence_ms": "silence_ms",
-}
-"""Per-session VAD keys and the daemon setting each overrides (and is validated as)."""
 VAD_NAMES = {**{setting: key for key, setting in VAD_FIELDS.items()}, **{key: key for key in VAD_FIELDS}}
 """A `vad` key by its own name or its setting's (`vad_threshold`): what a misplaced field meant."""
 CLOSE_CODES = {"server_busy": WSCloseCode.TRY_AGAIN_LATER}
