@@ -52,10 +52,34 @@ def _at_least(minimum: int) -> Any:
     return parse
 
 
-def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per setting, derived from `Settings` (defaults shown are the built-in ones)."""
+TRANSCRIBE_SETTINGS = frozenset(
+    {
+        # the engine and how it decodes (partials aside: transcribe asks for none)
+        *("engine", "model", "language", "context", "decode_concurrency"),
+        *("whisper_compute_type", "whisper_device", "whisper_threads", "whisper_beam_size", "whisper_short_context"),
+        *("vllm_dtype", "vllm_gpu_memory_utilization", "vllm_max_model_len", "vllm_max_num_seqs"),
+        *("vllm_enforce_eager", "vllm_kv_cache_bytes", "qwen_max_new_tokens"),
+        *("remote_urls", "remote_api_key", "remote_timeout_s", "remote_health_interval_s", "remote_max_concurrency"),
+        # where the file is cut into utterances
+        *("vad_threshold", "min_speech_ms", "turn_detection", "min_silence_ms", "silence_ms", "speech_pad_ms"),
+        "max_utterance_s",
+        # the household's names, which bias the decodes and correct the transcripts
+        *("household_names", "ha_url", "ha_token", "ha_token_file", "ha_names_limit"),
+        "log_level",
+    }
+)
+"""The settings that change a local transcription: `transcribe` runs no server, so it has flags for
+these alone. Its config file and SATELLITE_ASR_ variables may hold any setting (one file serves
+both commands); the server's are unused."""
+
+
+def _add_setting_flags(parser: argparse.ArgumentParser, only: frozenset[str] | None = None) -> None:
+    """One flag per setting (or per setting in `only`), derived from `Settings` (defaults shown are
+    the built-in ones)."""
     parser.add_argument("--config", metavar="FILE", help="YAML config file (see config.example.yaml).")
     for f in setting_fields():
+        if only is not None and f.name not in only:
+            continue
         flag = "--" + f.name.replace("_", "-")
         default = setting_default(f)
         help_text = f"{f.metadata['help']} (default: {default!r})"
@@ -71,7 +95,7 @@ def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _settings_from(args: argparse.Namespace) -> Settings:
-    overrides = {f.name: getattr(args, f.name) for f in setting_fields()}
+    overrides = {f.name: getattr(args, f.name, None) for f in setting_fields()}  # None: not a flag of the command
     return load_settings(args.config, overrides=overrides)
 
 
@@ -109,7 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
         "is (FFmpeg: any format it reads), with no limit on their length\n"
         "(max_upload_audio_s is the server's). A file that cannot be read or is\n"
         "not audio is named on stderr, the others are still transcribed, and the\n"
-        "exit status is then 2.",
+        "exit status is then 2. Only the settings that change a transcription are\n"
+        "flags here; a --config file may hold the server's too, left unused.",
         formatter_class=argparse.RawDescriptionHelpFormatter,  # the flag unbroken at its dash
     )
     transcribe.add_argument(
@@ -118,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="Audio files in any format FFmpeg reads, as /v1/audio/transcriptions takes them (docs/openai.md).",
     )
-    _add_setting_flags(transcribe)
+    _add_setting_flags(transcribe, TRANSCRIBE_SETTINGS)
 
     stream = commands.add_parser(
         "stream",

@@ -18,8 +18,9 @@ import numpy as np
 import pytest
 
 from satellite_asr.audio import MAX_RATE, MIN_RATE
-from satellite_asr.cli import build_parser
+from satellite_asr.cli import TRANSCRIBE_SETTINGS, build_parser
 from satellite_asr.clients.transcribe import OfflineTranscriber
+from satellite_asr.config import setting_fields
 from satellite_asr.engines.factory import qwen_context_tokens
 from satellite_asr.engines.qwen3_prompt import Qwen3Decoding
 from satellite_asr.vad.turn import TurnVerdict
@@ -68,6 +69,35 @@ def test_transcribe_help_says_which_files_it_reads(capsys: pytest.CaptureFixture
     shown = " ".join(capsys.readouterr().out.split())
     assert "Audio files in any format FFmpeg reads, as /v1/audio/transcriptions takes them" in shown
     assert "with no limit on their length (max_upload_audio_s is the server's)" in shown
+
+
+def test_transcribe_takes_only_the_settings_that_change_a_local_transcription(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`transcribe --help` listed every server setting (ports, TLS, zeroconf, access, limits, uploads)
+    although it runs no server; such a flag is now refused. Its config file may still hold them: one
+    file serves both commands, and transcribe leaves the server's keys unused."""
+    assert {f.name for f in setting_fields()} > TRANSCRIBE_SETTINGS  # each one a setting, not a typo
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["transcribe", "--help"])
+    shown = capsys.readouterr().out
+    for used in ("--config", "--engine", "--model", "--whisper-device", "--remote-urls", "--language", "--context"):
+        assert used in shown
+    for used in ("--ha-url", "--ha-names-limit", "--turn-detection", "--silence-ms", "--max-utterance-s"):
+        assert used in shown
+    for server in ("--http-port", "--wyoming-uri", "--tls-cert", "--zeroconf", "--api-key", "--max-sessions"):
+        assert server not in shown
+    for unused in ("--idle-timeout-s", "--max-upload-mb", "--partials", "--partial-interval-ms", "--qwen-fresh-"):
+        assert unused not in shown
+    with pytest.raises(SystemExit) as refused:
+        build_parser().parse_args(["transcribe", "--http-port", "10301", "weather.wav"])
+    assert refused.value.code == 2
+    assert "error: unrecognized arguments: --http-port" in capsys.readouterr().err
+    config = tmp_path / "config.yaml"
+    config.write_text("http_port: 10400\nsilence_ms: 600\n")
+    result = run_cli("transcribe", "--config", str(config), "--silence-ms", "700", str(FIXTURES / "weather.wav"))
+    assert result.returncode == 0, result.stderr
+    assert same_words(EXPECTED["weather.wav"], [line.split("\t")[3] for line in result.stdout.splitlines()])
 
 
 def test_serve_help_says_each_setting_is_also_a_file_key_and_a_variable(capsys: pytest.CaptureFixture[str]) -> None:
