@@ -194,15 +194,17 @@ class SessionManager:
     def _expire_idle(self) -> None:
         """A function of its own, so that no session stays referenced while the reaper sleeps.
 
-        Idle means no speech (silence sent as a keep-alive does not count); a batch session (an
-        upload) is never idle: its request owns its lifetime, and it may wait behind live work. A
+        Idle means no speech (silence sent as a keep-alive does not count). A recording's session
+        (an upload, a file `transcribe` reads: no pacing, `max_feed_ahead_s` None) is never idle: the
+        daemon reads it itself, as fast as it goes, and its caller owns its lifetime; an upload may
+        also wait behind live work, and a long silence in a file takes its time to be listened to. A
         session whose client has a message arriving (`create`'s `arriving`) is given until it is
         whole, up to as long again: the client has not been idle (the message may hold speech), and
         closing as it sends would reset the connection, losing the Close.
         """
         now = time.monotonic()
         for session, close, arriving in list(self._sessions.values()):
-            if session.options.batch or session.id in self._expiring:
+            if session.options.max_feed_ahead_s is None or session.id in self._expiring:
                 continue
             quiet = session.quiet_seconds(now)
             if quiet > self.idle_timeout_s and (quiet > 2 * self.idle_timeout_s or not arriving()):

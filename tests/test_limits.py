@@ -35,10 +35,14 @@ from wyoming.client import AsyncTcpClient
 from wyoming.event import Event, async_read_event
 from wyoming.ping import Ping
 
+from satellite_asr.audio import Audio
 from satellite_asr.clients.stream_client import stream_file
+from satellite_asr.clients.transcribe import OfflineTranscriber
 from satellite_asr.clients.wav import read_wav
 from satellite_asr.clients.wyoming_bench import transcribe_like_home_assistant
+from satellite_asr.recording import Recording
 from satellite_asr.server import Daemon
+from satellite_asr.session import SessionOptions
 from tests.doubles import GatedEngineDouble
 from tests.helpers import (
     BINARY_OPCODE,
@@ -678,6 +682,25 @@ async def test_audio_waiting_on_a_busy_engine_is_not_quiet() -> None:
     finals = [m["text"] for m in of_type(messages, "final")]
     assert same_words(EXPECTED["lights_on.wav"] + EXPECTED["weather.wav"], finals), finals
     assert close == (1001, "idle_timeout")
+
+
+async def test_a_recording_whose_reading_stalls_in_a_silence_is_not_closed_as_idle() -> None:
+    """`satellite-asr transcribe` of a recording with a long silence ended in a traceback, "the
+    server ended the transcription (idle_timeout)", once reading the silence took longer than
+    idle_timeout_s (10 minutes of it take 3 s here): a recording is read by the daemon itself, as
+    fast as it goes, so its caller owns its lifetime, as an upload's does. Here the reading stalls
+    (a slow disk, a double of the file's decoder) for over twice the timeout, inside a silence."""
+
+    async def stalling_read() -> AsyncIterator[Audio]:
+        yield np.zeros(16000, dtype=np.float32)
+        await asyncio.sleep(2.5)
+        yield fixture_16k("weather.wav")
+
+    async with OfflineTranscriber(daemon_settings(idle_timeout_s=1.0)) as transcriber:
+        options = SessionOptions.from_settings(transcriber.core.settings, partials=False, language="en")
+        async with Recording(transcriber.core, "offline", options) as recording:
+            finals = [final.text async for final in recording.finals(stalling_read())]
+    assert same_words(EXPECTED["weather.wav"], finals), finals
 
 
 async def test_speech_keeps_a_session_open_across_pauses() -> None:
