@@ -133,7 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
         "is (FFmpeg: any format it reads), with no limit on their length\n"
         "(max_upload_audio_s is the server's). A file that cannot be read or is\n"
         "not audio is named on stderr, the others are still transcribed, and the\n"
-        "exit status is then 2. Only the settings that change a transcription are\n"
+        "exit status is then 2; one the engine failed on is named so too, with\n"
+        "exit status 1. Only the settings that change a transcription are\n"
         "flags here; a --config file may hold the server's too, left unused.",
         formatter_class=argparse.RawDescriptionHelpFormatter,  # the flag unbroken at its dash
     )
@@ -306,9 +307,10 @@ def _transcribe(settings: Settings, files: list[str]) -> int:
     _setup_logging("WARNING" if settings.log_level == "INFO" else settings.log_level)
     from satellite_asr.audio_files import FileRefused
     from satellite_asr.clients.transcribe import OfflineTranscriber
+    from satellite_asr.recording import TranscriptionFailed
 
     async def run() -> int:
-        unreadable = 0
+        unreadable = failed = 0
         async with OfflineTranscriber(settings) as transcriber:
             for path in files:
                 try:
@@ -317,11 +319,15 @@ def _transcribe(settings: Settings, files: list[str]) -> int:
                     print(f"satellite-asr: {exc}", file=sys.stderr, flush=True)
                     unreadable += 1
                     continue
+                except TranscriptionFailed as exc:  # a decode failed (a remote server down): the same
+                    print(f"satellite-asr: {path}: {exc.message}", file=sys.stderr, flush=True)
+                    failed += 1
+                    continue
                 for final in finals:
                     _print_out(f"{path}\t{final.start:.2f}\t{final.end:.2f}\t{final.text}")
                 if not finals:  # not a line on stdout, which holds utterances only; said, so silence is not a mystery
                     print(f"satellite-asr: {path}: no speech heard", file=sys.stderr, flush=True)
-        return 2 if unreadable else 0
+        return 1 if failed else 2 if unreadable else 0
 
     return asyncio.run(run())
 

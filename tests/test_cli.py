@@ -524,6 +524,21 @@ def test_transcribe_says_which_file_it_cannot_read_and_transcribes_the_others(tm
     assert same_words(EXPECTED["weather.wav"], [lines[0][3]]) and same_words(EXPECTED["timer.wav"], [lines[1][3]])
 
 
+def test_transcribe_says_which_file_the_engine_failed_on_and_goes_on() -> None:
+    """A decode that failed midway (here every one: the vLLM server of qwen3-remote does not answer)
+    ended transcribe in a TranscriptionFailed traceback at the first file: now each file is named
+    with what failed, and the exit status is 1, as when the engine cannot load."""
+    url = f"http://127.0.0.1:{free_port()}"
+    files = [str(FIXTURES / "weather.wav"), str(FIXTURES / "timer.wav")]
+    result = run_cli("transcribe", "--engine", "qwen3-remote", "--remote-urls", url, *files)
+    assert result.returncode == 1, result.stderr
+    for file in files:
+        assert f"satellite-asr: {file}: transcription of utterance 1 failed: no vLLM server answered: {url}" in (
+            result.stderr
+        )
+    assert "Traceback" not in result.stderr and result.stdout == ""
+
+
 def test_transcribe_reads_what_an_upload_may_be(tmp_path: Path) -> None:
     """`transcribe meeting.m4a` (docs/openai.md's upload) said "not a PCM WAV file": files are now
     decoded as uploads are. A phone's m4a (AAC, 44.1 kHz) and a browser's Ogg Opus (48 kHz, stereo)."""
