@@ -56,9 +56,15 @@ def heard_at_decision(name: str, pad_s: float = DEFAULT_PAD_S) -> Audio:
 
 @dataclass(frozen=True)
 class Judged:
+    """A file's decision and what it was made on (the engine's text, language and confidence, and
+    the voice's heading; each None when withheld or unknown), so other measures can judge it again."""
+
     name: str
     text: str
     verdict: TurnVerdict
+    language: str | None
+    mean_logprob: float | None
+    pitch: float | None
 
     @property
     def correct(self) -> bool | None:
@@ -91,7 +97,8 @@ async def judge(
         language = transcript.language if word_rules else None
         mean_logprob = transcript.mean_logprob if confidence else None
         ending = final_pitch(audio) if pitch else None
-        results.append(Judged(name, transcript.text, detector.verdict(transcript.text, language, mean_logprob, ending)))
+        verdict = detector.verdict(transcript.text, language, mean_logprob, ending)
+        results.append(Judged(name, transcript.text, verdict, language, mean_logprob, ending))
     return results
 
 
