@@ -3,7 +3,9 @@ Wyoming round and WebSocket session decodes with them (real Silero, real tiny.en
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import threading
 from collections.abc import AsyncIterator
 from typing import Any
@@ -16,12 +18,14 @@ from wyoming.audio import AudioChunk, AudioStart, AudioStop
 from wyoming.client import AsyncTcpClient
 
 from satellite_asr.biasing.correction import NameCorrector, corrector_for
+from satellite_asr.clients import transcribe
+from satellite_asr.clients.transcribe import OfflineTranscriber
 from satellite_asr.clients.wav import read_wav
 from satellite_asr.engines.whisper import REDECODE_SECOND_LOOK, WHISPER_CONTEXT_NAMES
 from satellite_asr.homeassistant.client import State
 from satellite_asr.server import Daemon
 from tests.doubles import ContextRecordingEngineDouble
-from tests.helpers import EXPECTED, FIXTURES, running_daemon, word_error_rate, ws_url
+from tests.helpers import EXPECTED, FIXTURES, daemon_settings, running_daemon, word_error_rate, ws_url
 from tests.home_assistant_double import EXPOSED_NAMES, HomeAssistantDouble, running_home_assistant
 from tests.vllm_server_double import VllmServerDouble
 
@@ -284,3 +288,53 @@ async def test_without_home_assistant_health_says_disabled() -> None:
         status, _ = await health(daemon)
     assert daemon.core.home_assistant is None
     assert status["home_assistant"] == {"state": "disabled", "names": 0, "loaded_at": None, "last_error": None}
+
+
+async def test_transcribe_waits_for_the_names_of_a_home_assistant_that_answers_late(
+    home_assistant: HomeAssistantDouble,
+) -> None:
+    """A file is transcribed once, at once: Home Assistant's first answer, held back here until the
+    engine has loaded, is still waited for, and the names reach the file's decode."""
+    home_assistant.states_gate.clear()
+    engine = ContextRecordingEngineDouble()
+    transcriber = OfflineTranscriber(
+        daemon_settings(ha_url=home_assistant.url, ha_token=TOKEN, ha_names_limit=20), engine
+    )
+    entering = asyncio.ensure_future(transcriber.__aenter__())
+    try:
+        await transcriber.core.wait_ready()
+        await home_assistant.until(lambda: "get_states" in home_assistant.commands)
+        home_assistant.states_gate.set()
+        await entering
+        finals = await transcriber.transcribe(NAMES / "named_24.wav")
+    finally:
+        await transcriber.close()
+    assert engine.names and all("Marigold room" in names for names in engine.names), "decoded with the names"
+    assert "Marigold room" in " ".join(final.text for final in finals)
+
+
+async def test_transcribe_says_it_goes_on_without_names_when_home_assistant_refuses_its_token(
+    home_assistant: HomeAssistantDouble, caplog: pytest.LogCaptureFixture
+) -> None:
+    engine = ContextRecordingEngineDouble()
+    settings = daemon_settings(ha_url=home_assistant.url, ha_token="not-the-token", ha_names_limit=20)
+    with caplog.at_level(logging.WARNING, logger="satellite_asr"):
+        async with OfflineTranscriber(settings, engine) as transcriber:
+            await transcriber.transcribe(FIXTURES / "weather.wav")
+    assert engine.names == [()], "decoded without names"
+    (said,) = [record.getMessage() for record in caplog.records if "transcribing without" in record.getMessage()]
+    assert "Invalid access token" in said and "not-the-token" not in caplog.text
+
+
+async def test_transcribe_waits_a_silent_home_assistant_out(
+    home_assistant: HomeAssistantDouble, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(transcribe, "NAMES_WAIT_S", 0.5)
+    home_assistant.states_gate.clear()
+    settings = daemon_settings(ha_url=home_assistant.url, ha_token=TOKEN)
+    with caplog.at_level(logging.WARNING, logger="satellite_asr"):
+        async with OfflineTranscriber(settings, ContextRecordingEngineDouble()) as transcriber:
+            assert transcriber.core.home_assistant is not None
+            assert transcriber.core.home_assistant.loads == 0
+    assert "transcribing without Home Assistant's household names: it did not answer within 0 s" in caplog.text
+    home_assistant.states_gate.set()

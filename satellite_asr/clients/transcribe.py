@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -12,8 +13,16 @@ from satellite_asr.config import Settings
 from satellite_asr.core import Core
 from satellite_asr.engines.base import Engine
 from satellite_asr.events import FinalTranscript
+from satellite_asr.homeassistant.client import State
 from satellite_asr.recording import Recording
 from satellite_asr.session import SessionOptions
+
+log = logging.getLogger(__name__)
+
+NAMES_WAIT_S = 10.0
+"""How long `transcribe` waits for Home Assistant's first answer before it goes on without the
+household names: a daemon's first streams may come before the names do, but a file is transcribed
+once, now, so a Home Assistant that answers within seconds should still bias it."""
 
 MAX_SECONDS = math.inf
 """No cap on a local file's length, unlike an upload's `max_upload_audio_s`: that guards a shared
@@ -34,10 +43,30 @@ class OfflineTranscriber:
         await self.core.start()
         try:
             await self.core.wait_ready()
+            await self._wait_for_names()
         except BaseException:
             await self.close()
             raise
         return self
+
+    async def _wait_for_names(self) -> None:
+        """The household names' first read when Home Assistant is configured, or its refusal; a file
+        transcribed before it would be transcribed as if the home had no names, and nobody would know."""
+        names = self.core.home_assistant
+        if names is None:
+            return
+        outcomes = [
+            asyncio.ensure_future(outcome)
+            for outcome in (names.wait_loaded(), names.wait_for(State.AUTH_FAILED), names.wait_for(State.UNREACHABLE))
+        ]
+        try:
+            await asyncio.wait(outcomes, timeout=NAMES_WAIT_S, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for outcome in outcomes:
+                outcome.cancel()
+        if names.loads == 0:
+            why = names.status.last_error or f"it did not answer within {NAMES_WAIT_S:.0f} s"
+            log.warning("transcribing without Home Assistant's household names: %s", why)
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
