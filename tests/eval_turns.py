@@ -158,7 +158,8 @@ async def main() -> None:
         rules = "all rules"
     print(f"pad {args.pad:.2f} s, bundled tiny.en, {len(results)} files, {rules}")
     for split in SPLITS:
-        print("\n".join(summary(results, split)))
+        if lines := summary(results, split):
+            print("\n".join(lines))
 
 
 if __name__ == "__main__":
