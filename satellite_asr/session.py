@@ -518,6 +518,9 @@ class Session:
             ending = await pitch
         except (asyncio.CancelledError, Exception):  # a failed decode is the final's to report
             pitch.cancel()
+            current = asyncio.current_task()
+            if lock_held and current is not None and current.cancelling():
+                raise  # the feed awaiting the verdict was cancelled, not the speculation: it stops
             return
         language = result.language or self.options.language
         verdict = self._turn_detector.verdict(result.text, language, result.mean_logprob, ending)

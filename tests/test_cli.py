@@ -24,11 +24,13 @@ from satellite_asr.config import setting_fields
 from satellite_asr.engines.factory import qwen_context_tokens
 from satellite_asr.engines.qwen3_prompt import Qwen3Decoding
 from satellite_asr.vad.turn import TurnVerdict
+from tests.doubles import GatedEngineDouble
 from tests.helpers import (
     EXPECTED,
     FIXTURES,
     daemon_settings,
     encoded_audio,
+    eventually,
     fixture_16k,
     free_port,
     running_daemon,
@@ -160,6 +162,22 @@ async def test_transcribe_ends_each_command_where_its_turn_verdict_says() -> Non
     assert len(verdicts) == len(finals) == 3, (verdicts, finals)
     assert endpoints == ["complete" if verdict is TurnVerdict.COMPLETE else "silence" for verdict in verdicts]
     assert "complete" in endpoints, "the fixture still has a command its verdict ends at the short silence"
+
+
+async def test_transcribe_cancelled_while_a_turn_verdict_is_awaited_stops_there() -> None:
+    """A recording's feed awaits each pause's turn verdict itself (not in a task of its own): a
+    cancel that came then (Ctrl-C, or a final whose decode failed, which ends the file's reading) was
+    taken as the speculation's and swallowed, so the feed went on through the rest of the file,
+    decoding it for nobody, before transcribe stopped (here: the decodes after the cancel)."""
+    engine = GatedEngineDouble()
+    async with OfflineTranscriber(daemon_settings(), engine) as transcriber:
+        task = asyncio.create_task(transcriber.transcribe(FIXTURES / "three_commands.wav"))
+        await eventually(lambda: bool(engine.finals))  # the first pause's speculative final, which the feed awaits
+        task.cancel()
+        engine.gate.set()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert len(engine.finals) == 1, f"decoded after the cancel: {engine.finals}"
 
 
 def test_transcribe_into_a_reader_that_closes_the_output_stops_quietly() -> None:
