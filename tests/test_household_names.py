@@ -24,7 +24,7 @@ from satellite_asr.clients.wav import read_wav
 from satellite_asr.engines.whisper import REDECODE_SECOND_LOOK, WHISPER_CONTEXT_NAMES
 from satellite_asr.homeassistant.client import State
 from satellite_asr.server import Daemon
-from tests.doubles import ContextRecordingEngineDouble
+from tests.doubles import ContextRecordingEngineDouble, SlowLoadingEngineDouble
 from tests.helpers import EXPECTED, FIXTURES, daemon_settings, running_daemon, word_error_rate, ws_url
 from tests.home_assistant_double import EXPOSED_NAMES, HomeAssistantDouble, running_home_assistant
 from tests.vllm_server_double import VllmServerDouble
@@ -338,3 +338,26 @@ async def test_transcribe_waits_a_silent_home_assistant_out(
             assert transcriber.core.home_assistant.loads == 0
     assert "transcribing without Home Assistant's household names: it did not answer within 0 s" in caplog.text
     home_assistant.states_gate.set()
+
+
+async def test_transcribe_says_home_assistant_is_still_starting_when_it_goes_on_without_its_names(
+    home_assistant: HomeAssistantDouble, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Home Assistant that answers but is still starting (its integrations set up, for minutes after
+    a restart) was said as one that "did not answer": the user would look for a network fault. The
+    engine loads once Home Assistant has said it is starting, so the wait is spent in that state."""
+    monkeypatch.setattr(transcribe, "NAMES_WAIT_S", 0.5)
+    home_assistant.state = "NOT_RUNNING"
+    engine = SlowLoadingEngineDouble()
+    transcriber = OfflineTranscriber(daemon_settings(ha_url=home_assistant.url, ha_token=TOKEN), engine)
+    assert transcriber.core.home_assistant is not None
+    with caplog.at_level(logging.WARNING, logger="satellite_asr"):
+        entering = asyncio.ensure_future(transcriber.__aenter__())
+        try:
+            await transcriber.core.home_assistant.wait_for(State.STARTING)
+            engine.release.set()
+            await entering
+        finally:
+            await transcriber.close()
+    (said,) = [record.getMessage() for record in caplog.records if "transcribing without" in record.getMessage()]
+    assert said == "transcribing without Home Assistant's household names: it is still starting", said

@@ -65,7 +65,10 @@ class OfflineTranscriber:
             for outcome in outcomes:
                 outcome.cancel()
         if names.loads == 0:
-            why = names.status.last_error or f"it did not answer within {NAMES_WAIT_S:.0f} s"
+            if names.status.state is State.STARTING:  # it answered: its names are read once it has started
+                why = "it is still starting"
+            else:
+                why = names.status.last_error or f"it did not answer within {NAMES_WAIT_S:.0f} s"
             log.warning("transcribing without Home Assistant's household names: %s", why)
 
     async def __aexit__(self, *exc: object) -> None:
