@@ -322,8 +322,10 @@ async def test_transcribe_says_it_goes_on_without_names_when_home_assistant_refu
         async with OfflineTranscriber(settings, engine) as transcriber:
             await transcriber.transcribe(FIXTURES / "weather.wav")
     assert engine.names == [()], "decoded without names"
-    (said,) = [record.getMessage() for record in caplog.records if "transcribing without" in record.getMessage()]
-    assert "Invalid access token" in said and "not-the-token" not in caplog.text
+    said = [record.getMessage() for record in caplog.records if "Invalid access token" in record.getMessage()]
+    assert len(said) == 1 and "refused the access token" in said[0], "the refusal, said once"
+    assert "transcribing without Home Assistant's household names (the error above)" in caplog.text
+    assert "not-the-token" not in caplog.text
 
 
 async def test_transcribe_waits_a_silent_home_assistant_out(

@@ -66,10 +66,12 @@ class OfflineTranscriber:
                 outcome.cancel()
         if names.loads == 0:
             if names.status.state is State.STARTING:  # it answered: its names are read once it has started
-                why = "it is still starting"
+                why = ": it is still starting"
+            elif names.status.last_error:
+                why = " (the error above)"  # the client logged it: said once
             else:
-                why = names.status.last_error or f"it did not answer within {NAMES_WAIT_S:.0f} s"
-            log.warning("transcribing without Home Assistant's household names: %s", why)
+                why = f": it did not answer within {NAMES_WAIT_S:.0f} s"
+            log.warning("transcribing without Home Assistant's household names%s", why)
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
