@@ -313,8 +313,11 @@ def _transcribe(settings: Settings, files: list[str]) -> int:
         unreadable = failed = 0
         async with OfflineTranscriber(settings) as transcriber:
             for path in files:
-                try:
-                    finals = await transcriber.transcribe(path)
+                heard = 0
+                try:  # each utterance printed as it is decoded: what came before a failure is kept
+                    async for final in transcriber.finals(path):
+                        _print_out(f"{path}\t{final.start:.2f}\t{final.end:.2f}\t{final.text}")
+                        heard += 1
                 except FileRefused as exc:  # said, and the other files are still transcribed
                     print(f"satellite-asr: {exc}", file=sys.stderr, flush=True)
                     unreadable += 1
@@ -323,9 +326,7 @@ def _transcribe(settings: Settings, files: list[str]) -> int:
                     print(f"satellite-asr: {path}: {exc.message}", file=sys.stderr, flush=True)
                     failed += 1
                     continue
-                for final in finals:
-                    _print_out(f"{path}\t{final.start:.2f}\t{final.end:.2f}\t{final.text}")
-                if not finals:  # not a line on stdout, which holds utterances only; said, so silence is not a mystery
+                if not heard:  # not a line on stdout, which holds utterances only; said, so silence is not a mystery
                     print(f"satellite-asr: {path}: no speech heard", file=sys.stderr, flush=True)
         return 1 if failed else 2 if unreadable else 0
 

@@ -99,6 +99,21 @@ class UnreachableEngineDouble(WhisperEngine):
         return await super().decode(audio, options, final=final)
 
 
+class FailsOnAWordEngineDouble(WhisperEngine):
+    """Real whisper whose decodes fail, as a remote server's that went down, once they hear `word`:
+    a failure at a known utterance of a file, whatever decodes came before it."""
+
+    def __init__(self, word: str) -> None:
+        super().__init__()
+        self.word = word
+
+    async def decode(self, audio: Audio, options: StreamOptions, *, final: bool) -> Transcript:
+        heard = await super().decode(audio, options, final=final)
+        if self.word in heard.text.lower():
+            raise EngineError(f"the server went away (FailsOnAWordEngineDouble, on {self.word!r})")
+        return heard
+
+
 class GatedEngineDouble(WhisperEngine):
     """Real whisper whose final decodes are logged by their session's context, in the order the
     scheduler starts them, and wait for `gate` (so that the test can let a queue build up)."""

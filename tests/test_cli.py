@@ -23,8 +23,9 @@ from satellite_asr.clients.transcribe import OfflineTranscriber
 from satellite_asr.config import setting_fields
 from satellite_asr.engines.factory import qwen_context_tokens
 from satellite_asr.engines.qwen3_prompt import Qwen3Decoding
+from satellite_asr.recording import TranscriptionFailed
 from satellite_asr.vad.turn import TurnVerdict
-from tests.doubles import GatedEngineDouble
+from tests.doubles import FailsOnAWordEngineDouble, GatedEngineDouble
 from tests.helpers import (
     EXPECTED,
     FIXTURES,
@@ -555,6 +556,18 @@ def test_transcribe_says_which_file_the_engine_failed_on_and_goes_on() -> None:
             result.stderr
         )
     assert "Traceback" not in result.stderr and result.stdout == ""
+
+
+async def test_transcribe_gives_each_final_as_it_is_decoded_and_keeps_them_when_a_later_one_fails() -> None:
+    """A decode that fails at the third command (a server gone) lost the file's first two finals: the
+    finals were handed over only once the whole file was done. The CLI prints them as they come."""
+    engine = FailsOnAWordEngineDouble("garage")
+    heard: list[str] = []
+    async with OfflineTranscriber(daemon_settings(), engine) as transcriber:
+        with pytest.raises(TranscriptionFailed, match="FailsOnAWordEngineDouble"):
+            async for final in transcriber.finals(FIXTURES / "three_commands.wav"):
+                heard.append(final.text)
+    assert same_words(EXPECTED["three_commands.wav"][:2], heard), heard
 
 
 def test_transcribe_reads_what_an_upload_may_be(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -83,8 +84,13 @@ class OfflineTranscriber:
             self._decoding.shutdown()
 
     async def transcribe(self, path: str | Path) -> list[FinalTranscript]:
-        """The finals of every utterance in the file, in order, cut as a live stream's would be (the
-        settings' turn_detection; an upload's are always `fixed`): bench compares the streams with them.
+        """Every final of `finals`, once the file is done (bench compares the streams with them)."""
+        return [final async for final in self.finals(path)]
+
+    async def finals(self, path: str | Path) -> AsyncIterator[FinalTranscript]:
+        """The finals of every utterance in the file, in order, as each is decoded (a long file shows
+        its progress, and a decode that fails midway leaves those before it), cut as a live stream's
+        would be (the settings' turn_detection; an upload's are always `fixed`).
 
         The file is decoded as an upload to /v1/audio/transcriptions is (`AudioFile`: any format
         FFmpeg reads, WAV included), so the product reads audio files one way. `FileRefused` naming
@@ -94,7 +100,8 @@ class OfflineTranscriber:
         options = SessionOptions.from_settings(settings, partials=False, language=settings.default_language)
         try:
             async with Recording(self.core, "offline", options) as recording:
-                return [final async for final in recording.finals(decoded_chunks(audio_file, self._decoding))]
+                async for final in recording.finals(decoded_chunks(audio_file, self._decoding)):
+                    yield final
         except FileRefused as exc:
             raise FileRefused(f"{path}: {exc}") from None
         finally:
