@@ -410,8 +410,9 @@ VAD_FIELDS = {
     "silence_ms": "silence_ms",
 }
 """The endpointing settings a WebSocket session may set for itself (and is checked as), by their key
-in its config message's `vad` object (docs/protocol.md). Here, beside the settings, so that the
-file's error for a `vad:` object names the very ones the protocol takes."""
+in its config message's `vad` object (docs/protocol.md), which are also `EndpointerConfig`'s field
+names. Here, beside the settings, so that the file's error for a `vad:` object names the very ones
+the protocol takes, and the endpointer reads each from its setting."""
 
 
 def setting_fields() -> list[dataclasses.Field[Any]]:

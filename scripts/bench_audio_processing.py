@@ -16,8 +16,8 @@ which holds an utterance open). The final is decoded as the daemon decodes one t
 silence: from the utterance's start to that speech end plus `long_wait_pad_samples`.
 
 pyspeex-noise is Home Assistant's dependency, not ours: install its pin somewhere apart, e.g.
-    /work/main/.venv/bin/python -m pip install --target /tmp/speex pyspeex-noise==1.0.2
-    PYTHONPATH=.:/tmp/speex /work/main/.venv/bin/python scripts/bench_audio_processing.py --splits dev,heldout
+    .venv/bin/python -m pip install --target /tmp/speex pyspeex-noise==1.0.2
+    PYTHONPATH=.:/tmp/speex .venv/bin/python scripts/bench_audio_processing.py --splits dev,heldout
 """
 
 from __future__ import annotations

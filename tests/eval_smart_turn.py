@@ -10,7 +10,7 @@ and category how many files Smart Turn calls complete at Pipecat's threshold (0.
 spread of its scores, and what each rule of `RULES` (fixed before any human file was scored)
 judges complete.
 
-    PYTHONPATH=. /work/main/.venv/bin/python -m tests.eval_smart_turn [--split human] [--pad 0.2]
+    PYTHONPATH=. .venv/bin/python -m tests.eval_smart_turn [--split human] [--pad 0.2]
         [--category paused] [--time]
 
 `--time` times Smart Turn and one tiny.en decode on each selected file's audio instead.

@@ -5,7 +5,7 @@ from `PRE_ROLL_S` before the voice to `--pad` seconds after the voice stops at t
 hard commands) or at its end (complete commands). A paused command must not be judged complete; a
 complete one should be. Hard commands (a valid first half) are reported, not scored.
 
-    PYTHONPATH=. /work/main/.venv/bin/python -m tests.eval_turns [--pad 0.2] [--split dev] [-v]
+    PYTHONPATH=. .venv/bin/python -m tests.eval_turns [--pad 0.2] [--split dev] [-v]
 
 Where the daemon decodes today: Silero with the default endpointing cuts 0.2-0.4 s (median 0.32 s)
 after the voice stops at `silence_ms` 800, 0.08-0.28 s (median 0.2 s) at 450; `--pad` 0.1-0.3

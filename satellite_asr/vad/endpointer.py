@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from satellite_asr.audio import SAMPLE_RATE
-from satellite_asr.config import Settings, check_silences
+from satellite_asr.config import VAD_FIELDS, Settings, check_silences
 from satellite_asr.vad.turn import TurnVerdict
 
 WINDOW = 512
@@ -59,10 +59,6 @@ a sound from a television (as any server that transcribes the whole stream would
 words for such a tail)."""
 
 
-SETTING_OF = {"threshold": "vad_threshold"}
-"""The setting behind an `EndpointerConfig` field, where its name differs."""
-
-
 @dataclass(frozen=True)
 class EndpointerConfig:
     """The endpointing rules; their defaults are the settings' (`from_settings`), written once there."""
@@ -82,7 +78,7 @@ class EndpointerConfig:
     def from_settings(cls, settings: Settings, overrides: Mapping[str, Any] | None = None) -> EndpointerConfig:
         """The daemon's endpointing settings, with a session's `overrides` (each already checked) by
         field name; `ConfigError` if together they make a short silence longer than the long one."""
-        values = {f.name: getattr(settings, SETTING_OF.get(f.name, f.name)) for f in dataclasses.fields(cls)}
+        values = {f.name: getattr(settings, VAD_FIELDS.get(f.name, f.name)) for f in dataclasses.fields(cls)}
         values.update(overrides or {})
         check_silences(values["min_silence_ms"], values["silence_ms"])
         return cls(**values)
