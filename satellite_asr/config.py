@@ -667,6 +667,8 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path}: not valid YAML: {_yaml_problem(exc)}") from None
     except (ValueError, TypeError):  # a value that is not of the type its tag says (`!!int abc`)
         raise ConfigError(f"config file {path}: a value is not of the type its !! tag names; quote it") from None
+    except RecursionError:  # PyYAML composes nested lists and mappings by recursion
+        raise ConfigError(f"config file {path}: lists or mappings nested too deeply to be settings") from None
     _refuse_anchors(path, text)
     if data is None:
         return {}

@@ -117,6 +117,16 @@ def test_unreadable_or_malformed_files_are_reported(tmp_path: Path) -> None:
         load_settings(listed, environ={})
 
 
+def test_a_file_nested_too_deeply_for_yaml_is_a_configuration_error(tmp_path: Path) -> None:
+    """PyYAML recurses once per level: 5000 nested lists were a RecursionError's traceback, not a message."""
+    config = tmp_path / "c.yaml"
+    config.write_text("context: " + "[" * 5000 + "]" * 5000 + "\n")
+    result = serve_on_loopback("--config", str(config))
+    assert result.returncode == 2, result.stderr
+    assert f"configuration error: config file {config}: lists or mappings nested too deeply" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_a_malformed_file_is_reported_by_line_without_quoting_it(tmp_path: Path) -> None:
     """PyYAML's message quotes the offending line, which may be an unterminated secret."""
     config = tmp_path / "c.yaml"
