@@ -387,13 +387,18 @@ async def read_server_frames_until_close(reader: asyncio.StreamReader) -> list[t
     return frames
 
 
+def upgrade_request(port: int, path: str) -> bytes:
+    """A WebSocket opening request, as a client writes it."""
+    key = base64.b64encode(os.urandom(16)).decode()
+    return (
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+
+
 async def websocket_upgrade(
     reader: asyncio.StreamReader, writer: asyncio.StreamWriter, port: int, path: str = "/v1/stream"
 ) -> bytes:
     """The opening handshake, by hand; returns the server's answer (its status line and headers)."""
-    key = base64.b64encode(os.urandom(16)).decode()
-    writer.write(
-        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
-    )
+    writer.write(upgrade_request(port, path))
     return await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)

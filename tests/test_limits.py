@@ -60,6 +60,7 @@ from tests.helpers import (
     read_server_frames_until_close,
     running_daemon,
     same_words,
+    upgrade_request,
     websocket_upgrade,
     word_error_rate,
     ws_url,
@@ -591,6 +592,28 @@ async def test_a_malformed_http_request_is_refused_with_one_debug_line_not_an_er
     refused = [r.getMessage() for r in http_records if "Error handling request from 127.0.0.1" in r.getMessage()]
     assert len(refused) == len(MALFORMED_REQUESTS), refused
     assert "chunk size" in refused[0] and "brotli" in refused[1], refused
+
+
+@pytest.mark.parametrize("path", ["/v1/stream", "/v1/realtime"])
+async def test_a_client_gone_before_its_upgrade_is_answered_is_no_error_in_the_log(
+    path: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A client that half-closes as soon as its upgrade request is sent (one cancelled while it
+    connects) is gone before the 101: aiohttp closes the transport at the half-close, and the write
+    of the 101 failed in the handler, which aiohttp logged as an ERROR with a traceback, each time.
+    Found by fuzzing with clients that vanish at random moments."""
+    caplog.set_level(logging.DEBUG)
+    async with running_daemon() as daemon:
+        for _ in range(5):
+            async with raw_connection(daemon.http_port) as (reader, writer):
+                writer.write(upgrade_request(daemon.http_port, path))
+                writer.write_eof()
+                await asyncio.wait_for(reader.read(), 60)
+        health = await health_status(daemon)
+        sessions = len(daemon.core.sessions)
+    assert (health, sessions) == (200, 0)
+    failures = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info]
+    assert not failures, failures
 
 
 def upload_request(body: bytes, *headers: str) -> bytes:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import select
 import sys
 import time
@@ -44,6 +45,8 @@ from satellite_asr.core import Core
 from satellite_asr.limits import last_received, write_within
 from satellite_asr.session import Emit, Session, SessionOptions
 from satellite_asr.session_manager import CloseConnection, ServerBusy
+
+log = logging.getLogger(__name__)
 
 MESSAGE_CHARS = 1000
 """Most characters of an error's message and of its `param`: every sentence of the daemon's own
@@ -188,6 +191,26 @@ WEBSOCKET_ENDS = (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgTyp
 CLOSE_HANDSHAKE_S = 2.0
 """How long the server's Close waits for the client's (`WebSocketResponse(timeout=...)`): a client
 that reads but never answers must not hold up the daemon's shutdown or an idle expiry for long."""
+
+
+def client_gone() -> web.Response:
+    """What a handler returns when its client has left: aiohttp's write of it fails quietly (499 is
+    nginx's status for a client that closed its request)."""
+    return web.Response(status=499, reason="Client Closed Request")
+
+
+async def accepted(ws: web.WebSocketResponse, request: web.Request) -> bool:
+    """Answers the upgrade (101); False when the client has left already, and the handler returns
+    `client_gone()` (`ws`, half prepared, cannot be returned). A client that half-closes or resets as
+    soon as its request is sent is gone before the 101 (a half-close makes aiohttp close the
+    transport): the write's `ConnectionError` escaping the handler was an ERROR and a traceback in
+    the log, one per such client."""
+    try:
+        await ws.prepare(request)
+    except ConnectionError as exc:
+        log.debug("%s: the client left before its WebSocket upgrade was answered: %s", request.path, exc)
+        return False
+    return True
 
 
 def read_ahead_response(max_msg_size: int, subprotocol: str) -> web.WebSocketResponse:

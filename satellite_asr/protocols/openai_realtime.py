@@ -38,6 +38,8 @@ from satellite_asr.protocols import (
     PcmInput,
     ProtocolError,
     ReadAhead,
+    accepted,
+    client_gone,
     echoable,
     json_object,
     open_session,
@@ -417,8 +419,9 @@ class RealtimeHandler:
             self.core.metrics.errors.labels("too_many_connections").inc()
             return _refusal(503, "too_many_connections", str(exc), **{"Retry-After": "5"})
 
-    async def _serve(self, request: web.Request, ws: web.WebSocketResponse) -> web.WebSocketResponse:
-        await ws.prepare(request)
+    async def _serve(self, request: web.Request, ws: web.WebSocketResponse) -> web.StreamResponse:
+        if not await accepted(ws, request):
+            return client_gone()
         beta = "realtime=v1" in request.headers.get("OpenAI-Beta", "")
         reading = ReadAhead(ws, self.core.settings, request.transport)
         connection = _Connection(ws, self.core, request, beta, reading)

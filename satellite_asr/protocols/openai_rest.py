@@ -29,7 +29,7 @@ from satellite_asr.biasing.context import MAX_CLIENT_TERMS, client_terms
 from satellite_asr.core import Core
 from satellite_asr.events import FinalTranscript
 from satellite_asr.limits import ConnectionLimit, TooManyConnections, write_within
-from satellite_asr.protocols import ProtocolError, checked_biasing, checked_language, openai_error
+from satellite_asr.protocols import ProtocolError, checked_biasing, checked_language, client_gone, openai_error
 from satellite_asr.recording import Recording, TranscriptionFailed
 from satellite_asr.session import SessionOptions
 from satellite_asr.session_manager import ServerBusy
@@ -463,7 +463,7 @@ class OpenAIRestHandler:
         except (TooManyConnections, ProtocolError) as exc:
             return self._refuse(exc)
         except (_ClientGone, ConnectionError):  # the client left, mid-body or mid-transcription
-            return web.Response(status=499, reason="Client Closed Request")
+            return client_gone()
 
     def refused_before_body(self, request: web.Request) -> web.Response | None:
         """The refusal `transcriptions` would answer from the request's headers alone, else None: what

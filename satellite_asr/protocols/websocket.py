@@ -26,8 +26,10 @@ from satellite_asr.protocols import (
     PcmInput,
     ProtocolError,
     ReadAhead,
+    accepted,
     checked_context,
     checked_language,
+    client_gone,
     echoable,
     json_object,
     open_session,
@@ -339,8 +341,9 @@ class WebSocketHandler:
         explanation = "this endpoint speaks the WebSocket protocol of docs/protocol.md; connect a WebSocket client"
         return _refusal(426, "websocket_required", explanation, {"Upgrade": "websocket", "Connection": "Upgrade"})
 
-    async def _serve(self, request: web.Request, ws: web.WebSocketResponse) -> web.WebSocketResponse:
-        await ws.prepare(request)
+    async def _serve(self, request: web.Request, ws: web.WebSocketResponse) -> web.StreamResponse:
+        if not await accepted(ws, request):
+            return client_gone()
         reading = ReadAhead(ws, self.core.settings, request.transport, is_end)
         connection = _Connection(ws, self.core, request, reading)
         self.open.add(connection)
