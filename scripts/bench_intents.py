@@ -74,6 +74,8 @@ class Command:
     reference: str
     texts: dict[str, str] = field(default_factory=dict)
     """By source (`SOURCES`)."""
+    finals: dict[str, int] = field(default_factory=dict)
+    """The daemon's finals by source: two where it cut the command at a pause."""
 
 
 async def daemon_texts(commands: list[Command], paths: dict[str, Path], turn_detection: str) -> None:
@@ -83,6 +85,7 @@ async def daemon_texts(commands: list[Command], paths: dict[str, Path], turn_det
         for command in commands:
             finals = await transcriber.transcribe(paths[command.file])
             command.texts[turn_detection] = " ".join(final.text.strip() for final in finals).strip()
+            command.finals[turn_detection] = len(finals)
             print(f"{command.file:28} {turn_detection:8} {command.texts[turn_detection]!r}", flush=True)
 
 
@@ -554,9 +557,10 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-intents-"))
     commands, paths = load_commands(args.splits.split(","), args.categories.split(","))
     if args.texts:
-        heard = {entry["file"]: entry["texts"] for entry in json.loads(args.texts.read_text())["commands"]}
+        heard = {entry["file"]: entry for entry in json.loads(args.texts.read_text())["commands"]}
         for command in commands:
-            command.texts = dict(heard[command.file])
+            command.texts = dict(heard[command.file]["texts"])
+            command.finals = dict(heard[command.file].get("finals", {}))
     else:
         asyncio.run(hear(commands, paths, args.peer_venv if args.peer else None, work))
     print(f"{len(commands)} commands; Home Assistant in {work}; load {os.getloadavg()}", flush=True)
@@ -576,6 +580,9 @@ def main() -> None:
         marks = "excluded" if verdict is None else " ".join(f"{s}={'ok' if ok else 'NO'}" for s, ok in verdict.items())
         print(f"{command.file:28} {marks:40} {command.reference!r} -> {outcomes[command.reference].intent}")
     print(table(commands, outcomes))
+    for source in ("adaptive", "fixed"):
+        cut = [c.file for c in commands if c.finals.get(source, 1) > 1]
+        print(f"commands heard as more than one utterance, {source}: {len(cut)} {cut}")
     print("Understood one way and not the other:\n" + differences(commands, outcomes))
     if args.out:
         report = {"commands": [asdict(c) for c in commands], "outcomes": {t: asdict(o) for t, o in outcomes.items()}}
