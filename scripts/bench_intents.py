@@ -21,8 +21,9 @@ is kept for the reader, not compared.
     PYTHONPATH=. .venv/bin/python scripts/bench_intents.py --splits heldout,fresh,fresh19,fresh20 \
         --categories complete,paused --peer --out /tmp/intents.json
 
-No setting of the daemon is chosen here: it runs its defaults, without Home Assistant's household
-names (`environ={}`). A benchmark on a possibly shared machine: no test relies on it.
+No setting of the daemon is chosen here: it runs its defaults (`environ={}`), without Home
+Assistant's household names unless `--names` (the add-on reads them by default), which points it
+at the furnished Home Assistant. A benchmark on a possibly shared machine: no test relies on it.
 """
 
 from __future__ import annotations
@@ -78,9 +79,12 @@ class Command:
     """The daemon's finals by source: two where it cut the command at a pause."""
 
 
-async def daemon_texts(commands: list[Command], paths: dict[str, Path], turn_detection: str) -> None:
-    """Each command's text from the daemon's own core with `turn_detection`: its finals joined."""
-    settings = load_settings(None, environ={}, overrides={"turn_detection": turn_detection})
+async def daemon_texts(
+    commands: list[Command], paths: dict[str, Path], turn_detection: str, names: dict[str, str]
+) -> None:
+    """Each command's text from the daemon's own core with `turn_detection`: its finals joined.
+    `names`: the settings that point it at Home Assistant for the household names (`--names`)."""
+    settings = load_settings(None, environ={}, overrides={"turn_detection": turn_detection, **names})
     async with OfflineTranscriber(settings) as transcriber:
         for command in commands:
             finals = await transcriber.transcribe(paths[command.file])
@@ -132,10 +136,12 @@ def load_commands(splits: list[str], categories: list[str]) -> tuple[list[Comman
     return commands, paths
 
 
-async def hear(commands: list[Command], paths: dict[str, Path], peer_venv: Path | None, work: Path) -> None:
+async def hear(
+    commands: list[Command], paths: dict[str, Path], peer_venv: Path | None, work: Path, names: dict[str, str]
+) -> None:
     """Every text but the reference: the daemon both ways, and the peer's for complete commands."""
     for turn_detection in ("adaptive", "fixed"):
-        await daemon_texts(commands, paths, turn_detection)
+        await daemon_texts(commands, paths, turn_detection, names)
     if peer_venv is not None:
         ensure_peer(peer_venv)
         with peer_server(peer_venv, work) as port:
@@ -549,6 +555,11 @@ def main() -> None:
     parser.add_argument("--categories", default="complete,paused", help="complete, paused, hard; comma-separated")
     parser.add_argument("--peer", action="store_true", help="also the peer's texts (complete commands only)")
     parser.add_argument("--peer-venv", type=Path, default=ROOT / ".venv-peer", help="the peer's venv (made if missing)")
+    parser.add_argument(
+        "--names",
+        action="store_true",
+        help="the daemon reads the household names from this Home Assistant, as the add-on does (not the peer)",
+    )
     parser.add_argument("--texts", type=Path, help="the texts an earlier run wrote (--out): not heard again")
     parser.add_argument("--out", type=Path, help="write every command's texts and outcomes here (JSON)")
     args = parser.parse_args()
@@ -556,13 +567,6 @@ def main() -> None:
         raise SystemExit(MISSING)
     work = Path(tempfile.mkdtemp(prefix="bench-intents-"))
     commands, paths = load_commands(args.splits.split(","), args.categories.split(","))
-    if args.texts:
-        heard = {entry["file"]: entry for entry in json.loads(args.texts.read_text())["commands"]}
-        for command in commands:
-            command.texts = dict(heard[command.file]["texts"])
-            command.finals = dict(heard[command.file].get("finals", {}))
-    else:
-        asyncio.run(hear(commands, paths, args.peer_venv if args.peer else None, work))
     print(f"{len(commands)} commands; Home Assistant in {work}; load {os.getloadavg()}", flush=True)
     (work / "home-assistant").mkdir()
     home_assistant = RealHomeAssistant(work / "home-assistant")
@@ -572,6 +576,14 @@ def main() -> None:
         asyncio.run(home_assistant.onboard())
         asyncio.run(furnish(home_assistant))
         device_id = asyncio.run(speaker_device(home_assistant))
+        if args.texts:
+            heard = {entry["file"]: entry for entry in json.loads(args.texts.read_text())["commands"]}
+            for command in commands:
+                command.texts = dict(heard[command.file]["texts"])
+                command.finals = dict(heard[command.file].get("finals", {}))
+        else:
+            names = {"ha_url": home_assistant.url, "ha_token": home_assistant.token} if args.names else {}
+            asyncio.run(hear(commands, paths, args.peer_venv if args.peer else None, work, names))
         outcomes = asyncio.run(judge(home_assistant, commands, device_id))
     finally:
         home_assistant.stop()
