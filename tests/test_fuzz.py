@@ -22,6 +22,7 @@ from satellite_asr.audio import ENCODINGS
 from satellite_asr.clients.stream_client import stream_file
 from satellite_asr.core import Core
 from satellite_asr.protocols import ProtocolError
+from satellite_asr.protocols.openai_realtime import parse_event
 from satellite_asr.protocols.websocket import parse_config, parse_message
 from satellite_asr.protocols.wyoming import transcribe_context
 from satellite_asr.protocols.wyoming_framing import MAX_HEADER_BYTES, read_event
@@ -100,6 +101,28 @@ def test_websocket_text_frames_are_objects_or_invalid_message(data: str) -> None
         assert (error.code, error.fatal) == ("invalid_message", False)
     else:
         assert isinstance(message, dict)
+
+
+@pytest.mark.parametrize(
+    ("data", "why"),
+    [
+        ("{", "is not JSON"),
+        (DEEP, "nests deeper than this server reads"),
+        ('{"rate": ' + "1" * 5000 + "}", "holds a number of more digits than this server reads"),
+        ("[1, 2]", "is JSON, but not an object"),
+    ],
+)
+def test_a_text_that_is_no_json_object_is_told_why(data: str, why: str) -> None:
+    """Valid JSON nested too deep, or with a number past Python's 4300 digits, was called not JSON
+    objects like any other text (fuzzing found it): both routes now say what is wrong with it."""
+    with pytest.raises(ProtocolError) as refused:
+        parse_message(data)
+    assert refused.value.message == f"text frames must be JSON objects; this one {why}"
+    event = parse_event(data)
+    assert isinstance(event, ProtocolError) and (event.code, event.message) == (
+        "invalid_json",
+        f"events must be JSON objects; this one {why}",
+    )
 
 
 def header_line(header: dict[str, Any]) -> bytes:

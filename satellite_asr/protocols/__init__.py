@@ -72,14 +72,19 @@ class ProtocolError(Exception):
         self.param = param and _clipped(param)
 
 
-def json_object(data: str) -> dict[str, Any] | None:
-    """A text frame as the JSON object it holds, or None: not JSON, nested deeper than the parser
-    goes (RecursionError), or JSON that is not an object."""
+def json_object(data: str) -> dict[str, Any] | str:
+    """A text frame as the JSON object it holds, or why it is not one, to finish the sentence "this
+    one ...": a valid JSON text nested deeper than the parser goes, or with an integer longer than
+    Python converts (4300 digits), was called not JSON."""
     try:
         value = json.loads(data)
-    except (ValueError, RecursionError):
-        return None
-    return value if isinstance(value, dict) else None
+    except json.JSONDecodeError:
+        return "is not JSON"
+    except RecursionError:
+        return "nests deeper than this server reads"
+    except ValueError:  # the one other error json.loads raises: int()'s digit limit
+        return "holds a number of more digits than this server reads"
+    return value if isinstance(value, dict) else "is JSON, but not an object"
 
 
 def checked_language(core: Core, code: object, param: str) -> str | None:

@@ -368,7 +368,11 @@ class _Connection:
 def parse_event(data: str) -> dict[str, Any] | ProtocolError:
     """A client event, or the `invalid_json` error it is."""
     event = json_object(data)
-    return ProtocolError("invalid_json", "events must be JSON objects") if event is None else event
+    return (
+        ProtocolError("invalid_json", f"events must be JSON objects; this one {event}")
+        if isinstance(event, str)
+        else event
+    )
 
 
 def _b64decode_in_slices(audio: str) -> bytearray:

@@ -128,8 +128,8 @@ def parse_config(message: dict[str, Any], core: Core) -> tuple[SessionOptions, P
 def parse_message(data: str) -> dict[str, Any]:
     """A text frame as a JSON object, or `ProtocolError(invalid_message)`."""
     message = json_object(data)
-    if message is None:
-        raise ProtocolError("invalid_message", "text frames must be JSON objects")
+    if isinstance(message, str):
+        raise ProtocolError("invalid_message", f"text frames must be JSON objects; this one {message}")
     return message
 
 
