@@ -83,8 +83,7 @@ class SessionOptions:
     """The client's biasing text after the daemon's `context` (what `session_created` echoes)."""
     max_pending_finals: int
     max_feed_ahead_s: float | None
-    """None: no pacing (a recording read as fast as the engine goes; a pause it speculates at waits
-    for its turn verdict, so that it is cut as a live stream whose engine keeps up would be)."""
+    """None: no pacing (a `recording` read as fast as the engine goes)."""
     batch: bool = False
     """A file, not a person waiting: finals decoded at `BATCH` priority, after live partials, and none
     decoded ahead at a pause (a speculation that speech going on would waste)."""
@@ -138,6 +137,12 @@ class SessionOptions:
     def names(self) -> tuple[str, ...]:
         """Every name the transcript is corrected towards: the client's, then all of the home's."""
         return (*self.terms, *self.home_names)
+
+    @property
+    def recording(self) -> bool:
+        """A recording the daemon reads itself, as fast as it goes (a file `transcribe` reads, an
+        upload): no pacing, so no client can be idle, and a pause waits for its turn verdict."""
+        return self.max_feed_ahead_s is None
 
 
 @dataclass
@@ -498,7 +503,7 @@ class Session:
         utterance.speculation = speculation
         if not (self.options.endpointing.adaptive and read_turn):
             return
-        if self.options.max_feed_ahead_s is None:
+        if self.options.recording:
             # a recording is fed as fast as VAD reads it, past the long silence before any decode is
             # done: its audio waits for the verdict, which a live stream's engine gives during the pause
             await self._read_turn(utterance, speculation, audio, lock_held=True)

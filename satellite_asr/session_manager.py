@@ -195,7 +195,7 @@ class SessionManager:
         """A function of its own, so that no session stays referenced while the reaper sleeps.
 
         Idle means no speech (silence sent as a keep-alive does not count). A recording's session
-        (an upload, a file `transcribe` reads: no pacing, `max_feed_ahead_s` None) is never idle: the
+        (an upload, a file `transcribe` reads: `SessionOptions.recording`) is never idle: the
         daemon reads it itself, as fast as it goes, and its caller owns its lifetime; an upload may
         also wait behind live work, and a long silence in a file takes its time to be listened to. A
         session whose client has a message arriving (`create`'s `arriving`) is given until it is
@@ -204,7 +204,7 @@ class SessionManager:
         """
         now = time.monotonic()
         for session, close, arriving in list(self._sessions.values()):
-            if session.options.max_feed_ahead_s is None or session.id in self._expiring:
+            if session.options.recording or session.id in self._expiring:
                 continue
             quiet = session.quiet_seconds(now)
             if quiet > self.idle_timeout_s and (quiet > 2 * self.idle_timeout_s or not arriving()):
