@@ -21,10 +21,10 @@ from faster_whisper.tokenizer import Tokenizer
 
 from satellite_asr.audio import Audio
 from satellite_asr.biasing.context import biasing_context
-from satellite_asr.biasing.correction import SURE_LOGPROB, corrector_for
+from satellite_asr.biasing.correction import SURE_LOGPROB, WORD, corrector_for
 from satellite_asr.clients.wav import read_wav
 from satellite_asr.engines import whisper
-from satellite_asr.engines.base import EngineError, StreamOptions, Transcript, model_location
+from satellite_asr.engines.base import EngineError, StreamOptions, TokenSpan, Transcript, model_location
 from satellite_asr.engines.bundled import bundled_tiny_en_path
 from satellite_asr.engines.whisper import (
     FULL_WINDOW_BUDGET_FACTOR,
@@ -40,6 +40,7 @@ from satellite_asr.engines.whisper import (
     SECOND_LOOK_SCORE,
     Decoded,
     WhisperEngine,
+    add_for_and,
     context_tokens,
     generation_limits,
     loop_length,
@@ -854,3 +855,62 @@ async def test_a_model_that_cannot_load_is_an_engine_error_with_a_hub_before_its
             await engine.start()
     finally:
         await engine.close()
+
+
+def test_add_for_and_writes_an_english_and_that_goes_on_to_add_to_a_list_or_timer_as_add() -> None:
+    def heard(text: str, language: str = "en") -> str:
+        spans = (TokenSpan(0, 4, -0.5), TokenSpan(4, len(text), -0.1))
+        written = add_for_and(Transcript(text, language, 2, -0.3, spans))
+        assert len(written.text) == len(text) and written.token_spans == spans  # the spans still fit
+        return written.text
+
+    assert heard("and dish soap to the shopping list.") == "Add dish soap to the shopping list."
+    assert heard("And, right and, didn't to make us to my shopping list.").startswith("Add, right and")
+    assert heard(" and paint rushes to my taboo list.") == " Add paint rushes to my taboo list."
+    assert heard("and 5 minutes to the timer.") == "Add 5 minutes to the timer."
+    assert heard("AND the receipts to a list") == "Add the receipts to a list"  # no article but "a": kept
+    for unchanged in (
+        "and what about tomorrow?",  # a follow-up: nothing added
+        "and lock the side door",
+        "and kitchen roads on the shopping list.",  # not "to" a list
+        "and chutney to the very long shopping trip list",  # "list" four words on: not its name
+        "and we added it to the list and left",  # dictation: the list is not where it ends
+        "Andrew, add this to the list",  # its first word is not "and"
+        "Turn the lights on and add milk to the shopping list",
+        "",
+    ):
+        assert heard(unchanged) == unchanged
+    assert heard("and dish soap to the shopping list.", "de") == "and dish soap to the shopping list."
+
+
+def add_command_and_follow_up() -> tuple[Audio, Audio]:
+    """A command that begins with "add" (fresh3's "add dish soap to the shopping list") and a follow-up
+    that really begins with "and" ("and what about tomorrow"), each whole, as a final decodes it."""
+    entry = json.loads((FIXTURES / "add_or_and" / "manifest.json").read_text())["and_dev_01.wav"]
+    follow_up = fixture_16k("add_or_and/and_dev_01.wav")
+    return heard_at_decision("fresh3_complete_06.wav", 0.3), follow_up[
+        int((entry["voice_start_s"] - 0.3) * 16000) : int((entry["voice_end_s"] + 0.3) * 16000)
+    ]
+
+
+@pytest.mark.parametrize("with_names", [False, True])
+async def test_a_final_heard_beginning_with_and_that_adds_to_a_list_says_add(with_names: bool) -> None:
+    """tiny.en hears both as beginning with "and" (its partial of the same audio: greedy, as a final).
+    The command's final says "Add", its other words as they were; the follow-up's final is its first
+    pass. The same with the household names (a home of the names evaluation set's)."""
+    command, follow_up = add_command_and_follow_up()
+    names = part_home("heldout13") if with_names else ()
+    engine = WhisperEngine()
+    await engine.start()
+    try:
+        heard = []
+        for audio in (command, follow_up):
+            stream = engine.open_stream(StreamOptions(language="en", names=names))
+            heard.append(((await stream.partial(audio)).text, (await stream.final(audio)).text))
+    finally:
+        await engine.close()
+    (command_first, command_final), (follow_up_first, follow_up_final) = heard
+    assert WORD.findall(command_first.lower())[:1] == ["and"], command_first
+    assert command_final == f"Add{command_first[3:]}" and "to the shopping list" in command_final, command_final
+    assert WORD.findall(follow_up_first.lower())[:1] == ["and"], follow_up_first
+    assert follow_up_final == follow_up_first
