@@ -125,11 +125,11 @@ async def peer_texts(commands: list[Command], paths: dict[str, Path], port: int)
         print(f"{command.file:28} peer     {command.texts['peer']!r}", flush=True)
 
 
-def load_commands(splits: list[str], categories: list[str]) -> tuple[list[Command], dict[str, Path]]:
+def load_commands(manifest: Path, splits: list[str], categories: list[str]) -> tuple[list[Command], dict[str, Path]]:
     commands, paths = [], {}
     for split in splits:
         for category in categories:
-            chosen: list[BenchFile] = load_manifest(MANIFEST, split, category)
+            chosen: list[BenchFile] = load_manifest(manifest, split, category)
             for file in chosen:
                 commands.append(Command(file.name, split, category, file.references[0]))
                 paths[file.name] = file.path
@@ -551,7 +551,10 @@ def differences(commands: list[Command], outcomes: dict[str, Outcome]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--splits", default="heldout,fresh,fresh19,fresh20", help="of the turn set, comma-separated")
+    parser.add_argument(
+        "--manifest", type=Path, default=MANIFEST, help="the commands' manifest (default: the turn set's)"
+    )
+    parser.add_argument("--splits", default="heldout,fresh,fresh19,fresh20", help="of the manifest, comma-separated")
     parser.add_argument("--categories", default="complete,paused", help="complete, paused, hard; comma-separated")
     parser.add_argument("--peer", action="store_true", help="also the peer's texts (complete commands only)")
     parser.add_argument("--peer-venv", type=Path, default=ROOT / ".venv-peer", help="the peer's venv (made if missing)")
@@ -566,7 +569,7 @@ def main() -> None:
     if not os.access(HASS, os.X_OK):
         raise SystemExit(MISSING)
     work = Path(tempfile.mkdtemp(prefix="bench-intents-"))
-    commands, paths = load_commands(args.splits.split(","), args.categories.split(","))
+    commands, paths = load_commands(args.manifest, args.splits.split(","), args.categories.split(","))
     print(f"{len(commands)} commands; Home Assistant in {work}; load {os.getloadavg()}", flush=True)
     (work / "home-assistant").mkdir()
     home_assistant = RealHomeAssistant(work / "home-assistant")
