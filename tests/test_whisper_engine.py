@@ -883,6 +883,24 @@ def test_add_for_and_writes_an_english_and_that_goes_on_to_add_to_a_list_or_time
     assert heard("and dish soap to the shopping list.", "de") == "and dish soap to the shopping list."
 
 
+def test_add_for_and_keeps_an_and_that_says_add_itself_or_whose_list_is_in_a_later_sentence() -> None:
+    """A follow-up heard right keeps its "and" (not "Add add eggs"), and so does a final of more than
+    one sentence (a recording's dictation) whose last one ends at a list; a decimal point is no end."""
+
+    def heard(text: str) -> str:
+        return add_for_and(Transcript(text, "en")).text
+
+    for unchanged in (
+        "And add eggs to the shopping list.",
+        "and please add eggs to my shopping list.",
+        "And that's all. Add milk to the shopping list.",
+        "And then we went home.\nWe put it back to the list.",
+        "and so on? We got back to the list",
+    ):
+        assert heard(unchanged) == unchanged
+    assert heard("and 1.5 kilos of flour to the shopping list.") == "Add 1.5 kilos of flour to the shopping list."
+
+
 def add_command_and_follow_up() -> tuple[Audio, Audio]:
     """A command that begins with "add" (fresh3's "add dish soap to the shopping list") and a follow-up
     that really begins with "and" ("and what about tomorrow"), each whole, as a final decodes it."""

@@ -162,14 +162,20 @@ other loose match. 2, 4 or 5 found fewer names on the seen parts of tests/fixtur
 (docs/benchmarks.md)."""
 
 
-ADDING = re.compile(r"\s*and\b(?=.*\bto (?:(?:the|my|our) )?(?:[\w'-]+ ){0,3}(?:list|timer)[\s.!?]*$)", re.I | re.S)
-"""An English text that begins with "and" and ends adding to a list or a timer ("and dish soap to
-the shopping list.", "and 5 minutes to the timer."): tiny.en hears a command's "add" as "and", in 25
-of the 30 commands of tests/fixtures/turns that begin with "add". No request begins so, and Home
-Assistant, which knows "add ... to the ... list" and "add ... to the timer", does none of them
-(docs/benchmarks.md). A prompt that made the decoder weigh "add" again on the same audio wrote it
-for 2 of 14 held-out commands; the words that follow tell it surely. The end is required so that
-dictation ("and we added it to the list and left") keeps its "and"."""
+ADDING = re.compile(
+    r"\s*and\b(?!.*\badd\b)(?=(?:[^.!?\n]|\.\d)*\bto (?:(?:the|my|our) )?(?:[\w'-]+ ){0,3}(?:list|timer)[\s.!?]*$)",
+    re.I,
+)
+"""An English text of one sentence that begins with "and", says no "add", and ends adding to a
+list or a timer ("and dish soap to the shopping list.", "and 5 minutes to the timer."): tiny.en
+hears a command's "add" as "and", in 25 of the 30 commands of tests/fixtures/turns that begin with
+"add", and Home Assistant, which knows "add ... to the ... list" and "add ... to the timer", does
+none of them (docs/benchmarks.md). A prompt that made the decoder weigh "add" again on the same
+audio wrote it for 2 of 14 held-out commands; the words that follow tell it better. The end is
+required so that dictation ("and we added it to the list and left") keeps its "and"; one sentence
+(a decimal point aside), so that a text that only ends so ("And that's all. Add milk to the list.")
+keeps it; no "add", so that a follow-up that says it ("and add eggs to the shopping list", as
+tests/fixtures/add_or_and's and_dev_09 does) is not written "Add add"."""
 
 
 def add_for_and(transcript: Transcript) -> Transcript:
