@@ -163,7 +163,11 @@ other loose match. 2, 4 or 5 found fewer names on the seen parts of tests/fixtur
 
 
 ADDING = re.compile(
-    r"\s*and\b(?!.*\badd\b)(?=(?:[^.!?\n]|\.\d)*\bto (?:(?:the|my|our) )?(?:[\w'-]+ ){0,3}(?:list|timer)[\s.!?]*$)",
+    r"\s*and\b(?!.*\badd\b)"  # no "add" after it
+    r"(?=(?:[^.!?\n]|\.\d)*"  # one sentence, a decimal point aside
+    r"\bto (?!do\b)(?:(?:the|my|our|a) )?"  # "to", not the one of "to do list", and an article
+    r"(?:(?!(?:the|an?|my|our|your|his|her|their|this|that)\b)[\w'-]+ ){0,3}"  # no more: "to check the list"
+    r"(?:list|timer)[\s.!?]*$)",
     re.I,
 )
 """An English text of one sentence that begins with "and", says no "add", and ends adding to a
@@ -175,7 +179,12 @@ audio wrote it for 2 of 14 held-out commands; the words that follow tell it bett
 required so that dictation ("and we added it to the list and left") keeps its "and"; one sentence
 (a decimal point aside), so that a text that only ends so ("And that's all. Add milk to the list.")
 keeps it; no "add", so that a follow-up that says it ("and add eggs to the shopping list", as
-tests/fixtures/add_or_and's and_dev_09 does) is not written "Add add"."""
+tests/fixtures/add_or_and's and_dev_09 does) is not written "Add add". The list's name follows "to"
+and at most an article, so that an infinitive ("and remind me to check the list", "and don't forget
+to cancel the timer") keeps its "and", as does a question about the to-do list: tiny.en wrote such
+follow-ups as said from espeak-ng's voices, and a version without these limits wrote them "Add". It
+cost one misheard command of add_heldout's 20 ("and then we need to turn the timer"), which Home
+Assistant cannot do either way."""
 
 
 def add_for_and(transcript: Transcript) -> Transcript:
