@@ -1,5 +1,5 @@
-"""Does Home Assistant do what was said? The turn set's commands, as the daemon heard them, through
-Home Assistant's own intent recognizer.
+"""Does Home Assistant do what was said? The turn set's commands (or another manifest's of its shape,
+`--manifest`), as the daemon heard them, through Home Assistant's own intent recognizer.
 
 WER counts words; a user counts whether the light went off. For each command of the chosen splits
 this gets four texts: (a) the manifest's reference sentence, (b) the daemon's with `turn_detection`
