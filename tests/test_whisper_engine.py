@@ -868,7 +868,7 @@ def test_add_for_and_writes_an_english_and_that_goes_on_to_add_to_a_list_or_time
     assert heard("And, right and, didn't to make us to my shopping list.").startswith("Add, right and")
     assert heard(" and paint rushes to my taboo list.") == " Add paint rushes to my taboo list."
     assert heard("and 5 minutes to the timer.") == "Add 5 minutes to the timer."
-    assert heard("AND the receipts to a list") == "Add the receipts to a list"  # no article but "a": kept
+    assert heard("AND the receipts to a list") == "Add the receipts to a list"  # "a" counts as the article
     for unchanged in (
         "and what about tomorrow?",  # a follow-up: nothing added
         "and lock the side door",
