@@ -16,7 +16,7 @@ import sys
 import tracemalloc
 import wave
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager, suppress
 from pathlib import Path
 from typing import Any, NamedTuple, NoReturn
 
@@ -358,14 +358,17 @@ def client_frame(payload: bytes, opcode: int = TEXT_OPCODE) -> bytes:
     """A client-to-server WebSocket frame, masked as a client's must be (text by default), by hand:
     for tests whose client misbehaves at the frame level."""
     mask = os.urandom(4)
-    size = len(payload)
+    return _client_frame_head(opcode, len(payload), mask) + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+def _client_frame_head(opcode: int, size: int, mask: bytes) -> bytes:
     if size < 126:
         head = bytes([0x80 | opcode, 0x80 | size])
     elif size < 1 << 16:
         head = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, size)
     else:
         head = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, size)
-    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return head + mask
 
 
 async def read_server_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
@@ -385,6 +388,50 @@ async def read_server_frames_until_close(reader: asyncio.StreamReader) -> list[t
     while frames[-1][0] != CLOSE_OPCODE:
         frames.append(await read_server_frame(reader))
     return frames
+
+
+def close_code_after_oversized_frame(port: int, path: str, size: int) -> int | None:
+    """The close code a raw client reads that sends a binary frame of `size` zero bytes (over the
+    daemon's limit) and then 16 frames of 3200 bytes, reading as it sends; None when the connection
+    ends without the server's Close (a client library's 1006).
+
+    It writes as a client library does: a write that fails (the connection reset) ends the
+    connection, and the Close, read by the kernel but not yet by the client, with it. Call it in a
+    thread of its own (`asyncio.to_thread`): its event loop is then its own, as a client's in another
+    process is. On the daemon's loop it never lost the Close (0 of 2000): the server's close and the
+    client's reads took turns."""
+    return asyncio.run(_close_code_after_oversized_frame(port, path, size))
+
+
+async def _close_code_after_oversized_frame(port: int, path: str, size: int) -> int | None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        answer = await websocket_upgrade(reader, writer, port, path)
+        assert answer.startswith(b"HTTP/1.1 101 "), answer
+        sending = asyncio.create_task(_send_oversized_frame(writer, size))
+        try:
+            close = (await read_server_frames_until_close(reader))[-1][1]
+        except (ConnectionError, asyncio.IncompleteReadError):
+            return None
+        finally:
+            sending.cancel()
+            await asyncio.gather(sending, return_exceptions=True)
+        (code,) = struct.unpack("!H", close[:2])
+        return int(code)
+    finally:
+        writer.transport.abort()
+
+
+async def _send_oversized_frame(writer: asyncio.StreamWriter, size: int) -> None:
+    piece = 1 << 16
+    with suppress(ConnectionError):
+        writer.write(_client_frame_head(BINARY_OPCODE, size, bytes(4)))  # a zero mask: the payload goes as it is
+        for offset in range(0, size, piece):
+            writer.write(bytes(min(piece, size - offset)))
+            await writer.drain()
+        for _ in range(16):
+            writer.write(client_frame(bytes(3200), BINARY_OPCODE))
+            await writer.drain()
 
 
 def upgrade_request(port: int, path: str) -> bytes:
