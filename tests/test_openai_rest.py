@@ -6,14 +6,17 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import gc
+import gzip
 import io
 import itertools
 import json
+import lzma
 import re
 import threading
 import tracemalloc
 import wave
 import weakref
+import zlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -451,6 +454,39 @@ async def test_form_problems_the_sdk_would_not_send() -> None:
     assert missing[0] == 400 and missing[1]["error"]["param"] == "file"
     assert stream[0] == 400 and stream[1]["error"]["param"] == "stream" and "'maybe'" in stream[1]["error"]["message"]
     assert not_multipart[0] == 400 and "multipart/form-data" in not_multipart[1]["error"]["message"]
+
+
+async def test_an_upload_is_read_in_gzip_or_deflate_and_refused_as_json_415_in_another_encoding() -> None:
+    """aiohttp decodes gzip and deflate and hands any other body on as it came: an xz body was read
+    as a form and refused for its framing, a body marked `gzip, deflate` (two codings, which aiohttp
+    does not undo) the same, and a plain form marked `compress` was transcribed as if unmarked."""
+    wav = (FIXTURES / "timer.wav").read_bytes()
+    form = (
+        b'--b0undary\r\nContent-Disposition: form-data; name="file"; filename="timer.wav"\r\n\r\n'
+        + wav
+        + b"\r\n--b0undary--\r\n"
+    )
+    bodies = {
+        "gzip": gzip.compress(form),
+        "deflate": zlib.compress(form),
+        "xz": lzma.compress(form),
+        "gzip, deflate": zlib.compress(gzip.compress(form)),
+        "compress": form,
+    }
+    answers = {}
+    async with running_daemon() as daemon, aiohttp.ClientSession() as http:
+        for encoding, body in bodies.items():
+            headers = {"Content-Type": "multipart/form-data; boundary=b0undary", "Content-Encoding": encoding}
+            async with http.post(url(daemon), data=body, headers=headers) as response:
+                answers[encoding] = response.status, await response.json(), response.headers.get("Accept-Encoding")
+    for encoding in ("gzip", "deflate"):
+        status, body, _ = answers[encoding]
+        assert status == 200 and word_error_rate(EXPECTED["timer.wav"][0], body["text"]) <= WER_TOLERANCE, answers
+    for encoding in ("xz", "gzip, deflate", "compress"):
+        status, body, accepted = answers[encoding]
+        error = body["error"]
+        assert (status, error["code"], accepted) == (415, "unsupported_encoding", "gzip, deflate"), (encoding, body)
+        assert f"Content-Encoding {encoding!r}" in error["message"] and "gzip or deflate" in error["message"], error
 
 
 async def test_list_fields_past_their_cap_are_refused_at_the_first_part_over_it() -> None:

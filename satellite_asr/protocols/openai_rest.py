@@ -20,7 +20,7 @@ from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from aiohttp import BodyPartReader, web
+from aiohttp import BodyPartReader, hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from satellite_asr.audio import SAMPLE_RATE, Audio
@@ -60,11 +60,20 @@ empty `keywords[]` parts (1.3 MB) was still being read when the upload's pace cu
 
 
 class RequestError(ProtocolError):
-    """A `ProtocolError` with what REST adds: the HTTP status."""
+    """A `ProtocolError` with what REST adds: the HTTP status, and headers of the answer."""
 
-    def __init__(self, code: str, message: str, *, status: int = 400, param: str | None = None) -> None:
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        *,
+        status: int = 400,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(code, message, fatal=True, param=param)
         self.status = status
+        self.headers = headers
 
 
 def error_body(exc: ProtocolError, status: int) -> dict[str, Any]:
@@ -176,11 +185,38 @@ async def read_form(
 
 
 def check_form_headers(request: web.Request, max_file_bytes: int) -> None:
-    """What the headers alone tell of the form: its declared size (413) and its media type (400)."""
+    """What the headers alone tell of the form: its declared size (413), its encoding (415) and its
+    media type (400)."""
     if request.content_length is not None and request.content_length > max_file_bytes + FORM_OVERHEAD_BYTES:
         raise _too_large(max_file_bytes)
+    check_content_encoding(request)
     if request.content_type != "multipart/form-data":
         raise RequestError("invalid_request", "send the audio as multipart/form-data with a `file` field")
+
+
+BODY_ENCODINGS = ("gzip", "deflate")
+"""The `Content-Encoding`s of a body that aiohttp decodes with the standard library (`identity` is
+none). It hands any other on as it came (xz, or a list of codings: `gzip, deflate`), which the form
+reader then refused for its framing, or read as a form if it was one; br and zstd it refuses itself,
+before the daemon sees the request, unless Brotli or zstandard is installed (neither is a dependency)."""
+
+
+def check_content_encoding(request: web.Request) -> None:
+    """415 `unsupported_encoding`, with `Accept-Encoding` (RFC 7694), for a body in an encoding
+    aiohttp does not decode: one header, one of `BODY_ENCODINGS` or `identity`, as aiohttp reads it."""
+    encodings = request.headers.getall(hdrs.CONTENT_ENCODING, [])
+    if not encodings:
+        return
+    encoding = ", ".join(encodings)
+    if len(encodings) == 1 and encoding.isascii() and encoding.lower() in (*BODY_ENCODINGS, "identity"):
+        return
+    message = (
+        f"the request body's Content-Encoding {encoding!r} is not one this server decodes: "
+        f"send the form uncompressed, or compressed with {' or '.join(BODY_ENCODINGS)}"
+    )
+    raise RequestError(
+        "unsupported_encoding", message, status=415, headers={"Accept-Encoding": ", ".join(BODY_ENCODINGS)}
+    )
 
 
 def _looks_like_a_path(data: bytes) -> bool:
@@ -480,11 +516,10 @@ class OpenAIRestHandler:
         (too large, stalled) or cut short of its form (a Content-Length shorter than the body) would
         otherwise be parsed by aiohttp as a next request, answered with a plain-text 400 that quotes
         it back. An upload that is answered keeps its connection (an SDK's next upload reuses it)."""
-        headers = None
         if isinstance(exc, TooManyConnections):
-            exc, headers = RequestError("too_many_connections", str(exc), status=503), {"Retry-After": "5"}
+            exc = RequestError("too_many_connections", str(exc), status=503, headers={"Retry-After": "5"})
         self.core.metrics.errors.labels(exc.code).inc()
-        status = exc.status if isinstance(exc, RequestError) else 400
+        status, headers = (exc.status, exc.headers) if isinstance(exc, RequestError) else (400, None)
         response = web.json_response(error_body(exc, status), status=status, headers=headers)
         response.force_close()
         return response
