@@ -12,6 +12,7 @@ import datetime
 import difflib
 import ipaddress
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -464,7 +465,7 @@ def coerce(name: str, raw: Any) -> Any:
     f = fields[name]
     kind = _kind(f)
     meta = f.metadata
-    shown = repr(raw) if f.repr else "a value not shown (a secret)"
+    shown = _shown(raw) if f.repr else "a value not shown (a secret)"
     try:
         value = _convert(kind, raw)
     except (TypeError, ValueError):
@@ -474,12 +475,21 @@ def coerce(name: str, raw: Any) -> Any:
         if name == "log_level" and isinstance(value, str):
             value = value.upper()
         if value not in choices:
-            raise ConfigError(f"{name}: must be one of {', '.join(choices)}, got {raw!r}")
+            raise ConfigError(f"{name}: must be one of {', '.join(choices)}, got {_shown(raw)}")
     lo, hi = meta.get("minimum"), meta.get("maximum")
     numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
     if numeric and ((lo is not None and value < lo) or (hi is not None and value > hi)):
-        raise ConfigError(f"{name}: must be between {bound_text(lo)} and {bound_text(hi)}, got {raw!r}")
+        raise ConfigError(f"{name}: must be between {bound_text(lo)} and {bound_text(hi)}, got {_shown(raw)}")
     return value
+
+
+def _shown(raw: Any) -> str:
+    """`raw` as a message quotes it; YAML reads a hexadecimal, octal or binary whole number of any
+    length, and Python writes none out past `sys.get_int_max_str_digits()` (4300) decimal digits."""
+    try:
+        return repr(raw)
+    except ValueError:
+        return f"a whole number of more than {sys.get_int_max_str_digits()} digits"
 
 
 def _yaml_hint(f: dataclasses.Field[Any], raw: Any) -> str:
@@ -664,9 +674,9 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         line = raw[: exc.start].count(b"\n") + 1
         raise ConfigError(f"config file {path}: line {line} is not UTF-8 text; save the file as UTF-8") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path}: not valid YAML: {_yaml_problem(exc)}") from None
-    except (ValueError, TypeError):  # a value that is not of the type its tag says (`!!int abc`)
-        raise ConfigError(f"config file {path}: a value is not of the type its !! tag names; quote it") from None
+        raise ConfigError(f"config file {path}: {_yaml_problem(exc)}") from None
+    except (ValueError, TypeError):  # a value that is not of the type its tag says (`!!int abc`), or a long number
+        raise ConfigError(f"config file {path}: {_construction_problem(text)}") from None
     except RecursionError:  # PyYAML composes nested lists and mappings by recursion
         raise ConfigError(f"config file {path}: lists or mappings nested too deeply to be settings") from None
     _refuse_anchors(path, text)
@@ -690,19 +700,45 @@ def _refuse_anchors(path: Path, text: str) -> None:
             )
 
 
+INT_TAG = "tag:yaml.org,2002:int"
+"""YAML's tag of a whole number (`!!int`), as PyYAML's events name it."""
+
+
+def _construction_problem(text: str) -> str:
+    """Why PyYAML's reading of a value raised a `ValueError`: a whole number longer than Python
+    converts from decimal text (its `int()` refuses one of more than 4300 digits), said with its line;
+    else a value that is not of the type its tag says (`!!int abc`), not quoted (it may be a secret)."""
+    limit = sys.get_int_max_str_digits()
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if not isinstance(event, yaml.ScalarEvent) or not (event.implicit[0] or event.tag == INT_TAG):
+            continue
+        digits = event.value.lstrip("+-").replace("_", "")
+        if len(digits) > limit and digits.isascii() and digits.isdigit():
+            line = event.start_mark.line + 1 if event.start_mark else "?"
+            return (
+                f"line {line}: a whole number of {len(digits)} digits, more than the {limit} this server reads; "
+                "no setting takes one (quote it if it is text)"
+            )
+    return "a value is not of the type its !! tag names; quote it"
+
+
 def _yaml_problem(exc: yaml.YAMLError) -> str:
     """What is wrong and where, without PyYAML's quote of the line: that line may hold a secret
     (an unterminated `ha_token: "eyJ...`)."""
     if not isinstance(exc, yaml.MarkedYAMLError):
-        return str(exc)  # a ReaderError names a character and its position only
+        return f"not valid YAML: {exc}"  # a ReaderError names a character and its position only
+    if isinstance(exc, yaml.constructor.ConstructorError) and exc.problem == "found unhashable key":
+        mark = exc.problem_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        return f"{where}a list or mapping is used as a key; the keys are the settings' names"
     if isinstance(exc, (yaml.composer.ComposerError, yaml.constructor.ConstructorError)):
         # Their problem quotes the alias or tag, which is the value itself (`api_key: !Pass`).
         mark = exc.problem_mark or exc.context_mark
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        return f"a value starting with !, * or & is read as a YAML tag or alias{where}; quote it"
+        return f"not valid YAML: a value starting with !, * or & is read as a YAML tag or alias{where}; quote it"
     parts = [
         f"{text} at line {mark.line + 1}, column {mark.column + 1}" if mark else text
         for text, mark in ((exc.context, exc.context_mark), (exc.problem, exc.problem_mark))
         if text
     ]
-    return ": ".join(parts)
+    return "not valid YAML: " + ": ".join(parts)

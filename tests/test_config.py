@@ -152,6 +152,48 @@ def test_a_secret_read_as_a_yaml_tag_or_alias_is_not_quoted(tmp_path: Path, valu
     assert "Kitchen-Pass1" not in result.stderr and "Traceback" not in result.stderr
 
 
+DIGITS = "9" * 5000
+"""A whole number longer than Python converts from text (4300 digits)."""
+
+
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        (f"silence_ms: 800\nmax_sessions: {DIGITS}\n", "line 2: a whole number of 5000 digits"),
+        (f"context: !!int {DIGITS}\n", "line 1: a whole number of 5000 digits"),
+        (f"? {DIGITS}\n: 1\n", "line 1: a whole number of 5000 digits"),
+        ("? [silence_ms, 800]\n: 1\n", "line 1, column 3: a list or mapping is used as a key"),
+        ("silence_ms: 800\n? {max_sessions: 4}\n: 1\n", "line 2, column 3: a list or mapping is used as a key"),
+    ],
+)
+def test_a_number_too_long_for_python_or_a_list_as_a_key_is_told_as_itself(
+    tmp_path: Path, text: str, said: str
+) -> None:
+    """Both were said to be a value starting with !, * or & read as a YAML tag or alias (fuzzing)."""
+    config = tmp_path / "c.yaml"
+    config.write_text(text)
+    result = serve_on_loopback("--config", str(config))
+    assert result.returncode == 2, result.stderr
+    assert f"satellite-asr: configuration error: config file {config}: {said}" in result.stderr, result.stderr
+    assert "tag" not in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"), [("max_sessions", "0x" + "f" * 5000), ("allowed_hosts", "[0x" + "f" * 5000 + "]")]
+)
+def test_a_whole_number_too_long_to_print_is_refused_without_printing_it(
+    tmp_path: Path, setting: str, value: str
+) -> None:
+    """YAML reads a hexadecimal number of any length (Python's limit is for decimal text), and the
+    message quoting it raised Python's ValueError in its place, naming neither file nor setting."""
+    config = tmp_path / "c.yaml"
+    config.write_text(f"{setting}: {value}\n")
+    result = serve_on_loopback("--config", str(config))
+    assert result.returncode == 2, result.stderr
+    assert f"satellite-asr: configuration error: {setting}: " in result.stderr, result.stderr
+    assert "a whole number of more than 4300 digits" in result.stderr and "Traceback" not in result.stderr
+
+
 @pytest.mark.parametrize("setting", ["config", "ha_token_file", "api_key_file"])
 def test_a_file_that_is_not_utf8_is_named_with_its_setting(tmp_path: Path, setting: str) -> None:
     """Not a bare UnicodeDecodeError that names neither the file nor the setting."""
