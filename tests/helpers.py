@@ -10,6 +10,7 @@ import logging
 import os
 import random
 import socket
+import ssl
 import struct
 import subprocess
 import sys
@@ -390,7 +391,7 @@ async def read_server_frames_until_close(reader: asyncio.StreamReader) -> list[t
     return frames
 
 
-def close_code_after_oversized_frame(port: int, path: str, size: int) -> int | None:
+def close_code_after_oversized_frame(port: int, path: str, size: int, tls: ssl.SSLContext | None = None) -> int | None:
     """The close code a raw client reads that sends a binary frame of `size` zero bytes (over the
     daemon's limit) and then 16 frames of 3200 bytes, reading as it sends; None when the connection
     ends without the server's Close (a client library's 1006).
@@ -399,12 +400,12 @@ def close_code_after_oversized_frame(port: int, path: str, size: int) -> int | N
     connection, and the Close, read by the kernel but not yet by the client, with it. Call it in a
     thread of its own (`asyncio.to_thread`): its event loop is then its own, as a client's in another
     process is. On the daemon's loop it never lost the Close (0 of 2000): the server's close and the
-    client's reads took turns."""
-    return asyncio.run(_close_code_after_oversized_frame(port, path, size))
+    client's reads took turns. `tls`: over TLS, trusting that context, to `localhost`."""
+    return asyncio.run(_close_code_after_oversized_frame(port, path, size, tls))
 
 
-async def _close_code_after_oversized_frame(port: int, path: str, size: int) -> int | None:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+async def _close_code_after_oversized_frame(port: int, path: str, size: int, tls: ssl.SSLContext | None) -> int | None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=tls, server_hostname=tls and "localhost")
     try:
         answer = await websocket_upgrade(reader, writer, port, path)
         assert answer.startswith(b"HTTP/1.1 101 "), answer

@@ -239,9 +239,9 @@ class LingeringResponse(web.WebSocketResponse):
     message limit in bytes. The server's end of the connection comes after that, not at once: a
     client that closes its connection at the server's end while its own writes are still buffered
     is, with websockets on asyncio, an `AttributeError` in the client instead of its 1009 (asyncio's
-    `abort` after a deferred close that has completed). Not over TLS, whose own shutdown goes on
-    reading the socket; not when the client is not reading (what the server sent is still queued),
-    as it would not read the Close anyway.
+    `abort` after a deferred close that has completed). Over TLS the same (asyncio's TLS shutdown
+    did not keep the connection open either), the records read undecrypted. Not when the client is
+    not reading (what the server sent is still queued), as it would not read the Close anyway.
     """
 
     def __init__(self, *, max_msg_size: int, **kwargs: Any) -> None:
@@ -265,9 +265,9 @@ class LingeringResponse(web.WebSocketResponse):
         return closed
 
     def _spare_socket(self) -> socket.socket | None:
-        """A duplicate of the connection's socket; None over TLS, or when there is none to be had."""
+        """A duplicate of the connection's socket (under TLS, if any), or None when there is none to be had."""
         sock = self.get_extra_info("socket")
-        if sock is None or self.get_extra_info("sslcontext") is not None:
+        if sock is None:
             return None
         try:
             spare: socket.socket = sock.dup()
