@@ -17,6 +17,7 @@ import soxr
 import websockets
 from websockets.exceptions import ConnectionClosed
 
+from satellite_asr import protocols
 from satellite_asr.clients import audio_source, stream_client
 from satellite_asr.clients.stream_client import stream_file
 from satellite_asr.clients.wav import read_wav
@@ -640,6 +641,36 @@ async def test_a_client_still_sending_after_its_oversized_frame_reads_1009() -> 
         ]
         await eventually(lambda: len(daemon.core.sessions) == 0, 10)
     assert codes == [1009] * 100, f"{codes.count(None)} of 100 closed without the Close"
+
+
+async def test_a_client_that_answers_the_1009_is_let_go_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A websockets client answers the Close and waits for the server to end the connection (here
+    for ever): the daemon ends it on reading that answer, not after its linger's time limit (here
+    ten minutes, and as long for the first message, which cancels the linger)."""
+    monkeypatch.setattr(protocols, "CLOSE_HANDSHAKE_S", 600.0)
+    async with running_daemon(first_message_timeout_s=600) as daemon:
+        for _ in range(5):
+            async with websockets.connect(ws_url(daemon), max_size=None, compression=None, close_timeout=None) as ws:
+                with pytest.raises(ConnectionClosed):
+                    await ws.send(bytes(MAX_FRAME_BYTES + 4))
+                    await ws.recv()
+                await asyncio.wait_for(ws.wait_closed(), 30)
+            assert ws.protocol.close_rcvd is not None and ws.protocol.close_rcvd.code == 1009
+
+
+def test_a_clients_answering_close_is_told_from_other_data() -> None:
+    """What `linger` reads ends with the client's answer when its last frame is a Close with the
+    server's code, reason or not, and with no other data (another code, a frame cut short)."""
+    audio = bytes(range(256)) * 4
+    answer = client_frame(struct.pack("!H", 1009), CLOSE_OPCODE)
+    assert protocols.ends_with_close(audio + answer, 1009)
+    assert protocols.ends_with_close(
+        audio + client_frame(struct.pack("!H", 1009) + b"message too big", CLOSE_OPCODE), 1009
+    )
+    assert not protocols.ends_with_close(audio + client_frame(struct.pack("!H", 1000), CLOSE_OPCODE), 1009)
+    assert not protocols.ends_with_close(audio + answer[:-1], 1009)
+    assert not protocols.ends_with_close(audio + answer + client_frame(b"x", BINARY_OPCODE), 1009)
+    assert not protocols.ends_with_close(answer[2:], 1009) and not protocols.ends_with_close(audio, 1009)
 
 
 async def test_plain_http_to_the_stream_endpoint_says_to_use_a_websocket() -> None:

@@ -234,9 +234,9 @@ class LingeringResponse(web.WebSocketResponse):
     before it read it: the client saw 1006, not 1009 (1 in 300 clients of the fuzzing; most clients
     sending on after such a frame to a daemon in another thread or process). So a close for a
     refused frame holds a duplicate of the socket, which keeps the connection open as aiohttp closes
-    its own, and `linger`s on it: what the client still sends (the rest of its frame, its answering
-    Close) is read and dropped until it closes, for at most `CLOSE_HANDSHAKE_S` and twice the
-    message limit in bytes. The server's end of the connection comes after that, not at once: a
+    its own, and `linger`s on it: what the client still sends (the rest of its frame) is read and
+    dropped until its answering Close or its own close, for at most `CLOSE_HANDSHAKE_S` and twice
+    the message limit in bytes. The server's end of the connection comes after that, not at once: a
     client that closes its connection at the server's end while its own writes are still buffered
     is, with websockets on asyncio, an `AttributeError` in the client instead of its 1009 (asyncio's
     `abort` after a deferred close that has completed). Over TLS the same (asyncio's TLS shutdown
@@ -261,7 +261,7 @@ class LingeringResponse(web.WebSocketResponse):
             closed = await super().close(code=code, message=message, drain=drain)
             transport = self._transport
             if isinstance(transport, asyncio.WriteTransport) and transport.get_write_buffer_size() == 0:
-                await linger(spare, CLOSE_HANDSHAKE_S, self._linger_bytes)
+                await linger(spare, CLOSE_HANDSHAKE_S, self._linger_bytes, code)
         return closed
 
     def _spare_socket(self) -> socket.socket | None:
@@ -276,10 +276,16 @@ class LingeringResponse(web.WebSocketResponse):
         return spare
 
 
-async def linger(sock: socket.socket, seconds: float, most_bytes: int) -> None:
-    """Read and drop what comes on `sock` until the peer closes, an error, `seconds` or `most_bytes`."""
+async def linger(sock: socket.socket, seconds: float, most_bytes: int, code: int) -> None:
+    """Read and drop what comes on `sock` until the peer closes, an error, `seconds` or `most_bytes`,
+    or until what came ends with the client's Close answering the server's Close with `code`: it is
+    the last thing the client sends, and the client then waits for the server to end the connection
+    (websockets clients waited the 2 s each, and the CI fuzzing of `/v1/stream` took four times as
+    long). Over TLS the answer is not seen (the records are not decrypted), but asyncio's TLS
+    shutdown makes a client close of its own."""
     loop = asyncio.get_running_loop()
     buffer = bytearray(1 << 16)
+    tail = b""
     left = most_bytes
     with contextlib.suppress(OSError, TimeoutError):
         async with asyncio.timeout(seconds):
@@ -288,6 +294,24 @@ async def linger(sock: socket.socket, seconds: float, most_bytes: int) -> None:
                 if not read:
                     return
                 left -= read
+                tail = (tail + buffer[max(0, read - CLOSE_FRAME_BYTES) : read])[-CLOSE_FRAME_BYTES:]
+                if ends_with_close(tail, code):
+                    return
+
+
+CLOSE_FRAME_BYTES = 2 + 4 + 125
+"""The longest Close frame a client sends: its header, its mask, a code and a reason of 123 bytes."""
+
+
+def ends_with_close(data: bytes, code: int) -> bool:
+    """Whether `data` ends with a client's Close frame (masked) whose code is `code`: a client answers
+    a Close with the same code (RFC 6455, 5.5.1). Payload that happens to end so, at the end of a
+    read, would have to match on 4 bytes besides its mask."""
+    for size in range(2, min(125, len(data) - 6) + 1):
+        frame = data[-(size + 6) :]
+        if frame[0] == 0x88 and frame[1] == 0x80 | size and (frame[6] ^ frame[2]) << 8 | (frame[7] ^ frame[3]) == code:
+            return True
+    return False
 
 
 def read_ahead_response(max_msg_size: int, subprotocol: str) -> web.WebSocketResponse:
