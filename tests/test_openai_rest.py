@@ -479,6 +479,8 @@ async def test_an_upload_is_read_in_gzip_or_deflate_and_refused_as_json_415_in_a
             headers = {"Content-Type": "multipart/form-data; boundary=b0undary", "Content-Encoding": encoding}
             async with http.post(url(daemon), data=body, headers=headers) as response:
                 answers[encoding] = response.status, await response.json(), response.headers.get("Accept-Encoding")
+        before_body = await expect_continue_answer(daemon.http_port, "Content-Encoding: xz")
+    assert before_body == (415, "unsupported_encoding"), "refused before the file is sent"
     for encoding in ("gzip", "deflate"):
         status, body, _ = answers[encoding]
         assert status == 200 and word_error_rate(EXPECTED["timer.wav"][0], body["text"]) <= WER_TOLERANCE, answers
