@@ -142,6 +142,9 @@ class CountedConnection(asyncio.Protocol):
         """What came after the handshake and before the handler was made (asyncio reads on at once)."""
         self._handler: asyncio.Protocol | None = None
         self._counted = False
+        self._kept = 0
+        """Duplicates of the socket keeping the connection open past its transport (`keep_counted`)."""
+        self._lost = False
         self._address = ""
         self.last_received = 0.0
         """When data last arrived (`time.monotonic()`): a WebSocket message may be arriving
@@ -201,9 +204,23 @@ class CountedConnection(asyncio.Protocol):
         self._refused(reason)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._give_back()
+        self._lost = True
+        if not self._kept:
+            self._give_back()
         if self._handler is not None:
             self._handler.connection_lost(exc)
+
+    @contextlib.contextmanager
+    def kept(self) -> Iterator[None]:
+        """The connection stays counted while the block runs, its transport closed or not: a duplicate
+        of its socket keeps it open (a WebSocket's lingering close)."""
+        self._kept += 1
+        try:
+            yield
+        finally:
+            self._kept -= 1
+            if self._lost and not self._kept:
+                self._give_back()
 
     def _give_back(self) -> None:
         """Once per connection: a failed TLS handshake may end in both `_start_tls` and here."""
@@ -228,6 +245,12 @@ class CountedConnection(asyncio.Protocol):
     def resume_writing(self) -> None:
         if self._handler is not None:
             self._handler.resume_writing()
+
+
+def kept_counted(transport: asyncio.BaseTransport | None) -> contextlib.AbstractContextManager[None]:
+    """`CountedConnection.kept` for the HTTP connection of `transport`; nothing for another."""
+    protocol = transport.get_protocol() if transport is not None else None
+    return protocol.kept() if isinstance(protocol, CountedConnection) else contextlib.nullcontext()
 
 
 def last_received(transport: asyncio.BaseTransport | None) -> float:

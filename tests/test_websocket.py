@@ -658,6 +658,29 @@ async def test_a_client_that_answers_the_1009_is_let_go_at_once(monkeypatch: pyt
             assert ws.protocol.close_rcvd is not None and ws.protocol.close_rcvd.code == 1009
 
 
+async def test_a_lingering_close_keeps_its_connection_counted(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The linger after a refused frame keeps the TCP connection open on a duplicate of its socket
+    once aiohttp has closed its own: it still counts against `max_http_connections` (which caps the
+    connections open, whatever they do), until the linger ends; it was given back at aiohttp's close,
+    and one address could hold its WebSocket cap of lingering connections over its HTTP cap."""
+    monkeypatch.setattr(protocols, "CLOSE_HANDSHAKE_S", 600.0)
+    async with running_daemon(first_message_timeout_s=600) as daemon:
+        reader, writer = await asyncio.open_connection("127.0.0.1", daemon.http_port)
+        try:
+            answer = await websocket_upgrade(reader, writer, daemon.http_port, "/v1/stream")
+            assert answer.startswith(b"HTTP/1.1 101 "), answer
+            writer.write(struct.pack("!BBQ", 0x82, 0x80 | 127, MAX_FRAME_BYTES + 4) + bytes(4) + bytes(1000))
+            frames = await read_server_frames_until_close(reader)
+            assert struct.unpack("!H", frames[-1][1][:2]) == (1009,)
+            # aiohttp has closed its transport and been told the connection is lost; the linger holds it
+            await eventually(lambda: all(c.request.transport is None for c in daemon.websocket.open), 10)
+            assert len(daemon.websocket.open) == 1
+            assert len(daemon.http_connections) == 1
+        finally:
+            writer.close()
+        await eventually(lambda: len(daemon.http_connections) == 0 and not daemon.websocket.open, 10)
+
+
 def test_a_clients_answering_close_is_told_from_other_data() -> None:
     """What `linger` reads ends with the client's answer when its last frame is a Close with the
     server's code, reason or not, and with no other data (another code, a frame cut short)."""

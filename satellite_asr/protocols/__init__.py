@@ -44,7 +44,7 @@ from satellite_asr.audio import AudioFormatError, PcmDecoder
 from satellite_asr.biasing.context import MAX_CLIENT_TERMS, biasing_context
 from satellite_asr.config import Settings
 from satellite_asr.core import Core
-from satellite_asr.limits import last_received, write_within
+from satellite_asr.limits import kept_counted, last_received, write_within
 from satellite_asr.session import Emit, Session, SessionOptions
 from satellite_asr.session_manager import CloseConnection, ServerBusy
 
@@ -236,7 +236,8 @@ class LingeringResponse(web.WebSocketResponse):
     refused frame holds a duplicate of the socket, which keeps the connection open as aiohttp closes
     its own, and `linger`s on it: what the client still sends (the rest of its frame) is read and
     dropped until its answering Close or its own close, for at most `CLOSE_HANDSHAKE_S` and twice
-    the message limit in bytes. The server's end of the connection comes after that, not at once: a
+    the message limit in bytes; the connection counts against `max_http_connections` until then
+    (`kept_counted`), as it is open. The server's end of the connection comes after that, not at once: a
     client that closes its connection at the server's end while its own writes are still buffered
     is, with websockets on asyncio, an `AttributeError` in the client instead of its 1009 (asyncio's
     `abort` after a deferred close that has completed). Over TLS the same (asyncio's TLS shutdown
@@ -257,7 +258,7 @@ class LingeringResponse(web.WebSocketResponse):
         spare = None if self.closed or code not in REFUSED_FRAME_CODES else self._spare_socket()
         if spare is None:
             return await super().close(code=code, message=message, drain=drain)
-        with spare:
+        with kept_counted(self._transport), spare:  # open on `spare`, it is still an HTTP connection
             closed = await super().close(code=code, message=message, drain=drain)
             transport = self._transport
             if isinstance(transport, asyncio.WriteTransport) and transport.get_write_buffer_size() == 0:
