@@ -472,6 +472,7 @@ async def test_an_upload_is_read_in_gzip_or_deflate_and_refused_as_json_415_in_a
         "xz": lzma.compress(form),
         "gzip, deflate": zlib.compress(gzip.compress(form)),
         "compress": form,
+        "": form,  # an empty header is no coding
     }
     answers = {}
     async with running_daemon() as daemon, aiohttp.ClientSession() as http:
@@ -481,7 +482,7 @@ async def test_an_upload_is_read_in_gzip_or_deflate_and_refused_as_json_415_in_a
                 answers[encoding] = response.status, await response.json(), response.headers.get("Accept-Encoding")
         before_body = await expect_continue_answer(daemon.http_port, "Content-Encoding: xz")
     assert before_body == (415, "unsupported_encoding"), "refused before the file is sent"
-    for encoding in ("gzip", "deflate"):
+    for encoding in ("gzip", "deflate", ""):
         status, body, _ = answers[encoding]
         assert status == 200 and word_error_rate(EXPECTED["timer.wav"][0], body["text"]) <= WER_TOLERANCE, answers
     for encoding in ("xz", "gzip, deflate", "compress"):

@@ -242,7 +242,9 @@ class LingeringResponse(web.WebSocketResponse):
     is, with websockets on asyncio, an `AttributeError` in the client instead of its 1009 (asyncio's
     `abort` after a deferred close that has completed). Over TLS the same (asyncio's TLS shutdown
     did not keep the connection open either), the records read undecrypted. Not when the client is
-    not reading (what the server sent is still queued), as it would not read the Close anyway.
+    not reading (what the server sent is still queued), as it would not read the Close anyway; over
+    TLS that is not seen (the queued records lie below the TLS layer's buffer), so such a client gets
+    the linger, bounded and counted all the same.
     """
 
     def __init__(self, *, max_msg_size: int, **kwargs: Any) -> None:

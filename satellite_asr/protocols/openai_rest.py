@@ -203,8 +203,9 @@ before the daemon sees the request, unless Brotli or zstandard is installed (nei
 
 def check_content_encoding(request: web.Request) -> None:
     """415 `unsupported_encoding`, with `Accept-Encoding` (RFC 7694), for a body in an encoding
-    aiohttp does not decode: one header, one of `BODY_ENCODINGS` or `identity`, as aiohttp reads it."""
-    encodings = request.headers.getall(hdrs.CONTENT_ENCODING, [])
+    aiohttp does not decode: one header, one of `BODY_ENCODINGS` or `identity`, as aiohttp reads it
+    (an empty one it reads as none)."""
+    encodings = [value for value in request.headers.getall(hdrs.CONTENT_ENCODING, []) if value.strip()]
     if not encodings:
         return
     encoding = ", ".join(encodings)
