@@ -143,7 +143,7 @@ class CountedConnection(asyncio.Protocol):
         self._handler: asyncio.Protocol | None = None
         self._counted = False
         self._kept = 0
-        """Duplicates of the socket keeping the connection open past its transport (`keep_counted`)."""
+        """Duplicates of the socket keeping the connection open past its transport (`kept`)."""
         self._lost = False
         self._address = ""
         self.last_received = 0.0
