@@ -259,7 +259,7 @@ class Access:
 def presented_key(request: web.Request) -> str | None:
     """The key the request carries, by the first of the four ways that it uses."""
     scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and credentials.strip():
+    if scheme.lower() in ("bearer", "token") and credentials.strip():  # Token: Deepgram's clients
         return credentials.strip()
     if "X-API-Key" in request.headers:
         return request.headers["X-API-Key"].strip()

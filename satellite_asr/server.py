@@ -33,7 +33,7 @@ from satellite_asr.limits import (
     RateLimitedWarning,
     open_file_limit,
 )
-from satellite_asr.protocols import openai_realtime, openai_rest, websocket, wyoming
+from satellite_asr.protocols import deepgram, openai_realtime, openai_rest, websocket, wyoming
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +158,7 @@ class Daemon:
             ("GET", openai_rest.MODELS_PATH, self.rest.models),
             ("GET", openai_rest.MODEL_PATH, self.rest.model),
             ("GET", openai_realtime.PATH, openai_realtime.RealtimeHandler(self.core).handle),
+            ("GET", deepgram.PATH, deepgram.ListenHandler(self.core).handle),
             ("GET", "/health", self._health),
             ("GET", "/metrics", self._metrics),
             ("GET", "/", self._index),
@@ -297,7 +298,8 @@ class Daemon:
         # Side by side, so that a client that does not read (or answer a Close) holds up only its own
         # connection; then what is left (uploads).
         realtime = self.core.sessions.close_all("shutdown", protocol=openai_realtime.PROTOCOL)
-        await asyncio.gather(self._close_wyoming(), self._close_websockets(), realtime)
+        listen = self.core.sessions.close_all("shutdown", protocol=deepgram.PROTOCOL)
+        await asyncio.gather(self._close_wyoming(), self._close_websockets(), realtime, listen)
         await self.core.sessions.close_all("shutdown")
 
     async def _close_wyoming(self) -> None:

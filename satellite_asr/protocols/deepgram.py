@@ -1,0 +1,508 @@
+"""Deepgram's live transcription API (v1) at `/v1/listen` (docs/deepgram.md): wire messages <-> `Session` calls.
+
+The stream's settings are the URL's query parameters, checked before the upgrade (a bad one is an
+HTTP 400 with Deepgram's error body). One session serves the connection. Each utterance gives
+`SpeechStarted` (with `vad_events`), interim `Results` while it is spoken (with `interim_results`),
+then its final `Results` (`is_final`, and `speech_final` when the daemon's endpointing ended it),
+then `UtteranceEnd` (with `utterance_end_ms`). `Finalize` ends the utterance in progress
+(`from_finalize`); `CloseStream` sends what is still to come, then `Metadata`, then the Close.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import hashlib
+import logging
+import math
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import WSCloseCode, WSMessage, WSMsgType, web
+from multidict import MultiMapping
+
+from satellite_asr import __version__
+from satellite_asr.access import SUBPROTOCOL
+from satellite_asr.audio import MAX_RATE, MIN_RATE, PcmDecoder
+from satellite_asr.core import Core
+from satellite_asr.engines.base import EngineInfo
+from satellite_asr.events import FinalTranscript, PartialTranscript, SessionError, SessionEvent, SpeechStarted
+from satellite_asr.limits import ConnectionLimit, TooManyConnections, write_within
+from satellite_asr.protocols import (
+    WEBSOCKET_ENDS,
+    PcmInput,
+    ProtocolError,
+    ReadAhead,
+    accepted,
+    checked_biasing,
+    checked_language,
+    client_gone,
+    echoable,
+    json_object,
+    open_session,
+    read_ahead_response,
+)
+from satellite_asr.session import SessionOptions
+
+log = logging.getLogger(__name__)
+
+PATH = "/v1/listen"
+PROTOCOL = "deepgram"
+MAX_MESSAGE_BYTES = 1 << 20
+"""Largest client message, as on `/v1/stream`: Deepgram's clients send 20-250 ms of audio at a time."""
+ENCODINGS = {"linear16": "s16le", "mulaw": "pcmu", "alaw": "pcma"}
+"""Deepgram's names of the raw encodings this server decodes, and its own."""
+MAX_CHANNELS = 8
+CHANNEL = [0, 1]
+"""`channel_index` / `channel`: channel 0 of 1 (channels are mixed to one)."""
+BOOLEAN_VALUES = {"true": True, "false": False}
+USED = {
+    "encoding",
+    "sample_rate",
+    "channels",
+    "multichannel",
+    "interim_results",
+    "vad_events",
+    "utterance_end_ms",
+    "endpointing",
+    "language",
+    "keyterm",
+    "keywords",
+    "model",
+    "alternatives",
+}
+IGNORED = {
+    "punctuate",  # transcripts are punctuated as the engine writes them
+    "smart_format",
+    "numerals",
+    "filler_words",
+    "profanity_filter",
+    "dictation",
+    "no_delay",
+    "mip_opt_out",
+    "tag",
+    "version",
+    "extra",
+    "language_hint",
+    "measurements",
+    "diarize_version",
+    "tier",
+}
+"""Parameters a client may send that change nothing here: formatting the engine does its own way,
+and Deepgram's own bookkeeping."""
+REFUSED_WHEN_ON = {
+    "diarize": "speaker labels",
+    "detect_entities": "entity detection",
+    "multichannel": "a transcript per channel",
+}
+"""Features a client may ask for that this server does not do: asked for, they are refused rather
+than silently missing; `false` is fine."""
+REFUSED_WHEN_GIVEN = {
+    "redact": "redaction",
+    "replace": "find and replace",
+    "search": "search",
+    "callback": "callbacks",
+    "callback_method": "callbacks",
+}
+REPEATABLE = {"keyterm", "keywords", "tag", "extra", "redact", "replace", "search", "language_hint"}
+MIN_UTTERANCE_END_MS = 1000
+"""Deepgram's own lower bound for `utterance_end_ms`."""
+
+
+class ParameterError(ValueError):
+    """A query parameter the stream cannot start with: the parameter and a sentence."""
+
+    def __init__(self, parameter: str, message: str) -> None:
+        super().__init__(message)
+        self.parameter = parameter
+
+
+@dataclass(frozen=True)
+class ListenParams:
+    """The stream's settings from the URL's query."""
+
+    encoding: str
+    sample_rate: int
+    channels: int
+    interim_results: bool
+    vad_events: bool
+    utterance_end_ms: int | None
+    speech_final: bool
+    """False with `endpointing=false`: finals then never say the speaker finished."""
+    language: str | None
+    detect_language: bool
+    terms: tuple[str, ...]
+    model: str | None
+
+    def decoder(self) -> PcmDecoder:
+        return PcmDecoder(ENCODINGS[self.encoding], self.sample_rate, self.channels)
+
+    def session_options(self, core: Core) -> SessionOptions:
+        settings = core.settings
+        language = None if self.detect_language else self.language or settings.default_language
+        return SessionOptions.from_settings(
+            settings, partials=self.interim_results, language=language, terms=self.terms
+        )
+
+
+def parse_params(query: MultiMapping[str], core: Core) -> ListenParams:
+    """The stream's settings, or `ParameterError` naming the first parameter at fault."""
+    for name in query:
+        if name not in USED | IGNORED | set(REFUSED_WHEN_ON) | set(REFUSED_WHEN_GIVEN) | {"api_key"}:
+            raise ParameterError(name, f"unknown query parameter {name!r}")
+        if name not in REPEATABLE and len(query.getall(name)) > 1:
+            raise ParameterError(name, f"{name} is given {len(query.getall(name))} times; give it once")
+    for name, feature in REFUSED_WHEN_ON.items():
+        if _boolean(query, name, False):
+            raise ParameterError(name, f"this server does not do {feature}; leave {name} out or set it to false")
+    for name, feature in REFUSED_WHEN_GIVEN.items():
+        if name in query:
+            raise ParameterError(name, f"this server does not do {feature}; leave {name} out")
+    if query.get("alternatives", "1") != "1":
+        raise ParameterError("alternatives", "this server writes one transcript; leave alternatives out or set it to 1")
+    encoding = query.get("encoding")
+    if encoding is None:
+        raise ParameterError(
+            "encoding", f"encoding is required: this server takes raw audio, one of {', '.join(ENCODINGS)}"
+        )
+    if encoding not in ENCODINGS:
+        message = f"encoding {encoding!r} is not one this server decodes; use one of {', '.join(ENCODINGS)}"
+        raise ParameterError("encoding", message)
+    sample_rate = _whole(query, "sample_rate", None, MIN_RATE, MAX_RATE)
+    if sample_rate is None:
+        raise ParameterError("sample_rate", "sample_rate is required with encoding")
+    channels = _whole(query, "channels", 1, 1, MAX_CHANNELS)
+    assert channels is not None
+    utterance_end_ms = _whole(query, "utterance_end_ms", None, MIN_UTTERANCE_END_MS, 5000)
+    endpointing = query.get("endpointing", "")
+    if endpointing.lower() not in BOOLEAN_VALUES and not endpointing.isdigit() and endpointing != "":
+        raise ParameterError("endpointing", f"endpointing must be false or a whole number of ms, got {endpointing!r}")
+    language = query.get("language")
+    detect = language == "multi"
+    try:
+        named = None if detect else checked_language(core, language, "language")
+        terms = _terms(query)
+        checked_biasing(core, "", terms, "keyterm", "keyterm and keywords")
+    except ProtocolError as exc:
+        raise ParameterError(exc.param or "language", exc.message) from None
+    return ListenParams(
+        encoding=encoding,
+        sample_rate=sample_rate,
+        channels=channels,
+        interim_results=_boolean(query, "interim_results", False),
+        vad_events=_boolean(query, "vad_events", False),
+        utterance_end_ms=utterance_end_ms,
+        speech_final=endpointing.lower() != "false",
+        language=named,
+        detect_language=detect,
+        terms=terms,
+        model=query.get("model"),
+    )
+
+
+def _boolean(query: Mapping[str, str], name: str, default: bool) -> bool:
+    value = query.get(name)
+    if value is None:
+        return default
+    if value.lower() not in BOOLEAN_VALUES:
+        raise ParameterError(name, f"{name} must be true or false, got {value!r}")
+    return BOOLEAN_VALUES[value.lower()]
+
+
+def _whole(query: Mapping[str, str], name: str, default: int | None, low: int, high: int) -> int | None:
+    value = query.get(name)
+    if value is None:
+        return default
+    if not value.isdigit() or not low <= int(value) <= high:
+        raise ParameterError(name, f"{name} must be a whole number from {low} to {high}, got {value!r}")
+    return int(value)
+
+
+def _terms(query: MultiMapping[str]) -> tuple[str, ...]:
+    """`keyterm`s, then `keywords` without their `:boost` (the engine takes words, not weights)."""
+    keywords = [value.rsplit(":", 1)[0] if _boosted(value) else value for value in query.getall("keywords", [])]
+    return tuple(term.strip() for term in (*query.getall("keyterm", []), *keywords) if term.strip())
+
+
+def _boosted(keyword: str) -> bool:
+    _, colon, boost = keyword.rpartition(":")
+    try:
+        return bool(colon) and math.isfinite(float(boost))
+    except ValueError:
+        return False
+
+
+def model_info(engine: EngineInfo) -> tuple[str, dict[str, str]]:
+    """The engine's model as Deepgram describes one: a stable id and its name, version and architecture."""
+    model_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"satellite-asr:{engine.name}:{engine.model}"))
+    return model_id, {"name": engine.model, "version": __version__, "arch": engine.name}
+
+
+def is_close_stream(message: WSMessage) -> bool:
+    """Whether a message is `CloseStream`: what the client sent before its Close is still wanted then."""
+    if message.type != WSMsgType.TEXT:
+        return False
+    parsed = json_object(message.data)
+    return isinstance(parsed, dict) and parsed.get("type") == "CloseStream"
+
+
+class _Connection:
+    """One client: its settings, its one session, and what its `Metadata` reports at the end."""
+
+    def __init__(
+        self, ws: web.WebSocketResponse, core: Core, request: web.Request, reading: ReadAhead, params: ListenParams
+    ) -> None:
+        self.ws = ws
+        self.core = core
+        self.transport = request.transport
+        self.reading = reading
+        self.params = params
+        self.request_id = str(uuid.uuid4())
+        self.created = datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        self.model_id, self.model = model_info(core.engine_info)
+        self.audio_hash = hashlib.sha256()
+        self.input: PcmInput | None = None
+        self.starts: dict[int, float] = {}
+        """Each utterance's start, for its interim results."""
+        self.finalizing = False
+        """A `Finalize` is being answered: the finals it brings say `from_finalize`."""
+        self.finals_finalized = 0
+        self.finished = False
+        self.metadata_sent = False
+
+    @property
+    def seconds(self) -> float:
+        return self.input.session.seconds_received if self.input is not None else 0.0
+
+    async def send(self, message: dict[str, Any]) -> None:
+        """Raises `SlowClient` (a `ConnectionError`) and drops the client when it does not read."""
+        if not self.ws.closed:
+            await write_within(self.ws.send_json(message), self.core.settings.write_timeout_s, self.transport)
+
+    async def error(self, code: str, message: str) -> None:
+        """Deepgram's `Error` message; `message` may quote what the client sent (`echoable`)."""
+        self.core.metrics.errors.labels(code).inc()
+        text = echoable(message)
+        await self.send({"type": "Error", "variant": code, "description": text, "message": text})
+
+    async def close(self, code: int, reason: str = "") -> None:
+        await self.reading.close(code, reason)
+
+    async def close_by_server(self, reason: str) -> None:
+        """The server ends the stream (idle timeout, shutdown) once its finals are sent: `Metadata`, then 1001."""
+        self.finished = True
+        with contextlib.suppress(ConnectionError):
+            await self.metadata()
+        await self.close(WSCloseCode.GOING_AWAY, reason)
+
+    def open_session(self) -> None:
+        session = open_session(
+            self.core,
+            PROTOCOL,
+            self.params.session_options(self.core),
+            self.emit,
+            self.close_by_server,
+            arriving=self.reading.arriving,
+        )
+        self.input = PcmInput(self.core, session, self.params.decoder(), self.transport)
+
+    def results(self, text: str, start: float, end: float, confidence: float, **flags: bool) -> dict[str, Any]:
+        return {
+            "type": "Results",
+            "channel_index": CHANNEL,
+            "duration": round(max(0.0, end - start), 3),
+            "start": round(start, 3),
+            **flags,
+            "channel": {"alternatives": [{"transcript": text, "confidence": confidence, "words": []}]},
+            "metadata": {"request_id": self.request_id, "model_info": self.model, "model_uuid": self.model_id},
+        }
+
+    async def emit(self, event: SessionEvent) -> None:
+        params = self.params
+        if isinstance(event, SpeechStarted):
+            self.starts[event.utterance_id] = event.start
+            if params.vad_events:
+                await self.send({"type": "SpeechStarted", "channel": CHANNEL, "timestamp": round(event.start, 3)})
+        elif isinstance(event, PartialTranscript):
+            start = self.starts.get(event.utterance_id, 0.0)
+            flags = {"is_final": False, "speech_final": False, "from_finalize": False}
+            await self.send(self.results(event.text, start, self.seconds, 0.0, **flags))
+        elif isinstance(event, FinalTranscript):
+            await self.final(event)
+        elif isinstance(event, SessionError):
+            await self.error(event.code, event.message)
+
+    async def final(self, event: FinalTranscript) -> None:
+        self.starts.pop(event.utterance_id, None)
+        # how sure the engine was of the text, per token on average; 0 where it does not say
+        confidence = round(math.exp(event.avg_logprob), 4) if event.avg_logprob is not None else 0.0
+        flags = {
+            "is_final": True,
+            "speech_final": event.is_speech_final and self.params.speech_final,
+            "from_finalize": self.finalizing and event.endpoint == "forced",
+        }
+        self.finals_finalized += flags["from_finalize"]
+        await self.send(self.results(event.text, event.start, event.end, confidence, **flags))
+        if self.params.utterance_end_ms is not None and event.text:
+            await self.send({"type": "UtteranceEnd", "channel": CHANNEL, "last_word_end": round(event.end, 3)})
+
+    async def on_text(self, data: str) -> None:
+        message = json_object(data)
+        if isinstance(message, str):
+            raise ProtocolError("SchemaError", f"text messages must be JSON objects; this one {message}")
+        kind = message.get("type")
+        if kind == "KeepAlive":
+            return
+        if kind == "Finalize":
+            await self.finalize()
+        elif kind == "CloseStream":
+            await self.end()
+        elif kind == "Configure":
+            await self.send(
+                {
+                    "type": "ConfigureFailure",
+                    "request_id": self.request_id,
+                    "code": "CONFIGURE_KEYTERMS_NOT_SUPPORTED",
+                    "description": "this server takes keyterms only in the URL, when the stream starts",
+                }
+            )
+        else:
+            expected = "KeepAlive, Finalize, CloseStream or Configure"
+            raise ProtocolError("SchemaError", f"unknown message type {echoable(str(kind))!r}; expected {expected}")
+
+    async def on_binary(self, data: bytes) -> None:
+        if not data:  # Deepgram's old way to end a stream
+            await self.end()
+            return
+        assert self.input is not None
+        await self.input.feed(data)
+        self.audio_hash.update(data)
+
+    async def finalize(self) -> None:
+        """Ends the utterance in progress now (its final says `from_finalize`); with none in
+        progress, an empty final says so, as Deepgram answers every `Finalize`."""
+        assert self.input is not None
+        self.finalizing, self.finals_finalized = True, 0
+        try:
+            await self.input.flush()
+        finally:
+            self.finalizing = False
+        if self.finals_finalized == 0:
+            flags = {"is_final": True, "speech_final": False, "from_finalize": True}
+            await self.send(self.results("", self.seconds, self.seconds, 0.0, **flags))
+
+    async def end(self) -> None:
+        """`CloseStream`: the finals still to come, `Metadata`, then the Close."""
+        self.finished = True
+        if self.input is not None:
+            await self.input.drain()
+            await self.core.sessions.release(self.input.session, "end", finalize=True)
+        await self.metadata()
+        await self.close(WSCloseCode.OK)
+
+    async def metadata(self) -> None:
+        """The stream's summary, sent once, last before the Close."""
+        if self.metadata_sent:
+            return
+        self.metadata_sent = True
+        await self.send(
+            {
+                "type": "Metadata",
+                "transaction_key": "deprecated",
+                "request_id": self.request_id,
+                "sha256": self.audio_hash.hexdigest(),
+                "created": self.created,
+                "duration": round(self.seconds, 3),
+                "channels": self.params.channels,
+                "models": [self.model_id],
+                "model_info": {self.model_id: self.model},
+            }
+        )
+
+    async def release(self, reason: str) -> None:
+        """The client left: what is in flight is cancelled (after `end`, nothing is)."""
+        if self.input is not None:
+            await self.core.sessions.release(self.input.session, reason, finalize=False)
+
+
+def _refusal(status: int, code: str, message: str, request_id: str, **headers: str) -> web.Response:
+    """An upgrade refused before it happens: plain HTTP with Deepgram's error body."""
+    body = {"err_code": code, "err_msg": echoable(message), "request_id": request_id}
+    return web.json_response(body, status=status, headers=headers)
+
+
+class ListenHandler:
+    """aiohttp handler for `/v1/listen`; `Access` has checked Host, Origin and key before it runs."""
+
+    def __init__(self, core: Core) -> None:
+        self.core = core
+        settings = core.settings
+        self.connections = ConnectionLimit(
+            PROTOCOL,
+            settings.max_websocket_connections,
+            settings.max_connections_per_address,
+            total_setting="max_websocket_connections",
+        )
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        request_id = str(uuid.uuid4())
+        ws = read_ahead_response(MAX_MESSAGE_BYTES + 1, SUBPROTOCOL)
+        if not ws.can_prepare(request).ok:
+            message = "this endpoint speaks Deepgram's live streaming API over WebSocket; connect a WebSocket client"
+            return _refusal(426, "WEBSOCKET_REQUIRED", message, request_id, Upgrade="websocket", Connection="Upgrade")
+        try:
+            params = parse_params(request.query, self.core)
+        except ParameterError as exc:
+            self.core.metrics.errors.labels("invalid_query_parameter").inc()
+            return _refusal(400, "INVALID_QUERY_PARAMETER", f"{exc.parameter}: {exc}", request_id)
+        try:
+            with self.connections.opened(request.remote or ""):
+                return await self._serve(request, ws, params)
+        except TooManyConnections as exc:
+            self.core.metrics.errors.labels("too_many_connections").inc()
+            return _refusal(503, "TOO_MANY_CONNECTIONS", str(exc), request_id, **{"Retry-After": "5"})
+
+    async def _serve(self, request: web.Request, ws: web.WebSocketResponse, params: ListenParams) -> web.StreamResponse:
+        if not await accepted(ws, request):
+            return client_gone()
+        reading = ReadAhead(ws, self.core.settings, request.transport, is_close_stream)
+        connection = _Connection(ws, self.core, request, reading, params)
+        reason = "disconnect"
+        try:
+            try:
+                connection.open_session()
+                async with reading as messages:
+                    async for message in messages:
+                        if message.type in WEBSOCKET_ENDS:
+                            break
+                        assert connection.input is not None
+                        session = connection.input.session
+                        if session.closed:  # the server ends it (idle timeout, shutdown): finals, Metadata, Close
+                            await self.core.sessions.release(session, "closed by the server", finalize=True)
+                            break
+                        try:
+                            if message.type == WSMsgType.TEXT:
+                                await connection.on_text(message.data)
+                            elif message.type == WSMsgType.BINARY:
+                                await connection.on_binary(message.data)
+                        except ProtocolError as exc:
+                            if exc.fatal:
+                                raise
+                            await connection.error(exc.code, exc.message)
+                        if connection.finished:
+                            reason = "end"
+                            break
+                if ws.exception() is not None:
+                    log.info("deepgram websocket closed with error: %s", ws.exception())
+            except ProtocolError as exc:  # fatal: no session could be opened
+                await connection.error(exc.code, exc.message)
+                await connection.close(WSCloseCode.TRY_AGAIN_LATER, exc.code)
+        except ConnectionError as exc:  # SlowClient included: the connection is gone already
+            log.info("deepgram websocket dropped: %s", exc)
+        finally:
+            await connection.release(reason)
+            with contextlib.suppress(ConnectionError):  # when another task is closing, its close ends first
+                await connection.close(WSCloseCode.OK)
+        return ws

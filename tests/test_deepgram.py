@@ -1,0 +1,247 @@
+"""Deepgram's live API (`/v1/listen`) end to end: real daemon, real Silero, real tiny.en, a raw
+WebSocket client for every message and for input no SDK would send."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from typing import Any
+
+import aiohttp
+import numpy as np
+import pytest
+import websockets
+
+from satellite_asr.biasing.context import MAX_CLIENT_TERMS
+from satellite_asr.protocols import deepgram
+from satellite_asr.server import Daemon
+from tests.doubles import ContextRecordingEngineDouble
+from tests.helpers import EXPECTED, eventually, fixture_16k, pcm16, running_daemon, same_words
+
+pytestmark = pytest.mark.timeout(180)
+
+Messages = list[dict[str, Any]]
+LINEAR16 = "encoding=linear16&sample_rate=16000"
+CHUNK_BYTES = 3200
+"""100 ms of 16 kHz linear16."""
+
+
+def listen_url(daemon: Daemon, query: str) -> str:
+    return f"ws://127.0.0.1:{daemon.http_port}{deepgram.PATH}?{query}"
+
+
+def audio(name: str = "three_commands.wav") -> bytes:
+    return pcm16(fixture_16k(name), 16000)
+
+
+async def stream(
+    url: str, data: bytes, *after: str | bytes, headers: dict[str, str] | None = None, paced: bool = False
+) -> tuple[Messages, int | None]:
+    """Sends `data` in 100 ms frames, at full speed or `paced` as a microphone would (interim
+    results come only then), then `after` (by default `CloseStream`), and reads every message until
+    the server closes: the messages and the close code."""
+    async with websockets.connect(url, additional_headers=headers) as ws:
+        for offset in range(0, len(data), CHUNK_BYTES):
+            await ws.send(data[offset : offset + CHUNK_BYTES])
+            if paced:
+                await asyncio.sleep(0.1)
+        for message in after or (json.dumps({"type": "CloseStream"}),):
+            await ws.send(message)
+        received = [json.loads(message) async for message in ws]
+    return received, ws.close_code
+
+
+def of_type(messages: Messages, kind: str) -> Messages:
+    return [m for m in messages if m["type"] == kind]
+
+
+def finals(messages: Messages) -> Messages:
+    return [m for m in of_type(messages, "Results") if m["is_final"]]
+
+
+def transcript(result: dict[str, Any]) -> str:
+    text: str = result["channel"]["alternatives"][0]["transcript"]
+    return text
+
+
+async def test_three_commands_as_deepgram_sends_them() -> None:
+    data = audio()
+    query = (
+        f"{LINEAR16}&interim_results=true&vad_events=true&utterance_end_ms=1000&model=nova-3&smart_format=true"
+        "&alternatives=1&diarize=false&multichannel=false&channels=1&no_delay=true&language=en-US&endpointing=25"
+    )
+    async with running_daemon() as daemon:
+        messages, code = await stream(listen_url(daemon, query), data, paced=True)
+    assert code == 1000
+    kinds = [m["type"] for m in messages]
+    assert kinds.count("SpeechStarted") == 3 and kinds[-1] == "Metadata"
+    spoken = finals(messages)
+    assert same_words(EXPECTED["three_commands.wav"], [transcript(m) for m in spoken])
+    # the daemon's endpointing ended each command, and each final is followed by its UtteranceEnd
+    assert all(m["speech_final"] and not m["from_finalize"] for m in spoken)
+    for result in spoken:
+        following = messages[messages.index(result) + 1]
+        assert following == {
+            "type": "UtteranceEnd",
+            "channel": [0, 1],
+            "last_word_end": pytest.approx(result["start"] + result["duration"], abs=0.002),
+        }
+    interims = [m for m in of_type(messages, "Results") if not m["is_final"]]
+    assert interims and not any(m["speech_final"] for m in interims)
+    for started, result in zip(of_type(messages, "SpeechStarted"), spoken, strict=True):
+        assert started["timestamp"] == result["start"]
+    # how sure the engine was; 0 where it did not say (a decode that wrote the command twice over)
+    confidences = [m["channel"]["alternatives"][0]["confidence"] for m in spoken]
+    assert all(0 <= c <= 1 for c in confidences) and any(c > 0.5 for c in confidences)
+    metadata = messages[-1]
+    assert metadata["sha256"] == hashlib.sha256(data).hexdigest()
+    assert metadata["duration"] == pytest.approx(len(data) / 32000, abs=0.01)
+    assert metadata["channels"] == 1 and metadata["models"] == [spoken[0]["metadata"]["model_uuid"]]
+    assert metadata["model_info"][metadata["models"][0]]["name"] == daemon.core.engine_info.model
+    assert {m["metadata"]["request_id"] for m in of_type(messages, "Results")} == {metadata["request_id"]}
+
+
+async def test_defaults_send_finals_and_metadata_only() -> None:
+    async with running_daemon() as daemon:
+        messages, code = await stream(listen_url(daemon, LINEAR16), audio("lights_on.wav"))
+    assert code == 1000
+    assert [m["type"] for m in messages] == ["Results", "Metadata"]
+    assert messages[0]["is_final"] and same_words(EXPECTED["lights_on.wav"], [transcript(messages[0])])
+
+
+async def test_endpointing_false_keeps_speech_final_false() -> None:
+    async with running_daemon() as daemon:
+        messages, _ = await stream(listen_url(daemon, f"{LINEAR16}&endpointing=false"), audio())
+    spoken = finals(messages)
+    assert len(spoken) == 3 and not any(m["speech_final"] for m in spoken)
+
+
+async def test_finalize_ends_the_utterance_in_progress() -> None:
+    data = audio("lights_on.wav")
+    voice = data[: len(data) * 2 // 3]  # the command cut before its silence: only Finalize ends it
+    finalize, close = json.dumps({"type": "Finalize"}), json.dumps({"type": "CloseStream"})
+    async with running_daemon() as daemon:
+        messages, _ = await stream(listen_url(daemon, LINEAR16), voice, finalize, finalize, close)
+    first, second = finals(messages)
+    assert first["from_finalize"] and not first["speech_final"] and transcript(first)
+    # nothing was in progress at the second Finalize: an empty final answers it
+    assert second["from_finalize"] and transcript(second) == "" and second["duration"] == 0
+
+
+async def test_empty_binary_message_ends_the_stream() -> None:
+    async with running_daemon() as daemon:
+        messages, code = await stream(listen_url(daemon, LINEAR16), audio("lights_on.wav"), b"")
+    assert code == 1000 and [m["type"] for m in messages] == ["Results", "Metadata"]
+
+
+async def test_two_channels_are_mixed_to_one() -> None:
+    mono = np.frombuffer(audio("lights_on.wav"), dtype="<i2")
+    stereo = np.stack([mono, np.zeros_like(mono)], axis=1).tobytes()  # the voice on the left only
+    async with running_daemon() as daemon:
+        messages, _ = await stream(listen_url(daemon, f"{LINEAR16}&channels=2"), stereo)
+    assert same_words(EXPECTED["lights_on.wav"], [transcript(m) for m in finals(messages)])
+    assert messages[-1]["channels"] == 2
+
+
+async def test_keyterms_and_keywords_reach_the_engine() -> None:
+    engine = ContextRecordingEngineDouble()
+    query = f"{LINEAR16}&keyterm=Calloway%20blinds&keyterm=Aoife&keywords=Marigold:2.5&keywords=snake:case"
+    async with running_daemon(engine) as daemon:
+        await stream(listen_url(daemon, query), audio("lights_on.wav"))
+    assert engine.names[-1][:4] == ("Calloway blinds", "Aoife", "Marigold", "snake:case")
+
+
+@pytest.mark.parametrize(
+    ("query", "parameter"),
+    [
+        ("sample_rate=16000", "encoding"),
+        ("encoding=opus&sample_rate=16000", "encoding"),
+        ("encoding=linear16", "sample_rate"),
+        ("encoding=linear16&sample_rate=96000", "sample_rate"),
+        ("encoding=linear16&sample_rate=16k", "sample_rate"),
+        (f"{LINEAR16}&sample_rate=8000", "sample_rate"),
+        (f"{LINEAR16}&channels=0", "channels"),
+        (f"{LINEAR16}&interim_results=yes", "interim_results"),
+        (f"{LINEAR16}&utterance_end_ms=500", "utterance_end_ms"),
+        (f"{LINEAR16}&endpointing=soon", "endpointing"),
+        (f"{LINEAR16}&language=xx", "language"),
+        (f"{LINEAR16}&diarize=true", "diarize"),
+        (f"{LINEAR16}&multichannel=true", "multichannel"),
+        (f"{LINEAR16}&redact=pci", "redact"),
+        (f"{LINEAR16}&alternatives=2", "alternatives"),
+        (f"{LINEAR16}&callback=http://example.com/", "callback"),
+        (f"{LINEAR16}&colour=blue", "colour"),
+    ],
+)
+async def test_a_bad_parameter_is_refused_before_the_upgrade(query: str, parameter: str) -> None:
+    async with running_daemon() as daemon, aiohttp.ClientSession() as http:
+        url = f"http://127.0.0.1:{daemon.http_port}{deepgram.PATH}?{query}"
+        upgrade = {"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13"}
+        upgrade["Sec-WebSocket-Key"] = "dGhlIHNhbXBsZSBub25jZQ=="
+        async with http.get(url, headers=upgrade) as response:
+            body = await response.json()
+    assert response.status == 400
+    assert body["err_code"] == "INVALID_QUERY_PARAMETER" and body["err_msg"].startswith(f"{parameter}: ")
+    assert body["request_id"]
+
+
+async def test_too_many_keyterms_are_refused() -> None:
+    query = LINEAR16 + "".join(f"&keyterm=name{i}" for i in range(MAX_CLIENT_TERMS + 1))
+    async with running_daemon() as daemon:
+        with pytest.raises(websockets.InvalidStatus) as refused:
+            await websockets.connect(listen_url(daemon, query))
+    assert refused.value.response.status_code == 400
+    assert b"keyterm" in refused.value.response.body
+
+
+async def test_bad_messages_get_errors_and_the_stream_goes_on() -> None:
+    data = audio("lights_on.wav")
+    bad = ["not json", json.dumps({"type": "Flush"}), json.dumps({"type": "Configure", "keyterms": ["Aoife"]})]
+    async with running_daemon() as daemon, websockets.connect(listen_url(daemon, LINEAR16)) as ws:
+        for message in bad:
+            await ws.send(message)
+        await ws.send(b"\x00")  # half a sample
+        await ws.send(data)
+        await ws.send(json.dumps({"type": "KeepAlive"}))
+        await ws.send(json.dumps({"type": "CloseStream"}))
+        messages = [json.loads(message) async for message in ws]
+    errors = of_type(messages, "Error")
+    assert [e["variant"] for e in errors] == ["SchemaError", "SchemaError", "invalid_audio"]
+    assert "not JSON" in errors[0]["description"] and "'Flush'" in errors[1]["description"]
+    [refused] = of_type(messages, "ConfigureFailure")
+    assert refused["code"] == "CONFIGURE_KEYTERMS_NOT_SUPPORTED"
+    assert same_words(EXPECTED["lights_on.wav"], [transcript(m) for m in finals(messages)])
+    assert messages[-1]["type"] == "Metadata"
+
+
+async def test_deepgram_token_authorization() -> None:
+    data = audio("lights_on.wav")
+    async with running_daemon(api_key="listen-key") as daemon:
+        url = listen_url(daemon, LINEAR16)
+        messages, _ = await stream(url, data, headers={"Authorization": "Token listen-key"})
+        with pytest.raises(websockets.InvalidStatus) as refused:
+            await websockets.connect(url, additional_headers={"Authorization": "Token wrong"})
+    assert same_words(EXPECTED["lights_on.wav"], [transcript(m) for m in finals(messages)])
+    assert refused.value.response.status_code == 401
+
+
+async def test_a_client_that_leaves_frees_its_session() -> None:
+    async with running_daemon() as daemon:
+        async with websockets.connect(listen_url(daemon, LINEAR16)) as ws:
+            await ws.send(audio("lights_on.wav")[:16000])
+            await asyncio.sleep(0.2)
+            assert len(daemon.core.sessions) == 1
+        await eventually(lambda: len(daemon.core.sessions) == 0)
+
+
+async def test_shutdown_sends_the_final_then_metadata_then_going_away() -> None:
+    data = audio("lights_on.wav")
+    async with running_daemon() as daemon, websockets.connect(listen_url(daemon, LINEAR16)) as ws:
+        await ws.send(data[: len(data) * 2 // 3])
+        await asyncio.sleep(0.5)
+        stopping = asyncio.create_task(daemon.stop())
+        messages = [json.loads(message) async for message in ws]
+        await stopping
+    assert [m["type"] for m in messages] == ["Results", "Metadata"] and transcript(messages[0])
+    assert ws.close_code == 1001
