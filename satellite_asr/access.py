@@ -13,14 +13,16 @@ In order:
    in by, the host and port of `Host`; no port in `Host` means the scheme's default) or in
    `allowed_origins`; clients without an Origin (CLI, SDKs, Home Assistant) pass. 403
    `origin_not_allowed`. `X-Forwarded-Proto` is not trusted: behind a TLS proxy, list the page.
-3. With an API key set, the request must carry it: `Authorization: Bearer KEY`, `X-API-Key: KEY`,
+3. With an API key set, the request must carry it: `Authorization: Bearer KEY` (or `Token KEY`,
+   as Deepgram's clients send it), `X-API-Key: KEY`,
    a WebSocket subprotocol `satellite-asr.key.KEY` (what a browser can send) or `?api_key=KEY`.
    Compared in constant time and never logged. 401 `missing_api_key` / `invalid_api_key`.
 4. A key offered as a subprotocol comes with `satellite-asr` beside it, the subprotocol every
    WebSocket route answers with: without it a browser fails the connection. 400 `invalid_subprotocol`.
 
-Refusals are JSON: the project's `{"type":"error","code","message"}`, or OpenAI's
-`{"error":{...}}` on the OpenAI-compatible paths (`OPENAI_PREFIXES`).
+Refusals are JSON: the project's `{"type":"error","code","message"}`, OpenAI's `{"error":{...}}`
+on the OpenAI-compatible paths (`OPENAI_PREFIXES`), or Deepgram's `{"err_code","err_msg","request_id"}`
+on Deepgram's (`DEEPGRAM_PATHS`).
 """
 
 from __future__ import annotations
@@ -36,13 +38,14 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from satellite_asr.config import ConfigError, Settings
-from satellite_asr.protocols import openai_error
+from satellite_asr.protocols import deepgram_error, openai_error
 
 PUBLIC_PATHS = frozenset({"/", "/health"})
 """Served to anyone who can reach the daemon: the page and the health check."""
 PUBLIC_PREFIXES = ("/static/",)
 """The page's scripts and styles."""
 OPENAI_PREFIXES = ("/v1/audio/", "/v1/models", "/v1/realtime")
+DEEPGRAM_PATHS = frozenset({"/v1/listen"})
 """Paths whose errors take OpenAI's `{"error": {...}}` shape, as OpenAI SDKs expect."""
 
 SUBPROTOCOL = "satellite-asr"
@@ -275,6 +278,8 @@ def error_response(path: str, status: int, code: str, message: str) -> web.Respo
     if path.startswith(OPENAI_PREFIXES):
         kind = {401: "authentication_error", 403: "permission_error"}.get(status, "invalid_request_error")
         body: dict[str, object] = {"error": openai_error(code, message, kind=kind)}
+    elif path in DEEPGRAM_PATHS:
+        body = deepgram_error(code, message)
     else:
         body = {"type": "error", "code": code, "message": message}
     return web.json_response(body, status=status, headers=headers)

@@ -281,6 +281,7 @@ USER_DOCS = (
     "README.md",
     "docs/protocol.md",
     "docs/openai.md",
+    "docs/deepgram.md",
     "docs/wyoming.md",
     "docs/security.md",
     "docs/browser.md",

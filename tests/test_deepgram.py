@@ -182,7 +182,7 @@ async def test_a_bad_parameter_is_refused_before_the_upgrade(query: str, paramet
         async with http.get(url, headers=upgrade) as response:
             body = await response.json()
     assert response.status == 400
-    assert body["err_code"] == "INVALID_QUERY_PARAMETER" and body["err_msg"].startswith(f"{parameter}: ")
+    assert body["err_code"] == "invalid_query_parameter" and body["err_msg"].startswith(f"{parameter}: ")
     assert body["request_id"]
 
 
@@ -224,6 +224,8 @@ async def test_deepgram_token_authorization() -> None:
             await websockets.connect(url, additional_headers={"Authorization": "Token wrong"})
     assert same_words(EXPECTED["lights_on.wav"], [transcript(m) for m in finals(messages)])
     assert refused.value.response.status_code == 401
+    body = json.loads(refused.value.response.body)
+    assert (body["err_code"], body["err_msg"]) == ("invalid_api_key", "the API key is not valid")
 
 
 async def test_a_client_that_leaves_frees_its_session() -> None:

@@ -285,10 +285,50 @@ async def _stream_one_realtime(
     return origin, received
 
 
+async def _stream_one_deepgram(
+    url: str, audio: Audio, delay: float, config: dict[str, Any], headers: dict[str, str]
+) -> tuple[float, list[Any]]:
+    """The same over Deepgram's live API: 16 kHz linear16 at real-time pace with interim results,
+    then `CloseStream`. Results come back in the WebSocket shapes `_timings` reads: an interim as a
+    `partial` of the utterance whose final comes next (Deepgram's results name no utterance), a
+    final (an `is_final` one with text) as a `final`."""
+    import websockets
+
+    await asyncio.sleep(delay)
+    received: list[tuple[float, dict[str, Any]]] = []
+    pcm = to_pcm16(audio).tobytes()
+    step = int(FRAME_SECONDS * SAMPLE_RATE) * 2
+    query = f"{url}?encoding=linear16&sample_rate={SAMPLE_RATE}&interim_results=true"
+    async with websockets.connect(query, max_size=1 << 20, additional_headers=headers) as ws:
+
+        async def receive() -> None:
+            finals = 0
+            async for raw in ws:
+                message = json.loads(raw)
+                if message["type"] != "Results" or not message["channel"]["alternatives"][0]["transcript"]:
+                    continue
+                arrival, text = time.monotonic(), message["channel"]["alternatives"][0]["transcript"]
+                if message["is_final"]:
+                    received.append((arrival, {"type": "final", "utterance_id": finals, "text": text}))
+                    finals += 1
+                else:
+                    received.append((arrival, {"type": "partial", "utterance_id": finals}))
+
+        receiver = asyncio.create_task(receive())
+        origin = time.monotonic()
+        for index, offset in enumerate(range(0, len(pcm), step)):
+            await asyncio.sleep(max(0.0, origin + (index + 1) * FRAME_SECONDS - time.monotonic()))
+            await ws.send(pcm[offset : offset + step])
+        await ws.send(json.dumps({"type": "CloseStream"}))
+        await receiver
+    return origin, received
+
+
 Streamer = Callable[[str, Audio, float, dict[str, Any], dict[str, str]], Awaitable[tuple[float, list[Any]]]]
 PROTOCOLS: dict[str, tuple[str, Streamer]] = {
     "websocket": ("/v1/stream", stream_at_pace),
     "openai-realtime": ("/v1/realtime", _stream_one_realtime),
+    "deepgram": ("/v1/listen", _stream_one_deepgram),
 }
 """Protocol name -> (path on the daemon, client that streams one file)."""
 

@@ -48,13 +48,16 @@ class StreamRefused(Exception):
 
 def refusal(status: int, body: bytes | bytearray | None, what: str = "connection") -> str:
     """What a refused upgrade (or `what` else) says: the status, and the daemon's error code and
-    sentence when its body has them (`{"type": "error", ...}`, or OpenAI's `{"error": {...}}`)."""
+    sentence when its body has them (`{"type": "error", ...}`, OpenAI's `{"error": {...}}` or
+    Deepgram's `{"err_code": ..., "err_msg": ...}`)."""
     try:
         error = json.loads(body or b"")
     except ValueError:
         error = None
     if isinstance(error, dict) and isinstance(error.get("error"), dict):
         error = error["error"]
+    if isinstance(error, dict) and "err_msg" in error:
+        error = {"code": error.get("err_code"), "message": error["err_msg"]}
     said = ""
     if isinstance(error, dict) and error.get("message"):
         said = f": {error.get('code') or 'error'}: {error['message']}"

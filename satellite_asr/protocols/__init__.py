@@ -31,6 +31,7 @@ import select
 import socket
 import sys
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
 from types import TracebackType
@@ -150,6 +151,12 @@ def openai_error(
     """OpenAI's error object, as its SDKs read it (REST bodies, Realtime `error` events, refusals);
     `message` and `param` may hold what a client sent (`echoable`)."""
     return {"message": echoable(message), "type": kind, "param": param and echoable(param), "code": code}
+
+
+def deepgram_error(code: str, message: str) -> dict[str, Any]:
+    """Deepgram's error body, as its API answers a refused request (the upgrade of `/v1/listen`);
+    `message` may hold what a client sent (`echoable`)."""
+    return {"err_code": code, "err_msg": echoable(message), "request_id": str(uuid.uuid4())}
 
 
 def open_session(

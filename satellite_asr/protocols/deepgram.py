@@ -39,6 +39,7 @@ from satellite_asr.protocols import (
     checked_biasing,
     checked_language,
     client_gone,
+    deepgram_error,
     echoable,
     json_object,
     open_session,
@@ -427,10 +428,9 @@ class _Connection:
             await self.core.sessions.release(self.input.session, reason, finalize=False)
 
 
-def _refusal(status: int, code: str, message: str, request_id: str, **headers: str) -> web.Response:
+def _refusal(status: int, code: str, message: str, **headers: str) -> web.Response:
     """An upgrade refused before it happens: plain HTTP with Deepgram's error body."""
-    body = {"err_code": code, "err_msg": echoable(message), "request_id": request_id}
-    return web.json_response(body, status=status, headers=headers)
+    return web.json_response(deepgram_error(code, message), status=status, headers=headers)
 
 
 class ListenHandler:
@@ -447,22 +447,21 @@ class ListenHandler:
         )
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        request_id = str(uuid.uuid4())
         ws = read_ahead_response(MAX_MESSAGE_BYTES + 1, SUBPROTOCOL)
         if not ws.can_prepare(request).ok:
             message = "this endpoint speaks Deepgram's live streaming API over WebSocket; connect a WebSocket client"
-            return _refusal(426, "WEBSOCKET_REQUIRED", message, request_id, Upgrade="websocket", Connection="Upgrade")
+            return _refusal(426, "websocket_required", message, Upgrade="websocket", Connection="Upgrade")
         try:
             params = parse_params(request.query, self.core)
         except ParameterError as exc:
             self.core.metrics.errors.labels("invalid_query_parameter").inc()
-            return _refusal(400, "INVALID_QUERY_PARAMETER", f"{exc.parameter}: {exc}", request_id)
+            return _refusal(400, "invalid_query_parameter", f"{exc.parameter}: {exc}")
         try:
             with self.connections.opened(request.remote or ""):
                 return await self._serve(request, ws, params)
         except TooManyConnections as exc:
             self.core.metrics.errors.labels("too_many_connections").inc()
-            return _refusal(503, "TOO_MANY_CONNECTIONS", str(exc), request_id, **{"Retry-After": "5"})
+            return _refusal(503, "too_many_connections", str(exc), **{"Retry-After": "5"})
 
     async def _serve(self, request: web.Request, ws: web.WebSocketResponse, params: ListenParams) -> web.StreamResponse:
         if not await accepted(ws, request):
