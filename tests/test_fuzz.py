@@ -14,14 +14,24 @@ import pytest
 import websockets
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
+from multidict import MultiDict
 from websockets.exceptions import ConnectionClosed
 from wyoming.asr import Transcribe
 from wyoming.event import Event, async_read_event, async_write_event
 
-from satellite_asr.audio import ENCODINGS
+from satellite_asr.audio import ENCODINGS, MAX_RATE, MIN_RATE
 from satellite_asr.clients.stream_client import stream_file
 from satellite_asr.core import Core
 from satellite_asr.protocols import ProtocolError
+from satellite_asr.protocols.deepgram import ENCODINGS as DEEPGRAM_ENCODINGS
+from satellite_asr.protocols.deepgram import (
+    IGNORED,
+    REFUSED_WHEN_GIVEN,
+    REFUSED_WHEN_ON,
+    USED,
+    ParameterError,
+    parse_params,
+)
 from satellite_asr.protocols.openai_realtime import parse_event
 from satellite_asr.protocols.websocket import parse_config, parse_message
 from satellite_asr.protocols.wyoming import transcribe_context
@@ -123,6 +133,35 @@ def test_a_text_that_is_no_json_object_is_told_why(data: str, why: str) -> None:
         "invalid_json",
         f"events must be JSON objects; this one {why}",
     )
+
+
+listen_names = st.sampled_from(sorted(USED | IGNORED | set(REFUSED_WHEN_ON) | set(REFUSED_WHEN_GIVEN))) | st.text(
+    max_size=8
+)
+listen_values = (
+    st.sampled_from(["linear16", "mulaw", "true", "false", "16000", "8000", "1", "2", "1000", "en", "multi", "nova-3"])
+    | st.text(max_size=12)
+    | st.integers(-5, 100_000).map(str)
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.tuples(listen_names, listen_values), max_size=8))
+@example([("encoding", "linear16"), ("sample_rate", "\u00b2")])  # a digit to str.isdigit, not to int()
+@example([("encoding", "linear16"), ("sample_rate", "\u0661\u0666\u0660\u0660\u0660")])
+def test_deepgram_query_is_accepted_or_refused_naming_a_parameter(pairs: list[tuple[str, str]]) -> None:
+    given = {name for name, _ in pairs}
+    defaults = [
+        (name, value) for name, value in (("encoding", "linear16"), ("sample_rate", "16000")) if name not in given
+    ]
+    query = MultiDict([*defaults, *pairs])
+    try:
+        params = parse_params(query, CORE)
+    except ParameterError as error:
+        assert error.parameter in query and str(error)
+    else:
+        assert params.encoding in DEEPGRAM_ENCODINGS and MIN_RATE <= params.sample_rate <= MAX_RATE
+        assert params.decoder().sample_rate == params.sample_rate and params.channels >= 1
 
 
 def header_line(header: dict[str, Any]) -> bytes:

@@ -178,7 +178,7 @@ def parse_params(query: MultiMapping[str], core: Core) -> ListenParams:
     assert channels is not None
     utterance_end_ms = _whole(query, "utterance_end_ms", None, MIN_UTTERANCE_END_MS, 5000)
     endpointing = query.get("endpointing", "")
-    if endpointing.lower() not in BOOLEAN_VALUES and not endpointing.isdigit() and endpointing != "":
+    if endpointing.lower() not in BOOLEAN_VALUES and not _ascii_digits(endpointing) and endpointing != "":
         raise ParameterError("endpointing", f"endpointing must be false or a whole number of ms, got {endpointing!r}")
     language = query.get("language")
     detect = language == "multi"
@@ -216,9 +216,14 @@ def _whole(query: Mapping[str, str], name: str, default: int | None, low: int, h
     value = query.get(name)
     if value is None:
         return default
-    if not value.isdigit() or not low <= int(value) <= high:
+    if not _ascii_digits(value) or not low <= int(value) <= high:
         raise ParameterError(name, f"{name} must be a whole number from {low} to {high}, got {value!r}")
     return int(value)
+
+
+def _ascii_digits(value: str) -> bool:
+    """Whether `value` is a whole number written in 0-9: `str.isdigit` also takes "²", which `int` refuses."""
+    return value.isascii() and value.isdigit()
 
 
 def _terms(query: MultiMapping[str]) -> tuple[str, ...]:
