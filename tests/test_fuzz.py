@@ -1,4 +1,4 @@
-"""Property-based fuzzing (Hypothesis) of both protocols: their parsers on their own, then whole
+"""Property-based fuzzing (Hypothesis) of the streaming protocols: their parsers on their own, then whole
 sessions of random frames, JSON, sizes and orders through a real daemon on loopback, while a
 real-time session beside them must keep transcribing its commands. CI-sized: a minute or two."""
 
@@ -254,6 +254,48 @@ async def websocket_session(url: str, frames: list[str | bytes]) -> None:
     assert {m["code"] for m in of_type(messages, "error")} <= WEBSOCKET_CODES, messages
 
 
+listen_text = (
+    st.sampled_from(["KeepAlive", "Finalize", "CloseStream", "Configure", "Flush"]).map(
+        lambda kind: json.dumps({"type": kind})
+    )
+    | st.dictionaries(st.text(max_size=8), json_values, max_size=3).map(json.dumps)
+    | st.text(max_size=40)
+    | nested_json
+)
+listen_binary = (
+    st.binary(max_size=3000)
+    | st.integers(1, 20_000).map(lambda n: np.random.default_rng(n).integers(-9000, 9000, n, dtype="<i2").tobytes())
+    | st.just(b"\x00" * ((1 << 20) + 4))  # over the message limit: close 1009
+)
+listen_sessions = st.lists(listen_text | listen_binary, min_size=1, max_size=8)
+LISTEN_VARIANTS = {"SchemaError", "invalid_audio", "server_busy", "engine_error"}
+"""The `Error` variants docs/deepgram.md lists."""
+LISTEN_TYPES = {"Results", "SpeechStarted", "UtteranceEnd", "Metadata", "Error", "ConfigureFailure"}
+
+
+async def listen_session(url: str, frames: list[str | bytes]) -> None:
+    """Sends the frames, then `CloseStream`: every message is one of Deepgram's, every `Error` a
+    documented one, the close a chosen one, and a stream that ends by the client's word ends with
+    `Metadata`."""
+    messages: list[dict[str, Any]] = []
+    async with websockets.connect(url, max_size=None) as ws:
+        try:
+            for frame in [*frames, '{"type": "CloseStream"}']:
+                await ws.send(frame)
+        except ConnectionClosed:
+            pass
+        try:
+            async for raw in ws:
+                messages.append(json.loads(raw))
+        except ConnectionClosed:
+            pass
+    assert ws.close_code in WEBSOCKET_CLOSES, (ws.close_code, ws.close_reason, messages)
+    assert {m["type"] for m in messages} <= LISTEN_TYPES, messages
+    assert {m["variant"] for m in of_type(messages, "Error")} <= LISTEN_VARIANTS, messages
+    if ws.close_code == 1000:
+        assert messages and messages[-1]["type"] == "Metadata", messages
+
+
 wyoming_events = st.one_of(
     st.builds(
         Event,
@@ -310,7 +352,7 @@ async def canary(url: str, rounds: list[list[dict[str, Any]]], stop: asyncio.Eve
         rounds.append(await stream_file(FIXTURES / "three_commands.wav", url))
 
 
-async def test_random_sessions_on_both_protocols_leave_the_daemon_and_other_sessions_whole(
+async def test_random_sessions_on_every_streaming_protocol_leave_the_daemon_and_other_sessions_whole(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.WARNING)
@@ -329,12 +371,22 @@ async def test_random_sessions_on_both_protocols_leave_the_daemon_and_other_sess
         def websocket_fuzz(frames: list[str | bytes]) -> None:
             asyncio.run_coroutine_threadsafe(websocket_session(url, frames), loop).result(60)
 
+        listen_url = f"ws://127.0.0.1:{daemon.http_port}/v1/listen?encoding=linear16&sample_rate=16000"
+
+        @settings(max_examples=100, deadline=None)
+        @given(listen_sessions)
+        @example([b""])
+        @example(['{"type": "Finalize"}', '{"type": "Finalize"}'])
+        def listen_fuzz(frames: list[str | bytes]) -> None:
+            asyncio.run_coroutine_threadsafe(listen_session(listen_url, frames), loop).result(60)
+
         @settings(max_examples=150, deadline=None)
         @given(wyoming_sessions)
         def wyoming_fuzz(events: list[Event]) -> None:
             asyncio.run_coroutine_threadsafe(wyoming_session(port, events), loop).result(60)
 
         await loop.run_in_executor(None, websocket_fuzz)
+        await loop.run_in_executor(None, listen_fuzz)
         await loop.run_in_executor(None, wyoming_fuzz)
         stop.set()
         await beside
