@@ -87,12 +87,15 @@ class ServiceFrames(BaseObserver):
 
 
 @asynccontextmanager
-async def running_pipeline(stt: STTService) -> AsyncIterator[tuple[PipelineWorker, ServiceFrames]]:
-    """Pipecat's Silero VAD then `stt`, running; ended with an EndFrame (queued segments finish)."""
+async def running_pipeline(
+    stt: STTService, rate: int = SAMPLE_RATE
+) -> AsyncIterator[tuple[PipelineWorker, ServiceFrames]]:
+    """Pipecat's Silero VAD then `stt`, running on `rate` Hz input audio; ended with an EndFrame
+    (queued segments finish)."""
     frames = ServiceFrames(stt)
     worker = PipelineWorker(
         Pipeline([VADProcessor(vad_analyzer=SileroVADAnalyzer()), stt]),
-        params=PipelineParams(audio_in_sample_rate=SAMPLE_RATE),
+        params=PipelineParams(audio_in_sample_rate=rate),
         observers=[frames],
         cancel_on_idle_timeout=False,
         enable_rtvi=False,
@@ -119,12 +122,12 @@ async def running_pipeline(stt: STTService) -> AsyncIterator[tuple[PipelineWorke
             await running
 
 
-async def speak(worker: PipelineWorker, fixture: str) -> None:
-    """The fixture, then silence, as 20 ms input frames at microphone pace."""
-    audio = pcm16(fixture_16k(fixture), SAMPLE_RATE) + bytes(int(TRAILING_SILENCE_S * SAMPLE_RATE) * 2)
-    step = int(FRAME_S * SAMPLE_RATE) * 2
+async def speak(worker: PipelineWorker, fixture: str, rate: int = SAMPLE_RATE) -> None:
+    """The fixture, then silence, as 20 ms input frames of `rate` Hz audio at microphone pace."""
+    audio = pcm16(fixture_16k(fixture), rate) + bytes(int(TRAILING_SILENCE_S * rate) * 2)
+    step = int(FRAME_S * rate) * 2
     for offset in range(0, len(audio), step):
-        await worker.queue_frame(InputAudioRawFrame(audio[offset : offset + step], SAMPLE_RATE, 1))
+        await worker.queue_frame(InputAudioRawFrame(audio[offset : offset + step], rate, 1))
         await asyncio.sleep(FRAME_S)
 
 
