@@ -247,3 +247,21 @@ async def test_shutdown_sends_the_final_then_metadata_then_going_away() -> None:
         await stopping
     assert [m["type"] for m in messages] == ["Results", "Metadata"] and transcript(messages[0])
     assert ws.close_code == 1001
+
+
+@pytest.mark.parametrize(
+    ("query", "parameter"),
+    [
+        (f"{LINEAR16}&channels=%C2%B2", "channels"),  # '²': str.isdigit says yes, int() says no
+        ("encoding=linear16&sample_rate=%D9%A1%D9%A6%D9%A0%D9%A0%D9%A0", "sample_rate"),  # Arabic-Indic 16000
+        ("encoding=linear16&sample_rate=" + "1" * 5000, "sample_rate"),  # past int()'s 4300 digits
+        (f"{LINEAR16}&utterance_end_ms=%C2%B9%C2%B9%C2%B9%C2%B9", "utterance_end_ms"),
+        (f"{LINEAR16}&endpointing=%C2%B2", "endpointing"),
+    ],
+)
+async def test_a_number_not_in_ascii_digits_is_refused_not_a_crash(query: str, parameter: str) -> None:
+    async with running_daemon() as daemon:
+        with pytest.raises(websockets.InvalidStatus) as refused:
+            await websockets.connect(listen_url(daemon, query))
+    assert refused.value.response.status_code == 400
+    assert json.loads(refused.value.response.body)["err_msg"].startswith(f"{parameter}: ")

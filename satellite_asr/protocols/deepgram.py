@@ -108,6 +108,8 @@ REFUSED_WHEN_GIVEN = {
     "callback_method": "callbacks",
 }
 REPEATABLE = {"keyterm", "keywords", "tag", "extra", "redact", "replace", "search", "language_hint"}
+MAX_DIGITS = 12
+"""Most digits of a whole-number parameter (zeros in front included): `int` refuses over 4300."""
 MIN_UTTERANCE_END_MS = 1000
 """Deepgram's own lower bound for `utterance_end_ms`."""
 
@@ -178,7 +180,7 @@ def parse_params(query: MultiMapping[str], core: Core) -> ListenParams:
     assert channels is not None
     utterance_end_ms = _whole(query, "utterance_end_ms", None, MIN_UTTERANCE_END_MS, 5000)
     endpointing = query.get("endpointing", "")
-    if endpointing.lower() not in BOOLEAN_VALUES and not _ascii_digits(endpointing) and endpointing != "":
+    if endpointing.lower() not in BOOLEAN_VALUES and not _digits(endpointing) and endpointing != "":
         raise ParameterError("endpointing", f"endpointing must be false or a whole number of ms, got {endpointing!r}")
     language = query.get("language")
     detect = language == "multi"
@@ -216,13 +218,14 @@ def _whole(query: Mapping[str, str], name: str, default: int | None, low: int, h
     value = query.get(name)
     if value is None:
         return default
-    if not _ascii_digits(value) or not low <= int(value) <= high:
+    if not _digits(value) or len(value) > MAX_DIGITS or not low <= int(value) <= high:
         raise ParameterError(name, f"{name} must be a whole number from {low} to {high}, got {value!r}")
     return int(value)
 
 
-def _ascii_digits(value: str) -> bool:
-    """Whether `value` is a whole number written in 0-9: `str.isdigit` also takes "²", which `int` refuses."""
+def _digits(value: str) -> bool:
+    """Whether `value` is ASCII digits: `str.isdigit` also says yes to '²' (which `int` refuses)
+    and to other scripts' digits ('١٦٠٠٠'), which no client means as a number here."""
     return value.isascii() and value.isdigit()
 
 
