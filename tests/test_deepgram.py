@@ -265,3 +265,22 @@ async def test_a_number_not_in_ascii_digits_is_refused_not_a_crash(query: str, p
             await websockets.connect(listen_url(daemon, query))
     assert refused.value.response.status_code == 400
     assert json.loads(refused.value.response.body)["err_msg"].startswith(f"{parameter}: ")
+
+
+@pytest.mark.parametrize("end", [json.dumps({"type": "CloseStream"}), b""])
+async def test_the_end_then_a_close_at_once_still_gets_the_final(end: str | bytes) -> None:
+    """A client that ends the stream (`CloseStream`, or the empty binary message that does the same)
+    and sends its Close right after, before the server has answered: the final and `Metadata` come
+    before the server's Close, not dropped with what was read ahead."""
+    data = audio("lights_on.wav")
+    async with (
+        running_daemon() as daemon,
+        aiohttp.ClientSession() as http,
+        http.ws_connect(listen_url(daemon, LINEAR16), autoclose=False) as ws,
+    ):
+        await ws.send_bytes(data[: len(data) * 2 // 3])
+        await (ws.send_bytes(end) if isinstance(end, bytes) else ws.send_str(end))
+        await ws._writer.send_frame(b"\x03\xe8", aiohttp.WSMsgType.CLOSE)  # 1000, not waiting for the answer
+        messages = [json.loads(m.data) async for m in ws if m.type == aiohttp.WSMsgType.TEXT]
+    assert [m["type"] for m in messages] == ["Results", "Metadata"]
+    assert same_words(EXPECTED["lights_on.wav"], [transcript(messages[0])])

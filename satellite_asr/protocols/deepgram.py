@@ -250,7 +250,10 @@ def model_info(engine: EngineInfo) -> tuple[str, dict[str, str]]:
 
 
 def is_close_stream(message: WSMessage) -> bool:
-    """Whether a message is `CloseStream`: what the client sent before its Close is still wanted then."""
+    """Whether a message is `CloseStream` (or the empty binary message that does the same): what the
+    client sent before its Close is still wanted then."""
+    if message.type == WSMsgType.BINARY:
+        return not message.data
     if message.type != WSMsgType.TEXT:
         return False
     parsed = json_object(message.data)
