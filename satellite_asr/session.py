@@ -373,15 +373,21 @@ class Session:
 
     async def close(self, reason: str, *, finalize: bool = True) -> None:
         """End the session. With `finalize`, the utterance in progress gets its final first;
-        without (the client is gone), everything in flight is cancelled."""
+        without (the client is gone), everything in flight is cancelled. A second close that
+        finalizes (shutdown or the idle timeout while the client's own end is finalizing) returns
+        once those finals are sent too: its caller closes the connection next, which lost them."""
         async with self._lock:
-            if self.closed:
-                if not finalize:  # a close that was finalizing was cut short (shutdown out of time)
-                    await self._cancel_all()
-                return
+            again = self.closed
+            if again and not finalize:  # a close that was finalizing was cut short (shutdown out of time)
+                await self._cancel_all()
+            elif not again:
+                if finalize:
+                    await self._flush_locked()
+                self.closed = True
+        if again:
             if finalize:
-                await self._flush_locked()
-            self.closed = True
+                await self.wait_finals()
+            return
         if finalize:
             await self.wait_finals()
         else:

@@ -16,7 +16,7 @@ import websockets
 from satellite_asr.biasing.context import MAX_CLIENT_TERMS
 from satellite_asr.protocols import deepgram
 from satellite_asr.server import Daemon
-from tests.doubles import ContextRecordingEngineDouble
+from tests.doubles import ContextRecordingEngineDouble, GatedEngineDouble
 from tests.helpers import EXPECTED, eventually, fixture_16k, pcm16, running_daemon, same_words
 
 pytestmark = pytest.mark.timeout(180)
@@ -282,5 +282,23 @@ async def test_the_end_then_a_close_at_once_still_gets_the_final(end: str | byte
         await (ws.send_bytes(end) if isinstance(end, bytes) else ws.send_str(end))
         await ws._writer.send_frame(b"\x03\xe8", aiohttp.WSMsgType.CLOSE)  # 1000, not waiting for the answer
         messages = [json.loads(m.data) async for m in ws if m.type == aiohttp.WSMsgType.TEXT]
+    assert [m["type"] for m in messages] == ["Results", "Metadata"]
+    assert same_words(EXPECTED["lights_on.wav"], [transcript(messages[0])])
+
+
+async def test_shutdown_while_close_stream_waits_for_its_final_still_sends_it() -> None:
+    """The daemon stops while the final that `CloseStream` asked for is decoding: the shutdown's close
+    of the session waits for that final, then `Metadata` and the Close, rather than closing at once."""
+    engine = GatedEngineDouble()
+    data = audio("lights_on.wav")
+    async with running_daemon(engine) as daemon, websockets.connect(listen_url(daemon, LINEAR16)) as ws:
+        await ws.send(data[: len(data) * 2 // 3])
+        await ws.send(json.dumps({"type": "CloseStream"}))
+        await eventually(lambda: bool(engine.finals))  # the final decode waits at the gate
+        stopping = asyncio.create_task(daemon.stop())
+        await asyncio.sleep(0.3)
+        engine.gate.set()
+        messages = [json.loads(message) async for message in ws]
+        await stopping
     assert [m["type"] for m in messages] == ["Results", "Metadata"]
     assert same_words(EXPECTED["lights_on.wav"], [transcript(messages[0])])
