@@ -302,3 +302,11 @@ async def test_shutdown_while_close_stream_waits_for_its_final_still_sends_it() 
         await stopping
     assert [m["type"] for m in messages] == ["Results", "Metadata"]
     assert same_words(EXPECTED["lights_on.wav"], [transcript(messages[0])])
+
+
+async def test_a_refused_language_is_named_once() -> None:
+    async with running_daemon() as daemon:
+        with pytest.raises(websockets.InvalidStatus) as refused:
+            await websockets.connect(listen_url(daemon, f"{LINEAR16}&language=xx"))
+    message = json.loads(refused.value.response.body)["err_msg"]
+    assert message.startswith("language: 'xx' is not one of the languages of this engine"), message

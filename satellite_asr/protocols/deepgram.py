@@ -189,7 +189,8 @@ def parse_params(query: MultiMapping[str], core: Core) -> ListenParams:
         terms = _terms(query)
         checked_biasing(core, "", terms, "keyterm", "keyterm and keywords")
     except ProtocolError as exc:
-        raise ParameterError(exc.param or "language", exc.message) from None
+        parameter = exc.param or "language"  # its message may name it already: "language: 'xx' is not ..."
+        raise ParameterError(parameter, exc.message.removeprefix(f"{parameter}: ")) from None
     return ListenParams(
         encoding=encoding,
         sample_rate=sample_rate,
