@@ -408,6 +408,8 @@ async def _json_errors(
     except web.HTTPMethodNotAllowed as exc:
         allowed = ", ".join(sorted(exc.allowed_methods))
         message = f"{request.path} takes {allowed}, not {request.method}"
+        if request.path == deepgram.PATH and request.method == "POST":
+            message += deepgram.PRE_RECORDED_HINT
         response = error_response(request.path, 405, "method_not_allowed", message)
         response.headers["Allow"] = allowed
         return response

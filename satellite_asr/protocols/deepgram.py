@@ -51,6 +51,10 @@ log = logging.getLogger(__name__)
 
 PATH = "/v1/listen"
 PROTOCOL = "deepgram"
+PRE_RECORDED_HINT = (
+    ": Deepgram's live API is served here, its pre-recorded API (POST) is not; upload files to /v1/audio/transcriptions"
+)
+"""What the 405 of a `POST /v1/listen` adds (docs/deepgram.md)."""
 MAX_MESSAGE_BYTES = 1 << 20
 """Largest client message, as on `/v1/stream`: Deepgram's clients send 20-250 ms of audio at a time."""
 ENCODINGS = {"linear16": "s16le", "mulaw": "pcmu", "alaw": "pcma"}
