@@ -305,13 +305,14 @@ async def _stream_one_deepgram(
             finals = 0
             async for raw in ws:
                 message = json.loads(raw)
-                if message["type"] != "Results" or not message["channel"]["alternatives"][0]["transcript"]:
+                if message["type"] != "Results":
                     continue
                 arrival, text = time.monotonic(), message["channel"]["alternatives"][0]["transcript"]
-                if message["is_final"]:
-                    received.append((arrival, {"type": "final", "utterance_id": finals, "text": text}))
+                if message["is_final"]:  # an empty one (heard no words) still ends its utterance's interims
+                    if text:
+                        received.append((arrival, {"type": "final", "utterance_id": finals, "text": text}))
                     finals += 1
-                else:
+                elif text:
                     received.append((arrival, {"type": "partial", "utterance_id": finals}))
 
         receiver = asyncio.create_task(receive())

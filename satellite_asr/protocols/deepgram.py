@@ -67,7 +67,6 @@ USED = {
     "encoding",
     "sample_rate",
     "channels",
-    "multichannel",
     "interim_results",
     "vad_events",
     "utterance_end_ms",
@@ -78,6 +77,7 @@ USED = {
     "model",
     "alternatives",
 }
+"""Parameters that set something of the stream (docs/deepgram.md)."""
 IGNORED = {
     "punctuate",  # transcripts are punctuated as the engine writes them
     "smart_format",
@@ -111,7 +111,9 @@ REFUSED_WHEN_GIVEN = {
     "callback": "callbacks",
     "callback_method": "callbacks",
 }
+"""Features refused whatever their value."""
 REPEATABLE = {"keyterm", "keywords", "tag", "extra", "redact", "replace", "search", "language_hint"}
+"""Parameters Deepgram takes more than once; any other given twice is refused."""
 MAX_DIGITS = 12
 """Most digits of a whole-number parameter (zeros in front included): `int` refuses over 4300."""
 MIN_UTTERANCE_END_MS = 1000
@@ -399,7 +401,7 @@ class _Connection:
 
     async def finalize(self) -> None:
         """Ends the utterance in progress now (its final says `from_finalize`); with none in
-        progress, an empty final says so, as Deepgram answers every `Finalize`."""
+        progress, an empty final says so: Pipecat waits for a `from_finalize` final to end its turn."""
         assert self.input is not None
         self.finalizing, self.finals_finalized = True, 0
         try:
