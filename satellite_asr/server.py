@@ -158,7 +158,7 @@ class Daemon:
             ("GET", openai_rest.MODELS_PATH, self.rest.models),
             ("GET", openai_rest.MODEL_PATH, self.rest.model),
             ("GET", openai_realtime.PATH, openai_realtime.RealtimeHandler(self.core).handle),
-            ("GET", deepgram.PATH, deepgram.ListenHandler(self.core).handle),
+            ("GET", deepgram.PATH, deepgram.DeepgramHandler(self.core, deepgram.LISTEN).handle),
             ("GET", "/health", self._health),
             ("GET", "/metrics", self._metrics),
             ("GET", "/", self._index),

@@ -10,15 +10,16 @@ then `UtteranceEnd` (with `utterance_end_ms`). `Finalize` ends the utterance in 
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import datetime
 import hashlib
 import logging
 import math
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar, Protocol
 
 from aiohttp import WSCloseCode, WSMessage, WSMsgType, web
 from multidict import MultiMapping
@@ -120,6 +121,14 @@ MIN_UTTERANCE_END_MS = 1000
 """Deepgram's own lower bound for `utterance_end_ms`."""
 
 
+class StreamParams(Protocol):
+    """What a stream's settings give, whichever of Deepgram's APIs read them."""
+
+    def decoder(self) -> PcmDecoder: ...
+
+    def session_options(self, core: Core) -> SessionOptions: ...
+
+
 class ParameterError(ValueError):
     """A query parameter the stream cannot start with: the parameter and a sentence."""
 
@@ -158,13 +167,9 @@ class ListenParams:
 
 def parse_params(query: MultiMapping[str], core: Core) -> ListenParams:
     """The stream's settings, or `ParameterError` naming the first parameter at fault."""
-    for name in query:
-        if name not in USED | IGNORED | set(REFUSED_WHEN_ON) | set(REFUSED_WHEN_GIVEN) | {"api_key"}:
-            raise ParameterError(name, f"unknown query parameter {name!r}")
-        if name not in REPEATABLE and len(query.getall(name)) > 1:
-            raise ParameterError(name, f"{name} is given {len(query.getall(name))} times; give it once")
+    check_names(query, USED | IGNORED | set(REFUSED_WHEN_ON) | set(REFUSED_WHEN_GIVEN), REPEATABLE)
     for name, feature in REFUSED_WHEN_ON.items():
-        if _boolean(query, name, False):
+        if boolean_parameter(query, name, False):
             raise ParameterError(name, f"this server does not do {feature}; leave {name} out or set it to false")
     for name, feature in REFUSED_WHEN_GIVEN.items():
         if name in query:
@@ -179,12 +184,12 @@ def parse_params(query: MultiMapping[str], core: Core) -> ListenParams:
     if encoding not in ENCODINGS:
         message = f"encoding {encoding!r} is not one this server decodes; use one of {', '.join(ENCODINGS)}"
         raise ParameterError("encoding", message)
-    sample_rate = _whole(query, "sample_rate", None, MIN_RATE, MAX_RATE)
+    sample_rate = whole_parameter(query, "sample_rate", None, MIN_RATE, MAX_RATE)
     if sample_rate is None:
         raise ParameterError("sample_rate", "sample_rate is required with encoding")
-    channels = _whole(query, "channels", 1, 1, MAX_CHANNELS)
+    channels = whole_parameter(query, "channels", 1, 1, MAX_CHANNELS)
     assert channels is not None
-    utterance_end_ms = _whole(query, "utterance_end_ms", None, MIN_UTTERANCE_END_MS, 5000)
+    utterance_end_ms = whole_parameter(query, "utterance_end_ms", None, MIN_UTTERANCE_END_MS, 5000)
     endpointing = query.get("endpointing", "")
     if endpointing.lower() not in BOOLEAN_VALUES and not _digits(endpointing) and endpointing != "":
         raise ParameterError("endpointing", f"endpointing must be false or a whole number of ms, got {endpointing!r}")
@@ -192,7 +197,7 @@ def parse_params(query: MultiMapping[str], core: Core) -> ListenParams:
     detect = language == "multi"
     try:
         named = None if detect else checked_language(core, language, "language")
-        terms = _terms(query)
+        terms = biasing_terms(query)
         checked_biasing(core, "", terms, "keyterm", "keyterm and keywords")
     except ProtocolError as exc:
         parameter = exc.param or "language"  # its message may name it already: "language: 'xx' is not ..."
@@ -201,8 +206,8 @@ def parse_params(query: MultiMapping[str], core: Core) -> ListenParams:
         encoding=encoding,
         sample_rate=sample_rate,
         channels=channels,
-        interim_results=_boolean(query, "interim_results", False),
-        vad_events=_boolean(query, "vad_events", False),
+        interim_results=boolean_parameter(query, "interim_results", False),
+        vad_events=boolean_parameter(query, "vad_events", False),
         utterance_end_ms=utterance_end_ms,
         speech_final=endpointing.lower() != "false",
         language=named,
@@ -212,7 +217,17 @@ def parse_params(query: MultiMapping[str], core: Core) -> ListenParams:
     )
 
 
-def _boolean(query: Mapping[str, str], name: str, default: bool) -> bool:
+def check_names(query: MultiMapping[str], known: set[str], repeatable: set[str]) -> None:
+    """`ParameterError` for a parameter not `known` (nor the daemon's own `api_key`), or given twice
+    and not `repeatable`."""
+    for name in query:
+        if name not in known and name != "api_key":
+            raise ParameterError(name, f"unknown query parameter {name!r}")
+        if name not in repeatable and len(query.getall(name)) > 1:
+            raise ParameterError(name, f"{name} is given {len(query.getall(name))} times; give it once")
+
+
+def boolean_parameter(query: Mapping[str, str], name: str, default: bool) -> bool:
     value = query.get(name)
     if value is None:
         return default
@@ -221,7 +236,7 @@ def _boolean(query: Mapping[str, str], name: str, default: bool) -> bool:
     return BOOLEAN_VALUES[value.lower()]
 
 
-def _whole(query: Mapping[str, str], name: str, default: int | None, low: int, high: int) -> int | None:
+def whole_parameter(query: Mapping[str, str], name: str, default: int | None, low: int, high: int) -> int | None:
     value = query.get(name)
     if value is None:
         return default
@@ -236,7 +251,7 @@ def _digits(value: str) -> bool:
     return value.isascii() and value.isdigit()
 
 
-def _terms(query: MultiMapping[str]) -> tuple[str, ...]:
+def biasing_terms(query: MultiMapping[str]) -> tuple[str, ...]:
     """`keyterm`s, then `keywords` without their `:boost` (the engine takes words, not weights)."""
     keywords = [value.rsplit(":", 1)[0] if _boosted(value) else value for value in query.getall("keywords", [])]
     return tuple(term.strip() for term in (*query.getall("keyterm", []), *keywords) if term.strip())
@@ -267,11 +282,14 @@ def is_close_stream(message: WSMessage) -> bool:
     return isinstance(parsed, dict) and parsed.get("type") == "CloseStream"
 
 
-class _Connection:
-    """One client: its settings, its one session, and what its `Metadata` reports at the end."""
+class DeepgramConnection(abc.ABC):
+    """What both of Deepgram's streaming APIs do alike: one session for the connection, fed the
+    client's audio; the messages each sends are its own."""
+
+    protocol: ClassVar[str]
 
     def __init__(
-        self, ws: web.WebSocketResponse, core: Core, request: web.Request, reading: ReadAhead, params: ListenParams
+        self, ws: web.WebSocketResponse, core: Core, request: web.Request, reading: ReadAhead, params: StreamParams
     ) -> None:
         self.ws = ws
         self.core = core
@@ -279,17 +297,9 @@ class _Connection:
         self.reading = reading
         self.params = params
         self.request_id = str(uuid.uuid4())
-        self.created = datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-        self.model_id, self.model = model_info(core.engine_info)
-        self.audio_hash = hashlib.sha256()
         self.input: PcmInput | None = None
-        self.starts: dict[int, float] = {}
-        """Each utterance's start, for its interim results."""
-        self.finalizing = False
-        """A `Finalize` is being answered: the finals it brings say `from_finalize`."""
-        self.finals_finalized = 0
         self.finished = False
-        self.metadata_sent = False
+        """The client ended the stream, or the server did: the handler stops reading."""
 
     @property
     def seconds(self) -> float:
@@ -300,32 +310,110 @@ class _Connection:
         if not self.ws.closed:
             await write_within(self.ws.send_json(message), self.core.settings.write_timeout_s, self.transport)
 
-    async def error(self, code: str, message: str) -> None:
-        """Deepgram's `Error` message; `message` may quote what the client sent (`echoable`)."""
-        self.core.metrics.errors.labels(code).inc()
-        text = echoable(message)
-        await self.send({"type": "Error", "variant": code, "description": text, "message": text})
-
     async def close(self, code: int, reason: str = "") -> None:
         await self.reading.close(code, reason)
-
-    async def close_by_server(self, reason: str) -> None:
-        """The server ends the stream (idle timeout, shutdown) once its finals are sent: `Metadata`, then 1001."""
-        self.finished = True
-        with contextlib.suppress(ConnectionError):
-            await self.metadata()
-        await self.close(WSCloseCode.GOING_AWAY, reason)
 
     def open_session(self) -> None:
         session = open_session(
             self.core,
-            PROTOCOL,
+            self.protocol,
             self.params.session_options(self.core),
             self.emit,
             self.close_by_server,
             arriving=self.reading.arriving,
         )
         self.input = PcmInput(self.core, session, self.params.decoder(), self.transport)
+
+    async def on_binary(self, data: bytes) -> None:
+        if not data:  # Deepgram's old way to end a stream
+            await self.end()
+            return
+        assert self.input is not None
+        await self.input.feed(data)
+        self.heard(data)
+
+    @abc.abstractmethod
+    def heard(self, data: bytes) -> None:
+        """Audio the session took (what `Metadata` sums up)."""
+
+    @abc.abstractmethod
+    async def opened(self) -> None:
+        """What the API sends once the session is open."""
+
+    async def release(self, reason: str) -> None:
+        """The client left: what is in flight is cancelled (after `end`, nothing is)."""
+        if self.input is not None:
+            await self.core.sessions.release(self.input.session, reason, finalize=False)
+
+    async def finish(self) -> None:
+        """The client's end of the stream: the finals still to come, then what `closing` adds."""
+        self.finished = True
+        if self.input is not None:
+            await self.input.drain()
+            await self.core.sessions.release(self.input.session, "end", finalize=True)
+
+    async def close_by_server(self, reason: str) -> None:
+        """The server ends the stream (idle timeout, shutdown) once its finals are sent: `closing`, then 1001."""
+        self.finished = True
+        with contextlib.suppress(ConnectionError):
+            await self.closing()
+        await self.close(WSCloseCode.GOING_AWAY, reason)
+
+    async def end(self) -> None:
+        """`CloseStream`: the finals still to come, `closing`, then the Close."""
+        await self.finish()
+        await self.closing()
+        await self.close(WSCloseCode.OK)
+
+    @abc.abstractmethod
+    async def closing(self) -> None:
+        """What the API sends last, before the Close."""
+
+    @abc.abstractmethod
+    async def emit(self, event: SessionEvent) -> None:
+        """A session event as the API's messages."""
+
+    @abc.abstractmethod
+    async def on_text(self, data: str) -> None:
+        """A control message; `ProtocolError` for one the API refuses."""
+
+    @abc.abstractmethod
+    async def error(self, code: str, message: str, *, fatal: bool = False) -> None:
+        """A refusal or failure in the API's own shape; `fatal`: the connection is closed next."""
+
+
+class ListenConnection(DeepgramConnection):
+    """A client of the live API (v1): its `Results`, `Finalize`, and the `Metadata` at the end."""
+
+    protocol = PROTOCOL
+
+    def __init__(
+        self, ws: web.WebSocketResponse, core: Core, request: web.Request, reading: ReadAhead, params: StreamParams
+    ) -> None:
+        super().__init__(ws, core, request, reading, params)
+        assert isinstance(params, ListenParams)
+        self.options = params
+        self.created = datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        self.model_id, self.model = model_info(core.engine_info)
+        self.audio_hash = hashlib.sha256()
+        self.starts: dict[int, float] = {}
+        """Each utterance's start, for its interim results."""
+        self.finalizing = False
+        """A `Finalize` is being answered: the finals it brings say `from_finalize`."""
+        self.finals_finalized = 0
+        self.metadata_sent = False
+
+    def heard(self, data: bytes) -> None:
+        self.audio_hash.update(data)
+
+    async def opened(self) -> None:
+        """Nothing: the live API says nothing before its first result."""
+
+    async def error(self, code: str, message: str, *, fatal: bool = False) -> None:
+        """Deepgram's `Error` message; `message` may quote what the client sent (`echoable`)."""
+        self.core.metrics.errors.labels(code).inc()
+        text = echoable(message)
+        await self.send({"type": "Error", "variant": code, "description": text, "message": text})
 
     def results(self, text: str, start: float, end: float, confidence: float, **flags: bool) -> dict[str, Any]:
         return {
@@ -339,10 +427,10 @@ class _Connection:
         }
 
     async def emit(self, event: SessionEvent) -> None:
-        params = self.params
+        options = self.options
         if isinstance(event, SpeechStarted):
             self.starts[event.utterance_id] = event.start
-            if params.vad_events:
+            if options.vad_events:
                 await self.send({"type": "SpeechStarted", "channel": CHANNEL, "timestamp": round(event.start, 3)})
         elif isinstance(event, PartialTranscript):
             start = self.starts.get(event.utterance_id, 0.0)
@@ -355,23 +443,18 @@ class _Connection:
 
     async def final(self, event: FinalTranscript) -> None:
         self.starts.pop(event.utterance_id, None)
-        # how sure the engine was of the text, per token on average; 0 where it does not say
-        confidence = round(math.exp(event.avg_logprob), 4) if event.avg_logprob is not None else 0.0
         flags = {
             "is_final": True,
-            "speech_final": event.is_speech_final and self.params.speech_final,
+            "speech_final": event.is_speech_final and self.options.speech_final,
             "from_finalize": self.finalizing and event.endpoint == "forced",
         }
         self.finals_finalized += flags["from_finalize"]
-        await self.send(self.results(event.text, event.start, event.end, confidence, **flags))
-        if self.params.utterance_end_ms is not None and event.text:
+        await self.send(self.results(event.text, event.start, event.end, confidence(event), **flags))
+        if self.options.utterance_end_ms is not None and event.text:
             await self.send({"type": "UtteranceEnd", "channel": CHANNEL, "last_word_end": round(event.end, 3)})
 
     async def on_text(self, data: str) -> None:
-        message = json_object(data)
-        if isinstance(message, str):
-            raise ProtocolError("SchemaError", f"text messages must be JSON objects; this one {message}")
-        kind = message.get("type")
+        kind, _ = control_message(data)
         if kind == "KeepAlive":
             return
         if kind == "Finalize":
@@ -391,14 +474,6 @@ class _Connection:
             expected = "KeepAlive, Finalize, CloseStream or Configure"
             raise ProtocolError("SchemaError", f"unknown message type {echoable(str(kind))!r}; expected {expected}")
 
-    async def on_binary(self, data: bytes) -> None:
-        if not data:  # Deepgram's old way to end a stream
-            await self.end()
-            return
-        assert self.input is not None
-        await self.input.feed(data)
-        self.audio_hash.update(data)
-
     async def finalize(self) -> None:
         """Ends the utterance in progress now (its final says `from_finalize`); with none in
         progress, an empty final says so: Pipecat waits for a `from_finalize` final to end its turn."""
@@ -412,17 +487,8 @@ class _Connection:
             flags = {"is_final": True, "speech_final": False, "from_finalize": True}
             await self.send(self.results("", self.seconds, self.seconds, 0.0, **flags))
 
-    async def end(self) -> None:
-        """`CloseStream`: the finals still to come, `Metadata`, then the Close."""
-        self.finished = True
-        if self.input is not None:
-            await self.input.drain()
-            await self.core.sessions.release(self.input.session, "end", finalize=True)
-        await self.metadata()
-        await self.close(WSCloseCode.OK)
-
-    async def metadata(self) -> None:
-        """The stream's summary, sent once, last before the Close."""
+    async def closing(self) -> None:
+        """`Metadata`, the stream's summary, sent once."""
         if self.metadata_sent:
             return
         self.metadata_sent = True
@@ -434,31 +500,55 @@ class _Connection:
                 "sha256": self.audio_hash.hexdigest(),
                 "created": self.created,
                 "duration": round(self.seconds, 3),
-                "channels": self.params.channels,
+                "channels": self.options.channels,
                 "models": [self.model_id],
                 "model_info": {self.model_id: self.model},
             }
         )
 
-    async def release(self, reason: str) -> None:
-        """The client left: what is in flight is cancelled (after `end`, nothing is)."""
-        if self.input is not None:
-            await self.core.sessions.release(self.input.session, reason, finalize=False)
+
+def confidence(event: FinalTranscript) -> float:
+    """How sure the engine was of a final's text, per token on average; 0 where it does not say."""
+    return round(math.exp(event.avg_logprob), 4) if event.avg_logprob is not None else 0.0
 
 
-def _refusal(status: int, code: str, message: str, **headers: str) -> web.Response:
+def control_message(data: str) -> tuple[object, dict[str, Any]]:
+    """A text message's `type` and the message, or `ProtocolError` `SchemaError` when it is not a JSON object."""
+    message = json_object(data)
+    if isinstance(message, str):
+        raise ProtocolError("SchemaError", f"text messages must be JSON objects; this one {message}")
+    return message.get("type"), message
+
+
+def refusal(status: int, code: str, message: str, **headers: str) -> web.Response:
     """An upgrade refused before it happens: plain HTTP with Deepgram's error body."""
     return web.json_response(deepgram_error(code, message), status=status, headers=headers)
 
 
-class ListenHandler:
-    """aiohttp handler for `/v1/listen`; `Access` has checked Host, Origin and key before it runs."""
+@dataclass(frozen=True)
+class Api:
+    """One of Deepgram's streaming APIs: its path, how its query is read, and its connections."""
 
-    def __init__(self, core: Core) -> None:
+    path: str
+    name: str
+    """For the 426 of a plain GET: "Deepgram's live streaming API"."""
+    parse: Callable[[MultiMapping[str], Core], StreamParams]
+    connection: type[DeepgramConnection]
+
+    @property
+    def protocol(self) -> str:
+        return self.connection.protocol
+
+
+class DeepgramHandler:
+    """aiohttp handler for one of Deepgram's APIs; `Access` has checked Host, Origin and key before it runs."""
+
+    def __init__(self, core: Core, api: Api) -> None:
         self.core = core
+        self.api = api
         settings = core.settings
         self.connections = ConnectionLimit(
-            PROTOCOL,
+            api.protocol,
             settings.max_websocket_connections,
             settings.max_connections_per_address,
             total_setting="max_websocket_connections",
@@ -467,36 +557,37 @@ class ListenHandler:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         ws = read_ahead_response(MAX_MESSAGE_BYTES + 1, SUBPROTOCOL)
         if not ws.can_prepare(request).ok:
-            message = "this endpoint speaks Deepgram's live streaming API over WebSocket; connect a WebSocket client"
-            return _refusal(426, "websocket_required", message, Upgrade="websocket", Connection="Upgrade")
+            message = f"this endpoint speaks {self.api.name} over WebSocket; connect a WebSocket client"
+            return refusal(426, "websocket_required", message, Upgrade="websocket", Connection="Upgrade")
         try:
-            params = parse_params(request.query, self.core)
+            params = self.api.parse(request.query, self.core)
         except ParameterError as exc:
             self.core.metrics.errors.labels("invalid_query_parameter").inc()
-            return _refusal(400, "invalid_query_parameter", f"{exc.parameter}: {exc}")
+            return refusal(400, "invalid_query_parameter", f"{exc.parameter}: {exc}")
         try:
             with self.connections.opened(request.remote or ""):
                 return await self._serve(request, ws, params)
         except TooManyConnections as exc:
             self.core.metrics.errors.labels("too_many_connections").inc()
-            return _refusal(503, "too_many_connections", str(exc), **{"Retry-After": "5"})
+            return refusal(503, "too_many_connections", str(exc), **{"Retry-After": "5"})
 
-    async def _serve(self, request: web.Request, ws: web.WebSocketResponse, params: ListenParams) -> web.StreamResponse:
+    async def _serve(self, request: web.Request, ws: web.WebSocketResponse, params: StreamParams) -> web.StreamResponse:
         if not await accepted(ws, request):
             return client_gone()
         reading = ReadAhead(ws, self.core.settings, request.transport, is_close_stream)
-        connection = _Connection(ws, self.core, request, reading, params)
+        connection = self.api.connection(ws, self.core, request, reading, params)
         reason = "disconnect"
         try:
             try:
                 connection.open_session()
+                await connection.opened()
                 async with reading as messages:
                     async for message in messages:
                         if message.type in WEBSOCKET_ENDS:
                             break
                         assert connection.input is not None
                         session = connection.input.session
-                        if session.closed:  # the server ends it (idle timeout, shutdown): finals, Metadata, Close
+                        if session.closed:  # the server ends it (idle timeout, shutdown): its finals, then Close
                             await self.core.sessions.release(session, "closed by the server", finalize=True)
                             break
                         try:
@@ -512,14 +603,17 @@ class ListenHandler:
                             reason = "end"
                             break
                 if ws.exception() is not None:
-                    log.info("deepgram websocket closed with error: %s", ws.exception())
+                    log.info("%s websocket closed with error: %s", self.api.protocol, ws.exception())
             except ProtocolError as exc:  # fatal: no session could be opened
-                await connection.error(exc.code, exc.message)
+                await connection.error(exc.code, exc.message, fatal=True)
                 await connection.close(WSCloseCode.TRY_AGAIN_LATER, exc.code)
         except ConnectionError as exc:  # SlowClient included: the connection is gone already
-            log.info("deepgram websocket dropped: %s", exc)
+            log.info("%s websocket dropped: %s", self.api.protocol, exc)
         finally:
             await connection.release(reason)
             with contextlib.suppress(ConnectionError):  # when another task is closing, its close ends first
                 await connection.close(WSCloseCode.OK)
         return ws
+
+
+LISTEN = Api(PATH, "Deepgram's live streaming API", parse_params, ListenConnection)
