@@ -45,7 +45,7 @@ PUBLIC_PATHS = frozenset({"/", "/health"})
 PUBLIC_PREFIXES = ("/static/",)
 """The page's scripts and styles."""
 OPENAI_PREFIXES = ("/v1/audio/", "/v1/models", "/v1/realtime")
-DEEPGRAM_PATHS = frozenset({"/v1/listen"})
+DEEPGRAM_PATHS = frozenset({"/v1/listen", "/v2/listen"})
 """Paths whose errors take OpenAI's `{"error": {...}}` shape, as OpenAI SDKs expect."""
 
 SUBPROTOCOL = "satellite-asr"

@@ -33,7 +33,7 @@ from satellite_asr.limits import (
     RateLimitedWarning,
     open_file_limit,
 )
-from satellite_asr.protocols import deepgram, openai_realtime, openai_rest, websocket, wyoming
+from satellite_asr.protocols import deepgram, deepgram_flux, openai_realtime, openai_rest, websocket, wyoming
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +159,7 @@ class Daemon:
             ("GET", openai_rest.MODEL_PATH, self.rest.model),
             ("GET", openai_realtime.PATH, openai_realtime.RealtimeHandler(self.core).handle),
             ("GET", deepgram.PATH, deepgram.DeepgramHandler(self.core, deepgram.LISTEN).handle),
+            ("GET", deepgram_flux.PATH, deepgram.DeepgramHandler(self.core, deepgram_flux.FLUX).handle),
             ("GET", "/health", self._health),
             ("GET", "/metrics", self._metrics),
             ("GET", "/", self._index),
@@ -299,7 +300,8 @@ class Daemon:
         # connection; then what is left (uploads).
         realtime = self.core.sessions.close_all("shutdown", protocol=openai_realtime.PROTOCOL)
         listen = self.core.sessions.close_all("shutdown", protocol=deepgram.PROTOCOL)
-        await asyncio.gather(self._close_wyoming(), self._close_websockets(), realtime, listen)
+        flux = self.core.sessions.close_all("shutdown", protocol=deepgram_flux.PROTOCOL)
+        await asyncio.gather(self._close_wyoming(), self._close_websockets(), realtime, listen, flux)
         await self.core.sessions.close_all("shutdown")
 
     async def _close_wyoming(self) -> None:

@@ -14,7 +14,7 @@ import pytest
 import websockets
 
 from satellite_asr.biasing.context import MAX_CLIENT_TERMS
-from satellite_asr.protocols import deepgram
+from satellite_asr.protocols import deepgram, deepgram_flux
 from satellite_asr.server import Daemon
 from tests.doubles import ContextRecordingEngineDouble, GatedEngineDouble
 from tests.helpers import EXPECTED, eventually, fixture_16k, pcm16, running_daemon, same_words
@@ -319,3 +319,95 @@ async def test_deepgrams_pre_recorded_api_is_refused_with_where_to_upload() -> N
             body = await response.json()
     assert response.status == 405 and body["err_code"] == "method_not_allowed"
     assert "/v1/audio/transcriptions" in body["err_msg"] and "pre-recorded" in body["err_msg"]
+
+
+# Flux, Deepgram's turn-taking API (v2) at /v2/listen
+
+FLUX_QUERY = "model=flux-general-en&encoding=linear16&sample_rate=16000"
+
+
+def flux_url(daemon: Daemon, query: str = FLUX_QUERY) -> str:
+    return f"ws://127.0.0.1:{daemon.http_port}{deepgram_flux.PATH}?{query}"
+
+
+def turn_events(messages: Messages, event: str) -> Messages:
+    return [m for m in of_type(messages, "TurnInfo") if m["event"] == event]
+
+
+async def test_flux_reports_each_command_as_a_turn() -> None:
+    async with running_daemon() as daemon:
+        messages, code = await stream(flux_url(daemon, FLUX_QUERY + "&eot_threshold=0.8"), audio(), paced=True)
+    assert code == 1000
+    assert messages[0]["type"] == "Connected"
+    assert [m["sequence_id"] for m in messages] == list(range(len(messages)))
+    assert {m["request_id"] for m in messages} == {messages[0]["request_id"]}
+    ends = turn_events(messages, "EndOfTurn")
+    assert same_words(EXPECTED["three_commands.wav"], [m["transcript"] for m in ends])
+    assert [m["turn_index"] for m in ends] == [0, 1, 2] and {m["trigger"] for m in ends} == {"model"}
+    # each turn: StartOfTurn, its Updates, then EndOfTurn, and the words are the transcript's
+    turns = [[m["event"] for m in of_type(messages, "TurnInfo") if m["turn_index"] == i] for i in range(3)]
+    for events in turns:
+        assert events[0] == "StartOfTurn" and events[-1] == "EndOfTurn" and set(events[1:-1]) <= {"Update"}
+    for info in of_type(messages, "TurnInfo"):
+        assert [w["word"] for w in info["words"]] == info["transcript"].split()
+        assert info["end_of_turn_confidence"] == (1.0 if info["event"] == "EndOfTurn" else 0.0)
+        assert info["audio_window_start"] <= info["audio_window_end"]
+
+
+async def test_flux_force_end_turn_and_configure() -> None:
+    data = audio("lights_on.wav")
+    force = json.dumps({"type": "ForceEndTurn"})
+    configure = json.dumps({"type": "Configure", "thresholds": {"eot_threshold": 0.85, "eot_timeout_ms": 3000}})
+    bad = json.dumps({"type": "Configure", "thresholds": {"eager_eot_threshold": 2}})
+    keyterms = json.dumps({"type": "Configure", "keyterms": ["Aoife"]})
+    close = json.dumps({"type": "CloseStream"})
+    async with running_daemon() as daemon:
+        url = flux_url(daemon, FLUX_QUERY + "&eot_threshold=0.7")
+        messages, code = await stream(url, data[: len(data) * 2 // 3], force, configure, bad, keyterms, "{", close)
+    assert code == 1000
+    [end] = turn_events(messages, "EndOfTurn")
+    assert end["trigger"] == "manual" and end["transcript"]
+    [success] = of_type(messages, "ConfigureSuccess")
+    assert success["thresholds"] == {"eot_threshold": 0.85, "eot_timeout_ms": 3000} and success["keyterms"] == []
+    failures = of_type(messages, "ConfigureFailure")
+    assert [f["description"] for f in failures] == [
+        "thresholds.eager_eot_threshold: eager_eot_threshold must be a number from 0.3 to 0.9, got '2'",
+        "this server cannot change keyterms mid-stream",
+    ]
+    [warning] = of_type(messages, "Warning")
+    assert warning["code"] == "UNPARSABLE_CLIENT_MESSAGE" and "not JSON" in warning["description"]
+
+
+@pytest.mark.parametrize(
+    ("query", "parameter"),
+    [
+        ("model=flux-general-en&sample_rate=16000", "encoding"),
+        (f"{FLUX_QUERY}&redact=numbers", "redact"),
+        (f"{FLUX_QUERY}&eot_threshold=0.95", "eot_threshold"),
+        (f"{FLUX_QUERY}&eager_eot_threshold=nan", "eager_eot_threshold"),
+        (f"{FLUX_QUERY}&eot_timeout_ms=100", "eot_timeout_ms"),
+        (f"{FLUX_QUERY}&interim_results=true", "interim_results"),
+    ],
+)
+async def test_flux_refuses_a_bad_parameter_before_the_upgrade(query: str, parameter: str) -> None:
+    async with running_daemon() as daemon:
+        with pytest.raises(websockets.InvalidStatus) as refused:
+            await websockets.connect(flux_url(daemon, query))
+    body = json.loads(refused.value.response.body)
+    assert refused.value.response.status_code == 400
+    assert body["err_code"] == "invalid_query_parameter" and body["err_msg"].startswith(f"{parameter}: ")
+
+
+async def test_flux_keyterms_reach_the_engine_and_shutdown_ends_the_turn() -> None:
+    engine = ContextRecordingEngineDouble()
+    data = audio("lights_on.wav")
+    query = FLUX_QUERY + "&keyterm=Aoife&keyterm=Marigold"
+    async with running_daemon(engine) as daemon, websockets.connect(flux_url(daemon, query)) as ws:
+        await ws.send(data[: len(data) * 2 // 3])
+        await asyncio.sleep(0.5)
+        stopping = asyncio.create_task(daemon.stop())
+        messages = [json.loads(message) async for message in ws]
+        await stopping
+    assert engine.names[-1][:2] == ("Aoife", "Marigold")
+    assert messages[-1]["type"] == "TurnInfo" and messages[-1]["event"] == "EndOfTurn"
+    assert messages[-1]["transcript"] and ws.close_code == 1001

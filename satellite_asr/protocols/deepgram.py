@@ -176,17 +176,7 @@ def parse_params(query: MultiMapping[str], core: Core) -> ListenParams:
             raise ParameterError(name, f"this server does not do {feature}; leave {name} out")
     if query.get("alternatives", "1") != "1":
         raise ParameterError("alternatives", "this server writes one transcript; leave alternatives out or set it to 1")
-    encoding = query.get("encoding")
-    if encoding is None:
-        raise ParameterError(
-            "encoding", f"encoding is required: this server takes raw audio, one of {', '.join(ENCODINGS)}"
-        )
-    if encoding not in ENCODINGS:
-        message = f"encoding {encoding!r} is not one this server decodes; use one of {', '.join(ENCODINGS)}"
-        raise ParameterError("encoding", message)
-    sample_rate = whole_parameter(query, "sample_rate", None, MIN_RATE, MAX_RATE)
-    if sample_rate is None:
-        raise ParameterError("sample_rate", "sample_rate is required with encoding")
+    encoding, sample_rate = raw_audio(query)
     channels = whole_parameter(query, "channels", 1, 1, MAX_CHANNELS)
     assert channels is not None
     utterance_end_ms = whole_parameter(query, "utterance_end_ms", None, MIN_UTTERANCE_END_MS, 5000)
@@ -215,6 +205,22 @@ def parse_params(query: MultiMapping[str], core: Core) -> ListenParams:
         terms=terms,
         model=query.get("model"),
     )
+
+
+def raw_audio(query: Mapping[str, str]) -> tuple[str, int]:
+    """The stream's `encoding` and `sample_rate`, both required: the live APIs take raw audio here."""
+    encoding = query.get("encoding")
+    if encoding is None:
+        raise ParameterError(
+            "encoding", f"encoding is required: this server takes raw audio, one of {', '.join(ENCODINGS)}"
+        )
+    if encoding not in ENCODINGS:
+        message = f"encoding {encoding!r} is not one this server decodes; use one of {', '.join(ENCODINGS)}"
+        raise ParameterError("encoding", message)
+    sample_rate = whole_parameter(query, "sample_rate", None, MIN_RATE, MAX_RATE)
+    if sample_rate is None:
+        raise ParameterError("sample_rate", "sample_rate is required with encoding")
+    return encoding, sample_rate
 
 
 def check_names(query: MultiMapping[str], known: set[str], repeatable: set[str]) -> None:
@@ -454,7 +460,7 @@ class ListenConnection(DeepgramConnection):
             await self.send({"type": "UtteranceEnd", "channel": CHANNEL, "last_word_end": round(event.end, 3)})
 
     async def on_text(self, data: str) -> None:
-        kind, _ = control_message(data)
+        kind, _ = control_message(data, "SchemaError")
         if kind == "KeepAlive":
             return
         if kind == "Finalize":
@@ -512,11 +518,11 @@ def confidence(event: FinalTranscript) -> float:
     return round(math.exp(event.avg_logprob), 4) if event.avg_logprob is not None else 0.0
 
 
-def control_message(data: str) -> tuple[object, dict[str, Any]]:
-    """A text message's `type` and the message, or `ProtocolError` `SchemaError` when it is not a JSON object."""
+def control_message(data: str, code: str) -> tuple[object, dict[str, Any]]:
+    """A text message's `type` and the message, or `ProtocolError` `code` when it is not a JSON object."""
     message = json_object(data)
     if isinstance(message, str):
-        raise ProtocolError("SchemaError", f"text messages must be JSON objects; this one {message}")
+        raise ProtocolError(code, f"text messages must be JSON objects; this one {message}")
     return message.get("type"), message
 
 

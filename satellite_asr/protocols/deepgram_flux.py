@@ -1,0 +1,250 @@
+"""Deepgram's turn-taking API (v2, "Flux") at `/v2/listen` (docs/deepgram.md): wire messages <-> `Session` calls.
+
+Flux reports turns, not results: `Connected` first, then for each turn `TurnInfo` events,
+`StartOfTurn` once its first words are transcribed, an `Update` for each newer transcript, and
+`EndOfTurn` with the whole turn's text. The daemon's turn detection is what ends a turn: a third of
+a second after a command that reads and sounds complete, the long silence otherwise (its `eot_*`
+thresholds are taken and not used). Every message counts in `sequence_id`, from 0.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+from multidict import MultiMapping
+
+from satellite_asr.audio import PcmDecoder
+from satellite_asr.core import Core
+from satellite_asr.events import FinalTranscript, PartialTranscript, SessionError, SessionEvent, SpeechStarted
+from satellite_asr.protocols import ProtocolError, ReadAhead, checked_biasing, echoable
+from satellite_asr.protocols.deepgram import (
+    ENCODINGS,
+    Api,
+    DeepgramConnection,
+    ParameterError,
+    StreamParams,
+    biasing_terms,
+    check_names,
+    confidence,
+    control_message,
+    raw_audio,
+    whole_parameter,
+)
+from satellite_asr.session import SessionOptions
+
+PATH = "/v2/listen"
+PROTOCOL = "deepgram-flux"
+MULTILINGUAL_MODEL = "flux-general-multi"
+"""The Flux model that detects the language; with any other the daemon's `language` is used."""
+THRESHOLDS = {"eot_threshold": (0.5, 0.9), "eager_eot_threshold": (0.3, 0.9)}
+"""Flux's end-of-turn thresholds and their ranges: checked, kept, answered in `ConfigureSuccess`, not used."""
+EOT_TIMEOUT_MS = (500, 10_000)
+KNOWN = {
+    "model",
+    "encoding",
+    "sample_rate",
+    "keyterm",
+    *THRESHOLDS,
+    "eot_timeout_ms",
+    "language_hint",
+    "numerals",
+    "profanity_filter",
+    "mip_opt_out",
+    "tag",
+}
+"""Flux's query parameters (`redact` is refused: not done here)."""
+REPEATABLE = {"keyterm", "language_hint", "tag"}
+
+
+@dataclass(frozen=True)
+class FluxParams:
+    """The stream's settings from the URL's query."""
+
+    encoding: str
+    sample_rate: int
+    detect_language: bool
+    terms: tuple[str, ...]
+    thresholds: dict[str, float] = field(default_factory=dict)
+
+    def decoder(self) -> PcmDecoder:
+        return PcmDecoder(ENCODINGS[self.encoding], self.sample_rate)
+
+    def session_options(self, core: Core) -> SessionOptions:
+        language = None if self.detect_language else core.settings.default_language
+        return SessionOptions.from_settings(core.settings, partials=True, language=language, terms=self.terms)
+
+
+def parse_flux_params(query: MultiMapping[str], core: Core) -> StreamParams:
+    """The stream's settings, or `ParameterError` naming the first parameter at fault."""
+    if "redact" in query:
+        raise ParameterError("redact", "this server does not do redaction; leave redact out")
+    check_names(query, KNOWN, REPEATABLE)
+    encoding, sample_rate = raw_audio(query)
+    thresholds = checked_thresholds(query)
+    terms = biasing_terms(query)
+    try:
+        checked_biasing(core, "", terms, "keyterm", "keyterm")
+    except ProtocolError as exc:
+        raise ParameterError("keyterm", exc.message) from None
+    multilingual = query.get("model") == MULTILINGUAL_MODEL
+    return FluxParams(encoding, sample_rate, multilingual, terms, thresholds)
+
+
+def checked_thresholds(values: Mapping[str, str]) -> dict[str, float]:
+    """The end-of-turn thresholds given, each in its range, or `ParameterError` naming the first that is not."""
+    thresholds = {name: _fraction(values, name, *bounds) for name, bounds in THRESHOLDS.items() if name in values}
+    timeout = whole_parameter(values, "eot_timeout_ms", None, *EOT_TIMEOUT_MS)
+    return thresholds if timeout is None else {**thresholds, "eot_timeout_ms": timeout}
+
+
+def _fraction(query: Mapping[str, str], name: str, low: float, high: float) -> float:
+    value = query[name]
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not value.isascii() or not low <= number <= high:  # nan fails the comparison
+        raise ParameterError(name, f"{name} must be a number from {low} to {high}, got {value!r}")
+    return number
+
+
+class FluxConnection(DeepgramConnection):
+    """A client of Flux: `Connected`, each turn's `TurnInfo` events, `ForceEndTurn` and `Configure`."""
+
+    protocol = PROTOCOL
+
+    def __init__(
+        self, ws: web.WebSocketResponse, core: Core, request: web.Request, reading: ReadAhead, params: StreamParams
+    ) -> None:
+        super().__init__(ws, core, request, reading, params)
+        assert isinstance(params, FluxParams)
+        self.thresholds = dict(params.thresholds)
+        self.sequence = 0
+        self.turns = 0
+        """Turns reported (the next one's `turn_index`)."""
+        self.in_turn = False
+        """A `StartOfTurn` was sent and its `EndOfTurn` not yet."""
+        self.turn_start = 0.0
+        self.speech_start = 0.0
+        """Where the VAD heard the utterance in progress begin."""
+
+    async def send(self, message: dict[str, Any]) -> None:
+        """Every message carries the request's id and counts in `sequence_id`."""
+        numbered = {"type": message.pop("type"), "request_id": self.request_id, "sequence_id": self.sequence}
+        self.sequence += 1
+        await super().send({**numbered, **message})
+
+    def heard(self, data: bytes) -> None:
+        """Nothing: Flux sends no summary of the audio."""
+
+    async def opened(self) -> None:
+        await self.send({"type": "Connected"})
+
+    async def closing(self) -> None:
+        """Nothing: Flux ends with the last turn's `EndOfTurn`."""
+
+    async def error(self, code: str, message: str, *, fatal: bool = False) -> None:
+        """Flux's `Error` when the connection ends with it, its `Warning` when the stream goes on;
+        `message` may quote what the client sent (`echoable`)."""
+        self.core.metrics.errors.labels(code).inc()
+        kind = "Error" if fatal else "Warning"
+        await self.send({"type": kind, "code": code.upper(), "description": echoable(message)})
+
+    def turn_info(self, event: str, text: str, end: float, sureness: float, eot: float) -> dict[str, Any]:
+        """A `TurnInfo`: the turn's text so far, its words each as sure as the decode was of the
+        whole (Flux's clients read the words), and how sure the turn has ended (1 at `EndOfTurn`)."""
+        return {
+            "type": "TurnInfo",
+            "event": event,
+            "turn_index": self.turns,
+            "audio_window_start": round(self.turn_start, 3),
+            "audio_window_end": round(end, 3),
+            "transcript": text,
+            "words": [{"word": word, "confidence": sureness} for word in text.split()],
+            "end_of_turn_confidence": eot,
+        }
+
+    async def emit(self, event: SessionEvent) -> None:
+        if isinstance(event, SpeechStarted):
+            self.speech_start = event.start
+        elif isinstance(event, PartialTranscript):
+            if not event.text.strip():
+                return
+            if not self.in_turn:
+                await self.start_turn(event.text, self.speech_start, self.seconds)
+            else:
+                await self.send(self.turn_info("Update", event.text, self.seconds, 0.0, 0.0))
+        elif isinstance(event, FinalTranscript):
+            await self.end_turn(event)
+        elif isinstance(event, SessionError):
+            await self.error(event.code, event.message)
+
+    async def start_turn(self, text: str, start: float, end: float) -> None:
+        self.in_turn, self.turn_start = True, start
+        await self.send(self.turn_info("StartOfTurn", text, end, 0.0, 0.0))
+
+    async def end_turn(self, event: FinalTranscript) -> None:
+        """`EndOfTurn` with the final's text (after a `StartOfTurn` if no partial began the turn);
+        nothing for an utterance in which no words were heard, as Flux starts no turn without words."""
+        if not event.text.strip() and not self.in_turn:
+            return
+        if not self.in_turn:
+            await self.start_turn(event.text, event.start, event.end)
+        info = self.turn_info("EndOfTurn", event.text, event.end, confidence(event), 1.0)
+        info["trigger"] = "model" if event.is_speech_final else "manual"
+        self.in_turn = False
+        self.turns += 1
+        await self.send(info)
+
+    async def on_text(self, data: str) -> None:
+        kind, message = control_message(data, "unparsable_client_message")
+        if kind == "CloseStream":
+            await self.end()
+        elif kind == "ForceEndTurn":
+            assert self.input is not None
+            await self.input.flush()
+        elif kind == "KeepAlive":
+            return
+        elif kind == "Configure":
+            await self.configure(message)
+        else:
+            expected = "CloseStream, ForceEndTurn, KeepAlive or Configure"
+            message_text = f"unknown message type {echoable(str(kind))!r}; expected {expected}"
+            raise ProtocolError("unparsable_client_message", message_text)
+
+    async def configure(self, message: dict[str, Any]) -> None:
+        """Thresholds are checked and kept (they change nothing here); keyterms, language hints and
+        numerals cannot change mid-stream: `ConfigureFailure` says so, and nothing is applied."""
+        unsupported = sorted(set(message) - {"type", "thresholds"})
+        thresholds = message.get("thresholds") or {}
+        problem = f"this server cannot change {', '.join(unsupported)} mid-stream" if unsupported else None
+        if problem is None and not isinstance(thresholds, dict):
+            problem = "thresholds must be an object"
+        checked: dict[str, float] = {}
+        if problem is None:
+            values = {str(k): str(v) for k, v in thresholds.items()}
+            unknown = sorted(set(values) - set(THRESHOLDS) - {"eot_timeout_ms"})
+            try:
+                checked = checked_thresholds(values)
+            except ParameterError as exc:
+                problem = f"thresholds.{exc.parameter}: {exc}"
+            if unknown:
+                problem = f"unknown thresholds: {', '.join(unknown)}"
+        if problem is not None:
+            failure = {"type": "ConfigureFailure", "code": "CONFIGURE_INVALID", "description": echoable(problem)}
+            await self.send(failure)
+            return
+        self.thresholds.update(checked)
+        await self.send({"type": "ConfigureSuccess", "thresholds": self.thresholds, "keyterms": list(self.terms)})
+
+    @property
+    def terms(self) -> tuple[str, ...]:
+        assert isinstance(self.params, FluxParams)
+        return self.params.terms
+
+
+FLUX = Api(PATH, "Deepgram's Flux API", parse_flux_params, FluxConnection)
