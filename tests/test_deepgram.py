@@ -359,11 +359,13 @@ async def test_flux_force_end_turn_and_configure() -> None:
     force = json.dumps({"type": "ForceEndTurn"})
     configure = json.dumps({"type": "Configure", "thresholds": {"eot_threshold": 0.85, "eot_timeout_ms": 3000}})
     bad = json.dumps({"type": "Configure", "thresholds": {"eager_eot_threshold": 2}})
+    not_object = json.dumps({"type": "Configure", "thresholds": []})
     keyterms = json.dumps({"type": "Configure", "keyterms": ["Aoife"]})
     close = json.dumps({"type": "CloseStream"})
     async with running_daemon() as daemon:
         url = flux_url(daemon, FLUX_QUERY + "&eot_threshold=0.7")
-        messages, code = await stream(url, data[: len(data) * 2 // 3], force, configure, bad, keyterms, "{", close)
+        sent = (force, configure, bad, not_object, keyterms, "{", close)
+        messages, code = await stream(url, data[: len(data) * 2 // 3], *sent)
     assert code == 1000
     [end] = turn_events(messages, "EndOfTurn")
     assert end["trigger"] == "manual" and end["transcript"]
@@ -372,6 +374,7 @@ async def test_flux_force_end_turn_and_configure() -> None:
     failures = of_type(messages, "ConfigureFailure")
     assert [f["description"] for f in failures] == [
         "thresholds.eager_eot_threshold: eager_eot_threshold must be a number from 0.3 to 0.9, got '2'",
+        "thresholds must be an object",
         "this server cannot change keyterms mid-stream",
     ]
     [warning] = of_type(messages, "Warning")

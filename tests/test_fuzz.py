@@ -296,6 +296,43 @@ async def listen_session(url: str, frames: list[str | bytes]) -> None:
         assert messages and messages[-1]["type"] == "Metadata", messages
 
 
+flux_sessions = st.lists(
+    listen_text
+    | listen_binary
+    | st.sampled_from(["ForceEndTurn", "Configure"]).map(lambda kind: json.dumps({"type": kind}))
+    | st.dictionaries(st.sampled_from(["eot_threshold", "eot_timeout_ms", "x"]), json_values, max_size=2).map(
+        lambda thresholds: json.dumps({"type": "Configure", "thresholds": thresholds})
+    ),
+    min_size=1,
+    max_size=8,
+)
+FLUX_CODES = {"UNPARSABLE_CLIENT_MESSAGE", "INVALID_AUDIO", "SERVER_BUSY", "ENGINE_ERROR"}
+FLUX_TYPES = {"Connected", "TurnInfo", "Warning", "Error", "ConfigureSuccess", "ConfigureFailure"}
+
+
+async def flux_session(url: str, frames: list[str | bytes]) -> None:
+    """Sends the frames, then `CloseStream`: every message is one of Flux's, numbered in order from 0,
+    every `Warning` or `Error` a documented code, and the close a chosen one."""
+    messages: list[dict[str, Any]] = []
+    async with websockets.connect(url, max_size=None) as ws:
+        try:
+            for frame in [*frames, '{"type": "CloseStream"}']:
+                await ws.send(frame)
+        except ConnectionClosed:
+            pass
+        try:
+            async for raw in ws:
+                messages.append(json.loads(raw))
+        except ConnectionClosed:
+            pass
+    assert ws.close_code in WEBSOCKET_CLOSES, (ws.close_code, ws.close_reason, messages)
+    assert {m["type"] for m in messages} <= FLUX_TYPES, messages
+    assert [m["sequence_id"] for m in messages] == list(range(len(messages))), messages
+    assert {m["code"] for m in messages if m["type"] in ("Warning", "Error")} <= FLUX_CODES, messages
+    if messages:
+        assert messages[0]["type"] == "Connected", messages
+
+
 wyoming_events = st.one_of(
     st.builds(
         Event,
@@ -380,6 +417,14 @@ async def test_random_sessions_on_every_streaming_protocol_leave_the_daemon_and_
         def listen_fuzz(frames: list[str | bytes]) -> None:
             asyncio.run_coroutine_threadsafe(listen_session(listen_url, frames), loop).result(60)
 
+        flux_url = f"ws://127.0.0.1:{daemon.http_port}/v2/listen?encoding=linear16&sample_rate=16000"
+
+        @settings(max_examples=100, deadline=None)
+        @given(flux_sessions)
+        @example(['{"type": "Configure", "thresholds": []}'])
+        def flux_fuzz(frames: list[str | bytes]) -> None:
+            asyncio.run_coroutine_threadsafe(flux_session(flux_url, frames), loop).result(60)
+
         @settings(max_examples=150, deadline=None)
         @given(wyoming_sessions)
         def wyoming_fuzz(events: list[Event]) -> None:
@@ -387,6 +432,7 @@ async def test_random_sessions_on_every_streaming_protocol_leave_the_daemon_and_
 
         await loop.run_in_executor(None, websocket_fuzz)
         await loop.run_in_executor(None, listen_fuzz)
+        await loop.run_in_executor(None, flux_fuzz)
         await loop.run_in_executor(None, wyoming_fuzz)
         stop.set()
         await beside

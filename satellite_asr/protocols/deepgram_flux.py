@@ -220,7 +220,8 @@ class FluxConnection(DeepgramConnection):
         """Thresholds are checked and kept (they change nothing here); keyterms, language hints and
         numerals cannot change mid-stream: `ConfigureFailure` says so, and nothing is applied."""
         unsupported = sorted(set(message) - {"type", "thresholds"})
-        thresholds = message.get("thresholds") or {}
+        thresholds = message.get("thresholds")
+        thresholds = {} if thresholds is None else thresholds
         problem = f"this server cannot change {', '.join(unsupported)} mid-stream" if unsupported else None
         if problem is None and not isinstance(thresholds, dict):
             problem = "thresholds must be an object"
