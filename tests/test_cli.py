@@ -349,7 +349,7 @@ async def test_stream_to_a_daemon_with_an_api_key_says_what_was_refused_and_take
         assert f"satellite-asr: {realtime}: this URL speaks OpenAI's Realtime API" in stderr
 
 
-@pytest.mark.parametrize("protocol", ["rest", "websocket", "openai-realtime", "deepgram"])
+@pytest.mark.parametrize("protocol", ["rest", "websocket", "openai-realtime", "deepgram", "deepgram-flux"])
 async def test_bench_to_a_daemon_with_an_api_key_says_what_was_refused_and_takes_the_key(
     protocol: str, tmp_path: Path
 ) -> None:
@@ -365,9 +365,8 @@ async def test_bench_to_a_daemon_with_an_api_key_says_what_was_refused_and_takes
             "bench", "--protocol", protocol, "--manifest", str(manifest), "--rounds", "1", *flags, key=key
         )
 
-    path = {"rest": "", "websocket": "/v1/stream", "openai-realtime": "/v1/realtime", "deepgram": "/v1/listen"}[
-        protocol
-    ]
+    paths = {"rest": "", "websocket": "/v1/stream", "openai-realtime": "/v1/realtime", "deepgram": "/v1/listen"}
+    path = {**paths, "deepgram-flux": "/v2/listen"}[protocol]
     what = "upload" if protocol == "rest" else "connection"
     async with running_daemon(api_key="kitchen-key") as daemon:
         scheme = "http" if protocol == "rest" else "ws"

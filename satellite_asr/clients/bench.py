@@ -325,11 +325,48 @@ async def _stream_one_deepgram(
     return origin, received
 
 
+async def _stream_one_flux(
+    url: str, audio: Audio, delay: float, config: dict[str, Any], headers: dict[str, str]
+) -> tuple[float, list[Any]]:
+    """The same over Deepgram's Flux: 16 kHz linear16 at real-time pace, then `CloseStream`. Turn
+    events come back in the WebSocket shapes `_timings` reads: `StartOfTurn` and `Update` as a
+    `partial` of their turn, `EndOfTurn` as its `final`."""
+    import websockets
+
+    await asyncio.sleep(delay)
+    received: list[tuple[float, dict[str, Any]]] = []
+    pcm = to_pcm16(audio).tobytes()
+    step = int(FRAME_SECONDS * SAMPLE_RATE) * 2
+    query = f"{url}?model=flux-general-en&encoding=linear16&sample_rate={SAMPLE_RATE}"
+    async with websockets.connect(query, max_size=1 << 20, additional_headers=headers) as ws:
+
+        async def receive() -> None:
+            async for raw in ws:
+                message = json.loads(raw)
+                if message["type"] != "TurnInfo":
+                    continue
+                arrival, turn = time.monotonic(), message["turn_index"]
+                if message["event"] == "EndOfTurn":
+                    received.append((arrival, {"type": "final", "utterance_id": turn, "text": message["transcript"]}))
+                else:
+                    received.append((arrival, {"type": "partial", "utterance_id": turn}))
+
+        receiver = asyncio.create_task(receive())
+        origin = time.monotonic()
+        for index, offset in enumerate(range(0, len(pcm), step)):
+            await asyncio.sleep(max(0.0, origin + (index + 1) * FRAME_SECONDS - time.monotonic()))
+            await ws.send(pcm[offset : offset + step])
+        await ws.send(json.dumps({"type": "CloseStream"}))
+        await receiver
+    return origin, received
+
+
 Streamer = Callable[[str, Audio, float, dict[str, Any], dict[str, str]], Awaitable[tuple[float, list[Any]]]]
 PROTOCOLS: dict[str, tuple[str, Streamer]] = {
     "websocket": ("/v1/stream", stream_at_pace),
     "openai-realtime": ("/v1/realtime", _stream_one_realtime),
     "deepgram": ("/v1/listen", _stream_one_deepgram),
+    "deepgram-flux": ("/v2/listen", _stream_one_flux),
 }
 """Protocol name -> (path on the daemon, client that streams one file)."""
 
