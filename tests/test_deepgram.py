@@ -13,7 +13,10 @@ import numpy as np
 import pytest
 import websockets
 
+from satellite_asr.audio import Audio
 from satellite_asr.biasing.context import MAX_CLIENT_TERMS
+from satellite_asr.engines.base import StreamOptions, Transcript
+from satellite_asr.engines.whisper import WhisperEngine
 from satellite_asr.protocols import deepgram, deepgram_flux
 from satellite_asr.server import Daemon
 from tests.doubles import ContextRecordingEngineDouble, GatedEngineDouble
@@ -414,3 +417,51 @@ async def test_flux_keyterms_reach_the_engine_and_shutdown_ends_the_turn() -> No
     assert engine.names[-1][:2] == ("Aoife", "Marigold")
     assert messages[-1]["type"] == "TurnInfo" and messages[-1]["event"] == "EndOfTurn"
     assert messages[-1]["transcript"] and ws.close_code == 1001
+
+
+class _FirstFinalGatedEngine(GatedEngineDouble):
+    """Two decodes at once, and the first final waits for `gate`: the next utterance's interim
+    transcripts come while the turn before has not ended yet."""
+
+    def __init__(self) -> None:
+        WhisperEngine.__init__(self, concurrency=2)
+        self.gate = asyncio.Event()
+        self.finals: list[str] = []
+
+    async def decode(self, audio: Audio, options: StreamOptions, *, final: bool) -> Transcript:
+        if final and not self.gate.is_set():
+            self.finals.append(options.context)
+            await self.gate.wait()
+        return await WhisperEngine.decode(self, audio, options, final=final)
+
+
+async def test_flux_a_turn_holds_only_its_own_utterance_while_the_one_before_decodes() -> None:
+    """The next utterance's interim transcripts, heard while the previous turn's final decodes, are
+    not reported as `Update`s of the previous turn, and its turn starts after that turn's end."""
+    engine = _FirstFinalGatedEngine()
+    data = audio()
+    async with running_daemon(engine) as daemon, websockets.connect(flux_url(daemon)) as ws:
+        received: Messages = []
+
+        async def read() -> None:
+            async for message in ws:
+                received.append(json.loads(message))
+
+        reader = asyncio.create_task(read())
+        for offset in range(0, len(data), CHUNK_BYTES):
+            await ws.send(data[offset : offset + CHUNK_BYTES])
+            await asyncio.sleep(0.1)
+            if offset >= 32000 * 4.8:  # the second command's interim transcripts are out
+                engine.gate.set()
+        engine.gate.set()
+        await ws.send(json.dumps({"type": "CloseStream"}))
+        await reader
+    messages = received
+    assert [m["sequence_id"] for m in messages] == list(range(len(messages)))
+    ends = turn_events(messages, "EndOfTurn")
+    assert same_words(EXPECTED["three_commands.wav"], [m["transcript"] for m in ends])
+    for index, end in enumerate(ends):
+        turn = [m for m in of_type(messages, "TurnInfo") if m["turn_index"] == index]
+        assert turn[0]["event"] == "StartOfTurn" and turn[-1] is end
+        assert all(m["audio_window_end"] <= end["audio_window_end"] + 1.2 for m in turn)
+        assert all(m["audio_window_start"] >= ends[index - 1]["audio_window_end"] for m in turn if index)

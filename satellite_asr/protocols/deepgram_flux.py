@@ -129,8 +129,8 @@ class FluxConnection(DeepgramConnection):
         self.in_turn = False
         """A `StartOfTurn` was sent and its `EndOfTurn` not yet."""
         self.turn_start = 0.0
-        self.speech_start = 0.0
-        """Where the VAD heard the utterance in progress begin."""
+        self.starts: dict[int, float] = {}
+        """Where the VAD heard each utterance whose final has not come yet begin."""
 
     async def send(self, message: dict[str, Any]) -> None:
         """Every message carries the request's id and counts in `sequence_id`."""
@@ -170,12 +170,13 @@ class FluxConnection(DeepgramConnection):
 
     async def emit(self, event: SessionEvent) -> None:
         if isinstance(event, SpeechStarted):
-            self.speech_start = event.start
+            self.starts[event.utterance_id] = event.start
         elif isinstance(event, PartialTranscript):
-            if not event.text.strip():
+            # the utterance before has ended, its final not come yet: this is not its turn, nor yet a new one
+            if not event.text.strip() or any(earlier < event.utterance_id for earlier in self.starts):
                 return
             if not self.in_turn:
-                await self.start_turn(event.text, self.speech_start, self.seconds)
+                await self.start_turn(event.text, self.starts.get(event.utterance_id, 0.0), self.seconds)
             else:
                 await self.send(self.turn_info("Update", event.text, self.seconds, 0.0, 0.0))
         elif isinstance(event, FinalTranscript):
@@ -190,6 +191,7 @@ class FluxConnection(DeepgramConnection):
     async def end_turn(self, event: FinalTranscript) -> None:
         """`EndOfTurn` with the final's text (after a `StartOfTurn` if no partial began the turn);
         nothing for an utterance in which no words were heard, as Flux starts no turn without words."""
+        self.starts.pop(event.utterance_id, None)
         if not event.text.strip() and not self.in_turn:
             return
         if not self.in_turn:
