@@ -465,3 +465,20 @@ async def test_flux_a_turn_holds_only_its_own_utterance_while_the_one_before_dec
         assert turn[0]["event"] == "StartOfTurn" and turn[-1] is end
         assert all(m["audio_window_end"] <= end["audio_window_end"] + 1.2 for m in turn)
         assert all(m["audio_window_start"] >= ends[index - 1]["audio_window_end"] for m in turn if index)
+
+
+async def test_flux_a_configure_failure_quotes_at_most_a_thousand_characters() -> None:
+    """A `ConfigureFailure` names what the client sent, but not without end: a `Configure` of many
+    unknown thresholds (or fields) is answered in a bounded sentence, and the stream goes on."""
+    many = {f"threshold_{i:05d}": 0.5 for i in range(20_000)}
+    configures = (
+        json.dumps({"type": "Configure", "thresholds": many}),
+        json.dumps({"type": "Configure", **many}),
+    )
+    async with running_daemon() as daemon:
+        messages, code = await stream(flux_url(daemon), audio("lights_on.wav"), *configures, "{", b"")
+    assert code == 1000
+    failures = of_type(messages, "ConfigureFailure")
+    assert len(failures) == 2 and all(len(f["description"]) < 1100 for f in failures)
+    assert failures[0]["description"].startswith("unknown thresholds: threshold_00000, threshold_00001")
+    assert len(turn_events(messages, "EndOfTurn")) == 1 and len(of_type(messages, "Warning")) == 1

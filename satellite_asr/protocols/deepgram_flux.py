@@ -238,7 +238,8 @@ class FluxConnection(DeepgramConnection):
             if unknown:
                 problem = f"unknown thresholds: {', '.join(unknown)}"
         if problem is not None:
-            failure = {"type": "ConfigureFailure", "code": "CONFIGURE_INVALID", "description": echoable(problem)}
+            refused = ProtocolError("CONFIGURE_INVALID", problem)  # the client's names quoted, at most MESSAGE_CHARS
+            failure = {"type": "ConfigureFailure", "code": refused.code, "description": echoable(refused.message)}
             await self.send(failure)
             return
         self.thresholds.update(checked)
