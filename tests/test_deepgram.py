@@ -389,9 +389,10 @@ async def test_flux_force_end_turn_and_configure() -> None:
     [
         ("model=flux-general-en&sample_rate=16000", "encoding"),
         (f"{FLUX_QUERY}&redact=numbers", "redact"),
-        (f"{FLUX_QUERY}&eot_threshold=0.95", "eot_threshold"),
+        (f"{FLUX_QUERY}&eot_threshold=1.05", "eot_threshold"),
         (f"{FLUX_QUERY}&eager_eot_threshold=nan", "eager_eot_threshold"),
         (f"{FLUX_QUERY}&eot_timeout_ms=100", "eot_timeout_ms"),
+        (f"{FLUX_QUERY}&eot_timeout_ms=60001", "eot_timeout_ms"),
         (f"{FLUX_QUERY}&interim_results=true", "interim_results"),
     ],
 )
@@ -482,3 +483,15 @@ async def test_flux_a_configure_failure_quotes_at_most_a_thousand_characters() -
     assert len(failures) == 2 and all(len(f["description"]) < 1100 for f in failures)
     assert failures[0]["description"].startswith("unknown thresholds: threshold_00000, threshold_00001")
     assert len(turn_events(messages, "EndOfTurn")) == 1 and len(of_type(messages, "Warning")) == 1
+
+
+async def test_flux_takes_the_thresholds_deepgram_takes_for_manual_turns() -> None:
+    """Deepgram's ranges: `eot_threshold` up to 1.0 (which turns its own end-of-turn detection off,
+    for clients that end turns with `ForceEndTurn`) and `eot_timeout_ms` up to 60000."""
+    configure = json.dumps({"type": "Configure", "thresholds": {"eot_threshold": 1.0, "eot_timeout_ms": 60000}})
+    async with running_daemon() as daemon:
+        url = flux_url(daemon, FLUX_QUERY + "&eot_threshold=1.0&eot_timeout_ms=60000")
+        messages, code = await stream(url, audio("lights_on.wav"), configure, b"")
+    assert code == 1000
+    [success] = of_type(messages, "ConfigureSuccess")
+    assert success["thresholds"] == {"eot_threshold": 1.0, "eot_timeout_ms": 60000}

@@ -40,9 +40,9 @@ PATH = "/v2/listen"
 PROTOCOL = "deepgram-flux"
 MULTILINGUAL_MODEL = "flux-general-multi"
 """The Flux model that detects the language; with any other the daemon's `language` is used."""
-THRESHOLDS = {"eot_threshold": (0.5, 0.9), "eager_eot_threshold": (0.3, 0.9)}
+THRESHOLDS = {"eot_threshold": (0.5, 1.0), "eager_eot_threshold": (0.3, 0.9)}
 """Flux's end-of-turn thresholds and their ranges: checked, kept, answered in `ConfigureSuccess`, not used."""
-EOT_TIMEOUT_MS = (500, 10_000)
+EOT_TIMEOUT_MS = (500, 60_000)
 KNOWN = {
     "model",
     "encoding",
