@@ -19,7 +19,7 @@ from satellite_asr.engines.base import StreamOptions, Transcript
 from satellite_asr.engines.whisper import WhisperEngine
 from satellite_asr.protocols import deepgram, deepgram_flux
 from satellite_asr.server import Daemon
-from tests.doubles import ContextRecordingEngineDouble, GatedEngineDouble
+from tests.doubles import ContextRecordingEngineDouble, CrashingEngineDouble, GatedEngineDouble
 from tests.helpers import EXPECTED, eventually, fixture_16k, pcm16, running_daemon, same_words
 
 pytestmark = pytest.mark.timeout(180)
@@ -495,3 +495,18 @@ async def test_flux_takes_the_thresholds_deepgram_takes_for_manual_turns() -> No
     assert code == 1000
     [success] = of_type(messages, "ConfigureSuccess")
     assert success["thresholds"] == {"eot_threshold": 1.0, "eot_timeout_ms": 60000}
+
+
+@pytest.mark.parametrize("url", [flux_url, lambda daemon: listen_url(daemon, LINEAR16)])
+async def test_a_failed_final_counts_once_in_the_error_metric(url: Any) -> None:
+    """The session counts the failures it reports (`Session._emit`); the adapter that passes one
+    on (Flux's `Warning`, the live API's `Error`) does not count it again."""
+    engine = CrashingEngineDouble()
+    async with running_daemon(engine) as daemon:
+        errors = daemon.core.metrics.errors.labels("engine_error")
+        before = errors._value.get()
+        messages, code = await stream(f"{url(daemon)}&keyterm=crash", audio("lights_on.wav"))
+        counted = errors._value.get() - before
+    kinds = [m["type"] for m in messages]
+    assert code == 1000 and (kinds.count("Warning") + kinds.count("Error")) == 1
+    assert counted == 1

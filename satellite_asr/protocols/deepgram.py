@@ -384,8 +384,9 @@ class DeepgramConnection(abc.ABC):
         """A control message; `ProtocolError` for one the API refuses."""
 
     @abc.abstractmethod
-    async def error(self, code: str, message: str, *, fatal: bool = False) -> None:
-        """A refusal or failure in the API's own shape; `fatal`: the connection is closed next."""
+    async def error(self, code: str, message: str, *, fatal: bool = False, counted: bool = False) -> None:
+        """A refusal or failure in the API's own shape, counted in the error metric unless `counted`
+        already (a session's `SessionError`: `Session._emit` counts it); `fatal`: the connection is closed next."""
 
 
 class ListenConnection(DeepgramConnection):
@@ -415,9 +416,10 @@ class ListenConnection(DeepgramConnection):
     async def opened(self) -> None:
         """Nothing: the live API says nothing before its first result."""
 
-    async def error(self, code: str, message: str, *, fatal: bool = False) -> None:
+    async def error(self, code: str, message: str, *, fatal: bool = False, counted: bool = False) -> None:
         """Deepgram's `Error` message; `message` may quote what the client sent (`echoable`)."""
-        self.core.metrics.errors.labels(code).inc()
+        if not counted:
+            self.core.metrics.errors.labels(code).inc()
         text = echoable(message)
         await self.send({"type": "Error", "variant": code, "description": text, "message": text})
 
@@ -445,7 +447,7 @@ class ListenConnection(DeepgramConnection):
         elif isinstance(event, FinalTranscript):
             await self.final(event)
         elif isinstance(event, SessionError):
-            await self.error(event.code, event.message)
+            await self.error(event.code, event.message, counted=True)
 
     async def final(self, event: FinalTranscript) -> None:
         self.starts.pop(event.utterance_id, None)

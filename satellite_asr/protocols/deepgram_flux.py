@@ -147,10 +147,11 @@ class FluxConnection(DeepgramConnection):
     async def closing(self) -> None:
         """Nothing: Flux ends with the last turn's `EndOfTurn`."""
 
-    async def error(self, code: str, message: str, *, fatal: bool = False) -> None:
+    async def error(self, code: str, message: str, *, fatal: bool = False, counted: bool = False) -> None:
         """Flux's `Error` when the connection ends with it, its `Warning` when the stream goes on;
         `message` may quote what the client sent (`echoable`)."""
-        self.core.metrics.errors.labels(code).inc()
+        if not counted:
+            self.core.metrics.errors.labels(code).inc()
         kind = "Error" if fatal else "Warning"
         await self.send({"type": kind, "code": code.upper(), "description": echoable(message)})
 
@@ -182,7 +183,7 @@ class FluxConnection(DeepgramConnection):
         elif isinstance(event, FinalTranscript):
             await self.end_turn(event)
         elif isinstance(event, SessionError):
-            await self.error(event.code, event.message)
+            await self.error(event.code, event.message, counted=True)
 
     async def start_turn(self, text: str, start: float, end: float) -> None:
         self.in_turn, self.turn_start = True, start
