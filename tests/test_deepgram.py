@@ -12,12 +12,14 @@ import aiohttp
 import numpy as np
 import pytest
 import websockets
+from aiohttp import web
+from multidict import MultiDict
 
 from satellite_asr.audio import Audio
 from satellite_asr.biasing.context import MAX_CLIENT_TERMS
 from satellite_asr.engines.base import StreamOptions, Transcript
 from satellite_asr.engines.whisper import WhisperEngine
-from satellite_asr.protocols import deepgram, deepgram_flux
+from satellite_asr.protocols import ReadAhead, deepgram, deepgram_flux
 from satellite_asr.server import Daemon
 from tests.doubles import ContextRecordingEngineDouble, CrashingEngineDouble, GatedEngineDouble
 from tests.helpers import EXPECTED, eventually, fixture_16k, pcm16, running_daemon, same_words
@@ -510,3 +512,36 @@ async def test_a_failed_final_counts_once_in_the_error_metric(url: Any) -> None:
     kinds = [m["type"] for m in messages]
     assert code == 1000 and (kinds.count("Warning") + kinds.count("Error")) == 1
     assert counted == 1
+
+
+async def test_flux_messages_sent_side_by_side_go_out_in_sequence_id_order() -> None:
+    """A long turn's `EndOfTurn` (over 16 KB, which aiohttp compresses in its executor) and a small
+    message sent meanwhile by another task (a `Warning`, a `ConfigureSuccess`) reach a client that
+    took compression (the SDK's `websockets` does) in the order of their `sequence_id`."""
+    received: Messages = []
+    async with running_daemon() as daemon:
+        core = daemon.core
+
+        async def handler(request: web.Request) -> web.WebSocketResponse:
+            ws = web.WebSocketResponse()
+            await ws.prepare(request)
+            params = deepgram_flux.parse_flux_params(MultiDict(encoding="linear16", sample_rate="16000"), core)
+            reading = ReadAhead(ws, core.settings, request.transport)
+            connection = deepgram_flux.FluxConnection(ws, core, request, reading, params)
+            long_turn = connection.turn_info("EndOfTurn", " ".join(["word"] * 1000), 60.0, 0.9, 1.0)
+            warning = {"type": "Warning", "code": "UNPARSABLE_CLIENT_MESSAGE", "description": "meanwhile"}
+            await asyncio.gather(connection.send(long_turn), connection.send(warning))
+            await ws.close()
+            return ws
+
+        app = web.Application()
+        app.router.add_get("/", handler)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        try:
+            async with websockets.connect(f"ws://127.0.0.1:{runner.addresses[0][1]}/", max_size=None) as ws:
+                received.extend([json.loads(message) async for message in ws])
+        finally:
+            await runner.cleanup()
+    assert [(m["type"], m["sequence_id"]) for m in received] == [("TurnInfo", 0), ("Warning", 1)]

@@ -9,6 +9,7 @@ thresholds are taken and not used). Every message counts in `sequence_id`, from 
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -124,6 +125,7 @@ class FluxConnection(DeepgramConnection):
         assert isinstance(params, FluxParams)
         self.thresholds = dict(params.thresholds)
         self.sequence = 0
+        self.sending = asyncio.Lock()
         self.turns = 0
         """Turns reported (the next one's `turn_index`)."""
         self.in_turn = False
@@ -133,10 +135,13 @@ class FluxConnection(DeepgramConnection):
         """Where the VAD heard each utterance whose final has not come yet begin."""
 
     async def send(self, message: dict[str, Any]) -> None:
-        """Every message carries the request's id and counts in `sequence_id`."""
-        numbered = {"type": message.pop("type"), "request_id": self.request_id, "sequence_id": self.sequence}
-        self.sequence += 1
-        await super().send({**numbered, **message})
+        """Every message carries the request's id and counts in `sequence_id`, numbered as it is
+        written: the session's tasks and the handler send side by side, and a large message
+        compressed (over 16 KB, in aiohttp's executor) was overtaken by a later small one."""
+        async with self.sending:
+            numbered = {"type": message.pop("type"), "request_id": self.request_id, "sequence_id": self.sequence}
+            self.sequence += 1
+            await super().send({**numbered, **message})
 
     def heard(self, data: bytes) -> None:
         """Nothing: Flux sends no summary of the audio."""
