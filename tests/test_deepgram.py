@@ -545,3 +545,16 @@ async def test_flux_messages_sent_side_by_side_go_out_in_sequence_id_order() -> 
         finally:
             await runner.cleanup()
     assert [(m["type"], m["sequence_id"]) for m in received] == [("TurnInfo", 0), ("Warning", 1)]
+
+
+async def test_flux_multi_model_end_of_turn_names_the_detected_language() -> None:
+    """On `flux-general-multi` the engine detects the language and `EndOfTurn` says which in
+    `languages`, as Flux does (LiveKit's STTv2 and Pipecat's Flux service read the turn's language
+    there); on another model the language is the daemon's setting, and `languages` is left out."""
+    multi = "model=flux-general-multi&encoding=linear16&sample_rate=16000"
+    async with running_daemon() as daemon:
+        detected, _ = await stream(flux_url(daemon, multi), audio("lights_on.wav"))
+        fixed, _ = await stream(flux_url(daemon), audio("lights_on.wav"))
+    [end] = turn_events(detected, "EndOfTurn")
+    assert end["languages"] == ["en"] and same_words(EXPECTED["lights_on.wav"], [end["transcript"]])
+    assert all("languages" not in m for m in fixed) and turn_events(fixed, "EndOfTurn")

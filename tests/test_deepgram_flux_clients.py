@@ -17,6 +17,7 @@ from livekit.agents import stt as lk_stt
 from livekit.plugins import deepgram as lk_deepgram
 from pipecat.frames.frames import InputAudioRawFrame, TranscriptionFrame
 from pipecat.services.deepgram.flux.stt import DeepgramFluxSTTService
+from pipecat.transcriptions.language import Language
 
 from satellite_asr.audio import SAMPLE_RATE
 from satellite_asr.protocols import deepgram_flux
@@ -164,3 +165,21 @@ async def test_pipecat_flux_watchdog_silence_ends_the_last_turn() -> None:
             await frames.wait_for(finals=3)
     assert frames.errors == []
     assert same_words(EXPECTED[FIXTURE], frames.finals)
+
+
+async def test_pipecat_flux_multi_model_gets_the_detected_language() -> None:
+    """With `flux-general-multi` the engine detects the language, and Pipecat reads it from the
+    turn's `languages` (on `flux-general-en` it assumes English): the TranscriptionFrame says it."""
+    async with running_daemon(api_key=KEY) as daemon:
+        stt = DeepgramFluxSTTService(
+            api_key=KEY,
+            url=f"ws://127.0.0.1:{daemon.http_port}{deepgram_flux.PATH}",
+            settings=DeepgramFluxSTTService.Settings(model=deepgram_flux.MULTILINGUAL_MODEL),
+        )
+        async with running_pipeline(stt) as (worker, frames):
+            await speak(worker, "lights_on.wav")
+            await frames.wait_for(finals=1)
+    assert frames.errors == []
+    assert same_words(EXPECTED["lights_on.wav"], frames.finals)
+    [final] = [frame for frame in frames.frames if isinstance(frame, TranscriptionFrame)]
+    assert final.language == Language.EN

@@ -195,8 +195,9 @@ class FluxConnection(DeepgramConnection):
         await self.send(self.turn_info("StartOfTurn", text, end, 0.0, 0.0))
 
     async def end_turn(self, event: FinalTranscript) -> None:
-        """`EndOfTurn` with the final's text (after a `StartOfTurn` if no partial began the turn);
-        nothing for an utterance in which no words were heard, as Flux starts no turn without words."""
+        """`EndOfTurn` with the final's text (after a `StartOfTurn` if no partial began the turn), and
+        on the multilingual model the language detected; nothing for an utterance in which no words
+        were heard, as Flux starts no turn without words."""
         self.starts.pop(event.utterance_id, None)
         if not event.text.strip() and not self.in_turn:
             return
@@ -204,6 +205,9 @@ class FluxConnection(DeepgramConnection):
             await self.start_turn(event.text, event.start, event.end)
         info = self.turn_info("EndOfTurn", event.text, event.end, confidence(event), 1.0)
         info["trigger"] = "model" if event.is_speech_final else "manual"
+        assert isinstance(self.params, FluxParams)
+        if self.params.detect_language and event.language:
+            info["languages"] = [event.language]  # what LiveKit and Pipecat read the turn's language from
         self.in_turn = False
         self.turns += 1
         await self.send(info)
