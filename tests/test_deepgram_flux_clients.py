@@ -1,7 +1,9 @@
 """Deepgram's Flux API (`/v2/listen`) with the three real Flux clients, against the real daemon
 (real Silero, real tiny.en): the official SDK (deepgram-sdk's `listen.v2`), LiveKit's
 `deepgram.STTv2` stream and Pipecat's `DeepgramFluxSTTService`. Each is pointed at the daemon on
-127.0.0.1 and fed three_commands.wav at microphone pace; each command must come back as one turn."""
+127.0.0.1 and fed three_commands.wav at microphone pace; each command must come back as one turn.
+Pipecat's service also when the microphone stops mid-stream (its watchdog's silence must end the
+turn) and on `flux-general-multi` (the turn's detected language)."""
 
 from __future__ import annotations
 
