@@ -139,9 +139,9 @@ class FluxConnection(DeepgramConnection):
         written: the session's tasks and the handler send side by side, and a large message
         compressed (over 16 KB, in aiohttp's executor) was overtaken by a later small one."""
         async with self.sending:
-            numbered = {"type": message.pop("type"), "request_id": self.request_id, "sequence_id": self.sequence}
+            numbered = {**message, "request_id": self.request_id, "sequence_id": self.sequence}
             self.sequence += 1
-            await super().send({**numbered, **message})
+            await super().send(numbered)
 
     def heard(self, data: bytes) -> None:
         """Nothing: Flux sends no summary of the audio."""
