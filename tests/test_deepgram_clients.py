@@ -111,32 +111,38 @@ async def test_sdk_gets_api_errors_for_a_wrong_key_and_a_bad_parameter() -> None
     assert bad_parameter.value.status_code == 400
 
 
-async def test_livekit_stream_with_its_defaults() -> None:
-    """LiveKit's defaults: endpointing=25, vad_events, interim results, no_delay, filler_words,
-    en-US; 50 ms messages; KeepAlive first; Finalize then CloseStream at the end of input. No
-    retries: an error from the stream fails the test."""
+async def livekit_stream(stt: lk_stt.STT) -> list[lk_stt.SpeechEvent]:
+    """The fixture streamed through a LiveKit STT in 100 ms frames at microphone pace, then
+    `end_input`: its events. No retries: an error from the stream, or an error event, fails the test."""
     audio = pcm16(fixture_16k(FIXTURE), SAMPLE_RATE)
-    samples = int(FRAME_S * SAMPLE_RATE)
+    step = int(FRAME_S * SAMPLE_RATE) * 2
     events: list[lk_stt.SpeechEvent] = []
     errors: list[Any] = []
-    async with running_daemon(api_key=KEY) as daemon, aiohttp.ClientSession() as http:
-        stt = lk_deepgram.STT(api_key=KEY, base_url=f"http://127.0.0.1:{daemon.http_port}/v1/listen", http_session=http)
-        stt.on("error", errors.append)
-        stream = stt.stream(conn_options=APIConnectOptions(max_retry=0, timeout=10))
+    stt.on("error", errors.append)
+    stream = stt.stream(conn_options=APIConnectOptions(max_retry=0, timeout=10))
 
-        async def read() -> None:
-            async for event in stream:
-                events.append(event)
+    async def read() -> None:
+        async for event in stream:
+            events.append(event)
 
-        reading = asyncio.create_task(read())
-        for offset in range(0, len(audio), samples * 2):
-            data = audio[offset : offset + samples * 2]
-            stream.push_frame(rtc.AudioFrame(data, SAMPLE_RATE, 1, len(data) // 2))
-            await asyncio.sleep(FRAME_S)
-        stream.end_input()
-        await asyncio.wait_for(reading, 30)  # raises what the stream raised
-        await stt.aclose()
+    reading = asyncio.create_task(read())
+    for offset in range(0, len(audio), step):
+        data = audio[offset : offset + step]
+        stream.push_frame(rtc.AudioFrame(data, SAMPLE_RATE, 1, len(data) // 2))
+        await asyncio.sleep(FRAME_S)
+    stream.end_input()
+    await asyncio.wait_for(reading, 30)  # raises what the stream raised
+    await stt.aclose()
     assert errors == []
+    return events
+
+
+async def test_livekit_stream_with_its_defaults() -> None:
+    """LiveKit's defaults: endpointing=25, vad_events, interim results, no_delay, filler_words,
+    en-US; 50 ms messages; KeepAlive first; Finalize then CloseStream at the end of input."""
+    async with running_daemon(api_key=KEY) as daemon, aiohttp.ClientSession() as http:
+        url = f"http://127.0.0.1:{daemon.http_port}/v1/listen"
+        events = await livekit_stream(lk_deepgram.STT(api_key=KEY, base_url=url, http_session=http))
     kinds = lk_stt.SpeechEventType
     finals = [e.alternatives[0].text for e in events if e.type == kinds.FINAL_TRANSCRIPT]
     assert same_words(EXPECTED[FIXTURE], finals)

@@ -13,8 +13,6 @@ from typing import Any
 import aiohttp
 import pytest
 from deepgram.listen.v2 import ListenV2Connected, ListenV2TurnInfo
-from livekit import rtc
-from livekit.agents import APIConnectOptions
 from livekit.agents import stt as lk_stt
 from livekit.plugins import deepgram as lk_deepgram
 from pipecat.frames.frames import InputAudioRawFrame, TranscriptionFrame
@@ -24,7 +22,7 @@ from pipecat.transcriptions.language import Language
 from satellite_asr.audio import SAMPLE_RATE
 from satellite_asr.protocols import deepgram_flux
 from tests.helpers import EXPECTED, fixture_16k, pcm16, running_daemon, same_words
-from tests.test_deepgram_clients import FRAME_S, KEY, sdk_client, validated
+from tests.test_deepgram_clients import FRAME_S, KEY, livekit_stream, sdk_client, validated
 from tests.test_pipecat import FRAME_S as PIPECAT_FRAME_S
 from tests.test_pipecat import running_pipeline, speak
 
@@ -83,31 +81,10 @@ async def test_sdk_gets_typed_connected_and_a_turn_per_command() -> None:
 
 async def test_livekit_stt_v2_with_its_defaults() -> None:
     """LiveKit's defaults: flux-general-en, 50 ms messages, `mip_opt_out=false`, CloseStream at the
-    end of input. Its parser makes transcripts from `words` only. No retries: an error from the
-    stream fails the test."""
-    audio = pcm16(fixture_16k(FIXTURE), SAMPLE_RATE)
-    samples = int(FRAME_S * SAMPLE_RATE)
-    events: list[lk_stt.SpeechEvent] = []
-    errors: list[Any] = []
+    end of input. Its parser makes transcripts from `words` only."""
     async with running_daemon(api_key=KEY) as daemon, aiohttp.ClientSession() as http:
         url = f"http://127.0.0.1:{daemon.http_port}{deepgram_flux.PATH}"
-        stt = lk_deepgram.STTv2(api_key=KEY, base_url=url, http_session=http)
-        stt.on("error", errors.append)
-        stream = stt.stream(conn_options=APIConnectOptions(max_retry=0, timeout=10))
-
-        async def read() -> None:
-            async for event in stream:
-                events.append(event)
-
-        reading = asyncio.create_task(read())
-        for offset in range(0, len(audio), samples * 2):
-            data = audio[offset : offset + samples * 2]
-            stream.push_frame(rtc.AudioFrame(data, SAMPLE_RATE, 1, len(data) // 2))
-            await asyncio.sleep(FRAME_S)
-        stream.end_input()
-        await asyncio.wait_for(reading, 30)  # raises what the stream raised
-        await stt.aclose()
-    assert errors == []
+        events = await livekit_stream(lk_deepgram.STTv2(api_key=KEY, base_url=url, http_session=http))
     kinds = lk_stt.SpeechEventType
     finals = [e.alternatives[0].text for e in events if e.type == kinds.FINAL_TRANSCRIPT]
     assert same_words(EXPECTED[FIXTURE], finals)

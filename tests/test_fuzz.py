@@ -273,10 +273,9 @@ LISTEN_VARIANTS = {"SchemaError", "invalid_audio", "server_busy", "engine_error"
 LISTEN_TYPES = {"Results", "SpeechStarted", "UtteranceEnd", "Metadata", "Error", "ConfigureFailure"}
 
 
-async def listen_session(url: str, frames: list[str | bytes]) -> None:
-    """Sends the frames, then `CloseStream`: every message is one of Deepgram's, every `Error` a
-    documented one, the close a chosen one, and a stream that ends by the client's word ends with
-    `Metadata`."""
+async def closed_stream(url: str, frames: list[str | bytes]) -> tuple[list[dict[str, Any]], int | None]:
+    """Sends the frames, then `CloseStream` (as far as the server reads), and reads until the Close:
+    the messages, and the close code, which must be one the daemon chooses."""
     messages: list[dict[str, Any]] = []
     async with websockets.connect(url, max_size=None) as ws:
         try:
@@ -290,9 +289,17 @@ async def listen_session(url: str, frames: list[str | bytes]) -> None:
         except ConnectionClosed:
             pass
     assert ws.close_code in WEBSOCKET_CLOSES, (ws.close_code, ws.close_reason, messages)
+    return messages, ws.close_code
+
+
+async def listen_session(url: str, frames: list[str | bytes]) -> None:
+    """Sends the frames, then `CloseStream`: every message is one of Deepgram's, every `Error` a
+    documented one, the close a chosen one, and a stream that ends by the client's word ends with
+    `Metadata`."""
+    messages, close_code = await closed_stream(url, frames)
     assert {m["type"] for m in messages} <= LISTEN_TYPES, messages
     assert {m["variant"] for m in of_type(messages, "Error")} <= LISTEN_VARIANTS, messages
-    if ws.close_code == 1000:
+    if close_code == 1000:
         assert messages and messages[-1]["type"] == "Metadata", messages
 
 
@@ -313,19 +320,7 @@ FLUX_TYPES = {"Connected", "TurnInfo", "Warning", "Error", "ConfigureSuccess", "
 async def flux_session(url: str, frames: list[str | bytes]) -> None:
     """Sends the frames, then `CloseStream`: every message is one of Flux's, numbered in order from 0,
     every `Warning` or `Error` a documented code, and the close a chosen one."""
-    messages: list[dict[str, Any]] = []
-    async with websockets.connect(url, max_size=None) as ws:
-        try:
-            for frame in [*frames, '{"type": "CloseStream"}']:
-                await ws.send(frame)
-        except ConnectionClosed:
-            pass
-        try:
-            async for raw in ws:
-                messages.append(json.loads(raw))
-        except ConnectionClosed:
-            pass
-    assert ws.close_code in WEBSOCKET_CLOSES, (ws.close_code, ws.close_reason, messages)
+    messages, _ = await closed_stream(url, frames)
     assert {m["type"] for m in messages} <= FLUX_TYPES, messages
     assert [m["sequence_id"] for m in messages] == list(range(len(messages))), messages
     assert {m["code"] for m in messages if m["type"] in ("Warning", "Error")} <= FLUX_CODES, messages

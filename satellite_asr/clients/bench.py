@@ -288,68 +288,64 @@ async def _stream_one_realtime(
 async def _stream_one_deepgram(
     url: str, audio: Audio, delay: float, config: dict[str, Any], headers: dict[str, str]
 ) -> tuple[float, list[Any]]:
-    """The same over Deepgram's live API: 16 kHz linear16 at real-time pace with interim results,
-    then `CloseStream`. Results come back in the WebSocket shapes `_timings` reads: an interim as a
-    `partial` of the utterance whose final comes next (Deepgram's results name no utterance), a
-    final (an `is_final` one with text) as a `final`."""
-    import websockets
+    """The same over Deepgram's live API, with interim results. Results come back in the WebSocket
+    shapes `_timings` reads: an interim as a `partial` of the utterance whose final comes next
+    (Deepgram's results name no utterance), a final (an `is_final` one with text) as a `final`."""
+    finals = 0
 
-    await asyncio.sleep(delay)
-    received: list[tuple[float, dict[str, Any]]] = []
-    pcm = to_pcm16(audio).tobytes()
-    step = int(FRAME_SECONDS * SAMPLE_RATE) * 2
+    def translate(message: dict[str, Any]) -> dict[str, Any] | None:
+        nonlocal finals
+        if message["type"] != "Results":
+            return None
+        text = message["channel"]["alternatives"][0]["transcript"]
+        if message["is_final"]:  # an empty one (heard no words) still ends its utterance's interims
+            finals += 1
+            return {"type": "final", "utterance_id": finals - 1, "text": text} if text else None
+        return {"type": "partial", "utterance_id": finals} if text else None
+
     query = f"{url}?encoding=linear16&sample_rate={SAMPLE_RATE}&interim_results=true"
-    async with websockets.connect(query, max_size=1 << 20, additional_headers=headers) as ws:
-
-        async def receive() -> None:
-            finals = 0
-            async for raw in ws:
-                message = json.loads(raw)
-                if message["type"] != "Results":
-                    continue
-                arrival, text = time.monotonic(), message["channel"]["alternatives"][0]["transcript"]
-                if message["is_final"]:  # an empty one (heard no words) still ends its utterance's interims
-                    if text:
-                        received.append((arrival, {"type": "final", "utterance_id": finals, "text": text}))
-                    finals += 1
-                elif text:
-                    received.append((arrival, {"type": "partial", "utterance_id": finals}))
-
-        receiver = asyncio.create_task(receive())
-        origin = time.monotonic()
-        for index, offset in enumerate(range(0, len(pcm), step)):
-            await asyncio.sleep(max(0.0, origin + (index + 1) * FRAME_SECONDS - time.monotonic()))
-            await ws.send(pcm[offset : offset + step])
-        await ws.send(json.dumps({"type": "CloseStream"}))
-        await receiver
-    return origin, received
+    return await _stream_linear16(query, audio, delay, headers, translate)
 
 
 async def _stream_one_flux(
     url: str, audio: Audio, delay: float, config: dict[str, Any], headers: dict[str, str]
 ) -> tuple[float, list[Any]]:
-    """The same over Deepgram's Flux: 16 kHz linear16 at real-time pace, then `CloseStream`. Turn
-    events come back in the WebSocket shapes `_timings` reads: `StartOfTurn` and `Update` as a
-    `partial` of their turn, `EndOfTurn` as its `final`."""
+    """The same over Deepgram's Flux. Turn events come back in the WebSocket shapes `_timings`
+    reads: `StartOfTurn` and `Update` as a `partial` of their turn, `EndOfTurn` as its `final`."""
+
+    def translate(message: dict[str, Any]) -> dict[str, Any] | None:
+        if message["type"] != "TurnInfo":
+            return None
+        if message["event"] == "EndOfTurn":
+            return {"type": "final", "utterance_id": message["turn_index"], "text": message["transcript"]}
+        return {"type": "partial", "utterance_id": message["turn_index"]}
+
+    query = f"{url}?model=flux-general-en&encoding=linear16&sample_rate={SAMPLE_RATE}"
+    return await _stream_linear16(query, audio, delay, headers, translate)
+
+
+async def _stream_linear16(
+    url: str,
+    audio: Audio,
+    delay: float,
+    headers: dict[str, str],
+    translate: Callable[[dict[str, Any]], dict[str, Any] | None],
+) -> tuple[float, list[Any]]:
+    """16 kHz linear16 at real-time pace to one of Deepgram's APIs (`url` with its query), then
+    `CloseStream`; each message the server sends as `translate` makes it (None: left out)."""
     import websockets
 
     await asyncio.sleep(delay)
     received: list[tuple[float, dict[str, Any]]] = []
     pcm = to_pcm16(audio).tobytes()
     step = int(FRAME_SECONDS * SAMPLE_RATE) * 2
-    query = f"{url}?model=flux-general-en&encoding=linear16&sample_rate={SAMPLE_RATE}"
-    async with websockets.connect(query, max_size=1 << 20, additional_headers=headers) as ws:
+    async with websockets.connect(url, max_size=1 << 20, additional_headers=headers) as ws:
 
         async def receive() -> None:
             async for raw in ws:
-                message = json.loads(raw)
-                if message["type"] != "TurnInfo":
-                    continue
-                arrival, turn = time.monotonic(), message["turn_index"]
-                if message["event"] == "EndOfTurn":
-                    received.append((arrival, {"type": "final", "utterance_id": turn, "text": message["transcript"]}))
-                else:
-                    received.append((arrival, {"type": "partial", "utterance_id": turn}))
+                translated = translate(json.loads(raw))
+                if translated is not None:
+                    received.append((time.monotonic(), translated))
 
         receiver = asyncio.create_task(receive())
         origin = time.monotonic()
