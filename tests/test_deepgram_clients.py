@@ -58,27 +58,36 @@ def validated(message: Any) -> Any:
     return type(message).model_validate(message.model_dump(by_alias=True))
 
 
-async def test_sdk_streams_typed_results_speech_started_utterance_end_and_metadata() -> None:
+async def sdk_stream(connection: Any, *, finalize: bool = False) -> list[Any]:
+    """The fixture sent through an SDK connection in 100 ms frames at microphone pace, then
+    `Finalize` if asked and `CloseStream`: every message the SDK made of what the daemon sent, until
+    the daemon's Close."""
     audio = pcm16(fixture_16k(FIXTURE), SAMPLE_RATE)
     step = int(FRAME_S * SAMPLE_RATE) * 2
     messages: list[Any] = []
+
+    async def read() -> None:
+        async for message in connection:
+            messages.append(message)
+
+    reading = asyncio.create_task(read())
+    for offset in range(0, len(audio), step):
+        await connection.send_media(audio[offset : offset + step])
+        await asyncio.sleep(FRAME_S)
+    if finalize:
+        await connection.send_finalize()
+    await connection.send_close_stream()
+    await asyncio.wait_for(reading, 30)
+    return messages
+
+
+async def test_sdk_streams_typed_results_speech_started_utterance_end_and_metadata() -> None:
     async with running_daemon(api_key=KEY) as daemon:
-        client = sdk_client(daemon)
         options: dict[str, Any] = {"encoding": "linear16", "sample_rate": 16000, "interim_results": True}
         options |= {"vad_events": True, "utterance_end_ms": 1000, "smart_format": True, "language": "en"}
-        async with client.listen.v1.connect(model="nova-3", **options) as connection:
-
-            async def read() -> None:
-                async for message in connection:
-                    messages.append(message)
-
-            reading = asyncio.create_task(read())
-            for offset in range(0, len(audio), step):
-                await connection.send_media(audio[offset : offset + step])
-                await asyncio.sleep(FRAME_S)
-            await connection.send_finalize()  # nothing is in progress: an empty final answers it
-            await connection.send_close_stream()
-            await asyncio.wait_for(reading, 30)  # the daemon closes after its Metadata
+        async with sdk_client(daemon).listen.v1.connect(model="nova-3", **options) as connection:
+            # nothing is in progress at the Finalize: an empty final answers it; Metadata comes last
+            messages = await sdk_stream(connection, finalize=True)
     assert all(message is not None for message in messages), "every message is one of the SDK's types"
     for message in messages:
         validated(message)
@@ -93,7 +102,7 @@ async def test_sdk_streams_typed_results_speech_started_utterance_end_and_metada
     assert len([m for m in messages if isinstance(m, ListenV1UtteranceEnd)]) == 3
     metadata = messages[-1]
     assert isinstance(metadata, ListenV1Metadata)
-    assert metadata.duration == pytest.approx(len(audio) / (2 * SAMPLE_RATE), abs=0.01)
+    assert metadata.duration == pytest.approx(fixture_16k(FIXTURE).size / SAMPLE_RATE, abs=0.01)
     assert {m.metadata.request_id for m in results} == {metadata.request_id}
 
 

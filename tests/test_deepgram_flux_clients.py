@@ -8,7 +8,6 @@ turn) and on `flux-general-multi` (the turn's detected language)."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import aiohttp
 import pytest
@@ -22,7 +21,7 @@ from pipecat.transcriptions.language import Language
 from satellite_asr.audio import SAMPLE_RATE
 from satellite_asr.protocols import deepgram_flux
 from tests.helpers import EXPECTED, fixture_16k, pcm16, running_daemon, same_words
-from tests.test_deepgram_clients import FRAME_S, KEY, livekit_stream, sdk_client, validated
+from tests.test_deepgram_clients import KEY, livekit_stream, sdk_client, sdk_stream, validated
 from tests.test_pipecat import FRAME_S as PIPECAT_FRAME_S
 from tests.test_pipecat import running_pipeline, speak
 
@@ -39,25 +38,10 @@ LAST_WORD_END_S = 8.4
 
 
 async def test_sdk_gets_typed_connected_and_a_turn_per_command() -> None:
-    audio = pcm16(fixture_16k(FIXTURE), SAMPLE_RATE)
-    step = int(FRAME_S * SAMPLE_RATE) * 2
-    messages: list[Any] = []
     async with running_daemon(api_key=KEY) as daemon:
-        client = sdk_client(daemon)
-        async with client.listen.v2.connect(
-            model="flux-general-en", encoding="linear16", sample_rate=16000, eot_threshold=0.7
-        ) as connection:
-
-            async def read() -> None:
-                async for message in connection:
-                    messages.append(message)
-
-            reading = asyncio.create_task(read())
-            for offset in range(0, len(audio), step):
-                await connection.send_media(audio[offset : offset + step])
-                await asyncio.sleep(FRAME_S)
-            await connection.send_close_stream()
-            await asyncio.wait_for(reading, 30)  # the daemon closes after the last turn's EndOfTurn
+        options = {"encoding": "linear16", "sample_rate": 16000, "eot_threshold": 0.7}
+        async with sdk_client(daemon).listen.v2.connect(model="flux-general-en", **options) as connection:
+            messages = await sdk_stream(connection)  # the daemon closes after the last turn's EndOfTurn
     assert messages and all(message is not None for message in messages), "every message is one of the SDK's types"
     for message in messages:
         validated(message)

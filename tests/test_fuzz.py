@@ -237,20 +237,7 @@ websocket_sessions = st.lists(text_frames | binary_frames, min_size=1, max_size=
 
 async def websocket_session(url: str, frames: list[str | bytes]) -> None:
     """Sends the frames, then `end`; every answer must be documented and the close a chosen one."""
-    messages: list[dict[str, Any]] = []
-    async with websockets.connect(url, max_size=None) as ws:
-        try:
-            for frame in frames:
-                await ws.send(frame)
-            await ws.send('{"type": "end"}')
-        except ConnectionClosed:
-            pass
-        try:
-            async for raw in ws:
-                messages.append(json.loads(raw))
-        except ConnectionClosed:
-            pass
-    assert ws.close_code in WEBSOCKET_CLOSES, (ws.close_code, ws.close_reason, messages)
+    messages, _ = await closed_stream(url, frames, '{"type": "end"}')
     assert {m["code"] for m in of_type(messages, "error")} <= WEBSOCKET_CODES, messages
 
 
@@ -273,13 +260,15 @@ LISTEN_VARIANTS = {"SchemaError", "invalid_audio", "server_busy", "engine_error"
 LISTEN_TYPES = {"Results", "SpeechStarted", "UtteranceEnd", "Metadata", "Error", "ConfigureFailure"}
 
 
-async def closed_stream(url: str, frames: list[str | bytes]) -> tuple[list[dict[str, Any]], int | None]:
-    """Sends the frames, then `CloseStream` (as far as the server reads), and reads until the Close:
-    the messages, and the close code, which must be one the daemon chooses."""
+async def closed_stream(
+    url: str, frames: list[str | bytes], last: str = '{"type": "CloseStream"}'
+) -> tuple[list[dict[str, Any]], int | None]:
+    """Sends the frames, then the protocol's end (`last`), as far as the server reads, and reads until
+    the Close: the messages, and the close code, which must be one the daemon chooses."""
     messages: list[dict[str, Any]] = []
     async with websockets.connect(url, max_size=None) as ws:
         try:
-            for frame in [*frames, '{"type": "CloseStream"}']:
+            for frame in [*frames, last]:
                 await ws.send(frame)
         except ConnectionClosed:
             pass
