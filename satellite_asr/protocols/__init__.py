@@ -154,7 +154,7 @@ def openai_error(
 
 
 def deepgram_error(code: str, message: str) -> dict[str, Any]:
-    """Deepgram's error body, as its API answers a refused request (the upgrade of `/v1/listen`);
+    """Deepgram's error body, as its API answers a refused request (the upgrade of `/v1/listen` or `/v2/listen`);
     `message` may hold what a client sent (`echoable`)."""
     return {"err_code": code, "err_msg": echoable(message), "request_id": str(uuid.uuid4())}
 
