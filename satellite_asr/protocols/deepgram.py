@@ -150,18 +150,15 @@ class ListenParams:
     speech_final: bool
     """False with `endpointing=false`: finals then never say the speaker finished."""
     language: str | None
-    detect_language: bool
+    """None: the engine detects it (`language=multi`)."""
     terms: tuple[str, ...]
-    model: str | None
 
     def decoder(self) -> PcmDecoder:
         return PcmDecoder(ENCODINGS[self.encoding], self.sample_rate, self.channels)
 
     def session_options(self, core: Core) -> SessionOptions:
-        settings = core.settings
-        language = None if self.detect_language else self.language or settings.default_language
         return SessionOptions.from_settings(
-            settings, partials=self.interim_results, language=language, terms=self.terms
+            core.settings, partials=self.interim_results, language=self.language, terms=self.terms
         )
 
 
@@ -186,7 +183,7 @@ def parse_params(query: MultiMapping[str], core: Core) -> ListenParams:
     language = query.get("language")
     detect = language == "multi"
     try:
-        named = None if detect else checked_language(core, language, "language")
+        named = None if detect else checked_language(core, language, "language") or core.settings.default_language
         terms = biasing_terms(query)
         checked_biasing(core, "", terms, "keyterm", "keyterm and keywords")
     except ProtocolError as exc:
@@ -201,9 +198,7 @@ def parse_params(query: MultiMapping[str], core: Core) -> ListenParams:
         utterance_end_ms=utterance_end_ms,
         speech_final=endpointing.lower() != "false",
         language=named,
-        detect_language=detect,
         terms=terms,
-        model=query.get("model"),
     )
 
 
@@ -351,13 +346,6 @@ class DeepgramConnection(abc.ABC):
         if self.input is not None:
             await self.core.sessions.release(self.input.session, reason, finalize=False)
 
-    async def finish(self) -> None:
-        """The client's end of the stream: the finals still to come, then what `closing` adds."""
-        self.finished = True
-        if self.input is not None:
-            await self.input.drain()
-            await self.core.sessions.release(self.input.session, "end", finalize=True)
-
     async def close_by_server(self, reason: str) -> None:
         """The server ends the stream (idle timeout, shutdown) once its finals are sent: `closing`, then 1001."""
         self.finished = True
@@ -367,7 +355,10 @@ class DeepgramConnection(abc.ABC):
 
     async def end(self) -> None:
         """`CloseStream`: the finals still to come, `closing`, then the Close."""
-        await self.finish()
+        self.finished = True
+        if self.input is not None:
+            await self.input.drain()
+            await self.core.sessions.release(self.input.session, "end", finalize=True)
         await self.closing()
         await self.close(WSCloseCode.OK)
 

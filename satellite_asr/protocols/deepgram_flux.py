@@ -123,6 +123,7 @@ class FluxConnection(DeepgramConnection):
     ) -> None:
         super().__init__(ws, core, request, reading, params)
         assert isinstance(params, FluxParams)
+        self.options = params
         self.thresholds = dict(params.thresholds)
         self.sequence = 0
         self.sending = asyncio.Lock()
@@ -205,8 +206,7 @@ class FluxConnection(DeepgramConnection):
             await self.start_turn(event.text, event.start, event.end)
         info = self.turn_info("EndOfTurn", event.text, event.end, confidence(event), 1.0)
         info["trigger"] = "model" if event.is_speech_final else "manual"
-        assert isinstance(self.params, FluxParams)
-        if self.params.detect_language and event.language:
+        if self.options.detect_language and event.language:
             info["languages"] = [event.language]  # what LiveKit and Pipecat read the turn's language from
         self.in_turn = False
         self.turns += 1
@@ -253,12 +253,9 @@ class FluxConnection(DeepgramConnection):
             await self.send(failure)
             return
         self.thresholds.update(checked)
-        await self.send({"type": "ConfigureSuccess", "thresholds": self.thresholds, "keyterms": list(self.terms)})
-
-    @property
-    def terms(self) -> tuple[str, ...]:
-        assert isinstance(self.params, FluxParams)
-        return self.params.terms
+        await self.send(
+            {"type": "ConfigureSuccess", "thresholds": self.thresholds, "keyterms": list(self.options.terms)}
+        )
 
 
 FLUX = Api(PATH, "Deepgram's Flux API", parse_flux_params, FluxConnection)
