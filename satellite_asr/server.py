@@ -33,7 +33,15 @@ from satellite_asr.limits import (
     RateLimitedWarning,
     open_file_limit,
 )
-from satellite_asr.protocols import deepgram, deepgram_flux, openai_realtime, openai_rest, websocket, wyoming
+from satellite_asr.protocols import (
+    deepgram,
+    deepgram_flux,
+    openai_realtime,
+    openai_rest,
+    streaming_apis,
+    websocket,
+    wyoming,
+)
 
 log = logging.getLogger(__name__)
 
@@ -158,8 +166,8 @@ class Daemon:
             ("GET", openai_rest.MODELS_PATH, self.rest.models),
             ("GET", openai_rest.MODEL_PATH, self.rest.model),
             ("GET", openai_realtime.PATH, openai_realtime.RealtimeHandler(self.core).handle),
-            ("GET", deepgram.PATH, deepgram.DeepgramHandler(self.core, deepgram.LISTEN).handle),
-            ("GET", deepgram_flux.PATH, deepgram.DeepgramHandler(self.core, deepgram_flux.FLUX).handle),
+            ("GET", deepgram.PATH, streaming_apis.StreamingApiHandler(self.core, deepgram.LISTEN).handle),
+            ("GET", deepgram_flux.PATH, streaming_apis.StreamingApiHandler(self.core, deepgram_flux.FLUX).handle),
             ("GET", "/health", self._health),
             ("GET", "/metrics", self._metrics),
             ("GET", "/", self._index),

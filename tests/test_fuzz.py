@@ -29,10 +29,10 @@ from satellite_asr.protocols.deepgram import (
     REFUSED_WHEN_GIVEN,
     REFUSED_WHEN_ON,
     USED,
-    ParameterError,
     parse_params,
 )
 from satellite_asr.protocols.openai_realtime import parse_event
+from satellite_asr.protocols.streaming_apis import ParameterError
 from satellite_asr.protocols.websocket import parse_config, parse_message
 from satellite_asr.protocols.wyoming import transcribe_context
 from satellite_asr.protocols.wyoming_framing import MAX_HEADER_BYTES, read_event

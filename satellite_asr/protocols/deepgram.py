@@ -10,45 +10,46 @@ then `UtteranceEnd` (with `utterance_end_ms`). `Finalize` ends the utterance in 
 
 from __future__ import annotations
 
-import abc
-import contextlib
 import datetime
 import hashlib
-import logging
 import math
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol
+from typing import Any
 
-from aiohttp import WSCloseCode, WSMessage, WSMsgType, web
+from aiohttp import WSMessage, WSMsgType, web
 from multidict import MultiMapping
 
 from satellite_asr import __version__
-from satellite_asr.access import SUBPROTOCOL
 from satellite_asr.audio import MAX_RATE, MIN_RATE, PcmDecoder
 from satellite_asr.core import Core
 from satellite_asr.engines.base import EngineInfo
 from satellite_asr.events import FinalTranscript, PartialTranscript, SessionError, SessionEvent, SpeechStarted
-from satellite_asr.limits import ConnectionLimit, TooManyConnections, write_within
 from satellite_asr.protocols import (
-    WEBSOCKET_ENDS,
-    PcmInput,
     ProtocolError,
     ReadAhead,
-    accepted,
     checked_biasing,
     checked_language,
-    client_gone,
     deepgram_error,
     echoable,
     json_object,
-    open_session,
-    read_ahead_response,
+)
+from satellite_asr.protocols.streaming_apis import (
+    BOOLEAN_VALUES,
+    Api,
+    ApiParser,
+    ParameterError,
+    StreamingConnection,
+    StreamParams,
+    ascii_digits,
+    boolean_parameter,
+    check_names,
+    confidence,
+    control_message,
+    whole_parameter,
 )
 from satellite_asr.session import SessionOptions
-
-log = logging.getLogger(__name__)
 
 PATH = "/v1/listen"
 PROTOCOL = "deepgram"
@@ -56,14 +57,11 @@ PRE_RECORDED_HINT = (
     ": Deepgram's live API is served here, its pre-recorded API (POST) is not; upload files to /v1/audio/transcriptions"
 )
 """What the 405 of a `POST /v1/listen` adds (docs/deepgram.md)."""
-MAX_MESSAGE_BYTES = 1 << 20
-"""Largest client message, as on `/v1/stream`: Deepgram's clients send 20-250 ms of audio at a time."""
 ENCODINGS = {"linear16": "s16le", "mulaw": "pcmu", "alaw": "pcma"}
 """Deepgram's names of the raw encodings this server decodes, and its own."""
 MAX_CHANNELS = 8
 CHANNEL = [0, 1]
 """`channel_index` / `channel`: channel 0 of 1 (channels are mixed to one)."""
-BOOLEAN_VALUES = {"true": True, "false": False}
 USED = {
     "encoding",
     "sample_rate",
@@ -115,26 +113,8 @@ REFUSED_WHEN_GIVEN = {
 """Features refused whatever their value."""
 REPEATABLE = {"keyterm", "keywords", "tag", "extra", "redact", "replace", "search", "language_hint"}
 """Parameters Deepgram takes more than once; any other given twice is refused."""
-MAX_DIGITS = 12
-"""Most digits of a whole-number parameter (zeros in front included): `int` refuses over 4300."""
 MIN_UTTERANCE_END_MS = 1000
 """Deepgram's own lower bound for `utterance_end_ms`."""
-
-
-class StreamParams(Protocol):
-    """What a stream's settings give, whichever of Deepgram's APIs read them."""
-
-    def decoder(self) -> PcmDecoder: ...
-
-    def session_options(self, core: Core) -> SessionOptions: ...
-
-
-class ParameterError(ValueError):
-    """A query parameter the stream cannot start with: the parameter and a sentence."""
-
-    def __init__(self, parameter: str, message: str) -> None:
-        super().__init__(message)
-        self.parameter = parameter
 
 
 @dataclass(frozen=True)
@@ -178,7 +158,7 @@ def parse_params(query: MultiMapping[str], core: Core) -> ListenParams:
     assert channels is not None
     utterance_end_ms = whole_parameter(query, "utterance_end_ms", None, MIN_UTTERANCE_END_MS, 5000)
     endpointing = query.get("endpointing", "")
-    if endpointing.lower() not in BOOLEAN_VALUES and not _digits(endpointing) and endpointing != "":
+    if endpointing.lower() not in BOOLEAN_VALUES and not ascii_digits(endpointing) and endpointing != "":
         raise ParameterError("endpointing", f"endpointing must be false or a whole number of ms, got {endpointing!r}")
     language = query.get("language")
     detect = language == "multi"
@@ -218,40 +198,6 @@ def raw_audio(query: Mapping[str, str]) -> tuple[str, int]:
     return encoding, sample_rate
 
 
-def check_names(query: MultiMapping[str], known: set[str], repeatable: set[str]) -> None:
-    """`ParameterError` for a parameter not `known` (nor the daemon's own `api_key`), or given twice
-    and not `repeatable`."""
-    for name in query:
-        if name not in known and name != "api_key":
-            raise ParameterError(name, f"unknown query parameter {name!r}")
-        if name not in repeatable and len(query.getall(name)) > 1:
-            raise ParameterError(name, f"{name} is given {len(query.getall(name))} times; give it once")
-
-
-def boolean_parameter(query: Mapping[str, str], name: str, default: bool) -> bool:
-    value = query.get(name)
-    if value is None:
-        return default
-    if value.lower() not in BOOLEAN_VALUES:
-        raise ParameterError(name, f"{name} must be true or false, got {value!r}")
-    return BOOLEAN_VALUES[value.lower()]
-
-
-def whole_parameter(query: Mapping[str, str], name: str, default: int | None, low: int, high: int) -> int | None:
-    value = query.get(name)
-    if value is None:
-        return default
-    if not _digits(value) or len(value) > MAX_DIGITS or not low <= int(value) <= high:
-        raise ParameterError(name, f"{name} must be a whole number from {low} to {high}, got {value!r}")
-    return int(value)
-
-
-def _digits(value: str) -> bool:
-    """Whether `value` is ASCII digits: `str.isdigit` also says yes to '²' (which `int` refuses)
-    and to other scripts' digits ('١٦٠٠٠'), which no client means as a number here."""
-    return value.isascii() and value.isdigit()
-
-
 def biasing_terms(query: MultiMapping[str]) -> tuple[str, ...]:
     """`keyterm`s, then `keywords` without their `:boost` (the engine takes words, not weights)."""
     keywords = [value.rsplit(":", 1)[0] if _boosted(value) else value for value in query.getall("keywords", [])]
@@ -283,101 +229,14 @@ def is_close_stream(message: WSMessage) -> bool:
     return isinstance(parsed, dict) and parsed.get("type") == "CloseStream"
 
 
-class DeepgramConnection(abc.ABC):
-    """What both of Deepgram's streaming APIs do alike: one session for the connection, fed the
-    client's audio; the messages each sends are its own."""
-
-    protocol: ClassVar[str]
-
-    def __init__(
-        self, ws: web.WebSocketResponse, core: Core, request: web.Request, reading: ReadAhead, params: StreamParams
-    ) -> None:
-        self.ws = ws
-        self.core = core
-        self.transport = request.transport
-        self.reading = reading
-        self.params = params
-        self.request_id = str(uuid.uuid4())
-        self.input: PcmInput | None = None
-        self.finished = False
-        """The client ended the stream, or the server did: the handler stops reading."""
-
-    @property
-    def seconds(self) -> float:
-        return self.input.session.seconds_received if self.input is not None else 0.0
-
-    async def send(self, message: dict[str, Any]) -> None:
-        """Raises `SlowClient` (a `ConnectionError`) and drops the client when it does not read."""
-        if not self.ws.closed:
-            await write_within(self.ws.send_json(message), self.core.settings.write_timeout_s, self.transport)
-
-    async def close(self, code: int, reason: str = "") -> None:
-        await self.reading.close(code, reason)
-
-    def open_session(self) -> None:
-        session = open_session(
-            self.core,
-            self.protocol,
-            self.params.session_options(self.core),
-            self.emit,
-            self.close_by_server,
-            arriving=self.reading.arriving,
-        )
-        self.input = PcmInput(self.core, session, self.params.decoder(), self.transport)
+class DeepgramConnection(StreamingConnection):
+    """What both of Deepgram's APIs do alike beyond any streaming API: an empty binary message ends the stream."""
 
     async def on_binary(self, data: bytes) -> None:
         if not data:  # Deepgram's old way to end a stream
             await self.end()
             return
-        assert self.input is not None
-        await self.input.feed(data)
-        self.heard(data)
-
-    @abc.abstractmethod
-    def heard(self, data: bytes) -> None:
-        """Audio the session took (what `Metadata` sums up)."""
-
-    @abc.abstractmethod
-    async def opened(self) -> None:
-        """What the API sends once the session is open."""
-
-    async def release(self, reason: str) -> None:
-        """The client left: what is in flight is cancelled (after `end`, nothing is)."""
-        if self.input is not None:
-            await self.core.sessions.release(self.input.session, reason, finalize=False)
-
-    async def close_by_server(self, reason: str) -> None:
-        """The server ends the stream (idle timeout, shutdown) once its finals are sent: `closing`, then 1001."""
-        self.finished = True
-        with contextlib.suppress(ConnectionError):
-            await self.closing()
-        await self.close(WSCloseCode.GOING_AWAY, reason)
-
-    async def end(self) -> None:
-        """`CloseStream`: the finals still to come, `closing`, then the Close."""
-        self.finished = True
-        if self.input is not None:
-            await self.input.drain()
-            await self.core.sessions.release(self.input.session, "end", finalize=True)
-        await self.closing()
-        await self.close(WSCloseCode.OK)
-
-    @abc.abstractmethod
-    async def closing(self) -> None:
-        """What the API sends last, before the Close."""
-
-    @abc.abstractmethod
-    async def emit(self, event: SessionEvent) -> None:
-        """A session event as the API's messages."""
-
-    @abc.abstractmethod
-    async def on_text(self, data: str) -> None:
-        """A control message; `ProtocolError` for one the API refuses."""
-
-    @abc.abstractmethod
-    async def error(self, code: str, message: str, *, fatal: bool = False, counted: bool = False) -> None:
-        """A refusal or failure in the API's own shape, counted in the error metric unless `counted`
-        already (a session's `SessionError`: `Session._emit` counts it); `fatal`: the connection is closed next."""
+        await super().on_binary(data)
 
 
 class ListenConnection(DeepgramConnection):
@@ -401,7 +260,8 @@ class ListenConnection(DeepgramConnection):
         self.finals_finalized = 0
         self.metadata_sent = False
 
-    def heard(self, data: bytes) -> None:
+    async def on_binary(self, data: bytes) -> None:
+        await super().on_binary(data)
         self.audio_hash.update(data)
 
     async def opened(self) -> None:
@@ -506,113 +366,20 @@ class ListenConnection(DeepgramConnection):
         )
 
 
-def confidence(event: FinalTranscript) -> float:
-    """How sure the engine was of a final's text, per token on average; 0 where it does not say."""
-    return round(math.exp(event.avg_logprob), 4) if event.avg_logprob is not None else 0.0
-
-
-def control_message(data: str, code: str) -> tuple[object, dict[str, Any]]:
-    """A text message's `type` and the message, or `ProtocolError` `code` when it is not a JSON object."""
-    message = json_object(data)
-    if isinstance(message, str):
-        raise ProtocolError(code, f"text messages must be JSON objects; this one {message}")
-    return message.get("type"), message
-
-
-def refusal(status: int, code: str, message: str, **headers: str) -> web.Response:
+def refusal(status: int, code: str, message: str, headers: Mapping[str, str]) -> web.Response:
     """An upgrade refused before it happens: plain HTTP with Deepgram's error body."""
     return web.json_response(deepgram_error(code, message), status=status, headers=headers)
 
 
-@dataclass(frozen=True)
-class Api:
-    """One of Deepgram's streaming APIs: its path, how its query is read, and its connections."""
-
-    path: str
-    name: str
-    """For the 426 of a plain GET: "Deepgram's live streaming API"."""
-    parse: Callable[[MultiMapping[str], Core], StreamParams]
-    connection: type[DeepgramConnection]
-
-    @property
-    def protocol(self) -> str:
-        return self.connection.protocol
+async def refuse_parameters(
+    core: Core, request: web.Request, ws: web.WebSocketResponse, exc: ParameterError
+) -> web.Response:
+    """A bad query is refused before the upgrade, as Deepgram does: a 400 naming the parameter."""
+    return refusal(400, "invalid_query_parameter", f"{exc.parameter}: {exc}", {})
 
 
-class DeepgramHandler:
-    """aiohttp handler for one of Deepgram's APIs; `Access` has checked Host, Origin and key before it runs."""
-
-    def __init__(self, core: Core, api: Api) -> None:
-        self.core = core
-        self.api = api
-        settings = core.settings
-        self.connections = ConnectionLimit(
-            api.protocol,
-            settings.max_websocket_connections,
-            settings.max_connections_per_address,
-            total_setting="max_websocket_connections",
-        )
-
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        ws = read_ahead_response(MAX_MESSAGE_BYTES + 1, SUBPROTOCOL)
-        if not ws.can_prepare(request).ok:
-            message = f"this endpoint speaks {self.api.name} over WebSocket; connect a WebSocket client"
-            return refusal(426, "websocket_required", message, Upgrade="websocket", Connection="Upgrade")
-        try:
-            params = self.api.parse(request.query, self.core)
-        except ParameterError as exc:
-            self.core.metrics.errors.labels("invalid_query_parameter").inc()
-            return refusal(400, "invalid_query_parameter", f"{exc.parameter}: {exc}")
-        try:
-            with self.connections.opened(request.remote or ""):
-                return await self._serve(request, ws, params)
-        except TooManyConnections as exc:
-            self.core.metrics.errors.labels("too_many_connections").inc()
-            return refusal(503, "too_many_connections", str(exc), **{"Retry-After": "5"})
-
-    async def _serve(self, request: web.Request, ws: web.WebSocketResponse, params: StreamParams) -> web.StreamResponse:
-        if not await accepted(ws, request):
-            return client_gone()
-        reading = ReadAhead(ws, self.core.settings, request.transport, is_close_stream)
-        connection = self.api.connection(ws, self.core, request, reading, params)
-        reason = "disconnect"
-        try:
-            try:
-                connection.open_session()
-                await connection.opened()
-                async with reading as messages:
-                    async for message in messages:
-                        if message.type in WEBSOCKET_ENDS:
-                            break
-                        assert connection.input is not None
-                        session = connection.input.session
-                        if session.closed:  # the server ends it (idle timeout, shutdown): its finals, then Close
-                            await self.core.sessions.release(session, "closed by the server", finalize=True)
-                            break
-                        try:
-                            if message.type == WSMsgType.TEXT:
-                                await connection.on_text(message.data)
-                            elif message.type == WSMsgType.BINARY:
-                                await connection.on_binary(message.data)
-                        except ProtocolError as exc:
-                            if exc.fatal:
-                                raise
-                            await connection.error(exc.code, exc.message)
-                        if connection.finished:
-                            reason = "end"
-                            break
-                if ws.exception() is not None:
-                    log.info("%s websocket closed with error: %s", self.api.protocol, ws.exception())
-            except ProtocolError as exc:  # fatal: no session could be opened
-                await connection.error(exc.code, exc.message, fatal=True)
-                await connection.close(WSCloseCode.TRY_AGAIN_LATER, exc.code)
-        except ConnectionError as exc:  # SlowClient included: the connection is gone already
-            log.info("%s websocket dropped: %s", self.api.protocol, exc)
-        finally:
-            await connection.release(reason)
-            with contextlib.suppress(ConnectionError):  # when another task is closing, its close ends first
-                await connection.close(WSCloseCode.OK)
-        return ws
+def deepgram_api(path: str, name: str, parse: ApiParser, connection: type[DeepgramConnection]) -> Api:
+    return Api(path, name, parse, connection, is_close_stream, refusal, refuse_parameters)
 
 
-LISTEN = Api(PATH, "Deepgram's live streaming API", parse_params, ListenConnection)
+LISTEN = deepgram_api(PATH, "Deepgram's live streaming API", parse_params, ListenConnection)

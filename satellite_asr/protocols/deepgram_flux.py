@@ -10,7 +10,6 @@ thresholds are taken and not used). Every message counts in `sequence_id`, from 
 from __future__ import annotations
 
 import asyncio
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,17 +21,14 @@ from satellite_asr.audio import PcmDecoder
 from satellite_asr.core import Core
 from satellite_asr.events import FinalTranscript, PartialTranscript, SessionError, SessionEvent, SpeechStarted
 from satellite_asr.protocols import ProtocolError, ReadAhead, checked_biasing, echoable
-from satellite_asr.protocols.deepgram import (
-    ENCODINGS,
-    Api,
-    DeepgramConnection,
+from satellite_asr.protocols.deepgram import ENCODINGS, DeepgramConnection, biasing_terms, deepgram_api, raw_audio
+from satellite_asr.protocols.streaming_apis import (
     ParameterError,
     StreamParams,
-    biasing_terms,
     check_names,
     confidence,
     control_message,
-    raw_audio,
+    fraction_parameter,
     whole_parameter,
 )
 from satellite_asr.session import SessionOptions
@@ -97,20 +93,10 @@ def parse_flux_params(query: MultiMapping[str], core: Core) -> StreamParams:
 
 def checked_thresholds(values: Mapping[str, str]) -> dict[str, float]:
     """The end-of-turn thresholds given, each in its range, or `ParameterError` naming the first that is not."""
-    thresholds = {name: _fraction(values, name, *bounds) for name, bounds in THRESHOLDS.items() if name in values}
+    thresholds = {name: fraction_parameter(values, name, *bounds) for name, bounds in THRESHOLDS.items()}
     timeout = whole_parameter(values, "eot_timeout_ms", None, *EOT_TIMEOUT_MS)
-    return thresholds if timeout is None else {**thresholds, "eot_timeout_ms": timeout}
-
-
-def _fraction(query: Mapping[str, str], name: str, low: float, high: float) -> float:
-    value = query[name]
-    try:
-        number = float(value)
-    except ValueError:
-        number = math.nan
-    if not value.isascii() or not low <= number <= high:  # nan fails the comparison
-        raise ParameterError(name, f"{name} must be a number from {low} to {high}, got {value!r}")
-    return number
+    given = {name: value for name, value in thresholds.items() if value is not None}
+    return given if timeout is None else {**given, "eot_timeout_ms": timeout}
 
 
 class FluxConnection(DeepgramConnection):
@@ -143,9 +129,6 @@ class FluxConnection(DeepgramConnection):
             numbered = {**message, "request_id": self.request_id, "sequence_id": self.sequence}
             self.sequence += 1
             await super().send(numbered)
-
-    def heard(self, data: bytes) -> None:
-        """Nothing: Flux sends no summary of the audio."""
 
     async def opened(self) -> None:
         await self.send({"type": "Connected"})
@@ -258,4 +241,4 @@ class FluxConnection(DeepgramConnection):
         )
 
 
-FLUX = Api(PATH, "Deepgram's Flux API", parse_flux_params, FluxConnection)
+FLUX = deepgram_api(PATH, "Deepgram's Flux API", parse_flux_params, FluxConnection)

@@ -1,0 +1,315 @@
+"""What the hosted services' streaming APIs served here (Deepgram's live API and Flux, AssemblyAI's
+Universal-Streaming) share: a WebSocket whose URL query sets the stream, one session for the
+connection fed the client's raw audio, and the stream's end by the client or the server.
+
+Each API is an `Api`: its path, how its query is read, how it refuses, and its `StreamingConnection`,
+which turns session events into the API's own messages. `StreamingApiHandler` serves any of them.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import logging
+import math
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol
+
+from aiohttp import WSCloseCode, WSMessage, WSMsgType, web
+from multidict import MultiMapping
+
+from satellite_asr.access import SUBPROTOCOL
+from satellite_asr.audio import PcmDecoder
+from satellite_asr.core import Core
+from satellite_asr.events import FinalTranscript, SessionEvent
+from satellite_asr.limits import ConnectionLimit, TooManyConnections, write_within
+from satellite_asr.protocols import (
+    WEBSOCKET_ENDS,
+    PcmInput,
+    ProtocolError,
+    ReadAhead,
+    accepted,
+    client_gone,
+    json_object,
+    open_session,
+    read_ahead_response,
+)
+from satellite_asr.session import SessionOptions
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 1 << 20
+"""Largest client message, as on `/v1/stream`: these APIs' clients send 20-250 ms of audio at a time."""
+BOOLEAN_VALUES = {"true": True, "false": False}
+MAX_DIGITS = 12
+"""Most digits of a whole-number parameter (zeros in front included): `int` refuses over 4300."""
+
+
+class StreamParams(Protocol):
+    """What a stream's settings give, whichever API read them."""
+
+    def decoder(self) -> PcmDecoder: ...
+
+    def session_options(self, core: Core) -> SessionOptions: ...
+
+
+class ParameterError(ValueError):
+    """A query parameter the stream cannot start with: the parameter and a sentence."""
+
+    def __init__(self, parameter: str, message: str) -> None:
+        super().__init__(message)
+        self.parameter = parameter
+
+
+def check_names(query: MultiMapping[str], known: set[str], repeatable: set[str]) -> None:
+    """`ParameterError` for a parameter not `known` (nor the daemon's own `api_key`), or given twice
+    and not `repeatable`."""
+    for name in query:
+        if name not in known and name != "api_key":
+            raise ParameterError(name, f"unknown query parameter {name!r}")
+        if name not in repeatable and len(query.getall(name)) > 1:
+            raise ParameterError(name, f"{name} is given {len(query.getall(name))} times; give it once")
+
+
+def boolean_parameter(query: Mapping[str, str], name: str, default: bool) -> bool:
+    value = query.get(name)
+    if value is None:
+        return default
+    if value.lower() not in BOOLEAN_VALUES:
+        raise ParameterError(name, f"{name} must be true or false, got {value!r}")
+    return BOOLEAN_VALUES[value.lower()]
+
+
+def whole_parameter(query: Mapping[str, str], name: str, default: int | None, low: int, high: int) -> int | None:
+    value = query.get(name)
+    if value is None:
+        return default
+    if not ascii_digits(value) or len(value) > MAX_DIGITS or not low <= int(value) <= high:
+        raise ParameterError(name, f"{name} must be a whole number from {low} to {high}, got {value!r}")
+    return int(value)
+
+
+def fraction_parameter(query: Mapping[str, str], name: str, low: float, high: float) -> float | None:
+    value = query.get(name)
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not value.isascii() or not low <= number <= high:  # nan fails the comparison
+        raise ParameterError(name, f"{name} must be a number from {low} to {high}, got {value!r}")
+    return number
+
+
+def ascii_digits(value: str) -> bool:
+    """Whether `value` is ASCII digits: `str.isdigit` also says yes to '²' (which `int` refuses)
+    and to other scripts' digits ('١٦٠٠٠'), which no client means as a number here."""
+    return value.isascii() and value.isdigit()
+
+
+def confidence(event: FinalTranscript) -> float:
+    """How sure the engine was of a final's text, per token on average; 0 where it does not say."""
+    return round(math.exp(event.avg_logprob), 4) if event.avg_logprob is not None else 0.0
+
+
+def control_message(data: str, code: str) -> tuple[object, dict[str, Any]]:
+    """A text message's `type` and the message, or `ProtocolError` `code` when it is not a JSON object."""
+    message = json_object(data)
+    if isinstance(message, str):
+        raise ProtocolError(code, f"text messages must be JSON objects; this one {message}")
+    return message.get("type"), message
+
+
+class StreamingConnection(abc.ABC):
+    """One client of an API: one session for the connection, fed the client's audio; the messages
+    each API sends are its own."""
+
+    protocol: ClassVar[str]
+
+    def __init__(
+        self, ws: web.WebSocketResponse, core: Core, request: web.Request, reading: ReadAhead, params: StreamParams
+    ) -> None:
+        self.ws = ws
+        self.core = core
+        self.transport = request.transport
+        self.reading = reading
+        self.params = params
+        self.request_id = str(uuid.uuid4())
+        self.input: PcmInput | None = None
+        self.finished = False
+        """The client ended the stream, or the server did: the handler stops reading."""
+
+    @property
+    def seconds(self) -> float:
+        return self.input.session.seconds_received if self.input is not None else 0.0
+
+    async def send(self, message: dict[str, Any]) -> None:
+        """Raises `SlowClient` (a `ConnectionError`) and drops the client when it does not read."""
+        if not self.ws.closed:
+            await write_within(self.ws.send_json(message), self.core.settings.write_timeout_s, self.transport)
+
+    async def close(self, code: int, reason: str = "") -> None:
+        await self.reading.close(code, reason)
+
+    def open_session(self) -> None:
+        session = open_session(
+            self.core,
+            self.protocol,
+            self.params.session_options(self.core),
+            self.emit,
+            self.close_by_server,
+            arriving=self.reading.arriving,
+        )
+        self.input = PcmInput(self.core, session, self.params.decoder(), self.transport)
+
+    async def on_binary(self, data: bytes) -> None:
+        assert self.input is not None
+        await self.input.feed(data)
+
+    @abc.abstractmethod
+    async def opened(self) -> None:
+        """What the API sends once the session is open."""
+
+    async def release(self, reason: str) -> None:
+        """The client left: what is in flight is cancelled (after `end`, nothing is)."""
+        if self.input is not None:
+            await self.core.sessions.release(self.input.session, reason, finalize=False)
+
+    async def close_by_server(self, reason: str) -> None:
+        """The server ends the stream (idle timeout, shutdown) once its finals are sent: `closing`, then 1001."""
+        self.finished = True
+        with contextlib.suppress(ConnectionError):
+            await self.closing()
+        await self.close(WSCloseCode.GOING_AWAY, reason)
+
+    async def end(self) -> None:
+        """The client ends the stream: the finals still to come, `closing`, then the Close."""
+        self.finished = True
+        if self.input is not None:
+            await self.input.drain()
+            await self.core.sessions.release(self.input.session, "end", finalize=True)
+        await self.closing()
+        await self.close(WSCloseCode.OK)
+
+    @abc.abstractmethod
+    async def closing(self) -> None:
+        """What the API sends last, before the Close."""
+
+    @abc.abstractmethod
+    async def emit(self, event: SessionEvent) -> None:
+        """A session event as the API's messages."""
+
+    @abc.abstractmethod
+    async def on_text(self, data: str) -> None:
+        """A control message; `ProtocolError` for one the API refuses."""
+
+    @abc.abstractmethod
+    async def error(self, code: str, message: str, *, fatal: bool = False, counted: bool = False) -> None:
+        """A refusal or failure in the API's own shape, counted in the error metric unless `counted`
+        already (a session's `SessionError`: `Session._emit` counts it); `fatal`: the connection is closed next."""
+
+
+ApiParser = Callable[[MultiMapping[str], Core], StreamParams]
+Refusal = Callable[[int, str, str, Mapping[str, str]], web.Response]
+"""An HTTP refusal before the upgrade in the API's own error body: status, code, message, headers."""
+ParametersRefused = Callable[[Core, web.Request, web.WebSocketResponse, ParameterError], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True)
+class Api:
+    """One streaming API: its path, how its query is read and refused, and its connections."""
+
+    path: str
+    name: str
+    """For the 426 of a plain GET: "Deepgram's live streaming API"."""
+    parse: ApiParser
+    connection: type[StreamingConnection]
+    ends_stream: Callable[[WSMessage], bool]
+    """Whether a message ends the stream: what the client sent before its Close is still wanted then."""
+    refusal: Refusal
+    refuse_parameters: ParametersRefused
+    """How a bad query is answered: before the upgrade, or (as AssemblyAI does) after it, in band."""
+
+    @property
+    def protocol(self) -> str:
+        return self.connection.protocol
+
+
+class StreamingApiHandler:
+    """aiohttp handler for one API; `Access` has checked Host, Origin and key before it runs."""
+
+    def __init__(self, core: Core, api: Api) -> None:
+        self.core = core
+        self.api = api
+        settings = core.settings
+        self.connections = ConnectionLimit(
+            api.protocol,
+            settings.max_websocket_connections,
+            settings.max_connections_per_address,
+            total_setting="max_websocket_connections",
+        )
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        ws = read_ahead_response(MAX_MESSAGE_BYTES + 1, SUBPROTOCOL)
+        if not ws.can_prepare(request).ok:
+            message = f"this endpoint speaks {self.api.name} over WebSocket; connect a WebSocket client"
+            upgrade = {"Upgrade": "websocket", "Connection": "Upgrade"}
+            return self.api.refusal(426, "websocket_required", message, upgrade)
+        try:
+            params = self.api.parse(request.query, self.core)
+        except ParameterError as exc:
+            self.core.metrics.errors.labels("invalid_query_parameter").inc()
+            return await self.api.refuse_parameters(self.core, request, ws, exc)
+        try:
+            with self.connections.opened(request.remote or ""):
+                return await self._serve(request, ws, params)
+        except TooManyConnections as exc:
+            self.core.metrics.errors.labels("too_many_connections").inc()
+            return self.api.refusal(503, "too_many_connections", str(exc), {"Retry-After": "5"})
+
+    async def _serve(self, request: web.Request, ws: web.WebSocketResponse, params: StreamParams) -> web.StreamResponse:
+        if not await accepted(ws, request):
+            return client_gone()
+        reading = ReadAhead(ws, self.core.settings, request.transport, self.api.ends_stream)
+        connection = self.api.connection(ws, self.core, request, reading, params)
+        reason = "disconnect"
+        try:
+            try:
+                connection.open_session()
+                await connection.opened()
+                async with reading as messages:
+                    async for message in messages:
+                        if message.type in WEBSOCKET_ENDS:
+                            break
+                        assert connection.input is not None
+                        session = connection.input.session
+                        if session.closed:  # the server ends it (idle timeout, shutdown): its finals, then Close
+                            await self.core.sessions.release(session, "closed by the server", finalize=True)
+                            break
+                        try:
+                            if message.type == WSMsgType.TEXT:
+                                await connection.on_text(message.data)
+                            elif message.type == WSMsgType.BINARY:
+                                await connection.on_binary(message.data)
+                        except ProtocolError as exc:
+                            if exc.fatal:
+                                raise
+                            await connection.error(exc.code, exc.message)
+                        if connection.finished:
+                            reason = "end"
+                            break
+                if ws.exception() is not None:
+                    log.info("%s websocket closed with error: %s", self.api.protocol, ws.exception())
+            except ProtocolError as exc:  # fatal: no session could be opened
+                await connection.error(exc.code, exc.message, fatal=True)
+                await connection.close(WSCloseCode.TRY_AGAIN_LATER, exc.code)
+        except ConnectionError as exc:  # SlowClient included: the connection is gone already
+            log.info("%s websocket dropped: %s", self.api.protocol, exc)
+        finally:
+            await connection.release(reason)
+            with contextlib.suppress(ConnectionError):  # when another task is closing, its close ends first
+                await connection.close(WSCloseCode.OK)
+        return ws
