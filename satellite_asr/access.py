@@ -14,15 +14,15 @@ In order:
    `allowed_origins`; clients without an Origin (CLI, SDKs, Home Assistant) pass. 403
    `origin_not_allowed`. `X-Forwarded-Proto` is not trusted: behind a TLS proxy, list the page.
 3. With an API key set, the request must carry it: `Authorization: Bearer KEY` (or `Token KEY`,
-   as Deepgram's clients send it), `X-API-Key: KEY`,
+   as Deepgram's clients send it, or the key alone, as AssemblyAI's do), `X-API-Key: KEY`,
    a WebSocket subprotocol `satellite-asr.key.KEY` (what a browser can send) or `?api_key=KEY`.
    Compared in constant time and never logged. 401 `missing_api_key` / `invalid_api_key`.
 4. A key offered as a subprotocol comes with `satellite-asr` beside it, the subprotocol every
    WebSocket route answers with: without it a browser fails the connection. 400 `invalid_subprotocol`.
 
 Refusals are JSON: the project's `{"type":"error","code","message"}`, OpenAI's `{"error":{...}}`
-on the OpenAI-compatible paths (`OPENAI_PREFIXES`), or Deepgram's `{"err_code","err_msg","request_id"}`
-on Deepgram's (`DEEPGRAM_PATHS`).
+on the OpenAI-compatible paths (`OPENAI_PREFIXES`), Deepgram's `{"err_code","err_msg","request_id"}`
+on Deepgram's (`DEEPGRAM_PATHS`), AssemblyAI's `{"error","code"}` on its (`ASSEMBLYAI_PATHS`).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from satellite_asr.config import ConfigError, Settings
-from satellite_asr.protocols import deepgram_error, openai_error
+from satellite_asr.protocols import assemblyai_error, deepgram_error, openai_error
 
 PUBLIC_PATHS = frozenset({"/", "/health"})
 """Served to anyone who can reach the daemon: the page and the health check."""
@@ -46,7 +46,9 @@ PUBLIC_PREFIXES = ("/static/",)
 """The page's scripts and styles."""
 OPENAI_PREFIXES = ("/v1/audio/", "/v1/models", "/v1/realtime")
 DEEPGRAM_PATHS = frozenset({"/v1/listen", "/v2/listen"})
-"""Paths whose errors take OpenAI's `{"error": {...}}` shape, as OpenAI SDKs expect."""
+"""Paths whose errors take Deepgram's `{"err_code", "err_msg", "request_id"}` shape."""
+ASSEMBLYAI_PATHS = frozenset({"/v3/ws"})
+"""Paths whose errors take AssemblyAI's `{"error": ...}` shape."""
 
 SUBPROTOCOL = "satellite-asr"
 """The WebSocket subprotocol the daemon accepts (and echoes) beside a key entry."""
@@ -261,9 +263,12 @@ class Access:
 
 def presented_key(request: web.Request) -> str | None:
     """The key the request carries, by the first of the four ways that it uses."""
-    scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
+    authorization = request.headers.get("Authorization", "").strip()
+    scheme, _, credentials = authorization.partition(" ")
     if scheme.lower() in ("bearer", "token") and credentials.strip():  # Token: Deepgram's clients
         return credentials.strip()
+    if authorization and not credentials and scheme.lower() not in ("bearer", "token"):  # the key alone: AssemblyAI's
+        return authorization
     if "X-API-Key" in request.headers:
         return request.headers["X-API-Key"].strip()
     for protocol in request.headers.get("Sec-WebSocket-Protocol", "").split(","):
@@ -280,6 +285,8 @@ def error_response(path: str, status: int, code: str, message: str) -> web.Respo
         body: dict[str, object] = {"error": openai_error(code, message, kind=kind)}
     elif path in DEEPGRAM_PATHS:
         body = deepgram_error(code, message)
+    elif path in ASSEMBLYAI_PATHS:
+        body = assemblyai_error(code, message)
     else:
         body = {"type": "error", "code": code, "message": message}
     return web.json_response(body, status=status, headers=headers)

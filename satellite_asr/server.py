@@ -34,6 +34,7 @@ from satellite_asr.limits import (
     open_file_limit,
 )
 from satellite_asr.protocols import (
+    assemblyai,
     deepgram,
     deepgram_flux,
     openai_realtime,
@@ -168,6 +169,11 @@ class Daemon:
             ("GET", openai_realtime.PATH, openai_realtime.RealtimeHandler(self.core).handle),
             ("GET", deepgram.PATH, streaming_apis.StreamingApiHandler(self.core, deepgram.LISTEN).handle),
             ("GET", deepgram_flux.PATH, streaming_apis.StreamingApiHandler(self.core, deepgram_flux.FLUX).handle),
+            (
+                "GET",
+                assemblyai.PATH,
+                streaming_apis.StreamingApiHandler(self.core, assemblyai.UNIVERSAL_STREAMING).handle,
+            ),
             ("GET", "/health", self._health),
             ("GET", "/metrics", self._metrics),
             ("GET", "/", self._index),
@@ -309,7 +315,8 @@ class Daemon:
         realtime = self.core.sessions.close_all("shutdown", protocol=openai_realtime.PROTOCOL)
         listen = self.core.sessions.close_all("shutdown", protocol=deepgram.PROTOCOL)
         flux = self.core.sessions.close_all("shutdown", protocol=deepgram_flux.PROTOCOL)
-        await asyncio.gather(self._close_wyoming(), self._close_websockets(), realtime, listen, flux)
+        universal = self.core.sessions.close_all("shutdown", protocol=assemblyai.PROTOCOL)
+        await asyncio.gather(self._close_wyoming(), self._close_websockets(), realtime, listen, flux, universal)
         await self.core.sessions.close_all("shutdown")
 
     async def _close_wyoming(self) -> None:

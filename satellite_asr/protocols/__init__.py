@@ -159,6 +159,12 @@ def deepgram_error(code: str, message: str) -> dict[str, Any]:
     return {"err_code": code, "err_msg": echoable(message), "request_id": str(uuid.uuid4())}
 
 
+def assemblyai_error(code: str, message: str) -> dict[str, Any]:
+    """AssemblyAI's error body, as its API answers a refused request (the upgrade of `/v3/ws`), with
+    the daemon's code beside it; `message` may hold what a client sent (`echoable`)."""
+    return {"error": echoable(message), "code": code}
+
+
 def open_session(
     core: Core,
     protocol: str,
