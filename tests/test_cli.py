@@ -349,7 +349,9 @@ async def test_stream_to_a_daemon_with_an_api_key_says_what_was_refused_and_take
         assert f"satellite-asr: {realtime}: this URL speaks OpenAI's Realtime API" in stderr
 
 
-@pytest.mark.parametrize("protocol", ["rest", "websocket", "openai-realtime", "deepgram", "deepgram-flux"])
+@pytest.mark.parametrize(
+    "protocol", ["rest", "websocket", "openai-realtime", "deepgram", "deepgram-flux", "assemblyai"]
+)
 async def test_bench_to_a_daemon_with_an_api_key_says_what_was_refused_and_takes_the_key(
     protocol: str, tmp_path: Path
 ) -> None:
@@ -366,7 +368,7 @@ async def test_bench_to_a_daemon_with_an_api_key_says_what_was_refused_and_takes
         )
 
     paths = {"rest": "", "websocket": "/v1/stream", "openai-realtime": "/v1/realtime", "deepgram": "/v1/listen"}
-    path = {**paths, "deepgram-flux": "/v2/listen"}[protocol]
+    path = {**paths, "deepgram-flux": "/v2/listen", "assemblyai": "/v3/ws"}[protocol]
     what = "upload" if protocol == "rest" else "connection"
     async with running_daemon(api_key="kitchen-key") as daemon:
         scheme = "http" if protocol == "rest" else "ws"

@@ -282,6 +282,7 @@ USER_DOCS = (
     "docs/protocol.md",
     "docs/openai.md",
     "docs/deepgram.md",
+    "docs/assemblyai.md",
     "docs/wyoming.md",
     "docs/security.md",
     "docs/browser.md",

@@ -37,6 +37,7 @@ PROTOCOL_DOCS = {
     "protocols/openai_realtime_config.py": "docs/openai.md",
     "protocols/deepgram.py": "docs/deepgram.md",
     "protocols/deepgram_flux.py": "docs/deepgram.md",
+    "protocols/assemblyai.py": "docs/assemblyai.md",
     "protocols/wyoming.py": "docs/wyoming.md",
     "protocols/wyoming_framing.py": "docs/wyoming.md",
 }

@@ -285,6 +285,10 @@ async def _stream_one_realtime(
     return origin, received
 
 
+CLOSE_STREAM = json.dumps({"type": "CloseStream"})
+"""How a client ends a stream of Deepgram's APIs."""
+
+
 async def _stream_one_deepgram(
     url: str, audio: Audio, delay: float, config: dict[str, Any], headers: dict[str, str]
 ) -> tuple[float, list[Any]]:
@@ -304,7 +308,7 @@ async def _stream_one_deepgram(
         return {"type": "partial", "utterance_id": finals} if text else None
 
     query = f"{url}?encoding=linear16&sample_rate={SAMPLE_RATE}&interim_results=true"
-    return await _stream_linear16(query, audio, delay, headers, translate)
+    return await _stream_pcm16(query, audio, delay, headers, translate, CLOSE_STREAM)
 
 
 async def _stream_one_flux(
@@ -321,18 +325,37 @@ async def _stream_one_flux(
         return {"type": "partial", "utterance_id": message["turn_index"]}
 
     query = f"{url}?model=flux-general-en&encoding=linear16&sample_rate={SAMPLE_RATE}"
-    return await _stream_linear16(query, audio, delay, headers, translate)
+    return await _stream_pcm16(query, audio, delay, headers, translate, CLOSE_STREAM)
 
 
-async def _stream_linear16(
+async def _stream_one_assemblyai(
+    url: str, audio: Audio, delay: float, config: dict[str, Any], headers: dict[str, str]
+) -> tuple[float, list[Any]]:
+    """The same over AssemblyAI's Universal-Streaming. Turns come back in the WebSocket shapes
+    `_timings` reads: a partial `Turn` as a `partial` of its turn, a final one (with text) as its `final`."""
+
+    def translate(message: dict[str, Any]) -> dict[str, Any] | None:
+        if message["type"] != "Turn":
+            return None
+        if message["end_of_turn"]:
+            text = message["transcript"]
+            return {"type": "final", "utterance_id": message["turn_order"], "text": text} if text else None
+        return {"type": "partial", "utterance_id": message["turn_order"]}
+
+    query = f"{url}?encoding=pcm_s16le&sample_rate={SAMPLE_RATE}&format_turns=true"
+    return await _stream_pcm16(query, audio, delay, headers, translate, json.dumps({"type": "Terminate"}))
+
+
+async def _stream_pcm16(
     url: str,
     audio: Audio,
     delay: float,
     headers: dict[str, str],
     translate: Callable[[dict[str, Any]], dict[str, Any] | None],
+    end: str,
 ) -> tuple[float, list[Any]]:
-    """16 kHz linear16 at real-time pace to one of Deepgram's APIs (`url` with its query), then
-    `CloseStream`; each message the server sends as `translate` makes it (None: left out)."""
+    """16 kHz 16-bit PCM at real-time pace to one of the hosted APIs (`url` with its query), then
+    its `end` message; each message the server sends as `translate` makes it (None: left out)."""
     import websockets
 
     await asyncio.sleep(delay)
@@ -352,7 +375,7 @@ async def _stream_linear16(
         for index, offset in enumerate(range(0, len(pcm), step)):
             await asyncio.sleep(max(0.0, origin + (index + 1) * FRAME_SECONDS - time.monotonic()))
             await ws.send(pcm[offset : offset + step])
-        await ws.send(json.dumps({"type": "CloseStream"}))
+        await ws.send(end)
         await receiver
     return origin, received
 
@@ -363,6 +386,7 @@ PROTOCOLS: dict[str, tuple[str, Streamer]] = {
     "openai-realtime": ("/v1/realtime", _stream_one_realtime),
     "deepgram": ("/v1/listen", _stream_one_deepgram),
     "deepgram-flux": ("/v2/listen", _stream_one_flux),
+    "assemblyai": ("/v3/ws", _stream_one_assemblyai),
 }
 """Protocol name -> (path on the daemon, client that streams one file)."""
 

@@ -48,8 +48,8 @@ class StreamRefused(Exception):
 
 def refusal(status: int, body: bytes | bytearray | None, what: str = "connection") -> str:
     """What a refused upgrade (or `what` else) says: the status, and the daemon's error code and
-    sentence when its body has them (`{"type": "error", ...}`, OpenAI's `{"error": {...}}` or
-    Deepgram's `{"err_code": ..., "err_msg": ...}`)."""
+    sentence when its body has them (`{"type": "error", ...}`, OpenAI's `{"error": {...}}`,
+    Deepgram's `{"err_code": ..., "err_msg": ...}` or AssemblyAI's `{"error": "...", "code": ...}`)."""
     try:
         error = json.loads(body or b"")
     except ValueError:
@@ -58,6 +58,8 @@ def refusal(status: int, body: bytes | bytearray | None, what: str = "connection
         error = error["error"]
     if isinstance(error, dict) and "err_msg" in error:
         error = {"code": error.get("err_code"), "message": error["err_msg"]}
+    if isinstance(error, dict) and isinstance(error.get("error"), str):
+        error = {"code": error.get("code"), "message": error["error"]}
     said = ""
     if isinstance(error, dict) and error.get("message"):
         said = f": {error.get('code') or 'error'}: {error['message']}"

@@ -1,0 +1,230 @@
+"""AssemblyAI's Universal-Streaming API (`/v3/ws`) end to end: real daemon, real Silero, real
+tiny.en, a raw WebSocket client for every message and for input no SDK would send."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+import pytest
+import websockets
+
+from satellite_asr.protocols import assemblyai
+from satellite_asr.server import Daemon
+from tests.doubles import ContextRecordingEngineDouble, CrashingEngineDouble
+from tests.helpers import EXPECTED, fixture_16k, pcm16, running_daemon, same_words
+
+pytestmark = pytest.mark.timeout(180)
+
+Messages = list[dict[str, Any]]
+RATE = "sample_rate=16000"
+CHUNK_BYTES = 3200
+"""100 ms of 16 kHz pcm_s16le."""
+TERMINATE = json.dumps({"type": "Terminate"})
+
+
+def v3_url(daemon: Daemon, query: str = RATE) -> str:
+    return f"ws://127.0.0.1:{daemon.http_port}{assemblyai.PATH}?{query}"
+
+
+def audio(name: str = "three_commands.wav") -> bytes:
+    return pcm16(fixture_16k(name), 16000)
+
+
+async def stream(
+    url: str, data: bytes, *after: str | bytes, headers: dict[str, str] | None = None, paced: bool = False
+) -> tuple[Messages, int | None]:
+    """Sends `data` in 100 ms frames, at full speed or `paced` as a microphone would (partials come
+    only then), then `after` (by default `Terminate`), and reads every message until the server
+    closes: the messages and the close code."""
+    async with websockets.connect(url, additional_headers=headers) as ws:
+        for offset in range(0, len(data), CHUNK_BYTES):
+            await ws.send(data[offset : offset + CHUNK_BYTES])
+            if paced:
+                await asyncio.sleep(0.1)
+        for message in after or (TERMINATE,):
+            await ws.send(message)
+        received = [json.loads(message) async for message in ws]
+    return received, ws.close_code
+
+
+def of_type(messages: Messages, kind: str) -> Messages:
+    return [m for m in messages if m["type"] == kind]
+
+
+def final_turns(messages: Messages) -> Messages:
+    return [m for m in of_type(messages, "Turn") if m["end_of_turn"]]
+
+
+async def test_three_commands_as_a_livekit_agent_asks_for_them() -> None:
+    """LiveKit's query (universal-3-6-pro's defaults); each command a turn: `SpeechStarted`, partial
+    `Turn`s, then one final `Turn`, numbered in order; `Begin` first and `Termination` last."""
+    query = (
+        f"{RATE}&encoding=pcm_s16le&speech_model=universal-3-6-pro&min_turn_silence=100&max_turn_silence=100"
+        "&language_detection=true&format_turns=true&end_of_turn_confidence_threshold=0.4&vad_threshold=0.3"
+        f"&keyterms_prompt={quote(json.dumps(['Calloway']))}&prompt=Transcribe%20a%20voice%20command"
+    )
+    async with running_daemon() as daemon:
+        messages, code = await stream(v3_url(daemon, query), audio(), paced=True)
+    assert code == 1000
+    assert messages[0]["type"] == "Begin" and messages[-1]["type"] == "Termination"
+    assert messages[-1]["audio_duration_seconds"] == round(fixture_16k("three_commands.wav").size / 16000)
+    finals = final_turns(messages)
+    assert same_words(EXPECTED["three_commands.wav"], [turn["transcript"] for turn in finals])
+    assert [turn["turn_order"] for turn in finals] == [0, 1, 2]
+    assert all(turn["turn_is_formatted"] and turn["end_of_turn_confidence"] == 1.0 for turn in finals)
+    assert all(turn["language_code"] == "en" for turn in finals), "language_detection names the language"
+    for turn in finals:
+        assert [word["text"] for word in turn["words"]] == turn["transcript"].split()
+        assert all(word["word_is_final"] for word in turn["words"])
+    assert len(of_type(messages, "SpeechStarted")) == 3
+    kinds = [(m["type"], m.get("turn_order"), m.get("end_of_turn")) for m in messages]
+    for order in range(3):
+        partial, final = kinds.index(("Turn", order, False)), kinds.index(("Turn", order, True))
+        assert kinds[partial - 1][0] == "SpeechStarted" and partial < final, "the turn's partials come first"
+
+
+async def next_final(ws: websockets.ClientConnection) -> dict[str, Any]:
+    """The next final `Turn` the server sends (what comes before it is skipped)."""
+    while True:
+        message = json.loads(await ws.recv())
+        if message["type"] == "Turn" and message["end_of_turn"]:
+            return message
+
+
+async def test_update_configuration_format_turns_marks_the_finals_after_it() -> None:
+    data = audio("lights_on.wav")
+    update = json.dumps({"type": "UpdateConfiguration", "format_turns": True, "max_turn_silence": 1200})
+    async with running_daemon() as daemon, websockets.connect(v3_url(daemon)) as ws:
+        await ws.send(data)
+        before = await next_final(ws)
+        await ws.send(update)
+        await ws.send(data)
+        await ws.send(TERMINATE)
+        rest = [json.loads(message) async for message in ws]
+    assert not before["turn_is_formatted"], "without format_turns, finals are not marked formatted"
+    assert of_type(rest, "Warning") == []
+    assert [turn["turn_is_formatted"] for turn in final_turns(rest)] == [True]
+
+
+async def test_force_endpoint_ends_the_turn_in_progress_and_the_stream_goes_on() -> None:
+    data = audio("lights_on.wav")
+    async with running_daemon() as daemon, websockets.connect(v3_url(daemon)) as ws:
+        await ws.send(data[: len(data) * 2 // 3])
+        await ws.send(json.dumps({"type": "ForceEndpoint"}))
+        forced = await next_final(ws)
+        await ws.send(data)
+        await ws.send(TERMINATE)
+        rest = [json.loads(message) async for message in ws]
+    assert forced["turn_order"] == 0 and forced["transcript"]
+    [final] = final_turns(rest)
+    assert final["turn_order"] == 1 and same_words(EXPECTED["lights_on.wav"], [final["transcript"]])
+
+
+async def test_keyterms_reach_the_engine() -> None:
+    engine = ContextRecordingEngineDouble()
+    query = f"{RATE}&keyterms_prompt={quote(json.dumps(['Calloway blinds', 'Aoife', ' ']))}"
+    async with running_daemon(engine) as daemon:
+        await stream(v3_url(daemon, query), audio("lights_on.wav"))
+    assert engine.names[-1][:2] == ("Calloway blinds", "Aoife")
+
+
+@pytest.mark.parametrize(
+    ("query", "parameter"),
+    [
+        ("encoding=pcm_s16le", "sample_rate"),
+        (f"{RATE}&encoding=aac", "encoding"),
+        ("sample_rate=%C2%B2", "sample_rate"),
+        (f"{RATE}&speaker_labels=true", "speaker_labels"),
+        (f"{RATE}&token=abc", "token"),
+        (f"{RATE}&webhook_url=http://x", "webhook_url"),
+        (f"{RATE}&no_such=1", "no_such"),
+        (f"{RATE}&keyterms_prompt=Aoife", "keyterms_prompt"),
+        (f"{RATE}&keyterms_prompt=[1]", "keyterms_prompt"),
+        (f"{RATE}&language_codes=%5B%22xx%22%5D", "language_codes"),
+        (f"{RATE}&min_turn_silence=soon", "min_turn_silence"),
+        (f"{RATE}&vad_threshold=2", "vad_threshold"),
+        (f"{RATE}&format_turns=maybe", "format_turns"),
+        (f"{RATE}&sample_rate=8000", "sample_rate"),
+    ],
+)
+async def test_a_bad_parameter_is_an_error_and_a_close_with_its_code(query: str, parameter: str) -> None:
+    """As AssemblyAI answers one: after the upgrade, an `Error` 3006 naming the parameter, then the
+    Close with that code (what its SDK reports)."""
+    messages: Messages = []
+    async with running_daemon() as daemon, websockets.connect(v3_url(daemon, query)) as ws:
+        with pytest.raises(websockets.ConnectionClosedError):  # an error code ends the iteration so
+            async for message in ws:
+                messages.append(json.loads(message))
+        refused = daemon.core.metrics.errors.labels("invalid_query_parameter")._value.get()
+    assert ws.close_code == assemblyai.INPUT_INVALID and refused == 1
+    [error] = messages
+    assert error["type"] == "Error" and error["error_code"] == assemblyai.INPUT_INVALID
+    assert error["error"].startswith(f"{parameter}: ")
+
+
+async def test_bad_messages_get_warnings_and_the_stream_goes_on() -> None:
+    data = audio("lights_on.wav")
+    bad = [
+        "not json",
+        json.dumps({"type": "Pause"}),
+        json.dumps({"type": "UpdateConfiguration", "keyterms_prompt": ["Aoife"]}),
+        json.dumps({"type": "UpdateConfiguration", "sample_rate": 8000}),
+        json.dumps({"type": "UpdateConfiguration", "format_turns": True, "vad_threshold": 7}),
+        json.dumps({"type": "KeepAlive"}),
+    ]
+    async with running_daemon() as daemon:
+        messages, code = await stream(v3_url(daemon), data[:3200], *bad, data, TERMINATE)
+    assert code == 1000
+    warnings = of_type(messages, "Warning")
+    assert [w["warning_code"] for w in warnings] == [assemblyai.INPUT_INVALID] * 5
+    assert "keyterms_prompt" in warnings[2]["warning"] and "sample_rate" in warnings[3]["warning"]
+    assert "vad_threshold" in warnings[4]["warning"]
+    [final] = final_turns(messages)
+    assert not final["turn_is_formatted"], "a refused UpdateConfiguration applies nothing"
+    assert same_words(EXPECTED["lights_on.wav"], [final["transcript"]])
+
+
+async def test_the_key_alone_in_authorization_and_refusals_in_assemblyais_body() -> None:
+    async with running_daemon(api_key="aai-key") as daemon:
+        messages, code = await stream(v3_url(daemon), audio("lights_on.wav"), headers={"Authorization": "aai-key"})
+        assert code == 1000 and len(final_turns(messages)) == 1
+        http = f"http://127.0.0.1:{daemon.http_port}{assemblyai.PATH}?{RATE}"
+        async with aiohttp.ClientSession() as session:
+            async with session.get(http, headers={"Authorization": "wrong"}) as wrong:
+                assert wrong.status == 401
+                assert await wrong.json() == {"error": "the API key is not valid", "code": "invalid_api_key"}
+            async with session.get(http, headers={"Authorization": "aai-key"}) as plain:
+                assert plain.status == 426 and (await plain.json())["code"] == "websocket_required"
+
+
+async def test_shutdown_sends_the_final_then_termination_then_going_away() -> None:
+    data = audio("lights_on.wav")
+    async with running_daemon() as daemon, websockets.connect(v3_url(daemon)) as ws:
+        await ws.send(data[: len(data) * 2 // 3])
+        await asyncio.sleep(0.5)
+        stopping = asyncio.create_task(daemon.stop())
+        messages = [json.loads(message) async for message in ws]
+        await stopping
+    assert [m["type"] for m in messages[-2:]] == ["Turn", "Termination"]
+    assert messages[-2]["end_of_turn"] and messages[-2]["transcript"]
+    assert ws.close_code == 1001
+
+
+async def test_an_engine_failure_is_a_warning_counted_once() -> None:
+    """The session counts the failures it reports (`Session._emit`); the `Warning` that passes one
+    on does not count it again, and the stream goes on."""
+    engine = CrashingEngineDouble()
+    query = f"{RATE}&keyterms_prompt={quote(json.dumps(['crash']))}"
+    async with running_daemon(engine) as daemon:
+        errors = daemon.core.metrics.errors.labels("engine_error")
+        before = errors._value.get()
+        messages, code = await stream(v3_url(daemon, query), audio("lights_on.wav"))
+        counted = errors._value.get() - before
+    assert code == 1000 and counted == 1
+    [warning] = of_type(messages, "Warning")
+    assert warning["warning_code"] == assemblyai.SERVER_ERROR
+    assert messages[-1]["type"] == "Termination"
