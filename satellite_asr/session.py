@@ -18,7 +18,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from satellite_asr.audio import SAMPLE_RATE, Audio, AudioBuffer
@@ -254,6 +254,13 @@ class Session:
         self._held_at_speech = 0.0  # `_held_s` then, for `quiet_seconds`
         self._held_at_audio = 0.0
         self.closed = False
+
+    def change_terms(self, terms: Sequence[str]) -> None:
+        """The client's names and terms from the next utterance on: a client may change them
+        mid-stream (Deepgram's `Configure`, AssemblyAI's `UpdateConfiguration`); the utterance in
+        progress keeps the context its decode began with."""
+        self.options = replace(self.options, terms=tuple(whole_characters(term) for term in terms))
+        self._engine_context = self.options.engine_context
 
     @property
     def seconds_received(self) -> float:

@@ -12,6 +12,7 @@ import aiohttp
 import pytest
 import websockets
 
+from satellite_asr.biasing.context import MAX_CLIENT_TERMS
 from satellite_asr.protocols import assemblyai
 from satellite_asr.server import Daemon
 from tests.doubles import ContextRecordingEngineDouble, CrashingEngineDouble
@@ -124,12 +125,29 @@ async def test_force_endpoint_ends_the_turn_in_progress_and_the_stream_goes_on()
     assert final["turn_order"] == 1 and same_words(EXPECTED["lights_on.wav"], [final["transcript"]])
 
 
-async def test_keyterms_reach_the_engine() -> None:
+async def test_keyterms_reach_the_engine_and_update_configuration_replaces_them() -> None:
+    """The next utterance after an `UpdateConfiguration` is decoded with its keyterms; one over the
+    limit, or not a list of texts, is a `Warning` and applies nothing (its `format_turns` neither)."""
     engine = ContextRecordingEngineDouble()
+    data = audio("lights_on.wav")
     query = f"{RATE}&keyterms_prompt={quote(json.dumps(['Calloway blinds', 'Aoife', ' ']))}"
-    async with running_daemon(engine) as daemon:
-        await stream(v3_url(daemon, query), audio("lights_on.wav"))
-    assert engine.names[-1][:2] == ("Calloway blinds", "Aoife")
+    update = {"type": "UpdateConfiguration", "format_turns": True}
+    too_many = json.dumps({**update, "keyterms_prompt": [f"term {n}" for n in range(MAX_CLIENT_TERMS + 1)]})
+    not_texts = json.dumps({**update, "keyterms_prompt": [1, 2]})
+    replace = json.dumps({"type": "UpdateConfiguration", "keyterms_prompt": ["Marigold"]})
+    async with running_daemon(engine) as daemon, websockets.connect(v3_url(daemon, query)) as ws:
+        await ws.send(data)
+        await next_final(ws)
+        for message in (too_many, not_texts, replace):
+            await ws.send(message)
+        await ws.send(data)
+        await ws.send(TERMINATE)
+        rest = [json.loads(message) async for message in ws]
+    assert [names[:2] for names in engine.names] == [("Calloway blinds", "Aoife"), ("Marigold",)]
+    warnings = of_type(rest, "Warning")
+    assert [w["warning_code"] for w in warnings] == [assemblyai.INPUT_INVALID] * 2
+    assert "over the limit of 300" in warnings[0]["warning"] and "list of texts" in warnings[1]["warning"]
+    assert [turn["turn_is_formatted"] for turn in final_turns(rest)] == [False]
 
 
 @pytest.mark.parametrize(
@@ -171,7 +189,7 @@ async def test_bad_messages_get_warnings_and_the_stream_goes_on() -> None:
     bad = [
         "not json",
         json.dumps({"type": "Pause"}),
-        json.dumps({"type": "UpdateConfiguration", "keyterms_prompt": ["Aoife"]}),
+        json.dumps({"type": "UpdateConfiguration", "language_codes": ["de"]}),
         json.dumps({"type": "UpdateConfiguration", "sample_rate": 8000}),
         json.dumps({"type": "UpdateConfiguration", "format_turns": True, "vad_threshold": 7}),
         json.dumps({"type": "KeepAlive"}),
@@ -181,7 +199,7 @@ async def test_bad_messages_get_warnings_and_the_stream_goes_on() -> None:
     assert code == 1000
     warnings = of_type(messages, "Warning")
     assert [w["warning_code"] for w in warnings] == [assemblyai.INPUT_INVALID] * 5
-    assert "keyterms_prompt" in warnings[2]["warning"] and "sample_rate" in warnings[3]["warning"]
+    assert "language_codes" in warnings[2]["warning"] and "sample_rate" in warnings[3]["warning"]
     assert "vad_threshold" in warnings[4]["warning"]
     [final] = final_turns(messages)
     assert not final["turn_is_formatted"], "a refused UpdateConfiguration applies nothing"

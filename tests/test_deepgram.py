@@ -157,6 +157,34 @@ async def test_keyterms_and_keywords_reach_the_engine() -> None:
     assert engine.names[-1][:4] == ("Calloway blinds", "Aoife", "Marigold", "snake:case")
 
 
+async def test_configure_replaces_the_keyterms_from_the_next_utterance_on() -> None:
+    """Deepgram's mid-stream keyterm update: the next utterance is decoded with the new list; a
+    `Configure` over the limit, or with features not true or false, applies nothing."""
+    engine = ContextRecordingEngineDouble()
+    data = audio("lights_on.wav")
+    replace = json.dumps({"type": "Configure", "keyterms": ["Marigold", " "], "features": {"numerals": True}})
+    too_many = json.dumps({"type": "Configure", "keyterms": [f"term {n}" for n in range(MAX_CLIENT_TERMS + 1)]})
+    bad_features = json.dumps({"type": "Configure", "keyterms": ["Zed"], "features": {"numerals": "yes"}})
+    keep = json.dumps({"type": "Configure", "keyterms": None})
+    query = f"{LINEAR16}&keyterm=Aoife"
+    async with running_daemon(engine) as daemon, websockets.connect(listen_url(daemon, query)) as ws:
+        await ws.send(data)
+        for message in (replace, too_many, bad_features, keep):
+            await ws.send(message)
+        await ws.send(data)
+        await ws.send(json.dumps({"type": "CloseStream"}))
+        messages = [json.loads(message) async for message in ws]
+    assert [names[:1] for names in engine.names] == [("Aoife",), ("Marigold",)]
+    answers = [m for m in messages if m["type"].startswith("Configure")]
+    assert [(m["type"], m.get("keyterms"), m.get("code")) for m in answers] == [
+        ("ConfigureSuccess", ["Marigold"], None),
+        ("ConfigureFailure", None, "CONFIGURE_KEYTERM_LIMIT_EXCEEDED"),
+        ("ConfigureFailure", None, "CONFIGURE_INVALID"),
+        ("ConfigureSuccess", None, None),
+    ]
+    assert len(finals(messages)) == 2
+
+
 @pytest.mark.parametrize(
     ("query", "parameter"),
     [
@@ -202,7 +230,7 @@ async def test_too_many_keyterms_are_refused() -> None:
 
 async def test_bad_messages_get_errors_and_the_stream_goes_on() -> None:
     data = audio("lights_on.wav")
-    bad = ["not json", json.dumps({"type": "Flush"}), json.dumps({"type": "Configure", "keyterms": ["Aoife"]})]
+    bad = ["not json", json.dumps({"type": "Flush"}), json.dumps({"type": "Configure", "language": "de"})]
     async with running_daemon() as daemon, websockets.connect(listen_url(daemon, LINEAR16)) as ws:
         for message in bad:
             await ws.send(message)
@@ -215,7 +243,7 @@ async def test_bad_messages_get_errors_and_the_stream_goes_on() -> None:
     assert [e["variant"] for e in errors] == ["SchemaError", "SchemaError", "invalid_audio"]
     assert "not JSON" in errors[0]["description"] and "'Flush'" in errors[1]["description"]
     [refused] = of_type(messages, "ConfigureFailure")
-    assert refused["code"] == "CONFIGURE_KEYTERMS_NOT_SUPPORTED"
+    assert refused["code"] == "CONFIGURE_INVALID" and "not language" in refused["description"]
     assert same_words(EXPECTED["lights_on.wav"], [transcript(m) for m in finals(messages)])
     assert messages[-1]["type"] == "Metadata"
 
@@ -369,18 +397,20 @@ async def test_flux_force_end_turn_and_configure() -> None:
     close = json.dumps({"type": "CloseStream"})
     async with running_daemon() as daemon:
         url = flux_url(daemon, FLUX_QUERY + "&eot_threshold=0.7")
-        sent = (force, configure, bad, not_object, keyterms, "{", close)
+        hints = json.dumps({"type": "Configure", "language_hints": ["de"]})
+        sent = (force, configure, bad, not_object, keyterms, hints, "{", close)
         messages, code = await stream(url, data[: len(data) * 2 // 3], *sent)
     assert code == 1000
     [end] = turn_events(messages, "EndOfTurn")
     assert end["trigger"] == "manual" and end["transcript"]
-    [success] = of_type(messages, "ConfigureSuccess")
+    success, replaced = of_type(messages, "ConfigureSuccess")
     assert success["thresholds"] == {"eot_threshold": 0.85, "eot_timeout_ms": 3000} and success["keyterms"] == []
+    assert replaced["keyterms"] == ["Aoife"] and replaced["thresholds"] == success["thresholds"]
     failures = of_type(messages, "ConfigureFailure")
     assert [f["description"] for f in failures] == [
         "thresholds.eager_eot_threshold: eager_eot_threshold must be a number from 0.3 to 0.9, got '2'",
         "thresholds must be an object",
-        "this server cannot change keyterms mid-stream",
+        "this server cannot change language_hints mid-stream",
     ]
     [warning] = of_type(messages, "Warning")
     assert warning["code"] == "UNPARSABLE_CLIENT_MESSAGE" and "not JSON" in warning["description"]

@@ -29,7 +29,6 @@ from satellite_asr.protocols import (
     ReadAhead,
     accepted,
     assemblyai_error,
-    checked_biasing,
     checked_language,
     client_gone,
     echoable,
@@ -45,6 +44,7 @@ from satellite_asr.protocols.streaming_apis import (
     confidence,
     control_message,
     fraction_parameter,
+    replacing_terms,
     whole_parameter,
 )
 from satellite_asr.session import SessionOptions
@@ -111,17 +111,16 @@ REFUSED_WHEN_GIVEN = {
 """Features refused whatever their value."""
 LISTS = {"keyterms_prompt", "language_codes"}
 """Lists, sent as JSON text in the query (and as JSON lists in `UpdateConfiguration`)."""
-MID_STREAM = (set(WHOLE) | FRACTIONS | BOOLEANS | {"prompt", "agent_context", "mode"}) - {
+MID_STREAM = (set(WHOLE) | FRACTIONS | BOOLEANS | {"prompt", "agent_context", "mode", "keyterms_prompt"}) - {
     "language_detection",
     "inactivity_timeout",
     "speaker_labels_revision_interval_ms",
     "max_speakers",
     "customer_support_audio_capture",
 }
-"""What `UpdateConfiguration` may change; of these only `format_turns` changes anything here."""
-FIXED_MID_STREAM = {"keyterms_prompt", "language_codes"}
-"""Fields AssemblyAI changes mid-stream that this server cannot: its biasing and language are set
-when the session opens."""
+"""What `UpdateConfiguration` may change; of these only `keyterms_prompt` and `format_turns` change anything here."""
+FIXED_MID_STREAM = {"language_codes"}
+"""What AssemblyAI changes mid-stream that this server cannot: the language is set when the session opens."""
 
 
 @dataclass(frozen=True)
@@ -166,10 +165,9 @@ def parse_params(query: MultiMapping[str], core: Core) -> StreamParams:
     if "language_code" in query:
         codes = [*codes, query["language_code"]]
     detect = boolean_parameter(query, "language_detection", False) or len(codes) > 1 or "multi" in codes
-    terms = tuple(term.strip() for term in text_list(query, "keyterms_prompt") if term.strip())
     try:
         language = None if detect else checked_language(core, codes[0] if codes else None, "language_codes")
-        checked_biasing(core, "", terms, "keyterms_prompt", "keyterms_prompt")
+        terms = replacing_terms(core, text_list(query, "keyterms_prompt"), "keyterms_prompt")
     except ProtocolError as exc:
         parameter = exc.param or "language_codes"
         raise ParameterError(parameter, exc.message.removeprefix(f"{parameter}: ")) from None
@@ -330,8 +328,9 @@ class UniversalStreamingConnection(StreamingConnection):
             raise ProtocolError("invalid_message", f"unknown message type {echoable(str(kind))!r}; expected {expected}")
 
     def update(self, message: dict[str, Any]) -> None:
-        """Settings checked as the query's are, and applied all or none: `format_turns` applies from
-        the next `Turn`; the others change nothing here; keyterms and languages cannot change."""
+        """Settings checked as the query's are, and applied all or none: `keyterms_prompt` replaces
+        the stream's from its next utterance on, `format_turns` applies from the next `Turn`; the
+        others change nothing here, and the languages cannot change."""
         fields = {name: value for name, value in message.items() if name != "type"}
         fixed = sorted(set(fields) & FIXED_MID_STREAM)
         if fixed:
@@ -342,8 +341,16 @@ class UniversalStreamingConnection(StreamingConnection):
         values = {name: query_text(value) for name, value in fields.items() if value is not None}
         try:
             check_unused(values)
+            terms = None
+            if fields.get("keyterms_prompt") is not None:
+                terms = replacing_terms(self.core, fields["keyterms_prompt"], "keyterms_prompt")
         except ParameterError as exc:
             raise ProtocolError("invalid_configuration", f"{exc.parameter}: {exc}") from None
+        except ProtocolError as exc:  # its message names keyterms_prompt
+            raise ProtocolError("invalid_configuration", exc.message) from None
+        assert self.input is not None
+        if terms is not None:
+            self.input.session.change_terms(terms)
         self.format_turns = boolean_parameter(values, "format_turns", self.format_turns)
 
 

@@ -47,6 +47,7 @@ from satellite_asr.protocols.streaming_apis import (
     check_names,
     confidence,
     control_message,
+    replacing_terms,
     whole_parameter,
 )
 from satellite_asr.session import SessionOptions
@@ -313,7 +314,7 @@ class ListenConnection(DeepgramConnection):
             await self.send({"type": "UtteranceEnd", "channel": CHANNEL, "last_word_end": round(event.end, 3)})
 
     async def on_text(self, data: str) -> None:
-        kind, _ = control_message(data, "SchemaError")
+        kind, message = control_message(data, "SchemaError")
         if kind == "KeepAlive":
             return
         if kind == "Finalize":
@@ -321,17 +322,43 @@ class ListenConnection(DeepgramConnection):
         elif kind == "CloseStream":
             await self.end()
         elif kind == "Configure":
-            await self.send(
-                {
-                    "type": "ConfigureFailure",
-                    "request_id": self.request_id,
-                    "code": "CONFIGURE_KEYTERMS_NOT_SUPPORTED",
-                    "description": "this server takes keyterms only in the URL, when the stream starts",
-                }
-            )
+            await self.configure(message)
         else:
             expected = "KeepAlive, Finalize, CloseStream or Configure"
             raise ProtocolError("SchemaError", f"unknown message type {echoable(str(kind))!r}; expected {expected}")
+
+    async def configure(self, message: dict[str, Any]) -> None:
+        """`keyterms` replace the stream's from its next utterance on (`[]` clears them, null keeps
+        them); `features` (formatting) change nothing here. Answered with one `ConfigureSuccess` or
+        `ConfigureFailure`; a failure applies nothing."""
+        assert self.input is not None
+        unknown = sorted(set(message) - {"type", "keyterms", "features"})
+        features = message.get("features")
+        keyterms = message.get("keyterms")
+        code, problem = "CONFIGURE_INVALID", None
+        if unknown:
+            problem = f"Configure takes keyterms and features, not {', '.join(unknown)}"
+        elif features is not None and not (
+            isinstance(features, dict) and all(isinstance(on, bool) for on in features.values())
+        ):
+            problem = "features must be an object of true or false values"
+        terms = None
+        if problem is None and keyterms is not None:
+            try:
+                terms = replacing_terms(self.core, keyterms, "keyterms")
+            except ProtocolError as exc:
+                over = exc.code == "context_too_long"
+                code, problem = ("CONFIGURE_KEYTERM_LIMIT_EXCEEDED" if over else code), exc.message
+        if problem is not None:
+            refused = ProtocolError(code, problem)  # the client's names quoted, at most MESSAGE_CHARS
+            failure = {"type": "ConfigureFailure", "request_id": self.request_id, "code": code}
+            await self.send({**failure, "description": echoable(refused.message)})
+            return
+        success: dict[str, Any] = {"type": "ConfigureSuccess", "request_id": self.request_id}
+        if terms is not None:
+            self.input.session.change_terms(terms)
+            success["keyterms"] = list(terms)
+        await self.send(success)
 
     async def finalize(self) -> None:
         """Ends the utterance in progress now (its final says `from_finalize`); with none in

@@ -29,6 +29,7 @@ from satellite_asr.protocols.streaming_apis import (
     confidence,
     control_message,
     fraction_parameter,
+    replacing_terms,
     whole_parameter,
 )
 from satellite_asr.session import SessionOptions
@@ -55,6 +56,8 @@ KNOWN = {
 }
 """Flux's query parameters (`redact` is refused: not done here)."""
 REPEATABLE = {"keyterm", "language_hint", "tag"}
+FORMATTING = ("numerals", "profanity_filter")
+"""What a `Configure` may turn on or off that changes nothing here: the engine writes text its own way."""
 
 
 @dataclass(frozen=True)
@@ -111,6 +114,8 @@ class FluxConnection(DeepgramConnection):
         assert isinstance(params, FluxParams)
         self.options = params
         self.thresholds = dict(params.thresholds)
+        self.terms = params.terms
+        """The stream's keyterms now (`Configure` may replace them)."""
         self.sequence = 0
         self.sending = asyncio.Lock()
         self.turns = 0
@@ -212,14 +217,25 @@ class FluxConnection(DeepgramConnection):
             raise ProtocolError("unparsable_client_message", message_text)
 
     async def configure(self, message: dict[str, Any]) -> None:
-        """Thresholds are checked and kept (they change nothing here); keyterms, language hints and
-        numerals cannot change mid-stream: `ConfigureFailure` says so, and nothing is applied."""
-        unsupported = sorted(set(message) - {"type", "thresholds"})
+        """`keyterms` replace the stream's from its next turn on; thresholds are checked and kept
+        (they change nothing here), and so are `numerals` and `profanity_filter` (formatting);
+        language hints cannot change mid-stream. A failure applies nothing."""
+        assert self.input is not None
+        unsupported = sorted(set(message) - {"type", "thresholds", "keyterms", *FORMATTING})
         thresholds = message.get("thresholds")
         thresholds = {} if thresholds is None else thresholds
         problem = f"this server cannot change {', '.join(unsupported)} mid-stream" if unsupported else None
         if problem is None and not isinstance(thresholds, dict):
             problem = "thresholds must be an object"
+        for name in FORMATTING:
+            if problem is None and not isinstance(message.get(name, False), bool):
+                problem = f"{name} must be true or false"
+        terms = None
+        if problem is None and message.get("keyterms") is not None:
+            try:
+                terms = replacing_terms(self.core, message["keyterms"], "keyterms")
+            except ProtocolError as exc:
+                problem = exc.message
         checked: dict[str, float] = {}
         if problem is None:
             values = {str(k): str(v) for k, v in thresholds.items()}
@@ -236,9 +252,10 @@ class FluxConnection(DeepgramConnection):
             await self.send(failure)
             return
         self.thresholds.update(checked)
-        await self.send(
-            {"type": "ConfigureSuccess", "thresholds": self.thresholds, "keyterms": list(self.options.terms)}
-        )
+        if terms is not None:
+            self.input.session.change_terms(terms)
+            self.terms = terms
+        await self.send({"type": "ConfigureSuccess", "thresholds": self.thresholds, "keyterms": list(self.terms)})
 
 
 FLUX = deepgram_api(PATH, "Deepgram's Flux API", parse_flux_params, FluxConnection)

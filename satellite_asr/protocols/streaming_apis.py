@@ -31,6 +31,7 @@ from satellite_asr.protocols import (
     ProtocolError,
     ReadAhead,
     accepted,
+    checked_biasing,
     client_gone,
     json_object,
     open_session,
@@ -113,6 +114,17 @@ def ascii_digits(value: str) -> bool:
 def confidence(event: FinalTranscript) -> float:
     """How sure the engine was of a final's text, per token on average; 0 where it does not say."""
     return round(math.exp(event.avg_logprob), 4) if event.avg_logprob is not None else 0.0
+
+
+def replacing_terms(core: Core, value: object, param: str) -> tuple[str, ...]:
+    """A client's new list of names and terms (a text is a list of one), stripped, within the
+    limits: else `ProtocolError`, `invalid_type` or (over a limit) `context_too_long`."""
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(item, str) for item in items):
+        raise ProtocolError("invalid_type", f"{param} must be a list of texts", param=param)
+    terms = tuple(term.strip() for term in items if term.strip())
+    checked_biasing(core, "", terms, param, param)
+    return terms
 
 
 def control_message(data: str, code: str) -> tuple[object, dict[str, Any]]:
