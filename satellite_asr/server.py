@@ -43,6 +43,7 @@ from satellite_asr.protocols import (
     websocket,
     wyoming,
 )
+from satellite_asr.protocols.uploads import Uploads
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +140,9 @@ class Daemon:
         self.http_port = settings.http_port
         address = wyoming.parse_uri(settings.wyoming_uri)
         self.wyoming = wyoming.WyomingServer(address, self.core) if address is not None else None
-        self.rest = openai_rest.OpenAIRestHandler(self.core)
+        self.uploads = Uploads(self.core)
+        """Every API's uploads: one cap, one pool of decode threads."""
+        self.rest = openai_rest.OpenAIRestHandler(self.core, self.uploads)
         self.wyoming_port: int | None = None
         """The bound Wyoming TCP port once started (None when off or on a unix socket)."""
         self.discovery: Discovery | None = None
@@ -281,7 +284,7 @@ class Daemon:
         await self.core.sessions.cancel_all("shutdown")
         if self._runner is not None:
             await self._runner.cleanup()
-        await self.rest.close()
+        await self.uploads.close()
         await self.core.close()
         self._accept_errors.uninstall()
 

@@ -338,12 +338,12 @@ async def test_uploads_are_capped_per_address_and_in_total() -> None:
         for stalled, (source, other) in enumerate((("127.0.0.1", "127.0.0.1"), ("127.0.0.2", "127.0.0.3")), 1):
             _, writer = await held.enter_async_context(raw_connection(daemon.http_port, source=source))
             await start_stalled_upload(writer, daemon.http_port)
-            await eventually(lambda n=stalled: len(daemon.rest.uploads) == n)  # its handler is reading the body
+            await eventually(lambda n=stalled: len(daemon.uploads.connections) == n)  # its handler is reading the body
             refusals.append(await upload_status(daemon, other))
             expecting.append(await expect_continue_answer(daemon.http_port, source=other))
         per_address, in_total = refusals
         await held.aclose()
-        await eventually(lambda: len(daemon.rest.uploads) == 0)
+        await eventually(lambda: len(daemon.uploads.connections) == 0)
         served = await upload_status(daemon, "127.0.0.1")
     for (status, error), setting in ((per_address, "max_uploads_per_address"), (in_total, "max_uploads")):
         assert status == 503 and error["code"] == "too_many_connections" and setting in error["message"], error
@@ -651,7 +651,7 @@ async def test_a_malformed_upload_body_is_a_json_400_and_logs_no_error(caplog: p
             async with raw_connection(daemon.http_port) as (reader, writer):
                 writer.write(request)
                 answers[case] = await read_response(reader)
-        await eventually(lambda: len(daemon.rest.uploads) == 0, 30)
+        await eventually(lambda: len(daemon.uploads.connections) == 0, 30)
         health = await health_status(daemon)
     for case, (status, body) in answers.items():
         error = body["error"]

@@ -646,10 +646,10 @@ async def test_the_503_error_bodies_conform() -> None:
     settings = {"max_uploads": 1, "max_sessions": 1, "wyoming_reserved_sessions": 0, "header_timeout_s": 120}
     async with running_daemon(engine, **settings) as daemon, aiohttp.ClientSession() as http:
         stalled = asyncio.create_task(stalled_upload_answer(daemon))
-        await eventually(lambda: len(daemon.rest.uploads) == 1)
+        await eventually(lambda: len(daemon.uploads.connections) == 1)
         no_slot = await post(http, daemon, wav)
         stalled.cancel()
-        await eventually(lambda: len(daemon.rest.uploads) == 0)
+        await eventually(lambda: len(daemon.uploads.connections) == 0)
         async with http.ws_connect(f"ws://127.0.0.1:{daemon.http_port}/v1/stream") as ws:
             await ws.send_json({"type": "config"})
             assert (await ws.receive_json())["type"] == "session_created"
