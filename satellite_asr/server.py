@@ -37,6 +37,7 @@ from satellite_asr.protocols import (
     assemblyai,
     deepgram,
     deepgram_flux,
+    deepgram_prerecorded,
     openai_realtime,
     openai_rest,
     streaming_apis,
@@ -143,6 +144,7 @@ class Daemon:
         self.uploads = Uploads(self.core)
         """Every API's uploads: one cap, one pool of decode threads."""
         self.rest = openai_rest.OpenAIRestHandler(self.core, self.uploads)
+        self.prerecorded = deepgram_prerecorded.PrerecordedHandler(self.core, self.uploads)
         self.wyoming_port: int | None = None
         """The bound Wyoming TCP port once started (None when off or on a unix socket)."""
         self.discovery: Discovery | None = None
@@ -171,6 +173,7 @@ class Daemon:
             ("GET", openai_rest.MODEL_PATH, self.rest.model),
             ("GET", openai_realtime.PATH, openai_realtime.RealtimeHandler(self.core).handle),
             ("GET", deepgram.PATH, streaming_apis.StreamingApiHandler(self.core, deepgram.LISTEN).handle),
+            ("POST", deepgram.PATH, self.prerecorded.transcribe),
             ("GET", deepgram_flux.PATH, streaming_apis.StreamingApiHandler(self.core, deepgram_flux.FLUX).handle),
             (
                 "GET",
@@ -193,6 +196,8 @@ class Daemon:
         refused = self.access.refused(request)
         if refused is None and request.method == "POST" and request.path == openai_rest.TRANSCRIPTIONS_PATH:
             refused = self.rest.refused_before_body(request)
+        if refused is None and request.method == "POST" and request.path == deepgram.PATH:
+            refused = self.prerecorded.refused_before_body(request)
         if refused is not None:
             refused.force_close()
             return refused
@@ -428,8 +433,6 @@ async def _json_errors(
     except web.HTTPMethodNotAllowed as exc:
         allowed = ", ".join(sorted(exc.allowed_methods))
         message = f"{request.path} takes {allowed}, not {request.method}"
-        if request.path == deepgram.PATH and request.method == "POST":
-            message += deepgram.PRE_RECORDED_HINT
         response = error_response(request.path, 405, "method_not_allowed", message)
         response.headers["Allow"] = allowed
         return response

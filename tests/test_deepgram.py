@@ -345,15 +345,6 @@ async def test_a_refused_language_is_named_once() -> None:
     assert message.startswith("language: 'xx' is not one of the languages of this engine"), message
 
 
-async def test_deepgrams_pre_recorded_api_is_refused_with_where_to_upload() -> None:
-    async with running_daemon() as daemon, aiohttp.ClientSession() as http:
-        url = f"http://127.0.0.1:{daemon.http_port}{deepgram.PATH}?model=nova-3&smart_format=true"
-        async with http.post(url, data=b"RIFF", headers={"Content-Type": "audio/wav"}) as response:
-            body = await response.json()
-    assert response.status == 405 and body["err_code"] == "method_not_allowed"
-    assert "/v1/audio/transcriptions" in body["err_msg"] and "pre-recorded" in body["err_msg"]
-
-
 # Flux, Deepgram's turn-taking API (v2) at /v2/listen
 
 FLUX_QUERY = "model=flux-general-en&encoding=linear16&sample_rate=16000"

@@ -43,12 +43,12 @@ FRAME_S = 0.1
 """100 ms of audio a message, sent as a microphone delivers it."""
 
 
-def sdk_client(daemon: Daemon, api_key: str = KEY) -> AsyncDeepgramClient:
+def sdk_client(daemon: Daemon, api_key: str = KEY, **options: Any) -> AsyncDeepgramClient:
     """The SDK's client with every URL of its environment on the daemon (it connects to
-    `production` + `/v1/listen`)."""
+    `production` + `/v1/listen`, and posts files to `base` + `/v1/listen`); `options` go to the client."""
     http, ws = f"http://127.0.0.1:{daemon.http_port}", f"ws://127.0.0.1:{daemon.http_port}"
     environment = DeepgramClientEnvironment(base=http, production=ws, agent=ws, agent_rest=http)
-    return AsyncDeepgramClient(api_key=api_key, environment=environment)
+    return AsyncDeepgramClient(api_key=api_key, environment=environment, **options)
 
 
 def validated(message: Any) -> Any:

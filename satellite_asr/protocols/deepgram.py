@@ -54,10 +54,6 @@ from satellite_asr.session import SessionOptions
 
 PATH = "/v1/listen"
 PROTOCOL = "deepgram"
-PRE_RECORDED_HINT = (
-    ": Deepgram's live API is served here, its pre-recorded API (POST) is not; upload files to /v1/audio/transcriptions"
-)
-"""What the 405 of a `POST /v1/listen` adds (docs/deepgram.md)."""
 ENCODINGS = {"linear16": "s16le", "mulaw": "pcmu", "alaw": "pcma"}
 """Deepgram's names of the raw encodings this server decodes, and its own."""
 MAX_CHANNELS = 8

@@ -1,0 +1,298 @@
+"""Deepgram's pre-recorded API (docs/deepgram.md): `POST /v1/listen` with a whole audio file as the body.
+
+The query is checked as the live API's is (`deepgram.parse_params`), the file is decoded and run
+through a `Recording` as OpenAI's uploads are (`uploads`: the same cap, pace and decode threads),
+and the finals come back as one Deepgram response: the transcript, its words, and with
+`utterances=true` each utterance. The daemon does not fetch a URL given in a JSON body.
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import hashlib
+import math
+import re
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from aiohttp import web
+from multidict import MultiMapping
+
+from satellite_asr.core import Core
+from satellite_asr.events import FinalTranscript
+from satellite_asr.limits import TooManyConnections
+from satellite_asr.protocols import ProtocolError, checked_biasing, checked_language, client_gone, deepgram_error
+from satellite_asr.protocols.deepgram import (
+    IGNORED,
+    REFUSED_WHEN_GIVEN,
+    REFUSED_WHEN_ON,
+    REPEATABLE,
+    biasing_terms,
+    model_info,
+)
+from satellite_asr.protocols.streaming_apis import ParameterError, boolean_parameter, check_names, confidence
+from satellite_asr.protocols.uploads import (
+    READ_BYTES,
+    ClientGone,
+    RequestError,
+    UploadPace,
+    Uploads,
+    check_content_encoding,
+    client_fault,
+    read_limited,
+    too_large,
+    upload_options,
+)
+
+PROTOCOL = "deepgram-prerecorded"
+USED = {"language", "detect_language", "keyterm", "keywords", "model", "alternatives", "utterances", "utt_split"}
+"""Parameters that set something of the transcription (docs/deepgram.md)."""
+IGNORED_HERE = {"diarize_model", "custom_topic_mode", "custom_intent_mode"}
+"""Settings of features refused here: alone they ask for nothing."""
+REFUSED_UNLESS_FALSE = {
+    **REFUSED_WHEN_ON,
+    "paragraphs": "paragraphs",
+    "summarize": "summaries",
+    "topics": "topic detection",
+    "intents": "intent recognition",
+    "sentiment": "sentiment analysis",
+}
+"""Features asked for with `true` (`summarize` also with `v2`): refused rather than silently missing."""
+REFUSED_HERE = {
+    **REFUSED_WHEN_GIVEN,
+    "custom_topic": "topic detection",
+    "custom_intent": "intent recognition",
+    "encoding": "headerless audio (send WAV, FLAC, MP3, Ogg or another container: its header says the encoding)",
+    "sample_rate": "headerless audio (send WAV, FLAC, MP3, Ogg or another container: its header says the rate)",
+}
+"""Features refused whatever their value; a file's encoding and rate are read from its container."""
+MEDIA_TYPES = ("audio/", "video/")
+"""What a body's `Content-Type` may begin with, besides `application/octet-stream` (the deepgram-sdk's)."""
+EDGE_PUNCTUATION = re.compile(r"^\W+|\W+$")
+"""What a word's `punctuated_word` has around it that its `word` has not: quotes, commas, stops."""
+Detection = Literal["detect_language", "multi"]
+
+
+@dataclass(frozen=True)
+class PrerecordedParams:
+    """The transcription's settings from the URL's query."""
+
+    language: str | None
+    """None: the engine detects it."""
+    detection: Detection | None
+    """How the detected language is reported: `detected_language` in the channel, or `languages` in the alternative."""
+    terms: tuple[str, ...]
+    utterances: bool
+
+
+def parse_params(query: MultiMapping[str], core: Core) -> PrerecordedParams:
+    """The transcription's settings, or `ParameterError` naming the first parameter at fault."""
+    known = USED | IGNORED | IGNORED_HERE | set(REFUSED_UNLESS_FALSE) | set(REFUSED_HERE)
+    check_names(query, known, REPEATABLE | {"custom_topic", "custom_intent"})
+    for name, feature in REFUSED_UNLESS_FALSE.items():
+        if query.get(name, "false").lower() != "false":
+            raise ParameterError(name, f"this server does not do {feature}; leave {name} out or set it to false")
+    for name, feature in REFUSED_HERE.items():
+        if name in query:
+            raise ParameterError(name, f"this server does not do {feature}; leave {name} out")
+    if query.get("alternatives", "1") != "1":
+        raise ParameterError("alternatives", "this server writes one transcript; leave alternatives out or set it to 1")
+    utt_split = query.get("utt_split", "0.8")
+    if not _positive_number(utt_split):
+        raise ParameterError("utt_split", f"utt_split must be a number of seconds above 0, got {utt_split!r}")
+    language = query.get("language")
+    detection: Detection | None = "multi" if language == "multi" else None
+    if boolean_parameter(query, "detect_language", False):
+        if language is not None:
+            raise ParameterError("detect_language", "give language or detect_language=true, not both")
+        detection = "detect_language"
+    try:
+        named = None if detection else checked_language(core, language, "language") or core.settings.default_language
+        terms = biasing_terms(query)
+        checked_biasing(core, "", terms, "keyterm", "keyterm and keywords")
+    except ProtocolError as exc:
+        parameter = exc.param or "language"  # its message may name it already: "language: 'xx' is not ..."
+        raise ParameterError(parameter, exc.message.removeprefix(f"{parameter}: ")) from None
+    return PrerecordedParams(named, detection, terms, boolean_parameter(query, "utterances", False))
+
+
+def _positive_number(value: str) -> bool:
+    try:
+        number = float(value)
+    except ValueError:
+        return False
+    return math.isfinite(number) and number > 0
+
+
+def check_body_headers(request: web.Request, max_file_bytes: int) -> None:
+    """What the headers tell of the body: its declared size (413), its encoding (415), and that it
+    is a file (a JSON body names a URL: 400; anything else not audio: 415)."""
+    if request.content_length is not None and request.content_length > max_file_bytes:
+        raise too_large(max_file_bytes)
+    check_content_encoding(request)
+    media_type = request.content_type
+    if media_type == "application/json":
+        message = (
+            "this server does not fetch audio from a URL: it would reach whatever address the URL names "
+            "from inside your network, and it may have no internet; send the file itself as the body "
+            "(Content-Type audio/* or application/octet-stream; the SDK's transcribe_file)"
+        )
+        raise RequestError("url_not_fetched", message)
+    if media_type != "application/octet-stream" and not media_type.startswith(MEDIA_TYPES):
+        message = (
+            f"the body's Content-Type is {media_type!r}: send the audio file itself as the body, "
+            "with Content-Type audio/* (audio/wav, audio/mpeg, ...) or application/octet-stream"
+        )
+        raise RequestError("unsupported_media_type", message, status=415)
+
+
+async def read_body(request: web.Request, max_file_bytes: int, pace: UploadPace) -> bytes:
+    """The whole body, its size checked while reading; a body slower than `pace` allows is refused (408)."""
+    try:
+        read = functools.partial(request.content.read, READ_BYTES)
+        return await read_limited(read, max_file_bytes, pace, functools.partial(too_large, max_file_bytes))
+    except web.RequestPayloadError as exc:  # a body its Content-Encoding cannot decode
+        raise RequestError("invalid_request", f"the request body cannot be read: {client_fault(exc)}") from None
+
+
+# --- the response --------------------------------------------------------------------------------
+
+
+def bare_word(token: str) -> str:
+    """A token as Deepgram's `word` has it: lowercase, without the punctuation around it."""
+    return EDGE_PUNCTUATION.sub("", token).lower() or token.lower()
+
+
+def words(final: FinalTranscript, language: str | None) -> list[dict[str, Any]]:
+    """The final's words, each spanning the whole utterance with the final's confidence: the engine
+    gives no word timestamps, and a made-up time per word would look measured."""
+    sureness = confidence(final)
+    start, end = round(final.start, 3), round(final.end, 3)
+    spans = [
+        {"word": bare_word(token), "start": start, "end": end, "confidence": sureness, "punctuated_word": token}
+        for token in final.text.split()
+    ]
+    return [{**span, "language": language} for span in spans] if language else spans
+
+
+@dataclass(frozen=True)
+class Transcribed:
+    """A file's transcription, and what Deepgram's metadata says of the request."""
+
+    finals: list[FinalTranscript]
+    """Finals that have words, in order."""
+    seconds: float
+    sha256: str
+    engine_model: tuple[str, dict[str, str]]
+    """`model_info`: the model's id and description."""
+
+
+def response_body(result: Transcribed, params: PrerecordedParams) -> dict[str, Any]:
+    """Deepgram's response: one channel with one alternative (the finals joined by spaces), and
+    the utterances when asked for."""
+    request_id = str(uuid.uuid4())
+    created = datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    model_id, model = result.engine_model
+    finals = result.finals
+    language = next((final.language for final in finals if final.language), None)
+    word_language = language if params.detection == "multi" else None
+    alternative: dict[str, Any] = {
+        "transcript": " ".join(final.text.strip() for final in finals),
+        "confidence": _mean([confidence(final) for final in finals if final.avg_logprob is not None]),
+        "words": [word for final in finals for word in words(final, word_language)],
+    }
+    channel: dict[str, Any] = {"alternatives": [alternative]}
+    if language and params.detection == "multi":
+        alternative["languages"] = [language]
+    if language and params.detection == "detect_language":
+        channel["detected_language"] = language
+    results: dict[str, Any] = {"channels": [channel]}
+    if params.utterances:
+        results["utterances"] = [_utterance(final, word_language) for final in finals]
+    metadata = {
+        "transaction_key": "deprecated",
+        "request_id": request_id,
+        "sha256": result.sha256,
+        "created": created,
+        "duration": round(result.seconds, 3),
+        "channels": 1,
+        "models": [model_id],
+        "model_info": {model_id: model},
+    }
+    return {"metadata": metadata, "results": results}
+
+
+def _utterance(final: FinalTranscript, language: str | None) -> dict[str, Any]:
+    utterance = {
+        "start": round(final.start, 3),
+        "end": round(final.end, 3),
+        "confidence": confidence(final),
+        "channel": 0,
+        "transcript": final.text.strip(),
+        "words": words(final, language),
+        "id": str(uuid.uuid4()),
+    }
+    return utterance | {"languages": [language]} if language else utterance
+
+
+def _mean(values: Sequence[float]) -> float:
+    """The transcript's confidence: of the finals whose engine said how sure it was (0 is no measure)."""
+    return round(sum(values) / len(values), 4) if values else 0.0
+
+
+# --- the handler ---------------------------------------------------------------------------------
+
+
+class PrerecordedHandler:
+    """aiohttp handler for `POST /v1/listen`; `Access` has checked Host, Origin and key before it runs."""
+
+    def __init__(self, core: Core, uploads: Uploads) -> None:
+        self.core = core
+        self.uploads = uploads
+
+    async def transcribe(self, request: web.Request) -> web.StreamResponse:
+        try:
+            with self.uploads.connections.opened(request.remote or ""):
+                return await self._transcribe(request)
+        except (TooManyConnections, ProtocolError) as exc:
+            return self._refuse(exc)
+        except (ClientGone, ConnectionError):  # the client left, mid-body or mid-transcription
+            return client_gone()
+
+    def refused_before_body(self, request: web.Request) -> web.Response | None:
+        """The refusal `transcribe` would answer from the request's headers alone, else None: what
+        an `Expect: 100-continue` request is told before it sends its file."""
+        try:
+            self.uploads.connections.check(request.remote or "")
+            self._check_headers(request)
+        except (TooManyConnections, ProtocolError) as exc:
+            return self._refuse(exc)
+        return None
+
+    def _refuse(self, exc: TooManyConnections | ProtocolError) -> web.Response:
+        """The error in Deepgram's body (`Uploads.refusal`)."""
+        return self.uploads.refusal(exc, lambda error: deepgram_error(error.code, error.message))
+
+    def _check_headers(self, request: web.Request) -> PrerecordedParams:
+        """Everything that can refuse the request before its body is read: the query first."""
+        try:
+            params = parse_params(request.query, self.core)
+        except ParameterError as exc:
+            raise RequestError("invalid_query_parameter", f"{exc.parameter}: {exc}") from None
+        self.uploads.check_ready(PROTOCOL)
+        check_body_headers(request, self.uploads.max_file_bytes)
+        return params
+
+    async def _transcribe(self, request: web.Request) -> web.Response:
+        params = self._check_headers(request)
+        pace = UploadPace.from_settings(self.core.settings)
+        body = await read_body(request, self.uploads.max_file_bytes, pace)
+        sha256 = hashlib.sha256(body).hexdigest()
+        audio_file = await self.uploads.open_file(body)
+        options = upload_options(self.core.settings, params.language, "", params.terms)
+        finals, seconds = await self.uploads.transcribe(request, audio_file, PROTOCOL, options)
+        result = Transcribed(finals, seconds, sha256, model_info(self.core.engine_info))
+        return web.json_response(response_body(result, params))

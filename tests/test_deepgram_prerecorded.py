@@ -1,0 +1,216 @@
+"""Deepgram's pre-recorded API (`POST /v1/listen`) end to end: real daemon, real Silero, real
+tiny.en; the deepgram-sdk's `transcribe_file`, LiveKit's `STT.recognize`, and raw requests for
+every refusal."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import io
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import httpx
+import pytest
+from deepgram.types.listen_v1response import ListenV1Response
+from livekit import rtc
+from livekit.agents import APIConnectOptions
+from livekit.plugins import deepgram as lk_deepgram
+
+from satellite_asr.audio import SAMPLE_RATE
+from satellite_asr.engines.base import EngineStream, StreamOptions
+from satellite_asr.engines.whisper import WhisperEngine
+from satellite_asr.protocols import deepgram, openai_rest
+from satellite_asr.server import Daemon
+from tests.doubles import ContextRecordingEngineDouble
+from tests.helpers import EXPECTED, FIXTURES, eventually, fixture_16k, pcm16, running_daemon, same_words
+from tests.test_deepgram_clients import KEY, sdk_client, validated
+
+pytestmark = [
+    pytest.mark.timeout(180),
+    # the deepgram-sdk imports websockets' names that websockets 16 deprecates, even for REST
+    pytest.mark.filterwarnings("ignore:websockets.legacy is deprecated:DeprecationWarning"),
+    pytest.mark.filterwarnings("ignore:websockets.exceptions.InvalidStatusCode is deprecated:DeprecationWarning"),
+]
+
+FIXTURE = "three_commands.wav"
+WAV = {"Content-Type": "audio/wav"}
+
+
+def listen_url(daemon: Daemon, query: str = "") -> str:
+    return f"http://127.0.0.1:{daemon.http_port}{deepgram.PATH}?{query}"
+
+
+def fixture_bytes(name: str = FIXTURE) -> bytes:
+    return (FIXTURES / name).read_bytes()
+
+
+async def post(daemon: Daemon, query: str, body: Any, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    """A raw `POST /v1/listen`: the status and the JSON answer."""
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(listen_url(daemon, query), data=body, headers=WAV if headers is None else headers) as response,
+    ):
+        return response.status, await response.json()
+
+
+async def test_sdk_transcribe_file_gets_a_typed_response_with_words_and_utterances() -> None:
+    data = fixture_bytes()
+    async with running_daemon(api_key=KEY) as daemon, httpx.AsyncClient() as http:  # closed, unlike the SDK's own
+        media = sdk_client(daemon, httpx_client=http).listen.v1.media
+        response = await media.transcribe_file(request=data, model="nova-3", smart_format=True, utterances=True)
+    assert isinstance(response, ListenV1Response)
+    validated(response)
+    metadata = response.metadata
+    assert metadata.sha256 == hashlib.sha256(data).hexdigest()
+    assert metadata.duration == pytest.approx(fixture_16k(FIXTURE).size / SAMPLE_RATE, abs=0.01)
+    assert metadata.channels == 1 and metadata.models == list(metadata.model_info)
+    [channel] = response.results.channels
+    assert channel.alternatives is not None
+    [alternative] = channel.alternatives
+    utterances = response.results.utterances
+    assert utterances is not None and same_words(EXPECTED[FIXTURE], [u.transcript or "" for u in utterances])
+    assert alternative.transcript == " ".join(u.transcript or "" for u in utterances)
+    assert alternative.words is not None
+    assert [w.punctuated_word for w in alternative.words] == (alternative.transcript or "").split()
+    assert [w.word for w in alternative.words] == " ".join(EXPECTED[FIXTURE]).split()
+    spans = [(w.start, w.end) for w in alternative.words]
+    assert spans == [(u.start, u.end) for u in utterances for _ in (u.transcript or "").split()]
+    assert channel.detected_language is None, "reported only when detect_language asked for it"
+
+
+async def test_livekit_recognize_transcribes_a_buffer() -> None:
+    samples = pcm16(fixture_16k("lights_on.wav"), SAMPLE_RATE)
+    frame = rtc.AudioFrame(samples, SAMPLE_RATE, 1, len(samples) // 2)
+    async with running_daemon(api_key=KEY) as daemon, aiohttp.ClientSession() as http:
+        stt = lk_deepgram.STT(api_key=KEY, base_url=listen_url(daemon).rstrip("?"), http_session=http)
+        event = await stt.recognize([frame], conn_options=APIConnectOptions(max_retry=0, timeout=10))
+    [speech] = event.alternatives
+    assert same_words(EXPECTED["lights_on.wav"], [speech.text])
+    assert 0 < speech.start_time < speech.end_time <= len(samples) / 2 / SAMPLE_RATE
+    assert speech.words is not None and " ".join(str(word) for word in speech.words) == speech.text
+
+
+class LanguageRecordingEngineDouble(WhisperEngine):
+    """Real whisper that records the language each stream was opened with (None: detect it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.languages: list[str | None] = []
+
+    def open_stream(self, options: StreamOptions) -> EngineStream:
+        self.languages.append(options.language)
+        return super().open_stream(options)
+
+
+async def test_detect_language_lets_the_engine_detect_and_reports_what_it_heard() -> None:
+    engine = LanguageRecordingEngineDouble()
+    async with running_daemon(engine) as daemon:
+        _, detected = await post(daemon, "detect_language=true", fixture_bytes("lights_on.wav"))
+        _, multi = await post(daemon, "language=multi", fixture_bytes("lights_on.wav"))
+        _, named = await post(daemon, "language=en", fixture_bytes("lights_on.wav"))
+    assert engine.languages == [None, None, "en"]
+    [channel] = detected["results"]["channels"]
+    assert channel["detected_language"] == "en"
+    assert same_words(EXPECTED["lights_on.wav"], [channel["alternatives"][0]["transcript"]])
+    [alternative] = multi["results"]["channels"][0]["alternatives"]
+    assert alternative["languages"] == ["en"] and {w["language"] for w in alternative["words"]} == {"en"}
+    [fixed] = named["results"]["channels"]
+    assert "detected_language" not in fixed and "languages" not in fixed["alternatives"][0]
+
+
+async def test_keyterms_and_keywords_reach_the_engine() -> None:
+    engine = ContextRecordingEngineDouble()
+    query = "keyterm=Calloway%20blinds&keyterm=Aoife&keywords=Marigold:2.5"
+    async with running_daemon(engine) as daemon:
+        status, _ = await post(daemon, query, fixture_bytes("lights_on.wav"))
+    assert status == 200
+    assert engine.names[-1][:3] == ("Calloway blinds", "Aoife", "Marigold")
+
+
+async def chunked(data: bytes) -> AsyncIterator[bytes]:
+    """`data` as a chunked body: no Content-Length tells its size before it is read."""
+    for offset in range(0, len(data), 64 * 1024):
+        yield data[offset : offset + 64 * 1024]
+
+
+async def test_every_refusal_is_deepgrams_error_body() -> None:
+    over_a_megabyte = bytes(1024 * 1024 + 1)  # sent as BytesIO: aiohttp warns of a large body in bytes
+    cases: list[tuple[str, Any, dict[str, str] | None, int, str]] = [
+        ("colour=blue", fixture_bytes(), None, 400, "invalid_query_parameter"),
+        ("utterances=maybe", fixture_bytes(), None, 400, "invalid_query_parameter"),
+        ("language=xx", fixture_bytes(), None, 400, "invalid_query_parameter"),
+        ("language=en&detect_language=true", fixture_bytes(), None, 400, "invalid_query_parameter"),
+        ("diarize=true", fixture_bytes(), None, 400, "invalid_query_parameter"),
+        ("summarize=v2", fixture_bytes(), None, 400, "invalid_query_parameter"),
+        ("callback=http://example.com/", fixture_bytes(), None, 400, "invalid_query_parameter"),
+        ("encoding=linear16", fixture_bytes(), None, 400, "invalid_query_parameter"),
+        ("", b'{"url": "https://example.com/a.wav"}', {"Content-Type": "application/json"}, 400, "url_not_fetched"),
+        ("", b"", None, 400, "invalid_file"),
+        ("", b"these bytes are not audio", None, 400, "invalid_file"),
+        ("", fixture_bytes(), {"Content-Type": "text/plain"}, 415, "unsupported_media_type"),
+        ("", io.BytesIO(over_a_megabyte), None, 413, "file_too_large"),
+        ("", chunked(over_a_megabyte), None, 413, "file_too_large"),
+        ("", fixture_bytes(), {**WAV, "Authorization": "Token wrong"}, 401, "invalid_api_key"),
+    ]
+    answers = []
+    async with running_daemon(api_key=KEY, max_upload_mb=1) as daemon:
+        for query, body, headers, _, _ in cases:
+            status, answer = await post(daemon, query, body, {"Authorization": f"Token {KEY}", **(headers or WAV)})
+            assert answer["err_msg"] and answer["request_id"], answer
+            answers.append((query, status, answer["err_code"]))
+    assert answers == [(query, status, code) for query, _, _, status, code in cases]
+
+
+async def test_a_parameter_error_names_the_parameter() -> None:
+    async with running_daemon() as daemon:
+        _, unknown = await post(daemon, "colour=blue", fixture_bytes())
+        _, refused = await post(daemon, "paragraphs=true", fixture_bytes())
+    assert unknown["err_msg"] == "colour: unknown query parameter 'colour'"
+    assert refused["err_msg"].startswith("paragraphs: this server does not do paragraphs")
+
+
+async def closed(writer: asyncio.StreamWriter) -> None:
+    writer.close()
+    with contextlib.suppress(ConnectionError):
+        await writer.wait_closed()
+
+
+async def test_a_bad_query_is_refused_before_the_body_is_sent() -> None:
+    """`Expect: 100-continue`: the refusal comes instead of the go-ahead, so the file is never sent."""
+    async with running_daemon() as daemon:
+        reader, writer = await asyncio.open_connection("127.0.0.1", daemon.http_port)
+        head = (
+            f"POST {deepgram.PATH}?colour=blue HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: audio/wav\r\n"
+            "Content-Length: 100000\r\nExpect: 100-continue\r\n\r\n"
+        )
+        writer.write(head.encode())
+        status_line = await asyncio.wait_for(reader.readline(), 10)
+        await closed(writer)
+    assert status_line.startswith(b"HTTP/1.1 400"), status_line
+
+
+async def test_uploads_to_either_api_share_one_cap() -> None:
+    """An OpenAI upload whose body is still arriving holds the one slot of `max_uploads`: a Deepgram
+    upload is told so (503, `Retry-After`) in Deepgram's body."""
+    async with running_daemon(max_uploads=1) as daemon:
+        _, writer = await asyncio.open_connection("127.0.0.1", daemon.http_port)
+        head = (
+            f"POST {openai_rest.TRANSCRIPTIONS_PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            "Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 100000\r\n\r\n--b\r\n"
+        )
+        writer.write(head.encode())
+        await writer.drain()
+        try:
+            await eventually(lambda: len(daemon.uploads.connections) == 1)  # the OpenAI upload has its slot
+            async with (
+                aiohttp.ClientSession() as http,
+                http.post(listen_url(daemon), data=fixture_bytes(), headers=WAV) as response,
+            ):
+                answer = await response.json()
+        finally:
+            await closed(writer)
+    assert response.status == 503 and response.headers["Retry-After"] == "5"
+    assert answer["err_code"] == "too_many_connections" and "max_uploads" in answer["err_msg"]
