@@ -37,6 +37,7 @@ PROTOCOL_DOCS = {
     "protocols/openai_realtime_config.py": "docs/openai.md",
     "protocols/deepgram.py": "docs/deepgram.md",
     "protocols/deepgram_flux.py": "docs/deepgram.md",
+    "protocols/deepgram_prerecorded.py": "docs/deepgram.md",
     "protocols/assemblyai.py": "docs/assemblyai.md",
     "protocols/wyoming.py": "docs/wyoming.md",
     "protocols/wyoming_framing.py": "docs/wyoming.md",
@@ -186,8 +187,12 @@ def test_wyoming_md_gives_the_sensitivity_scales_and_framing_limits_the_daemon_u
     assert not [words for words in quoted if words not in text], "docs/wyoming.md"
 
 
-OTHER_PROGRAMS_FLAGS = {"--build-arg", "--entrypoint", "--gpus", "--name", "--network", "--restart", "--ulimit"}
-"""Flags of the docker commands the docs show (addon/DOCS.md, docs/security.md), not satellite-asr's."""
+OTHER_PROGRAMS_FLAGS = {
+    *("--build-arg", "--entrypoint", "--gpus", "--name", "--network", "--restart", "--ulimit"),
+    "--data-binary",
+}
+"""Flags of the docker commands the docs show (addon/DOCS.md, docs/security.md) and of curl's
+(docs/deepgram.md), not satellite-asr's."""
 
 
 def _cli_flags(parser: argparse.ArgumentParser) -> set[str]:
