@@ -24,8 +24,17 @@ from satellite_asr.engines.base import EngineStream, StreamOptions
 from satellite_asr.engines.whisper import WhisperEngine
 from satellite_asr.protocols import deepgram, openai_rest
 from satellite_asr.server import Daemon
-from tests.doubles import ContextRecordingEngineDouble
-from tests.helpers import EXPECTED, FIXTURES, eventually, fixture_16k, pcm16, running_daemon, same_words
+from tests.doubles import ContextRecordingEngineDouble, GatedEngineDouble
+from tests.helpers import (
+    EXPECTED,
+    FIXTURES,
+    daemon_settings,
+    eventually,
+    fixture_16k,
+    pcm16,
+    running_daemon,
+    same_words,
+)
 from tests.test_deepgram_clients import KEY, sdk_client, validated
 
 pytestmark = [
@@ -121,13 +130,29 @@ async def test_detect_language_lets_the_engine_detect_and_reports_what_it_heard(
     assert "detected_language" not in fixed and "languages" not in fixed["alternatives"][0]
 
 
-async def test_keyterms_and_keywords_reach_the_engine() -> None:
+async def test_keyterms_and_keywords_reach_the_engine_in_a_session_of_its_own_protocol() -> None:
     engine = ContextRecordingEngineDouble()
     query = "keyterm=Calloway%20blinds&keyterm=Aoife&keywords=Marigold:2.5"
     async with running_daemon(engine) as daemon:
         status, _ = await post(daemon, query, fixture_bytes("lights_on.wav"))
+        metrics = daemon.core.metrics.render().decode()
     assert status == 200
     assert engine.names[-1][:3] == ("Calloway blinds", "Aoife", "Marigold")
+    assert 'satellite_asr_sessions_total{protocol="deepgram-prerecorded"} 1.0' in metrics
+
+
+async def test_a_transcription_cut_by_shutdown_is_deepgrams_503() -> None:
+    engine = GatedEngineDouble()  # its finals never decode: the shutdown finds the upload in flight
+    daemon = Daemon(daemon_settings(shutdown_timeout_s=2), engine)
+    try:
+        await daemon.start()
+        await daemon.core.wait_ready()
+        uploading = asyncio.create_task(post(daemon, "", fixture_bytes("lights_on.wav")))
+        await eventually(lambda: bool(engine.finals))
+    finally:
+        await daemon.stop()
+    status, answer = await uploading
+    assert (status, answer["err_code"]) == (503, "shutdown"), answer
 
 
 async def chunked(data: bytes) -> AsyncIterator[bytes]:
