@@ -22,7 +22,7 @@ from wyoming.event import Event, async_read_event, async_write_event
 from satellite_asr.audio import ENCODINGS, MAX_RATE, MIN_RATE
 from satellite_asr.clients.stream_client import stream_file
 from satellite_asr.core import Core
-from satellite_asr.protocols import ProtocolError
+from satellite_asr.protocols import ProtocolError, assemblyai
 from satellite_asr.protocols.deepgram import ENCODINGS as DEEPGRAM_ENCODINGS
 from satellite_asr.protocols.deepgram import (
     IGNORED,
@@ -162,6 +162,38 @@ def test_deepgram_query_is_accepted_or_refused_naming_a_parameter(pairs: list[tu
     else:
         assert params.encoding in DEEPGRAM_ENCODINGS and MIN_RATE <= params.sample_rate <= MAX_RATE
         assert params.decoder().sample_rate == params.sample_rate and params.channels >= 1
+
+
+assemblyai_names = st.sampled_from(
+    sorted(
+        {"sample_rate", "encoding", "language_code", *assemblyai.WHOLE, *assemblyai.FRACTIONS, *assemblyai.BOOLEANS}
+        | assemblyai.TEXTS
+        | assemblyai.LISTS
+        | set(assemblyai.REFUSED_WHEN_ON)
+        | set(assemblyai.REFUSED_WHEN_GIVEN)
+    )
+) | st.text(max_size=10)
+assemblyai_values = (
+    st.sampled_from(["pcm_s16le", "pcm_mulaw", "true", "false", "16000", "0.5", "100", '["en"]', '["Aoife"]', "[]"])
+    | st.lists(st.text(max_size=8), max_size=3).map(json.dumps)
+    | json_values.map(json.dumps)
+    | st.text(max_size=12)
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.tuples(assemblyai_names, assemblyai_values), max_size=8))
+@example([("keyterms_prompt", "[" * 5000)])  # deeper than the JSON parser goes
+@example([("language_codes", '["en", "multi"]')])
+def test_assemblyai_query_is_accepted_or_refused_naming_a_parameter(pairs: list[tuple[str, str]]) -> None:
+    query = MultiDict([*([("sample_rate", "16000")] if "sample_rate" not in dict(pairs) else []), *pairs])
+    try:
+        params = assemblyai.parse_params(query, CORE)
+    except ParameterError as error:
+        assert error.parameter in query and str(error)
+    else:
+        assert isinstance(params, assemblyai.StreamingParams) and params.encoding in assemblyai.ENCODINGS
+        assert MIN_RATE <= params.sample_rate <= MAX_RATE and params.decoder().sample_rate == params.sample_rate
 
 
 def header_line(header: dict[str, Any]) -> bytes:
@@ -317,6 +349,40 @@ async def flux_session(url: str, frames: list[str | bytes]) -> None:
         assert messages[0]["type"] == "Connected", messages
 
 
+assemblyai_sessions = st.lists(
+    listen_text
+    | listen_binary
+    | st.sampled_from(["Terminate", "ForceEndpoint", "KeepAlive", "UpdateConfiguration"]).map(
+        lambda kind: json.dumps({"type": kind})
+    )
+    | st.dictionaries(
+        st.sampled_from(["format_turns", "keyterms_prompt", "max_turn_silence", "language_codes", "x"]),
+        json_values,
+        max_size=2,
+    ).map(lambda fields: json.dumps({"type": "UpdateConfiguration", **fields})),
+    min_size=1,
+    max_size=8,
+)
+ASSEMBLYAI_TYPES = {"Begin", "SpeechStarted", "Turn", "Termination", "Warning", "Error"}
+
+
+async def assemblyai_session(url: str, frames: list[str | bytes]) -> None:
+    """Sends the frames, then `Terminate`: every message is one of AssemblyAI's, `Begin` first, every
+    `Warning` a documented code, a turn's messages end with its one final, and a stream that ends by
+    the client's word ends with `Termination`."""
+    messages, close_code = await closed_stream(url, frames, '{"type": "Terminate"}')
+    assert {m["type"] for m in messages} <= ASSEMBLYAI_TYPES, messages
+    assert {m["warning_code"] for m in of_type(messages, "Warning")} <= {3005, 3006}, messages
+    assert not messages or messages[0]["type"] == "Begin", messages
+    ended: set[int] = set()
+    for turn in of_type(messages, "Turn"):
+        assert turn["turn_order"] not in ended, messages
+        if turn["end_of_turn"]:
+            ended.add(turn["turn_order"])
+    if close_code == 1000:
+        assert messages and messages[-1]["type"] == "Termination", messages
+
+
 wyoming_events = st.one_of(
     st.builds(
         Event,
@@ -409,6 +475,14 @@ async def test_random_sessions_on_every_streaming_protocol_leave_the_daemon_and_
         def flux_fuzz(frames: list[str | bytes]) -> None:
             asyncio.run_coroutine_threadsafe(flux_session(flux_url, frames), loop).result(60)
 
+        assemblyai_url = f"ws://127.0.0.1:{daemon.http_port}/v3/ws?sample_rate=16000"
+
+        @settings(max_examples=100, deadline=None)
+        @given(assemblyai_sessions)
+        @example(['{"type": "UpdateConfiguration", "keyterms_prompt": {}}'])
+        def assemblyai_fuzz(frames: list[str | bytes]) -> None:
+            asyncio.run_coroutine_threadsafe(assemblyai_session(assemblyai_url, frames), loop).result(60)
+
         @settings(max_examples=150, deadline=None)
         @given(wyoming_sessions)
         def wyoming_fuzz(events: list[Event]) -> None:
@@ -417,6 +491,7 @@ async def test_random_sessions_on_every_streaming_protocol_leave_the_daemon_and_
         await loop.run_in_executor(None, websocket_fuzz)
         await loop.run_in_executor(None, listen_fuzz)
         await loop.run_in_executor(None, flux_fuzz)
+        await loop.run_in_executor(None, assemblyai_fuzz)
         await loop.run_in_executor(None, wyoming_fuzz)
         stop.set()
         await beside

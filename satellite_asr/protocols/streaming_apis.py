@@ -4,6 +4,7 @@ connection fed the client's raw audio, and the stream's end by the client or the
 
 Each API is an `Api`: its path, how its query is read, how it refuses, and its `StreamingConnection`,
 which turns session events into the API's own messages. `StreamingApiHandler` serves any of them.
+The checks of a query's parameters serve Deepgram's pre-recorded API too.
 """
 
 from __future__ import annotations
