@@ -83,7 +83,16 @@ async def sdk_stream(
         await asyncio.sleep(FRAME_S)
         if force_endpoint_at is not None and offset + step == int(force_endpoint_at * SAMPLE_RATE) * 2:
             await client.force_endpoint()
+    await terminate(client)
+
+
+async def terminate(client: AsyncStreamingClient) -> None:
+    """`Terminate`, and the SDK waits for `Termination` (5 s at most) and closes; a message its read
+    loop failed on (one that does not validate as its model: the SDK loses the rest) fails the test."""
     await client.disconnect(terminate=True)
+    reading = client._read_task  # the SDK leaves the failure in its task, unreported
+    if reading is not None and reading.done() and not reading.cancelled() and reading.exception() is not None:
+        raise AssertionError(f"the SDK failed on a message: {reading.exception()}") from reading.exception()
 
 
 def shape(events: list[Any]) -> str:
@@ -140,7 +149,7 @@ async def test_sdk_reports_a_wrong_key_as_the_handshakes_401() -> None:
     async with running_daemon(api_key=KEY) as daemon:
         client, events = sdk_client(daemon, "wrong")
         await client.connect(StreamingParameters(sample_rate=SAMPLE_RATE))
-        await client.disconnect(terminate=True)
+        await terminate(client)
     [error] = events
     assert isinstance(error, StreamingError) and error.code == 401, error
 
@@ -162,7 +171,7 @@ async def test_sdk_reports_a_refused_parameter_as_error_3006_naming_it(
     async with running_daemon(api_key=KEY) as daemon:
         client, events = sdk_client(daemon)
         await client.connect(parameters)
-        await client.disconnect(terminate=True)
+        await terminate(client)
     [error] = events
     assert isinstance(error, StreamingError) and error.code == assemblyai.INPUT_INVALID, error
     assert str(error).startswith(f"{parameter}: "), error
@@ -206,7 +215,7 @@ async def test_sdk_every_parameter_it_sends_is_accepted() -> None:
     async with running_daemon(api_key=KEY) as daemon:
         client, events = sdk_client(daemon)
         await client.connect(parameters)
-        await client.disconnect(terminate=True)
+        await terminate(client)
     assert shape(events) == "BT", events
 
 
