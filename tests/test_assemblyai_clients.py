@@ -46,7 +46,12 @@ from tests.helpers import EXPECTED, fixture_16k, pcm16, running_daemon, same_wor
 from tests.test_deepgram_clients import FIXTURE, FRAME_S, livekit_stream
 from tests.test_pipecat import running_pipeline, speak
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [
+    pytest.mark.timeout(180),
+    # assemblyai 1.8 reads a ConnectionClosed's code and reason, which websockets 13.1 deprecated
+    pytest.mark.filterwarnings("ignore:ConnectionClosed.code is deprecated:DeprecationWarning"),
+    pytest.mark.filterwarnings("ignore:ConnectionClosed.reason is deprecated:DeprecationWarning"),
+]
 
 KEY = "assemblyai-test-key"
 FORCED_AT_S = 1.2
