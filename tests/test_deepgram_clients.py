@@ -136,10 +136,13 @@ async def livekit_stream(stt: lk_stt.STT) -> list[lk_stt.SpeechEvent]:
 
     reading = asyncio.create_task(read())
     for offset in range(0, len(audio), step):
+        if reading.done():  # the stream failed (it takes no more frames): what it raised is raised below
+            break
         data = audio[offset : offset + step]
         stream.push_frame(rtc.AudioFrame(data, SAMPLE_RATE, 1, len(data) // 2))
         await asyncio.sleep(FRAME_S)
-    stream.end_input()
+    else:
+        stream.end_input()
     await asyncio.wait_for(reading, 30)  # raises what the stream raised
     await stt.aclose()
     assert errors == []
