@@ -289,7 +289,7 @@ listen_binary = (
 listen_sessions = st.lists(listen_text | listen_binary, min_size=1, max_size=8)
 LISTEN_VARIANTS = {"SchemaError", "invalid_audio", "server_busy", "engine_error"}
 """The `Error` variants docs/deepgram.md lists."""
-LISTEN_TYPES = {"Results", "SpeechStarted", "UtteranceEnd", "Metadata", "Error", "ConfigureFailure"}
+LISTEN_TYPES = {"Results", "SpeechStarted", "UtteranceEnd", "Metadata", "Error", "ConfigureSuccess", "ConfigureFailure"}
 
 
 async def closed_stream(
