@@ -6,17 +6,19 @@ from __future__ import annotations
 import asyncio
 import json
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import parse_qsl, quote
 
 import aiohttp
 import pytest
 import websockets
+from multidict import MultiDict
 
 from satellite_asr.biasing.context import MAX_CLIENT_TERMS
+from satellite_asr.core import Core
 from satellite_asr.protocols import assemblyai
 from satellite_asr.server import Daemon
 from tests.doubles import ContextRecordingEngineDouble, CrashingEngineDouble
-from tests.helpers import EXPECTED, fixture_16k, pcm16, running_daemon, same_words
+from tests.helpers import EXPECTED, daemon_settings, fixture_16k, pcm16, running_daemon, same_words
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -123,6 +125,24 @@ async def test_force_endpoint_ends_the_turn_in_progress_and_the_stream_goes_on()
     assert forced["turn_order"] == 0 and forced["transcript"]
     [final] = final_turns(rest)
     assert final["turn_order"] == 1 and same_words(EXPECTED["lights_on.wav"], [final["transcript"]])
+
+
+@pytest.mark.parametrize(
+    ("query", "language"),
+    [
+        ("language_code=en&language_codes=%5B%22en%22%5D", "en"),
+        ("language_codes=%5B%22en%22%2C%22en%22%5D", "en"),
+        ("language_code=de&language_codes=%5B%22en%22%5D", "en"),
+        ("language_codes=%5B%22en%22%2C%22de%22%5D", None),
+        ("language_codes=%5B%22multi%22%5D", None),
+        ("language_detection=true&language_code=en", None),
+    ],
+)
+def test_the_stream_language(query: str, language: str | None) -> None:
+    """`language_codes` binds over `language_code` (AssemblyAI's older name); one language named,
+    even twice, is the stream's; several, `multi` or `language_detection` let the engine detect."""
+    params = assemblyai.parse_params(MultiDict(parse_qsl(f"{RATE}&{query}")), Core(daemon_settings()))
+    assert isinstance(params, assemblyai.StreamingParams) and params.language == language
 
 
 async def test_keyterms_reach_the_engine_and_update_configuration_replaces_them() -> None:

@@ -42,6 +42,7 @@ from pipecat.services.assemblyai.stt import AssemblyAISTTService
 from satellite_asr.audio import SAMPLE_RATE
 from satellite_asr.protocols import assemblyai
 from satellite_asr.server import Daemon
+from tests.doubles import ContextRecordingEngineDouble
 from tests.helpers import EXPECTED, fixture_16k, pcm16, running_daemon, same_words
 from tests.test_deepgram_clients import FIXTURE, FRAME_S, livekit_stream
 from tests.test_pipecat import running_pipeline, speak
@@ -240,20 +241,23 @@ async def test_sdk_force_endpoint_ends_the_turn_there_and_the_stream_goes_on() -
     assert isinstance(events[-1], TerminationEvent) and "E" not in shape(events) and "W" not in shape(events)
 
 
-async def test_sdk_update_configuration_keyterms_is_a_warning_and_format_turns_applies() -> None:
-    """`UpdateConfiguration` with keyterms (which cannot change mid-stream here) is a Warning (3006)
-    naming them, nothing changed; a KeepAlive is taken silently; `format_turns` then applies to the
-    command's final."""
-    async with running_daemon(api_key=KEY) as daemon:
+async def test_sdk_update_configuration_replaces_keyterms_refuses_languages_and_applies_format_turns() -> None:
+    """`UpdateConfiguration` with keyterms replaces them for the next utterance; one with languages
+    (which cannot change mid-stream here) is a Warning (3006) naming them, nothing changed; a
+    KeepAlive is taken silently; `format_turns` then applies to the command's final."""
+    engine = ContextRecordingEngineDouble()
+    async with running_daemon(engine, api_key=KEY) as daemon:
         client, events = sdk_client(daemon)
-        await client.connect(StreamingParameters(sample_rate=SAMPLE_RATE))
+        await client.connect(StreamingParameters(sample_rate=SAMPLE_RATE, keyterms_prompt=["Calloway"]))
         await client.set_params(StreamingSessionParameters(keyterms_prompt=["Aoife"]))
+        await client.set_params(StreamingSessionParameters(language_codes=["de"]))
         await client.keep_alive()
         await client.set_params(StreamingSessionParameters(format_turns=True))
         await sdk_stream(client, "lights_on.wav")
     assert re.fullmatch(r"BWSp+FT", shape(events)), shape(events)
     warning = events[1]
-    assert warning.warning_code == assemblyai.INPUT_INVALID and "keyterms_prompt" in warning.warning, warning
+    assert warning.warning_code == assemblyai.INPUT_INVALID and "language_codes" in warning.warning, warning
+    assert [names[:1] for names in engine.names] == [("Aoife",)]
     [final] = [event for event in events if isinstance(event, TurnEvent) and event.end_of_turn]
     assert final.turn_is_formatted
     assert same_words(EXPECTED["lights_on.wav"], [final.transcript])

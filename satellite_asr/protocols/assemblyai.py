@@ -161,9 +161,9 @@ def parse_params(query: MultiMapping[str], core: Core) -> StreamParams:
     sample_rate = whole_parameter(query, "sample_rate", None, MIN_RATE, MAX_RATE)
     if sample_rate is None:
         raise ParameterError("sample_rate", "sample_rate is required: this server takes raw audio")
-    codes = text_list(query, "language_codes")
-    if "language_code" in query:
-        codes = [*codes, query["language_code"]]
+    # `language_codes` binds when both are given, as AssemblyAI does; a code named twice is one language
+    named = text_list(query, "language_codes") if "language_codes" in query else query.getall("language_code", [])
+    codes = list(dict.fromkeys(named))
     detect = boolean_parameter(query, "language_detection", False) or len(codes) > 1 or "multi" in codes
     try:
         language = None if detect else checked_language(core, codes[0] if codes else None, "language_codes")
