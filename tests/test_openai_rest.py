@@ -422,6 +422,8 @@ async def test_bad_uploads_and_fields_get_openai_errors_and_the_next_request_is_
     assert errors["8 Hz"].code == "invalid_file" and "sample rate is 8 Hz" in errors["8 Hz"].message
     assert "'fr'" in errors["language"].message and "en" in errors["language"].message
     assert len(errors["long language"].message) < MESSAGE_CHARS + 50, "the 50 KB it quotes is cut"
+    cut = re.search(r"\(cut: (\d+) characters\)$", errors["long language"].message)
+    assert cut and int(cut[1]) > 50_000, "the cut says how long the message was, not how long its cut was"
     assert word_error_rate(EXPECTED["lights_on.wav"][0], after.text) <= WER_TOLERANCE, "nothing else was lost"
 
 

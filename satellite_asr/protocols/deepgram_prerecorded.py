@@ -274,7 +274,7 @@ class PrerecordedHandler:
 
     def _refuse(self, exc: TooManyConnections | ProtocolError) -> web.Response:
         """The error in Deepgram's body (`Uploads.refusal`)."""
-        return self.uploads.refusal(exc, lambda error: deepgram_error(error.code, error.message))
+        return self.uploads.refusal(exc, lambda error, _: deepgram_error(error.code, error.message))
 
     def _check_headers(self, request: web.Request) -> PrerecordedParams:
         """Everything that can refuse the request before its body is read: the query first."""

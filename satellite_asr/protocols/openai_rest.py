@@ -358,7 +358,7 @@ class OpenAIRestHandler:
 
     def _refuse(self, exc: TooManyConnections | ProtocolError) -> web.Response:
         """The error as OpenAI's error object (`Uploads.refusal`)."""
-        return self.uploads.refusal(exc, lambda error: error_body(error, error.status))
+        return self.uploads.refusal(exc, error_body)
 
     def _check_headers(self, request: web.Request) -> None:
         """Everything that can refuse the upload before its body is read."""
