@@ -8,6 +8,8 @@ import asyncio
 import contextlib
 import hashlib
 import io
+import threading
+import types
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -22,7 +24,7 @@ from livekit.plugins import deepgram as lk_deepgram
 from satellite_asr.audio import SAMPLE_RATE
 from satellite_asr.engines.base import EngineStream, StreamOptions
 from satellite_asr.engines.whisper import WhisperEngine
-from satellite_asr.protocols import deepgram, openai_rest
+from satellite_asr.protocols import deepgram, deepgram_prerecorded, openai_rest
 from satellite_asr.server import Daemon
 from tests.doubles import ContextRecordingEngineDouble, GatedEngineDouble
 from tests.helpers import (
@@ -100,6 +102,24 @@ async def test_livekit_recognize_transcribes_a_buffer() -> None:
     assert same_words(EXPECTED["lights_on.wav"], [speech.text])
     assert 0 < speech.start_time < speech.end_time <= len(samples) / 2 / SAMPLE_RATE
     assert speech.words is not None and " ".join(str(word) for word in speech.words) == speech.text
+
+
+async def test_the_body_is_hashed_off_the_event_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`metadata.sha256` costs a tenth of a second for a 25 MB file: on the event loop, every live
+    stream would wait that long for its next frame. A spy on the `hashlib.sha256` the handler calls
+    records its thread and calls it through."""
+    threads: list[str] = []
+
+    def sha256_spy(data: bytes) -> Any:
+        threads.append(threading.current_thread().name)
+        return hashlib.sha256(data)
+
+    monkeypatch.setattr(deepgram_prerecorded, "hashlib", types.SimpleNamespace(sha256=sha256_spy))
+    data = fixture_bytes("lights_on.wav")
+    async with running_daemon() as daemon:
+        status, answer = await post(daemon, "", data)
+    assert status == 200 and answer["metadata"]["sha256"] == hashlib.sha256(data).hexdigest()
+    assert threads and all(name.startswith("upload-decode") for name in threads), threads
 
 
 class LanguageRecordingEngineDouble(WhisperEngine):
