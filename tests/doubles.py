@@ -221,6 +221,30 @@ class HeardAsGermanEngineDouble(WhisperEngine):
         return _HeardAsGermanStream(super().open_stream(options), self._mean_logprob)
 
 
+class SwitchesLanguageEngineDouble(WhisperEngine):
+    """Real whisper text, each utterance reported in the next of `languages` in turn: a
+    multilingual model hearing a conversation that switches language between utterances."""
+
+    def __init__(self, *languages: str) -> None:
+        super().__init__()
+        self._reported = itertools.cycle(languages)
+
+    def open_stream(self, options: StreamOptions) -> EngineStream:
+        return _ReportedInStream(super().open_stream(options), next(self._reported))
+
+
+class _ReportedInStream(EngineStream):
+    def __init__(self, inner: EngineStream, language: str) -> None:
+        self._inner = inner
+        self._language = language
+
+    async def partial(self, audio: Audio) -> Transcript:
+        return await self._inner.partial(audio)
+
+    async def final(self, audio: Audio) -> Transcript:
+        return dataclasses.replace(await self._inner.final(audio), language=self._language)
+
+
 class _CountsAudioUntilStop(AsyncEventHandler):
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         super().__init__(reader, writer)

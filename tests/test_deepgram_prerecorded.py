@@ -26,7 +26,7 @@ from satellite_asr.engines.base import EngineStream, StreamOptions
 from satellite_asr.engines.whisper import WhisperEngine
 from satellite_asr.protocols import deepgram, deepgram_prerecorded, openai_rest
 from satellite_asr.server import Daemon
-from tests.doubles import ContextRecordingEngineDouble, GatedEngineDouble
+from tests.doubles import ContextRecordingEngineDouble, GatedEngineDouble, SwitchesLanguageEngineDouble
 from tests.helpers import (
     EXPECTED,
     FIXTURES,
@@ -148,6 +148,21 @@ async def test_detect_language_lets_the_engine_detect_and_reports_what_it_heard(
     assert alternative["languages"] == ["en"] and {w["language"] for w in alternative["words"]} == {"en"}
     [fixed] = named["results"]["channels"]
     assert "detected_language" not in fixed and "languages" not in fixed["alternatives"][0]
+
+
+async def test_with_language_multi_each_utterance_and_word_has_the_language_it_was_heard_in() -> None:
+    """A file that switches language: each utterance, and each of its words, says its own; the
+    alternative's `languages` lists every one, the most words first (as Deepgram's do)."""
+    engine = SwitchesLanguageEngineDouble("de", "en")  # three_commands: German, English, German
+    async with running_daemon(engine) as daemon:
+        status, answer = await post(daemon, "language=multi&utterances=true", fixture_bytes())
+    assert status == 200, answer
+    utterances = answer["results"]["utterances"]
+    assert [u["languages"] for u in utterances] == [["de"], ["en"], ["de"]]
+    assert all(w["language"] == u["languages"][0] for u in utterances for w in u["words"])
+    [alternative] = answer["results"]["channels"][0]["alternatives"]
+    assert [w["language"] for w in alternative["words"]] == [w["language"] for u in utterances for w in u["words"]]
+    assert alternative["languages"] == ["de", "en"]
 
 
 async def test_keyterms_and_keywords_reach_the_engine_in_a_session_of_its_own_protocol() -> None:

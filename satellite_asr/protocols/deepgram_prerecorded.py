@@ -15,6 +15,7 @@ import hashlib
 import math
 import re
 import uuid
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -198,21 +199,22 @@ def response_body(result: Transcribed, params: PrerecordedParams) -> dict[str, A
     created = datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     model_id, model = result.engine_model
     finals = result.finals
-    language = next((final.language for final in finals if final.language), None)
-    word_language = language if params.detection == "multi" else None
+    multi = params.detection == "multi"
     alternative: dict[str, Any] = {
         "transcript": " ".join(final.text.strip() for final in finals),
         "confidence": _mean([confidence(final) for final in finals if final.avg_logprob is not None]),
-        "words": [word for final in finals for word in words(final, word_language)],
+        "words": [word for final in finals for word in words(final, final.language if multi else None)],
     }
     channel: dict[str, Any] = {"alternatives": [alternative]}
-    if language and params.detection == "multi":
-        alternative["languages"] = [language]
+    languages = _by_word_count(finals)
+    if languages and multi:
+        alternative["languages"] = languages
+    language = next((final.language for final in finals if final.language), None)
     if language and params.detection == "detect_language":
         channel["detected_language"] = language
     results: dict[str, Any] = {"channels": [channel]}
     if params.utterances:
-        results["utterances"] = [_utterance(final, word_language) for final in finals]
+        results["utterances"] = [_utterance(final, final.language if multi else None) for final in finals]
     metadata = {
         "transaction_key": "deprecated",
         "request_id": request_id,
@@ -237,6 +239,16 @@ def _utterance(final: FinalTranscript, language: str | None) -> dict[str, Any]:
         "id": str(uuid.uuid4()),
     }
     return utterance | {"languages": [language]} if language else utterance
+
+
+def _by_word_count(finals: Sequence[FinalTranscript]) -> list[str]:
+    """The languages the finals were heard in, the one with the most words first (Deepgram's order
+    for `languages`): each utterance and its words have the language the engine reported for it."""
+    counts: Counter[str] = Counter()
+    for final in finals:
+        if final.language:
+            counts[final.language] += len(final.text.split())
+    return [language for language, _ in counts.most_common()]
 
 
 def _mean(values: Sequence[float]) -> float:
