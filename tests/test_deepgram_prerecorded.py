@@ -201,6 +201,7 @@ async def test_every_refusal_is_deepgrams_error_body() -> None:
     cases: list[tuple[str, Any, dict[str, str] | None, int, str]] = [
         ("colour=blue", fixture_bytes(), None, 400, "invalid_query_parameter"),
         ("utterances=maybe", fixture_bytes(), None, 400, "invalid_query_parameter"),
+        ("utt_split=%D9%A1", fixture_bytes(), None, 400, "invalid_query_parameter"),  # Arabic-Indic 1
         ("language=xx", fixture_bytes(), None, 400, "invalid_query_parameter"),
         ("language=en&detect_language=true", fixture_bytes(), None, 400, "invalid_query_parameter"),
         ("diarize=true", fixture_bytes(), None, 400, "invalid_query_parameter"),

@@ -122,6 +122,10 @@ def parse_params(query: MultiMapping[str], core: Core) -> PrerecordedParams:
 
 
 def _positive_number(value: str) -> bool:
+    """A number above 0 written in ASCII: `float` also reads other scripts' digits (an Arabic-Indic
+    one, U+0661), which no client means as a number here (as in `fraction_parameter`)."""
+    if not value.isascii():
+        return False
     try:
         number = float(value)
     except ValueError:
