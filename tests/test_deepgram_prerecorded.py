@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import hashlib
 import io
+import re
 import threading
 import types
 from collections.abc import AsyncIterator
@@ -24,7 +25,7 @@ from livekit.plugins import deepgram as lk_deepgram
 from satellite_asr.audio import SAMPLE_RATE
 from satellite_asr.engines.base import EngineStream, StreamOptions
 from satellite_asr.engines.whisper import WhisperEngine
-from satellite_asr.protocols import deepgram, deepgram_prerecorded, openai_rest
+from satellite_asr.protocols import MESSAGE_CHARS, deepgram, deepgram_prerecorded, openai_rest
 from satellite_asr.server import Daemon
 from tests.doubles import ContextRecordingEngineDouble, GatedEngineDouble, SwitchesLanguageEngineDouble
 from tests.helpers import (
@@ -229,8 +230,13 @@ async def test_a_parameter_error_names_the_parameter() -> None:
     async with running_daemon() as daemon:
         _, unknown = await post(daemon, "colour=blue", fixture_bytes())
         _, refused = await post(daemon, "paragraphs=true", fixture_bytes())
+        _, long_language = await post(daemon, "language=" + "x" * 5000, fixture_bytes())
     assert unknown["err_msg"] == "colour: unknown query parameter 'colour'"
     assert refused["err_msg"].startswith("paragraphs: this server does not do paragraphs")
+    message = long_language["err_msg"]
+    assert message.startswith("language: 'xxx") and len(message) < MESSAGE_CHARS + 50, "the 5000 characters are cut"
+    cut = re.search(r"\(cut: (\d+) characters\)$", message)
+    assert cut and int(cut[1]) > 5000, "the cut says how long the message was, as the live API's does"
 
 
 async def closed(writer: asyncio.StreamWriter) -> None:

@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import select
 import socket
 import sys
@@ -58,8 +59,20 @@ audio-chunk, a 60 KB REST `language`, a Realtime event type as long as the event
 reads and which cost its size again to send and log."""
 
 
+CUT = re.compile(r"… \(cut: \d+ characters\)\Z")
+"""What `_clipped` ends a cut text with."""
+
+
 def _clipped(text: str) -> str:
-    return text if len(text) <= MESSAGE_CHARS else f"{text[:MESSAGE_CHARS]}… (cut: {len(text)} characters)"
+    """`text`, or its first `MESSAGE_CHARS` and how long it was. A text cut already is left as it
+    is (a refusal made from another's message, as Deepgram's query errors are from the language's):
+    cut again, it said the length of the first cut instead of the text's."""
+    if len(text) <= MESSAGE_CHARS:
+        return text
+    cut = CUT.search(text)
+    if cut is not None and cut.start() == MESSAGE_CHARS:
+        return text
+    return f"{text[:MESSAGE_CHARS]}… (cut: {len(text)} characters)"
 
 
 class ProtocolError(Exception):
