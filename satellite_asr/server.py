@@ -168,12 +168,12 @@ class Daemon:
         """
         return [
             ("GET", websocket.PATH, self.websocket.handle),
-            ("POST", openai_rest.TRANSCRIPTIONS_PATH, self.rest.transcriptions),
+            ("POST", openai_rest.TRANSCRIPTIONS_PATH, self.rest.upload),
             ("GET", openai_rest.MODELS_PATH, self.rest.models),
             ("GET", openai_rest.MODEL_PATH, self.rest.model),
             ("GET", openai_realtime.PATH, openai_realtime.RealtimeHandler(self.core).handle),
             ("GET", deepgram.PATH, streaming_apis.StreamingApiHandler(self.core, deepgram.LISTEN).handle),
-            ("POST", deepgram.PATH, self.prerecorded.transcribe),
+            ("POST", deepgram.PATH, self.prerecorded.upload),
             ("GET", deepgram_flux.PATH, streaming_apis.StreamingApiHandler(self.core, deepgram_flux.FLUX).handle),
             (
                 "GET",

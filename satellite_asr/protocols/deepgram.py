@@ -157,15 +157,7 @@ def parse_params(query: MultiMapping[str], core: Core) -> ListenParams:
     endpointing = query.get("endpointing", "")
     if endpointing.lower() not in BOOLEAN_VALUES and not ascii_digits(endpointing) and endpointing != "":
         raise ParameterError("endpointing", f"endpointing must be false or a whole number of ms, got {endpointing!r}")
-    language = query.get("language")
-    detect = language == "multi"
-    try:
-        named = None if detect else checked_language(core, language, "language") or core.settings.default_language
-        terms = biasing_terms(query)
-        checked_biasing(core, "", terms, "keyterm", "keyterm and keywords")
-    except ProtocolError as exc:
-        parameter = exc.param or "language"  # its message may name it already: "language: 'xx' is not ..."
-        raise ParameterError(parameter, exc.message.removeprefix(f"{parameter}: ")) from None
+    named, terms = language_and_terms(query, core, detect=query.get("language") == "multi")
     return ListenParams(
         encoding=encoding,
         sample_rate=sample_rate,
@@ -177,6 +169,19 @@ def parse_params(query: MultiMapping[str], core: Core) -> ListenParams:
         language=named,
         terms=terms,
     )
+
+
+def language_and_terms(query: MultiMapping[str], core: Core, *, detect: bool) -> tuple[str | None, tuple[str, ...]]:
+    """The language the utterances are decoded in (None: the engine detects it) and the `keyterm`s
+    and `keywords`, both checked against the engine, or `ParameterError` naming the one at fault."""
+    try:
+        language = None if detect else checked_language(core, query.get("language"), "language")
+        terms = biasing_terms(query)
+        checked_biasing(core, "", terms, "keyterm", "keyterm and keywords")
+    except ProtocolError as exc:
+        parameter = exc.param or "language"  # its message may name it already: "language: 'xx' is not ..."
+        raise ParameterError(parameter, exc.message.removeprefix(f"{parameter}: ")) from None
+    return (None if detect else language or core.settings.default_language), terms
 
 
 def raw_audio(query: Mapping[str, str]) -> tuple[str, int]:

@@ -25,23 +25,21 @@ from multidict import MultiMapping
 
 from satellite_asr.core import Core
 from satellite_asr.events import FinalTranscript
-from satellite_asr.limits import TooManyConnections
-from satellite_asr.protocols import ProtocolError, checked_biasing, checked_language, client_gone, deepgram_error
+from satellite_asr.protocols import ProtocolError, deepgram_error
 from satellite_asr.protocols.deepgram import (
     IGNORED,
     REFUSED_WHEN_GIVEN,
     REFUSED_WHEN_ON,
     REPEATABLE,
-    biasing_terms,
+    language_and_terms,
     model_info,
 )
 from satellite_asr.protocols.streaming_apis import ParameterError, boolean_parameter, check_names, confidence
 from satellite_asr.protocols.uploads import (
     READ_BYTES,
-    ClientGone,
     RequestError,
+    UploadApi,
     UploadPace,
-    Uploads,
     check_content_encoding,
     client_fault,
     read_limited,
@@ -111,13 +109,7 @@ def parse_params(query: MultiMapping[str], core: Core) -> PrerecordedParams:
         if language is not None:
             raise ParameterError("detect_language", "give language or detect_language=true, not both")
         detection = "detect_language"
-    try:
-        named = None if detection else checked_language(core, language, "language") or core.settings.default_language
-        terms = biasing_terms(query)
-        checked_biasing(core, "", terms, "keyterm", "keyterm and keywords")
-    except ProtocolError as exc:
-        parameter = exc.param or "language"  # its message may name it already: "language: 'xx' is not ..."
-        raise ParameterError(parameter, exc.message.removeprefix(f"{parameter}: ")) from None
+    named, terms = language_and_terms(query, core, detect=detection is not None)
     return PrerecordedParams(named, detection, terms, boolean_parameter(query, "utterances", False))
 
 
@@ -267,37 +259,14 @@ def _sha256(data: bytes) -> str:
 # --- the handler ---------------------------------------------------------------------------------
 
 
-class PrerecordedHandler:
+class PrerecordedHandler(UploadApi):
     """aiohttp handler for `POST /v1/listen`; `Access` has checked Host, Origin and key before it runs."""
 
-    def __init__(self, core: Core, uploads: Uploads) -> None:
-        self.core = core
-        self.uploads = uploads
+    def error_body(self, error: ProtocolError, status: int) -> Any:
+        """Deepgram's error body (`Uploads.refusal`)."""
+        return deepgram_error(error.code, error.message)
 
-    async def transcribe(self, request: web.Request) -> web.StreamResponse:
-        try:
-            with self.uploads.connections.opened(request.remote or ""):
-                return await self._transcribe(request)
-        except (TooManyConnections, ProtocolError) as exc:
-            return self._refuse(exc)
-        except (ClientGone, ConnectionError):  # the client left, mid-body or mid-transcription
-            return client_gone()
-
-    def refused_before_body(self, request: web.Request) -> web.Response | None:
-        """The refusal `transcribe` would answer from the request's headers alone, else None: what
-        an `Expect: 100-continue` request is told before it sends its file."""
-        try:
-            self.uploads.connections.check(request.remote or "")
-            self._check_headers(request)
-        except (TooManyConnections, ProtocolError) as exc:
-            return self._refuse(exc)
-        return None
-
-    def _refuse(self, exc: TooManyConnections | ProtocolError) -> web.Response:
-        """The error in Deepgram's body (`Uploads.refusal`)."""
-        return self.uploads.refusal(exc, lambda error, _: deepgram_error(error.code, error.message))
-
-    def _check_headers(self, request: web.Request) -> PrerecordedParams:
+    def check_headers(self, request: web.Request) -> PrerecordedParams:
         """Everything that can refuse the request before its body is read: the query first."""
         try:
             params = parse_params(request.query, self.core)
@@ -307,8 +276,8 @@ class PrerecordedHandler:
         check_body_headers(request, self.uploads.max_file_bytes)
         return params
 
-    async def _transcribe(self, request: web.Request) -> web.Response:
-        params = self._check_headers(request)
+    async def answer(self, request: web.Request) -> web.Response:
+        params = self.check_headers(request)
         pace = UploadPace.from_settings(self.core.settings)
         body = await read_body(request, self.uploads.max_file_bytes, pace)
         # in a decode thread (hashlib lets go of the GIL): a 25 MB body takes a tenth of a second,

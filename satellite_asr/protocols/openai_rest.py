@@ -24,14 +24,15 @@ from satellite_asr.audio_files import FileRefused
 from satellite_asr.biasing.context import MAX_CLIENT_TERMS, client_terms
 from satellite_asr.core import Core
 from satellite_asr.events import FinalTranscript
-from satellite_asr.limits import TooManyConnections, write_within
-from satellite_asr.protocols import ProtocolError, checked_biasing, checked_language, client_gone, openai_error
+from satellite_asr.limits import write_within
+from satellite_asr.protocols import ProtocolError, checked_biasing, checked_language, openai_error
 from satellite_asr.protocols.uploads import (
     MB,
     READ_BYTES,
     ClientGone,
     Feed,
     RequestError,
+    UploadApi,
     UploadPace,
     Uploads,
     check_content_encoding,
@@ -319,12 +320,11 @@ def _sse(event: dict[str, Any]) -> bytes:
 # --- the handler ---------------------------------------------------------------------------------
 
 
-class OpenAIRestHandler:
+class OpenAIRestHandler(UploadApi):
     """aiohttp handlers for the REST routes; `created` of the model is when the daemon started."""
 
     def __init__(self, core: Core, uploads: Uploads) -> None:
-        self.core = core
-        self.uploads = uploads
+        super().__init__(core, uploads)
         self.started = int(time.time())
 
     def _model(self, model_id: str) -> dict[str, Any]:
@@ -337,36 +337,16 @@ class OpenAIRestHandler:
         """Any id: every model name a client sends is answered by the engine's model."""
         return web.json_response(self._model(request.match_info["model"]))
 
-    async def transcriptions(self, request: web.Request) -> web.StreamResponse:
-        try:
-            with self.uploads.connections.opened(request.remote or ""):
-                return await self._transcribe(request)
-        except (TooManyConnections, ProtocolError) as exc:
-            return self._refuse(exc)
-        except (ClientGone, ConnectionError):  # the client left, mid-body or mid-transcription
-            return client_gone()
+    def error_body(self, error: ProtocolError, status: int) -> Any:
+        """OpenAI's error object (`Uploads.refusal`)."""
+        return error_body(error, status)
 
-    def refused_before_body(self, request: web.Request) -> web.Response | None:
-        """The refusal `transcriptions` would answer from the request's headers alone, else None: what
-        an `Expect: 100-continue` request is told before it sends its file."""
-        try:
-            self.uploads.connections.check(request.remote or "")
-            self._check_headers(request)
-        except (TooManyConnections, ProtocolError) as exc:
-            return self._refuse(exc)
-        return None
-
-    def _refuse(self, exc: TooManyConnections | ProtocolError) -> web.Response:
-        """The error as OpenAI's error object (`Uploads.refusal`)."""
-        return self.uploads.refusal(exc, error_body)
-
-    def _check_headers(self, request: web.Request) -> None:
-        """Everything that can refuse the upload before its body is read."""
+    def check_headers(self, request: web.Request) -> None:
         self.uploads.check_ready(PROTOCOL)
         check_form_headers(request, self.uploads.max_file_bytes)
 
-    async def _transcribe(self, request: web.Request) -> web.StreamResponse:
-        self._check_headers(request)
+    async def answer(self, request: web.Request) -> web.StreamResponse:
+        self.check_headers(request)
         settings = self.core.settings
         pace = UploadPace.from_settings(settings)
         file, fields = await read_form(request, self.uploads.max_file_bytes, settings.max_context_chars, pace)

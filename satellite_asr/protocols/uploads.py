@@ -6,6 +6,7 @@ own request and writes its own answer and error body.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import io
 import time
@@ -22,7 +23,7 @@ from satellite_asr.config import Settings
 from satellite_asr.core import Core
 from satellite_asr.events import FinalTranscript
 from satellite_asr.limits import ConnectionLimit, TooManyConnections
-from satellite_asr.protocols import ProtocolError
+from satellite_asr.protocols import ProtocolError, client_gone
 from satellite_asr.recording import Recording, TranscriptionFailed
 from satellite_asr.session import SessionOptions
 from satellite_asr.session_manager import ServerBusy
@@ -293,3 +294,47 @@ class Uploads:
         finally:
             audio_file.close()
         return finals, feed.seconds
+
+
+class UploadApi(abc.ABC):
+    """One API that takes a whole file per request, under the cap all of them share (`Uploads`):
+    what it reads, checks and answers, and its error body, are its own."""
+
+    def __init__(self, core: Core, uploads: Uploads) -> None:
+        self.core = core
+        self.uploads = uploads
+
+    async def upload(self, request: web.Request) -> web.StreamResponse:
+        """The route's handler: the upload answered within the cap, or refused in the API's body."""
+        try:
+            with self.uploads.connections.opened(request.remote or ""):
+                return await self.answer(request)
+        except (TooManyConnections, ProtocolError) as exc:
+            return self.refuse(exc)
+        except (ClientGone, ConnectionError):  # the client left, mid-body or mid-transcription
+            return client_gone()
+
+    def refused_before_body(self, request: web.Request) -> web.Response | None:
+        """The refusal `upload` would answer from the request's headers alone, else None: what an
+        `Expect: 100-continue` request is told before it sends its file."""
+        try:
+            self.uploads.connections.check(request.remote or "")
+            self.check_headers(request)
+        except (TooManyConnections, ProtocolError) as exc:
+            return self.refuse(exc)
+        return None
+
+    def refuse(self, exc: TooManyConnections | ProtocolError) -> web.Response:
+        return self.uploads.refusal(exc, self.error_body)
+
+    @abc.abstractmethod
+    def error_body(self, error: ProtocolError, status: int) -> Any:
+        """The API's own error body."""
+
+    @abc.abstractmethod
+    def check_headers(self, request: web.Request) -> object:
+        """Everything that can refuse the upload before its body is read."""
+
+    @abc.abstractmethod
+    async def answer(self, request: web.Request) -> web.StreamResponse:
+        """Reads the upload, transcribes it and writes the API's answer."""
