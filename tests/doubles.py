@@ -130,6 +130,22 @@ class GatedEngineDouble(WhisperEngine):
         return await super().decode(audio, options, final=final)
 
 
+class FirstFinalGatedEngineDouble(GatedEngineDouble):
+    """Real whisper with two decodes at once, whose first final waits for `gate`: the next
+    utterance's partials come while the turn before has not ended yet."""
+
+    def __init__(self) -> None:
+        WhisperEngine.__init__(self, concurrency=2)
+        self.gate = asyncio.Event()
+        self.finals: list[str] = []
+
+    async def decode(self, audio: Audio, options: StreamOptions, *, final: bool) -> Transcript:
+        if final and not self.gate.is_set():
+            self.finals.append(options.context)
+            await self.gate.wait()
+        return await WhisperEngine.decode(self, audio, options, final=final)
+
+
 class SlowLoadingEngineDouble(WhisperEngine):
     """Real whisper whose loading waits until the test sets `release`."""
 

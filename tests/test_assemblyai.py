@@ -17,7 +17,7 @@ from satellite_asr.biasing.context import MAX_CLIENT_TERMS
 from satellite_asr.core import Core
 from satellite_asr.protocols import assemblyai
 from satellite_asr.server import Daemon
-from tests.doubles import ContextRecordingEngineDouble, CrashingEngineDouble
+from tests.doubles import ContextRecordingEngineDouble, CrashingEngineDouble, FirstFinalGatedEngineDouble
 from tests.helpers import EXPECTED, daemon_settings, fixture_16k, pcm16, running_daemon, same_words
 
 pytestmark = pytest.mark.timeout(180)
@@ -96,6 +96,41 @@ async def next_final(ws: websockets.ClientConnection) -> dict[str, Any]:
         message = json.loads(await ws.recv())
         if message["type"] == "Turn" and message["end_of_turn"]:
             return message
+
+
+async def test_a_turn_begins_after_the_one_before_ends_while_its_final_decodes() -> None:
+    """With two decodes at once, the next utterance is heard while the turn before has not ended
+    (its final decodes): its `SpeechStarted` and partial `Turn`s do not come before that final, so
+    the turns do not overlap and `turn_order` only grows, each final the last of its turn."""
+    engine = FirstFinalGatedEngineDouble()
+    data = audio()
+    async with running_daemon(engine) as daemon, websockets.connect(v3_url(daemon)) as ws:
+        received: Messages = []
+
+        async def read() -> None:
+            async for message in ws:
+                received.append(json.loads(message))
+
+        reader = asyncio.create_task(read())
+        for offset in range(0, len(data), CHUNK_BYTES):
+            await ws.send(data[offset : offset + CHUNK_BYTES])
+            await asyncio.sleep(0.1)
+            if offset >= 32000 * 4.8:  # the second command's partials are out
+                engine.gate.set()
+        engine.gate.set()
+        await ws.send(TERMINATE)
+        await reader
+    finals = final_turns(received)
+    assert same_words(EXPECTED["three_commands.wav"], [turn["transcript"] for turn in finals])
+    assert [turn["turn_order"] for turn in finals] == [0, 1, 2]
+    kinds = [(m["type"], m.get("turn_order"), m.get("end_of_turn")) for m in received]
+    orders = [order for kind, order, _ in kinds if kind == "Turn"]
+    assert orders == sorted(orders), f"turns overlap: {orders}"
+    for order, final in enumerate(finals):
+        at = received.index(final)
+        started = [i for i, (kind, _, _) in enumerate(kinds) if kind == "SpeechStarted"]
+        assert all(m.get("turn_order") != order for m in received[at + 1 :]), "a final ends its turn"
+        assert len([i for i in started if i < at]) == order + 1, "the next turn starts after this one ended"
 
 
 async def test_update_configuration_format_turns_marks_the_finals_after_it() -> None:

@@ -15,13 +15,15 @@ import websockets
 from aiohttp import web
 from multidict import MultiDict
 
-from satellite_asr.audio import Audio
 from satellite_asr.biasing.context import MAX_CLIENT_TERMS
-from satellite_asr.engines.base import StreamOptions, Transcript
-from satellite_asr.engines.whisper import WhisperEngine
 from satellite_asr.protocols import ReadAhead, deepgram, deepgram_flux
 from satellite_asr.server import Daemon
-from tests.doubles import ContextRecordingEngineDouble, CrashingEngineDouble, GatedEngineDouble
+from tests.doubles import (
+    ContextRecordingEngineDouble,
+    CrashingEngineDouble,
+    FirstFinalGatedEngineDouble,
+    GatedEngineDouble,
+)
 from tests.helpers import EXPECTED, eventually, fixture_16k, pcm16, running_daemon, same_words
 
 pytestmark = pytest.mark.timeout(180)
@@ -443,26 +445,10 @@ async def test_flux_keyterms_reach_the_engine_and_shutdown_ends_the_turn() -> No
     assert messages[-1]["transcript"] and ws.close_code == 1001
 
 
-class _FirstFinalGatedEngine(GatedEngineDouble):
-    """Two decodes at once, and the first final waits for `gate`: the next utterance's interim
-    transcripts come while the turn before has not ended yet."""
-
-    def __init__(self) -> None:
-        WhisperEngine.__init__(self, concurrency=2)
-        self.gate = asyncio.Event()
-        self.finals: list[str] = []
-
-    async def decode(self, audio: Audio, options: StreamOptions, *, final: bool) -> Transcript:
-        if final and not self.gate.is_set():
-            self.finals.append(options.context)
-            await self.gate.wait()
-        return await WhisperEngine.decode(self, audio, options, final=final)
-
-
 async def test_flux_a_turn_holds_only_its_own_utterance_while_the_one_before_decodes() -> None:
     """The next utterance's interim transcripts, heard while the previous turn's final decodes, are
     not reported as `Update`s of the previous turn, and its turn starts after that turn's end."""
-    engine = _FirstFinalGatedEngine()
+    engine = FirstFinalGatedEngineDouble()
     data = audio()
     async with running_daemon(engine) as daemon, websockets.connect(flux_url(daemon)) as ws:
         received: Messages = []

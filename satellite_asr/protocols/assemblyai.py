@@ -225,7 +225,9 @@ class UniversalStreamingConnection(StreamingConnection):
         self.format_turns = params.format_turns
         self.opened_at = time.monotonic()
         self.starts: dict[int, float] = {}
-        """Where the VAD heard each utterance whose final has not come yet begin."""
+        """Where the VAD heard each utterance whose final has not been sent yet begin."""
+        self.announced: set[int] = set()
+        """Those of `starts` whose `SpeechStarted` was sent: only the earliest's, as turns do not overlap."""
         self.orders: dict[int, int] = {}
         """Each utterance's `turn_order`, given when its first words are heard."""
         self.next_order = 0
@@ -287,9 +289,10 @@ class UniversalStreamingConnection(StreamingConnection):
     async def emit(self, event: SessionEvent) -> None:
         if isinstance(event, SpeechStarted):
             self.starts[event.utterance_id] = event.start
-            await self.send({"type": "SpeechStarted", "timestamp": round(event.start * 1000)})
+            await self.announce()
         elif isinstance(event, PartialTranscript):
-            if not event.text.strip():
+            # the utterance before has ended, its final not sent yet: this is not its turn, nor yet a new one
+            if not event.text.strip() or any(earlier < event.utterance_id for earlier in self.starts):
                 return
             self.order(event.utterance_id)
             start = self.starts.get(event.utterance_id, 0.0)
@@ -299,18 +302,26 @@ class UniversalStreamingConnection(StreamingConnection):
         elif isinstance(event, SessionError):
             await self.error(event.code, event.message, counted=True)
 
+    async def announce(self) -> None:
+        """`SpeechStarted` of the earliest utterance whose final has not been sent, once: a later
+        one heard while the turn before decodes its final is announced when that final is sent."""
+        if self.starts and (first := min(self.starts)) not in self.announced:
+            self.announced.add(first)
+            await self.send({"type": "SpeechStarted", "timestamp": round(self.starts[first] * 1000)})
+
     async def final(self, event: FinalTranscript) -> None:
-        """The turn's end with the final's text, and with `language_detection` the language detected;
-        nothing for an utterance in which no words were ever heard."""
+        """The turn's end with the final's text, and with `language_detection` the language detected
+        (nothing for an utterance in which no words were ever heard); then the next utterance's start."""
+        if event.text.strip() or event.utterance_id in self.orders:
+            self.order(event.utterance_id)
+            message = self.turn(event.utterance_id, event.text, event.start, event.end, True, confidence(event))
+            del self.orders[event.utterance_id]
+            if self.options.detect_language and event.language:
+                message["language_code"] = event.language
+            await self.send(message)
         self.starts.pop(event.utterance_id, None)
-        if not event.text.strip() and event.utterance_id not in self.orders:
-            return
-        self.order(event.utterance_id)
-        message = self.turn(event.utterance_id, event.text, event.start, event.end, True, confidence(event))
-        del self.orders[event.utterance_id]
-        if self.options.detect_language and event.language:
-            message["language_code"] = event.language
-        await self.send(message)
+        self.announced.discard(event.utterance_id)
+        await self.announce()
 
     async def on_text(self, data: str) -> None:
         kind, message = control_message(data, "invalid_message")
