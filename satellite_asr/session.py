@@ -158,6 +158,9 @@ class _Utterance:
     id: int
     start: int
     stream: EngineStream
+    names: tuple[str, ...]
+    """The session's names when the utterance began: its transcripts are corrected towards them
+    (`Session.change_terms` applies from the next utterance on)."""
     partials: PartialRequests | None = None
     stable: str = ""
     previous_partial: str = ""
@@ -452,10 +455,11 @@ class Session:
 
     async def _start_utterance(self, start: int) -> None:
         self.utterances += 1
+        names = self.options.names
         stream = self._engine.open_stream(
-            StreamOptions(language=self.options.language, context=self._engine_context, names=self.options.names)
+            StreamOptions(language=self.options.language, context=self._engine_context, names=names)
         )
-        utterance = _Utterance(id=self.utterances, start=max(start, self._audio.base), stream=stream)
+        utterance = _Utterance(id=self.utterances, start=max(start, self._audio.base), stream=stream, names=names)
         if self.options.partials:
             utterance.partials = PartialRequests(lambda: self._decode_partial(utterance), self._metrics)
         self._utterance = utterance
@@ -471,7 +475,7 @@ class Session:
             return
         if self._utterance is not utterance or not result.text:
             return
-        heard = await self._corrected(result)
+        heard = await self._corrected(result, utterance.names)
         if self._utterance is not utterance:
             return
         candidate = stable_prefix(utterance.previous_partial, heard)
@@ -484,15 +488,14 @@ class Session:
             utterance.partial_due_at = None
         await self._emit(PartialTranscript(utterance.id, text, utterance.stable))
 
-    async def _corrected(self, result: Transcript) -> str:
-        """The engine's text with what sounds like one of the session's names written as that name.
+    async def _corrected(self, result: Transcript, names: tuple[str, ...]) -> str:
+        """The engine's text with what sounds like one of `names` (its utterance's) written as that name.
 
         In a worker thread, as is making the matcher for a new list of names (a tenth of a second
         for a home of 1420): the cost grows with the text's words times the names (a 100-word
         dictation against that home took half a second), and on the event loop that would stall
         every other session's audio.
         """
-        names = self.options.names
         if not names:
             return result.text
         return await asyncio.to_thread(
@@ -599,7 +602,7 @@ class Session:
         decoded: Transcript | None = None  # the decode whose text is sent
         try:
             result = await self._unless_hurried(self._decode_final(utterance, audio, endpoint))
-            text, language = await self._corrected(result), result.language or language
+            text, language = await self._corrected(result, utterance.names), result.language or language
             decoded = result
             if not _words_start_with(text, utterance.stable):
                 self._metrics.final_rewrites.inc()

@@ -205,6 +205,30 @@ async def test_keyterms_reach_the_engine_and_update_configuration_replaces_them(
     assert [turn["turn_is_formatted"] for turn in final_turns(rest)] == [False]
 
 
+async def test_the_utterance_in_progress_keeps_its_own_names_when_update_configuration_changes_them() -> None:
+    """Keyterms sent while an utterance is heard apply from the next one on: the one in progress is
+    decoded and its transcript corrected towards the names it began with (none here: tiny.en hears
+    "camera wave lines"), the next one towards the new ("Calloway blinds")."""
+    engine = ContextRecordingEngineDouble()
+    data = audio("names/named_00.wav")
+    silence = bytes(32000)
+    update = json.dumps({"type": "UpdateConfiguration", "keyterms_prompt": ["Calloway blinds"]})
+    async with running_daemon(engine) as daemon, websockets.connect(v3_url(daemon)) as ws:
+        await ws.send(data[:32000])
+        while json.loads(await ws.recv())["type"] != "SpeechStarted":
+            pass
+        await ws.send(update)
+        await ws.send(data[32000:] + silence)
+        first = await next_final(ws)
+        await ws.send(data + silence)
+        await ws.send(TERMINATE)
+        rest = [json.loads(message) async for message in ws]
+    [second] = final_turns(rest)
+    assert [names[:1] for names in engine.names] == [(), ("Calloway blinds",)]
+    assert "Calloway" not in first["transcript"], "corrected towards names its utterance did not begin with"
+    assert "Calloway blinds" in second["transcript"]
+
+
 @pytest.mark.parametrize(
     ("query", "parameter"),
     [
