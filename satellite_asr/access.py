@@ -14,8 +14,9 @@ In order:
    `allowed_origins`; clients without an Origin (CLI, SDKs, Home Assistant) pass. 403
    `origin_not_allowed`. `X-Forwarded-Proto` is not trusted: behind a TLS proxy, list the page.
 3. With an API key set, the request must carry it: `Authorization: Bearer KEY` (or `Token KEY`,
-   as Deepgram's clients send it, or the key alone, as AssemblyAI's do), `X-API-Key: KEY`,
-   a WebSocket subprotocol `satellite-asr.key.KEY` (what a browser can send) or `?api_key=KEY`.
+   as Deepgram's clients send it), `X-API-Key: KEY`, a WebSocket subprotocol
+   `satellite-asr.key.KEY` (what a browser can send), `?api_key=KEY`, or else the key alone in
+   `Authorization`, as AssemblyAI's clients send it.
    Compared in constant time and never logged. 401 `missing_api_key` / `invalid_api_key`.
 4. A key offered as a subprotocol comes with `satellite-asr` beside it, the subprotocol every
    WebSocket route answers with: without it a browser fails the connection. 400 `invalid_subprotocol`.
@@ -262,19 +263,23 @@ class Access:
 
 
 def presented_key(request: web.Request) -> str | None:
-    """The key the request carries, by the first of the four ways that it uses."""
+    """The key the request carries, by the first of the four ways that it uses; an Authorization
+    header of no scheme (the key alone, as AssemblyAI's clients send it) only when none of them is
+    used, so that such a header of another kind (a proxy's) does not stop a key sent another way."""
     authorization = request.headers.get("Authorization", "").strip()
     scheme, _, credentials = authorization.partition(" ")
     if scheme.lower() in ("bearer", "token") and credentials.strip():  # Token: Deepgram's clients
         return credentials.strip()
-    if authorization and not credentials and scheme.lower() not in ("bearer", "token"):  # the key alone: AssemblyAI's
-        return authorization
     if "X-API-Key" in request.headers:
         return request.headers["X-API-Key"].strip()
     for protocol in request.headers.get("Sec-WebSocket-Protocol", "").split(","):
         if protocol.strip().startswith(KEY_SUBPROTOCOL_PREFIX):
             return protocol.strip()[len(KEY_SUBPROTOCOL_PREFIX) :]
-    return request.query.get(KEY_QUERY_PARAMETER)
+    if KEY_QUERY_PARAMETER in request.query:
+        return request.query[KEY_QUERY_PARAMETER]
+    if authorization and not credentials and scheme.lower() not in ("bearer", "token"):  # the key alone
+        return authorization
+    return None
 
 
 def error_response(path: str, status: int, code: str, message: str) -> web.Response:

@@ -80,6 +80,21 @@ async def test_with_a_key_only_the_page_and_health_are_open() -> None:
     assert b"satellite_asr_sessions" in bearer[1]
 
 
+async def test_the_key_alone_in_authorization_is_read_only_when_no_other_way_carries_one() -> None:
+    """AssemblyAI's clients send `Authorization: KEY`. An Authorization header of another kind (a
+    proxy's token, no scheme) did not stop a request whose key came another way, and still does
+    not; alone, the key in it is taken, and a wrong one refused."""
+    async with running_daemon(api_key=KEY) as daemon:
+        header = await get(daemon, "/metrics", {"Authorization": "a-proxys-token", "X-API-Key": KEY})
+        query = await get(daemon, f"/metrics?api_key={KEY}", {"Authorization": "a-proxys-token"})
+        alone = await get(daemon, "/metrics", {"Authorization": KEY})
+        wrong = await get(daemon, "/metrics", {"Authorization": "not-the-key"})
+        scheme_only = await get(daemon, "/metrics", {"Authorization": "Bearer"})
+    assert [header[0], query[0], alone[0]] == [200, 200, 200]
+    assert wrong[0] == 401 and wrong[1]["code"] == "invalid_api_key"
+    assert scheme_only[0] == 401 and scheme_only[1]["code"] == "missing_api_key"
+
+
 async def test_the_page_is_revalidated_and_head_is_answered_like_get() -> None:
     """After an upgrade a browser must not run old cached scripts against the new daemon; uptime
     checks ask with HEAD."""
