@@ -199,16 +199,19 @@ class ChangesItsMindEngineDouble(WhisperEngine):
 
 
 class ContextRecordingEngineDouble(WhisperEngine):
-    """Real whisper that records the biasing context and names of every stream opened: what reached the engine."""
+    """Real whisper that records the biasing context, names and language of every stream opened:
+    what reached the engine."""
 
     def __init__(self) -> None:
         super().__init__()
         self.contexts: list[str] = []
         self.names: list[tuple[str, ...]] = []
+        self.languages: list[str | None] = []
 
     def open_stream(self, options: StreamOptions) -> EngineStream:
         self.contexts.append(options.context)
         self.names.append(options.names)
+        self.languages.append(options.language)
         return super().open_stream(options)
 
 

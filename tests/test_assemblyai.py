@@ -230,6 +230,33 @@ async def test_the_utterance_in_progress_keeps_its_own_names_when_update_configu
 
 
 @pytest.mark.parametrize(
+    ("languages", "decoded_in", "reported"),
+    [
+        ('language_codes=["en"]&language_detection=true', "en", True),  # LiveKit's: the declared code steers
+        ('language_codes=["en"]&language_code=de', "en", False),  # language_codes binds, language_code ignored
+        ('language_codes=["en","en"]', "en", False),
+        ('language_codes=["en","multi"]', None, True),
+        ("language_detection=true", None, True),
+        ('language_codes=["en"]&language_detection=false', "en", False),
+    ],
+)
+async def test_declared_languages_steer_the_decode_and_detection_reports_the_language(
+    languages: str, decoded_in: str | None, reported: bool
+) -> None:
+    """As AssemblyAI: `language_codes` is what the audio is declared to be in (`language_code`, its
+    older alias, is ignored beside it; a code twice is one), `language_detection` reports each
+    final's language and does not override a single declared one; several codes let the engine detect."""
+    engine = ContextRecordingEngineDouble()
+    query = f"{RATE}&{languages}".replace('"', "%22")
+    async with running_daemon(engine) as daemon:
+        messages, code = await stream(v3_url(daemon, query), audio("lights_on.wav"))
+    assert code == 1000, messages
+    assert engine.languages == [decoded_in]
+    [final] = final_turns(messages)
+    assert ("language_code" in final) is reported and final.get("language_code", "en") == "en"
+
+
+@pytest.mark.parametrize(
     ("query", "parameter"),
     [
         ("encoding=pcm_s16le", "sample_rate"),
@@ -242,6 +269,7 @@ async def test_the_utterance_in_progress_keeps_its_own_names_when_update_configu
         (f"{RATE}&keyterms_prompt=Aoife", "keyterms_prompt"),
         (f"{RATE}&keyterms_prompt=[1]", "keyterms_prompt"),
         (f"{RATE}&language_codes=%5B%22xx%22%5D", "language_codes"),
+        (f"{RATE}&language_codes=%5B%22xx%22,%22en%22%5D", "language_codes"),
         (f"{RATE}&min_turn_silence=soon", "min_turn_silence"),
         (f"{RATE}&vad_threshold=2", "vad_threshold"),
         (f"{RATE}&format_turns=maybe", "format_turns"),

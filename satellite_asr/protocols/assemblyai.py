@@ -131,9 +131,9 @@ class StreamingParams:
     sample_rate: int
     format_turns: bool
     detect_language: bool
-    """`language_detection=true` (or several `language_codes`): the engine detects the language,
-    and each final `Turn` says which."""
+    """`language_detection=true` (or several `language_codes`): each final `Turn` says its language."""
     language: str | None
+    """The one declared (or the daemon's default); None with several: the engine detects it."""
     terms: tuple[str, ...]
 
     def decoder(self) -> PcmDecoder:
@@ -161,22 +161,26 @@ def parse_params(query: MultiMapping[str], core: Core) -> StreamParams:
     sample_rate = whole_parameter(query, "sample_rate", None, MIN_RATE, MAX_RATE)
     if sample_rate is None:
         raise ParameterError("sample_rate", "sample_rate is required: this server takes raw audio")
-    # `language_codes` binds when both are given, as AssemblyAI does; a code named twice is one language
-    named = text_list(query, "language_codes") if "language_codes" in query else query.getall("language_code", [])
-    codes = list(dict.fromkeys(named))
-    detect = boolean_parameter(query, "language_detection", False) or len(codes) > 1 or "multi" in codes
+    # as AssemblyAI: language_codes binds, language_code (its older alias) counts only without it
+    named = "language_codes" if "language_codes" in query else "language_code"
+    codes = text_list(query, named) if named == "language_codes" else [query.get(named, "")]
     try:
-        language = None if detect else checked_language(core, codes[0] if codes else None, "language_codes")
+        engine_codes = {checked_language(core, code, named) for code in codes if code != "multi"}
         terms = replacing_terms(core, text_list(query, "keyterms_prompt"), "keyterms_prompt")
     except ProtocolError as exc:
-        parameter = exc.param or "language_codes"
+        parameter = exc.param or named
         raise ParameterError(parameter, exc.message.removeprefix(f"{parameter}: ")) from None
+    declared = {code for code in engine_codes if code is not None}
+    report = boolean_parameter(query, "language_detection", False)
+    detect = len(declared) > 1 or "multi" in codes or (report and not declared)  # one declared steers the decode
+    report = report or detect
+    language = None if detect else next(iter(declared), None) or core.settings.default_language
     return StreamingParams(
         encoding=encoding,
         sample_rate=sample_rate,
         format_turns=boolean_parameter(query, "format_turns", False),
-        detect_language=detect,
-        language=None if detect else language or core.settings.default_language,
+        detect_language=report,
+        language=language,
         terms=terms,
     )
 
