@@ -268,6 +268,8 @@ async def test_declared_languages_steer_the_decode_and_detection_reports_the_lan
         (f"{RATE}&no_such=1", "no_such"),
         (f"{RATE}&keyterms_prompt=Aoife", "keyterms_prompt"),
         (f"{RATE}&keyterms_prompt=[1]", "keyterms_prompt"),
+        (f"{RATE}&keyterms_prompt=" + quote('["Aoife"], "list": ["Calloway"]'), "keyterms_prompt"),  # not one list
+        (f"{RATE}&keyterms_prompt=" + quote('["Aoife"]}, {"x": 1'), "keyterms_prompt"),
         (f"{RATE}&language_codes=%5B%22xx%22%5D", "language_codes"),
         (f"{RATE}&language_codes=%5B%22xx%22,%22en%22%5D", "language_codes"),
         (f"{RATE}&min_turn_silence=soon", "min_turn_silence"),

@@ -199,8 +199,10 @@ def text_list(query: Mapping[str, str], name: str) -> list[str]:
     """A list of texts, JSON in the query (`["Aoife", "Calloway"]`), or `ParameterError`."""
     if name not in query:
         return []
-    value = json_object(f'{{"list": {query[name]}}}') if query[name].strip() else "is empty"
-    items = value.get("list") if isinstance(value, dict) else None
+    try:  # the value alone: wrapped in an object as text, '["a"], "list": ["b"]' was read as ["b"]
+        items = json.loads(query[name])
+    except (ValueError, RecursionError):  # not JSON, an integer past int()'s digit limit, nested too deep
+        items = None
     if not isinstance(items, list) or not all(isinstance(item, str) for item in items):
         raise ParameterError(name, f'{name} must be a JSON list of texts, like ["Aoife", "Calloway"]')
     return items
