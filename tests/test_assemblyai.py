@@ -315,6 +315,30 @@ async def test_bad_messages_get_warnings_and_the_stream_goes_on() -> None:
     assert same_words(EXPECTED["lights_on.wav"], [final["transcript"]])
 
 
+async def test_update_configuration_takes_each_setting_as_its_json_type() -> None:
+    """A number, true or false, or text is that JSON type, not a text that reads as it (nor, as
+    Python would have it, true for 1); null leaves a setting as it is, `language_codes` included."""
+    data = audio("lights_on.wav")
+    bad = [
+        {"format_turns": "true"},
+        {"min_turn_silence": "100"},
+        {"vad_threshold": "0.5"},
+        {"prompt": {"text": "Aoife"}},
+        {"end_of_turn_confidence_threshold": True},
+    ]
+    fine = {"language_codes": None, "max_turn_silence": 500, "vad_threshold": 1, "prompt": "a voice command"}
+    updates = [json.dumps({"type": "UpdateConfiguration", **fields}) for fields in (*bad, fine)]
+    async with running_daemon() as daemon:
+        messages, code = await stream(v3_url(daemon), data[:3200], *updates, data, TERMINATE)
+    assert code == 1000
+    warnings = of_type(messages, "Warning")
+    assert [w["warning_code"] for w in warnings] == [assemblyai.INPUT_INVALID] * len(bad), warnings
+    for warning, fields in zip(warnings, bad, strict=True):
+        assert warning["warning"].startswith(f"{next(iter(fields))}: ")
+    [final] = final_turns(messages)
+    assert not final["turn_is_formatted"], "format_turns as text applies nothing"
+
+
 async def test_the_key_alone_in_authorization_and_refusals_in_assemblyais_body() -> None:
     async with running_daemon(api_key="aai-key") as daemon:
         messages, code = await stream(v3_url(daemon), audio("lights_on.wav"), headers={"Authorization": "aai-key"})

@@ -348,14 +348,17 @@ class UniversalStreamingConnection(StreamingConnection):
         """Settings checked as the query's are, and applied all or none: `keyterms_prompt` replaces
         the stream's from its next utterance on, `format_turns` applies from the next `Turn`; the
         others change nothing here, and the languages cannot change."""
-        fields = {name: value for name, value in message.items() if name != "type"}
+        fields = {name: value for name, value in message.items() if name != "type" and value is not None}
         fixed = sorted(set(fields) & FIXED_MID_STREAM)
         if fixed:
             raise ProtocolError("invalid_configuration", f"this server cannot change {', '.join(fixed)} mid-stream")
         unknown = sorted(set(fields) - MID_STREAM)
         if unknown:
             raise ProtocolError("invalid_configuration", f"UpdateConfiguration cannot change {', '.join(unknown)}")
-        values = {name: query_text(value) for name, value in fields.items() if value is not None}
+        for name, value in fields.items():
+            if (kind := wrong_kind(name, value)) is not None:
+                raise ProtocolError("invalid_configuration", f"{name}: {name} must be {kind}")
+        values = {name: query_text(value) for name, value in fields.items()}
         try:
             check_unused(values)
             terms = None
@@ -369,6 +372,22 @@ class UniversalStreamingConnection(StreamingConnection):
         if terms is not None:
             self.input.session.change_terms(terms)
         self.format_turns = boolean_parameter(values, "format_turns", self.format_turns)
+
+
+def wrong_kind(name: str, value: object) -> str | None:
+    """What `value` should be when it is not of the JSON type `UpdateConfiguration`'s `name` takes
+    (a text that reads as a number is not one, nor is true 1), else None; lists are checked as used."""
+    if name in WHOLE:
+        right, kind = isinstance(value, int) and not isinstance(value, bool), "a whole number"
+    elif name in FRACTIONS:
+        right, kind = isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
+    elif name in BOOLEANS:
+        right, kind = isinstance(value, bool), "true or false"
+    elif name in LISTS:
+        return None
+    else:
+        right, kind = isinstance(value, str), "a text"
+    return None if right else kind
 
 
 def query_text(value: object) -> str:
