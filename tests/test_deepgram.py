@@ -10,6 +10,7 @@ from typing import Any
 
 import aiohttp
 import numpy as np
+import pydantic_core
 import pytest
 import websockets
 from aiohttp import web
@@ -185,6 +186,23 @@ async def test_configure_replaces_the_keyterms_from_the_next_utterance_on() -> N
         ("ConfigureSuccess", None, None),
     ]
     assert len(finals(messages)) == 2
+
+
+@pytest.mark.parametrize("flux", [False, True])
+async def test_configure_success_names_keyterms_in_json_a_strict_parser_reads(flux: bool) -> None:
+    """A keyterm with a lone surrogate (a `\\ud800` escape in the client's JSON) is decoded as
+    U+FFFD, and `ConfigureSuccess` lists it written out (`echoable`): Deepgram's SDKs parse messages
+    with pydantic, which refuses a whole message holding a lone surrogate."""
+    configure = json.dumps({"type": "Configure", "keyterms": ["Aoife\ud800"]})
+    async with running_daemon() as daemon:
+        url = flux_url(daemon) if flux else listen_url(daemon, LINEAR16)
+        async with websockets.connect(url) as ws:
+            await ws.send(configure)
+            await ws.send(json.dumps({"type": "CloseStream"}))
+            raw = [message async for message in ws]
+    messages = [pydantic_core.from_json(message) for message in raw]
+    [success] = of_type(messages, "ConfigureSuccess")
+    assert success["keyterms"] == ["Aoife\\ud800"]
 
 
 @pytest.mark.parametrize(

@@ -358,7 +358,7 @@ class ListenConnection(DeepgramConnection):
         success: dict[str, Any] = {"type": "ConfigureSuccess", "request_id": self.request_id}
         if terms is not None:
             self.input.session.change_terms(terms)
-            success["keyterms"] = list(terms)
+            success["keyterms"] = [echoable(term) for term in terms]
         await self.send(success)
 
     async def finalize(self) -> None:

@@ -255,7 +255,8 @@ class FluxConnection(DeepgramConnection):
         if terms is not None:
             self.input.session.change_terms(terms)
             self.terms = terms
-        await self.send({"type": "ConfigureSuccess", "thresholds": self.thresholds, "keyterms": list(self.terms)})
+        keyterms = [echoable(term) for term in self.terms]  # a lone surrogate written out, as strict parsers need
+        await self.send({"type": "ConfigureSuccess", "thresholds": self.thresholds, "keyterms": keyterms})
 
 
 FLUX = deepgram_api(PATH, "Deepgram's Flux API", parse_flux_params, FluxConnection)
