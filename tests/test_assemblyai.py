@@ -17,7 +17,12 @@ from satellite_asr.biasing.context import MAX_CLIENT_TERMS
 from satellite_asr.core import Core
 from satellite_asr.protocols import assemblyai
 from satellite_asr.server import Daemon
-from tests.doubles import ContextRecordingEngineDouble, CrashingEngineDouble, FirstFinalGatedEngineDouble
+from tests.doubles import (
+    ContextRecordingEngineDouble,
+    CrashingEngineDouble,
+    FirstFinalGatedEngineDouble,
+    FirstUtteranceIsNoiseEngineDouble,
+)
 from tests.helpers import EXPECTED, daemon_settings, fixture_16k, pcm16, running_daemon, same_words
 
 pytestmark = pytest.mark.timeout(180)
@@ -168,14 +173,15 @@ async def test_force_endpoint_ends_the_turn_in_progress_and_the_stream_goes_on()
         ("language_code=en&language_codes=%5B%22en%22%5D", "en"),
         ("language_codes=%5B%22en%22%2C%22en%22%5D", "en"),
         ("language_code=de&language_codes=%5B%22en%22%5D", "en"),
-        ("language_codes=%5B%22en%22%2C%22de%22%5D", None),
+        ("language_codes=%5B%22en%22%2C%22en-US%22%5D", "en"),
         ("language_codes=%5B%22multi%22%5D", None),
-        ("language_detection=true&language_code=en", None),
+        ("language_detection=true&language_code=en", "en"),
     ],
 )
 def test_the_stream_language(query: str, language: str | None) -> None:
     """`language_codes` binds over `language_code` (AssemblyAI's older name); one language named,
-    even twice, is the stream's; several, `multi` or `language_detection` let the engine detect."""
+    even twice, is the stream's, `language_detection` beside it included (LiveKit sends both);
+    several, or `multi`, let the engine detect."""
     params = assemblyai.parse_params(MultiDict(parse_qsl(f"{RATE}&{query}")), Core(daemon_settings()))
     assert isinstance(params, assemblyai.StreamingParams) and params.language == language
 
@@ -363,6 +369,20 @@ async def test_shutdown_sends_the_final_then_termination_then_going_away() -> No
     assert [m["type"] for m in messages[-2:]] == ["Turn", "Termination"]
     assert messages[-2]["end_of_turn"] and messages[-2]["transcript"]
     assert ws.close_code == 1001
+
+
+async def test_an_utterance_without_words_ends_its_speech_with_an_empty_final() -> None:
+    """Every `SpeechStarted` is answered by a final `Turn`: LiveKit ends the speech it began at one
+    only at a final, and a noise with no words would have left it speaking."""
+    data = audio("lights_on.wav")
+    async with running_daemon(FirstUtteranceIsNoiseEngineDouble()) as daemon:
+        messages, code = await stream(v3_url(daemon), data + data)
+    assert code == 1000 and messages[-1]["type"] == "Termination"
+    ends = [(m["type"], m.get("turn_order")) for m in messages if m["type"] != "Turn" or m["end_of_turn"]]
+    assert ends[:-1] == [("Begin", None), ("SpeechStarted", None), ("Turn", 0), ("SpeechStarted", None), ("Turn", 1)]
+    noise, command = final_turns(messages)
+    assert noise["transcript"] == "" and noise["words"] == []
+    assert same_words(EXPECTED["lights_on.wav"], [command["transcript"]])
 
 
 async def test_an_engine_failure_is_a_warning_counted_once() -> None:

@@ -316,9 +316,11 @@ class UniversalStreamingConnection(StreamingConnection):
             await self.send({"type": "SpeechStarted", "timestamp": round(self.starts[first] * 1000)})
 
     async def final(self, event: FinalTranscript) -> None:
-        """The turn's end with the final's text, and with `language_detection` the language detected
-        (nothing for an utterance in which no words were ever heard); then the next utterance's start."""
-        if event.text.strip() or event.utterance_id in self.orders:
+        """The turn's end with the final's text, and with `language_detection` the language detected;
+        then the next utterance's start. An utterance announced by `SpeechStarted` in which no words
+        were heard (a cough, a door) ends with an empty final, so that LiveKit ends the speech it
+        began at `SpeechStarted`."""
+        if event.text.strip() or event.utterance_id in self.orders or event.utterance_id in self.announced:
             self.order(event.utterance_id)
             message = self.turn(event.utterance_id, event.text, event.start, event.end, True, confidence(event))
             del self.orders[event.utterance_id]
