@@ -168,6 +168,44 @@ def serve_on_loopback(*flags: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(command, capture_output=True, text=True, timeout=60)
 
 
+PCM_FRAME_BYTES = 3200
+"""100 ms of 16 kHz 16-bit mono PCM."""
+
+
+async def exchange(
+    url: str,
+    data: bytes,
+    *after: str | bytes,
+    headers: dict[str, str] | None = None,
+    paced: bool = False,
+    release: tuple[asyncio.Event, float] | None = None,
+) -> tuple[list[dict[str, Any]], int | None]:
+    """One stream of a hosted API (Deepgram's, AssemblyAI's): sends `data` (16 kHz 16-bit PCM) in
+    100 ms frames, at full speed or `paced` as a microphone would (partials come only then), then
+    the `after` messages, and reads every message until the server closes: the messages and the
+    close code. `release`: an engine double's gate, set once that many seconds of audio are sent."""
+    received: list[dict[str, Any]] = []
+    async with websockets.connect(url, additional_headers=headers) as ws:
+
+        async def read() -> None:
+            async for message in ws:
+                received.append(json.loads(message))
+
+        reader = asyncio.create_task(read())
+        for offset in range(0, len(data), PCM_FRAME_BYTES):
+            await ws.send(data[offset : offset + PCM_FRAME_BYTES])
+            if paced:
+                await asyncio.sleep(0.1)
+            if release is not None and offset >= release[1] * 2 * SAMPLE_RATE:
+                release[0].set()
+        if release is not None:
+            release[0].set()
+        for message in after:
+            await ws.send(message)
+        await reader
+    return received, ws.close_code
+
+
 def of_type(messages: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
     """The WebSocket protocol messages of one `type`, in order."""
     return [m for m in messages if m["type"] == kind]

@@ -23,14 +23,12 @@ from tests.doubles import (
     FirstFinalGatedEngineDouble,
     FirstUtteranceIsNoiseEngineDouble,
 )
-from tests.helpers import EXPECTED, daemon_settings, fixture_16k, pcm16, running_daemon, same_words
+from tests.helpers import EXPECTED, daemon_settings, exchange, fixture_16k, of_type, pcm16, running_daemon, same_words
 
 pytestmark = pytest.mark.timeout(180)
 
 Messages = list[dict[str, Any]]
 RATE = "sample_rate=16000"
-CHUNK_BYTES = 3200
-"""100 ms of 16 kHz pcm_s16le."""
 TERMINATE = json.dumps({"type": "Terminate"})
 
 
@@ -45,22 +43,8 @@ def audio(name: str = "three_commands.wav") -> bytes:
 async def stream(
     url: str, data: bytes, *after: str | bytes, headers: dict[str, str] | None = None, paced: bool = False
 ) -> tuple[Messages, int | None]:
-    """Sends `data` in 100 ms frames, at full speed or `paced` as a microphone would (partials come
-    only then), then `after` (by default `Terminate`), and reads every message until the server
-    closes: the messages and the close code."""
-    async with websockets.connect(url, additional_headers=headers) as ws:
-        for offset in range(0, len(data), CHUNK_BYTES):
-            await ws.send(data[offset : offset + CHUNK_BYTES])
-            if paced:
-                await asyncio.sleep(0.1)
-        for message in after or (TERMINATE,):
-            await ws.send(message)
-        received = [json.loads(message) async for message in ws]
-    return received, ws.close_code
-
-
-def of_type(messages: Messages, kind: str) -> Messages:
-    return [m for m in messages if m["type"] == kind]
+    """`exchange` ended by `after`, by default `Terminate`."""
+    return await exchange(url, data, *(after or (TERMINATE,)), headers=headers, paced=paced)
 
 
 def final_turns(messages: Messages) -> Messages:
@@ -109,22 +93,9 @@ async def test_a_turn_begins_after_the_one_before_ends_while_its_final_decodes()
     the turns do not overlap and `turn_order` only grows, each final the last of its turn."""
     engine = FirstFinalGatedEngineDouble()
     data = audio()
-    async with running_daemon(engine) as daemon, websockets.connect(v3_url(daemon)) as ws:
-        received: Messages = []
-
-        async def read() -> None:
-            async for message in ws:
-                received.append(json.loads(message))
-
-        reader = asyncio.create_task(read())
-        for offset in range(0, len(data), CHUNK_BYTES):
-            await ws.send(data[offset : offset + CHUNK_BYTES])
-            await asyncio.sleep(0.1)
-            if offset >= 32000 * 4.8:  # the second command's partials are out
-                engine.gate.set()
-        engine.gate.set()
-        await ws.send(TERMINATE)
-        await reader
+    async with running_daemon(engine) as daemon:
+        # the gate opens once the second command's partials are out
+        received, _ = await exchange(v3_url(daemon), data, TERMINATE, paced=True, release=(engine.gate, 4.8))
     finals = final_turns(received)
     assert same_words(EXPECTED["three_commands.wav"], [turn["transcript"] for turn in finals])
     assert [turn["turn_order"] for turn in finals] == [0, 1, 2]

@@ -25,14 +25,13 @@ from tests.doubles import (
     FirstFinalGatedEngineDouble,
     GatedEngineDouble,
 )
-from tests.helpers import EXPECTED, eventually, fixture_16k, pcm16, running_daemon, same_words
+from tests.helpers import EXPECTED, eventually, exchange, fixture_16k, of_type, pcm16, running_daemon, same_words
 
 pytestmark = pytest.mark.timeout(180)
 
 Messages = list[dict[str, Any]]
 LINEAR16 = "encoding=linear16&sample_rate=16000"
-CHUNK_BYTES = 3200
-"""100 ms of 16 kHz linear16."""
+CLOSE_STREAM = json.dumps({"type": "CloseStream"})
 
 
 def listen_url(daemon: Daemon, query: str) -> str:
@@ -46,22 +45,8 @@ def audio(name: str = "three_commands.wav") -> bytes:
 async def stream(
     url: str, data: bytes, *after: str | bytes, headers: dict[str, str] | None = None, paced: bool = False
 ) -> tuple[Messages, int | None]:
-    """Sends `data` in 100 ms frames, at full speed or `paced` as a microphone would (interim
-    results come only then), then `after` (by default `CloseStream`), and reads every message until
-    the server closes: the messages and the close code."""
-    async with websockets.connect(url, additional_headers=headers) as ws:
-        for offset in range(0, len(data), CHUNK_BYTES):
-            await ws.send(data[offset : offset + CHUNK_BYTES])
-            if paced:
-                await asyncio.sleep(0.1)
-        for message in after or (json.dumps({"type": "CloseStream"}),):
-            await ws.send(message)
-        received = [json.loads(message) async for message in ws]
-    return received, ws.close_code
-
-
-def of_type(messages: Messages, kind: str) -> Messages:
-    return [m for m in messages if m["type"] == kind]
+    """`exchange` ended by `after`, by default `CloseStream`."""
+    return await exchange(url, data, *(after or (CLOSE_STREAM,)), headers=headers, paced=paced)
 
 
 def finals(messages: Messages) -> Messages:
@@ -468,23 +453,9 @@ async def test_flux_a_turn_holds_only_its_own_utterance_while_the_one_before_dec
     not reported as `Update`s of the previous turn, and its turn starts after that turn's end."""
     engine = FirstFinalGatedEngineDouble()
     data = audio()
-    async with running_daemon(engine) as daemon, websockets.connect(flux_url(daemon)) as ws:
-        received: Messages = []
-
-        async def read() -> None:
-            async for message in ws:
-                received.append(json.loads(message))
-
-        reader = asyncio.create_task(read())
-        for offset in range(0, len(data), CHUNK_BYTES):
-            await ws.send(data[offset : offset + CHUNK_BYTES])
-            await asyncio.sleep(0.1)
-            if offset >= 32000 * 4.8:  # the second command's interim transcripts are out
-                engine.gate.set()
-        engine.gate.set()
-        await ws.send(json.dumps({"type": "CloseStream"}))
-        await reader
-    messages = received
+    async with running_daemon(engine) as daemon:
+        # the gate opens once the second command's interim transcripts are out
+        messages, _ = await exchange(flux_url(daemon), data, CLOSE_STREAM, paced=True, release=(engine.gate, 4.8))
     assert [m["sequence_id"] for m in messages] == list(range(len(messages)))
     ends = turn_events(messages, "EndOfTurn")
     assert same_words(EXPECTED["three_commands.wav"], [m["transcript"] for m in ends])

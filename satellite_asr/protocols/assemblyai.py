@@ -36,14 +36,15 @@ from satellite_asr.protocols import (
 )
 from satellite_asr.protocols.streaming_apis import (
     Api,
+    Control,
     ParameterError,
     StreamingConnection,
     StreamParams,
     boolean_parameter,
     check_names,
     confidence,
-    control_message,
     fraction_parameter,
+    keep_alive,
     replacing_terms,
     whole_parameter,
 )
@@ -221,6 +222,7 @@ class UniversalStreamingConnection(StreamingConnection):
     `UpdateConfiguration`, and `Termination` at the end."""
 
     protocol = PROTOCOL
+    invalid_message = "invalid_message"
 
     def __init__(
         self, ws: web.WebSocketResponse, core: Core, request: web.Request, reading: ReadAhead, params: StreamParams
@@ -331,22 +333,15 @@ class UniversalStreamingConnection(StreamingConnection):
         self.announced.discard(event.utterance_id)
         await self.announce()
 
-    async def on_text(self, data: str) -> None:
-        kind, message = control_message(data, "invalid_message")
-        if kind == "Terminate":
-            await self.end()
-        elif kind == "ForceEndpoint":
-            assert self.input is not None
-            await self.input.flush()
-        elif kind == "KeepAlive":
-            return
-        elif kind == "UpdateConfiguration":
-            self.update(message)
-        else:
-            expected = "Terminate, ForceEndpoint, KeepAlive or UpdateConfiguration"
-            raise ProtocolError("invalid_message", f"unknown message type {echoable(str(kind))!r}; expected {expected}")
+    def controls(self) -> dict[str, Control]:
+        return {
+            "Terminate": self.end_stream,
+            "ForceEndpoint": self.end_now,
+            "KeepAlive": keep_alive,
+            "UpdateConfiguration": self.update,
+        }
 
-    def update(self, message: dict[str, Any]) -> None:
+    async def update(self, message: dict[str, Any]) -> None:
         """Settings checked as the query's are, and applied all or none: `keyterms_prompt` replaces
         the stream's from its next utterance on, `format_turns` applies from the next `Turn`; the
         others change nothing here, and the languages cannot change."""

@@ -39,6 +39,7 @@ from satellite_asr.protocols.streaming_apis import (
     BOOLEAN_VALUES,
     Api,
     ApiParser,
+    Control,
     ParameterError,
     StreamingConnection,
     StreamParams,
@@ -46,7 +47,7 @@ from satellite_asr.protocols.streaming_apis import (
     boolean_parameter,
     check_names,
     confidence,
-    control_message,
+    keep_alive,
     replacing_terms,
     whole_parameter,
 )
@@ -245,6 +246,7 @@ class ListenConnection(DeepgramConnection):
     """A client of the live API (v1): its `Results`, `Finalize`, and the `Metadata` at the end."""
 
     protocol = PROTOCOL
+    invalid_message = "SchemaError"
 
     def __init__(
         self, ws: web.WebSocketResponse, core: Core, request: web.Request, reading: ReadAhead, params: StreamParams
@@ -314,19 +316,13 @@ class ListenConnection(DeepgramConnection):
         if self.options.utterance_end_ms is not None and event.text:
             await self.send({"type": "UtteranceEnd", "channel": CHANNEL, "last_word_end": round(event.end, 3)})
 
-    async def on_text(self, data: str) -> None:
-        kind, message = control_message(data, "SchemaError")
-        if kind == "KeepAlive":
-            return
-        if kind == "Finalize":
-            await self.finalize()
-        elif kind == "CloseStream":
-            await self.end()
-        elif kind == "Configure":
-            await self.configure(message)
-        else:
-            expected = "KeepAlive, Finalize, CloseStream or Configure"
-            raise ProtocolError("SchemaError", f"unknown message type {echoable(str(kind))!r}; expected {expected}")
+    def controls(self) -> dict[str, Control]:
+        return {
+            "KeepAlive": keep_alive,
+            "Finalize": self.finalize,
+            "CloseStream": self.end_stream,
+            "Configure": self.configure,
+        }
 
     async def configure(self, message: dict[str, Any]) -> None:
         """`keyterms` replace the stream's from its next utterance on (`[]` clears them, null keeps
@@ -361,7 +357,7 @@ class ListenConnection(DeepgramConnection):
             success["keyterms"] = [echoable(term) for term in terms]
         await self.send(success)
 
-    async def finalize(self) -> None:
+    async def finalize(self, message: dict[str, Any]) -> None:
         """Ends the utterance in progress now (its final says `from_finalize`); with none in
         progress, an empty final says so: Pipecat waits for a `from_finalize` final to end its turn."""
         assert self.input is not None

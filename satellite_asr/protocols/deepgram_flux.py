@@ -23,12 +23,13 @@ from satellite_asr.events import FinalTranscript, PartialTranscript, SessionErro
 from satellite_asr.protocols import ProtocolError, ReadAhead, checked_biasing, echoable
 from satellite_asr.protocols.deepgram import ENCODINGS, DeepgramConnection, biasing_terms, deepgram_api, raw_audio
 from satellite_asr.protocols.streaming_apis import (
+    Control,
     ParameterError,
     StreamParams,
     check_names,
     confidence,
-    control_message,
     fraction_parameter,
+    keep_alive,
     replacing_terms,
     whole_parameter,
 )
@@ -106,6 +107,7 @@ class FluxConnection(DeepgramConnection):
     """A client of Flux: `Connected`, each turn's `TurnInfo` events, `ForceEndTurn` and `Configure`."""
 
     protocol = PROTOCOL
+    invalid_message = "unparsable_client_message"
 
     def __init__(
         self, ws: web.WebSocketResponse, core: Core, request: web.Request, reading: ReadAhead, params: StreamParams
@@ -200,21 +202,13 @@ class FluxConnection(DeepgramConnection):
         self.turns += 1
         await self.send(info)
 
-    async def on_text(self, data: str) -> None:
-        kind, message = control_message(data, "unparsable_client_message")
-        if kind == "CloseStream":
-            await self.end()
-        elif kind == "ForceEndTurn":
-            assert self.input is not None
-            await self.input.flush()
-        elif kind == "KeepAlive":
-            return
-        elif kind == "Configure":
-            await self.configure(message)
-        else:
-            expected = "CloseStream, ForceEndTurn, KeepAlive or Configure"
-            message_text = f"unknown message type {echoable(str(kind))!r}; expected {expected}"
-            raise ProtocolError("unparsable_client_message", message_text)
+    def controls(self) -> dict[str, Control]:
+        return {
+            "CloseStream": self.end_stream,
+            "ForceEndTurn": self.end_now,
+            "KeepAlive": keep_alive,
+            "Configure": self.configure,
+        }
 
     async def configure(self, message: dict[str, Any]) -> None:
         """`keyterms` replace the stream's from its next turn on; thresholds are checked and kept

@@ -34,6 +34,7 @@ from satellite_asr.protocols import (
     accepted,
     checked_biasing,
     client_gone,
+    echoable,
     json_object,
     open_session,
     read_ahead_response,
@@ -136,11 +137,21 @@ def control_message(data: str, code: str) -> tuple[object, dict[str, Any]]:
     return message.get("type"), message
 
 
+Control = Callable[[dict[str, Any]], Awaitable[None]]
+"""What a control message does, given the message."""
+
+
+async def keep_alive(message: dict[str, Any]) -> None:
+    """Nothing to do: the stream is alive while the connection is."""
+
+
 class StreamingConnection(abc.ABC):
     """One client of an API: one session for the connection, fed the client's audio; the messages
     each API sends are its own."""
 
     protocol: ClassVar[str]
+    invalid_message: ClassVar[str]
+    """The API's code for a text message that is not one of its controls."""
 
     def __init__(
         self, ws: web.WebSocketResponse, core: Core, request: web.Request, reading: ReadAhead, params: StreamParams
@@ -215,9 +226,31 @@ class StreamingConnection(abc.ABC):
     async def emit(self, event: SessionEvent) -> None:
         """A session event as the API's messages."""
 
-    @abc.abstractmethod
     async def on_text(self, data: str) -> None:
-        """A control message; `ProtocolError` for one the API refuses."""
+        """A control message done (`controls`); `ProtocolError` `invalid_message` for one the API
+        does not have, or a text that is not a JSON object."""
+        kind, message = control_message(data, self.invalid_message)
+        controls = self.controls()
+        control = controls.get(kind) if isinstance(kind, str) else None
+        if control is None:
+            *others, last = controls
+            expected = f"{', '.join(others)} or {last}"
+            raise ProtocolError(
+                self.invalid_message, f"unknown message type {echoable(str(kind))!r}; expected {expected}"
+            )
+        await control(message)
+
+    @abc.abstractmethod
+    def controls(self) -> dict[str, Control]:
+        """The API's control messages, by `type`."""
+
+    async def end_now(self, message: dict[str, Any]) -> None:
+        """The utterance in progress ends now: its final comes as the daemon's endpointing would send it."""
+        assert self.input is not None
+        await self.input.flush()
+
+    async def end_stream(self, message: dict[str, Any]) -> None:
+        await self.end()
 
     @abc.abstractmethod
     async def error(self, code: str, message: str, *, fatal: bool = False, counted: bool = False) -> None:
