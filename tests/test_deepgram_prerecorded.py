@@ -32,6 +32,7 @@ from tests.helpers import (
     EXPECTED,
     FIXTURES,
     daemon_settings,
+    encoded_audio,
     eventually,
     fixture_16k,
     pcm16,
@@ -133,6 +134,22 @@ class LanguageRecordingEngineDouble(WhisperEngine):
     def open_stream(self, options: StreamOptions) -> EngineStream:
         self.languages.append(options.language)
         return super().open_stream(options)
+
+
+async def test_an_ogg_or_mp4_body_named_by_its_application_type_is_transcribed() -> None:
+    """`application/ogg` and `application/mp4` are audio containers' registered types, as a sender's
+    system may name an `.ogg` or `.m4a` file: the body is transcribed, not refused as not audio."""
+    samples = fixture_16k("lights_on.wav")
+    bodies = {
+        "application/ogg": encoded_audio(samples, "ogg", "libopus", 48000),
+        "application/mp4": encoded_audio(samples, "mp4", "aac", 16000),
+    }
+    async with running_daemon() as daemon:
+        for media_type, body in bodies.items():
+            status, answer = await post(daemon, "", body, {"Content-Type": media_type})
+            assert status == 200, answer
+            [alternative] = answer["results"]["channels"][0]["alternatives"]
+            assert same_words(EXPECTED["lights_on.wav"], [alternative["transcript"]])
 
 
 async def test_detect_language_lets_the_engine_detect_and_reports_what_it_heard() -> None:

@@ -70,7 +70,10 @@ REFUSED_HERE = {
 }
 """Features refused whatever their value; a file's encoding and rate are read from its container."""
 MEDIA_TYPES = ("audio/", "video/")
-"""What a body's `Content-Type` may begin with, besides `application/octet-stream` (the deepgram-sdk's)."""
+"""What a body's `Content-Type` may begin with, besides `FILE_TYPES`."""
+FILE_TYPES = {"application/octet-stream", "application/ogg", "application/mp4"}
+"""The other types of a body that is a file: any bytes (the deepgram-sdk's) and two audio containers
+as their registered names (a `.ogg`, a `.mp4` or `.m4a` named so by the sender's system)."""
 EDGE_PUNCTUATION = re.compile(r"^\W+|\W+$")
 """What a word's `punctuated_word` has around it that its `word` has not: quotes, commas, stops."""
 Detection = Literal["detect_language", "multi"]
@@ -139,7 +142,7 @@ def check_body_headers(request: web.Request, max_file_bytes: int) -> None:
             "(Content-Type audio/* or application/octet-stream; the SDK's transcribe_file)"
         )
         raise RequestError("url_not_fetched", message)
-    if media_type != "application/octet-stream" and not media_type.startswith(MEDIA_TYPES):
+    if media_type not in FILE_TYPES and not media_type.startswith(MEDIA_TYPES):
         message = (
             f"the body's Content-Type is {media_type!r}: send the audio file itself as the body, "
             "with Content-Type audio/* (audio/wav, audio/mpeg, ...) or application/octet-stream"
