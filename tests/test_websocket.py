@@ -298,6 +298,19 @@ async def test_invalid_config_is_an_error_and_closes_1008(config: dict[str, Any]
         assert len(daemon.core.sessions) == 0
 
 
+async def test_a_field_name_that_ends_like_a_cut_message_is_cut_too() -> None:
+    """An error's message is at most `MESSAGE_CHARS` (and the length it had): a client's text quoted
+    at its end that happened to end like the mark of a cut ("… (cut: N characters)", N of any
+    length) passed for a message cut already, and came back whole (here 100 KB)."""
+    prefix = "unknown field(s): "
+    field = "x" * (protocols.MESSAGE_CHARS - len(prefix)) + "… (cut: " + "9" * 100_000 + " characters)"
+    async with running_daemon() as daemon, websockets.connect(ws_url(daemon)) as ws:
+        await ws.send(json.dumps({"type": "config", field: 1}))
+        messages = await receive_until_close(ws)
+    assert messages[0]["code"] == "invalid_config" and messages[0]["message"].startswith(prefix + "xxx")
+    assert len(messages[0]["message"]) < protocols.MESSAGE_CHARS + 50
+
+
 @pytest.mark.parametrize(
     ("path", "first_message", "close_code"),
     [

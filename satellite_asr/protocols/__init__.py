@@ -59,8 +59,10 @@ audio-chunk, a 60 KB REST `language`, a Realtime event type as long as the event
 reads and which cost its size again to send and log."""
 
 
-CUT = re.compile(r"… \(cut: \d+ characters\)\Z")
-"""What `_clipped` ends a cut text with."""
+CUT = re.compile(r"… \(cut: [0-9]{1,19} characters\)\Z")
+"""What `_clipped` ends a cut text with: its length, in at most 19 digits, so that a client's text
+that ends like it (quoted at a message's end) and is taken for a cut adds a few characters to
+`MESSAGE_CHARS`, not its own length."""
 
 
 def _clipped(text: str) -> str:
