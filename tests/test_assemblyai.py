@@ -23,7 +23,17 @@ from tests.doubles import (
     FirstFinalGatedEngineDouble,
     FirstUtteranceIsNoiseEngineDouble,
 )
-from tests.helpers import EXPECTED, daemon_settings, exchange, fixture_16k, of_type, pcm16, running_daemon, same_words
+from tests.helpers import (
+    EXPECTED,
+    daemon_settings,
+    exchange,
+    fixture_16k,
+    of_type,
+    pcm16,
+    running_daemon,
+    same_words,
+    websocket_upgrade,
+)
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -268,6 +278,21 @@ async def test_a_bad_parameter_is_an_error_and_a_close_with_its_code(query: str,
     [error] = messages
     assert error["type"] == "Error" and error["error_code"] == assemblyai.INPUT_INVALID
     assert error["error"].startswith(f"{parameter}: ")
+
+
+async def test_a_refusal_of_a_bad_query_holds_a_connection_slot_while_it_is_answered() -> None:
+    """The refusal is answered on the upgraded connection (an `Error`, then a Close that a client
+    which reads nothing never answers): it counts under `max_websocket_connections` as any
+    connection does, so such clients cannot open connections past the cap."""
+    async with running_daemon(max_websocket_connections=1) as daemon:
+        port = daemon.http_port
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        answer = await websocket_upgrade(reader, writer, port, f"{assemblyai.PATH}?encoding=aac")
+        assert answer.startswith(b"HTTP/1.1 101")
+        with pytest.raises(websockets.InvalidStatus) as busy:
+            await websockets.connect(v3_url(daemon))
+        writer.close()
+    assert busy.value.response.status_code == 503
 
 
 async def test_bad_messages_get_warnings_and_the_stream_goes_on() -> None:

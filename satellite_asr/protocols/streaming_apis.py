@@ -305,12 +305,13 @@ class StreamingApiHandler:
             upgrade = {"Upgrade": "websocket", "Connection": "Upgrade"}
             return self.api.refusal(426, "websocket_required", message, upgrade)
         try:
-            params = self.api.parse(request.query, self.core)
-        except ParameterError as exc:
-            self.core.metrics.errors.labels("invalid_query_parameter").inc()
-            return await self.api.refuse_parameters(self.core, request, ws, exc)
-        try:
+            # the slot is taken first: AssemblyAI's API refuses a bad query on the upgraded connection
             with self.connections.opened(request.remote or ""):
+                try:
+                    params = self.api.parse(request.query, self.core)
+                except ParameterError as exc:
+                    self.core.metrics.errors.labels("invalid_query_parameter").inc()
+                    return await self.api.refuse_parameters(self.core, request, ws, exc)
                 return await self._serve(request, ws, params)
         except TooManyConnections as exc:
             self.core.metrics.errors.labels("too_many_connections").inc()
