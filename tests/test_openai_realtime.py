@@ -418,6 +418,27 @@ async def test_update_after_audio_finalizes_the_item_in_progress_and_goes_on() -
     assert stops == sorted(stops)
 
 
+async def test_a_keywords_update_mid_utterance_keeps_the_item_and_biases_the_next() -> None:
+    """An update that changes only the keywords does not cut the command being spoken (one item,
+    whole): the next utterance is decoded with them, as Deepgram's and AssemblyAI's keyterm updates are."""
+    engine = ContextRecordingEngineDouble()
+    first, second = fixture_16k("lights_on.wav"), fixture_16k("weather.wav")
+    cut = int(1.5 * SAMPLE_RATE)  # mid-command: the update arrives during speech
+    async with running_daemon(engine) as daemon, sdk_client(daemon).realtime.connect() as connection:
+        await connection.session.update(session=ga_update(transcription={"keywords": ["Calloway"]}))
+        for piece in chunks(pcm16(first[:cut]), 48000):
+            await connection.input_audio_buffer.append(audio=piece)
+        await connection.session.update(session=ga_update(transcription={"keywords": ["Aoife"]}))
+        for piece in chunks(pcm16(np.concatenate([first[cut:], second])), 48000):
+            await connection.input_audio_buffer.append(audio=piece)
+        events = await sdk_events(connection, finals(2))
+    assert [names[:1] for names in engine.names] == [("Calloway",), ("Aoife",)]
+    first_final, second_final = transcripts(events)
+    assert same_words(EXPECTED["lights_on.wav"], [first_final]), "the command spoken across the update is whole"
+    assert same_words(EXPECTED["weather.wav"], [second_final])
+    assert len(of_type(events, "session.updated")) == 2
+
+
 async def test_a_format_change_mid_utterance_keeps_one_item_with_the_homes_names() -> None:
     """With Home Assistant's names in the session, an update that changes only the audio format
     swaps the decoder: the same session goes on and the command is one item, whole."""

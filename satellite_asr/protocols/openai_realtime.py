@@ -17,7 +17,7 @@ import functools
 import logging
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
@@ -204,7 +204,10 @@ class _Connection:
         self.beta = beta
         settings = self.core.settings
         # Like with like: the session's own options also hold the home's names, added when it opened.
-        if config.session_options(settings) != self.config.session_options(settings):
+        old, new = self.config.session_options(settings), config.session_options(settings)
+        if new != old and replace(old, terms=new.terms) == new:  # only the keywords: the next utterance takes them
+            self.session.change_terms(new.terms)
+        elif new != old:
             quiet_s = self.session.quiet_seconds(time.monotonic())
             await self.release(finalize=True)
             self.config = config
