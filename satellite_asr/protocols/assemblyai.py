@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from aiohttp import WSMessage, WSMsgType, web
+from aiohttp import WSMessage, web
 from multidict import MultiMapping
 
 from satellite_asr.audio import MAX_RATE, MIN_RATE, PcmDecoder
@@ -32,7 +32,6 @@ from satellite_asr.protocols import (
     checked_language,
     client_gone,
     echoable,
-    json_object,
 )
 from satellite_asr.protocols.streaming_apis import (
     Api,
@@ -44,7 +43,9 @@ from satellite_asr.protocols.streaming_apis import (
     check_names,
     confidence,
     fraction_parameter,
+    is_control,
     keep_alive,
+    refuse_features,
     replacing_terms,
     whole_parameter,
 )
@@ -148,12 +149,7 @@ def parse_params(query: MultiMapping[str], core: Core) -> StreamParams:
     """The stream's settings, or `ParameterError` naming the first parameter at fault."""
     known = {"sample_rate", "encoding", "language_code", *WHOLE, *FRACTIONS, *BOOLEANS, *TEXTS, *LISTS}
     check_names(query, known | set(REFUSED_WHEN_ON) | set(REFUSED_WHEN_GIVEN), set())
-    for name, feature in REFUSED_WHEN_ON.items():
-        if boolean_parameter(query, name, False):
-            raise ParameterError(name, f"this server does not do {feature}; leave {name} out or set it to false")
-    for name, feature in REFUSED_WHEN_GIVEN.items():
-        if name in query:
-            raise ParameterError(name, f"this server does not do {feature}; leave {name} out")
+    refuse_features(query, REFUSED_WHEN_ON, REFUSED_WHEN_GIVEN)
     check_unused(query)
     encoding = query.get("encoding", "pcm_s16le")
     if encoding not in ENCODINGS:
@@ -211,10 +207,7 @@ def text_list(query: Mapping[str, str], name: str) -> list[str]:
 
 def is_terminate(message: WSMessage) -> bool:
     """Whether a message is `Terminate`: what the client sent before its Close is still wanted then."""
-    if message.type != WSMsgType.TEXT:
-        return False
-    parsed = json_object(message.data)
-    return isinstance(parsed, dict) and parsed.get("type") == "Terminate"
+    return is_control(message, "Terminate")
 
 
 class UniversalStreamingConnection(StreamingConnection):

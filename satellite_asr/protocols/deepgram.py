@@ -33,7 +33,6 @@ from satellite_asr.protocols import (
     checked_language,
     deepgram_error,
     echoable,
-    json_object,
 )
 from satellite_asr.protocols.streaming_apis import (
     BOOLEAN_VALUES,
@@ -47,7 +46,9 @@ from satellite_asr.protocols.streaming_apis import (
     boolean_parameter,
     check_names,
     confidence,
+    is_control,
     keep_alive,
+    refuse_features,
     replacing_terms,
     whole_parameter,
 )
@@ -143,14 +144,8 @@ class ListenParams:
 def parse_params(query: MultiMapping[str], core: Core) -> ListenParams:
     """The stream's settings, or `ParameterError` naming the first parameter at fault."""
     check_names(query, USED | IGNORED | set(REFUSED_WHEN_ON) | set(REFUSED_WHEN_GIVEN), REPEATABLE)
-    for name, feature in REFUSED_WHEN_ON.items():
-        if boolean_parameter(query, name, False):
-            raise ParameterError(name, f"this server does not do {feature}; leave {name} out or set it to false")
-    for name, feature in REFUSED_WHEN_GIVEN.items():
-        if name in query:
-            raise ParameterError(name, f"this server does not do {feature}; leave {name} out")
-    if query.get("alternatives", "1") != "1":
-        raise ParameterError("alternatives", "this server writes one transcript; leave alternatives out or set it to 1")
+    refuse_features(query, REFUSED_WHEN_ON, REFUSED_WHEN_GIVEN)
+    one_alternative(query)
     encoding, sample_rate = raw_audio(query)
     channels = whole_parameter(query, "channels", 1, 1, MAX_CHANNELS)
     assert channels is not None
@@ -170,6 +165,12 @@ def parse_params(query: MultiMapping[str], core: Core) -> ListenParams:
         language=named,
         terms=terms,
     )
+
+
+def one_alternative(query: Mapping[str, str]) -> None:
+    """`ParameterError` unless `alternatives` is left out or 1: this server writes one transcript."""
+    if query.get("alternatives", "1") != "1":
+        raise ParameterError("alternatives", "this server writes one transcript; leave alternatives out or set it to 1")
 
 
 def language_and_terms(query: MultiMapping[str], core: Core, *, detect: bool) -> tuple[str | None, tuple[str, ...]]:
@@ -215,6 +216,29 @@ def _boosted(keyword: str) -> bool:
         return False
 
 
+def created_now() -> str:
+    """Deepgram's `created`: now, in UTC, to the millisecond."""
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def metadata(
+    request_id: str, sha256: str, created: str, seconds: float, channels: int, engine: EngineInfo
+) -> dict[str, Any]:
+    """Deepgram's summary of a request (the live API's `Metadata`, the pre-recorded response's
+    `metadata`): its audio's hash and length, and the model that answered."""
+    model_id, model = model_info(engine)
+    return {
+        "transaction_key": "deprecated",
+        "request_id": request_id,
+        "sha256": sha256,
+        "created": created,
+        "duration": round(seconds, 3),
+        "channels": channels,
+        "models": [model_id],
+        "model_info": {model_id: model},
+    }
+
+
 def model_info(engine: EngineInfo) -> tuple[str, dict[str, str]]:
     """The engine's model as Deepgram describes one: a stable id and its name, version and architecture."""
     model_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"satellite-asr:{engine.name}:{engine.model}"))
@@ -224,12 +248,7 @@ def model_info(engine: EngineInfo) -> tuple[str, dict[str, str]]:
 def is_close_stream(message: WSMessage) -> bool:
     """Whether a message is `CloseStream` (or the empty binary message that does the same): what the
     client sent before its Close is still wanted then."""
-    if message.type == WSMsgType.BINARY:
-        return not message.data
-    if message.type != WSMsgType.TEXT:
-        return False
-    parsed = json_object(message.data)
-    return isinstance(parsed, dict) and parsed.get("type") == "CloseStream"
+    return (message.type == WSMsgType.BINARY and not message.data) or is_control(message, "CloseStream")
 
 
 class DeepgramConnection(StreamingConnection):
@@ -254,7 +273,7 @@ class ListenConnection(DeepgramConnection):
         super().__init__(ws, core, request, reading, params)
         assert isinstance(params, ListenParams)
         self.options = params
-        self.created = datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        self.created = created_now()
         self.model_id, self.model = model_info(core.engine_info)
         self.audio_hash = hashlib.sha256()
         self.starts: dict[int, float] = {}
@@ -375,19 +394,15 @@ class ListenConnection(DeepgramConnection):
         if self.metadata_sent:
             return
         self.metadata_sent = True
-        await self.send(
-            {
-                "type": "Metadata",
-                "transaction_key": "deprecated",
-                "request_id": self.request_id,
-                "sha256": self.audio_hash.hexdigest(),
-                "created": self.created,
-                "duration": round(self.seconds, 3),
-                "channels": self.options.channels,
-                "models": [self.model_id],
-                "model_info": {self.model_id: self.model},
-            }
+        summary = metadata(
+            self.request_id,
+            self.audio_hash.hexdigest(),
+            self.created,
+            self.seconds,
+            self.options.channels,
+            self.core.engine_info,
         )
+        await self.send({"type": "Metadata", **summary})
 
 
 def refusal(status: int, code: str, message: str, headers: Mapping[str, str]) -> web.Response:

@@ -9,7 +9,6 @@ and the finals come back as one Deepgram response: the transcript, its words, an
 from __future__ import annotations
 
 import asyncio
-import datetime
 import functools
 import hashlib
 import math
@@ -24,6 +23,7 @@ from aiohttp import web
 from multidict import MultiMapping
 
 from satellite_asr.core import Core
+from satellite_asr.engines.base import EngineInfo
 from satellite_asr.events import FinalTranscript
 from satellite_asr.protocols import ProtocolError, deepgram_error
 from satellite_asr.protocols.deepgram import (
@@ -31,10 +31,18 @@ from satellite_asr.protocols.deepgram import (
     REFUSED_WHEN_GIVEN,
     REFUSED_WHEN_ON,
     REPEATABLE,
+    created_now,
     language_and_terms,
-    model_info,
+    metadata,
+    one_alternative,
 )
-from satellite_asr.protocols.streaming_apis import ParameterError, boolean_parameter, check_names, confidence
+from satellite_asr.protocols.streaming_apis import (
+    ParameterError,
+    boolean_parameter,
+    check_names,
+    confidence,
+    refuse_features,
+)
 from satellite_asr.protocols.uploads import (
     READ_BYTES,
     RequestError,
@@ -98,11 +106,8 @@ def parse_params(query: MultiMapping[str], core: Core) -> PrerecordedParams:
     for name, feature in REFUSED_UNLESS_FALSE.items():
         if query.get(name, "false").lower() != "false":
             raise ParameterError(name, f"this server does not do {feature}; leave {name} out or set it to false")
-    for name, feature in REFUSED_HERE.items():
-        if name in query:
-            raise ParameterError(name, f"this server does not do {feature}; leave {name} out")
-    if query.get("alternatives", "1") != "1":
-        raise ParameterError("alternatives", "this server writes one transcript; leave alternatives out or set it to 1")
+    refuse_features(query, {}, REFUSED_HERE)
+    one_alternative(query)
     utt_split = query.get("utt_split", "0.8")
     if not _positive_number(utt_split):
         raise ParameterError("utt_split", f"utt_split must be a number of seconds above 0, got {utt_split!r}")
@@ -187,16 +192,13 @@ class Transcribed:
     """Finals that have words, in order."""
     seconds: float
     sha256: str
-    engine_model: tuple[str, dict[str, str]]
-    """`model_info`: the model's id and description."""
+    engine: EngineInfo
+    """The engine that answered (`metadata`'s model)."""
 
 
 def response_body(result: Transcribed, params: PrerecordedParams) -> dict[str, Any]:
     """Deepgram's response: one channel with one alternative (the finals joined by spaces), and
     the utterances when asked for."""
-    request_id = str(uuid.uuid4())
-    created = datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    model_id, model = result.engine_model
     finals = result.finals
     multi = params.detection == "multi"
     alternative: dict[str, Any] = {
@@ -214,17 +216,8 @@ def response_body(result: Transcribed, params: PrerecordedParams) -> dict[str, A
     results: dict[str, Any] = {"channels": [channel]}
     if params.utterances:
         results["utterances"] = [_utterance(final, final.language if multi else None) for final in finals]
-    metadata = {
-        "transaction_key": "deprecated",
-        "request_id": request_id,
-        "sha256": result.sha256,
-        "created": created,
-        "duration": round(result.seconds, 3),
-        "channels": 1,
-        "models": [model_id],
-        "model_info": {model_id: model},
-    }
-    return {"metadata": metadata, "results": results}
+    summary = metadata(str(uuid.uuid4()), result.sha256, created_now(), result.seconds, 1, result.engine)
+    return {"metadata": summary, "results": results}
 
 
 def _utterance(final: FinalTranscript, language: str | None) -> dict[str, Any]:
@@ -266,7 +259,7 @@ class PrerecordedHandler(UploadApi):
     """aiohttp handler for `POST /v1/listen`; `Access` has checked Host, Origin and key before it runs."""
 
     def error_body(self, error: ProtocolError, status: int) -> Any:
-        """Deepgram's error body (`Uploads.refusal`)."""
+        """Deepgram's error body (`UploadApi.refuse`)."""
         return deepgram_error(error.code, error.message)
 
     def check_headers(self, request: web.Request) -> PrerecordedParams:
@@ -289,5 +282,5 @@ class PrerecordedHandler(UploadApi):
         audio_file = await self.uploads.open_file(body)
         options = upload_options(self.core.settings, params.language, "", params.terms)
         finals, seconds = await self.uploads.transcribe(request, audio_file, PROTOCOL, options)
-        result = Transcribed(finals, seconds, sha256, model_info(self.core.engine_info))
+        result = Transcribed(finals, seconds, sha256, self.core.engine_info)
         return web.json_response(response_body(result, params))

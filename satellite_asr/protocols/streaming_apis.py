@@ -76,6 +76,18 @@ def check_names(query: MultiMapping[str], known: set[str], repeatable: set[str])
             raise ParameterError(name, f"{name} is given {len(query.getall(name))} times; give it once")
 
 
+def refuse_features(query: Mapping[str, str], when_on: Mapping[str, str], when_given: Mapping[str, str]) -> None:
+    """`ParameterError` for a feature this server does not do that the query asks for: one of
+    `when_on` set true (`false` is fine), or one of `when_given` at all. Refused rather than left
+    silently out, so that no client believes it was applied."""
+    for name, feature in when_on.items():
+        if boolean_parameter(query, name, False):
+            raise ParameterError(name, f"this server does not do {feature}; leave {name} out or set it to false")
+    for name, feature in when_given.items():
+        if name in query:
+            raise ParameterError(name, f"this server does not do {feature}; leave {name} out")
+
+
 def boolean_parameter(query: Mapping[str, str], name: str, default: bool) -> bool:
     value = query.get(name)
     if value is None:
@@ -127,6 +139,14 @@ def replacing_terms(core: Core, value: object, param: str) -> tuple[str, ...]:
     terms = tuple(term.strip() for term in items if term.strip())
     checked_biasing(core, "", terms, param, param)
     return terms
+
+
+def is_control(message: WSMessage, kind: str) -> bool:
+    """Whether a message is the control message `kind` (a JSON object of that `type`)."""
+    if message.type != WSMsgType.TEXT:
+        return False
+    parsed = json_object(message.data)
+    return isinstance(parsed, dict) and parsed.get("type") == kind
 
 
 def control_message(data: str, code: str) -> tuple[object, dict[str, Any]]:
