@@ -44,7 +44,7 @@ from satellite_asr.protocols import (
     websocket,
     wyoming,
 )
-from satellite_asr.protocols.uploads import Uploads
+from satellite_asr.protocols.uploads import UploadApi, Uploads
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +145,11 @@ class Daemon:
         """Every API's uploads: one cap, one pool of decode threads."""
         self.rest = openai_rest.OpenAIRestHandler(self.core, self.uploads)
         self.prerecorded = deepgram_prerecorded.PrerecordedHandler(self.core, self.uploads)
+        self.upload_apis: dict[str, UploadApi] = {
+            openai_rest.TRANSCRIPTIONS_PATH: self.rest,
+            deepgram.PATH: self.prerecorded,
+        }
+        """The upload routes (POST), by path: what an `Expect: 100-continue` is checked against."""
         self.wyoming_port: int | None = None
         """The bound Wyoming TCP port once started (None when off or on a unix socket)."""
         self.discovery: Discovery | None = None
@@ -194,10 +199,9 @@ class Daemon:
         as its documentation asks of a custom one: 417 for another expectation, and the interim
         answer written out by the handler."""
         refused = self.access.refused(request)
-        if refused is None and request.method == "POST" and request.path == openai_rest.TRANSCRIPTIONS_PATH:
-            refused = self.rest.refused_before_body(request)
-        if refused is None and request.method == "POST" and request.path == deepgram.PATH:
-            refused = self.prerecorded.refused_before_body(request)
+        upload = self.upload_apis.get(request.path) if request.method == "POST" else None
+        if refused is None and upload is not None:
+            refused = upload.refused_before_body(request)
         if refused is not None:
             refused.force_close()
             return refused

@@ -260,8 +260,8 @@ class Session:
 
     def change_terms(self, terms: Sequence[str]) -> None:
         """The client's names and terms from the next utterance on: a client may change them
-        mid-stream (Deepgram's `Configure`, AssemblyAI's `UpdateConfiguration`); the utterance in
-        progress keeps the context its decode began with."""
+        mid-stream (Deepgram's `Configure`, AssemblyAI's `UpdateConfiguration`, a Realtime
+        `session.update` of its keywords); the utterance in progress keeps those it began with."""
         self.options = replace(self.options, terms=tuple(whole_characters(term) for term in terms))
         self._engine_context = self.options.engine_context
 

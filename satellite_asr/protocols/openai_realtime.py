@@ -207,7 +207,7 @@ class _Connection:
         old, new = self.config.session_options(settings), config.session_options(settings)
         if new != old and replace(old, terms=new.terms) == new:  # only the keywords: the next utterance takes them
             self.session.change_terms(new.terms)
-        elif new != old:
+        elif new != old:  # how speech is endpointed or decoded: the utterance in progress ends first
             quiet_s = self.session.quiet_seconds(time.monotonic())
             await self.release(finalize=True)
             self.config = config

@@ -338,7 +338,7 @@ class OpenAIRestHandler(UploadApi):
         return web.json_response(self._model(request.match_info["model"]))
 
     def error_body(self, error: ProtocolError, status: int) -> Any:
-        """OpenAI's error object (`Uploads.refusal`)."""
+        """OpenAI's error object (`UploadApi.refuse`)."""
         return error_body(error, status)
 
     def check_headers(self, request: web.Request) -> None:

@@ -252,24 +252,6 @@ class Uploads:
         except ServerBusy as exc:
             raise server_busy(exc) from None
 
-    def refusal(
-        self, exc: TooManyConnections | ProtocolError, body: Callable[[ProtocolError, int], Any]
-    ) -> web.Response:
-        """The error in the API's own `body` (of the error and the HTTP status), counted, and the
-        connection closed after it: a body left unread (too large, stalled) or cut short (a
-        Content-Length shorter than the body) would otherwise be parsed by aiohttp as a next request,
-        answered with a plain-text 400 that quotes it back. An upload that is answered keeps its
-        connection (an SDK's next upload reuses it). A `ProtocolError` that is not a `RequestError`
-        is a 400 as it is: made into one, its message (cut to `MESSAGE_CHARS` already) would be cut
-        again, and say the length of the first cut instead of the text's."""
-        if isinstance(exc, TooManyConnections):
-            exc = RequestError("too_many_connections", str(exc), status=503, headers={"Retry-After": "5"})
-        status, headers = (exc.status, exc.headers) if isinstance(exc, RequestError) else (400, None)
-        self.core.metrics.errors.labels(exc.code).inc()
-        response = web.json_response(body(exc, status), status=status, headers=headers)
-        response.force_close()
-        return response
-
     async def open_file(self, data: bytes) -> AudioFile:
         """The file opened for decoding (its first chunk decoded), or 400 when it is not audio or too long."""
         try:
@@ -325,7 +307,20 @@ class UploadApi(abc.ABC):
         return None
 
     def refuse(self, exc: TooManyConnections | ProtocolError) -> web.Response:
-        return self.uploads.refusal(exc, self.error_body)
+        """The error in the API's own body (`error_body`), counted, and the connection closed after
+        it: a body left unread (too large, stalled) or cut short (a Content-Length shorter than the
+        body) would otherwise be parsed by aiohttp as a next request, answered with a plain-text 400
+        that quotes it back. An upload that is answered keeps its connection (an SDK's next upload
+        reuses it). A `ProtocolError` that is not a `RequestError` is a 400 as it is: made into one,
+        its message (cut to `MESSAGE_CHARS` already) would be cut again, and say the length of the
+        first cut instead of the text's."""
+        if isinstance(exc, TooManyConnections):
+            exc = RequestError("too_many_connections", str(exc), status=503, headers={"Retry-After": "5"})
+        status, headers = (exc.status, exc.headers) if isinstance(exc, RequestError) else (400, None)
+        self.core.metrics.errors.labels(exc.code).inc()
+        response = web.json_response(self.error_body(exc, status), status=status, headers=headers)
+        response.force_close()
+        return response
 
     @abc.abstractmethod
     def error_body(self, error: ProtocolError, status: int) -> Any:
