@@ -15,15 +15,17 @@ In order:
    `origin_not_allowed`. `X-Forwarded-Proto` is not trusted: behind a TLS proxy, list the page.
 3. With an API key set, the request must carry it: `Authorization: Bearer KEY` (or `Token KEY`,
    as Deepgram's clients send it), `X-API-Key: KEY`, a WebSocket subprotocol
-   `satellite-asr.key.KEY` (what a browser can send), `?api_key=KEY`, or else the key alone in
-   `Authorization`, as AssemblyAI's clients send it.
+   `satellite-asr.key.KEY` (what a browser can send), `?api_key=KEY`, `xi-api-key: KEY` (as
+   ElevenLabs' clients send it), or else the key alone in `Authorization`, as AssemblyAI's clients
+   send it.
    Compared in constant time and never logged. 401 `missing_api_key` / `invalid_api_key`.
 4. A key offered as a subprotocol comes with `satellite-asr` beside it, the subprotocol every
    WebSocket route answers with: without it a browser fails the connection. 400 `invalid_subprotocol`.
 
 Refusals are JSON: the project's `{"type":"error","code","message"}`, OpenAI's `{"error":{...}}`
 on the OpenAI-compatible paths (`OPENAI_PREFIXES`), Deepgram's `{"err_code","err_msg","request_id"}`
-on Deepgram's (`DEEPGRAM_PATHS`), AssemblyAI's `{"error","code"}` on its (`ASSEMBLYAI_PATHS`).
+on Deepgram's (`DEEPGRAM_PATHS`), AssemblyAI's `{"error","code"}` on its (`ASSEMBLYAI_PATHS`),
+ElevenLabs' `{"detail":{"status","message"}}` on its (`ELEVENLABS_PREFIX`).
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from satellite_asr.config import ConfigError, Settings
-from satellite_asr.protocols import assemblyai_error, deepgram_error, openai_error
+from satellite_asr.protocols import assemblyai_error, deepgram_error, elevenlabs_error, openai_error
 
 PUBLIC_PATHS = frozenset({"/", "/health"})
 """Served to anyone who can reach the daemon: the page and the health check."""
@@ -50,6 +52,9 @@ DEEPGRAM_PATHS = frozenset({"/v1/listen", "/v2/listen"})
 """Paths whose errors take Deepgram's `{"err_code", "err_msg", "request_id"}` shape."""
 ASSEMBLYAI_PATHS = frozenset({"/v3/ws"})
 """Paths whose errors take AssemblyAI's `{"error": ...}` shape."""
+ELEVENLABS_PREFIX = "/v1/speech-to-text"
+"""ElevenLabs' speech-to-text paths (the upload and `/realtime`), whose errors take its `{"detail": ...}` shape."""
+ELEVENLABS_KEY_HEADER = "xi-api-key"
 
 SUBPROTOCOL = "satellite-asr"
 """The WebSocket subprotocol the daemon accepts (and echoes) beside a key entry."""
@@ -263,7 +268,7 @@ class Access:
 
 
 def presented_key(request: web.Request) -> str | None:
-    """The key the request carries, by the first of the four ways that it uses; an Authorization
+    """The key the request carries, by the first of the ways that it uses; an Authorization
     header of no scheme (the key alone, as AssemblyAI's clients send it) only when none of them is
     used, so that such a header of another kind (a proxy's) does not stop a key sent another way."""
     authorization = request.headers.get("Authorization", "").strip()
@@ -277,6 +282,8 @@ def presented_key(request: web.Request) -> str | None:
             return protocol.strip()[len(KEY_SUBPROTOCOL_PREFIX) :]
     if KEY_QUERY_PARAMETER in request.query:
         return request.query[KEY_QUERY_PARAMETER]
+    if ELEVENLABS_KEY_HEADER in request.headers:
+        return request.headers[ELEVENLABS_KEY_HEADER].strip()
     if authorization and not credentials and scheme.lower() not in ("bearer", "token"):  # the key alone
         return authorization
     return None
@@ -292,6 +299,8 @@ def error_response(path: str, status: int, code: str, message: str) -> web.Respo
         body = deepgram_error(code, message)
     elif path in ASSEMBLYAI_PATHS:
         body = assemblyai_error(code, message)
+    elif path == ELEVENLABS_PREFIX or path.startswith(ELEVENLABS_PREFIX + "/"):
+        body = elevenlabs_error(code, message)
     else:
         body = {"type": "error", "code": code, "message": message}
     return web.json_response(body, status=status, headers=headers)

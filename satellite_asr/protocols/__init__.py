@@ -180,6 +180,12 @@ def assemblyai_error(code: str, message: str) -> dict[str, Any]:
     return {"error": echoable(message), "code": code}
 
 
+def elevenlabs_error(code: str, message: str) -> dict[str, Any]:
+    """ElevenLabs' HTTP error body (`detail` with a `status` code and a `message`), as its SDK and
+    LiveKit's plugin read it; `message` may hold what a client sent (`echoable`)."""
+    return {"detail": {"status": code, "message": echoable(message)}}
+
+
 def open_session(
     core: Core,
     protocol: str,
