@@ -38,6 +38,7 @@ from satellite_asr.protocols import (
     deepgram,
     deepgram_flux,
     deepgram_prerecorded,
+    elevenlabs,
     openai_realtime,
     openai_rest,
     streaming_apis,
@@ -185,6 +186,11 @@ class Daemon:
                 assemblyai.PATH,
                 streaming_apis.StreamingApiHandler(self.core, assemblyai.UNIVERSAL_STREAMING).handle,
             ),
+            (
+                "GET",
+                elevenlabs.PATH,
+                streaming_apis.StreamingApiHandler(self.core, elevenlabs.SCRIBE_REALTIME).handle,
+            ),
             ("GET", "/health", self._health),
             ("GET", "/metrics", self._metrics),
             ("GET", "/", self._index),
@@ -328,7 +334,9 @@ class Daemon:
         listen = self.core.sessions.close_all("shutdown", protocol=deepgram.PROTOCOL)
         flux = self.core.sessions.close_all("shutdown", protocol=deepgram_flux.PROTOCOL)
         universal = self.core.sessions.close_all("shutdown", protocol=assemblyai.PROTOCOL)
-        await asyncio.gather(self._close_wyoming(), self._close_websockets(), realtime, listen, flux, universal)
+        scribe = self.core.sessions.close_all("shutdown", protocol=elevenlabs.PROTOCOL)
+        closing = (realtime, listen, flux, universal, scribe)
+        await asyncio.gather(self._close_wyoming(), self._close_websockets(), *closing)
         await self.core.sessions.close_all("shutdown")
 
     async def _close_wyoming(self) -> None:

@@ -179,21 +179,27 @@ async def exchange(
     headers: dict[str, str] | None = None,
     paced: bool = False,
     release: tuple[asyncio.Event, float] | None = None,
+    frame: Callable[[bytes], str | bytes] = bytes,
+    until: Callable[[dict[str, Any]], bool] | None = None,
 ) -> tuple[list[dict[str, Any]], int | None]:
-    """One stream of a hosted API (Deepgram's, AssemblyAI's): sends `data` (16 kHz 16-bit PCM) in
-    100 ms frames, at full speed or `paced` as a microphone would (partials come only then), then
-    the `after` messages, and reads every message until the server closes: the messages and the
-    close code. `release`: an engine double's gate, set once that many seconds of audio are sent."""
+    """One stream of a hosted API (Deepgram's, AssemblyAI's, ElevenLabs'): sends `data` (16 kHz
+    16-bit PCM) in 100 ms frames, each as `frame` makes it a message, at full speed or `paced` as a
+    microphone would (partials come only then), then the `after` messages, and reads every message
+    until the server closes, or until one that `until` says is the last (the client then closes):
+    the messages and the close code. `release`: an engine double's gate, set once that many
+    seconds of audio are sent."""
     received: list[dict[str, Any]] = []
     async with websockets.connect(url, additional_headers=headers) as ws:
 
         async def read() -> None:
             async for message in ws:
                 received.append(json.loads(message))
+                if until is not None and until(received[-1]):
+                    return
 
         reader = asyncio.create_task(read())
         for offset in range(0, len(data), PCM_FRAME_BYTES):
-            await ws.send(data[offset : offset + PCM_FRAME_BYTES])
+            await ws.send(frame(data[offset : offset + PCM_FRAME_BYTES]))
             if paced:
                 await asyncio.sleep(0.1)
             if release is not None and offset >= release[1] * 2 * SAMPLE_RATE:

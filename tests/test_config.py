@@ -283,6 +283,7 @@ USER_DOCS = (
     "docs/openai.md",
     "docs/deepgram.md",
     "docs/assemblyai.md",
+    "docs/elevenlabs.md",
     "docs/wyoming.md",
     "docs/security.md",
     "docs/browser.md",

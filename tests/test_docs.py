@@ -39,6 +39,7 @@ PROTOCOL_DOCS = {
     "protocols/deepgram_flux.py": "docs/deepgram.md",
     "protocols/deepgram_prerecorded.py": "docs/deepgram.md",
     "protocols/assemblyai.py": "docs/assemblyai.md",
+    "protocols/elevenlabs.py": "docs/elevenlabs.md",
     "protocols/wyoming.py": "docs/wyoming.md",
     "protocols/wyoming_framing.py": "docs/wyoming.md",
 }

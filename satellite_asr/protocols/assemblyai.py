@@ -10,7 +10,6 @@ Input refused mid-stream is a `Warning` and the stream goes on.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 from collections.abc import Mapping
@@ -23,14 +22,11 @@ from multidict import MultiMapping
 from satellite_asr.audio import MAX_RATE, MIN_RATE, PcmDecoder
 from satellite_asr.core import Core
 from satellite_asr.events import FinalTranscript, PartialTranscript, SessionError, SessionEvent, SpeechStarted
-from satellite_asr.limits import write_within
 from satellite_asr.protocols import (
     ProtocolError,
     ReadAhead,
-    accepted,
     assemblyai_error,
     checked_language,
-    client_gone,
     echoable,
 )
 from satellite_asr.protocols.streaming_apis import (
@@ -46,6 +42,7 @@ from satellite_asr.protocols.streaming_apis import (
     is_control,
     keep_alive,
     refuse_features,
+    refuse_in_band,
     replacing_terms,
     whole_parameter,
 )
@@ -397,14 +394,8 @@ async def refuse_parameters(
 ) -> web.StreamResponse:
     """A bad query is refused after the upgrade, as AssemblyAI does: an `Error` naming the
     parameter, then the Close with its code (what AssemblyAI's clients report)."""
-    if not await accepted(ws, request):
-        return client_gone()
-    reading = ReadAhead(ws, core.settings, request.transport, is_terminate)
     error = {"type": "Error", "error_code": INPUT_INVALID, "error": echoable(f"{exc.parameter}: {exc}")}
-    with contextlib.suppress(ConnectionError):
-        await write_within(ws.send_json(error), core.settings.write_timeout_s, request.transport)
-        await reading.close(INPUT_INVALID, "invalid_query_parameter")
-    return ws
+    return await refuse_in_band(core, request, ws, error, INPUT_INVALID, is_terminate)
 
 
 UNIVERSAL_STREAMING = Api(

@@ -149,12 +149,13 @@ def is_control(message: WSMessage, kind: str) -> bool:
     return isinstance(parsed, dict) and parsed.get("type") == kind
 
 
-def control_message(data: str, code: str) -> tuple[object, dict[str, Any]]:
-    """A text message's `type` and the message, or `ProtocolError` `code` when it is not a JSON object."""
+def control_message(data: str, code: str, type_field: str) -> tuple[object, dict[str, Any]]:
+    """A text message's type (its `type_field`) and the message, or `ProtocolError` `code` when it
+    is not a JSON object."""
     message = json_object(data)
     if isinstance(message, str):
         raise ProtocolError(code, f"text messages must be JSON objects; this one {message}")
-    return message.get("type"), message
+    return message.get(type_field), message
 
 
 Control = Callable[[dict[str, Any]], Awaitable[None]]
@@ -172,6 +173,8 @@ class StreamingConnection(abc.ABC):
     protocol: ClassVar[str]
     invalid_message: ClassVar[str]
     """The API's code for a text message that is not one of its controls."""
+    type_field: ClassVar[str] = "type"
+    """The field of a text message that names it: ElevenLabs' is `message_type`."""
 
     def __init__(
         self, ws: web.WebSocketResponse, core: Core, request: web.Request, reading: ReadAhead, params: StreamParams
@@ -249,14 +252,15 @@ class StreamingConnection(abc.ABC):
     async def on_text(self, data: str) -> None:
         """A control message done (`controls`); `ProtocolError` `invalid_message` for one the API
         does not have, or a text that is not a JSON object."""
-        kind, message = control_message(data, self.invalid_message)
+        kind, message = control_message(data, self.invalid_message, self.type_field)
         controls = self.controls()
         control = controls.get(kind) if isinstance(kind, str) else None
         if control is None:
             *others, last = controls
-            expected = f"{', '.join(others)} or {last}"
+            expected = f"{', '.join(others)} or {last}" if others else last
             raise ProtocolError(
-                self.invalid_message, f"unknown message type {echoable(str(kind))!r}; expected {expected}"
+                self.invalid_message,
+                f"unknown {self.type_field} {echoable(str(kind))!r}; expected {expected}",
             )
         await control(message)
 
@@ -276,6 +280,26 @@ class StreamingConnection(abc.ABC):
     async def error(self, code: str, message: str, *, fatal: bool = False, counted: bool = False) -> None:
         """A refusal or failure in the API's own shape, counted in the error metric unless `counted`
         already (a session's `SessionError`: `Session._emit` counts it); `fatal`: the connection is closed next."""
+
+
+async def refuse_in_band(
+    core: Core,
+    request: web.Request,
+    ws: web.WebSocketResponse,
+    error: dict[str, Any],
+    code: int,
+    ends_stream: Callable[[WSMessage], bool],
+) -> web.StreamResponse:
+    """A bad query refused after the upgrade (AssemblyAI's way, and ElevenLabs'): the API's `error`
+    message, which the clients report (an HTTP refusal they would report by its status alone), then
+    the Close with `code`."""
+    if not await accepted(ws, request):
+        return client_gone()
+    reading = ReadAhead(ws, core.settings, request.transport, ends_stream)
+    with contextlib.suppress(ConnectionError):
+        await write_within(ws.send_json(error), core.settings.write_timeout_s, request.transport)
+        await reading.close(code, "invalid_query_parameter")
+    return ws
 
 
 ApiParser = Callable[[MultiMapping[str], Core], StreamParams]
