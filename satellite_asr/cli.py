@@ -206,17 +206,28 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--category", help="Only the manifest's files of this category (turns: complete, paused, hard).")
     bench.add_argument(
         "--protocol",
-        choices=("websocket", "openai-realtime", "deepgram", "deepgram-flux", "assemblyai", "wyoming", "rest"),
+        choices=(
+            "websocket",
+            "openai-realtime",
+            "deepgram",
+            "deepgram-flux",
+            "assemblyai",
+            "elevenlabs",
+            "wyoming",
+            "rest",
+        ),
         default="websocket",
         help="websocket: /v1/stream clients; openai-realtime: /v1/realtime clients (OpenAI's Realtime API); "
         "deepgram: /v1/listen clients (Deepgram's live API); deepgram-flux: /v2/listen clients (Deepgram's Flux); "
         "assemblyai: /v3/ws clients (AssemblyAI's Universal-Streaming); "
+        "elevenlabs: /v1/speech-to-text/realtime clients (ElevenLabs' realtime API); "
         "wyoming: Home Assistant's flow, one command per round; rest: each client uploads one recording (the "
         "manifest's files --rounds times, with silence) to /v1/audio/transcriptions at once.",
     )
     bench.add_argument(
         "--url",
-        help="Benchmark a running server (ws://HOST:PORT/v1/stream, /v1/realtime, /v1/listen, /v2/listen or /v3/ws, "
+        help="Benchmark a running server (ws://HOST:PORT/v1/stream, /v1/realtime, /v1/listen, /v2/listen, /v3/ws or "
+        "/v1/speech-to-text/realtime, "
         "tcp://HOST:PORT for wyoming (any Wyoming STT server works), http://HOST:PORT for rest) instead of "
         "starting one in-process.",
     )

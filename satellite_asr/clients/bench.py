@@ -346,6 +346,33 @@ async def _stream_one_assemblyai(
     return await _stream_pcm16(query, audio, delay, headers, translate, json.dumps({"type": "Terminate"}))
 
 
+async def _stream_one_elevenlabs(
+    url: str, audio: Audio, delay: float, config: dict[str, Any], headers: dict[str, str]
+) -> tuple[float, list[Any]]:
+    """The same over ElevenLabs' realtime API, the audio in its JSON chunks and a commit at the end.
+    No message ends that API's stream: the connection is closed once every speech segment has its
+    commit (or 10 s after the audio), as over OpenAI Realtime. Transcripts come back in the
+    WebSocket shapes `_timings` reads: a partial as a `partial` of the utterance whose commit comes
+    next (the API names no utterance), a commit with text as a `final`."""
+    commits = 0
+
+    def translate(message: dict[str, Any]) -> dict[str, Any] | None:
+        nonlocal commits
+        kind, text = message["message_type"], message.get("text")
+        if kind == "committed_transcript" and text:
+            commits += 1
+            return {"type": "final", "utterance_id": commits - 1, "text": text}
+        return {"type": "partial", "utterance_id": commits} if kind == "partial_transcript" else None
+
+    def chunk(pcm: bytes, commit: bool = False) -> str:
+        encoded = base64.b64encode(pcm).decode()
+        return json.dumps({"message_type": "input_audio_chunk", "audio_base_64": encoded, "commit": commit})
+
+    query = f"{url}?model_id=scribe_v2_realtime&audio_format=pcm_{SAMPLE_RATE}&commit_strategy=vad"
+    expected = len(speech_segments(audio))
+    return await _stream_pcm16(query, audio, delay, headers, translate, chunk(b"", commit=True), chunk, expected)
+
+
 async def _stream_pcm16(
     url: str,
     audio: Audio,
@@ -353,15 +380,20 @@ async def _stream_pcm16(
     headers: dict[str, str],
     translate: Callable[[dict[str, Any]], dict[str, Any] | None],
     end: str,
+    frame: Callable[[bytes], str | bytes] = bytes,
+    finals: int | None = None,
 ) -> tuple[float, list[Any]]:
-    """16 kHz 16-bit PCM at real-time pace to one of the hosted APIs (`url` with its query), then
-    its `end` message; each message the server sends as `translate` makes it (None: left out)."""
+    """16 kHz 16-bit PCM at real-time pace to one of the hosted APIs (`url` with its query), each
+    100 ms as `frame` makes it a message, then its `end` message; each message the server sends as
+    `translate` makes it (None: left out), until the server closes, or with `finals` until that
+    many finals came (or 10 s after `end`)."""
     import websockets
 
     await asyncio.sleep(delay)
     received: list[tuple[float, dict[str, Any]]] = []
     pcm = to_pcm16(audio).tobytes()
     step = int(FRAME_SECONDS * SAMPLE_RATE) * 2
+    all_final = asyncio.Event()
     async with websockets.connect(url, max_size=1 << 20, additional_headers=headers) as ws:
 
         async def receive() -> None:
@@ -369,14 +401,21 @@ async def _stream_pcm16(
                 translated = translate(json.loads(raw))
                 if translated is not None:
                     received.append((time.monotonic(), translated))
+                    if finals is not None and sum(m["type"] == "final" for _, m in received) >= finals:
+                        all_final.set()
 
         receiver = asyncio.create_task(receive())
         origin = time.monotonic()
         for index, offset in enumerate(range(0, len(pcm), step)):
             await asyncio.sleep(max(0.0, origin + (index + 1) * FRAME_SECONDS - time.monotonic()))
-            await ws.send(pcm[offset : offset + step])
+            await ws.send(frame(pcm[offset : offset + step]))
         await ws.send(end)
-        await receiver
+        if finals is None:
+            await receiver
+        else:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(all_final.wait(), 10.0)
+            receiver.cancel()
     return origin, received
 
 
@@ -387,6 +426,7 @@ PROTOCOLS: dict[str, tuple[str, Streamer]] = {
     "deepgram": ("/v1/listen", _stream_one_deepgram),
     "deepgram-flux": ("/v2/listen", _stream_one_flux),
     "assemblyai": ("/v3/ws", _stream_one_assemblyai),
+    "elevenlabs": ("/v1/speech-to-text/realtime", _stream_one_elevenlabs),
 }
 """Protocol name -> (path on the daemon, client that streams one file)."""
 

@@ -49,7 +49,8 @@ class StreamRefused(Exception):
 def refusal(status: int, body: bytes | bytearray | None, what: str = "connection") -> str:
     """What a refused upgrade (or `what` else) says: the status, and the daemon's error code and
     sentence when its body has them (`{"type": "error", ...}`, OpenAI's `{"error": {...}}`,
-    Deepgram's `{"err_code": ..., "err_msg": ...}` or AssemblyAI's `{"error": "...", "code": ...}`)."""
+    Deepgram's `{"err_code": ..., "err_msg": ...}`, AssemblyAI's `{"error": "...", "code": ...}` or
+    ElevenLabs' `{"detail": {"status": ..., "message": ...}}`)."""
     try:
         error = json.loads(body or b"")
     except ValueError:
@@ -60,6 +61,8 @@ def refusal(status: int, body: bytes | bytearray | None, what: str = "connection
         error = {"code": error.get("err_code"), "message": error["err_msg"]}
     if isinstance(error, dict) and isinstance(error.get("error"), str):
         error = {"code": error.get("code"), "message": error["error"]}
+    if isinstance(error, dict) and isinstance(error.get("detail"), dict):
+        error = {"code": error["detail"].get("status"), "message": error["detail"].get("message")}
     said = ""
     if isinstance(error, dict) and error.get("message"):
         said = f": {error.get('code') or 'error'}: {error['message']}"
