@@ -253,6 +253,7 @@ async def test_bad_messages_are_input_errors_and_the_stream_goes_on() -> None:
         json.dumps({"message_type": "input_audio_chunk", "audio_base_64": 12}),
         json.dumps({"message_type": "input_audio_chunk", "audio_base_64": "ü"}),
         chunk(b"\x00\x01\x02"),
+        data[:3200],
     ]
     async with running_daemon() as daemon:
         messages = await scribe(scribe_url(daemon), data[:3200], *bad, chunk(data, previous_text="lights"), COMMIT)
@@ -263,6 +264,8 @@ async def test_bad_messages_are_input_errors_and_the_stream_goes_on() -> None:
     assert "sample_rate 24000" in errors[3]["error"] and "commit" in errors[4]["error"]
     assert "language" in errors[5]["error"] and "previous_text" in errors[6]["error"]
     assert "base64" in errors[7]["error"] and "base64" in errors[8]["error"] and "base64" in errors[9]["error"]
+    assert "not a whole number of s16le frames" in errors[10]["error"]
+    assert "not as binary messages" in errors[11]["error"]
     command, answer = committed_texts(messages)
     assert same_words(EXPECTED["lights_on.wav"], [command]) and answer == ""
 

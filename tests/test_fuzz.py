@@ -5,6 +5,8 @@ real-time session beside them must keep transcribing its commands. CI-sized: a m
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
 import json
 import logging
 from typing import Any
@@ -22,7 +24,7 @@ from wyoming.event import Event, async_read_event, async_write_event
 from satellite_asr.audio import ENCODINGS, MAX_RATE, MIN_RATE
 from satellite_asr.clients.stream_client import stream_file
 from satellite_asr.core import Core
-from satellite_asr.protocols import ProtocolError, assemblyai
+from satellite_asr.protocols import ProtocolError, assemblyai, elevenlabs
 from satellite_asr.protocols.deepgram import ENCODINGS as DEEPGRAM_ENCODINGS
 from satellite_asr.protocols.deepgram import (
     IGNORED,
@@ -194,6 +196,32 @@ def test_assemblyai_query_is_accepted_or_refused_naming_a_parameter(pairs: list[
     else:
         assert isinstance(params, assemblyai.StreamingParams) and params.encoding in assemblyai.ENCODINGS
         assert MIN_RATE <= params.sample_rate <= MAX_RATE and params.decoder().sample_rate == params.sample_rate
+
+
+elevenlabs_names = st.sampled_from(
+    sorted(
+        {"model_id", "audio_format", "commit_strategy", "language_code", *elevenlabs.FRACTIONS, *elevenlabs.WHOLE}
+        | elevenlabs.BOOLEANS
+        | elevenlabs.REPEATABLE
+        | set(elevenlabs.REFUSED_WHEN_GIVEN)
+    )
+) | st.text(max_size=10)
+elevenlabs_values = st.sampled_from(
+    ["pcm_16000", "ulaw_8000", "vad", "manual", "true", "false", "0.5", "100", "en", "eng", "fil"]
+) | st.text(max_size=12)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.tuples(elevenlabs_names, elevenlabs_values), max_size=8))
+@example([("secondary_languages", "deu"), ("secondary_languages", "eng")])
+def test_elevenlabs_query_is_accepted_or_refused_naming_a_parameter(pairs: list[tuple[str, str]]) -> None:
+    try:
+        params = elevenlabs.parse_params(MultiDict(pairs), CORE)
+    except ParameterError as error:
+        assert error.parameter in dict(pairs) and str(error)
+    else:
+        assert isinstance(params, elevenlabs.RealtimeParams) and params.audio_format in elevenlabs.AUDIO_FORMATS
+        assert params.decoder().sample_rate == params.sample_rate
 
 
 def header_line(header: dict[str, Any]) -> bytes:
@@ -383,6 +411,55 @@ async def assemblyai_session(url: str, frames: list[str | bytes]) -> None:
         assert messages and messages[-1]["type"] == "Termination", messages
 
 
+elevenlabs_sessions = st.lists(
+    listen_text
+    | listen_binary
+    | st.builds(
+        lambda audio, commit, extra: json.dumps(
+            {"message_type": "input_audio_chunk", "audio_base_64": base64.b64encode(audio).decode(), **commit, **extra}
+        ),
+        st.binary(max_size=3200),
+        st.just({}) | st.booleans().map(lambda on: {"commit": on}) | json_values.map(lambda v: {"commit": v}),
+        st.dictionaries(st.sampled_from(["sample_rate", "previous_text", "x"]), json_values, max_size=2),
+    )
+    | st.dictionaries(st.sampled_from(["message_type", "audio_base_64", "commit", "sample_rate"]), json_values).map(
+        json.dumps
+    ),
+    min_size=1,
+    max_size=8,
+)
+ELEVENLABS_TYPES = {
+    "session_started",
+    "partial_transcript",
+    "committed_transcript",
+    "committed_transcript_with_timestamps",
+    "input_error",
+    "transcriber_error",
+    "resource_exhausted",
+}
+ELEVENLABS_LAST = json.dumps({"message_type": "last_of_the_fuzz"})
+"""A message type the API does not have: its `input_error` comes after the answers to the frames before it."""
+
+
+async def elevenlabs_session(url: str, frames: list[str | bytes]) -> None:
+    """Sends the frames, then `ELEVENLABS_LAST`: every message is one of ElevenLabs', `session_started`
+    first, and the stream goes on to answer that last one, unless a frame over the size limit closed it."""
+    messages: list[dict[str, Any]] = []
+    answered = False
+    async with websockets.connect(url, max_size=None) as ws:
+        with contextlib.suppress(ConnectionClosed):
+            for frame in [*frames, ELEVENLABS_LAST]:
+                await ws.send(frame)
+            async for raw in ws:
+                messages.append(json.loads(raw))
+                if messages[-1]["message_type"] == "input_error" and "last_of_the_fuzz" in messages[-1]["error"]:
+                    answered = True
+                    break
+    assert {m["message_type"] for m in messages} <= ELEVENLABS_TYPES, messages
+    assert messages and messages[0]["message_type"] == "session_started", messages
+    assert answered or ws.close_code == 1009, (ws.close_code, messages)
+
+
 wyoming_events = st.one_of(
     st.builds(
         Event,
@@ -483,6 +560,14 @@ async def test_random_sessions_on_every_streaming_protocol_leave_the_daemon_and_
         def assemblyai_fuzz(frames: list[str | bytes]) -> None:
             asyncio.run_coroutine_threadsafe(assemblyai_session(assemblyai_url, frames), loop).result(60)
 
+        elevenlabs_url = f"ws://127.0.0.1:{daemon.http_port}/v1/speech-to-text/realtime?include_timestamps=true"
+
+        @settings(max_examples=100, deadline=None)
+        @given(elevenlabs_sessions)
+        @example(['{"message_type": "input_audio_chunk", "audio_base_64": "", "commit": true}'] * 2)
+        def elevenlabs_fuzz(frames: list[str | bytes]) -> None:
+            asyncio.run_coroutine_threadsafe(elevenlabs_session(elevenlabs_url, frames), loop).result(60)
+
         @settings(max_examples=150, deadline=None)
         @given(wyoming_sessions)
         def wyoming_fuzz(events: list[Event]) -> None:
@@ -492,6 +577,7 @@ async def test_random_sessions_on_every_streaming_protocol_leave_the_daemon_and_
         await loop.run_in_executor(None, listen_fuzz)
         await loop.run_in_executor(None, flux_fuzz)
         await loop.run_in_executor(None, assemblyai_fuzz)
+        await loop.run_in_executor(None, elevenlabs_fuzz)
         await loop.run_in_executor(None, wyoming_fuzz)
         stop.set()
         await beside

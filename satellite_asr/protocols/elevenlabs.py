@@ -261,9 +261,13 @@ class ScribeConnection(StreamingConnection):
         except ValueError:  # binascii.Error, or text that is not ASCII
             raise ProtocolError("input_error", "audio_base_64 is not valid base64") from None
         if data:
-            await self.on_binary(data)
+            await super().on_binary(data)
         if commit:
             await self.commit()
+
+    async def on_binary(self, data: bytes) -> None:
+        """Refused: the API's audio comes in `input_audio_chunk` messages."""
+        raise ProtocolError("input_error", "audio comes base64 in input_audio_chunk messages, not as binary messages")
 
     async def commit(self) -> None:
         """The utterance in progress ends now; with none, an empty `committed_transcript` says so."""
