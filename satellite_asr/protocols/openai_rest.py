@@ -8,7 +8,6 @@ client sends, the engine's model answers.
 
 from __future__ import annotations
 
-import functools
 import json
 import time
 import zlib
@@ -17,8 +16,8 @@ from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
-from aiohttp import BodyPartReader, web
-from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp import web
+from multidict import MultiDict
 
 from satellite_asr.audio_files import FileRefused
 from satellite_asr.biasing.context import MAX_CLIENT_TERMS, client_terms
@@ -27,20 +26,18 @@ from satellite_asr.events import FinalTranscript
 from satellite_asr.limits import write_within
 from satellite_asr.protocols import ProtocolError, checked_biasing, checked_language, openai_error
 from satellite_asr.protocols.uploads import (
-    MB,
-    READ_BYTES,
     ClientGone,
     Feed,
+    FormFields,
     RequestError,
     UploadApi,
     UploadPace,
     Uploads,
-    check_content_encoding,
-    client_fault,
+    bad_field,
+    check_form_headers,
     failure,
-    read_limited,
+    read_form,
     server_busy,
-    too_large,
     upload_options,
 )
 from satellite_asr.recording import Recording, TranscriptionFailed
@@ -52,28 +49,16 @@ TRANSCRIPTIONS_PATH = "/v1/audio/transcriptions"
 MODELS_PATH = "/v1/models"
 MODEL_PATH = "/v1/models/{model}"
 
-FIELD_BYTES = 64 * 1024
-"""Largest text field (a prompt of this size is far beyond what any engine reads)."""
-FORM_OVERHEAD_BYTES = MB
-"""Most the text fields together may hold, and what they and the multipart framing may add to the
-file's size in a request's Content-Length."""
-
 RESPONSE_FORMATS = ("json", "text", "verbose_json", "srt", "vtt")
 STREAM_FORMATS = ("json", "text")
 FIELDS = {"file", "model", "language", "prompt", "response_format", "temperature", "stream", "chunking_strategy"}
 LIST_FIELDS = {"timestamp_granularities[]": 2, "keywords[]": MAX_CLIENT_TERMS}
-"""Fields a client may repeat (the openai SDK sends lists as `name[]`), and how often. Every part
-costs the form reader about 0.3 ms of the event loop whatever its size: uncapped, a form of 20000
-empty `keywords[]` parts (1.3 MB) was still being read when the upload's pace cut it with a 408."""
+"""Fields a client may repeat (the openai SDK sends lists as `name[]`), and how often (`FormFields`)."""
 
 
 def error_body(exc: ProtocolError, status: int) -> dict[str, Any]:
     kind = "invalid_request_error" if status < 500 else "server_error"
     return {"error": openai_error(exc.code, exc.message, kind=kind, param=exc.param)}
-
-
-def _bad_field(param: str, message: str) -> RequestError:
-    return RequestError("invalid_value", message, param=param)
 
 
 @dataclass(frozen=True)
@@ -86,138 +71,73 @@ class TranscriptionRequest:
     stream: bool
 
 
-async def read_form(
-    request: web.Request, max_file_bytes: int, max_context_chars: int, pace: UploadPace
-) -> tuple[bytes | None, dict[str, list[str]]]:
-    """The uploaded file and the text fields, sizes checked while reading (Content-Length and the
-    media type were checked by `check_form_headers`); a body slower than `pace` allows is refused (408)."""
-    try:
-        reader = await request.multipart()
-        file: bytes | None = None
-        fields: dict[str, list[str]] = {}
-        text_bytes = 0
-        while (part := await pace.within(reader.next())) is not None:
-            if not isinstance(part, BodyPartReader) or not part.name:
-                raise RequestError("invalid_request", "every form part must be a named field")
-            name = part.name
-            if name.startswith("chunking_strategy["):  # the SDK's form of an object, {"type": "server_vad"}
-                raise _only_auto_chunking()
-            if name not in FIELDS and name not in LIST_FIELDS:
-                raise _bad_field(
-                    name, f"unknown field {name!r}; this server reads {', '.join(sorted([*FIELDS, *LIST_FIELDS]))}"
-                )
-            if name not in LIST_FIELDS and (name in fields or (name == "file" and file is not None)):
-                raise _bad_field(name, f"field {name!r} is given more than once")
-            if name in LIST_FIELDS and len(fields.get(name, [])) == LIST_FIELDS[name]:
-                raise _repeated_too_often(name)
-            if name == "file":
-                too_big = functools.partial(too_large, max_file_bytes)
-                file = await read_limited(functools.partial(part.read_chunk, READ_BYTES), max_file_bytes, pace, too_big)
-                if part.filename is None and _looks_like_a_path(file):
-                    shown = file.decode().strip()[:100]
-                    raise RequestError(
-                        "invalid_file",
-                        f"the file field holds the text {shown!r}, not a file's content: send the file itself "
-                        "(with curl, -F file=@PATH: the @ reads the file)",
-                        param="file",
-                    )
-            else:
-                limit = min(FIELD_BYTES, FORM_OVERHEAD_BYTES - text_bytes)
-                too_long = functools.partial(_field_too_long, name, limit, max_context_chars)
-                raw = await read_limited(functools.partial(part.read_chunk, READ_BYTES), limit, pace, too_long)
-                text_bytes += len(raw)
-                try:
-                    fields.setdefault(name, []).append(raw.decode("utf-8"))
-                except UnicodeDecodeError:
-                    raise _bad_field(name, f"{name} must be UTF-8 text") from None
-    except (ValueError, HttpProcessingError) as exc:  # aiohttp's multipart parser: malformed framing or part headers
-        raise RequestError("invalid_request", f"the multipart form cannot be read: {client_fault(exc)}") from None
-    except web.RequestPayloadError as exc:  # a body its Content-Encoding cannot decode
-        raise RequestError("invalid_request", f"the request body cannot be read: {client_fault(exc)}") from None
-    return file, fields
+class Form(FormFields):
+    """The transcription form's fields: a `chunking_strategy` object, a prompt too long to read and
+    too many `keywords[]` are refused as their checks in `parse_request` would refuse them."""
 
+    def __init__(self, max_context_chars: int) -> None:
+        super().__init__(FIELDS, LIST_FIELDS)
+        self.max_context_chars = max_context_chars
 
-def check_form_headers(request: web.Request, max_file_bytes: int) -> None:
-    """What the headers alone tell of the form: its declared size (413), its encoding (415) and its
-    media type (400)."""
-    if request.content_length is not None and request.content_length > max_file_bytes + FORM_OVERHEAD_BYTES:
-        raise too_large(max_file_bytes)
-    check_content_encoding(request)
-    if request.content_type != "multipart/form-data":
-        raise RequestError("invalid_request", "send the audio as multipart/form-data with a `file` field")
+    def unknown(self, name: str) -> RequestError:
+        if name.startswith("chunking_strategy["):  # the SDK's form of an object, {"type": "server_vad"}
+            return _only_auto_chunking()
+        return super().unknown(name)
 
+    def too_long(self, name: str, limit: int) -> RequestError:
+        """A prompt too long to read is refused as one over `max_context_chars` is (`checked_biasing`)."""
+        if name == "prompt":
+            message = (
+                f"the prompt is over the {limit} bytes this server reads of it; "
+                f"its limit is {self.max_context_chars} characters (max_context_chars)"
+            )
+            return RequestError("context_too_long", message, param=name)
+        return super().too_long(name, limit)
 
-def _looks_like_a_path(data: bytes) -> bool:
-    """A short line of text where the audio should be, sent as a plain field (no filename): curl's
-    `-F file=PATH` without the `@`. No audio container is a few printable characters."""
-    if not 0 < len(data) <= 4096 or b"\0" in data:
-        return False
-    try:
-        text = data.decode("utf-8").strip()
-    except UnicodeDecodeError:
-        return False
-    return bool(text) and "\n" not in text and text.isprintable()
-
-
-def _field_too_long(name: str, limit: int, max_context_chars: int) -> RequestError:
-    """A prompt too long to read is refused as one over `max_context_chars` is (`checked_biasing`)."""
-    if name == "prompt":
-        message = (
-            f"the prompt is over the {limit} bytes this server reads of it; "
-            f"its limit is {max_context_chars} characters (max_context_chars)"
-        )
-        return RequestError("context_too_long", message, param=name)
-    return _bad_field(name, f"{name} is too long")
-
-
-def _repeated_too_often(name: str) -> RequestError:
-    """More `keywords[]` than a client may give is refused as `checked_biasing` refuses them."""
-    limit = LIST_FIELDS[name]
-    if name == "keywords[]":
-        message = f"{limit + 1} names and terms or more (keywords[]), over the limit of {limit}"
-        return RequestError("context_too_long", message, param="prompt")
-    return _bad_field(name.removesuffix("[]"), f"{name} is given more than {limit} times")
+    def repeated_too_often(self, name: str) -> RequestError:
+        """More `keywords[]` than a client may give is refused as `checked_biasing` refuses them."""
+        if name == "keywords[]":
+            limit = LIST_FIELDS[name]
+            message = f"{limit + 1} names and terms or more (keywords[]), over the limit of {limit}"
+            return RequestError("context_too_long", message, param="prompt")
+        return bad_field(name.removesuffix("[]"), f"{name} is given more than {LIST_FIELDS[name]} times")
 
 
 def _only_auto_chunking() -> RequestError:
-    return _bad_field("chunking_strategy", 'chunking_strategy can only be "auto": the daemon\'s VAD cuts the audio')
+    return bad_field("chunking_strategy", 'chunking_strategy can only be "auto": the daemon\'s VAD cuts the audio')
 
 
-def parse_request(file: bytes | None, fields: dict[str, list[str]], core: Core) -> TranscriptionRequest:
+def parse_request(file: bytes | None, fields: MultiDict[str], core: Core) -> TranscriptionRequest:
     """The form's fields checked against the engine, as session options; `model` is not checked."""
     if file is None:
-        raise _bad_field("file", "the form has no `file` field with the audio")
-
-    def single(name: str) -> str | None:
-        values = fields.get(name)
-        return values[0] if values else None
+        raise bad_field("file", "the form has no `file` field with the audio")
 
     settings = core.settings
-    response_format = single("response_format") or "json"
+    response_format = fields.get("response_format") or "json"
     if response_format not in RESPONSE_FORMATS:
-        raise _bad_field(
+        raise bad_field(
             "response_format", f"response_format must be one of {', '.join(RESPONSE_FORMATS)}, got {response_format!r}"
         )
-    stream = _boolean("stream", single("stream") or "false")
+    stream = _boolean("stream", fields.get("stream") or "false")
     if stream and response_format not in STREAM_FORMATS:
-        raise _bad_field("stream", "stream=true sends transcript.text events; use response_format json or text")
-    temperature = single("temperature")
+        raise bad_field("stream", "stream=true sends transcript.text events; use response_format json or text")
+    temperature = fields.get("temperature")
     if temperature is not None:
         try:
             value = float(temperature)
         except ValueError:
             value = float("nan")
         if not 0.0 <= value <= 1.0:
-            raise _bad_field("temperature", f"temperature must be a number from 0 to 1, got {temperature!r}")
-    for granularity in fields.get("timestamp_granularities[]", []):
+            raise bad_field("temperature", f"temperature must be a number from 0 to 1, got {temperature!r}")
+    for granularity in fields.getall("timestamp_granularities[]", []):
         if granularity != "segment":
-            raise _bad_field("timestamp_granularities", f"only segment timestamps are available, not {granularity!r}")
-    chunking = single("chunking_strategy")
+            raise bad_field("timestamp_granularities", f"only segment timestamps are available, not {granularity!r}")
+    chunking = fields.get("chunking_strategy")
     if chunking not in (None, "auto"):
         raise _only_auto_chunking()
-    language = checked_language(core, single("language"), "language") or settings.default_language
-    prompt = (single("prompt") or "").strip()
-    keywords = client_terms(fields.get("keywords[]", []))
+    language = checked_language(core, fields.get("language"), "language") or settings.default_language
+    prompt = (fields.get("prompt") or "").strip()
+    keywords = client_terms(fields.getall("keywords[]", []))
     checked_biasing(core, prompt, keywords, "prompt", "prompt and keywords[]")
     options = upload_options(settings, language, prompt, keywords)
     return TranscriptionRequest(file, options, response_format, stream)
@@ -226,7 +146,7 @@ def parse_request(file: bytes | None, fields: dict[str, list[str]], core: Core) 
 def _boolean(name: str, value: str) -> bool:
     lowered = value.strip().lower()
     if lowered not in ("true", "false"):
-        raise _bad_field(name, f"{name} must be true or false, got {value!r}")
+        raise bad_field(name, f"{name} must be true or false, got {value!r}")
     return lowered == "true"
 
 
@@ -349,7 +269,8 @@ class OpenAIRestHandler(UploadApi):
         self.check_headers(request)
         settings = self.core.settings
         pace = UploadPace.from_settings(settings)
-        file, fields = await read_form(request, self.uploads.max_file_bytes, settings.max_context_chars, pace)
+        form = Form(settings.max_context_chars)
+        file, fields = await read_form(request, form, self.uploads.max_file_bytes, pace)
         parsed = parse_request(file, fields, self.core)
         audio_file = await self.uploads.open_file(parsed.file)
         if not parsed.stream:

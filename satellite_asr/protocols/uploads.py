@@ -1,21 +1,24 @@
 """What the APIs that take a whole file share (OpenAI's `POST /v1/audio/transcriptions`, Deepgram's
-`POST /v1/listen`): one cap on uploads, their decode threads, the pace a body must keep, the checks
-made before a body is read, and the file decoded and run through a `Recording`. Each API reads its
-own request and writes its own answer and error body.
+`POST /v1/listen`, ElevenLabs' `POST /v1/speech-to-text`): one cap on uploads, their decode threads,
+the pace a body must keep, the checks made before a body is read, the reading of a multipart form,
+and the file decoded and run through a `Recording`. Each API checks its own fields and writes its
+own answer and error body.
 """
 
 from __future__ import annotations
 
 import abc
 import asyncio
+import functools
 import io
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from aiohttp import hdrs, web
+from aiohttp import BodyPartReader, hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
+from multidict import MultiDict
 
 from satellite_asr.audio import SAMPLE_RATE, Audio
 from satellite_asr.audio_files import AudioFile, AudioTooLongError, FileRefused, decoded_chunks
@@ -149,6 +152,112 @@ def too_large(max_file_bytes: int) -> RequestError:
         status=413,
         param="file",
     )
+
+
+FIELD_BYTES = 64 * 1024
+"""Largest text field of a form (a prompt of this size is far beyond what any engine reads)."""
+FORM_OVERHEAD_BYTES = MB
+"""Most a form's text fields together may hold, and what they and the multipart framing may add to
+the file's size in a request's Content-Length."""
+
+
+def bad_field(param: str, message: str) -> RequestError:
+    return RequestError("invalid_value", message, param=param)
+
+
+class FormFields:
+    """The fields of one API's multipart form: which it reads, which a client may repeat (and how
+    often), and how it refuses a field. Every part costs the form reader about 0.3 ms of the event
+    loop whatever its size: uncapped, a form of 20000 empty repeated parts (1.3 MB) was still being
+    read when the upload's pace cut it with a 408."""
+
+    def __init__(self, single: Collection[str], repeatable: Mapping[str, int]) -> None:
+        self.single = single
+        self.repeatable = repeatable
+
+    def check_name(self, name: str, fields: MultiDict[str], has_file: bool) -> None:
+        """A part refused by its name alone, before its content is read."""
+        if name not in self.single and name not in self.repeatable:
+            raise self.unknown(name)
+        if name not in self.repeatable and (name in fields or (name == "file" and has_file)):
+            raise bad_field(name, f"field {name!r} is given more than once")
+        if name in self.repeatable and len(fields.getall(name, [])) == self.repeatable[name]:
+            raise self.repeated_too_often(name)
+
+    def unknown(self, name: str) -> RequestError:
+        known = ", ".join(sorted([*self.single, *self.repeatable]))
+        return bad_field(name, f"unknown field {name!r}; this server reads {known}")
+
+    def repeated_too_often(self, name: str) -> RequestError:
+        return bad_field(name, f"{name} is given more than {self.repeatable[name]} times")
+
+    def too_long(self, name: str, limit: int) -> RequestError:
+        return bad_field(name, f"{name} is too long")
+
+
+def check_form_headers(request: web.Request, max_file_bytes: int) -> None:
+    """What the headers alone tell of a form: its declared size (413), its encoding (415) and its
+    media type (400)."""
+    if request.content_length is not None and request.content_length > max_file_bytes + FORM_OVERHEAD_BYTES:
+        raise too_large(max_file_bytes)
+    check_content_encoding(request)
+    if request.content_type != "multipart/form-data":
+        raise RequestError("invalid_request", "send the audio as multipart/form-data with a `file` field")
+
+
+async def read_form(
+    request: web.Request, form: FormFields, max_file_bytes: int, pace: UploadPace
+) -> tuple[bytes | None, MultiDict[str]]:
+    """The uploaded file and the text fields, names and sizes checked while reading (Content-Length
+    and the media type were checked by `check_form_headers`); a body slower than `pace` allows is
+    refused (408)."""
+    try:
+        reader = await request.multipart()
+        file: bytes | None = None
+        fields: MultiDict[str] = MultiDict()
+        text_bytes = 0
+        while (part := await pace.within(reader.next())) is not None:
+            if not isinstance(part, BodyPartReader) or not part.name:
+                raise RequestError("invalid_request", "every form part must be a named field")
+            name = part.name
+            form.check_name(name, fields, file is not None)
+            if name == "file":
+                too_big = functools.partial(too_large, max_file_bytes)
+                file = await read_limited(functools.partial(part.read_chunk, READ_BYTES), max_file_bytes, pace, too_big)
+                if part.filename is None and _looks_like_a_path(file):
+                    shown = file.decode().strip()[:100]
+                    raise RequestError(
+                        "invalid_file",
+                        f"the file field holds the text {shown!r}, not a file's content: send the file itself "
+                        "(with curl, -F file=@PATH: the @ reads the file)",
+                        param="file",
+                    )
+            else:
+                limit = min(FIELD_BYTES, FORM_OVERHEAD_BYTES - text_bytes)
+                too_long = functools.partial(form.too_long, name, limit)
+                raw = await read_limited(functools.partial(part.read_chunk, READ_BYTES), limit, pace, too_long)
+                text_bytes += len(raw)
+                try:
+                    fields.add(name, raw.decode("utf-8"))
+                except UnicodeDecodeError:
+                    raise bad_field(name, f"{name} must be UTF-8 text") from None
+    except (ValueError, HttpProcessingError) as exc:  # aiohttp's multipart parser: malformed framing or part headers
+        raise RequestError("invalid_request", f"the multipart form cannot be read: {client_fault(exc)}") from None
+    except web.RequestPayloadError as exc:  # a body its Content-Encoding cannot decode
+        raise RequestError("invalid_request", f"the request body cannot be read: {client_fault(exc)}") from None
+    return file, fields
+
+
+def _looks_like_a_path(data: bytes) -> bool:
+    """A short line of text where the audio should be, sent as a plain field (no filename): curl's
+    `-F file=PATH` without the `@`. No audio container is a few printable characters."""
+    if not 0 < len(data) <= 4096 or b"\0" in data:
+        return False
+    try:
+        text = data.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        return False
+    return bool(text) and "\n" not in text and text.isprintable()
 
 
 def upload_options(settings: Settings, language: str | None, context: str, terms: Sequence[str]) -> SessionOptions:
