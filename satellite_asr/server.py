@@ -39,6 +39,7 @@ from satellite_asr.protocols import (
     deepgram_flux,
     deepgram_prerecorded,
     elevenlabs,
+    elevenlabs_upload,
     openai_realtime,
     openai_rest,
     streaming_apis,
@@ -146,9 +147,11 @@ class Daemon:
         """Every API's uploads: one cap, one pool of decode threads."""
         self.rest = openai_rest.OpenAIRestHandler(self.core, self.uploads)
         self.prerecorded = deepgram_prerecorded.PrerecordedHandler(self.core, self.uploads)
+        self.elevenlabs_upload = elevenlabs_upload.ElevenLabsUploadHandler(self.core, self.uploads)
         self.upload_apis: dict[str, UploadApi] = {
             openai_rest.TRANSCRIPTIONS_PATH: self.rest,
             deepgram.PATH: self.prerecorded,
+            elevenlabs_upload.PATH: self.elevenlabs_upload,
         }
         """The upload routes (POST), by path: what an `Expect: 100-continue` is checked against."""
         self.wyoming_port: int | None = None
@@ -180,6 +183,7 @@ class Daemon:
             ("GET", openai_realtime.PATH, openai_realtime.RealtimeHandler(self.core).handle),
             ("GET", deepgram.PATH, streaming_apis.StreamingApiHandler(self.core, deepgram.LISTEN).handle),
             ("POST", deepgram.PATH, self.prerecorded.upload),
+            ("POST", elevenlabs_upload.PATH, self.elevenlabs_upload.upload),
             ("GET", deepgram_flux.PATH, streaming_apis.StreamingApiHandler(self.core, deepgram_flux.FLUX).handle),
             (
                 "GET",

@@ -1,0 +1,336 @@
+"""ElevenLabs' batch speech-to-text API (`POST /v1/speech-to-text`) end to end: real daemon, real
+Silero, real tiny.en; the elevenlabs SDK's `speech_to_text.convert`, LiveKit's `STT.recognize`,
+Pipecat's `ElevenLabsSTTService`, and raw requests for every refusal."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+from typing import Any
+
+import aiohttp
+import httpx
+import pytest
+from elevenlabs import AsyncElevenLabs
+from elevenlabs.core.api_error import ApiError
+from elevenlabs.types import SpeechToTextChunkResponseModel
+from livekit import rtc
+from livekit.agents import APIConnectOptions
+from livekit.plugins import elevenlabs as lk_elevenlabs
+from pipecat.services.elevenlabs.stt import ElevenLabsSTTService
+
+from satellite_asr.audio import SAMPLE_RATE
+from satellite_asr.protocols import elevenlabs_upload, openai_rest
+from satellite_asr.server import Daemon
+from tests.doubles import ContextRecordingEngineDouble, GatedEngineDouble
+from tests.helpers import (
+    EXPECTED,
+    FIXTURES,
+    daemon_settings,
+    eventually,
+    fixture_16k,
+    pcm16,
+    running_daemon,
+    same_words,
+)
+from tests.test_deepgram_clients import validated
+from tests.test_pipecat import running_pipeline, speak
+
+pytestmark = pytest.mark.timeout(180)
+
+KEY = "elevenlabs-test-key"
+FIXTURE = "three_commands.wav"
+
+
+def base_url(daemon: Daemon) -> str:
+    return f"http://127.0.0.1:{daemon.http_port}"
+
+
+def fixture_bytes(name: str = FIXTURE) -> bytes:
+    return (FIXTURES / name).read_bytes()
+
+
+@contextlib.asynccontextmanager
+async def sdk(daemon: Daemon, api_key: str = KEY) -> Any:
+    """The SDK's client on the daemon, on an HTTP client the test closes."""
+    async with httpx.AsyncClient(timeout=60) as http:
+        yield AsyncElevenLabs(api_key=api_key, base_url=base_url(daemon), httpx_client=http).speech_to_text
+
+
+def form(fields: list[tuple[str, str]], file: bytes | io.BytesIO | None) -> aiohttp.FormData:
+    data = aiohttp.FormData(default_to_multipart=True)
+    for name, value in fields:
+        data.add_field(name, value)
+    if file is not None:
+        data.add_field("file", file, filename="audio.wav", content_type="audio/wav")
+    return data
+
+
+async def post(
+    daemon: Daemon,
+    fields: list[tuple[str, str]],
+    file: bytes | io.BytesIO | None = None,
+    query: str = "",
+    headers: dict[str, str] | None = None,
+) -> tuple[int, Any]:
+    """A raw `POST /v1/speech-to-text` of a form: the status and the JSON answer."""
+    url = f"{base_url(daemon)}{elevenlabs_upload.PATH}?{query}"
+    async with aiohttp.ClientSession() as http, http.post(url, data=form(fields, file), headers=headers) as response:
+        return response.status, await response.json()
+
+
+async def test_sdk_convert_gets_a_typed_transcript_with_words_and_spacing() -> None:
+    async with running_daemon(api_key=KEY) as daemon, sdk(daemon) as stt:
+        response = await stt.convert(file=("three.wav", fixture_bytes(), "audio/wav"), model_id="scribe_v2")
+    assert isinstance(response, SpeechToTextChunkResponseModel)
+    validated(response)
+    assert same_words([" ".join(EXPECTED[FIXTURE])], [response.text])
+    words = [word for word in response.words if word.type == "word"]
+    assert [word.text for word in words] == response.text.split()
+    assert "".join(word.text for word in response.words) == response.text, "spacing entries between the words"
+    assert response.audio_duration_secs is not None
+    assert all(0 <= word.start < word.end <= response.audio_duration_secs for word in response.words)
+    assert len({(word.start, word.end) for word in words}) == 3, "each word spans its utterance, one of three"
+    assert all(word.logprob <= 0 and word.speaker_id is None for word in words), "0: the engine did not say"
+    assert response.language_code == "en"
+    assert response.audio_duration_secs == pytest.approx(fixture_16k(FIXTURE).size / SAMPLE_RATE, abs=0.01)
+    assert response.transcription_id
+
+
+async def test_a_named_language_is_certain_and_a_detected_one_not_measured() -> None:
+    """`language_probability` is 1 when the file was decoded in a language named (ISO 639-3 `eng`
+    as Pipecat sends it), and 0 (not measured) when the engine detected it."""
+    engine = ContextRecordingEngineDouble()
+    data = fixture_bytes("lights_on.wav")
+    async with running_daemon(engine) as daemon, sdk(daemon) as stt:
+        named = await stt.convert(file=data, model_id="scribe_v1", language_code="eng")
+        detected = await stt.convert(file=data, model_id="scribe_v1")
+    assert engine.languages == ["en", None]
+    assert (named.language_code, named.language_probability) == ("en", 1.0)
+    assert (detected.language_code, detected.language_probability) == ("en", 0.0)
+
+
+async def test_character_timestamps_and_none() -> None:
+    data = fixture_bytes("lights_on.wav")
+    async with running_daemon() as daemon, sdk(daemon) as stt:
+        characters = await stt.convert(file=data, model_id="scribe_v2", timestamps_granularity="character")
+        bare = await stt.convert(file=data, model_id="scribe_v2", timestamps_granularity="none")
+    for word in characters.words:
+        assert word.type == "spacing" or "".join(c.text for c in word.characters or []) == word.text
+    assert bare.words == [] and same_words(EXPECTED["lights_on.wav"], [bare.text])
+
+
+async def test_sdk_with_a_wrong_key_gets_401_with_the_daemons_message() -> None:
+    async with running_daemon(api_key=KEY) as daemon, sdk(daemon, api_key="wrong") as stt:
+        with pytest.raises(ApiError) as refused:
+            await stt.convert(file=fixture_bytes("lights_on.wav"), model_id="scribe_v2")
+    assert refused.value.status_code == 401
+    assert refused.value.body["detail"]["status"] == "invalid_api_key"
+    assert refused.value.body["detail"]["message"]
+
+
+async def test_keyterms_reach_the_engine_in_a_session_of_its_own_protocol() -> None:
+    engine = ContextRecordingEngineDouble()
+    async with running_daemon(engine) as daemon, sdk(daemon) as stt:
+        response = await stt.convert(
+            file=fixture_bytes("lights_on.wav"), model_id="scribe_v2", keyterms=["Calloway blinds", "Aoife"]
+        )
+        metrics = daemon.core.metrics.render().decode()
+    assert same_words(EXPECTED["lights_on.wav"], [response.text])
+    assert engine.names[-1][:2] == ("Calloway blinds", "Aoife")
+    assert 'satellite_asr_sessions_total{protocol="elevenlabs-upload"} 1.0' in metrics
+
+
+async def test_headerless_pcm_is_transcribed() -> None:
+    pcm = pcm16(fixture_16k("lights_on.wav"), SAMPLE_RATE)
+    async with running_daemon() as daemon, sdk(daemon) as stt:
+        response = await stt.convert(file=pcm, model_id="scribe_v2", file_format="pcm_s16le_16")
+    assert same_words(EXPECTED["lights_on.wav"], [response.text])
+    assert response.audio_duration_secs == pytest.approx(len(pcm) / 2 / SAMPLE_RATE, abs=0.01)
+
+
+async def test_livekit_recognize_transcribes_a_buffer() -> None:
+    samples = pcm16(fixture_16k("lights_on.wav"), SAMPLE_RATE)
+    frame = rtc.AudioFrame(samples, SAMPLE_RATE, 1, len(samples) // 2)
+    async with running_daemon(api_key=KEY) as daemon, aiohttp.ClientSession() as http:
+        stt = lk_elevenlabs.STT(api_key=KEY, base_url=f"{base_url(daemon)}/v1", http_session=http)
+        event = await stt.recognize([frame], conn_options=APIConnectOptions(max_retry=0, timeout=10))
+    [speech] = event.alternatives
+    assert same_words(EXPECTED["lights_on.wav"], [speech.text])
+    assert 0 <= speech.start_time < speech.end_time <= len(samples) / 2 / SAMPLE_RATE
+
+
+async def test_livekit_recognize_reads_the_daemons_refusal() -> None:
+    samples = pcm16(fixture_16k("lights_on.wav"), SAMPLE_RATE)
+    frame = rtc.AudioFrame(samples, SAMPLE_RATE, 1, len(samples) // 2)
+    async with running_daemon() as daemon, aiohttp.ClientSession() as http:
+        stt = lk_elevenlabs.STT(
+            api_key=KEY, base_url=f"{base_url(daemon)}/v1", http_session=http, keyterms=["x" * 5000]
+        )
+        with pytest.raises(Exception, match="max_context_chars") as refused:
+            await stt.recognize([frame], conn_options=APIConnectOptions(max_retry=0, timeout=10))
+    assert getattr(refused.value, "status_code", None) == 400
+
+
+async def test_pipecat_stt_service_transcribes_each_segment_its_vad_cut() -> None:
+    async with (
+        running_daemon(api_key=KEY) as daemon,
+        aiohttp.ClientSession() as http,
+    ):
+        stt = ElevenLabsSTTService(api_key=KEY, aiohttp_session=http, base_url=base_url(daemon))
+        async with running_pipeline(stt) as (worker, frames):
+            await speak(worker, FIXTURE)
+            await frames.wait_for(finals=3)
+    assert frames.errors == []
+    assert same_words(EXPECTED[FIXTURE], frames.finals)
+
+
+REFUSALS: list[tuple[str, list[tuple[str, str]], str, int, str]] = [
+    ("", [], "file", 400, "invalid_value"),  # no model_id
+    ("", [("model_id", "scribe_v2")], "none", 400, "invalid_value"),  # no file
+    ("", [("model_id", "scribe_v2"), ("colour", "blue")], "file", 400, "invalid_value"),
+    ("", [("model_id", "scribe_v2"), ("model_id", "scribe_v1")], "file", 400, "invalid_value"),
+    ("", [("model_id", "scribe_v2"), ("source_url", "http://192.168.1.1/a.wav")], "none", 400, "url_not_fetched"),
+    ("", [("model_id", "scribe_v2"), ("cloud_storage_url", "https://x/a.wav")], "none", 400, "url_not_fetched"),
+    ("", [("model_id", "scribe_v2"), ("diarize", "true")], "file", 400, "invalid_value"),
+    ("", [("model_id", "scribe_v2"), ("diarize", "maybe")], "file", 400, "invalid_value"),
+    ("", [("model_id", "scribe_v2"), ("diarization_threshold", "0.3")], "file", 400, "invalid_value"),
+    ("", [("model_id", "scribe_v2"), ("num_speakers", "33")], "file", 400, "invalid_value"),
+    ("", [("model_id", "scribe_v2"), ("use_multi_channel", "true")], "file", 400, "invalid_value"),
+    ("", [("model_id", "scribe_v2"), ("webhook", "true")], "file", 400, "invalid_value"),
+    ("", [("model_id", "scribe_v2"), ("webhook_id", "w1")], "file", 400, "invalid_value"),
+    ("", [("model_id", "scribe_v2"), ("webhook_metadata", '{"job": 1}')], "file", 400, "invalid_value"),
+    ("", [("model_id", "scribe_v2"), ("entity_detection", '"all"')], "file", 400, "invalid_value"),
+    ("", [("model_id", "scribe_v2"), ("entity_redaction", '"pii"')], "file", 400, "invalid_value"),
+    ("", [("model_id", "scribe_v2"), ("entity_redaction_mode", "redacted")], "file", 400, "invalid_value"),
+    ("", [("model_id", "scribe_v2"), ("transcript_edit", "shorter")], "file", 400, "invalid_value"),
+    ("", [("model_id", "scribe_v2"), ("additional_formats", '[{"format": "srt"}]')], "file", 400, "invalid_value"),
+    ("", [("model_id", "scribe_v2"), ("detect_speaker_roles", "true")], "file", 400, "invalid_value"),
+    ("", [("model_id", "scribe_v2"), ("use_speaker_library", "true")], "file", 400, "invalid_value"),
+    ("", [("model_id", "scribe_v2"), ("timestamps_granularity", "segment")], "file", 400, "invalid_value"),
+    ("", [("model_id", "scribe_v2"), ("file_format", "mp3")], "file", 400, "invalid_value"),
+    ("", [("model_id", "scribe_v2"), ("temperature", "2.5")], "file", 400, "invalid_value"),
+    ("", [("model_id", "scribe_v2"), ("seed", "-1")], "file", 400, "invalid_value"),
+    ("", [("model_id", "scribe_v2"), ("numbers_format", "roman")], "file", 400, "invalid_value"),
+    ("", [("model_id", "scribe_v2"), ("language_code", "xx")], "file", 400, "unsupported_language"),
+    ("", [("model_id", "scribe_v2"), ("secondary_language_codes", "xx")], "file", 400, "unsupported_language"),
+    ("", [("model_id", "scribe_v2"), ("keyterms", "x" * 5000)], "file", 400, "context_too_long"),
+    ("", [("model_id", "scribe_v2"), ("file_format", "pcm_s16le_16")], "odd", 400, "invalid_file"),
+    ("", [("model_id", "scribe_v2")], "not audio", 400, "invalid_file"),
+    ("", [("model_id", "scribe_v2")], "over", 413, "file_too_large"),
+    ("token=abc", [("model_id", "scribe_v2")], "file", 400, "invalid_value"),
+    ("enable_logging=maybe", [("model_id", "scribe_v2")], "file", 400, "invalid_value"),
+    ("colour=blue", [("model_id", "scribe_v2")], "file", 400, "invalid_value"),
+]
+"""Query, form fields, which file, and the status and code of the refusal."""
+FILES = {
+    "file": fixture_bytes("lights_on.wav"),
+    "none": None,
+    "odd": bytes(3),
+    "not audio": b"\x00these bytes are not audio",
+    "over": bytes(1024 * 1024 + 1),  # sent as BytesIO: aiohttp refuses a large body in bytes
+}
+
+
+@pytest.mark.parametrize(("query", "fields", "file", "status", "code"), REFUSALS)
+async def test_every_refusal_is_elevenlabs_error_body(
+    query: str, fields: list[tuple[str, str]], file: str, status: int, code: str
+) -> None:
+    async with running_daemon(max_upload_mb=1) as daemon:
+        body = FILES[file]
+        answered, answer = await post(daemon, fields, io.BytesIO(body) if file == "over" else body, query)
+    detail = answer["detail"]
+    assert (answered, detail["status"]) == (status, code), detail
+    assert detail["message"]
+
+
+async def test_a_refusal_names_the_field_and_the_feature() -> None:
+    async with running_daemon() as daemon:
+        _, unknown = await post(daemon, [("model_id", "scribe_v2"), ("colour", "blue")], fixture_bytes())
+        _, diarize = await post(daemon, [("model_id", "scribe_v2"), ("diarize", "true")], fixture_bytes())
+        _, url = await post(daemon, [("model_id", "scribe_v2"), ("source_url", "http://nas.local/a.wav")])
+    assert unknown["detail"]["message"].startswith("unknown field 'colour'; this server reads")
+    assert diarize["detail"]["message"].startswith("this server does not do speaker diarization; leave diarize")
+    assert "does not fetch audio from a URL (source_url)" in url["detail"]["message"]
+
+
+async def test_the_sdks_null_fields_and_false_features_are_accepted() -> None:
+    """The SDK sends `webhook_metadata`, `entity_detection` and `entity_redaction` as JSON `null`
+    whatever the caller asked; a feature set to false asks for nothing."""
+    fields = [
+        ("model_id", "scribe_v2"),
+        ("webhook_metadata", "null"),
+        ("entity_detection", "null"),
+        ("entity_redaction", "null"),
+        ("diarize", "false"),
+        ("webhook", "false"),
+        ("use_multi_channel", "false"),
+        ("tag_audio_events", "true"),
+        ("no_verbatim", "true"),
+        ("num_speakers", "2"),
+        ("temperature", "0.5"),
+        ("seed", "7"),
+        ("numbers_format", "digits"),
+    ]
+    async with running_daemon() as daemon:
+        status, answer = await post(daemon, fields, fixture_bytes("lights_on.wav"), "enable_logging=false")
+    assert status == 200, answer
+    assert same_words(EXPECTED["lights_on.wav"], [answer["text"]])
+
+
+async def closed(writer: asyncio.StreamWriter) -> None:
+    writer.close()
+    with contextlib.suppress(ConnectionError):
+        await writer.wait_closed()
+
+
+async def test_a_bad_query_is_refused_before_the_body_is_sent() -> None:
+    """`Expect: 100-continue`: the refusal comes instead of the go-ahead, so the file is never sent."""
+    async with running_daemon() as daemon:
+        reader, writer = await asyncio.open_connection("127.0.0.1", daemon.http_port)
+        head = (
+            f"POST {elevenlabs_upload.PATH}?token=abc HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            "Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 100000\r\nExpect: 100-continue\r\n\r\n"
+        )
+        writer.write(head.encode())
+        status_line = await asyncio.wait_for(reader.readline(), 10)
+        await closed(writer)
+    assert status_line.startswith(b"HTTP/1.1 400"), status_line
+
+
+async def test_uploads_to_any_api_share_one_cap() -> None:
+    """An OpenAI upload whose body is still arriving holds the one slot of `max_uploads`: an
+    ElevenLabs upload is told so (503, `Retry-After`) in ElevenLabs' body."""
+    async with running_daemon(max_uploads=1) as daemon:
+        _, writer = await asyncio.open_connection("127.0.0.1", daemon.http_port)
+        head = (
+            f"POST {openai_rest.TRANSCRIPTIONS_PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            "Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 100000\r\n\r\n--b\r\n"
+        )
+        writer.write(head.encode())
+        await writer.drain()
+        try:
+            await eventually(lambda: len(daemon.uploads.connections) == 1)  # the OpenAI upload has its slot
+            url = f"{base_url(daemon)}{elevenlabs_upload.PATH}"
+            data = form([("model_id", "scribe_v2")], fixture_bytes("lights_on.wav"))
+            async with aiohttp.ClientSession() as http, http.post(url, data=data) as response:
+                answer = await response.json()
+        finally:
+            await closed(writer)
+    assert response.status == 503 and response.headers["Retry-After"] == "5"
+    assert answer["detail"]["status"] == "too_many_connections" and "max_uploads" in answer["detail"]["message"]
+
+
+async def test_a_transcription_cut_by_shutdown_is_a_503() -> None:
+    engine = GatedEngineDouble()  # its finals never decode: the shutdown finds the upload in flight
+    daemon = Daemon(daemon_settings(shutdown_timeout_s=2), engine)
+    try:
+        await daemon.start()
+        await daemon.core.wait_ready()
+        uploading = asyncio.create_task(post(daemon, [("model_id", "scribe_v2")], fixture_bytes("lights_on.wav")))
+        await eventually(lambda: bool(engine.finals))
+    finally:
+        await daemon.stop()
+    status, answer = await uploading
+    assert (status, answer["detail"]["status"]) == (503, "shutdown"), answer
