@@ -21,7 +21,7 @@ from satellite_asr.discovery import Advertisement, service_infos
 from satellite_asr.events import FinalTranscript
 from satellite_asr.homeassistant.client import State
 from satellite_asr.metrics import Metrics
-from satellite_asr.protocols import openai_rest, websocket
+from satellite_asr.protocols import elevenlabs_upload, openai_rest, websocket
 from satellite_asr.protocols.openai_realtime_config import EAGERNESS, SERVER_VAD_SETTINGS
 from satellite_asr.protocols.wyoming import SENSITIVITY_SCALE
 from satellite_asr.protocols.wyoming_framing import MAX_BLOCK_BYTES, MAX_HEADER_BYTES
@@ -40,6 +40,7 @@ PROTOCOL_DOCS = {
     "protocols/deepgram_prerecorded.py": "docs/deepgram.md",
     "protocols/assemblyai.py": "docs/assemblyai.md",
     "protocols/elevenlabs.py": "docs/elevenlabs.md",
+    "protocols/elevenlabs_upload.py": "docs/elevenlabs.md",
     "protocols/wyoming.py": "docs/wyoming.md",
     "protocols/wyoming_framing.py": "docs/wyoming.md",
 }
@@ -244,6 +245,8 @@ def test_the_fields_a_client_may_send_are_the_ones_the_tables_list() -> None:
     assert config == (websocket.CONFIG_FIELDS - {"type", "vad"}) | {f"vad.{name}" for name in websocket.VAD_FIELDS}
     form = _first_column("docs/openai.md", "## REST: /v1/audio/transcriptions", "Any other field is a 400")
     assert form == openai_rest.FIELDS | set(openai_rest.LIST_FIELDS)
+    elevenlabs = _first_column("docs/elevenlabs.md", "## The upload API", "Any other field is refused")
+    assert elevenlabs == elevenlabs_upload.SINGLE_FIELDS | set(elevenlabs_upload.REPEATED_FIELDS)
 
 
 REPOSITORY_PATH = re.compile(r"(?<![\w./-])((?:satellite_asr|tests|scripts|docs|addon)/[\w./-]*[\w/])")
