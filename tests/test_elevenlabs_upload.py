@@ -100,13 +100,18 @@ async def test_sdk_convert_gets_a_typed_transcript_with_words_and_spacing() -> N
 
 async def test_a_named_language_is_certain_and_a_detected_one_not_measured() -> None:
     """`language_probability` is 1 when the file was decoded in a language named (ISO 639-3 `eng`
-    as Pipecat sends it), and 0 (not measured) when the engine detected it."""
+    as Pipecat sends it), and 0 (not measured) when the engine detected it: by default (the daemon's
+    `language` unset) or because the file may hold secondary languages."""
     engine = ContextRecordingEngineDouble()
     data = fixture_bytes("lights_on.wav")
     async with running_daemon(engine) as daemon, sdk(daemon) as stt:
         named = await stt.convert(file=data, model_id="scribe_v1", language_code="eng")
         detected = await stt.convert(file=data, model_id="scribe_v1")
-    assert engine.languages == ["en", None]
+        several = await stt.convert(
+            file=data, model_id="scribe_v1", language_code="en", secondary_language_codes=["en"]
+        )
+    assert engine.languages == ["en", None, None], "with secondary languages each utterance's is detected"
+    assert (several.language_code, several.language_probability) == ("en", 0.0)
     assert (named.language_code, named.language_probability) == ("en", 1.0)
     assert (detected.language_code, detected.language_probability) == ("en", 0.0)
 
@@ -174,6 +179,8 @@ async def test_livekit_recognize_reads_the_daemons_refusal() -> None:
 
 
 async def test_pipecat_stt_service_transcribes_each_segment_its_vad_cut() -> None:
+    """Each segment Pipecat's VAD cut, posted as a WAV file with `language_code=eng` (Pipecat names
+    languages by ISO 639-3)."""
     async with (
         running_daemon(api_key=KEY) as daemon,
         aiohttp.ClientSession() as http,
