@@ -343,11 +343,11 @@ class Settings:
         maximum=600.0,
     )
 
-    # OpenAI-compatible API: uploads
+    # Uploads (OpenAI's, Deepgram's and ElevenLabs' file APIs)
     max_uploads: int = _opt(
         8,
-        "Most POST /v1/audio/transcriptions requests served at once (each holds its file in memory); more get "
-        "HTTP 503.",
+        "Most uploads served at once, to any upload API (POST /v1/audio/transcriptions, /v1/listen, "
+        "/v1/speech-to-text; each holds its file in memory); more get HTTP 503.",
         minimum=1,
         maximum=10000,
     )
