@@ -223,6 +223,8 @@ REFUSALS: list[tuple[str, list[tuple[str, str]], str, int, str]] = [
     ("", [("model_id", "scribe_v2"), ("language_code", "xx")], "file", 400, "unsupported_language"),
     ("", [("model_id", "scribe_v2"), ("secondary_language_codes", "xx")], "file", 400, "unsupported_language"),
     ("", [("model_id", "scribe_v2"), ("keyterms", "x" * 5000)], "file", 400, "context_too_long"),
+    ("", [("model_id", "scribe_v2"), *[("keyterms", "Aoife")] * 301], "file", 400, "context_too_long"),
+    ("", [("model_id", "scribe_v2"), *[("secondary_language_codes", "en")] * 21], "file", 400, "invalid_value"),
     ("", [("model_id", "scribe_v2"), ("file_format", "pcm_s16le_16")], "odd", 400, "invalid_file"),
     ("", [("model_id", "scribe_v2")], "not audio", 400, "invalid_file"),
     ("", [("model_id", "scribe_v2")], "over", 413, "file_too_large"),
