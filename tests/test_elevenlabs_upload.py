@@ -18,9 +18,12 @@ from elevenlabs.types import SpeechToTextChunkResponseModel
 from livekit import rtc
 from livekit.agents import APIConnectOptions
 from livekit.plugins import elevenlabs as lk_elevenlabs
+from multidict import MultiDict
 from pipecat.services.elevenlabs.stt import ElevenLabsSTTService
 
 from satellite_asr.audio import SAMPLE_RATE
+from satellite_asr.core import Core
+from satellite_asr.engines.whisper import WhisperEngine
 from satellite_asr.protocols import elevenlabs_upload, openai_rest
 from satellite_asr.server import Daemon
 from tests.doubles import ContextRecordingEngineDouble, GatedEngineDouble
@@ -93,27 +96,41 @@ async def test_sdk_convert_gets_a_typed_transcript_with_words_and_spacing() -> N
     assert all(0 <= word.start < word.end <= response.audio_duration_secs for word in response.words)
     assert len({(word.start, word.end) for word in words}) == 3, "each word spans its utterance, one of three"
     assert all(word.logprob <= 0 and word.speaker_id is None for word in words), "0: the engine did not say"
-    assert response.language_code == "en"
+    assert response.language_code == "eng"
     assert response.audio_duration_secs == pytest.approx(fixture_16k(FIXTURE).size / SAMPLE_RATE, abs=0.01)
     assert response.transcription_id
 
 
 async def test_a_named_language_is_certain_and_a_detected_one_not_measured() -> None:
     """`language_probability` is 1 when the file was decoded in a language named (ISO 639-3 `eng`
-    as Pipecat sends it), and 0 (not measured) when the engine detected it: by default (the daemon's
-    `language` unset) or because the file may hold secondary languages."""
+    as Pipecat sends it; one language named twice, in either code, is one), and 0 (not measured)
+    when the engine detected it (the daemon's `language` unset); `language_code` in three letters."""
     engine = ContextRecordingEngineDouble()
     data = fixture_bytes("lights_on.wav")
     async with running_daemon(engine) as daemon, sdk(daemon) as stt:
         named = await stt.convert(file=data, model_id="scribe_v1", language_code="eng")
         detected = await stt.convert(file=data, model_id="scribe_v1")
-        several = await stt.convert(
-            file=data, model_id="scribe_v1", language_code="en", secondary_language_codes=["en"]
-        )
-    assert engine.languages == ["en", None, None], "with secondary languages each utterance's is detected"
-    assert (several.language_code, several.language_probability) == ("en", 0.0)
-    assert (named.language_code, named.language_probability) == ("en", 1.0)
-    assert (detected.language_code, detected.language_probability) == ("en", 0.0)
+        twice = await stt.convert(file=data, model_id="scribe_v1", language_code="en", secondary_language_codes=["eng"])
+    assert engine.languages == ["en", None, "en"]
+    assert (twice.language_code, twice.language_probability) == ("eng", 1.0)
+    assert (named.language_code, named.language_probability) == ("eng", 1.0)
+    assert (detected.language_code, detected.language_probability) == ("eng", 0.0)
+
+
+@pytest.mark.parametrize(
+    ("fields", "language"),
+    [
+        ([("language_code", "en"), ("secondary_language_codes", "de")], None),
+        ([("language_code", "deu"), ("secondary_language_codes", "de")], "de"),
+        ([("secondary_language_codes", "fra"), ("secondary_language_codes", "deu")], None),
+        ([("language_code", "fil")], "tl"),
+    ],
+)
+def test_several_languages_named_let_the_engine_detect(fields: list[tuple[str, str]], language: str | None) -> None:
+    multilingual = WhisperEngine(model="small")  # its languages are known before it loads (it is not loaded)
+    form = MultiDict([("model_id", "scribe_v2"), *fields])
+    parsed = elevenlabs_upload.parse_form(b"RIFF", form, Core(daemon_settings(), multilingual))
+    assert parsed.options.language == language
 
 
 async def test_character_timestamps_and_none() -> None:

@@ -25,7 +25,7 @@ from satellite_asr.audio import PcmDecoder
 from satellite_asr.core import Core
 from satellite_asr.events import FinalTranscript, PartialTranscript, SessionError, SessionEvent, SpeechStarted
 from satellite_asr.protocols import ProtocolError, ReadAhead, echoable, elevenlabs_error
-from satellite_asr.protocols.iso639 import engine_language, three_letter
+from satellite_asr.protocols.iso639 import declared_language, three_letter
 from satellite_asr.protocols.streaming_apis import (
     Api,
     Control,
@@ -129,14 +129,11 @@ def parse_params(query: MultiMapping[str], core: Core) -> StreamParams:
     named = [("language_code", query.get("language_code", ""))]
     named += [("secondary_languages", code) for code in query.getall("secondary_languages", [])]
     try:
-        declared = {engine_language(core, code, name) for name, code in named} - {None}
+        language = declared_language(core, named, flags["include_language_detection"])
         terms = replacing_terms(core, query.getall("keyterms", []), "keyterms")
     except ProtocolError as exc:
         parameter = exc.param or "language_code"
         raise ParameterError(parameter, exc.message.removeprefix(f"{parameter}: ")) from None
-    # several languages that may be spoken: the engine detects which; so it does when asked to report one none declared
-    detect = len(declared) > 1 or (flags["include_language_detection"] and not declared)
-    language = None if detect else next(iter(declared), None) or core.settings.default_language
     return RealtimeParams(
         audio_format=audio_format,
         model_id=query.get("model_id", "scribe_v2_realtime"),

@@ -25,7 +25,8 @@ from satellite_asr.audio import SAMPLE_RATE
 from satellite_asr.biasing.context import MAX_CLIENT_TERMS, client_terms
 from satellite_asr.core import Core
 from satellite_asr.events import FinalTranscript
-from satellite_asr.protocols import ProtocolError, checked_biasing, checked_language, elevenlabs_error
+from satellite_asr.protocols import ProtocolError, checked_biasing, elevenlabs_error
+from satellite_asr.protocols.iso639 import declared_language, three_letter
 from satellite_asr.protocols.streaming_apis import (
     ParameterError,
     boolean_parameter,
@@ -118,26 +119,6 @@ NOT_REPORTED = 0.0
 `language_probability` of a detected language (no engine reports how sure it is): the SDK requires
 numbers. Not a measurement; docs/elevenlabs.md says so."""
 
-ISO_639_3 = {
-    "afr": "af", "amh": "am", "ara": "ar", "asm": "as", "aze": "az", "bak": "ba", "bel": "be",
-    "bul": "bg", "ben": "bn", "bod": "bo", "bre": "br", "bos": "bs", "cat": "ca", "ces": "cs",
-    "cym": "cy", "dan": "da", "deu": "de", "ell": "el", "eng": "en", "spa": "es", "est": "et",
-    "eus": "eu", "fas": "fa", "fin": "fi", "fao": "fo", "fra": "fr", "glg": "gl", "guj": "gu",
-    "hau": "ha", "heb": "he", "hin": "hi", "hrv": "hr", "hat": "ht", "hun": "hu", "hye": "hy",
-    "ind": "id", "isl": "is", "ita": "it", "jpn": "ja", "jav": "jw", "kat": "ka", "kaz": "kk",
-    "khm": "km", "kan": "kn", "kor": "ko", "lat": "la", "ltz": "lb", "lin": "ln", "lao": "lo",
-    "lit": "lt", "lav": "lv", "mlg": "mg", "mri": "mi", "mkd": "mk", "mal": "ml", "mon": "mn",
-    "mar": "mr", "msa": "ms", "mlt": "mt", "mya": "my", "nep": "ne", "nld": "nl", "nno": "nn",
-    "nor": "no", "oci": "oc", "pan": "pa", "pol": "pl", "pus": "ps", "por": "pt", "ron": "ro",
-    "rus": "ru", "san": "sa", "snd": "sd", "sin": "si", "slk": "sk", "slv": "sl", "sna": "sn",
-    "som": "so", "sqi": "sq", "srp": "sr", "sun": "su", "swe": "sv", "swa": "sw", "tam": "ta",
-    "tel": "te", "tgk": "tg", "tha": "th", "tuk": "tk", "tgl": "tl", "tur": "tr", "tat": "tt",
-    "ukr": "uk", "urd": "ur", "uzb": "uz", "vie": "vi", "yid": "yi", "yor": "yo", "zho": "zh",
-}  # fmt: skip
-"""ISO 639-3 codes of the engines' languages, as ElevenLabs' clients send them (Pipecat's `eng`),
-to the ISO 639-1 codes the engines name them by (Whisper's Javanese is `jw`); `haw` and `yue` are
-the same in both."""
-
 
 def refused(name: str, feature: str) -> RequestError:
     return bad_field(name, f"this server does not do {feature}; leave {name} out")
@@ -165,11 +146,6 @@ def parse_query(query: MultiMapping[str]) -> None:
     if "token" in query:
         message = "this server makes no single-use tokens; send the API key in the xi-api-key header"
         raise bad_field("token", message)
-
-
-def engine_language(core: Core, code: str | None, param: str) -> str | None:
-    """The engine's code for a language named by ISO 639-1 or 639-3 (`en`, `eng`, `en-US`)."""
-    return checked_language(core, ISO_639_3.get(code.lower(), code) if code else code, param)
 
 
 def _choice(fields: Mapping[str, str], name: str) -> str:
@@ -219,15 +195,9 @@ def parse_form(file: bytes | None, fields: MultiDict[str], core: Core) -> Conver
         fraction_parameter(fields, "temperature", 0.0, 2.0)
     except ParameterError as exc:
         raise bad_field(exc.parameter, str(exc)) from None
-    language = engine_language(core, fields.get("language_code"), "language_code")
-    secondary = [
-        engine_language(core, code, "secondary_language_codes")
-        for code in fields.getall("secondary_language_codes", [])
-    ]
-    if secondary:
-        language = None  # more than one language: the engine detects each utterance's
-    elif language is None:
-        language = core.settings.default_language
+    named = [("language_code", fields.get("language_code"))]
+    named += [("secondary_language_codes", code) for code in fields.getall("secondary_language_codes", [])]
+    language = declared_language(core, named, detect=False)
     terms = client_terms(fields.getall("keyterms", []))
     checked_biasing(core, "", terms, "keyterms", "keyterms")
     options = upload_options(core.settings, language, "", terms)
@@ -299,7 +269,7 @@ def response_body(finals: list[FinalTranscript], seconds: float, parsed: Convert
     declared = parsed.options.language
     language = declared or next((final.language for final in finals if final.language), None) or ""
     return {
-        "language_code": language,
+        "language_code": three_letter(language) if language else "",
         "language_probability": 1.0 if declared else NOT_REPORTED,
         "text": " ".join(final.text.strip() for final in finals),
         "words": words(finals, parsed.granularity),

@@ -5,6 +5,8 @@ the three-letter one), and its answers carry the three-letter one.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from satellite_asr.core import Core
 from satellite_asr.protocols import checked_language
 
@@ -123,6 +125,16 @@ def engine_language(core: Core, code: object, param: str) -> str | None:
         if twin is not None and core.engine_info.supported_language(twin) is not None:
             return checked_language(core, twin, param)
     return checked_language(core, code, param)
+
+
+def declared_language(core: Core, named: Sequence[tuple[str, object]], detect: bool) -> str | None:
+    """The engine's language for the codes a client named (each `(parameter, code)`, checked): one
+    language, however often named, is the one to decode in; with several the engine detects each
+    utterance's, and so it does when asked to `detect` with none named; with none, the `language` setting."""
+    declared = {engine_language(core, code, param) for param, code in named} - {None}
+    if len(declared) > 1 or (detect and not declared):
+        return None
+    return next(iter(declared), None) or core.settings.default_language
 
 
 def three_letter(code: str) -> str:
