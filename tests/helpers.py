@@ -321,21 +321,37 @@ async def traced_client(script: str, *args: str) -> AsyncIterator[Callable[[], i
         tracemalloc.stop()
 
 
+def error_code(body: dict[str, Any]) -> str:
+    """The code of an error body in any of the shapes the daemon answers in: OpenAI's, Deepgram's,
+    ElevenLabs' (`detail.status`) or its own."""
+    if isinstance(body.get("error"), dict):
+        return str(body["error"]["code"])
+    if isinstance(body.get("detail"), dict):
+        return str(body["detail"]["status"])
+    return str(body.get("err_code") or body["code"])
+
+
 async def expect_continue_answer(
-    port: int, *headers: str, host: str = "127.0.0.1", length: int = 1024, source: str = "127.0.0.1"
+    port: int,
+    *headers: str,
+    host: str = "127.0.0.1",
+    length: int = 1024,
+    source: str = "127.0.0.1",
+    target: str = "/v1/audio/transcriptions",
+    content_type: str = "multipart/form-data; boundary=b",
 ) -> tuple[int, str]:
     """A raw client (a function, not a class) from `source` that sends only the headers of an upload
-    announcing a `length`-byte body with `Expect: 100-continue`, never the body: the status it is
-    answered with, and for a refusal the error's code (a refusal must close the connection)."""
+    to `target` announcing a `length`-byte body with `Expect: 100-continue`, never the body: the
+    status it is answered with, and for a refusal the error's code (a refusal must close the connection)."""
     sock = socket.socket()
     sock.bind((source, 0))
     sock.setblocking(False)
     await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
     reader, writer = await asyncio.open_connection(sock=sock)
     lines = [
-        "POST /v1/audio/transcriptions HTTP/1.1",
+        f"POST {target} HTTP/1.1",
         f"Host: {host}",
-        "Content-Type: multipart/form-data; boundary=b",
+        f"Content-Type: {content_type}",
         f"Content-Length: {length}",
         "Expect: 100-continue",
         *headers,
@@ -348,9 +364,28 @@ async def expect_continue_answer(
         head = (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)).lower()
         assert b"\r\nconnection: close\r\n" in head, "the body it announced is not coming: the connection ends"
         length = next(int(line[15:]) for line in head.split(b"\r\n") if line.startswith(b"content-length:"))
-        return status, json.loads(await reader.readexactly(length))["error"]["code"]
+        return status, error_code(json.loads(await reader.readexactly(length)))
     finally:
         writer.transport.abort()
+
+
+@asynccontextmanager
+async def an_upload_holding_the_only_slot(daemon: Daemon) -> AsyncIterator[None]:
+    """An OpenAI upload whose body is still arriving, holding the one slot of `max_uploads` (1) that
+    every upload API shares, for as long as the context lasts."""
+    _, writer = await asyncio.open_connection("127.0.0.1", daemon.http_port)
+    writer.write(
+        b"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 100000\r\n\r\n--b\r\n"
+    )
+    await writer.drain()
+    try:
+        await eventually(lambda: len(daemon.uploads.connections) == 1)
+        yield
+    finally:
+        writer.close()
+        with suppress(ConnectionError):
+            await writer.wait_closed()
 
 
 async def leave_while_throttled(

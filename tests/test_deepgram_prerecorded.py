@@ -5,7 +5,6 @@ every refusal."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import io
 import re
@@ -25,15 +24,17 @@ from livekit.plugins import deepgram as lk_deepgram
 from satellite_asr.audio import SAMPLE_RATE
 from satellite_asr.engines.base import EngineStream, StreamOptions
 from satellite_asr.engines.whisper import WhisperEngine
-from satellite_asr.protocols import MESSAGE_CHARS, deepgram, deepgram_prerecorded, openai_rest
+from satellite_asr.protocols import MESSAGE_CHARS, deepgram, deepgram_prerecorded
 from satellite_asr.server import Daemon
 from tests.doubles import ContextRecordingEngineDouble, GatedEngineDouble, SwitchesLanguageEngineDouble
 from tests.helpers import (
     EXPECTED,
     FIXTURES,
+    an_upload_holding_the_only_slot,
     daemon_settings,
     encoded_audio,
     eventually,
+    expect_continue_answer,
     fixture_16k,
     pcm16,
     running_daemon,
@@ -256,45 +257,24 @@ async def test_a_parameter_error_names_the_parameter() -> None:
     assert cut and int(cut[1]) > 5000, "the cut says how long the message was, as the live API's does"
 
 
-async def closed(writer: asyncio.StreamWriter) -> None:
-    writer.close()
-    with contextlib.suppress(ConnectionError):
-        await writer.wait_closed()
-
-
 async def test_a_bad_query_is_refused_before_the_body_is_sent() -> None:
     """`Expect: 100-continue`: the refusal comes instead of the go-ahead, so the file is never sent."""
     async with running_daemon() as daemon:
-        reader, writer = await asyncio.open_connection("127.0.0.1", daemon.http_port)
-        head = (
-            f"POST {deepgram.PATH}?colour=blue HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: audio/wav\r\n"
-            "Content-Length: 100000\r\nExpect: 100-continue\r\n\r\n"
+        answer = await expect_continue_answer(
+            daemon.http_port, target=f"{deepgram.PATH}?colour=blue", content_type="audio/wav"
         )
-        writer.write(head.encode())
-        status_line = await asyncio.wait_for(reader.readline(), 10)
-        await closed(writer)
-    assert status_line.startswith(b"HTTP/1.1 400"), status_line
+    assert answer == (400, "invalid_query_parameter")
 
 
 async def test_uploads_to_either_api_share_one_cap() -> None:
     """An OpenAI upload whose body is still arriving holds the one slot of `max_uploads`: a Deepgram
     upload is told so (503, `Retry-After`) in Deepgram's body."""
-    async with running_daemon(max_uploads=1) as daemon:
-        _, writer = await asyncio.open_connection("127.0.0.1", daemon.http_port)
-        head = (
-            f"POST {openai_rest.TRANSCRIPTIONS_PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-            "Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 100000\r\n\r\n--b\r\n"
-        )
-        writer.write(head.encode())
-        await writer.drain()
-        try:
-            await eventually(lambda: len(daemon.uploads.connections) == 1)  # the OpenAI upload has its slot
-            async with (
-                aiohttp.ClientSession() as http,
-                http.post(listen_url(daemon), data=fixture_bytes(), headers=WAV) as response,
-            ):
-                answer = await response.json()
-        finally:
-            await closed(writer)
+    async with (
+        running_daemon(max_uploads=1) as daemon,
+        an_upload_holding_the_only_slot(daemon),
+        aiohttp.ClientSession() as http,
+        http.post(listen_url(daemon), data=fixture_bytes(), headers=WAV) as response,
+    ):
+        answer = await response.json()
     assert response.status == 503 and response.headers["Retry-After"] == "5"
     assert answer["err_code"] == "too_many_connections" and "max_uploads" in answer["err_msg"]

@@ -24,14 +24,16 @@ from pipecat.services.elevenlabs.stt import ElevenLabsSTTService
 from satellite_asr.audio import SAMPLE_RATE
 from satellite_asr.core import Core
 from satellite_asr.engines.whisper import WhisperEngine
-from satellite_asr.protocols import elevenlabs_upload, openai_rest
+from satellite_asr.protocols import elevenlabs_upload
 from satellite_asr.server import Daemon
 from tests.doubles import ContextRecordingEngineDouble, GatedEngineDouble
 from tests.helpers import (
     EXPECTED,
     FIXTURES,
+    an_upload_holding_the_only_slot,
     daemon_settings,
     eventually,
+    expect_continue_answer,
     fixture_16k,
     pcm16,
     running_daemon,
@@ -305,45 +307,21 @@ async def test_the_sdks_null_fields_and_false_features_are_accepted() -> None:
     assert same_words(EXPECTED["lights_on.wav"], [answer["text"]])
 
 
-async def closed(writer: asyncio.StreamWriter) -> None:
-    writer.close()
-    with contextlib.suppress(ConnectionError):
-        await writer.wait_closed()
-
-
 async def test_a_bad_query_is_refused_before_the_body_is_sent() -> None:
     """`Expect: 100-continue`: the refusal comes instead of the go-ahead, so the file is never sent."""
     async with running_daemon() as daemon:
-        reader, writer = await asyncio.open_connection("127.0.0.1", daemon.http_port)
-        head = (
-            f"POST {elevenlabs_upload.PATH}?token=abc HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-            "Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 100000\r\nExpect: 100-continue\r\n\r\n"
-        )
-        writer.write(head.encode())
-        status_line = await asyncio.wait_for(reader.readline(), 10)
-        await closed(writer)
-    assert status_line.startswith(b"HTTP/1.1 400"), status_line
+        answer = await expect_continue_answer(daemon.http_port, target=f"{elevenlabs_upload.PATH}?token=abc")
+    assert answer == (400, "invalid_value")
 
 
 async def test_uploads_to_any_api_share_one_cap() -> None:
     """An OpenAI upload whose body is still arriving holds the one slot of `max_uploads`: an
     ElevenLabs upload is told so (503, `Retry-After`) in ElevenLabs' body."""
-    async with running_daemon(max_uploads=1) as daemon:
-        _, writer = await asyncio.open_connection("127.0.0.1", daemon.http_port)
-        head = (
-            f"POST {openai_rest.TRANSCRIPTIONS_PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-            "Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 100000\r\n\r\n--b\r\n"
-        )
-        writer.write(head.encode())
-        await writer.drain()
-        try:
-            await eventually(lambda: len(daemon.uploads.connections) == 1)  # the OpenAI upload has its slot
-            url = f"{base_url(daemon)}{elevenlabs_upload.PATH}"
-            data = form([("model_id", "scribe_v2")], fixture_bytes("lights_on.wav"))
-            async with aiohttp.ClientSession() as http, http.post(url, data=data) as response:
-                answer = await response.json()
-        finally:
-            await closed(writer)
+    async with running_daemon(max_uploads=1) as daemon, an_upload_holding_the_only_slot(daemon):
+        url = f"{base_url(daemon)}{elevenlabs_upload.PATH}"
+        data = form([("model_id", "scribe_v2")], fixture_bytes("lights_on.wav"))
+        async with aiohttp.ClientSession() as http, http.post(url, data=data) as response:
+            answer = await response.json()
     assert response.status == 503 and response.headers["Retry-After"] == "5"
     assert answer["detail"]["status"] == "too_many_connections" and "max_uploads" in answer["detail"]["message"]
 
