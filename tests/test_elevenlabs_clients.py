@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import re
 from collections.abc import Callable
 from typing import Any
 
+import aiohttp
 import pytest
 from elevenlabs import AsyncElevenLabs
 from elevenlabs.realtime import AudioFormat, CommitStrategy, RealtimeConnection, RealtimeEvents
@@ -24,6 +26,10 @@ from elevenlabs.types import (
     ScribeInputErrorPayload,
     SessionStartedPayload,
 )
+from livekit import rtc
+from livekit.agents import APIConnectOptions
+from livekit.agents import stt as lk_stt
+from livekit.plugins import elevenlabs as lk_elevenlabs
 from websockets.exceptions import InvalidStatus
 
 from satellite_asr.audio import SAMPLE_RATE
@@ -235,3 +241,166 @@ async def test_sdk_keyterms_and_a_three_letter_language_reach_the_engine() -> No
     assert same_words(EXPECTED["lights_on.wav"], events.committed)
     [copy] = events.of(RealtimeEvents.COMMITTED_TRANSCRIPT_WITH_TIMESTAMPS)
     assert CommittedTranscriptWithTimestampsPayload.model_validate(copy).language_code == "eng"
+
+
+class LiveKitEvents:
+    """A LiveKit stream's speech events as they come (its usage reports left out)."""
+
+    def __init__(self, stream: lk_stt.SpeechStream) -> None:
+        self.events: list[lk_stt.SpeechEvent] = []
+        self.changed = asyncio.Event()
+        self.stream = stream
+        self.reading = asyncio.create_task(self.read(stream))
+
+    @property
+    def offset(self) -> float:
+        """What LiveKit adds to the times the daemon sent (0 on the stream's first connection)."""
+        return self.stream.start_time_offset
+
+    async def read(self, stream: lk_stt.SpeechStream) -> None:
+        async for event in stream:
+            if event.type != lk_stt.SpeechEventType.RECOGNITION_USAGE:
+                self.events.append(event)
+                self.changed.set()
+
+    def of(self, kind: lk_stt.SpeechEventType) -> list[lk_stt.SpeechEvent]:
+        return [event for event in self.events if event.type == kind]
+
+    def turns(self) -> str:
+        """The events as letters: S START_OF_SPEECH, i an interim, F a final, E END_OF_SPEECH."""
+        kinds = lk_stt.SpeechEventType
+        letters = {
+            kinds.START_OF_SPEECH: "S",
+            kinds.INTERIM_TRANSCRIPT: "i",
+            kinds.FINAL_TRANSCRIPT: "F",
+            kinds.END_OF_SPEECH: "E",
+        }
+        return "".join(letters.get(event.type, "?") for event in self.events)
+
+    async def wait_for(self, done: Callable[[], bool]) -> None:
+        """Until `done()` (60 s at most: a hang fails); the stream failing (it raises) fails the test."""
+        async with asyncio.timeout(60):
+            while not done():
+                if self.reading.done():
+                    self.reading.result()
+                    raise AssertionError(f"the stream ended early: {self.turns()}")
+                self.changed.clear()
+                waiting = asyncio.ensure_future(self.changed.wait())
+                await asyncio.wait((waiting, self.reading), return_when=asyncio.FIRST_COMPLETED)
+                waiting.cancel()
+
+
+async def livekit_stream(stt: lk_elevenlabs.STT, done: Callable[[LiveKitEvents], bool]) -> LiveKitEvents:
+    """The fixture streamed through a LiveKit STT in 100 ms frames at microphone pace, then `flush`
+    (LiveKit's commit, under manual commits), until `done`; then `end_input` and the stream closed:
+    the daemon, like ElevenLabs, never ends the stream, so the stream's read loop waits on it until
+    closed. No retries: an error from the stream, or an error event, fails the test."""
+    audio = pcm16(fixture_16k(FIXTURE), SAMPLE_RATE)
+    step = int(FRAME_S * SAMPLE_RATE) * 2
+    errors: list[Any] = []
+    stt.on("error", errors.append)
+    stream = stt.stream(conn_options=APIConnectOptions(max_retry=0, timeout=10))
+    events = LiveKitEvents(stream)
+    try:
+        for offset in range(0, len(audio), step):
+            if events.reading.done():  # the stream failed (it takes no more frames)
+                break
+            data = audio[offset : offset + step]
+            stream.push_frame(rtc.AudioFrame(data, SAMPLE_RATE, 1, len(data) // 2))
+            await asyncio.sleep(FRAME_S)
+        else:
+            stream.flush()
+        await events.wait_for(lambda: done(events))
+        stream.end_input()
+    finally:
+        await stream.aclose()
+        await stt.aclose()
+    assert errors == []
+    return events
+
+
+def livekit_stt(daemon: Daemon, http: aiohttp.ClientSession, **options: Any) -> lk_elevenlabs.STT:
+    base_url = f"http://127.0.0.1:{daemon.http_port}/v1"
+    return lk_elevenlabs.STT(model="scribe_v2_realtime", base_url=base_url, api_key=KEY, http_session=http, **options)
+
+
+def livekit_finals(events: LiveKitEvents) -> list[lk_stt.SpeechData]:
+    return [event.alternatives[0] for event in events.of(lk_stt.SpeechEventType.FINAL_TRANSCRIPT)]
+
+
+def livekit_log(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """What LiveKit's ElevenLabs plugin logged at WARNING or above: an error message it got, a
+    message type it does not know, a message it failed on."""
+    return [record.getMessage() for record in caplog.records if record.name.startswith("livekit.plugins.elevenlabs")]
+
+
+async def test_livekit_stream_with_its_defaults_commits_at_its_flush(caplog: pytest.LogCaptureFixture) -> None:
+    """LiveKit's defaults: manual commits, language detection (no language given), 50 ms chunks.
+    It takes the commits' copies with the language as its finals, one per command as the daemon's
+    turn detection commits them, all in the one speech it began; its flush's commit, with nothing in
+    progress, is answered by an empty commit, which ends that speech."""
+    caplog.set_level(logging.WARNING, logger="livekit.plugins.elevenlabs")
+    async with running_daemon(api_key=KEY) as daemon, aiohttp.ClientSession() as http:
+        kinds = lk_stt.SpeechEventType
+        events = await livekit_stream(livekit_stt(daemon, http), lambda events: bool(events.of(kinds.END_OF_SPEECH)))
+    assert livekit_log(caplog) == []
+    assert re.fullmatch(r"S(i+F){3}E", events.turns()), events.turns()
+    finals = livekit_finals(events)
+    assert same_words(EXPECTED[FIXTURE], [final.text for final in finals])
+    assert all(final.language == "en" for final in finals), "the detected language, from the copy's eng"
+    confidences = [final.confidence for final in finals]
+    assert all(0.0 <= c <= 1.0 for c in confidences) and any(c > 0.0 for c in confidences), confidences
+    assert all(0.0 < final.start_time < final.end_time for final in finals), "the copies' words carry the times"
+
+
+async def test_livekit_stream_with_server_vad_gets_a_speech_per_command(caplog: pytest.LogCaptureFixture) -> None:
+    """`server_vad={}` (commit_strategy vad) with LiveKit's `vad_threshold` and silence settings:
+    accepted; each commit ends a speech: START, interims, the final and END per command."""
+    caplog.set_level(logging.WARNING, logger="livekit.plugins.elevenlabs")
+    vad = {"vad_silence_threshold_secs": 0.5, "vad_threshold": 0.4, "min_silence_duration_ms": 300}
+    async with running_daemon(api_key=KEY) as daemon, aiohttp.ClientSession() as http:
+        stt = livekit_stt(daemon, http, server_vad=vad, language_code="en")
+        events = await livekit_stream(stt, lambda events: len(livekit_finals(events)) >= 3)
+    assert livekit_log(caplog) == []
+    assert events.turns() == "".join(f"S{'i' * interims}FE" for interims in interim_runs(events.turns()))
+    finals = livekit_finals(events)
+    assert same_words(EXPECTED[FIXTURE], [final.text for final in finals])
+    assert all(final.language == "en" for final in finals)
+
+
+def interim_runs(turns: str) -> list[int]:
+    """How many interims in each run of them: at least one per command."""
+    runs = [len(run) for run in re.findall(r"i+", turns)]
+    assert runs and all(runs), turns
+    return runs
+
+
+async def test_livekit_stream_with_timestamps_gets_aligned_words_and_its_keyterms_reach_the_engine(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """`include_timestamps` with a language given: each final is the commit's copy with its words,
+    LiveKit's aligned transcript, each word with its times (within the stream's audio, in order);
+    LiveKit's keyterms bias every utterance's decode."""
+    caplog.set_level(logging.WARNING, logger="livekit.plugins.elevenlabs")
+    engine = ContextRecordingEngineDouble()
+    async with running_daemon(engine, api_key=KEY) as daemon, aiohttp.ClientSession() as http:
+        stt = livekit_stt(daemon, http, include_timestamps=True, language_code="en", keyterms=["Aoife", "Calloway"])
+        assert stt.capabilities.aligned_transcript == "word"
+        kinds = lk_stt.SpeechEventType
+        events = await livekit_stream(stt, lambda events: bool(events.of(kinds.END_OF_SPEECH)))
+    assert livekit_log(caplog) == []
+    assert re.fullmatch(r"S(i+F){3}E", events.turns()), events.turns()
+    finals = livekit_finals(events)
+    assert same_words(EXPECTED[FIXTURE], [final.text for final in finals])
+    seconds = fixture_16k(FIXTURE).size / SAMPLE_RATE
+    previous_end = events.offset
+    for final in finals:
+        assert final.words is not None
+        assert [str(word) for word in final.words if str(word).strip()] == final.text.split()
+        for word in final.words:
+            assert previous_end <= word.start_time <= word.end_time, (previous_end, word)
+        assert final.start_time == final.words[0].start_time and final.end_time == final.words[-1].end_time
+        previous_end = final.end_time
+    assert previous_end <= events.offset + seconds + 0.1
+    assert engine.names and all(names[:2] == ("Aoife", "Calloway") for names in engine.names), engine.names
+    assert set(engine.languages) == {"en"}
