@@ -12,7 +12,9 @@ import asyncio
 import base64
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -30,12 +32,17 @@ from livekit import rtc
 from livekit.agents import APIConnectOptions
 from livekit.agents import stt as lk_stt
 from livekit.plugins import elevenlabs as lk_elevenlabs
+from pipecat.frames.frames import TranscriptionFrame
+from pipecat.services.elevenlabs.stt import ElevenLabsRealtimeSTTService
+from pipecat.transcriptions.language import Language
 from websockets.exceptions import InvalidStatus
 
 from satellite_asr.audio import SAMPLE_RATE
 from satellite_asr.server import Daemon
+from tests.certificates import self_signed
 from tests.doubles import ContextRecordingEngineDouble
 from tests.helpers import EXPECTED, fixture_16k, pcm16, running_daemon, same_words
+from tests.test_pipecat import running_pipeline, speak
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -402,5 +409,67 @@ async def test_livekit_stream_with_timestamps_gets_aligned_words_and_its_keyterm
         assert final.start_time == final.words[0].start_time and final.end_time == final.words[-1].end_time
         previous_end = final.end_time
     assert previous_end <= events.offset + seconds + 0.1
+    assert engine.names and all(names[:2] == ("Aoife", "Calloway") for names in engine.names), engine.names
+    assert set(engine.languages) == {"en"}
+
+
+@asynccontextmanager
+async def tls_daemon(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, engine: ContextRecordingEngineDouble | None = None
+) -> AsyncIterator[Daemon]:
+    """The daemon serving TLS with a certificate of its own for 127.0.0.1, which Pipecat trusts as
+    an agent would: `SSL_CERT_FILE` names it (websockets makes Pipecat's `wss://` context with
+    OpenSSL's default verify paths, which read it). Pipecat always connects with `wss://`."""
+    cert = self_signed(tmp_path, ["localhost"], ["127.0.0.1"])
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert.cert))
+    async with running_daemon(engine, api_key=KEY, tls_cert=str(cert.cert), tls_key=str(cert.key)) as daemon:
+        yield daemon
+
+
+def pipecat_service(daemon: Daemon, **options: Any) -> ElevenLabsRealtimeSTTService:
+    """Pipecat's service on the daemon: a host and port, no scheme (it adds `wss://` and `/v1`)."""
+    return ElevenLabsRealtimeSTTService(api_key=KEY, base_url=f"127.0.0.1:{daemon.http_port}", **options)
+
+
+def pipecat_transcripts(frames: Any) -> list[TranscriptionFrame]:
+    return [frame for frame in frames.frames if isinstance(frame, TranscriptionFrame)]
+
+
+async def test_pipecat_service_commits_at_its_vads_stops(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pipecat's default: manual commits, one at each stop of its VAD (answered by the command's
+    commit, or by an empty one when the daemon's turn detection committed it first, which Pipecat
+    skips); its pipeline's rate as the audio format; no language (detected)."""
+    async with (
+        tls_daemon(tmp_path, monkeypatch) as daemon,
+        running_pipeline(pipecat_service(daemon)) as (worker, frames),
+    ):
+        await speak(worker, FIXTURE)
+        await frames.wait_for(finals=3)
+    assert frames.errors == []
+    assert same_words(EXPECTED[FIXTURE], frames.finals)
+    assert all(frame.finalized for frame in pipecat_transcripts(frames)), "manual commits are final"
+    assert frames.interims, "partials reach Pipecat as interim transcripts"
+
+
+async def test_pipecat_service_with_vad_commits_its_language_and_keyterms(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`commit_strategy=vad`: the daemon's turn detection commits each command; Pipecat's
+    `Language.EN` goes on the wire as `eng`, the engine's `en`; its keyterms bias each decode; with
+    language detection it takes the copy, whose `eng` it puts on its frames."""
+    engine = ContextRecordingEngineDouble()
+    settings = ElevenLabsRealtimeSTTService.Settings(language=Language.EN, keyterms=["Aoife", "Calloway"])
+    async with tls_daemon(tmp_path, monkeypatch, engine) as daemon:
+        stt = pipecat_service(
+            daemon, commit_strategy=CommitStrategy.VAD, include_language_detection=True, settings=settings
+        )
+        async with running_pipeline(stt) as (worker, frames):
+            await speak(worker, FIXTURE)
+            await frames.wait_for(finals=3)
+    assert frames.errors == []
+    assert same_words(EXPECTED[FIXTURE], frames.finals)
+    transcripts = pipecat_transcripts(frames)
+    assert [frame.language for frame in transcripts] == ["eng"] * 3
+    assert not any(frame.finalized for frame in transcripts), "a server commit is not a finalized one"
     assert engine.names and all(names[:2] == ("Aoife", "Calloway") for names in engine.names), engine.names
     assert set(engine.languages) == {"en"}
