@@ -29,7 +29,7 @@ from elevenlabs.types import (
     SessionStartedPayload,
 )
 from livekit import rtc
-from livekit.agents import APIConnectOptions
+from livekit.agents import APIConnectionError, APIConnectOptions, APIStatusError
 from livekit.agents import stt as lk_stt
 from livekit.plugins import elevenlabs as lk_elevenlabs
 from pipecat.frames.frames import TranscriptionFrame
@@ -326,9 +326,11 @@ async def livekit_stream(stt: lk_elevenlabs.STT, done: Callable[[LiveKitEvents],
     return events
 
 
-def livekit_stt(daemon: Daemon, http: aiohttp.ClientSession, **options: Any) -> lk_elevenlabs.STT:
+def livekit_stt(daemon: Daemon, http: aiohttp.ClientSession, api_key: str = KEY, **options: Any) -> lk_elevenlabs.STT:
     base_url = f"http://127.0.0.1:{daemon.http_port}/v1"
-    return lk_elevenlabs.STT(model="scribe_v2_realtime", base_url=base_url, api_key=KEY, http_session=http, **options)
+    return lk_elevenlabs.STT(
+        model="scribe_v2_realtime", base_url=base_url, api_key=api_key, http_session=http, **options
+    )
 
 
 def livekit_finals(events: LiveKitEvents) -> list[lk_stt.SpeechData]:
@@ -435,15 +437,18 @@ def pipecat_transcripts(frames: Any) -> list[TranscriptionFrame]:
     return [frame for frame in frames.frames if isinstance(frame, TranscriptionFrame)]
 
 
-async def test_pipecat_service_commits_at_its_vads_stops(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("rate", [SAMPLE_RATE, 8000], ids=["16 kHz", "8 kHz"])
+async def test_pipecat_service_commits_at_its_vads_stops(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rate: int
+) -> None:
     """Pipecat's default: manual commits, one at each stop of its VAD (answered by the command's
     commit, or by an empty one when the daemon's turn detection committed it first, which Pipecat
-    skips); its pipeline's rate as the audio format; no language (detected)."""
+    skips); its pipeline's rate as the audio format (`pcm_8000` at 8 kHz); no language (detected)."""
     async with (
         tls_daemon(tmp_path, monkeypatch) as daemon,
-        running_pipeline(pipecat_service(daemon)) as (worker, frames),
+        running_pipeline(pipecat_service(daemon), rate) as (worker, frames),
     ):
-        await speak(worker, FIXTURE)
+        await speak(worker, FIXTURE, rate)
         await frames.wait_for(finals=3)
     assert frames.errors == []
     assert same_words(EXPECTED[FIXTURE], frames.finals)
@@ -473,3 +478,42 @@ async def test_pipecat_service_with_vad_commits_its_language_and_keyterms(
     assert not any(frame.finalized for frame in transcripts), "a server commit is not a finalized one"
     assert engine.names and all(names[:2] == ("Aoife", "Calloway") for names in engine.names), engine.names
     assert set(engine.languages) == {"en"}
+
+
+async def test_pipecat_service_gets_a_refused_setting_as_an_error_frame_with_the_daemons_sentence(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A VAD setting out of ElevenLabs' range: the daemon's `input_error` reaches the pipeline as an
+    ErrorFrame with its sentence (Pipecat then reconnects, and is refused again)."""
+    settings = ElevenLabsRealtimeSTTService.Settings(vad_threshold=0.95)
+    async with tls_daemon(tmp_path, monkeypatch) as daemon:
+        stt = pipecat_service(daemon, commit_strategy=CommitStrategy.VAD, settings=settings)
+        async with running_pipeline(stt) as (_worker, frames):
+            await frames.wait_for(errors=1)
+    assert frames.errors[0].startswith("Error: vad_threshold: "), frames.errors
+    assert frames.finals == []
+
+
+async def test_livekit_stream_fails_on_a_refused_setting_and_logs_the_daemons_sentence(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A server VAD setting out of ElevenLabs' range: LiveKit logs the daemon's `input_error`, with
+    its sentence, and ends the stream with a non-retryable APIConnectionError."""
+    caplog.set_level(logging.WARNING, logger="livekit.plugins.elevenlabs")
+    async with running_daemon(api_key=KEY) as daemon, aiohttp.ClientSession() as http:
+        stt = livekit_stt(daemon, http, server_vad={"vad_threshold": 0.95})
+        with pytest.raises(APIConnectionError) as failed:
+            await livekit_stream(stt, lambda events: False)
+    assert not failed.value.retryable
+    records = [record for record in caplog.records if record.name.startswith("livekit.plugins.elevenlabs")]
+    record = records[0]  # then its recv_task's failure
+    assert record.getMessage() == "ElevenLabs STT error [input_error]"
+    assert getattr(record, "lk.pii.data")["error"].startswith("vad_threshold: ")
+
+
+async def test_livekit_stream_fails_with_the_handshakes_401_for_a_wrong_key() -> None:
+    async with running_daemon(api_key=KEY) as daemon, aiohttp.ClientSession() as http:
+        stt = livekit_stt(daemon, http, "wrong")
+        with pytest.raises(APIStatusError) as refused:
+            await livekit_stream(stt, lambda events: False)
+    assert refused.value.status_code == 401
