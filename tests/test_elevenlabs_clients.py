@@ -38,9 +38,10 @@ from pipecat.transcriptions.language import Language
 from websockets.exceptions import InvalidStatus
 
 from satellite_asr.audio import SAMPLE_RATE
+from satellite_asr.engines.base import Engine
 from satellite_asr.server import Daemon
 from tests.certificates import self_signed
-from tests.doubles import ContextRecordingEngineDouble
+from tests.doubles import ContextRecordingEngineDouble, CrashingEngineDouble
 from tests.helpers import EXPECTED, fixture_16k, pcm16, running_daemon, same_words
 from tests.test_pipecat import running_pipeline, speak
 
@@ -417,7 +418,7 @@ async def test_livekit_stream_with_timestamps_gets_aligned_words_and_its_keyterm
 
 @asynccontextmanager
 async def tls_daemon(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, engine: ContextRecordingEngineDouble | None = None
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, engine: Engine | None = None
 ) -> AsyncIterator[Daemon]:
     """The daemon serving TLS with a certificate of its own for 127.0.0.1, which Pipecat trusts as
     an agent would: `SSL_CERT_FILE` names it (websockets makes Pipecat's `wss://` context with
@@ -517,3 +518,25 @@ async def test_livekit_stream_fails_with_the_handshakes_401_for_a_wrong_key() ->
         with pytest.raises(APIStatusError) as refused:
             await livekit_stream(stt, lambda events: False)
     assert refused.value.status_code == 401
+
+
+async def test_pipecat_service_reports_each_transcriber_error_and_its_stream_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An engine whose every final decode fails: each command's `transcriber_error` is an ErrorFrame
+    with the daemon's sentence, and Pipecat keeps its connection and its stream (the later
+    commands' failures still reach it, no reconnect in between)."""
+    settings = ElevenLabsRealtimeSTTService.Settings(language=Language.EN, keyterms=["crash"])
+    async with tls_daemon(tmp_path, monkeypatch, CrashingEngineDouble()) as daemon:
+        stt = pipecat_service(daemon, settings=settings)
+        connections: list[str] = []
+
+        @stt.event_handler("on_connected")  # type: ignore[untyped-decorator]
+        async def on_connected(_service: ElevenLabsRealtimeSTTService) -> None:
+            connections.append("connected")
+
+        async with running_pipeline(stt) as (worker, frames):
+            await speak(worker, FIXTURE)
+            await frames.wait_for(errors=3)
+    assert len(frames.errors) == 3 and all("transcription of utterance" in e for e in frames.errors), frames.errors
+    assert connections == ["connected"]
