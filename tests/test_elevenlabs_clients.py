@@ -150,6 +150,7 @@ async def test_sdk_streams_typed_session_started_partials_and_commits_with_times
         await connection.close()
     assert events.of(RealtimeEvents.ERROR) == []
     assert re.fullmatch(r"S(p+CT){3}X", shape(events)), shape(events)
+    assert events.of(RealtimeEvents.CLOSE)[0]["code"] == 1000, "the SDK's own close, answered"
     [started] = events.of(RealtimeEvents.SESSION_STARTED)
     session = SessionStartedPayload.model_validate(started)
     assert session.session_id
@@ -462,9 +463,10 @@ async def test_pipecat_service_with_vad_commits_its_language_and_keyterms(
 ) -> None:
     """`commit_strategy=vad`: the daemon's turn detection commits each command; Pipecat's
     `Language.EN` goes on the wire as `eng`, the engine's `en`; its keyterms bias each decode; with
-    language detection it takes the copy, whose `eng` it puts on its frames."""
+    language detection it takes the copy, whose `eng` it puts on its frames. Its keyterms go in the
+    query as its `urlencode` writes them (a space as `+`), and arrive whole."""
     engine = ContextRecordingEngineDouble()
-    settings = ElevenLabsRealtimeSTTService.Settings(language=Language.EN, keyterms=["Aoife", "Calloway"])
+    settings = ElevenLabsRealtimeSTTService.Settings(language=Language.EN, keyterms=["Aoife Calloway", "Zoë & Co"])
     async with tls_daemon(tmp_path, monkeypatch, engine) as daemon:
         stt = pipecat_service(
             daemon, commit_strategy=CommitStrategy.VAD, include_language_detection=True, settings=settings
@@ -477,7 +479,7 @@ async def test_pipecat_service_with_vad_commits_its_language_and_keyterms(
     transcripts = pipecat_transcripts(frames)
     assert [frame.language for frame in transcripts] == ["eng"] * 3
     assert not any(frame.finalized for frame in transcripts), "a server commit is not a finalized one"
-    assert engine.names and all(names[:2] == ("Aoife", "Calloway") for names in engine.names), engine.names
+    assert engine.names and all(names[:2] == ("Aoife Calloway", "Zoë & Co") for names in engine.names), engine.names
     assert set(engine.languages) == {"en"}
 
 
