@@ -210,18 +210,32 @@ async def test_sdk_manual_commit_ends_the_command_there_and_a_commit_with_none_i
     assert copy.words[-1].end <= COMMIT_AT_S + FRAME_S, "the forced commit ends where the audio sent had got to"
 
 
-async def test_sdk_gets_a_bad_query_parameter_as_input_error_then_the_close() -> None:
-    """vad_threshold out of ElevenLabs' range: no session starts; the SDK emits the daemon's
-    `input_error` (as INPUT_ERROR and the generic ERROR), then its own ERROR for the Close (websockets
-    raises on a close that is not 1000), then CLOSE with 1008 and the daemon's reason."""
-    async with running_daemon(api_key=KEY) as daemon:
-        connection, events = await sdk_connect(daemon, commit_strategy=CommitStrategy.VAD, vad_threshold=0.95)
+@pytest.mark.parametrize(
+    ("options", "parameter"),
+    [
+        ({"commit_strategy": CommitStrategy.VAD, "vad_threshold": 0.95}, "vad_threshold"),
+        ({"entity_detection": "pii"}, "entity_detection"),
+        ({"transcript_edit": "Capitalise names."}, "transcript_edit"),
+        ({"token": "single-use"}, "token"),
+    ],
+    ids=["vad_threshold 0.95", "entity_detection", "transcript_edit", "token"],
+)
+async def test_sdk_gets_a_refused_query_parameter_as_input_error_then_the_close(
+    options: dict[str, Any], parameter: str
+) -> None:
+    """A setting out of ElevenLabs' range, or a feature the daemon does not have: no session starts;
+    the SDK emits the daemon's `input_error` naming the parameter (as INPUT_ERROR and the generic
+    ERROR), then its own ERROR for the Close (websockets raises on a close that is not 1000), then
+    CLOSE with 1008 and the daemon's reason. (A daemon without a key: with `token` the SDK sends
+    none, and a daemon with one refuses the upgrade with 401 before reading the query.)"""
+    async with running_daemon() as daemon:
+        connection, events = await sdk_connect(daemon, **options)
         await events.wait_for(lambda: bool(events.of(RealtimeEvents.CLOSE)))
         await connection.close()
     assert shape(events) == "IEEX", events.events
     [refusal] = events.of(RealtimeEvents.INPUT_ERROR)
     error = ScribeInputErrorPayload.model_validate(refusal)
-    assert error.error.startswith("vad_threshold: "), error
+    assert error.error.startswith(f"{parameter}: "), error
     assert events.of(RealtimeEvents.ERROR)[0] == refusal
     assert "1008" in events.of(RealtimeEvents.ERROR)[1]["error"]
     assert events.of(RealtimeEvents.CLOSE) == [{"code": 1008, "reason": "invalid_query_parameter"}]
