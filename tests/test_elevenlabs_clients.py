@@ -379,12 +379,18 @@ async def test_livekit_stream_with_its_defaults_commits_at_its_flush(caplog: pyt
 
 
 async def test_livekit_stream_with_server_vad_gets_a_speech_per_command(caplog: pytest.LogCaptureFixture) -> None:
-    """`server_vad={}` (commit_strategy vad) with LiveKit's `vad_threshold` and silence settings:
-    accepted; each commit ends a speech: START, interims, the final and END per command."""
+    """`server_vad` (commit_strategy vad) with every VAD setting LiveKit sends, and its other
+    options (a secondary language as a three-letter code, no_verbatim, enable_logging, a
+    `previous_text` chunk first): accepted; each commit ends a speech: START, interims, the final
+    and END per command."""
     caplog.set_level(logging.WARNING, logger="livekit.plugins.elevenlabs")
-    vad = {"vad_silence_threshold_secs": 0.5, "vad_threshold": 0.4, "min_silence_duration_ms": 300}
+    vad: Any = {"vad_silence_threshold_secs": 0.5, "vad_threshold": 0.4}
+    vad |= {"min_speech_duration_ms": 100, "min_silence_duration_ms": 300}
+    options = {"secondary_languages": ["eng"], "no_verbatim": True, "enable_logging": False}
     async with running_daemon(api_key=KEY) as daemon, aiohttp.ClientSession() as http:
-        stt = livekit_stt(daemon, http, server_vad=vad, language_code="en")
+        stt = livekit_stt(
+            daemon, http, server_vad=vad, language_code="en", previous_text="Turn on the lights.", **options
+        )
         events = await livekit_stream(stt, lambda events: len(livekit_finals(events)) >= 3)
     assert livekit_log(caplog) == []
     assert events.turns() == "".join(f"S{'i' * interims}FE" for interims in interim_runs(events.turns()))
@@ -475,15 +481,29 @@ async def test_pipecat_service_commits_at_its_vads_stops(
 async def test_pipecat_service_with_vad_commits_its_language_and_keyterms(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """`commit_strategy=vad`: the daemon's turn detection commits each command; Pipecat's
+    """`commit_strategy=vad`, with every VAD setting and other option Pipecat sends: accepted; the
+    daemon's turn detection commits each command; Pipecat's
     `Language.EN` goes on the wire as `eng`, the engine's `en`; its keyterms bias each decode; with
     language detection it takes the copy, whose `eng` it puts on its frames. Its keyterms go in the
     query as its `urlencode` writes them (a space as `+`), and arrive whole."""
     engine = ContextRecordingEngineDouble()
-    settings = ElevenLabsRealtimeSTTService.Settings(language=Language.EN, keyterms=["Aoife Calloway", "Zoë & Co"])
+    settings = ElevenLabsRealtimeSTTService.Settings(
+        language=Language.EN,
+        keyterms=["Aoife Calloway", "Zoë & Co"],
+        vad_silence_threshold_secs=0.5,
+        vad_threshold=0.4,
+        min_speech_duration_ms=100,
+        min_silence_duration_ms=300,
+        no_verbatim=True,
+        filter_background_audio=False,
+    )
     async with tls_daemon(tmp_path, monkeypatch, engine) as daemon:
         stt = pipecat_service(
-            daemon, commit_strategy=CommitStrategy.VAD, include_language_detection=True, settings=settings
+            daemon,
+            commit_strategy=CommitStrategy.VAD,
+            include_language_detection=True,
+            enable_logging=True,
+            settings=settings,
         )
         async with running_pipeline(stt) as (worker, frames):
             await speak(worker, FIXTURE)
