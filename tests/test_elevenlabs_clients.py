@@ -120,13 +120,14 @@ async def sdk_stream(connection: RealtimeConnection, fixture: str = FIXTURE, com
 
 def shape(events: SdkEvents) -> str:
     """The events as letters: S session_started, p a partial, C a committed transcript, T its copy
-    with timestamps, I input_error, E the generic error, X the close, ? anything else."""
+    with timestamps, I input_error, R resource_exhausted, E the generic error, X the close, ? anything else."""
     letters = {
         RealtimeEvents.SESSION_STARTED: "S",
         RealtimeEvents.PARTIAL_TRANSCRIPT: "p",
         RealtimeEvents.COMMITTED_TRANSCRIPT: "C",
         RealtimeEvents.COMMITTED_TRANSCRIPT_WITH_TIMESTAMPS: "T",
         RealtimeEvents.INPUT_ERROR: "I",
+        RealtimeEvents.RESOURCE_EXHAUSTED: "R",
         RealtimeEvents.ERROR: "E",
         RealtimeEvents.CLOSE: "X",
     }
@@ -576,3 +577,30 @@ async def test_pipecat_service_reports_each_transcriber_error_and_its_stream_goe
             await frames.wait_for(errors=3)
     assert len(frames.errors) == 3 and all("transcription of utterance" in e for e in frames.errors), frames.errors
     assert connections == ["connected"]
+
+
+async def test_no_session_free_reaches_the_sdk_as_resource_exhausted_and_livekit_as_an_unknown_type(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The one session slot taken (by an SDK connection): the next SDK connection gets
+    RESOURCE_EXHAUSTED (and the generic ERROR), then the Close 1013. LiveKit's plugin does not know
+    `resource_exhausted` (not among the error types it reads): it logs it as an unknown message type,
+    and fails on the Close after it, whose 1013 it reports as the status, and retries."""
+    caplog.set_level(logging.WARNING, logger="livekit.plugins.elevenlabs")
+    async with (
+        running_daemon(api_key=KEY, max_sessions=1, wyoming_reserved_sessions=0) as daemon,
+        aiohttp.ClientSession() as http,
+    ):
+        holding, _held = await sdk_connect(daemon)
+        connection, events = await sdk_connect(daemon)
+        await events.wait_for(lambda: bool(events.of(RealtimeEvents.CLOSE)))
+        await connection.close()
+        with pytest.raises(APIStatusError) as failed:
+            await livekit_stream(livekit_stt(daemon, http), lambda events: False)
+        await holding.close()
+    assert shape(events) == "REEX", events.events
+    [busy] = events.of(RealtimeEvents.RESOURCE_EXHAUSTED)
+    assert busy["error"], busy
+    assert events.of(RealtimeEvents.CLOSE)[0]["code"] == 1013
+    assert failed.value.status_code == 1013 and failed.value.retryable
+    assert livekit_log(caplog)[0] == "ElevenLabs STT unknown message type: resource_exhausted"
