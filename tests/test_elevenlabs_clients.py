@@ -379,15 +379,18 @@ async def test_livekit_stream_with_its_defaults_commits_at_its_flush(caplog: pyt
     assert all(0.0 < final.start_time < final.end_time for final in finals), "the copies' words carry the times"
 
 
-async def test_livekit_stream_with_server_vad_gets_a_speech_per_command(caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize("rate", [SAMPLE_RATE, 48000], ids=["16 kHz", "48 kHz"])
+async def test_livekit_stream_with_server_vad_gets_a_speech_per_command(
+    caplog: pytest.LogCaptureFixture, rate: int
+) -> None:
     """`server_vad` (commit_strategy vad) with every VAD setting LiveKit sends, and its other
     options (a secondary language as a three-letter code, no_verbatim, enable_logging, a
     `previous_text` chunk first): accepted; each commit ends a speech: START, interims, the final
-    and END per command."""
+    and END per command. At 48 kHz LiveKit resamples the frames and sends `pcm_48000`."""
     caplog.set_level(logging.WARNING, logger="livekit.plugins.elevenlabs")
     vad: Any = {"vad_silence_threshold_secs": 0.5, "vad_threshold": 0.4}
     vad |= {"min_speech_duration_ms": 100, "min_silence_duration_ms": 300}
-    options = {"secondary_languages": ["eng"], "no_verbatim": True, "enable_logging": False}
+    options = {"secondary_languages": ["eng"], "no_verbatim": True, "enable_logging": False, "sample_rate": rate}
     async with running_daemon(api_key=KEY) as daemon, aiohttp.ClientSession() as http:
         stt = livekit_stt(
             daemon, http, server_vad=vad, language_code="en", previous_text="Turn on the lights.", **options
