@@ -454,9 +454,9 @@ async def tls_daemon(
         yield daemon
 
 
-def pipecat_service(daemon: Daemon, **options: Any) -> ElevenLabsRealtimeSTTService:
+def pipecat_service(daemon: Daemon, api_key: str = KEY, **options: Any) -> ElevenLabsRealtimeSTTService:
     """Pipecat's service on the daemon: a host and port, no scheme (it adds `wss://` and `/v1`)."""
-    return ElevenLabsRealtimeSTTService(api_key=KEY, base_url=f"127.0.0.1:{daemon.http_port}", **options)
+    return ElevenLabsRealtimeSTTService(api_key=api_key, base_url=f"127.0.0.1:{daemon.http_port}", **options)
 
 
 def pipecat_transcripts(frames: Any) -> list[TranscriptionFrame]:
@@ -532,6 +532,18 @@ async def test_pipecat_service_gets_a_refused_setting_as_an_error_frame_with_the
         async with running_pipeline(stt) as (_worker, frames):
             await frames.wait_for(errors=1)
     assert frames.errors[0].startswith("Error: vad_threshold: "), frames.errors
+    assert frames.finals == []
+
+
+async def test_pipecat_service_with_a_wrong_key_gets_an_error_frame_with_the_401(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with (
+        tls_daemon(tmp_path, monkeypatch) as daemon,
+        running_pipeline(pipecat_service(daemon, "wrong")) as (_worker, frames),
+    ):
+        await frames.wait_for(errors=1)
+    assert "HTTP 401" in frames.errors[0], frames.errors
     assert frames.finals == []
 
 
