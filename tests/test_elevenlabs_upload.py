@@ -338,3 +338,12 @@ async def test_a_transcription_cut_by_shutdown_is_a_503() -> None:
         await daemon.stop()
     status, answer = await uploading
     assert (status, answer["detail"]["status"]) == (503, "shutdown"), answer
+
+
+async def test_a_keyterm_too_long_to_read_is_context_too_long_as_a_long_one_is() -> None:
+    """A keyterms part over the 64 KB a text field may hold is over `max_context_chars` as surely as
+    one of 5000 characters: the same 400 `context_too_long` the docs' table names, not `invalid_value`."""
+    async with running_daemon() as daemon:
+        status, answer = await post(daemon, [("model_id", "scribe_v2"), ("keyterms", "x" * 70_000)], fixture_bytes())
+    assert (status, answer["detail"]["status"]) == (400, "context_too_long"), answer
+    assert "max_context_chars" in answer["detail"]["message"]

@@ -205,10 +205,21 @@ def parse_form(file: bytes | None, fields: MultiDict[str], core: Core) -> Conver
 
 
 class Form(FormFields):
-    """The form's fields: too many `keyterms` are refused as `checked_biasing` refuses them."""
+    """The form's fields: too many `keyterms`, or one too long to read, are refused as
+    `checked_biasing` refuses them."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_context_chars: int) -> None:
         super().__init__(SINGLE_FIELDS, REPEATED_FIELDS)
+        self.max_context_chars = max_context_chars
+
+    def too_long(self, name: str, limit: int) -> RequestError:
+        if name == "keyterms":
+            message = (
+                f"the keyterms are over the {limit} bytes this server reads of them; "
+                f"their limit is {self.max_context_chars} characters (max_context_chars)"
+            )
+            return RequestError("context_too_long", message, param=name)
+        return super().too_long(name, limit)
 
     def repeated_too_often(self, name: str) -> RequestError:
         if name == "keyterms":
@@ -296,7 +307,8 @@ class ElevenLabsUploadHandler(UploadApi):
     async def answer(self, request: web.Request) -> web.Response:
         self.check_headers(request)
         pace = UploadPace.from_settings(self.core.settings)
-        file, fields = await read_form(request, Form(), self.uploads.max_file_bytes, pace)
+        form = Form(self.core.settings.max_context_chars)
+        file, fields = await read_form(request, form, self.uploads.max_file_bytes, pace)
         parsed = parse_form(file, fields, self.core)
         data = parsed.file
         if parsed.pcm:
