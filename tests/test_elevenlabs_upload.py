@@ -24,6 +24,7 @@ from pipecat.services.elevenlabs.stt import ElevenLabsSTTService
 from satellite_asr.audio import SAMPLE_RATE
 from satellite_asr.core import Core
 from satellite_asr.engines.whisper import WhisperEngine
+from satellite_asr.events import FinalTranscript
 from satellite_asr.protocols import elevenlabs_upload
 from satellite_asr.server import Daemon
 from tests.doubles import ContextRecordingEngineDouble, GatedEngineDouble
@@ -347,3 +348,16 @@ async def test_a_keyterm_too_long_to_read_is_context_too_long_as_a_long_one_is()
         status, answer = await post(daemon, [("model_id", "scribe_v2"), ("keyterms", "x" * 70_000)], fixture_bytes())
     assert (status, answer["detail"]["status"]) == (400, "context_too_long"), answer
     assert "max_context_chars" in answer["detail"]["message"]
+
+
+def test_the_words_and_spacing_joined_are_the_text_whatever_the_finals_spacing() -> None:
+    """docs/elevenlabs.md: the entries' texts joined are `text`. A final whose text holds a run of
+    spaces, a tab or a line break (Whisper's segments joined) must not make them differ."""
+    finals = [
+        FinalTranscript(1, " Turn  off\tthe lights.\n", True, 0.2, 2.2, "en", "silence", -0.25),
+        FinalTranscript(2, "What time\nis it?", True, 3.0, 4.0, "en", "silence", None),
+    ]
+    parsed = elevenlabs_upload.parse_form(b"RIFF", MultiDict([("model_id", "scribe_v2")]), Core(daemon_settings()))
+    body = elevenlabs_upload.response_body(finals, 4.5, parsed)
+    assert "".join(entry["text"] for entry in body["words"]) == body["text"], body["text"]
+    assert [entry["text"] for entry in body["words"] if entry["type"] == "word"] == body["text"].split()

@@ -276,13 +276,14 @@ def _entry(text: str, kind: str, start: float, end: float, logprob: float) -> di
 
 def response_body(finals: list[FinalTranscript], seconds: float, parsed: ConvertRequest) -> dict[str, Any]:
     """ElevenLabs' transcript: `language_probability` is 1 when the language was set (by the client or
-    `default_language`) rather than detected, and `NOT_REPORTED` when the engine detected it."""
+    `default_language`) rather than detected, and `NOT_REPORTED` when the engine detected it. The
+    text's words are single-spaced, as `words` spaces them, so that its entries joined are the text."""
     declared = parsed.options.language
     language = declared or next((final.language for final in finals if final.language), None) or ""
     return {
         "language_code": three_letter(language) if language else "",
         "language_probability": 1.0 if declared else NOT_REPORTED,
-        "text": " ".join(final.text.strip() for final in finals),
+        "text": " ".join(word for final in finals for word in final.text.split()),
         "words": words(finals, parsed.granularity),
         "transcription_id": uuid.uuid4().hex,
         "audio_duration_secs": round(seconds, 3),
