@@ -361,3 +361,25 @@ def test_the_words_and_spacing_joined_are_the_text_whatever_the_finals_spacing()
     body = elevenlabs_upload.response_body(finals, 4.5, parsed)
     assert "".join(entry["text"] for entry in body["words"]) == body["text"], body["text"]
     assert [entry["text"] for entry in body["words"] if entry["type"] == "word"] == body["text"].split()
+
+
+@pytest.mark.parametrize(
+    ("setting", "fields", "language"),
+    [
+        ("", [("secondary_language_codes", "de")], None),
+        ("en", [("secondary_language_codes", "de")], None),
+        ("en", [("secondary_language_codes", "eng")], "en"),
+        ("en", [], "en"),
+    ],
+)
+def test_secondary_languages_alone_are_spoken_alongside_the_main_one_not_instead(
+    setting: str, fields: list[tuple[str, str]], language: str | None
+) -> None:
+    """ElevenLabs: `secondary_language_codes` are languages that may be present *alongside*
+    `language_code`, which absent is detected (here: the `language` setting, or detection). A lone
+    secondary language is not the file's language: German named as a secondary language must not
+    make an English file (the setting's `en`, or one the engine detects) be decoded as German."""
+    multilingual = WhisperEngine(model="small")
+    form = MultiDict([("model_id", "scribe_v2"), *fields])
+    parsed = elevenlabs_upload.parse_form(b"RIFF", form, Core(daemon_settings(language=setting), multilingual))
+    assert parsed.options.language == language
