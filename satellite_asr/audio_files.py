@@ -28,6 +28,9 @@ NOTHING_BEYOND_THE_UPLOAD = {"protocol_whitelist": "none"}
 DASH) name other files and URLs, which FFmpeg would otherwise read from the daemon's own disk or
 network; no protocol is called "none", so each such open is refused and the upload is not audio."""
 
+PCM_OPTIONS = {"sample_rate": str(SAMPLE_RATE), "ch_layout": "mono"}
+"""FFmpeg's raw demuxer (`s16le`) options for headerless PCM at the daemon's own rate, one channel."""
+
 CHUNK_SECONDS = 0.5
 """Audio handed on per chunk: small enough that the shared VAD interleaves it with live frames."""
 
@@ -93,11 +96,14 @@ class AudioFile:
         self._closing = False
 
     @classmethod
-    def open(cls, data: bytes, max_seconds: float) -> AudioFile:
+    def open(cls, data: bytes, max_seconds: float, *, pcm: bool = False) -> AudioFile:
+        """`data` as a file, or with `pcm` as headerless 16 kHz mono 16-bit little-endian PCM, read
+        where it is (FFmpeg's raw demuxer) rather than copied into a WAV file beside it."""
         if not data:
             raise NotAudioError("the file is empty")
+        options = NOTHING_BEYOND_THE_UPLOAD | (PCM_OPTIONS if pcm else {})
         try:
-            container = av.open(io.BytesIO(data), mode="r", options=NOTHING_BEYOND_THE_UPLOAD)
+            container = av.open(io.BytesIO(data), mode="r", format="s16le" if pcm else None, options=options)
         except (av.FFmpegError, UnicodeDecodeError) as exc:
             raise NotAudioError(f"not an audio file FFmpeg can read ({_reason(exc)})") from None
         if not container.streams.audio:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import json
+import tracemalloc
 from typing import Any
 
 import aiohttp
@@ -383,3 +385,30 @@ def test_secondary_languages_alone_are_spoken_alongside_the_main_one_not_instead
     form = MultiDict([("model_id", "scribe_v2"), *fields])
     parsed = elevenlabs_upload.parse_form(b"RIFF", form, Core(daemon_settings(language=setting), multilingual))
     assert parsed.options.language == language
+
+
+async def test_headerless_pcm_is_held_in_memory_once(tmp_path: Any) -> None:
+    """`pcm_s16le_16` audio is read as it came, not copied into a WAV file beside it: held once, as
+    every upload's file is (test_openai_rest's `test_an_uploaded_file_is_held_in_memory_once`).
+    Measured with tracemalloc over the request, from curl (another process); the audio is longer
+    than `max_upload_audio_s`, so the request ends once the file is read and opened."""
+    size = 25 * (1 << 20)
+    path = tmp_path / "upload.raw"
+    path.write_bytes(bytes(size))
+    out = tmp_path / "body.json"
+    async with running_daemon(max_upload_audio_s=10) as daemon:
+        tracemalloc.start()
+        try:
+            process = await asyncio.create_subprocess_exec(
+                "curl", "-sS", "--expect100-timeout", "30", "-F", "model_id=scribe_v2",
+                "-F", "file_format=pcm_s16le_16", "-F", f"file=@{path}", "-o", str(out),
+                f"{base_url(daemon)}{elevenlabs_upload.PATH}",
+            )  # fmt: skip
+            assert await process.wait() == 0
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    answer = json.loads(out.read_bytes())
+    assert answer["detail"]["status"] == "audio_too_long", answer
+    assert "819 s" in answer["detail"]["message"], "its length known from its size, before decoding"
+    assert peak < 1.3 * size, f"{peak / size:.2f} times the file"

@@ -10,10 +10,7 @@ rather than left silently out. Whatever `model_id` the client sends, the engine'
 
 from __future__ import annotations
 
-import asyncio
-import io
 import uuid
-import wave
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +18,6 @@ from typing import Any
 from aiohttp import web
 from multidict import MultiDict, MultiMapping
 
-from satellite_asr.audio import SAMPLE_RATE
 from satellite_asr.biasing.context import MAX_CLIENT_TERMS, client_terms
 from satellite_asr.core import Core
 from satellite_asr.events import FinalTranscript
@@ -234,20 +230,11 @@ class Form(FormFields):
         return super().repeated_too_often(name)
 
 
-def pcm_as_wav(pcm: bytes) -> bytes:
-    """Headerless 16 kHz mono 16-bit PCM as a WAV file, which the decoder reads as it reads any file."""
+def check_pcm(pcm: bytes) -> None:
+    """Headerless 16-bit PCM is whole samples."""
     if len(pcm) % 2:
         message = f"pcm_s16le_16 audio is 16-bit samples: the file's {len(pcm)} bytes are not a whole number of them"
         raise RequestError("invalid_file", message, param="file")
-    if not pcm:
-        raise RequestError("invalid_file", "the file is not audio this server can decode: the file is empty")
-    data = io.BytesIO()
-    with wave.open(data, "wb") as wav:
-        wav.setnchannels(1)
-        wav.setsampwidth(2)
-        wav.setframerate(SAMPLE_RATE)
-        wav.writeframes(pcm)
-    return data.getvalue()
 
 
 # --- the response --------------------------------------------------------------------------------
@@ -316,9 +303,8 @@ class ElevenLabsUploadHandler(UploadApi):
         form = Form(self.core.settings.max_context_chars)
         file, fields = await read_form(request, form, self.uploads.max_file_bytes, pace)
         parsed = parse_form(file, fields, self.core)
-        data = parsed.file
         if parsed.pcm:
-            data = await asyncio.get_running_loop().run_in_executor(self.uploads.decoding, pcm_as_wav, data)
-        audio_file = await self.uploads.open_file(data)
+            check_pcm(parsed.file)
+        audio_file = await self.uploads.open_file(parsed.file, pcm=parsed.pcm)
         finals, seconds = await self.uploads.transcribe(request, audio_file, PROTOCOL, parsed.options)
         return web.json_response(response_body(finals, seconds, parsed))

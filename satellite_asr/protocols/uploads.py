@@ -361,12 +361,12 @@ class Uploads:
         except ServerBusy as exc:
             raise server_busy(exc) from None
 
-    async def open_file(self, data: bytes) -> AudioFile:
-        """The file opened for decoding (its first chunk decoded), or 400 when it is not audio or too long."""
+    async def open_file(self, data: bytes, *, pcm: bool = False) -> AudioFile:
+        """The file opened for decoding (its first chunk decoded), or 400 when it is not audio or too
+        long; `pcm`: headerless 16 kHz mono 16-bit PCM (`AudioFile.open`)."""
+        opening = functools.partial(AudioFile.open, data, self.core.settings.max_upload_audio_s, pcm=pcm)
         try:
-            return await asyncio.get_running_loop().run_in_executor(
-                self.decoding, AudioFile.open, data, self.core.settings.max_upload_audio_s
-            )
+            return await asyncio.get_running_loop().run_in_executor(self.decoding, opening)
         except FileRefused as exc:
             raise failure(exc) from None
 
