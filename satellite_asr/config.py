@@ -294,15 +294,16 @@ class Settings:
     # OpenAI-compatible API
     max_upload_mb: int = _opt(
         25,
-        "Largest audio file POST /v1/audio/transcriptions accepts, in MB (2^20 bytes); larger ones get 413.",
+        "Largest audio file an upload API (POST /v1/audio/transcriptions, /v1/listen, /v1/speech-to-text) accepts, "
+        "in MB (2^20 bytes); larger ones get HTTP 413.",
         minimum=1,
         maximum=1024,
     )
     max_upload_audio_s: float = _opt(
         14400.0,
-        "Longest audio POST /v1/audio/transcriptions transcribes, in seconds, checked on the duration the file "
-        "declares and on what it decodes to (a small file can hold days of FLAC silence); longer gets HTTP 400 "
-        "audio_too_long.",
+        "Longest audio an upload API (POST /v1/audio/transcriptions, /v1/listen, /v1/speech-to-text) transcribes, "
+        "in seconds, checked on the duration the file declares and on what it decodes to (a small file can hold "
+        "days of FLAC silence); longer gets HTTP 400 audio_too_long.",
         minimum=1.0,
         maximum=1_000_000.0,
     )

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import io
 import json
 import tracemalloc
@@ -24,6 +25,7 @@ from multidict import MultiDict
 from pipecat.services.elevenlabs.stt import ElevenLabsSTTService
 
 from satellite_asr.audio import SAMPLE_RATE
+from satellite_asr.config import Settings
 from satellite_asr.core import Core
 from satellite_asr.engines.whisper import WhisperEngine
 from satellite_asr.events import FinalTranscript
@@ -43,6 +45,7 @@ from tests.helpers import (
     same_words,
 )
 from tests.test_deepgram_clients import validated
+from tests.test_docs import ROOT
 from tests.test_pipecat import running_pipeline, speak
 
 pytestmark = pytest.mark.timeout(180)
@@ -412,3 +415,21 @@ async def test_headerless_pcm_is_held_in_memory_once(tmp_path: Any) -> None:
     assert answer["detail"]["status"] == "audio_too_long", answer
     assert "819 s" in answer["detail"]["message"], "its length known from its size, before decoding"
     assert peak < 1.3 * size, f"{peak / size:.2f} times the file"
+
+
+UPLOAD_PATHS = ("/v1/audio/transcriptions", "/v1/listen", elevenlabs_upload.PATH)
+
+
+@pytest.mark.parametrize("setting", ["max_upload_mb", "max_upload_audio_s", "max_uploads"])
+def test_the_upload_limits_help_names_every_upload_api(setting: str) -> None:
+    """Each of these limits every upload API alike (`Uploads`): its help, which `serve --help` and
+    config.example.yaml show, must not say it is OpenAI's alone."""
+    [field] = [f for f in dataclasses.fields(Settings) if f.name == setting]
+    assert all(path in field.metadata["help"] for path in UPLOAD_PATHS), field.metadata["help"]
+
+
+def test_security_md_counts_the_elevenlabs_upload_under_max_uploads() -> None:
+    """docs/security.md's caps table says which uploads share `max_uploads` and in whose error body
+    a refusal comes."""
+    row = next(line for line in (ROOT / "docs/security.md").read_text().splitlines() if "`max_uploads` (8)" in line)
+    assert f"POST {elevenlabs_upload.PATH}" in row and "ElevenLabs'" in row, row
