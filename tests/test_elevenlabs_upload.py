@@ -433,3 +433,39 @@ def test_security_md_counts_the_elevenlabs_upload_under_max_uploads() -> None:
     a refusal comes."""
     row = next(line for line in (ROOT / "docs/security.md").read_text().splitlines() if "`max_uploads` (8)" in line)
     assert f"POST {elevenlabs_upload.PATH}" in row and "ElevenLabs'" in row, row
+
+
+async def test_the_json_fields_asking_for_nothing_are_accepted_as_the_docs_say() -> None:
+    """docs/elevenlabs.md's field table: `webhook_metadata`, `entity_detection`, `entity_redaction`
+    and `additional_formats` are refused unless empty, JSON `null` or `[]`."""
+    fields = [
+        ("model_id", "scribe_v2"),
+        ("webhook_metadata", "[]"),
+        ("entity_detection", ""),
+        ("entity_redaction", "[]"),
+        ("additional_formats", "null"),
+    ]
+    async with running_daemon() as daemon:
+        status, answer = await post(daemon, fields, fixture_bytes("lights_on.wav"))
+    assert status == 200, answer
+
+
+async def test_a_refusal_before_the_uploads_own_checks_keeps_the_connection_and_the_uploads_close_it() -> None:
+    """docs/elevenlabs.md: every refusal but the 401 closes the connection; the 401, like a 403 of
+    `allowed_origins`, keeps it (without `Expect: 100-continue`). All in ElevenLabs' body."""
+    async with running_daemon(api_key=KEY) as daemon, aiohttp.ClientSession() as http:
+        url = f"{base_url(daemon)}{elevenlabs_upload.PATH}"
+        answers = []
+        for headers, fields in [
+            ({"xi-api-key": "wrong"}, [("model_id", "scribe_v2")]),
+            ({"xi-api-key": KEY, "Origin": "http://evil.example"}, [("model_id", "scribe_v2")]),
+            ({"xi-api-key": KEY}, [("model_id", "scribe_v2"), ("diarize", "true")]),
+        ]:
+            data = form(fields, fixture_bytes("lights_on.wav"))
+            async with http.post(url, data=data, headers=headers) as response:
+                answers.append((response.status, response.headers.get("Connection", ""), await response.json()))
+    [(unauthorized, kept, body), (forbidden, kept_too, body_too), (refused, closed, _)] = answers
+    assert (unauthorized, forbidden, refused) == (401, 403, 400)
+    assert body["detail"]["status"] == "invalid_api_key" and body_too["detail"]["status"] == "origin_not_allowed"
+    assert kept.lower() != "close" and kept_too.lower() != "close"
+    assert closed.lower() == "close"
