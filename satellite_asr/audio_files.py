@@ -96,9 +96,17 @@ class AudioFile:
         self._closing = False
 
     @classmethod
-    def open(cls, data: bytes, max_seconds: float, *, pcm: bool = False) -> AudioFile:
-        """`data` as a file, or with `pcm` as headerless 16 kHz mono 16-bit little-endian PCM, read
-        where it is (FFmpeg's raw demuxer) rather than copied into a WAV file beside it."""
+    def open(cls, data: bytes, max_seconds: float) -> AudioFile:
+        return cls._open(data, max_seconds, pcm=False)
+
+    @classmethod
+    def open_pcm(cls, data: bytes, max_seconds: float) -> AudioFile:
+        """Headerless 16 kHz mono 16-bit little-endian PCM, read where it is (FFmpeg's raw demuxer)
+        rather than copied into a WAV file beside it."""
+        return cls._open(data, max_seconds, pcm=True)
+
+    @classmethod
+    def _open(cls, data: bytes, max_seconds: float, *, pcm: bool) -> AudioFile:
         if not data:
             raise NotAudioError("the file is empty")
         options = NOTHING_BEYOND_THE_UPLOAD | (PCM_OPTIONS if pcm else {})

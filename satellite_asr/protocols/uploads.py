@@ -363,10 +363,12 @@ class Uploads:
 
     async def open_file(self, data: bytes, *, pcm: bool = False) -> AudioFile:
         """The file opened for decoding (its first chunk decoded), or 400 when it is not audio or too
-        long; `pcm`: headerless 16 kHz mono 16-bit PCM (`AudioFile.open`)."""
-        opening = functools.partial(AudioFile.open, data, self.core.settings.max_upload_audio_s, pcm=pcm)
+        long; `pcm`: headerless 16 kHz mono 16-bit PCM (`AudioFile.open_pcm`)."""
+        opening = AudioFile.open_pcm if pcm else AudioFile.open
         try:
-            return await asyncio.get_running_loop().run_in_executor(self.decoding, opening)
+            return await asyncio.get_running_loop().run_in_executor(
+                self.decoding, opening, data, self.core.settings.max_upload_audio_s
+            )
         except FileRefused as exc:
             raise failure(exc) from None
 
