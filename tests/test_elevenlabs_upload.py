@@ -431,8 +431,13 @@ def test_the_upload_limits_help_names_every_upload_api(setting: str) -> None:
 def test_security_md_counts_the_elevenlabs_upload_under_max_uploads() -> None:
     """docs/security.md's caps table says which uploads share `max_uploads` and in whose error body
     a refusal comes."""
-    row = next(line for line in (ROOT / "docs/security.md").read_text().splitlines() if "`max_uploads` (8)" in line)
+    security = (ROOT / "docs/security.md").read_text()
+    row = next(line for line in security.splitlines() if "`max_uploads` (8)" in line)
     assert f"POST {elevenlabs_upload.PATH}" in row and "ElevenLabs'" in row, row
+    routes = security.split("| port (default) |")[1].split("\n\n")[0]
+    assert f"`POST {elevenlabs_upload.PATH}`" in routes, "the routes table lists the upload and its URL refusal"
+    closing = security.split("**An upload whose Content-Length is shorter than its body.**")[1].split("\n\n")[0]
+    assert elevenlabs_upload.PATH in closing, "its refusals close the connection as the other uploads' do"
 
 
 async def test_the_json_fields_asking_for_nothing_are_accepted_as_the_docs_say() -> None:
