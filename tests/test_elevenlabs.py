@@ -183,12 +183,16 @@ async def test_each_audio_format_is_decoded(audio_format: str, rate: int) -> Non
         ("include_language_detection=true", None),
         ("include_language_detection=true&language_code=eng", "en"),
         ("", None),
+        ("secondary_languages=de", None),
+        ("secondary_languages=en&secondary_languages=eng", None),
     ],
 )
 def test_the_stream_language(query: str, language: str | None) -> None:
-    """Either ISO code names a language (Pipecat sends `eng`); one language named, even twice, is
-    the stream's, language detection beside it included; several let the engine detect, and so does
-    detection asked for with none named (else the daemon's `default_language`, none by default)."""
+    """Either ISO code names a language (Pipecat sends `eng`); the one `language_code` names, even
+    named again as a secondary language, is the stream's, language detection beside it included;
+    other languages that may be spoken alongside it, secondary languages with no main one, or
+    detection asked for with none named let the engine detect (and so does the daemon's
+    `default_language`, none by default)."""
     multilingual = WhisperEngine(model="small")  # its languages are known before it loads (it is not loaded)
     params = elevenlabs.parse_params(MultiDict(parse_qsl(query)), Core(daemon_settings(), multilingual))
     assert isinstance(params, elevenlabs.RealtimeParams) and params.language == language

@@ -126,10 +126,10 @@ def parse_params(query: MultiMapping[str], core: Core) -> StreamParams:
         if (whole := whole_parameter(query, name, None, low, whole_high)) is not None:
             config[name] = whole
     flags = {name: boolean_parameter(query, name, False) for name in BOOLEANS}
-    named = [("language_code", query.get("language_code", ""))]
-    named += [("secondary_languages", code) for code in query.getall("secondary_languages", [])]
+    main = ("language_code", query.get("language_code", ""))
+    secondary = [("secondary_languages", code) for code in query.getall("secondary_languages", [])]
     try:
-        language = declared_language(core, named, flags["include_language_detection"])
+        language = declared_language(core, main, secondary, flags["include_language_detection"])
         terms = replacing_terms(core, query.getall("keyterms", []), "keyterms")
     except ProtocolError as exc:
         parameter = exc.param or "language_code"

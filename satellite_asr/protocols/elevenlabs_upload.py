@@ -191,14 +191,8 @@ def parse_form(file: bytes | None, fields: MultiDict[str], core: Core) -> Conver
         fraction_parameter(fields, "temperature", 0.0, 2.0)
     except ParameterError as exc:
         raise bad_field(exc.parameter, str(exc)) from None
-    # the main language: the one named, else the `language` setting, else none (detected); the
-    # secondary ones may be spoken alongside it, not instead of it
-    main = fields.get("language_code") or core.settings.default_language
-    secondary = fields.getall("secondary_language_codes", [])
-    named = [("language_code", main), *(("secondary_language_codes", code) for code in secondary)]
-    language = declared_language(core, named, detect=False)  # every code checked
-    if secondary and not main:
-        language = None
+    secondary = [("secondary_language_codes", code) for code in fields.getall("secondary_language_codes", [])]
+    language = declared_language(core, ("language_code", fields.get("language_code")), secondary, detect=False)
     terms = client_terms(fields.getall("keyterms", []))
     checked_biasing(core, "", terms, "keyterms", "keyterms")
     options = upload_options(core.settings, language, "", terms)

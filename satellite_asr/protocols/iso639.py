@@ -127,14 +127,20 @@ def engine_language(core: Core, code: object, param: str) -> str | None:
     return checked_language(core, code, param)
 
 
-def declared_language(core: Core, named: Sequence[tuple[str, object]], detect: bool) -> str | None:
-    """The engine's language for the codes a client named (each `(parameter, code)`, checked): one
-    language, however often named, is the one to decode in; with several the engine detects each
-    utterance's, and so it does when asked to `detect` with none named; with none, the `language` setting."""
-    declared = {engine_language(core, code, param) for param, code in named} - {None}
-    if len(declared) > 1 or (detect and not declared):
+def declared_language(
+    core: Core, main: tuple[str, object], secondary: Sequence[tuple[str, object]], detect: bool
+) -> str | None:
+    """The language to decode in (every code checked, each given as `(parameter, code)`): the `main`
+    one a client named, else the `language` setting; None (the engine detects each utterance's)
+    when other languages may be spoken alongside it (`secondary`), when there is none, or when the
+    client asked to `detect` and named none."""
+    param, code = main
+    named = engine_language(core, code, param)
+    others = {engine_language(core, other, name) for name, other in secondary} - {None}
+    language = named or core.settings.default_language
+    if (detect and named is None) or (others and (language is None or others - {language})):
         return None
-    return next(iter(declared), None) or core.settings.default_language
+    return language
 
 
 def three_letter(code: str) -> str:
