@@ -184,6 +184,9 @@ async def test_each_audio_format_is_decoded(audio_format: str, rate: int) -> Non
         ("include_language_detection=true&language_code=eng", "en"),
         ("", None),
         ("secondary_languages=de", None),
+        ("language_code=nob", "no"),
+        ("language_code=cmn", "zh"),
+        ("language_code=fil", "tl"),
         ("secondary_languages=en&secondary_languages=eng", None),
     ],
 )

@@ -113,8 +113,15 @@ THREE_LETTER = {
 """The engines' two-letter languages (Whisper's; Qwen3-ASR's are among them) by their ISO 639-3
 code. Whisper names Javanese `jw` (ISO 639-1 says `jv`); its `haw` and `yue`, and Qwen3-ASR's `fil`,
 are three-letter codes already."""
-TWO_LETTER = {three: two for two, three in THREE_LETTER.items()} | {"fil": "tl", "jv": "jw"}
-"""A client's code as the engines' two-letter one: Filipino as Tagalog (for Whisper), `jv` as Whisper's `jw`."""
+TWO_LETTER = {three: two for two, three in THREE_LETTER.items()} | {
+    "fil": "tl",
+    "jv": "jw",
+    "nb": "no",
+    "nob": "no",
+    "cmn": "zh",
+}
+"""A client's code as the engines' two-letter one: Filipino as Tagalog (for Whisper), `jv` as
+Whisper's `jw`, Norwegian Bokmål as Norwegian and Mandarin as Chinese (Whisper's `no` and `zh`)."""
 
 
 def engine_language(core: Core, code: object, param: str) -> str | None:
