@@ -360,3 +360,18 @@ async def test_no_session_to_open_is_resource_exhausted_and_try_again_later() ->
                     messages.append(json.loads(message))
     assert [m["message_type"] for m in messages] == ["resource_exhausted"]
     assert second.close_code == 1013
+
+
+async def test_partials_held_back_behind_a_pending_commit_are_sent_once_it_is() -> None:
+    """The doc: speech heard while the utterance before still decodes its final "sends its partials
+    once that commit is sent". Here the second command is spoken whole while the first still decodes
+    (its final gated until all the audio is sent): its partial must still come, after the first
+    commit and before its own, not be dropped."""
+    engine = FirstFinalGatedEngineDouble()
+    async with running_daemon(engine) as daemon:
+        messages = await scribe(scribe_url(daemon), audio(), paced=True, release=(engine.gate, 1000.0))
+    said = [(m["message_type"], m["text"]) for m in messages if m["message_type"] != "session_started"]
+    commits = [at for at, (kind, _) in enumerate(said) if kind == "committed_transcript"]
+    assert len(commits) == 4, said
+    between = [text for kind, text in said[commits[0] + 1 : commits[1]] if kind == "partial_transcript"]
+    assert between and {"what", "time"} & set(normalise(between[-1]).split()), said

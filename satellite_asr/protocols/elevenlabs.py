@@ -162,6 +162,9 @@ class ScribeConnection(StreamingConnection):
         self.options = params
         self.spoken: dict[int, bool] = {}
         """Each utterance whose commit has not been sent: whether a partial of it with words was."""
+        self.held: dict[int, str] = {}
+        """The latest partial with words of each utterance heard while one before it awaited its
+        commit: sent once that commit is."""
         self.committing = False
         """A client's commit is being answered: a final the daemon forced answers it."""
         self.commit_answered = False
@@ -195,11 +198,13 @@ class ScribeConnection(StreamingConnection):
         if isinstance(event, SpeechStarted):
             self.spoken[event.utterance_id] = False
         elif isinstance(event, PartialTranscript):
-            # the utterance before has ended, its commit not sent yet: this is not yet the one spoken
-            if not event.text.strip() or any(earlier < event.utterance_id for earlier in self.spoken):
+            if not event.text.strip():
                 return
-            self.spoken[event.utterance_id] = True
-            await self.send({"message_type": "partial_transcript", "text": event.text})
+            # the utterance before has ended, its commit not sent yet: this one's partial waits for it
+            if any(earlier < event.utterance_id for earlier in self.spoken):
+                self.held[event.utterance_id] = event.text
+                return
+            await self.partial(event.utterance_id, event.text)
         elif isinstance(event, FinalTranscript):
             await self.final(event)
         elif isinstance(event, SessionError):
@@ -209,10 +214,19 @@ class ScribeConnection(StreamingConnection):
         """The utterance's commit: sent when it has words, when a partial of it with words was sent
         (an empty one then ends the speech LiveKit began), or when it answers the client's commit."""
         spoken = self.spoken.pop(event.utterance_id, False)
+        self.held.pop(event.utterance_id, None)
         answers = self.committing and event.endpoint == "forced"
         self.commit_answered = self.commit_answered or answers
         if event.text.strip() or spoken or answers:
             await self.committed(event.text, event.start, event.end, event.avg_logprob, event.language)
+        for later in sorted(self.held):  # the next utterance's partial held back for this commit
+            if any(earlier < later for earlier in self.spoken):
+                break
+            await self.partial(later, self.held.pop(later))
+
+    async def partial(self, utterance_id: int, text: str) -> None:
+        self.spoken[utterance_id] = True
+        await self.send({"message_type": "partial_transcript", "text": text})
 
     async def committed(self, text: str, start: float, end: float, logprob: float | None, language: str | None) -> None:
         """`committed_transcript`, then with timestamps asked for its words: each spans the utterance
