@@ -127,3 +127,57 @@ async def test_the_in_process_daemon_listens_on_loopback_ports_of_its_own_and_is
             assert daemon is not None
             assert daemon.http_port not in (port, 0) and daemon.discovery is None
             assert daemon.wyoming is not None and daemon.wyoming.address.host == "127.0.0.1"
+
+
+async def test_elevenlabs_partials_of_an_utterance_committed_empty_are_not_the_next_ones() -> None:
+    """The realtime API names no utterance, so the bench counts commits: a partial belongs to the
+    utterance whose commit comes next. An utterance the daemon commits empty (a cough whose partial
+    had words: the empty commit ends the speech the client began) is an utterance too, else its
+    partial is taken for the next command's first, and that command's first-partial latency is
+    measured from the cough."""
+    import asyncio
+
+    import numpy as np
+    from aiohttp import WSMsgType, web
+
+    from satellite_asr.clients.bench import _stream_one_elevenlabs
+
+    script = [
+        {"message_type": "partial_transcript", "text": "Hm"},
+        {"message_type": "committed_transcript", "text": ""},
+        {"message_type": "partial_transcript", "text": "Turn on"},
+        {"message_type": "committed_transcript", "text": "Turn on the lights."},
+        {"message_type": "partial_transcript", "text": "What"},
+        {"message_type": "committed_transcript", "text": "What time is it?"},
+        {"message_type": "committed_transcript", "text": ""},
+    ]
+
+    async def scribe(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        await ws.send_json({"message_type": "session_started", "session_id": "s", "config": {}})
+        async for message in ws:
+            if message.type == WSMsgType.TEXT and json.loads(message.data).get("commit"):
+                for answer in script:
+                    await ws.send_json(answer)
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/v1/speech-to-text/realtime", scribe)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    tone = (0.3 * np.sin(np.arange(6400) * 0.2)).astype(np.float32)
+    audio = np.concatenate([tone, np.zeros(16000, np.float32), tone, np.zeros(3200, np.float32)])
+    try:
+        url = f"ws://127.0.0.1:{port}/v1/speech-to-text/realtime"
+        _, received = await asyncio.wait_for(_stream_one_elevenlabs(url, audio, 0.0, {}, {}), 30)
+    finally:
+        await runner.cleanup()
+    finals = {m["utterance_id"]: m["text"] for _, m in received if m["type"] == "final"}
+    partials = [m["utterance_id"] for _, m in received if m["type"] == "partial"]
+    first, second = (partials.count(key) for key in finals)
+    assert list(finals.values()) == ["Turn on the lights.", "What time is it?"]
+    assert (first, second) == (1, 1), received

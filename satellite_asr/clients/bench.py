@@ -353,16 +353,21 @@ async def _stream_one_elevenlabs(
     No message ends that API's stream: the connection is closed once every speech segment has its
     commit (or 10 s after the audio), as over OpenAI Realtime. Transcripts come back in the
     WebSocket shapes `_timings` reads: a partial as a `partial` of the utterance whose commit comes
-    next (the API names no utterance), a commit with text as a `final`."""
-    commits = 0
+    next (the API names no utterance), a commit with text as a `final`. An empty commit after a
+    partial ends an utterance too (one in which no words were heard at last), so that its partials
+    are not taken for the next one's."""
+    utterance, heard = 0, False
 
     def translate(message: dict[str, Any]) -> dict[str, Any] | None:
-        nonlocal commits
+        nonlocal utterance, heard
         kind, text = message["message_type"], message.get("text")
-        if kind == "committed_transcript" and text:
-            commits += 1
-            return {"type": "final", "utterance_id": commits - 1, "text": text}
-        return {"type": "partial", "utterance_id": commits} if kind == "partial_transcript" else None
+        if kind == "partial_transcript":
+            heard = True
+            return {"type": "partial", "utterance_id": utterance}
+        if kind != "committed_transcript" or not (text or heard):  # an empty commit answering the client's
+            return None
+        ended, utterance, heard = utterance, utterance + 1, False
+        return {"type": "final", "utterance_id": ended, "text": text} if text else None
 
     def chunk(pcm: bytes, commit: bool = False) -> str:
         encoded = base64.b64encode(pcm).decode()
