@@ -375,3 +375,16 @@ async def test_partials_held_back_behind_a_pending_commit_are_sent_once_it_is() 
     assert len(commits) == 4, said
     between = [text for kind, text in said[commits[0] + 1 : commits[1]] if kind == "partial_transcript"]
     assert between and {"what", "time"} & set(normalise(between[-1]).split()), said
+
+
+async def test_session_started_names_the_language_the_daemon_chose() -> None:
+    """Without `language_code` the daemon's `language` setting is the stream's language (the doc:
+    "Absent: the `language` setting"), and every commit's copy names it: `session_started`, "with
+    the settings in effect", must name it too, not leave the client believing the language is
+    detected as ElevenLabs would."""
+    async with running_daemon(language="en") as daemon:
+        messages = await scribe(scribe_url(daemon, "include_timestamps=true"), audio("lights_on.wav"))
+    config = messages[0]["config"]
+    [timed, _] = of_kind(messages, "committed_transcript_with_timestamps")
+    assert timed["language_code"] == "eng"
+    assert config.get("language_code") == "en", config

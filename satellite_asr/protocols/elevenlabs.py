@@ -86,7 +86,8 @@ class RealtimeParams:
     language: str | None
     """The engine's code of the one language declared (or the daemon's default); None: detected."""
     language_code: str | None
-    """The language as the client named it, for `session_started`."""
+    """The language as the client named it, for `session_started` (which names the daemon's
+    `language` setting when the client named none)."""
     with_timestamps: bool
     """`include_timestamps` or `include_language_detection`: each commit is followed by its
     `committed_transcript_with_timestamps`."""
@@ -179,8 +180,9 @@ class ScribeConnection(StreamingConnection):
             "keyterms": [echoable(term) for term in options.terms],
             **options.config,
         }
-        if options.language_code is not None:
-            config["language_code"] = echoable(options.language_code)
+        language = options.language_code or options.language  # as the client named it, or the daemon's setting
+        if language is not None:
+            config["language_code"] = echoable(language)
         await self.send({"message_type": "session_started", "session_id": self.request_id, "config": config})
 
     async def closing(self) -> None:
