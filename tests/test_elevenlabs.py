@@ -388,3 +388,14 @@ async def test_session_started_names_the_language_the_daemon_chose() -> None:
     [timed, _] = of_kind(messages, "committed_transcript_with_timestamps")
     assert timed["language_code"] == "eng"
     assert config.get("language_code") == "en", config
+
+
+async def test_tagalog_heard_by_whisper_is_filipino_as_elevenlabs_names_it() -> None:
+    """ElevenLabs names Filipino `fil` (its clients' language tables have no `tgl`), and the daemon
+    takes a client's `fil` as Whisper's `tl`: what Whisper reports as `tl` goes back as `fil`, the
+    code the client sent and reads, not `tgl`."""
+    query = "include_language_detection=true"
+    async with running_daemon(SwitchesLanguageEngineDouble("tl")) as daemon:
+        messages = await scribe(scribe_url(daemon, query), audio("lights_on.wav"))
+    [timed, _] = of_kind(messages, "committed_transcript_with_timestamps")
+    assert timed["language_code"] == "fil"

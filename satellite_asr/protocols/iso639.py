@@ -99,7 +99,7 @@ THREE_LETTER = {
     "tg": "tgk",
     "th": "tha",
     "tk": "tuk",
-    "tl": "tgl",
+    "tl": "fil",
     "tr": "tur",
     "tt": "tat",
     "uk": "ukr",
@@ -111,17 +111,18 @@ THREE_LETTER = {
     "zh": "zho",
 }
 """The engines' two-letter languages (Whisper's; Qwen3-ASR's are among them) by their ISO 639-3
-code. Whisper names Javanese `jw` (ISO 639-1 says `jv`); its `haw` and `yue`, and Qwen3-ASR's `fil`,
-are three-letter codes already."""
+code, as ElevenLabs names them: Whisper's Tagalog `tl` is ElevenLabs' Filipino, `fil` (ISO 639-3
+`tgl`). Whisper names Javanese `jw` (ISO 639-1 says `jv`); its `haw` and `yue`, and Qwen3-ASR's
+`fil`, are three-letter codes already."""
 TWO_LETTER = {three: two for two, three in THREE_LETTER.items()} | {
-    "fil": "tl",
+    "tgl": "tl",
     "jv": "jw",
     "nb": "no",
     "nob": "no",
     "cmn": "zh",
 }
-"""A client's code as the engines' two-letter one: Filipino as Tagalog (for Whisper), `jv` as
-Whisper's `jw`, Norwegian Bokmål as Norwegian and Mandarin as Chinese (Whisper's `no` and `zh`)."""
+"""A client's code as the engines' two-letter one: Filipino (`fil`, `tgl`) as Tagalog (for Whisper),
+`jv` as Whisper's `jw`, Norwegian Bokmål as Norwegian and Mandarin as Chinese (Whisper's `no` and `zh`)."""
 
 
 def engine_language(core: Core, code: object, param: str) -> str | None:
