@@ -340,3 +340,14 @@ async def test_the_examples_transcripts_and_times_are_what_the_daemon_gives() ->
     shown = [(int(cue[2]) + int(cue[3]) / 1000, int(cue[6]) + int(cue[7]) / 1000, cue[8]) for cue in cues]
     expected = [(round(start, 3), round(end, 3), text) for start, end, text in map(_timed, uploaded)]
     assert len(shown) >= 2 and shown == expected[: len(shown)], "openai.md's srt"
+
+
+def test_security_md_gives_the_refusal_body_of_elevenlabs_paths() -> None:
+    """security.md lists which body a refused key gets on which paths; ElevenLabs' paths get its
+    `{"detail": {...}}` body, not the project's `{"type":"error",...}` it says every other path gets."""
+    from satellite_asr.access import error_response
+
+    body = json.loads(error_response("/v1/speech-to-text/realtime", 401, "invalid_api_key", "no").text or "")
+    assert set(body) == {"detail"} and set(body["detail"]) == {"status", "message"}
+    text = " ".join((ROOT / "docs/security.md").read_text().split())
+    assert '`{"detail":{"status","message"}}` on `/v1/speech-to-text`' in text
