@@ -434,7 +434,7 @@ ELEVENLABS_TYPES = {
     "committed_transcript",
     "committed_transcript_with_timestamps",
     "input_error",
-    "transcriber_error",
+    "warning",
     "resource_exhausted",
 }
 ELEVENLABS_LAST = json.dumps({"message_type": "last_of_the_fuzz"})

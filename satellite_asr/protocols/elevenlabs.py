@@ -8,7 +8,7 @@ and one `committed_transcript`, followed by `committed_transcript_with_timestamp
 or the language were asked for. The daemon's turn detection commits an utterance, whichever
 `commit_strategy` the client chose. A client's commit ends the utterance in progress now, and is
 answered by an empty `committed_transcript` when none was. Input refused mid-stream is an
-`input_error` and the stream goes on.
+`input_error` and the stream goes on; an engine failure is a `warning`, and its commit follows.
 """
 
 from __future__ import annotations
@@ -189,11 +189,16 @@ class ScribeConnection(StreamingConnection):
         """Nothing: the API's last message is the last transcript."""
 
     async def error(self, code: str, message: str, *, fatal: bool = False, counted: bool = False) -> None:
-        """`input_error` for input refused, `transcriber_error` for an engine failure (counted by the
-        session), `resource_exhausted` when no session could open; `message` may quote the client."""
+        """`input_error` for input refused, `resource_exhausted` when no session could open; an engine
+        failure (counted by the session), which the stream survives with the utterance's commit still
+        to come, is ElevenLabs' non-fatal `warning`: the clients end their stream on an error message
+        (LiveKit reconnects on `transcriber_error`, losing that commit). `message` may quote the client."""
         if not counted:
             self.core.metrics.errors.labels(code).inc()
-        kind = "resource_exhausted" if fatal else "transcriber_error" if counted else "input_error"
+        if counted and not fatal:
+            await self.send({"message_type": "warning", "warning": echoable(message)})
+            return
+        kind = "resource_exhausted" if fatal else "input_error"
         await self.send({"message_type": kind, "error": echoable(message)})
 
     async def emit(self, event: SessionEvent) -> None:
