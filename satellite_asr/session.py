@@ -367,10 +367,16 @@ class Session:
             self._audio.drop_before(keep_from)
 
     async def flush(self) -> None:
-        """Finalize the utterance in progress now; returns once every pending final was sent."""
+        """Finalize the utterance in progress now; returns once every pending final was sent. Its
+        adapter reads none of the client's next audio meanwhile: that wait on the server is no quiet
+        to the idle clock (`quiet_seconds`), or a slow final would expire the speech sent after it."""
         async with self._lock:
             await self._flush_locked()
-        await self.wait_finals()
+        self._hold(True)
+        try:
+            await self.wait_finals()
+        finally:
+            self._hold(False)
 
     async def clear(self) -> None:
         """Drop the utterance in progress without a final (the client discarded its audio); the

@@ -24,6 +24,7 @@ from tests.doubles import (
     CrashingEngineDouble,
     FirstFinalGatedEngineDouble,
     FirstUtteranceIsNoiseEngineDouble,
+    GatedEngineDouble,
     SwitchesLanguageEngineDouble,
 )
 from tests.helpers import (
@@ -427,3 +428,24 @@ async def test_an_engine_failure_the_stream_survives_does_not_end_livekits_strea
         read.append(message["message_type"])
     assert read == [m["message_type"] for m in messages], read
     assert any("failed" in m.get("warning", "") for m in messages), messages
+
+
+async def test_speech_sent_while_a_commit_waits_on_a_busy_engine_is_not_lost_to_the_idle_timeout() -> None:
+    """A commit waits for its final, the reading of the client's next messages with it. Time the
+    client's audio waits on the server does not count toward the idle timeout (`quiet_seconds`):
+    a busy engine must not expire a session whose speech it has not listened to yet. Here the
+    first commit's decode takes longer than `idle_timeout_s`; the next command, sent meanwhile,
+    must still be heard and committed."""
+    data = audio("lights_on.wav")
+    engine = GatedEngineDouble()
+    messages: Messages = []
+    async with running_daemon(engine, idle_timeout_s=2) as daemon, websockets.connect(scribe_url(daemon)) as ws:
+        await ws.send(chunk(data[: len(data) * 2 // 3]))
+        await asyncio.sleep(0.5)
+        await ws.send(COMMIT)
+        await ws.send(chunk(data))
+        await ws.send(COMMIT)
+        await asyncio.sleep(3.5)
+        engine.gate.set()
+        messages = [json.loads(message) async for message in ws]
+    assert len([text for text in committed_texts(messages) if text]) == 2, messages
