@@ -200,28 +200,11 @@ def parse_form(file: bytes | None, fields: MultiDict[str], core: Core) -> Conver
 
 
 class Form(FormFields):
-    """The form's fields: too many `keyterms`, or one too long to read, are refused as
-    `checked_biasing` refuses them."""
+    """The form's fields: too many `keyterms`, or one too long to read, are refused as biasing over
+    its limits."""
 
     def __init__(self, max_context_chars: int) -> None:
-        super().__init__(SINGLE_FIELDS, REPEATED_FIELDS)
-        self.max_context_chars = max_context_chars
-
-    def too_long(self, name: str, limit: int) -> RequestError:
-        if name == "keyterms":
-            message = (
-                f"the keyterms are over the {limit} bytes this server reads of them; "
-                f"their limit is {self.max_context_chars} characters (max_context_chars)"
-            )
-            return RequestError("context_too_long", message, param=name)
-        return super().too_long(name, limit)
-
-    def repeated_too_often(self, name: str) -> RequestError:
-        if name == "keyterms":
-            limit = REPEATED_FIELDS[name]
-            message = f"{limit + 1} keyterms or more, over the limit of {limit}"
-            return RequestError("context_too_long", message, param=name)
-        return super().repeated_too_often(name)
+        super().__init__(SINGLE_FIELDS, REPEATED_FIELDS, {"keyterms": "keyterms"}, max_context_chars)
 
 
 def check_pcm(pcm: bytes) -> None:

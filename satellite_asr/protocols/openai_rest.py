@@ -72,35 +72,16 @@ class TranscriptionRequest:
 
 
 class Form(FormFields):
-    """The transcription form's fields: a `chunking_strategy` object, a prompt too long to read and
-    too many `keywords[]` are refused as their checks in `parse_request` would refuse them."""
+    """The transcription form's fields: a `chunking_strategy` object is refused as `parse_request`
+    would refuse it; a prompt too long to read and too many `keywords[]` as biasing over its limits."""
 
     def __init__(self, max_context_chars: int) -> None:
-        super().__init__(FIELDS, LIST_FIELDS)
-        self.max_context_chars = max_context_chars
+        super().__init__(FIELDS, LIST_FIELDS, {"prompt": "prompt", "keywords[]": "prompt"}, max_context_chars)
 
     def unknown(self, name: str) -> RequestError:
         if name.startswith("chunking_strategy["):  # the SDK's form of an object, {"type": "server_vad"}
             return _only_auto_chunking()
         return super().unknown(name)
-
-    def too_long(self, name: str, limit: int) -> RequestError:
-        """A prompt too long to read is refused as one over `max_context_chars` is (`checked_biasing`)."""
-        if name == "prompt":
-            message = (
-                f"the prompt is over the {limit} bytes this server reads of it; "
-                f"its limit is {self.max_context_chars} characters (max_context_chars)"
-            )
-            return RequestError("context_too_long", message, param=name)
-        return super().too_long(name, limit)
-
-    def repeated_too_often(self, name: str) -> RequestError:
-        """More `keywords[]` than a client may give is refused as `checked_biasing` refuses them."""
-        if name == "keywords[]":
-            limit = LIST_FIELDS[name]
-            message = f"{limit + 1} names and terms or more (keywords[]), over the limit of {limit}"
-            return RequestError("context_too_long", message, param="prompt")
-        return bad_field(name.removesuffix("[]"), f"{name} is given more than {LIST_FIELDS[name]} times")
 
 
 def _only_auto_chunking() -> RequestError:

@@ -171,9 +171,20 @@ class FormFields:
     loop whatever its size: uncapped, a form of 20000 empty repeated parts (1.3 MB) was still being
     read when the upload's pace cut it with a 408."""
 
-    def __init__(self, single: Collection[str], repeatable: Mapping[str, int]) -> None:
+    def __init__(
+        self,
+        single: Collection[str],
+        repeatable: Mapping[str, int],
+        biasing: Mapping[str, str] | None = None,
+        max_context_chars: int = 0,
+    ) -> None:
         self.single = single
         self.repeatable = repeatable
+        self.biasing = biasing or {}
+        """Fields that bias the engine, by the parameter their refusals name: one too long to read,
+        or repeated past its limit, is refused as `checked_biasing` refuses biasing over its limits
+        (`context_too_long`)."""
+        self.max_context_chars = max_context_chars
 
     def check_name(self, name: str, fields: MultiDict[str], has_file: bool) -> None:
         """A part refused by its name alone, before its content is read."""
@@ -189,9 +200,19 @@ class FormFields:
         return bad_field(name, f"unknown field {name!r}; this server reads {known}")
 
     def repeated_too_often(self, name: str) -> RequestError:
-        return bad_field(name, f"{name} is given more than {self.repeatable[name]} times")
+        limit = self.repeatable[name]
+        if name in self.biasing:
+            message = f"{limit + 1} names and terms or more ({name}), over the limit of {limit}"
+            return RequestError("context_too_long", message, param=self.biasing[name])
+        return bad_field(name.removesuffix("[]"), f"{name} is given more than {limit} times")
 
     def too_long(self, name: str, limit: int) -> RequestError:
+        if name in self.biasing:
+            message = (
+                f"{name} is over the {limit} bytes this server reads of it; "
+                f"the limit is {self.max_context_chars} characters (max_context_chars)"
+            )
+            return RequestError("context_too_long", message, param=self.biasing[name])
         return bad_field(name, f"{name} is too long")
 
 
