@@ -449,3 +449,32 @@ async def test_speech_sent_while_a_commit_waits_on_a_busy_engine_is_not_lost_to_
         engine.gate.set()
         messages = [json.loads(message) async for message in ws]
     assert len([text for text in committed_texts(messages) if text]) == 2, messages
+
+
+async def test_a_commit_with_nothing_in_progress_is_answered_empty_though_a_capped_final_is_pending() -> None:
+    """The doc: a commit "with none in progress, an empty `committed_transcript` answers the
+    commit". An utterance the length cap ended (`forced`, as a commit's is) whose final is still
+    decoding when the client commits is not the commit's answer: it ended before the commit, by
+    the daemon's own rule, and gets its own commit; the client's commit still gets the empty one."""
+    data = audio("lights_on.wav") + bytes(2 * 16000 * 2)  # the command, then 2 s of silence
+    engine = GatedEngineDouble()
+    marker = json.dumps({"message_type": MARKER})
+    async with (
+        running_daemon(engine, max_utterance_s=1.0) as daemon,
+        websockets.connect(scribe_url(daemon)) as ws,
+    ):
+        for offset in range(0, len(data), 3200):
+            await ws.send(chunk(data[offset : offset + 3200]))
+        await ws.send(COMMIT)
+        await ws.send(marker)
+        await asyncio.sleep(1.0)
+        assert engine.finals, "the length cap ended an utterance, whose final waits for the gate"
+        engine.gate.set()
+        messages = []
+        async for message in ws:
+            messages.append(json.loads(message))
+            if is_marker_error(messages[-1]):
+                break
+    texts = committed_texts(messages)
+    assert len(texts) >= 2 and all(texts[:-1]), texts
+    assert texts[-1] == "", texts

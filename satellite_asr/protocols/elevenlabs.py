@@ -166,8 +166,10 @@ class ScribeConnection(StreamingConnection):
         self.held: dict[int, str] = {}
         """The latest partial with words of each utterance heard while one before it awaited its
         commit: sent once that commit is."""
-        self.committing = False
-        """A client's commit is being answered: a final the daemon forced answers it."""
+        self.answering: int | None = None
+        """While a client's commit is answered, the first utterance it may end (the one in progress,
+        or speech not yet confirmed that the flush makes one): that final answers the commit, not
+        one the length cap forced before it whose final was still to come."""
         self.commit_answered = False
 
     async def opened(self) -> None:
@@ -222,7 +224,7 @@ class ScribeConnection(StreamingConnection):
         (an empty one then ends the speech LiveKit began), or when it answers the client's commit."""
         spoken = self.spoken.pop(event.utterance_id, False)
         self.held.pop(event.utterance_id, None)
-        answers = self.committing and event.endpoint == "forced"
+        answers = self.answering is not None and event.utterance_id >= self.answering
         self.commit_answered = self.commit_answered or answers
         if event.text.strip() or spoken or answers:
             await self.committed(event.text, event.start, event.end, event.avg_logprob, event.language)
@@ -289,11 +291,15 @@ class ScribeConnection(StreamingConnection):
 
     async def commit(self) -> None:
         """The utterance in progress ends now; with none, an empty `committed_transcript` says so."""
-        self.committing, self.commit_answered = True, False
+        assert self.input is not None
+        await self.input.drain()  # the resampler's tail is the utterance's last milliseconds
+        session = self.input.session
+        self.answering = session.utterances if session.in_utterance else session.utterances + 1
+        self.commit_answered = False
         try:
-            await self.end_now({})
+            await session.flush()
         finally:
-            self.committing = False
+            self.answering = None
         if not self.commit_answered:
             await self.committed("", self.seconds, self.seconds, None, None)
 
