@@ -351,3 +351,19 @@ def test_security_md_gives_the_refusal_body_of_elevenlabs_paths() -> None:
     assert set(body) == {"detail"} and set(body["detail"]) == {"status", "message"}
     text = " ".join((ROOT / "docs/security.md").read_text().split())
     assert '`{"detail":{"status","message"}}` on `/v1/speech-to-text`' in text
+
+
+def test_security_md_names_every_websocket_route_max_websocket_connections_caps() -> None:
+    """security.md's caps table lists the routes that each take up to `max_websocket_connections`
+    (each has a `ConnectionLimit` of its own): every WebSocket route the daemon serves must be among
+    them, or an operator sizing the caps misses one."""
+    from satellite_asr.server import Daemon
+
+    handlers = {
+        path
+        for method, path, handler in Daemon(daemon_settings()).routes()
+        if method == "GET" and getattr(handler, "__name__", "") == "handle"
+    }
+    row = next(line for line in (ROOT / "docs/security.md").read_text().splitlines() if "counted per route" in line)
+    listed = row.split("each take up to")[0]
+    assert len(handlers) >= 6 and sorted(path for path in handlers if f"`{path}`" not in listed) == []
