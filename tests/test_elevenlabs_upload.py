@@ -474,3 +474,21 @@ async def test_a_refusal_before_the_uploads_own_checks_keeps_the_connection_and_
     assert body["detail"]["status"] == "invalid_api_key" and body_too["detail"]["status"] == "origin_not_allowed"
     assert kept.lower() != "close" and kept_too.lower() != "close"
     assert closed.lower() == "close"
+
+
+async def test_a_body_in_brotli_or_zstd_gets_what_the_docs_say() -> None:
+    """docs/elevenlabs.md's errors table: its refusals come in ElevenLabs' body, a
+    `Content-Encoding` other than gzip or deflate 415 `unsupported_encoding`. aiohttp refuses `br`
+    and `zstd` itself, before the daemon sees the request (neither decoder is a dependency), with a
+    plain-text 400: the doc must say so, as deepgram.md and openai.md do."""
+    doc = " ".join((ROOT / "docs/elevenlabs.md").read_text().split())
+    async with running_daemon() as daemon, aiohttp.ClientSession() as http:
+        url = f"{base_url(daemon)}{elevenlabs_upload.PATH}"
+        headers = {"Content-Encoding": "br", "Content-Type": "multipart/form-data; boundary=b"}
+        async with http.post(url, data=b"\x0b\x02\x80--b--\r\n\x03", headers=headers) as response:
+            status, body = response.status, await response.text()
+    if status == 415:
+        assert json.loads(body)["detail"]["status"] == "unsupported_encoding"
+    else:
+        assert (status, body.startswith("Can not decode content-encoding")) == (400, True), body
+        assert "`br` and `zstd`" in doc and "Can not decode content-encoding" in doc
