@@ -554,3 +554,28 @@ async def test_flux_multi_model_end_of_turn_names_the_detected_language() -> Non
     [end] = turn_events(detected, "EndOfTurn")
     assert end["languages"] == ["en"] and same_words(EXPECTED["lights_on.wav"], [end["transcript"]])
     assert all("languages" not in m for m in fixed) and turn_events(fixed, "EndOfTurn")
+
+
+async def test_a_finalize_with_nothing_in_progress_is_answered_empty_though_a_capped_final_is_pending() -> None:
+    """docs/deepgram.md: a `Finalize` with nothing in progress is answered by an empty
+    `from_finalize` final. An utterance the length cap ended before the Finalize (its endpoint
+    `forced`, as a Finalize's is), whose final is still decoding, is not the Finalize's: it must
+    not say `from_finalize`, and the Finalize still gets its empty answer."""
+    data = audio("lights_on.wav") + bytes(2 * 16000 * 2)  # the command, then 2 s of silence
+    engine = GatedEngineDouble()
+    messages: Messages = []
+    async with (
+        running_daemon(engine, max_utterance_s=1.0) as daemon,
+        websockets.connect(listen_url(daemon, LINEAR16)) as ws,
+    ):
+        for offset in range(0, len(data), 3200):
+            await ws.send(data[offset : offset + 3200])
+        await ws.send(json.dumps({"type": "Finalize"}))
+        await asyncio.sleep(1.0)
+        assert engine.finals, "the length cap ended an utterance, whose final waits for the gate"
+        engine.gate.set()
+        await ws.send(CLOSE_STREAM)
+        messages = [json.loads(message) async for message in ws]
+    said = [(transcript(m), m["from_finalize"]) for m in finals(messages)]
+    assert said[-1] == ("", True), said
+    assert not any(from_finalize for text, from_finalize in said if text), said

@@ -278,8 +278,10 @@ class ListenConnection(DeepgramConnection):
         self.audio_hash = hashlib.sha256()
         self.starts: dict[int, float] = {}
         """Each utterance's start, for its interim results."""
-        self.finalizing = False
-        """A `Finalize` is being answered: the finals it brings say `from_finalize`."""
+        self.finalizing: int | None = None
+        """While a `Finalize` is answered, the first utterance it may end (the one in progress, or
+        speech not yet confirmed that the flush makes one): the finals it brings say `from_finalize`,
+        not that of one the length cap forced before it whose final was still to come."""
         self.finals_finalized = 0
         self.metadata_sent = False
 
@@ -328,7 +330,7 @@ class ListenConnection(DeepgramConnection):
         flags = {
             "is_final": True,
             "speech_final": event.is_speech_final and self.options.speech_final,
-            "from_finalize": self.finalizing and event.endpoint == "forced",
+            "from_finalize": self.finalizing is not None and event.utterance_id >= self.finalizing,
         }
         self.finals_finalized += flags["from_finalize"]
         await self.send(self.results(event.text, event.start, event.end, confidence(event), **flags))
@@ -380,11 +382,14 @@ class ListenConnection(DeepgramConnection):
         """Ends the utterance in progress now (its final says `from_finalize`); with none in
         progress, an empty final says so: Pipecat waits for a `from_finalize` final to end its turn."""
         assert self.input is not None
-        self.finalizing, self.finals_finalized = True, 0
+        await self.input.drain()  # the resampler's tail is the utterance's last milliseconds
+        session = self.input.session
+        self.finalizing = session.utterances if session.in_utterance else session.utterances + 1
+        self.finals_finalized = 0
         try:
-            await self.input.flush()
+            await session.flush()
         finally:
-            self.finalizing = False
+            self.finalizing = None
         if self.finals_finalized == 0:
             flags = {"is_final": True, "speech_final": False, "from_finalize": True}
             await self.send(self.results("", self.seconds, self.seconds, 0.0, **flags))
