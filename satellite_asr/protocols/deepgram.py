@@ -382,12 +382,9 @@ class ListenConnection(DeepgramConnection):
         """Ends the utterance in progress now (its final says `from_finalize`); with none in
         progress, an empty final says so: Pipecat waits for a `from_finalize` final to end its turn."""
         assert self.input is not None
-        await self.input.drain()  # the resampler's tail is the utterance's last milliseconds
-        session = self.input.session
-        self.finalizing = session.utterances if session.in_utterance else session.utterances + 1
-        self.finals_finalized = 0
+        self.finalizing, self.finals_finalized = await self.first_to_end_now(), 0
         try:
-            await session.flush()
+            await self.input.session.flush()
         finally:
             self.finalizing = None
         if self.finals_finalized == 0:

@@ -292,12 +292,9 @@ class ScribeConnection(StreamingConnection):
     async def commit(self) -> None:
         """The utterance in progress ends now; with none, an empty `committed_transcript` says so."""
         assert self.input is not None
-        await self.input.drain()  # the resampler's tail is the utterance's last milliseconds
-        session = self.input.session
-        self.answering = session.utterances if session.in_utterance else session.utterances + 1
-        self.commit_answered = False
+        self.answering, self.commit_answered = await self.first_to_end_now(), False
         try:
-            await session.flush()
+            await self.input.session.flush()
         finally:
             self.answering = None
         if not self.commit_answered:

@@ -268,6 +268,16 @@ class StreamingConnection(abc.ABC):
     def controls(self) -> dict[str, Control]:
         """The API's control messages, by `type`."""
 
+    async def first_to_end_now(self) -> int:
+        """The first utterance that ending the speech now (`Session.flush`, next) ends: the one in
+        progress, or speech not yet confirmed that the flush makes one; not one the length cap ended
+        before, whose final may still be decoding. The resampler's tail is fed first: it is the
+        utterance's last milliseconds."""
+        assert self.input is not None
+        await self.input.drain()
+        session = self.input.session
+        return session.utterances if session.in_utterance else session.utterances + 1
+
     async def end_now(self, message: dict[str, Any]) -> None:
         """The utterance in progress ends now: its final comes as the daemon's endpointing would send it."""
         assert self.input is not None
