@@ -34,6 +34,7 @@ import hmac
 import ipaddress
 import re
 import socket
+from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -289,9 +290,11 @@ def presented_key(request: web.Request) -> str | None:
     return None
 
 
-def error_response(path: str, status: int, code: str, message: str) -> web.Response:
+def error_response(
+    path: str, status: int, code: str, message: str, headers: Mapping[str, str] | None = None
+) -> web.Response:
     """A refusal in the shape the path's clients read: OpenAI's on its paths, the project's elsewhere."""
-    headers = {"WWW-Authenticate": 'Bearer realm="satellite-asr"'} if status == 401 else {}
+    headers = {**(headers or {}), **({"WWW-Authenticate": 'Bearer realm="satellite-asr"'} if status == 401 else {})}
     if path.startswith(OPENAI_PREFIXES):
         kind = {401: "authentication_error", 403: "permission_error"}.get(status, "invalid_request_error")
         body: dict[str, object] = {"error": openai_error(code, message, kind=kind)}

@@ -25,7 +25,6 @@ from satellite_asr.events import FinalTranscript, PartialTranscript, SessionErro
 from satellite_asr.protocols import (
     ProtocolError,
     ReadAhead,
-    assemblyai_error,
     checked_language,
     echoable,
 )
@@ -384,11 +383,6 @@ def query_text(value: object) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
-def refusal(status: int, code: str, message: str, headers: Mapping[str, str]) -> web.Response:
-    """An upgrade refused before it happens: plain HTTP with AssemblyAI's error body."""
-    return web.json_response(assemblyai_error(code, message), status=status, headers=headers)
-
-
 async def refuse_parameters(
     core: Core, request: web.Request, ws: web.WebSocketResponse, exc: ParameterError
 ) -> web.StreamResponse:
@@ -404,6 +398,5 @@ UNIVERSAL_STREAMING = Api(
     parse_params,
     UniversalStreamingConnection,
     is_terminate,
-    refusal,
     refuse_parameters,
 )

@@ -22,6 +22,7 @@ from aiohttp import WSMessage, WSMsgType, web
 from multidict import MultiMapping
 
 from satellite_asr import __version__
+from satellite_asr.access import error_response
 from satellite_asr.audio import MAX_RATE, MIN_RATE, PcmDecoder
 from satellite_asr.core import Core
 from satellite_asr.engines.base import EngineInfo
@@ -31,7 +32,6 @@ from satellite_asr.protocols import (
     ReadAhead,
     checked_biasing,
     checked_language,
-    deepgram_error,
     echoable,
 )
 from satellite_asr.protocols.streaming_apis import (
@@ -407,20 +407,15 @@ class ListenConnection(DeepgramConnection):
         await self.send({"type": "Metadata", **summary})
 
 
-def refusal(status: int, code: str, message: str, headers: Mapping[str, str]) -> web.Response:
-    """An upgrade refused before it happens: plain HTTP with Deepgram's error body."""
-    return web.json_response(deepgram_error(code, message), status=status, headers=headers)
-
-
 async def refuse_parameters(
     core: Core, request: web.Request, ws: web.WebSocketResponse, exc: ParameterError
 ) -> web.Response:
     """A bad query is refused before the upgrade, as Deepgram does: a 400 naming the parameter."""
-    return refusal(400, "invalid_query_parameter", f"{exc.parameter}: {exc}", {})
+    return error_response(request.path, 400, "invalid_query_parameter", f"{exc.parameter}: {exc}")
 
 
 def deepgram_api(path: str, name: str, parse: ApiParser, connection: type[DeepgramConnection]) -> Api:
-    return Api(path, name, parse, connection, is_close_stream, refusal, refuse_parameters)
+    return Api(path, name, parse, connection, is_close_stream, refuse_parameters)
 
 
 LISTEN = deepgram_api(PATH, "Deepgram's live streaming API", parse_params, ListenConnection)

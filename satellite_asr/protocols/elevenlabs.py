@@ -24,7 +24,7 @@ from multidict import MultiMapping
 from satellite_asr.audio import PcmDecoder
 from satellite_asr.core import Core
 from satellite_asr.events import FinalTranscript, PartialTranscript, SessionError, SessionEvent, SpeechStarted
-from satellite_asr.protocols import ProtocolError, ReadAhead, echoable, elevenlabs_error
+from satellite_asr.protocols import ProtocolError, ReadAhead, echoable
 from satellite_asr.protocols.iso639 import declared_language, three_letter
 from satellite_asr.protocols.streaming_apis import (
     Api,
@@ -301,11 +301,6 @@ class ScribeConnection(StreamingConnection):
             await self.committed("", self.seconds, self.seconds, None, None)
 
 
-def refusal(status: int, code: str, message: str, headers: Mapping[str, str]) -> web.Response:
-    """An upgrade refused before it happens: plain HTTP with ElevenLabs' error body."""
-    return web.json_response(elevenlabs_error(code, message), status=status, headers=headers)
-
-
 async def refuse_parameters(
     core: Core, request: web.Request, ws: web.WebSocketResponse, exc: ParameterError
 ) -> web.StreamResponse:
@@ -325,6 +320,5 @@ SCRIBE_REALTIME = Api(
     parse_params,
     ScribeConnection,
     never_ends_stream,
-    refusal,
     refuse_parameters,
 )

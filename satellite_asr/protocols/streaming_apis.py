@@ -21,7 +21,7 @@ from typing import Any, ClassVar, Protocol
 from aiohttp import WSCloseCode, WSMessage, WSMsgType, web
 from multidict import MultiMapping
 
-from satellite_asr.access import SUBPROTOCOL
+from satellite_asr.access import SUBPROTOCOL, error_response
 from satellite_asr.audio import PcmDecoder
 from satellite_asr.core import Core
 from satellite_asr.events import FinalTranscript, SessionEvent
@@ -313,8 +313,6 @@ async def refuse_in_band(
 
 
 ApiParser = Callable[[MultiMapping[str], Core], StreamParams]
-Refusal = Callable[[int, str, str, Mapping[str, str]], web.Response]
-"""An HTTP refusal before the upgrade in the API's own error body: status, code, message, headers."""
 ParametersRefused = Callable[[Core, web.Request, web.WebSocketResponse, ParameterError], Awaitable[web.StreamResponse]]
 
 
@@ -329,7 +327,6 @@ class Api:
     connection: type[StreamingConnection]
     ends_stream: Callable[[WSMessage], bool]
     """Whether a message ends the stream: what the client sent before its Close is still wanted then."""
-    refusal: Refusal
     refuse_parameters: ParametersRefused
     """How a bad query is answered: before the upgrade, or (as AssemblyAI does) after it, in band."""
 
@@ -357,7 +354,7 @@ class StreamingApiHandler:
         if not ws.can_prepare(request).ok:
             message = f"this endpoint speaks {self.api.name} over WebSocket; connect a WebSocket client"
             upgrade = {"Upgrade": "websocket", "Connection": "Upgrade"}
-            return self.api.refusal(426, "websocket_required", message, upgrade)
+            return error_response(self.api.path, 426, "websocket_required", message, upgrade)
         try:
             # the slot is taken first: AssemblyAI's API refuses a bad query on the upgraded connection
             with self.connections.opened(request.remote or ""):
@@ -369,7 +366,7 @@ class StreamingApiHandler:
                 return await self._serve(request, ws, params)
         except TooManyConnections as exc:
             self.core.metrics.errors.labels("too_many_connections").inc()
-            return self.api.refusal(503, "too_many_connections", str(exc), {"Retry-After": "5"})
+            return error_response(self.api.path, 503, "too_many_connections", str(exc), {"Retry-After": "5"})
 
     async def _serve(self, request: web.Request, ws: web.WebSocketResponse, params: StreamParams) -> web.StreamResponse:
         if not await accepted(ws, request):
