@@ -357,10 +357,12 @@ async def test_a_keyterm_too_long_to_read_is_context_too_long_as_a_long_one_is()
 
 def test_the_words_and_spacing_joined_are_the_text_whatever_the_finals_spacing() -> None:
     """docs/elevenlabs.md: the entries' texts joined are `text`. A final whose text holds a run of
-    spaces, a tab or a line break (Whisper's segments joined) must not make them differ."""
+    spaces, a tab or a line break (Whisper's segments joined), or a final of no words between two
+    (a noise), must not make them differ."""
     finals = [
         FinalTranscript(1, " Turn  off\tthe lights.\n", True, 0.2, 2.2, "en", "silence", -0.25),
-        FinalTranscript(2, "What time\nis it?", True, 3.0, 4.0, "en", "silence", None),
+        FinalTranscript(2, "", True, 2.6, 2.8, "en", "silence", None),
+        FinalTranscript(3, "What time\nis it?", True, 3.0, 4.0, "en", "silence", None),
     ]
     parsed = elevenlabs_upload.parse_form(b"RIFF", MultiDict([("model_id", "scribe_v2")]), Core(daemon_settings()))
     body = elevenlabs_upload.response_body(finals, 4.5, parsed)

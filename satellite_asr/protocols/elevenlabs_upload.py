@@ -225,11 +225,14 @@ def words(finals: list[FinalTranscript], granularity: str) -> list[dict[str, Any
         return []
     entries: list[dict[str, Any]] = []
     for final in finals:
+        tokens = final.text.split()
+        if not tokens:  # a noise: no words, and no space before it
+            continue
         start, end = round(final.start, 3), round(final.end, 3)
         logprob = NOT_REPORTED if final.avg_logprob is None else final.avg_logprob
         if entries:
             entries.append(_entry(" ", "spacing", entries[-1]["end"], start, logprob))
-        for index, token in enumerate(final.text.split()):
+        for index, token in enumerate(tokens):
             if index:
                 entries.append(_entry(" ", "spacing", start, end, logprob))
             word = _entry(token, "word", start, end, logprob)
