@@ -249,16 +249,16 @@ class Settings:
     )
     max_http_connections_per_address: int = _opt(
         80,
-        "Most of those one client address may hold; keep it above 2 x max_connections_per_address, or one address "
-        "filling both WebSocket routes has every other request refused (behind a reverse proxy every client has the "
-        "proxy's address: raise it there).",
+        "Most of those one client address may hold, whatever route each is on: a client that holds many streams "
+        "(on one WebSocket route or several) needs room here for them and its other requests (behind a reverse proxy "
+        "every client has the proxy's address: raise it there).",
         minimum=1,
         maximum=100000,
     )
     max_websocket_connections: int = _opt(
         64,
-        "Most WebSocket connections open at once on each WebSocket route (/v1/stream, /v1/realtime); more are "
-        "refused with HTTP 503.",
+        "Most WebSocket connections open at once on each WebSocket route (/v1/stream, /v1/realtime and each "
+        "hosted API's stream); more are refused with HTTP 503.",
         minimum=1,
         maximum=100000,
     )
