@@ -25,7 +25,9 @@ In order:
 Refusals are JSON: the project's `{"type":"error","code","message"}`, OpenAI's `{"error":{...}}`
 on the OpenAI-compatible paths (`OPENAI_PREFIXES`), Deepgram's `{"err_code","err_msg","request_id"}`
 on Deepgram's (`DEEPGRAM_PATHS`), AssemblyAI's `{"error","code"}` on its (`ASSEMBLYAI_PATHS`),
-ElevenLabs' `{"detail":{"status","message"}}` on its (`ELEVENLABS_PREFIX`).
+ElevenLabs' `{"detail":{"status","message"}}` on its (`ELEVENLABS_PREFIX`), Cartesia's
+`{"error_code","title","message","request_id"}` on its (`CARTESIA_PATHS`). Cartesia's clients send
+the key as `X-API-Key` or `Authorization: Bearer`, both ways above.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from satellite_asr.config import ConfigError, Settings
-from satellite_asr.protocols import assemblyai_error, deepgram_error, elevenlabs_error, openai_error
+from satellite_asr.protocols import assemblyai_error, cartesia_error, deepgram_error, elevenlabs_error, openai_error
 
 PUBLIC_PATHS = frozenset({"/", "/health"})
 """Served to anyone who can reach the daemon: the page and the health check."""
@@ -55,6 +57,8 @@ ASSEMBLYAI_PATHS = frozenset({"/v3/ws"})
 """Paths whose errors take AssemblyAI's `{"error": ...}` shape."""
 ELEVENLABS_PREFIX = "/v1/speech-to-text"
 """ElevenLabs' speech-to-text paths (the upload and `/realtime`), whose errors take its `{"detail": ...}` shape."""
+CARTESIA_PATHS = frozenset({"/stt", "/stt/websocket"})
+"""Cartesia's speech-to-text paths (the upload and the stream), whose errors take its `{"error_code", ...}` shape."""
 ELEVENLABS_KEY_HEADER = "xi-api-key"
 
 SUBPROTOCOL = "satellite-asr"
@@ -304,6 +308,8 @@ def error_response(
         body = assemblyai_error(code, message)
     elif path == ELEVENLABS_PREFIX or path.startswith(ELEVENLABS_PREFIX + "/"):
         body = elevenlabs_error(code, message)
+    elif path in CARTESIA_PATHS:
+        body = cartesia_error(code, message)
     else:
         body = {"type": "error", "code": code, "message": message}
     return web.json_response(body, status=status, headers=headers)

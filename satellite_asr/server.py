@@ -35,6 +35,7 @@ from satellite_asr.limits import (
 )
 from satellite_asr.protocols import (
     assemblyai,
+    cartesia,
     deepgram,
     deepgram_flux,
     deepgram_prerecorded,
@@ -195,6 +196,7 @@ class Daemon:
                 elevenlabs.PATH,
                 streaming_apis.StreamingApiHandler(self.core, elevenlabs.SCRIBE_REALTIME).handle,
             ),
+            ("GET", cartesia.PATH, streaming_apis.StreamingApiHandler(self.core, cartesia.STREAMING).handle),
             ("GET", "/health", self._health),
             ("GET", "/metrics", self._metrics),
             ("GET", "/", self._index),
@@ -339,7 +341,8 @@ class Daemon:
         flux = self.core.sessions.close_all("shutdown", protocol=deepgram_flux.PROTOCOL)
         universal = self.core.sessions.close_all("shutdown", protocol=assemblyai.PROTOCOL)
         scribe = self.core.sessions.close_all("shutdown", protocol=elevenlabs.PROTOCOL)
-        closing = (realtime, listen, flux, universal, scribe)
+        ink = self.core.sessions.close_all("shutdown", protocol=cartesia.PROTOCOL)
+        closing = (realtime, listen, flux, universal, scribe, ink)
         await asyncio.gather(self._close_wyoming(), self._close_websockets(), *closing)
         await self.core.sessions.close_all("shutdown")
 

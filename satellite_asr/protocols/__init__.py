@@ -186,6 +186,14 @@ def elevenlabs_error(code: str, message: str) -> dict[str, Any]:
     return {"detail": {"status": code, "message": echoable(message)}}
 
 
+def cartesia_error(code: str, message: str, request_id: str | None = None) -> dict[str, Any]:
+    """Cartesia's error body (a machine code, a short title, a sentence, the request's id), as its
+    API answers a refused request; `message` may hold what a client sent (`echoable`)."""
+    title = code.replace("_", " ").capitalize()
+    identity = request_id or str(uuid.uuid4())
+    return {"error_code": code, "title": title, "message": echoable(message), "request_id": identity}
+
+
 def open_session(
     core: Core,
     protocol: str,

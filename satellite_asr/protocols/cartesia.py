@@ -1,0 +1,232 @@
+"""Cartesia's streaming speech-to-text API at `/stt/websocket` (docs/cartesia.md): wire messages <->
+`Session` calls.
+
+The stream's settings are the URL's query, checked before the upgrade: a bad one is a 400 in
+Cartesia's error body. Audio comes as binary messages of raw PCM; the commands are plain text:
+`finalize` ends the utterance in progress now and is answered by `flush_done`, `close` (the SDK's)
+or `done` (Pipecat's) ends the stream: its finals, `done`, then the Close. Each utterance gives a
+`transcript` per partial (`is_final` false) and one with its final (`is_final` true); each text is
+the delta after the finals before it, so a text after an earlier one starts with a space. Input
+refused mid-stream is an `error` message with `done` false, and the stream goes on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import WSCloseCode, WSMessage, WSMsgType, web
+from multidict import MultiMapping
+
+from satellite_asr.access import error_response
+from satellite_asr.audio import MAX_RATE, MIN_RATE, PcmDecoder
+from satellite_asr.core import Core
+from satellite_asr.events import FinalTranscript, PartialTranscript, SessionError, SessionEvent, SpeechStarted
+from satellite_asr.protocols import ProtocolError, ReadAhead, cartesia_error, echoable
+from satellite_asr.protocols.iso639 import declared_language
+from satellite_asr.protocols.streaming_apis import (
+    Api,
+    Control,
+    ParameterError,
+    StreamingConnection,
+    StreamParams,
+    check_names,
+    fraction_parameter,
+    replacing_terms,
+    whole_parameter,
+)
+from satellite_asr.session import SessionOptions
+
+PATH = "/stt/websocket"
+PROTOCOL = "cartesia"
+ENCODINGS = {"pcm_s16le": "s16le", "pcm_f32le": "f32le", "pcm_mulaw": "pcmu", "pcm_alaw": "pcma"}
+"""Cartesia's names of the encodings this server decodes, and its own; `pcm_s32le` and `pcm_f16le`
+are refused."""
+UNUSED = {"min_volume": (0.0, 1.0), "max_silence_duration_secs": (0.0, 3600.0)}
+"""Cartesia's endpointing settings, in their ranges: checked, not used. The daemon's turn detection
+decides when an utterance ends."""
+END_COMMANDS = ("close", "done")
+"""What ends the stream: `close` as Cartesia's SDK sends it, `done` as Pipecat and Cartesia's docs do."""
+STATUS = {
+    "invalid_query_parameter": 400,
+    "invalid_message": 400,
+    "invalid_audio": 400,
+    "server_busy": 503,
+    "idle_timeout": 408,
+    "shutdown": 503,
+}
+"""The HTTP-like `status_code` of each error the daemon sends (500 for an engine's failure)."""
+
+
+def error_event(code: str, message: str, request_id: str, *, done: bool) -> dict[str, Any]:
+    """Cartesia's WebSocket error event: `done` says whether the connection ends with it. `code` is
+    `status_code` again, the field LiveKit's plugin reads (a 4xx it logs, a 5xx it reconnects on)."""
+    status = STATUS.get(code, 500)
+    body = cartesia_error(code, message, request_id)
+    return {"type": "error", "done": done, "status_code": status, "code": status, **body}
+
+
+@dataclass(frozen=True)
+class StreamingParams:
+    """The stream's settings from the URL's query."""
+
+    encoding: str
+    sample_rate: int
+    language: str | None
+    """The engine's code of the language declared (or the daemon's default); None: detected."""
+    terms: tuple[str, ...]
+
+    def decoder(self) -> PcmDecoder:
+        return PcmDecoder(ENCODINGS[self.encoding], self.sample_rate)
+
+    def session_options(self, core: Core) -> SessionOptions:
+        return SessionOptions.from_settings(core.settings, partials=True, language=self.language, terms=self.terms)
+
+
+def parse_params(query: MultiMapping[str], core: Core) -> StreamParams:
+    """The stream's settings, or `ParameterError` naming the first parameter at fault. `model` and
+    `cartesia_version` are any text: the daemon's engine serves every model and version."""
+    known = {"model", "language", "encoding", "sample_rate", "cartesia_version", "keyterm", *UNUSED}
+    check_names(query, known, {"keyterm"})
+    encoding = query.get("encoding")
+    if encoding not in ENCODINGS:
+        given = f", got {encoding!r}" if encoding is not None else ""
+        raise ParameterError("encoding", f"encoding must be one of {', '.join(ENCODINGS)}{given}")
+    sample_rate = whole_parameter(query, "sample_rate", None, MIN_RATE, MAX_RATE)
+    if sample_rate is None:
+        raise ParameterError("sample_rate", f"sample_rate is required: the audio's rate, {MIN_RATE} to {MAX_RATE}")
+    for name, (low, high) in UNUSED.items():
+        fraction_parameter(query, name, low, high)
+    try:
+        language = declared_language(core, ("language", query.get("language", "")), [], False)
+        terms = replacing_terms(core, query.getall("keyterm", []), "keyterm")
+    except ProtocolError as exc:
+        parameter = exc.param or "language"
+        raise ParameterError(parameter, exc.message.removeprefix(f"{parameter}: ")) from None
+    return StreamingParams(encoding, sample_rate, language, terms)
+
+
+def ends_stream(message: WSMessage) -> bool:
+    """Whether a message ends the stream (`close` or `done`): what the client sent before its Close is still wanted."""
+    return message.type == WSMsgType.TEXT and message.data in END_COMMANDS
+
+
+class CartesiaConnection(StreamingConnection):
+    """A client of the streaming API: each utterance's transcripts, and the client's audio and commands."""
+
+    protocol = PROTOCOL
+    invalid_message = "invalid_message"
+
+    def __init__(
+        self, ws: web.WebSocketResponse, core: Core, request: web.Request, reading: ReadAhead, params: StreamParams
+    ) -> None:
+        super().__init__(ws, core, request, reading, params)
+        assert isinstance(params, StreamingParams)
+        self.options = params
+        self.starts: dict[int, float] = {}
+        """Where the VAD heard each utterance whose final has not been sent yet begin."""
+        self.spoken: set[int] = set()
+        """Those of `starts` of which a partial with words was sent: their final is sent, words or not,
+        so that LiveKit ends the speech that partial began."""
+        self.sent_to = 0.0
+        """Where the audio of the last transcript sent ended: the next one's `duration` runs from there."""
+        self.said = False
+        """A final with words was sent: the next text is a delta after it, so it starts with a space."""
+
+    async def opened(self) -> None:
+        """Nothing: Cartesia's API sends nothing before the first transcript."""
+
+    async def closing(self) -> None:
+        """`done` when the client ended the stream; when the server does, the reason is sent before."""
+        await self.send({"type": "done", "request_id": self.request_id})
+
+    async def close_by_server(self, reason: str) -> None:
+        """The idle timeout or shutdown: an `error` naming it (after the finals), then 1001."""
+        message = {"idle_timeout": "no speech was heard for too long", "shutdown": "the server is shutting down"}
+        self.finished = True
+        with contextlib.suppress(ConnectionError):
+            await self.send(error_event(reason, message.get(reason, reason), self.request_id, done=True))
+        await self.close(WSCloseCode.GOING_AWAY, reason)
+
+    async def error(self, code: str, message: str, *, fatal: bool = False, counted: bool = False) -> None:
+        """An `error` event; `done` when the connection ends with it (no session could open)."""
+        if not counted:
+            self.core.metrics.errors.labels(code).inc()
+        await self.send(error_event(code, message, self.request_id, done=fatal))
+
+    async def emit(self, event: SessionEvent) -> None:
+        if isinstance(event, SpeechStarted):
+            self.starts[event.utterance_id] = event.start
+        elif isinstance(event, PartialTranscript):
+            # the utterance before has ended, its final not sent yet: its final comes first
+            if not event.text.strip() or any(earlier < event.utterance_id for earlier in self.starts):
+                return
+            self.spoken.add(event.utterance_id)
+            start = self.starts.get(event.utterance_id, self.sent_to)
+            await self.transcript(event.text, start, self.seconds, False, None)
+        elif isinstance(event, FinalTranscript):
+            await self.final(event)
+        elif isinstance(event, SessionError):
+            await self.error(event.code, event.message, counted=True)
+
+    async def final(self, event: FinalTranscript) -> None:
+        """The utterance's final: sent when it has words or a partial of it was sent (an empty one
+        then ends the speech LiveKit began); a noise without words sends nothing."""
+        self.starts.pop(event.utterance_id, None)
+        spoken = event.utterance_id in self.spoken
+        self.spoken.discard(event.utterance_id)
+        if event.text.strip() or spoken:
+            await self.transcript(event.text, event.start, event.end, True, event.language)
+
+    async def transcript(self, text: str, start: float, end: float, final: bool, language: str | None) -> None:
+        """A `transcript`: its words each span the utterance (the engine gives no word timings);
+        `duration` is the audio from the end of the transcript before to the end of this one."""
+        text = text.strip()
+        end = max(start, end)
+        span = {"start": round(start, 3), "end": round(end, 3)}
+        message: dict[str, Any] = {
+            "type": "transcript",
+            "request_id": self.request_id,
+            "text": f" {text}" if self.said and text else text,
+            "is_final": final,
+            "duration": round(max(0.0, end - self.sent_to), 3),
+            "words": [{"word": word, **span} for word in text.split()],
+        }
+        language = language or self.options.language
+        if language:
+            message["language"] = language
+        self.sent_to = max(self.sent_to, end)
+        if final and text:
+            self.said = True
+        await self.send(message)
+
+    async def on_text(self, data: str) -> None:
+        """A command (`controls`); `invalid_message` for any other text."""
+        control = self.controls().get(data)
+        if control is None:
+            expected = ", ".join(self.controls())
+            raise ProtocolError(self.invalid_message, f"unknown command {echoable(data)!r}; expected {expected}")
+        await control({})
+
+    def controls(self) -> dict[str, Control]:
+        return {"finalize": self.finalize, "close": self.end_stream, "done": self.end_stream}
+
+    async def finalize(self, message: dict[str, Any]) -> None:
+        """The utterance in progress ends now; `flush_done` follows its final (or nothing, with none)."""
+        assert self.input is not None
+        await self.input.flush()
+        await self.send({"type": "flush_done", "request_id": self.request_id})
+
+
+async def refuse_parameters(
+    core: Core, request: web.Request, ws: web.WebSocketResponse, exc: ParameterError
+) -> web.StreamResponse:
+    """A bad query is refused before the upgrade: a 400 in Cartesia's body naming the parameter,
+    which LiveKit's plugin reports by its status, the SDK and Pipecat by the failed connection."""
+    return error_response(request.path, 400, "invalid_query_parameter", f"{exc.parameter}: {exc}")
+
+
+STREAMING = Api(
+    PATH, "Cartesia's streaming speech-to-text API", parse_params, CartesiaConnection, ends_stream, refuse_parameters
+)
