@@ -1,0 +1,343 @@
+"""Cartesia's streaming speech-to-text API (`/stt/websocket`) with the three real Cartesia clients,
+against the real daemon (real Silero, real tiny.en): the official SDK (cartesia's
+`stt.manual_finalize.websocket`), LiveKit's `cartesia.STT` stream (its `ink-whisper` stream; its
+default `ink-2` speaks the turns API, `/stt/turns/websocket`, which the daemon does not serve) and
+Pipecat's `CartesiaSTTService` behind its own Silero VAD. Each is pointed at the daemon on
+127.0.0.1 and fed three_commands.wav at microphone pace, with the key as it sends it. Each client
+parses the messages its own way and sends the query parameters it sends: these tests are where a
+field the daemon leaves out or mistypes, or a parameter it refuses, shows."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from cartesia import AsyncCartesia
+from cartesia.types.stt import (
+    STTManualFinalizeDoneResponse,
+    STTManualFinalizeFlushDoneResponse,
+    STTManualFinalizeTranscriptResponse,
+)
+from cartesia.types.stt_error_response import STTErrorResponse
+from livekit import rtc
+from livekit.agents import APIConnectOptions, APIStatusError
+from livekit.agents import stt as lk_stt
+from livekit.plugins import cartesia as lk_cartesia
+from pipecat.services.cartesia.stt import CartesiaSTTService
+from pipecat.transcriptions.language import Language
+from websockets.exceptions import InvalidStatus
+
+from satellite_asr.audio import SAMPLE_RATE
+from satellite_asr.engines.base import Engine
+from satellite_asr.server import Daemon
+from tests.certificates import self_signed
+from tests.doubles import ContextRecordingEngineDouble
+from tests.helpers import EXPECTED, fixture_16k, pcm16, running_daemon, same_words
+from tests.test_pipecat import running_pipeline, speak
+
+pytestmark = pytest.mark.timeout(180)
+
+KEY = "cartesia-test-key"
+FIXTURE = "three_commands.wav"
+FRAME_S = 0.1
+"""100 ms of audio a message, as Cartesia's docs advise and a microphone delivers it."""
+FINALIZE_AT_S = 1.2
+"""Where the SDK's `finalize` is sent: in the first command ("turn off the bedroom lights"), which
+the daemon would end at about 2 s."""
+
+
+def sdk_client(daemon: Daemon, api_key: str = KEY) -> AsyncCartesia:
+    return AsyncCartesia(api_key=api_key, base_url=f"http://127.0.0.1:{daemon.http_port}")
+
+
+async def sdk_session(
+    daemon: Daemon, *, finalize_at: float | None = None, fixture: str = FIXTURE, api_key: str = KEY, **options: Any
+) -> list[Any]:
+    """One SDK connection (16 kHz PCM, ink-whisper, `options` on top): the fixture in 100 ms
+    messages at microphone pace, `finalize` after `finalize_at` seconds of it if asked and at the
+    end, then `close`; every event the SDK parsed, to the end of the stream."""
+    audio = pcm16(fixture_16k(fixture), SAMPLE_RATE)
+    step = int(FRAME_S * SAMPLE_RATE) * 2
+    settings: Any = {"encoding": "pcm_s16le", "model": "ink-whisper", "sample_rate": SAMPLE_RATE}
+    events: list[Any] = []
+    async with sdk_client(daemon, api_key).stt.manual_finalize.websocket(**settings, **options) as connection:
+
+        async def read() -> None:
+            async for event in connection:
+                events.append(event)
+
+        reading = asyncio.create_task(read())
+        for offset in range(0, len(audio), step):
+            await connection.send_raw(audio[offset : offset + step])
+            await asyncio.sleep(FRAME_S)
+            if finalize_at is not None and offset + step == int(finalize_at * SAMPLE_RATE) * 2:
+                await connection.send("finalize")
+        await connection.send("finalize")
+        await connection.send("close")
+        async with asyncio.timeout(60):
+            await reading
+    return events
+
+
+def sdk_finals(events: list[Any]) -> list[str]:
+    return [e.text for e in events if isinstance(e, STTManualFinalizeTranscriptResponse) and e.is_final]
+
+
+async def test_sdk_streams_typed_transcripts_whose_final_deltas_make_the_transcript() -> None:
+    """Every message parses as the SDK's model of it: partials and finals (deltas: the finals
+    concatenated as the SDK's docs say are the three commands), words spanning each utterance in
+    order, the language; the last `finalize`'s `flush_done`, then `close`'s `done`."""
+    async with running_daemon(api_key=KEY) as daemon:
+        events = await sdk_session(daemon, language="en")
+    assert isinstance(events[-2], STTManualFinalizeFlushDoneResponse)
+    assert isinstance(events[-1], STTManualFinalizeDoneResponse)
+    transcripts = [e for e in events if isinstance(e, STTManualFinalizeTranscriptResponse)]
+    assert len(transcripts) == len(events) - 2, "nothing else: no error"
+    assert any(not t.is_final for t in transcripts), "partials come as transcripts not final"
+    finals = sdk_finals(events)
+    assert same_words(EXPECTED[FIXTURE], finals)
+    assert all(text.startswith(" ") for text in finals[1:]), "deltas after the first final"
+    seconds = fixture_16k(FIXTURE).size / SAMPLE_RATE
+    previous_end = 0.0
+    for final in [t for t in transcripts if t.is_final]:
+        assert final.language == "en" and final.words is not None and final.duration is not None
+        assert [w.word for w in final.words] == final.text.split()
+        for word in final.words:
+            assert previous_end <= word.start <= word.end <= seconds + 0.1, (previous_end, word)
+        previous_end = final.words[-1].end
+    assert sum(t.duration or 0.0 for t in transcripts) <= seconds + 0.1
+
+
+def letter(event: Any) -> str:
+    """An SDK event as a letter: p a partial, F a final, f flush_done, D done, E an error."""
+    if isinstance(event, STTManualFinalizeTranscriptResponse):
+        return "F" if event.is_final else "p"
+    kinds = {STTManualFinalizeFlushDoneResponse: "f", STTManualFinalizeDoneResponse: "D", STTErrorResponse: "E"}
+    return kinds[type(event)]
+
+
+async def test_sdk_finalize_ends_the_command_there_and_is_answered_after_its_final() -> None:
+    """A `finalize` mid-command: that command's final, ending where the audio sent had got to, then
+    `flush_done`; the rest of the stream is transcribed as before."""
+    async with running_daemon(api_key=KEY) as daemon:
+        events = await sdk_session(daemon, finalize_at=FINALIZE_AT_S)
+    kinds = "".join(letter(event) for event in events)
+    assert re.fullmatch(r"p*Ffp+F(p+F)+fD", kinds), kinds
+    forced, *rest = sdk_finals(events)
+    assert forced.lower().startswith("turn off") and same_words(EXPECTED[FIXTURE][1:], rest[-2:])
+    first = next(e for e in events if isinstance(e, STTManualFinalizeTranscriptResponse) and e.is_final)
+    assert first.words and first.words[-1].end <= FINALIZE_AT_S + FRAME_S
+
+
+async def test_sdk_keyterms_reach_the_engine() -> None:
+    engine = ContextRecordingEngineDouble()
+    async with running_daemon(engine, api_key=KEY) as daemon:
+        events = await sdk_session(daemon, fixture="lights_on.wav", keyterm=["Aoife", "Calloway"], min_volume=0.1)
+    assert engine.names and all(names[:2] == ("Aoife", "Calloway") for names in engine.names), engine.names
+    assert same_words(EXPECTED["lights_on.wav"], sdk_finals(events))
+
+
+async def test_sdk_connect_raises_the_refusals_status_with_cartesias_body() -> None:
+    """A wrong key: the handshake's 401; an encoding the daemon does not decode: its 400, whose body
+    names the parameter."""
+    async with running_daemon(api_key=KEY) as daemon:
+        with pytest.raises(InvalidStatus) as wrong:
+            await sdk_session(daemon, api_key="wrong")
+        with pytest.raises(InvalidStatus) as refused:
+            await (
+                sdk_client(daemon)
+                .stt.manual_finalize.websocket(encoding="pcm_s32le", model="ink-whisper", sample_rate=SAMPLE_RATE)
+                .enter()
+            )
+    assert wrong.value.response.status_code == 401
+    assert refused.value.response.status_code == 400 and b"encoding" in refused.value.response.body
+
+
+async def test_sdk_parses_the_busy_error_event() -> None:
+    """The one session slot taken: the SDK parses the `error` event as its STTErrorResponse."""
+    async with running_daemon(api_key=KEY, max_sessions=1, wyoming_reserved_sessions=0) as daemon:
+        settings: Any = {"encoding": "pcm_s16le", "model": "ink-whisper", "sample_rate": SAMPLE_RATE}
+        async with sdk_client(daemon).stt.manual_finalize.websocket(**settings) as holding:
+            await holding.send_raw(bytes(3200))
+            async with sdk_client(daemon).stt.manual_finalize.websocket(**settings) as refused:
+                event = await asyncio.wait_for(refused.recv(), 60)
+    assert isinstance(event, STTErrorResponse), event
+    assert event.status_code == 503 and event.error_code == "server_busy" and event.message
+
+
+class LiveKitEvents:
+    """A LiveKit stream's speech events as they come (its usage reports left out)."""
+
+    def __init__(self, stream: lk_stt.SpeechStream) -> None:
+        self.events: list[lk_stt.SpeechEvent] = []
+        self.changed = asyncio.Event()
+        self.reading = asyncio.create_task(self.read(stream))
+
+    async def read(self, stream: lk_stt.SpeechStream) -> None:
+        async for event in stream:
+            if event.type != lk_stt.SpeechEventType.RECOGNITION_USAGE:
+                self.events.append(event)
+                self.changed.set()
+
+    def finals(self) -> list[lk_stt.SpeechData]:
+        kind = lk_stt.SpeechEventType.FINAL_TRANSCRIPT
+        return [event.alternatives[0] for event in self.events if event.type == kind]
+
+    def turns(self) -> str:
+        """The events as letters: S START_OF_SPEECH, i an interim, F a final, E END_OF_SPEECH."""
+        kinds = lk_stt.SpeechEventType
+        letters = {
+            kinds.START_OF_SPEECH: "S",
+            kinds.INTERIM_TRANSCRIPT: "i",
+            kinds.FINAL_TRANSCRIPT: "F",
+            kinds.END_OF_SPEECH: "E",
+        }
+        return "".join(letters.get(event.type, "?") for event in self.events)
+
+
+async def livekit_stream(stt: lk_cartesia.STT, done: Callable[[LiveKitEvents], bool]) -> LiveKitEvents:
+    """The fixture streamed through a LiveKit STT in 100 ms frames at microphone pace, then `flush`
+    (its `finalize`), until `done`; then `end_input` (its `close`) and the stream read to its end.
+    No retries: an error from the stream fails the test."""
+    audio = pcm16(fixture_16k(FIXTURE), SAMPLE_RATE)
+    step = int(FRAME_S * SAMPLE_RATE) * 2
+    errors: list[Any] = []
+    stt.on("error", errors.append)
+    stream = stt.stream(conn_options=APIConnectOptions(max_retry=0, timeout=10))
+    events = LiveKitEvents(stream)
+    try:
+        for offset in range(0, len(audio), step):
+            if events.reading.done():  # the stream failed (it takes no more frames)
+                break
+            data = audio[offset : offset + step]
+            stream.push_frame(rtc.AudioFrame(data, SAMPLE_RATE, 1, len(data) // 2))
+            await asyncio.sleep(FRAME_S)
+        else:
+            stream.flush()
+        async with asyncio.timeout(60):
+            while not done(events) and not events.reading.done():
+                events.changed.clear()
+                await asyncio.wait(
+                    (asyncio.ensure_future(events.changed.wait()), events.reading), return_when=asyncio.FIRST_COMPLETED
+                )
+        if not events.reading.done():
+            stream.end_input()
+        async with asyncio.timeout(60):
+            await events.reading
+    finally:
+        await stream.aclose()
+        await stt.aclose()
+    assert errors == []
+    return events
+
+
+def livekit_stt(daemon: Daemon, http: aiohttp.ClientSession, api_key: str = KEY, **options: Any) -> lk_cartesia.STT:
+    base_url = f"http://127.0.0.1:{daemon.http_port}"
+    return lk_cartesia.STT(model="ink-whisper", base_url=base_url, api_key=api_key, http_session=http, **options)
+
+
+def livekit_log(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """What LiveKit's Cartesia plugin logged at WARNING or above: an error message it got, a
+    message type it does not know, a message it failed on."""
+    return [record.getMessage() for record in caplog.records if record.name.startswith("livekit.plugins.cartesia")]
+
+
+@pytest.mark.parametrize("language", [None, "en"], ids=["no language", "en"])
+async def test_livekit_stream_gets_a_speech_per_command_with_aligned_words(
+    caplog: pytest.LogCaptureFixture, language: str | None
+) -> None:
+    """Each final ends a speech in LiveKit: START, interims, the final and END per command; each
+    final carries its words (LiveKit's aligned transcript), within the stream's audio and in order."""
+    caplog.set_level(logging.WARNING, logger="livekit.plugins.cartesia")
+    async with running_daemon(api_key=KEY) as daemon, aiohttp.ClientSession() as http:
+        stt = livekit_stt(daemon, http, language=language) if language else livekit_stt(daemon, http)
+        assert stt.capabilities.aligned_transcript == "word"
+        events = await livekit_stream(stt, lambda events: len(events.finals()) >= 3)
+    assert livekit_log(caplog) == []
+    assert re.fullmatch(r"(Si+FE){3}", events.turns()), events.turns()
+    finals = events.finals()
+    assert same_words(EXPECTED[FIXTURE], [final.text for final in finals])
+    seconds = fixture_16k(FIXTURE).size / SAMPLE_RATE
+    previous_end = 0.0
+    for final in finals:
+        assert final.words is not None
+        assert [str(word) for word in final.words] == final.text.split()
+        for word in final.words:
+            assert previous_end <= word.start_time <= word.end_time <= seconds + 0.1, (previous_end, word)
+        previous_end = final.words[-1].end_time
+
+
+async def test_livekit_stream_fails_with_the_handshakes_status() -> None:
+    """A wrong key: the 401; a sample rate the daemon does not take: the 400 of the refused query."""
+    async with running_daemon(api_key=KEY) as daemon, aiohttp.ClientSession() as http:
+        with pytest.raises(APIStatusError) as wrong:
+            await livekit_stream(livekit_stt(daemon, http, "wrong"), lambda events: False)
+        with pytest.raises(APIStatusError) as refused:
+            await livekit_stream(livekit_stt(daemon, http, sample_rate=96000), lambda events: False)
+    assert wrong.value.status_code == 401 and refused.value.status_code == 400
+
+
+@asynccontextmanager
+async def tls_daemon(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, engine: Engine | None = None
+) -> AsyncIterator[Daemon]:
+    """The daemon serving TLS with a certificate of its own for 127.0.0.1, which Pipecat trusts as
+    an agent would: `SSL_CERT_FILE` names it. Pipecat connects with `wss://` to a bare host."""
+    cert = self_signed(tmp_path, ["localhost"], ["127.0.0.1"])
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert.cert))
+    async with running_daemon(engine, api_key=KEY, tls_cert=str(cert.cert), tls_key=str(cert.key)) as daemon:
+        yield daemon
+
+
+@pytest.mark.parametrize("rate", [SAMPLE_RATE, 8000], ids=["16 kHz", "8 kHz"])
+async def test_pipecat_service_over_wss_finalizes_at_its_vads_stops(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rate: int
+) -> None:
+    """Pipecat's defaults (ink-whisper, `en`, its pipeline's rate) on a bare host, so `wss://`: a
+    final per command, partials as interims; its `finalize` at each stop of its VAD is answered
+    without an error."""
+    async with (
+        tls_daemon(tmp_path, monkeypatch) as daemon,
+        running_pipeline(CartesiaSTTService(api_key=KEY, base_url=f"127.0.0.1:{daemon.http_port}"), rate) as (
+            worker,
+            frames,
+        ),
+    ):
+        await speak(worker, FIXTURE, rate)
+        await frames.wait_for(finals=3)
+    assert frames.errors == []
+    assert same_words(EXPECTED[FIXTURE], frames.finals)
+    assert frames.interims, "partials reach Pipecat as interim transcripts"
+
+
+async def test_pipecat_service_sends_its_keyterms_and_language() -> None:
+    """An ink-2 model (Pipecat sends keyterms only for it), keyterms with a space and an `&`, over
+    `ws://`: the keyterms bias every decode, `Language.EN` is the decode language, and the
+    transcripts carry it."""
+    engine = ContextRecordingEngineDouble()
+    settings = CartesiaSTTService.Settings(model="ink-2", language=Language.EN, keyterm=["Aoife Calloway", "Zoë & Co"])
+    async with running_daemon(engine, api_key=KEY) as daemon:
+        stt = CartesiaSTTService(api_key=KEY, base_url=f"ws://127.0.0.1:{daemon.http_port}", settings=settings)
+        async with running_pipeline(stt) as (worker, frames):
+            await speak(worker, FIXTURE)
+            await frames.wait_for(finals=3)
+    assert frames.errors == []
+    assert same_words(EXPECTED[FIXTURE], frames.finals)
+    assert engine.names and all(names[:2] == ("Aoife Calloway", "Zoë & Co") for names in engine.names), engine.names
+    assert set(engine.languages) == {"en"}
+
+
+async def test_pipecat_service_with_a_wrong_key_gets_an_error_frame_with_the_401() -> None:
+    async with running_daemon(api_key=KEY) as daemon:
+        stt = CartesiaSTTService(api_key="wrong", base_url=f"ws://127.0.0.1:{daemon.http_port}")
+        async with running_pipeline(stt) as (_worker, frames):
+            await frames.wait_for(errors=1)
+    assert "HTTP 401" in frames.errors[0], frames.errors
+    assert frames.finals == []
