@@ -145,6 +145,18 @@ async def test_a_bad_parameter_is_refused_before_the_upgrade_in_cartesias_body(q
     assert body["message"].startswith(f"{parameter}: "), body
 
 
+async def test_an_access_token_is_refused_with_the_way_to_send_the_key() -> None:
+    """Cartesia's browser clients send a short-lived `access_token`; the daemon issues none, and
+    says how to send its key instead."""
+    async with running_daemon() as daemon:
+        with pytest.raises(websockets.InvalidStatus) as refused:
+            async with websockets.connect(stt_url(daemon, QUERY + "&access_token=short-lived")):
+                pass
+    body = json.loads(refused.value.response.body)
+    assert refused.value.response.status_code == 400 and body["message"].startswith("access_token: ")
+    assert "api_key" in body["message"] and "X-API-Key" in body["message"], body
+
+
 async def test_settings_the_daemon_does_not_apply_are_accepted_and_keyterms_reach_the_engine() -> None:
     """`min_volume`, `max_silence_duration_secs` and `cartesia_version` are checked, not used; each
     `keyterm` is a name for the engine's biasing, `language` the decode language."""

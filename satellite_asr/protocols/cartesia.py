@@ -33,6 +33,7 @@ from satellite_asr.protocols.streaming_apis import (
     StreamParams,
     check_names,
     fraction_parameter,
+    refuse_features,
     replacing_terms,
     whole_parameter,
 )
@@ -46,6 +47,10 @@ are refused."""
 UNUSED = {"min_volume": (0.0, 1.0), "max_silence_duration_secs": (0.0, 3600.0)}
 """Cartesia's endpointing settings, in their ranges: checked, not used. The daemon's turn detection
 decides when an utterance ends."""
+REFUSED_WHEN_GIVEN = {
+    "access_token": "access tokens (send the daemon's api_key as X-API-Key, or as ?api_key= from a browser)"
+}
+"""What a client may ask for that this server does not do: refused rather than silently missing."""
 END_COMMANDS = ("close", "done")
 """What ends the stream: `close` as Cartesia's SDK sends it, `done` as Pipecat and Cartesia's docs do."""
 STATUS = {
@@ -88,7 +93,8 @@ def parse_params(query: MultiMapping[str], core: Core) -> StreamParams:
     """The stream's settings, or `ParameterError` naming the first parameter at fault. `model` and
     `cartesia_version` are any text: the daemon's engine serves every model and version."""
     known = {"model", "language", "encoding", "sample_rate", "cartesia_version", "keyterm", *UNUSED}
-    check_names(query, known, {"keyterm"})
+    check_names(query, known | set(REFUSED_WHEN_GIVEN), {"keyterm"})
+    refuse_features(query, {}, REFUSED_WHEN_GIVEN)
     encoding = query.get("encoding")
     if encoding not in ENCODINGS:
         given = f", got {encoding!r}" if encoding is not None else ""
