@@ -284,6 +284,7 @@ USER_DOCS = (
     "docs/deepgram.md",
     "docs/assemblyai.md",
     "docs/elevenlabs.md",
+    "docs/cartesia.md",
     "docs/wyoming.md",
     "docs/security.md",
     "docs/browser.md",

@@ -41,6 +41,7 @@ PROTOCOL_DOCS = {
     "protocols/assemblyai.py": "docs/assemblyai.md",
     "protocols/elevenlabs.py": "docs/elevenlabs.md",
     "protocols/elevenlabs_upload.py": "docs/elevenlabs.md",
+    "protocols/cartesia.py": "docs/cartesia.md",
     "protocols/wyoming.py": "docs/wyoming.md",
     "protocols/wyoming_framing.py": "docs/wyoming.md",
 }
