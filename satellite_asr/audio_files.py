@@ -28,8 +28,8 @@ NOTHING_BEYOND_THE_UPLOAD = {"protocol_whitelist": "none"}
 DASH) name other files and URLs, which FFmpeg would otherwise read from the daemon's own disk or
 network; no protocol is called "none", so each such open is refused and the upload is not audio."""
 
-PCM_OPTIONS = {"sample_rate": str(SAMPLE_RATE), "ch_layout": "mono"}
-"""FFmpeg's raw demuxer (`s16le`) options for headerless PCM at the daemon's own rate, one channel."""
+RAW_DEMUXERS = {"s16le": "s16le", "f32le": "f32le", "pcmu": "mulaw", "pcma": "alaw"}
+"""FFmpeg's raw demuxer for each of the daemon's PCM encodings (`audio.ENCODINGS`)."""
 
 CHUNK_SECONDS = 0.5
 """Audio handed on per chunk: small enough that the shared VAD interleaves it with live frames."""
@@ -97,21 +97,24 @@ class AudioFile:
 
     @classmethod
     def open(cls, data: bytes, max_seconds: float) -> AudioFile:
-        return cls._open(data, max_seconds, pcm=False)
+        return cls._open(data, max_seconds, None)
 
     @classmethod
-    def open_pcm(cls, data: bytes, max_seconds: float) -> AudioFile:
-        """Headerless 16 kHz mono 16-bit little-endian PCM, read where it is (FFmpeg's raw demuxer)
-        rather than copied into a WAV file beside it."""
-        return cls._open(data, max_seconds, pcm=True)
+    def open_pcm(cls, data: bytes, max_seconds: float, encoding: str = "s16le", rate: int = SAMPLE_RATE) -> AudioFile:
+        """Headerless mono PCM in one of `RAW_DEMUXERS`' encodings at `rate`, read where it is
+        (FFmpeg's raw demuxer) rather than copied into a WAV file beside it."""
+        return cls._open(data, max_seconds, (encoding, rate))
 
     @classmethod
-    def _open(cls, data: bytes, max_seconds: float, *, pcm: bool) -> AudioFile:
+    def _open(cls, data: bytes, max_seconds: float, pcm: tuple[str, int] | None) -> AudioFile:
         if not data:
             raise NotAudioError("the file is empty")
-        options = NOTHING_BEYOND_THE_UPLOAD | (PCM_OPTIONS if pcm else {})
+        options, demuxer = dict(NOTHING_BEYOND_THE_UPLOAD), None
+        if pcm is not None:
+            demuxer = RAW_DEMUXERS[pcm[0]]
+            options |= {"sample_rate": str(pcm[1]), "ch_layout": "mono"}
         try:
-            container = av.open(io.BytesIO(data), mode="r", format="s16le" if pcm else None, options=options)
+            container = av.open(io.BytesIO(data), mode="r", format=demuxer, options=options)
         except (av.FFmpegError, UnicodeDecodeError) as exc:
             raise NotAudioError(f"not an audio file FFmpeg can read ({_reason(exc)})") from None
         if not container.streams.audio:

@@ -18,6 +18,7 @@ from typing import Any
 from aiohttp import web
 from multidict import MultiDict, MultiMapping
 
+from satellite_asr.audio import SAMPLE_RATE
 from satellite_asr.biasing.context import MAX_CLIENT_TERMS, client_terms
 from satellite_asr.core import Core
 from satellite_asr.events import FinalTranscript
@@ -285,6 +286,6 @@ class ElevenLabsUploadHandler(UploadApi):
         parsed = parse_form(file, fields, self.core)
         if parsed.pcm:
             check_pcm(parsed.file)
-        audio_file = await self.uploads.open_file(parsed.file, pcm=parsed.pcm)
+        audio_file = await self.uploads.open_file(parsed.file, pcm=("s16le", SAMPLE_RATE) if parsed.pcm else None)
         finals, seconds = await self.uploads.transcribe(request, audio_file, PROTOCOL, parsed.options)
         return web.json_response(response_body(finals, seconds, parsed))

@@ -1,8 +1,8 @@
 """What the APIs that take a whole file share (OpenAI's `POST /v1/audio/transcriptions`, Deepgram's
-`POST /v1/listen`, ElevenLabs' `POST /v1/speech-to-text`): one cap on uploads, their decode threads,
-the pace a body must keep, the checks made before a body is read, the reading of a multipart form,
-and the file decoded and run through a `Recording`. Each API checks its own fields and writes its
-own answer and error body.
+`POST /v1/listen`, ElevenLabs' `POST /v1/speech-to-text`, Cartesia's `POST /stt`): one cap on
+uploads, their decode threads, the pace a body must keep, the checks made before a body is read,
+the reading of a multipart form, and the file decoded and run through a `Recording`. Each API checks
+its own fields and writes its own answer and error body.
 """
 
 from __future__ import annotations
@@ -382,14 +382,17 @@ class Uploads:
         except ServerBusy as exc:
             raise server_busy(exc) from None
 
-    async def open_file(self, data: bytes, *, pcm: bool = False) -> AudioFile:
+    async def open_file(self, data: bytes, *, pcm: tuple[str, int] | None = None) -> AudioFile:
         """The file opened for decoding (its first chunk decoded), or 400 when it is not audio or too
-        long; `pcm`: headerless 16 kHz mono 16-bit PCM (`AudioFile.open_pcm`)."""
-        opening = AudioFile.open_pcm if pcm else AudioFile.open
+        long; `pcm`: headerless mono PCM of that encoding and rate (`AudioFile.open_pcm`)."""
+        limit = self.core.settings.max_upload_audio_s
+        opening = (
+            functools.partial(AudioFile.open_pcm, data, limit, *pcm)
+            if pcm
+            else functools.partial(AudioFile.open, data, limit)
+        )
         try:
-            return await asyncio.get_running_loop().run_in_executor(
-                self.decoding, opening, data, self.core.settings.max_upload_audio_s
-            )
+            return await asyncio.get_running_loop().run_in_executor(self.decoding, opening)
         except FileRefused as exc:
             raise failure(exc) from None
 
