@@ -294,16 +294,16 @@ class Settings:
     # OpenAI-compatible API
     max_upload_mb: int = _opt(
         25,
-        "Largest audio file an upload API (POST /v1/audio/transcriptions, /v1/listen, /v1/speech-to-text) accepts, "
-        "in MB (2^20 bytes); larger ones get HTTP 413.",
+        "Largest audio file an upload API (POST /v1/audio/transcriptions, /v1/listen, /v1/speech-to-text, /stt) "
+        "accepts, in MB (2^20 bytes); larger ones get HTTP 413.",
         minimum=1,
         maximum=1024,
     )
     max_upload_audio_s: float = _opt(
         14400.0,
-        "Longest audio an upload API (POST /v1/audio/transcriptions, /v1/listen, /v1/speech-to-text) transcribes, "
-        "in seconds, checked on the duration the file declares and on what it decodes to (a small file can hold "
-        "days of FLAC silence); longer gets HTTP 400 audio_too_long.",
+        "Longest audio an upload API (POST /v1/audio/transcriptions, /v1/listen, /v1/speech-to-text, /stt) "
+        "transcribes, in seconds, checked on the duration the file declares and on what it decodes to (a small "
+        "file can hold days of FLAC silence); longer gets HTTP 400 audio_too_long.",
         minimum=1.0,
         maximum=1_000_000.0,
     )
@@ -344,11 +344,11 @@ class Settings:
         maximum=600.0,
     )
 
-    # Uploads (OpenAI's, Deepgram's and ElevenLabs' file APIs)
+    # Uploads (OpenAI's, Deepgram's, ElevenLabs' and Cartesia's file APIs)
     max_uploads: int = _opt(
         8,
         "Most uploads served at once, to any upload API (POST /v1/audio/transcriptions, /v1/listen, "
-        "/v1/speech-to-text; each holds its file in memory); more get HTTP 503.",
+        "/v1/speech-to-text, /stt; each holds its file in memory); more get HTTP 503.",
         minimum=1,
         maximum=10000,
     )

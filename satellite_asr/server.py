@@ -36,6 +36,7 @@ from satellite_asr.limits import (
 from satellite_asr.protocols import (
     assemblyai,
     cartesia,
+    cartesia_batch,
     deepgram,
     deepgram_flux,
     deepgram_prerecorded,
@@ -149,10 +150,12 @@ class Daemon:
         self.rest = openai_rest.OpenAIRestHandler(self.core, self.uploads)
         self.prerecorded = deepgram_prerecorded.PrerecordedHandler(self.core, self.uploads)
         self.elevenlabs_upload = elevenlabs_upload.ElevenLabsUploadHandler(self.core, self.uploads)
+        self.cartesia_batch = cartesia_batch.CartesiaBatchHandler(self.core, self.uploads)
         self.upload_apis: dict[str, UploadApi] = {
             openai_rest.TRANSCRIPTIONS_PATH: self.rest,
             deepgram.PATH: self.prerecorded,
             elevenlabs_upload.PATH: self.elevenlabs_upload,
+            cartesia_batch.PATH: self.cartesia_batch,
         }
         """The upload routes (POST), by path: what an `Expect: 100-continue` is checked against."""
         self.wyoming_port: int | None = None
@@ -185,6 +188,7 @@ class Daemon:
             ("GET", deepgram.PATH, streaming_apis.StreamingApiHandler(self.core, deepgram.LISTEN).handle),
             ("POST", deepgram.PATH, self.prerecorded.upload),
             ("POST", elevenlabs_upload.PATH, self.elevenlabs_upload.upload),
+            ("POST", cartesia_batch.PATH, self.cartesia_batch.upload),
             ("GET", deepgram_flux.PATH, streaming_apis.StreamingApiHandler(self.core, deepgram_flux.FLUX).handle),
             (
                 "GET",

@@ -42,6 +42,7 @@ PROTOCOL_DOCS = {
     "protocols/elevenlabs.py": "docs/elevenlabs.md",
     "protocols/elevenlabs_upload.py": "docs/elevenlabs.md",
     "protocols/cartesia.py": "docs/cartesia.md",
+    "protocols/cartesia_batch.py": "docs/cartesia.md",
     "protocols/wyoming.py": "docs/wyoming.md",
     "protocols/wyoming_framing.py": "docs/wyoming.md",
 }

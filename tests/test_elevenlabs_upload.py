@@ -419,7 +419,7 @@ async def test_headerless_pcm_is_held_in_memory_once(tmp_path: Any) -> None:
     assert peak < 1.3 * size, f"{peak / size:.2f} times the file"
 
 
-UPLOAD_PATHS = ("/v1/audio/transcriptions", "/v1/listen", elevenlabs_upload.PATH)
+UPLOAD_PATHS = ("/v1/audio/transcriptions", "/v1/listen", elevenlabs_upload.PATH, "/stt")
 
 
 @pytest.mark.parametrize("setting", ["max_upload_mb", "max_upload_audio_s", "max_uploads"])
