@@ -57,8 +57,9 @@ ASSEMBLYAI_PATHS = frozenset({"/v3/ws"})
 """Paths whose errors take AssemblyAI's `{"error": ...}` shape."""
 ELEVENLABS_PREFIX = "/v1/speech-to-text"
 """ElevenLabs' speech-to-text paths (the upload and `/realtime`), whose errors take its `{"detail": ...}` shape."""
-CARTESIA_PATHS = frozenset({"/stt", "/stt/websocket"})
-"""Cartesia's speech-to-text paths (the upload and the stream), whose errors take its `{"error_code", ...}` shape."""
+CARTESIA_PATHS = frozenset({"/stt", "/stt/websocket", "/stt/turns/websocket"})
+"""Cartesia's speech-to-text paths (the upload and the two streams), whose errors take its
+`{"error_code", ...}` shape."""
 ELEVENLABS_KEY_HEADER = "xi-api-key"
 
 SUBPROTOCOL = "satellite-asr"

@@ -37,6 +37,7 @@ from satellite_asr.protocols import (
     assemblyai,
     cartesia,
     cartesia_batch,
+    cartesia_turns,
     deepgram,
     deepgram_flux,
     deepgram_prerecorded,
@@ -201,6 +202,7 @@ class Daemon:
                 streaming_apis.StreamingApiHandler(self.core, elevenlabs.SCRIBE_REALTIME).handle,
             ),
             ("GET", cartesia.PATH, streaming_apis.StreamingApiHandler(self.core, cartesia.STREAMING).handle),
+            ("GET", cartesia_turns.PATH, streaming_apis.StreamingApiHandler(self.core, cartesia_turns.TURNS).handle),
             ("GET", "/health", self._health),
             ("GET", "/metrics", self._metrics),
             ("GET", "/", self._index),
@@ -346,7 +348,8 @@ class Daemon:
         universal = self.core.sessions.close_all("shutdown", protocol=assemblyai.PROTOCOL)
         scribe = self.core.sessions.close_all("shutdown", protocol=elevenlabs.PROTOCOL)
         ink = self.core.sessions.close_all("shutdown", protocol=cartesia.PROTOCOL)
-        closing = (realtime, listen, flux, universal, scribe, ink)
+        turns = self.core.sessions.close_all("shutdown", protocol=cartesia_turns.PROTOCOL)
+        closing = (realtime, listen, flux, universal, scribe, ink, turns)
         await asyncio.gather(self._close_wyoming(), self._close_websockets(), *closing)
         await self.core.sessions.close_all("shutdown")
 

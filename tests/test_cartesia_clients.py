@@ -1,8 +1,9 @@
 """Cartesia's streaming speech-to-text API (`/stt/websocket`) with the three real Cartesia clients,
 against the real daemon (real Silero, real tiny.en): the official SDK (cartesia's
-`stt.manual_finalize.websocket`), LiveKit's `cartesia.STT` stream (its `ink-whisper` stream; its
-default `ink-2` speaks the turns API, `/stt/turns/websocket`, which the daemon does not serve) and
-Pipecat's `CartesiaSTTService` behind its own Silero VAD. Each is pointed at the daemon on
+`stt.manual_finalize.websocket`, and `auto_finalize` for the turns API), LiveKit's `cartesia.STT`
+stream (with `ink-whisper` on `/stt/websocket`, with its default `ink-2` on the turns API
+`/stt/turns/websocket`) and Pipecat's `CartesiaSTTService` and `CartesiaTurnsSTTService` behind its
+own Silero VAD. Each is pointed at the daemon on
 127.0.0.1 and fed three_commands.wav at microphone pace, with the key as it sends it. Each client
 parses the messages its own way and sends the query parameters it sends: these tests are where a
 field the daemon leaves out or mistypes, or a parameter it refuses, shows."""
@@ -21,6 +22,10 @@ import aiohttp
 import pytest
 from cartesia import AsyncCartesia
 from cartesia.types.stt import (
+    STTAutoFinalizeConnected,
+    STTAutoFinalizeTurnEnd,
+    STTAutoFinalizeTurnStart,
+    STTAutoFinalizeTurnUpdate,
     STTManualFinalizeDoneResponse,
     STTManualFinalizeFlushDoneResponse,
     STTManualFinalizeTranscriptResponse,
@@ -31,6 +36,7 @@ from livekit.agents import APIConnectOptions, APIStatusError
 from livekit.agents import stt as lk_stt
 from livekit.plugins import cartesia as lk_cartesia
 from pipecat.services.cartesia.stt import CartesiaSTTService
+from pipecat.services.cartesia.turns.stt import CartesiaTurnsSTTService
 from pipecat.transcriptions.language import Language
 from websockets.exceptions import InvalidStatus
 
@@ -341,3 +347,87 @@ async def test_pipecat_service_with_a_wrong_key_gets_an_error_frame_with_the_401
             await frames.wait_for(errors=1)
     assert "HTTP 401" in frames.errors[0], frames.errors
     assert frames.finals == []
+
+
+# --- the turns API (`/stt/turns/websocket`) ------------------------------------------------------
+
+
+async def test_sdk_auto_finalize_gets_a_typed_turn_per_command() -> None:
+    """The SDK's `auto_finalize` websocket (ink-2) with its thresholds and keyterms: every event
+    parses as its model; `connected`, then per command `turn.start`, updates and `turn.end`; its
+    `close` command ends the stream after the last turn."""
+    audio = pcm16(fixture_16k(FIXTURE), SAMPLE_RATE)
+    step = int(FRAME_S * SAMPLE_RATE) * 2
+    options: Any = {"turn_start_threshold": 0.8, "turn_end_threshold": 0.2, "keyterm": ["Aoife"]}
+    events: list[Any] = []
+    async with (
+        running_daemon(api_key=KEY) as daemon,
+        sdk_client(daemon).stt.auto_finalize.websocket(
+            encoding="pcm_s16le", model="ink-2", sample_rate=SAMPLE_RATE, **options
+        ) as connection,
+    ):
+
+        async def read() -> None:
+            async for event in connection:
+                events.append(event)
+
+        reading = asyncio.create_task(read())
+        for offset in range(0, len(audio), step):
+            await connection.send_raw(audio[offset : offset + step])
+            await asyncio.sleep(FRAME_S)
+        await connection.send({"type": "close"})
+        async with asyncio.timeout(60):
+            await reading
+    letters = {
+        STTAutoFinalizeConnected: "C",
+        STTAutoFinalizeTurnStart: "S",
+        STTAutoFinalizeTurnUpdate: "u",
+        STTAutoFinalizeTurnEnd: "E",
+    }
+    kinds = "".join(letters[type(event)] for event in events)
+    assert re.fullmatch(r"C(Su+E){3}", kinds), kinds
+    finals = [event.transcript for event in events if isinstance(event, STTAutoFinalizeTurnEnd)]
+    assert same_words(EXPECTED[FIXTURE], finals)
+
+
+async def test_livekit_stream_with_its_default_model_gets_a_speech_per_turn(caplog: pytest.LogCaptureFixture) -> None:
+    """LiveKit's default (`ink-2`, the turns API): START, interims, the final and END per command."""
+    caplog.set_level(logging.WARNING, logger="livekit.plugins.cartesia")
+    audio = pcm16(fixture_16k(FIXTURE), SAMPLE_RATE)
+    step = int(FRAME_S * SAMPLE_RATE) * 2
+    async with running_daemon(api_key=KEY) as daemon, aiohttp.ClientSession() as http:
+        stt = lk_cartesia.STT(base_url=f"http://127.0.0.1:{daemon.http_port}", api_key=KEY, http_session=http)
+        assert stt.model == "ink-2"
+        stream = stt.stream(conn_options=APIConnectOptions(max_retry=0, timeout=10))
+        events = LiveKitEvents(stream)
+        try:
+            for offset in range(0, len(audio), step):
+                data = audio[offset : offset + step]
+                stream.push_frame(rtc.AudioFrame(data, SAMPLE_RATE, 1, len(data) // 2))
+                await asyncio.sleep(FRAME_S)
+            stream.end_input()
+            async with asyncio.timeout(60):
+                await events.reading
+        finally:
+            await stream.aclose()
+            await stt.aclose()
+    assert livekit_log(caplog) == []
+    assert re.fullmatch(r"(Si+FE){3}", events.turns()), events.turns()
+    assert same_words(EXPECTED[FIXTURE], [final.text for final in events.finals()])
+
+
+async def test_pipecat_turns_service_gets_a_transcript_per_turn() -> None:
+    """Pipecat's `CartesiaTurnsSTTService` pointed at the daemon's turns URL over `ws://`, with its
+    keyterms: a final per command, its updates as interims, no error."""
+    engine = ContextRecordingEngineDouble()
+    settings = CartesiaTurnsSTTService.Settings(keyterm=["Aoife Calloway"], turn_end_timeout_ms=5600)
+    async with running_daemon(engine, api_key=KEY) as daemon:
+        url = f"ws://127.0.0.1:{daemon.http_port}/stt/turns/websocket"
+        stt = CartesiaTurnsSTTService(api_key=KEY, url=url, settings=settings)
+        async with running_pipeline(stt) as (worker, frames):
+            await speak(worker, FIXTURE)
+            await frames.wait_for(finals=3)
+    assert frames.errors == []
+    assert same_words(EXPECTED[FIXTURE], frames.finals)
+    assert frames.interims, "turn updates reach Pipecat as interim transcripts"
+    assert engine.names and all(names[:1] == ("Aoife Calloway",) for names in engine.names), engine.names

@@ -43,6 +43,7 @@ PROTOCOL_DOCS = {
     "protocols/elevenlabs_upload.py": "docs/elevenlabs.md",
     "protocols/cartesia.py": "docs/cartesia.md",
     "protocols/cartesia_batch.py": "docs/cartesia.md",
+    "protocols/cartesia_turns.py": "docs/cartesia.md",
     "protocols/wyoming.py": "docs/wyoming.md",
     "protocols/wyoming_framing.py": "docs/wyoming.md",
 }

@@ -13,6 +13,7 @@ refused mid-stream is an `error` message with `done` false, and the stream goes 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,9 +91,14 @@ class StreamingParams:
 
 
 def parse_params(query: MultiMapping[str], core: Core) -> StreamParams:
-    """The stream's settings, or `ParameterError` naming the first parameter at fault. `model` and
+    return checked_query(query, core, UNUSED)
+
+
+def checked_query(query: MultiMapping[str], core: Core, unused: Mapping[str, tuple[float, float]]) -> StreamingParams:
+    """A stream's settings, or `ParameterError` naming the first parameter at fault; `unused`: the
+    API's own settings the daemon checks in their ranges and does not apply. `model` and
     `cartesia_version` are any text: the daemon's engine serves every model and version."""
-    known = {"model", "language", "encoding", "sample_rate", "cartesia_version", "keyterm", *UNUSED}
+    known = {"model", "language", "encoding", "sample_rate", "cartesia_version", "keyterm", *unused}
     check_names(query, known | set(REFUSED_WHEN_GIVEN), {"keyterm"})
     refuse_features(query, {}, REFUSED_WHEN_GIVEN)
     encoding = query.get("encoding")
@@ -102,7 +108,7 @@ def parse_params(query: MultiMapping[str], core: Core) -> StreamParams:
     sample_rate = whole_parameter(query, "sample_rate", None, MIN_RATE, MAX_RATE)
     if sample_rate is None:
         raise ParameterError("sample_rate", f"sample_rate is required: the audio's rate, {MIN_RATE} to {MAX_RATE}")
-    for name, (low, high) in UNUSED.items():
+    for name, (low, high) in unused.items():
         fraction_parameter(query, name, low, high)
     try:
         language = declared_language(core, ("language", query.get("language", "")), [], False)
@@ -118,11 +124,31 @@ def ends_stream(message: WSMessage) -> bool:
     return message.type == WSMsgType.TEXT and message.data in END_COMMANDS
 
 
-class CartesiaConnection(StreamingConnection):
+class CartesiaErrors(StreamingConnection):
+    """What Cartesia's streaming APIs (this one and the turns API) share: their error event, and how
+    the server ends a stream."""
+
+    invalid_message = "invalid_message"
+
+    async def close_by_server(self, reason: str) -> None:
+        """The idle timeout or shutdown: an `error` naming it (after the finals), then 1001."""
+        message = {"idle_timeout": "no speech was heard for too long", "shutdown": "the server is shutting down"}
+        self.finished = True
+        with contextlib.suppress(ConnectionError):
+            await self.send(error_event(reason, message.get(reason, reason), self.request_id, done=True))
+        await self.close(WSCloseCode.GOING_AWAY, reason)
+
+    async def error(self, code: str, message: str, *, fatal: bool = False, counted: bool = False) -> None:
+        """An `error` event; `done` when the connection ends with it (no session could open)."""
+        if not counted:
+            self.core.metrics.errors.labels(code).inc()
+        await self.send(error_event(code, message, self.request_id, done=fatal))
+
+
+class CartesiaConnection(CartesiaErrors):
     """A client of the streaming API: each utterance's transcripts, and the client's audio and commands."""
 
     protocol = PROTOCOL
-    invalid_message = "invalid_message"
 
     def __init__(
         self, ws: web.WebSocketResponse, core: Core, request: web.Request, reading: ReadAhead, params: StreamParams
@@ -144,22 +170,8 @@ class CartesiaConnection(StreamingConnection):
         """Nothing: Cartesia's API sends nothing before the first transcript."""
 
     async def closing(self) -> None:
-        """`done` when the client ended the stream; when the server does, the reason is sent before."""
+        """`done`, when the client ends the stream."""
         await self.send({"type": "done", "request_id": self.request_id})
-
-    async def close_by_server(self, reason: str) -> None:
-        """The idle timeout or shutdown: an `error` naming it (after the finals), then 1001."""
-        message = {"idle_timeout": "no speech was heard for too long", "shutdown": "the server is shutting down"}
-        self.finished = True
-        with contextlib.suppress(ConnectionError):
-            await self.send(error_event(reason, message.get(reason, reason), self.request_id, done=True))
-        await self.close(WSCloseCode.GOING_AWAY, reason)
-
-    async def error(self, code: str, message: str, *, fatal: bool = False, counted: bool = False) -> None:
-        """An `error` event; `done` when the connection ends with it (no session could open)."""
-        if not counted:
-            self.core.metrics.errors.labels(code).inc()
-        await self.send(error_event(code, message, self.request_id, done=fatal))
 
     async def emit(self, event: SessionEvent) -> None:
         if isinstance(event, SpeechStarted):
