@@ -24,7 +24,7 @@ from wyoming.event import Event, async_read_event, async_write_event
 from satellite_asr.audio import ENCODINGS, MAX_RATE, MIN_RATE
 from satellite_asr.clients.stream_client import stream_file
 from satellite_asr.core import Core
-from satellite_asr.protocols import ProtocolError, assemblyai, elevenlabs
+from satellite_asr.protocols import ProtocolError, assemblyai, cartesia, cartesia_turns, elevenlabs
 from satellite_asr.protocols.deepgram import ENCODINGS as DEEPGRAM_ENCODINGS
 from satellite_asr.protocols.deepgram import (
     IGNORED,
@@ -317,6 +317,33 @@ listen_binary = (
 listen_sessions = st.lists(listen_text | listen_binary, min_size=1, max_size=8)
 LISTEN_VARIANTS = {"SchemaError", "invalid_audio", "server_busy", "engine_error"}
 """The `Error` variants docs/deepgram.md lists."""
+cartesia_names = st.sampled_from(
+    sorted(
+        {"model", "language", "encoding", "sample_rate", "cartesia_version", "keyterm", "access_token"}
+        | set(cartesia.UNUSED)
+        | {f"turn_{name}" for name in cartesia_turns.THRESHOLDS}
+    )
+) | st.text(max_size=10)
+cartesia_values = st.sampled_from(
+    ["pcm_s16le", "pcm_mulaw", "pcm_s32le", "16000", "8000", "en", "ink-whisper", "0.5", "0.2", "5600"]
+) | st.text(max_size=12)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.tuples(cartesia_names, cartesia_values), max_size=8))
+@example([("encoding", "pcm_s16le"), ("sample_rate", "16000"), ("keyterm", "Aoife"), ("keyterm", "Calloway")])
+@example([("encoding", "pcm_s16le"), ("sample_rate", "16000"), ("turn_end_timeout_ms", "5600")])
+def test_cartesia_queries_are_accepted_or_refused_naming_a_parameter(pairs: list[tuple[str, str]]) -> None:
+    for parse in (cartesia.parse_params, cartesia_turns.parse_params):
+        try:
+            params = parse(MultiDict(pairs), CORE)
+        except ParameterError as error:
+            assert error.parameter in dict(pairs) | {"encoding": "", "sample_rate": ""} and str(error)
+        else:
+            assert isinstance(params, cartesia.StreamingParams) and params.encoding in cartesia.ENCODINGS
+            assert params.decoder().sample_rate == params.sample_rate
+
+
 LISTEN_TYPES = {"Results", "SpeechStarted", "UtteranceEnd", "Metadata", "Error", "ConfigureSuccess", "ConfigureFailure"}
 
 
@@ -460,6 +487,27 @@ async def elevenlabs_session(url: str, frames: list[str | bytes]) -> None:
     assert answered or ws.close_code == 1009, (ws.close_code, messages)
 
 
+cartesia_sessions = st.lists(
+    listen_text | listen_binary | st.sampled_from(["finalize", "close", "done", "Finalize"]),
+    min_size=1,
+    max_size=8,
+)
+CARTESIA_CODES = {"invalid_message", "invalid_audio", "server_busy", "engine_error"}
+
+
+async def cartesia_session(url: str, frames: list[str | bytes]) -> None:
+    """Sends the frames, then `done`: every message is one of Cartesia's, every error a documented
+    code, each `finalize` read before the end answered by one `flush_done`, and a stream that ends by
+    the client's word ends with `done`."""
+    messages, close_code = await closed_stream(url, frames, "done")
+    assert {m["type"] for m in messages} <= {"transcript", "flush_done", "done", "error"}, messages
+    assert {m["error_code"] for m in of_type(messages, "error")} <= CARTESIA_CODES, messages
+    if close_code == 1000:
+        assert messages and messages[-1]["type"] == "done", messages
+        ended = next((at for at, frame in enumerate(frames) if frame in ("close", "done")), len(frames))
+        assert len(of_type(messages, "flush_done")) == frames[:ended].count("finalize"), messages
+
+
 wyoming_events = st.one_of(
     st.builds(
         Event,
@@ -568,6 +616,14 @@ async def test_random_sessions_on_every_streaming_protocol_leave_the_daemon_and_
         def elevenlabs_fuzz(frames: list[str | bytes]) -> None:
             asyncio.run_coroutine_threadsafe(elevenlabs_session(elevenlabs_url, frames), loop).result(60)
 
+        cartesia_url = f"ws://127.0.0.1:{daemon.http_port}/stt/websocket?encoding=pcm_s16le&sample_rate=16000"
+
+        @settings(max_examples=100, deadline=None)
+        @given(cartesia_sessions)
+        @example(["finalize", "finalize"])
+        def cartesia_fuzz(frames: list[str | bytes]) -> None:
+            asyncio.run_coroutine_threadsafe(cartesia_session(cartesia_url, frames), loop).result(60)
+
         @settings(max_examples=150, deadline=None)
         @given(wyoming_sessions)
         def wyoming_fuzz(events: list[Event]) -> None:
@@ -578,6 +634,7 @@ async def test_random_sessions_on_every_streaming_protocol_leave_the_daemon_and_
         await loop.run_in_executor(None, flux_fuzz)
         await loop.run_in_executor(None, assemblyai_fuzz)
         await loop.run_in_executor(None, elevenlabs_fuzz)
+        await loop.run_in_executor(None, cartesia_fuzz)
         await loop.run_in_executor(None, wyoming_fuzz)
         stop.set()
         await beside
