@@ -213,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
             "deepgram-flux",
             "assemblyai",
             "elevenlabs",
+            "cartesia",
             "wyoming",
             "rest",
         ),
@@ -221,13 +222,14 @@ def build_parser() -> argparse.ArgumentParser:
         "deepgram: /v1/listen clients (Deepgram's live API); deepgram-flux: /v2/listen clients (Deepgram's Flux); "
         "assemblyai: /v3/ws clients (AssemblyAI's Universal-Streaming); "
         "elevenlabs: /v1/speech-to-text/realtime clients (ElevenLabs' realtime API); "
+        "cartesia: /stt/websocket clients (Cartesia's streaming API); "
         "wyoming: Home Assistant's flow, one command per round; rest: each client uploads one recording (the "
         "manifest's files --rounds times, with silence) to /v1/audio/transcriptions at once.",
     )
     bench.add_argument(
         "--url",
-        help="Benchmark a running server (ws://HOST:PORT/v1/stream, /v1/realtime, /v1/listen, /v2/listen, /v3/ws or "
-        "/v1/speech-to-text/realtime, "
+        help="Benchmark a running server (ws://HOST:PORT/v1/stream, /v1/realtime, /v1/listen, /v2/listen, /v3/ws, "
+        "/v1/speech-to-text/realtime or /stt/websocket, "
         "tcp://HOST:PORT for wyoming (any Wyoming STT server works), http://HOST:PORT for rest) instead of "
         "starting one in-process.",
     )

@@ -350,7 +350,8 @@ async def test_stream_to_a_daemon_with_an_api_key_says_what_was_refused_and_take
 
 
 @pytest.mark.parametrize(
-    "protocol", ["rest", "websocket", "openai-realtime", "deepgram", "deepgram-flux", "assemblyai", "elevenlabs"]
+    "protocol",
+    ["rest", "websocket", "openai-realtime", "deepgram", "deepgram-flux", "assemblyai", "elevenlabs", "cartesia"],
 )
 async def test_bench_to_a_daemon_with_an_api_key_says_what_was_refused_and_takes_the_key(
     protocol: str, tmp_path: Path
@@ -369,6 +370,7 @@ async def test_bench_to_a_daemon_with_an_api_key_says_what_was_refused_and_takes
 
     paths = {"rest": "", "websocket": "/v1/stream", "openai-realtime": "/v1/realtime", "deepgram": "/v1/listen"}
     others = {"deepgram-flux": "/v2/listen", "assemblyai": "/v3/ws", "elevenlabs": "/v1/speech-to-text/realtime"}
+    others["cartesia"] = "/stt/websocket"
     path = {**paths, **others}[protocol]
     what = "upload" if protocol == "rest" else "connection"
     async with running_daemon(api_key="kitchen-key") as daemon:

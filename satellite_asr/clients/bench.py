@@ -378,6 +378,31 @@ async def _stream_one_elevenlabs(
     return await _stream_pcm16(query, audio, delay, headers, translate, chunk(b"", commit=True), chunk, expected)
 
 
+async def _stream_one_cartesia(
+    url: str, audio: Audio, delay: float, config: dict[str, Any], headers: dict[str, str]
+) -> tuple[float, list[Any]]:
+    """The same over Cartesia's streaming API, ended by `done` (the server closes after its `done`).
+    Transcripts come back in the WebSocket shapes `_timings` reads: a partial as a `partial` of the
+    utterance whose final comes next (the API names no utterance), a final with text as a `final`;
+    an empty final after a partial (no words heard at last) ends its utterance too, so that its
+    partials are not taken for the next one's."""
+    utterance, heard = 0, False
+
+    def translate(message: dict[str, Any]) -> dict[str, Any] | None:
+        nonlocal utterance, heard
+        if message["type"] != "transcript" or not (message["text"].strip() or (message["is_final"] and heard)):
+            return None
+        if not message["is_final"]:
+            heard = True
+            return {"type": "partial", "utterance_id": utterance}
+        ended, utterance, heard = utterance, utterance + 1, False
+        text = message["text"].strip()
+        return {"type": "final", "utterance_id": ended, "text": text} if text else None
+
+    query = f"{url}?model=ink-whisper&encoding=pcm_s16le&sample_rate={SAMPLE_RATE}"
+    return await _stream_pcm16(query, audio, delay, headers, translate, "done")
+
+
 async def _stream_pcm16(
     url: str,
     audio: Audio,
@@ -432,6 +457,7 @@ PROTOCOLS: dict[str, tuple[str, Streamer]] = {
     "deepgram-flux": ("/v2/listen", _stream_one_flux),
     "assemblyai": ("/v3/ws", _stream_one_assemblyai),
     "elevenlabs": ("/v1/speech-to-text/realtime", _stream_one_elevenlabs),
+    "cartesia": ("/stt/websocket", _stream_one_cartesia),
 }
 """Protocol name -> (path on the daemon, client that streams one file)."""
 

@@ -49,8 +49,9 @@ class StreamRefused(Exception):
 def refusal(status: int, body: bytes | bytearray | None, what: str = "connection") -> str:
     """What a refused upgrade (or `what` else) says: the status, and the daemon's error code and
     sentence when its body has them (`{"type": "error", ...}`, OpenAI's `{"error": {...}}`,
-    Deepgram's `{"err_code": ..., "err_msg": ...}`, AssemblyAI's `{"error": "...", "code": ...}` or
-    ElevenLabs' `{"detail": {"status": ..., "message": ...}}`)."""
+    Deepgram's `{"err_code": ..., "err_msg": ...}`, AssemblyAI's `{"error": "...", "code": ...}`,
+    ElevenLabs' `{"detail": {"status": ..., "message": ...}}` or Cartesia's `{"error_code": ...,
+    "message": ...}`)."""
     try:
         error = json.loads(body or b"")
     except ValueError:
@@ -63,6 +64,8 @@ def refusal(status: int, body: bytes | bytearray | None, what: str = "connection
         error = {"code": error.get("code"), "message": error["error"]}
     if isinstance(error, dict) and isinstance(error.get("detail"), dict):
         error = {"code": error["detail"].get("status"), "message": error["detail"].get("message")}
+    if isinstance(error, dict) and "error_code" in error:
+        error = {"code": error["error_code"], "message": error.get("message")}
     said = ""
     if isinstance(error, dict) and error.get("message"):
         said = f": {error.get('code') or 'error'}: {error['message']}"
