@@ -55,7 +55,6 @@ REFUSED_WHEN_GIVEN = {
 END_COMMANDS = ("close", "done")
 """What ends the stream: `close` as Cartesia's SDK sends it, `done` as Pipecat and Cartesia's docs do."""
 STATUS = {
-    "invalid_query_parameter": 400,
     "invalid_message": 400,
     "invalid_audio": 400,
     "server_busy": 503,
@@ -67,7 +66,8 @@ STATUS = {
 
 def error_event(code: str, message: str, request_id: str, *, done: bool) -> dict[str, Any]:
     """Cartesia's WebSocket error event: `done` says whether the connection ends with it. `code` is
-    `status_code` again, the field LiveKit's plugin reads (a 4xx it logs, a 5xx it reconnects on)."""
+    `status_code` again: LiveKit's ink-whisper stream reads `code`, its turns stream `status_code`
+    (each logs one under 500 and reconnects on one of 500 or more)."""
     status = STATUS.get(code, 500)
     body = cartesia_error(code, message, request_id)
     return {"type": "error", "done": done, "status_code": status, "code": status, **body}
