@@ -15,12 +15,18 @@ import websockets
 from satellite_asr.protocols import cartesia
 from satellite_asr.protocols.streaming_apis import MAX_MESSAGE_BYTES
 from satellite_asr.server import Daemon
-from tests.doubles import ContextRecordingEngineDouble, CrashingEngineDouble
+from tests.doubles import (
+    ContextRecordingEngineDouble,
+    CrashingEngineDouble,
+    FirstFinalGatedEngineDouble,
+    FirstUtteranceIsNoiseEngineDouble,
+)
 from tests.helpers import (
     EXPECTED,
     close_code_after_oversized_frame,
     exchange,
     fixture_16k,
+    normalise,
     pcm16,
     running_daemon,
     same_words,
@@ -268,3 +274,26 @@ async def test_a_message_over_the_limit_is_message_too_big() -> None:
     async with running_daemon() as daemon:
         code = await asyncio.to_thread(close_code_after_oversized_frame, daemon.http_port, path, MAX_MESSAGE_BYTES + 4)
     assert code == 1009
+
+
+async def test_the_next_utterance_waits_for_the_final_of_the_one_before() -> None:
+    """With two decodes at once, the next utterance is heard while the one before decodes its
+    final: its partials do not come before that final, so a client never takes the next command's
+    words (a delta after the last final) as the end of the last."""
+    engine = FirstFinalGatedEngineDouble()
+    async with running_daemon(engine) as daemon:
+        messages, _ = await stream(stt_url(daemon), audio(), paced=True, release=(engine.gate, 4.8))
+    assert same_words(EXPECTED["three_commands.wav"], final_texts(messages))
+    first_final = next(at for at, m in enumerate(messages) if m["type"] == "transcript" and m["is_final"])
+    early = [m["text"] for m in of_type(messages[:first_final], "transcript")]
+    assert early and not any({"what", "time"} & set(normalise(text).split()) for text in early), early
+
+
+async def test_a_noise_without_words_sends_nothing() -> None:
+    """An utterance in which no words were heard (a cough) gave no partial with words: no final is
+    sent for it, as a client that began no speech expects nothing to end."""
+    data = audio("lights_on.wav")
+    async with running_daemon(FirstUtteranceIsNoiseEngineDouble()) as daemon:
+        messages, _ = await stream(stt_url(daemon), data + data)
+    assert [m["type"] for m in messages] == ["transcript", "done"]
+    assert same_words(EXPECTED["lights_on.wav"], final_texts(messages))
