@@ -17,7 +17,9 @@ In order:
    as Deepgram's clients send it), `X-API-Key: KEY`, a WebSocket subprotocol
    `satellite-asr.key.KEY` (what a browser can send), `?api_key=KEY`, `xi-api-key: KEY` (as
    ElevenLabs' clients send it), or else the key alone in `Authorization`, as AssemblyAI's clients
-   send it.
+   send it. On `IN_BAND_KEY_PATHS` (Soniox's, whose clients may send the key in the stream's
+   first message instead) the handler checks the key once that message has come (`check_key`),
+   and refuses in the API's own message.
    Compared in constant time and never logged. 401 `missing_api_key` / `invalid_api_key`.
 4. A key offered as a subprotocol comes with `satellite-asr` beside it, the subprotocol every
    WebSocket route answers with: without it a browser fails the connection. 400 `invalid_subprotocol`.
@@ -26,7 +28,8 @@ Refusals are JSON: the project's `{"type":"error","code","message"}`, OpenAI's `
 on the OpenAI-compatible paths (`OPENAI_PREFIXES`), Deepgram's `{"err_code","err_msg","request_id"}`
 on Deepgram's (`DEEPGRAM_PATHS`), AssemblyAI's `{"error","code"}` on its (`ASSEMBLYAI_PATHS`),
 ElevenLabs' `{"detail":{"status","message"}}` on its (`ELEVENLABS_PREFIX`), Cartesia's
-`{"error_code","title","message","request_id"}` on its (`CARTESIA_PATHS`). Cartesia's clients send
+`{"error_code","title","message","request_id"}` on its (`CARTESIA_PATHS`), Soniox's
+`{"error_code","error_message"}` on its (`SONIOX_PATHS`). Cartesia's clients send
 the key as `X-API-Key` or `Authorization: Bearer`, both ways above.
 """
 
@@ -44,7 +47,14 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from satellite_asr.config import ConfigError, Settings
-from satellite_asr.protocols import assemblyai_error, cartesia_error, deepgram_error, elevenlabs_error, openai_error
+from satellite_asr.protocols import (
+    assemblyai_error,
+    cartesia_error,
+    deepgram_error,
+    elevenlabs_error,
+    openai_error,
+    soniox_error,
+)
 
 PUBLIC_PATHS = frozenset({"/", "/health"})
 """Served to anyone who can reach the daemon: the page and the health check."""
@@ -61,6 +71,11 @@ CARTESIA_PATHS = frozenset({"/stt", "/stt/websocket", "/stt/turns/websocket"})
 """Cartesia's speech-to-text paths (the upload and the two streams), whose errors take its
 `{"error_code", ...}` shape."""
 ELEVENLABS_KEY_HEADER = "xi-api-key"
+SONIOX_PATHS = frozenset({"/transcribe-websocket"})
+"""Paths whose errors take Soniox's `{"error_code", "error_message"}` shape."""
+IN_BAND_KEY_PATHS = SONIOX_PATHS
+"""Paths whose clients may send the key in the stream's first message (Soniox's `api_key`): the
+handler checks it there (`check_key`), with the key the request carries, if any."""
 
 SUBPROTOCOL = "satellite-asr"
 """The WebSocket subprotocol the daemon accepts (and echoes) beside a key entry."""
@@ -226,23 +241,31 @@ class Access:
         origin = request.headers.get("Origin")
         if origin is not None and not self.origin_allowed(origin, host, request.scheme):
             return 403, "origin_not_allowed", f"pages from {origin} may not use this daemon; see allowed_origins"
-        if self.api_key is not None:
+        if self.api_key is not None and request.path in IN_BAND_KEY_PATHS:
+            request[KEY_CHECK] = self
+        elif self.api_key is not None:
             presented = presented_key(request)
-            if presented is None:
-                return (
-                    401,
-                    "missing_api_key",
-                    (
-                        "this daemon requires an API key: send Authorization: Bearer KEY or X-API-Key: KEY "
-                        f"(browsers: the WebSocket subprotocol {KEY_SUBPROTOCOL_PREFIX}KEY)"
-                    ),
-                )
-            if not hmac.compare_digest(presented.encode("utf-8", "surrogateescape"), self.api_key.encode()):
-                return 401, "invalid_api_key", "the API key is not valid"
+            refusal = self.key_refusal([presented] if presented is not None else [])
+            if refusal is not None:
+                return refusal
         offered = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")]
         if any(p.startswith(KEY_SUBPROTOCOL_PREFIX) for p in offered) and SUBPROTOCOL not in offered:
             explanation = f"a client sending its key as a subprotocol must also offer the subprotocol {SUBPROTOCOL!r}"
             return 400, "invalid_subprotocol", explanation
+        return None
+
+    def key_refusal(self, offered: list[str]) -> tuple[int, str, str] | None:
+        """401 when `offered`, the keys a request carries, is empty or holds one that is not the daemon's."""
+        assert self.api_key is not None
+        if not offered:
+            message = (
+                "this daemon requires an API key: send Authorization: Bearer KEY or X-API-Key: KEY "
+                f"(browsers: the WebSocket subprotocol {KEY_SUBPROTOCOL_PREFIX}KEY)"
+            )
+            return 401, "missing_api_key", message
+        expected = self.api_key.encode()
+        if not all(hmac.compare_digest(key.encode("utf-8", "surrogateescape"), expected) for key in offered):
+            return 401, "invalid_api_key", "the API key is not valid"
         return None
 
     def host_allowed(self, header: str) -> bool:
@@ -273,6 +296,11 @@ class Access:
         return url.hostname.rstrip(".") == name and (origin_port or default) == (port or default)
 
 
+KEY_CHECK = web.RequestKey("key_check", Access)
+"""Where an `IN_BAND_KEY_PATHS` request holds the `Access` whose key its handler checks; absent
+when the daemon has no key."""
+
+
 def presented_key(request: web.Request) -> str | None:
     """The key the request carries, by the first of the ways that it uses; an Authorization
     header of no scheme (the key alone, as AssemblyAI's clients send it) only when none of them is
@@ -295,6 +323,16 @@ def presented_key(request: web.Request) -> str | None:
     return None
 
 
+def check_key(request: web.Request, in_band: str | None) -> tuple[int, str, str] | None:
+    """For an `IN_BAND_KEY_PATHS` handler: the refusal when the daemon has a key and neither the
+    request nor its stream's first message (`in_band`) carries it, or either carries another."""
+    access: Access | None = request.get(KEY_CHECK)
+    if access is None:
+        return None
+    offered = [key for key in (presented_key(request), in_band) if key is not None]
+    return access.key_refusal(offered)
+
+
 def error_response(
     path: str, status: int, code: str, message: str, headers: Mapping[str, str] | None = None
 ) -> web.Response:
@@ -311,6 +349,8 @@ def error_response(
         body = elevenlabs_error(code, message)
     elif path in CARTESIA_PATHS:
         body = cartesia_error(code, message)
+    elif path in SONIOX_PATHS:
+        body = soniox_error(status, message)
     else:
         body = {"type": "error", "code": code, "message": message}
     return web.json_response(body, status=status, headers=headers)

@@ -45,6 +45,7 @@ from satellite_asr.protocols import (
     elevenlabs_upload,
     openai_realtime,
     openai_rest,
+    soniox,
     streaming_apis,
     websocket,
     wyoming,
@@ -163,6 +164,7 @@ class Daemon:
         """The bound Wyoming TCP port once started (None when off or on a unix socket)."""
         self.discovery: Discovery | None = None
         self.websocket = websocket.WebSocketHandler(self.core)
+        self.soniox = streaming_apis.StreamingApiHandler(self.core, soniox.SONIOX_REALTIME)
         self.http_connections = ConnectionLimit(
             "HTTP",
             settings.max_http_connections,
@@ -203,6 +205,7 @@ class Daemon:
             ),
             ("GET", cartesia.PATH, streaming_apis.StreamingApiHandler(self.core, cartesia.STREAMING).handle),
             ("GET", cartesia_turns.PATH, streaming_apis.StreamingApiHandler(self.core, cartesia_turns.TURNS).handle),
+            ("GET", soniox.PATH, self.soniox.handle),
             ("GET", "/health", self._health),
             ("GET", "/metrics", self._metrics),
             ("GET", "/", self._index),
@@ -349,7 +352,9 @@ class Daemon:
         scribe = self.core.sessions.close_all("shutdown", protocol=elevenlabs.PROTOCOL)
         ink = self.core.sessions.close_all("shutdown", protocol=cartesia.PROTOCOL)
         turns = self.core.sessions.close_all("shutdown", protocol=cartesia_turns.PROTOCOL)
-        closing = (realtime, listen, flux, universal, scribe, ink, turns)
+        sonic = self.core.sessions.close_all("shutdown", protocol=soniox.PROTOCOL)
+        awaiting = self.soniox.close_awaiting("shutdown")  # no session yet: their settings have not come
+        closing = (realtime, listen, flux, universal, scribe, ink, turns, sonic, awaiting)
         await asyncio.gather(self._close_wyoming(), self._close_websockets(), *closing)
         await self.core.sessions.close_all("shutdown")
 

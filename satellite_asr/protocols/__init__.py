@@ -194,6 +194,12 @@ def cartesia_error(code: str, message: str, request_id: str | None = None) -> di
     return {"error_code": code, "title": title, "message": echoable(message), "request_id": identity}
 
 
+def soniox_error(status: int, message: str) -> dict[str, Any]:
+    """Soniox's error message (an HTTP-like `error_code` and an `error_message`), as its clients read
+    it in the stream and in a refused upgrade's body; `message` may hold what a client sent (`echoable`)."""
+    return {"error_code": status, "error_message": echoable(message)}
+
+
 def open_session(
     core: Core,
     protocol: str,

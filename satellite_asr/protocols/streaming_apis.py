@@ -1,6 +1,7 @@
 """What the hosted services' streaming APIs served here (Deepgram's live API and Flux, AssemblyAI's
-Universal-Streaming) share: a WebSocket whose URL query sets the stream, one session for the
-connection fed the client's raw audio, and the stream's end by the client or the server.
+Universal-Streaming, ElevenLabs' and Soniox's realtime APIs) share: a WebSocket whose URL query
+sets the stream (or, Soniox's, its first message), one session for the connection fed the client's
+raw audio, and the stream's end by the client or the server.
 
 Each API is an `Api`: its path, how its query is read, how it refuses, and its `StreamingConnection`,
 which turns session events into the API's own messages. `StreamingApiHandler` serves any of them.
@@ -10,6 +11,7 @@ The checks of a query's parameters serve Deepgram's pre-recorded API too.
 from __future__ import annotations
 
 import abc
+import asyncio
 import contextlib
 import logging
 import math
@@ -46,6 +48,9 @@ log = logging.getLogger(__name__)
 MAX_MESSAGE_BYTES = 1 << 20
 """Largest client message, as on `/v1/stream`: these APIs' clients send 20-250 ms of audio at a time."""
 BOOLEAN_VALUES = {"true": True, "false": False}
+CONFIG_WAIT_S = 10.0
+"""How long a stream whose settings come in its first message waits for them (or `idle_timeout_s`,
+if shorter): clients send them right after the upgrade."""
 MAX_DIGITS = 12
 """Most digits of a whole-number parameter (zeros in front included): `int` refuses over 4300."""
 
@@ -177,13 +182,19 @@ class StreamingConnection(abc.ABC):
     """The field of a text message that names it: ElevenLabs' is `message_type`."""
 
     def __init__(
-        self, ws: web.WebSocketResponse, core: Core, request: web.Request, reading: ReadAhead, params: StreamParams
+        self,
+        ws: web.WebSocketResponse,
+        core: Core,
+        request: web.Request,
+        reading: ReadAhead,
+        params: StreamParams | None,
     ) -> None:
         self.ws = ws
         self.core = core
         self.transport = request.transport
         self.reading = reading
         self.params = params
+        """None until `read_settings` reads them, for an API whose settings come in the first message."""
         self.request_id = str(uuid.uuid4())
         self.input: PcmInput | None = None
         self.finished = False
@@ -202,6 +213,7 @@ class StreamingConnection(abc.ABC):
         await self.reading.close(code, reason)
 
     def open_session(self) -> None:
+        assert self.params is not None
         session = open_session(
             self.core,
             self.protocol,
@@ -219,6 +231,11 @@ class StreamingConnection(abc.ABC):
     @abc.abstractmethod
     async def opened(self) -> None:
         """What the API sends once the session is open."""
+
+    async def read_settings(self, message: WSMessage) -> None:
+        """The stream's settings from its first message, for an API whose URL does not carry them
+        (`Api.parse` gave None): sets `params` and opens the session, or raises `ProtocolError`."""
+        raise NotImplementedError(f"{self.protocol}'s settings come in its URL")
 
     async def release(self, reason: str) -> None:
         """The client left: what is in flight is cancelled (after `end`, nothing is)."""
@@ -312,7 +329,8 @@ async def refuse_in_band(
     return ws
 
 
-ApiParser = Callable[[MultiMapping[str], Core], StreamParams]
+ApiParser = Callable[[MultiMapping[str], Core], StreamParams | None]
+"""The stream's settings from the URL's query; None when they come in the first message instead."""
 ParametersRefused = Callable[[Core, web.Request, web.WebSocketResponse, ParameterError], Awaitable[web.StreamResponse]]
 
 
@@ -348,6 +366,14 @@ class StreamingApiHandler:
             settings.max_connections_per_address,
             total_setting="max_websocket_connections",
         )
+        self.awaiting: set[StreamingConnection] = set()
+        """Connections whose settings, due in their first message, have not come: they have no session
+        for the idle timeout or shutdown to end (`close_awaiting`)."""
+        self.config_wait_s = min(CONFIG_WAIT_S, settings.idle_timeout_s)
+
+    async def close_awaiting(self, reason: str) -> None:
+        """Shutdown: the connections still awaiting their settings are closed as the server closes a stream."""
+        await asyncio.gather(*(connection.close_by_server(reason) for connection in list(self.awaiting)))
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         ws = read_ahead_response(MAX_MESSAGE_BYTES + 1, SUBPROTOCOL)
@@ -368,7 +394,9 @@ class StreamingApiHandler:
             self.core.metrics.errors.labels("too_many_connections").inc()
             return error_response(self.api.path, 503, "too_many_connections", str(exc), {"Retry-After": "5"})
 
-    async def _serve(self, request: web.Request, ws: web.WebSocketResponse, params: StreamParams) -> web.StreamResponse:
+    async def _serve(
+        self, request: web.Request, ws: web.WebSocketResponse, params: StreamParams | None
+    ) -> web.StreamResponse:
         if not await accepted(ws, request):
             return client_gone()
         reading = ReadAhead(ws, self.core.settings, request.transport, self.api.ends_stream)
@@ -376,13 +404,29 @@ class StreamingApiHandler:
         reason = "disconnect"
         try:
             try:
-                connection.open_session()
-                await connection.opened()
-                async with reading as messages:
+                if params is not None:
+                    connection.open_session()
+                    await connection.opened()
+                else:
+                    self.awaiting.add(connection)
+                async with reading as messages, asyncio.timeout(None) as waiting:
+                    if params is None:  # the settings must come soon: the connection holds a slot meanwhile
+                        waiting.reschedule(asyncio.get_running_loop().time() + self.config_wait_s)
                     async for message in messages:
                         if message.type in WEBSOCKET_ENDS:
                             break
-                        assert connection.input is not None
+                        if connection.input is None:  # the stream's settings
+                            try:
+                                await connection.read_settings(message)
+                            except ProtocolError as exc:
+                                if exc.fatal:
+                                    raise
+                                await connection.error(exc.code, exc.message)
+                                break
+                            finally:
+                                self.awaiting.discard(connection)
+                            waiting.reschedule(None)
+                            continue
                         session = connection.input.session
                         if session.closed:  # the server ends it (idle timeout, shutdown): its finals, then Close
                             await self.core.sessions.release(session, "closed by the server", finalize=True)
@@ -401,12 +445,15 @@ class StreamingApiHandler:
                             break
                 if ws.exception() is not None:
                     log.info("%s websocket closed with error: %s", self.api.protocol, ws.exception())
+            except TimeoutError:  # no settings came in time
+                await connection.error("config_timeout", f"no configuration came within {self.config_wait_s:g} s")
             except ProtocolError as exc:  # fatal: no session could be opened
                 await connection.error(exc.code, exc.message, fatal=True)
                 await connection.close(WSCloseCode.TRY_AGAIN_LATER, exc.code)
         except ConnectionError as exc:  # SlowClient included: the connection is gone already
             log.info("%s websocket dropped: %s", self.api.protocol, exc)
         finally:
+            self.awaiting.discard(connection)
             await connection.release(reason)
             with contextlib.suppress(ConnectionError):  # when another task is closing, its close ends first
                 await connection.close(WSCloseCode.OK)
