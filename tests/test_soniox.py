@@ -14,7 +14,12 @@ import websockets
 
 from satellite_asr.protocols import soniox
 from satellite_asr.server import Daemon
-from tests.doubles import ContextRecordingEngineDouble, CrashingEngineDouble, FirstFinalGatedEngineDouble
+from tests.doubles import (
+    ContextRecordingEngineDouble,
+    CrashingEngineDouble,
+    FirstFinalGatedEngineDouble,
+    FirstUtteranceIsNoiseEngineDouble,
+)
 from tests.helpers import EXPECTED, PCM_FRAME_BYTES, fixture_16k, normalise, pcm16, running_daemon, same_words
 
 pytestmark = pytest.mark.timeout(180)
@@ -115,7 +120,7 @@ async def test_three_commands_as_livekit_configures_them() -> None:
     assert all(t["language"] == "en" and 0 <= t["confidence"] <= 1 for t in words)
     assert any(t["confidence"] > 0 for t in words)  # 0 where the engine does not say (streaming_apis.confidence)
     assert all(0 <= t["start_ms"] < t["end_ms"] <= messages[-1]["total_audio_proc_ms"] for t in words)
-    assert messages[-1]["final_audio_proc_ms"] <= messages[-1]["total_audio_proc_ms"]
+    assert messages[-1]["final_audio_proc_ms"] == messages[-1]["total_audio_proc_ms"] > 0  # all final at the end
 
 
 async def test_without_endpoint_detection_no_end_token_and_no_language() -> None:
@@ -342,3 +347,14 @@ async def test_context_terms_text_and_hints_reach_the_engine() -> None:
     assert final_text(messages)
     assert engine.names[0][:1] == ("Calloway",)
     assert "kitchen blinds" in engine.contexts[0] and engine.languages[0] == "en"
+
+
+async def test_a_noise_without_words_gets_no_end_token() -> None:
+    """An utterance in which no words were heard (a cough), of which no token was sent, gets no
+    `<end>`: no client began a speech for it to end."""
+    data = audio("lights_on.wav")
+    config = {**CONFIG, "enable_endpoint_detection": True}
+    async with running_daemon(FirstUtteranceIsNoiseEngineDouble()) as daemon:
+        messages, _ = await stream(url(daemon), config, data + data)
+    assert utterances(messages) == [final_text(messages).strip()]
+    assert same_words(EXPECTED["lights_on.wav"], utterances(messages))

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import WSCloseCode, WSMessage, WSMsgType, web
@@ -95,7 +95,7 @@ class SonioxConfig:
     identify_language: bool
     endpoints: bool
     context: str
-    terms: tuple[str, ...] = field(default=())
+    terms: tuple[str, ...]
 
     def decoder(self) -> PcmDecoder:
         return PcmDecoder(ENCODINGS[self.encoding], self.sample_rate, self.channels)
@@ -146,9 +146,9 @@ def parse_config(message: WSMessage, core: Core) -> tuple[SonioxConfig, str | No
         named = f"audio_format {echoable(encoding)!r} is not one it decodes" if encoding else "audio_format is missing"
         raise ProtocolError("invalid_config", f"{named}: this server takes raw audio, one of {', '.join(ENCODINGS)}")
     rate, channels = given.get("sample_rate"), given.get("num_channels")
-    if not number_within(rate, MIN_RATE, MAX_RATE, True) or not isinstance(rate, int):
+    if not isinstance(rate, int) or not number_within(rate, MIN_RATE, MAX_RATE, True):
         raise ProtocolError("invalid_config", f"sample_rate must be a whole number from {MIN_RATE} to {MAX_RATE}")
-    if not number_within(channels, 1, MAX_CHANNELS, True) or not isinstance(channels, int):
+    if not isinstance(channels, int) or not number_within(channels, 1, MAX_CHANNELS, True):
         raise ProtocolError("invalid_config", f"num_channels must be a whole number from 1 to {MAX_CHANNELS}")
     hints = given.get("language_hints", [])
     if not isinstance(hints, list):
@@ -175,11 +175,8 @@ def parse_config(message: WSMessage, core: Core) -> tuple[SonioxConfig, str | No
 
 def number_within(value: object, low: float, high: float, whole: bool) -> bool:
     """Whether `value` is a JSON number (a whole one if `whole`) from `low` to `high`; true is not 1."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return False
-    if whole and not (isinstance(value, int) or (math.isfinite(value) and value.is_integer())):
-        return False
-    return low <= value <= high
+    kinds = int if whole else (int, float)
+    return isinstance(value, kinds) and not isinstance(value, bool) and low <= value <= high
 
 
 def context_biasing(core: Core, context: object) -> tuple[str, tuple[str, ...]]:
@@ -245,6 +242,8 @@ class SonioxConnection(StreamingConnection):
         self.config: SonioxConfig | None = None
         self.starts: dict[int, float] = {}
         """Where each utterance whose final has not been sent began."""
+        self.shown: set[int] = set()
+        """Those of `starts` whose non-final tokens were sent: their final takes them back."""
         self.held: dict[int, str] = {}
         """The latest partial with words of an utterance heard while one before it awaits its final."""
         self.spoken = False
@@ -271,7 +270,8 @@ class SonioxConnection(StreamingConnection):
         return {"final_audio_proc_ms": self.final_ms, "total_audio_proc_ms": round(self.seconds * 1000)}
 
     async def closing(self) -> None:
-        """`finished`, once the audio's last tokens are sent."""
+        """`finished`, once the audio's last tokens are sent: all of it is final now."""
+        self.final_ms = round(self.seconds * 1000)
         await self.send({"tokens": [], **self.audio_ms(), "finished": True})
 
     async def close_by_server(self, reason: str) -> None:
@@ -325,6 +325,7 @@ class SonioxConnection(StreamingConnection):
                 self.held[event.utterance_id] = event.text
                 return
             await self.send({"tokens": self.partial(event.utterance_id, event.text), **self.audio_ms()})
+            self.shown.add(event.utterance_id)
         elif isinstance(event, FinalTranscript):
             await self.final(event)
         elif isinstance(event, SessionError):
@@ -340,7 +341,8 @@ class SonioxConnection(StreamingConnection):
         `<end>` with endpoint detection on (when there were words, or a partial of them to take back);
         then the partial of the next utterance held back for it."""
         assert self.config is not None
-        shown = event.utterance_id in self.starts
+        shown = event.utterance_id in self.shown
+        self.shown.discard(event.utterance_id)
         self.starts.pop(event.utterance_id, None)
         self.held.pop(event.utterance_id, None)
         language = event.language or self.config.language
@@ -357,6 +359,7 @@ class SonioxConnection(StreamingConnection):
             if any(earlier < later for earlier in self.starts):
                 break
             tokens.extend(self.partial(later, self.held.pop(later)))
+            self.shown.add(later)
         if tokens:
             await self.send({"tokens": tokens, **self.audio_ms()})
 
