@@ -285,6 +285,7 @@ USER_DOCS = (
     "docs/assemblyai.md",
     "docs/elevenlabs.md",
     "docs/cartesia.md",
+    "docs/soniox.md",
     "docs/wyoming.md",
     "docs/security.md",
     "docs/browser.md",

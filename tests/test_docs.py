@@ -44,6 +44,7 @@ PROTOCOL_DOCS = {
     "protocols/cartesia.py": "docs/cartesia.md",
     "protocols/cartesia_batch.py": "docs/cartesia.md",
     "protocols/cartesia_turns.py": "docs/cartesia.md",
+    "protocols/soniox.py": "docs/soniox.md",
     "protocols/wyoming.py": "docs/wyoming.md",
     "protocols/wyoming_framing.py": "docs/wyoming.md",
 }
