@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 import websockets
+from aiohttp import WSMessage, WSMsgType
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from multidict import MultiDict
@@ -24,7 +25,7 @@ from wyoming.event import Event, async_read_event, async_write_event
 from satellite_asr.audio import ENCODINGS, MAX_RATE, MIN_RATE
 from satellite_asr.clients.stream_client import stream_file
 from satellite_asr.core import Core
-from satellite_asr.protocols import ProtocolError, assemblyai, cartesia, cartesia_turns, elevenlabs
+from satellite_asr.protocols import ProtocolError, assemblyai, cartesia, cartesia_turns, elevenlabs, soniox
 from satellite_asr.protocols.deepgram import ENCODINGS as DEEPGRAM_ENCODINGS
 from satellite_asr.protocols.deepgram import (
     IGNORED,
@@ -224,6 +225,32 @@ def test_elevenlabs_query_is_accepted_or_refused_naming_a_parameter(pairs: list[
         assert params.decoder().sample_rate == params.sample_rate
 
 
+SONIOX_CONFIG = {"model": "stt-rt-v5", "audio_format": "pcm_s16le", "sample_rate": 16000, "num_channels": 1}
+soniox_configs = st.builds(
+    lambda changes: {**SONIOX_CONFIG, **changes},
+    st.dictionaries(
+        st.sampled_from(sorted(soniox.FIELDS)) | st.text(max_size=8),
+        json_values
+        | st.sampled_from(["en", "pcm_f32le", "mulaw", 8000, 2, True])
+        | st.lists(st.sampled_from(["en", "xx"])),
+        max_size=4,
+    ),
+) | st.dictionaries(st.text(max_size=10), json_values, max_size=4)
+
+
+@settings(max_examples=400, deadline=None)
+@given(soniox_configs | st.builds(lambda context: {**SONIOX_CONFIG, "context": context}, json_values))
+@example({**SONIOX_CONFIG, "context": {"general": {"domain": "home"}, "terms": ["Aoife"]}})
+def test_soniox_config_is_accepted_or_refused_as_invalid_config(config: dict[str, Any]) -> None:
+    message = WSMessage(WSMsgType.TEXT, json.dumps(config), None)
+    try:
+        settings, key = soniox.parse_config(message, CORE)
+    except ProtocolError as error:
+        assert error.code == "invalid_config" and error.message
+    else:
+        assert settings.decoder().sample_rate == settings.sample_rate and key in (None, config.get("api_key"))
+
+
 def header_line(header: dict[str, Any]) -> bytes:
     return json.dumps(header).encode() + b"\n"
 
@@ -348,7 +375,7 @@ LISTEN_TYPES = {"Results", "SpeechStarted", "UtteranceEnd", "Metadata", "Error",
 
 
 async def closed_stream(
-    url: str, frames: list[str | bytes], last: str = '{"type": "CloseStream"}'
+    url: str, frames: list[str | bytes], last: str | bytes = '{"type": "CloseStream"}'
 ) -> tuple[list[dict[str, Any]], int | None]:
     """Sends the frames, then the protocol's end (`last`), as far as the server reads, and reads until
     the Close: the messages, and the close code, which must be one the daemon chooses."""
@@ -508,6 +535,34 @@ async def cartesia_session(url: str, frames: list[str | bytes]) -> None:
         assert len(of_type(messages, "flush_done")) == frames[:ended].count("finalize"), messages
 
 
+soniox_sessions = st.lists(
+    listen_text
+    | listen_binary
+    | st.sampled_from(["finalize", "keepalive", "finish"]).map(lambda kind: json.dumps({"type": kind}))
+    | st.dictionaries(st.sampled_from(["type", "trailing_silence_ms"]), json_values, max_size=2).map(json.dumps),
+    max_size=8,
+)
+SONIOX_ERRORS = {400, 408, 500, 503}
+
+
+async def soniox_session(url: str, config: dict[str, Any], frames: list[str | bytes]) -> None:
+    """Sends the configuration and the frames, then the empty message that ends the audio: every
+    message holds tokens, every error is a documented code and the last message, and the stream ends
+    with `finished` and 1000, or an error and its Close, or (a frame over the size limit) 1009."""
+    messages, close_code = await closed_stream(url, [json.dumps(config), *frames], b"")
+    assert all(isinstance(m["tokens"], list) for m in messages), messages
+    errors = [m for m in messages if "error_code" in m]
+    assert {m["error_code"] for m in errors} <= SONIOX_ERRORS, messages
+    assert not errors or errors == messages[-1:], messages  # an error is the stream's last word
+    if close_code == 1000:
+        assert messages and messages[-1].get("finished") is True, messages
+    else:
+        assert errors or close_code == 1009, (close_code, messages)
+    for message in messages:
+        markers = [t for t in message["tokens"] if t["text"] in ("<end>", "<fin>")]
+        assert all(t["is_final"] for t in markers), message
+
+
 wyoming_events = st.one_of(
     st.builds(
         Event,
@@ -624,6 +679,15 @@ async def test_random_sessions_on_every_streaming_protocol_leave_the_daemon_and_
         def cartesia_fuzz(frames: list[str | bytes]) -> None:
             asyncio.run_coroutine_threadsafe(cartesia_session(cartesia_url, frames), loop).result(60)
 
+        soniox_url = f"ws://127.0.0.1:{daemon.http_port}{soniox.PATH}"
+
+        @settings(max_examples=100, deadline=None)
+        @given(soniox_configs.filter(lambda config: "api_key" not in config), soniox_sessions)
+        @example(SONIOX_CONFIG, ['{"type": "finalize"}', '{"type": "finalize"}'])
+        @example(SONIOX_CONFIG, [b"\x00" * 3201])
+        def soniox_fuzz(config: dict[str, Any], frames: list[str | bytes]) -> None:
+            asyncio.run_coroutine_threadsafe(soniox_session(soniox_url, config, frames), loop).result(60)
+
         @settings(max_examples=150, deadline=None)
         @given(wyoming_sessions)
         def wyoming_fuzz(events: list[Event]) -> None:
@@ -635,6 +699,7 @@ async def test_random_sessions_on_every_streaming_protocol_leave_the_daemon_and_
         await loop.run_in_executor(None, assemblyai_fuzz)
         await loop.run_in_executor(None, elevenlabs_fuzz)
         await loop.run_in_executor(None, cartesia_fuzz)
+        await loop.run_in_executor(None, soniox_fuzz)
         await loop.run_in_executor(None, wyoming_fuzz)
         stop.set()
         await beside
