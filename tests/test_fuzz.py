@@ -241,6 +241,8 @@ soniox_configs = st.builds(
 @settings(max_examples=400, deadline=None)
 @given(soniox_configs | st.builds(lambda context: {**SONIOX_CONFIG, "context": context}, json_values))
 @example({**SONIOX_CONFIG, "context": {"general": {"domain": "home"}, "terms": ["Aoife"]}})
+@example({**SONIOX_CONFIG, "context": {"general": 5}})  # found here: a TypeError, not invalid_config
+@example({**SONIOX_CONFIG, "context": {"text": False, "terms": 0}})
 def test_soniox_config_is_accepted_or_refused_as_invalid_config(config: dict[str, Any]) -> None:
     message = WSMessage(WSMsgType.TEXT, json.dumps(config), None)
     try:

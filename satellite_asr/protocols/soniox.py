@@ -13,7 +13,6 @@ after that utterance's final tokens. An empty message ends the audio: what is st
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -192,29 +191,32 @@ def context_biasing(core: Core, context: object) -> tuple[str, tuple[str, ...]]:
     unknown = sorted(set(context) - CONTEXT_FIELDS)
     if unknown:
         raise ProtocolError("invalid_config", f"context has no field {echoable(unknown[0])!r}")
-    text = context.get("text") or ""
-    if not isinstance(text, str):
+    text, general = context.get("text", ""), context.get("general", [])
+    translation_terms, terms_given = context.get("translation_terms", []), context.get("terms", [])
+    if not isinstance(text, str | None):
         raise ProtocolError("invalid_config", "context.text must be a text")
-    general = context.get("general") or []
-    items = general.items() if isinstance(general, dict) else general
-    pairs = [(item.get("key"), item.get("value")) if isinstance(item, dict) else item for item in items]
-    if not isinstance(items, (list, Mapping)) or not all(pair_of_texts(pair) for pair in pairs):
+    if isinstance(general, dict):
+        general = [{"key": key, "value": value} for key, value in general.items()]
+    if not all_pairs(general, "key", "value"):
         raise ProtocolError("invalid_config", "context.general must be a list of key and value texts")
-    translation_terms = context.get("translation_terms") or []
-    if not isinstance(translation_terms, list) or not all(
-        isinstance(item, dict) and pair_of_texts((item.get("source"), item.get("target"))) for item in translation_terms
-    ):
+    if not all_pairs(translation_terms, "source", "target"):
         raise ProtocolError("invalid_config", "context.translation_terms must be a list of source and target texts")
-    terms_given = context.get("terms") or []
-    if not isinstance(terms_given, list):
+    if not isinstance(terms_given, list | None):
         raise ProtocolError("invalid_config", "context.terms must be a list of texts")
+    text, terms_given = text or "", terms_given or []
     terms = replacing_terms(core, terms_given, "context.terms")
     checked_biasing(core, text, terms, "context", "context.text and context.terms")
     return text, terms
 
 
-def pair_of_texts(pair: object) -> bool:
-    return isinstance(pair, tuple) and len(pair) == 2 and all(isinstance(part, str) for part in pair)
+def all_pairs(items: object, first: str, second: str) -> bool:
+    """Whether `items` is absent (null) or a list of objects whose `first` and `second` are texts."""
+    return items is None or (
+        isinstance(items, list)
+        and all(
+            isinstance(item, dict) and all(isinstance(item.get(key), str) for key in (first, second)) for item in items
+        )
+    )
 
 
 def is_end_of_audio(message: WSMessage) -> bool:
