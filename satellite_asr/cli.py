@@ -214,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
             "assemblyai",
             "elevenlabs",
             "cartesia",
+            "soniox",
             "wyoming",
             "rest",
         ),
@@ -223,13 +224,14 @@ def build_parser() -> argparse.ArgumentParser:
         "assemblyai: /v3/ws clients (AssemblyAI's Universal-Streaming); "
         "elevenlabs: /v1/speech-to-text/realtime clients (ElevenLabs' realtime API); "
         "cartesia: /stt/websocket clients (Cartesia's streaming API); "
+        "soniox: /transcribe-websocket clients (Soniox's real-time API); "
         "wyoming: Home Assistant's flow, one command per round; rest: each client uploads one recording (the "
         "manifest's files --rounds times, with silence) to /v1/audio/transcriptions at once.",
     )
     bench.add_argument(
         "--url",
         help="Benchmark a running server (ws://HOST:PORT/v1/stream, /v1/realtime, /v1/listen, /v2/listen, /v3/ws, "
-        "/v1/speech-to-text/realtime or /stt/websocket, "
+        "/v1/speech-to-text/realtime, /stt/websocket or /transcribe-websocket, "
         "tcp://HOST:PORT for wyoming (any Wyoming STT server works), http://HOST:PORT for rest) instead of "
         "starting one in-process.",
     )
@@ -454,11 +456,11 @@ def _bench(settings: Settings, args: argparse.Namespace) -> int:
     from websockets.exceptions import InvalidHandshake, InvalidStatus
 
     from satellite_asr.clients.rest_bench import UploadRefused
-    from satellite_asr.clients.stream_client import handshake_failure
+    from satellite_asr.clients.stream_client import StreamRefused, handshake_failure
 
     try:
         return _run_bench(settings, args)
-    except (InvalidHandshake, UploadRefused) as exc:
+    except (InvalidHandshake, UploadRefused, StreamRefused) as exc:
         if isinstance(exc, InvalidHandshake):
             status = exc.response.status_code if isinstance(exc, InvalidStatus) else None
             said = handshake_failure(exc)

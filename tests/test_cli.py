@@ -389,6 +389,29 @@ async def test_bench_to_a_daemon_with_an_api_key_says_what_was_refused_and_takes
     assert code == 0 and "WER" in stdout, stderr
 
 
+async def test_bench_over_soniox_says_the_streams_401_and_takes_the_key(tmp_path: Path) -> None:
+    """Soniox's API refuses a missing key in the stream, not at the upgrade: `bench --protocol
+    soniox` reports that error (code and sentence) as the others report a refused upgrade, with the
+    same hint, and with the key measures the file."""
+    manifest = tmp_path / "one.json"
+    manifest.write_text(json.dumps({"weather.wav": EXPECTED["weather.wav"]}))
+    (tmp_path / "weather.wav").symlink_to(FIXTURES / "weather.wav")
+
+    async def bench(url: str, key: str | None = None) -> tuple[int | None, str, str]:
+        flags = ("--protocol", "soniox", "--manifest", str(manifest), "--rounds", "1", "--url", url)
+        return await cli_with_key("bench", *flags, key=key)
+
+    async with running_daemon(api_key="kitchen-key") as daemon:
+        url = f"ws://127.0.0.1:{daemon.http_port}/transcribe-websocket"
+        code, stdout, stderr = await bench(url)
+        assert (code, stdout) == (1, ""), stderr
+        refused = f"satellite-asr: {url}: the daemon ended the stream with error 401: this daemon requires an API key"
+        assert stderr.startswith(refused), stderr
+        assert stderr.endswith("; give the key with --api-key, --api-key-file or SATELLITE_ASR_API_KEY\n"), stderr
+        code, stdout, stderr = await bench(url, key="kitchen-key")
+        assert code == 0 and "WER" in stdout, stderr
+
+
 @pytest.mark.parametrize("url", ["notaurl", "http://127.0.0.1:10301/v1/stream"])
 def test_stream_refuses_a_url_that_is_not_websocket(url: str) -> None:
     result = run_cli("stream", str(FIXTURES / "weather.wav"), "--url", url)

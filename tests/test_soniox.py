@@ -12,6 +12,7 @@ import aiohttp
 import pytest
 import websockets
 
+from satellite_asr.clients.stream_client import handshake_failure
 from satellite_asr.protocols import soniox
 from satellite_asr.server import Daemon
 from tests.doubles import (
@@ -358,3 +359,16 @@ async def test_a_noise_without_words_gets_no_end_token() -> None:
         messages, _ = await stream(url(daemon), config, data + data)
     assert utterances(messages) == [final_text(messages).strip()]
     assert same_words(EXPECTED["lights_on.wav"], utterances(messages))
+
+
+async def test_over_the_connection_cap_the_upgrade_is_refused_in_sonioxs_body() -> None:
+    """The 503 before the upgrade has Soniox's body, which the daemon's own clients (bench) read."""
+    async with (
+        running_daemon(max_websocket_connections=1) as daemon,
+        websockets.connect(url(daemon)),
+    ):
+        with pytest.raises(websockets.InvalidStatus) as refused:
+            await websockets.connect(url(daemon))
+    said = handshake_failure(refused.value)
+    assert said.startswith("the daemon refused the connection with HTTP 503: error: "), said
+    assert "max_websocket_connections" in said, said

@@ -33,7 +33,7 @@ import numpy as np
 
 from satellite_asr.access import load_api_key
 from satellite_asr.audio import SAMPLE_RATE, Audio, to_pcm16
-from satellite_asr.clients.stream_client import FRAME_SECONDS
+from satellite_asr.clients.stream_client import FRAME_SECONDS, StreamRefused
 from satellite_asr.clients.transcribe import OfflineTranscriber
 from satellite_asr.clients.wav import read_wav
 from satellite_asr.config import Settings
@@ -403,20 +403,54 @@ async def _stream_one_cartesia(
     return await _stream_pcm16(query, audio, delay, headers, translate, "done")
 
 
+async def _stream_one_soniox(
+    url: str, audio: Audio, delay: float, config: dict[str, Any], headers: dict[str, str]
+) -> tuple[float, list[Any]]:
+    """The same over Soniox's real-time API: its configuration first (endpoint detection on), the
+    audio as binary messages, the empty message at the end. Tokens come back in the WebSocket shapes
+    `_timings` reads: non-final ones as a `partial` of the utterance whose `<end>` comes next (the API
+    names no utterance), the final ones up to an `<end>` (with text) as its `final`; a message that
+    holds both counts as the final (the next utterance's partial is timed from its next message). An error is the
+    stream's refusal (`StreamRefused`): Soniox refuses in the stream, a missing key too."""
+    utterance, said = 0, ""
+
+    def translate(message: dict[str, Any]) -> dict[str, Any] | None:
+        nonlocal utterance, said
+        if "error_code" in message:
+            code = message["error_code"]
+            raise StreamRefused(f"the daemon ended the stream with error {code}: {message['error_message']}", code)
+        translated = None
+        for token in message["tokens"]:
+            if not token["is_final"]:
+                translated = translated or {"type": "partial", "utterance_id": utterance}
+            elif token["text"] == "<end>":
+                ended, utterance, text, said = utterance, utterance + 1, said.strip(), ""
+                translated = {"type": "final", "utterance_id": ended, "text": text} if text else None
+            else:
+                said += token["text"]
+        return translated
+
+    settings = {"model": "stt-rt-v5", "audio_format": "pcm_s16le", "sample_rate": SAMPLE_RATE, "num_channels": 1}
+    opening = json.dumps({**settings, "enable_endpoint_detection": True})
+    return await _stream_pcm16(url, audio, delay, headers, translate, b"", first=opening)
+
+
 async def _stream_pcm16(
     url: str,
     audio: Audio,
     delay: float,
     headers: dict[str, str],
     translate: Callable[[dict[str, Any]], dict[str, Any] | None],
-    end: str,
+    end: str | bytes,
     frame: Callable[[bytes], str | bytes] = bytes,
     finals: int | None = None,
+    first: str | None = None,
 ) -> tuple[float, list[Any]]:
-    """16 kHz 16-bit PCM at real-time pace to one of the hosted APIs (`url` with its query), each
-    100 ms as `frame` makes it a message, then its `end` message; each message the server sends as
-    `translate` makes it (None: left out), until the server closes, or with `finals` until that
-    many finals came (or 10 s after `end`)."""
+    """16 kHz 16-bit PCM at real-time pace to one of the hosted APIs (`url` with its query), after
+    its `first` message if it takes its settings there (Soniox's), each 100 ms as `frame` makes it a
+    message, then its `end` message; each message the server sends as `translate` makes it (None:
+    left out), until the server closes, or with `finals` until that many finals came (or 10 s after
+    `end`)."""
     import websockets
 
     await asyncio.sleep(delay)
@@ -434,12 +468,17 @@ async def _stream_pcm16(
                     if finals is not None and sum(m["type"] == "final" for _, m in received) >= finals:
                         all_final.set()
 
+        if first is not None:
+            await ws.send(first)
         receiver = asyncio.create_task(receive())
         origin = time.monotonic()
         for index, offset in enumerate(range(0, len(pcm), step)):
             await asyncio.sleep(max(0.0, origin + (index + 1) * FRAME_SECONDS - time.monotonic()))
+            if receiver.done():  # the server ended the stream (a refusal): its reason is the receiver's
+                break
             await ws.send(frame(pcm[offset : offset + step]))
-        await ws.send(end)
+        else:
+            await ws.send(end)
         if finals is None:
             await receiver
         else:
@@ -458,6 +497,7 @@ PROTOCOLS: dict[str, tuple[str, Streamer]] = {
     "assemblyai": ("/v3/ws", _stream_one_assemblyai),
     "elevenlabs": ("/v1/speech-to-text/realtime", _stream_one_elevenlabs),
     "cartesia": ("/stt/websocket", _stream_one_cartesia),
+    "soniox": ("/transcribe-websocket", _stream_one_soniox),
 }
 """Protocol name -> (path on the daemon, client that streams one file)."""
 

@@ -50,8 +50,8 @@ def refusal(status: int, body: bytes | bytearray | None, what: str = "connection
     """What a refused upgrade (or `what` else) says: the status, and the daemon's error code and
     sentence when its body has them (`{"type": "error", ...}`, OpenAI's `{"error": {...}}`,
     Deepgram's `{"err_code": ..., "err_msg": ...}`, AssemblyAI's `{"error": "...", "code": ...}`,
-    ElevenLabs' `{"detail": {"status": ..., "message": ...}}` or Cartesia's `{"error_code": ...,
-    "message": ...}`)."""
+    ElevenLabs' `{"detail": {"status": ..., "message": ...}}`, Cartesia's `{"error_code": ...,
+    "message": ...}` or Soniox's `{"error_code": ..., "error_message": ...}`, whose code is the status)."""
     try:
         error = json.loads(body or b"")
     except ValueError:
@@ -62,6 +62,8 @@ def refusal(status: int, body: bytes | bytearray | None, what: str = "connection
         error = {"code": error.get("err_code"), "message": error["err_msg"]}
     if isinstance(error, dict) and isinstance(error.get("error"), str):
         error = {"code": error.get("code"), "message": error["error"]}
+    if isinstance(error, dict) and isinstance(error.get("error_message"), str):
+        error = {"message": error["error_message"]}
     if isinstance(error, dict) and isinstance(error.get("detail"), dict):
         error = {"code": error["detail"].get("status"), "message": error["detail"].get("message")}
     if isinstance(error, dict) and "error_code" in error:
