@@ -445,7 +445,9 @@ class StreamingApiHandler:
                             break
                 if ws.exception() is not None:
                     log.info("%s websocket closed with error: %s", self.api.protocol, ws.exception())
-            except TimeoutError:  # no settings came in time
+            except TimeoutError:
+                if connection.params is not None:  # not the wait for the settings
+                    raise
                 await connection.error("config_timeout", f"no configuration came within {self.config_wait_s:g} s")
             except ProtocolError as exc:  # fatal: no session could be opened
                 await connection.error(exc.code, exc.message, fatal=True)
