@@ -372,3 +372,13 @@ async def test_over_the_connection_cap_the_upgrade_is_refused_in_sonioxs_body() 
     said = handshake_failure(refused.value)
     assert said.startswith("the daemon refused the connection with HTTP 503: error: "), said
     assert "max_websocket_connections" in said, said
+
+
+async def test_a_message_over_the_size_limit_closes_with_1009() -> None:
+    async with running_daemon() as daemon, websockets.connect(url(daemon), max_size=None) as ws:
+        await ws.send(json.dumps(CONFIG))
+        await ws.send(bytes((1 << 20) + 2))
+        with pytest.raises(websockets.ConnectionClosed):
+            while True:
+                await ws.recv()
+    assert ws.close_code == 1009
