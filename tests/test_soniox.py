@@ -305,10 +305,13 @@ async def test_no_configuration_in_time_is_a_408() -> None:
 
 
 async def test_the_idle_timeout_is_a_408_after_the_finals() -> None:
+    """The server's own end of the stream, as on the other APIs not in the error metric."""
     async with running_daemon(idle_timeout_s=1) as daemon, websockets.connect(url(daemon)) as ws:
+        errors = daemon.core.metrics.errors.labels("idle_timeout")
         await ws.send(json.dumps(CONFIG))
         await ws.send(audio("lights_on.wav"))
         messages = [json.loads(message) async for message in ws]
+        assert errors._value.get() == 0
     assert same_words(EXPECTED["lights_on.wav"], [final_text(messages)])
     assert messages[-1]["error_code"] == 408 and "idle_timeout_s" in messages[-1]["error_message"]
     assert ws.close_code == 1001
