@@ -21,7 +21,19 @@ from tests.doubles import (
     FirstFinalGatedEngineDouble,
     FirstUtteranceIsNoiseEngineDouble,
 )
-from tests.helpers import EXPECTED, PCM_FRAME_BYTES, fixture_16k, normalise, pcm16, running_daemon, same_words
+from tests.helpers import (
+    BINARY_OPCODE,
+    EXPECTED,
+    PCM_FRAME_BYTES,
+    client_frame,
+    fixture_16k,
+    normalise,
+    pcm16,
+    read_server_frames_until_close,
+    running_daemon,
+    same_words,
+    websocket_upgrade,
+)
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -296,12 +308,44 @@ async def test_shutdown_closes_a_stream_still_awaiting_its_configuration() -> No
     assert [m["error_code"] for m in messages] == [503] and ws.close_code == 1001
 
 
-async def test_no_configuration_in_time_is_a_408() -> None:
-    async with running_daemon(idle_timeout_s=1) as daemon, websockets.connect(url(daemon)) as ws:
+async def test_no_configuration_within_the_first_message_timeout_is_a_408_and_1008() -> None:
+    """`first_message_timeout_s`, as on `/v1/stream`: its error (`timeout`, here in Soniox's shape)
+    and its Close; the idle timeout has nothing to do with it."""
+    async with (
+        running_daemon(first_message_timeout_s=1.0, idle_timeout_s=600) as daemon,
+        websockets.connect(url(daemon)) as ws,
+    ):
+        errors = daemon.core.metrics.errors.labels("timeout")
         error = json.loads(await ws.recv())
         with pytest.raises(websockets.ConnectionClosed):
             await ws.recv()
-    assert error["error_code"] == 408 and "no configuration" in error["error_message"]
+        counted = errors._value.get()
+    assert error == {
+        "tokens": [],
+        "error_code": 408,
+        "error_message": "no configuration within 1 s of connecting (first_message_timeout_s)",
+    }
+    assert ws.close_code == 1008 and counted == 1
+
+
+async def test_a_configuration_arriving_at_the_first_message_timeout_gets_as_long_again() -> None:
+    """A configuration still arriving when the time is up (a slow link) is taken, as `/v1/stream`'s
+    first message is: the client has not been idle."""
+    async with running_daemon(first_message_timeout_s=2.0) as daemon:
+        reader, writer = await asyncio.open_connection("127.0.0.1", daemon.http_port)
+        await websocket_upgrade(reader, writer, daemon.http_port, soniox.PATH)
+        frame = client_frame(json.dumps({**CONFIG, "client_reference_id": "x" * 200}).encode())
+        writer.write(frame[:100])
+        async with websockets.connect(url(daemon)) as idle:  # closed once the time is up
+            with pytest.raises(websockets.ConnectionClosed):
+                while True:
+                    await idle.recv()
+        writer.write(frame[100:] + client_frame(b"", opcode=BINARY_OPCODE))
+        frames = await read_server_frames_until_close(reader)
+        writer.close()
+    assert idle.close_code == 1008
+    assert json.loads(frames[0][1])["finished"] is True, frames
+    assert frames[-1][1][:2] == (1000).to_bytes(2, "big"), frames
 
 
 async def test_the_idle_timeout_is_a_408_after_the_finals() -> None:

@@ -532,6 +532,38 @@ MESSAGE_OVERHEAD_BYTES = 256
 a flood of tiny messages (errors for a client that does not read them) stays within the limit too."""
 
 
+class FirstMessageWait:
+    """`first_message_timeout_s` for a WebSocket holding no session yet. A message still arriving
+    when the time is up (a big frame on a slow link, a busy machine) gets as long again, once: the
+    client has not been idle, and closing it as it sends would reset the connection, losing the Close."""
+
+    def __init__(self, reading: ReadAhead, timeout_s: float) -> None:
+        self._reading = reading
+        self._timeout_s = timeout_s
+        self._opened = time.monotonic()
+        self._deadline = self._opened + timeout_s
+        self._extended = False
+
+    async def receive(self) -> WSMessage | None:
+        """The next message; None once the time is up."""
+        while True:
+            try:
+                async with asyncio.timeout(max(0.0, self._deadline - time.monotonic())):
+                    return await self._reading.receive()
+            except TimeoutError:
+                if self._extended or not self._reading.arriving():
+                    return None
+                self._extended = True
+                self._deadline += self._timeout_s
+
+    def expired(self, awaited: str) -> str:
+        """The sentence of the error once the time is up: nothing `awaited` came."""
+        setting = "first_message_timeout_s"
+        if self._extended:
+            setting = f"twice {setting}: a message was arriving"
+        return f"no {awaited} within {self._deadline - self._opened:g} s of connecting ({setting})"
+
+
 def _size(message: WSMessage) -> int:
     """As Python holds it: a text with one character beyond the BMP takes 4 bytes a character."""
     return MESSAGE_OVERHEAD_BYTES + sys.getsizeof(message.data)

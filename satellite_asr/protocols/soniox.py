@@ -47,7 +47,7 @@ END, FINALIZED = "<end>", "<fin>"
 STATUS = {
     "missing_api_key": 401,
     "invalid_api_key": 401,
-    "config_timeout": 408,
+    "timeout": 408,
     "idle_timeout": 408,
     "engine_error": 500,
     "server_busy": 503,
@@ -61,8 +61,8 @@ CLOSE_BY_STATUS = {
     503: WSCloseCode.TRY_AGAIN_LATER,
 }
 """The Close after an error, by its `error_code` (500: the server's fault, 1011)."""
-CLOSE_CODES = {"shutdown": WSCloseCode.GOING_AWAY}
-"""The Close after these errors, whatever their `error_code`."""
+CLOSE_CODES = {"shutdown": WSCloseCode.GOING_AWAY, "timeout": WSCloseCode.POLICY_VIOLATION}
+"""The Close after these errors, whatever their `error_code`: `timeout`'s as on `/v1/stream`."""
 BOOLEANS = {
     "language_hints_strict",
     "enable_language_identification",

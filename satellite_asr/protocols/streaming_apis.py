@@ -30,6 +30,7 @@ from satellite_asr.events import FinalTranscript, SessionEvent
 from satellite_asr.limits import ConnectionLimit, TooManyConnections, write_within
 from satellite_asr.protocols import (
     WEBSOCKET_ENDS,
+    FirstMessageWait,
     PcmInput,
     ProtocolError,
     ReadAhead,
@@ -48,9 +49,6 @@ log = logging.getLogger(__name__)
 MAX_MESSAGE_BYTES = 1 << 20
 """Largest client message, as on `/v1/stream`: these APIs' clients send 20-250 ms of audio at a time."""
 BOOLEAN_VALUES = {"true": True, "false": False}
-CONFIG_WAIT_S = 10.0
-"""How long a stream whose settings come in its first message waits for them (or `idle_timeout_s`,
-if shorter): clients send them right after the upgrade."""
 MAX_DIGITS = 12
 """Most digits of a whole-number parameter (zeros in front included): `int` refuses over 4300."""
 
@@ -369,7 +367,6 @@ class StreamingApiHandler:
         self.awaiting: set[StreamingConnection] = set()
         """Connections whose settings, due in their first message, have not come: they have no session
         for the idle timeout or shutdown to end (`close_awaiting`)."""
-        self.config_wait_s = min(CONFIG_WAIT_S, settings.idle_timeout_s)
 
     async def close_awaiting(self, reason: str) -> None:
         """Shutdown: the connections still awaiting their settings are closed as the server closes a stream."""
@@ -394,6 +391,27 @@ class StreamingApiHandler:
             self.core.metrics.errors.labels("too_many_connections").inc()
             return error_response(self.api.path, 503, "too_many_connections", str(exc), {"Retry-After": "5"})
 
+    async def _read_settings(self, connection: StreamingConnection, reading: ReadAhead) -> None:
+        """The stream's settings, its first message, within `first_message_timeout_s` (the connection
+        holds a slot meanwhile); else the API's error and the Close, and `connection.finished`."""
+        waiting = FirstMessageWait(reading, self.core.settings.first_message_timeout_s)
+        try:
+            message = await waiting.receive()
+            if message is None:
+                connection.finished = True
+                await connection.error("timeout", waiting.expired("configuration"))
+            elif message.type in WEBSOCKET_ENDS:
+                connection.finished = True
+            else:
+                await connection.read_settings(message)
+        except ProtocolError as exc:
+            if exc.fatal:
+                raise
+            connection.finished = True
+            await connection.error(exc.code, exc.message)
+        finally:
+            self.awaiting.discard(connection)
+
     async def _serve(
         self, request: web.Request, ws: web.WebSocketResponse, params: StreamParams | None
     ) -> web.StreamResponse:
@@ -409,24 +427,13 @@ class StreamingApiHandler:
                     await connection.opened()
                 else:
                     self.awaiting.add(connection)
-                async with reading as messages, asyncio.timeout(None) as waiting:
-                    if params is None:  # the settings must come soon: the connection holds a slot meanwhile
-                        waiting.reschedule(asyncio.get_running_loop().time() + self.config_wait_s)
+                async with reading as messages:
+                    if params is None:
+                        await self._read_settings(connection, reading)
                     async for message in messages:
-                        if message.type in WEBSOCKET_ENDS:
+                        if message.type in WEBSOCKET_ENDS or connection.finished:
                             break
-                        if connection.input is None:  # the stream's settings
-                            try:
-                                await connection.read_settings(message)
-                            except ProtocolError as exc:
-                                if exc.fatal:
-                                    raise
-                                await connection.error(exc.code, exc.message)
-                                break
-                            finally:
-                                self.awaiting.discard(connection)
-                            waiting.reschedule(None)
-                            continue
+                        assert connection.input is not None
                         session = connection.input.session
                         if session.closed:  # the server ends it (idle timeout, shutdown): its finals, then Close
                             await self.core.sessions.release(session, "closed by the server", finalize=True)
@@ -445,10 +452,6 @@ class StreamingApiHandler:
                             break
                 if ws.exception() is not None:
                     log.info("%s websocket closed with error: %s", self.api.protocol, ws.exception())
-            except TimeoutError:
-                if connection.params is not None:  # not the wait for the settings
-                    raise
-                await connection.error("config_timeout", f"no configuration came within {self.config_wait_s:g} s")
             except ProtocolError as exc:  # fatal: no session could be opened
                 await connection.error(exc.code, exc.message, fatal=True)
                 await connection.close(WSCloseCode.TRY_AGAIN_LATER, exc.code)

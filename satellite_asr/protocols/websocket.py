@@ -23,6 +23,7 @@ from satellite_asr.events import FinalTranscript, PartialTranscript, SessionErro
 from satellite_asr.limits import ConnectionLimit, TooManyConnections, write_within
 from satellite_asr.protocols import (
     WEBSOCKET_ENDS,
+    FirstMessageWait,
     PcmInput,
     ProtocolError,
     ReadAhead,
@@ -348,32 +349,15 @@ class WebSocketHandler:
         connection = _Connection(ws, self.core, request, reading)
         self.open.add(connection)
         reason = "disconnect"
-        first_message_timeout = self.core.settings.first_message_timeout_s
-        # Until a session opens; messages that open none (flush, bad JSON) do not push it back. A client
-        # whose first message is still arriving then (a big frame, a busy machine) gets as long again, once:
-        # it has not been idle, and closing it as it sends would reset the connection, losing the Close.
-        opened = time.monotonic()
-        deadline = opened + first_message_timeout
-        extended = False
+        # Until a session opens; messages that open none (flush, bad JSON) do not push it back.
+        waiting = FirstMessageWait(reading, self.core.settings.first_message_timeout_s)
         try:
             async with reading as messages:
                 while True:
-                    try:
-                        left = None if connection.input is not None else max(0.0, deadline - time.monotonic())
-                        async with asyncio.timeout(left):
-                            message = await messages.receive()
-                    except TimeoutError:
-                        if not extended and reading.arriving():
-                            extended = True
-                            deadline += first_message_timeout
-                            continue
+                    message = await (messages.receive() if connection.input is not None else waiting.receive())
+                    if message is None:
                         reason = "timeout"
-                        setting = (
-                            "twice first_message_timeout_s: a message was arriving"
-                            if extended
-                            else "first_message_timeout_s"
-                        )
-                        await self._close_idle(connection, deadline - opened, setting)
+                        await self._close_idle(connection, waiting.expired("config or audio"))
                         break
                     if message.type in WEBSOCKET_ENDS:
                         break
@@ -407,8 +391,7 @@ class WebSocketHandler:
         return ws
 
     @staticmethod
-    async def _close_idle(connection: _Connection, seconds: float, setting: str) -> None:
-        message = f"no config or audio within {seconds:g} s of connecting ({setting})"
+    async def _close_idle(connection: _Connection, message: str) -> None:
         try:
             await connection.error("timeout", message)
             await connection.close(WSCloseCode.POLICY_VIOLATION, "timeout")
