@@ -52,7 +52,7 @@ def audio(name: str = "three_commands.wav") -> bytes:
 
 async def stream(
     target: str,
-    config: dict[str, Any] | str,
+    config: dict[str, Any] | str | bytes,
     data: bytes = b"",
     *after: str | bytes,
     headers: dict[str, str] | None = None,
@@ -69,7 +69,7 @@ async def stream(
                     received.append(json.loads(message))
 
         reader = asyncio.create_task(read())
-        await ws.send(config if isinstance(config, str) else json.dumps(config))
+        await ws.send(config if isinstance(config, str | bytes) else json.dumps(config))
         for offset in range(0, len(data), PCM_FRAME_BYTES):
             await ws.send(data[offset : offset + PCM_FRAME_BYTES])
             if paced:
@@ -255,6 +255,19 @@ async def test_the_key_in_the_bearer_header_or_in_the_configuration() -> None:
     assert "requires an API key" in refusal["error_message"]
     for refused in (wrong, both):
         assert refused == [{"tokens": [], "error_code": 401, "error_message": "the API key is not valid"}]
+
+
+async def test_without_the_key_a_configuration_is_refused_for_the_key_not_checked() -> None:
+    """A client without the key learns nothing of the server from its configuration's refusal (which
+    languages the engine has, its limits): the key is checked first, whatever else the message is."""
+    async with running_daemon(api_key="sx-key") as daemon:
+        bad_language, _ = await stream(url(daemon), {**CONFIG, "language_hints": ["xx"]})
+        not_json, _ = await stream(url(daemon), "{")
+        audio_first, _ = await stream(url(daemon), b"\x00\x00")
+        wrong, _ = await stream(url(daemon), {**CONFIG, "api_key": "nope", "audio_format": "auto"})
+    for refused in (bad_language, not_json, audio_first):
+        assert [(m["error_code"], "requires an API key" in m["error_message"]) for m in refused] == [(401, True)]
+    assert wrong == [{"tokens": [], "error_code": 401, "error_message": "the API key is not valid"}]
 
 
 async def test_a_query_parameter_is_refused() -> None:

@@ -111,8 +111,15 @@ def parse_query(query: MultiMapping[str], core: Core) -> StreamParams | None:
     return None
 
 
-def parse_config(message: WSMessage, core: Core) -> tuple[SonioxConfig, str | None]:
-    """The stream's settings and the key the message carries, or `ProtocolError` `invalid_config`."""
+def in_band_key(message: WSMessage) -> str | None:
+    """The key a first message carries in its `api_key`, if it is a JSON object with one."""
+    config = json_object(message.data) if message.type == WSMsgType.TEXT else None
+    key = config.get("api_key") if isinstance(config, dict) else None
+    return key if isinstance(key, str) else None
+
+
+def parse_config(message: WSMessage, core: Core) -> SonioxConfig:
+    """The stream's settings, or `ProtocolError` `invalid_config`."""
     if message.type != WSMsgType.TEXT:
         raise ProtocolError("invalid_config", "the first message must be the JSON configuration, not audio")
     config = json_object(message.data)
@@ -159,7 +166,7 @@ def parse_config(message: WSMessage, core: Core) -> tuple[SonioxConfig, str | No
         raise ProtocolError("invalid_config", exc.message) from None
     identify = given.get("enable_language_identification", False)
     language = next(iter(languages)) if len(languages) == 1 else None
-    settings = SonioxConfig(
+    return SonioxConfig(
         encoding=encoding,
         sample_rate=rate,
         channels=channels,
@@ -169,7 +176,6 @@ def parse_config(message: WSMessage, core: Core) -> tuple[SonioxConfig, str | No
         context=text,
         terms=terms,
     )
-    return settings, given.get("api_key")
 
 
 def number_within(value: object, low: float, high: float, whole: bool) -> bool:
@@ -257,12 +263,12 @@ class SonioxConnection(StreamingConnection):
         self.failed = False
 
     async def read_settings(self, message: WSMessage) -> None:
-        """The configuration, then the key (the connection's, or the configuration's), then the session."""
-        config, key = parse_config(message, self.core)
-        refusal = check_key(self.request, key)
+        """The key (the connection's, or the configuration's) first, so that a client without it learns
+        nothing of the server from its configuration's refusal; then the configuration and the session."""
+        refusal = check_key(self.request, in_band_key(message))
         if refusal is not None:
             raise ProtocolError(refusal[1], refusal[2])
-        self.config = self.params = config
+        self.config = self.params = parse_config(message, self.core)
         self.open_session()
 
     async def opened(self) -> None:
