@@ -212,7 +212,7 @@ async def test_audio_before_the_configuration_is_refused() -> None:
 @pytest.mark.parametrize(
     ("message", "fragment"),
     [
-        (json.dumps(CONFIG), "unknown type"),
+        (json.dumps(CONFIG), "the message has no type; expected finalize or keepalive"),
         (json.dumps({"type": "commit"}), "'commit'"),
         ("[1]", "JSON object"),
         (b"\x00\x01\x02", "bytes"),

@@ -273,10 +273,10 @@ class StreamingConnection(abc.ABC):
         if control is None:
             *others, last = controls
             expected = f"{', '.join(others)} or {last}" if others else last
-            raise ProtocolError(
-                self.invalid_message,
-                f"unknown {self.type_field} {echoable(str(kind))!r}; expected {expected}",
-            )
+            problem = f"unknown {self.type_field} {echoable(str(kind))!r}"
+            if kind is None:  # a second configuration, say: "unknown type 'None'" told nothing
+                problem = f"the message has no {self.type_field}"
+            raise ProtocolError(self.invalid_message, f"{problem}; expected {expected}")
         await control(message)
 
     @abc.abstractmethod
