@@ -424,7 +424,7 @@ async def refuse_parameters(
     core: Core, request: web.Request, ws: web.WebSocketResponse, exc: ParameterError
 ) -> web.StreamResponse:
     """A query parameter (Soniox's URL takes none) is refused after the upgrade, as every Soniox error is."""
-    error = soniox_error(400, f"{exc.parameter}: {exc}")
+    error = {"tokens": [], **soniox_error(400, f"{exc.parameter}: {exc}")}  # Pipecat reads `tokens` first
     return await refuse_in_band(core, request, ws, error, WSCloseCode.POLICY_VIOLATION, is_end_of_audio)
 
 
