@@ -209,7 +209,7 @@ async def test_an_engine_failure_is_an_error_counted_once_and_the_stream_goes_on
         messages, code = await stream(stt_url(daemon, QUERY + "&keyterm=crash"), audio("lights_on.wav"))
         counted = errors._value.get() - before
     [failure] = of_type(messages, "error")
-    assert counted == 1 and failure["status_code"] == 500 and not failure["done"]
+    assert counted == 1 and failure["status_code"] == 422 and not failure["done"]
     assert code == 1000 and messages[-1]["type"] == "done"
 
 

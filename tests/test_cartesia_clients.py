@@ -44,7 +44,7 @@ from satellite_asr.audio import SAMPLE_RATE
 from satellite_asr.engines.base import Engine
 from satellite_asr.server import Daemon
 from tests.certificates import self_signed
-from tests.doubles import ContextRecordingEngineDouble
+from tests.doubles import ContextRecordingEngineDouble, CrashingEngineDouble
 from tests.helpers import EXPECTED, fixture_16k, pcm16, running_daemon, same_words
 from tests.test_pipecat import running_pipeline, speak
 
@@ -414,6 +414,36 @@ async def test_livekit_stream_with_its_default_model_gets_a_speech_per_turn(capl
     assert livekit_log(caplog) == []
     assert re.fullmatch(r"(Si+FE){3}", events.turns()), events.turns()
     assert same_words(EXPECTED[FIXTURE], [final.text for final in events.finals()])
+
+
+async def test_livekit_turns_stream_reads_past_an_engine_failure_and_keeps_each_turn(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Every final decode fails (the keyterm `crash` makes the engine double raise): each failure is
+    an error event LiveKit logs and reads past, and each turn still ends with the text its partials
+    were sure of; an error of 500 or more would have made LiveKit drop the connection (no retries
+    here: the stream fails) and lose the turns in flight."""
+    caplog.set_level(logging.WARNING, logger="livekit.plugins.cartesia")
+    audio = pcm16(fixture_16k(FIXTURE), SAMPLE_RATE)
+    step = int(FRAME_S * SAMPLE_RATE) * 2
+    async with running_daemon(CrashingEngineDouble(), api_key=KEY) as daemon, aiohttp.ClientSession() as http:
+        base_url = f"http://127.0.0.1:{daemon.http_port}"
+        stt = lk_cartesia.STT(base_url=base_url, api_key=KEY, http_session=http, keyterm=["crash"])
+        stream = stt.stream(conn_options=APIConnectOptions(max_retry=0, timeout=10))
+        events = LiveKitEvents(stream)
+        try:
+            for offset in range(0, len(audio), step):
+                data = audio[offset : offset + step]
+                stream.push_frame(rtc.AudioFrame(data, SAMPLE_RATE, 1, len(data) // 2))
+                await asyncio.sleep(FRAME_S)
+            stream.end_input()
+            async with asyncio.timeout(60):
+                await events.reading
+        finally:
+            await stream.aclose()
+            await stt.aclose()
+    assert re.fullmatch(r"(Si+FE){3}", events.turns()), events.turns()
+    assert sum("cartesia sent an error" in line for line in livekit_log(caplog)) == 3, livekit_log(caplog)
 
 
 async def test_pipecat_turns_service_gets_a_transcript_per_turn() -> None:

@@ -57,11 +57,14 @@ END_COMMANDS = ("close", "done")
 STATUS = {
     "invalid_message": 400,
     "invalid_audio": 400,
+    "engine_error": 422,
     "server_busy": 503,
     "idle_timeout": 408,
     "shutdown": 503,
 }
-"""The HTTP-like `status_code` of each error the daemon sends (500 for an engine's failure)."""
+"""The HTTP-like `status_code` of each error the daemon sends (500 for any other). An engine's failure
+to decode one utterance is under 500: LiveKit's streams drop the connection on 500 or more, losing
+that utterance's final, which follows, and the audio in flight; the stream goes on."""
 
 
 def error_event(code: str, message: str, request_id: str, *, done: bool) -> dict[str, Any]:
