@@ -461,3 +461,16 @@ async def test_pipecat_turns_service_gets_a_transcript_per_turn() -> None:
     assert same_words(EXPECTED[FIXTURE], frames.finals)
     assert frames.interims, "turn updates reach Pipecat as interim transcripts"
     assert engine.names and all(names[:1] == ("Aoife Calloway",) for names in engine.names), engine.names
+
+
+async def test_pipecat_turns_service_reports_the_sentence_of_a_refused_setting() -> None:
+    """A turn setting out of Cartesia's range (Pipecat does not check it): the daemon's sentence
+    naming it reaches the pipeline's error, as Cartesia's in-band refusal does; an HTTP refusal
+    would show Pipecat's "HTTP 400" alone."""
+    settings = CartesiaTurnsSTTService.Settings(turn_end_timeout_ms=100)
+    async with running_daemon(api_key=KEY) as daemon:
+        url = f"ws://127.0.0.1:{daemon.http_port}/stt/turns/websocket"
+        stt = CartesiaTurnsSTTService(api_key=KEY, url=url, settings=settings)
+        async with running_pipeline(stt) as (_worker, frames):
+            await frames.wait_for(errors=1)
+    assert "turn_end_timeout_ms must be a number from 640" in frames.errors[0], frames.errors

@@ -90,14 +90,16 @@ async def test_config_is_checked_and_bad_messages_are_errors_and_the_stream_goes
         (QUERY + "&min_volume=0.1", "min_volume"),  # the streaming API's, not this one's
     ],
 )
-async def test_a_bad_parameter_is_refused_before_the_upgrade_in_cartesias_body(query: str, parameter: str) -> None:
-    async with running_daemon() as daemon:
-        with pytest.raises(websockets.InvalidStatus) as refused:
-            async with websockets.connect(turns_url(daemon, query)):
-                pass
-    body = json.loads(refused.value.response.body)
-    assert refused.value.response.status_code == 400 and body["error_code"] == "invalid_query_parameter"
-    assert body["message"].startswith(f"{parameter}: "), body
+async def test_a_bad_parameter_is_refused_in_place_of_connected_then_the_close(query: str, parameter: str) -> None:
+    """As Cartesia's turns API refuses a setting: after the upgrade, an error event naming it, then 1008."""
+    async with running_daemon() as daemon, websockets.connect(turns_url(daemon, query)) as ws:
+        error = json.loads(await ws.recv())
+        with pytest.raises(websockets.ConnectionClosedError):
+            await ws.recv()
+        code = ws.close_code
+    assert error["type"] == "error" and error["error_code"] == "invalid_query_parameter", error
+    assert error["status_code"] == error["code"] == 400 and error["done"] and code == 1008
+    assert error["message"].startswith(f"{parameter}: "), error
 
 
 async def test_keyterms_reach_the_engine() -> None:

@@ -55,6 +55,7 @@ REFUSED_WHEN_GIVEN = {
 END_COMMANDS = ("close", "done")
 """What ends the stream: `close` as Cartesia's SDK sends it, `done` as Pipecat and Cartesia's docs do."""
 STATUS = {
+    "invalid_query_parameter": 400,
     "invalid_message": 400,
     "invalid_audio": 400,
     "engine_error": 422,

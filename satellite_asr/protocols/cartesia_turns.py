@@ -1,9 +1,10 @@
 """Cartesia's turn-detecting speech-to-text API at `/stt/turns/websocket` (docs/cartesia.md; the
 SDK's `auto_finalize`, LiveKit's stream for `ink-2`): wire messages <-> `Session` calls.
 
-The query is checked as on `/stt/websocket` (`cartesia.checked_query`), before the upgrade.
-`connected` comes first; each turn is a `turn.start` once its first words are transcribed, a
-`turn.update` with the turn's text so far for each newer partial, and `turn.end` with its final.
+The query is checked as on `/stt/websocket` (`cartesia.checked_query`); a bad one is refused after
+the upgrade, in place of `connected`, as Cartesia does. `connected` comes first; each turn is a
+`turn.start` once its first words are transcribed, a `turn.update` with the turn's text so far for
+each newer partial, and `turn.end` with its final.
 The daemon's turn detection ends a turn (Cartesia's `turn_*` thresholds are checked and not
 applied), so there is no `turn.eager_end` nor `turn.resume`. The commands are JSON: `close` ends
 the stream once its finals are sent, `config` changes thresholds, which are checked and not applied.
@@ -11,16 +12,24 @@ the stream once its finals are sent, `config` changes thresholds, which are chec
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
-from aiohttp import WSMessage, web
+from aiohttp import WSCloseCode, WSMessage, web
 from multidict import MultiMapping
 
 from satellite_asr.core import Core
 from satellite_asr.events import FinalTranscript, PartialTranscript, SessionError, SessionEvent, SpeechStarted
 from satellite_asr.protocols import ProtocolError, ReadAhead
-from satellite_asr.protocols.cartesia import CartesiaErrors, StreamingParams, checked_query, refuse_parameters
-from satellite_asr.protocols.streaming_apis import Api, Control, StreamParams, is_control
+from satellite_asr.protocols.cartesia import CartesiaErrors, StreamingParams, checked_query, error_event
+from satellite_asr.protocols.streaming_apis import (
+    Api,
+    Control,
+    ParameterError,
+    StreamParams,
+    is_control,
+    refuse_in_band,
+)
 
 PATH = "/stt/turns/websocket"
 PROTOCOL = "cartesia-turns"
@@ -114,6 +123,16 @@ class TurnsConnection(CartesiaErrors):
             if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
                 problem = f"config's turn.{name} must be a number from {low:g} to {high:g}, got {value!r}"
                 raise ProtocolError(self.invalid_message, problem)
+
+
+async def refuse_parameters(
+    core: Core, request: web.Request, ws: web.WebSocketResponse, exc: ParameterError
+) -> web.StreamResponse:
+    """A bad query is refused after the upgrade, as Cartesia's turns API does: an `error` naming the
+    parameter in place of `connected`, then the Close. Pipecat's turns service reports its sentence
+    (an HTTP 400 it reports as "HTTP 400" alone)."""
+    error = error_event("invalid_query_parameter", f"{exc.parameter}: {exc}", str(uuid.uuid4()), done=True)
+    return await refuse_in_band(core, request, ws, error, WSCloseCode.POLICY_VIOLATION, is_close)
 
 
 TURNS = Api(
