@@ -67,6 +67,8 @@ async def test_config_is_checked_and_bad_messages_are_errors_and_the_stream_goes
         json.dumps({"type": "config", "turn": {"eager": 0.5}}),
         json.dumps({"type": "config", "turn": {"end_timeout_ms": "soon"}}),
         json.dumps({"type": "config", "vad": {}}),
+        json.dumps({"type": "config", "turn": []}),
+        json.dumps({"type": "config", "turn": 0}),
         json.dumps({"type": "finalize"}),
         "close",
     ]
@@ -78,6 +80,7 @@ async def test_config_is_checked_and_bad_messages_are_errors_and_the_stream_goes
     assert {e["error_code"] for e in errors} == {"invalid_message"}
     assert "turn.end_threshold" in errors[0]["message"] and "0.05 to 0.5" in errors[0]["message"]
     assert "eager" in errors[1]["message"] and "vad" in errors[3]["message"]
+    assert all("turn must be an object" in e["message"] for e in errors[4:6]), errors
     assert code == 1000 and same_words(EXPECTED["lights_on.wav"], ends(messages))
 
 

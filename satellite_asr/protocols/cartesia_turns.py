@@ -111,7 +111,7 @@ class TurnsConnection(CartesiaErrors):
     async def configure(self, message: dict[str, Any]) -> None:
         """Thresholds checked in their ranges, and not applied: the daemon's turn detection decides."""
         unknown = sorted(set(message) - {"type", "turn"})
-        turn = message.get("turn") or {}
+        turn = message.get("turn", {})
         if unknown:
             raise ProtocolError(self.invalid_message, f"config has no field {', '.join(unknown)}")
         if not isinstance(turn, dict):
