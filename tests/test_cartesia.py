@@ -122,6 +122,15 @@ async def test_each_encoding_is_decoded(encoding: str, rate: int) -> None:
     assert same_words(EXPECTED["lights_on.wav"], [" ".join(final_texts(messages))])
 
 
+async def refusal(url: str) -> tuple[dict[str, Any], int | None]:
+    """A query refused after the upgrade, as Cartesia refuses one: its one message, and the Close's code."""
+    async with websockets.connect(url) as ws:
+        error = json.loads(await ws.recv())
+        with pytest.raises(websockets.ConnectionClosedError):
+            await ws.recv()
+    return error, ws.close_code
+
+
 @pytest.mark.parametrize(
     ("query", "parameter"),
     [
@@ -138,29 +147,22 @@ async def test_each_encoding_is_decoded(encoding: str, rate: int) -> None:
         (QUERY + "&keyterm=" + "x" * 5000, "keyterm"),
     ],
 )
-async def test_a_bad_parameter_is_refused_before_the_upgrade_in_cartesias_body(query: str, parameter: str) -> None:
+async def test_a_bad_parameter_is_refused_in_cartesias_error_event_then_the_close(query: str, parameter: str) -> None:
     async with running_daemon() as daemon:
-        with pytest.raises(websockets.InvalidStatus) as refused:
-            async with websockets.connect(stt_url(daemon, query)):
-                pass
+        error, code = await refusal(stt_url(daemon, query))
         counted = daemon.core.metrics.errors.labels("invalid_query_parameter")._value.get()
-    response = refused.value.response
-    body = json.loads(response.body)
-    assert response.status_code == 400 and counted == 1
-    assert body["error_code"] == "invalid_query_parameter" and body["title"] and body["request_id"]
-    assert body["message"].startswith(f"{parameter}: "), body
+    assert error["type"] == "error" and error["done"] and code == 1008 and counted == 1
+    assert error["status_code"] == error["code"] == 400 and error["error_code"] == "invalid_query_parameter"
+    assert error["title"] and error["request_id"] and error["message"].startswith(f"{parameter}: "), error
 
 
 async def test_an_access_token_is_refused_with_the_way_to_send_the_key() -> None:
     """Cartesia's browser clients send a short-lived `access_token`; the daemon issues none, and
     says how to send its key instead."""
     async with running_daemon() as daemon:
-        with pytest.raises(websockets.InvalidStatus) as refused:
-            async with websockets.connect(stt_url(daemon, QUERY + "&access_token=short-lived")):
-                pass
-    body = json.loads(refused.value.response.body)
-    assert refused.value.response.status_code == 400 and body["message"].startswith("access_token: ")
-    assert "api_key" in body["message"] and "X-API-Key" in body["message"], body
+        error, _ = await refusal(stt_url(daemon, QUERY + "&access_token=short-lived"))
+    assert error["status_code"] == 400 and error["message"].startswith("access_token: ")
+    assert "api_key" in error["message"] and "X-API-Key" in error["message"], error
 
 
 async def test_settings_the_daemon_does_not_apply_are_accepted_and_keyterms_reach_the_engine() -> None:

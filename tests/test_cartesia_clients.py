@@ -32,7 +32,7 @@ from cartesia.types.stt import (
 )
 from cartesia.types.stt_error_response import STTErrorResponse
 from livekit import rtc
-from livekit.agents import APIConnectOptions, APIStatusError
+from livekit.agents import APIConnectionError, APIConnectOptions, APIStatusError
 from livekit.agents import stt as lk_stt
 from livekit.plugins import cartesia as lk_cartesia
 from pipecat.services.cartesia.stt import CartesiaSTTService
@@ -150,20 +150,17 @@ async def test_sdk_keyterms_reach_the_engine() -> None:
     assert same_words(EXPECTED["lights_on.wav"], sdk_finals(events))
 
 
-async def test_sdk_connect_raises_the_refusals_status_with_cartesias_body() -> None:
-    """A wrong key: the handshake's 401; an encoding the daemon does not decode: its 400, whose body
-    names the parameter."""
+async def test_sdk_connect_raises_the_keys_refusal_and_yields_a_refused_querys_error() -> None:
+    """A wrong key: the handshake's 401; an encoding the daemon does not decode: the error event
+    naming the parameter, which the SDK parses as its STTErrorResponse, then the Close."""
     async with running_daemon(api_key=KEY) as daemon:
         with pytest.raises(InvalidStatus) as wrong:
             await sdk_session(daemon, api_key="wrong")
-        with pytest.raises(InvalidStatus) as refused:
-            await (
-                sdk_client(daemon)
-                .stt.manual_finalize.websocket(encoding="pcm_s32le", model="ink-whisper", sample_rate=SAMPLE_RATE)
-                .enter()
-            )
+        settings: Any = {"encoding": "pcm_s32le", "model": "ink-whisper", "sample_rate": SAMPLE_RATE}
+        async with sdk_client(daemon).stt.manual_finalize.websocket(**settings) as refused:
+            event = await asyncio.wait_for(refused.recv(), 60)
     assert wrong.value.response.status_code == 401
-    assert refused.value.response.status_code == 400 and b"encoding" in refused.value.response.body
+    assert isinstance(event, STTErrorResponse) and event.message and event.message.startswith("encoding: "), event
 
 
 async def test_sdk_parses_the_busy_error_event() -> None:
@@ -280,14 +277,20 @@ async def test_livekit_stream_gets_a_speech_per_command_with_aligned_words(
         previous_end = final.words[-1].end_time
 
 
-async def test_livekit_stream_fails_with_the_handshakes_status() -> None:
-    """A wrong key: the 401; a sample rate the daemon does not take: the 400 of the refused query."""
+async def test_livekit_stream_fails_with_the_keys_status_and_logs_a_refused_querys_sentence(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A wrong key: the 401; a sample rate the daemon does not take: the error event, whose
+    sentence LiveKit logs, then the Close that fails the stream (no retries here)."""
+    caplog.set_level(logging.WARNING, logger="livekit.plugins.cartesia")
     async with running_daemon(api_key=KEY) as daemon, aiohttp.ClientSession() as http:
         with pytest.raises(APIStatusError) as wrong:
             await livekit_stream(livekit_stt(daemon, http, "wrong"), lambda events: False)
-        with pytest.raises(APIStatusError) as refused:
+        with pytest.raises(APIConnectionError):
             await livekit_stream(livekit_stt(daemon, http, sample_rate=96000), lambda events: False)
-    assert wrong.value.status_code == 401 and refused.value.status_code == 400
+    assert wrong.value.status_code == 401
+    [logged] = [getattr(r, "lk.pii.data") for r in caplog.records if r.getMessage() == "cartesia sent an error"]
+    assert logged["status_code"] == 400 and logged["message"].startswith("sample_rate: "), logged
 
 
 @asynccontextmanager
@@ -338,6 +341,18 @@ async def test_pipecat_service_sends_its_keyterms_and_language() -> None:
     assert same_words(EXPECTED[FIXTURE], frames.finals)
     assert engine.names and all(names[:2] == ("Aoife Calloway", "Zoë & Co") for names in engine.names), engine.names
     assert set(engine.languages) == {"en"}
+
+
+async def test_pipecat_service_reports_the_sentence_of_a_refused_setting() -> None:
+    """A language the daemon's engine does not have: the daemon's sentence naming it reaches the
+    pipeline's error, as Cartesia's in-band refusal does; an HTTP refusal would show Pipecat's
+    "HTTP 400" alone."""
+    settings = CartesiaSTTService.Settings(language=Language.FR)
+    async with running_daemon(api_key=KEY) as daemon:
+        stt = CartesiaSTTService(api_key=KEY, base_url=f"ws://127.0.0.1:{daemon.http_port}", settings=settings)
+        async with running_pipeline(stt) as (_worker, frames):
+            await frames.wait_for(errors=1)
+    assert "language: 'fr' is not one of the languages of this engine" in frames.errors[0], frames.errors
 
 
 async def test_pipecat_service_with_a_wrong_key_gets_an_error_frame_with_the_401() -> None:

@@ -13,6 +13,7 @@ from satellite_asr.protocols import cartesia_turns
 from satellite_asr.server import Daemon
 from tests.doubles import ContextRecordingEngineDouble
 from tests.helpers import EXPECTED, exchange, fixture_16k, pcm16, running_daemon, same_words
+from tests.test_cartesia import refusal
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -95,11 +96,8 @@ async def test_config_is_checked_and_bad_messages_are_errors_and_the_stream_goes
 )
 async def test_a_bad_parameter_is_refused_in_place_of_connected_then_the_close(query: str, parameter: str) -> None:
     """As Cartesia's turns API refuses a setting: after the upgrade, an error event naming it, then 1008."""
-    async with running_daemon() as daemon, websockets.connect(turns_url(daemon, query)) as ws:
-        error = json.loads(await ws.recv())
-        with pytest.raises(websockets.ConnectionClosedError):
-            await ws.recv()
-        code = ws.close_code
+    async with running_daemon() as daemon:
+        error, code = await refusal(turns_url(daemon, query))
     assert error["type"] == "error" and error["error_code"] == "invalid_query_parameter", error
     assert error["status_code"] == error["code"] == 400 and error["done"] and code == 1008
     assert error["message"].startswith(f"{parameter}: "), error

@@ -1,8 +1,8 @@
 """Cartesia's streaming speech-to-text API at `/stt/websocket` (docs/cartesia.md): wire messages <->
 `Session` calls.
 
-The stream's settings are the URL's query, checked before the upgrade: a bad one is a 400 in
-Cartesia's error body. Audio comes as binary messages of raw PCM; the commands are plain text:
+The stream's settings are the URL's query: a bad one is refused after the upgrade, in Cartesia's
+error event (`refused_in_band`). Audio comes as binary messages of raw PCM; the commands are plain text:
 `finalize` ends the utterance in progress now and is answered by `flush_done`, `close` (the SDK's)
 or `done` (Pipecat's) ends the stream: its finals, `done`, then the Close. Each utterance gives a
 `transcript` per partial (`is_final` false) and one with its final (`is_final` true); each text is
@@ -13,14 +13,14 @@ refused mid-stream is an `error` message with `done` false, and the stream goes 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping
+import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import WSCloseCode, WSMessage, WSMsgType, web
 from multidict import MultiMapping
 
-from satellite_asr.access import error_response
 from satellite_asr.audio import MAX_RATE, MIN_RATE, PcmDecoder
 from satellite_asr.core import Core
 from satellite_asr.events import FinalTranscript, PartialTranscript, SessionError, SessionEvent, SpeechStarted
@@ -30,11 +30,13 @@ from satellite_asr.protocols.streaming_apis import (
     Api,
     Control,
     ParameterError,
+    ParametersRefused,
     StreamingConnection,
     StreamParams,
     check_names,
     fraction_parameter,
     refuse_features,
+    refuse_in_band,
     replacing_terms,
     whole_parameter,
 )
@@ -241,14 +243,27 @@ class CartesiaConnection(CartesiaErrors):
         await self.send({"type": "flush_done", "request_id": self.request_id})
 
 
-async def refuse_parameters(
-    core: Core, request: web.Request, ws: web.WebSocketResponse, exc: ParameterError
-) -> web.StreamResponse:
-    """A bad query is refused before the upgrade: a 400 in Cartesia's body naming the parameter,
-    which LiveKit's plugin reports by its status, the SDK and Pipecat by the failed connection."""
-    return error_response(request.path, 400, "invalid_query_parameter", f"{exc.parameter}: {exc}")
+def refused_in_band(ends: Callable[[WSMessage], bool]) -> ParametersRefused:
+    """How Cartesia's streaming and turns APIs refuse a bad query: after the upgrade, as Cartesia does
+    (its model_not_found event), an `error` naming the parameter (`done`: before any other message,
+    `connected` included), then the Close (1008). Pipecat's services report its sentence, the SDK
+    yields it; an HTTP 400 they would report as "HTTP 400" alone."""
+
+    async def refuse(
+        core: Core, request: web.Request, ws: web.WebSocketResponse, exc: ParameterError
+    ) -> web.StreamResponse:
+        message = f"{exc.parameter}: {exc}"
+        error = error_event("invalid_query_parameter", message, str(uuid.uuid4()), done=True)
+        return await refuse_in_band(core, request, ws, error, WSCloseCode.POLICY_VIOLATION, ends)
+
+    return refuse
 
 
 STREAMING = Api(
-    PATH, "Cartesia's streaming speech-to-text API", parse_params, CartesiaConnection, ends_stream, refuse_parameters
+    PATH,
+    "Cartesia's streaming speech-to-text API",
+    parse_params,
+    CartesiaConnection,
+    ends_stream,
+    refused_in_band(ends_stream),
 )

@@ -12,24 +12,16 @@ the stream once its finals are sent, `config` changes thresholds, which are chec
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
-from aiohttp import WSCloseCode, WSMessage, web
+from aiohttp import WSMessage, web
 from multidict import MultiMapping
 
 from satellite_asr.core import Core
 from satellite_asr.events import FinalTranscript, PartialTranscript, SessionError, SessionEvent, SpeechStarted
 from satellite_asr.protocols import ProtocolError, ReadAhead
-from satellite_asr.protocols.cartesia import CartesiaErrors, StreamingParams, checked_query, error_event
-from satellite_asr.protocols.streaming_apis import (
-    Api,
-    Control,
-    ParameterError,
-    StreamParams,
-    is_control,
-    refuse_in_band,
-)
+from satellite_asr.protocols.cartesia import CartesiaErrors, StreamingParams, checked_query, refused_in_band
+from satellite_asr.protocols.streaming_apis import Api, Control, StreamParams, is_control
 
 PATH = "/stt/turns/websocket"
 PROTOCOL = "cartesia-turns"
@@ -125,16 +117,11 @@ class TurnsConnection(CartesiaErrors):
                 raise ProtocolError(self.invalid_message, problem)
 
 
-async def refuse_parameters(
-    core: Core, request: web.Request, ws: web.WebSocketResponse, exc: ParameterError
-) -> web.StreamResponse:
-    """A bad query is refused after the upgrade, as Cartesia's turns API does: an `error` naming the
-    parameter in place of `connected`, then the Close. Pipecat's turns service reports its sentence
-    (an HTTP 400 it reports as "HTTP 400" alone)."""
-    error = error_event("invalid_query_parameter", f"{exc.parameter}: {exc}", str(uuid.uuid4()), done=True)
-    return await refuse_in_band(core, request, ws, error, WSCloseCode.POLICY_VIOLATION, is_close)
-
-
 TURNS = Api(
-    PATH, "Cartesia's turn-detecting speech-to-text API", parse_params, TurnsConnection, is_close, refuse_parameters
+    PATH,
+    "Cartesia's turn-detecting speech-to-text API",
+    parse_params,
+    TurnsConnection,
+    is_close,
+    refused_in_band(is_close),
 )
