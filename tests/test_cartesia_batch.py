@@ -90,6 +90,15 @@ async def test_headerless_pcm_of_the_querys_encoding_and_rate(encoding: str, rat
     assert abs(result.duration - samples.size / SAMPLE_RATE) < 0.1
 
 
+async def test_the_api_version_in_the_query_is_taken_as_on_the_streams() -> None:
+    """`cartesia_version`, Cartesia's API version where a client sends no header (a browser): any
+    version, as on `/stt/websocket`, not an unknown parameter."""
+    async with running_daemon(api_key=KEY) as daemon:
+        query = "cartesia_version=2026-03-01"
+        status, body = await post(daemon, [("model", "ink-whisper")], fixture_bytes("lights_on.wav"), query)
+    assert status == 200 and body["text"].lower().startswith("turn"), body
+
+
 async def test_the_sdk_raises_a_refusal_with_cartesias_body() -> None:
     async with running_daemon(api_key=KEY) as daemon, sdk(daemon) as client:
         with pytest.raises(BadRequestError) as refused:

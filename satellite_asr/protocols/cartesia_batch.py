@@ -50,9 +50,10 @@ class Form(FormFields):
 
 def parse_query(query: MultiMapping[str]) -> tuple[str, int] | None:
     """The raw audio's encoding (the daemon's name) and rate, when the query gives them: both or
-    neither, as a headerless file needs both and a container says its own."""
+    neither, as a headerless file needs both and a container says its own. `cartesia_version` is
+    any text, as on the streams."""
     try:
-        check_names(query, {"encoding", "sample_rate"}, set())
+        check_names(query, {"encoding", "sample_rate", "cartesia_version"}, set())
         rate = whole_parameter(query, "sample_rate", None, MIN_RATE, MAX_RATE)
     except ParameterError as exc:
         raise bad_field(exc.parameter, str(exc)) from None
