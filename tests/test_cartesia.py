@@ -85,6 +85,18 @@ async def test_three_commands_as_pipecat_streams_them() -> None:
     assert total <= len(audio()) / 2 / 16000 + 0.5, "durations are deltas: together no more than the audio"
 
 
+@pytest.mark.parametrize("encoding", ["pcm_mulaw", "pcm_alaw"])
+async def test_g711_at_8_khz_is_transcribed(encoding: str) -> None:
+    audioop = pytest.importorskip("audioop")  # the reference G.711 encoder (Python <= 3.12)
+    encode = audioop.lin2ulaw if encoding == "pcm_mulaw" else audioop.lin2alaw
+    data = encode(audio("lights_on.wav", 8000), 2)
+    async with running_daemon() as daemon:
+        query = f"model=ink-whisper&encoding={encoding}&sample_rate=8000"
+        messages, code = await stream(stt_url(daemon, query), data, "finalize", "done")
+    assert code == 1000 and not of_type(messages, "error"), messages
+    assert same_words(EXPECTED["lights_on.wav"], [" ".join(final_texts(messages))])
+
+
 async def test_finalize_ends_the_utterance_in_progress_and_is_answered_once_after_its_final() -> None:
     """The final `finalize` forced comes before its `flush_done`; a `finalize` with nothing in
     progress is answered by `flush_done` alone; the stream goes on."""

@@ -77,11 +77,17 @@ async def test_without_word_timestamps_there_are_no_words_and_the_language_is_th
     assert body["text"].lower().strip(".").startswith("turn")
 
 
-@pytest.mark.parametrize(("encoding", "rate"), [("pcm_s16le", 16000), ("pcm_s16le", 8000), ("pcm_f32le", 24000)])
+@pytest.mark.parametrize(
+    ("encoding", "rate"),
+    [("pcm_s16le", 16000), ("pcm_s16le", 8000), ("pcm_f32le", 24000), ("pcm_mulaw", 8000), ("pcm_alaw", 8000)],
+)
 async def test_headerless_pcm_of_the_querys_encoding_and_rate(encoding: str, rate: int) -> None:
     samples = fixture_16k("lights_on.wav")
     resampled = np.interp(np.arange(0, len(samples), 16000 / rate), np.arange(len(samples)), samples)
-    data = pcm16(samples, rate) if encoding == "pcm_s16le" else resampled.astype("<f4").tobytes()
+    data = pcm16(samples, rate) if encoding != "pcm_f32le" else resampled.astype("<f4").tobytes()
+    if encoding in ("pcm_mulaw", "pcm_alaw"):
+        audioop = pytest.importorskip("audioop")  # the reference G.711 encoder (Python <= 3.12)
+        data = (audioop.lin2ulaw if encoding == "pcm_mulaw" else audioop.lin2alaw)(data, 2)
     async with running_daemon(api_key=KEY) as daemon, sdk(daemon) as client:
         result = await client.stt.transcribe(
             file=("audio.raw", data), model="ink-whisper", encoding=encoding, sample_rate=rate
