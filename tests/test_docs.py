@@ -371,3 +371,16 @@ def test_security_md_names_every_websocket_route_max_websocket_connections_caps(
     row = next(line for line in (ROOT / "docs/security.md").read_text().splitlines() if "counted per route" in line)
     listed = row.split("each take up to")[0]
     assert len(handlers) >= 6 and sorted(path for path in handlers if f"`{path}`" not in listed) == []
+
+
+def test_the_readme_names_every_protocol_label_of_the_metrics() -> None:
+    """The metrics' `protocol` label takes each API module's `PROTOCOL` (and `websocket`, `wyoming`):
+    an operator writing a query for a new API's sessions finds its label in the README."""
+    labels = {"websocket", "wyoming"}
+    for source in (PACKAGE / "protocols").glob("*.py"):
+        for node in ast.parse(source.read_text()).body:
+            if isinstance(node, ast.Assign) and [ast.unparse(target) for target in node.targets] == ["PROTOCOL"]:
+                labels |= _literals(node.value)
+    readme = (ROOT / "README.md").read_text()
+    sentence = readme.split("`protocol` is ", 1)[1].split(":", 1)[0]
+    assert len(labels) >= 12 and set(re.findall(r"`([a-z0-9-]+)`", sentence)) == labels
