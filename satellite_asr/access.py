@@ -264,7 +264,8 @@ class Access:
             )
             return 401, "missing_api_key", message
         expected = self.api_key.encode()
-        if not all(hmac.compare_digest(key.encode("utf-8", "surrogateescape"), expected) for key in offered):
+        # surrogatepass: a header's undecodable byte and a JSON key's "\ud800" both encode (the key is ASCII)
+        if not all(hmac.compare_digest(key.encode("utf-8", "surrogatepass"), expected) for key in offered):
             return 401, "invalid_api_key", "the API key is not valid"
         return None
 

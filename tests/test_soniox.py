@@ -270,6 +270,15 @@ async def test_without_the_key_a_configuration_is_refused_for_the_key_not_checke
     assert wrong == [{"tokens": [], "error_code": 401, "error_message": "the API key is not valid"}]
 
 
+async def test_a_key_with_a_lone_surrogate_in_the_configuration_is_refused_as_not_valid() -> None:
+    """JSON lets a client send `"\\ud800"`, which no UTF-8 encodes: the comparison raised, the
+    handler died and the client got a bare 1000 with no refusal."""
+    async with running_daemon(api_key="sx-key") as daemon:
+        config = json.dumps(CONFIG)[:-1] + ', "api_key": "\\ud800"}'
+        refused, code = await stream(url(daemon), config)
+    assert (refused, code) == ([{"tokens": [], "error_code": 401, "error_message": "the API key is not valid"}], 1008)
+
+
 async def test_a_query_parameter_is_refused() -> None:
     async with running_daemon() as daemon:
         messages, code = await stream(url(daemon, "model=stt-rt-v5"), CONFIG)
