@@ -384,3 +384,20 @@ def test_the_readme_names_every_protocol_label_of_the_metrics() -> None:
     readme = (ROOT / "README.md").read_text()
     sentence = readme.split("`protocol` is ", 1)[1].split(":", 1)[0]
     assert len(labels) >= 12 and set(re.findall(r"`([a-z0-9-]+)`", sentence)) == labels
+
+
+def test_the_docs_name_every_upload_api_that_shares_max_uploads() -> None:
+    """Where a doc lists the upload APIs that share `max_uploads`, it lists each of them: an operator
+    sizing the cap for one API learns which others take from it."""
+    from satellite_asr.server import Daemon
+
+    uploads = set(Daemon(daemon_settings()).upload_apis)
+    row = next(line for line in (ROOT / "docs/openai.md").read_text().splitlines() if "`max_uploads` uploads" in line)
+    others = row.split("(here, ", 1)[1].split(")", 1)[0]
+    assert sorted(path for path in uploads - {openai_rest.TRANSCRIPTIONS_PATH} if f"`POST {path}`" not in others) == []
+    lists = {
+        doc: re.findall(r"across the upload APIs \(([^)]*)\)", " ".join((ROOT / doc).read_text().split()))
+        for doc in USER_DOCS
+    }
+    counts = {doc: [len(re.split(r", | and ", found)) for found in listed] for doc, listed in lists.items() if listed}
+    assert len(counts) >= 2 and all(count == len(uploads) for listed in counts.values() for count in listed), counts
