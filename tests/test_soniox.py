@@ -26,6 +26,7 @@ from tests.helpers import (
     EXPECTED,
     PCM_FRAME_BYTES,
     client_frame,
+    eventually,
     fixture_16k,
     normalise,
     pcm16,
@@ -329,6 +330,26 @@ async def test_shutdown_closes_a_stream_still_awaiting_its_configuration() -> No
         messages = [json.loads(message) async for message in ws]
         await stopping
     assert [m["error_code"] for m in messages] == [503] and ws.close_code == 1001
+
+
+async def test_shutdown_closes_the_streams_awaiting_their_configuration_when_one_client_is_gone() -> None:
+    """A client gone (a reset not yet seen by its handler) at shutdown made writing its 503 raise,
+    which escaped `close_awaiting` and the daemon's graceful stop; the others are still closed."""
+    async with (
+        running_daemon() as daemon,
+        websockets.connect(url(daemon)) as gone,
+        websockets.connect(url(daemon)) as staying,
+    ):
+        await eventually(lambda: len(daemon.soniox.awaiting) == 2)
+        port = gone.local_address[1]
+        (reset,) = [
+            c for c in daemon.soniox.awaiting if c.transport and c.transport.get_extra_info("peername")[1] == port
+        ]
+        assert reset.transport is not None
+        reset.transport.close()  # as the client's reset would, before its handler hears of it
+        await daemon.soniox.close_awaiting("shutdown")
+        messages = [json.loads(message) async for message in staying]
+    assert [m["error_code"] for m in messages] == [503] and staying.close_code == 1001
 
 
 async def test_no_configuration_within_the_first_message_timeout_is_a_408_and_1008() -> None:

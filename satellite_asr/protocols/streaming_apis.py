@@ -369,8 +369,10 @@ class StreamingApiHandler:
         for the idle timeout or shutdown to end (`close_awaiting`)."""
 
     async def close_awaiting(self, reason: str) -> None:
-        """Shutdown: the connections still awaiting their settings are closed as the server closes a stream."""
-        await asyncio.gather(*(connection.close_by_server(reason) for connection in list(self.awaiting)))
+        """Shutdown: the connections still awaiting their settings are closed as the server closes a
+        stream; one whose client is gone (its write fails) stops neither the others nor the shutdown."""
+        closing = (connection.close_by_server(reason) for connection in list(self.awaiting))
+        await asyncio.gather(*closing, return_exceptions=True)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         ws = read_ahead_response(MAX_MESSAGE_BYTES + 1, SUBPROTOCOL)
