@@ -401,3 +401,16 @@ def test_the_docs_name_every_upload_api_that_shares_max_uploads() -> None:
     }
     counts = {doc: [len(re.split(r", | and ", found)) for found in listed] for doc, listed in lists.items() if listed}
     assert len(counts) >= 2 and all(count == len(uploads) for listed in counts.values() for count in listed), counts
+
+
+def test_security_md_lists_every_route_the_daemon_serves() -> None:
+    """security.md's table of what is exposed, and with which authentication, names each route: an
+    operator deciding what to put behind a proxy sees all of them."""
+    from satellite_asr.server import Daemon
+
+    doc = (ROOT / "docs/security.md").read_text()
+    table = re.sub(r"\{[a-z]+\}", "{}", doc[doc.index("## What is exposed") : doc.index("Whoever can open")])
+    routes = {(method, re.sub(r"\{[a-z]+\}", "{}", path)) for method, path, _ in Daemon(daemon_settings()).routes()}
+    assert (
+        len(routes) >= 18 and sorted(r for r in routes if not re.search(rf"`{r[0]} {re.escape(r[1])}[`:]", table)) == []
+    )
