@@ -16,7 +16,7 @@ from typing import Any
 from aiohttp import web
 from multidict import MultiDict, MultiMapping
 
-from satellite_asr.audio import MAX_RATE, MIN_RATE, AudioFormatError, PcmDecoder
+from satellite_asr.audio import MAX_RATE, MIN_RATE
 from satellite_asr.core import Core
 from satellite_asr.events import FinalTranscript
 from satellite_asr.protocols import ProtocolError, cartesia_error
@@ -25,7 +25,6 @@ from satellite_asr.protocols.iso639 import declared_language
 from satellite_asr.protocols.streaming_apis import ParameterError, check_names, whole_parameter
 from satellite_asr.protocols.uploads import (
     FormFields,
-    RequestError,
     UploadApi,
     UploadPace,
     bad_field,
@@ -80,16 +79,6 @@ def parse_form(fields: MultiDict[str], core: Core) -> tuple[SessionOptions, bool
     return upload_options(core.settings, language, "", ()), bool(granularities)
 
 
-def check_whole_samples(data: bytes, raw: tuple[str, int]) -> None:
-    """Headerless PCM is whole samples of its encoding."""
-    try:
-        PcmDecoder(*raw).check_whole_frames(data)
-    except AudioFormatError as exc:
-        raise RequestError(
-            "invalid_file", f"the file is not headerless PCM of its encoding: {exc}", param="file"
-        ) from None
-
-
 def response_body(
     finals: list[FinalTranscript], seconds: float, options: SessionOptions, words: bool
 ) -> dict[str, Any]:
@@ -136,8 +125,6 @@ class CartesiaBatchHandler(UploadApi):
         options, words = parse_form(fields, self.core)
         if file is None:
             raise bad_field("file", "the form has no `file` field with the audio")
-        if raw is not None:
-            check_whole_samples(file, raw)
         audio_file = await self.uploads.open_file(file, pcm=raw)
         finals, seconds = await self.uploads.transcribe(request, audio_file, PROTOCOL, options)
         return web.json_response(response_body(finals, seconds, options, words))

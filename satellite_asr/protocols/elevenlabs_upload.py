@@ -208,13 +208,6 @@ class Form(FormFields):
         super().__init__(SINGLE_FIELDS, REPEATED_FIELDS, {"keyterms": "keyterms"}, max_context_chars)
 
 
-def check_pcm(pcm: bytes) -> None:
-    """Headerless 16-bit PCM is whole samples."""
-    if len(pcm) % 2:
-        message = f"pcm_s16le_16 audio is 16-bit samples: the file's {len(pcm)} bytes are not a whole number of them"
-        raise RequestError("invalid_file", message, param="file")
-
-
 # --- the response --------------------------------------------------------------------------------
 
 
@@ -284,8 +277,6 @@ class ElevenLabsUploadHandler(UploadApi):
         form = Form(self.core.settings.max_context_chars)
         file, fields = await read_form(request, form, self.uploads.max_file_bytes, pace)
         parsed = parse_form(file, fields, self.core)
-        if parsed.pcm:
-            check_pcm(parsed.file)
         audio_file = await self.uploads.open_file(parsed.file, pcm=("s16le", SAMPLE_RATE) if parsed.pcm else None)
         finals, seconds = await self.uploads.transcribe(request, audio_file, PROTOCOL, parsed.options)
         return web.json_response(response_body(finals, seconds, parsed))

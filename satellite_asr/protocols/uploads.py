@@ -20,7 +20,7 @@ from aiohttp import BodyPartReader, hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
 from multidict import MultiDict
 
-from satellite_asr.audio import SAMPLE_RATE, Audio
+from satellite_asr.audio import SAMPLE_RATE, Audio, AudioFormatError, PcmDecoder
 from satellite_asr.audio_files import AudioFile, AudioTooLongError, FileRefused, decoded_chunks
 from satellite_asr.config import Settings
 from satellite_asr.core import Core
@@ -384,8 +384,15 @@ class Uploads:
 
     async def open_file(self, data: bytes, *, pcm: tuple[str, int] | None = None) -> AudioFile:
         """The file opened for decoding (its first chunk decoded), or 400 when it is not audio or too
-        long; `pcm`: headerless mono PCM of that encoding and rate (`AudioFile.open_pcm`)."""
+        long; `pcm`: headerless mono PCM of that encoding and rate (`AudioFile.open_pcm`), whole samples
+        of it (FFmpeg would drop a part sample unsaid)."""
         limit = self.core.settings.max_upload_audio_s
+        if pcm is not None:
+            try:
+                PcmDecoder(*pcm).check_whole_frames(data)
+            except AudioFormatError as exc:
+                message = f"the file is not headerless PCM of its encoding: {exc}"
+                raise RequestError("invalid_file", message, param="file") from None
         opening = (
             functools.partial(AudioFile.open_pcm, data, limit, *pcm)
             if pcm
