@@ -100,7 +100,7 @@ class AudioFile:
         return cls._open(data, max_seconds, None)
 
     @classmethod
-    def open_pcm(cls, data: bytes, max_seconds: float, encoding: str = "s16le", rate: int = SAMPLE_RATE) -> AudioFile:
+    def open_pcm(cls, data: bytes, max_seconds: float, encoding: str, rate: int) -> AudioFile:
         """Headerless mono PCM in one of `RAW_DEMUXERS`' encodings at `rate`, read where it is
         (FFmpeg's raw demuxer) rather than copied into a WAV file beside it."""
         return cls._open(data, max_seconds, (encoding, rate))
