@@ -33,7 +33,6 @@ from cartesia.types.stt import (
 from cartesia.types.stt_error_response import STTErrorResponse
 from livekit import rtc
 from livekit.agents import APIConnectionError, APIConnectOptions, APIStatusError
-from livekit.agents import stt as lk_stt
 from livekit.plugins import cartesia as lk_cartesia
 from pipecat.services.cartesia.stt import CartesiaSTTService
 from pipecat.services.cartesia.turns.stt import CartesiaTurnsSTTService
@@ -46,6 +45,7 @@ from satellite_asr.server import Daemon
 from tests.certificates import self_signed
 from tests.doubles import ContextRecordingEngineDouble, CrashingEngineDouble
 from tests.helpers import EXPECTED, fixture_16k, pcm16, running_daemon, same_words
+from tests.livekit_events import LiveKitEvents
 from tests.test_pipecat import running_pipeline, speak
 
 pytestmark = pytest.mark.timeout(180)
@@ -173,36 +173,6 @@ async def test_sdk_parses_the_busy_error_event() -> None:
                 event = await asyncio.wait_for(refused.recv(), 60)
     assert isinstance(event, STTErrorResponse), event
     assert event.status_code == 503 and event.error_code == "server_busy" and event.message
-
-
-class LiveKitEvents:
-    """A LiveKit stream's speech events as they come (its usage reports left out)."""
-
-    def __init__(self, stream: lk_stt.SpeechStream) -> None:
-        self.events: list[lk_stt.SpeechEvent] = []
-        self.changed = asyncio.Event()
-        self.reading = asyncio.create_task(self.read(stream))
-
-    async def read(self, stream: lk_stt.SpeechStream) -> None:
-        async for event in stream:
-            if event.type != lk_stt.SpeechEventType.RECOGNITION_USAGE:
-                self.events.append(event)
-                self.changed.set()
-
-    def finals(self) -> list[lk_stt.SpeechData]:
-        kind = lk_stt.SpeechEventType.FINAL_TRANSCRIPT
-        return [event.alternatives[0] for event in self.events if event.type == kind]
-
-    def turns(self) -> str:
-        """The events as letters: S START_OF_SPEECH, i an interim, F a final, E END_OF_SPEECH."""
-        kinds = lk_stt.SpeechEventType
-        letters = {
-            kinds.START_OF_SPEECH: "S",
-            kinds.INTERIM_TRANSCRIPT: "i",
-            kinds.FINAL_TRANSCRIPT: "F",
-            kinds.END_OF_SPEECH: "E",
-        }
-        return "".join(letters.get(event.type, "?") for event in self.events)
 
 
 async def livekit_stream(stt: lk_cartesia.STT, done: Callable[[LiveKitEvents], bool]) -> LiveKitEvents:

@@ -43,6 +43,7 @@ from satellite_asr.server import Daemon
 from tests.certificates import self_signed
 from tests.doubles import ContextRecordingEngineDouble, CrashingEngineDouble
 from tests.helpers import EXPECTED, fixture_16k, normalise, pcm16, running_daemon, same_words
+from tests.livekit_events import LiveKitEvents
 from tests.test_pipecat import running_pipeline, speak
 
 pytestmark = pytest.mark.timeout(180)
@@ -265,53 +266,6 @@ async def test_sdk_keyterms_and_a_three_letter_language_reach_the_engine() -> No
     assert same_words(EXPECTED["lights_on.wav"], events.committed)
     [copy] = events.of(RealtimeEvents.COMMITTED_TRANSCRIPT_WITH_TIMESTAMPS)
     assert CommittedTranscriptWithTimestampsPayload.model_validate(copy).language_code == "eng"
-
-
-class LiveKitEvents:
-    """A LiveKit stream's speech events as they come (its usage reports left out)."""
-
-    def __init__(self, stream: lk_stt.SpeechStream) -> None:
-        self.events: list[lk_stt.SpeechEvent] = []
-        self.changed = asyncio.Event()
-        self.stream = stream
-        self.reading = asyncio.create_task(self.read(stream))
-
-    @property
-    def offset(self) -> float:
-        """What LiveKit adds to the times the daemon sent (0 on the stream's first connection)."""
-        return self.stream.start_time_offset
-
-    async def read(self, stream: lk_stt.SpeechStream) -> None:
-        async for event in stream:
-            if event.type != lk_stt.SpeechEventType.RECOGNITION_USAGE:
-                self.events.append(event)
-                self.changed.set()
-
-    def of(self, kind: lk_stt.SpeechEventType) -> list[lk_stt.SpeechEvent]:
-        return [event for event in self.events if event.type == kind]
-
-    def turns(self) -> str:
-        """The events as letters: S START_OF_SPEECH, i an interim, F a final, E END_OF_SPEECH."""
-        kinds = lk_stt.SpeechEventType
-        letters = {
-            kinds.START_OF_SPEECH: "S",
-            kinds.INTERIM_TRANSCRIPT: "i",
-            kinds.FINAL_TRANSCRIPT: "F",
-            kinds.END_OF_SPEECH: "E",
-        }
-        return "".join(letters.get(event.type, "?") for event in self.events)
-
-    async def wait_for(self, done: Callable[[], bool]) -> None:
-        """Until `done()` (60 s at most: a hang fails); the stream failing (it raises) fails the test."""
-        async with asyncio.timeout(60):
-            while not done():
-                if self.reading.done():
-                    self.reading.result()
-                    raise AssertionError(f"the stream ended early: {self.turns()}")
-                self.changed.clear()
-                waiting = asyncio.ensure_future(self.changed.wait())
-                await asyncio.wait((waiting, self.reading), return_when=asyncio.FIRST_COMPLETED)
-                waiting.cancel()
 
 
 async def livekit_stream(stt: lk_elevenlabs.STT, done: Callable[[LiveKitEvents], bool]) -> LiveKitEvents:

@@ -29,6 +29,7 @@ from satellite_asr.protocols import soniox
 from satellite_asr.server import Daemon
 from tests.doubles import ContextRecordingEngineDouble
 from tests.helpers import EXPECTED, fixture_16k, normalise, pcm16, running_daemon, same_words
+from tests.livekit_events import LiveKitEvents
 from tests.test_pipecat import running_pipeline, speak
 
 pytestmark = pytest.mark.timeout(180)
@@ -140,39 +141,6 @@ async def test_sdk_with_a_wrong_key_reads_the_401() -> None:
     assert [(event.error_code, event.error_message) for event in events] == [(401, "the API key is not valid")]
 
 
-class LiveKitEvents:
-    """A LiveKit stream's speech events as they come (its usage reports left out)."""
-
-    def __init__(self, stream: lk_stt.SpeechStream) -> None:
-        self.events: list[lk_stt.SpeechEvent] = []
-        self.changed = asyncio.Event()
-        self.reading = asyncio.create_task(self.read(stream))
-
-    async def read(self, stream: lk_stt.SpeechStream) -> None:
-        async for event in stream:
-            if event.type != lk_stt.SpeechEventType.RECOGNITION_USAGE:
-                self.events.append(event)
-                self.changed.set()
-
-    def of(self, kind: lk_stt.SpeechEventType) -> list[lk_stt.SpeechEvent]:
-        return [event for event in self.events if event.type == kind]
-
-    def finals(self) -> list[str]:
-        return [event.alternatives[0].text for event in self.of(lk_stt.SpeechEventType.FINAL_TRANSCRIPT)]
-
-    async def wait_for(self, done: Callable[[], bool]) -> None:
-        """Until `done()` (60 s at most); the stream failing (it raises) fails the test."""
-        async with asyncio.timeout(60):
-            while not done():
-                if self.reading.done():
-                    self.reading.result()
-                    raise AssertionError(f"the stream ended early: {[e.type for e in self.events]}")
-                self.changed.clear()
-                waiting = asyncio.ensure_future(self.changed.wait())
-                await asyncio.wait((waiting, self.reading), return_when=asyncio.FIRST_COMPLETED)
-                waiting.cancel()
-
-
 async def livekit_stream(stt: lk_soniox.STT, finals: int) -> LiveKitEvents:
     """The fixture through LiveKit's stream at microphone pace until `finals` finals; no retries."""
     stream = stt.stream(conn_options=APIConnectOptions(max_retry=0, timeout=10))
@@ -203,7 +171,7 @@ async def test_livekit_stream_with_its_defaults_gets_a_speech_per_command() -> N
     text, times and language come from the tokens."""
     async with running_daemon(api_key=KEY) as daemon, aiohttp.ClientSession() as http:
         events = await livekit_stream(livekit_stt(daemon, http), finals=3)
-    finals = events.finals()
+    finals = [final.text for final in events.finals()]
     assert same_words(EXPECTED[FIXTURE], finals), finals
     kinds = lk_stt.SpeechEventType
     assert len(events.of(kinds.START_OF_SPEECH)) == 3 and len(events.of(kinds.END_OF_SPEECH)) == 3
@@ -219,7 +187,7 @@ async def test_livekit_context_and_hints_reach_the_engine() -> None:
     async with running_daemon(engine, api_key=KEY) as daemon, aiohttp.ClientSession() as http:
         stt = livekit_stt(daemon, http, language_hints=["en"], language_hints_strict=True, context=context)
         events = await livekit_stream(stt, finals=3)
-    assert same_words(EXPECTED[FIXTURE], events.finals())
+    assert same_words(EXPECTED[FIXTURE], [final.text for final in events.finals()])
     assert engine.names and all(names[:2] == ("Aoife", "Calloway") for names in engine.names)
     assert set(engine.languages) == {"en"} and all("the bedroom" in context for context in engine.contexts)
 

@@ -1,0 +1,59 @@
+"""A LiveKit speech stream's events as the tests of LiveKit's STT plugins read them (ElevenLabs',
+Cartesia's, Soniox's): collected as they come, waited for, shown as letters when a test fails."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from livekit.agents import stt as lk_stt
+
+
+class LiveKitEvents:
+    """A LiveKit stream's speech events as they come (its usage reports left out)."""
+
+    def __init__(self, stream: lk_stt.SpeechStream) -> None:
+        self.events: list[lk_stt.SpeechEvent] = []
+        self.changed = asyncio.Event()
+        self.stream = stream
+        self.reading = asyncio.create_task(self.read(stream))
+
+    @property
+    def offset(self) -> float:
+        """What LiveKit adds to the times the daemon sent (0 on the stream's first connection)."""
+        return self.stream.start_time_offset
+
+    async def read(self, stream: lk_stt.SpeechStream) -> None:
+        async for event in stream:
+            if event.type != lk_stt.SpeechEventType.RECOGNITION_USAGE:
+                self.events.append(event)
+                self.changed.set()
+
+    def of(self, kind: lk_stt.SpeechEventType) -> list[lk_stt.SpeechEvent]:
+        return [event for event in self.events if event.type == kind]
+
+    def finals(self) -> list[lk_stt.SpeechData]:
+        return [event.alternatives[0] for event in self.of(lk_stt.SpeechEventType.FINAL_TRANSCRIPT)]
+
+    def turns(self) -> str:
+        """The events as letters: S START_OF_SPEECH, i an interim, F a final, E END_OF_SPEECH."""
+        kinds = lk_stt.SpeechEventType
+        letters = {
+            kinds.START_OF_SPEECH: "S",
+            kinds.INTERIM_TRANSCRIPT: "i",
+            kinds.FINAL_TRANSCRIPT: "F",
+            kinds.END_OF_SPEECH: "E",
+        }
+        return "".join(letters.get(event.type, "?") for event in self.events)
+
+    async def wait_for(self, done: Callable[[], bool]) -> None:
+        """Until `done()` (60 s at most: a hang fails); the stream failing (it raises) fails the test."""
+        async with asyncio.timeout(60):
+            while not done():
+                if self.reading.done():
+                    self.reading.result()
+                    raise AssertionError(f"the stream ended early: {self.turns()}")
+                self.changed.clear()
+                waiting = asyncio.ensure_future(self.changed.wait())
+                await asyncio.wait((waiting, self.reading), return_when=asyncio.FIRST_COMPLETED)
+                waiting.cancel()
