@@ -30,6 +30,7 @@ from satellite_asr.protocols.streaming_apis import (
     Api,
     Control,
     ParameterError,
+    PendingFinals,
     StreamingConnection,
     StreamParams,
     boolean_parameter,
@@ -161,11 +162,10 @@ class ScribeConnection(StreamingConnection):
         super().__init__(ws, core, request, reading, params)
         assert isinstance(params, RealtimeParams)
         self.options = params
-        self.spoken: dict[int, bool] = {}
-        """Each utterance whose commit has not been sent: whether a partial of it with words was."""
-        self.held: dict[int, str] = {}
-        """The latest partial with words of each utterance heard while one before it awaited its
-        commit: sent once that commit is."""
+        self.pending = PendingFinals()
+        """Each utterance whose commit has not been sent, and the next one's partial held back for it."""
+        self.spoken: set[int] = set()
+        """Those of `pending` of which a partial with words was sent."""
         self.answering: int | None = None
         """While a client's commit is answered, the first utterance it may end (the one in progress,
         or speech not yet confirmed that the flush makes one): that final answers the commit, not
@@ -205,15 +205,10 @@ class ScribeConnection(StreamingConnection):
 
     async def emit(self, event: SessionEvent) -> None:
         if isinstance(event, SpeechStarted):
-            self.spoken[event.utterance_id] = False
+            self.pending.started(event)
         elif isinstance(event, PartialTranscript):
-            if not event.text.strip():
-                return
-            # the utterance before has ended, its commit not sent yet: this one's partial waits for it
-            if any(earlier < event.utterance_id for earlier in self.spoken):
-                self.held[event.utterance_id] = event.text
-                return
-            await self.partial(event.utterance_id, event.text)
+            if event.text.strip() and not self.pending.holds(event):
+                await self.partial(event.utterance_id, event.text)
         elif isinstance(event, FinalTranscript):
             await self.final(event)
         elif isinstance(event, SessionError):
@@ -222,19 +217,18 @@ class ScribeConnection(StreamingConnection):
     async def final(self, event: FinalTranscript) -> None:
         """The utterance's commit: sent when it has words, when a partial of it with words was sent
         (an empty one then ends the speech LiveKit began), or when it answers the client's commit."""
-        spoken = self.spoken.pop(event.utterance_id, False)
-        self.held.pop(event.utterance_id, None)
+        spoken = event.utterance_id in self.spoken
+        self.spoken.discard(event.utterance_id)
+        self.pending.final(event.utterance_id)
         answers = self.answering is not None and event.utterance_id >= self.answering
         self.commit_answered = self.commit_answered or answers
         if event.text.strip() or spoken or answers:
             await self.committed(event.text, event.start, event.end, event.avg_logprob, event.language)
-        for later in sorted(self.held):  # the next utterance's partial held back for this commit
-            if any(earlier < later for earlier in self.spoken):
-                break
-            await self.partial(later, self.held.pop(later))
+        for later, text in self.pending.released():  # the next utterance's partial, held back for this commit
+            await self.partial(later, text)
 
     async def partial(self, utterance_id: int, text: str) -> None:
-        self.spoken[utterance_id] = True
+        self.spoken.add(utterance_id)
         await self.send({"message_type": "partial_transcript", "text": text})
 
     async def committed(self, text: str, start: float, end: float, logprob: float | None, language: str | None) -> None:

@@ -29,6 +29,7 @@ from satellite_asr.protocols.streaming_apis import (
     Api,
     Control,
     ParameterError,
+    PendingFinals,
     StreamingConnection,
     StreamParams,
     check_names,
@@ -248,12 +249,10 @@ class SonioxConnection(StreamingConnection):
         super().__init__(ws, core, request, reading, params)
         self.request = request
         self.config: SonioxConfig | None = None
-        self.starts: dict[int, float] = {}
-        """Where each utterance whose final has not been sent began."""
+        self.pending = PendingFinals()
+        """Each utterance whose final has not been sent, and the next one's partial held back for it."""
         self.shown: set[int] = set()
-        """Those of `starts` whose non-final tokens were sent: their final takes them back."""
-        self.held: dict[int, str] = {}
-        """The latest partial with words of an utterance heard while one before it awaits its final."""
+        """Those of `pending` whose non-final tokens were sent: their final takes them back."""
         self.spoken = False
         """Words were sent: the next token of words starts with a space."""
         self.final_ms = 0
@@ -325,12 +324,9 @@ class SonioxConnection(StreamingConnection):
         if self.failed:
             return
         if isinstance(event, SpeechStarted):
-            self.starts[event.utterance_id] = event.start
+            self.pending.started(event)
         elif isinstance(event, PartialTranscript):
-            if not event.text.strip():
-                return
-            if any(earlier < event.utterance_id for earlier in self.starts):  # after the final before it
-                self.held[event.utterance_id] = event.text
+            if not event.text.strip() or self.pending.holds(event):  # sent after the final before it
                 return
             await self.send({"tokens": self.partial(event.utterance_id, event.text), **self.audio_ms()})
             self.shown.add(event.utterance_id)
@@ -341,7 +337,7 @@ class SonioxConnection(StreamingConnection):
 
     def partial(self, utterance_id: int, text: str) -> list[dict[str, Any]]:
         assert self.config is not None
-        start = self.starts.get(utterance_id, self.seconds)
+        start = self.pending.starts.get(utterance_id, self.seconds)
         return self.tokens(text, start, self.seconds, False, 0.0, self.config.language)
 
     async def final(self, event: FinalTranscript) -> None:
@@ -351,8 +347,7 @@ class SonioxConnection(StreamingConnection):
         assert self.config is not None
         shown = event.utterance_id in self.shown
         self.shown.discard(event.utterance_id)
-        self.starts.pop(event.utterance_id, None)
-        self.held.pop(event.utterance_id, None)
+        self.pending.final(event.utterance_id)
         language = event.language or self.config.language
         tokens = self.tokens(event.text, event.start, event.end, True, confidence(event), language)
         self.spoken = self.spoken or bool(tokens)
@@ -363,10 +358,8 @@ class SonioxConnection(StreamingConnection):
             tokens.append({"text": FINALIZED, **marker})
         elif self.config.endpoints and (tokens or shown):
             tokens.append({"text": END, **marker})
-        for later in sorted(self.held):
-            if any(earlier < later for earlier in self.starts):
-                break
-            tokens.extend(self.partial(later, self.held.pop(later)))
+        for later, text in self.pending.released():
+            tokens.extend(self.partial(later, text))
             self.shown.add(later)
         if tokens:
             await self.send({"tokens": tokens, **self.audio_ms()})

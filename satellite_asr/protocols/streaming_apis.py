@@ -26,7 +26,7 @@ from multidict import MultiMapping
 from satellite_asr.access import SUBPROTOCOL, error_response
 from satellite_asr.audio import PcmDecoder
 from satellite_asr.core import Core
-from satellite_asr.events import FinalTranscript, SessionEvent
+from satellite_asr.events import FinalTranscript, PartialTranscript, SessionEvent, SpeechStarted
 from satellite_asr.limits import ConnectionLimit, TooManyConnections, write_within
 from satellite_asr.protocols import (
     WEBSOCKET_ENDS,
@@ -167,6 +167,45 @@ Control = Callable[[dict[str, Any]], Awaitable[None]]
 
 async def keep_alive(message: dict[str, Any]) -> None:
     """Nothing to do: the stream is alive while the connection is."""
+
+
+class PendingFinals:
+    """The utterances whose final is not sent yet, and the partials held behind them. For the APIs
+    whose messages name no utterance (ElevenLabs', Soniox's, Cartesia's): with two decodes at once
+    the next utterance's partials come while the final before it decodes, and sent then a client
+    would take the next command's words for the end of the last."""
+
+    def __init__(self) -> None:
+        self.starts: dict[int, float] = {}
+        """Where each utterance whose final has not been sent began."""
+        self.held: dict[int, str] = {}
+        """The latest partial with words of each utterance heard while one before it awaits its final."""
+
+    def started(self, event: SpeechStarted) -> None:
+        self.starts[event.utterance_id] = event.start
+
+    def holds(self, event: PartialTranscript) -> bool:
+        """Whether the partial waits for the final of an utterance before it (kept, replacing the
+        one held before it)."""
+        if any(earlier < event.utterance_id for earlier in self.starts):
+            self.held[event.utterance_id] = event.text
+            return True
+        return False
+
+    def final(self, utterance_id: int) -> None:
+        """The utterance's final is being sent: it awaits nothing more, and holds back nothing."""
+        self.starts.pop(utterance_id, None)
+        self.held.pop(utterance_id, None)
+
+    def released(self) -> list[tuple[int, str]]:
+        """The held partials no final still holds back, by utterance in order, with their utterances:
+        to be sent now, after the final that held them."""
+        free = []
+        for later in sorted(self.held):
+            if any(earlier < later for earlier in self.starts):
+                break
+            free.append((later, self.held.pop(later)))
+        return free
 
 
 class StreamingConnection(abc.ABC):
