@@ -303,6 +303,20 @@ async def test_the_next_utterance_waits_for_the_final_of_the_one_before() -> Non
     assert early and not any({"what", "time"} & set(normalise(text).split()) for text in early), early
 
 
+async def test_partials_held_back_behind_a_pending_final_are_sent_once_it_is() -> None:
+    """The second command spoken whole while the first still decodes (its final gated until all the
+    audio is sent): its partial is held back for that final, then sent after it and before its own
+    final, not dropped."""
+    engine = FirstFinalGatedEngineDouble()
+    async with running_daemon(engine) as daemon:
+        messages, _ = await stream(stt_url(daemon), audio(), paced=True, release=(engine.gate, 1000.0))
+    said = [(m["is_final"], m["text"]) for m in of_type(messages, "transcript")]
+    finals = [at for at, (final, _) in enumerate(said) if final]
+    assert len(finals) == 3, said
+    between = [text for final, text in said[finals[0] + 1 : finals[1]] if not final]
+    assert between and {"what", "time"} & set(normalise(between[-1]).split()), said
+
+
 async def test_a_noise_without_words_sends_nothing() -> None:
     """An utterance in which no words were heard (a cough) gave no partial with words: no final is
     sent for it, as a client that began no speech expects nothing to end."""

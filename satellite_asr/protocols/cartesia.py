@@ -31,6 +31,7 @@ from satellite_asr.protocols.streaming_apis import (
     Control,
     ParameterError,
     ParametersRefused,
+    PendingFinals,
     StreamingConnection,
     StreamParams,
     check_names,
@@ -162,10 +163,10 @@ class CartesiaConnection(CartesiaErrors):
         super().__init__(ws, core, request, reading, params)
         assert isinstance(params, StreamingParams)
         self.options = params
-        self.starts: dict[int, float] = {}
-        """Where the VAD heard each utterance whose final has not been sent yet begin."""
+        self.pending = PendingFinals()
+        """Each utterance whose final has not been sent, and the next one's partial held back for it."""
         self.spoken: set[int] = set()
-        """Those of `starts` of which a partial with words was sent: their final is sent, words or not,
+        """Those of `pending` of which a partial with words was sent: their final is sent, words or not,
         so that LiveKit ends the speech that partial began."""
         self.sent_to = 0.0
         """Where the audio of the last transcript sent ended: the next one's `duration` runs from there."""
@@ -181,14 +182,10 @@ class CartesiaConnection(CartesiaErrors):
 
     async def emit(self, event: SessionEvent) -> None:
         if isinstance(event, SpeechStarted):
-            self.starts[event.utterance_id] = event.start
+            self.pending.started(event)
         elif isinstance(event, PartialTranscript):
-            # the utterance before has ended, its final not sent yet: its final comes first
-            if not event.text.strip() or any(earlier < event.utterance_id for earlier in self.starts):
-                return
-            self.spoken.add(event.utterance_id)
-            start = self.starts.get(event.utterance_id, self.sent_to)
-            await self.transcript(event.text, start, self.seconds, False, None)
+            if event.text.strip() and not self.pending.holds(event):
+                await self.partial(event.utterance_id, event.text)
         elif isinstance(event, FinalTranscript):
             await self.final(event)
         elif isinstance(event, SessionError):
@@ -196,12 +193,20 @@ class CartesiaConnection(CartesiaErrors):
 
     async def final(self, event: FinalTranscript) -> None:
         """The utterance's final: sent when it has words or a partial of it was sent (an empty one
-        then ends the speech LiveKit began); a noise without words sends nothing."""
-        self.starts.pop(event.utterance_id, None)
+        then ends the speech LiveKit began); a noise without words sends nothing. Then the next
+        utterance's partial held back for it."""
         spoken = event.utterance_id in self.spoken
         self.spoken.discard(event.utterance_id)
+        self.pending.final(event.utterance_id)
         if event.text.strip() or spoken:
             await self.transcript(event.text, event.start, event.end, True, event.language)
+        for later, text in self.pending.released():
+            await self.partial(later, text)
+
+    async def partial(self, utterance_id: int, text: str) -> None:
+        self.spoken.add(utterance_id)
+        start = self.pending.starts.get(utterance_id, self.sent_to)
+        await self.transcript(text, start, self.seconds, False, None)
 
     async def transcript(self, text: str, start: float, end: float, final: bool, language: str | None) -> None:
         """A `transcript`: its words each span the utterance (the engine gives no word timings);
