@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import re
 from typing import Any
 
 import aiohttp
@@ -25,7 +26,17 @@ from tests.doubles import (
     FirstFinalGatedEngineDouble,
     GatedEngineDouble,
 )
-from tests.helpers import EXPECTED, eventually, exchange, fixture_16k, of_type, pcm16, running_daemon, same_words
+from tests.helpers import (
+    EXPECTED,
+    eventually,
+    exchange,
+    fixture_16k,
+    normalise,
+    of_type,
+    pcm16,
+    running_daemon,
+    same_words,
+)
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -120,6 +131,27 @@ async def test_finalize_ends_the_utterance_in_progress() -> None:
     assert first["from_finalize"] and not first["speech_final"] and transcript(first)
     # nothing was in progress at the second Finalize: an empty final answers it
     assert second["from_finalize"] and transcript(second) == "" and second["duration"] == 0
+
+
+async def test_interim_results_held_back_behind_a_pending_final_are_sent_once_it_is() -> None:
+    """The second command spoken whole while the first still decodes (its final gated until all the
+    audio is sent): its `SpeechStarted` and interim results wait for that final and its
+    `UtteranceEnd`, as Deepgram sends in audio order and clients take an interim for the utterance
+    whose final comes next; the interim is sent then, not dropped."""
+    engine = FirstFinalGatedEngineDouble()
+    query = f"{LINEAR16}&interim_results=true&vad_events=true&utterance_end_ms=1000"
+    async with running_daemon(engine) as daemon:
+        messages, _ = await exchange(
+            listen_url(daemon, query), audio(), CLOSE_STREAM, paced=True, release=(engine.gate, 1000.0)
+        )
+    kinds = {"SpeechStarted": "S", "UtteranceEnd": "E", "Metadata": "M"}
+    shape = "".join(kinds.get(m["type"], "F" if m.get("is_final") else "i") for m in messages)
+    assert re.fullmatch(r"(Si*FE?)+M", shape), shape
+    spoken = finals(messages)
+    assert same_words(EXPECTED["three_commands.wav"], [transcript(m) for m in spoken])
+    between = messages[messages.index(spoken[0]) + 1 : messages.index(spoken[1])]
+    interims = [transcript(m) for m in of_type(between, "Results")]
+    assert interims and {"what", "time"} & set(normalise(interims[-1]).split()), interims
 
 
 async def test_empty_binary_message_ends_the_stream() -> None:

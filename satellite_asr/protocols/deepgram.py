@@ -4,7 +4,8 @@ The stream's settings are the URL's query parameters, checked before the upgrade
 HTTP 400 with Deepgram's error body). One session serves the connection. Each utterance gives
 `SpeechStarted` (with `vad_events`), interim `Results` while it is spoken (with `interim_results`),
 then its final `Results` (`is_final`, and `speech_final` when the daemon's endpointing ended it),
-then `UtteranceEnd` (with `utterance_end_ms`). `Finalize` ends the utterance in progress
+then `UtteranceEnd` (with `utterance_end_ms`); the next utterance's wait for those, as Deepgram
+sends in audio order (`PendingFinals`). `Finalize` ends the utterance in progress
 (`from_finalize`); `CloseStream` sends what is still to come, then `Metadata`, then the Close.
 """
 
@@ -40,6 +41,7 @@ from satellite_asr.protocols.streaming_apis import (
     ApiParser,
     Control,
     ParameterError,
+    PendingFinals,
     StreamingConnection,
     StreamParams,
     ascii_digits,
@@ -276,8 +278,10 @@ class ListenConnection(DeepgramConnection):
         self.created = created_now()
         self.model_id, self.model = model_info(core.engine_info)
         self.audio_hash = hashlib.sha256()
-        self.starts: dict[int, float] = {}
-        """Each utterance's start, for its interim results."""
+        self.pending = PendingFinals()
+        """Each utterance whose final has not been sent, and the next one's interim result held back for it."""
+        self.announced = 0
+        """The last utterance whose `SpeechStarted` was sent (with `vad_events`)."""
         self.finalizing: int | None = None
         """While a `Finalize` is answered, the first utterance it may end (the one in progress, or
         speech not yet confirmed that the flush makes one): the finals it brings say `from_finalize`,
@@ -311,22 +315,35 @@ class ListenConnection(DeepgramConnection):
         }
 
     async def emit(self, event: SessionEvent) -> None:
-        options = self.options
         if isinstance(event, SpeechStarted):
-            self.starts[event.utterance_id] = event.start
-            if options.vad_events:
-                await self.send({"type": "SpeechStarted", "channel": CHANNEL, "timestamp": round(event.start, 3)})
+            self.pending.started(event)
+            await self.speech_started()
         elif isinstance(event, PartialTranscript):
-            start = self.starts.get(event.utterance_id, 0.0)
-            flags = {"is_final": False, "speech_final": False, "from_finalize": False}
-            await self.send(self.results(event.text, start, self.seconds, 0.0, **flags))
+            if not self.pending.holds(event):
+                await self.interim(event.utterance_id, event.text)
         elif isinstance(event, FinalTranscript):
             await self.final(event)
         elif isinstance(event, SessionError):
             await self.error(event.code, event.message, counted=True)
 
+    async def speech_started(self) -> None:
+        """`SpeechStarted` (with `vad_events`) of the first utterance whose final is not sent, once: a
+        later one's waits for the final and `UtteranceEnd` before it, as its interim results do."""
+        first = min(self.pending.starts, default=0)
+        if self.options.vad_events and first > self.announced:
+            self.announced = first
+            timestamp = round(self.pending.starts[first], 3)
+            await self.send({"type": "SpeechStarted", "channel": CHANNEL, "timestamp": timestamp})
+
+    async def interim(self, utterance_id: int, text: str) -> None:
+        start = self.pending.starts.get(utterance_id, 0.0)
+        flags = {"is_final": False, "speech_final": False, "from_finalize": False}
+        await self.send(self.results(text, start, self.seconds, 0.0, **flags))
+
     async def final(self, event: FinalTranscript) -> None:
-        self.starts.pop(event.utterance_id, None)
+        """The utterance's final `Results` and `UtteranceEnd`, then what the next utterance's held
+        back for them: its `SpeechStarted` and latest interim result."""
+        self.pending.final(event.utterance_id)
         flags = {
             "is_final": True,
             "speech_final": event.is_speech_final and self.options.speech_final,
@@ -336,6 +353,9 @@ class ListenConnection(DeepgramConnection):
         await self.send(self.results(event.text, event.start, event.end, confidence(event), **flags))
         if self.options.utterance_end_ms is not None and event.text:
             await self.send({"type": "UtteranceEnd", "channel": CHANNEL, "last_word_end": round(event.end, 3)})
+        await self.speech_started()
+        for later, text in self.pending.released():
+            await self.interim(later, text)
 
     def controls(self) -> dict[str, Control]:
         return {

@@ -171,9 +171,9 @@ async def keep_alive(message: dict[str, Any]) -> None:
 
 class PendingFinals:
     """The utterances whose final is not sent yet, and the partials held behind them. For the APIs
-    whose messages name no utterance (ElevenLabs', Soniox's, Cartesia's): with two decodes at once
-    the next utterance's partials come while the final before it decodes, and sent then a client
-    would take the next command's words for the end of the last."""
+    whose messages name no utterance (ElevenLabs', Soniox's, Cartesia's, Deepgram's live API): with
+    two decodes at once the next utterance's partials come while the final before it decodes, and
+    sent then a client would take the next command's words for the end of the last."""
 
     def __init__(self) -> None:
         self.starts: dict[int, float] = {}
