@@ -282,11 +282,6 @@ class ListenConnection(DeepgramConnection):
         """Each utterance whose final has not been sent, and the next one's interim result held back for it."""
         self.announced = 0
         """The last utterance whose `SpeechStarted` was sent (with `vad_events`)."""
-        self.finalizing: int | None = None
-        """While a `Finalize` is answered, the first utterance it may end (the one in progress, or
-        speech not yet confirmed that the flush makes one): the finals it brings say `from_finalize`,
-        not that of one the length cap forced before it whose final was still to come."""
-        self.finals_finalized = 0
         self.metadata_sent = False
 
     async def on_binary(self, data: bytes) -> None:
@@ -347,9 +342,8 @@ class ListenConnection(DeepgramConnection):
         flags = {
             "is_final": True,
             "speech_final": event.is_speech_final and self.options.speech_final,
-            "from_finalize": self.finalizing is not None and event.utterance_id >= self.finalizing,
+            "from_finalize": self.answers_flush(event.utterance_id),
         }
-        self.finals_finalized += flags["from_finalize"]
         await self.send(self.results(event.text, event.start, event.end, confidence(event), **flags))
         if self.options.utterance_end_ms is not None and event.text:
             await self.send({"type": "UtteranceEnd", "channel": CHANNEL, "last_word_end": round(event.end, 3)})
@@ -401,13 +395,7 @@ class ListenConnection(DeepgramConnection):
     async def finalize(self, message: dict[str, Any]) -> None:
         """Ends the utterance in progress now (its final says `from_finalize`); with none in
         progress, an empty final says so: Pipecat waits for a `from_finalize` final to end its turn."""
-        assert self.input is not None
-        self.finalizing, self.finals_finalized = await self.first_to_end_now(), 0
-        try:
-            await self.input.session.flush()
-        finally:
-            self.finalizing = None
-        if self.finals_finalized == 0:
+        if not await self.flush_for_client():
             flags = {"is_final": True, "speech_final": False, "from_finalize": True}
             await self.send(self.results("", self.seconds, self.seconds, 0.0, **flags))
 

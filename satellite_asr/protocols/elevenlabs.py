@@ -166,11 +166,6 @@ class ScribeConnection(StreamingConnection):
         """Each utterance whose commit has not been sent, and the next one's partial held back for it."""
         self.spoken: set[int] = set()
         """Those of `pending` of which a partial with words was sent."""
-        self.answering: int | None = None
-        """While a client's commit is answered, the first utterance it may end (the one in progress,
-        or speech not yet confirmed that the flush makes one): that final answers the commit, not
-        one the length cap forced before it whose final was still to come."""
-        self.commit_answered = False
 
     async def opened(self) -> None:
         options = self.options
@@ -220,8 +215,7 @@ class ScribeConnection(StreamingConnection):
         spoken = event.utterance_id in self.spoken
         self.spoken.discard(event.utterance_id)
         self.pending.final(event.utterance_id)
-        answers = self.answering is not None and event.utterance_id >= self.answering
-        self.commit_answered = self.commit_answered or answers
+        answers = self.answers_flush(event.utterance_id)
         if event.text.strip() or spoken or answers:
             await self.committed(event.text, event.start, event.end, event.avg_logprob, event.language)
         for later, text in self.pending.released():  # the next utterance's partial, held back for this commit
@@ -285,13 +279,7 @@ class ScribeConnection(StreamingConnection):
 
     async def commit(self) -> None:
         """The utterance in progress ends now; with none, an empty `committed_transcript` says so."""
-        assert self.input is not None
-        self.answering, self.commit_answered = await self.first_to_end_now(), False
-        try:
-            await self.input.session.flush()
-        finally:
-            self.answering = None
-        if not self.commit_answered:
+        if not await self.flush_for_client():
             await self.committed("", self.seconds, self.seconds, None, None)
 
 

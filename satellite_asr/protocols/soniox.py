@@ -256,9 +256,6 @@ class SonioxConnection(StreamingConnection):
         self.spoken = False
         """Words were sent: the next token of words starts with a space."""
         self.final_ms = 0
-        self.answering: int | None = None
-        """While a `finalize` is answered, the first utterance it may end: that final gets `<fin>`."""
-        self.finalize_answered = False
         self.failed = False
 
     async def read_settings(self, message: WSMessage) -> None:
@@ -353,8 +350,8 @@ class SonioxConnection(StreamingConnection):
         self.spoken = self.spoken or bool(tokens)
         self.final_ms = max(self.final_ms, round(event.end * 1000))
         marker = {"start_ms": self.final_ms, "end_ms": self.final_ms, "confidence": 1.0, "is_final": True}
-        if self.answering is not None and event.utterance_id >= self.answering and not self.finalize_answered:
-            self.finalize_answered = True
+        answered_before = self.flush_answered
+        if self.answers_flush(event.utterance_id) and not answered_before:  # the first final it ends gets `<fin>`
             tokens.append({"text": FINALIZED, **marker})
         elif self.config.endpoints and (tokens or shown):
             tokens.append({"text": END, **marker})
@@ -402,13 +399,7 @@ class SonioxConnection(StreamingConnection):
         silence = message.get("trailing_silence_ms")
         if silence is not None and not number_within(silence, 0, math.inf, True):
             raise ProtocolError("invalid_message", "trailing_silence_ms must be a whole number of milliseconds")
-        assert self.input is not None
-        self.answering, self.finalize_answered = await self.first_to_end_now(), False
-        try:
-            await self.input.session.flush()
-        finally:
-            self.answering = None
-        if not self.finalize_answered and not self.failed:
+        if not await self.flush_for_client() and not self.failed:
             marker = {"start_ms": self.final_ms, "end_ms": self.final_ms, "confidence": 1.0, "is_final": True}
             await self.send({"tokens": [{"text": FINALIZED, **marker}], **self.audio_ms()})
 

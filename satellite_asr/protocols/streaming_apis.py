@@ -236,6 +236,12 @@ class StreamingConnection(abc.ABC):
         self.input: PcmInput | None = None
         self.finished = False
         """The client ended the stream, or the server did: the handler stops reading."""
+        self.flushed_from: int | None = None
+        """While the client's flush (`flush_for_client`) is under way, the first utterance it may end:
+        the one in progress, or speech not yet confirmed that the flush makes one; not one the length
+        cap ended before, whose final may still be decoding."""
+        self.flush_answered = False
+        """A final of the flush under way (or the last) answered it (`answers_flush`)."""
 
     @property
     def seconds(self) -> float:
@@ -322,15 +328,29 @@ class StreamingConnection(abc.ABC):
     def controls(self) -> dict[str, Control]:
         """The API's control messages, by `type`."""
 
-    async def first_to_end_now(self) -> int:
-        """The first utterance that ending the speech now (`Session.flush`, next) ends: the one in
-        progress, or speech not yet confirmed that the flush makes one; not one the length cap ended
-        before, whose final may still be decoding. The resampler's tail is fed first: it is the
-        utterance's last milliseconds."""
+    async def flush_for_client(self) -> bool:
+        """The utterance in progress ends now at the client's word (Deepgram's `Finalize`, ElevenLabs'
+        commit, Soniox's `finalize`), its final sent before this returns; whether one of the finals
+        it brought answered the client (`answers_flush`): an API whose client waits for the answer
+        sends an empty one when none did. The resampler's tail is fed first: it is the utterance's
+        last milliseconds."""
         assert self.input is not None
         await self.input.drain()
         session = self.input.session
-        return session.utterances if session.in_utterance else session.utterances + 1
+        self.flushed_from = session.utterances if session.in_utterance else session.utterances + 1
+        self.flush_answered = False
+        try:
+            await session.flush()
+        finally:
+            self.flushed_from = None
+        return self.flush_answered
+
+    def answers_flush(self, utterance_id: int) -> bool:
+        """Whether this utterance's final is one the client's flush ended, and so answers it; each
+        final is asked once, as it is sent."""
+        answers = self.flushed_from is not None and utterance_id >= self.flushed_from
+        self.flush_answered = self.flush_answered or answers
+        return answers
 
     async def end_now(self, message: dict[str, Any]) -> None:
         """The utterance in progress ends now: its final comes as the daemon's endpointing would send it."""
