@@ -29,8 +29,9 @@ on the OpenAI-compatible paths (`OPENAI_PREFIXES`), Deepgram's `{"err_code","err
 on Deepgram's (`DEEPGRAM_PATHS`), AssemblyAI's `{"error","code"}` on its (`ASSEMBLYAI_PATHS`),
 ElevenLabs' `{"detail":{"status","message"}}` on its (`ELEVENLABS_PREFIX`), Cartesia's
 `{"error_code","title","message","request_id"}` on its (`CARTESIA_PATHS`), Soniox's
-`{"error_code","error_message"}` on its (`SONIOX_PATHS`). Cartesia's clients send
-the key as `X-API-Key` or `Authorization: Bearer`, both ways above.
+`{"error_code","error_message"}` on its (`SONIOX_PATHS`), Speechmatics' `{"code","error"}` on its
+(`speechmatics_path`). Cartesia's clients send the key as `X-API-Key` or `Authorization: Bearer`,
+Speechmatics' as `Authorization: Bearer` (a browser's as `?jwt=KEY`, also taken there), both ways above.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ from satellite_asr.protocols import (
     elevenlabs_error,
     openai_error,
     soniox_error,
+    speechmatics_error,
 )
 
 PUBLIC_PATHS = frozenset({"/", "/health"})
@@ -76,6 +78,11 @@ SONIOX_PATHS = frozenset({"/transcribe-websocket"})
 IN_BAND_KEY_PATHS = SONIOX_PATHS
 """Paths whose clients may send the key in the stream's first message (Soniox's `api_key`): the
 handler checks it there (`check_key`), with the key the request carries, if any."""
+
+SPEECHMATICS_PATH = re.compile(r"/v2(/agent|/[A-Za-z]{2,3})?")
+"""Speechmatics' real-time API (`/v2`, `/v2/<language>`) and its Agent STT API (`/v2/agent`), whose
+errors take its `{"code", "error"}` shape, and whose browser clients send the key as `?jwt=KEY`."""
+SPEECHMATICS_KEY_QUERY_PARAMETER = "jwt"
 
 SUBPROTOCOL = "satellite-asr"
 """The WebSocket subprotocol the daemon accepts (and echoes) beside a key entry."""
@@ -317,11 +324,17 @@ def presented_key(request: web.Request) -> str | None:
             return protocol.strip()[len(KEY_SUBPROTOCOL_PREFIX) :]
     if KEY_QUERY_PARAMETER in request.query:
         return request.query[KEY_QUERY_PARAMETER]
+    if SPEECHMATICS_KEY_QUERY_PARAMETER in request.query and speechmatics_path(request.path):
+        return request.query[SPEECHMATICS_KEY_QUERY_PARAMETER]
     if ELEVENLABS_KEY_HEADER in request.headers:
         return request.headers[ELEVENLABS_KEY_HEADER].strip()
     if authorization and not credentials and scheme.lower() not in ("bearer", "token"):  # the key alone
         return authorization
     return None
+
+
+def speechmatics_path(path: str) -> bool:
+    return SPEECHMATICS_PATH.fullmatch(path) is not None
 
 
 def check_key(request: web.Request, in_band: str | None) -> tuple[int, str, str] | None:
@@ -352,6 +365,8 @@ def error_response(
         body = cartesia_error(code, message)
     elif path in SONIOX_PATHS:
         body = soniox_error(status, message)
+    elif speechmatics_path(path):
+        body = speechmatics_error(status, message)
     else:
         body = {"type": "error", "code": code, "message": message}
     return web.json_response(body, status=status, headers=headers)

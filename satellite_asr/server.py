@@ -46,6 +46,7 @@ from satellite_asr.protocols import (
     openai_realtime,
     openai_rest,
     soniox,
+    speechmatics,
     streaming_apis,
     websocket,
     wyoming,
@@ -165,6 +166,8 @@ class Daemon:
         self.discovery: Discovery | None = None
         self.websocket = websocket.WebSocketHandler(self.core)
         self.soniox = streaming_apis.StreamingApiHandler(self.core, soniox.SONIOX_REALTIME)
+        self.speechmatics = streaming_apis.StreamingApiHandler(self.core, speechmatics.REALTIME)
+        self.speechmatics_agent = streaming_apis.StreamingApiHandler(self.core, speechmatics.AGENT)
         self.http_connections = ConnectionLimit(
             "HTTP",
             settings.max_http_connections,
@@ -206,6 +209,9 @@ class Daemon:
             ("GET", cartesia.PATH, streaming_apis.StreamingApiHandler(self.core, cartesia.STREAMING).handle),
             ("GET", cartesia_turns.PATH, streaming_apis.StreamingApiHandler(self.core, cartesia_turns.TURNS).handle),
             ("GET", soniox.PATH, self.soniox.handle),
+            ("GET", speechmatics.PATH, self.speechmatics.handle),
+            ("GET", speechmatics.LANGUAGE_PATH, self.speechmatics.handle),
+            ("GET", speechmatics.AGENT_PATH, self.speechmatics_agent.handle),
             ("GET", "/health", self._health),
             ("GET", "/metrics", self._metrics),
             ("GET", "/", self._index),
@@ -353,8 +359,13 @@ class Daemon:
         ink = self.core.sessions.close_all("shutdown", protocol=cartesia.PROTOCOL)
         turns = self.core.sessions.close_all("shutdown", protocol=cartesia_turns.PROTOCOL)
         sonic = self.core.sessions.close_all("shutdown", protocol=soniox.PROTOCOL)
-        awaiting = self.soniox.close_awaiting("shutdown")  # no session yet: their settings have not come
-        closing = (realtime, listen, flux, universal, scribe, ink, turns, sonic, awaiting)
+        rt = self.core.sessions.close_all("shutdown", protocol=speechmatics.PROTOCOL)
+        agent = self.core.sessions.close_all("shutdown", protocol=speechmatics.AGENT_PROTOCOL)
+        # no session yet: their settings have not come
+        awaiting = [
+            handler.close_awaiting("shutdown") for handler in (self.soniox, self.speechmatics, self.speechmatics_agent)
+        ]
+        closing = (realtime, listen, flux, universal, scribe, ink, turns, sonic, rt, agent, *awaiting)
         await asyncio.gather(self._close_wyoming(), self._close_websockets(), *closing)
         await self.core.sessions.close_all("shutdown")
 

@@ -200,6 +200,13 @@ def soniox_error(status: int, message: str) -> dict[str, Any]:
     return {"error_code": status, "error_message": echoable(message)}
 
 
+def speechmatics_error(status: int, message: str) -> dict[str, Any]:
+    """Speechmatics' HTTP error body (the status again as `code`, and an `error` sentence), for a
+    refused upgrade; in the stream its errors are `Error` messages. `message` may hold what a client
+    sent (`echoable`)."""
+    return {"code": status, "error": echoable(message)}
+
+
 def open_session(
     core: Core,
     protocol: str,

@@ -383,13 +383,6 @@ class SonioxConnection(StreamingConnection):
             await self.finish_audio()
             raise
 
-    async def finish_audio(self) -> None:
-        """Before the error that ends the stream, the finals of the audio that came before it: a bad
-        message loses nothing else."""
-        assert self.input is not None
-        await self.input.drain()
-        await self.core.sessions.release(self.input.session, "error", finalize=True)
-
     def controls(self) -> dict[str, Control]:
         return {"finalize": self.finalize, "keepalive": keep_alive}
 

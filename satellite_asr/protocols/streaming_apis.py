@@ -144,12 +144,12 @@ def replacing_terms(core: Core, value: object, param: str) -> tuple[str, ...]:
     return terms
 
 
-def is_control(message: WSMessage, kind: str) -> bool:
-    """Whether a message is the control message `kind` (a JSON object of that `type`)."""
+def is_control(message: WSMessage, kind: str, type_field: str = "type") -> bool:
+    """Whether a message is the control message `kind` (a JSON object of that `type_field`)."""
     if message.type != WSMsgType.TEXT:
         return False
     parsed = json_object(message.data)
-    return isinstance(parsed, dict) and parsed.get("type") == kind
+    return isinstance(parsed, dict) and parsed.get(type_field) == kind
 
 
 def control_message(data: str, code: str, type_field: str) -> tuple[object, dict[str, Any]]:
@@ -351,6 +351,13 @@ class StreamingConnection(abc.ABC):
         answers = self.flushed_from is not None and utterance_id >= self.flushed_from
         self.flush_answered = self.flush_answered or answers
         return answers
+
+    async def finish_audio(self) -> None:
+        """Before the error that ends the stream, the finals of the audio that came before it: a bad
+        message loses nothing else (Soniox's and Speechmatics' errors end the stream)."""
+        assert self.input is not None
+        await self.input.drain()
+        await self.core.sessions.release(self.input.session, "error", finalize=True)
 
     async def end_now(self, message: dict[str, Any]) -> None:
         """The utterance in progress ends now: its final comes as the daemon's endpointing would send it."""
