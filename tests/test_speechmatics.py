@@ -352,6 +352,5 @@ async def test_the_key_by_bearer_or_jwt_and_refusals_in_speechmatics_shape() -> 
 
 async def test_plain_get_is_426_in_speechmatics_shape() -> None:
     async with running_daemon() as daemon, aiohttp.ClientSession() as http:
-        async with http.get(f"http://127.0.0.1:{daemon.http_port}/v2/agent") as response:
-            assert response.status == 426
-            assert (await response.json())["code"] == 426
+        response = await http.get(f"http://127.0.0.1:{daemon.http_port}/v2/agent")
+        assert response.status == 426 and (await response.json())["code"] == 426

@@ -158,7 +158,7 @@ def parse_start(message: WSMessage, core: Core, agent: bool, path_language: str 
     if not isinstance(config, dict):
         raise ProtocolError("invalid_message", "StartRecognition needs a transcription_config object")
     service_turns = agent and turn_mode(start.get("turn_config")) == "vad"
-    parsed = transcription(core, config, None)
+    parsed = transcription(core, config, None, agent)
     if path_language is not None and path_language.lower() != str(config["language"]).lower():
         raise ProtocolError(
             "invalid_config", f"the URL's language {echoable(path_language)!r} is not the configuration's"
@@ -205,9 +205,11 @@ class Transcription:
     terms: tuple[str, ...]
 
 
-def transcription(core: Core, config: dict[str, Any], before: Transcription | None) -> Transcription:
+def transcription(core: Core, config: dict[str, Any], before: Transcription | None, agent: bool) -> Transcription:
     """A `transcription_config` checked; `before`: the session's, which `SetRecognitionConfig` changes
-    (its language and vocabulary are the session's and may not)."""
+    (its language and vocabulary are the session's and may not). On the Agent STT API partials are
+    on unless turned off (LiveKit's plugin leaves `enable_partials` out and expects interims), and
+    `diarization` `speaker` alone (LiveKit's default) is taken and not applied: segments name no speaker."""
     given = {name: value for name, value in config.items() if value is not None}
     for name, feature in REFUSED.items():
         if name in given:
@@ -225,7 +227,7 @@ def transcription(core: Core, config: dict[str, Any], before: Transcription | No
             raise ProtocolError("invalid_config", f"{name} must be true or false")
     if given.get("enable_entities"):
         raise ProtocolError("invalid_config", "this server does not tag entities; leave enable_entities false")
-    if given.get("diarization", "none") != "none":
+    if given.get("diarization", "none") not in ("none", *(["speaker"] if agent else [])):
         raise ProtocolError("invalid_config", "this server does not do diarization; leave diarization 'none'")
     if "max_delay" in given and not number_within(given["max_delay"], 0.7, 4.0):
         raise ProtocolError("invalid_config", "max_delay must be a number of seconds from 0.7 to 4")
@@ -245,7 +247,7 @@ def transcription(core: Core, config: dict[str, Any], before: Transcription | No
     if not isinstance(language, str):
         raise ProtocolError("invalid_config", "transcription_config.language is required: a language code")
     terms = vocabulary(core, given.get("additional_vocab", []))
-    return Transcription(language_of(core, language), given.get("enable_partials", False), eou, terms)
+    return Transcription(language_of(core, language), given.get("enable_partials", agent), eou, terms)
 
 
 def language_of(core: Core, code: object) -> str | None:
@@ -433,7 +435,7 @@ class SpeechmaticsConnection(StreamingConnection):
         before = Transcription(
             self.config.language, self.config.partials, self.config.end_of_utterance, self.config.terms
         )
-        after = transcription(self.core, config, before)
+        after = transcription(self.core, config, before, self.agent)
         self.config = replace(self.config, partials=after.partials, end_of_utterance=after.eou)
 
     async def force_end(self, message: dict[str, Any]) -> None:
