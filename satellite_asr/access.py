@@ -79,7 +79,7 @@ IN_BAND_KEY_PATHS = SONIOX_PATHS
 """Paths whose clients may send the key in the stream's first message (Soniox's `api_key`): the
 handler checks it there (`check_key`), with the key the request carries, if any."""
 
-SPEECHMATICS_PATH = re.compile(r"/v2(/agent|/[A-Za-z]{2,3})?")
+SPEECHMATICS_PATH = re.compile(r"/v2(/[^/]+)?")
 """Speechmatics' real-time API (`/v2`, `/v2/<language>`) and its Agent STT API (`/v2/agent`), whose
 errors take its `{"code", "error"}` shape, and whose browser clients send the key as `?jwt=KEY`."""
 SPEECHMATICS_KEY_QUERY_PARAMETER = "jwt"
@@ -334,7 +334,8 @@ def presented_key(request: web.Request) -> str | None:
 
 
 def speechmatics_path(path: str) -> bool:
-    return SPEECHMATICS_PATH.fullmatch(path) is not None
+    """`/v2`, `/v2/agent` and `/v2/<language>`: not Deepgram's `/v2/listen`."""
+    return SPEECHMATICS_PATH.fullmatch(path) is not None and path not in DEEPGRAM_PATHS
 
 
 def check_key(request: web.Request, in_band: str | None) -> tuple[int, str, str] | None:

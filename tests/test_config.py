@@ -286,6 +286,7 @@ USER_DOCS = (
     "docs/elevenlabs.md",
     "docs/cartesia.md",
     "docs/soniox.md",
+    "docs/speechmatics.md",
     "docs/wyoming.md",
     "docs/security.md",
     "docs/browser.md",

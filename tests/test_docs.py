@@ -45,6 +45,7 @@ PROTOCOL_DOCS = {
     "protocols/cartesia_batch.py": "docs/cartesia.md",
     "protocols/cartesia_turns.py": "docs/cartesia.md",
     "protocols/soniox.py": "docs/soniox.md",
+    "protocols/speechmatics.py": "docs/speechmatics.md",
     "protocols/wyoming.py": "docs/wyoming.md",
     "protocols/wyoming_framing.py": "docs/wyoming.md",
 }
@@ -374,12 +375,14 @@ def test_security_md_names_every_websocket_route_max_websocket_connections_caps(
 
 
 def test_the_readme_names_every_protocol_label_of_the_metrics() -> None:
-    """The metrics' `protocol` label takes each API module's `PROTOCOL` (and `websocket`, `wyoming`):
+    """The metrics' `protocol` label takes each API module's `PROTOCOL` (or `..._PROTOCOL`, a module
+    serving two APIs: Speechmatics') (and `websocket`, `wyoming`):
     an operator writing a query for a new API's sessions finds its label in the README."""
     labels = {"websocket", "wyoming"}
     for source in (PACKAGE / "protocols").glob("*.py"):
         for node in ast.parse(source.read_text()).body:
-            if isinstance(node, ast.Assign) and [ast.unparse(target) for target in node.targets] == ["PROTOCOL"]:
+            names = [ast.unparse(target) for target in node.targets] if isinstance(node, ast.Assign) else []
+            if len(names) == 1 and re.fullmatch(r"([A-Z]+_)?PROTOCOL", names[0]):
                 labels |= _literals(node.value)
     readme = (ROOT / "README.md").read_text()
     sentence = readme.split("`protocol` is ", 1)[1].split(":", 1)[0]

@@ -43,8 +43,9 @@ from satellite_asr.protocols.streaming_apis import (
 from satellite_asr.session import SessionOptions
 
 PATH = "/v2"
-LANGUAGE_PATH = "/v2/{language:[A-Za-z]{2,3}}"
-"""The older form, the language in the path: it must be the configuration's."""
+LANGUAGE_PATH = "/v2/{language}"
+"""The older form, the language in the path: it must be the configuration's. Routed after Deepgram's
+`/v2/listen` and `AGENT_PATH`, which aiohttp matches first."""
 AGENT_PATH = "/v2/agent"
 PROTOCOL = "speechmatics"
 AGENT_PROTOCOL = "speechmatics-agent"
