@@ -215,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
             "elevenlabs",
             "cartesia",
             "soniox",
+            "speechmatics",
             "wyoming",
             "rest",
         ),
@@ -225,13 +226,14 @@ def build_parser() -> argparse.ArgumentParser:
         "elevenlabs: /v1/speech-to-text/realtime clients (ElevenLabs' realtime API); "
         "cartesia: /stt/websocket clients (Cartesia's streaming API); "
         "soniox: /transcribe-websocket clients (Soniox's real-time API); "
+        "speechmatics: /v2 clients (Speechmatics' real-time API, in English: the fixtures' language); "
         "wyoming: Home Assistant's flow, one command per round; rest: each client uploads one recording (the "
         "manifest's files --rounds times, with silence) to /v1/audio/transcriptions at once.",
     )
     bench.add_argument(
         "--url",
         help="Benchmark a running server (ws://HOST:PORT/v1/stream, /v1/realtime, /v1/listen, /v2/listen, /v3/ws, "
-        "/v1/speech-to-text/realtime, /stt/websocket or /transcribe-websocket, "
+        "/v1/speech-to-text/realtime, /stt/websocket, /transcribe-websocket or /v2, "
         "tcp://HOST:PORT for wyoming (any Wyoming STT server works), http://HOST:PORT for rest) instead of "
         "starting one in-process.",
     )

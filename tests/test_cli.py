@@ -412,6 +412,30 @@ async def test_bench_over_soniox_says_the_streams_401_and_takes_the_key(tmp_path
         assert code == 0 and "WER" in stdout, stderr
 
 
+async def test_bench_over_speechmatics_says_the_upgrades_401_and_the_streams_error(tmp_path: Path) -> None:
+    """`bench --protocol speechmatics`: a missing key is the upgrade's 401 in Speechmatics' body,
+    reported with the key hint; an Error in the stream (a path language not the configuration's)
+    is reported by its type and reason; with the key it measures the file."""
+    manifest = tmp_path / "one.json"
+    manifest.write_text(json.dumps({"weather.wav": EXPECTED["weather.wav"]}))
+    (tmp_path / "weather.wav").symlink_to(FIXTURES / "weather.wav")
+
+    async def bench(url: str, key: str | None = None) -> tuple[int | None, str, str]:
+        flags = ("--protocol", "speechmatics", "--manifest", str(manifest), "--rounds", "1", "--url", url)
+        return await cli_with_key("bench", *flags, key=key)
+
+    async with running_daemon(api_key="kitchen-key") as daemon:
+        url = f"ws://127.0.0.1:{daemon.http_port}/v2"
+        code, stdout, stderr = await bench(url)
+        assert (code, stdout) == (1, ""), stderr
+        assert stderr.startswith(f"satellite-asr: {url}: the daemon refused the connection with HTTP 401"), stderr
+        assert "this daemon requires an API key" in stderr and "give the key with --api-key" in stderr, stderr
+        code, _, stderr = await bench(f"{url}/de", key="kitchen-key")
+        assert code == 1 and "error invalid_config: the URL's language 'de'" in stderr, stderr
+        code, stdout, stderr = await bench(url, key="kitchen-key")
+        assert code == 0 and "WER" in stdout, stderr
+
+
 @pytest.mark.parametrize("url", ["notaurl", "http://127.0.0.1:10301/v1/stream"])
 def test_stream_refuses_a_url_that_is_not_websocket(url: str) -> None:
     result = run_cli("stream", str(FIXTURES / "weather.wav"), "--url", url)

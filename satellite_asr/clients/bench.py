@@ -435,6 +435,35 @@ async def _stream_one_soniox(
     return await _stream_pcm16(url, audio, delay, headers, translate, b"", first=opening)
 
 
+async def _stream_one_speechmatics(
+    url: str, audio: Audio, delay: float, config: dict[str, Any], headers: dict[str, str]
+) -> tuple[float, list[Any]]:
+    """The same over Speechmatics' real-time API: `StartRecognition` first (partials on), the audio
+    as binary messages, `EndOfStream` at the end. `AddPartialTranscript` is a `partial` and
+    `AddTranscript` (with text) the `final` of the utterance in progress (the API names none); an
+    `Error` is the stream's refusal (`StreamRefused`)."""
+    utterance = 0
+
+    def translate(message: dict[str, Any]) -> dict[str, Any] | None:
+        nonlocal utterance
+        kind = message["message"]
+        if kind == "Error":
+            raise StreamRefused(f"the daemon ended the stream with error {message['type']}: {message['reason']}")
+        if kind == "AddPartialTranscript":
+            return {"type": "partial", "utterance_id": utterance}
+        text = message["metadata"]["transcript"].strip() if kind == "AddTranscript" else ""
+        if not text:
+            return None
+        utterance += 1
+        return {"type": "final", "utterance_id": utterance - 1, "text": text}
+
+    audio_format = {"type": "raw", "encoding": "pcm_s16le", "sample_rate": SAMPLE_RATE}
+    start = {"message": "StartRecognition", "audio_format": audio_format}
+    opening = json.dumps({**start, "transcription_config": {"language": "en", "enable_partials": True}})
+    end = json.dumps({"message": "EndOfStream", "last_seq_no": 0})
+    return await _stream_pcm16(url, audio, delay, headers, translate, end, first=opening)
+
+
 async def _stream_pcm16(
     url: str,
     audio: Audio,
@@ -447,7 +476,7 @@ async def _stream_pcm16(
     first: str | None = None,
 ) -> tuple[float, list[Any]]:
     """16 kHz 16-bit PCM at real-time pace to one of the hosted APIs (`url` with its query), after
-    its `first` message if it takes its settings there (Soniox's), each 100 ms as `frame` makes it a
+    its `first` message if it takes its settings there (Soniox's, Speechmatics'), each 100 ms as `frame` makes it a
     message, then its `end` message; each message the server sends as `translate` makes it (None:
     left out), until the server closes, or with `finals` until that many finals came (or 10 s after
     `end`)."""
@@ -498,6 +527,7 @@ PROTOCOLS: dict[str, tuple[str, Streamer]] = {
     "elevenlabs": ("/v1/speech-to-text/realtime", _stream_one_elevenlabs),
     "cartesia": ("/stt/websocket", _stream_one_cartesia),
     "soniox": ("/transcribe-websocket", _stream_one_soniox),
+    "speechmatics": ("/v2", _stream_one_speechmatics),
 }
 """Protocol name -> (path on the daemon, client that streams one file)."""
 
