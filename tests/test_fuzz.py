@@ -25,7 +25,15 @@ from wyoming.event import Event, async_read_event, async_write_event
 from satellite_asr.audio import ENCODINGS, MAX_RATE, MIN_RATE
 from satellite_asr.clients.stream_client import stream_file
 from satellite_asr.core import Core
-from satellite_asr.protocols import ProtocolError, assemblyai, cartesia, cartesia_turns, elevenlabs, soniox
+from satellite_asr.protocols import (
+    ProtocolError,
+    assemblyai,
+    cartesia,
+    cartesia_turns,
+    elevenlabs,
+    soniox,
+    speechmatics,
+)
 from satellite_asr.protocols.deepgram import ENCODINGS as DEEPGRAM_ENCODINGS
 from satellite_asr.protocols.deepgram import (
     IGNORED,
@@ -251,6 +259,55 @@ def test_soniox_config_is_accepted_or_refused_as_invalid_config(config: dict[str
         assert error.code == "invalid_config" and error.message
     else:
         assert settings.decoder().sample_rate == settings.sample_rate
+
+
+SPEECHMATICS_START = {
+    "message": "StartRecognition",
+    "audio_format": {"type": "raw", "encoding": "pcm_s16le", "sample_rate": 16000},
+    "transcription_config": {"language": "en"},
+}
+speechmatics_values = (
+    json_values
+    | st.sampled_from(["en", "enhanced", "linden-1", "none", "speaker", 0.5, 1.0, True, False])
+    | st.lists(st.sampled_from(["Aoife", {"content": "Aoife"}, {"content": 5}, 3]))
+    | st.dictionaries(st.sampled_from(["end_of_utterance_silence_trigger", "turn_detection_mode"]), json_values)
+)
+speechmatics_starts = st.builds(
+    lambda changes, top: {
+        **SPEECHMATICS_START,
+        **top,
+        "transcription_config": {"language": "en", **changes},
+    },
+    st.dictionaries(
+        st.sampled_from(sorted(speechmatics.FIELDS | set(speechmatics.REFUSED))) | st.text(max_size=8),
+        speechmatics_values,
+        max_size=4,
+    ),
+    st.dictionaries(
+        st.sampled_from(["audio_format", "turn_config", "translation_config", "message"]),
+        speechmatics_values,
+        max_size=1,
+    ),
+) | st.dictionaries(st.text(max_size=10), json_values, max_size=4)
+SPEECHMATICS_TYPES = {"protocol_error", "invalid_message", "invalid_audio_type", "invalid_model", "invalid_config"}
+
+
+@settings(max_examples=400, deadline=None)
+@given(speechmatics_starts, st.booleans())
+@example(
+    {**SPEECHMATICS_START, "transcription_config": {"language": "en", "additional_vocab": [{"content": 5}]}}, False
+)
+@example({**SPEECHMATICS_START, "turn_config": {"turn_detection_mode": None}}, True)
+@example({**SPEECHMATICS_START, "transcription_config": {"language": "en", "model": []}}, False)  # found: TypeError
+@example({**SPEECHMATICS_START, "audio_format": {"type": "raw", "encoding": [], "sample_rate": 8000}}, False)
+def test_speechmatics_start_is_accepted_or_refused_with_a_speechmatics_type(start: dict[str, Any], agent: bool) -> None:
+    message = WSMessage(WSMsgType.TEXT, json.dumps(start), None)
+    try:
+        config = speechmatics.parse_start(message, CORE, agent, None)
+    except ProtocolError as error:
+        assert error.code in SPEECHMATICS_TYPES and error.message
+    else:
+        assert config.decoder().sample_rate == config.sample_rate
 
 
 def header_line(header: dict[str, Any]) -> bytes:
@@ -565,6 +622,48 @@ async def soniox_session(url: str, config: dict[str, Any], frames: list[str | by
         assert all(t["is_final"] for t in markers), message
 
 
+speechmatics_sessions = st.lists(
+    listen_text
+    | listen_binary
+    | st.sampled_from(["ForceEndOfUtterance", "SetRecognitionConfig", "EndOfStream", "StartRecognition"]).map(
+        lambda kind: json.dumps({"message": kind})
+    )
+    | st.dictionaries(st.sampled_from(["message", "timestamp", "transcription_config"]), json_values, max_size=2).map(
+        json.dumps
+    ),
+    max_size=8,
+)
+SPEECHMATICS_ERRORS = SPEECHMATICS_TYPES | {"data_error", "idle_timeout", "job_error", "internal_error"}
+
+
+def speechmatics_kind(frame: str | bytes) -> object:
+    """A text frame's `message`, if it is a JSON object with one."""
+    try:
+        parsed = json.loads(frame) if isinstance(frame, str) else None
+    except ValueError:
+        return None
+    return parsed.get("message") if isinstance(parsed, dict) else None
+
+
+async def speechmatics_session(url: str, start: dict[str, Any], frames: list[str | bytes]) -> None:
+    """StartRecognition, the frames, then EndOfStream: every Error is of a documented type and the
+    last message; the stream ends with EndOfTranscript and 1000, or an Error and its Close, or (a
+    frame over the size limit) 1009; each ForceEndOfUtterance before the end is answered by one EndOfUtterance."""
+    end = json.dumps({"message": "EndOfStream", "last_seq_no": 0})
+    messages, close_code = await closed_stream(url, [json.dumps(start), *frames], end)
+    errors = [m for m in messages if m["message"] == "Error"]
+    assert {m["type"] for m in errors} <= SPEECHMATICS_ERRORS, messages
+    assert not errors or errors == messages[-1:], messages
+    if close_code == 1000:
+        assert messages and messages[-1] == {"message": "EndOfTranscript"}, messages
+        kinds = [speechmatics_kind(frame) for frame in frames]
+        ended = kinds.index("EndOfStream") if "EndOfStream" in kinds else len(kinds)
+        forced = kinds[:ended].count("ForceEndOfUtterance")
+        assert len([m for m in messages if m["message"] == "EndOfUtterance"]) == forced, messages
+    else:
+        assert errors or close_code == 1009, (close_code, messages)
+
+
 wyoming_events = st.one_of(
     st.builds(
         Event,
@@ -690,6 +789,16 @@ async def test_random_sessions_on_every_streaming_protocol_leave_the_daemon_and_
         def soniox_fuzz(config: dict[str, Any], frames: list[str | bytes]) -> None:
             asyncio.run_coroutine_threadsafe(soniox_session(soniox_url, config, frames), loop).result(60)
 
+        speechmatics_url = f"ws://127.0.0.1:{daemon.http_port}{speechmatics.PATH}"
+
+        @settings(max_examples=100, deadline=None)
+        @given(speechmatics_sessions)
+        @example(['{"message": "ForceEndOfUtterance"}', '{"message": "ForceEndOfUtterance"}'])
+        @example([b"\x00" * 3201])
+        def speechmatics_fuzz(frames: list[str | bytes]) -> None:
+            start = {**SPEECHMATICS_START, "transcription_config": {"language": "en", "enable_partials": True}}
+            asyncio.run_coroutine_threadsafe(speechmatics_session(speechmatics_url, start, frames), loop).result(60)
+
         @settings(max_examples=150, deadline=None)
         @given(wyoming_sessions)
         def wyoming_fuzz(events: list[Event]) -> None:
@@ -702,6 +811,7 @@ async def test_random_sessions_on_every_streaming_protocol_leave_the_daemon_and_
         await loop.run_in_executor(None, elevenlabs_fuzz)
         await loop.run_in_executor(None, cartesia_fuzz)
         await loop.run_in_executor(None, soniox_fuzz)
+        await loop.run_in_executor(None, speechmatics_fuzz)
         await loop.run_in_executor(None, wyoming_fuzz)
         stop.set()
         await beside

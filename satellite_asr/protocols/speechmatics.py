@@ -177,7 +177,7 @@ def audio_format(value: object) -> tuple[str, int]:
     if value.get("type") != "raw":
         raise ProtocolError("invalid_audio_type", "this server takes raw audio: audio_format.type must be 'raw'")
     encoding, rate = value.get("encoding"), value.get("sample_rate")
-    if encoding not in ENCODINGS:
+    if not isinstance(encoding, str) or encoding not in ENCODINGS:
         raise ProtocolError("invalid_audio_type", f"audio_format.encoding must be one of {', '.join(ENCODINGS)}")
     if not isinstance(rate, int) or isinstance(rate, bool) or not MIN_RATE <= rate <= MAX_RATE:
         raise ProtocolError(
@@ -219,7 +219,7 @@ def transcription(core: Core, config: dict[str, Any], before: Transcription | No
     if unknown:
         raise ProtocolError("invalid_config", f"transcription_config has no field {echoable(unknown[0])!r}")
     model = given.get("model", given.get("operating_point", "enhanced"))
-    if model not in MODELS:
+    if not isinstance(model, str) or model not in MODELS:
         raise ProtocolError(
             "invalid_model", f"model {echoable(str(model))!r} is not one of {', '.join(sorted(MODELS))}"
         )
