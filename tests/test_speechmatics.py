@@ -76,6 +76,15 @@ async def stream(
     return received, ws.close_code
 
 
+async def read_all(ws: websockets.ClientConnection) -> Messages:
+    """Every message until the Close, whatever its code."""
+    messages: Messages = []
+    with contextlib.suppress(websockets.ConnectionClosedError):
+        async for message in ws:
+            messages.append(json.loads(message))
+    return messages
+
+
 def kinds(messages: Messages) -> list[str]:
     return [message["message"] for message in messages if message["message"] != "AudioAdded"]
 
@@ -354,3 +363,29 @@ async def test_plain_get_is_426_in_speechmatics_shape() -> None:
     async with running_daemon() as daemon, aiohttp.ClientSession() as http:
         response = await http.get(f"http://127.0.0.1:{daemon.http_port}/v2/agent")
         assert response.status == 426 and (await response.json())["code"] == 426
+
+
+async def test_no_start_recognition_in_time_is_an_idle_timeout() -> None:
+    async with running_daemon(first_message_timeout_s=1) as daemon, websockets.connect(url(daemon)) as ws:
+        messages = await read_all(ws)
+    assert [(m["message"], m["type"]) for m in messages] == [("Error", "idle_timeout")]
+    assert ws.close_code == 1008
+
+
+async def test_shutdown_sends_the_final_in_progress_then_an_internal_error() -> None:
+    """Shutdown: the final of the audio that came, then Error internal_error and 1011; a client
+    still to send StartRecognition is closed too."""
+    data = audio()
+    async with (
+        running_daemon() as daemon,
+        websockets.connect(url(daemon)) as ws,
+        websockets.connect(url(daemon, speechmatics.AGENT_PATH)) as idle,
+    ):
+        await ws.send(json.dumps(start()))
+        await ws.send(data[: len(data) // 4])
+        await asyncio.sleep(0.5)
+        stopping = asyncio.create_task(daemon.stop())
+        messages, waiting = await read_all(ws), await read_all(idle)
+        await stopping
+    assert finals(messages) and messages[-1]["message"] == "Error" and messages[-1]["type"] == "internal_error"
+    assert ws.close_code == 1011 and waiting[-1]["type"] == "internal_error" and idle.close_code == 1011
