@@ -35,6 +35,7 @@ from satellite_asr.protocols.streaming_apis import (
     check_names,
     confidence,
     keep_alive,
+    number_within,
     refuse_in_band,
     replacing_terms,
 )
@@ -177,12 +178,6 @@ def parse_config(message: WSMessage, core: Core) -> SonioxConfig:
         context=text,
         terms=terms,
     )
-
-
-def number_within(value: object, low: float, high: float, whole: bool) -> bool:
-    """Whether `value` is a JSON number (a whole one if `whole`) from `low` to `high`; true is not 1."""
-    kinds = int if whole else (int, float)
-    return isinstance(value, kinds) and not isinstance(value, bool) and low <= value <= high
 
 
 def context_biasing(core: Core, context: object) -> tuple[str, tuple[str, ...]]:

@@ -37,6 +37,7 @@ from satellite_asr.protocols.streaming_apis import (
     check_names,
     confidence,
     is_control,
+    number_within,
     refuse_in_band,
     replacing_terms,
 )
@@ -133,11 +134,6 @@ def parse_query(query: MultiMapping[str], core: Core) -> StreamParams | None:
     return None
 
 
-def number_within(value: object, low: float, high: float) -> bool:
-    """Whether `value` is a JSON number from `low` to `high`; true is not 1."""
-    return isinstance(value, int | float) and not isinstance(value, bool) and low <= value <= high
-
-
 def parse_start(message: WSMessage, core: Core, agent: bool, path_language: str | None) -> SpeechmaticsConfig:
     """The stream's settings from its first message, or `ProtocolError` with Speechmatics' type."""
     if message.type != WSMsgType.TEXT:
@@ -230,7 +226,7 @@ def transcription(core: Core, config: dict[str, Any], before: Transcription | No
         raise ProtocolError("invalid_config", "this server does not tag entities; leave enable_entities false")
     if given.get("diarization", "none") not in ("none", *(["speaker"] if agent else [])):
         raise ProtocolError("invalid_config", "this server does not do diarization; leave diarization 'none'")
-    if "max_delay" in given and not number_within(given["max_delay"], 0.7, 4.0):
+    if "max_delay" in given and not number_within(given["max_delay"], 0.7, 4.0, False):
         raise ProtocolError("invalid_config", "max_delay must be a number of seconds from 0.7 to 4")
     if given.get("max_delay_mode", "flexible") not in ("flexible", "fixed"):
         raise ProtocolError("invalid_config", "max_delay_mode must be 'flexible' or 'fixed'")
@@ -267,11 +263,11 @@ def check_objects(given: dict[str, Any]) -> None:
     sensitivity = punctuation.get("sensitivity", 0.5) if isinstance(punctuation, dict) else None
     if not isinstance(marks, list) or not all(isinstance(mark, str) for mark in marks):
         raise ProtocolError("invalid_config", "punctuation_overrides.permitted_marks must be a list of texts")
-    if not number_within(sensitivity, 0.0, 1.0):
+    if not number_within(sensitivity, 0.0, 1.0, False):
         raise ProtocolError("invalid_config", "punctuation_overrides.sensitivity must be a number from 0 to 1")
     filtering = given.get("audio_filtering_config", {})
     threshold = filtering.get("volume_threshold", 0) if isinstance(filtering, dict) else None
-    if not number_within(threshold, 0, 100):
+    if not number_within(threshold, 0, 100, False):
         raise ProtocolError("invalid_config", "audio_filtering_config.volume_threshold must be a number from 0 to 100")
 
 
@@ -283,7 +279,7 @@ def end_of_utterance(value: object) -> bool:
     trigger = value.get("end_of_utterance_silence_trigger", 0) if isinstance(value, dict) else None
     if trigger is None:
         trigger = 0
-    if not isinstance(value, dict) or not number_within(trigger, 0, 2):
+    if not isinstance(value, dict) or not number_within(trigger, 0, 2, False):
         raise ProtocolError("invalid_config", "conversation_config.end_of_utterance_silence_trigger must be 0 to 2 s")
     return trigger > 0
 
@@ -420,7 +416,7 @@ class SpeechmaticsConnection(StreamingConnection):
 
     async def end_of_stream(self, message: dict[str, Any]) -> None:
         last = message.get("last_seq_no", 0)
-        if not isinstance(last, int) or isinstance(last, bool) or last < 0:
+        if not number_within(last, 0, math.inf, True):
             raise ProtocolError("invalid_message", "EndOfStream's last_seq_no must be a whole number")
         await self.end()
 
@@ -443,7 +439,7 @@ class SpeechmaticsConnection(StreamingConnection):
         """The utterance in progress ends now; its final answers, or an empty one when none was in
         progress (`answer_alone`). `timestamp` is checked and not used."""
         timestamp = message.get("timestamp")
-        if timestamp is not None and not number_within(timestamp, 0, math.inf):
+        if timestamp is not None and not number_within(timestamp, 0, math.inf, False):
             raise ProtocolError("invalid_message", "ForceEndOfUtterance's timestamp must be a number of seconds")
         if not await self.flush_for_client() and not self.failed:
             await self.answer_alone()

@@ -128,6 +128,12 @@ def ascii_digits(value: str) -> bool:
     return value.isascii() and value.isdigit()
 
 
+def number_within(value: object, low: float, high: float, whole: bool) -> bool:
+    """Whether `value` is a JSON number (a whole one if `whole`) from `low` to `high`; true is not 1."""
+    kinds = int if whole else (int, float)
+    return isinstance(value, kinds) and not isinstance(value, bool) and low <= value <= high
+
+
 def confidence(event: FinalTranscript) -> float:
     """How sure the engine was of a final's text, per token on average; 0 where it does not say."""
     return round(math.exp(event.avg_logprob), 4) if event.avg_logprob is not None else 0.0
