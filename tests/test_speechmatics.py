@@ -389,3 +389,25 @@ async def test_shutdown_sends_the_final_in_progress_then_an_internal_error() -> 
         await stopping
     assert finals(messages) and messages[-1]["message"] == "Error" and messages[-1]["type"] == "internal_error"
     assert ws.close_code == 1011 and waiting[-1]["type"] == "internal_error" and idle.close_code == 1011
+
+
+async def test_agent_next_turn_waits_for_the_segment_before_it() -> None:
+    """Agent STT with the service's turns and two decodes at once: the next command's StartOfTurn and
+    partial come after the AddSegment and EndOfTurn before it, so each turn's messages stay together."""
+    engine = FirstFinalGatedEngineDouble()
+    first = {**start(model="linden-1"), "turn_config": {"turn_detection_mode": "vad"}}
+    async with running_daemon(engine) as daemon, websockets.connect(url(daemon, speechmatics.AGENT_PATH)) as ws:
+        await ws.send(json.dumps(first))
+        data = audio()
+        for offset in range(0, len(data), PCM_FRAME_BYTES):
+            await ws.send(data[offset : offset + PCM_FRAME_BYTES])
+            await asyncio.sleep(0.1)
+        engine.gate.set()
+        await ws.send(END)
+        messages = await read_all(ws)
+    framing = [k for k in kinds(messages) if k in ("StartOfTurn", "AddSegment", "EndOfTurn")]
+    assert framing == ["StartOfTurn", "AddSegment", "EndOfTurn"] * 3, framing
+    first_end = next(at for at, message in enumerate(messages) if message["message"] == "EndOfTurn")
+    early = [m for m in messages[:first_end] if m["message"] == "AddPartialSegment"]
+    assert not any({"what", "time"} & set(normalise(m["segment"]["transcript"]).split()) for m in early), early
+    assert same_words(EXPECTED[FIXTURE], finals(messages, "AddSegment"))
