@@ -29,7 +29,7 @@ from speechmatics.rt import ConnectionError as SMConnectionError
 from satellite_asr.audio import SAMPLE_RATE
 from satellite_asr.protocols import speechmatics
 from satellite_asr.server import Daemon
-from tests.doubles import ContextRecordingEngineDouble
+from tests.doubles import ContextRecordingEngineDouble, FailsOnAWordEngineDouble
 from tests.helpers import EXPECTED, fixture_16k, normalise, pcm16, running_daemon, same_words
 from tests.livekit_events import LiveKitEvents
 from tests.test_pipecat import running_pipeline, speak
@@ -170,6 +170,16 @@ async def test_livekit_stream_with_the_services_turns_gets_start_and_end_of_spee
     kinds = lk_stt.SpeechEventType
     assert len(events.of(kinds.START_OF_SPEECH)) == 3
     assert same_words(EXPECTED[FIXTURE], [final.text for final in events.finals() if final.text])
+
+
+@livekit_plugin
+async def test_livekit_stream_outlives_a_failed_decode() -> None:
+    """The engine fails the first command's decode: a Warning, which LiveKit logs; an Error would have
+    failed its stream and lost the next commands' finals."""
+    async with running_daemon(FailsOnAWordEngineDouble("bedroom"), api_key=KEY) as daemon:
+        events = await livekit_stream(livekit_stt(daemon), finals=2)
+    finals = [normalise(final.text) for final in events.finals() if final.text]
+    assert "what time is it" in finals and "open the garage door" in finals, finals
 
 
 @livekit_plugin
