@@ -12,3 +12,8 @@ fi
 target="$ROOT"
 [ -n "${1:-}" ] && target="$ROOT[$1]"
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e "$target"
+if [ "${1:-}" = "test" ]; then
+    # LiveKit's Speechmatics plugin pins speechmatics-agent-stt~=0.1.0, which no resolver installs beside
+    # Pipecat's ~=0.3.0 (pyproject.toml); it runs on 0.3, so it comes without its pins.
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps "livekit-plugins-speechmatics==1.8.9"
+fi

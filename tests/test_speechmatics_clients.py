@@ -13,6 +13,7 @@ import pytest
 from livekit import rtc
 from livekit.agents import APIConnectOptions, APIError
 from livekit.agents import stt as lk_stt
+from livekit.plugins import speechmatics as lk_speechmatics  # installed by scripts/bootstrap.sh (pyproject.toml)
 from pipecat.frames.frames import TranscriptionFrame
 from pipecat.services.speechmatics.stt import SpeechmaticsSTTService
 from speechmatics.rt import (
@@ -35,12 +36,6 @@ from tests.livekit_events import LiveKitEvents
 from tests.test_pipecat import running_pipeline, speak
 
 pytestmark = pytest.mark.timeout(180)
-
-try:  # not in the test extra: its pin of speechmatics-agent-stt conflicts with Pipecat's (pyproject.toml)
-    from livekit.plugins import speechmatics as lk_speechmatics
-except ImportError:
-    lk_speechmatics = None
-livekit_plugin = pytest.mark.skipif(lk_speechmatics is None, reason="livekit-plugins-speechmatics is not installed")
 
 KEY = "speechmatics-test-key"
 FIXTURE = "three_commands.wav"
@@ -151,7 +146,6 @@ def livekit_stt(daemon: Daemon, api_key: str = KEY, **options: Any) -> Any:
     return lk_speechmatics.STT(api_key=api_key, base_url=ws_url(daemon, speechmatics.AGENT_PATH), **options)
 
 
-@livekit_plugin
 async def test_livekit_stream_with_its_defaults_gets_a_final_per_command() -> None:
     """LiveKit's defaults (external turns, its Silero VAD finalizing at each stop): interims, then
     one FINAL_TRANSCRIPT per command."""
@@ -162,7 +156,6 @@ async def test_livekit_stream_with_its_defaults_gets_a_final_per_command() -> No
     assert events.of(lk_stt.SpeechEventType.INTERIM_TRANSCRIPT)
 
 
-@livekit_plugin
 async def test_livekit_stream_with_the_services_turns_gets_start_and_end_of_speech() -> None:
     mode = lk_speechmatics.TurnDetectionMode.VAD
     async with running_daemon(api_key=KEY) as daemon:
@@ -172,7 +165,6 @@ async def test_livekit_stream_with_the_services_turns_gets_start_and_end_of_spee
     assert same_words(EXPECTED[FIXTURE], [final.text for final in events.finals() if final.text])
 
 
-@livekit_plugin
 async def test_livekit_stream_outlives_a_failed_decode() -> None:
     """The engine fails the first command's decode: a Warning, which LiveKit logs; an Error would have
     failed its stream and lost the next commands' finals."""
@@ -182,7 +174,6 @@ async def test_livekit_stream_outlives_a_failed_decode() -> None:
     assert "what time is it" in finals and "open the garage door" in finals, finals
 
 
-@livekit_plugin
 async def test_livekit_stream_fails_on_a_wrong_key_and_on_refused_diarization() -> None:
     async with running_daemon(api_key=KEY) as daemon:
         with pytest.raises(APIError, match="401"):
