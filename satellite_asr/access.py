@@ -16,10 +16,11 @@ In order:
 3. With an API key set, the request must carry it: `Authorization: Bearer KEY` (or `Token KEY`,
    as Deepgram's clients send it), `X-API-Key: KEY`, a WebSocket subprotocol
    `satellite-asr.key.KEY` (what a browser can send), `?api_key=KEY`, `xi-api-key: KEY` (as
-   ElevenLabs' clients send it), or else the key alone in `Authorization`, as AssemblyAI's clients
-   send it. On `IN_BAND_KEY_PATHS` (Soniox's, whose clients may send the key in the stream's
-   first message instead) the handler checks the key once that message has come (`check_key`),
-   and refuses in the API's own message.
+   ElevenLabs' clients send it), `X-Gladia-Key: KEY` (Gladia's), or else the key alone in
+   `Authorization`, as AssemblyAI's clients send it. On `IN_BAND_KEY_PATHS` (Soniox's, whose
+   clients may send the key in the stream's first message instead) the handler checks the key once
+   that message has come (`check_key`), and refuses in the API's own message. On `TOKEN_PATHS`
+   (Gladia's), a WebSocket presents the `token` that a keyed POST issued, which its handler checks.
    Compared in constant time and never logged. 401 `missing_api_key` / `invalid_api_key`.
 4. A key offered as a subprotocol comes with `satellite-asr` beside it, the subprotocol every
    WebSocket route answers with: without it a browser fails the connection. 400 `invalid_subprotocol`.
@@ -30,8 +31,9 @@ on Deepgram's (`DEEPGRAM_PATHS`), AssemblyAI's `{"error","code"}` on its (`ASSEM
 ElevenLabs' `{"detail":{"status","message"}}` on its (`ELEVENLABS_PREFIX`), Cartesia's
 `{"error_code","title","message","request_id"}` on its (`CARTESIA_PATHS`), Soniox's
 `{"error_code","error_message"}` on its (`SONIOX_PATHS`), Speechmatics' `{"code","error"}` on its
-(`speechmatics_path`). Cartesia's clients send the key as `X-API-Key` or `Authorization: Bearer`,
-Speechmatics' as `Authorization: Bearer` (a browser's as `?jwt=KEY`, also taken there), both ways above.
+(`speechmatics_path`), Gladia's `{"statusCode","message",...}` on its (`GLADIA_PATHS`). Cartesia's
+clients send the key as `X-API-Key` or `Authorization: Bearer`, Speechmatics' as `Authorization:
+Bearer` (a browser's as `?jwt=KEY`, also taken there), both ways above.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ from satellite_asr.protocols import (
     cartesia_error,
     deepgram_error,
     elevenlabs_error,
+    gladia_error,
     openai_error,
     soniox_error,
     speechmatics_error,
@@ -75,6 +78,13 @@ CARTESIA_PATHS = frozenset({"/stt", "/stt/websocket", "/stt/turns/websocket"})
 ELEVENLABS_KEY_HEADER = "xi-api-key"
 SONIOX_PATHS = frozenset({"/transcribe-websocket"})
 """Paths whose errors take Soniox's `{"error_code", "error_message"}` shape."""
+GLADIA_PATHS = frozenset({"/v2/live"})
+"""Gladia's live API: its POST (keyed, `X-Gladia-Key`) and its session's WebSocket, whose `token`
+stands for the key (`TOKEN_PATHS`); errors take Gladia's `{"statusCode", "message", ...}` shape."""
+GLADIA_KEY_HEADER = "X-Gladia-Key"
+TOKEN_PATHS = GLADIA_PATHS
+"""Paths whose WebSocket (a GET with a `token` query) is authenticated by the token a keyed POST
+issued: the handler checks it; the client does not send the key again."""
 IN_BAND_KEY_PATHS = SONIOX_PATHS
 """Paths whose clients may send the key in the stream's first message (Soniox's `api_key`): the
 handler checks it there (`check_key`), with the key the request carries, if any."""
@@ -250,6 +260,8 @@ class Access:
             return 403, "origin_not_allowed", f"pages from {origin} may not use this daemon; see allowed_origins"
         if self.api_key is not None and request.path in IN_BAND_KEY_PATHS:
             request[KEY_CHECK] = self
+        elif request.path in TOKEN_PATHS and request.method == "GET" and "token" in request.query:
+            pass  # the session's token, issued to a keyed POST, is checked by the handler
         elif self.api_key is not None:
             presented = presented_key(request)
             refusal = self.key_refusal([presented] if presented is not None else [])
@@ -319,6 +331,8 @@ def presented_key(request: web.Request) -> str | None:
         return credentials.strip()
     if "X-API-Key" in request.headers:
         return request.headers["X-API-Key"].strip()
+    if GLADIA_KEY_HEADER in request.headers:
+        return request.headers[GLADIA_KEY_HEADER].strip()
     for protocol in request.headers.get("Sec-WebSocket-Protocol", "").split(","):
         if protocol.strip().startswith(KEY_SUBPROTOCOL_PREFIX):
             return protocol.strip()[len(KEY_SUBPROTOCOL_PREFIX) :]
@@ -334,8 +348,8 @@ def presented_key(request: web.Request) -> str | None:
 
 
 def speechmatics_path(path: str) -> bool:
-    """`/v2`, `/v2/agent` and `/v2/<language>`: not Deepgram's `/v2/listen`."""
-    return SPEECHMATICS_PATH.fullmatch(path) is not None and path not in DEEPGRAM_PATHS
+    """`/v2`, `/v2/agent` and `/v2/<language>`: not Deepgram's `/v2/listen` nor Gladia's `/v2/live`."""
+    return SPEECHMATICS_PATH.fullmatch(path) is not None and path not in DEEPGRAM_PATHS | GLADIA_PATHS
 
 
 def check_key(request: web.Request, in_band: str | None) -> tuple[int, str, str] | None:
@@ -368,6 +382,8 @@ def error_response(
         body = soniox_error(status, message)
     elif speechmatics_path(path):
         body = speechmatics_error(status, message)
+    elif path in GLADIA_PATHS:
+        body = gladia_error(path, status, message)
     else:
         body = {"type": "error", "code": code, "message": message}
     return web.json_response(body, status=status, headers=headers)

@@ -43,6 +43,7 @@ from satellite_asr.protocols import (
     deepgram_prerecorded,
     elevenlabs,
     elevenlabs_upload,
+    gladia,
     openai_realtime,
     openai_rest,
     soniox,
@@ -168,6 +169,7 @@ class Daemon:
         self.soniox = streaming_apis.StreamingApiHandler(self.core, soniox.SONIOX_REALTIME)
         self.speechmatics = streaming_apis.StreamingApiHandler(self.core, speechmatics.REALTIME)
         self.speechmatics_agent = streaming_apis.StreamingApiHandler(self.core, speechmatics.AGENT)
+        self.gladia = gladia.GladiaHandler(self.core)
         self.http_connections = ConnectionLimit(
             "HTTP",
             settings.max_http_connections,
@@ -212,6 +214,8 @@ class Daemon:
             ("GET", speechmatics.PATH, self.speechmatics.handle),
             ("GET", speechmatics.LANGUAGE_PATH, self.speechmatics.handle),
             ("GET", speechmatics.AGENT_PATH, self.speechmatics_agent.handle),
+            ("POST", gladia.PATH, self.gladia.create),
+            ("GET", gladia.PATH, self.gladia.streams.handle),
             ("GET", "/health", self._health),
             ("GET", "/metrics", self._metrics),
             ("GET", "/", self._index),
@@ -361,11 +365,12 @@ class Daemon:
         sonic = self.core.sessions.close_all("shutdown", protocol=soniox.PROTOCOL)
         rt = self.core.sessions.close_all("shutdown", protocol=speechmatics.PROTOCOL)
         agent = self.core.sessions.close_all("shutdown", protocol=speechmatics.AGENT_PROTOCOL)
+        live = self.core.sessions.close_all("shutdown", protocol=gladia.PROTOCOL)
         # no session yet: their settings have not come
         awaiting = [
             handler.close_awaiting("shutdown") for handler in (self.soniox, self.speechmatics, self.speechmatics_agent)
         ]
-        closing = (realtime, listen, flux, universal, scribe, ink, turns, sonic, rt, agent, *awaiting)
+        closing = (realtime, listen, flux, universal, scribe, ink, turns, sonic, rt, agent, live, *awaiting)
         await asyncio.gather(self._close_wyoming(), self._close_websockets(), *closing)
         await self.core.sessions.close_all("shutdown")
 

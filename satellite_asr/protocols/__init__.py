@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import json
 import logging
 import re
@@ -205,6 +206,27 @@ def speechmatics_error(status: int, message: str) -> dict[str, Any]:
     refused upgrade; in the stream its errors are `Error` messages. `message` may hold what a client
     sent (`echoable`)."""
     return {"code": status, "error": echoable(message)}
+
+
+def utc_now() -> str:
+    """Now as Gladia's messages date them: ISO 8601, UTC, milliseconds."""
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def gladia_error(path: str, status: int, message: str) -> dict[str, Any]:
+    """Gladia's error body, as its API answers a refused request: the status, a sentence, and for a
+    refused input the sentence again as its one `validation_errors` entry (which Gladia's SDK shows);
+    `message` may hold what a client sent (`echoable`)."""
+    body: dict[str, Any] = {
+        "timestamp": utc_now(),
+        "path": path,
+        "request_id": f"G-{uuid.uuid4().hex[:8]}",
+        "statusCode": status,
+        "message": echoable(message),
+    }
+    if status in (400, 422):
+        body["validation_errors"] = [echoable(message)]
+    return body
 
 
 def open_session(
