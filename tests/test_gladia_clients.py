@@ -1,0 +1,230 @@
+"""Gladia's live API v2 with the three real Gladia clients, against the real daemon (real Silero,
+real tiny.en): Gladia's SDK (`gladiaio_sdk`'s async live session), LiveKit's `gladia.STT` stream
+and Pipecat's `GladiaSTTService` behind its own Silero VAD. Each is pointed at the daemon on
+127.0.0.1 by its URL alone, with the key as it sends it (`X-Gladia-Key`), does its POST, then the
+WebSocket its answer names, fed three_commands.wav at microphone pace. These tests are where a
+field the daemon leaves out or mistypes, or a default it refuses, shows."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import aiohttp
+import pytest
+from gladiaio_sdk import GladiaClient
+from livekit import rtc
+from livekit.agents import APIConnectionError, APIConnectOptions, APIStatusError
+from livekit.agents import stt as lk_stt
+from livekit.plugins import gladia as lk_gladia
+from pipecat.frames.frames import TranscriptionFrame
+from pipecat.services.gladia.config import LanguageConfig, RealtimeProcessingConfig
+from pipecat.services.gladia.stt import GladiaSTTService
+
+from satellite_asr.audio import SAMPLE_RATE
+from satellite_asr.protocols import gladia
+from satellite_asr.server import Daemon
+from tests.doubles import ContextRecordingEngineDouble
+from tests.helpers import EXPECTED, fixture_16k, pcm16, running_daemon, same_words
+from tests.livekit_events import LiveKitEvents
+from tests.test_pipecat import running_pipeline, speak
+
+pytestmark = pytest.mark.timeout(180)
+
+KEY = "gladia-test-key"
+FIXTURE = "three_commands.wav"
+FRAME_S = 0.1
+"""100 ms of audio a message, sent as a microphone delivers it."""
+
+
+def base_url(daemon: Daemon) -> str:
+    return f"http://127.0.0.1:{daemon.http_port}"
+
+
+def microphone_chunks() -> list[bytes]:
+    audio = pcm16(fixture_16k(FIXTURE), SAMPLE_RATE)
+    step = int(FRAME_S * SAMPLE_RATE) * 2
+    return [audio[offset : offset + step] for offset in range(0, len(audio), step)]
+
+
+async def sdk_session(
+    daemon: Daemon, options: dict[str, Any], api_key: str = KEY, speak: bool = True
+) -> tuple[list[Any], list[Exception]]:
+    """The SDK's async live session: the fixture at microphone pace if `speak`, then
+    `stop_recording`; every message and error until the session ends."""
+    client = GladiaClient(api_key=api_key, api_url=base_url(daemon)).live_v2_async()
+    session = client.start_session(options)
+    messages: list[Any] = []
+    errors: list[Exception] = []
+    ended = asyncio.Event()
+    session.on("message", messages.append)
+    session.on("error", errors.append)
+    session.on("ended", lambda _message: ended.set())
+    for chunk in microphone_chunks() if speak else []:
+        session.send_audio(chunk)
+        await asyncio.sleep(FRAME_S)
+    if speak:
+        session.stop_recording()
+    try:
+        async with asyncio.timeout(60):
+            await ended.wait()
+    finally:
+        await client._http_client.close()  # the live client has no close of its own: its keep-alive socket would leak
+    return messages, errors
+
+
+SDK_OPTIONS = {"encoding": "wav/pcm", "sample_rate": SAMPLE_RATE, "bit_depth": 16, "channels": 1}
+
+
+async def test_sdk_session_gets_partials_finals_and_its_lifecycle() -> None:
+    """The SDK's typed messages: partial and final transcripts, speech events, the lifecycle it
+    asked for, acknowledgments (which the SDK always asks for, to trim its resend buffer), and
+    the closing transcript."""
+    messages_config = {"receive_partial_transcripts": True, "receive_lifecycle_events": True}
+    async with running_daemon(api_key=KEY) as daemon:
+        messages, errors = await sdk_session(daemon, {**SDK_OPTIONS, "messages_config": messages_config})
+    assert errors == []
+    transcripts = [m for m in messages if m.type == "transcript"]
+    finals = [m.data.utterance.text for m in transcripts if m.data.is_final]
+    assert same_words(EXPECTED[FIXTURE], finals), finals
+    assert any(not m.data.is_final for m in transcripts)
+    kinds = [m.type for m in messages]
+    assert kinds[0] == "start_session" and kinds[-1] == "end_session"
+    assert {"start_recording", "speech_start", "speech_end", "end_recording"} <= set(kinds)
+    [post_final] = [m for m in messages if m.type == "post_final_transcript"]
+    assert post_final.data.transcription is not None
+    assert [u.text for u in post_final.data.transcription.utterances] == finals
+    assert all(u.language == "en" for u in post_final.data.transcription.utterances)
+
+
+async def test_sdk_with_a_wrong_key_reports_the_401() -> None:
+    async with running_daemon(api_key=KEY) as daemon:
+        messages, errors = await sdk_session(daemon, SDK_OPTIONS, api_key="wrong", speak=False)
+    assert messages == []
+    assert "the API key is not valid" in str(errors[0]) and "401" in str(errors[0])
+
+
+async def test_sdk_reports_a_refused_config_with_the_daemons_sentence() -> None:
+    options = {**SDK_OPTIONS, "realtime_processing": {"translation": True}}
+    async with running_daemon(api_key=KEY) as daemon:
+        _messages, errors = await sdk_session(daemon, options, speak=False)
+    assert "this server does not do translation" in str(errors[0]), errors
+
+
+async def livekit_stream(stt: lk_gladia.STT, finals: int) -> LiveKitEvents:
+    """The fixture through LiveKit's stream at microphone pace until `finals` finals; no retries."""
+    stream = stt.stream(conn_options=APIConnectOptions(max_retry=0, timeout=10))
+    events = LiveKitEvents(stream)
+    try:
+        for chunk in microphone_chunks():
+            if events.reading.done():
+                break
+            stream.push_frame(rtc.AudioFrame(chunk, SAMPLE_RATE, 1, len(chunk) // 2))
+            await asyncio.sleep(FRAME_S)
+        await events.wait_for(lambda: len(events.finals()) >= finals)
+        stream.end_input()
+    finally:
+        await stream.aclose()
+        await stt.aclose()
+    return events
+
+
+def livekit_stt(daemon: Daemon, http: aiohttp.ClientSession, api_key: str = KEY, **options: Any) -> lk_gladia.STT:
+    return lk_gladia.STT(api_key=api_key, base_url=f"{base_url(daemon)}{gladia.PATH}", http_session=http, **options)
+
+
+async def test_livekit_stream_with_its_defaults_gets_a_speech_per_command() -> None:
+    """LiveKit's defaults (interim results, code switching, its endpointing, its region and
+    `words_accurate_timestamps` false): START_OF_SPEECH, interims, then a FINAL_TRANSCRIPT and
+    END_OF_SPEECH for each command."""
+    async with running_daemon(api_key=KEY) as daemon, aiohttp.ClientSession() as http:
+        events = await livekit_stream(livekit_stt(daemon, http), finals=3)
+    finals = [final.text for final in events.finals()]
+    assert same_words(EXPECTED[FIXTURE], finals), finals
+    kinds = lk_stt.SpeechEventType
+    assert len(events.of(kinds.START_OF_SPEECH)) == 3 and len(events.of(kinds.END_OF_SPEECH)) == 3
+    assert events.of(kinds.INTERIM_TRANSCRIPT)
+    for event in events.of(kinds.FINAL_TRANSCRIPT):
+        data = event.alternatives[0]
+        assert data.language == "en" and 0 <= data.start_time < data.end_time
+
+
+async def test_livekit_custom_vocabulary_and_language_reach_the_engine() -> None:
+    engine = ContextRecordingEngineDouble()
+    async with running_daemon(engine, api_key=KEY) as daemon, aiohttp.ClientSession() as http:
+        stt = livekit_stt(daemon, http, languages=["en"], custom_vocabulary=["Aoife", {"value": "Calloway"}])
+        events = await livekit_stream(stt, finals=3)
+    assert same_words(EXPECTED[FIXTURE], [final.text for final in events.finals()])
+    assert engine.names and all(names[:2] == ("Aoife", "Calloway") for names in engine.names)
+    assert set(engine.languages) == {"en"}
+
+
+async def test_livekit_stream_fails_with_the_daemons_401() -> None:
+    async with running_daemon(api_key=KEY) as daemon, aiohttp.ClientSession() as http:
+        with pytest.raises((APIStatusError, APIConnectionError)) as failure:
+            await livekit_stream(livekit_stt(daemon, http, api_key="wrong"), finals=1)
+    assert "401" in str(failure.value)
+
+
+async def test_livekit_stream_fails_on_refused_translation() -> None:
+    async with running_daemon(api_key=KEY) as daemon, aiohttp.ClientSession() as http:
+        stt = livekit_stt(daemon, http, translation_enabled=True, translation_target_languages=["fr"])
+        with pytest.raises((APIStatusError, APIConnectionError)) as failure:
+            await livekit_stream(stt, finals=1)
+    assert "400" in str(failure.value)
+
+
+def pipecat_service(daemon: Daemon, api_key: str = KEY, **options: Any) -> GladiaSTTService:
+    return GladiaSTTService(api_key=api_key, url=f"{base_url(daemon)}{gladia.PATH}", **options)
+
+
+async def test_pipecat_service_gets_a_final_per_command() -> None:
+    """Pipecat's defaults (Gladia's messages defaults: finals, no partials)."""
+    async with (
+        running_daemon(api_key=KEY) as daemon,
+        running_pipeline(pipecat_service(daemon)) as (worker, frames),
+    ):
+        await speak(worker, FIXTURE)
+        await frames.wait_for(finals=3)
+    assert frames.errors == []
+    assert same_words(EXPECTED[FIXTURE], frames.finals), frames.finals
+    transcripts = [frame for frame in frames.frames if isinstance(frame, TranscriptionFrame)]
+    assert all(frame.language == "en" for frame in transcripts)
+
+
+async def test_pipecat_service_with_its_language_and_vocabulary() -> None:
+    engine = ContextRecordingEngineDouble()
+    realtime = RealtimeProcessingConfig(custom_vocabulary=True, custom_vocabulary_config={"vocabulary": ["Aoife"]})
+    settings = GladiaSTTService.Settings(
+        language_config=LanguageConfig(languages=["en"], code_switching=False), realtime_processing=realtime
+    )
+    async with (
+        running_daemon(engine, api_key=KEY) as daemon,
+        running_pipeline(pipecat_service(daemon, settings=settings)) as (worker, frames),
+    ):
+        await speak(worker, FIXTURE)
+        await frames.wait_for(finals=3)
+    assert frames.errors == []
+    assert same_words(EXPECTED[FIXTURE], frames.finals), frames.finals
+    assert engine.names and all(names[:1] == ("Aoife",) for names in engine.names)
+    assert set(engine.languages) == {"en"}
+
+
+async def test_pipecat_service_with_a_wrong_key_gets_an_error_frame_with_the_401() -> None:
+    async with (
+        running_daemon(api_key=KEY) as daemon,
+        running_pipeline(pipecat_service(daemon, "wrong")) as (_worker, frames),
+    ):
+        await frames.wait_for(errors=1)
+    assert "401" in frames.errors[0] and "the API key is not valid" in frames.errors[0], frames.errors
+    assert frames.finals == []
+
+
+async def test_pipecat_service_with_a_refused_config_gets_an_error_frame_with_the_sentence() -> None:
+    settings = GladiaSTTService.Settings(realtime_processing=RealtimeProcessingConfig(sentiment_analysis=True))
+    async with (
+        running_daemon(api_key=KEY) as daemon,
+        running_pipeline(pipecat_service(daemon, settings=settings)) as (_worker, frames),
+    ):
+        await frames.wait_for(errors=1)
+    assert "this server does not do sentiment analysis" in frames.errors[0], frames.errors
