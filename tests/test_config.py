@@ -287,6 +287,7 @@ USER_DOCS = (
     "docs/cartesia.md",
     "docs/soniox.md",
     "docs/speechmatics.md",
+    "docs/gladia.md",
     "docs/wyoming.md",
     "docs/security.md",
     "docs/browser.md",

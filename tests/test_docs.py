@@ -46,6 +46,7 @@ PROTOCOL_DOCS = {
     "protocols/cartesia_turns.py": "docs/cartesia.md",
     "protocols/soniox.py": "docs/soniox.md",
     "protocols/speechmatics.py": "docs/speechmatics.md",
+    "protocols/gladia.py": "docs/gladia.md",
     "protocols/wyoming.py": "docs/wyoming.md",
     "protocols/wyoming_framing.py": "docs/wyoming.md",
 }
