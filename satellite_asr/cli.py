@@ -216,6 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
             "cartesia",
             "soniox",
             "speechmatics",
+            "gladia",
             "wyoming",
             "rest",
         ),
@@ -227,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
         "cartesia: /stt/websocket clients (Cartesia's streaming API); "
         "soniox: /transcribe-websocket clients (Soniox's real-time API); "
         "speechmatics: /v2 clients (Speechmatics' real-time API, in English: the fixtures' language); "
+        "gladia: POST /v2/live then its WebSocket (Gladia's live API); "
         "wyoming: Home Assistant's flow, one command per round; rest: each client uploads one recording (the "
         "manifest's files --rounds times, with silence) to /v1/audio/transcriptions at once.",
     )

@@ -181,3 +181,63 @@ async def test_elevenlabs_partials_of_an_utterance_committed_empty_are_not_the_n
     first, second = (partials.count(key) for key in finals)
     assert list(finals.values()) == ["Turn on the lights.", "What time is it?"]
     assert (first, second) == (1, 1), received
+
+
+async def test_gladia_posts_the_session_then_streams_to_the_url_its_answer_names() -> None:
+    """Gladia's API takes two steps: the bench's client posts the settings (with the key), then
+    streams to the WebSocket URL of the answer, not to the URL it was given; transcripts name
+    their utterance, so each partial is timed against its own final."""
+    import asyncio
+
+    import numpy as np
+    from aiohttp import WSMsgType, web
+
+    from satellite_asr.clients.bench import _stream_one_gladia
+
+    posted: list[tuple[dict[str, object], str | None]] = []
+    script = [
+        {"type": "transcript", "data": {"id": "a", "is_final": False, "utterance": {"text": "Turn"}}},
+        {"type": "transcript", "data": {"id": "a", "is_final": True, "utterance": {"text": "Turn on the lights."}}},
+        {"type": "transcript", "data": {"id": "b", "is_final": False, "utterance": {"text": "What"}}},
+        {"type": "transcript", "data": {"id": "b", "is_final": True, "utterance": {"text": "What time is it?"}}},
+    ]
+
+    async def create(request: web.Request) -> web.Response:
+        posted.append((await request.json(), request.headers.get("Authorization")))
+        return web.json_response(
+            {"id": "s", "created_at": "now", "url": f"ws://{request.host}/session?token=t"}, status=201
+        )
+
+    async def session(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        async for message in ws:
+            if message.type == WSMsgType.TEXT and json.loads(message.data)["type"] == "stop_recording":
+                for answer in script:
+                    await ws.send_json(answer)
+                await ws.close()
+        return ws
+
+    app = web.Application()
+    app.router.add_post("/v2/live", create)
+    app.router.add_get("/session", session)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    tone = (0.3 * np.sin(np.arange(6400) * 0.2)).astype(np.float32)
+    try:
+        url = f"ws://127.0.0.1:{port}/v2/live"
+        headers = {"Authorization": "Bearer k"}
+        _, received = await asyncio.wait_for(_stream_one_gladia(url, tone, 0.0, {}, headers), 30)
+    finally:
+        await runner.cleanup()
+    [(body, key)] = posted
+    assert key == "Bearer k" and body["encoding"] == "wav/pcm" and body["sample_rate"] == 16000
+    assert [(m["type"], m["utterance_id"]) for _, m in received] == [
+        ("partial", "a"),
+        ("final", "a"),
+        ("partial", "b"),
+        ("final", "b"),
+    ]

@@ -436,6 +436,29 @@ async def test_bench_over_speechmatics_says_the_upgrades_401_and_the_streams_err
         assert code == 0 and "WER" in stdout, stderr
 
 
+async def test_bench_over_gladia_says_the_posts_401_and_takes_the_key(tmp_path: Path) -> None:
+    """Gladia's API takes the key on its POST, which `bench --protocol gladia` makes before the
+    WebSocket its answer names: a missing key is that POST's 401, reported with the daemon's
+    sentence and the same hint as a refused upgrade; with the key the file is measured."""
+    manifest = tmp_path / "one.json"
+    manifest.write_text(json.dumps({"weather.wav": EXPECTED["weather.wav"]}))
+    (tmp_path / "weather.wav").symlink_to(FIXTURES / "weather.wav")
+
+    async def bench(url: str, key: str | None = None) -> tuple[int | None, str, str]:
+        flags = ("--protocol", "gladia", "--manifest", str(manifest), "--rounds", "1", "--url", url)
+        return await cli_with_key("bench", *flags, key=key)
+
+    async with running_daemon(api_key="kitchen-key") as daemon:
+        url = f"ws://127.0.0.1:{daemon.http_port}/v2/live"
+        code, stdout, stderr = await bench(url)
+        assert (code, stdout) == (1, ""), stderr
+        refused = f"satellite-asr: {url}: the daemon refused the session with HTTP 401: error: this daemon requires"
+        assert stderr.startswith(refused), stderr
+        assert stderr.endswith("; give the key with --api-key, --api-key-file or SATELLITE_ASR_API_KEY\n"), stderr
+        code, stdout, stderr = await bench(url, key="kitchen-key")
+        assert code == 0 and "WER" in stdout, stderr
+
+
 @pytest.mark.parametrize("url", ["notaurl", "http://127.0.0.1:10301/v1/stream"])
 def test_stream_refuses_a_url_that_is_not_websocket(url: str) -> None:
     result = run_cli("stream", str(FIXTURES / "weather.wav"), "--url", url)

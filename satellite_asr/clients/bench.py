@@ -33,7 +33,7 @@ import numpy as np
 
 from satellite_asr.access import load_api_key
 from satellite_asr.audio import SAMPLE_RATE, Audio, to_pcm16
-from satellite_asr.clients.stream_client import FRAME_SECONDS, StreamRefused
+from satellite_asr.clients.stream_client import FRAME_SECONDS, StreamRefused, refusal
 from satellite_asr.clients.transcribe import OfflineTranscriber
 from satellite_asr.clients.wav import read_wav
 from satellite_asr.config import Settings
@@ -464,6 +464,47 @@ async def _stream_one_speechmatics(
     return await _stream_pcm16(url, audio, delay, headers, translate, end, first=opening)
 
 
+async def _stream_one_gladia(
+    url: str, audio: Audio, delay: float, config: dict[str, Any], headers: dict[str, str]
+) -> tuple[float, list[Any]]:
+    """The same over Gladia's live API: the session's settings posted first (partials on, nothing
+    the bench does not read), then the audio as binary messages to the WebSocket URL the answer
+    gives, `stop_recording` at the end. Transcripts name their utterance: a partial is a `partial`
+    of it, a final with text its `final`. A refused POST, or an `error` on the stream, is the
+    stream's refusal (`StreamRefused`)."""
+    import aiohttp
+
+    await asyncio.sleep(delay)
+    messages = {
+        "receive_partial_transcripts": True,
+        "receive_speech_events": False,
+        "receive_acknowledgments": False,
+        "receive_post_processing_events": False,
+    }
+    body = {"encoding": "wav/pcm", "bit_depth": 16, "sample_rate": SAMPLE_RATE, "channels": 1}
+    post_url = "http" + url.removeprefix("ws")  # ws:// -> http://, wss:// -> https://
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(post_url, json={**body, "messages_config": messages}, headers=headers) as answer,
+    ):
+        if answer.status != 201:
+            raise StreamRefused(refusal(answer.status, await answer.read(), "session"), answer.status)
+        session_url = (await answer.json())["url"]
+
+    def translate(message: dict[str, Any]) -> dict[str, Any] | None:
+        if message["type"] == "error":
+            data = message["data"]
+            raise StreamRefused(f"the daemon ended the stream with error {data['code']}: {data['message']}")
+        if message["type"] != "transcript":
+            return None
+        data = message["data"]
+        if not data["is_final"]:
+            return {"type": "partial", "utterance_id": data["id"]}
+        return {"type": "final", "utterance_id": data["id"], "text": data["utterance"]["text"]}
+
+    return await _stream_pcm16(session_url, audio, 0.0, {}, translate, json.dumps({"type": "stop_recording"}))
+
+
 async def _stream_pcm16(
     url: str,
     audio: Audio,
@@ -528,6 +569,7 @@ PROTOCOLS: dict[str, tuple[str, Streamer]] = {
     "cartesia": ("/stt/websocket", _stream_one_cartesia),
     "soniox": ("/transcribe-websocket", _stream_one_soniox),
     "speechmatics": ("/v2", _stream_one_speechmatics),
+    "gladia": ("/v2/live", _stream_one_gladia),
 }
 """Protocol name -> (path on the daemon, client that streams one file)."""
 

@@ -51,7 +51,8 @@ def refusal(status: int, body: bytes | bytearray | None, what: str = "connection
     sentence when its body has them (`{"type": "error", ...}`, OpenAI's `{"error": {...}}`,
     Deepgram's `{"err_code": ..., "err_msg": ...}`, AssemblyAI's `{"error": "...", "code": ...}`,
     ElevenLabs' `{"detail": {"status": ..., "message": ...}}`, Cartesia's `{"error_code": ...,
-    "message": ...}` or Soniox's `{"error_code": ..., "error_message": ...}`, whose code is the status)."""
+    "message": ...}`, Soniox's `{"error_code": ..., "error_message": ...}`, whose code is the status,
+    or Gladia's `{"statusCode": ..., "message": ...}`)."""
     try:
         error = json.loads(body or b"")
     except ValueError:
