@@ -187,6 +187,15 @@ async def test_a_bad_body_is_refused_with_gladias_error_and_a_sentence(body: obj
         assert not daemon.gladia.sessions.pending
 
 
+async def test_null_fields_are_the_defaults() -> None:
+    nulls = {"encoding": None, "sample_rate": None, "language_config": {"languages": None}, "messages_config": None}
+    async with running_daemon() as daemon:
+        status, answer = await post(daemon, nulls)
+        assert status == 201, answer
+        [config] = [pending.config for pending in daemon.gladia.sessions.pending.values()]
+    assert (config.encoding, config.sample_rate, config.messages) == ("wav/pcm", 16000, gladia.MESSAGE_DEFAULTS)
+
+
 async def test_an_unknown_query_parameter_and_region_are_checked() -> None:
     async with running_daemon() as daemon:
         assert (await post(daemon, BODY, query="region=us-west"))[0] == 201

@@ -21,7 +21,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiohttp import WSMessage, WSMsgType, web
+from aiohttp import WSMessage, web
 from multidict import MultiMapping
 
 from satellite_asr.audio import MAX_CHANNELS, PcmDecoder
@@ -45,6 +45,7 @@ from satellite_asr.protocols.streaming_apis import (
     StreamingConnection,
     check_names,
     confidence,
+    is_control,
     refuse_in_band,
     replacing_terms,
 )
@@ -186,6 +187,7 @@ def parse_body(raw: bytes, core: Core) -> GladiaConfig:
     unknown = sorted(set(body) - FIELDS)
     if unknown:
         raise invalid(f"{echoable(unknown[0])} is not a field this API knows")
+    body = {name: value for name, value in body.items() if value is not None}  # null: the default
     sections = {name: section(body, name) for name in SECTIONS}
     for (where, name), feature in REFUSED.items():
         values = sections[where] if where else body
@@ -504,13 +506,7 @@ def utterance_id_text(utterance_id: int) -> str:
 
 def is_end_of_audio(message: WSMessage) -> bool:
     """`stop_recording` ends the audio: what came before the client's Close is still wanted."""
-    if message.type != WSMsgType.TEXT:
-        return False
-    try:
-        parsed = json.loads(message.data)
-    except ValueError:
-        return False
-    return isinstance(parsed, dict) and parsed.get("type") == "stop_recording"
+    return is_control(message, "stop_recording")
 
 
 async def refuse_parameters(
