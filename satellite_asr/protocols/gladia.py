@@ -43,9 +43,11 @@ from satellite_asr.protocols.streaming_apis import (
     PendingFinals,
     StreamingApiHandler,
     StreamingConnection,
+    StreamParams,
     check_names,
     confidence,
     is_control,
+    number_within,
     refuse_in_band,
     replacing_terms,
 )
@@ -152,10 +154,6 @@ def invalid(message: str) -> ProtocolError:
     return ProtocolError("invalid_parameters", message)
 
 
-def number_within(value: object, low: float, high: float) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and low <= value <= high
-
-
 def section(body: dict[str, Any], name: str) -> dict[str, Any]:
     """One of the body's objects (absent or null: empty), its fields checked by name."""
     value = body.get(name)
@@ -211,12 +209,12 @@ def parse_body(raw: bytes, core: Core) -> GladiaConfig:
     if not isinstance(model, str) or not model:
         raise invalid("model must be a model name")
     for name, low, high in (("endpointing", 0.01, 10), ("maximum_duration_without_endpointing", 5, 60)):
-        if body.get(name) is not None and not number_within(body[name], low, high):
+        if body.get(name) is not None and not number_within(body[name], low, high, False):
             raise invalid(f"{name} must be a number from {low:g} to {high:g} (seconds)")
     if body.get("custom_metadata") is not None and not isinstance(body["custom_metadata"], dict):
         raise invalid("custom_metadata must be an object")
     threshold = sections["pre_processing"].get("speech_threshold")
-    if threshold is not None and not number_within(threshold, 0, 1):
+    if threshold is not None and not number_within(threshold, 0, 1, False):
         raise invalid("pre_processing.speech_threshold must be a number from 0 to 1")
     flag(sections["realtime_processing"], "words_accurate_timestamps", "realtime_processing.")
     flag(sections["language_config"], "code_switching", "language_config.")
@@ -352,10 +350,11 @@ class GladiaConnection(StreamingConnection):
         core: Core,
         request: web.Request,
         reading: ReadAhead,
-        params: Any,
+        params: StreamParams | None,
     ) -> None:
         super().__init__(ws, core, request, reading, params)
-        self.config: GladiaConfig = params
+        assert isinstance(params, GladiaConfig)  # the POST's settings: claimed before the connection
+        self.config = params
         self.session_id = str(uuid.uuid4())
         self.pending = PendingFinals()
         self.received = 0
@@ -501,6 +500,7 @@ class GladiaConnection(StreamingConnection):
 
 
 def utterance_id_text(utterance_id: int) -> str:
+    """An utterance's id as Gladia writes them, a text: its clients compare, never count them."""
     return f"00-{utterance_id:08d}"
 
 
