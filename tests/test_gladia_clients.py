@@ -24,8 +24,8 @@ from pipecat.services.gladia.stt import GladiaSTTService
 from satellite_asr.audio import SAMPLE_RATE
 from satellite_asr.protocols import gladia
 from satellite_asr.server import Daemon
-from tests.doubles import ContextRecordingEngineDouble
-from tests.helpers import EXPECTED, fixture_16k, pcm16, running_daemon, same_words
+from tests.doubles import ContextRecordingEngineDouble, CrashingEngineDouble
+from tests.helpers import EXPECTED, eventually, fixture_16k, normalise, pcm16, running_daemon, same_words
 from tests.livekit_events import LiveKitEvents
 from tests.test_pipecat import running_pipeline, speak
 
@@ -157,6 +157,33 @@ async def test_livekit_custom_vocabulary_and_language_reach_the_engine() -> None
     assert same_words(EXPECTED[FIXTURE], [final.text for final in events.finals()])
     assert engine.names and all(names[:2] == ("Aoife", "Calloway") for names in engine.names)
     assert set(engine.languages) == {"en"}
+
+
+async def test_livekit_stream_outlives_an_engine_failure() -> None:
+    """Every final decode fails (the vocabulary says `crash`): each is an `error` message, which
+    LiveKit's stream reads past, so the stream stays up and still gets the finals that follow (the
+    session's fallback, the utterance's last partial) instead of failing: a Close would end it
+    and lose them."""
+    async with running_daemon(CrashingEngineDouble(), api_key=KEY) as daemon, aiohttp.ClientSession() as http:
+        errors = daemon.core.metrics.errors.labels("engine_error")
+        before = errors._value.get()
+        stt = livekit_stt(daemon, http, custom_vocabulary=["crash"])
+        stream = stt.stream(conn_options=APIConnectOptions(max_retry=0, timeout=10))
+        events = LiveKitEvents(stream)
+        try:
+            for chunk in microphone_chunks():
+                stream.push_frame(rtc.AudioFrame(chunk, SAMPLE_RATE, 1, len(chunk) // 2))
+                await asyncio.sleep(FRAME_S)
+            await eventually(lambda: errors._value.get() - before >= 3)
+            assert not events.reading.done(), "the stream is still up after the failures"
+            stream.end_input()
+            async with asyncio.timeout(30):
+                await events.reading
+        finally:
+            await stream.aclose()
+            await stt.aclose()
+    said = [normalise(final.text) for final in events.finals()]
+    assert said and said[0].startswith("turn off"), events.turns()
 
 
 async def test_livekit_stream_fails_with_the_daemons_401() -> None:
