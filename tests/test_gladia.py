@@ -303,3 +303,32 @@ async def test_the_next_utterances_partial_waits_for_the_final_before_it() -> No
     assert all(t["id"] == transcripts[first_final]["id"] for t in transcripts[:first_final]), transcripts
     assert any(t["id"] != transcripts[first_final]["id"] and not t["is_final"] for t in transcripts[first_final:])
     assert same_words(EXPECTED["three_commands.wav"], [normalise(t) for t in finals(messages)])
+
+
+async def test_shutdown_sends_the_final_in_progress_and_the_closing_messages_then_1001() -> None:
+    data = audio("lights_on.wav")
+    async with running_daemon() as daemon, websockets.connect(await session_url(daemon)) as ws:
+        await ws.send(data[: len(data) * 2 // 3])
+        await asyncio.sleep(0.5)
+        stopping = asyncio.create_task(daemon.stop())
+        messages = [json.loads(message) async for message in ws]
+        await stopping
+    assert finals(messages) and messages[-1]["type"] == "post_final_transcript"
+    assert ws.close_code == 1001
+
+
+async def test_the_idle_timeout_ends_the_stream_after_its_closing_messages() -> None:
+    async with running_daemon(idle_timeout_s=1) as daemon, websockets.connect(await session_url(daemon)) as ws:
+        messages = [json.loads(message) async for message in ws]
+    assert [m["type"] for m in messages] == ["post_transcript", "post_final_transcript"]
+    assert ws.close_code == 1001
+
+
+async def test_a_session_over_max_sessions_is_an_error_and_4503() -> None:
+    async with (
+        running_daemon(max_sessions=1, wyoming_reserved_sessions=0) as daemon,
+        websockets.connect(await session_url(daemon)),
+    ):
+        messages, code = await stream(await session_url(daemon), b"")
+    assert code == 4503
+    assert [(m["type"], m["data"]["code"]) for m in messages] == [("error", "server_busy")]
