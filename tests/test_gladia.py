@@ -286,8 +286,8 @@ async def test_an_engine_failure_is_an_error_message_and_the_stream_goes_on() ->
 
 
 async def test_the_next_utterances_partial_waits_for_the_final_before_it() -> None:
-    """A command spoken whole while the one before still decodes: its partials come after that
-    final, never before it."""
+    """A command spoken whole while the one before still decodes: its speech events and partials
+    come after that final, never before it."""
     engine = FirstFinalGatedEngineDouble()
     body = {**BODY, "messages_config": {"receive_partial_transcripts": True}}
     async with running_daemon(engine) as daemon, websockets.connect(await session_url(daemon, body)) as ws:
@@ -298,6 +298,11 @@ async def test_the_next_utterances_partial_waits_for_the_final_before_it() -> No
         engine.gate.set()
         await ws.send(json.dumps({"type": "stop_recording"}))
         messages = [json.loads(m) async for m in ws]
+    kinds = [m["type"] + ("!" if m["type"] == "transcript" and m["data"]["is_final"] else "") for m in messages]
+    starts = [index for index, kind in enumerate(kinds) if kind == "speech_start"]
+    assert kinds.index("transcript!") < starts[1], kinds  # the next speech's start waits for it too
+    speech = [m["type"] for m in messages if m["type"] in ("speech_start", "speech_end")]
+    assert speech == ["speech_start", "speech_end"] * 3, speech
     transcripts = [m["data"] for m in of_type(messages, "transcript")]
     first_final = next(i for i, t in enumerate(transcripts) if t["is_final"])
     assert all(t["id"] == transcripts[first_final]["id"] for t in transcripts[:first_final]), transcripts

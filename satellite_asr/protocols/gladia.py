@@ -359,6 +359,10 @@ class GladiaConnection(StreamingConnection):
         self.pending = PendingFinals()
         self.received = 0
         """Audio bytes taken: the acknowledgments' byte ranges."""
+        self.announced = 0
+        """The last utterance whose `speech_start` was due (`speech_events`)."""
+        self.stops: dict[int, float] = {}
+        """Where each utterance whose `speech_end` waits for its `speech_start` ended."""
         self.utterances: list[dict[str, Any]] = []
         """Each final utterance, for the session's closing transcript."""
 
@@ -393,11 +397,10 @@ class GladiaConnection(StreamingConnection):
     async def emit(self, event: SessionEvent) -> None:
         if isinstance(event, SpeechStarted):
             self.pending.started(event)
-            if self.wants("receive_speech_events"):
-                await self.message("speech_start", {"time": event.start, "channel": 0})
+            await self.speech_events()
         elif isinstance(event, SpeechStopped):
-            if self.wants("receive_speech_events"):
-                await self.message("speech_end", {"time": event.end, "channel": 0})
+            self.stops[event.utterance_id] = event.end
+            await self.speech_events()
         elif isinstance(event, PartialTranscript):
             if event.text.strip() and not self.pending.holds(event):
                 await self.partial(event.utterance_id, event.text)
@@ -405,6 +408,22 @@ class GladiaConnection(StreamingConnection):
             await self.final(event)
         elif isinstance(event, SessionError):
             await self.error(event.code, event.message, counted=True)
+
+    async def speech_events(self) -> None:
+        """`speech_start` of the first utterance whose final is not sent, once, and the `speech_end`
+        of each utterance whose start was sent: a later utterance's wait for the final before it,
+        as its partials do, so that a client never takes them for the speech of the last command."""
+        first = min(self.pending.starts, default=0)
+        if first > self.announced:
+            self.announced = first
+            if self.wants("receive_speech_events"):
+                await self.message("speech_start", {"time": self.pending.starts[first], "channel": 0})
+        for utterance_id in sorted(self.stops):
+            if utterance_id > self.announced:
+                break
+            end = self.stops.pop(utterance_id)
+            if self.wants("receive_speech_events"):
+                await self.message("speech_end", {"time": end, "channel": 0})
 
     async def partial(self, utterance_id: int, text: str) -> None:
         if self.wants("receive_partial_transcripts"):
@@ -415,7 +434,8 @@ class GladiaConnection(StreamingConnection):
             )
 
     async def final(self, event: FinalTranscript) -> None:
-        """The utterance's final (one with words), then the next utterance's partial held back for it."""
+        """The utterance's final (one with words), then what the next utterance held back for it: its
+        speech events and partial."""
         self.pending.final(event.utterance_id)
         if event.text.strip():
             utterance = self.utterance(event.text, event.start, event.end, confidence(event), event.language)
@@ -423,6 +443,7 @@ class GladiaConnection(StreamingConnection):
             if self.wants("receive_final_transcripts"):
                 data = {"id": utterance_id_text(event.utterance_id), "is_final": True, "utterance": utterance}
                 await self.message("transcript", data)
+        await self.speech_events()
         for later, text in self.pending.released():
             await self.partial(later, text)
 
