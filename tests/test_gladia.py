@@ -8,6 +8,7 @@ import asyncio
 import base64
 import contextlib
 import json
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -16,6 +17,7 @@ import websockets
 
 from satellite_asr.protocols import gladia
 from satellite_asr.server import Daemon
+from tests.certificates import self_signed
 from tests.doubles import ContextRecordingEngineDouble, CrashingEngineDouble, FirstFinalGatedEngineDouble
 from tests.helpers import EXPECTED, PCM_FRAME_BYTES, fixture_16k, normalise, pcm16, running_daemon, same_words
 
@@ -217,6 +219,22 @@ async def test_the_key_is_required_on_the_post_and_the_token_stands_for_it() -> 
         with pytest.raises(websockets.InvalidStatus) as refused:
             await websockets.connect(url.split("?")[0])
         assert refused.value.response.status_code == 401
+
+
+async def test_over_tls_the_session_url_is_wss_and_streams(tmp_path: Path) -> None:
+    """The session's URL is built from the POST's own scheme and host: `wss://` behind TLS."""
+    cert = self_signed(tmp_path, ["localhost"], ["127.0.0.1"])
+    trusting = cert.client_context()
+    async with running_daemon(tls_cert=str(cert.cert), tls_key=str(cert.key)) as daemon:
+        target = f"https://127.0.0.1:{daemon.http_port}{gladia.PATH}"
+        async with aiohttp.ClientSession() as http, http.post(target, json=BODY, ssl=trusting) as answer:
+            url = (await answer.json())["url"]
+        assert url.startswith(f"wss://127.0.0.1:{daemon.http_port}/v2/live?token=")
+        async with websockets.connect(url, ssl=trusting) as ws:
+            await ws.send(audio("lights_on.wav"))
+            await ws.send(json.dumps({"type": "stop_recording"}))
+            messages = [json.loads(message) async for message in ws]
+    assert same_words(EXPECTED["lights_on.wav"], [normalise(t) for t in finals(messages)])
 
 
 async def test_a_session_url_is_good_once() -> None:
