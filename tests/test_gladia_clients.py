@@ -159,6 +159,21 @@ async def test_livekit_custom_vocabulary_and_language_reach_the_engine() -> None
     assert set(engine.languages) == {"en"}
 
 
+async def test_livekit_recognize_a_recording_over_the_live_api() -> None:
+    """LiveKit's `recognize` (a recording at once) posts a session, sends it all, `stop_recording`,
+    and reads the finals until `post_final_transcript`: one event, each command one of its
+    alternatives (LiveKit's way of giving the recording's utterances)."""
+    audio = pcm16(fixture_16k(FIXTURE), SAMPLE_RATE)
+    frame = rtc.AudioFrame(audio, SAMPLE_RATE, 1, len(audio) // 2)
+    async with running_daemon(api_key=KEY) as daemon, aiohttp.ClientSession() as http:
+        stt = livekit_stt(daemon, http)
+        event = await stt.recognize([frame], conn_options=APIConnectOptions(max_retry=0, timeout=20))
+        await stt.aclose()
+    assert event.type == lk_stt.SpeechEventType.FINAL_TRANSCRIPT
+    said = [alternative.text for alternative in event.alternatives]
+    assert same_words(EXPECTED[FIXTURE], said), said
+
+
 async def test_livekit_stream_outlives_an_engine_failure() -> None:
     """Every final decode fails (the vocabulary says `crash`): each is an `error` message, which
     LiveKit's stream reads past, so the stream stays up and still gets the finals that follow (the
