@@ -155,7 +155,8 @@ async def test_set_recognition_config_turns_partials_on() -> None:
 
 async def test_force_end_of_utterance_is_answered_once() -> None:
     """ForceEndOfUtterance midway through the first command: its words so far as a final and one
-    EndOfUtterance; with nothing in progress, EndOfUtterance alone; each answered exactly once."""
+    EndOfUtterance; with nothing in progress, EndOfUtterance alone; each answered exactly once, and
+    marked `forced` (Speechmatics marks the messages a ForceEndOfUtterance brought so)."""
     data = audio()
     middle = 12 * PCM_FRAME_BYTES
     force = json.dumps({"message": "ForceEndOfUtterance", "timestamp": 1.2})
@@ -165,6 +166,18 @@ async def test_force_end_of_utterance_is_answered_once() -> None:
     order = [k for k in kinds(messages) if k in ("AddTranscript", "EndOfUtterance")]
     assert order == ["AddTranscript", "EndOfUtterance", "EndOfUtterance"], order
     assert normalise(finals(messages)[0]).split()[0] == normalise(EXPECTED[FIXTURE][0]).split()[0]
+    answers = [m for m in messages if m["message"] in ("AddTranscript", "EndOfUtterance")]
+    assert all(m.get("forced") is True for m in answers), answers
+    assert not any("forced" in m for m in of(messages, "AddPartialTranscript"))
+
+
+async def test_only_what_a_force_brought_is_forced() -> None:
+    """The finals the daemon's own turn detection ends are not marked `forced`."""
+    conversation = {"end_of_utterance_silence_trigger": 0.5}
+    async with running_daemon() as daemon:
+        messages, _ = await stream(url(daemon), start(conversation_config=conversation), audio())
+    ends = [m for m in messages if m["message"] in ("AddTranscript", "EndOfUtterance")]
+    assert len(ends) == 6 and not any("forced" in m for m in ends), ends
 
 
 async def test_agent_api_segments_and_turns() -> None:
@@ -189,9 +202,44 @@ async def test_agent_force_end_with_nothing_in_progress_is_an_empty_segment() ->
     force = json.dumps({"message": "ForceEndOfUtterance"})
     async with running_daemon() as daemon:
         messages, _ = await stream(url(daemon, speechmatics.AGENT_PATH), first, b"", force, END)
+    assert kinds(messages) == ["RecognitionStarted", "AddSegment", "EndOfTurn", "EndOfTranscript"], messages
     assert of(messages, "AddSegment") == [
         {"message": "AddSegment", "segment": {"transcript": ""}, "metadata": {"start_time": 0.0, "end_time": 0.0}}
     ]
+    assert of(messages, "EndOfTurn") == [{"message": "EndOfTurn", "metadata": {"end_time": 0.0}}]
+
+
+async def test_agent_force_end_with_external_turns_is_a_segment_then_end_of_turn() -> None:
+    """With the client's turns (LiveKit's and Pipecat's default), ForceEndOfUtterance midway through
+    the first command is answered as Speechmatics answers it: the segment so far, then EndOfTurn
+    (LiveKit's END_OF_SPEECH and usage come from it); once, and no StartOfTurn."""
+    first = {**start(model="linden-1"), "turn_config": {"turn_detection_mode": "external"}}
+    force = json.dumps({"message": "ForceEndOfUtterance", "timestamp": 1.2})
+    async with running_daemon() as daemon:
+        messages, code = await stream(
+            url(daemon, speechmatics.AGENT_PATH), first, audio()[: 12 * PCM_FRAME_BYTES], force, END
+        )
+    framing = [k for k in kinds(messages) if k in ("StartOfTurn", "AddSegment", "EndOfTurn")]
+    assert framing == ["AddSegment", "EndOfTurn"] and code == 1000, messages
+    assert normalise(finals(messages, "AddSegment")[0]).split()[0] == normalise(EXPECTED[FIXTURE][0]).split()[0]
+
+
+@pytest.mark.parametrize("path", [speechmatics.PATH, speechmatics.AGENT_PATH])
+async def test_get_speakers_is_an_empty_result_and_the_session_goes_on(path: str) -> None:
+    """GetSpeakers (LiveKit's get_speaker_ids(), its diarization on by default): an empty
+    SpeakersResult, the daemon naming no speakers, now; with `final` true just before
+    EndOfTranscript; the finals all come."""
+    get = json.dumps({"message": "GetSpeakers"})
+    at_end = json.dumps({"message": "GetSpeakers", "final": True})
+    async with running_daemon() as daemon:
+        messages, code = await stream(url(daemon, path), start(), audio(), get, at_end, END)
+    assert (
+        code == 1000
+        and len(finals(messages, "AddSegment" if path == speechmatics.AGENT_PATH else "AddTranscript")) == 3
+    )
+    results = [at for at, m in enumerate(messages) if m["message"] == "SpeakersResult"]
+    assert [messages[at] for at in results] == [{"message": "SpeakersResult", "speakers": []}] * 2, messages
+    assert results[1] == len(messages) - 2 and messages[-1] == {"message": "EndOfTranscript"}
 
 
 @pytest.mark.parametrize(
@@ -245,6 +293,14 @@ async def test_language_in_the_path() -> None:
     assert other[-1]["message"] == "Error" and other[-1]["type"] == "invalid_config" and code == 1008
 
 
+SPEECHMATICS_CLOSES = {"protocol_error": 1003, "invalid_model": 4004, "job_error": 4013}
+"""The Close after an Error of these types (Speechmatics' table of close codes); after the others 1008."""
+
+
+def close_code_of(kind: str) -> int:
+    return SPEECHMATICS_CLOSES.get(kind, 1008)
+
+
 REFUSALS = [
     (b"\x00\x01", "protocol_error", "StartRecognition"),
     ("not json", "invalid_message", "JSON"),
@@ -274,12 +330,12 @@ REFUSALS = [
 @pytest.mark.parametrize(("first", "kind", "words"), REFUSALS)
 async def test_refused_start(first: Any, kind: str, words: str) -> None:
     """A StartRecognition the daemon cannot take: one Error of Speechmatics' type naming the
-    problem, then the Close (1008); nothing else."""
+    problem, then the Close of that type (1003 protocol_error, 4004 invalid_model, else 1008); nothing else."""
     async with running_daemon() as daemon:
         messages, code = await stream(url(daemon), first if isinstance(first, str | bytes) else json.dumps(first))
     assert [m["message"] for m in messages] == ["Error"], messages
     assert messages[0]["type"] == kind and words in messages[0]["reason"], messages
-    assert code == 1008
+    assert code == close_code_of(kind)
 
 
 @pytest.mark.parametrize(
@@ -291,16 +347,19 @@ async def test_refused_start(first: Any, kind: str, words: str) -> None:
         ('{"message": "EndOfStream", "last_seq_no": -1}', "invalid_message"),
         ('{"message": "SetRecognitionConfig", "transcription_config": {"language": "de"}}', "invalid_model"),
         ('{"message": "SetRecognitionConfig", "transcription_config": {"max_delay": 0.1}}', "invalid_config"),
-        (b"\x00\x01\x02", "data_error"),
+        ('{"message": "SetRecognitionConfig", "transcription_config": {"model": "standard"}}', "invalid_config"),
+        ('{"message": "GetSpeakers", "final": "yes"}', "invalid_message"),
+        (b"\x00\x01\x02", "invalid_message"),
     ],
 )
 async def test_refused_message_keeps_the_audio_before_it(message: str | bytes, kind: str) -> None:
-    """A bad message after the audio: the finals of the audio before it, then the Error and 1008."""
+    """A bad message after the audio: the finals of the audio before it, then the Error and its Close.
+    Audio that is not whole samples is `invalid_message`: Speechmatics no longer sends `data_error`."""
     async with running_daemon() as daemon:
         messages, code = await stream(url(daemon), start(), audio(), message)
     assert len(finals(messages)) == 3, messages
     assert messages[-1]["message"] == "Error" and messages[-1]["type"] == kind, messages[-1]
-    assert code == 1008
+    assert code == close_code_of(kind)
 
 
 async def test_engine_failure_is_a_warning_and_the_next_final_comes() -> None:
@@ -366,15 +425,23 @@ async def test_plain_get_is_426_in_speechmatics_shape() -> None:
 
 
 async def test_no_start_recognition_in_time_is_an_idle_timeout() -> None:
-    async with running_daemon(first_message_timeout_s=1) as daemon, websockets.connect(url(daemon)) as ws:
-        messages = await read_all(ws)
+    """On /v2 an idle_timeout; on /v2/agent, whose Error types have none, its own
+    start_recognition_timeout; 1008 after both."""
+    async with (
+        running_daemon(first_message_timeout_s=1) as daemon,
+        websockets.connect(url(daemon)) as ws,
+        websockets.connect(url(daemon, speechmatics.AGENT_PATH)) as agent,
+    ):
+        messages, agents = await read_all(ws), await read_all(agent)
     assert [(m["message"], m["type"]) for m in messages] == [("Error", "idle_timeout")]
-    assert ws.close_code == 1008
+    assert [(m["message"], m["type"]) for m in agents] == [("Error", "start_recognition_timeout")]
+    assert ws.close_code == agent.close_code == 1008
 
 
-async def test_shutdown_sends_the_final_in_progress_then_an_internal_error() -> None:
-    """Shutdown: the final of the audio that came, then Error internal_error and 1011; a client
-    still to send StartRecognition is closed too."""
+async def test_shutdown_sends_the_final_in_progress_then_a_job_error() -> None:
+    """Shutdown: the final of the audio that came, then Error job_error (a type Speechmatics sends,
+    which the clients retry; `internal_error` is no Error type of its) and 4013; a client still to
+    send StartRecognition is closed too."""
     data = audio()
     async with (
         running_daemon() as daemon,
@@ -387,8 +454,8 @@ async def test_shutdown_sends_the_final_in_progress_then_an_internal_error() -> 
         stopping = asyncio.create_task(daemon.stop())
         messages, waiting = await read_all(ws), await read_all(idle)
         await stopping
-    assert finals(messages) and messages[-1]["message"] == "Error" and messages[-1]["type"] == "internal_error"
-    assert ws.close_code == 1011 and waiting[-1]["type"] == "internal_error" and idle.close_code == 1011
+    assert finals(messages) and messages[-1]["message"] == "Error" and messages[-1]["type"] == "job_error"
+    assert ws.close_code == 4013 and waiting[-1]["type"] == "job_error" and idle.close_code == 4013
 
 
 async def test_agent_next_turn_waits_for_the_segment_before_it() -> None:

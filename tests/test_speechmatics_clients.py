@@ -7,11 +7,13 @@ it (`Authorization: Bearer`), and fed three_commands.wav at microphone pace."""
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 from livekit import rtc
-from livekit.agents import APIConnectOptions, APIError
+from livekit.agents import APIConnectOptions, APIError, inference
 from livekit.agents import stt as lk_stt
 from livekit.plugins import speechmatics as lk_speechmatics  # installed by scripts/bootstrap.sh (pyproject.toml)
 from pipecat.frames.frames import TranscriptionFrame
@@ -124,15 +126,20 @@ async def test_sdk_reads_a_refused_configuration_and_a_wrong_key() -> None:
             await sdk_session(daemon, TranscriptionConfig(language="en"), api_key="wrong")
 
 
-async def livekit_stream(stt: Any, finals: int) -> LiveKitEvents:
-    """The fixture through LiveKit's stream at microphone pace until `finals` finals; no retries."""
+async def livekit_stream(
+    stt: Any, finals: int, after_chunk: Callable[[int], Awaitable[None]] | None = None
+) -> LiveKitEvents:
+    """The fixture through LiveKit's stream at microphone pace until `finals` finals; no retries;
+    `after_chunk` is given each chunk's index once it is pushed."""
     stream = stt.stream(conn_options=APIConnectOptions(max_retry=0, timeout=10))
     events = LiveKitEvents(stream)
     try:
-        for chunk in microphone_chunks():
+        for index, chunk in enumerate(microphone_chunks()):
             if events.reading.done():
                 break
             stream.push_frame(rtc.AudioFrame(chunk, SAMPLE_RATE, 1, len(chunk) // 2))
+            if after_chunk is not None:
+                await after_chunk(index)
             await asyncio.sleep(FRAME_S)
         await events.wait_for(lambda: len([f for f in events.finals() if f.text]) >= finals)
         stream.end_input()
@@ -147,13 +154,45 @@ def livekit_stt(daemon: Daemon, api_key: str = KEY, **options: Any) -> Any:
 
 
 async def test_livekit_stream_with_its_defaults_gets_a_final_per_command() -> None:
-    """LiveKit's defaults (external turns, its Silero VAD finalizing at each stop): interims, then
-    one FINAL_TRANSCRIPT per command."""
+    """LiveKit's defaults (external turns): interims, then one FINAL_TRANSCRIPT per command. Its
+    default VAD, which would send ForceEndOfUtterance at each stop, is Silero's plugin, not installed
+    here: the daemon's own turn detection ends each command (Speechmatics' would not)."""
     async with running_daemon(api_key=KEY) as daemon:
         events = await livekit_stream(livekit_stt(daemon), finals=3)
     finals = [final.text for final in events.finals() if final.text]
     assert same_words(EXPECTED[FIXTURE], finals), finals
     assert events.of(lk_stt.SpeechEventType.INTERIM_TRANSCRIPT)
+
+
+async def test_livekit_with_a_vad_finalizes_and_gets_end_of_speech() -> None:
+    """External turns with a VAD (LiveKit's bundled one): ForceEndOfUtterance at each stop of speech,
+    answered by the segment, then EndOfTurn as Speechmatics answers it, which LiveKit reports as
+    END_OF_SPEECH (none came before: the daemon sent EndOfTurn only with the service's turns)."""
+    async with running_daemon(api_key=KEY) as daemon:
+        events = await livekit_stream(livekit_stt(daemon, vad=inference.VAD()), finals=3)
+    finals = [final.text for final in events.finals() if final.text]
+    assert same_words(EXPECTED[FIXTURE], finals), finals
+    assert len(events.of(lk_stt.SpeechEventType.END_OF_SPEECH)) >= 2, events.events
+
+
+async def test_livekit_get_speaker_ids_is_empty_and_the_stream_goes_on() -> None:
+    """LiveKit's diarization is on by default, so its `get_speaker_ids()` sends GetSpeakers: the
+    daemon, naming no speakers, answers an empty SpeakersResult at once (not LiveKit's 5 s timeout),
+    and the stream goes on to every final (an Error would have failed it)."""
+    answers: list[tuple[Any, float]] = []
+
+    async def ask(index: int) -> None:
+        if index == 25:
+            asked = time.monotonic()
+            answers.append((await stt.get_speaker_ids(), time.monotonic() - asked))
+
+    async with running_daemon(api_key=KEY) as daemon:
+        stt = livekit_stt(daemon)
+        events = await livekit_stream(stt, finals=3, after_chunk=ask)
+    [(speakers, waited)] = answers
+    assert speakers == [] and waited < 2, answers  # LiveKit gives [] too after 5 s with no answer
+    finals = [final.text for final in events.finals() if final.text]
+    assert same_words(EXPECTED[FIXTURE], finals), finals
 
 
 async def test_livekit_stream_with_the_services_turns_gets_start_and_end_of_speech() -> None:

@@ -62,20 +62,34 @@ SENTENCE_ENDS = ".?!"
 ERROR_TYPES = {
     "timeout": "idle_timeout",
     "idle_timeout": "idle_timeout",
-    "shutdown": "internal_error",
+    "shutdown": "job_error",
     "server_busy": "job_error",
     "engine_error": "job_error",
-    "frame_too_large": "data_error",
-    "invalid_audio": "data_error",
+    "frame_too_large": "invalid_message",
+    "invalid_audio": "invalid_message",
     "context_too_long": "invalid_config",
     "invalid_type": "invalid_config",
     "missing_api_key": "not_authorised",
     "invalid_api_key": "not_authorised",
 }
-"""Speechmatics' `type` for each of the daemon's error codes; its own types are sent as they are."""
-SERVERS_FAULT = {"internal_error", "job_error"}
-"""The types after which the Close says the server failed (1011); every other Close is 1008, as
-Speechmatics closes a session it ends."""
+"""Speechmatics' `type` for each of the daemon's error codes; its own types are sent as they are.
+Only the types Speechmatics documents (its real-time API's `ErrorTypeEnum`): not `data_error` or
+`internal_error`, which it no longer sends. `server_busy` (`max_sessions`) is `job_error`, which the
+clients retry, rather than `quota_exceeded`, a contract's limit that Pipecat takes as permanent."""
+AGENT_ERROR_TYPES = {**ERROR_TYPES, "timeout": "start_recognition_timeout", "idle_timeout": "job_error"}
+"""The Agent STT API's: its `Error` types are fewer (no `idle_timeout`) and one its own, for a
+`StartRecognition` that did not come in time."""
+CLOSE_CODES = {
+    "protocol_error": 1003,
+    "not_authorised": 4001,
+    "not_allowed": 4003,
+    "invalid_model": 4004,
+    "quota_exceeded": 4005,
+    "timelimit_exceeded": 4006,
+    "job_error": 4013,
+}
+"""The Close after an `Error` of each type, with the type as its reason, as Speechmatics closes;
+every other type's is 1008 (`policy_violation`)."""
 FIELDS = {
     "language",
     "model",
@@ -104,6 +118,17 @@ REFUSED = {
     "language_hints_strict": "language hints",
 }
 """Features the daemon does not have, refused when given (null is not given)."""
+MID_SESSION = {
+    "language",
+    "enable_partials",
+    "max_delay",
+    "max_delay_mode",
+    "audio_filtering_config",
+    "conversation_config",
+}
+"""What `SetRecognitionConfig` may hold on the real-time API (Speechmatics refuses the rest);
+the Agent STT API's, `AGENT_MID_SESSION`, is fewer."""
+AGENT_MID_SESSION = {"language", "enable_partials"}
 MESSAGE_REFUSED = {"translation_config": "translation", "audio_events_config": "audio event detection"}
 
 
@@ -320,6 +345,7 @@ class SpeechmaticsConnection(StreamingConnection):
     invalid_message = "invalid_message"
     type_field = "message"
     agent: ClassVar[bool] = False
+    error_types: ClassVar[dict[str, str]] = ERROR_TYPES
 
     def __init__(
         self,
@@ -338,6 +364,8 @@ class SpeechmaticsConnection(StreamingConnection):
         """Those of `pending` whose partial was sent: their final takes it back, even empty."""
         self.seq_no = 0
         self.failed = False
+        self.speakers_at_end = False
+        """A `GetSpeakers` with `final` true: its `SpeakersResult` comes before `EndOfTranscript`."""
 
     async def read_settings(self, message: WSMessage) -> None:
         self.config = self.params = parse_start(message, self.core, self.agent, self.path_language)
@@ -362,6 +390,8 @@ class SpeechmaticsConnection(StreamingConnection):
         )
 
     async def closing(self) -> None:
+        if self.speakers_at_end:
+            await self.send(SPEAKERS_RESULT)
         await self.send({"message": "EndOfTranscript"})
 
     async def close_by_server(self, reason: str) -> None:
@@ -378,7 +408,7 @@ class SpeechmaticsConnection(StreamingConnection):
         `Warning`, and the session goes on). `message` may quote the client."""
         if not counted:
             self.core.metrics.errors.labels(code).inc()
-        kind = ERROR_TYPES.get(code, code)
+        kind = self.error_types.get(code, code)
         if code == "engine_error" and not fatal:
             await self.send({"message": "Warning", "type": kind, "reason": echoable(message)})
             return
@@ -386,8 +416,10 @@ class SpeechmaticsConnection(StreamingConnection):
         try:
             await self.send({"message": "Error", "type": kind, "reason": echoable(message)})
         finally:
-            closing = WSCloseCode.INTERNAL_ERROR if kind in SERVERS_FAULT else WSCloseCode.POLICY_VIOLATION
-            await self.close(closing, kind)
+            if kind in CLOSE_CODES:
+                await self.close(CLOSE_CODES[kind], kind)
+            else:
+                await self.close(WSCloseCode.POLICY_VIOLATION, "policy_violation")
 
     async def on_binary(self, data: bytes) -> None:
         """Audio, acknowledged by `AudioAdded` with its number."""
@@ -412,6 +444,7 @@ class SpeechmaticsConnection(StreamingConnection):
             "SetRecognitionConfig": self.set_config,
             "EndOfStream": self.end_of_stream,
             "StartRecognition": self.second_start,
+            "GetSpeakers": self.get_speakers,
         }
 
     async def end_of_stream(self, message: dict[str, Any]) -> None:
@@ -419,6 +452,18 @@ class SpeechmaticsConnection(StreamingConnection):
         if not number_within(last, 0, math.inf, True):
             raise ProtocolError("invalid_message", "EndOfStream's last_seq_no must be a whole number")
         await self.end()
+
+    async def get_speakers(self, message: dict[str, Any]) -> None:
+        """No speaker identifiers, the daemon not diarizing: an empty `SpeakersResult`, now or (`final`
+        true) at the end. LiveKit asks when its diarization is on (its default, taken on `/v2/agent`);
+        an `Error` would end its session."""
+        final = message.get("final", False)
+        if not isinstance(final, bool) or set(message) - {"message", "final"}:
+            raise ProtocolError("invalid_message", "GetSpeakers is {message, final}; final must be true or false")
+        if final:
+            self.speakers_at_end = True
+        else:
+            await self.send(SPEAKERS_RESULT)
 
     async def second_start(self, message: dict[str, Any]) -> None:
         raise ProtocolError("protocol_error", "the session has started; StartRecognition comes once")
@@ -428,6 +473,12 @@ class SpeechmaticsConnection(StreamingConnection):
         config = message.get("transcription_config")
         if not isinstance(config, dict) or set(message) - {"message", "transcription_config"}:
             raise ProtocolError("invalid_message", "SetRecognitionConfig is {message, transcription_config}")
+        given = sorted(name for name, value in config.items() if value is not None)
+        fixed = [name for name in given if name not in (AGENT_MID_SESSION if self.agent else MID_SESSION)]
+        if fixed:
+            raise ProtocolError(
+                "invalid_config", f"SetRecognitionConfig cannot set {echoable(fixed[0])!r}; start a new session"
+            )
         assert self.config is not None
         before = Transcription(
             self.config.language, self.config.partials, self.config.end_of_utterance, self.config.terms
@@ -446,10 +497,7 @@ class SpeechmaticsConnection(StreamingConnection):
 
     async def answer_alone(self) -> None:
         """A `ForceEndOfUtterance` with no utterance to end: `EndOfUtterance` alone."""
-        await self.send(self.end_message())
-
-    def end_message(self) -> dict[str, Any]:
-        return {"message": "EndOfUtterance", "metadata": {"start_time": self.seconds, "end_time": self.seconds}}
+        await self.send(end_of_utterance_message(self.seconds, forced=True))
 
     async def emit(self, event: SessionEvent) -> None:
         if self.failed:
@@ -481,12 +529,14 @@ class SpeechmaticsConnection(StreamingConnection):
         spoken = bool(event.text.strip()) or shown
         answered_before = self.flush_answered
         answers = self.answers_flush(event.utterance_id) and not answered_before
+        forced = {"forced": True} if answers else {}
         if spoken:
             language = event.language or self.config.language
             text = event.text.strip() + " " if event.text.strip() else ""
-            await self.send(self.transcript("AddTranscript", text, event.start, event.end, confidence(event), language))
+            final = self.transcript("AddTranscript", text, event.start, event.end, confidence(event), language)
+            await self.send({**final, **forced})
         if answers or (spoken and self.config.end_of_utterance):
-            await self.send({"message": "EndOfUtterance", "metadata": {"start_time": event.end, "end_time": event.end}})
+            await self.send(end_of_utterance_message(event.end, forced=answers))
         for later, text in self.pending.released():
             await self.partial(later, text)
 
@@ -518,12 +568,26 @@ class SpeechmaticsConnection(StreamingConnection):
         return {"message": kind, "format": "2.9", "metadata": metadata, "results": results}
 
 
+SPEAKERS_RESULT = {"message": "SpeakersResult", "speakers": []}
+
+
+def end_of_utterance_message(at: float, *, forced: bool) -> dict[str, Any]:
+    """`EndOfUtterance` at `at` s, `forced` (marked so) when it answers `ForceEndOfUtterance`."""
+    at = round(at, 3)
+    return {
+        "message": "EndOfUtterance",
+        "metadata": {"start_time": at, "end_time": at},
+        **({"forced": True} if forced else {}),
+    }
+
+
 class AgentConnection(SpeechmaticsConnection):
     """A client of the Agent STT API: the same requests; each utterance's `AddPartialSegment`s and
     `AddSegment`, framed by `StartOfTurn` / `EndOfTurn` when the service closes turns."""
 
     protocol: ClassVar[str] = AGENT_PROTOCOL
     agent: ClassVar[bool] = True
+    error_types: ClassVar[dict[str, str]] = AGENT_ERROR_TYPES
 
     def __init__(
         self,
@@ -554,7 +618,9 @@ class AgentConnection(SpeechmaticsConnection):
 
     async def final(self, event: FinalTranscript) -> None:
         """The segment, when it has words or takes back a partial (an empty one answers a
-        `ForceEndOfUtterance` that ended nothing else); `EndOfTurn` after it with the service's turns."""
+        `ForceEndOfUtterance` that ended nothing else); `SpeechEnded` and `EndOfTurn` after it with the
+        service's turns, `EndOfTurn` alone after one answering `ForceEndOfUtterance` with the client's
+        (Speechmatics: "flushed as an `AddSegment`, followed by `EndOfTurn`")."""
         assert self.config is not None
         shown = event.utterance_id in self.shown
         self.shown.discard(event.utterance_id)
@@ -565,17 +631,23 @@ class AgentConnection(SpeechmaticsConnection):
         if text or shown or answers:
             await self.turn_starts(event.utterance_id, event.start)
             await self.send(self.segment("AddSegment", text, event.start, event.end))
+        end = {"metadata": {"end_time": round(event.end, 3)}}
         if event.utterance_id in self.turns:
             self.turns.discard(event.utterance_id)
-            end = {"metadata": {"end_time": round(event.end, 3)}}
             await self.send({"message": "SpeechEnded", **end})
+            await self.send({"message": "EndOfTurn", **end})
+        elif answers:
             await self.send({"message": "EndOfTurn", **end})
         for later, held in self.pending.released():
             await self.partial(later, held)
 
     async def answer_alone(self) -> None:
-        """A `ForceEndOfUtterance` with no utterance to end: an empty `AddSegment`."""
+        """A `ForceEndOfUtterance` with no utterance to end: an empty `AddSegment`, then (with the
+        client's turns) `EndOfTurn`."""
+        assert self.config is not None
         await self.send(self.segment("AddSegment", "", self.seconds, self.seconds))
+        if not self.config.service_turns:  # with them, no turn is open to end
+            await self.send({"message": "EndOfTurn", "metadata": {"end_time": round(self.seconds, 3)}})
 
     def segment(self, kind: str, text: str, start: float, end: float) -> dict[str, Any]:
         metadata = {"start_time": round(start, 3), "end_time": round(max(start, end), 3)}
