@@ -418,6 +418,25 @@ async def test_the_key_by_bearer_or_jwt_and_refusals_in_speechmatics_shape() -> 
     assert code == 1008
 
 
+async def test_jwt_is_a_key_on_speechmatics_paths_alone_and_never_echoed() -> None:
+    """`?jwt=KEY` passes the key check on /v2, /v2/en and /v2/agent (then 426: a plain GET) and
+    nowhere else (Deepgram's /v2/listen included: 401); a wrong one is refused without being quoted."""
+    async with running_daemon(api_key=KEY) as daemon, aiohttp.ClientSession() as http:
+        base = f"http://127.0.0.1:{daemon.http_port}"
+        for path, status in [
+            ("/v2", 426),
+            ("/v2/en", 426),
+            ("/v2/agent", 426),
+            ("/v2/listen", 401),
+            ("/v1/listen", 401),
+        ]:
+            async with http.get(f"{base}{path}?jwt={KEY}") as response:
+                assert response.status == status, (path, await response.text())
+        async with http.get(f"{base}/v2/agent?jwt=not-the-key-7f3a") as response:
+            body = await response.text()
+            assert response.status == 401 and "7f3a" not in body and json.loads(body)["code"] == 401, body
+
+
 async def test_plain_get_is_426_in_speechmatics_shape() -> None:
     async with running_daemon() as daemon, aiohttp.ClientSession() as http:
         response = await http.get(f"http://127.0.0.1:{daemon.http_port}/v2/agent")
@@ -436,6 +455,24 @@ async def test_no_start_recognition_in_time_is_an_idle_timeout() -> None:
     assert [(m["message"], m["type"]) for m in messages] == [("Error", "idle_timeout")]
     assert [(m["message"], m["type"]) for m in agents] == [("Error", "start_recognition_timeout")]
     assert ws.close_code == agent.close_code == 1008
+
+
+@pytest.mark.parametrize(
+    ("path", "kind", "code"), [(speechmatics.PATH, "idle_timeout", 1008), (speechmatics.AGENT_PATH, "job_error", 4013)]
+)
+async def test_idle_timeout_after_the_finals(path: str, kind: str, code: int) -> None:
+    """Nobody speaks for idle_timeout_s after the commands: their finals, then one Error (/v2's
+    idle_timeout; /v2/agent's types have none: job_error) and its Close; nothing after it."""
+    async with running_daemon(idle_timeout_s=2) as daemon, websockets.connect(url(daemon, path)) as ws:
+        await ws.send(json.dumps(start()))
+        data = audio()
+        for offset in range(0, len(data), PCM_FRAME_BYTES):
+            await ws.send(data[offset : offset + PCM_FRAME_BYTES])
+        messages = await read_all(ws)
+    said = finals(messages, "AddSegment" if path == speechmatics.AGENT_PATH else "AddTranscript")
+    assert same_words(EXPECTED[FIXTURE], said), said
+    assert [m["type"] for m in of(messages, "Error")] == [kind] and messages[-1]["message"] == "Error", messages
+    assert ws.close_code == code
 
 
 async def test_shutdown_sends_the_final_in_progress_then_a_job_error() -> None:

@@ -232,6 +232,7 @@ class SonioxConnection(StreamingConnection):
 
     protocol = PROTOCOL
     invalid_message = "invalid_message"
+    errors_end_stream = True
 
     def __init__(
         self,
@@ -361,22 +362,14 @@ class SonioxConnection(StreamingConnection):
         if not data:
             await self.end()
             return
-        try:
-            await super().on_binary(data)
-        except ProtocolError as exc:
-            await self.finish_audio()
-            raise ProtocolError(exc.code, exc.message.removeprefix("frame dropped: ")) from None
+        await super().on_binary(data)
 
     async def on_text(self, data: str) -> None:
         """A control message; an empty one ends the audio."""
         if not data:
             await self.end()
             return
-        try:
-            await super().on_text(data)
-        except ProtocolError:
-            await self.finish_audio()
-            raise
+        await super().on_text(data)
 
     def controls(self) -> dict[str, Control]:
         return {"finalize": self.finalize, "keepalive": keep_alive}

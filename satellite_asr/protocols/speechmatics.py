@@ -344,6 +344,7 @@ class SpeechmaticsConnection(StreamingConnection):
     protocol: ClassVar[str] = PROTOCOL
     invalid_message = "invalid_message"
     type_field = "message"
+    errors_end_stream = True
     agent: ClassVar[bool] = False
     error_types: ClassVar[dict[str, str]] = ERROR_TYPES
 
@@ -423,20 +424,9 @@ class SpeechmaticsConnection(StreamingConnection):
 
     async def on_binary(self, data: bytes) -> None:
         """Audio, acknowledged by `AudioAdded` with its number."""
-        try:
-            await super().on_binary(data)
-        except ProtocolError as exc:
-            await self.finish_audio()
-            raise ProtocolError(exc.code, exc.message.removeprefix("frame dropped: ")) from None
+        await super().on_binary(data)
         self.seq_no += 1
         await self.send({"message": "AudioAdded", "seq_no": self.seq_no})
-
-    async def on_text(self, data: str) -> None:
-        try:
-            await super().on_text(data)
-        except ProtocolError:
-            await self.finish_audio()
-            raise
 
     def controls(self) -> dict[str, Control]:
         return {

@@ -223,6 +223,9 @@ class StreamingConnection(abc.ABC):
     """The API's code for a text message that is not one of its controls."""
     type_field: ClassVar[str] = "type"
     """The field of a text message that names it: ElevenLabs' is `message_type`."""
+    errors_end_stream: ClassVar[bool] = False
+    """Whether every error ends the stream (Soniox's, Speechmatics'): then a message refused gets
+    the finals of the audio before it first (`finish_audio`), and bad audio is not "dropped"."""
 
     def __init__(
         self,
@@ -275,7 +278,13 @@ class StreamingConnection(abc.ABC):
 
     async def on_binary(self, data: bytes) -> None:
         assert self.input is not None
-        await self.input.feed(data)
+        try:
+            await self.input.feed(data)
+        except ProtocolError as exc:
+            if not self.errors_end_stream:
+                raise
+            await self.finish_audio()
+            raise ProtocolError(exc.code, exc.message.removeprefix("frame dropped: ")) from None
 
     @abc.abstractmethod
     async def opened(self) -> None:
@@ -318,6 +327,15 @@ class StreamingConnection(abc.ABC):
     async def on_text(self, data: str) -> None:
         """A control message done (`controls`); `ProtocolError` `invalid_message` for one the API
         does not have, or a text that is not a JSON object."""
+        try:
+            await self.control(data)
+        except ProtocolError:
+            if self.errors_end_stream:
+                await self.finish_audio()
+            raise
+
+    async def control(self, data: str) -> None:
+        """`on_text`'s work: the control message `data` names, done."""
         kind, message = control_message(data, self.invalid_message, self.type_field)
         controls = self.controls()
         control = controls.get(kind) if isinstance(kind, str) else None
