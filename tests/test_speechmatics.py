@@ -349,6 +349,8 @@ async def test_refused_start(first: Any, kind: str, words: str) -> None:
         ('{"message": "SetRecognitionConfig", "transcription_config": {"max_delay": 0.1}}', "invalid_config"),
         ('{"message": "SetRecognitionConfig", "transcription_config": {"model": "standard"}}', "invalid_config"),
         ('{"message": "GetSpeakers", "final": "yes"}', "invalid_message"),
+        ('{"message": "ForceEndOfUtterance", "channel": "1"}', "invalid_message"),
+        ('{"message": "EndOfStream", "last_seq_no": 3, "final": true}', "invalid_message"),
         (b"\x00\x01\x02", "invalid_message"),
     ],
 )
@@ -473,6 +475,25 @@ async def test_idle_timeout_after_the_finals(path: str, kind: str, code: int) ->
     assert same_words(EXPECTED[FIXTURE], said), said
     assert [m["type"] for m in of(messages, "Error")] == [kind] and messages[-1]["message"] == "Error", messages
     assert ws.close_code == code
+
+
+async def test_server_busy_is_a_job_error_and_the_open_session_goes_on() -> None:
+    """Over max_sessions: Error job_error (which the clients retry; Speechmatics' quota_exceeded is a
+    contract's limit, which Pipecat does not) and 4013; the session already open gets its finals."""
+    async with (
+        running_daemon(max_sessions=1, wyoming_reserved_sessions=0) as daemon,
+        websockets.connect(url(daemon)) as first,
+    ):
+        await first.send(json.dumps(start()))
+        assert json.loads(await first.recv())["message"] == "RecognitionStarted"
+        refused, code = await stream(url(daemon, speechmatics.AGENT_PATH), start())
+        data = audio()
+        for offset in range(0, len(data), PCM_FRAME_BYTES):
+            await first.send(data[offset : offset + PCM_FRAME_BYTES])
+        await first.send(END)
+        messages = await read_all(first)
+    assert [(m["message"], m["type"]) for m in refused] == [("Error", "job_error")] and code == 4013, refused
+    assert same_words(EXPECTED[FIXTURE], finals(messages)) and messages[-1] == {"message": "EndOfTranscript"}
 
 
 async def test_shutdown_sends_the_final_in_progress_then_a_job_error() -> None:
