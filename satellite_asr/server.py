@@ -355,22 +355,24 @@ class Daemon:
             await self.discovery.stop()
         # Side by side, so that a client that does not read (or answer a Close) holds up only its own
         # connection; then what is left (uploads).
-        realtime = self.core.sessions.close_all("shutdown", protocol=openai_realtime.PROTOCOL)
-        listen = self.core.sessions.close_all("shutdown", protocol=deepgram.PROTOCOL)
-        flux = self.core.sessions.close_all("shutdown", protocol=deepgram_flux.PROTOCOL)
-        universal = self.core.sessions.close_all("shutdown", protocol=assemblyai.PROTOCOL)
-        scribe = self.core.sessions.close_all("shutdown", protocol=elevenlabs.PROTOCOL)
-        ink = self.core.sessions.close_all("shutdown", protocol=cartesia.PROTOCOL)
-        turns = self.core.sessions.close_all("shutdown", protocol=cartesia_turns.PROTOCOL)
-        sonic = self.core.sessions.close_all("shutdown", protocol=soniox.PROTOCOL)
-        rt = self.core.sessions.close_all("shutdown", protocol=speechmatics.PROTOCOL)
-        agent = self.core.sessions.close_all("shutdown", protocol=speechmatics.AGENT_PROTOCOL)
-        live = self.core.sessions.close_all("shutdown", protocol=gladia.PROTOCOL)
+        protocols = (
+            openai_realtime.PROTOCOL,
+            deepgram.PROTOCOL,
+            deepgram_flux.PROTOCOL,
+            assemblyai.PROTOCOL,
+            elevenlabs.PROTOCOL,
+            cartesia.PROTOCOL,
+            cartesia_turns.PROTOCOL,
+            soniox.PROTOCOL,
+            speechmatics.PROTOCOL,
+            speechmatics.AGENT_PROTOCOL,
+            gladia.PROTOCOL,
+        )
+        closing = [self.core.sessions.close_all("shutdown", protocol=protocol) for protocol in protocols]
         # no session yet: their settings have not come
-        awaiting = [
+        closing += [
             handler.close_awaiting("shutdown") for handler in (self.soniox, self.speechmatics, self.speechmatics_agent)
         ]
-        closing = (realtime, listen, flux, universal, scribe, ink, turns, sonic, rt, agent, live, *awaiting)
         await asyncio.gather(self._close_wyoming(), self._close_websockets(), *closing)
         await self.core.sessions.close_all("shutdown")
 
