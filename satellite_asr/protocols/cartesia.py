@@ -23,15 +23,15 @@ from multidict import MultiMapping
 
 from satellite_asr.audio import MAX_RATE, MIN_RATE, PcmDecoder
 from satellite_asr.core import Core
-from satellite_asr.events import FinalTranscript, PartialTranscript, SessionError, SessionEvent, SpeechStarted
+from satellite_asr.events import FinalTranscript
 from satellite_asr.protocols import ProtocolError, ReadAhead, cartesia_error, echoable
 from satellite_asr.protocols.iso639 import declared_language
 from satellite_asr.protocols.streaming_apis import (
     Api,
     Control,
+    InOrderConnection,
     ParameterError,
     ParametersRefused,
-    PendingFinals,
     StreamingConnection,
     StreamParams,
     check_names,
@@ -152,7 +152,7 @@ class CartesiaErrors(StreamingConnection):
         await self.send(error_event(code, message, self.request_id, done=fatal))
 
 
-class CartesiaConnection(CartesiaErrors):
+class CartesiaConnection(CartesiaErrors, InOrderConnection):
     """A client of the streaming API: each utterance's transcripts, and the client's audio and commands."""
 
     protocol = PROTOCOL
@@ -163,11 +163,6 @@ class CartesiaConnection(CartesiaErrors):
         super().__init__(ws, core, request, reading, params)
         assert isinstance(params, StreamingParams)
         self.options = params
-        self.pending = PendingFinals()
-        """Each utterance whose final has not been sent, and the next one's partial held back for it."""
-        self.spoken: set[int] = set()
-        """Those of `pending` of which a partial with words was sent: their final is sent, words or not,
-        so that LiveKit ends the speech that partial began."""
         self.sent_to = 0.0
         """Where the audio of the last transcript sent ended: the next one's `duration` runs from there."""
         self.said = False
@@ -180,31 +175,16 @@ class CartesiaConnection(CartesiaErrors):
         """`done`, when the client ends the stream."""
         await self.send({"type": "done", "request_id": self.request_id})
 
-    async def emit(self, event: SessionEvent) -> None:
-        if isinstance(event, SpeechStarted):
-            self.pending.started(event)
-        elif isinstance(event, PartialTranscript):
-            if event.text.strip() and not self.pending.holds(event):
-                await self.partial(event.utterance_id, event.text)
-        elif isinstance(event, FinalTranscript):
-            await self.final(event)
-        elif isinstance(event, SessionError):
-            await self.error(event.code, event.message, counted=True)
-
     async def final(self, event: FinalTranscript) -> None:
         """The utterance's final: sent when it has words or a partial of it was sent (an empty one
         then ends the speech LiveKit began); a noise without words sends nothing. Then the next
         utterance's partial held back for it."""
-        spoken = event.utterance_id in self.spoken
-        self.spoken.discard(event.utterance_id)
-        self.pending.final(event.utterance_id)
+        spoken = self.pending.final(event.utterance_id)
         if event.text.strip() or spoken:
             await self.transcript(event.text, event.start, event.end, True, event.language)
-        for later, text in self.pending.released():
-            await self.partial(later, text)
+        await self.release_held()
 
     async def partial(self, utterance_id: int, text: str) -> None:
-        self.spoken.add(utterance_id)
         start = self.pending.starts.get(utterance_id, self.sent_to)
         await self.transcript(text, start, self.seconds, False, None)
 

@@ -23,15 +23,14 @@ from multidict import MultiMapping
 
 from satellite_asr.audio import PcmDecoder
 from satellite_asr.core import Core
-from satellite_asr.events import FinalTranscript, PartialTranscript, SessionError, SessionEvent, SpeechStarted
+from satellite_asr.events import FinalTranscript
 from satellite_asr.protocols import ProtocolError, ReadAhead, echoable
 from satellite_asr.protocols.iso639 import declared_language, three_letter
 from satellite_asr.protocols.streaming_apis import (
     Api,
     Control,
+    InOrderConnection,
     ParameterError,
-    PendingFinals,
-    StreamingConnection,
     StreamParams,
     boolean_parameter,
     check_names,
@@ -148,7 +147,7 @@ def parse_params(query: MultiMapping[str], core: Core) -> StreamParams:
     )
 
 
-class ScribeConnection(StreamingConnection):
+class ScribeConnection(InOrderConnection):
     """A client of the realtime API: `session_started`, each utterance's partial and committed
     transcripts, and the client's audio chunks and commits."""
 
@@ -162,10 +161,6 @@ class ScribeConnection(StreamingConnection):
         super().__init__(ws, core, request, reading, params)
         assert isinstance(params, RealtimeParams)
         self.options = params
-        self.pending = PendingFinals()
-        """Each utterance whose commit has not been sent, and the next one's partial held back for it."""
-        self.spoken: set[int] = set()
-        """Those of `pending` of which a partial with words was sent."""
 
     async def opened(self) -> None:
         options = self.options
@@ -198,31 +193,16 @@ class ScribeConnection(StreamingConnection):
         kind = "resource_exhausted" if fatal else "input_error"
         await self.send({"message_type": kind, "error": echoable(message)})
 
-    async def emit(self, event: SessionEvent) -> None:
-        if isinstance(event, SpeechStarted):
-            self.pending.started(event)
-        elif isinstance(event, PartialTranscript):
-            if event.text.strip() and not self.pending.holds(event):
-                await self.partial(event.utterance_id, event.text)
-        elif isinstance(event, FinalTranscript):
-            await self.final(event)
-        elif isinstance(event, SessionError):
-            await self.error(event.code, event.message, counted=True)
-
     async def final(self, event: FinalTranscript) -> None:
         """The utterance's commit: sent when it has words, when a partial of it with words was sent
         (an empty one then ends the speech LiveKit began), or when it answers the client's commit."""
-        spoken = event.utterance_id in self.spoken
-        self.spoken.discard(event.utterance_id)
-        self.pending.final(event.utterance_id)
+        spoken = self.pending.final(event.utterance_id)
         answers = self.answers_flush(event.utterance_id)
         if event.text.strip() or spoken or answers:
             await self.committed(event.text, event.start, event.end, event.avg_logprob, event.language)
-        for later, text in self.pending.released():  # the next utterance's partial, held back for this commit
-            await self.partial(later, text)
+        await self.release_held()
 
     async def partial(self, utterance_id: int, text: str) -> None:
-        self.spoken.add(utterance_id)
         await self.send({"message_type": "partial_transcript", "text": text})
 
     async def committed(self, text: str, start: float, end: float, logprob: float | None, language: str | None) -> None:

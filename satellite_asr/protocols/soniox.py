@@ -22,15 +22,14 @@ from multidict import MultiMapping
 from satellite_asr.access import check_key
 from satellite_asr.audio import MAX_CHANNELS, MAX_RATE, MIN_RATE, PcmDecoder
 from satellite_asr.core import Core
-from satellite_asr.events import FinalTranscript, PartialTranscript, SessionError, SessionEvent, SpeechStarted
+from satellite_asr.events import FinalTranscript
 from satellite_asr.protocols import ProtocolError, ReadAhead, checked_biasing, echoable, json_object, soniox_error
 from satellite_asr.protocols.iso639 import engine_language
 from satellite_asr.protocols.streaming_apis import (
     Api,
     Control,
+    InOrderConnection,
     ParameterError,
-    PendingFinals,
-    StreamingConnection,
     StreamParams,
     check_names,
     confidence,
@@ -226,7 +225,7 @@ def is_end_of_audio(message: WSMessage) -> bool:
     return message.type in (WSMsgType.TEXT, WSMsgType.BINARY) and not message.data
 
 
-class SonioxConnection(StreamingConnection):
+class SonioxConnection(InOrderConnection):
     """A client of Soniox's real-time API: its configuration, audio, `finalize` and `keepalive`, and
     each utterance's tokens."""
 
@@ -245,14 +244,9 @@ class SonioxConnection(StreamingConnection):
         super().__init__(ws, core, request, reading, params)
         self.request = request
         self.config: SonioxConfig | None = None
-        self.pending = PendingFinals()
-        """Each utterance whose final has not been sent, and the next one's partial held back for it."""
-        self.shown: set[int] = set()
-        """Those of `pending` whose non-final tokens were sent: their final takes them back."""
         self.spoken = False
         """Words were sent: the next token of words starts with a space."""
         self.final_ms = 0
-        self.failed = False
 
     async def read_settings(self, message: WSMessage) -> None:
         """The key (the connection's, or the configuration's) first, so that a client without it learns
@@ -313,22 +307,10 @@ class SonioxConnection(StreamingConnection):
             leading = True
         return tokens
 
-    async def emit(self, event: SessionEvent) -> None:
-        if self.failed:
-            return
-        if isinstance(event, SpeechStarted):
-            self.pending.started(event)
-        elif isinstance(event, PartialTranscript):
-            if not event.text.strip() or self.pending.holds(event):  # sent after the final before it
-                return
-            await self.send({"tokens": self.partial(event.utterance_id, event.text), **self.audio_ms()})
-            self.shown.add(event.utterance_id)
-        elif isinstance(event, FinalTranscript):
-            await self.final(event)
-        elif isinstance(event, SessionError):
-            await self.error(event.code, event.message, counted=True)
+    async def partial(self, utterance_id: int, text: str) -> None:
+        await self.send({"tokens": self.partial_tokens(utterance_id, text), **self.audio_ms()})
 
-    def partial(self, utterance_id: int, text: str) -> list[dict[str, Any]]:
+    def partial_tokens(self, utterance_id: int, text: str) -> list[dict[str, Any]]:
         assert self.config is not None
         start = self.pending.starts.get(utterance_id, self.seconds)
         return self.tokens(text, start, self.seconds, False, 0.0, self.config.language)
@@ -338,9 +320,7 @@ class SonioxConnection(StreamingConnection):
         `<end>` with endpoint detection on (when there were words, or a partial of them to take back);
         then the partial of the next utterance held back for it."""
         assert self.config is not None
-        shown = event.utterance_id in self.shown
-        self.shown.discard(event.utterance_id)
-        self.pending.final(event.utterance_id)
+        shown = self.pending.final(event.utterance_id)
         language = event.language or self.config.language
         tokens = self.tokens(event.text, event.start, event.end, True, confidence(event), language)
         self.spoken = self.spoken or bool(tokens)
@@ -351,9 +331,9 @@ class SonioxConnection(StreamingConnection):
             tokens.append({"text": FINALIZED, **marker})
         elif self.config.endpoints and (tokens or shown):
             tokens.append({"text": END, **marker})
-        for later, text in self.pending.released():
-            tokens.extend(self.partial(later, text))
-            self.shown.add(later)
+        for later, text in self.pending.released():  # in the final's message, not through release_held
+            tokens.extend(self.partial_tokens(later, text))
+            self.pending.shown.add(later)
         if tokens:
             await self.send({"tokens": tokens, **self.audio_ms()})
 

@@ -24,15 +24,14 @@ from multidict import MultiMapping
 
 from satellite_asr.audio import MAX_RATE, MIN_RATE, PcmDecoder
 from satellite_asr.core import Core
-from satellite_asr.events import FinalTranscript, PartialTranscript, SessionError, SessionEvent, SpeechStarted
+from satellite_asr.events import FinalTranscript
 from satellite_asr.protocols import ProtocolError, ReadAhead, echoable, json_object
 from satellite_asr.protocols.iso639 import engine_language
 from satellite_asr.protocols.streaming_apis import (
     Api,
     Control,
+    InOrderConnection,
     ParameterError,
-    PendingFinals,
-    StreamingConnection,
     StreamParams,
     check_names,
     confidence,
@@ -345,7 +344,7 @@ def ends_stream(message: WSMessage) -> bool:
     return is_control(message, "EndOfStream", "message")
 
 
-class SpeechmaticsConnection(StreamingConnection):
+class SpeechmaticsConnection(InOrderConnection):
     """A client of the real-time API: its `StartRecognition`, audio and controls; each utterance's
     `AddPartialTranscript`s and `AddTranscript`."""
 
@@ -367,12 +366,7 @@ class SpeechmaticsConnection(StreamingConnection):
         super().__init__(ws, core, request, reading, params)
         self.path_language = request.match_info.get("language")
         self.config: SpeechmaticsConfig | None = None
-        self.pending = PendingFinals()
-        """Each utterance whose final has not been sent, and the next one's partial held back for it."""
-        self.shown: set[int] = set()
-        """Those of `pending` whose partial was sent: their final takes it back, even empty."""
         self.seq_no = 0
-        self.failed = False
         self.speakers_at_end = False
         """A `GetSpeakers` with `final` true: its `SpeakersResult` comes before `EndOfTranscript`."""
 
@@ -499,34 +493,19 @@ class SpeechmaticsConnection(StreamingConnection):
         """A `ForceEndOfUtterance` with no utterance to end: `EndOfUtterance` alone."""
         await self.send(end_of_utterance_message(self.seconds, forced=True))
 
-    async def emit(self, event: SessionEvent) -> None:
-        if self.failed:
-            return
+    def partials_wanted(self) -> bool:
         assert self.config is not None
-        if isinstance(event, SpeechStarted):
-            self.pending.started(event)
-        elif isinstance(event, PartialTranscript):
-            if not self.config.partials or not event.text.strip() or self.pending.holds(event):
-                return
-            await self.partial(event.utterance_id, event.text)
-        elif isinstance(event, FinalTranscript):
-            await self.final(event)
-        elif isinstance(event, SessionError):
-            await self.error(event.code, event.message, counted=True)
+        return self.config.partials
 
     async def partial(self, utterance_id: int, text: str) -> None:
         start = self.pending.starts.get(utterance_id, self.seconds)
         await self.send(self.transcript("AddPartialTranscript", text, start, self.seconds, 0.0, None))
-        self.shown.add(utterance_id)
 
     async def final(self, event: FinalTranscript) -> None:
         """The utterance's final, when it has words or takes back a partial; `EndOfUtterance` after
         it when asked for, or when it answers `ForceEndOfUtterance` (once); then the partial held back for it."""
         assert self.config is not None
-        shown = event.utterance_id in self.shown
-        self.shown.discard(event.utterance_id)
-        self.pending.final(event.utterance_id)
-        spoken = bool(event.text.strip()) or shown
+        spoken = self.pending.final(event.utterance_id) or bool(event.text.strip())
         answered_before = self.flush_answered
         answers = self.answers_flush(event.utterance_id) and not answered_before
         forced = {"forced": True} if answers else {}
@@ -537,8 +516,7 @@ class SpeechmaticsConnection(StreamingConnection):
             await self.send({**final, **forced})
         if answers or (spoken and self.config.end_of_utterance):
             await self.send(end_of_utterance_message(event.end, forced=answers))
-        for later, text in self.pending.released():
-            await self.partial(later, text)
+        await self.release_held()
 
     def transcript(
         self, kind: str, text: str, start: float, end: float, sureness: float, language: str | None
@@ -605,7 +583,6 @@ class AgentConnection(SpeechmaticsConnection):
         start = self.pending.starts.get(utterance_id, self.seconds)
         await self.turn_starts(utterance_id, start)
         await self.send(self.segment("AddPartialSegment", text, start, self.seconds))
-        self.shown.add(utterance_id)
 
     async def turn_starts(self, utterance_id: int, start: float) -> None:
         """`SpeechStarted` and `StartOfTurn` before a turn's first segment, with the service's turns:
@@ -622,9 +599,7 @@ class AgentConnection(SpeechmaticsConnection):
         service's turns, `EndOfTurn` alone after one answering `ForceEndOfUtterance` with the client's
         (Speechmatics: "flushed as an `AddSegment`, followed by `EndOfTurn`")."""
         assert self.config is not None
-        shown = event.utterance_id in self.shown
-        self.shown.discard(event.utterance_id)
-        self.pending.final(event.utterance_id)
+        shown = self.pending.final(event.utterance_id)
         answered_before = self.flush_answered
         answers = self.answers_flush(event.utterance_id) and not answered_before
         text = event.text.strip()
@@ -638,8 +613,7 @@ class AgentConnection(SpeechmaticsConnection):
             await self.send({"message": "EndOfTurn", **end})
         elif answers:
             await self.send({"message": "EndOfTurn", **end})
-        for later, held in self.pending.released():
-            await self.partial(later, held)
+        await self.release_held()
 
     async def answer_alone(self) -> None:
         """A `ForceEndOfUtterance` with no utterance to end: an empty `AddSegment`, then (with the

@@ -26,7 +26,14 @@ from multidict import MultiMapping
 from satellite_asr.access import SUBPROTOCOL, error_response
 from satellite_asr.audio import PcmDecoder
 from satellite_asr.core import Core
-from satellite_asr.events import FinalTranscript, PartialTranscript, SessionEvent, SpeechStarted
+from satellite_asr.events import (
+    FinalTranscript,
+    PartialTranscript,
+    SessionError,
+    SessionEvent,
+    SpeechStarted,
+    SpeechStopped,
+)
 from satellite_asr.limits import ConnectionLimit, TooManyConnections, write_within
 from satellite_asr.protocols import (
     WEBSOCKET_ENDS,
@@ -186,6 +193,8 @@ class PendingFinals:
         """Where each utterance whose final has not been sent began."""
         self.held: dict[int, str] = {}
         """The latest partial with words of each utterance heard while one before it awaits its final."""
+        self.shown: set[int] = set()
+        """The utterances whose final is not sent yet of which a partial with words was sent."""
 
     def started(self, event: SpeechStarted) -> None:
         self.starts[event.utterance_id] = event.start
@@ -198,10 +207,14 @@ class PendingFinals:
             return True
         return False
 
-    def final(self, utterance_id: int) -> None:
-        """The utterance's final is being sent: it awaits nothing more, and holds back nothing."""
+    def final(self, utterance_id: int) -> bool:
+        """The utterance's final is being sent: it awaits nothing more, and holds back nothing.
+        Whether a partial of it with words was sent: then its final takes that back, even empty."""
         self.starts.pop(utterance_id, None)
         self.held.pop(utterance_id, None)
+        shown = utterance_id in self.shown
+        self.shown.discard(utterance_id)
+        return shown
 
     def released(self) -> list[tuple[int, str]]:
         """The held partials no final still holds back, by utterance in order, with their utterances:
@@ -395,6 +408,68 @@ class StreamingConnection(abc.ABC):
     async def error(self, code: str, message: str, *, fatal: bool = False, counted: bool = False) -> None:
         """A refusal or failure in the API's own shape, counted in the error metric unless `counted`
         already (a session's `SessionError`: `Session._emit` counts it); `fatal`: the connection is closed next."""
+
+
+class InOrderConnection(StreamingConnection):
+    """A client of an API whose messages name no utterance (ElevenLabs', Soniox's, Cartesia's,
+    Speechmatics', Gladia's): each utterance's partials and final go out in audio order, a partial
+    heard while the final before it decodes held back for that final (`PendingFinals`)."""
+
+    def __init__(
+        self,
+        ws: web.WebSocketResponse,
+        core: Core,
+        request: web.Request,
+        reading: ReadAhead,
+        params: StreamParams | None,
+    ) -> None:
+        super().__init__(ws, core, request, reading, params)
+        self.pending = PendingFinals()
+        self.failed = False
+        """Set by an API whose errors end the stream: nothing is sent after its error."""
+
+    async def emit(self, event: SessionEvent) -> None:
+        if self.failed:
+            return
+        if isinstance(event, SpeechStarted):
+            await self.speech_started(event)
+        elif isinstance(event, SpeechStopped):
+            await self.speech_stopped(event)
+        elif isinstance(event, PartialTranscript):
+            if event.text.strip() and self.partials_wanted() and not self.pending.holds(event):
+                await self.send_partial(event.utterance_id, event.text)
+        elif isinstance(event, FinalTranscript):
+            await self.final(event)
+        elif isinstance(event, SessionError):
+            await self.error(event.code, event.message, counted=True)
+
+    async def speech_started(self, event: SpeechStarted) -> None:
+        self.pending.started(event)
+
+    async def speech_stopped(self, event: SpeechStopped) -> None:
+        """Nothing, unless the API tells of the end of speech (Gladia's `speech_end`)."""
+
+    def partials_wanted(self) -> bool:
+        """Whether the client asked for partials (Speechmatics' `enable_partials`)."""
+        return True
+
+    async def send_partial(self, utterance_id: int, text: str) -> None:
+        self.pending.shown.add(utterance_id)
+        await self.partial(utterance_id, text)
+
+    async def release_held(self) -> None:
+        """After a final, the partials of the utterances after it that it held back."""
+        for later, text in self.pending.released():
+            await self.send_partial(later, text)
+
+    @abc.abstractmethod
+    async def partial(self, utterance_id: int, text: str) -> None:
+        """The API's message for a partial with words of the utterance."""
+
+    @abc.abstractmethod
+    async def final(self, event: FinalTranscript) -> None:
+        """The API's messages for the utterance's final (`pending.final` tells whether a partial of
+        it was sent), then `release_held`."""
 
 
 async def refuse_in_band(
