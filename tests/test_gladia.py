@@ -117,7 +117,7 @@ async def test_post_answers_a_session_whose_url_streams_the_commands_and_every_m
     assert [w["word"] for w in final["words"]] == final["text"].split()
     post_final = of_type(messages, "post_final_transcript")[0]["data"]["transcription"]
     assert normalise(post_final["full_transcript"]) == normalise(" ".join(finals(messages)))
-    assert all(m["session_id"] == messages[0]["session_id"] and m["created_at"] for m in messages)
+    assert all(m["session_id"] == answer["id"] and m["created_at"] for m in messages)
 
 
 async def test_defaults_send_finals_and_speech_events_but_no_partials_or_lifecycle() -> None:

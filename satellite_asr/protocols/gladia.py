@@ -268,13 +268,21 @@ def vocabulary(core: Core, realtime: dict[str, Any]) -> tuple[str, ...]:
 
 @dataclass
 class Pending:
-    """A session posted and not yet connected: its settings, its URL's token, who posted it."""
+    """A session posted and not yet connected: its id (every message's `session_id`), settings, its
+    URL's token, who posted it; the stream's settings (`StreamParams`) once claimed."""
 
+    session_id: str
     config: GladiaConfig
     token: str
     address: str
     created_at: str
     expiry: asyncio.TimerHandle | None = field(default=None, repr=False)
+
+    def decoder(self) -> PcmDecoder:
+        return self.config.decoder()
+
+    def session_options(self, core: Core) -> SessionOptions:
+        return self.config.session_options(core)
 
 
 class LiveSessions:
@@ -290,8 +298,8 @@ class LiveSessions:
     def held_by(self, address: str) -> int:
         return sum(1 for pending in self.pending.values() if pending.address == address)
 
-    def create(self, config: GladiaConfig, address: str) -> tuple[str, Pending]:
-        """A new session's id and its pending entry, or `ProtocolError` `too_many_sessions`."""
+    def create(self, config: GladiaConfig, address: str) -> Pending:
+        """A new session's pending entry, or `ProtocolError` `too_many_sessions`."""
         settings = self.core.settings
         if self.held_by(address) >= settings.max_connections_per_address:
             raise ProtocolError(
@@ -302,13 +310,13 @@ class LiveSessions:
         if len(self.pending) >= settings.max_websocket_connections:
             raise ProtocolError("too_many_sessions", "too many sessions not yet connected; try again later")
         token = secrets.token_urlsafe(24)
-        entry = Pending(config, token, address, utc_now())
+        entry = Pending(str(uuid.uuid4()), config, token, address, utc_now())
         loop = asyncio.get_running_loop()
         entry.expiry = loop.call_later(settings.first_message_timeout_s, self.pending.pop, token, None)
         self.pending[token] = entry
-        return str(uuid.uuid4()), entry
+        return entry
 
-    def claim(self, query: MultiMapping[str], core: Core) -> GladiaConfig:
+    def claim(self, query: MultiMapping[str], core: Core) -> Pending:
         """The settings of the session whose token the WebSocket URL carries, taken: good once."""
         check_names(query, {"token"}, set())
         token = query.get("token")
@@ -321,7 +329,7 @@ class LiveSessions:
             )
         if entry.expiry is not None:
             entry.expiry.cancel()
-        return entry.config
+        return entry
 
 
 def ws_url(request: web.Request, token: str) -> str:
@@ -353,9 +361,9 @@ class GladiaConnection(StreamingConnection):
         params: StreamParams | None,
     ) -> None:
         super().__init__(ws, core, request, reading, params)
-        assert isinstance(params, GladiaConfig)  # the POST's settings: claimed before the connection
-        self.config = params
-        self.session_id = str(uuid.uuid4())
+        assert isinstance(params, Pending)  # the POST's session: claimed before the connection
+        self.config = params.config
+        self.session_id = params.session_id
         self.pending = PendingFinals()
         self.received = 0
         """Audio bytes taken: the acknowledgments' byte ranges."""
@@ -562,12 +570,12 @@ class GladiaHandler:
             if region is not None and region not in REGIONS:
                 raise invalid(f"region must be one of the following values: {', '.join(REGIONS)}")
             config = parse_body(await read_body(request), self.core)
-            session_id, entry = self.sessions.create(config, request.remote or "")
+            entry = self.sessions.create(config, request.remote or "")
         except ProtocolError as exc:
             self.core.metrics.errors.labels(exc.code).inc()
             status = {"too_many_sessions": 429, "body_too_large": 413}.get(exc.code, 400)
             return gladia_response(request.path, status, exc.message)
-        body = {"id": session_id, "created_at": entry.created_at, "url": ws_url(request, entry.token)}
+        body = {"id": entry.session_id, "created_at": entry.created_at, "url": ws_url(request, entry.token)}
         return web.json_response(body, status=201)
 
 
