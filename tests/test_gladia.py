@@ -19,7 +19,16 @@ from satellite_asr.protocols import gladia
 from satellite_asr.server import Daemon
 from tests.certificates import self_signed
 from tests.doubles import ContextRecordingEngineDouble, CrashingEngineDouble, FirstFinalGatedEngineDouble
-from tests.helpers import EXPECTED, PCM_FRAME_BYTES, fixture_16k, normalise, pcm16, running_daemon, same_words
+from tests.helpers import (
+    EXPECTED,
+    PCM_FRAME_BYTES,
+    fixture_16k,
+    normalise,
+    pcm16,
+    running_daemon,
+    same_words,
+    upgrade_request,
+)
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -237,13 +246,53 @@ async def test_over_tls_the_session_url_is_wss_and_streams(tmp_path: Path) -> No
     assert same_words(EXPECTED["lights_on.wav"], [normalise(t) for t in finals(messages)])
 
 
-async def test_a_session_url_is_good_once() -> None:
+async def test_a_dropped_client_reconnects_to_its_session_which_goes_on_until_it_ends() -> None:
+    """Gladia's SDK and Pipecat reconnect to the same URL after a drop: the session goes on (its id,
+    byte ranges, times and closing transcript), one connection at a time, until stop_recording."""
+    first, second = audio("lights_on.wav"), audio("weather.wav")
+    async with running_daemon(first_message_timeout_s=5) as daemon:
+        status, answer = await post(daemon, {**BODY, "messages_config": {"receive_lifecycle_events": True}})
+        assert status == 201
+        async with websockets.connect(answer["url"]) as ws:
+            await ws.send(first)
+            before = []
+            while not finals(before):
+                before.append(json.loads(await ws.recv()))
+            messages, code = await stream(answer["url"], b"")
+            assert code == 4401 and "connected already" in messages[0]["data"]["message"]
+        # the client left without stop_recording: the URL waits for it
+        after, code = await stream(answer["url"], second)
+        assert code == 1000
+        again, code = await stream(answer["url"], b"")
+        assert code == 4401 and "ended" in again[0]["data"]["message"]
+        assert not daemon.gladia.sessions.pending
+    assert all(m["session_id"] == answer["id"] for m in before + after)
+    assert same_words(EXPECTED["weather.wav"], [normalise(t) for t in finals(after)])
+    assert len(of_type(before, "start_session")) == 1 and not of_type(after, "start_session")
+    assert [m["type"] for m in after if m["type"].endswith("_session")] == ["end_session"]
+    acks = of_type(after, "audio_chunk")
+    assert acks[0]["data"]["byte_range"][0] == len(first) and acks[-1]["data"]["byte_range"][1] == len(first + second)
+    later = of_type(after, "transcript")[-1]["data"]["utterance"]
+    assert later["start"] >= len(first) / 32000
+    post_final = of_type(after, "post_final_transcript")[0]["data"]
+    assert normalise(post_final["transcription"]["full_transcript"]) == normalise(" ".join(finals(before + after)))
+    assert post_final["metadata"]["audio_duration"] == pytest.approx(len(first + second) / 32000, abs=0.05)
+
+
+async def test_an_upgrade_whose_client_left_before_the_answer_does_not_take_the_session() -> None:
+    """A client gone before its 101 (it half-closed at once) never had the session: its URL still
+    connects, and the session still expires if nobody does."""
     async with running_daemon() as daemon:
         url = await session_url(daemon)
-        await stream(url, b"")
-        messages, code = await stream(url, b"")
-    assert code == 4401
-    assert messages[0]["type"] == "error" and "used already" in messages[0]["data"]["message"]
+        path = url.removeprefix(f"ws://127.0.0.1:{daemon.http_port}")
+        reader, writer = await asyncio.open_connection("127.0.0.1", daemon.http_port)
+        writer.write(upgrade_request(daemon.http_port, path))
+        writer.write_eof()
+        await asyncio.wait_for(reader.read(), 60)
+        writer.close()
+        messages, code = await stream(url, audio("lights_on.wav"))
+    assert code == 1000
+    assert same_words(EXPECTED["lights_on.wav"], [normalise(t) for t in finals(messages)])
 
 
 async def test_a_session_never_connected_expires_and_an_address_holds_a_bounded_number() -> None:
@@ -256,6 +305,15 @@ async def test_a_session_never_connected_expires_and_an_address_holds_a_bounded_
         assert not daemon.gladia.sessions.pending
         messages, code = await stream(first, b"")
         assert code == 4401 and "expired" in messages[0]["data"]["message"]
+        # a connected session holds none of the address's slots; left without stop_recording, it holds
+        # one again until it expires
+        url = await session_url(daemon)
+        async with websockets.connect(url):
+            assert (await post(daemon, BODY))[0] == 201
+        await asyncio.sleep(0.2)
+        assert (await post(daemon, BODY))[0] == 429
+        await asyncio.sleep(1.5)
+        assert not daemon.gladia.sessions.pending
         assert (await post(daemon, BODY))[0] == 201
 
 

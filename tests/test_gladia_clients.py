@@ -270,3 +270,37 @@ async def test_pipecat_service_with_a_refused_config_gets_an_error_frame_with_th
     ):
         await frames.wait_for(errors=1)
     assert "this server does not do sentiment analysis" in frames.errors[0], frames.errors
+
+
+async def test_sdk_reconnects_after_a_network_drop_and_its_session_goes_on() -> None:
+    """The SDK reconnects to the session's URL after a drop (a close it retries: 1006 here) and
+    resends what was not acknowledged; the session goes on, to the last command's final. (The
+    command the drop cut, acknowledged already, is lost: docs/gladia.md says so.)"""
+    async with running_daemon(api_key=KEY) as daemon:
+        client = GladiaClient(api_key=KEY, api_url=base_url(daemon)).live_v2_async()
+        session = client.start_session(SDK_OPTIONS)
+        messages: list[Any] = []
+        errors: list[Exception] = []
+        connected: list[Any] = []
+        ended = asyncio.Event()
+        session.on("message", messages.append)
+        session.on("error", errors.append)
+        session.on("connected", connected.append)
+        session.on("ended", lambda _message: ended.set())
+        chunks = microphone_chunks()
+        for index, chunk in enumerate(chunks):
+            if index == len(chunks) // 2:
+                session._ws._ws.transport.abort()  # the network drops
+            session.send_audio(chunk)
+            await asyncio.sleep(FRAME_S)
+        session.stop_recording()
+        try:
+            async with asyncio.timeout(60):
+                await ended.wait()
+        finally:
+            await client._http_client.close()
+    assert errors == [] and len(connected) == 2
+    finals = [m.data.utterance.text for m in messages if m.type == "transcript" and m.data.is_final]
+    first, _cut, last = EXPECTED[FIXTURE]
+    assert same_words([first, last], [normalise(t) for t in finals]), finals
+    assert {m.session_id for m in messages} == {await session.get_session_id()}

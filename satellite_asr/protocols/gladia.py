@@ -3,11 +3,14 @@ its WebSocket <-> `Session` calls.
 
 A client first posts the stream's settings with its key; the answer names the session and the
 WebSocket URL to stream to, whose `token` stands for the key (clients do not send it again). That
-URL is good once, for `first_message_timeout_s`, and each address may hold at most
-`max_connections_per_address` such sessions not yet connected: a POST costs the daemon nothing
-until its WebSocket comes. Audio comes as binary messages or base64 `audio_chunk` messages;
-`stop_recording` ends it. Every message the daemon sends is `{"type", "session_id", "created_at",
-"data"}`; which ones a client hears is its `messages_config`'s choice.
+URL takes one connection at a time until the session ends (`stop_recording`, or the server ends
+it): a client whose connection dropped reconnects to it, as Gladia's SDK and Pipecat do, and the
+session goes on (its id, byte count, times and transcript). Not connected, it lasts
+`first_message_timeout_s`, and each address may hold at most `max_connections_per_address` such
+sessions: a POST costs the daemon nothing until its WebSocket comes. Audio comes as binary
+messages or base64 `audio_chunk` messages; `stop_recording` ends it. Every message the daemon
+sends is `{"type", "session_id", "created_at", "data"}`; which ones a client hears is its
+`messages_config`'s choice.
 """
 
 from __future__ import annotations
@@ -116,11 +119,18 @@ FIELDS = {
     "callback",
     *SECTIONS,
 }
-STATUS = {"timeout": 408, "idle_timeout": 408, "engine_error": 500, "server_busy": 503, "shutdown": 503}
+STATUS = {
+    "invalid_session": 401,
+    "timeout": 408,
+    "idle_timeout": 408,
+    "engine_error": 500,
+    "server_busy": 503,
+    "shutdown": 503,
+}
 """The HTTP-like status of each of the daemon's error codes in Gladia's error message; any other is 400."""
 CLOSE_BY_STATUS = {400: 4400, 401: 4401, 408: 4408, 500: 4500, 503: 4503}
 """The Close after a fatal error: Gladia's SDK reconnects on 1002-4399 and 4500 on, never to a
-refusal it would meet again (4400-4499); a session URL is good once anyway."""
+refusal it would meet again (4400-4499); after a fatal error the session URL is unknown anyway."""
 
 
 @dataclass(frozen=True)
@@ -268,15 +278,23 @@ def vocabulary(core: Core, realtime: dict[str, Any]) -> tuple[str, ...]:
 
 @dataclass
 class Pending:
-    """A session posted and not yet connected: its id (every message's `session_id`), settings, its
-    URL's token, who posted it; the stream's settings (`StreamParams`) once claimed."""
+    """A session posted and not ended: its id (every message's `session_id`), settings, its URL's
+    token, who posted it, and what outlives a connection (the stream's settings, `StreamParams`)."""
 
     session_id: str
     config: GladiaConfig
     token: str
     address: str
     created_at: str
+    owner: LiveSessions = field(repr=False)
     expiry: asyncio.TimerHandle | None = field(default=None, repr=False)
+    connected: bool = False
+    started: bool = False
+    """`start_session` was due: a reconnection does not repeat it."""
+    received: int = 0
+    """Audio bytes taken over every connection: the acknowledgments' byte ranges, the times' origin."""
+    utterances: list[dict[str, Any]] = field(default_factory=list, repr=False)
+    """Each final utterance, for the session's closing transcript."""
 
     def decoder(self) -> PcmDecoder:
         return self.config.decoder()
@@ -286,9 +304,10 @@ class Pending:
 
 
 class LiveSessions:
-    """The sessions posted and not yet connected: each lasts `first_message_timeout_s` and is taken
-    once, by the WebSocket that presents its token; an address holds at most
-    `max_connections_per_address` of them, the daemon `max_websocket_connections`."""
+    """The sessions posted and not ended. One not connected (never yet, or its connection dropped)
+    lasts `first_message_timeout_s`; an address holds at most `max_connections_per_address` of them,
+    the daemon `max_websocket_connections`. The WebSocket that presents its token takes it, one at a
+    time, until the session ends (`disconnected`)."""
 
     def __init__(self, core: Core) -> None:
         self.core = core
@@ -296,7 +315,15 @@ class LiveSessions:
         """By token."""
 
     def held_by(self, address: str) -> int:
-        return sum(1 for pending in self.pending.values() if pending.address == address)
+        return sum(1 for pending in self.waiting() if pending.address == address)
+
+    def waiting(self) -> list[Pending]:
+        """The sessions not connected: those a POST (or a dropped connection) holds."""
+        return [pending for pending in self.pending.values() if not pending.connected]
+
+    def expire_later(self, entry: Pending) -> None:
+        loop = asyncio.get_running_loop()
+        entry.expiry = loop.call_later(self.core.settings.first_message_timeout_s, self.pending.pop, entry.token, None)
 
     def create(self, config: GladiaConfig, address: str) -> Pending:
         """A new session's pending entry, or `ProtocolError` `too_many_sessions`."""
@@ -307,29 +334,53 @@ class LiveSessions:
                 f"this address holds {settings.max_connections_per_address} sessions not yet connected "
                 "(max_connections_per_address); connect to one, or wait for them to expire",
             )
-        if len(self.pending) >= settings.max_websocket_connections:
+        if len(self.waiting()) >= settings.max_websocket_connections:
             raise ProtocolError("too_many_sessions", "too many sessions not yet connected; try again later")
         token = secrets.token_urlsafe(24)
-        entry = Pending(str(uuid.uuid4()), config, token, address, utc_now())
-        loop = asyncio.get_running_loop()
-        entry.expiry = loop.call_later(settings.first_message_timeout_s, self.pending.pop, token, None)
+        entry = Pending(str(uuid.uuid4()), config, token, address, utc_now(), self)
+        self.expire_later(entry)
         self.pending[token] = entry
         return entry
 
     def claim(self, query: MultiMapping[str], core: Core) -> Pending:
-        """The settings of the session whose token the WebSocket URL carries, taken: good once."""
+        """The session whose token the WebSocket URL carries, not connected: its connection takes it
+        (`connect`), not this check, which an upgrade whose client is gone before its answer passes."""
         check_names(query, {"token"}, set())
         token = query.get("token")
-        entry = self.pending.pop(token, None) if token else None
+        entry = self.pending.get(token) if token else None
         if entry is None:
             raise ParameterError(
                 "token",
-                "this session URL is unknown, used already or expired (a session must be connected within "
-                f"{core.settings.first_message_timeout_s:g} s of its POST, once); POST /v2/live for a new one",
+                "this session URL is unknown, ended or expired (a session must be connected within "
+                f"{core.settings.first_message_timeout_s:g} s of its POST or of its connection's drop); "
+                "POST /v2/live for a new one",
             )
+        if entry.connected:
+            raise ParameterError("token", CONNECTED_ALREADY)
+        return entry
+
+    @staticmethod
+    def connect(entry: Pending) -> bool:
+        """A connection takes the session until it ends (`disconnected`); False if another has it
+        (both upgrades passed `claim` before either connected)."""
+        if entry.connected:
+            return False
         if entry.expiry is not None:
             entry.expiry.cancel()
-        return entry
+        entry.connected = True
+        return True
+
+    def disconnected(self, entry: Pending, ended: bool) -> None:
+        """The session's connection is over: an ended session is forgotten; one whose client left
+        without ending it waits `first_message_timeout_s` for the client to reconnect."""
+        entry.connected = False
+        if ended:
+            self.pending.pop(entry.token, None)
+        else:
+            self.expire_later(entry)
+
+
+CONNECTED_ALREADY = "this session is connected already; it takes one connection at a time"
 
 
 def ws_url(request: web.Request, token: str) -> str:
@@ -362,17 +413,30 @@ class GladiaConnection(StreamingConnection):
     ) -> None:
         super().__init__(ws, core, request, reading, params)
         assert isinstance(params, Pending)  # the POST's session: claimed before the connection
+        self.live = params
+        self.owns = LiveSessions.connect(params)
+        """The session is this connection's: another's, it is refused (`opened`) and left alone."""
         self.config = params.config
         self.session_id = params.session_id
+        self.offset = params.received / self.config.bytes_per_second
+        """Where this connection's audio starts in the session's: the engine's times are this connection's."""
         self.pending = PendingFinals()
-        self.received = 0
-        """Audio bytes taken: the acknowledgments' byte ranges."""
         self.announced = 0
         """The last utterance whose `speech_start` was due (`speech_events`)."""
         self.stops: dict[int, float] = {}
         """Where each utterance whose `speech_end` waits for its `speech_start` ended."""
-        self.utterances: list[dict[str, Any]] = []
-        """Each final utterance, for the session's closing transcript."""
+        self.utterances = params.utterances
+
+    @property
+    def seconds(self) -> float:
+        """The session's audio so far, over every connection."""
+        return self.offset + super().seconds
+
+    async def release(self, reason: str) -> None:
+        """The connection is over: the session ends with it, unless the client left without ending it."""
+        await super().release(reason)
+        if self.owns:
+            self.live.owner.disconnected(self.live, ended=self.finished)
 
     def wants(self, flag_name: str) -> bool:
         return self.config.messages[flag_name]
@@ -384,13 +448,18 @@ class GladiaConnection(StreamingConnection):
         await self.send(body)
 
     async def opened(self) -> None:
-        """`start_session`, with lifecycle events on."""
-        if self.wants("receive_lifecycle_events"):
-            await self.message("start_session")
+        """`start_session`, with lifecycle events on; a connection that lost the race for its session
+        to another is refused as `claim` refuses (`ProtocolError` is fatal here)."""
+        if not self.owns:
+            raise ProtocolError("invalid_session", f"token: {CONNECTED_ALREADY}")
+        if not self.live.started:
+            self.live.started = True
+            if self.wants("receive_lifecycle_events"):
+                await self.message("start_session")
 
     def utterance(self, text: str, start: float, end: float, sureness: float, language: str | None) -> dict[str, Any]:
-        """Gladia's utterance; each word spans it (the engine gives no word timings)."""
-        end = max(start, end)
+        """Gladia's utterance, from the engine's times; each word spans it (the engine gives no word timings)."""
+        start, end = self.offset + start, self.offset + max(start, end)
         words = [{"word": word, "start": start, "end": end, "confidence": sureness} for word in text.split()]
         return {
             "text": text,
@@ -425,18 +494,18 @@ class GladiaConnection(StreamingConnection):
         if first > self.announced:
             self.announced = first
             if self.wants("receive_speech_events"):
-                await self.message("speech_start", {"time": self.pending.starts[first], "channel": 0})
+                await self.message("speech_start", {"time": self.offset + self.pending.starts[first], "channel": 0})
         for utterance_id in sorted(self.stops):
             if utterance_id > self.announced:
                 break
             end = self.stops.pop(utterance_id)
             if self.wants("receive_speech_events"):
-                await self.message("speech_end", {"time": end, "channel": 0})
+                await self.message("speech_end", {"time": self.offset + end, "channel": 0})
 
     async def partial(self, utterance_id: int, text: str) -> None:
         if self.wants("receive_partial_transcripts"):
-            start = self.pending.starts.get(utterance_id, self.seconds)
-            utterance = self.utterance(text, start, self.seconds, 0.0, self.config.language)
+            now = super().seconds
+            utterance = self.utterance(text, self.pending.starts.get(utterance_id, now), now, 0.0, self.config.language)
             await self.message(
                 "transcript", {"id": utterance_id_text(utterance_id), "is_final": False, "utterance": utterance}
             )
@@ -457,16 +526,17 @@ class GladiaConnection(StreamingConnection):
 
     async def on_binary(self, data: bytes) -> None:
         """Audio, acknowledged with its byte and time range when the client asked for acknowledgments."""
-        if self.received == 0 and data and self.wants("receive_lifecycle_events"):
+        if self.live.received == 0 and data and self.wants("receive_lifecycle_events"):
             await self.message("start_recording")
         try:
             await super().on_binary(data)
         except ProtocolError as exc:
             raise ProtocolError("invalid_audio_chunk", exc.message.removeprefix("frame dropped: ")) from None
-        first, self.received = self.received, self.received + len(data)
+        first = self.live.received
+        last = self.live.received = first + len(data)
         if self.wants("receive_acknowledgments"):
             rate = self.config.bytes_per_second
-            data_range = {"byte_range": [first, self.received], "time_range": [first / rate, self.received / rate]}
+            data_range = {"byte_range": [first, last], "time_range": [first / rate, last / rate]}
             await self.message("audio_chunk", data_range, acknowledged=True, error=None)
 
     def controls(self) -> dict[str, Control]:
