@@ -198,6 +198,30 @@ async def test_a_bad_body_is_refused_with_gladias_error_and_a_sentence(body: obj
         assert not daemon.gladia.sessions.pending
 
 
+async def test_a_body_arriving_in_pieces_is_read_whole_and_one_that_stalls_is_refused() -> None:
+    """A body comes in as many reads as the network cuts it into (a custom vocabulary of some size,
+    over a real link, is several): each piece is not the body. One that stops coming is an upload's
+    408, not an HTTP connection held for ever."""
+    body = json.dumps({**BODY, "custom_metadata": {"note": "x" * 3000}}).encode()
+    head = (
+        f"POST {gladia.PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode()
+    answers = []
+    async with running_daemon(header_timeout_s=1) as daemon:
+        for rest in (body[100:], b""):
+            reader, writer = await asyncio.open_connection("127.0.0.1", daemon.http_port)
+            writer.write(head + body[:100])
+            await writer.drain()
+            await asyncio.sleep(0.3)
+            writer.write(rest)
+            answers.append(await asyncio.wait_for(reader.read(), 30))
+            writer.close()
+    assert answers[0].startswith(b"HTTP/1.1 201"), answers[0]
+    assert answers[1].startswith(b"HTTP/1.1 408") and b'"statusCode": 408' in answers[1], answers[1]
+    assert b"min_upload_kb_per_s" in answers[1]
+
+
 async def test_null_fields_are_the_defaults() -> None:
     nulls = {"encoding": None, "sample_rate": None, "language_config": {"languages": None}, "messages_config": None}
     async with running_daemon() as daemon:

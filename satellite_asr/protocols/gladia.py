@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import functools
 import json
 import secrets
 import uuid
@@ -28,6 +29,7 @@ from aiohttp import WSMessage, web
 from multidict import MultiMapping
 
 from satellite_asr.audio import MAX_CHANNELS, PcmDecoder
+from satellite_asr.config import Settings
 from satellite_asr.core import Core
 from satellite_asr.events import (
     FinalTranscript,
@@ -54,6 +56,7 @@ from satellite_asr.protocols.streaming_apis import (
     refuse_in_band,
     replacing_terms,
 )
+from satellite_asr.protocols.uploads import RequestError, UploadPace, client_fault, read_limited
 from satellite_asr.session import SessionOptions
 
 PATH = "/v2/live"
@@ -389,11 +392,15 @@ def ws_url(request: web.Request, token: str) -> str:
     return f"{scheme}://{request.host}{PATH}?token={token}"
 
 
-async def read_body(request: web.Request) -> bytes:
-    raw = await request.content.read(MAX_BODY_BYTES + 1)
-    if len(raw) > MAX_BODY_BYTES:
-        raise ProtocolError("body_too_large", f"the body is over {MAX_BODY_BYTES // 1024} KiB")
-    return raw
+async def read_body(request: web.Request, settings: Settings) -> bytes:
+    """The whole body, which may come in many reads, at most `MAX_BODY_BYTES`, at an upload's pace
+    (a body that stalls is 408 `body_timeout`, as an upload's is)."""
+    too_large = RequestError("body_too_large", f"the body is over {MAX_BODY_BYTES // 1024} KiB", status=413)
+    try:
+        read = functools.partial(request.content.read, MAX_BODY_BYTES + 1)
+        return await read_limited(read, MAX_BODY_BYTES, UploadPace.from_settings(settings), lambda: too_large)
+    except web.RequestPayloadError as exc:  # a body its Content-Encoding cannot decode
+        raise invalid(f"the body cannot be read: {client_fault(exc)}") from None
 
 
 class GladiaConnection(StreamingConnection):
@@ -639,11 +646,11 @@ class GladiaHandler:
             region = request.query.get("region")
             if region is not None and region not in REGIONS:
                 raise invalid(f"region must be one of the following values: {', '.join(REGIONS)}")
-            config = parse_body(await read_body(request), self.core)
+            config = parse_body(await read_body(request, self.core.settings), self.core)
             entry = self.sessions.create(config, request.remote or "")
         except ProtocolError as exc:
             self.core.metrics.errors.labels(exc.code).inc()
-            status = {"too_many_sessions": 429, "body_too_large": 413}.get(exc.code, 400)
+            status = exc.status if isinstance(exc, RequestError) else 429 if exc.code == "too_many_sessions" else 400
             return gladia_response(request.path, status, exc.message)
         body = {"id": entry.session_id, "created_at": entry.created_at, "url": ws_url(request, entry.token)}
         return web.json_response(body, status=201)
