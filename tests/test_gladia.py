@@ -222,6 +222,17 @@ async def test_a_body_arriving_in_pieces_is_read_whole_and_one_that_stalls_is_re
     assert b"min_upload_kb_per_s" in answers[1]
 
 
+async def test_a_body_its_content_encoding_cannot_decode_is_refused_with_a_sentence() -> None:
+    headers = {"Content-Encoding": "gzip", "X-Gladia-Key": KEY}
+    async with (
+        running_daemon() as daemon,
+        aiohttp.ClientSession() as http,
+        http.post(post_url(daemon), data=b"x" * 200, headers=headers) as answer,
+    ):
+        status, body = answer.status, await answer.json()
+    assert status == 400 and body["message"] == "the body cannot be read: Can not decode content-encoding: gzip"
+
+
 async def test_null_fields_are_the_defaults() -> None:
     nulls = {"encoding": None, "sample_rate": None, "language_config": {"languages": None}, "messages_config": None}
     async with running_daemon() as daemon:
