@@ -90,6 +90,7 @@ async def test_sdk_session_gets_partials_finals_and_its_lifecycle() -> None:
     assert any(not m.data.is_final for m in transcripts)
     kinds = [m.type for m in messages]
     assert kinds[0] == "start_session" and kinds[-1] == "end_session"
+    assert kinds.count("start_session") == 1  # the SDK's own, from the POST's answer
     assert {"start_recording", "speech_start", "speech_end", "end_recording"} <= set(kinds)
     [post_final] = [m for m in messages if m.type == "post_final_transcript"]
     assert post_final.data.transcription is not None

@@ -292,8 +292,6 @@ class Pending:
     owner: LiveSessions = field(repr=False)
     expiry: asyncio.TimerHandle | None = field(default=None, repr=False)
     connected: bool = False
-    started: bool = False
-    """`start_session` was due: a reconnection does not repeat it."""
     received: int = 0
     """Audio bytes taken over every connection: the acknowledgments' byte ranges, the times' origin."""
     utterances: list[dict[str, Any]] = field(default_factory=list, repr=False)
@@ -455,14 +453,11 @@ class GladiaConnection(StreamingConnection):
         await self.send(body)
 
     async def opened(self) -> None:
-        """`start_session`, with lifecycle events on; a connection that lost the race for its session
+        """Nothing is sent: `start_session` is the client's own, from the POST's answer (Gladia's
+        SDK makes it; one from here was a second). A connection that lost the race for its session
         to another is refused as `claim` refuses (`ProtocolError` is fatal here)."""
         if not self.owns:
             raise ProtocolError("invalid_session", f"token: {CONNECTED_ALREADY}")
-        if not self.live.started:
-            self.live.started = True
-            if self.wants("receive_lifecycle_events"):
-                await self.message("start_session")
 
     def utterance(self, text: str, start: float, end: float, sureness: float, language: str | None) -> dict[str, Any]:
         """Gladia's utterance, from the engine's times; each word spans it (the engine gives no word timings)."""
