@@ -295,7 +295,8 @@ async def test_a_dropped_client_reconnects_to_its_session_which_goes_on_until_it
                 before.append(json.loads(await ws.recv()))
             messages, code = await stream(answer["url"], b"")
             assert code == 4401 and "connected already" in messages[0]["data"]["message"]
-        # the client left without stop_recording: the URL waits for it
+            ws.transport.abort()  # the network drops: no Close; the URL waits for the client
+        await asyncio.sleep(0.2)
         after, code = await stream(answer["url"], second)
         assert code == 1000
         again, code = await stream(answer["url"], b"")
@@ -312,6 +313,24 @@ async def test_a_dropped_client_reconnects_to_its_session_which_goes_on_until_it
     post_final = of_type(after, "post_final_transcript")[0]["data"]
     assert normalise(post_final["transcription"]["full_transcript"]) == normalise(" ".join(finals(before + after)))
     assert post_final["metadata"]["audio_duration"] == pytest.approx(len(first + second) / 32000, abs=0.05)
+
+
+async def test_a_client_that_closes_without_stop_recording_ends_its_session() -> None:
+    """A Close from the client (or from the daemon, for a message over the size limit) is no network
+    drop: the session ends at once, and holds none of the address's slots for a reconnection."""
+    async with running_daemon(max_connections_per_address=1) as daemon:
+        for ending in ({"close": True}, {"oversized": True}):
+            url = await session_url(daemon)
+            async with websockets.connect(url, max_size=None) as ws:
+                await ws.send(audio("lights_on.wav")[:32000])
+                if ending.get("oversized"):
+                    await ws.send(b"\x00" * (2 << 20))
+                    with contextlib.suppress(websockets.ConnectionClosed):
+                        await asyncio.wait_for(ws.wait_closed(), 10)
+            assert ws.close_code == (1009 if ending.get("oversized") else 1000)
+            await asyncio.sleep(0.2)
+            assert not daemon.gladia.sessions.pending
+        assert (await post(daemon, BODY))[0] == 201
 
 
 async def test_an_upgrade_whose_client_left_before_the_answer_does_not_take_the_session() -> None:
@@ -343,8 +362,9 @@ async def test_a_session_never_connected_expires_and_an_address_holds_a_bounded_
         # a connected session holds none of the address's slots; left without stop_recording, it holds
         # one again until it expires
         url = await session_url(daemon)
-        async with websockets.connect(url):
+        async with websockets.connect(url) as ws:
             assert (await post(daemon, BODY))[0] == 201
+            ws.transport.abort()
         await asyncio.sleep(0.2)
         assert (await post(daemon, BODY))[0] == 429
         await asyncio.sleep(1.5)

@@ -25,7 +25,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiohttp import WSMessage, web
+from aiohttp import WebSocketError, WSCloseCode, WSMessage, web
 from multidict import MultiMapping
 
 from satellite_asr.audio import MAX_CHANNELS, PcmDecoder
@@ -286,7 +286,7 @@ class Pending:
 
     session_id: str
     config: GladiaConfig
-    token: str
+    token: str = field(repr=False)
     address: str
     created_at: str
     owner: LiveSessions = field(repr=False)
@@ -438,10 +438,15 @@ class GladiaConnection(StreamingConnection):
         return self.offset + super().seconds
 
     async def release(self, reason: str) -> None:
-        """The connection is over: the session ends with it, unless the client left without ending it."""
+        """The connection is over: the session ends with it, unless the connection was lost (no
+        Close came or went: a network drop, which Gladia's SDK reconnects after). A client that
+        closed, or a Close from the daemon (a message over the size limit), ends it: the slot it
+        would hold meanwhile is the address's."""
         await super().release(reason)
         if self.owns:
-            self.live.owner.disconnected(self.live, ended=self.finished)
+            refused = isinstance(self.ws.exception(), WebSocketError)  # a frame aiohttp refused: its Close went
+            lost = not self.finished and not refused and self.ws.close_code in (None, WSCloseCode.ABNORMAL_CLOSURE)
+            self.live.owner.disconnected(self.live, ended=not lost)
 
     def wants(self, flag_name: str) -> bool:
         return self.config.messages[flag_name]
