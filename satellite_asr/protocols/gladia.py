@@ -33,9 +33,6 @@ from satellite_asr.config import Settings
 from satellite_asr.core import Core
 from satellite_asr.events import (
     FinalTranscript,
-    PartialTranscript,
-    SessionError,
-    SessionEvent,
     SpeechStarted,
     SpeechStopped,
 )
@@ -44,10 +41,9 @@ from satellite_asr.protocols.iso639 import engine_language
 from satellite_asr.protocols.streaming_apis import (
     Api,
     Control,
+    InOrderConnection,
     ParameterError,
-    PendingFinals,
     StreamingApiHandler,
-    StreamingConnection,
     StreamParams,
     check_names,
     confidence,
@@ -401,7 +397,7 @@ async def read_body(request: web.Request, settings: Settings) -> bytes:
         raise invalid(f"the body cannot be read: {client_fault(exc)}") from None
 
 
-class GladiaConnection(StreamingConnection):
+class GladiaConnection(InOrderConnection):
     """A client of Gladia's live API: its audio (binary or base64), `stop_recording`, and each
     utterance's transcripts and speech events as its `messages_config` asks."""
 
@@ -425,7 +421,6 @@ class GladiaConnection(StreamingConnection):
         self.session_id = params.session_id
         self.offset = params.received / self.config.bytes_per_second
         """Where this connection's audio starts in the session's: the engine's times are this connection's."""
-        self.pending = PendingFinals()
         self.announced = 0
         """The last utterance whose `speech_start` was due (`speech_events`)."""
         self.stops: dict[int, float] = {}
@@ -478,20 +473,16 @@ class GladiaConnection(StreamingConnection):
             "confidence": sureness,
         }
 
-    async def emit(self, event: SessionEvent) -> None:
-        if isinstance(event, SpeechStarted):
-            self.pending.started(event)
-            await self.speech_events()
-        elif isinstance(event, SpeechStopped):
-            self.stops[event.utterance_id] = event.end
-            await self.speech_events()
-        elif isinstance(event, PartialTranscript):
-            if event.text.strip() and not self.pending.holds(event):
-                await self.partial(event.utterance_id, event.text)
-        elif isinstance(event, FinalTranscript):
-            await self.final(event)
-        elif isinstance(event, SessionError):
-            await self.error(event.code, event.message, counted=True)
+    async def speech_started(self, event: SpeechStarted) -> None:
+        await super().speech_started(event)
+        await self.speech_events()
+
+    async def speech_stopped(self, event: SpeechStopped) -> None:
+        self.stops[event.utterance_id] = event.end
+        await self.speech_events()
+
+    def partials_wanted(self) -> bool:
+        return self.wants("receive_partial_transcripts")
 
     async def speech_events(self) -> None:
         """`speech_start` of the first utterance whose final is not sent, once, and the `speech_end`
@@ -510,12 +501,11 @@ class GladiaConnection(StreamingConnection):
                 await self.message("speech_end", {"time": self.offset + end, "channel": 0})
 
     async def partial(self, utterance_id: int, text: str) -> None:
-        if self.wants("receive_partial_transcripts"):
-            now = super().seconds
-            utterance = self.utterance(text, self.pending.starts.get(utterance_id, now), now, 0.0, self.config.language)
-            await self.message(
-                "transcript", {"id": utterance_id_text(utterance_id), "is_final": False, "utterance": utterance}
-            )
+        now = super().seconds
+        utterance = self.utterance(text, self.pending.starts.get(utterance_id, now), now, 0.0, self.config.language)
+        await self.message(
+            "transcript", {"id": utterance_id_text(utterance_id), "is_final": False, "utterance": utterance}
+        )
 
     async def final(self, event: FinalTranscript) -> None:
         """The utterance's final (one with words), then what the next utterance held back for it: its
@@ -528,8 +518,7 @@ class GladiaConnection(StreamingConnection):
                 data = {"id": utterance_id_text(event.utterance_id), "is_final": True, "utterance": utterance}
                 await self.message("transcript", data)
         await self.speech_events()
-        for later, text in self.pending.released():
-            await self.partial(later, text)
+        await self.release_held()
 
     async def on_binary(self, data: bytes) -> None:
         """Audio, acknowledged with its byte and time range when the client asked for acknowledgments."""
