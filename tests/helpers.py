@@ -101,6 +101,13 @@ def pcm16(audio: Audio, rate: int = 24000) -> bytes:
     return (np.clip(resampled, -1, 1) * 32767).astype("<i2").tobytes()
 
 
+def microphone_chunks(name: str, frame_s: float) -> list[bytes]:
+    """A fixture as 16 kHz PCM16 messages of `frame_s` seconds each, as a microphone delivers them."""
+    audio = pcm16(fixture_16k(name), SAMPLE_RATE)
+    step = int(frame_s * SAMPLE_RATE) * 2
+    return [audio[offset : offset + step] for offset in range(0, len(audio), step)]
+
+
 def normalise(text: str) -> str:
     return normalise_words(text)
 

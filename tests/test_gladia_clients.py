@@ -25,7 +25,16 @@ from satellite_asr.audio import SAMPLE_RATE
 from satellite_asr.protocols import gladia
 from satellite_asr.server import Daemon
 from tests.doubles import ContextRecordingEngineDouble, CrashingEngineDouble
-from tests.helpers import EXPECTED, eventually, fixture_16k, normalise, pcm16, running_daemon, same_words
+from tests.helpers import (
+    EXPECTED,
+    eventually,
+    fixture_16k,
+    microphone_chunks,
+    normalise,
+    pcm16,
+    running_daemon,
+    same_words,
+)
 from tests.livekit_events import LiveKitEvents
 from tests.test_pipecat import running_pipeline, speak
 
@@ -41,12 +50,6 @@ def base_url(daemon: Daemon) -> str:
     return f"http://127.0.0.1:{daemon.http_port}"
 
 
-def microphone_chunks() -> list[bytes]:
-    audio = pcm16(fixture_16k(FIXTURE), SAMPLE_RATE)
-    step = int(FRAME_S * SAMPLE_RATE) * 2
-    return [audio[offset : offset + step] for offset in range(0, len(audio), step)]
-
-
 async def sdk_session(
     daemon: Daemon, options: dict[str, Any], api_key: str = KEY, speak: bool = True
 ) -> tuple[list[Any], list[Exception]]:
@@ -60,7 +63,7 @@ async def sdk_session(
     session.on("message", messages.append)
     session.on("error", errors.append)
     session.on("ended", lambda _message: ended.set())
-    for chunk in microphone_chunks() if speak else []:
+    for chunk in microphone_chunks(FIXTURE, FRAME_S) if speak else []:
         session.send_audio(chunk)
         await asyncio.sleep(FRAME_S)
     if speak:
@@ -117,7 +120,7 @@ async def livekit_stream(stt: lk_gladia.STT, finals: int) -> LiveKitEvents:
     stream = stt.stream(conn_options=APIConnectOptions(max_retry=0, timeout=10))
     events = LiveKitEvents(stream)
     try:
-        for chunk in microphone_chunks():
+        for chunk in microphone_chunks(FIXTURE, FRAME_S):
             if events.reading.done():
                 break
             stream.push_frame(rtc.AudioFrame(chunk, SAMPLE_RATE, 1, len(chunk) // 2))
@@ -187,7 +190,7 @@ async def test_livekit_stream_outlives_an_engine_failure() -> None:
         stream = stt.stream(conn_options=APIConnectOptions(max_retry=0, timeout=10))
         events = LiveKitEvents(stream)
         try:
-            for chunk in microphone_chunks():
+            for chunk in microphone_chunks(FIXTURE, FRAME_S):
                 stream.push_frame(rtc.AudioFrame(chunk, SAMPLE_RATE, 1, len(chunk) // 2))
                 await asyncio.sleep(FRAME_S)
             await eventually(lambda: errors._value.get() - before >= 3)
@@ -288,7 +291,7 @@ async def test_sdk_reconnects_after_a_network_drop_and_its_session_goes_on() -> 
         session.on("error", errors.append)
         session.on("connected", connected.append)
         session.on("ended", lambda _message: ended.set())
-        chunks = microphone_chunks()
+        chunks = microphone_chunks(FIXTURE, FRAME_S)
         for index, chunk in enumerate(chunks):
             if index == len(chunks) // 2:
                 session._ws._ws.transport.abort()  # the network drops

@@ -28,7 +28,7 @@ from satellite_asr.audio import SAMPLE_RATE
 from satellite_asr.protocols import soniox
 from satellite_asr.server import Daemon
 from tests.doubles import ContextRecordingEngineDouble
-from tests.helpers import EXPECTED, fixture_16k, normalise, pcm16, running_daemon, same_words
+from tests.helpers import EXPECTED, microphone_chunks, normalise, running_daemon, same_words
 from tests.livekit_events import LiveKitEvents
 from tests.test_pipecat import running_pipeline, speak
 
@@ -42,12 +42,6 @@ FRAME_S = 0.1
 
 def ws_url(daemon: Daemon) -> str:
     return f"ws://127.0.0.1:{daemon.http_port}{soniox.PATH}"
-
-
-def microphone_chunks() -> list[bytes]:
-    audio = pcm16(fixture_16k(FIXTURE), SAMPLE_RATE)
-    step = int(FRAME_S * SAMPLE_RATE) * 2
-    return [audio[offset : offset + step] for offset in range(0, len(audio), step)]
 
 
 async def sdk_session(
@@ -68,7 +62,7 @@ async def sdk_session(
                 events.append(event)
 
         reading = asyncio.create_task(read())
-        for index, chunk in enumerate(microphone_chunks() if speak else []):
+        for index, chunk in enumerate(microphone_chunks(FIXTURE, FRAME_S) if speak else []):
             await session.send_byte_chunk(chunk)
             if act is not None:
                 await act(session, index)
@@ -146,7 +140,7 @@ async def livekit_stream(stt: lk_soniox.STT, finals: int) -> LiveKitEvents:
     stream = stt.stream(conn_options=APIConnectOptions(max_retry=0, timeout=10))
     events = LiveKitEvents(stream)
     try:
-        for chunk in microphone_chunks():
+        for chunk in microphone_chunks(FIXTURE, FRAME_S):
             if events.reading.done():
                 break
             stream.push_frame(rtc.AudioFrame(chunk, SAMPLE_RATE, 1, len(chunk) // 2))

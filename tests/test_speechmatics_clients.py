@@ -33,7 +33,7 @@ from satellite_asr.audio import SAMPLE_RATE
 from satellite_asr.protocols import speechmatics
 from satellite_asr.server import Daemon
 from tests.doubles import ContextRecordingEngineDouble, FailsOnAWordEngineDouble
-from tests.helpers import EXPECTED, fixture_16k, normalise, pcm16, running_daemon, same_words
+from tests.helpers import EXPECTED, microphone_chunks, normalise, running_daemon, same_words
 from tests.livekit_events import LiveKitEvents
 from tests.test_pipecat import running_pipeline, speak
 
@@ -46,12 +46,6 @@ FRAME_S = 0.1
 
 def ws_url(daemon: Daemon, path: str = speechmatics.PATH) -> str:
     return f"ws://127.0.0.1:{daemon.http_port}{path}"
-
-
-def microphone_chunks() -> list[bytes]:
-    audio = pcm16(fixture_16k(FIXTURE), SAMPLE_RATE)
-    step = int(FRAME_S * SAMPLE_RATE) * 2
-    return [audio[offset : offset + step] for offset in range(0, len(audio), step)]
 
 
 async def sdk_session(
@@ -68,7 +62,7 @@ async def sdk_session(
             transcription_config=config,
             audio_format=AudioFormat(encoding=AudioEncoding.PCM_S16LE, sample_rate=SAMPLE_RATE),
         )
-        for index, chunk in enumerate(microphone_chunks()):
+        for index, chunk in enumerate(microphone_chunks(FIXTURE, FRAME_S)):
             await client.send_audio(chunk)
             if index == force_at:
                 await client.force_end_of_utterance()
@@ -102,7 +96,7 @@ async def test_sdk_streams_partials_finals_end_of_utterance_and_end_of_transcrip
     assert same_words(EXPECTED[FIXTURE], said), said
     assert len(received["EndOfUtterance"]) == 3 and received["AddPartialTranscript"]
     assert received["EndOfTranscript"] == [{"message": "EndOfTranscript"}]
-    assert received["AudioAdded"][-1]["seq_no"] == len(microphone_chunks())
+    assert received["AudioAdded"][-1]["seq_no"] == len(microphone_chunks(FIXTURE, FRAME_S))
     assert engine.names and all(names[:1] == ("Aoife",) for names in engine.names)
 
 
@@ -134,7 +128,7 @@ async def livekit_stream(
     stream = stt.stream(conn_options=APIConnectOptions(max_retry=0, timeout=10))
     events = LiveKitEvents(stream)
     try:
-        for index, chunk in enumerate(microphone_chunks()):
+        for index, chunk in enumerate(microphone_chunks(FIXTURE, FRAME_S)):
             if events.reading.done():
                 break
             stream.push_frame(rtc.AudioFrame(chunk, SAMPLE_RATE, 1, len(chunk) // 2))
