@@ -129,6 +129,17 @@ async def test_post_answers_a_session_whose_url_streams_the_commands_and_every_m
     assert all(m["session_id"] == answer["id"] and m["created_at"] for m in messages)
 
 
+async def test_the_closing_transcript_holds_the_last_kept_utterances(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A session's memory is bounded: its closing transcript keeps its last `KEPT_UTTERANCES` finals."""
+    monkeypatch.setattr(gladia, "KEPT_UTTERANCES", 2)
+    async with running_daemon(api_key=KEY) as daemon:
+        messages, code = await stream(await session_url(daemon), audio(), paced=True)
+    assert code == 1000 and len(finals(messages)) == 3, messages
+    transcription = of_type(messages, "post_final_transcript")[0]["data"]["transcription"]
+    assert [u["text"] for u in transcription["utterances"]] == finals(messages)[1:]
+    assert transcription["full_transcript"] == " ".join(finals(messages)[1:])
+
+
 async def test_defaults_send_finals_and_speech_events_but_no_partials_or_lifecycle() -> None:
     async with running_daemon() as daemon:
         messages, _ = await stream(await session_url(daemon), audio())

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import collections
 import functools
 import json
 import secrets
@@ -64,6 +65,9 @@ BIT_DEPTHS = {"wav/pcm": {16}, "wav/alaw": {8, 16}, "wav/ulaw": {8, 16}}
 integers); G.711 is 8-bit whatever a client says, and Pipecat sends its default 16 with it."""
 SAMPLE_RATES = (8000, 16000, 32000, 44100, 48000)
 MAX_BODY_BYTES = 64 * 1024
+KEPT_UTTERANCES = 2000
+"""The closing transcript's bound: a session's last 2000 final utterances (hours of commands; about
+0.5 KB each), so that a stream that goes on for days holds bounded memory."""
 REGIONS = ("us-west", "eu-west")
 MESSAGE_DEFAULTS = {
     "receive_partial_transcripts": False,
@@ -290,8 +294,10 @@ class Pending:
     connected: bool = False
     received: int = 0
     """Audio bytes taken over every connection: the acknowledgments' byte ranges, the times' origin."""
-    utterances: list[dict[str, Any]] = field(default_factory=list, repr=False)
-    """Each final utterance, for the session's closing transcript."""
+    utterances: collections.deque[dict[str, Any]] = field(
+        default_factory=lambda: collections.deque(maxlen=KEPT_UTTERANCES), repr=False
+    )
+    """The last `KEPT_UTTERANCES` final utterances, for the session's closing transcript."""
 
     def decoder(self) -> PcmDecoder:
         return self.config.decoder()
@@ -513,7 +519,8 @@ class GladiaConnection(InOrderConnection):
         self.pending.final(event.utterance_id)
         if event.text.strip():
             utterance = self.utterance(event.text, event.start, event.end, confidence(event), event.language)
-            self.utterances.append(utterance)
+            if self.wants("receive_post_processing_events"):
+                self.utterances.append(utterance)
             if self.wants("receive_final_transcripts"):
                 data = {"id": utterance_id_text(event.utterance_id), "is_final": True, "utterance": utterance}
                 await self.message("transcript", data)
@@ -566,7 +573,7 @@ class GladiaConnection(InOrderConnection):
             transcription = {
                 "full_transcript": " ".join(u["text"] for u in self.utterances),
                 "languages": languages,
-                "utterances": self.utterances,
+                "utterances": list(self.utterances),
             }
             await self.message("post_transcript", transcription)
             metadata = {
