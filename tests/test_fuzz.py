@@ -336,6 +336,7 @@ gladia_bodies = st.builds(
 @given(gladia_bodies.map(lambda body: json.dumps(body).encode()) | st.binary(max_size=64) | nested_json.map(str.encode))
 @example(json.dumps({**GLADIA_BODY, "realtime_processing": {"custom_vocabulary": True}}).encode())
 @example(json.dumps({**GLADIA_BODY, "language_config": {"languages": [None, 5]}}).encode())
+@example(json.dumps({**GLADIA_BODY, "encoding": []}).encode())  # found: TypeError, unhashable
 @example(DEEP.encode())
 def test_gladia_post_body_is_accepted_or_refused_as_invalid_parameters(raw: bytes) -> None:
     try:

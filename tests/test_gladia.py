@@ -178,6 +178,7 @@ async def test_pcm_at_8_khz() -> None:
     ("body", "sentence"),
     [
         ({**BODY, "encoding": "wav/flac"}, "encoding must be one of"),
+        ({**BODY, "encoding": ["wav/pcm"]}, "encoding must be one of"),
         ({**BODY, "bit_depth": 24}, "bit_depth must be 16"),
         ({**BODY, "sample_rate": 22050}, "sample_rate must be one of"),
         ({**BODY, "channels": 0}, "channels must be"),
@@ -196,6 +197,7 @@ async def test_pcm_at_8_khz() -> None:
         ({**BODY, "pre_processing": {"audio_enhancer": True}}, "audio enhancement"),
         ({**BODY, "callback": True}, "callbacks"),
         ({**BODY, "realtime_processing": {"custom_vocabulary": True}}, "vocabulary must be a list"),
+        ({**BODY, "realtime_processing": {"custom_vocabulary": "yes"}}, "custom_vocabulary must be a boolean"),
         ([1], "must be a JSON object"),
         (b"{", "not JSON"),
     ],

@@ -206,7 +206,7 @@ def parse_body(raw: bytes, core: Core) -> GladiaConfig:
             where_name = f"{where}.{name}" if where else name
             raise invalid(f"this server does not do {feature}; leave {where_name} out or false")
     encoding = body.get("encoding", "wav/pcm")
-    if encoding not in ENCODINGS:
+    if not isinstance(encoding, str) or encoding not in ENCODINGS:
         raise invalid(f"encoding must be one of the following values: {', '.join(ENCODINGS)}")
     depth = body.get("bit_depth", 16)
     if not isinstance(depth, int) or isinstance(depth, bool) or depth not in BIT_DEPTHS[encoding]:
@@ -260,7 +260,7 @@ def vocabulary(core: Core, realtime: dict[str, Any]) -> tuple[str, ...]:
     """The custom vocabulary's words, the engine's biasing terms (as other APIs' keyterms): each
     entry a text or `{value, intensity, pronunciations, language}`, of which only `value` is used."""
     config = realtime.get("custom_vocabulary_config")
-    if not realtime.get("custom_vocabulary"):
+    if not flag(realtime, "custom_vocabulary", "realtime_processing."):
         if config is not None:
             raise invalid("realtime_processing.custom_vocabulary_config needs custom_vocabulary true")
         return ()
