@@ -1,12 +1,22 @@
 """A LiveKit speech stream's events as the tests of LiveKit's STT plugins read them (ElevenLabs',
-Cartesia's, Soniox's): collected as they come, waited for, shown as letters when a test fails."""
+Cartesia's, Soniox's, Speechmatics', Gladia's): collected as they come, waited for, shown as letters
+when a test fails; and a fixture streamed through a plugin at microphone pace."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
+from livekit import rtc
+from livekit.agents import APIConnectOptions
 from livekit.agents import stt as lk_stt
+
+from satellite_asr.audio import SAMPLE_RATE
+from tests.helpers import microphone_chunks
+
+FRAME_S = 0.1
+"""100 ms of audio a frame, pushed as a microphone delivers it."""
 
 
 class LiveKitEvents:
@@ -57,3 +67,27 @@ class LiveKitEvents:
                 waiting = asyncio.ensure_future(self.changed.wait())
                 await asyncio.wait((waiting, self.reading), return_when=asyncio.FIRST_COMPLETED)
                 waiting.cancel()
+
+
+async def stream_fixture(
+    stt: Any, fixture: str, finals: int, after_chunk: Callable[[int], Awaitable[None]] | None = None
+) -> LiveKitEvents:
+    """`fixture` through LiveKit's stream at microphone pace until `finals` finals with words, then
+    `end_input`; no retries (an error from the stream fails the test). `after_chunk` is given each
+    chunk's index once it is pushed."""
+    stream = stt.stream(conn_options=APIConnectOptions(max_retry=0, timeout=10))
+    events = LiveKitEvents(stream)
+    try:
+        for index, chunk in enumerate(microphone_chunks(fixture, FRAME_S)):
+            if events.reading.done():
+                break
+            stream.push_frame(rtc.AudioFrame(chunk, SAMPLE_RATE, 1, len(chunk) // 2))
+            if after_chunk is not None:
+                await after_chunk(index)
+            await asyncio.sleep(FRAME_S)
+        await events.wait_for(lambda: len([final for final in events.finals() if final.text]) >= finals)
+        stream.end_input()
+    finally:
+        await stream.aclose()
+        await stt.aclose()
+    return events

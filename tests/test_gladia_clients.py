@@ -35,7 +35,7 @@ from tests.helpers import (
     running_daemon,
     same_words,
 )
-from tests.livekit_events import LiveKitEvents
+from tests.livekit_events import LiveKitEvents, stream_fixture
 from tests.test_pipecat import running_pipeline, speak
 
 pytestmark = pytest.mark.timeout(180)
@@ -115,24 +115,6 @@ async def test_sdk_reports_a_refused_config_with_the_daemons_sentence() -> None:
     assert "this server does not do translation" in str(errors[0]), errors
 
 
-async def livekit_stream(stt: lk_gladia.STT, finals: int) -> LiveKitEvents:
-    """The fixture through LiveKit's stream at microphone pace until `finals` finals; no retries."""
-    stream = stt.stream(conn_options=APIConnectOptions(max_retry=0, timeout=10))
-    events = LiveKitEvents(stream)
-    try:
-        for chunk in microphone_chunks(FIXTURE, FRAME_S):
-            if events.reading.done():
-                break
-            stream.push_frame(rtc.AudioFrame(chunk, SAMPLE_RATE, 1, len(chunk) // 2))
-            await asyncio.sleep(FRAME_S)
-        await events.wait_for(lambda: len(events.finals()) >= finals)
-        stream.end_input()
-    finally:
-        await stream.aclose()
-        await stt.aclose()
-    return events
-
-
 def livekit_stt(daemon: Daemon, http: aiohttp.ClientSession, api_key: str = KEY, **options: Any) -> lk_gladia.STT:
     return lk_gladia.STT(api_key=api_key, base_url=f"{base_url(daemon)}{gladia.PATH}", http_session=http, **options)
 
@@ -142,7 +124,7 @@ async def test_livekit_stream_with_its_defaults_gets_a_speech_per_command() -> N
     `words_accurate_timestamps` false): START_OF_SPEECH, interims, then a FINAL_TRANSCRIPT and
     END_OF_SPEECH for each command."""
     async with running_daemon(api_key=KEY) as daemon, aiohttp.ClientSession() as http:
-        events = await livekit_stream(livekit_stt(daemon, http), finals=3)
+        events = await stream_fixture(livekit_stt(daemon, http), FIXTURE, finals=3)
     finals = [final.text for final in events.finals()]
     assert same_words(EXPECTED[FIXTURE], finals), finals
     kinds = lk_stt.SpeechEventType
@@ -157,7 +139,7 @@ async def test_livekit_custom_vocabulary_and_language_reach_the_engine() -> None
     engine = ContextRecordingEngineDouble()
     async with running_daemon(engine, api_key=KEY) as daemon, aiohttp.ClientSession() as http:
         stt = livekit_stt(daemon, http, languages=["en"], custom_vocabulary=["Aoife", {"value": "Calloway"}])
-        events = await livekit_stream(stt, finals=3)
+        events = await stream_fixture(stt, FIXTURE, finals=3)
     assert same_words(EXPECTED[FIXTURE], [final.text for final in events.finals()])
     assert engine.names and all(names[:2] == ("Aoife", "Calloway") for names in engine.names)
     assert set(engine.languages) == {"en"}
@@ -208,7 +190,7 @@ async def test_livekit_stream_outlives_an_engine_failure() -> None:
 async def test_livekit_stream_fails_with_the_daemons_401() -> None:
     async with running_daemon(api_key=KEY) as daemon, aiohttp.ClientSession() as http:
         with pytest.raises((APIStatusError, APIConnectionError)) as failure:
-            await livekit_stream(livekit_stt(daemon, http, api_key="wrong"), finals=1)
+            await stream_fixture(livekit_stt(daemon, http, api_key="wrong"), FIXTURE, finals=1)
     assert "401" in str(failure.value)
 
 
@@ -216,7 +198,7 @@ async def test_livekit_stream_fails_on_refused_translation() -> None:
     async with running_daemon(api_key=KEY) as daemon, aiohttp.ClientSession() as http:
         stt = livekit_stt(daemon, http, translation_enabled=True, translation_target_languages=["fr"])
         with pytest.raises((APIStatusError, APIConnectionError)) as failure:
-            await livekit_stream(stt, finals=1)
+            await stream_fixture(stt, FIXTURE, finals=1)
     assert "400" in str(failure.value)
 
 

@@ -14,8 +14,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from livekit import rtc
-from livekit.agents import APIConnectOptions, APIStatusError
+from livekit.agents import APIStatusError
 from livekit.agents import stt as lk_stt
 from livekit.plugins import soniox as lk_soniox
 from pipecat.frames.frames import TranscriptionFrame
@@ -29,7 +28,7 @@ from satellite_asr.protocols import soniox
 from satellite_asr.server import Daemon
 from tests.doubles import ContextRecordingEngineDouble
 from tests.helpers import EXPECTED, microphone_chunks, normalise, running_daemon, same_words
-from tests.livekit_events import LiveKitEvents
+from tests.livekit_events import stream_fixture
 from tests.test_pipecat import running_pipeline, speak
 
 pytestmark = pytest.mark.timeout(180)
@@ -135,24 +134,6 @@ async def test_sdk_with_a_wrong_key_reads_the_401() -> None:
     assert [(event.error_code, event.error_message) for event in events] == [(401, "the API key is not valid")]
 
 
-async def livekit_stream(stt: lk_soniox.STT, finals: int) -> LiveKitEvents:
-    """The fixture through LiveKit's stream at microphone pace until `finals` finals; no retries."""
-    stream = stt.stream(conn_options=APIConnectOptions(max_retry=0, timeout=10))
-    events = LiveKitEvents(stream)
-    try:
-        for chunk in microphone_chunks(FIXTURE, FRAME_S):
-            if events.reading.done():
-                break
-            stream.push_frame(rtc.AudioFrame(chunk, SAMPLE_RATE, 1, len(chunk) // 2))
-            await asyncio.sleep(FRAME_S)
-        await events.wait_for(lambda: len(events.finals()) >= finals)
-        stream.end_input()
-    finally:
-        await stream.aclose()
-        await stt.aclose()
-    return events
-
-
 def livekit_stt(daemon: Daemon, http: aiohttp.ClientSession, api_key: str = KEY, **options: Any) -> lk_soniox.STT:
     return lk_soniox.STT(
         api_key=api_key, base_url=ws_url(daemon), http_session=http, params=lk_soniox.STTOptions(**options)
@@ -164,7 +145,7 @@ async def test_livekit_stream_with_its_defaults_gets_a_speech_per_command() -> N
     START_OF_SPEECH, interims, then a FINAL_TRANSCRIPT and END_OF_SPEECH for each command, whose
     text, times and language come from the tokens."""
     async with running_daemon(api_key=KEY) as daemon, aiohttp.ClientSession() as http:
-        events = await livekit_stream(livekit_stt(daemon, http), finals=3)
+        events = await stream_fixture(livekit_stt(daemon, http), FIXTURE, finals=3)
     finals = [final.text for final in events.finals()]
     assert same_words(EXPECTED[FIXTURE], finals), finals
     kinds = lk_stt.SpeechEventType
@@ -180,7 +161,7 @@ async def test_livekit_context_and_hints_reach_the_engine() -> None:
     context = lk_soniox.ContextObject(terms=["Aoife", "Calloway"], text="the bedroom")
     async with running_daemon(engine, api_key=KEY) as daemon, aiohttp.ClientSession() as http:
         stt = livekit_stt(daemon, http, language_hints=["en"], language_hints_strict=True, context=context)
-        events = await livekit_stream(stt, finals=3)
+        events = await stream_fixture(stt, FIXTURE, finals=3)
     assert same_words(EXPECTED[FIXTURE], [final.text for final in events.finals()])
     assert engine.names and all(names[:2] == ("Aoife", "Calloway") for names in engine.names)
     assert set(engine.languages) == {"en"} and all("the bedroom" in context for context in engine.contexts)
@@ -189,14 +170,14 @@ async def test_livekit_context_and_hints_reach_the_engine() -> None:
 async def test_livekit_stream_fails_with_the_daemons_401() -> None:
     async with running_daemon(api_key=KEY) as daemon, aiohttp.ClientSession() as http:
         with pytest.raises(APIStatusError) as failure:
-            await livekit_stream(livekit_stt(daemon, http, api_key="wrong"), finals=1)
+            await stream_fixture(livekit_stt(daemon, http, api_key="wrong"), FIXTURE, finals=1)
     assert failure.value.status_code == 401 and "the API key is not valid" in str(failure.value)
 
 
 async def test_livekit_stream_fails_on_refused_diarization_with_the_daemons_sentence() -> None:
     async with running_daemon(api_key=KEY) as daemon, aiohttp.ClientSession() as http:
         with pytest.raises(APIStatusError) as failure:
-            await livekit_stream(livekit_stt(daemon, http, enable_speaker_diarization=True), finals=1)
+            await stream_fixture(livekit_stt(daemon, http, enable_speaker_diarization=True), FIXTURE, finals=1)
     assert failure.value.status_code == 400 and "speaker diarization" in str(failure.value)
 
 

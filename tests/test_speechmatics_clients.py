@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-from livekit import rtc
-from livekit.agents import APIConnectOptions, APIError, inference
+from livekit.agents import APIError, inference
 from livekit.agents import stt as lk_stt
 from livekit.plugins import speechmatics as lk_speechmatics  # installed by scripts/bootstrap.sh (pyproject.toml)
 from pipecat.frames.frames import TranscriptionFrame
@@ -34,7 +32,7 @@ from satellite_asr.protocols import speechmatics
 from satellite_asr.server import Daemon
 from tests.doubles import ContextRecordingEngineDouble, FailsOnAWordEngineDouble
 from tests.helpers import EXPECTED, microphone_chunks, normalise, running_daemon, same_words
-from tests.livekit_events import LiveKitEvents
+from tests.livekit_events import stream_fixture
 from tests.test_pipecat import running_pipeline, speak
 
 pytestmark = pytest.mark.timeout(180)
@@ -120,29 +118,6 @@ async def test_sdk_reads_a_refused_configuration_and_a_wrong_key() -> None:
             await sdk_session(daemon, TranscriptionConfig(language="en"), api_key="wrong")
 
 
-async def livekit_stream(
-    stt: Any, finals: int, after_chunk: Callable[[int], Awaitable[None]] | None = None
-) -> LiveKitEvents:
-    """The fixture through LiveKit's stream at microphone pace until `finals` finals; no retries;
-    `after_chunk` is given each chunk's index once it is pushed."""
-    stream = stt.stream(conn_options=APIConnectOptions(max_retry=0, timeout=10))
-    events = LiveKitEvents(stream)
-    try:
-        for index, chunk in enumerate(microphone_chunks(FIXTURE, FRAME_S)):
-            if events.reading.done():
-                break
-            stream.push_frame(rtc.AudioFrame(chunk, SAMPLE_RATE, 1, len(chunk) // 2))
-            if after_chunk is not None:
-                await after_chunk(index)
-            await asyncio.sleep(FRAME_S)
-        await events.wait_for(lambda: len([f for f in events.finals() if f.text]) >= finals)
-        stream.end_input()
-    finally:
-        await stream.aclose()
-        await stt.aclose()
-    return events
-
-
 def livekit_stt(daemon: Daemon, api_key: str = KEY, **options: Any) -> Any:
     return lk_speechmatics.STT(api_key=api_key, base_url=ws_url(daemon, speechmatics.AGENT_PATH), **options)
 
@@ -152,7 +127,7 @@ async def test_livekit_stream_with_its_defaults_gets_a_final_per_command() -> No
     default VAD, which would send ForceEndOfUtterance at each stop, is Silero's plugin, not installed
     here: the daemon's own turn detection ends each command (Speechmatics' would not)."""
     async with running_daemon(api_key=KEY) as daemon:
-        events = await livekit_stream(livekit_stt(daemon), finals=3)
+        events = await stream_fixture(livekit_stt(daemon), FIXTURE, finals=3)
     finals = [final.text for final in events.finals() if final.text]
     assert same_words(EXPECTED[FIXTURE], finals), finals
     assert events.of(lk_stt.SpeechEventType.INTERIM_TRANSCRIPT)
@@ -163,7 +138,7 @@ async def test_livekit_with_a_vad_finalizes_and_gets_end_of_speech() -> None:
     answered by the segment, then EndOfTurn as Speechmatics answers it, which LiveKit reports as
     END_OF_SPEECH (none came before: the daemon sent EndOfTurn only with the service's turns)."""
     async with running_daemon(api_key=KEY) as daemon:
-        events = await livekit_stream(livekit_stt(daemon, vad=inference.VAD()), finals=3)
+        events = await stream_fixture(livekit_stt(daemon, vad=inference.VAD()), FIXTURE, finals=3)
     finals = [final.text for final in events.finals() if final.text]
     assert same_words(EXPECTED[FIXTURE], finals), finals
     assert len(events.of(lk_stt.SpeechEventType.END_OF_SPEECH)) >= 2, events.events
@@ -182,7 +157,7 @@ async def test_livekit_get_speaker_ids_is_empty_and_the_stream_goes_on() -> None
 
     async with running_daemon(api_key=KEY) as daemon:
         stt = livekit_stt(daemon)
-        events = await livekit_stream(stt, finals=3, after_chunk=ask)
+        events = await stream_fixture(stt, FIXTURE, finals=3, after_chunk=ask)
     [(speakers, waited)] = answers
     assert speakers == [] and waited < 2, answers  # LiveKit gives [] too after 5 s with no answer
     finals = [final.text for final in events.finals() if final.text]
@@ -192,7 +167,7 @@ async def test_livekit_get_speaker_ids_is_empty_and_the_stream_goes_on() -> None
 async def test_livekit_stream_with_the_services_turns_gets_start_and_end_of_speech() -> None:
     mode = lk_speechmatics.TurnDetectionMode.VAD
     async with running_daemon(api_key=KEY) as daemon:
-        events = await livekit_stream(livekit_stt(daemon, turn_detection_mode=mode), finals=3)
+        events = await stream_fixture(livekit_stt(daemon, turn_detection_mode=mode), FIXTURE, finals=3)
     kinds = lk_stt.SpeechEventType
     assert len(events.of(kinds.START_OF_SPEECH)) == 3
     assert same_words(EXPECTED[FIXTURE], [final.text for final in events.finals() if final.text])
@@ -202,7 +177,7 @@ async def test_livekit_stream_outlives_a_failed_decode() -> None:
     """The engine fails the first command's decode: a Warning, which LiveKit logs; an Error would have
     failed its stream and lost the next commands' finals."""
     async with running_daemon(FailsOnAWordEngineDouble("bedroom"), api_key=KEY) as daemon:
-        events = await livekit_stream(livekit_stt(daemon), finals=2)
+        events = await stream_fixture(livekit_stt(daemon), FIXTURE, finals=2)
     finals = [normalise(final.text) for final in events.finals() if final.text]
     assert "what time is it" in finals and "open the garage door" in finals, finals
 
@@ -210,9 +185,9 @@ async def test_livekit_stream_outlives_a_failed_decode() -> None:
 async def test_livekit_stream_fails_on_a_wrong_key_and_on_refused_diarization() -> None:
     async with running_daemon(api_key=KEY) as daemon:
         with pytest.raises(APIError, match="401"):
-            await livekit_stream(livekit_stt(daemon, api_key="wrong"), finals=1)
+            await stream_fixture(livekit_stt(daemon, api_key="wrong"), FIXTURE, finals=1)
         with pytest.raises(APIError, match="diarization"):
-            await livekit_stream(livekit_stt(daemon, enable_diarization=True, max_speakers=2), finals=1)
+            await stream_fixture(livekit_stt(daemon, enable_diarization=True, max_speakers=2), FIXTURE, finals=1)
 
 
 def pipecat_service(daemon: Daemon, api_key: str = KEY, **options: Any) -> SpeechmaticsSTTService:
