@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import signal
@@ -63,6 +64,22 @@ async def cli_with_key(*args: str, key: str | None) -> tuple[int | None, str, st
     )
     stdout, stderr = await asyncio.wait_for(process.communicate(), 150)
     return process.returncode, stdout.decode(), stderr.decode()
+
+
+def weather_manifest(tmp_path: Path) -> Path:
+    """A bench manifest of one fixture, weather.wav (linked beside it)."""
+    manifest = tmp_path / "one.json"
+    manifest.write_text(json.dumps({"weather.wav": EXPECTED["weather.wav"]}))
+    (tmp_path / "weather.wav").symlink_to(FIXTURES / "weather.wav")
+    return manifest
+
+
+async def bench_one_round(
+    manifest: Path, protocol: str, url: str, key: str | None = None
+) -> tuple[int | None, str, str]:
+    """`satellite-asr bench` of `manifest` over `protocol` against `url`, one round, with `key` if given."""
+    flags = ("--protocol", protocol, "--manifest", str(manifest), "--rounds", "1", "--url", url)
+    return await cli_with_key("bench", *flags, key=key)
 
 
 def test_transcribe_help_says_which_files_it_reads(capsys: pytest.CaptureFixture[str]) -> None:
@@ -198,9 +215,7 @@ def test_transcribe_into_a_reader_that_closes_the_output_stops_quietly() -> None
 async def test_bench_whose_reader_is_gone_stops_quietly_and_does_not_blame_the_daemon(tmp_path: Path) -> None:
     """The report written to a pipe nobody reads any more (`| true` reads nothing) was a
     BrokenPipeError, which a bench with --url reported as 'cannot reach' the daemon."""
-    manifest = tmp_path / "one.json"
-    manifest.write_text(json.dumps({"weather.wav": EXPECTED["weather.wav"]}))
-    (tmp_path / "weather.wav").symlink_to(FIXTURES / "weather.wav")
+    manifest = weather_manifest(tmp_path)
     async with running_daemon() as daemon:
         bench = ["bench", "--protocol", "rest", "--manifest", str(manifest), "--rounds", "1", "--json"]
         url = f"http://127.0.0.1:{daemon.http_port}"
@@ -359,9 +374,7 @@ async def test_bench_to_a_daemon_with_an_api_key_says_what_was_refused_and_takes
     """`bench --protocol rest` ended in a RuntimeError traceback, and no protocol could send a key:
     now the api_key (here SATELLITE_ASR_API_KEY) is what the clients send, and a refusal is the
     daemon's code and sentence. The in-process daemon with a key is used with it too."""
-    manifest = tmp_path / "one.json"
-    manifest.write_text(json.dumps({"weather.wav": EXPECTED["weather.wav"]}))
-    (tmp_path / "weather.wav").symlink_to(FIXTURES / "weather.wav")
+    manifest = weather_manifest(tmp_path)
 
     async def bench(*flags: str, key: str | None = None) -> tuple[int | None, str, str]:
         return await cli_with_key(
@@ -393,14 +406,8 @@ async def test_bench_over_soniox_says_the_streams_401_and_takes_the_key(tmp_path
     """Soniox's API refuses a missing key in the stream, not at the upgrade: `bench --protocol
     soniox` reports that error (code and sentence) as the others report a refused upgrade, with the
     same hint, and with the key measures the file."""
-    manifest = tmp_path / "one.json"
-    manifest.write_text(json.dumps({"weather.wav": EXPECTED["weather.wav"]}))
-    (tmp_path / "weather.wav").symlink_to(FIXTURES / "weather.wav")
-
-    async def bench(url: str, key: str | None = None) -> tuple[int | None, str, str]:
-        flags = ("--protocol", "soniox", "--manifest", str(manifest), "--rounds", "1", "--url", url)
-        return await cli_with_key("bench", *flags, key=key)
-
+    manifest = weather_manifest(tmp_path)
+    bench = functools.partial(bench_one_round, manifest, "soniox")
     async with running_daemon(api_key="kitchen-key") as daemon:
         url = f"ws://127.0.0.1:{daemon.http_port}/transcribe-websocket"
         code, stdout, stderr = await bench(url)
@@ -416,14 +423,8 @@ async def test_bench_over_speechmatics_says_the_upgrades_401_and_the_streams_err
     """`bench --protocol speechmatics`: a missing key is the upgrade's 401 in Speechmatics' body,
     reported with the key hint; an Error in the stream (a path language not the configuration's)
     is reported by its type and reason; with the key it measures the file."""
-    manifest = tmp_path / "one.json"
-    manifest.write_text(json.dumps({"weather.wav": EXPECTED["weather.wav"]}))
-    (tmp_path / "weather.wav").symlink_to(FIXTURES / "weather.wav")
-
-    async def bench(url: str, key: str | None = None) -> tuple[int | None, str, str]:
-        flags = ("--protocol", "speechmatics", "--manifest", str(manifest), "--rounds", "1", "--url", url)
-        return await cli_with_key("bench", *flags, key=key)
-
+    manifest = weather_manifest(tmp_path)
+    bench = functools.partial(bench_one_round, manifest, "speechmatics")
     async with running_daemon(api_key="kitchen-key") as daemon:
         url = f"ws://127.0.0.1:{daemon.http_port}/v2"
         code, stdout, stderr = await bench(url)
@@ -440,14 +441,8 @@ async def test_bench_over_gladia_says_the_posts_401_and_takes_the_key(tmp_path: 
     """Gladia's API takes the key on its POST, which `bench --protocol gladia` makes before the
     WebSocket its answer names: a missing key is that POST's 401, reported with the daemon's
     sentence and the same hint as a refused upgrade; with the key the file is measured."""
-    manifest = tmp_path / "one.json"
-    manifest.write_text(json.dumps({"weather.wav": EXPECTED["weather.wav"]}))
-    (tmp_path / "weather.wav").symlink_to(FIXTURES / "weather.wav")
-
-    async def bench(url: str, key: str | None = None) -> tuple[int | None, str, str]:
-        flags = ("--protocol", "gladia", "--manifest", str(manifest), "--rounds", "1", "--url", url)
-        return await cli_with_key("bench", *flags, key=key)
-
+    manifest = weather_manifest(tmp_path)
+    bench = functools.partial(bench_one_round, manifest, "gladia")
     async with running_daemon(api_key="kitchen-key") as daemon:
         url = f"ws://127.0.0.1:{daemon.http_port}/v2/live"
         code, stdout, stderr = await bench(url)
