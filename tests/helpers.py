@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 import soxr
 import websockets
+from aiohttp import web
 
 from satellite_asr.audio import SAMPLE_RATE, Audio
 from satellite_asr.clients.bench import normalise_words
@@ -250,6 +251,19 @@ def free_port() -> int:
         _handed_out.add(port)
         return port
     raise RuntimeError(f"no free loopback port under {low}")
+
+
+@asynccontextmanager
+async def serving(app: web.Application) -> AsyncIterator[int]:
+    """`app` (a scripted stand-in for a server the product talks to) on a free loopback port for the
+    block; its port."""
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        yield runner.addresses[0][1]
+    finally:
+        await runner.cleanup()
 
 
 def ws_url(daemon: Daemon) -> str:

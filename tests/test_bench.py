@@ -14,7 +14,7 @@ from satellite_asr.clients.bench import BenchReport, UtteranceTiming, bench_daem
 from satellite_asr.clients.wav import read_wav
 from satellite_asr.config import load_settings
 from tests.eval_turns import MANIFEST, SPLITS, TURNS
-from tests.helpers import FIXTURES
+from tests.helpers import FIXTURES, serving
 
 
 def test_speech_spans_found_from_energy_are_plain_numbers_for_the_json_report() -> None:
@@ -164,18 +164,11 @@ async def test_elevenlabs_partials_of_an_utterance_committed_empty_are_not_the_n
 
     app = web.Application()
     app.router.add_get("/v1/speech-to-text/realtime", scribe)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
     tone = (0.3 * np.sin(np.arange(6400) * 0.2)).astype(np.float32)
     audio = np.concatenate([tone, np.zeros(16000, np.float32), tone, np.zeros(3200, np.float32)])
-    try:
+    async with serving(app) as port:
         url = f"ws://127.0.0.1:{port}/v1/speech-to-text/realtime"
         _, received = await asyncio.wait_for(_stream_one_elevenlabs(url, audio, 0.0, {}, {}), 30)
-    finally:
-        await runner.cleanup()
     finals = {m["utterance_id"]: m["text"] for _, m in received if m["type"] == "final"}
     partials = [m["utterance_id"] for _, m in received if m["type"] == "partial"]
     first, second = (partials.count(key) for key in finals)
@@ -221,18 +214,11 @@ async def test_gladia_posts_the_session_then_streams_to_the_url_its_answer_names
     app = web.Application()
     app.router.add_post("/v2/live", create)
     app.router.add_get("/session", session)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
     tone = (0.3 * np.sin(np.arange(6400) * 0.2)).astype(np.float32)
-    try:
+    async with serving(app) as port:
         url = f"ws://127.0.0.1:{port}/v2/live"
         headers = {"Authorization": "Bearer k"}
         _, received = await asyncio.wait_for(_stream_one_gladia(url, tone, 0.0, {}, headers), 30)
-    finally:
-        await runner.cleanup()
     [(body, key)] = posted
     assert key == "Bearer k" and body["encoding"] == "wav/pcm" and body["sample_rate"] == 16000
     assert [(m["type"], m["utterance_id"]) for _, m in received] == [

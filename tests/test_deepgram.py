@@ -36,6 +36,7 @@ from tests.helpers import (
     pcm16,
     running_daemon,
     same_words,
+    serving,
 )
 
 pytestmark = pytest.mark.timeout(180)
@@ -564,14 +565,8 @@ async def test_flux_messages_sent_side_by_side_go_out_in_sequence_id_order() -> 
 
         app = web.Application()
         app.router.add_get("/", handler)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        try:
-            async with websockets.connect(f"ws://127.0.0.1:{runner.addresses[0][1]}/", max_size=None) as ws:
-                received.extend([json.loads(message) async for message in ws])
-        finally:
-            await runner.cleanup()
+        async with serving(app) as port, websockets.connect(f"ws://127.0.0.1:{port}/", max_size=None) as ws:
+            received.extend([json.loads(message) async for message in ws])
     assert [(m["type"], m["sequence_id"]) for m in received] == [("TurnInfo", 0), ("Warning", 1)]
 
 
