@@ -31,7 +31,8 @@ on Deepgram's (`DEEPGRAM_PATHS`), AssemblyAI's `{"error","code"}` on its (`ASSEM
 ElevenLabs' `{"detail":{"status","message"}}` on its (`ELEVENLABS_PREFIX`), Cartesia's
 `{"error_code","title","message","request_id"}` on its (`CARTESIA_PATHS`), Soniox's
 `{"error_code","error_message"}` on its (`SONIOX_PATHS`), Speechmatics' `{"code","error"}` on its
-(`speechmatics_path`), Gladia's `{"statusCode","message",...}` on its (`GLADIA_PATHS`). Cartesia's
+(`speechmatics_path`), Gladia's `{"statusCode","message",...}` on its (`GLADIA_PATHS`), Mistral's
+`{"object","message","type","param","code"}` on its (`MISTRAL_PATHS`). Cartesia's
 clients send the key as `X-API-Key` or `Authorization: Bearer`, Speechmatics' as `Authorization:
 Bearer` (a browser's as `?jwt=KEY`, also taken there), both ways above.
 """
@@ -56,6 +57,7 @@ from satellite_asr.protocols import (
     deepgram_error,
     elevenlabs_error,
     gladia_error,
+    mistral_error,
     openai_error,
     soniox_error,
     speechmatics_error,
@@ -78,6 +80,8 @@ CARTESIA_PATHS = frozenset({"/stt", "/stt/websocket", "/stt/turns/websocket"})
 ELEVENLABS_KEY_HEADER = "xi-api-key"
 SONIOX_PATHS = frozenset({"/transcribe-websocket"})
 """Paths whose errors take Soniox's `{"error_code", "error_message"}` shape."""
+MISTRAL_PATHS = frozenset({"/v1/audio/transcriptions/realtime"})
+"""Mistral's realtime path, under OpenAI's prefix: its errors take Mistral's `{"object": "error", ...}` shape."""
 GLADIA_PATHS = frozenset({"/v2/live"})
 """Gladia's live API: its POST (keyed, `X-Gladia-Key`) and its session's WebSocket, whose `token`
 stands for the key (`TOKEN_PATHS`); errors take Gladia's `{"statusCode", "message", ...}` shape."""
@@ -367,9 +371,11 @@ def error_response(
 ) -> web.Response:
     """A refusal in the shape the path's clients read: OpenAI's on its paths, the project's elsewhere."""
     headers = {**(headers or {}), **({"WWW-Authenticate": 'Bearer realm="satellite-asr"'} if status == 401 else {})}
-    if path.startswith(OPENAI_PREFIXES):
+    if path in MISTRAL_PATHS:
+        body: dict[str, object] = mistral_error(status, code, message)
+    elif path.startswith(OPENAI_PREFIXES):
         kind = {401: "authentication_error", 403: "permission_error"}.get(status, "invalid_request_error")
-        body: dict[str, object] = {"error": openai_error(code, message, kind=kind)}
+        body = {"error": openai_error(code, message, kind=kind)}
     elif path in DEEPGRAM_PATHS:
         body = deepgram_error(code, message)
     elif path in ASSEMBLYAI_PATHS:

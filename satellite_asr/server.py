@@ -44,6 +44,7 @@ from satellite_asr.protocols import (
     elevenlabs,
     elevenlabs_upload,
     gladia,
+    mistral,
     openai_realtime,
     openai_rest,
     soniox,
@@ -211,6 +212,7 @@ class Daemon:
             ("GET", cartesia.PATH, streaming_apis.StreamingApiHandler(self.core, cartesia.STREAMING).handle),
             ("GET", cartesia_turns.PATH, streaming_apis.StreamingApiHandler(self.core, cartesia_turns.TURNS).handle),
             ("GET", soniox.PATH, self.soniox.handle),
+            ("GET", mistral.PATH, streaming_apis.StreamingApiHandler(self.core, mistral.REALTIME).handle),
             ("GET", speechmatics.PATH, self.speechmatics.handle),
             ("GET", speechmatics.LANGUAGE_PATH, self.speechmatics.handle),
             ("GET", speechmatics.AGENT_PATH, self.speechmatics_agent.handle),
@@ -367,6 +369,7 @@ class Daemon:
             speechmatics.PROTOCOL,
             speechmatics.AGENT_PROTOCOL,
             gladia.PROTOCOL,
+            mistral.PROTOCOL,
         )
         closing = [self.core.sessions.close_all("shutdown", protocol=protocol) for protocol in protocols]
         # no session yet: their settings have not come

@@ -208,6 +208,12 @@ def speechmatics_error(status: int, message: str) -> dict[str, Any]:
     return {"code": status, "error": echoable(message)}
 
 
+def mistral_error(status: int, code: str, message: str) -> dict[str, Any]:
+    """Mistral's HTTP error body, for a refused upgrade (in the stream its errors are `error` events);
+    `message` may hold what a client sent (`echoable`)."""
+    return {"object": "error", "message": echoable(message), "type": code, "param": None, "code": status}
+
+
 def utc_now() -> str:
     """Now as Gladia's messages date them: ISO 8601, UTC, milliseconds."""
     return datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
