@@ -1,0 +1,164 @@
+"""Mistral's realtime transcription API (`/v1/audio/transcriptions/realtime`) with the three real
+Mistral clients, against the real daemon (real Silero, real tiny.en): Mistral's SDK (`mistralai`,
+its `transcribe_stream` helper and its `RealtimeConnection`), LiveKit's `mistralai.STT` stream
+(behind its Silero VAD, whose end of speech flushes) and Pipecat's `MistralSTTService` behind its
+own Silero VAD. Each is pointed at the daemon on 127.0.0.1 by its server URL alone, with the key
+as the SDK sends it (`Authorization: Bearer`), and fed three_commands.wav at microphone pace: these
+tests are where a field the daemon leaves out or mistypes shows."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from livekit.agents import APIConnectionError
+from livekit.plugins import mistralai as lk_mistral
+from livekit.plugins import silero as lk_silero
+from mistralai.client import Mistral
+from mistralai.client.models import (
+    AudioFormat,
+    RealtimeTranscriptionError,
+    TranscriptionStreamDone,
+    TranscriptionStreamLanguage,
+    TranscriptionStreamSegmentDelta,
+    TranscriptionStreamTextDelta,
+)
+from mistralai.extra.exceptions import RealtimeTranscriptionException, RealtimeTranscriptionWSError
+from pipecat.services.mistral.stt import MistralSTTService
+
+from satellite_asr.server import Daemon
+from tests.helpers import EXPECTED, microphone_chunks, normalise, running_daemon, same_words
+from tests.livekit_events import stream_fixture
+from tests.test_pipecat import running_pipeline, speak
+
+pytestmark = pytest.mark.timeout(180)
+
+KEY = "mistral-test-key"
+FIXTURE = "three_commands.wav"
+MODEL = "voxtral-mini-transcribe-realtime-2602"
+FRAME_S = 0.1
+"""100 ms of audio a message, sent as a microphone delivers it."""
+
+
+def server_url(daemon: Daemon) -> str:
+    return f"http://127.0.0.1:{daemon.http_port}"
+
+
+def client(daemon: Daemon, api_key: str = KEY) -> Mistral:
+    return Mistral(api_key=api_key, server_url=server_url(daemon))
+
+
+async def microphone() -> AsyncIterator[bytes]:
+    for chunk in microphone_chunks(FIXTURE, FRAME_S):
+        yield chunk
+        await asyncio.sleep(FRAME_S)
+
+
+async def test_sdk_transcribe_stream_gets_deltas_segments_and_one_done() -> None:
+    """The SDK's `transcribe_stream` (which flushes and ends after the audio, and stops at the done):
+    typed deltas as the commands are heard, the language, a segment per command, then the done with
+    the whole transcript; no event left unparsed."""
+    async with running_daemon(api_key=KEY) as daemon:
+        events = [
+            event
+            async for event in client(daemon).audio.realtime.transcribe_stream(
+                microphone(), model=MODEL, audio_format=AudioFormat(encoding="pcm_s16le", sample_rate=16000)
+            )
+        ]
+    known = (TranscriptionStreamTextDelta, TranscriptionStreamLanguage, TranscriptionStreamSegmentDelta)
+    assert all(isinstance(event, known) for event in events[2:-1]), events
+    done = events[-1]
+    assert isinstance(done, TranscriptionStreamDone) and done.language == "en" and done.model == MODEL
+    assert same_words([" ".join(EXPECTED[FIXTURE])], [done.text]), done.text
+    segments = [event.text for event in events if isinstance(event, TranscriptionStreamSegmentDelta)]
+    assert same_words(EXPECTED[FIXTURE], segments) and [s.text for s in done.segments or []] == segments
+    deltas = "".join(event.text for event in events if isinstance(event, TranscriptionStreamTextDelta))
+    assert normalise(deltas) == normalise(done.text)
+
+
+async def test_sdk_connection_flush_is_a_done_per_command() -> None:
+    """The SDK's `RealtimeConnection`, flushing after each command as a client's VAD would: a done
+    per command, each with that command alone; `end_audio`, then the server's Close ends the events."""
+    chunks = microphone_chunks(FIXTURE, FRAME_S)
+    pauses = {22, 48}  # silence after the first and second commands
+    async with running_daemon(api_key=KEY) as daemon:
+        connection = await client(daemon).audio.realtime.connect(model=MODEL)
+        events: list[Any] = []
+
+        async def read() -> None:
+            async for event in connection.events():
+                events.append(event)
+
+        reading = asyncio.create_task(read())
+        for index, chunk in enumerate(chunks):
+            await connection.send_audio(chunk)
+            if index in pauses:
+                await connection.flush_audio()
+            await asyncio.sleep(FRAME_S)
+        await connection.flush_audio()
+        await connection.end_audio()
+        async with asyncio.timeout(60):
+            await reading
+    done = [event.text for event in events if isinstance(event, TranscriptionStreamDone)]
+    assert same_words(EXPECTED[FIXTURE], done), done
+    assert not [event for event in events if isinstance(event, RealtimeTranscriptionError)]
+
+
+async def test_sdk_raises_the_daemons_sentence_for_a_bad_model_and_the_401_for_a_wrong_key() -> None:
+    async with running_daemon(api_key=KEY) as daemon:
+        with pytest.raises(RealtimeTranscriptionWSError) as refused:
+            await client(daemon).audio.realtime.connect(model=" ")
+        with pytest.raises(RealtimeTranscriptionException) as wrong:
+            await client(daemon, "wrong").audio.realtime.connect(model=MODEL)
+    assert "model is required" in str(refused.value) and refused.value.code == 400
+    assert "401" in str(wrong.value)
+
+
+def livekit_stt(daemon: Daemon, api_key: str = KEY) -> lk_mistral.STT:
+    return lk_mistral.STT(client=client(daemon, api_key), model=MODEL, vad=lk_silero.VAD.load())
+
+
+async def test_livekit_stream_gets_a_final_per_command_at_its_vads_flushes() -> None:
+    """LiveKit's stream: deltas as interims, and at each end of speech of its Silero VAD a flush,
+    answered by the done: a FINAL_TRANSCRIPT per command, in English."""
+    async with running_daemon(api_key=KEY) as daemon:
+        events = await stream_fixture(livekit_stt(daemon), FIXTURE, finals=3)
+    finals = [final.text for final in events.finals() if final.text]
+    assert same_words(EXPECTED[FIXTURE], finals), finals
+    assert all(final.language == "en" for final in events.finals())
+    assert "i" in events.turns(), events.turns()
+
+
+async def test_livekit_stream_with_a_wrong_key_fails_to_connect() -> None:
+    """The upgrade's 401 reaches LiveKit as its connection error (the plugin wraps what the SDK raises)."""
+    async with running_daemon(api_key=KEY) as daemon:
+        with pytest.raises(APIConnectionError):
+            await stream_fixture(livekit_stt(daemon, "wrong"), FIXTURE, finals=1)
+
+
+def pipecat_service(daemon: Daemon, api_key: str = KEY) -> MistralSTTService:
+    return MistralSTTService(api_key=api_key, base_url=server_url(daemon))
+
+
+async def test_pipecat_service_gets_a_transcript_per_command_at_its_vads_stops() -> None:
+    """Pipecat's service flushes at each stop of its VAD: one transcript per command, deltas as interims."""
+    async with (
+        running_daemon(api_key=KEY) as daemon,
+        running_pipeline(pipecat_service(daemon)) as (worker, frames),
+    ):
+        await speak(worker, FIXTURE)
+        await frames.wait_for(finals=3)
+    assert frames.errors == []
+    assert same_words(EXPECTED[FIXTURE], frames.finals), frames.finals
+    assert frames.interims, "deltas reach Pipecat as interim transcripts"
+
+
+async def test_pipecat_service_with_a_wrong_key_gets_an_error_frame_with_the_401() -> None:
+    async with (
+        running_daemon(api_key=KEY) as daemon,
+        running_pipeline(pipecat_service(daemon, "wrong")) as (_worker, frames),
+    ):
+        await frames.wait_for(errors=1)
+    assert "401" in frames.errors[0] and frames.finals == [], frames.errors
