@@ -288,6 +288,7 @@ USER_DOCS = (
     "docs/soniox.md",
     "docs/speechmatics.md",
     "docs/gladia.md",
+    "docs/mistral.md",
     "docs/wyoming.md",
     "docs/security.md",
     "docs/browser.md",

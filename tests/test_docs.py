@@ -47,6 +47,7 @@ PROTOCOL_DOCS = {
     "protocols/soniox.py": "docs/soniox.md",
     "protocols/speechmatics.py": "docs/speechmatics.md",
     "protocols/gladia.py": "docs/gladia.md",
+    "protocols/mistral.py": "docs/mistral.md",
     "protocols/wyoming.py": "docs/wyoming.md",
     "protocols/wyoming_framing.py": "docs/wyoming.md",
 }
