@@ -217,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
             "soniox",
             "speechmatics",
             "gladia",
+            "mistral",
             "wyoming",
             "rest",
         ),
@@ -229,13 +230,14 @@ def build_parser() -> argparse.ArgumentParser:
         "soniox: /transcribe-websocket clients (Soniox's real-time API); "
         "speechmatics: /v2 clients (Speechmatics' real-time API, in English: the fixtures' language); "
         "gladia: POST /v2/live then its WebSocket (Gladia's live API); "
+        "mistral: /v1/audio/transcriptions/realtime clients (Mistral's realtime API); "
         "wyoming: Home Assistant's flow, one command per round; rest: each client uploads one recording (the "
         "manifest's files --rounds times, with silence) to /v1/audio/transcriptions at once.",
     )
     bench.add_argument(
         "--url",
         help="Benchmark a running server (ws://HOST:PORT/v1/stream, /v1/realtime, /v1/listen, /v2/listen, /v3/ws, "
-        "/v1/speech-to-text/realtime, /stt/websocket, /transcribe-websocket or /v2, "
+        "/v1/speech-to-text/realtime, /stt/websocket, /transcribe-websocket, /v2 or /v1/audio/transcriptions/realtime, "
         "tcp://HOST:PORT for wyoming (any Wyoming STT server works), http://HOST:PORT for rest) instead of "
         "starting one in-process.",
     )

@@ -437,6 +437,21 @@ async def test_bench_over_speechmatics_says_the_upgrades_401_and_the_streams_err
         assert code == 0 and "WER" in stdout, stderr
 
 
+async def test_bench_over_mistral_says_the_upgrades_401_and_takes_the_key(tmp_path: Path) -> None:
+    """`bench --protocol mistral`: a missing key is the upgrade's 401 in Mistral's body, reported
+    with its sentence and the key hint; with the key it measures the file (its segments as finals)."""
+    manifest = weather_manifest(tmp_path)
+    bench = functools.partial(bench_one_round, manifest, "mistral")
+    async with running_daemon(api_key="kitchen-key") as daemon:
+        url = f"ws://127.0.0.1:{daemon.http_port}/v1/audio/transcriptions/realtime"
+        code, stdout, stderr = await bench(url)
+        assert (code, stdout) == (1, ""), stderr
+        assert stderr.startswith(f"satellite-asr: {url}: the daemon refused the connection with HTTP 401"), stderr
+        assert "this daemon requires an API key" in stderr and "give the key with --api-key" in stderr, stderr
+        code, stdout, stderr = await bench(url, key="kitchen-key")
+        assert code == 0 and "missing finals: 0" in stdout and "WER" in stdout, stderr
+
+
 async def test_bench_over_gladia_says_the_posts_401_and_takes_the_key(tmp_path: Path) -> None:
     """Gladia's API takes the key on its POST, which `bench --protocol gladia` makes before the
     WebSocket its answer names: a missing key is that POST's 401, reported with the daemon's

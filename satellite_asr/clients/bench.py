@@ -505,6 +505,36 @@ async def _stream_one_gladia(
     return await _stream_pcm16(session_url, audio, 0.0, {}, translate, json.dumps({"type": "stop_recording"}))
 
 
+async def _stream_one_mistral(
+    url: str, audio: Audio, delay: float, config: dict[str, Any], headers: dict[str, str]
+) -> tuple[float, list[Any]]:
+    """The same over Mistral's realtime API: the model in the URL, the audio as base64
+    `input_audio.append` messages, `input_audio.end` at the end. A delta is a `partial` and a
+    `transcription.segment` (each utterance the daemon's endpointing ends) the `final` of the
+    utterance in progress (the API names none): the bench times the daemon's finals, not a client's
+    flush; an `error` is the stream's refusal (`StreamRefused`)."""
+    utterance = 0
+
+    def translate(message: dict[str, Any]) -> dict[str, Any] | None:
+        nonlocal utterance
+        kind = message["type"]
+        if kind == "error":
+            error = message["error"]
+            raise StreamRefused(f"the daemon sent error {error['code']}: {error['message']}", error["code"])
+        if kind == "transcription.text.delta":
+            return {"type": "partial", "utterance_id": utterance}
+        if kind != "transcription.segment":
+            return None
+        utterance += 1
+        return {"type": "final", "utterance_id": utterance - 1, "text": message["text"]}
+
+    def append(chunk: bytes) -> str:
+        return json.dumps({"type": "input_audio.append", "audio": base64.b64encode(chunk).decode()})
+
+    query = f"{url}?model=voxtral-mini-transcribe-realtime-2602"
+    return await _stream_pcm16(query, audio, delay, headers, translate, json.dumps({"type": "input_audio.end"}), append)
+
+
 async def _stream_pcm16(
     url: str,
     audio: Audio,
@@ -570,6 +600,7 @@ PROTOCOLS: dict[str, tuple[str, Streamer]] = {
     "soniox": ("/transcribe-websocket", _stream_one_soniox),
     "speechmatics": ("/v2", _stream_one_speechmatics),
     "gladia": ("/v2/live", _stream_one_gladia),
+    "mistral": ("/v1/audio/transcriptions/realtime", _stream_one_mistral),
 }
 """Protocol name -> (path on the daemon, client that streams one file)."""
 
