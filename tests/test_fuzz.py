@@ -33,6 +33,7 @@ from satellite_asr.protocols import (
     cartesia_turns,
     elevenlabs,
     gladia,
+    mistral,
     soniox,
     speechmatics,
 )
@@ -310,6 +311,44 @@ def test_speechmatics_start_is_accepted_or_refused_with_a_speechmatics_type(star
         assert error.code in SPEECHMATICS_TYPES and error.message
     else:
         assert config.decoder().sample_rate == config.sample_rate
+
+
+mistral_formats = (
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "encoding": st.sampled_from([*mistral.ENCODINGS, "pcm_s32le", "pcm_f16le"]) | json_values,
+            "sample_rate": st.integers(0, 100_000) | json_values,
+            "channels": json_values,
+        },
+    )
+    | json_values
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(mistral_formats)
+@example({"encoding": "pcm_s16le", "sample_rate": True})
+@example({"encoding": ["pcm_s16le"], "sample_rate": 16000})
+def test_mistral_audio_format_is_accepted_or_refused_as_invalid_audio_format(value: Any) -> None:
+    try:
+        encoding, rate = mistral.audio_format(value)
+    except ProtocolError as error:
+        assert error.code == "invalid_audio_format" and error.message
+    else:
+        assert mistral.MistralFormat("m", encoding, rate).decoder().sample_rate == rate
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["model", "api_key", "language", "x"]), st.text(max_size=8)), max_size=4))
+def test_mistral_query_is_accepted_or_refused_naming_a_parameter(pairs: list[tuple[str, str]]) -> None:
+    query = MultiDict(pairs)
+    try:
+        params = mistral.parse_query(query, CORE)
+    except ParameterError as error:
+        assert error.parameter in query or error.parameter == "model"
+    else:
+        assert query.getone("model").strip() and params.decoder().sample_rate == 16000
 
 
 GLADIA_BODY = {"encoding": "wav/pcm", "bit_depth": 16, "sample_rate": 16000, "channels": 1}
@@ -711,6 +750,60 @@ async def speechmatics_session(url: str, start: dict[str, Any], frames: list[str
         assert errors or close_code == 1009, (close_code, messages)
 
 
+mistral_sessions = st.lists(
+    listen_text
+    | listen_binary
+    | st.sampled_from(["input_audio.flush", "input_audio.end", "session.update", "input_audio.append"]).map(
+        lambda kind: json.dumps({"type": kind})
+    )
+    | st.builds(
+        lambda audio: json.dumps({"type": "input_audio.append", "audio": audio}),
+        st.binary(max_size=6400).map(lambda data: base64.b64encode(data).decode()) | json_values,
+    )
+    | st.builds(
+        lambda session: json.dumps({"type": "session.update", "session": session}),
+        st.fixed_dictionaries(
+            {}, optional={"audio_format": mistral_formats, "target_streaming_delay_ms": json_values, "x": json_values}
+        )
+        | json_values,
+    ),
+    max_size=8,
+)
+MISTRAL_TYPES = {
+    "session.created",
+    "session.updated",
+    "transcription.text.delta",
+    "transcription.language",
+    "transcription.segment",
+    "transcription.done",
+    "error",
+}
+MISTRAL_CODES = {400, 500, 503}
+
+
+def mistral_kind(frame: str | bytes) -> object:
+    """A text frame's `type`, if it is a JSON object with one."""
+    try:
+        parsed = json.loads(frame) if isinstance(frame, str) else None
+    except (ValueError, RecursionError):
+        return None
+    return parsed.get("type") if isinstance(parsed, dict) else None
+
+
+async def mistral_session(url: str, frames: list[str | bytes]) -> None:
+    """Sends the frames, then `input_audio.end`: every message is one of Mistral's, `session.created`
+    first, every error a documented code; errors never end the stream, so it ends with 1000 (or,
+    a frame over the size limit, 1009), with no more `session.updated` than updates sent."""
+    messages, close_code = await closed_stream(url, frames, json.dumps({"type": "input_audio.end"}))
+    assert {m["type"] for m in messages} <= MISTRAL_TYPES, messages
+    assert messages and messages[0]["type"] == "session.created", messages
+    errors = of_type(messages, "error")
+    assert all(e["error"]["code"] in MISTRAL_CODES and e["error"]["message"] for e in errors), messages
+    assert close_code in (1000, 1009), (close_code, messages)
+    updates = [mistral_kind(frame) for frame in frames].count("session.update")
+    assert len(of_type(messages, "session.updated")) <= updates, messages
+
+
 gladia_sessions = st.lists(
     listen_text
     | listen_binary
@@ -882,6 +975,15 @@ async def test_random_sessions_on_every_streaming_protocol_leave_the_daemon_and_
             start = {**SPEECHMATICS_START, "transcription_config": {"language": "en", "enable_partials": True}}
             asyncio.run_coroutine_threadsafe(speechmatics_session(speechmatics_url, start, frames), loop).result(60)
 
+        mistral_url = f"ws://127.0.0.1:{daemon.http_port}{mistral.PATH}?model=voxtral-mini-transcribe-realtime-2602"
+
+        @settings(max_examples=100, deadline=None)
+        @given(mistral_sessions)
+        @example(['{"type": "input_audio.flush"}', '{"type": "session.update", "session": {"x": null}}'])
+        @example([b"\x00" * 3201])
+        def mistral_fuzz(frames: list[str | bytes]) -> None:
+            asyncio.run_coroutine_threadsafe(mistral_session(mistral_url, frames), loop).result(60)
+
         @settings(max_examples=100, deadline=None)
         @given(gladia_sessions)
         @example(['{"type": "audio_chunk", "data": {"chunk": ""}}', b"\x00"])
@@ -903,6 +1005,7 @@ async def test_random_sessions_on_every_streaming_protocol_leave_the_daemon_and_
         await loop.run_in_executor(None, soniox_fuzz)
         await loop.run_in_executor(None, speechmatics_fuzz)
         await loop.run_in_executor(None, gladia_fuzz)
+        await loop.run_in_executor(None, mistral_fuzz)
         await loop.run_in_executor(None, wyoming_fuzz)
         stop.set()
         await beside

@@ -293,13 +293,13 @@ def audio_format(value: object) -> tuple[str, int]:
     if not isinstance(value, dict) or set(value) - {"encoding", "sample_rate"}:
         raise ProtocolError("invalid_audio_format", "audio_format is {encoding, sample_rate}")
     encoding, rate = value.get("encoding"), value.get("sample_rate")
-    if encoding not in ENCODINGS:
+    if not isinstance(encoding, str) or encoding not in ENCODINGS:
         raise ProtocolError("invalid_audio_format", f"audio_format.encoding must be one of {', '.join(ENCODINGS)}")
     if not isinstance(rate, int) or not number_within(rate, MIN_RATE, MAX_RATE, True):
         raise ProtocolError(
             "invalid_audio_format", f"audio_format.sample_rate must be a whole number from {MIN_RATE} to {MAX_RATE}"
         )
-    return str(encoding), rate
+    return encoding, rate
 
 
 async def refuse_parameters(
