@@ -16,7 +16,8 @@ In order:
 3. With an API key set, the request must carry it: `Authorization: Bearer KEY` (or `Token KEY`,
    as Deepgram's clients send it), `X-API-Key: KEY`, a WebSocket subprotocol
    `satellite-asr.key.KEY` (what a browser can send), `?api_key=KEY`, `xi-api-key: KEY` (as
-   ElevenLabs' clients send it), `X-Gladia-Key: KEY` (Gladia's), or else the key alone in
+   ElevenLabs' clients send it), `X-Gladia-Key: KEY` (Gladia's), `Ocp-Apim-Subscription-Key: KEY`
+   (Azure AI Speech's), or else the key alone in
    `Authorization`, as AssemblyAI's clients send it. On `IN_BAND_KEY_PATHS` (Soniox's, whose
    clients may send the key in the stream's first message instead) the handler checks the key once
    that message has come (`check_key`), and refuses in the API's own message. On `TOKEN_PATHS`
@@ -32,7 +33,8 @@ ElevenLabs' `{"detail":{"status","message"}}` on its (`ELEVENLABS_PREFIX`), Cart
 `{"error_code","title","message","request_id"}` on its (`CARTESIA_PATHS`), Soniox's
 `{"error_code","error_message"}` on its (`SONIOX_PATHS`), Speechmatics' `{"code","error"}` on its
 (`speechmatics_path`), Gladia's `{"statusCode","message",...}` on its (`GLADIA_PATHS`), Mistral's
-`{"object","message","type","param","code"}` on its (`MISTRAL_PATHS`). Cartesia's
+`{"object","message","type","param","code"}` on its (`MISTRAL_PATHS`), Azure AI Speech's
+`{"error":{"code","message"}}` on its (`AZURE_PATHS`). Cartesia's
 clients send the key as `X-API-Key` or `Authorization: Bearer`, Speechmatics' as `Authorization:
 Bearer` (a browser's as `?jwt=KEY`, also taken there), both ways above.
 """
@@ -53,6 +55,7 @@ from aiohttp.typedefs import Handler
 from satellite_asr.config import ConfigError, Settings
 from satellite_asr.protocols import (
     assemblyai_error,
+    azure_error,
     cartesia_error,
     deepgram_error,
     elevenlabs_error,
@@ -86,6 +89,16 @@ GLADIA_PATHS = frozenset({"/v2/live"})
 """Gladia's live API: its POST (keyed, `X-Gladia-Key`) and its session's WebSocket, whose `token`
 stands for the key (`TOKEN_PATHS`); errors take Gladia's `{"statusCode", "message", ...}` shape."""
 GLADIA_KEY_HEADER = "X-Gladia-Key"
+AZURE_PATHS = frozenset(
+    {
+        "/speech/recognition/interactive/cognitiveservices/v1",
+        "/speech/recognition/conversation/cognitiveservices/v1",
+        "/speech/recognition/dictation/cognitiveservices/v1",
+        "/speech/universal/v2",
+    }
+)
+"""Azure AI Speech's real-time paths, whose errors take its `{"error": {"code", "message"}}` shape."""
+AZURE_KEY_HEADER = "Ocp-Apim-Subscription-Key"
 TOKEN_PATHS = GLADIA_PATHS
 """Paths whose WebSocket (a GET with a `token` query) is authenticated by the token a keyed POST
 issued: the handler checks it; the client does not send the key again."""
@@ -337,6 +350,8 @@ def presented_key(request: web.Request) -> str | None:
         return request.headers["X-API-Key"].strip()
     if GLADIA_KEY_HEADER in request.headers:
         return request.headers[GLADIA_KEY_HEADER].strip()
+    if AZURE_KEY_HEADER in request.headers:
+        return request.headers[AZURE_KEY_HEADER].strip()
     for protocol in request.headers.get("Sec-WebSocket-Protocol", "").split(","):
         if protocol.strip().startswith(KEY_SUBPROTOCOL_PREFIX):
             return protocol.strip()[len(KEY_SUBPROTOCOL_PREFIX) :]
@@ -390,6 +405,8 @@ def error_response(
         body = speechmatics_error(status, message)
     elif path in GLADIA_PATHS:
         body = gladia_error(path, status, message)
+    elif path in AZURE_PATHS:
+        body = azure_error(status, message)
     else:
         body = {"type": "error", "code": code, "message": message}
     return web.json_response(body, status=status, headers=headers)

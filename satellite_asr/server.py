@@ -35,6 +35,7 @@ from satellite_asr.limits import (
 )
 from satellite_asr.protocols import (
     assemblyai,
+    azure,
     cartesia,
     cartesia_batch,
     cartesia_turns,
@@ -171,6 +172,7 @@ class Daemon:
         self.speechmatics = streaming_apis.StreamingApiHandler(self.core, speechmatics.REALTIME)
         self.speechmatics_agent = streaming_apis.StreamingApiHandler(self.core, speechmatics.AGENT)
         self.gladia = gladia.GladiaHandler(self.core)
+        self.azure = streaming_apis.StreamingApiHandler(self.core, azure.USP)
         self.http_connections = ConnectionLimit(
             "HTTP",
             settings.max_http_connections,
@@ -218,6 +220,7 @@ class Daemon:
             ("GET", speechmatics.AGENT_PATH, self.speechmatics_agent.handle),
             ("POST", gladia.PATH, self.gladia.create),
             ("GET", gladia.PATH, self.gladia.streams.handle),
+            *(("GET", path, self.azure.handle) for path in azure.PATHS),
             ("GET", "/health", self._health),
             ("GET", "/metrics", self._metrics),
             ("GET", "/", self._index),
@@ -370,11 +373,13 @@ class Daemon:
             speechmatics.AGENT_PROTOCOL,
             gladia.PROTOCOL,
             mistral.PROTOCOL,
+            azure.PROTOCOL,
         )
         closing = [self.core.sessions.close_all("shutdown", protocol=protocol) for protocol in protocols]
         # no session yet: their settings have not come
         closing += [
-            handler.close_awaiting("shutdown") for handler in (self.soniox, self.speechmatics, self.speechmatics_agent)
+            handler.close_awaiting("shutdown")
+            for handler in (self.soniox, self.speechmatics, self.speechmatics_agent, self.azure)
         ]
         await asyncio.gather(self._close_wyoming(), self._close_websockets(), *closing)
         await self.core.sessions.close_all("shutdown")

@@ -1,0 +1,433 @@
+"""Azure AI Speech's real-time speech-to-text protocol, USP (docs/azure.md): wire messages <-> `Session`
+calls, so that Microsoft's Speech SDK (and LiveKit's and Pipecat's Azure plugins, built on it) reach
+the daemon by its host alone.
+
+USP frames every message with HTTP-like headers: a text message is `Name:value` lines, a blank line
+and a JSON body; an audio message is binary, a 2-byte big-endian header length, the headers, the
+audio. The client sends `speech.config` and `speech.context` (its phrase list), then the turn's
+audio under one `X-RequestId`, the first chunk a WAV header giving the format, an empty chunk
+ending it. The session opens with that first chunk and `turn.start` answers. Each utterance is
+`speech.startDetected`, `speech.hypothesis` partials, `speech.endDetected` and one `speech.phrase`
+(offsets in 100-ns ticks); `turn.end` ends the turn. On the interactive path (the SDK's
+`recognize_once`) the first phrase with words ends the turn; on the conversation and dictation paths
+(continuous recognition) every utterance is a phrase until the audio ends. USP has no error message:
+a refusal is the Close, 1007 with a sentence for what the client sent (the SDK reports it as
+`BadRequest` with the sentence), 1011 for the server's side, after the finals of the audio before it.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from aiohttp import WSCloseCode, WSMessage, WSMsgType, web
+from multidict import MultiMapping
+
+from satellite_asr.access import AZURE_PATHS
+from satellite_asr.audio import PcmDecoder
+from satellite_asr.core import Core
+from satellite_asr.events import FinalTranscript, SessionError, SessionEvent
+from satellite_asr.limits import write_within
+from satellite_asr.protocols import (
+    WEBSOCKET_ENDS,
+    FirstMessageWait,
+    ProtocolError,
+    ReadAhead,
+    accepted,
+    client_gone,
+    echoable,
+)
+from satellite_asr.protocols.iso639 import engine_language
+from satellite_asr.protocols.streaming_apis import (
+    Api,
+    Control,
+    InOrderConnection,
+    ParameterError,
+    StreamParams,
+    check_names,
+    confidence,
+    replacing_terms,
+)
+from satellite_asr.session import SessionOptions
+
+PROTOCOL = "azure"
+INTERACTIVE_PATH = "/speech/recognition/interactive/cognitiveservices/v1"
+"""The SDK's `recognize_once`: one phrase, then `turn.end`."""
+PATHS = tuple(sorted(AZURE_PATHS))
+"""With the interactive path, continuous recognition's: the SDK's conversation and dictation paths,
+and `/speech/universal/v2`, the one a `SpeechConfig(endpoint=...)` of Azure's current form names."""
+QUERY = {"language", "format", "profanity", "initialSilenceTimeoutMs", "endSilenceTimeoutMs", "storeAudio"}
+"""The query the SDK sends: `language` and `format` are used, the rest checked and not applied."""
+FORMATS = {"simple", "detailed"}
+PROFANITY = {"masked", "removed", "raw"}
+REFUSED_QUERY = {"cid": "custom speech models", "lidEnabled": "language identification"}
+WAV_FORMATS = {(1, 16): "s16le", (3, 32): "f32le", (6, 8): "pcma", (7, 8): "pcmu"}
+"""A WAV header's format tag and bits per sample, as the daemon's encodings."""
+TICKS_PER_SECOND = 10_000_000
+"""USP's offsets and durations are in 100-ns ticks."""
+CLIENT_PATHS = {"speech.config", "speech.context", "telemetry"}
+"""The text messages a client sends (`audio` is binary)."""
+SERVER_SIDE = {"shutdown", "server_busy", "engine_error"}
+"""The errors that are the server's, closed with 1011; every other is the client's, closed with 1007."""
+MAX_REASON_BYTES = 123
+"""The most a Close's reason may hold (RFC 6455)."""
+
+
+@dataclass(frozen=True)
+class UrlSettings:
+    """What the query sets."""
+
+    language: str | None
+    detailed: bool
+
+
+def url_settings(query: MultiMapping[str], core: Core) -> UrlSettings:
+    """The query checked: `ParameterError` for what the stream cannot start with."""
+    check_names(query, QUERY | set(REFUSED_QUERY), set())
+    for name, feature in REFUSED_QUERY.items():
+        if name in query:
+            raise ParameterError(name, f"this server does not do {feature}; leave {name} out")
+    output = query.get("format", "simple").lower()
+    if output not in FORMATS:
+        raise ParameterError("format", f"format must be simple or detailed, got {echoable(output)!r}")
+    if query.get("profanity", "masked").lower() not in PROFANITY:
+        raise ParameterError("profanity", "profanity must be masked, removed or raw")
+    for name in ("initialSilenceTimeoutMs", "endSilenceTimeoutMs"):
+        if not query.get(name, "0").isdecimal():
+            raise ParameterError(name, f"{name} must be a whole number of milliseconds")
+    try:
+        language = engine_language(core, query.get("language"), "language")
+    except ProtocolError as exc:
+        raise ParameterError("language", exc.message) from None
+    return UrlSettings(language, output == "detailed")
+
+
+def parse_query(query: MultiMapping[str], core: Core) -> StreamParams | None:
+    """None: the audio's format comes in its first chunk, the phrase list in `speech.context`."""
+    url_settings(query, core)
+    return None
+
+
+@dataclass(frozen=True)
+class AzureParams:
+    """The stream's settings once its first audio has come."""
+
+    encoding: str
+    sample_rate: int
+    language: str | None
+    terms: tuple[str, ...]
+
+    def decoder(self) -> PcmDecoder:
+        return PcmDecoder(self.encoding, self.sample_rate)
+
+    def session_options(self, core: Core) -> SessionOptions:
+        return SessionOptions.from_settings(core.settings, partials=True, language=self.language, terms=self.terms)
+
+
+@dataclass(frozen=True)
+class UspMessage:
+    """A client message: its headers (names lowercased) and its body."""
+
+    headers: dict[str, str]
+    body: bytes
+
+    @property
+    def path(self) -> str:
+        return self.headers.get("path", "")
+
+
+def usp_headers(text: str) -> dict[str, str]:
+    headers = {}
+    for line in text.split("\r\n"):
+        name, colon, value = line.partition(":")
+        if line and not colon:
+            raise ProtocolError("invalid_message", f"the header line {echoable(line[:40])!r} has no ':'")
+        if line:
+            headers[name.strip().lower()] = value.strip()
+    return headers
+
+
+def parse_message(message: WSMessage) -> UspMessage:
+    """A USP message's headers and body, or `ProtocolError` `invalid_message`."""
+    if message.type == WSMsgType.TEXT:
+        head, blank, body = message.data.partition("\r\n\r\n")
+        if not blank:
+            raise ProtocolError("invalid_message", "a text message is headers, a blank line, then the body")
+        return UspMessage(usp_headers(head), body.encode("utf-8", "surrogatepass"))
+    data = message.data
+    if len(data) < 2 or 2 + int.from_bytes(data[:2], "big") > len(data):
+        raise ProtocolError("invalid_message", "a binary message is a 2-byte header length, the headers, the audio")
+    length = int.from_bytes(data[:2], "big")
+    try:
+        head = data[2 : 2 + length].decode("ascii")
+    except UnicodeDecodeError:
+        raise ProtocolError("invalid_message", "a binary message's headers must be ASCII") from None
+    return UspMessage(usp_headers(head), data[2 + length :])
+
+
+def wav_format(header: bytes) -> tuple[str, int, bytes]:
+    """A WAV header's encoding and rate, and the audio after it; `ProtocolError` `invalid_audio`
+    for a header this server cannot read or a format it does not take (one channel, PCM or G.711)."""
+    if header[8:12] != b"WAVE":
+        raise ProtocolError("invalid_audio", "the first audio chunk's RIFF header is not WAVE")
+    at, found = 12, None
+    while at + 8 <= len(header):
+        kind, size = header[at : at + 4], int.from_bytes(header[at + 4 : at + 8], "little")
+        if kind == b"fmt " and size >= 16 and at + 24 <= len(header):
+            found = struct.unpack("<HHIIHH", header[at + 8 : at + 24])
+        if kind == b"data":
+            break
+        at += 8 + size + size % 2
+    if found is None or at + 8 > len(header):
+        raise ProtocolError("invalid_audio", "the first audio chunk's WAV header has no fmt and data chunks")
+    tag, channels, rate, _, _, bits = found
+    encoding = WAV_FORMATS.get((tag, bits))
+    if encoding is None or channels != 1:
+        raise ProtocolError(
+            "invalid_audio",
+            f"this server takes one channel of 16-bit PCM, 32-bit float or G.711; the WAV header gives "
+            f"format {tag}, {bits} bits, {channels} channels",
+        )
+    return encoding, rate, header[at + 8 :]
+
+
+def phrase_list(context: object, core: Core) -> tuple[str, ...]:
+    """`speech.context`'s phrase list (`dgi.Groups[].Items[].Text`, generic groups only) as terms."""
+    if not isinstance(context, dict):
+        raise ProtocolError("invalid_message", "speech.context's body must be a JSON object")
+    dgi = context.get("dgi")
+    if dgi is None:
+        return ()
+    groups = dgi.get("Groups", []) if isinstance(dgi, dict) else None
+    if not isinstance(groups, list) or not all(isinstance(group, dict) for group in groups):
+        raise ProtocolError("invalid_message", "speech.context's dgi.Groups must be a list of objects")
+    texts: list[object] = []
+    for group in groups:
+        if group.get("Type", "Generic") != "Generic":
+            raise ProtocolError("invalid_message", "this server takes phrase lists only (dgi groups of Type Generic)")
+        items = group.get("Items", [])
+        if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
+            raise ProtocolError("invalid_message", "a dgi group's Items must be a list of objects")
+        texts.extend(item.get("Text") for item in items)
+    try:
+        return replacing_terms(core, texts, "dgi")
+    except ProtocolError as exc:
+        raise ProtocolError("invalid_message", exc.message) from None
+
+
+def ends_stream(message: WSMessage) -> bool:
+    """An audio message with no audio: the end of the turn's audio, whose finals are still wanted."""
+    if message.type != WSMsgType.BINARY:
+        return False
+    try:
+        return parse_message(message).body == b""
+    except ProtocolError:
+        return False
+
+
+def ticks(seconds: float) -> int:
+    return round(seconds * TICKS_PER_SECOND)
+
+
+class AzureConnection(InOrderConnection):
+    """A client of USP: its configuration, context and audio; each utterance's hypotheses and phrase."""
+
+    protocol: ClassVar[str] = PROTOCOL
+    invalid_message = "invalid_message"
+    errors_end_stream = True
+
+    def __init__(
+        self,
+        ws: web.WebSocketResponse,
+        core: Core,
+        request: web.Request,
+        reading: ReadAhead,
+        params: StreamParams | None,
+    ) -> None:
+        super().__init__(ws, core, request, reading, params)
+        self.url = url_settings(request.query, core)
+        self.single_shot = request.path == INTERACTIVE_PATH
+        self.terms: tuple[str, ...] = ()
+        self.turn_id = ""
+        """The `X-RequestId` of the turn, from its first audio."""
+        self.started: set[int] = set()
+        """The utterances whose `speech.startDetected` was sent."""
+        self.lost: set[int] = set()
+        """The utterances the engine failed to decode: their phrase is `NoMatch`."""
+        self.phrases = 0
+
+    async def send_usp(self, path: str, body: dict[str, Any]) -> None:
+        """A USP text message; raises `SlowClient` (a `ConnectionError`) and drops a client that does not read."""
+        headers = f"X-RequestId:{self.turn_id}\r\nPath:{path}\r\nContent-Type:application/json; charset=utf-8"
+        if not self.ws.closed:
+            text = f"{headers}\r\n\r\n{json.dumps(body)}"
+            await write_within(self.ws.send_str(text), self.core.settings.write_timeout_s, self.transport)
+
+    async def read_settings(self, message: WSMessage) -> None:
+        """The messages before the first audio (`speech.config`, `speech.context`, `telemetry`), each
+        within `first_message_timeout_s`; the session opens with the audio's first chunk."""
+        waiting: WSMessage | None = message
+        while waiting is not None and waiting.type not in WEBSOCKET_ENDS:
+            usp = parse_message(waiting)
+            if waiting.type == WSMsgType.BINARY:
+                await self.first_audio(usp)
+                return
+            self.before_audio(usp)
+            timer = FirstMessageWait(self.reading, self.core.settings.first_message_timeout_s)
+            waiting = await timer.receive()
+            if waiting is None:
+                raise ProtocolError("timeout", timer.expired("audio"))
+        self.finished = True
+
+    def before_audio(self, usp: UspMessage) -> None:
+        """A text message before the audio: the phrase list taken from `speech.context`."""
+        if usp.path not in CLIENT_PATHS:
+            raise ProtocolError(
+                "invalid_message",
+                f"unknown Path {echoable(usp.path)!r}; expected speech.config, speech.context or audio",
+            )
+        if usp.path == "speech.context":
+            try:
+                context = json.loads(usp.body)
+            except ValueError:
+                raise ProtocolError("invalid_message", "speech.context's body is not JSON") from None
+            self.terms = phrase_list(context, self.core)
+
+    async def first_audio(self, usp: UspMessage) -> None:
+        """The turn's first audio: its format from the WAV header (none: 16 kHz 16-bit PCM), the session opened."""
+        if usp.path != "audio":
+            raise ProtocolError("invalid_message", f"a binary message must be Path:audio, not {echoable(usp.path)!r}")
+        self.turn_id = usp.headers.get("x-requestid", self.request_id)
+        encoding, rate, audio = "s16le", 16000, usp.body
+        if audio.startswith(b"RIFF"):
+            encoding, rate, audio = wav_format(audio)
+        self.params = AzureParams(encoding, rate, self.url.language, self.terms)
+        try:
+            self.open_session()
+        except ValueError as exc:  # the decoder's refusal of the rate
+            raise ProtocolError("invalid_audio", f"the WAV header's format cannot be taken: {exc}") from None
+        await self.opened()
+        if audio:
+            await super().on_binary(audio)
+        elif not usp.body:
+            await self.end()
+
+    async def opened(self) -> None:
+        await self.send_usp("turn.start", {"context": {"serviceTag": self.request_id}})
+
+    async def on_binary(self, data: bytes) -> None:
+        usp = parse_message(WSMessage(WSMsgType.BINARY, data, None))
+        if usp.path != "audio":
+            raise ProtocolError("invalid_message", f"a binary message must be Path:audio, not {echoable(usp.path)!r}")
+        if usp.body:
+            await super().on_binary(usp.body)
+        else:
+            await self.end()
+
+    async def control(self, data: str) -> None:
+        """A text message after the audio began: telemetry is taken, anything else refused."""
+        usp = parse_message(WSMessage(WSMsgType.TEXT, data, None))
+        if usp.path not in CLIENT_PATHS:
+            raise ProtocolError("invalid_message", f"unknown Path {echoable(usp.path)!r}; expected telemetry or audio")
+        if usp.path != "telemetry":
+            raise ProtocolError("invalid_message", f"{usp.path} comes before the turn's audio, not during it")
+
+    def controls(self) -> dict[str, Control]:
+        return {}
+
+    async def emit(self, event: SessionEvent) -> None:
+        if isinstance(event, SessionError) and event.code == "engine_error" and event.utterance_id is not None:
+            self.lost.add(event.utterance_id)  # counted by the session; its final says NoMatch
+            return
+        await super().emit(event)
+
+    async def start_detected(self, utterance_id: int, start: float) -> None:
+        if utterance_id not in self.started:
+            self.started.add(utterance_id)
+            await self.send_usp("speech.startDetected", {"Offset": ticks(start)})
+
+    async def partial(self, utterance_id: int, text: str) -> None:
+        start = self.pending.starts.get(utterance_id, self.seconds)
+        await self.start_detected(utterance_id, start)
+        span = {"Offset": ticks(start), "Duration": ticks(max(0.0, self.seconds - start))}
+        await self.send_usp("speech.hypothesis", {"Text": text, **span})
+
+    async def final(self, event: FinalTranscript) -> None:
+        """The utterance's phrase, when it has words, takes back a hypothesis, or the engine failed on
+        it (`NoMatch`); on the interactive path the first phrase with words ends the turn."""
+        shown = self.pending.final(event.utterance_id)
+        text = event.text.strip()
+        lost = event.utterance_id in self.lost
+        self.lost.discard(event.utterance_id)
+        if text or shown or lost:
+            await self.start_detected(event.utterance_id, event.start)
+            await self.send_usp("speech.endDetected", {"Offset": ticks(event.end)})
+            await self.send_usp("speech.phrase", self.phrase(text, event.start, event.end, confidence(event)))
+        self.started.discard(event.utterance_id)
+        if text and self.single_shot:
+            self.failed = True  # the turn is over: nothing more is sent
+            await self.send_usp("turn.end", {})
+            await self.close(WSCloseCode.OK)
+            return
+        await self.release_held()
+
+    def phrase(self, text: str, start: float, end: float, sureness: float) -> dict[str, Any]:
+        """`speech.phrase`: `DisplayText`, or with `format=detailed` an `NBest` of one."""
+        self.phrases += 1
+        span = {"Offset": ticks(start), "Duration": ticks(max(0.0, end - start))}
+        if not text:
+            return {"RecognitionStatus": "NoMatch", **span}
+        if not self.url.detailed:
+            return {"RecognitionStatus": "Success", "DisplayText": text, **span}
+        lexical = " ".join(word.strip(".,?!;:").lower() for word in text.split())
+        best = {"Confidence": sureness, "Lexical": lexical, "ITN": lexical, "MaskedITN": lexical, "Display": text}
+        return {"RecognitionStatus": "Success", **span, "DisplayText": text, "NBest": [best]}
+
+    async def closing(self) -> None:
+        """The end of the audio: on the interactive path with no phrase, `NoMatch`; then `turn.end`."""
+        if self.failed:
+            return
+        if self.single_shot and self.phrases == 0:
+            await self.send_usp("speech.phrase", self.phrase("", 0.0, self.seconds, 0.0))
+        await self.send_usp("turn.end", {})
+
+    async def close_by_server(self, reason: str) -> None:
+        """Idle timeout or shutdown, once the finals are sent: the Close with its sentence."""
+        self.finished = True
+        message = {
+            "idle_timeout": f"no speech was heard for {self.core.settings.idle_timeout_s:g} s (idle_timeout_s)",
+            "shutdown": "the server is shutting down; start a new session",
+        }.get(reason, reason)
+        await self.error(reason, message, counted=True)
+
+    async def error(self, code: str, message: str, *, fatal: bool = False, counted: bool = False) -> None:
+        """USP has no error message: the Close, 1011 for the server's side, else 1007, its reason
+        the code and the sentence (cut to the Close's 123 bytes)."""
+        if not counted:
+            self.core.metrics.errors.labels(code).inc()
+        self.finished = self.failed = True
+        close = WSCloseCode.INTERNAL_ERROR if code in SERVER_SIDE else WSCloseCode.INVALID_TEXT
+        await self.close(close, close_reason(code, message))
+
+
+def close_reason(code: str, message: str) -> str:
+    reason = f"{code}: {echoable(message)}".encode()
+    return reason[:MAX_REASON_BYTES].decode("utf-8", "ignore")
+
+
+async def refuse_parameters(
+    core: Core, request: web.Request, ws: web.WebSocketResponse, exc: ParameterError
+) -> web.StreamResponse:
+    """A bad query refused after the upgrade, so that the SDK shows the sentence: the Close, 1007."""
+    if not await accepted(ws, request):
+        return client_gone()
+    reading = ReadAhead(ws, core.settings, request.transport, ends_stream)
+    await reading.close(WSCloseCode.INVALID_TEXT, close_reason("invalid_query_parameter", f"{exc.parameter}: {exc}"))
+    return ws
+
+
+USP = Api(
+    INTERACTIVE_PATH, "Azure AI Speech's real-time API", parse_query, AzureConnection, ends_stream, refuse_parameters
+)
