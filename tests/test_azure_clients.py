@@ -6,13 +6,22 @@ and pointed at the daemon by its host or endpoint alone, the key in `Ocp-Apim-Su
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
+from typing import Any
 
 import azure.cognitiveservices.speech as speechsdk
 import pytest
+from livekit.agents import APIError
+from livekit.agents import stt as lk_stt
+from livekit.plugins import azure as lk_azure  # installed by scripts/bootstrap.sh (pyproject.toml)
+from pipecat.services.azure.stt import AzureSTTService
 
 from satellite_asr.server import Daemon
+from tests.doubles import ContextRecordingEngineDouble, FailsOnAWordEngineDouble
 from tests.helpers import EXPECTED, FIXTURES, normalise, running_daemon, same_words
+from tests.livekit_events import stream_fixture
+from tests.test_pipecat import running_pipeline, speak
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -55,7 +64,7 @@ def continuous(
 async def test_sdk_recognize_once_returns_the_first_command() -> None:
     async with running_daemon(api_key=KEY) as daemon:
         result = await asyncio.to_thread(recognizer(daemon, "lights_on.wav").recognize_once)
-    assert result.reason == speechsdk.ResultReason.RecognizedSpeech, result.cancellation_details
+    assert result.reason == speechsdk.ResultReason.RecognizedSpeech, result.cancellation_details.error_details
     assert normalise(result.text) == normalise(EXPECTED["lights_on.wav"][0])
 
 
@@ -73,3 +82,71 @@ async def test_sdk_wrong_key_is_cancelled_with_the_authentication_failure() -> N
     assert result.reason == speechsdk.ResultReason.Canceled
     details = result.cancellation_details
     assert details.code == speechsdk.CancellationErrorCode.AuthenticationFailure, details.error_details
+
+
+async def test_sdk_detailed_format_gives_nbest_and_a_phrase_list_reaches_the_engine() -> None:
+    """`OutputFormat.Detailed` asks for `format=detailed`: the result's JSON holds an `NBest`; the
+    SDK's phrase list (`speech.context`'s `dgi`) is the session's terms."""
+    engine = ContextRecordingEngineDouble()
+    async with running_daemon(engine, api_key=KEY) as daemon:
+        once = recognizer(daemon, "lights_on.wav", detailed=True)
+        speechsdk.PhraseListGrammar.from_recognizer(once).addPhrase("Ziggy lamp")
+        result = await asyncio.to_thread(once.recognize_once)
+    assert result.reason == speechsdk.ResultReason.RecognizedSpeech, result.cancellation_details.error_details
+    best = json.loads(result.json)["NBest"][0]
+    assert best["Display"] == result.text and best["Lexical"]
+    assert any("Ziggy lamp" in terms for terms in engine.names), engine.names
+
+
+def livekit_stt(daemon: Daemon, key: str = KEY, **options: Any) -> Any:
+    return lk_azure.STT(speech_host=host(daemon), speech_key=key, language="en-US", **options)
+
+
+async def test_livekit_stream_gets_interims_and_a_final_per_command() -> None:
+    async with running_daemon(api_key=KEY) as daemon:
+        events = await stream_fixture(livekit_stt(daemon), FIXTURE, finals=3)
+    finals = [final.text for final in events.finals() if final.text]
+    assert same_words(EXPECTED[FIXTURE], finals), finals
+    assert events.of(lk_stt.SpeechEventType.INTERIM_TRANSCRIPT)
+
+
+async def test_livekit_stream_outlives_a_failed_decode() -> None:
+    """The engine fails the first command's decode: its phrase is NoMatch, which LiveKit skips, and
+    the next commands' finals come."""
+    async with running_daemon(FailsOnAWordEngineDouble("bedroom"), api_key=KEY) as daemon:
+        events = await stream_fixture(livekit_stt(daemon), FIXTURE, finals=2)
+    finals = [normalise(final.text) for final in events.finals() if final.text]
+    assert "what time is it" in finals and "open the garage door" in finals, finals
+
+
+async def test_livekit_stream_fails_on_a_wrong_key() -> None:
+    async with running_daemon(api_key=KEY) as daemon:
+        with pytest.raises(APIError):
+            await stream_fixture(livekit_stt(daemon, key="wrong"), FIXTURE, finals=1)
+
+
+def pipecat_service(daemon: Daemon, key: str = KEY) -> AzureSTTService:
+    endpoint = f"{host(daemon)}/speech/recognition/conversation/cognitiveservices/v1"
+    return AzureSTTService(api_key=key, private_endpoint=endpoint)
+
+
+async def test_pipecat_service_transcribes_each_command() -> None:
+    async with (
+        running_daemon(api_key=KEY) as daemon,
+        running_pipeline(pipecat_service(daemon)) as (worker, frames),
+    ):
+        await speak(worker, FIXTURE)
+        await frames.wait_for(finals=3)
+    assert frames.errors == []
+    assert same_words(EXPECTED[FIXTURE], frames.finals), frames.finals
+    assert frames.interims, "speech.hypothesis reaches Pipecat as interim transcripts"
+
+
+async def test_pipecat_service_with_a_wrong_key_reports_it() -> None:
+    async with (
+        running_daemon(api_key=KEY) as daemon,
+        running_pipeline(pipecat_service(daemon, "wrong")) as (worker, frames),
+    ):
+        await speak(worker, "lights_on.wav")
+        await frames.wait_for(errors=1)
+    assert frames.finals == [] and "401" in frames.errors[0], frames.errors

@@ -46,6 +46,7 @@ from satellite_asr.protocols.streaming_apis import (
     InOrderConnection,
     ParameterError,
     StreamParams,
+    boolean_parameter,
     check_names,
     confidence,
     replacing_terms,
@@ -58,8 +59,19 @@ INTERACTIVE_PATH = "/speech/recognition/interactive/cognitiveservices/v1"
 PATHS = tuple(sorted(AZURE_PATHS))
 """With the interactive path, continuous recognition's: the SDK's conversation and dictation paths,
 and `/speech/universal/v2`, the one a `SpeechConfig(endpoint=...)` of Azure's current form names."""
-QUERY = {"language", "format", "profanity", "initialSilenceTimeoutMs", "endSilenceTimeoutMs", "storeAudio"}
-"""The query the SDK sends: `language` and `format` are used, the rest checked and not applied."""
+QUERY = {
+    "language",
+    "format",
+    "profanity",
+    "initialSilenceTimeoutMs",
+    "endSilenceTimeoutMs",
+    "storeAudio",
+    "wordLevelConfidence",
+    "wordLevelTimestamps",
+}
+"""The query the SDK sends: `language` and `format` are used, the rest checked and not applied
+(the SDK asks for `wordLevelTimestamps` with the detailed format; `NBest` has no `Words`: the
+engine gives no word timings)."""
 FORMATS = {"simple", "detailed"}
 PROFANITY = {"masked", "removed", "raw"}
 REFUSED_QUERY = {"cid": "custom speech models", "lidEnabled": "language identification"}
@@ -94,6 +106,8 @@ def url_settings(query: MultiMapping[str], core: Core) -> UrlSettings:
         raise ParameterError("format", f"format must be simple or detailed, got {echoable(output)!r}")
     if query.get("profanity", "masked").lower() not in PROFANITY:
         raise ParameterError("profanity", "profanity must be masked, removed or raw")
+    for name in ("storeAudio", "wordLevelConfidence", "wordLevelTimestamps"):
+        boolean_parameter(query, name, False)
     for name in ("initialSilenceTimeoutMs", "endSilenceTimeoutMs"):
         if not query.get(name, "0").isdecimal():
             raise ParameterError(name, f"{name} must be a whole number of milliseconds")

@@ -510,6 +510,8 @@ class Api:
     """Whether a message ends the stream: what the client sent before its Close is still wanted then."""
     refuse_parameters: ParametersRefused
     """How a bad query is answered: before the upgrade, or (as AssemblyAI does) after it, in band."""
+    subprotocol: str = SUBPROTOCOL
+    """The WebSocket subprotocol answered: the daemon's, or the API's own (Azure's `USP`)."""
 
     @property
     def protocol(self) -> str:
@@ -540,7 +542,7 @@ class StreamingApiHandler:
         await asyncio.gather(*closing, return_exceptions=True)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        ws = read_ahead_response(MAX_MESSAGE_BYTES + 1, SUBPROTOCOL)
+        ws = read_ahead_response(MAX_MESSAGE_BYTES + 1, self.api.subprotocol)
         if not ws.can_prepare(request).ok:
             message = f"this endpoint speaks {self.api.name} over WebSocket; connect a WebSocket client"
             upgrade = {"Upgrade": "websocket", "Connection": "Upgrade"}
