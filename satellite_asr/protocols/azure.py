@@ -332,9 +332,16 @@ class AzureConnection(InOrderConnection):
         await self.send_usp("turn.start", {"context": {"serviceTag": self.request_id}})
 
     async def on_binary(self, data: bytes) -> None:
-        usp = parse_message(WSMessage(WSMsgType.BINARY, data, None))
-        if usp.path != "audio":
-            raise ProtocolError("invalid_message", f"a binary message must be Path:audio, not {echoable(usp.path)!r}")
+        """Audio; a message that is not, refused after the phrases of the audio before it."""
+        try:
+            usp = parse_message(WSMessage(WSMsgType.BINARY, data, None))
+            if usp.path != "audio":
+                raise ProtocolError(
+                    "invalid_message", f"a binary message must be Path:audio, not {echoable(usp.path)!r}"
+                )
+        except ProtocolError:
+            await self.finish_audio()
+            raise
         if usp.body:
             await super().on_binary(usp.body)
         else:

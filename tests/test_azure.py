@@ -1,0 +1,378 @@
+"""Azure AI Speech's real-time protocol (USP) end to end: real daemon, real Silero, real tiny.en, a raw
+WebSocket client for every message and for input no SDK would send."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import struct
+from typing import Any
+
+import aiohttp
+import numpy as np
+import pytest
+import websockets
+
+from satellite_asr.server import Daemon
+from tests.doubles import ContextRecordingEngineDouble, FailsOnAWordEngineDouble, FirstFinalGatedEngineDouble
+from tests.helpers import EXPECTED, PCM_FRAME_BYTES, fixture_16k, normalise, pcm16, running_daemon, same_words
+
+pytestmark = pytest.mark.timeout(180)
+
+Message = tuple[dict[str, str], dict[str, Any]]
+"""A server message: its headers and its JSON body."""
+FIXTURE = "three_commands.wav"
+INTERACTIVE = "/speech/recognition/interactive/cognitiveservices/v1"
+CONVERSATION = "/speech/recognition/conversation/cognitiveservices/v1"
+REQUEST_ID = "0123456789abcdef0123456789abcdef"
+CONFIG = {"context": {"system": {"name": "SpeechSDK"}, "audio": {"source": {"type": "File"}}}}
+CONTEXT = {"phraseDetection": {"language": "en-us"}, "audio": {"streams": {"1": None}}}
+
+
+def url(daemon: Daemon, path: str = CONVERSATION, query: str = "language=en-US") -> str:
+    return f"ws://127.0.0.1:{daemon.http_port}{path}{'?' + query if query else ''}"
+
+
+def text(path: str, body: dict[str, Any] | str) -> str:
+    payload = body if isinstance(body, str) else json.dumps(body)
+    return f"Path:{path}\r\nX-RequestId:{REQUEST_ID}\r\nContent-Type:application/json\r\n\r\n{payload}"
+
+
+def audio_message(chunk: bytes, path: str = "audio") -> bytes:
+    headers = f"Path:{path}\r\nX-RequestId:{REQUEST_ID}\r\nX-StreamId:1\r\n".encode()
+    return len(headers).to_bytes(2, "big") + headers + chunk
+
+
+def wav_header(rate: int = 16000, tag: int = 1, bits: int = 16, channels: int = 1) -> bytes:
+    """A streaming WAV header as the SDK sends it: sizes 0."""
+    block = channels * bits // 8
+    fmt = struct.pack("<HHIIHH", tag, channels, rate, rate * block, block, bits)
+    return b"RIFF\0\0\0\0WAVEfmt " + len(fmt).to_bytes(4, "little") + fmt + b"data\0\0\0\0"
+
+
+def audio(rate: int = 16000) -> bytes:
+    return pcm16(fixture_16k(FIXTURE), rate)
+
+
+def parse(message: str) -> Message:
+    head, _, body = message.partition("\r\n\r\n")
+    headers = dict(line.split(":", 1) for line in head.split("\r\n"))
+    return headers, json.loads(body)
+
+
+async def stream(
+    target: str,
+    data: bytes = b"",
+    *after: str | bytes,
+    header: bytes | None = wav_header(),
+    before: tuple[str | bytes, ...] = (text("speech.config", CONFIG), text("speech.context", CONTEXT)),
+    headers: dict[str, str] | None = None,
+    frame: int = PCM_FRAME_BYTES,
+) -> tuple[list[Message], int | None, str]:
+    """`before`, the WAV header, `data` in 100 ms audio messages, the `after` messages (by default
+    the empty audio message that ends the turn); every message until the Close, its code and reason."""
+    async with websockets.connect(target, additional_headers=headers, subprotocols=["USP"]) as ws:
+        reader = asyncio.create_task(read_all(ws))
+        for message in (*before, *([] if header is None else [audio_message(header)])):
+            with contextlib.suppress(websockets.ConnectionClosed):
+                await ws.send(message)
+        for offset in range(0, len(data), frame):
+            with contextlib.suppress(websockets.ConnectionClosed):
+                await ws.send(audio_message(data[offset : offset + frame]))
+        for message in after or (audio_message(b""),):
+            with contextlib.suppress(websockets.ConnectionClosed):
+                await ws.send(message)
+        messages = await reader
+    return messages, ws.close_code, ws.close_reason or ""
+
+
+async def read_all(ws: websockets.ClientConnection) -> list[Message]:
+    messages = []
+    with contextlib.suppress(websockets.ConnectionClosedError):
+        async for message in ws:
+            assert isinstance(message, str), "the server sends text messages only"
+            messages.append(parse(message))
+    return messages
+
+
+def paths(messages: list[Message]) -> list[str]:
+    return [headers["Path"] for headers, _ in messages]
+
+
+def phrases(messages: list[Message], status: str = "Success") -> list[str]:
+    return [
+        body.get("DisplayText", "")
+        for headers, body in messages
+        if headers["Path"] == "speech.phrase" and body["RecognitionStatus"] == status
+    ]
+
+
+async def test_continuous_every_message_in_order() -> None:
+    """turn.start; per command speech.startDetected, hypotheses, speech.endDetected, one phrase
+    (offsets in 100-ns ticks, in order); turn.end last, then a normal Close; every message names the
+    turn's request."""
+    async with running_daemon() as daemon:
+        messages, code, _ = await stream(url(daemon), audio())
+    assert code == 1000
+    assert paths(messages)[0] == "turn.start" and paths(messages)[-1] == "turn.end"
+    assert all(headers["X-RequestId"] == REQUEST_ID for headers, _ in messages)
+    said = phrases(messages)
+    assert len(said) == 3 and same_words(EXPECTED[FIXTURE], said), said
+    per_utterance = [p for p in paths(messages)[1:-1] if p != "speech.hypothesis"]
+    assert per_utterance == ["speech.startDetected", "speech.endDetected", "speech.phrase"] * 3, per_utterance
+    finals = [body for headers, body in messages if headers["Path"] == "speech.phrase"]
+    assert all(body["Duration"] > 0 for body in finals)
+    assert [body["Offset"] for body in finals] == sorted(body["Offset"] for body in finals)
+    assert finals[-1]["Offset"] > 10_000_000, "ticks: the last command starts seconds in"
+
+
+async def test_interactive_is_one_phrase_then_turn_end() -> None:
+    """The interactive path (recognize_once): the first command's phrase, turn.end, the Close,
+    whatever audio follows."""
+    async with running_daemon() as daemon:
+        messages, code, _ = await stream(url(daemon, INTERACTIVE), audio())
+    assert phrases(messages) == phrases(messages)[:1] and len(phrases(messages)) == 1, messages
+    assert normalise(phrases(messages)[0]) == normalise(EXPECTED[FIXTURE][0])
+    assert paths(messages)[-2:] == ["speech.phrase", "turn.end"] and code == 1000
+
+
+async def test_interactive_with_no_speech_is_no_match() -> None:
+    async with running_daemon() as daemon:
+        messages, code, _ = await stream(url(daemon, INTERACTIVE), bytes(32000))
+    assert paths(messages) == ["turn.start", "speech.phrase", "turn.end"] and code == 1000
+    assert messages[1][1]["RecognitionStatus"] == "NoMatch"
+
+
+async def test_detailed_format_gives_nbest() -> None:
+    async with running_daemon() as daemon:
+        messages, _, _ = await stream(url(daemon, query="language=en-US&format=detailed"), audio())
+    finals = [body for headers, body in messages if headers["Path"] == "speech.phrase"]
+    assert len(finals) == 3
+    for body in finals:
+        [best] = body["NBest"]
+        assert best["Display"] == body["DisplayText"] and 0 <= best["Confidence"] <= 1
+        assert best["Lexical"] == normalise(best["Display"]), best
+
+
+def f32(rate: int) -> bytes:
+    samples = np.frombuffer(audio(rate), dtype="<i2").astype("<f4") / 32768
+    return samples.tobytes()
+
+
+@pytest.mark.parametrize(
+    ("header", "data"),
+    [
+        (wav_header(8000), audio(8000)),
+        (wav_header(48000), audio(48000)),
+        (wav_header(16000, tag=3, bits=32), f32(16000)),
+        (None, audio()),  # no header: 16 kHz 16-bit mono, Azure's default
+    ],
+    ids=["s16-8k", "s16-48k", "f32-16k", "no-header"],
+)
+async def test_the_wav_headers_format_is_the_streams(header: bytes | None, data: bytes) -> None:
+    async with running_daemon() as daemon:
+        messages, code, reason = await stream(url(daemon), data, header=header)
+    assert code == 1000, reason
+    assert same_words(EXPECTED[FIXTURE], phrases(messages)), phrases(messages)
+
+
+async def test_phrase_list_reaches_the_engine() -> None:
+    context = {**CONTEXT, "dgi": {"Groups": [{"Type": "Generic", "Items": [{"Text": "Ziggy lamp"}, {"Text": " "}]}]}}
+    engine = ContextRecordingEngineDouble()
+    async with running_daemon(engine) as daemon:
+        _, code, _ = await stream(url(daemon), audio()[:32000], before=(text("speech.context", context),))
+    assert code == 1000 and engine.names[0] == ("Ziggy lamp",)
+
+
+@pytest.mark.parametrize(
+    ("before", "header", "words"),
+    [
+        (("Path:speech.config\r\n{}",), wav_header(), "invalid_message: a text message is headers, a blank line"),
+        ((text("speech.event", {}),), wav_header(), "invalid_message: unknown Path 'speech.event'"),
+        ((text("speech.context", "{"),), wav_header(), "speech.context's body is not JSON"),
+        ((text("speech.context", {"dgi": {"Groups": [{"Type": "People"}]}}),), wav_header(), "phrase lists only"),
+        ((text("speech.context", {"dgi": {"Groups": [{"Items": [{"Text": 3}]}]}}),), wav_header(), "list of texts"),
+        ((b"\x00",), wav_header(), "a 2-byte header length"),
+        ((audio_message(b"", path="video"),), wav_header(), "must be Path:audio, not 'video'"),
+        ((), wav_header(channels=2), "invalid_audio: this server takes one channel"),
+        ((), wav_header(bits=8), "format 1, 8 bits"),
+        ((), wav_header(rate=4000), "invalid_audio: the WAV header's format cannot be taken"),
+        ((), b"RIFF\0\0\0\0AVI ", "is not WAVE"),
+        ((), b"RIFF\0\0\0\0WAVEdata", "no fmt and data chunks"),
+    ],
+)
+async def test_refused_before_the_audio(before: tuple[str | bytes, ...], header: bytes, words: str) -> None:
+    """What the client sends before its audio, refused: the Close 1007 (the SDK's BadRequest) with
+    the code and the sentence as its reason; nothing else is sent."""
+    async with running_daemon() as daemon:
+        messages, code, reason = await stream(url(daemon), audio()[:3200], before=before, header=header)
+    assert code == 1007 and words in reason, reason
+    assert [p for p in paths(messages) if p != "turn.start"] == [], messages
+
+
+@pytest.mark.parametrize(
+    ("message", "words"),
+    [
+        (text("speech.context", CONTEXT), "speech.context comes before the turn's audio"),
+        (text("speech.event", {}), "unknown Path 'speech.event'"),
+        (audio_message(b"\x01"), "invalid_audio: 1 bytes is not a whole number of s16le frames"),
+        (audio_message(b"", path="video"), "must be Path:audio, not 'video'"),
+        (b"\xff\xff", "a 2-byte header length"),
+    ],
+)
+async def test_refused_message_keeps_the_audio_before_it(message: str | bytes, words: str) -> None:
+    """A bad message after the audio: the phrases of the audio before it, then the Close 1007."""
+    async with running_daemon() as daemon:
+        messages, code, reason = await stream(url(daemon), audio(), message)
+    assert len(phrases(messages)) == 3, messages
+    assert code == 1007 and words in reason, reason
+
+
+async def test_telemetry_during_the_audio_is_taken() -> None:
+    async with running_daemon() as daemon:
+        data = audio()
+        half = len(data) // 2 // PCM_FRAME_BYTES * PCM_FRAME_BYTES
+        messages, code, _ = await stream(
+            url(daemon),
+            data[:half],
+            text("telemetry", {"Metrics": []}),
+            *(audio_message(data[at : at + PCM_FRAME_BYTES]) for at in range(half, len(data), PCM_FRAME_BYTES)),
+            audio_message(b""),
+        )
+    assert code == 1000 and same_words(EXPECTED[FIXTURE], phrases(messages))
+
+
+async def test_engine_failure_is_no_match_and_the_next_phrases_come() -> None:
+    async with running_daemon(FailsOnAWordEngineDouble("bedroom")) as daemon:
+        messages, code, _ = await stream(url(daemon), audio())
+    assert len(phrases(messages, "NoMatch")) == 1 and len(phrases(messages)) == 2, messages
+    assert code == 1000 and paths(messages)[-1] == "turn.end"
+
+
+async def test_next_hypothesis_waits_for_the_phrase_before_it() -> None:
+    """With two decodes at once, the next command's messages come after the phrase before it."""
+    engine = FirstFinalGatedEngineDouble()
+    async with running_daemon(engine) as daemon, websockets.connect(url(daemon)) as ws:
+        for message in (text("speech.context", CONTEXT), audio_message(wav_header())):
+            await ws.send(message)
+        data = audio()
+        for offset in range(0, len(data), PCM_FRAME_BYTES):
+            await ws.send(audio_message(data[offset : offset + PCM_FRAME_BYTES]))
+            await asyncio.sleep(0.1)
+        engine.gate.set()
+        await ws.send(audio_message(b""))
+        messages = await read_all(ws)
+    first_phrase = paths(messages).index("speech.phrase")
+    hypotheses = [
+        (at, body["Text"]) for at, (headers, body) in enumerate(messages) if headers["Path"] == "speech.hypothesis"
+    ]
+    assert hypotheses, "paced, the commands' hypotheses come"
+    early = [said for at, said in hypotheses if at < first_phrase]
+    assert not any({"what", "time"} & set(normalise(said).split()) for said in early), early
+    per_utterance = [p for p in paths(messages)[1:-1] if p != "speech.hypothesis"]
+    assert per_utterance == ["speech.startDetected", "speech.endDetected", "speech.phrase"] * 3, per_utterance
+
+
+KEY = "azure-key"
+
+
+async def test_the_key_by_header_or_bearer_and_refusals_in_azures_shape() -> None:
+    """`Ocp-Apim-Subscription-Key` (the SDK's) and `Authorization: Bearer` both reach the API; no key
+    or a wrong one: 401 with Azure's body at the upgrade; a bad query: the Close 1007 with its sentence."""
+    async with running_daemon(api_key=KEY) as daemon:
+        for headers in ({"Ocp-Apim-Subscription-Key": KEY}, {"Authorization": f"Bearer {KEY}"}):
+            messages, code, _ = await stream(url(daemon), headers=headers)
+            assert paths(messages) == ["turn.start", "turn.end"] and code == 1000
+        async with aiohttp.ClientSession() as http:
+            for headers in ({}, {"Ocp-Apim-Subscription-Key": "wrong"}):
+                async with http.get(url(daemon).replace("ws", "http", 1), headers=headers) as response:
+                    assert response.status == 401
+                    body = await response.json()
+                    assert body["error"]["code"] == "401" and "key" in body["error"]["message"]
+        keyed = {"Ocp-Apim-Subscription-Key": KEY}
+        for query, words in [
+            ("language=en-US&colour=blue", "colour: unknown query parameter 'colour'"),
+            ("language=tlh", "language: 'tlh' is not one of the languages"),
+            ("format=verbose", "format must be simple or detailed"),
+            ("cid=my-model", "custom speech models"),
+            ("profanity=loud", "profanity must be masked, removed or raw"),
+            ("initialSilenceTimeoutMs=soon", "whole number of milliseconds"),
+            ("storeAudio=maybe", "storeAudio must be true or false"),
+        ]:
+            messages, code, reason = await stream(url(daemon, query=query), headers=keyed)
+            assert messages == [] and code == 1007, (query, reason)
+            assert reason.startswith("invalid_query_parameter: ") and words in reason, reason
+
+
+async def test_plain_get_is_426_in_azures_shape() -> None:
+    async with running_daemon() as daemon, aiohttp.ClientSession() as http:
+        response = await http.get(url(daemon).replace("ws", "http", 1))
+        assert response.status == 426 and (await response.json())["error"]["code"] == "426"
+
+
+async def test_no_audio_in_time_is_a_timeout() -> None:
+    """Nothing at all, or the configuration and no audio, within first_message_timeout_s: 1007 timeout."""
+    async with (
+        running_daemon(first_message_timeout_s=1) as daemon,
+        websockets.connect(url(daemon)) as silent,
+        websockets.connect(url(daemon)) as configured,
+    ):
+        await configured.send(text("speech.config", CONFIG))
+        assert await read_all(silent) == [] and await read_all(configured) == []
+    assert silent.close_code == configured.close_code == 1007
+    assert str(silent.close_reason).startswith("timeout: no configuration within 1 s")
+    assert str(configured.close_reason).startswith("timeout: no audio within 1 s")
+
+
+async def test_idle_timeout_after_the_phrases() -> None:
+    async with running_daemon(idle_timeout_s=2) as daemon, websockets.connect(url(daemon)) as ws:
+        await ws.send(audio_message(wav_header()))
+        data = audio()
+        for offset in range(0, len(data), PCM_FRAME_BYTES):
+            await ws.send(audio_message(data[offset : offset + PCM_FRAME_BYTES]))
+        messages = await read_all(ws)
+    assert same_words(EXPECTED[FIXTURE], phrases(messages)), messages
+    assert ws.close_code == 1007 and str(ws.close_reason).startswith("idle_timeout: no speech was heard for 2 s")
+
+
+async def test_server_busy_is_1011_and_the_open_session_goes_on() -> None:
+    async with (
+        running_daemon(max_sessions=1, wyoming_reserved_sessions=0) as daemon,
+        websockets.connect(url(daemon)) as first,
+    ):
+        await first.send(audio_message(wav_header()))
+        assert paths([parse(str(await first.recv()))]) == ["turn.start"]
+        refused, code, reason = await stream(url(daemon, INTERACTIVE))
+        data = audio()
+        for offset in range(0, len(data), PCM_FRAME_BYTES):
+            await first.send(audio_message(data[offset : offset + PCM_FRAME_BYTES]))
+        await first.send(audio_message(b""))
+        messages = await read_all(first)
+    assert refused == [] and code == 1011 and reason.startswith("server_busy: "), reason
+    assert same_words(EXPECTED[FIXTURE], phrases(messages)) and paths(messages)[-1] == "turn.end"
+
+
+async def test_shutdown_sends_the_phrase_in_progress_then_1011() -> None:
+    """Shutdown: the phrase of the audio that came, then the Close 1011 with the sentence; a client
+    still to send its audio is closed too."""
+    data = audio()
+    async with (
+        running_daemon() as daemon,
+        websockets.connect(url(daemon)) as ws,
+        websockets.connect(url(daemon)) as waiting,
+    ):
+        await waiting.send(text("speech.config", CONFIG))
+        await ws.send(audio_message(wav_header()))
+        await ws.send(audio_message(data[: len(data) // 4]))
+        await asyncio.sleep(0.5)
+        stopping = asyncio.create_task(daemon.stop())
+        messages, idle = await read_all(ws), await read_all(waiting)
+        await stopping
+    assert phrases(messages) and idle == []
+    assert ws.close_code == waiting.close_code == 1011
+    assert (
+        str(ws.close_reason)
+        == str(waiting.close_reason)
+        == "shutdown: the server is shutting down; start a new session"
+    )
