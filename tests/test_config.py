@@ -289,6 +289,7 @@ USER_DOCS = (
     "docs/speechmatics.md",
     "docs/gladia.md",
     "docs/mistral.md",
+    "docs/azure.md",
     "docs/wyoming.md",
     "docs/security.md",
     "docs/browser.md",

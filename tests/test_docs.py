@@ -48,6 +48,7 @@ PROTOCOL_DOCS = {
     "protocols/speechmatics.py": "docs/speechmatics.md",
     "protocols/gladia.py": "docs/gladia.md",
     "protocols/mistral.py": "docs/mistral.md",
+    "protocols/azure.py": "docs/azure.md",
     "protocols/wyoming.py": "docs/wyoming.md",
     "protocols/wyoming_framing.py": "docs/wyoming.md",
 }
