@@ -218,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
             "speechmatics",
             "gladia",
             "mistral",
+            "azure",
             "wyoming",
             "rest",
         ),
@@ -231,6 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
         "speechmatics: /v2 clients (Speechmatics' real-time API, in English: the fixtures' language); "
         "gladia: POST /v2/live then its WebSocket (Gladia's live API); "
         "mistral: /v1/audio/transcriptions/realtime clients (Mistral's realtime API); "
+        "azure: /speech/recognition/conversation/cognitiveservices/v1 clients (Azure AI Speech's real-time API, USP); "
         "wyoming: Home Assistant's flow, one command per round; rest: each client uploads one recording (the "
         "manifest's files --rounds times, with silence) to /v1/audio/transcriptions at once.",
     )

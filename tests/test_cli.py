@@ -469,6 +469,25 @@ async def test_bench_over_gladia_says_the_posts_401_and_takes_the_key(tmp_path: 
         assert code == 0 and "WER" in stdout, stderr
 
 
+async def test_bench_over_azure_says_the_upgrades_401_and_the_streams_close(tmp_path: Path) -> None:
+    """`bench --protocol azure`: a missing key is the upgrade's 401 in Azure's body, reported with the
+    key hint; the stream's refusal (USP's Close, here for a query parameter) by its code and reason;
+    with the key it measures the file."""
+    manifest = weather_manifest(tmp_path)
+    bench = functools.partial(bench_one_round, manifest, "azure")
+    async with running_daemon(api_key="kitchen-key") as daemon:
+        url = f"ws://127.0.0.1:{daemon.http_port}/speech/recognition/conversation/cognitiveservices/v1"
+        code, stdout, stderr = await bench(url)
+        assert (code, stdout) == (1, ""), stderr
+        assert stderr.startswith(f"satellite-asr: {url}: the daemon refused the connection with HTTP 401"), stderr
+        assert "this daemon requires an API key" in stderr and "give the key with --api-key" in stderr, stderr
+        code, _, stderr = await bench(f"{url}?format=verbose", key="kitchen-key")
+        assert code == 1 and "Close 1007: invalid_query_parameter: format: format must be simple or detailed" in stderr, stderr
+        assert "Traceback" not in stderr, stderr
+        code, stdout, stderr = await bench(url, key="kitchen-key")
+        assert code == 0 and "WER" in stdout, stderr
+
+
 @pytest.mark.parametrize("url", ["notaurl", "http://127.0.0.1:10301/v1/stream"])
 def test_stream_refuses_a_url_that_is_not_websocket(url: str) -> None:
     result = run_cli("stream", str(FIXTURES / "weather.wav"), "--url", url)

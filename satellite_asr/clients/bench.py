@@ -22,6 +22,7 @@ import json
 import re
 import statistics
 import time
+import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -533,6 +534,45 @@ async def _stream_one_mistral(
 
     query = f"{url}?model=voxtral-mini-transcribe-realtime-2602"
     return await _stream_pcm16(query, audio, delay, headers, translate, json.dumps({"type": "input_audio.end"}), append)
+async def _stream_one_azure(
+    url: str, audio: Audio, delay: float, config: dict[str, Any], headers: dict[str, str]
+) -> tuple[float, list[Any]]:
+    """The same over Azure AI Speech's real-time protocol (USP, continuous recognition): each 100 ms
+    an audio message (no WAV header: 16 kHz 16-bit PCM), an empty one at the end. `speech.hypothesis`
+    is a `partial` and `speech.phrase` (with text) the `final` of the utterance in progress (USP names
+    none). USP refuses with the Close alone: a Close other than 1000 is the stream's refusal
+    (`StreamRefused`)."""
+    import websockets
+
+    utterance, request = 0, uuid.uuid4().hex
+
+    def translate(message: dict[str, Any]) -> dict[str, Any] | None:
+        nonlocal utterance
+        if message["Path"] == "speech.hypothesis":
+            return {"type": "partial", "utterance_id": utterance}
+        text = message.get("DisplayText", "").strip() if message["Path"] == "speech.phrase" else ""
+        if not text:
+            return None
+        utterance += 1
+        return {"type": "final", "utterance_id": utterance - 1, "text": text}
+
+    def audio_message(chunk: bytes) -> bytes:
+        head = f"Path:audio\r\nX-RequestId:{request}\r\nContent-Type:audio/x-wav\r\n".encode()
+        return len(head).to_bytes(2, "big") + head + chunk
+
+    try:
+        return await _stream_pcm16(url, audio, delay, headers, translate, audio_message(b""), audio_message, parse=usp)
+    except websockets.ConnectionClosedError as exc:
+        if exc.rcvd is None:
+            raise
+        raise StreamRefused(f"the daemon ended the stream with Close {exc.rcvd.code}: {exc.rcvd.reason}") from None
+
+
+def usp(raw: str | bytes) -> dict[str, Any]:
+    """A USP text message as one object: its `Path` header beside its JSON body's fields."""
+    head, _, body = str(raw).partition("\r\n\r\n")
+    path = next(line.split(":", 1)[1] for line in head.split("\r\n") if line.lower().startswith("path:"))
+    return {"Path": path, **json.loads(body)}
 
 
 async def _stream_pcm16(
@@ -545,10 +585,11 @@ async def _stream_pcm16(
     frame: Callable[[bytes], str | bytes] = bytes,
     finals: int | None = None,
     first: str | None = None,
+    parse: Callable[[str | bytes], dict[str, Any]] = json.loads,
 ) -> tuple[float, list[Any]]:
     """16 kHz 16-bit PCM at real-time pace to one of the hosted APIs (`url` with its query), after
     its `first` message if it takes its settings there (Soniox's, Speechmatics'), each 100 ms as `frame` makes it a
-    message, then its `end` message; each message the server sends as `translate` makes it (None:
+    message, then its `end` message; each message the server sends, read by `parse`, as `translate` makes it (None:
     left out), until the server closes, or with `finals` until that many finals came (or 10 s after
     `end`)."""
     import websockets
@@ -562,7 +603,7 @@ async def _stream_pcm16(
 
         async def receive() -> None:
             async for raw in ws:
-                translated = translate(json.loads(raw))
+                translated = translate(parse(raw))
                 if translated is not None:
                     received.append((time.monotonic(), translated))
                     if finals is not None and sum(m["type"] == "final" for _, m in received) >= finals:
@@ -572,13 +613,15 @@ async def _stream_pcm16(
             await ws.send(first)
         receiver = asyncio.create_task(receive())
         origin = time.monotonic()
-        for index, offset in enumerate(range(0, len(pcm), step)):
-            await asyncio.sleep(max(0.0, origin + (index + 1) * FRAME_SECONDS - time.monotonic()))
-            if receiver.done():  # the server ended the stream (a refusal): its reason is the receiver's
-                break
-            await ws.send(frame(pcm[offset : offset + step]))
-        else:
-            await ws.send(end)
+        # the server ended the stream (a refusal, or USP's Close): its reason is the receiver's
+        with contextlib.suppress(websockets.ConnectionClosed):
+            for index, offset in enumerate(range(0, len(pcm), step)):
+                await asyncio.sleep(max(0.0, origin + (index + 1) * FRAME_SECONDS - time.monotonic()))
+                if receiver.done():
+                    break
+                await ws.send(frame(pcm[offset : offset + step]))
+            else:
+                await ws.send(end)
         if finals is None:
             await receiver
         else:
@@ -601,6 +644,7 @@ PROTOCOLS: dict[str, tuple[str, Streamer]] = {
     "speechmatics": ("/v2", _stream_one_speechmatics),
     "gladia": ("/v2/live", _stream_one_gladia),
     "mistral": ("/v1/audio/transcriptions/realtime", _stream_one_mistral),
+    "azure": ("/speech/recognition/conversation/cognitiveservices/v1", _stream_one_azure),
 }
 """Protocol name -> (path on the daemon, client that streams one file)."""
 
