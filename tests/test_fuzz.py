@@ -9,6 +9,7 @@ import base64
 import contextlib
 import json
 import logging
+import struct
 from typing import Any
 
 import aiohttp
@@ -29,6 +30,7 @@ from satellite_asr.core import Core
 from satellite_asr.protocols import (
     ProtocolError,
     assemblyai,
+    azure,
     cartesia,
     cartesia_turns,
     elevenlabs,
@@ -349,6 +351,87 @@ def test_mistral_query_is_accepted_or_refused_naming_a_parameter(pairs: list[tup
         assert error.parameter in query or error.parameter == "model"
     else:
         assert query.getone("model").strip() and params.decoder().sample_rate == 16000
+
+
+def usp_text(path: str, body: str) -> str:
+    return f"Path:{path}\r\nX-RequestId:0123456789abcdef\r\n\r\n{body}"
+
+
+def usp_binary(headers: str, body: bytes) -> bytes:
+    head = headers.encode()
+    return len(head).to_bytes(2, "big") + head + body
+
+
+def wav(tag: int, channels: int, rate: int, bits: int, tail: bytes) -> bytes:
+    fmt = struct.pack("<HHIIHH", tag, channels, rate, rate * channels * bits // 8 % 2**32, channels * bits // 8, bits)
+    return b"RIFF\0\0\0\0WAVEfmt " + len(fmt).to_bytes(4, "little") + fmt + b"data\0\0\0\0" + tail
+
+
+usp_paths = st.sampled_from(["speech.config", "speech.context", "telemetry", "audio", "speech.event"]) | st.text(
+    max_size=8
+)
+azure_contexts = json_values | st.builds(
+    lambda groups: {"dgi": {"Groups": groups}},
+    st.lists(
+        st.fixed_dictionaries(
+            {},
+            optional={
+                "Type": st.sampled_from(["Generic", "People"]) | json_values,
+                "Items": st.lists(st.fixed_dictionaries({"Text": st.text(max_size=12) | json_values})) | json_values,
+            },
+        )
+        | json_values,
+        max_size=3,
+    )
+    | json_values,
+)
+wav_headers = st.builds(
+    wav,
+    st.sampled_from([1, 3, 6, 7, 2]),
+    st.integers(0, 3),
+    st.sampled_from([4000, 8000, 16000, 48000, 96000]) | st.integers(0, 2**32 - 1),
+    st.sampled_from([8, 16, 24, 32]),
+    st.binary(max_size=8),
+) | st.binary(max_size=60).map(lambda data: b"RIFF" + data)
+azure_texts = st.builds(
+    usp_text, usp_paths, st.text(max_size=30) | azure_contexts.map(json.dumps) | nested_json
+) | st.text(max_size=60)
+azure_binaries = st.builds(
+    usp_binary, st.builds(lambda path: f"Path:{path}\r\n", usp_paths), st.binary(max_size=3000) | wav_headers
+) | st.binary(max_size=40)
+AZURE_CODES = {"invalid_message", "invalid_audio"}
+
+
+@settings(max_examples=400, deadline=None)
+@given(azure_texts | azure_binaries, azure_contexts, wav_headers)
+@example(usp_text("speech.context", DEEP), {"dgi": {"Groups": [{"Items": [{"Text": 5}]}]}}, b"RIFF")
+@example(b"\xff\xff", {"dgi": []}, wav(1, 1, 0, 16, b""))
+def test_azure_messages_are_read_or_refused_as_documented(data: str | bytes, context: Any, header: bytes) -> None:
+    """A USP message's framing, `speech.context`'s phrase list and a WAV header: each read, or refused
+    with one of the codes docs/azure.md gives (a ProtocolError, never another exception)."""
+    kind = WSMsgType.TEXT if isinstance(data, str) else WSMsgType.BINARY
+    with contextlib.suppress(ProtocolError):
+        assert isinstance(azure.parse_message(WSMessage(kind, data, None)).headers, dict)
+    for read in (lambda: azure.phrase_list(context, CORE), lambda: azure.wav_format(header)):
+        try:
+            read()
+        except ProtocolError as error:
+            assert error.code in AZURE_CODES and error.message
+
+
+azure_names = st.sampled_from(sorted(azure.QUERY | set(azure.REFUSED_QUERY))) | st.text(max_size=6)
+azure_values = st.sampled_from(["en-US", "de", "detailed", "simple", "true", "false", "raw", "500", "-1"]) | st.text(
+    max_size=6
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.tuples(azure_names, azure_values), max_size=6))
+def test_azure_query_is_accepted_or_refused_naming_a_parameter(pairs: list[tuple[str, str]]) -> None:
+    try:
+        azure.url_settings(MultiDict(pairs), CORE)
+    except ParameterError as error:
+        assert error.parameter in {name for name, _ in pairs} and str(error)
 
 
 GLADIA_BODY = {"encoding": "wav/pcm", "bit_depth": 16, "sample_rate": 16000, "channels": 1}
@@ -840,6 +923,49 @@ async def gladia_session(port: int, frames: list[str | bytes]) -> None:
         assert close_code == 1009, (close_code, messages)
 
 
+azure_sessions = st.lists(
+    azure_texts | azure_binaries | listen_binary.map(lambda data: usp_binary("Path:audio\r\n", data)), max_size=8
+)
+
+
+async def azure_session(url: str, frames: list[str | bytes]) -> None:
+    """A WAV header, the frames, then the empty audio message: every message is a USP text message
+    of one of the server's paths; the stream ends with `turn.end` and 1000, or (a refusal) the Close
+    1007 or 1011 whose reason is one of the documented codes and a sentence, or (a frame over the
+    size limit) 1009."""
+    paths: list[str] = []
+    async with websockets.connect(url, max_size=None) as ws:
+        with contextlib.suppress(ConnectionClosed):
+            for frame in [
+                usp_binary("Path:audio\r\n", wav(1, 1, 16000, 16, b"")),
+                *frames,
+                usp_binary("Path:audio\r\n", b""),
+            ]:
+                await ws.send(frame)
+        with contextlib.suppress(ConnectionClosed):
+            async for raw in ws:
+                assert isinstance(raw, str)
+                paths.append(azure.parse_message(WSMessage(WSMsgType.TEXT, raw, None)).path)
+    assert set(paths) <= AZURE_PATHS, paths
+    if ws.close_code == 1000:
+        assert paths[-1] == "turn.end", paths
+    elif ws.close_code in (1007, 1011):
+        code, _, sentence = str(ws.close_reason).partition(": ")
+        assert code in AZURE_CODES | {"server_busy", "engine_error", "timeout"} and sentence, ws.close_reason
+    else:
+        assert ws.close_code == 1009, (ws.close_code, ws.close_reason, paths)
+
+
+AZURE_PATHS = {
+    "turn.start",
+    "speech.startDetected",
+    "speech.hypothesis",
+    "speech.endDetected",
+    "speech.phrase",
+    "turn.end",
+}
+
+
 wyoming_events = st.one_of(
     st.builds(
         Event,
@@ -991,6 +1117,15 @@ async def test_random_sessions_on_every_streaming_protocol_leave_the_daemon_and_
         def gladia_fuzz(frames: list[str | bytes]) -> None:
             asyncio.run_coroutine_threadsafe(gladia_session(daemon.http_port, frames), loop).result(60)
 
+        azure_url = f"ws://127.0.0.1:{daemon.http_port}{azure.PATHS[0]}"
+
+        @settings(max_examples=100, deadline=None)
+        @given(azure_sessions)
+        @example([usp_binary("Path:audio\r\n", b"\x00" * 3201)])
+        @example([usp_text("speech.context", "{}")])
+        def azure_fuzz(frames: list[str | bytes]) -> None:
+            asyncio.run_coroutine_threadsafe(azure_session(azure_url, frames), loop).result(60)
+
         @settings(max_examples=150, deadline=None)
         @given(wyoming_sessions)
         def wyoming_fuzz(events: list[Event]) -> None:
@@ -1006,6 +1141,7 @@ async def test_random_sessions_on_every_streaming_protocol_leave_the_daemon_and_
         await loop.run_in_executor(None, speechmatics_fuzz)
         await loop.run_in_executor(None, gladia_fuzz)
         await loop.run_in_executor(None, mistral_fuzz)
+        await loop.run_in_executor(None, azure_fuzz)
         await loop.run_in_executor(None, wyoming_fuzz)
         stop.set()
         await beside
