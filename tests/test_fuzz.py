@@ -806,7 +806,7 @@ def speechmatics_kind(frame: str | bytes) -> object:
     """A text frame's `message`, if it is a JSON object with one."""
     try:
         parsed = json.loads(frame) if isinstance(frame, str) else None
-    except ValueError:
+    except (ValueError, RecursionError):  # nested deeper than the parser goes: no message either
         return None
     return parsed.get("message") if isinstance(parsed, dict) else None
 
@@ -1097,6 +1097,7 @@ async def test_random_sessions_on_every_streaming_protocol_leave_the_daemon_and_
         @given(speechmatics_sessions)
         @example(['{"message": "ForceEndOfUtterance"}', '{"message": "ForceEndOfUtterance"}'])
         @example([b"\x00" * 3201])
+        @example(['{"message":"EndOfStream"}', "[" * 1986 + "]" * 1986])  # found: the test's own parse recursed
         def speechmatics_fuzz(frames: list[str | bytes]) -> None:
             start = {**SPEECHMATICS_START, "transcription_config": {"language": "en", "enable_partials": True}}
             asyncio.run_coroutine_threadsafe(speechmatics_session(speechmatics_url, start, frames), loop).result(60)

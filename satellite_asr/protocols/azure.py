@@ -282,17 +282,17 @@ class AzureConnection(InOrderConnection):
     async def read_settings(self, message: WSMessage) -> None:
         """The messages before the first audio (`speech.config`, `speech.context`, `telemetry`), each
         within `first_message_timeout_s`; the session opens with the audio's first chunk."""
-        waiting: WSMessage | None = message
-        while waiting is not None and waiting.type not in WEBSOCKET_ENDS:
-            usp = parse_message(waiting)
-            if waiting.type == WSMsgType.BINARY:
+        while message.type not in WEBSOCKET_ENDS:
+            usp = parse_message(message)
+            if message.type == WSMsgType.BINARY:
                 await self.first_audio(usp)
                 return
             self.before_audio(usp)
             timer = FirstMessageWait(self.reading, self.core.settings.first_message_timeout_s)
-            waiting = await timer.receive()
-            if waiting is None:
+            following = await timer.receive()
+            if following is None:
                 raise ProtocolError("timeout", timer.expired("audio"))
+            message = following
         self.finished = True
 
     def before_audio(self, usp: UspMessage) -> None:
@@ -356,6 +356,7 @@ class AzureConnection(InOrderConnection):
             raise ProtocolError("invalid_message", f"{usp.path} comes before the turn's audio, not during it")
 
     def controls(self) -> dict[str, Control]:
+        """None: USP's text messages are told apart by their `Path` header (`control`), not a JSON field."""
         return {}
 
     async def emit(self, event: SessionEvent) -> None:
