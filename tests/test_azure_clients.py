@@ -150,3 +150,14 @@ async def test_pipecat_service_with_a_wrong_key_reports_it() -> None:
         await speak(worker, "lights_on.wav")
         await frames.wait_for(errors=1)
     assert frames.finals == [] and "401" in frames.errors[0], frames.errors
+
+
+async def test_sdk_recognize_once_twice_on_one_recognizer_reconnects() -> None:
+    """The daemon closes the connection after each turn: the SDK's next `recognize_once` on the same
+    recognizer opens another and recognizes the next command of the file."""
+    async with running_daemon(api_key=KEY) as daemon:
+        once = recognizer(daemon, FIXTURE)
+        first = await asyncio.to_thread(once.recognize_once)
+        second = await asyncio.to_thread(once.recognize_once)
+    assert first.reason == second.reason == speechsdk.ResultReason.RecognizedSpeech, second.cancellation_details
+    assert [normalise(first.text), normalise(second.text)] == [normalise(t) for t in EXPECTED[FIXTURE][:2]]
