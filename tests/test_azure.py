@@ -26,6 +26,8 @@ FIXTURE = "three_commands.wav"
 INTERACTIVE = "/speech/recognition/interactive/cognitiveservices/v1"
 CONVERSATION = "/speech/recognition/conversation/cognitiveservices/v1"
 REQUEST_ID = "0123456789abcdef0123456789abcdef"
+USP = "USP"
+"""The WebSocket subprotocol the Speech SDK offers."""
 CONFIG = {"context": {"system": {"name": "SpeechSDK"}, "audio": {"source": {"type": "File"}}}}
 CONTEXT = {"phraseDetection": {"language": "en-us"}, "audio": {"streams": {"1": None}}}
 
@@ -72,7 +74,8 @@ async def stream(
 ) -> tuple[list[Message], int | None, str]:
     """`before`, the WAV header, `data` in 100 ms audio messages, the `after` messages (by default
     the empty audio message that ends the turn); every message until the Close, its code and reason."""
-    async with websockets.connect(target, additional_headers=headers, subprotocols=["USP"]) as ws:
+    async with websockets.connect(target, additional_headers=headers, subprotocols=[USP]) as ws:
+        assert ws.subprotocol == USP, "the SDK's subprotocol is answered"
         reader = asyncio.create_task(read_all(ws))
         for message in (*before, *([] if header is None else [audio_message(header)])):
             with contextlib.suppress(websockets.ConnectionClosed):

@@ -12,6 +12,7 @@ from typing import Any
 
 import azure.cognitiveservices.speech as speechsdk
 import pytest
+import websockets
 from livekit.agents import APIError
 from livekit.agents import stt as lk_stt
 from livekit.plugins import azure as lk_azure  # installed by scripts/bootstrap.sh (pyproject.toml)
@@ -21,6 +22,7 @@ from satellite_asr.server import Daemon
 from tests.doubles import ContextRecordingEngineDouble, FailsOnAWordEngineDouble
 from tests.helpers import EXPECTED, FIXTURES, normalise, running_daemon, same_words
 from tests.livekit_events import stream_fixture
+from tests.test_azure import CONVERSATION, USP, audio_message, wav_header
 from tests.test_pipecat import running_pipeline, speak
 
 pytestmark = pytest.mark.timeout(180)
@@ -161,3 +163,24 @@ async def test_sdk_recognize_once_twice_on_one_recognizer_reconnects() -> None:
         second = await asyncio.to_thread(once.recognize_once)
     assert first.reason == second.reason == speechsdk.ResultReason.RecognizedSpeech, second.cancellation_details
     assert [normalise(first.text), normalise(second.text)] == [normalise(t) for t in EXPECTED[FIXTURE][:2]]
+
+
+async def test_sdk_bad_request_and_server_busy_are_cancellations_with_the_sentence() -> None:
+    """The daemon's Close reaches the SDK as Azure's: 1007 (a query it refuses) as `BadRequest`, 1011
+    (`max_sessions` taken) as `ServiceError`, each with the code and sentence in `error_details`."""
+    async with running_daemon(api_key=KEY, max_sessions=1, wyoming_reserved_sessions=0) as daemon:
+        config = speechsdk.SpeechConfig(endpoint=f"{host(daemon)}{CONVERSATION}?cid=mine", subscription=KEY)
+        audio = speechsdk.audio.AudioConfig(filename=str(FIXTURES / "lights_on.wav"))
+        refused = speechsdk.SpeechRecognizer(speech_config=config, audio_config=audio)
+        bad = (await asyncio.to_thread(refused.recognize_once)).cancellation_details
+        keyed = {"Ocp-Apim-Subscription-Key": KEY}
+        async with websockets.connect(
+            f"{host(daemon)}{CONVERSATION}", additional_headers=keyed, subprotocols=[USP]
+        ) as taken:
+            await taken.send(audio_message(wav_header()))
+            await taken.recv()  # turn.start: the one session is open
+            busy = (await asyncio.to_thread(recognizer(daemon, "lights_on.wav").recognize_once)).cancellation_details
+    assert bad.code == speechsdk.CancellationErrorCode.BadRequest, bad.error_details
+    assert "1007" in bad.error_details and "cid: this server does not do custom speech models" in bad.error_details
+    assert busy.code == speechsdk.CancellationErrorCode.ServiceError, busy.error_details
+    assert "1011" in busy.error_details and "server_busy: the server has 1 sessions open" in busy.error_details

@@ -482,7 +482,9 @@ async def test_bench_over_azure_says_the_upgrades_401_and_the_streams_close(tmp_
         assert stderr.startswith(f"satellite-asr: {url}: the daemon refused the connection with HTTP 401"), stderr
         assert "this daemon requires an API key" in stderr and "give the key with --api-key" in stderr, stderr
         code, _, stderr = await bench(f"{url}?format=verbose", key="kitchen-key")
-        assert code == 1 and "Close 1007: invalid_query_parameter: format: format must be simple or detailed" in stderr, stderr
+        assert (
+            code == 1 and "Close 1007: invalid_query_parameter: format: format must be simple or detailed" in stderr
+        ), stderr
         assert "Traceback" not in stderr, stderr
         code, stdout, stderr = await bench(url, key="kitchen-key")
         assert code == 0 and "WER" in stdout, stderr

@@ -451,5 +451,11 @@ async def refuse_parameters(
 
 
 USP = Api(
-    INTERACTIVE_PATH, "Azure AI Speech's real-time API", parse_query, AzureConnection, ends_stream, refuse_parameters
+    INTERACTIVE_PATH,
+    "Azure AI Speech's real-time API",
+    parse_query,
+    AzureConnection,
+    ends_stream,
+    refuse_parameters,
+    subprotocol="USP",
 )
