@@ -36,6 +36,7 @@ from satellite_asr.limits import (
 from satellite_asr.protocols import (
     assemblyai,
     azure,
+    azure_rest,
     cartesia,
     cartesia_batch,
     cartesia_turns,
@@ -157,11 +158,13 @@ class Daemon:
         self.prerecorded = deepgram_prerecorded.PrerecordedHandler(self.core, self.uploads)
         self.elevenlabs_upload = elevenlabs_upload.ElevenLabsUploadHandler(self.core, self.uploads)
         self.cartesia_batch = cartesia_batch.CartesiaBatchHandler(self.core, self.uploads)
+        self.azure_rest = azure_rest.AzureRestHandler(self.core, self.uploads)
         self.upload_apis: dict[str, UploadApi] = {
             openai_rest.TRANSCRIPTIONS_PATH: self.rest,
             deepgram.PATH: self.prerecorded,
             elevenlabs_upload.PATH: self.elevenlabs_upload,
             cartesia_batch.PATH: self.cartesia_batch,
+            azure_rest.PATH: self.azure_rest,
         }
         """The upload routes (POST), by path: what an `Expect: 100-continue` is checked against."""
         self.wyoming_port: int | None = None
@@ -221,6 +224,7 @@ class Daemon:
             ("POST", gladia.PATH, self.gladia.create),
             ("GET", gladia.PATH, self.gladia.streams.handle),
             *(("GET", path, self.azure.handle) for path in azure.PATHS),
+            ("POST", azure_rest.PATH, self.azure_rest.upload),
             ("GET", "/health", self._health),
             ("GET", "/metrics", self._metrics),
             ("GET", "/", self._index),

@@ -16,7 +16,7 @@ import websockets
 
 from satellite_asr.server import Daemon
 from tests.doubles import ContextRecordingEngineDouble, FailsOnAWordEngineDouble, FirstFinalGatedEngineDouble
-from tests.helpers import EXPECTED, PCM_FRAME_BYTES, fixture_16k, normalise, pcm16, running_daemon, same_words
+from tests.helpers import EXPECTED, FIXTURES, PCM_FRAME_BYTES, fixture_16k, normalise, pcm16, running_daemon, same_words
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -379,3 +379,41 @@ async def test_shutdown_sends_the_phrase_in_progress_then_1011() -> None:
         == str(waiting.close_reason)
         == "shutdown: the server is shutting down; start a new session"
     )
+
+
+REST_HEADERS = {"Content-Type": "audio/wav; codecs=audio/pcm; samplerate=16000"}
+
+
+async def post(daemon: Daemon, body: bytes, query: str = "language=en-US", **headers: str) -> tuple[int, Any]:
+    target = url(daemon, query=query).replace("ws", "http", 1)
+    async with aiohttp.ClientSession() as http, http.post(target, data=body, headers={**REST_HEADERS, **headers}) as r:
+        return r.status, await r.json()
+
+
+async def test_rest_short_audio_is_one_phrase_simple_or_detailed() -> None:
+    """The REST API for short audio: the file's commands as one phrase, offsets in ticks; with
+    `format=detailed` its `NBest`; silence is `NoMatch`."""
+    wav = (FIXTURES / FIXTURE).read_bytes()
+    async with running_daemon() as daemon:
+        status, simple = await post(daemon, wav)
+        _, detailed = await post(daemon, wav, "language=en-US&format=detailed")
+        _, silent = await post(daemon, wav_header() + bytes(32000))
+    assert status == 200 and simple["RecognitionStatus"] == "Success", simple
+    assert same_words([" ".join(EXPECTED[FIXTURE])], [simple["DisplayText"]]), simple
+    assert simple["Offset"] > 0 and simple["Duration"] > 30_000_000 and "NBest" not in simple
+    assert detailed["NBest"][0]["Display"] == detailed["DisplayText"] == simple["DisplayText"]
+    assert silent["RecognitionStatus"] == "NoMatch" and silent["Duration"] == 10_000_000, silent
+
+
+async def test_rest_refusals_in_azures_body() -> None:
+    async with running_daemon(api_key=KEY) as daemon:
+        keyed = {"Ocp-Apim-Subscription-Key": KEY}
+        wav = (FIXTURES / "lights_on.wav").read_bytes()
+        assert (await post(daemon, wav))[0] == 401
+        status, body = await post(daemon, wav, "format=verbose", **keyed)
+        assert status == 400 and body["error"]["code"] == "400", body
+        assert body["error"]["message"].startswith("invalid_query_parameter: format: format must be simple or detailed")
+        status, body = await post(daemon, b"not audio at all", **keyed)
+        assert status == 400 and body["error"]["message"].startswith("invalid_file: the file is not audio"), body
+        status, body = await post(daemon, wav, **{**keyed, "Content-Type": "text/plain"})
+        assert status == 415 and body["error"]["message"].startswith("unsupported_media_type: "), body

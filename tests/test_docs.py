@@ -49,6 +49,7 @@ PROTOCOL_DOCS = {
     "protocols/gladia.py": "docs/gladia.md",
     "protocols/mistral.py": "docs/mistral.md",
     "protocols/azure.py": "docs/azure.md",
+    "protocols/azure_rest.py": "docs/azure.md",
     "protocols/wyoming.py": "docs/wyoming.md",
     "protocols/wyoming_framing.py": "docs/wyoming.md",
 }

@@ -396,16 +396,8 @@ class AzureConnection(InOrderConnection):
         await self.release_held()
 
     def phrase(self, text: str, start: float, end: float, sureness: float) -> dict[str, Any]:
-        """`speech.phrase`: `DisplayText`, or with `format=detailed` an `NBest` of one."""
         self.phrases += 1
-        span = {"Offset": ticks(start), "Duration": ticks(max(0.0, end - start))}
-        if not text:
-            return {"RecognitionStatus": "NoMatch", **span}
-        if not self.url.detailed:
-            return {"RecognitionStatus": "Success", "DisplayText": text, **span}
-        lexical = " ".join(word.strip(".,?!;:").lower() for word in text.split())
-        best = {"Confidence": sureness, "Lexical": lexical, "ITN": lexical, "MaskedITN": lexical, "Display": text}
-        return {"RecognitionStatus": "Success", **span, "DisplayText": text, "NBest": [best]}
+        return phrase_body(text, start, end, sureness, self.url.detailed)
 
     async def closing(self) -> None:
         """The end of the audio: on the interactive path with no phrase, `NoMatch`; then `turn.end`."""
@@ -432,6 +424,19 @@ class AzureConnection(InOrderConnection):
         self.finished = self.failed = True
         close = WSCloseCode.INTERNAL_ERROR if code in SERVER_SIDE else WSCloseCode.INVALID_TEXT
         await self.close(close, close_reason(code, message))
+
+
+def phrase_body(text: str, start: float, end: float, sureness: float, detailed: bool) -> dict[str, Any]:
+    """A phrase (`speech.phrase`, or the REST API's answer): `DisplayText`, with `detailed` also an
+    `NBest` of one; `NoMatch` for no words."""
+    span = {"Offset": ticks(start), "Duration": ticks(max(0.0, end - start))}
+    if not text:
+        return {"RecognitionStatus": "NoMatch", **span}
+    if not detailed:
+        return {"RecognitionStatus": "Success", "DisplayText": text, **span}
+    lexical = " ".join(word.strip(".,?!;:").lower() for word in text.split())
+    best = {"Confidence": sureness, "Lexical": lexical, "ITN": lexical, "MaskedITN": lexical, "Display": text}
+    return {"RecognitionStatus": "Success", **span, "DisplayText": text, "NBest": [best]}
 
 
 def close_reason(code: str, message: str) -> str:
