@@ -300,7 +300,8 @@ async def test_the_key_by_header_or_bearer_and_refusals_in_azures_shape() -> Non
             ("format=verbose", "format must be simple or detailed"),
             ("cid=my-model", "custom speech models"),
             ("profanity=loud", "profanity must be masked, removed or raw"),
-            ("initialSilenceTimeoutMs=soon", "whole number of milliseconds"),
+            ("initialSilenceTimeoutMs=soon", "initialSilenceTimeoutMs must be a whole number from 0 to 3600000"),
+            ("endSilenceTimeoutMs=\u0661", "endSilenceTimeoutMs must be a whole number"),
             ("storeAudio=maybe", "storeAudio must be true or false"),
         ]:
             messages, code, reason = await stream(url(daemon, query=query), headers=keyed)

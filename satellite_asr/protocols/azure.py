@@ -50,6 +50,7 @@ from satellite_asr.protocols.streaming_apis import (
     check_names,
     confidence,
     replacing_terms,
+    whole_parameter,
 )
 from satellite_asr.session import SessionOptions
 
@@ -83,6 +84,8 @@ CLIENT_PATHS = {"speech.config", "speech.context", "telemetry"}
 """The text messages a client sends (`audio` is binary)."""
 SERVER_SIDE = {"shutdown", "server_busy", "engine_error"}
 """The errors that are the server's, closed with 1011; every other is the client's, closed with 1007."""
+MAX_SILENCE_MS = 3_600_000
+"""The longest silence timeout taken (an hour): the query's are checked, not applied."""
 MAX_REASON_BYTES = 123
 """The most a Close's reason may hold (RFC 6455)."""
 
@@ -109,8 +112,7 @@ def url_settings(query: MultiMapping[str], core: Core) -> UrlSettings:
     for name in ("storeAudio", "wordLevelConfidence", "wordLevelTimestamps"):
         boolean_parameter(query, name, False)
     for name in ("initialSilenceTimeoutMs", "endSilenceTimeoutMs"):
-        if not query.get(name, "0").isdecimal():
-            raise ParameterError(name, f"{name} must be a whole number of milliseconds")
+        whole_parameter(query, name, None, 0, MAX_SILENCE_MS)
     try:
         language = engine_language(core, query.get("language"), "language")
     except ProtocolError as exc:
