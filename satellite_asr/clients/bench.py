@@ -534,6 +534,8 @@ async def _stream_one_mistral(
 
     query = f"{url}?model=voxtral-mini-transcribe-realtime-2602"
     return await _stream_pcm16(query, audio, delay, headers, translate, json.dumps({"type": "input_audio.end"}), append)
+
+
 async def _stream_one_azure(
     url: str, audio: Audio, delay: float, config: dict[str, Any], headers: dict[str, str]
 ) -> tuple[float, list[Any]]:

@@ -212,6 +212,8 @@ def mistral_error(status: int, code: str, message: str) -> dict[str, Any]:
     """Mistral's HTTP error body, for a refused upgrade (in the stream its errors are `error` events);
     `message` may hold what a client sent (`echoable`)."""
     return {"object": "error", "message": echoable(message), "type": code, "param": None, "code": status}
+
+
 def azure_error(status: int, message: str) -> dict[str, Any]:
     """Azure AI Speech's HTTP error body (`{"error": {"code", "message"}}`, the status as the code),
     for a refused upgrade. `message` may hold what a client sent (`echoable`)."""
