@@ -139,10 +139,9 @@ class CartesiaErrors(StreamingConnection):
 
     async def close_by_server(self, reason: str) -> None:
         """The idle timeout or shutdown: an `error` naming it (after the finals), then 1001."""
-        message = {"idle_timeout": "no speech was heard for too long", "shutdown": "the server is shutting down"}
         self.finished = True
         with contextlib.suppress(ConnectionError):
-            await self.send(error_event(reason, message.get(reason, reason), self.request_id, done=True))
+            await self.send(error_event(reason, self.server_close_sentence(reason), self.request_id, done=True))
         await self.close(WSCloseCode.GOING_AWAY, reason)
 
     async def error(self, code: str, message: str, *, fatal: bool = False, counted: bool = False) -> None:

@@ -271,11 +271,9 @@ class SonioxConnection(InOrderConnection):
     async def close_by_server(self, reason: str) -> None:
         """Idle timeout or shutdown, once the finals are sent: Soniox's error (408, 503), then the Close."""
         self.finished = True
-        message = {
-            "idle_timeout": f"no speech was heard for {self.core.settings.idle_timeout_s:g} s (idle_timeout_s)",
-            "shutdown": "the server is shutting down; start a new stream",
-        }.get(reason, reason)
-        await self.error(reason, message, counted=True)  # the server's own end: in no error metric, as elsewhere
+        await self.error(
+            reason, self.server_close_sentence(reason), counted=True
+        )  # the server's own end: in no error metric, as elsewhere
 
     async def error(self, code: str, message: str, *, fatal: bool = False, counted: bool = False) -> None:
         """Soniox's error message, then the Close, for every error: Soniox has no warning. `message`

@@ -400,11 +400,7 @@ class SpeechmaticsConnection(InOrderConnection):
     async def close_by_server(self, reason: str) -> None:
         """Idle timeout or shutdown, once the finals are sent: Speechmatics' in-band `Error`, then the Close."""
         self.finished = True
-        message = {
-            "idle_timeout": f"no speech was heard for {self.core.settings.idle_timeout_s:g} s (idle_timeout_s)",
-            "shutdown": "the server is shutting down; start a new session",
-        }.get(reason, reason)
-        await self.error(reason, message, counted=True)
+        await self.error(reason, self.server_close_sentence(reason), counted=True)
 
     async def error(self, code: str, message: str, *, fatal: bool = False, counted: bool = False) -> None:
         """Speechmatics' `Error`, then the Close (an engine's failure to decode one utterance: a

@@ -320,6 +320,13 @@ class StreamingConnection(abc.ABC):
             await self.closing()
         await self.close(WSCloseCode.GOING_AWAY, reason)
 
+    def server_close_sentence(self, reason: str) -> str:
+        """The sentence telling the client why the server ended its stream (for the APIs that say it)."""
+        return {
+            "idle_timeout": f"no speech was heard for {self.core.settings.idle_timeout_s:g} s (idle_timeout_s)",
+            "shutdown": "the server is shutting down; start a new session",
+        }.get(reason, reason)
+
     async def end(self) -> None:
         """The client ends the stream: the finals still to come, `closing`, then the Close."""
         self.finished = True
