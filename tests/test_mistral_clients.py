@@ -17,6 +17,7 @@ from livekit.agents import APIConnectionError
 from livekit.plugins import mistralai as lk_mistral
 from livekit.plugins import silero as lk_silero
 from mistralai.client import Mistral
+from mistralai.client.errors import SDKError
 from mistralai.client.models import (
     AudioFormat,
     RealtimeTranscriptionError,
@@ -29,7 +30,8 @@ from mistralai.extra.exceptions import RealtimeTranscriptionException, RealtimeT
 from pipecat.services.mistral.stt import MistralSTTService
 
 from satellite_asr.server import Daemon
-from tests.helpers import EXPECTED, microphone_chunks, normalise, running_daemon, same_words
+from tests.doubles import ContextRecordingEngineDouble
+from tests.helpers import EXPECTED, FIXTURES, microphone_chunks, normalise, running_daemon, same_words
 from tests.livekit_events import stream_fixture
 from tests.test_pipecat import running_pipeline, speak
 
@@ -114,6 +116,44 @@ async def test_sdk_raises_the_daemons_sentence_for_a_bad_model_and_the_401_for_a
             await client(daemon, "wrong").audio.realtime.connect(model=MODEL)
     assert "model is required" in str(refused.value) and refused.value.code == 400
     assert "401" in str(wrong.value)
+
+
+async def test_sdk_upload_is_transcribed_with_its_context_bias_and_segments() -> None:
+    """The SDK's batch `audio.transcriptions.complete` posts to `POST /v1/audio/transcriptions`
+    with Mistral's fields (`diarize` always, `context_bias` and `timestamp_granularities` repeated,
+    `language`, `temperature`) and parses Mistral's answer (`model`, `text`, `language`, `segments`,
+    `usage`): the context bias reaches the engine as the client's terms, segments come when asked,
+    and `diarize=True` is refused with a sentence naming it, as is its streamed upload (whose events
+    the daemon does not send)."""
+    engine = ContextRecordingEngineDouble()
+    file = {"content": (FIXTURES / FIXTURE).read_bytes(), "file_name": "three.wav"}
+    async with running_daemon(engine, api_key=KEY) as daemon:
+        api = client(daemon).audio.transcriptions
+        biased = await api.complete_async(
+            model="voxtral-mini-latest",
+            file=file,
+            language="en",
+            temperature=0.0,
+            context_bias=["Zigbee", "kitchen lights"],
+            timestamp_granularities=["segment"],
+        )
+        biased_names = list(engine.names)
+        plain = await api.complete_async(model="voxtral-mini-latest", file=file)
+        with pytest.raises(SDKError) as diarized:
+            await api.complete_async(model="voxtral-mini-latest", file=file, diarize=True)
+        with pytest.raises(SDKError) as streamed:
+            await api.stream_async(model="voxtral-mini-latest", file=file)
+    assert biased.model == "voxtral-mini-latest" and biased.language == "en"
+    segments = biased.segments or []
+    assert same_words(EXPECTED[FIXTURE], [segment.text for segment in segments]), segments
+    assert biased.text == " ".join(segment.text for segment in segments)
+    assert all(segment.start is not None and segment.end is not None for segment in segments)
+    assert biased.usage.prompt_audio_seconds == 10 and biased.usage.total_tokens == 0
+    assert biased_names and all(names == ("Zigbee", "kitchen lights") for names in biased_names), biased_names
+    assert same_words([" ".join(EXPECTED[FIXTURE])], [plain.text]) and plain.segments == [], plain
+    assert plain.language == "en"
+    assert diarized.value.status_code == 400 and "diarize" in diarized.value.body, diarized.value.body
+    assert streamed.value.status_code == 400 and "realtime API" in streamed.value.body, streamed.value.body
 
 
 def livekit_stt(daemon: Daemon, api_key: str = KEY) -> lk_mistral.STT:

@@ -383,7 +383,7 @@ async def test_bad_uploads_and_fields_get_openai_errors_and_the_next_request_is_
                 create(file=wav, model="whisper-1", response_format="verbose_json", timestamp_granularities=["word"])
             ),
             "stream srt": await refusal(create(file=wav, model="whisper-1", response_format="srt", stream=True)),
-            "unknown field": await refusal(create(file=wav, model="whisper-1", extra_body={"diarize": "yes"})),
+            "unknown field": await refusal(create(file=wav, model="whisper-1", extra_body={"speaker_labels": "yes"})),
             "long prompt": await refusal(create(file=wav, model="whisper-1", prompt="kitchen " * 10_000)),
             "chunking object": await refusal(
                 create(file=wav, model="whisper-1", chunking_strategy={"type": "server_vad"})
@@ -403,7 +403,7 @@ async def test_bad_uploads_and_fields_get_openai_errors_and_the_next_request_is_
         "long language": "language",
         "words": "timestamp_granularities",
         "stream srt": "stream",
-        "unknown field": "diarize",
+        "unknown field": "speaker_labels",
         "long prompt": "prompt",
         "chunking object": "chunking_strategy",
         "no packet decodes": "file",

@@ -51,9 +51,29 @@ MODEL_PATH = "/v1/models/{model}"
 
 RESPONSE_FORMATS = ("json", "text", "verbose_json", "srt", "vtt")
 STREAM_FORMATS = ("json", "text")
-FIELDS = {"file", "model", "language", "prompt", "response_format", "temperature", "stream", "chunking_strategy"}
-LIST_FIELDS = {"timestamp_granularities[]": 2, "keywords[]": MAX_CLIENT_TERMS}
-"""Fields a client may repeat (the openai SDK sends lists as `name[]`), and how often (`FormFields`)."""
+FIELDS = {
+    "file",
+    "model",
+    "language",
+    "prompt",
+    "response_format",
+    "temperature",
+    "stream",
+    "chunking_strategy",
+    "diarize",
+}
+LIST_FIELDS = {
+    "timestamp_granularities[]": 2,
+    "keywords[]": MAX_CLIENT_TERMS,
+    "timestamp_granularities": 2,
+    "context_bias": MAX_CLIENT_TERMS,
+}
+"""Fields a client may repeat (the openai SDK sends lists as `name[]`, Mistral's as `name` again),
+and how often (`FormFields`)."""
+MISTRAL_FIELDS = ("diarize", "context_bias", "timestamp_granularities")
+"""The fields of Mistral's upload (`audio.transcriptions.complete`, which posts to this path and
+always sends `diarize`): a form with one of them and no `response_format` is answered in Mistral's
+shape, which its SDK parses (docs/mistral.md)."""
 
 
 def error_body(exc: ProtocolError, status: int) -> dict[str, Any]:
@@ -68,7 +88,11 @@ class TranscriptionRequest:
     file: bytes
     options: SessionOptions
     response_format: str
+    """OpenAI's formats, or `mistral` (`MISTRAL_FIELDS`)."""
     stream: bool
+    model: str = ""
+    segments: bool = True
+    """Whether Mistral's answer lists the segments: its client asked for segment timestamps."""
 
 
 class Form(FormFields):
@@ -76,7 +100,8 @@ class Form(FormFields):
     would refuse it; a prompt too long to read and too many `keywords[]` as biasing over its limits."""
 
     def __init__(self, max_context_chars: int) -> None:
-        super().__init__(FIELDS, LIST_FIELDS, {"prompt": "prompt", "keywords[]": "prompt"}, max_context_chars)
+        biasing = {"prompt": "prompt", "keywords[]": "prompt", "context_bias": "context_bias"}
+        super().__init__(FIELDS, LIST_FIELDS, biasing, max_context_chars)
 
     def unknown(self, name: str) -> RequestError:
         if name.startswith("chunking_strategy["):  # the SDK's form of an object, {"type": "server_vad"}
@@ -94,6 +119,7 @@ def parse_request(file: bytes | None, fields: MultiDict[str], core: Core) -> Tra
         raise bad_field("file", "the form has no `file` field with the audio")
 
     settings = core.settings
+    mistral = "response_format" not in fields and any(name in fields for name in MISTRAL_FIELDS)
     response_format = fields.get("response_format") or "json"
     if response_format not in RESPONSE_FORMATS:
         raise bad_field(
@@ -110,17 +136,29 @@ def parse_request(file: bytes | None, fields: MultiDict[str], core: Core) -> Tra
             value = float("nan")
         if not 0.0 <= value <= 1.0:
             raise bad_field("temperature", f"temperature must be a number from 0 to 1, got {temperature!r}")
-    for granularity in fields.getall("timestamp_granularities[]", []):
+    granularities = [*fields.getall("timestamp_granularities[]", []), *fields.getall("timestamp_granularities", [])]
+    for granularity in granularities:
         if granularity != "segment":
             raise bad_field("timestamp_granularities", f"only segment timestamps are available, not {granularity!r}")
+    if _boolean("diarize", fields.get("diarize") or "false"):
+        raise bad_field("diarize", "this server does not tell speakers apart; leave diarize out or set it to false")
+    if mistral and stream:
+        raise bad_field("stream", "Mistral's streamed upload is not served; leave stream out, or use the realtime API")
     chunking = fields.get("chunking_strategy")
     if chunking not in (None, "auto"):
         raise _only_auto_chunking()
     language = checked_language(core, fields.get("language"), "language") or settings.default_language
     prompt = (fields.get("prompt") or "").strip()
     keywords = client_terms(fields.getall("keywords[]", []))
-    checked_biasing(core, prompt, keywords, "prompt", "prompt and keywords[]")
-    options = upload_options(settings, language, prompt, keywords)
+    context_bias = client_terms(fields.getall("context_bias", []))
+    if context_bias:
+        checked_biasing(core, prompt, [*keywords, *context_bias], "context_bias", "prompt, keywords[] and context_bias")
+    else:
+        checked_biasing(core, prompt, keywords, "prompt", "prompt and keywords[]")
+    options = upload_options(settings, language, prompt, [*keywords, *context_bias])
+    if mistral:
+        model, segments = fields.get("model") or "", "segment" in granularities
+        return TranscriptionRequest(file, options, "mistral", stream, model, segments)
     return TranscriptionRequest(file, options, response_format, stream)
 
 
@@ -144,6 +182,33 @@ class Transcription:
 
 def joined_text(segments: list[FinalTranscript]) -> str:
     return " ".join(segment.text.strip() for segment in segments)
+
+
+def mistral_transcription(result: Transcription, model: str, segments: bool) -> web.Response:
+    """Mistral's answer to its upload: the model named, the text, the language, its segments when
+    asked for, usage in seconds of audio (no tokens are counted)."""
+    return web.json_response(
+        {
+            "model": model,
+            "text": joined_text(result.segments),
+            "language": result.language or None,
+            "segments": [
+                {
+                    "type": "transcription_segment",
+                    "text": segment.text.strip(),
+                    "start": round(segment.start, 3),
+                    "end": round(segment.end, 3),
+                }
+                for segment in (result.segments if segments else [])
+            ],
+            "usage": {
+                "prompt_audio_seconds": round(result.duration),
+                "prompt_tokens": 0,
+                "completion_tokens": 0,
+                "total_tokens": 0,
+            },
+        }
+    )
 
 
 def encode_transcription(result: Transcription, response_format: str) -> web.Response:
@@ -257,7 +322,11 @@ class OpenAIRestHandler(UploadApi):
         if not parsed.stream:
             segments, seconds = await self.uploads.transcribe(request, audio_file, PROTOCOL, parsed.options)
             language = next((s.language for s in segments if s.language), parsed.options.language) or ""
-            return encode_transcription(Transcription(segments, seconds, language), parsed.response_format)
+            result = Transcription(segments, seconds, language)
+            if parsed.response_format == "mistral":
+                model = parsed.model or self.core.engine_info.model
+                return mistral_transcription(result, model, parsed.segments)
+            return encode_transcription(result, parsed.response_format)
         try:
             async with Recording(self.core, PROTOCOL, parsed.options) as recording:
                 return await self._stream(request, recording, Feed(audio_file, request, self.uploads.decoding))
