@@ -182,6 +182,19 @@ async def test_a_refused_message_loses_nothing_else(message: Any, words: str) ->
     assert messages[-1]["type"] == "transcription.done" and code == 1000
 
 
+@pytest.mark.parametrize("first", [append(b"\x00"), append(b""), {"type": "input_audio.append", "audio": "%%%"}])
+async def test_an_append_that_feeds_no_audio_leaves_the_session_open_to_change(first: dict[str, Any]) -> None:
+    """An update is refused once audio has started: an append refused (one odd byte, bad base64) or
+    empty feeds no audio, so a `session.update` after it still sets the format."""
+    data = encoded(fixture_16k(FIXTURE), "pcmu", 8000)
+    update = {"type": "session.update", "session": {"audio_format": {"encoding": "pcm_mulaw", "sample_rate": 8000}}}
+    async with running_daemon() as daemon:
+        messages, _ = await stream(url(daemon), first, update, *appends(data, 800), END)
+    [updated] = of(messages, "session.updated")
+    assert updated["session"]["audio_format"] == {"encoding": "pcm_mulaw", "sample_rate": 8000}, messages
+    assert same_words(EXPECTED[FIXTURE], segments(messages)), segments(messages)
+
+
 @pytest.mark.parametrize(
     "update",
     [

@@ -246,8 +246,8 @@ class MistralConnection(InOrderConnection):
             raise ProtocolError(
                 "invalid_audio", f"input_audio.append holds {len(data)} bytes of audio; at most {MAX_APPEND_BYTES}"
             )
-        self.audio_started = True
         await super().on_binary(data)
+        self.audio_started = self.audio_started or bool(data)  # a refused or empty append fed none
 
     async def flush(self, message: dict[str, Any]) -> None:
         """The utterance in progress ends now; the segments since the last done come as one."""
