@@ -13,7 +13,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from livekit.agents import APIConnectionError
+from livekit import rtc
+from livekit.agents import APIConnectionError, APIConnectOptions
 from livekit.plugins import mistralai as lk_mistral
 from livekit.plugins import silero as lk_silero
 from mistralai.client import Mistral
@@ -29,9 +30,19 @@ from mistralai.client.models import (
 from mistralai.extra.exceptions import RealtimeTranscriptionException, RealtimeTranscriptionWSError
 from pipecat.services.mistral.stt import MistralSTTService
 
+from satellite_asr.audio import SAMPLE_RATE
 from satellite_asr.server import Daemon
 from tests.doubles import ContextRecordingEngineDouble
-from tests.helpers import EXPECTED, FIXTURES, microphone_chunks, normalise, running_daemon, same_words
+from tests.helpers import (
+    EXPECTED,
+    FIXTURES,
+    fixture_16k,
+    microphone_chunks,
+    normalise,
+    pcm16,
+    running_daemon,
+    same_words,
+)
 from tests.livekit_events import stream_fixture
 from tests.test_pipecat import running_pipeline, speak
 
@@ -127,8 +138,8 @@ async def test_sdk_upload_is_transcribed_with_its_context_bias_and_segments() ->
     the daemon does not send)."""
     engine = ContextRecordingEngineDouble()
     file = {"content": (FIXTURES / FIXTURE).read_bytes(), "file_name": "three.wav"}
-    async with running_daemon(engine, api_key=KEY) as daemon:
-        api = client(daemon).audio.transcriptions
+    async with running_daemon(engine, api_key=KEY) as daemon, client(daemon) as mistral:
+        api = mistral.audio.transcriptions
         biased = await api.complete_async(
             model="voxtral-mini-latest",
             file=file,
@@ -158,6 +169,22 @@ async def test_sdk_upload_is_transcribed_with_its_context_bias_and_segments() ->
 
 def livekit_stt(daemon: Daemon, api_key: str = KEY) -> lk_mistral.STT:
     return lk_mistral.STT(client=client(daemon, api_key), model=MODEL, vad=lk_silero.VAD.load())
+
+
+async def test_livekit_recognize_with_a_batch_model_uploads_with_its_context_bias() -> None:
+    """LiveKit's `mistralai.STT` with a batch model recognizes a buffer through the SDK's upload
+    (`context_bias`, and segment timestamps when no language is set): the transcript, its language
+    and its span from the daemon's segments."""
+    samples = pcm16(fixture_16k("lights_on.wav"), SAMPLE_RATE)
+    frame = rtc.AudioFrame(samples, SAMPLE_RATE, 1, len(samples) // 2)
+    engine = ContextRecordingEngineDouble()
+    async with running_daemon(engine, api_key=KEY) as daemon, client(daemon) as mistral:
+        stt = lk_mistral.STT(client=mistral, model="voxtral-mini-latest", context_bias=["Zigbee"])
+        event = await stt.recognize([frame], conn_options=APIConnectOptions(max_retry=0, timeout=20))
+    [speech] = event.alternatives
+    assert same_words(EXPECTED["lights_on.wav"], [speech.text]) and speech.language == "en", speech
+    assert 0 <= speech.start_time < speech.end_time <= len(samples) / 2 / SAMPLE_RATE, speech
+    assert engine.names and all(names == ("Zigbee",) for names in engine.names), engine.names
 
 
 async def test_livekit_stream_gets_a_final_per_command_at_its_vads_flushes() -> None:
