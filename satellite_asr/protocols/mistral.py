@@ -33,6 +33,7 @@ from satellite_asr.protocols.streaming_apis import (
     InOrderConnection,
     ParameterError,
     StreamParams,
+    check_fields,
     check_names,
     is_control,
     number_within,
@@ -92,13 +93,6 @@ def error_event(code: str, message: str) -> dict[str, Any]:
 def ends_stream(message: WSMessage) -> bool:
     """`input_audio.end`: what the client sent before its Close is still wanted."""
     return is_control(message, "input_audio.end")
-
-
-def only_fields(message: dict[str, Any], kind: str, fields: set[str]) -> None:
-    """`invalid_message` for a field the message does not have, rather than one silently unused."""
-    unknown = sorted(set(message) - fields - {"type"})
-    if unknown:
-        raise ProtocolError("invalid_message", f"{kind} has no field {echoable(unknown[0])!r}")
 
 
 class MistralConnection(InOrderConnection):
@@ -234,7 +228,7 @@ class MistralConnection(InOrderConnection):
         }
 
     async def append(self, message: dict[str, Any]) -> None:
-        only_fields(message, "input_audio.append", {"audio"})
+        check_fields(message, "input_audio.append", {"audio"})
         audio = message.get("audio")
         if not isinstance(audio, str):
             raise ProtocolError("invalid_audio", "input_audio.append's audio must be base64 PCM")
@@ -251,17 +245,17 @@ class MistralConnection(InOrderConnection):
 
     async def flush(self, message: dict[str, Any]) -> None:
         """The utterance in progress ends now; the segments since the last done come as one."""
-        only_fields(message, "input_audio.flush", set())
+        check_fields(message, "input_audio.flush", set())
         await self.flush_for_client()
         await self.done()
 
     async def end_audio(self, message: dict[str, Any]) -> None:
-        only_fields(message, "input_audio.end", set())
+        check_fields(message, "input_audio.end", set())
         await self.end()
 
     async def update(self, message: dict[str, Any]) -> None:
         """A new audio format or delay, before the audio only (as Mistral); `session.updated` answers."""
-        only_fields(message, "session.update", {"session"})
+        check_fields(message, "session.update", {"session"})
         session = message.get("session")
         if not isinstance(session, dict):
             raise ProtocolError("invalid_message", "session.update needs a session object")

@@ -33,6 +33,7 @@ from satellite_asr.protocols.streaming_apis import (
     InOrderConnection,
     ParameterError,
     StreamParams,
+    check_fields,
     check_names,
     confidence,
     is_control,
@@ -331,14 +332,6 @@ def vocabulary(core: Core, value: object) -> tuple[str, ...]:
         raise ProtocolError("invalid_config", exc.message) from None
 
 
-def check_fields(message: dict[str, Any], kind: str, fields: set[str]) -> None:
-    """`invalid_message` for a field the control message does not have (as for `StartRecognition`'s:
-    none is taken and silently left unused)."""
-    unknown = sorted(set(message) - fields - {"message"})
-    if unknown:
-        raise ProtocolError("invalid_message", f"{kind} has no field {echoable(unknown[0])!r}")
-
-
 def ends_stream(message: WSMessage) -> bool:
     """`EndOfStream`: what the client sent before its Close is still wanted."""
     return is_control(message, "EndOfStream", "message")
@@ -436,7 +429,7 @@ class SpeechmaticsConnection(InOrderConnection):
         }
 
     async def end_of_stream(self, message: dict[str, Any]) -> None:
-        check_fields(message, "EndOfStream", {"last_seq_no"})
+        check_fields(message, "EndOfStream", {"last_seq_no"}, "message")
         last = message.get("last_seq_no", 0)
         if not number_within(last, 0, math.inf, True):
             raise ProtocolError("invalid_message", "EndOfStream's last_seq_no must be a whole number")
@@ -478,7 +471,7 @@ class SpeechmaticsConnection(InOrderConnection):
     async def force_end(self, message: dict[str, Any]) -> None:
         """The utterance in progress ends now; its final answers, or an empty one when none was in
         progress (`answer_alone`). `timestamp` is checked and not used."""
-        check_fields(message, "ForceEndOfUtterance", {"timestamp"})
+        check_fields(message, "ForceEndOfUtterance", {"timestamp"}, "message")
         timestamp = message.get("timestamp")
         if timestamp is not None and not number_within(timestamp, 0, math.inf, False):
             raise ProtocolError("invalid_message", "ForceEndOfUtterance's timestamp must be a number of seconds")

@@ -174,6 +174,14 @@ def control_message(data: str, code: str, type_field: str) -> tuple[object, dict
     return message.get(type_field), message
 
 
+def check_fields(message: dict[str, Any], kind: str, fields: set[str], type_field: str = "type") -> None:
+    """`invalid_message` for a field the control message `kind` does not have, rather than one
+    silently left unused (Speechmatics', Mistral's)."""
+    unknown = sorted(set(message) - fields - {type_field})
+    if unknown:
+        raise ProtocolError("invalid_message", f"{kind} has no field {echoable(unknown[0])!r}")
+
+
 Control = Callable[[dict[str, Any]], Awaitable[None]]
 """What a control message does, given the message."""
 
