@@ -3,7 +3,8 @@
 Thin by design: it reads and checks the multipart form, decodes the file (`audio_files`), runs it
 through a `Recording` (the daemon's VAD cuts it into utterances, decoded at batch priority so live
 streams go first) and writes the finals in the response format asked for. Whatever model name the
-client sends, the engine's model answers.
+client sends, the engine's model answers. Mistral's SDK posts its uploads to the same path, with
+fields of its own (`MISTRAL_FIELDS`), and gets its answer in Mistral's shape (docs/mistral.md).
 """
 
 from __future__ import annotations
