@@ -200,13 +200,9 @@ class MistralConnection(InOrderConnection):
         """Idle timeout or shutdown, once the finals are sent: the last `transcription.done`, Mistral's
         error (408, 503), then the Close (1001)."""
         self.finished = True
-        message = {
-            "idle_timeout": f"no speech was heard for {self.core.settings.idle_timeout_s:g} s (idle_timeout_s)",
-            "shutdown": "the server is shutting down; start a new stream",
-        }.get(reason, reason)
         try:
             await self.done()
-            await self.error(reason, message, counted=True)
+            await self.error(reason, self.server_close_sentence(reason), counted=True)
         finally:
             await self.close(WSCloseCode.GOING_AWAY, reason)
 
