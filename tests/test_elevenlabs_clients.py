@@ -44,7 +44,7 @@ from tests.certificates import self_signed
 from tests.doubles import ContextRecordingEngineDouble, CrashingEngineDouble
 from tests.helpers import EXPECTED, fixture_16k, normalise, pcm16, running_daemon, same_words
 from tests.livekit_events import LiveKitEvents
-from tests.test_pipecat import running_pipeline, speak
+from tests.test_pipecat import running_pipeline, speak, transcribed
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -424,14 +424,8 @@ async def test_pipecat_service_commits_at_its_vads_stops(
     """Pipecat's default: manual commits, one at each stop of its VAD (answered by the command's
     commit, or by an empty one when the daemon's turn detection committed it first, which Pipecat
     skips); its pipeline's rate as the audio format (`pcm_8000` at 8 kHz); no language (detected)."""
-    async with (
-        tls_daemon(tmp_path, monkeypatch) as daemon,
-        running_pipeline(pipecat_service(daemon), rate) as (worker, frames),
-    ):
-        await speak(worker, FIXTURE, rate)
-        await frames.wait_for(finals=3)
-    assert frames.errors == []
-    assert same_words(EXPECTED[FIXTURE], frames.finals)
+    async with tls_daemon(tmp_path, monkeypatch) as daemon:
+        frames = await transcribed(pipecat_service(daemon), FIXTURE, rate)
     assert all(frame.finalized for frame in pipecat_transcripts(frames)), "manual commits are final"
     assert frames.interims, "partials reach Pipecat as interim transcripts"
 

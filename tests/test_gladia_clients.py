@@ -36,7 +36,7 @@ from tests.helpers import (
     same_words,
 )
 from tests.livekit_events import LiveKitEvents, stream_fixture
-from tests.test_pipecat import running_pipeline, speak
+from tests.test_pipecat import running_pipeline, transcribed
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -208,14 +208,8 @@ def pipecat_service(daemon: Daemon, api_key: str = KEY, **options: Any) -> Gladi
 
 async def test_pipecat_service_gets_a_final_per_command() -> None:
     """Pipecat's defaults (Gladia's messages defaults: finals, no partials)."""
-    async with (
-        running_daemon(api_key=KEY) as daemon,
-        running_pipeline(pipecat_service(daemon)) as (worker, frames),
-    ):
-        await speak(worker, FIXTURE)
-        await frames.wait_for(finals=3)
-    assert frames.errors == []
-    assert same_words(EXPECTED[FIXTURE], frames.finals), frames.finals
+    async with running_daemon(api_key=KEY) as daemon:
+        frames = await transcribed(pipecat_service(daemon), FIXTURE)
     transcripts = [frame for frame in frames.frames if isinstance(frame, TranscriptionFrame)]
     assert all(frame.language == "en" for frame in transcripts)
 
@@ -226,14 +220,8 @@ async def test_pipecat_service_with_its_language_and_vocabulary() -> None:
     settings = GladiaSTTService.Settings(
         language_config=LanguageConfig(languages=["en"], code_switching=False), realtime_processing=realtime
     )
-    async with (
-        running_daemon(engine, api_key=KEY) as daemon,
-        running_pipeline(pipecat_service(daemon, settings=settings)) as (worker, frames),
-    ):
-        await speak(worker, FIXTURE)
-        await frames.wait_for(finals=3)
-    assert frames.errors == []
-    assert same_words(EXPECTED[FIXTURE], frames.finals), frames.finals
+    async with running_daemon(engine, api_key=KEY) as daemon:
+        await transcribed(pipecat_service(daemon, settings=settings), FIXTURE)
     assert engine.names and all(names[:1] == ("Aoife",) for names in engine.names)
     assert set(engine.languages) == {"en"}
 

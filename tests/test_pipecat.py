@@ -131,6 +131,17 @@ async def speak(worker: PipelineWorker, fixture: str, rate: int = SAMPLE_RATE) -
         await asyncio.sleep(FRAME_S)
 
 
+async def transcribed(stt: STTService, fixture: str, rate: int = SAMPLE_RATE) -> ServiceFrames:
+    """The fixture spoken through `stt` behind Pipecat's VAD until a transcript per command came,
+    checked to hold no error and the fixture's words; the frames seen, for each test's own checks."""
+    async with running_pipeline(stt, rate) as (worker, frames):
+        await speak(worker, fixture, rate)
+        await frames.wait_for(finals=len(EXPECTED[fixture]))
+    assert frames.errors == []
+    assert same_words(EXPECTED[fixture], frames.finals), frames.finals
+    return frames
+
+
 @asynccontextmanager
 async def rest_service(daemon: Daemon, api_key: str = "unused", **settings: Any) -> AsyncIterator[OpenAISTTService]:
     """The REST service, its `settings` over English and gpt-4o-transcribe, on an HTTP client the
@@ -164,32 +175,19 @@ async def test_openai_stt_service_transcribes_each_segment_its_vad_cut() -> None
     async with (
         running_daemon(api_key=KEY) as daemon,
         rest_service(daemon, api_key=KEY) as stt,
-        running_pipeline(stt) as (worker, frames),
     ):
-        await speak(worker, "three_commands.wav")
-        await frames.wait_for(finals=3)
-    assert frames.errors == []
-    assert same_words(EXPECTED["three_commands.wav"], frames.finals)
+        await transcribed(stt, "three_commands.wav")
 
 
 async def test_realtime_stt_service_commits_at_its_vads_stops() -> None:
-    async with running_daemon() as daemon, running_pipeline(realtime_service(daemon)) as (worker, frames):
-        await speak(worker, "three_commands.wav")
-        await frames.wait_for(finals=3)
-    assert frames.errors == []
-    assert same_words(EXPECTED["three_commands.wav"], frames.finals)
+    async with running_daemon() as daemon:
+        await transcribed(realtime_service(daemon), "three_commands.wav")
 
 
 async def test_realtime_stt_service_with_the_daemons_turn_detection() -> None:
     turn = {"type": "server_vad", "silence_duration_ms": 500}
-    async with (
-        running_daemon() as daemon,
-        running_pipeline(realtime_service(daemon, turn_detection=turn)) as (worker, frames),
-    ):
-        await speak(worker, "three_commands.wav")
-        await frames.wait_for(finals=3)
-    assert frames.errors == []
-    assert same_words(EXPECTED["three_commands.wav"], frames.finals)
+    async with running_daemon() as daemon:
+        frames = await transcribed(realtime_service(daemon, turn_detection=turn), "three_commands.wav")
     assert frames.interims, "the daemon's deltas reach Pipecat as interim transcripts"
 
 
@@ -198,25 +196,15 @@ async def test_openai_stt_service_keywords_and_prompt_reach_the_engine() -> None
     async with (
         running_daemon(engine) as daemon,
         rest_service(daemon, prompt="Kowalski", keywords=["Zigbee", "kitchen lights"]) as stt,
-        running_pipeline(stt) as (worker, frames),
     ):
-        await speak(worker, "lights_on.wav")
-        await frames.wait_for(finals=1)
-    assert frames.errors == []
-    assert same_words(EXPECTED["lights_on.wav"], frames.finals)
+        await transcribed(stt, "lights_on.wav")
     assert engine.contexts == ["Kowalski. Zigbee, kitchen lights"] and engine.names == [("Zigbee", "kitchen lights")]
 
 
 async def test_realtime_stt_service_prompt_reaches_the_engine() -> None:
     engine = ContextRecordingEngineDouble()
-    async with (
-        running_daemon(engine) as daemon,
-        running_pipeline(realtime_service(daemon, prompt="Kowalski, Zigbee")) as (worker, frames),
-    ):
-        await speak(worker, "lights_on.wav")
-        await frames.wait_for(finals=1)
-    assert frames.errors == []
-    assert same_words(EXPECTED["lights_on.wav"], frames.finals)
+    async with running_daemon(engine) as daemon:
+        await transcribed(realtime_service(daemon, prompt="Kowalski, Zigbee"), "lights_on.wav")
     assert engine.contexts == ["Kowalski, Zigbee"]
 
 

@@ -29,7 +29,7 @@ from satellite_asr.server import Daemon
 from tests.doubles import ContextRecordingEngineDouble
 from tests.helpers import EXPECTED, microphone_chunks, normalise, running_daemon, same_words
 from tests.livekit_events import stream_fixture
-from tests.test_pipecat import running_pipeline, speak
+from tests.test_pipecat import running_pipeline, speak, transcribed
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -192,14 +192,8 @@ def pipecat_transcripts(frames: Any) -> list[TranscriptionFrame]:
 async def test_pipecat_service_finalizes_at_its_vads_stops() -> None:
     """Pipecat's default: endpoint detection off, a `finalize` at each stop of its VAD, answered by
     the command's final tokens and `<fin>`: one finalized transcript per command."""
-    async with (
-        running_daemon(api_key=KEY) as daemon,
-        running_pipeline(pipecat_service(daemon)) as (worker, frames),
-    ):
-        await speak(worker, FIXTURE)
-        await frames.wait_for(finals=3)
-    assert frames.errors == []
-    assert same_words(EXPECTED[FIXTURE], frames.finals), frames.finals
+    async with running_daemon(api_key=KEY) as daemon:
+        frames = await transcribed(pipecat_service(daemon), FIXTURE)
     assert all(frame.finalized for frame in pipecat_transcripts(frames))
     assert frames.interims, "non-final tokens reach Pipecat as interim transcripts"
 

@@ -33,7 +33,7 @@ from satellite_asr.server import Daemon
 from tests.doubles import ContextRecordingEngineDouble, FailsOnAWordEngineDouble
 from tests.helpers import EXPECTED, microphone_chunks, normalise, running_daemon, same_words
 from tests.livekit_events import stream_fixture
-from tests.test_pipecat import running_pipeline, speak
+from tests.test_pipecat import running_pipeline, transcribed
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -197,14 +197,8 @@ def pipecat_service(daemon: Daemon, api_key: str = KEY, **options: Any) -> Speec
 async def test_pipecat_service_finalizes_at_its_vads_stops() -> None:
     """Pipecat's default (external turns): a ForceEndOfUtterance at each stop of its VAD, answered by
     the command's AddSegment: one finalized transcript per command."""
-    async with (
-        running_daemon(api_key=KEY) as daemon,
-        running_pipeline(pipecat_service(daemon)) as (worker, frames),
-    ):
-        await speak(worker, FIXTURE)
-        await frames.wait_for(finals=3)
-    assert frames.errors == []
-    assert same_words(EXPECTED[FIXTURE], frames.finals), frames.finals
+    async with running_daemon(api_key=KEY) as daemon:
+        frames = await transcribed(pipecat_service(daemon), FIXTURE)
     transcripts = [frame for frame in frames.frames if isinstance(frame, TranscriptionFrame)]
     assert all(frame.finalized for frame in transcripts), "each final confirms the finalize it answers"
     assert frames.interims, "AddPartialSegment reaches Pipecat as interim transcripts"
