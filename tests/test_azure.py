@@ -147,6 +147,17 @@ async def test_interactive_with_no_speech_is_no_match() -> None:
     assert messages[1][1]["RecognitionStatus"] == "NoMatch"
 
 
+async def test_interactive_no_match_phrase_ends_the_turn() -> None:
+    """On the interactive path one phrase, of any status, is the turn (the SDK's `recognize_once`
+    takes the first `speech.phrase` as its result): the first command's failed decode is a NoMatch
+    phrase, then turn.end and the Close, not the next commands' phrases."""
+    async with running_daemon(FailsOnAWordEngineDouble("bedroom")) as daemon:
+        messages, code, _ = await stream(url(daemon, INTERACTIVE), audio())
+    assert paths(messages).count("speech.phrase") == 1, messages
+    assert len(phrases(messages, "NoMatch")) == 1
+    assert paths(messages)[-2:] == ["speech.phrase", "turn.end"] and code == 1000
+
+
 async def test_detailed_format_gives_nbest() -> None:
     async with running_daemon() as daemon:
         messages, _, _ = await stream(url(daemon, query="language=en-US&format=detailed"), audio())

@@ -9,7 +9,7 @@ audio under one `X-RequestId`, the first chunk a WAV header giving the format, a
 ending it. The session opens with that first chunk and `turn.start` answers. Each utterance is
 `speech.startDetected`, `speech.hypothesis` partials, `speech.endDetected` and one `speech.phrase`
 (offsets in 100-ns ticks); `turn.end` ends the turn. On the interactive path (the SDK's
-`recognize_once`) the first phrase with words ends the turn; on the conversation and dictation paths
+`recognize_once`) the first phrase, `NoMatch` too, ends the turn; on the conversation and dictation paths
 (continuous recognition) every utterance is a phrase until the audio ends. USP has no error message:
 a refusal is the Close, 1007 with a sentence for what the client sent (the SDK reports it as
 `BadRequest` with the sentence), 1011 for the server's side, after the finals of the audio before it.
@@ -380,17 +380,19 @@ class AzureConnection(InOrderConnection):
 
     async def final(self, event: FinalTranscript) -> None:
         """The utterance's phrase, when it has words, takes back a hypothesis, or the engine failed on
-        it (`NoMatch`); on the interactive path the first phrase with words ends the turn."""
+        it (`NoMatch`); on the interactive path the first phrase, of any status, ends the turn (the
+        SDK's `recognize_once` takes the first `speech.phrase` as its result)."""
         shown = self.pending.final(event.utterance_id)
         text = event.text.strip()
         lost = event.utterance_id in self.lost
         self.lost.discard(event.utterance_id)
-        if text or shown or lost:
+        phrased = bool(text or shown or lost)
+        if phrased:
             await self.start_detected(event.utterance_id, event.start)
             await self.send_usp("speech.endDetected", {"Offset": ticks(event.end)})
             await self.send_usp("speech.phrase", self.phrase(text, event.start, event.end, confidence(event)))
         self.started.discard(event.utterance_id)
-        if text and self.single_shot:
+        if phrased and self.single_shot:
             self.failed = True  # the turn is over: nothing more is sent
             await self.send_usp("turn.end", {})
             await self.close(WSCloseCode.OK)
