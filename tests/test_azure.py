@@ -340,6 +340,22 @@ async def test_no_audio_in_time_is_a_timeout() -> None:
     assert str(configured.close_reason).startswith("timeout: no audio within 1 s")
 
 
+async def test_messages_before_the_audio_do_not_put_off_the_timeout() -> None:
+    """Telemetry every 0.4 s and no audio: the connection, which holds no session, is closed
+    first_message_timeout_s after connecting (1007 timeout), not kept for as long as messages come."""
+    async with running_daemon(first_message_timeout_s=1) as daemon, websockets.connect(url(daemon)) as ws:
+        for _ in range(8):
+            with contextlib.suppress(websockets.ConnectionClosed):
+                await ws.send(text("telemetry", {"ReceivedMessages": {}}))
+            await asyncio.sleep(0.4)
+        with contextlib.suppress(websockets.ConnectionClosed):
+            await ws.send(audio_message(wav_header()))
+            await ws.send(audio_message(b""))
+        messages = await read_all(ws)
+    assert messages == [] and ws.close_code == 1007, messages
+    assert str(ws.close_reason).startswith("timeout: no audio within 1 s of connecting"), ws.close_reason
+
+
 async def test_idle_timeout_after_the_phrases() -> None:
     async with running_daemon(idle_timeout_s=2) as daemon, websockets.connect(url(daemon)) as ws:
         await ws.send(audio_message(wav_header()))

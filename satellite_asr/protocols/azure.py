@@ -273,6 +273,9 @@ class AzureConnection(InOrderConnection):
         self.lost: set[int] = set()
         """The utterances the engine failed to decode: their phrase is `NoMatch`."""
         self.phrases = 0
+        self.awaiting_audio = FirstMessageWait(reading, core.settings.first_message_timeout_s)
+        """The time from connecting for the turn's first audio, whatever messages come before it: they
+        do not put it off (the connection holds no session until then)."""
 
     async def send_usp(self, path: str, body: dict[str, Any]) -> None:
         """A USP text message; raises `SlowClient` (a `ConnectionError`) and drops a client that does not read."""
@@ -282,18 +285,17 @@ class AzureConnection(InOrderConnection):
             await write_within(self.ws.send_str(text), self.core.settings.write_timeout_s, self.transport)
 
     async def read_settings(self, message: WSMessage) -> None:
-        """The messages before the first audio (`speech.config`, `speech.context`, `telemetry`), each
-        within `first_message_timeout_s`; the session opens with the audio's first chunk."""
+        """The messages before the first audio (`speech.config`, `speech.context`, `telemetry`), all
+        within `first_message_timeout_s` of connecting; the session opens with the audio's first chunk."""
         while message.type not in WEBSOCKET_ENDS:
             usp = parse_message(message)
             if message.type == WSMsgType.BINARY:
                 await self.first_audio(usp)
                 return
             self.before_audio(usp)
-            timer = FirstMessageWait(self.reading, self.core.settings.first_message_timeout_s)
-            following = await timer.receive()
+            following = await self.awaiting_audio.receive()
             if following is None:
-                raise ProtocolError("timeout", timer.expired("audio"))
+                raise ProtocolError("timeout", self.awaiting_audio.expired("audio"))
             message = following
         self.finished = True
 
