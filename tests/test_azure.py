@@ -158,6 +158,30 @@ async def test_interactive_no_match_phrase_ends_the_turn() -> None:
     assert paths(messages)[-2:] == ["speech.phrase", "turn.end"] and code == 1000
 
 
+UNIVERSAL = "/speech/universal/v2"
+
+
+async def test_universal_path_takes_its_settings_from_speech_context() -> None:
+    """On `/speech/universal/v2` the SDK sends no query: the mode, language and format are in
+    speech.context (`phraseDetection.mode`, `.language`, `phraseOutput.format`), as recognize_once
+    with `OutputFormat.Detailed` sends them: one phrase with its NBest, then turn.end; a language
+    the engine lacks is refused, not decoded as another."""
+    detection = {"mode": "INTERACTIVE", "language": "en-US"}
+    context = {"phraseDetection": detection, "phraseOutput": {"format": "Detailed"}}
+    async with running_daemon() as daemon:
+        messages, code, _ = await stream(
+            url(daemon, UNIVERSAL, query=""), audio(), before=(text("speech.context", context),)
+        )
+        german = {"phraseDetection": {**detection, "language": "de-DE"}}
+        _, refused, reason = await stream(
+            url(daemon, UNIVERSAL, query=""), audio()[:3200], before=(text("speech.context", german),)
+        )
+    assert paths(messages).count("speech.phrase") == 1 and paths(messages)[-1] == "turn.end" and code == 1000
+    [phrase] = [body for headers, body in messages if headers["Path"] == "speech.phrase"]
+    assert normalise(phrase["DisplayText"]) == normalise(EXPECTED[FIXTURE][0]) and phrase["NBest"], phrase
+    assert refused == 1007 and reason.startswith("invalid_message: ") and "de-DE" in reason, reason
+
+
 async def test_detailed_format_gives_nbest() -> None:
     async with running_daemon() as daemon:
         messages, _, _ = await stream(url(daemon, query="language=en-US&format=detailed"), audio())

@@ -10,8 +10,9 @@ ending it. The session opens with that first chunk and `turn.start` answers. Eac
 `speech.startDetected`, `speech.hypothesis` partials, `speech.endDetected` and one `speech.phrase`
 (offsets in 100-ns ticks); `turn.end` ends the turn. On the interactive path (the SDK's
 `recognize_once`) the first phrase, `NoMatch` too, ends the turn; on the conversation and dictation paths
-(continuous recognition) every utterance is a phrase until the audio ends. USP has no error message:
-a refusal is the Close, 1007 with a sentence for what the client sent (the SDK reports it as
+(continuous recognition) every utterance is a phrase until the audio ends; on `/speech/universal/v2`
+`speech.context` says which (with the language and format the query carries on the other paths).
+USP has no error message: a refusal is the Close, 1007 with a sentence for what the client sent (the SDK reports it as
 `BadRequest` with the sentence), 1011 for the server's side, after the finals of the audio before it.
 """
 
@@ -57,6 +58,9 @@ from satellite_asr.session import SessionOptions
 PROTOCOL = "azure"
 INTERACTIVE_PATH = "/speech/recognition/interactive/cognitiveservices/v1"
 """The SDK's `recognize_once`: one phrase, then `turn.end`."""
+UNIVERSAL_PATH = "/speech/universal/v2"
+"""The path of both modes: the SDK sends no query there, its mode, language and format in
+`speech.context` (`context_settings`)."""
 PATHS = tuple(sorted(AZURE_PATHS))
 """With the interactive path, continuous recognition's: the SDK's conversation and dictation paths,
 and `/speech/universal/v2`, the one a `SpeechConfig(endpoint=...)` of Azure's current form names."""
@@ -264,7 +268,11 @@ class AzureConnection(InOrderConnection):
     ) -> None:
         super().__init__(ws, core, request, reading, params)
         self.url = url_settings(request.query, core)
+        self.query = request.query
+        self.universal = request.path == UNIVERSAL_PATH
         self.single_shot = request.path == INTERACTIVE_PATH
+        self.language = self.url.language
+        self.detailed = self.url.detailed
         self.terms: tuple[str, ...] = ()
         self.turn_id = ""
         """The `X-RequestId` of the turn, from its first audio."""
@@ -312,6 +320,28 @@ class AzureConnection(InOrderConnection):
             except ValueError:
                 raise ProtocolError("invalid_message", "speech.context's body is not JSON") from None
             self.terms = phrase_list(context, self.core)
+            self.context_settings(context)
+
+    def context_settings(self, context: dict[str, Any]) -> None:
+        """`speech.context`'s `phraseDetection.language` and `phraseOutput.format` where the query
+        gives none, and on `/speech/universal/v2` its `phraseDetection.mode` (`INTERACTIVE`:
+        single-shot): the SDK sends them there, not in the query, on that path."""
+        detection = context.get("phraseDetection")
+        detection = detection if isinstance(detection, dict) else {}
+        output = context.get("phraseOutput")
+        output = output if isinstance(output, dict) else {}
+        language = detection.get("language")
+        if language is not None and "language" not in self.query:
+            try:
+                self.language = engine_language(self.core, language, "phraseDetection.language")
+            except ProtocolError as exc:
+                raise ProtocolError("invalid_message", f"speech.context's {exc.message}") from None
+        shape = output.get("format")
+        if isinstance(shape, str) and "format" not in self.query:
+            self.detailed = shape.lower() == "detailed"
+        mode = detection.get("mode")
+        if isinstance(mode, str) and self.universal:
+            self.single_shot = mode.upper() == "INTERACTIVE"
 
     async def first_audio(self, usp: UspMessage) -> None:
         """The turn's first audio: its format from the WAV header (none: 16 kHz 16-bit PCM), the session opened."""
@@ -321,7 +351,7 @@ class AzureConnection(InOrderConnection):
         encoding, rate, audio = "s16le", 16000, usp.body
         if audio.startswith(b"RIFF"):
             encoding, rate, audio = wav_format(audio)
-        self.params = AzureParams(encoding, rate, self.url.language, self.terms)
+        self.params = AzureParams(encoding, rate, self.language, self.terms)
         try:
             self.open_session()
         except ValueError as exc:  # the decoder's refusal of the rate
@@ -403,7 +433,7 @@ class AzureConnection(InOrderConnection):
 
     def phrase(self, text: str, start: float, end: float, sureness: float) -> dict[str, Any]:
         self.phrases += 1
-        return phrase_body(text, start, end, sureness, self.url.detailed)
+        return phrase_body(text, start, end, sureness, self.detailed)
 
     async def closing(self) -> None:
         """The end of the audio: on the interactive path with no phrase, `NoMatch`; then `turn.end`."""
