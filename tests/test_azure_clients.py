@@ -184,3 +184,27 @@ async def test_sdk_bad_request_and_server_busy_are_cancellations_with_the_senten
     assert "1007" in bad.error_details and "cid: this server does not do custom speech models" in bad.error_details
     assert busy.code == speechsdk.CancellationErrorCode.ServiceError, busy.error_details
     assert "1011" in busy.error_details and "server_busy: the server has 1 sessions open" in busy.error_details
+
+
+async def test_sdk_on_the_universal_endpoint_sends_its_settings_in_speech_context() -> None:
+    """`SpeechConfig(endpoint=".../speech/universal/v2")`: the SDK sends no query, its mode, language
+    and format in speech.context. recognize_once with `OutputFormat.Detailed` is one phrase with an
+    NBest; a language the engine lacks (de-DE) is refused (BadRequest), not decoded as English."""
+    async with running_daemon(api_key=KEY) as daemon:
+        endpoint = f"{host(daemon)}/speech/universal/v2"
+        config = speechsdk.SpeechConfig(endpoint=endpoint, subscription=KEY)
+        config.output_format = speechsdk.OutputFormat.Detailed
+        audio = speechsdk.audio.AudioConfig(filename=str(FIXTURES / FIXTURE))
+        result = await asyncio.to_thread(
+            speechsdk.SpeechRecognizer(speech_config=config, audio_config=audio).recognize_once
+        )
+        german = speechsdk.SpeechConfig(endpoint=endpoint, subscription=KEY)
+        german.speech_recognition_language = "de-DE"
+        audio = speechsdk.audio.AudioConfig(filename=str(FIXTURES / "lights_on.wav"))
+        refused = await asyncio.to_thread(
+            speechsdk.SpeechRecognizer(speech_config=german, audio_config=audio).recognize_once
+        )
+    assert result.reason == speechsdk.ResultReason.RecognizedSpeech, result.cancellation_details.error_details
+    assert normalise(result.text) == normalise(EXPECTED[FIXTURE][0]) and json.loads(result.json)["NBest"]
+    details = refused.cancellation_details
+    assert details.code == speechsdk.CancellationErrorCode.BadRequest and "de-DE" in details.error_details
