@@ -344,6 +344,19 @@ async def test_the_key_by_header_or_bearer_and_refusals_in_azures_shape() -> Non
             assert reason.startswith("invalid_query_parameter: ") and words in reason, reason
 
 
+async def test_a_browsers_key_subprotocol_is_answered_with_satellite_asr() -> None:
+    """A browser sends the key as the subprotocol `satellite-asr.key.KEY` beside `satellite-asr`
+    (docs/security.md), and fails the connection unless the server answers one it offered: the
+    Azure paths answer `satellite-asr` then, `USP` to the SDK."""
+    offered = ["satellite-asr", f"satellite-asr.key.{KEY}"]
+    async with running_daemon(api_key=KEY) as daemon, websockets.connect(url(daemon), subprotocols=offered) as ws:
+        assert ws.subprotocol == "satellite-asr"
+        await ws.send(audio_message(wav_header()))
+        await ws.send(audio_message(b""))
+        messages = await read_all(ws)
+    assert paths(messages) == ["turn.start", "turn.end"] and ws.close_code == 1000
+
+
 async def test_plain_get_is_426_in_azures_shape() -> None:
     async with running_daemon() as daemon, aiohttp.ClientSession() as http:
         response = await http.get(url(daemon).replace("ws", "http", 1))

@@ -406,15 +406,15 @@ def ends_with_close(data: bytes, code: int) -> bool:
     return False
 
 
-def read_ahead_response(max_msg_size: int, subprotocol: str) -> web.WebSocketResponse:
+def read_ahead_response(max_msg_size: int, *subprotocols: str) -> web.WebSocketResponse:
     """A WebSocket response for a `ReadAhead` to read: autoclose and autoping off (`ReadAhead`
     answers a client's Close and pings), aiohttp's close waiting at most `CLOSE_HANDSHAKE_S` for the
     client's, a ping every 30 s, and a Close for a refused frame that reaches the client
-    (`LingeringResponse`)."""
+    (`LingeringResponse`). The subprotocol answered is the first the client offered of `subprotocols`."""
     return LingeringResponse(
         max_msg_size=max_msg_size,
         heartbeat=30.0,
-        protocols=(subprotocol,),
+        protocols=subprotocols,
         autoclose=False,
         autoping=False,
         timeout=CLOSE_HANDSHAKE_S,

@@ -526,7 +526,8 @@ class Api:
     refuse_parameters: ParametersRefused
     """How a bad query is answered: before the upgrade, or (as AssemblyAI does) after it, in band."""
     subprotocol: str = SUBPROTOCOL
-    """The WebSocket subprotocol answered: the daemon's, or the API's own (Azure's `USP`)."""
+    """The WebSocket subprotocol answered: the daemon's, or the API's own (Azure's `USP`), the
+    daemon's still answered to a client that offers it (a browser sending its key as a subprotocol)."""
 
     @property
     def protocol(self) -> str:
@@ -557,7 +558,8 @@ class StreamingApiHandler:
         await asyncio.gather(*closing, return_exceptions=True)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        ws = read_ahead_response(MAX_MESSAGE_BYTES + 1, self.api.subprotocol)
+        # the daemon's own beside the API's: a browser sending its key as a subprotocol offers it
+        ws = read_ahead_response(MAX_MESSAGE_BYTES + 1, *dict.fromkeys((self.api.subprotocol, SUBPROTOCOL)))
         if not ws.can_prepare(request).ok:
             message = f"this endpoint speaks {self.api.name} over WebSocket; connect a WebSocket client"
             upgrade = {"Upgrade": "websocket", "Connection": "Upgrade"}
