@@ -404,6 +404,18 @@ async def test_idle_timeout_after_the_phrases() -> None:
     assert ws.close_code == 1007 and str(ws.close_reason).startswith("idle_timeout: no speech was heard for 2 s")
 
 
+async def test_idle_timeout_on_the_interactive_path_is_no_match() -> None:
+    """recognize_once from a microphone nobody speaks into: after idle_timeout_s the turn's answer,
+    a NoMatch phrase, then turn.end and 1000 (Azure's initial silence timeout), not a refusal
+    (1007, which the SDK reports as BadRequest)."""
+    async with running_daemon(idle_timeout_s=1) as daemon, websockets.connect(url(daemon, INTERACTIVE)) as ws:
+        await ws.send(audio_message(wav_header()))
+        await ws.send(audio_message(bytes(16000)))
+        messages = await read_all(ws)
+    assert paths(messages) == ["turn.start", "speech.phrase", "turn.end"] and ws.close_code == 1000, messages
+    assert messages[1][1]["RecognitionStatus"] == "NoMatch"
+
+
 async def test_server_busy_is_1011_and_the_open_session_goes_on() -> None:
     async with (
         running_daemon(max_sessions=1, wyoming_reserved_sessions=0) as daemon,

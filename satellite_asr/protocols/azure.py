@@ -18,6 +18,7 @@ USP has no error message: a refusal is the Close, 1007 with a sentence for what 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import struct
 from dataclasses import dataclass
@@ -444,8 +445,15 @@ class AzureConnection(InOrderConnection):
         await self.send_usp("turn.end", {})
 
     async def close_by_server(self, reason: str) -> None:
-        """Idle timeout or shutdown, once the finals are sent: the Close with its sentence."""
+        """Idle timeout or shutdown, once the finals are sent: the Close with its sentence. On the
+        interactive path the idle timeout is Azure's initial silence timeout instead: the turn's
+        answer, `NoMatch` (`closing`), `turn.end` and 1000."""
         self.finished = True
+        if reason == "idle_timeout" and self.single_shot:
+            with contextlib.suppress(ConnectionError):
+                await self.closing()
+            await self.close(WSCloseCode.OK)
+            return
         message = {
             "idle_timeout": f"no speech was heard for {self.core.settings.idle_timeout_s:g} s (idle_timeout_s)",
             "shutdown": "the server is shutting down; start a new session",
