@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
+import wave
 from typing import Any
 
 import azure.cognitiveservices.speech as speechsdk
@@ -208,3 +210,35 @@ async def test_sdk_on_the_universal_endpoint_sends_its_settings_in_speech_contex
     assert normalise(result.text) == normalise(EXPECTED[FIXTURE][0]) and json.loads(result.json)["NBest"]
     details = refused.cancellation_details
     assert details.code == speechsdk.CancellationErrorCode.BadRequest and "de-DE" in details.error_details
+
+
+def pcm_of(fixture: str) -> bytes:
+    with wave.open(str(FIXTURES / fixture)) as recording:
+        return recording.readframes(recording.getnframes())
+
+
+def continuous_through_a_silence(daemon: Daemon) -> tuple[list[str], list[speechsdk.CancellationDetails]]:
+    """A command, 5 s of silence, another, at microphone pace into continuous recognition."""
+    config = speechsdk.SpeechConfig(host=host(daemon), subscription=KEY)
+    pushed = speechsdk.audio.PushAudioInputStream()
+    sdk = speechsdk.SpeechRecognizer(speech_config=config, audio_config=speechsdk.audio.AudioConfig(stream=pushed))
+    finals: list[str] = []
+    cancelled: list[speechsdk.CancellationDetails] = []
+    sdk.recognized.connect(lambda event: finals.append(event.result.text) if event.result.text else None)
+    sdk.canceled.connect(lambda event: cancelled.append(event.cancellation_details))
+    sdk.start_continuous_recognition()
+    audio = pcm_of("lights_on.wav") + bytes(32000 * 5) + pcm_of("weather.wav") + bytes(32000)
+    for offset in range(0, len(audio), 3200):
+        pushed.write(audio[offset : offset + 3200])
+        time.sleep(0.1)
+    sdk.stop_continuous_recognition()
+    return finals, cancelled
+
+
+async def test_sdk_continuous_recognition_outlives_the_idle_timeout() -> None:
+    """Silence past idle_timeout_s ends the turn (turn.end, 1000): the SDK goes on with a new turn on
+    a new connection and the next command's phrase comes, with no cancellation."""
+    async with running_daemon(api_key=KEY, idle_timeout_s=2) as daemon:
+        finals, cancelled = await asyncio.to_thread(continuous_through_a_silence, daemon)
+    assert not cancelled, cancelled[0].error_details
+    assert same_words(EXPECTED["lights_on.wav"] + EXPECTED["weather.wav"], finals), finals

@@ -445,19 +445,18 @@ class AzureConnection(InOrderConnection):
         await self.send_usp("turn.end", {})
 
     async def close_by_server(self, reason: str) -> None:
-        """Idle timeout or shutdown, once the finals are sent: the Close with its sentence. On the
-        interactive path the idle timeout is Azure's initial silence timeout instead: the turn's
-        answer, `NoMatch` (`closing`), `turn.end` and 1000."""
+        """Idle timeout or shutdown, once the finals are sent. The idle timeout ends the turn as
+        Azure ends one (`closing`: on the interactive path its `NoMatch`, as Azure's initial silence
+        timeout; then `turn.end`) and closes with 1000: the SDK in continuous recognition goes on
+        with a new turn on a new connection, where a refusal cancels its recognition for good
+        (Pipecat's service never starts another). Shutdown: the Close 1011 with its sentence."""
         self.finished = True
-        if reason == "idle_timeout" and self.single_shot:
+        if reason == "idle_timeout":
             with contextlib.suppress(ConnectionError):
                 await self.closing()
             await self.close(WSCloseCode.OK)
             return
-        message = {
-            "idle_timeout": f"no speech was heard for {self.core.settings.idle_timeout_s:g} s (idle_timeout_s)",
-            "shutdown": "the server is shutting down; start a new session",
-        }.get(reason, reason)
+        message = {"shutdown": "the server is shutting down; start a new session"}.get(reason, reason)
         await self.error(reason, message, counted=True)
 
     async def error(self, code: str, message: str, *, fatal: bool = False, counted: bool = False) -> None:
