@@ -322,6 +322,9 @@ async def test_the_key_by_header_or_bearer_and_refusals_in_azures_shape() -> Non
         for headers in ({"Ocp-Apim-Subscription-Key": KEY}, {"Authorization": f"Bearer {KEY}"}):
             messages, code, _ = await stream(url(daemon), headers=headers)
             assert paths(messages) == ["turn.start", "turn.end"] and code == 1000
+        taken = "profanity=raw&postprocessing=TrueText&stableIntermediateThreshold=3&wordLevelTimestamps=true"
+        messages, code, _ = await stream(url(daemon, query=taken), headers={"Ocp-Apim-Subscription-Key": KEY})
+        assert paths(messages) == ["turn.start", "turn.end"] and code == 1000, "checked and not applied"
         async with aiohttp.ClientSession() as http:
             for headers in ({}, {"Ocp-Apim-Subscription-Key": "wrong"}):
                 async with http.get(url(daemon).replace("ws", "http", 1), headers=headers) as response:
@@ -338,6 +341,9 @@ async def test_the_key_by_header_or_bearer_and_refusals_in_azures_shape() -> Non
             ("initialSilenceTimeoutMs=soon", "initialSilenceTimeoutMs must be a whole number from 0 to 3600000"),
             ("endSilenceTimeoutMs=\u0661", "endSilenceTimeoutMs must be a whole number"),
             ("storeAudio=maybe", "storeAudio must be true or false"),
+            ("postprocessing=Lexical", "postprocessing must be TrueText"),
+            ("stableIntermediateThreshold=0", "stableIntermediateThreshold must be a whole number from 1 to 100"),
+            ("punctuation=explicit", "this server does not do spoken punctuation"),
         ]:
             messages, code, reason = await stream(url(daemon, query=query), headers=keyed)
             assert messages == [] and code == 1007, (query, reason)

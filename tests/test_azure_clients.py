@@ -107,8 +107,9 @@ def livekit_stt(daemon: Daemon, key: str = KEY, **options: Any) -> Any:
 
 
 async def test_livekit_stream_gets_interims_and_a_final_per_command() -> None:
+    """With TrueText post-processing asked for (`postprocessing=TrueText`: checked, not applied)."""
     async with running_daemon(api_key=KEY) as daemon:
-        events = await stream_fixture(livekit_stt(daemon), FIXTURE, finals=3)
+        events = await stream_fixture(livekit_stt(daemon, true_text_post_processing=True), FIXTURE, finals=3)
     finals = [final.text for final in events.finals() if final.text]
     assert same_words(EXPECTED[FIXTURE], finals), finals
     assert events.of(lk_stt.SpeechEventType.INTERIM_TRANSCRIPT)

@@ -74,13 +74,20 @@ QUERY = {
     "storeAudio",
     "wordLevelConfidence",
     "wordLevelTimestamps",
+    "stableIntermediateThreshold",
+    "postprocessing",
 }
 """The query the SDK sends: `language` and `format` are used, the rest checked and not applied
 (the SDK asks for `wordLevelTimestamps` with the detailed format; `NBest` has no `Words`: the
-engine gives no word timings)."""
+engine gives no word timings; `postprocessing=TrueText`, LiveKit's `true_text_post_processing`,
+asks for display text, which every phrase already is)."""
 FORMATS = {"simple", "detailed"}
 PROFANITY = {"masked", "removed", "raw"}
-REFUSED_QUERY = {"cid": "custom speech models", "lidEnabled": "language identification"}
+REFUSED_QUERY = {
+    "cid": "custom speech models",
+    "lidEnabled": "language identification",
+    "punctuation": "spoken punctuation (LiveKit's explicit_punctuation)",
+}
 WAV_FORMATS = {(1, 16): "s16le", (3, 32): "f32le", (6, 8): "pcma", (7, 8): "pcmu"}
 """A WAV header's format tag and bits per sample, as the daemon's encodings."""
 TICKS_PER_SECOND = 10_000_000
@@ -89,6 +96,8 @@ CLIENT_PATHS = {"speech.config", "speech.context", "telemetry"}
 """The text messages a client sends (`audio` is binary)."""
 SERVER_SIDE = {"shutdown", "server_busy", "engine_error"}
 """The errors that are the server's, closed with 1011; every other is the client's, closed with 1007."""
+MAX_STABILITY = 100
+"""The most recognitions `stableIntermediateThreshold` may ask a word to hold: checked, not applied."""
 MAX_SILENCE_MS = 3_600_000
 """The longest silence timeout taken (an hour): the query's are checked, not applied."""
 MAX_REASON_BYTES = 123
@@ -114,6 +123,9 @@ def url_settings(query: MultiMapping[str], core: Core) -> UrlSettings:
         raise ParameterError("format", f"format must be simple or detailed, got {echoable(output)!r}")
     if query.get("profanity", "masked").lower() not in PROFANITY:
         raise ParameterError("profanity", "profanity must be masked, removed or raw")
+    if query.get("postprocessing", "TrueText").lower() != "truetext":
+        raise ParameterError("postprocessing", "postprocessing must be TrueText")
+    whole_parameter(query, "stableIntermediateThreshold", None, 1, MAX_STABILITY)
     for name in ("storeAudio", "wordLevelConfidence", "wordLevelTimestamps"):
         boolean_parameter(query, name, False)
     for name in ("initialSilenceTimeoutMs", "endSilenceTimeoutMs"):
