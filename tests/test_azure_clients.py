@@ -25,7 +25,7 @@ from tests.doubles import ContextRecordingEngineDouble, FailsOnAWordEngineDouble
 from tests.helpers import EXPECTED, FIXTURES, normalise, running_daemon, same_words
 from tests.livekit_events import stream_fixture
 from tests.test_azure import CONVERSATION, USP, audio_message, wav_header
-from tests.test_pipecat import running_pipeline, speak
+from tests.test_pipecat import running_pipeline, speak, transcribed
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -136,14 +136,8 @@ def pipecat_service(daemon: Daemon, key: str = KEY) -> AzureSTTService:
 
 
 async def test_pipecat_service_transcribes_each_command() -> None:
-    async with (
-        running_daemon(api_key=KEY) as daemon,
-        running_pipeline(pipecat_service(daemon)) as (worker, frames),
-    ):
-        await speak(worker, FIXTURE)
-        await frames.wait_for(finals=3)
-    assert frames.errors == []
-    assert same_words(EXPECTED[FIXTURE], frames.finals), frames.finals
+    async with running_daemon(api_key=KEY) as daemon:
+        frames = await transcribed(pipecat_service(daemon), FIXTURE)
     assert frames.interims, "speech.hypothesis reaches Pipecat as interim transcripts"
 
 

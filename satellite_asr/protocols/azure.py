@@ -468,8 +468,7 @@ class AzureConnection(InOrderConnection):
                 await self.closing()
             await self.close(WSCloseCode.OK)
             return
-        message = {"shutdown": "the server is shutting down; start a new session"}.get(reason, reason)
-        await self.error(reason, message, counted=True)
+        await self.error(reason, self.server_close_sentence(reason), counted=True)
 
     async def error(self, code: str, message: str, *, fatal: bool = False, counted: bool = False) -> None:
         """USP has no error message: the Close, 1011 for the server's side, else 1007, its reason
