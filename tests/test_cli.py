@@ -82,6 +82,15 @@ async def bench_one_round(
     return await cli_with_key("bench", *flags, key=key)
 
 
+async def bench_refused_for_its_key(manifest: Path, protocol: str, url: str) -> None:
+    """`bench` without the key: nothing measured, the upgrade's 401 reported with the daemon's
+    sentence and the hint of where the key goes."""
+    code, stdout, stderr = await bench_one_round(manifest, protocol, url)
+    assert (code, stdout) == (1, ""), stderr
+    assert stderr.startswith(f"satellite-asr: {url}: the daemon refused the connection with HTTP 401"), stderr
+    assert "this daemon requires an API key" in stderr and "give the key with --api-key" in stderr, stderr
+
+
 def test_transcribe_help_says_which_files_it_reads(capsys: pytest.CaptureFixture[str]) -> None:
     """It said "16-bit PCM WAV files" while the daemon's uploads took any format FFmpeg reads."""
     with pytest.raises(SystemExit):
@@ -427,10 +436,7 @@ async def test_bench_over_speechmatics_says_the_upgrades_401_and_the_streams_err
     bench = functools.partial(bench_one_round, manifest, "speechmatics")
     async with running_daemon(api_key="kitchen-key") as daemon:
         url = f"ws://127.0.0.1:{daemon.http_port}/v2"
-        code, stdout, stderr = await bench(url)
-        assert (code, stdout) == (1, ""), stderr
-        assert stderr.startswith(f"satellite-asr: {url}: the daemon refused the connection with HTTP 401"), stderr
-        assert "this daemon requires an API key" in stderr and "give the key with --api-key" in stderr, stderr
+        await bench_refused_for_its_key(manifest, "speechmatics", url)
         code, _, stderr = await bench(f"{url}/de", key="kitchen-key")
         assert code == 1 and "error invalid_config: the URL's language 'de'" in stderr, stderr
         code, stdout, stderr = await bench(url, key="kitchen-key")
@@ -444,10 +450,7 @@ async def test_bench_over_mistral_says_the_upgrades_401_and_takes_the_key(tmp_pa
     bench = functools.partial(bench_one_round, manifest, "mistral")
     async with running_daemon(api_key="kitchen-key") as daemon:
         url = f"ws://127.0.0.1:{daemon.http_port}/v1/audio/transcriptions/realtime"
-        code, stdout, stderr = await bench(url)
-        assert (code, stdout) == (1, ""), stderr
-        assert stderr.startswith(f"satellite-asr: {url}: the daemon refused the connection with HTTP 401"), stderr
-        assert "this daemon requires an API key" in stderr and "give the key with --api-key" in stderr, stderr
+        await bench_refused_for_its_key(manifest, "mistral", url)
         code, stdout, stderr = await bench(url, key="kitchen-key")
         assert code == 0 and "missing finals: 0" in stdout and "WER" in stdout, stderr
 
@@ -477,10 +480,7 @@ async def test_bench_over_azure_says_the_upgrades_401_and_the_streams_close(tmp_
     bench = functools.partial(bench_one_round, manifest, "azure")
     async with running_daemon(api_key="kitchen-key") as daemon:
         url = f"ws://127.0.0.1:{daemon.http_port}/speech/recognition/conversation/cognitiveservices/v1"
-        code, stdout, stderr = await bench(url)
-        assert (code, stdout) == (1, ""), stderr
-        assert stderr.startswith(f"satellite-asr: {url}: the daemon refused the connection with HTTP 401"), stderr
-        assert "this daemon requires an API key" in stderr and "give the key with --api-key" in stderr, stderr
+        await bench_refused_for_its_key(manifest, "azure", url)
         code, _, stderr = await bench(f"{url}?format=verbose", key="kitchen-key")
         assert (
             code == 1 and "Close 1007: invalid_query_parameter: format: format must be simple or detailed" in stderr
