@@ -427,7 +427,7 @@ class StreamingConnection(abc.ABC):
 
 class InOrderConnection(StreamingConnection):
     """A client of an API whose messages name no utterance (ElevenLabs', Soniox's, Cartesia's,
-    Speechmatics', Gladia's): each utterance's partials and final go out in audio order, a partial
+    Speechmatics', Gladia's, Mistral's, Azure's): each utterance's partials and final go out in audio order, a partial
     heard while the final before it decodes held back for that final (`PendingFinals`)."""
 
     def __init__(
