@@ -232,6 +232,7 @@ async def test_phrase_list_reaches_the_engine() -> None:
         ((text("speech.context", {"dgi": {"Groups": [{"Type": "People"}]}}),), wav_header(), "phrase lists only"),
         ((text("speech.context", {"dgi": {"Groups": [{"Items": [{"Text": 3}]}]}}),), wav_header(), "list of texts"),
         ((b"\x00",), wav_header(), "a 2-byte header length"),
+        ((b"\x00\x1dPath:audio\r\nX-RequestId:a\nb\r\n" + wav_header(),), wav_header(), "X-RequestId must be"),
         ((audio_message(b"", path="video"),), wav_header(), "must be Path:audio, not 'video'"),
         ((), wav_header(channels=2), "invalid_audio: this server takes one channel"),
         ((), wav_header(bits=8), "format 1, 8 bits"),

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import struct
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -100,6 +101,9 @@ MAX_STABILITY = 100
 """The most recognitions `stableIntermediateThreshold` may ask a word to hold: checked, not applied."""
 MAX_SILENCE_MS = 3_600_000
 """The longest silence timeout taken (an hour): the query's are checked, not applied."""
+REQUEST_ID = re.compile(r"[0-9A-Za-z_-]{1,64}")
+"""What a turn's `X-RequestId` may be (the SDK's are 32 hex digits): it is echoed in every message
+the daemon sends, so a line break or a long value in it is refused rather than repeated."""
 MAX_REASON_BYTES = 123
 """The most a Close's reason may hold (RFC 6455)."""
 
@@ -361,6 +365,8 @@ class AzureConnection(InOrderConnection):
         if usp.path != "audio":
             raise ProtocolError("invalid_message", f"a binary message must be Path:audio, not {echoable(usp.path)!r}")
         self.turn_id = usp.headers.get("x-requestid", self.request_id)
+        if not REQUEST_ID.fullmatch(self.turn_id):
+            raise ProtocolError("invalid_message", "X-RequestId must be 1 to 64 letters, digits, '-' or '_'")
         encoding, rate, audio = "s16le", 16000, usp.body
         if audio.startswith(b"RIFF"):
             encoding, rate, audio = wav_format(audio)
