@@ -16,4 +16,9 @@ if [ "${1:-}" = "test" ]; then
     # LiveKit's Speechmatics plugin pins speechmatics-agent-stt~=0.1.0, which no resolver installs beside
     # Pipecat's ~=0.3.0 (pyproject.toml); it runs on 0.3, so it comes without its pins.
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps "livekit-plugins-speechmatics==1.8.9"
+    # Microsoft's JavaScript Speech SDK for tests/test_azure_js_sdk.py, at the version
+    # tests/node/package-lock.json pins; without npm those tests skip (fail with CI=true), saying so.
+    if command -v npm >/dev/null; then
+        (cd "$ROOT/tests/node" && npm ci --silent --no-audit --no-fund)
+    fi
 fi
