@@ -36,7 +36,8 @@ ElevenLabs' `{"detail":{"status","message"}}` on its (`ELEVENLABS_PREFIX`), Cart
 `{"object","message","type","param","code"}` on its (`MISTRAL_PATHS`), Azure AI Speech's
 `{"error":{"code","message"}}` on its (`AZURE_PATHS`). Cartesia's
 clients send the key as `X-API-Key` or `Authorization: Bearer`, Speechmatics' as `Authorization:
-Bearer` (a browser's as `?jwt=KEY`, also taken there), both ways above.
+Bearer` (a browser's as `?jwt=KEY`, also taken there), both ways above; Azure's JavaScript SDK
+sends `?Ocp-Apim-Subscription-Key=KEY` (or `?Authorization=Bearer KEY`), taken on its paths.
 """
 
 from __future__ import annotations
@@ -95,9 +96,12 @@ AZURE_PATHS = frozenset(
         "/speech/recognition/conversation/cognitiveservices/v1",
         "/speech/recognition/dictation/cognitiveservices/v1",
         "/speech/universal/v2",
+        "/stt/speech/universal/v2",
     }
 )
-"""Azure AI Speech's real-time paths, whose errors take its `{"error": {"code", "message"}}` shape."""
+"""Azure AI Speech's real-time paths, whose errors take its `{"error": {"code", "message"}}` shape,
+and whose JavaScript SDK sends the key in the query too (a browser's WebSocket has no headers):
+`?Ocp-Apim-Subscription-Key=KEY`, or a token as `?Authorization=Bearer KEY`."""
 AZURE_KEY_HEADER = "Ocp-Apim-Subscription-Key"
 TOKEN_PATHS = GLADIA_PATHS
 """Paths whose WebSocket (a GET with a `token` query) is authenticated by the token a keyed POST
@@ -359,6 +363,11 @@ def presented_key(request: web.Request) -> str | None:
         return request.query[KEY_QUERY_PARAMETER]
     if SPEECHMATICS_KEY_QUERY_PARAMETER in request.query and speechmatics_path(request.path):
         return request.query[SPEECHMATICS_KEY_QUERY_PARAMETER]
+    if request.path in AZURE_PATHS and AZURE_KEY_HEADER in request.query:
+        return request.query[AZURE_KEY_HEADER]
+    if request.path in AZURE_PATHS and "Authorization" in request.query:
+        token_scheme, _, token = request.query["Authorization"].partition(" ")
+        return token.strip() if token_scheme.lower() == "bearer" else request.query["Authorization"]
     if ELEVENLABS_KEY_HEADER in request.headers:
         return request.headers[ELEVENLABS_KEY_HEADER].strip()
     if authorization and not credentials and scheme.lower() not in ("bearer", "token"):  # the key alone

@@ -91,11 +91,14 @@ async def stream(
 
 
 async def read_all(ws: websockets.ClientConnection) -> list[Message]:
+    """Every message until the Close, which the client sends after `turn.end`, as the SDK does."""
     messages = []
     with contextlib.suppress(websockets.ConnectionClosedError):
         async for message in ws:
             assert isinstance(message, str), "the server sends text messages only"
             messages.append(parse(message))
+            if messages[-1][0]["Path"] == "turn.end":
+                await ws.close()
     return messages
 
 
@@ -349,6 +352,30 @@ async def test_the_key_by_header_or_bearer_and_refusals_in_azures_shape() -> Non
             messages, code, reason = await stream(url(daemon, query=query), headers=keyed)
             assert messages == [] and code == 1007, (query, reason)
             assert reason.startswith("invalid_query_parameter: ") and words in reason, reason
+
+
+async def test_the_javascript_sdks_key_and_connection_id_in_the_query_on_azures_paths_alone() -> None:
+    """The JavaScript SDK puts the key (a token as `Authorization=Bearer KEY`) and its connection id,
+    twice, in the query, a browser's WebSocket having no headers: taken on Azure's paths, the
+    universal `/stt/speech/universal/v2` too; elsewhere the key is not one (401); a wrong one 401."""
+    connection = "X-ConnectionId=0123456789ABCDEF0123456789ABCDEF&connectionId=0123456789ABCDEF0123456789ABCDEF"
+    async with running_daemon(api_key=KEY) as daemon:
+        for path, key in [
+            (CONVERSATION, f"Ocp-Apim-Subscription-Key={KEY}"),
+            ("/stt/speech/universal/v2", f"Ocp-Apim-Subscription-Key={KEY}"),
+            (INTERACTIVE, f"Authorization=Bearer%20{KEY}"),
+        ]:
+            messages, code, _ = await stream(url(daemon, path, f"language=en-US&{key}&{connection}"))
+            assert paths(messages)[-1] == "turn.end" and code == 1000, path
+        async with aiohttp.ClientSession() as http:
+            base = f"http://127.0.0.1:{daemon.http_port}"
+            for path, key in [("/v1/listen", KEY), ("/v2", KEY), (CONVERSATION, "not-the-key-7f3a")]:
+                async with http.get(f"{base}{path}?Ocp-Apim-Subscription-Key={key}") as response:
+                    assert response.status == 401 and "7f3a" not in await response.text(), path
+        messages, code, reason = await stream(
+            url(daemon, query="X-ConnectionId=a%0Ab"), headers={"Ocp-Apim-Subscription-Key": KEY}
+        )
+        assert code == 1007 and "X-ConnectionId must be 1 to 64 letters" in reason, reason
 
 
 async def test_a_browsers_key_subprotocol_is_answered_with_satellite_asr() -> None:

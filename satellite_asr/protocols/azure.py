@@ -10,7 +10,7 @@ ending it. The session opens with that first chunk and `turn.start` answers. Eac
 `speech.startDetected`, `speech.hypothesis` partials, `speech.endDetected` and one `speech.phrase`
 (offsets in 100-ns ticks); `turn.end` ends the turn. On the interactive path (the SDK's
 `recognize_once`) the first phrase, `NoMatch` too, ends the turn; on the conversation and dictation paths
-(continuous recognition) every utterance is a phrase until the audio ends; on `/speech/universal/v2`
+(continuous recognition) every utterance is a phrase until the audio ends; on the universal paths
 `speech.context` says which (with the language and format the query carries on the other paths).
 USP has no error message: a refusal is the Close, 1007 with a sentence for what the client sent (the SDK reports it as
 `BadRequest` with the sentence), 1011 for the server's side, after the finals of the audio before it.
@@ -60,12 +60,12 @@ from satellite_asr.session import SessionOptions
 PROTOCOL = "azure"
 INTERACTIVE_PATH = "/speech/recognition/interactive/cognitiveservices/v1"
 """The SDK's `recognize_once`: one phrase, then `turn.end`."""
-UNIVERSAL_PATH = "/speech/universal/v2"
-"""The path of both modes: the SDK sends no query there, its mode, language and format in
-`speech.context` (`context_settings`)."""
+UNIVERSAL_PATHS = {"/speech/universal/v2", "/stt/speech/universal/v2"}
+"""The paths of both modes, the mode in `speech.context`: the Python SDK's, with no query (its language
+and format in `speech.context` too: `context_settings`), and the JavaScript SDK's."""
 PATHS = tuple(sorted(AZURE_PATHS))
 """With the interactive path, continuous recognition's: the SDK's conversation and dictation paths,
-and `/speech/universal/v2`, the one a `SpeechConfig(endpoint=...)` of Azure's current form names."""
+and the universal ones a `SpeechConfig` endpoint of Azure's current form names."""
 QUERY = {
     "language",
     "format",
@@ -77,9 +77,14 @@ QUERY = {
     "wordLevelTimestamps",
     "stableIntermediateThreshold",
     "postprocessing",
+    "X-ConnectionId",
+    "connectionId",
+    "Ocp-Apim-Subscription-Key",
+    "Authorization",
 }
 """The query the SDK sends: `language` and `format` are used, the rest checked and not applied
-(the SDK asks for `wordLevelTimestamps` with the detailed format; `NBest` has no `Words`: the
+(the JavaScript SDK's connection id, twice, and its key, which access.py checks, come in it too;
+the SDK asks for `wordLevelTimestamps` with the detailed format; `NBest` has no `Words`: the
 engine gives no word timings; `postprocessing=TrueText`, LiveKit's `true_text_post_processing`,
 asks for display text, which every phrase already is)."""
 FORMATS = {"simple", "detailed"}
@@ -134,6 +139,9 @@ def url_settings(query: MultiMapping[str], core: Core) -> UrlSettings:
         boolean_parameter(query, name, False)
     for name in ("initialSilenceTimeoutMs", "endSilenceTimeoutMs"):
         whole_parameter(query, name, None, 0, MAX_SILENCE_MS)
+    for name in ("X-ConnectionId", "connectionId"):
+        if name in query and REQUEST_ID.fullmatch(query[name]) is None:
+            raise ParameterError(name, f"{name} must be 1 to 64 letters, digits, '-' or '_'")
     try:
         language = engine_language(core, query.get("language"), "language")
     except ProtocolError as exc:
@@ -286,7 +294,7 @@ class AzureConnection(InOrderConnection):
         super().__init__(ws, core, request, reading, params)
         self.url = url_settings(request.query, core)
         self.query = request.query
-        self.universal = request.path == UNIVERSAL_PATH
+        self.universal = request.path in UNIVERSAL_PATHS
         self.single_shot = request.path == INTERACTIVE_PATH
         self.language = self.url.language
         self.detailed = self.url.detailed
@@ -298,6 +306,8 @@ class AzureConnection(InOrderConnection):
         self.lost: set[int] = set()
         """The utterances the engine failed to decode: their phrase is `NoMatch`."""
         self.phrases = 0
+        self.turn_over = False
+        """On the interactive path, the first phrase ended the turn: the audio after it is dropped."""
         self.awaiting_audio = FirstMessageWait(reading, core.settings.first_message_timeout_s)
         """The time from connecting for the turn's first audio, whatever messages come before it: they
         do not put it off (the connection holds no session until then)."""
@@ -395,18 +405,22 @@ class AzureConnection(InOrderConnection):
         except ProtocolError:
             await self.finish_audio()
             raise
-        if usp.body:
-            await super().on_binary(usp.body)
-        else:
+        if not usp.body:
             await self.end()
+        elif not self.turn_over:
+            await super().on_binary(usp.body)
 
     async def control(self, data: str) -> None:
-        """A text message after the audio began: telemetry is taken, anything else refused."""
+        """A text message after the audio began: telemetry is taken, anything else refused. Telemetry
+        after the interactive path's `turn.end` is the SDK's last message of the turn: the Close then
+        (`before_close`)."""
         usp = parse_message(WSMessage(WSMsgType.TEXT, data, None))
         if usp.path not in CLIENT_PATHS:
             raise ProtocolError("invalid_message", f"unknown Path {echoable(usp.path)!r}; expected telemetry or audio")
         if usp.path != "telemetry":
             raise ProtocolError("invalid_message", f"{usp.path} comes before the turn's audio, not during it")
+        if self.turn_over:
+            self.finished = True
 
     def controls(self) -> dict[str, Control]:
         """None: USP's text messages are told apart by their `Path` header (`control`), not a JSON field."""
@@ -444,11 +458,21 @@ class AzureConnection(InOrderConnection):
             await self.send_usp("speech.phrase", self.phrase(text, event.start, event.end, confidence(event)))
         self.started.discard(event.utterance_id)
         if phrased and self.single_shot:
-            self.failed = True  # the turn is over: nothing more is sent
+            self.failed = self.turn_over = True  # nothing more is sent; the rest of the audio is dropped
             await self.send_usp("turn.end", {})
-            await self.close(WSCloseCode.OK)
             return
         await self.release_held()
+
+    async def before_close(self) -> None:
+        """After `turn.end`, the Close waits for the SDK's `telemetry` (or its Close), for up to
+        `first_message_timeout_s` as for a connection with no session, dropping the audio before it:
+        the JavaScript SDK sends it after `turn.end`, and a Close from the daemon would race that
+        send, which fails, losing the SDK's result; once it has come, the SDK sends no more."""
+        waiting = FirstMessageWait(self.reading, self.core.settings.first_message_timeout_s)
+        while (message := await waiting.receive()) is not None and message.type not in WEBSOCKET_ENDS:
+            with contextlib.suppress(ProtocolError):  # what comes after the turn is not checked
+                if message.type == WSMsgType.TEXT and parse_message(message).path == "telemetry":
+                    return
 
     def phrase(self, text: str, start: float, end: float, sureness: float) -> dict[str, Any]:
         self.phrases += 1

@@ -342,11 +342,15 @@ class StreamingConnection(abc.ABC):
             await self.input.drain()
             await self.core.sessions.release(self.input.session, "end", finalize=True)
         await self.closing()
+        await self.before_close()
         await self.close(WSCloseCode.OK)
 
     @abc.abstractmethod
     async def closing(self) -> None:
         """What the API sends last, before the Close."""
+
+    async def before_close(self) -> None:  # noqa: B027 (a hook most APIs leave empty)
+        """After `closing`, when the client ended the stream: nothing, the Close follows at once."""
 
     @abc.abstractmethod
     async def emit(self, event: SessionEvent) -> None:
