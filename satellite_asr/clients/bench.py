@@ -542,14 +542,16 @@ async def _stream_one_azure(
     """The same over Azure AI Speech's real-time protocol (USP, continuous recognition): each 100 ms
     an audio message (no WAV header: 16 kHz 16-bit PCM), an empty one at the end. `speech.hypothesis`
     is a `partial` and `speech.phrase` (with text) the `final` of the utterance in progress (USP names
-    none). USP refuses with the Close alone: a Close other than 1000 is the stream's refusal
-    (`StreamRefused`)."""
+    none); at `turn.end` the client closes, as the SDK does (the daemon waits for it). USP refuses
+    with the Close alone: a Close other than 1000 is the stream's refusal (`StreamRefused`)."""
     import websockets
 
     utterance, request = 0, uuid.uuid4().hex
 
     def translate(message: dict[str, Any]) -> dict[str, Any] | None:
         nonlocal utterance
+        if message["Path"] == "turn.end":
+            return STREAM_OVER
         if message["Path"] == "speech.hypothesis":
             return {"type": "partial", "utterance_id": utterance}
         text = message.get("DisplayText", "").strip() if message["Path"] == "speech.phrase" else ""
@@ -575,6 +577,11 @@ def usp(raw: str | bytes) -> dict[str, Any]:
     head, _, body = str(raw).partition("\r\n\r\n")
     path = next(line.split(":", 1)[1] for line in head.split("\r\n") if line.lower().startswith("path:"))
     return {"Path": path, **json.loads(body)}
+
+
+STREAM_OVER = {"type": "over"}
+"""What a `translate` gives for the server's last message of a stream that the client closes
+(USP's `turn.end`: the server waits for the client's close, or its telemetry, to close)."""
 
 
 async def _stream_pcm16(
@@ -606,6 +613,8 @@ async def _stream_pcm16(
         async def receive() -> None:
             async for raw in ws:
                 translated = translate(parse(raw))
+                if translated == STREAM_OVER:
+                    return  # the server's last message: the client closes, as the API's SDK does
                 if translated is not None:
                     received.append((time.monotonic(), translated))
                     if finals is not None and sum(m["type"] == "final" for _, m in received) >= finals:
