@@ -18,7 +18,7 @@ from satellite_asr.protocols import ProtocolError, azure_error
 from satellite_asr.protocols.azure import UrlSettings, phrase_body, url_settings
 from satellite_asr.protocols.deepgram_prerecorded import check_body_headers, read_body
 from satellite_asr.protocols.streaming_apis import ParameterError, confidence
-from satellite_asr.protocols.uploads import RequestError, UploadApi, UploadPace, upload_options
+from satellite_asr.protocols.uploads import RequestError, UploadApi, UploadPace, joined_text, upload_options
 
 PROTOCOL = "azure-rest"
 PATH = "/speech/recognition/conversation/cognitiveservices/v1"
@@ -50,6 +50,5 @@ class AzureRestHandler(UploadApi):
         finals, seconds = await self.uploads.transcribe(request, audio_file, PROTOCOL, options)
         if not finals:
             return web.json_response(phrase_body("", 0.0, seconds, 0.0, detailed))
-        text = " ".join(final.text.strip() for final in finals)
         sureness = min(confidence(final) for final in finals)  # the least sure of its utterances
-        return web.json_response(phrase_body(text, finals[0].start, finals[-1].end, sureness, detailed))
+        return web.json_response(phrase_body(joined_text(finals), finals[0].start, finals[-1].end, sureness, detailed))

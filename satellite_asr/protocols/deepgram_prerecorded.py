@@ -50,6 +50,7 @@ from satellite_asr.protocols.uploads import (
     UploadPace,
     check_content_encoding,
     client_fault,
+    joined_text,
     read_limited,
     too_large,
     upload_options,
@@ -202,7 +203,7 @@ def response_body(result: Transcribed, params: PrerecordedParams) -> dict[str, A
     finals = result.finals
     multi = params.detection == "multi"
     alternative: dict[str, Any] = {
-        "transcript": " ".join(final.text.strip() for final in finals),
+        "transcript": joined_text(finals),
         "confidence": _mean([confidence(final) for final in finals if final.avg_logprob is not None]),
         "words": [word for final in finals for word in words(final, final.language if multi else None)],
     }

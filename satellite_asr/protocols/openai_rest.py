@@ -37,6 +37,7 @@ from satellite_asr.protocols.uploads import (
     bad_field,
     check_form_headers,
     failure,
+    joined_text,
     read_form,
     server_busy,
     upload_options,
@@ -179,10 +180,6 @@ class Transcription:
     """Finals that have words, in order."""
     duration: float
     language: str
-
-
-def joined_text(segments: list[FinalTranscript]) -> str:
-    return " ".join(segment.text.strip() for segment in segments)
 
 
 def mistral_transcription(result: Transcription, model: str, segments: bool) -> web.Response:

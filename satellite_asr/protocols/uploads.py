@@ -281,6 +281,11 @@ def _looks_like_a_path(data: bytes) -> bool:
     return bool(text) and "\n" not in text and text.isprintable()
 
 
+def joined_text(finals: Sequence[FinalTranscript]) -> str:
+    """A file's transcript as one text: its utterances' finals joined by spaces (every upload API's)."""
+    return " ".join(final.text.strip() for final in finals)
+
+
 def upload_options(settings: Settings, language: str | None, context: str, terms: Sequence[str]) -> SessionOptions:
     """A file's session: every pause waits `silence_ms` (no turn detector, whose speculative decodes
     at each pause serve a person waiting for an answer, not an upload), no partials, batch priority
