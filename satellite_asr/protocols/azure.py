@@ -38,8 +38,6 @@ from satellite_asr.protocols import (
     FirstMessageWait,
     ProtocolError,
     ReadAhead,
-    accepted,
-    client_gone,
     echoable,
 )
 from satellite_asr.protocols.iso639 import engine_language
@@ -52,6 +50,7 @@ from satellite_asr.protocols.streaming_apis import (
     boolean_parameter,
     check_names,
     confidence,
+    refuse_in_band,
     replacing_terms,
     whole_parameter,
 )
@@ -532,11 +531,8 @@ async def refuse_parameters(
     core: Core, request: web.Request, ws: web.WebSocketResponse, exc: ParameterError
 ) -> web.StreamResponse:
     """A bad query refused after the upgrade, so that the SDK shows the sentence: the Close, 1007."""
-    if not await accepted(ws, request):
-        return client_gone()
-    reading = ReadAhead(ws, core.settings, request.transport, ends_stream)
-    await reading.close(WSCloseCode.INVALID_TEXT, close_reason("invalid_query_parameter", f"{exc.parameter}: {exc}"))
-    return ws
+    reason = close_reason("invalid_query_parameter", f"{exc.parameter}: {exc}")
+    return await refuse_in_band(core, request, ws, None, WSCloseCode.INVALID_TEXT, ends_stream, reason)
 
 
 USP = Api(

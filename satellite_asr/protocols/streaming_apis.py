@@ -495,19 +495,22 @@ async def refuse_in_band(
     core: Core,
     request: web.Request,
     ws: web.WebSocketResponse,
-    error: dict[str, Any],
+    error: dict[str, Any] | None,
     code: int,
     ends_stream: Callable[[WSMessage], bool],
+    reason: str = "invalid_query_parameter",
 ) -> web.StreamResponse:
     """A bad query refused after the upgrade (AssemblyAI's way, and ElevenLabs'): the API's `error`
     message, which the clients report (an HTTP refusal they would report by its status alone), then
-    the Close with `code`."""
+    the Close with `code` and `reason` (an API with no error message, Azure's USP: the Close alone,
+    its reason the sentence)."""
     if not await accepted(ws, request):
         return client_gone()
     reading = ReadAhead(ws, core.settings, request.transport, ends_stream)
     with contextlib.suppress(ConnectionError):
-        await write_within(ws.send_json(error), core.settings.write_timeout_s, request.transport)
-        await reading.close(code, "invalid_query_parameter")
+        if error is not None:
+            await write_within(ws.send_json(error), core.settings.write_timeout_s, request.transport)
+        await reading.close(code, reason)
     return ws
 
 
