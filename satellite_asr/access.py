@@ -34,7 +34,8 @@ ElevenLabs' `{"detail":{"status","message"}}` on its (`ELEVENLABS_PREFIX`), Cart
 `{"error_code","error_message"}` on its (`SONIOX_PATHS`), Speechmatics' `{"code","error"}` on its
 (`speechmatics_path`), Gladia's `{"statusCode","message",...}` on its (`GLADIA_PATHS`), Mistral's
 `{"object","message","type","param","code"}` on its (`MISTRAL_PATHS`), Azure AI Speech's
-`{"error":{"code","message"}}` on its (`AZURE_PATHS`). Cartesia's
+`{"error":{"code","message"}}` on its (`AZURE_PATHS`), Smallest AI's
+`{"type","status","code","message"}` on its (`SMALLEST_PATHS`). Cartesia's
 clients send the key as `X-API-Key` or `Authorization: Bearer`, Speechmatics' as `Authorization:
 Bearer` (a browser's as `?jwt=KEY`, also taken there), both ways above; Azure's JavaScript SDK
 sends `?Ocp-Apim-Subscription-Key=KEY` (or `?Authorization=Bearer KEY`), taken on its paths.
@@ -63,6 +64,7 @@ from satellite_asr.protocols import (
     gladia_error,
     mistral_error,
     openai_error,
+    smallest_error,
     soniox_error,
     speechmatics_error,
 )
@@ -86,6 +88,9 @@ SONIOX_PATHS = frozenset({"/transcribe-websocket"})
 """Paths whose errors take Soniox's `{"error_code", "error_message"}` shape."""
 MISTRAL_PATHS = frozenset({"/v1/audio/transcriptions/realtime"})
 """Mistral's realtime path, under OpenAI's prefix: its errors take Mistral's `{"object": "error", ...}` shape."""
+SMALLEST_PATHS = frozenset({"/waves/v1/stt/live", "/waves/v1/stt/"})
+"""Smallest AI's Pulse paths (the stream and the upload), whose errors take its
+`{"type": "error", "status", "message"}` shape."""
 GLADIA_PATHS = frozenset({"/v2/live"})
 """Gladia's live API: its POST (keyed, `X-Gladia-Key`) and its session's WebSocket, whose `token`
 stands for the key (`TOKEN_PATHS`); errors take Gladia's `{"statusCode", "message", ...}` shape."""
@@ -416,6 +421,8 @@ def error_response(
         body = gladia_error(path, status, message)
     elif path in AZURE_PATHS:
         body = azure_error(status, message)
+    elif path in SMALLEST_PATHS:
+        body = smallest_error(status, code, message)
     else:
         body = {"type": "error", "code": code, "message": message}
     return web.json_response(body, status=status, headers=headers)

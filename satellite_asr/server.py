@@ -49,6 +49,8 @@ from satellite_asr.protocols import (
     mistral,
     openai_realtime,
     openai_rest,
+    smallest,
+    smallest_upload,
     soniox,
     speechmatics,
     streaming_apis,
@@ -159,12 +161,14 @@ class Daemon:
         self.elevenlabs_upload = elevenlabs_upload.ElevenLabsUploadHandler(self.core, self.uploads)
         self.cartesia_batch = cartesia_batch.CartesiaBatchHandler(self.core, self.uploads)
         self.azure_rest = azure_rest.AzureRestHandler(self.core, self.uploads)
+        self.smallest_upload = smallest_upload.SmallestUploadHandler(self.core, self.uploads)
         self.upload_apis: dict[str, UploadApi] = {
             openai_rest.TRANSCRIPTIONS_PATH: self.rest,
             deepgram.PATH: self.prerecorded,
             elevenlabs_upload.PATH: self.elevenlabs_upload,
             cartesia_batch.PATH: self.cartesia_batch,
             azure_rest.PATH: self.azure_rest,
+            smallest_upload.PATH: self.smallest_upload,
         }
         """The upload routes (POST), by path: what an `Expect: 100-continue` is checked against."""
         self.wyoming_port: int | None = None
@@ -218,6 +222,8 @@ class Daemon:
             ("GET", cartesia_turns.PATH, streaming_apis.StreamingApiHandler(self.core, cartesia_turns.TURNS).handle),
             ("GET", soniox.PATH, self.soniox.handle),
             ("GET", mistral.PATH, streaming_apis.StreamingApiHandler(self.core, mistral.REALTIME).handle),
+            ("GET", smallest.PATH, streaming_apis.StreamingApiHandler(self.core, smallest.LIVE).handle),
+            ("POST", smallest_upload.PATH, self.smallest_upload.upload),
             ("GET", speechmatics.PATH, self.speechmatics.handle),
             ("GET", speechmatics.LANGUAGE_PATH, self.speechmatics.handle),
             ("GET", speechmatics.AGENT_PATH, self.speechmatics_agent.handle),
@@ -378,6 +384,7 @@ class Daemon:
             gladia.PROTOCOL,
             mistral.PROTOCOL,
             azure.PROTOCOL,
+            smallest.PROTOCOL,
         )
         closing = [self.core.sessions.close_all("shutdown", protocol=protocol) for protocol in protocols]
         # no session yet: their settings have not come

@@ -214,6 +214,13 @@ def mistral_error(status: int, code: str, message: str) -> dict[str, Any]:
     return {"object": "error", "message": echoable(message), "type": code, "param": None, "code": status}
 
 
+def smallest_error(status: int, code: str, message: str) -> dict[str, Any]:
+    """Smallest AI's error (`type` error, an HTTP-like `status`, a `message`), in the stream and as a
+    refused request's body, the daemon's `code` beside them; `message` may hold what a client sent
+    (`echoable`)."""
+    return {"type": "error", "status": status, "code": code, "message": echoable(message)}
+
+
 def azure_error(status: int, message: str) -> dict[str, Any]:
     """Azure AI Speech's HTTP error body (`{"error": {"code", "message"}}`, the status as the code),
     for a refused upgrade. `message` may hold what a client sent (`echoable`)."""
