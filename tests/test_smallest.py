@@ -87,8 +87,8 @@ def finals(messages: Messages) -> list[str]:
 
 async def test_three_commands_every_message_and_its_order() -> None:
     """Interim transcripts while each command is heard, with `vad_events` its `speech_started` first
-    and `speech_ended` before its final; each final with its words, utterances and the transcript so
-    far; `close_stream`: an empty final `is_last`, last, then a normal Close."""
+    and `speech_ended` after its final (LiveKit's turn ends there); each final with its words,
+    utterances and the transcript so far; `close_stream`: an empty final `is_last`, last, then a normal Close."""
     query = "model=pulse&vad_events=true&full_transcript=true&sentence_timestamps=true&encoding=linear16"
     async with running_daemon() as daemon:
         messages, code = await stream(url(daemon, query), *frames(audio()), CLOSE, paced=True)
@@ -102,7 +102,7 @@ async def test_three_commands_every_message_and_its_order() -> None:
         else:
             shape.append(message["type"])
     compact = [kind for at, kind in enumerate(shape) if at == 0 or kind != shape[at - 1]]
-    assert compact == ["speech_started", "interim", "speech_ended", "final"] * 3 + ["last"], compact
+    assert compact == ["speech_started", "interim", "final", "speech_ended"] * 3 + ["last"], compact
     for message in of(messages, "transcription"):
         assert message["session_id"] == messages[0]["session_id"] and message["language"] == "en", message
     said_finals = [m for m in of(messages, "transcription") if m["is_final"] and m["transcript"]]

@@ -235,7 +235,8 @@ class PulseConnection(InOrderConnection):
         self.announced = 0
         """The last utterance whose `speech_started` was sent (with `vad_events`)."""
         self.stopped: dict[int, float] = {}
-        """Where each utterance not yet announced stopped: its `speech_ended` follows its `speech_started`."""
+        """Where each utterance whose final is not sent stopped: its `speech_ended` follows its final,
+        which LiveKit's plugin takes as part of the turn only before the turn's end."""
 
     def transcription(self, text: str, *, is_final: bool, **fields: Any) -> dict[str, Any]:
         return {
@@ -262,16 +263,9 @@ class PulseConnection(InOrderConnection):
         if self.options.vad_events and first > self.announced:
             self.announced = first
             await self.vad_event("speech_started", self.pending.starts[first])
-            if first in self.stopped:
-                await self.vad_event("speech_ended", self.stopped.pop(first))
 
     async def speech_stopped(self, event: SpeechStopped) -> None:
-        if not self.options.vad_events:
-            return
-        if event.utterance_id == self.announced:
-            await self.vad_event("speech_ended", event.end)
-        elif event.utterance_id > self.announced:
-            self.stopped[event.utterance_id] = event.end
+        self.stopped[event.utterance_id] = event.end
 
     async def vad_event(self, kind: str, seconds: float) -> None:
         await self.send({"type": kind, "session_id": self.request_id, "timestamp": round(seconds, 3)})
@@ -299,6 +293,9 @@ class PulseConnection(InOrderConnection):
         if self.options.full_transcript:
             fields["full_transcript"] = " ".join(self.finals)
         await self.send(self.transcription(text, is_final=True, **fields))
+        stopped = self.stopped.pop(event.utterance_id, event.end)
+        if self.options.vad_events and event.utterance_id == self.announced:
+            await self.vad_event("speech_ended", stopped)
         await self.announce()
         await self.release_held()
 
