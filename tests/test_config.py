@@ -290,6 +290,7 @@ USER_DOCS = (
     "docs/gladia.md",
     "docs/mistral.md",
     "docs/azure.md",
+    "docs/smallest.md",
     "docs/wyoming.md",
     "docs/security.md",
     "docs/browser.md",

@@ -50,6 +50,8 @@ PROTOCOL_DOCS = {
     "protocols/mistral.py": "docs/mistral.md",
     "protocols/azure.py": "docs/azure.md",
     "protocols/azure_rest.py": "docs/azure.md",
+    "protocols/smallest.py": "docs/smallest.md",
+    "protocols/smallest_upload.py": "docs/smallest.md",
     "protocols/wyoming.py": "docs/wyoming.md",
     "protocols/wyoming_framing.py": "docs/wyoming.md",
 }

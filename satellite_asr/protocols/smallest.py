@@ -174,9 +174,7 @@ def keywords(value: str) -> tuple[str, ...]:
         if not colon:
             word = weight
         elif not _positive(weight):
-            raise ProtocolError(
-                "invalid_keywords", f"keyword {item.strip()!r}: its weight must be a positive number", param="keywords"
-            )
+            raise ParameterError("keywords", f"keyword {item.strip()!r}: its weight must be a positive number")
         if word.strip():
             terms.append(word.strip())
     return tuple(terms)
