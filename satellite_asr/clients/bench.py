@@ -536,6 +536,31 @@ async def _stream_one_mistral(
     return await _stream_pcm16(query, audio, delay, headers, translate, json.dumps({"type": "input_audio.end"}), append)
 
 
+async def _stream_one_smallest(
+    url: str, audio: Audio, delay: float, config: dict[str, Any], headers: dict[str, str]
+) -> tuple[float, list[Any]]:
+    """The same over Smallest AI's Pulse API, as Pipecat's service connects: an interim
+    `transcription` is a `partial` of the utterance whose final comes next (the API names none), a
+    final with text its `final` (an empty one still ends its utterance), the `is_last` one after
+    `close_stream` nothing; an `error` is the stream's refusal (`StreamRefused`)."""
+    finals = 0
+
+    def translate(message: dict[str, Any]) -> dict[str, Any] | None:
+        nonlocal finals
+        if message["type"] == "error":
+            raise StreamRefused(f"the daemon sent error {message['status']}: {message['message']}", message["status"])
+        if message["type"] != "transcription" or message["is_last"]:
+            return None
+        text = message["transcript"]
+        if message["is_final"]:
+            finals += 1
+            return {"type": "final", "utterance_id": finals - 1, "text": text} if text else None
+        return {"type": "partial", "utterance_id": finals} if text else None
+
+    query = f"{url}?model=pulse&language=en&encoding=linear16&sample_rate={SAMPLE_RATE}"
+    return await _stream_pcm16(query, audio, delay, headers, translate, json.dumps({"type": "close_stream"}))
+
+
 async def _stream_one_azure(
     url: str, audio: Audio, delay: float, config: dict[str, Any], headers: dict[str, str]
 ) -> tuple[float, list[Any]]:
@@ -656,6 +681,7 @@ PROTOCOLS: dict[str, tuple[str, Streamer]] = {
     "gladia": ("/v2/live", _stream_one_gladia),
     "mistral": ("/v1/audio/transcriptions/realtime", _stream_one_mistral),
     "azure": ("/speech/recognition/conversation/cognitiveservices/v1", _stream_one_azure),
+    "smallest": ("/waves/v1/stt/live", _stream_one_smallest),
 }
 """Protocol name -> (path on the daemon, client that streams one file)."""
 
