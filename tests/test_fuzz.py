@@ -36,6 +36,8 @@ from satellite_asr.protocols import (
     elevenlabs,
     gladia,
     mistral,
+    smallest,
+    smallest_upload,
     soniox,
     speechmatics,
 )
@@ -351,6 +353,46 @@ def test_mistral_query_is_accepted_or_refused_naming_a_parameter(pairs: list[tup
         assert error.parameter in query or error.parameter == "model"
     else:
         assert query.getone("model").strip() and params.decoder().sample_rate == 16000
+
+
+SMALLEST_VALUES = ("true", "false", "auto", "pulse", "pulse-2", "pulse-pro", "linear16", "mulaw", "opus", "en")
+smallest_values = st.sampled_from(
+    [*SMALLEST_VALUES, "multi", "fr", "16000", "8000", "4000", "0", "300", "-1", "Aoife:2,Zed", "Aoife:-1", ":", ""]
+) | st.text(max_size=8)
+smallest_queries = st.lists(
+    st.tuples(st.sampled_from([*sorted(smallest.KNOWN), "api_key", "token", "x"]), smallest_values), max_size=6
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(smallest_queries)
+@example([("keywords", "Aoife:inf")])
+@example([("keywords", "Aoife:nan")])
+@example([("sample_rate", "١٦٠٠٠")])
+def test_smallest_query_is_accepted_or_refused_naming_a_parameter(pairs: list[tuple[str, str]]) -> None:
+    """Pulse's stream query: refused naming a parameter it holds, or settings the daemon can open."""
+    query = MultiDict(pairs)
+    try:
+        params = smallest.parse_query(query, CORE)
+    except ParameterError as error:
+        assert error.parameter in query and str(error), (error.parameter, str(error))
+    else:
+        assert params.decoder().sample_rate == int(query.get("sample_rate", 16000))
+        assert params.model in smallest.MODELS and params.language in (None, "en")
+        assert all(term and term == term.strip() for term in params.terms)
+
+
+@settings(max_examples=200, deadline=None)
+@given(smallest_queries)
+def test_smallest_upload_query_is_accepted_or_refused_naming_a_parameter(pairs: list[tuple[str, str]]) -> None:
+    query = MultiDict(pairs)
+    try:
+        language, terms = smallest_upload.parse_query(query, CORE)
+    except ParameterError as error:
+        assert error.parameter in query or error.parameter == "model", error.parameter
+    else:
+        assert query.getone("model") in smallest_upload.MODELS and language in (None, "en")
+        assert all(term and term == term.strip() for term in terms)
 
 
 def usp_text(path: str, body: str) -> str:
