@@ -36,7 +36,7 @@ from tests.helpers import (
     same_words,
 )
 from tests.livekit_events import LiveKitEvents, stream_fixture
-from tests.test_pipecat import running_pipeline, transcribed
+from tests.test_pipecat import refused, running_pipeline, transcribed
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -227,13 +227,9 @@ async def test_pipecat_service_with_its_language_and_vocabulary() -> None:
 
 
 async def test_pipecat_service_with_a_wrong_key_gets_an_error_frame_with_the_401() -> None:
-    async with (
-        running_daemon(api_key=KEY) as daemon,
-        running_pipeline(pipecat_service(daemon, "wrong")) as (_worker, frames),
-    ):
-        await frames.wait_for(errors=1)
+    async with running_daemon(api_key=KEY) as daemon:
+        frames = await refused(pipecat_service(daemon, "wrong"))
     assert "401" in frames.errors[0] and "the API key is not valid" in frames.errors[0], frames.errors
-    assert frames.finals == []
 
 
 async def test_pipecat_service_with_a_refused_config_gets_an_error_frame_with_the_sentence() -> None:

@@ -131,6 +131,14 @@ async def speak(worker: PipelineWorker, fixture: str, rate: int = SAMPLE_RATE) -
         await asyncio.sleep(FRAME_S)
 
 
+async def refused(stt: STTService) -> ServiceFrames:
+    """`stt` in a pipeline until its first error (a wrong key's, say), checked to hold no final."""
+    async with running_pipeline(stt) as (_worker, frames):
+        await frames.wait_for(errors=1)
+    assert frames.finals == [], frames.finals
+    return frames
+
+
 async def transcribed(stt: STTService, fixture: str, rate: int = SAMPLE_RATE) -> ServiceFrames:
     """The fixture spoken through `stt` behind Pipecat's VAD until a transcript per command came,
     checked to hold no error and the fixture's words; the frames seen, for each test's own checks."""

@@ -28,6 +28,7 @@ from tests.helpers import (
     running_daemon,
     same_words,
 )
+from tests.test_mistral import read_all
 from tests.test_speechmatics import mulaw
 
 pytestmark = pytest.mark.timeout(180)
@@ -49,15 +50,6 @@ def audio() -> bytes:
 
 def frames(data: bytes, frame: int = PCM_FRAME_BYTES) -> list[bytes]:
     return [data[at : at + frame] for at in range(0, len(data), frame)]
-
-
-async def read_all(ws: websockets.ClientConnection) -> Messages:
-    """Every message until the Close, whatever its code."""
-    messages: Messages = []
-    with contextlib.suppress(websockets.ConnectionClosedError):
-        async for message in ws:
-            messages.append(json.loads(message))
-    return messages
 
 
 async def stream(

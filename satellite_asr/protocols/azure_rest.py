@@ -16,9 +16,9 @@ from aiohttp import web
 
 from satellite_asr.protocols import ProtocolError, azure_error
 from satellite_asr.protocols.azure import UrlSettings, phrase_body, url_settings
-from satellite_asr.protocols.deepgram_prerecorded import check_body_headers, read_body
-from satellite_asr.protocols.streaming_apis import ParameterError, confidence
-from satellite_asr.protocols.uploads import RequestError, UploadApi, UploadPace, joined_text, upload_options
+from satellite_asr.protocols.deepgram_prerecorded import raw_upload_settings, read_body
+from satellite_asr.protocols.streaming_apis import confidence
+from satellite_asr.protocols.uploads import UploadApi, UploadPace, joined_text, upload_options
 
 PROTOCOL = "azure-rest"
 PATH = "/speech/recognition/conversation/cognitiveservices/v1"
@@ -33,13 +33,7 @@ class AzureRestHandler(UploadApi):
 
     def check_headers(self, request: web.Request) -> UrlSettings:
         """Everything that can refuse the request before its body is read; the query's settings."""
-        try:
-            settings = url_settings(request.query, self.core)
-        except ParameterError as exc:
-            raise RequestError("invalid_query_parameter", f"{exc.parameter}: {exc}") from None
-        self.uploads.check_ready(PROTOCOL)
-        check_body_headers(request, self.uploads.max_file_bytes)
-        return settings
+        return raw_upload_settings(self, request, PROTOCOL, url_settings)
 
     async def answer(self, request: web.Request) -> web.Response:
         settings = self.check_headers(request)

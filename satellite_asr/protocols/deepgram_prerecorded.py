@@ -15,9 +15,9 @@ import math
 import re
 import uuid
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from aiohttp import web
 from multidict import MultiMapping
@@ -156,6 +156,24 @@ def check_body_headers(request: web.Request, max_file_bytes: int) -> None:
         raise RequestError("unsupported_media_type", message, status=415)
 
 
+_Settings = TypeVar("_Settings")
+
+
+def raw_upload_settings(
+    api: UploadApi, request: web.Request, protocol: str, parse: Callable[[MultiMapping[str], Core], _Settings]
+) -> _Settings:
+    """What can refuse an upload whose body is the file (Deepgram's, Azure's, Smallest's) before the
+    body is read: its query as `parse` reads it (a `ParameterError` is a 400 naming the parameter),
+    a free upload slot, and the body's headers; the query's settings."""
+    try:
+        settings = parse(request.query, api.core)
+    except ParameterError as exc:
+        raise RequestError("invalid_query_parameter", f"{exc.parameter}: {exc}") from None
+    api.uploads.check_ready(protocol)
+    check_body_headers(request, api.uploads.max_file_bytes)
+    return settings
+
+
 async def read_body(request: web.Request, max_file_bytes: int, pace: UploadPace) -> bytes:
     """The whole body, its size checked while reading; a body slower than `pace` allows is refused (408)."""
     try:
@@ -265,13 +283,7 @@ class PrerecordedHandler(UploadApi):
 
     def check_headers(self, request: web.Request) -> PrerecordedParams:
         """Everything that can refuse the request before its body is read: the query first."""
-        try:
-            params = parse_params(request.query, self.core)
-        except ParameterError as exc:
-            raise RequestError("invalid_query_parameter", f"{exc.parameter}: {exc}") from None
-        self.uploads.check_ready(PROTOCOL)
-        check_body_headers(request, self.uploads.max_file_bytes)
-        return params
+        return raw_upload_settings(self, request, PROTOCOL, parse_params)
 
     async def answer(self, request: web.Request) -> web.Response:
         params = self.check_headers(request)

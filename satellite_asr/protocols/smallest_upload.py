@@ -17,7 +17,7 @@ from multidict import MultiMapping
 from satellite_asr.audio import MAX_RATE, MIN_RATE
 from satellite_asr.core import Core
 from satellite_asr.protocols import ProtocolError, smallest_error
-from satellite_asr.protocols.deepgram_prerecorded import check_body_headers, read_body
+from satellite_asr.protocols.deepgram_prerecorded import raw_upload_settings, read_body
 from satellite_asr.protocols.smallest import ENCODINGS, language_and_terms, utterance, word_spans
 from satellite_asr.protocols.streaming_apis import (
     ParameterError,
@@ -26,7 +26,7 @@ from satellite_asr.protocols.streaming_apis import (
     refuse_features,
     whole_parameter,
 )
-from satellite_asr.protocols.uploads import RequestError, UploadApi, UploadPace, joined_text, upload_options
+from satellite_asr.protocols.uploads import UploadApi, UploadPace, joined_text, upload_options
 
 PROTOCOL = "smallest-upload"
 PATH = "/waves/v1/stt/"
@@ -62,13 +62,7 @@ class SmallestUploadHandler(UploadApi):
 
     def check_headers(self, request: web.Request) -> tuple[str | None, tuple[str, ...]]:
         """Everything that can refuse the request before its body is read; the query's settings."""
-        try:
-            settings = parse_query(request.query, self.core)
-        except ParameterError as exc:
-            raise RequestError("invalid_query_parameter", f"{exc.parameter}: {exc}") from None
-        self.uploads.check_ready(PROTOCOL)
-        check_body_headers(request, self.uploads.max_file_bytes)
-        return settings
+        return raw_upload_settings(self, request, PROTOCOL, parse_query)
 
     async def answer(self, request: web.Request) -> web.Response:
         language, terms = self.check_headers(request)
