@@ -243,7 +243,7 @@ class PulseConnection(InOrderConnection):
             "transcript": text,
             "is_final": is_final,
             "is_last": False,
-            "language": self.core.settings.default_language if self.options.language is None else self.options.language,
+            "language": self.options.language or self.core.settings.default_language,
             **fields,
         }
 
@@ -278,14 +278,12 @@ class PulseConnection(InOrderConnection):
         fields: dict[str, Any] = {
             "speech_final": event.is_speech_final,
             "from_finalize": self.answers_flush(event.utterance_id),
-            "language": event.language or self.transcription("", is_final=True)["language"],
+            "language": event.language or self.options.language or self.core.settings.default_language,
         }
         if self.options.word_timestamps:
             fields["words"] = word_spans(event)
         if self.options.sentence_timestamps and text:
-            fields["utterances"] = [
-                {"text": text, "start": round(event.start, 3), "end": round(max(event.start, event.end), 3)}
-            ]
+            fields["utterances"] = [utterance(event)]
         if text:
             self.finals.append(text)
         if self.options.full_transcript:
