@@ -17,7 +17,7 @@ import websockets
 
 from satellite_asr.protocols import smallest, smallest_upload
 from satellite_asr.server import Daemon
-from tests.doubles import ContextRecordingEngineDouble, FailsOnAWordEngineDouble
+from tests.doubles import ContextRecordingEngineDouble, FailsOnAWordEngineDouble, FirstFinalGatedEngineDouble
 from tests.helpers import (
     EXPECTED,
     FIXTURES,
@@ -108,6 +108,31 @@ async def test_three_commands_every_message_and_its_order() -> None:
     last = messages[-1]
     assert (
         last["is_last"] and last["is_final"] and last["transcript"] == "" and last["full_transcript"] == " ".join(said)
+    )
+
+
+async def test_next_commands_start_and_interims_wait_for_the_final_before_it() -> None:
+    """With two decodes at once (the first final held), the second command's `speech_started` and
+    interims come after the first command's final and `speech_ended`: a client never takes the next
+    command's words for the end of the last, nor ends the turn before its final."""
+    engine = FirstFinalGatedEngineDouble()
+    async with running_daemon(engine) as daemon, websockets.connect(url(daemon, "vad_events=true")) as ws:
+        for frame in frames(audio()):
+            await ws.send(frame)
+            await asyncio.sleep(0.1)
+        engine.gate.set()
+        await ws.send(json.dumps(CLOSE))
+        messages = await read_all(ws)
+    first = next(at for at, m in enumerate(messages) if m.get("is_final") and m["transcript"])
+    assert [m["type"] for m in messages[: first + 2]].count("speech_started") == 1, messages[: first + 2]
+    assert messages[first + 1]["type"] == "speech_ended", messages[first : first + 3]
+    early = " ".join(m["transcript"] for m in of(messages[:first], "transcription"))
+    assert not {"what", "time"} & set(normalise(early).split()), early
+    assert same_words(EXPECTED[FIXTURE], finals(messages)), finals(messages)
+    assert (
+        [m["type"] for m in messages].count("speech_started")
+        == 3
+        == [m["type"] for m in messages].count("speech_ended")
     )
 
 
