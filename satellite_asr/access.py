@@ -35,7 +35,8 @@ ElevenLabs' `{"detail":{"status","message"}}` on its (`ELEVENLABS_PREFIX`), Cart
 (`speechmatics_path`), Gladia's `{"statusCode","message",...}` on its (`GLADIA_PATHS`), Mistral's
 `{"object","message","type","param","code"}` on its (`MISTRAL_PATHS`), Azure AI Speech's
 `{"error":{"code","message"}}` on its (`AZURE_PATHS`), Smallest AI's
-`{"type","status","code","message"}` on its (`SMALLEST_PATHS`). Cartesia's
+`{"type","status","code","message"}` on its (`SMALLEST_PATHS`), xAI's `{"code","error"}` on its
+(`XAI_PATHS`). Cartesia's
 clients send the key as `X-API-Key` or `Authorization: Bearer`, Speechmatics' as `Authorization:
 Bearer` (a browser's as `?jwt=KEY`, also taken there), both ways above; Azure's JavaScript SDK
 sends `?Ocp-Apim-Subscription-Key=KEY` (or `?Authorization=Bearer KEY`), taken on its paths.
@@ -67,6 +68,7 @@ from satellite_asr.protocols import (
     smallest_error,
     soniox_error,
     speechmatics_error,
+    xai_error,
 )
 
 PUBLIC_PATHS = frozenset({"/", "/health"})
@@ -91,6 +93,8 @@ MISTRAL_PATHS = frozenset({"/v1/audio/transcriptions/realtime"})
 SMALLEST_PATHS = frozenset({"/waves/v1/stt/live", "/waves/v1/stt/"})
 """Smallest AI's Pulse paths (the stream and the upload), whose errors take its
 `{"type": "error", "status", "message"}` shape."""
+XAI_PATHS = frozenset({"/v1/stt"})
+"""xAI's speech-to-text path, whose errors take its `{"code", "error"}` shape."""
 GLADIA_PATHS = frozenset({"/v2/live"})
 """Gladia's live API: its POST (keyed, `X-Gladia-Key`) and its session's WebSocket, whose `token`
 stands for the key (`TOKEN_PATHS`); errors take Gladia's `{"statusCode", "message", ...}` shape."""
@@ -423,6 +427,8 @@ def error_response(
         body = azure_error(status, message)
     elif path in SMALLEST_PATHS:
         body = smallest_error(status, code, message)
+    elif path in XAI_PATHS:
+        body = xai_error(code, message)
     else:
         body = {"type": "error", "code": code, "message": message}
     return web.json_response(body, status=status, headers=headers)

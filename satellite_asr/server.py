@@ -56,6 +56,7 @@ from satellite_asr.protocols import (
     streaming_apis,
     websocket,
     wyoming,
+    xai,
 )
 from satellite_asr.protocols.uploads import UploadApi, Uploads
 
@@ -224,6 +225,7 @@ class Daemon:
             ("GET", mistral.PATH, streaming_apis.StreamingApiHandler(self.core, mistral.REALTIME).handle),
             ("GET", smallest.PATH, streaming_apis.StreamingApiHandler(self.core, smallest.LIVE).handle),
             ("POST", smallest_upload.PATH, self.smallest_upload.upload),
+            ("GET", xai.PATH, streaming_apis.StreamingApiHandler(self.core, xai.REALTIME).handle),
             ("GET", speechmatics.PATH, self.speechmatics.handle),
             ("GET", speechmatics.LANGUAGE_PATH, self.speechmatics.handle),
             ("GET", speechmatics.AGENT_PATH, self.speechmatics_agent.handle),
@@ -383,6 +385,7 @@ class Daemon:
             speechmatics.AGENT_PROTOCOL,
             gladia.PROTOCOL,
             mistral.PROTOCOL,
+            xai.PROTOCOL,
             azure.PROTOCOL,
             smallest.PROTOCOL,
         )

@@ -561,6 +561,31 @@ async def _stream_one_smallest(
     return await _stream_pcm16(query, audio, delay, headers, translate, json.dumps({"type": "close_stream"}))
 
 
+async def _stream_one_xai(
+    url: str, audio: Audio, delay: float, config: dict[str, Any], headers: dict[str, str]
+) -> tuple[float, list[Any]]:
+    """The same over xAI's real-time API, with interim results: audio as binary frames, `audio.done`
+    at the end. A `transcript.partial` not final is a `partial` and a final one (`speech_final`, each
+    utterance the daemon's endpointing ends) the `final` of the utterance in progress (the API names
+    none), as is `transcript.done`'s text; an `error` is the stream's refusal (`StreamRefused`)."""
+    utterance = 0
+
+    def translate(message: dict[str, Any]) -> dict[str, Any] | None:
+        nonlocal utterance
+        kind = message["type"]
+        if kind == "error":
+            raise StreamRefused(f"the daemon sent error {message['code']}: {message['message']}")
+        if kind == "transcript.partial" and not message["is_final"]:
+            return {"type": "partial", "utterance_id": utterance}
+        if kind not in ("transcript.partial", "transcript.done") or not message["text"]:
+            return None
+        utterance += 1
+        return {"type": "final", "utterance_id": utterance - 1, "text": message["text"]}
+
+    query = f"{url}?encoding=pcm&sample_rate={SAMPLE_RATE}&interim_results=true"
+    return await _stream_pcm16(query, audio, delay, headers, translate, json.dumps({"type": "audio.done"}))
+
+
 async def _stream_one_azure(
     url: str, audio: Audio, delay: float, config: dict[str, Any], headers: dict[str, str]
 ) -> tuple[float, list[Any]]:
@@ -680,6 +705,7 @@ PROTOCOLS: dict[str, tuple[str, Streamer]] = {
     "speechmatics": ("/v2", _stream_one_speechmatics),
     "gladia": ("/v2/live", _stream_one_gladia),
     "mistral": ("/v1/audio/transcriptions/realtime", _stream_one_mistral),
+    "xai": ("/v1/stt", _stream_one_xai),
     "azure": ("/speech/recognition/conversation/cognitiveservices/v1", _stream_one_azure),
     "smallest": ("/waves/v1/stt/live", _stream_one_smallest),
 }

@@ -221,6 +221,12 @@ def smallest_error(status: int, code: str, message: str) -> dict[str, Any]:
     return {"type": "error", "status": status, "code": code, "message": echoable(message)}
 
 
+def xai_error(code: str, message: str) -> dict[str, Any]:
+    """xAI's HTTP error body (`code` and an `error` sentence), for a refused upgrade (in the stream
+    its errors are `error` events); `message` may hold what a client sent (`echoable`)."""
+    return {"code": code, "error": echoable(message)}
+
+
 def azure_error(status: int, message: str) -> dict[str, Any]:
     """Azure AI Speech's HTTP error body (`{"error": {"code", "message"}}`, the status as the code),
     for a refused upgrade. `message` may hold what a client sent (`echoable`)."""
