@@ -1,0 +1,86 @@
+"""xAI's real-time speech-to-text API (`/v1/stt`) with the real xAI clients, against the real daemon
+(real Silero, real tiny.en): Pipecat's `XAISTTService` in a pipeline behind its own Silero VAD, and
+LiveKit's `xai.STT` stream. Pipecat's is pointed at the daemon by its `ws_url`; LiveKit's plugin
+hard-codes xAI's host in the module constant `XAI_WEBSOCKET_URL`, which the tests set as a user
+must (docs/xai.md). The key goes as both send it (`Authorization: Bearer`); three_commands.wav at
+microphone pace: these tests are where a field the daemon leaves out or mistypes shows."""
+
+from __future__ import annotations
+
+import aiohttp
+import livekit.plugins.xai.stt as lk_xai_stt
+import pytest
+from livekit.agents import APIStatusError
+from livekit.plugins import xai as lk_xai
+from pipecat.services.xai.stt import XAISTTService
+
+from satellite_asr.protocols import xai
+from satellite_asr.server import Daemon
+from tests.doubles import ContextRecordingEngineDouble
+from tests.helpers import EXPECTED, running_daemon, same_words
+from tests.livekit_events import stream_fixture
+from tests.test_pipecat import running_pipeline, transcribed
+
+pytestmark = pytest.mark.timeout(180)
+
+KEY = "xai-test-key"
+FIXTURE = "three_commands.wav"
+
+
+def ws_url(daemon: Daemon) -> str:
+    return f"ws://127.0.0.1:{daemon.http_port}{xai.PATH}"
+
+
+def pipecat_service(daemon: Daemon, api_key: str = KEY, **settings: object) -> XAISTTService:
+    return XAISTTService(api_key=api_key, ws_url=ws_url(daemon), settings=XAISTTService.Settings(**settings))
+
+
+async def test_pipecat_service_gets_a_transcript_per_command() -> None:
+    """Pipecat's defaults (interim results, English, grok-voice-transcribe-2.0): each command's
+    `speech_final` transcript is a `TranscriptionFrame`, its partials interim frames."""
+    async with running_daemon(api_key=KEY) as daemon:
+        frames = await transcribed(pipecat_service(daemon), FIXTURE)
+    assert frames.interims, "partials reach Pipecat as interim transcripts"
+
+
+async def test_pipecat_service_with_a_wrong_key_gets_an_error_frame_with_the_401() -> None:
+    async with (
+        running_daemon(api_key=KEY) as daemon,
+        running_pipeline(pipecat_service(daemon, "wrong")) as (_worker, frames),
+    ):
+        await frames.wait_for(errors=1)
+    assert "401" in frames.errors[0] and frames.finals == [], frames.errors
+
+
+async def test_pipecat_service_reports_the_daemons_sentence_for_diarize() -> None:
+    """`diarize=true` is refused in xAI's error event: Pipecat's error frame carries the sentence."""
+    async with (
+        running_daemon(api_key=KEY) as daemon,
+        running_pipeline(pipecat_service(daemon, diarize=True)) as (_worker, frames),
+    ):
+        await frames.wait_for(errors=1)
+    assert "speaker labels" in frames.errors[0], frames.errors
+
+
+async def test_livekit_stream_with_the_constant_set_gets_a_final_per_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    """LiveKit's defaults (interim results, endpointing=100, en) plus keyterms: a final per command,
+    each between its START_OF_SPEECH and END_OF_SPEECH, its span from the words; the keyterms reach
+    the engine; `end_input` sends `audio.done`, and the daemon's Close ends the stream cleanly."""
+    engine = ContextRecordingEngineDouble()
+    async with running_daemon(engine, api_key=KEY) as daemon, aiohttp.ClientSession() as http:
+        monkeypatch.setattr(lk_xai_stt, "XAI_WEBSOCKET_URL", ws_url(daemon))
+        stt = lk_xai.STT(api_key=KEY, http_session=http, keyterm=["Grok", "Colossus"], vad_threshold=0.1)
+        events = await stream_fixture(stt, FIXTURE, finals=3)
+    finals = [final.text for final in events.finals() if final.text]
+    assert same_words(EXPECTED[FIXTURE], finals), finals
+    assert events.turns().replace("i", "") == "SFE" * 3, events.turns()
+    assert all(0 <= f.start_time < f.end_time and f.words for f in events.finals()), events.finals()
+    assert engine.names and all(names[:2] == ("Grok", "Colossus") for names in engine.names), engine.names
+
+
+async def test_livekit_stream_with_a_wrong_key_fails_with_the_401(monkeypatch: pytest.MonkeyPatch) -> None:
+    async with running_daemon(api_key=KEY) as daemon, aiohttp.ClientSession() as http:
+        monkeypatch.setattr(lk_xai_stt, "XAI_WEBSOCKET_URL", ws_url(daemon))
+        with pytest.raises(APIStatusError) as refused:
+            await stream_fixture(lk_xai.STT(api_key="wrong", http_session=http), FIXTURE, finals=1)
+    assert refused.value.status_code == 401
