@@ -289,6 +289,7 @@ USER_DOCS = (
     "docs/speechmatics.md",
     "docs/gladia.md",
     "docs/mistral.md",
+    "docs/xai.md",
     "docs/azure.md",
     "docs/smallest.md",
     "docs/wyoming.md",
