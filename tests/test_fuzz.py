@@ -40,6 +40,7 @@ from satellite_asr.protocols import (
     smallest_upload,
     soniox,
     speechmatics,
+    xai,
 )
 from satellite_asr.protocols.deepgram import ENCODINGS as DEEPGRAM_ENCODINGS
 from satellite_asr.protocols.deepgram import (
@@ -362,6 +363,12 @@ smallest_values = st.sampled_from(
 smallest_queries = st.lists(
     st.tuples(st.sampled_from([*sorted(smallest.KNOWN), "api_key", "token", "x"]), smallest_values), max_size=6
 )
+xai_names = st.sampled_from(sorted(xai.KNOWN | xai.CHECKED_NOT_APPLIED)) | st.text(max_size=8)
+xai_values = (
+    st.sampled_from(["pcm", "mulaw", "alaw", "true", "false", "16000", "22050", "2", "0.5", "100", "en", "nan"])
+    | st.text(max_size=12)
+    | st.integers(-5, 100_000).map(str)
+)
 
 
 @settings(max_examples=400, deadline=None)
@@ -393,6 +400,22 @@ def test_smallest_upload_query_is_accepted_or_refused_naming_a_parameter(pairs: 
     else:
         assert query.getone("model") in smallest_upload.MODELS and language in (None, "en")
         assert all(term and term == term.strip() for term in terms)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.tuples(xai_names, xai_values), max_size=8))
+@example([("sample_rate", "\u00b2")])
+@example([("vad_threshold", "nan"), ("smart_turn", "inf")])
+def test_xai_query_is_accepted_or_refused_naming_a_parameter(pairs: list[tuple[str, str]]) -> None:
+    query = MultiDict(pairs)
+    try:
+        params = xai.parse_query(query, CORE)
+    except ParameterError as error:
+        assert error.parameter in query and str(error)
+    else:
+        assert isinstance(params, xai.XaiParams) and params.encoding in xai.ENCODINGS
+        assert params.sample_rate in xai.SAMPLE_RATES and params.decoder().sample_rate == params.sample_rate
+        assert all(term.strip() == term and term for term in params.terms)
 
 
 def usp_text(path: str, body: str) -> str:
@@ -929,6 +952,32 @@ async def mistral_session(url: str, frames: list[str | bytes]) -> None:
     assert len(of_type(messages, "session.updated")) <= updates, messages
 
 
+xai_sessions = st.lists(
+    listen_text
+    | listen_binary
+    | st.dictionaries(st.text(max_size=6), json_values, max_size=2)
+    .map(lambda extra: {**extra, "type": "audio.done"})
+    .map(json.dumps),
+    max_size=8,
+)
+XAI_TYPES = {"transcript.created", "transcript.partial", "transcript.done", "error"}
+XAI_CODES = {"invalid_message", "invalid_audio", "engine_error", "server_busy"}
+
+
+async def xai_session(url: str, frames: list[str | bytes]) -> None:
+    """Sends the frames, then `audio.done`: every message is one of xAI's, `transcript.created`
+    first, every error a documented code with a sentence; errors never end the stream, so it ends
+    with `transcript.done` and 1000 (or, a frame over the size limit, 1009)."""
+    messages, close_code = await closed_stream(url, frames, json.dumps({"type": "audio.done"}))
+    assert {m["type"] for m in messages} <= XAI_TYPES, messages
+    assert messages and messages[0]["type"] == "transcript.created", messages
+    errors = of_type(messages, "error")
+    assert all(e["code"] in XAI_CODES and e["message"] for e in errors), messages
+    assert close_code in (1000, 1009), (close_code, messages)
+    if close_code == 1000:
+        assert messages[-1]["type"] == "transcript.done" and len(of_type(messages, "transcript.done")) == 1, messages
+
+
 gladia_sessions = st.lists(
     listen_text
     | listen_binary
@@ -1153,6 +1202,14 @@ async def test_random_sessions_on_every_streaming_protocol_leave_the_daemon_and_
         def mistral_fuzz(frames: list[str | bytes]) -> None:
             asyncio.run_coroutine_threadsafe(mistral_session(mistral_url, frames), loop).result(60)
 
+        xai_url = f"ws://127.0.0.1:{daemon.http_port}{xai.PATH}?interim_results=true"
+
+        @settings(max_examples=100, deadline=None)
+        @given(xai_sessions)
+        @example(['{"type": "audio.done", "x": 1}', b"\x00" * 3201])
+        def xai_fuzz(frames: list[str | bytes]) -> None:
+            asyncio.run_coroutine_threadsafe(xai_session(xai_url, frames), loop).result(60)
+
         @settings(max_examples=100, deadline=None)
         @given(gladia_sessions)
         @example(['{"type": "audio_chunk", "data": {"chunk": ""}}', b"\x00"])
@@ -1184,6 +1241,7 @@ async def test_random_sessions_on_every_streaming_protocol_leave_the_daemon_and_
         await loop.run_in_executor(None, speechmatics_fuzz)
         await loop.run_in_executor(None, gladia_fuzz)
         await loop.run_in_executor(None, mistral_fuzz)
+        await loop.run_in_executor(None, xai_fuzz)
         await loop.run_in_executor(None, azure_fuzz)
         await loop.run_in_executor(None, wyoming_fuzz)
         stop.set()
