@@ -150,6 +150,14 @@ async def transcribed(stt: STTService, fixture: str, rate: int = SAMPLE_RATE) ->
     return frames
 
 
+async def first_error(stt: STTService) -> ServiceFrames:
+    """`stt` started in a pipeline until it pushes an error frame (a refused connection, say); the
+    frames seen."""
+    async with running_pipeline(stt) as (_worker, frames):
+        await frames.wait_for(errors=1)
+    return frames
+
+
 @asynccontextmanager
 async def rest_service(daemon: Daemon, api_key: str = "unused", **settings: Any) -> AsyncIterator[OpenAISTTService]:
     """The REST service, its `settings` over English and gpt-4o-transcribe, on an HTTP client the

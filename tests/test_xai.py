@@ -17,6 +17,7 @@ from satellite_asr.protocols import xai
 from satellite_asr.server import Daemon
 from tests.doubles import ContextRecordingEngineDouble, FailsOnAWordEngineDouble
 from tests.helpers import EXPECTED, PCM_FRAME_BYTES, fixture_16k, normalise, pcm16, running_daemon, same_words
+from tests.test_mistral import of, read_all
 from tests.test_speechmatics import encoded
 
 pytestmark = pytest.mark.timeout(180)
@@ -39,15 +40,6 @@ def frames(data: bytes, frame: int = PCM_FRAME_BYTES) -> list[bytes]:
     return [data[at : at + frame] for at in range(0, len(data), frame)]
 
 
-async def read_all(ws: websockets.ClientConnection) -> Messages:
-    """Every message until the Close, whatever its code."""
-    messages: Messages = []
-    with contextlib.suppress(websockets.ConnectionClosedError):
-        async for message in ws:
-            messages.append(json.loads(message))
-    return messages
-
-
 async def stream(
     target: str, *sent: dict[str, Any] | str | bytes, headers: dict[str, str] | None = None, paced: bool = False
 ) -> tuple[Messages, int | None]:
@@ -62,10 +54,6 @@ async def stream(
                 await asyncio.sleep(0.1)
         received = await reader
     return received, ws.close_code
-
-
-def of(messages: Messages, kind: str) -> Messages:
-    return [message for message in messages if message["type"] == kind]
 
 
 def finals(messages: Messages) -> list[str]:

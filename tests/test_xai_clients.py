@@ -19,7 +19,7 @@ from satellite_asr.server import Daemon
 from tests.doubles import ContextRecordingEngineDouble
 from tests.helpers import EXPECTED, running_daemon, same_words
 from tests.livekit_events import stream_fixture
-from tests.test_pipecat import running_pipeline, transcribed
+from tests.test_pipecat import first_error, transcribed
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -44,21 +44,15 @@ async def test_pipecat_service_gets_a_transcript_per_command() -> None:
 
 
 async def test_pipecat_service_with_a_wrong_key_gets_an_error_frame_with_the_401() -> None:
-    async with (
-        running_daemon(api_key=KEY) as daemon,
-        running_pipeline(pipecat_service(daemon, "wrong")) as (_worker, frames),
-    ):
-        await frames.wait_for(errors=1)
+    async with running_daemon(api_key=KEY) as daemon:
+        frames = await first_error(pipecat_service(daemon, "wrong"))
     assert "401" in frames.errors[0] and frames.finals == [], frames.errors
 
 
 async def test_pipecat_service_reports_the_daemons_sentence_for_diarize() -> None:
     """`diarize=true` is refused in xAI's error event: Pipecat's error frame carries the sentence."""
-    async with (
-        running_daemon(api_key=KEY) as daemon,
-        running_pipeline(pipecat_service(daemon, diarize=True)) as (_worker, frames),
-    ):
-        await frames.wait_for(errors=1)
+    async with running_daemon(api_key=KEY) as daemon:
+        frames = await first_error(pipecat_service(daemon, diarize=True))
     assert "speaker labels" in frames.errors[0], frames.errors
 
 
