@@ -57,6 +57,7 @@ from satellite_asr.protocols import (
     websocket,
     wyoming,
     xai,
+    xai_rest,
 )
 from satellite_asr.protocols.uploads import UploadApi, Uploads
 
@@ -163,6 +164,7 @@ class Daemon:
         self.cartesia_batch = cartesia_batch.CartesiaBatchHandler(self.core, self.uploads)
         self.azure_rest = azure_rest.AzureRestHandler(self.core, self.uploads)
         self.smallest_upload = smallest_upload.SmallestUploadHandler(self.core, self.uploads)
+        self.xai_rest = xai_rest.XaiRestHandler(self.core, self.uploads)
         self.upload_apis: dict[str, UploadApi] = {
             openai_rest.TRANSCRIPTIONS_PATH: self.rest,
             deepgram.PATH: self.prerecorded,
@@ -170,6 +172,7 @@ class Daemon:
             cartesia_batch.PATH: self.cartesia_batch,
             azure_rest.PATH: self.azure_rest,
             smallest_upload.PATH: self.smallest_upload,
+            xai_rest.PATH: self.xai_rest,
         }
         """The upload routes (POST), by path: what an `Expect: 100-continue` is checked against."""
         self.wyoming_port: int | None = None
@@ -233,6 +236,7 @@ class Daemon:
             ("GET", gladia.PATH, self.gladia.streams.handle),
             *(("GET", path, self.azure.handle) for path in azure.PATHS),
             ("POST", azure_rest.PATH, self.azure_rest.upload),
+            ("POST", xai_rest.PATH, self.xai_rest.upload),
             ("GET", "/health", self._health),
             ("GET", "/metrics", self._metrics),
             ("GET", "/", self._index),

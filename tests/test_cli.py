@@ -455,14 +455,15 @@ async def test_bench_over_mistral_says_the_upgrades_401_and_takes_the_key(tmp_pa
         assert code == 0 and "missing finals: 0" in stdout and "WER" in stdout, stderr
 
 
-async def test_bench_over_smallest_says_the_upgrades_401_and_takes_the_key(tmp_path: Path) -> None:
-    """`bench --protocol smallest`: a missing key is the upgrade's 401 in Smallest's body, reported
-    with its sentence and the key hint; with the key it measures the file."""
+@pytest.mark.parametrize(("protocol", "path"), [("smallest", "/waves/v1/stt/live"), ("xai", "/v1/stt")])
+async def test_bench_says_the_upgrades_401_and_takes_the_key(tmp_path: Path, protocol: str, path: str) -> None:
+    """`bench --protocol smallest` and `--protocol xai`: a missing key is the upgrade's 401 in the
+    API's own body, reported with its sentence and the key hint; with the key it measures the file."""
     manifest = weather_manifest(tmp_path)
-    bench = functools.partial(bench_one_round, manifest, "smallest")
+    bench = functools.partial(bench_one_round, manifest, protocol)
     async with running_daemon(api_key="kitchen-key") as daemon:
-        url = f"ws://127.0.0.1:{daemon.http_port}/waves/v1/stt/live"
-        await bench_refused_for_its_key(manifest, "smallest", url)
+        url = f"ws://127.0.0.1:{daemon.http_port}{path}"
+        await bench_refused_for_its_key(manifest, protocol, url)
         code, stdout, stderr = await bench(url, key="kitchen-key")
         assert code == 0 and "missing finals: 0" in stdout and "WER" in stdout, stderr
 

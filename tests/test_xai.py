@@ -16,7 +16,7 @@ from satellite_asr.audio import PcmDecoder
 from satellite_asr.protocols import xai
 from satellite_asr.server import Daemon
 from tests.doubles import ContextRecordingEngineDouble, FailsOnAWordEngineDouble
-from tests.helpers import EXPECTED, PCM_FRAME_BYTES, fixture_16k, normalise, pcm16, running_daemon, same_words
+from tests.helpers import EXPECTED, FIXTURES, PCM_FRAME_BYTES, fixture_16k, normalise, pcm16, running_daemon, same_words
 from tests.test_mistral import of, read_all
 from tests.test_speechmatics import encoded
 
@@ -251,3 +251,63 @@ async def test_over_max_sessions_is_an_error_and_the_open_session_goes_on() -> N
         messages = await read_all(first)
     assert [(m["type"], m["code"]) for m in refused] == [("error", "server_busy")] and code == 1013, refused
     assert same_words(EXPECTED[FIXTURE], finals(messages)) and messages[-1]["type"] == "transcript.done"
+
+
+async def post(daemon: Daemon, fields: list[tuple[str, str]], file: bytes | None, key: str | None = None) -> Any:
+    """`POST /v1/stt` with the form's `fields`, then its `file` (last, as xAI requires); the status and body."""
+    form = aiohttp.FormData()
+    for name, value in fields:
+        form.add_field(name, value)
+    if file is not None:
+        form.add_field("file", file, filename="audio.wav", content_type="audio/wav")
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    async with aiohttp.ClientSession() as http:
+        address = f"http://127.0.0.1:{daemon.http_port}{xai.PATH}"
+        async with http.post(address, data=form, headers=headers) as response:
+            return response.status, await response.json()
+
+
+async def test_rest_upload_is_transcribed_with_words_and_keyterms() -> None:
+    """A WAV with LiveKit's fields (`language`, `format`) and two `keyterm`s: xAI's
+    `{text, language, duration, words}`, each word spanning its command; the keyterms reach the
+    engine; headerless µ-law at 8 kHz (`audio_format`, `sample_rate`) reads the same."""
+    engine = ContextRecordingEngineDouble()
+    fields = [("language", "en"), ("format", "true"), ("keyterm", "Grok"), ("keyterm", "Colossus")]
+    raw = [("audio_format", "mulaw"), ("sample_rate", "8000")]
+    async with running_daemon(engine) as daemon:
+        status, body = await post(daemon, fields, (FIXTURES / FIXTURE).read_bytes())
+        names = list(engine.names)
+        raw_status, raw_body = await post(daemon, raw, encoded(fixture_16k(FIXTURE), "pcmu", 8000))
+    assert status == 200 and same_words([" ".join(EXPECTED[FIXTURE])], [body["text"]]), body
+    assert body["language"] == "en" and body["duration"] == round(len(audio()) / 32000, 2), body
+    assert [w["text"] for w in body["words"]] == body["text"].split()
+    assert all(0 <= w["start"] < w["end"] <= body["duration"] for w in body["words"]), body["words"]
+    assert names and all(n[:2] == ("Grok", "Colossus") for n in names), names
+    assert raw_status == 200 and same_words([" ".join(EXPECTED[FIXTURE])], [raw_body["text"]]), raw_body
+
+
+@pytest.mark.parametrize(
+    ("fields", "words"),
+    [
+        ([("diarize", "true")], "diarize: this server does not do speaker labels"),
+        ([("url", "https://example.com/a.mp3")], "url: this server does not fetch audio"),
+        ([("audio_format", "opus8")], "audio_format must be one of pcm, mulaw, alaw"),
+        ([("audio_format", "pcm")], "pcm audio needs a sample_rate of 8000, 16000"),
+        ([("audio_format", "pcm"), ("sample_rate", "16000"), ("channels", "2")], "headerless audio is read as one"),
+        ([("format", "yes")], "format must be true or false"),
+        ([("language", "xx")], "language: 'xx' is not one of the languages"),
+        ([("prompt", "hi")], "unknown field 'prompt'"),
+    ],
+)
+async def test_rest_upload_refusals_in_xais_shape(fields: list[tuple[str, str]], words: str) -> None:
+    async with running_daemon() as daemon:
+        status, body = await post(daemon, fields, (FIXTURES / "lights_on.wav").read_bytes())
+    assert status == 400 and words in body["error"] and body["code"], body
+
+
+async def test_rest_upload_takes_the_key_by_bearer() -> None:
+    async with running_daemon(api_key=KEY) as daemon:
+        refused = await post(daemon, [], (FIXTURES / "lights_on.wav").read_bytes(), key="wrong")
+        status, body = await post(daemon, [], (FIXTURES / "lights_on.wav").read_bytes(), key=KEY)
+    assert refused[0] == 401 and refused[1]["code"] == "invalid_api_key" and refused[1]["error"], refused
+    assert status == 200 and same_words(EXPECTED["lights_on.wav"], [body["text"]]), body

@@ -10,14 +10,16 @@ from __future__ import annotations
 import aiohttp
 import livekit.plugins.xai.stt as lk_xai_stt
 import pytest
-from livekit.agents import APIStatusError
+from livekit import rtc
+from livekit.agents import APIConnectOptions, APIStatusError
 from livekit.plugins import xai as lk_xai
 from pipecat.services.xai.stt import XAISTTService
 
+from satellite_asr.audio import SAMPLE_RATE
 from satellite_asr.protocols import xai
 from satellite_asr.server import Daemon
 from tests.doubles import ContextRecordingEngineDouble
-from tests.helpers import EXPECTED, running_daemon, same_words
+from tests.helpers import EXPECTED, fixture_16k, pcm16, running_daemon, same_words
 from tests.livekit_events import stream_fixture
 from tests.test_pipecat import first_error, transcribed
 
@@ -70,6 +72,20 @@ async def test_livekit_stream_with_the_constant_set_gets_a_final_per_command(mon
     assert events.turns().replace("i", "") == "SFE" * 3, events.turns()
     assert all(0 <= f.start_time < f.end_time and f.words for f in events.finals()), events.finals()
     assert engine.names and all(names[:2] == ("Grok", "Colossus") for names in engine.names), engine.names
+
+
+async def test_livekit_recognize_with_the_constant_set_posts_the_buffer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """LiveKit's `recognize` posts a WAV of the buffer to `XAI_REST_URL` (its `file`, `language`,
+    `format`): the transcript, its language and its span from the daemon's words."""
+    samples = pcm16(fixture_16k("lights_on.wav"), SAMPLE_RATE)
+    frame = rtc.AudioFrame(samples, SAMPLE_RATE, 1, len(samples) // 2)
+    async with running_daemon(api_key=KEY) as daemon, aiohttp.ClientSession() as http:
+        monkeypatch.setattr(lk_xai_stt, "XAI_REST_URL", f"http://127.0.0.1:{daemon.http_port}{xai.PATH}")
+        stt = lk_xai.STT(api_key=KEY, http_session=http)
+        event = await stt.recognize([frame], conn_options=APIConnectOptions(max_retry=0, timeout=20))
+    [speech] = event.alternatives
+    assert same_words(EXPECTED["lights_on.wav"], [speech.text]) and speech.language == "en", speech
+    assert 0 <= speech.start_time < speech.end_time <= len(samples) / 2 / SAMPLE_RATE, speech
 
 
 async def test_livekit_stream_with_a_wrong_key_fails_with_the_401(monkeypatch: pytest.MonkeyPatch) -> None:
