@@ -443,21 +443,12 @@ async def test_bench_over_speechmatics_says_the_upgrades_401_and_the_streams_err
         assert code == 0 and "WER" in stdout, stderr
 
 
-async def test_bench_over_mistral_says_the_upgrades_401_and_takes_the_key(tmp_path: Path) -> None:
-    """`bench --protocol mistral`: a missing key is the upgrade's 401 in Mistral's body, reported
-    with its sentence and the key hint; with the key it measures the file (its segments as finals)."""
-    manifest = weather_manifest(tmp_path)
-    bench = functools.partial(bench_one_round, manifest, "mistral")
-    async with running_daemon(api_key="kitchen-key") as daemon:
-        url = f"ws://127.0.0.1:{daemon.http_port}/v1/audio/transcriptions/realtime"
-        await bench_refused_for_its_key(manifest, "mistral", url)
-        code, stdout, stderr = await bench(url, key="kitchen-key")
-        assert code == 0 and "missing finals: 0" in stdout and "WER" in stdout, stderr
-
-
-@pytest.mark.parametrize(("protocol", "path"), [("smallest", "/waves/v1/stt/live"), ("xai", "/v1/stt")])
+@pytest.mark.parametrize(
+    ("protocol", "path"),
+    [("mistral", "/v1/audio/transcriptions/realtime"), ("smallest", "/waves/v1/stt/live"), ("xai", "/v1/stt")],
+)
 async def test_bench_says_the_upgrades_401_and_takes_the_key(tmp_path: Path, protocol: str, path: str) -> None:
-    """`bench --protocol smallest` and `--protocol xai`: a missing key is the upgrade's 401 in the
+    """`bench --protocol mistral`, `smallest` and `xai`: a missing key is the upgrade's 401 in the
     API's own body, reported with its sentence and the key hint; with the key it measures the file."""
     manifest = weather_manifest(tmp_path)
     bench = functools.partial(bench_one_round, manifest, protocol)
