@@ -369,3 +369,14 @@ async def test_a_refused_upload_in_smallests_shape(query: str, content_type: str
             body = await response.json()
     assert response.status == status and body == {**body, "type": "error", "status": status, "code": code}, body
     assert body["message"]
+
+
+async def test_an_idle_finalizes_empty_final_carries_what_every_final_carries() -> None:
+    """With `full_transcript` and `word_timestamps`, the empty final answering a finalize with nothing
+    in progress is a final like any other: its `words` (none) and the transcript so far, which a
+    client reading every final's `full_transcript` finds there too."""
+    async with running_daemon() as daemon:
+        messages, code = await stream(url(daemon, "model=pulse&full_transcript=true"), FINALIZE, CLOSE)
+    answer, last = of(messages, "transcription")
+    assert answer["from_finalize"] and answer["is_final"] and not answer["is_last"] and code == 1000, messages
+    assert answer["words"] == [] and answer["full_transcript"] == "" == last["full_transcript"], answer

@@ -274,26 +274,33 @@ class PulseConnection(InOrderConnection):
     async def final(self, event: FinalTranscript) -> None:
         """The utterance's final (with its words, when asked for), then what it held back."""
         self.pending.final(event.utterance_id)
-        text = event.text.strip()
-        fields: dict[str, Any] = {
-            "speech_final": event.is_speech_final,
-            "from_finalize": self.answers_flush(event.utterance_id),
-            "language": event.language or self.options.language or self.core.settings.default_language,
-        }
-        if self.options.word_timestamps:
-            fields["words"] = word_spans(event)
-        if self.options.sentence_timestamps and text:
-            fields["utterances"] = [utterance(event)]
-        if text:
-            self.finals.append(text)
-        if self.options.full_transcript:
-            fields["full_transcript"] = " ".join(self.finals)
-        await self.send(self.transcription(text, is_final=True, **fields))
+        await self.send(self.final_message(event, from_finalize=self.answers_flush(event.utterance_id)))
         stopped = self.stopped.pop(event.utterance_id, event.end)
         if self.options.vad_events and event.utterance_id == self.announced:
             await self.vad_event("speech_ended", stopped)
         await self.announce()
         await self.release_held()
+
+    def final_message(self, event: FinalTranscript | None, *, from_finalize: bool) -> dict[str, Any]:
+        """A final `transcription`: the utterance's, or (`event` None) the empty one answering a
+        finalize with nothing in progress; either with the `words`, `utterances` and `full_transcript`
+        asked for, so that a client reading them from every final finds them."""
+        text = event.text.strip() if event is not None else ""
+        fields: dict[str, Any] = {
+            "speech_final": event is not None and event.is_speech_final,
+            "from_finalize": from_finalize,
+        }
+        if event is not None and event.language:
+            fields["language"] = event.language
+        if self.options.word_timestamps:
+            fields["words"] = word_spans(event) if event is not None else []
+        if self.options.sentence_timestamps and event is not None and text:
+            fields["utterances"] = [utterance(event)]
+        if text:
+            self.finals.append(text)
+        if self.options.full_transcript:
+            fields["full_transcript"] = " ".join(self.finals)
+        return self.transcription(text, is_final=True, **fields)
 
     async def closing(self) -> None:
         """The terminal message `close_stream` is answered with: an empty final, `is_last`."""
@@ -324,7 +331,7 @@ class PulseConnection(InOrderConnection):
         an empty final says so, as Smallest answers every finalize with one."""
         check_fields(message, "finalize", set())
         if not await self.flush_for_client():
-            await self.send(self.transcription("", is_final=True, from_finalize=True, speech_final=False))
+            await self.send(self.final_message(None, from_finalize=True))
 
     async def close_stream(self, message: dict[str, Any]) -> None:
         check_fields(message, "close_stream", set())
