@@ -110,7 +110,7 @@ def parse_params(query: MultiMapping[str], core: Core) -> PrerecordedParams:
     refuse_features(query, {}, REFUSED_HERE)
     one_alternative(query)
     utt_split = query.get("utt_split", "0.8")
-    if not _positive_number(utt_split):
+    if not positive_number(utt_split):
         raise ParameterError("utt_split", f"utt_split must be a number of seconds above 0, got {utt_split!r}")
     language = query.get("language")
     detection: Detection | None = "multi" if language == "multi" else None
@@ -122,7 +122,7 @@ def parse_params(query: MultiMapping[str], core: Core) -> PrerecordedParams:
     return PrerecordedParams(named, detection, terms, boolean_parameter(query, "utterances", False))
 
 
-def _positive_number(value: str) -> bool:
+def positive_number(value: str) -> bool:
     """A number above 0 written in ASCII: `float` also reads other scripts' digits (an Arabic-Indic
     one, U+0661), which no client means as a number here (as in `fraction_parameter`)."""
     if not value.isascii():

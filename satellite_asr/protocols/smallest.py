@@ -25,6 +25,7 @@ from satellite_asr.audio import MAX_RATE, MIN_RATE, PcmDecoder
 from satellite_asr.core import Core
 from satellite_asr.events import FinalTranscript, SpeechStarted, SpeechStopped
 from satellite_asr.protocols import ProtocolError, ReadAhead, checked_biasing, checked_language, smallest_error
+from satellite_asr.protocols.deepgram_prerecorded import positive_number
 from satellite_asr.protocols.streaming_apis import (
     Api,
     Control,
@@ -173,19 +174,11 @@ def keywords(value: str) -> tuple[str, ...]:
         word, colon, weight = item.rpartition(":")
         if not colon:
             word = weight
-        elif not _positive(weight):
+        elif not positive_number(weight):
             raise ParameterError("keywords", f"keyword {item.strip()!r}: its weight must be a positive number")
         if word.strip():
             terms.append(word.strip())
     return tuple(terms)
-
-
-def _positive(weight: str) -> bool:
-    try:
-        number = float(weight)
-    except ValueError:
-        return False
-    return weight.isascii() and 0 < number < float("inf")
 
 
 def error_event(code: str, message: str) -> dict[str, Any]:
