@@ -22,6 +22,7 @@ from tests.helpers import (
     EXPECTED,
     FIXTURES,
     PCM_FRAME_BYTES,
+    encoded_audio,
     fixture_16k,
     normalise,
     pcm16,
@@ -380,3 +381,19 @@ async def test_an_idle_finalizes_empty_final_carries_what_every_final_carries() 
     answer, last = of(messages, "transcription")
     assert answer["from_finalize"] and answer["is_final"] and not answer["is_last"] and code == 1000, messages
     assert answer["words"] == [] and answer["full_transcript"] == "" == last["full_transcript"], answer
+
+
+async def test_an_ogg_opus_upload_named_as_smallest_names_it_is_transcribed() -> None:
+    """The upload is decoded by its own header, so Smallest's `encoding` names of what the daemon
+    does not stream (`ogg_opus`, `opus`, `linear32`) say nothing it needs: an Ogg Opus file sent
+    with `encoding=ogg_opus` is transcribed, not refused."""
+    body = encoded_audio(fixture_16k("lights_on.wav"), "ogg", "libopus", 48000)
+    headers = {"Content-Type": "application/octet-stream"}
+    async with (
+        running_daemon() as daemon,
+        aiohttp.ClientSession() as http,
+        http.post(upload_url(daemon, "model=pulse&encoding=ogg_opus"), data=body, headers=headers) as response,
+    ):
+        result = await response.json()
+        assert response.status == 200, result
+    assert same_words(EXPECTED["lights_on.wav"], [result["transcription"]]), result

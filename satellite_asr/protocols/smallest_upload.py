@@ -18,7 +18,8 @@ from satellite_asr.audio import MAX_RATE, MIN_RATE
 from satellite_asr.core import Core
 from satellite_asr.protocols import ProtocolError, smallest_error
 from satellite_asr.protocols.deepgram_prerecorded import raw_upload_settings, read_body
-from satellite_asr.protocols.smallest import ENCODINGS, language_and_terms, utterance, word_spans
+from satellite_asr.protocols.smallest import ENCODINGS as STREAMED
+from satellite_asr.protocols.smallest import language_and_terms, utterance, word_spans
 from satellite_asr.protocols.streaming_apis import (
     ParameterError,
     boolean_parameter,
@@ -32,6 +33,9 @@ PROTOCOL = "smallest-upload"
 PATH = "/waves/v1/stt/"
 MODELS = ("pulse", "pulse-pro", "pulse-2")
 """Smallest's pre-recorded models: any is accepted, and the daemon's engine answers."""
+ENCODINGS = (*STREAMED, "linear32", "opus", "ogg_opus")
+"""Smallest's `encoding` names: any is accepted, as the body is decoded by its own header (an Ogg
+Opus file is transcribed as the stream's Opus is not)."""
 REFUSED_WHEN_ON = {"diarize": "speaker diarization"}
 REFUSED_WHEN_GIVEN = {"webhook_url": "webhooks (the transcript is the answer to the request)"}
 
