@@ -88,7 +88,6 @@ KNOWN = {
     *REFUSED_WHEN_ON,
 }
 STATUS = {
-    "timeout": 408,
     "idle_timeout": 408,
     "engine_error": 500,
     "server_busy": 503,
