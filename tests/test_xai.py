@@ -11,12 +11,25 @@ from typing import Any
 import aiohttp
 import pytest
 import websockets
+from multidict import MultiDict
 
 from satellite_asr.audio import PcmDecoder
+from satellite_asr.core import Core
 from satellite_asr.protocols import xai
+from satellite_asr.protocols.streaming_apis import ParameterError
 from satellite_asr.server import Daemon
 from tests.doubles import ContextRecordingEngineDouble, FailsOnAWordEngineDouble
-from tests.helpers import EXPECTED, FIXTURES, PCM_FRAME_BYTES, fixture_16k, normalise, pcm16, running_daemon, same_words
+from tests.helpers import (
+    EXPECTED,
+    FIXTURES,
+    PCM_FRAME_BYTES,
+    daemon_settings,
+    fixture_16k,
+    normalise,
+    pcm16,
+    running_daemon,
+    same_words,
+)
 from tests.test_mistral import of, read_all
 from tests.test_speechmatics import encoded
 
@@ -26,6 +39,8 @@ Messages = list[dict[str, Any]]
 FIXTURE = "three_commands.wav"
 DONE = {"type": "audio.done"}
 KEY = "xai-key"
+XAI_KEYTERMS = 100
+"""xAI's limit of `keyterm`s (its reference), on its upload and its stream."""
 
 
 def url(daemon: Daemon, query: str = "") -> str:
@@ -311,3 +326,14 @@ async def test_rest_upload_takes_the_key_by_bearer() -> None:
         status, body = await post(daemon, [], (FIXTURES / "lights_on.wav").read_bytes(), key=KEY)
     assert refused[0] == 401 and refused[1]["code"] == "invalid_api_key" and refused[1]["error"], refused
     assert status == 200 and same_words(EXPECTED["lights_on.wav"], [body["text"]]), body
+
+
+def test_more_keyterms_than_xais_limit_are_refused_as_the_upload_refuses_them() -> None:
+    """xAI takes at most 100 `keyterm`s, on its upload and its stream alike: the daemon's upload
+    refuses the 101st, so its stream does too, naming the parameter and the limit."""
+    query = MultiDict(("keyterm", f"term {n}") for n in range(XAI_KEYTERMS + 1))
+    with pytest.raises(ParameterError) as refused:
+        xai.parse_query(query, Core(daemon_settings()))
+    assert refused.value.parameter == "keyterm" and f"limit of {XAI_KEYTERMS}" in str(refused.value)
+    accepted = xai.parse_query(MultiDict(list(query.items())[:-1]), Core(daemon_settings()))
+    assert isinstance(accepted, xai.XaiParams) and len(accepted.terms) == XAI_KEYTERMS

@@ -47,6 +47,9 @@ ENCODINGS = {"pcm": "s16le", "mulaw": "pcmu", "alaw": "pcma"}
 SAMPLE_RATES = (8000, 16000, 22050, 24000, 44100, 48000)
 """The rates xAI lists; any other is refused, as xAI does."""
 MAX_CHANNELS = 8
+MAX_KEYTERMS = 100
+"""xAI's limit of `keyterm`s, on its stream as on its upload: a list the daemon took and xAI refuses
+would pass here and fail there."""
 CHECKED_NOT_APPLIED = {"endpointing", "vad_threshold", "smart_turn", "smart_turn_timeout", "model"}
 """Taken and checked, but the daemon's own Silero endpointing and engine decide (docs/xai.md)."""
 KNOWN = {"sample_rate", "encoding", "interim_results", "language", "keyterm", "channels", "multichannel", "diarize"}
@@ -92,6 +95,8 @@ def parse_query(query: MultiMapping[str], core: Core) -> StreamParams:
     if "model" in query and not query["model"].strip():
         raise ParameterError("model", "model is empty; leave it out or name one, e.g. grok-voice-transcribe-2.0")
     terms = tuple(term.strip() for term in query.getall("keyterm", []) if term.strip())
+    if len(terms) > MAX_KEYTERMS:
+        raise ParameterError("keyterm", f"{len(terms)} keyterms, over the limit of {MAX_KEYTERMS}")
     try:
         language = checked_language(core, query.get("language"), "language")
         checked_biasing(core, "", terms, "keyterm", "keyterm")

@@ -28,15 +28,13 @@ from satellite_asr.protocols.uploads import (
     read_form,
     upload_options,
 )
-from satellite_asr.protocols.xai import ENCODINGS, MAX_CHANNELS, REFUSED_WHEN_ON, SAMPLE_RATES
+from satellite_asr.protocols.xai import ENCODINGS, MAX_CHANNELS, MAX_KEYTERMS, REFUSED_WHEN_ON, SAMPLE_RATES
 from satellite_asr.session import SessionOptions
 
 PROTOCOL = "xai-rest"
 PATH = "/v1/stt"
 CONTAINERS = {"wav", "mp3", "ogg", "opus", "flac", "aac", "mp4", "m4a", "mkv"}
 """`audio_format` hints of containers, which FFmpeg finds in the file itself: taken, not needed."""
-MAX_KEYTERMS = 100
-"""xAI's limit of `keyterm` fields."""
 SINGLE_FIELDS = {
     "file",
     "url",
