@@ -7,6 +7,8 @@ microphone pace: these tests are where a field the daemon leaves out or mistypes
 
 from __future__ import annotations
 
+import asyncio
+
 import aiohttp
 import livekit.plugins.xai.stt as lk_xai_stt
 import pytest
@@ -19,8 +21,8 @@ from satellite_asr.audio import SAMPLE_RATE
 from satellite_asr.protocols import xai
 from satellite_asr.server import Daemon
 from tests.doubles import ContextRecordingEngineDouble
-from tests.helpers import EXPECTED, fixture_16k, pcm16, running_daemon, same_words
-from tests.livekit_events import stream_fixture
+from tests.helpers import EXPECTED, fixture_16k, microphone_chunks, pcm16, running_daemon, same_words
+from tests.livekit_events import FRAME_S, LiveKitEvents, stream_fixture
 from tests.test_pipecat import first_error, transcribed
 
 pytestmark = pytest.mark.timeout(180)
@@ -94,3 +96,26 @@ async def test_livekit_stream_with_a_wrong_key_fails_with_the_401(monkeypatch: p
         with pytest.raises(APIStatusError) as refused:
             await stream_fixture(lk_xai.STT(api_key="wrong", http_session=http), FIXTURE, finals=1)
     assert refused.value.status_code == 401
+
+
+async def test_livekit_stream_goes_on_after_the_idle_timeout_closes_its_connection(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """LiveKit keeps one stream for a whole session: when the daemon's idle timeout closes the
+    connection (the error, then 1001), the plugin reconnects and the next command is transcribed."""
+    async with running_daemon(api_key=KEY, idle_timeout_s=2) as daemon, aiohttp.ClientSession() as http:
+        monkeypatch.setattr(lk_xai_stt, "XAI_WEBSOCKET_URL", ws_url(daemon))
+        stt = lk_xai.STT(api_key=KEY, http_session=http)
+        stream = stt.stream(conn_options=APIConnectOptions(max_retry=3, retry_interval=0.1, timeout=10))
+        events = LiveKitEvents(stream)
+        silence = [bytes(int(FRAME_S * SAMPLE_RATE) * 2)] * 40
+        try:
+            for chunk in [*microphone_chunks("lights_on.wav", FRAME_S), *silence, *microphone_chunks(FIXTURE, FRAME_S)]:
+                stream.push_frame(rtc.AudioFrame(chunk, SAMPLE_RATE, 1, len(chunk) // 2))
+                await asyncio.sleep(FRAME_S)
+            await events.wait_for(lambda: len([final for final in events.finals() if final.text]) >= 4)
+        finally:
+            await stream.aclose()
+            await stt.aclose()
+    finals = [final.text for final in events.finals() if final.text]
+    assert same_words([*EXPECTED["lights_on.wav"], *EXPECTED[FIXTURE]], finals), (finals, events.turns())
