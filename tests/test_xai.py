@@ -337,3 +337,17 @@ def test_more_keyterms_than_xais_limit_are_refused_as_the_upload_refuses_them() 
     assert refused.value.parameter == "keyterm" and f"limit of {XAI_KEYTERMS}" in str(refused.value)
     accepted = xai.parse_query(MultiDict(list(query.items())[:-1]), Core(daemon_settings()))
     assert isinstance(accepted, xai.XaiParams) and len(accepted.terms) == XAI_KEYTERMS
+
+
+async def test_transcript_done_words_each_span_their_own_utterance() -> None:
+    """`audio.done` right after the audio, with utterances cut at 1 s (`max_utterance_s`): the
+    length-cut finals still decoding are `transcript.done`'s remainder, several utterances; each
+    word spans its own utterance (at most 1 s), as in every other transcript, not the remainder's
+    whole span (LiveKit's word timings and its transcript span come from them)."""
+    async with running_daemon(max_utterance_s=1) as daemon:
+        messages, code = await stream(url(daemon))
+    [done] = of(messages, "transcript.done")
+    spans = [(w["start"], w["end"]) for w in done["words"]]
+    assert code == 1000 and spans and max(end for _, end in spans) - spans[0][0] > 1.5, done
+    assert all(end - start <= 1.05 for start, end in spans), done
+    assert spans == sorted(spans) and [w["text"] for w in done["words"]] == done["text"].split(), done

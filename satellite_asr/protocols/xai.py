@@ -119,6 +119,13 @@ def error_event(code: str, message: str) -> dict[str, Any]:
     return {"type": "error", "code": code, "message": echoable(message)}
 
 
+def spanning(text: str, start: float, end: float) -> list[dict[str, Any]]:
+    """xAI's `words` of an utterance's `text`, each spanning the utterance: the engine gives no word
+    timings, and LiveKit takes a transcript's span from its first and last word."""
+    span = {"start": round(start, 3), "end": round(max(start, end), 3)}
+    return [{"text": word, **span} for word in text.split()]
+
+
 def ends_stream(message: WSMessage) -> bool:
     """`audio.done`: what the client sent before its Close is still wanted."""
     return is_control(message, "audio.done")
@@ -145,19 +152,19 @@ class XaiConnection(InOrderConnection):
         self.ending = False
         """`audio.done` came: a final it forces is the remainder `transcript.done` carries."""
         self.remainder: list[FinalTranscript] = []
-        self.done_sent = False
 
     async def opened(self) -> None:
         await self.send({"type": "transcript.created"})
 
-    def transcript(self, text: str, start: float, end: float, language: str | None) -> dict[str, Any]:
-        """The fields of a transcript: its words each span the utterance (the engine gives no word
-        timings), its start and duration in seconds of the stream's audio."""
+    def transcript(
+        self, text: str, start: float, end: float, language: str | None, words: list[dict[str, Any]] | None = None
+    ) -> dict[str, Any]:
+        """The fields of a transcript: its words (by default each spanning the whole of it: the engine
+        gives no word timings), its start and duration in seconds of the stream's audio."""
         end = max(start, end)
-        span = {"start": round(start, 3), "end": round(end, 3)}
         return {
             "text": text,
-            "words": [{"text": word, **span} for word in text.split()],
+            "words": spanning(text, start, end) if words is None else words,
             "start": round(start, 3),
             "duration": round(end - start, 3),
             "language": language or self.options.language or "",
@@ -180,16 +187,14 @@ class XaiConnection(InOrderConnection):
         await self.release_held()
 
     async def closing(self) -> None:
-        """`transcript.done`, once: the text `audio.done` ended (empty when every utterance had its
-        final) and the stream's audio in seconds."""
-        if self.done_sent:
-            return
-        self.done_sent = True
+        """`transcript.done` (sent by `end` alone: `audio.done` ends the stream once): the text
+        `audio.done` ended (empty when every utterance had its final) and the stream's audio in seconds."""
         finals = [final for final in self.remainder if final.text.strip()]
         text = " ".join(final.text.strip() for final in finals)
         start = finals[0].start if finals else self.seconds
         end = finals[-1].end if finals else self.seconds
-        fields = self.transcript(text, start, end, finals[-1].language if finals else None)
+        words = [word for final in finals for word in spanning(final.text.strip(), final.start, final.end)]
+        fields = self.transcript(text, start, end, finals[-1].language if finals else None, words)
         await self.send({"type": "transcript.done", **fields, "duration": round(self.seconds, 2)})
 
     async def close_by_server(self, reason: str) -> None:

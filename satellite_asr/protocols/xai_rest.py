@@ -28,7 +28,7 @@ from satellite_asr.protocols.uploads import (
     read_form,
     upload_options,
 )
-from satellite_asr.protocols.xai import ENCODINGS, MAX_CHANNELS, MAX_KEYTERMS, REFUSED_WHEN_ON, SAMPLE_RATES
+from satellite_asr.protocols.xai import ENCODINGS, MAX_CHANNELS, MAX_KEYTERMS, REFUSED_WHEN_ON, SAMPLE_RATES, spanning
 from satellite_asr.session import SessionOptions
 
 PROTOCOL = "xai-rest"
@@ -91,11 +91,7 @@ def raw_format(fields: MultiDict[str]) -> tuple[str, int] | None:
 def response_body(finals: list[FinalTranscript], seconds: float, options: SessionOptions) -> dict[str, Any]:
     """xAI's transcript. The engine gives no word timings: each word spans its utterance; `words`
     is left out when there are none, as xAI does."""
-    words = [
-        {"text": word, "start": round(final.start, 3), "end": round(max(final.start, final.end), 3)}
-        for final in finals
-        for word in final.text.split()
-    ]
+    words = [word for final in finals for word in spanning(final.text, final.start, final.end)]
     body: dict[str, Any] = {
         "text": joined_text(finals),
         "language": options.language or next((final.language for final in finals if final.language), ""),
