@@ -149,8 +149,10 @@ class XaiConnection(InOrderConnection):
         super().__init__(ws, core, request, reading, params)
         assert isinstance(params, XaiParams)
         self.options = params
-        self.ending = False
-        """`audio.done` came: a final it forces is the remainder `transcript.done` carries."""
+        self.ended_from: int | None = None
+        """Set by `audio.done`: the first utterance it ends (the one in progress, or the next). Their
+        forced finals are the remainder `transcript.done` carries; an earlier utterance's final,
+        still decoding then, is its `speech_final` transcript as it would have been a moment before."""
         self.remainder: list[FinalTranscript] = []
 
     async def opened(self) -> None:
@@ -179,7 +181,8 @@ class XaiConnection(InOrderConnection):
         """The utterance's words, final; with none, nothing (the clients drop a transcript without
         text). One that `audio.done` forced waits for `transcript.done`."""
         self.pending.final(event.utterance_id)
-        if self.ending and not event.is_speech_final:
+        ended = self.ended_from is not None and event.utterance_id >= self.ended_from
+        if ended and not event.is_speech_final:
             self.remainder.append(event)
         elif event.text.strip():
             fields = self.transcript(event.text.strip(), event.start, event.end, event.language)
@@ -218,7 +221,9 @@ class XaiConnection(InOrderConnection):
     async def audio_done(self, message: dict[str, Any]) -> None:
         """The utterance in progress ends now; its text in `transcript.done`, then the Close."""
         check_fields(message, "audio.done", set())
-        self.ending = True
+        assert self.input is not None
+        session = self.input.session
+        self.ended_from = session.utterances if session.in_utterance else session.utterances + 1
         await self.end()
 
 
