@@ -15,6 +15,7 @@ import pytest
 from livekit import rtc
 from livekit.agents import APIConnectOptions, APIStatusError
 from livekit.plugins import xai as lk_xai
+from pipecat.frames.frames import InputAudioRawFrame
 from pipecat.services.xai.stt import XAISTTService
 
 from satellite_asr.audio import SAMPLE_RATE
@@ -23,7 +24,7 @@ from satellite_asr.server import Daemon
 from tests.doubles import ContextRecordingEngineDouble
 from tests.helpers import EXPECTED, fixture_16k, microphone_chunks, pcm16, running_daemon, same_words
 from tests.livekit_events import FRAME_S, LiveKitEvents, stream_fixture
-from tests.test_pipecat import first_error, transcribed
+from tests.test_pipecat import first_error, running_pipeline, speak, transcribed
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -119,3 +120,26 @@ async def test_livekit_stream_goes_on_after_the_idle_timeout_closes_its_connecti
             await stt.aclose()
     finals = [final.text for final in events.finals() if final.text]
     assert same_words([*EXPECTED["lights_on.wav"], *EXPECTED[FIXTURE]], finals), (finals, events.turns())
+
+
+async def test_pipecat_service_reconnects_after_the_idle_timeout_closes_its_connection() -> None:
+    """Pipecat's service is connected for the whole pipeline: when the daemon's idle timeout closes
+    the connection, its error is an error frame with the daemon's sentence, the service reconnects
+    (it waits for `transcript.created` again) and the next commands are transcribed. The timeout is
+    over Pipecat's 5 s: a connection shorter than that is a quick failure, and after three in a row
+    Pipecat stops reconnecting."""
+    async with (
+        running_daemon(api_key=KEY, idle_timeout_s=6) as daemon,
+        running_pipeline(pipecat_service(daemon)) as (worker, frames),
+    ):
+        await speak(worker, "lights_on.wav")
+        for _ in range(400):  # 8 s of silence, at microphone pace
+            await worker.queue_frame(InputAudioRawFrame(bytes(int(0.02 * SAMPLE_RATE) * 2), SAMPLE_RATE, 1))
+            await asyncio.sleep(0.02)
+        await speak(worker, FIXTURE)
+        async with asyncio.timeout(60):
+            while len(frames.finals) < 4:
+                frames.changed.clear()
+                await frames.changed.wait()
+    assert same_words([*EXPECTED["lights_on.wav"], *EXPECTED[FIXTURE]], frames.finals), frames.finals
+    assert frames.errors and all("idle_timeout_s" in error for error in frames.errors), frames.errors
