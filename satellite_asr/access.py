@@ -36,7 +36,7 @@ ElevenLabs' `{"detail":{"status","message"}}` on its (`ELEVENLABS_PREFIX`), Cart
 `{"object","message","type","param","code"}` on its (`MISTRAL_PATHS`), Azure AI Speech's
 `{"error":{"code","message"}}` on its (`AZURE_PATHS`), Smallest AI's
 `{"type","status","code","message"}` on its (`SMALLEST_PATHS`), xAI's `{"code","error"}` on its
-(`XAI_PATHS`). Cartesia's
+(`XAI_PATHS`), Gradium's `{"type","message","code"}` on its (`GRADIUM_PATHS`). Cartesia's
 clients send the key as `X-API-Key` or `Authorization: Bearer`, Speechmatics' as `Authorization:
 Bearer` (a browser's as `?jwt=KEY`, also taken there), both ways above; Azure's JavaScript SDK
 sends `?Ocp-Apim-Subscription-Key=KEY` (or `?Authorization=Bearer KEY`), taken on its paths.
@@ -63,6 +63,7 @@ from satellite_asr.protocols import (
     deepgram_error,
     elevenlabs_error,
     gladia_error,
+    gradium_error,
     mistral_error,
     openai_error,
     smallest_error,
@@ -95,6 +96,9 @@ SMALLEST_PATHS = frozenset({"/waves/v1/stt/live", "/waves/v1/stt/"})
 `{"type": "error", "status", "message"}` shape."""
 XAI_PATHS = frozenset({"/v1/stt"})
 """xAI's speech-to-text path, whose errors take its `{"code", "error"}` shape."""
+GRADIUM_PATHS = frozenset({"/api/speech/asr"})
+"""Gradium's speech-to-text path (its clients send the key as `x-api-key`), whose errors take its
+`{"type": "error", "message", "code"}` shape."""
 GLADIA_PATHS = frozenset({"/v2/live"})
 """Gladia's live API: its POST (keyed, `X-Gladia-Key`) and its session's WebSocket, whose `token`
 stands for the key (`TOKEN_PATHS`); errors take Gladia's `{"statusCode", "message", ...}` shape."""
@@ -429,6 +433,8 @@ def error_response(
         body = smallest_error(status, code, message)
     elif path in XAI_PATHS:
         body = xai_error(code, message)
+    elif path in GRADIUM_PATHS:
+        body = gradium_error(message)
     else:
         body = {"type": "error", "code": code, "message": message}
     return web.json_response(body, status=status, headers=headers)

@@ -219,6 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
             "gladia",
             "mistral",
             "xai",
+            "gradium",
             "azure",
             "smallest",
             "wyoming",
@@ -235,6 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
         "gladia: POST /v2/live then its WebSocket (Gladia's live API); "
         "mistral: /v1/audio/transcriptions/realtime clients (Mistral's realtime API); "
         "xai: /v1/stt clients (xAI's real-time speech-to-text API); "
+        "gradium: /api/speech/asr clients (Gradium's real-time speech-to-text API); "
         "azure: /speech/recognition/conversation/cognitiveservices/v1 clients (Azure AI Speech's real-time API, USP); "
         "smallest: /waves/v1/stt/live clients (Smallest AI's Pulse real-time API); "
         "wyoming: Home Assistant's flow, one command per round; rest: each client uploads one recording (the "

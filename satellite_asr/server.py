@@ -46,6 +46,7 @@ from satellite_asr.protocols import (
     elevenlabs,
     elevenlabs_upload,
     gladia,
+    gradium,
     mistral,
     openai_realtime,
     openai_rest,
@@ -180,6 +181,7 @@ class Daemon:
         self.discovery: Discovery | None = None
         self.websocket = websocket.WebSocketHandler(self.core)
         self.soniox = streaming_apis.StreamingApiHandler(self.core, soniox.SONIOX_REALTIME)
+        self.gradium = streaming_apis.StreamingApiHandler(self.core, gradium.REALTIME)
         self.speechmatics = streaming_apis.StreamingApiHandler(self.core, speechmatics.REALTIME)
         self.speechmatics_agent = streaming_apis.StreamingApiHandler(self.core, speechmatics.AGENT)
         self.gladia = gladia.GladiaHandler(self.core)
@@ -229,6 +231,7 @@ class Daemon:
             ("GET", smallest.PATH, streaming_apis.StreamingApiHandler(self.core, smallest.LIVE).handle),
             ("POST", smallest_upload.PATH, self.smallest_upload.upload),
             ("GET", xai.PATH, streaming_apis.StreamingApiHandler(self.core, xai.REALTIME).handle),
+            ("GET", gradium.PATH, self.gradium.handle),
             ("GET", speechmatics.PATH, self.speechmatics.handle),
             ("GET", speechmatics.LANGUAGE_PATH, self.speechmatics.handle),
             ("GET", speechmatics.AGENT_PATH, self.speechmatics_agent.handle),
@@ -390,6 +393,7 @@ class Daemon:
             gladia.PROTOCOL,
             mistral.PROTOCOL,
             xai.PROTOCOL,
+            gradium.PROTOCOL,
             azure.PROTOCOL,
             smallest.PROTOCOL,
         )
@@ -397,7 +401,7 @@ class Daemon:
         # no session yet: their settings have not come
         closing += [
             handler.close_awaiting("shutdown")
-            for handler in (self.soniox, self.speechmatics, self.speechmatics_agent, self.azure)
+            for handler in (self.soniox, self.speechmatics, self.speechmatics_agent, self.azure, self.gradium)
         ]
         await asyncio.gather(self._close_wyoming(), self._close_websockets(), *closing)
         await self.core.sessions.close_all("shutdown")

@@ -536,6 +536,39 @@ async def _stream_one_mistral(
     return await _stream_pcm16(query, audio, delay, headers, translate, json.dumps({"type": "input_audio.end"}), append)
 
 
+async def _stream_one_gradium(
+    url: str, audio: Audio, delay: float, config: dict[str, Any], headers: dict[str, str]
+) -> tuple[float, list[Any]]:
+    """The same over Gradium's real-time API: the `setup` first (16 kHz PCM), the audio as base64
+    `audio` messages, `end_of_stream` at the end. A `text` is a `partial` of the utterance in
+    progress and its `end_text` (each utterance the daemon's endpointing ends) the utterance's
+    `final`, its words joined (the API names no utterance); an `error` is the stream's refusal
+    (`StreamRefused`)."""
+    utterance, words = 0, []
+
+    def translate(message: dict[str, Any]) -> dict[str, Any] | None:
+        nonlocal utterance
+        kind = message["type"]
+        if kind == "error":
+            raise StreamRefused(f"the daemon sent error {message['code']}: {message['message']}")
+        if kind == "text":
+            words.append(message["text"])
+            return {"type": "partial", "utterance_id": utterance}
+        if kind != "end_text":
+            return None
+        utterance += 1
+        text = " ".join(words)
+        words.clear()
+        return {"type": "final", "utterance_id": utterance - 1, "text": text}
+
+    def append(chunk: bytes) -> str:
+        return json.dumps({"type": "audio", "audio": base64.b64encode(chunk).decode()})
+
+    setup = json.dumps({"type": "setup", "model_name": "default", "input_format": f"pcm_{SAMPLE_RATE}"})
+    end = json.dumps({"type": "end_of_stream"})
+    return await _stream_pcm16(url, audio, delay, headers, translate, end, append, first=setup)
+
+
 async def _stream_one_smallest(
     url: str, audio: Audio, delay: float, config: dict[str, Any], headers: dict[str, str]
 ) -> tuple[float, list[Any]]:
@@ -706,6 +739,7 @@ PROTOCOLS: dict[str, tuple[str, Streamer]] = {
     "gladia": ("/v2/live", _stream_one_gladia),
     "mistral": ("/v1/audio/transcriptions/realtime", _stream_one_mistral),
     "xai": ("/v1/stt", _stream_one_xai),
+    "gradium": ("/api/speech/asr", _stream_one_gradium),
     "azure": ("/speech/recognition/conversation/cognitiveservices/v1", _stream_one_azure),
     "smallest": ("/waves/v1/stt/live", _stream_one_smallest),
 }

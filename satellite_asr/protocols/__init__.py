@@ -227,6 +227,12 @@ def xai_error(code: str, message: str) -> dict[str, Any]:
     return {"code": code, "error": echoable(message)}
 
 
+def gradium_error(message: str) -> dict[str, Any]:
+    """Gradium's error (`message`, and `code` the WebSocket close code of a policy violation), as an
+    HTTP body for a refused upgrade; `message` may hold what a client sent (`echoable`)."""
+    return {"type": "error", "message": echoable(message), "code": 1008}
+
+
 def azure_error(status: int, message: str) -> dict[str, Any]:
     """Azure AI Speech's HTTP error body (`{"error": {"code", "message"}}`, the status as the code),
     for a refused upgrade. `message` may hold what a client sent (`echoable`)."""

@@ -1,0 +1,315 @@
+"""Gradium's real-time speech-to-text API at `/api/speech/asr` (docs/gradium.md): wire messages <->
+`Session` calls, so that Gradium's SDK (`gradium`), Pipecat's `GradiumSTTService` and LiveKit's
+Gradium plugin reach the daemon by their URL alone.
+
+The stream's settings come in its first message, `setup` (model, input format, `json_config`);
+`ready` answers it. Audio comes as base64 `audio` messages. Each utterance's stable words go out as
+`text` messages, one word each, while it is heard, the rest at its final, then `end_text`. A `step`
+for every 80 ms of audio received tells the clients' turn detection whether speech is in progress:
+its inactivity is 0 from the daemon's start of speech until the utterance's final is sent, 1
+otherwise. `flush` ends the utterance in progress and `flushed` answers it once its words are sent;
+`end_of_stream` ends the stream: the last words, `end_of_stream`, the Close 1000. An error is
+`{"type": "error", "message", "code"}`, `code` a WebSocket close code as Gradium's; a bad `setup` is
+followed by that Close, and any later error leaves the stream going (the daemon's choice: Pipecat
+reads on after an error).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass, replace
+from typing import Any
+
+from aiohttp import WSCloseCode, WSMessage, WSMsgType, web
+from multidict import MultiMapping
+
+from satellite_asr.audio import PcmDecoder
+from satellite_asr.core import Core
+from satellite_asr.events import FinalTranscript, PartialTranscript, SessionEvent
+from satellite_asr.protocols import ProtocolError, ReadAhead, checked_language, echoable, json_object
+from satellite_asr.protocols.streaming_apis import (
+    Api,
+    Control,
+    InOrderConnection,
+    ParameterError,
+    StreamParams,
+    check_fields,
+    check_names,
+    is_control,
+    number_within,
+    refuse_in_band,
+)
+from satellite_asr.session import SessionOptions
+
+PATH = "/api/speech/asr"
+PROTOCOL = "gradium"
+INPUT_FORMATS = {"pcm": 24000, "pcm_8000": 8000, "pcm_16000": 16000, "pcm_24000": 24000}
+"""Gradium's raw PCM formats (16-bit mono) and their rates; its `wav` and `opus` are refused."""
+LANGUAGES = ("en", "de", "es", "fr", "pt", "any")
+"""Gradium's languages; `any` asks for detection (the daemon's engine decides)."""
+DELAYS = (7, 8, 10, 12, 14, 16, 20, 24, 36, 48)
+"""Gradium's `delay_in_frames` values: checked, not applied (the daemon's endpointing sets the pace)."""
+DEFAULT_DELAY = 10
+MAX_TEMPERATURE = 2.0
+STEP_S = 0.08
+"""One `step` per 80 ms of audio, as Gradium's model steps."""
+HORIZONS = (0.5, 1.0, 2.0, 3.0)
+"""The `horizon_s` of each `vad` entry of a step: clients read the third (LiveKit) or the one
+nearest 3 s (Pipecat)."""
+MAX_AUDIO_BYTES = 262144
+CLOSE_CODES = {
+    "idle_timeout": WSCloseCode.GOING_AWAY,
+    "shutdown": WSCloseCode.GOING_AWAY,
+    "engine_error": WSCloseCode.INTERNAL_ERROR,
+    "server_busy": WSCloseCode.TRY_AGAIN_LATER,
+    "timeout": WSCloseCode.POLICY_VIOLATION,
+}
+"""The close code an error's `code` names for each of the daemon's error codes; any other is input
+refused, 1008 (Gradium's policy violation)."""
+
+
+@dataclass(frozen=True)
+class GradiumSetup:
+    """The stream's settings from its `setup`."""
+
+    model: str
+    input_format: str
+    language: str | None
+    delay_in_frames: int
+
+    @property
+    def sample_rate(self) -> int:
+        return INPUT_FORMATS[self.input_format]
+
+    def decoder(self) -> PcmDecoder:
+        return PcmDecoder("s16le", self.sample_rate)
+
+    def session_options(self, core: Core) -> SessionOptions:
+        return SessionOptions.from_settings(
+            core.settings, partials=True, language=self.language or core.settings.default_language
+        )
+
+
+def parse_query(query: MultiMapping[str], core: Core) -> StreamParams | None:
+    """None: the settings come in `setup`; the URL carries none (the daemon's `api_key` aside)."""
+    check_names(query, set(), set())
+    return None
+
+
+def parse_setup(message: WSMessage, core: Core) -> GradiumSetup:
+    """The stream's settings, or `ProtocolError` `invalid_setup` saying what is wrong."""
+    setup = json_object(message.data) if message.type == WSMsgType.TEXT else "is audio"
+    if isinstance(setup, str):
+        raise ProtocolError("invalid_setup", f"the first message must be the setup, a JSON object; this one {setup}")
+    if setup.get("type") != "setup":
+        raise ProtocolError("invalid_setup", "the first message must be the setup (type 'setup')")
+    unknown = sorted(set(setup) - {"type", "model_name", "input_format", "json_config"})
+    if unknown:
+        raise ProtocolError("invalid_setup", f"setup has no field {echoable(unknown[0])!r}")
+    model = setup.get("model_name", "default")
+    if not isinstance(model, str) or not model.strip():
+        raise ProtocolError("invalid_setup", "model_name must be a model's name, e.g. default")
+    input_format = setup.get("input_format", "pcm")
+    if input_format not in INPUT_FORMATS:
+        named = echoable(str(input_format))
+        raise ProtocolError(
+            "invalid_setup", f"input_format {named!r}: this server takes raw PCM, one of {', '.join(INPUT_FORMATS)}"
+        )
+    language, delay = json_config(setup.get("json_config"), core)
+    return GradiumSetup(model, input_format, language, delay)
+
+
+def json_config(value: object, core: Core) -> tuple[str | None, int]:
+    """`json_config`'s language and delay: an object, or its JSON text as Gradium's SDK sends it."""
+    config = json_object(value) if isinstance(value, str) else value
+    if value is None:
+        config = {}
+    if not isinstance(config, dict):
+        problem = config if isinstance(config, str) else "is not an object"
+        raise ProtocolError("invalid_setup", f"json_config must be a JSON object; this one {problem}")
+    unknown = sorted(set(config) - {"language", "delay_in_frames", "temp"})
+    if unknown:
+        raise ProtocolError("invalid_setup", f"json_config has no field {echoable(unknown[0])!r}")
+    language = config.get("language", "en")
+    if language not in LANGUAGES:
+        raise ProtocolError("invalid_setup", f"json_config.language must be one of {', '.join(LANGUAGES)}")
+    delay = config.get("delay_in_frames", DEFAULT_DELAY)
+    if not isinstance(delay, int) or isinstance(delay, bool) or delay not in DELAYS:
+        raise ProtocolError(
+            "invalid_setup", f"json_config.delay_in_frames must be one of {', '.join(map(str, DELAYS))}"
+        )
+    temperature = config.get("temp", 0.0)
+    if not number_within(temperature, 0.0, MAX_TEMPERATURE, False):
+        raise ProtocolError("invalid_setup", f"json_config.temp must be a number from 0 to {MAX_TEMPERATURE:g}")
+    if language == "any":
+        return None, delay
+    try:
+        return checked_language(core, language, "json_config.language"), delay
+    except ProtocolError as exc:
+        raise ProtocolError("invalid_setup", exc.message) from None
+
+
+def error_event(code: str, message: str) -> dict[str, Any]:
+    """Gradium's error: the sentence, and the close code of its kind; `message` may quote the client."""
+    return {"type": "error", "message": echoable(message), "code": int(CLOSE_CODES.get(code, 1008))}
+
+
+def ends_stream(message: WSMessage) -> bool:
+    """`end_of_stream`: what the client sent before its Close is still wanted."""
+    return is_control(message, "end_of_stream")
+
+
+class GradiumConnection(InOrderConnection):
+    """A client of the real-time API: its setup, audio, flushes and end; each utterance's words,
+    a step per 80 ms, `flushed` per flush and `end_of_stream` at the end."""
+
+    protocol = PROTOCOL
+    invalid_message = "invalid_message"
+
+    def __init__(
+        self,
+        ws: web.WebSocketResponse,
+        core: Core,
+        request: web.Request,
+        reading: ReadAhead,
+        params: StreamParams | None,
+    ) -> None:
+        super().__init__(ws, core, request, reading, params)
+        self.setup: GradiumSetup | None = None
+        self.sent: dict[int, int] = {}
+        """How many words of each utterance were sent as `text`."""
+        self.steps = 0
+
+    async def read_settings(self, message: WSMessage) -> None:
+        """The setup (the key was checked at the upgrade), the session and `ready`."""
+        self.setup = self.params = parse_setup(message, self.core)
+        self.open_session()
+        await self.opened()
+
+    async def opened(self) -> None:
+        """`ready`: `delay_in_tokens` 1, as the daemon's words are final when sent (LiveKit's plugin
+        waits that many steps after a turn's end before its final)."""
+        assert self.setup is not None
+        await self.send(
+            {
+                "type": "ready",
+                "request_id": self.request_id,
+                "model_name": self.setup.model,
+                "sample_rate": self.setup.sample_rate,
+                "frame_size": round(self.setup.sample_rate * STEP_S),
+                "delay_in_frames": self.setup.delay_in_frames,
+                "delay_in_tokens": 1,
+                "text_stream_names": [],
+            }
+        )
+
+    async def emit(self, event: SessionEvent) -> None:
+        """Partials as their stable words only: a `text` cannot be taken back."""
+        if isinstance(event, PartialTranscript):
+            event = replace(event, text=event.stable_text)
+        await super().emit(event)
+
+    async def words(self, utterance_id: int, text: str, start: float) -> None:
+        """A `text` for each word of `text` past those of the utterance sent (the engine gives no word
+        timings: each starts where the utterance does)."""
+        words = text.split()
+        for word in words[self.sent.get(utterance_id, 0) :]:
+            await self.send({"type": "text", "text": word, "start_s": round(start, 3), "stream_id": None})
+        self.sent[utterance_id] = max(len(words), self.sent.get(utterance_id, 0))
+
+    async def partial(self, utterance_id: int, text: str) -> None:
+        await self.words(utterance_id, text, self.pending.starts.get(utterance_id, self.seconds))
+
+    async def final(self, event: FinalTranscript) -> None:
+        """The words of the final not sent yet, then `end_text` with where the utterance ended."""
+        self.pending.final(event.utterance_id)
+        await self.words(event.utterance_id, event.text, event.start)
+        if self.sent.pop(event.utterance_id, 0):
+            await self.send({"type": "end_text", "stop_s": round(max(event.start, event.end), 3), "stream_id": None})
+        await self.release_held()
+
+    async def steps_due(self) -> None:
+        """A `step` for each 80 ms of audio received since the last."""
+        speaking = bool(self.pending.starts)
+        inactivity = 0.0 if speaking else 1.0
+        while (self.steps + 1) * STEP_S <= self.seconds + 1e-9:
+            self.steps += 1
+            vad = [{"horizon_s": horizon, "inactivity_prob": inactivity} for horizon in HORIZONS]
+            total = round(self.steps * STEP_S, 3)
+            await self.send(
+                {
+                    "type": "step",
+                    "vad": vad,
+                    "step_idx": self.steps,
+                    "step_duration_s": STEP_S,
+                    "total_duration_s": total,
+                }
+            )
+
+    async def closing(self) -> None:
+        await self.send({"type": "end_of_stream"})
+
+    async def close_by_server(self, reason: str) -> None:
+        """Idle timeout or shutdown, once the finals are sent: Gradium's error (1001), then the Close."""
+        self.finished = True
+        try:
+            await self.error(reason, self.server_close_sentence(reason), counted=True)
+        finally:
+            await self.close(WSCloseCode.GOING_AWAY, reason)
+
+    async def error(self, code: str, message: str, *, fatal: bool = False, counted: bool = False) -> None:
+        """Gradium's error; a refused setup (no session yet) is followed by the Close, and later the
+        stream goes on (an engine failure loses its utterance alone)."""
+        if not counted:
+            self.core.metrics.errors.labels(code).inc()
+        await self.send(error_event(code, message))
+        if self.input is None and not fatal:
+            await self.close(CLOSE_CODES.get(code, WSCloseCode.POLICY_VIOLATION), code)
+
+    async def on_binary(self, data: bytes) -> None:
+        raise ProtocolError("invalid_message", "audio comes as audio messages (base64 PCM), not binary")
+
+    def controls(self) -> dict[str, Control]:
+        return {"audio": self.audio, "flush": self.flush, "end_of_stream": self.end_of_stream}
+
+    async def audio(self, message: dict[str, Any]) -> None:
+        check_fields(message, "audio", {"audio"})
+        audio = message.get("audio")
+        if not isinstance(audio, str):
+            raise ProtocolError("invalid_audio", "audio's audio must be base64 PCM")
+        try:
+            data = base64.b64decode(audio, validate=True)
+        except (binascii.Error, ValueError):
+            raise ProtocolError("invalid_audio", "audio's audio is not valid base64") from None
+        if len(data) > MAX_AUDIO_BYTES:
+            raise ProtocolError("invalid_audio", f"an audio message holds {len(data)} bytes; at most {MAX_AUDIO_BYTES}")
+        await super().on_binary(data)
+        await self.steps_due()
+
+    async def flush(self, message: dict[str, Any]) -> None:
+        """The utterance in progress ends now; `flushed` once its words are sent, with the client's id."""
+        check_fields(message, "flush", {"flush_id"})
+        flush_id = message.get("flush_id")
+        if flush_id is not None and (not isinstance(flush_id, str | int) or isinstance(flush_id, bool)):
+            raise ProtocolError("invalid_message", "flush's flush_id must be a number or a text")
+        await self.flush_for_client()
+        await self.send({"type": "flushed", "flush_id": flush_id})
+
+    async def end_of_stream(self, message: dict[str, Any]) -> None:
+        check_fields(message, "end_of_stream", set())
+        await self.end()
+
+
+async def refuse_parameters(
+    core: Core, request: web.Request, ws: web.WebSocketResponse, exc: ParameterError
+) -> web.StreamResponse:
+    """A query parameter refused after the upgrade, in Gradium's error, then the Close 1008: the
+    clients report the error's sentence (an HTTP refusal by its status alone)."""
+    error = error_event("invalid_query_parameter", f"{exc.parameter}: {exc}")
+    return await refuse_in_band(core, request, ws, error, WSCloseCode.POLICY_VIOLATION, ends_stream)
+
+
+REALTIME = Api(
+    PATH, "Gradium's real-time speech-to-text API", parse_query, GradiumConnection, ends_stream, refuse_parameters
+)

@@ -1,0 +1,264 @@
+"""Gradium's real-time speech-to-text API (`/api/speech/asr`) end to end: real daemon, real Silero,
+real tiny.en, a raw WebSocket client for every message and for input no SDK would send."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from typing import Any
+
+import aiohttp
+import pytest
+import websockets
+
+from satellite_asr.protocols import gradium
+from satellite_asr.server import Daemon
+from tests.doubles import FailsOnAWordEngineDouble
+from tests.helpers import EXPECTED, PCM_FRAME_BYTES, fixture_16k, normalise, pcm16, running_daemon, same_words
+from tests.test_mistral import Messages, of, read_all
+
+pytestmark = pytest.mark.timeout(180)
+
+FIXTURE = "three_commands.wav"
+SETUP = {"type": "setup", "model_name": "default", "input_format": "pcm_16000", "json_config": {"language": "en"}}
+END = {"type": "end_of_stream"}
+KEY = "gradium-key"
+
+
+def url(daemon: Daemon, query: str = "") -> str:
+    return f"ws://127.0.0.1:{daemon.http_port}{gradium.PATH}{'?' + query if query else ''}"
+
+
+def audio(rate: int = 16000) -> bytes:
+    return pcm16(fixture_16k(FIXTURE), rate)
+
+
+def appends(data: bytes, frame: int = PCM_FRAME_BYTES) -> list[dict[str, Any]]:
+    """`data` as `audio` messages of `frame` bytes (100 ms of 16 kHz PCM16 by default)."""
+    return [
+        {"type": "audio", "audio": base64.b64encode(data[at : at + frame]).decode()}
+        for at in range(0, len(data), frame)
+    ]
+
+
+async def stream(
+    target: str, *sent: dict[str, Any] | str | bytes, headers: dict[str, str] | None = None, paced: bool = False
+) -> tuple[Messages, int | None]:
+    """The `sent` messages (by default the setup, the fixture, `end_of_stream`); every message until
+    the Close, and its code."""
+    async with websockets.connect(target, additional_headers=headers) as ws:
+        reader = asyncio.create_task(read_all(ws))
+        for message in sent or (SETUP, *appends(audio()), END):
+            try:
+                await ws.send(message if isinstance(message, str | bytes) else json.dumps(message))
+            except websockets.ConnectionClosed:
+                break
+            if paced and isinstance(message, dict) and message["type"] == "audio":
+                await asyncio.sleep(0.1)
+        received = await reader
+    return received, ws.close_code
+
+
+def kinds(messages: Messages) -> list[str]:
+    """The message types, steps and words left out."""
+    return [message["type"] for message in messages if message["type"] not in ("step", "text")]
+
+
+def utterances(messages: Messages) -> list[str]:
+    """Each utterance's words joined, as the clients join them, up to its `end_text`."""
+    said, words = [], []
+    for message in messages:
+        if message["type"] == "text":
+            words.append(message["text"])
+        elif message["type"] == "end_text":
+            said.append(" ".join(words))
+            words = []
+    return said
+
+
+async def test_three_commands_every_message() -> None:
+    """`ready` answers the setup; words while each command is heard, an `end_text` after each
+    command's last; a step per 80 ms of audio, inactive (1) outside a command and active (0) from
+    its start to its last word; `end_of_stream`, then a normal Close."""
+    async with running_daemon() as daemon:
+        messages, code = await stream(url(daemon), SETUP, *appends(audio()), END, paced=True)
+    assert code == 1000
+    ready = messages[0]
+    assert ready["type"] == "ready" and ready["request_id"] and ready["model_name"] == "default"
+    assert ready["sample_rate"] == 16000 and ready["frame_size"] == 1280 and ready["delay_in_tokens"] == 1
+    assert kinds(messages) == ["ready", *["end_text"] * 3, "end_of_stream"], kinds(messages)
+    said = utterances(messages)
+    assert same_words(EXPECTED[FIXTURE], said), said
+    steps = of(messages, "step")
+    assert len(steps) == int(len(audio()) / 32000 / 0.08 + 1e-6)
+    assert [step["step_idx"] for step in steps] == list(range(1, len(steps) + 1))
+    assert all([entry["horizon_s"] for entry in step["vad"]] == [0.5, 1.0, 2.0, 3.0] for step in steps)
+    assert steps[0]["vad"][2]["inactivity_prob"] == 1.0
+    # from the first word to its end_text, every step says speech is in progress
+    first_word = next(at for at, m in enumerate(messages) if m["type"] == "text")
+    first_end = next(at for at, m in enumerate(messages) if m["type"] == "end_text")
+    assert all(m["vad"][2]["inactivity_prob"] == 0.0 for m in of(messages[first_word:first_end], "step"))
+    after = of(messages[first_end:], "step")[:3]
+    assert after and all(m["vad"][2]["inactivity_prob"] == 1.0 for m in after), "the turn is over at its end_text"
+    texts = of(messages, "text")
+    assert len(texts) > 6 and all(" " not in m["text"] and m["start_s"] >= 0 for m in texts)
+    assert all(m["stop_s"] > 0 for m in of(messages, "end_text"))
+
+
+async def test_a_flush_is_answered_with_flushed_after_the_words_it_ends() -> None:
+    """A flush midway through the first command: its words so far and their `end_text`, then
+    `flushed` with the client's id; the rest goes on."""
+    data = audio()
+    middle = 12 * PCM_FRAME_BYTES
+    flush = {"type": "flush", "flush_id": "7"}
+    async with running_daemon() as daemon:
+        messages, code = await stream(url(daemon), SETUP, *appends(data[:middle]), flush, *appends(data[middle:]), END)
+    assert code == 1000
+    flushed = next(at for at, m in enumerate(messages) if m["type"] == "flushed")
+    assert messages[flushed] == {"type": "flushed", "flush_id": "7"}
+    before = utterances(messages[:flushed])
+    assert len(before) == 1 and normalise(before[0]).split()[0] == "turn", before
+    rest = normalise(" ".join(utterances(messages[flushed:])))
+    assert "what time is it" in rest and "garage door" in rest
+
+
+@pytest.mark.parametrize(("input_format", "rate"), [("pcm", 24000), ("pcm_8000", 8000), ("pcm_24000", 24000)])
+async def test_each_pcm_format_is_heard_at_its_rate(input_format: str, rate: int) -> None:
+    """`pcm` is 24 kHz (LiveKit's plugin sends it so), the others at the rate they name; the SDK's
+    `json_config` as a JSON text is read as the object."""
+    setup = {"type": "setup", "input_format": input_format, "json_config": json.dumps({"language": "en"})}
+    async with running_daemon() as daemon:
+        messages, code = await stream(url(daemon), setup, *appends(audio(rate), rate // 10 * 2), END)
+    assert messages[0]["sample_rate"] == rate and code == 1000
+    assert same_words(EXPECTED[FIXTURE], utterances(messages)), utterances(messages)
+
+
+@pytest.mark.parametrize(
+    ("setup", "words"),
+    [
+        ("not json", "setup, a JSON object"),
+        ({"type": "audio", "audio": ""}, "must be the setup"),
+        ({**SETUP, "input_format": "opus"}, "raw PCM"),
+        ({**SETUP, "input_format": "pcm_44100"}, "raw PCM"),
+        ({**SETUP, "voice": "x"}, "no field 'voice'"),
+        ({**SETUP, "model_name": ""}, "model_name"),
+        ({**SETUP, "json_config": {"language": "ja"}}, "json_config.language"),
+        ({**SETUP, "json_config": {"delay_in_frames": 9}}, "delay_in_frames"),
+        ({**SETUP, "json_config": {"temp": -1}}, "json_config.temp"),
+        ({**SETUP, "json_config": {"x": 1}}, "no field 'x'"),
+        ({**SETUP, "json_config": "[1]"}, "json_config must be a JSON object"),
+    ],
+)
+async def test_a_bad_setup_is_an_error_then_1008(setup: Any, words: str) -> None:
+    async with running_daemon() as daemon:
+        messages, code = await stream(url(daemon), setup)
+    assert [m["type"] for m in messages] == ["error"] and words in messages[0]["message"], messages
+    assert messages[0]["code"] == 1008 and code == 1008
+
+
+async def test_a_query_parameter_is_refused_in_band() -> None:
+    async with running_daemon() as daemon:
+        messages, code = await stream(url(daemon, "model=x"), SETUP)
+    assert [m["type"] for m in messages] == ["error"] and "model" in messages[0]["message"] and code == 1008
+
+
+@pytest.mark.parametrize(
+    ("message", "words"),
+    [
+        ("not json", "not JSON"),
+        (b"\x00\x01", "base64 PCM"),
+        ({"type": "audio", "audio": "!!"}, "not valid base64"),
+        ({"type": "audio"}, "base64 PCM"),
+        ({"type": "audio", "audio": "", "x": 1}, "no field 'x'"),
+        ({"type": "flush", "flush_id": True}, "flush_id"),
+        ({"type": "setup"}, "unknown type 'setup'"),
+    ],
+)
+async def test_a_refused_message_loses_nothing_else(message: Any, words: str) -> None:
+    """A bad message midway: Gradium's error (1008) with the sentence; the stream goes on and
+    every command is still heard."""
+    data = audio()
+    middle = 12 * PCM_FRAME_BYTES
+    async with running_daemon() as daemon:
+        messages, code = await stream(
+            url(daemon), SETUP, *appends(data[:middle]), message, *appends(data[middle:]), END
+        )
+    errors = of(messages, "error")
+    assert len(errors) == 1 and words in errors[0]["message"] and errors[0]["code"] == 1008, errors
+    assert same_words(EXPECTED[FIXTURE], utterances(messages)) and code == 1000
+
+
+async def test_an_engine_failure_is_an_error_and_the_stream_goes_on() -> None:
+    async with running_daemon(FailsOnAWordEngineDouble("bedroom")) as daemon:
+        messages, code = await stream(url(daemon))
+    assert [e["code"] for e in of(messages, "error")] == [1011], messages
+    said = normalise(" ".join(utterances(messages)))
+    assert "what time is it" in said and "garage door" in said and code == 1000
+
+
+async def test_the_key_by_x_api_key_and_refusals_in_gradiums_shape() -> None:
+    """`x-api-key` (every client's way) reaches the API; none or a wrong one: 401 at the upgrade
+    with Gradium's error body; a plain GET: 426 in the same shape."""
+    async with running_daemon(api_key=KEY) as daemon:
+        messages, _ = await stream(url(daemon), SETUP, END, headers={"x-api-key": KEY})
+        assert [m["type"] for m in messages] == ["ready", "end_of_stream"]
+        async with aiohttp.ClientSession() as http:
+            for headers, status in [({}, 401), ({"x-api-key": "wrong"}, 401), ({"x-api-key": KEY}, 426)]:
+                async with http.get(url(daemon).replace("ws", "http", 1), headers=headers) as response:
+                    body = await response.json()
+                    assert response.status == status and body["type"] == "error" and body["message"], body
+                    assert body["code"] == 1008
+
+
+async def test_no_setup_within_the_first_message_timeout_is_an_error() -> None:
+    async with running_daemon(first_message_timeout_s=1) as daemon, websockets.connect(url(daemon)) as ws:
+        messages = await read_all(ws)
+    assert [m["type"] for m in messages] == ["error"] and messages[0]["code"] == 1008 and ws.close_code == 1008
+
+
+async def test_idle_timeout_sends_the_words_then_an_error_1001() -> None:
+    async with running_daemon(idle_timeout_s=2) as daemon, websockets.connect(url(daemon)) as ws:
+        for message in (SETUP, *appends(audio())):
+            await ws.send(json.dumps(message))
+        messages = await read_all(ws)
+    assert kinds(messages)[-1] == "error" and messages[-1]["code"] == 1001, kinds(messages)
+    assert "idle_timeout_s" in messages[-1]["message"] and ws.close_code == 1001
+    assert same_words(EXPECTED[FIXTURE], utterances(messages))
+
+
+async def test_shutdown_sends_the_words_of_what_came_then_an_error_1001() -> None:
+    data = audio()
+    async with running_daemon() as daemon, websockets.connect(url(daemon)) as ws:
+        for message in (SETUP, *appends(data[: len(data) // 4])):
+            await ws.send(json.dumps(message))
+        await asyncio.sleep(0.5)
+        stopping = asyncio.create_task(daemon.stop())
+        messages = await read_all(ws)
+        await stopping
+    assert kinds(messages)[-2:] == ["end_text", "error"], kinds(messages)
+    assert messages[-1]["code"] == 1001 and ws.close_code == 1001
+
+
+async def test_shutdown_closes_a_connection_awaiting_its_setup() -> None:
+    async with running_daemon() as daemon, websockets.connect(url(daemon)) as ws:
+        await asyncio.sleep(0.3)
+        stopping = asyncio.create_task(daemon.stop())
+        messages = await read_all(ws)
+        await stopping
+    assert [(m["type"], m["code"]) for m in messages] == [("error", 1001)] and ws.close_code == 1001
+
+
+async def test_over_max_sessions_is_an_error_1013_and_the_open_session_goes_on() -> None:
+    async with (
+        running_daemon(max_sessions=1, wyoming_reserved_sessions=0) as daemon,
+        websockets.connect(url(daemon)) as first,
+    ):
+        await first.send(json.dumps(SETUP))
+        assert json.loads(await first.recv())["type"] == "ready"
+        refused, code = await stream(url(daemon), SETUP)
+        for message in (*appends(audio()), END):
+            await first.send(json.dumps(message))
+        messages = await read_all(first)
+    assert [(m["type"], m["code"]) for m in refused] == [("error", 1013)] and code == 1013, refused
+    assert same_words(EXPECTED[FIXTURE], utterances(messages)) and messages[-1]["type"] == "end_of_stream"
