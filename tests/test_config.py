@@ -290,6 +290,7 @@ USER_DOCS = (
     "docs/gladia.md",
     "docs/mistral.md",
     "docs/xai.md",
+    "docs/gradium.md",
     "docs/azure.md",
     "docs/smallest.md",
     "docs/wyoming.md",

@@ -50,6 +50,7 @@ PROTOCOL_DOCS = {
     "protocols/mistral.py": "docs/mistral.md",
     "protocols/xai.py": "docs/xai.md",
     "protocols/xai_rest.py": "docs/xai.md",
+    "protocols/gradium.py": "docs/gradium.md",
     "protocols/azure.py": "docs/azure.md",
     "protocols/azure_rest.py": "docs/azure.md",
     "protocols/smallest.py": "docs/smallest.md",
