@@ -35,6 +35,7 @@ from satellite_asr.protocols import (
     cartesia_turns,
     elevenlabs,
     gladia,
+    gradium,
     mistral,
     smallest,
     smallest_upload,
@@ -354,6 +355,55 @@ def test_mistral_query_is_accepted_or_refused_naming_a_parameter(pairs: list[tup
         assert error.parameter in query or error.parameter == "model"
     else:
         assert query.getone("model").strip() and params.decoder().sample_rate == 16000
+
+
+gradium_setups = st.fixed_dictionaries(
+    {"type": st.just("setup") | json_values},
+    optional={
+        "model_name": st.sampled_from(["default", "", " "]) | json_values,
+        "input_format": st.sampled_from([*gradium.INPUT_FORMATS, "wav", "opus", "pcm_44100"]) | json_values,
+        "json_config": st.fixed_dictionaries(
+            {},
+            optional={
+                "language": st.sampled_from([*gradium.LANGUAGES, "ja", "en-US"]) | json_values,
+                "delay_in_frames": st.sampled_from([*gradium.DELAYS, 9, 0]) | json_values,
+                "temp": st.floats(-1, 3) | json_values,
+                "x": json_values,
+            },
+        )
+        | json_values,
+        "voice": json_values,
+    },
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(gradium_setups, st.booleans())
+@example({"type": "setup", "json_config": {"delay_in_frames": True}}, False)
+@example({"type": "setup", "input_format": []}, False)  # found: a TypeError (unhashable), not invalid_setup
+@example({"type": "setup", "json_config": {"language": "any"}}, True)
+def test_gradium_setup_is_accepted_or_refused_as_invalid_setup(setup: dict[str, Any], as_text: bool) -> None:
+    """Any setup (its `json_config` an object or, as the SDK sends it, JSON text) is taken at one of
+    Gradium's PCM rates or refused as `invalid_setup` with a sentence."""
+    if as_text and isinstance(setup.get("json_config"), dict):
+        setup = {**setup, "json_config": json.dumps(setup["json_config"])}
+    try:
+        parsed = gradium.parse_setup(WSMessage(WSMsgType.TEXT, json.dumps(setup), None), CORE)
+    except ProtocolError as error:
+        assert error.code == "invalid_setup" and error.message
+    else:
+        assert parsed.decoder().sample_rate == gradium.INPUT_FORMATS[setup.get("input_format", "pcm")]
+        assert parsed.delay_in_frames in gradium.DELAYS
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["model", "api_key", "x"]), st.text(max_size=8)), max_size=3))
+def test_gradium_query_is_empty_or_refused_naming_a_parameter(pairs: list[tuple[str, str]]) -> None:
+    query = MultiDict(pairs)
+    try:
+        assert gradium.parse_query(query, CORE) is None
+    except ParameterError as error:
+        assert error.parameter in query
 
 
 SMALLEST_VALUES = ("true", "false", "auto", "pulse", "pulse-2", "pulse-pro", "linear16", "mulaw", "opus", "en")
@@ -978,6 +1028,38 @@ async def xai_session(url: str, frames: list[str | bytes]) -> None:
         assert messages[-1]["type"] == "transcript.done" and len(of_type(messages, "transcript.done")) == 1, messages
 
 
+gradium_sessions = st.lists(
+    listen_text
+    | listen_binary
+    | st.sampled_from(["flush", "end_of_stream", "audio", "setup"]).map(lambda kind: json.dumps({"type": kind}))
+    | st.builds(
+        lambda audio: json.dumps({"type": "audio", "audio": audio}),
+        st.binary(max_size=6400).map(lambda data: base64.b64encode(data).decode()) | json_values,
+    )
+    | st.builds(lambda flush_id: json.dumps({"type": "flush", "flush_id": flush_id}), json_values),
+    max_size=8,
+)
+GRADIUM_TYPES = {"ready", "text", "end_text", "step", "flushed", "end_of_stream", "error"}
+GRADIUM_CODES = {1008, 1011, 1013}
+
+
+async def gradium_session(url: str, frames: list[str | bytes]) -> None:
+    """The setup, the frames, then `end_of_stream`: every message is one of Gradium's, `ready` first,
+    every error a documented code with a sentence; errors never end the stream, so it ends with
+    `end_of_stream` and 1000 (or, a frame over the size limit, 1009), with a `flushed` per flush
+    answered (none after the end)."""
+    setup = json.dumps({"type": "setup", "input_format": "pcm_16000"})
+    messages, close_code = await closed_stream(url, [setup, *frames], json.dumps({"type": "end_of_stream"}))
+    assert {m["type"] for m in messages} <= GRADIUM_TYPES, messages
+    assert messages and messages[0]["type"] == "ready", messages
+    errors = of_type(messages, "error")
+    assert all(e["code"] in GRADIUM_CODES and e["message"] for e in errors), messages
+    assert close_code in (1000, 1009), (close_code, messages)
+    if close_code == 1000:
+        assert messages[-1]["type"] == "end_of_stream", messages
+        assert len(of_type(messages, "flushed")) <= [mistral_kind(frame) for frame in frames].count("flush")
+
+
 gladia_sessions = st.lists(
     listen_text
     | listen_binary
@@ -1210,6 +1292,14 @@ async def test_random_sessions_on_every_streaming_protocol_leave_the_daemon_and_
         def xai_fuzz(frames: list[str | bytes]) -> None:
             asyncio.run_coroutine_threadsafe(xai_session(xai_url, frames), loop).result(60)
 
+        gradium_url = f"ws://127.0.0.1:{daemon.http_port}{gradium.PATH}"
+
+        @settings(max_examples=100, deadline=None)
+        @given(gradium_sessions)
+        @example(['{"type": "flush", "flush_id": 1}', '{"type": "flush"}', b"\x00" * 3201])
+        def gradium_fuzz(frames: list[str | bytes]) -> None:
+            asyncio.run_coroutine_threadsafe(gradium_session(gradium_url, frames), loop).result(60)
+
         @settings(max_examples=100, deadline=None)
         @given(gladia_sessions)
         @example(['{"type": "audio_chunk", "data": {"chunk": ""}}', b"\x00"])
@@ -1242,6 +1332,7 @@ async def test_random_sessions_on_every_streaming_protocol_leave_the_daemon_and_
         await loop.run_in_executor(None, gladia_fuzz)
         await loop.run_in_executor(None, mistral_fuzz)
         await loop.run_in_executor(None, xai_fuzz)
+        await loop.run_in_executor(None, gradium_fuzz)
         await loop.run_in_executor(None, azure_fuzz)
         await loop.run_in_executor(None, wyoming_fuzz)
         stop.set()

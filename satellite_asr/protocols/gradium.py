@@ -111,7 +111,7 @@ def parse_setup(message: WSMessage, core: Core) -> GradiumSetup:
     if not isinstance(model, str) or not model.strip():
         raise ProtocolError("invalid_setup", "model_name must be a model's name, e.g. default")
     input_format = setup.get("input_format", "pcm")
-    if input_format not in INPUT_FORMATS:
+    if not isinstance(input_format, str) or input_format not in INPUT_FORMATS:
         named = echoable(str(input_format))
         raise ProtocolError(
             "invalid_setup", f"input_format {named!r}: this server takes raw PCM, one of {', '.join(INPUT_FORMATS)}"
