@@ -16,8 +16,6 @@ reads on after an error).
 
 from __future__ import annotations
 
-import base64
-import binascii
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -34,6 +32,7 @@ from satellite_asr.protocols.streaming_apis import (
     InOrderConnection,
     ParameterError,
     StreamParams,
+    base64_audio,
     check_fields,
     check_names,
     is_control,
@@ -275,15 +274,7 @@ class GradiumConnection(InOrderConnection):
 
     async def audio(self, message: dict[str, Any]) -> None:
         check_fields(message, "audio", {"audio"})
-        audio = message.get("audio")
-        if not isinstance(audio, str):
-            raise ProtocolError("invalid_audio", "audio's audio must be base64 PCM")
-        try:
-            data = base64.b64decode(audio, validate=True)
-        except (binascii.Error, ValueError):
-            raise ProtocolError("invalid_audio", "audio's audio is not valid base64") from None
-        if len(data) > MAX_AUDIO_BYTES:
-            raise ProtocolError("invalid_audio", f"an audio message holds {len(data)} bytes; at most {MAX_AUDIO_BYTES}")
+        data = base64_audio(message, "audio", MAX_AUDIO_BYTES)
         await super().on_binary(data)
         await self.steps_due()
 

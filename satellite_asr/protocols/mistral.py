@@ -15,8 +15,6 @@ stream goes on: every client would drop the stream on an error that ended it.
 
 from __future__ import annotations
 
-import base64
-import binascii
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -33,6 +31,7 @@ from satellite_asr.protocols.streaming_apis import (
     InOrderConnection,
     ParameterError,
     StreamParams,
+    base64_audio,
     check_fields,
     check_names,
     is_control,
@@ -225,17 +224,7 @@ class MistralConnection(InOrderConnection):
 
     async def append(self, message: dict[str, Any]) -> None:
         check_fields(message, "input_audio.append", {"audio"})
-        audio = message.get("audio")
-        if not isinstance(audio, str):
-            raise ProtocolError("invalid_audio", "input_audio.append's audio must be base64 PCM")
-        try:
-            data = base64.b64decode(audio, validate=True)
-        except (binascii.Error, ValueError):
-            raise ProtocolError("invalid_audio", "input_audio.append's audio is not valid base64") from None
-        if len(data) > MAX_APPEND_BYTES:
-            raise ProtocolError(
-                "invalid_audio", f"input_audio.append holds {len(data)} bytes of audio; at most {MAX_APPEND_BYTES}"
-            )
+        data = base64_audio(message, "input_audio.append", MAX_APPEND_BYTES)
         await super().on_binary(data)
         self.audio_started = self.audio_started or bool(data)  # a refused or empty append fed none
 

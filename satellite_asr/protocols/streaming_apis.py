@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import base64
+import binascii
 import contextlib
 import logging
 import math
@@ -180,6 +182,21 @@ def check_fields(message: dict[str, Any], kind: str, fields: set[str], type_fiel
     unknown = sorted(set(message) - fields - {type_field})
     if unknown:
         raise ProtocolError("invalid_message", f"{kind} has no field {echoable(unknown[0])!r}")
+
+
+def base64_audio(message: dict[str, Any], kind: str, max_bytes: int) -> bytes:
+    """The audio a JSON audio message (`kind`: Mistral's `input_audio.append`, Gradium's `audio`)
+    carries base64 in its `audio` field, at most `max_bytes` decoded; else `invalid_audio`."""
+    audio = message.get("audio")
+    if not isinstance(audio, str):
+        raise ProtocolError("invalid_audio", f"{kind}'s audio must be base64 PCM")
+    try:
+        data = base64.b64decode(audio, validate=True)
+    except (binascii.Error, ValueError):
+        raise ProtocolError("invalid_audio", f"{kind}'s audio is not valid base64") from None
+    if len(data) > max_bytes:
+        raise ProtocolError("invalid_audio", f"{kind} holds {len(data)} bytes of audio; at most {max_bytes}")
+    return data
 
 
 Control = Callable[[dict[str, Any]], Awaitable[None]]
