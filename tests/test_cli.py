@@ -445,10 +445,15 @@ async def test_bench_over_speechmatics_says_the_upgrades_401_and_the_streams_err
 
 @pytest.mark.parametrize(
     ("protocol", "path"),
-    [("mistral", "/v1/audio/transcriptions/realtime"), ("smallest", "/waves/v1/stt/live"), ("xai", "/v1/stt")],
+    [
+        ("mistral", "/v1/audio/transcriptions/realtime"),
+        ("smallest", "/waves/v1/stt/live"),
+        ("xai", "/v1/stt"),
+        ("gradium", "/api/speech/asr"),
+    ],
 )
 async def test_bench_says_the_upgrades_401_and_takes_the_key(tmp_path: Path, protocol: str, path: str) -> None:
-    """`bench --protocol mistral`, `smallest` and `xai`: a missing key is the upgrade's 401 in the
+    """`bench --protocol mistral`, `smallest`, `xai` and `gradium`: a missing key is the upgrade's 401 in the
     API's own body, reported with its sentence and the key hint; with the key it measures the file."""
     manifest = weather_manifest(tmp_path)
     bench = functools.partial(bench_one_round, manifest, protocol)
