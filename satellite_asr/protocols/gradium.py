@@ -25,7 +25,7 @@ from multidict import MultiMapping
 from satellite_asr.audio import PcmDecoder
 from satellite_asr.core import Core
 from satellite_asr.events import FinalTranscript, PartialTranscript, SessionEvent
-from satellite_asr.protocols import ProtocolError, ReadAhead, checked_language, echoable, json_object
+from satellite_asr.protocols import ProtocolError, checked_language, echoable, json_object
 from satellite_asr.protocols.streaming_apis import (
     Api,
     Control,
@@ -166,30 +166,25 @@ class GradiumConnection(InOrderConnection):
     protocol = PROTOCOL
     invalid_message = "invalid_message"
 
-    def __init__(
-        self,
-        ws: web.WebSocketResponse,
-        core: Core,
-        request: web.Request,
-        reading: ReadAhead,
-        params: StreamParams | None,
-    ) -> None:
-        super().__init__(ws, core, request, reading, params)
-        self.setup: GradiumSetup | None = None
-        self.sent: dict[int, int] = {}
-        """How many words of each utterance were sent as `text`."""
-        self.steps = 0
+    steps = 0
+    """The steps sent: one per 80 ms of audio received."""
 
     async def read_settings(self, message: WSMessage) -> None:
         """The setup (the key was checked at the upgrade), the session and `ready`."""
-        self.setup = self.params = parse_setup(message, self.core)
+        self.params = parse_setup(message, self.core)
+        self.sent: dict[int, int] = {}
+        """How many words of each utterance were sent as `text`."""
         self.open_session()
         await self.opened()
+
+    @property
+    def setup(self) -> GradiumSetup:
+        assert isinstance(self.params, GradiumSetup)
+        return self.params
 
     async def opened(self) -> None:
         """`ready`: `delay_in_tokens` 1, as the daemon's words are final when sent (LiveKit's plugin
         waits that many steps after a turn's end before its final)."""
-        assert self.setup is not None
         await self.send(
             {
                 "type": "ready",
