@@ -118,8 +118,9 @@ async def test_livekit_stream_with_a_wrong_key_fails_with_the_401() -> None:
     assert wrong.value.status == 401
 
 
-def pipecat_service(daemon: Daemon, api_key: str = KEY) -> GradiumSTTService:
-    return GradiumSTTService(api_key=api_key, api_endpoint_base_url=f"ws://127.0.0.1:{daemon.http_port}/api/speech/asr")
+def pipecat_service(daemon: Daemon, api_key: str = KEY, *, turns: bool = False) -> GradiumSTTService:
+    endpoint = f"ws://127.0.0.1:{daemon.http_port}/api/speech/asr"
+    return GradiumSTTService(api_key=api_key, api_endpoint_base_url=endpoint, enable_turn_detection=turns)
 
 
 async def test_pipecat_service_gets_a_transcript_per_command_at_its_vads_flushes() -> None:
@@ -135,3 +136,10 @@ async def test_pipecat_service_with_a_wrong_key_gets_an_error_frame_with_the_401
     async with running_daemon(api_key=KEY) as daemon:
         frames = await first_error(pipecat_service(daemon, "wrong"))
     assert "401" in frames.errors[0], frames.errors
+
+
+async def test_pipecat_service_with_turn_detection_ends_each_turn_on_the_daemons_steps() -> None:
+    """With `enable_turn_detection=True` Pipecat ignores its VAD: the steps' inactivity (the entry
+    nearest 3 s) opens and ends each turn, its flush answered by `flushed`: one transcript per command."""
+    async with running_daemon(api_key=KEY) as daemon:
+        await transcribed(pipecat_service(daemon, turns=True), FIXTURE)
