@@ -17,7 +17,7 @@ In order:
    as Deepgram's clients send it), `X-API-Key: KEY`, a WebSocket subprotocol
    `satellite-asr.key.KEY` (what a browser can send), `?api_key=KEY`, `xi-api-key: KEY` (as
    ElevenLabs' clients send it), `X-Gladia-Key: KEY` (Gladia's), `Ocp-Apim-Subscription-Key: KEY`
-   (Azure AI Speech's), or else the key alone in
+   (Azure AI Speech's), `api-subscription-key: KEY` (Sarvam AI's), or else the key alone in
    `Authorization`, as AssemblyAI's clients send it. On `IN_BAND_KEY_PATHS` (Soniox's, whose
    clients may send the key in the stream's first message instead) the handler checks the key once
    that message has come (`check_key`), and refuses in the API's own message. On `TOKEN_PATHS`
@@ -36,7 +36,8 @@ ElevenLabs' `{"detail":{"status","message"}}` on its (`ELEVENLABS_PREFIX`), Cart
 `{"object","message","type","param","code"}` on its (`MISTRAL_PATHS`), Azure AI Speech's
 `{"error":{"code","message"}}` on its (`AZURE_PATHS`), Smallest AI's
 `{"type","status","code","message"}` on its (`SMALLEST_PATHS`), xAI's `{"code","error"}` on its
-(`XAI_PATHS`), Gradium's `{"type","message","code"}` on its (`GRADIUM_PATHS`). Cartesia's
+(`XAI_PATHS`), Gradium's `{"type","message","code"}` on its (`GRADIUM_PATHS`), Sarvam AI's
+`{"error":{"message","code"}}` on its (`SARVAM_PATHS`). Cartesia's
 clients send the key as `X-API-Key` or `Authorization: Bearer`, Speechmatics' as `Authorization:
 Bearer` (a browser's as `?jwt=KEY`, also taken there), both ways above; Azure's JavaScript SDK
 sends `?Ocp-Apim-Subscription-Key=KEY` (or `?Authorization=Bearer KEY`), taken on its paths.
@@ -66,6 +67,7 @@ from satellite_asr.protocols import (
     gradium_error,
     mistral_error,
     openai_error,
+    sarvam_error,
     smallest_error,
     soniox_error,
     speechmatics_error,
@@ -99,6 +101,10 @@ XAI_PATHS = frozenset({"/v1/stt"})
 GRADIUM_PATHS = frozenset({"/api/speech/asr"})
 """Gradium's speech-to-text path (its clients send the key as `x-api-key`), whose errors take its
 `{"type": "error", "message", "code"}` shape."""
+SARVAM_PATHS = frozenset({"/speech-to-text", "/speech-to-text/ws"})
+"""Sarvam AI's speech-to-text paths (the upload and the stream), whose errors take its
+`{"error": {"message", "code"}}` shape; its clients send the key in `api-subscription-key`."""
+SARVAM_KEY_HEADER = "api-subscription-key"
 GLADIA_PATHS = frozenset({"/v2/live"})
 """Gladia's live API: its POST (keyed, `X-Gladia-Key`) and its session's WebSocket, whose `token`
 stands for the key (`TOKEN_PATHS`); errors take Gladia's `{"statusCode", "message", ...}` shape."""
@@ -383,6 +389,8 @@ def presented_key(request: web.Request) -> str | None:
         return token.strip() if token_scheme.lower() == "bearer" else request.query["Authorization"]
     if ELEVENLABS_KEY_HEADER in request.headers:
         return request.headers[ELEVENLABS_KEY_HEADER].strip()
+    if SARVAM_KEY_HEADER in request.headers:
+        return request.headers[SARVAM_KEY_HEADER].strip()
     if authorization and not credentials and scheme.lower() not in ("bearer", "token"):  # the key alone
         return authorization
     return None
@@ -435,6 +443,8 @@ def error_response(
         body = xai_error(code, message)
     elif path in GRADIUM_PATHS:
         body = gradium_error(message)
+    elif path in SARVAM_PATHS:
+        body = sarvam_error(code, message)
     else:
         body = {"type": "error", "code": code, "message": message}
     return web.json_response(body, status=status, headers=headers)

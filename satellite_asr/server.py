@@ -50,6 +50,8 @@ from satellite_asr.protocols import (
     mistral,
     openai_realtime,
     openai_rest,
+    sarvam,
+    sarvam_rest,
     smallest,
     smallest_upload,
     soniox,
@@ -166,6 +168,7 @@ class Daemon:
         self.azure_rest = azure_rest.AzureRestHandler(self.core, self.uploads)
         self.smallest_upload = smallest_upload.SmallestUploadHandler(self.core, self.uploads)
         self.xai_rest = xai_rest.XaiRestHandler(self.core, self.uploads)
+        self.sarvam_rest = sarvam_rest.SarvamRestHandler(self.core, self.uploads)
         self.upload_apis: dict[str, UploadApi] = {
             openai_rest.TRANSCRIPTIONS_PATH: self.rest,
             deepgram.PATH: self.prerecorded,
@@ -174,6 +177,7 @@ class Daemon:
             azure_rest.PATH: self.azure_rest,
             smallest_upload.PATH: self.smallest_upload,
             xai_rest.PATH: self.xai_rest,
+            sarvam_rest.PATH: self.sarvam_rest,
         }
         """The upload routes (POST), by path: what an `Expect: 100-continue` is checked against."""
         self.wyoming_port: int | None = None
@@ -240,6 +244,8 @@ class Daemon:
             *(("GET", path, self.azure.handle) for path in azure.PATHS),
             ("POST", azure_rest.PATH, self.azure_rest.upload),
             ("POST", xai_rest.PATH, self.xai_rest.upload),
+            ("GET", sarvam.PATH, streaming_apis.StreamingApiHandler(self.core, sarvam.STREAMING).handle),
+            ("POST", sarvam_rest.PATH, self.sarvam_rest.upload),
             ("GET", "/health", self._health),
             ("GET", "/metrics", self._metrics),
             ("GET", "/", self._index),
@@ -394,6 +400,7 @@ class Daemon:
             mistral.PROTOCOL,
             xai.PROTOCOL,
             gradium.PROTOCOL,
+            sarvam.PROTOCOL,
             azure.PROTOCOL,
             smallest.PROTOCOL,
         )

@@ -683,3 +683,10 @@ class PcmInput:
         """The client ends the utterance now: the resampler's tail is fed first, so it is part of it."""
         await self.drain()
         await self.session.flush()
+
+
+def sarvam_error(code: str, message: str) -> dict[str, Any]:
+    """Sarvam AI's HTTP error body (`{"error": {"message", "code"}}`), for a refused request or
+    upgrade (in the stream its errors are `error` messages); `message` may hold what a client sent
+    (`echoable`)."""
+    return {"error": {"message": echoable(message), "code": code}}
