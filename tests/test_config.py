@@ -291,6 +291,7 @@ USER_DOCS = (
     "docs/mistral.md",
     "docs/xai.md",
     "docs/gradium.md",
+    "docs/sarvam.md",
     "docs/azure.md",
     "docs/smallest.md",
     "docs/wyoming.md",

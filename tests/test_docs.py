@@ -51,6 +51,8 @@ PROTOCOL_DOCS = {
     "protocols/xai.py": "docs/xai.md",
     "protocols/xai_rest.py": "docs/xai.md",
     "protocols/gradium.py": "docs/gradium.md",
+    "protocols/sarvam.py": "docs/sarvam.md",
+    "protocols/sarvam_rest.py": "docs/sarvam.md",
     "protocols/azure.py": "docs/azure.md",
     "protocols/azure_rest.py": "docs/azure.md",
     "protocols/smallest.py": "docs/smallest.md",
