@@ -220,6 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
             "mistral",
             "xai",
             "gradium",
+            "sarvam",
             "azure",
             "smallest",
             "wyoming",
@@ -237,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
         "mistral: /v1/audio/transcriptions/realtime clients (Mistral's realtime API); "
         "xai: /v1/stt clients (xAI's real-time speech-to-text API); "
         "gradium: /api/speech/asr clients (Gradium's real-time speech-to-text API); "
+        "sarvam: /speech-to-text/ws clients (Sarvam AI's streaming speech-to-text API, no partials); "
         "azure: /speech/recognition/conversation/cognitiveservices/v1 clients (Azure AI Speech's real-time API, USP); "
         "smallest: /waves/v1/stt/live clients (Smallest AI's Pulse real-time API); "
         "wyoming: Home Assistant's flow, one command per round; rest: each client uploads one recording (the "

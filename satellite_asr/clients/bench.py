@@ -619,6 +619,34 @@ async def _stream_one_xai(
     return await _stream_pcm16(query, audio, delay, headers, translate, json.dumps({"type": "audio.done"}))
 
 
+async def _stream_one_sarvam(
+    url: str, audio: Audio, delay: float, config: dict[str, Any], headers: dict[str, str]
+) -> tuple[float, list[Any]]:
+    """The same over Sarvam AI's streaming API, as LiveKit's plugin streams: each 100 ms a base64
+    audio message, `end_of_stream` at the end. Each `data` (with text) is the `final` of the
+    utterance in progress (the API names none, and sends no partials); an `error` is the stream's
+    refusal (`StreamRefused`)."""
+    utterance = 0
+
+    def translate(message: dict[str, Any]) -> dict[str, Any] | None:
+        nonlocal utterance
+        data = message["data"]
+        if message["type"] == "error":
+            raise StreamRefused(f"the daemon sent error {data['code']}: {data['error']}")
+        if message["type"] != "data" or not data["transcript"]:
+            return None
+        utterance += 1
+        return {"type": "final", "utterance_id": utterance - 1, "text": data["transcript"]}
+
+    def audio_message(chunk: bytes) -> str:
+        encoded = base64.b64encode(chunk).decode()
+        return json.dumps({"audio": {"data": encoded, "sample_rate": SAMPLE_RATE, "encoding": "audio/wav"}})
+
+    query = f"{url}?language-code=en-IN&sample_rate={SAMPLE_RATE}&input_audio_codec=pcm_s16le"
+    end = json.dumps({"type": "end_of_stream"})
+    return await _stream_pcm16(query, audio, delay, headers, translate, end, audio_message)
+
+
 async def _stream_one_azure(
     url: str, audio: Audio, delay: float, config: dict[str, Any], headers: dict[str, str]
 ) -> tuple[float, list[Any]]:
@@ -740,6 +768,7 @@ PROTOCOLS: dict[str, tuple[str, Streamer]] = {
     "mistral": ("/v1/audio/transcriptions/realtime", _stream_one_mistral),
     "xai": ("/v1/stt", _stream_one_xai),
     "gradium": ("/api/speech/asr", _stream_one_gradium),
+    "sarvam": ("/speech-to-text/ws", _stream_one_sarvam),
     "azure": ("/speech/recognition/conversation/cognitiveservices/v1", _stream_one_azure),
     "smallest": ("/waves/v1/stt/live", _stream_one_smallest),
 }
