@@ -37,6 +37,8 @@ from satellite_asr.protocols import (
     gladia,
     gradium,
     mistral,
+    sarvam,
+    sarvam_rest,
     smallest,
     smallest_upload,
     soniox,
@@ -419,6 +421,43 @@ xai_values = (
     | st.text(max_size=12)
     | st.integers(-5, 100_000).map(str)
 )
+
+sarvam_names = st.sampled_from(sorted(sarvam.KNOWN | sarvam.CHECKED_NOT_APPLIED)) | st.text(max_size=8)
+sarvam_values = (
+    st.sampled_from(["en-IN", "hi-IN", "unknown", "saaras:v3", "translate", "8000", "16000", "wav", "true", "0.5"])
+    | st.sampled_from(["-40", "nan", '["Sarvam"]', "null", "[1]", ""])
+    | st.text(max_size=12)
+    | st.integers(-5, 100_000).map(str)
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.tuples(sarvam_names, sarvam_values), max_size=8))
+@example([("keyterms", '["' + "x" * 65 + '"]')])
+@example([("positive_speech_threshold", "nan")])
+def test_sarvam_query_is_accepted_or_refused_naming_a_parameter(pairs: list[tuple[str, str]]) -> None:
+    """Sarvam's stream query: refused naming a parameter it holds, or settings the daemon can open."""
+    query = MultiDict(pairs)
+    try:
+        params = sarvam.parse_query(query, CORE)
+    except ParameterError as error:
+        assert error.parameter in query and str(error), (error.parameter, str(error))
+    else:
+        assert isinstance(params, sarvam.SarvamParams) and params.sample_rate in sarvam.SAMPLE_RATES
+        assert params.language in (None, "en") and params.decoder().sample_rate == params.sample_rate
+        assert all(term.strip() == term and term for term in params.terms)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(sarvam_names, sarvam_values), max_size=8))
+def test_sarvam_upload_form_is_accepted_or_refused_naming_a_field(pairs: list[tuple[str, str]]) -> None:
+    fields = MultiDict(pairs)
+    try:
+        options, asked, _timestamps, _raw = sarvam_rest.parse_form(fields, CORE)
+    except ProtocolError as error:
+        assert error.param in fields and error.message, (error.param, error.message)
+    else:
+        assert options.language in (None, "en") and asked in ("unknown", "en-IN")
 
 
 @settings(max_examples=400, deadline=None)
@@ -1061,6 +1100,32 @@ async def gradium_session(url: str, frames: list[str | bytes]) -> None:
         assert len(of_type(messages, "flushed")) <= [mistral_kind(frame) for frame in frames].count("flush")
 
 
+sarvam_sessions = st.lists(
+    listen_text
+    | listen_binary
+    | st.sampled_from(["flush", "config", "end_of_stream"]).map(lambda kind: json.dumps({"type": kind}))
+    | st.builds(
+        lambda data, rate: json.dumps({"audio": {"data": data, "sample_rate": rate, "encoding": "audio/wav"}}),
+        st.binary(max_size=3200).map(lambda data: base64.b64encode(data).decode()) | json_values,
+        st.sampled_from([16000, 8000, 22050]) | json_values,
+    ),
+    max_size=8,
+)
+SARVAM_TYPES = {"data", "events", "error"}
+SARVAM_CODES = {"invalid_message", "invalid_audio", "context_too_long", "engine_error", "server_busy"}
+
+
+async def sarvam_session(url: str, frames: list[str | bytes]) -> None:
+    """Sends the frames, then `end_of_stream`: every message is one of Sarvam's, every error a
+    documented code with a sentence; errors never end the stream, so it ends with 1000 (or, a
+    frame over the size limit, 1009)."""
+    messages, close_code = await closed_stream(url, frames, json.dumps({"type": "end_of_stream"}))
+    assert {m["type"] for m in messages} <= SARVAM_TYPES, messages
+    errors = of_type(messages, "error")
+    assert all(e["data"]["code"] in SARVAM_CODES and e["data"]["error"] for e in errors), messages
+    assert close_code in (1000, 1009), (close_code, messages)
+
+
 gladia_sessions = st.lists(
     listen_text
     | listen_binary
@@ -1301,6 +1366,14 @@ async def test_random_sessions_on_every_streaming_protocol_leave_the_daemon_and_
         def gradium_fuzz(frames: list[str | bytes]) -> None:
             asyncio.run_coroutine_threadsafe(gradium_session(gradium_url, frames), loop).result(60)
 
+        sarvam_url = f"ws://127.0.0.1:{daemon.http_port}{sarvam.PATH}?vad_signals=true"
+
+        @settings(max_examples=100, deadline=None)
+        @given(sarvam_sessions)
+        @example(['{"audio": {"data": "UklGRg=="}}', '{"type": "flush", "x": 1}', b"\x00" * 3201])
+        def sarvam_fuzz(frames: list[str | bytes]) -> None:
+            asyncio.run_coroutine_threadsafe(sarvam_session(sarvam_url, frames), loop).result(60)
+
         @settings(max_examples=100, deadline=None)
         @given(gladia_sessions)
         @example(['{"type": "audio_chunk", "data": {"chunk": ""}}', b"\x00"])
@@ -1334,6 +1407,7 @@ async def test_random_sessions_on_every_streaming_protocol_leave_the_daemon_and_
         await loop.run_in_executor(None, mistral_fuzz)
         await loop.run_in_executor(None, xai_fuzz)
         await loop.run_in_executor(None, gradium_fuzz)
+        await loop.run_in_executor(None, sarvam_fuzz)
         await loop.run_in_executor(None, azure_fuzz)
         await loop.run_in_executor(None, wyoming_fuzz)
         stop.set()
