@@ -26,7 +26,7 @@ from multidict import MultiMapping
 from satellite_asr.audio import PcmDecoder
 from satellite_asr.core import Core
 from satellite_asr.events import FinalTranscript, SpeechStarted, SpeechStopped
-from satellite_asr.protocols import ProtocolError, ReadAhead, checked_biasing, checked_language, echoable
+from satellite_asr.protocols import ProtocolError, checked_biasing, checked_language, echoable
 from satellite_asr.protocols.streaming_apis import (
     Api,
     Control,
@@ -247,17 +247,11 @@ class SarvamConnection(InOrderConnection):
     protocol = PROTOCOL
     invalid_message = "invalid_message"
 
-    def __init__(
-        self,
-        ws: web.WebSocketResponse,
-        core: Core,
-        request: web.Request,
-        reading: ReadAhead,
-        params: StreamParams | None,
-    ) -> None:
-        super().__init__(ws, core, request, reading, params)
-        assert isinstance(params, SarvamParams)
-        self.options = params
+    @property
+    def options(self) -> SarvamParams:
+        """The URL's settings, which `parse_query` gave before the connection was made."""
+        assert isinstance(self.params, SarvamParams)
+        return self.params
 
     async def opened(self) -> None:
         """Nothing: Sarvam's stream says nothing until there is speech or a transcript."""
@@ -338,18 +332,14 @@ class SarvamConnection(InOrderConnection):
         check_fields(audio, "audio", {"data", "sample_rate", "encoding"})
         encoding = audio.get("encoding", "audio/wav")
         if not isinstance(encoding, str) or encoding.removeprefix("audio/") not in CODECS:
-            raise ProtocolError(
-                "invalid_audio", f"audio encoding must be audio/wav, got {echoable(str(encoding))!r}"
-            )
+            raise ProtocolError("invalid_audio", f"audio encoding must be audio/wav, got {echoable(str(encoding))!r}")
         try:
             samples, wav_rate = pcm_of(base64.b64decode(audio["data"], validate=True))
         except (binascii.Error, ValueError):
             raise ProtocolError("invalid_audio", "audio data is not valid base64") from None
         rate = wav_rate or audio.get("sample_rate", self.options.sample_rate)
         if rate not in MESSAGE_RATES:
-            raise ProtocolError(
-                "invalid_audio", f"audio sample_rate must be one of {MESSAGE_RATES}, got {rate!r}"
-            )
+            raise ProtocolError("invalid_audio", f"audio sample_rate must be one of {MESSAGE_RATES}, got {rate!r}")
         if rate != self.options.sample_rate and not self.options.rate_given:
             message = f"audio at {rate} Hz in a {self.options.sample_rate} Hz stream; set sample_rate={rate} in the URL"
             raise ProtocolError("invalid_audio", message)
