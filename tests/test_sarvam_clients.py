@@ -13,6 +13,7 @@ import base64
 import functools
 
 import aiohttp
+import httpx
 import livekit.plugins.sarvam.stt as lk_sarvam_stt
 import pipecat.services.sarvam.stt as pipecat_sarvam
 import pytest
@@ -76,12 +77,16 @@ async def test_sdk_rest_transcribes_a_file_and_a_wrong_key_is_its_api_error() ->
         env = environment(daemon)
 
         def both() -> tuple[object, ApiError]:
-            with (FIXTURES / FIXTURE).open("rb") as file:
-                answer = SarvamAI(api_subscription_key=KEY, environment=env).speech_to_text.transcribe(
-                    file=file, model="saaras:v3", language_code="en-IN"
-                )
-            with (FIXTURES / FIXTURE).open("rb") as file, pytest.raises(ApiError) as refused:
-                SarvamAI(api_subscription_key="wrong", environment=env).speech_to_text.transcribe(file=file)
+            """On an HTTP client the test closes: the SDK never closes the one it would make itself."""
+            with httpx.Client() as http, (FIXTURES / FIXTURE).open("rb") as file:
+                answer = SarvamAI(
+                    api_subscription_key=KEY, environment=env, httpx_client=http
+                ).speech_to_text.transcribe(file=file, model="saaras:v3", language_code="en-IN")
+                file.seek(0)
+                with pytest.raises(ApiError) as refused:
+                    SarvamAI(
+                        api_subscription_key="wrong", environment=env, httpx_client=http
+                    ).speech_to_text.transcribe(file=file)
             return answer, refused.value
 
         answer, refused = await asyncio.to_thread(both)
