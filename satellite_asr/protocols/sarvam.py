@@ -30,7 +30,7 @@ from satellite_asr.protocols import ProtocolError, checked_biasing, checked_lang
 from satellite_asr.protocols.streaming_apis import (
     Api,
     Control,
-    InOrderConnection,
+    ErrorEventConnection,
     ParameterError,
     StreamParams,
     boolean_parameter,
@@ -241,7 +241,7 @@ def pcm_of(data: bytes) -> tuple[bytes, int | None]:
     raise ProtocolError("invalid_audio", "the WAV audio has no data chunk")
 
 
-class SarvamConnection(InOrderConnection):
+class SarvamConnection(ErrorEventConnection):
     """A client of the streaming API: its audio, flushes and end; each utterance's transcript."""
 
     protocol = PROTOCOL
@@ -295,20 +295,8 @@ class SarvamConnection(InOrderConnection):
     async def closing(self) -> None:
         """Nothing: the finals went out as they came."""
 
-    async def close_by_server(self, reason: str) -> None:
-        """Idle timeout or shutdown, once the finals are sent: Sarvam's error with the sentence,
-        then the Close 1001."""
-        self.finished = True
-        try:
-            await self.error(reason, self.server_close_sentence(reason), counted=True)
-        finally:
-            await self.close(WSCloseCode.GOING_AWAY, reason)
-
-    async def error(self, code: str, message: str, *, fatal: bool = False, counted: bool = False) -> None:
-        """Sarvam's error; the stream goes on (an engine failure loses its utterance alone)."""
-        if not counted:
-            self.core.metrics.errors.labels(code).inc()
-        await self.send(error_message(code, message))
+    def error_message(self, code: str, message: str) -> dict[str, Any]:
+        return error_message(code, message)
 
     async def on_binary(self, data: bytes) -> None:
         raise ProtocolError("invalid_message", 'audio comes as JSON {"audio": {"data": base64}}, not binary')

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from aiohttp import WSCloseCode, WSMessage, web
+from aiohttp import WSMessage, web
 from multidict import MultiMapping
 
 from satellite_asr.access import error_response
@@ -29,7 +29,7 @@ from satellite_asr.protocols.deepgram_prerecorded import positive_number
 from satellite_asr.protocols.streaming_apis import (
     Api,
     Control,
-    InOrderConnection,
+    ErrorEventConnection,
     ParameterError,
     StreamParams,
     boolean_parameter,
@@ -202,7 +202,7 @@ def utterance(final: FinalTranscript) -> dict[str, Any]:
     return {"text": final.text.strip(), "start": round(final.start, 3), "end": round(max(final.start, final.end), 3)}
 
 
-class PulseConnection(InOrderConnection):
+class PulseConnection(ErrorEventConnection):
     """A client of the real-time API: its audio, `finalize`, `keepalive` and `close_stream`; each
     utterance's interim and final `transcription` messages."""
 
@@ -301,19 +301,8 @@ class PulseConnection(InOrderConnection):
             last["full_transcript"] = " ".join(self.finals)
         await self.send(last)
 
-    async def close_by_server(self, reason: str) -> None:
-        """Idle timeout or shutdown, once the finals are sent: the error (408, 503), then 1001."""
-        self.finished = True
-        try:
-            await self.error(reason, self.server_close_sentence(reason), counted=True)
-        finally:
-            await self.close(WSCloseCode.GOING_AWAY, reason)
-
-    async def error(self, code: str, message: str, *, fatal: bool = False, counted: bool = False) -> None:
-        """Smallest's error; the stream goes on (an engine failure loses its utterance alone)."""
-        if not counted:
-            self.core.metrics.errors.labels(code).inc()
-        await self.send(error_event(code, message))
+    def error_message(self, code: str, message: str) -> dict[str, Any]:
+        return error_event(code, message)
 
     def controls(self) -> dict[str, Control]:
         return {"finalize": self.finalize, "close_stream": self.close_stream, "keepalive": self.keepalive}

@@ -508,6 +508,30 @@ class InOrderConnection(StreamingConnection):
         it was sent), then `release_held`."""
 
 
+class ErrorEventConnection(InOrderConnection):
+    """A client of an API whose every error is one message in its own shape and leaves the stream
+    going (xAI's, Smallest AI's, Sarvam AI's): the server ending the stream (idle timeout, shutdown)
+    is that error with the sentence, then the Close 1001."""
+
+    @abc.abstractmethod
+    def error_message(self, code: str, message: str) -> dict[str, Any]:
+        """The API's error message."""
+
+    async def close_by_server(self, reason: str) -> None:
+        """Once the finals are sent: the error telling why, then 1001."""
+        self.finished = True
+        try:
+            await self.error(reason, self.server_close_sentence(reason), counted=True)
+        finally:
+            await self.close(WSCloseCode.GOING_AWAY, reason)
+
+    async def error(self, code: str, message: str, *, fatal: bool = False, counted: bool = False) -> None:
+        """The API's error; the stream goes on (an engine failure loses its utterance alone)."""
+        if not counted:
+            self.core.metrics.errors.labels(code).inc()
+        await self.send(self.error_message(code, message))
+
+
 async def refuse_in_band(
     core: Core,
     request: web.Request,

@@ -26,7 +26,7 @@ from satellite_asr.protocols import ProtocolError, ReadAhead, checked_biasing, c
 from satellite_asr.protocols.streaming_apis import (
     Api,
     Control,
-    InOrderConnection,
+    ErrorEventConnection,
     ParameterError,
     StreamParams,
     boolean_parameter,
@@ -131,7 +131,7 @@ def ends_stream(message: WSMessage) -> bool:
     return is_control(message, "audio.done")
 
 
-class XaiConnection(InOrderConnection):
+class XaiConnection(ErrorEventConnection):
     """A client of the real-time API: its audio and `audio.done`; each utterance's partials and
     final, and `transcript.done` at the end."""
 
@@ -200,20 +200,10 @@ class XaiConnection(InOrderConnection):
         fields = self.transcript(text, start, end, finals[-1].language if finals else None, words)
         await self.send({"type": "transcript.done", **fields, "duration": round(self.seconds, 2)})
 
-    async def close_by_server(self, reason: str) -> None:
-        """Idle timeout or shutdown, once the finals are sent: xAI's error with the sentence, then
-        the Close 1001 (no `transcript.done`: the client sent no `audio.done`)."""
-        self.finished = True
-        try:
-            await self.error(reason, self.server_close_sentence(reason), counted=True)
-        finally:
-            await self.close(WSCloseCode.GOING_AWAY, reason)
-
-    async def error(self, code: str, message: str, *, fatal: bool = False, counted: bool = False) -> None:
-        """xAI's error; the stream goes on (an engine failure loses its utterance alone)."""
-        if not counted:
-            self.core.metrics.errors.labels(code).inc()
-        await self.send(error_event(code, message))
+    def error_message(self, code: str, message: str) -> dict[str, Any]:
+        """xAI's error event; the server ending the stream sends no `transcript.done` (the client
+        sent no `audio.done`)."""
+        return error_event(code, message)
 
     def controls(self) -> dict[str, Control]:
         return {"audio.done": self.audio_done}
