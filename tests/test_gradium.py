@@ -262,3 +262,19 @@ async def test_over_max_sessions_is_an_error_1013_and_the_open_session_goes_on()
         messages = await read_all(first)
     assert [(m["type"], m["code"]) for m in refused] == [("error", 1013)] and code == 1013, refused
     assert same_words(EXPECTED[FIXTURE], utterances(messages)) and messages[-1]["type"] == "end_of_stream"
+
+
+@pytest.mark.parametrize("flush_id", [1.5, 7, "turn-2", None, pytest.param(10**400, id="400-digits")])
+async def test_a_flush_id_of_any_number_or_text_is_echoed(flush_id: Any) -> None:
+    """The refusal's sentence says a number or a text: a fraction is a number too, so it is echoed."""
+    flush = {"type": "flush"} if flush_id is None else {"type": "flush", "flush_id": flush_id}
+    async with running_daemon() as daemon:
+        messages, code = await stream(url(daemon), SETUP, flush, END)
+    assert kinds(messages) == ["ready", "flushed", "end_of_stream"], messages
+    assert messages[1] == {"type": "flushed", "flush_id": flush_id} and code == 1000
+
+
+async def test_an_infinite_flush_id_is_refused_as_json_has_none() -> None:
+    async with running_daemon() as daemon:
+        messages, code = await stream(url(daemon), SETUP, '{"type": "flush", "flush_id": Infinity}', END)
+    assert kinds(messages) == ["ready", "error", "end_of_stream"] and "flush_id" in messages[1]["message"], messages

@@ -16,6 +16,7 @@ reads on after an error).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -154,6 +155,14 @@ def error_event(code: str, message: str) -> dict[str, Any]:
     return {"type": "error", "message": echoable(message), "code": int(CLOSE_CODES.get(code, 1008))}
 
 
+def flush_id_echoable(value: object) -> bool:
+    """Whether a `flush_id` is a text or a JSON number, which `flushed` echoes: any whole number, a
+    finite fraction (JSON has no Infinity), not true or false."""
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, str | int) or (isinstance(value, float) and math.isfinite(value))
+
+
 def ends_stream(message: WSMessage) -> bool:
     """`end_of_stream`: what the client sent before its Close is still wanted."""
     return is_control(message, "end_of_stream")
@@ -277,7 +286,7 @@ class GradiumConnection(InOrderConnection):
         """The utterance in progress ends now; `flushed` once its words are sent, with the client's id."""
         check_fields(message, "flush", {"flush_id"})
         flush_id = message.get("flush_id")
-        if flush_id is not None and (not isinstance(flush_id, str | int) or isinstance(flush_id, bool)):
+        if flush_id is not None and not flush_id_echoable(flush_id):
             raise ProtocolError("invalid_message", "flush's flush_id must be a number or a text")
         await self.flush_for_client()
         await self.send({"type": "flushed", "flush_id": flush_id})
