@@ -227,10 +227,10 @@ def xai_error(code: str, message: str) -> dict[str, Any]:
     return {"code": code, "error": echoable(message)}
 
 
-def gradium_error(message: str) -> dict[str, Any]:
-    """Gradium's error (`message`, and `code` the WebSocket close code of a policy violation), as an
-    HTTP body for a refused upgrade; `message` may hold what a client sent (`echoable`)."""
-    return {"type": "error", "message": echoable(message), "code": 1008}
+def gradium_error(message: str, code: int = 1008) -> dict[str, Any]:
+    """Gradium's error: `message`, and `code` the WebSocket close code of its kind (a refused upgrade's
+    HTTP body: a policy violation's); `message` may hold what a client sent (`echoable`)."""
+    return {"type": "error", "message": echoable(message), "code": code}
 
 
 def azure_error(status: int, message: str) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from multidict import MultiMapping
 from satellite_asr.audio import PcmDecoder
 from satellite_asr.core import Core
 from satellite_asr.events import FinalTranscript, PartialTranscript, SessionEvent
-from satellite_asr.protocols import ProtocolError, checked_language, echoable, json_object
+from satellite_asr.protocols import ProtocolError, checked_language, echoable, gradium_error, json_object
 from satellite_asr.protocols.streaming_apis import (
     Api,
     Control,
@@ -152,7 +152,7 @@ def json_config(value: object, core: Core) -> tuple[str | None, int]:
 
 def error_event(code: str, message: str) -> dict[str, Any]:
     """Gradium's error: the sentence, and the close code of its kind; `message` may quote the client."""
-    return {"type": "error", "message": echoable(message), "code": int(CLOSE_CODES.get(code, 1008))}
+    return gradium_error(message, int(CLOSE_CODES.get(code, WSCloseCode.POLICY_VIOLATION)))
 
 
 def flush_id_echoable(value: object) -> bool:
