@@ -280,3 +280,20 @@ async def test_an_infinite_flush_id_is_refused_as_json_has_none() -> None:
     assert (
         kinds(messages) == ["ready", "error", "end_of_stream"] and "flush_id" in messages[1]["message"] and code == 1000
     ), messages
+
+
+@pytest.mark.parametrize(("input_format", "rate"), [("pcm", 24000), ("pcm_8000", 8000), ("pcm_16000", 16000)])
+async def test_each_80_ms_of_audio_received_is_a_step_at_once(input_format: str, rate: int) -> None:
+    """A step for each `frame_size` of samples the client sent, as they come: not when the resampler
+    lets them out (at 24 kHz a frame behind, at 8 kHz two frames at a time), which would keep
+    LiveKit's turn waiting a frame for the step of its own silence."""
+    frame = b"\x00\x00" * (rate * 8 // 100)
+    async with running_daemon() as daemon, websockets.connect(url(daemon)) as ws:
+        await ws.send(json.dumps({"type": "setup", "input_format": input_format}))
+        assert json.loads(await ws.recv())["frame_size"] * 2 == len(frame)
+        for index in range(1, 4):
+            await ws.send(json.dumps({"type": "audio", "audio": base64.b64encode(frame).decode()}))
+            async with asyncio.timeout(5):
+                step = json.loads(await ws.recv())
+            assert step["type"] == "step" and step["step_idx"] == index, step
+            assert step["total_duration_s"] == round(index * 0.08, 3)

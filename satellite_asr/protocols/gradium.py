@@ -82,6 +82,11 @@ class GradiumSetup:
     def sample_rate(self) -> int:
         return INPUT_FORMATS[self.input_format]
 
+    @property
+    def frame_size(self) -> int:
+        """The samples of one step at the input's rate."""
+        return round(self.sample_rate * STEP_S)
+
     def decoder(self) -> PcmDecoder:
         return PcmDecoder("s16le", self.sample_rate)
 
@@ -177,6 +182,9 @@ class GradiumConnection(InOrderConnection):
 
     steps = 0
     """The steps sent: one per 80 ms of audio received."""
+    received = 0
+    """The samples of audio received, at the input's rate: the steps count them as they come, not as
+    the resampler lets them out (at 24 kHz a frame late, at 8 kHz two frames at a time)."""
 
     async def read_settings(self, message: WSMessage) -> None:
         """The setup (the key was checked at the upgrade), the session and `ready`."""
@@ -200,7 +208,7 @@ class GradiumConnection(InOrderConnection):
                 "request_id": self.request_id,
                 "model_name": self.setup.model,
                 "sample_rate": self.setup.sample_rate,
-                "frame_size": round(self.setup.sample_rate * STEP_S),
+                "frame_size": self.setup.frame_size,
                 "delay_in_frames": self.setup.delay_in_frames,
                 "delay_in_tokens": 1,
                 "text_stream_names": [],
@@ -236,7 +244,7 @@ class GradiumConnection(InOrderConnection):
         """A `step` for each 80 ms of audio received since the last."""
         speaking = bool(self.pending.starts)
         inactivity = 0.0 if speaking else 1.0
-        while (self.steps + 1) * STEP_S <= self.seconds + 1e-9:
+        while (self.steps + 1) * self.setup.frame_size <= self.received:
             self.steps += 1
             vad = [{"horizon_s": horizon, "inactivity_prob": inactivity} for horizon in HORIZONS]
             total = round(self.steps * STEP_S, 3)
@@ -280,6 +288,7 @@ class GradiumConnection(InOrderConnection):
         check_fields(message, "audio", {"audio"})
         data = base64_audio(message, "audio", MAX_AUDIO_BYTES)
         await super().on_binary(data)
+        self.received += len(data) // 2  # whole 16-bit samples: `on_binary` refused any other
         await self.steps_due()
 
     async def flush(self, message: dict[str, Any]) -> None:
