@@ -16,6 +16,7 @@ from satellite_asr.protocols import gradium
 from satellite_asr.server import Daemon
 from tests.doubles import FailsOnAWordEngineDouble
 from tests.helpers import EXPECTED, PCM_FRAME_BYTES, fixture_16k, normalise, pcm16, running_daemon, same_words
+from tests.test_docs import ROOT
 from tests.test_mistral import Messages, of, read_all
 
 pytestmark = pytest.mark.timeout(180)
@@ -297,3 +298,13 @@ async def test_each_80_ms_of_audio_received_is_a_step_at_once(input_format: str,
                 step = json.loads(await ws.recv())
             assert step["type"] == "step" and step["step_idx"] == index, step
             assert step["total_duration_s"] == round(index * 0.08, 3)
+
+
+async def test_a_message_over_1_mib_closes_1009_as_the_docs_say() -> None:
+    """The read-ahead's message limit closes the connection before any error message can be sent:
+    the one close code of the stream that is not Gradium's error's, so the docs must name it."""
+    too_big = json.dumps({"type": "audio", "audio": "A" * (1 << 20)})
+    async with running_daemon() as daemon:
+        messages, code = await stream(url(daemon), SETUP, too_big)
+    assert kinds(messages) in ([], ["ready"]) and code == 1009, (messages, code)  # read ahead, ready or not
+    assert "closes the connection with 1009" in (ROOT / "docs" / "gradium.md").read_text()
