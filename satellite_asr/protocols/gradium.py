@@ -77,6 +77,8 @@ class GradiumSetup:
     input_format: str
     language: str | None
     delay_in_frames: int
+    client_req_id: str | None
+    """The SDK's id for multiplexing its requests, named in each `text` and `end_text`."""
 
     @property
     def sample_rate(self) -> int:
@@ -109,7 +111,7 @@ def parse_setup(message: WSMessage, core: Core) -> GradiumSetup:
         raise ProtocolError("invalid_setup", f"the first message must be the setup, a JSON object; this one {setup}")
     if setup.get("type") != "setup":
         raise ProtocolError("invalid_setup", "the first message must be the setup (type 'setup')")
-    unknown = sorted(set(setup) - {"type", "model_name", "input_format", "json_config"})
+    unknown = sorted(set(setup) - {"type", "model_name", "input_format", "json_config", "client_req_id"})
     if unknown:
         raise ProtocolError("invalid_setup", f"setup has no field {echoable(unknown[0])!r}")
     model = setup.get("model_name", "default")
@@ -121,8 +123,11 @@ def parse_setup(message: WSMessage, core: Core) -> GradiumSetup:
         raise ProtocolError(
             "invalid_setup", f"input_format {named!r}: this server takes raw PCM, one of {', '.join(INPUT_FORMATS)}"
         )
+    client_req_id = setup.get("client_req_id")
+    if client_req_id is not None and not isinstance(client_req_id, str):
+        raise ProtocolError("invalid_setup", "client_req_id must be a text")
     language, delay = json_config(setup.get("json_config"), core)
-    return GradiumSetup(model, input_format, language, delay)
+    return GradiumSetup(model, input_format, language, delay, client_req_id)
 
 
 def json_config(value: object, core: Core) -> tuple[str | None, int]:
@@ -226,18 +231,27 @@ class GradiumConnection(InOrderConnection):
         timings: each starts where the utterance does)."""
         words = text.split()
         for word in words[self.sent.get(utterance_id, 0) :]:
-            await self.send({"type": "text", "text": word, "start_s": round(start, 3), "stream_id": None})
+            await self.send({"type": "text", "text": word, "start_s": round(start, 3), **self.ids})
         self.sent[utterance_id] = max(len(words), self.sent.get(utterance_id, 0))
 
     async def partial(self, utterance_id: int, text: str) -> None:
         await self.words(utterance_id, text, self.pending.starts.get(utterance_id, self.seconds))
 
+    @property
+    def ids(self) -> dict[str, Any]:
+        """What names a word's stream (none) and request (the setup's `client_req_id`, if any)."""
+        if self.setup.client_req_id is None:
+            return {"stream_id": None}
+        return {"stream_id": None, "client_req_id": self.setup.client_req_id}
+
     async def final(self, event: FinalTranscript) -> None:
-        """The words of the final not sent yet, then `end_text` with where the utterance ended."""
-        self.pending.final(event.utterance_id)
+        """The words of the final not sent yet, then `end_text` with where the utterance ended. The
+        utterance is over (its steps inactive) only after `end_text`: a step sent while the last words
+        wait on a slow client must not end the client's turn before them."""
         await self.words(event.utterance_id, event.text, event.start)
         if self.sent.pop(event.utterance_id, 0):
-            await self.send({"type": "end_text", "stop_s": round(max(event.start, event.end), 3), "stream_id": None})
+            await self.send({"type": "end_text", "stop_s": round(max(event.start, event.end), 3), **self.ids})
+        self.pending.final(event.utterance_id)
         await self.release_held()
 
     async def steps_due(self) -> None:
