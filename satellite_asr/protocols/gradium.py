@@ -30,7 +30,7 @@ from satellite_asr.protocols import ProtocolError, checked_language, echoable, g
 from satellite_asr.protocols.streaming_apis import (
     Api,
     Control,
-    InOrderConnection,
+    ErrorEventConnection,
     ParameterError,
     StreamParams,
     base64_audio,
@@ -178,7 +178,7 @@ def ends_stream(message: WSMessage) -> bool:
     return is_control(message, "end_of_stream")
 
 
-class GradiumConnection(InOrderConnection):
+class GradiumConnection(ErrorEventConnection):
     """A client of the real-time API: its setup, audio, flushes and end; each utterance's words,
     a step per 80 ms, `flushed` per flush and `end_of_stream` at the end."""
 
@@ -275,20 +275,13 @@ class GradiumConnection(InOrderConnection):
     async def closing(self) -> None:
         await self.send({"type": "end_of_stream"})
 
-    async def close_by_server(self, reason: str) -> None:
-        """Idle timeout or shutdown, once the finals are sent: Gradium's error (1001), then the Close."""
-        self.finished = True
-        try:
-            await self.error(reason, self.server_close_sentence(reason), counted=True)
-        finally:
-            await self.close(WSCloseCode.GOING_AWAY, reason)
+    def error_message(self, code: str, message: str) -> dict[str, Any]:
+        return error_event(code, message)
 
     async def error(self, code: str, message: str, *, fatal: bool = False, counted: bool = False) -> None:
         """Gradium's error; a refused setup (no session yet) is followed by the Close, and later the
-        stream goes on (an engine failure loses its utterance alone)."""
-        if not counted:
-            self.core.metrics.errors.labels(code).inc()
-        await self.send(error_event(code, message))
+        stream goes on."""
+        await super().error(code, message, fatal=fatal, counted=counted)
         if self.input is None and not fatal:
             await self.close(CLOSE_CODES.get(code, WSCloseCode.POLICY_VIOLATION), code)
 

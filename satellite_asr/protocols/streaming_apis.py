@@ -510,8 +510,8 @@ class InOrderConnection(StreamingConnection):
 
 class ErrorEventConnection(InOrderConnection):
     """A client of an API whose every error is one message in its own shape and leaves the stream
-    going (xAI's, Smallest AI's, Sarvam AI's): the server ending the stream (idle timeout, shutdown)
-    is that error with the sentence, then the Close 1001."""
+    going (xAI's, Smallest AI's, Sarvam AI's, Gradium's once its setup is taken): the server ending
+    the stream (idle timeout, shutdown) is that error with the sentence, then the Close 1001."""
 
     @abc.abstractmethod
     def error_message(self, code: str, message: str) -> dict[str, Any]:
