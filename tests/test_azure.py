@@ -36,13 +36,13 @@ def url(daemon: Daemon, path: str = CONVERSATION, query: str = "language=en-US")
     return f"ws://127.0.0.1:{daemon.http_port}{path}{'?' + query if query else ''}"
 
 
-def text(path: str, body: dict[str, Any] | str) -> str:
+def text(path: str, body: dict[str, Any] | str, request: str = REQUEST_ID) -> str:
     payload = body if isinstance(body, str) else json.dumps(body)
-    return f"Path:{path}\r\nX-RequestId:{REQUEST_ID}\r\nContent-Type:application/json\r\n\r\n{payload}"
+    return f"Path:{path}\r\nX-RequestId:{request}\r\nContent-Type:application/json\r\n\r\n{payload}"
 
 
-def audio_message(chunk: bytes, path: str = "audio") -> bytes:
-    headers = f"Path:{path}\r\nX-RequestId:{REQUEST_ID}\r\nX-StreamId:1\r\n".encode()
+def audio_message(chunk: bytes, path: str = "audio", request: str = REQUEST_ID) -> bytes:
+    headers = f"Path:{path}\r\nX-RequestId:{request}\r\nX-StreamId:1\r\n".encode()
     return len(headers).to_bytes(2, "big") + headers + chunk
 
 
@@ -450,6 +450,156 @@ async def test_idle_timeout_on_the_interactive_path_is_no_match() -> None:
         messages = await read_all(ws)
     assert paths(messages) == ["turn.start", "speech.phrase", "turn.end"] and ws.close_code == 1000, messages
     assert messages[1][1]["RecognitionStatus"] == "NoMatch"
+
+
+def turn_request(number: int) -> str:
+    """Turn `number`'s `X-RequestId`: a new one each turn, as the SDK makes them."""
+    return f"{number:032x}"
+
+
+async def send_turn(ws: websockets.ClientConnection, number: int, data: bytes, *, end: bool = True) -> None:
+    """A turn as the SDK sends it on an open connection: speech.context under the turn's new
+    request id, the WAV header, the audio in 100 ms messages and (with `end`) the empty one."""
+    request = turn_request(number)
+    await ws.send(text("speech.context", CONTEXT, request))
+    await ws.send(audio_message(wav_header(), request=request))
+    for offset in range(0, len(data), PCM_FRAME_BYTES):
+        await ws.send(audio_message(data[offset : offset + PCM_FRAME_BYTES], request=request))
+    if end:
+        await ws.send(audio_message(b"", request=request))
+
+
+async def read_turn(ws: websockets.ClientConnection) -> list[Message]:
+    """The server's messages up to and with `turn.end`; the connection stays open."""
+    messages: list[Message] = []
+    while not messages or messages[-1][0]["Path"] != "turn.end":
+        messages.append(parse(str(await asyncio.wait_for(ws.recv(), 60))))
+    return messages
+
+
+def turn_audio(name: str) -> bytes:
+    return pcm16(fixture_16k(name), 16000)
+
+
+async def test_three_turns_on_one_connection() -> None:
+    """Continuous recognition turn after turn, as on Azure's connection: each turn is its own
+    turn.start ... turn.end under its own request id, with its own phrases and offsets from its
+    own start; no Close between turns, and the client's Close at the end is answered 1000."""
+    names = ["lights_on.wav", "weather.wav", "timer.wav"]
+    async with running_daemon() as daemon, websockets.connect(url(daemon), subprotocols=[USP]) as ws:
+        await ws.send(text("speech.config", CONFIG))
+        turns = []
+        for number, name in enumerate(names, 1):
+            await send_turn(ws, number, turn_audio(name))
+            turns.append(await read_turn(ws))
+        await ws.close()
+    assert ws.close_code == 1000
+    for number, (name, messages) in enumerate(zip(names, turns, strict=True), 1):
+        assert paths(messages)[0] == "turn.start" and paths(messages).count("turn.end") == 1, messages
+        assert {headers["X-RequestId"] for headers, _ in messages} == {turn_request(number)}
+        assert same_words(EXPECTED[name], phrases(messages)), (name, phrases(messages))
+        said = [body for headers, body in messages if headers["Path"] == "speech.phrase"]
+        seconds = len(turn_audio(name)) / 32000
+        assert all(body["Offset"] + body["Duration"] <= seconds * 10_000_000 for body in said), (
+            "offsets from the turn's start"
+        )
+
+
+async def test_recognize_once_twice_on_one_connection() -> None:
+    """The interactive path as the SDK's second `recognize_once` on one recognizer uses it: the
+    first command's phrase ends turn 1 (the audio after it dropped), the client's telemetry, then
+    turn 2's messages under a new request id bring the next command's phrase, on the same connection."""
+    async with running_daemon() as daemon, websockets.connect(url(daemon, INTERACTIVE), subprotocols=[USP]) as ws:
+        data = audio()
+        await send_turn(ws, 1, data[: len(data) // 2 // PCM_FRAME_BYTES * PCM_FRAME_BYTES], end=False)
+        first = await read_turn(ws)
+        await ws.send(text("telemetry", {"Metrics": []}, turn_request(1)))
+        await ws.send(audio_message(data[:PCM_FRAME_BYTES], request=turn_request(1)))  # sent before it saw turn.end
+        await send_turn(ws, 2, turn_audio("weather.wav"), end=False)
+        second = await read_turn(ws)
+        await ws.close()
+    assert phrases(first) == phrases(first)[:1] and normalise(phrases(first)[0]) == normalise(EXPECTED[FIXTURE][0])
+    assert [normalise(p) for p in phrases(second)] == [normalise(EXPECTED["weather.wav"][0])], second
+    assert {headers["X-RequestId"] for headers, _ in second} == {turn_request(2)}
+    assert paths(second)[0] == "turn.start"
+
+
+async def test_a_refusal_in_turn_two_keeps_turn_ones_phrases() -> None:
+    """Turn 2's bad speech.context is refused (1007 with the sentence) after turn 1 had all its
+    phrases; a bad message during turn 2's audio gets that audio's phrases first."""
+    bad_context = text("speech.context", {"dgi": {"Groups": [{"Type": "Grammar"}]}}, turn_request(2))
+    async with running_daemon() as daemon:
+        async with websockets.connect(url(daemon), subprotocols=[USP]) as ws:
+            await send_turn(ws, 1, turn_audio("lights_on.wav"))
+            first = await read_turn(ws)
+            await ws.send(bad_context)
+            refused = await read_all(ws)
+        async with websockets.connect(url(daemon), subprotocols=[USP]) as during:
+            await send_turn(during, 1, turn_audio("lights_on.wav"))
+            await read_turn(during)
+            await send_turn(during, 2, turn_audio("weather.wav"), end=False)
+            await during.send(text("speech.event", {}, turn_request(2)))
+            second = await read_all(during)
+    assert same_words(EXPECTED["lights_on.wav"], phrases(first)), first
+    assert refused == [] and ws.close_code == 1007, (ws.close_code, ws.close_reason)
+    assert str(ws.close_reason).startswith("invalid_message: this server takes phrase lists only")
+    assert same_words(EXPECTED["weather.wav"], phrases(second)) and during.close_code == 1007, second
+    assert "unknown Path 'speech.event'" in str(during.close_reason)
+
+
+async def released(daemon: Daemon) -> None:
+    """Every session released within a second: the interactive path's phrase ends its turn as the
+    SDK reads it, and its session is released just after (the phrase is sent from the session)."""
+    for _ in range(20):
+        if len(daemon.core.sessions) == 0:
+            return
+        await asyncio.sleep(0.05)
+    assert len(daemon.core.sessions) == 0, "a turn's session is still open"
+
+
+async def test_many_turns_hold_one_session_at_a_time() -> None:
+    """With max_sessions 1, eight turns on one connection (continuous and interactive, ended by the
+    client or by the phrase) each get the one session: a turn's session is released as it ends,
+    none leaks, and between turns the connection holds none (another client's turn is served)."""
+    async with (
+        running_daemon(max_sessions=1, wyoming_reserved_sessions=0) as daemon,
+        websockets.connect(url(daemon), subprotocols=[USP]) as ws,
+        websockets.connect(url(daemon, INTERACTIVE), subprotocols=[USP]) as once,
+    ):
+        for number in range(1, 5):
+            await send_turn(ws, number, bytes(6400))
+            assert paths(await read_turn(ws)) == ["turn.start", "turn.end"]
+            await send_turn(once, number, turn_audio("lights_on.wav"), end=False)
+            assert len(phrases(await read_turn(once))) == 1
+            await once.send(text("telemetry", {}, turn_request(number)))
+            await released(daemon)
+        other, code, _ = await stream(url(daemon), turn_audio("weather.wav"))
+        assert len(daemon.core.sessions) == 0
+    assert code == 1000 and same_words(EXPECTED["weather.wav"], phrases(other)), other
+
+
+async def test_idle_between_turns_closes_1000_after_idle_timeout() -> None:
+    """No message at all for idle_timeout_s after a turn: the Close 1000 `idle_timeout`, as the
+    daemon ends an idle turn, holding no session meanwhile; a message before that starts the
+    next turn (telemetry only restarts the wait)."""
+    async with (
+        running_daemon(idle_timeout_s=2, first_message_timeout_s=30) as daemon,
+        websockets.connect(url(daemon), subprotocols=[USP]) as ws,
+    ):
+        await send_turn(ws, 1, turn_audio("lights_on.wav"))
+        await read_turn(ws)
+        await asyncio.sleep(1.2)
+        await ws.send(text("telemetry", {}, turn_request(1)))
+        await asyncio.sleep(1.2)
+        await send_turn(ws, 2, turn_audio("weather.wav"))
+        second = await read_turn(ws)
+        assert len(daemon.core.sessions) == 0
+        ended = asyncio.get_running_loop().time()
+        assert await read_all(ws) == []
+        waited = asyncio.get_running_loop().time() - ended
+    assert same_words(EXPECTED["weather.wav"], phrases(second)), second
+    assert ws.close_code == 1000 and ws.close_reason == "idle_timeout", (ws.close_code, ws.close_reason)
+    assert 1.5 < waited < 6, waited
 
 
 async def test_server_busy_is_1011_and_the_open_session_goes_on() -> None:

@@ -597,9 +597,11 @@ class FirstMessageWait:
     when the time is up (a big frame on a slow link, a busy machine) gets as long again, once: the
     client has not been idle, and closing it as it sends would reset the connection, losing the Close."""
 
-    def __init__(self, reading: ReadAhead, timeout_s: float) -> None:
+    def __init__(self, reading: ReadAhead, timeout_s: float, since: str = "connecting") -> None:
         self._reading = reading
         self._timeout_s = timeout_s
+        self._since = since
+        """What the time counts from, for `expired`: an Azure turn after the first counts from its first message."""
         self._opened = time.monotonic()
         self._deadline = self._opened + timeout_s
         self._extended = False
@@ -621,7 +623,7 @@ class FirstMessageWait:
         setting = "first_message_timeout_s"
         if self._extended:
             setting = f"twice {setting}: a message was arriving"
-        return f"no {awaited} within {self._deadline - self._opened:g} s of connecting ({setting})"
+        return f"no {awaited} within {self._deadline - self._opened:g} s of {self._since} ({setting})"
 
 
 def _size(message: WSMessage) -> int:

@@ -8,24 +8,29 @@ audio. The client sends `speech.config` and `speech.context` (its phrase list), 
 audio under one `X-RequestId`, the first chunk a WAV header giving the format, an empty chunk
 ending it. The session opens with that first chunk and `turn.start` answers. Each utterance is
 `speech.startDetected`, `speech.hypothesis` partials, `speech.endDetected` and one `speech.phrase`
-(offsets in 100-ns ticks); `turn.end` ends the turn. On the interactive path (the SDK's
-`recognize_once`) the first phrase, `NoMatch` too, ends the turn; on the conversation and dictation paths
-(continuous recognition) every utterance is a phrase until the audio ends; on the universal paths
-`speech.context` says which (with the language and format the query carries on the other paths).
+(offsets in 100-ns ticks); `turn.end` ends the turn. The connection then takes the next turn, as
+Azure's does: its own messages under a new `X-RequestId`, its own session and offsets. On the
+interactive path (the SDK's `recognize_once`) the first phrase, `NoMatch` too, ends the turn; on
+the conversation and dictation paths (continuous recognition) every utterance is a phrase until
+the audio ends; on the universal paths `speech.context` says which (with the language and format
+the query carries on the other paths).
 USP has no error message: a refusal is the Close, 1007 with a sentence for what the client sent (the SDK reports it as
 `BadRequest` with the sentence), 1011 for the server's side, after the finals of the audio before it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import re
 import struct
+import uuid
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from aiohttp import WSCloseCode, WSMessage, WSMsgType, web
+from aiohttp.http import WS_CLOSED_MESSAGE
 from multidict import MultiMapping
 
 from satellite_asr.access import AZURE_PATHS
@@ -46,6 +51,7 @@ from satellite_asr.protocols.streaming_apis import (
     Control,
     InOrderConnection,
     ParameterError,
+    PendingFinals,
     StreamParams,
     boolean_parameter,
     check_names,
@@ -297,19 +303,77 @@ class AzureConnection(InOrderConnection):
         self.single_shot = request.path == INTERACTIVE_PATH
         self.language = self.url.language
         self.detailed = self.url.detailed
-        self.terms: tuple[str, ...] = ()
         self.turn_id = ""
-        """The `X-RequestId` of the turn, from its first audio."""
+        """The `X-RequestId` of the turn, from its first audio: kept after the turn, whose late audio it tells."""
+        self.turn_done = asyncio.Event()
+        """The server ended the turn (the interactive path's phrase, the idle timeout): `receive` stops waiting."""
+        self.new_turn()
+        self.awaiting_audio = FirstMessageWait(reading, core.settings.first_message_timeout_s)
+        """The time from connecting (from a later turn's first message) for the turn's first audio,
+        whatever messages come before it: they do not put it off (no session is held until then)."""
+
+    def new_turn(self) -> None:
+        """What a turn holds, empty: nothing of the turn before reaches the next."""
+        self.terms: tuple[str, ...] = ()
         self.started: set[int] = set()
         """The utterances whose `speech.startDetected` was sent."""
         self.lost: set[int] = set()
         """The utterances the engine failed to decode: their phrase is `NoMatch`."""
         self.phrases = 0
+        self.pending = PendingFinals()
+        self.failed = False
         self.turn_over = False
-        """On the interactive path, the first phrase ended the turn: the audio after it is dropped."""
-        self.awaiting_audio = FirstMessageWait(reading, core.settings.first_message_timeout_s)
-        """The time from connecting for the turn's first audio, whatever messages come before it: they
-        do not put it off (the connection holds no session until then)."""
+        """The server ended the turn (the interactive path's first phrase, the idle timeout): its audio is dropped."""
+        self.turn_done.clear()
+
+    async def end_turn(self) -> None:
+        """The turn's session ended and forgotten (the server ended the turn: nothing of it is wanted);
+        the connection waits for the next turn."""
+        if self.input is not None:
+            await self.core.sessions.release(self.input.session, "end", finalize=False)
+            self.input = None
+        self.new_turn()
+
+    async def receive(self) -> WSMessage:
+        """During a turn, the next message, or none once the server ends the turn; between turns, the
+        next message within `idle_timeout_s`, else the Close 1000 `idle_timeout` (as the idle
+        timeout's turn end used to close): no session is held meanwhile."""
+        if self.input is not None and not self.turn_over:
+            reading = asyncio.ensure_future(self.reading.receive())
+            ended = asyncio.ensure_future(self.turn_done.wait())
+            await asyncio.wait((reading, ended), return_when=asyncio.FIRST_COMPLETED)
+            ended.cancel()
+            if reading.done():
+                return reading.result()
+            reading.cancel()  # the message stays read ahead for the wait below
+            await asyncio.gather(reading, return_exceptions=True)
+        if self.turn_over:
+            await self.end_turn()
+        message = await FirstMessageWait(self.reading, self.core.settings.idle_timeout_s).receive()
+        if message is None:
+            self.finished = True
+            await self.close(WSCloseCode.OK, "idle_timeout")
+            return WS_CLOSED_MESSAGE
+        return message
+
+    async def server_ended(self) -> bool:
+        """After the idle timeout's turn end the connection takes the next turn; after shutdown, no more."""
+        if await super().server_ended() and self.finished:
+            return True
+        await self.end_turn()
+        return False
+
+    async def next_turn(self, message: WSMessage) -> None:
+        """A message between turns: telemetry is taken, the ended turn's late audio dropped; any other
+        starts the next turn, whose audio is due within `first_message_timeout_s` of it."""
+        usp = parse_message(message)
+        if usp.path == "telemetry" or (
+            message.type == WSMsgType.BINARY and usp.headers.get("x-requestid") == self.turn_id
+        ):
+            return
+        timeout_s = self.core.settings.first_message_timeout_s
+        self.awaiting_audio = FirstMessageWait(self.reading, timeout_s, "the turn's first message")
+        await self.read_settings(message)
 
     async def send_usp(self, path: str, body: dict[str, Any]) -> None:
         """A USP text message; raises `SlowClient` (a `ConnectionError`) and drops a client that does not read."""
@@ -373,7 +437,7 @@ class AzureConnection(InOrderConnection):
         """The turn's first audio: its format from the WAV header (none: 16 kHz 16-bit PCM), the session opened."""
         if usp.path != "audio":
             raise ProtocolError("invalid_message", f"a binary message must be Path:audio, not {echoable(usp.path)!r}")
-        self.turn_id = usp.headers.get("x-requestid", self.request_id)
+        self.turn_id = usp.headers.get("x-requestid", uuid.uuid4().hex)
         if not REQUEST_ID.fullmatch(self.turn_id):
             raise ProtocolError("invalid_message", "X-RequestId must be 1 to 64 letters, digits, '-' or '_'")
         encoding, rate, audio = "s16le", 16000, usp.body
@@ -395,6 +459,11 @@ class AzureConnection(InOrderConnection):
 
     async def on_binary(self, data: bytes) -> None:
         """Audio; a message that is not, refused after the phrases of the audio before it."""
+        if self.turn_over:
+            await self.end_turn()
+        if self.input is None:
+            await self.next_turn(WSMessage(WSMsgType.BINARY, data, None))
+            return
         try:
             usp = parse_message(WSMessage(WSMsgType.BINARY, data, None))
             if usp.path != "audio":
@@ -406,20 +475,28 @@ class AzureConnection(InOrderConnection):
             raise
         if not usp.body:
             await self.end()
-        elif not self.turn_over:
+        else:
             await super().on_binary(usp.body)
 
+    async def end(self) -> None:
+        """The client ends the turn's audio: its phrases and `turn.end`; the connection stays for the next turn."""
+        await self.finish_stream()
+        self.input = None
+        self.new_turn()
+
     async def control(self, data: str) -> None:
-        """A text message after the audio began: telemetry is taken, anything else refused. Telemetry
-        after the interactive path's `turn.end` is the SDK's last message of the turn: the Close then
-        (`before_close`)."""
-        usp = parse_message(WSMessage(WSMsgType.TEXT, data, None))
+        """A text message: during the audio telemetry is taken, anything else refused; after the
+        server ended the turn, or between turns, the next turn's (`next_turn`)."""
+        message = WSMessage(WSMsgType.TEXT, data, None)
+        usp = parse_message(message)
         if usp.path not in CLIENT_PATHS:
             raise ProtocolError("invalid_message", f"unknown Path {echoable(usp.path)!r}; expected telemetry or audio")
-        if usp.path != "telemetry":
-            raise ProtocolError("invalid_message", f"{usp.path} comes before the turn's audio, not during it")
         if self.turn_over:
-            self.finished = True
+            await self.end_turn()
+        if self.input is None:
+            await self.next_turn(message)
+        elif usp.path != "telemetry":
+            raise ProtocolError("invalid_message", f"{usp.path} comes before the turn's audio, not during it")
 
     def controls(self) -> dict[str, Control]:
         """None: USP's text messages are told apart by their `Path` header (`control`), not a JSON field."""
@@ -459,19 +536,9 @@ class AzureConnection(InOrderConnection):
         if phrased and self.single_shot:
             self.failed = self.turn_over = True  # nothing more is sent; the rest of the audio is dropped
             await self.send_usp("turn.end", {})
+            self.turn_done.set()
             return
         await self.release_held()
-
-    async def before_close(self) -> None:
-        """After `turn.end`, the Close waits for the SDK's `telemetry` (or its Close), for up to
-        `first_message_timeout_s` as for a connection with no session, dropping the audio before it:
-        the JavaScript SDK sends it after `turn.end`, and a Close from the daemon would race that
-        send, which fails, losing the SDK's result; once it has come, the SDK sends no more."""
-        waiting = FirstMessageWait(self.reading, self.core.settings.first_message_timeout_s)
-        while (message := await waiting.receive()) is not None and message.type not in WEBSOCKET_ENDS:
-            with contextlib.suppress(ProtocolError):  # what comes after the turn is not checked
-                if message.type == WSMsgType.TEXT and parse_message(message).path == "telemetry":
-                    return
 
     def phrase(self, text: str, start: float, end: float, sureness: float) -> dict[str, Any]:
         self.phrases += 1
@@ -488,15 +555,16 @@ class AzureConnection(InOrderConnection):
     async def close_by_server(self, reason: str) -> None:
         """Idle timeout or shutdown, once the finals are sent. The idle timeout ends the turn as
         Azure ends one (`closing`: on the interactive path its `NoMatch`, as Azure's initial silence
-        timeout; then `turn.end`) and closes with 1000: the SDK in continuous recognition goes on
-        with a new turn on a new connection, where a refusal cancels its recognition for good
-        (Pipecat's service never starts another). Shutdown: the Close 1011 with its sentence."""
-        self.finished = True
+        timeout; then `turn.end`) and keeps the connection: the SDK in continuous recognition goes on
+        with a new turn on it, where a refusal would cancel its recognition for good (Pipecat's
+        service never starts another). Shutdown: the Close 1011 with its sentence."""
         if reason == "idle_timeout":
             with contextlib.suppress(ConnectionError):
                 await self.closing()
-            await self.close(WSCloseCode.OK)
+            self.failed = self.turn_over = True
+            self.turn_done.set()
             return
+        self.finished = True
         await self.error(reason, self.server_close_sentence(reason), counted=True)
 
     async def error(self, code: str, message: str, *, fatal: bool = False, counted: bool = False) -> None:

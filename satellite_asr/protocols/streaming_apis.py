@@ -355,19 +355,31 @@ class StreamingConnection(abc.ABC):
     async def end(self) -> None:
         """The client ends the stream: the finals still to come, `closing`, then the Close."""
         self.finished = True
+        await self.finish_stream()
+        await self.close(WSCloseCode.OK)
+
+    async def finish_stream(self) -> None:
+        """The finals still to come of the audio the client sent, then `closing`."""
         if self.input is not None:
             await self.input.drain()
             await self.core.sessions.release(self.input.session, "end", finalize=True)
         await self.closing()
-        await self.before_close()
-        await self.close(WSCloseCode.OK)
+
+    async def receive(self) -> WSMessage:
+        """The client's next message for the handler (Azure's, between its turns, within a time)."""
+        return await self.reading.receive()
+
+    async def server_ended(self) -> bool:
+        """The server ended the session (idle timeout, shutdown) and a message came: the session's
+        finals and the server's Close first; whether the connection is over (Azure's goes on with
+        its next turn, of which the message may be the first)."""
+        assert self.input is not None
+        await self.core.sessions.release(self.input.session, "closed by the server", finalize=True)
+        return True
 
     @abc.abstractmethod
     async def closing(self) -> None:
         """What the API sends last, before the Close."""
-
-    async def before_close(self) -> None:  # noqa: B027 (a hook most APIs leave empty)
-        """After `closing`, when the client ended the stream: nothing, the Close follows at once."""
 
     @abc.abstractmethod
     async def emit(self, event: SessionEvent) -> None:
@@ -427,8 +439,10 @@ class StreamingConnection(abc.ABC):
 
     async def finish_audio(self) -> None:
         """Before the error that ends the stream, the finals of the audio that came before it: a bad
-        message loses nothing else (Soniox's and Speechmatics' errors end the stream)."""
-        assert self.input is not None
+        message loses nothing else (Soniox's and Speechmatics' errors end the stream). None between
+        Azure's turns: no audio."""
+        if self.input is None:
+            return
         await self.input.drain()
         await self.core.sessions.release(self.input.session, "error", finalize=True)
 
@@ -661,16 +675,18 @@ class StreamingApiHandler:
                     await connection.opened()
                 else:
                     self.awaiting.add(connection)
-                async with reading as messages:
+                async with reading:
                     if params is None:
                         await self._read_settings(connection, reading)
-                    async for message in messages:
+                    while not connection.finished:
+                        # between Azure's turns the connection holds no session: shutdown closes it here
+                        (self.awaiting.add if connection.input is None else self.awaiting.discard)(connection)
+                        message = await connection.receive()
                         if message.type in WEBSOCKET_ENDS or connection.finished:
                             break
-                        assert connection.input is not None
-                        session = connection.input.session
-                        if session.closed:  # the server ends it (idle timeout, shutdown): its finals, then Close
-                            await self.core.sessions.release(session, "closed by the server", finalize=True)
+                        # the server ended the session (idle timeout, shutdown): its finals, then Close
+                        ended = connection.input is not None and connection.input.session.closed
+                        if ended and await connection.server_ended():
                             break
                         try:
                             if message.type == WSMsgType.TEXT:
