@@ -452,6 +452,21 @@ async def test_idle_timeout_on_the_interactive_path_is_no_match() -> None:
     assert messages[1][1]["RecognitionStatus"] == "NoMatch"
 
 
+def connections_counted(daemon: Daemon) -> list[str]:
+    """The address of every connection the daemon's USP handler takes from now on, as it takes it:
+    a count of the connections a client opened (a spy on its `ConnectionLimit`, which it still runs)."""
+    opened: list[str] = []
+    limit = daemon.azure.connections
+    take = limit.take
+
+    def counted(address: str) -> None:
+        opened.append(address)
+        take(address)
+
+    limit.take = counted  # type: ignore[method-assign]
+    return opened
+
+
 def turn_request(number: int) -> str:
     """Turn `number`'s `X-RequestId`: a new one each turn, as the SDK makes them."""
     return f"{number:032x}"

@@ -24,7 +24,7 @@ from satellite_asr.server import Daemon
 from tests.doubles import ContextRecordingEngineDouble, FailsOnAWordEngineDouble
 from tests.helpers import EXPECTED, FIXTURES, normalise, running_daemon, same_words
 from tests.livekit_events import stream_fixture
-from tests.test_azure import CONVERSATION, USP, audio_message, wav_header
+from tests.test_azure import CONVERSATION, USP, audio_message, connections_counted, wav_header
 from tests.test_pipecat import running_pipeline, speak, transcribed
 
 pytestmark = pytest.mark.timeout(180)
@@ -151,15 +151,17 @@ async def test_pipecat_service_with_a_wrong_key_reports_it() -> None:
     assert frames.finals == [] and "401" in frames.errors[0], frames.errors
 
 
-async def test_sdk_recognize_once_twice_on_one_recognizer_reconnects() -> None:
-    """The daemon closes the connection after each turn: the SDK's next `recognize_once` on the same
-    recognizer opens another and recognizes the next command of the file."""
+async def test_sdk_recognize_once_twice_on_one_recognizer_on_one_connection() -> None:
+    """The daemon keeps the connection after a turn, as Azure does: the SDK's next `recognize_once`
+    on the same recognizer is a new turn on it and recognizes the next command of the file."""
     async with running_daemon(api_key=KEY) as daemon:
+        opened = connections_counted(daemon)
         once = recognizer(daemon, FIXTURE)
         first = await asyncio.to_thread(once.recognize_once)
         second = await asyncio.to_thread(once.recognize_once)
     assert first.reason == second.reason == speechsdk.ResultReason.RecognizedSpeech, second.cancellation_details
     assert [normalise(first.text), normalise(second.text)] == [normalise(t) for t in EXPECTED[FIXTURE][:2]]
+    assert len(opened) == 1, opened
 
 
 async def test_sdk_bad_request_and_server_busy_are_cancellations_with_the_sentence() -> None:
@@ -231,9 +233,11 @@ def continuous_through_a_silence(daemon: Daemon) -> tuple[list[str], list[speech
 
 
 async def test_sdk_continuous_recognition_outlives_the_idle_timeout() -> None:
-    """Silence past idle_timeout_s ends the turn (turn.end, 1000): the SDK goes on with a new turn on
-    a new connection and the next command's phrase comes, with no cancellation."""
+    """Silence past idle_timeout_s ends the turn (turn.end), as Azure ends one: the SDK goes on with
+    a new turn on the same connection and the next command's phrase comes, with no cancellation."""
     async with running_daemon(api_key=KEY, idle_timeout_s=2) as daemon:
+        opened = connections_counted(daemon)
         finals, cancelled = await asyncio.to_thread(continuous_through_a_silence, daemon)
     assert not cancelled, cancelled[0].error_details
+    assert len(opened) == 1, opened
     assert same_words(EXPECTED["lights_on.wav"] + EXPECTED["weather.wav"], finals), finals

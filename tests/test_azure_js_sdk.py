@@ -18,6 +18,7 @@ import pytest
 
 from satellite_asr.server import Daemon
 from tests.helpers import EXPECTED, FIXTURES, normalise, running_daemon, same_words, tool_missing
+from tests.test_azure import connections_counted
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -66,6 +67,19 @@ async def test_recognize_once_by_host_returns_the_first_command() -> None:
     assert result["reason"] == "RecognizedSpeech", result
     assert normalise(result["finals"][0]) == normalise(EXPECTED["lights_on.wav"][0])
     assert result["path"] == "/speech/recognition/interactive/cognitiveservices/v1"
+
+
+async def test_recognize_once_twice_on_one_recognizer_on_one_connection() -> None:
+    """A second `recognizeOnce` on the same recognizer is a new turn on the connection the first
+    used (the SDK sends telemetry after turn.end, then the next turn's speech.context and audio):
+    the first command twice (the SDK reads a file input from its start for each `recognizeOnce`),
+    one connection."""
+    async with running_daemon(api_key=KEY) as daemon:
+        opened = connections_counted(daemon)
+        result = await recognize("twice", host(daemon), "three_commands.wav")
+    assert result["reason"] == "RecognizedSpeech" and not result["cancelled"], result
+    assert same_words([EXPECTED["three_commands.wav"][0]] * 2, result["finals"]), result
+    assert len(opened) == 1, opened
 
 
 async def test_continuous_by_host_gives_each_command_as_a_phrase() -> None:

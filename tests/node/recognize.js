@@ -1,6 +1,7 @@
 // Recognizes a WAV file with Microsoft's JavaScript Speech SDK against a daemon, for
 // tests/test_azure_js_sdk.py: prints one JSON object, the SDK's results as it reports them.
-// Usage: node recognize.js once|continuous URL KEY WAV [host|endpoint]
+// Usage: node recognize.js once|twice|continuous URL KEY WAV [host|endpoint]
+//   twice: recognizeOnce, then recognizeOnce again on the same recognizer
 //   host:     SpeechConfig.fromHost(URL, KEY), URL the daemon's ws://HOST:PORT
 //   endpoint: SpeechConfig.fromEndpoint(URL, KEY), URL a full ws:// address with its path
 "use strict";
@@ -29,7 +30,8 @@ function done() {
   process.stdout.write(JSON.stringify(out) + "\n");
 }
 
-if (mode === "once") {
+// one recognizeOnce, its result kept; `then` after it
+function once(then) {
   recognizer.recognizeOnceAsync(
     (result) => {
       out.reason = sdk.ResultReason[result.reason];
@@ -37,10 +39,16 @@ if (mode === "once") {
       if (result.reason === sdk.ResultReason.Canceled) {
         out.cancelled.push(cancellation(sdk.CancellationDetails.fromResult(result)));
       }
-      done();
+      then();
     },
     (error) => { out.error = String(error); done(); },
   );
+}
+
+if (mode === "once") {
+  once(done);
+} else if (mode === "twice") {
+  once(() => once(done));
 } else {
   recognizer.recognizing = (_, event) => out.partials.push(event.result.text);
   recognizer.recognized = (_, event) => { if (event.result.text) out.finals.push(event.result.text); };
