@@ -214,8 +214,17 @@ def pcm_of(fixture: str) -> bytes:
         return recording.readframes(recording.getnframes())
 
 
+def sessions_opened(daemon: Daemon) -> float:
+    """The USP sessions the daemon opened: one a turn."""
+    metrics = daemon.core.metrics.render().decode()
+    return float(metrics.split('satellite_asr_sessions_total{protocol="azure"} ', 1)[1].split()[0])
+
+
 def continuous_through_a_silence(daemon: Daemon) -> tuple[list[str], list[speechsdk.CancellationDetails]]:
-    """A command, 5 s of silence, another, at microphone pace into continuous recognition."""
+    """A command, 3 s of silence, another, at microphone pace into continuous recognition. With an
+    idle_timeout_s of 2 the idle timeout ends the turn once, within the silence (2 to 2.5 s into
+    it: the idle check runs every 0.5 s), and the next turn hears the next command from its start
+    (a longer silence would put a second turn end near the command's start, cutting it)."""
     config = speechsdk.SpeechConfig(host=host(daemon), subscription=KEY)
     pushed = speechsdk.audio.PushAudioInputStream()
     sdk = speechsdk.SpeechRecognizer(speech_config=config, audio_config=speechsdk.audio.AudioConfig(stream=pushed))
@@ -224,7 +233,7 @@ def continuous_through_a_silence(daemon: Daemon) -> tuple[list[str], list[speech
     sdk.recognized.connect(lambda event: finals.append(event.result.text) if event.result.text else None)
     sdk.canceled.connect(lambda event: cancelled.append(event.cancellation_details))
     sdk.start_continuous_recognition()
-    audio = pcm_of("lights_on.wav") + bytes(32000 * 5) + pcm_of("weather.wav") + bytes(32000)
+    audio = pcm_of("lights_on.wav") + bytes(32000 * 3) + pcm_of("weather.wav") + bytes(32000)
     for offset in range(0, len(audio), 3200):
         pushed.write(audio[offset : offset + 3200])
         time.sleep(0.1)
@@ -240,4 +249,6 @@ async def test_sdk_continuous_recognition_outlives_the_idle_timeout() -> None:
         finals, cancelled = await asyncio.to_thread(continuous_through_a_silence, daemon)
     assert not cancelled, cancelled[0].error_details
     assert len(opened) == 1, opened
+    turns = sessions_opened(daemon)
+    assert turns >= 2, f"{turns} turn: the idle timeout ended none"
     assert same_words(EXPECTED["lights_on.wav"] + EXPECTED["weather.wav"], finals), finals

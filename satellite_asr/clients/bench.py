@@ -653,8 +653,9 @@ async def _stream_one_azure(
     """The same over Azure AI Speech's real-time protocol (USP, continuous recognition): each 100 ms
     an audio message (no WAV header: 16 kHz 16-bit PCM), an empty one at the end. `speech.hypothesis`
     is a `partial` and `speech.phrase` (with text) the `final` of the utterance in progress (USP names
-    none); at `turn.end` the client closes, as the SDK does (the daemon waits for it). USP refuses
-    with the Close alone: a Close other than 1000 is the stream's refusal (`StreamRefused`)."""
+    none); at `turn.end` the client closes, as the SDK does when done (the daemon keeps the
+    connection for a next turn). USP refuses with the Close alone: a Close other than 1000 is the
+    stream's refusal (`StreamRefused`)."""
     import websockets
 
     utterance, request = 0, uuid.uuid4().hex
@@ -692,7 +693,7 @@ def usp(raw: str | bytes) -> dict[str, Any]:
 
 STREAM_OVER = {"type": "over"}
 """What a `translate` gives for the server's last message of a stream that the client closes
-(USP's `turn.end`: the server waits for the client's close, or its telemetry, to close)."""
+(USP's `turn.end`: the server keeps the connection for the client's next turn)."""
 
 
 async def _stream_pcm16(
