@@ -405,7 +405,7 @@ class Daemon:
             smallest.PROTOCOL,
         )
         closing = [self.core.sessions.close_all("shutdown", protocol=protocol) for protocol in protocols]
-        # no session yet: their settings have not come
+        # no session: their settings have not come (or, Azure's, they are between turns)
         closing += [
             handler.close_awaiting("shutdown")
             for handler in (self.soniox, self.speechmatics, self.speechmatics_agent, self.azure, self.gradium)

@@ -636,25 +636,29 @@ async def test_server_busy_is_1011_and_the_open_session_goes_on() -> None:
 
 async def test_shutdown_sends_the_phrase_in_progress_then_1011() -> None:
     """Shutdown: the phrase of the audio that came, then the Close 1011 with the sentence; a client
-    still to send its audio is closed too."""
+    still to send its audio is closed too, and one between turns (it holds no session)."""
     data = audio()
     async with (
         running_daemon() as daemon,
         websockets.connect(url(daemon)) as ws,
         websockets.connect(url(daemon)) as waiting,
+        websockets.connect(url(daemon)) as between,
     ):
+        await send_turn(between, 1, bytes(6400))
+        assert paths(await read_turn(between)) == ["turn.start", "turn.end"]
         await waiting.send(text("speech.config", CONFIG))
         await ws.send(audio_message(wav_header()))
         await ws.send(audio_message(data[: len(data) // 4]))
         await asyncio.sleep(0.5)
         stopping = asyncio.create_task(daemon.stop())
-        messages, idle = await read_all(ws), await read_all(waiting)
+        messages, idle, after = await read_all(ws), await read_all(waiting), await read_all(between)
         await stopping
-    assert phrases(messages) and idle == []
-    assert ws.close_code == waiting.close_code == 1011
+    assert phrases(messages) and idle == after == []
+    assert ws.close_code == waiting.close_code == between.close_code == 1011
     assert (
         str(ws.close_reason)
         == str(waiting.close_reason)
+        == str(between.close_reason)
         == "shutdown: the server is shutting down; start a new session"
     )
 

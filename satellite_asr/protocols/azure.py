@@ -358,7 +358,8 @@ class AzureConnection(InOrderConnection):
 
     async def server_ended(self) -> bool:
         """After the idle timeout's turn end the connection takes the next turn; after shutdown, no more."""
-        if await super().server_ended() and self.finished:
+        await super().server_ended()
+        if self.finished:
             return True
         await self.end_turn()
         return False
