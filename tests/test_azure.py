@@ -617,6 +617,23 @@ async def test_idle_between_turns_closes_1000_after_idle_timeout() -> None:
     assert 1.5 < waited < 6, waited
 
 
+async def test_a_later_turn_without_audio_is_a_timeout_from_its_first_message() -> None:
+    """Turn 2's speech.context and no audio: the Close 1007 `timeout` first_message_timeout_s after
+    that message (not after connecting), turn 1's phrases sent before it."""
+    async with (
+        running_daemon(first_message_timeout_s=1) as daemon,
+        websockets.connect(url(daemon), subprotocols=[USP]) as ws,
+    ):
+        await send_turn(ws, 1, turn_audio("lights_on.wav"))
+        first = await read_turn(ws)
+        await asyncio.sleep(1.2)
+        await ws.send(text("speech.context", CONTEXT, turn_request(2)))
+        assert await read_all(ws) == []
+    assert same_words(EXPECTED["lights_on.wav"], phrases(first)), first
+    assert ws.close_code == 1007, (ws.close_code, ws.close_reason)
+    assert str(ws.close_reason).startswith("timeout: no audio within 1 s of the turn's first message")
+
+
 async def test_server_busy_is_1011_and_the_open_session_goes_on() -> None:
     async with (
         running_daemon(max_sessions=1, wyoming_reserved_sessions=0) as daemon,
