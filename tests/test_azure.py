@@ -594,16 +594,14 @@ async def test_many_turns_hold_one_session_at_a_time() -> None:
 
 
 async def test_idle_between_turns_closes_1000_after_idle_timeout() -> None:
-    """No message at all for idle_timeout_s after a turn: the Close 1000 `idle_timeout`, as the
-    daemon ends an idle turn, holding no session meanwhile; a message before that starts the
-    next turn (telemetry only restarts the wait)."""
+    """No turn for idle_timeout_s after a turn: the Close 1000 `idle_timeout`, as the daemon ends an
+    idle turn, holding no session meanwhile; a turn begun before that is served."""
     async with (
         running_daemon(idle_timeout_s=2, first_message_timeout_s=30) as daemon,
         websockets.connect(url(daemon), subprotocols=[USP]) as ws,
     ):
         await send_turn(ws, 1, turn_audio("lights_on.wav"))
         await read_turn(ws)
-        await asyncio.sleep(1.2)
         await ws.send(text("telemetry", {}, turn_request(1)))
         await asyncio.sleep(1.2)
         await send_turn(ws, 2, turn_audio("weather.wav"))
@@ -615,6 +613,27 @@ async def test_idle_between_turns_closes_1000_after_idle_timeout() -> None:
     assert same_words(EXPECTED["weather.wav"], phrases(second)), second
     assert ws.close_code == 1000 and ws.close_reason == "idle_timeout", (ws.close_code, ws.close_reason)
     assert 1.5 < waited < 6, waited
+
+
+async def test_telemetry_and_late_audio_between_turns_do_not_put_the_idle_timeout_off() -> None:
+    """Between turns the connection holds no session: telemetry and the ended turn's audio, which
+    start no turn, sent every 0.3 s do not keep it open past idle_timeout_s of the turn's end."""
+    async with (
+        running_daemon(idle_timeout_s=1.5, first_message_timeout_s=30) as daemon,
+        websockets.connect(url(daemon), subprotocols=[USP]) as ws,
+    ):
+        await send_turn(ws, 1, bytes(6400))
+        assert paths(await read_turn(ws)) == ["turn.start", "turn.end"]
+        ended = asyncio.get_running_loop().time()
+        with contextlib.suppress(websockets.ConnectionClosed):
+            for _ in range(20):  # 6 s
+                await ws.send(text("telemetry", {}, turn_request(1)))
+                await ws.send(audio_message(bytes(3200), request=turn_request(1)))
+                await asyncio.sleep(0.3)
+        closed = asyncio.get_running_loop().time() - ended
+        assert await read_all(ws) == []
+    assert ws.close_code == 1000 and ws.close_reason == "idle_timeout", (ws.close_code, ws.close_reason)
+    assert closed < 4, closed
 
 
 async def test_a_later_turn_without_audio_is_a_timeout_from_its_first_message() -> None:

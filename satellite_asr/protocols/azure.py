@@ -307,6 +307,8 @@ class AzureConnection(InOrderConnection):
         """The `X-RequestId` of the turn, from its first audio: kept after the turn, whose late audio it tells."""
         self.turn_done = asyncio.Event()
         """The server ended the turn (the interactive path's phrase, the idle timeout): `receive` stops waiting."""
+        self.between: FirstMessageWait | None = None
+        """Between turns, the time from the turn's end: messages that start no turn do not put it off."""
         self.new_turn()
         self.awaiting_audio = FirstMessageWait(reading, core.settings.first_message_timeout_s)
         """The time from connecting (from a later turn's first message) for the turn's first audio,
@@ -336,8 +338,9 @@ class AzureConnection(InOrderConnection):
 
     async def receive(self) -> WSMessage:
         """During a turn, the next message, or none once the server ends the turn; between turns, the
-        next message within `idle_timeout_s`, else the Close 1000 `idle_timeout` (as the idle
-        timeout's turn end used to close): no session is held meanwhile."""
+        next message within `idle_timeout_s` of the turn's end, else the Close 1000 `idle_timeout`
+        (as the idle timeout's turn end used to close): no session is held meanwhile, and telemetry
+        or late audio every few seconds would otherwise hold the connection for ever."""
         if self.input is not None and not self.turn_over:
             reading = asyncio.ensure_future(self.reading.receive())
             ended = asyncio.ensure_future(self.turn_done.wait())
@@ -349,7 +352,9 @@ class AzureConnection(InOrderConnection):
             await asyncio.gather(reading, return_exceptions=True)
         if self.turn_over:
             await self.end_turn()
-        message = await FirstMessageWait(self.reading, self.core.settings.idle_timeout_s).receive()
+        if self.between is None:
+            self.between = FirstMessageWait(self.reading, self.core.settings.idle_timeout_s)
+        message = await self.between.receive()
         if message is None:
             self.finished = True
             await self.close(WSCloseCode.OK, "idle_timeout")
@@ -372,6 +377,7 @@ class AzureConnection(InOrderConnection):
             message.type == WSMsgType.BINARY and usp.headers.get("x-requestid") == self.turn_id
         ):
             return
+        self.between = None
         timeout_s = self.core.settings.first_message_timeout_s
         self.awaiting_audio = FirstMessageWait(self.reading, timeout_s, "the turn's first message")
         await self.read_settings(message)
