@@ -562,16 +562,6 @@ async def test_a_refusal_in_turn_two_keeps_turn_ones_phrases() -> None:
     assert "unknown Path 'speech.event'" in str(during.close_reason)
 
 
-async def released(daemon: Daemon) -> None:
-    """Every session released within a second: the interactive path's phrase ends its turn as the
-    SDK reads it, and its session is released just after (the phrase is sent from the session)."""
-    for _ in range(20):
-        if len(daemon.core.sessions) == 0:
-            return
-        await asyncio.sleep(0.05)
-    assert len(daemon.core.sessions) == 0, "a turn's session is still open"
-
-
 async def test_many_turns_hold_one_session_at_a_time() -> None:
     """With max_sessions 1, eight turns on one connection (continuous and interactive, ended by the
     client or by the phrase) each get the one session: a turn's session is released as it ends,
@@ -586,8 +576,8 @@ async def test_many_turns_hold_one_session_at_a_time() -> None:
             assert paths(await read_turn(ws)) == ["turn.start", "turn.end"]
             await send_turn(once, number, turn_audio("lights_on.wav"), end=False)
             assert len(phrases(await read_turn(once))) == 1
+            assert len(daemon.core.sessions) == 0, "the phrase's session is released before turn.end"
             await once.send(text("telemetry", {}, turn_request(number)))
-            await released(daemon)
         other, code, _ = await stream(url(daemon), turn_audio("weather.wav"))
         assert len(daemon.core.sessions) == 0
     assert code == 1000 and same_words(EXPECTED["weather.wav"], phrases(other)), other
@@ -651,6 +641,22 @@ async def test_a_later_turn_without_audio_is_a_timeout_from_its_first_message() 
     assert same_words(EXPECTED["lights_on.wav"], phrases(first)), first
     assert ws.close_code == 1007, (ws.close_code, ws.close_reason)
     assert str(ws.close_reason).startswith("timeout: no audio within 1 s of the turn's first message")
+
+
+async def test_the_interactive_phrase_frees_the_session_before_turn_end() -> None:
+    """With max_sessions 1, another client connecting as soon as the interactive path's `turn.end`
+    came gets the one session, though the first client's audio (one message, paced by
+    max_feed_ahead_s) is still being read: the turn's session is released before `turn.end` goes out."""
+    async with (
+        running_daemon(max_sessions=1, wyoming_reserved_sessions=0, max_feed_ahead_s=1) as daemon,
+        websockets.connect(url(daemon, INTERACTIVE), subprotocols=[USP]) as once,
+    ):
+        await once.send(text("speech.context", CONTEXT, turn_request(1)))
+        await once.send(audio_message(wav_header() + audio(), request=turn_request(1)))
+        first = await read_turn(once)
+        other, code, reason = await stream(url(daemon), turn_audio("weather.wav"))
+    assert same_words(EXPECTED[FIXTURE][:1], phrases(first)), first
+    assert code == 1000 and same_words(EXPECTED["weather.wav"], phrases(other)), (code, reason, other)
 
 
 async def test_server_busy_is_1011_and_the_open_session_goes_on() -> None:

@@ -307,6 +307,8 @@ class AzureConnection(InOrderConnection):
         """The `X-RequestId` of the turn, from its first audio: kept after the turn, whose late audio it tells."""
         self.turn_done = asyncio.Event()
         """The server ended the turn (the interactive path's phrase, the idle timeout): `receive` stops waiting."""
+        self.ending: asyncio.Task[None] | None = None
+        """The interactive path's turn end (`end_single_shot`), under way from the phrase's final."""
         self.between: FirstMessageWait | None = None
         """Between turns, the time from the turn's end: messages that start no turn do not put it off."""
         self.new_turn()
@@ -331,6 +333,7 @@ class AzureConnection(InOrderConnection):
     async def end_turn(self) -> None:
         """The turn's session ended and forgotten (the server ended the turn: nothing of it is wanted);
         the connection waits for the next turn."""
+        await self.ended_single_shot()
         if self.input is not None:
             await self.core.sessions.release(self.input.session, "end", finalize=False)
             self.input = None
@@ -542,10 +545,30 @@ class AzureConnection(InOrderConnection):
         self.started.discard(event.utterance_id)
         if phrased and self.single_shot:
             self.failed = self.turn_over = True  # nothing more is sent; the rest of the audio is dropped
-            await self.send_usp("turn.end", {})
-            self.turn_done.set()
+            self.ending = asyncio.create_task(self.end_single_shot())
             return
         await self.release_held()
+
+    async def end_single_shot(self) -> None:
+        """The interactive path's turn, over at its phrase: its session released, then `turn.end`, so
+        that the client's next session (another connection's, under `max_sessions`) finds a free slot.
+        A task of its own: the release cancels what the session has in flight, the phrase's final too."""
+        assert self.input is not None
+        await self.core.sessions.release(self.input.session, "end", finalize=False)
+        with contextlib.suppress(ConnectionError):
+            await self.send_usp("turn.end", {})
+        self.turn_done.set()
+
+    async def ended_single_shot(self) -> None:
+        """`end_single_shot` done, before the next turn or the connection's end."""
+        ending, self.ending = self.ending, None
+        if ending is not None:
+            await asyncio.gather(ending, return_exceptions=True)
+
+    async def release(self, reason: str) -> None:
+        """The client left: an interactive turn's end under way is finished first, not left behind."""
+        await self.ended_single_shot()
+        await super().release(reason)
 
     def phrase(self, text: str, start: float, end: float, sureness: float) -> dict[str, Any]:
         self.phrases += 1
