@@ -659,6 +659,29 @@ async def test_the_interactive_phrase_frees_the_session_before_turn_end() -> Non
     assert code == 1000 and same_words(EXPECTED["weather.wav"], phrases(other)), (code, reason, other)
 
 
+async def test_the_clients_end_arriving_with_the_interactive_phrase_leaves_the_next_turn_whole() -> None:
+    """Turn 1's audio and its empty end message sent at once on the interactive path: its phrase and
+    its client's end meet; one turn.end, then turn 2 (at microphone pace, longer than
+    idle_timeout_s but never quiet that long) runs to its own turn.end: nothing of turn 1's end
+    (its turn.end's wake-up) is left to cut it."""
+    async with (
+        running_daemon(idle_timeout_s=2.5) as daemon,
+        websockets.connect(url(daemon, INTERACTIVE), subprotocols=[USP]) as ws,
+    ):
+        await send_turn(ws, 1, turn_audio("lights_on.wav"))
+        first = await read_turn(ws)
+        request = turn_request(2)
+        await ws.send(text("speech.context", CONTEXT, request))
+        await ws.send(audio_message(wav_header(), request=request))
+        data = turn_audio("weather.wav")
+        for offset in range(0, len(data), PCM_FRAME_BYTES):
+            await ws.send(audio_message(data[offset : offset + PCM_FRAME_BYTES], request=request))
+            await asyncio.sleep(0.1)
+        second = await read_turn(ws)
+    assert paths(first).count("turn.end") == 1 and same_words(EXPECTED["lights_on.wav"], phrases(first)), first
+    assert same_words(EXPECTED["weather.wav"], phrases(second)), second
+
+
 async def test_server_busy_is_1011_and_the_open_session_goes_on() -> None:
     async with (
         running_daemon(max_sessions=1, wyoming_reserved_sessions=0) as daemon,

@@ -60,7 +60,7 @@ from satellite_asr.protocols.streaming_apis import (
     replacing_terms,
     whole_parameter,
 )
-from satellite_asr.session import SessionOptions
+from satellite_asr.session import Session, SessionOptions
 
 PROTOCOL = "azure"
 INTERACTIVE_PATH = "/speech/recognition/interactive/cognitiveservices/v1"
@@ -491,6 +491,7 @@ class AzureConnection(InOrderConnection):
     async def end(self) -> None:
         """The client ends the turn's audio: its phrases and `turn.end`; the connection stays for the next turn."""
         await self.finish_stream()
+        await self.ended_single_shot()  # the client's end came with the phrase: its turn.end first
         self.input = None
         self.new_turn()
 
@@ -545,16 +546,16 @@ class AzureConnection(InOrderConnection):
         self.started.discard(event.utterance_id)
         if phrased and self.single_shot:
             self.failed = self.turn_over = True  # nothing more is sent; the rest of the audio is dropped
-            self.ending = asyncio.create_task(self.end_single_shot())
+            assert self.input is not None
+            self.ending = asyncio.create_task(self.end_single_shot(self.input.session))
             return
         await self.release_held()
 
-    async def end_single_shot(self) -> None:
+    async def end_single_shot(self, session: Session) -> None:
         """The interactive path's turn, over at its phrase: its session released, then `turn.end`, so
         that the client's next session (another connection's, under `max_sessions`) finds a free slot.
         A task of its own: the release cancels what the session has in flight, the phrase's final too."""
-        assert self.input is not None
-        await self.core.sessions.release(self.input.session, "end", finalize=False)
+        await self.core.sessions.release(session, "end", finalize=False)
         with contextlib.suppress(ConnectionError):
             await self.send_usp("turn.end", {})
         self.turn_done.set()
