@@ -699,6 +699,22 @@ async def test_server_busy_is_1011_and_the_open_session_goes_on() -> None:
     assert same_words(EXPECTED[FIXTURE], phrases(messages)) and paths(messages)[-1] == "turn.end"
 
 
+async def test_shutdown_as_a_later_turns_first_audio_is_read_sends_its_phrases_then_1011() -> None:
+    """Shutdown while turn 2's first audio message (the WAV header and all its audio in one, read at
+    max_feed_ahead_s's pace) is still being read: its session is open, so the phrases of the
+    audio that came go out before the Close 1011, as in any turn's audio."""
+    async with running_daemon(max_feed_ahead_s=1) as daemon, websockets.connect(url(daemon)) as ws:
+        await send_turn(ws, 1, bytes(6400))
+        assert paths(await read_turn(ws)) == ["turn.start", "turn.end"]
+        await ws.send(text("speech.context", CONTEXT, turn_request(2)))
+        await ws.send(audio_message(wav_header() + audio(), request=turn_request(2)))
+        await asyncio.sleep(4)
+        await daemon.stop()
+        messages = await read_all(ws)
+    assert ws.close_code == 1011, (ws.close_code, ws.close_reason)
+    assert len(phrases(messages)) >= 2, messages
+
+
 async def test_shutdown_sends_the_phrase_in_progress_then_1011() -> None:
     """Shutdown: the phrase of the audio that came, then the Close 1011 with the sentence; a client
     still to send its audio is closed too, and one between turns (it holds no session)."""

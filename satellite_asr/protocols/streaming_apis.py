@@ -615,8 +615,11 @@ class StreamingApiHandler:
 
     async def close_awaiting(self, reason: str) -> None:
         """Shutdown: the connections still awaiting their settings are closed as the server closes a
-        stream; one whose client is gone (its write fails) stops neither the others nor the shutdown."""
-        closing = (connection.close_by_server(reason) for connection in list(self.awaiting))
+        stream; one whose client is gone (its write fails) stops neither the others nor the shutdown.
+        One whose session opened meanwhile (an Azure turn's first audio still being read) is left to
+        the session's close, which sends the finals of its audio first."""
+        awaiting = [connection for connection in self.awaiting if connection.input is None]
+        closing = (connection.close_by_server(reason) for connection in awaiting)
         await asyncio.gather(*closing, return_exceptions=True)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
