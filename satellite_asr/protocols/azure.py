@@ -393,8 +393,9 @@ class AzureConnection(InOrderConnection):
             await write_within(self.ws.send_str(text), self.core.settings.write_timeout_s, self.transport)
 
     async def read_settings(self, message: WSMessage) -> None:
-        """The messages before the first audio (`speech.config`, `speech.context`, `telemetry`), all
-        within `first_message_timeout_s` of connecting; the session opens with the audio's first chunk."""
+        """The messages before the turn's first audio (`speech.config`, `speech.context`, `telemetry`),
+        all within `first_message_timeout_s` of connecting (a later turn: of its first message); the
+        session opens with the audio's first chunk."""
         while message.type not in WEBSOCKET_ENDS:
             usp = parse_message(message)
             if message.type == WSMsgType.BINARY:
