@@ -715,6 +715,28 @@ async def test_shutdown_as_a_later_turns_first_audio_is_read_sends_its_phrases_t
     assert len(phrases(messages)) >= 2, messages
 
 
+async def test_shutdown_reaches_connections_whose_turn_the_server_ended() -> None:
+    """Shutdown closes 1011 a connection between turns whose turn the server ended (the interactive
+    path's phrase, the idle timeout), as one whose client ended it: none holds a session."""
+    async with (
+        running_daemon(idle_timeout_s=3) as daemon,
+        websockets.connect(url(daemon, INTERACTIVE)) as once,
+        websockets.connect(url(daemon)) as idle,
+    ):
+        await send_turn(idle, 1, bytes(6400), end=False)
+        await asyncio.sleep(2)  # each ends its turn 3 s or more before its idle Close
+        await send_turn(once, 1, turn_audio("lights_on.wav"), end=False)
+        assert paths(await read_turn(idle)) == ["turn.start", "turn.end"]
+        assert len(phrases(await read_turn(once))) == 1
+        await daemon.stop()
+        after = await read_all(once), await read_all(idle)
+    assert after == ([], [])
+    assert once.close_code == idle.close_code == 1011, (once.close_code, idle.close_code)
+    assert (
+        str(once.close_reason) == str(idle.close_reason) == "shutdown: the server is shutting down; start a new session"
+    )
+
+
 async def test_shutdown_sends_the_phrase_in_progress_then_1011() -> None:
     """Shutdown: the phrase of the audio that came, then the Close 1011 with the sentence; a client
     still to send its audio is closed too, and one between turns (it holds no session)."""

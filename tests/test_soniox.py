@@ -340,10 +340,10 @@ async def test_shutdown_closes_the_streams_awaiting_their_configuration_when_one
         websockets.connect(url(daemon)) as gone,
         websockets.connect(url(daemon)) as staying,
     ):
-        await eventually(lambda: len(daemon.soniox.awaiting) == 2)
+        await eventually(lambda: len(daemon.soniox.serving) == 2)
         port = gone.local_address[1]
         (reset,) = [
-            c for c in daemon.soniox.awaiting if c.transport and c.transport.get_extra_info("peername")[1] == port
+            c for c in daemon.soniox.serving if c.transport and c.transport.get_extra_info("peername")[1] == port
         ]
         assert reset.transport is not None
         reset.transport.close()  # as the client's reset would, before its handler hears of it

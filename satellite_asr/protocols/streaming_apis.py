@@ -609,16 +609,16 @@ class StreamingApiHandler:
             settings.max_connections_per_address,
             total_setting="max_websocket_connections",
         )
-        self.awaiting: set[StreamingConnection] = set()
-        """Connections whose settings, due in their first message, have not come: they have no session
-        for the idle timeout or shutdown to end (`close_awaiting`)."""
+        self.serving: set[StreamingConnection] = set()
+        """The connections being served: those with no session (settings due in the first message not
+        come yet, an Azure connection between turns) have none for shutdown to end (`close_awaiting`)."""
 
     async def close_awaiting(self, reason: str) -> None:
         """Shutdown: the connections still awaiting their settings are closed as the server closes a
         stream; one whose client is gone (its write fails) stops neither the others nor the shutdown.
         One whose session opened meanwhile (an Azure turn's first audio still being read) is left to
         the session's close, which sends the finals of its audio first."""
-        awaiting = [connection for connection in self.awaiting if connection.input is None]
+        awaiting = [connection for connection in self.serving if connection.input is None and not connection.finished]
         closing = (connection.close_by_server(reason) for connection in awaiting)
         await asyncio.gather(*closing, return_exceptions=True)
 
@@ -660,8 +660,6 @@ class StreamingApiHandler:
                 raise
             connection.finished = True
             await connection.error(exc.code, exc.message)
-        finally:
-            self.awaiting.discard(connection)
 
     async def _serve(
         self, request: web.Request, ws: web.WebSocketResponse, params: StreamParams | None
@@ -676,14 +674,11 @@ class StreamingApiHandler:
                 if params is not None:
                     connection.open_session()
                     await connection.opened()
-                else:
-                    self.awaiting.add(connection)
+                self.serving.add(connection)
                 async with reading:
                     if params is None:
                         await self._read_settings(connection, reading)
                     while not connection.finished:
-                        # between Azure's turns the connection holds no session: shutdown closes it here
-                        (self.awaiting.add if connection.input is None else self.awaiting.discard)(connection)
                         message = await connection.receive()
                         if message.type in WEBSOCKET_ENDS or connection.finished:
                             break
@@ -711,7 +706,7 @@ class StreamingApiHandler:
         except ConnectionError as exc:  # SlowClient included: the connection is gone already
             log.info("%s websocket dropped: %s", self.api.protocol, exc)
         finally:
-            self.awaiting.discard(connection)
+            self.serving.discard(connection)
             await connection.release(reason)
             with contextlib.suppress(ConnectionError):  # when another task is closing, its close ends first
                 await connection.close(WSCloseCode.OK)
