@@ -315,3 +315,13 @@ async def test_upload_takes_the_key_by_api_subscription_key() -> None:
         status, body = await post(daemon, [], (FIXTURES / "lights_on.wav").read_bytes(), key=KEY)
     assert refused[0] == 401 and refused[1]["error"]["code"] == "invalid_api_key", refused
     assert status == 200 and same_words(EXPECTED["lights_on.wav"], [body["transcript"]]), body
+
+
+async def test_end_of_stream_audio_is_transcribed() -> None:
+    """`end_of_stream` carries an `audio` field (LiveKit's is empty): audio in it is the stream's last,
+    transcribed like any other rather than dropped."""
+    last = {"type": "end_of_stream", "audio": {"data": base64.b64encode(audio()).decode(), "sample_rate": 16000}}
+    async with running_daemon() as daemon:
+        messages, code = await stream(url(daemon), last)
+    assert code == 1000 and not of(messages, "error"), messages
+    assert same_words(EXPECTED[FIXTURE], finals(messages)), finals(messages)

@@ -347,8 +347,11 @@ class SarvamConnection(ErrorEventConnection):
         checked_biasing(self.core, prompt or "", (), "prompt", "prompt")
 
     async def end_of_stream(self, message: dict[str, Any]) -> None:
-        """LiveKit's last message: the finals of the audio so far, then the Close 1000."""
+        """LiveKit's last message: its audio (LiveKit's is empty) is the stream's last, then the finals
+        of the audio so far, then the Close 1000."""
         check_fields(message, "end_of_stream", {"audio"})
+        if message.get("audio") is not None:
+            await self.audio(message["audio"])
         await self.end()
 
 
