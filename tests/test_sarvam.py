@@ -325,3 +325,27 @@ async def test_end_of_stream_audio_is_transcribed() -> None:
         messages, code = await stream(url(daemon), last)
     assert code == 1000 and not of(messages, "error"), messages
     assert same_words(EXPECTED[FIXTURE], finals(messages)), finals(messages)
+
+
+async def test_a_wav_at_another_rate_than_the_urls_is_refused() -> None:
+    """A WAV's header tells its samples' rate: one at 8 kHz in a stream the URL set at 16 kHz is
+    refused, not read at 16 kHz (twice too fast: wrong words), and the stream goes on."""
+    wav8 = wav_of(audio(8000), 8000)
+    whole = {"audio": {"data": base64.b64encode(wav8).decode(), "sample_rate": 16000, "encoding": "audio/wav"}}
+    async with running_daemon() as daemon:
+        messages, code = await stream(url(daemon, "sample_rate=16000"), whole, *chunks(audio()), END)
+    [error] = of(messages, "error")
+    assert error["data"]["code"] == "invalid_audio" and "WAV audio at 8000 Hz" in error["data"]["error"], error
+    assert same_words(EXPECTED[FIXTURE], finals(messages)) and code == 1000, finals(messages)
+
+
+async def test_a_message_rate_the_url_cannot_take_is_not_advised_for_the_url() -> None:
+    """Audio at 22050 Hz in a 16 kHz stream: the sentence does not tell the client to set
+    `sample_rate=22050` in the URL, which the query refuses (8000 or 16000 only)."""
+    odd = {"audio": {"data": "AAAA", "sample_rate": 22050}}
+    async with running_daemon() as daemon:
+        messages, _ = await stream(url(daemon), odd, END)
+        refused, _ = await stream(url(daemon, "sample_rate=22050"))
+    [error] = of(messages, "error")
+    assert "sample_rate=22050" not in error["data"]["error"], error
+    assert "8000 or 16000" in error["data"]["error"] and "sample_rate must be 8000 or 16000" in str(refused), error

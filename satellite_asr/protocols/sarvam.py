@@ -313,8 +313,8 @@ class SarvamConnection(ErrorEventConnection):
         return {"flush": self.flush, "config": self.config, "end_of_stream": self.end_of_stream}
 
     async def audio(self, audio: object) -> None:
-        """One audio message's samples fed to the session; its rate must be the stream's unless
-        the query named the rate (Sarvam's connection rate wins then)."""
+        """One audio message's samples fed to the session: a WAV's at the stream's rate, headerless
+        PCM's by the message's rate (`check_rate`)."""
         if not isinstance(audio, dict) or not isinstance(audio.get("data"), str):
             raise ProtocolError("invalid_audio", 'audio must be {"data": base64, "sample_rate", "encoding"}')
         check_fields(audio, "audio", {"data", "sample_rate", "encoding"})
@@ -325,13 +325,23 @@ class SarvamConnection(ErrorEventConnection):
             samples, wav_rate = pcm_of(base64.b64decode(audio["data"], validate=True))
         except (binascii.Error, ValueError):
             raise ProtocolError("invalid_audio", "audio data is not valid base64") from None
-        rate = wav_rate or audio.get("sample_rate", self.options.sample_rate)
+        stream_rate = self.options.sample_rate
+        if wav_rate is not None:  # the header tells what the samples are, whatever the URL or message says
+            if wav_rate != stream_rate:
+                raise ProtocolError("invalid_audio", f"WAV audio at {wav_rate} Hz in a {stream_rate} Hz stream")
+        else:
+            self.check_rate(audio.get("sample_rate", stream_rate))
+        await super().on_binary(samples)
+
+    def check_rate(self, rate: object) -> None:
+        """A message's rate: the stream's, unless the URL named the rate (Sarvam's connection rate
+        wins then); the advice names only a rate the URL takes."""
+        stream_rate = self.options.sample_rate
         if rate not in MESSAGE_RATES:
             raise ProtocolError("invalid_audio", f"audio sample_rate must be one of {MESSAGE_RATES}, got {rate!r}")
-        if rate != self.options.sample_rate and not self.options.rate_given:
-            message = f"audio at {rate} Hz in a {self.options.sample_rate} Hz stream; set sample_rate={rate} in the URL"
-            raise ProtocolError("invalid_audio", message)
-        await super().on_binary(samples)
+        if rate != stream_rate and not self.options.rate_given:
+            advice = f"set sample_rate={rate} in the URL" if rate in SAMPLE_RATES else "send 8000 or 16000 Hz audio"
+            raise ProtocolError("invalid_audio", f"audio at {rate} Hz in a {stream_rate} Hz stream; {advice}")
 
     async def flush(self, message: dict[str, Any]) -> None:
         """The utterance in progress ends now; its transcript comes before the next one's."""
