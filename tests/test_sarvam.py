@@ -349,3 +349,11 @@ async def test_a_message_rate_the_url_cannot_take_is_not_advised_for_the_url() -
     [error] = of(messages, "error")
     assert "sample_rate=22050" not in error["data"]["error"], error
     assert "8000 or 16000" in error["data"]["error"] and "sample_rate must be 8000 or 16000" in str(refused), error
+
+
+async def test_both_spellings_of_the_language_are_refused() -> None:
+    """`language-code` and `language_code` together: refused naming both, not one silently dropped."""
+    async with running_daemon() as daemon:
+        messages, code = await stream(url(daemon, "language-code=en-IN&language_code=hi-IN"))
+    assert [m["data"]["code"] for m in messages] == ["invalid_request_error"] and code == 1008, messages
+    assert "language-code" in messages[0]["data"]["error"] and "language_code" in messages[0]["data"]["error"]

@@ -185,6 +185,8 @@ def parse_query(query: MultiMapping[str], core: Core) -> StreamParams:
     """The stream's settings, or `ParameterError` naming the first parameter at fault."""
     check_names(query, KNOWN | CHECKED_NOT_APPLIED, set())
     check_model_and_mode(query)
+    if "language-code" in query and "language_code" in query:
+        raise ParameterError("language-code", "language-code and language_code are one setting; give one of them")
     name = "language-code" if "language-code" in query else "language_code"
     asked = query.get(name, "unknown")
     language = engine_language(core, asked, name)
