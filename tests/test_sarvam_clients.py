@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import functools
+import warnings
 
 import aiohttp
 import httpx
@@ -151,3 +152,13 @@ async def test_livekit_stream_with_a_wrong_key_fails_naming_the_401(monkeypatch:
         with pytest.raises(APIStatusError) as refused:
             await stream_fixture(lk_sarvam.STT(api_key="wrong", http_session=http), FIXTURE, finals=1)
     assert "401" in str(refused.value), refused.value  # the plugin reports the status in its message alone
+
+
+@pytest.mark.parametrize("name", ["websockets.WebSocketClientProtocol", "websockets.exceptions.InvalidStatusCode"])
+def test_the_sdks_websockets_warnings_are_ignored_for_the_sdk_alone(name: str) -> None:
+    """pyproject ignores the deprecation warnings of the SDK's legacy websockets client where the SDK
+    imports it; the same warning from the daemon's own code (it uses websockets too) still fails."""
+    sdk_module = "sarvamai.speech_to_text_streaming.socket_client"
+    warnings.warn_explicit(f"{name} is deprecated", DeprecationWarning, "socket_client.py", 1, sdk_module)
+    with pytest.raises(DeprecationWarning):
+        warnings.warn_explicit(f"{name} is deprecated", DeprecationWarning, "cli.py", 1, "satellite_asr.cli")
