@@ -357,3 +357,18 @@ async def test_both_spellings_of_the_language_are_refused() -> None:
         messages, code = await stream(url(daemon, "language-code=en-IN&language_code=hi-IN"))
     assert [m["data"]["code"] for m in messages] == ["invalid_request_error"] and code == 1008, messages
     assert "language-code" in messages[0]["data"]["error"] and "language_code" in messages[0]["data"]["error"]
+
+
+async def test_an_upload_over_max_upload_mb_keeps_its_own_code() -> None:
+    """A file over `max_upload_mb`: 413 `file_too_large`, as on every upload API (docs/sarvam.md), in
+    Sarvam's shape; not the `invalid_request_error` a bad field gets."""
+    form = aiohttp.FormData()
+    form.add_field("file", io.BytesIO(bytes(1024 * 1024 + 1)), filename="audio.wav", content_type="audio/wav")
+    async with (
+        running_daemon(max_upload_mb=1) as daemon,
+        aiohttp.ClientSession() as http,
+        http.post(f"http://127.0.0.1:{daemon.http_port}/speech-to-text", data=form) as response,
+    ):
+        body = await response.json()
+    assert response.status == 413 and body["error"]["code"] == "file_too_large", body
+    assert "1 MB" in body["error"]["message"], body

@@ -82,8 +82,9 @@ class SarvamRestHandler(UploadApi):
     """aiohttp handler for `POST /speech-to-text`; `Access` has checked Host, Origin and key before it runs."""
 
     def error_body(self, error: ProtocolError, status: int) -> Any:
-        """Sarvam's `{"error": {"message", "code"}}`: its code for a bad request, the daemon's otherwise."""
-        code = "invalid_request_error" if status in (400, 413, 422) else error.code
+        """Sarvam's `{"error": {"message", "code"}}`: its code for a bad request, the daemon's otherwise
+        (`file_too_large` for a 413, as on every upload API)."""
+        code = "invalid_request_error" if status in (400, 422) else error.code
         return sarvam_error(code, error.message)
 
     def check_headers(self, request: web.Request) -> None:
