@@ -372,3 +372,25 @@ async def test_an_upload_over_max_upload_mb_keeps_its_own_code() -> None:
         body = await response.json()
     assert response.status == 413 and body["error"]["code"] == "file_too_large", body
     assert "1 MB" in body["error"]["message"], body
+
+
+async def test_over_max_websocket_connections_is_a_503_in_sarvams_shape() -> None:
+    """A connection over `max_websocket_connections` is refused at the upgrade: 503
+    `too_many_connections` in Sarvam's `{"error": {"message", "code"}}`, with `Retry-After`."""
+    async with (
+        running_daemon(max_websocket_connections=1) as daemon,
+        websockets.connect(url(daemon)),
+        aiohttp.ClientSession() as http,
+        http.get(
+            url(daemon).replace("ws", "http", 1),
+            headers={
+                "Upgrade": "websocket",
+                "Connection": "Upgrade",
+                "Sec-WebSocket-Key": base64.b64encode(bytes(16)).decode(),
+                "Sec-WebSocket-Version": "13",
+            },
+        ) as response,
+    ):
+        body = await response.json()
+    assert response.status == 503 and body["error"]["code"] == "too_many_connections", body
+    assert response.headers["Retry-After"] and "max_websocket_connections" in body["error"]["message"], body
