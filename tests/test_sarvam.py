@@ -19,7 +19,7 @@ import websockets
 
 from satellite_asr.protocols import sarvam
 from satellite_asr.server import Daemon
-from tests.doubles import ContextRecordingEngineDouble, FailsOnAWordEngineDouble
+from tests.doubles import ContextRecordingEngineDouble, FailsOnAWordEngineDouble, FirstFinalGatedEngineDouble
 from tests.helpers import EXPECTED, FIXTURES, PCM_FRAME_BYTES, fixture_16k, normalise, pcm16, running_daemon, same_words
 from tests.test_mistral import of, read_all
 
@@ -394,3 +394,20 @@ async def test_over_max_websocket_connections_is_a_503_in_sarvams_shape() -> Non
         body = await response.json()
     assert response.status == 503 and body["error"]["code"] == "too_many_connections", body
     assert response.headers["Retry-After"] and "max_websocket_connections" in body["error"]["message"], body
+
+
+async def test_the_next_commands_vad_events_wait_for_the_transcript_before_them() -> None:
+    """With two decodes at once and the first command's slow, the next commands' START_SPEECH and
+    END_SPEECH come after its `data`: LiveKit's plugin pairs a `data` with the last START_SPEECH, so
+    sent early they would end the next turn before its words."""
+    engine = FirstFinalGatedEngineDouble()
+    async with running_daemon(engine) as daemon, websockets.connect(url(daemon, "vad_signals=true")) as ws:
+        for message in chunks(audio()):
+            await ws.send(json.dumps(message))
+            await asyncio.sleep(0.1)
+        engine.gate.set()
+        await ws.send(json.dumps(END))
+        messages = await read_all(ws)
+    order = [m["data"]["signal_type"] if m["type"] == "events" else m["type"] for m in messages]
+    assert order == ["START_SPEECH", "END_SPEECH", "data"] * 3, order
+    assert same_words(EXPECTED[FIXTURE], finals(messages)), finals(messages)

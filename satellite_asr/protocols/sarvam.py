@@ -26,7 +26,7 @@ from multidict import MultiMapping
 from satellite_asr.audio import PcmDecoder
 from satellite_asr.core import Core
 from satellite_asr.events import FinalTranscript, SpeechStarted, SpeechStopped
-from satellite_asr.protocols import ProtocolError, checked_biasing, checked_language, echoable
+from satellite_asr.protocols import ProtocolError, ReadAhead, checked_biasing, checked_language, echoable
 from satellite_asr.protocols.streaming_apis import (
     Api,
     Control,
@@ -255,20 +255,48 @@ class SarvamConnection(ErrorEventConnection):
         assert isinstance(self.params, SarvamParams)
         return self.params
 
+    def __init__(
+        self,
+        ws: web.WebSocketResponse,
+        core: Core,
+        request: web.Request,
+        reading: ReadAhead,
+        params: StreamParams | None,
+    ) -> None:
+        super().__init__(ws, core, request, reading, params)
+        self.held_signals: list[tuple[int, str]] = []
+        """VAD signals of utterances after one whose `data` is not sent yet, in order."""
+
     async def opened(self) -> None:
         """Nothing: Sarvam's stream says nothing until there is speech or a transcript."""
 
-    async def signal(self, kind: str) -> None:
-        if self.options.vad_signals:
-            data = {"event_type": "vad", "signal_type": kind, "occured_at": time.time()}
-            await self.send({"type": "events", "data": data})
+    def waits(self, utterance_id: int) -> bool:
+        """Whether an utterance before this one still awaits its `data`."""
+        return any(earlier < utterance_id for earlier in self.pending.starts)
+
+    async def signal(self, utterance_id: int, kind: str) -> None:
+        """START_SPEECH or END_SPEECH, held while an utterance before it awaits its `data` (with
+        two decodes at once the next one's speech is heard meanwhile): the clients pair a `data`
+        with the last START_SPEECH."""
+        if not self.options.vad_signals:
+            return
+        if self.waits(utterance_id):
+            self.held_signals.append((utterance_id, kind))
+            return
+        data = {"event_type": "vad", "signal_type": kind, "occured_at": time.time()}
+        await self.send({"type": "events", "data": data})
+
+    async def release_signals(self) -> None:
+        """After a `data`, the held signals of the utterances no earlier one holds back any more."""
+        while self.held_signals and not self.waits(self.held_signals[0][0]):
+            await self.signal(*self.held_signals.pop(0))
 
     async def speech_started(self, event: SpeechStarted) -> None:
         await super().speech_started(event)
-        await self.signal("START_SPEECH")
+        await self.signal(event.utterance_id, "START_SPEECH")
 
     async def speech_stopped(self, event: SpeechStopped) -> None:
-        await self.signal("END_SPEECH")
+        await self.signal(event.utterance_id, "END_SPEECH")
 
     async def partial(self, utterance_id: int, text: str) -> None:
         """Never called: the session runs without partials (Sarvam's stream sends none)."""
@@ -292,7 +320,7 @@ class SarvamConnection(ErrorEventConnection):
                 },
             }
             await self.send({"type": "data", "data": data})
-        await self.release_held()
+        await self.release_signals()
 
     async def closing(self) -> None:
         """Nothing: the finals went out as they came."""
