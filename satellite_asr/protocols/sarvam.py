@@ -26,7 +26,7 @@ from multidict import MultiMapping
 from satellite_asr.audio import PcmDecoder
 from satellite_asr.core import Core
 from satellite_asr.events import FinalTranscript, SpeechStarted, SpeechStopped
-from satellite_asr.protocols import ProtocolError, ReadAhead, checked_biasing, checked_language, echoable
+from satellite_asr.protocols import ProtocolError, checked_biasing, checked_language, echoable
 from satellite_asr.protocols.streaming_apis import (
     Api,
     Control,
@@ -255,17 +255,13 @@ class SarvamConnection(ErrorEventConnection):
         assert isinstance(self.params, SarvamParams)
         return self.params
 
-    def __init__(
-        self,
-        ws: web.WebSocketResponse,
-        core: Core,
-        request: web.Request,
-        reading: ReadAhead,
-        params: StreamParams | None,
-    ) -> None:
-        super().__init__(ws, core, request, reading, params)
-        self.held_signals: list[tuple[int, str]] = []
-        """VAD signals of utterances after one whose `data` is not sent yet, in order."""
+    held_signals: list[tuple[int, str]]
+    """VAD signals of utterances after one whose `data` is not sent yet, in order."""
+
+    def open_session(self) -> None:
+        """The session, with no VAD signal held yet (signals come of its events alone)."""
+        self.held_signals = []
+        super().open_session()
 
     async def opened(self) -> None:
         """Nothing: Sarvam's stream says nothing until there is speech or a transcript."""
