@@ -225,6 +225,42 @@ def of_type(messages: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
     return [m for m in messages if m["type"] == kind]
 
 
+def is_binary(message: dict[str, Any] | str | bytes) -> bool:
+    """Whether a message is a binary frame (the audio of xAI's and Smallest AI's streams)."""
+    return isinstance(message, bytes)
+
+
+async def read_all(ws: websockets.ClientConnection) -> list[dict[str, Any]]:
+    """Every message until the Close, whatever its code."""
+    messages: list[dict[str, Any]] = []
+    with suppress(websockets.ConnectionClosedError):
+        async for message in ws:
+            messages.append(json.loads(message))
+    return messages
+
+
+async def send_all(
+    target: str,
+    sent: tuple[dict[str, Any] | str | bytes, ...],
+    headers: dict[str, str] | None = None,
+    paced: bool = False,
+    is_audio: Callable[[dict[str, Any] | str | bytes], bool] = lambda message: True,
+) -> tuple[list[dict[str, Any]], int | None]:
+    """One stream of an API whose messages are JSON (xAI's, Mistral's, Smallest AI's, Sarvam's):
+    each of `sent` (a dict as JSON), `paced` 100 ms after each that `is_audio` as a microphone
+    would; every message read until the Close, and its code. A send after the server closed is
+    let go: what it sent before is the answer."""
+    async with websockets.connect(target, additional_headers=headers) as ws:
+        reader = asyncio.create_task(read_all(ws))
+        for message in sent:
+            with suppress(websockets.ConnectionClosed):
+                await ws.send(json.dumps(message) if isinstance(message, dict) else message)
+            if paced and is_audio(message):
+                await asyncio.sleep(0.1)
+        received = await reader
+    return received, ws.close_code
+
+
 EPHEMERAL_PORTS = Path("/proc/sys/net/ipv4/ip_local_port_range")
 FREE_PORTS_BELOW = 12000
 """How far under the kernel's ephemeral range `free_port` looks."""

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import json
 from typing import Any
 
@@ -18,7 +17,18 @@ from satellite_asr.audio import PcmDecoder
 from satellite_asr.protocols import mistral
 from satellite_asr.server import Daemon
 from tests.doubles import FailsOnAWordEngineDouble, FirstFinalGatedEngineDouble
-from tests.helpers import EXPECTED, PCM_FRAME_BYTES, fixture_16k, normalise, pcm16, running_daemon, same_words
+from tests.helpers import (
+    EXPECTED,
+    PCM_FRAME_BYTES,
+    fixture_16k,
+    normalise,
+    of_type,
+    pcm16,
+    read_all,
+    running_daemon,
+    same_words,
+    send_all,
+)
 from tests.test_speechmatics import encoded
 
 pytestmark = pytest.mark.timeout(180)
@@ -47,33 +57,16 @@ def appends(data: bytes, frame: int = PCM_FRAME_BYTES) -> list[dict[str, Any]]:
     ]
 
 
-async def read_all(ws: websockets.ClientConnection) -> Messages:
-    """Every message until the Close, whatever its code."""
-    messages: Messages = []
-    with contextlib.suppress(websockets.ConnectionClosedError):
-        async for message in ws:
-            messages.append(json.loads(message))
-    return messages
-
-
 async def stream(
     target: str, *sent: dict[str, Any] | str | bytes, headers: dict[str, str] | None = None, paced: bool = False
 ) -> tuple[Messages, int | None]:
     """The `sent` messages (by default the fixture then `input_audio.end`); every message until the
     Close, and its code."""
-    async with websockets.connect(target, additional_headers=headers) as ws:
-        reader = asyncio.create_task(read_all(ws))
-        for message in sent or (*appends(audio()), END):
-            with contextlib.suppress(websockets.ConnectionClosed):
-                await ws.send(message if isinstance(message, str | bytes) else json.dumps(message))
-            if paced and isinstance(message, dict) and message["type"] == "input_audio.append":
-                await asyncio.sleep(0.1)
-        received = await reader
-    return received, ws.close_code
+    return await send_all(target, sent or (*appends(audio()), END), headers, paced, is_append)
 
 
-def of(messages: Messages, kind: str) -> Messages:
-    return [message for message in messages if message["type"] == kind]
+def is_append(message: dict[str, Any] | str | bytes) -> bool:
+    return isinstance(message, dict) and message["type"] == "input_audio.append"
 
 
 def kinds(messages: Messages) -> list[str]:
@@ -81,7 +74,7 @@ def kinds(messages: Messages) -> list[str]:
 
 
 def segments(messages: Messages) -> list[str]:
-    return [message["text"] for message in of(messages, "transcription.segment")]
+    return [message["text"] for message in of_type(messages, "transcription.segment")]
 
 
 async def test_three_commands_every_message() -> None:
@@ -97,7 +90,7 @@ async def test_three_commands_every_message() -> None:
     assert created["session"]["audio_format"] == {"encoding": "pcm_s16le", "sample_rate": 16000}
     expected = ["session.created", "transcription.language", *["transcription.segment"] * 3, "transcription.done"]
     assert kinds(messages) == expected, kinds(messages)
-    assert of(messages, "transcription.language") == [{"type": "transcription.language", "audio_language": "en"}]
+    assert of_type(messages, "transcription.language") == [{"type": "transcription.language", "audio_language": "en"}]
     said = segments(messages)
     assert same_words(EXPECTED[FIXTURE], said), said
     done = messages[-1]
@@ -105,9 +98,9 @@ async def test_three_commands_every_message() -> None:
     assert [segment["text"] for segment in done["segments"]] == said
     assert all(s["type"] == "transcription_segment" and 0 <= s["start"] < s["end"] for s in done["segments"])
     assert done["usage"]["prompt_audio_seconds"] == round(len(audio()) / 32000)
-    deltas = "".join(message["text"] for message in of(messages, "transcription.text.delta"))
+    deltas = "".join(message["text"] for message in of_type(messages, "transcription.text.delta"))
     assert normalise(deltas) == normalise(done["text"]), deltas
-    assert len(of(messages, "transcription.text.delta")) > 3, "words come while they are heard"
+    assert len(of_type(messages, "transcription.text.delta")) > 3, "words come while they are heard"
 
 
 async def test_each_flush_is_a_done_of_the_words_since_the_last() -> None:
@@ -117,7 +110,7 @@ async def test_each_flush_is_a_done_of_the_words_since_the_last() -> None:
     middle = 12 * PCM_FRAME_BYTES
     async with running_daemon() as daemon:
         messages, code = await stream(url(daemon), *appends(data[:middle]), FLUSH, FLUSH, *appends(data[middle:]), END)
-    done = of(messages, "transcription.done")
+    done = of_type(messages, "transcription.done")
     assert len(done) == 2 and code == 1000, kinds(messages)
     assert normalise(done[0]["text"]).split()[0] == normalise(EXPECTED[FIXTURE][0]).split()[0]
     rest = normalise(done[1]["text"])
@@ -140,7 +133,7 @@ async def test_session_update_sets_the_format_before_the_audio(encoding: str, ra
     frame = PcmDecoder(ours, rate).frame_bytes * rate // 10
     async with running_daemon() as daemon:
         messages, _ = await stream(url(daemon), update, *appends(data, frame), END)
-    [updated] = of(messages, "session.updated")
+    [updated] = of_type(messages, "session.updated")
     assert updated["session"]["audio_format"] == {"encoding": encoding, "sample_rate": rate}
     assert updated["session"]["target_streaming_delay_ms"] == 480
     assert same_words(EXPECTED[FIXTURE], segments(messages)), segments(messages)
@@ -176,7 +169,7 @@ async def test_a_refused_message_loses_nothing_else(message: Any, words: str) ->
     middle = 30 * PCM_FRAME_BYTES
     async with running_daemon() as daemon:
         messages, code = await stream(url(daemon), *appends(data[:middle]), message, *appends(data[middle:]), END)
-    [error] = of(messages, "error")
+    [error] = of_type(messages, "error")
     assert error["error"]["code"] == 400 and words in error["error"]["message"], error
     assert same_words(EXPECTED[FIXTURE], segments(messages)), segments(messages)
     assert messages[-1]["type"] == "transcription.done" and code == 1000
@@ -190,7 +183,7 @@ async def test_an_append_that_feeds_no_audio_leaves_the_session_open_to_change(f
     update = {"type": "session.update", "session": {"audio_format": {"encoding": "pcm_mulaw", "sample_rate": 8000}}}
     async with running_daemon() as daemon:
         messages, _ = await stream(url(daemon), first, update, *appends(data, 800), END)
-    [updated] = of(messages, "session.updated")
+    [updated] = of_type(messages, "session.updated")
     assert updated["session"]["audio_format"] == {"encoding": "pcm_mulaw", "sample_rate": 8000}, messages
     assert same_words(EXPECTED[FIXTURE], segments(messages)), segments(messages)
 
@@ -210,10 +203,10 @@ async def test_a_refused_update_keeps_the_session_as_it_was(update: dict[str, An
     """A format or delay the daemon cannot take: 400 naming it; the default format still decodes."""
     async with running_daemon() as daemon:
         messages, _ = await stream(url(daemon), {"type": "session.update", "session": update}, *appends(audio()), END)
-    [error] = of(messages, "error")
+    [error] = of_type(messages, "error")
     named = next(iter(update)).split("_")[0]
     assert error["error"]["code"] == 400 and named in error["error"]["message"], error
-    assert not of(messages, "session.updated") and len(segments(messages)) == 3
+    assert not of_type(messages, "session.updated") and len(segments(messages)) == 3
 
 
 @pytest.mark.parametrize(
@@ -233,7 +226,7 @@ async def test_an_engine_failure_is_an_error_and_the_stream_goes_on() -> None:
     other commands' segments and the done still come."""
     async with running_daemon(FailsOnAWordEngineDouble("bedroom")) as daemon:
         messages, code = await stream(url(daemon))
-    assert [e["error"]["code"] for e in of(messages, "error")] == [500], messages
+    assert [e["error"]["code"] for e in of_type(messages, "error")] == [500], messages
     said = normalise(messages[-1]["text"])
     assert "what time is it" in said and "garage door" in said and code == 1000
 
@@ -249,7 +242,7 @@ async def test_next_commands_deltas_wait_for_the_segment_before_it() -> None:
         await ws.send(json.dumps(END))
         messages = await read_all(ws)
     first = next(at for at, m in enumerate(messages) if m["type"] == "transcription.segment")
-    early = "".join(m["text"] for m in of(messages[:first], "transcription.text.delta"))
+    early = "".join(m["text"] for m in of_type(messages[:first], "transcription.text.delta"))
     assert not {"what", "time"} & set(normalise(early).split()), early
     assert same_words(EXPECTED[FIXTURE], segments(messages))
 

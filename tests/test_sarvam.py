@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import io
 import json
 import wave
@@ -20,8 +19,19 @@ import websockets
 from satellite_asr.protocols import sarvam
 from satellite_asr.server import Daemon
 from tests.doubles import ContextRecordingEngineDouble, FailsOnAWordEngineDouble, FirstFinalGatedEngineDouble
-from tests.helpers import EXPECTED, FIXTURES, PCM_FRAME_BYTES, fixture_16k, normalise, pcm16, running_daemon, same_words
-from tests.test_mistral import of, read_all
+from tests.helpers import (
+    EXPECTED,
+    FIXTURES,
+    PCM_FRAME_BYTES,
+    fixture_16k,
+    normalise,
+    of_type,
+    pcm16,
+    read_all,
+    running_daemon,
+    same_words,
+    send_all,
+)
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -58,19 +68,11 @@ async def stream(
 ) -> tuple[Messages, int | None]:
     """The `sent` messages (by default the fixture then `end_of_stream`); every message until the
     Close, and its code."""
-    async with websockets.connect(target, additional_headers=headers) as ws:
-        reader = asyncio.create_task(read_all(ws))
-        for message in sent or (*chunks(audio()), END):
-            with contextlib.suppress(websockets.ConnectionClosed):
-                await ws.send(json.dumps(message) if isinstance(message, dict) else message)
-            if paced:
-                await asyncio.sleep(0.1)
-        received = await reader
-    return received, ws.close_code
+    return await send_all(target, sent or (*chunks(audio()), END), headers, paced)
 
 
 def finals(messages: Messages) -> list[str]:
-    return [m["data"]["transcript"] for m in of(messages, "data")]
+    return [m["data"]["transcript"] for m in of_type(messages, "data")]
 
 
 async def test_three_commands_with_vad_signals_every_message_in_order() -> None:
@@ -83,7 +85,7 @@ async def test_three_commands_with_vad_signals_every_message_in_order() -> None:
     assert code == 1000 and same_words(EXPECTED[FIXTURE], finals(messages)), messages
     order = [m["data"]["signal_type"] if m["type"] == "events" else m["type"] for m in messages]
     assert order == ["START_SPEECH", "END_SPEECH", "data"] * 3, order
-    for message in of(messages, "data"):
+    for message in of_type(messages, "data"):
         data = message["data"]
         assert data["language_code"] == "en-IN" and data["timestamps"] is None and data["request_id"], data
         assert 0 <= data["speech_start"] < data["speech_end"] and data["metrics"]["audio_duration"] > 0, data
@@ -147,7 +149,7 @@ async def test_keyterms_reach_the_engine_and_unapplied_settings_are_taken() -> N
     )
     async with running_daemon(engine) as daemon:
         messages, code = await stream(url(daemon, query), {"type": "config", "prompt": "home"}, *chunks(audio()), END)
-    assert code == 1000 and not of(messages, "error"), messages
+    assert code == 1000 and not of_type(messages, "error"), messages
     assert engine.names and all(names[:2] == ("Sarvam", "New Delhi") for names in engine.names), engine.names
 
 
@@ -194,7 +196,7 @@ async def test_a_refused_message_loses_nothing_else(message: Any, words: str, co
     sent = chunks(audio())
     async with running_daemon() as daemon:
         messages, closed = await stream(url(daemon), *sent[:30], message, *sent[30:], END)
-    [error] = of(messages, "error")
+    [error] = of_type(messages, "error")
     assert words in error["data"]["error"] and error["data"]["code"] == code, error
     assert same_words(EXPECTED[FIXTURE], finals(messages)) and closed == 1000, finals(messages)
 
@@ -202,7 +204,7 @@ async def test_a_refused_message_loses_nothing_else(message: Any, words: str, co
 async def test_an_engine_failure_is_an_error_and_the_stream_goes_on() -> None:
     async with running_daemon(FailsOnAWordEngineDouble("bedroom")) as daemon:
         messages, code = await stream(url(daemon))
-    assert [e["data"]["code"] for e in of(messages, "error")] == ["engine_error"], messages
+    assert [e["data"]["code"] for e in of_type(messages, "error")] == ["engine_error"], messages
     said = normalise(" ".join(finals(messages)))
     assert "what time is it" in said and "garage door" in said and code == 1000
 
@@ -323,7 +325,7 @@ async def test_end_of_stream_audio_is_transcribed() -> None:
     last = {"type": "end_of_stream", "audio": {"data": base64.b64encode(audio()).decode(), "sample_rate": 16000}}
     async with running_daemon() as daemon:
         messages, code = await stream(url(daemon), last)
-    assert code == 1000 and not of(messages, "error"), messages
+    assert code == 1000 and not of_type(messages, "error"), messages
     assert same_words(EXPECTED[FIXTURE], finals(messages)), finals(messages)
 
 
@@ -334,7 +336,7 @@ async def test_a_wav_at_another_rate_than_the_urls_is_refused() -> None:
     whole = {"audio": {"data": base64.b64encode(wav8).decode(), "sample_rate": 16000, "encoding": "audio/wav"}}
     async with running_daemon() as daemon:
         messages, code = await stream(url(daemon, "sample_rate=16000"), whole, *chunks(audio()), END)
-    [error] = of(messages, "error")
+    [error] = of_type(messages, "error")
     assert error["data"]["code"] == "invalid_audio" and "WAV audio at 8000 Hz" in error["data"]["error"], error
     assert same_words(EXPECTED[FIXTURE], finals(messages)) and code == 1000, finals(messages)
 
@@ -346,7 +348,7 @@ async def test_a_message_rate_the_url_cannot_take_is_not_advised_for_the_url() -
     async with running_daemon() as daemon:
         messages, _ = await stream(url(daemon), odd, END)
         refused, _ = await stream(url(daemon, "sample_rate=22050"))
-    [error] = of(messages, "error")
+    [error] = of_type(messages, "error")
     assert "sample_rate=22050" not in error["data"]["error"], error
     assert "8000 or 16000" in error["data"]["error"] and "sample_rate must be 8000 or 16000" in str(refused), error
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import audioop
-import contextlib
 import json
 from typing import Any
 
@@ -24,12 +23,14 @@ from tests.helpers import (
     PCM_FRAME_BYTES,
     encoded_audio,
     fixture_16k,
+    is_binary,
     normalise,
     pcm16,
+    read_all,
     running_daemon,
     same_words,
+    send_all,
 )
-from tests.test_mistral import read_all
 from tests.test_speechmatics import mulaw
 
 pytestmark = pytest.mark.timeout(180)
@@ -58,15 +59,7 @@ async def stream(
 ) -> tuple[Messages, int | None]:
     """The `sent` messages (by default the fixture then `close_stream`); every message until the
     Close, and its code."""
-    async with websockets.connect(target, additional_headers=headers) as ws:
-        reader = asyncio.create_task(read_all(ws))
-        for message in sent or (*frames(audio()), CLOSE):
-            with contextlib.suppress(websockets.ConnectionClosed):
-                await ws.send(message if isinstance(message, str | bytes) else json.dumps(message))
-            if paced and isinstance(message, bytes):
-                await asyncio.sleep(0.1)
-        received = await reader
-    return received, ws.close_code
+    return await send_all(target, sent or (*frames(audio()), CLOSE), headers, paced, is_binary)
 
 
 def of(messages: Messages, kind: str) -> Messages:

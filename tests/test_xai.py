@@ -4,7 +4,6 @@ tiny.en, a raw WebSocket client for every message and for input no client librar
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from typing import Any
 
@@ -25,12 +24,15 @@ from tests.helpers import (
     PCM_FRAME_BYTES,
     daemon_settings,
     fixture_16k,
+    is_binary,
     normalise,
+    of_type,
     pcm16,
+    read_all,
     running_daemon,
     same_words,
+    send_all,
 )
-from tests.test_mistral import of, read_all
 from tests.test_speechmatics import encoded
 
 pytestmark = pytest.mark.timeout(180)
@@ -60,21 +62,13 @@ async def stream(
 ) -> tuple[Messages, int | None]:
     """The `sent` messages (by default the fixture then `audio.done`); every message until the
     Close, and its code."""
-    async with websockets.connect(target, additional_headers=headers) as ws:
-        reader = asyncio.create_task(read_all(ws))
-        for message in sent or (*frames(audio()), DONE):
-            with contextlib.suppress(websockets.ConnectionClosed):
-                await ws.send(json.dumps(message) if isinstance(message, dict) else message)
-            if paced and isinstance(message, bytes):
-                await asyncio.sleep(0.1)
-        received = await reader
-    return received, ws.close_code
+    return await send_all(target, sent or (*frames(audio()), DONE), headers, paced, is_binary)
 
 
 def finals(messages: Messages) -> list[str]:
     """The utterances' finals, then `transcript.done`'s text when it has any."""
-    said = [m["text"] for m in of(messages, "transcript.partial") if m["is_final"] and m["speech_final"]]
-    return said + [m["text"] for m in of(messages, "transcript.done") if m["text"]]
+    said = [m["text"] for m in of_type(messages, "transcript.partial") if m["is_final"] and m["speech_final"]]
+    return said + [m["text"] for m in of_type(messages, "transcript.done") if m["text"]]
 
 
 async def test_three_commands_every_message_in_order() -> None:
@@ -88,11 +82,11 @@ async def test_three_commands_every_message_in_order() -> None:
     assert messages[-1]["duration"] == round(len(audio()) / 32000, 2)
     said = finals(messages)
     assert same_words(EXPECTED[FIXTURE], said), said
-    partials = [m for m in of(messages, "transcript.partial") if not m["is_final"]]
+    partials = [m for m in of_type(messages, "transcript.partial") if not m["is_final"]]
     assert len(partials) >= 3 and not any(m["speech_final"] for m in partials)
     kinds = ["final" if m.get("is_final") else m["type"] for m in messages[1:-1]]
     assert kinds[-1] == "final" and kinds.count("final") == 3, kinds
-    for final in of(messages, "transcript.partial"):
+    for final in of_type(messages, "transcript.partial"):
         if final["is_final"]:
             assert final["language"] == "en" and final["duration"] > 0, final
             assert [w["text"] for w in final["words"]] == final["text"].split()
@@ -104,7 +98,7 @@ async def test_no_partials_unless_asked_for() -> None:
     """xAI's default is `interim_results=false`: the finals alone."""
     async with running_daemon() as daemon:
         messages, code = await stream(url(daemon))
-    assert all(m["is_final"] for m in of(messages, "transcript.partial")) and code == 1000
+    assert all(m["is_final"] for m in of_type(messages, "transcript.partial")) and code == 1000
     assert same_words(EXPECTED[FIXTURE], finals(messages)), finals(messages)
 
 
@@ -113,8 +107,8 @@ async def test_audio_done_mid_command_puts_its_words_in_transcript_done() -> Non
     `transcript.done` carries (xAI's way), not a `speech_final` transcript."""
     async with running_daemon() as daemon:
         messages, code = await stream(url(daemon), *frames(audio()[: 12 * PCM_FRAME_BYTES]), DONE)
-    assert not [m for m in of(messages, "transcript.partial") if m["is_final"]], messages
-    [done] = of(messages, "transcript.done")
+    assert not [m for m in of_type(messages, "transcript.partial") if m["is_final"]], messages
+    [done] = of_type(messages, "transcript.done")
     assert normalise(done["text"]).split()[0] == normalise(EXPECTED[FIXTURE][0]).split()[0], done
     assert [w["text"] for w in done["words"]] == done["text"].split() and code == 1000
 
@@ -144,7 +138,7 @@ async def test_keyterms_reach_the_engine_and_unapplied_settings_are_taken() -> N
     )
     async with running_daemon(engine) as daemon:
         messages, code = await stream(url(daemon, query))
-    assert code == 1000 and not of(messages, "error"), messages
+    assert code == 1000 and not of_type(messages, "error"), messages
     assert engine.names and all(names[:2] == ("Grok", "Colossus") for names in engine.names), engine.names
 
 
@@ -191,7 +185,7 @@ async def test_a_refused_message_loses_nothing_else(message: Any, words: str) ->
     middle = 30 * PCM_FRAME_BYTES
     async with running_daemon() as daemon:
         messages, code = await stream(url(daemon), *frames(data[:middle]), message, *frames(data[middle:]), DONE)
-    [error] = of(messages, "error")
+    [error] = of_type(messages, "error")
     assert words in error["message"], error
     assert same_words(EXPECTED[FIXTURE], finals(messages)), finals(messages)
     assert messages[-1]["type"] == "transcript.done" and code == 1000
@@ -200,14 +194,14 @@ async def test_a_refused_message_loses_nothing_else(message: Any, words: str) ->
 async def test_audio_done_with_a_field_is_refused_and_the_stream_goes_on() -> None:
     async with running_daemon() as daemon:
         messages, code = await stream(url(daemon), *frames(audio()), {"type": "audio.done", "now": 1}, DONE)
-    assert "audio.done has no field 'now'" in of(messages, "error")[0]["message"]
+    assert "audio.done has no field 'now'" in of_type(messages, "error")[0]["message"]
     assert same_words(EXPECTED[FIXTURE], finals(messages)) and code == 1000
 
 
 async def test_an_engine_failure_is_an_error_and_the_stream_goes_on() -> None:
     async with running_daemon(FailsOnAWordEngineDouble("bedroom")) as daemon:
         messages, code = await stream(url(daemon))
-    assert [e["code"] for e in of(messages, "error")] == ["engine_error"], messages
+    assert [e["code"] for e in of_type(messages, "error")] == ["engine_error"], messages
     said = normalise(" ".join(finals(messages)))
     assert "what time is it" in said and "garage door" in said and code == 1000
 
@@ -346,8 +340,8 @@ async def test_finals_decoding_when_audio_done_comes_are_speech_finals_as_before
     earlier (xAI's `transcript.done` holds only what `audio.done` itself ended)."""
     async with running_daemon(max_utterance_s=1) as daemon:
         messages, code = await stream(url(daemon))
-    [done] = of(messages, "transcript.done")
-    said = [m for m in of(messages, "transcript.partial") if m["speech_final"]]
+    [done] = of_type(messages, "transcript.done")
+    said = [m for m in of_type(messages, "transcript.partial") if m["speech_final"]]
     assert code == 1000 and done["text"] == "" and done["words"] == [], done
     text = normalise(" ".join(m["text"] for m in said))  # 1 s cuts split words: the commands' unsplit ones
     assert len(said) > 3 and [m["start"] for m in said] == sorted(m["start"] for m in said), said
