@@ -413,3 +413,13 @@ async def test_the_next_commands_vad_events_wait_for_the_transcript_before_them(
     order = [m["data"]["signal_type"] if m["type"] == "events" else m["type"] for m in messages]
     assert order == ["START_SPEECH", "END_SPEECH", "data"] * 3, order
     assert same_words(EXPECTED[FIXTURE], finals(messages)), finals(messages)
+
+
+async def test_end_of_stream_with_bad_audio_still_ends_the_stream() -> None:
+    """`end_of_stream` whose audio is refused: the error, and still the end the client asked for
+    (the finals, then 1000), not a stream left open until the idle timeout."""
+    last = {"type": "end_of_stream", "audio": {"data": "@@@", "sample_rate": 16000}}
+    async with running_daemon(idle_timeout_s=5) as daemon:
+        messages, code = await stream(url(daemon), *chunks(audio()), last)
+    assert [e["data"]["code"] for e in of_type(messages, "error")] == ["invalid_audio"], messages
+    assert same_words(EXPECTED[FIXTURE], finals(messages)) and code == 1000, (code, messages[-1])

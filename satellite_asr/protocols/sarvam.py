@@ -386,8 +386,11 @@ class SarvamConnection(ErrorEventConnection):
         """LiveKit's last message: its audio (LiveKit's is empty) is the stream's last, then the finals
         of the audio so far, then the Close 1000."""
         check_fields(message, "end_of_stream", {"audio"})
-        if message.get("audio") is not None:
-            await self.audio(message["audio"])
+        try:
+            if message.get("audio") is not None:
+                await self.audio(message["audio"])
+        except ProtocolError as exc:  # its audio is lost, not the end the client asked for
+            await self.error(exc.code, exc.message)
         await self.end()
 
 
