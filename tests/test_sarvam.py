@@ -185,6 +185,7 @@ REFUSALS = [
     ({"audio": {"data": "AAAA", "encoding": "audio/mp3"}}, "audio encoding must be audio/wav", "invalid_audio"),
     ({"audio": {"data": base64.b64encode(b"RIFF0000WAVEfmt ").decode()}}, "16-bit PCM", "invalid_audio"),
     ({"type": "flush", "now": 1}, "flush has no field 'now'", "invalid_message"),
+    ({"audio": {"data": "AAA="}, "speed": 2}, "audio message has no field 'speed'", "invalid_message"),
     (b"\x00\x00", "not binary", "invalid_message"),
 ]
 

@@ -331,6 +331,7 @@ class SarvamConnection(ErrorEventConnection):
         """An audio message (it has no `type`) or one of the typed controls."""
         kind, message = control_message(data, self.invalid_message, self.type_field)
         if kind is None and "audio" in message:
+            check_fields(message, "audio message", {"audio"})
             await self.audio(message["audio"])
         else:
             await super().control(data)
