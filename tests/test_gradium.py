@@ -15,9 +15,20 @@ import websockets
 from satellite_asr.protocols import gradium
 from satellite_asr.server import Daemon
 from tests.doubles import FailsOnAWordEngineDouble
-from tests.helpers import EXPECTED, PCM_FRAME_BYTES, fixture_16k, normalise, pcm16, running_daemon, same_words
+from tests.helpers import (
+    EXPECTED,
+    PCM_FRAME_BYTES,
+    fixture_16k,
+    normalise,
+    of_type,
+    pcm16,
+    read_all,
+    running_daemon,
+    same_words,
+    send_all,
+)
 from tests.test_docs import ROOT
-from tests.test_mistral import Messages, of, read_all
+from tests.test_mistral import Messages
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -48,17 +59,11 @@ async def stream(
 ) -> tuple[Messages, int | None]:
     """The `sent` messages (by default the setup, the fixture, `end_of_stream`); every message until
     the Close, and its code."""
-    async with websockets.connect(target, additional_headers=headers) as ws:
-        reader = asyncio.create_task(read_all(ws))
-        for message in sent or (SETUP, *appends(audio()), END):
-            try:
-                await ws.send(message if isinstance(message, str | bytes) else json.dumps(message))
-            except websockets.ConnectionClosed:
-                break
-            if paced and isinstance(message, dict) and message["type"] == "audio":
-                await asyncio.sleep(0.1)
-        received = await reader
-    return received, ws.close_code
+    return await send_all(target, sent or (SETUP, *appends(audio()), END), headers, paced, is_audio_message)
+
+
+def is_audio_message(message: dict[str, Any] | str | bytes) -> bool:
+    return isinstance(message, dict) and message["type"] == "audio"
 
 
 def kinds(messages: Messages) -> list[str]:
@@ -91,7 +96,7 @@ async def test_three_commands_every_message() -> None:
     assert kinds(messages) == ["ready", *["end_text"] * 3, "end_of_stream"], kinds(messages)
     said = utterances(messages)
     assert same_words(EXPECTED[FIXTURE], said), said
-    steps = of(messages, "step")
+    steps = of_type(messages, "step")
     assert len(steps) == int(len(audio()) / 32000 / 0.08 + 1e-6)
     assert [step["step_idx"] for step in steps] == list(range(1, len(steps) + 1))
     assert all([entry["horizon_s"] for entry in step["vad"]] == [0.5, 1.0, 2.0, 3.0] for step in steps)
@@ -99,14 +104,14 @@ async def test_three_commands_every_message() -> None:
     # from the first word to its end_text, every step says speech is in progress
     first_word = next(at for at, m in enumerate(messages) if m["type"] == "text")
     first_end = next(at for at, m in enumerate(messages) if m["type"] == "end_text")
-    assert all(m["vad"][2]["inactivity_prob"] == 0.0 for m in of(messages[first_word:first_end], "step"))
+    assert all(m["vad"][2]["inactivity_prob"] == 0.0 for m in of_type(messages[first_word:first_end], "step"))
     # the next command starts 2 s later: the step after the end_text says the turn is over, however
     # long the final took to decode (a busy machine's; not the next command's start)
-    after = of(messages[first_end:], "step")
+    after = of_type(messages[first_end:], "step")
     assert after and after[0]["vad"][2]["inactivity_prob"] == 1.0, "the turn is over at its end_text"
-    texts = of(messages, "text")
+    texts = of_type(messages, "text")
     assert len(texts) > 6 and all(" " not in m["text"] and m["start_s"] >= 0 for m in texts)
-    assert all(m["stop_s"] > 0 for m in of(messages, "end_text"))
+    assert all(m["stop_s"] > 0 for m in of_type(messages, "end_text"))
 
 
 async def test_the_setups_client_req_id_is_taken_and_names_each_word_and_end_text() -> None:
@@ -117,7 +122,7 @@ async def test_the_setups_client_req_id_is_taken_and_names_each_word_and_end_tex
         messages, code = await stream(url(daemon), setup, *appends(audio()), END)
         refused, refused_code = await stream(url(daemon), {**SETUP, "client_req_id": 7})
     assert code == 1000 and same_words(EXPECTED[FIXTURE], utterances(messages)), messages
-    worded = of(messages, "text") + of(messages, "end_text")
+    worded = of_type(messages, "text") + of_type(messages, "end_text")
     assert worded and all(m["client_req_id"] == "kitchen-7" for m in worded), worded
     assert [m["type"] for m in refused] == ["error"] and "client_req_id" in refused[0]["message"]
     assert refused_code == 1008
@@ -201,7 +206,7 @@ async def test_a_refused_message_loses_nothing_else(message: Any, words: str) ->
         messages, code = await stream(
             url(daemon), SETUP, *appends(data[:middle]), message, *appends(data[middle:]), END
         )
-    errors = of(messages, "error")
+    errors = of_type(messages, "error")
     assert len(errors) == 1 and words in errors[0]["message"] and errors[0]["code"] == 1008, errors
     assert same_words(EXPECTED[FIXTURE], utterances(messages)) and code == 1000
 
@@ -209,7 +214,7 @@ async def test_a_refused_message_loses_nothing_else(message: Any, words: str) ->
 async def test_an_engine_failure_is_an_error_and_the_stream_goes_on() -> None:
     async with running_daemon(FailsOnAWordEngineDouble("bedroom")) as daemon:
         messages, code = await stream(url(daemon))
-    assert [e["code"] for e in of(messages, "error")] == [1011], messages
+    assert [e["code"] for e in of_type(messages, "error")] == [1011], messages
     said = normalise(" ".join(utterances(messages)))
     assert "what time is it" in said and "garage door" in said and code == 1000
 
