@@ -1169,9 +1169,9 @@ azure_sessions = st.lists(
 
 async def azure_session(url: str, frames: list[str | bytes]) -> None:
     """A WAV header, the frames, then the empty audio message: every message is a USP text message
-    of one of the server's paths; the stream ends with `turn.end` and 1000, or (a refusal) the Close
-    1007 or 1011 whose reason is one of the documented codes and a sentence, or (a frame over the
-    size limit) 1009."""
+    of one of the server's paths; the turn ends with `turn.end` (the connection would take another:
+    the client closes it, 1000, as the SDKs do), or (a refusal) the Close 1007 or 1011 whose reason
+    is one of the documented codes and a sentence, or (a frame over the size limit) 1009."""
     paths: list[str] = []
     async with websockets.connect(url, max_size=None) as ws:
         with contextlib.suppress(ConnectionClosed):
@@ -1185,6 +1185,8 @@ async def azure_session(url: str, frames: list[str | bytes]) -> None:
             async for raw in ws:
                 assert isinstance(raw, str)
                 paths.append(azure.parse_message(WSMessage(WSMsgType.TEXT, raw, None)).path)
+                if paths[-1] == "turn.end":
+                    await ws.close()
     assert set(paths) <= AZURE_PATHS, paths
     if ws.close_code == 1000:
         assert paths[-1] == "turn.end", paths
