@@ -225,6 +225,11 @@ def of_type(messages: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
     return [m for m in messages if m["type"] == kind]
 
 
+def pcm_frames(data: bytes, frame: int = PCM_FRAME_BYTES) -> list[bytes]:
+    """`data` cut into binary audio frames of `frame` bytes (100 ms of 16 kHz PCM by default)."""
+    return [data[at : at + frame] for at in range(0, len(data), frame)]
+
+
 def is_binary(message: dict[str, Any] | str | bytes) -> bool:
     """Whether a message is a binary frame (the audio of xAI's and Smallest AI's streams)."""
     return isinstance(message, bytes)

@@ -25,7 +25,9 @@ from tests.helpers import (
     fixture_16k,
     is_binary,
     normalise,
+    of_type,
     pcm16,
+    pcm_frames,
     read_all,
     running_daemon,
     same_words,
@@ -50,25 +52,17 @@ def audio() -> bytes:
     return pcm16(fixture_16k(FIXTURE), 16000)
 
 
-def frames(data: bytes, frame: int = PCM_FRAME_BYTES) -> list[bytes]:
-    return [data[at : at + frame] for at in range(0, len(data), frame)]
-
-
 async def stream(
     target: str, *sent: dict[str, Any] | str | bytes, headers: dict[str, str] | None = None, paced: bool = False
 ) -> tuple[Messages, int | None]:
     """The `sent` messages (by default the fixture then `close_stream`); every message until the
     Close, and its code."""
-    return await send_all(target, sent or (*frames(audio()), CLOSE), headers, paced, is_binary)
-
-
-def of(messages: Messages, kind: str) -> Messages:
-    return [message for message in messages if message.get("type") == kind]
+    return await send_all(target, sent or (*pcm_frames(audio()), CLOSE), headers, paced, is_binary)
 
 
 def finals(messages: Messages) -> list[str]:
     """The finals with words."""
-    return [m["transcript"] for m in of(messages, "transcription") if m["is_final"] and m["transcript"]]
+    return [m["transcript"] for m in of_type(messages, "transcription") if m["is_final"] and m["transcript"]]
 
 
 async def test_three_commands_every_message_and_its_order() -> None:
@@ -77,7 +71,7 @@ async def test_three_commands_every_message_and_its_order() -> None:
     utterances and the transcript so far; `close_stream`: an empty final `is_last`, last, then a normal Close."""
     query = "model=pulse&vad_events=true&full_transcript=true&sentence_timestamps=true&encoding=linear16"
     async with running_daemon() as daemon:
-        messages, code = await stream(url(daemon, query), *frames(audio()), CLOSE, paced=True)
+        messages, code = await stream(url(daemon, query), *pcm_frames(audio()), CLOSE, paced=True)
     assert code == 1000
     said = finals(messages)
     assert same_words(EXPECTED[FIXTURE], said), said
@@ -89,9 +83,9 @@ async def test_three_commands_every_message_and_its_order() -> None:
             shape.append(message["type"])
     compact = [kind for at, kind in enumerate(shape) if at == 0 or kind != shape[at - 1]]
     assert compact == ["speech_started", "interim", "final", "speech_ended"] * 3 + ["last"], compact
-    for message in of(messages, "transcription"):
+    for message in of_type(messages, "transcription"):
         assert message["session_id"] == messages[0]["session_id"] and message["language"] == "en", message
-    said_finals = [m for m in of(messages, "transcription") if m["is_final"] and m["transcript"]]
+    said_finals = [m for m in of_type(messages, "transcription") if m["is_final"] and m["transcript"]]
     for at, final in enumerate(said_finals):
         assert [word["word"] for word in final["words"]] == final["transcript"].split(), final
         assert final["utterances"] == [
@@ -111,7 +105,7 @@ async def test_next_commands_start_and_interims_wait_for_the_final_before_it() -
     command's words for the end of the last, nor ends the turn before its final."""
     engine = FirstFinalGatedEngineDouble()
     async with running_daemon(engine) as daemon, websockets.connect(url(daemon, "vad_events=true")) as ws:
-        for frame in frames(audio()):
+        for frame in pcm_frames(audio()):
             await ws.send(frame)
             await asyncio.sleep(0.1)
         engine.gate.set()
@@ -120,7 +114,7 @@ async def test_next_commands_start_and_interims_wait_for_the_final_before_it() -
     first = next(at for at, m in enumerate(messages) if m.get("is_final") and m["transcript"])
     assert [m["type"] for m in messages[: first + 2]].count("speech_started") == 1, messages[: first + 2]
     assert messages[first + 1]["type"] == "speech_ended", messages[first : first + 3]
-    early = " ".join(m["transcript"] for m in of(messages[:first], "transcription"))
+    early = " ".join(m["transcript"] for m in of_type(messages[:first], "transcription"))
     assert not {"what", "time"} & set(normalise(early).split()), early
     assert same_words(EXPECTED[FIXTURE], finals(messages)), finals(messages)
     assert (
@@ -138,9 +132,9 @@ async def test_finalize_ends_the_command_in_progress_and_an_idle_one_answers_emp
     middle = 12 * PCM_FRAME_BYTES
     async with running_daemon() as daemon:
         messages, code = await stream(
-            url(daemon), *frames(data[:middle]), FINALIZE, FINALIZE, *frames(data[middle:]), CLOSE
+            url(daemon), *pcm_frames(data[:middle]), FINALIZE, FINALIZE, *pcm_frames(data[middle:]), CLOSE
         )
-    answered = [m for m in of(messages, "transcription") if m.get("from_finalize")]
+    answered = [m for m in of_type(messages, "transcription") if m.get("from_finalize")]
     assert len(answered) == 2 and code == 1000, messages
     assert normalise(answered[0]["transcript"]).split()[0] == normalise(EXPECTED[FIXTURE][0]).split()[0]
     assert answered[1]["transcript"] == "" and answered[1]["is_final"]
@@ -163,7 +157,7 @@ async def test_each_encoding_and_rate_the_clients_use(encoding: str, rate: int, 
     async with running_daemon() as daemon:
         messages, _ = await stream(
             url(daemon, f"model=pulse&encoding={encoding}&sample_rate={rate}"),
-            *frames(data, rate // 10 * width),
+            *pcm_frames(data, rate // 10 * width),
             CLOSE,
         )
     assert same_words(EXPECTED[FIXTURE], finals(messages)), finals(messages)
@@ -173,7 +167,7 @@ async def test_keywords_reach_the_engine_without_their_weights() -> None:
     engine = ContextRecordingEngineDouble()
     async with running_daemon(engine) as daemon:
         await stream(
-            url(daemon, "model=pulse&keywords=Calloway%20blinds:2,Aoife:4.5,Marigold"), *frames(audio())[:20], CLOSE
+            url(daemon, "model=pulse&keywords=Calloway%20blinds:2,Aoife:4.5,Marigold"), *pcm_frames(audio())[:20], CLOSE
         )
     assert engine.names[-1][:3] == ("Calloway blinds", "Aoife", "Marigold"), engine.names
 
@@ -200,8 +194,10 @@ async def test_a_refused_message_loses_nothing_else(message: Any, words: str) ->
     data = audio()
     middle = 30 * PCM_FRAME_BYTES
     async with running_daemon() as daemon:
-        messages, code = await stream(url(daemon), *frames(data[:middle]), message, *frames(data[middle:]), CLOSE)
-    [error] = of(messages, "error")
+        messages, code = await stream(
+            url(daemon), *pcm_frames(data[:middle]), message, *pcm_frames(data[middle:]), CLOSE
+        )
+    [error] = of_type(messages, "error")
     assert error["status"] == 400 and error["code"] and words in error["message"], error
     assert same_words(EXPECTED[FIXTURE], finals(messages)), finals(messages)
     assert messages[-1]["is_last"] and code == 1000
@@ -248,13 +244,13 @@ async def test_settings_checked_not_applied_and_false_features_are_accepted() ->
     async with running_daemon() as daemon:
         messages, code = await stream(url(daemon, query))
     assert same_words(EXPECTED[FIXTURE], finals(messages)) and code == 1000
-    assert all("words" not in m for m in of(messages, "transcription")) and not of(messages, "speech_started")
+    assert all("words" not in m for m in of_type(messages, "transcription")) and not of_type(messages, "speech_started")
 
 
 async def test_an_engine_failure_is_an_error_and_the_stream_goes_on() -> None:
     async with running_daemon(FailsOnAWordEngineDouble("bedroom")) as daemon:
         messages, code = await stream(url(daemon))
-    assert [e["status"] for e in of(messages, "error")] == [500], messages
+    assert [e["status"] for e in of_type(messages, "error")] == [500], messages
     said = normalise(" ".join(finals(messages)))
     assert "what time is it" in said and "garage door" in said and code == 1000
 
@@ -279,7 +275,7 @@ async def test_the_key_by_bearer_and_refusals_in_smallests_shape() -> None:
 
 async def test_idle_timeout_sends_the_finals_then_a_408() -> None:
     async with running_daemon(idle_timeout_s=2) as daemon, websockets.connect(url(daemon)) as ws:
-        for frame in frames(audio()):
+        for frame in pcm_frames(audio()):
             await ws.send(frame)
         messages = await read_all(ws)
     assert same_words(EXPECTED[FIXTURE], finals(messages)), finals(messages)
@@ -294,7 +290,7 @@ async def test_idle_timeout_sends_the_finals_then_a_408() -> None:
 async def test_shutdown_sends_the_final_of_what_came_then_a_503() -> None:
     data = audio()
     async with running_daemon() as daemon, websockets.connect(url(daemon)) as ws:
-        for frame in frames(data[: len(data) // 4]):
+        for frame in pcm_frames(data[: len(data) // 4]):
             await ws.send(frame)
         await asyncio.sleep(0.5)
         stopping = asyncio.create_task(daemon.stop())
@@ -312,7 +308,7 @@ async def test_over_max_sessions_is_a_503_and_the_open_session_goes_on() -> None
         await first.send(json.dumps({"type": "keepalive"}))
         assert json.loads(await first.recv())["type"] == "pong"
         refused, code = await stream(url(daemon))
-        for frame in frames(audio()):
+        for frame in pcm_frames(audio()):
             await first.send(frame)
         await first.send(json.dumps(CLOSE))
         messages = await read_all(first)
@@ -371,7 +367,7 @@ async def test_an_idle_finalizes_empty_final_carries_what_every_final_carries() 
     client reading every final's `full_transcript` finds there too."""
     async with running_daemon() as daemon:
         messages, code = await stream(url(daemon, "model=pulse&full_transcript=true"), FINALIZE, CLOSE)
-    answer, last = of(messages, "transcription")
+    answer, last = of_type(messages, "transcription")
     assert answer["from_finalize"] and answer["is_final"] and not answer["is_last"] and code == 1000, messages
     assert answer["words"] == [] and answer["full_transcript"] == "" == last["full_transcript"], answer
 

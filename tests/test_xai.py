@@ -28,6 +28,7 @@ from tests.helpers import (
     normalise,
     of_type,
     pcm16,
+    pcm_frames,
     read_all,
     running_daemon,
     same_words,
@@ -53,16 +54,12 @@ def audio() -> bytes:
     return pcm16(fixture_16k(FIXTURE), 16000)
 
 
-def frames(data: bytes, frame: int = PCM_FRAME_BYTES) -> list[bytes]:
-    return [data[at : at + frame] for at in range(0, len(data), frame)]
-
-
 async def stream(
     target: str, *sent: dict[str, Any] | str | bytes, headers: dict[str, str] | None = None, paced: bool = False
 ) -> tuple[Messages, int | None]:
     """The `sent` messages (by default the fixture then `audio.done`); every message until the
     Close, and its code."""
-    return await send_all(target, sent or (*frames(audio()), DONE), headers, paced, is_binary)
+    return await send_all(target, sent or (*pcm_frames(audio()), DONE), headers, paced, is_binary)
 
 
 def finals(messages: Messages) -> list[str]:
@@ -76,7 +73,7 @@ async def test_three_commands_every_message_in_order() -> None:
     is heard, then its final (both flags) restating it, with words spanning it and its language;
     `audio.done`: `transcript.done` with the stream's length, last, then a normal Close."""
     async with running_daemon() as daemon:
-        messages, code = await stream(url(daemon, "interim_results=true"), *frames(audio()), DONE, paced=True)
+        messages, code = await stream(url(daemon, "interim_results=true"), *pcm_frames(audio()), DONE, paced=True)
     assert code == 1000 and messages[0] == {"type": "transcript.created"}, messages[:2]
     assert messages[-1]["type"] == "transcript.done" and messages[-1]["text"] == "" and messages[-1]["words"] == []
     assert messages[-1]["duration"] == round(len(audio()) / 32000, 2)
@@ -106,7 +103,7 @@ async def test_audio_done_mid_command_puts_its_words_in_transcript_done() -> Non
     """`audio.done` in the middle of the first command: its words so far are the remainder that
     `transcript.done` carries (xAI's way), not a `speech_final` transcript."""
     async with running_daemon() as daemon:
-        messages, code = await stream(url(daemon), *frames(audio()[: 12 * PCM_FRAME_BYTES]), DONE)
+        messages, code = await stream(url(daemon), *pcm_frames(audio()[: 12 * PCM_FRAME_BYTES]), DONE)
     assert not [m for m in of_type(messages, "transcript.partial") if m["is_final"]], messages
     [done] = of_type(messages, "transcript.done")
     assert normalise(done["text"]).split()[0] == normalise(EXPECTED[FIXTURE][0]).split()[0], done
@@ -124,7 +121,9 @@ async def test_each_encoding_at_its_rate(encoding: str, rate: int, ours: str) ->
         data = encoded(fixture_16k(FIXTURE), ours, rate)
     frame = PcmDecoder(ours, rate).frame_bytes * rate // 10
     async with running_daemon() as daemon:
-        messages, _ = await stream(url(daemon, f"encoding={encoding}&sample_rate={rate}"), *frames(data, frame), DONE)
+        messages, _ = await stream(
+            url(daemon, f"encoding={encoding}&sample_rate={rate}"), *pcm_frames(data, frame), DONE
+        )
     assert same_words(EXPECTED[FIXTURE], finals(messages)), finals(messages)
 
 
@@ -184,7 +183,9 @@ async def test_a_refused_message_loses_nothing_else(message: Any, words: str) ->
     data = audio()
     middle = 30 * PCM_FRAME_BYTES
     async with running_daemon() as daemon:
-        messages, code = await stream(url(daemon), *frames(data[:middle]), message, *frames(data[middle:]), DONE)
+        messages, code = await stream(
+            url(daemon), *pcm_frames(data[:middle]), message, *pcm_frames(data[middle:]), DONE
+        )
     [error] = of_type(messages, "error")
     assert words in error["message"], error
     assert same_words(EXPECTED[FIXTURE], finals(messages)), finals(messages)
@@ -193,7 +194,7 @@ async def test_a_refused_message_loses_nothing_else(message: Any, words: str) ->
 
 async def test_audio_done_with_a_field_is_refused_and_the_stream_goes_on() -> None:
     async with running_daemon() as daemon:
-        messages, code = await stream(url(daemon), *frames(audio()), {"type": "audio.done", "now": 1}, DONE)
+        messages, code = await stream(url(daemon), *pcm_frames(audio()), {"type": "audio.done", "now": 1}, DONE)
     assert "audio.done has no field 'now'" in of_type(messages, "error")[0]["message"]
     assert same_words(EXPECTED[FIXTURE], finals(messages)) and code == 1000
 
@@ -227,7 +228,7 @@ async def test_idle_timeout_is_an_error_then_1001() -> None:
     """Nobody speaks for idle_timeout_s after the commands: their finals, then xAI's error naming
     the setting, then 1001."""
     async with running_daemon(idle_timeout_s=2) as daemon, websockets.connect(url(daemon)) as ws:
-        for frame in frames(audio()):
+        for frame in pcm_frames(audio()):
             await ws.send(frame)
         messages = await read_all(ws)
     assert messages[-1]["type"] == "error" and messages[-1]["code"] == "idle_timeout", messages[-1]
@@ -238,7 +239,7 @@ async def test_idle_timeout_is_an_error_then_1001() -> None:
 async def test_shutdown_sends_the_final_of_what_came_then_an_error() -> None:
     data = audio()
     async with running_daemon() as daemon, websockets.connect(url(daemon)) as ws:
-        for frame in frames(data[: len(data) // 4]):
+        for frame in pcm_frames(data[: len(data) // 4]):
             await ws.send(frame)
         await asyncio.sleep(0.5)
         stopping = asyncio.create_task(daemon.stop())
@@ -255,7 +256,7 @@ async def test_over_max_sessions_is_an_error_and_the_open_session_goes_on() -> N
     ):
         assert json.loads(await first.recv()) == {"type": "transcript.created"}
         refused, code = await stream(url(daemon))
-        for message in (*frames(audio()), json.dumps(DONE)):
+        for message in (*pcm_frames(audio()), json.dumps(DONE)):
             await first.send(message)
         messages = await read_all(first)
     assert [(m["type"], m["code"]) for m in refused] == [("error", "server_busy")] and code == 1013, refused
