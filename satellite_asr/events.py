@@ -52,6 +52,12 @@ class FinalTranscript:
     """The engine's `Transcript.avg_logprob` and `no_speech_prob` of the decode whose text this is
     (speculative or not); None when the engine does not say or the decode failed."""
 
+    @property
+    def span(self) -> tuple[float, float]:
+        """Where the utterance began and ended, in seconds to the millisecond, as the APIs' messages
+        give them: the end never before the start."""
+        return round(self.start, 3), round(max(self.start, self.end), 3)
+
 
 @dataclass(frozen=True)
 class SessionError:

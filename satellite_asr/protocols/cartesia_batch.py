@@ -93,7 +93,7 @@ def response_body(
     }
     if words:
         body["words"] = [
-            {"word": word, "start": round(final.start, 3), "end": round(max(final.start, final.end), 3)}
+            {"word": word, "start": final.span[0], "end": final.span[1]}
             for final in finals
             for word in final.text.split()
         ]

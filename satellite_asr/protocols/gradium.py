@@ -250,7 +250,7 @@ class GradiumConnection(ErrorEventConnection):
         wait on a slow client must not end the client's turn before them."""
         await self.words(event.utterance_id, event.text, event.start)
         if self.sent.pop(event.utterance_id, 0):
-            await self.send({"type": "end_text", "stop_s": round(max(event.start, event.end), 3), **self.ids})
+            await self.send({"type": "end_text", "stop_s": event.span[1], **self.ids})
         self.pending.final(event.utterance_id)
         await self.release_held()
 

@@ -165,7 +165,8 @@ class MistralConnection(InOrderConnection):
             if language and language != self.language:
                 self.language = language
                 await self.send({"type": "transcription.language", "audio_language": language})
-            segment = {"text": text, "start": round(event.start, 3), "end": round(max(event.start, event.end), 3)}
+            start, end = event.span
+            segment = {"text": text, "start": start, "end": end}
             self.segments.append(segment)
             await self.send({"type": "transcription.segment", **segment})
         await self.release_held()

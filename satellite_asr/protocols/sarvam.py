@@ -308,8 +308,8 @@ class SarvamConnection(ErrorEventConnection):
                 "diarized_transcript": None,
                 "language_code": sarvam_code(event.language or self.options.language, self.options.language_code),
                 "language_probability": None,
-                "speech_start": round(event.start, 3),
-                "speech_end": round(max(event.start, event.end), 3),
+                "speech_start": event.span[0],
+                "speech_end": event.span[1],
                 "metrics": {
                     "audio_duration": round(max(0.0, event.end - event.start), 3),
                     "processing_latency": round(max(0.0, self.seconds - event.end), 3),

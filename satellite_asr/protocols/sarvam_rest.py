@@ -72,8 +72,8 @@ def response_body(finals: list[FinalTranscript], asked: str, timestamps: bool) -
     if timestamps:
         body["timestamps"] = {
             "words": [final.text.strip() for final in spoken],
-            "start_time_seconds": [round(final.start, 3) for final in spoken],
-            "end_time_seconds": [round(max(final.start, final.end), 3) for final in spoken],
+            "start_time_seconds": [final.span[0] for final in spoken],
+            "end_time_seconds": [final.span[1] for final in spoken],
         }
     return body
 

@@ -156,13 +156,15 @@ def language_and_terms(query: Mapping[str, str], core: Core) -> tuple[str | None
     """The language (None: detected) and the `keywords` without their weights, checked against the engine."""
     named = query.get("language", "en")
     try:
-        language = None if named in DETECT else checked_language(core, named, "language")
+        language = (
+            None if named in DETECT else checked_language(core, named, "language") or core.settings.default_language
+        )
         terms = keywords(query.get("keywords", ""))
         checked_biasing(core, "", terms, "keywords", "keywords")
     except ProtocolError as exc:
         parameter = exc.param or "language"
         raise ParameterError(parameter, exc.message.removeprefix(f"{parameter}: ")) from None
-    return (None if named in DETECT else language or core.settings.default_language), terms
+    return language, terms
 
 
 def keywords(value: str) -> tuple[str, ...]:
@@ -193,13 +195,14 @@ def ends_stream(message: WSMessage) -> bool:
 def word_spans(final: FinalTranscript) -> list[dict[str, Any]]:
     """The final's words, each spanning the whole utterance with the final's confidence: the engine
     gives no word timestamps, and a made-up time per word would look measured."""
-    start, end, sureness = round(final.start, 3), round(max(final.start, final.end), 3), confidence(final)
+    (start, end), sureness = final.span, confidence(final)
     return [{"word": word, "start": start, "end": end, "confidence": sureness} for word in final.text.split()]
 
 
 def utterance(final: FinalTranscript) -> dict[str, Any]:
     """A final as one of Smallest's sentence-level `utterances`."""
-    return {"text": final.text.strip(), "start": round(final.start, 3), "end": round(max(final.start, final.end), 3)}
+    start, end = final.span
+    return {"text": final.text.strip(), "start": start, "end": end}
 
 
 class PulseConnection(ErrorEventConnection):
