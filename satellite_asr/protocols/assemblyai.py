@@ -161,8 +161,7 @@ def parse_params(query: MultiMapping[str], core: Core) -> StreamParams:
         engine_codes = {checked_language(core, code, named) for code in codes if code != "multi"}
         terms = replacing_terms(core, text_list(query, "keyterms_prompt"), "keyterms_prompt")
     except ProtocolError as exc:
-        parameter = exc.param or named
-        raise ParameterError(parameter, exc.message.removeprefix(f"{parameter}: ")) from None
+        raise ParameterError.of(exc, named) from None
     declared = {code for code in engine_codes if code is not None}
     report = boolean_parameter(query, "language_detection", False)
     detect = len(declared) > 1 or "multi" in codes or (report and not declared)  # one declared steers the decode

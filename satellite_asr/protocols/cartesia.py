@@ -121,8 +121,7 @@ def checked_query(query: MultiMapping[str], core: Core, unused: Mapping[str, tup
         language = declared_language(core, ("language", query.get("language", "")), [], False)
         terms = replacing_terms(core, query.getall("keyterm", []), "keyterm")
     except ProtocolError as exc:
-        parameter = exc.param or "language"
-        raise ParameterError(parameter, exc.message.removeprefix(f"{parameter}: ")) from None
+        raise ParameterError.of(exc, "language") from None
     return StreamingParams(encoding, sample_rate, language, terms)
 
 

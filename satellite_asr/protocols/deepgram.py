@@ -183,8 +183,7 @@ def language_and_terms(query: MultiMapping[str], core: Core, *, detect: bool) ->
         terms = biasing_terms(query)
         checked_biasing(core, "", terms, "keyterm", "keyterm and keywords")
     except ProtocolError as exc:
-        parameter = exc.param or "language"  # its message may name it already: "language: 'xx' is not ..."
-        raise ParameterError(parameter, exc.message.removeprefix(f"{parameter}: ")) from None
+        raise ParameterError.of(exc, "language") from None
     return (None if detect else language or core.settings.default_language), terms
 
 

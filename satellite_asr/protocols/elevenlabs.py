@@ -133,8 +133,7 @@ def parse_params(query: MultiMapping[str], core: Core) -> StreamParams:
         language = declared_language(core, main, secondary, flags["include_language_detection"])
         terms = replacing_terms(core, query.getall("keyterms", []), "keyterms")
     except ProtocolError as exc:
-        parameter = exc.param or "language_code"
-        raise ParameterError(parameter, exc.message.removeprefix(f"{parameter}: ")) from None
+        raise ParameterError.of(exc, "language_code") from None
     return RealtimeParams(
         audio_format=audio_format,
         model_id=query.get("model_id", "scribe_v2_realtime"),

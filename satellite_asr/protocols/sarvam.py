@@ -100,8 +100,16 @@ VAD_NUMBERS = {
 """Sarvam's VAD tuning in frames: checked whole numbers, not applied (the daemon's Silero decides)."""
 VAD_FRACTIONS = {"positive_speech_threshold", "negative_speech_threshold"}
 CHECKED_NOT_APPLIED = {"model", "high_vad_sensitivity", "start_speech_volume_threshold", *VAD_NUMBERS, *VAD_FRACTIONS}
-KNOWN = {"language-code", "language_code", "mode", "sample_rate", "input_audio_codec", "vad_signals", "flush_signal"}
-KNOWN |= {"keyterms"}
+KNOWN = {
+    "language-code",
+    "language_code",
+    "mode",
+    "sample_rate",
+    "input_audio_codec",
+    "vad_signals",
+    "flush_signal",
+    "keyterms",
+}
 
 
 @dataclass(frozen=True)
@@ -135,7 +143,7 @@ def engine_language(core: Core, code: str, param: str) -> str | None:
     try:
         return checked_language(core, ISO_OF.get(subtag, subtag), param)
     except ProtocolError as exc:
-        raise ParameterError(param, exc.message.removeprefix(f"{param}: ")) from None
+        raise ParameterError.of(exc, param) from None
 
 
 def sarvam_code(language: str | None, asked: str) -> str | None:
@@ -177,7 +185,7 @@ def parse_terms(core: Core, value: str | None, param: str) -> tuple[str, ...]:
     try:
         checked_biasing(core, "", terms, param, param)
     except ProtocolError as exc:
-        raise ParameterError(param, exc.message.removeprefix(f"{param}: ")) from None
+        raise ParameterError.of(exc, param) from None
     return terms
 
 

@@ -162,8 +162,7 @@ def language_and_terms(query: Mapping[str, str], core: Core) -> tuple[str | None
         terms = keywords(query.get("keywords", ""))
         checked_biasing(core, "", terms, "keywords", "keywords")
     except ProtocolError as exc:
-        parameter = exc.param or "language"
-        raise ParameterError(parameter, exc.message.removeprefix(f"{parameter}: ")) from None
+        raise ParameterError.of(exc, "language") from None
     return language, terms
 
 

@@ -77,6 +77,13 @@ class ParameterError(ValueError):
         super().__init__(message)
         self.parameter = parameter
 
+    @classmethod
+    def of(cls, exc: ProtocolError, parameter: str) -> ParameterError:
+        """A shared check's `ProtocolError` as the query's: the parameter it names (else `parameter`)
+        and its sentence, without that name in front again."""
+        named = exc.param or parameter
+        return cls(named, exc.message.removeprefix(f"{named}: "))
+
 
 def check_names(query: MultiMapping[str], known: set[str], repeatable: set[str]) -> None:
     """`ParameterError` for a parameter not `known` (nor the daemon's own `api_key`), or given twice

@@ -101,8 +101,7 @@ def parse_query(query: MultiMapping[str], core: Core) -> StreamParams:
         language = checked_language(core, query.get("language"), "language")
         checked_biasing(core, "", terms, "keyterm", "keyterm")
     except ProtocolError as exc:
-        parameter = exc.param or "language"
-        raise ParameterError(parameter, exc.message.removeprefix(f"{parameter}: ")) from None
+        raise ParameterError.of(exc, "language") from None
     assert channels is not None
     return XaiParams(
         encoding=encoding,
