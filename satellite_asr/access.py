@@ -37,7 +37,8 @@ ElevenLabs' `{"detail":{"status","message"}}` on its (`ELEVENLABS_PREFIX`), Cart
 `{"error":{"code","message"}}` on its (`AZURE_PATHS`), Smallest AI's
 `{"type","status","code","message"}` on its (`SMALLEST_PATHS`), xAI's `{"code","error"}` on its
 (`XAI_PATHS`), Gradium's `{"type","message","code"}` on its (`GRADIUM_PATHS`), Sarvam AI's
-`{"error":{"message","code"}}` on its (`SARVAM_PATHS`). Cartesia's
+`{"error":{"message","code"}}` on its (`SARVAM_PATHS`), Zoom's `{"code","error","message"}` on
+Scribe Live's (`ZOOM_PATHS`). Cartesia's
 clients send the key as `X-API-Key` or `Authorization: Bearer`, Speechmatics' as `Authorization:
 Bearer` (a browser's as `?jwt=KEY`, also taken there), both ways above; Azure's JavaScript SDK
 sends `?Ocp-Apim-Subscription-Key=KEY` (or `?Authorization=Bearer KEY`), taken on its paths.
@@ -72,6 +73,7 @@ from satellite_asr.protocols import (
     soniox_error,
     speechmatics_error,
     xai_error,
+    zoom_error,
 )
 
 PUBLIC_PATHS = frozenset({"/", "/health"})
@@ -105,6 +107,9 @@ SARVAM_PATHS = frozenset({"/speech-to-text", "/speech-to-text/ws"})
 """Sarvam AI's speech-to-text paths (the upload and the stream), whose errors take its
 `{"error": {"message", "code"}}` shape; its clients send the key in `api-subscription-key`."""
 SARVAM_KEY_HEADER = "api-subscription-key"
+ZOOM_PATHS = frozenset({"/v2/aiservices/scribe/live"})
+"""Zoom's Scribe Live path (its clients send the key as `Authorization: Bearer`), whose refusals take
+Zoom's `{"code", "message"}` shape."""
 GLADIA_PATHS = frozenset({"/v2/live"})
 """Gladia's live API: its POST (keyed, `X-Gladia-Key`) and its session's WebSocket, whose `token`
 stands for the key (`TOKEN_PATHS`); errors take Gladia's `{"statusCode", "message", ...}` shape."""
@@ -445,6 +450,8 @@ def error_response(
         body = gradium_error(message)
     elif path in SARVAM_PATHS:
         body = sarvam_error(code, message)
+    elif path in ZOOM_PATHS:
+        body = zoom_error(status, code, message)
     else:
         body = {"type": "error", "code": code, "message": message}
     return web.json_response(body, status=status, headers=headers)

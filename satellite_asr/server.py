@@ -61,6 +61,7 @@ from satellite_asr.protocols import (
     wyoming,
     xai,
     xai_rest,
+    zoom,
 )
 from satellite_asr.protocols.uploads import UploadApi, Uploads
 
@@ -186,6 +187,7 @@ class Daemon:
         self.websocket = websocket.WebSocketHandler(self.core)
         self.soniox = streaming_apis.StreamingApiHandler(self.core, soniox.SONIOX_REALTIME)
         self.gradium = streaming_apis.StreamingApiHandler(self.core, gradium.REALTIME)
+        self.zoom = streaming_apis.StreamingApiHandler(self.core, zoom.LIVE)
         self.speechmatics = streaming_apis.StreamingApiHandler(self.core, speechmatics.REALTIME)
         self.speechmatics_agent = streaming_apis.StreamingApiHandler(self.core, speechmatics.AGENT)
         self.gladia = gladia.GladiaHandler(self.core)
@@ -236,6 +238,7 @@ class Daemon:
             ("POST", smallest_upload.PATH, self.smallest_upload.upload),
             ("GET", xai.PATH, streaming_apis.StreamingApiHandler(self.core, xai.REALTIME).handle),
             ("GET", gradium.PATH, self.gradium.handle),
+            ("GET", zoom.PATH, self.zoom.handle),
             ("GET", speechmatics.PATH, self.speechmatics.handle),
             ("GET", speechmatics.LANGUAGE_PATH, self.speechmatics.handle),
             ("GET", speechmatics.AGENT_PATH, self.speechmatics_agent.handle),
@@ -400,6 +403,7 @@ class Daemon:
             mistral.PROTOCOL,
             xai.PROTOCOL,
             gradium.PROTOCOL,
+            zoom.PROTOCOL,
             sarvam.PROTOCOL,
             azure.PROTOCOL,
             smallest.PROTOCOL,
@@ -408,7 +412,7 @@ class Daemon:
         # no session: their settings have not come (or, Azure's, they are between turns)
         closing += [
             handler.close_awaiting("shutdown")
-            for handler in (self.soniox, self.speechmatics, self.speechmatics_agent, self.azure, self.gradium)
+            for handler in (self.soniox, self.speechmatics, self.speechmatics_agent, self.azure, self.gradium, self.zoom)
         ]
         await asyncio.gather(self._close_wyoming(), self._close_websockets(), *closing)
         await self.core.sessions.close_all("shutdown")

@@ -233,6 +233,13 @@ def gradium_error(message: str, code: int = 1008) -> dict[str, Any]:
     return {"type": "error", "message": echoable(message), "code": code}
 
 
+def zoom_error(status: int, code: str, message: str) -> dict[str, Any]:
+    """Zoom's HTTP error body for a refused upgrade: the status as `code`, the daemon's own beside it,
+    and the `message` Pipecat's service reports; `message` may hold what a client sent (`echoable`).
+    In the stream its errors are `error` events."""
+    return {"code": status, "error": code, "message": echoable(message)}
+
+
 def azure_error(status: int, message: str) -> dict[str, Any]:
     """Azure AI Speech's HTTP error body (`{"error": {"code", "message"}}`, the status as the code),
     for a refused upgrade. `message` may hold what a client sent (`echoable`)."""
