@@ -37,7 +37,7 @@ ElevenLabs' `{"detail":{"status","message"}}` on its (`ELEVENLABS_PREFIX`), Cart
 `{"error":{"code","message"}}` on its (`AZURE_PATHS`), Smallest AI's
 `{"type","status","code","message"}` on its (`SMALLEST_PATHS`), xAI's `{"code","error"}` on its
 (`XAI_PATHS`), Gradium's `{"type","message","code"}` on its (`GRADIUM_PATHS`), Sarvam AI's
-`{"error":{"message","code"}}` on its (`SARVAM_PATHS`), Zoom's `{"code","error","message"}` on
+`{"error":{"message","code"}}` on its (`SARVAM_PATHS`), Zoom's `{"code","error_code","message"}` on
 Scribe Live's (`ZOOM_PATHS`). Cartesia's
 clients send the key as `X-API-Key` or `Authorization: Bearer`, Speechmatics' as `Authorization:
 Bearer` (a browser's as `?jwt=KEY`, also taken there), both ways above; Azure's JavaScript SDK
@@ -109,7 +109,7 @@ SARVAM_PATHS = frozenset({"/speech-to-text", "/speech-to-text/ws"})
 SARVAM_KEY_HEADER = "api-subscription-key"
 ZOOM_PATHS = frozenset({"/v2/aiservices/scribe/live"})
 """Zoom's Scribe Live path (its clients send the key as `Authorization: Bearer`), whose refusals take
-Zoom's `{"code", "message"}` shape."""
+Zoom's `{"code", "error_code", "message"}` shape."""
 GLADIA_PATHS = frozenset({"/v2/live"})
 """Gladia's live API: its POST (keyed, `X-Gladia-Key`) and its session's WebSocket, whose `token`
 stands for the key (`TOKEN_PATHS`); errors take Gladia's `{"statusCode", "message", ...}` shape."""

@@ -221,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
             "xai",
             "gradium",
             "sarvam",
+            "zoom",
             "azure",
             "smallest",
             "wyoming",
@@ -239,6 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
         "xai: /v1/stt clients (xAI's real-time speech-to-text API); "
         "gradium: /api/speech/asr clients (Gradium's real-time speech-to-text API); "
         "sarvam: /speech-to-text/ws clients (Sarvam AI's streaming speech-to-text API, no partials); "
+        "zoom: /v2/aiservices/scribe/live clients (Zoom's Scribe Live API, no partials); "
         "azure: /speech/recognition/conversation/cognitiveservices/v1 clients (Azure AI Speech's real-time API, USP); "
         "smallest: /waves/v1/stt/live clients (Smallest AI's Pulse real-time API); "
         "wyoming: Home Assistant's flow, one command per round; rest: each client uploads one recording (the "

@@ -292,6 +292,7 @@ USER_DOCS = (
     "docs/xai.md",
     "docs/gradium.md",
     "docs/sarvam.md",
+    "docs/zoom.md",
     "docs/azure.md",
     "docs/smallest.md",
     "docs/wyoming.md",

@@ -53,6 +53,7 @@ PROTOCOL_DOCS = {
     "protocols/gradium.py": "docs/gradium.md",
     "protocols/sarvam.py": "docs/sarvam.md",
     "protocols/sarvam_rest.py": "docs/sarvam.md",
+    "protocols/zoom.py": "docs/zoom.md",
     "protocols/azure.py": "docs/azure.md",
     "protocols/azure_rest.py": "docs/azure.md",
     "protocols/smallest.py": "docs/smallest.md",

@@ -188,6 +188,7 @@ async def test_the_key_by_bearer_and_refusals_in_zooms_shape() -> None:
                 async with http.get(url(daemon).replace("ws", "http", 1), headers=headers) as response:
                     body = await response.json()
                     assert response.status == status and body["code"] == status and body["message"], body
+                    assert body["error_code"] == ("websocket_required" if status == 426 else "missing_api_key" if not headers else "invalid_api_key")
 
 
 async def test_no_session_update_within_the_first_message_timeout_is_a_fatal_error() -> None:

@@ -619,6 +619,31 @@ async def _stream_one_xai(
     return await _stream_pcm16(query, audio, delay, headers, translate, json.dumps({"type": "audio.done"}))
 
 
+async def _stream_one_zoom(
+    url: str, audio: Audio, delay: float, config: dict[str, Any], headers: dict[str, str]
+) -> tuple[float, list[Any]]:
+    """The same over Zoom's Scribe Live, as Pipecat's service streams: `session.update` first, the
+    audio as binary frames, `session.close` at the end. Each `transcription.completed` (with text) is
+    the `final` of the utterance in progress (the API names none, and sends no partials); an `error`
+    is the stream's refusal (`StreamRefused`)."""
+    utterance = 0
+
+    def translate(message: dict[str, Any]) -> dict[str, Any] | None:
+        nonlocal utterance
+        kind = message["type"]
+        if kind == "error":
+            error = message["error"]
+            raise StreamRefused(f"the daemon sent error {error['code']}: {error['message']}")
+        if kind != "transcription.completed" or not message["transcript"]:
+            return None
+        utterance += 1
+        return {"type": "final", "utterance_id": utterance - 1, "text": message["transcript"]}
+
+    update = json.dumps({"type": "session.update", "language": "en-US", "audio": {"format": "pcm16"}})
+    close = json.dumps({"type": "session.close"})
+    return await _stream_pcm16(url, audio, delay, headers, translate, close, first=update)
+
+
 async def _stream_one_sarvam(
     url: str, audio: Audio, delay: float, config: dict[str, Any], headers: dict[str, str]
 ) -> tuple[float, list[Any]]:
@@ -770,6 +795,7 @@ PROTOCOLS: dict[str, tuple[str, Streamer]] = {
     "xai": ("/v1/stt", _stream_one_xai),
     "gradium": ("/api/speech/asr", _stream_one_gradium),
     "sarvam": ("/speech-to-text/ws", _stream_one_sarvam),
+    "zoom": ("/v2/aiservices/scribe/live", _stream_one_zoom),
     "azure": ("/speech/recognition/conversation/cognitiveservices/v1", _stream_one_azure),
     "smallest": ("/waves/v1/stt/live", _stream_one_smallest),
 }

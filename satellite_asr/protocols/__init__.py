@@ -237,7 +237,7 @@ def zoom_error(status: int, code: str, message: str) -> dict[str, Any]:
     """Zoom's HTTP error body for a refused upgrade: the status as `code`, the daemon's own beside it,
     and the `message` Pipecat's service reports; `message` may hold what a client sent (`echoable`).
     In the stream its errors are `error` events."""
-    return {"code": status, "error": code, "message": echoable(message)}
+    return {"code": status, "error_code": code, "message": echoable(message)}
 
 
 def azure_error(status: int, message: str) -> dict[str, Any]:
