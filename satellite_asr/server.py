@@ -410,10 +410,8 @@ class Daemon:
         )
         closing = [self.core.sessions.close_all("shutdown", protocol=protocol) for protocol in protocols]
         # no session: their settings have not come (or, Azure's, they are between turns)
-        closing += [
-            handler.close_awaiting("shutdown")
-            for handler in (self.soniox, self.speechmatics, self.speechmatics_agent, self.azure, self.gradium, self.zoom)
-        ]
+        awaiting = (self.soniox, self.speechmatics, self.speechmatics_agent, self.azure, self.gradium, self.zoom)
+        closing += [handler.close_awaiting("shutdown") for handler in awaiting]
         await asyncio.gather(self._close_wyoming(), self._close_websockets(), *closing)
         await self.core.sessions.close_all("shutdown")
 

@@ -44,6 +44,7 @@ from satellite_asr.protocols import (
     soniox,
     speechmatics,
     xai,
+    zoom,
 )
 from satellite_asr.protocols.deepgram import ENCODINGS as DEEPGRAM_ENCODINGS
 from satellite_asr.protocols.deepgram import (
@@ -396,6 +397,78 @@ def test_gradium_setup_is_accepted_or_refused_as_invalid_setup(setup: dict[str, 
     else:
         assert parsed.decoder().sample_rate == gradium.INPUT_FORMATS[setup.get("input_format", "pcm")]
         assert parsed.delay_in_frames in gradium.DELAYS
+
+
+zoom_switches = st.booleans() | st.none() | json_values
+zoom_updates = st.fixed_dictionaries(
+    {"type": st.just("session.update") | json_values},
+    optional={
+        "language": st.sampled_from(["en-US", "en", "", "ja-JP", "xx"]) | json_values,
+        "audio": st.fixed_dictionaries({}, optional={"format": st.sampled_from(["pcm16", "opus"]) | json_values})
+        | json_values,
+        "config": st.fixed_dictionaries(
+            {},
+            optional={
+                "model": st.sampled_from(["zoom-scribe-multilingual", "", " "]) | json_values,
+                "language_detection": st.fixed_dictionaries(
+                    {}, optional={"mode": st.sampled_from(["auto", ""]) | json_values}
+                )
+                | json_values,
+                "diarization": zoom_switches,
+                "profanity_filter": zoom_switches,
+                "vocabulary": st.fixed_dictionaries(
+                    {}, optional={"phrases": st.lists(st.text(max_size=20), max_size=4) | json_values}
+                )
+                | json_values,
+                "x": json_values,
+            },
+        )
+        | json_values,
+        "turn_detection": st.fixed_dictionaries(
+            {}, optional={"silence_duration_ms": st.integers(-10, 20_000) | json_values}
+        )
+        | json_values,
+        "outputs": st.fixed_dictionaries(
+            {},
+            optional={
+                "text_polishing": st.fixed_dictionaries(
+                    {}, optional={"enabled": zoom_switches, "include_transcript": zoom_switches}
+                )
+                | json_values
+            },
+        )
+        | json_values,
+        "voice": json_values,
+    },
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(zoom_updates)
+@example({"type": "session.update", "config": {"language_detection": None}})
+@example({"type": "session.update", "config": {"vocabulary": {"phrases": [" "]}}, "language": "en-US"})
+def test_zoom_session_update_is_accepted_or_refused_as_invalid_session_update(update: dict[str, Any]) -> None:
+    """Any `session.update` is taken (16 kHz PCM, no refused feature on) or refused as
+    `invalid_session_update` with a sentence."""
+    try:
+        parsed = zoom.parse_session_update(WSMessage(WSMsgType.TEXT, json.dumps(update), None), CORE)
+    except ProtocolError as error:
+        assert error.code == "invalid_session_update" and error.message
+    else:
+        assert parsed.decoder().sample_rate == 16000
+        config = update.get("config") or {}
+        assert config.get("diarization") in (None, False) and config.get("profanity_filter") in (None, False)
+        assert all(term.strip() for term in parsed.terms)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["model", "api_key", "x"]), st.text(max_size=8)), max_size=3))
+def test_zoom_query_is_empty_or_refused_naming_a_parameter(pairs: list[tuple[str, str]]) -> None:
+    query = MultiDict(pairs)
+    try:
+        assert zoom.parse_query(query, CORE) is None
+    except ParameterError as error:
+        assert error.parameter in query
 
 
 @settings(max_examples=100, deadline=None)
@@ -1100,6 +1173,41 @@ async def gradium_session(url: str, frames: list[str | bytes]) -> None:
         assert len(of_type(messages, "flushed")) <= [mistral_kind(frame) for frame in frames].count("flush")
 
 
+zoom_sessions = st.lists(
+    listen_text
+    | listen_binary
+    | st.sampled_from(["session.close", "session.update"]).map(lambda kind: json.dumps({"type": kind}))
+    | st.builds(lambda value: json.dumps({"type": "session.close", "x": value}), json_values),
+    max_size=8,
+)
+ZOOM_TYPES = {
+    "session.updated",
+    "input_audio_buffer.speech_started",
+    "transcription.completed",
+    "session.closed",
+    "error",
+}
+ZOOM_CODES = {"invalid_message", "invalid_audio", "engine_error"}
+
+
+async def zoom_session(url: str, frames: list[str | bytes]) -> None:
+    """The `session.update`, the frames, then `session.close`: every message is one of Scribe's,
+    `session.updated` first, every error a documented code with a sentence and not fatal; errors never
+    end the stream, so it ends with `session.closed` and 1000 (or, a frame over the size limit, 1009),
+    with a `transcription.completed` per `speech_started`."""
+    update = json.dumps({"type": "session.update", "language": "en-US", "audio": {"format": "pcm16"}})
+    messages, close_code = await closed_stream(url, [update, *frames], json.dumps({"type": "session.close"}))
+    assert {m["type"] for m in messages} <= ZOOM_TYPES, messages
+    assert close_code == 1009 or messages[0]["type"] == "session.updated", messages
+    errors = [m["error"] for m in of_type(messages, "error")]
+    assert all(e["code"] in ZOOM_CODES and e["message"] and e["fatal"] is False for e in errors), messages
+    assert close_code in (1000, 1009), (close_code, messages)
+    if close_code == 1000:
+        assert messages[-1] == {"type": "session.closed", "reason": "client_requested"}, messages
+        started = of_type(messages, "input_audio_buffer.speech_started")
+        assert len(of_type(messages, "transcription.completed")) == len(started), messages
+
+
 sarvam_sessions = st.lists(
     listen_text
     | listen_binary
@@ -1368,6 +1476,14 @@ async def test_random_sessions_on_every_streaming_protocol_leave_the_daemon_and_
         def gradium_fuzz(frames: list[str | bytes]) -> None:
             asyncio.run_coroutine_threadsafe(gradium_session(gradium_url, frames), loop).result(60)
 
+        zoom_url = f"ws://127.0.0.1:{daemon.http_port}{zoom.PATH}"
+
+        @settings(max_examples=100, deadline=None)
+        @given(zoom_sessions)
+        @example(['{"type": "session.update"}', '{"type": "session.close", "x": 1}', b"\x00" * 3201])
+        def zoom_fuzz(frames: list[str | bytes]) -> None:
+            asyncio.run_coroutine_threadsafe(zoom_session(zoom_url, frames), loop).result(60)
+
         sarvam_url = f"ws://127.0.0.1:{daemon.http_port}{sarvam.PATH}?vad_signals=true"
 
         @settings(max_examples=100, deadline=None)
@@ -1410,6 +1526,7 @@ async def test_random_sessions_on_every_streaming_protocol_leave_the_daemon_and_
         await loop.run_in_executor(None, xai_fuzz)
         await loop.run_in_executor(None, gradium_fuzz)
         await loop.run_in_executor(None, sarvam_fuzz)
+        await loop.run_in_executor(None, zoom_fuzz)
         await loop.run_in_executor(None, azure_fuzz)
         await loop.run_in_executor(None, wyoming_fuzz)
         stop.set()

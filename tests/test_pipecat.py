@@ -131,6 +131,24 @@ async def speak(worker: PipelineWorker, fixture: str, rate: int = SAMPLE_RATE) -
         await asyncio.sleep(FRAME_S)
 
 
+async def across_a_pause(stt: STTService, first: str, then: str, pause_s: float) -> ServiceFrames:
+    """`first` spoken through `stt`, `pause_s` of silence at microphone pace (past the daemon's idle
+    timeout, say), then `then`, until a transcript per command of both came (errors meanwhile do not
+    end the wait); the frames seen."""
+    async with running_pipeline(stt) as (worker, frames):
+        await speak(worker, first)
+        silence = bytes(int(FRAME_S * SAMPLE_RATE) * 2)
+        for _ in range(round(pause_s / FRAME_S)):
+            await worker.queue_frame(InputAudioRawFrame(silence, SAMPLE_RATE, 1))
+            await asyncio.sleep(FRAME_S)
+        await speak(worker, then)
+        async with asyncio.timeout(60):
+            while len(frames.finals) < len(EXPECTED[first]) + len(EXPECTED[then]):
+                frames.changed.clear()
+                await frames.changed.wait()
+    return frames
+
+
 async def refused(stt: STTService) -> ServiceFrames:
     """`stt` in a pipeline until its first error (a wrong key's, say), checked to hold no final."""
     async with running_pipeline(stt) as (_worker, frames):

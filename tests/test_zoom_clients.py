@@ -6,18 +6,15 @@ these tests are where a field the daemon leaves out or mistypes shows."""
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
-from pipecat.frames.frames import InputAudioRawFrame, TranscriptionFrame
+from pipecat.frames.frames import TranscriptionFrame
 from pipecat.services.zoom_ai.stt import ZoomAISTTService
 from pipecat.transcriptions.language import Language
 
-from satellite_asr.audio import SAMPLE_RATE
 from satellite_asr.protocols import zoom
 from satellite_asr.server import Daemon
 from tests.helpers import EXPECTED, running_daemon, same_words
-from tests.test_pipecat import first_error, running_pipeline, speak, transcribed
+from tests.test_pipecat import across_a_pause, first_error, transcribed
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -83,18 +80,7 @@ async def test_pipecat_service_reconnects_after_the_idle_timeout_closes_its_conn
     service reports the error, reconnects with a new `session.update` and the next commands are
     transcribed. The timeout is over Pipecat's 5 s: a shorter connection is a quick failure, and
     after three in a row Pipecat stops reconnecting."""
-    async with (
-        running_daemon(api_key=KEY, idle_timeout_s=6) as daemon,
-        running_pipeline(pipecat_service(daemon)) as (worker, frames),
-    ):
-        await speak(worker, "lights_on.wav")
-        for _ in range(400):  # 8 s of silence, at microphone pace
-            await worker.queue_frame(InputAudioRawFrame(bytes(int(0.02 * SAMPLE_RATE) * 2), SAMPLE_RATE, 1))
-            await asyncio.sleep(0.02)
-        await speak(worker, FIXTURE)
-        async with asyncio.timeout(60):
-            while len(frames.finals) < 4:
-                frames.changed.clear()
-                await frames.changed.wait()
+    async with running_daemon(api_key=KEY, idle_timeout_s=6) as daemon:
+        frames = await across_a_pause(pipecat_service(daemon), "lights_on.wav", FIXTURE, 8)
     assert same_words([*EXPECTED["lights_on.wav"], *EXPECTED[FIXTURE]], frames.finals), frames.finals
     assert frames.errors and all("idle_timeout_s" in error for error in frames.errors), frames.errors
