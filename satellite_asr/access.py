@@ -18,15 +18,16 @@ In order:
    `satellite-asr.key.KEY` (what a browser can send), `?api_key=KEY`, `xi-api-key: KEY` (as
    ElevenLabs' clients send it), `X-Gladia-Key: KEY` (Gladia's), `Ocp-Apim-Subscription-Key: KEY`
    (Azure AI Speech's), `api-subscription-key: KEY` (Sarvam AI's), or else the key alone in
-   `Authorization`, as AssemblyAI's clients send it. On `IN_BAND_KEY_PATHS` (Soniox's, whose
-   clients may send the key in the stream's first message instead) the handler checks the key once
+   `Authorization`, as AssemblyAI's clients send it. On `IN_BAND_KEY_PATHS` (Soniox's and Meta's,
+   whose clients may send the key in the stream's first message instead) the handler checks the key once
    that message has come (`check_key`), and refuses in the API's own message. On `TOKEN_PATHS`
    (Gladia's), a WebSocket presents the `token` that a keyed POST issued, which its handler checks.
    Compared in constant time and never logged. 401 `missing_api_key` / `invalid_api_key`.
 4. A key offered as a subprotocol comes with `satellite-asr` beside it, the subprotocol every
    WebSocket route answers with: without it a browser fails the connection. 400 `invalid_subprotocol`.
 
-Refusals are JSON: the project's `{"type":"error","code","message"}`, OpenAI's `{"error":{...}}`
+Refusals are JSON: the project's `{"type":"error","code","message"}` (Meta's shape too, on
+`META_PATHS`), OpenAI's `{"error":{...}}`
 on the OpenAI-compatible paths (`OPENAI_PREFIXES`), Deepgram's `{"err_code","err_msg","request_id"}`
 on Deepgram's (`DEEPGRAM_PATHS`), AssemblyAI's `{"error","code"}` on its (`ASSEMBLYAI_PATHS`),
 ElevenLabs' `{"detail":{"status","message"}}` on its (`ELEVENLABS_PREFIX`), Cartesia's
@@ -130,8 +131,13 @@ AZURE_KEY_HEADER = "Ocp-Apim-Subscription-Key"
 TOKEN_PATHS = GLADIA_PATHS
 """Paths whose WebSocket (a GET with a `token` query) is authenticated by the token a keyed POST
 issued: the handler checks it; the client does not send the key again."""
-IN_BAND_KEY_PATHS = SONIOX_PATHS
-"""Paths whose clients may send the key in the stream's first message (Soniox's `api_key`): the
+META_PATHS = frozenset({"/v1/asr/realtime"})
+"""Meta's real-time speech recognition path, whose clients send the key in the handshake (its
+`authorization.accessToken`); its errors take the project's `{"type": "error", "code", "message"}`
+shape, which is Meta's."""
+IN_BAND_KEY_PATHS = SONIOX_PATHS | META_PATHS
+"""Paths whose clients may send the key in the stream's first message (Soniox's `api_key`, Meta's
+handshake's `authorization.accessToken`): the
 handler checks it there (`check_key`), with the key the request carries, if any."""
 
 SPEECHMATICS_PATH = re.compile(r"/v2(/[^/]+)?")

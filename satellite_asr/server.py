@@ -47,6 +47,7 @@ from satellite_asr.protocols import (
     elevenlabs_upload,
     gladia,
     gradium,
+    meta,
     mistral,
     openai_realtime,
     openai_rest,
@@ -188,6 +189,7 @@ class Daemon:
         self.soniox = streaming_apis.StreamingApiHandler(self.core, soniox.SONIOX_REALTIME)
         self.gradium = streaming_apis.StreamingApiHandler(self.core, gradium.REALTIME)
         self.zoom = streaming_apis.StreamingApiHandler(self.core, zoom.LIVE)
+        self.meta = streaming_apis.StreamingApiHandler(self.core, meta.REALTIME)
         self.speechmatics = streaming_apis.StreamingApiHandler(self.core, speechmatics.REALTIME)
         self.speechmatics_agent = streaming_apis.StreamingApiHandler(self.core, speechmatics.AGENT)
         self.gladia = gladia.GladiaHandler(self.core)
@@ -239,6 +241,7 @@ class Daemon:
             ("GET", xai.PATH, streaming_apis.StreamingApiHandler(self.core, xai.REALTIME).handle),
             ("GET", gradium.PATH, self.gradium.handle),
             ("GET", zoom.PATH, self.zoom.handle),
+            ("GET", meta.PATH, self.meta.handle),
             ("GET", speechmatics.PATH, self.speechmatics.handle),
             ("GET", speechmatics.LANGUAGE_PATH, self.speechmatics.handle),
             ("GET", speechmatics.AGENT_PATH, self.speechmatics_agent.handle),
@@ -404,13 +407,22 @@ class Daemon:
             xai.PROTOCOL,
             gradium.PROTOCOL,
             zoom.PROTOCOL,
+            meta.PROTOCOL,
             sarvam.PROTOCOL,
             azure.PROTOCOL,
             smallest.PROTOCOL,
         )
         closing = [self.core.sessions.close_all("shutdown", protocol=protocol) for protocol in protocols]
         # no session: their settings have not come (or, Azure's, they are between turns)
-        awaiting = (self.soniox, self.speechmatics, self.speechmatics_agent, self.azure, self.gradium, self.zoom)
+        awaiting = (
+            self.soniox,
+            self.speechmatics,
+            self.speechmatics_agent,
+            self.azure,
+            self.gradium,
+            self.zoom,
+            self.meta,
+        )
         closing += [handler.close_awaiting("shutdown") for handler in awaiting]
         await asyncio.gather(self._close_wyoming(), self._close_websockets(), *closing)
         await self.core.sessions.close_all("shutdown")

@@ -1,0 +1,169 @@
+"""Meta's real-time speech recognition API (`/v1/asr/realtime`) with the two real Meta clients,
+against the real daemon (real Silero, real tiny.en): Pipecat's `MetaSTTService` in a pipeline behind
+its own Silero VAD, and LiveKit's `meta.STT` stream (24 kHz). Each is pointed at the daemon by its
+`url`; LiveKit's must be `wss://`, so its tests run the daemon with TLS on a certificate of their
+own, which the plugin's aiohttp session trusts (docs/meta.md says how). The key goes in the
+handshake, as both send it; three_commands.wav at microphone pace: these tests are where a field
+the daemon leaves out or mistypes shows."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import aiohttp
+import pytest
+from livekit import rtc
+from livekit.agents import APIConnectOptions, APIError, APIStatusError
+from livekit.plugins import meta as lk_meta
+from pipecat.frames.frames import InputAudioRawFrame
+from pipecat.services.meta.stt import MetaSTTService
+
+from satellite_asr.audio import SAMPLE_RATE
+from satellite_asr.protocols import meta
+from satellite_asr.server import Daemon
+from tests.certificates import self_signed
+from tests.doubles import ContextRecordingEngineDouble
+from tests.helpers import EXPECTED, microphone_chunks, running_daemon, same_words
+from tests.livekit_events import FRAME_S, LiveKitEvents, stream_fixture
+from tests.test_pipecat import first_error, running_pipeline, speak, transcribed
+
+pytestmark = pytest.mark.timeout(180)
+
+KEY = "meta-test-key"
+FIXTURE = "three_commands.wav"
+
+
+def pipecat_service(daemon: Daemon, api_key: str = KEY, **settings: object) -> MetaSTTService:
+    url = f"ws://127.0.0.1:{daemon.http_port}{meta.PATH}"
+    return MetaSTTService(api_key=api_key, url=url, settings=MetaSTTService.Settings(**settings))
+
+
+async def test_pipecat_service_gets_a_transcript_per_command() -> None:
+    """Pipecat's defaults (ENDPOINTING, English, 16 kHz from its pipeline, `?sessionId=`): each
+    command's `speechComplete` is a `TranscriptionFrame`, its partials interim frames."""
+    engine = ContextRecordingEngineDouble()
+    async with running_daemon(engine, api_key=KEY) as daemon:
+        frames = await transcribed(pipecat_service(daemon, keywords=["Aoife"]), FIXTURE)
+    assert frames.interims, "partials reach Pipecat as interim transcripts"
+    assert engine.names and all(names[:1] == ("Aoife",) for names in engine.names), engine.names
+    assert set(engine.languages) == {"en"}
+
+
+async def test_pipecat_service_with_a_wrong_key_gets_an_error_frame_with_the_daemons_sentence() -> None:
+    async with running_daemon(api_key=KEY) as daemon:
+        frames = await first_error(pipecat_service(daemon, "wrong"))
+    assert "the API key is not valid" in frames.errors[0] and frames.finals == [], frames.errors
+
+
+async def test_pipecat_service_reports_the_daemons_sentence_for_diarization() -> None:
+    """`mode="DIARIZATION"` is refused in the handshake's error: Pipecat's error frame carries the sentence."""
+    async with running_daemon(api_key=KEY) as daemon:
+        frames = await first_error(pipecat_service(daemon, mode="DIARIZATION"))
+    assert "speaker diarization" in frames.errors[0], frames.errors
+
+
+async def test_pipecat_service_reconnects_after_the_idle_timeout_closes_its_connection() -> None:
+    """Pipecat's service is connected for the whole pipeline: when the daemon's idle timeout closes
+    the connection (its error, then 1001), the error is an error frame with the daemon's sentence,
+    the service reconnects (a new handshake) and the next commands are transcribed. The timeout is
+    over Pipecat's 5 s: a connection shorter than that is a quick failure, and after three in a row
+    Pipecat stops reconnecting."""
+    async with (
+        running_daemon(api_key=KEY, idle_timeout_s=6) as daemon,
+        running_pipeline(pipecat_service(daemon)) as (worker, frames),
+    ):
+        await speak(worker, "lights_on.wav")
+        for _ in range(400):  # 8 s of silence, at microphone pace
+            await worker.queue_frame(InputAudioRawFrame(bytes(int(0.02 * SAMPLE_RATE) * 2), SAMPLE_RATE, 1))
+            await asyncio.sleep(0.02)
+        await speak(worker, FIXTURE)
+        async with asyncio.timeout(60):
+            while len(frames.finals) < 4:
+                frames.changed.clear()
+                await frames.changed.wait()
+    assert same_words([*EXPECTED["lights_on.wav"], *EXPECTED[FIXTURE]], frames.finals), frames.finals
+    assert frames.errors and all("idle_timeout_s" in error for error in frames.errors), frames.errors
+
+
+@asynccontextmanager
+async def tls_daemon(
+    tmp_path: Path, engine: ContextRecordingEngineDouble | None = None, **settings: object
+) -> AsyncIterator[tuple[Daemon, aiohttp.ClientSession]]:
+    """The daemon serving TLS with a certificate of its own for 127.0.0.1, and the aiohttp session
+    given to the plugin, which trusts it: aiohttp reads `SSL_CERT_FILE` once, when it is imported,
+    so a test (already running) hands the plugin a session with its own SSL context instead."""
+    cert = self_signed(tmp_path, ["localhost"], ["127.0.0.1"])
+    trusting = ssl.create_default_context(cafile=str(cert.cert))
+    async with (
+        running_daemon(engine, api_key=KEY, tls_cert=str(cert.cert), tls_key=str(cert.key), **settings) as daemon,
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=trusting)) as http,
+    ):
+        yield daemon, http
+
+
+def livekit_stt(daemon: Daemon, http: aiohttp.ClientSession, api_key: str = KEY, **options: object) -> lk_meta.STT:
+    url = f"wss://127.0.0.1:{daemon.http_port}{meta.PATH}"
+    return lk_meta.STT(api_key=api_key, url=url, http_session=http, **options)  # type: ignore[arg-type]
+
+
+async def test_livekit_stream_over_wss_gets_a_final_per_command(tmp_path: Path) -> None:
+    """LiveKit's stream (24 kHz, ENDPOINTING, audio progress on) with keywords and a language bias:
+    a final per command, each between its START_OF_SPEECH and END_OF_SPEECH; the keywords and the
+    language reach the engine; `end_input` sends `endStream`, and the daemon's Close 1000 ends the
+    stream cleanly (the plugin fails a stream that ends with a turn not completed)."""
+    engine = ContextRecordingEngineDouble()
+    async with tls_daemon(tmp_path, engine) as (daemon, http):
+        stt = livekit_stt(daemon, http, keywords=["Aoife", "Calloway"], language_bias=["English"])
+        events = await stream_fixture(stt, FIXTURE, finals=3)
+        await events.reading
+    finals = [final.text for final in events.finals() if final.text]
+    assert same_words(EXPECTED[FIXTURE], finals), finals
+    assert events.turns().replace("i", "") == "SFE" * 3, events.turns()
+    assert "i" in events.turns(), "partials reach LiveKit as interim transcripts"
+    assert engine.names and all(names[:2] == ("Aoife", "Calloway") for names in engine.names), engine.names
+    assert set(engine.languages) == {"en"}
+
+
+async def test_livekit_stream_with_a_wrong_key_fails_at_the_handshake(tmp_path: Path) -> None:
+    """The daemon's 401 comes as Meta's error in answer to the handshake: the plugin raises its
+    handshake error (status 400, its only one for a refused handshake), not retried."""
+    async with tls_daemon(tmp_path) as (daemon, http):
+        with pytest.raises(APIStatusError, match="handshake error") as refused:
+            await stream_fixture(livekit_stt(daemon, http, "wrong"), FIXTURE, finals=1)
+    assert refused.value.status_code == 400 and not refused.value.retryable
+
+
+async def test_livekit_stream_with_a_language_the_engine_lacks_fails_at_the_handshake(tmp_path: Path) -> None:
+    """`language_bias=["French"]`, which tiny.en cannot honour: refused in the handshake's answer."""
+    async with tls_daemon(tmp_path) as (daemon, http):
+        with pytest.raises(APIStatusError, match="handshake error"):
+            await stream_fixture(livekit_stt(daemon, http, language_bias=["French"]), FIXTURE, finals=1)
+
+
+async def test_livekit_stream_fails_when_the_idle_timeout_closes_its_connection(tmp_path: Path) -> None:
+    """The plugin does not reconnect once audio was sent (docs/meta.md): the daemon's idle timeout
+    (its error, then 1001) ends the stream with an error, after the command before it was final."""
+    async with tls_daemon(tmp_path, idle_timeout_s=2) as (daemon, http):
+        stt = livekit_stt(daemon, http)
+        stream = stt.stream(conn_options=APIConnectOptions(max_retry=3, retry_interval=0.1, timeout=10))
+        events = LiveKitEvents(stream)
+        silence = [bytes(int(FRAME_S * SAMPLE_RATE) * 2)] * 40
+        try:
+            for chunk in [*microphone_chunks("lights_on.wav", FRAME_S), *silence]:
+                if events.reading.done():  # the stream failed: it takes no more audio
+                    break
+                stream.push_frame(rtc.AudioFrame(chunk, SAMPLE_RATE, 1, len(chunk) // 2))
+                await asyncio.sleep(FRAME_S)
+            async with asyncio.timeout(30):
+                with pytest.raises(APIError, match="stream error") as failed:
+                    await events.reading
+        finally:
+            await stream.aclose()
+            await stt.aclose()
+    finals = [final.text for final in events.finals() if final.text]
+    assert same_words(EXPECTED["lights_on.wav"], finals), (finals, events.turns())
+    assert not failed.value.retryable
