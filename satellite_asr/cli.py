@@ -220,6 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
             "mistral",
             "xai",
             "gradium",
+            "meta",
             "sarvam",
             "zoom",
             "azure",
@@ -239,6 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
         "mistral: /v1/audio/transcriptions/realtime clients (Mistral's realtime API); "
         "xai: /v1/stt clients (xAI's real-time speech-to-text API); "
         "gradium: /api/speech/asr clients (Gradium's real-time speech-to-text API); "
+        "meta: /v1/asr/realtime clients (Meta's real-time speech recognition API); "
         "sarvam: /speech-to-text/ws clients (Sarvam AI's streaming speech-to-text API, no partials); "
         "zoom: /v2/aiservices/scribe/live clients (Zoom's Scribe Live API, no partials); "
         "azure: /speech/recognition/conversation/cognitiveservices/v1 clients (Azure AI Speech's real-time API, USP); "

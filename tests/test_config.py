@@ -291,6 +291,7 @@ USER_DOCS = (
     "docs/mistral.md",
     "docs/xai.md",
     "docs/gradium.md",
+    "docs/meta.md",
     "docs/sarvam.md",
     "docs/zoom.md",
     "docs/azure.md",

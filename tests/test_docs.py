@@ -51,6 +51,7 @@ PROTOCOL_DOCS = {
     "protocols/xai.py": "docs/xai.md",
     "protocols/xai_rest.py": "docs/xai.md",
     "protocols/gradium.py": "docs/gradium.md",
+    "protocols/meta.py": "docs/meta.md",
     "protocols/sarvam.py": "docs/sarvam.md",
     "protocols/sarvam_rest.py": "docs/sarvam.md",
     "protocols/zoom.py": "docs/zoom.md",

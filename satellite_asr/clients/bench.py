@@ -569,6 +569,30 @@ async def _stream_one_gradium(
     return await _stream_pcm16(url, audio, delay, headers, translate, end, append, first=setup)
 
 
+async def _stream_one_meta(
+    url: str, audio: Audio, delay: float, config: dict[str, Any], headers: dict[str, str]
+) -> tuple[float, list[Any]]:
+    """The same over Meta's real-time API: the handshake first (16 kHz PCM, ENDPOINTING, cumulative
+    partials; the key, if any, goes in the request's headers, which the daemon takes there too), the
+    audio as binary messages, `endStream` at the end. A `transcript` is a `partial` of its turn, a
+    `speechComplete` with text the turn's `final`; an `error` is the stream's refusal (`StreamRefused`):
+    Meta refuses in the stream, a missing key too."""
+
+    def translate(message: dict[str, Any]) -> dict[str, Any] | None:
+        kind = message.get("type")
+        if kind == "error":
+            raise StreamRefused(f"the daemon sent error {message['code']}: {message['message']}")
+        if kind == "transcript":
+            return {"type": "partial", "utterance_id": message["turnId"]}
+        if kind == "speechComplete" and message["transcript"]:
+            return {"type": "final", "utterance_id": message["turnId"], "text": message["transcript"]}
+        return None
+
+    handshake = {"audioEncoding": "PCM_16KHZ", "model": "muse-voice-transcribe-1.0", "mode": "ENDPOINTING"}
+    end = json.dumps({"type": "endStream"})
+    return await _stream_pcm16(url, audio, delay, headers, translate, end, first=json.dumps(handshake))
+
+
 async def _stream_one_smallest(
     url: str, audio: Audio, delay: float, config: dict[str, Any], headers: dict[str, str]
 ) -> tuple[float, list[Any]]:
@@ -794,6 +818,7 @@ PROTOCOLS: dict[str, tuple[str, Streamer]] = {
     "mistral": ("/v1/audio/transcriptions/realtime", _stream_one_mistral),
     "xai": ("/v1/stt", _stream_one_xai),
     "gradium": ("/api/speech/asr", _stream_one_gradium),
+    "meta": ("/v1/asr/realtime", _stream_one_meta),
     "sarvam": ("/speech-to-text/ws", _stream_one_sarvam),
     "zoom": ("/v2/aiservices/scribe/live", _stream_one_zoom),
     "azure": ("/speech/recognition/conversation/cognitiveservices/v1", _stream_one_azure),

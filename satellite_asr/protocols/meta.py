@@ -196,13 +196,13 @@ def bias_language(core: Core, bias: object) -> str | None:
     if bias is None:
         return core.settings.default_language
     if not isinstance(bias, list) or not all(isinstance(entry, str) for entry in bias):
-        raise ProtocolError("invalid_type", "languageBias must be a list of language names, e.g. English")
+        raise ProtocolError("invalid_handshake", "languageBias must be a list of language names, e.g. English")
     languages = set()
     for entry in bias:
         code = LANGUAGES.get(entry.strip().casefold(), entry.strip())
         language = engine_language(core, code, f"languageBias {echoable(entry)!r}")
         if language is None:
-            raise ProtocolError("invalid_type", "languageBias entries must be language names, e.g. English")
+            raise ProtocolError("invalid_handshake", "languageBias entries must be language names, e.g. English")
         languages.add(language)
     if not languages:
         return core.settings.default_language
