@@ -428,6 +428,23 @@ async def test_bench_over_soniox_says_the_streams_401_and_takes_the_key(tmp_path
         assert code == 0 and "WER" in stdout, stderr
 
 
+async def test_bench_over_meta_says_the_handshakes_401_and_takes_the_key(tmp_path: Path) -> None:
+    """Meta's API refuses a missing key in answer to the handshake, not at the upgrade: `bench
+    --protocol meta` reports that error (code and sentence) with the key hint, and with the key
+    (in the request's headers, which the daemon takes there too) measures the file."""
+    manifest = weather_manifest(tmp_path)
+    bench = functools.partial(bench_one_round, manifest, "meta")
+    async with running_daemon(api_key="kitchen-key") as daemon:
+        url = f"ws://127.0.0.1:{daemon.http_port}/v1/asr/realtime"
+        code, stdout, stderr = await bench(url)
+        assert (code, stdout) == (1, ""), stderr
+        refused = f"satellite-asr: {url}: the daemon sent error missing_api_key: this daemon requires an API key"
+        assert stderr.startswith(refused), stderr
+        assert stderr.endswith("; give the key with --api-key, --api-key-file or SATELLITE_ASR_API_KEY\n"), stderr
+        code, stdout, stderr = await bench(url, key="kitchen-key")
+        assert code == 0 and "missing finals: 0" in stdout and "WER" in stdout, stderr
+
+
 async def test_bench_over_speechmatics_says_the_upgrades_401_and_the_streams_error(tmp_path: Path) -> None:
     """`bench --protocol speechmatics`: a missing key is the upgrade's 401 in Speechmatics' body,
     reported with the key hint; an Error in the stream (a path language not the configuration's)

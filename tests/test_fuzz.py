@@ -36,6 +36,7 @@ from satellite_asr.protocols import (
     elevenlabs,
     gladia,
     gradium,
+    meta,
     mistral,
     sarvam,
     sarvam_rest,
@@ -477,6 +478,57 @@ def test_gradium_query_is_empty_or_refused_naming_a_parameter(pairs: list[tuple[
     query = MultiDict(pairs)
     try:
         assert gradium.parse_query(query, CORE) is None
+    except ParameterError as error:
+        assert error.parameter in query
+
+
+meta_handshakes = st.fixed_dictionaries(
+    {},
+    optional={
+        "authorization": st.fixed_dictionaries({"accessToken": st.sampled_from(["Bearer k", "k", "Bearer "])})
+        | json_values,
+        "audioEncoding": st.sampled_from([*meta.ENCODINGS, "PCM_8KHZ", "OPUS"]) | json_values,
+        "model": st.sampled_from(["muse-voice-transcribe-1.0", "", " "]) | json_values,
+        "mode": st.sampled_from(["ENDPOINTING", *meta.REFUSED_MODES, "x"]) | json_values,
+        "partialMode": st.sampled_from(["CUMULATIVE", "DELTA"]) | json_values,
+        "emitAudioProgress": st.booleans() | json_values,
+        "languageBias": st.lists(st.sampled_from(["English", "english", "en-US", "French", "Klingon", ""]), max_size=3)
+        | json_values,
+        "keywords": st.lists(st.text(max_size=12), max_size=3) | json_values,
+        "zdrOverride": st.booleans() | st.none() | json_values,
+        "voice": json_values,
+    },
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(meta_handshakes | json_values)
+@example({"audioEncoding": "PCM_16KHZ", "languageBias": []})
+@example({"audioEncoding": "PCM_24KHZ", "languageBias": [""]})
+@example({"audioEncoding": []})  # an unhashable encoding: refused, not a TypeError
+@example({"audioEncoding": "PCM_16KHZ", "mode": []})  # found here: a TypeError (unhashable), not invalid_handshake
+@example({"audioEncoding": "PCM_16KHZ", "partialMode": {}})
+def test_meta_handshake_is_accepted_or_refused_as_invalid_handshake(handshake: Any) -> None:
+    """Any first message is taken at one of Meta's PCM rates, or refused as `invalid_handshake`
+    with a sentence; the key it carries is read without raising, whatever its shape."""
+    message = WSMessage(WSMsgType.TEXT, json.dumps(handshake), None)
+    key = meta.in_band_key(message)
+    assert key is None or isinstance(key, str)
+    try:
+        parsed = meta.parse_handshake(message, CORE)
+    except ProtocolError as error:
+        assert error.code == "invalid_handshake" and error.message
+    else:
+        assert parsed.decoder().sample_rate == meta.ENCODINGS[handshake["audioEncoding"]]
+        assert parsed.language in (None, "en")
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["sessionId", "api_key", "x"]), st.text(max_size=140)), max_size=3))
+def test_meta_query_is_empty_or_refused_naming_a_parameter(pairs: list[tuple[str, str]]) -> None:
+    query = MultiDict(pairs)
+    try:
+        assert meta.parse_query(query, CORE) is None
     except ParameterError as error:
         assert error.parameter in query
 
@@ -1140,6 +1192,36 @@ async def xai_session(url: str, frames: list[str | bytes]) -> None:
         assert messages[-1]["type"] == "transcript.done" and len(of_type(messages, "transcript.done")) == 1, messages
 
 
+meta_sessions = st.lists(
+    listen_text
+    | listen_binary
+    | st.sampled_from(["endStream", "speechStart", "x"]).map(lambda kind: json.dumps({"type": kind}))
+    | st.builds(lambda extra: json.dumps({"type": "endStream", "x": extra}), json_values),
+    max_size=8,
+)
+META_TYPES = {None, "speechStart", "transcript", "speechEnd", "speechComplete", "audioProgress", "error"}
+META_CODES = {"invalid_message", "invalid_audio", "engine_error", "server_busy"}
+
+
+async def meta_session(url: str, frames: list[str | bytes]) -> None:
+    """The handshake, the frames, then `endStream`: every message is one of Meta's, the
+    acknowledgement first, every error a documented code with a sentence; errors never end the
+    stream, so it ends with 1000 (or, a frame over the size limit, 1009), each turn begun completed."""
+    handshake = json.dumps({"audioEncoding": "PCM_16KHZ", "emitAudioProgress": True})
+    messages, close_code = await closed_stream(url, [handshake, *frames], json.dumps({"type": "endStream"}))
+    assert {m.get("type") for m in messages} <= META_TYPES, messages
+    # a frame over the size limit read ahead closes the connection (1009) at once, acknowledged or not
+    assert close_code == 1009 or "sessionId" in messages[0], messages
+    errors = [m for m in messages if m.get("type") == "error"]
+    assert all(e["code"] in META_CODES and e["message"] for e in errors), messages
+    assert close_code in (1000, 1009), (close_code, messages)
+    if close_code == 1000:
+        started = [m["turnId"] for m in messages if m.get("type") == "speechStart"]
+        assert [m["turnId"] for m in messages if m.get("type") == "speechComplete"] == started, messages
+        progress = [m["audioProcessedMs"] for m in messages if m.get("type") == "audioProgress"]
+        assert progress == sorted(progress), progress
+
+
 gradium_sessions = st.lists(
     listen_text
     | listen_binary
@@ -1484,6 +1566,14 @@ async def test_random_sessions_on_every_streaming_protocol_leave_the_daemon_and_
         def zoom_fuzz(frames: list[str | bytes]) -> None:
             asyncio.run_coroutine_threadsafe(zoom_session(zoom_url, frames), loop).result(60)
 
+        meta_url = f"ws://127.0.0.1:{daemon.http_port}{meta.PATH}?sessionId=fuzz"
+
+        @settings(max_examples=100, deadline=None)
+        @given(meta_sessions)
+        @example(['{"type": "endStream", "x": 1}', b"\x00" * 3201])
+        def meta_fuzz(frames: list[str | bytes]) -> None:
+            asyncio.run_coroutine_threadsafe(meta_session(meta_url, frames), loop).result(60)
+
         sarvam_url = f"ws://127.0.0.1:{daemon.http_port}{sarvam.PATH}?vad_signals=true"
 
         @settings(max_examples=100, deadline=None)
@@ -1525,6 +1615,7 @@ async def test_random_sessions_on_every_streaming_protocol_leave_the_daemon_and_
         await loop.run_in_executor(None, mistral_fuzz)
         await loop.run_in_executor(None, xai_fuzz)
         await loop.run_in_executor(None, gradium_fuzz)
+        await loop.run_in_executor(None, meta_fuzz)
         await loop.run_in_executor(None, sarvam_fuzz)
         await loop.run_in_executor(None, zoom_fuzz)
         await loop.run_in_executor(None, azure_fuzz)

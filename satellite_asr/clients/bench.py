@@ -581,7 +581,8 @@ async def _stream_one_meta(
     def translate(message: dict[str, Any]) -> dict[str, Any] | None:
         kind = message.get("type")
         if kind == "error":
-            raise StreamRefused(f"the daemon sent error {message['code']}: {message['message']}")
+            status = 401 if message["code"] in ("missing_api_key", "invalid_api_key") else None
+            raise StreamRefused(f"the daemon sent error {message['code']}: {message['message']}", status)
         if kind == "transcript":
             return {"type": "partial", "utterance_id": message["turnId"]}
         if kind == "speechComplete" and message["transcript"]:

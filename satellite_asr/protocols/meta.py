@@ -161,12 +161,12 @@ def parse_handshake(message: WSMessage, core: Core) -> MetaHandshake:
     if not isinstance(model, str) or not model.strip():
         raise ProtocolError("invalid_handshake", "model must be a model's name, e.g. muse-voice-transcribe-1.0")
     mode = handshake.get("mode", "ENDPOINTING")
-    if mode in REFUSED_MODES:
+    if isinstance(mode, str) and mode in REFUSED_MODES:
         raise ProtocolError("invalid_handshake", f"mode {mode}: this server does not do {REFUSED_MODES[mode]}")
-    if mode not in MODES:
+    if not isinstance(mode, str) or mode not in MODES:
         raise ProtocolError("invalid_handshake", f"mode must be ENDPOINTING, got {echoable(str(mode))!r}")
     partial_mode = handshake.get("partialMode", "CUMULATIVE")
-    if partial_mode not in PARTIAL_MODES:
+    if not isinstance(partial_mode, str) or partial_mode not in PARTIAL_MODES:
         raise ProtocolError(
             "invalid_handshake",
             f"partialMode {echoable(str(partial_mode))!r}: this server sends CUMULATIVE partials only "
