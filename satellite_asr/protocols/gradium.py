@@ -184,6 +184,8 @@ class GradiumConnection(ErrorEventConnection):
 
     protocol = PROTOCOL
     invalid_message = "invalid_message"
+    refusal_closes = CLOSE_CODES
+    """A refused setup (no session yet) is followed by the Close; later errors leave the stream going."""
 
     steps = 0
     """The steps sent: one per 80 ms of audio received."""
@@ -277,13 +279,6 @@ class GradiumConnection(ErrorEventConnection):
 
     def error_message(self, code: str, message: str) -> dict[str, Any]:
         return error_event(code, message)
-
-    async def error(self, code: str, message: str, *, fatal: bool = False, counted: bool = False) -> None:
-        """Gradium's error; a refused setup (no session yet) is followed by the Close, and later the
-        stream goes on."""
-        await super().error(code, message, fatal=fatal, counted=counted)
-        if self.input is None and not fatal:
-            await self.close(CLOSE_CODES.get(code, WSCloseCode.POLICY_VIOLATION), code)
 
     async def on_binary(self, data: bytes) -> None:
         raise ProtocolError("invalid_message", "audio comes as audio messages (base64 PCM), not binary")

@@ -22,8 +22,8 @@ from multidict import MultiMapping
 from satellite_asr.access import check_key
 from satellite_asr.audio import PcmDecoder
 from satellite_asr.core import Core
-from satellite_asr.events import FinalTranscript, SpeechStopped
-from satellite_asr.protocols import ProtocolError, ReadAhead, echoable, json_object
+from satellite_asr.events import FinalTranscript, SpeechStarted, SpeechStopped
+from satellite_asr.protocols import ProtocolError, echoable, json_object
 from satellite_asr.protocols.iso639 import engine_language
 from satellite_asr.protocols.streaming_apis import (
     Api,
@@ -225,22 +225,10 @@ class MetaConnection(ErrorEventConnection):
 
     protocol = PROTOCOL
     invalid_message = "invalid_message"
-
-    def __init__(
-        self,
-        ws: web.WebSocketResponse,
-        core: Core,
-        request: web.Request,
-        reading: ReadAhead,
-        params: StreamParams | None,
-    ) -> None:
-        super().__init__(ws, core, request, reading, params)
-        self.request = request
-        self.session_id = request.query.get("sessionId") or self.request_id
-        self.received = 0
-        """The samples of audio received, at the handshake's rate."""
-        self.speech_ended: set[int] = set()
-        """The turns whose `speechEnd` was sent before their final."""
+    refusal_closes = CLOSE_CODES
+    """A refused handshake (no session yet) is followed by the Close; later errors leave the stream going."""
+    received = 0
+    """The samples of audio received, at the handshake's rate."""
 
     async def read_settings(self, message: WSMessage) -> None:
         """The key (the connection's, or the handshake's) first, so that a client without it learns
@@ -251,6 +239,8 @@ class MetaConnection(ErrorEventConnection):
         if refusal is not None:
             raise ProtocolError(refusal[1], refusal[2])
         self.params = parse_handshake(message, self.core)
+        self.speech_ended: set[int] = set()
+        """The turns whose `speechEnd` was sent before their final."""
         self.open_session()
         await self.opened()
 
@@ -261,9 +251,9 @@ class MetaConnection(ErrorEventConnection):
 
     async def opened(self) -> None:
         """The acknowledgement: the session's id (the URL's `sessionId`, else the daemon's own)."""
-        await self.send({"sessionId": self.session_id})
+        await self.send({"sessionId": self.request.query.get("sessionId") or self.request_id})
 
-    async def speech_started(self, event: Any) -> None:
+    async def speech_started(self, event: SpeechStarted) -> None:
         await super().speech_started(event)
         await self.send({"type": "speechStart", "turnId": event.utterance_id})
 
@@ -293,13 +283,6 @@ class MetaConnection(ErrorEventConnection):
 
     def error_message(self, code: str, message: str) -> dict[str, Any]:
         return error_event(code, message)
-
-    async def error(self, code: str, message: str, *, fatal: bool = False, counted: bool = False) -> None:
-        """Meta's error; a refused handshake (no session yet) is followed by the Close, and later the
-        stream goes on."""
-        await super().error(code, message, fatal=fatal, counted=counted)
-        if self.input is None and not fatal:
-            await self.close(CLOSE_CODES.get(code, WSCloseCode.POLICY_VIOLATION), code)
 
     async def on_binary(self, data: bytes) -> None:
         """Audio; with `emitAudioProgress`, how much of the stream has come, in ms of the client's audio

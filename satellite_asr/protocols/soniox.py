@@ -242,7 +242,6 @@ class SonioxConnection(InOrderConnection):
         params: StreamParams | None,
     ) -> None:
         super().__init__(ws, core, request, reading, params)
-        self.request = request
         self.config: SonioxConfig | None = None
         self.spoken = False
         """Words were sent: the next token of words starts with a space."""

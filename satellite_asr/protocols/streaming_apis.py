@@ -282,6 +282,7 @@ class StreamingConnection(abc.ABC):
     ) -> None:
         self.ws = ws
         self.core = core
+        self.request = request
         self.transport = request.transport
         self.reading = reading
         self.params = params
@@ -534,6 +535,11 @@ class ErrorEventConnection(InOrderConnection):
     going (xAI's, Smallest AI's, Sarvam AI's, Gradium's once its setup is taken): the server ending
     the stream (idle timeout, shutdown) is that error with the sentence, then the Close 1001."""
 
+    refusal_closes: ClassVar[Mapping[str, int] | None] = None
+    """For an API whose settings come in the first message and whose refusal of them is followed by
+    the Close (Gradium's, Meta's): that Close's code by error code (any other 1008), for an error
+    before the session; None: every error leaves the stream going."""
+
     @abc.abstractmethod
     def error_message(self, code: str, message: str) -> dict[str, Any]:
         """The API's error message."""
@@ -547,10 +553,13 @@ class ErrorEventConnection(InOrderConnection):
             await self.close(WSCloseCode.GOING_AWAY, reason)
 
     async def error(self, code: str, message: str, *, fatal: bool = False, counted: bool = False) -> None:
-        """The API's error; the stream goes on (an engine failure loses its utterance alone)."""
+        """The API's error; the stream goes on (an engine failure loses its utterance alone), but for a
+        refusal before the session, followed by the Close (`refusal_closes`)."""
         if not counted:
             self.core.metrics.errors.labels(code).inc()
         await self.send(self.error_message(code, message))
+        if self.refusal_closes is not None and self.input is None and not fatal:
+            await self.close(self.refusal_closes.get(code, WSCloseCode.POLICY_VIOLATION), code)
 
 
 async def refuse_in_band(
