@@ -19,7 +19,6 @@ import pytest
 from livekit import rtc
 from livekit.agents import APIConnectOptions, APIError, APIStatusError
 from livekit.plugins import meta as lk_meta
-from pipecat.frames.frames import InputAudioRawFrame
 from pipecat.services.meta.stt import MetaSTTService
 
 from satellite_asr.audio import SAMPLE_RATE
@@ -29,7 +28,7 @@ from tests.certificates import self_signed
 from tests.doubles import ContextRecordingEngineDouble
 from tests.helpers import EXPECTED, microphone_chunks, running_daemon, same_words
 from tests.livekit_events import FRAME_S, LiveKitEvents, stream_fixture
-from tests.test_pipecat import first_error, running_pipeline, speak, transcribed
+from tests.test_pipecat import across_a_pause, first_error, transcribed
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -72,19 +71,8 @@ async def test_pipecat_service_reconnects_after_the_idle_timeout_closes_its_conn
     the service reconnects (a new handshake) and the next commands are transcribed. The timeout is
     over Pipecat's 5 s: a connection shorter than that is a quick failure, and after three in a row
     Pipecat stops reconnecting."""
-    async with (
-        running_daemon(api_key=KEY, idle_timeout_s=6) as daemon,
-        running_pipeline(pipecat_service(daemon)) as (worker, frames),
-    ):
-        await speak(worker, "lights_on.wav")
-        for _ in range(400):  # 8 s of silence, at microphone pace
-            await worker.queue_frame(InputAudioRawFrame(bytes(int(0.02 * SAMPLE_RATE) * 2), SAMPLE_RATE, 1))
-            await asyncio.sleep(0.02)
-        await speak(worker, FIXTURE)
-        async with asyncio.timeout(60):
-            while len(frames.finals) < 4:
-                frames.changed.clear()
-                await frames.changed.wait()
+    async with running_daemon(api_key=KEY, idle_timeout_s=6) as daemon:
+        frames = await across_a_pause(pipecat_service(daemon), "lights_on.wav", "three_commands.wav", 8)
     assert same_words([*EXPECTED["lights_on.wav"], *EXPECTED[FIXTURE]], frames.finals), frames.finals
     assert frames.errors and all("idle_timeout_s" in error for error in frames.errors), frames.errors
 
