@@ -46,7 +46,13 @@ from satellite_asr.protocols import (
     openai_error,
     read_ahead_response,
 )
-from satellite_asr.protocols.openai_realtime_config import RealtimeConfig, apply_update, beta_session, ga_session
+from satellite_asr.protocols.openai_realtime_config import (
+    RealtimeConfig,
+    apply_update,
+    beta_session,
+    from_query,
+    ga_session,
+)
 from satellite_asr.session import Session
 
 log = logging.getLogger(__name__)
@@ -107,14 +113,21 @@ class _Connection:
     """
 
     def __init__(
-        self, ws: web.WebSocketResponse, core: Core, request: web.Request, beta: bool, reading: ReadAhead
+        self,
+        ws: web.WebSocketResponse,
+        core: Core,
+        request: web.Request,
+        beta: bool,
+        reading: ReadAhead,
+        config: RealtimeConfig,
     ) -> None:
         self.ws = ws
         self.reading = reading
         self.core = core
         self.transport = request.transport
         self.beta = beta
-        self.config = RealtimeConfig.defaults(core.settings)
+        self.config = config
+        """The defaults, or as the query set them (Together AI's dialect)."""
         self.input: PcmInput | None = None
         self.generation = 0
         """Counts sessions, so events of a finalized one are told apart from the current one's."""
@@ -170,7 +183,8 @@ class _Connection:
         options, engine = self.session.options, self.core.engine_info
         if self.beta:
             body = beta_session(session_id, self.config, options, engine)
-            await self.send({"type": f"transcription_session.{what}", "session": body})
+            kind = "session" if self.config.together and what == "created" else "transcription_session"
+            await self.send({"type": f"{kind}.{what}", "session": body})
         else:
             await self.send(
                 {"type": f"session.{what}", "session": ga_session(session_id, self.config, options, engine)}
@@ -341,17 +355,19 @@ class _Connection:
             await self.error(ProtocolError(event.code, event.message), None)
 
     async def delta(self, item: _Item, text: str) -> None:
-        """Send what `text` adds to what was sent; text that does not continue it waits for the final."""
+        """Send what `text` adds to what was sent (in Together's dialect, the whole of `text`, also as
+        `transcript`); text that does not continue it waits for the final."""
         if len(text) > len(item.sent) and text.startswith(item.sent):
             delta, item.sent = text[len(item.sent) :], text
-            await self.send(
-                {
-                    "type": "conversation.item.input_audio_transcription.delta",
-                    "item_id": item.id,
-                    "content_index": 0,
-                    "delta": delta,
-                }
-            )
+            event = {
+                "type": "conversation.item.input_audio_transcription.delta",
+                "item_id": item.id,
+                "content_index": 0,
+                "delta": delta,
+            }
+            if self.config.together:
+                event.update(delta=text, transcript=text)
+            await self.send(event)
 
     async def final(self, item: _Item, event: FinalTranscript) -> None:
         if item.failure is not None:
@@ -413,6 +429,11 @@ class RealtimeHandler:
         if intent != "transcription":
             message = f"intent must be transcription (this server only transcribes), got {intent!r}"
             return _refusal(400, "invalid_value", message, "intent")
+        try:
+            config = from_query(RealtimeConfig.defaults(self.core.settings), request.query)
+        except ProtocolError as exc:
+            self.core.metrics.errors.labels(exc.code).inc()
+            return _refusal(400, exc.code, exc.message, exc.param)
         # aiohttp refuses an uncompressed message as long as its limit: one more lets exactly 24 MiB through
         # `ReadAhead` answers a client's Close at once: what it sent before is for no one
         ws = read_ahead_response(MAX_MESSAGE_BYTES + 1, SUBPROTOCOL)
@@ -421,17 +442,19 @@ class RealtimeHandler:
             return _refusal(426, "websocket_required", message, Upgrade="websocket", Connection="Upgrade")
         try:
             with self.connections.opened(request.remote or ""):
-                return await self._serve(request, ws)
+                return await self._serve(request, ws, config)
         except TooManyConnections as exc:
             self.core.metrics.errors.labels("too_many_connections").inc()
             return _refusal(503, "too_many_connections", str(exc), **{"Retry-After": "5"})
 
-    async def _serve(self, request: web.Request, ws: web.WebSocketResponse) -> web.StreamResponse:
+    async def _serve(
+        self, request: web.Request, ws: web.WebSocketResponse, config: RealtimeConfig
+    ) -> web.StreamResponse:
         if not await accepted(ws, request):
             return client_gone()
         beta = "realtime=v1" in request.headers.get("OpenAI-Beta", "")
         reading = ReadAhead(ws, self.core.settings, request.transport)
-        connection = _Connection(ws, self.core, request, beta, reading)
+        connection = _Connection(ws, self.core, request, beta, reading, config)
         try:
             try:
                 await connection.open_session(created=True)

@@ -8,6 +8,7 @@ daemon setting it becomes (`config.coerce`), so the limits and messages are the 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +27,19 @@ GA_FORMATS = {"audio/pcm": "s16le", "audio/pcmu": "pcmu", "audio/pcma": "pcma"}
 """GA `audio.input.format.type` -> the decoder's encoding."""
 BETA_FORMATS = {"pcm16": ("s16le", PCM_RATE), "g711_ulaw": ("pcmu", G711_RATE), "g711_alaw": ("pcma", G711_RATE)}
 """Beta `input_audio_format` -> (encoding, rate)."""
+QUERY_FORMATS = {"pcm_s16le_16000": ("s16le", 16000), **BETA_FORMATS}
+"""The `input_audio_format` query parameter (Together AI's dialect, docs/together.md): Together's one
+spelling, or a beta name."""
+QUERY_TURN_DETECTION = ("server_vad", "semantic_vad", "none")
+QUERY_VAD = {
+    "threshold": ("threshold", "vad_threshold"),
+    "min_silence_duration_ms": ("silence_duration_ms", "silence_ms"),
+    "speech_pad_ms": ("prefix_padding_ms", "speech_pad_ms"),
+}
+"""Together's VAD query parameters -> (the `server_vad` field each is, the daemon setting it is checked as)."""
+QUERY_CHECKED = {"min_speech_duration_ms": "min_speech_ms", "max_speech_duration_s": "max_utterance_s"}
+"""Together's VAD query parameters checked as the daemon setting named, not applied (docs/together.md)."""
+QUERY_PARAMETERS = {"input_audio_format", "turn_detection", *QUERY_VAD, *QUERY_CHECKED}
 
 EAGERNESS = {"low": (400, 1600), "medium": (200, 800), "high": (120, 500)}
 """`semantic_vad` eagerness -> (min_silence_ms, silence_ms) of adaptive turn detection: the wait after a
@@ -107,6 +121,9 @@ class RealtimeConfig:
     keywords: tuple[str, ...]
     turn_detection: TurnDetection | None
     """None: turn detection off, the client commits."""
+    together: bool = False
+    """Together AI's dialect (its query parameters were given): each delta carries the item's whole
+    text so far, as `delta` and `transcript`, and the first announcement is `session.created`."""
 
     @classmethod
     def defaults(cls, settings: Settings) -> RealtimeConfig:
@@ -162,6 +179,42 @@ def apply_update(config: RealtimeConfig, message: dict[str, Any], beta: bool, co
     param = f"{prefix}{transcription}"
     checked_biasing(core, config.prompt, config.keywords, f"{param}.prompt", f"{param}.prompt and .keywords")
     return config
+
+
+def from_query(config: RealtimeConfig, query: Mapping[str, str]) -> RealtimeConfig:
+    """`config` set by Together AI's query parameters (`QUERY_PARAMETERS`), as a `session.update`
+    would set it; any of them makes the connection speak Together's dialect. A value the daemon
+    cannot take is a `ProtocolError` naming the parameter."""
+    if not QUERY_PARAMETERS & set(query):
+        return config
+    changes: dict[str, Any] = {"together": True}
+    if "input_audio_format" in query:
+        value = query["input_audio_format"]
+        if value not in QUERY_FORMATS:
+            message = f"input_audio_format must be one of {', '.join(QUERY_FORMATS)}, got {value!r:.40}"
+            raise _invalid("invalid_value", message, "input_audio_format")
+        changes["encoding"], changes["sample_rate"] = QUERY_FORMATS[value]
+    vad: dict[str, Any] = {}
+    for name, setting in [*((name, setting) for name, (_, setting) in QUERY_VAD.items()), *QUERY_CHECKED.items()]:
+        if name in query:
+            try:
+                vad[name] = coerce(setting, query[name])
+            except ConfigError as exc:
+                reason = str(exc).split(": ", 1)[1]
+                raise _invalid("invalid_value", f"{name} {reason}", name) from None
+    current = "none" if config.turn_detection is None else config.turn_detection.type
+    kind = query.get("turn_detection", "server_vad" if QUERY_VAD.keys() & vad.keys() else current)
+    if kind not in QUERY_TURN_DETECTION:
+        message = f"turn_detection must be one of {', '.join(QUERY_TURN_DETECTION)}, got {kind!r:.40}"
+        raise _invalid("invalid_value", message, "turn_detection")
+    if kind == "none":
+        changes["turn_detection"] = None
+    elif kind == "semantic_vad":
+        changes["turn_detection"] = TurnDetection(kind)
+    else:
+        fields = {field: vad[name] for name, (field, _) in QUERY_VAD.items() if name in vad}
+        changes["turn_detection"] = TurnDetection(kind, **fields)
+    return dataclasses.replace(config, **changes)
 
 
 def _ga_format(config: RealtimeConfig, value: Any, param: str, core: Core) -> RealtimeConfig:

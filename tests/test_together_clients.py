@@ -1,0 +1,72 @@
+"""Together AI's real-time transcription dialect of `/v1/realtime` with the real client: Pipecat's
+`TogetherSTTService` in a pipeline behind its own Silero VAD, against the real daemon (real Silero,
+real tiny.en). The service connects to `{base_url}/realtime?intent=transcription&model=...&
+turn_detection=none&input_audio_format=pcm_s16le_16000` with `Authorization: Bearer` and
+`OpenAI-Beta: realtime=v1`, and commits at each stop of Pipecat's VAD (docs/together.md)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from pipecat.frames.frames import InputAudioRawFrame
+from pipecat.services.together.stt import TogetherSTTService
+
+from satellite_asr.audio import SAMPLE_RATE
+from satellite_asr.server import Daemon
+from tests.helpers import EXPECTED, running_daemon, same_words
+from tests.test_pipecat import first_error, running_pipeline, speak, transcribed
+
+pytestmark = pytest.mark.timeout(180)
+
+KEY = "together-test-key"
+FIXTURE = "three_commands.wav"
+
+
+def pipecat_service(daemon: Daemon, api_key: str = KEY) -> TogetherSTTService:
+    return TogetherSTTService(api_key=api_key, base_url=f"ws://127.0.0.1:{daemon.http_port}/v1")
+
+
+async def test_pipecat_service_gets_a_transcript_per_command_and_whole_text_interims() -> None:
+    """Pipecat's defaults (openai/whisper-large-v3, English, turn detection off): each commit's
+    `completed` is a `TranscriptionFrame`; each delta is an interim frame holding the item's whole
+    text so far (Together's deltas replace each other), so the interims of a command grow."""
+    async with running_daemon(api_key=KEY) as daemon:
+        frames = await transcribed(pipecat_service(daemon), FIXTURE)
+    assert frames.interims, "deltas reach Pipecat as interim transcripts"
+    finals = frames.finals
+    for interim in frames.interims:  # each is the start of a command's words, never a fragment of one
+        assert any(final.lower().startswith(interim.strip().lower()[:3]) for final in finals), (interim, finals)
+
+
+async def test_pipecat_service_with_a_wrong_key_gets_an_error_frame_with_the_401() -> None:
+    async with running_daemon(api_key=KEY) as daemon:
+        frames = await first_error(pipecat_service(daemon, "wrong"))
+    assert "401" in frames.errors[0] and frames.finals == [], frames.errors
+
+
+async def test_pipecat_service_reconnects_after_the_idle_timeout_closes_its_connection() -> None:
+    """When the daemon's idle timeout closes the connection (1001, its reason naming the setting),
+    Pipecat's receive loop ends, the service connects again and the next commands are transcribed.
+    The timeout is over Pipecat's 5 s quick-failure window."""
+    connections = 0
+    async with running_daemon(api_key=KEY, idle_timeout_s=6) as daemon:
+        stt = pipecat_service(daemon)
+
+        @stt.event_handler("on_connected")  # type: ignore[untyped-decorator]
+        async def on_connected(_stt: TogetherSTTService) -> None:
+            nonlocal connections
+            connections += 1
+
+        async with running_pipeline(stt) as (worker, frames):
+            await speak(worker, "lights_on.wav")
+            for _ in range(400):  # 8 s of silence, at microphone pace
+                await worker.queue_frame(InputAudioRawFrame(bytes(int(0.02 * SAMPLE_RATE) * 2), SAMPLE_RATE, 1))
+                await asyncio.sleep(0.02)
+            await speak(worker, FIXTURE)
+            async with asyncio.timeout(60):
+                while len(frames.finals) < 4:
+                    frames.changed.clear()
+                    await frames.changed.wait()
+    assert same_words([*EXPECTED["lights_on.wav"], *EXPECTED[FIXTURE]], frames.finals), frames.finals
+    assert connections == 2 and frames.errors == [], (connections, frames.errors)
