@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import itertools
 import json
 from typing import Any
 
@@ -61,7 +62,7 @@ def assert_whole_text_deltas(events: Events) -> None:
         deltas = [event for event in of_type(events, DELTA) if event["item_id"] == done["item_id"]]
         assert all(event["delta"] == event["transcript"] for event in deltas), deltas
         texts = [event["delta"] for event in deltas]
-        assert all(later.startswith(earlier) and later != earlier for earlier, later in zip(texts, texts[1:])), texts
+        assert all(later.startswith(earlier) and later != earlier for earlier, later in itertools.pairwise(texts)), texts
 
 
 async def test_turn_detection_none_and_pcm_s16le_16000_as_pipecat_connects() -> None:
@@ -155,7 +156,8 @@ async def test_a_value_the_daemon_cannot_take_is_refused_naming_its_parameter(
     """A 400 before the upgrade with OpenAI's error object (`invalid_request_error`, `invalid_value`,
     the parameter, a sentence), as the WebSocket client sees it; the next connection is served."""
     async with running_daemon(api_key=KEY) as daemon, aiohttp.ClientSession() as http:
-        async with http.get(url(daemon, f"intent=transcription&{query}").replace("ws:", "http:", 1), headers=HEADERS) as response:
+        plain = url(daemon, f"intent=transcription&{query}").replace("ws:", "http:", 1)
+        async with http.get(plain, headers=HEADERS) as response:
             assert response.status == 400
             error = (await response.json())["error"]
         with pytest.raises(websockets.InvalidStatus) as refused:
