@@ -140,4 +140,3 @@ async def test_livekit_recognize_with_a_wrong_key_fails_with_the_401() -> None:
         finally:
             await stt.aclose()
     assert refused.value.status_code == 401
-

@@ -62,7 +62,8 @@ def assert_whole_text_deltas(events: Events) -> None:
         deltas = [event for event in of_type(events, DELTA) if event["item_id"] == done["item_id"]]
         assert all(event["delta"] == event["transcript"] for event in deltas), deltas
         texts = [event["delta"] for event in deltas]
-        assert all(later.startswith(earlier) and later != earlier for earlier, later in itertools.pairwise(texts)), texts
+        pairs = list(itertools.pairwise(texts))
+        assert all(later.startswith(earlier) and later != earlier for earlier, later in pairs), texts
 
 
 async def test_turn_detection_none_and_pcm_s16le_16000_as_pipecat_connects() -> None:
