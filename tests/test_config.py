@@ -294,6 +294,8 @@ USER_DOCS = (
     "docs/meta.md",
     "docs/sarvam.md",
     "docs/zoom.md",
+    "docs/together.md",
+    "docs/groq.md",
     "docs/azure.md",
     "docs/smallest.md",
     "docs/wyoming.md",
