@@ -56,6 +56,7 @@ from satellite_asr.protocols.deepgram import (
     parse_params,
 )
 from satellite_asr.protocols.openai_realtime import parse_event
+from satellite_asr.protocols.openai_realtime_config import QUERY_PARAMETERS, RealtimeConfig, from_query
 from satellite_asr.protocols.streaming_apis import ParameterError
 from satellite_asr.protocols.websocket import parse_config, parse_message
 from satellite_asr.protocols.wyoming import transcribe_context
@@ -583,6 +584,34 @@ def test_sarvam_upload_form_is_accepted_or_refused_naming_a_field(pairs: list[tu
         assert error.param in fields and error.message, (error.param, error.message)
     else:
         assert options.language in (None, "en") and asked in ("unknown", "en-IN")
+
+
+together_names = st.sampled_from(sorted(QUERY_PARAMETERS | {"intent", "model"})) | st.text(max_size=8)
+together_values = (
+    st.sampled_from(["pcm_s16le_16000", "pcm16", "g711_ulaw", "none", "server_vad", "semantic_vad", "0.3", "500"])
+    | st.sampled_from(["nan", "inf", "-1", "5.0", "1e3", ""])
+    | st.text(max_size=12)
+    | st.integers(-5, 100_000).map(str)
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.tuples(together_names, together_values), max_size=8))
+@example([("threshold", "nan")])
+@example([("max_speech_duration_s", "inf")])
+def test_together_query_is_accepted_or_refused_naming_a_parameter(pairs: list[tuple[str, str]]) -> None:
+    """Together AI's query on `/v1/realtime`: refused naming a parameter it holds, or a session the
+    daemon can open (its options and decoder build)."""
+    query = MultiDict(pairs)
+    defaults = RealtimeConfig.defaults(CORE.settings)
+    try:
+        config = from_query(defaults, query)
+    except ProtocolError as error:
+        assert error.param in query and error.message, (error.param, error.message)
+    else:
+        assert config.together == bool(QUERY_PARAMETERS & set(query))
+        options = config.session_options(CORE.settings)
+        assert config.decoder().sample_rate == config.sample_rate and options.endpointing.silence_ms >= 100
 
 
 @settings(max_examples=400, deadline=None)
