@@ -6,16 +6,12 @@ turn_detection=none&input_audio_format=pcm_s16le_16000` with `Authorization: Bea
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
-from pipecat.frames.frames import InputAudioRawFrame
 from pipecat.services.together.stt import TogetherSTTService
 
-from satellite_asr.audio import SAMPLE_RATE
 from satellite_asr.server import Daemon
 from tests.helpers import EXPECTED, running_daemon, same_words
-from tests.test_pipecat import first_error, running_pipeline, speak, transcribed
+from tests.test_pipecat import across_a_pause, first_error, transcribed
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -58,15 +54,6 @@ async def test_pipecat_service_reconnects_after_the_idle_timeout_closes_its_conn
             nonlocal connections
             connections += 1
 
-        async with running_pipeline(stt) as (worker, frames):
-            await speak(worker, "lights_on.wav")
-            for _ in range(400):  # 8 s of silence, at microphone pace
-                await worker.queue_frame(InputAudioRawFrame(bytes(int(0.02 * SAMPLE_RATE) * 2), SAMPLE_RATE, 1))
-                await asyncio.sleep(0.02)
-            await speak(worker, FIXTURE)
-            async with asyncio.timeout(60):
-                while len(frames.finals) < 4:
-                    frames.changed.clear()
-                    await frames.changed.wait()
-    assert same_words([*EXPECTED["lights_on.wav"], *EXPECTED[FIXTURE]], frames.finals), frames.finals
+        frames = await across_a_pause(stt, "lights_on.wav", "three_commands.wav", 8)
+    assert same_words([*EXPECTED["lights_on.wav"], *EXPECTED["three_commands.wav"]], frames.finals), frames.finals
     assert connections == 2 and frames.errors == [], (connections, frames.errors)
