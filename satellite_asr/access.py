@@ -104,8 +104,8 @@ XAI_PATHS = frozenset({"/v1/stt"})
 GRADIUM_PATHS = frozenset({"/api/speech/asr"})
 """Gradium's speech-to-text path (its clients send the key as `x-api-key`), whose errors take its
 `{"type": "error", "message", "code"}` shape."""
-SARVAM_PATHS = frozenset({"/speech-to-text", "/speech-to-text/ws"})
-"""Sarvam AI's speech-to-text paths (the upload and the stream), whose errors take its
+SARVAM_PATHS = frozenset({"/speech-to-text", "/speech-to-text/ws", "/speech-to-text-realtime/ws"})
+"""Sarvam AI's speech-to-text paths (the upload, the stream and the realtime stream), whose errors take its
 `{"error": {"message", "code"}}` shape; its clients send the key in `api-subscription-key`."""
 SARVAM_KEY_HEADER = "api-subscription-key"
 ZOOM_PATHS = frozenset({"/v2/aiservices/scribe/live"})

@@ -52,6 +52,7 @@ from satellite_asr.protocols import (
     openai_realtime,
     openai_rest,
     sarvam,
+    sarvam_realtime,
     sarvam_rest,
     smallest,
     smallest_upload,
@@ -251,6 +252,11 @@ class Daemon:
             ("POST", azure_rest.PATH, self.azure_rest.upload),
             ("POST", xai_rest.PATH, self.xai_rest.upload),
             ("GET", sarvam.PATH, streaming_apis.StreamingApiHandler(self.core, sarvam.STREAMING).handle),
+            (
+                "GET",
+                sarvam_realtime.PATH,
+                streaming_apis.StreamingApiHandler(self.core, sarvam_realtime.STREAMING).handle,
+            ),
             ("POST", sarvam_rest.PATH, self.sarvam_rest.upload),
             ("GET", "/health", self._health),
             ("GET", "/metrics", self._metrics),
@@ -409,6 +415,7 @@ class Daemon:
             zoom.PROTOCOL,
             meta.PROTOCOL,
             sarvam.PROTOCOL,
+            sarvam_realtime.PROTOCOL,
             azure.PROTOCOL,
             smallest.PROTOCOL,
         )

@@ -13,10 +13,12 @@ then the Close 1000). An error is `{"type": "error", "data": {"error", "code"}}`
 
 from __future__ import annotations
 
+import abc
 import base64
 import binascii
 import json
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -132,13 +134,16 @@ class SarvamParams:
         return SessionOptions.from_settings(core.settings, partials=False, language=self.language, terms=self.terms)
 
 
-def engine_language(core: Core, code: str, param: str) -> str | None:
-    """The engine's code for one of Sarvam's (`en-IN` -> `en`), None for `unknown` (detection);
-    `ParameterError` for a code Sarvam does not list or the engine does not speak."""
-    if code == "unknown":
+def engine_language(
+    core: Core, code: str, param: str, detect: str = "unknown", languages: tuple[str, ...] = LANGUAGES
+) -> str | None:
+    """The engine's code for one of Sarvam's `languages` (`en-IN` -> `en`), None for `detect`
+    (`unknown` on the stream, `auto` on the realtime stream); `ParameterError` for a code Sarvam does
+    not list or the engine does not speak."""
+    if code == detect:
         return None
-    if code not in LANGUAGES:
-        raise ParameterError(param, f"{param} must be unknown or one of {', '.join(LANGUAGES)}, got {code!r}")
+    if code not in languages:
+        raise ParameterError(param, f"{param} must be {detect} or one of {', '.join(languages)}, got {code!r}")
     subtag = code.split("-")[0]
     try:
         return checked_language(core, ISO_OF.get(subtag, subtag), param)
@@ -146,21 +151,24 @@ def engine_language(core: Core, code: str, param: str) -> str | None:
         raise ParameterError.of(exc, param) from None
 
 
-def sarvam_code(language: str | None, asked: str) -> str | None:
-    """The BCP-47 code `data` carries: the one asked, or for detection the engine's in Sarvam's form."""
-    if asked != "unknown":
+def sarvam_code(
+    language: str | None, asked: str, detect: str = "unknown", languages: tuple[str, ...] = LANGUAGES
+) -> str | None:
+    """The BCP-47 code a transcript carries: the one asked, or for detection (`detect`) the engine's
+    in Sarvam's form, one of `languages` (the engine's code itself when Sarvam lists none for it)."""
+    if asked != detect:
         return asked
     if not language:
         return None
-    subtag = next((sarvam for sarvam, iso in ISO_OF.items() if iso == language), language)
-    return f"{subtag}-IN" if f"{subtag}-IN" in LANGUAGES else language
+    subtags = {code: code.split("-")[0] for code in languages}
+    return next((code for code, subtag in subtags.items() if ISO_OF.get(subtag, subtag) == language), language)
 
 
-def check_model_and_mode(query: MultiMapping[str]) -> None:
-    """`model` among Sarvam's, `mode` one the engine can honour (translation refused)."""
+def check_model_and_mode(query: Mapping[str, str], models: tuple[str, ...] = MODELS) -> None:
+    """`model` among Sarvam's `models`, `mode` one the engine can honour (translation refused)."""
     model = query.get("model")
-    if model is not None and model not in MODELS:
-        raise ParameterError("model", f"model must be one of {', '.join(MODELS)}, got {model!r}")
+    if model is not None and model not in models:
+        raise ParameterError("model", f"model must be one of {', '.join(models)}, got {model!r}")
     mode = query.get("mode", "transcribe")
     if mode in REFUSED_MODES:
         raise ParameterError("mode", f"mode {mode} ({REFUSED_MODES[mode]}) is not served here; use transcribe")
@@ -251,7 +259,55 @@ def pcm_of(data: bytes) -> tuple[bytes, int | None]:
     raise ProtocolError("invalid_audio", "the WAV audio has no data chunk")
 
 
-class SarvamConnection(ErrorEventConnection):
+class HeldSignals(ErrorEventConnection):
+    """A Sarvam client told of speech (the stream's `events`, the realtime stream's `vad.*`): a later
+    utterance's signals wait until the transcript of the one before it is sent (with two decodes at
+    once the next one's speech is heard meanwhile), since the clients pair a transcript with the last
+    start of speech."""
+
+    held_signals: list[tuple[int, str]]
+    """VAD signals of utterances after one whose transcript is not sent yet, in order."""
+
+    def open_session(self) -> None:
+        """The session, with no VAD signal held yet (signals come of its events alone)."""
+        self.held_signals = []
+        super().open_session()
+
+    def signals_wanted(self) -> bool:
+        """Whether the client asked to be told of speech."""
+        return True
+
+    @abc.abstractmethod
+    async def send_signal(self, utterance_id: int, kind: str) -> None:
+        """The API's message that speech started (`START_SPEECH`) or stopped (`END_SPEECH`)."""
+
+    def waits(self, utterance_id: int) -> bool:
+        """Whether an utterance before this one still awaits its transcript."""
+        return any(earlier < utterance_id for earlier in self.pending.starts)
+
+    async def signal(self, utterance_id: int, kind: str) -> None:
+        """START_SPEECH or END_SPEECH, now or held while an utterance before it awaits its transcript."""
+        if not self.signals_wanted():
+            return
+        if self.waits(utterance_id):
+            self.held_signals.append((utterance_id, kind))
+            return
+        await self.send_signal(utterance_id, kind)
+
+    async def release_signals(self) -> None:
+        """After a transcript, the held signals of the utterances no earlier one holds back any more."""
+        while self.held_signals and not self.waits(self.held_signals[0][0]):
+            await self.signal(*self.held_signals.pop(0))
+
+    async def speech_started(self, event: SpeechStarted) -> None:
+        await super().speech_started(event)
+        await self.signal(event.utterance_id, "START_SPEECH")
+
+    async def speech_stopped(self, event: SpeechStopped) -> None:
+        await self.signal(event.utterance_id, "END_SPEECH")
+
+
+class SarvamConnection(HeldSignals):
     """A client of the streaming API: its audio, flushes and end; each utterance's transcript."""
 
     protocol = PROTOCOL
@@ -263,44 +319,15 @@ class SarvamConnection(ErrorEventConnection):
         assert isinstance(self.params, SarvamParams)
         return self.params
 
-    held_signals: list[tuple[int, str]]
-    """VAD signals of utterances after one whose `data` is not sent yet, in order."""
-
-    def open_session(self) -> None:
-        """The session, with no VAD signal held yet (signals come of its events alone)."""
-        self.held_signals = []
-        super().open_session()
-
     async def opened(self) -> None:
         """Nothing: Sarvam's stream says nothing until there is speech or a transcript."""
 
-    def waits(self, utterance_id: int) -> bool:
-        """Whether an utterance before this one still awaits its `data`."""
-        return any(earlier < utterance_id for earlier in self.pending.starts)
+    def signals_wanted(self) -> bool:
+        return self.options.vad_signals
 
-    async def signal(self, utterance_id: int, kind: str) -> None:
-        """START_SPEECH or END_SPEECH, held while an utterance before it awaits its `data` (with
-        two decodes at once the next one's speech is heard meanwhile): the clients pair a `data`
-        with the last START_SPEECH."""
-        if not self.options.vad_signals:
-            return
-        if self.waits(utterance_id):
-            self.held_signals.append((utterance_id, kind))
-            return
+    async def send_signal(self, utterance_id: int, kind: str) -> None:
         data = {"event_type": "vad", "signal_type": kind, "occured_at": time.time()}
         await self.send({"type": "events", "data": data})
-
-    async def release_signals(self) -> None:
-        """After a `data`, the held signals of the utterances no earlier one holds back any more."""
-        while self.held_signals and not self.waits(self.held_signals[0][0]):
-            await self.signal(*self.held_signals.pop(0))
-
-    async def speech_started(self, event: SpeechStarted) -> None:
-        await super().speech_started(event)
-        await self.signal(event.utterance_id, "START_SPEECH")
-
-    async def speech_stopped(self, event: SpeechStopped) -> None:
-        await self.signal(event.utterance_id, "END_SPEECH")
 
     async def partial(self, utterance_id: int, text: str) -> None:
         """Never called: the session runs without partials (Sarvam's stream sends none)."""
