@@ -14,7 +14,7 @@ import websockets
 
 from satellite_asr.protocols import sarvam_realtime
 from satellite_asr.server import Daemon
-from tests.helpers import EXPECTED, PCM_FRAME_BYTES, fixture_16k, of_type, pcm16, read_all, running_daemon, same_words
+from tests.helpers import EXPECTED, PCM_FRAME_BYTES, fixture_16k, pcm16, read_all, running_daemon, same_words
 from tests.helpers import send_all as send_all_messages
 
 pytestmark = pytest.mark.timeout(180)
@@ -189,18 +189,21 @@ async def test_idle_timeout_is_a_fatal_error_session_end_then_1008() -> None:
     async with running_daemon(idle_timeout_s=2) as daemon, websockets.connect(url(daemon)) as ws:
         messages = await asyncio.wait_for(read_all(ws), 60)
     assert events(messages) == ["session.begin", "error", "session.end"], messages
-    assert messages[1]["code"] == "idle_timeout" and messages[1]["is_fatal"] and "idle_timeout_s" in messages[1]["message"]
+    error = messages[1]
+    assert error["code"] == "idle_timeout" and error["is_fatal"] and "idle_timeout_s" in error["message"], error
     assert ws.close_code == 1008
 
 
 async def test_over_max_sessions_is_a_fatal_error() -> None:
     """A second stream over max_sessions: a fatal error in Sarvam's shape; the first goes on."""
-    async with running_daemon(max_sessions=1, wyoming_reserved_sessions=0) as daemon:
-        async with websockets.connect(url(daemon)) as first:
-            assert json.loads(await first.recv())["event"] == "session.begin"
-            async with websockets.connect(url(daemon)) as second:
-                refused = await read_all(second)
-            assert [(m["event"], m["code"], m["is_fatal"]) for m in refused] == [("error", "server_busy", True)]
-            assert second.close_code == 1013
-            await first.send(json.dumps({"event": "ping"}))
-            assert json.loads(await first.recv())["event"] == "pong"
+    async with (
+        running_daemon(max_sessions=1, wyoming_reserved_sessions=0) as daemon,
+        websockets.connect(url(daemon)) as first,
+    ):
+        assert json.loads(await first.recv())["event"] == "session.begin"
+        async with websockets.connect(url(daemon)) as second:
+            refused = await read_all(second)
+        assert [(m["event"], m["code"], m["is_fatal"]) for m in refused] == [("error", "server_busy", True)]
+        assert second.close_code == 1013
+        await first.send(json.dumps({"event": "ping"}))
+        assert json.loads(await first.recv())["event"] == "pong"
