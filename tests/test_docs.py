@@ -55,6 +55,7 @@ PROTOCOL_DOCS = {
     "protocols/sarvam.py": "docs/sarvam.md",
     "protocols/sarvam_rest.py": "docs/sarvam.md",
     "protocols/zoom.py": "docs/zoom.md",
+    "protocols/sarvam_realtime.py": "docs/sarvam.md",
     "protocols/azure.py": "docs/azure.md",
     "protocols/azure_rest.py": "docs/azure.md",
     "protocols/smallest.py": "docs/smallest.md",

@@ -59,12 +59,14 @@ async def test_pipecat_with_a_refused_mode_gets_the_sentence() -> None:
 async def test_pipecat_reconnects_after_the_idle_timeout() -> None:
     """Silent past idle_timeout_s: the daemon's error and Close 1008 (Sarvam's inactivity close);
     Pipecat reconnects, and what is said afterwards is transcribed."""
-    async with running_daemon(api_key=KEY, idle_timeout_s=5) as daemon:
-        async with running_pipeline(pipecat_service(daemon)) as (worker, frames):
-            await frames.wait_for(errors=1)
-            assert "idle_timeout" in frames.errors[0], frames.errors
-            await speak(worker, FIXTURE)
-            await frames.wait_for(finals=len(EXPECTED[FIXTURE]))
+    async with (
+        running_daemon(api_key=KEY, idle_timeout_s=5) as daemon,
+        running_pipeline(pipecat_service(daemon)) as (worker, frames),
+    ):
+        await frames.wait_for(errors=1)
+        assert "idle_timeout" in frames.errors[0], frames.errors
+        await speak(worker, FIXTURE)
+        await frames.wait_for(finals=len(EXPECTED[FIXTURE]))
     assert same_words(EXPECTED[FIXTURE], frames.finals), frames.finals
 
 
