@@ -223,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
             "meta",
             "sarvam",
             "zoom",
+            "sarvam-realtime",
             "azure",
             "smallest",
             "wyoming",
@@ -243,6 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
         "meta: /v1/asr/realtime clients (Meta's real-time speech recognition API); "
         "sarvam: /speech-to-text/ws clients (Sarvam AI's streaming speech-to-text API, no partials); "
         "zoom: /v2/aiservices/scribe/live clients (Zoom's Scribe Live API, no partials); "
+        "sarvam-realtime: /speech-to-text-realtime/ws clients (Sarvam AI's realtime API, with partials); "
         "azure: /speech/recognition/conversation/cognitiveservices/v1 clients (Azure AI Speech's real-time API, USP); "
         "smallest: /waves/v1/stt/live clients (Smallest AI's Pulse real-time API); "
         "wyoming: Home Assistant's flow, one command per round; rest: each client uploads one recording (the "

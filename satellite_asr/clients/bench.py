@@ -697,6 +697,31 @@ async def _stream_one_sarvam(
     return await _stream_pcm16(query, audio, delay, headers, translate, end, audio_message)
 
 
+async def _stream_one_sarvam_realtime(
+    url: str, audio: Audio, delay: float, config: dict[str, Any], headers: dict[str, str]
+) -> tuple[float, list[Any]]:
+    """The same over Sarvam AI's realtime API, as Pipecat's `SarvamRealtimeSTTService` streams
+    (`endpointing=vad`): each 100 ms an `audio_input`, `end` at the end. A `transcript.partial` is a
+    `partial` and a `transcript.final` with text the `final` of its `utterance_idx`; an `error` is the
+    stream's refusal (`StreamRefused`)."""
+
+    def translate(message: dict[str, Any]) -> dict[str, Any] | None:
+        kind = message["event"]
+        if kind == "error":
+            raise StreamRefused(f"the daemon sent error {message['code']}: {message['message']}")
+        if kind == "transcript.partial":
+            return {"type": "partial", "utterance_id": message["utterance_idx"]}
+        if kind != "transcript.final" or not message["text"]:
+            return None
+        return {"type": "final", "utterance_id": message["utterance_idx"], "text": message["text"]}
+
+    def audio_message(chunk: bytes) -> str:
+        return json.dumps({"event": "audio_input", "audio": base64.b64encode(chunk).decode()})
+
+    query = f"{url}?language_code=en-IN&sample_rate={SAMPLE_RATE}&encoding=linear16&endpointing=vad"
+    return await _stream_pcm16(query, audio, delay, headers, translate, json.dumps({"event": "end"}), audio_message)
+
+
 async def _stream_one_azure(
     url: str, audio: Audio, delay: float, config: dict[str, Any], headers: dict[str, str]
 ) -> tuple[float, list[Any]]:
@@ -822,6 +847,7 @@ PROTOCOLS: dict[str, tuple[str, Streamer]] = {
     "meta": ("/v1/asr/realtime", _stream_one_meta),
     "sarvam": ("/speech-to-text/ws", _stream_one_sarvam),
     "zoom": ("/v2/aiservices/scribe/live", _stream_one_zoom),
+    "sarvam-realtime": ("/speech-to-text-realtime/ws", _stream_one_sarvam_realtime),
     "azure": ("/speech/recognition/conversation/cognitiveservices/v1", _stream_one_azure),
     "smallest": ("/waves/v1/stt/live", _stream_one_smallest),
 }
