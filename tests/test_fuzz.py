@@ -39,6 +39,7 @@ from satellite_asr.protocols import (
     meta,
     mistral,
     sarvam,
+    sarvam_realtime,
     sarvam_rest,
     smallest,
     smallest_upload,
@@ -555,6 +556,33 @@ sarvam_values = (
     | st.text(max_size=12)
     | st.integers(-5, 100_000).map(str)
 )
+
+
+sarvam_realtime_names = st.sampled_from(sorted(sarvam_realtime.KNOWN)) | st.text(max_size=8)
+sarvam_realtime_values = (
+    st.sampled_from(["en-IN", "or-IN", "auto", "saaras:v4", "translate", "manual", "simulated", "linear32", "mulaw"])
+    | st.sampled_from(["8000", "16000", "true", "0.5", "nan", "-1", "31", '["Sarvam"]', "null", ""])
+    | st.text(max_size=12)
+    | st.integers(-5, 100_000).map(str)
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.tuples(sarvam_realtime_names, sarvam_realtime_values), max_size=8))
+@example([("threshold", "nan")])
+@example([("min_speech_duration_ms", "0")])
+def test_sarvam_realtime_query_is_accepted_or_refused_naming_a_parameter(pairs: list[tuple[str, str]]) -> None:
+    """Sarvam's realtime query: refused naming a parameter it holds, or settings the daemon opens a
+    session with (its endpointing settings among the daemon's)."""
+    query = MultiDict(pairs)
+    try:
+        params = sarvam_realtime.parse_query(query, CORE)
+    except ParameterError as error:
+        assert error.parameter in query and str(error), (error.parameter, str(error))
+    else:
+        assert isinstance(params, sarvam_realtime.RealtimeParams) and params.sample_rate in sarvam.SAMPLE_RATES
+        assert params.language in (None, "en") and params.decoder().sample_rate == params.sample_rate
+        assert params.session_options(CORE).partials == (params.stream_type != "simulated")
 
 
 @settings(max_examples=400, deadline=None)
@@ -1345,6 +1373,49 @@ async def sarvam_session(url: str, frames: list[str | bytes]) -> None:
     assert close_code in (1000, 1009), (close_code, messages)
 
 
+sarvam_realtime_sessions = st.lists(
+    listen_text
+    | listen_binary
+    | st.sampled_from(["flush", "ping", "speech_start", "speech_end", "end", "config.update"]).map(
+        lambda kind: json.dumps({"event": kind})
+    )
+    | st.builds(
+        lambda audio: json.dumps({"event": "audio_input", "audio": audio}),
+        st.binary(max_size=3200).map(lambda data: base64.b64encode(data).decode()) | json_values,
+    )
+    | st.builds(
+        lambda name, value: json.dumps({"event": "config.update", name: value}),
+        st.sampled_from(sorted(sarvam_realtime.UPDATABLE)) | st.text(max_size=6),
+        json_values,
+    ),
+    max_size=8,
+)
+SARVAM_REALTIME_EVENTS = {
+    "session.begin",
+    "vad.speech_start",
+    "vad.speech_end",
+    "transcript.partial",
+    "transcript.final",
+    "config.updated",
+    "pong",
+    "session.end",
+    "error",
+}
+SARVAM_REALTIME_CODES = {"invalid_message", "invalid_audio", "invalid_config", "context_too_long", "engine_error"}
+
+
+async def sarvam_realtime_session(url: str, frames: list[str | bytes]) -> None:
+    """Sends the frames, then `end`: every message is one of Sarvam's realtime events, every error a
+    documented code with a sentence and not fatal; errors never end the stream, so it ends with
+    `session.end` and 1000 (or, a frame over the size limit, 1009)."""
+    messages, close_code = await closed_stream(url, frames, json.dumps({"event": "end"}))
+    assert {m["event"] for m in messages} <= SARVAM_REALTIME_EVENTS, messages
+    errors = [m for m in messages if m["event"] == "error"]
+    assert all(e["code"] in SARVAM_REALTIME_CODES and e["message"] and not e["is_fatal"] for e in errors), messages
+    assert close_code in (1000, 1009), (close_code, messages)
+    assert close_code == 1009 or messages[-1]["event"] == "session.end", messages
+
+
 gladia_sessions = st.lists(
     listen_text
     | listen_binary
@@ -1611,6 +1682,15 @@ async def test_random_sessions_on_every_streaming_protocol_leave_the_daemon_and_
         def sarvam_fuzz(frames: list[str | bytes]) -> None:
             asyncio.run_coroutine_threadsafe(sarvam_session(sarvam_url, frames), loop).result(60)
 
+        realtime_url = f"ws://127.0.0.1:{daemon.http_port}{sarvam_realtime.PATH}?endpointing=manual"
+
+        @settings(max_examples=100, deadline=None)
+        @given(sarvam_realtime_sessions)
+        @example(['{"event": "speech_start"}', '{"event": "audio_input", "audio": ""}', '{"event": "speech_end"}'])
+        @example(['{"event": "config.update", "stream_type": "simulated"}', b"\x00" * 3201])
+        def sarvam_realtime_fuzz(frames: list[str | bytes]) -> None:
+            asyncio.run_coroutine_threadsafe(sarvam_realtime_session(realtime_url, frames), loop).result(60)
+
         @settings(max_examples=100, deadline=None)
         @given(gladia_sessions)
         @example(['{"type": "audio_chunk", "data": {"chunk": ""}}', b"\x00"])
@@ -1647,6 +1727,7 @@ async def test_random_sessions_on_every_streaming_protocol_leave_the_daemon_and_
         await loop.run_in_executor(None, meta_fuzz)
         await loop.run_in_executor(None, sarvam_fuzz)
         await loop.run_in_executor(None, zoom_fuzz)
+        await loop.run_in_executor(None, sarvam_realtime_fuzz)
         await loop.run_in_executor(None, azure_fuzz)
         await loop.run_in_executor(None, wyoming_fuzz)
         stop.set()
