@@ -131,8 +131,8 @@ class RealtimeParams:
     def same_stream(self, other: RealtimeParams) -> bool:
         """Whether the session `other` would open is this one's (its checked-not-applied settings aside)."""
         partials = (other.stream_type == "simulated") == (self.stream_type == "simulated")
-        unapplied = {"query": self.query, "model": self.model, "mode": self.mode, "stream_type": self.stream_type}
-        return partials and replace(other, **unapplied) == self
+        unapplied = replace(other, query=self.query, model=self.model, mode=self.mode, stream_type=self.stream_type)
+        return partials and unapplied == self
 
 
 def one_of(query: MultiMapping[str], name: str, choices: tuple[str, ...], default: str) -> str:
