@@ -14,7 +14,7 @@ In order:
    `allowed_origins`; clients without an Origin (CLI, SDKs, Home Assistant) pass. 403
    `origin_not_allowed`. `X-Forwarded-Proto` is not trusted: behind a TLS proxy, list the page.
 3. With an API key set, the request must carry it: `Authorization: Bearer KEY` (or `Token KEY`,
-   as Deepgram's clients send it), `X-API-Key: KEY`, a WebSocket subprotocol
+   as Deepgram's clients send it, or `Api-Key KEY`, as Baseten's), `X-API-Key: KEY`, a WebSocket subprotocol
    `satellite-asr.key.KEY` (what a browser can send), `?api_key=KEY`, `xi-api-key: KEY` (as
    ElevenLabs' clients send it), `X-Gladia-Key: KEY` (Gladia's), `Ocp-Apim-Subscription-Key: KEY`
    (Azure AI Speech's), `api-subscription-key: KEY` (Sarvam AI's), or else the key alone in
@@ -378,7 +378,9 @@ def presented_key(request: web.Request) -> str | None:
     used, so that such a header of another kind (a proxy's) does not stop a key sent another way."""
     authorization = request.headers.get("Authorization", "").strip()
     scheme, _, credentials = authorization.partition(" ")
-    if scheme.lower() in ("bearer", "token") and credentials.strip():  # Token: Deepgram's clients
+    if (
+        scheme.lower() in ("bearer", "token", "api-key") and credentials.strip()
+    ):  # Token: Deepgram's; Api-Key: Baseten's
         return credentials.strip()
     if "X-API-Key" in request.headers:
         return request.headers["X-API-Key"].strip()
@@ -402,7 +404,7 @@ def presented_key(request: web.Request) -> str | None:
         return request.headers[ELEVENLABS_KEY_HEADER].strip()
     if SARVAM_KEY_HEADER in request.headers:
         return request.headers[SARVAM_KEY_HEADER].strip()
-    if authorization and not credentials and scheme.lower() not in ("bearer", "token"):  # the key alone
+    if authorization and not credentials and scheme.lower() not in ("bearer", "token", "api-key"):  # the key alone
         return authorization
     return None
 

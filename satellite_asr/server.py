@@ -37,6 +37,7 @@ from satellite_asr.protocols import (
     assemblyai,
     azure,
     azure_rest,
+    baseten,
     cartesia,
     cartesia_batch,
     cartesia_turns,
@@ -54,6 +55,7 @@ from satellite_asr.protocols import (
     sarvam,
     sarvam_realtime,
     sarvam_rest,
+    simplismart,
     smallest,
     smallest_upload,
     soniox,
@@ -172,6 +174,7 @@ class Daemon:
         self.smallest_upload = smallest_upload.SmallestUploadHandler(self.core, self.uploads)
         self.xai_rest = xai_rest.XaiRestHandler(self.core, self.uploads)
         self.sarvam_rest = sarvam_rest.SarvamRestHandler(self.core, self.uploads)
+        self.simplismart_rest = simplismart.SimplismartRestHandler(self.core, self.uploads)
         self.upload_apis: dict[str, UploadApi] = {
             openai_rest.TRANSCRIPTIONS_PATH: self.rest,
             deepgram.PATH: self.prerecorded,
@@ -181,6 +184,7 @@ class Daemon:
             smallest_upload.PATH: self.smallest_upload,
             xai_rest.PATH: self.xai_rest,
             sarvam_rest.PATH: self.sarvam_rest,
+            simplismart.PATH: self.simplismart_rest,
         }
         """The upload routes (POST), by path: what an `Expect: 100-continue` is checked against."""
         self.wyoming_port: int | None = None
@@ -191,6 +195,8 @@ class Daemon:
         self.gradium = streaming_apis.StreamingApiHandler(self.core, gradium.REALTIME)
         self.zoom = streaming_apis.StreamingApiHandler(self.core, zoom.LIVE)
         self.meta = streaming_apis.StreamingApiHandler(self.core, meta.REALTIME)
+        self.baseten = streaming_apis.StreamingApiHandler(self.core, baseten.STREAMING)
+        self.simplismart = streaming_apis.StreamingApiHandler(self.core, simplismart.STREAMING)
         self.speechmatics = streaming_apis.StreamingApiHandler(self.core, speechmatics.REALTIME)
         self.speechmatics_agent = streaming_apis.StreamingApiHandler(self.core, speechmatics.AGENT)
         self.gladia = gladia.GladiaHandler(self.core)
@@ -258,6 +264,9 @@ class Daemon:
                 streaming_apis.StreamingApiHandler(self.core, sarvam_realtime.STREAMING).handle,
             ),
             ("POST", sarvam_rest.PATH, self.sarvam_rest.upload),
+            ("GET", baseten.PATH, self.baseten.handle),
+            ("GET", simplismart.STREAM_PATH, self.simplismart.handle),
+            ("POST", simplismart.PATH, self.simplismart_rest.upload),
             ("GET", "/health", self._health),
             ("GET", "/metrics", self._metrics),
             ("GET", "/", self._index),
@@ -418,6 +427,8 @@ class Daemon:
             sarvam_realtime.PROTOCOL,
             azure.PROTOCOL,
             smallest.PROTOCOL,
+            baseten.PROTOCOL,
+            simplismart.PROTOCOL,
         )
         closing = [self.core.sessions.close_all("shutdown", protocol=protocol) for protocol in protocols]
         # no session: their settings have not come (or, Azure's, they are between turns)
@@ -429,6 +440,8 @@ class Daemon:
             self.gradium,
             self.zoom,
             self.meta,
+            self.baseten,
+            self.simplismart,
         )
         closing += [handler.close_awaiting("shutdown") for handler in awaiting]
         await asyncio.gather(self._close_wyoming(), self._close_websockets(), *closing)
