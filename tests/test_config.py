@@ -298,6 +298,8 @@ USER_DOCS = (
     "docs/groq.md",
     "docs/azure.md",
     "docs/smallest.md",
+    "docs/baseten.md",
+    "docs/simplismart.md",
     "docs/wyoming.md",
     "docs/security.md",
     "docs/browser.md",

@@ -60,6 +60,8 @@ PROTOCOL_DOCS = {
     "protocols/azure_rest.py": "docs/azure.md",
     "protocols/smallest.py": "docs/smallest.md",
     "protocols/smallest_upload.py": "docs/smallest.md",
+    "protocols/baseten.py": "docs/baseten.md",
+    "protocols/simplismart.py": "docs/simplismart.md",
     "protocols/wyoming.py": "docs/wyoming.md",
     "protocols/wyoming_framing.py": "docs/wyoming.md",
 }
