@@ -226,6 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
             "sarvam-realtime",
             "azure",
             "smallest",
+            "baseten",
+            "simplismart",
             "wyoming",
             "rest",
         ),
@@ -247,6 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
         "sarvam-realtime: /speech-to-text-realtime/ws clients (Sarvam AI's realtime API, with partials); "
         "azure: /speech/recognition/conversation/cognitiveservices/v1 clients (Azure AI Speech's real-time API, USP); "
         "smallest: /waves/v1/stt/live clients (Smallest AI's Pulse real-time API); "
+        "baseten: /environments/production/websocket clients (Baseten's streaming transcription API); "
+        "simplismart: /ws/audio clients (Simplismart's streaming API, no partials); "
         "wyoming: Home Assistant's flow, one command per round; rest: each client uploads one recording (the "
         "manifest's files --rounds times, with silence) to /v1/audio/transcriptions at once.",
     )

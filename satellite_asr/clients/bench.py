@@ -21,6 +21,7 @@ import contextlib
 import json
 import re
 import statistics
+import sys
 import time
 import uuid
 from collections import Counter
@@ -722,6 +723,58 @@ async def _stream_one_sarvam_realtime(
     return await _stream_pcm16(query, audio, delay, headers, translate, json.dumps({"event": "end"}), audio_message)
 
 
+async def _stream_one_baseten(
+    url: str, audio: Audio, delay: float, config: dict[str, Any], headers: dict[str, str]
+) -> tuple[float, list[Any]]:
+    """The same over Baseten's streaming API, as LiveKit's plugin (its whisper model) streams: the
+    metadata first (partials on), audio as binary frames, `terminate_session` at the end. A
+    `transcription` not final is a `partial` and a final one with text the `final` of the utterance
+    in progress (the API names none); an `error` is the stream's refusal (`StreamRefused`)."""
+    utterance = 0
+
+    def translate(message: dict[str, Any]) -> dict[str, Any] | None:
+        nonlocal utterance
+        if message["type"] == "error":
+            raise StreamRefused(f"the daemon sent error {message['code']}: {message['message']}")
+        if message["type"] != "transcription" or not message["transcript"]:
+            return None
+        if not message["is_final"]:
+            return {"type": "partial", "utterance_id": utterance}
+        utterance += 1
+        return {"type": "final", "utterance_id": utterance - 1, "text": message["transcript"]}
+
+    metadata = {
+        "whisper_params": {"audio_language": "en"},
+        "streaming_params": {"encoding": "pcm_s16le", "sample_rate": SAMPLE_RATE, "enable_partial_transcripts": True},
+    }
+    end = json.dumps({"terminate_session": True})
+    return await _stream_pcm16(url, audio, delay, headers, translate, end, first=json.dumps(metadata))
+
+
+async def _stream_one_simplismart(
+    url: str, audio: Audio, delay: float, config: dict[str, Any], headers: dict[str, str]
+) -> tuple[float, list[Any]]:
+    """The same over Simplismart's streaming API, as LiveKit's plugin streams: its configuration
+    first, audio as binary frames. Each binary frame is the text of the `final` of the utterance in
+    progress (no partials); a text message is an error, the stream's refusal (`StreamRefused`). No
+    message ends the stream: an empty frame marks the end of the audio, and the client closes 10 s
+    after it, by which the last final has come."""
+    utterance = 0
+
+    def parse(raw: str | bytes) -> dict[str, Any]:
+        return {"type": "text", "text": raw.decode()} if isinstance(raw, bytes) else json.loads(raw)
+
+    def translate(message: dict[str, Any]) -> dict[str, Any] | None:
+        nonlocal utterance
+        if message["type"] == "error":
+            raise StreamRefused(f"the daemon sent error {message['code']}: {message['message']}")
+        utterance += 1
+        return {"type": "final", "utterance_id": utterance - 1, "text": message["text"]}
+
+    first = json.dumps({"language": "en"})
+    return await _stream_pcm16(url, audio, delay, headers, translate, b"", finals=sys.maxsize, first=first, parse=parse)
+
+
 async def _stream_one_azure(
     url: str, audio: Audio, delay: float, config: dict[str, Any], headers: dict[str, str]
 ) -> tuple[float, list[Any]]:
@@ -850,6 +903,8 @@ PROTOCOLS: dict[str, tuple[str, Streamer]] = {
     "sarvam-realtime": ("/speech-to-text-realtime/ws", _stream_one_sarvam_realtime),
     "azure": ("/speech/recognition/conversation/cognitiveservices/v1", _stream_one_azure),
     "smallest": ("/waves/v1/stt/live", _stream_one_smallest),
+    "baseten": ("/environments/production/websocket", _stream_one_baseten),
+    "simplismart": ("/ws/audio", _stream_one_simplismart),
 }
 """Protocol name -> (path on the daemon, client that streams one file)."""
 
