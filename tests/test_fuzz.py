@@ -31,6 +31,7 @@ from satellite_asr.protocols import (
     ProtocolError,
     assemblyai,
     azure,
+    baseten,
     cartesia,
     cartesia_turns,
     elevenlabs,
@@ -41,6 +42,7 @@ from satellite_asr.protocols import (
     sarvam,
     sarvam_realtime,
     sarvam_rest,
+    simplismart,
     smallest,
     smallest_upload,
     soniox,
@@ -400,6 +402,97 @@ def test_gradium_setup_is_accepted_or_refused_as_invalid_setup(setup: dict[str, 
     else:
         assert parsed.decoder().sample_rate == gradium.INPUT_FORMATS[setup.get("input_format", "pcm")]
         assert parsed.delay_in_frames in gradium.DELAYS
+
+
+baseten_metadata = st.fixed_dictionaries(
+    {},
+    optional={
+        "whisper_params": st.fixed_dictionaries(
+            {},
+            optional={
+                "audio_language": st.sampled_from(["en", "auto", "English", "de", "en-US", ""]) | json_values,
+                "show_word_timestamps": json_values,
+                "language_options": st.lists(st.sampled_from(["en", "auto", "fr"]), max_size=3) | json_values,
+                "x": json_values,
+            },
+        )
+        | json_values,
+        "streaming_params": st.fixed_dictionaries(
+            {},
+            optional={
+                "encoding": st.sampled_from([*baseten.ENCODINGS, "opus"]) | json_values,
+                "sample_rate": st.sampled_from([*baseten.SAMPLE_RATES, 12345, 16000.0]) | json_values,
+                "enable_partial_transcripts": json_values,
+                "partial_transcript_interval_s": st.floats(-1, 100) | json_values,
+                "final_transcript_max_duration_s": st.integers(-1, 5000) | json_values,
+            },
+        )
+        | json_values,
+        "streaming_vad_config": st.fixed_dictionaries(
+            {},
+            optional={
+                "threshold": st.floats(-1, 2) | json_values,
+                "min_silence_duration_ms": st.integers(-1, 70000) | json_values,
+                "speech_pad_ms": st.integers(-1, 20000) | json_values,
+            },
+        )
+        | json_values,
+        "model": json_values,
+    },
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(baseten_metadata)
+@example({"streaming_params": {"sample_rate": True}})
+@example({"streaming_params": {"encoding": []}})
+def test_baseten_metadata_is_accepted_or_refused_as_invalid_metadata(metadata: dict[str, Any]) -> None:
+    """Any metadata is taken at one of Baseten's encodings and rates, or refused as
+    `invalid_metadata` with a sentence."""
+    try:
+        parsed = baseten.parse_metadata(WSMessage(WSMsgType.TEXT, json.dumps(metadata), None), CORE)
+    except ProtocolError as error:
+        assert error.code == "invalid_metadata" and error.message
+    else:
+        assert parsed.encoding in baseten.ENCODINGS and parsed.decoder().sample_rate in baseten.SAMPLE_RATES
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(st.sampled_from(["language", "model", "x"]), json_values, max_size=3) | json_values)
+@example({"language": "en-US"})
+def test_simplismart_config_is_accepted_or_refused_as_invalid_config(config: Any) -> None:
+    try:
+        parsed = simplismart.parse_config(WSMessage(WSMsgType.TEXT, json.dumps(config), None), CORE)
+    except ProtocolError as error:
+        assert error.code == "invalid_config" and error.message
+    else:
+        assert parsed.language in (None, "en") and parsed.decoder().sample_rate == 16000
+
+
+simplismart_bodies = st.fixed_dictionaries(
+    {"audio_data": st.just("UklGRg==") | json_values},
+    optional={
+        name: json_values | st.floats(-200, 200) | st.integers(-5, 70000)
+        for name in sorted(simplismart.FIELDS - {"audio_data"})
+    }
+    | {"x": json_values},
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(simplismart_bodies | json_values)
+@example({"audio_data": "UklGRg==", "num_speakers": True})
+@example({"audio_data": "UklGRg==", "hotwords": ",".join(["a"] * 101)})
+def test_simplismart_predict_body_is_accepted_or_refused_naming_a_field(body: Any) -> None:
+    """Any JSON body is taken (its audio decoded, its options made) or refused with a 4xx naming the
+    field at fault in its sentence."""
+    try:
+        parsed = simplismart.parse_predict(body, CORE, 1 << 20)
+    except ProtocolError as error:
+        refusals = ("invalid_value", "invalid_request", "file_too_large", "context_too_long")
+        assert error.message and error.code in refusals
+    else:
+        assert parsed.audio and isinstance(parsed.timestamps, bool)
 
 
 zoom_switches = st.booleans() | st.none() | json_values
@@ -1249,6 +1342,63 @@ async def xai_session(url: str, frames: list[str | bytes]) -> None:
         assert messages[-1]["type"] == "transcript.done" and len(of_type(messages, "transcript.done")) == 1, messages
 
 
+baseten_sessions = st.lists(
+    listen_text
+    | listen_binary
+    | st.sampled_from(["input_audio_buffer.commit", "input_audio_buffer.append"]).map(
+        lambda kind: json.dumps({"type": kind})
+    )
+    | st.builds(
+        lambda audio: json.dumps({"type": "input_audio_buffer.append", "audio": audio}),
+        st.binary(max_size=6400).map(lambda data: base64.b64encode(data).decode()) | json_values,
+    )
+    | st.builds(lambda value: json.dumps({"terminate_session": value}), json_values),
+    max_size=8,
+)
+BASETEN_CODES = {"invalid_message", "invalid_audio", "engine_error", "server_busy"}
+
+
+async def baseten_session(url: str, frames: list[str | bytes]) -> None:
+    """The metadata, the frames, then `terminate_session`: every message a `transcription` or an
+    error of a documented code with a sentence; errors never end the stream, so it ends with 1000
+    (or, a frame over the size limit, 1009); no more commit answers than commits."""
+    metadata = json.dumps({"streaming_params": {"enable_partial_transcripts": True}})
+    messages, close_code = await closed_stream(url, [metadata, *frames], json.dumps({"terminate_session": True}))
+    assert {m["type"] for m in messages} <= {"transcription", "error"}, messages
+    errors = of_type(messages, "error")
+    assert all(e["code"] in BASETEN_CODES and e["message"] for e in errors), messages
+    assert close_code in (1000, 1009), (close_code, messages)
+    commits = [mistral_kind(frame) for frame in frames].count("input_audio_buffer.commit")
+    assert sum(bool(m.get("is_end_of_audio_flush")) for m in messages) <= commits, messages
+
+
+simplismart_sessions = st.lists(listen_text | listen_binary, max_size=8)
+SIMPLISMART_CODES = {"invalid_message", "invalid_audio", "engine_error", "server_busy"}
+
+
+async def simplismart_session(url: str, frames: list[str | bytes]) -> None:
+    """The configuration, the frames, then the client's Close (no message ends the stream): every
+    binary message a final's UTF-8 text, every text message an error of a documented code with a
+    sentence; the stream is never closed by an error (only a frame over the size limit, 1009)."""
+    texts: list[str] = []
+    errors: list[dict[str, Any]] = []
+    async with websockets.connect(url, max_size=None) as ws:
+        with contextlib.suppress(ConnectionClosed):
+            for frame in [json.dumps({"language": "en"}), *frames]:
+                await ws.send(frame)
+            await asyncio.sleep(0.2)
+            await ws.close()
+        with contextlib.suppress(ConnectionClosed):
+            async for raw in ws:
+                if isinstance(raw, bytes):
+                    texts.append(raw.decode())
+                else:
+                    errors.append(json.loads(raw))
+    assert all(e["type"] == "error" and e["code"] in SIMPLISMART_CODES and e["message"] for e in errors), errors
+    assert all(text.strip() for text in texts), texts
+    assert ws.close_code in (1000, 1009), (ws.close_code, errors)
+
+
 meta_sessions = st.lists(
     listen_text
     | listen_binary
@@ -1658,6 +1808,22 @@ async def test_random_sessions_on_every_streaming_protocol_leave_the_daemon_and_
         def gradium_fuzz(frames: list[str | bytes]) -> None:
             asyncio.run_coroutine_threadsafe(gradium_session(gradium_url, frames), loop).result(60)
 
+        baseten_url = f"ws://127.0.0.1:{daemon.http_port}{baseten.PATH}"
+
+        @settings(max_examples=100, deadline=None)
+        @given(baseten_sessions)
+        @example(['{"type": "input_audio_buffer.commit"}', '{"terminate_session": 1}', b"\x00" * 3201])
+        def baseten_fuzz(frames: list[str | bytes]) -> None:
+            asyncio.run_coroutine_threadsafe(baseten_session(baseten_url, frames), loop).result(60)
+
+        simplismart_url = f"ws://127.0.0.1:{daemon.http_port}{simplismart.STREAM_PATH}"
+
+        @settings(max_examples=100, deadline=None)
+        @given(simplismart_sessions)
+        @example(['{"language": "en"}', b"\x00" * 3201])
+        def simplismart_fuzz(frames: list[str | bytes]) -> None:
+            asyncio.run_coroutine_threadsafe(simplismart_session(simplismart_url, frames), loop).result(60)
+
         zoom_url = f"ws://127.0.0.1:{daemon.http_port}{zoom.PATH}"
 
         @settings(max_examples=100, deadline=None)
@@ -1726,6 +1892,8 @@ async def test_random_sessions_on_every_streaming_protocol_leave_the_daemon_and_
         await loop.run_in_executor(None, gradium_fuzz)
         await loop.run_in_executor(None, meta_fuzz)
         await loop.run_in_executor(None, sarvam_fuzz)
+        await loop.run_in_executor(None, baseten_fuzz)
+        await loop.run_in_executor(None, simplismart_fuzz)
         await loop.run_in_executor(None, zoom_fuzz)
         await loop.run_in_executor(None, sarvam_realtime_fuzz)
         await loop.run_in_executor(None, azure_fuzz)

@@ -150,7 +150,7 @@ def parse_metadata(message: WSMessage, core: Core) -> BasetenMetadata:
     streaming = section(metadata, "streaming_params")
     vad = section(metadata, "streaming_vad_config")
     encoding = streaming.get("encoding", "pcm_s16le")
-    if encoding not in ENCODINGS:
+    if not isinstance(encoding, str) or encoding not in ENCODINGS:
         raise invalid(f"streaming_params.encoding must be one of {', '.join(ENCODINGS)}")
     rate = streaming.get("sample_rate", 16000)
     if isinstance(rate, bool) or rate not in SAMPLE_RATES:
