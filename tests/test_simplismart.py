@@ -37,9 +37,13 @@ def audio(name: str = FIXTURE) -> bytes:
 
 
 async def stream(
-    target: str, *sent: dict[str, Any] | str | bytes, headers: dict[str, str] | None = None, idle: float = 0
+    target: str,
+    *sent: dict[str, Any] | str | bytes,
+    headers: dict[str, str] | None = None,
+    idle: float = 0,
+    paced: bool = True,
 ) -> tuple[Received, int | None]:
-    """The `sent` messages (by default the configuration and the fixture, paced as a microphone),
+    """The `sent` messages (by default the configuration and the fixture), `paced` as a microphone,
     then, `idle` seconds on or until the server closes, every message read and the Close's code."""
     received: Received = []
     async with websockets.connect(target, additional_headers=headers) as ws:
@@ -53,7 +57,7 @@ async def stream(
         for message in sent or (CONFIG, *pcm_frames(audio())):
             with suppress(websockets.ConnectionClosed):
                 await ws.send(json.dumps(message) if isinstance(message, dict) else message)
-            if isinstance(message, bytes):
+            if paced and isinstance(message, bytes):
                 await asyncio.sleep(0.1)
         with suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(reader), idle or 3)
@@ -130,8 +134,10 @@ async def test_the_key_by_bearer_and_refusals() -> None:
 
 
 async def test_idle_timeout_is_an_error_then_1001() -> None:
+    """Nobody speaks for idle_timeout_s after the commands (sent at once: the pauses between them are
+    not waited): their finals, then the error naming the setting, then 1001."""
     async with running_daemon(idle_timeout_s=2) as daemon:
-        received, code = await stream(url(daemon), CONFIG, *pcm_frames(audio()), idle=30)
+        received, code = await stream(url(daemon), CONFIG, *pcm_frames(audio()), idle=30, paced=False)
     assert same_words(EXPECTED[FIXTURE], texts(received)), received
     [error] = errors(received)
     assert error["code"] == "idle_timeout" and "idle_timeout_s" in error["message"] and code == 1001

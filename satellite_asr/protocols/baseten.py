@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from aiohttp import WSCloseCode, WSMessage, WSMsgType, web
+from aiohttp import WSMessage, WSMsgType
 from multidict import MultiMapping
 
 from satellite_asr.audio import PcmDecoder
@@ -29,15 +29,14 @@ from satellite_asr.protocols import ProtocolError, checked_language, echoable, j
 from satellite_asr.protocols.streaming_apis import (
     Api,
     Control,
-    ErrorEventConnection,
-    ParameterError,
+    SettingsMessageConnection,
     StreamParams,
     base64_audio,
     check_fields,
     check_names,
     confidence,
     number_within,
-    refuse_in_band,
+    refusing_in_band,
 )
 from satellite_asr.session import SessionOptions
 
@@ -185,18 +184,15 @@ def ends_stream(message: WSMessage) -> bool:
     return isinstance(parsed, dict) and parsed.get("terminate_session") is True
 
 
-class BasetenConnection(ErrorEventConnection):
+class BasetenConnection(SettingsMessageConnection):
     """A client of the streaming API: its metadata, audio, commits and end; each utterance's
     `transcription` messages."""
 
     protocol = PROTOCOL
     invalid_message = "invalid_message"
 
-    async def read_settings(self, message: WSMessage) -> None:
-        """The metadata (the key was checked at the upgrade), then the session."""
-        self.params = parse_metadata(message, self.core)
-        self.open_session()
-        await self.opened()
+    def parse_settings(self, message: WSMessage) -> BasetenMetadata:
+        return parse_metadata(message, self.core)
 
     @property
     def metadata(self) -> BasetenMetadata:
@@ -247,13 +243,6 @@ class BasetenConnection(ErrorEventConnection):
     def error_message(self, code: str, message: str) -> dict[str, Any]:
         return error_event(code, message)
 
-    async def error(self, code: str, message: str, *, fatal: bool = False, counted: bool = False) -> None:
-        """The error; a refused metadata (no session yet) is followed by the Close 1008, and later the
-        stream goes on."""
-        await super().error(code, message, fatal=fatal, counted=counted)
-        if self.input is None and not fatal:
-            await self.close(WSCloseCode.POLICY_VIOLATION, code)
-
     async def on_text(self, data: str) -> None:
         """`terminate_session` (no `type`), else one of the `type`d messages."""
         message = json_object(data)
@@ -279,14 +268,11 @@ class BasetenConnection(ErrorEventConnection):
             await self.send({**empty, "is_end_of_audio_flush": True})
 
 
-async def refuse_parameters(
-    core: Core, request: web.Request, ws: web.WebSocketResponse, exc: ParameterError
-) -> web.StreamResponse:
-    """A query parameter refused after the upgrade, in the error message, then the Close 1008."""
-    error = error_event("invalid_query_parameter", f"{exc.parameter}: {exc}")
-    return await refuse_in_band(core, request, ws, error, WSCloseCode.POLICY_VIOLATION, ends_stream)
-
-
 STREAMING = Api(
-    PATH, "Baseten's streaming transcription API", parse_query, BasetenConnection, ends_stream, refuse_parameters
+    PATH,
+    "Baseten's streaming transcription API",
+    parse_query,
+    BasetenConnection,
+    ends_stream,
+    refusing_in_band(error_event, ends_stream),
 )

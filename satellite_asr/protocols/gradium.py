@@ -20,7 +20,7 @@ import math
 from dataclasses import dataclass, replace
 from typing import Any
 
-from aiohttp import WSCloseCode, WSMessage, WSMsgType, web
+from aiohttp import WSCloseCode, WSMessage, WSMsgType
 from multidict import MultiMapping
 
 from satellite_asr.audio import PcmDecoder
@@ -30,15 +30,14 @@ from satellite_asr.protocols import ProtocolError, checked_language, echoable, g
 from satellite_asr.protocols.streaming_apis import (
     Api,
     Control,
-    ErrorEventConnection,
-    ParameterError,
+    SettingsMessageConnection,
     StreamParams,
     base64_audio,
     check_fields,
     check_names,
     is_control,
     number_within,
-    refuse_in_band,
+    refusing_in_band,
 )
 from satellite_asr.session import SessionOptions
 
@@ -178,7 +177,7 @@ def ends_stream(message: WSMessage) -> bool:
     return is_control(message, "end_of_stream")
 
 
-class GradiumConnection(ErrorEventConnection):
+class GradiumConnection(SettingsMessageConnection):
     """A client of the real-time API: its setup, audio, flushes and end; each utterance's words,
     a step per 80 ms, `flushed` per flush and `end_of_stream` at the end."""
 
@@ -193,13 +192,11 @@ class GradiumConnection(ErrorEventConnection):
     """The samples of audio received, at the input's rate: the steps count them as they come, not as
     the resampler lets them out (at 24 kHz a frame late, at 8 kHz two frames at a time)."""
 
-    async def read_settings(self, message: WSMessage) -> None:
-        """The setup (the key was checked at the upgrade), the session and `ready`."""
-        self.params = parse_setup(message, self.core)
+    def parse_settings(self, message: WSMessage) -> GradiumSetup:
+        """The setup; `ready` answers it once the session is open."""
         self.sent: dict[int, int] = {}
         """How many words of each utterance were sent as `text`."""
-        self.open_session()
-        await self.opened()
+        return parse_setup(message, self.core)
 
     @property
     def setup(self) -> GradiumSetup:
@@ -307,15 +304,11 @@ class GradiumConnection(ErrorEventConnection):
         await self.end()
 
 
-async def refuse_parameters(
-    core: Core, request: web.Request, ws: web.WebSocketResponse, exc: ParameterError
-) -> web.StreamResponse:
-    """A query parameter refused after the upgrade, in Gradium's error, then the Close 1008: the
-    clients report the error's sentence (an HTTP refusal by its status alone)."""
-    error = error_event("invalid_query_parameter", f"{exc.parameter}: {exc}")
-    return await refuse_in_band(core, request, ws, error, WSCloseCode.POLICY_VIOLATION, ends_stream)
-
-
 REALTIME = Api(
-    PATH, "Gradium's real-time speech-to-text API", parse_query, GradiumConnection, ends_stream, refuse_parameters
+    PATH,
+    "Gradium's real-time speech-to-text API",
+    parse_query,
+    GradiumConnection,
+    ends_stream,
+    refusing_in_band(error_event, ends_stream),
 )

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from aiohttp import WSCloseCode, WSMessage, WSMsgType, web
+from aiohttp import WSCloseCode, WSMessage, WSMsgType
 from multidict import MultiMapping
 
 from satellite_asr.access import check_key
@@ -28,13 +28,13 @@ from satellite_asr.protocols.iso639 import engine_language
 from satellite_asr.protocols.streaming_apis import (
     Api,
     Control,
-    ErrorEventConnection,
     ParameterError,
+    SettingsMessageConnection,
     StreamParams,
     check_fields,
     check_names,
     is_control,
-    refuse_in_band,
+    refusing_in_band,
     replacing_terms,
 )
 from satellite_asr.session import SessionOptions
@@ -219,7 +219,7 @@ def ends_stream(message: WSMessage) -> bool:
     return is_control(message, "endStream")
 
 
-class MetaConnection(ErrorEventConnection):
+class MetaConnection(SettingsMessageConnection):
     """A client of the real-time API: its handshake, audio and `endStream`; each turn's
     `speechStart`, partials, `speechEnd` and `speechComplete`, and `audioProgress` if asked for."""
 
@@ -230,19 +230,14 @@ class MetaConnection(ErrorEventConnection):
     received = 0
     """The samples of audio received, at the handshake's rate."""
 
-    async def read_settings(self, message: WSMessage) -> None:
+    def parse_settings(self, message: WSMessage) -> MetaHandshake:
         """The key (the connection's, or the handshake's) first, so that a client without it learns
-        nothing of the server from its handshake's refusal; then the handshake, the session and the
-        acknowledgement."""
+        nothing of the server from its handshake's refusal; then the handshake."""
         handshake_object(message)
         refusal = check_key(self.request, in_band_key(message))
         if refusal is not None:
             raise ProtocolError(refusal[1], refusal[2])
-        self.params = parse_handshake(message, self.core)
-        self.speech_ended: set[int] = set()
-        """The turns whose `speechEnd` was sent before their final."""
-        self.open_session()
-        await self.opened()
+        return parse_handshake(message, self.core)
 
     @property
     def handshake(self) -> MetaHandshake:
@@ -251,6 +246,8 @@ class MetaConnection(ErrorEventConnection):
 
     async def opened(self) -> None:
         """The acknowledgement: the session's id (the URL's `sessionId`, else the daemon's own)."""
+        self.speech_ended: set[int] = set()
+        """The turns whose `speechEnd` was sent before their final."""
         await self.send({"sessionId": self.request.query.get("sessionId") or self.request_id})
 
     async def speech_started(self, event: SpeechStarted) -> None:
@@ -301,15 +298,11 @@ class MetaConnection(ErrorEventConnection):
         await self.end()
 
 
-async def refuse_parameters(
-    core: Core, request: web.Request, ws: web.WebSocketResponse, exc: ParameterError
-) -> web.StreamResponse:
-    """A query parameter refused after the upgrade, in Meta's error event, then the Close 1008: both
-    clients report the event (an HTTP refusal by its status alone)."""
-    error = error_event("invalid_query_parameter", f"{exc.parameter}: {exc}")
-    return await refuse_in_band(core, request, ws, error, WSCloseCode.POLICY_VIOLATION, ends_stream)
-
-
 REALTIME = Api(
-    PATH, "Meta's real-time speech recognition API", parse_query, MetaConnection, ends_stream, refuse_parameters
+    PATH,
+    "Meta's real-time speech recognition API",
+    parse_query,
+    MetaConnection,
+    ends_stream,
+    refusing_in_band(error_event, ends_stream),
 )

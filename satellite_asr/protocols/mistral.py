@@ -36,7 +36,7 @@ from satellite_asr.protocols.streaming_apis import (
     check_names,
     is_control,
     number_within,
-    refuse_in_band,
+    refusing_in_band,
 )
 from satellite_asr.session import SessionOptions
 
@@ -282,15 +282,11 @@ def audio_format(value: object) -> tuple[str, int]:
     return encoding, rate
 
 
-async def refuse_parameters(
-    core: Core, request: web.Request, ws: web.WebSocketResponse, exc: ParameterError
-) -> web.StreamResponse:
-    """A bad query refused after the upgrade, in Mistral's error event, which the SDK raises with its
-    sentence while it waits for `session.created` (an HTTP refusal it reports by its status alone)."""
-    error = error_event("invalid_query_parameter", f"{exc.parameter}: {exc}")
-    return await refuse_in_band(core, request, ws, error, WSCloseCode.POLICY_VIOLATION, ends_stream)
-
-
 REALTIME = Api(
-    PATH, "Mistral's realtime transcription API", parse_query, MistralConnection, ends_stream, refuse_parameters
+    PATH,
+    "Mistral's realtime transcription API",
+    parse_query,
+    MistralConnection,
+    ends_stream,
+    refusing_in_band(error_event, ends_stream),
 )

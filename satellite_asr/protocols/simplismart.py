@@ -23,7 +23,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from aiohttp import WSCloseCode, WSMessage, WSMsgType, web
+from aiohttp import WSMessage, WSMsgType, web
 from multidict import MultiMapping
 
 from satellite_asr.audio import PcmDecoder
@@ -34,12 +34,11 @@ from satellite_asr.protocols import ProtocolError, checked_biasing, checked_lang
 from satellite_asr.protocols.streaming_apis import (
     Api,
     Control,
-    ErrorEventConnection,
-    ParameterError,
+    SettingsMessageConnection,
     StreamParams,
     check_names,
     number_within,
-    refuse_in_band,
+    refusing_in_band,
 )
 from satellite_asr.protocols.uploads import (
     READ_BYTES,
@@ -108,16 +107,14 @@ def ends_stream(message: WSMessage) -> bool:
     return False
 
 
-class SimplismartConnection(ErrorEventConnection):
+class SimplismartConnection(SettingsMessageConnection):
     """A client of the streaming API: its configuration and audio; each utterance's final text."""
 
     protocol = PROTOCOL
     invalid_message = "invalid_message"
 
-    async def read_settings(self, message: WSMessage) -> None:
-        self.params = parse_config(message, self.core)
-        self.open_session()
-        await self.opened()
+    def parse_settings(self, message: WSMessage) -> SimplismartConfig:
+        return parse_config(message, self.core)
 
     async def opened(self) -> None:
         """Nothing: the configuration has no answer."""
@@ -142,12 +139,6 @@ class SimplismartConnection(ErrorEventConnection):
     def error_message(self, code: str, message: str) -> dict[str, Any]:
         return error_event(code, message)
 
-    async def error(self, code: str, message: str, *, fatal: bool = False, counted: bool = False) -> None:
-        """The error; a refused configuration (no session yet) is followed by the Close 1008."""
-        await super().error(code, message, fatal=fatal, counted=counted)
-        if self.input is None and not fatal:
-            await self.close(WSCloseCode.POLICY_VIOLATION, code)
-
     async def on_text(self, data: str) -> None:
         raise ProtocolError("invalid_message", "after the configuration, audio comes as binary frames of 16 kHz PCM")
 
@@ -155,18 +146,14 @@ class SimplismartConnection(ErrorEventConnection):
         return {}
 
 
-async def refuse_parameters(
-    core: Core, request: web.Request, ws: web.WebSocketResponse, exc: ParameterError
-) -> web.StreamResponse:
-    """A query parameter refused after the upgrade, in the error message, then the Close 1008."""
-    error = error_event("invalid_query_parameter", f"{exc.parameter}: {exc}")
-    return await refuse_in_band(core, request, ws, error, WSCloseCode.POLICY_VIOLATION, ends_stream)
-
-
 STREAMING = Api(
-    STREAM_PATH, "Simplismart's streaming speech-to-text API", parse_query, SimplismartConnection, ends_stream,
-    refuse_parameters,
-)  # fmt: skip
+    STREAM_PATH,
+    "Simplismart's streaming speech-to-text API",
+    parse_query,
+    SimplismartConnection,
+    ends_stream,
+    refusing_in_band(error_event, ends_stream),
+)
 
 
 CHECKED_NOT_APPLIED: dict[str, tuple[str, float, float, bool]] = {

@@ -532,13 +532,9 @@ class InOrderConnection(StreamingConnection):
 
 class ErrorEventConnection(InOrderConnection):
     """A client of an API whose every error is one message in its own shape and leaves the stream
-    going (xAI's, Smallest AI's, Sarvam AI's, Gradium's once its setup is taken): the server ending
-    the stream (idle timeout, shutdown) is that error with the sentence, then the Close 1001."""
-
-    refusal_closes: ClassVar[Mapping[str, int] | None] = None
-    """For an API whose settings come in the first message and whose refusal of them is followed by
-    the Close (Gradium's, Meta's): that Close's code by error code (any other 1008), for an error
-    before the session; None: every error leaves the stream going."""
+    going (xAI's, Smallest AI's, Sarvam AI's; Gradium's, Meta's, Baseten's and Simplismart's once
+    their settings are taken): the server ending the stream (idle timeout, shutdown) is that error
+    with the sentence, then the Close 1001."""
 
     @abc.abstractmethod
     def error_message(self, code: str, message: str) -> dict[str, Any]:
@@ -553,12 +549,33 @@ class ErrorEventConnection(InOrderConnection):
             await self.close(WSCloseCode.GOING_AWAY, reason)
 
     async def error(self, code: str, message: str, *, fatal: bool = False, counted: bool = False) -> None:
-        """The API's error; the stream goes on (an engine failure loses its utterance alone), but for a
-        refusal before the session, followed by the Close (`refusal_closes`)."""
+        """The API's error; the stream goes on (an engine failure loses its utterance alone)."""
         if not counted:
             self.core.metrics.errors.labels(code).inc()
         await self.send(self.error_message(code, message))
-        if self.refusal_closes is not None and self.input is None and not fatal:
+
+
+class SettingsMessageConnection(ErrorEventConnection):
+    """A client of an API whose settings come in the stream's first message (Gradium's `setup`,
+    Meta's handshake, Baseten's metadata, Simplismart's configuration): a refused one is the error,
+    then the Close (its code by error code in `refusal_closes`, any other 1008), before any
+    session; any later error leaves the stream going."""
+
+    refusal_closes: ClassVar[Mapping[str, int]] = {}
+
+    @abc.abstractmethod
+    def parse_settings(self, message: WSMessage) -> StreamParams:
+        """The stream's settings from its first message, or `ProtocolError`."""
+
+    async def read_settings(self, message: WSMessage) -> None:
+        """The settings (the key was checked at the upgrade, or is in them), the session, then `opened`."""
+        self.params = self.parse_settings(message)
+        self.open_session()
+        await self.opened()
+
+    async def error(self, code: str, message: str, *, fatal: bool = False, counted: bool = False) -> None:
+        await super().error(code, message, fatal=fatal, counted=counted)
+        if self.input is None and not fatal:
             await self.close(self.refusal_closes.get(code, WSCloseCode.POLICY_VIOLATION), code)
 
 
@@ -583,6 +600,21 @@ async def refuse_in_band(
             await write_within(ws.send_json(error), core.settings.write_timeout_s, request.transport)
         await reading.close(code, reason)
     return ws
+
+
+def refusing_in_band(
+    error_event: Callable[[str, str], dict[str, Any]], ends_stream: Callable[[WSMessage], bool]
+) -> ParametersRefused:
+    """How an API refuses a bad query after the upgrade: its `error_event` naming the parameter, then
+    the Close 1008 (the clients report the error's sentence, an HTTP refusal by its status alone)."""
+
+    async def refuse(
+        core: Core, request: web.Request, ws: web.WebSocketResponse, exc: ParameterError
+    ) -> web.StreamResponse:
+        error = error_event("invalid_query_parameter", f"{exc.parameter}: {exc}")
+        return await refuse_in_band(core, request, ws, error, WSCloseCode.POLICY_VIOLATION, ends_stream)
+
+    return refuse
 
 
 ApiParser = Callable[[MultiMapping[str], Core], StreamParams | None]
