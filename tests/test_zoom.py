@@ -13,7 +13,7 @@ import websockets
 
 from satellite_asr.protocols import zoom
 from satellite_asr.server import Daemon
-from tests.doubles import FailsOnAWordEngineDouble
+from tests.doubles import FailsOnAWordEngineDouble, FirstFinalGatedEngineDouble
 from tests.helpers import (
     EXPECTED,
     PCM_FRAME_BYTES,
@@ -262,3 +262,21 @@ async def test_a_message_over_1_mib_closes_1009_as_the_docs_say() -> None:
     async with running_daemon() as daemon:
         messages, code = await stream(url(daemon), UPDATE, bytes(1 << 20) + b"\x00\x00")
     assert kinds(messages) in ([], ["session.updated"]) and code == 1009, (messages, code)
+
+
+async def test_two_decodes_at_once_keep_each_speech_started_after_the_final_before_it() -> None:
+    """The first command's final still decoding (gated) while the next is spoken: the next one's
+    `speech_started` waits for that `transcription.completed`, so that a client ending its turn on
+    each transcript (Pipecat's) never ends one the user is still speaking in."""
+    engine = FirstFinalGatedEngineDouble()
+    async with running_daemon(engine) as daemon, websockets.connect(url(daemon)) as ws:
+        await ws.send(json.dumps(UPDATE))
+        for frame in pcm_frames(audio()):
+            await ws.send(frame)
+            await asyncio.sleep(0.1)
+        engine.gate.set()
+        await ws.send(json.dumps(CLOSE))
+        messages = await read_all(ws)
+    pair = ["input_audio_buffer.speech_started", "transcription.completed"]
+    assert kinds(messages) == ["session.updated", *pair * 3, "session.closed"], kinds(messages)
+    assert same_words(EXPECTED[FIXTURE], transcripts(messages)), transcripts(messages)
