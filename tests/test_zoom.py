@@ -241,7 +241,7 @@ async def test_shutdown_closes_a_connection_awaiting_its_session_update() -> Non
     assert ws.close_code == 1001
 
 
-async def test_over_max_sessions_is_a_fatal_error_1013_and_the_open_session_goes_on() -> None:
+async def test_over_max_sessions_is_a_server_busy_error_1013_and_the_open_session_goes_on() -> None:
     async with (
         running_daemon(max_sessions=1, wyoming_reserved_sessions=0) as daemon,
         websockets.connect(url(daemon)) as first,
@@ -253,7 +253,7 @@ async def test_over_max_sessions_is_a_fatal_error_1013_and_the_open_session_goes
             await first.send(frame)
         await first.send(json.dumps(CLOSE))
         messages = await read_all(first)
-    assert [(m["type"], m["error"]["code"], m["error"]["fatal"]) for m in refused] == [("error", "server_busy", True)]
+    assert [(m["type"], m["error"]["code"], m["error"]["fatal"]) for m in refused] == [("error", "server_busy", False)]
     assert code == 1013
     assert same_words(EXPECTED[FIXTURE], transcripts(messages)) and messages[-1]["type"] == "session.closed"
 

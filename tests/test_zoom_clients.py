@@ -6,7 +6,10 @@ these tests are where a field the daemon leaves out or mistypes shows."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
+import websockets
 from pipecat.frames.frames import TranscriptionFrame
 from pipecat.services.zoom_ai.stt import ZoomAISTTService
 from pipecat.transcriptions.language import Language
@@ -84,3 +87,22 @@ async def test_pipecat_service_reconnects_after_the_idle_timeout_closes_its_conn
         frames = await across_a_pause(pipecat_service(daemon), "lights_on.wav", FIXTURE, 8)
     assert same_words([*EXPECTED["lights_on.wav"], *EXPECTED[FIXTURE]], frames.finals), frames.finals
     assert frames.errors and all("idle_timeout_s" in error for error in frames.errors), frames.errors
+
+
+async def test_pipecat_service_refused_as_busy_stays_usable() -> None:
+    """`max_sessions` full when the service connects: it reports `server_busy`, and stays usable (its
+    reconnect may get a place once one frees), as a busy server is not a refused `session.update`:
+    Pipecat's service takes a fatal error before `session.updated` for settings refused, marks itself
+    unusable and from then on drops every frame of audio."""
+    async with (
+        running_daemon(api_key=KEY, max_sessions=1, wyoming_reserved_sessions=0) as daemon,
+        websockets.connect(
+            f"ws://127.0.0.1:{daemon.http_port}{zoom.PATH}", additional_headers={"Authorization": f"Bearer {KEY}"}
+        ) as holder,
+    ):
+        await holder.send(json.dumps({"type": "session.update", "language": "en-US"}))
+        assert json.loads(await holder.recv())["type"] == "session.updated"
+        service = pipecat_service(daemon)
+        frames = await first_error(service)
+    assert "server_busy" in frames.errors[0], frames.errors
+    assert service.is_usable, frames.errors

@@ -56,6 +56,9 @@ REFUSED_WHEN_ON = {
 }
 """Features the daemon cannot honour: refused when on, rather than silently left out."""
 FATAL_CLOSES = {"idle_timeout": WSCloseCode.GOING_AWAY, "shutdown": WSCloseCode.GOING_AWAY}
+TRANSIENT = {"server_busy"}
+"""Refusals before `session.updated` that are not fatal, though the Close follows: Pipecat's service
+takes a fatal error before `session.updated` for its settings refused, and stops for good."""
 
 
 @dataclass(frozen=True)
@@ -242,7 +245,7 @@ class ZoomConnection(ErrorEventConnection):
         await self.send({"type": "session.closed", "reason": self.close_reason})
 
     def error_message(self, code: str, message: str) -> dict[str, Any]:
-        return error_event(code, message, self.input is None or code in FATAL_CLOSES)
+        return error_event(code, message, (self.input is None and code not in TRANSIENT) or code in FATAL_CLOSES)
 
     async def error(self, code: str, message: str, *, fatal: bool = False, counted: bool = False) -> None:
         """Scribe's error; a refused `session.update` (no session yet) is followed by the Close, and
