@@ -280,3 +280,21 @@ async def test_two_decodes_at_once_keep_each_speech_started_after_the_final_befo
     pair = ["input_audio_buffer.speech_started", "transcription.completed"]
     assert kinds(messages) == ["session.updated", *pair * 3, "session.closed"], kinds(messages)
     assert same_words(EXPECTED[FIXTURE], transcripts(messages)), transcripts(messages)
+
+
+async def test_session_close_while_a_final_is_still_decoding_sends_every_final_first() -> None:
+    """`session.close` while the first command's final is held (gated) and the last is in progress:
+    every command's `speech_started` and `transcription.completed`, in order, then `session.closed`."""
+    engine = FirstFinalGatedEngineDouble()
+    async with running_daemon(engine) as daemon, websockets.connect(url(daemon)) as ws:
+        await ws.send(json.dumps(UPDATE))
+        for frame in pcm_frames(audio()):
+            await ws.send(frame)
+            await asyncio.sleep(0.1)
+        await ws.send(json.dumps(CLOSE))
+        await asyncio.sleep(0.5)
+        engine.gate.set()
+        messages = await read_all(ws)
+    pair = ["input_audio_buffer.speech_started", "transcription.completed"]
+    assert kinds(messages) == ["session.updated", *pair * 3, "session.closed"], kinds(messages)
+    assert same_words(EXPECTED[FIXTURE], transcripts(messages)) and ws.close_code == 1000, transcripts(messages)
