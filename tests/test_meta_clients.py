@@ -155,3 +155,40 @@ async def test_livekit_stream_fails_when_the_idle_timeout_closes_its_connection(
     finals = [final.text for final in events.finals() if final.text]
     assert same_words(EXPECTED["lights_on.wav"], finals), (finals, events.turns())
     assert not failed.value.retryable
+
+
+async def test_livekit_stream_refused_at_max_sessions_retries_and_is_served_once_a_slot_frees(tmp_path: Path) -> None:
+    """At `max_sessions` the handshake is refused with the Close 1013 alone, which the plugin retries
+    (1013 is its retryable close code); an error event first would be its handshake error (status
+    400, not retried), and Pipecat's "rejected the session", which leaves its service unusable. Once
+    the session holding the slot ends, the plugin's retry is served and transcribes."""
+    async with tls_daemon(tmp_path, max_sessions=1, wyoming_reserved_sessions=0) as (daemon, http):
+        busy = daemon.core.metrics.errors.labels("server_busy")
+        url = f"wss://127.0.0.1:{daemon.http_port}{meta.PATH}"
+        handshake = {"authorization": {"accessToken": KEY}, "audioEncoding": "PCM_16KHZ"}
+        async with http.ws_connect(url) as holder:
+            await holder.send_json(handshake)
+            assert "sessionId" in await holder.receive_json()
+            stt = livekit_stt(daemon, http)
+            stream = stt.stream(conn_options=APIConnectOptions(max_retry=5, retry_interval=1, timeout=10))
+            events = LiveKitEvents(stream)
+            async with asyncio.timeout(30):
+                while busy._value.get() == 0 and not events.reading.done():
+                    await asyncio.sleep(0.05)
+            await holder.send_json({"type": "endStream"})
+            async for _ in holder:  # until the daemon's Close: the slot is free
+                pass
+        try:
+            for chunk in microphone_chunks("lights_on.wav", FRAME_S):
+                if events.reading.done():
+                    break
+                stream.push_frame(rtc.AudioFrame(chunk, SAMPLE_RATE, 1, len(chunk) // 2))
+                await asyncio.sleep(FRAME_S)
+            await events.wait_for(lambda: any(final.text for final in events.finals()))
+            stream.end_input()
+        finally:
+            await stream.aclose()
+            await stt.aclose()
+    assert busy._value.get() >= 1
+    finals = [final.text for final in events.finals() if final.text]
+    assert same_words(EXPECTED["lights_on.wav"], finals), (finals, events.turns())

@@ -92,12 +92,9 @@ LANGUAGES = {
 }
 """Meta's language names (its `languageBias` entries, any case) and their codes."""
 MAX_SESSION_ID_CHARS = 128
-CLOSE_CODES = {
-    "idle_timeout": WSCloseCode.GOING_AWAY,
-    "shutdown": WSCloseCode.GOING_AWAY,
-    "server_busy": WSCloseCode.TRY_AGAIN_LATER,
-}
-"""The Close after a refused handshake or a failure before the session (any other: 1008)."""
+CLOSE_CODES = {"idle_timeout": WSCloseCode.GOING_AWAY, "shutdown": WSCloseCode.GOING_AWAY}
+"""The Close after a refused handshake or the server's end before the session (any other: 1008)."""
+MAX_CLOSE_REASON_BYTES = 123
 
 
 @dataclass(frozen=True)
@@ -280,6 +277,19 @@ class MetaConnection(SettingsMessageConnection):
 
     def error_message(self, code: str, message: str) -> dict[str, Any]:
         return error_event(code, message)
+
+    async def error(self, code: str, message: str, *, fatal: bool = False, counted: bool = False) -> None:
+        """As the other APIs', but no session could be opened (`server_busy`, at `max_sessions`): the
+        Close 1013 alone, its reason the sentence. Both clients take an error event in answer to the
+        handshake for a refusal to give up on (LiveKit's handshake error is not retried, Pipecat's
+        "rejected the session" leaves its service unusable); a Close 1013 they retry."""
+        if not (fatal and self.input is None):
+            await super().error(code, message, fatal=fatal, counted=counted)
+            return
+        if not counted:
+            self.core.metrics.errors.labels(code).inc()
+        reason = message.encode()[:MAX_CLOSE_REASON_BYTES].decode(errors="ignore")
+        await self.close(WSCloseCode.TRY_AGAIN_LATER, reason)
 
     async def on_binary(self, data: bytes) -> None:
         """Audio; with `emitAudioProgress`, how much of the stream has come, in ms of the client's audio
