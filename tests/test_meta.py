@@ -280,3 +280,13 @@ async def test_a_message_over_1_mib_closes_1009_as_the_docs_say() -> None:
         messages, code = await stream(url(daemon), HANDSHAKE, bytes(1 << 20 | 2))
     assert kinds(messages) in ([], ["ack"]) and code == 1009, (messages, code)
     assert "closes the connection with 1009" in (ROOT / "docs" / "meta.md").read_text()
+
+
+@pytest.mark.parametrize("first", [b"\x00\x01" * 160, "not json", "[1, 2]"])
+async def test_a_client_without_the_key_gets_the_keys_refusal_whatever_its_first_message(first: str | bytes) -> None:
+    """As docs/meta.md says: the key is checked before anything else in the handshake, so a client
+    without it learns nothing from the refusal of its first message (audio, not JSON), only the 401's error."""
+    async with running_daemon(api_key=KEY) as daemon:
+        messages, code = await stream(url(daemon), first)
+    assert [(m["type"], m["code"]) for m in messages] == [("error", "missing_api_key")] and code == 1008, messages
+    assert "whatever its handshake" in (ROOT / "docs" / "meta.md").read_text()

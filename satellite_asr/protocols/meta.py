@@ -229,8 +229,8 @@ class MetaConnection(SettingsMessageConnection):
 
     def parse_settings(self, message: WSMessage) -> MetaHandshake:
         """The key (the connection's, or the handshake's) first, so that a client without it learns
-        nothing of the server from its handshake's refusal; then the handshake."""
-        handshake_object(message)
+        nothing of the server from its handshake's refusal; then the handshake. Whatever the first
+        message (audio, not JSON), a client without the key gets the key's refusal."""
         refusal = check_key(self.request, in_band_key(message))
         if refusal is not None:
             raise ProtocolError(refusal[1], refusal[2])
