@@ -13,7 +13,7 @@ import websockets
 
 from satellite_asr.protocols import meta
 from satellite_asr.server import Daemon
-from tests.doubles import ContextRecordingEngineDouble, FailsOnAWordEngineDouble
+from tests.doubles import ContextRecordingEngineDouble, FailsOnAWordEngineDouble, FirstFinalGatedEngineDouble
 from tests.helpers import (
     EXPECTED,
     PCM_FRAME_BYTES,
@@ -290,3 +290,35 @@ async def test_a_client_without_the_key_gets_the_keys_refusal_whatever_its_first
         messages, code = await stream(url(daemon), first)
     assert [(m["type"], m["code"]) for m in messages] == [("error", "missing_api_key")] and code == 1008, messages
     assert "whatever its handshake" in (ROOT / "docs" / "meta.md").read_text()
+
+
+async def test_with_two_decodes_at_once_each_turns_messages_come_in_order() -> None:
+    """The first final held while the next commands are heard (two decodes at once): a later turn's
+    `speechStart` may come early, but its partials, `speechEnd` and `speechComplete` wait for the
+    turn before it to complete, and every turn completes with its words, in order (LiveKit emits a
+    turn's events only once the turns before it completed)."""
+    engine = FirstFinalGatedEngineDouble()
+    async with running_daemon(engine) as daemon, websockets.connect(url(daemon)) as ws:
+        await ws.send(json.dumps(HANDSHAKE))
+        for frame in pcm_frames(audio()):
+            await ws.send(frame)
+            await asyncio.sleep(0.1)
+        engine.gate.set()
+        await ws.send(json.dumps(END))
+        messages = await read_all(ws)
+    assert ws.close_code == 1000
+    turns = [m["turnId"] for m in of_type(events(messages), "speechStart")]
+    assert len(turns) == 3 and turns == sorted(turns), turns
+    order = [(m["type"], m["turnId"]) for m in events(messages) if m["type"] != "transcript"]
+    assert order.index(("speechStart", turns[1])) < order.index(("speechComplete", turns[0])), order
+    done: set[int] = set()
+    for m in events(messages):
+        if m["type"] in ("transcript", "speechEnd", "speechComplete"):
+            assert all(earlier in done for earlier in turns if earlier < m["turnId"]), (m, kinds(messages))
+        if m["type"] == "speechComplete":
+            done.add(m["turnId"])
+    for turn in turns:
+        mine = [m["type"] for m in events(messages) if m.get("turnId") == turn and m["type"] != "transcript"]
+        assert mine == ["speechStart", "speechEnd", "speechComplete"], (turn, mine)
+    assert [m["turnId"] for m in of_type(events(messages), "speechComplete")] == turns
+    assert same_words(EXPECTED[FIXTURE], completed(messages)), completed(messages)
