@@ -322,3 +322,24 @@ async def test_with_two_decodes_at_once_each_turns_messages_come_in_order() -> N
         assert mine == ["speechStart", "speechEnd", "speechComplete"], (turn, mine)
     assert [m["turnId"] for m in of_type(events(messages), "speechComplete")] == turns
     assert same_words(EXPECTED[FIXTURE], completed(messages)), completed(messages)
+
+
+async def test_end_stream_while_finals_are_decoding_still_completes_every_turn() -> None:
+    """`endStream` comes while the first turn's final is still held: the Close 1000 waits for every
+    turn's `speechComplete` (LiveKit fails a stream that ends with a turn begun and not completed)."""
+    engine = FirstFinalGatedEngineDouble()
+    async with running_daemon(engine) as daemon, websockets.connect(url(daemon)) as ws:
+        await ws.send(json.dumps(HANDSHAKE))
+        for frame in pcm_frames(audio()):
+            await ws.send(frame)
+        await ws.send(json.dumps(END))
+        reading = asyncio.ensure_future(read_all(ws))
+        async with asyncio.timeout(60):
+            while not engine.finals:
+                await asyncio.sleep(0.05)
+        assert not reading.done()
+        engine.gate.set()
+        messages = await reading
+    assert ws.close_code == 1000
+    assert len(of_type(events(messages), "speechStart")) == len(of_type(events(messages), "speechComplete")) == 3
+    assert same_words(EXPECTED[FIXTURE], completed(messages)), completed(messages)
