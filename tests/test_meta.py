@@ -17,6 +17,7 @@ from tests.doubles import ContextRecordingEngineDouble, FailsOnAWordEngineDouble
 from tests.helpers import (
     EXPECTED,
     PCM_FRAME_BYTES,
+    eventually,
     fixture_16k,
     is_binary,
     normalise,
@@ -298,15 +299,13 @@ async def test_with_two_decodes_at_once_each_turns_messages_come_in_order() -> N
     turn before it to complete, and every turn completes with its words, in order (LiveKit emits a
     turn's events only once the turns before it completed)."""
     engine = FirstFinalGatedEngineDouble()
-    async with running_daemon(engine) as daemon, websockets.connect(url(daemon)) as ws:
-        await ws.send(json.dumps(HANDSHAKE))
-        for frame in pcm_frames(audio()):
-            await ws.send(frame)
-            await asyncio.sleep(0.1)
+    async with running_daemon(engine) as daemon:
+        streaming = asyncio.ensure_future(stream(url(daemon), HANDSHAKE, *pcm_frames(audio()), END, paced=True))
+        # the third command heard while the first's final is still held
+        await eventually(lambda: any(session.utterances >= 3 for session in daemon.core.sessions.open_sessions()))
         engine.gate.set()
-        await ws.send(json.dumps(END))
-        messages = await read_all(ws)
-    assert ws.close_code == 1000
+        messages, code = await streaming
+    assert code == 1000
     turns = [m["turnId"] for m in of_type(events(messages), "speechStart")]
     assert len(turns) == 3 and turns == sorted(turns), turns
     order = [(m["type"], m["turnId"]) for m in events(messages) if m["type"] != "transcript"]
@@ -334,9 +333,7 @@ async def test_end_stream_while_finals_are_decoding_still_completes_every_turn()
             await ws.send(frame)
         await ws.send(json.dumps(END))
         reading = asyncio.ensure_future(read_all(ws))
-        async with asyncio.timeout(60):
-            while not engine.finals:
-                await asyncio.sleep(0.05)
+        await eventually(lambda: bool(engine.finals))
         assert not reading.done()
         engine.gate.set()
         messages = await reading

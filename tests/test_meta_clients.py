@@ -26,7 +26,7 @@ from satellite_asr.protocols import meta
 from satellite_asr.server import Daemon
 from tests.certificates import self_signed
 from tests.doubles import ContextRecordingEngineDouble
-from tests.helpers import EXPECTED, microphone_chunks, running_daemon, same_words
+from tests.helpers import EXPECTED, eventually, microphone_chunks, running_daemon, same_words
 from tests.livekit_events import FRAME_S, LiveKitEvents, stream_fixture
 from tests.test_pipecat import across_a_pause, first_error, transcribed
 
@@ -172,9 +172,7 @@ async def test_livekit_stream_refused_at_max_sessions_retries_and_is_served_once
             stt = livekit_stt(daemon, http)
             stream = stt.stream(conn_options=APIConnectOptions(max_retry=5, retry_interval=1, timeout=10))
             events = LiveKitEvents(stream)
-            async with asyncio.timeout(30):
-                while busy._value.get() == 0 and not events.reading.done():
-                    await asyncio.sleep(0.05)
+            await eventually(lambda: busy._value.get() > 0 or events.reading.done())
             await holder.send_json({"type": "endStream"})
             async for _ in holder:  # until the daemon's Close: the slot is free
                 pass
