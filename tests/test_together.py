@@ -119,6 +119,20 @@ async def test_vad_parameters_alone_turn_server_vad_on() -> None:
     assert created["session"]["turn_detection"]["silence_duration_ms"] == 700, created
 
 
+@pytest.mark.parametrize("parameter", ["min_speech_duration_ms=250", "max_speech_duration_s=5.0"])
+async def test_a_checked_vad_parameter_alone_turns_server_vad_on_too(parameter: str) -> None:
+    """Together's two VAD parameters the daemon checks without applying are VAD parameters as much
+    as the applied ones (docs/together.md: `server_vad` when a VAD parameter is given): a client
+    tuning Together's VAD gets a VAD that ends its commands, whatever the daemon's default is."""
+    async with (
+        running_daemon(api_key=KEY, turn_detection="manual") as daemon,
+        websockets.connect(url(daemon, f"{TOGETHER}&{parameter}"), additional_headers=HEADERS) as ws,
+    ):
+        created = json.loads(await ws.recv())
+    assert created["session"]["turn_detection"] is not None, created
+    assert created["session"]["turn_detection"]["type"] == "server_vad", created
+
+
 async def test_an_openai_client_without_together_parameters_still_gets_increments() -> None:
     """The dialect is the query's: the same beta connection without Together's parameters keeps
     OpenAI's shapes (`transcription_session.created`, deltas that add up, no `transcript`)."""

@@ -203,7 +203,7 @@ def from_query(config: RealtimeConfig, query: Mapping[str, str]) -> RealtimeConf
                 reason = str(exc).split(": ", 1)[1]
                 raise _invalid("invalid_value", f"{name} {reason}", name) from None
     current = "none" if config.turn_detection is None else config.turn_detection.type
-    kind = query.get("turn_detection", "server_vad" if QUERY_VAD.keys() & vad.keys() else current)
+    kind = query.get("turn_detection", "server_vad" if vad else current)
     if kind not in QUERY_TURN_DETECTION:
         message = f"turn_detection must be one of {', '.join(QUERY_TURN_DETECTION)}, got {kind!r:.40}"
         raise _invalid("invalid_value", message, "turn_detection")
