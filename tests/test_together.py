@@ -75,9 +75,13 @@ async def test_turn_detection_none_and_pcm_s16le_16000_as_pipecat_connects() -> 
     ):
         created = json.loads(await ws.recv())
         await speak(ws, "lights_on.wav", silence_s=1.5)
-        assert of_type(await events_until(ws, COMPLETED, 0), COMPLETED) == []
         await ws.send(json.dumps({"type": "input_audio_buffer.commit"}))
-        events = await events_until(ws, COMPLETED, 1)
+        await ws.send(json.dumps({"type": "input_audio_buffer.commit"}))  # nothing since the last: refused
+        events = await events_until(ws, "error", 1)
+    # Had silence ended the item, the first commit would have made a second (empty) one before the error.
+    assert len(of_type(events, "input_audio_buffer.committed")) == 1, events
+    assert len(of_type(events, COMPLETED)) == 1, events
+    assert of_type(events, "error")[0]["error"]["code"] == "input_audio_buffer_commit_empty", events
     assert created["type"] == "session.created", created
     assert created["session"]["input_audio_format"] == {"type": "audio/pcm", "rate": 16000}, created
     assert created["session"]["turn_detection"] is None, created
