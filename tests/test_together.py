@@ -137,6 +137,23 @@ async def test_a_checked_vad_parameter_alone_turns_server_vad_on_too(parameter: 
     assert created["session"]["turn_detection"]["type"] == "server_vad", created
 
 
+async def test_without_input_audio_format_the_dialect_takes_togethers_16_khz() -> None:
+    """Together's one format, `pcm_s16le_16000`, is its default too: a Together client that leaves
+    `input_audio_format` out (here with only `turn_detection=none`) is heard at 16 kHz, not at
+    OpenAI's 24 kHz, which would slow its words to a drawl."""
+    query = "intent=transcription&model=openai/whisper-large-v3&turn_detection=none"
+    async with (
+        running_daemon(api_key=KEY) as daemon,
+        websockets.connect(url(daemon, query), additional_headers=HEADERS) as ws,
+    ):
+        created = json.loads(await ws.recv())
+        await speak(ws, "lights_on.wav", silence_s=0.5)
+        await ws.send(json.dumps({"type": "input_audio_buffer.commit"}))
+        events = await events_until(ws, COMPLETED, 1)
+    assert created["session"]["input_audio_format"] == {"type": "audio/pcm", "rate": 16000}, created
+    assert same_words(EXPECTED["lights_on.wav"], [event["transcript"] for event in of_type(events, COMPLETED)])
+
+
 async def test_an_openai_client_without_together_parameters_still_gets_increments() -> None:
     """The dialect is the query's: the same beta connection without Together's parameters keeps
     OpenAI's shapes (`transcription_session.created`, deltas that add up, no `transcript`)."""

@@ -27,9 +27,10 @@ GA_FORMATS = {"audio/pcm": "s16le", "audio/pcmu": "pcmu", "audio/pcma": "pcma"}
 """GA `audio.input.format.type` -> the decoder's encoding."""
 BETA_FORMATS = {"pcm16": ("s16le", PCM_RATE), "g711_ulaw": ("pcmu", G711_RATE), "g711_alaw": ("pcma", G711_RATE)}
 """Beta `input_audio_format` -> (encoding, rate)."""
-QUERY_FORMATS = {"pcm_s16le_16000": ("s16le", 16000), **BETA_FORMATS}
+TOGETHER_FORMAT = "pcm_s16le_16000"
+QUERY_FORMATS = {TOGETHER_FORMAT: ("s16le", 16000), **BETA_FORMATS}
 """The `input_audio_format` query parameter (Together AI's dialect, docs/together.md): Together's one
-spelling, or a beta name."""
+spelling (its default), or a beta name."""
 QUERY_TURN_DETECTION = ("server_vad", "semantic_vad", "none")
 QUERY_VAD = {
     "threshold": ("threshold", "vad_threshold"),
@@ -188,12 +189,11 @@ def from_query(config: RealtimeConfig, query: Mapping[str, str]) -> RealtimeConf
     if not QUERY_PARAMETERS & set(query):
         return config
     changes: dict[str, Any] = {"together": True}
-    if "input_audio_format" in query:
-        value = query["input_audio_format"]
-        if value not in QUERY_FORMATS:
-            message = f"input_audio_format must be one of {', '.join(QUERY_FORMATS)}, got {value!r:.40}"
-            raise _invalid("invalid_value", message, "input_audio_format")
-        changes["encoding"], changes["sample_rate"] = QUERY_FORMATS[value]
+    value = query.get("input_audio_format", TOGETHER_FORMAT)  # Together's default is its one format
+    if value not in QUERY_FORMATS:
+        message = f"input_audio_format must be one of {', '.join(QUERY_FORMATS)}, got {value!r:.40}"
+        raise _invalid("invalid_value", message, "input_audio_format")
+    changes["encoding"], changes["sample_rate"] = QUERY_FORMATS[value]
     vad: dict[str, Any] = {}
     for name, setting in [*((name, setting) for name, (_, setting) in QUERY_VAD.items()), *QUERY_CHECKED.items()]:
         if name in query:
