@@ -1566,6 +1566,67 @@ async def sarvam_realtime_session(url: str, frames: list[str | bytes]) -> None:
     assert close_code == 1009 or messages[-1]["event"] == "session.end", messages
 
 
+turn_detections = st.fixed_dictionaries(
+    {"type": st.sampled_from(["server_vad", "semantic_vad"])},
+    optional={"threshold": st.floats(0, 1) | json_values, "silence_duration_ms": st.integers(0, 20_000)},
+)
+together_sessions = st.lists(
+    listen_text
+    | listen_binary
+    | st.sampled_from(["input_audio_buffer.commit", "input_audio_buffer.clear", "transcription_session.update"]).map(
+        lambda kind: json.dumps({"type": kind})
+    )
+    | st.builds(
+        lambda audio: json.dumps({"type": "input_audio_buffer.append", "audio": audio}),
+        st.binary(max_size=6400).map(lambda data: base64.b64encode(data).decode()) | json_values,
+    )
+    | st.builds(
+        lambda session: json.dumps({"type": "transcription_session.update", "session": session}),
+        st.fixed_dictionaries(
+            {},
+            optional={"turn_detection": st.none() | vad_objects | turn_detections, "input_audio_format": json_values},
+        ),
+    ),
+    max_size=8,
+)
+TOGETHER_TYPES = {
+    "session.created",
+    "transcription_session.updated",
+    "input_audio_buffer.committed",
+    "input_audio_buffer.cleared",
+    "input_audio_buffer.speech_started",
+    "input_audio_buffer.speech_stopped",
+    "conversation.item.created",
+    "conversation.item.input_audio_transcription.delta",
+    "conversation.item.input_audio_transcription.completed",
+    "conversation.item.input_audio_transcription.failed",
+    "error",
+}
+
+
+async def together_session(url: str, frames: list[str | bytes]) -> None:
+    """Sends the frames on Pipecat's Together URL, then `input_audio_buffer.clear`, and reads to its
+    `cleared`: every event is one the dialect sends, `session.created` first, every error a code with
+    a sentence, every delta whole text (`delta` is `transcript`); no error ends the stream (Pipecat
+    reconnects on an error, but the daemon must not close it)."""
+    messages: list[dict[str, Any]] = []
+    headers = {"OpenAI-Beta": "realtime=v1"}
+    async with websockets.connect(url, max_size=None, additional_headers=headers) as ws:
+        for frame in [*frames, json.dumps({"type": "input_audio_buffer.clear"})]:
+            await ws.send(frame)
+        async with asyncio.timeout(50):
+            while (
+                not of_type(messages, "input_audio_buffer.cleared")
+                or messages[-1]["type"] != "input_audio_buffer.cleared"
+            ):
+                messages.append(json.loads(await ws.recv()))
+    assert {m["type"] for m in messages} <= TOGETHER_TYPES, messages
+    assert messages[0]["type"] == "session.created", messages
+    assert all(e["error"]["code"] and e["error"]["message"] for e in of_type(messages, "error")), messages
+    deltas = of_type(messages, "conversation.item.input_audio_transcription.delta")
+    assert all(d["delta"] == d["transcript"] for d in deltas), deltas
+
+
 gladia_sessions = st.lists(
     listen_text
     | listen_binary
@@ -1866,6 +1927,18 @@ async def test_random_sessions_on_every_streaming_protocol_leave_the_daemon_and_
 
         azure_url = f"ws://127.0.0.1:{daemon.http_port}{azure.PATHS[0]}"
 
+        together_url = (
+            f"ws://127.0.0.1:{daemon.http_port}/v1/realtime?intent=transcription&model=openai/whisper-large-v3"
+            "&turn_detection=none&input_audio_format=pcm_s16le_16000"
+        )
+
+        @settings(max_examples=100, deadline=None)
+        @given(together_sessions)
+        @example(['{"type": "input_audio_buffer.commit"}', '{"type": "input_audio_buffer.commit"}'])
+        @example([json.dumps({"type": "input_audio_buffer.append", "audio": base64.b64encode(bytes(3200)).decode()})])
+        def together_fuzz(frames: list[str | bytes]) -> None:
+            asyncio.run_coroutine_threadsafe(together_session(together_url, frames), loop).result(60)
+
         @settings(max_examples=100, deadline=None)
         @given(azure_sessions)
         @example([usp_binary("Path:audio\r\n", b"\x00" * 3201)])
@@ -1892,6 +1965,7 @@ async def test_random_sessions_on_every_streaming_protocol_leave_the_daemon_and_
         await loop.run_in_executor(None, gradium_fuzz)
         await loop.run_in_executor(None, meta_fuzz)
         await loop.run_in_executor(None, sarvam_fuzz)
+        await loop.run_in_executor(None, together_fuzz)
         await loop.run_in_executor(None, baseten_fuzz)
         await loop.run_in_executor(None, simplismart_fuzz)
         await loop.run_in_executor(None, zoom_fuzz)
