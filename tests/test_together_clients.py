@@ -6,7 +6,10 @@ turn_detection=none&input_audio_format=pcm_s16le_16000` with `Authorization: Bea
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import pytest
+from pipecat.frames.frames import InterimTranscriptionFrame
 from pipecat.services.together.stt import TogetherSTTService
 
 from satellite_asr.server import Daemon
@@ -29,10 +32,13 @@ async def test_pipecat_service_gets_a_transcript_per_command_and_whole_text_inte
     text so far (Together's deltas replace each other), so the interims of a command grow."""
     async with running_daemon(api_key=KEY) as daemon:
         frames = await transcribed(pipecat_service(daemon), FIXTURE)
-    assert frames.interims, "deltas reach Pipecat as interim transcripts"
-    finals = frames.finals
-    for interim in frames.interims:  # each is the start of a command's words, never a fragment of one
-        assert any(final.lower().startswith(interim.strip().lower()[:3]) for final in finals), (interim, finals)
+    by_item: dict[str, list[str]] = {}
+    for frame in frames.frames:
+        if isinstance(frame, InterimTranscriptionFrame):
+            by_item.setdefault(frame.result["item_id"], []).append(frame.text)
+    assert any(len(texts) > 1 for texts in by_item.values()), by_item
+    for texts in by_item.values():  # each the item's whole text so far, never a fragment to add up
+        assert all(later.startswith(earlier) and later != earlier for earlier, later in pairwise(texts)), texts
 
 
 async def test_pipecat_service_with_a_wrong_key_gets_an_error_frame_with_the_401() -> None:
