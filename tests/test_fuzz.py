@@ -1262,16 +1262,21 @@ async def speechmatics_session(url: str, start: dict[str, Any], frames: list[str
         assert errors or close_code == 1009, (close_code, messages)
 
 
+def base64_audio_events(kind: str) -> st.SearchStrategy[str]:
+    """`{"type": kind, "audio": ...}`: random audio in base64, or any JSON value in its place."""
+    return st.builds(
+        lambda audio: json.dumps({"type": kind, "audio": audio}),
+        st.binary(max_size=6400).map(lambda data: base64.b64encode(data).decode()) | json_values,
+    )
+
+
 mistral_sessions = st.lists(
     listen_text
     | listen_binary
     | st.sampled_from(["input_audio.flush", "input_audio.end", "session.update", "input_audio.append"]).map(
         lambda kind: json.dumps({"type": kind})
     )
-    | st.builds(
-        lambda audio: json.dumps({"type": "input_audio.append", "audio": audio}),
-        st.binary(max_size=6400).map(lambda data: base64.b64encode(data).decode()) | json_values,
-    )
+    | base64_audio_events("input_audio.append")
     | st.builds(
         lambda session: json.dumps({"type": "session.update", "session": session}),
         st.fixed_dictionaries(
@@ -1433,10 +1438,7 @@ gradium_sessions = st.lists(
     listen_text
     | listen_binary
     | st.sampled_from(["flush", "end_of_stream", "audio", "setup"]).map(lambda kind: json.dumps({"type": kind}))
-    | st.builds(
-        lambda audio: json.dumps({"type": "audio", "audio": audio}),
-        st.binary(max_size=6400).map(lambda data: base64.b64encode(data).decode()) | json_values,
-    )
+    | base64_audio_events("audio")
     | st.builds(lambda flush_id: json.dumps({"type": "flush", "flush_id": flush_id}), json_values),
     max_size=8,
 )
@@ -1576,10 +1578,7 @@ together_sessions = st.lists(
     | st.sampled_from(["input_audio_buffer.commit", "input_audio_buffer.clear", "transcription_session.update"]).map(
         lambda kind: json.dumps({"type": kind})
     )
-    | st.builds(
-        lambda audio: json.dumps({"type": "input_audio_buffer.append", "audio": audio}),
-        st.binary(max_size=6400).map(lambda data: base64.b64encode(data).decode()) | json_values,
-    )
+    | base64_audio_events("input_audio_buffer.append")
     | st.builds(
         lambda session: json.dumps({"type": "transcription_session.update", "session": session}),
         st.fixed_dictionaries(
