@@ -207,3 +207,16 @@ async def test_over_max_sessions_is_a_fatal_error() -> None:
         assert second.close_code == 1013
         await first.send(json.dumps({"event": "ping"}))
         assert json.loads(await first.recv())["event"] == "pong"
+
+
+async def test_manual_endpointing_takes_vad_tuning_updates_as_unused() -> None:
+    """With `endpointing=manual` Sarvam's VAD knobs are unused (Sarvam ignores them there, the URL's
+    too): a `config.update` of them changes nothing, so it gets `config.updated`, not `invalid_config`."""
+    query = "language_code=en-IN&endpointing=manual&threshold=0.5"
+    async with running_daemon() as daemon, websockets.connect(url(daemon, query)) as ws:
+        update = {"event": "config.update", "threshold": 0.3, "silence_duration_ms": 300, "min_speech_duration_ms": 90}
+        await ws.send(json.dumps(update))
+        await ws.send(json.dumps(END))
+        messages = await read_all(ws)
+    assert not of_type_event(messages, "error"), messages
+    assert of_type_event(messages, "config.updated")[0]["applied"] == sorted(set(update) - {"event"}), messages

@@ -129,9 +129,13 @@ class RealtimeParams:
         )
 
     def same_stream(self, other: RealtimeParams) -> bool:
-        """Whether the session `other` would open is this one's (its checked-not-applied settings aside)."""
+        """Whether the session `other` would open is this one's (its checked-not-applied settings aside,
+        and the VAD tuning, which `endpointing=manual` leaves unused)."""
         partials = (other.stream_type == "simulated") == (self.stream_type == "simulated")
-        unapplied = replace(other, query=self.query, model=self.model, mode=self.mode, stream_type=self.stream_type)
+        unused_vad = self.vad if other.endpointing == self.endpointing == "manual" else other.vad
+        unapplied = replace(
+            other, query=self.query, model=self.model, mode=self.mode, stream_type=self.stream_type, vad=unused_vad
+        )
         return partials and unapplied == self
 
 
