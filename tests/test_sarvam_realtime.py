@@ -220,3 +220,20 @@ async def test_manual_endpointing_takes_vad_tuning_updates_as_unused() -> None:
         messages = await read_all(ws)
     assert not of_type_event(messages, "error"), messages
     assert of_type_event(messages, "config.updated")[0]["applied"] == sorted(set(update) - {"event"}), messages
+
+
+async def test_shutdown_sends_the_final_of_what_came_then_a_fatal_error_session_end_and_1001() -> None:
+    """The daemon stopping mid-command: the final of the audio that came, then the fatal `shutdown`
+    error, `session.end`, and 1001 (the pong says the audio before it was taken)."""
+    async with running_daemon() as daemon, websockets.connect(url(daemon)) as ws:
+        for message in chunks(audio())[:12]:
+            await ws.send(json.dumps(message))
+        await ws.send(json.dumps({"event": "ping"}))
+        while json.loads(await ws.recv())["event"] != "pong":
+            pass
+        stopping = asyncio.create_task(daemon.stop())
+        messages = await read_all(ws)
+        await stopping
+    assert finals(messages) and events(messages)[-2:] == ["error", "session.end"], messages
+    error = messages[-2]
+    assert error["code"] == "shutdown" and error["is_fatal"] and error["message"] and ws.close_code == 1001, error
