@@ -237,3 +237,25 @@ async def test_shutdown_sends_the_final_of_what_came_then_a_fatal_error_session_
     assert finals(messages) and events(messages)[-2:] == ["error", "session.end"], messages
     error = messages[-2]
     assert error["code"] == "shutdown" and error["is_fatal"] and error["message"] and ws.close_code == 1001, error
+
+
+@pytest.mark.parametrize(
+    ("query", "turns", "settings"),
+    [
+        ("threshold=0.6", "adaptive", {"threshold": 0.6}),
+        ("prefix_padding_ms=250", "adaptive", {"speech_pad_ms": 250}),
+        ("min_speech_duration_ms=90", "adaptive", {"min_speech_ms": 90}),
+        ("silence_duration_ms=500", "fixed", {"silence_ms": 500}),
+    ],
+)
+async def test_vad_tuning_changes_its_own_setting_alone(query: str, turns: str, settings: dict[str, object]) -> None:
+    """Sarvam's VAD knobs each set their daemon setting; only `silence_duration_ms` (the silence that
+    ends a turn) takes the daemon's turn detection to fixed silence: a `threshold` or Pipecat's
+    `prefix_padding_ms` alone must not make every command wait the whole `silence_ms`."""
+    async with running_daemon() as daemon, websockets.connect(url(daemon, f"language_code=en-IN&{query}")) as ws:
+        assert json.loads(await ws.recv())["event"] == "session.begin"
+        (session,) = daemon.core.sessions.open_sessions()
+        endpointing = session.options.endpointing
+        assert daemon.core.settings.turn_detection == "adaptive"
+        assert endpointing.turn_detection == turns, endpointing
+        assert {name: getattr(endpointing, name) for name in settings} == settings, endpointing

@@ -68,7 +68,8 @@ VAD_SETTINGS = {
     "silence_duration_ms": "silence_ms",
     "min_speech_duration_ms": "min_speech_ms",
 }
-"""Sarvam's VAD tuning (with `endpointing=vad`) and the daemon setting each becomes, checked as it."""
+"""Sarvam's VAD tuning (with `endpointing=vad`) and the daemon setting each becomes, checked as it;
+`silence_duration_ms` alone also makes turns end after that silence (the daemon's fixed endpointing)."""
 KNOWN = {
     "language_code",
     "model",
@@ -147,7 +148,7 @@ def one_of(query: MultiMapping[str], name: str, choices: tuple[str, ...], defaul
 
 
 def vad_overrides(query: MultiMapping[str], core: Core) -> dict[str, Any]:
-    """Sarvam's VAD tuning as the daemon's fixed endpointing settings, each checked as that setting."""
+    """Sarvam's VAD tuning as the daemon's endpointing settings, each checked as that setting."""
     values: dict[str, Any] = {}
     for name, setting in VAD_SETTINGS.items():
         raw = query.get(name)
@@ -157,14 +158,13 @@ def vad_overrides(query: MultiMapping[str], core: Core) -> dict[str, Any]:
             values[setting] = coerce(setting, raw)
         except ConfigError as exc:
             raise ParameterError(name, f"{name} {str(exc).split(': ', 1)[-1]}") from None
-    if not values:
-        return {}
-    threshold, pad, silence = (values.get(name) for name in ("vad_threshold", "speech_pad_ms", "silence_ms"))
-    turn = TurnDetection("server_vad", threshold, pad, silence)
-    overrides = turn.vad_overrides(core.settings)
-    if "min_speech_ms" in values:
-        overrides["min_speech_ms"] = values["min_speech_ms"]
-    return overrides
+    # only the silence that ends a turn makes turns end by it (OpenAI's `server_vad`); the other knobs
+    # leave the daemon's turn detection, which ends a command judged complete sooner
+    silence = values.pop("silence_ms", None)
+    overrides = (
+        {} if silence is None else TurnDetection("server_vad", silence_duration_ms=silence).vad_overrides(core.settings)
+    )
+    return overrides | {"threshold" if name == "vad_threshold" else name: value for name, value in values.items()}
 
 
 def parse_query(query: MultiMapping[str], core: Core) -> StreamParams:
