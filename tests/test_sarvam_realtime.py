@@ -191,6 +191,7 @@ async def test_idle_timeout_is_a_fatal_error_session_end_then_1008() -> None:
     assert events(messages) == ["session.begin", "error", "session.end"], messages
     error = messages[1]
     assert error["code"] == "idle_timeout" and error["is_fatal"] and "idle_timeout_s" in error["message"], error
+    assert error["status_code"] == 408, error
     assert ws.close_code == 1008
 
 
@@ -204,6 +205,7 @@ async def test_over_max_sessions_is_a_fatal_error() -> None:
         async with websockets.connect(url(daemon)) as second:
             refused = await read_all(second)
         assert [(m["event"], m["code"], m["is_fatal"]) for m in refused] == [("error", "server_busy", True)]
+        assert refused[0]["status_code"] == 503, refused  # Sarvam's fatal rejections carry their HTTP status
         assert second.close_code == 1013
         await first.send(json.dumps({"event": "ping"}))
         assert json.loads(await first.recv())["event"] == "pong"

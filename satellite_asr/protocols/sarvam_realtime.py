@@ -88,6 +88,8 @@ UPDATABLE = {"language_code", "prompt", "mode", "stream_type", "endpointing", *V
 refused (`invalid_config`), since a session's settings are fixed when it opens."""
 MAX_AUDIO_BYTES = 262144
 """Most decoded audio in one `audio_input` (over 8 s at 16 kHz; Pipecat sends 50 ms)."""
+FATAL_STATUS = {"server_busy": 503, "idle_timeout": 408, "shutdown": 503}
+"""The HTTP status a fatal error stands for, which Sarvam's fatal errors carry as `status_code`."""
 MAX_REASON_BYTES = 123
 """A WebSocket Close reason's limit."""
 
@@ -317,7 +319,7 @@ class SarvamRealtimeConnection(HeldSignals):
         """Sarvam's error, `is_fatal` when the connection is closed next (no session could open)."""
         if not counted:
             self.core.metrics.errors.labels(code).inc()
-        await self.send(error_message(code, message, fatal=fatal))
+        await self.send(error_message(code, message, fatal=fatal, status=FATAL_STATUS.get(code) if fatal else None))
 
     async def on_binary(self, data: bytes) -> None:
         raise ProtocolError("invalid_message", 'audio comes as JSON {"event": "audio_input", "audio": base64}')
