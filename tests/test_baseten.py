@@ -166,6 +166,15 @@ async def test_a_qwen3_language_name_and_an_empty_metadata_are_taken() -> None:
     assert same_words(EXPECTED["lights_on.wav"], finals(empty))
 
 
+async def test_a_whole_sample_rate_written_as_a_float_is_taken_as_that_rate() -> None:
+    """`8000.0` is the rate 8000 (as Baseten's schema coerces it): 8 kHz audio transcribed, not a
+    handler that crashes on the first frame and closes with nothing sent."""
+    sent = pcm_frames(pcm16(fixture_16k("lights_on.wav"), 8000))
+    metadata = {"streaming_params": {"sample_rate": 8000.0, "enable_partial_transcripts": False}}
+    async with running_daemon() as daemon:
+        messages, code = await stream(url(daemon), metadata, *sent, TERMINATE)
+    assert code == 1000 and same_words(EXPECTED["lights_on.wav"], finals(messages)), (code, messages)
+
 async def test_bad_messages_are_errors_and_the_stream_goes_on() -> None:
     """Each bad message is an error with a code and a sentence; the audio before and after it is
     transcribed all the same."""

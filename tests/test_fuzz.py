@@ -455,6 +455,7 @@ def test_baseten_metadata_is_accepted_or_refused_as_invalid_metadata(metadata: d
         assert error.code == "invalid_metadata" and error.message
     else:
         assert parsed.encoding in baseten.ENCODINGS and parsed.decoder().sample_rate in baseten.SAMPLE_RATES
+        assert type(parsed.sample_rate) is int, parsed  # a float rate crashed the decoder's first frame
 
 
 @settings(max_examples=200, deadline=None)

@@ -154,6 +154,7 @@ def parse_metadata(message: WSMessage, core: Core) -> BasetenMetadata:
     rate = streaming.get("sample_rate", 16000)
     if isinstance(rate, bool) or rate not in SAMPLE_RATES:
         raise invalid(f"streaming_params.sample_rate must be one of {', '.join(map(str, SAMPLE_RATES))}")
+    rate = int(rate)  # 8000.0 is 8000, as Baseten's schema takes it: the decoder counts whole samples
     partials = flag(streaming, "streaming_params", "enable_partial_transcripts", True)
     number(streaming, "streaming_params", "partial_transcript_interval_s", 0.05, 60, whole=False)
     number(streaming, "streaming_params", "final_transcript_max_duration_s", 1, 3600, whole=False)
