@@ -223,6 +223,9 @@ async def test_predict_transcribes_with_the_plugins_fields() -> None:
         ({"temperature": "hot"}, "temperature must be a number from 0 to 2"),
         ({"vad_filter": "yes"}, "vad_filter must be true or false"),
         ({"initial_prompt": 5}, "initial_prompt must be a text"),
+        ({"initial_prompt": False}, "initial_prompt must be a text"),  # falsy: was taken as no prompt
+        ({"hotwords": 0}, "hotwords must be a text"),
+        ({"hotwords": ["Jarvis"]}, "hotwords must be a text"),
         ({"prompt": "hi"}, "unknown field 'prompt'"),
         ({"audio_data": "%%%"}, "audio_data is not valid base64"),
         ({"audio_data": None}, "audio_data must be the audio file, base64"),

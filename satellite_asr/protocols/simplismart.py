@@ -216,11 +216,11 @@ def parse_predict(body: object, core: Core, max_bytes: int) -> PredictRequest:
     model = body.get("model", "")
     if not isinstance(model, str):
         raise bad("model", "model must be a model's name, e.g. openai/whisper-large-v3-turbo")
-    prompt = body.get("initial_prompt") or ""
-    hotwords = body.get("hotwords") or ""
-    for name, value in (("initial_prompt", prompt), ("hotwords", hotwords)):
+    texts = {name: "" if body.get(name) is None else body[name] for name in ("initial_prompt", "hotwords")}
+    for name, value in texts.items():  # null is none; false, 0 or [] is a wrong type, not an empty text
         if not isinstance(value, str):
             raise bad(name, f"{name} must be a text")
+    prompt, hotwords = texts["initial_prompt"], texts["hotwords"]
     terms = tuple(term.strip() for term in hotwords.split(",") if term.strip())
     if len(terms) > MAX_TERMS:
         raise bad("hotwords", f"{len(terms)} hotwords, over the limit of {MAX_TERMS}")
