@@ -18,6 +18,7 @@ from satellite_asr.server import Daemon
 from tests.helpers import (
     EXPECTED,
     PCM_FRAME_BYTES,
+    eventually,
     fixture_16k,
     is_binary,
     of_type,
@@ -262,3 +263,30 @@ async def test_an_oversized_message_closes_with_1009() -> None:
         await ws.send(b"\x00" * (PCM_FRAME_BYTES * 400))
         await read_all(ws)
     assert ws.close_code == 1009
+
+
+async def test_shutdown_sends_the_finals_then_the_error_then_1001() -> None:
+    """The daemon stopping mid-stream: the final of the command heard so far, then `shutdown`, then 1001."""
+    data = pcm16(fixture_16k("lights_on.wav"), 16000)
+    async with running_daemon() as daemon, websockets.connect(url(daemon)) as ws:
+        for message in (json.dumps(METADATA), *pcm_frames(data)):
+            await ws.send(message)
+        heard = len(data) / 32000 - 0.1
+        await eventually(lambda: any(s.seconds_received >= heard for s in daemon.core.sessions.open_sessions()))
+        stopping = asyncio.create_task(daemon.stop())
+        messages = await read_all(ws)
+        await stopping
+    assert same_words(EXPECTED["lights_on.wav"], finals(messages)), messages
+    assert [(m["type"], m["code"]) for m in messages[-1:]] == [("error", "shutdown")] and ws.close_code == 1001
+
+
+async def test_shutdown_closes_a_connection_awaiting_its_metadata_with_1001() -> None:
+    """Before the metadata: the `shutdown` error, then 1001 (the server going away), not the 1008 of a
+    refused metadata."""
+    async with running_daemon() as daemon, websockets.connect(url(daemon)) as ws:
+        await eventually(lambda: len(daemon.baseten.serving) == 1)
+        stopping = asyncio.create_task(daemon.stop())
+        messages = await read_all(ws)
+        await stopping
+    assert [(m["type"], m["code"]) for m in messages] == [("error", "shutdown")], messages
+    assert ws.close_code == 1001

@@ -17,7 +17,7 @@ import websockets
 from satellite_asr.protocols import simplismart
 from satellite_asr.server import Daemon
 from tests.doubles import ContextRecordingEngineDouble
-from tests.helpers import EXPECTED, FIXTURES, fixture_16k, pcm16, pcm_frames, running_daemon, same_words
+from tests.helpers import EXPECTED, FIXTURES, eventually, fixture_16k, pcm16, pcm_frames, running_daemon, same_words
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -152,6 +152,38 @@ async def test_over_max_sessions_is_an_error_and_the_open_session_goes_on() -> N
     assert [e["code"] for e in errors(refused)] == ["server_busy"] and code == 1013, refused
     assert same_words(EXPECTED[FIXTURE], texts(received))
 
+
+
+async def shut_down_while_connected(daemon: Daemon, ws: websockets.ClientConnection) -> Received:
+    """The daemon stopped while `ws` is connected; every message it got, in order."""
+    stopping = asyncio.create_task(daemon.stop())
+    received: Received = []
+    with suppress(websockets.ConnectionClosed):
+        async for message in ws:
+            received.append(message.decode() if isinstance(message, bytes) else json.loads(message))
+    await stopping
+    return received
+
+
+async def test_shutdown_sends_the_finals_then_the_error_then_1001() -> None:
+    data = audio("lights_on.wav")
+    async with running_daemon() as daemon, websockets.connect(url(daemon)) as ws:
+        for message in (json.dumps(CONFIG), *pcm_frames(data)):
+            await ws.send(message)
+        heard = len(data) / 32000 - 0.1
+        await eventually(lambda: any(s.seconds_received >= heard for s in daemon.core.sessions.open_sessions()))
+        received = await shut_down_while_connected(daemon, ws)
+    assert same_words(EXPECTED["lights_on.wav"], texts(received)), received
+    assert [e["code"] for e in errors(received)] == ["shutdown"] and ws.close_code == 1001, received
+
+
+async def test_shutdown_closes_a_connection_awaiting_its_configuration_with_1001() -> None:
+    """Before the configuration: the `shutdown` error, then 1001 (the server going away), not the 1008
+    of a refused configuration."""
+    async with running_daemon() as daemon, websockets.connect(url(daemon)) as ws:
+        await eventually(lambda: len(daemon.simplismart.serving) == 1)
+        received = await shut_down_while_connected(daemon, ws)
+    assert [e["code"] for e in errors(received)] == ["shutdown"] and ws.close_code == 1001, received
 
 async def predict(daemon: Daemon, body: Any, key: str | None = None) -> tuple[int, Any]:
     headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})}

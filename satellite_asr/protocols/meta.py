@@ -92,8 +92,6 @@ LANGUAGES = {
 }
 """Meta's language names (its `languageBias` entries, any case) and their codes."""
 MAX_SESSION_ID_CHARS = 128
-CLOSE_CODES = {"idle_timeout": WSCloseCode.GOING_AWAY, "shutdown": WSCloseCode.GOING_AWAY}
-"""The Close after a refused handshake or the server's end before the session (any other: 1008)."""
 MAX_CLOSE_REASON_BYTES = 123
 
 
@@ -222,8 +220,6 @@ class MetaConnection(SettingsMessageConnection):
 
     protocol = PROTOCOL
     invalid_message = "invalid_message"
-    refusal_closes = CLOSE_CODES
-    """A refused handshake (no session yet) is followed by the Close; later errors leave the stream going."""
     received = 0
     """The samples of audio received, at the handshake's rate."""
 

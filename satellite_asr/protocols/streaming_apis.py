@@ -561,7 +561,12 @@ class SettingsMessageConnection(ErrorEventConnection):
     then the Close (its code by error code in `refusal_closes`, any other 1008), before any
     session; any later error leaves the stream going."""
 
-    refusal_closes: ClassVar[Mapping[str, int]] = {}
+    refusal_closes: ClassVar[Mapping[str, int]] = {
+        "idle_timeout": WSCloseCode.GOING_AWAY,
+        "shutdown": WSCloseCode.GOING_AWAY,
+    }
+    """The server ending a stream before its session (shutdown, idle timeout) closes 1001, as it does
+    mid-stream; an API may map its own codes."""
 
     @abc.abstractmethod
     def parse_settings(self, message: WSMessage) -> StreamParams:
