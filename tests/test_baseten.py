@@ -176,6 +176,7 @@ async def test_a_whole_sample_rate_written_as_a_float_is_taken_as_that_rate() ->
         messages, code = await stream(url(daemon), metadata, *sent, TERMINATE)
     assert code == 1000 and same_words(EXPECTED["lights_on.wav"], finals(messages)), (code, messages)
 
+
 async def test_bad_messages_are_errors_and_the_stream_goes_on() -> None:
     """Each bad message is an error with a code and a sentence; the audio before and after it is
     transcribed all the same."""
