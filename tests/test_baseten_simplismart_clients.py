@@ -10,6 +10,7 @@ reads it once, when imported: the test makes aiohttp's default context again aft
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -211,3 +212,18 @@ async def test_simplismart_recognize_refusals_carry_the_status_and_sentence(
         finally:
             await stt.aclose()
     assert refused.value.status_code == status and words in str(refused.value.body), refused.value
+
+
+async def test_baseten_qwen3_over_wss_trusts_the_daemon_through_its_http_session(tmp_path: Path) -> None:
+    """docs/baseten.md: the qwen3-asr model checks the certificate, and connects through the
+    `http_session` it is given, so a session whose connector trusts the daemon's certificate is enough
+    (no `SSL_CERT_FILE`, no change to aiohttp's default context)."""
+    cert = self_signed(tmp_path, ["localhost"], ["127.0.0.1"])
+    context = ssl.create_default_context(cafile=str(cert.cert))
+    connector = aiohttp.TCPConnector(ssl=context)
+    settings = {"api_key": KEY, "tls_cert": str(cert.cert), "tls_key": str(cert.key)}
+    async with running_daemon(**settings) as daemon, aiohttp.ClientSession(connector=connector) as http:
+        wss = endpoint(daemon).replace("ws://", "wss://", 1)
+        stt = lk_baseten.STT(api_key=KEY, model_endpoint=wss, http_session=http, model="qwen3-asr")
+        events = await stream_fixture(stt, FIXTURE, finals=3)
+    assert same_words(EXPECTED[FIXTURE], texts(events)), texts(events)
