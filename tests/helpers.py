@@ -383,6 +383,18 @@ async def traced_client(script: str, *args: str) -> AsyncIterator[Callable[[], i
         tracemalloc.stop()
 
 
+async def curl_peak_memory(*args: str) -> int:
+    """The daemon's peak Python memory (tracemalloc, this process) while curl (another process, so
+    that its own buffers do not count) makes the request `args` say; curl must succeed."""
+    tracemalloc.start()
+    try:
+        process = await asyncio.create_subprocess_exec("curl", "-sS", *args)
+        assert await process.wait() == 0
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
 def error_code(body: dict[str, Any]) -> str:
     """The code of an error body in any of the shapes the daemon answers in: OpenAI's, Deepgram's,
     ElevenLabs' (`detail.status`) or its own."""

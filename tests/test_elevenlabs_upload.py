@@ -9,7 +9,6 @@ import contextlib
 import dataclasses
 import io
 import json
-import tracemalloc
 from typing import Any
 
 import aiohttp
@@ -36,6 +35,7 @@ from tests.helpers import (
     EXPECTED,
     FIXTURES,
     an_upload_holding_the_only_slot,
+    curl_peak_memory,
     daemon_settings,
     eventually,
     expect_continue_answer,
@@ -402,17 +402,10 @@ async def test_headerless_pcm_is_held_in_memory_once(tmp_path: Any) -> None:
     path.write_bytes(bytes(size))
     out = tmp_path / "body.json"
     async with running_daemon(max_upload_audio_s=10) as daemon:
-        tracemalloc.start()
-        try:
-            process = await asyncio.create_subprocess_exec(
-                "curl", "-sS", "--expect100-timeout", "30", "-F", "model_id=scribe_v2",
-                "-F", "file_format=pcm_s16le_16", "-F", f"file=@{path}", "-o", str(out),
-                f"{base_url(daemon)}{elevenlabs_upload.PATH}",
-            )  # fmt: skip
-            assert await process.wait() == 0
-            peak = tracemalloc.get_traced_memory()[1]
-        finally:
-            tracemalloc.stop()
+        peak = await curl_peak_memory(
+            "--expect100-timeout", "30", "-F", "model_id=scribe_v2", "-F", "file_format=pcm_s16le_16",
+            "-F", f"file=@{path}", "-o", str(out), f"{base_url(daemon)}{elevenlabs_upload.PATH}",
+        )  # fmt: skip
     answer = json.loads(out.read_bytes())
     assert answer["detail"]["status"] == "audio_too_long", answer
     assert "819 s" in answer["detail"]["message"], "its length known from its size, before decoding"

@@ -7,7 +7,6 @@ import asyncio
 import base64
 import io
 import json
-import tracemalloc
 from contextlib import suppress
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from tests.doubles import ContextRecordingEngineDouble
 from tests.helpers import (
     EXPECTED,
     FIXTURES,
+    curl_peak_memory,
     eventually,
     fixture_16k,
     pcm16,
@@ -320,16 +320,9 @@ async def test_a_predict_body_is_not_held_in_several_copies(tmp_path: Path) -> N
     body.write_text(json.dumps({**PLUGIN_OPTIONS, "audio_data": base64.b64encode(wav_file.read_bytes()).decode()}))
     out = tmp_path / "answer.json"
     async with running_daemon(max_upload_audio_s=10) as daemon:
-        tracemalloc.start()
-        try:
-            process = await asyncio.create_subprocess_exec(
-                "curl", "-sS", "-H", "Content-Type: application/json", "--data-binary", f"@{body}",
-                "-o", str(out), f"http://127.0.0.1:{daemon.http_port}{simplismart.PATH}",
-            )  # fmt: skip
-            assert await process.wait() == 0
-            peak = tracemalloc.get_traced_memory()[1]
-        finally:
-            tracemalloc.stop()
+        address = f"http://127.0.0.1:{daemon.http_port}{simplismart.PATH}"
+        json_type = "Content-Type: application/json"
+        peak = await curl_peak_memory("-H", json_type, "--data-binary", f"@{body}", "-o", str(out), address)
     answer = json.loads(out.read_bytes())
     assert answer["code"] == "audio_too_long", answer
     assert peak < 3 * size, f"{peak / size:.2f} times the file"
