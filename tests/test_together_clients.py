@@ -50,7 +50,10 @@ async def test_pipecat_service_with_a_wrong_key_gets_an_error_frame_with_the_401
 async def test_pipecat_service_reconnects_after_the_idle_timeout_closes_its_connection() -> None:
     """When the daemon's idle timeout closes the connection (1001, its reason naming the setting),
     Pipecat's receive loop ends, the service connects again and the next commands are transcribed.
-    The timeout is over Pipecat's 5 s quick-failure window."""
+    The timeout is over Pipecat's 5 s quick-failure window. An audio frame Pipecat sends between
+    the Close and its reconnect is an error frame naming the close ("Error sending audio: received
+    1001 ... idle_timeout"), or none when no frame falls there: a race of the client's, so the test
+    asks only that any error be that one."""
     connections = 0
     async with running_daemon(api_key=KEY, idle_timeout_s=6) as daemon:
         stt = pipecat_service(daemon)
@@ -62,4 +65,4 @@ async def test_pipecat_service_reconnects_after_the_idle_timeout_closes_its_conn
 
         frames = await across_a_pause(stt, "lights_on.wav", "three_commands.wav", 8)
     assert same_words([*EXPECTED["lights_on.wav"], *EXPECTED["three_commands.wav"]], frames.finals), frames.finals
-    assert connections == 2 and frames.errors == [], (connections, frames.errors)
+    assert connections == 2 and all("idle_timeout" in error for error in frames.errors), (connections, frames.errors)
