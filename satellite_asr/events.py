@@ -34,6 +34,12 @@ class PartialTranscript:
     stable_text: str
 
 
+def seconds_span(start: float, end: float) -> tuple[float, float]:
+    """A stretch of the stream in seconds to the millisecond, as the APIs' messages give it: the end
+    never before the start (a final's, or a partial's so far)."""
+    return round(start, 3), round(max(start, end), 3)
+
+
 @dataclass(frozen=True)
 class FinalTranscript:
     """The one final of an utterance; `is_speech_final` is True when VAD endpointing ended it."""
@@ -54,9 +60,8 @@ class FinalTranscript:
 
     @property
     def span(self) -> tuple[float, float]:
-        """Where the utterance began and ended, in seconds to the millisecond, as the APIs' messages
-        give them: the end never before the start."""
-        return round(self.start, 3), round(max(self.start, self.end), 3)
+        """Where the utterance began and ended, as the APIs' messages give them (`seconds_span`)."""
+        return seconds_span(self.start, self.end)
 
 
 @dataclass(frozen=True)

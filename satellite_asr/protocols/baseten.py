@@ -24,7 +24,7 @@ from multidict import MultiMapping
 from satellite_asr.audio import PcmDecoder
 from satellite_asr.core import Core
 from satellite_asr.engines.qwen3_prompt import LANGUAGES as QWEN3_LANGUAGES
-from satellite_asr.events import FinalTranscript
+from satellite_asr.events import FinalTranscript, seconds_span
 from satellite_asr.protocols import ProtocolError, checked_language, echoable, json_object
 from satellite_asr.protocols.streaming_apis import (
     Api,
@@ -208,7 +208,7 @@ class BasetenConnection(SettingsMessageConnection):
     ) -> dict[str, Any]:
         """One `transcription`: the text as `transcript` and as one segment spanning it (the engine
         gives no word timings)."""
-        start, end = round(start, 3), round(max(start, end), 3)
+        start, end = seconds_span(start, end)
         return {
             "type": "transcription",
             "is_final": final,
@@ -231,9 +231,13 @@ class BasetenConnection(SettingsMessageConnection):
         shown = self.pending.final(event.utterance_id)
         flushed = self.answers_flush(event.utterance_id)
         if event.text.strip() or flushed or shown:
-            start, end = event.span
             message = self.transcription(
-                event.text.strip(), start, end, final=True, language=event.language, sureness=confidence(event)
+                event.text.strip(),
+                event.start,
+                event.end,
+                final=True,
+                language=event.language,
+                sureness=confidence(event),
             )
             await self.send({**message, "is_end_of_audio_flush": flushed})
         await self.release_held()
