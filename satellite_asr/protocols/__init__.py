@@ -153,6 +153,15 @@ def checked_biasing(core: Core, text: str, terms: Sequence[str], param: str, fie
         raise ProtocolError("context_too_long", "; ".join(problems), param=param)
 
 
+MAX_CLOSE_REASON_BYTES = 123
+"""A WebSocket Close reason's room (RFC 6455: 125 bytes of payload less the code's 2)."""
+
+
+def close_reason(sentence: str) -> str:
+    """The sentence cut to a Close reason's 123 bytes, at a character's end."""
+    return sentence.encode()[:MAX_CLOSE_REASON_BYTES].decode(errors="ignore")
+
+
 def echoable(text: str) -> str:
     """A client's text made fit to send back in JSON: a lone surrogate (a form field name that was
     not UTF-8, or a `\\ud800` escape in a client's JSON) is written out as its escape, `\\ud800`,

@@ -43,6 +43,7 @@ from satellite_asr.protocols import (
     FirstMessageWait,
     ProtocolError,
     ReadAhead,
+    close_reason,
     echoable,
 )
 from satellite_asr.protocols.iso639 import engine_language
@@ -114,8 +115,6 @@ MAX_SILENCE_MS = 3_600_000
 REQUEST_ID = re.compile(r"[0-9A-Za-z_-]{1,64}")
 """What a turn's `X-RequestId` may be (the SDK's are 32 hex digits): it is echoed in every message
 the daemon sends, so a line break or a long value in it is refused rather than repeated."""
-MAX_REASON_BYTES = 123
-"""The most a Close's reason may hold (RFC 6455)."""
 
 
 @dataclass(frozen=True)
@@ -606,7 +605,7 @@ class AzureConnection(InOrderConnection):
             self.core.metrics.errors.labels(code).inc()
         self.finished = self.failed = True
         close = WSCloseCode.INTERNAL_ERROR if code in SERVER_SIDE else WSCloseCode.INVALID_TEXT
-        await self.close(close, close_reason(code, message))
+        await self.close(close, coded_close_reason(code, message))
 
 
 def phrase_body(text: str, start: float, end: float, sureness: float, detailed: bool) -> dict[str, Any]:
@@ -622,16 +621,16 @@ def phrase_body(text: str, start: float, end: float, sureness: float, detailed: 
     return {"RecognitionStatus": "Success", **span, "DisplayText": text, "NBest": [best]}
 
 
-def close_reason(code: str, message: str) -> str:
-    reason = f"{code}: {echoable(message)}".encode()
-    return reason[:MAX_REASON_BYTES].decode("utf-8", "ignore")
+def coded_close_reason(code: str, message: str) -> str:
+    """The error's code and sentence as the Close's reason (the USP has no error message)."""
+    return close_reason(f"{code}: {echoable(message)}")
 
 
 async def refuse_parameters(
     core: Core, request: web.Request, ws: web.WebSocketResponse, exc: ParameterError
 ) -> web.StreamResponse:
     """A bad query refused after the upgrade, so that the SDK shows the sentence: the Close, 1007."""
-    reason = close_reason("invalid_query_parameter", f"{exc.parameter}: {exc}")
+    reason = coded_close_reason("invalid_query_parameter", f"{exc.parameter}: {exc}")
     return await refuse_in_band(core, request, ws, None, WSCloseCode.INVALID_TEXT, ends_stream, reason)
 
 

@@ -23,7 +23,7 @@ from satellite_asr.access import check_key
 from satellite_asr.audio import PcmDecoder
 from satellite_asr.core import Core
 from satellite_asr.events import FinalTranscript, SpeechStarted, SpeechStopped
-from satellite_asr.protocols import ProtocolError, echoable, json_object
+from satellite_asr.protocols import ProtocolError, close_reason, echoable, json_object
 from satellite_asr.protocols.iso639 import engine_language
 from satellite_asr.protocols.streaming_apis import (
     Api,
@@ -92,7 +92,6 @@ LANGUAGES = {
 }
 """Meta's language names (its `languageBias` entries, any case) and their codes."""
 MAX_SESSION_ID_CHARS = 128
-MAX_CLOSE_REASON_BYTES = 123
 
 
 @dataclass(frozen=True)
@@ -284,8 +283,7 @@ class MetaConnection(SettingsMessageConnection):
             return
         if not counted:
             self.core.metrics.errors.labels(code).inc()
-        reason = message.encode()[:MAX_CLOSE_REASON_BYTES].decode(errors="ignore")
-        await self.close(WSCloseCode.TRY_AGAIN_LATER, reason)
+        await self.close(WSCloseCode.TRY_AGAIN_LATER, close_reason(message))
 
     async def on_binary(self, data: bytes) -> None:
         """Audio; with `emitAudioProgress`, how much of the stream has come, in ms of the client's audio

@@ -26,7 +26,7 @@ from satellite_asr.audio import PcmDecoder
 from satellite_asr.config import ConfigError, coerce
 from satellite_asr.core import Core
 from satellite_asr.events import FinalTranscript
-from satellite_asr.protocols import ProtocolError, checked_biasing, echoable
+from satellite_asr.protocols import ProtocolError, checked_biasing, close_reason, echoable
 from satellite_asr.protocols.openai_realtime_config import MANUAL_MIN_SPEECH_MS, TurnDetection
 from satellite_asr.protocols.sarvam import (
     LANGUAGES,
@@ -90,8 +90,6 @@ MAX_AUDIO_BYTES = 262144
 """Most decoded audio in one `audio_input` (over 8 s at 16 kHz; Pipecat sends 50 ms)."""
 FATAL_STATUS = {"server_busy": 503, "idle_timeout": 408, "shutdown": 503}
 """The HTTP status a fatal error stands for, which Sarvam's fatal errors carry as `status_code`."""
-MAX_REASON_BYTES = 123
-"""A WebSocket Close reason's limit."""
 
 
 @dataclass(frozen=True)
@@ -215,11 +213,6 @@ def error_message(code: str, message: str, *, fatal: bool = False, status: int |
 def ends_stream(message: WSMessage) -> bool:
     """`end`: what the client sent before its Close is still wanted."""
     return is_control(message, "end", "event")
-
-
-def close_reason(sentence: str) -> str:
-    """The sentence cut to a Close reason's 123 bytes, at a character's end."""
-    return sentence.encode()[:MAX_REASON_BYTES].decode(errors="ignore")
 
 
 class SarvamRealtimeConnection(HeldSignals):
