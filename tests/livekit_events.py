@@ -1,6 +1,7 @@
 """A LiveKit speech stream's events as the tests of LiveKit's STT plugins read them (ElevenLabs',
 Cartesia's, Soniox's, Speechmatics', Gladia's): collected as they come, waited for, shown as letters
-when a test fails; and a fixture streamed through a plugin at microphone pace."""
+when a test fails; a frame pushed into a stream that may have failed; and a fixture streamed
+through a plugin at microphone pace."""
 
 from __future__ import annotations
 
@@ -17,6 +18,19 @@ from tests.helpers import microphone_chunks
 
 FRAME_S = 0.1
 """100 ms of audio a frame, pushed as a microphone delivers it."""
+
+
+def pushed(stream: lk_stt.SpeechStream, data: bytes) -> bool:
+    """`data` pushed as one frame; False if the stream has failed and takes no more audio. A failing
+    stream closes its input a moment before a reader of its events sees the error, so a reader's
+    state alone cannot tell (a fresh-clone CI pushed into that gap)."""
+    try:
+        stream.push_frame(rtc.AudioFrame(data, SAMPLE_RATE, 1, len(data) // 2))
+    except RuntimeError as closed:
+        if "is closed" not in str(closed):
+            raise
+        return False
+    return True
 
 
 class LiveKitEvents:
@@ -79,9 +93,8 @@ async def stream_fixture(
     events = LiveKitEvents(stream)
     try:
         for index, chunk in enumerate(microphone_chunks(fixture, FRAME_S)):
-            if events.reading.done():
+            if not pushed(stream, chunk):
                 break
-            stream.push_frame(rtc.AudioFrame(chunk, SAMPLE_RATE, 1, len(chunk) // 2))
             if after_chunk is not None:
                 await after_chunk(index)
             await asyncio.sleep(FRAME_S)

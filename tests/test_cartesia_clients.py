@@ -45,7 +45,7 @@ from satellite_asr.server import Daemon
 from tests.certificates import self_signed
 from tests.doubles import ContextRecordingEngineDouble, CrashingEngineDouble
 from tests.helpers import EXPECTED, fixture_16k, pcm16, running_daemon, same_words
-from tests.livekit_events import LiveKitEvents
+from tests.livekit_events import LiveKitEvents, pushed
 from tests.test_pipecat import refused, running_pipeline, speak
 
 pytestmark = pytest.mark.timeout(180)
@@ -187,10 +187,8 @@ async def livekit_stream(stt: lk_cartesia.STT, done: Callable[[LiveKitEvents], b
     events = LiveKitEvents(stream)
     try:
         for offset in range(0, len(audio), step):
-            if events.reading.done():  # the stream failed (it takes no more frames)
+            if not pushed(stream, audio[offset : offset + step]):  # the stream failed
                 break
-            data = audio[offset : offset + step]
-            stream.push_frame(rtc.AudioFrame(data, SAMPLE_RATE, 1, len(data) // 2))
             await asyncio.sleep(FRAME_S)
         else:
             stream.flush()

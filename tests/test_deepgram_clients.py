@@ -18,7 +18,6 @@ from deepgram.listen.v1 import (
     ListenV1SpeechStarted,
     ListenV1UtteranceEnd,
 )
-from livekit import rtc
 from livekit.agents import APIConnectOptions
 from livekit.agents import stt as lk_stt
 from livekit.plugins import deepgram as lk_deepgram
@@ -28,6 +27,7 @@ from pipecat.services.deepgram.stt import DeepgramSTTService
 from satellite_asr.audio import SAMPLE_RATE
 from satellite_asr.server import Daemon
 from tests.helpers import EXPECTED, fixture_16k, pcm16, running_daemon, same_words
+from tests.livekit_events import pushed
 from tests.test_pipecat import running_pipeline, speak
 
 pytestmark = [
@@ -136,10 +136,8 @@ async def livekit_stream(stt: lk_stt.STT) -> list[lk_stt.SpeechEvent]:
 
     reading = asyncio.create_task(read())
     for offset in range(0, len(audio), step):
-        if reading.done():  # the stream failed (it takes no more frames): what it raised is raised below
+        if not pushed(stream, audio[offset : offset + step]):  # the stream failed: what it raised is raised below
             break
-        data = audio[offset : offset + step]
-        stream.push_frame(rtc.AudioFrame(data, SAMPLE_RATE, 1, len(data) // 2))
         await asyncio.sleep(FRAME_S)
     else:
         stream.end_input()

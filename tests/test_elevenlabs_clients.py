@@ -28,7 +28,6 @@ from elevenlabs.types import (
     ScribeInputErrorPayload,
     SessionStartedPayload,
 )
-from livekit import rtc
 from livekit.agents import APIConnectionError, APIConnectOptions, APIStatusError
 from livekit.agents import stt as lk_stt
 from livekit.plugins import elevenlabs as lk_elevenlabs
@@ -43,7 +42,7 @@ from satellite_asr.server import Daemon
 from tests.certificates import self_signed
 from tests.doubles import ContextRecordingEngineDouble, CrashingEngineDouble
 from tests.helpers import EXPECTED, fixture_16k, normalise, pcm16, running_daemon, same_words
-from tests.livekit_events import LiveKitEvents
+from tests.livekit_events import LiveKitEvents, pushed
 from tests.test_pipecat import running_pipeline, speak, transcribed
 
 pytestmark = pytest.mark.timeout(180)
@@ -281,10 +280,8 @@ async def livekit_stream(stt: lk_elevenlabs.STT, done: Callable[[LiveKitEvents],
     events = LiveKitEvents(stream)
     try:
         for offset in range(0, len(audio), step):
-            if events.reading.done():  # the stream failed (it takes no more frames)
+            if not pushed(stream, audio[offset : offset + step]):  # the stream failed
                 break
-            data = audio[offset : offset + step]
-            stream.push_frame(rtc.AudioFrame(data, SAMPLE_RATE, 1, len(data) // 2))
             await asyncio.sleep(FRAME_S)
         else:
             stream.flush()

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from livekit import rtc
 from livekit.agents import APIConnectOptions, APIError, APIStatusError
 from livekit.plugins import meta as lk_meta
 from pipecat.services.meta.stt import MetaSTTService
@@ -27,7 +26,7 @@ from satellite_asr.server import Daemon
 from tests.certificates import self_signed
 from tests.doubles import ContextRecordingEngineDouble
 from tests.helpers import EXPECTED, eventually, microphone_chunks, running_daemon, same_words
-from tests.livekit_events import FRAME_S, LiveKitEvents, stream_fixture
+from tests.livekit_events import FRAME_S, LiveKitEvents, pushed, stream_fixture
 from tests.test_pipecat import across_a_pause, first_error, transcribed
 
 pytestmark = pytest.mark.timeout(180)
@@ -142,9 +141,8 @@ async def test_livekit_stream_fails_when_the_idle_timeout_closes_its_connection(
         silence = [bytes(int(FRAME_S * SAMPLE_RATE) * 2)] * 40
         try:
             for chunk in [*microphone_chunks("lights_on.wav", FRAME_S), *silence]:
-                if events.reading.done():  # the stream failed: it takes no more audio
+                if not pushed(stream, chunk):  # the stream failed: it takes no more audio
                     break
-                stream.push_frame(rtc.AudioFrame(chunk, SAMPLE_RATE, 1, len(chunk) // 2))
                 await asyncio.sleep(FRAME_S)
             async with asyncio.timeout(30):
                 with pytest.raises(APIError, match="stream error") as failed:
@@ -178,9 +176,8 @@ async def test_livekit_stream_refused_at_max_sessions_retries_and_is_served_once
                 pass
         try:
             for chunk in microphone_chunks("lights_on.wav", FRAME_S):
-                if events.reading.done():
+                if not pushed(stream, chunk):
                     break
-                stream.push_frame(rtc.AudioFrame(chunk, SAMPLE_RATE, 1, len(chunk) // 2))
                 await asyncio.sleep(FRAME_S)
             await events.wait_for(lambda: any(final.text for final in events.finals()))
             stream.end_input()
