@@ -279,8 +279,6 @@ class ListenConnection(DeepgramConnection):
         self.audio_hash = hashlib.sha256()
         self.pending = PendingFinals()
         """Each utterance whose final has not been sent, and the next one's interim result held back for it."""
-        self.announced = 0
-        """The last utterance whose `SpeechStarted` was sent (with `vad_events`)."""
         self.metadata_sent = False
 
     async def on_binary(self, data: bytes) -> None:
@@ -323,11 +321,8 @@ class ListenConnection(DeepgramConnection):
     async def speech_started(self) -> None:
         """`SpeechStarted` (with `vad_events`) of the first utterance whose final is not sent, once: a
         later one's waits for the final and `UtteranceEnd` before it, as its interim results do."""
-        first = min(self.pending.starts, default=0)
-        if self.options.vad_events and first > self.announced:
-            self.announced = first
-            timestamp = round(self.pending.starts[first], 3)
-            await self.send({"type": "SpeechStarted", "channel": CHANNEL, "timestamp": timestamp})
+        if self.options.vad_events and (start := self.pending.announce()) is not None:
+            await self.send({"type": "SpeechStarted", "channel": CHANNEL, "timestamp": round(start, 3)})
 
     async def interim(self, utterance_id: int, text: str) -> None:
         start = self.pending.starts.get(utterance_id, 0.0)

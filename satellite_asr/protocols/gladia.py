@@ -427,8 +427,6 @@ class GladiaConnection(InOrderConnection):
         self.session_id = params.session_id
         self.offset = params.received / self.config.bytes_per_second
         """Where this connection's audio starts in the session's: the engine's times are this connection's."""
-        self.announced = 0
-        """The last utterance whose `speech_start` was due (`speech_events`)."""
         self.stops: dict[int, float] = {}
         """Where each utterance whose `speech_end` waits for its `speech_start` ended."""
         self.utterances = params.utterances
@@ -494,13 +492,11 @@ class GladiaConnection(InOrderConnection):
         """`speech_start` of the first utterance whose final is not sent, once, and the `speech_end`
         of each utterance whose start was sent: a later utterance's wait for the final before it,
         as its partials do, so that a client never takes them for the speech of the last command."""
-        first = min(self.pending.starts, default=0)
-        if first > self.announced:
-            self.announced = first
-            if self.wants("receive_speech_events"):
-                await self.message("speech_start", {"time": self.offset + self.pending.starts[first], "channel": 0})
+        start = self.pending.announce()
+        if start is not None and self.wants("receive_speech_events"):
+            await self.message("speech_start", {"time": self.offset + start, "channel": 0})
         for utterance_id in sorted(self.stops):
-            if utterance_id > self.announced:
+            if utterance_id > self.pending.announced:
                 break
             end = self.stops.pop(utterance_id)
             if self.wants("receive_speech_events"):

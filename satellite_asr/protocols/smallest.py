@@ -224,8 +224,6 @@ class PulseConnection(ErrorEventConnection):
         self.options = params
         self.finals: list[str] = []
         """Every final's text so far (`full_transcript`)."""
-        self.announced = 0
-        """The last utterance whose `speech_started` was sent (with `vad_events`)."""
         self.stopped: dict[int, float] = {}
         """Where each utterance whose final is not sent stopped: its `speech_ended` follows its final,
         which LiveKit's plugin takes as part of the turn only before the turn's end."""
@@ -251,10 +249,8 @@ class PulseConnection(ErrorEventConnection):
     async def announce(self) -> None:
         """`speech_started` (with `vad_events`) of the first utterance whose final is not sent, once: a
         later one's waits for the final before it, as its partials do."""
-        first = min(self.pending.starts, default=0)
-        if self.options.vad_events and first > self.announced:
-            self.announced = first
-            await self.vad_event("speech_started", self.pending.starts[first])
+        if self.options.vad_events and (start := self.pending.announce()) is not None:
+            await self.vad_event("speech_started", start)
 
     async def speech_stopped(self, event: SpeechStopped) -> None:
         self.stopped[event.utterance_id] = event.end
@@ -270,7 +266,7 @@ class PulseConnection(ErrorEventConnection):
         self.pending.final(event.utterance_id)
         await self.send(self.final_message(event, from_finalize=self.answers_flush(event.utterance_id)))
         stopped = self.stopped.pop(event.utterance_id, event.end)
-        if self.options.vad_events and event.utterance_id == self.announced:
+        if self.options.vad_events and event.utterance_id == self.pending.announced:
             await self.vad_event("speech_ended", stopped)
         await self.announce()
         await self.release_held()

@@ -227,9 +227,22 @@ class PendingFinals:
         """The latest partial with words of each utterance heard while one before it awaits its final."""
         self.shown: set[int] = set()
         """The utterances whose final is not sent yet of which a partial with words was sent."""
+        self.announced = 0
+        """The last utterance whose start `announce` gave."""
 
     def started(self, event: SpeechStarted) -> None:
         self.starts[event.utterance_id] = event.start
+
+    def announce(self) -> float | None:
+        """Where the first utterance whose final is not sent began, the first time it is asked for,
+        else None: for an API that tells of speech starting, asked at each start and after each
+        final, so that a later utterance's start waits for the final before it as its partials do
+        (a client would end the turn still being spoken on that earlier final)."""
+        first = min(self.starts, default=0)
+        if first <= self.announced:
+            return None
+        self.announced = first
+        return self.starts[first]
 
     def holds(self, event: PartialTranscript) -> bool:
         """Whether the partial waits for the final of an utterance before it (kept, replacing the

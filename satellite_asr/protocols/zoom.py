@@ -204,9 +204,6 @@ class ZoomConnection(ErrorEventConnection):
         """`session.updated`: `diarization_enabled` false, as no speaker labels come."""
         await self.send({"type": "session.updated", "session_id": self.request_id, "diarization_enabled": False})
 
-    announced = 0
-    """The last utterance whose `speech_started` was sent."""
-
     async def speech_started(self, event: SpeechStarted) -> None:
         await super().speech_started(event)
         await self.announce()
@@ -215,9 +212,7 @@ class ZoomConnection(ErrorEventConnection):
         """`speech_started` of the first utterance whose final is not sent, once: a later one's waits
         for the `transcription.completed` before it (two decodes at once), or the client would end
         the turn the user is still speaking in on that earlier transcript."""
-        first = min(self.pending.starts, default=0)
-        if first > self.announced:
-            self.announced = first
+        if self.pending.announce() is not None:
             await self.send({"type": "input_audio_buffer.speech_started"})
 
     async def partial(self, utterance_id: int, text: str) -> None:
