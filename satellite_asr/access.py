@@ -324,12 +324,14 @@ class Access:
             return 400, "invalid_subprotocol", explanation
         return None
 
-    def key_refusal(self, offered: list[str]) -> tuple[int, str, str] | None:
-        """401 when `offered`, the keys a request carries, is empty or holds one that is not the daemon's."""
+    def key_refusal(self, offered: list[str], in_band_field: str | None = None) -> tuple[int, str, str] | None:
+        """401 when `offered`, the keys a request carries, is empty or holds one that is not the daemon's.
+        `in_band_field` names where the stream's first message may carry it, for the sentence."""
         assert self.api_key is not None
         if not offered:
+            in_band = f", or in the first message's {in_band_field}" if in_band_field else ""
             message = (
-                "this daemon requires an API key: send Authorization: Bearer KEY or X-API-Key: KEY "
+                f"this daemon requires an API key: send Authorization: Bearer KEY or X-API-Key: KEY{in_band} "
                 f"(browsers: the WebSocket subprotocol {KEY_SUBPROTOCOL_PREFIX}KEY)"
             )
             return 401, "missing_api_key", message
@@ -414,14 +416,15 @@ def speechmatics_path(path: str) -> bool:
     return SPEECHMATICS_PATH.fullmatch(path) is not None and path not in DEEPGRAM_PATHS | GLADIA_PATHS
 
 
-def check_key(request: web.Request, in_band: str | None) -> tuple[int, str, str] | None:
+def check_key(request: web.Request, in_band: str | None, in_band_field: str) -> tuple[int, str, str] | None:
     """For an `IN_BAND_KEY_PATHS` handler: the refusal when the daemon has a key and neither the
-    request nor its stream's first message (`in_band`) carries it, or either carries another."""
+    request nor its stream's first message (`in_band`, from its field `in_band_field`) carries it,
+    or either carries another."""
     access: Access | None = request.get(KEY_CHECK)
     if access is None:
         return None
     offered = [key for key in (presented_key(request), in_band) if key is not None]
-    return access.key_refusal(offered)
+    return access.key_refusal(offered, in_band_field)
 
 
 def error_response(

@@ -290,6 +290,7 @@ async def test_a_client_without_the_key_gets_the_keys_refusal_whatever_its_first
     async with running_daemon(api_key=KEY) as daemon:
         messages, code = await stream(url(daemon), first)
     assert [(m["type"], m["code"]) for m in messages] == [("error", "missing_api_key")] and code == 1008, messages
+    assert "or in the first message's authorization.accessToken" in messages[0]["message"], messages
     assert "whatever its handshake" in (ROOT / "docs" / "meta.md").read_text()
 
 

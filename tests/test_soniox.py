@@ -254,6 +254,7 @@ async def test_the_key_in_the_bearer_header_or_in_the_configuration() -> None:
     [refusal] = missing
     assert refusal["error_code"] == 401 and refusal["tokens"] == [] and missing_code == 1008
     assert "requires an API key" in refusal["error_message"]
+    assert "or in the first message's api_key" in refusal["error_message"], refusal
     for refused in (wrong, both):
         assert refused == [{"tokens": [], "error_code": 401, "error_message": "the API key is not valid"}]
 

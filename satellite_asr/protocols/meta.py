@@ -226,7 +226,7 @@ class MetaConnection(SettingsMessageConnection):
         """The key (the connection's, or the handshake's) first, so that a client without it learns
         nothing of the server from its handshake's refusal; then the handshake. Whatever the first
         message (audio, not JSON), a client without the key gets the key's refusal."""
-        refusal = check_key(self.request, in_band_key(message))
+        refusal = check_key(self.request, in_band_key(message), "authorization.accessToken")
         if refusal is not None:
             raise ProtocolError(refusal[1], refusal[2])
         return parse_handshake(message, self.core)

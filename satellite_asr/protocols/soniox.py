@@ -250,7 +250,7 @@ class SonioxConnection(InOrderConnection):
     async def read_settings(self, message: WSMessage) -> None:
         """The key (the connection's, or the configuration's) first, so that a client without it learns
         nothing of the server from its configuration's refusal; then the configuration and the session."""
-        refusal = check_key(self.request, in_band_key(message))
+        refusal = check_key(self.request, in_band_key(message), "api_key")
         if refusal is not None:
             raise ProtocolError(refusal[1], refusal[2])
         self.config = self.params = parse_config(message, self.core)
