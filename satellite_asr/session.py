@@ -72,9 +72,14 @@ class OutOfTime(Exception):
     already promised, after a `shutdown` error."""
 
 
+DECODING_OPTIONS = frozenset({"language", "context", "terms", "partials"})
+"""What a session's utterances are decoded with, which a client may change mid-stream."""
+
+
 @dataclass(frozen=True)
 class SessionOptions:
-    """A session's settings, fixed when it is created."""
+    """A session's settings, fixed when it is created but for `DECODING_OPTIONS`, which
+    `Session.change_decoding` changes from the next utterance on."""
 
     endpointing: EndpointerConfig
     partials: bool
@@ -160,7 +165,9 @@ class _Utterance:
     stream: EngineStream
     names: tuple[str, ...]
     """The session's names when the utterance began: its transcripts are corrected towards them
-    (`Session.change_terms` applies from the next utterance on)."""
+    (`Session.change_decoding` applies from the next utterance on)."""
+    language: str | None
+    """The session's language when the utterance began."""
     partials: PartialRequests | None = None
     stable: str = ""
     previous_partial: str = ""
@@ -258,11 +265,15 @@ class Session:
         self._held_at_audio = 0.0
         self.closed = False
 
-    def change_terms(self, terms: Sequence[str]) -> None:
-        """The client's names and terms from the next utterance on: a client may change them
-        mid-stream (Deepgram's `Configure`, AssemblyAI's `UpdateConfiguration`, a Realtime
-        `session.update` of its keywords); the utterance in progress keeps those it began with."""
-        self.options = replace(self.options, terms=tuple(whole_characters(term) for term in terms))
+    def change_decoding(self, **changes: Any) -> None:
+        """`DECODING_OPTIONS` changed from the next utterance on: a client may change them mid-stream
+        (Deepgram's `Configure` and AssemblyAI's `UpdateConfiguration` their terms, a Realtime
+        `session.update` its keywords, Sarvam's `config.update` its language, prompt and partials);
+        the utterance in progress keeps those it began with."""
+        assert changes.keys() <= DECODING_OPTIONS, changes
+        if "terms" in changes:
+            changes["terms"] = tuple(whole_characters(term) for term in changes["terms"])
+        self.options = replace(self.options, **changes)
         self._engine_context = self.options.engine_context
 
     @property
@@ -465,7 +476,8 @@ class Session:
         stream = self._engine.open_stream(
             StreamOptions(language=self.options.language, context=self._engine_context, names=names)
         )
-        utterance = _Utterance(id=self.utterances, start=max(start, self._audio.base), stream=stream, names=names)
+        start = max(start, self._audio.base)
+        utterance = _Utterance(self.utterances, start, stream, names, self.options.language)
         if self.options.partials:
             utterance.partials = PartialRequests(lambda: self._decode_partial(utterance), self._metrics)
         self._utterance = utterance
@@ -549,7 +561,7 @@ class Session:
             if lock_held and current is not None and current.cancelling():
                 raise  # the feed awaiting the verdict was cancelled, not the speculation: it stops
             return
-        language = result.language or self.options.language
+        language = result.language or utterance.language
         verdict = self._turn_detector.verdict(result.text, language, result.mean_logprob, ending)
         async with contextlib.nullcontext() if lock_held else self._lock:
             if self._utterance is not utterance or utterance.speculation is not speculation:
@@ -604,7 +616,7 @@ class Session:
     ) -> None:
         if utterance.partials is not None:
             await utterance.partials.cancel()
-        text, language = utterance.stable, self.options.language
+        text, language = utterance.stable, utterance.language
         decoded: Transcript | None = None  # the decode whose text is sent
         try:
             result = await self._unless_hurried(self._decode_final(utterance, audio, endpoint))

@@ -14,6 +14,7 @@ import websockets
 
 from satellite_asr.protocols import sarvam_realtime
 from satellite_asr.server import Daemon
+from tests.doubles import ContextRecordingEngineDouble
 from tests.helpers import EXPECTED, PCM_FRAME_BYTES, fixture_16k, pcm16, read_all, running_daemon, same_words
 from tests.helpers import send_all as send_all_messages
 
@@ -101,9 +102,9 @@ async def test_auto_detects_and_simulated_sends_no_partials() -> None:
 
 
 async def test_ping_flush_and_config_update() -> None:
-    """`ping`: `pong`; `flush` mid-command: its final at once; a `config.update` that changes nothing
-    here (mode, fast<->balanced, the same language): `config.updated` naming them; one that would
-    change the stream: `invalid_config`, the stream going on."""
+    """`ping`: `pong`; `flush` mid-command: its final at once; a `config.update` of what an utterance
+    is decoded with (mode, stream type, language, prompt): `config.updated` naming them; one of the
+    endpointing or VAD tuning: `invalid_config` naming it, the stream going on."""
     async with running_daemon() as daemon, websockets.connect(url(daemon)) as ws:
         await ws.send(json.dumps({"event": "ping"}))
         for message in chunks(audio()[: 12 * PCM_FRAME_BYTES]):
@@ -111,15 +112,72 @@ async def test_ping_flush_and_config_update() -> None:
         await ws.send(json.dumps({"event": "flush"}))
         same = {"event": "config.update", "mode": "verbatim", "stream_type": "fast", "language_code": "en-IN"}
         await ws.send(json.dumps(same))
-        await ws.send(json.dumps({"event": "config.update", "prompt": "kitchen lights"}))
-        await ws.send(json.dumps({"event": "config.update", "stream_type": "simulated"}))
+        await ws.send(json.dumps({"event": "config.update", "prompt": "kitchen lights", "stream_type": "simulated"}))
+        await ws.send(json.dumps({"event": "config.update", "endpointing": "manual", "prompt": "lights"}))
+        await ws.send(json.dumps({"event": "config.update", "threshold": 0.7}))
         await ws.send(json.dumps(END))
         messages = await read_all(ws)
     assert "pong" in events(messages) and finals(messages), messages
-    assert of_type_event(messages, "config.updated")[0]["applied"] == ["language_code", "mode", "stream_type"]
+    applied = [m["applied"] for m in of_type_event(messages, "config.updated")]
+    assert applied == [["language_code", "mode", "stream_type"], ["prompt", "stream_type"]], messages
     errors = of_type_event(messages, "error")
     assert [e["code"] for e in errors] == ["invalid_config"] * 2 and not any(e["is_fatal"] for e in errors), errors
+    assert [e["message"].split(":")[0] for e in errors] == ["endpointing", "threshold"], errors
     assert "fixed when it opens" in errors[0]["message"] and messages[-1]["event"] == "session.end"
+
+
+async def test_config_update_changes_language_prompt_and_partials_from_the_next_utterance() -> None:
+    """Sarvam applies a new language, prompt and stream type at the next utterance: the command after
+    the update is decoded with the prompt and no language (`auto`: detected), streams no partials, and
+    its final carries the language detected; the command before it keeps what it began with. Another
+    update during that command's speech applies only to what follows it."""
+    engine = ContextRecordingEngineDouble()
+    data = pcm16(fixture_16k("lights_on.wav"), 16000)
+    update = {"event": "config.update", "language_code": "auto", "prompt": "Marigold room", "stream_type": "simulated"}
+    async with running_daemon(engine) as daemon, websockets.connect(url(daemon)) as ws:
+        before = await send_until_final(ws, data)
+        await ws.send(json.dumps(update))
+        head, tail = chunks(data)[:10], chunks(data)[10:]
+        for message in head:  # the command has begun: the next update is for the one after it
+            await ws.send(json.dumps(message))
+        await ws.send(json.dumps({"event": "config.update", "language_code": "en-IN", "prompt": ""}))
+        after = await send_until_final(ws, b"", tail)
+        await ws.send(json.dumps(END))
+        rest = await read_all(ws)
+    assert engine.contexts[:2] == ["", "Marigold room"] and engine.languages[0] == "en", engine.contexts
+    assert engine.languages[1] is None, engine.languages
+    first, second = of_type_event(before, "transcript.final"), of_type_event(after, "transcript.final")
+    assert same_words(EXPECTED["lights_on.wav"], [first[0]["text"]]) and "language" not in first[0], before
+    assert same_words(EXPECTED["lights_on.wav"], [second[0]["text"]]) and second[0]["language"] == "en-IN", after
+    assert of_type_event(before, "transcript.partial") and not of_type_event(after, "transcript.partial"), after
+    assert [m["applied"] for m in of_type_event(after + rest, "config.updated")] == [
+        ["language_code", "prompt", "stream_type"],
+        ["language_code", "prompt"],
+    ]
+
+
+async def send_until_final(
+    ws: websockets.ClientConnection, data: bytes, sent: list[dict[str, Any]] | None = None
+) -> Messages:
+    """`data` (or the messages `sent`) at microphone pace, then silence, until a `transcript.final`
+    with words: every message read by then."""
+    messages: Messages = []
+
+    async def read() -> None:
+        async for raw in ws:
+            messages.append(json.loads(raw))
+            if messages[-1]["event"] == "transcript.final" and messages[-1]["text"]:
+                return
+
+    reading = asyncio.create_task(read())
+    silence = chunks(bytes(2 * 16000 * 3))
+    for message in [*(sent if sent is not None else chunks(data)), *silence]:
+        if reading.done():
+            break
+        await ws.send(json.dumps(message))
+        await asyncio.sleep(0.1)
+    await asyncio.wait_for(reading, 60)
+    return messages
 
 
 @pytest.mark.parametrize(

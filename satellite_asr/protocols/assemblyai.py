@@ -355,7 +355,7 @@ class UniversalStreamingConnection(StreamingConnection):
             raise ProtocolError("invalid_configuration", exc.message) from None
         assert self.input is not None
         if terms is not None:
-            self.input.session.change_terms(terms)
+            self.input.session.change_decoding(terms=terms)
         self.format_turns = boolean_parameter(values, "format_turns", self.format_turns)
 
 

@@ -382,7 +382,7 @@ class ListenConnection(DeepgramConnection):
             return
         success: dict[str, Any] = {"type": "ConfigureSuccess", "request_id": self.request_id}
         if terms is not None:
-            self.input.session.change_terms(terms)
+            self.input.session.change_decoding(terms=terms)
             success["keyterms"] = [echoable(term) for term in terms]
         await self.send(success)
 

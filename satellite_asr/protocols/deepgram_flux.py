@@ -247,7 +247,7 @@ class FluxConnection(DeepgramConnection):
             return
         self.thresholds.update(checked)
         if terms is not None:
-            self.input.session.change_terms(terms)
+            self.input.session.change_decoding(terms=terms)
             self.terms = terms
         keyterms = [echoable(term) for term in self.terms]  # a lone surrogate written out, as strict parsers need
         await self.send({"type": "ConfigureSuccess", "thresholds": self.thresholds, "keyterms": keyterms})

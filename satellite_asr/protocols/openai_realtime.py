@@ -220,7 +220,7 @@ class _Connection:
         # Like with like: the session's own options also hold the home's names, added when it opened.
         old, new = self.config.session_options(settings), config.session_options(settings)
         if new != old and replace(old, terms=new.terms) == new:  # only the keywords: the next utterance takes them
-            self.session.change_terms(new.terms)
+            self.session.change_decoding(terms=new.terms)
         elif new != old:  # how speech is endpointed or decoded: the utterance in progress ends first
             quiet_s = self.session.quiet_seconds(time.monotonic())
             await self.release(finalize=True)

@@ -25,7 +25,7 @@ from multidict import MultiDict, MultiMapping
 from satellite_asr.audio import PcmDecoder
 from satellite_asr.config import ConfigError, coerce
 from satellite_asr.core import Core
-from satellite_asr.events import FinalTranscript
+from satellite_asr.events import FinalTranscript, SpeechStarted
 from satellite_asr.protocols import ProtocolError, checked_biasing, close_reason, echoable
 from satellite_asr.protocols.openai_realtime_config import MANUAL_MIN_SPEECH_MS, TurnDetection
 from satellite_asr.protocols.sarvam import (
@@ -84,8 +84,9 @@ KNOWN = {
     *VAD_SETTINGS,
 }
 UPDATABLE = {"language_code", "prompt", "mode", "stream_type", "endpointing", *VAD_SETTINGS} - {"prefix_padding_ms"}
-"""The fields of `config.update`: each checked as in the URL; one that would change the stream is
-refused (`invalid_config`), since a session's settings are fixed when it opens."""
+"""The fields of `config.update`: each checked as in the URL. The language, prompt and stream type
+apply from the next utterance, as Sarvam's do; a change of endpointing or VAD tuning is refused
+(`invalid_config`), since a session's endpointing is fixed when it opens."""
 MAX_AUDIO_BYTES = 262144
 """Most decoded audio in one `audio_input` (over 8 s at 16 kHz; Pipecat sends 50 ms)."""
 FATAL_STATUS = {"server_busy": 503, "idle_timeout": 408, "shutdown": 503}
@@ -129,15 +130,23 @@ class RealtimeParams:
             terms=self.terms,
         )
 
-    def same_stream(self, other: RealtimeParams) -> bool:
-        """Whether the session `other` would open is this one's (its checked-not-applied settings aside,
-        and the VAD tuning, which `endpointing=manual` leaves unused)."""
-        partials = (other.stream_type == "simulated") == (self.stream_type == "simulated")
+    def same_endpointing(self, other: RealtimeParams) -> bool:
+        """Whether `other` differs from these settings in what an utterance is decoded with alone (the
+        language, prompt and stream type), or in what is checked, not applied, or in VAD tuning that
+        `endpointing=manual` leaves unused: what a session can take from its next utterance on."""
         unused_vad = self.vad if other.endpointing == self.endpointing == "manual" else other.vad
-        unapplied = replace(
-            other, query=self.query, model=self.model, mode=self.mode, stream_type=self.stream_type, vad=unused_vad
+        decoding = replace(
+            other,
+            query=self.query,
+            model=self.model,
+            mode=self.mode,
+            stream_type=self.stream_type,
+            language=self.language,
+            language_code=self.language_code,
+            prompt=self.prompt,
+            vad=unused_vad,
         )
-        return partials and unapplied == self
+        return decoding == self
 
 
 def one_of(query: MultiMapping[str], name: str, choices: tuple[str, ...], default: str) -> str:
@@ -225,6 +234,12 @@ class SarvamRealtimeConnection(HeldSignals):
     opened_at = 0.0
     """When the session opened (`time.monotonic`), for `session.end`."""
 
+    def open_session(self) -> None:
+        self.language_codes: dict[int, str] = {}
+        """The `language_code` each utterance whose final is not sent began with (`config.update`
+        changes it from the next utterance on)."""
+        super().open_session()
+
     @property
     def options(self) -> RealtimeParams:
         assert isinstance(self.params, RealtimeParams)
@@ -258,9 +273,14 @@ class SarvamRealtimeConnection(HeldSignals):
         event = "vad.speech_start" if kind == "START_SPEECH" else "vad.speech_end"
         await self.send({"event": event, "utterance_idx": utterance_id - 1})
 
-    def language(self, event_language: str | None) -> dict[str, Any]:
-        """The detected language, which Sarvam's transcripts carry with `language_code=auto` alone."""
-        if self.options.language_code != "auto":
+    async def speech_started(self, event: SpeechStarted) -> None:
+        self.language_codes[event.utterance_id] = self.options.language_code
+        await super().speech_started(event)
+
+    def language(self, utterance_id: int, event_language: str | None) -> dict[str, Any]:
+        """The detected language, which Sarvam's transcripts carry when the utterance began with
+        `language_code=auto` alone."""
+        if self.language_codes.pop(utterance_id, self.options.language_code) != "auto":
             return {}
         return {"language": sarvam_code(event_language, "auto", "auto", LANGUAGES_REALTIME)}
 
@@ -275,7 +295,7 @@ class SarvamRealtimeConnection(HeldSignals):
             "event": "transcript.final",
             "utterance_idx": event.utterance_id - 1,
             "text": event.text.strip(),
-        } | self.language(event.language)
+        } | self.language(event.utterance_id, event.language)
         if self.options.return_timestamps:
             message["start_s"], message["end_s"] = event.span
         await self.send(message)
@@ -352,8 +372,9 @@ class SarvamRealtimeConnection(HeldSignals):
         await self.flush_for_client()
 
     async def config_update(self, message: dict[str, Any]) -> None:
-        """Each field checked as in the URL; `config.updated` when none would change the stream, else
-        `invalid_config` and the stream goes on as it was."""
+        """Each field checked as in the URL. A new language, prompt or stream type applies from the
+        next utterance on (`config.updated`); a new endpointing or VAD tuning is `invalid_config`,
+        and the stream goes on as it was."""
         fields = {name: value for name, value in message.items() if name != "event"}
         unknown = sorted(set(fields) - UPDATABLE)
         if unknown:
@@ -370,11 +391,16 @@ class SarvamRealtimeConnection(HeldSignals):
             updated = parse_query(query, self.core)
         except ParameterError as exc:
             raise ProtocolError("invalid_config", f"{exc.parameter}: {exc}") from None
-        assert isinstance(updated, RealtimeParams)
-        if not self.options.same_stream(updated):
-            names = ", ".join(sorted(fields))
-            sentence = f"{names}: a stream's settings are fixed when it opens here; connect again with them in the URL"
+        assert isinstance(updated, RealtimeParams) and self.input is not None
+        if not self.options.same_endpointing(updated):
+            names = ", ".join(sorted(fields.keys() & {"endpointing", *VAD_SETTINGS}))
+            sentence = f"{names}: a stream's endpointing is fixed when it opens here; connect again with it in the URL"
             raise ProtocolError("invalid_config", sentence)
+        options = updated.session_options(self.core)
+        self.input.session.change_decoding(
+            language=options.language, context=options.context, partials=options.partials
+        )
+        self.params = updated
         await self.send({"event": "config.updated", "applied": sorted(fields)})
 
     async def ping(self, message: dict[str, Any]) -> None:
