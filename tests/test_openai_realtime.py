@@ -395,13 +395,16 @@ async def test_commit_includes_the_resamplers_tail() -> None:
     assert same_words(["turn on the kitchen lights"] * 2, transcripts(events))
 
 
-async def test_update_after_audio_finalizes_the_item_in_progress_and_goes_on() -> None:
+async def test_an_endpointing_update_after_audio_finalizes_the_item_in_progress_and_goes_on() -> None:
+    """A new turn detection cannot apply to the utterance being spoken (its endpointer began with the
+    old): that item ends first, and a new session takes the audio that follows."""
     first, second = fixture_16k("lights_on.wav"), fixture_16k("weather.wav")
     cut = int(1.5 * SAMPLE_RATE)  # mid-command: the update arrives during speech
     async with running_daemon() as daemon, sdk_client(daemon).realtime.connect() as connection:
         for piece in chunks(pcm16(first[:cut]), 48000):
             await connection.input_audio_buffer.append(audio=piece)
-        await connection.session.update(session=ga_update(transcription={"prompt": "weather"}))
+        turn_detection = {"type": "server_vad", "silence_duration_ms": 600}
+        await connection.session.update(session=ga_update(turn_detection=turn_detection))
         events = await sdk_events(connection, count("session.updated", 1))
         for piece in chunks(pcm16(np.concatenate([first[cut:], second])), 48000):
             await connection.input_audio_buffer.append(audio=piece)
@@ -418,21 +421,41 @@ async def test_update_after_audio_finalizes_the_item_in_progress_and_goes_on() -
     assert stops == sorted(stops)
 
 
-async def test_a_keywords_update_mid_utterance_keeps_the_item_and_biases_the_next() -> None:
-    """An update that changes only the keywords does not cut the command being spoken (one item,
-    whole): the next utterance is decoded with them, as Deepgram's and AssemblyAI's keyterm updates are."""
+def first_names(engine: ContextRecordingEngineDouble) -> list[tuple[str, ...]]:
+    """Each stream's first name: the client's keyword, before the home's names."""
+    return [names[:1] for names in engine.names]
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "decoded_with", "expected"),
+    [
+        ({"keywords": ["Calloway"]}, {"keywords": ["Aoife"]}, first_names, [("Calloway",), ("Aoife",)]),
+        ({"prompt": "Calloway"}, {"prompt": "Aoife"}, lambda e: e.contexts, ["Calloway", "Aoife"]),
+        ({"language": "en"}, {"language": None}, lambda e: e.languages, ["en", None]),
+    ],
+    ids=["keywords", "prompt", "language"],
+)
+async def test_a_decoding_update_mid_utterance_keeps_the_item_and_applies_to_the_next(
+    before: dict[str, Any],
+    after: dict[str, Any],
+    decoded_with: Callable[[ContextRecordingEngineDouble], list[Any]],
+    expected: list[Any],
+) -> None:
+    """An update of what speech is decoded with (keywords, prompt, language) does not cut the command
+    being spoken (one item, whole): the next utterance is decoded with it, as Deepgram's and
+    AssemblyAI's keyterm updates and Sarvam's `config.update` are."""
     engine = ContextRecordingEngineDouble()
     first, second = fixture_16k("lights_on.wav"), fixture_16k("weather.wav")
     cut = int(1.5 * SAMPLE_RATE)  # mid-command: the update arrives during speech
     async with running_daemon(engine) as daemon, sdk_client(daemon).realtime.connect() as connection:
-        await connection.session.update(session=ga_update(transcription={"keywords": ["Calloway"]}))
+        await connection.session.update(session=ga_update(transcription=before))
         for piece in chunks(pcm16(first[:cut]), 48000):
             await connection.input_audio_buffer.append(audio=piece)
-        await connection.session.update(session=ga_update(transcription={"keywords": ["Aoife"]}))
+        await connection.session.update(session=ga_update(transcription=after))
         for piece in chunks(pcm16(np.concatenate([first[cut:], second])), 48000):
             await connection.input_audio_buffer.append(audio=piece)
         events = await sdk_events(connection, finals(2))
-    assert [names[:1] for names in engine.names] == [("Calloway",), ("Aoife",)]
+    assert decoded_with(engine) == expected
     first_final, second_final = transcripts(events)
     assert same_words(EXPECTED["lights_on.wav"], [first_final]), "the command spoken across the update is whole"
     assert same_words(EXPECTED["weather.wav"], [second_final])

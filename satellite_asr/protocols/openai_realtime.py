@@ -53,7 +53,7 @@ from satellite_asr.protocols.openai_realtime_config import (
     from_query,
     ga_session,
 )
-from satellite_asr.session import Session
+from satellite_asr.session import DECODING_OPTIONS, Session
 
 log = logging.getLogger(__name__)
 
@@ -219,9 +219,10 @@ class _Connection:
         settings = self.core.settings
         # Like with like: the session's own options also hold the home's names, added when it opened.
         old, new = self.config.session_options(settings), config.session_options(settings)
-        if new != old and replace(old, terms=new.terms) == new:  # only the keywords: the next utterance takes them
-            self.session.change_decoding(terms=new.terms)
-        elif new != old:  # how speech is endpointed or decoded: the utterance in progress ends first
+        decoding = {name: getattr(new, name) for name in DECODING_OPTIONS}
+        if new != old and replace(old, **decoding) == new:  # what is decoded with: from the next utterance
+            self.session.change_decoding(**decoding)
+        elif new != old:  # how speech is endpointed: the utterance in progress ends first
             quiet_s = self.session.quiet_seconds(time.monotonic())
             await self.release(finalize=True)
             self.config = config
