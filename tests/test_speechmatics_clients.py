@@ -7,7 +7,7 @@ it (`Authorization: Bearer`), and fed three_commands.wav at microphone pace."""
 from __future__ import annotations
 
 import asyncio
-import time
+import logging
 from typing import Any
 
 import pytest
@@ -144,22 +144,25 @@ async def test_livekit_with_a_vad_finalizes_and_gets_end_of_speech() -> None:
     assert len(events.of(lk_stt.SpeechEventType.END_OF_SPEECH)) >= 2, events.events
 
 
-async def test_livekit_get_speaker_ids_is_empty_and_the_stream_goes_on() -> None:
+async def test_livekit_get_speaker_ids_is_empty_and_the_stream_goes_on(caplog: pytest.LogCaptureFixture) -> None:
     """LiveKit's diarization is on by default, so its `get_speaker_ids()` sends GetSpeakers: the
-    daemon, naming no speakers, answers an empty SpeakersResult at once (not LiveKit's 5 s timeout),
-    and the stream goes on to every final (an Error would have failed it)."""
-    answers: list[tuple[Any, float]] = []
+    daemon, naming no speakers, answers an empty SpeakersResult, and the stream goes on to every
+    final (an Error would have failed it). LiveKit gives [] too when no answer came within its 5 s,
+    but then it logs "GetSpeakers timed-out": the test tells the two apart by that warning, not by
+    the wall-clock time the answer took (under 2 s, it was: a loaded machine's loop can lag that)."""
+    caplog.set_level(logging.WARNING, logger="livekit.plugins.speechmatics")
+    answers: list[Any] = []
 
     async def ask(index: int) -> None:
         if index == 25:
-            asked = time.monotonic()
-            answers.append((await stt.get_speaker_ids(), time.monotonic() - asked))
+            answers.append(await stt.get_speaker_ids())
 
     async with running_daemon(api_key=KEY) as daemon:
         stt = livekit_stt(daemon)
         events = await stream_fixture(stt, FIXTURE, finals=3, after_chunk=ask)
-    [(speakers, waited)] = answers
-    assert speakers == [] and waited < 2, answers  # LiveKit gives [] too after 5 s with no answer
+    assert answers == [[]], answers
+    warnings = [r.getMessage() for r in caplog.records if r.name.startswith("livekit.plugins.speechmatics")]
+    assert warnings == [], warnings  # "GetSpeakers timed-out": LiveKit's [] for no answer
     finals = [final.text for final in events.finals() if final.text]
     assert same_words(EXPECTED[FIXTURE], finals), finals
 
