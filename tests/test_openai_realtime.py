@@ -24,6 +24,7 @@ from tests.doubles import ContextRecordingEngineDouble, CrashingEngineDouble
 from tests.helpers import (
     CLOSE_OPCODE,
     EXPECTED,
+    HELD_BACK_KEEPALIVE,
     TEXT_OPCODE,
     client_frame,
     close_code_after_oversized_frame,
@@ -637,12 +638,11 @@ async def test_a_client_that_leaves_while_held_back_ends_its_session() -> None:
 async def test_a_client_that_sends_a_file_at_once_has_its_pings_answered_while_held_back() -> None:
     """The OpenAI SDK's client (the websockets library) pings every 20 s and drops a connection whose
     pong takes 20 s more; the daemon, holding back a fast client, read nothing, so the pong waited
-    behind its appends. Here with a 0.5 s ping, a 2 s timeout and 9 s held back."""
-    keepalive = {"ping_interval": 0.5, "ping_timeout": 2.0}
+    behind its appends. Here with a 0.5 s ping, a 5 s timeout and 9 s held back (`HELD_BACK_KEEPALIVE`)."""
     async with (
         running_daemon(max_feed_ahead_s=1.0) as daemon,
         sdk_client(daemon).realtime.connect(
-            extra_query={"intent": "transcription"}, websocket_connection_options=keepalive
+            extra_query={"intent": "transcription"}, websocket_connection_options=HELD_BACK_KEEPALIVE
         ) as connection,
     ):
         for piece in chunks(pcm16(fixture_16k("three_commands.wav")), 48000):

@@ -30,6 +30,7 @@ from tests.helpers import (
     CLOSE_OPCODE,
     EXPECTED,
     FIXTURES,
+    HELD_BACK_KEEPALIVE,
     TEXT_OPCODE,
     WER_TOLERANCE,
     client_frame,
@@ -487,11 +488,12 @@ async def test_a_client_that_sends_a_file_at_once_has_its_pings_answered_while_h
     """The websockets library pings every 20 s and drops a connection whose pong takes 20 s more.
     Holding back a fast client, the daemon read nothing, so its pings waited behind its audio: a
     4-minute file sent at once was cut with 1011 after 53 s. It now reads ahead of the held-back
-    session (`websocket_read_ahead_mb`). Here with a 0.5 s ping, a 2 s timeout and 9 s held back."""
+    session (`websocket_read_ahead_mb`). Here with a 0.5 s ping, a 5 s timeout and 9 s held back
+    (`HELD_BACK_KEEPALIVE`)."""
     audio = f32(fixture_16k("three_commands.wav"))
     async with running_daemon(max_feed_ahead_s=1.0) as daemon:
         url = ws_url(daemon)
-        async with websockets.connect(url, compression=None, ping_interval=0.5, ping_timeout=2) as ws:
+        async with websockets.connect(url, compression=None, **HELD_BACK_KEEPALIVE) as ws:
             for offset in range(0, len(audio), 6400):
                 await ws.send(audio[offset : offset + 6400])
             await ws.send(json.dumps({"type": "end"}))
