@@ -763,20 +763,21 @@ async def test_reconfiguring_a_websocket_session_without_speaking_does_not_reset
 
 
 async def test_realtime_session_updates_without_speech_do_not_reset_its_idle_clock() -> None:
-    """The same dodge by `session.update`s that each open a new session (the prompt changes)."""
+    """The same dodge by `session.update`s that each open a new session (the turn detection changes:
+    a change of what is decoded with alone keeps the session)."""
     url = "ws://127.0.0.1:{}/v1/realtime?intent=transcription"
     async with running_daemon(idle_timeout_s=1.0) as daemon, websockets.connect(url.format(daemon.http_port)) as ws:
 
-        def update(prompt: str) -> str:
-            transcription = {"model": "whisper-1", "prompt": prompt}
+        def update(silence_ms: int) -> str:
+            turn_detection = {"type": "server_vad", "silence_duration_ms": silence_ms}
             return json.dumps(
                 {
                     "type": "session.update",
-                    "session": {"type": "transcription", "audio": {"input": {"transcription": transcription}}},
+                    "session": {"type": "transcription", "audio": {"input": {"turn_detection": turn_detection}}},
                 }
             )
 
-        updates = map(update, itertools.cycle(("Kitchen", "Garden")))
+        updates = map(update, itertools.cycle((500, 600)))
         updating = keep_sending(ws.send, updates, 0.3)
         with contextlib.suppress(ConnectionClosed):
             async with asyncio.timeout(30):
