@@ -42,7 +42,8 @@ ElevenLabs' `{"detail":{"status","message"}}` on its (`ELEVENLABS_PREFIX`), Cart
 Scribe Live's (`ZOOM_PATHS`). Cartesia's
 clients send the key as `X-API-Key` or `Authorization: Bearer`, Speechmatics' as `Authorization:
 Bearer` (a browser's as `?jwt=KEY`, also taken there), both ways above; Azure's JavaScript SDK
-sends `?Ocp-Apim-Subscription-Key=KEY` (or `?Authorization=Bearer KEY`), taken on its paths.
+sends `?Ocp-Apim-Subscription-Key=KEY` (or `?Authorization=Bearer KEY`), taken on its paths;
+Fireworks AI's browser clients send `?Authorization=KEY`, taken on its (`FIREWORKS_PATHS`).
 """
 
 from __future__ import annotations
@@ -131,6 +132,9 @@ AZURE_KEY_HEADER = "Ocp-Apim-Subscription-Key"
 TOKEN_PATHS = GLADIA_PATHS
 """Paths whose WebSocket (a GET with a `token` query) is authenticated by the token a keyed POST
 issued: the handler checks it; the client does not send the key again."""
+FIREWORKS_PATHS = frozenset({"/v1/audio/transcriptions/streaming"})
+"""Fireworks AI's streaming path, whose browser clients send the key as `?Authorization=KEY`
+(taken there); its errors take OpenAI's shape (`OPENAI_PREFIXES`), as Fireworks' API answers."""
 META_PATHS = frozenset({"/v1/asr/realtime"})
 """Meta's real-time speech recognition path, whose clients send the key in the handshake (its
 `authorization.accessToken`); its errors take the project's `{"type": "error", "code", "message"}`
@@ -399,6 +403,9 @@ def presented_key(request: web.Request) -> str | None:
         return request.query[SPEECHMATICS_KEY_QUERY_PARAMETER]
     if request.path in AZURE_PATHS and AZURE_KEY_HEADER in request.query:
         return request.query[AZURE_KEY_HEADER]
+    if request.path in FIREWORKS_PATHS and "Authorization" in request.query:
+        token_scheme, _, token = request.query["Authorization"].partition(" ")
+        return token.strip() if token_scheme.lower() == "bearer" else request.query["Authorization"].strip()
     if request.path in AZURE_PATHS and "Authorization" in request.query:
         token_scheme, _, token = request.query["Authorization"].partition(" ")
         return token.strip() if token_scheme.lower() == "bearer" else request.query["Authorization"]

@@ -46,6 +46,7 @@ from satellite_asr.protocols import (
     deepgram_prerecorded,
     elevenlabs,
     elevenlabs_upload,
+    fireworks,
     gladia,
     gradium,
     meta,
@@ -249,6 +250,7 @@ class Daemon:
             ("GET", gradium.PATH, self.gradium.handle),
             ("GET", zoom.PATH, self.zoom.handle),
             ("GET", meta.PATH, self.meta.handle),
+            ("GET", fireworks.PATH, streaming_apis.StreamingApiHandler(self.core, fireworks.STREAMING).handle),
             ("GET", speechmatics.PATH, self.speechmatics.handle),
             ("GET", speechmatics.LANGUAGE_PATH, self.speechmatics.handle),
             ("GET", speechmatics.AGENT_PATH, self.speechmatics_agent.handle),
@@ -429,6 +431,7 @@ class Daemon:
             smallest.PROTOCOL,
             baseten.PROTOCOL,
             simplismart.PROTOCOL,
+            fireworks.PROTOCOL,
         )
         closing = [self.core.sessions.close_all("shutdown", protocol=protocol) for protocol in protocols]
         # no session: their settings have not come (or, Azure's, they are between turns)

@@ -300,6 +300,7 @@ USER_DOCS = (
     "docs/smallest.md",
     "docs/baseten.md",
     "docs/simplismart.md",
+    "docs/fireworks.md",
     "docs/wyoming.md",
     "docs/security.md",
     "docs/browser.md",

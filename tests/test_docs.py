@@ -62,6 +62,7 @@ PROTOCOL_DOCS = {
     "protocols/smallest_upload.py": "docs/smallest.md",
     "protocols/baseten.py": "docs/baseten.md",
     "protocols/simplismart.py": "docs/simplismart.md",
+    "protocols/fireworks.py": "docs/fireworks.md",
     "protocols/wyoming.py": "docs/wyoming.md",
     "protocols/wyoming_framing.py": "docs/wyoming.md",
 }
