@@ -59,6 +59,9 @@ RESPONSE_FORMATS = {"verbose_json"}
 GRANULARITIES = {"word", "segment"}
 MAX_VAD_KWARGS_CHARS = 2000
 """`vad_kwargs` is checked (a dict of settings) and not applied: its text is kept short."""
+MAX_VAD_KWARGS_NESTING = 16
+"""Most brackets in a `vad_kwargs` read as Python: a flat dict has one, and Python's parser fails
+(not always with a `RecursionError`) on text nested hundreds deep."""
 SEGMENT_IDS = itertools.count(int(time.time() * 1000))
 """Segment ids, rising across every stream of the daemon and past those of a daemon before it
 (they start at the clock's milliseconds): LiveKit's plugin keeps the last final segment's id across
@@ -156,7 +159,7 @@ def vad_settings(value: str | None) -> None:
         loaded = json_object(value)
         if isinstance(loaded, dict):
             parsed = loaded
-        else:
+        elif sum(value.count(bracket) for bracket in "{[(") <= MAX_VAD_KWARGS_NESTING:
             try:
                 parsed = ast.literal_eval(value)
             except (ValueError, SyntaxError, MemoryError, RecursionError, TypeError):
