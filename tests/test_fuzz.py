@@ -35,6 +35,7 @@ from satellite_asr.protocols import (
     cartesia,
     cartesia_turns,
     elevenlabs,
+    fireworks,
     gladia,
     gradium,
     meta,
@@ -745,6 +746,34 @@ def test_together_query_is_accepted_or_refused_naming_a_parameter(pairs: list[tu
         assert config.decoder().sample_rate == config.sample_rate and options.endpointing.silence_ms >= 100
 
 
+fireworks_values = (
+    st.sampled_from(["true", "false", "verbose_json", "json", "word", "segment", "word,segment", "en", "en-US", "fr"])
+    | st.sampled_from(["0", "0.5", "1.0", "29", "30", "nan", "-1", "{'threshold': 0.15}", '{"threshold": 0.2}'])
+    | st.sampled_from(["{'a': [1]}", "{" * 60, "[1]", "None", "()", ""])
+    | st.text(max_size=12)
+)
+fireworks_queries = st.lists(
+    st.tuples(st.sampled_from([*sorted(fireworks.KNOWN), "api_key", "x"]) | st.text(max_size=6), fireworks_values),
+    max_size=6,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(fireworks_queries)
+@example([("vad_kwargs", "{" * 2000)])
+@example([("vad_kwargs", "1" * 5000)])
+def test_fireworks_query_is_accepted_or_refused_naming_a_parameter(pairs: list[tuple[str, str]]) -> None:
+    """Fireworks' stream query: refused naming a parameter it holds, or settings the daemon can open."""
+    query = MultiDict(pairs)
+    try:
+        params = fireworks.parse_query(query, CORE)
+    except ParameterError as error:
+        assert error.parameter in query and str(error), (error.parameter, str(error))
+    else:
+        assert params.decoder().sample_rate == fireworks.SAMPLE_RATE and params.language in (None, "en")
+        assert query.get("skip_vad", "false").lower() == "false"
+
+
 @settings(max_examples=400, deadline=None)
 @given(smallest_queries)
 @example([("keywords", "Aoife:inf")])
@@ -1414,6 +1443,38 @@ async def simplismart_session(url: str, frames: list[str | bytes]) -> None:
     assert ws.close_code in (1000, 1009), (ws.close_code, errors)
 
 
+fireworks_sessions = st.lists(
+    listen_text
+    | listen_binary
+    | st.builds(lambda value: json.dumps({"checkpoint_id": value}), st.sampled_from(["c1", "final", ""]) | json_values)
+    | st.builds(
+        lambda kind, value: json.dumps({"object": kind, "trace_id": value, "reset_id": value}),
+        st.sampled_from(["stt.input.trace", "stt.state.clear", "stt.output.trace"]),
+        st.sampled_from(["t1", "final"]) | json_values,
+    ),
+    max_size=8,
+)
+FIREWORKS_CODES = {"invalid_message", "invalid_audio", "engine_error", "server_busy"}
+FIREWORKS_ANSWERS = {"stt.output.trace", "stt.state.cleared"}
+
+
+async def fireworks_session(url: str, frames: list[str | bytes]) -> None:
+    """The frames, then the checkpoint `final`: every message a segment's transcription, an answer
+    to a checkpoint, trace or clear, or an error in OpenAI's shape of a documented code with a
+    sentence; errors never end the stream, so it ends with 1000 (or, a frame over the size limit,
+    1009); every segment's words are all final or none is."""
+    messages, close_code = await closed_stream(url, frames, json.dumps({"checkpoint_id": "final"}))
+    for message in messages:
+        if "error" in message:
+            assert message["error"]["code"] in FIREWORKS_CODES and message["error"]["message"], message
+        elif "task" in message:
+            (segment,) = message["segments"]
+            assert len({word["is_final"] for word in segment["words"]}) <= 1 and segment["text"] == message["text"]
+        else:
+            assert "checkpoint_id" in message or message.get("object") in FIREWORKS_ANSWERS, message
+    assert close_code in (1000, 1009), (close_code, messages)
+
+
 meta_sessions = st.lists(
     listen_text
     | listen_binary
@@ -1896,6 +1957,14 @@ async def test_random_sessions_on_every_streaming_protocol_leave_the_daemon_and_
         def simplismart_fuzz(frames: list[str | bytes]) -> None:
             asyncio.run_coroutine_threadsafe(simplismart_session(simplismart_url, frames), loop).result(60)
 
+        fireworks_url = f"ws://127.0.0.1:{daemon.http_port}{fireworks.PATH}?timestamp_granularities=word,segment"
+
+        @settings(max_examples=100, deadline=None)
+        @given(fireworks_sessions)
+        @example(['{"checkpoint_id": "c1"}', '{"object": "stt.state.clear", "reset_id": 1}', b"\x00" * 3201])
+        def fireworks_fuzz(frames: list[str | bytes]) -> None:
+            asyncio.run_coroutine_threadsafe(fireworks_session(fireworks_url, frames), loop).result(60)
+
         zoom_url = f"ws://127.0.0.1:{daemon.http_port}{zoom.PATH}"
 
         @settings(max_examples=100, deadline=None)
@@ -1979,6 +2048,7 @@ async def test_random_sessions_on_every_streaming_protocol_leave_the_daemon_and_
         await loop.run_in_executor(None, together_fuzz)
         await loop.run_in_executor(None, baseten_fuzz)
         await loop.run_in_executor(None, simplismart_fuzz)
+        await loop.run_in_executor(None, fireworks_fuzz)
         await loop.run_in_executor(None, zoom_fuzz)
         await loop.run_in_executor(None, sarvam_realtime_fuzz)
         await loop.run_in_executor(None, azure_fuzz)
