@@ -228,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
             "smallest",
             "baseten",
             "simplismart",
+            "fireworks",
             "wyoming",
             "rest",
         ),
@@ -251,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
         "smallest: /waves/v1/stt/live clients (Smallest AI's Pulse real-time API); "
         "baseten: /environments/production/websocket clients (Baseten's streaming transcription API); "
         "simplismart: /ws/audio clients (Simplismart's streaming API, no partials); "
+        "fireworks: /v1/audio/transcriptions/streaming clients (Fireworks AI's streaming transcription API); "
         "wyoming: Home Assistant's flow, one command per round; rest: each client uploads one recording (the "
         "manifest's files --rounds times, with silence) to /v1/audio/transcriptions at once.",
     )

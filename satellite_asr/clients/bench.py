@@ -723,6 +723,29 @@ async def _stream_one_sarvam_realtime(
     return await _stream_pcm16(query, audio, delay, headers, translate, json.dumps({"event": "end"}), audio_message)
 
 
+async def _stream_one_fireworks(
+    url: str, audio: Audio, delay: float, config: dict[str, Any], headers: dict[str, str]
+) -> tuple[float, list[Any]]:
+    """The same over Fireworks AI's streaming API, as LiveKit's plugin streams: the settings in the
+    query, audio as binary frames, the checkpoint `final` at the end. A transcription names its
+    segment: one whose words are all final (and with text) is that segment's `final`, any other a
+    `partial` of it; an `error` is the stream's refusal (`StreamRefused`)."""
+
+    def translate(message: dict[str, Any]) -> dict[str, Any] | None:
+        if "error" in message:
+            error = message["error"]
+            raise StreamRefused(f"the daemon sent error {error['code']}: {error['message']}")
+        if message.get("task") != "transcribe" or not message["text"]:
+            return None
+        segment = message["segments"][0]["id"]
+        if all(word["is_final"] for word in message["words"]):
+            return {"type": "final", "utterance_id": segment, "text": message["text"]}
+        return {"type": "partial", "utterance_id": segment}
+
+    query = f"{url}?language=en&response_format=verbose_json&text_timeout_seconds=1.0"
+    return await _stream_pcm16(query, audio, delay, headers, translate, json.dumps({"checkpoint_id": "final"}))
+
+
 async def _stream_one_baseten(
     url: str, audio: Audio, delay: float, config: dict[str, Any], headers: dict[str, str]
 ) -> tuple[float, list[Any]]:
@@ -905,6 +928,7 @@ PROTOCOLS: dict[str, tuple[str, Streamer]] = {
     "smallest": ("/waves/v1/stt/live", _stream_one_smallest),
     "baseten": ("/environments/production/websocket", _stream_one_baseten),
     "simplismart": ("/ws/audio", _stream_one_simplismart),
+    "fireworks": ("/v1/audio/transcriptions/streaming", _stream_one_fireworks),
 }
 """Protocol name -> (path on the daemon, client that streams one file)."""
 
