@@ -29,13 +29,13 @@ from tests.helpers import (
     send_all,
 )
 from tests.test_docs import ROOT
+from tests.test_mistral import Messages
 
 pytestmark = pytest.mark.timeout(180)
 
 FIXTURE = "three_commands.wav"
 KEY = "fireworks-key"
 FINAL = {"checkpoint_id": "final"}
-Messages = list[dict[str, Any]]
 
 
 def url(daemon: Daemon, query: str = "") -> str:
