@@ -229,10 +229,9 @@ class FireworksConnection(ErrorEventConnection):
         """One segment's words so far (`final` False) or all of them (True), as the whole message's too."""
         language = self.language(heard)
         word: dict[str, Any] = {"language": language, "hallucination_score": 0.0, "is_final": final}
-        probability = 0.0
         if span is not None and self.options.word_times:
             word.update(start=span[0], end=span[1])  # the engine gives no word times: the segment's
-        words = [{"word": token, "probability": probability, **word} for token in text.split()]
+        words = [{"word": token, "probability": 0.0, **word} for token in text.split()]  # a final sets it
         segment: dict[str, Any] = {"id": segment_id, "text": text, "words": words}
         if span is not None and self.options.segment_times:
             segment.update(start=span[0], end=span[1])
@@ -305,7 +304,8 @@ class FireworksConnection(ErrorEventConnection):
         """The utterance in progress ends (its final sent: nothing heard is lost); then `stt.state.cleared`."""
         reset_id = self.check_id(message, "reset_id", "stt.state.clear")
         await self.flush_for_client()
-        await self.send({"event_id": self.event_id(message), "object": "stt.state.cleared", "reset_id": reset_id})
+        answer = {"event_id": self.event_id(message), "object": "stt.state.cleared", "reset_id": echoable(reset_id)}
+        await self.send(answer)
 
     def event_id(self, message: dict[str, Any]) -> str:
         given = message.get("event_id")
