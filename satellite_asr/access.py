@@ -39,7 +39,8 @@ ElevenLabs' `{"detail":{"status","message"}}` on its (`ELEVENLABS_PREFIX`), Cart
 `{"type","status","code","message"}` on its (`SMALLEST_PATHS`), xAI's `{"code","error"}` on its
 (`XAI_PATHS`), Gradium's `{"type","message","code"}` on its (`GRADIUM_PATHS`), Sarvam AI's
 `{"error":{"message","code"}}` on its (`SARVAM_PATHS`), Zoom's `{"code","error_code","message"}` on
-Scribe Live's (`ZOOM_PATHS`). Cartesia's
+Scribe Live's (`ZOOM_PATHS`), Telnyx's `{"errors": [{"code", "title", "detail"}]}` on its
+(`TELNYX_PATHS`). Cartesia's
 clients send the key as `X-API-Key` or `Authorization: Bearer`, Speechmatics' as `Authorization:
 Bearer` (a browser's as `?jwt=KEY`, also taken there), both ways above; Azure's JavaScript SDK
 sends `?Ocp-Apim-Subscription-Key=KEY` (or `?Authorization=Bearer KEY`), taken on its paths;
@@ -74,6 +75,7 @@ from satellite_asr.protocols import (
     smallest_error,
     soniox_error,
     speechmatics_error,
+    telnyx_error,
     xai_error,
     zoom_error,
 )
@@ -112,6 +114,9 @@ SARVAM_KEY_HEADER = "api-subscription-key"
 ZOOM_PATHS = frozenset({"/v2/aiservices/scribe/live"})
 """Zoom's Scribe Live path (its clients send the key as `Authorization: Bearer`), whose refusals take
 Zoom's `{"code", "error_code", "message"}` shape."""
+TELNYX_PATHS = frozenset({"/v2/speech-to-text/transcription"})
+"""Telnyx's speech-to-text WebSocket (its clients send the key as `Authorization: Bearer`), whose
+refusals take Telnyx's `{"errors": [{"code", "title", "detail"}]}` shape."""
 GLADIA_PATHS = frozenset({"/v2/live"})
 """Gladia's live API: its POST (keyed, `X-Gladia-Key`) and its session's WebSocket, whose `token`
 stands for the key (`TOKEN_PATHS`); errors take Gladia's `{"statusCode", "message", ...}` shape."""
@@ -470,6 +475,8 @@ def error_response(
         body = sarvam_error(code, message)
     elif path in ZOOM_PATHS:
         body = zoom_error(status, code, message)
+    elif path in TELNYX_PATHS:
+        body = telnyx_error(status, code, message)
     else:
         body = {"type": "error", "code": code, "message": message}
     return web.json_response(body, status=status, headers=headers)

@@ -62,6 +62,7 @@ from satellite_asr.protocols import (
     soniox,
     speechmatics,
     streaming_apis,
+    telnyx,
     websocket,
     wyoming,
     xai,
@@ -198,6 +199,7 @@ class Daemon:
         self.meta = streaming_apis.StreamingApiHandler(self.core, meta.REALTIME)
         self.baseten = streaming_apis.StreamingApiHandler(self.core, baseten.STREAMING)
         self.simplismart = streaming_apis.StreamingApiHandler(self.core, simplismart.STREAMING)
+        self.telnyx = streaming_apis.StreamingApiHandler(self.core, telnyx.TRANSCRIPTION)
         self.speechmatics = streaming_apis.StreamingApiHandler(self.core, speechmatics.REALTIME)
         self.speechmatics_agent = streaming_apis.StreamingApiHandler(self.core, speechmatics.AGENT)
         self.gladia = gladia.GladiaHandler(self.core)
@@ -269,6 +271,7 @@ class Daemon:
             ("GET", baseten.PATH, self.baseten.handle),
             ("GET", simplismart.STREAM_PATH, self.simplismart.handle),
             ("POST", simplismart.PATH, self.simplismart_rest.upload),
+            ("GET", telnyx.PATH, self.telnyx.handle),
             ("GET", "/health", self._health),
             ("GET", "/metrics", self._metrics),
             ("GET", "/", self._index),
@@ -432,6 +435,7 @@ class Daemon:
             baseten.PROTOCOL,
             simplismart.PROTOCOL,
             fireworks.PROTOCOL,
+            telnyx.PROTOCOL,
         )
         closing = [self.core.sessions.close_all("shutdown", protocol=protocol) for protocol in protocols]
         # no session: their settings have not come (or, Azure's, they are between turns)
@@ -445,6 +449,7 @@ class Daemon:
             self.meta,
             self.baseten,
             self.simplismart,
+            self.telnyx,
         )
         closing += [handler.close_awaiting("shutdown") for handler in awaiting]
         await asyncio.gather(self._close_wyoming(), self._close_websockets(), *closing)

@@ -36,6 +36,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
+from http import HTTPStatus
 from types import TracebackType
 from typing import Any
 
@@ -247,6 +248,17 @@ def zoom_error(status: int, code: str, message: str) -> dict[str, Any]:
     and the `message` Pipecat's service reports; `message` may hold what a client sent (`echoable`).
     In the stream its errors are `error` events."""
     return {"code": status, "error_code": code, "message": echoable(message)}
+
+
+def telnyx_error(status: int, code: str, message: str) -> dict[str, Any]:
+    """Telnyx's HTTP error body (its v2 API's `{"errors": [{"code", "title", "detail"}]}`: the daemon's
+    code, the status's phrase as the title, the sentence as the detail), for a refused upgrade; in the
+    stream its errors are `error` messages. `message` may hold what a client sent (`echoable`)."""
+    try:
+        title = HTTPStatus(status).phrase
+    except ValueError:
+        title = "Error"
+    return {"errors": [{"code": code, "title": title, "detail": echoable(message)}]}
 
 
 def azure_error(status: int, message: str) -> dict[str, Any]:
