@@ -301,6 +301,7 @@ USER_DOCS = (
     "docs/baseten.md",
     "docs/simplismart.md",
     "docs/fireworks.md",
+    "docs/telnyx.md",
     "docs/wyoming.md",
     "docs/security.md",
     "docs/browser.md",

@@ -63,6 +63,7 @@ PROTOCOL_DOCS = {
     "protocols/baseten.py": "docs/baseten.md",
     "protocols/simplismart.py": "docs/simplismart.md",
     "protocols/fireworks.py": "docs/fireworks.md",
+    "protocols/telnyx.py": "docs/telnyx.md",
     "protocols/wyoming.py": "docs/wyoming.md",
     "protocols/wyoming_framing.py": "docs/wyoming.md",
 }
