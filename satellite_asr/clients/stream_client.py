@@ -52,11 +52,14 @@ def refusal(status: int, body: bytes | bytearray | None, what: str = "connection
     Deepgram's `{"err_code": ..., "err_msg": ...}`, AssemblyAI's `{"error": "...", "code": ...}`,
     ElevenLabs' `{"detail": {"status": ..., "message": ...}}`, Cartesia's `{"error_code": ...,
     "message": ...}`, Soniox's `{"error_code": ..., "error_message": ...}`, whose code is the status,
-    or Gladia's `{"statusCode": ..., "message": ...}`)."""
+    Gladia's `{"statusCode": ..., "message": ...}`, or Telnyx's `{"errors": [{"code", "detail"}]}`)."""
     try:
         error = json.loads(body or b"")
     except ValueError:
         error = None
+    if isinstance(error, dict) and isinstance(error.get("errors"), list) and error["errors"]:
+        first = error["errors"][0]
+        error = {"code": first.get("code"), "message": first.get("detail")} if isinstance(first, dict) else None
     if isinstance(error, dict) and isinstance(error.get("error"), dict):
         error = error["error"]
     if isinstance(error, dict) and "err_msg" in error:
