@@ -229,6 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
             "baseten",
             "simplismart",
             "fireworks",
+            "telnyx",
             "wyoming",
             "rest",
         ),
@@ -253,6 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
         "baseten: /environments/production/websocket clients (Baseten's streaming transcription API); "
         "simplismart: /ws/audio clients (Simplismart's streaming API, no partials); "
         "fireworks: /v1/audio/transcriptions/streaming clients (Fireworks AI's streaming transcription API); "
+        "telnyx: /v2/speech-to-text/transcription clients (Telnyx's speech-to-text WebSocket, a WAV header first); "
         "wyoming: Home Assistant's flow, one command per round; rest: each client uploads one recording (the "
         "manifest's files --rounds times, with silence) to /v1/audio/transcriptions at once.",
     )

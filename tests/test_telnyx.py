@@ -6,13 +6,13 @@ stops sending and the daemon's idle timeout closes the connection once the final
 from __future__ import annotations
 
 import asyncio
-import struct
 from typing import Any
 
 import aiohttp
 import pytest
 import websockets
 
+from satellite_asr.clients.bench import wav_header
 from satellite_asr.protocols import telnyx
 from satellite_asr.server import Daemon
 from tests.doubles import ContextRecordingEngineDouble, FirstFinalGatedEngineDouble
@@ -46,13 +46,6 @@ Messages = list[dict[str, Any]]
 
 def url(daemon: Daemon, query: str = QUERY) -> str:
     return f"ws://127.0.0.1:{daemon.http_port}{telnyx.PATH}{'?' + query if query else ''}"
-
-
-def wav_header(rate: int = 16000, channels: int = 1, tag: int = 1, bits: int = 16) -> bytes:
-    """A streaming WAV header, its sizes unknown (the largest), as LiveKit's plugin sends it alone."""
-    block = channels * bits // 8
-    fmt = struct.pack("<HHIIHH", tag, channels, rate, rate * block, block, bits)
-    return b"RIFF" + struct.pack("<I", 0x7FFFFFFF) + b"WAVEfmt " + struct.pack("<I", 16) + fmt + b"data" + b"\xff" * 4
 
 
 def audio(rate: int = 16000) -> bytes:

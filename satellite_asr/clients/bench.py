@@ -21,6 +21,7 @@ import contextlib
 import json
 import re
 import statistics
+import struct
 import sys
 import time
 import uuid
@@ -798,6 +799,41 @@ async def _stream_one_simplismart(
     return await _stream_pcm16(url, audio, delay, headers, translate, b"", finals=sys.maxsize, first=first, parse=parse)
 
 
+def wav_header(rate: int = SAMPLE_RATE, channels: int = 1, tag: int = 1, bits: int = 16) -> bytes:
+    """A streaming WAV header (format `tag`, 1 for PCM), its sizes unknown and so the largest, as
+    LiveKit's Telnyx plugin sends it alone before its audio."""
+    block = channels * bits // 8
+    fmt = struct.pack("<HHIIHH", tag, channels, rate, rate * block, block, bits)
+    unknown = struct.pack("<I", 0x7FFFFFFF)
+    return b"RIFF" + unknown + b"WAVEfmt " + struct.pack("<I", len(fmt)) + fmt + b"data" + unknown
+
+
+async def _stream_one_telnyx(
+    url: str, audio: Audio, delay: float, config: dict[str, Any], headers: dict[str, str]
+) -> tuple[float, list[Any]]:
+    """The same over Telnyx's speech-to-text WebSocket, as LiveKit's plugin streams: a WAV header
+    first, then the audio as binary frames. A transcript not final is a `partial` and a final one
+    with text the `final` of the utterance in progress (the API names none); an `error` is the
+    stream's refusal (`StreamRefused`). No message ends the stream: the client closes 10 s after its
+    last audio (an empty frame), by which the last final has come."""
+    utterance = 0
+
+    def translate(message: dict[str, Any]) -> dict[str, Any] | None:
+        nonlocal utterance
+        if message["type"] == "error":
+            raise StreamRefused(f"the daemon sent error {message['code']}: {message['error']}")
+        if message["type"] != "transcript" or not message["transcript"]:
+            return None
+        if not message["is_final"]:
+            return {"type": "partial", "utterance_id": utterance}
+        utterance += 1
+        return {"type": "final", "utterance_id": utterance - 1, "text": message["transcript"]}
+
+    query = f"{url}?transcription_engine=telnyx&language=en&input_format=wav"
+    first = wav_header()
+    return await _stream_pcm16(query, audio, delay, headers, translate, b"", finals=sys.maxsize, first=first)
+
+
 async def _stream_one_azure(
     url: str, audio: Audio, delay: float, config: dict[str, Any], headers: dict[str, str]
 ) -> tuple[float, list[Any]]:
@@ -856,7 +892,7 @@ async def _stream_pcm16(
     end: str | bytes,
     frame: Callable[[bytes], str | bytes] = bytes,
     finals: int | None = None,
-    first: str | None = None,
+    first: str | bytes | None = None,
     parse: Callable[[str | bytes], dict[str, Any]] = json.loads,
 ) -> tuple[float, list[Any]]:
     """16 kHz 16-bit PCM at real-time pace to one of the hosted APIs (`url` with its query), after
@@ -929,6 +965,7 @@ PROTOCOLS: dict[str, tuple[str, Streamer]] = {
     "baseten": ("/environments/production/websocket", _stream_one_baseten),
     "simplismart": ("/ws/audio", _stream_one_simplismart),
     "fireworks": ("/v1/audio/transcriptions/streaming", _stream_one_fireworks),
+    "telnyx": ("/v2/speech-to-text/transcription", _stream_one_telnyx),
 }
 """Protocol name -> (path on the daemon, client that streams one file)."""
 
