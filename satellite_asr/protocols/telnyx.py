@@ -171,10 +171,11 @@ def parse_params(query: MultiMapping[str], core: Core) -> TelnyxParams:
     vad = {} if silence is None else turns.vad_overrides(core.settings)
     language = query_language(query, core)
     keywords = [word for entry in query.getall("keywords", []) for word in entry.split(",")]
+    named = "keyterm" if "keyterm" in query else "keywords"  # the limits are over both together
     try:
-        terms = replacing_terms(core, [*query.getall("keyterm", []), *keywords], "keyterm")
+        terms = replacing_terms(core, [*query.getall("keyterm", []), *keywords], named)
     except ProtocolError as exc:
-        raise ParameterError.of(exc, "keyterm") from None
+        raise ParameterError.of(exc, named) from None
     wav = input_format == "wav"
     return TelnyxParams(
         wav=wav,
