@@ -25,6 +25,7 @@ from wyoming.asr import Transcribe
 from wyoming.event import Event, async_read_event, async_write_event
 
 from satellite_asr.audio import ENCODINGS, MAX_RATE, MIN_RATE
+from satellite_asr.clients.bench import wav_header
 from satellite_asr.clients.stream_client import stream_file
 from satellite_asr.core import Core
 from satellite_asr.protocols import (
@@ -48,6 +49,7 @@ from satellite_asr.protocols import (
     smallest_upload,
     soniox,
     speechmatics,
+    telnyx,
     xai,
     zoom,
 )
@@ -660,6 +662,36 @@ sarvam_values = (
     | st.text(max_size=12)
     | st.integers(-5, 100_000).map(str)
 )
+
+
+telnyx_names = st.sampled_from(sorted(telnyx.KNOWN)) | st.text(max_size=8)
+telnyx_values = (
+    st.sampled_from(["wav", "linear16", "raw", "mp3", "linear32", "mulaw", "alaw", "auto", "multi", "en-US", "fr"])
+    | st.sampled_from(["Telnyx", "deepgram", "xAI", "deepgram/nova-3", "latest_long", "16000", "8000", "0", "2"])
+    | st.sampled_from(["true", "false", "99", "100", "10000", "Aoife,", " , ", "nan", "-1", ""])
+    | st.text(max_size=12)
+    | st.integers(-5, 100_000).map(str)
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.tuples(telnyx_names, telnyx_values), max_size=8))
+@example([("keywords", ",".join(["x"] * 301))])
+@example([("input_format", "raw"), ("sample_rate", "8000"), ("channels", "64"), ("encoding", "alaw")])
+def test_telnyx_query_is_accepted_or_refused_naming_a_parameter(pairs: list[tuple[str, str]]) -> None:
+    """Telnyx's query: refused naming a parameter it holds, or settings the daemon can open a stream
+    with (a WAV stream's format is its header's, so its query gives none but 16 kHz PCM)."""
+    query = MultiDict(pairs)
+    try:
+        params = telnyx.parse_params(query, CORE)
+    except ParameterError as error:
+        assert error.parameter in query and str(error), (error.parameter, str(error))
+    else:
+        decoder = params.decoder()
+        assert decoder.encoding in ("s16le", "pcmu", "pcma") and 8000 <= decoder.sample_rate <= 48000
+        assert params.language in (None, "en") and "redact" not in query
+        assert all(term.strip() == term and term for term in params.terms)
+        assert (telnyx.parse_query(query, CORE) is None) == params.wav
 
 
 sarvam_realtime_names = st.sampled_from(sorted(sarvam_realtime.KNOWN)) | st.text(max_size=8)
@@ -1475,6 +1507,37 @@ async def fireworks_session(url: str, frames: list[str | bytes]) -> None:
     assert close_code in (1000, 1009), (close_code, messages)
 
 
+telnyx_sessions = st.lists(
+    listen_text | listen_binary | st.sampled_from([wav_header(), wav_header(channels=2), b"RIFF"]), max_size=8
+)
+TELNYX_CODES = {"invalid_message", "invalid_audio", "engine_error", "server_busy"}
+
+
+async def telnyx_session(url: str, frames: list[str | bytes]) -> None:
+    """A WAV header, the frames, then the client's Close (no message ends the stream): every message
+    a `transcript` or an error of a documented code with a sentence; the stream is never closed by
+    an error after the header (only a frame over the size limit, 1009)."""
+    messages: list[dict[str, Any]] = []
+    async with websockets.connect(url, max_size=None) as ws:
+        with contextlib.suppress(ConnectionClosed):
+            for frame in [wav_header(), *frames]:
+                await ws.send(frame)
+            await asyncio.sleep(0.2)
+            await ws.close()
+        with contextlib.suppress(ConnectionClosed):
+            async for raw in ws:
+                messages.append(json.loads(raw))
+    assert {m["type"] for m in messages} <= {"transcript", "error"}, messages
+    errors = [m for m in messages if m["type"] == "error"]
+    assert all(e["code"] in TELNYX_CODES and e["error"] for e in errors), errors
+    assert all(
+        isinstance(m["transcript"], str) and isinstance(m["is_final"], bool)
+        for m in messages
+        if m["type"] == "transcript"
+    )
+    assert ws.close_code in (1000, 1009), (ws.close_code, messages)
+
+
 meta_sessions = st.lists(
     listen_text
     | listen_binary
@@ -1965,6 +2028,14 @@ async def test_random_sessions_on_every_streaming_protocol_leave_the_daemon_and_
         def fireworks_fuzz(frames: list[str | bytes]) -> None:
             asyncio.run_coroutine_threadsafe(fireworks_session(fireworks_url, frames), loop).result(60)
 
+        telnyx_url = f"ws://127.0.0.1:{daemon.http_port}{telnyx.PATH}?input_format=wav&interim_results=true"
+
+        @settings(max_examples=100, deadline=None)
+        @given(telnyx_sessions)
+        @example(['{"type": "CloseStream"}', b"\x00" * 3201, wav_header(channels=2)])
+        def telnyx_fuzz(frames: list[str | bytes]) -> None:
+            asyncio.run_coroutine_threadsafe(telnyx_session(telnyx_url, frames), loop).result(60)
+
         zoom_url = f"ws://127.0.0.1:{daemon.http_port}{zoom.PATH}"
 
         @settings(max_examples=100, deadline=None)
@@ -2049,6 +2120,7 @@ async def test_random_sessions_on_every_streaming_protocol_leave_the_daemon_and_
         await loop.run_in_executor(None, baseten_fuzz)
         await loop.run_in_executor(None, simplismart_fuzz)
         await loop.run_in_executor(None, fireworks_fuzz)
+        await loop.run_in_executor(None, telnyx_fuzz)
         await loop.run_in_executor(None, zoom_fuzz)
         await loop.run_in_executor(None, sarvam_realtime_fuzz)
         await loop.run_in_executor(None, azure_fuzz)
