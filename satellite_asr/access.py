@@ -40,7 +40,8 @@ ElevenLabs' `{"detail":{"status","message"}}` on its (`ELEVENLABS_PREFIX`), Cart
 (`XAI_PATHS`), Gradium's `{"type","message","code"}` on its (`GRADIUM_PATHS`), Sarvam AI's
 `{"error":{"message","code"}}` on its (`SARVAM_PATHS`), Zoom's `{"code","error_code","message"}` on
 Scribe Live's (`ZOOM_PATHS`), Telnyx's `{"errors": [{"code", "title", "detail"}]}` on its
-(`TELNYX_PATHS`). Cartesia's
+(`TELNYX_PATHS`), Inworld's gRPC status `{"code","message","details"}` on its
+(`INWORLD_PATHS`, whose clients send the key as `Authorization: Basic KEY`). Cartesia's
 clients send the key as `X-API-Key` or `Authorization: Bearer`, Speechmatics' as `Authorization:
 Bearer` (a browser's as `?jwt=KEY`, also taken there), both ways above; Azure's JavaScript SDK
 sends `?Ocp-Apim-Subscription-Key=KEY` (or `?Authorization=Bearer KEY`), taken on its paths;
@@ -69,6 +70,7 @@ from satellite_asr.protocols import (
     elevenlabs_error,
     gladia_error,
     gradium_error,
+    inworld_error,
     mistral_error,
     openai_error,
     sarvam_error,
@@ -121,6 +123,10 @@ GLADIA_PATHS = frozenset({"/v2/live"})
 """Gladia's live API: its POST (keyed, `X-Gladia-Key`) and its session's WebSocket, whose `token`
 stands for the key (`TOKEN_PATHS`); errors take Gladia's `{"statusCode", "message", ...}` shape."""
 GLADIA_KEY_HEADER = "X-Gladia-Key"
+INWORLD_PATHS = frozenset({"/stt/v1/transcribe:streamBidirectional"})
+"""Inworld's streaming speech-to-text path, whose clients send the key as `Authorization: Basic KEY`
+(Inworld's key is its Base64 credentials, sent as they are: the whole of it is the key), and whose
+refusals take a gRPC status's `{"code", "message", "details"}` shape."""
 AZURE_PATHS = frozenset(
     {
         "/speech/recognition/interactive/cognitiveservices/v1",
@@ -393,6 +399,8 @@ def presented_key(request: web.Request) -> str | None:
         scheme.lower() in ("bearer", "token", "api-key") and credentials.strip()
     ):  # Token: Deepgram's; Api-Key: Baseten's
         return credentials.strip()
+    if scheme.lower() == "basic" and credentials.strip() and request.path in INWORLD_PATHS:
+        return credentials.strip()
     if "X-API-Key" in request.headers:
         return request.headers["X-API-Key"].strip()
     if GLADIA_KEY_HEADER in request.headers:
@@ -477,6 +485,8 @@ def error_response(
         body = zoom_error(status, code, message)
     elif path in TELNYX_PATHS:
         body = telnyx_error(status, code, message)
+    elif path in INWORLD_PATHS:
+        body = inworld_error(status, code, message)
     else:
         body = {"type": "error", "code": code, "message": message}
     return web.json_response(body, status=status, headers=headers)

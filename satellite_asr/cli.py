@@ -230,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
             "simplismart",
             "fireworks",
             "telnyx",
+            "inworld",
             "wyoming",
             "rest",
         ),
@@ -255,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
         "simplismart: /ws/audio clients (Simplismart's streaming API, no partials); "
         "fireworks: /v1/audio/transcriptions/streaming clients (Fireworks AI's streaming transcription API); "
         "telnyx: /v2/speech-to-text/transcription clients (Telnyx's speech-to-text WebSocket, a WAV header first); "
+        "inworld: /stt/v1/transcribe:streamBidirectional clients (Inworld's streaming speech-to-text API); "
         "wyoming: Home Assistant's flow, one command per round; rest: each client uploads one recording (the "
         "manifest's files --rounds times, with silence) to /v1/audio/transcriptions at once.",
     )

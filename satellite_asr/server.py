@@ -49,6 +49,7 @@ from satellite_asr.protocols import (
     fireworks,
     gladia,
     gradium,
+    inworld,
     meta,
     mistral,
     openai_realtime,
@@ -200,6 +201,7 @@ class Daemon:
         self.baseten = streaming_apis.StreamingApiHandler(self.core, baseten.STREAMING)
         self.simplismart = streaming_apis.StreamingApiHandler(self.core, simplismart.STREAMING)
         self.telnyx = streaming_apis.StreamingApiHandler(self.core, telnyx.TRANSCRIPTION)
+        self.inworld = streaming_apis.StreamingApiHandler(self.core, inworld.STREAMING)
         self.speechmatics = streaming_apis.StreamingApiHandler(self.core, speechmatics.REALTIME)
         self.speechmatics_agent = streaming_apis.StreamingApiHandler(self.core, speechmatics.AGENT)
         self.gladia = gladia.GladiaHandler(self.core)
@@ -253,6 +255,7 @@ class Daemon:
             ("GET", zoom.PATH, self.zoom.handle),
             ("GET", meta.PATH, self.meta.handle),
             ("GET", fireworks.PATH, streaming_apis.StreamingApiHandler(self.core, fireworks.STREAMING).handle),
+            ("GET", inworld.PATH, self.inworld.handle),
             ("GET", speechmatics.PATH, self.speechmatics.handle),
             ("GET", speechmatics.LANGUAGE_PATH, self.speechmatics.handle),
             ("GET", speechmatics.AGENT_PATH, self.speechmatics_agent.handle),
@@ -436,6 +439,7 @@ class Daemon:
             simplismart.PROTOCOL,
             fireworks.PROTOCOL,
             telnyx.PROTOCOL,
+            inworld.PROTOCOL,
         )
         closing = [self.core.sessions.close_all("shutdown", protocol=protocol) for protocol in protocols]
         # no session: their settings have not come (or, Azure's, they are between turns)
@@ -450,6 +454,7 @@ class Daemon:
             self.baseten,
             self.simplismart,
             self.telnyx,
+            self.inworld,
         )
         closing += [handler.close_awaiting("shutdown") for handler in awaiting]
         await asyncio.gather(self._close_wyoming(), self._close_websockets(), *closing)

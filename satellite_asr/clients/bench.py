@@ -834,6 +834,46 @@ async def _stream_one_telnyx(
     return await _stream_pcm16(query, audio, delay, headers, translate, b"", finals=sys.maxsize, first=first)
 
 
+async def _stream_one_inworld(
+    url: str, audio: Audio, delay: float, config: dict[str, Any], headers: dict[str, str]
+) -> tuple[float, list[Any]]:
+    """The same over Inworld's streaming API, as LiveKit's plugin streams: `transcribeConfig` first,
+    the audio as base64 `audioChunk`s, `closeStream` at the end. A `transcription` not final is a
+    `partial` and a final one with text the `final` of the utterance in progress (the API names none);
+    an `error` is the stream's refusal (`StreamRefused`)."""
+    utterance = 0
+
+    def translate(message: dict[str, Any]) -> dict[str, Any] | None:
+        nonlocal utterance
+        if "error" in message:
+            error = message["error"]
+            raise StreamRefused(f"the daemon sent error {error['details'][0]['reason']}: {error['message']}")
+        transcription = message["result"].get("transcription")
+        if transcription is None or not transcription["transcript"]:
+            return None
+        if not transcription["isFinal"]:
+            return {"type": "partial", "utterance_id": utterance}
+        utterance += 1
+        return {"type": "final", "utterance_id": utterance - 1, "text": transcription["transcript"]}
+
+    def audio_chunk(chunk: bytes) -> str:
+        return json.dumps({"audioChunk": {"content": base64.b64encode(chunk).decode()}})
+
+    config_message = {
+        "transcribeConfig": {
+            "modelId": "inworld/inworld-stt-1",
+            "audioEncoding": "LINEAR16",
+            "sampleRateHertz": SAMPLE_RATE,
+            "numberOfChannels": 1,
+            "language": "en-US",
+        }
+    }
+    end = json.dumps({"closeStream": {}})
+    return await _stream_pcm16(
+        url, audio, delay, headers, translate, end, audio_chunk, first=json.dumps(config_message)
+    )
+
+
 async def _stream_one_azure(
     url: str, audio: Audio, delay: float, config: dict[str, Any], headers: dict[str, str]
 ) -> tuple[float, list[Any]]:
@@ -966,6 +1006,7 @@ PROTOCOLS: dict[str, tuple[str, Streamer]] = {
     "simplismart": ("/ws/audio", _stream_one_simplismart),
     "fireworks": ("/v1/audio/transcriptions/streaming", _stream_one_fireworks),
     "telnyx": ("/v2/speech-to-text/transcription", _stream_one_telnyx),
+    "inworld": ("/stt/v1/transcribe:streamBidirectional", _stream_one_inworld),
 }
 """Protocol name -> (path on the daemon, client that streams one file)."""
 

@@ -261,6 +261,16 @@ def telnyx_error(status: int, code: str, message: str) -> dict[str, Any]:
     return {"errors": [{"code": code, "title": title, "detail": echoable(message)}]}
 
 
+def inworld_error(status: int, code: str, message: str) -> dict[str, Any]:
+    """Inworld's HTTP error body for a refused upgrade, a gRPC status as its gateway writes one: the
+    status's number (16 for a key refused, 8 when busy, else 3), the sentence, and the daemon's code
+    as an `ErrorInfo` reason; `message` may hold what a client sent (`echoable`). In the stream its
+    errors are `{"error": {...}}` messages of the same shape."""
+    number = {401: 16, 403: 7, 429: 8, 503: 8}.get(status, 3)
+    info = {"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": code, "domain": "satellite-asr"}
+    return {"code": number, "message": echoable(message), "details": [info]}
+
+
 def azure_error(status: int, message: str) -> dict[str, Any]:
     """Azure AI Speech's HTTP error body (`{"error": {"code", "message"}}`, the status as the code),
     for a refused upgrade. `message` may hold what a client sent (`echoable`)."""
