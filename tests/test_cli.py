@@ -474,11 +474,12 @@ async def test_bench_over_speechmatics_says_the_upgrades_401_and_the_streams_err
         ("simplismart", "/ws/audio"),
         ("fireworks", "/v1/audio/transcriptions/streaming"),
         ("telnyx", "/v2/speech-to-text/transcription"),
+        ("inworld", "/stt/v1/transcribe:streamBidirectional"),
     ],
 )
 async def test_bench_says_the_upgrades_401_and_takes_the_key(tmp_path: Path, protocol: str, path: str) -> None:
     """`bench --protocol mistral`, `smallest`, `xai`, `gradium`, `sarvam`, `sarvam-realtime`, `zoom`, `baseten`,
-    `simplismart`, `fireworks` and `telnyx`: a missing key is the upgrade's 401 in the API's own body, reported with its sentence
+    `simplismart`, `fireworks`, `telnyx` and `inworld`: a missing key is the upgrade's 401 in the API's own body, reported with its sentence
     and the key hint; with the key it measures the file."""
     manifest = weather_manifest(tmp_path)
     bench = functools.partial(bench_one_round, manifest, protocol)

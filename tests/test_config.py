@@ -302,6 +302,7 @@ USER_DOCS = (
     "docs/simplismart.md",
     "docs/fireworks.md",
     "docs/telnyx.md",
+    "docs/inworld.md",
     "docs/wyoming.md",
     "docs/security.md",
     "docs/browser.md",

@@ -64,6 +64,7 @@ PROTOCOL_DOCS = {
     "protocols/simplismart.py": "docs/simplismart.md",
     "protocols/fireworks.py": "docs/fireworks.md",
     "protocols/telnyx.py": "docs/telnyx.md",
+    "protocols/inworld.py": "docs/inworld.md",
     "protocols/wyoming.py": "docs/wyoming.md",
     "protocols/wyoming_framing.py": "docs/wyoming.md",
 }
