@@ -479,8 +479,8 @@ async def test_bench_over_speechmatics_says_the_upgrades_401_and_the_streams_err
 )
 async def test_bench_says_the_upgrades_401_and_takes_the_key(tmp_path: Path, protocol: str, path: str) -> None:
     """`bench --protocol mistral`, `smallest`, `xai`, `gradium`, `sarvam`, `sarvam-realtime`, `zoom`, `baseten`,
-    `simplismart`, `fireworks`, `telnyx` and `inworld`: a missing key is the upgrade's 401 in the API's own body, reported with its sentence
-    and the key hint; with the key it measures the file."""
+    `simplismart`, `fireworks`, `telnyx` and `inworld`: a missing key is the upgrade's 401 in the API's own body,
+    reported with its sentence and the key hint; with the key it measures the file."""
     manifest = weather_manifest(tmp_path)
     bench = functools.partial(bench_one_round, manifest, protocol)
     async with running_daemon(api_key="kitchen-key") as daemon:

@@ -39,6 +39,7 @@ from satellite_asr.protocols import (
     fireworks,
     gladia,
     gradium,
+    inworld,
     meta,
     mistral,
     sarvam,
@@ -480,6 +481,55 @@ def test_simplismart_config_is_accepted_or_refused_as_invalid_config(config: Any
         assert error.code == "invalid_config" and error.message
     else:
         assert parsed.language in (None, "en") and parsed.decoder().sample_rate == 16000
+
+
+inworld_numbers = st.integers(-1, 70000) | st.floats(-1, 2) | json_values
+inworld_configs = st.fixed_dictionaries(
+    {},
+    optional={
+        "modelId": st.sampled_from(["inworld/inworld-stt-1", "", " "]) | json_values,
+        "audioEncoding": st.sampled_from(["LINEAR16", "MP3"]) | json_values,
+        "sampleRateHertz": st.sampled_from([8000, 16000, 48000, 4000, 16000.0]) | json_values,
+        "numberOfChannels": st.integers(-1, 70) | json_values,
+        "number_of_channels": st.integers(1, 2),
+        "language": st.sampled_from(["en-US", "en", "fr-FR", "", "xx"]) | json_values,
+        "prompts": st.lists(st.text(max_size=8), max_size=3) | json_values,
+        "includeWordTimestamps": json_values,
+        "endOfTurnConfidenceThreshold": inworld_numbers,
+        "voiceProfileConfig": st.fixed_dictionaries(
+            {}, optional={"enableVoiceProfile": json_values, "topN": inworld_numbers, "top_n": json_values}
+        )
+        | json_values,
+        "inworldSttV1Config": st.fixed_dictionaries(
+            {}, optional={"minEndOfTurnSilenceWhenConfident": inworld_numbers, "vadThreshold": inworld_numbers}
+        )
+        | json_values,
+        "x": json_values,
+    },
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.sampled_from(["transcribeConfig", "transcribe_config", "audioChunk", "x"]),
+    inworld_configs | json_values,
+    st.dictionaries(st.sampled_from(["closeStream", "y"]), json_values, max_size=1),
+)
+@example("transcribeConfig", {"sampleRateHertz": True}, {})
+@example("transcribeConfig", {"numberOfChannels": 2, "number_of_channels": 2}, {})
+def test_inworld_config_is_accepted_or_refused_with_a_sentence(name: str, config: Any, more: dict[str, Any]) -> None:
+    """Any first message is taken at a rate and channel count the decoder takes, or refused as
+    `invalid_argument` (a language the engine lacks as `unsupported_language`, over the biasing
+    limits as `context_too_long`) with a sentence."""
+    message = json.dumps({name: config, **more})
+    try:
+        parsed = inworld.parse_config(WSMessage(WSMsgType.TEXT, message, None), CORE)
+    except ProtocolError as error:
+        assert error.code in ("invalid_argument", "unsupported_language", "context_too_long") and error.message
+    else:
+        decoder = parsed.decoder()
+        assert type(parsed.sample_rate) is int and MIN_RATE <= decoder.sample_rate <= MAX_RATE, parsed
+        assert type(parsed.channels) is int and parsed.language in (None, "en"), parsed
 
 
 simplismart_bodies = st.fixed_dictionaries(
@@ -1448,6 +1498,39 @@ async def baseten_session(url: str, frames: list[str | bytes]) -> None:
     assert sum(bool(m.get("is_end_of_audio_flush")) for m in messages) <= commits, messages
 
 
+inworld_sessions = st.lists(
+    listen_text
+    | listen_binary
+    | st.sampled_from(["endTurn", "end_turn", "closeStream", "audioChunk", "transcribeConfig"]).map(
+        lambda kind: json.dumps({kind: {}})
+    )
+    | st.builds(
+        lambda audio: json.dumps({"audioChunk": {"content": audio}}),
+        st.binary(max_size=6400).map(lambda data: base64.b64encode(data).decode()) | json_values,
+    )
+    | st.builds(lambda name, body: json.dumps({name: body}), st.sampled_from(["endTurn", "audio_chunk"]), json_values),
+    max_size=8,
+)
+INWORLD_REASONS = {"invalid_argument", "invalid_audio", "engine_error", "server_busy"}
+
+
+async def inworld_session(url: str, frames: list[str | bytes]) -> None:
+    """The config, the frames, then `closeStream`: every message a `result` (one of Inworld's) or an
+    error, a gRPC status with a documented reason and a sentence; errors never end the stream, so it
+    ends with 1000 (or, a frame over the size limit, 1009); each final after its turn's start."""
+    config = json.dumps({"transcribeConfig": {"audioEncoding": "LINEAR16", "sampleRateHertz": 16000}})
+    messages, close_code = await closed_stream(url, [config, *frames], json.dumps({"closeStream": {}}))
+    results = [m["result"] for m in messages if set(m) == {"result"}]
+    errors = [m["error"] for m in messages if set(m) == {"error"}]
+    assert len(results) + len(errors) == len(messages), messages
+    assert all(set(r) <= {"speechStarted", "speechStopped", "transcription"} and len(r) == 1 for r in results)
+    assert all(e["details"][0]["reason"] in INWORLD_REASONS and e["message"] and e["code"] for e in errors), errors
+    assert close_code in (1000, 1009), (close_code, messages)
+    starts = sum("speechStarted" in r for r in results)
+    finals = sum(r.get("transcription", {}).get("isFinal", False) for r in results)
+    assert finals <= starts, messages
+
+
 simplismart_sessions = st.lists(listen_text | listen_binary, max_size=8)
 SIMPLISMART_CODES = {"invalid_message", "invalid_audio", "engine_error", "server_busy"}
 
@@ -2036,6 +2119,14 @@ async def test_random_sessions_on_every_streaming_protocol_leave_the_daemon_and_
         def telnyx_fuzz(frames: list[str | bytes]) -> None:
             asyncio.run_coroutine_threadsafe(telnyx_session(telnyx_url, frames), loop).result(60)
 
+        inworld_url = f"ws://127.0.0.1:{daemon.http_port}{inworld.PATH}"
+
+        @settings(max_examples=100, deadline=None)
+        @given(inworld_sessions)
+        @example(['{"endTurn": {}}', '{"closeStream": {"x": 1}}', b"\x00" * 3201])
+        def inworld_fuzz(frames: list[str | bytes]) -> None:
+            asyncio.run_coroutine_threadsafe(inworld_session(inworld_url, frames), loop).result(60)
+
         zoom_url = f"ws://127.0.0.1:{daemon.http_port}{zoom.PATH}"
 
         @settings(max_examples=100, deadline=None)
@@ -2121,6 +2212,7 @@ async def test_random_sessions_on_every_streaming_protocol_leave_the_daemon_and_
         await loop.run_in_executor(None, simplismart_fuzz)
         await loop.run_in_executor(None, fireworks_fuzz)
         await loop.run_in_executor(None, telnyx_fuzz)
+        await loop.run_in_executor(None, inworld_fuzz)
         await loop.run_in_executor(None, zoom_fuzz)
         await loop.run_in_executor(None, sarvam_realtime_fuzz)
         await loop.run_in_executor(None, azure_fuzz)
