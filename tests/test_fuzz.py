@@ -516,6 +516,7 @@ inworld_configs = st.fixed_dictionaries(
     st.dictionaries(st.sampled_from(["closeStream", "y"]), json_values, max_size=1),
 )
 @example("transcribeConfig", {"sampleRateHertz": True}, {})
+@example("transcribeConfig", {"audioEncoding": []}, {})  # found: a TypeError (a list is not hashable)
 @example("transcribeConfig", {"numberOfChannels": 2, "number_of_channels": 2}, {})
 def test_inworld_config_is_accepted_or_refused_with_a_sentence(name: str, config: Any, more: dict[str, Any]) -> None:
     """Any first message is taken at a rate and channel count the decoder takes, or refused as

@@ -175,7 +175,7 @@ def parse_config(message: WSMessage, core: Core) -> InworldConfig:
     if unknown:
         raise invalid(f"transcribeConfig has no field {echoable(unknown[0])!r}")
     encoding = config.get("audioEncoding", "LINEAR16")
-    if encoding not in ENCODINGS:
+    if not isinstance(encoding, str) or encoding not in ENCODINGS:
         raise invalid(f"audioEncoding {echoable(str(encoding))!r}: the stream takes LINEAR16 (16-bit PCM) only")
     rate = config.get("sampleRateHertz", 16000)
     if not number_within(rate, MIN_RATE, MAX_RATE, True):
@@ -186,9 +186,10 @@ def parse_config(message: WSMessage, core: Core) -> InworldConfig:
     model = config.get("modelId", "inworld/inworld-stt-1")
     if not isinstance(model, str) or not model.strip():
         raise invalid("modelId must be a model's name, e.g. inworld/inworld-stt-1")
-    if config.get("includeWordTimestamps") not in (None, False):
-        if config["includeWordTimestamps"] is True:
-            raise invalid("includeWordTimestamps: this server gives no word timings; leave it out or set it to false")
+    timestamps = config.get("includeWordTimestamps")
+    if timestamps is True:
+        raise invalid("includeWordTimestamps: this server gives no word timings; leave it out or set it to false")
+    if timestamps is not None and timestamps is not False:  # 0 is no boolean, though it equals False
         raise invalid("includeWordTimestamps must be true or false")
     number(config, "endOfTurnConfidenceThreshold", 0, 1, whole=False)
     profile = section(config, "voiceProfileConfig")
