@@ -13,6 +13,7 @@ import aiohttp
 import pytest
 import websockets
 
+from satellite_asr.events import FinalTranscript, PartialTranscript, SpeechStarted, SpeechStopped
 from satellite_asr.protocols import inworld
 from satellite_asr.server import Daemon
 from tests.doubles import ContextRecordingEngineDouble, FailsOnAWordEngineDouble, FirstFinalGatedEngineDouble
@@ -365,3 +366,35 @@ async def test_with_two_decodes_at_once_each_turns_messages_come_in_order() -> N
     assert code == 1000
     assert kinds(messages) == ["speechStarted", "speechStopped", "final"] * 3, kinds(messages)
     assert same_words(EXPECTED[FIXTURE], finals(messages)), finals(messages)
+
+
+async def test_a_later_turns_messages_sent_in_the_moment_of_the_final_before_it_follow_their_start() -> None:
+    """The session's tasks emit at once (a final from its decode, the next turn's partial from the
+    partial decoder, its `speechStopped` from the audio's reader): the next turn's `speechStarted`,
+    held behind the final, goes out before that turn's partial and `speechStopped` that come while
+    the final is being written. The session's events are given to the daemon's real connection
+    directly, in that order: no engine's timing can place them in that moment every time."""
+    async with running_daemon() as daemon, websockets.connect(url(daemon)) as ws:
+        await ws.send(json.dumps(CONFIG))
+        await eventually(lambda: any(c.input is not None for c in daemon.inworld.serving))
+        (connection,) = daemon.inworld.serving
+        await connection.emit(SpeechStarted(1, 0.0))
+        await connection.emit(SpeechStopped(1, 1.0))
+        await connection.emit(SpeechStarted(2, 1.5))  # held: turn 1's final is still to come
+        final = FinalTranscript(1, "turn one", True, 0.0, 1.0, "en", "silence")
+        await asyncio.gather(
+            connection.emit(final),
+            connection.emit(PartialTranscript(2, "turn", "")),
+            connection.emit(SpeechStopped(2, 2)),
+        )
+        await ws.send(json.dumps(END))
+        messages = await read_all(ws)
+    order = [next(iter(m["result"])) for m in messages]
+    assert order == [
+        "speechStarted",
+        "speechStopped",
+        "transcription",
+        "speechStarted",
+        "transcription",
+        "speechStopped",
+    ], messages
