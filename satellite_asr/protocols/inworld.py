@@ -331,8 +331,7 @@ class InworldConnection(SettingsMessageConnection):
         unknown = sorted(set(message) - {"content"})
         if unknown:
             raise invalid(f"audioChunk has no field {echoable(unknown[0])!r}")
-        content = message.get("content")
-        await super().on_binary(base64_audio({"audio": content}, "audioChunk", MAX_AUDIO_BYTES))
+        await super().on_binary(base64_audio(message, "audioChunk", MAX_AUDIO_BYTES, "content"))
 
     async def on_binary(self, data: bytes) -> None:
         """A binary frame: refused, as Inworld's gateway takes JSON messages alone; the stream goes on."""

@@ -191,16 +191,17 @@ def check_fields(message: dict[str, Any], kind: str, fields: set[str], type_fiel
         raise ProtocolError("invalid_message", f"{kind} has no field {echoable(unknown[0])!r}")
 
 
-def base64_audio(message: dict[str, Any], kind: str, max_bytes: int) -> bytes:
+def base64_audio(message: dict[str, Any], kind: str, max_bytes: int, field: str = "audio") -> bytes:
     """The audio a JSON audio message (`kind`: Mistral's `input_audio.append`, Gradium's `audio`)
-    carries base64 in its `audio` field, at most `max_bytes` decoded; else `invalid_audio`."""
-    audio = message.get("audio")
+    carries base64 in its `field` (Inworld's `audioChunk`: `content`), at most `max_bytes` decoded;
+    else `invalid_audio`, its sentence naming that field."""
+    audio = message.get(field)
     if not isinstance(audio, str):
-        raise ProtocolError("invalid_audio", f"{kind}'s audio must be base64 PCM")
+        raise ProtocolError("invalid_audio", f"{kind}'s {field} must be base64 PCM")
     try:
         data = base64.b64decode(audio, validate=True)
     except (binascii.Error, ValueError):
-        raise ProtocolError("invalid_audio", f"{kind}'s audio is not valid base64") from None
+        raise ProtocolError("invalid_audio", f"{kind}'s {field} is not valid base64") from None
     if len(data) > max_bytes:
         raise ProtocolError("invalid_audio", f"{kind} holds {len(data)} bytes of audio; at most {max_bytes}")
     return data
