@@ -315,7 +315,8 @@ async def test_shutdown_ends_the_turn_in_progress_then_an_error_1001() -> None:
     async with running_daemon() as daemon, websockets.connect(url(daemon)) as ws:
         for message in (CONFIG, *chunks(data[: len(data) // 4])):
             await ws.send(json.dumps(message))
-        await asyncio.sleep(0.5)
+        heard = len(data) // 4 / 32000 - 0.1  # the first command's audio fed to the session, however slow
+        await eventually(lambda: any(s.seconds_received >= heard for s in daemon.core.sessions.open_sessions()))
         stopping = asyncio.create_task(daemon.stop())
         messages = await read_all(ws)
         await stopping
@@ -325,7 +326,7 @@ async def test_shutdown_ends_the_turn_in_progress_then_an_error_1001() -> None:
 
 async def test_shutdown_closes_a_connection_awaiting_its_config() -> None:
     async with running_daemon() as daemon, websockets.connect(url(daemon)) as ws:
-        await asyncio.sleep(0.3)
+        await eventually(lambda: len(daemon.inworld.serving) == 1)
         stopping = asyncio.create_task(daemon.stop())
         messages = await read_all(ws)
         await stopping
