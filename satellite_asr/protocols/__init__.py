@@ -261,14 +261,18 @@ def telnyx_error(status: int, code: str, message: str) -> dict[str, Any]:
     return {"errors": [{"code": code, "title": title, "detail": echoable(message)}]}
 
 
-def inworld_error(status: int, code: str, message: str) -> dict[str, Any]:
-    """Inworld's HTTP error body for a refused upgrade, a gRPC status as its gateway writes one: the
-    status's number (16 for a key refused, 8 when busy, else 3), the sentence, and the daemon's code
-    as an `ErrorInfo` reason; `message` may hold what a client sent (`echoable`). In the stream its
-    errors are `{"error": {...}}` messages of the same shape."""
-    number = {401: 16, 403: 7, 429: 8, 503: 8}.get(status, 3)
+def grpc_status(number: int, code: str, message: str) -> dict[str, Any]:
+    """A gRPC status as a gateway writes it in JSON: its number, the sentence, and the daemon's code
+    as an `ErrorInfo` reason; `message` may hold what a client sent (`echoable`)."""
     info = {"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": code, "domain": "satellite-asr"}
     return {"code": number, "message": echoable(message), "details": [info]}
+
+
+def inworld_error(status: int, code: str, message: str) -> dict[str, Any]:
+    """Inworld's HTTP error body for a refused upgrade, a gRPC status (`grpc_status`) numbered 16 for
+    a key refused, 7 forbidden, 8 when busy, else 3. In the stream its errors are `{"error": {...}}`
+    messages of the same shape, with the status's name."""
+    return grpc_status({401: 16, 403: 7, 429: 8, 503: 8}.get(status, 3), code, message)
 
 
 def azure_error(status: int, message: str) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from multidict import MultiMapping
 from satellite_asr.audio import MAX_CHANNELS, MAX_RATE, MIN_RATE, PcmDecoder
 from satellite_asr.core import Core
 from satellite_asr.events import FinalTranscript, SessionEvent, SpeechStarted, SpeechStopped
-from satellite_asr.protocols import ProtocolError, checked_language, echoable, json_object
+from satellite_asr.protocols import ProtocolError, checked_language, echoable, grpc_status, json_object
 from satellite_asr.protocols.streaming_apis import (
     Api,
     Control,
@@ -214,8 +214,7 @@ def error_event(code: str, message: str) -> dict[str, Any]:
     """Inworld's error (a gRPC status as its gateway writes one): the status's number and name, the
     sentence, and the daemon's code as the reason of an `ErrorInfo`; `message` may quote the client."""
     number, status = GRPC_STATUS.get(code, (3, "INVALID_ARGUMENT"))
-    info = {"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": code, "domain": "satellite-asr"}
-    return {"error": {"code": number, "status": status, "message": echoable(message), "details": [info]}}
+    return {"error": {**grpc_status(number, code, message), "status": status}}
 
 
 def ends_stream(message: WSMessage) -> bool:
