@@ -19,7 +19,7 @@ from livekit.plugins import inworld as lk_inworld
 
 from satellite_asr.audio import SAMPLE_RATE
 from satellite_asr.server import Daemon
-from tests.helpers import EXPECTED, microphone_chunks, running_daemon, same_words
+from tests.helpers import EXPECTED, microphone_chunks, normalise, running_daemon, same_words
 from tests.livekit_events import FRAME_S, LiveKitEvents, pushed, stream_fixture
 
 pytestmark = pytest.mark.timeout(180)
@@ -112,3 +112,28 @@ async def test_livekit_stream_ends_without_reconnecting_at_the_idle_timeout() ->
     assert same_words(EXPECTED["lights_on.wav"], finals), (finals, events.turns())
     assert events.turns().replace("i", "") == "SFE" and events.reading.exception() is None, events.turns()
     assert early and streams == 1, "the stream ended during the silence, and never reconnected"
+
+
+async def test_livekit_flush_is_an_end_turn_whose_final_comes_with_no_more_audio() -> None:
+    """The plugin's `flush()` (LiveKit's manual turn commit, push-to-talk) sends `endTurn`: 1.5 s into
+    the first command (it ends at 2.1 s) and with no more audio pushed, the daemon ends the turn and
+    the plugin emits its final and END_OF_SPEECH; `end_input` then ends the stream cleanly."""
+    async with serving() as (daemon, http):
+        stt = livekit_stt(daemon, http)
+        stream = stt.stream(conn_options=APIConnectOptions(max_retry=0, timeout=10))
+        events = LiveKitEvents(stream)
+        try:
+            for chunk in microphone_chunks(FIXTURE, FRAME_S)[:15]:
+                assert pushed(stream, chunk)
+                await asyncio.sleep(FRAME_S)
+            stream.flush()
+            await events.wait_for(lambda: any(final.text for final in events.finals()))
+            stream.end_input()
+            async with asyncio.timeout(30):
+                await asyncio.shield(events.reading)
+        finally:
+            await stream.aclose()
+            await stt.aclose()
+    (final,) = [final.text for final in events.finals() if final.text]
+    assert normalise(final).startswith("turn off the bedroom"), final
+    assert events.turns().replace("i", "") == "SFE" and events.reading.exception() is None, events.turns()
