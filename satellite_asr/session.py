@@ -286,10 +286,13 @@ class Session:
 
     def quiet_seconds(self, now: float) -> float:
         """How long no speech has been heard at `now`: what the idle timeout measures. Inside an
-        utterance arriving audio counts (its end comes by endpoint or length cap). Time the client's
+        utterance arriving audio counts (its end comes by endpoint or length cap), and so it does
+        while speech not yet confirmed is heard (a command's first `min_speech_ms`: an idle close
+        there would cut it in two; an onset that dies gives back the quiet it had). Time the client's
         audio waited on the server does not count: a busy engine must not expire a session whose
         speech it has not listened to yet (the client's own pace, `max_feed_ahead_s`, does count)."""
-        if self.in_utterance and self.last_audio_at > self.last_speech_at:
+        hearing = self.in_utterance or self._endpointer.hearing_onset
+        if hearing and self.last_audio_at > self.last_speech_at:
             heard_at, held_then = self.last_audio_at, self._held_at_audio
         else:
             heard_at, held_then = self.last_speech_at, self._held_at_speech

@@ -19,6 +19,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -733,6 +734,41 @@ async def test_speech_keeps_a_session_open_across_pauses() -> None:
     finals = of_type(messages, "final")
     assert same_words(EXPECTED["three_commands.wav"], [f["text"] for f in finals]), finals
     assert all(f["is_speech_final"] for f in finals), "each ended at its pause, none by an idle close"
+
+
+async def test_speech_the_vad_has_not_yet_confirmed_is_not_quiet() -> None:
+    """Review (Telnyx brief): LiveKit's Telnyx stream with `idle_timeout_s` 2 had a command cut in
+    two by an idle close. The idle clock counted arriving audio as speech only once the endpointer
+    confirmed an utterance (`min_speech_ms`), so the first 300 ms of a command that began just
+    before the timeout were quiet: the close landed in the word, its start went to one connection
+    and the rest to the next. A session already quiet for 1000 s (`quiet_s`) is fed a command in
+    32 ms pieces: while speech is heard but not yet confirmed, the session is not quiet."""
+    async with running_daemon(idle_timeout_s=60) as daemon:
+        sessions = daemon.core.sessions
+
+        async def nothing(*_: object) -> None:
+            return None
+
+        session = sessions.create(
+            "websocket",
+            SessionOptions.from_settings(daemon.core.settings, language="en"),
+            nothing,
+            nothing,
+            quiet_s=1000,
+        )
+        try:
+            quiet_before_start = []
+            audio = fixture_16k("lights_on.wav")
+            for at in range(0, audio.size, 512):
+                await session.feed(audio[at : at + 512])
+                if session.in_utterance:
+                    break
+                quiet_before_start.append(session.quiet_seconds(time.monotonic()))
+        finally:
+            await sessions.release(session, "done", finalize=False)
+    assert session.utterances == 1, "the command was heard"
+    onset = quiet_before_start[-5:]  # 160 ms of the 300 ms of speech an utterance needs to begin
+    assert all(quiet < 60 for quiet in onset), onset
 
 
 async def test_a_wyoming_round_of_only_silence_is_answered_and_closed_as_idle() -> None:

@@ -229,6 +229,12 @@ class Endpointer:
         self._onset_start, self._onset_speech, self._lost_onset_start = -1, 0, -1
 
     @property
+    def hearing_onset(self) -> bool:
+        """Speech is being heard that has not yet lasted `min_speech_ms` (an utterance not yet begun,
+        which dies after a dip longer than `ONSET_GAP`)."""
+        return not self.in_speech and self._onset_start >= 0
+
+    @property
     def earliest_start(self) -> int:
         """The earliest sample an utterance not yet begun could start at: audio before it is never needed."""
         return self._start_of(self._onset_start if self._onset_start >= 0 else self.position)
