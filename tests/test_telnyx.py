@@ -6,9 +6,11 @@ stops sending and the daemon's idle timeout closes the connection once the final
 from __future__ import annotations
 
 import asyncio
+import struct
 from typing import Any
 
 import aiohttp
+import numpy as np
 import pytest
 import websockets
 
@@ -94,6 +96,56 @@ async def test_a_wav_header_with_its_audio_in_one_message_at_24_khz() -> None:
     async with running_daemon(idle_timeout_s=IDLE_S) as daemon:
         messages, code = await stream(url(daemon), wav_header(24000) + data[:4800], *pcm_frames(data[4800:], 4800))
     assert same_words(EXPECTED[FIXTURE], finals(messages)) and code == 1001, finals(messages)
+
+
+async def test_part_of_a_sample_after_the_header_in_its_message_is_an_error_and_the_stream_goes_on() -> None:
+    """Review: the audio after the header in the first message, when part of a sample, ended the
+    stream (the error, then a Close 1000 and nothing more) where a later message's goes on."""
+    frames = pcm_frames(audio())
+    async with running_daemon(idle_timeout_s=IDLE_S) as daemon:
+        messages, code = await stream(url(daemon), wav_header() + b"\x01", *frames)
+    assert errors(messages) == ["invalid_audio", "idle_timeout"], messages
+    assert same_words(EXPECTED[FIXTURE], finals(messages)) and code == 1001, finals(messages)
+
+
+def extensible_header(channels: int) -> bytes:
+    """A streaming WAV header of 16-bit PCM as `WAVE_FORMAT_EXTENSIBLE` (FFmpeg's for over two channels)."""
+    pcm = (1).to_bytes(2, "little") + bytes.fromhex("000000001000800000aa00389b71")  # KSDATAFORMAT_SUBTYPE_PCM
+    block = 2 * channels
+    fmt = struct.pack("<HHIIHHHHI", 0xFFFE, channels, 16000, 16000 * block, block, 16, 22, 16, 0) + pcm
+    header = wav_header()
+    return header[:12] + b"fmt " + len(fmt).to_bytes(4, "little") + fmt + header[-8:]
+
+
+@pytest.mark.parametrize("header", [wav_header(channels=2), extensible_header(2)], ids=["pcm", "extensible"])
+async def test_a_stereo_wav_is_mixed_to_mono_as_headerless_audio_is(header: bytes) -> None:
+    """Review: a two-channel WAV header was refused (Azure's one-channel rule) though `channels`
+    mixes headerless audio of up to 64 channels, and so was `WAVE_FORMAT_EXTENSIBLE`'s PCM: its
+    channels and subformat are now taken from the header."""
+    samples = fixture_16k(FIXTURE)
+    stereo = pcm16(np.stack([samples, samples], axis=1).reshape(-1), 16000)
+    async with running_daemon(idle_timeout_s=IDLE_S) as daemon:
+        messages, code = await stream(url(daemon), header, *pcm_frames(stereo))
+    assert same_words(EXPECTED[FIXTURE], finals(messages)) and code == 1001, messages
+
+
+def chunked_header(*chunks: tuple[bytes, bytes]) -> bytes:
+    """A streaming WAV header with `chunks` (kind, body) before its `fmt `, as some recorders write
+    (Apple's `FLLR` filler, Broadcast WAV's `bext`)."""
+    header = wav_header()
+    extra = b"".join(kind + len(body).to_bytes(4, "little") + body + b"\x00" * (len(body) % 2) for kind, body in chunks)
+    return header[:12] + extra + header[12:]
+
+
+async def test_a_wav_header_split_across_messages_or_longer_than_the_first_one_is_read_whole() -> None:
+    """Review: the header had to be whole in the first message: a file sent in 3200-byte chunks
+    whose header holds a 4 KiB filler chunk before `data` (or a header cut in two) was refused."""
+    data = chunked_header((b"FLLR", bytes(4040))) + audio()
+    async with running_daemon(idle_timeout_s=IDLE_S) as daemon:
+        messages, code = await stream(url(daemon), *pcm_frames(data, 3200))
+        cut, cut_code = await stream(url(daemon), wav_header()[:20], wav_header()[20:], *pcm_frames(audio()))
+    assert same_words(EXPECTED[FIXTURE], finals(messages)) and code == 1001, messages
+    assert same_words(EXPECTED[FIXTURE], finals(cut)) and cut_code == 1001, cut
 
 
 async def test_linear16_at_the_querys_rate_and_mulaw() -> None:
@@ -184,10 +236,12 @@ async def test_the_key_by_bearer_and_refusals_in_telnyxs_shape() -> None:
     [
         ('{"type": "start"}', "must be binary audio starting with its WAV header"),
         (b"\x00\x01" * 800, "must be binary audio starting with its WAV header"),
-        (wav_header(channels=2), "one channel"),
+        (wav_header(channels=65), "cannot be taken"),
         (wav_header(tag=85, bits=0), "format 85"),
+        (wav_header(tag=1, bits=8), "format 1, 8 bits"),
         (wav_header(rate=96000), "cannot be taken"),
-        (b"RIFF\x00\x00\x00\x00WAVE", "no fmt and data chunks"),
+        (b"RIFF\x00\x00\x00\x00WAVEdata\x00\x00\x00\x00", "no fmt chunk before its data"),
+        (b"RIFF\x00\x00\x00\x00WAVEJUNK\xff\xff\xff\x7f" + bytes(70000), "no data chunk within its first 65536"),
     ],
 )
 async def test_a_wav_stream_whose_first_message_is_no_usable_header_is_refused_then_1008(
@@ -213,6 +267,15 @@ async def test_no_header_within_the_first_message_timeout_is_an_error_then_1008(
     async with running_daemon(first_message_timeout_s=1) as daemon, websockets.connect(url(daemon)) as ws:
         messages = await read_all(ws)
     assert errors(messages) == ["timeout"] and ws.close_code == 1008, messages
+
+
+async def test_a_header_whose_rest_does_not_come_is_an_error_then_1008() -> None:
+    """A header's first part waits for the rest within `first_message_timeout_s`, no longer."""
+    async with running_daemon(first_message_timeout_s=1) as daemon, websockets.connect(url(daemon)) as ws:
+        await ws.send(wav_header()[:30])
+        messages = await read_all(ws)
+    assert errors(messages) == ["timeout"] and "rest of the WAV header" in messages[0]["error"], messages
+    assert ws.close_code == 1008
 
 
 async def test_over_max_sessions_is_a_server_busy_error_1013_and_the_open_session_goes_on() -> None:

@@ -24,8 +24,8 @@ from multidict import MultiMapping
 from satellite_asr.audio import MAX_CHANNELS, MAX_RATE, MIN_RATE, AudioFormatError, PcmDecoder
 from satellite_asr.core import Core
 from satellite_asr.events import FinalTranscript
-from satellite_asr.protocols import ProtocolError, echoable
-from satellite_asr.protocols.azure import wav_format
+from satellite_asr.protocols import WEBSOCKET_ENDS, FirstMessageWait, ProtocolError, echoable
+from satellite_asr.protocols.azure import wav_stream_format
 from satellite_asr.protocols.iso639 import engine_language
 from satellite_asr.protocols.openai_realtime_config import TurnDetection
 from satellite_asr.protocols.streaming_apis import (
@@ -114,6 +114,9 @@ KNOWN = {
     "keywords",
     "redact",
 }
+MAX_HEADER_BYTES = 65536
+"""A WAV header's bytes before its audio, at most (chunks before `data`: metadata, filler)."""
+FIRST_MESSAGE = "with input_format wav the first message must be binary audio starting with its WAV header"
 REFUSED_WHEN_GIVEN = {"redact": "redaction of sensitive information (it transcribes what was said)"}
 
 
@@ -227,29 +230,58 @@ class TelnyxConnection(SettingsMessageConnection):
     protocol = PROTOCOL
     invalid_message = "invalid_message"
 
+    async def read_settings(self, message: WSMessage) -> None:
+        """A WAV stream's header, which may come in parts (a client cutting a file in chunks where
+        its header holds long chunks before the audio): each part within `first_message_timeout_s`
+        of the one before, `MAX_HEADER_BYTES` at most; then the session, and any audio after it."""
+        waiting = FirstMessageWait(self.reading, self.core.settings.first_message_timeout_s, "its first part")
+        header = b""
+        while True:
+            if message.type != WSMsgType.BINARY:
+                raise ProtocolError("invalid_audio", FIRST_MESSAGE)
+            header += message.data
+            if header[:4] != b"RIFF"[: len(header)]:
+                raise ProtocolError("invalid_audio", FIRST_MESSAGE)
+            if wav_stream_format(header) is not None:
+                break
+            if len(header) > MAX_HEADER_BYTES:
+                too_long = f"the WAV header has no data chunk within its first {MAX_HEADER_BYTES} bytes"
+                raise ProtocolError("invalid_audio", too_long)
+            more = await waiting.receive()
+            if more is None:
+                raise ProtocolError("timeout", waiting.expired("rest of the WAV header"))
+            if more.type in WEBSOCKET_ENDS:
+                self.finished = True
+                return
+            message = more
+        await super().read_settings(WSMessage(WSMsgType.BINARY, header, None))
+
     def parse_settings(self, message: WSMessage) -> TelnyxParams:
-        """A WAV stream's first message: its header, whose format the audio takes, and any audio after it."""
-        if message.type != WSMsgType.BINARY or not message.data.startswith(b"RIFF"):
-            raise ProtocolError(
-                "invalid_audio",
-                "with input_format wav the first message must be binary audio starting with its WAV header",
-            )
+        """A WAV stream's whole header (`read_settings`): its format the audio takes, and any audio after it."""
+        read = wav_stream_format(message.data)
+        assert read is not None, "read_settings waits for the whole header"
+        encoding, rate, channels, self.first_audio = read
         params = parse_params(self.request.query, self.core)  # checked before the upgrade: the same again
-        encoding, rate, self.first_audio = wav_format(message.data)
         try:
-            PcmDecoder(encoding, rate)
+            PcmDecoder(encoding, rate, channels)
         except AudioFormatError as exc:
             raise ProtocolError("invalid_audio", f"the WAV header's format cannot be taken: {exc}") from None
-        return TelnyxParams(True, encoding, rate, 1, params.language, params.partials, params.vad, params.terms)
+        return TelnyxParams(True, encoding, rate, channels, params.language, params.partials, params.vad, params.terms)
 
     first_audio = b""
     """The audio after a WAV header in the same message."""
 
     async def opened(self) -> None:
-        """Nothing is sent: the audio after the header, if any, is fed."""
+        """Nothing is sent: the audio after the header, if any, is fed (part of a sample is an error,
+        and the stream goes on, as with any later message)."""
         audio, self.first_audio = self.first_audio, b""
         if audio:
-            await self.on_binary(audio)
+            try:
+                await self.on_binary(audio)
+            except ProtocolError as exc:
+                if exc.fatal:
+                    raise
+                await self.error(exc.code, exc.message)
 
     async def partial(self, utterance_id: int, text: str) -> None:
         await self.send({"type": "transcript", "transcript": text.strip(), "is_final": False})
