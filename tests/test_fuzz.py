@@ -970,6 +970,27 @@ def test_azure_messages_are_read_or_refused_as_documented(data: str | bytes, con
             assert error.code in AZURE_CODES and error.message
 
 
+@settings(max_examples=400, deadline=None)
+@given(wav_headers, st.binary(max_size=40), st.data())
+def test_a_wav_header_in_parts_reads_as_the_whole_one(header: bytes, audio: bytes, data: st.DataObject) -> None:
+    """`wav_stream_format` (Telnyx's headers in parts): a prefix of a header and its audio is not whole
+    yet (None), is refused as the whole one is, or reads as the whole one does up to the audio it
+    holds: waiting for more never changes the format read."""
+    whole = header + audio
+    prefix = whole[: data.draw(st.integers(0, len(whole)))]
+    try:
+        full: tuple[str, int, int, bytes] | ProtocolError | None = azure.wav_stream_format(whole)
+    except ProtocolError as error:
+        full = error
+    try:
+        read = azure.wav_stream_format(prefix)
+    except ProtocolError as error:
+        assert isinstance(full, ProtocolError) and error.code == full.code == "invalid_audio", (error, full)
+        return
+    if read is not None:
+        assert isinstance(full, tuple) and read[:3] == full[:3] and full[3].startswith(read[3]), (read, full)
+
+
 azure_names = st.sampled_from(sorted(azure.QUERY | set(azure.REFUSED_QUERY))) | st.text(max_size=6)
 azure_values = st.sampled_from(["en-US", "de", "detailed", "simple", "true", "false", "raw", "500", "-1"]) | st.text(
     max_size=6
