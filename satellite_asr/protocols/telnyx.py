@@ -232,8 +232,9 @@ class TelnyxConnection(SettingsMessageConnection):
 
     async def read_settings(self, message: WSMessage) -> None:
         """A WAV stream's header, which may come in parts (a client cutting a file in chunks where
-        its header holds long chunks before the audio): each part within `first_message_timeout_s`
-        of the one before, `MAX_HEADER_BYTES` at most; then the session, and any audio after it."""
+        its header holds long chunks before the audio): the rest within `first_message_timeout_s`
+        of its first part (one deadline: a trickle cannot hold the slot), `MAX_HEADER_BYTES` at most;
+        then the session, and any audio after it."""
         waiting = FirstMessageWait(self.reading, self.core.settings.first_message_timeout_s, "its first part")
         header = b""
         while True:
