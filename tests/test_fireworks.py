@@ -4,6 +4,8 @@ would send."""
 
 from __future__ import annotations
 
+import ast
+import gc
 import json
 from typing import Any
 from urllib.parse import quote
@@ -11,13 +13,16 @@ from urllib.parse import quote
 import aiohttp
 import pytest
 import websockets
+from multidict import MultiDict
 
+from satellite_asr.core import Core
 from satellite_asr.protocols import fireworks
 from satellite_asr.server import Daemon
 from tests.doubles import FailsOnAWordEngineDouble
 from tests.helpers import (
     EXPECTED,
     PCM_FRAME_BYTES,
+    daemon_settings,
     fixture_16k,
     is_binary,
     normalise,
@@ -150,8 +155,8 @@ async def test_checkpoints_traces_and_clears_end_the_utterance_and_are_answered_
         ("temperature=3", "temperature must be a number from 0.0 to 1.0"),
         ("text_timeout_seconds=0.5", "text_timeout_seconds must be a number from 1.0 to 29.0"),
         ("timestamp_granularities=char", "use word, segment or both"),
-        ("vad_kwargs=nonsense", "vad_kwargs must be an object"),
-        ("vad_kwargs=%7B%22threshold%22%3A%22high%22%7D", "vad_kwargs must be an object"),
+        ("vad_kwargs=not+a+dict", "vad_kwargs must be a setting's name or an object"),
+        ("vad_kwargs=%7B%22threshold%22%3A%22high%22%7D", "vad_kwargs must be a setting's name or an object"),
         ("language=fr", "'fr' is not one of the languages"),
         ("model=", "model must be a model's name"),
         ("diarize=true", "unknown query parameter 'diarize'"),
@@ -172,7 +177,8 @@ async def test_a_bad_query_is_a_400_in_openais_shape_before_the_upgrade(query: s
 @pytest.mark.parametrize(
     "query",
     [
-        "vad_kwargs=%7B%27threshold%27%3A+0.15%7D",  # the plugin's str(dict)
+        "vad_kwargs=threshold&vad_kwargs=min_silence_duration_ms",  # the plugin's dict, its names alone
+        "vad_kwargs=%7B%27threshold%27%3A+0.15%7D",  # a dict as Python writes it
         "vad_kwargs=" + quote('{"threshold": 0.15, "min_silence_duration_ms": 300}'),
         "model=fireworks-asr-large&temperature=0&text_timeout_seconds=1.0&skip_vad=false&response_format=verbose_json",
         "prompt=Aoife&language=en-US",
@@ -285,3 +291,44 @@ async def test_a_plain_get_is_a_426_naming_the_api() -> None:
         response = await http.get(url(daemon).replace("ws://", "http://"))
         body = await response.json()
     assert response.status == 426 and "Fireworks AI's streaming transcription API" in body["error"]["message"]
+
+
+class AstInFinalizerDouble:
+    """A double of an object elsewhere in the process whose finalizer builds an AST (as Python 3.11's
+    traceback formatting does, `ast.parse` for its carets, when an un-retrieved task's exception is
+    logged): freed by a garbage collection that runs while the daemon reads a query."""
+
+    left = 0
+    """How many more the finalizer leaves behind: one is always waiting for the next collection."""
+
+    def __del__(self) -> None:
+        ast.parse("x = 1")
+        if AstInFinalizerDouble.left > 0:
+            AstInFinalizerDouble.left -= 1
+            AstInFinalizerDouble.garbage()
+
+    @staticmethod
+    def garbage() -> None:
+        cycle = AstInFinalizerDouble()
+        cycle.cycle = cycle  # type: ignore[attr-defined]
+
+
+def test_vad_kwargs_is_read_without_pythons_ast_module() -> None:
+    """CPython 3.11 keeps one AST recursion counter per interpreter: an AST built by a finalizer while
+    another is being built leaves it unbalanced, and the outer `ast.literal_eval` raises `SystemError:
+    AST constructor recursion depth mismatch` (what was seen at the exit of a test run). Reading
+    `vad_kwargs` as a Python dict must not depend on that: a collection on every allocation, and
+    cyclic garbage whose finalizer builds an AST."""
+    core = Core(daemon_settings())
+    value = "{" + ", ".join(f"'setting_{index}': {index}.5" for index in range(60)) + "}"
+    threshold = gc.get_threshold()
+    gc.set_threshold(1)
+    AstInFinalizerDouble.left = 100_000
+    AstInFinalizerDouble.garbage()
+    try:
+        for _ in range(20):
+            fireworks.parse_query(MultiDict([("vad_kwargs", value)]), core)
+    finally:
+        AstInFinalizerDouble.left = 0
+        gc.set_threshold(*threshold)
+        gc.collect()

@@ -17,8 +17,8 @@ stream (idle timeout, shutdown) is that error, then the Close 1001.
 
 from __future__ import annotations
 
-import ast
 import itertools
+import re
 import time
 import uuid
 from dataclasses import dataclass
@@ -59,9 +59,14 @@ RESPONSE_FORMATS = {"verbose_json"}
 GRANULARITIES = {"word", "segment"}
 MAX_VAD_KWARGS_CHARS = 2000
 """`vad_kwargs` is checked (a dict of settings) and not applied: its text is kept short."""
-MAX_VAD_KWARGS_NESTING = 16
-"""Most brackets in a `vad_kwargs` read as Python: a flat dict has one, and Python's parser fails
-(not always with a `RecursionError`) on text nested hundreds deep."""
+VAD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+"""A `vad_kwargs` as LiveKit's plugin sends it: its dict goes through `urlencode(..., doseq=True)`,
+which iterates the dict, so the URL carries the setting's name alone, one `vad_kwargs` per name."""
+PYTHON_NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|True|False"
+PYTHON_ITEM = re.compile(rf"\s*(['\"])[A-Za-z0-9_ .-]*\1\s*:\s*(?:{PYTHON_NUMBER})\s*")
+"""One entry of a dict of names and numbers as Python writes it (`{'threshold': 0.15}`): read with
+a pattern, not `ast.literal_eval`, whose AST construction CPython 3.11 can fail with a `SystemError`
+when a finalizer builds another AST meanwhile (tests/test_fireworks.py)."""
 SEGMENT_IDS = itertools.count(int(time.time() * 1000))
 """Segment ids, rising across every stream of the daemon and past those of a daemon before it
 (they start at the clock's milliseconds): LiveKit's plugin keeps the last final segment's id across
@@ -110,7 +115,7 @@ class FireworksParams:
 
 def parse_query(query: MultiMapping[str], core: Core) -> FireworksParams:
     """The stream's settings, or `ParameterError` naming the first parameter at fault."""
-    check_names(query, KNOWN, {"timestamp_granularities"})
+    check_names(query, KNOWN, {"timestamp_granularities", "vad_kwargs"})
     model = query.get("model")
     if model is not None and not model.strip():
         raise ParameterError("model", "model must be a model's name, e.g. fireworks-asr-large")
@@ -125,7 +130,8 @@ def parse_query(query: MultiMapping[str], core: Core) -> FireworksParams:
         )
     fraction_parameter(query, "temperature", 0.0, 1.0)
     fraction_parameter(query, "text_timeout_seconds", 1.0, 29.0)
-    vad_settings(query.get("vad_kwargs"))
+    for value in query.getall("vad_kwargs", []):
+        vad_settings(value)
     granularities = set()
     for entry in query.getall("timestamp_granularities", []):
         for granularity in entry.split(","):
@@ -149,28 +155,27 @@ def parse_query(query: MultiMapping[str], core: Core) -> FireworksParams:
     )
 
 
-def vad_settings(value: str | None) -> None:
-    """`vad_kwargs`, checked and not applied: a JSON object, or a dict as Python writes one (the
-    LiveKit plugin puts `str(dict)` in the URL), of names and numbers."""
-    if value is None:
+def vad_settings(value: str) -> None:
+    """One `vad_kwargs`, checked and not applied: a setting's name (as LiveKit's plugin sends its
+    dict, one name each), a JSON object of names and numbers, or such a dict as Python writes it."""
+    if len(value) <= MAX_VAD_KWARGS_CHARS and (VAD_NAME.fullmatch(value) or python_dict(value)):
         return
-    parsed: object = None
-    if len(value) <= MAX_VAD_KWARGS_CHARS:
-        loaded = json_object(value)
-        if isinstance(loaded, dict):
-            parsed = loaded
-        elif sum(value.count(bracket) for bracket in "{[(") <= MAX_VAD_KWARGS_NESTING:
-            try:
-                parsed = ast.literal_eval(value)
-            except (ValueError, SyntaxError, MemoryError, RecursionError, TypeError):
-                parsed = None
+    loaded = json_object(value) if len(value) <= MAX_VAD_KWARGS_CHARS else None
     numbers = (int, float, bool)
-    if not isinstance(parsed, dict) or not all(
-        isinstance(key, str) and isinstance(number, numbers) for key, number in parsed.items()
-    ):
+    if not isinstance(loaded, dict) or not all(isinstance(number, numbers) for number in loaded.values()):
         raise ParameterError(
-            "vad_kwargs", 'vad_kwargs must be an object of names and numbers, e.g. {"threshold": 0.15}'
+            "vad_kwargs",
+            'vad_kwargs must be a setting\'s name or an object of names and numbers, e.g. {"threshold": 0.15}',
         )
+
+
+def python_dict(value: str) -> bool:
+    """Whether `value` is a dict of names and numbers as Python writes one."""
+    inner = value.strip()
+    if not (inner.startswith("{") and inner.endswith("}")):
+        return False
+    items = inner[1:-1]
+    return not items.strip() or all(PYTHON_ITEM.fullmatch(item) for item in items.split(","))
 
 
 def error_event(code: str, message: str) -> dict[str, Any]:
