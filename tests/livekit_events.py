@@ -84,11 +84,19 @@ class LiveKitEvents:
 
 
 async def stream_fixture(
-    stt: Any, fixture: str, finals: int, after_chunk: Callable[[int], Awaitable[None]] | None = None
+    stt: Any,
+    fixture: str,
+    finals: int,
+    after_chunk: Callable[[int], Awaitable[None]] | None = None,
+    *,
+    until_end: bool = False,
 ) -> LiveKitEvents:
     """`fixture` through LiveKit's stream at microphone pace until `finals` finals with words, then
     `end_input`; no retries (an error from the stream fails the test). `after_chunk` is given each
-    chunk's index once it is pushed."""
+    chunk's index once it is pushed. `until_end`: the stream is read to its end (30 s at most) before
+    it is closed, for a plugin whose server ends the stream after `end_input` (Fireworks AI's):
+    closed before, such a plugin's connection loop is cancelled and may leave a future whose
+    exception asyncio logs when it is collected (tests/test_fireworks_clients.py)."""
     stream = stt.stream(conn_options=APIConnectOptions(max_retry=0, timeout=10))
     events = LiveKitEvents(stream)
     try:
@@ -100,6 +108,9 @@ async def stream_fixture(
             await asyncio.sleep(FRAME_S)
         await events.wait_for(lambda: len([final for final in events.finals() if final.text]) >= finals)
         stream.end_input()
+        if until_end:
+            async with asyncio.timeout(30):
+                await events.reading
     finally:
         await stream.aclose()
         await stt.aclose()

@@ -9,6 +9,8 @@ all, and the plugin has no upload path (its `recognize` raises), so this is the 
 from __future__ import annotations
 
 import asyncio
+import gc
+from typing import Any
 
 import aiohttp
 import pytest
@@ -48,9 +50,7 @@ async def test_livekit_stream_gets_a_final_per_command_and_ends_cleanly() -> Non
     async with running_daemon(engine, api_key=KEY) as daemon:
         stt = livekit_stt(daemon, language="en", prompt="Aoife's lights", timestamp_granularities=["word", "segment"])
         try:
-            events = await stream_fixture(stt, FIXTURE, finals=3)
-            async with asyncio.timeout(30):
-                await events.reading
+            events = await stream_fixture(stt, FIXTURE, finals=3, until_end=True)
         finally:
             await closed(stt)
     finals = [final.text for final in events.finals() if final.text]
@@ -108,6 +108,8 @@ async def pause_between(
             await asyncio.sleep(FRAME_S)
         await events.wait_for(lambda: len([final for final in events.finals() if final.text]) >= wanted)
         stream.end_input()
+        async with asyncio.timeout(30):  # read to its end: closed before, it leaves an exception unretrieved
+            await events.reading
     finally:
         await stream.aclose()
         await stt.aclose()
@@ -137,3 +139,43 @@ async def test_livekit_stream_gives_up_when_a_silence_outlasts_its_retries() -> 
         stt = livekit_stt(daemon)
         with pytest.raises(APIConnectionError, match="failed to recognize speech after 2 attempts"):
             await pause_between(stt, "lights_on.wav", 6, FIXTURE, 2, 10)
+
+
+async def test_livekit_stream_with_vad_kwargs_is_taken() -> None:
+    """The plugin's `vad_kwargs` dict goes through `urlencode(..., doseq=True)`, which iterates the
+    dict: the URL carries its names alone, one `vad_kwargs` each (`vad_kwargs=threshold&vad_kwargs=
+    min_silence_duration_ms`). Checked, not applied: the stream is served, not refused."""
+    async with running_daemon(api_key=KEY) as daemon:
+        stt = livekit_stt(daemon, vad_kwargs={"threshold": 0.15, "min_silence_duration_ms": 300})
+        try:
+            events = await stream_fixture(stt, "lights_on.wav", finals=1, until_end=True)
+        finally:
+            await closed(stt)
+    finals = [final.text for final in events.finals() if final.text]
+    assert same_words(EXPECTED["lights_on.wav"], finals), finals
+
+
+async def test_livekit_stream_ended_by_end_input_leaves_no_exception_unretrieved() -> None:
+    """`end_input`, then the stream read to its end (the daemon's echo of the checkpoint `final`
+    and its Close 1000) as an agent reads it: the plugin's connection loop ends on its own. Closed
+    before that, the plugin leaves its `gather` of a cancelled send and receive with an exception
+    never retrieved, which asyncio logs with its traceback when the garbage collector frees it; on
+    CPython 3.11 that traceback's `ast.parse`, inside a collection run by another `ast.parse`
+    (pytest rewriting Hypothesis at the session's end), made pytest exit 1 after every test passed."""
+    contexts: list[dict[str, Any]] = []
+    loop = asyncio.get_running_loop()
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _loop, context: contexts.append(context))
+    try:
+        async with running_daemon(api_key=KEY) as daemon:
+            stt = livekit_stt(daemon)
+            try:
+                turns = (await stream_fixture(stt, "lights_on.wav", finals=1, until_end=True)).turns()
+            finally:
+                await closed(stt)
+            del stt
+            gc.collect()
+    finally:
+        loop.set_exception_handler(previous)
+    assert [context.get("message") for context in contexts] == []
+    assert turns.replace("i", "") == "SFE", turns
