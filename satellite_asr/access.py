@@ -416,12 +416,9 @@ def presented_key(request: web.Request) -> str | None:
         return request.query[SPEECHMATICS_KEY_QUERY_PARAMETER]
     if request.path in AZURE_PATHS and AZURE_KEY_HEADER in request.query:
         return request.query[AZURE_KEY_HEADER]
-    if request.path in FIREWORKS_PATHS and "Authorization" in request.query:
+    if request.path in AZURE_PATHS | FIREWORKS_PATHS and "Authorization" in request.query:
         token_scheme, _, token = request.query["Authorization"].partition(" ")
         return token.strip() if token_scheme.lower() == "bearer" else request.query["Authorization"].strip()
-    if request.path in AZURE_PATHS and "Authorization" in request.query:
-        token_scheme, _, token = request.query["Authorization"].partition(" ")
-        return token.strip() if token_scheme.lower() == "bearer" else request.query["Authorization"]
     if ELEVENLABS_KEY_HEADER in request.headers:
         return request.headers[ELEVENLABS_KEY_HEADER].strip()
     if SARVAM_KEY_HEADER in request.headers:

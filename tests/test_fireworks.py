@@ -332,3 +332,11 @@ def test_vad_kwargs_is_read_without_pythons_ast_module() -> None:
         AstInFinalizerDouble.left = 0
         gc.set_threshold(*threshold)
         gc.collect()
+
+
+def test_security_md_lists_the_key_in_fireworks_query() -> None:
+    """docs/security.md's table of the ways a key may come names every way the daemon takes one:
+    `?Authorization=KEY` on Fireworks AI's path among them (a key in a URL, which proxies log)."""
+    text = (ROOT / "docs" / "security.md").read_text()
+    ways = [line for line in text.splitlines() if line.startswith("| `?") or line.startswith("| `?Ocp")]
+    assert any("?Authorization=KEY" in line and "fireworks.md" in line for line in ways), ways
