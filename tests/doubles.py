@@ -178,6 +178,31 @@ class FirstUtteranceIsNoiseEngineDouble(WhisperEngine):
         return _HearsNothingStream() if self.streams == 1 else super().open_stream(options)
 
 
+class _FinalHearsNothingStream(EngineStream):
+    def __init__(self, inner: EngineStream) -> None:
+        self._inner = inner
+
+    async def partial(self, audio: Audio) -> Transcript:
+        return await self._inner.partial(audio)
+
+    async def final(self, audio: Audio) -> Transcript:
+        return Transcript("")
+
+
+class FirstFinalIsEmptyEngineDouble(WhisperEngine):
+    """Real whisper, except that the first utterance's final has no words though its partials had
+    some (a mumble the final decode drops)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.streams = 0
+
+    def open_stream(self, options: StreamOptions) -> EngineStream:
+        self.streams += 1
+        inner = super().open_stream(options)
+        return _FinalHearsNothingStream(inner) if self.streams == 1 else inner
+
+
 class _ChangesItsMindStream(EngineStream):
     def __init__(self, inner: EngineStream) -> None:
         self._inner = inner

@@ -20,7 +20,7 @@ from livekit.plugins import fireworksai
 
 from satellite_asr.audio import SAMPLE_RATE
 from satellite_asr.server import Daemon
-from tests.doubles import ContextRecordingEngineDouble
+from tests.doubles import ContextRecordingEngineDouble, FirstFinalIsEmptyEngineDouble
 from tests.helpers import EXPECTED, microphone_chunks, running_daemon, same_words
 from tests.livekit_events import FRAME_S, LiveKitEvents, pushed, stream_fixture
 
@@ -179,3 +179,19 @@ async def test_livekit_stream_ended_by_end_input_leaves_no_exception_unretrieved
         loop.set_exception_handler(previous)
     assert [context.get("message") for context in contexts] == []
     assert turns.replace("i", "") == "SFE", turns
+
+
+async def test_livekit_final_after_an_utterance_whose_final_had_no_words_has_no_leading_space() -> None:
+    """A first utterance whose partials had words but whose final has none: the plugin keeps each
+    segment's text until a final segment clears it, and an empty final does not (no last word is
+    final), so a segment of its own left "" that the next final was joined to: " Turn on ..."."""
+    async with running_daemon(FirstFinalIsEmptyEngineDouble(), api_key=KEY) as daemon:
+        stt = livekit_stt(daemon)
+        try:
+            events = await stream_fixture(stt, "three_commands.wav", finals=2, until_end=True)
+        finally:
+            await closed(stt)
+    finals = [final.text for final in events.finals() if final.text]
+    assert finals and all(text == text.strip() for text in finals), finals
+    interims = [event.alternatives[0].text for event in events.of(lk_stt.SpeechEventType.INTERIM_TRANSCRIPT)]
+    assert all(text == text.strip() for text in interims), interims

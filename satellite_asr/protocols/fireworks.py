@@ -217,10 +217,15 @@ class FireworksConnection(ErrorEventConnection):
         """Nothing: Fireworks says nothing before its first transcription."""
         self.segments: dict[int, int] = {}
         """Each utterance's segment id, taken from `SEGMENT_IDS` at its first message."""
+        self.unfinished: int | None = None
+        """The segment of an utterance whose partials had words and whose final had none: the
+        plugin keeps its text until a final segment clears it, and an empty final cannot (no last
+        word is final), so the next utterance takes that segment over rather than be joined to it."""
 
     def segment_id(self, utterance_id: int) -> int:
         if utterance_id not in self.segments:
-            self.segments[utterance_id] = next(SEGMENT_IDS)
+            taken, self.unfinished = self.unfinished, None
+            self.segments[utterance_id] = taken if taken is not None else next(SEGMENT_IDS)
         return self.segments[utterance_id]
 
     def language(self, heard: str | None) -> str:
@@ -249,15 +254,17 @@ class FireworksConnection(ErrorEventConnection):
 
     async def final(self, event: FinalTranscript) -> None:
         """The segment's final: all its words final (none for an utterance with no words: its
-        segment's empty text, which the plugin leaves unsaid), then what it held back."""
-        self.pending.final(event.utterance_id)
-        message = self.transcription(
-            self.segment_id(event.utterance_id), event.text.strip(), final=True, span=event.span, heard=event.language
-        )
+        segment's empty text, which the plugin leaves unsaid, and the next utterance takes that
+        segment over when a partial of it was shown), then what it held back."""
+        shown = self.pending.final(event.utterance_id)
+        segment_id = self.segment_id(event.utterance_id)
+        message = self.transcription(segment_id, event.text.strip(), final=True, span=event.span, heard=event.language)
         sureness = confidence(event)
         for word in message["words"]:
             word["probability"] = sureness
         self.segments.pop(event.utterance_id, None)
+        if shown and not message["words"]:
+            self.unfinished = segment_id
         await self.send(message)
         await self.release_held()
 
