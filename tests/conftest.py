@@ -6,8 +6,32 @@ import os
 import sys
 
 import pytest
+from xdist.scheduler import LoadScopeScheduling
+
+ONE_WORKER = {
+    "tests/vllm/": "one vLLM engine loads at a time, each module's once (a module-scoped fixture)",
+    "tests/test_zeroconf.py": "its daemons advertise on the one loopback multicast and browse it",
+    "tests/test_addon.py": "its wheel (a module-scoped fixture) is built once",
+    "tests/test_home_assistant_real.py": "its Home Assistant (a module-scoped fixture) starts once",
+    "tests/test_home_assistant_assist.py": "its Home Assistant (a module-scoped fixture) starts once",
+}
+"""The tests (by path prefix) that run whole on one pytest-xdist worker (scripts/test runs 3), and why."""
 
 SESSION = pytest.StashKey[pytest.Session]()
+
+
+class OneWorkerGroups(LoadScopeScheduling):
+    """pytest-xdist's `load` scheduling, test by test, but for the groups of `ONE_WORKER`. (Its own
+    `xdist_group` mark no longer groups under pytest 9.2: it suffixes a node id pytest now derives.)"""
+
+    def _split_scope(self, nodeid: str) -> str:
+        return next((group for group in ONE_WORKER if nodeid.startswith(group)), nodeid)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> LoadScopeScheduling | None:
+    """`OneWorkerGroups` for `-n N` with pytest-xdist's default `--dist load`; another `--dist` as asked."""
+    return OneWorkerGroups(config, log) if config.getvalue("dist") == "load" else None
 
 
 @pytest.hookimpl(trylast=True)
