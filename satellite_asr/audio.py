@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 
 import numpy as np
@@ -60,6 +61,48 @@ def to_pcm16(samples: npt.ArrayLike) -> npt.NDArray[np.int16]:
 
 class AudioFormatError(ValueError):
     """Bytes that cannot be PCM of the declared format (the frame is dropped, the stream goes on)."""
+
+
+WAV_FORMATS = {(1, 16): "s16le", (3, 32): "f32le", (6, 8): "pcma", (7, 8): "pcmu"}
+"""A WAV header's format tag and bits per sample, as the daemon's encodings."""
+WAVE_FORMAT_EXTENSIBLE = 0xFFFE
+"""A `fmt ` chunk whose format is its subformat GUID's first two bytes (FFmpeg and sox write it for
+more than two channels or 16 bits)."""
+
+
+def wav_stream_format(header: bytes) -> tuple[str, int, int, bytes] | None:
+    """A WAV stream's encoding, rate and channels from its header, and the audio after it (its sizes
+    not read: a streaming header's are unknown); None while `header` ends before its `data` chunk
+    begins (a header in parts, or long chunks before its audio). `AudioFormatError` for one
+    that is not RIFF/WAVE, has no `fmt ` before its `data`, or a format this server does not
+    decode (16-bit PCM, 32-bit float or G.711, as such or as an extensible format's subformat)."""
+    if len(header) < 12:
+        return None
+    if header[8:12] != b"WAVE":
+        raise AudioFormatError("the first audio chunk's RIFF header is not WAVE")
+    at, found = 12, None
+    while True:
+        if at + 8 > len(header):
+            return None
+        kind, size = header[at : at + 4], int.from_bytes(header[at + 4 : at + 8], "little")
+        if kind == b"data":
+            break
+        if at + 8 + size > len(header):
+            return None
+        if kind == b"fmt " and size >= 16:
+            found = list(struct.unpack("<HHIIHH", header[at + 8 : at + 24]))
+            if found[0] == WAVE_FORMAT_EXTENSIBLE and size >= 40:
+                found[0] = int.from_bytes(header[at + 32 : at + 34], "little")
+        at += 8 + size + size % 2
+    if found is None:
+        raise AudioFormatError("the first audio chunk's WAV header has no fmt chunk before its data")
+    tag, channels, rate, _, _, bits = found
+    encoding = WAV_FORMATS.get((tag, bits))
+    if encoding is None:
+        raise AudioFormatError(
+            f"this server takes 16-bit PCM, 32-bit float or G.711; the WAV header gives format {tag}, {bits} bits"
+        )
+    return encoding, rate, channels, header[at + 8 :]
 
 
 @dataclass

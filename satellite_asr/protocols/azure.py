@@ -24,7 +24,6 @@ import asyncio
 import contextlib
 import json
 import re
-import struct
 import uuid
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -34,7 +33,7 @@ from aiohttp.http import WS_CLOSED_MESSAGE
 from multidict import MultiMapping
 
 from satellite_asr.access import AZURE_PATHS
-from satellite_asr.audio import PcmDecoder
+from satellite_asr.audio import AudioFormatError, PcmDecoder, wav_stream_format
 from satellite_asr.core import Core
 from satellite_asr.events import FinalTranscript, SessionError, SessionEvent
 from satellite_asr.limits import write_within
@@ -100,8 +99,6 @@ REFUSED_QUERY = {
     "lidEnabled": "language identification",
     "punctuation": "spoken punctuation (LiveKit's explicit_punctuation)",
 }
-WAV_FORMATS = {(1, 16): "s16le", (3, 32): "f32le", (6, 8): "pcma", (7, 8): "pcmu"}
-"""A WAV header's format tag and bits per sample, as the daemon's encodings."""
 TICKS_PER_SECOND = 10_000_000
 """USP's offsets and durations are in 100-ns ticks."""
 CLIENT_PATHS = {"speech.config", "speech.context", "telemetry"}
@@ -216,52 +213,14 @@ def parse_message(message: WSMessage) -> UspMessage:
     return UspMessage(usp_headers(head), data[2 + length :])
 
 
-WAVE_FORMAT_EXTENSIBLE = 0xFFFE
-"""A `fmt ` chunk whose format is its subformat GUID's first two bytes (FFmpeg and sox write it for
-more than two channels or 16 bits)."""
-
-
-def wav_stream_format(header: bytes) -> tuple[str, int, int, bytes] | None:
-    """A WAV stream's encoding, rate and channels from its header, and the audio after it (its sizes
-    not read: a streaming header's are unknown); None while `header` ends before its `data` chunk
-    begins (a header in parts, or long chunks before its audio). `ProtocolError` `invalid_audio` for
-    one that is not RIFF/WAVE, has no `fmt ` before its `data`, or a format this server does not
-    decode (16-bit PCM, 32-bit float or G.711, as such or as an extensible format's subformat)."""
-    if len(header) < 12:
-        return None
-    if header[8:12] != b"WAVE":
-        raise ProtocolError("invalid_audio", "the first audio chunk's RIFF header is not WAVE")
-    at, found = 12, None
-    while True:
-        if at + 8 > len(header):
-            return None
-        kind, size = header[at : at + 4], int.from_bytes(header[at + 4 : at + 8], "little")
-        if kind == b"data":
-            break
-        if at + 8 + size > len(header):
-            return None
-        if kind == b"fmt " and size >= 16:
-            found = list(struct.unpack("<HHIIHH", header[at + 8 : at + 24]))
-            if found[0] == WAVE_FORMAT_EXTENSIBLE and size >= 40:
-                found[0] = int.from_bytes(header[at + 32 : at + 34], "little")
-        at += 8 + size + size % 2
-    if found is None:
-        raise ProtocolError("invalid_audio", "the first audio chunk's WAV header has no fmt chunk before its data")
-    tag, channels, rate, _, _, bits = found
-    encoding = WAV_FORMATS.get((tag, bits))
-    if encoding is None:
-        raise ProtocolError(
-            "invalid_audio",
-            f"this server takes 16-bit PCM, 32-bit float or G.711; the WAV header gives format {tag}, {bits} bits",
-        )
-    return encoding, rate, channels, header[at + 8 :]
-
-
 def wav_format(header: bytes) -> tuple[str, int, bytes]:
     """A turn's WAV header's encoding and rate, and the audio after it; `ProtocolError` `invalid_audio`
     for a header this server cannot read or a format it does not take (`wav_stream_format`), or more
     than one channel (Azure's rule)."""
-    read = wav_stream_format(header)
+    try:
+        read = wav_stream_format(header)
+    except AudioFormatError as exc:
+        raise ProtocolError("invalid_audio", str(exc)) from None
     if read is None:
         raise ProtocolError("invalid_audio", "the first audio chunk's WAV header has no fmt and data chunks")
     encoding, rate, channels, audio = read

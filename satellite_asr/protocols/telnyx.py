@@ -21,11 +21,10 @@ from typing import Any
 from aiohttp import WSMessage, WSMsgType
 from multidict import MultiMapping
 
-from satellite_asr.audio import MAX_CHANNELS, MAX_RATE, MIN_RATE, AudioFormatError, PcmDecoder
+from satellite_asr.audio import MAX_CHANNELS, MAX_RATE, MIN_RATE, AudioFormatError, PcmDecoder, wav_stream_format
 from satellite_asr.core import Core
 from satellite_asr.events import FinalTranscript
 from satellite_asr.protocols import WEBSOCKET_ENDS, FirstMessageWait, ProtocolError, echoable
-from satellite_asr.protocols.azure import wav_stream_format
 from satellite_asr.protocols.iso639 import engine_language
 from satellite_asr.protocols.openai_realtime_config import TurnDetection
 from satellite_asr.protocols.streaming_apis import (
@@ -243,7 +242,11 @@ class TelnyxConnection(SettingsMessageConnection):
             header += message.data
             if header[:4] != b"RIFF"[: len(header)]:
                 raise ProtocolError("invalid_audio", FIRST_MESSAGE)
-            if wav_stream_format(header) is not None:
+            try:
+                whole = wav_stream_format(header) is not None
+            except AudioFormatError as exc:
+                raise ProtocolError("invalid_audio", str(exc)) from None
+            if whole:
                 break
             if len(header) > MAX_HEADER_BYTES:
                 too_long = f"the WAV header has no data chunk within its first {MAX_HEADER_BYTES} bytes"
