@@ -330,7 +330,7 @@ class Access:
             pass  # the session's token, issued to a keyed POST, is checked by the handler
         elif self.api_key is not None:
             presented = presented_key(request)
-            refusal = self.key_refusal([presented] if presented is not None else [])
+            refusal = self.key_refusal([presented] if presented is not None else [], path=request.path)
             if refusal is not None:
                 return refusal
         offered = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")]
@@ -339,14 +339,18 @@ class Access:
             return 400, "invalid_subprotocol", explanation
         return None
 
-    def key_refusal(self, offered: list[str], in_band_field: str | None = None) -> tuple[int, str, str] | None:
+    def key_refusal(
+        self, offered: list[str], in_band_field: str | None = None, path: str = ""
+    ) -> tuple[int, str, str] | None:
         """401 when `offered`, the keys a request carries, is empty or holds one that is not the daemon's.
-        `in_band_field` names where the stream's first message may carry it, for the sentence."""
+        `in_band_field` names where the stream's first message may carry it, and `path` the request's
+        (Inworld's clients send `Basic`), for the sentence."""
         assert self.api_key is not None
         if not offered:
             in_band = f", or in the first message's {in_band_field}" if in_band_field else ""
+            basic = "Authorization: Basic KEY (Inworld's clients), " if path in INWORLD_PATHS else ""
             message = (
-                f"this daemon requires an API key: send Authorization: Bearer KEY or X-API-Key: KEY{in_band} "
+                f"this daemon requires an API key: send {basic}Authorization: Bearer KEY or X-API-Key: KEY{in_band} "
                 f"(browsers: the WebSocket subprotocol {KEY_SUBPROTOCOL_PREFIX}KEY)"
             )
             return 401, "missing_api_key", message

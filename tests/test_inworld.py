@@ -272,7 +272,8 @@ async def test_an_engine_failure_is_an_error_its_turn_ends_and_the_stream_goes_o
 async def test_the_key_as_basic_or_bearer_and_refusals_in_a_grpc_status_shape() -> None:
     """`Authorization: Basic KEY` (the plugin's way: Inworld's key is its Base64 credentials, taken
     whole) or `Bearer KEY`: accepted. None or a wrong one: 401 with a gRPC status body (16,
-    UNAUTHENTICATED). `Basic` is Inworld's path's alone. A plain GET: 426 in the same shape."""
+    UNAUTHENTICATED), a missing one's sentence naming `Basic` first. `Basic` is Inworld's path's
+    alone. A plain GET: 426 in the same shape."""
     async with running_daemon(api_key=KEY) as daemon:
         for headers in ({"Authorization": f"Basic {KEY}"}, {"Authorization": f"Bearer {KEY}"}):
             messages, code = await stream(url(daemon), CONFIG, END, headers=headers)
@@ -284,6 +285,8 @@ async def test_the_key_as_basic_or_bearer_and_refusals_in_a_grpc_status_shape() 
             body = json.loads(response.body)
             assert response.status_code == 401 and body["code"] == 16, body
             assert body["details"][0]["reason"] == code_name and body["message"], body
+            if code_name == "missing_api_key":  # the plugin's way first: a user of it knows no Bearer
+                assert body["message"].startswith("this daemon requires an API key: send Authorization: Basic KEY")
         async with aiohttp.ClientSession(headers={"Authorization": f"Basic {KEY}"}) as http:
             async with http.get(url(daemon).replace("ws", "http", 1)) as response:
                 body = await response.json()
