@@ -15,7 +15,7 @@ ONE_WORKER = {
     "tests/test_home_assistant_real.py": "its Home Assistant (a module-scoped fixture) starts once",
     "tests/test_home_assistant_assist.py": "its Home Assistant (a module-scoped fixture) starts once",
 }
-"""The tests (by path prefix) that run whole on one pytest-xdist worker (scripts/test runs 3), and why."""
+"""The tests (by path prefix) that run whole on one pytest-xdist worker (scripts/test runs 2), and why."""
 
 SESSION = pytest.StashKey[pytest.Session]()
 
