@@ -195,6 +195,7 @@ class Daemon:
         self.discovery: Discovery | None = None
         self.websocket = websocket.WebSocketHandler(self.core)
         self.soniox = streaming_apis.StreamingApiHandler(self.core, soniox.SONIOX_REALTIME)
+        self.deepgram = streaming_apis.StreamingApiHandler(self.core, deepgram.LISTEN)
         self.gradium = streaming_apis.StreamingApiHandler(self.core, gradium.REALTIME)
         self.zoom = streaming_apis.StreamingApiHandler(self.core, zoom.LIVE)
         self.meta = streaming_apis.StreamingApiHandler(self.core, meta.REALTIME)
@@ -229,7 +230,7 @@ class Daemon:
             ("GET", openai_rest.MODELS_PATH, self.rest.models),
             ("GET", openai_rest.MODEL_PATH, self.rest.model),
             ("GET", openai_realtime.PATH, openai_realtime.RealtimeHandler(self.core).handle),
-            ("GET", deepgram.PATH, streaming_apis.StreamingApiHandler(self.core, deepgram.LISTEN).handle),
+            ("GET", deepgram.PATH, self.deepgram.handle),
             ("POST", deepgram.PATH, self.prerecorded.upload),
             ("POST", elevenlabs_upload.PATH, self.elevenlabs_upload.upload),
             ("POST", cartesia_batch.PATH, self.cartesia_batch.upload),

@@ -282,7 +282,7 @@ class UniversalStreamingConnection(StreamingConnection):
             self.orders[utterance_id] = self.next_order
             self.next_order += 1
 
-    async def emit(self, event: SessionEvent) -> None:
+    async def send_event(self, event: SessionEvent) -> None:
         if isinstance(event, SpeechStarted):
             self.starts[event.utterance_id] = event.start
             await self.announce()

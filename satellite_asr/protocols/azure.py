@@ -500,11 +500,11 @@ class AzureConnection(InOrderConnection):
         """None: USP's text messages are told apart by their `Path` header (`control`), not a JSON field."""
         return {}
 
-    async def emit(self, event: SessionEvent) -> None:
+    async def send_event(self, event: SessionEvent) -> None:
         if isinstance(event, SessionError) and event.code == "engine_error" and event.utterance_id is not None:
             self.lost.add(event.utterance_id)  # counted by the session; its final says NoMatch
             return
-        await super().emit(event)
+        await super().send_event(event)
 
     async def start_detected(self, utterance_id: int, start: float) -> None:
         if utterance_id not in self.started:

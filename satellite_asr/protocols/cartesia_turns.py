@@ -70,7 +70,7 @@ class TurnsConnection(CartesiaErrors):
         message: dict[str, Any] = {"type": kind, "request_id": self.request_id}
         await self.send(message if text is None else {**message, "transcript": text.strip()})
 
-    async def emit(self, event: SessionEvent) -> None:
+    async def send_event(self, event: SessionEvent) -> None:
         if isinstance(event, SpeechStarted):
             self.pending.add(event.utterance_id)
         elif isinstance(event, PartialTranscript):

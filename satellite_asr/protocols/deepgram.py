@@ -306,7 +306,7 @@ class ListenConnection(DeepgramConnection):
             "metadata": {"request_id": self.request_id, "model_info": self.model, "model_uuid": self.model_id},
         }
 
-    async def emit(self, event: SessionEvent) -> None:
+    async def send_event(self, event: SessionEvent) -> None:
         if isinstance(event, SpeechStarted):
             self.pending.started(event)
             await self.speech_started()

@@ -165,7 +165,7 @@ class FluxConnection(DeepgramConnection):
             "end_of_turn_confidence": eot,
         }
 
-    async def emit(self, event: SessionEvent) -> None:
+    async def send_event(self, event: SessionEvent) -> None:
         if isinstance(event, SpeechStarted):
             self.starts[event.utterance_id] = event.start
         elif isinstance(event, PartialTranscript):

@@ -219,11 +219,11 @@ class GradiumConnection(SettingsMessageConnection):
             }
         )
 
-    async def emit(self, event: SessionEvent) -> None:
+    async def send_event(self, event: SessionEvent) -> None:
         """Partials as their stable words only: a `text` cannot be taken back."""
         if isinstance(event, PartialTranscript):
             event = replace(event, text=event.stable_text)
-        await super().emit(event)
+        await super().send_event(event)
 
     async def words(self, utterance_id: int, text: str, start: float) -> None:
         """A `text` for each word of `text` past those of the utterance sent (the engine gives no word

@@ -15,7 +15,6 @@ any later error leaves the stream going. Protobuf's JSON names (`audio_chunk`) a
 
 from __future__ import annotations
 
-import asyncio
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -25,7 +24,7 @@ from multidict import MultiMapping
 
 from satellite_asr.audio import MAX_CHANNELS, MAX_RATE, MIN_RATE, PcmDecoder
 from satellite_asr.core import Core
-from satellite_asr.events import FinalTranscript, SessionEvent, SpeechStarted, SpeechStopped
+from satellite_asr.events import FinalTranscript, SpeechStarted, SpeechStopped
 from satellite_asr.protocols import ProtocolError, checked_language, echoable, grpc_status, json_object
 from satellite_asr.protocols.streaming_apis import (
     Api,
@@ -246,14 +245,6 @@ class InworldConnection(SettingsMessageConnection):
         """Nothing answers the config."""
         self.deferred_starts: dict[int, float] = {}
         self.deferred_stops: dict[int, float] = {}
-        self.emitting = asyncio.Lock()
-
-    async def emit(self, event: SessionEvent) -> None:
-        """One event's messages at a time: the session's tasks emit at once (a final, the next turn's
-        partial, its `speechStopped`), and one sent while a final and what it released were still
-        being written went out before that turn's held `speechStarted`."""
-        async with self.emitting:
-            await super().emit(event)
 
     def waits(self, utterance_id: int) -> bool:
         return any(earlier < utterance_id for earlier in self.pending.starts)

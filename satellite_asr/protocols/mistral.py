@@ -134,11 +134,11 @@ class MistralConnection(InOrderConnection):
     async def opened(self) -> None:
         await self.send({"type": "session.created", "session": self.session()})
 
-    async def emit(self, event: SessionEvent) -> None:
+    async def send_event(self, event: SessionEvent) -> None:
         """Partials as their stable text only: deltas append, and cannot take back a word."""
         if isinstance(event, PartialTranscript):
             event = replace(event, text=event.stable_text)
-        await super().emit(event)
+        await super().send_event(event)
 
     async def partial(self, utterance_id: int, text: str) -> None:
         await self.extend(utterance_id, text.strip())

@@ -311,6 +311,8 @@ class StreamingConnection(abc.ABC):
         cap ended before, whose final may still be decoding."""
         self.flush_answered = False
         """A final of the flush under way (or the last) answered it (`answers_flush`)."""
+        self.emitting = asyncio.Lock()
+        """Held while one session event's messages are written (`emit`)."""
 
     @property
     def seconds(self) -> float:
@@ -403,9 +405,23 @@ class StreamingConnection(abc.ABC):
     async def closing(self) -> None:
         """What the API sends last, before the Close."""
 
-    @abc.abstractmethod
     async def emit(self, event: SessionEvent) -> None:
-        """A session event as the API's messages."""
+        """A session event as the API's messages (`send_event`), one event's at a time: the session's
+        tasks emit at once (the final of one utterance from its decode, the next one's partials and
+        VAD events), and the messages of one, decided while another's were still being written, went
+        out among them (a newer partial before the older one a final released, a stale interim last).
+
+        Nothing `send_event` awaits waits for the session (its flush, its close, its finals): those
+        are the handler's (a control, the end of the stream) or tasks of their own (Azure's turn
+        ended at its phrase), and they take no turn here, so the final they wait for gets its turn.
+        A failed write (a client that does not read) gives the turn up with its `SlowClient`; a
+        session that is cancelled cancels its emits, waiting or not."""
+        async with self.emitting:
+            await self.send_event(event)
+
+    @abc.abstractmethod
+    async def send_event(self, event: SessionEvent) -> None:
+        """The API's messages for a session event (`emit` gives one event at a time)."""
 
     async def on_text(self, data: str) -> None:
         """A control message done (`controls`); `ProtocolError` `invalid_message` for one the API
@@ -500,7 +516,7 @@ class InOrderConnection(StreamingConnection):
         self.failed = False
         """Set by an API whose errors end the stream: nothing is sent after its error."""
 
-    async def emit(self, event: SessionEvent) -> None:
+    async def send_event(self, event: SessionEvent) -> None:
         if self.failed:
             return
         if isinstance(event, SpeechStarted):
