@@ -267,8 +267,9 @@ class Session:
 
     def change_decoding(self, **changes: Any) -> None:
         """`DECODING_OPTIONS` changed from the next utterance on: a client may change them mid-stream
-        (Deepgram's `Configure` and AssemblyAI's `UpdateConfiguration` their terms, a Realtime
-        `session.update` its keywords, Sarvam's `config.update` its language, prompt and partials);
+        (Deepgram's `Configure` its terms, and on Flux its language; AssemblyAI's `UpdateConfiguration`
+        its terms and language; a Realtime `session.update` its keywords; Sarvam's `config.update` its
+        language, prompt and partials);
         the utterance in progress keeps those it began with."""
         assert changes.keys() <= DECODING_OPTIONS, changes
         if "terms" in changes:

@@ -40,6 +40,7 @@ pytestmark = pytest.mark.timeout(180)
 Messages = list[dict[str, Any]]
 RATE = "sample_rate=16000"
 TERMINATE = json.dumps({"type": "Terminate"})
+EN = "language_codes=%5B%22en%22%5D"
 
 
 def v3_url(daemon: Daemon, query: str = RATE) -> str:
@@ -216,6 +217,34 @@ async def test_the_utterance_in_progress_keeps_its_own_names_when_update_configu
     assert "Calloway blinds" in second["transcript"]
 
 
+async def test_update_configuration_language_codes_apply_from_the_next_utterance() -> None:
+    """`language_codes` mid-stream (LiveKit's and Pipecat's language change): the utterance in progress
+    is decoded in the language it began with, its final saying none (one declared, no detection); the
+    next with `multi` (the engine detects), its final saying the language. Codes checked as the
+    query's: an unknown one, or not a list, is a Warning and applies nothing (`format_turns` neither)."""
+    engine = ContextRecordingEngineDouble()
+    data = audio("lights_on.wav")
+    update = {"type": "UpdateConfiguration", "format_turns": True}
+    bad = [json.dumps({**update, "language_codes": codes}) for codes in (["en", "xx"], "en")]
+    multi = json.dumps({"type": "UpdateConfiguration", "language_codes": ["multi"]})
+    async with running_daemon(engine) as daemon, websockets.connect(v3_url(daemon, f"{RATE}&{EN}")) as ws:
+        await ws.send(data[:32000])
+        while json.loads(await ws.recv())["type"] != "SpeechStarted":
+            pass
+        for message in (*bad, multi):
+            await ws.send(message)
+        await ws.send(data[32000:])
+        await ws.send(data)
+        await ws.send(TERMINATE)
+        messages = [json.loads(message) async for message in ws]
+    assert engine.languages == ["en", None]
+    warnings = of_type(messages, "Warning")
+    assert [w["warning"].split(":")[0] for w in warnings] == ["language_codes"] * 2, warnings
+    first, second = final_turns(messages)
+    assert "language_code" not in first and not first["turn_is_formatted"], first
+    assert second["language_code"] == "en" and not second["turn_is_formatted"], second
+
+
 @pytest.mark.parametrize(
     ("languages", "decoded_in", "reported"),
     [
@@ -300,7 +329,7 @@ async def test_bad_messages_get_warnings_and_the_stream_goes_on() -> None:
     bad = [
         "not json",
         json.dumps({"type": "Pause"}),
-        json.dumps({"type": "UpdateConfiguration", "language_codes": ["de"]}),
+        json.dumps({"type": "UpdateConfiguration", "language_detection": True}),
         json.dumps({"type": "UpdateConfiguration", "sample_rate": 8000}),
         json.dumps({"type": "UpdateConfiguration", "format_turns": True, "vad_threshold": 7}),
         json.dumps({"type": "KeepAlive"}),
@@ -310,7 +339,7 @@ async def test_bad_messages_get_warnings_and_the_stream_goes_on() -> None:
     assert code == 1000
     warnings = of_type(messages, "Warning")
     assert [w["warning_code"] for w in warnings] == [assemblyai.INPUT_INVALID] * 5
-    assert "language_codes" in warnings[2]["warning"] and "sample_rate" in warnings[3]["warning"]
+    assert "language_detection" in warnings[2]["warning"] and "sample_rate" in warnings[3]["warning"]
     assert "vad_threshold" in warnings[4]["warning"]
     [final] = final_turns(messages)
     assert not final["turn_is_formatted"], "a refused UpdateConfiguration applies nothing"

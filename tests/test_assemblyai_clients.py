@@ -44,7 +44,9 @@ from satellite_asr.protocols import assemblyai
 from satellite_asr.server import Daemon
 from tests.doubles import ContextRecordingEngineDouble
 from tests.helpers import EXPECTED, fixture_16k, pcm16, running_daemon, same_words
+from tests.livekit_events import stream_fixture
 from tests.test_deepgram_clients import FIXTURE, FRAME_S, livekit_stream
+from tests.test_deepgram_flux_clients import SILENCE_AFTER_FIRST_COMMAND
 from tests.test_pipecat import running_pipeline, speak
 
 pytestmark = [
@@ -241,26 +243,43 @@ async def test_sdk_force_endpoint_ends_the_turn_there_and_the_stream_goes_on() -
     assert isinstance(events[-1], TerminationEvent) and "E" not in shape(events) and "W" not in shape(events)
 
 
-async def test_sdk_update_configuration_replaces_keyterms_refuses_languages_and_applies_format_turns() -> None:
-    """`UpdateConfiguration` with keyterms replaces them for the next utterance; one with languages
-    (which cannot change mid-stream here) is a Warning (3006) naming them, nothing changed; a
-    KeepAlive is taken silently; `format_turns` then applies to the command's final."""
+async def test_sdk_update_configuration_replaces_keyterms_and_languages_and_applies_format_turns() -> None:
+    """`UpdateConfiguration` with keyterms replaces them for the next utterance, and so does one with
+    languages (`multi`: the engine detects, and the final says its language); a KeepAlive is taken
+    silently; `format_turns` then applies to the command's final. No warning."""
     engine = ContextRecordingEngineDouble()
     async with running_daemon(engine, api_key=KEY) as daemon:
         client, events = sdk_client(daemon)
         await client.connect(StreamingParameters(sample_rate=SAMPLE_RATE, keyterms_prompt=["Calloway"]))
         await client.set_params(StreamingSessionParameters(keyterms_prompt=["Aoife"]))
-        await client.set_params(StreamingSessionParameters(language_codes=["de"]))
+        await client.set_params(StreamingSessionParameters(language_codes=["multi"]))
         await client.keep_alive()
         await client.set_params(StreamingSessionParameters(format_turns=True))
         await sdk_stream(client, "lights_on.wav")
-    assert re.fullmatch(r"BWSp+FT", shape(events)), shape(events)
-    warning = events[1]
-    assert warning.warning_code == assemblyai.INPUT_INVALID and "language_codes" in warning.warning, warning
-    assert [names[:1] for names in engine.names] == [("Aoife",)]
+    assert re.fullmatch(r"BSp+FT", shape(events)), shape(events)
+    assert [names[:1] for names in engine.names] == [("Aoife",)] and engine.languages == [None]
     [final] = [event for event in events if isinstance(event, TurnEvent) and event.end_of_turn]
-    assert final.turn_is_formatted
+    assert final.turn_is_formatted and final.language_code == "en"
     assert same_words(EXPECTED["lights_on.wav"], [final.transcript])
+
+
+async def test_livekit_update_options_language_codes_between_commands() -> None:
+    """LiveKit's `update_options(language_codes=...)` mid-call (an agent switching language), sent
+    between the first command and the second: the first is decoded in the language the stream began
+    with, the others with the new (`multi`: the engine detects); every final comes, no error."""
+    engine = ContextRecordingEngineDouble()
+    async with running_daemon(engine, api_key=KEY) as daemon, aiohttp.ClientSession() as http:
+        url = f"ws://127.0.0.1:{daemon.http_port}"
+        stt = lk_assemblyai.STT(api_key=KEY, base_url=url, http_session=http, language_codes=["en"])
+
+        async def switch(index: int) -> None:
+            if index == SILENCE_AFTER_FIRST_COMMAND:
+                stt.update_options(language_codes=["multi"])
+
+        events = await stream_fixture(stt, FIXTURE, finals=3, after_chunk=switch)
+    assert engine.languages == ["en", None, None], engine.languages
+    assert same_words(EXPECTED[FIXTURE], [final.text for final in events.finals()]), events.turns()
+    assert [final.language for final in events.finals()] == ["en"] * 3
 
 
 @pytest.mark.parametrize("options", [{}, {"format_turns": True}], ids=["defaults", "format_turns"])

@@ -438,7 +438,7 @@ async def test_flux_force_end_turn_and_configure() -> None:
     assert [f["description"] for f in failures] == [
         "thresholds.eager_eot_threshold: eager_eot_threshold must be a number from 0.3 to 0.9, got '2'",
         "thresholds must be an object",
-        "this server cannot change language_hints mid-stream",
+        "language_hints: 'de' is not one of the languages of this engine (en)",
     ]
     [warning] = of_type(messages, "Warning")
     assert warning["code"] == "UNPARSABLE_CLIENT_MESSAGE" and "not JSON" in warning["description"]
@@ -454,6 +454,7 @@ async def test_flux_force_end_turn_and_configure() -> None:
         (f"{FLUX_QUERY}&eot_timeout_ms=100", "eot_timeout_ms"),
         (f"{FLUX_QUERY}&eot_timeout_ms=60001", "eot_timeout_ms"),
         (f"{FLUX_QUERY}&interim_results=true", "interim_results"),
+        (f"{FLUX_QUERY}&language_hint=en&language_hint=xx", "language_hint"),
     ],
 )
 async def test_flux_refuses_a_bad_parameter_before_the_upgrade(query: str, parameter: str) -> None:
@@ -580,6 +581,36 @@ async def test_flux_multi_model_end_of_turn_names_the_detected_language() -> Non
     [end] = turn_events(detected, "EndOfTurn")
     assert end["languages"] == ["en"] and same_words(EXPECTED["lights_on.wav"], [end["transcript"]])
     assert all("languages" not in m for m in fixed) and turn_events(fixed, "EndOfTurn")
+
+
+async def test_flux_configure_language_hints_apply_from_the_next_turn() -> None:
+    """On `flux-general-multi` one `language_hint` steers the decode; `Configure`'s `language_hints`
+    (LiveKit's and Pipecat's language change) replace them from the next turn on, the turn in
+    progress keeping its own: `[]` lets the engine detect. `ConfigureSuccess` echoes the hints now
+    in effect; an unknown code, or hints not a list, is `ConfigureFailure` and applies nothing."""
+    engine = ContextRecordingEngineDouble()
+    data = audio("lights_on.wav")
+    query = "model=flux-general-multi&encoding=linear16&sample_rate=16000&language_hint=en"
+    bad = [json.dumps({"type": "Configure", "keyterms": ["Aoife"], "language_hints": h}) for h in (["xx"], "en")]
+    clear = json.dumps({"type": "Configure", "language_hints": []})
+    async with running_daemon(engine) as daemon, websockets.connect(flux_url(daemon, query)) as ws:
+        await ws.send(data[:32000])
+        while json.loads(await ws.recv()).get("event") != "StartOfTurn":
+            pass
+        for message in (*bad, clear):
+            await ws.send(message)
+        await ws.send(data[32000:])
+        await ws.send(data)
+        await ws.send(CLOSE_STREAM)
+        messages = [json.loads(message) async for message in ws]
+    assert engine.languages == ["en", None] and [names[:1] for names in engine.names] == [(), ()]
+    failures = of_type(messages, "ConfigureFailure")
+    assert [f["description"].split(":")[0] for f in failures] == ["language_hints"] * 2, failures
+    [success] = of_type(messages, "ConfigureSuccess")
+    assert success["language_hints"] == [] and success["keyterms"] == []
+    ends = turn_events(messages, "EndOfTurn")
+    assert [end["languages"] for end in ends] == [["en"], ["en"]]
+    assert same_words(EXPECTED["lights_on.wav"] * 2, [end["transcript"] for end in ends])
 
 
 async def test_a_finalize_with_nothing_in_progress_is_answered_empty_though_a_capped_final_is_pending() -> None:

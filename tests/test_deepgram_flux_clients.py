@@ -20,7 +20,9 @@ from pipecat.transcriptions.language import Language
 
 from satellite_asr.audio import SAMPLE_RATE
 from satellite_asr.protocols import deepgram_flux
+from tests.doubles import ContextRecordingEngineDouble
 from tests.helpers import EXPECTED, fixture_16k, pcm16, running_daemon, same_words
+from tests.livekit_events import stream_fixture
 from tests.test_deepgram_clients import KEY, livekit_stream, sdk_client, sdk_stream, validated
 from tests.test_pipecat import FRAME_S as PIPECAT_FRAME_S
 from tests.test_pipecat import running_pipeline, speak
@@ -35,6 +37,8 @@ pytestmark = [
 FIXTURE = "three_commands.wav"
 LAST_WORD_END_S = 8.4
 """Just after the fixture's last word ("door"): the rest of it is silence."""
+SILENCE_AFTER_FIRST_COMMAND = 31
+"""A 100 ms chunk of the fixture's between its first command (chunks 5-21) and its second (from 40)."""
 
 
 async def test_sdk_gets_typed_connected_and_a_turn_per_command() -> None:
@@ -78,6 +82,27 @@ async def test_livekit_stt_v2_with_its_defaults() -> None:
     # the turn's confidence, from its words: 0 where the engine does not say (a decode that wrote its text twice)
     assert all(0.0 <= e.alternatives[0].confidence <= 1.0 for e in final_events)
     assert any(e.type == kinds.INTERIM_TRANSCRIPT for e in events), "StartOfTurn and Updates as interims"
+
+
+async def test_livekit_stt_v2_update_options_language_hint_between_commands() -> None:
+    """LiveKit's `update_options(language_hint=...)` mid-call on `flux-general-multi` (an agent
+    switching language), sent between the first command and the second as `Configure`'s
+    `language_hints`: the first is decoded in the hint the stream began with, the others with the new
+    (`[]`: the engine detects); every final comes, with its language."""
+    engine = ContextRecordingEngineDouble()
+    async with running_daemon(engine, api_key=KEY) as daemon, aiohttp.ClientSession() as http:
+        url = f"http://127.0.0.1:{daemon.http_port}{deepgram_flux.PATH}"
+        model = deepgram_flux.MULTILINGUAL_MODEL
+        stt = lk_deepgram.STTv2(api_key=KEY, base_url=url, http_session=http, model=model, language_hint=["en"])
+
+        async def switch(index: int) -> None:
+            if index == SILENCE_AFTER_FIRST_COMMAND:
+                stt.update_options(language_hint=[])
+
+        events = await stream_fixture(stt, FIXTURE, finals=3, after_chunk=switch)
+    assert engine.languages == ["en", None, None], engine.languages
+    assert same_words(EXPECTED[FIXTURE], [final.text for final in events.finals()]), events.turns()
+    assert [final.language for final in events.finals()] == ["en"] * 3
 
 
 async def test_pipecat_flux_service_reports_turns_and_transcripts() -> None:

@@ -109,16 +109,16 @@ REFUSED_WHEN_GIVEN = {
 """Features refused whatever their value."""
 LISTS = {"keyterms_prompt", "language_codes"}
 """Lists, sent as JSON text in the query (and as JSON lists in `UpdateConfiguration`)."""
-MID_STREAM = (set(WHOLE) | FRACTIONS | BOOLEANS | {"prompt", "agent_context", "mode", "keyterms_prompt"}) - {
+MID_STREAM = (set(WHOLE) | FRACTIONS | BOOLEANS | {"prompt", "agent_context", "mode", *LISTS}) - {
     "language_detection",
     "inactivity_timeout",
     "speaker_labels_revision_interval_ms",
     "max_speakers",
     "customer_support_audio_capture",
 }
-"""What `UpdateConfiguration` may change; of these only `keyterms_prompt` and `format_turns` change anything here."""
-FIXED_MID_STREAM = {"language_codes"}
-"""What AssemblyAI changes mid-stream that this server cannot: the language is set when the session opens."""
+"""What `UpdateConfiguration` may change (as AssemblyAI's clients send it: LiveKit's `update_options` and
+Pipecat's settings updates send `language_codes`, neither `language_code` nor `language_detection`);
+of these only `keyterms_prompt`, `language_codes` and `format_turns` change anything here."""
 
 
 @dataclass(frozen=True)
@@ -128,6 +128,8 @@ class StreamingParams:
     encoding: str
     sample_rate: int
     format_turns: bool
+    language_detection: bool
+    """The query's `language_detection` (fixed mid-stream, as AssemblyAI's)."""
     detect_language: bool
     """`language_detection=true` (or several `language_codes`): each final `Turn` says its language."""
     language: str | None
@@ -157,24 +159,36 @@ def parse_params(query: MultiMapping[str], core: Core) -> StreamParams:
     # as AssemblyAI: language_codes binds, language_code (its older alias) counts only without it
     named = "language_codes" if "language_codes" in query else "language_code"
     codes = text_list(query, named) if named == "language_codes" else [query.get(named, "")]
+    detection = boolean_parameter(query, "language_detection", False)
+    language, report = declared_languages(core, codes, named, detection)
     try:
-        engine_codes = {checked_language(core, code, named) for code in codes if code != "multi"}
         terms = replacing_terms(core, text_list(query, "keyterms_prompt"), "keyterms_prompt")
     except ProtocolError as exc:
-        raise ParameterError.of(exc, named) from None
-    declared = {code for code in engine_codes if code is not None}
-    report = boolean_parameter(query, "language_detection", False)
-    detect = len(declared) > 1 or "multi" in codes or (report and not declared)  # one declared steers the decode
-    report = report or detect
-    language = None if detect else next(iter(declared), None) or core.settings.default_language
+        raise ParameterError.of(exc, "keyterms_prompt") from None
     return StreamingParams(
         encoding=encoding,
         sample_rate=sample_rate,
         format_turns=boolean_parameter(query, "format_turns", False),
+        language_detection=detection,
         detect_language=report,
         language=language,
         terms=terms,
     )
+
+
+def declared_languages(core: Core, codes: list[str], named: str, detection: bool) -> tuple[str | None, bool]:
+    """The language to decode in (None: the engine detects it) and whether finals report it, from the
+    codes declared (in the query or `UpdateConfiguration`), or `ParameterError` naming `named`: one
+    language steers the decode, `language_detection` beside it included; several, `multi`, or
+    `language_detection` with none let the engine detect; none at all is the daemon's `language`."""
+    try:
+        engine_codes = {checked_language(core, code, named) for code in codes if code != "multi"}
+    except ProtocolError as exc:
+        raise ParameterError.of(exc, named) from None
+    declared = {code for code in engine_codes if code is not None}
+    detect = len(declared) > 1 or "multi" in codes or (detection and not declared)  # one declared steers the decode
+    language = None if detect else next(iter(declared), None) or core.settings.default_language
+    return language, detection or detect
 
 
 def check_unused(values: Mapping[str, str]) -> None:
@@ -228,6 +242,11 @@ class UniversalStreamingConnection(StreamingConnection):
         """Each utterance's `turn_order`, given when its first words are heard."""
         self.next_order = 0
         self.terminated = False
+        self.reporting = params.detect_language
+        """Whether finals say their language: `UpdateConfiguration`'s `language_codes` may change it
+        from the next utterance on."""
+        self.reports: dict[int, bool] = {}
+        """`reporting` when each utterance whose final is not sent began."""
 
     async def opened(self) -> None:
         await self.send({"type": "Begin", "id": self.request_id, "expires_at": int(time.time()) + SESSION_HORIZON_S})
@@ -285,6 +304,7 @@ class UniversalStreamingConnection(StreamingConnection):
     async def send_event(self, event: SessionEvent) -> None:
         if isinstance(event, SpeechStarted):
             self.starts[event.utterance_id] = event.start
+            self.reports[event.utterance_id] = self.reporting
             await self.announce()
         elif isinstance(event, PartialTranscript):
             # the utterance before has ended, its final not sent yet: this is not its turn, nor yet a new one
@@ -306,15 +326,16 @@ class UniversalStreamingConnection(StreamingConnection):
             await self.send({"type": "SpeechStarted", "timestamp": round(self.starts[first] * 1000)})
 
     async def final(self, event: FinalTranscript) -> None:
-        """The turn's end with the final's text, and with `language_detection` the language detected;
-        then the next utterance's start. An utterance announced by `SpeechStarted` in which no words
-        were heard (a cough, a door) ends with an empty final, so that LiveKit ends the speech it
-        began at `SpeechStarted`."""
+        """The turn's end with the final's text, and when its utterance began with `language_detection`
+        (or several `language_codes`) the language detected; then the next utterance's start. An
+        utterance announced by `SpeechStarted` in which no words were heard (a cough, a door) ends
+        with an empty final, so that LiveKit ends the speech it began at `SpeechStarted`."""
+        reporting = self.reports.pop(event.utterance_id, self.reporting)
         if event.text.strip() or event.utterance_id in self.orders or event.utterance_id in self.announced:
             self.order(event.utterance_id)
             message = self.turn(event.utterance_id, event.text, event.start, event.end, True, confidence(event))
             del self.orders[event.utterance_id]
-            if self.options.detect_language and event.language:
+            if reporting and event.language:
                 message["language_code"] = event.language
             await self.send(message)
         self.starts.pop(event.utterance_id, None)
@@ -330,13 +351,10 @@ class UniversalStreamingConnection(StreamingConnection):
         }
 
     async def update(self, message: dict[str, Any]) -> None:
-        """Settings checked as the query's are, and applied all or none: `keyterms_prompt` replaces
-        the stream's from its next utterance on, `format_turns` applies from the next `Turn`; the
-        others change nothing here, and the languages cannot change."""
+        """Settings checked as the query's are, and applied all or none: `keyterms_prompt` and
+        `language_codes` replace the stream's from its next utterance on (the one in progress keeping
+        its own), `format_turns` applies from the next `Turn`; the others change nothing here."""
         fields = {name: value for name, value in message.items() if name != "type" and value is not None}
-        fixed = sorted(set(fields) & FIXED_MID_STREAM)
-        if fixed:
-            raise ProtocolError("invalid_configuration", f"this server cannot change {', '.join(fixed)} mid-stream")
         unknown = sorted(set(fields) - MID_STREAM)
         if unknown:
             raise ProtocolError("invalid_configuration", f"UpdateConfiguration cannot change {', '.join(unknown)}")
@@ -349,6 +367,10 @@ class UniversalStreamingConnection(StreamingConnection):
             terms = None
             if fields.get("keyterms_prompt") is not None:
                 terms = replacing_terms(self.core, fields["keyterms_prompt"], "keyterms_prompt")
+            languages = None
+            if "language_codes" in fields:
+                codes = text_list(values, "language_codes")
+                languages = declared_languages(self.core, codes, "language_codes", self.options.language_detection)
         except ParameterError as exc:
             raise ProtocolError("invalid_configuration", f"{exc.parameter}: {exc}") from None
         except ProtocolError as exc:  # its message names keyterms_prompt
@@ -356,6 +378,9 @@ class UniversalStreamingConnection(StreamingConnection):
         assert self.input is not None
         if terms is not None:
             self.input.session.change_decoding(terms=terms)
+        if languages is not None:
+            language, self.reporting = languages
+            self.input.session.change_decoding(language=language)
         self.format_turns = boolean_parameter(values, "format_turns", self.format_turns)
 
 

@@ -20,7 +20,7 @@ from multidict import MultiMapping
 from satellite_asr.audio import PcmDecoder
 from satellite_asr.core import Core
 from satellite_asr.events import FinalTranscript, PartialTranscript, SessionError, SessionEvent, SpeechStarted
-from satellite_asr.protocols import ProtocolError, ReadAhead, checked_biasing, echoable
+from satellite_asr.protocols import ProtocolError, ReadAhead, checked_biasing, checked_language, echoable
 from satellite_asr.protocols.deepgram import ENCODINGS, DeepgramConnection, biasing_terms, deepgram_api, raw_audio
 from satellite_asr.protocols.streaming_apis import (
     Control,
@@ -38,7 +38,9 @@ from satellite_asr.session import SessionOptions
 PATH = "/v2/listen"
 PROTOCOL = "deepgram-flux"
 MULTILINGUAL_MODEL = "flux-general-multi"
-"""The Flux model that detects the language; with any other the daemon's `language` is used."""
+"""The Flux model that detects the language, and takes language hints (in the query and in `Configure`,
+as LiveKit and Pipecat send them to it alone): one hint steers the decode, several or none let the
+engine detect. With any other model the daemon's `language` is used and hints change nothing."""
 THRESHOLDS = {"eot_threshold": (0.5, 1.0), "eager_eot_threshold": (0.3, 0.9)}
 """Flux's end-of-turn thresholds and their ranges: checked, kept, answered in `ConfigureSuccess`, not used."""
 EOT_TIMEOUT_MS = (500, 60_000)
@@ -68,14 +70,17 @@ class FluxParams:
     encoding: str
     sample_rate: int
     detect_language: bool
+    """The multilingual model: each `EndOfTurn` says its language."""
     terms: tuple[str, ...]
     thresholds: dict[str, float] = field(default_factory=dict)
+    hints: tuple[str, ...] = ()
+    """The language hints, each an engine's code."""
 
     def decoder(self) -> PcmDecoder:
         return PcmDecoder(ENCODINGS[self.encoding], self.sample_rate)
 
     def session_options(self, core: Core) -> SessionOptions:
-        language = None if self.detect_language else core.settings.default_language
+        language = hinted_language(core, self.detect_language, self.hints)
         return SessionOptions.from_settings(core.settings, partials=True, language=language, terms=self.terms)
 
 
@@ -92,7 +97,27 @@ def parse_flux_params(query: MultiMapping[str], core: Core) -> StreamParams:
     except ProtocolError as exc:
         raise ParameterError("keyterm", exc.message) from None
     multilingual = query.get("model") == MULTILINGUAL_MODEL
-    return FluxParams(encoding, sample_rate, multilingual, terms, thresholds)
+    hints = checked_hints(core, query.getall("language_hint", []), "language_hint")
+    return FluxParams(encoding, sample_rate, multilingual, terms, thresholds, hints)
+
+
+def checked_hints(core: Core, hints: object, name: str) -> tuple[str, ...]:
+    """Language hints as the engine's codes, once each, or `ParameterError` naming `name`."""
+    if not isinstance(hints, list) or not all(isinstance(hint, str) for hint in hints):
+        raise ParameterError(name, f"{name} must be a list of language codes")
+    try:
+        codes = [checked_language(core, hint, name) for hint in hints]
+    except ProtocolError as exc:
+        raise ParameterError.of(exc, name) from None
+    return tuple(dict.fromkeys(code for code in codes if code is not None))
+
+
+def hinted_language(core: Core, multilingual: bool, hints: tuple[str, ...]) -> str | None:
+    """The language to decode in: on the multilingual model the one hint (None, detected, with several
+    or none), on any other the daemon's `language`."""
+    if not multilingual:
+        return core.settings.default_language
+    return hints[0] if len(hints) == 1 else None
 
 
 def checked_thresholds(values: Mapping[str, str]) -> dict[str, float]:
@@ -118,6 +143,8 @@ class FluxConnection(DeepgramConnection):
         self.thresholds = dict(params.thresholds)
         self.terms = params.terms
         """The stream's keyterms now (`Configure` may replace them)."""
+        self.hints = params.hints
+        """The stream's language hints now (`Configure` may replace them)."""
         self.sequence = 0
         self.sending = asyncio.Lock()
         self.turns = 0
@@ -211,11 +238,11 @@ class FluxConnection(DeepgramConnection):
         }
 
     async def configure(self, message: dict[str, Any]) -> None:
-        """`keyterms` replace the stream's from its next turn on; thresholds are checked and kept
-        (they change nothing here), and so are `numerals` and `profanity_filter` (formatting);
-        language hints cannot change mid-stream. A failure applies nothing."""
+        """`keyterms` and `language_hints` replace the stream's from its next turn on (hints steer the
+        multilingual model alone); thresholds are checked and kept (they change nothing here), and so
+        are `numerals` and `profanity_filter` (formatting). A failure applies nothing."""
         assert self.input is not None
-        unsupported = sorted(set(message) - {"type", "thresholds", "keyterms", *FORMATTING})
+        unsupported = sorted(set(message) - {"type", "thresholds", "keyterms", "language_hints", *FORMATTING})
         thresholds = message.get("thresholds")
         thresholds = {} if thresholds is None else thresholds
         problem = f"this server cannot change {', '.join(unsupported)} mid-stream" if unsupported else None
@@ -230,6 +257,12 @@ class FluxConnection(DeepgramConnection):
                 terms = replacing_terms(self.core, message["keyterms"], "keyterms")
             except ProtocolError as exc:
                 problem = exc.message
+        hints = None
+        if problem is None and message.get("language_hints") is not None:
+            try:
+                hints = checked_hints(self.core, message["language_hints"], "language_hints")
+            except ParameterError as exc:
+                problem = f"{exc.parameter}: {exc}"
         checked: dict[str, float] = {}
         if problem is None:
             values = {str(k): str(v) for k, v in thresholds.items()}
@@ -249,8 +282,12 @@ class FluxConnection(DeepgramConnection):
         if terms is not None:
             self.input.session.change_decoding(terms=terms)
             self.terms = terms
+        if hints is not None:
+            self.input.session.change_decoding(language=hinted_language(self.core, self.options.detect_language, hints))
+            self.hints = hints
         keyterms = [echoable(term) for term in self.terms]  # a lone surrogate written out, as strict parsers need
-        await self.send({"type": "ConfigureSuccess", "thresholds": self.thresholds, "keyterms": keyterms})
+        success = {"type": "ConfigureSuccess", "thresholds": self.thresholds, "keyterms": keyterms}
+        await self.send({**success, "language_hints": list(self.hints)})
 
 
 FLUX = deepgram_api(PATH, "Deepgram's Flux API", parse_flux_params, FluxConnection)
