@@ -36,8 +36,9 @@ from assemblyai.streaming.v3 import (
 from assemblyai.streaming.v3.models import StreamingDomain
 from livekit.agents import stt as lk_stt
 from livekit.plugins import assemblyai as lk_assemblyai
-from pipecat.frames.frames import TranscriptionFrame
+from pipecat.frames.frames import STTUpdateSettingsFrame, TranscriptionFrame
 from pipecat.services.assemblyai.stt import AssemblyAISTTService
+from pipecat.transcriptions.language import Language
 
 from satellite_asr.audio import SAMPLE_RATE
 from satellite_asr.protocols import assemblyai
@@ -345,3 +346,26 @@ async def test_pipecat_service_with_the_daemons_turn_detection() -> None:
     assert ends == frames.finals
     transcripts = [frame for frame in frames.frames if isinstance(frame, TranscriptionFrame)]
     assert all(frame.finalized for frame in transcripts)
+
+
+async def test_pipecat_language_codes_settings_update_applies_from_the_next_command() -> None:
+    """Pipecat's `STTUpdateSettingsFrame` of `language_codes` between two commands, which it sends as
+    `UpdateConfiguration` without reconnecting: no error frame; the first command is decoded as the
+    call began (`language_detection`: detected), the second in the language declared."""
+    engine = ContextRecordingEngineDouble()
+    delta = AssemblyAISTTService.Settings(language_codes=[Language.EN])
+    async with running_daemon(engine, api_key=KEY) as daemon:
+        stt = AssemblyAISTTService(
+            api_key=KEY,
+            api_endpoint_base_url=f"ws://127.0.0.1:{daemon.http_port}{assemblyai.PATH}",
+            settings=AssemblyAISTTService.Settings(language_detection=True),
+        )
+        async with running_pipeline(stt) as (worker, frames):
+            await speak(worker, "lights_on.wav")
+            await frames.wait_for(finals=1)
+            await worker.queue_frame(STTUpdateSettingsFrame(delta=delta))
+            await speak(worker, "lights_on.wav")
+            await frames.wait_for(finals=2)
+    assert not frames.errors, frames.errors
+    assert engine.languages == [None, "en"], engine.languages
+    assert same_words(EXPECTED["lights_on.wav"] * 2, frames.finals), frames.finals
