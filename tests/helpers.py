@@ -180,6 +180,25 @@ PCM_FRAME_BYTES = 3200
 """100 ms of 16 kHz 16-bit mono PCM."""
 
 
+async def changed_mid_utterance(
+    url: str, data: bytes, changes: list[str], begun: tuple[str, str], end: str
+) -> list[dict[str, Any]]:
+    """A command (`data`, 16 kHz PCM) twice over one stream of a hosted API, `changes` (settings
+    messages) sent once the server has said the first has begun (in a message whose field `begun[0]`
+    is `begun[1]`), then `end`: every message after that one, until the server closes."""
+    field, value = begun
+    async with websockets.connect(url) as ws:
+        await ws.send(data[:32000])
+        while json.loads(await ws.recv()).get(field) != value:
+            pass
+        for message in changes:
+            await ws.send(message)
+        await ws.send(data[32000:])
+        await ws.send(data)
+        await ws.send(end)
+        return [json.loads(message) async for message in ws]
+
+
 async def exchange(
     url: str,
     data: bytes,

@@ -25,6 +25,7 @@ from tests.doubles import (
 )
 from tests.helpers import (
     EXPECTED,
+    changed_mid_utterance,
     daemon_settings,
     exchange,
     fixture_16k,
@@ -227,16 +228,9 @@ async def test_update_configuration_language_codes_apply_from_the_next_utterance
     update = {"type": "UpdateConfiguration", "format_turns": True}
     bad = [json.dumps({**update, "language_codes": codes}) for codes in (["en", "xx"], "en")]
     multi = json.dumps({"type": "UpdateConfiguration", "language_codes": ["multi"]})
-    async with running_daemon(engine) as daemon, websockets.connect(v3_url(daemon, f"{RATE}&{EN}")) as ws:
-        await ws.send(data[:32000])
-        while json.loads(await ws.recv())["type"] != "SpeechStarted":
-            pass
-        for message in (*bad, multi):
-            await ws.send(message)
-        await ws.send(data[32000:])
-        await ws.send(data)
-        await ws.send(TERMINATE)
-        messages = [json.loads(message) async for message in ws]
+    async with running_daemon(engine) as daemon:
+        url = v3_url(daemon, f"{RATE}&{EN}")
+        messages = await changed_mid_utterance(url, data, [*bad, multi], ("type", "SpeechStarted"), TERMINATE)
     assert engine.languages == ["en", None]
     warnings = of_type(messages, "Warning")
     assert [w["warning"].split(":")[0] for w in warnings] == ["language_codes"] * 2, warnings

@@ -36,7 +36,7 @@ from assemblyai.streaming.v3 import (
 from assemblyai.streaming.v3.models import StreamingDomain
 from livekit.agents import stt as lk_stt
 from livekit.plugins import assemblyai as lk_assemblyai
-from pipecat.frames.frames import STTUpdateSettingsFrame, TranscriptionFrame
+from pipecat.frames.frames import TranscriptionFrame
 from pipecat.services.assemblyai.stt import AssemblyAISTTService
 from pipecat.transcriptions.language import Language
 
@@ -48,7 +48,7 @@ from tests.helpers import EXPECTED, fixture_16k, pcm16, running_daemon, same_wor
 from tests.livekit_events import stream_fixture
 from tests.test_deepgram_clients import FIXTURE, FRAME_S, livekit_stream
 from tests.test_deepgram_flux_clients import SILENCE_AFTER_FIRST_COMMAND
-from tests.test_pipecat import running_pipeline, speak
+from tests.test_pipecat import running_pipeline, settings_changed_between_commands, speak
 
 pytestmark = [
     pytest.mark.timeout(180),
@@ -360,12 +360,5 @@ async def test_pipecat_language_codes_settings_update_applies_from_the_next_comm
             api_endpoint_base_url=f"ws://127.0.0.1:{daemon.http_port}{assemblyai.PATH}",
             settings=AssemblyAISTTService.Settings(language_detection=True),
         )
-        async with running_pipeline(stt) as (worker, frames):
-            await speak(worker, "lights_on.wav")
-            await frames.wait_for(finals=1)
-            await worker.queue_frame(STTUpdateSettingsFrame(delta=delta))
-            await speak(worker, "lights_on.wav")
-            await frames.wait_for(finals=2)
-    assert not frames.errors, frames.errors
+        await settings_changed_between_commands(stt, delta)
     assert engine.languages == [None, "en"], engine.languages
-    assert same_words(EXPECTED["lights_on.wav"] * 2, frames.finals), frames.finals

@@ -28,6 +28,7 @@ from tests.doubles import (
 )
 from tests.helpers import (
     EXPECTED,
+    changed_mid_utterance,
     eventually,
     exchange,
     fixture_16k,
@@ -593,16 +594,9 @@ async def test_flux_configure_language_hints_apply_from_the_next_turn() -> None:
     query = "model=flux-general-multi&encoding=linear16&sample_rate=16000&language_hint=en"
     bad = [json.dumps({"type": "Configure", "keyterms": ["Aoife"], "language_hints": h}) for h in (["xx"], "en")]
     clear = json.dumps({"type": "Configure", "language_hints": []})
-    async with running_daemon(engine) as daemon, websockets.connect(flux_url(daemon, query)) as ws:
-        await ws.send(data[:32000])
-        while json.loads(await ws.recv()).get("event") != "StartOfTurn":
-            pass
-        for message in (*bad, clear):
-            await ws.send(message)
-        await ws.send(data[32000:])
-        await ws.send(data)
-        await ws.send(CLOSE_STREAM)
-        messages = [json.loads(message) async for message in ws]
+    async with running_daemon(engine) as daemon:
+        url = flux_url(daemon, query)
+        messages = await changed_mid_utterance(url, data, [*bad, clear], ("event", "StartOfTurn"), CLOSE_STREAM)
     assert engine.languages == ["en", None] and [names[:1] for names in engine.names] == [(), ()]
     failures = of_type(messages, "ConfigureFailure")
     assert [f["description"].split(":")[0] for f in failures] == ["language_hints"] * 2, failures

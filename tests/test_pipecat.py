@@ -23,6 +23,7 @@ from pipecat.frames.frames import (
     Frame,
     InputAudioRawFrame,
     InterimTranscriptionFrame,
+    STTUpdateSettingsFrame,
     TranscriptionFrame,
 )
 from pipecat.observers.base_observer import BaseObserver, FramePushed
@@ -146,6 +147,21 @@ async def across_a_pause(stt: STTService, first: str, then: str, pause_s: float)
             while len(frames.finals) < len(EXPECTED[first]) + len(EXPECTED[then]):
                 frames.changed.clear()
                 await frames.changed.wait()
+    return frames
+
+
+async def settings_changed_between_commands(stt: STTService, delta: Any) -> ServiceFrames:
+    """A command spoken through `stt`, then once its transcript came an `STTUpdateSettingsFrame` of
+    `delta` (a settings change mid-call), then the command again, until its transcript came; the
+    frames seen, checked to hold no error and the command's words twice."""
+    async with running_pipeline(stt) as (worker, frames):
+        await speak(worker, "lights_on.wav")
+        await frames.wait_for(finals=1)
+        await worker.queue_frame(STTUpdateSettingsFrame(delta=delta))
+        await speak(worker, "lights_on.wav")
+        await frames.wait_for(finals=2)
+    assert not frames.errors, frames.errors
+    assert same_words(EXPECTED["lights_on.wav"] * 2, frames.finals), frames.finals
     return frames
 
 
