@@ -210,7 +210,9 @@ class Settings:
         60.0,
         "A session in which no speech is heard for this long (from its start or its last speech) is finalized "
         "and closed; audio without speech does not keep it open. Time the client's audio waits on a busy daemon "
-        "does not count. A WebSocket message still arriving then is waited for, up to as long again.",
+        "does not count. A WebSocket message still arriving then is waited for, up to as long again. Inworld, Meta, "
+        "Sarvam's streaming API and Gradium, whose clients do not reconnect, count the audio missing instead: a "
+        "stream at real-time pace, silent or not, is never idle.",
         minimum=1.0,
         maximum=86400.0,
     )

@@ -101,6 +101,11 @@ class SessionOptions:
     """The home's names, ranked; the session manager fills them in when it creates the session."""
     home_names_in_context: int = 0
     """How many of `home_names` the engine gets as context (`ha_names_limit` or the engine's choice)."""
+    idle_means_missing_audio: bool = False
+    """What the idle clock (`Session.quiet_seconds`) reads: False, the time since the last speech (silence
+    streamed does not keep the session open); True, the audio the client failed to send since then (a
+    client streaming at a microphone's pace is never idle). `StreamingConnection.idle_means_missing_audio`
+    sets it for the APIs whose clients do not reconnect after the idle timeout."""
 
     @classmethod
     def from_settings(
@@ -263,6 +268,12 @@ class Session:
         self._held_since: float | None = None
         self._held_at_speech = 0.0  # `_held_s` then, for `quiet_seconds`
         self._held_at_audio = 0.0
+        self._unsent_s = quiet_s
+        """The audio reading of the idle clock (`idle_means_missing_audio`) at `_unsent_at`: the
+        wall-clock time since the last speech less the audio received since, never below 0 (a client
+        ahead of real time, or a daemon slow to take a frame, earns no credit for later)."""
+        self._unsent_at = self._opened_at
+        self._held_at_unsent = 0.0  # `_held_s` at `_unsent_at`
         self.closed = False
 
     def change_decoding(self, **changes: Any) -> None:
@@ -291,13 +302,25 @@ class Session:
         while speech not yet confirmed is heard (a command's first `min_speech_ms`: an idle close
         there would cut it in two; an onset that dies gives back the quiet it had). Time the client's
         audio waited on the server does not count: a busy engine must not expire a session whose
-        speech it has not listened to yet (the client's own pace, `max_feed_ahead_s`, does count)."""
+        speech it has not listened to yet (the client's own pace, `max_feed_ahead_s`, does count).
+
+        With `SessionOptions.idle_means_missing_audio` it reads the audio the client failed to send
+        since the last speech instead: the time since, less the audio received since (and the time
+        that audio waited on the server); a client streaming at real-time pace stays at 0."""
+        if self.options.idle_means_missing_audio:
+            return self._unsent_seconds(now)
         hearing = self.in_utterance or self._endpointer.hearing_onset
         if hearing and self.last_audio_at > self.last_speech_at:
             heard_at, held_then = self.last_audio_at, self._held_at_audio
         else:
             heard_at, held_then = self.last_speech_at, self._held_at_speech
         return now - heard_at - (self._held_total(now) - held_then)
+
+    def _unsent_seconds(self, now: float) -> float:
+        return self._unsent_s + now - self._unsent_at - (self._held_total(now) - self._held_at_unsent)
+
+    def _reset_unsent(self, now: float, unsent_s: float) -> None:
+        self._unsent_s, self._unsent_at, self._held_at_unsent = max(0.0, unsent_s), now, self._held_total(now)
 
     def _held_total(self, now: float) -> float:
         return self._held_s + (now - self._held_since if self._held_since is not None else 0.0)
@@ -370,6 +393,8 @@ class Session:
                 return
             self.last_audio_at = time.monotonic()
             self._held_at_audio = self._held_total(self.last_audio_at)
+            unsent = self._unsent_seconds(self.last_audio_at) - samples.size / SAMPLE_RATE
+            self._reset_unsent(self.last_audio_at, unsent)
             self._audio.append(samples)
             self.samples_received += samples.size
             self._metrics.audio_seconds.labels(self.protocol).inc(samples.size / SAMPLE_RATE)
@@ -457,6 +482,7 @@ class Session:
     async def _on_endpointer(self, event: EndpointEvent) -> None:
         self.last_speech_at = time.monotonic()
         self._held_at_speech = self._held_total(self.last_speech_at)
+        self._reset_unsent(self.last_speech_at, 0.0)
         if isinstance(event, SpeechStart):
             await self._start_utterance(event.start)
             return

@@ -4,6 +4,11 @@ Idle means no speech, not no frames: a client that sends a little silence now an
 hold a slot forever. A session is idle when `idle_timeout_s` have passed since its last speech (or
 its start); inside an utterance, arriving audio counts too (its end comes by endpoint or length cap).
 Time the client's audio waits on the daemon (a busy engine) is not quiet: its speech is not heard yet.
+
+For the APIs whose clients do not reconnect after the idle timeout (`SessionOptions.idle_means_missing_audio`:
+Inworld, Meta, Sarvam's streaming API, Gradium) the same clock reads the audio the client failed to send
+since its last speech instead: a client streaming at a microphone's pace is never idle, and one whose
+audio stops or trickles is, `idle_timeout_s` after it falls that far behind real time.
 """
 
 from __future__ import annotations
@@ -194,7 +199,8 @@ class SessionManager:
     def _expire_idle(self) -> None:
         """A function of its own, so that no session stays referenced while the reaper sleeps.
 
-        Idle means no speech (silence sent as a keep-alive does not count). A recording's session
+        Idle means no speech (silence sent as a keep-alive does not count), or for some APIs audio
+        missing (`Session.quiet_seconds` reads the one the session's options ask for). A recording's session
         (an upload, a file `transcribe` reads: `SessionOptions.recording`) is never idle: the
         daemon reads it itself, as fast as it goes, and its caller owns its lifetime; an upload may
         also wait behind live work, and a long silence in a file takes its time to be listened to. A
@@ -208,7 +214,7 @@ class SessionManager:
                 continue
             quiet = session.quiet_seconds(now)
             if quiet > self.idle_timeout_s and (quiet > 2 * self.idle_timeout_s or not arriving()):
-                log.info("session %s heard no speech for %.0f s, closing", session.id, quiet)
+                log.info("session %s idle for %.0f s, closing", session.id, quiet)
                 self._start_expiry(session, close, "idle_timeout")
 
     def _start_expiry(self, session: Session, close_connection: CloseConnection, reason: str) -> asyncio.Task[None]:

@@ -90,17 +90,20 @@ async def stream_fixture(
     after_chunk: Callable[[int], Awaitable[None]] | None = None,
     *,
     until_end: bool = False,
+    lead_silence_s: float = 0,
 ) -> LiveKitEvents:
     """`fixture` through LiveKit's stream at microphone pace until `finals` finals with words, then
     `end_input`; no retries (an error from the stream fails the test). `after_chunk` is given each
     chunk's index once it is pushed. `until_end`: the stream is read to its end (30 s at most) before
     it is closed, for a plugin whose server ends the stream after `end_input` (Fireworks AI's):
     closed before, such a plugin's connection loop is cancelled and may leave a future whose
-    exception asyncio logs when it is collected (tests/test_fireworks_clients.py)."""
+    exception asyncio logs when it is collected (tests/test_fireworks_clients.py). `lead_silence_s`:
+    that much silence first, at the same pace (past the daemon's idle timeout, say)."""
     stream = stt.stream(conn_options=APIConnectOptions(max_retry=0, timeout=10))
     events = LiveKitEvents(stream)
     try:
-        for index, chunk in enumerate(microphone_chunks(fixture, FRAME_S)):
+        silence = [bytes(int(FRAME_S * SAMPLE_RATE) * 2)] * round(lead_silence_s / FRAME_S)
+        for index, chunk in enumerate([*silence, *microphone_chunks(fixture, FRAME_S)]):
             if not pushed(stream, chunk):
                 break
             if after_chunk is not None:

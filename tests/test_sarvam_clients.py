@@ -31,7 +31,7 @@ from satellite_asr.protocols import sarvam
 from satellite_asr.server import Daemon
 from tests.helpers import EXPECTED, FIXTURES, PCM_FRAME_BYTES, fixture_16k, pcm16, running_daemon, same_words
 from tests.livekit_events import stream_fixture
-from tests.test_pipecat import first_error, transcribed
+from tests.test_pipecat import across_a_pause, first_error, transcribed
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -107,6 +107,19 @@ async def test_pipecat_service_gets_a_transcript_per_command(monkeypatch: pytest
     """Pipecat's defaults (saaras:v3, its VAD's stops sent as `flush`): a `TranscriptionFrame` per command."""
     async with running_daemon(api_key=KEY) as daemon:
         await transcribed(pipecat_service(daemon, monkeypatch), FIXTURE)
+
+
+async def test_pipecat_service_streaming_silence_past_the_idle_timeout_still_hears_the_next_command(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Pipecat's service does not reconnect after the idle timeout's Close (every later send fails,
+    docs/sarvam.md), so the streaming API's idle clock measures audio missing, not silence: 5 s of
+    silence at microphone pace (over twice idle_timeout_s) between two commands closes nothing."""
+    async with running_daemon(api_key=KEY, idle_timeout_s=2) as daemon:
+        frames = await across_a_pause(pipecat_service(daemon, monkeypatch), "lights_on.wav", "timer.wav", 5)
+        streams = daemon.core.metrics.sessions.labels("sarvam")._value.get()
+    assert same_words([*EXPECTED["lights_on.wav"], *EXPECTED["timer.wav"]], frames.finals), frames.finals
+    assert frames.errors == [] and streams == 1, (frames.errors, streams)
 
 
 async def test_pipecat_service_with_a_wrong_key_gets_an_error_frame(monkeypatch: pytest.MonkeyPatch) -> None:

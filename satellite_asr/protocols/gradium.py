@@ -183,6 +183,7 @@ class GradiumConnection(SettingsMessageConnection):
 
     protocol = PROTOCOL
     invalid_message = "invalid_message"
+    idle_means_missing_audio = True  # Gradium's SDK does not reconnect (docs/gradium.md)
     refusal_closes = CLOSE_CODES
     """A refused setup (no session yet) is followed by the Close; later errors leave the stream going."""
 

@@ -237,6 +237,7 @@ class InworldConnection(SettingsMessageConnection):
 
     protocol = PROTOCOL
     invalid_message = "invalid_argument"
+    idle_means_missing_audio = True  # LiveKit's plugin takes the idle Close for its stream's end (docs/inworld.md)
 
     def parse_settings(self, message: WSMessage) -> InworldConfig:
         return parse_config(message, self.core)

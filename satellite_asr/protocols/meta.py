@@ -219,6 +219,7 @@ class MetaConnection(SettingsMessageConnection):
 
     protocol = PROTOCOL
     invalid_message = "invalid_message"
+    idle_means_missing_audio = True  # LiveKit's plugin does not reconnect once it sent audio (docs/meta.md)
     received = 0
     """The samples of audio received, at the handshake's rate."""
 

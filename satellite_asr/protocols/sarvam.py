@@ -312,6 +312,7 @@ class SarvamConnection(HeldSignals):
 
     protocol = PROTOCOL
     invalid_message = "invalid_message"
+    idle_means_missing_audio = True  # Pipecat's SarvamSTTService does not reconnect (docs/sarvam.md)
 
     @property
     def options(self) -> SarvamParams:

@@ -15,6 +15,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import dataclasses
 import logging
 import math
 import uuid
@@ -282,6 +283,10 @@ class StreamingConnection(abc.ABC):
     """The API's code for a text message that is not one of its controls."""
     type_field: ClassVar[str] = "type"
     """The field of a text message that names it: ElevenLabs' is `message_type`."""
+    idle_means_missing_audio: ClassVar[bool] = False
+    """`SessionOptions.idle_means_missing_audio`: True for an API whose clients do not reconnect
+    after the idle timeout (a voice agent's stream would be deaf for the rest of its call), so that a
+    client streaming at a microphone's pace is never idle, however long nobody speaks."""
     errors_end_stream: ClassVar[bool] = False
     """Whether every error ends the stream (Soniox's, Speechmatics'): then a message refused gets
     the finals of the audio before it first (`finish_audio`), and bad audio is not "dropped"."""
@@ -331,7 +336,9 @@ class StreamingConnection(abc.ABC):
         session = open_session(
             self.core,
             self.protocol,
-            self.params.session_options(self.core),
+            dataclasses.replace(
+                self.params.session_options(self.core), idle_means_missing_audio=self.idle_means_missing_audio
+            ),
             self.emit,
             self.close_by_server,
             arriving=self.reading.arriving,
@@ -371,8 +378,13 @@ class StreamingConnection(abc.ABC):
 
     def server_close_sentence(self, reason: str) -> str:
         """The sentence telling the client why the server ended its stream (for the APIs that say it)."""
+        timeout = self.core.settings.idle_timeout_s
+        if self.idle_means_missing_audio:
+            idle = f"the audio fell {timeout:g} s behind real time since the last speech (idle_timeout_s)"
+        else:
+            idle = f"no speech was heard for {timeout:g} s (idle_timeout_s)"
         return {
-            "idle_timeout": f"no speech was heard for {self.core.settings.idle_timeout_s:g} s (idle_timeout_s)",
+            "idle_timeout": idle,
             "shutdown": "the server is shutting down; start a new session",
         }.get(reason, reason)
 
