@@ -18,7 +18,7 @@ from livekit.plugins import gradium as lk_gradium
 from pipecat.services.gradium.stt import GradiumSTTService
 
 from satellite_asr.server import Daemon
-from tests.helpers import EXPECTED, microphone_chunks, normalise, running_daemon, same_words
+from tests.helpers import EXPECTED, PCM_FRAME_BYTES, microphone_chunks, normalise, running_daemon, same_words
 from tests.livekit_events import stream_fixture
 from tests.test_pipecat import first_error, transcribed
 
@@ -34,8 +34,10 @@ def client(daemon: Daemon, api_key: str = KEY) -> GradiumClient:
     return GradiumClient(base_url=f"http://127.0.0.1:{daemon.http_port}/api/", api_key=api_key)
 
 
-async def microphone() -> AsyncIterator[bytes]:
-    for chunk in microphone_chunks(FIXTURE, FRAME_S):
+async def microphone(fixture: str = FIXTURE, lead_silence_s: float = 0) -> AsyncIterator[bytes]:
+    """`fixture` at microphone pace, after `lead_silence_s` of silence."""
+    silence = [bytes(PCM_FRAME_BYTES)] * round(lead_silence_s / FRAME_S)
+    for chunk in [*silence, *microphone_chunks(fixture, FRAME_S)]:
         yield chunk
         await asyncio.sleep(FRAME_S)
 
@@ -50,6 +52,17 @@ async def test_sdk_stt_stream_gets_the_words_with_their_start_times() -> None:
     said = " ".join(word.text for word in words)
     assert same_words([" ".join(EXPECTED[FIXTURE])], [said]), said
     assert all(0 <= word.start_s <= word.stop_s for word in words)
+
+
+async def test_sdk_stt_stream_of_silence_past_the_idle_timeout_still_hears_the_next_command() -> None:
+    """The SDK's stream is one connection, which it does not reopen (an idle timeout's error would
+    raise), so Gradium's idle clock measures audio missing, not silence: 5 s of silence at microphone
+    pace (over twice idle_timeout_s), then a command, whose words come on the one stream."""
+    async with running_daemon(api_key=KEY, idle_timeout_s=2) as daemon:
+        stream = await client(daemon).stt_stream(dict(SETUP), microphone("lights_on.wav", lead_silence_s=5))
+        words = [segment async for segment in stream.iter_text()]
+    said = " ".join(word.text for word in words)
+    assert same_words([" ".join(EXPECTED["lights_on.wav"])], [said]), said
 
 
 async def test_sdk_realtime_connection_flush_is_answered_per_command() -> None:

@@ -4,6 +4,7 @@ Silero, real tiny.en, a raw WebSocket client for every message and for input no 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 from typing import Any
 
@@ -30,6 +31,7 @@ from tests.helpers import (
     send_all,
 )
 from tests.test_docs import ROOT
+from tests.test_limits import keep_sending
 from tests.test_mistral import Messages
 
 pytestmark = pytest.mark.timeout(180)
@@ -235,6 +237,19 @@ async def test_idle_timeout_completes_the_turns_then_an_error_1001() -> None:
     assert kinds(messages)[-1] == "error" and messages[-1]["code"] == "idle_timeout", kinds(messages)
     assert "idle_timeout_s" in messages[-1]["message"] and ws.close_code == 1001
     assert same_words(EXPECTED[FIXTURE], completed(messages))
+
+
+async def test_idle_timeout_closes_a_stream_whose_audio_trickles() -> None:
+    """A client (a double) sending 100 ms of silence each second: Meta's idle clock measures audio
+    missing, not silence, and this one falls 0.9 s behind real time each second, so it is still
+    closed at idle_timeout_s, with the idle error naming the setting (no slot held for ever)."""
+    async with running_daemon(idle_timeout_s=2) as daemon, websockets.connect(url(daemon)) as ws:
+        await ws.send(json.dumps(HANDSHAKE))
+        trickling = keep_sending(ws.send, itertools.repeat(bytes(PCM_FRAME_BYTES)), 1.0)
+        messages = await asyncio.wait_for(read_all(ws), 30)
+        trickling.cancel()
+    assert kinds(messages)[-1] == "error" and messages[-1]["code"] == "idle_timeout", kinds(messages)
+    assert "behind real time" in messages[-1]["message"] and ws.close_code == 1001, messages[-1]
 
 
 async def test_shutdown_completes_the_turn_in_progress_then_an_error_1001() -> None:
