@@ -270,8 +270,9 @@ class Session:
         self._held_at_audio = 0.0
         self._unsent_s = quiet_s
         """The audio reading of the idle clock (`idle_means_missing_audio`) at `_unsent_at`: the
-        wall-clock time since the last speech less the audio received since, never below 0 (a client
-        ahead of real time, or a daemon slow to take a frame, earns no credit for later)."""
+        wall-clock time since the last speech less the audio received since, brought back to 0 at each
+        piece it falls below (audio sent ahead of real time, or arriving in a burst after a gap, earns
+        no credit for a later gap)."""
         self._unsent_at = self._opened_at
         self._held_at_unsent = 0.0  # `_held_s` at `_unsent_at`
         self.closed = False
