@@ -222,18 +222,19 @@ async def test_update_configuration_language_codes_apply_from_the_next_utterance
     """`language_codes` mid-stream (LiveKit's and Pipecat's language change): the utterance in progress
     is decoded in the language it began with, its final saying none (one declared, no detection); the
     next with `multi` (the engine detects), its final saying the language. Codes checked as the
-    query's: an unknown one, or not a list, is a Warning and applies nothing (`format_turns` neither)."""
+    query's: an unknown one, or not a list (a text reading as one included: each setting of its JSON
+    type), is a Warning and applies nothing (`format_turns` neither)."""
     engine = ContextRecordingEngineDouble()
     data = audio("lights_on.wav")
     update = {"type": "UpdateConfiguration", "format_turns": True}
-    bad = [json.dumps({**update, "language_codes": codes}) for codes in (["en", "xx"], "en")]
+    bad = [json.dumps({**update, "language_codes": codes}) for codes in (["en", "xx"], "en", '["en"]')]
     multi = json.dumps({"type": "UpdateConfiguration", "language_codes": ["multi"]})
     async with running_daemon(engine) as daemon:
         url = v3_url(daemon, f"{RATE}&{EN}")
         messages = await changed_mid_utterance(url, data, [*bad, multi], ("type", "SpeechStarted"), TERMINATE)
     assert engine.languages == ["en", None]
     warnings = of_type(messages, "Warning")
-    assert [w["warning"].split(":")[0] for w in warnings] == ["language_codes"] * 2, warnings
+    assert [w["warning"].split(":")[0] for w in warnings] == ["language_codes"] * 3, warnings
     first, second = final_turns(messages)
     assert "language_code" not in first and not first["turn_is_formatted"], first
     assert second["language_code"] == "en" and not second["turn_is_formatted"], second

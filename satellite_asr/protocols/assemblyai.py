@@ -369,7 +369,9 @@ class UniversalStreamingConnection(StreamingConnection):
                 terms = replacing_terms(self.core, fields["keyterms_prompt"], "keyterms_prompt")
             languages = None
             if "language_codes" in fields:
-                codes = text_list(values, "language_codes")
+                codes = fields["language_codes"]  # a JSON list, not a text reading as one (as the query carries it)
+                if not isinstance(codes, list) or not all(isinstance(code, str) for code in codes):
+                    raise ParameterError("language_codes", 'language_codes must be a JSON list of codes, like ["en"]')
                 languages = declared_languages(self.core, codes, "language_codes", self.options.language_detection)
         except ParameterError as exc:
             raise ProtocolError("invalid_configuration", f"{exc.parameter}: {exc}") from None
