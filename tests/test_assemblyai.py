@@ -175,7 +175,7 @@ async def test_keyterms_reach_the_engine_and_update_configuration_replaces_them(
     engine = ContextRecordingEngineDouble()
     data = audio("lights_on.wav")
     query = f"{RATE}&keyterms_prompt={quote(json.dumps(['Calloway blinds', 'Aoife', ' ']))}"
-    update = {"type": "UpdateConfiguration", "format_turns": True}
+    update = {"type": "UpdateConfiguration", "format_turns": True, "keyterms_prompt": ["Aoife"]}
     too_many = json.dumps({**update, "keyterms_prompt": [f"term {n}" for n in range(MAX_CLIENT_TERMS + 1)]})
     not_texts = json.dumps({**update, "keyterms_prompt": [1, 2]})
     replace = json.dumps({"type": "UpdateConfiguration", "keyterms_prompt": ["Marigold"]})
@@ -223,16 +223,16 @@ async def test_update_configuration_language_codes_apply_from_the_next_utterance
     is decoded in the language it began with, its final saying none (one declared, no detection); the
     next with `multi` (the engine detects), its final saying the language. Codes checked as the
     query's: an unknown one, or not a list (a text reading as one included: each setting of its JSON
-    type), is a Warning and applies nothing (`format_turns` neither)."""
+    type), is a Warning and applies nothing (`format_turns` and `keyterms_prompt` beside them neither)."""
     engine = ContextRecordingEngineDouble()
     data = audio("lights_on.wav")
-    update = {"type": "UpdateConfiguration", "format_turns": True}
+    update = {"type": "UpdateConfiguration", "format_turns": True, "keyterms_prompt": ["Aoife"]}
     bad = [json.dumps({**update, "language_codes": codes}) for codes in (["en", "xx"], "en", '["en"]')]
     multi = json.dumps({"type": "UpdateConfiguration", "language_codes": ["multi"]})
     async with running_daemon(engine) as daemon:
         url = v3_url(daemon, f"{RATE}&{EN}")
         messages = await changed_mid_utterance(url, data, [*bad, multi], ("type", "SpeechStarted"), TERMINATE)
-    assert engine.languages == ["en", None]
+    assert engine.languages == ["en", None] and [names[:1] for names in engine.names] == [(), ()]
     warnings = of_type(messages, "Warning")
     assert [w["warning"].split(":")[0] for w in warnings] == ["language_codes"] * 3, warnings
     first, second = final_turns(messages)
