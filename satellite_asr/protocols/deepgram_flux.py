@@ -38,9 +38,9 @@ from satellite_asr.session import SessionOptions
 PATH = "/v2/listen"
 PROTOCOL = "deepgram-flux"
 MULTILINGUAL_MODEL = "flux-general-multi"
-"""The Flux model that detects the language, and takes language hints (in the query and in `Configure`,
-as LiveKit and Pipecat send them to it alone): one hint steers the decode, several or none let the
-engine detect. With any other model the daemon's `language` is used and hints change nothing."""
+"""The Flux model that detects the language, and takes language hints (in the query and in `Configure`;
+Pipecat sends them to it alone, LiveKit's STTv2 to any model): one hint steers the decode, several or
+none let the engine detect. With any other model the daemon's `language` is used and hints change nothing."""
 THRESHOLDS = {"eot_threshold": (0.5, 1.0), "eager_eot_threshold": (0.3, 0.9)}
 """Flux's end-of-turn thresholds and their ranges: checked, kept, answered in `ConfigureSuccess`, not used."""
 EOT_TIMEOUT_MS = (500, 60_000)
