@@ -196,6 +196,9 @@ class Daemon:
         self.websocket = websocket.WebSocketHandler(self.core)
         self.soniox = streaming_apis.StreamingApiHandler(self.core, soniox.SONIOX_REALTIME)
         self.deepgram = streaming_apis.StreamingApiHandler(self.core, deepgram.LISTEN)
+        """Not among shutdown's `close_awaiting` (a Deepgram stream's settings are in its URL: every
+        connection has its session, which `close_all` ends); kept, as the others are, so that a test
+        reaches a live connection (`serving`)."""
         self.gradium = streaming_apis.StreamingApiHandler(self.core, gradium.REALTIME)
         self.zoom = streaming_apis.StreamingApiHandler(self.core, zoom.LIVE)
         self.meta = streaming_apis.StreamingApiHandler(self.core, meta.REALTIME)

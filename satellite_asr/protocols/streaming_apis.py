@@ -21,7 +21,7 @@ import math
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, final
 
 from aiohttp import WSCloseCode, WSMessage, WSMsgType, web
 from multidict import MultiMapping
@@ -417,6 +417,7 @@ class StreamingConnection(abc.ABC):
     async def closing(self) -> None:
         """What the API sends last, before the Close."""
 
+    @final
     async def emit(self, event: SessionEvent) -> None:
         """A session event as the API's messages (`send_event`), one event's at a time: the session's
         tasks emit at once (the final of one utterance from its decode, the next one's partials and
@@ -427,7 +428,8 @@ class StreamingConnection(abc.ABC):
         are the handler's (a control, the end of the stream) or tasks of their own (Azure's turn
         ended at its phrase), and they take no turn here, so the final they wait for gets its turn.
         A failed write (a client that does not read) gives the turn up with its `SlowClient`; a
-        session that is cancelled cancels its emits, waiting or not."""
+        session that is cancelled cancels its emits, waiting or not. Final: an API's messages are its
+        `send_event`, so that none of them goes around the lock."""
         async with self.emitting:
             await self.send_event(event)
 
