@@ -129,7 +129,7 @@ async def test_a_newer_partial_sent_while_a_final_is_written_follows_the_older_o
     assert shown == [("final", "one"), ("partial", "older"), ("partial", "older newer")], messages
 
 
-@pytest.mark.timeout(30)
+@pytest.mark.timeout(120)
 @pytest.mark.parametrize(
     ("name", "control"),
     [
